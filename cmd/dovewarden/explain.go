@@ -1,0 +1,44 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/explain"
+)
+
+func runExplain(_ context.Context, env *environment, args []string) error {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, "usage: dovewarden explain [FILE|-]\n\nReads Dovecot event JSON (one object, or one per line) and prints, per event,\nthe CloudEvent ingest would send, or 'dropped: <reason>'.")
+	}
+	if err := config.Parse(fs, args, env.getenv); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return fmt.Errorf("explain takes one file, got %d arguments", fs.NArg())
+	}
+	var in io.Reader = env.stdin
+	if name := fs.Arg(0); name != "" && name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	s, err := explain.Run(in, env.stdout)
+	fmt.Fprintf(env.stderr, "%d events: %d changes, %d dropped, %d invalid\n", s.Events, s.Changes, s.Dropped, s.Invalid)
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	if s.Invalid > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("%d invalid events", s.Invalid)}
+	}
+	return nil
+}

@@ -1,0 +1,100 @@
+// Command dovewarden runs the roles of dovewarden-knative: the ingest
+// function that turns Dovecot events into CloudEvents, and the tools around
+// it. Each role is a subcommand; see "dovewarden help".
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+// command is one subcommand: it parses its own args and runs until ctx ends.
+type command struct {
+	summary string
+	run     func(ctx context.Context, env *environment, args []string) error
+}
+
+// environment is everything a subcommand may touch of the outside world, so
+// tests drive the real program with their own streams and variables.
+type environment struct {
+	getenv func(string) string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	// ready, when set, is told the address a serving command listens on
+	// (tests use it instead of polling a fixed port).
+	ready func(net.Addr)
+}
+
+var commands = map[string]command{
+	"ingest":  {"receive Dovecot events and send CloudEvents to the Broker", runIngest},
+	"explain": {"show the CloudEvent ingest would send for Dovecot event JSON", runExplain},
+	"loadgen": {"post realistic Dovecot events to an ingest URL and report rate and latency", runLoadgen},
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env := &environment{getenv: os.Getenv, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
+	if err := run(ctx, env, os.Args[1:]); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "dovewarden:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitError carries a specific process exit code (explain uses 1 for input
+// it could not parse).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 2
+}
+
+func run(ctx context.Context, env *environment, args []string) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(env.stdout)
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		usage(env.stderr)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+	return cmd.run(ctx, env, args[1:])
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: dovewarden COMMAND [flags]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %-9s %s\n", name, commands[name].summary)
+	}
+	fmt.Fprintln(w, "\nEvery flag can also be set as DOVEWARDEN_<FLAG> (upper case, '-' as '_').\nRun 'dovewarden COMMAND -h' for a command's flags.")
+}

@@ -1,0 +1,63 @@
+// Package config reads a role's settings from command-line flags and from
+// DOVEWARDEN_* environment variables, with flags taking precedence.
+//
+// Each role declares its settings once, as flags on a flag.FlagSet; Parse
+// fills every flag that was not given on the command line from the matching
+// environment variable (flag "broker-url" <-> DOVEWARDEN_BROKER_URL), so the
+// two sources can never drift apart.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Prefix starts every environment variable the project reads.
+const Prefix = "DOVEWARDEN_"
+
+// EnvName is the environment variable that sets the flag called name.
+func EnvName(name string) string {
+	return Prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// Parse parses args into fs, then sets every flag not given in args from its
+// environment variable, read with getenv. Errors name the setting.
+func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		env := EnvName(f.Name)
+		v := getenv(env)
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Secret returns value, or when it is empty the trimmed contents of the file
+// named by file, so passwords can come from mounted secrets. setting names
+// the flag for error messages.
+func Secret(setting, value, file string) (string, error) {
+	if value != "" || file == "" {
+		return value, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s-file: %w", setting, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}

@@ -1,0 +1,214 @@
+package dovecot
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+)
+
+// wantIMAP is the specification the command table must implement, written
+// out separately from IMAPCommands: "" means dropped as read-only, else the
+// priority. Each row is one test; the table and this list must name the
+// same commands.
+var wantIMAP = map[string]change.Priority{
+	"CAPABILITY": "", "NOOP": "", "LOGOUT": "", "STARTTLS": "", "AUTHENTICATE": "", "LOGIN": "",
+	"ENABLE": "", "SELECT": "", "EXAMINE": "", "NAMESPACE": "", "STATUS": "", "IDLE": "", "LIST": "",
+	"LSUB": "", "XLIST": "", "ID": "", "COMPRESS": "", "NOTIFY": "", "X-STATE": "", "CHECK": "", "UNSELECT": "",
+	"CREATE": change.Low, "DELETE": change.Low, "RENAME": change.Low, "SUBSCRIBE": change.Low, "UNSUBSCRIBE": change.Low,
+	"APPEND": change.High, "COPY": change.High, "UID COPY": change.High, "MOVE": change.High, "UID MOVE": change.High,
+	"REPLACE": change.High, "UID REPLACE": change.High,
+	"CLOSE": change.Low, "EXPUNGE": change.Low, "UID EXPUNGE": change.Low, "STORE": change.Low, "UID STORE": change.Low,
+	"FETCH": "", "UID FETCH": "", // without a body section; see TestClassify_FetchSetsSeen
+	"SEARCH": "", "UID SEARCH": "", "ESEARCH": "", "SORT": "", "UID SORT": "", "THREAD": "", "UID THREAD": "", "CANCELUPDATE": "",
+	"GETMETADATA": "", "SETMETADATA": change.Low,
+	"GETACL": "", "MYRIGHTS": "", "LISTRIGHTS": "", "SETACL": change.Low, "DELETEACL": change.Low,
+	"GETQUOTA": "", "GETQUOTAROOT": "", "SETQUOTA": change.Low,
+	"URLFETCH": "", "GENURLAUTH": change.Low, "RESETKEY": change.Low,
+}
+
+var wantPOP3 = map[string]change.Priority{
+	"USER": "", "PASS": "", "APOP": "", "AUTH": "", "CAPA": "", "STLS": "", "UTF8": "", "STAT": "", "LIST": "",
+	"UIDL": "", "RETR": "", "TOP": "", "NOOP": "", "RSET": "", "QUIT": "", "DELE": change.Low,
+}
+
+func imapEvent(cmd, args, reply string) *Event {
+	return &Event{
+		Name: IMAPCommandFinished, Hostname: "mail-a.test",
+		StartTime:  Timestamp{time.Date(2026, 11, 29, 1, 2, 3, 0, time.UTC)},
+		EndTime:    Timestamp{time.Date(2026, 11, 29, 1, 2, 4, 5000, time.UTC)},
+		Categories: []string{"imap", "service:imap"},
+		Fields: Fields{User: "u1", Session: "s1", CmdTag: "a1", CmdName: cmd, CmdArgs: args,
+			TaggedReplyState: reply, Mailbox: "INBOX"},
+	}
+}
+
+func check(t *testing.T, ev *Event, want change.Priority, wantDrop DropReason) change.Change {
+	t.Helper()
+	c, reason := Classify(ev)
+	if want == "" {
+		if reason != wantDrop {
+			t.Fatalf("Classify = %+v, %q; want dropped %q", c, reason, wantDrop)
+		}
+		return c
+	}
+	if reason != "" || c.Priority != want {
+		t.Fatalf("Classify = priority %q, drop %q; want priority %q", c.Priority, reason, want)
+	}
+	if c.User != "u1" || c.Host != "mail-a.test" || c.ID == "" || c.Time.IsZero() {
+		t.Fatalf("change %+v lacks user, host, id or time", c)
+	}
+	return c
+}
+
+func TestClassify_EveryIMAPCommand(t *testing.T) {
+	if len(wantIMAP) != len(IMAPCommands) {
+		t.Errorf("spec has %d IMAP commands, table %d", len(wantIMAP), len(IMAPCommands))
+	}
+	for cmd, want := range wantIMAP {
+		t.Run(cmd, func(t *testing.T) {
+			if _, ok := IMAPCommands[cmd]; !ok {
+				t.Fatalf("%s missing from IMAPCommands", cmd)
+			}
+			args := "INBOX"
+			if cmd == "FETCH" || cmd == "UID FETCH" {
+				args = "1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+			}
+			check(t, imapEvent(cmd, args, "OK"), want, DropReadOnly)
+			// The same command failing never replicates.
+			check(t, imapEvent(cmd, args, "NO"), "", DropFailed)
+			check(t, imapEvent(cmd, args, "BAD"), "", DropFailed)
+			// Dovecot reports names upper case; a lower-case one still matches.
+		})
+	}
+}
+
+func TestClassify_EveryPOP3Command(t *testing.T) {
+	if len(wantPOP3) != len(POP3Commands) {
+		t.Errorf("spec has %d POP3 commands, table %d", len(wantPOP3), len(POP3Commands))
+	}
+	for cmd, want := range wantPOP3 {
+		t.Run(cmd, func(t *testing.T) {
+			ev := &Event{Name: POP3CommandFinished, Hostname: "mail-a.test",
+				EndTime:    Timestamp{time.Now()},
+				Categories: []string{"service:pop3", "pop3"},
+				Fields:     Fields{User: "u1", CmdName: cmd, ReplyState: "OK"}}
+			check(t, ev, want, DropReadOnly)
+			ev.Fields.ReplyState = "ERR"
+			check(t, ev, "", DropFailed)
+		})
+	}
+}
+
+func TestClassify_FetchSetsSeen(t *testing.T) {
+	for args, want := range map[string]change.Priority{
+		"1 (BODY[])":                             change.Low,
+		"1:5 (UID body[TEXT])":                   change.Low,
+		"1 (BINARY[1])":                          change.Low,
+		"1 RFC822":                               change.Low,
+		"1 (RFC822.TEXT)":                        change.Low,
+		"1 (RFC822.SIZE RFC822)":                 change.Low,
+		"1 (BODY.PEEK[])":                        "",
+		"1 (BINARY.PEEK[1] FLAGS)":               "",
+		"1 (RFC822.HEADER RFC822.SIZE)":          "",
+		"1:* (FLAGS UID ENVELOPE BODYSTRUCTURE)": "",
+	} {
+		t.Run(args, func(t *testing.T) {
+			check(t, imapEvent("UID FETCH", args, "OK"), want, DropReadOnly)
+		})
+	}
+}
+
+func TestClassify_UnknownCommandIsALowChange(t *testing.T) {
+	check(t, imapEvent("XFUTURE", "", "OK"), change.Low, "")
+	check(t, imapEvent("XFUTURE", "", "BAD"), "", DropFailed)
+}
+
+func TestClassify_CaseInsensitiveCommand(t *testing.T) {
+	c := check(t, imapEvent("uid move", "1 Archive", "OK"), change.High, "")
+	if c.Command != "UID MOVE" {
+		t.Errorf("command %q", c.Command)
+	}
+}
+
+func TestClassify_Delivery(t *testing.T) {
+	ev := &Event{Name: MailDeliveryFinished, Hostname: "mail-a.test", EndTime: Timestamp{time.Now()},
+		Categories: []string{"service:lmtp", "local-delivery"},
+		Fields:     Fields{User: "u1", MessageID: "<m1@example.test>"}}
+	c := check(t, ev, change.High, "")
+	if c.MessageID != "<m1@example.test>" || c.Command != "" {
+		t.Errorf("change %+v", c)
+	}
+	ev.Fields.Error = "Quota exceeded"
+	check(t, ev, "", DropFailed)
+}
+
+func TestClassify_POP3ExpungeOn23(t *testing.T) {
+	ev := &Event{Name: MailExpunged, Hostname: "mail-a.test", EndTime: Timestamp{time.Now()},
+		Categories: []string{"service:pop3", "mailbox"}, Fields: Fields{User: "u1", Mailbox: "INBOX"}}
+	check(t, ev, change.Low, "")
+}
+
+func TestClassify_Drops(t *testing.T) {
+	doveadm := imapEvent("APPEND", "INBOX", "OK")
+	doveadm.Categories = []string{"service:doveadm", "mailbox"}
+	check(t, doveadm, "", DropDoveadm)
+
+	expunge := &Event{Name: MailExpunged, Categories: []string{"service:doveadm"}, Fields: Fields{User: "u1"}}
+	check(t, expunge, "", DropDoveadm)
+
+	noUser := imapEvent("APPEND", "INBOX", "OK")
+	noUser.Fields.User = ""
+	check(t, noUser, "", DropNoUser)
+
+	check(t, &Event{Name: "mail_opened", Fields: Fields{User: "u1"}}, "", DropEventKind)
+	check(t, &Event{Name: "auth_request_finished", Fields: Fields{User: "u1"}}, "", DropEventKind)
+}
+
+func TestClassify_MailboxDetails(t *testing.T) {
+	mv := check(t, imapEvent("UID MOVE", `1:3 "Entw&APw-rfe"`, "OK"), change.High, "")
+	if mv.Mailbox != "INBOX" || mv.DestinationMailbox != "Entwürfe" {
+		t.Errorf("move: mailbox %q destination %q", mv.Mailbox, mv.DestinationMailbox)
+	}
+	cp := check(t, imapEvent("COPY", `1 Archive`, "OK"), change.High, "")
+	if cp.DestinationMailbox != "Archive" {
+		t.Errorf("copy destination %q", cp.DestinationMailbox)
+	}
+	lit := check(t, imapEvent("COPY", `1 <7 byte literal>`, "OK"), change.High, "")
+	if lit.DestinationMailbox != "" {
+		t.Errorf("literal destination %q, want empty", lit.DestinationMailbox)
+	}
+	q := check(t, imapEvent("COPY", `1 "a \"b\" c"`, "OK"), change.High, "")
+	if q.DestinationMailbox != `a "b" c` {
+		t.Errorf("quoted destination %q", q.DestinationMailbox)
+	}
+	rn := imapEvent("RENAME", "Old New", "OK")
+	rn.Fields.Mailbox, rn.Fields.OldMailbox, rn.Fields.NewMailbox = "", "Old", "New"
+	c := check(t, rn, change.Low, "")
+	if c.Mailbox != "New" || c.OldMailbox != "Old" {
+		t.Errorf("rename: %+v", c)
+	}
+}
+
+func TestClassify_DeterministicID(t *testing.T) {
+	a, _ := Classify(imapEvent("APPEND", "INBOX", "OK"))
+	b, _ := Classify(imapEvent("APPEND", "INBOX", "OK"))
+	if a.ID != b.ID {
+		t.Errorf("same event gave ids %s and %s", a.ID, b.ID)
+	}
+	other := imapEvent("APPEND", "INBOX", "OK")
+	other.Fields.CmdTag = "a2"
+	c, _ := Classify(other)
+	if c.ID == a.ID {
+		t.Errorf("different events share id %s", a.ID)
+	}
+}
+
+func TestClassify_TimeFallsBackToStart(t *testing.T) {
+	ev := imapEvent("APPEND", "INBOX", "OK")
+	ev.EndTime = Timestamp{}
+	c, _ := Classify(ev)
+	if !c.Time.Equal(ev.StartTime.Time) {
+		t.Errorf("time %v, want start time %v", c.Time, ev.StartTime)
+	}
+}

@@ -1,0 +1,142 @@
+package dovecot
+
+import "github.com/dovewarden/dovewarden-knative/pkg/change"
+
+// Effect is what a successful command does to the mail dsync replicates.
+type Effect string
+
+const (
+	// ReadOnly commands change nothing dsync replicates; they are dropped.
+	ReadOnly Effect = "read-only"
+	// LowChange commands change existing mail or mailboxes.
+	LowChange Effect = "low"
+	// HighChange commands add new mail to a mailbox.
+	HighChange Effect = "high"
+	// SeenOnFetch is FETCH: it sets \Seen (a low change) when it fetches a
+	// body section without .PEEK, and changes nothing otherwise.
+	SeenOnFetch Effect = "seen-on-fetch"
+)
+
+// Command describes one IMAP or POP3 command.
+type Command struct {
+	Effect Effect
+	// Spec names where the command is defined.
+	Spec string
+}
+
+// IMAPCommands is the one classification table for IMAP: every command of
+// RFC 9051 (IMAP4rev2) and RFC 3501, and of the extensions Dovecot
+// implements, keyed by Dovecot's cmd_name (UID variants as "UID X").
+//
+// Priorities follow Dovecot 2.3's replication plugin: new mail is high,
+// every other change low. Where a command's effect on replicated state is
+// doubtful it is classified as a change: an unneeded incremental dsync costs
+// tens of milliseconds, a missed one leaves the replica wrong until the
+// sweep.
+var IMAPCommands = map[string]Command{
+	// Connection and session state: RFC 9051 6.1-6.3.
+	"CAPABILITY":   {ReadOnly, "RFC 9051 6.1.1"},
+	"NOOP":         {ReadOnly, "RFC 9051 6.1.2"},
+	"LOGOUT":       {ReadOnly, "RFC 9051 6.1.3"},
+	"STARTTLS":     {ReadOnly, "RFC 9051 6.2.1"},
+	"AUTHENTICATE": {ReadOnly, "RFC 9051 6.2.2"},
+	"LOGIN":        {ReadOnly, "RFC 9051 6.2.3"},
+	"ENABLE":       {ReadOnly, "RFC 9051 6.3.1"},
+	"SELECT":       {ReadOnly, "RFC 9051 6.3.2"},
+	"EXAMINE":      {ReadOnly, "RFC 9051 6.3.3"},
+	"NAMESPACE":    {ReadOnly, "RFC 9051 6.3.10"},
+	"STATUS":       {ReadOnly, "RFC 9051 6.3.11"},
+	"IDLE":         {ReadOnly, "RFC 9051 6.3.13"},
+	"LIST":         {ReadOnly, "RFC 9051 6.3.9"},
+	"LSUB":         {ReadOnly, "RFC 3501 6.3.9"},
+	"XLIST":        {ReadOnly, "Gmail XLIST (Dovecot answers it as LIST)"},
+	"ID":           {ReadOnly, "RFC 2971"},
+	"COMPRESS":     {ReadOnly, "RFC 4978"},
+	"NOTIFY":       {ReadOnly, "RFC 5465"},
+	"X-STATE":      {ReadOnly, "Dovecot imap-hibernate state export"},
+	"CHECK":        {ReadOnly, "RFC 3501 6.4.1 (a checkpoint; Dovecot writes nothing new)"},
+	"UNSELECT":     {ReadOnly, "RFC 9051 6.4.2 (closes without expunging)"},
+
+	// Mailbox changes: low.
+	"CREATE":      {LowChange, "RFC 9051 6.3.4"},
+	"DELETE":      {LowChange, "RFC 9051 6.3.5"},
+	"RENAME":      {LowChange, "RFC 9051 6.3.6"},
+	"SUBSCRIBE":   {LowChange, "RFC 9051 6.3.7"},
+	"UNSUBSCRIBE": {LowChange, "RFC 9051 6.3.8"},
+
+	// New mail: high.
+	"APPEND":      {HighChange, "RFC 9051 6.3.12 (also MULTIAPPEND RFC 3502, CATENATE RFC 4469)"},
+	"COPY":        {HighChange, "RFC 9051 6.4.7"},
+	"UID COPY":    {HighChange, "RFC 9051 6.4.9"},
+	"MOVE":        {HighChange, "RFC 9051 6.4.8 (RFC 6851)"},
+	"UID MOVE":    {HighChange, "RFC 9051 6.4.9"},
+	"REPLACE":     {HighChange, "RFC 8508 (APPEND of the new version plus expunge)"},
+	"UID REPLACE": {HighChange, "RFC 8508"},
+
+	// Message changes: low.
+	"CLOSE":        {LowChange, "RFC 9051 6.4.1 (expunges \\Deleted messages)"},
+	"EXPUNGE":      {LowChange, "RFC 9051 6.4.3"},
+	"UID EXPUNGE":  {LowChange, "RFC 9051 6.4.9 (RFC 4315)"},
+	"STORE":        {LowChange, "RFC 9051 6.4.6"},
+	"UID STORE":    {LowChange, "RFC 9051 6.4.9"},
+	"FETCH":        {SeenOnFetch, "RFC 9051 6.4.5"},
+	"UID FETCH":    {SeenOnFetch, "RFC 9051 6.4.9"},
+	"SEARCH":       {ReadOnly, "RFC 9051 6.4.4"},
+	"UID SEARCH":   {ReadOnly, "RFC 9051 6.4.9"},
+	"ESEARCH":      {ReadOnly, "RFC 7377 multimailbox search"},
+	"SORT":         {ReadOnly, "RFC 5256"},
+	"UID SORT":     {ReadOnly, "RFC 5256"},
+	"THREAD":       {ReadOnly, "RFC 5256"},
+	"UID THREAD":   {ReadOnly, "RFC 5256"},
+	"CANCELUPDATE": {ReadOnly, "RFC 5267 CONTEXT=SEARCH"},
+
+	// Metadata, ACL and quota.
+	"GETMETADATA":  {ReadOnly, "RFC 5464"},
+	"SETMETADATA":  {LowChange, "RFC 5464 (dsync replicates mailbox and server attributes)"},
+	"GETACL":       {ReadOnly, "RFC 4314"},
+	"MYRIGHTS":     {ReadOnly, "RFC 4314"},
+	"LISTRIGHTS":   {ReadOnly, "RFC 4314"},
+	"SETACL":       {LowChange, "RFC 4314 (dsync replicates mailbox ACLs)"},
+	"DELETEACL":    {LowChange, "RFC 4314"},
+	"GETQUOTA":     {ReadOnly, "RFC 9208"},
+	"GETQUOTAROOT": {ReadOnly, "RFC 9208"},
+	"SETQUOTA":     {LowChange, "RFC 9208 (kept as a change: cheap, and some quota backends live in replicated attributes)"},
+
+	// URLAUTH: RESETKEY and GENURLAUTH change the mailbox's access key,
+	// which Dovecot stores as a mailbox attribute.
+	"URLFETCH":   {ReadOnly, "RFC 4467"},
+	"GENURLAUTH": {LowChange, "RFC 4467 (may create the mailbox access key)"},
+	"RESETKEY":   {LowChange, "RFC 4467"},
+}
+
+// POP3Commands classifies POP3 commands (RFC 1939, 2449, 2595, 5034, 6856)
+// as Dovecot 2.4 reports them in pop3_command_finished. A DELE only marks
+// the message; Dovecot expunges it at QUIT, which 2.3 and 2.4 report as
+// mail_expunged with category service:pop3, so exporting both gives one
+// early and one exact trigger.
+var POP3Commands = map[string]Command{
+	"USER": {ReadOnly, "RFC 1939"},
+	"PASS": {ReadOnly, "RFC 1939"},
+	"APOP": {ReadOnly, "RFC 1939"},
+	"AUTH": {ReadOnly, "RFC 5034"},
+	"CAPA": {ReadOnly, "RFC 2449"},
+	"STLS": {ReadOnly, "RFC 2595"},
+	"UTF8": {ReadOnly, "RFC 6856"},
+	"STAT": {ReadOnly, "RFC 1939"},
+	"LIST": {ReadOnly, "RFC 1939"},
+	"UIDL": {ReadOnly, "RFC 1939"},
+	"RETR": {ReadOnly, "RFC 1939 (\\Seen is written at QUIT, see QUIT)"},
+	"TOP":  {ReadOnly, "RFC 1939"},
+	"NOOP": {ReadOnly, "RFC 1939"},
+	"RSET": {ReadOnly, "RFC 1939"},
+	"DELE": {LowChange, "RFC 1939"},
+	"QUIT": {ReadOnly, "RFC 1939 (commits DELE and \\Seen: reported as mail_expunged)"},
+}
+
+// Priority maps a change effect to its replication lane.
+func (e Effect) Priority() change.Priority {
+	if e == HighChange {
+		return change.High
+	}
+	return change.Low
+}

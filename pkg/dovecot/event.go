@@ -1,0 +1,125 @@
+// Package dovecot understands the JSON that Dovecot's event exporter posts
+// (Dovecot 2.3 and 2.4) and decides which events changed a user's mail.
+package dovecot
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+)
+
+// Event is one exported Dovecot event. Only the fields replication needs are
+// decoded; unknown fields are ignored, so new Dovecot versions do not break
+// ingest.
+type Event struct {
+	Name       string    `json:"event"`
+	Hostname   string    `json:"hostname"`
+	StartTime  Timestamp `json:"start_time"`
+	EndTime    Timestamp `json:"end_time"`
+	Categories []string  `json:"categories"`
+	Fields     Fields    `json:"fields"`
+}
+
+// Fields are the event fields replication uses. Dovecot 2.3 and 2.4 agree on
+// these names; where they differ (byte counters, cmd_input_name) nothing
+// here depends on them.
+type Fields struct {
+	User             string `json:"user"`
+	Session          string `json:"session"`
+	CmdTag           string `json:"cmd_tag"`
+	CmdName          string `json:"cmd_name"`
+	CmdArgs          string `json:"cmd_args"`
+	TaggedReplyState string `json:"tagged_reply_state"`
+	// ReplyState is the POP3 reply (2.4 pop3_command_finished).
+	ReplyState string `json:"reply_state"`
+	Mailbox    string `json:"mailbox"`
+	OldMailbox string `json:"old_mailbox"`
+	NewMailbox string `json:"new_mailbox"`
+	MessageID  string `json:"message_id"`
+	// Error is set on failed deliveries and other failed operations.
+	Error string `json:"error"`
+}
+
+// MaxEventSize bounds what Parse accepts; the ingest body limit is usually
+// lower.
+const MaxEventSize = 1 << 20
+
+// Parse decodes exactly one exporter JSON object. Trailing data after the
+// object is an error: Dovecot posts one event per request.
+func Parse(data []byte) (Event, error) {
+	var ev Event
+	if len(data) > MaxEventSize {
+		return ev, fmt.Errorf("event of %d bytes exceeds %d", len(data), MaxEventSize)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return ev, errors.New("empty body: expected one JSON object")
+	}
+	// json.Unmarshal rejects trailing data, which is what we want: Dovecot
+	// posts exactly one object per request.
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return Event{}, describe(err)
+	}
+	if ev.Name == "" {
+		return ev, errors.New(`missing "event": not a Dovecot exporter event`)
+	}
+	return ev, nil
+}
+
+// describe turns decoder errors into messages that point at the problem.
+func describe(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Errorf("invalid JSON at byte %d: %w", syn.Offset, err)
+	case errors.As(err, &typ):
+		return fmt.Errorf("field %q: expected %s, got JSON %s", typ.Field, typ.Type, typ.Value)
+	}
+	return fmt.Errorf("invalid JSON: %w", err)
+}
+
+// Timestamp is an event time. Dovecot writes RFC 3339 strings with
+// format_args=time-rfc3339 (2.3) or time_format=rfc3339 (2.4), and seconds
+// since the epoch as a number otherwise; both are accepted.
+type Timestamp struct{ time.Time }
+
+// UnmarshalJSON accepts an RFC 3339 string, a number of seconds since the
+// epoch (with fraction), or null.
+func (t *Timestamp) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		v, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return fmt.Errorf("time %q is not RFC 3339: %w", s, err)
+		}
+		t.Time = v.UTC()
+		return nil
+	}
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1e11 {
+		return fmt.Errorf("time %s is neither RFC 3339 nor seconds since the epoch", b)
+	}
+	sec, frac := math.Modf(f)
+	t.Time = time.Unix(int64(sec), int64(math.Round(frac*1e6))*1e3).UTC()
+	return nil
+}
+
+// HasCategory reports whether the event carries category c.
+func (ev *Event) HasCategory(c string) bool {
+	for _, have := range ev.Categories {
+		if have == c {
+			return true
+		}
+	}
+	return false
+}

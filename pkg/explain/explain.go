@@ -1,0 +1,93 @@
+// Package explain shows, for Dovecot event JSON, what ingest would do with
+// each event: the CloudEvent it would send, or why it drops the event.
+// Admins use it to check their Dovecot exporter filter.
+package explain
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+)
+
+// Summary counts what Run saw.
+type Summary struct {
+	Events, Changes, Dropped, Invalid int
+}
+
+// Run reads Dovecot events from r (one JSON object, or a stream of objects
+// such as one per line) and writes, per event, the CloudEvent as indented
+// JSON or a line "dropped: <reason>". An object that is not a valid event
+// gets a line "invalid: <error>" and the rest is still read; input that is
+// not JSON at all stops the run with an error.
+func Run(r io.Reader, w io.Writer) (Summary, error) {
+	var s Summary
+	dec := json.NewDecoder(r)
+	for {
+		var raw json.RawMessage
+		err := dec.Decode(&raw)
+		if err == io.EOF {
+			return s, nil
+		}
+		if err != nil {
+			s.Invalid++
+			return s, fmt.Errorf("event %d: not JSON: %w", s.Events+1, err)
+		}
+		s.Events++
+		if err := one(raw, w, &s); err != nil {
+			return s, err
+		}
+	}
+}
+
+func one(raw []byte, w io.Writer, s *Summary) error {
+	ev, err := dovecot.Parse(raw)
+	if err != nil {
+		s.Invalid++
+		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
+		return werr
+	}
+	c, reason := dovecot.Classify(&ev)
+	if reason != "" {
+		s.Dropped++
+		_, werr := fmt.Fprintf(w, "dropped: %s (%s %s)\n", reason, ev.Name, describe(&ev))
+		return werr
+	}
+	ce, err := contract.FromChange(c)
+	if err != nil {
+		s.Invalid++
+		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
+		return werr
+	}
+	out, err := json.Marshal(ce)
+	if err != nil {
+		return fmt.Errorf("encode CloudEvent %s: %w", c.ID, err)
+	}
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, out, "", "  "); err != nil {
+		return err
+	}
+	pretty.WriteByte('\n')
+	s.Changes++
+	_, err = w.Write(pretty.Bytes())
+	return err
+}
+
+// describe names the event's command and user for a dropped line.
+func describe(ev *dovecot.Event) string {
+	f := ev.Fields
+	d := ""
+	if f.CmdName != "" {
+		d = f.CmdName + " "
+	}
+	if f.User != "" {
+		d += "user=" + f.User
+	}
+	if f.TaggedReplyState != "" && f.TaggedReplyState != "OK" {
+		d += " reply=" + f.TaggedReplyState
+	}
+	return d
+}

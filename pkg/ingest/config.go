@@ -1,0 +1,122 @@
+package ingest
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/server"
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+)
+
+// Config is the ingest role's configuration.
+type Config struct {
+	Server server.Options
+
+	// BrokerURL is where CloudEvents go; Knative's K_SINK when unset.
+	BrokerURL string
+	// CEOverrides is Knative's K_CE_OVERRIDES.
+	CEOverrides string
+	SendBudget  time.Duration
+	SendRetries int
+	SendBackoff time.Duration
+
+	MaxBody int64
+
+	AuthUser         string
+	AuthPassword     string
+	AuthPasswordFile string
+	AuthToken        string
+	AuthTokenFile    string
+
+	// RedisURL, when set, lets ingest record users whose change could not
+	// be handed to the Broker, so the sweep replicates them.
+	RedisURL string
+}
+
+// RegisterFlags declares every ingest setting on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
+	c.Server.RegisterFlags(fs, getenv, ":8080")
+	fs.StringVar(&c.BrokerURL, "broker-url", getenv("K_SINK"), "Broker ingress URL CloudEvents are sent to (default: $K_SINK)")
+	c.CEOverrides = getenv("K_CE_OVERRIDES")
+	fs.DurationVar(&c.SendBudget, "send-budget", 150*time.Millisecond, "time allowed to hand one event to the Broker, retries included; keep it below Dovecot's exporter timeout (250ms by default)")
+	fs.IntVar(&c.SendRetries, "send-retries", 3, "retries of a failed send within send-budget")
+	fs.DurationVar(&c.SendBackoff, "send-backoff", 10*time.Millisecond, "delay before the first retry; doubles each retry")
+	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
+	fs.StringVar(&c.AuthUser, "auth-user", "", "require HTTP Basic auth with this user (Dovecot: http://user:pass@host/ in the exporter URL)")
+	fs.StringVar(&c.AuthPassword, "auth-password", "", "password for auth-user")
+	fs.StringVar(&c.AuthPasswordFile, "auth-password-file", "", "file holding the password for auth-user")
+	fs.StringVar(&c.AuthToken, "auth-token", "", "require 'Authorization: Bearer TOKEN' with this token")
+	fs.StringVar(&c.AuthTokenFile, "auth-token-file", "", "file holding auth-token")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis:// or rediss://) to record users whose change could not be sent, for the sweep")
+}
+
+// Load parses args and the environment into a validated Config.
+func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, error) {
+	var c Config
+	c.RegisterFlags(fs, getenv)
+	if err := config.Parse(fs, args, getenv); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if c.AuthPassword, err = config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile); err != nil {
+		return c, err
+	}
+	if c.AuthToken, err = config.Secret("auth-token", c.AuthToken, c.AuthTokenFile); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// Validate checks every setting and reports all problems at once, each
+// naming its setting.
+func (c *Config) Validate() error {
+	errs := []error{c.Server.Validate()}
+	if c.BrokerURL == "" {
+		errs = append(errs, errors.New("broker-url: not set (nor K_SINK): ingest needs a Broker to send to"))
+	} else if u, err := url.Parse(c.BrokerURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("broker-url %q: want an absolute http or https URL", c.BrokerURL))
+	}
+	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
+		errs = append(errs, err)
+	}
+	if c.SendBudget <= 0 || c.SendBudget > 5*time.Second {
+		errs = append(errs, fmt.Errorf("send-budget %s: want more than 0 and at most 5s (Dovecot gives up after its exporter timeout)", c.SendBudget))
+	}
+	if c.SendRetries < 0 || c.SendRetries > 10 {
+		errs = append(errs, fmt.Errorf("send-retries %d: want 0 to 10", c.SendRetries))
+	}
+	if c.SendBackoff <= 0 {
+		errs = append(errs, fmt.Errorf("send-backoff %s: must be positive", c.SendBackoff))
+	}
+	if c.MaxBody < 1024 || c.MaxBody > 16<<20 {
+		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to 16777216 bytes", c.MaxBody))
+	}
+	if (c.AuthUser == "") != (c.AuthPassword == "") {
+		errs = append(errs, errors.New("auth-user and auth-password (or auth-password-file) must be set together"))
+	}
+	if c.AuthUser != "" && c.AuthToken != "" {
+		errs = append(errs, errors.New("auth-user and auth-token: choose one kind of authentication"))
+	}
+	if c.RedisURL != "" {
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+			errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", redactURL(c.RedisURL)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// redactURL hides a password in a URL before it reaches an error message.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,241 @@
+// Package ingest is the ingest function: it receives the JSON events
+// Dovecot's event exporter posts, keeps those that changed mail, and hands
+// each as a CloudEvent to the Broker before answering Dovecot.
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+)
+
+// Sender hands a CloudEvent to the Broker; nil means the Broker accepted it.
+type Sender interface {
+	Send(ctx context.Context, ev cloudevents.Event) error
+}
+
+// PendingMarker records a user whose change could not be sent, so the sweep
+// replicates the user later.
+type PendingMarker interface {
+	MarkPending(ctx context.Context, user, host string, at time.Time) error
+}
+
+// Options configure the handler.
+type Options struct {
+	// MaxBody is the largest body accepted (413 beyond).
+	MaxBody int64
+	// BasicUser and BasicPassword, when set, require HTTP Basic auth.
+	BasicUser, BasicPassword string
+	// Token, when set, requires "Authorization: Bearer Token".
+	Token string
+}
+
+// Handler serves Dovecot's exporter POSTs.
+type Handler struct {
+	opts    Options
+	send    Sender
+	pending PendingMarker
+	log     *slog.Logger
+	m       *ingestMetrics
+	bufs    sync.Pool
+	// Hashes of the credentials, so comparisons take the same time whatever
+	// the length of what the client sent.
+	userSum, passSum, tokenSum [32]byte
+}
+
+// NewHandler builds the ingest handler. pending may be nil (no Redis).
+func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Registerer, log *slog.Logger) *Handler {
+	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg)}
+	h.bufs.New = func() any { return new(bytes.Buffer) }
+	h.userSum = sha256.Sum256([]byte(o.BasicUser))
+	h.passSum = sha256.Sum256([]byte(o.BasicPassword))
+	h.tokenSum = sha256.Sum256([]byte(o.Token))
+	return h
+}
+
+// Mount registers the handler at / and /events.
+func (h *Handler) Mount(mux *http.ServeMux) {
+	mux.Handle("/", h)
+	mux.Handle("/events", h)
+}
+
+// reply is the JSON body of every answer, for admins reading with curl.
+type reply struct {
+	Status string `json:"status"`
+	ID     string `json:"id,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+func writeReply(w http.ResponseWriter, code int, r reply) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(r)
+}
+
+func (h *Handler) reject(w http.ResponseWriter, code int, reason, msg string) {
+	h.m.rejected.WithLabelValues(reason).Inc()
+	writeReply(w, code, reply{Status: "rejected", Reason: reason, Error: msg})
+}
+
+// ServeHTTP handles one exporter POST.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" && r.URL.Path != "/events" {
+		h.reject(w, http.StatusNotFound, rejectPath, "post Dovecot events to / or /events")
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		h.reject(w, http.StatusMethodNotAllowed, rejectMethod, "method "+r.Method+" not allowed: POST Dovecot events")
+		return
+	}
+	if !h.authorized(r) {
+		if h.opts.Token != "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="dovewarden"`)
+		} else {
+			w.Header().Set("WWW-Authenticate", `Basic realm="dovewarden"`)
+		}
+		h.reject(w, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		h.reject(w, http.StatusUnsupportedMediaType, rejectContentType,
+			fmt.Sprintf("content type %q: want application/json", r.Header.Get("Content-Type")))
+		return
+	}
+	buf := h.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer h.bufs.Put(buf)
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.opts.MaxBody)); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+			return
+		}
+		h.reject(w, http.StatusBadRequest, rejectRead, "reading body: "+err.Error())
+		return
+	}
+	ev, err := dovecot.Parse(buf.Bytes())
+	if err != nil {
+		h.reject(w, http.StatusBadRequest, rejectMalformed, err.Error())
+		return
+	}
+	h.handleEvent(w, r, &ev)
+}
+
+func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *dovecot.Event) {
+	host := ev.Hostname
+	if q := r.URL.Query().Get("host"); q != "" {
+		host = q
+	}
+	if err := checkHost(host); err != nil {
+		h.reject(w, http.StatusBadRequest, rejectHost, err.Error())
+		return
+	}
+	hostLabel := h.m.hostLabel(host)
+	h.m.received.WithLabelValues(hostLabel).Inc()
+	h.m.lastEvent.WithLabelValues(hostLabel).SetToCurrentTime()
+
+	c, reason := dovecot.Classify(ev)
+	if reason != "" {
+		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
+		writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
+		return
+	}
+	c.Host = host
+	ce, err := contract.FromChange(c)
+	if err != nil {
+		h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
+		return
+	}
+	start := time.Now()
+	err = h.send.Send(r.Context(), ce)
+	h.m.sendTime.Observe(time.Since(start).Seconds())
+	if err != nil {
+		h.sendFailed(r.Context(), w, hostLabel, c, err)
+		return
+	}
+	h.m.accepted.WithLabelValues(hostLabel, string(c.Priority)).Inc()
+	writeReply(w, http.StatusAccepted, reply{Status: "accepted", ID: c.ID})
+}
+
+// sendFailed makes sure the change is not lost silently: an error log that
+// names user and host, a counter, a pending mark for the sweep when Redis is
+// configured, and a 503 to Dovecot.
+func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLabel string, c change.Change, err error) {
+	h.m.sendFails.WithLabelValues(hostLabel).Inc()
+	marked := "no redis configured"
+	if h.pending != nil {
+		// The request's own context may be nearly spent; the mark gets a
+		// short budget of its own.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 200*time.Millisecond)
+		merr := h.pending.MarkPending(mctx, c.User, c.Host, c.Time)
+		cancel()
+		if merr != nil {
+			h.m.pending.WithLabelValues("error").Inc()
+			marked = "marking pending failed: " + merr.Error()
+		} else {
+			h.m.pending.WithLabelValues("ok").Inc()
+			marked = "marked pending for the sweep"
+		}
+	}
+	h.log.Error("change not handed to the broker", "user", c.User, "host", c.Host, "id", c.ID, "err", err, "recovery", marked)
+	writeReply(w, http.StatusServiceUnavailable, reply{Status: "error", ID: c.ID, Error: "broker unavailable: " + marked})
+}
+
+// authorized checks the configured credentials in constant time.
+func (h *Handler) authorized(r *http.Request) bool {
+	switch {
+	case h.opts.Token != "":
+		auth := r.Header.Get("Authorization")
+		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok {
+			return false
+		}
+		sum := sha256.Sum256([]byte(tok))
+		return subtle.ConstantTimeCompare(sum[:], h.tokenSum[:]) == 1
+	case h.opts.BasicUser != "":
+		u, p, ok := r.BasicAuth()
+		if !ok {
+			return false
+		}
+		us, ps := sha256.Sum256([]byte(u)), sha256.Sum256([]byte(p))
+		return subtle.ConstantTimeCompare(us[:], h.userSum[:])&subtle.ConstantTimeCompare(ps[:], h.passSum[:]) == 1
+	}
+	return true
+}
+
+// checkHost accepts what can name a Dovecot host in a CloudEvent source and
+// a metric label: 1 to 253 bytes of letters, digits, '.', '-', '_' and ':'.
+func checkHost(host string) error {
+	if host == "" {
+		return errors.New(`no host: the event has no "hostname" (or pass ?host=NAME in the exporter URL)`)
+	}
+	if len(host) > 253 {
+		return fmt.Errorf("host name of %d bytes exceeds 253", len(host))
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_' || c == ':') {
+			return fmt.Errorf("host %q: only letters, digits and . - _ : are allowed", host)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,346 @@
+package ingest
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+const appendEvent = `{"event":"imap_command_finished","hostname":"mail-a.test","start_time":"2026-11-28T23:45:46.022459Z","end_time":"2026-11-28T23:45:46.025497Z","categories":["service:imap","imap"],"fields":{"user":"u1","session":"oD2Gxl5h8L5/AAAB","cmd_tag":"BOJP5","cmd_name":"APPEND","mailbox":"INBOX","cmd_args":"INBOX <107 byte literal>","tagged_reply_state":"OK"}}`
+
+const selectEvent = `{"event":"imap_command_finished","hostname":"mail-a.test","end_time":"2026-11-28T23:45:46.025497Z","categories":["service:imap"],"fields":{"user":"u1","cmd_name":"SELECT","tagged_reply_state":"OK"}}`
+
+// broker is a fake Broker ingress that decodes what it receives with the
+// CloudEvents SDK and answers with the status its test chooses.
+type broker struct {
+	mu       sync.Mutex
+	events   []cloudevents.Event
+	headers  []http.Header
+	attempts atomic.Int32
+	status   func(attempt int32) int
+	delay    time.Duration
+}
+
+func (b *broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := b.attempts.Add(1)
+	if b.delay > 0 {
+		select {
+		case <-time.After(b.delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	code := http.StatusAccepted
+	if b.status != nil {
+		code = b.status(n)
+	}
+	if code < 300 {
+		ev, err := cloudevents.NewEventFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		b.mu.Lock()
+		b.events = append(b.events, *ev)
+		b.headers = append(b.headers, r.Header.Clone())
+		b.mu.Unlock()
+	}
+	w.WriteHeader(code)
+}
+
+type fixture struct {
+	h       *Handler
+	srv     *httptest.Server
+	broker  *broker
+	logs    *bytes.Buffer
+	redis   *miniredis.Miniredis
+	brokerS *httptest.Server
+}
+
+func newFixture(t *testing.T, o Options, b *broker, overrides string) *fixture {
+	t.Helper()
+	bs := httptest.NewServer(b)
+	t.Cleanup(bs.Close)
+	snd, err := sink.New(sink.Options{URL: bs.URL, Overrides: overrides, Budget: 150 * time.Millisecond, Retries: 3, Backoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr := miniredis.RunT(t)
+	st := state.New(redis.NewClient(&redis.Options{Addr: mr.Addr()}))
+	logs := &bytes.Buffer{}
+	if o.MaxBody == 0 {
+		o.MaxBody = 64 << 10
+	}
+	h := NewHandler(o, snd, st, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return &fixture{h: h, srv: srv, broker: b, logs: logs, redis: mr, brokerS: bs}
+}
+
+func (f *fixture) post(t *testing.T, path, ctype, body string, mod ...func(*http.Request)) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, f.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	for _, m := range mod {
+		m(req)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestHandle_AcceptedChangeReachesBrokerInBinaryMode(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, `{"extensions":{"cluster":"eu1"}}`)
+	for _, path := range []string{"/", "/events"} {
+		code, body := f.post(t, path, "application/json", appendEvent)
+		if code != http.StatusAccepted || !strings.Contains(body, `"accepted"`) {
+			t.Fatalf("POST %s: %d %s", path, code, body)
+		}
+	}
+	if len(f.broker.events) != 2 {
+		t.Fatalf("broker got %d events, want 2", len(f.broker.events))
+	}
+	ev, hdr := f.broker.events[0], f.broker.headers[0]
+	if hdr.Get("Ce-Id") == "" || hdr.Get("Content-Type") != "application/json" {
+		t.Errorf("not binary mode: headers %v", hdr)
+	}
+	if ev.Type() != contract.TypeMailboxChanged || ev.Subject() != "u1" || ev.Source() != "mail-a.test" {
+		t.Errorf("event %v", ev)
+	}
+	if want := time.Date(2026, 11, 28, 23, 45, 46, 25497000, time.UTC); !ev.Time().Equal(want) {
+		t.Errorf("time %v, want the event's end time %v", ev.Time(), want)
+	}
+	ext := ev.Extensions()
+	if ext["priority"] != "high" || ext["cluster"] != "eu1" || ext["partitionkey"] != "u1" {
+		t.Errorf("extensions %v", ext)
+	}
+	if ev.ID() != f.broker.events[1].ID() {
+		t.Errorf("the same Dovecot event got ids %s and %s", ev.ID(), f.broker.events[1].ID())
+	}
+	var d contract.MailboxChanged
+	if err := ev.DataAs(&d); err != nil || d.User != "u1" || d.Command != "APPEND" || d.Mailbox != "INBOX" || d.Session != "oD2Gxl5h8L5/AAAB" {
+		t.Errorf("data %+v, %v", d, err)
+	}
+	if got := testutil.ToFloat64(f.h.m.accepted.WithLabelValues("mail-a.test", "high")); got != 2 {
+		t.Errorf("accepted counter %v", got)
+	}
+}
+
+func TestHandle_HostFromQuery(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, "")
+	if code, body := f.post(t, "/events?host=replica-b", "application/json", appendEvent); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, body)
+	}
+	if got := f.broker.events[0].Source(); got != "replica-b" {
+		t.Errorf("source %q", got)
+	}
+	if code, body := f.post(t, "/events?host=bad%20host", "application/json", appendEvent); code != http.StatusBadRequest || !strings.Contains(body, "only letters") {
+		t.Errorf("bad host: %d %s", code, body)
+	}
+}
+
+func TestHandle_BadInput(t *testing.T) {
+	f := newFixture(t, Options{MaxBody: 2048}, &broker{}, "")
+	big := `{"event":"imap_command_finished","pad":"` + strings.Repeat("x", 4096) + `"}`
+	for name, tc := range map[string]struct {
+		method, path, ctype, body string
+		code                      int
+		reason, msg               string
+	}{
+		"get":            {"GET", "/events", "", "", 405, rejectMethod, "POST"},
+		"put":            {"PUT", "/", "application/json", appendEvent, 405, rejectMethod, "POST"},
+		"other path":     {"POST", "/admin", "application/json", appendEvent, 404, rejectPath, "/events"},
+		"text":           {"POST", "/events", "text/plain", appendEvent, 415, rejectContentType, "application/json"},
+		"no type":        {"POST", "/events", "", appendEvent, 415, rejectContentType, "application/json"},
+		"too large":      {"POST", "/events", "application/json", big, 413, rejectTooLarge, "2048"},
+		"not json":       {"POST", "/events", "application/json", "{oops", 400, rejectMalformed, "invalid JSON"},
+		"empty":          {"POST", "/events", "application/json", "", 400, rejectMalformed, "empty body"},
+		"two objects":    {"POST", "/events", "application/json", appendEvent + appendEvent, 400, rejectMalformed, "invalid JSON"},
+		"wrong type":     {"POST", "/events", "application/json", `{"event":"x","fields":{"user":[]}}`, 400, rejectMalformed, "fields.user"},
+		"no hostname":    {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","fields":{"user":"u"}}`, 400, rejectHost, "hostname"},
+		"hostile host":   {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","hostname":"a/../b\n","fields":{"user":"u"}}`, 400, rejectHost, "only letters"},
+		"charset ok too": {"POST", "/events", "application/json; charset=utf-8", "[", 400, rejectMalformed, "invalid JSON"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := testutil.ToFloat64(f.h.m.rejected.WithLabelValues(tc.reason))
+			req, _ := http.NewRequest(tc.method, f.srv.URL+tc.path, strings.NewReader(tc.body))
+			if tc.ctype != "" {
+				req.Header.Set("Content-Type", tc.ctype)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.code || !strings.Contains(string(b), tc.msg) {
+				t.Errorf("%s %s: %d %s; want %d mentioning %q", tc.method, tc.path, resp.StatusCode, b, tc.code, tc.msg)
+			}
+			if got := testutil.ToFloat64(f.h.m.rejected.WithLabelValues(tc.reason)); got != before+1 {
+				t.Errorf("rejected{reason=%s} went from %v to %v", tc.reason, before, got)
+			}
+		})
+	}
+	if n := len(f.broker.events); n != 0 {
+		t.Errorf("bad input reached the broker %d times", n)
+	}
+	// Still serving.
+	if code, _ := f.post(t, "/events", "application/json", appendEvent); code != http.StatusAccepted {
+		t.Errorf("after bad input: %d", code)
+	}
+}
+
+func TestHandle_DroppedEventIs200AndCounted(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, "")
+	code, body := f.post(t, "/events", "application/json", selectEvent)
+	if code != http.StatusOK || !strings.Contains(body, `"read_only"`) {
+		t.Fatalf("%d %s", code, body)
+	}
+	if got := testutil.ToFloat64(f.h.m.dropped.WithLabelValues("mail-a.test", "read_only")); got != 1 {
+		t.Errorf("dropped counter %v", got)
+	}
+	if got := testutil.ToFloat64(f.h.m.received.WithLabelValues("mail-a.test")); got != 1 {
+		t.Errorf("received counter %v", got)
+	}
+	if len(f.broker.events) != 0 {
+		t.Error("dropped event reached the broker")
+	}
+}
+
+func TestHandle_Auth(t *testing.T) {
+	basic := newFixture(t, Options{BasicUser: "dovecot", BasicPassword: "s3cret"}, &broker{}, "")
+	token := newFixture(t, Options{Token: "tok-123"}, &broker{}, "")
+	withBasic := func(u, p string) func(*http.Request) { return func(r *http.Request) { r.SetBasicAuth(u, p) } }
+	withHeader := func(v string) func(*http.Request) { return func(r *http.Request) { r.Header.Set("Authorization", v) } }
+	for name, tc := range map[string]struct {
+		f    *fixture
+		mod  func(*http.Request)
+		code int
+	}{
+		"basic ok":          {basic, withBasic("dovecot", "s3cret"), 202},
+		"basic wrong pass":  {basic, withBasic("dovecot", "s3cret!"), 401},
+		"basic wrong user":  {basic, withBasic("Dovecot", "s3cret"), 401},
+		"basic missing":     {basic, func(*http.Request) {}, 401},
+		"basic given token": {basic, withHeader("Bearer s3cret"), 401},
+		"token ok":          {token, withHeader("Bearer tok-123"), 202},
+		"token wrong":       {token, withHeader("Bearer tok-1234"), 401},
+		"token as basic":    {token, withBasic("x", "tok-123"), 401},
+		"token missing":     {token, func(*http.Request) {}, 401},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, body := tc.f.post(t, "/events", "application/json", appendEvent, tc.mod)
+			if code != tc.code {
+				t.Errorf("%d %s, want %d", code, body, tc.code)
+			}
+		})
+	}
+	if got := testutil.ToFloat64(basic.h.m.rejected.WithLabelValues(rejectAuth)); got != 4 {
+		t.Errorf("basic: unauthorized counter %v, want 4", got)
+	}
+}
+
+func TestHandle_BrokerFailures(t *testing.T) {
+	for name, tc := range map[string]struct {
+		b        *broker
+		closed   bool
+		code     int
+		attempts int32
+	}{
+		"refuses connections":    {&broker{}, true, 503, 0},
+		"answers 500 always":     {&broker{status: func(int32) int { return 500 }}, false, 503, 4},
+		"answers 503 then 202":   {&broker{status: func(n int32) int { return map[bool]int{true: 503, false: 202}[n == 1] }}, false, 202, 2},
+		"answers 400 (no retry)": {&broker{status: func(int32) int { return 400 }}, false, 503, 1},
+		"too slow":               {&broker{delay: time.Second}, false, 503, -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, Options{}, tc.b, "")
+			if tc.closed {
+				f.brokerS.Close()
+			}
+			start := time.Now()
+			code, body := f.post(t, "/events", "application/json", appendEvent)
+			took := time.Since(start)
+			if code != tc.code {
+				t.Fatalf("%d %s, want %d", code, body, tc.code)
+			}
+			// Dovecot gives up after 250 ms by default; a hang would lose
+			// the event without the 503 and the pending mark.
+			if took > time.Second {
+				t.Errorf("answered after %v", took)
+			}
+			if tc.attempts >= 0 && tc.b.attempts.Load() != tc.attempts {
+				t.Errorf("broker saw %d attempts, want %d", tc.b.attempts.Load(), tc.attempts)
+			}
+			if code == 202 {
+				return
+			}
+			if got := testutil.ToFloat64(f.h.m.sendFails.WithLabelValues("mail-a.test")); got != 1 {
+				t.Errorf("send failures %v", got)
+			}
+			if log := f.logs.String(); !strings.Contains(log, "user=u1") || !strings.Contains(log, "host=mail-a.test") || !strings.Contains(log, "level=ERROR") {
+				t.Errorf("log does not name user and host: %s", log)
+			}
+			score, err := f.redis.ZScore(state.PendingKey, "u1")
+			if err != nil || int64(score) != time.Date(2026, 11, 28, 23, 45, 46, 25497000, time.UTC).UnixMilli() {
+				t.Errorf("pending mark %v, %v", score, err)
+			}
+			if got := testutil.ToFloat64(f.h.m.pending.WithLabelValues("ok")); got != 1 {
+				t.Errorf("pending marks %v", got)
+			}
+		})
+	}
+}
+
+func TestHandle_RedisDownStillAnswers503(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, "")
+	f.brokerS.Close()
+	f.redis.Close()
+	code, body := f.post(t, "/events", "application/json", appendEvent)
+	if code != 503 || !strings.Contains(body, "marking pending failed") {
+		t.Fatalf("%d %s", code, body)
+	}
+	if got := testutil.ToFloat64(f.h.m.pending.WithLabelValues("error")); got != 1 {
+		t.Errorf("pending errors %v", got)
+	}
+}
+
+func TestHandle_HostLabelsAreBounded(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, "")
+	for i := 0; i < maxHostLabels+10; i++ {
+		f.h.m.hostLabel("h" + strings.Repeat("x", i))
+	}
+	if got := f.h.m.hostLabel("one-more"); got != otherHost {
+		t.Errorf("label %q after %d hosts, want %q", got, maxHostLabels, otherHost)
+	}
+	if got := f.h.m.hostLabel("h"); got != "h" {
+		t.Errorf("known host label %q", got)
+	}
+}

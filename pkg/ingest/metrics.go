@@ -1,0 +1,93 @@
+package ingest
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+)
+
+// Reasons a request is rejected before any event is read from it (metric
+// label values).
+const (
+	rejectMethod      = "method"
+	rejectPath        = "path"
+	rejectAuth        = "unauthorized"
+	rejectContentType = "content_type"
+	rejectTooLarge    = "too_large"
+	rejectMalformed   = "malformed"
+	rejectHost        = "bad_host"
+	rejectInvalid     = "invalid_event"
+	rejectRead        = "read_error"
+)
+
+// maxHostLabels bounds the per-host label values: a client sending made-up
+// hostnames must not grow memory without bound. Further hosts share
+// otherHost.
+const (
+	maxHostLabels = 256
+	otherHost     = "_other"
+)
+
+type ingestMetrics struct {
+	received  *prometheus.CounterVec
+	accepted  *prometheus.CounterVec
+	dropped   *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	sendTime  prometheus.Histogram
+	sendFails *prometheus.CounterVec
+	pending   *prometheus.CounterVec
+	lastEvent *prometheus.GaugeVec
+
+	mu    sync.RWMutex
+	hosts map[string]struct{}
+}
+
+func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
+	ns := metrics.Namespace
+	m := &ingestMetrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestEventsReceived,
+			Help: "Dovecot events received and parsed, by Dovecot host."}, []string{"host"}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestEventsAccepted,
+			Help: "Changes the Broker accepted, by Dovecot host and priority."}, []string{"host", "priority"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestEventsDropped,
+			Help: "Well-formed events that change nothing, by Dovecot host and reason."}, []string{"host", "reason"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestRequestsRejected,
+			Help: "Requests answered 4xx, by reason."}, []string{"reason"}),
+		sendTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: metrics.IngestSendSeconds,
+			Help:    "Time to hand one change to the Broker, retries included.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .15, .25, .5}}),
+		sendFails: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestSendFailures,
+			Help: "Changes the Broker did not accept within the send budget (answered 503 to Dovecot), by Dovecot host."}, []string{"host"}),
+		pending: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestPendingMarks,
+			Help: "Users recorded in Redis for the sweep after a failed send, by result (ok, error)."}, []string{"result"}),
+		lastEvent: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: metrics.IngestLastEvent,
+			Help: "Unix time of the last event received from each Dovecot host."}, []string{"host"}),
+		hosts: map[string]struct{}{},
+	}
+	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.sendTime, m.sendFails, m.pending, m.lastEvent)
+	return m
+}
+
+// hostLabel returns host as a label value, or otherHost once maxHostLabels
+// distinct hosts have been seen.
+func (m *ingestMetrics) hostLabel(host string) string {
+	m.mu.RLock()
+	_, ok := m.hosts[host]
+	n := len(m.hosts)
+	m.mu.RUnlock()
+	if ok {
+		return host
+	}
+	if n >= maxHostLabels {
+		return otherHost
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.hosts) >= maxHostLabels {
+		return otherHost
+	}
+	m.hosts[host] = struct{}{}
+	return host
+}

@@ -1,0 +1,129 @@
+// Package server runs a role's HTTP server: its routes plus /healthz,
+// /readyz and /metrics, structured logs, and a graceful shutdown on SIGTERM.
+package server
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+)
+
+// Options are the settings every serving role shares.
+type Options struct {
+	Listen          string
+	LogFormat       string
+	LogLevel        string
+	ShutdownTimeout time.Duration
+}
+
+// RegisterFlags declares the shared settings on fs. defaultListen is used
+// unless PORT (set by Knative) says otherwise.
+func (o *Options) RegisterFlags(fs *flag.FlagSet, getenv func(string) string, defaultListen string) {
+	if p := getenv("PORT"); p != "" {
+		defaultListen = ":" + p
+	}
+	fs.StringVar(&o.Listen, "listen", defaultListen, "address to serve HTTP on (host:port); Knative's PORT sets the default")
+	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish after SIGTERM")
+}
+
+// Validate checks the shared settings; errors name the setting.
+func (o *Options) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: %w", o.Listen, err))
+	}
+	if _, err := NewLogger(io.Discard, o.LogFormat, o.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if o.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("shutdown-timeout %s: must be positive", o.ShutdownTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// NewLogger makes a slog logger writing format ("text" or "json") at level.
+func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log-level %q: want debug, info, warn or error", level)
+	}
+	ho := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
+	}
+	return nil, fmt.Errorf("log-format %q: want text or json", format)
+}
+
+// Health tracks readiness. The zero value is not ready.
+type Health struct{ ready atomic.Bool }
+
+// SetReady marks the role ready (or not) to take traffic.
+func (h *Health) SetReady(v bool) { h.ready.Store(v) }
+
+// Mount adds /healthz, /readyz and /metrics to mux.
+func (h *Health) Mount(mux *http.ServeMux, reg *prometheus.Registry) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !h.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /metrics", metrics.Handler(reg))
+}
+
+// Serve listens on o.Listen and serves h until ctx ends, then stops taking
+// new requests and lets in-flight ones finish within o.ShutdownTimeout.
+// ready is called once the listener is bound, with its address.
+func Serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler, ready func(addr net.Addr)) error {
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("serving", "addr", ln.Addr().String())
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", o.Listen, err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", o.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,147 @@
+// Package sink sends CloudEvents to the Broker (Knative's K_SINK), in binary
+// mode, with bounded retries inside a time budget.
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// Options configure a Sender.
+type Options struct {
+	// URL is the Broker's ingress (K_SINK).
+	URL string
+	// Overrides is the raw K_CE_OVERRIDES JSON ({"extensions":{...}}),
+	// applied to every event sent.
+	Overrides string
+	// Budget bounds one Send, retries included. Dovecot's exporter waits
+	// 250 ms by default and never retries, so this stays well below that.
+	Budget time.Duration
+	// Retries is how many times a failed send is retried within Budget.
+	Retries int
+	// Backoff is the first retry's delay; it doubles for each further retry.
+	Backoff time.Duration
+	// MaxConns bounds idle keep-alive connections kept to the Broker.
+	MaxConns int
+}
+
+// Sender delivers events to one Broker URL.
+type Sender struct {
+	client    cloudevents.Client
+	target    string
+	overrides map[string]any
+	opts      Options
+}
+
+// ParseOverrides decodes K_CE_OVERRIDES. Only extensions can be overridden,
+// as in Knative's duck type.
+func ParseOverrides(raw string) (map[string]any, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	var o struct {
+		Extensions map[string]any `json:"extensions"`
+	}
+	if err := json.Unmarshal([]byte(raw), &o); err != nil {
+		return nil, fmt.Errorf("K_CE_OVERRIDES: %w", err)
+	}
+	probe := cloudevents.NewEvent()
+	for k, v := range o.Extensions {
+		if err := probe.Context.SetExtension(k, v); err != nil {
+			return nil, fmt.Errorf("K_CE_OVERRIDES: extension %q: %w", k, err)
+		}
+	}
+	return o.Extensions, nil
+}
+
+// New makes a Sender. It fails on a URL that is not absolute http(s) and on
+// invalid overrides.
+func New(o Options) (*Sender, error) {
+	u, err := url.Parse(o.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("broker URL %q: want an absolute http or https URL", o.URL)
+	}
+	ov, err := ParseOverrides(o.Overrides)
+	if err != nil {
+		return nil, err
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 256
+	}
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: o.Budget, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        o.MaxConns,
+		MaxIdleConnsPerHost: o.MaxConns,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	p, err := cehttp.New(
+		cehttp.WithTarget(o.URL),
+		cehttp.WithClient(http.Client{Transport: tr}),
+		// The SDK does not retry a 500 by default; a Broker ingress that
+		// answers 500 is as likely to recover as one answering 503.
+		cehttp.WithIsRetriableFunc(retriable),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("broker client: %w", err)
+	}
+	c, err := cloudevents.NewClient(p, cloudevents.WithTimeNow())
+	if err != nil {
+		return nil, fmt.Errorf("broker client: %w", err)
+	}
+	return &Sender{client: c, target: o.URL, overrides: ov, opts: o}, nil
+}
+
+func retriable(code int) bool {
+	switch code {
+	case 404, 408, 409, 413, 425, 429:
+		return true
+	}
+	return code >= 500
+}
+
+// Target is the Broker URL events go to.
+func (s *Sender) Target() string { return s.target }
+
+// Send delivers ev and returns nil once the Broker acknowledged it (2xx).
+// The whole attempt, retries included, ends within the budget.
+func (s *Sender) Send(ctx context.Context, ev cloudevents.Event) error {
+	for k, v := range s.overrides {
+		ev.SetExtension(k, v)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Budget)
+	defer cancel()
+	if s.opts.Retries > 0 {
+		ctx = cloudevents.ContextWithRetriesExponentialBackoff(ctx, s.opts.Backoff, s.opts.Retries)
+	}
+	res := s.client.Send(ctx, ev)
+	if cloudevents.IsACK(res) {
+		return nil
+	}
+	return describe(res, s.target)
+}
+
+// describe names the final HTTP status when there was one.
+func describe(res error, target string) error {
+	var rr *cehttp.RetriesResult
+	if errors.As(res, &rr) {
+		res = rr.Result
+	}
+	var hr *cehttp.Result
+	if errors.As(res, &hr) {
+		return fmt.Errorf("broker %s answered HTTP %d: %w", target, hr.StatusCode, res)
+	}
+	if res == nil {
+		return fmt.Errorf("broker %s: no acknowledgement", target)
+	}
+	return fmt.Errorf("broker %s: %w", target, res)
+}

@@ -1,0 +1,96 @@
+// Package state keeps dovewarden's per-user replication state in Redis:
+// users waiting for replication, and (with the sync function) locks,
+// coalescing marks and status records.
+//
+// Keys put the username in a hash tag ({user}) so every key of one user
+// lands in one Redis Cluster slot.
+package state
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Keys. Prefix is shared by every key dovewarden writes.
+const (
+	Prefix = "dovewarden:"
+	// PendingKey is a sorted set of users that need a replication, scored by
+	// the Unix milliseconds of their oldest unreplicated change. The sweep
+	// reads it.
+	PendingKey = Prefix + "pending"
+)
+
+// UserKey is the hash holding one user's replication status.
+func UserKey(user string) string { return Prefix + "user:{" + user + "}" }
+
+// Fields of UserKey.
+const (
+	FieldPendingHost = "pending_host"
+)
+
+// Store is dovewarden's Redis state.
+type Store struct {
+	rdb redis.UniversalClient
+}
+
+// New wraps a go-redis client.
+func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+
+// Open connects to the Redis server at a redis:// or rediss:// URL.
+func Open(rawURL string) (*Store, error) {
+	o, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis-url: %w", err)
+	}
+	return New(redis.NewClient(o)), nil
+}
+
+// Close closes the connection pool.
+func (s *Store) Close() error { return s.rdb.Close() }
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+
+// MarkPending records that user has a change on host at time at that has
+// not been handed to a sync function, so the sweep replicates the user
+// later. The oldest pending time wins.
+func (s *Store) MarkPending(ctx context.Context, user, host string, at time.Time) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAddLT(ctx, PendingKey, redis.Z{Score: float64(at.UnixMilli()), Member: user})
+		p.HSet(ctx, UserKey(user), FieldPendingHost, host)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mark user %q pending in redis: %w", user, err)
+	}
+	return nil
+}
+
+// Pending returns users waiting for replication, oldest first, with the
+// time of their oldest unreplicated change.
+func (s *Store) Pending(ctx context.Context, limit int64) ([]PendingUser, error) {
+	zs, err := s.rdb.ZRangeWithScores(ctx, PendingKey, 0, limit-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read pending users from redis: %w", err)
+	}
+	out := make([]PendingUser, 0, len(zs))
+	for _, z := range zs {
+		user, _ := z.Member.(string)
+		host, err := s.rdb.HGet(ctx, UserKey(user), FieldPendingHost).Result()
+		if err != nil && err != redis.Nil {
+			return nil, fmt.Errorf("read pending host of %q: %w", user, err)
+		}
+		out = append(out, PendingUser{User: user, Host: host, Since: time.UnixMilli(int64(z.Score)).UTC()})
+	}
+	return out, nil
+}
+
+// PendingUser is one entry of the pending set.
+type PendingUser struct {
+	User  string
+	Host  string
+	Since time.Time
+}
