@@ -1,0 +1,51 @@
+package ingest
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// Build wires the ingest handler from a validated Config: the Broker sender
+// and, when configured, Redis for pending marks. The returned close
+// function releases the Redis connection. Both `dovewarden ingest` and the
+// func-CLI function use it, so they cannot drift apart.
+func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, func() error, error) {
+	snd, err := sink.New(sink.Options{
+		URL: cfg.BrokerURL, Overrides: cfg.CEOverrides,
+		Budget: cfg.SendBudget, Retries: cfg.SendRetries, Backoff: cfg.SendBackoff,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	closeFn := func() error { return nil }
+	var pending PendingMarker
+	if cfg.RedisURL != "" {
+		st, err := state.Open(cfg.RedisURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		pending, closeFn = st, st.Close
+	}
+	h := NewHandler(Options{
+		MaxBody: cfg.MaxBody, BasicUser: cfg.AuthUser, BasicPassword: cfg.AuthPassword, Token: cfg.AuthToken,
+	}, snd, pending, reg, log)
+	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.RedisURL != "", "auth", cfg.authKind())
+	return h, closeFn, nil
+}
+
+func (c *Config) authKind() string {
+	switch {
+	case c.AuthToken != "":
+		return "bearer"
+	case c.AuthUser != "":
+		return "basic"
+	}
+	return "none"
+}
+
+var _ http.Handler = (*Handler)(nil)
