@@ -56,16 +56,16 @@ func TestTriggers_Lanes(t *testing.T) {
 		ev   cloudevents.Event
 		want string
 	}{
-		"new mail":               {event(changed, "high"), "sync-high"},
-		"flag change":            {event(changed, "low"), "sync-low"},
-		"change, no priority":    {event(changed, ""), "sync-low"},
-		"change, odd priority":   {event(changed, "urgent"), "sync-low"},
-		"admin request, high":    {event(requested, "high"), "sync-high"},
-		"sweep's request, low":   {event(requested, "low"), "sync-low"},
-		"sweep":                  {event("org.dovewarden.sweep.requested", "low"), "sweep"},
-		"failure":                {event("org.dovewarden.replication.failed", "high"), "replication-failed-alert"},
-		"success":                {event("org.dovewarden.replication.succeeded", "high"), ""},
-		"someone else's event":   {event("com.example.other", "high"), ""},
+		"new mail":             {event(changed, "high"), "sync-high"},
+		"flag change":          {event(changed, "low"), "sync-low"},
+		"change, no priority":  {event(changed, ""), "sync-low"},
+		"change, odd priority": {event(changed, "urgent"), "sync-low"},
+		"admin request, high":  {event(requested, "high"), "sync-high"},
+		"sweep's request, low": {event(requested, "low"), "sync-low"},
+		"sweep":                {event("org.dovewarden.sweep.requested", "low"), "sweep"},
+		"failure":              {event("org.dovewarden.replication.failed", "high"), "replication-failed-alert"},
+		"success":              {event("org.dovewarden.replication.succeeded", "high"), ""},
+		"someone else's event": {event("com.example.other", "high"), ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var got []string
