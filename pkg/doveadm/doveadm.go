@@ -1,0 +1,120 @@
+// Package doveadm runs dsync through Dovecot's doveadm: over its HTTP API
+// (the default; the sync function then needs no Dovecot binaries) or as a
+// local `doveadm sync` process. It also holds what every transport shares:
+// the exit-code policy table, username validation and the host map that
+// tells, for a source Dovecot host, where its doveadm is and where to sync to.
+package doveadm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Transport names, as the sync function's "transport" setting spells them.
+const (
+	TransportHTTP = "doveadm-http"
+	TransportExec = "doveadm-exec"
+)
+
+// SyncRequest is one two-way dsync of a user to a destination.
+type SyncRequest struct {
+	User string
+	// Destination is dsync's destination, e.g. "tcp:replica:12345".
+	Destination string
+	// State is the state the previous dsync returned; empty for a full
+	// comparison.
+	State string
+	// Full asks for a full sync (doveadm sync -f, fullSync).
+	Full bool
+	// LockTimeout bounds how long dsync waits for its own per-user lock;
+	// zero leaves Dovecot's default.
+	LockTimeout time.Duration
+}
+
+// SyncResult is what a successful dsync returned.
+type SyncResult struct {
+	// State is the new dsync state to pass to the next incremental sync.
+	State string
+}
+
+// Transport runs one dsync on the doveadm of an endpoint.
+type Transport interface {
+	Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error)
+}
+
+// Kind classifies a failed doveadm call.
+type Kind string
+
+const (
+	// KindExitCode: doveadm ran the command and it failed with ExitCode.
+	KindExitCode Kind = "exit_code"
+	// KindTransport: no usable answer (refused, reset, EOF, empty reply,
+	// timeout, HTTP 5xx). Dovecot 2.3 answers an empty reply when the
+	// destination refuses connections.
+	KindTransport Kind = "transport"
+	// KindUnauthorized: doveadm rejected the credentials (HTTP 401).
+	KindUnauthorized Kind = "unauthorized"
+	// KindProtocol: doveadm answered something the transport did not
+	// understand, or a non-exit-code error (unknownMethod, invalidRequest).
+	KindProtocol Kind = "protocol"
+	// KindInternal: doveadm reported internalError.
+	KindInternal Kind = "internal"
+)
+
+// Error is a failed doveadm call. Its message never contains a password.
+type Error struct {
+	Kind Kind
+	// ExitCode is doveadm's exit code (KindExitCode).
+	ExitCode int
+	// Op says what was attempted: "sync u1 via doveadm at http://host/...".
+	Op string
+	// Detail is what went wrong.
+	Detail string
+	// Err is the underlying error, when there is one.
+	Err error
+}
+
+func (e *Error) Error() string {
+	if e.Kind == KindExitCode {
+		return fmt.Sprintf("%s: exit code %d (%s)%s", e.Op, e.ExitCode, Lookup(e.ExitCode).Reason, suffix(e.Detail))
+	}
+	return fmt.Sprintf("%s: %s", e.Op, e.Detail)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func suffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ": " + s
+}
+
+// ExitCodeOf returns the doveadm exit code carried by err, or 0.
+func ExitCodeOf(err error) int {
+	var de *Error
+	if errors.As(err, &de) && de.Kind == KindExitCode {
+		return de.ExitCode
+	}
+	return 0
+}
+
+// Redact replaces every secret in s with "***", a last guard so that no
+// password reaches a log, an error or an event even if a lower layer
+// echoed one.
+func Redact(s string, secrets ...string) string {
+	for _, sec := range secrets {
+		if len(sec) >= 1 {
+			s = strings.ReplaceAll(s, sec, "***")
+		}
+	}
+	return s
+}
+
+// op names a sync call for error messages.
+func op(user, where string) string {
+	return fmt.Sprintf("sync %s via doveadm at %s", user, where)
+}

@@ -1,0 +1,89 @@
+package doveadm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Exec runs dsync as a local `doveadm [-c CONF] sync -u USER -s STATE [-f]
+// DEST` process, for installs where the sync function runs next to Dovecot.
+// The arguments are an argv list: no shell ever sees the username.
+type Exec struct {
+	bin     string
+	timeout time.Duration
+}
+
+// NewExec makes the transport for the doveadm binary bin; every call is
+// bounded by timeout.
+func NewExec(bin string, timeout time.Duration) *Exec {
+	return &Exec{bin: bin, timeout: timeout}
+}
+
+// Args returns the argv (without the binary) for req on ep. -s is always
+// passed, empty for a first sync, because doveadm prints the new state only
+// when it is given.
+func Args(ep Endpoint, req SyncRequest) []string {
+	var args []string
+	if ep.Config != "" {
+		args = append(args, "-c", ep.Config)
+	}
+	args = append(args, "sync", "-u", req.User, "-s", req.State)
+	if req.Full {
+		args = append(args, "-f")
+	}
+	return append(args, req.Destination)
+}
+
+// Sync runs one dsync of req.User to req.Destination.
+func (x *Exec) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
+	opn := op(req.User, ep.Where())
+	// Refuse here too: this is the last point before an argv.
+	if err := ValidateUser(req.User); err != nil {
+		return SyncResult{}, &Error{Kind: KindProtocol, Op: opn, Detail: err.Error()}
+	}
+	if x.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, x.timeout)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, x.bin, Args(ep, req)...)
+	var stdout bytes.Buffer
+	stderr := &tailBuffer{max: 2048}
+	cmd.Stdout, cmd.Stderr = &stdout, stderr
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if err == nil {
+		return SyncResult{State: strings.TrimSpace(stdout.String())}, nil
+	}
+	detail := Redact(strings.TrimSpace(stderr.String()), ep.Secrets()...)
+	if ctx.Err() != nil {
+		return SyncResult{}, &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("killed: %v", context.Cause(ctx)), Err: err}
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.Exited() {
+		return SyncResult{}, &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
+	}
+	return SyncResult{}, &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("%v %s", err, detail), Err: err}
+}
+
+// tailBuffer keeps the last max bytes written: doveadm's last lines say
+// why it failed.
+type tailBuffer struct {
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = t.buf[len(t.buf)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(t.buf) }

@@ -1,0 +1,120 @@
+package doveadm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as a fake doveadm: with FAKE_DOVEADM_DIR set it
+// records its argv there and exits with FAKE_DOVEADM_EXIT.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("FAKE_DOVEADM_DIR"); dir != "" {
+		b, _ := json.Marshal(os.Args[1:])
+		_ = os.WriteFile(filepath.Join(dir, "argv.json"), b, 0o600)
+		if d, _ := time.ParseDuration(os.Getenv("FAKE_DOVEADM_SLEEP")); d > 0 {
+			time.Sleep(d)
+		}
+		code, _ := strconv.Atoi(os.Getenv("FAKE_DOVEADM_EXIT"))
+		if code == 0 {
+			fmt.Println("AQAAAnewstate")
+		} else {
+			fmt.Fprintln(os.Stderr, "Error: sync failed with the fake")
+		}
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+func fakeDoveadm(t *testing.T, exit int) (bin, dir string) {
+	dir = t.TempDir()
+	t.Setenv("FAKE_DOVEADM_DIR", dir)
+	t.Setenv("FAKE_DOVEADM_EXIT", strconv.Itoa(exit))
+	return os.Args[0], dir
+}
+
+func readArgv(t *testing.T, dir string) []string {
+	b, err := os.ReadFile(filepath.Join(dir, "argv.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var argv []string
+	if err := json.Unmarshal(b, &argv); err != nil {
+		t.Fatal(err)
+	}
+	return argv
+}
+
+func TestExec_ArgvAndState(t *testing.T) {
+	bin, dir := fakeDoveadm(t, 0)
+	ep := Endpoint{Config: "/etc/dovecot/a.conf", Destination: "tcp:replica:12345"}
+	// Shell metacharacters arrive as one argument: no shell is involved.
+	user := "a b; touch pwned $(id)"
+
+	res, err := NewExec(bin, 10*time.Second).Sync(context.Background(), ep, SyncRequest{User: user, Destination: ep.Destination, State: "old", Full: true})
+
+	if err != nil || res.State != "AQAAAnewstate" {
+		t.Fatalf("Sync = %+v, %v", res, err)
+	}
+	want := []string{"-c", "/etc/dovecot/a.conf", "sync", "-u", user, "-s", "old", "-f", "tcp:replica:12345"}
+	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("argv %q, want %q", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
+		t.Error("a shell ran the username")
+	}
+}
+
+func TestExec_FirstSyncPassesEmptyState(t *testing.T) {
+	bin, dir := fakeDoveadm(t, 0)
+	if _, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"sync", "-u", "u1", "-s", "", "tcp:r:1"}
+	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("argv %q, want %q", got, want)
+	}
+}
+
+func TestExec_ExitCodes(t *testing.T) {
+	for _, code := range []int{2, 65, 67, 75, 78} {
+		bin, _ := fakeDoveadm(t, code)
+		_, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		if ExitCodeOf(err) != code || Decide(err) != Lookup(code) {
+			t.Errorf("exit %d: err %v", code, err)
+		}
+		if !strings.Contains(err.Error(), "sync failed with the fake") {
+			t.Errorf("exit %d: stderr not in the error: %v", code, err)
+		}
+	}
+}
+
+func TestExec_TimeoutAndMissingBinaryAreTransportErrors(t *testing.T) {
+	bin, _ := fakeDoveadm(t, 0)
+	t.Setenv("FAKE_DOVEADM_SLEEP", "5s")
+	_, err := NewExec(bin, 100*time.Millisecond).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"})
+	if r := Decide(err); r.Class != "transport" {
+		t.Errorf("timeout: %v decided %+v", err, r)
+	}
+	_, err = NewExec("/nonexistent/doveadm", time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"})
+	if r := Decide(err); r.Class != "transport" {
+		t.Errorf("missing binary: %v decided %+v", err, r)
+	}
+}
+
+func TestExec_RefusesHostileUser(t *testing.T) {
+	bin, dir := fakeDoveadm(t, 0)
+	_, err := NewExec(bin, time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "-A", Destination: "tcp:r:1"})
+	if err == nil || !strings.Contains(err.Error(), "starts with '-'") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "argv.json")); err == nil {
+		t.Error("doveadm ran for a hostile username")
+	}
+}

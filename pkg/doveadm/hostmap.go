@@ -1,0 +1,218 @@
+package doveadm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Endpoint is one source Dovecot host as the sync function reaches it:
+// where its doveadm is, how to authenticate, and where to sync to.
+type Endpoint struct {
+	// Name is the source host name this entry is for; empty for the
+	// default entry.
+	Name string
+	// URL is the doveadm HTTP API, e.g. http://mail-a:8080/doveadm/v1
+	// (doveadm-http).
+	URL string
+	// User is the HTTP Basic user; doveadm expects "doveadm".
+	User string
+	// Password is doveadm_password; APIKey is doveadm_api_key (sent as
+	// X-Dovecot-API, preferred when set). Secrets: never logged.
+	Password string
+	APIKey   string
+	// Destination is dsync's destination, e.g. tcp:mail-b:12345.
+	Destination string
+	// Config is the doveadm -c CONF file (doveadm-exec); empty for the
+	// default config.
+	Config string
+}
+
+// Secrets lists the endpoint's secrets, for Redact.
+func (e Endpoint) Secrets() []string { return []string{e.Password, e.APIKey} }
+
+// Where names the endpoint in messages: its URL without any password, or
+// the doveadm config for the exec transport.
+func (e Endpoint) Where() string {
+	if e.URL != "" {
+		if u, err := url.Parse(e.URL); err == nil {
+			return u.Redacted()
+		}
+		return "(unparsable URL)"
+	}
+	if e.Config != "" {
+		return "doveadm -c " + e.Config
+	}
+	return "local doveadm"
+}
+
+// LogValue keeps secrets out of structured logs.
+func (e Endpoint) LogValue() slog.Value {
+	name := e.Name
+	if name == "" {
+		name = "default"
+	}
+	return slog.GroupValue(slog.String("name", name), slog.String("doveadm", e.Where()), slog.String("destination", e.Destination))
+}
+
+// HostMap maps the source host of a change to its Endpoint, so one
+// deployment serves several Dovecot hosts and active-active pairs: a change
+// seen on A syncs A->B, one on B syncs B->A.
+type HostMap struct {
+	Default Endpoint
+	hosts   map[string]Endpoint
+}
+
+// NewHostMap builds a host map from a default and per-host entries; an
+// entry's empty credentials and config are taken from the default (dsync
+// needs the same doveadm_password on both sides anyway).
+func NewHostMap(def Endpoint, hosts ...Endpoint) HostMap {
+	m := HostMap{Default: def, hosts: map[string]Endpoint{}}
+	for _, h := range hosts {
+		if h.User == "" {
+			h.User = def.User
+		}
+		if h.Password == "" && h.APIKey == "" {
+			h.Password, h.APIKey = def.Password, def.APIKey
+		}
+		if h.Config == "" {
+			h.Config = def.Config
+		}
+		m.hosts[strings.ToLower(h.Name)] = h
+	}
+	return m
+}
+
+// Resolve returns the endpoint for a source host, or the default.
+func (m HostMap) Resolve(host string) Endpoint {
+	if e, ok := m.hosts[strings.ToLower(host)]; ok {
+		return e
+	}
+	return m.Default
+}
+
+// Hosts lists the named entries, sorted.
+func (m HostMap) Hosts() []string {
+	out := make([]string, 0, len(m.hosts))
+	for h := range m.hosts {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Secrets lists every secret of every entry, for Redact.
+func (m HostMap) Secrets() []string {
+	out := m.Default.Secrets()
+	for _, e := range m.hosts {
+		out = append(out, e.Secrets()...)
+	}
+	return out
+}
+
+// Validate checks every entry for the transport; errors name the entry.
+func (m HostMap) Validate(transport string) error {
+	errs := []error{m.Default.validate(transport)}
+	for _, h := range m.Hosts() {
+		errs = append(errs, m.hosts[h].validate(transport))
+	}
+	return errors.Join(errs...)
+}
+
+func (e Endpoint) validate(transport string) error {
+	name := "default host"
+	if e.Name != "" {
+		name = "host " + e.Name
+	}
+	var errs []error
+	if transport == TransportHTTP {
+		if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("%s: doveadm url %q: want an absolute http or https URL", name, e.Where()))
+		}
+		if e.Password == "" && e.APIKey == "" {
+			errs = append(errs, fmt.Errorf("%s: no doveadm password or API key", name))
+		}
+	}
+	switch {
+	case e.Destination == "":
+		errs = append(errs, fmt.Errorf("%s: no destination (e.g. tcp:replica:12345)", name))
+	case e.Destination[0] == '-' || strings.ContainsFunc(e.Destination, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		errs = append(errs, fmt.Errorf("%s: destination %q must not start with '-' or hold control characters", name, e.Destination))
+	}
+	return errors.Join(errs...)
+}
+
+// fileEntry is one host in the host-map file. There is deliberately no
+// password field: secrets come from the environment or from files.
+type fileEntry struct {
+	URL          string `json:"url"`
+	Destination  string `json:"destination"`
+	User         string `json:"user"`
+	PasswordEnv  string `json:"password_env"`
+	PasswordFile string `json:"password_file"`
+	APIKeyEnv    string `json:"api_key_env"`
+	APIKeyFile   string `json:"api_key_file"`
+	Config       string `json:"config"`
+}
+
+// ParseHostMap reads a host-map file: a JSON object from source host name
+// to entry, e.g.
+//
+//	{"mail-a": {"url": "http://mail-a:8080/doveadm/v1", "destination": "tcp:mail-b:12345",
+//	            "password_file": "/secrets/doveadm/password"}}
+//
+// Unknown fields are errors, so a misspelt setting does not pass unnoticed.
+func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMap, error) {
+	var raw map[string]fileEntry
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return HostMap{}, fmt.Errorf("host map: %w", err)
+	}
+	var hosts []Endpoint
+	var errs []error
+	for name, fe := range raw {
+		if name == "" {
+			errs = append(errs, errors.New("host map: empty host name"))
+			continue
+		}
+		e := Endpoint{Name: name, URL: fe.URL, User: fe.User, Destination: fe.Destination, Config: fe.Config}
+		var err error
+		if e.Password, err = secret(name, "password", fe.PasswordEnv, fe.PasswordFile, getenv); err != nil {
+			errs = append(errs, err)
+		}
+		if e.APIKey, err = secret(name, "api key", fe.APIKeyEnv, fe.APIKeyFile, getenv); err != nil {
+			errs = append(errs, err)
+		}
+		hosts = append(hosts, e)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return HostMap{}, err
+	}
+	return NewHostMap(def, hosts...), nil
+}
+
+// secret reads a secret from an environment variable or a file.
+func secret(host, what, env, file string, getenv func(string) string) (string, error) {
+	if env != "" {
+		v := getenv(env)
+		if v == "" {
+			return "", fmt.Errorf("host map: host %s: %s variable %s is empty or unset", host, what, env)
+		}
+		return v, nil
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("host map: host %s: %s file: %w", host, what, err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	return "", nil
+}

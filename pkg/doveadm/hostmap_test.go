@@ -1,0 +1,80 @@
+package doveadm
+
+import (
+	"bytes"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseHostMap_ActiveActivePair(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "b-password")
+	if err := os.WriteFile(pwFile, []byte("secret-b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := `{
+	  "mail-a": {"url": "http://mail-a:8080/doveadm/v1", "destination": "tcp:mail-b:12345", "password_env": "A_PW"},
+	  "mail-b": {"url": "http://mail-b:8080/doveadm/v1", "destination": "tcp:mail-a:12345", "password_file": "` + pwFile + `"},
+	  "mail-c": {"url": "http://mail-c:8080/doveadm/v1", "destination": "tcp:mail-d:12345"}
+	}`
+	def := Endpoint{URL: "http://default:8080/doveadm/v1", Destination: "tcp:replica:12345", User: "doveadm", Password: "secret-default"}
+	m, err := ParseHostMap([]byte(data), def, func(k string) string { return map[string]string{"A_PW": "secret-a"}[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Validate(TransportHTTP); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c, other := m.Resolve("mail-a"), m.Resolve("MAIL-B"), m.Resolve("mail-c"), m.Resolve("unknown")
+	if a.Destination != "tcp:mail-b:12345" || a.Password != "secret-a" || a.User != "doveadm" {
+		t.Errorf("mail-a: %+v", a)
+	}
+	if b.Destination != "tcp:mail-a:12345" || b.Password != "secret-b" {
+		t.Errorf("mail-b (resolved case-insensitively): %+v", b)
+	}
+	if c.Password != "secret-default" {
+		t.Errorf("mail-c should inherit the default credentials: %+v", c)
+	}
+	if other.URL != def.URL {
+		t.Errorf("unknown host should resolve to the default: %+v", other)
+	}
+	var logs bytes.Buffer
+	slog.New(slog.NewTextHandler(&logs, nil)).Info("endpoint", "ep", a, "ep2", b)
+	for _, sec := range m.Secrets() {
+		if sec != "" && strings.Contains(logs.String(), sec) {
+			t.Errorf("log shows a secret: %s", logs.String())
+		}
+	}
+}
+
+func TestParseHostMap_Rejects(t *testing.T) {
+	def := Endpoint{URL: "http://d/doveadm/v1", Destination: "tcp:r:1", Password: "p"}
+	for name, tt := range map[string]struct{ data, want string }{
+		"inline password": {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password": "x"}}`, "unknown field"},
+		"unset env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_env": "NOPE"}}`, "NOPE is empty"},
+		"missing file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "/nonexistent/pw"}}`, "password file"},
+		"not json":        {`[1,2]`, "host map"},
+	} {
+		_, err := ParseHostMap([]byte(tt.data), def, func(string) string { return "" })
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want %q", name, err, tt.want)
+		}
+	}
+}
+
+func TestHostMap_Validate(t *testing.T) {
+	m := NewHostMap(Endpoint{URL: "ftp://x", Destination: "-oops"},
+		Endpoint{Name: "b", URL: "http://b/doveadm/v1"})
+	err := m.Validate(TransportHTTP)
+	for _, want := range []string{"default host: doveadm url", "default host: no doveadm password", "must not start with '-'", "host b: no destination"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want %q", err, want)
+		}
+	}
+	if err := NewHostMap(Endpoint{Destination: "tcp:r:1"}).Validate(TransportExec); err != nil {
+		t.Errorf("exec needs no URL or password: %v", err)
+	}
+}

@@ -1,0 +1,186 @@
+package doveadm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// maxReply bounds a doveadm HTTP reply; dsync states are a few KiB even
+// for users with hundreds of mailboxes.
+const maxReply = 8 << 20
+
+// HTTP runs dsync through a Dovecot host's doveadm HTTP API
+// (POST /doveadm/v1, command "sync"). It works with Dovecot 2.3 and 2.4.
+type HTTP struct {
+	client  *http.Client
+	timeout time.Duration
+}
+
+// NewHTTP makes the transport; every call is bounded by timeout. client
+// may be nil for a default client.
+func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+		}}
+	}
+	return &HTTP{client: client, timeout: timeout}
+}
+
+// Sync runs one dsync of req.User from ep to req.Destination.
+func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
+	opn := op(req.User, ep.Where())
+	fail := func(kind Kind, err error, format string, args ...any) (SyncResult, error) {
+		return SyncResult{}, &Error{Kind: kind, Op: opn, Detail: Redact(fmt.Sprintf(format, args...), ep.Secrets()...), Err: err}
+	}
+	params := map[string]any{
+		"user":          req.User,
+		"destination":   []string{req.Destination},
+		"state":         req.State, // always sent: without it no new state comes back
+		"allNamespaces": true,
+	}
+	if req.Full {
+		params["fullSync"] = true
+	}
+	if req.LockTimeout > 0 {
+		params["lockTimeout"] = int(req.LockTimeout.Round(time.Second) / time.Second)
+	}
+	tag := newTag()
+	body, err := json.Marshal([]any{[]any{"sync", params, tag}})
+	if err != nil {
+		return fail(KindProtocol, err, "encode request: %v", err)
+	}
+	if h.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.timeout)
+		defer cancel()
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	if err != nil {
+		return fail(KindProtocol, nil, "build request: invalid doveadm URL")
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	hr.Header.Set("Accept", "application/json")
+	if ep.APIKey != "" {
+		hr.Header.Set("X-Dovecot-API", base64.StdEncoding.EncodeToString([]byte(ep.APIKey)))
+	} else {
+		user := ep.User
+		if user == "" {
+			user = "doveadm"
+		}
+		hr.SetBasicAuth(user, ep.Password)
+	}
+	resp, err := h.client.Do(hr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fail(KindTransport, err, "no answer within the timeout: %v", context.Cause(ctx))
+		}
+		// Never print err itself: url.Error repeats the URL, which may
+		// carry userinfo. The cause alone is enough.
+		var ue interface{ Unwrap() error }
+		cause := err
+		if errors.As(err, &ue) && ue.Unwrap() != nil {
+			cause = ue.Unwrap()
+		}
+		return fail(KindTransport, err, "%v", cause)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return fail(KindUnauthorized, nil, "HTTP %d: doveadm rejected the credentials", resp.StatusCode)
+	case resp.StatusCode >= 500:
+		return fail(KindTransport, nil, "HTTP %d: %s", resp.StatusCode, snippet(data))
+	case resp.StatusCode != http.StatusOK:
+		return fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data))
+	case err != nil:
+		return fail(KindTransport, err, "reading the reply: %v", err)
+	case len(data) > maxReply:
+		return fail(KindProtocol, nil, "reply exceeds %d bytes", maxReply)
+	case len(bytes.TrimSpace(data)) == 0:
+		// Dovecot 2.3 answers 200 with an empty body when the destination
+		// refuses connections (its worker dies).
+		return fail(KindTransport, nil, "empty reply (Dovecot 2.3 does this when the destination is down)")
+	}
+	return parseReply(data, tag, opn, fail)
+}
+
+// parseReply reads [["doveadmResponse",[{"state":"..."}],"tag"]] or
+// [["error",{"type":"exitCode","exitCode":75},"tag"]].
+func parseReply(data []byte, tag, opn string, fail func(Kind, error, string, ...any) (SyncResult, error)) (SyncResult, error) {
+	var reply [][]json.RawMessage
+	if err := json.Unmarshal(data, &reply); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) && se.Offset >= int64(len(bytes.TrimSpace(data))) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fail(KindTransport, err, "truncated reply: %s", snippet(data))
+		}
+		return fail(KindProtocol, err, "unreadable reply: %s", snippet(data))
+	}
+	if len(reply) != 1 || len(reply[0]) < 2 {
+		return fail(KindProtocol, nil, "unexpected reply shape: %s", snippet(data))
+	}
+	var kind, gotTag string
+	_ = json.Unmarshal(reply[0][0], &kind)
+	if len(reply[0]) > 2 {
+		_ = json.Unmarshal(reply[0][2], &gotTag)
+	}
+	if gotTag != tag {
+		return fail(KindProtocol, nil, "reply tag %q does not match request tag %q", gotTag, tag)
+	}
+	switch kind {
+	case "doveadmResponse":
+		var rows []map[string]any
+		if err := json.Unmarshal(reply[0][1], &rows); err != nil {
+			return fail(KindProtocol, err, "unreadable response: %s", snippet(data))
+		}
+		var res SyncResult
+		for _, row := range rows {
+			if s, ok := row["state"].(string); ok {
+				res.State = s
+			}
+		}
+		return res, nil
+	case "error":
+		var e struct {
+			Type     string `json:"type"`
+			ExitCode *int   `json:"exitCode"`
+		}
+		if err := json.Unmarshal(reply[0][1], &e); err != nil {
+			return fail(KindProtocol, err, "unreadable error: %s", snippet(data))
+		}
+		switch {
+		case e.Type == "exitCode" && e.ExitCode != nil:
+			return SyncResult{}, &Error{Kind: KindExitCode, ExitCode: *e.ExitCode, Op: opn}
+		case e.Type == "unAuthorized":
+			return fail(KindUnauthorized, nil, "doveadm error %q", e.Type)
+		case e.Type == "internalError":
+			return fail(KindInternal, nil, "doveadm error %q", e.Type)
+		}
+		return fail(KindProtocol, nil, "doveadm error %q", e.Type)
+	}
+	return fail(KindProtocol, nil, "unexpected reply %q", kind)
+}
+
+// snippet quotes at most 200 bytes of a reply for an error message.
+func snippet(b []byte) string {
+	b = bytes.TrimSpace(b)
+	if len(b) > 200 {
+		return fmt.Sprintf("%q...", b[:200])
+	}
+	return fmt.Sprintf("%q", b)
+}
+
+func newTag() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "dw" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,161 @@
+package doveadm_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+)
+
+func endpoint(s *doveadmtest.Server) doveadm.Endpoint {
+	return doveadm.Endpoint{Name: s.Name, URL: s.APIURL(), User: "doveadm", Password: s.Password, Destination: "tcp:replica:12345"}
+}
+
+func TestHTTP_SyncSendsParametersAndReturnsState(t *testing.T) {
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	s.Respond = doveadmtest.Answers(doveadmtest.Reply{State: "AQAAAnew"})
+	tr := doveadm.NewHTTP(nil, 5*time.Second)
+
+	res, err := tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{
+		User: "u1", Destination: "tcp:replica:12345", State: "AQAAAold", Full: true, LockTimeout: 30 * time.Second,
+	})
+
+	if err != nil || res.State != "AQAAAnew" {
+		t.Fatalf("Sync = %+v, %v", res, err)
+	}
+	c := s.Tracker.Calls()[0]
+	if c.User != "u1" || c.Destination != "tcp:replica:12345" || c.State != "AQAAAold" || !c.Full || c.LockTimeout != 30 || !c.AllNS {
+		t.Errorf("doveadm got %+v", c)
+	}
+}
+
+func TestHTTP_APIKey(t *testing.T) {
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	s.Password = "the-api-key"
+	ep := endpoint(s)
+	ep.Password, ep.APIKey = "", "the-api-key"
+	if _, err := doveadm.NewHTTP(nil, time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHTTP_Failures(t *testing.T) {
+	tests := []struct {
+		name  string
+		reply doveadmtest.Reply
+		kind  doveadm.Kind
+		code  int
+		class string
+	}{
+		{"exit 75", doveadmtest.Reply{ExitCode: 75}, doveadm.KindExitCode, 75, "tempfail"},
+		{"exit 2", doveadmtest.Reply{ExitCode: 2}, doveadm.KindExitCode, 2, "changed"},
+		{"exit 65", doveadmtest.Reply{ExitCode: 65}, doveadm.KindExitCode, 65, "data_error"},
+		{"exit 67", doveadmtest.Reply{ExitCode: 67}, doveadm.KindExitCode, 67, "no_user"},
+		{"exit 68", doveadmtest.Reply{ExitCode: 68}, doveadm.KindExitCode, 68, "not_found"},
+		{"exit 77", doveadmtest.Reply{ExitCode: 77}, doveadm.KindExitCode, 77, "no_permission"},
+		{"exit 78", doveadmtest.Reply{ExitCode: 78}, doveadm.KindExitCode, 78, "config_error"},
+		{"exit 99", doveadmtest.Reply{ExitCode: 99}, doveadm.KindExitCode, 99, "unknown"},
+		{"empty reply (2.3, destination down)", doveadmtest.Reply{Empty: true}, doveadm.KindTransport, 0, "transport"},
+		{"HTTP 500", doveadmtest.Reply{Status: 500}, doveadm.KindTransport, 0, "transport"},
+		{"HTTP 404", doveadmtest.Reply{Status: 404}, doveadm.KindProtocol, 0, "protocol"},
+		{"unknownMethod", doveadmtest.Reply{ErrorType: "unknownMethod"}, doveadm.KindProtocol, 0, "protocol"},
+		{"internalError", doveadmtest.Reply{ErrorType: "internalError"}, doveadm.KindInternal, 0, "internal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := doveadmtest.NewServer(t, "mail-a", nil)
+			s.Respond = doveadmtest.Answers(tt.reply)
+			_, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+			var de *doveadm.Error
+			if !errors.As(err, &de) || de.Kind != tt.kind || de.ExitCode != tt.code {
+				t.Fatalf("err = %#v, want kind %s code %d", err, tt.kind, tt.code)
+			}
+			if r := doveadm.Decide(err); r.Class != tt.class {
+				t.Errorf("class %s, want %s", r.Class, tt.class)
+			}
+			if !strings.Contains(err.Error(), "sync u1 via doveadm at "+s.APIURL()) {
+				t.Errorf("error lacks context: %v", err)
+			}
+		})
+	}
+}
+
+func TestHTTP_WrongPasswordIs401AndNeverShown(t *testing.T) {
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	ep := endpoint(s)
+	ep.Password = "wrong-password-do-not-show"
+	ep.URL = strings.Replace(ep.URL, "http://", "http://doveadm:url-password-do-not-show@", 1)
+
+	_, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+
+	if r := doveadm.Decide(err); r.Class != "unauthorized" || r.Action != doveadm.ReportConfig {
+		t.Fatalf("err %v decided %+v, want unauthorized", err, r)
+	}
+	if strings.Contains(err.Error(), "do-not-show") {
+		t.Errorf("error shows a password: %v", err)
+	}
+}
+
+func TestHTTP_TimeoutIsRetryableTransportError(t *testing.T) {
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	s.Latency = 2 * time.Second
+	start := time.Now()
+	_, err := doveadm.NewHTTP(nil, 100*time.Millisecond).Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+	if r := doveadm.Decide(err); r.Class != "transport" || !r.Retryable {
+		t.Fatalf("err %v decided %+v", err, r)
+	}
+	if time.Since(start) > 1500*time.Millisecond {
+		t.Errorf("the call was not cut at its timeout")
+	}
+}
+
+func TestHTTP_RefusedAndEOFAreTransportErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := "http://" + ln.Addr().String() + "/doveadm/v1"
+	ln.Close()
+	// A server that hangs up mid-reply, like a dying doveadm worker.
+	eof := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.WriteHeader(200)
+		w.Write([]byte(`[["doveadmResp`))
+	}))
+	defer eof.Close()
+	hijack := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, _ := w.(http.Hijacker).Hijack()
+		c.Close()
+	}))
+	defer hijack.Close()
+	for name, url := range map[string]string{"refused": refused, "eof mid-body": eof.URL, "closed": hijack.URL} {
+		ep := doveadm.Endpoint{URL: url, Password: "p"}
+		_, err := doveadm.NewHTTP(nil, 2*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		if r := doveadm.Decide(err); r.Class != "transport" || !r.Retryable {
+			t.Errorf("%s: err %v decided %+v, want a retryable transport error", name, err, r)
+		}
+	}
+}
+
+func TestHTTP_GarbledOrMismatchedReplyIsProtocolError(t *testing.T) {
+	for name, body := range map[string]string{
+		"garbage":      `<html>hello</html>`,
+		"wrong tag":    `[["doveadmResponse",[{"state":"x"}],"someone-else"]]`,
+		"wrong shape":  `{"a":1}`,
+		"unknown kind": `[["surprise",{},"t"]]`,
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(body)) }))
+		_, err := doveadm.NewHTTP(nil, 2*time.Second).Sync(context.Background(), doveadm.Endpoint{URL: srv.URL, Password: "p"}, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		srv.Close()
+		if r := doveadm.Decide(err); r.Class != "protocol" {
+			t.Errorf("%s: err %v decided %+v, want protocol", name, err, r)
+		}
+	}
+}

@@ -1,0 +1,76 @@
+package doveadm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+)
+
+func TestDecide_PolicyTable(t *testing.T) {
+	exit := func(code int) error { return &Error{Kind: KindExitCode, ExitCode: code, Op: "sync u1"} }
+	tests := []struct {
+		name      string
+		err       error
+		action    Action
+		class     string
+		retryable bool
+		attempts  int
+	}{
+		{"success", nil, Done, "success", false, 0},
+		{"2 run again", exit(2), RunAgain, "changed", true, 0},
+		{"65 escalates", exit(65), EscalateFull, "data_error", true, 0},
+		{"67 no user", exit(67), Report, "no_user", false, 0},
+		{"68 not found", exit(68), Report, "not_found", false, 0},
+		{"75 tempfail", exit(75), Retry, "tempfail", true, 0},
+		{"77 permission", exit(77), ReportConfig, "no_permission", false, 0},
+		{"78 config", exit(78), ReportConfig, "config_error", false, 0},
+		{"unknown code", exit(89), Retry, "unknown", true, unknownAttempts},
+		{"transport", &Error{Kind: KindTransport}, Retry, "transport", true, 0},
+		{"plain error", errors.New("EOF"), Retry, "transport", true, 0},
+		{"deadline", context.DeadlineExceeded, Retry, "transport", true, 0},
+		{"401", &Error{Kind: KindUnauthorized}, ReportConfig, "unauthorized", false, 0},
+		{"protocol", &Error{Kind: KindProtocol}, ReportConfig, "protocol", false, 0},
+		{"internal", &Error{Kind: KindInternal}, Retry, "internal", true, unknownAttempts},
+		{"lost lock", fmt.Errorf("sync u1: %w", ErrLockLost), Report, "lost_lock", true, 1},
+		{"wrapped exit code", fmt.Errorf("outer: %w", exit(75)), Retry, "tempfail", true, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Decide(tt.err)
+			if r.Action != tt.action || r.Class != tt.class || r.Retryable != tt.retryable || r.Attempts != tt.attempts {
+				t.Errorf("Decide(%v) = %+v, want action %s class %s retryable %v attempts %d",
+					tt.err, r, tt.action, tt.class, tt.retryable, tt.attempts)
+			}
+		})
+	}
+}
+
+func TestPolicy_EveryCodeOnce(t *testing.T) {
+	seen := map[int]bool{}
+	for _, r := range Policy {
+		if seen[r.Code] {
+			t.Errorf("exit code %d twice in the policy table", r.Code)
+		}
+		seen[r.Code] = true
+		if r.Reason == "" || r.Class == "" {
+			t.Errorf("row %d lacks a reason or class", r.Code)
+		}
+	}
+	for _, code := range []int{0, 2, 65, 67, 68, 75, 77, 78} {
+		if !seen[code] {
+			t.Errorf("exit code %d missing from the policy table", code)
+		}
+	}
+}
+
+func TestError_MessageNamesUserAndCode(t *testing.T) {
+	err := error(&Error{Kind: KindExitCode, ExitCode: 75, Op: op("u1", "http://a:8080/doveadm/v1")})
+	want := "sync u1 via doveadm at http://a:8080/doveadm/v1: exit code 75 (temporary failure (destination down or busy))"
+	if err.Error() != want {
+		t.Errorf("got %q\nwant %q", err.Error(), want)
+	}
+	if ExitCodeOf(fmt.Errorf("x: %w", err)) != 75 || ExitCodeOf(errors.New("x")) != 0 {
+		t.Error("ExitCodeOf")
+	}
+}

@@ -1,0 +1,38 @@
+package doveadm
+
+import (
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// MaxUserLen bounds a username in bytes. Dovecot has no fixed limit; 255
+// is more than any mail system uses and keeps keys and argv small.
+const MaxUserLen = 255
+
+// ValidateUser rejects usernames that must never reach doveadm or Redis:
+// empty, too long, not UTF-8, with control characters (they would forge
+// log lines and protocol frames), starting with '-' (an option to
+// doveadm's argv) or holding '*' or '?' (doveadm expands them as a user
+// mask, syncing every matching user).
+func ValidateUser(user string) error {
+	switch {
+	case user == "":
+		return errors.New("username is empty")
+	case len(user) > MaxUserLen:
+		return fmt.Errorf("username of %d bytes exceeds %d", len(user), MaxUserLen)
+	case !utf8.ValidString(user):
+		return errors.New("username is not valid UTF-8")
+	case user[0] == '-':
+		return fmt.Errorf("username %q starts with '-'", user)
+	}
+	for _, r := range user {
+		switch {
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029':
+			return fmt.Errorf("username %q has a control character", user)
+		case r == '*' || r == '?':
+			return fmt.Errorf("username %q has a wildcard (%q) doveadm would expand", user, r)
+		}
+	}
+	return nil
+}
