@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,8 +11,7 @@ import (
 )
 
 func runExplain(_ context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet("explain", env)
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: dovewarden explain [FILE|-]\n\nReads Dovecot event JSON (one object, or one per line) and prints, per event,\nthe CloudEvent ingest would send, or 'dropped: <reason>'.")
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"net"
 	"net/http"
 
@@ -12,8 +11,7 @@ import (
 )
 
 func runIngest(ctx context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet("ingest", env)
 	cfg, err := ingest.Load(fs, args, env.getenv)
 	if err != nil {
 		return err

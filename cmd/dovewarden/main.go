@@ -45,9 +45,10 @@ func main() {
 	defer stop()
 	env := &environment{getenv: os.Getenv, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
 	if err := run(ctx, env, os.Args[1:]); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "dovewarden:", err)
+		if errors.Is(err, flag.ErrHelp) {
+			return
 		}
+		fmt.Fprintln(os.Stderr, "dovewarden:", err)
 		os.Exit(exitCode(err))
 	}
 }
@@ -84,6 +85,13 @@ func run(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("unknown command %q", args[0])
 	}
 	return cmd.run(ctx, env, args[1:])
+}
+
+// newFlagSet makes a command's flag set; tests wrap it to see the flags.
+var newFlagSet = func(name string, env *environment) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	return fs
 }
 
 func usage(w io.Writer) {
