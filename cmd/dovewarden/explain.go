@@ -7,7 +7,9 @@ import (
 	"os"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/explain"
+	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 )
 
 func runExplain(_ context.Context, env *environment, args []string) error {
@@ -15,8 +17,13 @@ func runExplain(_ context.Context, env *environment, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintln(env.stderr, "usage: dovewarden explain [FILE|-]\n\nReads Dovecot event JSON (one object, or one per line) and prints, per event,\nthe CloudEvent ingest would send, or 'dropped: <reason>'.")
 	}
+	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
+	}
+	uf, err := dovecot.ParseUsernameFormat(*format)
+	if err != nil {
+		return fmt.Errorf("username-format: %w", err)
 	}
 	if fs.NArg() > 1 {
 		return fmt.Errorf("explain takes one file, got %d arguments", fs.NArg())
@@ -30,7 +37,7 @@ func runExplain(_ context.Context, env *environment, args []string) error {
 		defer f.Close()
 		in = f
 	}
-	s, err := explain.Run(in, env.stdout)
+	s, err := explain.Run(in, env.stdout, ingest.Translator{Username: uf})
 	fmt.Fprintf(env.stderr, "%d events: %d changes, %d dropped, %d invalid\n", s.Events, s.Changes, s.Dropped, s.Invalid)
 	if err != nil {
 		return &exitError{code: 1, err: err}

@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 )
 
 // Summary counts what Run saw.
@@ -23,7 +23,7 @@ type Summary struct {
 // JSON or a line "dropped: <reason>". An object that is not a valid event
 // gets a line "invalid: <error>" and the rest is still read; input that is
 // not JSON at all stops the run with an error.
-func Run(r io.Reader, w io.Writer) (Summary, error) {
+func Run(r io.Reader, w io.Writer, t ingest.Translator) (Summary, error) {
 	var s Summary
 	dec := json.NewDecoder(r)
 	for {
@@ -37,26 +37,25 @@ func Run(r io.Reader, w io.Writer) (Summary, error) {
 			return s, fmt.Errorf("event %d: not JSON: %w", s.Events+1, err)
 		}
 		s.Events++
-		if err := one(raw, w, &s); err != nil {
+		if err := one(raw, w, t, &s); err != nil {
 			return s, err
 		}
 	}
 }
 
-func one(raw []byte, w io.Writer, s *Summary) error {
+func one(raw []byte, w io.Writer, t ingest.Translator, s *Summary) error {
 	ev, err := dovecot.Parse(raw)
 	if err != nil {
 		s.Invalid++
 		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
 		return werr
 	}
-	c, reason := dovecot.Classify(&ev)
+	c, ce, reason, err := t.Translate(&ev, "")
 	if reason != "" {
 		s.Dropped++
 		_, werr := fmt.Fprintf(w, "dropped: %s (%s %s)\n", reason, ev.Name, describe(&ev))
 		return werr
 	}
-	ce, err := contract.FromChange(c)
 	if err != nil {
 		s.Invalid++
 		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 )
 
 const (
@@ -16,7 +19,7 @@ const (
 func TestRun_OnePerLine(t *testing.T) {
 	in := strings.Join([]string{appendLine, failedLine, syncLine, `{"hostname":"x"}`}, "\n")
 	var out bytes.Buffer
-	s, err := Run(strings.NewReader(in), &out)
+	s, err := Run(strings.NewReader(in), &out, ingest.Translator{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +45,7 @@ func TestRun_PrettyPrintedObjectAndValidJSONOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	s, err := Run(&pretty, &out)
+	s, err := Run(&pretty, &out, ingest.Translator{})
 	if err != nil || s.Changes != 1 {
 		t.Fatalf("%+v %v", s, err)
 	}
@@ -57,11 +60,26 @@ func TestRun_PrettyPrintedObjectAndValidJSONOut(t *testing.T) {
 
 func TestRun_NotJSONStops(t *testing.T) {
 	var out bytes.Buffer
-	s, err := Run(strings.NewReader(appendLine+"\nthis is not json\n"+appendLine), &out)
+	s, err := Run(strings.NewReader(appendLine+"\nthis is not json\n"+appendLine), &out, ingest.Translator{})
 	if err == nil || !strings.Contains(err.Error(), "event 2") {
 		t.Fatalf("error %v", err)
 	}
 	if s.Changes != 1 || s.Invalid != 1 {
 		t.Errorf("summary %+v", s)
+	}
+}
+
+func TestRun_UsernameFormat(t *testing.T) {
+	uf, err := dovecot.ParseUsernameFormat("%Ln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := `{"event":"mail_delivery_finished","hostname":"h","fields":{"user":"U1@mail-a.test","rcpt_to":"U1@mail-a.test"}}`
+	var out bytes.Buffer
+	if _, err := Run(strings.NewReader(line), &out, ingest.Translator{Username: uf}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"subject": "u1"`) {
+		t.Errorf("username not normalised:\n%s", out.String())
 	}
 }

@@ -1,11 +1,13 @@
 package ingest
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -22,6 +24,10 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 	if err != nil {
 		return nil, nil, err
 	}
+	uf, err := dovecot.ParseUsernameFormat(cfg.UsernameFormat)
+	if err != nil {
+		return nil, nil, fmt.Errorf("username-format: %w", err)
+	}
 	closeFn := func() error { return nil }
 	var pending PendingMarker
 	if cfg.RedisURL != "" {
@@ -33,6 +39,7 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 	}
 	h := NewHandler(Options{
 		MaxBody: cfg.MaxBody, BasicUser: cfg.AuthUser, BasicPassword: cfg.AuthPassword, Token: cfg.AuthToken,
+		Username: uf,
 	}, snd, pending, reg, log)
 	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.RedisURL != "", "auth", cfg.authKind())
 	return h, closeFn, nil

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 )
@@ -25,6 +26,10 @@ type Config struct {
 	SendBackoff time.Duration
 
 	MaxBody int64
+
+	// UsernameFormat is Dovecot's auth_username_format, applied to every
+	// username (see dovecot.UsernameFormat).
+	UsernameFormat string
 
 	AuthUser         string
 	AuthPassword     string
@@ -46,6 +51,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&c.SendRetries, "send-retries", 3, "retries of a failed send within send-budget")
 	fs.DurationVar(&c.SendBackoff, "send-backoff", 10*time.Millisecond, "delay before the first retry; doubles each retry")
 	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
+	fs.StringVar(&c.UsernameFormat, "username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format (%Lu, %n, %{user | username}, ...): set it to the same value")
 	fs.StringVar(&c.AuthUser, "auth-user", "", "require HTTP Basic auth with this user (Dovecot: http://user:pass@host/ in the exporter URL)")
 	fs.StringVar(&c.AuthPassword, "auth-password", "", "password for auth-user")
 	fs.StringVar(&c.AuthPasswordFile, "auth-password-file", "", "file holding the password for auth-user")
@@ -97,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBody < 1024 || c.MaxBody > 16<<20 {
 		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to 16777216 bytes", c.MaxBody))
+	}
+	if _, err := dovecot.ParseUsernameFormat(c.UsernameFormat); err != nil {
+		errs = append(errs, fmt.Errorf("username-format: %w", err))
 	}
 	if (c.AuthUser == "") != (c.AuthPassword == "") {
 		errs = append(errs, errors.New("auth-user and auth-password (or auth-password-file) must be set together"))

@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
-	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
@@ -45,6 +44,8 @@ type Options struct {
 	BasicUser, BasicPassword string
 	// Token, when set, requires "Authorization: Bearer Token".
 	Token string
+	// Username normalises usernames (Dovecot's auth_username_format).
+	Username dovecot.UsernameFormat
 }
 
 // Handler serves Dovecot's exporter POSTs.
@@ -153,14 +154,12 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	h.m.received.WithLabelValues(hostLabel).Inc()
 	h.m.lastEvent.WithLabelValues(hostLabel).SetToCurrentTime()
 
-	c, reason := dovecot.Classify(ev)
+	c, ce, reason, err := Translator{Username: h.opts.Username}.Translate(ev, host)
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
 		writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
 		return
 	}
-	c.Host = host
-	ce, err := contract.FromChange(c)
 	if err != nil {
 		h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
 		return

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -342,5 +343,20 @@ func TestHandle_HostLabelsAreBounded(t *testing.T) {
 	}
 	if got := f.h.m.hostLabel("h"); got != "h" {
 		t.Errorf("known host label %q", got)
+	}
+}
+
+func TestHandle_UsernameFormat(t *testing.T) {
+	uf, err := dovecot.ParseUsernameFormat("%Ln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, Options{Username: uf}, &broker{}, "")
+	lmtp := `{"event":"mail_delivery_finished","hostname":"mail-a.test","end_time":"2026-11-29T00:32:29.264809Z","categories":["service:lmtp"],"fields":{"rcpt_to":"U1@mail-a.test","user":"U1@mail-a.test"}}`
+	if code, body := f.post(t, "/events", "application/json", lmtp); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, body)
+	}
+	if got := f.broker.events[0].Subject(); got != "u1" {
+		t.Errorf("subject %q, want the canonical user u1", got)
 	}
 }

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for a server goroutine and a test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testEnv(vars map[string]string, stdin string) (*environment, *syncBuffer, *syncBuffer) {
+	out, errb := &syncBuffer{}, &syncBuffer{}
+	return &environment{
+		getenv: func(k string) string { return vars[k] },
+		stdin:  strings.NewReader(stdin),
+		stdout: out, stderr: errb,
+	}, out, errb
+}
+
+const deliveryEvent = `{"event":"mail_delivery_finished","hostname":"mail-a.test","end_time":"2026-11-29T10:00:00.000001Z","categories":["service:lmtp"],"fields":{"user":"u1","message_id":"<m@test>"}}`
+
+func TestIngest_ServesUntilCancelled(t *testing.T) {
+	got := make(chan string, 1)
+	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Ce-Subject") + "/" + r.Header.Get("Ce-Priority") + "/" + r.Header.Get("Ce-Region")
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer broker.Close()
+	env, _, stderr := testEnv(map[string]string{
+		"K_SINK":                      broker.URL,
+		"K_CE_OVERRIDES":              `{"extensions":{"region":"eu"}}`,
+		"DOVEWARDEN_LOG_FORMAT":       "json",
+		"DOVEWARDEN_AUTH_TOKEN":       "t0k",
+		"DOVEWARDEN_SEND_BUDGET":      "200ms",
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "2s",
+	}, "")
+	addrc := make(chan net.Addr, 1)
+	env.ready = func(a net.Addr) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, env, []string{"ingest", "--listen", "127.0.0.1:0"}) }()
+	var base string
+	select {
+	case a := <-addrc:
+		base = "http://" + a.String()
+	case err := <-done:
+		t.Fatalf("ingest exited: %v\n%s", err, stderr)
+	case <-time.After(10 * time.Second):
+		t.Fatal("ingest did not start")
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(base + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, resp, err)
+		}
+		resp.Body.Close()
+	}
+	req, _ := http.NewRequest("POST", base+"/events", strings.NewReader(deliveryEvent))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer t0k")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+	if g := <-got; g != "u1/high/eu" {
+		t.Errorf("broker got %q", g)
+	}
+	resp, err = http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(m), `dovewarden_ingest_events_accepted_total{host="mail-a.test",priority="high"} 1`) {
+		t.Errorf("metrics lack the accepted event:\n%s", m)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ingest returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ingest did not stop on cancel")
+	}
+	if !strings.Contains(stderr.String(), `"msg":"shutting down"`) {
+		t.Errorf("no JSON shutdown log:\n%s", stderr)
+	}
+}
+
+func TestIngest_ConfigErrorsNameTheSetting(t *testing.T) {
+	for name, tc := range map[string]struct {
+		vars map[string]string
+		args []string
+		want string
+	}{
+		"no broker":       {nil, nil, "broker-url"},
+		"bad duration":    {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_SEND_BUDGET": "soon"}, nil, "DOVEWARDEN_SEND_BUDGET"},
+		"budget too long": {map[string]string{"K_SINK": "http://b"}, []string{"--send-budget", "1m"}, "send-budget"},
+		"half basic":      {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_AUTH_USER": "dovecot"}, nil, "auth-password"},
+		"bad overrides":   {map[string]string{"K_SINK": "http://b", "K_CE_OVERRIDES": "{"}, nil, "K_CE_OVERRIDES"},
+		"bad log":         {map[string]string{"K_SINK": "http://b"}, []string{"--log-format", "xml"}, "log-format"},
+		"bad listen":      {map[string]string{"K_SINK": "http://b"}, []string{"--listen", "8080"}, "listen"},
+		"bad redis":       {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "http://u:secretpw@r"}, nil, "redis-url"},
+		"missing file":    {map[string]string{"K_SINK": "http://b"}, []string{"--auth-token-file", "/nonexistent/token"}, "auth-token-file"},
+		"stray arg":       {map[string]string{"K_SINK": "http://b"}, []string{"extra"}, "unexpected argument"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env, _, _ := testEnv(tc.vars, "")
+			err := run(context.Background(), env, append([]string{"ingest"}, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to name %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "secretpw") {
+				t.Errorf("error leaks a password: %v", err)
+			}
+		})
+	}
+}
+
+func TestExplain_StdinAndExitCode(t *testing.T) {
+	env, out, stderr := testEnv(nil, deliveryEvent+"\n"+`{"event":"mail_opened","hostname":"h","fields":{"user":"u1"}}`)
+	if err := run(context.Background(), env, []string{"explain", "-"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"type": "org.dovewarden.mailbox.changed"`) || !strings.Contains(out.String(), "dropped: event_kind") {
+		t.Errorf("output:\n%s", out)
+	}
+	if !strings.Contains(stderr.String(), "2 events: 1 changes, 1 dropped, 0 invalid") {
+		t.Errorf("summary: %s", stderr)
+	}
+	env, _, _ = testEnv(nil, "nonsense")
+	err := run(context.Background(), env, []string{"explain"})
+	if exitCode(err) != 1 {
+		t.Errorf("bad input: exit code %d (%v), want 1", exitCode(err), err)
+	}
+}
+
+func TestRun_UnknownCommand(t *testing.T) {
+	env, _, stderr := testEnv(nil, "")
+	err := run(context.Background(), env, []string{"frobnicate"})
+	if err == nil || !strings.Contains(stderr.String(), "commands:") {
+		t.Errorf("err %v, usage %q", err, stderr)
+	}
+	if errors.Is(err, context.Canceled) {
+		t.Error("unexpected cancel")
+	}
+}

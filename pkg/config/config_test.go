@@ -1,0 +1,56 @@
+package config
+
+import (
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newSet() (*flag.FlagSet, *string, *time.Duration, *int) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	s := fs.String("broker-url", "default", "")
+	d := fs.Duration("send-budget", time.Second, "")
+	n := fs.Int("send-retries", 3, "")
+	return fs, s, d, n
+}
+
+func TestParse_FlagBeatsEnvBeatsDefault(t *testing.T) {
+	fs, s, d, n := newSet()
+	env := map[string]string{"DOVEWARDEN_BROKER_URL": "http://env", "DOVEWARDEN_SEND_BUDGET": "200ms"}
+	if err := Parse(fs, []string{"--broker-url", "http://flag"}, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if *s != "http://flag" || *d != 200*time.Millisecond || *n != 3 {
+		t.Errorf("got %q %v %d", *s, *d, *n)
+	}
+}
+
+func TestParse_BadEnvNamesTheVariable(t *testing.T) {
+	fs, _, _, _ := newSet()
+	env := map[string]string{"DOVEWARDEN_SEND_BUDGET": "fast", "DOVEWARDEN_SEND_RETRIES": "x"}
+	err := Parse(fs, nil, func(k string) string { return env[k] })
+	if err == nil || !strings.Contains(err.Error(), "DOVEWARDEN_SEND_BUDGET") || !strings.Contains(err.Error(), "DOVEWARDEN_SEND_RETRIES") {
+		t.Fatalf("error %v should name both variables", err)
+	}
+}
+
+func TestSecret(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := Secret("auth-password", "", file); err != nil || v != "s3cret" {
+		t.Errorf("from file: %q %v", v, err)
+	}
+	if v, err := Secret("auth-password", "direct", file); err != nil || v != "direct" {
+		t.Errorf("value wins: %q %v", v, err)
+	}
+	if _, err := Secret("auth-password", "", file+".missing"); err == nil || !strings.Contains(err.Error(), "auth-password-file") {
+		t.Errorf("missing file: %v", err)
+	}
+}

@@ -1,0 +1,37 @@
+package ingest
+
+import (
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+)
+
+// Translator turns a parsed Dovecot event into the CloudEvent ingest sends.
+// The HTTP handler and `dovewarden explain` share it, so explain shows
+// exactly what ingest does.
+type Translator struct {
+	// Username normalises usernames like Dovecot's auth_username_format.
+	Username dovecot.UsernameFormat
+}
+
+// Translate classifies ev and maps a change to its CloudEvent. host, when
+// not empty, replaces the event's hostname as the change's source. It
+// returns the drop reason for an event that changes nothing, and an error
+// for a change that cannot be a valid CloudEvent.
+func (t Translator) Translate(ev *dovecot.Event, host string) (change.Change, cloudevents.Event, dovecot.DropReason, error) {
+	c, reason := dovecot.Classify(ev)
+	if reason != "" {
+		return c, cloudevents.Event{}, reason, nil
+	}
+	c.User = t.Username.Apply(c.User)
+	if c.User == "" {
+		return c, cloudevents.Event{}, dovecot.DropNoUser, nil
+	}
+	if host != "" {
+		c.Host = host
+	}
+	ce, err := contract.FromChange(c)
+	return c, ce, "", err
+}
