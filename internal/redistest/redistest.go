@@ -1,0 +1,217 @@
+// Package redistest starts a real redis-server on a free 127.0.0.1 port for
+// integration tests, installing Debian's redis-server package first when
+// the binary is missing (idempotent, serialised by a file lock).
+package redistest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a running redis-server owned by one test.
+type Server struct {
+	// Addr is "127.0.0.1:port".
+	Addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// URL is the server's redis:// URL.
+func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+
+// Client returns a new client of the server, closed when the test ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Start starts a redis-server for t and stops it when t ends. It installs
+// redis-server when missing; as a non-root user that cannot install, it
+// skips the test with the reason.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := Ensure()
+	if err != nil {
+		if os.Geteuid() != 0 && errors.Is(err, errNotRoot) {
+			t.Skipf("redistest: %v", err)
+		}
+		t.Fatalf("redistest: %v", err)
+	}
+	var last error
+	for attempt := 0; attempt < 5; attempt++ {
+		s, err := start(bin, t.TempDir())
+		if err == nil {
+			t.Cleanup(s.stop)
+			return s
+		}
+		last = err
+	}
+	t.Fatalf("redistest: %v", last)
+	return nil
+}
+
+func start(bin, dir string) (*Server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	// The server dies with the test binary even if cleanup never runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(s.done) }()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, strings.TrimSpace(out.String()))
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("redis-server on port %d not answering: %v", port, err)
+		}
+	}
+}
+
+func (s *Server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+var errNotRoot = errors.New("redis-server is not installed and installing it needs root")
+
+var ensureOnce struct {
+	sync.Mutex
+	bin string
+}
+
+// Ensure returns the path of redis-server, installing the Debian package
+// redis-server when it is missing. Concurrent test binaries wait on a file
+// lock, and the second finds it installed.
+func Ensure() (string, error) {
+	ensureOnce.Lock()
+	defer ensureOnce.Unlock()
+	if ensureOnce.bin != "" {
+		return ensureOnce.bin, nil
+	}
+	if bin, err := lookup(); err == nil {
+		ensureOnce.bin = bin
+		return bin, nil
+	}
+	if os.Geteuid() != 0 {
+		return "", errNotRoot
+	}
+	unlock, err := lockFile(filepath.Join(os.TempDir(), "dovewarden-redistest.lock"))
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if bin, err := lookup(); err == nil {
+		ensureOnce.bin = bin
+		return bin, nil
+	}
+	if err := aptInstall("redis-server"); err != nil {
+		return "", err
+	}
+	bin, err := lookup()
+	if err != nil {
+		return "", fmt.Errorf("redis-server installed but not found: %w", err)
+	}
+	ensureOnce.bin = bin
+	return bin, nil
+}
+
+func lookup() (string, error) {
+	if bin, err := exec.LookPath("redis-server"); err == nil {
+		return bin, nil
+	}
+	// /usr/bin may be missing from a minimal PATH.
+	for _, p := range []string{"/usr/bin/redis-server", "/usr/sbin/redis-server"} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("redis-server not found")
+}
+
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("flock %s: %w", path, err)
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+// aptInstall installs Debian packages; when the first try fails (a stale
+// package list) it runs apt-get update and tries once more.
+func aptInstall(pkgs ...string) error {
+	install := func() ([]byte, error) {
+		cmd := exec.Command("apt-get", append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		return cmd.CombinedOutput()
+	}
+	if _, err := install(); err == nil {
+		return nil
+	}
+	if out, err := exec.Command("apt-get", "update").CombinedOutput(); err != nil {
+		return fmt.Errorf("apt-get update: %w\n%s", err, tail(out))
+	}
+	if out, err := install(); err != nil {
+		return fmt.Errorf("apt-get install %s: %w\n%s", strings.Join(pkgs, " "), err, tail(out))
+	}
+	return nil
+}
+
+func tail(b []byte) string {
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}

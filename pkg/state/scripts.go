@@ -1,0 +1,167 @@
+package state
+
+import "github.com/redis/go-redis/v9"
+
+// The sync function's decisions are Lua scripts, so each is atomic and one
+// round trip. Times are Unix milliseconds by Redis's clock (TIME), one
+// clock for every sync instance; change times come from Dovecot hosts, and
+// the clock-skew margin absorbs the difference.
+//
+// Coalescing: last_start is the start of the last successful dsync; a
+// change older than last_start - margin is covered (Begin). A change that
+// arrives while the lock is held is left in PendingKey (ZADD LT keeps the
+// oldest time, as ingest's MarkPending does). If its time is at or after
+// the running attempt's start - margin, the attempt may not cover it: it
+// also sets the "marked since this attempt started" fields pending_last and
+// pending_host. Ingest's MarkPending sets pending_host too. Each attempt's
+// start deletes those fields; so when an attempt succeeds, their absence
+// means every mark in PendingKey was recorded before the attempt started,
+// hence describes a change that happened before it, and the entry is
+// removed. Their presence makes the owner run once more. Marks recorded
+// before the start need no clock comparison: they arrived first.
+
+// luaPrelude is shared by the scripts: the clock and the start of an
+// attempt (the lock is already held).
+const luaPrelude = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function num(v)
+  return tonumber(v) or 0
+end
+-- start an attempt: KEYS[2] user hash, KEYS[3] pending zset, skey the
+-- state hash; returns the Run claim.
+local function start(now, user, owner, host, skey, dest)
+  local h = KEYS[2]
+  local merged = num(redis.call('HGET', h, 'pending_count'))
+  local fullreq = redis.call('HGET', h, 'full_requested') == '1'
+  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
+  local fields = {'inprogress_since', now}
+  if owner ~= '' then table.insert(fields, 'inprogress_by'); table.insert(fields, owner) end
+  if host ~= '' then table.insert(fields, 'inprogress_host'); table.insert(fields, host) end
+  redis.call('HSET', h, unpack(fields))
+  local since = num(redis.call('ZSCORE', KEYS[3], user))
+  local st = redis.call('HGET', skey, dest) or ''
+  return {'run', now, since, merged, st, fullreq and 1 or 0}
+end
+`
+
+// scriptBegin: KEYS lock, user, pending, excluded, state.
+// ARGV user, token, ttl, at, margin, host, owner, destination, full.
+var scriptBegin = redis.NewScript(luaPrelude + `
+local user, token, ttl, margin = ARGV[1], ARGV[2], ARGV[3], num(ARGV[5])
+local host, owner, dest, full = ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
+local now = now_ms()
+local at = num(ARGV[4])
+if at <= 0 or at > now then at = now end
+if redis.call('SISMEMBER', KEYS[4], user) == 1 then
+  return {'excluded'}
+end
+local last = num(redis.call('HGET', KEYS[2], 'last_start'))
+if not full and last > 0 and at < last - margin then
+  return {'covered', last}
+end
+if redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
+  return start(now, user, owner, host, KEYS[5], dest)
+end
+-- Busy: leave a pending mark the owner (or, if it died, the next event or
+-- the sweep) picks up.
+redis.call('ZADD', KEYS[3], 'LT', at, user)
+redis.call('HINCRBY', KEYS[2], 'pending_count', 1)
+local since = num(redis.call('HGET', KEYS[2], 'inprogress_since'))
+if full then
+  redis.call('HSET', KEYS[2], 'full_requested', '1')
+end
+if full or at >= since - margin then
+  if at > num(redis.call('HGET', KEYS[2], 'pending_last')) then
+    redis.call('HSET', KEYS[2], 'pending_last', at)
+  end
+  if host ~= '' then redis.call('HSET', KEYS[2], 'pending_host', host) end
+end
+return {'busy', redis.call('HGET', KEYS[2], 'inprogress_by') or '', since}
+`)
+
+// scriptRestart: KEYS lock, user, pending, state. ARGV user, token, ttl,
+// destination.
+var scriptRestart = redis.NewScript(luaPrelude + `
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return {'lost'}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return start(now_ms(), ARGV[1], '', '', KEYS[4], ARGV[4])
+`)
+
+// scriptRenew: compare-and-pexpire. KEYS lock. ARGV token, ttl.
+var scriptRenew = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+// scriptSucceed: KEYS lock, user, pending, failed, state.
+// ARGV user, token, start, destination, new state, host, full, ttl, may
+// rerun.
+var scriptSucceed = redis.NewScript(luaPrelude + `
+local user, token, st = ARGV[1], ARGV[2], num(ARGV[3])
+local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
+local h = KEYS[2]
+local now = now_ms()
+if newstate ~= '' then redis.call('HSET', KEYS[5], dest, newstate) end
+if st > num(redis.call('HGET', h, 'last_start')) then
+  redis.call('HSET', h, 'last_start', st)
+end
+redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
+  'last_duration_ms', now - st, 'last_full', ARGV[7], 'failures', 0)
+redis.call('ZREM', KEYS[4], user)
+local owned = redis.call('GET', KEYS[1]) == token
+-- Marked since the attempt started? Only when the caller still owns the
+-- lock are those fields about its attempt; otherwise another owner's
+-- attempt may have reset them, and the entry is left to that owner.
+local newer = not owned
+  or redis.call('HEXISTS', h, 'pending_last') == 1
+  or redis.call('HEXISTS', h, 'pending_host') == 1
+  or redis.call('HGET', h, 'full_requested') == '1'
+if not newer then
+  redis.call('ZREM', KEYS[3], user)
+  redis.call('HDEL', h, 'pending_count')
+end
+if newer and owned and ARGV[9] == '1' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  local c = start(now, user, '', '', KEYS[5], dest)
+  table.insert(c, 2, now)
+  return c
+end
+if owned then
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')
+end
+if newer then return {'left', now} end
+return {'done', now}
+`)
+
+// scriptFail: KEYS lock, user, pending, failed. ARGV user, token, at,
+// error, exit code, class, final, release, host.
+var scriptFail = redis.NewScript(luaPrelude + `
+local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
+local h = KEYS[2]
+local now = now_ms()
+if at <= 0 or at > now then at = now end
+redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6])
+redis.call('HINCRBY', h, 'failures', 1)
+if ARGV[7] == '1' then
+  redis.call('ZADD', KEYS[4], now, user)
+end
+if ARGV[8] == '1' then
+  -- What the owner acknowledged stays marked, with its host, for the next
+  -- event or the sweep.
+  redis.call('ZADD', KEYS[3], 'LT', at, user)
+  if ARGV[9] ~= '' then redis.call('HSET', h, 'pending_host', ARGV[9]) end
+  if redis.call('GET', KEYS[1]) == token then
+    redis.call('DEL', KEYS[1])
+    redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')
+  end
+end
+return now
+`)

@@ -1,0 +1,158 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// UserStatus is one user's replication status, as `doveadm replicator
+// status` showed it: last success, last failure, pending, in progress,
+// dsync state kept.
+type UserStatus struct {
+	User     string `json:"user"`
+	Excluded bool   `json:"excluded"`
+
+	// LastStart and LastSuccess bound the last successful dsync.
+	LastStart       time.Time     `json:"last_start,omitzero"`
+	LastSuccess     time.Time     `json:"last_success,omitzero"`
+	LastSuccessHost string        `json:"last_success_host,omitempty"`
+	LastDestination string        `json:"last_destination,omitempty"`
+	LastDuration    time.Duration `json:"last_duration,omitempty"`
+	LastFull        bool          `json:"last_full,omitempty"`
+
+	LastFailure      time.Time `json:"last_failure,omitzero"`
+	LastError        string    `json:"last_error,omitempty"`
+	LastExitCode     int       `json:"last_exit_code,omitempty"`
+	LastFailureClass string    `json:"last_failure_class,omitempty"`
+	// ConsecutiveFailures counts failed attempts since the last success.
+	ConsecutiveFailures int `json:"consecutive_failures"`
+	// Failed: the last replication failed after its last attempt; the
+	// sweep retries the user.
+	Failed      bool      `json:"failed"`
+	FailedSince time.Time `json:"failed_since,omitzero"`
+
+	// PendingSince is the oldest change not yet covered by a successful
+	// dsync (zero: nothing pending); PendingHost where it was seen.
+	PendingSince time.Time `json:"pending_since,omitzero"`
+	PendingHost  string    `json:"pending_host,omitempty"`
+
+	// InProgress: a sync instance holds the user's lock.
+	InProgress      bool      `json:"in_progress"`
+	InProgressBy    string    `json:"in_progress_by,omitempty"`
+	InProgressSince time.Time `json:"in_progress_since,omitzero"`
+	InProgressHost  string    `json:"in_progress_host,omitempty"`
+
+	// States maps each destination to the size in bytes of the dsync state
+	// kept for it (the state itself is opaque).
+	States map[string]int `json:"states,omitempty"`
+}
+
+// Status reads one user's status in one round trip.
+func (s *Store) Status(ctx context.Context, user string) (UserStatus, error) {
+	var (
+		fields   *redis.MapStringStringCmd
+		pending  *redis.FloatCmd
+		failed   *redis.FloatCmd
+		lock     *redis.IntCmd
+		excluded *redis.BoolCmd
+		states   *redis.MapStringStringCmd
+	)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		fields = p.HGetAll(ctx, UserKey(user))
+		pending = p.ZScore(ctx, PendingKey, user)
+		failed = p.ZScore(ctx, FailedKey, user)
+		lock = p.Exists(ctx, LockKey(user))
+		excluded = p.SIsMember(ctx, ExcludedKey, user)
+		states = p.HGetAll(ctx, StateKey(user))
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return UserStatus{}, fmt.Errorf("read status of %q from redis: %w", user, err)
+	}
+	f := fields.Val()
+	st := UserStatus{
+		User: user, Excluded: excluded.Val(),
+		LastStart: msField(f[FieldLastStart]), LastSuccess: msField(f[FieldLastSuccess]),
+		LastSuccessHost: f[FieldLastSuccessHost], LastDestination: f[FieldLastDestination],
+		LastDuration: time.Duration(intField(f[FieldLastDurationMS])) * time.Millisecond,
+		LastFull:     f[FieldLastFull] == "1",
+		LastFailure:  msField(f[FieldLastFailure]), LastError: f[FieldLastError],
+		LastExitCode: intField(f[FieldLastExitCode]), LastFailureClass: f[FieldLastClass],
+		ConsecutiveFailures: intField(f[FieldFailures]),
+		PendingHost:         f[FieldPendingHost],
+		InProgress:          lock.Val() == 1,
+	}
+	if pending.Err() == nil {
+		st.PendingSince = time.UnixMilli(int64(pending.Val())).UTC()
+	}
+	if failed.Err() == nil {
+		st.Failed, st.FailedSince = true, time.UnixMilli(int64(failed.Val())).UTC()
+	}
+	if st.InProgress {
+		st.InProgressBy, st.InProgressHost = f[FieldInProgressBy], f[FieldInProgressHost]
+		st.InProgressSince = msField(f[FieldInProgressSince])
+	}
+	if len(states.Val()) > 0 {
+		st.States = map[string]int{}
+		for dest, v := range states.Val() {
+			st.States[dest] = len(v)
+		}
+	}
+	return st, nil
+}
+
+// Counts returns how many users are pending and how many failed, for the
+// gauges.
+func (s *Store) Counts(ctx context.Context) (pending, failed int64, err error) {
+	var pc, fc *redis.IntCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		pc, fc = p.ZCard(ctx, PendingKey), p.ZCard(ctx, FailedKey)
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("count pending and failed users in redis: %w", err)
+	}
+	return pc.Val(), fc.Val(), nil
+}
+
+// Exclude excludes users from replication; Include takes them back.
+func (s *Store) Exclude(ctx context.Context, users ...string) error {
+	if err := s.rdb.SAdd(ctx, ExcludedKey, anys(users)...).Err(); err != nil {
+		return fmt.Errorf("exclude users in redis: %w", err)
+	}
+	return nil
+}
+
+// Include removes users from the excluded set.
+func (s *Store) Include(ctx context.Context, users ...string) error {
+	if err := s.rdb.SRem(ctx, ExcludedKey, anys(users)...).Err(); err != nil {
+		return fmt.Errorf("include users in redis: %w", err)
+	}
+	return nil
+}
+
+func anys(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+func intField(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
+
+func msField(s string) time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
+}

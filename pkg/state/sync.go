@@ -1,0 +1,264 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Keys of the sync function. Every per-user key carries the user in a hash
+// tag; the scripts below also touch the global sets, so they need a single
+// Redis primary (standalone or Sentinel), not Redis Cluster.
+const (
+	// ExcludedKey is the set of users never replicated.
+	ExcludedKey = Prefix + "excluded"
+	// FailedKey is a sorted set of users whose last replication failed
+	// after its last attempt, scored by the Unix milliseconds of that
+	// failure. The sweep retries them.
+	FailedKey = Prefix + "failed"
+)
+
+// LockKey is the per-user lock: a random token, with a TTL the owner renews
+// while its dsync runs.
+func LockKey(user string) string { return Prefix + "lock:{" + user + "}" }
+
+// StateKey is the hash of a user's dsync states, one field per destination.
+func StateKey(user string) string { return Prefix + "dsync:{" + user + "}" }
+
+// Fields of UserKey written by the sync function (FieldPendingHost is
+// ingest's, and the sync function's too).
+const (
+	FieldPendingLast     = "pending_last"  // ms: newest change left while a dsync ran
+	FieldPendingCount    = "pending_count" // changes merged into the next dsync
+	FieldFullRequested   = "full_requested"
+	FieldInProgressBy    = "inprogress_by"
+	FieldInProgressSince = "inprogress_since" // ms: start of the running attempt
+	FieldInProgressHost  = "inprogress_host"
+	FieldLastStart       = "last_start"   // ms: start of the last successful dsync
+	FieldLastSuccess     = "last_success" // ms: its end
+	FieldLastSuccessHost = "last_success_host"
+	FieldLastDestination = "last_destination"
+	FieldLastDurationMS  = "last_duration_ms"
+	FieldLastFull        = "last_full"
+	FieldLastFailure     = "last_failure" // ms
+	FieldLastError       = "last_error"
+	FieldLastExitCode    = "last_exit_code"
+	FieldLastClass       = "last_failure_class"
+	FieldFailures        = "failures" // consecutive failed attempts
+)
+
+// Decision is what a script decided for a user.
+type Decision string
+
+// Decisions.
+const (
+	// Run: the caller holds the lock and runs a dsync starting now.
+	Run Decision = "run"
+	// Covered: a successful dsync started after the change.
+	Covered Decision = "covered"
+	// Busy: another owner holds the lock; the change is left as a pending
+	// mark for it.
+	Busy Decision = "busy"
+	// Excluded: the user is excluded from replication.
+	Excluded Decision = "excluded"
+	// Done: the dsync covered every pending mark; the lock is released.
+	Done Decision = "done"
+	// Left: marks newer than the dsync's start remain, but the caller may
+	// not run again (rounds used up, or lock lost); the lock is released
+	// and the marks wait for the next event or the sweep.
+	Left Decision = "left"
+	// Lost: the caller no longer holds the lock.
+	Lost Decision = "lost"
+)
+
+// Claim is a script's answer.
+type Claim struct {
+	Decision Decision
+	// Start is when the attempt starts (Run), by Redis's clock.
+	Start time.Time
+	// PendingSince is the oldest pending mark the attempt covers (Run).
+	PendingSince time.Time
+	// Merged counts changes left while busy that this attempt covers.
+	Merged int
+	// State is the stored dsync state for the destination (Run).
+	State string
+	// FullRequested: a full sync was asked for while busy (Run).
+	FullRequested bool
+	// LastStart is the start of the covering dsync (Covered).
+	LastStart time.Time
+	// Holder and HolderSince name the running owner (Busy).
+	Holder      string
+	HolderSince time.Time
+}
+
+// BeginArgs are the inputs of Begin.
+type BeginArgs struct {
+	User, Host, Owner, Token, Destination string
+	// At is when the change happened; zero means now.
+	At time.Time
+	// TTL is the lock's time to live; Margin the clock-skew margin.
+	TTL, Margin time.Duration
+	Full        bool
+}
+
+// Begin decides, in one round trip, what to do with a change: excluded,
+// already covered, busy (leave a pending mark) or run (lock taken).
+func (s *Store) Begin(ctx context.Context, a BeginArgs) (Claim, error) {
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, ExcludedKey, StateKey(a.User)}
+	v, err := scriptBegin.Run(ctx, s.rdb, keys, a.User, a.Token, a.TTL.Milliseconds(), ms(a.At),
+		a.Margin.Milliseconds(), a.Host, a.Owner, a.Destination, flag(a.Full)).Slice()
+	if err != nil {
+		return Claim{}, fmt.Errorf("begin sync of %q in redis: %w", a.User, err)
+	}
+	return parseClaim(v)
+}
+
+// Restart starts a new attempt (a retry) under a lock the caller holds.
+func (s *Store) Restart(ctx context.Context, user, token, destination string, ttl time.Duration) (Claim, error) {
+	keys := []string{LockKey(user), UserKey(user), PendingKey, StateKey(user)}
+	v, err := scriptRestart.Run(ctx, s.rdb, keys, user, token, ttl.Milliseconds(), destination).Slice()
+	if err != nil {
+		return Claim{}, fmt.Errorf("restart sync of %q in redis: %w", user, err)
+	}
+	return parseClaim(v)
+}
+
+// Renew extends the lock's TTL if the caller still owns it.
+func (s *Store) Renew(ctx context.Context, user, token string, ttl time.Duration) (bool, error) {
+	n, err := scriptRenew.Run(ctx, s.rdb, []string{LockKey(user)}, token, ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("renew lock of %q in redis: %w", user, err)
+	}
+	return n == 1, nil
+}
+
+// SuccessArgs are the inputs of Succeed.
+type SuccessArgs struct {
+	User, Token, Host, Destination string
+	// NewState is the state the dsync returned; empty keeps the old one.
+	NewState string
+	// Start is the Claim's Start of the successful attempt.
+	Start time.Time
+	// TTL is the lock's TTL for a rerun.
+	TTL  time.Duration
+	Full bool
+	// MayRerun lets the script start another attempt at once (Run) when
+	// marks newer than Start remain.
+	MayRerun bool
+}
+
+// Succeed records a successful dsync and, atomically, clears the user's
+// PendingKey entry when no mark was left since the attempt started (every
+// remaining mark then describes a change before Start). It answers Done
+// (lock released), Run (a mark newer than Start exists: a new attempt
+// starts now under the same lock) or Left (one exists but MayRerun is
+// false or the lock was lost; the marks wait for the next event or the
+// sweep). end is Redis's time of the record.
+func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
+	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
+		a.Destination, a.NewState, a.Host, flag(a.Full), a.TTL.Milliseconds(), flag(a.MayRerun)).Slice()
+	if err != nil {
+		return time.Time{}, Claim{}, fmt.Errorf("record sync of %q in redis: %w", a.User, err)
+	}
+	if len(v) < 2 {
+		return time.Time{}, Claim{}, fmt.Errorf("record sync of %q in redis: unexpected reply %v", a.User, v)
+	}
+	end = fromMS(v[1])
+	next, err = parseClaim(append([]any{v[0]}, v[2:]...))
+	return end, next, err
+}
+
+// FailureArgs are the inputs of Fail.
+type FailureArgs struct {
+	User, Token, Host string
+	// Error is the failure, already free of secrets.
+	Error, Class string
+	ExitCode     int
+	// At is the caller's own change; on Release it is left as a pending
+	// mark, so nothing acknowledged is lost.
+	At time.Time
+	// Final marks the user failed for the sweep.
+	Final bool
+	// Release gives up the lock.
+	Release bool
+}
+
+// Fail records a failed attempt; see FailureArgs.
+func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey}
+	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
+		flag(a.Final), flag(a.Release), a.Host).Int64()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
+	}
+	return time.UnixMilli(v).UTC(), nil
+}
+
+// LoadScripts loads the scripts into Redis's script cache, so that the
+// first decision costs one round trip, not two (EVALSHA, NOSCRIPT, EVAL).
+func (s *Store) LoadScripts(ctx context.Context) error {
+	for _, sc := range []*redis.Script{scriptBegin, scriptRestart, scriptRenew, scriptSucceed, scriptFail} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("load sync scripts into redis: %w", err)
+		}
+	}
+	return nil
+}
+
+func parseClaim(v []any) (Claim, error) {
+	if len(v) == 0 {
+		return Claim{}, errors.New("empty reply from redis script")
+	}
+	d, _ := v[0].(string)
+	c := Claim{Decision: Decision(d)}
+	at := func(i int) any {
+		if i < len(v) {
+			return v[i]
+		}
+		return nil
+	}
+	switch c.Decision {
+	case Run:
+		c.Start, c.PendingSince = fromMS(at(1)), fromMS(at(2))
+		n, _ := at(3).(int64)
+		c.Merged = int(n)
+		c.State, _ = at(4).(string)
+		f, _ := at(5).(int64)
+		c.FullRequested = f == 1
+	case Covered:
+		c.LastStart = fromMS(at(1))
+	case Busy:
+		c.Holder, _ = at(1).(string)
+		c.HolderSince = fromMS(at(2))
+	case Excluded, Done, Left, Lost:
+	default:
+		return c, fmt.Errorf("unexpected decision %q from redis script", d)
+	}
+	return c, nil
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v any) time.Time {
+	n, _ := v.(int64)
+	if n <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n).UTC()
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}

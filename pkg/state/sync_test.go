@@ -1,0 +1,259 @@
+package state_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// backend is a Redis the scripts run on, with a way to let TTLs pass.
+type backend struct {
+	st     *state.Store
+	rdb    *redis.Client
+	expire func(d time.Duration)
+}
+
+// onBothRedis runs f against miniredis and a real redis-server: miniredis
+// is what unit tests elsewhere use, the real server is what production
+// runs, and the Lua scripts must behave the same on both.
+func onBothRedis(t *testing.T, f func(t *testing.T, b backend)) {
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		t.Cleanup(func() { rdb.Close() })
+		f(t, backend{st: state.New(rdb), rdb: rdb, expire: mr.FastForward})
+	})
+	t.Run("real-redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		rdb := srv.Client(t)
+		f(t, backend{st: state.New(rdb), rdb: rdb, expire: func(d time.Duration) { time.Sleep(d + 20*time.Millisecond) }})
+	})
+}
+
+var ctx = context.Background()
+
+func begin(t *testing.T, b backend, token string, at time.Time) state.Claim {
+	t.Helper()
+	c, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "inst-" + token, Token: token,
+		Destination: "tcp:b:1", At: at, TTL: time.Second, Margin: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func succeed(t *testing.T, b backend, token string, start time.Time, rerun bool) state.Claim {
+	t.Helper()
+	_, next, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: token, Host: "mail-a", Destination: "tcp:b:1",
+		NewState: "state-after-" + token, Start: start, TTL: time.Second, MayRerun: rerun})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return next
+}
+
+func pendingScore(t *testing.T, b backend) (float64, bool) {
+	t.Helper()
+	s, err := b.rdb.ZScore(ctx, state.PendingKey, "u1").Result()
+	if err == redis.Nil {
+		return 0, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, true
+}
+
+func TestRedisScripts_RunBusyRerunDone(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		first := begin(t, b, "A", time.Now())
+		if first.Decision != state.Run || first.Start.IsZero() || first.State != "" {
+			t.Fatalf("first claim %+v", first)
+		}
+		if ttl := b.rdb.PTTL(ctx, state.LockKey("u1")).Val(); ttl <= 0 || ttl > time.Second {
+			t.Fatalf("lock TTL %v", ttl)
+		}
+		// Three changes while A runs: pending marks, not dsyncs.
+		time.Sleep(5 * time.Millisecond)
+		for i := 0; i < 3; i++ {
+			busy := begin(t, b, "B", time.Now())
+			if busy.Decision != state.Busy || busy.Holder != "inst-A" || !busy.HolderSince.Equal(first.Start) {
+				t.Fatalf("busy claim %+v", busy)
+			}
+		}
+		if _, ok := pendingScore(t, b); !ok {
+			t.Fatal("no pending mark for the changes left while busy")
+		}
+		again := succeed(t, b, "A", first.Start, true)
+		if again.Decision != state.Run || again.Merged != 3 || again.State != "state-after-A" || again.Start.Before(first.Start) {
+			t.Fatalf("after the first dsync: %+v, want one more run covering 3 changes with the new state", again)
+		}
+		done := succeed(t, b, "A", again.Start, true)
+		if done.Decision != state.Done {
+			t.Fatalf("after the rerun: %+v", done)
+		}
+		if _, ok := pendingScore(t, b); ok {
+			t.Error("pending mark not cleared by a dsync that started after it")
+		}
+		if b.rdb.Exists(ctx, state.LockKey("u1")).Val() != 0 {
+			t.Error("lock not released")
+		}
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil || !st.LastStart.Equal(again.Start) || st.InProgress || st.States["tcp:b:1"] == 0 || st.LastSuccessHost != "mail-a" {
+			t.Errorf("status %+v, %v", st, err)
+		}
+	})
+}
+
+func TestRedisScripts_CoveredChangeNeedsNoDsync(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		before := time.Now().Add(-time.Second)
+		c := begin(t, b, "A", time.Time{})
+		succeed(t, b, "A", c.Start, true)
+		if got := begin(t, b, "B", before); got.Decision != state.Covered || !got.LastStart.Equal(c.Start) {
+			t.Errorf("change before the last start: %+v, want covered", got)
+		}
+		// Within the clock-skew margin of the start: not covered.
+		if got := begin(t, b, "B", c.Start.Add(-50*time.Millisecond)); got.Decision != state.Run {
+			t.Errorf("change within the margin: %+v, want run", got)
+		}
+	})
+}
+
+func TestRedisScripts_MarkCoveredByTheRunningAttemptCausesNoRerun(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		c := begin(t, b, "A", time.Time{})
+		// An old change, redelivered late, while A runs: A's dsync covers it.
+		if got := begin(t, b, "B", c.Start.Add(-time.Minute)); got.Decision != state.Busy {
+			t.Fatalf("%+v", got)
+		}
+		if next := succeed(t, b, "A", c.Start, true); next.Decision != state.Done {
+			t.Errorf("after the dsync: %+v, want done", next)
+		}
+		if _, ok := pendingScore(t, b); ok {
+			t.Error("covered mark not cleared")
+		}
+	})
+}
+
+func TestRedisScripts_IngestMarkDuringDsyncCausesRerun(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		// An old ingest mark, then a dsync starts, then ingest marks again
+		// (the Broker was down): the old score stays (ZADD LT), but the
+		// new mark must not be cleared.
+		if err := b.st.MarkPending(ctx, "u1", "mail-a", time.Now().Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		c := begin(t, b, "A", time.Time{})
+		if c.PendingSince.IsZero() {
+			t.Fatalf("claim does not report the oldest pending change: %+v", c)
+		}
+		if err := b.st.MarkPending(ctx, "u1", "mail-b", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if next := succeed(t, b, "A", c.Start, false); next.Decision != state.Left {
+			t.Fatalf("%+v, want left (newer mark, no rerun allowed)", next)
+		}
+		if _, ok := pendingScore(t, b); !ok {
+			t.Fatal("the ingest mark made during the dsync was cleared")
+		}
+		pu, err := b.st.Pending(ctx, 10)
+		if err != nil || len(pu) != 1 || pu[0].Host != "mail-b" {
+			t.Errorf("Pending() = %+v, %v", pu, err)
+		}
+	})
+}
+
+func TestRedisScripts_FailReleaseKeepsTheChangeMarked(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		at := time.Now().Add(-time.Second)
+		c := begin(t, b, "A", at)
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, At: at}); err != nil {
+			t.Fatal(err)
+		}
+		if b.rdb.Exists(ctx, state.LockKey("u1")).Val() != 1 {
+			t.Fatal("a non-releasing failure released the lock")
+		}
+		if r, err := b.st.Restart(ctx, "u1", "A", "tcp:b:1", time.Second); err != nil || r.Decision != state.Run || r.Start.Before(c.Start) {
+			t.Fatalf("restart %+v, %v", r, err)
+		}
+		if r, _ := b.st.Restart(ctx, "u1", "someone-else", "tcp:b:1", time.Second); r.Decision != state.Lost {
+			t.Fatalf("restart by a non-owner: %+v", r)
+		}
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, At: at, Final: true, Release: true}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Failed || st.ConsecutiveFailures != 2 || st.LastExitCode != 75 || st.LastFailureClass != "tempfail" ||
+			st.InProgress || st.PendingSince.UnixMilli() != at.UnixMilli() || st.PendingHost != "mail-a" {
+			t.Errorf("status after the final failure: %+v", st)
+		}
+		// The next success clears failed and pending.
+		c = begin(t, b, "C", time.Time{})
+		succeed(t, b, "C", c.Start, true)
+		st, _ = b.st.Status(ctx, "u1")
+		if st.Failed || st.ConsecutiveFailures != 0 || !st.PendingSince.IsZero() {
+			t.Errorf("status after a later success: %+v", st)
+		}
+	})
+}
+
+func TestRedisScripts_LockOnlyItsOwnerRenewsAndItExpires(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		begin(t, b, "A", time.Time{})
+		if ok, err := b.st.Renew(ctx, "u1", "B", time.Second); ok || err != nil {
+			t.Errorf("renew by a non-owner = %v, %v", ok, err)
+		}
+		if ok, err := b.st.Renew(ctx, "u1", "A", 300*time.Millisecond); !ok || err != nil {
+			t.Errorf("renew by the owner = %v, %v", ok, err)
+		}
+		// A non-owner's success must not release A's lock.
+		succeed(t, b, "B", time.Now(), true)
+		if b.rdb.Get(ctx, state.LockKey("u1")).Val() != "A" {
+			t.Fatal("a non-owner released the lock")
+		}
+		b.expire(300 * time.Millisecond)
+		if c := begin(t, b, "B", time.Time{}); c.Decision != state.Run {
+			t.Errorf("after the TTL: %+v, want run", c)
+		}
+	})
+}
+
+func TestRedisScripts_ExcludedAndFullRequest(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		if err := b.st.Exclude(ctx, "u1"); err != nil {
+			t.Fatal(err)
+		}
+		if c := begin(t, b, "A", time.Time{}); c.Decision != state.Excluded {
+			t.Fatalf("%+v", c)
+		}
+		if err := b.st.Include(ctx, "u1"); err != nil {
+			t.Fatal(err)
+		}
+		c := begin(t, b, "A", time.Time{})
+		// A full sync asked for while A runs an incremental one.
+		full, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Token: "B", Destination: "tcp:b:1", TTL: time.Second, Full: true,
+			At: c.Start.Add(-time.Hour)})
+		if err != nil || full.Decision != state.Busy {
+			t.Fatalf("%+v %v", full, err)
+		}
+		if next := succeed(t, b, "A", c.Start, true); next.Decision != state.Run || !next.FullRequested {
+			t.Errorf("%+v, want a rerun as a full sync", next)
+		}
+		p, f, err := b.st.Counts(ctx)
+		if err != nil || p != 1 || f != 0 {
+			t.Errorf("counts %d %d %v", p, f, err)
+		}
+	})
+}
