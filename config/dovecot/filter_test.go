@@ -1,0 +1,64 @@
+// Package dovecotconfig holds tests for the Dovecot configuration snippets
+// shipped in config/dovecot.
+package dovecotconfig
+
+import (
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+)
+
+var cmdName = regexp.MustCompile(`cmd_name=("[^"]+"|[A-Z-]+)`)
+
+// TestSnippets_ExportEveryChangingCommand keeps the exporter filters and the
+// classification table in step: the filter names exactly the IMAP commands
+// the table treats as changes, so Dovecot sends what ingest replicates on
+// and little else.
+func TestSnippets_ExportEveryChangingCommand(t *testing.T) {
+	var want []string
+	for name, c := range dovecot.IMAPCommands {
+		if c.Effect != dovecot.ReadOnly {
+			want = append(want, name)
+		}
+	}
+	sort.Strings(want)
+	for _, file := range []string{"events-2.3.conf", "events-2.4.conf"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var imapFilter string
+		for _, line := range strings.Split(string(raw), "\n") {
+			if strings.Contains(line, "event=imap_command_finished") {
+				imapFilter = line
+			}
+		}
+		if imapFilter == "" {
+			t.Fatalf("%s: no imap_command_finished filter", file)
+		}
+		seen := map[string]bool{}
+		for _, m := range cmdName.FindAllStringSubmatch(imapFilter, -1) {
+			seen[strings.Trim(m[1], `"`)] = true
+		}
+		var got []string
+		for name := range seen {
+			got = append(got, name)
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%s exports\n %v\nbut the table's changing commands are\n %v", file, got, want)
+		}
+		if !strings.Contains(imapFilter, "tagged_reply_state=OK") {
+			t.Errorf("%s: failed commands are exported too", file)
+		}
+		for _, kind := range []string{"event=mail_delivery_finished", `event=mail_expunged AND category="service:pop3"`} {
+			if !strings.Contains(string(raw), kind) {
+				t.Errorf("%s does not export %s", file, kind)
+			}
+		}
+	}
+}
