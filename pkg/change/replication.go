@@ -78,14 +78,25 @@ type Failure struct {
 	Attempt, MaxAttempts int
 	// Retryable says whether this kind of failure may pass on a retry.
 	Retryable bool
-	// RetryAt is when the sync function tries again; zero when it does not
-	// (the user then stays marked failed for the sweep).
+	// RetryAt is when the sync function tries again; zero when it does not.
 	RetryAt time.Time
+	// RetryBy says who retries: RetryBySync (at RetryAt), RetryByBroker
+	// (the attempt was cut off and the event is redelivered),
+	// RetryBySweep (the user stays marked failed) or RetryNone.
+	RetryBy string
 	// Full is true when the failed attempt was a full sync.
 	Full bool
 	// Start and End bound the attempt.
 	Start, End time.Time
 }
 
-// Final reports whether no automatic retry follows this failure.
-func (f *Failure) Final() bool { return f.RetryAt.IsZero() }
+// Who retries a failed attempt.
+const (
+	RetryBySync   = "sync"
+	RetryByBroker = "broker"
+	RetryBySweep  = "sweep"
+	RetryNone     = "none"
+)
+
+// Final reports whether the sync function itself does not retry.
+func (f *Failure) Final() bool { return f.RetryBy != RetryBySync }

@@ -1,0 +1,197 @@
+// Package replicator decides, for each replication request, whether and how
+// to run dsync: a per-user Redis lock renewed while dsync runs, coalescing
+// (changes already covered, or merged into the running dsync's one extra
+// run), excluded users, and retries by the exit-code policy table. It knows
+// nothing of HTTP, Knative or CloudEvents: pkg/syncer adapts it.
+package replicator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// Store is the shared state the decisions are made on; *state.Store
+// implements it on Redis.
+type Store interface {
+	Begin(ctx context.Context, a state.BeginArgs) (state.Claim, error)
+	Restart(ctx context.Context, user, token, destination string, ttl time.Duration) (state.Claim, error)
+	Renew(ctx context.Context, user, token string, ttl time.Duration) (bool, error)
+	Succeed(ctx context.Context, a state.SuccessArgs) (time.Time, state.Claim, error)
+	Fail(ctx context.Context, a state.FailureArgs) (time.Time, error)
+}
+
+// Notifier hears of each failed attempt that the sync function retries
+// itself; the final outcome is Replicate's result.
+type Notifier interface {
+	AttemptFailed(ctx context.Context, f change.Failure)
+}
+
+// Options tune the replicator. Zero values take the defaults of Defaults.
+type Options struct {
+	// Owner names this instance in the status record (in progress by).
+	Owner string
+	// LockTTL is the per-user lock's TTL; it is renewed every LockTTL/3
+	// while dsync runs, so a dead owner's lock expires within LockTTL.
+	LockTTL time.Duration
+	// ClockSkew is the margin between Dovecot hosts' clocks (change times)
+	// and Redis's clock (dsync starts): a change is covered only if it is
+	// older than a successful dsync's start minus ClockSkew.
+	ClockSkew time.Duration
+	// MaxAttempts bounds dsync attempts per round (retries included).
+	MaxAttempts int
+	// Backoff is the delay before the first retry; it doubles up to
+	// MaxBackoff.
+	Backoff, MaxBackoff time.Duration
+	// RunAgainDelay is the short delay before re-running a dsync that
+	// answered exit code 2.
+	RunAgainDelay time.Duration
+	// MaxRounds bounds the dsyncs one request runs back to back because
+	// changes kept arriving; what remains waits for the next event or the
+	// sweep.
+	MaxRounds int
+	// LockTimeout is passed to dsync (its own lock, a second guard).
+	LockTimeout time.Duration
+	// CleanupTimeout bounds the Redis calls that record an outcome after
+	// the request's context ended.
+	CleanupTimeout time.Duration
+}
+
+// Defaults are the production defaults.
+var Defaults = Options{
+	LockTTL: 30 * time.Second, ClockSkew: 2 * time.Second, MaxAttempts: 4,
+	Backoff: time.Second, MaxBackoff: 30 * time.Second, RunAgainDelay: 200 * time.Millisecond,
+	MaxRounds: 5, LockTimeout: 30 * time.Second, CleanupTimeout: 5 * time.Second,
+}
+
+func (o Options) withDefaults() Options {
+	d := Defaults
+	if o.LockTTL <= 0 {
+		o.LockTTL = d.LockTTL
+	}
+	if o.ClockSkew < 0 {
+		o.ClockSkew = 0
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = d.MaxAttempts
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = d.Backoff
+	}
+	if o.MaxBackoff < o.Backoff {
+		o.MaxBackoff = max(d.MaxBackoff, o.Backoff)
+	}
+	if o.RunAgainDelay <= 0 {
+		o.RunAgainDelay = d.RunAgainDelay
+	}
+	if o.MaxRounds <= 0 {
+		o.MaxRounds = d.MaxRounds
+	}
+	if o.CleanupTimeout <= 0 {
+		o.CleanupTimeout = d.CleanupTimeout
+	}
+	return o
+}
+
+// Errors of Replicate that mean "nothing was acknowledged": the caller
+// answers so that the request is delivered again (HTTP 503).
+var (
+	// ErrUnavailable: Redis could not be reached or answered an error.
+	ErrUnavailable = errors.New("replication state unavailable")
+	// ErrAborted: the dsync was cut off (lock lost, shutdown) before it
+	// had an outcome; the lock is released and the change left pending.
+	ErrAborted = errors.New("replication aborted")
+)
+
+// Replicator runs replication requests.
+type Replicator struct {
+	opts   Options
+	store  Store
+	tr     doveadm.Transport
+	hosts  doveadm.HostMap
+	notify Notifier
+	log    *slog.Logger
+	m      *replMetrics
+	// sleep waits d or until ctx ends; tests replace it.
+	sleep func(ctx context.Context, d time.Duration) error
+}
+
+// New builds a replicator. notify may be nil.
+func New(o Options, store Store, tr doveadm.Transport, hosts doveadm.HostMap, notify Notifier, reg prometheus.Registerer, log *slog.Logger) *Replicator {
+	return &Replicator{opts: o.withDefaults(), store: store, tr: tr, hosts: hosts, notify: notify, log: log,
+		m: newReplMetrics(reg), sleep: sleepCtx}
+}
+
+// Options returns the effective options.
+func (r *Replicator) Options() Options { return r.opts }
+
+// Replicate decides and, when needed, runs dsync for one request. The
+// result's Outcome says what happened; a non-nil error (ErrUnavailable,
+// ErrAborted) means nothing was acknowledged.
+func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.Result, error) {
+	if err := doveadm.ValidateUser(req.User); err != nil {
+		return change.Result{}, err
+	}
+	if !req.Priority.Valid() {
+		req.Priority = change.Low
+	}
+	ep := r.hosts.Resolve(req.Host)
+	host := req.Host
+	if host == "" {
+		host = ep.Name
+	}
+	token := newToken()
+	claim, err := r.store.Begin(ctx, state.BeginArgs{
+		User: req.User, Host: host, Owner: r.opts.Owner, Token: token, Destination: ep.Destination,
+		At: req.Time, TTL: r.opts.LockTTL, Margin: r.opts.ClockSkew, Full: req.Full,
+	})
+	if err != nil {
+		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	res := change.Result{User: req.User, Host: host, Destination: ep.Destination}
+	prio := string(req.Priority)
+	switch claim.Decision {
+	case state.Excluded:
+		res.Outcome = change.Excluded
+	case state.Covered:
+		res.Outcome = change.Covered
+		r.m.coalesced.WithLabelValues("covered").Inc()
+	case state.Busy:
+		res.Outcome = change.Coalesced
+		r.m.contention.WithLabelValues(prio).Inc()
+		r.m.coalesced.WithLabelValues("merged").Inc()
+	case state.Run:
+		j := &job{r: r, req: req, ep: ep, host: host, token: token, res: res}
+		return j.run(ctx, claim)
+	default:
+		return change.Result{}, fmt.Errorf("%w: unexpected decision %q", ErrUnavailable, claim.Decision)
+	}
+	return res, nil
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}

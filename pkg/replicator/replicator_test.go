@@ -1,0 +1,415 @@
+package replicator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// notes records the failed attempts a replicator reports.
+type notes struct {
+	mu sync.Mutex
+	fs []change.Failure
+}
+
+func (n *notes) AttemptFailed(_ context.Context, f change.Failure) {
+	n.mu.Lock()
+	n.fs = append(n.fs, f)
+	n.mu.Unlock()
+}
+
+func (n *notes) all() []change.Failure {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]change.Failure(nil), n.fs...)
+}
+
+type fixture struct {
+	r      *Replicator
+	a, b   *doveadmtest.Server
+	mr     *miniredis.Miniredis
+	rdb    *redis.Client
+	st     *state.Store
+	notes  *notes
+	logs   *syncBuffer
+	reg    *prometheus.Registry
+	tracks *doveadmtest.Tracker
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var fast = Options{Owner: "test", LockTTL: time.Second, ClockSkew: 10 * time.Millisecond, MaxAttempts: 4,
+	Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, RunAgainDelay: time.Millisecond, MaxRounds: 5,
+	LockTimeout: 10 * time.Second}
+
+// newFixture wires a replicator to miniredis and two fake Dovecot hosts,
+// mail-a (the default, syncing to b) and mail-b (syncing to a).
+func newFixture(t *testing.T, o Options) *fixture {
+	t.Helper()
+	tr := doveadmtest.NewTracker(t)
+	a, b := doveadmtest.NewServer(t, "mail-a", tr), doveadmtest.NewServer(t, "mail-b", tr)
+	mr := miniredis.RunT(t)
+	// No retries: the Redis-down test should not wait through them.
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	f := &fixture{a: a, b: b, mr: mr, rdb: rdb, st: state.New(rdb), notes: &notes{}, logs: &syncBuffer{},
+		reg: prometheus.NewRegistry(), tracks: tr}
+	def := doveadm.Endpoint{Name: "mail-a", URL: a.APIURL(), User: "doveadm", Password: doveadmtest.Password, Destination: "tcp:mail-b:12345"}
+	hosts := doveadm.NewHostMap(def, def, doveadm.Endpoint{Name: "mail-b", URL: b.APIURL(), Destination: "tcp:mail-a:12345"})
+	f.r = New(o, f.st, doveadm.NewHTTP(nil, 5*time.Second), hosts, f.notes, f.reg, slog.New(slog.NewTextHandler(f.logs, nil)))
+	return f
+}
+
+func (f *fixture) replicate(t *testing.T, req change.Request) change.Result {
+	t.Helper()
+	if req.Priority == "" {
+		req.Priority = change.High
+	}
+	res, err := f.r.Replicate(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Replicate(%+v): %v", req, err)
+	}
+	return res
+}
+
+func counter(t *testing.T, f *fixture, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != metrics.Namespace+"_"+name {
+			continue
+		}
+		var sum float64
+		for _, m := range mf.GetMetric() {
+			match := true
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				match = match && found
+			}
+			if match {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+		return sum
+	}
+	return 0
+}
+
+func TestReplicate_SyncsThenCoversOlderChanges(t *testing.T) {
+	f := newFixture(t, fast)
+	changed := time.Now().Add(-time.Minute)
+
+	res := f.replicate(t, change.Request{User: "u1", Host: "mail-a", Time: changed})
+
+	if res.Outcome != change.Synced || res.Destination != "tcp:mail-b:12345" || res.Coalesced != 1 || res.Full || res.Attempts != 1 {
+		t.Fatalf("result %+v", res)
+	}
+	if res.Lag < time.Minute || res.End.Before(res.Start) {
+		t.Errorf("lag %v start %v end %v: want the lag from the change", res.Lag, res.Start, res.End)
+	}
+	// An older change (say, redelivered) is covered: no dsync.
+	if res := f.replicate(t, change.Request{User: "u1", Host: "mail-a", Time: changed.Add(time.Second)}); res.Outcome != change.Covered {
+		t.Errorf("older change: %+v", res)
+	}
+	// A newer change syncs again, incrementally, with the stored state.
+	if res := f.replicate(t, change.Request{User: "u1", Host: "mail-a"}); res.Outcome != change.Synced {
+		t.Errorf("new change: %+v", res)
+	}
+	calls := f.tracks.CallsOf("u1")
+	if len(calls) != 2 || calls[0].State != "" || calls[1].State != "state-mail-a-1" || !calls[0].AllNS || calls[0].LockTimeout == 0 {
+		t.Errorf("calls %+v", calls)
+	}
+	if got := counter(t, f, metrics.SyncCoalescedChanges, "how", "covered"); got != 1 {
+		t.Errorf("coalesced{covered} = %v", got)
+	}
+}
+
+func TestReplicate_HostMapPicksEndpointAndDestination(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1", Host: "mail-a"})
+	f.replicate(t, change.Request{User: "u2", Host: "MAIL-B"})
+	f.replicate(t, change.Request{User: "u3", Host: "unknown-host"})
+	want := map[string]string{"u1": "mail-a tcp:mail-b:12345", "u2": "mail-b tcp:mail-a:12345", "u3": "mail-a tcp:mail-b:12345"}
+	for user, w := range want {
+		c := f.tracks.CallsOf(user)
+		if len(c) != 1 || c[0].Host+" "+c[0].Destination != w {
+			t.Errorf("%s: calls %+v, want %s", user, c, w)
+		}
+	}
+}
+
+func TestReplicate_RetriesTempfailWithBackoffAndReportsEachAttempt(t *testing.T) {
+	f := newFixture(t, fast)
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{Empty: true})
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	if res.Outcome != change.Synced || res.Attempts != 3 {
+		t.Fatalf("result %+v", res)
+	}
+	fs := f.notes.all()
+	if len(fs) != 2 || fs[0].ExitCode != 75 || fs[0].Class != "tempfail" || fs[0].Attempt != 1 || fs[0].RetryBy != change.RetryBySync ||
+		fs[0].RetryAt.IsZero() || !fs[0].Retryable || fs[1].Class != "transport" || fs[1].Attempt != 2 {
+		t.Errorf("failures %+v", fs)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if st.Failed || st.ConsecutiveFailures != 0 || st.LastExitCode != 75 && st.LastFailureClass != "transport" {
+		t.Errorf("status %+v", st)
+	}
+	if got := counter(t, f, metrics.SyncDsyncs, "outcome", "tempfail", "priority", "high"); got != 1 {
+		t.Errorf("dsyncs{tempfail,high} = %v", got)
+	}
+}
+
+func TestReplicate_ExitCode2RunsAgainWithTheOldState(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"})
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 2})
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")
+	if res.Outcome != change.Synced || len(calls) != 3 || calls[1].State != "state-mail-a-1" || calls[2].State != "state-mail-a-1" {
+		t.Fatalf("result %+v calls %+v", res, calls)
+	}
+}
+
+func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
+	f := newFixture(t, fast)
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 65}, doveadmtest.Reply{ExitCode: 65})
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")
+	if len(calls) != 2 || calls[0].Full || !calls[1].Full {
+		t.Fatalf("calls %+v: want an incremental then one full sync", calls)
+	}
+	if res.Outcome != change.Failed || res.Failure.ExitCode != 65 || !res.Failure.Full || res.Failure.RetryBy != change.RetryBySweep {
+		t.Errorf("result %+v failure %+v", res, res.Failure)
+	}
+}
+
+func TestReplicate_NotRetried(t *testing.T) {
+	for _, tt := range []struct {
+		reply   doveadmtest.Reply
+		class   string
+		retryBy string
+		config  bool
+	}{
+		{doveadmtest.Reply{ExitCode: 67}, "no_user", change.RetryNone, false},
+		{doveadmtest.Reply{ExitCode: 68}, "not_found", change.RetryNone, false},
+		{doveadmtest.Reply{ExitCode: 77}, "no_permission", change.RetryNone, true},
+		{doveadmtest.Reply{ExitCode: 78}, "config_error", change.RetryNone, true},
+		{doveadmtest.Reply{Status: 401}, "unauthorized", change.RetryNone, true},
+	} {
+		t.Run(tt.class, func(t *testing.T) {
+			f := newFixture(t, fast)
+			f.a.Respond = doveadmtest.Answers(tt.reply)
+			at := time.Now().Add(-time.Second)
+
+			res := f.replicate(t, change.Request{User: "u1", Time: at})
+
+			if n := len(f.tracks.CallsOf("u1")); n != 1 {
+				t.Errorf("%d dsyncs, want 1", n)
+			}
+			if res.Outcome != change.Failed || res.Failure.Class != tt.class || res.Failure.RetryBy != tt.retryBy || res.Failure.Attempt != 1 {
+				t.Fatalf("result %+v failure %+v", res, res.Failure)
+			}
+			st, _ := f.st.Status(context.Background(), "u1")
+			if !st.Failed || st.PendingSince.UnixMilli() != at.UnixMilli() || st.InProgress {
+				t.Errorf("status %+v: want failed, the change still pending, no lock", st)
+			}
+			loud := strings.Contains(f.logs.String(), "configuration problem")
+			if got := counter(t, f, metrics.SyncConfigProblems) > 0; got != tt.config || loud != tt.config {
+				t.Errorf("config problem metric %v, logged %v, want %v", got, loud, tt.config)
+			}
+		})
+	}
+}
+
+func TestReplicate_BoundedAttempts(t *testing.T) {
+	for _, tt := range []struct {
+		reply    doveadmtest.Reply
+		attempts int
+	}{
+		{doveadmtest.Reply{ExitCode: 75}, 4},
+		{doveadmtest.Reply{Empty: true}, 4},
+		{doveadmtest.Reply{ExitCode: 2}, 4},
+		{doveadmtest.Reply{ExitCode: 99}, 3},
+	} {
+		f := newFixture(t, fast)
+		f.a.Respond = func(doveadmtest.Call) doveadmtest.Reply { return tt.reply }
+		res := f.replicate(t, change.Request{User: "u1"})
+		if n := len(f.tracks.CallsOf("u1")); n != tt.attempts || res.Outcome != change.Failed || res.Failure.RetryBy != change.RetryBySweep {
+			t.Errorf("%+v: %d attempts, result %+v; want %d then failed for the sweep", tt.reply, n, res, tt.attempts)
+		}
+		if fs := f.notes.all(); len(fs) != tt.attempts-1 {
+			t.Errorf("%+v: %d intermediate failures reported, want %d", tt.reply, len(fs), tt.attempts-1)
+		}
+	}
+}
+
+func TestReplicate_PasswordNeverInFailuresOrLogs(t *testing.T) {
+	f := newFixture(t, fast)
+	f.a.Password = "another-password" // so ours is rejected
+	res := f.replicate(t, change.Request{User: "u1"})
+	if res.Outcome != change.Failed {
+		t.Fatalf("%+v", res)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	for where, s := range map[string]string{"failure": fmt.Sprintf("%+v", *res.Failure), "logs": f.logs.String(), "status": st.LastError} {
+		if strings.Contains(s, doveadmtest.Password) {
+			t.Errorf("%s shows the password: %s", where, s)
+		}
+	}
+}
+
+func TestReplicate_ExcludedAndHostileUsersNeverSynced(t *testing.T) {
+	f := newFixture(t, fast)
+	if err := f.st.Exclude(context.Background(), "excluded"); err != nil {
+		t.Fatal(err)
+	}
+	if res := f.replicate(t, change.Request{User: "excluded"}); res.Outcome != change.Excluded {
+		t.Errorf("%+v", res)
+	}
+	for _, u := range []string{"-A", "u*", "u1\nforged"} {
+		if _, err := f.r.Replicate(context.Background(), change.Request{User: u}); err == nil {
+			t.Errorf("%q accepted", u)
+		}
+	}
+	if n := len(f.tracks.Calls()); n != 0 {
+		t.Errorf("%d dsyncs", n)
+	}
+}
+
+func TestReplicate_RedisDownIsUnavailable(t *testing.T) {
+	f := newFixture(t, fast)
+	f.mr.Close()
+	_, err := f.r.Replicate(context.Background(), change.Request{User: "u1"})
+	if !errors.Is(err, ErrUnavailable) || len(f.tracks.Calls()) != 0 {
+		t.Fatalf("err %v, %d dsyncs", err, len(f.tracks.Calls()))
+	}
+}
+
+func TestReplicate_CancelledMidDsyncReleasesLockAndLeavesPending(t *testing.T) {
+	f := newFixture(t, fast)
+	f.a.Latency = 5 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	f.a.OnStart = func(doveadmtest.Call) { cancel() }
+
+	_, err := f.r.Replicate(ctx, change.Request{User: "u1", Priority: change.Low})
+
+	if !errors.Is(err, ErrAborted) {
+		t.Fatalf("err %v", err)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if st.InProgress || st.PendingSince.IsZero() {
+		t.Errorf("status %+v: want the lock released and the change pending", st)
+	}
+	if fs := f.notes.all(); len(fs) != 1 || fs[0].RetryBy != change.RetryByBroker {
+		t.Errorf("failures %+v", fs)
+	}
+}
+
+func TestReplicate_LockLostStopsTheDsync(t *testing.T) {
+	f := newFixture(t, fast)
+	release := make(chan struct{})
+	f.a.OnStart = func(doveadmtest.Call) {
+		// Someone else's lock replaces ours (as after an expiry).
+		f.mr.Set(state.LockKey("u1"), "someone-else")
+		<-release
+	}
+	f.a.Latency = 3 * time.Second
+	done := make(chan error)
+	go func() {
+		_, err := f.r.Replicate(context.Background(), change.Request{User: "u1"})
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("dsync not cut off after the lock was lost")
+	}
+	close(release)
+	if !errors.Is(err, ErrAborted) || !errors.Is(err, doveadm.ErrLockLost) {
+		t.Fatalf("err %v", err)
+	}
+	if v, _ := f.mr.Get(state.LockKey("u1")); v != "someone-else" {
+		t.Errorf("the other owner's lock was touched: %q", v)
+	}
+}
+
+func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
+	f := newFixture(t, fast)
+	started, release := make(chan struct{}, 10), make(chan struct{})
+	f.a.OnStart = func(doveadmtest.Call) {
+		started <- struct{}{}
+		if len(f.tracks.Calls()) == 0 {
+			<-release
+		}
+	}
+	done := make(chan change.Result)
+	go func() { done <- f.replicate(t, change.Request{User: "u1"}) }()
+	<-started
+	for i := 0; i < 5; i++ {
+		if res := f.replicate(t, change.Request{User: "u1", Host: "mail-b"}); res.Outcome != change.Coalesced {
+			t.Fatalf("change during dsync: %+v", res)
+		}
+	}
+	close(release)
+	res := <-done
+	if n := len(f.tracks.CallsOf("u1")); n != 2 || res.Coalesced != 6 || res.Outcome != change.Synced {
+		t.Fatalf("%d dsyncs, result %+v: want 2 dsyncs covering 6 changes", n, res)
+	}
+	if got := testutil.ToFloat64(f.r.m.reruns); got != 1 {
+		t.Errorf("reruns %v", got)
+	}
+	if got := counter(t, f, metrics.SyncLockContention); got != 5 {
+		t.Errorf("contention %v", got)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if !st.PendingSince.IsZero() || st.InProgress {
+		t.Errorf("status %+v", st)
+	}
+}

@@ -1,0 +1,232 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// minAttempt is the least time worth starting a retry in: a retry that
+// cannot finish before the request's deadline is left to the sweep.
+const minAttempt = 500 * time.Millisecond
+
+// job is one request that holds the user's lock.
+type job struct {
+	r     *Replicator
+	req   change.Request
+	ep    doveadm.Endpoint
+	host  string
+	token string
+	res   change.Result
+}
+
+// run runs dsync under the lock until it succeeds with no newer marks
+// left, or fails for good, or is cut off.
+func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error) {
+	r, user, prio := j.r, j.req.User, string(j.req.Priority)
+	lctx, stop := r.keepLock(ctx, user, j.token)
+	defer stop()
+	r.m.inProgress.Inc()
+	defer r.m.inProgress.Dec()
+
+	full := j.req.Full || claim.FullRequested
+	attempt, total, rounds := 0, 0, 1
+	covered := 1 + claim.Merged
+	oldest := earliest(j.req.Time, claim.PendingSince, claim.Start)
+	for {
+		attempt++
+		total++
+		began := time.Now()
+		out, err := r.tr.Sync(lctx, j.ep, doveadm.SyncRequest{
+			User: user, Destination: j.ep.Destination, State: claim.State, Full: full, LockTimeout: r.opts.LockTimeout,
+		})
+		if err != nil && errors.Is(context.Cause(lctx), doveadm.ErrLockLost) {
+			err = fmt.Errorf("%w: %w", doveadm.ErrLockLost, err)
+		}
+		r.m.duration.WithLabelValues(prio).Observe(time.Since(began).Seconds())
+		rule := doveadm.Decide(err)
+		r.m.dsyncs.WithLabelValues(rule.Class, prio).Inc()
+
+		if err == nil {
+			cctx, cancel := j.cleanupCtx(ctx)
+			end, next, serr := r.store.Succeed(cctx, state.SuccessArgs{
+				User: user, Token: j.token, Host: j.host, Destination: j.ep.Destination, NewState: out.State,
+				Start: claim.Start, TTL: r.opts.LockTTL, Full: full,
+				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil,
+			})
+			cancel()
+			if serr != nil {
+				// The dsync ran but is not recorded: answer so that the
+				// change is redelivered; the lock expires by its TTL.
+				return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, serr)
+			}
+			lag := end.Sub(oldest)
+			r.m.lag.WithLabelValues(prio).Observe(max(lag, 0).Seconds())
+			j.res.Outcome, j.res.Start, j.res.End, j.res.Lag = change.Synced, claim.Start, end, lag
+			j.res.Coalesced, j.res.Full, j.res.Attempts = covered, full, total
+			switch next.Decision {
+			case state.Run:
+				// Changes arrived during this dsync: run once more, now.
+				rounds++
+				r.m.reruns.Inc()
+				claim, attempt = next, 0
+				covered += next.Merged
+				full = next.FullRequested
+				continue
+			case state.Left:
+				r.log.Info("changes arrived during dsync; left for the next event or the sweep",
+					"user", user, "rounds", rounds)
+			}
+			return j.res, nil
+		}
+
+		f := j.failure(err, rule, claim, attempt, full)
+		if ctx.Err() != nil || errors.Is(err, doveadm.ErrLockLost) {
+			return j.abort(ctx, f, err)
+		}
+		delay, retry := j.next(ctx, rule, attempt, &full)
+		if rule.Action == doveadm.ReportConfig {
+			r.m.config.WithLabelValues(rule.Class).Inc()
+			r.log.Error("dsync failed: configuration problem, an admin must fix it", "user", user,
+				"endpoint", j.ep, "class", rule.Class, "reason", rule.Reason, "err", f.Error)
+		}
+		if !retry {
+			return j.fail(ctx, f, rule, total)
+		}
+		f.RetryAt, f.RetryBy = time.Now().Add(delay), change.RetryBySync
+		r.log.Warn("dsync attempt failed, retrying", "user", user, "attempt", f.Attempt, "class", rule.Class,
+			"retry_in", delay, "err", f.Error)
+		if _, ferr := r.store.Fail(ctx, state.FailureArgs{User: user, Token: j.token, Host: j.host,
+			Error: f.Error, Class: f.Class, ExitCode: f.ExitCode}); ferr != nil {
+			r.log.Warn("could not record a failed attempt", "user", user, "err", ferr)
+		}
+		if r.notify != nil {
+			r.notify.AttemptFailed(ctx, f)
+		}
+		if err := r.sleep(lctx, delay); err != nil {
+			return j.abort(ctx, f, err)
+		}
+		c, err := r.store.Restart(lctx, user, j.token, j.ep.Destination, r.opts.LockTTL)
+		if err == nil && c.Decision != state.Run {
+			err = doveadm.ErrLockLost
+		}
+		if err != nil {
+			return j.abort(ctx, f, err)
+		}
+		claim = c
+		covered += c.Merged
+		full = full || c.FullRequested
+	}
+}
+
+// next decides whether and when to retry a failed attempt, by the policy
+// table, the configured bounds and the time left.
+func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bool) (time.Duration, bool) {
+	o := j.r.opts
+	limit := o.MaxAttempts
+	if rule.Attempts > 0 && rule.Attempts < limit {
+		limit = rule.Attempts
+	}
+	var delay time.Duration
+	retry := false
+	switch rule.Action {
+	case doveadm.RunAgain:
+		delay, retry = o.RunAgainDelay, attempt < limit
+	case doveadm.Retry:
+		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
+	case doveadm.EscalateFull:
+		// Once: a full sync that fails with 65 again is reported.
+		if !*full {
+			*full, retry = true, true
+		}
+	}
+	if dl, ok := ctx.Deadline(); retry && ok && time.Until(dl) < delay+minAttempt {
+		retry = false
+	}
+	return delay, retry
+}
+
+// fail records a final failure: the user stays marked failed (and its
+// change pending) for the sweep, the lock is released.
+func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, total int) (change.Result, error) {
+	f.RetryBy = change.RetryNone
+	if rule.Retryable {
+		f.RetryBy = change.RetryBySweep
+	}
+	cctx, cancel := j.cleanupCtx(ctx)
+	defer cancel()
+	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true}); err != nil {
+		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	j.r.log.Warn("dsync failed after its last attempt; user marked failed", "user", j.req.User, "attempts", total,
+		"class", f.Class, "exit_code", f.ExitCode, "retry_by", f.RetryBy, "err", f.Error)
+	j.res.Outcome, j.res.Failure, j.res.Attempts = change.Failed, &f, total
+	j.res.Start, j.res.End, j.res.Full = f.Start, f.End, f.Full
+	return j.res, nil
+}
+
+// abort handles an attempt cut off (lock lost, shutdown, Redis gone): the
+// lock is released if still ours, the change left pending, and the caller
+// answers so that it is delivered again.
+func (j *job) abort(ctx context.Context, f change.Failure, cause error) (change.Result, error) {
+	f.RetryBy, f.RetryAt = change.RetryByBroker, time.Time{}
+	cctx, cancel := j.cleanupCtx(ctx)
+	defer cancel()
+	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true}); err != nil {
+		j.r.log.Warn("could not release the lock of an aborted dsync; it expires by its TTL", "user", j.req.User, "err", err)
+	}
+	if j.r.notify != nil {
+		j.r.notify.AttemptFailed(cctx, f)
+	}
+	j.r.log.Warn("dsync aborted; the change stays pending and is delivered again", "user", j.req.User, "cause", cause)
+	return change.Result{}, fmt.Errorf("%w: sync %s: %w", ErrAborted, j.req.User, cause)
+}
+
+func (j *job) failure(err error, rule doveadm.Rule, claim state.Claim, attempt int, full bool) change.Failure {
+	limit := j.r.opts.MaxAttempts
+	if rule.Attempts > 0 && rule.Attempts < limit {
+		limit = rule.Attempts
+	}
+	return change.Failure{
+		User: j.req.User, Host: j.host, Destination: j.ep.Destination,
+		Error: doveadm.Redact(err.Error(), j.ep.Secrets()...), Class: rule.Class, ExitCode: doveadm.ExitCodeOf(err),
+		Attempt: attempt, MaxAttempts: limit, Retryable: rule.Retryable, Full: full,
+		Start: claim.Start, End: time.Now().UTC(),
+	}
+}
+
+// cleanupCtx outlives the request's context: an outcome must be recorded
+// and the lock released even when the client went away.
+func (j *job) cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), j.r.opts.CleanupTimeout)
+}
+
+// backoff doubles base per attempt up to limit, with ±20% jitter so that
+// users failing together do not retry together.
+func backoff(base, limit time.Duration, attempt int) time.Duration {
+	d := base
+	for i := 1; i < attempt && d < limit; i++ {
+		d *= 2
+	}
+	d = min(d, limit)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// earliest returns the earliest non-zero time.
+func earliest(ts ...time.Time) time.Time {
+	var e time.Time
+	for _, t := range ts {
+		if !t.IsZero() && (e.IsZero() || t.Before(e)) {
+			e = t
+		}
+	}
+	return e
+}
