@@ -34,7 +34,7 @@ type Store interface {
 // Notifier hears of each failed attempt that the sync function retries
 // itself; the final outcome is Replicate's result.
 type Notifier interface {
-	AttemptFailed(ctx context.Context, f change.Failure)
+	AttemptFailed(ctx context.Context, req change.Request, f change.Failure)
 }
 
 // Options tune the replicator. Zero values take the defaults of Defaults.

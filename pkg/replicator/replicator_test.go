@@ -29,7 +29,7 @@ type notes struct {
 	fs []change.Failure
 }
 
-func (n *notes) AttemptFailed(_ context.Context, f change.Failure) {
+func (n *notes) AttemptFailed(_ context.Context, _ change.Request, f change.Failure) {
 	n.mu.Lock()
 	n.fs = append(n.fs, f)
 	n.mu.Unlock()

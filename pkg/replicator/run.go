@@ -107,7 +107,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			r.log.Warn("could not record a failed attempt", "user", user, "err", ferr)
 		}
 		if r.notify != nil {
-			r.notify.AttemptFailed(ctx, f)
+			r.notify.AttemptFailed(ctx, j.req, f)
 		}
 		if err := r.sleep(lctx, delay); err != nil {
 			return j.abort(ctx, f, err)
@@ -184,7 +184,7 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error) (change.
 		j.r.log.Warn("could not release the lock of an aborted dsync; it expires by its TTL", "user", j.req.User, "err", err)
 	}
 	if j.r.notify != nil {
-		j.r.notify.AttemptFailed(cctx, f)
+		j.r.notify.AttemptFailed(cctx, j.req, f)
 	}
 	j.r.log.Warn("dsync aborted; the change stays pending and is delivered again", "user", j.req.User, "cause", cause)
 	return change.Result{}, fmt.Errorf("%w: sync %s: %w", ErrAborted, j.req.User, cause)

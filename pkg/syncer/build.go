@@ -1,0 +1,92 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// Build wires the sync handler from a validated Config: Redis (scripts
+// loaded, so every decision is one round trip), the doveadm transport, the
+// host map and, when a results sink is set, the sender of intermediate
+// replication.failed events. Both `dovewarden sync` and the func-CLI
+// function use it. The returned close function releases Redis.
+func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, func() error, error) {
+	st, err := state.Open(cfg.RedisURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := st.LoadScripts(pctx); err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("redis-url %s: %w", redactURL(cfg.RedisURL), err)
+	}
+	var tr doveadm.Transport = doveadm.NewHTTP(nil, cfg.DsyncTimeout)
+	if cfg.Transport == doveadm.TransportExec {
+		tr = doveadm.NewExec(cfg.DoveadmBin, cfg.DsyncTimeout)
+	}
+	var notify replicator.Notifier
+	if cfg.ResultsSink != "" {
+		snd, err := sink.New(sink.Options{URL: cfg.ResultsSink, Overrides: cfg.CEOverrides,
+			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond})
+		if err != nil {
+			st.Close()
+			return nil, nil, fmt.Errorf("results-sink: %w", err)
+		}
+		notify = NewSinkNotifier(snd, cfg.Source, reg, log)
+	}
+	repl := replicator.New(replicator.Options{
+		Owner: cfg.Instance, LockTTL: cfg.LockTTL, ClockSkew: cfg.ClockSkew, MaxAttempts: cfg.MaxAttempts,
+		Backoff: cfg.RetryBackoff, MaxBackoff: cfg.RetryBackoffMax, RunAgainDelay: cfg.RunAgainDelay,
+		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
+	}, st, tr, cfg.HostMap(), notify, reg, log)
+	reg.MustRegister(NewUsersCollector(st))
+	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody}, repl, reg, log)
+	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
+		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout)
+	return h, st.Close, nil
+}
+
+// SinkNotifier sends the replication.failed event of each attempt that the
+// sync function retries itself to the Broker: only the final outcome can be
+// the HTTP reply.
+type SinkNotifier struct {
+	snd    *sink.Sender
+	source string
+	log    *slog.Logger
+	fails  prometheus.Counter
+}
+
+// NewSinkNotifier makes the notifier.
+func NewSinkNotifier(snd *sink.Sender, source string, reg prometheus.Registerer, log *slog.Logger) *SinkNotifier {
+	n := &SinkNotifier{snd: snd, source: source, log: log,
+		fails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: metrics.SyncNotifyFailures,
+			Help: "replication.failed events of retried attempts that could not be sent to the Broker."})}
+	reg.MustRegister(n.fails)
+	return n
+}
+
+// AttemptFailed sends one replication.failed event; a failure to send is
+// logged and counted, never fatal: the final outcome still follows.
+func (n *SinkNotifier) AttemptFailed(ctx context.Context, req change.Request, f change.Failure) {
+	ev, err := contract.Failed(req, f, n.source)
+	if err == nil {
+		err = n.snd.Send(ctx, ev)
+	}
+	if err != nil {
+		n.fails.Inc()
+		n.log.Warn("could not send replication.failed to the Broker", "user", f.User, "attempt", f.Attempt, "err", err)
+	}
+}

@@ -1,0 +1,203 @@
+package syncer
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
+	"github.com/dovewarden/dovewarden-knative/pkg/server"
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+)
+
+// Config is the sync role's configuration. docs/configuration.md lists
+// every setting.
+type Config struct {
+	Server server.Options
+	// WriteTimeout bounds writing a response: it must outlast the longest
+	// dsync (func-go's server is fixed at 30 s, too short for a first full
+	// sync of a large mailbox).
+	WriteTimeout time.Duration
+	// RequestTimeout bounds one event's handling, retries included; it
+	// stays below WriteTimeout so the answer still gets out.
+	RequestTimeout time.Duration
+	MaxBody        int64
+
+	RedisURL string
+
+	Transport         string
+	DoveadmURL        string
+	DoveadmUser       string
+	DoveadmPassword   string
+	DoveadmPassFile   string
+	DoveadmAPIKey     string
+	DoveadmAPIKeyFile string
+	Destination       string
+	DoveadmBin        string
+	DoveadmConfig     string
+	HostMapFile       string
+	DsyncTimeout      time.Duration
+	DsyncLockTimeout  time.Duration
+	LockTTL           time.Duration
+	ClockSkew         time.Duration
+	MaxAttempts       int
+	RetryBackoff      time.Duration
+	RetryBackoffMax   time.Duration
+	RunAgainDelay     time.Duration
+	MaxRounds         int
+	ResultsSink       string
+	CEOverrides       string
+	Source            string
+	Instance          string
+
+	// hostMap is built by Load from the doveadm settings and the file.
+	hostMap doveadm.HostMap
+}
+
+// RegisterFlags declares every sync setting on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
+	c.Server.RegisterFlags(fs, getenv, ":8080")
+	d := replicator.Defaults
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 300*time.Second, "HTTP write timeout: how long a response may take; must exceed request-timeout (Knative's timeoutSeconds should match it)")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", 290*time.Second, "time one event may take, dsync retries included; retries that would not fit are left to the sweep")
+	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://, rediss:// or unix://) holding locks, coalescing marks, dsync states and status; required")
+	fs.StringVar(&c.Transport, "transport", doveadm.TransportHTTP, "how dsync runs: doveadm-http (the source host's doveadm HTTP API) or doveadm-exec (a local doveadm process)")
+	fs.StringVar(&c.DoveadmURL, "doveadm-url", "", "doveadm HTTP API URL of the default source host, e.g. http://mail-a:8080/doveadm/v1")
+	fs.StringVar(&c.DoveadmUser, "doveadm-user", "doveadm", "HTTP Basic user for the doveadm HTTP API")
+	fs.StringVar(&c.DoveadmPassword, "doveadm-password", "", "doveadm_password of the default host (prefer doveadm-password-file)")
+	fs.StringVar(&c.DoveadmPassFile, "doveadm-password-file", "", "file holding doveadm_password")
+	fs.StringVar(&c.DoveadmAPIKey, "doveadm-api-key", "", "doveadm_api_key (sent as X-Dovecot-API instead of Basic auth)")
+	fs.StringVar(&c.DoveadmAPIKeyFile, "doveadm-api-key-file", "", "file holding doveadm_api_key")
+	fs.StringVar(&c.Destination, "destination", "", "dsync destination of the default host, e.g. tcp:replica:12345")
+	fs.StringVar(&c.DoveadmBin, "doveadm-bin", "doveadm", "doveadm binary (doveadm-exec)")
+	fs.StringVar(&c.DoveadmConfig, "doveadm-config", "", "doveadm -c CONF of the default host (doveadm-exec); empty for Dovecot's default")
+	fs.StringVar(&c.HostMapFile, "host-map-file", "", "JSON file mapping source hosts to their doveadm endpoint and destination (see docs/sync.md)")
+	fs.DurationVar(&c.DsyncTimeout, "dsync-timeout", 240*time.Second, "bound of one dsync call")
+	fs.DurationVar(&c.DsyncLockTimeout, "dsync-lock-timeout", d.LockTimeout, "dsync's own lockTimeout (a second guard behind the Redis lock); 0 leaves Dovecot's default")
+	fs.DurationVar(&c.LockTTL, "lock-ttl", d.LockTTL, "TTL of the per-user Redis lock, renewed every third of it while dsync runs; a dead owner's lock expires after it")
+	fs.DurationVar(&c.ClockSkew, "clock-skew", d.ClockSkew, "margin for clock differences between Dovecot hosts and Redis: a change counts as covered only if older than a dsync's start minus this")
+	fs.IntVar(&c.MaxAttempts, "max-attempts", d.MaxAttempts, "dsync attempts per event for retryable failures (unknown exit codes: at most 3)")
+	fs.DurationVar(&c.RetryBackoff, "retry-backoff", d.Backoff, "delay before the first retry; doubles each retry")
+	fs.DurationVar(&c.RetryBackoffMax, "retry-backoff-max", d.MaxBackoff, "longest delay between retries")
+	fs.DurationVar(&c.RunAgainDelay, "run-again-delay", d.RunAgainDelay, "delay before re-running a dsync that answered exit code 2 (changed during sync)")
+	fs.IntVar(&c.MaxRounds, "max-rounds", d.MaxRounds, "dsyncs one event may run back to back while changes keep arriving; the rest waits for the next event or the sweep")
+	fs.StringVar(&c.ResultsSink, "results-sink", getenv("K_SINK"), "Broker URL for replication.failed events of attempts that are retried (default: $K_SINK); final outcomes are the reply")
+	c.CEOverrides = getenv("K_CE_OVERRIDES")
+	fs.StringVar(&c.Source, "source", DefaultSource, "CloudEvent source of the result events")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.Instance, "instance", host, "name of this instance in the status record (in progress by)")
+}
+
+// Load parses args and the environment into a validated Config.
+func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, error) {
+	var c Config
+	c.RegisterFlags(fs, getenv)
+	if err := config.Parse(fs, args, getenv); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if c.DoveadmPassword, err = config.Secret("doveadm-password", c.DoveadmPassword, c.DoveadmPassFile); err != nil {
+		return c, err
+	}
+	if c.DoveadmAPIKey, err = config.Secret("doveadm-api-key", c.DoveadmAPIKey, c.DoveadmAPIKeyFile); err != nil {
+		return c, err
+	}
+	def := doveadm.Endpoint{URL: c.DoveadmURL, User: c.DoveadmUser, Password: c.DoveadmPassword, APIKey: c.DoveadmAPIKey,
+		Destination: c.Destination, Config: c.DoveadmConfig}
+	c.hostMap = doveadm.NewHostMap(def)
+	if c.HostMapFile != "" {
+		b, err := os.ReadFile(c.HostMapFile)
+		if err != nil {
+			return c, fmt.Errorf("host-map-file: %w", err)
+		}
+		if c.hostMap, err = doveadm.ParseHostMap(b, def, getenv); err != nil {
+			return c, fmt.Errorf("host-map-file %s: %w", c.HostMapFile, err)
+		}
+	}
+	return c, c.Validate()
+}
+
+// HostMap is the validated host map.
+func (c *Config) HostMap() doveadm.HostMap { return c.hostMap }
+
+// Validate checks every setting and reports all problems at once, each
+// naming its setting.
+func (c *Config) Validate() error {
+	errs := []error{c.Server.Validate()}
+	if c.WriteTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("write-timeout %s: must be positive", c.WriteTimeout))
+	}
+	if c.RequestTimeout <= 0 || c.RequestTimeout >= c.WriteTimeout {
+		errs = append(errs, fmt.Errorf("request-timeout %s: must be positive and below write-timeout %s", c.RequestTimeout, c.WriteTimeout))
+	}
+	if c.MaxBody < 1024 || c.MaxBody > 16<<20 {
+		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to 16777216 bytes", c.MaxBody))
+	}
+	if c.RedisURL == "" {
+		errs = append(errs, errors.New("redis-url: not set: sync keeps its locks and state in Redis"))
+	} else if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", redactURL(c.RedisURL)))
+	}
+	switch c.Transport {
+	case doveadm.TransportHTTP, doveadm.TransportExec:
+		if err := c.hostMap.Validate(c.Transport); err != nil {
+			errs = append(errs, fmt.Errorf("doveadm-url, destination, doveadm-password or host-map-file: %w", err))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("transport %q: want %s or %s", c.Transport, doveadm.TransportHTTP, doveadm.TransportExec))
+	}
+	if c.DsyncTimeout <= 0 || c.DsyncTimeout > c.RequestTimeout {
+		errs = append(errs, fmt.Errorf("dsync-timeout %s: must be positive and at most request-timeout %s", c.DsyncTimeout, c.RequestTimeout))
+	}
+	if c.DsyncLockTimeout < 0 {
+		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must not be negative", c.DsyncLockTimeout))
+	}
+	if c.LockTTL < 300*time.Millisecond {
+		errs = append(errs, fmt.Errorf("lock-ttl %s: want at least 300ms (it is renewed every third of it)", c.LockTTL))
+	}
+	if c.ClockSkew < 0 {
+		errs = append(errs, fmt.Errorf("clock-skew %s: must not be negative", c.ClockSkew))
+	}
+	if c.MaxAttempts < 1 || c.MaxAttempts > 20 {
+		errs = append(errs, fmt.Errorf("max-attempts %d: want 1 to 20", c.MaxAttempts))
+	}
+	if c.RetryBackoff <= 0 || c.RetryBackoffMax < c.RetryBackoff {
+		errs = append(errs, fmt.Errorf("retry-backoff %s, retry-backoff-max %s: want positive, max at least the first", c.RetryBackoff, c.RetryBackoffMax))
+	}
+	if c.RunAgainDelay <= 0 {
+		errs = append(errs, fmt.Errorf("run-again-delay %s: must be positive", c.RunAgainDelay))
+	}
+	if c.MaxRounds < 1 || c.MaxRounds > 100 {
+		errs = append(errs, fmt.Errorf("max-rounds %d: want 1 to 100", c.MaxRounds))
+	}
+	if c.ResultsSink != "" {
+		if u, err := url.Parse(c.ResultsSink); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("results-sink %q: want an absolute http or https URL", redactURL(c.ResultsSink)))
+		}
+	}
+	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Source == "" {
+		errs = append(errs, errors.New("source: must not be empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// redactURL hides a password in a URL before it reaches an error message.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}

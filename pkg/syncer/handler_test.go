@@ -1,0 +1,350 @@
+package syncer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// broker is a fake Broker ingress collecting what the results sink sends.
+type broker struct {
+	mu     sync.Mutex
+	events []cloudevents.Event
+}
+
+func (b *broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ev, err := cloudevents.NewEventFromHTTPRequest(r)
+	if err != nil {
+		http.Error(w, err.Error(), 400)
+		return
+	}
+	b.mu.Lock()
+	b.events = append(b.events, *ev)
+	b.mu.Unlock()
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (b *broker) all() []cloudevents.Event {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]cloudevents.Event(nil), b.events...)
+}
+
+type fixture struct {
+	h      *Handler
+	srv    *httptest.Server
+	dove   *doveadmtest.Server
+	mr     *miniredis.Miniredis
+	st     *state.Store
+	broker *broker
+	logs   *lockedBuffer
+	reg    *prometheus.Registry
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dove := doveadmtest.NewServer(t, "mail-a", nil)
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	b := &broker{}
+	bs := httptest.NewServer(b)
+	t.Cleanup(bs.Close)
+	snd, err := sink.New(sink.Options{URL: bs.URL, Budget: time.Second, Retries: 1, Backoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	reg := prometheus.NewRegistry()
+	hosts := doveadm.NewHostMap(doveadm.Endpoint{URL: dove.APIURL(), User: "doveadm", Password: doveadmtest.Password, Destination: "tcp:mail-b:12345"})
+	repl := replicator.New(replicator.Options{Owner: "t", LockTTL: time.Second, MaxAttempts: 3, Backoff: time.Millisecond,
+		MaxBackoff: 2 * time.Millisecond, RunAgainDelay: time.Millisecond}, st, doveadm.NewHTTP(nil, 5*time.Second), hosts,
+		NewSinkNotifier(snd, DefaultSource, reg, log), reg, log)
+	h := NewHandler(Options{Budget: 10 * time.Second, MaxBody: 4096}, repl, reg, log)
+	reg.MustRegister(NewUsersCollector(st))
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return &fixture{h: h, srv: srv, dove: dove, mr: mr, st: st, broker: b, logs: logs, reg: reg}
+}
+
+func changeEvent(t *testing.T, user string, at time.Time) cloudevents.Event {
+	t.Helper()
+	ev, err := contract.FromChange(change.Change{ID: "id-" + user, User: user, Host: "mail-a", Time: at, Priority: change.High,
+		Event: "imap_command_finished", Command: "APPEND", Mailbox: "INBOX"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// postBinary sends ev in binary mode and decodes the reply.
+func (f *fixture) postBinary(t *testing.T, ev cloudevents.Event) (*http.Response, *cloudevents.Event, string) {
+	t.Helper()
+	req, err := cloudevents.NewHTTPRequestFromEvent(context.Background(), f.srv.URL, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.do(t, req)
+}
+
+func (f *fixture) do(t *testing.T, req *http.Request) (*http.Response, *cloudevents.Event, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.Header.Get("Ce-Id") == "" && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/cloudevents") {
+		return resp, nil, string(body)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	reply, err := cloudevents.NewEventFromHTTPResponse(resp)
+	if err != nil {
+		t.Fatalf("reply is not a CloudEvent: %v (%s)", err, body)
+	}
+	return resp, reply, string(body)
+}
+
+func TestHandle_ChangeInBinaryModeRepliesSucceeded(t *testing.T) {
+	f := newFixture(t)
+	at := time.Now().Add(-3 * time.Second)
+
+	resp, reply, body := f.postBinary(t, changeEvent(t, "u1", at))
+
+	if resp.StatusCode != http.StatusOK || reply == nil {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	if reply.Type() != contract.TypeReplicationSucceeded || reply.Subject() != "u1" || reply.Source() != DefaultSource ||
+		reply.Extensions()["priority"] != "high" {
+		t.Errorf("reply %v", reply)
+	}
+	var d contract.ReplicationSucceeded
+	if err := reply.DataAs(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d.User != "u1" || d.Host != "mail-a" || d.Destination != "tcp:mail-b:12345" || d.Mode != contract.ModeIncremental ||
+		d.Coalesced != 1 || d.LagMS < 3000 || d.End.Before(d.Start) || d.TriggerID != "id-u1" || d.Attempts != 1 {
+		t.Errorf("data %+v", d)
+	}
+	// The same change again is covered: acknowledged, nothing to reply.
+	resp, reply, body = f.postBinary(t, changeEvent(t, "u1", at))
+	if resp.StatusCode != http.StatusAccepted || reply != nil || body != "" || resp.Header.Get(HeaderOutcome) == "" {
+		t.Errorf("covered change: %d %v %q", resp.StatusCode, reply, body)
+	}
+	if n := len(f.dove.Tracker.Calls()); n != 1 {
+		t.Errorf("%d dsyncs, want 1", n)
+	}
+}
+
+func TestHandle_RequestInStructuredModeAsksFullSync(t *testing.T) {
+	f := newFixture(t)
+	ev, err := contract.Requested(change.Request{User: "u2", Full: true}, "dovewarden/cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(ev)
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/cloudevents+json")
+
+	resp, reply, body := f.do(t, req)
+
+	if resp.StatusCode != 200 || reply == nil || reply.Type() != contract.TypeReplicationSucceeded {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	calls := f.dove.Tracker.CallsOf("u2")
+	if len(calls) != 1 || !calls[0].Full {
+		t.Errorf("calls %+v, want one full sync", calls)
+	}
+	var d contract.ReplicationSucceeded
+	_ = reply.DataAs(&d)
+	if d.Mode != contract.ModeFull {
+		t.Errorf("mode %q", d.Mode)
+	}
+}
+
+func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
+	f := newFixture(t)
+	sweep := changeEvent(t, "u1", time.Now())
+	sweep.SetType(contract.TypeSweepRequested)
+	hostile := changeEvent(t, "u1", time.Now())
+	hostile.SetSubject("-oProxyCommand=evil")
+	wild := changeEvent(t, "u1", time.Now())
+	wild.SetSubject("*")
+	badHost := changeEvent(t, "u1", time.Now())
+	badHost.SetSource("mail a/../../")
+	badData := changeEvent(t, "u1", time.Now())
+	_ = badData.SetData("application/json", []byte(`{"user": 42`))
+	binaryReq := func(ev cloudevents.Event) *http.Request {
+		r, _ := cloudevents.NewHTTPRequestFromEvent(context.Background(), f.srv.URL, ev)
+		return r
+	}
+	raw := func(method, path, ctype, body string, hdr ...string) *http.Request {
+		r, _ := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+		if ctype != "" {
+			r.Header.Set("Content-Type", ctype)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			r.Header.Set(hdr[i], hdr[i+1])
+		}
+		return r
+	}
+	tests := []struct {
+		name   string
+		req    *http.Request
+		code   int
+		reason string
+		metric string
+	}{
+		{"sweep type", binaryReq(sweep), 400, "is not handled by sync", rejectType},
+		{"hostile user", binaryReq(hostile), 400, "starts with '-'", rejectUser},
+		{"wildcard user", binaryReq(wild), 400, "wildcard", rejectUser},
+		{"bad host", binaryReq(badHost), 400, "only letters", rejectHost},
+		{"bad data", binaryReq(badData), 400, "data of event", rejectData},
+		{"plain JSON", raw("POST", "/", "application/json", `{"user":"u1"}`), 400, "not a CloudEvent", rejectEncoding},
+		{"batch", raw("POST", "/", "application/cloudevents-batch+json", `[]`), 400, "batched", rejectEncoding},
+		{"no id", raw("POST", "/", "application/json", `{}`, "Ce-Specversion", "1.0", "Ce-Type", contract.TypeMailboxChanged, "Ce-Source", "mail-a"), 400, "", ""},
+		{"broken structured", raw("POST", "/", "application/cloudevents+json", `{"specversion":`), 400, "unreadable CloudEvent", rejectInvalid},
+		{"huge", raw("POST", "/", "application/cloudevents+json", `{"data":"`+strings.Repeat("x", 8192)+`"}`), 413, "exceeds", rejectTooLarge},
+		{"GET", raw("GET", "/", "", ""), 405, "not allowed", rejectMethod},
+		{"path", raw("POST", "/other", "", ""), 404, "post CloudEvents to /", rejectPath},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := 0.0
+			if tt.metric != "" {
+				before = testutil.ToFloat64(f.h.m.rejected.WithLabelValues(tt.metric))
+			}
+			resp, _, body := f.do(t, tt.req)
+			if resp.StatusCode != tt.code || !strings.Contains(body, tt.reason) {
+				t.Errorf("%d %q, want %d with %q", resp.StatusCode, body, tt.code, tt.reason)
+			}
+			if tt.metric != "" && testutil.ToFloat64(f.h.m.rejected.WithLabelValues(tt.metric)) != before+1 {
+				t.Errorf("rejected{%s} not counted", tt.metric)
+			}
+		})
+	}
+	if n := len(f.dove.Tracker.Calls()); n != 0 {
+		t.Errorf("%d dsyncs for bad input", n)
+	}
+	// Still serving.
+	if resp, _, _ := f.postBinary(t, changeEvent(t, "u1", time.Now())); resp.StatusCode != 200 {
+		t.Errorf("after bad input: %d", resp.StatusCode)
+	}
+}
+
+func TestHandle_RedisDownIs503AndNothingAcked(t *testing.T) {
+	f := newFixture(t)
+	f.mr.Close()
+	resp, reply, body := f.postBinary(t, changeEvent(t, "u1", time.Now()))
+	if resp.StatusCode != http.StatusServiceUnavailable || reply != nil || !strings.Contains(body, "unavailable") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if len(f.dove.Tracker.Calls()) != 0 {
+		t.Error("dsync ran without Redis")
+	}
+	if got := testutil.ToFloat64(f.h.m.decisions.WithLabelValues("unavailable", "high")); got != 1 {
+		t.Errorf("decisions{unavailable} = %v", got)
+	}
+}
+
+func TestHandle_EveryFailedAttemptIsSeen(t *testing.T) {
+	f := newFixture(t)
+	f.dove.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{Empty: true}, doveadmtest.Reply{ExitCode: 75})
+
+	resp, reply, body := f.postBinary(t, changeEvent(t, "u1", time.Now()))
+
+	// Three attempts, all failed: two retried ones went to the Broker as
+	// they happened, the last is the reply.
+	if resp.StatusCode != 200 || reply == nil || reply.Type() != contract.TypeReplicationFailed {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	var last contract.ReplicationFailed
+	if err := reply.DataAs(&last); err != nil {
+		t.Fatal(err)
+	}
+	if last.Attempt != 3 || last.ExitCode != 75 || !last.Retryable || last.RetryBy != change.RetryBySweep || last.RetryAt != nil {
+		t.Errorf("final failure %+v", last)
+	}
+	sent := f.broker.all()
+	if len(sent) != 2 {
+		t.Fatalf("broker got %d events, want 2", len(sent))
+	}
+	for i, ev := range sent {
+		var d contract.ReplicationFailed
+		if err := ev.DataAs(&d); err != nil || ev.Type() != contract.TypeReplicationFailed || d.Attempt != i+1 ||
+			d.RetryBy != change.RetryBySync || d.RetryAt == nil {
+			t.Errorf("sent %d: %v %+v", i, ev.Type(), d)
+		}
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if !st.Failed || st.PendingSince.IsZero() {
+		t.Errorf("status %+v: want failed and pending for the sweep", st)
+	}
+	if n, err := testutil.GatherAndCount(f.reg, "dovewarden_sync_failing_users"); err != nil || n != 1 {
+		t.Errorf("failing users gauge: %d %v", n, err)
+	}
+}
+
+func TestHandle_PasswordNeverInEventsOrLogs(t *testing.T) {
+	f := newFixture(t)
+	f.dove.Password = "not-ours" // the configured password is rejected: 401
+	resp, reply, body := f.postBinary(t, changeEvent(t, "u1", time.Now()))
+	if resp.StatusCode != 200 || reply == nil {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	var d contract.ReplicationFailed
+	_ = reply.DataAs(&d)
+	if d.Class != "unauthorized" || d.RetryBy != change.RetryNone {
+		t.Errorf("%+v", d)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	for where, s := range map[string]string{"reply": string(reply.Data()), "logs": f.logs.String(), "status": st.LastError} {
+		if strings.Contains(s, doveadmtest.Password) {
+			t.Errorf("%s shows the password", where)
+		}
+	}
+}
