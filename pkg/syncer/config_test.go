@@ -1,0 +1,81 @@
+package syncer
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoad_FromEnvironmentWithSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), []string{"--lock-ttl=2s"}, env(map[string]string{
+		"DOVEWARDEN_REDIS_URL":             "redis://127.0.0.1:6379/0",
+		"DOVEWARDEN_DOVEADM_URL":           "http://mail-a:8080/doveadm/v1",
+		"DOVEWARDEN_DOVEADM_PASSWORD_FILE": pw,
+		"DOVEWARDEN_DESTINATION":           "tcp:mail-b:12345",
+		"DOVEWARDEN_LOCK_TTL":              "9s", // the flag wins
+		"K_SINK":                           "http://broker.test/ns/default",
+		"PORT":                             "9090",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.HostMap().Default
+	if d.Password != "s3cret" || d.URL != "http://mail-a:8080/doveadm/v1" || c.LockTTL != 2*time.Second ||
+		c.ResultsSink != "http://broker.test/ns/default" || c.Server.Listen != ":9090" || c.Transport != "doveadm-http" {
+		t.Errorf("config %+v", c)
+	}
+}
+
+func TestLoad_HostMapFile(t *testing.T) {
+	dir := t.TempDir()
+	hm := filepath.Join(dir, "hosts.json")
+	os.WriteFile(hm, []byte(`{"mail-b": {"url": "http://mail-b:8080/doveadm/v1", "destination": "tcp:mail-a:12345", "password_env": "B_PW"}}`), 0o600)
+	c, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_REDIS_URL": "redis://r:6379", "DOVEWARDEN_DOVEADM_URL": "http://mail-a:8080/doveadm/v1",
+		"DOVEWARDEN_DOVEADM_PASSWORD": "pa", "DOVEWARDEN_DESTINATION": "tcp:mail-b:12345",
+		"DOVEWARDEN_HOST_MAP_FILE": hm, "B_PW": "pb",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.HostMap().Resolve("mail-b"); b.Password != "pb" || b.Destination != "tcp:mail-a:12345" {
+		t.Errorf("mail-b %+v", b)
+	}
+}
+
+func TestLoad_ErrorsNameTheSetting(t *testing.T) {
+	_, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_TRANSPORT":       "ssh",
+		"DOVEWARDEN_REQUEST_TIMEOUT": "10m",
+		"DOVEWARDEN_LOCK_TTL":        "10ms",
+		"DOVEWARDEN_MAX_ATTEMPTS":    "0",
+		"DOVEWARDEN_RESULTS_SINK":    "not a url",
+	}))
+	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_REDIS_URL": "redis://:hunter2@r:6379", "DOVEWARDEN_DOVEADM_URL": "http://a/doveadm/v1",
+	}))
+	if err == nil || !strings.Contains(err.Error(), "no doveadm password") || !strings.Contains(err.Error(), "no destination") {
+		t.Errorf("missing doveadm settings: %v", err)
+	}
+	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_REDIS_URL": "http://:hunter2@r:6379", "DOVEWARDEN_TRANSPORT": "doveadm-exec", "DOVEWARDEN_DESTINATION": "tcp:b:1",
+	}))
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "redis-url") {
+		t.Errorf("bad redis url: %v", err)
+	}
+}
