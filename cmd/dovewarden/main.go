@@ -36,6 +36,7 @@ type environment struct {
 
 var commands = map[string]command{
 	"ingest":  {"receive Dovecot events and send CloudEvents to the Broker", runIngest},
+	"sync":    {"receive change events and run dsync, one user at a time", runSync},
 	"explain": {"show the CloudEvent ingest would send for Dovecot event JSON", runExplain},
 	"loadgen": {"post realistic Dovecot events to an ingest URL and report rate and latency", runLoadgen},
 }

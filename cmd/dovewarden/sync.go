@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"net"
+	"net/http"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/server"
+	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
+)
+
+func runSync(ctx context.Context, env *environment, args []string) error {
+	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	cfg, err := syncer.Load(fs, args, env.getenv)
+	if err != nil {
+		return err
+	}
+	log, err := server.NewLogger(env.stderr, cfg.Server.LogFormat, cfg.Server.LogLevel)
+	if err != nil {
+		return err
+	}
+	reg := metrics.NewRegistry()
+	h, closeFn, err := syncer.Build(ctx, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	var health server.Health
+	mux := http.NewServeMux()
+	health.Mount(mux, reg)
+	h.Mount(mux)
+	// Its own server: a dsync can outlast the 30 s write timeout the other
+	// roles use.
+	return syncer.Serve(ctx, log, cfg.Server, cfg.WriteTimeout, mux, func(addr net.Addr) {
+		health.SetReady(true)
+		if env.ready != nil {
+			env.ready(addr)
+		}
+	})
+}
