@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// loadgenEnv runs a command with vars as its environment and captures stdout.
+func loadgenEnv(vars map[string]string) (*environment, *bytes.Buffer, *bytes.Buffer) {
+	var out, errb bytes.Buffer
+	return &environment{
+		getenv: func(k string) string { return vars[k] },
+		stdin:  strings.NewReader(""),
+		stdout: &out, stderr: &errb,
+	}, &out, &errb
+}
+
+func loadgenTarget(t *testing.T, status int) (*httptest.Server, *atomic.Int64) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		w.WriteHeader(status)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &n
+}
+
+func TestLoadgen_PrintsReport(t *testing.T) {
+	srv, n := loadgenTarget(t, http.StatusAccepted)
+	env, out, _ := loadgenEnv(nil)
+	err := run(context.Background(), env, []string{"loadgen", "-url", srv.URL + "/events", "-count", "50", "-concurrency", "2", "-version", "2.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 50 {
+		t.Errorf("server got %d requests, want 50", n.Load())
+	}
+	for _, want := range []string{"Dovecot 2.3 events", "sent      50", "ok (2xx)  50", "202=50", "p99"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestLoadgen_JSONReportAndEnvironment(t *testing.T) {
+	srv, _ := loadgenTarget(t, http.StatusOK)
+	env, out, _ := loadgenEnv(map[string]string{"DOVEWARDEN_COUNT": "7", "DOVEWARDEN_URL": srv.URL + "/events"})
+	if err := run(context.Background(), env, []string{"loadgen", "-json"}); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Sent    uint64            `json:"sent"`
+		OK      uint64            `json:"ok"`
+		Status  map[string]uint64 `json:"status"`
+		Latency struct {
+			P50 int64 `json:"p50_ns"`
+		} `json:"latency"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	if rep.Sent != 7 || rep.OK != 7 || rep.Status["200"] != 7 || rep.Latency.P50 <= 0 {
+		t.Errorf("report %+v", rep)
+	}
+}
+
+func TestLoadgen_FailedRequestsExitOne(t *testing.T) {
+	srv, _ := loadgenTarget(t, http.StatusServiceUnavailable)
+	env, out, _ := loadgenEnv(nil)
+	err := run(context.Background(), env, []string{"loadgen", "-url", srv.URL + "/events", "-count", "3"})
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("error %v, want exit code 1", err)
+	}
+	if !strings.Contains(out.String(), "503=3") {
+		t.Errorf("report lacks the 503s:\n%s", out)
+	}
+	env, _, _ = loadgenEnv(nil)
+	if err := run(context.Background(), env, []string{"loadgen", "-url", srv.URL + "/events", "-count", "3", "-allow-errors"}); err != nil {
+		t.Fatalf("with -allow-errors: %v", err)
+	}
+}
+
+func TestLoadgen_RefusesBadSettings(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"loadgen"}, "unbounded"},
+		{[]string{"loadgen", "-count", "1", "-url", "http://192.0.2.1/events"}, "allow-remote"},
+		{[]string{"loadgen", "-count", "1", "-version", "2.2"}, "version"},
+		{[]string{"loadgen", "-count", "1", "-mix", "FROB=1"}, "mix"},
+		{[]string{"loadgen", "-count", "1", "extra"}, "unexpected"},
+	} {
+		env, out, _ := loadgenEnv(nil)
+		err := run(context.Background(), env, tc.args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one mentioning %q", tc.args, err, tc.want)
+		}
+		if exitCode(err) != 2 || out.Len() != 0 {
+			t.Errorf("%q: exit code %d, output %q; want 2 and no report", tc.args, exitCode(err), out)
+		}
+	}
+}
