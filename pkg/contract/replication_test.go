@@ -52,9 +52,12 @@ func TestToRequest(t *testing.T) {
 		ev   cloudevents.Event
 		want string
 	}{
-		"other type":    {bad(func(e *cloudevents.Event) { e.SetType(TypeSweepRequested) }), "is not"},
-		"not json":      {bad(func(e *cloudevents.Event) { _ = e.SetData("application/json", []byte("{nope")) }), "data of event"},
-		"users differ":  {bad(func(e *cloudevents.Event) { e.SetSubject("a"); _ = e.SetData("application/json", map[string]string{"user": "b"}) }), "differ"},
+		"other type": {bad(func(e *cloudevents.Event) { e.SetType(TypeSweepRequested) }), "is not"},
+		"not json":   {bad(func(e *cloudevents.Event) { _ = e.SetData("application/json", []byte("{nope")) }), "data of event"},
+		"users differ": {bad(func(e *cloudevents.Event) {
+			e.SetSubject("a")
+			_ = e.SetData("application/json", map[string]string{"user": "b"})
+		}), "differ"},
 		"data mistyped": {bad(func(e *cloudevents.Event) { _ = e.SetData("application/json", map[string]int{"user": 1}) }), "data of event"},
 	} {
 		if _, err := ToRequest(tt.ev); err == nil || !strings.Contains(err.Error(), tt.want) {

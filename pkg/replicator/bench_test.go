@@ -122,4 +122,3 @@ func BenchmarkDecisionRealRedis(b *testing.B) {
 		})
 	}
 }
-
