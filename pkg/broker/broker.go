@@ -1,0 +1,337 @@
+// Package broker is the embedded broker: a local stand-in for a Knative
+// Broker that routes CloudEvents with the project's real Trigger manifests
+// (config/broker) and Knative's semantics (filters, overlapping Triggers
+// delivering twice, retries with backoff, dead-letter sinks with the
+// knativeerror* extensions, replies published back into the broker), to
+// in-process handlers or HTTP subscribers.
+//
+// Each Trigger is a lane with its own bounded queue and workers, so a
+// backlog on one Trigger never delays another. It is not durable (queued
+// events are lost when the process ends) and not distributed: for scale and
+// durability run Knative with a Kafka Broker.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults for Options left zero.
+const (
+	DefaultQueueSize = 1000
+	DefaultWorkers   = 4
+	// DefaultDeliveryTimeout is Knative Serving's default request timeout
+	// (timeoutSeconds 300): what a subscriber Service would allow.
+	DefaultDeliveryTimeout = 5 * time.Minute
+	DefaultMaxBody         = 4 << 20
+)
+
+// Extensions the broker sets, with Knative's names.
+const (
+	// ExtTTL counts how many more times an event may pass through the
+	// broker as a reply (knative.dev/eventing/pkg/broker.TTLAttribute).
+	ExtTTL = "knativebrokerttl"
+	// ExtArrivalTime is when the broker accepted the event.
+	ExtArrivalTime = "knativearrivaltime"
+	// ExtErrorDest, ExtErrorCode and ExtErrorData describe the last
+	// failed attempt on an event sent to a dead-letter sink: the
+	// destination, the HTTP status, and the response body in base64 (at
+	// most 1024 characters).
+	ExtErrorDest = "knativeerrordest"
+	ExtErrorCode = "knativeerrorcode"
+	ExtErrorData = "knativeerrordata"
+	// DefaultTTL is the TTL Knative's broker ingress gives new events.
+	DefaultTTL = 255
+)
+
+// Errors Publish returns; the ingress maps them to HTTP statuses.
+var (
+	// ErrQueueFull: a matching Trigger's queue is full (503); nothing was
+	// queued. The error is a *QueueFullError naming the Trigger.
+	ErrQueueFull = errors.New("queue full")
+	// ErrClosed: the broker is shutting down (503).
+	ErrClosed = errors.New("broker shut down")
+	// ErrInvalidEvent: not a valid CloudEvent (400).
+	ErrInvalidEvent = errors.New("invalid CloudEvent")
+	// ErrTTLExhausted: the event has been replied through the broker too
+	// many times (400, as Knative answers); a reply loop ends here.
+	ErrTTLExhausted = errors.New("event TTL exhausted (" + ExtTTL + " reached 0): a reply loop?")
+)
+
+// QueueFullError says which Trigger's queue was full.
+type QueueFullError struct{ Trigger string }
+
+func (e *QueueFullError) Error() string {
+	return fmt.Sprintf("queue of Trigger %s is full", e.Trigger)
+}
+
+// Is makes errors.Is(err, ErrQueueFull) true.
+func (e *QueueFullError) Is(target error) bool { return target == ErrQueueFull }
+
+// Options configure a Broker.
+type Options struct {
+	// Handlers are in-process subscribers, by the name a Trigger's
+	// subscriber (or dead-letter sink) ref gives, e.g.
+	// "dovewarden-sync-high".
+	Handlers map[string]Handler
+	// Subscribers map ref names to URLs events are POSTed to. They win
+	// over Handlers of the same name.
+	Subscribers map[string]string
+	// QueueSize is each Trigger's queue (default DefaultQueueSize); the
+	// dovewarden.org/queue-size annotation overrides it per Trigger.
+	QueueSize int
+	// Workers deliver each Trigger's events in parallel (default
+	// DefaultWorkers); the dovewarden.org/workers annotation overrides it.
+	Workers int
+	// DeliveryTimeout bounds each attempt when a Trigger's delivery sets
+	// no timeout (default DefaultDeliveryTimeout).
+	DeliveryTimeout time.Duration
+	// MaxBody is the largest event the ingress accepts and the largest
+	// reply read from a subscriber (default DefaultMaxBody).
+	MaxBody int64
+	// Client sends to HTTP subscribers; nil means a client of its own.
+	Client *http.Client
+	// Logger gets the broker's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer gets the broker's metrics; nil keeps them private.
+	Registerer prometheus.Registerer
+}
+
+// LaneInfo describes one Trigger's lane.
+type LaneInfo struct {
+	Trigger string
+	// Enabled is false when the subscriber resolves to nothing here.
+	Enabled bool
+	// Subscriber and DeadLetterSink are where events go ("inprocess://"
+	// for a Handler, else a URL); empty when not resolved.
+	Subscriber, DeadLetterSink string
+	Workers, QueueSize         int
+}
+
+// Broker is the embedded broker. Make one with New and stop it with
+// Shutdown.
+type Broker struct {
+	name  string
+	opts  Options
+	log   *slog.Logger
+	m     *brokerMetrics
+	lanes []*lane
+	info  []LaneInfo
+
+	mu     sync.RWMutex // held for writing only to close
+	closed bool
+
+	ctx    context.Context // parent of every delivery attempt
+	cancel context.CancelFunc
+	quit   chan struct{}
+	wg     sync.WaitGroup
+
+	shutdownDrops atomic.Int64
+}
+
+// New starts a broker for cfg: a lane per Trigger whose subscriber
+// resolves (a Trigger whose subscriber does not is disabled with a
+// warning; so is a dead-letter sink that does not resolve).
+func New(cfg *Config, o Options) (*Broker, error) {
+	if cfg == nil {
+		return nil, errors.New("broker: no config")
+	}
+	o = withDefaults(o)
+	for name, u := range o.Subscribers {
+		if !isAbsHTTP(u) {
+			return nil, fmt.Errorf("subscriber %s=%q: want an absolute http or https URL", name, u)
+		}
+	}
+	if o.QueueSize < 1 || o.Workers < 1 || o.DeliveryTimeout <= 0 || o.MaxBody < 1 {
+		return nil, fmt.Errorf("broker options: queue size %d, workers %d, delivery timeout %s and max body %d must be positive",
+			o.QueueSize, o.Workers, o.DeliveryTimeout, o.MaxBody)
+	}
+	b := &Broker{name: cfg.Broker, opts: o, log: o.Logger, m: newMetrics(o.Registerer), quit: make(chan struct{})}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	for _, w := range cfg.Warnings {
+		b.log.Warn(w)
+	}
+	used := map[string]bool{}
+	for _, tr := range cfg.Triggers {
+		b.addLane(tr, used)
+	}
+	for name := range o.Subscribers {
+		if !used[name] {
+			b.log.Warn("subscriber mapping names no Trigger's subscriber or dead-letter sink", "name", name)
+		}
+	}
+	if err := o.Registerer.Register(newLaneCollector(b.lanes)); err != nil {
+		b.cancel()
+		return nil, fmt.Errorf("broker metrics: %w", err)
+	}
+	for _, l := range b.lanes {
+		for range l.workers {
+			b.wg.Add(1)
+			go l.work()
+		}
+	}
+	return b, nil
+}
+
+func withDefaults(o Options) Options {
+	if o.QueueSize == 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.Workers == 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.DeliveryTimeout == 0 {
+		o.DeliveryTimeout = DefaultDeliveryTimeout
+	}
+	if o.MaxBody == 0 {
+		o.MaxBody = DefaultMaxBody
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.Client == nil {
+		o.Client = &http.Client{Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:        256,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
+	return o
+}
+
+func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
+	info := LaneInfo{Trigger: tr.Name, Workers: tr.Workers, QueueSize: tr.QueueSize}
+	if info.Workers == 0 {
+		info.Workers = b.opts.Workers
+	}
+	if info.QueueSize == 0 {
+		info.QueueSize = b.opts.QueueSize
+	}
+	target := b.resolve(tr.Subscriber, used)
+	if target == nil {
+		b.log.Warn("Trigger disabled: its subscriber is neither an in-process handler nor mapped to a URL (--subscriber NAME=URL)",
+			"trigger", tr.Name, "subscriber", tr.Subscriber.String())
+		b.info = append(b.info, info)
+		return
+	}
+	info.Enabled, info.Subscriber = true, target.dest()
+	var dls endpoint
+	if d := tr.Delivery.DeadLetterSink; d != nil {
+		if dls = b.resolve(*d, used); dls == nil {
+			b.log.Warn("dead-letter sink not resolved: events that fail for good are dropped (and counted)",
+				"trigger", tr.Name, "deadLetterSink", d.String())
+		} else {
+			info.DeadLetterSink = dls.dest()
+		}
+	}
+	timeout := tr.Delivery.Timeout
+	if timeout == 0 {
+		timeout = b.opts.DeliveryTimeout
+	}
+	capacity := info.QueueSize + info.Workers
+	l := &lane{
+		b: b, tr: tr, target: target, dls: dls, timeout: timeout, workers: info.Workers,
+		capacity: int64(capacity), queue: make(chan *task, capacity), timers: map[*task]*time.Timer{},
+		log: b.log.With("trigger", tr.Name),
+	}
+	b.lanes = append(b.lanes, l)
+	b.info = append(b.info, info)
+	b.log.Info("Trigger lane ready", "trigger", tr.Name, "subscriber", info.Subscriber,
+		"deadLetterSink", info.DeadLetterSink, "workers", info.Workers, "queueSize", info.QueueSize)
+}
+
+// resolve finds where a Destination's events go: a --subscriber URL for
+// its ref, else an in-process handler, else its URI; nil if none.
+func (b *Broker) resolve(d Destination, used map[string]bool) endpoint {
+	if d.Ref == "" {
+		return &httpEndpoint{url: d.URI, client: b.opts.Client, maxBody: b.opts.MaxBody}
+	}
+	used[d.Ref] = true
+	if u, ok := b.opts.Subscribers[d.Ref]; ok {
+		if d.URI != "" {
+			// Knative resolves a uri beside a ref against the ref's URL.
+			if base, err := url.Parse(u); err == nil {
+				if rel, err := url.Parse(d.URI); err == nil {
+					u = base.ResolveReference(rel).String()
+				}
+			}
+		}
+		return &httpEndpoint{url: u, client: b.opts.Client, maxBody: b.opts.MaxBody}
+	}
+	if h, ok := b.opts.Handlers[d.Ref]; ok && h != nil {
+		return &handlerEndpoint{name: d.Ref, h: h}
+	}
+	return nil
+}
+
+// Name is the Broker's name from the manifests.
+func (b *Broker) Name() string { return b.name }
+
+// Lanes describes every Trigger's lane, enabled or not, by Trigger name.
+func (b *Broker) Lanes() []LaneInfo {
+	out := append([]LaneInfo(nil), b.info...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Trigger < out[j].Trigger })
+	return out
+}
+
+// Shutdown stops taking events (Publish returns ErrClosed), drops events
+// waiting for a retry or a worker, and lets deliveries in flight finish
+// until ctx ends, when they are cancelled. It returns how many events were
+// dropped: the broker keeps nothing across restarts.
+func (b *Broker) Shutdown(ctx context.Context) (dropped int, err error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return 0, nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	for _, l := range b.lanes {
+		l.stop()
+	}
+	close(b.quit)
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.cancel()
+		err = fmt.Errorf("broker shutdown: deliveries in flight cancelled: %w", ctx.Err())
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			// An in-process handler that ignores its context; its
+			// worker ends when it returns.
+		}
+	}
+	for _, l := range b.lanes {
+		l.drain()
+	}
+	b.cancel()
+	n := int(b.shutdownDrops.Load())
+	if n > 0 {
+		b.log.Warn("broker stopped with events not delivered: they are lost (the embedded broker is not durable)", "dropped", n)
+	}
+	return n, err
+}
+
+// ingressDest names the broker in knativeerrordest when a reply could not
+// be published.
+func (b *Broker) ingressDest() string { return "inprocess://broker/" + strings.ToLower(b.name) }

@@ -1,0 +1,286 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+func typeTrigger(name, typ, subscriber, delivery string) string {
+	return trigger(name, "  filter:\n    attributes:\n      type: "+typ+"\n  subscriber:\n    ref:\n      name: "+subscriber+"\n"+delivery)
+}
+
+func fail(code int) func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+	return func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		return nil, cehttp.NewResult(code, "no luck %d", code)
+	}
+}
+
+func TestDelivery_OverlappingTriggersDeliverTwice(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("one", "x", "sub", ""), trigger("two", "  filters:\n  - prefix:\n      type: x\n  subscriber:\n    ref:\n      name: sub\n"))
+	rec := newRecorder()
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	rec.next(t)
+	rec.quiet(t)
+}
+
+func TestDelivery_EventAsDelivered(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", ""))
+	rec := newRecorder()
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	ev := event("e1", "x", "high")
+	ev.SetExtension("count", 5)
+	ev.SetExtension(ExtTTL, 9)
+	if err := b.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.next(t)
+	ext := got.Extensions()
+	if ext["count"] != "5" || ext["priority"] != "high" {
+		t.Errorf("extensions not as the HTTP binding delivers them: %#v", ext)
+	}
+	if _, ok := ext[ExtTTL]; ok {
+		t.Error("subscriber sees the broker's TTL")
+	}
+	if at, ok := ext[ExtArrivalTime].(string); !ok || at == "" {
+		t.Errorf("no %s: %#v", ExtArrivalTime, ext)
+	}
+}
+
+func TestDelivery_RetryWithExponentialBackoff(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 3\n    backoffPolicy: exponential\n    backoffDelay: PT0.1S\n"))
+	rec := newRecorder()
+	rec.answer = func(n int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		if n <= 3 {
+			return nil, cehttp.NewResult(http.StatusServiceUnavailable, "busy")
+		}
+		return nil, nil
+	}
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		rec.next(t)
+	}
+	rec.quiet(t)
+	rec.mu.Lock()
+	times := rec.times
+	rec.mu.Unlock()
+	// Knative: delay × 2^(n-1) before retry n.
+	for i, want := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
+		if got := times[i+1].Sub(times[i]); got < want*9/10 || got > want+time.Second {
+			t.Errorf("wait before retry %d: %v, want about %v", i+1, got, want)
+		}
+	}
+	if got := counter(t, reg, "dovewarden_broker_retries_total", map[string]string{"trigger": "t"}); got != 3 {
+		t.Errorf("retries metric %v", got)
+	}
+	if got := counter(t, reg, "dovewarden_broker_deliveries_total", map[string]string{"trigger": "t", "outcome": "retriable"}); got != 3 {
+		t.Errorf("retriable deliveries %v", got)
+	}
+}
+
+func TestDelivery_LinearBackoffFirstRetryAtOnce(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 2\n    backoffPolicy: linear\n    backoffDelay: PT0.3S\n"))
+	rec := newRecorder()
+	rec.answer = fail(http.StatusTooManyRequests)
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		rec.next(t)
+	}
+	rec.mu.Lock()
+	first, second := rec.times[1].Sub(rec.times[0]), rec.times[2].Sub(rec.times[1])
+	rec.mu.Unlock()
+	if first > 250*time.Millisecond || second < 270*time.Millisecond || second > 1300*time.Millisecond {
+		t.Errorf("waits %v then %v; want about 0 then 300ms", first, second)
+	}
+}
+
+// TestDelivery_Classification: which answers are retried (Knative's
+// SelectiveRetry) and which go straight to the dead-letter sink, with the
+// knativeerror* extensions.
+func TestDelivery_Classification(t *testing.T) {
+	for code, retried := range map[int]bool{
+		400: false, 401: false, 403: false, 410: false, 413: false, 422: false, 301: false,
+		404: true, 408: true, 409: true, 429: true, 500: true, 502: true, 503: true,
+	} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			sub, dls := newRecorder(), newRecorder()
+			sub.answer = fail(code)
+			b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle}})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			dead := dls.next(t)
+			attempts := 1
+			if retried {
+				attempts = 3
+			}
+			if sub.count() != attempts {
+				t.Errorf("%d attempts, want %d", sub.count(), attempts)
+			}
+			ext := dead.Extensions()
+			wantData := base64.StdEncoding.EncodeToString([]byte("no luck " + strconv.Itoa(code)))
+			if ext[ExtErrorCode] != strconv.Itoa(code) || ext[ExtErrorDest] != "inprocess://sub" || ext[ExtErrorData] != wantData {
+				t.Errorf("dead-letter extensions %#v", ext)
+			}
+			if dead.ID() != "e1" || dead.Type() != "x" {
+				t.Errorf("dead-lettered %s %s", dead.ID(), dead.Type())
+			}
+			eventually(t, "dead-lettered counted", func() bool {
+				return counter(t, reg, "dovewarden_broker_dead_lettered_total", map[string]string{"trigger": "t"}) == 1
+			})
+		})
+	}
+}
+
+func TestDelivery_NoDeadLetterSinkDropsAndCounts(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n"))
+	rec := newRecorder()
+	rec.answer = func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		return nil, errors.New("boom") // a plain error is a 500
+	}
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	rec.next(t)
+	eventually(t, "drop counted", func() bool {
+		return counter(t, reg, "dovewarden_broker_events_dropped_total", map[string]string{"trigger": "t", "reason": dropNoDLS}) == 1
+	})
+	rec.quiet(t)
+}
+
+func TestDelivery_DeadLetterSinkFailingIsRetriedThenDropped(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	sub, dls := newRecorder(), newRecorder()
+	sub.answer, dls.answer = fail(500), fail(500)
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	dls.next(t)
+	dls.next(t)
+	eventually(t, "drop counted", func() bool {
+		return counter(t, reg, "dovewarden_broker_events_dropped_total", map[string]string{"reason": dropDLSFailed}) == 1
+	})
+}
+
+// TestDelivery_ReplyIsRoutedAgain: a reply goes back into the broker and
+// the Triggers route it like any event.
+func TestDelivery_ReplyIsRoutedAgain(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("a", typeChanged, "sync", ""), typeTrigger("b", typeSucceeded, "audit", ""))
+	sync, audit := newRecorder(), newRecorder()
+	sync.answer = func(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		r := cloudevents.NewEvent()
+		r.SetID("r-" + ev.ID())
+		r.SetSource("sync")
+		r.SetType(typeSucceeded)
+		r.SetSubject(ev.Subject())
+		return &r, nil
+	}
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sync": sync.handle, "audit": audit.handle}})
+	if err := b.Publish(context.Background(), event("e1", typeChanged, "high")); err != nil {
+		t.Fatal(err)
+	}
+	sync.next(t)
+	got := audit.next(t)
+	if got.ID() != "r-e1" || got.Subject() != "u1" {
+		t.Errorf("audit got %s for %s", got.ID(), got.Subject())
+	}
+	if _, ok := got.Extensions()[ExtTTL]; ok {
+		t.Error("reply delivered with the TTL")
+	}
+	sync.quiet(t)
+	eventually(t, "reply counted", func() bool {
+		return counter(t, reg, "dovewarden_broker_replies_total", map[string]string{"trigger": "a"}) == 1 &&
+			counter(t, reg, "dovewarden_broker_events_published_total", map[string]string{"source": sourceReply}) == 1
+	})
+}
+
+// TestDelivery_ReplyLoopEndsAtTTL: a subscriber that replies with an event
+// its own Trigger matches loops only DefaultTTL times, as on Knative.
+func TestDelivery_ReplyLoopEndsAtTTL(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("loop", "x", "echo", ""))
+	rec := newRecorder()
+	rec.answer = func(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) { return &ev, nil }
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"echo": rec.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "loop ended", func() bool {
+		return counter(t, reg, "dovewarden_broker_events_dropped_total", map[string]string{"trigger": "loop"}) == 1
+	})
+	if n := rec.count(); n != DefaultTTL {
+		t.Errorf("%d deliveries, want %d", n, DefaultTTL)
+	}
+}
+
+// TestDelivery_HandlerAnswers: the handler's answer means what it would
+// behind sdk-go's HTTP receiver.
+func TestDelivery_HandlerAnswers(t *testing.T) {
+	reply := event("r", "reply.type", "")
+	for name, tc := range map[string]struct {
+		answer   func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result)
+		attempts int
+		replied  bool
+		deadCode string
+	}{
+		"nil":   {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return nil, nil }, 1, false, ""},
+		"ACK":   {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return nil, protocol.ResultACK }, 1, false, ""},
+		"reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return &reply, nil }, 1, true, ""},
+		"202 and reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+			return &reply, cehttp.NewResult(202, "ok")
+		}, 1, true, ""},
+		"error, reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return &reply, errors.New("x") }, 2, false, "500"},
+		"NACK":         {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return nil, protocol.ResultNACK }, 2, false, "500"},
+		"panic":        {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { panic("bug") }, 2, false, "500"},
+		"invalid reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+			r := cloudevents.NewEvent()
+			return &r, nil
+		}, 1, false, "400"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"), typeTrigger("r", "reply.type", "replies", ""))
+			sub, dls, replies := newRecorder(), newRecorder(), newRecorder()
+			sub.answer = tc.answer
+			b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle, "replies": replies.handle}})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			for range tc.attempts {
+				sub.next(t)
+			}
+			if tc.replied {
+				replies.next(t)
+			}
+			if tc.deadCode != "" {
+				if got := dls.next(t).Extensions()[ExtErrorCode]; got != tc.deadCode {
+					t.Errorf("knativeerrorcode %v, want %s", got, tc.deadCode)
+				}
+			}
+			sub.quiet(t)
+			if !tc.replied && replies.count() > 0 {
+				t.Error("a reply was published")
+			}
+		})
+	}
+}

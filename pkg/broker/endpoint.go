@@ -1,0 +1,189 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	ceevent "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// Handler is an in-process subscriber: the function a CloudEvents HTTP
+// receiver would call (the sync function's Handle), called here with the
+// event exactly as the Broker would POST it. Its answer means what it
+// would over HTTP with sdk-go's receiver: a nil result or an ACK is 200, a
+// *cehttp.Result carries its status, any other error is 500; a returned
+// event with a 2xx is the reply, published back into the broker.
+type Handler func(ctx context.Context, ev cloudevents.Event) (*cloudevents.Event, protocol.Result)
+
+// outcome is one delivery attempt's result, in HTTP terms.
+type outcome struct {
+	code  int    // the HTTP status (500 for a connection error or timeout)
+	body  []byte // the response body of a failure, for knativeerrordata
+	reply *cloudevents.Event
+	// transport is set when no HTTP answer came (refused, timeout).
+	transport error
+	// reason explains a failure in the logs.
+	reason string
+}
+
+func (o outcome) ok() bool { return o.transport == nil && o.code >= 200 && o.code < 300 }
+
+// retriable is Knative's SelectiveRetry: connection errors, 5xx, 404, 408,
+// 409 and 429 are retried; any other status goes straight to the
+// dead-letter sink.
+func (o outcome) retriable() bool {
+	if o.transport != nil || o.code >= 500 {
+		return true
+	}
+	switch o.code {
+	case http.StatusNotFound, http.StatusRequestTimeout, http.StatusConflict, http.StatusTooManyRequests:
+		return true
+	}
+	return false
+}
+
+// endpoint is a subscriber or dead-letter sink.
+type endpoint interface {
+	send(ctx context.Context, ev cloudevents.Event, structured bool) outcome
+	// dest names the endpoint in knativeerrordest and logs.
+	dest() string
+}
+
+// httpEndpoint POSTs events as Knative's dispatcher does: binary mode
+// (structured with delivery.format json), "Prefer: reply".
+type httpEndpoint struct {
+	url     string
+	client  *http.Client
+	maxBody int64
+}
+
+func (e *httpEndpoint) dest() string { return e.url }
+
+func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool) outcome {
+	if structured {
+		ctx = binding.WithForceStructured(ctx)
+	} else {
+		ctx = binding.WithForceBinary(ctx)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.url, nil)
+	if err != nil {
+		return failed(err)
+	}
+	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&ev), req); err != nil {
+		return failed(fmt.Errorf("encode event %s: %w", ev.ID(), err))
+	}
+	req.Header.Set("Prefer", "reply")
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return failed(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, e.maxBody+1))
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		if err != nil {
+			body = fmt.Appendf(nil, "dispatch resulted in status %q. Could not read response body: error: %s", resp.Status, err)
+		}
+		return outcome{code: resp.StatusCode, body: body, reason: "HTTP " + resp.Status}
+	}
+	if err != nil {
+		return outcome{code: http.StatusInternalServerError, body: fmt.Appendf(nil, "Failed to read response body: %s", err), reason: err.Error()}
+	}
+	if int64(len(body)) > e.maxBody {
+		return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("reply larger than %d bytes", e.maxBody)}
+	}
+	return readReply(ctx, resp.StatusCode, resp.Header, body)
+}
+
+// readReply turns a 2xx answer into an outcome as Knative's broker filter
+// does: an empty body is done, a CloudEvent is the reply, anything else is
+// a 502 (which is retried).
+func readReply(ctx context.Context, code int, h http.Header, body []byte) outcome {
+	msg := cehttp.NewMessage(h, io.NopCloser(bytes.NewReader(body)))
+	defer msg.Finish(nil)
+	if msg.ReadEncoding() == binding.EncodingUnknown {
+		if len(body) > 0 {
+			return outcome{code: http.StatusBadGateway, reason: "received a non-empty response not recognized as CloudEvent"}
+		}
+		return outcome{code: code}
+	}
+	reply, err := binding.ToEvent(ctx, msg)
+	if err != nil {
+		return outcome{code: http.StatusBadGateway, reason: "malformed reply: " + err.Error()}
+	}
+	return outcome{code: code, reply: reply}
+}
+
+// failed is an attempt that got no HTTP answer. Knative reports it as a
+// 500 with "dispatch error: ..." as the body.
+func failed(err error) outcome {
+	return outcome{code: http.StatusInternalServerError, body: []byte("dispatch error: " + err.Error()), transport: err, reason: err.Error()}
+}
+
+// handlerEndpoint calls an in-process Handler.
+type handlerEndpoint struct {
+	name string
+	h    Handler
+}
+
+func (e *handlerEndpoint) dest() string { return "inprocess://" + e.name }
+
+func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool) (o outcome) {
+	defer func() {
+		// sdk-go's receiver turns a panicking handler into a 500 too.
+		if r := recover(); r != nil {
+			o = outcome{code: http.StatusInternalServerError, reason: fmt.Sprintf("handler panicked: %v", r)}
+		}
+	}()
+	reply, res := e.h(ctx, ev.Clone())
+	code, body := statusOf(res)
+	if code < 200 || code >= 300 {
+		// sdk-go writes the event with the failure status; Knative drops it.
+		reason := fmt.Sprintf("HTTP %d", code)
+		if res != nil {
+			reason += ": " + res.Error()
+		}
+		return outcome{code: code, body: body, reason: reason}
+	}
+	if reply == nil {
+		return outcome{code: code}
+	}
+	// A reply crosses the HTTP binding on a cluster; its copy here keeps
+	// the handler from changing it after it is queued.
+	r := reply.Clone()
+	return outcome{code: code, reply: &r}
+}
+
+// statusOf is the HTTP status and body sdk-go's HTTP receiver
+// (protocol/http.Protocol.ServeHTTP) answers for a handler's result.
+func statusOf(res protocol.Result) (int, []byte) {
+	if res == nil {
+		return http.StatusOK, nil
+	}
+	var r *cehttp.Result
+	if protocol.ResultAs(res, &r) {
+		code := http.StatusOK
+		if r.StatusCode > 100 && r.StatusCode < 600 {
+			code = r.StatusCode
+		}
+		return code, []byte(fmt.Errorf(r.Format, r.Args...).Error())
+	}
+	if protocol.IsACK(res) {
+		return http.StatusOK, nil
+	}
+	var ve ceevent.ValidationError
+	if errors.As(res, &ve) {
+		return http.StatusBadRequest, []byte(ve.Error())
+	}
+	if errors.Is(res, binding.ErrUnknownEncoding) {
+		return http.StatusUnsupportedMediaType, nil
+	}
+	return http.StatusInternalServerError, nil
+}

@@ -1,0 +1,74 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// Ingress is the broker's HTTP ingress, speaking the CloudEvents HTTP
+// binding (binary or structured mode) like a Knative Broker's: POST at "/"
+// or at "/<namespace>/<broker>" (the path of Knative's broker-ingress, any
+// namespace). It answers 202 once the event is queued for every matching
+// Trigger, 400 with the reason for anything that is not a valid
+// CloudEvent, 413 beyond MaxBody, 503 with Retry-After when a queue is
+// full or the broker is shutting down, 404 for other paths and 405 for
+// other methods.
+func (b *Broker) Ingress() http.Handler { return http.HandlerFunc(b.serveIngress) }
+
+func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Allow", "POST, OPTIONS")
+	switch r.Method {
+	case http.MethodPost:
+	case http.MethodOptions:
+		// CloudEvents webhook validation, answered as Knative's ingress does.
+		w.Header().Set("WebHook-Allowed-Origin", "*")
+		w.Header().Set("WebHook-Allowed-Rate", "*")
+		w.WriteHeader(http.StatusOK)
+		return
+	default:
+		http.Error(w, "method not allowed: POST a CloudEvent", http.StatusMethodNotAllowed)
+		return
+	}
+	if !b.isIngressPath(r.URL.Path) {
+		http.Error(w, fmt.Sprintf("no broker at %s: POST to / or /<namespace>/%s", r.URL.Path, b.name), http.StatusNotFound)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, b.opts.MaxBody)
+	ev, err := cehttp.NewEventFromHTTPRequest(r)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			http.Error(w, fmt.Sprintf("event larger than %d bytes", b.opts.MaxBody), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	err = b.Publish(r.Context(), *ev)
+	switch {
+	case err == nil:
+		w.WriteHeader(http.StatusAccepted)
+	case errors.Is(err, ErrQueueFull), errors.Is(err, ErrClosed):
+		w.Header().Set("Retry-After", retryAfterSecs)
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	case errors.Is(err, ErrInvalidEvent), errors.Is(err, ErrTTLExhausted):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	default:
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	}
+}
+
+// isIngressPath accepts "/" and "/<namespace>/<broker>", with or without
+// a trailing slash.
+func (b *Broker) isIngressPath(p string) bool {
+	p = strings.Trim(p, "/")
+	if p == "" {
+		return true
+	}
+	parts := strings.Split(p, "/")
+	return len(parts) == 2 && parts[0] != "" && parts[1] == b.name
+}

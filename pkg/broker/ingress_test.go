@@ -1,0 +1,275 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func post(t *testing.T, h http.Handler, method, path string, header map[string]string, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rr := httptest.NewRecorder()
+	h.ServeHTTP(rr, req)
+	return rr
+}
+
+var binaryHeaders = map[string]string{
+	"Ce-Specversion": "1.0", "Ce-Id": "e1", "Ce-Source": "mail-a.test", "Ce-Type": typeChanged,
+	"Ce-Subject": "u1", "Ce-Priority": "high", "Content-Type": "application/json",
+}
+
+const structured = `{"specversion":"1.0","id":"e2","source":"mail-a.test","type":"` + typeChanged +
+	`","subject":"u1","priority":"high","datacontenttype":"application/json","data":{"user":"u1"}}`
+
+func TestIngress(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""))
+	rec := newRecorder()
+	b, _ := start(t, cfg, Options{MaxBody: 1024, Handlers: map[string]Handler{"sub": rec.handle}})
+	h := b.Ingress()
+
+	t.Run("binary at /", func(t *testing.T) {
+		rr := post(t, h, "POST", "/", binaryHeaders, `{"user":"u1"}`)
+		if rr.Code != http.StatusAccepted {
+			t.Fatalf("%d %s", rr.Code, rr.Body)
+		}
+		got := rec.next(t)
+		if got.ID() != "e1" || got.Extensions()["priority"] != "high" || string(got.Data()) != `{"user":"u1"}` {
+			t.Errorf("delivered %v", got)
+		}
+	})
+	t.Run("structured at the broker-ingress path", func(t *testing.T) {
+		rr := post(t, h, "POST", "/default/b", map[string]string{"Content-Type": "application/cloudevents+json"}, structured)
+		if rr.Code != http.StatusAccepted {
+			t.Fatalf("%d %s", rr.Code, rr.Body)
+		}
+		if got := rec.next(t); got.ID() != "e2" || got.Extensions()["priority"] != "high" {
+			t.Errorf("delivered %v", got)
+		}
+	})
+	for name, tc := range map[string]struct {
+		method, path string
+		header       map[string]string
+		body         string
+		code         int
+		reason       string
+	}{
+		"not a CloudEvent": {"POST", "/", map[string]string{"Content-Type": "application/json"}, `{"event":"x"}`, 400, "not a CloudEvent"},
+		"no id":            {"POST", "/", without(binaryHeaders, "Ce-Id"), `{}`, 400, "id"},
+		"bad JSON":         {"POST", "/", map[string]string{"Content-Type": "application/cloudevents+json"}, `{"specversion":`, 400, "not a CloudEvent"},
+		"too large":        {"POST", "/", binaryHeaders, strings.Repeat("x", 2000), 413, "larger than 1024"},
+		"GET":              {"GET", "/", nil, "", 405, "POST"},
+		"PUT":              {"PUT", "/default/b", binaryHeaders, "{}", 405, "POST"},
+		"other broker":     {"POST", "/default/other", binaryHeaders, "{}", 404, "no broker"},
+		"deep path":        {"POST", "/a/b/c", binaryHeaders, "{}", 404, "no broker"},
+		"TTL exhausted":    {"POST", "/", with(binaryHeaders, "Ce-Knativebrokerttl", "1"), "{}", 400, "TTL"},
+		"OPTIONS":          {"OPTIONS", "/", nil, "", 200, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rr := post(t, h, tc.method, tc.path, tc.header, tc.body)
+			if rr.Code != tc.code || !strings.Contains(rr.Body.String(), tc.reason) {
+				t.Errorf("%d %q; want %d with %q", rr.Code, rr.Body, tc.code, tc.reason)
+			}
+		})
+	}
+	rec.quiet(t)
+}
+
+func without(h map[string]string, key string) map[string]string {
+	out := map[string]string{}
+	for k, v := range h {
+		if k != key {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func with(h map[string]string, key, value string) map[string]string {
+	out := without(h, key)
+	out[key] = value
+	return out
+}
+
+func TestIngress_QueueFullIs503(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""))
+	cfg.Triggers[0].QueueSize, cfg.Triggers[0].Workers = 1, 1
+	slow := newBlocker()
+	defer close(slow.release)
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": slow.handle}})
+	h := b.Ingress()
+	codes := map[int]int{}
+	for range 5 {
+		rr := post(t, h, "POST", "/", binaryHeaders, "{}")
+		codes[rr.Code]++
+		if rr.Code == http.StatusServiceUnavailable && rr.Header().Get("Retry-After") == "" {
+			t.Error("503 without Retry-After")
+		}
+	}
+	if codes[202] != 2 || codes[503] != 3 {
+		t.Errorf("answers %v; want 2×202 (one in the worker, one queued) and 3×503", codes)
+	}
+	if got := counter(t, reg, "dovewarden_broker_events_rejected_total", map[string]string{"trigger": "t"}); got != 3 {
+		t.Errorf("rejected %v", got)
+	}
+}
+
+// httpSubscriber records requests and answers with answer.
+type httpSubscriber struct {
+	mu     sync.Mutex
+	reqs   []*http.Request
+	bodies []string
+	answer func(w http.ResponseWriter, r *http.Request)
+	got    chan struct{}
+}
+
+func newHTTPSubscriber(t *testing.T, answer func(w http.ResponseWriter, r *http.Request)) (*httpSubscriber, string) {
+	s := &httpSubscriber{answer: answer, got: make(chan struct{}, 100)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		s.mu.Lock()
+		s.reqs = append(s.reqs, r)
+		s.bodies = append(s.bodies, string(body))
+		s.mu.Unlock()
+		s.answer(w, r)
+		s.got <- struct{}{}
+	}))
+	t.Cleanup(srv.Close)
+	return s, srv.URL
+}
+
+func TestHTTPSubscriber_BinaryModeAndReply(t *testing.T) {
+	sub, url := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Ce-Specversion", "1.0")
+		w.Header().Set("Ce-Id", "reply-1")
+		w.Header().Set("Ce-Source", "sync")
+		w.Header().Set("Ce-Type", typeSucceeded)
+		w.Header().Set("Ce-Subject", r.Header.Get("Ce-Subject"))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, `{"ok":true}`)
+	})
+	cfg := mustLoad(t,
+		trigger("sync", "  filters:\n  - exact:\n      type: "+typeChanged+"\n  subscriber:\n    uri: "+url+"/sync\n"),
+		typeTrigger("audit", typeSucceeded, "audit", ""))
+	audit := newRecorder()
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"audit": audit.handle}})
+	if err := b.Publish(context.Background(), event("e1", typeChanged, "high")); err != nil {
+		t.Fatal(err)
+	}
+	reply := audit.next(t)
+	if reply.ID() != "reply-1" || reply.Subject() != "u1" || string(reply.Data()) != `{"ok":true}` {
+		t.Errorf("reply %v", reply)
+	}
+	sub.mu.Lock()
+	r := sub.reqs[0]
+	sub.mu.Unlock()
+	if r.URL.Path != "/sync" || r.Header.Get("Ce-Id") != "e1" || r.Header.Get("Ce-Priority") != "high" ||
+		r.Header.Get("Prefer") != "reply" || r.Header.Get("Ce-Knativearrivaltime") == "" || r.Header.Get("Ce-Knativebrokerttl") != "" {
+		t.Errorf("request %s %v", r.URL.Path, r.Header)
+	}
+}
+
+func TestHTTPSubscriber_Failures(t *testing.T) {
+	refused := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return "http://" + addr + "/"
+	}()
+	for name, tc := range map[string]struct {
+		answer   func(w http.ResponseWriter, r *http.Request)
+		url      string
+		attempts int
+		code     string
+		data     string
+	}{
+		"non-CloudEvent body is a 502": {func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }, "", 2, "502", ""},
+		"404 is retried":               {func(w http.ResponseWriter, r *http.Request) { http.Error(w, "gone?", 404) }, "", 2, "404", "gone?\n"},
+		"400 is not":                   {func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad", 400) }, "", 1, "400", "bad\n"},
+		"connection refused":           {nil, refused, 0, "500", "dispatch error: "},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var sub *httpSubscriber
+			url := tc.url
+			if tc.answer != nil {
+				sub, url = newHTTPSubscriber(t, tc.answer)
+			}
+			cfg := mustLoad(t, trigger("t", "  subscriber:\n    ref:\n      name: svc\n  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			dls := newRecorder()
+			b, _ := start(t, cfg, Options{Subscribers: map[string]string{"svc": url}, Handlers: map[string]Handler{"dls": dls.handle}})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			ext := dls.next(t).Extensions()
+			if ext[ExtErrorCode] != tc.code || ext[ExtErrorDest] != url {
+				t.Errorf("extensions %#v", ext)
+			}
+			data, _ := base64.StdEncoding.DecodeString(ext[ExtErrorData].(string))
+			if !strings.HasPrefix(string(data), tc.data) {
+				t.Errorf("knativeerrordata %q, want %q...", data, tc.data)
+			}
+			if sub != nil {
+				sub.mu.Lock()
+				n := len(sub.reqs)
+				sub.mu.Unlock()
+				if n != tc.attempts {
+					t.Errorf("%d attempts, want %d", n, tc.attempts)
+				}
+			}
+		})
+	}
+}
+
+func TestHTTPSubscriber_StructuredFormatAndMappingWins(t *testing.T) {
+	sub, url := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
+	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    format: json\n"))
+	inproc := newRecorder()
+	b, _ := start(t, cfg, Options{Subscribers: map[string]string{"svc": url}, Handlers: map[string]Handler{"svc": inproc.handle}})
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	<-sub.got
+	sub.mu.Lock()
+	ct, body := sub.reqs[0].Header.Get("Content-Type"), sub.bodies[0]
+	sub.mu.Unlock()
+	if !strings.HasPrefix(ct, "application/cloudevents+json") || !strings.Contains(body, `"id":"e1"`) {
+		t.Errorf("structured: %s %s", ct, body)
+	}
+	if inproc.count() != 0 {
+		t.Error("the in-process handler was called despite the URL mapping")
+	}
+	if l := b.Lanes(); len(l) != 1 || l[0].Subscriber != url || !l[0].Enabled {
+		t.Errorf("lanes %+v", l)
+	}
+}
+
+func TestNew_DisablesUnresolvedTriggers(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("enabled", "x", "sub", ""), typeTrigger("disabled", "x", "nobody", "  delivery:\n    deadLetterSink:\n      ref:\n        name: nobody-either\n"))
+	rec := newRecorder()
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	lanes := b.Lanes()
+	if len(lanes) != 2 || lanes[0].Trigger != "disabled" || lanes[0].Enabled || !lanes[1].Enabled {
+		t.Errorf("lanes %+v", lanes)
+	}
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	rec.quiet(t)
+	if _, err := New(cfg, Options{Subscribers: map[string]string{"sub": "not a url"}}); err == nil {
+		t.Error("a bad subscriber URL was accepted")
+	}
+}

@@ -1,0 +1,277 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+)
+
+// maxErrorData is Knative's limit on knativeerrordata
+// (kncloudevents/attributes.KnativeErrorDataExtensionMaxLength).
+const maxErrorData = 1024
+
+// phase is where a task is in Knative's dispatch: deliver to the
+// subscriber, publish its reply, or deliver to the dead-letter sink. Each
+// phase retries on its own with the Trigger's delivery settings, as
+// Knative's dispatcher does.
+type phase int
+
+const (
+	phaseDeliver phase = iota
+	phaseReply
+	phaseDeadLetter
+)
+
+// task is one event on its way through one Trigger.
+type task struct {
+	ev      cloudevents.Event // as the subscriber gets it (no TTL)
+	ttl     int32
+	phase   phase
+	attempt int // retries made in this phase
+	reply   *cloudevents.Event
+	dead    cloudevents.Event // the event for the dead-letter sink
+}
+
+// lane is one Trigger's queue and workers. held counts every event the
+// lane owns, queued, waiting for a retry or in delivery, and never exceeds
+// capacity: a place is reserved when an event is published and freed when
+// it is done with, so queue sends never block and memory stays bounded.
+type lane struct {
+	b        *Broker
+	tr       *Trigger
+	target   endpoint
+	dls      endpoint // nil: none
+	timeout  time.Duration
+	workers  int
+	capacity int64
+	queue    chan *task
+	log      *slog.Logger
+
+	held     atomic.Int64
+	inFlight atomic.Int64
+
+	mu       sync.Mutex
+	timers   map[*task]*time.Timer
+	stopping bool
+}
+
+func (l *lane) reserve() bool {
+	for {
+		n := l.held.Load()
+		if n >= l.capacity {
+			return false
+		}
+		if l.held.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (l *lane) work() {
+	defer l.b.wg.Done()
+	for {
+		select {
+		case <-l.b.quit:
+			return
+		case t := <-l.queue:
+			select {
+			case <-l.b.quit:
+				l.queue <- t // left for Shutdown to count; its place is reserved
+				return
+			default:
+			}
+			l.inFlight.Add(1)
+			l.run(t)
+			l.inFlight.Add(-1)
+		}
+	}
+}
+
+func (l *lane) run(t *task) {
+	switch t.phase {
+	case phaseDeliver:
+		l.deliver(t)
+	case phaseReply:
+		l.sendReply(t)
+	case phaseDeadLetter:
+		l.deadLetter(t)
+	}
+}
+
+func (l *lane) attempt(ep endpoint, ev cloudevents.Event) outcome {
+	ctx, cancel := context.WithTimeout(l.b.ctx, l.timeout)
+	defer cancel()
+	return ep.send(ctx, ev, l.tr.Delivery.Structured)
+}
+
+func (l *lane) deliver(t *task) {
+	start := time.Now()
+	o := l.attempt(l.target, t.ev)
+	l.b.m.latency.WithLabelValues(l.tr.Name).Observe(time.Since(start).Seconds())
+	switch {
+	case o.ok():
+		l.b.m.deliveries.WithLabelValues(l.tr.Name, outcomeSuccess).Inc()
+		if o.reply == nil {
+			l.done()
+			return
+		}
+		t.reply, t.phase, t.attempt = o.reply, phaseReply, 0
+		l.sendReply(t)
+		return
+	case o.retriable():
+		l.b.m.deliveries.WithLabelValues(l.tr.Name, outcomeRetriable).Inc()
+	default:
+		l.b.m.deliveries.WithLabelValues(l.tr.Name, outcomeNonRetriable).Inc()
+	}
+	l.log.Debug("delivery failed", "id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(),
+		"dest", l.target.dest(), "code", o.code, "reason", o.reason, "retry", t.attempt)
+	if l.retry(t, o) {
+		return
+	}
+	l.giveUp(t, l.target.dest(), o)
+}
+
+// sendReply publishes a subscriber's reply back into the broker, where the
+// Triggers route it like any event. A reply that cannot be queued is
+// retried like a delivery; in the end the original event goes to the
+// dead-letter sink, as Knative does.
+func (l *lane) sendReply(t *task) {
+	err := l.b.publish(*t.reply, sourceReply, &t.ttl)
+	if err == nil {
+		l.b.m.replies.WithLabelValues(l.tr.Name).Inc()
+		l.done()
+		return
+	}
+	code := http.StatusServiceUnavailable // queue full or shutting down: retried
+	if errors.Is(err, ErrInvalidEvent) || errors.Is(err, ErrTTLExhausted) {
+		code = http.StatusBadRequest // what Knative's ingress answers: not retried
+	}
+	o := outcome{code: code, body: []byte(err.Error()), reason: "publish reply: " + err.Error()}
+	l.log.Debug("reply not published", "id", t.ev.ID(), "reply", t.reply.ID(), "replyType", t.reply.Type(), "err", err, "retry", t.attempt)
+	if l.retry(t, o) {
+		return
+	}
+	l.giveUp(t, l.b.ingressDest(), o)
+}
+
+// giveUp sends the event to the dead-letter sink with the knativeerror*
+// extensions describing the last attempt, or drops it when there is none.
+func (l *lane) giveUp(t *task, dest string, o outcome) {
+	if l.dls == nil {
+		l.b.m.dropped.WithLabelValues(l.tr.Name, dropNoDLS).Inc()
+		l.log.Warn("event dropped: delivery failed and the Trigger has no dead-letter sink",
+			"id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(), "dest", dest, "code", o.code, "reason", o.reason, "retries", t.attempt)
+		l.done()
+		return
+	}
+	dead := t.ev.Clone()
+	data := base64.StdEncoding.EncodeToString(o.body)
+	if len(data) > maxErrorData {
+		data = data[:maxErrorData]
+	}
+	// Strings, as the extensions reach an HTTP dead-letter sink.
+	dead.SetExtension(ExtErrorDest, dest)
+	dead.SetExtension(ExtErrorCode, strconv.Itoa(o.code))
+	dead.SetExtension(ExtErrorData, data)
+	// Knative's dead-letter sink gets the event as the channel held it,
+	// TTL included.
+	dead.SetExtension(ExtTTL, strconv.Itoa(int(t.ttl)))
+	t.dead, t.phase, t.attempt = dead, phaseDeadLetter, 0
+	l.deadLetter(t)
+}
+
+func (l *lane) deadLetter(t *task) {
+	o := l.attempt(l.dls, t.dead)
+	if o.ok() {
+		// A dead-letter sink's reply is discarded, as in Knative.
+		l.b.m.deadLettered.WithLabelValues(l.tr.Name).Inc()
+		l.log.Warn("event sent to the dead-letter sink", "id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(),
+			"deadLetterSink", l.dls.dest(), "code", t.dead.Extensions()[ExtErrorCode])
+		l.done()
+		return
+	}
+	if l.retry(t, o) {
+		return
+	}
+	l.b.m.dropped.WithLabelValues(l.tr.Name, dropDLSFailed).Inc()
+	l.log.Error("event dropped: the dead-letter sink failed too", "id", t.ev.ID(), "type", t.ev.Type(),
+		"subject", t.ev.Subject(), "deadLetterSink", l.dls.dest(), "code", o.code, "reason", o.reason)
+	l.done()
+}
+
+// retry schedules the task's phase again after the Trigger's backoff, if
+// the failure is retriable and retries are left. It never sleeps in the
+// worker: a timer puts the task back in the queue (its place is still
+// reserved), so the worker moves on to the next event.
+func (l *lane) retry(t *task, o outcome) bool {
+	if !o.retriable() || t.attempt >= l.tr.Delivery.Retry {
+		return false
+	}
+	t.attempt++
+	l.b.m.retries.WithLabelValues(l.tr.Name).Inc()
+	wait := l.tr.Delivery.Backoff(t.attempt)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopping {
+		l.dropForShutdown()
+		return true
+	}
+	if wait <= 0 {
+		l.queue <- t
+		return true
+	}
+	l.timers[t] = time.AfterFunc(wait, func() { l.fire(t) })
+	return true
+}
+
+func (l *lane) fire(t *task) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.timers[t]; !ok {
+		return // stopped: counted by stop
+	}
+	delete(l.timers, t)
+	l.queue <- t
+}
+
+// done frees the task's place in the lane.
+func (l *lane) done() { l.held.Add(-1) }
+
+func (l *lane) dropForShutdown() {
+	l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
+	l.b.shutdownDrops.Add(1)
+	l.done()
+}
+
+// stop drops the events waiting for a retry; from now on a failed attempt
+// is not retried.
+func (l *lane) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopping = true
+	for t, tm := range l.timers {
+		tm.Stop()
+		delete(l.timers, t)
+		l.dropForShutdown()
+	}
+}
+
+// drain drops the events still queued once the workers are gone.
+func (l *lane) drain() {
+	for {
+		select {
+		case <-l.queue:
+			l.dropForShutdown()
+		default:
+			return
+		}
+	}
+}

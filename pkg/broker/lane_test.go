@@ -1,0 +1,211 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
+)
+
+// blocker is a subscriber whose deliveries wait until released.
+type blocker struct {
+	release chan struct{}
+	started atomic.Int64
+}
+
+func newBlocker() *blocker { return &blocker{release: make(chan struct{})} }
+
+func (b *blocker) handle(ctx context.Context, _ cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+	b.started.Add(1)
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return nil, nil
+}
+
+// TestLanes_LowBacklogNeverDelaysHigh (invariant 4): with the real
+// manifests, the low lane's subscriber is stuck and its queue full, yet
+// new mail goes through the high lane at once.
+func TestLanes_LowBacklogNeverDelaysHigh(t *testing.T) {
+	cfg, err := Load(brokerconfig.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	low, high := newBlocker(), newRecorder()
+	defer close(low.release)
+	b, reg := start(t, cfg, Options{QueueSize: 20, Workers: 2, Handlers: map[string]Handler{
+		"dovewarden-sync-low": low.handle, "dovewarden-sync-high": high.handle,
+	}})
+	ctx := context.Background()
+	var full error
+	for i := 0; full == nil; i++ {
+		full = b.Publish(ctx, event("low-"+strconv.Itoa(i), typeChanged, "low"))
+		if i > 100 {
+			t.Fatal("the low lane never filled up")
+		}
+	}
+	var qf *QueueFullError
+	if !errors.As(full, &qf) || qf.Trigger != "sync-low" {
+		t.Fatalf("Publish to a full lane: %v", full)
+	}
+	eventually(t, "both low workers stuck", func() bool { return low.started.Load() == 2 })
+	for i := range 50 {
+		start := time.Now()
+		if err := b.Publish(ctx, event("high-"+strconv.Itoa(i), typeChanged, "high")); err != nil {
+			t.Fatalf("high-lane publish: %v", err)
+		}
+		high.next(t)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("high-lane event %d took %v behind a stuck low lane", i, d)
+		}
+	}
+	if got := counter(t, reg, "dovewarden_broker_queue_depth", map[string]string{"trigger": "sync-low"}); got != 20 {
+		t.Errorf("low queue depth %v, want 20", got)
+	}
+	if got := counter(t, reg, "dovewarden_broker_events_rejected_total", map[string]string{"trigger": "sync-low"}); got != 1 {
+		t.Errorf("rejected %v", got)
+	}
+}
+
+// TestLanes_RetryDoesNotHoldTheWorker: an event waiting for its retry
+// does not keep the lane's only worker from the next event.
+func TestLanes_RetryDoesNotHoldTheWorker(t *testing.T) {
+	// Linear backoff: the first retry fires at once, the second after a
+	// minute.
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 2\n    backoffPolicy: linear\n    backoffDelay: PT1M\n"))
+	rec := newRecorder()
+	rec.answer = func(n int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		if ev.ID() == "slow" {
+			return nil, cehttp.NewResult(503, "later")
+		}
+		return nil, nil
+	}
+	b, _ := start(t, cfg, Options{Workers: 1, QueueSize: 5, Handlers: map[string]Handler{"sub": rec.handle}})
+	ctx := context.Background()
+	if err := b.Publish(ctx, event("slow", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t) // first try
+	rec.next(t) // immediate retry; the next waits a minute
+	if err := b.Publish(ctx, event("next", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.next(t); got.ID() != "next" {
+		t.Fatalf("got %s", got.ID())
+	}
+}
+
+// TestLanes_Backpressure: a full queue refuses events (all or none across
+// matching Triggers), memory stays bounded, and room frees up again.
+func TestLanes_Backpressure(t *testing.T) {
+	cfg := mustLoad(t,
+		typeTrigger("roomy", "x", "fast", ""),
+		trigger("tight", "  filters:\n  - exact:\n      type: x\n  subscriber:\n    ref:\n      name: slow\n"),
+	)
+	cfg.Triggers[1].QueueSize, cfg.Triggers[1].Workers = 3, 1
+	fast, slow := newRecorder(), newBlocker()
+	b, _ := start(t, cfg, Options{QueueSize: 100, Handlers: map[string]Handler{"fast": fast.handle, "slow": slow.handle}})
+	ctx := context.Background()
+	accepted := 0
+	for i := range 50 {
+		err := b.Publish(ctx, event(strconv.Itoa(i), "x", ""))
+		switch {
+		case err == nil:
+			accepted++
+		case errors.Is(err, ErrQueueFull):
+		default:
+			t.Fatal(err)
+		}
+	}
+	// tight holds 3 queued + 1 in its worker.
+	if accepted != 4 {
+		t.Errorf("accepted %d, want 4", accepted)
+	}
+	for range accepted {
+		fast.next(t)
+	}
+	fast.quiet(t) // refused events reached no Trigger at all
+	tight := b.lanes[1]
+	if h := tight.held.Load(); h != 4 {
+		t.Errorf("tight holds %d", h)
+	}
+	close(slow.release)
+	eventually(t, "tight drained", func() bool { return tight.held.Load() == 0 })
+	if err := b.Publish(ctx, event("again", "x", "")); err != nil {
+		t.Errorf("after draining: %v", err)
+	}
+}
+
+// TestShutdown_DropsQueuedAndReportsThem: Shutdown stops taking events,
+// lets the delivery in flight finish, and reports what it dropped.
+func TestShutdown_DropsQueuedAndReportsThem(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 3\n    backoffPolicy: linear\n    backoffDelay: PT1H\n"),
+		typeTrigger("r", "retry.me", "failing", "  delivery:\n    retry: 3\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n"))
+	slow := newBlocker()
+	failing := newRecorder()
+	failing.answer = fail(503)
+	b, err := New(cfg, Options{Workers: 1, Handlers: map[string]Handler{"sub": slow.handle, "failing": failing.handle}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 4 {
+		if err := b.Publish(ctx, event(strconv.Itoa(i), "x", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Publish(ctx, event("r1", "retry.me", "")); err != nil {
+		t.Fatal(err)
+	}
+	failing.next(t) // now waiting an hour for its retry
+	eventually(t, "first delivery in flight", func() bool { return slow.started.Load() == 1 })
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		close(slow.release) // the delivery in flight finishes during shutdown
+	}()
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	dropped, err := b.Shutdown(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dropped != 4 { // 3 queued + 1 waiting for a retry
+		t.Errorf("dropped %d, want 4", dropped)
+	}
+	if slow.started.Load() != 1 {
+		t.Errorf("%d deliveries started", slow.started.Load())
+	}
+	if err := b.Publish(ctx, event("late", "x", "")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Publish after Shutdown: %v", err)
+	}
+}
+
+// TestShutdown_CancelsInFlightAtDeadline: a delivery that does not finish
+// in time is cancelled and Shutdown says so.
+func TestShutdown_CancelsInFlightAtDeadline(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", ""))
+	slow := newBlocker()
+	b, err := New(cfg, Options{Handlers: map[string]Handler{"sub": slow.handle}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), event("1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivery in flight", func() bool { return slow.started.Load() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := b.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown: %v", err)
+	}
+}

@@ -1,0 +1,318 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Annotations a Trigger may carry to size its lane here. Knative ignores
+// them (annotations are free-form), so the same manifests serve both.
+const (
+	AnnotationWorkers   = "dovewarden.org/workers"
+	AnnotationQueueSize = "dovewarden.org/queue-size"
+)
+
+// DefaultBrokerName is the Broker Triggers name when the manifests hold no
+// Broker (Knative's own default Broker is called "default").
+const DefaultBrokerName = "default"
+
+// Config is what the manifests say: the Broker and its Triggers.
+type Config struct {
+	// Broker is the Broker's name; the ingress also answers at
+	// /<namespace>/<Broker>.
+	Broker string
+	// Triggers are the Broker's Triggers, sorted by name.
+	Triggers []*Trigger
+	// Warnings are things loaded that are valid but probably not meant
+	// (Triggers of another Broker), for the caller to log.
+	Warnings []string
+}
+
+// Trigger is one Trigger manifest, validated and ready to route.
+type Trigger struct {
+	Name string
+	// File is the manifest file the Trigger came from.
+	File       string
+	Filter     Filter
+	Subscriber Destination
+	// Delivery is the Trigger's delivery, or the Broker's when the
+	// Trigger sets none (a Trigger's delivery replaces the Broker's whole).
+	Delivery Delivery
+	// Workers and QueueSize come from the dovewarden.org/workers and
+	// dovewarden.org/queue-size annotations; 0 means the broker default.
+	Workers, QueueSize int
+}
+
+// Destination is a Knative Destination: a ref (only its name is used, to
+// find an in-process handler or a --subscriber URL) and/or a URI.
+type Destination struct {
+	Ref string
+	URI string
+}
+
+func (d Destination) String() string {
+	switch {
+	case d.Ref != "" && d.URI != "":
+		return d.Ref + " + " + d.URI
+	case d.Ref != "":
+		return d.Ref
+	}
+	return d.URI
+}
+
+// The YAML shapes, with only the fields used.
+type (
+	rawObject struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name        string            `json:"name"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+		Spec json.RawMessage `json:"spec"`
+	}
+	rawBrokerSpec struct {
+		Delivery json.RawMessage `json:"delivery"`
+	}
+	rawTriggerSpec struct {
+		Broker    string          `json:"broker"`
+		BrokerRef json.RawMessage `json:"brokerRef"`
+		Filter    *struct {
+			Attributes map[string]string `json:"attributes"`
+		} `json:"filter"`
+		Filters    json.RawMessage `json:"filters"`
+		Subscriber rawDestination  `json:"subscriber"`
+		Delivery   json.RawMessage `json:"delivery"`
+	}
+	rawDestination struct {
+		Ref *struct {
+			Name string `json:"name"`
+		} `json:"ref"`
+		URI string `json:"uri"`
+	}
+	rawDelivery struct {
+		DeadLetterSink *rawDestinationStrict `json:"deadLetterSink"`
+		Retry          *int32                `json:"retry"`
+		BackoffPolicy  *string               `json:"backoffPolicy"`
+		BackoffDelay   *string               `json:"backoffDelay"`
+		Timeout        *string               `json:"timeout"`
+		Format         *string               `json:"format"`
+	}
+	// rawDestinationStrict is a Destination decoded strictly (inside
+	// delivery, where unknown fields are refused).
+	rawDestinationStrict struct {
+		Ref *struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+			Name       string `json:"name"`
+			Namespace  string `json:"namespace"`
+			Group      string `json:"group"`
+		} `json:"ref"`
+		URI      string  `json:"uri"`
+		CACerts  *string `json:"CACerts"`
+		Audience *string `json:"audience"`
+	}
+)
+
+var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
+
+// Load reads every *.yaml and *.yml file at the root of fsys (multi-document
+// files are fine; kinds other than Broker and Trigger are skipped) and
+// validates what it loads. Errors name the file and the Trigger.
+func Load(fsys fs.FS) (*Config, error) {
+	entries, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		return nil, fmt.Errorf("read trigger manifests: %w", err)
+	}
+	var files []string
+	for _, e := range entries {
+		if !e.IsDir() && (strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".yml")) {
+			files = append(files, e.Name())
+		}
+	}
+	sort.Strings(files)
+	if len(files) == 0 {
+		return nil, errors.New("read trigger manifests: no *.yaml files")
+	}
+	type doc struct {
+		file string
+		obj  rawObject
+	}
+	var brokers, triggers []doc
+	for _, file := range files {
+		raw, err := fs.ReadFile(fsys, file)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", file, err)
+		}
+		for i, part := range docSeparator.Split(string(raw), -1) {
+			var obj rawObject
+			if err := yaml.Unmarshal([]byte(part), &obj); err != nil {
+				return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+			}
+			if !strings.HasPrefix(obj.APIVersion, "eventing.knative.dev/") {
+				continue
+			}
+			switch obj.Kind {
+			case "Broker":
+				brokers = append(brokers, doc{file, obj})
+			case "Trigger":
+				triggers = append(triggers, doc{file, obj})
+			}
+		}
+	}
+	cfg := &Config{Broker: DefaultBrokerName}
+	var brokerDelivery *Delivery
+	switch len(brokers) {
+	case 0:
+	case 1:
+		b := brokers[0]
+		cfg.Broker = b.obj.Metadata.Name
+		var spec rawBrokerSpec
+		if err := unmarshalSpec(b.obj.Spec, &spec); err != nil {
+			return nil, fmt.Errorf("%s: Broker %s: %w", b.file, cfg.Broker, err)
+		}
+		if brokerDelivery, err = parseDelivery(spec.Delivery); err != nil {
+			return nil, fmt.Errorf("%s: Broker %s: delivery: %w", b.file, cfg.Broker, err)
+		}
+	default:
+		return nil, fmt.Errorf("%s and %s: more than one Broker; the embedded broker is one Broker", brokers[0].file, brokers[1].file)
+	}
+	seen := map[string]string{}
+	for _, d := range triggers {
+		name := d.obj.Metadata.Name
+		if prev, dup := seen[name]; dup {
+			return nil, fmt.Errorf("%s: Trigger %s: also defined in %s", d.file, name, prev)
+		}
+		seen[name] = d.file
+		tr, broker, err := parseTrigger(d.file, d.obj, brokerDelivery)
+		if err != nil {
+			return nil, fmt.Errorf("%s: Trigger %s: %w", d.file, name, err)
+		}
+		if broker != cfg.Broker {
+			cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s: Trigger %s is for Broker %q, not %q: skipped", d.file, name, broker, cfg.Broker))
+			continue
+		}
+		cfg.Triggers = append(cfg.Triggers, tr)
+	}
+	sort.Slice(cfg.Triggers, func(i, j int) bool { return cfg.Triggers[i].Name < cfg.Triggers[j].Name })
+	return cfg, nil
+}
+
+func unmarshalSpec(raw json.RawMessage, v any) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("spec: %w", err)
+	}
+	return nil
+}
+
+// strict decodes raw into v refusing unknown fields: a misspelt filter
+// dialect or delivery setting must not silently change routing.
+func strict(raw json.RawMessage, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigger, string, error) {
+	if obj.Metadata.Name == "" {
+		return nil, "", errors.New("no metadata.name")
+	}
+	var spec rawTriggerSpec
+	if err := unmarshalSpec(obj.Spec, &spec); err != nil {
+		return nil, "", err
+	}
+	if len(spec.BrokerRef) > 0 && string(spec.BrokerRef) != "null" {
+		return nil, "", errors.New("spec.brokerRef is not supported here: name the Broker in spec.broker")
+	}
+	if spec.Broker == "" {
+		return nil, "", errors.New("spec.broker: not set")
+	}
+	tr := &Trigger{Name: obj.Metadata.Name, File: file}
+	var err error
+	switch {
+	case len(spec.Filters) > 0 && string(spec.Filters) != "null" && string(spec.Filters) != "[]":
+		// As in Knative, filters wins over filter when both are set.
+		var raws []rawFilter
+		if err := strict(spec.Filters, &raws); err != nil {
+			return nil, "", fmt.Errorf("spec.filters: %w", err)
+		}
+		if tr.Filter, err = compileFilters(raws); err != nil {
+			return nil, "", fmt.Errorf("spec.filters%w", err)
+		}
+	case spec.Filter != nil:
+		if tr.Filter, err = compileAttributes(spec.Filter.Attributes); err != nil {
+			return nil, "", fmt.Errorf("spec.filter.attributes: %w", err)
+		}
+	default:
+		tr.Filter = matchAll{}
+	}
+	if tr.Subscriber, err = destination(spec.Subscriber.Ref != nil, refName(spec.Subscriber), spec.Subscriber.URI); err != nil {
+		return nil, "", fmt.Errorf("spec.subscriber: %w", err)
+	}
+	if len(spec.Delivery) > 0 && string(spec.Delivery) != "null" {
+		d, err := parseDelivery(spec.Delivery)
+		if err != nil {
+			return nil, "", fmt.Errorf("spec.delivery: %w", err)
+		}
+		tr.Delivery = *d
+	} else if brokerDelivery != nil {
+		tr.Delivery = *brokerDelivery
+	}
+	if tr.Workers, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationWorkers); err != nil {
+		return nil, "", err
+	}
+	if tr.QueueSize, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationQueueSize); err != nil {
+		return nil, "", err
+	}
+	return tr, spec.Broker, nil
+}
+
+func refName(d rawDestination) string {
+	if d.Ref == nil {
+		return ""
+	}
+	return d.Ref.Name
+}
+
+func destination(hasRef bool, ref, uri string) (Destination, error) {
+	if hasRef && ref == "" {
+		return Destination{}, errors.New("ref without a name")
+	}
+	if ref == "" && uri == "" {
+		return Destination{}, errors.New("neither ref nor uri set")
+	}
+	if uri != "" && ref == "" && !isAbsHTTP(uri) {
+		return Destination{}, fmt.Errorf("uri %q: want an absolute http or https URL", uri)
+	}
+	return Destination{Ref: ref, URI: uri}, nil
+}
+
+func positiveAnnotation(ann map[string]string, key string) (int, error) {
+	v, ok := ann[key]
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1_000_000 {
+		return 0, fmt.Errorf("annotation %s=%q: want a whole number from 1 to 1000000", key, v)
+	}
+	return n, nil
+}
+
+func isAbsHTTP(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}

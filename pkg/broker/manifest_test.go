@@ -1,0 +1,139 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+)
+
+func TestLoad_ErrorsNameFileTriggerAndSetting(t *testing.T) {
+	sub := "  subscriber:\n    uri: http://127.0.0.1:1/\n"
+	for name, tc := range map[string]struct {
+		spec string
+		want string
+	}{
+		"unknown dialect":     {"  filters:\n  - exakt:\n      type: a\n" + sub, `unknown field "exakt"`},
+		"nested unknown":      {"  filters:\n  - all:\n    - regex:\n        type: a\n" + sub, `unknown field "regex"`},
+		"two dialects":        {"  filters:\n  - exact:\n      type: a\n    prefix:\n      type: b\n" + sub, "[0]: more than one dialect"},
+		"no dialect":          {"  filters:\n  - {}\n" + sub, "[0]: no filter dialect"},
+		"empty not":           {"  filters:\n  - not: {}\n" + sub, "[0].not: no filter dialect"},
+		"empty exact value":   {"  filters:\n  - exact:\n      type: \"\"\n" + sub, "[0].exact: attribute type: empty value"},
+		"bad attribute name":  {"  filters:\n  - prefix:\n      Type: a\n" + sub, `attribute name "Type"`},
+		"bad attributes name": {"  filter:\n    attributes:\n      my-ext: a\n" + sub, `attribute name "my-ext"`},
+		"bad cesql":           {"  filters:\n  - cesql: \"type = \"\n" + sub, "[0].cesql"},
+		"non-boolean cesql":   {"  filters:\n  - cesql: \"'abc'\"\n" + sub, "not a boolean"},
+		"bad backoffDelay":    {sub + "  delivery:\n    backoffPolicy: linear\n    backoffDelay: 0.5s\n", "spec.delivery: backoffDelay"},
+		"negative retry":      {sub + "  delivery:\n    retry: -1\n", "retry -1"},
+		"bad policy":          {sub + "  delivery:\n    backoffPolicy: fibonacci\n", `backoffPolicy "fibonacci"`},
+		"zero timeout":        {sub + "  delivery:\n    timeout: PT0S\n", "timeout"},
+		"unsupported field":   {sub + "  delivery:\n    retryAfterMax: PT1S\n", `unknown field "retryAfterMax"`},
+		"bad format":          {sub + "  delivery:\n    format: xml\n", `format "xml"`},
+		"no subscriber":       {"  filter: {}\n", "spec.subscriber: neither ref nor uri"},
+		"relative uri":        {"  subscriber:\n    uri: /x\n", "want an absolute http"},
+		"bad dead letter":     {sub + "  delivery:\n    deadLetterSink:\n      ref:\n        kind: Service\n", "deadLetterSink: ref without a name"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(manifests(brokerDoc, trigger("t1", tc.spec)))
+			if err == nil {
+				t.Fatal("loaded; want an error")
+			}
+			for _, want := range []string{"triggers.yaml", "Trigger t1", tc.want} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestLoad_BadAnnotation(t *testing.T) {
+	doc := strings.Replace(trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n"),
+		"  name: t1\n", "  name: t1\n  annotations:\n    dovewarden.org/workers: \"0\"\n", 1)
+	_, err := Load(manifests(brokerDoc, doc))
+	if err == nil || !strings.Contains(err.Error(), "Trigger t1: annotation dovewarden.org/workers") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLoad_DeliveryAndDocuments(t *testing.T) {
+	broker := brokerDoc + `spec:
+  delivery:
+    retry: 2
+    backoffPolicy: linear
+    backoffDelay: PT1S
+    deadLetterSink:
+      uri: http://127.0.0.1:1/dls
+`
+	service := "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec: {}\n"
+	inherits := trigger("inherits", "  subscriber:\n    ref:\n      name: s\n")
+	own := trigger("own", "  subscriber:\n    ref:\n      name: s\n  delivery:\n    retry: 7\n    timeout: PT30S\n")
+	other := strings.Replace(trigger("other", "  subscriber:\n    ref:\n      name: s\n"), "broker: b", "broker: elsewhere", 1)
+	sized := strings.Replace(trigger("sized", "  subscriber:\n    ref:\n      name: s\n"), "  name: sized\n",
+		"  name: sized\n  annotations:\n    dovewarden.org/workers: \"3\"\n    dovewarden.org/queue-size: \"17\"\n", 1)
+	fsys := fstest.MapFS{
+		"a-broker.yaml": {Data: []byte("# comment only\n---\n" + broker + "---\n" + service)},
+		"b.yml":         {Data: []byte(inherits + "\n---\n" + own + "\n---\n" + other + "\n---\n" + sized)},
+		"README.md":     {Data: []byte("not a manifest")},
+	}
+	cfg, err := Load(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Triggers) != 3 || len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0], "Trigger other") {
+		t.Fatalf("triggers %d, warnings %q", len(cfg.Triggers), cfg.Warnings)
+	}
+	in, ow, sz := cfg.Triggers[0], cfg.Triggers[1], cfg.Triggers[2]
+	if in.Delivery.Retry != 2 || in.Delivery.BackoffPolicy != BackoffLinear || in.Delivery.BackoffDelay != time.Second ||
+		in.Delivery.DeadLetterSink == nil || in.Delivery.DeadLetterSink.URI != "http://127.0.0.1:1/dls" {
+		t.Errorf("inherited delivery %+v", in.Delivery)
+	}
+	// A Trigger's delivery replaces the Broker's whole: no backoff, no DLS.
+	if ow.Delivery.Retry != 7 || ow.Delivery.BackoffPolicy != "" || ow.Delivery.DeadLetterSink != nil || ow.Delivery.Timeout != 30*time.Second {
+		t.Errorf("own delivery %+v", ow.Delivery)
+	}
+	if sz.Workers != 3 || sz.QueueSize != 17 {
+		t.Errorf("sized %d/%d", sz.Workers, sz.QueueSize)
+	}
+}
+
+func TestLoad_Refuses(t *testing.T) {
+	t.Run("no files", func(t *testing.T) {
+		if _, err := Load(fstest.MapFS{"x.txt": {Data: []byte("x")}}); err == nil {
+			t.Error("want an error")
+		}
+	})
+	t.Run("two brokers", func(t *testing.T) {
+		if _, err := Load(manifests(brokerDoc, strings.Replace(brokerDoc, "name: b", "name: c", 1))); err == nil {
+			t.Error("want an error")
+		}
+	})
+	t.Run("duplicate trigger", func(t *testing.T) {
+		tr := trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n")
+		if _, err := Load(manifests(brokerDoc, tr, tr)); err == nil || !strings.Contains(err.Error(), "Trigger t1") {
+			t.Errorf("err = %v", err)
+		}
+	})
+	t.Run("bad YAML", func(t *testing.T) {
+		if _, err := Load(manifests(brokerDoc, "kind: [")); err == nil || !strings.Contains(err.Error(), "triggers.yaml: document 2") {
+			t.Errorf("err = %v", err)
+		}
+	})
+}
+
+func TestBackoff_KnativeFormula(t *testing.T) {
+	exp := Delivery{BackoffPolicy: BackoffExponential, BackoffDelay: 200 * time.Millisecond}
+	lin := Delivery{BackoffPolicy: BackoffLinear, BackoffDelay: time.Second}
+	none := Delivery{Retry: 3}
+	for n, want := range map[int][3]time.Duration{
+		1: {200 * time.Millisecond, 0, 0},
+		2: {400 * time.Millisecond, time.Second, 0},
+		3: {800 * time.Millisecond, 2 * time.Second, 0},
+		4: {1600 * time.Millisecond, 3 * time.Second, 0},
+	} {
+		got := [3]time.Duration{exp.Backoff(n), lin.Backoff(n), none.Backoff(n)}
+		if got != want {
+			t.Errorf("retry %d: got %v, want %v", n, got, want)
+		}
+	}
+}

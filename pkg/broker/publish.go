@@ -1,0 +1,108 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/types"
+)
+
+// Publish puts ev into the broker, as a POST to a Broker's ingress does:
+// it is queued for every Trigger whose filter matches (none is fine), or
+// for none at all when a matching queue is full (ErrQueueFull). It never
+// blocks on subscribers.
+func (b *Broker) Publish(ctx context.Context, ev cloudevents.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.publish(ev, sourceIngress, nil)
+}
+
+// Send is Publish, so the broker can stand where a Broker URL sender would
+// (ingest's Sender).
+func (b *Broker) Send(ctx context.Context, ev cloudevents.Event) error { return b.Publish(ctx, ev) }
+
+// publish does what Knative's broker ingress and filter do to an event on
+// the way in: validate, take the TTL (decrementing a reply's), stamp the
+// arrival time, then fan out to the matching lanes, all or none.
+func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32) error {
+	ev = ev.Clone()
+	if replyTTL != nil {
+		ev.SetExtension(ExtTTL, *replyTTL)
+	}
+	if err := ev.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	}
+	if err := canonicalize(&ev); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	}
+	ttl := takeTTL(&ev)
+	if ttl <= 0 {
+		return ErrTTLExhausted
+	}
+	ev.SetExtension(ExtArrivalTime, types.FormatTime(time.Now()))
+	var matched []*lane
+	for _, l := range b.lanes {
+		if l.tr.Filter.Match(ev) {
+			matched = append(matched, l)
+		}
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return ErrClosed
+	}
+	// Reserve a place in every matching lane before queuing in any, so an
+	// event is either routed to all its Triggers or refused (and the
+	// sender retries), never half-delivered.
+	for i, l := range matched {
+		if !l.reserve() {
+			for _, r := range matched[:i] {
+				r.held.Add(-1)
+			}
+			b.m.rejected.WithLabelValues(l.tr.Name).Inc()
+			return &QueueFullError{Trigger: l.tr.Name}
+		}
+	}
+	for _, l := range matched {
+		l.queue <- &task{ev: ev, ttl: ttl} // never blocks: the place is reserved
+	}
+	b.m.published.WithLabelValues(source).Inc()
+	return nil
+}
+
+// canonicalize turns every extension into its CloudEvents string form, as
+// the HTTP binary binding delivers it to a Knative Broker's filter (an
+// integer extension set in-process is "5" there, and filters compare
+// strings).
+func canonicalize(ev *cloudevents.Event) error {
+	for k, v := range ev.Extensions() {
+		if _, ok := v.(string); ok {
+			continue
+		}
+		s, err := types.Format(v)
+		if err != nil {
+			return fmt.Errorf("extension %s: %w", k, err)
+		}
+		ev.SetExtension(k, s)
+	}
+	return nil
+}
+
+// takeTTL removes the TTL extension and returns what it becomes, by
+// Knative's TTLDefaulter: absent or unreadable is DefaultTTL, else one
+// less (not below 0).
+func takeTTL(ev *cloudevents.Event) int32 {
+	raw, ok := ev.Extensions()[ExtTTL]
+	ev.SetExtension(ExtTTL, nil)
+	if !ok {
+		return DefaultTTL
+	}
+	n, err := types.ToInteger(raw)
+	if err != nil {
+		return DefaultTTL
+	}
+	return max(n-1, 0)
+}
