@@ -1,0 +1,4 @@
+package dovecottest
+
+// GroupAlive exposes groupAlive to the external tests.
+var GroupAlive = groupAlive

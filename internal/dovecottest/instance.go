@@ -1,0 +1,352 @@
+package dovecottest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Bounds used when starting and stopping instances.
+const (
+	startTimeout = 20 * time.Second
+	stopTimeout  = 10 * time.Second
+)
+
+// Instance is a running Dovecot test instance listening on 127.0.0.1.
+type Instance struct {
+	Version    string // "2.3" or "2.4"
+	Name       string // instance_name and the hostname seen in events
+	Dir        string // instance folder (config, users, log, mail)
+	ConfigPath string // path of dovecot.conf (same path inside the 2.4 chroot)
+	PID        int    // PID of the dovecot master process
+
+	Ports          Ports
+	IMAPAddr       string // "127.0.0.1:port"
+	POP3Addr       string // "127.0.0.1:port"
+	LMTPAddr       string // "127.0.0.1:port"
+	DoveadmAddr    string // doveadm TCP, use as dsync destination "tcp:" + DoveadmAddr
+	DoveadmHTTPURL string // "http://127.0.0.1:port/doveadm/v1"
+	StatsHTTPAddr  string // stats (OpenMetrics) HTTP listener
+
+	DoveadmPassword string
+
+	root     string   // chroot for 2.4, empty for 2.3
+	madeDirs []string // mount point folders created in the chroot, deepest first
+	ownDir   bool     // Dir was created by Start and is removed by Stop
+	logCache string   // log captured before an own Dir is removed
+	cmd      *exec.Cmd
+	done     chan struct{}
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start generates a config for opts, validates it with doveconf, starts
+// Dovecot in the foreground and waits until its IMAP port accepts. It calls
+// Ensure first, so Dovecot is installed when missing.
+func Start(ctx context.Context, opts Options) (*Instance, error) {
+	ownDir := opts.Dir == ""
+	if err := opts.normalize(); err != nil {
+		return nil, err
+	}
+	if err := Ensure(opts.Version); err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		in, err := startOnce(ctx, opts)
+		if err == nil {
+			in.ownDir = ownDir
+			return in, nil
+		}
+		lastErr = err
+		if !strings.Contains(err.Error(), "in use") {
+			break
+		}
+	}
+	if ownDir {
+		_ = os.RemoveAll(opts.Dir)
+	}
+	return nil, lastErr
+}
+
+func startOnce(ctx context.Context, opts Options) (*Instance, error) {
+	pp, err := freePorts(6)
+	if err != nil {
+		return nil, err
+	}
+	p := Ports{IMAP: pp[0], POP3: pp[1], LMTP: pp[2], Doveadm: pp[3], DoveadmHTTP: pp[4], StatsHTTP: pp[5]}
+	conf, err := prepareDir(opts, p)
+	if err != nil {
+		return nil, err
+	}
+	addr := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	in := &Instance{
+		Version: opts.Version, Name: opts.Name, Dir: opts.Dir, ConfigPath: conf,
+		Ports: p, IMAPAddr: addr(p.IMAP), POP3Addr: addr(p.POP3), LMTPAddr: addr(p.LMTP),
+		DoveadmAddr:     addr(p.Doveadm),
+		DoveadmHTTPURL:  fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", p.DoveadmHTTP),
+		StatsHTTPAddr:   addr(p.StatsHTTP),
+		DoveadmPassword: opts.DoveadmPassword,
+		done:            make(chan struct{}),
+	}
+	if opts.Version == V24 {
+		in.root = Root24()
+		if err := in.makeMountPoint(); err != nil {
+			return nil, err
+		}
+	}
+	// Truncate the log so Log() shows only this run.
+	_ = os.WriteFile(in.logPath(), nil, 0o644)
+	if out, err := in.command(ctx, "doveconf", "-n", "-c", conf).CombinedOutput(); err != nil {
+		in.removeMountPoint()
+		return nil, fmt.Errorf("dovecottest: invalid config %s: %w\n%s", conf, err, out)
+	}
+	stderr, err := os.Create(filepath.Join(in.Dir, "stderr.log"))
+	if err != nil {
+		in.removeMountPoint()
+		return nil, fmt.Errorf("dovecottest: create stderr log: %w", err)
+	}
+	defer stderr.Close()
+	// Not bound to ctx: the instance lives until Stop.
+	cmd := in.command(context.Background(), "dovecot", "-F", "-c", conf)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		in.removeMountPoint()
+		return nil, fmt.Errorf("dovecottest: start dovecot %s: %w", in.Version, err)
+	}
+	in.cmd, in.PID = cmd, cmd.Process.Pid
+	go func() { _ = cmd.Wait(); close(in.done) }()
+	if err := in.waitReady(ctx); err != nil {
+		_ = in.Stop()
+		return nil, fmt.Errorf("%w\n--- log ---\n%s", err, in.Log())
+	}
+	return in, nil
+}
+
+// waitReady waits until the IMAP port accepts, the process dies, or a bound.
+func (in *Instance) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", in.IMAPAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-in.done:
+			return fmt.Errorf("dovecottest: dovecot %s exited during startup", in.Version)
+		case <-ctx.Done():
+			return fmt.Errorf("dovecottest: waiting for IMAP port: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("dovecottest: IMAP port %s not accepting after %s", in.IMAPAddr, startTimeout)
+		}
+	}
+}
+
+// command builds an exec.Cmd that runs a Dovecot binary for this instance:
+// in a new UTS namespace whose hostname is the instance name and, for 2.4,
+// in a new mount namespace with the instance folder bind-mounted into the
+// chroot at the same path.
+func (in *Instance) command(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	path := binDir + bin
+	if bin == "dovecot" {
+		path = dovecotBin
+	}
+	var a []string
+	if in.root == "" {
+		script := `hostname "$1" && shift && exec "$@"`
+		a = append([]string{"--uts", "--", "sh", "-c", script, "sh", in.Name, path}, args...)
+	} else {
+		script := `d=$1 r=$2 n=$3; shift 3; mount --bind "$d" "$r$d" && hostname "$n" && exec chroot "$r" "$@"`
+		a = append([]string{"--mount", "--uts", "--", "sh", "-c", script, "sh", in.Dir, in.root, in.Name, path}, args...)
+	}
+	cmd := exec.CommandContext(ctx, "/usr/bin/unshare", a...)
+	cmd.Env = append(os.Environ(), sbinPath)
+	return cmd
+}
+
+// Doveadm runs `doveadm -c CONF args...` for this instance (inside the
+// chroot for 2.4) and returns its standard output.
+func (in *Instance) Doveadm(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := in.command(ctx, "doveadm", append([]string{"-c", in.ConfigPath}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("dovecottest: doveadm %s: %w: %s",
+			strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// Stop terminates the instance: SIGTERM to the master, a bounded wait, then
+// SIGKILL to the master and its whole process group. It is idempotent. A
+// Dir that Start created itself is removed (Log keeps working).
+func (in *Instance) Stop() error {
+	in.stopOnce.Do(func() {
+		in.stopErr = in.stop()
+		if in.ownDir {
+			in.logCache = in.Log()
+			if err := os.RemoveAll(in.Dir); err != nil {
+				in.stopErr = errors.Join(in.stopErr, fmt.Errorf("dovecottest: remove %s: %w", in.Dir, err))
+			}
+		}
+	})
+	return in.stopErr
+}
+
+func (in *Instance) stop() error {
+	defer in.removeMountPoint()
+	if in.cmd == nil || in.PID <= 0 {
+		return nil
+	}
+	var errs []error
+	if err := syscall.Kill(in.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		errs = append(errs, fmt.Errorf("dovecottest: SIGTERM %d: %w", in.PID, err))
+	}
+	select {
+	case <-in.done:
+	case <-time.After(stopTimeout):
+		errs = append(errs, fmt.Errorf("dovecottest: dovecot %d did not exit in %s, killing", in.PID, stopTimeout))
+		_ = syscall.Kill(in.PID, syscall.SIGKILL)
+		<-in.done
+	}
+	// Whatever is left of the process group (children that outlived the
+	// master), then wait (bounded) until the group is gone.
+	if err := syscall.Kill(-in.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		errs = append(errs, fmt.Errorf("dovecottest: kill process group %d: %w", in.PID, err))
+	}
+	deadline := time.Now().Add(stopTimeout)
+	for groupAlive(in.PID) {
+		if time.Now().After(deadline) {
+			errs = append(errs, fmt.Errorf("dovecottest: process group %d still alive after %s", in.PID, stopTimeout))
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return errors.Join(errs...)
+}
+
+// makeMountPoint creates the folder inside the 2.4 chroot where the
+// instance folder is bind-mounted, remembering which folders it created.
+func (in *Instance) makeMountPoint() error {
+	var missing []string
+	for d := in.root + in.Dir; len(d) > len(in.root); d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		missing = append(missing, d)
+	}
+	if err := os.MkdirAll(in.root+in.Dir, 0o755); err != nil {
+		return fmt.Errorf("dovecottest: create mount point in chroot: %w", err)
+	}
+	in.madeDirs = missing
+	return nil
+}
+
+// groupAlive reports whether a process of group pgid is still running
+// (zombies, which PID 1 reaps at its own pace, do not count).
+func groupAlive(pgid int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid pgrp ...": comm may hold spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
+}
+
+// removeMountPoint removes the (empty) mount point folders that
+// makeMountPoint created inside the chroot.
+func (in *Instance) removeMountPoint() {
+	for _, d := range in.madeDirs {
+		if os.Remove(d) != nil {
+			break
+		}
+	}
+	in.madeDirs = nil
+}
+
+func (in *Instance) logPath() string { return filepath.Join(in.Dir, "dovecot.log") }
+
+// Log returns the instance's log file (and anything Dovecot wrote to its
+// standard error), for test failure messages.
+func (in *Instance) Log() string {
+	if in.logCache != "" {
+		return in.logCache
+	}
+	var b strings.Builder
+	if s, err := os.ReadFile(filepath.Join(in.Dir, "stderr.log")); err == nil && len(s) > 0 {
+		b.WriteString("--- stderr ---\n")
+		b.Write(s)
+	}
+	if l, err := os.ReadFile(in.logPath()); err == nil {
+		b.Write(l)
+	}
+	return b.String()
+}
+
+// Exited reports whether the master process has exited.
+func (in *Instance) Exited() bool {
+	select {
+	case <-in.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// StartT starts an instance for a test, fails the test with the log on
+// error, and stops the instance in t.Cleanup, logging the Dovecot log when
+// the test failed. (An empty opts.Dir becomes a temporary folder that vmail
+// can traverse, which t.TempDir() is not.)
+func StartT(t testing.TB, opts Options) *Instance {
+	t.Helper()
+	in, err := Start(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("start dovecot %s: %v", opts.Version, err)
+	}
+	t.Cleanup(func() {
+		err := in.Stop()
+		if err != nil {
+			t.Errorf("stop dovecot %s: %v", in.Version, err)
+		}
+		if t.Failed() {
+			t.Logf("dovecot %s %s log:\n%s", in.Version, in.Name, in.Log())
+		}
+	})
+	return in
+}
+
+// ServerVersion returns the output of `dovecot --version` for this
+// instance's Dovecot (inside the chroot for 2.4).
+func (in *Instance) ServerVersion(ctx context.Context) (string, error) {
+	out, err := in.command(ctx, "dovecot", "--version").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("dovecottest: dovecot --version: %w: %s", err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
