@@ -80,7 +80,7 @@ type fixture struct {
 	reg    *prometheus.Registry
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dove := doveadmtest.NewServer(t, "mail-a", nil)
 	mr := miniredis.RunT(t)
