@@ -29,7 +29,7 @@ var wantIMAP = map[string]change.Priority{
 
 var wantPOP3 = map[string]change.Priority{
 	"USER": "", "PASS": "", "APOP": "", "AUTH": "", "CAPA": "", "STLS": "", "UTF8": "", "STAT": "", "LIST": "",
-	"UIDL": "", "RETR": "", "TOP": "", "NOOP": "", "RSET": "", "QUIT": "", "DELE": change.Low,
+	"UIDL": "", "RETR": "", "TOP": "", "NOOP": "", "RSET": "", "QUIT": change.Low, "DELE": change.Low,
 }
 
 func imapEvent(cmd, args, reply string) *Event {

@@ -110,10 +110,12 @@ var IMAPCommands = map[string]Command{
 }
 
 // POP3Commands classifies POP3 commands (RFC 1939, 2449, 2595, 5034, 6856)
-// as Dovecot 2.4 reports them in pop3_command_finished. A DELE only marks
-// the message; Dovecot expunges it at QUIT, which 2.3 and 2.4 report as
-// mail_expunged with category service:pop3, so exporting both gives one
-// early and one exact trigger.
+// as Dovecot 2.4 reports them in pop3_command_finished. Dovecot changes
+// mail only when the session ends: QUIT expunges the messages DELE marked
+// (reported as mail_expunged with category service:pop3, in 2.3 too) and
+// writes \Seen for those RETR fetched (no event of its own, unless
+// pop3_no_flag_updates is set). So QUIT is the change that counts; DELE
+// is kept as the early trigger the 2.4 exporter snippet has always sent.
 var POP3Commands = map[string]Command{
 	"USER": {ReadOnly, "RFC 1939"},
 	"PASS": {ReadOnly, "RFC 1939"},
@@ -125,12 +127,12 @@ var POP3Commands = map[string]Command{
 	"STAT": {ReadOnly, "RFC 1939"},
 	"LIST": {ReadOnly, "RFC 1939"},
 	"UIDL": {ReadOnly, "RFC 1939"},
-	"RETR": {ReadOnly, "RFC 1939 (\\Seen is written at QUIT, see QUIT)"},
+	"RETR": {ReadOnly, "RFC 1939 (\\Seen is written at QUIT)"},
 	"TOP":  {ReadOnly, "RFC 1939"},
 	"NOOP": {ReadOnly, "RFC 1939"},
 	"RSET": {ReadOnly, "RFC 1939"},
 	"DELE": {LowChange, "RFC 1939"},
-	"QUIT": {ReadOnly, "RFC 1939 (commits DELE and \\Seen: reported as mail_expunged)"},
+	"QUIT": {LowChange, "RFC 1939 (commits DELE and \\Seen)"},
 }
 
 // Priority maps a change effect to its replication lane.

@@ -44,7 +44,7 @@ var wantChanges = map[string][]string{
 	"imap-setquota@2.4":    nil,
 	"lmtp-delivery":        {"mail_delivery_finished  high"},
 	"pop3-dele":            {"mail_expunged  low"},
-	"pop3-dele@2.4":        {"pop3_command_finished DELE low", "mail_expunged  low"},
+	"pop3-dele@2.4":        {"pop3_command_finished DELE low", "pop3_command_finished QUIT low", "mail_expunged  low"},
 	"imap-create-fail":     nil,
 	"imap-bad":             nil,
 	"imap-unknown-command": nil,
