@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startBroker runs "dovewarden broker" with args until the test ends and
+// returns its base URL.
+func startBroker(t *testing.T, vars map[string]string, args ...string) (string, *syncBuffer) {
+	t.Helper()
+	env, _, stderr := testEnv(vars, "")
+	addrc := make(chan net.Addr, 1)
+	env.ready = func(a net.Addr) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, env, append([]string{"broker", "--listen", "127.0.0.1:0"}, args...)) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("broker returned %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("broker did not stop on cancel")
+		}
+	})
+	select {
+	case a := <-addrc:
+		return "http://" + a.String(), stderr
+	case err := <-done:
+		t.Fatalf("broker exited: %v\n%s", err, stderr)
+	case <-time.After(10 * time.Second):
+		t.Fatal("broker did not start")
+	}
+	return "", nil
+}
+
+func postEvent(t *testing.T, url, id, typ, priority string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(`{"user":"u1"}`))
+	req.Header.Set("Ce-Specversion", "1.0")
+	req.Header.Set("Ce-Id", id)
+	req.Header.Set("Ce-Source", "mail-a.test")
+	req.Header.Set("Ce-Type", typ)
+	req.Header.Set("Ce-Subject", "u1")
+	req.Header.Set("Ce-Priority", priority)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestBroker_RoutesToHTTPSubscribers runs the broker process with the
+// embedded manifests and the sync lanes mapped to an HTTP subscriber.
+func TestBroker_RoutesToHTTPSubscribers(t *testing.T) {
+	got := make(chan string, 10)
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.URL.Path + " " + r.Header.Get("Ce-Id")
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sub.Close()
+	base, stderr := startBroker(t, map[string]string{
+		// One variable holds several mappings, comma-separated.
+		"DOVEWARDEN_SUBSCRIBER": "dovewarden-sync-low=" + sub.URL + "/low, dovewarden-sync-high=" + sub.URL + "/high",
+		"DOVEWARDEN_LOG_FORMAT": "json",
+	})
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(base + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, resp, err)
+		}
+		resp.Body.Close()
+	}
+	if code := postEvent(t, base+"/", "e1", "org.dovewarden.mailbox.changed", "high"); code != http.StatusAccepted {
+		t.Fatalf("POST: %d", code)
+	}
+	if code := postEvent(t, base+"/default/dovewarden", "e2", "org.dovewarden.mailbox.changed", "low"); code != http.StatusAccepted {
+		t.Fatalf("POST: %d", code)
+	}
+	want := map[string]bool{"/high e1": true, "/low e2": true}
+	for range want {
+		select {
+		case g := <-got:
+			if !want[g] {
+				t.Errorf("subscriber got %q", g)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no delivery")
+		}
+	}
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(m), `dovewarden_broker_deliveries_total{outcome="success",trigger="sync-high"} 1`) {
+		t.Errorf("metrics lack the delivery:\n%s", m)
+	}
+	// The alert Trigger has no subscriber here: disabled, with a warning.
+	if !strings.Contains(stderr.String(), `"trigger":"replication-failed-alert"`) {
+		t.Errorf("no warning about the disabled Trigger:\n%s", stderr)
+	}
+}
+
+func TestBroker_TriggersFolder(t *testing.T) {
+	got := make(chan string, 1)
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Ce-Type")
+	}))
+	defer sub.Close()
+	dir := t.TempDir()
+	manifest := "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: all\nspec:\n  broker: default\n  subscriber:\n    uri: " + sub.URL + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "t.yaml"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := startBroker(t, nil, "--triggers", dir)
+	if code := postEvent(t, base+"/default/default", "e1", "com.example.any", ""); code != http.StatusAccepted {
+		t.Fatalf("POST: %d", code)
+	}
+	select {
+	case g := <-got:
+		if g != "com.example.any" {
+			t.Errorf("got %q", g)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delivery")
+	}
+}
+
+func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, "t.yaml"), []byte("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:1/\n  delivery:\n    backoffDelay: soon\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		vars map[string]string
+		args []string
+		want string
+	}{
+		"no folder":      {nil, []string{"--triggers", "/nonexistent"}, "triggers"},
+		"bad manifest":   {nil, []string{"--triggers", bad}, "Trigger t: spec.delivery: backoffDelay"},
+		"bad subscriber": {nil, []string{"--subscriber", "x"}, "NAME=URL"},
+		"bad sub env":    {map[string]string{"DOVEWARDEN_SUBSCRIBER": "a=ftp://x"}, nil, "DOVEWARDEN_SUBSCRIBER"},
+		"bad queue size": {nil, []string{"--queue-size", "0"}, "queue-size"},
+		"bad workers":    {map[string]string{"DOVEWARDEN_WORKERS": "-1"}, nil, "workers"},
+		"bad timeout":    {nil, []string{"--delivery-timeout", "0s"}, "delivery-timeout"},
+		"bad listen":     {nil, []string{"--listen", "8081"}, "listen"},
+		"stray argument": {nil, []string{"extra"}, "unexpected argument"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env, _, _ := testEnv(tc.vars, "")
+			err := run(context.Background(), env, append([]string{"broker"}, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to name %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,117 @@
+package broker
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
+)
+
+// Settings are the embedded broker's command-line settings, shared by every
+// command that runs one (dovewarden broker, and the all-in-one local mode).
+type Settings struct {
+	// Triggers is a folder of Broker and Trigger manifests; empty means
+	// the ones embedded from config/broker.
+	Triggers string
+	// Subscribers map subscriber and dead-letter sink ref names to URLs.
+	Subscribers SubscriberMap
+	// QueueSize, Workers and DeliveryTimeout are the Options of the same
+	// names.
+	QueueSize       int
+	Workers         int
+	DeliveryTimeout time.Duration
+}
+
+// RegisterFlags declares the settings on fs.
+func (s *Settings) RegisterFlags(fs *flag.FlagSet) {
+	if s.Subscribers == nil {
+		s.Subscribers = SubscriberMap{}
+	}
+	fs.StringVar(&s.Triggers, "triggers", "", "folder of Broker and Trigger manifests (*.yaml) to route with (default: the embedded config/broker)")
+	fs.Var(s.Subscribers, "subscriber", "NAME=URL: send the events of Triggers whose subscriber (or dead-letter sink) ref is NAME to URL; repeatable, or comma-separated")
+	fs.IntVar(&s.QueueSize, "queue-size", DefaultQueueSize, "events each Trigger's queue holds before publishing answers 503 (annotation dovewarden.org/queue-size overrides)")
+	fs.IntVar(&s.Workers, "workers", DefaultWorkers, "parallel deliveries per Trigger (annotation dovewarden.org/workers overrides)")
+	fs.DurationVar(&s.DeliveryTimeout, "delivery-timeout", DefaultDeliveryTimeout, "time allowed for one delivery attempt when a Trigger's delivery sets no timeout")
+}
+
+// Validate checks the settings; errors name the setting.
+func (s *Settings) Validate() error {
+	var errs []error
+	if s.Triggers != "" {
+		if fi, err := os.Stat(s.Triggers); err != nil || !fi.IsDir() {
+			errs = append(errs, fmt.Errorf("triggers %q: not a folder", s.Triggers))
+		}
+	}
+	if s.QueueSize < 1 || s.QueueSize > 1_000_000 {
+		errs = append(errs, fmt.Errorf("queue-size %d: want 1 to 1000000", s.QueueSize))
+	}
+	if s.Workers < 1 || s.Workers > 10_000 {
+		errs = append(errs, fmt.Errorf("workers %d: want 1 to 10000", s.Workers))
+	}
+	if s.DeliveryTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("delivery-timeout %s: must be positive", s.DeliveryTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Load reads the manifests: the Triggers folder, else the embedded ones.
+func (s *Settings) Load() (*Config, error) {
+	if s.Triggers == "" {
+		cfg, err := Load(brokerconfig.FS)
+		if err != nil {
+			return nil, fmt.Errorf("embedded manifests: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := Load(os.DirFS(s.Triggers))
+	if err != nil {
+		return nil, fmt.Errorf("triggers %s: %w", s.Triggers, err)
+	}
+	return cfg, nil
+}
+
+// Options returns the broker Options the settings give; the caller adds
+// handlers, logger and registerer.
+func (s *Settings) Options() Options {
+	return Options{
+		Subscribers: s.Subscribers, QueueSize: s.QueueSize, Workers: s.Workers, DeliveryTimeout: s.DeliveryTimeout,
+	}
+}
+
+// SubscriberMap is the repeatable NAME=URL flag.
+type SubscriberMap map[string]string
+
+// String lists the mappings, sorted.
+func (m SubscriberMap) String() string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+// Set adds NAME=URL mappings; several may be given comma-separated (so
+// that one environment variable can hold them all).
+func (m SubscriberMap) Set(v string) error {
+	for _, pair := range strings.Split(v, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		name, u, ok := strings.Cut(pair, "=")
+		if !ok || name == "" {
+			return fmt.Errorf("%q: want NAME=URL", pair)
+		}
+		if !isAbsHTTP(u) {
+			return fmt.Errorf("%q: URL %q: want an absolute http or https URL", pair, u)
+		}
+		m[name] = u
+	}
+	return nil
+}
