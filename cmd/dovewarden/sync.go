@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"net"
 	"net/http"
 
@@ -12,8 +11,7 @@ import (
 )
 
 func runSync(ctx context.Context, env *environment, args []string) error {
-	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
+	fs := newFlagSet("sync", env)
 	cfg, err := syncer.Load(fs, args, env.getenv)
 	if err != nil {
 		return err
