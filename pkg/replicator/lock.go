@@ -49,8 +49,10 @@ func (r *Replicator) keepLock(ctx context.Context, user, token string) (context.
 		}
 	}()
 	return lctx, func() {
+		// Cancel first: a renewal stuck on a slow Redis must not hold up
+		// the answer.
+		cancel(nil)
 		close(done)
 		<-stopped
-		cancel(nil)
 	}
 }
