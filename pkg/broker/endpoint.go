@@ -36,14 +36,18 @@ type outcome struct {
 
 func (o outcome) ok() bool { return o.transport == nil && o.code >= 200 && o.code < 300 }
 
-// retriable is Knative's SelectiveRetry: connection errors, 5xx, 404, 408,
-// 409 and 429 are retried; any other status goes straight to the
-// dead-letter sink.
-func (o outcome) retriable() bool {
-	if o.transport != nil || o.code >= 500 {
+// retriable: connection errors and the statuses Retriable names.
+func (o outcome) retriable() bool { return o.transport != nil || Retriable(o.code) }
+
+// Retriable reports whether a delivery answered with HTTP status code is
+// retried, as Knative's kncloudevents.SelectiveRetry decides: 5xx, 404,
+// 408, 409 and 429 are; any other status goes straight to the dead-letter
+// sink (or, for a 2xx, is done).
+func Retriable(code int) bool {
+	if code >= 500 {
 		return true
 	}
-	switch o.code {
+	switch code {
 	case http.StatusNotFound, http.StatusRequestTimeout, http.StatusConflict, http.StatusTooManyRequests:
 		return true
 	}
