@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sort"
 	"strings"
 
 	cesql "github.com/cloudevents/sdk-go/sql/v2"
@@ -71,6 +72,7 @@ func compileOne(at string, r rawFilter) (Filter, error) {
 			set = append(set, name)
 		}
 	}
+	sort.Strings(set)
 	switch len(set) {
 	case 0:
 		return nil, fmt.Errorf("%s: no filter dialect set (want one of exact, prefix, suffix, all, any, not, cesql; Knative would skip this entry and match everything)", at)

@@ -216,7 +216,6 @@ func (l *lane) retry(t *task, o outcome) bool {
 		return false
 	}
 	t.attempt++
-	l.b.m.retries.WithLabelValues(l.tr.Name).Inc()
 	wait := l.tr.Delivery.Backoff(t.attempt)
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -224,6 +223,7 @@ func (l *lane) retry(t *task, o outcome) bool {
 		l.dropForShutdown()
 		return true
 	}
+	l.b.m.retries.WithLabelValues(l.tr.Name).Inc()
 	if wait <= 0 {
 		l.queue <- t
 		return true
