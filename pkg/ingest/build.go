@@ -1,13 +1,11 @@
 package ingest
 
 import (
-	"fmt"
 	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -24,9 +22,9 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 	if err != nil {
 		return nil, nil, err
 	}
-	uf, err := dovecot.ParseUsernameFormat(cfg.UsernameFormat)
+	ho, err := cfg.HandlerOptions()
 	if err != nil {
-		return nil, nil, fmt.Errorf("username-format: %w", err)
+		return nil, nil, err
 	}
 	closeFn := func() error { return nil }
 	var pending PendingMarker
@@ -37,10 +35,7 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 		}
 		pending, closeFn = st, st.Close
 	}
-	h := NewHandler(Options{
-		MaxBody: cfg.MaxBody, BasicUser: cfg.AuthUser, BasicPassword: cfg.AuthPassword, Token: cfg.AuthToken,
-		Username: uf,
-	}, snd, pending, reg, log)
+	h := NewHandler(ho, snd, pending, reg, log)
 	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.RedisURL != "", "auth", cfg.authKind())
 	return h, closeFn, nil
 }

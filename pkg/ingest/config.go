@@ -51,13 +51,46 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&c.SendRetries, "send-retries", 3, "retries of a failed send within send-budget")
 	fs.DurationVar(&c.SendBackoff, "send-backoff", 10*time.Millisecond, "delay before the first retry; doubles each retry")
 	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
+	c.RegisterHandlerFlags(fs)
+	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis:// or rediss://) to record users whose change could not be sent, for the sweep")
+}
+
+// RegisterHandlerFlags declares the settings of the HTTP handler itself
+// (authentication, username format): what an all-in-one process that runs
+// the handler beside other roles shares with `dovewarden ingest`.
+func (c *Config) RegisterHandlerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.UsernameFormat, "username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format (%Lu, %n, %{user | username}, ...): set it to the same value")
 	fs.StringVar(&c.AuthUser, "auth-user", "", "require HTTP Basic auth with this user (Dovecot: http://user:pass@host/ in the exporter URL)")
 	fs.StringVar(&c.AuthPassword, "auth-password", "", "password for auth-user")
 	fs.StringVar(&c.AuthPasswordFile, "auth-password-file", "", "file holding the password for auth-user")
 	fs.StringVar(&c.AuthToken, "auth-token", "", "require 'Authorization: Bearer TOKEN' with this token")
 	fs.StringVar(&c.AuthTokenFile, "auth-token-file", "", "file holding auth-token")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis:// or rediss://) to record users whose change could not be sent, for the sweep")
+}
+
+// HandlerOptions resolves the handler settings registered by
+// RegisterHandlerFlags (reading secret files) into the handler's Options.
+// Errors name the setting.
+func (c *Config) HandlerOptions() (Options, error) {
+	var err error
+	if c.AuthPassword, err = config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile); err != nil {
+		return Options{}, err
+	}
+	if c.AuthToken, err = config.Secret("auth-token", c.AuthToken, c.AuthTokenFile); err != nil {
+		return Options{}, err
+	}
+	uf, err := dovecot.ParseUsernameFormat(c.UsernameFormat)
+	if err != nil {
+		return Options{}, fmt.Errorf("username-format: %w", err)
+	}
+	var errs []error
+	if (c.AuthUser == "") != (c.AuthPassword == "") {
+		errs = append(errs, errors.New("auth-user and auth-password (or auth-password-file) must be set together"))
+	}
+	if c.AuthUser != "" && c.AuthToken != "" {
+		errs = append(errs, errors.New("auth-user and auth-token: choose one kind of authentication"))
+	}
+	return Options{MaxBody: c.MaxBody, BasicUser: c.AuthUser, BasicPassword: c.AuthPassword,
+		Token: c.AuthToken, Username: uf}, errors.Join(errs...)
 }
 
 // Load parses args and the environment into a validated Config.
@@ -69,13 +102,6 @@ func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, 
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	var err error
-	if c.AuthPassword, err = config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile); err != nil {
-		return c, err
-	}
-	if c.AuthToken, err = config.Secret("auth-token", c.AuthToken, c.AuthTokenFile); err != nil {
-		return c, err
 	}
 	return c, c.Validate()
 }
@@ -104,14 +130,8 @@ func (c *Config) Validate() error {
 	if c.MaxBody < 1024 || c.MaxBody > 16<<20 {
 		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to 16777216 bytes", c.MaxBody))
 	}
-	if _, err := dovecot.ParseUsernameFormat(c.UsernameFormat); err != nil {
-		errs = append(errs, fmt.Errorf("username-format: %w", err))
-	}
-	if (c.AuthUser == "") != (c.AuthPassword == "") {
-		errs = append(errs, errors.New("auth-user and auth-password (or auth-password-file) must be set together"))
-	}
-	if c.AuthUser != "" && c.AuthToken != "" {
-		errs = append(errs, errors.New("auth-user and auth-token: choose one kind of authentication"))
+	if _, err := c.HandlerOptions(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {

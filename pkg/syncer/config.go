@@ -104,12 +104,21 @@ func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, 
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	err := c.Resolve(getenv)
+	return c, err
+}
+
+// Resolve completes settings parsed from flags: it reads the secret files
+// and the host map, then validates everything. Load calls it; an
+// all-in-one process that registers the flags itself calls it after
+// parsing.
+func (c *Config) Resolve(getenv func(string) string) error {
 	var err error
 	if c.DoveadmPassword, err = config.Secret("doveadm-password", c.DoveadmPassword, c.DoveadmPassFile); err != nil {
-		return c, err
+		return err
 	}
 	if c.DoveadmAPIKey, err = config.Secret("doveadm-api-key", c.DoveadmAPIKey, c.DoveadmAPIKeyFile); err != nil {
-		return c, err
+		return err
 	}
 	def := doveadm.Endpoint{URL: c.DoveadmURL, User: c.DoveadmUser, Password: c.DoveadmPassword, APIKey: c.DoveadmAPIKey,
 		Destination: c.Destination, Config: c.DoveadmConfig}
@@ -117,13 +126,13 @@ func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, 
 	if c.HostMapFile != "" {
 		b, err := os.ReadFile(c.HostMapFile)
 		if err != nil {
-			return c, fmt.Errorf("host-map-file: %w", err)
+			return fmt.Errorf("host-map-file: %w", err)
 		}
 		if c.hostMap, err = doveadm.ParseHostMap(b, def, getenv); err != nil {
-			return c, fmt.Errorf("host-map-file %s: %w", c.HostMapFile, err)
+			return fmt.Errorf("host-map-file %s: %w", c.HostMapFile, err)
 		}
 	}
-	return c, c.Validate()
+	return c.Validate()
 }
 
 // HostMap is the validated host map.
