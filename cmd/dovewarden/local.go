@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/broker"
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/server"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
+)
+
+// localSyncSubscribers are the Trigger subscriber names the sync handler
+// answers to in local mode: the two lanes of config/broker/triggers.yaml.
+var localSyncSubscribers = []string{"dovewarden-sync-high", "dovewarden-sync-low"}
+
+// brokerPath is where local mode serves the embedded broker's ingress, the
+// path Knative's broker-ingress would have for namespace "local".
+const brokerPath = "/local/dovewarden"
+
+// runLocal runs the whole system in one process: ingest's listener, the
+// embedded broker routing with the real Trigger manifests, the sync
+// handler as the lanes' in-process subscriber, and Redis (embedded unless
+// --redis-url names a server).
+func runLocal(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet("local", env)
+	var sc syncer.Config
+	sc.RegisterFlags(fs, env.getenv)
+	var ic ingest.Config
+	ic.RegisterHandlerFlags(fs)
+	var bs broker.Settings
+	bs.RegisterFlags(fs)
+	if err := config.Parse(fs, args, env.getenv); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	log, err := server.NewLogger(env.stderr, sc.Server.LogFormat, sc.Server.LogLevel)
+	if err != nil {
+		return err
+	}
+
+	// Bind first: the sync handler sends the replication.failed events of
+	// retried attempts to the broker's ingress on this very listener, as
+	// it would to K_SINK on a cluster.
+	ln, err := net.Listen("tcp", sc.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", sc.Server.Listen, err)
+	}
+	defer ln.Close()
+	sc.ResultsSink = "http://" + loopback(ln.Addr()) + brokerPath
+
+	if sc.RedisURL == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("embedded redis: %w", err)
+		}
+		defer mr.Close()
+		sc.RedisURL = "redis://" + mr.Addr()
+		log.Warn("using embedded Redis: locks, marks and dsync states are lost when this process ends; give --redis-url to keep them")
+	}
+	if err := sc.Resolve(env.getenv); err != nil {
+		return err
+	}
+	ic.MaxBody = sc.MaxBody
+	ho, err := ic.HandlerOptions()
+	if err != nil {
+		return err
+	}
+	if err := bs.Validate(); err != nil {
+		return err
+	}
+	bcfg, err := bs.Load()
+	if err != nil {
+		return err
+	}
+
+	reg := metrics.NewRegistry()
+	sh, closeSync, err := syncer.Build(ctx, sc, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeSync()
+	st, err := state.Open(sc.RedisURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	bo := bs.Options()
+	bo.Handlers = map[string]broker.Handler{}
+	for _, name := range localSyncSubscribers {
+		bo.Handlers[name] = syncHandler(sh)
+	}
+	bo.Logger, bo.Registerer = log, reg
+	b, err := broker.New(bcfg, bo)
+	if err != nil {
+		return err
+	}
+	for _, w := range bcfg.Warnings {
+		log.Warn("broker: " + w)
+	}
+	for _, l := range b.Lanes() {
+		log.Info("lane", "trigger", l.Trigger, "enabled", l.Enabled, "subscriber", l.Subscriber, "workers", l.Workers, "queue", l.QueueSize)
+	}
+
+	// Ingest hands changes straight to the broker: a full lane makes
+	// Publish fail, so Dovecot gets a 503 and the user is marked pending.
+	ih := ingest.NewHandler(ho, b, st, reg, log)
+	var health server.Health
+	mux := http.NewServeMux()
+	health.Mount(mux, reg)
+	mux.Handle(brokerPath, b.Ingress())
+	mux.Handle("GET /status/{user}", statusHandler(st))
+	ih.Mount(mux)
+
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	health.SetReady(true)
+	log.Info("local mode serving", "addr", ln.Addr().String(), "ingest", "POST /events", "broker", brokerPath,
+		"status", "GET /status/{user}", "metrics", "GET /metrics")
+	if env.ready != nil {
+		env.ready(ln.Addr())
+	}
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", sc.Server.Listen, err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", sc.Server.ShutdownTimeout)
+	health.SetReady(false)
+	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
+	defer cancel()
+	// Stop taking events first, then let the lanes finish what they hold.
+	serr := srv.Shutdown(sctx)
+	dropped, berr := b.Shutdown(sctx)
+	if dropped > 0 {
+		log.Warn("queued events dropped at shutdown; the sweep replicates those users later", "events", dropped)
+	}
+	return errors.Join(serr, berr)
+}
+
+// syncHandler adapts the sync function's entry point to an in-process
+// broker subscriber: the same method its HTTP receiver calls.
+func syncHandler(h *syncer.Handler) broker.Handler {
+	return func(ctx context.Context, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		reply, err := h.Handle(ctx, ev)
+		if err != nil {
+			return reply, err
+		}
+		return reply, nil
+	}
+}
+
+// statusHandler serves one user's replication status as JSON.
+func statusHandler(st *state.Store) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user := r.PathValue("user")
+		if err := doveadm.ValidateUser(user); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s, err := st.Status(r.Context(), user)
+		if err != nil {
+			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(s)
+	})
+}
+
+// loopback turns a listener address bound to all interfaces into one this
+// process can dial.
+func loopback(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+}

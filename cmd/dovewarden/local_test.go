@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+)
+
+// TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker drives `dovewarden
+// local` end to end with a fake doveadm: a Dovecot event posted to ingest
+// goes through the embedded broker (real Trigger manifests) to the sync
+// handler, which runs dsync and records the success in Redis.
+func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	env, _, stderr := testEnv(map[string]string{
+		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
+	}, "")
+	addrc := make(chan net.Addr, 1)
+	env.ready = func(a net.Addr) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, env, []string{"local", "--listen", "127.0.0.1:0",
+			"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"})
+	}()
+	var base string
+	select {
+	case a := <-addrc:
+		base = "http://" + a.String()
+	case err := <-done:
+		t.Fatalf("local exited: %v\n%s", err, stderr)
+	case <-time.After(15 * time.Second):
+		t.Fatal("local did not start")
+	}
+
+	req, _ := http.NewRequest("POST", base+"/events", strings.NewReader(deliveryEvent))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /events: %d", resp.StatusCode)
+	}
+
+	deadline := time.Now().Add(10 * time.Second)
+	for len(tr.CallsOf("u1")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	calls := tr.CallsOf("u1")
+	if len(calls) != 1 || calls[0].Destination != "tcp:127.0.0.1:1" {
+		t.Fatalf("dsync calls %+v, want one to the destination\n%s", calls, stderr)
+	}
+
+	var st struct {
+		User        string    `json:"user"`
+		LastSuccess time.Time `json:"last_success"`
+	}
+	for time.Now().Before(deadline) {
+		resp, err = http.Get(base + "/status/u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err := json.Unmarshal(body, &st); err != nil {
+			t.Fatalf("status: %v: %s", err, body)
+		}
+		if !st.LastSuccess.IsZero() {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.User != "u1" || st.LastSuccess.IsZero() {
+		t.Errorf("status %+v", st)
+	}
+	resp, err = http.Get(base + "/status/-bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("hostile status name: %d", resp.StatusCode)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("local returned %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("local did not stop")
+	}
+	if tr.Overlaps() != 0 {
+		t.Error("overlapping dsyncs")
+	}
+}
