@@ -1,6 +1,7 @@
 // Package doveadmtest is a fake doveadm HTTP API for tests: it answers the
 // "sync" command like Dovecot 2.3/2.4 do (states, exit codes, empty
-// replies, 401), with chosen latency, records every call, and reports any
+// replies, 401) and the "user" listing the sweep uses, with chosen
+// latency, records every call, and reports any
 // two dsyncs of one user that overlap, across every fake host sharing a
 // Tracker.
 package doveadmtest
@@ -123,8 +124,14 @@ type Server struct {
 	OnStart func(c Call)
 	Tracker *Tracker
 
-	mu sync.Mutex
-	n  int
+	// Users is what the "user" command with userMask "*" lists
+	// (users.go); RespondList, when set, chooses that answer instead.
+	Users       []string
+	RespondList func() Reply
+
+	mu        sync.Mutex
+	n         int
+	listCalls int
 }
 
 // NewServer starts a fake named name on 127.0.0.1; tr may be shared by
@@ -168,6 +175,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = json.Unmarshal(req[0][0], &cmd)
 	_ = json.Unmarshal(req[0][2], &tag)
+	if cmd == "user" {
+		s.serveUsers(w, r, req[0][1], tag)
+		return
+	}
 	if err := json.Unmarshal(req[0][1], &p); err != nil || cmd != "sync" || len(p.Destination) != 1 || p.State == nil {
 		writeJSON(w, []any{[]any{"error", map[string]any{"type": "unknownMethod"}, tag}})
 		return
