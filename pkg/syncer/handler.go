@@ -10,7 +10,6 @@ package syncer
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -144,20 +143,8 @@ func (h *Handler) reject(reason, format string, args ...any) error {
 	return cehttp.NewResult(http.StatusBadRequest, format, args...)
 }
 
-// checkHost accepts what can name a Dovecot host: empty (the default
-// host) or 1 to 253 bytes of letters, digits, '.', '-', '_' and ':'.
-func checkHost(host string) error {
-	if len(host) > 253 {
-		return fmt.Errorf("host name of %d bytes exceeds 253", len(host))
-	}
-	for i := 0; i < len(host); i++ {
-		c := host[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_' || c == ':') {
-			return fmt.Errorf("host %q: only letters, digits and . - _ : are allowed", host)
-		}
-	}
-	return nil
-}
+// checkHost accepts what can name a Dovecot host (doveadm.ValidateHost).
+func checkHost(host string) error { return doveadm.ValidateHost(host) }
 
 // typeLabel bounds the type label to the known types.
 func typeLabel(t string) string {
