@@ -1,5 +1,9 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: test build
+.PHONY: demo test build
+
+## demo: the whole system in one process against two local Dovecot instances (as root)
+demo: build
+	go run ./internal/cmd/demo -bin bin/dovewarden
 
 ## test: every test, as CI runs it (installs redis-server and Dovecot when missing)
 test:

@@ -1,0 +1,215 @@
+// Command demo is the README's main command (`make demo`): it runs the
+// whole system on one machine against two real Dovecot instances and shows
+// changes replicating. It installs Dovecot 2.3 from Debian when missing
+// (as root; otherwise it says what to install), starts a primary and a
+// replica with generated configs on loopback ports and the project's own
+// exporter snippet, starts `dovewarden local` wired to them, delivers mail
+// and makes IMAP changes, shows them arriving on the other side, prints
+// the metrics and status URLs, and runs until Ctrl-C, then stops every
+// process it started.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+type demo struct {
+	out      io.Writer
+	bin      string
+	version  string
+	dir      string
+	a, b     *dovecottest.Instance
+	local    *exec.Cmd
+	localLog string
+	base     string
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	bin := fs.String("bin", "bin/dovewarden", "the dovewarden binary to run")
+	version := fs.String("dovecot", "2.3", "Dovecot version of both instances: 2.3 (Debian's) or 2.4 (a trixie tree made with mmdebstrap)")
+	once := fs.Bool("once", false, "stop after the demonstration instead of running until Ctrl-C (for tests)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("run the demo as root: it installs Dovecot when missing and starts Dovecot instances " +
+			"(as root, or install dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d yourself and run it with sudo)")
+	}
+	d := &demo{out: out, bin: *bin, version: *version}
+	defer d.stop()
+	if err := d.start(ctx); err != nil {
+		return err
+	}
+	if err := d.show(ctx); err != nil {
+		return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s\n\n%s's log:\n%s\n\n%s's log:\n%s", err,
+			d.localLog, tail(d.localLog, 30), d.a.Name, lastLines(d.a.Log(), 20), d.b.Name, lastLines(d.b.Log(), 20))
+	}
+	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status/alice   %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
+		d.base, d.base, d.base, d.base, d.localLog)
+	d.say("IMAP on the primary: %s, on the replica: %s (users alice and bob, password \"secret\")\n", d.a.IMAPAddr, d.b.IMAPAddr)
+	if *once {
+		return nil
+	}
+	d.say("\nRunning until Ctrl-C. Try it: deliver or change mail on either side and watch the other.\n")
+	<-ctx.Done()
+	d.say("\nStopping.\n")
+	return nil
+}
+
+func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
+
+func (d *demo) start(ctx context.Context) error {
+	d.say("Checking Dovecot %s (installing it when missing) ...\n", d.version)
+	if err := dovecottest.Ensure(d.version); err != nil {
+		return err
+	}
+	if _, err := os.Stat(d.bin); err != nil {
+		return fmt.Errorf("dovewarden binary %s: %w (run `make build` first)", d.bin, err)
+	}
+	var err error
+	if d.dir, err = os.MkdirTemp("", "dovewarden-demo-"); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	d.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	snippet, err := os.ReadFile(filepath.Join("config", "dovecot", "events-"+d.version+".conf"))
+	if err != nil {
+		return fmt.Errorf("the exporter snippet (run the demo from the repository root): %w", err)
+	}
+	exporter := strings.ReplaceAll(string(snippet), "http://127.0.0.1:8080/events", d.base+"/events")
+	users := map[string]string{"alice": "secret", "bob": "secret"}
+	for _, side := range []struct {
+		inst **dovecottest.Instance
+		name string
+	}{{&d.a, "mail-a.demo"}, {&d.b, "mail-b.demo"}} {
+		d.say("Starting Dovecot %s %q ...\n", d.version, side.name)
+		in, err := dovecottest.Start(ctx, dovecottest.Options{Version: d.version, Name: side.name,
+			Users: users, ExtraConfig: exporter})
+		if err != nil {
+			return err
+		}
+		*side.inst = in
+	}
+	// Each side syncs to the other: an active-active pair.
+	hostMap := map[string]map[string]string{
+		d.a.Name: {"url": d.a.DoveadmHTTPURL, "destination": "tcp:" + d.b.DoveadmAddr},
+		d.b.Name: {"url": d.b.DoveadmHTTPURL, "destination": "tcp:" + d.a.DoveadmAddr},
+	}
+	hm, _ := json.MarshalIndent(hostMap, "", "  ")
+	hmFile := filepath.Join(d.dir, "host-map.json")
+	if err := os.WriteFile(hmFile, hm, 0o600); err != nil {
+		return err
+	}
+	d.localLog = filepath.Join(d.dir, "dovewarden.log")
+	logf, err := os.Create(d.localLog)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	d.say("Starting dovewarden local on %s ...\n", d.base)
+	d.local = exec.Command(d.bin, "local", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--host-map-file", hmFile, "--doveadm-url", d.a.DoveadmHTTPURL, "--destination", "tcp:"+d.b.DoveadmAddr,
+		// The demo's passdb strips the domain (username_format=%n), so
+		// LMTP's "alice@example.test" is the user "alice".
+		"--username-format", "%Ln")
+	d.local.Env = append(os.Environ(), "DOVEWARDEN_DOVEADM_PASSWORD="+d.a.DoveadmPassword)
+	d.local.Stdout, d.local.Stderr = logf, logf
+	if err := d.local.Start(); err != nil {
+		return fmt.Errorf("start %s local: %w", d.bin, err)
+	}
+	return waitReady(ctx, d.base+"/readyz", 15*time.Second)
+}
+
+func (d *demo) stop() {
+	if d.local != nil && d.local.Process != nil {
+		_ = d.local.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = d.local.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = d.local.Process.Kill()
+		}
+	}
+	for _, in := range []*dovecottest.Instance{d.a, d.b} {
+		if in != nil {
+			_ = in.Stop()
+		}
+	}
+	if d.dir != "" {
+		// The log stays for a look after the run; the rest goes.
+		_ = os.Remove(filepath.Join(d.dir, "host-map.json"))
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitReady(ctx context.Context, url string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not ready after %s", url, limit)
+}
+
+func tail(file string, lines int) string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err.Error()
+	}
+	return lastLines(string(b), lines)
+}
+
+func lastLines(s string, lines int) string {
+	all := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
