@@ -1,0 +1,381 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Keys of the sweep (docs/sync.md, "Sweep"). One sweep runs at a time, so
+// the keys are global; only the candidate list carries the sweep's id, so a
+// late invocation of an old sweep can never read a new sweep's list.
+const (
+	// SweepKey is a hash: the progress of the running or last sweep, and
+	// the bounds of the last one that completed.
+	SweepKey = Prefix + "sweep"
+	// SweepLockKey holds the running sweep's id, with a TTL each batch
+	// renews.
+	SweepLockKey = Prefix + "sweep:lock"
+	// SweepClaimKey holds a token of the one invocation working on the
+	// sweep now, with a TTL just above an invocation's budget.
+	SweepClaimKey = Prefix + "sweep:claim"
+	// SweepFullKey is a sorted set of users scored by the Unix ms at which
+	// the sweep last asked for their full sync (Dovecot 2.3's
+	// last_full_sync): the next is due one full-sync interval later.
+	SweepFullKey = Prefix + "sweep:full"
+)
+
+// SweepUsersKey is the sorted set of one sweep's candidates: every listed
+// user scored by its host's index + 1, and pending or failed users no host
+// listed, scored 0. Ranks are the sweep's offsets.
+func SweepUsersKey(id string) string { return Prefix + "sweep:users:" + id }
+
+// Fields of SweepKey.
+const (
+	SweepFieldID                 = "id"
+	SweepFieldReason             = "reason"
+	SweepFieldStarted            = "started" // ms
+	SweepFieldHosts              = "hosts"   // JSON list: index i is score i+1
+	SweepFieldListed             = "listed"  // users the hosts listed, duplicates included
+	SweepFieldTotal              = "total"   // candidates; absent while listing
+	SweepFieldOffset             = "offset"  // next batch's position
+	SweepFieldBatches            = "batches"
+	SweepFieldLastBatch          = "last_batch" // ms
+	SweepFieldFinished           = "finished"   // ms; absent while running
+	SweepFieldLastCompletedID    = "last_completed_id"
+	SweepFieldLastCompletedStart = "last_completed_start" // ms
+	SweepFieldLastCompletedEnd   = "last_completed_end"   // ms
+)
+
+// SweepStart is what SweepBegin found or did.
+type SweepStart struct {
+	// Decision is "started" (a new sweep, the caller claims it),
+	// "relist" (the running sweep lost its listing; the caller claims it
+	// and lists again) or "running" (another sweep runs).
+	Decision string
+	// ID is the sweep's id; for "running", the running one's.
+	ID      string
+	Started time.Time
+	// Abandoned is the id of an earlier sweep that never finished (its
+	// continuation was lost), when a new one replaces it.
+	Abandoned string
+}
+
+// SweepBegin starts a sweep with id unless one runs: it takes the sweep lock
+// (lockTTL) and the claim (token, claimTTL) in one script.
+func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTTL, claimTTL time.Duration) (SweepStart, error) {
+	v, err := scriptSweepBegin.Run(ctx, s.rdb, []string{SweepLockKey, SweepClaimKey, SweepKey},
+		id, token, lockTTL.Milliseconds(), claimTTL.Milliseconds(), reason).Slice()
+	if err != nil {
+		return SweepStart{}, fmt.Errorf("begin sweep in redis: %w", err)
+	}
+	st := SweepStart{Decision: str(v, 0), ID: str(v, 1)}
+	switch st.Decision {
+	case "started":
+		st.Started, st.Abandoned = fromMS(at(v, 2)), str(v, 3)
+	case "relist", "running":
+		st.Started = msField(str(v, 2))
+	default:
+		return st, fmt.Errorf("begin sweep in redis: unexpected reply %v", v)
+	}
+	return st, nil
+}
+
+// SweepAddUsers adds listed users of the host with index host to the
+// sweep's candidates; a user some earlier host listed keeps that host.
+func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []string) error {
+	if len(users) == 0 {
+		return nil
+	}
+	zs := make([]redis.Z, len(users))
+	for i, u := range users {
+		zs[i] = redis.Z{Score: float64(host + 1), Member: u}
+	}
+	if err := s.rdb.ZAddNX(ctx, SweepUsersKey(id), zs...).Err(); err != nil {
+		return fmt.Errorf("store listed users of sweep %s in redis: %w", id, err)
+	}
+	return nil
+}
+
+// ErrSweepLost means the caller no longer owns the sweep step it worked on:
+// its claim expired, or another sweep replaced it.
+var ErrSweepLost = errors.New("the sweep moved on without this invocation")
+
+// SweepListing is what the listing of a sweep found.
+type SweepListing struct {
+	// HostsJSON lists the hosts' names as JSON; index i is score i+1.
+	HostsJSON string
+	// Listed counts the names the hosts listed; BadNames those refused.
+	Listed, BadNames int64
+}
+
+// SweepListed closes the listing: it adds the pending and failed users,
+// records the total and releases the claim. finished is true when there
+// is nothing to sweep (the sweep is complete).
+func (s *Store) SweepListed(ctx context.Context, id, token string, l SweepListing, lockTTL, usersTTL time.Duration) (total int64, finished bool, err error) {
+	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(id), PendingKey, FailedKey}
+	v, err := scriptSweepListed.Run(ctx, s.rdb, keys, id, token, l.HostsJSON, l.Listed, usersTTL.Milliseconds(),
+		lockTTL.Milliseconds(), l.BadNames).Slice()
+	if err != nil {
+		return 0, false, fmt.Errorf("record listing of sweep %s in redis: %w", id, err)
+	}
+	switch str(v, 0) {
+	case "ok", "finished":
+		n, _ := at(v, 2).(int64)
+		return n, str(v, 0) == "finished", nil
+	case "lost":
+		return 0, false, ErrSweepLost
+	}
+	return 0, false, fmt.Errorf("record listing of sweep %s in redis: unexpected reply %v", id, v)
+}
+
+// SweepBatch is a claimed batch.
+type SweepBatch struct {
+	// Decision is "ok" (claimed), "stale" (not the running sweep, or it
+	// finished), "duplicate" (the offset was done already) or "busy"
+	// (another invocation works on the sweep now).
+	Decision string
+	// Now is Redis's time at the claim: the batch's decisions use it.
+	Now       time.Time
+	Total     int64
+	HostsJSON string
+	Reason    string
+	Started   time.Time
+}
+
+// SweepClaim claims the batch at offset of sweep id for token, renewing
+// the sweep lock.
+func (s *Store) SweepClaim(ctx context.Context, id string, offset int64, token string, lockTTL, claimTTL time.Duration) (SweepBatch, error) {
+	v, err := scriptSweepClaim.Run(ctx, s.rdb, []string{SweepLockKey, SweepClaimKey, SweepKey},
+		id, offset, token, lockTTL.Milliseconds(), claimTTL.Milliseconds()).Slice()
+	if err != nil {
+		return SweepBatch{}, fmt.Errorf("claim batch %d of sweep %s in redis: %w", offset, id, err)
+	}
+	b := SweepBatch{Decision: str(v, 0)}
+	switch b.Decision {
+	case "ok":
+		b.Now = fromMS(at(v, 1))
+		b.Total, _ = at(v, 2).(int64)
+		b.HostsJSON, b.Reason = str(v, 3), str(v, 4)
+		b.Started = fromMS(at(v, 5))
+	case "stale", "duplicate", "busy":
+	default:
+		return b, fmt.Errorf("claim batch %d of sweep %s in redis: unexpected reply %v", offset, id, v)
+	}
+	return b, nil
+}
+
+// SweepEntry is one candidate: a user and the index + 1 of the first host
+// that listed it (0: no host did; it is pending or failed).
+type SweepEntry struct {
+	User string
+	Host int
+}
+
+// SweepUsers reads up to n candidates of sweep id from position offset.
+func (s *Store) SweepUsers(ctx context.Context, id string, offset, n int64) ([]SweepEntry, error) {
+	zs, err := s.rdb.ZRangeWithScores(ctx, SweepUsersKey(id), offset, offset+n-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read candidates %d+%d of sweep %s from redis: %w", offset, n, id, err)
+	}
+	out := make([]SweepEntry, len(zs))
+	for i, z := range zs {
+		u, _ := z.Member.(string)
+		out[i] = SweepEntry{User: u, Host: int(z.Score)}
+	}
+	return out, nil
+}
+
+// SweepFacts is what the sweep needs to know of a user to decide.
+type SweepFacts struct {
+	Excluded    bool
+	Pending     bool
+	PendingHost string
+	Failed      bool
+	FailedAt    time.Time
+	// LastStart is the start of the last successful dsync; LastFull says
+	// whether it was a full one.
+	LastStart time.Time
+	LastFull  bool
+	// InProgress: a sync instance holds the user's lock.
+	InProgress bool
+	// FullRequested is when the sweep last asked for the user's full sync.
+	FullRequested time.Time
+}
+
+// SweepFacts reads the facts of users in one round trip.
+func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, error) {
+	type cmds struct {
+		excl           *redis.BoolCmd
+		pend, fail, fr *redis.FloatCmd
+		fields         *redis.SliceCmd
+		lock           *redis.IntCmd
+	}
+	cs := make([]cmds, len(users))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, u := range users {
+			cs[i] = cmds{
+				excl:   p.SIsMember(ctx, ExcludedKey, u),
+				pend:   p.ZScore(ctx, PendingKey, u),
+				fail:   p.ZScore(ctx, FailedKey, u),
+				fields: p.HMGet(ctx, UserKey(u), FieldLastStart, FieldLastFull, FieldPendingHost),
+				lock:   p.Exists(ctx, LockKey(u)),
+				fr:     p.ZScore(ctx, SweepFullKey, u),
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read the state of %d users from redis: %w", len(users), err)
+	}
+	out := make([]SweepFacts, len(users))
+	for i, c := range cs {
+		f := &out[i]
+		f.Excluded = c.excl.Val()
+		f.Pending = c.pend.Err() == nil
+		if c.fail.Err() == nil {
+			f.Failed, f.FailedAt = true, time.UnixMilli(int64(c.fail.Val())).UTC()
+		}
+		if c.fr.Err() == nil {
+			f.FullRequested = time.UnixMilli(int64(c.fr.Val())).UTC()
+		}
+		vals := c.fields.Val()
+		field := func(j int) string {
+			if j < len(vals) {
+				s, _ := vals[j].(string)
+				return s
+			}
+			return ""
+		}
+		f.LastStart, f.LastFull, f.PendingHost = msField(field(0)), field(1) == "1", field(2)
+		f.InProgress = c.lock.Val() == 1
+	}
+	return out, nil
+}
+
+// SweepCommitArgs are the inputs of SweepCommit.
+type SweepCommitArgs struct {
+	ID, Token string
+	// From is the claimed offset, To the next batch's.
+	From, To int64
+	// Counts are added to SweepKey's fields of the same names.
+	Counts map[string]int64
+	// FullRequested are users whose full sync this batch asked for.
+	FullRequested []string
+	// FullSyncInterval prunes SweepFullKey when the sweep completes.
+	FullSyncInterval  time.Duration
+	LockTTL, UsersTTL time.Duration
+}
+
+// SweepCommit records a batch and releases the claim; finished is true
+// when it was the last (the sweep lock is released too). ErrSweepLost:
+// the claim expired or the batch was recorded by someone else.
+func (s *Store) SweepCommit(ctx context.Context, a SweepCommitArgs) (finished bool, err error) {
+	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey}
+	args := []any{a.ID, a.Token, a.From, a.To, a.LockTTL.Milliseconds(), a.UsersTTL.Milliseconds(),
+		a.FullSyncInterval.Milliseconds(), len(a.Counts)}
+	for k, n := range a.Counts {
+		args = append(args, k, n)
+	}
+	for _, u := range a.FullRequested {
+		args = append(args, u)
+	}
+	v, err := scriptSweepCommit.Run(ctx, s.rdb, keys, args...).Slice()
+	if err != nil {
+		return false, fmt.Errorf("record batch %d of sweep %s in redis: %w", a.From, a.ID, err)
+	}
+	switch str(v, 0) {
+	case "ok":
+		return false, nil
+	case "finished":
+		return true, nil
+	case "lost":
+		return false, ErrSweepLost
+	}
+	return false, fmt.Errorf("record batch %d of sweep %s in redis: unexpected reply %v", a.From, a.ID, v)
+}
+
+// SweepRelease gives up the claim token holds (an invocation that failed),
+// so the Broker's redelivery can take the step at once.
+func (s *Store) SweepRelease(ctx context.Context, token string) error {
+	if err := scriptCompareDelete.Run(ctx, s.rdb, []string{SweepClaimKey}, token).Err(); err != nil {
+		return fmt.Errorf("release sweep claim in redis: %w", err)
+	}
+	return nil
+}
+
+// SweepDrop deletes the candidate list of an abandoned sweep at once
+// rather than at its TTL.
+func (s *Store) SweepDrop(ctx context.Context, id string) error {
+	if err := s.rdb.Del(ctx, SweepUsersKey(id)).Err(); err != nil {
+		return fmt.Errorf("drop candidates of sweep %s in redis: %w", id, err)
+	}
+	return nil
+}
+
+// SweepStatus is the progress of the running or last sweep.
+type SweepStatus struct {
+	ID       string    `json:"id,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Running  bool      `json:"running"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	// Total is the number of candidates (-1 while listing); Offset how
+	// many have been examined.
+	Total   int64 `json:"total"`
+	Offset  int64 `json:"offset"`
+	Listed  int64 `json:"listed"`
+	Batches int64 `json:"batches"`
+	// Counts holds the requested_* and skipped_* counters.
+	Counts             map[string]int64 `json:"counts,omitempty"`
+	LastCompletedStart time.Time        `json:"last_completed_start,omitzero"`
+	LastCompletedEnd   time.Time        `json:"last_completed_end,omitzero"`
+}
+
+// SweepStatus reads the sweep's progress in one round trip.
+func (s *Store) SweepStatus(ctx context.Context) (SweepStatus, error) {
+	var all *redis.MapStringStringCmd
+	var lock *redis.StringCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		all, lock = p.HGetAll(ctx, SweepKey), p.Get(ctx, SweepLockKey)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return SweepStatus{}, fmt.Errorf("read sweep status from redis: %w", err)
+	}
+	m := all.Val()
+	st := SweepStatus{ID: m[SweepFieldID], Reason: m[SweepFieldReason], Started: msField(m[SweepFieldStarted]),
+		Finished: msField(m[SweepFieldFinished]), Total: -1, Offset: int64(intField(m[SweepFieldOffset])),
+		Listed: int64(intField(m[SweepFieldListed])), Batches: int64(intField(m[SweepFieldBatches])),
+		LastCompletedStart: msField(m[SweepFieldLastCompletedStart]), LastCompletedEnd: msField(m[SweepFieldLastCompletedEnd])}
+	st.Running = lock.Err() == nil && lock.Val() == st.ID && st.ID != ""
+	if n, err := strconv.ParseInt(m[SweepFieldTotal], 10, 64); err == nil {
+		st.Total = n
+	}
+	for k, v := range m {
+		if strings.HasPrefix(k, "requested_") || strings.HasPrefix(k, "skipped_") || k == "send_failures" {
+			if st.Counts == nil {
+				st.Counts = map[string]int64{}
+			}
+			st.Counts[k], _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return st, nil
+}
+
+func at(v []any, i int) any {
+	if i < len(v) {
+		return v[i]
+	}
+	return nil
+}
+
+func str(v []any, i int) string {
+	s, _ := at(v, i).(string)
+	return s
+}

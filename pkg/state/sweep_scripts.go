@@ -1,0 +1,147 @@
+package state
+
+import "github.com/redis/go-redis/v9"
+
+// The sweep's scripts. A sweep spans many invocations of the sync function,
+// possibly on different instances, so its progress lives in Redis:
+//
+//   - SweepLockKey names the running sweep (its id) and expires after the
+//     lock TTL unless a batch renews it: a sweep whose continuation event
+//     was lost stops blocking new sweeps.
+//   - SweepClaimKey is held (a random token, with a TTL just above one
+//     invocation's budget) by the one invocation working on the sweep right
+//     now: listing, or one batch. A duplicate delivery of the same
+//     continuation finds it held and is answered 503, so the Broker tries
+//     it again later instead of running the batch twice.
+//   - SweepKey's "offset" is the position of the next batch; a batch is
+//     committed only from the offset it claimed, so an old continuation
+//     that arrives late changes nothing.
+//
+// Times are Unix milliseconds by Redis's clock, like the sync scripts.
+
+// luaSweepFinish ends a sweep: KEYS[1] lock, KEYS[2] claim, KEYS[3] meta,
+// KEYS[4] the sweep's users.
+const luaSweepFinish = `
+local function finish(id, now)
+  redis.call('HSET', KEYS[3], 'finished', now, 'last_completed_id', id,
+    'last_completed_start', redis.call('HGET', KEYS[3], 'started') or '', 'last_completed_end', now)
+  if redis.call('GET', KEYS[1]) == id then redis.call('DEL', KEYS[1]) end
+  redis.call('DEL', KEYS[2], KEYS[4])
+end
+`
+
+// scriptSweepBegin: KEYS lock, claim, meta. ARGV id, token, lock ttl,
+// claim ttl, reason.
+var scriptSweepBegin = redis.NewScript(luaPrelude + `
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local started = redis.call('HGET', KEYS[3], 'started') or ''
+  -- A running sweep without a total and with nobody claiming it lost its
+  -- listing invocation (crash, timeout): list again under the same id.
+  if redis.call('HGET', KEYS[3], 'id') == cur and redis.call('HEXISTS', KEYS[3], 'total') == 0
+     and redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[4]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return {'relist', cur, started}
+  end
+  return {'running', cur, started}
+end
+local now = now_ms()
+local prev = redis.call('HGET', KEYS[3], 'id') or ''
+local abandoned = ''
+if prev ~= '' and redis.call('HEXISTS', KEYS[3], 'finished') == 0 then abandoned = prev end
+local names = {'last_completed_id', 'last_completed_start', 'last_completed_end'}
+local keep = redis.call('HMGET', KEYS[3], unpack(names))
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'id', ARGV[1], 'reason', ARGV[5], 'started', now, 'offset', 0, 'batches', 0)
+for i, v in ipairs(keep) do
+  if v then redis.call('HSET', KEYS[3], names[i], v) end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+return {'started', ARGV[1], now, abandoned}
+`)
+
+// scriptSweepListed: KEYS lock, claim, meta, users, pending, failed.
+// ARGV id, token, hosts (JSON), listed, users ttl, lock ttl, bad names.
+var scriptSweepListed = redis.NewScript(luaPrelude + luaSweepFinish + `
+local id = ARGV[1]
+if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('HGET', KEYS[3], 'id') ~= id then
+  return {'lost'}
+end
+-- Listed users keep their host (score: host index + 1); pending and failed
+-- users no host listed join with score 0.
+redis.call('ZUNIONSTORE', KEYS[4], 3, KEYS[4], KEYS[5], KEYS[6], 'WEIGHTS', 1, 0, 0, 'AGGREGATE', 'MAX')
+local total = redis.call('ZCARD', KEYS[4])
+redis.call('HSET', KEYS[3], 'hosts', ARGV[3], 'listed', ARGV[4], 'total', total)
+if num(ARGV[7]) > 0 then redis.call('HINCRBY', KEYS[3], 'skipped_bad_user', ARGV[7]) end
+local now = now_ms()
+if total == 0 then
+  finish(id, now)
+  return {'finished', now, 0}
+end
+redis.call('DEL', KEYS[2])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
+redis.call('SET', KEYS[1], id, 'PX', ARGV[6])
+return {'ok', now, total}
+`)
+
+// scriptSweepClaim: KEYS lock, claim, meta. ARGV id, offset, token, lock
+// ttl, claim ttl.
+var scriptSweepClaim = redis.NewScript(luaPrelude + `
+local id = ARGV[1]
+if redis.call('HGET', KEYS[3], 'id') ~= id or redis.call('HEXISTS', KEYS[3], 'finished') == 1
+   or redis.call('HEXISTS', KEYS[3], 'total') == 0 then
+  return {'stale'}
+end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= id then return {'stale'} end
+local off = redis.call('HGET', KEYS[3], 'offset')
+if tonumber(off) ~= tonumber(ARGV[2]) then return {'duplicate', off} end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) then return {'busy'} end
+-- Renew, or take back a lock that expired while the continuation was on
+-- its way: nobody started another sweep meanwhile (the meta says so).
+redis.call('SET', KEYS[1], id, 'PX', ARGV[4])
+local m = redis.call('HMGET', KEYS[3], 'total', 'hosts', 'reason', 'started')
+return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4]) or 0}
+`)
+
+// scriptSweepCommit: KEYS lock, claim, meta, users, full. ARGV id, token,
+// from, to, lock ttl, users ttl, full-sync interval, number of counter
+// pairs n, then n field/increment pairs, then the users whose full sync
+// was requested.
+var scriptSweepCommit = redis.NewScript(luaPrelude + luaSweepFinish + `
+local id = ARGV[1]
+if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('HGET', KEYS[3], 'id') ~= id
+   or tonumber(redis.call('HGET', KEYS[3], 'offset')) ~= tonumber(ARGV[3]) then
+  return {'lost'}
+end
+local now = now_ms()
+redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now)
+redis.call('HINCRBY', KEYS[3], 'batches', 1)
+local n = tonumber(ARGV[8])
+for i = 0, n - 1 do
+  redis.call('HINCRBY', KEYS[3], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
+end
+for i = 9 + 2 * n, #ARGV do
+  redis.call('ZADD', KEYS[5], now, ARGV[i])
+end
+if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
+  -- Entries older than the interval mean the same as none: due.
+  local iv = num(ARGV[7])
+  if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) end
+  finish(id, now)
+  return {'finished', now}
+end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], id, 'PX', ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[6])
+return {'ok', now}
+`)
+
+// scriptCompareDelete: KEYS key. ARGV token.
+var scriptCompareDelete = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)

@@ -1,0 +1,211 @@
+package sweep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// pick is a chosen request and its position in the candidate list.
+type pick struct {
+	pos int64
+	req Request
+}
+
+// batch does the step at cursor c: examine candidates from its offset until
+// a batch of requests is chosen (or the scan limit or the scan's share of
+// the budget is reached), send them, record the new offset, pause, and
+// return the continuation.
+func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
+	began := time.Now()
+	deadline := began.Add(s.o.Budget)
+	token := newToken()
+	b, err := s.st.SweepClaim(ctx, c.Sweep, c.Offset, token, s.o.LockTTL, s.claimTTL())
+	if err != nil {
+		return Result{}, err
+	}
+	switch b.Decision {
+	case "stale":
+		s.log.Info("sweep continuation for a sweep that is over or was replaced; dropped", "sweep", c.Sweep, "offset", c.Offset)
+		return Result{Outcome: Stale, Sweep: c.Sweep}, nil
+	case "duplicate":
+		s.log.Info("sweep continuation for a batch already done (a redelivery); dropped", "sweep", c.Sweep, "offset", c.Offset)
+		return Result{Outcome: Duplicate, Sweep: c.Sweep}, nil
+	case "busy":
+		return Result{}, ErrBusy
+	}
+	var hosts []string
+	_ = json.Unmarshal([]byte(b.HostsJSON), &hosts) // written by list; a bad value only loses the listed host
+	r, err := s.scan(ctx, c, b, hosts, began.Add(s.o.Budget/3))
+	if err != nil {
+		s.release(token)
+		return Result{}, err
+	}
+	// Sending may use the budget up to the pause and a reserve.
+	sctx, cancel := context.WithDeadline(ctx, deadline.Add(-s.o.BatchInterval-reserve(s.o.Budget)))
+	sent := s.send(sctx, r.picks)
+	cancel()
+	next := r.next
+	counts := map[string]int64{}
+	var full []string
+	requested := 0
+	for i, p := range r.picks {
+		if !sent[i] {
+			// Everything from the first unsent request on is examined
+			// again by the next step; requests after it that did go out
+			// go out again then, under the same event id.
+			next = min(next, p.pos)
+			continue
+		}
+		requested++
+		counts["requested_"+string(p.req.Reason)]++
+		s.m.requested.WithLabelValues(string(p.req.Reason)).Inc()
+		if p.req.Full {
+			full = append(full, p.req.User)
+		}
+	}
+	if failed := len(r.picks) - requested; failed > 0 {
+		counts["send_failures"] += int64(failed)
+		s.m.sendFailures.Add(float64(failed))
+		s.log.Warn("sweep: the Broker did not take every request; the rest waits for the next batch", "sweep", c.Sweep, "failed", failed)
+	}
+	// Candidates from next on are examined again by the next step: only
+	// the ones before count now.
+	for _, sk := range r.skips {
+		if sk.pos < next {
+			counts["skipped_"+sk.reason]++
+			s.m.skipped.WithLabelValues(sk.reason).Inc()
+		}
+	}
+	s.m.examined.Add(float64(next - c.Offset))
+	finished, err := s.st.SweepCommit(ctx, state.SweepCommitArgs{
+		ID: c.Sweep, Token: token, From: c.Offset, To: next, Counts: counts, FullRequested: full,
+		FullSyncInterval: s.o.FullSyncInterval, LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
+	})
+	if errors.Is(err, state.ErrSweepLost) {
+		s.log.Warn("sweep batch took longer than its claim; another invocation took over", "sweep", c.Sweep, "offset", c.Offset)
+		return Result{Outcome: Lost, Sweep: c.Sweep, Requested: requested}, nil
+	}
+	if err != nil {
+		s.release(token)
+		return Result{}, err
+	}
+	s.m.batches.Inc()
+	res := Result{Sweep: c.Sweep, Requested: requested, Examined: int(next - c.Offset)}
+	s.log.Debug("sweep batch", "sweep", c.Sweep, "offset", c.Offset, "next", next, "total", b.Total, "requested", requested)
+	if finished {
+		s.m.finished.WithLabelValues("completed").Inc()
+		s.log.Info("sweep finished", "sweep", c.Sweep, "candidates", b.Total, "started", b.Started)
+		res.Outcome = Finished
+		return res, nil
+	}
+	// Pace the sweep inside this request: the next batch only arrives
+	// after this answer.
+	if wait := min(s.o.BatchInterval, time.Until(deadline)); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	res.Outcome, res.Next = Batched, &Cursor{Sweep: c.Sweep, Offset: next}
+	return res, nil
+}
+
+// scanned is what scan found.
+type scanned struct {
+	picks []pick
+	// next is the position after the last candidate examined.
+	next int64
+	// skips are the skipped candidates' positions and reasons.
+	skips []skip
+}
+
+type skip struct {
+	pos    int64
+	reason string
+}
+
+// scan examines candidates from c.Offset, a chunk at a time (one read of
+// the list and one pipelined read of the users' state each), and chooses
+// up to BatchSize requests. It stops at the end of the list, at the scan
+// limit, or at until.
+func (s *Sweeper) scan(ctx context.Context, c Cursor, b state.SweepBatch, hosts []string, until time.Time) (scanned, error) {
+	chunk := int64(min(max(s.o.BatchSize, 100), 1000))
+	r := scanned{next: c.Offset}
+	for r.next < b.Total && len(r.picks) < s.o.BatchSize && r.next-c.Offset < int64(s.o.ScanLimit) && time.Now().Before(until) {
+		entries, err := s.st.SweepUsers(ctx, c.Sweep, r.next, min(chunk, b.Total-r.next))
+		if err != nil {
+			return r, err
+		}
+		if len(entries) == 0 {
+			// The list expired under a sweep that was taken back late:
+			// end it; the next sweep lists afresh.
+			s.log.Warn("sweep candidates are gone; ending the sweep", "sweep", c.Sweep, "offset", r.next, "total", b.Total)
+			r.next = b.Total
+			break
+		}
+		users := make([]string, len(entries))
+		for i, e := range entries {
+			users[i] = e.User
+		}
+		facts, err := s.st.SweepFacts(ctx, users)
+		if err != nil {
+			return r, err
+		}
+		for i, e := range entries {
+			req, why := decide(e, facts[i], b.Now, s.o, hosts)
+			switch {
+			case req != nil:
+				req.Sweep = c.Sweep
+				r.picks = append(r.picks, pick{pos: r.next, req: *req})
+			case why != "":
+				r.skips = append(r.skips, skip{pos: r.next, reason: why})
+			}
+			r.next++
+			if len(r.picks) == s.o.BatchSize {
+				break
+			}
+		}
+	}
+	return r, nil
+}
+
+// send hands the picks to the Broker, SendParallel at a time, and reports
+// which went out. Once one fails the rest are not tried: the batch ends at
+// the first unsent pick anyway.
+func (s *Sweeper) send(ctx context.Context, picks []pick) []bool {
+	sent := make([]bool, len(picks))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, s.o.SendParallel)
+	var wg sync.WaitGroup
+	for i := range picks {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.snd.Send(ctx, picks[i].req); err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("sweep: could not send a replication request", "user", picks[i].req.User, "err", err)
+				}
+				cancel()
+				return
+			}
+			sent[i] = true
+		}()
+	}
+	wg.Wait()
+	return sent
+}

@@ -1,0 +1,63 @@
+package sweep
+
+import (
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// decide chooses what the sweep does with one candidate at now: a request,
+// a skip reason, or neither (the user is up to date). hosts are the
+// sweep's listed hosts (entry.Host is an index + 1 into it).
+//
+// Like Dovecot 2.3's replicator, the full sync is due when the last full
+// one is older than the interval, whatever else the user had since; its
+// "last full sync" was set when one started, even if it then failed, so
+// that a failing user is not hammered with full syncs. Here it is the later
+// of the last successful dsync (when it was full) and the last full sync
+// the sweep asked for.
+func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, hosts []string) (*Request, string) {
+	if doveadm.ValidateUser(e.User) != nil {
+		return nil, SkipBadUser
+	}
+	if f.Excluded {
+		return nil, SkipExcluded
+	}
+	if f.InProgress {
+		// The running dsync starts after the sweep listed the user and
+		// picks up its pending marks; asking again would only queue
+		// another run behind it.
+		return nil, SkipInProgress
+	}
+	lastFull := f.FullRequested
+	if f.LastFull && f.LastStart.After(lastFull) {
+		lastFull = f.LastStart
+	}
+	fullDue := o.FullSyncInterval > 0 && !lastFull.Add(o.FullSyncInterval).After(now)
+	var reason Reason
+	switch {
+	case f.Failed:
+		if now.Before(f.FailedAt.Add(o.FailedRetryInterval)) {
+			return nil, SkipRetryNotDue
+		}
+		reason = ReasonFailed
+	case f.Pending:
+		reason = ReasonPending
+	case fullDue && f.LastStart.IsZero():
+		reason = ReasonNever
+	case fullDue:
+		reason = ReasonStale
+	default:
+		return nil, ""
+	}
+	host := ""
+	switch {
+	case f.PendingHost != "" && doveadm.ValidateHost(f.PendingHost) == nil:
+		// Where the change was seen: the user surely exists there.
+		host = f.PendingHost
+	case e.Host >= 1 && e.Host <= len(hosts):
+		host = hosts[e.Host-1]
+	}
+	return &Request{User: e.User, Host: host, Full: fullDue, Reason: reason, Time: now}, ""
+}

@@ -1,0 +1,148 @@
+package sweep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// listChunk is how many listed users go to Redis at once: the listing is
+// never held whole in memory.
+const listChunk = 1000
+
+// maxBadNameLogs bounds the log lines about refused names per listing; the
+// metric counts them all.
+const maxBadNameLogs = 10
+
+// storeError marks a failure of the store inside the listing callback, so
+// it is told apart from a failure of doveadm.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
+// start begins a sweep, or reports the running one, and lists its users.
+func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
+	began := time.Now()
+	token := newToken()
+	st, err := s.st.SweepBegin(ctx, newID(began), token, reason, s.o.LockTTL, s.claimTTL())
+	if err != nil {
+		return Result{}, err
+	}
+	if st.Decision == "running" {
+		s.log.Info("a sweep is running already; this request is covered by it", "sweep", st.ID, "started", st.Started, "reason", reason)
+		return Result{Outcome: Running, Sweep: st.ID}, nil
+	}
+	if st.Abandoned != "" {
+		s.m.finished.WithLabelValues("abandoned").Inc()
+		s.log.Warn("the previous sweep never finished (its continuation was lost); starting over", "abandoned", st.Abandoned, "sweep", st.ID)
+		if err := s.st.SweepDrop(ctx, st.Abandoned); err != nil {
+			s.log.Warn("could not drop the abandoned sweep's candidates; they expire by themselves", "err", err)
+		}
+	}
+	if st.Decision == "started" {
+		s.m.started.Inc()
+		s.log.Info("sweep started", "sweep", st.ID, "reason", reason, "hosts", len(s.sources))
+	} else {
+		s.log.Warn("the sweep's listing was cut off; listing again", "sweep", st.ID)
+	}
+	// Leave room after the listing to record it and answer.
+	lctx, cancel := context.WithDeadline(ctx, began.Add(s.o.Budget-reserve(s.o.Budget)))
+	defer cancel()
+	l, err := s.list(lctx, st.ID)
+	if err != nil {
+		s.release(token)
+		return Result{}, err
+	}
+	total, finished, err := s.st.SweepListed(ctx, st.ID, token, l, s.o.LockTTL, s.usersTTL())
+	if errors.Is(err, state.ErrSweepLost) {
+		s.log.Warn("the sweep's listing took longer than its claim; another invocation took over", "sweep", st.ID)
+		return Result{Outcome: Lost, Sweep: st.ID}, nil
+	}
+	if err != nil {
+		s.release(token)
+		return Result{}, err
+	}
+	if finished {
+		s.m.finished.WithLabelValues("completed").Inc()
+		s.log.Info("sweep finished: nothing to sweep", "sweep", st.ID)
+		return Result{Outcome: Finished, Sweep: st.ID}, nil
+	}
+	s.log.Info("sweep listed its candidates", "sweep", st.ID, "candidates", total, "listed", l.Listed, "bad_names", l.BadNames,
+		"took", time.Since(began).Round(time.Millisecond))
+	return Result{Outcome: Started, Sweep: st.ID, Next: &Cursor{Sweep: st.ID, Offset: 0}}, nil
+}
+
+// reserve is the part of a step's budget kept for recording it and
+// answering.
+func reserve(budget time.Duration) time.Duration { return min(2*time.Second, budget/5) }
+
+// list streams every source's users into the sweep's candidates. A host
+// that cannot be listed is logged and counted, and the sweep goes on with
+// the others and with the pending and failed users: those matter most.
+// Only a failure of the store is an error.
+func (s *Sweeper) list(ctx context.Context, id string) (state.SweepListing, error) {
+	var l state.SweepListing
+	names := make([]string, len(s.sources))
+	buf := make([]string, 0, listChunk)
+	for i, src := range s.sources {
+		names[i] = src.Name
+		label := hostLabel(src.Name)
+		var n int64
+		flush := func() error {
+			if err := s.st.SweepAddUsers(ctx, id, i, buf); err != nil {
+				return &storeError{err}
+			}
+			buf = buf[:0]
+			return nil
+		}
+		err := s.lister.ListUsers(ctx, src.Endpoint, func(u string) error {
+			n++
+			if err := doveadm.ValidateUser(u); err != nil {
+				l.BadNames++
+				s.m.skipped.WithLabelValues(SkipBadUser).Inc()
+				if l.BadNames <= maxBadNameLogs {
+					s.log.Warn("sweep: skipping a listed username doveadm must not get", "host", label, "err", err)
+				}
+				return nil
+			}
+			buf = append(buf, u)
+			if len(buf) == listChunk {
+				return flush()
+			}
+			return nil
+		})
+		var se *storeError
+		if errors.As(err, &se) {
+			return l, se.err
+		}
+		if ferr := flush(); ferr != nil {
+			return l, ferr.(*storeError).err
+		}
+		l.Listed += n
+		s.m.listed.WithLabelValues(label).Add(float64(n))
+		if err != nil {
+			s.m.listFailures.WithLabelValues(label).Inc()
+			s.log.Error("sweep: listing the users of a host failed; sweeping the rest", "host", label, "listed", n, "err", err)
+		}
+	}
+	b, err := json.Marshal(names)
+	if err != nil {
+		return l, fmt.Errorf("encode sweep hosts: %w", err)
+	}
+	l.HostsJSON = string(b)
+	return l, nil
+}
+
+// hostLabel names a host in metrics and logs.
+func hostLabel(name string) string {
+	if name == "" {
+		return "default"
+	}
+	return name
+}

@@ -1,0 +1,113 @@
+package sweep
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+type sweepMetrics struct {
+	started      prometheus.Counter
+	finished     *prometheus.CounterVec
+	listed       *prometheus.CounterVec
+	listFailures *prometheus.CounterVec
+	examined     prometheus.Counter
+	requested    *prometheus.CounterVec
+	skipped      *prometheus.CounterVec
+	batches      prometheus.Counter
+	sendFailures prometheus.Counter
+}
+
+func newSweepMetrics(reg prometheus.Registerer) *sweepMetrics {
+	ns := metrics.Namespace
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: name, Help: help})
+	}
+	vec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: name, Help: help}, labels)
+	}
+	m := &sweepMetrics{
+		started:      counter(metrics.SweepsStarted, "Sweeps started."),
+		finished:     vec(metrics.SweepsFinished, "Sweeps ended, by outcome (completed; abandoned: its continuation was lost and a later sweep replaced it).", "outcome"),
+		listed:       vec(metrics.SweepUsersListed, "Usernames the Dovecot hosts listed, by host.", "host"),
+		listFailures: vec(metrics.SweepListFailures, "User listings that failed or were cut short, by host.", "host"),
+		examined:     counter(metrics.SweepUsersExamined, "Sweep candidates examined."),
+		requested:    vec(metrics.SweepUsersRequested, "replication.requested events the sweep sent, by reason.", "reason"),
+		skipped:      vec(metrics.SweepUsersSkipped, "Sweep candidates not requested, by reason.", "reason"),
+		batches:      counter(metrics.SweepBatches, "Sweep batches done."),
+		sendFailures: counter(metrics.SweepSendFailures, "replication.requested events the Broker did not take."),
+	}
+	reg.MustRegister(m.started, m.finished, m.listed, m.listFailures, m.examined, m.requested, m.skipped, m.batches, m.sendFailures)
+	// Known label values start at zero, so rate() and alerts see them.
+	m.finished.WithLabelValues("completed")
+	m.finished.WithLabelValues("abandoned")
+	for _, r := range []Reason{ReasonPending, ReasonFailed, ReasonStale, ReasonNever} {
+		m.requested.WithLabelValues(string(r))
+	}
+	for _, r := range []string{SkipBadUser, SkipExcluded, SkipInProgress, SkipRetryNotDue} {
+		m.skipped.WithLabelValues(r)
+	}
+	return m
+}
+
+// StatusReader reads the sweep's progress; *state.Store is one.
+type StatusReader interface {
+	SweepStatus(ctx context.Context) (state.SweepStatus, error)
+}
+
+// statusCollector reads the sweep's progress from Redis at scrape time, so
+// every instance reports the same, current values whichever ran the sweep.
+type statusCollector struct {
+	r                                   StatusReader
+	lastStart, lastEnd, running, pos, n *prometheus.Desc
+}
+
+// NewStatusCollector returns the collector of the sweep gauges: the last
+// completed sweep's start and end, whether one runs, and its progress.
+func NewStatusCollector(r StatusReader) prometheus.Collector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "", name), help, nil, nil)
+	}
+	return &statusCollector{r: r,
+		lastStart: d(metrics.SweepLastStart, "Start of the last completed sweep (Unix seconds; 0: none yet)."),
+		lastEnd:   d(metrics.SweepLastEnd, "End of the last completed sweep (Unix seconds; 0: none yet)."),
+		running:   d(metrics.SweepRunning, "1 while a sweep runs."),
+		pos:       d(metrics.SweepPosition, "Candidates the running or last sweep has examined."),
+		n:         d(metrics.SweepCandidates, "Candidates of the running or last sweep (-1 while it lists users)."),
+	}
+}
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.lastStart, c.lastEnd, c.running, c.pos, c.n} {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := c.r.SweepStatus(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.lastEnd, err)
+		return
+	}
+	secs := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
+		}
+		return float64(t.UnixMilli()) / 1000
+	}
+	running := 0.0
+	if st.Running {
+		running = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.lastStart, prometheus.GaugeValue, secs(st.LastCompletedStart))
+	ch <- prometheus.MustNewConstMetric(c.lastEnd, prometheus.GaugeValue, secs(st.LastCompletedEnd))
+	ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, running)
+	ch <- prometheus.MustNewConstMetric(c.pos, prometheus.GaugeValue, float64(st.Offset))
+	ch <- prometheus.MustNewConstMetric(c.n, prometheus.GaugeValue, float64(st.Total))
+}

@@ -1,0 +1,352 @@
+package sweep
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+func TestStep_RequestsEachCandidateOnceWithItsReason(t *testing.T) { testReasons(t, false) }
+
+// The same on a real Redis: its Lua is not miniredis's.
+func TestIntegrationRedis_RequestsEachCandidateOnceWithItsReason(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a real redis-server")
+	}
+	testReasons(t, true)
+}
+
+func testReasons(t *testing.T, realRedis bool) {
+	f := newFixture(t, testOptions(), "fresh", "pending", "failed", "failing", "stale", "never", "excluded", "busy", "-bad", "a*b", "tab\tname")
+	if realRedis {
+		f.useRealRedis(t)
+	}
+	ctx := context.Background()
+	for _, u := range []string{"fresh", "pending", "failed", "failing", "excluded", "busy"} {
+		f.synced(t, u, time.Hour, true)
+	}
+	f.synced(t, "stale", 25*time.Hour, true)
+	_ = f.st.MarkPending(ctx, "pending", "mail-b", f.now().Add(-time.Minute))
+	_ = f.st.MarkPending(ctx, "gone-from-listing", "", f.now().Add(-time.Minute)) // pending, no host lists it
+	f.failed(t, "failed", 10*time.Minute)
+	f.failed(t, "failing", time.Minute)
+	_ = f.st.Exclude(ctx, "excluded")
+	_ = f.st.MarkPending(ctx, "excluded", "mail-a", f.now())
+	f.rdb.Set(ctx, state.LockKey("busy"), "someone", time.Minute)
+	_ = f.st.MarkPending(ctx, "busy", "mail-a", f.now())
+
+	steps := f.run(t)
+
+	got := byUser(t, f.snd.all())
+	want := map[string]struct {
+		reason Reason
+		full   bool
+		host   string
+	}{
+		"pending":           {ReasonPending, false, "mail-b"},
+		"gone-from-listing": {ReasonPending, true, ""}, // never synced: its full sync is due too
+		"failed":            {ReasonFailed, false, "mail-a"},
+		"stale":             {ReasonStale, true, "mail-a"},
+		"never":             {ReasonNever, true, "mail-a"},
+	}
+	if len(got) != len(want) {
+		t.Errorf("requested %v, want %d users", users(got), len(want))
+	}
+	for u, w := range want {
+		r, ok := got[u]
+		if !ok || r.Reason != w.reason || r.Full != w.full || r.Host != w.host || r.Sweep != steps[0].Sweep || r.Time.IsZero() {
+			t.Errorf("%s: %+v, want %+v", u, r, w)
+		}
+	}
+	if steps[0].Outcome != Started || steps[len(steps)-1].Outcome != Finished || len(steps) != 3 {
+		t.Errorf("steps %+v", steps)
+	}
+	st := f.status(t)
+	if st.Running || st.Finished.IsZero() || st.Total != 9 || st.Offset != 9 || st.Listed != 11 ||
+		st.LastCompletedEnd.IsZero() || st.LastCompletedStart.IsZero() {
+		t.Errorf("status %+v", st)
+	}
+	for k, n := range map[string]int64{"requested_pending": 2, "requested_failed": 1, "requested_stale": 1, "requested_never": 1,
+		"skipped_bad_user": 3, "skipped_excluded": 1, "skipped_in_progress": 1, "skipped_retry_not_due": 1} {
+		if st.Counts[k] != n {
+			t.Errorf("status counts[%s] = %d, want %d (%v)", k, st.Counts[k], n, st.Counts)
+		}
+	}
+	m := f.sw.m
+	if testutil.ToFloat64(m.started) != 1 || testutil.ToFloat64(m.finished.WithLabelValues("completed")) != 1 ||
+		testutil.ToFloat64(m.requested.WithLabelValues("pending")) != 2 || testutil.ToFloat64(m.skipped.WithLabelValues(SkipBadUser)) != 3 ||
+		testutil.ToFloat64(m.listed.WithLabelValues("mail-a")) != 11 || testutil.ToFloat64(m.examined) != 9 ||
+		testutil.ToFloat64(m.batches) != float64(len(steps)-1) {
+		t.Errorf("metrics: started %v finished %v pending %v bad %v listed %v examined %v batches %v",
+			testutil.ToFloat64(m.started), testutil.ToFloat64(m.finished.WithLabelValues("completed")),
+			testutil.ToFloat64(m.requested.WithLabelValues("pending")), testutil.ToFloat64(m.skipped.WithLabelValues(SkipBadUser)),
+			testutil.ToFloat64(m.listed.WithLabelValues("mail-a")), testutil.ToFloat64(m.examined), testutil.ToFloat64(m.batches))
+	}
+	// The sweep's own keys are gone; the full-sync record stays.
+	if n, _ := f.rdb.Exists(ctx, state.SweepLockKey, state.SweepClaimKey, state.SweepUsersKey(steps[0].Sweep)).Result(); n != 0 {
+		t.Errorf("%d sweep keys left", n)
+	}
+	if n, _ := f.rdb.ZCard(ctx, state.SweepFullKey).Result(); n != 3 {
+		t.Errorf("%d full-sync records, want 3", n)
+	}
+}
+
+func TestStep_ASecondSweepRequestsOnlyWhatIsStillDue(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3")
+	f.run(t)
+	if n := len(f.snd.all()); n != 3 {
+		t.Fatalf("first sweep: %d requests", n)
+	}
+	// Nothing ran the requested syncs: the full ones are not asked again
+	// within the interval (Dovecot's last_full_sync rule)...
+	f.run(t)
+	if n := len(f.snd.all()); n != 3 {
+		t.Errorf("second sweep asked again: %d requests", n)
+	}
+	// ...but one interval later they are.
+	f.mr.SetTime(time.Now().Add(25 * time.Hour))
+	f.run(t)
+	if n := len(f.snd.all()); n != 6 {
+		t.Errorf("a day later: %d requests, want 6", n)
+	}
+}
+
+func TestStep_OneSweepAtATime(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5")
+	ctx := context.Background()
+	first, err := f.sw.Step(ctx, "schedule", nil)
+	if err != nil || first.Outcome != Started || first.Next == nil {
+		t.Fatalf("first: %+v %v", first, err)
+	}
+
+	second, err := f.sw.Step(ctx, "cli", nil)
+
+	if err != nil || second.Outcome != Running || second.Next != nil || second.Sweep != first.Sweep {
+		t.Fatalf("second while the first runs: %+v %v", second, err)
+	}
+	if f.dove.ListCalls() != 1 {
+		t.Errorf("listed %d times", f.dove.ListCalls())
+	}
+	// The first goes on to its end; then a new one may start.
+	c := first.Next
+	for c != nil {
+		res, err := f.sw.Step(ctx, "", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = res.Next
+	}
+	if third, _ := f.sw.Step(ctx, "cli", nil); third.Outcome != Started || third.Sweep == first.Sweep {
+		t.Errorf("after the first finished: %+v", third)
+	}
+}
+
+func TestStep_LostContinuationStopsBlockingAfterTheLockTTL(t *testing.T) {
+	o := testOptions()
+	o.LockTTL = time.Minute
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, _ := f.sw.Step(ctx, "schedule", nil)
+	batch, err := f.sw.Step(ctx, "", first.Next)
+	if err != nil || batch.Next == nil {
+		t.Fatalf("batch: %+v %v", batch, err)
+	}
+	// batch.Next is lost. Within the TTL the sweep still counts as running.
+	if r, _ := f.sw.Step(ctx, "schedule", nil); r.Outcome != Running {
+		t.Fatalf("within the TTL: %+v", r)
+	}
+	f.mr.FastForward(o.LockTTL + time.Second)
+
+	r, err := f.sw.Step(ctx, "schedule", nil)
+
+	if err != nil || r.Outcome != Started || r.Sweep == first.Sweep {
+		t.Fatalf("after the TTL: %+v %v", r, err)
+	}
+	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("abandoned")); got != 1 {
+		t.Errorf("abandoned sweeps %v", got)
+	}
+	if n, _ := f.rdb.Exists(ctx, state.SweepUsersKey(first.Sweep)).Result(); n != 0 {
+		t.Error("the abandoned sweep's candidates were kept")
+	}
+	// The lost continuation, delivered late after all, changes nothing.
+	before := len(f.snd.all())
+	if late, err := f.sw.Step(ctx, "", batch.Next); err != nil || late.Outcome != Stale || len(f.snd.all()) != before {
+		t.Errorf("late continuation: %+v %v", late, err)
+	}
+}
+
+func TestStep_LateContinuationTakesBackAnExpiredLockIfNoSweepReplacedIt(t *testing.T) {
+	o := testOptions()
+	o.LockTTL = time.Minute
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, _ := f.sw.Step(ctx, "schedule", nil)
+	f.mr.FastForward(o.LockTTL + time.Second) // the continuation took long
+
+	res, err := f.sw.Step(ctx, "", first.Next)
+
+	if err != nil || res.Outcome != Batched {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if r, _ := f.sw.Step(ctx, "schedule", nil); r.Outcome != Running {
+		t.Errorf("the lock was not taken back: %+v", r)
+	}
+}
+
+func TestStep_DuplicateContinuationIsDroppedOrRetried(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, _ := f.sw.Step(ctx, "schedule", nil)
+	// Another invocation holds the batch right now: the Broker must try
+	// again later (503), not drop the continuation.
+	f.rdb.Set(ctx, state.SweepClaimKey, "other-invocation", time.Minute)
+	if _, err := f.sw.Step(ctx, "", first.Next); !errors.Is(err, ErrBusy) {
+		t.Fatalf("claimed batch: %v", err)
+	}
+	f.rdb.Del(ctx, state.SweepClaimKey)
+	res, err := f.sw.Step(ctx, "", first.Next)
+	if err != nil || res.Outcome != Batched {
+		t.Fatalf("batch: %+v %v", res, err)
+	}
+	sent := len(f.snd.all())
+
+	dup, err := f.sw.Step(ctx, "", first.Next)
+
+	if err != nil || dup.Outcome != Duplicate || dup.Next != nil || len(f.snd.all()) != sent {
+		t.Errorf("redelivered continuation: %+v %v, %d requests (was %d)", dup, err, len(f.snd.all()), sent)
+	}
+}
+
+func TestStep_ListingCutOffIsListedAgain(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2")
+	ctx := context.Background()
+	// An invocation began a sweep and died while listing.
+	if _, err := f.st.SweepBegin(ctx, "dead-listing", "tok", "schedule", time.Hour, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := f.sw.Step(ctx, "schedule", nil); r.Outcome != Running {
+		t.Fatalf("while its claim lives: %+v", r)
+	}
+	f.mr.FastForward(31 * time.Second)
+
+	r, err := f.sw.Step(ctx, "schedule", nil)
+
+	if err != nil || r.Outcome != Started || r.Sweep != "dead-listing" || r.Next == nil {
+		t.Fatalf("after the claim expired: %+v %v", r, err)
+	}
+}
+
+func TestStep_BrokerRefusalEndsTheBatchAndTheRestFollows(t *testing.T) {
+	o := testOptions()
+	o.BatchSize = 4
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6")
+	refused := 0
+	f.snd.fail = func(r Request) error {
+		if r.User == "u3" && refused == 0 {
+			refused++
+			return errBroker
+		}
+		return nil
+	}
+
+	steps := f.run(t)
+
+	got := f.snd.all()
+	seen := map[string]int{}
+	for _, r := range got {
+		seen[r.User]++
+	}
+	for _, u := range []string{"u1", "u2", "u3", "u4", "u5", "u6"} {
+		if seen[u] < 1 || seen[u] > 2 {
+			t.Errorf("%s requested %d times", u, seen[u])
+		}
+	}
+	if seen["u1"] != 1 || seen["u2"] != 1 {
+		t.Errorf("requests before the refused one were sent again: %v", seen)
+	}
+	if testutil.ToFloat64(f.sw.m.sendFailures) != 1 || f.status(t).Counts["send_failures"] != 1 {
+		t.Errorf("send failures not counted")
+	}
+	if steps[len(steps)-1].Outcome != Finished {
+		t.Errorf("steps %+v", steps)
+	}
+}
+
+func TestStep_AHostThatCannotBeListedLeavesPendingAndFailedUsers(t *testing.T) {
+	f := newFixture(t, testOptions())
+	f.dove.RespondList = func() doveadmtest.Reply { return doveadmtest.Reply{ExitCode: 75} }
+	ctx := context.Background()
+	_ = f.st.MarkPending(ctx, "p1", "mail-a", f.now())
+	f.synced(t, "f1", time.Hour, true)
+	f.failed(t, "f1", time.Hour)
+
+	f.run(t)
+
+	got := byUser(t, f.snd.all())
+	if len(got) != 2 || got["p1"].Reason != ReasonPending || got["f1"].Reason != ReasonFailed {
+		t.Errorf("requested %+v", got)
+	}
+	if testutil.ToFloat64(f.sw.m.listFailures.WithLabelValues("mail-a")) != 1 {
+		t.Error("list failure not counted")
+	}
+}
+
+func TestStep_NothingToSweepFinishesAtOnce(t *testing.T) {
+	f := newFixture(t, testOptions())
+	steps := f.run(t)
+	if len(steps) != 1 || steps[0].Outcome != Finished || f.status(t).LastCompletedEnd.IsZero() {
+		t.Errorf("steps %+v status %+v", steps, f.status(t))
+	}
+}
+
+func TestStep_EachUserOnceFromTheFirstHostThatListsIt(t *testing.T) {
+	f := newFixture(t, testOptions(), "both", "only-a")
+	b := doveadmtest.NewServer(t, "mail-b", nil)
+	b.SetUsers("both", "only-b")
+	f.build(t, []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}, {Name: "mail-b", Endpoint: endpoint(b)}})
+
+	f.run(t)
+
+	got := byUser(t, f.snd.all())
+	if got["both"].Host != "mail-a" || got["only-a"].Host != "mail-a" || got["only-b"].Host != "mail-b" || len(got) != 3 {
+		t.Errorf("requests %+v", got)
+	}
+}
+
+func TestStep_RedisDownIsAnError(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1")
+	f.mr.Close()
+	_, err := f.sw.Step(context.Background(), "schedule", nil)
+	if err == nil || errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "redis") {
+		t.Errorf("err %v", err)
+	}
+	if _, err := f.sw.Step(context.Background(), "", &Cursor{Sweep: "x", Offset: 3}); err == nil {
+		t.Error("batch without redis: no error")
+	}
+}
+
+func TestStatusCollector(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1")
+	f.reg.MustRegister(NewStatusCollector(f.st))
+	f.run(t)
+	st := f.status(t)
+	n, err := testutil.GatherAndCount(f.reg, "dovewarden_sweep_last_end_timestamp_seconds", "dovewarden_sweep_running")
+	if err != nil || n != 2 {
+		t.Fatalf("gathered %d, %v", n, err)
+	}
+	mfs, _ := f.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "dovewarden_sweep_last_end_timestamp_seconds" {
+			if v := mf.GetMetric()[0].GetGauge().GetValue(); int64(v) != st.LastCompletedEnd.Unix() {
+				t.Errorf("last end %v, want %v", v, st.LastCompletedEnd.Unix())
+			}
+		}
+	}
+}
