@@ -1,0 +1,133 @@
+package contract
+
+import (
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/google/uuid"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+)
+
+// SourceSweep is the source of the replication requests the sweep sends.
+const SourceSweep = "dovewarden/sweep"
+
+// SweepRequested is the data of TypeSweepRequested: list users and request
+// the stale, failed and pending ones. Without Sweep it asks for a new sweep
+// (the PingSource, the CLI); with it, it is the sync function's own
+// continuation of a running sweep at Offset.
+type SweepRequested struct {
+	// Reason says who asked, for logs: "schedule" (the PingSource), "cli".
+	// Continuations carry the sweep's original reason.
+	Reason string `json:"reason,omitempty"`
+	// Sweep is the running sweep's id (continuations only).
+	Sweep string `json:"sweep,omitempty"`
+	// Offset is the position in the sweep's candidate list where the next
+	// batch starts (continuations only).
+	Offset int64 `json:"offset,omitempty"`
+}
+
+// Bounds of SweepRequested's fields: ids are the sync function's own
+// (e.g. 20261129T101700Z-3f2a9c), reasons free text for logs.
+const (
+	maxSweepID     = 64
+	maxSweepReason = 200
+)
+
+// sweepIDSpace makes continuation and request ids deterministic, so a
+// resent one can be recognised.
+var sweepIDSpace = uuid.MustParse("0c7b8e62-5a51-4f0e-8a8e-73776565703a")
+
+// SweepRequest makes a TypeSweepRequested event asking for a new sweep;
+// source names the asker (e.g. "dovewarden/cli").
+func SweepRequest(reason, source string) (cloudevents.Event, error) {
+	return sweepEvent(uuid.NewString(), source, SweepRequested{Reason: reason})
+}
+
+// SweepContinuation makes the TypeSweepRequested event that asks for the
+// batch at offset of a running sweep; the sync function replies with it.
+func SweepContinuation(sweep string, offset int64, reason, source string) (cloudevents.Event, error) {
+	id := uuid.NewSHA1(sweepIDSpace, fmt.Appendf(nil, "continue/%s/%d", sweep, offset)).String()
+	return sweepEvent(id, source, SweepRequested{Reason: reason, Sweep: sweep, Offset: offset})
+}
+
+func sweepEvent(id, source string, d SweepRequested) (cloudevents.Event, error) {
+	ev := cloudevents.NewEvent()
+	ev.SetID(id)
+	ev.SetType(TypeSweepRequested)
+	ev.SetSource(source)
+	ev.SetTime(time.Now())
+	// Like the PingSource's: a sweep is bulk work.
+	ev.SetExtension(ExtPriority, string(change.Low))
+	if err := checkSweep(d); err != nil {
+		return ev, err
+	}
+	if err := ev.SetData(cloudevents.ApplicationJSON, d); err != nil {
+		return ev, fmt.Errorf("encode sweep request: %w", err)
+	}
+	return ev, ev.Validate()
+}
+
+// ToSweep reads a TypeSweepRequested event's data. No data at all asks for
+// a new sweep.
+func ToSweep(ev cloudevents.Event) (SweepRequested, error) {
+	var d SweepRequested
+	if ev.Type() != TypeSweepRequested {
+		return d, fmt.Errorf("event type %q is not %s", ev.Type(), TypeSweepRequested)
+	}
+	if len(ev.Data()) > 0 {
+		if err := ev.DataAs(&d); err != nil {
+			return d, fmt.Errorf("data of event %s: %w", ev.ID(), err)
+		}
+	}
+	if err := checkSweep(d); err != nil {
+		return d, fmt.Errorf("event %s: %w", ev.ID(), err)
+	}
+	return d, nil
+}
+
+// checkSweep keeps what reaches Redis keys and logs plain.
+func checkSweep(d SweepRequested) error {
+	if len(d.Sweep) > maxSweepID {
+		return fmt.Errorf("sweep id of %d bytes exceeds %d", len(d.Sweep), maxSweepID)
+	}
+	for i := 0; i < len(d.Sweep); i++ {
+		c := d.Sweep[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("sweep id %q: only letters, digits and - _ . are allowed", d.Sweep)
+		}
+	}
+	if d.Offset < 0 || (d.Offset > 0 && d.Sweep == "") {
+		return fmt.Errorf("sweep offset %d: want 0 or more, and only with a sweep id", d.Offset)
+	}
+	if len(d.Reason) > maxSweepReason || !utf8.ValidString(d.Reason) {
+		return fmt.Errorf("sweep reason: want at most %d bytes of UTF-8", maxSweepReason)
+	}
+	for _, r := range d.Reason {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("sweep reason %q has a control character", d.Reason)
+		}
+	}
+	return nil
+}
+
+// SweepReplication makes the TypeReplicationRequested event the sweep
+// sends for one user: low priority (the bulk lane), time at (when the sweep
+// decided: a dsync that started after it covers the request), reason
+// "sweep:<why>", and an id derived from the sweep and the user, so a
+// request sent again when a batch is retried is the same event.
+func SweepReplication(sweep string, req change.Request, why string) (cloudevents.Event, error) {
+	req.ID = uuid.NewSHA1(sweepIDSpace, fmt.Appendf(nil, "request/%s/%s", sweep, req.User)).String()
+	req.Priority = change.Low
+	ev, err := Requested(req, SourceSweep)
+	if err != nil {
+		return ev, fmt.Errorf("sweep request of %q: %w", req.User, err)
+	}
+	data := ReplicationRequested{User: req.User, Host: req.Host, Full: req.Full, Priority: string(change.Low), Reason: "sweep:" + why}
+	if err := ev.SetData(cloudevents.ApplicationJSON, data); err != nil {
+		return ev, fmt.Errorf("encode sweep request of %q: %w", req.User, err)
+	}
+	return ev, nil
+}

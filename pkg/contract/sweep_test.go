@@ -1,0 +1,102 @@
+package contract
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+)
+
+func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
+	ev, err := SweepRequest("cli", "dovewarden/cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type() != TypeSweepRequested || ev.Source() != "dovewarden/cli" || ev.Extensions()[ExtPriority] != "low" || ev.ID() == "" {
+		t.Errorf("request %v", ev)
+	}
+	d, err := ToSweep(ev)
+	if err != nil || d != (SweepRequested{Reason: "cli"}) {
+		t.Errorf("ToSweep = %+v, %v", d, err)
+	}
+
+	c1, err := SweepContinuation("20261129T101700Z-3f2a9c", 500, "schedule", "dovewarden/sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := SweepContinuation("20261129T101700Z-3f2a9c", 500, "schedule", "dovewarden/sync")
+	c3, _ := SweepContinuation("20261129T101700Z-3f2a9c", 1000, "schedule", "dovewarden/sync")
+	if c1.ID() != c2.ID() || c1.ID() == c3.ID() {
+		t.Errorf("continuation ids %s %s %s: want equal for one cursor, different for another", c1.ID(), c2.ID(), c3.ID())
+	}
+	d, err = ToSweep(c1)
+	if err != nil || d != (SweepRequested{Reason: "schedule", Sweep: "20261129T101700Z-3f2a9c", Offset: 500}) {
+		t.Errorf("ToSweep = %+v, %v", d, err)
+	}
+}
+
+func TestToSweep_PingSourceDataAndNoData(t *testing.T) {
+	ping := cloudevents.NewEvent()
+	ping.SetID("p")
+	ping.SetSource("/apis/v1/namespaces/mail/pingsources/dovewarden-sweep")
+	ping.SetType(TypeSweepRequested)
+	_ = ping.SetData("application/json", []byte(`{"reason":"schedule"}`))
+	if d, err := ToSweep(ping); err != nil || d.Reason != "schedule" || d.Sweep != "" {
+		t.Errorf("PingSource: %+v, %v", d, err)
+	}
+	ping.DataEncoded = nil
+	if d, err := ToSweep(ping); err != nil || d != (SweepRequested{}) {
+		t.Errorf("no data: %+v, %v", d, err)
+	}
+}
+
+func TestToSweep_RefusesBadData(t *testing.T) {
+	for name, tt := range map[string]struct {
+		data string
+		want string
+	}{
+		"not json":          {`{nope`, "data of event"},
+		"hostile id":        {`{"sweep":"a b/../c"}`, "only letters"},
+		"long id":           {`{"sweep":"` + strings.Repeat("a", 65) + `"}`, "exceeds"},
+		"negative offset":   {`{"sweep":"s","offset":-1}`, "offset"},
+		"offset without id": {`{"offset":7}`, "offset"},
+		"control in reason": {`{"reason":"a\nb"}`, "control"},
+		"offset as string":  {`{"sweep":"s","offset":"7"}`, "data of event"},
+	} {
+		ev := cloudevents.NewEvent()
+		ev.SetID("x")
+		ev.SetSource("s")
+		ev.SetType(TypeSweepRequested)
+		_ = ev.SetData("application/json", []byte(tt.data))
+		if _, err := ToSweep(ev); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err %v, want %q", name, err, tt.want)
+		}
+	}
+}
+
+func TestSweepReplication(t *testing.T) {
+	at := time.Date(2026, 11, 29, 10, 17, 0, 0, time.UTC)
+	ev, err := SweepReplication("s1", change.Request{User: "u1", Host: "mail-b", Full: true, Time: at}, "stale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := SweepReplication("s1", change.Request{User: "u1", Time: at.Add(time.Minute)}, "stale")
+	if ev.ID() != again.ID() {
+		t.Errorf("ids %s and %s: a request sent again must keep its id", ev.ID(), again.ID())
+	}
+	if ev.Type() != TypeReplicationRequested || ev.Source() != SourceSweep || ev.Subject() != "u1" ||
+		ev.Extensions()[ExtPriority] != "low" || !ev.Time().Equal(at) {
+		t.Errorf("event %v", ev)
+	}
+	var d ReplicationRequested
+	if err := ev.DataAs(&d); err != nil || d != (ReplicationRequested{User: "u1", Host: "mail-b", Full: true, Priority: "low", Reason: "sweep:stale"}) {
+		t.Errorf("data %+v, %v", d, err)
+	}
+	req, err := ToRequest(ev)
+	if err != nil || req.User != "u1" || req.Host != "mail-b" || !req.Full || req.Priority != change.Low || !req.Time.Equal(at) {
+		t.Errorf("sync reads it as %+v, %v", req, err)
+	}
+}
