@@ -15,6 +15,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
 )
 
 // Build wires the sync handler from a validated Config: Redis (scripts
@@ -33,11 +34,15 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		st.Close()
 		return nil, nil, fmt.Errorf("redis-url %s: %w", redactURL(cfg.RedisURL), err)
 	}
-	var tr doveadm.Transport = doveadm.NewHTTP(nil, cfg.DsyncTimeout)
+	httpTr := doveadm.NewHTTP(nil, cfg.DsyncTimeout)
+	var tr doveadm.Transport = httpTr
+	var lister doveadm.Lister = httpTr
 	if cfg.Transport == doveadm.TransportExec {
-		tr = doveadm.NewExec(cfg.DoveadmBin, cfg.DsyncTimeout)
+		x := doveadm.NewExec(cfg.DoveadmBin, cfg.DsyncTimeout)
+		tr, lister = x, x
 	}
 	var notify replicator.Notifier
+	var sweeper Sweeper
 	if cfg.ResultsSink != "" {
 		snd, err := sink.New(sink.Options{URL: cfg.ResultsSink, Overrides: cfg.CEOverrides,
 			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond})
@@ -46,14 +51,18 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 			return nil, nil, fmt.Errorf("results-sink: %w", err)
 		}
 		notify = NewSinkNotifier(snd, cfg.Source, reg, log)
+		// The sweep's requests go the same way as the failure events.
+		sweeper = sweep.New(cfg.Sweep.options(), st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(snd), reg, log)
+	} else {
+		log.Warn("no results sink (--results-sink, K_SINK): sweep.requested events will be refused")
 	}
 	repl := replicator.New(replicator.Options{
 		Owner: cfg.Instance, LockTTL: cfg.LockTTL, ClockSkew: cfg.ClockSkew, MaxAttempts: cfg.MaxAttempts,
 		Backoff: cfg.RetryBackoff, MaxBackoff: cfg.RetryBackoffMax, RunAgainDelay: cfg.RunAgainDelay,
 		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
 	}, st, tr, cfg.HostMap(), notify, reg, log)
-	reg.MustRegister(NewUsersCollector(st))
-	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody}, repl, reg, log)
+	reg.MustRegister(NewUsersCollector(st), sweep.NewStatusCollector(st))
+	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
 		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout)
 	return h, st.Close, nil

@@ -55,6 +55,8 @@ type Config struct {
 	Source            string
 	Instance          string
 
+	Sweep SweepConfig
+
 	// hostMap is built by Load from the doveadm settings and the file.
 	hostMap doveadm.HostMap
 }
@@ -92,6 +94,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.Source, "source", DefaultSource, "CloudEvent source of the result events")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.Instance, "instance", host, "name of this instance in the status record (in progress by)")
+	c.Sweep.registerFlags(fs)
 }
 
 // Load parses args and the environment into a validated Config.
@@ -199,6 +202,7 @@ func (c *Config) Validate() error {
 	if c.Source == "" {
 		errs = append(errs, errors.New("source: must not be empty"))
 	}
+	errs = append(errs, c.Sweep.validate(c.RequestTimeout)...)
 	return errors.Join(errs...)
 }
 

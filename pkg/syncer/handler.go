@@ -1,6 +1,8 @@
 // Package syncer is the sync function: a CloudEvents receiver for
 // mailbox.changed and replication.requested events that runs them through
-// the replicator and answers with replication.succeeded/failed events.
+// the replicator and answers with replication.succeeded/failed events, and
+// for sweep.requested events, which run the periodic sweep a batch at a
+// time.
 //
 // Handler.Handle is the one entry point, a plain Go method on a CloudEvent;
 // the HTTP receiver (ServeHTTP), the func-CLI function and an embedded
@@ -37,6 +39,8 @@ type Options struct {
 	Budget time.Duration
 	// MaxBody bounds a request body (ServeHTTP).
 	MaxBody int64
+	// Sweeper runs sweep.requested events; nil refuses them (400).
+	Sweeper Sweeper
 }
 
 // Handler handles replication events.
@@ -74,7 +78,8 @@ const (
 	rejectPath     = "path"
 )
 
-// Handle decides and runs the replication an event asks for. It returns:
+// Handle decides and runs the replication an event asks for, or one step of
+// the sweep for a sweep.requested (handleSweep). It returns:
 //   - a result event and nil: a dsync ran; the event (succeeded, or failed
 //     after its last attempt) is the reply (HTTP 200);
 //   - nil, nil: acknowledged with no dsync of its own (covered, merged
@@ -89,6 +94,8 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	}
 	switch ev.Type() {
 	case contract.TypeMailboxChanged, contract.TypeReplicationRequested:
+	case contract.TypeSweepRequested:
+		return h.handleSweep(ctx, ev)
 	default:
 		return nil, h.reject(rejectType, "event type %q is not handled by sync (want %s or %s)",
 			ev.Type(), contract.TypeMailboxChanged, contract.TypeReplicationRequested)

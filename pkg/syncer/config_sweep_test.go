@@ -1,0 +1,62 @@
+package syncer
+
+import (
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+var minimalEnv = map[string]string{
+	"DOVEWARDEN_REDIS_URL": "redis://r:6379", "DOVEWARDEN_DOVEADM_URL": "http://mail-a:8080/doveadm/v1",
+	"DOVEWARDEN_DOVEADM_PASSWORD": "pa", "DOVEWARDEN_DESTINATION": "tcp:mail-b:12345",
+}
+
+func withEnv(extra map[string]string) func(string) string {
+	m := map[string]string{}
+	for k, v := range minimalEnv {
+		m[k] = v
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return env(m)
+}
+
+func TestLoad_SweepDefaultsLikeDovecot(t *testing.T) {
+	c, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, withEnv(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SweepConfig{FullSyncInterval: 24 * time.Hour, FailedRetryInterval: 5 * time.Minute, BatchSize: 500,
+		BatchInterval: time.Second, Budget: 20 * time.Second, LockTTL: 5 * time.Minute}
+	if c.Sweep != want {
+		t.Errorf("sweep %+v, want %+v", c.Sweep, want)
+	}
+	c, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), []string{"--full-sync-interval=0", "--sweep-batch-size=50"}, withEnv(map[string]string{
+		"DOVEWARDEN_SWEEP_BUDGET": "10s", "DOVEWARDEN_SWEEP_LOCK_TTL": "1m",
+	}))
+	if err != nil || c.Sweep.FullSyncInterval != 0 || c.Sweep.BatchSize != 50 || c.Sweep.Budget != 10*time.Second || c.Sweep.LockTTL != time.Minute {
+		t.Errorf("sweep %+v, %v", c.Sweep, err)
+	}
+}
+
+func TestLoad_SweepErrorsNameTheSetting(t *testing.T) {
+	_, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, withEnv(map[string]string{
+		"DOVEWARDEN_REQUEST_TIMEOUT":       "25s",
+		"DOVEWARDEN_WRITE_TIMEOUT":         "30s",
+		"DOVEWARDEN_DSYNC_TIMEOUT":         "20s",
+		"DOVEWARDEN_SWEEP_BUDGET":          "26s",
+		"DOVEWARDEN_SWEEP_BATCH_SIZE":      "0",
+		"DOVEWARDEN_SWEEP_BATCH_INTERVAL":  "20s",
+		"DOVEWARDEN_SWEEP_LOCK_TTL":        "30s",
+		"DOVEWARDEN_FULL_SYNC_INTERVAL":    "-1h",
+		"DOVEWARDEN_FAILED_RETRY_INTERVAL": "0s",
+	}))
+	for _, want := range []string{"sweep-budget 26s", "sweep-batch-size 0", "sweep-batch-interval 20s", "sweep-lock-ttl 30s",
+		"full-sync-interval -1h", "failed-retry-interval 0s"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}

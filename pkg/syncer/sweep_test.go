@@ -1,0 +1,191 @@
+package syncer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
+)
+
+// sweepFixture is the handler fixture with a sweeper whose requests go to
+// the fixture's fake Broker.
+type sweepFixture struct {
+	*fixture
+	sh  *Handler
+	ssv *httptest.Server
+}
+
+func newSweepFixture(t *testing.T, users ...string) *sweepFixture {
+	t.Helper()
+	f := newFixture(t)
+	f.dove.SetUsers(users...)
+	snd, err := sink.New(sink.Options{URL: brokerURL(t, f), Budget: time.Second, Retries: 1, Backoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := sweep.Defaults
+	o.BatchSize, o.BatchInterval = 2, 0
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hosts := doveadm.NewHostMap(doveadm.Endpoint{URL: f.dove.APIURL(), User: "doveadm", Password: f.dove.Password, Destination: "tcp:mail-b:12345"})
+	sw := sweep.New(o, f.st, doveadm.NewHTTP(nil, 5*time.Second), sweep.Sources(hosts), NewSinkSender(snd), reg, log)
+	sh := NewHandler(Options{Budget: 10 * time.Second, Sweeper: sw}, nil, reg, log)
+	mux := http.NewServeMux()
+	sh.Mount(mux)
+	ssv := httptest.NewServer(mux)
+	t.Cleanup(ssv.Close)
+	return &sweepFixture{fixture: f, sh: sh, ssv: ssv}
+}
+
+// brokerURL serves the fixture's fake Broker on its own server.
+func brokerURL(t *testing.T, f *fixture) string {
+	srv := httptest.NewServer(f.broker)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// ping is the PingSource's event: binary mode, {"reason":"schedule"}.
+func ping(t *testing.T) cloudevents.Event {
+	t.Helper()
+	ev := cloudevents.NewEvent()
+	ev.SetID("ping-1")
+	ev.SetSource("/apis/v1/namespaces/mail/pingsources/dovewarden-sweep")
+	ev.SetType(contract.TypeSweepRequested)
+	ev.SetExtension("priority", "low")
+	if err := ev.SetData(cloudevents.ApplicationJSON, []byte(`{"reason":"schedule"}`)); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func (s *sweepFixture) post(t *testing.T, ev cloudevents.Event) (*http.Response, *cloudevents.Event, string) {
+	t.Helper()
+	req, err := cloudevents.NewHTTPRequestFromEvent(context.Background(), s.ssv.URL, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.do(t, req)
+}
+
+func requestedUsers(t *testing.T, evs []cloudevents.Event) map[string]contract.ReplicationRequested {
+	t.Helper()
+	out := map[string]contract.ReplicationRequested{}
+	for _, ev := range evs {
+		if ev.Type() != contract.TypeReplicationRequested {
+			continue
+		}
+		var d contract.ReplicationRequested
+		if err := ev.DataAs(&d); err != nil {
+			t.Fatal(err)
+		}
+		if _, dup := out[d.User]; dup {
+			t.Errorf("%s requested twice", d.User)
+		}
+		out[d.User] = d
+	}
+	return out
+}
+
+func TestHandle_SweepRequestedRunsBatchByBatchThroughContinuations(t *testing.T) {
+	s := newSweepFixture(t, "u1", "u2", "u3", "u4", "u5")
+	_ = s.st.MarkPending(context.Background(), "p1", "mail-a", time.Now())
+
+	ev := ping(t)
+	var steps int
+	for ; steps < 20; steps++ {
+		resp, reply, body := s.post(t, ev)
+		if resp.StatusCode == http.StatusAccepted {
+			break
+		}
+		if resp.StatusCode != http.StatusOK || reply == nil || reply.Type() != contract.TypeSweepRequested ||
+			reply.Source() != DefaultSource || reply.Extensions()["priority"] != "low" {
+			t.Fatalf("step %d: %d %v %q", steps, resp.StatusCode, reply, body)
+		}
+		var d contract.SweepRequested
+		if err := reply.DataAs(&d); err != nil || d.Sweep == "" || d.Reason != "schedule" {
+			t.Fatalf("continuation data %+v, %v", d, err)
+		}
+		ev = *reply
+	}
+
+	got := requestedUsers(t, s.broker.all())
+	if len(got) != 6 || got["p1"].Reason != "sweep:pending" || !got["u1"].Full || got["u1"].Reason != "sweep:never" || got["u1"].Priority != "low" {
+		t.Errorf("requested %+v", got)
+	}
+	// The listing and two batches answer 200 with a continuation; the third
+	// batch (6 candidates, 2 a batch) finishes and answers 202.
+	if steps != 3 {
+		t.Errorf("%d continuations, want 3", steps)
+	}
+	// The continuation of a finished sweep is stale: acknowledged, dropped.
+	resp, reply, _ := s.post(t, ev)
+	if resp.StatusCode != http.StatusAccepted || reply != nil {
+		t.Errorf("replayed last continuation: %d %v", resp.StatusCode, reply)
+	}
+	if n := len(s.dove.Tracker.Calls()); n != 0 {
+		t.Errorf("the sweep itself ran %d dsyncs", n)
+	}
+}
+
+func TestHandle_SweepRequestedWhileOneRunsIsCovered(t *testing.T) {
+	s := newSweepFixture(t, "u1", "u2", "u3")
+	resp, first, _ := s.post(t, ping(t))
+	if resp.StatusCode != 200 || first == nil {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	again := ping(t)
+	again.SetID("ping-2")
+
+	resp, reply, body := s.post(t, again)
+
+	if resp.StatusCode != http.StatusAccepted || reply != nil || body != "" {
+		t.Errorf("second: %d %v %q", resp.StatusCode, reply, body)
+	}
+}
+
+func TestHandle_SweepBadDataIs400AndBusyIs503(t *testing.T) {
+	s := newSweepFixture(t, "u1", "u2", "u3")
+	bad := ping(t)
+	_ = bad.SetData(cloudevents.ApplicationJSON, []byte(`{"sweep":"../x","offset":1}`))
+	if resp, _, body := s.post(t, bad); resp.StatusCode != 400 || !strings.Contains(body, "only letters") {
+		t.Errorf("bad cursor: %d %q", resp.StatusCode, body)
+	}
+	_, first, _ := s.post(t, ping(t))
+	s.mr.Set(state.SweepClaimKey, "another-invocation")
+	resp, _, body := s.post(t, *first)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "try again later") {
+		t.Errorf("busy: %d %q", resp.StatusCode, body)
+	}
+	s.mr.Close()
+	again := ping(t)
+	again.SetID("ping-3")
+	if resp, _, body := s.post(t, again); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "redis") {
+		t.Errorf("redis down: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestHandle_SweepStructuredMode(t *testing.T) {
+	s := newSweepFixture(t)
+	b, _ := json.Marshal(ping(t))
+	req, _ := http.NewRequest(http.MethodPost, s.ssv.URL, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/cloudevents+json")
+	// Nobody to sweep: finished at once.
+	if resp, reply, body := s.do(t, req); resp.StatusCode != http.StatusAccepted || reply != nil {
+		t.Errorf("%d %v %q", resp.StatusCode, reply, body)
+	}
+}
