@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Benchmark of `dovewarden local` (docs/benchmarks.md): dovewarden loadgen
+# posts Dovecot events to the all-in-one process, whose sync handler runs
+# every dsync against a zero-latency fake doveadm (internal/cmd/fakedoveadm)
+# with the embedded Redis. Everything stays on 127.0.0.1.
+#
+#   scripts/bench-local.sh                 # 20 s runs, 60 s memory run
+#   DURATION=10s SOAK=30s scripts/bench-local.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${DURATION:-20s}
+soak=${SOAK:-60s}
+bin=bin/dovewarden
+go build -o "$bin" ./cmd/dovewarden
+go build -o bin/fakedoveadm ./internal/cmd/fakedoveadm
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+bin/fakedoveadm --listen 127.0.0.1:18099 2>"$tmp/fake.log" &
+pids+=($!)
+DOVEWARDEN_DOVEADM_PASSWORD=bench DOVEWARDEN_REDIS_URL=${REDIS_URL:-} "$bin" local --listen 127.0.0.1:18080 --log-level error \
+	--doveadm-url http://127.0.0.1:18099/doveadm/v1 --destination tcp:127.0.0.1:1 ${LOCAL_FLAGS:-} 2>"$tmp/local.log" &
+pids+=($!)
+local_pid=$!
+for _ in $(seq 100); do
+	curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && break
+	sleep 0.1
+done
+
+echo "== throughput: as fast as possible, 16 connections, $duration"
+"$bin" loadgen --url http://127.0.0.1:18080/events --concurrency 16 --duration "$duration" --allow-errors
+echo "dsyncs run by the fake doveadm so far: $(curl -fsS http://127.0.0.1:18099/syncs)"
+echo
+echo "== latency at 5,000 events/s, 8 connections, $duration"
+"$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$duration" --allow-errors
+echo
+echo "== memory: 5,000 events/s for $soak, RSS of the local process every 10 s"
+"$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$soak" --allow-errors >"$tmp/soak.txt" &
+lg=$!
+while kill -0 "$lg" 2>/dev/null; do
+	printf '%s  %s\n' "$(date +%T)" "$(grep VmRSS "/proc/$local_pid/status")"
+	sleep 10
+done
+wait "$lg" || true
+cat "$tmp/soak.txt"
+grep VmHWM "/proc/$local_pid/status"
+curl -fsS http://127.0.0.1:18080/metrics | grep -E '^dovewarden_(ingest_send_failures_total|broker_.*rejected.*|sync_dsyncs_total)' || true
