@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+)
+
+func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
+	got := make(chan cloudevents.Event, 2)
+	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, err := cloudevents.NewEventFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		got <- *ev
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer broker.Close()
+	env, stdout, stderr := testEnv(map[string]string{
+		"K_SINK":            broker.URL,
+		"K_CE_OVERRIDES":    `{"extensions":{"region":"eu"}}`,
+		"DOVEWARDEN_REASON": "after-maintenance",
+	}, "")
+
+	if err := run(context.Background(), env, []string{"sweep"}); err != nil {
+		t.Fatalf("sweep: %v\n%s", err, stderr)
+	}
+
+	ev := <-got
+	d, err := contract.ToSweep(ev)
+	if err != nil || d.Reason != "after-maintenance" || d.Sweep != "" {
+		t.Errorf("data %+v, %v", d, err)
+	}
+	if ev.Source() != "dovewarden/cli" || ev.Extensions()["priority"] != "low" || ev.Extensions()["region"] != "eu" {
+		t.Errorf("event %v", ev)
+	}
+	if !strings.Contains(stdout.String(), "sweep.requested "+ev.ID()+" sent to "+broker.URL) {
+		t.Errorf("stdout %q", stdout)
+	}
+	if len(got) != 0 {
+		t.Error("more than one event")
+	}
+}
+
+func TestSweep_Failures(t *testing.T) {
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no", http.StatusBadRequest)
+	}))
+	defer refusing.Close()
+	withPassword := strings.Replace(refusing.URL, "http://", "http://u:hunter2@", 1)
+	for name, tt := range map[string]struct {
+		vars map[string]string
+		args []string
+		want string
+	}{
+		"no broker":       {nil, nil, "broker-url: not set"},
+		"not a url":       {nil, []string{"--broker-url", "ftp://x"}, "broker-url"},
+		"broker refuses":  {map[string]string{"K_SINK": withPassword}, nil, "HTTP 400"},
+		"bad reason":      {map[string]string{"K_SINK": refusing.URL}, []string{"--reason", "a\nb"}, "reason"},
+		"stray argument":  {map[string]string{"K_SINK": refusing.URL}, []string{"now"}, "unexpected argument"},
+		"no time to send": {map[string]string{"K_SINK": refusing.URL}, []string{"--timeout", "0s"}, "timeout"},
+	} {
+		env, _, _ := testEnv(tt.vars, "")
+		err := run(context.Background(), env, append([]string{"sweep"}, tt.args...))
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: err %v, want %q", name, err, tt.want)
+		}
+	}
+}
