@@ -80,7 +80,7 @@ func testOptions() Options {
 	return o
 }
 
-func newFixture(t *testing.T, o Options, users ...string) *fixture {
+func newFixture(t testing.TB, o Options, users ...string) *fixture {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
@@ -94,7 +94,7 @@ func newFixture(t *testing.T, o Options, users ...string) *fixture {
 
 // useRealRedis moves the fixture to a real redis-server (its miniredis
 // stays for the clock helpers only).
-func (f *fixture) useRealRedis(t *testing.T) {
+func (f *fixture) useRealRedis(t testing.TB) {
 	t.Helper()
 	srv := redistest.Start(t)
 	f.rdb = srv.Client(t)
@@ -103,7 +103,7 @@ func (f *fixture) useRealRedis(t *testing.T) {
 }
 
 // build (re)makes the sweeper over the fixture's store and sender.
-func (f *fixture) build(t *testing.T, sources []Source) {
+func (f *fixture) build(t testing.TB, sources []Source) {
 	t.Helper()
 	f.reg = prometheus.NewRegistry()
 	f.sw = New(f.opts, f.st, doveadm.NewHTTP(nil, 5*time.Second), sources, f.snd, f.reg, slog.New(slog.NewTextHandler(io.Discard, nil)))

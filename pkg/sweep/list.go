@@ -15,6 +15,28 @@ import (
 // never held whole in memory.
 const listChunk = 1000
 
+// listAttempts bounds the tries of one host's listing within a step.
+// Dovecot 2.4.1 fails a large `user '*'` now and then (exit code 65; its
+// log: "auth-worker: Aborted LIST request for *: Shutting down"), and a
+// second try usually passes; see docs/sync.md.
+const listAttempts = 3
+
+// retryList tells failures that may pass on another try from those that
+// need an admin (credentials, a doveadm that does not understand us).
+func retryList(err error) bool {
+	var de *doveadm.Error
+	if !errors.As(err, &de) {
+		return false
+	}
+	switch de.Kind {
+	case doveadm.KindTransport, doveadm.KindInternal:
+		return true
+	case doveadm.KindExitCode:
+		return de.ExitCode == 65 || de.ExitCode == 75
+	}
+	return false
+}
+
 // maxBadNameLogs bounds the log lines about refused names per listing; the
 // metric counts them all.
 const maxBadNameLogs = 10
@@ -90,6 +112,7 @@ func (s *Sweeper) list(ctx context.Context, id string) (state.SweepListing, erro
 	var l state.SweepListing
 	names := make([]string, len(s.sources))
 	buf := make([]string, 0, listChunk)
+	var bad int64 // bad names of the hosts done; an attempt that fails counts again
 	for i, src := range s.sources {
 		names[i] = src.Name
 		label := hostLabel(src.Name)
@@ -101,11 +124,10 @@ func (s *Sweeper) list(ctx context.Context, id string) (state.SweepListing, erro
 			buf = buf[:0]
 			return nil
 		}
-		err := s.lister.ListUsers(ctx, src.Endpoint, func(u string) error {
+		visit := func(u string) error {
 			n++
 			if err := doveadm.ValidateUser(u); err != nil {
 				l.BadNames++
-				s.m.skipped.WithLabelValues(SkipBadUser).Inc()
 				if l.BadNames <= maxBadNameLogs {
 					s.log.Warn("sweep: skipping a listed username doveadm must not get", "host", label, "err", err)
 				}
@@ -116,14 +138,25 @@ func (s *Sweeper) list(ctx context.Context, id string) (state.SweepListing, erro
 				return flush()
 			}
 			return nil
-		})
-		var se *storeError
-		if errors.As(err, &se) {
-			return l, se.err
+		}
+		var err error
+		for attempt := 1; attempt <= listAttempts; attempt++ {
+			n, l.BadNames = 0, bad
+			err = s.lister.ListUsers(ctx, src.Endpoint, visit)
+			var se *storeError
+			if errors.As(err, &se) {
+				return l, se.err
+			}
+			if err == nil || !retryList(err) || ctx.Err() != nil || attempt == listAttempts {
+				break
+			}
+			s.log.Warn("sweep: listing the users of a host failed; trying again", "host", label, "attempt", attempt, "err", err)
 		}
 		if ferr := flush(); ferr != nil {
 			return l, ferr.(*storeError).err
 		}
+		s.m.skipped.WithLabelValues(SkipBadUser).Add(float64(l.BadNames - bad))
+		bad = l.BadNames
 		l.Listed += n
 		s.m.listed.WithLabelValues(label).Add(float64(n))
 		if err != nil {

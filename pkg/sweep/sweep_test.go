@@ -298,6 +298,35 @@ func TestStep_AHostThatCannotBeListedLeavesPendingAndFailedUsers(t *testing.T) {
 	}
 }
 
+func TestStep_AFailedListingIsTriedAgain(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "-bad")
+	tries := 0
+	// Dovecot 2.4.1 fails a large listing now and then with exit code 65.
+	f.dove.RespondList = func() doveadmtest.Reply {
+		tries++
+		if tries == 1 {
+			return doveadmtest.Reply{ExitCode: 65}
+		}
+		return doveadmtest.Reply{}
+	}
+
+	f.run(t)
+
+	if got := byUser(t, f.snd.all()); len(got) != 2 || f.dove.ListCalls() != 2 {
+		t.Errorf("requested %v after %d listings", users(got), f.dove.ListCalls())
+	}
+	if testutil.ToFloat64(f.sw.m.listFailures.WithLabelValues("mail-a")) != 0 || testutil.ToFloat64(f.sw.m.skipped.WithLabelValues(SkipBadUser)) != 1 {
+		t.Error("a listing that passed on its second try counted as failed, or its bad name twice")
+	}
+	// Credentials do not get better by trying again.
+	f2 := newFixture(t, testOptions(), "u1")
+	f2.dove.RespondList = func() doveadmtest.Reply { return doveadmtest.Reply{Status: 401} }
+	f2.run(t)
+	if f2.dove.ListCalls() != 1 || testutil.ToFloat64(f2.sw.m.listFailures.WithLabelValues("mail-a")) != 1 {
+		t.Errorf("401: %d listings", f2.dove.ListCalls())
+	}
+}
+
 func TestStep_NothingToSweepFinishesAtOnce(t *testing.T) {
 	f := newFixture(t, testOptions())
 	steps := f.run(t)
