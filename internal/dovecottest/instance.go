@@ -49,6 +49,7 @@ type Instance struct {
 	done     chan struct{}
 	stopOnce sync.Once
 	stopErr  error
+	stopped  bool // Stop was called: the instance cannot be restarted
 }
 
 // Start generates a config for opts, validates it with doveconf, starts
@@ -98,7 +99,6 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 		DoveadmHTTPURL:  fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", p.DoveadmHTTP),
 		StatsHTTPAddr:   addr(p.StatsHTTP),
 		DoveadmPassword: opts.DoveadmPassword,
-		done:            make(chan struct{}),
 	}
 	if opts.Version == V24 {
 		in.root = Root24()
@@ -112,27 +112,39 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 		in.removeMountPoint()
 		return nil, fmt.Errorf("dovecottest: invalid config %s: %w\n%s", conf, err, out)
 	}
-	stderr, err := os.Create(filepath.Join(in.Dir, "stderr.log"))
-	if err != nil {
+	if err := in.launch(os.O_TRUNC); err != nil {
 		in.removeMountPoint()
-		return nil, fmt.Errorf("dovecottest: create stderr log: %w", err)
+		return nil, err
 	}
-	defer stderr.Close()
-	// Not bound to ctx: the instance lives until Stop.
-	cmd := in.command(context.Background(), "dovecot", "-F", "-c", conf)
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		in.removeMountPoint()
-		return nil, fmt.Errorf("dovecottest: start dovecot %s: %w", in.Version, err)
-	}
-	in.cmd, in.PID = cmd, cmd.Process.Pid
-	go func() { _ = cmd.Wait(); close(in.done) }()
 	if err := in.waitReady(ctx); err != nil {
 		_ = in.Stop()
 		return nil, fmt.Errorf("%w\n--- log ---\n%s", err, in.Log())
 	}
 	return in, nil
+}
+
+// launch starts the dovecot master in the foreground with its standard
+// error going to stderr.log (opened with the extra flag: O_TRUNC for a new
+// instance, O_APPEND for a restart) and watches for its exit.
+func (in *Instance) launch(flag int) error {
+	stderr, err := os.OpenFile(filepath.Join(in.Dir, "stderr.log"), os.O_CREATE|os.O_WRONLY|flag, 0o644)
+	if err != nil {
+		return fmt.Errorf("dovecottest: create stderr log: %w", err)
+	}
+	defer stderr.Close()
+	// Not bound to a context: the instance lives until Stop.
+	cmd := in.command(context.Background(), "dovecot", "-F", "-c", in.ConfigPath)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("dovecottest: start dovecot %s: %w", in.Version, err)
+	}
+	// The goroutine closes its own channel: a later Restart replaces
+	// in.done only after this one was closed.
+	done := make(chan struct{})
+	in.cmd, in.PID, in.done = cmd, cmd.Process.Pid, done
+	go func() { _ = cmd.Wait(); close(done) }()
+	return nil
 }
 
 // waitReady waits until the IMAP port accepts, the process dies, or a bound.
@@ -197,6 +209,7 @@ func (in *Instance) Doveadm(ctx context.Context, args ...string) ([]byte, error)
 // Dir that Start created itself is removed (Log keeps working).
 func (in *Instance) Stop() error {
 	in.stopOnce.Do(func() {
+		in.stopped = true
 		in.stopErr = in.stop()
 		if in.ownDir {
 			in.logCache = in.Log()
