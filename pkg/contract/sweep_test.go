@@ -1,6 +1,8 @@
 package contract
 
 import (
+	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +100,41 @@ func TestSweepReplication(t *testing.T) {
 	req, err := ToRequest(ev)
 	if err != nil || req.User != "u1" || req.Host != "mail-b" || !req.Full || req.Priority != change.Low || !req.Time.Equal(at) {
 		t.Errorf("sync reads it as %+v, %v", req, err)
+	}
+}
+
+// The examples of docs/events.md's Sweep section are events the contract
+// reads.
+func TestDocs_SweepExamplesAreValid(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/events.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## Sweep\n")
+	if !ok {
+		t.Fatal("docs/events.md has no Sweep section")
+	}
+	blocks := strings.Split(section, "```json\n")[1:]
+	if len(blocks) != 3 {
+		t.Fatalf("%d JSON examples, want 3", len(blocks))
+	}
+	for i, b := range blocks {
+		body, _, _ := strings.Cut(b, "```")
+		var ev cloudevents.Event
+		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+			t.Errorf("example %d: %v", i, err)
+			continue
+		}
+		switch ev.Type() {
+		case TypeSweepRequested:
+			_, err = ToSweep(ev)
+		case TypeReplicationRequested:
+			_, err = ToRequest(ev)
+		default:
+			t.Errorf("example %d: type %q", i, ev.Type())
+		}
+		if err != nil {
+			t.Errorf("example %d: %v", i, err)
+		}
 	}
 }
