@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
@@ -73,5 +77,64 @@ func TestSweep_Failures(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("%s: err %v, want %q", name, err, tt.want)
 		}
+	}
+}
+
+// TestSweep_ThroughTheLocalBroker: `dovewarden sweep` against `dovewarden
+// local`: the embedded broker routes the request by the real `sweep`
+// Trigger to sync, feeds the continuations (sync's replies) back, and
+// routes the sweep's replication requests to the low lane, where they run
+// dsync: every listed user once.
+func TestSweep_ThroughTheLocalBroker(t *testing.T) {
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	var users []string
+	for i := range 20 {
+		users = append(users, fmt.Sprintf("u%02d", i))
+	}
+	fake.SetUsers(users...)
+	env, _, stderr := testEnv(map[string]string{
+		"DOVEWARDEN_DOVEADM_PASSWORD":     doveadmtest.Password,
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT":     "5s",
+		"DOVEWARDEN_SWEEP_BATCH_SIZE":     "6",
+		"DOVEWARDEN_SWEEP_BATCH_INTERVAL": "10ms",
+	}, "")
+	addrc := make(chan net.Addr, 1)
+	env.ready = func(a net.Addr) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, env, []string{"local", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"})
+	}()
+	defer func() { cancel(); <-done }()
+	var base string
+	select {
+	case a := <-addrc:
+		base = "http://" + a.String()
+	case err := <-done:
+		t.Fatalf("local exited: %v\n%s", err, stderr)
+	case <-time.After(15 * time.Second):
+		t.Fatal("local did not start")
+	}
+
+	cli, _, cliErr := testEnv(nil, "")
+	if err := run(context.Background(), cli, []string{"sweep", "--broker-url", base + "/local/dovewarden"}); err != nil {
+		t.Fatalf("sweep: %v\n%s", err, cliErr)
+	}
+
+	deadline := time.Now().Add(20 * time.Second)
+	for len(tr.Calls()) < len(users) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, u := range users {
+		if calls := tr.CallsOf(u); len(calls) != 1 || !calls[0].Full {
+			t.Errorf("%s: dsyncs %+v, want one full sync (never replicated)", u, calls)
+		}
+	}
+	if fake.ListCalls() != 1 {
+		t.Errorf("%d listings", fake.ListCalls())
+	}
+	if t.Failed() {
+		t.Logf("local's log:\n%s", stderr)
 	}
 }
