@@ -273,8 +273,10 @@ type SweepCommitArgs struct {
 }
 
 // SweepCommit records a batch and releases the claim; finished is true
-// when it was the last (the sweep lock is released too). ErrSweepLost:
-// the claim expired or the batch was recorded by someone else.
+// when it was the last (the sweep lock is released too). A claim that
+// expired meanwhile does not matter unless another step claimed the batch;
+// ErrSweepLost: it did, or the batch was recorded already, or another sweep
+// replaced this one.
 func (s *Store) SweepCommit(ctx context.Context, a SweepCommitArgs) (finished bool, err error) {
 	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey}
 	args := []any{a.ID, a.Token, a.From, a.To, a.LockTTL.Milliseconds(), a.UsersTTL.Milliseconds(),

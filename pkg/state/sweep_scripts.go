@@ -111,7 +111,11 @@ return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4])
 // was requested.
 var scriptSweepCommit = redis.NewScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
-if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('HGET', KEYS[3], 'id') ~= id
+-- The claim may have expired under a slow step: the batch is still this
+-- step's to record unless another step claimed it or moved the offset.
+local claim = redis.call('GET', KEYS[2])
+if (claim and claim ~= ARGV[2]) or redis.call('HGET', KEYS[3], 'id') ~= id
+   or redis.call('HEXISTS', KEYS[3], 'finished') == 1
    or tonumber(redis.call('HGET', KEYS[3], 'offset')) ~= tonumber(ARGV[3]) then
   return {'lost'}
 end

@@ -75,13 +75,13 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 	}
 	// Candidates from next on are examined again by the next step: only
 	// the ones before count now.
+	skipped := map[string]int64{}
 	for _, sk := range r.skips {
 		if sk.pos < next {
+			skipped[sk.reason]++
 			counts["skipped_"+sk.reason]++
-			s.m.skipped.WithLabelValues(sk.reason).Inc()
 		}
 	}
-	s.m.examined.Add(float64(next - c.Offset))
 	finished, err := s.st.SweepCommit(ctx, state.SweepCommitArgs{
 		ID: c.Sweep, Token: token, From: c.Offset, To: next, Counts: counts, FullRequested: full,
 		FullSyncInterval: s.o.FullSyncInterval, LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
@@ -95,6 +95,10 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		return Result{}, err
 	}
 	s.m.batches.Inc()
+	s.m.examined.Add(float64(next - c.Offset))
+	for why, n := range skipped {
+		s.m.skipped.WithLabelValues(why).Add(float64(n))
+	}
 	res := Result{Sweep: c.Sweep, Requested: requested, Examined: int(next - c.Offset)}
 	s.log.Debug("sweep batch", "sweep", c.Sweep, "offset", c.Offset, "next", next, "total", b.Total, "requested", requested)
 	if finished {

@@ -1,0 +1,183 @@
+package state_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// Short TTLs: on the real server they pass by sleeping.
+const (
+	sweepLock  = 400 * time.Millisecond
+	sweepClaim = 150 * time.Millisecond
+)
+
+func TestSweep_OneAtATimeAndADeadListingIsTakenOver(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		st, err := b.st.SweepBegin(ctx, "s1", "tok1", "schedule", sweepLock, sweepClaim)
+		if err != nil || st.Decision != "started" || st.ID != "s1" || st.Started.IsZero() || st.Abandoned != "" {
+			t.Fatalf("begin: %+v %v", st, err)
+		}
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "cli", sweepLock, sweepClaim); st.Decision != "running" || st.ID != "s1" {
+			t.Fatalf("second begin: %+v", st)
+		}
+		b.expire(sweepClaim) // the listing step died; the lock still holds
+		st, err = b.st.SweepBegin(ctx, "s3", "tok3", "cli", sweepLock, sweepClaim)
+		if err != nil || st.Decision != "relist" || st.ID != "s1" {
+			t.Fatalf("after the claim expired: %+v %v", st, err)
+		}
+		if _, _, err := b.st.SweepListed(ctx, "s1", "tok1", state.SweepListing{HostsJSON: "[]"}, sweepLock, sweepLock); !errors.Is(err, state.ErrSweepLost) {
+			t.Errorf("the dead step's late listing: %v", err)
+		}
+	})
+}
+
+func TestSweep_ListedUnionsPendingAndFailedKeepingTheFirstHost(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepAddUsers(ctx, "s1", 1, []string{"b", "c"})
+		b.st.MarkPending(ctx, "p", "mail-b", time.Now())
+		b.st.MarkPending(ctx, "a", "mail-a", time.Now())
+		b.rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: 1, Member: "f"})
+
+		total, finished, err := b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a","mail-b"]`, Listed: 4, BadNames: 2}, sweepLock, sweepLock)
+
+		if err != nil || total != 5 || finished {
+			t.Fatalf("listed: %d %v %v", total, finished, err)
+		}
+		es, err := b.st.SweepUsers(ctx, "s1", 0, 10)
+		want := []state.SweepEntry{{"f", 0}, {"p", 0}, {"a", 1}, {"b", 1}, {"c", 2}}
+		if err != nil || len(es) != len(want) {
+			t.Fatalf("users %+v %v", es, err)
+		}
+		for i := range want {
+			if es[i] != want[i] {
+				t.Errorf("entry %d: %+v, want %+v", i, es[i], want[i])
+			}
+		}
+		st, _ := b.st.SweepStatus(ctx)
+		if !st.Running || st.Total != 5 || st.Listed != 4 || st.Counts["skipped_bad_user"] != 2 || st.Reason != "schedule" {
+			t.Errorf("status %+v", st)
+		}
+	})
+}
+
+func TestSweep_ClaimCommitAndFinish(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b", "c"})
+		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`}, sweepLock, sweepLock)
+		commit := func(token string, from, to int64, full ...string) (bool, error) {
+			return b.st.SweepCommit(ctx, state.SweepCommitArgs{ID: "s1", Token: token, From: from, To: to,
+				Counts: map[string]int64{"requested_stale": int64(len(full))}, FullRequested: full,
+				FullSyncInterval: time.Hour, LockTTL: sweepLock, UsersTTL: sweepLock})
+		}
+
+		bt, err := b.st.SweepClaim(ctx, "s1", 0, "c1", sweepLock, sweepClaim)
+		if err != nil || bt.Decision != "ok" || bt.Total != 3 || bt.HostsJSON != `["mail-a"]` || bt.Now.IsZero() || bt.Reason != "schedule" {
+			t.Fatalf("claim: %+v %v", bt, err)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c2", sweepLock, sweepClaim); bt.Decision != "busy" {
+			t.Errorf("claimed twice: %+v", bt)
+		}
+		if done, err := commit("c1", 0, 2, "a"); err != nil || done {
+			t.Fatalf("commit: %v %v", done, err)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c3", sweepLock, sweepClaim); bt.Decision != "duplicate" {
+			t.Errorf("old offset: %+v", bt)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 7, "c3", sweepLock, sweepClaim); bt.Decision != "duplicate" {
+			t.Errorf("wrong offset: %+v", bt)
+		}
+		// A slow step whose claim expired may still record its batch...
+		b.st.SweepClaim(ctx, "s1", 2, "slow", sweepLock, sweepClaim)
+		b.expire(sweepClaim)
+		// ...unless another step claimed it meanwhile.
+		b.st.SweepClaim(ctx, "s1", 2, "other", sweepLock, sweepClaim)
+		if _, err := commit("slow", 2, 3); !errors.Is(err, state.ErrSweepLost) {
+			t.Errorf("slow step after a takeover: %v", err)
+		}
+		if done, err := commit("other", 2, 3, "c"); err != nil || !done {
+			t.Fatalf("last commit: %v %v", done, err)
+		}
+
+		st, _ := b.st.SweepStatus(ctx)
+		if st.Running || st.Finished.IsZero() || st.Offset != 3 || st.Batches != 2 || st.Counts["requested_stale"] != 2 ||
+			st.LastCompletedEnd.IsZero() || !st.LastCompletedStart.Equal(st.Started) {
+			t.Errorf("status %+v", st)
+		}
+		if n, _ := b.rdb.Exists(ctx, state.SweepLockKey, state.SweepClaimKey, state.SweepUsersKey("s1")).Result(); n != 0 {
+			t.Errorf("%d keys left", n)
+		}
+		if n, _ := b.rdb.ZCard(ctx, state.SweepFullKey).Result(); n != 2 {
+			t.Errorf("%d full-sync records", n)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 3, "late", sweepLock, sweepClaim); bt.Decision != "stale" {
+			t.Errorf("claim after the end: %+v", bt)
+		}
+		// The next sweep keeps the last completed one's bounds.
+		b.st.SweepBegin(ctx, "s2", "tok", "cli", sweepLock, sweepClaim)
+		if st2, _ := b.st.SweepStatus(ctx); st2.ID != "s2" || !st2.Running || st2.Total != -1 || !st2.LastCompletedEnd.Equal(st.LastCompletedEnd) {
+			t.Errorf("next sweep's status %+v", st2)
+		}
+	})
+}
+
+func TestSweep_ExpiredLockIsTakenBackOrReplaced(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `[]`}, sweepLock, 4*sweepLock)
+		b.expire(sweepLock)
+		// A late continuation, nothing replaced the sweep: it goes on.
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c1", sweepLock, sweepClaim); bt.Decision != "ok" {
+			t.Fatalf("late continuation: %+v", bt)
+		}
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "cli", sweepLock, sweepClaim); st.Decision != "running" {
+			t.Errorf("the lock was not taken back: %+v", st)
+		}
+		b.expire(sweepLock)
+		// Lost again; this time a new sweep replaces it.
+		st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "cli", sweepLock, sweepClaim)
+		if st.Decision != "started" || st.Abandoned != "s1" {
+			t.Fatalf("new sweep: %+v", st)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c3", sweepLock, sweepClaim); bt.Decision != "stale" {
+			t.Errorf("the old sweep's continuation: %+v", bt)
+		}
+	})
+}
+
+func TestSweep_Facts(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.MarkPending(ctx, "p", "mail-b", time.Now())
+		b.rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: 1_700_000_000_000, Member: "f"})
+		b.rdb.HSet(ctx, state.UserKey("f"), state.FieldLastStart, "1600000000000", state.FieldLastFull, "1")
+		b.st.Exclude(ctx, "x")
+		b.rdb.Set(ctx, state.LockKey("l"), "owner", time.Minute)
+		b.rdb.ZAdd(ctx, state.SweepFullKey, redis.Z{Score: 1_650_000_000_000, Member: "l"})
+
+		fs, err := b.st.SweepFacts(ctx, []string{"p", "f", "x", "l", "nobody"})
+
+		if err != nil || len(fs) != 5 {
+			t.Fatalf("%+v %v", fs, err)
+		}
+		if !fs[0].Pending || fs[0].PendingHost != "mail-b" || fs[0].Failed {
+			t.Errorf("p: %+v", fs[0])
+		}
+		if !fs[1].Failed || fs[1].FailedAt.UnixMilli() != 1_700_000_000_000 || fs[1].LastStart.UnixMilli() != 1_600_000_000_000 || !fs[1].LastFull {
+			t.Errorf("f: %+v", fs[1])
+		}
+		if !fs[2].Excluded || !fs[3].InProgress || fs[3].FullRequested.UnixMilli() != 1_650_000_000_000 {
+			t.Errorf("x, l: %+v %+v", fs[2], fs[3])
+		}
+		if fs[4] != (state.SweepFacts{}) {
+			t.Errorf("nobody: %+v", fs[4])
+		}
+	})
+}
