@@ -121,6 +121,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 
 	// Ingest hands changes straight to the broker: a full lane makes
 	// Publish fail, so Dovecot gets a 503 and the user is marked pending.
+	ho.Clock = st
 	ih := ingest.NewHandler(ho, b, st, reg, log)
 	var health server.Health
 	mux := http.NewServeMux()

@@ -31,8 +31,13 @@ type Change struct {
 	User string
 	// Host names the Dovecot host the change happened on.
 	Host string
-	// Time is when the change finished on that host.
+	// Time is when the change finished on that host, by its clock.
 	Time time.Time
+	// Observed, when set, is when dovewarden first saw the change, by the
+	// clock of the Redis server the sync function decides with. Any dsync
+	// that starts later certainly covers the change, whatever the Dovecot
+	// host's clock says, so coalescing needs no clock-skew margin.
+	Observed time.Time
 	// Priority is the replication lane.
 	Priority Priority
 	// Event is the Dovecot event name (imap_command_finished, ...).

@@ -15,6 +15,9 @@ type Request struct {
 	// Time is when the change happened (or the request was made). A dsync
 	// that started after it covers it. Zero means "now".
 	Time time.Time
+	// Observed is Change.Observed: when set, it is compared with dsync
+	// starts instead of Time, exactly, without the clock-skew margin.
+	Observed time.Time
 	// Priority is the lane the request came through.
 	Priority Priority
 	// Full asks for a full sync instead of an incremental one.

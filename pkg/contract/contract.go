@@ -5,6 +5,7 @@ package contract
 
 import (
 	"fmt"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
@@ -41,6 +42,9 @@ type MailboxChanged struct {
 	Session            string `json:"session,omitempty"`
 	MessageID          string `json:"message_id,omitempty"`
 	Priority           string `json:"priority"`
+	// ObservedAt is Change.Observed: when ingest saw the change, by the
+	// sync function's Redis clock (absent when ingest has no Redis).
+	ObservedAt time.Time `json:"observed_at,omitzero"`
 }
 
 // FromChange maps a change to its CloudEvent: subject is the user, source
@@ -61,7 +65,7 @@ func FromChange(c change.Change) (cloudevents.Event, error) {
 		User: c.User, Host: c.Host, Event: c.Event, Command: c.Command,
 		Mailbox: c.Mailbox, DestinationMailbox: c.DestinationMailbox,
 		OldMailbox: c.OldMailbox, Session: c.Session, MessageID: c.MessageID,
-		Priority: string(c.Priority),
+		Priority: string(c.Priority), ObservedAt: c.Observed.UTC(),
 	}
 	if err := ev.SetData(cloudevents.ApplicationJSON, data); err != nil {
 		return ev, fmt.Errorf("encode data of change %s: %w", c.ID, err)
@@ -86,7 +90,7 @@ func ToChange(ev cloudevents.Event) (change.Change, error) {
 		ID: ev.ID(), User: ev.Subject(), Host: ev.Source(), Time: ev.Time(),
 		Event: d.Event, Command: d.Command, Mailbox: d.Mailbox,
 		DestinationMailbox: d.DestinationMailbox, OldMailbox: d.OldMailbox,
-		Session: d.Session, MessageID: d.MessageID,
+		Session: d.Session, MessageID: d.MessageID, Observed: d.ObservedAt,
 	}
 	if c.User == "" {
 		c.User = d.User

@@ -14,7 +14,7 @@ func sample() change.Change {
 		ID: "7d0c7a0e-5b1e-5c55-9a41-2f6f1b8f2a10", User: "u1", Host: "mail-a.test",
 		Time: time.Date(2026, 11, 29, 1, 2, 3, 4000, time.UTC), Priority: change.High,
 		Event: "imap_command_finished", Command: "UID MOVE", Mailbox: "INBOX",
-		DestinationMailbox: "Archive", Session: "sess1",
+		DestinationMailbox: "Archive", Session: "sess1", Observed: time.Date(2026, 11, 29, 1, 2, 3, 500000000, time.UTC),
 	}
 }
 
@@ -35,7 +35,8 @@ func TestFromChange_Attributes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]any{"user": "u1", "host": "mail-a.test", "event": "imap_command_finished", "command": "UID MOVE",
-		"mailbox": "INBOX", "destination_mailbox": "Archive", "session": "sess1", "priority": "high"}
+		"mailbox": "INBOX", "destination_mailbox": "Archive", "session": "sess1", "priority": "high",
+		"observed_at": "2026-11-29T01:02:03.5Z"}
 	if len(data) != len(want) {
 		t.Errorf("data %v, want %v", data, want)
 	}

@@ -113,7 +113,7 @@ func ToRequest(ev cloudevents.Event) (change.Request, error) {
 		if err != nil {
 			return change.Request{}, err
 		}
-		return change.Request{ID: c.ID, User: c.User, Host: c.Host, Time: c.Time, Priority: c.Priority}, nil
+		return change.Request{ID: c.ID, User: c.User, Host: c.Host, Time: c.Time, Observed: c.Observed, Priority: c.Priority}, nil
 	case TypeReplicationRequested:
 		var d ReplicationRequested
 		if len(ev.Data()) > 0 {

@@ -34,6 +34,7 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 			return nil, nil, err
 		}
 		pending, closeFn = st, st.Close
+		ho.Clock = st
 	}
 	h := NewHandler(ho, snd, pending, reg, log)
 	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.RedisURL != "", "auth", cfg.authKind())

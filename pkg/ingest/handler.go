@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
@@ -36,6 +37,12 @@ type PendingMarker interface {
 	MarkPending(ctx context.Context, user, host string, at time.Time) error
 }
 
+// Clock is the sync function's clock (Redis TIME): changes stamped with it
+// are coalesced exactly, without a clock-skew margin.
+type Clock interface {
+	Now(ctx context.Context) (time.Time, error)
+}
+
 // Options configure the handler.
 type Options struct {
 	// MaxBody is the largest body accepted (413 beyond).
@@ -46,6 +53,8 @@ type Options struct {
 	Token string
 	// Username normalises usernames (Dovecot's auth_username_format).
 	Username dovecot.UsernameFormat
+	// Clock, when set, stamps each change with when ingest saw it.
+	Clock Clock
 }
 
 // Handler serves Dovecot's exporter POSTs.
@@ -154,12 +163,14 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	h.m.received.WithLabelValues(hostLabel).Inc()
 	h.m.lastEvent.WithLabelValues(hostLabel).SetToCurrentTime()
 
-	c, ce, reason, err := Translator{Username: h.opts.Username}.Translate(ev, host)
+	c, reason := Translator{Username: h.opts.Username}.Change(ev, host)
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
 		writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
 		return
 	}
+	h.observe(r.Context(), &c)
+	ce, err := contract.FromChange(c)
 	if err != nil {
 		h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
 		return
@@ -173,6 +184,23 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	}
 	h.m.accepted.WithLabelValues(hostLabel, string(c.Priority)).Inc()
 	writeReply(w, http.StatusAccepted, reply{Status: "accepted", ID: c.ID})
+}
+
+// observe stamps c with the sync function's clock. Without the stamp the
+// change still replicates, coalesced by its Dovecot time and the
+// clock-skew margin, so a failure is counted, not fatal.
+func (h *Handler) observe(ctx context.Context, c *change.Change) {
+	if h.opts.Clock == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	now, err := h.opts.Clock.Now(ctx)
+	if err != nil {
+		h.m.observeFails.Inc()
+		return
+	}
+	c.Observed = now
 }
 
 // sendFailed makes sure the change is not lost silently: an error log that

@@ -67,6 +67,7 @@ func (b *broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type fixture struct {
+	store   *state.Store
 	h       *Handler
 	srv     *httptest.Server
 	broker  *broker
@@ -94,7 +95,7 @@ func newFixture(t *testing.T, o Options, b *broker, overrides string) *fixture {
 	h.Mount(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return &fixture{h: h, srv: srv, broker: b, logs: logs, redis: mr, brokerS: bs}
+	return &fixture{h: h, srv: srv, broker: b, logs: logs, redis: mr, brokerS: bs, store: st}
 }
 
 func (f *fixture) post(t *testing.T, path, ctype, body string, mod ...func(*http.Request)) (int, string) {
@@ -358,5 +359,39 @@ func TestHandle_UsernameFormat(t *testing.T) {
 	}
 	if got := f.broker.events[0].Subject(); got != "u1" {
 		t.Errorf("subject %q, want the canonical user u1", got)
+	}
+}
+
+func TestHandle_StampsChangesWithTheRedisClock(t *testing.T) {
+	b := &broker{}
+	f := newFixture(t, Options{}, b, "")
+	f.h.opts.Clock = f.store
+	redisNow := time.Date(2026, 11, 29, 12, 0, 0, 123000000, time.UTC)
+	f.redis.SetTime(redisNow)
+	if code, body := f.post(t, "/events", "application/json", appendEvent); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, body)
+	}
+	var d contract.MailboxChanged
+	if err := b.events[0].DataAs(&d); err != nil {
+		t.Fatal(err)
+	}
+	if !d.ObservedAt.Equal(redisNow) {
+		t.Errorf("observed_at %v, want Redis's clock %v", d.ObservedAt, redisNow)
+	}
+
+	// Redis gone: the change still goes out, unstamped, and it is counted.
+	f.redis.Close()
+	if code, body := f.post(t, "/events", "application/json", appendEvent); code != http.StatusAccepted {
+		t.Fatalf("redis down: %d %s", code, body)
+	}
+	var d2 contract.MailboxChanged
+	if err := b.events[1].DataAs(&d2); err != nil {
+		t.Fatal(err)
+	}
+	if !d2.ObservedAt.IsZero() {
+		t.Errorf("observed_at %v without Redis", d2.ObservedAt)
+	}
+	if got := testutil.ToFloat64(f.h.m.observeFails); got != 1 {
+		t.Errorf("observe failures %v", got)
 	}
 }

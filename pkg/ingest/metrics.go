@@ -40,6 +40,8 @@ type ingestMetrics struct {
 	pending   *prometheus.CounterVec
 	lastEvent *prometheus.GaugeVec
 
+	observeFails prometheus.Counter
+
 	mu    sync.RWMutex
 	hosts map[string]struct{}
 }
@@ -64,9 +66,11 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help: "Users recorded in Redis for the sweep after a failed send, by result (ok, error)."}, []string{"result"}),
 		lastEvent: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: metrics.IngestLastEvent,
 			Help: "Unix time of the last event received from each Dovecot host."}, []string{"host"}),
+		observeFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestObserveFailures,
+			Help: "Changes sent without the Redis-clock stamp because Redis did not answer in time (coalesced with the clock-skew margin instead)."}),
 		hosts: map[string]struct{}{},
 	}
-	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.sendTime, m.sendFails, m.pending, m.lastEvent)
+	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.sendTime, m.sendFails, m.pending, m.lastEvent, m.observeFails)
 	return m
 }
 

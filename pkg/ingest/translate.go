@@ -21,17 +21,27 @@ type Translator struct {
 // returns the drop reason for an event that changes nothing, and an error
 // for a change that cannot be a valid CloudEvent.
 func (t Translator) Translate(ev *dovecot.Event, host string) (change.Change, cloudevents.Event, dovecot.DropReason, error) {
-	c, reason := dovecot.Classify(ev)
+	c, reason := t.Change(ev, host)
 	if reason != "" {
 		return c, cloudevents.Event{}, reason, nil
 	}
+	ce, err := contract.FromChange(c)
+	return c, ce, "", err
+}
+
+// Change is Translate's first half: the change ev describes, with its
+// user normalised and host applied, or why ev is dropped.
+func (t Translator) Change(ev *dovecot.Event, host string) (change.Change, dovecot.DropReason) {
+	c, reason := dovecot.Classify(ev)
+	if reason != "" {
+		return c, reason
+	}
 	c.User = t.Username.Apply(c.User)
 	if c.User == "" {
-		return c, cloudevents.Event{}, dovecot.DropNoUser, nil
+		return c, dovecot.DropNoUser
 	}
 	if host != "" {
 		c.Host = host
 	}
-	ce, err := contract.FromChange(c)
-	return c, ce, "", err
+	return c, ""
 }

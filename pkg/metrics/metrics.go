@@ -23,6 +23,7 @@ const (
 	IngestSendFailures     = "ingest_send_failures_total"
 	IngestPendingMarks     = "ingest_pending_marks_total"
 	IngestLastEvent        = "ingest_last_event_timestamp_seconds"
+	IngestObserveFailures  = "ingest_observe_failures_total"
 )
 
 // NewRegistry returns a registry of the project's own, with the Go runtime

@@ -150,10 +150,16 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 	if host == "" {
 		host = ep.Name
 	}
+	// A change ingest stamped with the Redis clock compares exactly with
+	// dsync starts (same clock); a Dovecot host's time needs the margin.
+	at, margin := req.Time, r.opts.ClockSkew
+	if !req.Observed.IsZero() {
+		at, margin = req.Observed, 0
+	}
 	token := newToken()
 	claim, err := r.store.Begin(ctx, state.BeginArgs{
 		User: req.User, Host: host, Owner: r.opts.Owner, Token: token, Destination: ep.Destination,
-		At: req.Time, TTL: r.opts.LockTTL, Margin: r.opts.ClockSkew, Full: req.Full,
+		At: at, TTL: r.opts.LockTTL, Margin: margin, Full: req.Full,
 	})
 	if err != nil {
 		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
