@@ -16,6 +16,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
@@ -44,6 +45,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	ic.RegisterHandlerFlags(fs)
 	var bs broker.Settings
 	bs.RegisterFlags(fs)
+	sweepEvery := fs.Duration("sweep-every", time.Hour, "ask for a sweep at start and then this often, as the PingSource does on a cluster; 0: only at start")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
 	}
@@ -140,6 +142,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if env.ready != nil {
 		env.ready(ln.Addr())
 	}
+	// A sweep at start: state kept in an embedded Redis is gone, and events
+	// Dovecot sent while this process was down were dropped.
+	go sweepTimer(ctx, b, *sweepEvery, log)
 
 	select {
 	case err := <-errc:
@@ -157,6 +162,33 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		log.Warn("queued events dropped at shutdown; the sweep replicates those users later", "events", dropped)
 	}
 	return errors.Join(serr, berr)
+}
+
+// sweepTimer publishes a sweep.requested into the broker now and then
+// every interval (never when interval is 0), like the PingSource.
+func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log *slog.Logger) {
+	reason := "start"
+	var tick <-chan time.Time
+	if every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		ev, err := contract.SweepRequest(reason, "dovewarden/local")
+		if err == nil {
+			err = b.Publish(ctx, ev)
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("could not ask for a sweep", "reason", reason, "err", err)
+		}
+		reason = "schedule"
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+		}
+	}
 }
 
 // syncHandler adapts the sync function's entry point to an in-process
