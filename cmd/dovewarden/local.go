@@ -132,31 +132,21 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	mux.Handle("GET /status/{user}", statusHandler(st))
 	ih.Mount(mux)
 
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	health.SetReady(true)
-	log.Info("local mode serving", "addr", ln.Addr().String(), "ingest", "POST /events", "broker", brokerPath,
-		"status", "GET /status/{user}", "metrics", "GET /metrics")
-	if env.ready != nil {
-		env.ready(ln.Addr())
-	}
+	log.Info("local mode", "ingest", "POST /events", "broker", brokerPath, "status", "GET /status/{user}", "metrics", "GET /metrics")
 	// A sweep at start: state kept in an embedded Redis is gone, and events
 	// Dovecot sent while this process was down were dropped.
 	go sweepTimer(ctx, b, *sweepEvery, log)
 
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", sc.Server.Listen, err)
-	case <-ctx.Done():
-	}
-	log.Info("shutting down", "timeout", sc.Server.ShutdownTimeout)
-	health.SetReady(false)
+	// Stop taking events first, then let the lanes finish what they hold.
+	sc.Server.WriteTimeout = sc.WriteTimeout
+	serr := server.ServeListener(ctx, log, sc.Server, ln, mux, func(addr net.Addr) {
+		health.SetReady(true)
+		if env.ready != nil {
+			env.ready(addr)
+		}
+	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()
-	// Stop taking events first, then let the lanes finish what they hold.
-	serr := srv.Shutdown(sctx)
 	dropped, berr := b.Shutdown(sctx)
 	if dropped > 0 {
 		log.Warn("queued events dropped at shutdown; the sweep replicates those users later", "events", dropped)

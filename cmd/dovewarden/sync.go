@@ -30,9 +30,9 @@ func runSync(ctx context.Context, env *environment, args []string) error {
 	mux := http.NewServeMux()
 	health.Mount(mux, reg)
 	h.Mount(mux)
-	// Its own server: a dsync can outlast the 30 s write timeout the other
-	// roles use.
-	return syncer.Serve(ctx, log, cfg.Server, cfg.WriteTimeout, mux, func(addr net.Addr) {
+	// A dsync can outlast the 30 s write timeout the other roles use.
+	cfg.Server.WriteTimeout = cfg.WriteTimeout
+	return server.Serve(ctx, log, cfg.Server, mux, func(addr net.Addr) {
 		health.SetReady(true)
 		if env.ready != nil {
 			env.ready(addr)

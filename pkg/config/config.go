@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 )
@@ -60,4 +61,14 @@ func Secret(setting, value, file string) (string, error) {
 		return "", fmt.Errorf("%s-file: %w", setting, err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// RedactURL hides a password in a URL before it reaches an error message
+// or a log.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

@@ -135,17 +135,8 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-			errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", redactURL(c.RedisURL)))
+			errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", config.RedactURL(c.RedisURL)))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// redactURL hides a password in a URL before it reaches an error message.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }

@@ -26,6 +26,9 @@ type Options struct {
 	LogFormat       string
 	LogLevel        string
 	ShutdownTimeout time.Duration
+	// WriteTimeout bounds writing one response; zero means 30s. The sync
+	// function sets its own: a dsync can take minutes. Not a shared flag.
+	WriteTimeout time.Duration
 }
 
 // RegisterFlags declares the shared settings on fs. defaultListen is used
@@ -92,38 +95,64 @@ func (h *Health) Mount(mux *http.ServeMux, reg *prometheus.Registry) {
 	mux.Handle("GET /metrics", metrics.Handler(reg))
 }
 
-// Serve listens on o.Listen and serves h until ctx ends, then stops taking
-// new requests and lets in-flight ones finish within o.ShutdownTimeout.
-// ready is called once the listener is bound, with its address.
+// Serve listens on o.Listen and serves h as ServeListener does.
 func Serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler, ready func(addr net.Addr)) error {
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
+	return ServeListener(ctx, log, o, ln, h, ready)
+}
+
+// ServeListener serves h on ln until ctx ends. Then it stops taking
+// requests and lets in-flight ones finish within o.ShutdownTimeout; past
+// that it cancels their contexts, so each can hand its work back (the sync
+// function releases its lock, leaves the change pending and answers 503,
+// which the Broker redelivers), and waits up to drain for those answers.
+// ready is called once serving, with the listener's address.
+func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.Listener, h http.Handler, ready func(addr net.Addr)) error {
+	wt := o.WriteTimeout
+	if wt <= 0 {
+		wt = 30 * time.Second
+	}
+	base, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      wt,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("serving", "addr", ln.Addr().String())
+	log.Info("serving", "addr", ln.Addr().String(), "write_timeout", wt)
 	if ready != nil {
 		ready(ln.Addr())
 	}
 	select {
 	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", o.Listen, err)
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "timeout", o.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	if err := srv.Shutdown(sctx); err == nil {
+		return nil
+	}
+	log.Warn("requests still running at the shutdown timeout; cancelling them so they hand their work back")
+	cancelBase()
+	dctx, dcancel := context.WithTimeout(context.Background(), drain)
+	defer dcancel()
+	if err := srv.Shutdown(dctx); err != nil {
+		srv.Close()
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
 }
+
+// drain bounds the wait for cancelled requests to answer.
+const drain = 10 * time.Second

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
@@ -32,7 +33,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	defer cancel()
 	if err := st.LoadScripts(pctx); err != nil {
 		st.Close()
-		return nil, nil, fmt.Errorf("redis-url %s: %w", redactURL(cfg.RedisURL), err)
+		return nil, nil, fmt.Errorf("redis-url %s: %w", config.RedactURL(cfg.RedisURL), err)
 	}
 	httpTr := doveadm.NewHTTP(nil, cfg.DsyncTimeout)
 	var tr doveadm.Transport = httpTr

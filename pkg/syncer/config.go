@@ -157,7 +157,7 @@ func (c *Config) Validate() error {
 	if c.RedisURL == "" {
 		errs = append(errs, errors.New("redis-url: not set: sync keeps its locks and state in Redis"))
 	} else if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", redactURL(c.RedisURL)))
+		errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", config.RedactURL(c.RedisURL)))
 	}
 	switch c.Transport {
 	case doveadm.TransportHTTP, doveadm.TransportExec:
@@ -193,7 +193,7 @@ func (c *Config) Validate() error {
 	}
 	if c.ResultsSink != "" {
 		if u, err := url.Parse(c.ResultsSink); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("results-sink %q: want an absolute http or https URL", redactURL(c.ResultsSink)))
+			errs = append(errs, fmt.Errorf("results-sink %q: want an absolute http or https URL", config.RedactURL(c.ResultsSink)))
 		}
 	}
 	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
@@ -204,13 +204,4 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Sweep.validate(c.RequestTimeout)...)
 	return errors.Join(errs...)
-}
-
-// redactURL hides a password in a URL before it reaches an error message.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }

@@ -20,7 +20,8 @@ func serveAsync(t *testing.T, ctx context.Context, o server.Options, wt time.Dur
 	t.Helper()
 	addrc, errc := make(chan string, 1), make(chan error, 1)
 	go func() {
-		errc <- Serve(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), o, wt, h, func(a net.Addr) { addrc <- a.String() })
+		o.WriteTimeout = wt
+		errc <- server.Serve(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), o, h, func(a net.Addr) { addrc <- a.String() })
 	}()
 	select {
 	case a := <-addrc:
