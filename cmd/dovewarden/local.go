@@ -67,7 +67,11 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	defer ln.Close()
 	sc.ResultsSink = "http://" + loopback(ln.Addr()) + brokerPath
 
+	var clock ingest.Clock
 	if sc.RedisURL == "" {
+		// The embedded Redis's TIME is this process's clock: stamp changes
+		// with it directly, without a round trip.
+		clock = processClock{}
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("embedded redis: %w", err)
@@ -123,7 +127,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 
 	// Ingest hands changes straight to the broker: a full lane makes
 	// Publish fail, so Dovecot gets a 503 and the user is marked pending.
-	ho.Clock = st
+	if clock == nil {
+		clock = st
+	}
+	ho.Clock = clock
 	ih := ingest.NewHandler(ho, b, st, reg, log)
 	var health server.Health
 	mux := http.NewServeMux()
@@ -180,6 +187,11 @@ func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log 
 		}
 	}
 }
+
+// processClock is the embedded Redis's clock, read without asking it.
+type processClock struct{}
+
+func (processClock) Now(context.Context) (time.Time, error) { return time.Now().UTC(), nil }
 
 // syncHandler adapts the sync function's entry point to an in-process
 // broker subscriber: the same method its HTTP receiver calls.
