@@ -18,17 +18,26 @@ const replicationDeadline = 20 * time.Second
 // show makes changes on one side and waits for them on the other, reading
 // both Dovecot servers (never dovewarden's own report).
 func (d *demo) show(ctx context.Context) error {
+	d.say("\n0. The sweep at start replicates every user once (none was synced before).\n")
+	for _, user := range []string{"alice", "bob"} {
+		if err := d.awaitSync(ctx, user, time.Now(), time.Time{}); err != nil {
+			return err
+		}
+	}
+
 	d.say("\n1. New mail: LMTP delivers a message for alice to %s.\n", d.a.Name)
 	start := time.Now()
 	msg := dovecottest.TestMessage("Hello from the demo", "Delivered on the primary, replicated by dovewarden.")
 	if err := dovecottest.DeliverLMTP(d.a.LMTPAddr, "sender@example.test", "alice@example.test", msg); err != nil {
 		return fmt.Errorf("LMTP delivery: %w", err)
 	}
-	// Read the replica only once the user was replicated there: opening
-	// a user's INBOX on the replica before its first dsync creates an INBOX
-	// of its own, and Dovecot 2.3's dsync then fails with exit code 2
-	// ("Remote lost mailbox GUID") on every run (2.4 merges the two).
-	if err := d.awaitFirstSync(ctx, "alice", start); err != nil {
+	// Read the replica only once a dsync that started after the change
+	// began succeeded (nothing else makes dovewarden sync alice now):
+	// opening a user's INBOX on the replica before it exists there creates
+	// an INBOX of its own, and Dovecot 2.3's dsync then fails with exit
+	// code 2 ("Remote lost mailbox GUID") on every run (2.4 merges the
+	// two).
+	if err := d.awaitSync(ctx, "alice", start, start); err != nil {
 		return err
 	}
 	if err := d.await(ctx, d.b, "alice", "INBOX", "messages=1", start); err != nil {
@@ -69,7 +78,7 @@ func (d *demo) show(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("IMAP APPEND: %w", err)
 	}
-	if err := d.awaitFirstSync(ctx, "bob", start); err != nil {
+	if err := d.awaitSync(ctx, "bob", start, start); err != nil {
 		return err
 	}
 	if err := d.await(ctx, d.a, "bob", "INBOX", "messages=1", start); err != nil {
@@ -94,10 +103,11 @@ func (d *demo) show(ctx context.Context) error {
 	return nil
 }
 
-// awaitFirstSync waits until dovewarden reports a successful dsync of user
-// that started after since. The demo still checks the result on the
-// servers themselves; this only keeps it from touching the replica early.
-func (d *demo) awaitFirstSync(ctx context.Context, user string, since time.Time) error {
+// awaitSync waits until dovewarden reports a successful dsync of user that
+// started after changed (both clocks are this machine's; zero: any). The
+// demo still checks the result on the servers themselves; this only keeps
+// it from touching the other side early. since is for the report.
+func (d *demo) awaitSync(ctx context.Context, user string, since, changed time.Time) error {
 	return d.poll(ctx, "dovewarden replicated "+user, since, func() (bool, string) {
 		resp, err := http.Get(d.base + "/status/" + user)
 		if err != nil {
@@ -111,7 +121,7 @@ func (d *demo) awaitFirstSync(ctx context.Context, user string, since time.Time)
 		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 			return false, err.Error()
 		}
-		return !st.LastStart.Before(since.Add(-time.Second)), st.LastError
+		return !st.LastStart.IsZero() && st.LastStart.After(changed), st.LastError
 	})
 }
 
