@@ -1,0 +1,60 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+)
+
+// TestChangeDuringDsync makes changes while the user's dsync runs, which
+// is what a busy mailbox does all day: a folder is deleted moments after
+// a MULTIAPPEND into it started a dsync, at a range of delays so that
+// some DELETE lands inside the dsync. Each must converge: the DELETE's
+// event finds the lock held and is merged into the running dsync, whose
+// owner runs again for it.
+func TestChangeDuringDsync(t *testing.T) {
+	eachCase(t, []pairCase{{shapeLocal, v23, v23}, {shapeSplit, v24, v24}}, func(t *testing.T, c pairCase) {
+		s := newSystem(t, c.config("u1"))
+		sess := s.imap(s.a, "u1")
+		for i := 0; i <= 10; i++ {
+			delay := time.Duration(3*i) * time.Millisecond
+			mb := fmt.Sprintf("Doomed%d", i)
+			start := time.Now()
+			s.do(sess, "CREATE "+mb)
+			s.awaitConverged("u1")
+			s.awaitResult("u1", start)
+			segs := []string{"APPEND " + mb}
+			for j := 0; j < 300; j++ {
+				if j > 0 {
+					segs = append(segs, "")
+				}
+				segs = append(segs, message("u1", fmt.Sprintf("%s-%d", mb, j), strings.Repeat("Doomed mail. ", 20)))
+			}
+			if _, tagged, err := sess.CmdLit(s.ctx, append(segs, "")...); err != nil || !dovecottest.IsOK(tagged) {
+				t.Fatalf("MULTIAPPEND: %v %s", err, tagged)
+			}
+			time.Sleep(delay)
+			s.do(sess, "DELETE "+mb)
+			if _, err := s.converged("u1", convergeLimit); err != nil {
+				t.Fatalf("DELETE %s %s after the MULTIAPPEND that started a dsync did not replicate: %v%s", mb, delay, err, s.notFoundHint("u1"))
+			}
+		}
+	})
+}
+
+// notFoundHint explains a failure to converge when sync gave up on a
+// dsync that answered exit code 68.
+func (s *system) notFoundHint(user string) string {
+	for _, r := range s.events.results("org.dovewarden.replication.failed") {
+		if r.User == user && r.Class == "not_found" {
+			return "\nBUG: dsync answered exit code 68 (\"Mailbox was deleted under us\": the folder was deleted while " +
+				"dsync synced it, a race that the next dsync resolves). pkg/doveadm/policy.go treats 68 as final " +
+				"(not_found, retry_by " + r.RetryBy + "): the user is marked failed, and the DELETE merged into that attempt " +
+				"waits for the sweep's failed-user retry (--failed-retry-interval, 5 min; the sweep runs hourly)"
+		}
+	}
+	return ""
+}
