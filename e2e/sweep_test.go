@@ -1,0 +1,80 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+)
+
+// fullSyncInterval is the test's replication_full_sync_interval
+// (--full-sync-interval): short, so that a sweep right after the outage
+// finds the users due.
+const fullSyncInterval = 3 * time.Second
+
+// TestIngestDown is scenario 6: ingest is unreachable for a while, so
+// Dovecot's exporter drops the events of the changes made meanwhile (it
+// never retries) and nothing marks those users. The periodic sweep, as
+// Dovecot 2.3's replicator did with replication_full_sync_interval, asks
+// for a full sync of every user whose last full sync is older than the
+// interval, and brings the missed users back in sync.
+func TestIngestDown(t *testing.T) {
+	eachCase(t, []pairCase{{shapeSplit, v24, v24}, {shapeSplit, v24, v23}}, func(t *testing.T, c pairCase) {
+		users := []string{"u1", "u2", "u3"}
+		cfg := c.config(users...)
+		cfg.syncFlags = []string{"--full-sync-interval", fullSyncInterval.String(), "--sweep-batch-interval", "0s"}
+		s := newSystem(t, cfg)
+
+		// A first sweep gives every user a full sync, so that the sweep after
+		// the outage picks them by the interval, not because dovewarden never
+		// synced them.
+		s.requestSweep()
+		if err := poll(s.ctx, convergeLimit, 100*time.Millisecond, func() error { return s.fullSyncsDone(users) }); err != nil {
+			t.Fatal(err)
+		}
+		sweepStart := time.Now()
+
+		s.ingest.stop()
+		for _, u := range users[:2] {
+			s.appendN(s.a, u, "missed", 3)
+			s.do(s.imap(s.a, u), "CREATE Missed", "SELECT INBOX", `STORE 1 +FLAGS ($Missed)`)
+		}
+		// Nothing can have replicated these changes: ingest is down.
+		for _, u := range users[:2] {
+			if a, b := s.snapshots(u); a.equal(b) {
+				t.Fatalf("%s equal on both servers while ingest was down: the scenario tests nothing", u)
+			}
+		}
+		s.ingest.start()
+		s.ingest.waitHTTP(s.ingestBase+"/readyz", 20*time.Second)
+
+		if wait := fullSyncInterval - time.Since(sweepStart); wait > 0 {
+			time.Sleep(wait)
+		}
+		s.requestSweep()
+		for u, snap := range s.awaitConverged(users...) {
+			if u == "u3" {
+				continue
+			}
+			wantMessages(t, snap, "missed", 3)
+			if !snap.has(`mailbox "Missed"`) || !snap.has("<seed.", "$Missed") {
+				t.Errorf("%s lacks a change made while ingest was down:\n%s", u, snap)
+			}
+		}
+	})
+}
+
+// fullSyncsDone reports whether every user had a full sync, by the
+// succeeded events the audit subscriber got.
+func (s *system) fullSyncsDone(users []string) error {
+	full := map[string]bool{}
+	for _, r := range s.events.results("org.dovewarden.replication.succeeded") {
+		if r.Mode == "full" {
+			full[r.User] = true
+		}
+	}
+	for _, u := range users {
+		if !full[u] {
+			return errNotYet("full sync of " + u)
+		}
+	}
+	return nil
+}
