@@ -108,7 +108,7 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// exited fails the test if the process died on its own: a crash is a
+// checkAlive fails the test if the process died on its own: a crash is a
 // product bug, not something to wait out.
 func (p *proc) checkAlive() {
 	p.t.Helper()
