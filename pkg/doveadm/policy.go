@@ -55,7 +55,11 @@ var Policy = []Rule{
 	{Code: 2, Action: RunAgain, Class: "changed", Retryable: true, Reason: "mailbox changed during sync, run again"},
 	{Code: 65, Action: EscalateFull, Class: "data_error", Retryable: true, Reason: "data error, retry as a full sync"},
 	{Code: 67, Action: Report, Class: "no_user", Reason: "no such user"},
-	{Code: 68, Action: Report, Class: "not_found", Reason: "not found"},
+	// 68 is also what dsync answers when a folder is deleted while it
+	// syncs it ("Mailbox was deleted under us", seen with Dovecot 2.3 and
+	// 2.4 in the e2e suite); the next run then succeeds. So one more run,
+	// at once, before it is reported.
+	{Code: 68, Action: RunAgain, Class: "not_found", Retryable: true, Attempts: 2, Reason: "not found (a mailbox deleted during the sync: run again once)"},
 	{Code: 75, Action: Retry, Class: "tempfail", Retryable: true, Reason: "temporary failure (destination down or busy)"},
 	{Code: 77, Action: ReportConfig, Class: "no_permission", Reason: "no permission"},
 	{Code: 78, Action: ReportConfig, Class: "config_error", Reason: "configuration error"},

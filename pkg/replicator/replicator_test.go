@@ -237,7 +237,6 @@ func TestReplicate_NotRetried(t *testing.T) {
 		config  bool
 	}{
 		{doveadmtest.Reply{ExitCode: 67}, "no_user", change.RetryNone, false},
-		{doveadmtest.Reply{ExitCode: 68}, "not_found", change.RetryNone, false},
 		{doveadmtest.Reply{ExitCode: 77}, "no_permission", change.RetryNone, true},
 		{doveadmtest.Reply{ExitCode: 78}, "config_error", change.RetryNone, true},
 		{doveadmtest.Reply{Status: 401}, "unauthorized", change.RetryNone, true},
@@ -411,5 +410,26 @@ func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 	st, _ := f.st.Status(context.Background(), "u1")
 	if !st.PendingSince.IsZero() || st.InProgress {
 		t.Errorf("status %+v", st)
+	}
+}
+
+// TestReplicate_DeletedUnderUsRunsOnceMore: dsync answers 68 when a folder
+// is deleted while it syncs it; one more run at once succeeds, and a
+// second 68 is reported, leaving the user to the sweep.
+func TestReplicate_DeletedUnderUsRunsOnceMore(t *testing.T) {
+	f := newFixture(t, fast)
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 68})
+	if res := f.replicate(t, change.Request{User: "u1", Time: time.Now()}); res.Outcome != change.Synced || res.Attempts != 2 {
+		t.Errorf("68 then success: %+v, want synced after 2 attempts", res)
+	}
+
+	g := newFixture(t, fast)
+	g.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 68}, doveadmtest.Reply{ExitCode: 68}, doveadmtest.Reply{ExitCode: 68})
+	res := g.replicate(t, change.Request{User: "u2", Time: time.Now()})
+	if n := len(g.tracks.CallsOf("u2")); n != 2 {
+		t.Errorf("%d dsyncs, want 2", n)
+	}
+	if res.Outcome != change.Failed || res.Failure.Class != "not_found" || res.Failure.RetryBy != change.RetryBySweep {
+		t.Errorf("68 twice: %+v failure %+v, want failed and left to the sweep", res, res.Failure)
 	}
 }
