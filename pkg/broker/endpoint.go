@@ -84,6 +84,13 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&ev), req); err != nil {
 		return failed(fmt.Errorf("encode event %s: %w", ev.ID(), err))
 	}
+	// An attribute no HTTP header can carry (a CR or LF in the subject)
+	// would make every attempt fail the same way: not a transport error to
+	// retry, but an event the destination can never get.
+	if name, ok := invalidHeader(req.Header); ok {
+		return outcome{code: http.StatusBadRequest, reason: fmt.Sprintf("event %s cannot be sent: header %s holds a control character", ev.ID(), name),
+			body: []byte("invalid header field value for " + name)}
+	}
 	req.Header.Set("Prefer", "reply")
 	resp, err := e.client.Do(req)
 	if err != nil {
@@ -123,6 +130,21 @@ func readReply(ctx context.Context, code int, h http.Header, body []byte) outcom
 		return outcome{code: http.StatusBadGateway, reason: "malformed reply: " + err.Error()}
 	}
 	return outcome{code: code, reply: reply}
+}
+
+// invalidHeader finds a header value net/http would refuse to send: one
+// holding a control character other than tab.
+func invalidHeader(h http.Header) (string, bool) {
+	for name, vs := range h {
+		for _, v := range vs {
+			for i := 0; i < len(v); i++ {
+				if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+					return name, true
+				}
+			}
+		}
+	}
+	return "", false
 }
 
 // failed is an attempt that got no HTTP answer. Knative reports it as a

@@ -163,7 +163,11 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	h.m.received.WithLabelValues(hostLabel).Inc()
 	h.m.lastEvent.WithLabelValues(hostLabel).SetToCurrentTime()
 
-	c, reason := Translator{Username: h.opts.Username}.Change(ev, host)
+	c, reason, err := Translator{Username: h.opts.Username}.Change(ev, host)
+	if err != nil {
+		h.reject(w, http.StatusBadRequest, rejectUser, err.Error())
+		return
+	}
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
 		writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})

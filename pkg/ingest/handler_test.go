@@ -189,6 +189,9 @@ func TestHandle_BadInput(t *testing.T) {
 		"wrong type":     {"POST", "/events", "application/json", `{"event":"x","fields":{"user":[]}}`, 400, rejectMalformed, "fields.user"},
 		"no hostname":    {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","fields":{"user":"u"}}`, 400, rejectHost, "hostname"},
 		"hostile host":   {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","hostname":"a/../b\n","fields":{"user":"u"}}`, 400, rejectHost, "only letters"},
+		"user with CRLF": {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","hostname":"h","fields":{"user":"u1\r\nX: y"}}`, 400, rejectUser, "control"},
+		"user mask":      {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","hostname":"h","fields":{"user":"*"}}`, 400, rejectUser, "user"},
+		"user option":    {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","hostname":"h","fields":{"user":"-A"}}`, 400, rejectUser, "user"},
 		"charset ok too": {"POST", "/events", "application/json; charset=utf-8", "[", 400, rejectMalformed, "invalid JSON"},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -19,6 +19,7 @@ const (
 	rejectMalformed   = "malformed"
 	rejectHost        = "bad_host"
 	rejectInvalid     = "invalid_event"
+	rejectUser        = "bad_user"
 	rejectRead        = "read_error"
 )
 

@@ -5,6 +5,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
@@ -21,27 +22,32 @@ type Translator struct {
 // returns the drop reason for an event that changes nothing, and an error
 // for a change that cannot be a valid CloudEvent.
 func (t Translator) Translate(ev *dovecot.Event, host string) (change.Change, cloudevents.Event, dovecot.DropReason, error) {
-	c, reason := t.Change(ev, host)
-	if reason != "" {
-		return c, cloudevents.Event{}, reason, nil
+	c, reason, err := t.Change(ev, host)
+	if reason != "" || err != nil {
+		return c, cloudevents.Event{}, reason, err
 	}
 	ce, err := contract.FromChange(c)
 	return c, ce, "", err
 }
 
 // Change is Translate's first half: the change ev describes, with its
-// user normalised and host applied, or why ev is dropped.
-func (t Translator) Change(ev *dovecot.Event, host string) (change.Change, dovecot.DropReason) {
+// user normalised and host applied, or why ev is dropped. A username that
+// must never reach doveadm (control characters, a leading '-', a '*' mask,
+// see doveadm.ValidateUser) is an error: no Dovecot sends one.
+func (t Translator) Change(ev *dovecot.Event, host string) (change.Change, dovecot.DropReason, error) {
 	c, reason := dovecot.Classify(ev)
 	if reason != "" {
-		return c, reason
+		return c, reason, nil
 	}
 	c.User = t.Username.Apply(c.User)
 	if c.User == "" {
-		return c, dovecot.DropNoUser
+		return c, dovecot.DropNoUser, nil
+	}
+	if err := doveadm.ValidateUser(c.User); err != nil {
+		return c, "", err
 	}
 	if host != "" {
 		c.Host = host
 	}
-	return c, ""
+	return c, "", nil
 }
