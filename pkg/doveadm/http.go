@@ -64,20 +64,9 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		ctx, cancel = context.WithTimeout(ctx, h.timeout)
 		defer cancel()
 	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	hr, err := newRequest(ctx, ep, body)
 	if err != nil {
 		return fail(KindProtocol, nil, "build request: invalid doveadm URL")
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("Accept", "application/json")
-	if ep.APIKey != "" {
-		hr.Header.Set("X-Dovecot-API", base64.StdEncoding.EncodeToString([]byte(ep.APIKey)))
-	} else {
-		user := ep.User
-		if user == "" {
-			user = "doveadm"
-		}
-		hr.SetBasicAuth(user, ep.Password)
 	}
 	resp, err := h.client.Do(hr)
 	if err != nil {
@@ -183,4 +172,26 @@ func newTag() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return "dw" + hex.EncodeToString(b[:])
+}
+
+// newRequest builds a POST of body to ep's doveadm HTTP API, authenticated
+// as doveadm expects: X-Dovecot-API with an API key, else Basic auth as
+// ep.User ("doveadm" by default) with doveadm_password.
+func newRequest(ctx context.Context, ep Endpoint, body []byte) (*http.Request, error) {
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	hr.Header.Set("Accept", "application/json")
+	if ep.APIKey != "" {
+		hr.Header.Set("X-Dovecot-API", base64.StdEncoding.EncodeToString([]byte(ep.APIKey)))
+		return hr, nil
+	}
+	user := ep.User
+	if user == "" {
+		user = "doveadm"
+	}
+	hr.SetBasicAuth(user, ep.Password)
+	return hr, nil
 }

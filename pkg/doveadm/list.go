@@ -2,9 +2,7 @@ package doveadm
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,21 +47,9 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 		ctx, cancel = context.WithTimeout(ctx, h.timeout)
 		defer cancel()
 	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	hr, err := newRequest(ctx, ep, body)
 	if err != nil {
 		return fail(KindProtocol, nil, "build request: invalid doveadm URL")
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("Accept", "application/json")
-	// The same authentication as Sync: the API key wins over Basic auth.
-	if ep.APIKey != "" {
-		hr.Header.Set("X-Dovecot-API", base64.StdEncoding.EncodeToString([]byte(ep.APIKey)))
-	} else {
-		user := ep.User
-		if user == "" {
-			user = "doveadm"
-		}
-		hr.SetBasicAuth(user, ep.Password)
 	}
 	resp, err := h.client.Do(hr)
 	if err != nil {
