@@ -1,6 +1,8 @@
 package replicator
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -42,5 +44,30 @@ func TestReplicate_ObservedChangesCoalesceExactly(t *testing.T) {
 	}
 	if n := len(f.tracks.CallsOf("u1")); n != 3 {
 		t.Errorf("%d dsyncs, want 3", n)
+	}
+}
+
+// TestReplicate_CoveredFromMemory: once this instance saw a dsync of u1
+// succeed, a stamped change seen before that dsync started is acknowledged
+// without asking Redis (Redis is gone here); one seen after it still needs
+// Redis, and so fails as unavailable rather than being acknowledged.
+func TestReplicate_CoveredFromMemory(t *testing.T) {
+	f := newFixture(t, fast)
+	seen := time.Now().UTC().Add(-time.Second)
+	if res := f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen}); res.Outcome != change.Synced {
+		t.Fatalf("first change: %s", res.Outcome)
+	}
+	f.mr.Close()
+
+	res, err := f.r.Replicate(context.Background(), change.Request{User: "u1", Time: seen, Observed: seen, Priority: change.Low})
+	if err != nil || res.Outcome != change.Covered {
+		t.Errorf("covered change with Redis down: %+v, %v; want covered", res, err)
+	}
+	later := time.Now().UTC().Add(time.Minute)
+	if _, err := f.r.Replicate(context.Background(), change.Request{User: "u1", Time: later, Observed: later, Priority: change.Low}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("a newer change with Redis down: %v, want ErrUnavailable", err)
+	}
+	if _, err := f.r.Replicate(context.Background(), change.Request{User: "u2", Time: seen, Observed: seen, Priority: change.Low}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("another user's change with Redis down: %v, want ErrUnavailable", err)
 	}
 }

@@ -124,12 +124,17 @@ type Replicator struct {
 	m      *replMetrics
 	// sleep waits d or until ctx ends; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
+	cover *coverCache
 }
+
+// coverCacheUsers bounds the in-process coverage cache (about 100 bytes a
+// user).
+const coverCacheUsers = 200_000
 
 // New builds a replicator. notify may be nil.
 func New(o Options, store Store, tr doveadm.Transport, hosts doveadm.HostMap, notify Notifier, reg prometheus.Registerer, log *slog.Logger) *Replicator {
 	return &Replicator{opts: o.withDefaults(), store: store, tr: tr, hosts: hosts, notify: notify, log: log,
-		m: newReplMetrics(reg), sleep: sleepCtx}
+		m: newReplMetrics(reg), sleep: sleepCtx, cover: newCoverCache(coverCacheUsers)}
 }
 
 // Options returns the effective options.
@@ -155,6 +160,10 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 	at, margin := req.Time, r.opts.ClockSkew
 	if !req.Observed.IsZero() {
 		at, margin = req.Observed, 0
+		if !req.Full && r.cover.covers(req.User, at) {
+			r.m.coalesced.WithLabelValues("covered").Inc()
+			return change.Result{Outcome: change.Covered, User: req.User, Host: host, Destination: ep.Destination}, nil
+		}
 	}
 	token := newToken()
 	claim, err := r.store.Begin(ctx, state.BeginArgs{
@@ -170,6 +179,7 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 	case state.Excluded:
 		res.Outcome = change.Excluded
 	case state.Covered:
+		r.cover.record(req.User, claim.LastStart)
 		res.Outcome = change.Covered
 		r.m.coalesced.WithLabelValues("covered").Inc()
 	case state.Busy:

@@ -66,6 +66,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				// change is redelivered; the lock expires by its TTL.
 				return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, serr)
 			}
+			r.cover.record(user, claim.Start)
 			lag := end.Sub(oldest)
 			r.m.lag.WithLabelValues(prio).Observe(max(lag, 0).Seconds())
 			j.res.Outcome, j.res.Start, j.res.End, j.res.Lag = change.Synced, claim.Start, end, lag
