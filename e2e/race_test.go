@@ -50,10 +50,9 @@ func TestChangeDuringDsync(t *testing.T) {
 func (s *system) notFoundHint(user string) string {
 	for _, r := range s.events.results("org.dovewarden.replication.failed") {
 		if r.User == user && r.Class == "not_found" {
-			return "\nBUG: dsync answered exit code 68 (\"Mailbox was deleted under us\": the folder was deleted while " +
-				"dsync synced it, a race that the next dsync resolves). pkg/doveadm/policy.go treats 68 as final " +
-				"(not_found, retry_by " + r.RetryBy + "): the user is marked failed, and the DELETE merged into that attempt " +
-				"waits for the sweep's failed-user retry (--failed-retry-interval, 5 min; the sweep runs hourly)"
+			return "\ndsync answered exit code 68 (\"Mailbox was deleted under us\"; retry_by " + r.RetryBy + "): " +
+				"pkg/doveadm/policy.go runs it once more as a full sync, which should carry the deletion; " +
+				"if it did not converge, that rerun did not resolve the race\n"
 		}
 	}
 	return ""

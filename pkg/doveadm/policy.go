@@ -57,9 +57,10 @@ var Policy = []Rule{
 	{Code: 67, Action: Report, Class: "no_user", Reason: "no such user"},
 	// 68 is also what dsync answers when a folder is deleted while it
 	// syncs it ("Mailbox was deleted under us", seen with Dovecot 2.3 and
-	// 2.4 in the e2e suite); the next run then succeeds. So one more run,
-	// at once, before it is reported.
-	{Code: 68, Action: RunAgain, Class: "not_found", Retryable: true, Attempts: 2, Reason: "not found (a mailbox deleted during the sync: run again once)"},
+	// 2.4 in the e2e suite). An incremental rerun with the old state can
+	// miss the deletion; a full one does not. So once more as a full sync
+	// before it is reported.
+	{Code: 68, Action: EscalateFull, Class: "not_found", Retryable: true, Reason: "not found (a mailbox deleted during the sync: once more as a full sync)"},
 	{Code: 75, Action: Retry, Class: "tempfail", Retryable: true, Reason: "temporary failure (destination down or busy)"},
 	{Code: 77, Action: ReportConfig, Class: "no_permission", Reason: "no permission"},
 	{Code: 78, Action: ReportConfig, Class: "config_error", Reason: "configuration error"},

@@ -21,7 +21,7 @@ func TestDecide_PolicyTable(t *testing.T) {
 		{"2 run again", exit(2), RunAgain, "changed", true, 0},
 		{"65 escalates", exit(65), EscalateFull, "data_error", true, 0},
 		{"67 no user", exit(67), Report, "no_user", false, 0},
-		{"68 not found", exit(68), RunAgain, "not_found", true, 2},
+		{"68 not found", exit(68), EscalateFull, "not_found", true, 0},
 		{"75 tempfail", exit(75), Retry, "tempfail", true, 0},
 		{"77 permission", exit(77), ReportConfig, "no_permission", false, 0},
 		{"78 config", exit(78), ReportConfig, "config_error", false, 0},
