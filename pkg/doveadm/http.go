@@ -59,28 +59,10 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	if err != nil {
 		return fail(KindProtocol, err, "encode request: %v", err)
 	}
-	if h.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.timeout)
-		defer cancel()
-	}
-	hr, err := newRequest(ctx, ep, body)
-	if err != nil {
-		return fail(KindProtocol, nil, "build request: invalid doveadm URL")
-	}
-	resp, err := h.client.Do(hr)
-	if err != nil {
-		if ctx.Err() != nil {
-			return fail(KindTransport, err, "no answer within the timeout: %v", context.Cause(ctx))
-		}
-		// Never print err itself: url.Error repeats the URL, which may
-		// carry userinfo. The cause alone is enough.
-		var ue interface{ Unwrap() error }
-		cause := err
-		if errors.As(err, &ue) && ue.Unwrap() != nil {
-			cause = ue.Unwrap()
-		}
-		return fail(KindTransport, err, "%v", cause)
+	resp, cancel, pe := h.post(ctx, ep, body)
+	defer cancel()
+	if pe != nil {
+		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
@@ -172,6 +154,42 @@ func newTag() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return "dw" + hex.EncodeToString(b[:])
+}
+
+// postError is a request that got no HTTP answer: its kind and a detail
+// safe to show.
+type postError struct {
+	kind   Kind
+	err    error
+	detail string
+}
+
+// post sends body to ep's doveadm HTTP API within h.timeout. The returned
+// cancel ends that timeout once the caller has read the answer.
+func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Response, context.CancelFunc, *postError) {
+	cancel := context.CancelFunc(func() {})
+	if h.timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, h.timeout)
+	}
+	hr, err := newRequest(ctx, ep, body)
+	if err != nil {
+		return nil, cancel, &postError{kind: KindProtocol, detail: "build request: invalid doveadm URL"}
+	}
+	resp, err := h.client.Do(hr)
+	if err == nil {
+		return resp, cancel, nil
+	}
+	if ctx.Err() != nil {
+		return nil, cancel, &postError{KindTransport, err, fmt.Sprintf("no answer within the timeout: %v", context.Cause(ctx))}
+	}
+	// Never print err itself: url.Error repeats the URL, which may carry
+	// userinfo. The cause alone is enough.
+	var ue interface{ Unwrap() error }
+	cause := err
+	if errors.As(err, &ue) && ue.Unwrap() != nil {
+		cause = ue.Unwrap()
+	}
+	return nil, cancel, &postError{KindTransport, err, fmt.Sprint(cause)}
 }
 
 // newRequest builds a POST of body to ep's doveadm HTTP API, authenticated

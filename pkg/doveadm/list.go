@@ -42,26 +42,10 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	if err != nil {
 		return fail(KindProtocol, err, "encode request: %v", err)
 	}
-	if h.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.timeout)
-		defer cancel()
-	}
-	hr, err := newRequest(ctx, ep, body)
-	if err != nil {
-		return fail(KindProtocol, nil, "build request: invalid doveadm URL")
-	}
-	resp, err := h.client.Do(hr)
-	if err != nil {
-		if ctx.Err() != nil {
-			return fail(KindTransport, err, "no answer within the timeout: %v", context.Cause(ctx))
-		}
-		// Not err itself: url.Error repeats the URL, which may carry userinfo.
-		cause := err
-		if ue, ok := err.(interface{ Unwrap() error }); ok && ue.Unwrap() != nil {
-			cause = ue.Unwrap()
-		}
-		return fail(KindTransport, err, "%v", cause)
+	resp, cancel, pe := h.post(ctx, ep, body)
+	defer cancel()
+	if pe != nil {
+		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
 	defer resp.Body.Close()
 	switch {
