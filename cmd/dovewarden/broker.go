@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
@@ -47,17 +46,8 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	var health server.Health
-	mux := http.NewServeMux()
-	health.Mount(mux, reg)
-	mux.Handle("/", b.Ingress())
-	serveErr := server.Serve(ctx, log, srv, mux, func(addr net.Addr) {
-		health.SetReady(true)
-		log.Info("broker ingress ready", "url", "http://"+addr.String()+"/", "broker", b.Name())
-		if env.ready != nil {
-			env.ready(addr)
-		}
-	})
+	log.Info("broker ingress", "path", "/", "broker", b.Name())
+	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) })
 	sctx, cancel := context.WithTimeout(context.Background(), srv.ShutdownTimeout)
 	defer cancel()
 	dropped, err := b.Shutdown(sctx)

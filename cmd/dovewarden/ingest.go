@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
-	"net/http"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
@@ -26,14 +24,5 @@ func runIngest(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer closeFn()
-	var health server.Health
-	mux := http.NewServeMux()
-	health.Mount(mux, reg)
-	h.Mount(mux)
-	return server.Serve(ctx, log, cfg.Server, mux, func(addr net.Addr) {
-		health.SetReady(true)
-		if env.ready != nil {
-			env.ready(addr)
-		}
-	})
+	return serveRole(ctx, env, log, cfg.Server, nil, reg, h.Mount)
 }

@@ -132,13 +132,6 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 	ho.Clock = clock
 	ih := ingest.NewHandler(ho, b, st, reg, log)
-	var health server.Health
-	mux := http.NewServeMux()
-	health.Mount(mux, reg)
-	mux.Handle(brokerPath, b.Ingress())
-	mux.Handle("GET /status/{user}", statusHandler(st))
-	ih.Mount(mux)
-
 	log.Info("local mode", "ingest", "POST /events", "broker", brokerPath, "status", "GET /status/{user}", "metrics", "GET /metrics")
 	// A sweep at start: state kept in an embedded Redis is gone, and events
 	// Dovecot sent while this process was down were dropped.
@@ -146,11 +139,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 
 	// Stop taking events first, then let the lanes finish what they hold.
 	sc.Server.WriteTimeout = sc.WriteTimeout
-	serr := server.ServeListener(ctx, log, sc.Server, ln, mux, func(addr net.Addr) {
-		health.SetReady(true)
-		if env.ready != nil {
-			env.ready(addr)
-		}
+	serr := serveRole(ctx, env, log, sc.Server, ln, reg, func(mux *http.ServeMux) {
+		mux.Handle(brokerPath, b.Ingress())
+		mux.Handle("GET /status/{user}", statusHandler(st))
+		ih.Mount(mux)
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
-	"net/http"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
@@ -26,16 +24,7 @@ func runSync(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer closeFn()
-	var health server.Health
-	mux := http.NewServeMux()
-	health.Mount(mux, reg)
-	h.Mount(mux)
 	// A dsync can outlast the 30 s write timeout the other roles use.
 	cfg.Server.WriteTimeout = cfg.WriteTimeout
-	return server.Serve(ctx, log, cfg.Server, mux, func(addr net.Addr) {
-		health.SetReady(true)
-		if env.ready != nil {
-			env.ready(addr)
-		}
-	})
+	return serveRole(ctx, env, log, cfg.Server, nil, reg, h.Mount)
 }
