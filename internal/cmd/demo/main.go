@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -64,6 +65,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d := &demo{out: out, bin: *bin, version: *version}
 	defer d.stop()
 	if err := d.start(ctx); err != nil {
+		if d.localLog != "" {
+			return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s", err, d.localLog, tail(d.localLog, 30))
+		}
 		return err
 	}
 	if err := d.show(ctx); err != nil {
@@ -171,13 +175,21 @@ func (d *demo) stop() {
 	}
 }
 
+// freePort picks a free port for dovewarden below Linux's ephemeral range
+// (32768 and up): the port is chosen before the Dovecot instances start,
+// and they take their own ports from the ephemeral range, so they cannot
+// take this one in between.
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port, nil
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port between 20000 and 32000 on 127.0.0.1")
 }
 
 func waitReady(ctx context.Context, url string, limit time.Duration) error {
