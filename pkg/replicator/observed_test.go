@@ -3,10 +3,13 @@ package replicator
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 )
 
 // TestReplicate_ObservedChangesCoalesceExactly: a change stamped with the
@@ -69,5 +72,111 @@ func TestReplicate_CoveredFromMemory(t *testing.T) {
 	}
 	if _, err := f.r.Replicate(context.Background(), change.Request{User: "u2", Time: seen, Observed: seen, Priority: change.Low}); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("another user's change with Redis down: %v, want ErrUnavailable", err)
+	}
+}
+
+// TestReplicate_MergedInProcessWhileDsyncRuns: stamped changes of a user
+// whose dsync runs in this instance are acknowledged without Redis: those
+// seen before the attempt started are covered by it, those seen after make
+// the owner run exactly one more attempt. While the dsync runs the user
+// stays in the pending set, so an owner that died would leave the changes
+// to the next event or the sweep.
+func TestReplicate_MergedInProcessWhileDsyncRuns(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		before, late int
+		dsyncs       int
+	}{
+		{"seen before the attempt started", 5, 0, 1},
+		{"seen after it started", 0, 5, 2},
+		{"both", 3, 3, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, fast)
+			started, release := make(chan struct{}, 10), make(chan struct{})
+			var once sync.Once
+			free := func() { once.Do(func() { close(release) }) }
+			t.Cleanup(free) // a failed check must not leave the dsync hanging
+			f.a.OnStart = func(doveadmtest.Call) {
+				started <- struct{}{}
+				if len(f.tracks.Calls()) == 0 {
+					<-release
+				}
+			}
+			seen := time.Now().UTC().Add(-time.Second)
+			done := make(chan change.Result)
+			go func() { done <- f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen}) }()
+			<-started
+
+			st, err := f.st.Status(context.Background(), "u1")
+			if err != nil || st.PendingSince.IsZero() || !st.InProgress {
+				t.Fatalf("status while the dsync runs: %+v, %v; want pending and in progress", st, err)
+			}
+			for i := range tc.before {
+				at := seen.Add(time.Duration(i) * time.Millisecond)
+				if res := f.replicate(t, change.Request{User: "u1", Time: at, Observed: at}); res.Outcome != change.Coalesced {
+					t.Fatalf("change seen before the start: %+v", res)
+				}
+			}
+			for range tc.late {
+				at := time.Now().UTC().Add(time.Second)
+				if res := f.replicate(t, change.Request{User: "u1", Time: at, Observed: at}); res.Outcome != change.Coalesced {
+					t.Fatalf("change seen after the start: %+v", res)
+				}
+			}
+			if got := counter(t, f, metrics.SyncLockContention); got != 0 {
+				t.Errorf("%v changes went to Redis and found the lock held; want all merged in-process", got)
+			}
+			free()
+			res := <-done
+			if n := len(f.tracks.CallsOf("u1")); n != tc.dsyncs {
+				t.Errorf("%d dsyncs, want %d", n, tc.dsyncs)
+			}
+			if want := 1 + tc.before + tc.late; res.Outcome != change.Synced || res.Coalesced != want {
+				t.Errorf("result %+v, want synced covering %d changes", res, want)
+			}
+			st, _ = f.st.Status(context.Background(), "u1")
+			if !st.PendingSince.IsZero() || st.InProgress {
+				t.Errorf("status after: %+v, want nothing pending", st)
+			}
+			// The flight is over: a newer change runs a dsync of its own.
+			at := time.Now().UTC().Add(2 * time.Second)
+			f.mr.SetTime(at.Add(time.Second))
+			if res := f.replicate(t, change.Request{User: "u1", Time: at, Observed: at}); res.Outcome != change.Synced {
+				t.Errorf("change after the flight: %+v, want synced", res)
+			}
+		})
+	}
+}
+
+// TestReplicate_MergedChangesOfAFailedDsyncStayMarked: changes merged into
+// a dsync that then fails for good are acknowledged with the user marked
+// failed and pending, for the sweep.
+func TestReplicate_MergedChangesOfAFailedDsyncStayMarked(t *testing.T) {
+	f := newFixture(t, fast)
+	started, release := make(chan struct{}, 10), make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	f.a.OnStart = func(doveadmtest.Call) {
+		started <- struct{}{}
+		<-release
+	}
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 67}) // EX_NOUSER: not retried
+	seen := time.Now().UTC().Add(-time.Second)
+	done := make(chan change.Result)
+	go func() { done <- f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen}) }()
+	<-started
+	at := time.Now().UTC().Add(time.Second)
+	if res := f.replicate(t, change.Request{User: "u1", Time: at, Observed: at}); res.Outcome != change.Coalesced {
+		t.Fatalf("change during the dsync: %+v", res)
+	}
+	free()
+	if res := <-done; res.Outcome != change.Failed {
+		t.Fatalf("result %+v, want failed", res)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if st.PendingSince.IsZero() || !st.Failed || st.InProgress {
+		t.Errorf("status %+v: want failed and pending, not in progress", st)
 	}
 }

@@ -124,7 +124,8 @@ type Replicator struct {
 	m      *replMetrics
 	// sleep waits d or until ctx ends; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
-	cover *coverCache
+	cover   *coverCache
+	flights *flights
 }
 
 // coverCacheUsers bounds the in-process coverage cache (about 100 bytes a
@@ -134,7 +135,7 @@ const coverCacheUsers = 200_000
 // New builds a replicator. notify may be nil.
 func New(o Options, store Store, tr doveadm.Transport, hosts doveadm.HostMap, notify Notifier, reg prometheus.Registerer, log *slog.Logger) *Replicator {
 	return &Replicator{opts: o.withDefaults(), store: store, tr: tr, hosts: hosts, notify: notify, log: log,
-		m: newReplMetrics(reg), sleep: sleepCtx, cover: newCoverCache(coverCacheUsers)}
+		m: newReplMetrics(reg), sleep: sleepCtx, cover: newCoverCache(coverCacheUsers), flights: newFlights()}
 }
 
 // Options returns the effective options.
@@ -163,6 +164,10 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 		if !req.Full && r.cover.covers(req.User, at) {
 			r.m.coalesced.WithLabelValues("covered").Inc()
 			return change.Result{Outcome: change.Covered, User: req.User, Host: host, Destination: ep.Destination}, nil
+		}
+		if !req.Full && r.flights.merge(req.User, at) {
+			r.m.coalesced.WithLabelValues("merged").Inc()
+			return change.Result{Outcome: change.Coalesced, User: req.User, Host: host, Destination: ep.Destination}, nil
 		}
 	}
 	token := newToken()

@@ -35,6 +35,9 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 	r.m.inProgress.Inc()
 	defer r.m.inProgress.Dec()
 
+	fl := r.flights.begin(user, claim.Start)
+	defer r.flights.end(user, fl)
+
 	full := j.req.Full || claim.FullRequested
 	attempt, total, rounds := 0, 0, 1
 	covered := 1 + claim.Merged
@@ -53,12 +56,14 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		rule := doveadm.Decide(err)
 		r.m.dsyncs.WithLabelValues(rule.Class, prio).Inc()
 
+		rerun, merged := r.flights.close(fl)
+		covered += merged
 		if err == nil {
 			cctx, cancel := j.cleanupCtx(ctx)
 			end, next, serr := r.store.Succeed(cctx, state.SuccessArgs{
 				User: user, Token: j.token, Host: j.host, Destination: j.ep.Destination, NewState: out.State,
 				Start: claim.Start, TTL: r.opts.LockTTL, Full: full,
-				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil,
+				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil, Rerun: rerun,
 			})
 			cancel()
 			if serr != nil {
@@ -79,6 +84,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				claim, attempt = next, 0
 				covered += next.Merged
 				full = next.FullRequested
+				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
 				r.log.Info("changes arrived during dsync; left for the next event or the sweep",
@@ -123,6 +129,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		claim = c
 		covered += c.Merged
 		full = full || c.FullRequested
+		r.flights.reopen(fl, claim.Start)
 	}
 }
 

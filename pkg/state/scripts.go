@@ -9,6 +9,8 @@ import "github.com/redis/go-redis/v9"
 //
 // Coalescing: last_start is the start of the last successful dsync; a
 // change older than last_start - margin is covered (Begin). A change that
+// takes the lock is left in PendingKey too, so that one whose owner dies
+// is not lost. A change that
 // arrives while the lock is held is left in PendingKey (ZADD LT keeps the
 // oldest time, as ingest's MarkPending does). If its time is at or after
 // the running attempt's start - margin, the attempt may not cover it: it
@@ -63,6 +65,9 @@ if not full and last > 0 and at < last - margin then
   return {'covered', last}
 end
 if redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
+  -- The change stays marked until a Succeed finds nothing newer: if the
+  -- owner dies, the next event or the sweep replicates the user.
+  redis.call('ZADD', KEYS[3], 'LT', at, user)
   return start(now, user, owner, host, KEYS[5], dest)
 end
 -- Busy: leave a pending mark the owner (or, if it died, the next event or
@@ -102,7 +107,7 @@ return 0
 
 // scriptSucceed: KEYS lock, user, pending, failed, state.
 // ARGV user, token, start, destination, new state, host, full, ttl, may
-// rerun.
+// rerun, rerun (the owner merged newer changes in-process).
 var scriptSucceed = redis.NewScript(luaPrelude + `
 local user, token, st = ARGV[1], ARGV[2], num(ARGV[3])
 local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
@@ -123,6 +128,7 @@ local newer = not owned
   or redis.call('HEXISTS', h, 'pending_last') == 1
   or redis.call('HEXISTS', h, 'pending_host') == 1
   or redis.call('HGET', h, 'full_requested') == '1'
+  or ARGV[10] == '1'
 if not newer then
   redis.call('ZREM', KEYS[3], user)
   redis.call('HDEL', h, 'pending_count')

@@ -148,6 +148,9 @@ type SuccessArgs struct {
 	// MayRerun lets the script start another attempt at once (Run) when
 	// marks newer than Start remain.
 	MayRerun bool
+	// Rerun says that the caller acknowledged changes newer than Start
+	// itself (merged in-process): they count as such a mark.
+	Rerun bool
 }
 
 // Succeed records a successful dsync and, atomically, clears the user's
@@ -160,7 +163,7 @@ type SuccessArgs struct {
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
-		a.Destination, a.NewState, a.Host, flag(a.Full), a.TTL.Milliseconds(), flag(a.MayRerun)).Slice()
+		a.Destination, a.NewState, a.Host, flag(a.Full), a.TTL.Milliseconds(), flag(a.MayRerun), flag(a.Rerun)).Slice()
 	if err != nil {
 		return time.Time{}, Claim{}, fmt.Errorf("record sync of %q in redis: %w", a.User, err)
 	}
