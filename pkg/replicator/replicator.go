@@ -123,7 +123,7 @@ type Replicator struct {
 	log    *slog.Logger
 	m      *replMetrics
 	// sleep waits d or until ctx ends; tests replace it.
-	sleep func(ctx context.Context, d time.Duration) error
+	sleep   func(ctx context.Context, d time.Duration) error
 	cover   *coverCache
 	flights *flights
 }
