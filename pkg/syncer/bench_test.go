@@ -125,3 +125,53 @@ func BenchmarkServeHTTPRealRedis(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "decisions/s")
 }
+
+// stampedEvent is a change ingest stamped with the Redis clock at at.
+func stampedEvent(b *testing.B, user string, at time.Time) cloudevents.Event {
+	ev, err := contract.FromChange(change.Change{ID: "c-" + user, User: user, Host: "mail-a", Time: at, Observed: at,
+		Priority: change.High, Event: "imap_command_finished", Command: "APPEND", Mailbox: "INBOX"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ev
+}
+
+// The embedded Redis of local mode (miniredis): a change already covered
+// by a dsync this process saw succeed (no round trip), and one that runs
+// a dsync (its two decision scripts run in miniredis's Lua interpreter).
+func BenchmarkHandleEmbeddedRedis(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		covered bool
+	}{{"covered", true}, {"dsync", false}} {
+		b.Run(tc.name, func(b *testing.B) {
+			f := newFixture(b)
+			const users = 1000
+			evs := make([]cloudevents.Event, users)
+			for i := range evs {
+				user := fmt.Sprint("user", i)
+				if tc.covered {
+					if _, err := f.h.Handle(context.Background(), stampedEvent(b, user, time.Now())); err != nil {
+						b.Fatal(err)
+					}
+				}
+				evs[i] = stampedEvent(b, user, time.Now().Add(-time.Minute))
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				ev := evs[i%users]
+				if !tc.covered {
+					ev = stampedEvent(b, ev.Subject(), time.Now())
+				}
+				reply, err := f.h.Handle(context.Background(), ev)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if (reply != nil) == tc.covered {
+					b.Fatalf("covered %v but reply %v", tc.covered, reply)
+				}
+			}
+		})
+	}
+}
