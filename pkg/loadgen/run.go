@@ -1,12 +1,10 @@
 package loadgen
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -42,10 +40,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return Report{}, err
 	}
 	header, target := requestHeader(cfg, target)
-	client := newClient(cfg)
-	defer client.CloseIdleConnections()
+	reqHead := requestHead(header, target)
+	addr, tlsConf := dialTarget(target)
 
-	r := &runner{cfg: cfg, gen: gen, client: client, start: time.Now()}
+	r := &runner{cfg: cfg, gen: gen, start: time.Now()}
 	if cfg.Duration > 0 {
 		r.deadline = r.start.Add(cfg.Duration)
 	}
@@ -55,16 +53,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	tallies := make([]*tally, cfg.Concurrency)
 	var wg sync.WaitGroup
 	for n := range tallies {
-		w := &worker{runner: r, t: &tally{}, timer: time.NewTimer(time.Hour), buf: make([]byte, 0, 1024)}
+		w := &worker{runner: r, t: &tally{}, timer: time.NewTimer(time.Hour),
+			c: &httpConn{url: target.String(), addr: addr, tls: tlsConf, head: reqHead}}
 		w.timer.Stop()
-		w.req = &http.Request{Method: http.MethodPost, URL: target, Host: target.Host,
-			Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: header.Clone()}
-		w.getBody = func() (io.ReadCloser, error) {
-			// For the transport's replay on a stale keep-alive connection.
-			return io.NopCloser(bytes.NewReader(w.buf)), nil
-		}
 		tallies[n] = w.t
-		wg.Go(func() { w.run(ctx) })
+		wg.Go(func() {
+			defer w.c.close()
+			w.run(ctx)
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(r.start)
@@ -85,7 +81,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 }
 
 // requestHeader builds the headers every request carries. Credentials in
-// the URL become a header here, once, instead of per request in net/http.
+// the URL become a header here, once, and leave the URL.
 func requestHeader(cfg Config, u *url.URL) (http.Header, *url.URL) {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
@@ -106,32 +102,10 @@ func requestHeader(cfg Config, u *url.URL) (http.Header, *url.URL) {
 	return h, &bare
 }
 
-// newClient mimics Dovecot's exporter: HTTP/1.1 keep-alive, one request in
-// flight per connection, no redirects followed, no proxy (a proxy would
-// both defeat the loopback check and add its own latency).
-func newClient(cfg Config) *http.Client {
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        cfg.Concurrency,
-		MaxIdleConnsPerHost: cfg.Concurrency,
-		IdleConnTimeout:     90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second,
-		DisableCompression:  true,
-	}
-	return &http.Client{
-		Transport: tr,
-		CheckRedirect: func(*http.Request, []*http.Request) error {
-			return http.ErrUseLastResponse
-		},
-	}
-}
-
 // runner is the state all workers share.
 type runner struct {
 	cfg      Config
 	gen      *Generator
-	client   *http.Client
 	next     atomic.Uint64 // next event number: the ticket for one request
 	start    time.Time
 	deadline time.Time // zero without a Duration
@@ -141,11 +115,10 @@ type runner struct {
 // worker is one connection's sender.
 type worker struct {
 	*runner
-	t       *tally
-	req     *http.Request // method, URL and headers; copied per request
-	getBody func() (io.ReadCloser, error)
-	buf     []byte // the current request's body
-	timer   *time.Timer
+	t     *tally
+	c     *httpConn // the worker's connection, one request in flight
+	body  []byte    // the current request's body
+	timer *time.Timer
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -194,26 +167,9 @@ func (w *worker) sleep(ctx context.Context, d time.Duration) bool {
 }
 
 func (w *worker) send(ctx context.Context, i uint64, from time.Time) {
-	// A fresh buffer per request: the transport may still be writing the
-	// last body when its response arrives, and io.NopCloser around a
-	// bytes.Reader (which gives no sign of being done) is what net/http
-	// recognises as in-memory and sends with the headers in one write,
-	// about a third less CPU per request than a custom body type.
-	w.buf = w.gen.Append(make([]byte, 0, cap(w.buf)), i, time.Now())
-
-	rctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
-	defer cancel()
-	req := w.req.WithContext(rctx)
-	req.Body = io.NopCloser(bytes.NewReader(w.buf))
-	req.GetBody = w.getBody
-	req.ContentLength = int64(len(w.buf))
-
+	w.body = w.gen.Append(w.body[:0], i, time.Now())
 	w.t.sent++
-	resp, err := w.client.Do(req)
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
+	resp, err := w.c.roundTrip(ctx, w.body, w.cfg.Timeout)
 	done := time.Now()
 	switch {
 	case err == nil:
@@ -226,10 +182,10 @@ func (w *worker) send(ctx context.Context, i uint64, from time.Time) {
 		w.t.canceled++
 	case isTimeout(err):
 		w.t.timeouts++
-		w.t.noteErr(err, done)
+		w.t.noteErr(&url.Error{Op: "Post", URL: w.c.url, Err: err}, done)
 	default:
 		w.t.errors++
-		w.t.noteErr(err, done)
+		w.t.noteErr(&url.Error{Op: "Post", URL: w.c.url, Err: err}, done)
 	}
 }
 
