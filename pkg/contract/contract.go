@@ -5,9 +5,12 @@ package contract
 
 import (
 	"fmt"
+	"net/url"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	gojson "github.com/goccy/go-json"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 )
@@ -51,6 +54,77 @@ type MailboxChanged struct {
 // the Dovecot host, time when the change finished, id the change's
 // deterministic ID.
 func FromChange(c change.Change) (cloudevents.Event, error) {
+	// Ingest maps every change it accepts: the usual change gets the event
+	// the SDK's setters would build, without their parsing and checking.
+	if ev, ok := fromUsualChange(&c); ok {
+		return ev, nil
+	}
+	return fromChange(c)
+}
+
+// fromUsualChange builds the event fromChange builds, field by field as
+// the SDK's setters set them, for a change whose ID and host the setters
+// and Validate take as they are: an ID with something but spaces, a host
+// of letters, digits, '.', '-' and '_' (url.Parse makes it the URL's path,
+// unescaped). It reports false for any other change, and when the data
+// cannot be encoded, for fromChange to say why. TestFromChange_UsualPath
+// checks that both build the same event.
+func fromUsualChange(c *change.Change) (cloudevents.Event, bool) {
+	id := strings.TrimSpace(c.ID)
+	if id == "" || !plainHost(c.Host) {
+		return cloudevents.Event{}, false
+	}
+	// goccy/go-json encodes as encoding/json does (HTML escapes, invalid
+	// UTF-8, omitzero), several times faster; the test compares the two.
+	data, err := gojson.Marshal(mailboxChanged(c))
+	if err != nil {
+		return cloudevents.Event{}, false
+	}
+	ct := cloudevents.ApplicationJSON
+	ec := &cloudevents.EventContextV1{
+		ID:              id,
+		Type:            TypeMailboxChanged,
+		Source:          cloudevents.URIRef{URL: url.URL{Path: c.Host}},
+		DataContentType: &ct,
+		Extensions:      map[string]any{ExtPriority: string(c.Priority), ExtPartitionKey: c.User},
+	}
+	if s := strings.TrimSpace(c.User); s != "" {
+		ec.Subject = &s
+	}
+	if !c.Time.IsZero() {
+		ec.Time = &cloudevents.Timestamp{Time: c.Time}
+	}
+	return cloudevents.Event{Context: ec, DataEncoded: data}, true
+}
+
+// plainHost reports whether host is not empty and has only letters,
+// digits, '.', '-' and '_': a URI reference that is a path needing no
+// escaping.
+func plainHost(host string) bool {
+	if host == "" {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func mailboxChanged(c *change.Change) MailboxChanged {
+	return MailboxChanged{
+		User: c.User, Host: c.Host, Event: c.Event, Command: c.Command,
+		Mailbox: c.Mailbox, DestinationMailbox: c.DestinationMailbox,
+		OldMailbox: c.OldMailbox, Session: c.Session, MessageID: c.MessageID,
+		Priority: string(c.Priority), ObservedAt: c.Observed.UTC(),
+	}
+}
+
+// fromChange is FromChange through the SDK's setters, which check every
+// attribute.
+func fromChange(c change.Change) (cloudevents.Event, error) {
 	ev := cloudevents.NewEvent()
 	ev.SetID(c.ID)
 	ev.SetType(TypeMailboxChanged)
@@ -61,13 +135,7 @@ func FromChange(c change.Change) (cloudevents.Event, error) {
 	}
 	ev.SetExtension(ExtPriority, string(c.Priority))
 	ev.SetExtension(ExtPartitionKey, c.User)
-	data := MailboxChanged{
-		User: c.User, Host: c.Host, Event: c.Event, Command: c.Command,
-		Mailbox: c.Mailbox, DestinationMailbox: c.DestinationMailbox,
-		OldMailbox: c.OldMailbox, Session: c.Session, MessageID: c.MessageID,
-		Priority: string(c.Priority), ObservedAt: c.Observed.UTC(),
-	}
-	if err := ev.SetData(cloudevents.ApplicationJSON, data); err != nil {
+	if err := ev.SetData(cloudevents.ApplicationJSON, mailboxChanged(&c)); err != nil {
 		return ev, fmt.Errorf("encode data of change %s: %w", c.ID, err)
 	}
 	if err := ev.Validate(); err != nil {
