@@ -1,7 +1,9 @@
 package ingest
 
 import (
+	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -43,8 +45,21 @@ type ingestMetrics struct {
 
 	observeFails prometheus.Counter
 
-	mu    sync.RWMutex
-	hosts map[string]struct{}
+	// hosts maps each host label to its metrics. It is replaced, never
+	// changed, so events read it without a lock; mu serialises the
+	// replacements.
+	hosts     atomic.Pointer[map[string]*hostMetrics]
+	mu        sync.Mutex
+	other     *hostMetrics
+	otherOnce sync.Once
+}
+
+// hostMetrics are the series of one host label that every event of the
+// host updates, looked up once.
+type hostMetrics struct {
+	label     string
+	received  prometheus.Counter
+	lastEvent prometheus.Gauge
 }
 
 func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
@@ -69,30 +84,48 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help: "Unix time of the last event received from each Dovecot host."}, []string{"host"}),
 		observeFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestObserveFailures,
 			Help: "Changes sent without the Redis-clock stamp because Redis did not answer in time (coalesced with the clock-skew margin instead)."}),
-		hosts: map[string]struct{}{},
 	}
+	m.hosts.Store(&map[string]*hostMetrics{})
 	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.sendTime, m.sendFails, m.pending, m.lastEvent, m.observeFails)
 	return m
 }
 
 // hostLabel returns host as a label value, or otherHost once maxHostLabels
 // distinct hosts have been seen.
-func (m *ingestMetrics) hostLabel(host string) string {
-	m.mu.RLock()
-	_, ok := m.hosts[host]
-	n := len(m.hosts)
-	m.mu.RUnlock()
-	if ok {
-		return host
+func (m *ingestMetrics) hostLabel(host string) string { return m.host(host).label }
+
+// host returns the metrics of host, or those of otherHost once
+// maxHostLabels distinct hosts have been seen. The event that first names
+// a label counts it at once, so its series appear when they did before.
+func (m *ingestMetrics) host(host string) *hostMetrics {
+	hosts := *m.hosts.Load()
+	if hm, ok := hosts[host]; ok {
+		return hm
 	}
-	if n >= maxHostLabels {
-		return otherHost
+	if len(hosts) < maxHostLabels {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		hosts = *m.hosts.Load()
+		if hm, ok := hosts[host]; ok {
+			return hm
+		}
+		if len(hosts) < maxHostLabels {
+			hm := m.newHostMetrics(host)
+			next := make(map[string]*hostMetrics, len(hosts)+1)
+			maps.Copy(next, hosts)
+			next[host] = hm
+			m.hosts.Store(&next)
+			return hm
+		}
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.hosts) >= maxHostLabels {
-		return otherHost
+	m.otherOnce.Do(func() { m.other = m.newHostMetrics(otherHost) })
+	return m.other
+}
+
+func (m *ingestMetrics) newHostMetrics(label string) *hostMetrics {
+	return &hostMetrics{
+		label:     label,
+		received:  m.received.WithLabelValues(label),
+		lastEvent: m.lastEvent.WithLabelValues(label),
 	}
-	m.hosts[host] = struct{}{}
-	return host
 }
