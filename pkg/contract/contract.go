@@ -151,7 +151,7 @@ func ToChange(ev cloudevents.Event) (change.Change, error) {
 		return change.Change{}, fmt.Errorf("event type %q is not %s", ev.Type(), TypeMailboxChanged)
 	}
 	var d MailboxChanged
-	if err := ev.DataAs(&d); err != nil {
+	if err := decodeData(ev, &d); err != nil {
 		return change.Change{}, fmt.Errorf("data of event %s: %w", ev.ID(), err)
 	}
 	c := change.Change{
@@ -170,4 +170,17 @@ func ToChange(ev cloudevents.Event) (change.Change, error) {
 		c.Priority = change.Low
 	}
 	return c, nil
+}
+
+// decodeData decodes ev's JSON data into v: with goccy/go-json when the
+// data is plain JSON (the sync function reads every change it handles),
+// else, or when that refuses it, with the SDK's DataAs, which then says
+// what is wrong.
+func decodeData(ev cloudevents.Event, v any) error {
+	if ct := ev.DataContentType(); (ct == "" || ct == cloudevents.ApplicationJSON) && !ev.DataBase64 {
+		if gojson.Unmarshal(ev.Data(), v) == nil {
+			return nil
+		}
+	}
+	return ev.DataAs(v)
 }
