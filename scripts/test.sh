@@ -31,3 +31,8 @@ step "manifests (Knative's own API types; a module of its own)"
 step "fuzz (short run over the seed corpus and beyond)"
 go test -run '^$' -fuzz '^FuzzPipeline$' -fuzztime "${FUZZTIME:-10s}" ./pkg/ingest
 go test -run '^$' -fuzz '^FuzzHandler$' -fuzztime "${FUZZTIME:-10s}" ./pkg/ingest
+# The fast decoders and encoders against encoding/json and the SDK.
+go test -run '^$' -fuzz '^FuzzParseMatchesEncodingJSON$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/dovecot
+go test -run '^$' -fuzz '^FuzzFromChange$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/contract
+go test -run '^$' -fuzz '^FuzzDecodeData$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/contract
+go test -run '^$' -fuzz '^FuzzWriteReply$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/ingest
