@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -20,24 +21,26 @@ import (
 //
 // While its owner records an outcome or restarts an attempt, a flight is
 // closed: changes then go to Redis, whose scripts order them with the
-// owner's.
+// owner's. So is a flight whose lock was found lost.
 type flights struct {
 	mu sync.Mutex
 	m  map[string]*flight
 }
 
 type flight struct {
-	start  time.Time // the running attempt's start (Redis clock)
-	open   bool      // changes may merge in-process
-	rerun  bool      // a merged change needs another attempt
-	merged int       // changes merged in-process into this attempt or the next
+	lock   context.Context // ends when the lock is found lost
+	start  time.Time       // the running attempt's start (Redis clock)
+	open   bool            // changes may merge in-process
+	rerun  bool            // a merged change needs another attempt
+	merged int             // changes merged in-process into this attempt or the next
 }
 
 func newFlights() *flights { return &flights{m: make(map[string]*flight)} }
 
-// begin registers the flight of user whose attempt started at start.
-func (fs *flights) begin(user string, start time.Time) *flight {
-	f := &flight{start: start, open: true}
+// begin registers the flight of user whose attempt started at start, under
+// the lock that lock's context follows.
+func (fs *flights) begin(user string, start time.Time, lock context.Context) *flight {
+	f := &flight{lock: lock, start: start, open: true}
 	fs.mu.Lock()
 	fs.m[user] = f
 	fs.mu.Unlock()
@@ -50,7 +53,7 @@ func (fs *flights) merge(user string, observed time.Time) bool {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	f := fs.m[user]
-	if f == nil || !f.open {
+	if f == nil || !f.open || f.lock.Err() != nil {
 		return false
 	}
 	if !observed.Before(f.start) {

@@ -180,3 +180,43 @@ func TestReplicate_MergedChangesOfAFailedDsyncStayMarked(t *testing.T) {
 		t.Errorf("status %+v: want failed and pending, not in progress", st)
 	}
 }
+
+// TestFlights_NoMergeOnceClosedOrLockLost: a change merges in-process only
+// into an open flight whose lock is still held; a change seen after the
+// attempt started asks for another attempt, and a reopened attempt owes
+// none.
+func TestFlights_NoMergeOnceClosedOrLockLost(t *testing.T) {
+	fs := newFlights()
+	start := time.Now()
+	lock, lose := context.WithCancel(context.Background())
+	f := fs.begin("u1", start, lock)
+	if !fs.merge("u1", start.Add(-time.Millisecond)) {
+		t.Fatal("a change seen before the start did not merge")
+	}
+	if rerun, merged := fs.close(f); rerun || merged != 1 {
+		t.Errorf("close: rerun %v, merged %d; want false, 1", rerun, merged)
+	}
+	if fs.merge("u1", start) {
+		t.Error("merged into a closed flight")
+	}
+	fs.reopen(f, start)
+	if !fs.merge("u1", start) || fs.merge("u2", start) {
+		t.Error("merge into the reopened flight (or into another user's)")
+	}
+	if rerun, _ := fs.close(f); !rerun {
+		t.Error("a change seen at the start did not ask for another attempt")
+	}
+	fs.reopen(f, start.Add(time.Second))
+	if rerun, _ := fs.close(f); rerun {
+		t.Error("a reopened attempt owes a rerun")
+	}
+	fs.reopen(f, start)
+	lose()
+	if fs.merge("u1", start) {
+		t.Error("merged into a flight whose lock was lost")
+	}
+	fs.end("u1", f)
+	if _, ok := fs.m["u1"]; ok {
+		t.Error("flight not forgotten")
+	}
+}

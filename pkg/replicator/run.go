@@ -35,7 +35,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 	r.m.inProgress.Inc()
 	defer r.m.inProgress.Dec()
 
-	fl := r.flights.begin(user, claim.Start)
+	fl := r.flights.begin(user, claim.Start, lctx)
 	defer r.flights.end(user, fl)
 
 	full := j.req.Full || claim.FullRequested
