@@ -6,6 +6,8 @@
 #
 #   scripts/bench-local.sh                 # 20 s runs, 60 s memory run
 #   DURATION=10s SOAK=30s scripts/bench-local.sh
+#   LOCAL_FLAGS="--workers 1 --queue-size 10000" scripts/bench-local.sh
+#   REDIS_URL=redis://127.0.0.1:6379/0 scripts/bench-local.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${DURATION:-20s}
@@ -21,14 +23,22 @@ trap cleanup EXIT
 
 bin/fakedoveadm --listen 127.0.0.1:18099 2>"$tmp/fake.log" &
 pids+=($!)
-DOVEWARDEN_DOVEADM_PASSWORD=bench DOVEWARDEN_REDIS_URL=${REDIS_URL:-} "$bin" local --listen 127.0.0.1:18080 --log-level error \
-	--doveadm-url http://127.0.0.1:18099/doveadm/v1 --destination tcp:127.0.0.1:1 ${LOCAL_FLAGS:-} 2>"$tmp/local.log" &
-pids+=($!)
-local_pid=$!
-for _ in $(seq 100); do
-	curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && break
-	sleep 0.1
-done
+# start_local FLAGS...: dovewarden local on 127.0.0.1:18080, ready.
+start_local() {
+	DOVEWARDEN_DOVEADM_PASSWORD=bench DOVEWARDEN_REDIS_URL=${REDIS_URL:-} "$bin" local --listen 127.0.0.1:18080 --log-level error \
+		--doveadm-url http://127.0.0.1:18099/doveadm/v1 --destination tcp:127.0.0.1:1 "$@" >/dev/null 2>"$tmp/local.log" &
+	local_pid=$!
+	pids+=("$local_pid")
+	for _ in $(seq 100); do
+		curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && return
+		sleep 0.1
+	done
+	echo "dovewarden local did not start:" >&2
+	cat "$tmp/local.log" >&2
+	exit 1
+}
+# shellcheck disable=SC2086 # LOCAL_FLAGS is a list of flags
+start_local ${LOCAL_FLAGS:-}
 
 echo "== throughput: as fast as possible, 16 connections, $duration"
 "$bin" loadgen --url http://127.0.0.1:18080/events --concurrency 16 --duration "$duration" --allow-errors
@@ -48,3 +58,18 @@ wait "$lg" || true
 cat "$tmp/soak.txt"
 grep VmHWM "/proc/$local_pid/status"
 curl -fsS http://127.0.0.1:18080/metrics | grep -E '^dovewarden_(ingest_send_failures_total|broker_.*rejected.*|sync_dsyncs_total)' || true
+
+# The same process with no Trigger (only the Broker manifest): every change
+# is routed nowhere, so this is the ceiling of the HTTP and ingest path on
+# this machine, with loadgen beside it.
+kill "$local_pid"
+wait "$local_pid" 2>/dev/null || true
+mkdir "$tmp/no-triggers"
+cp config/broker/broker.yaml "$tmp/no-triggers/"
+start_local --triggers "$tmp/no-triggers"
+echo
+echo "== ingest alone (no Trigger): as fast as possible, 16 connections, $duration"
+"$bin" loadgen --url http://127.0.0.1:18080/events --concurrency 16 --duration "$duration"
+echo
+echo "== ingest alone: 5,000 events/s, 8 connections, $duration"
+"$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$duration"

@@ -31,7 +31,7 @@ import (
 
 // Defaults for Options left zero.
 const (
-	DefaultQueueSize = 1000
+	DefaultQueueSize = 10000
 	DefaultWorkers   = 4
 	// DefaultDeliveryTimeout is Knative Serving's default request timeout
 	// (timeoutSeconds 300): what a subscriber Service would allow.
