@@ -8,6 +8,7 @@
 #   DURATION=10s SOAK=30s scripts/bench-local.sh
 #   LOCAL_FLAGS="--workers 1 --queue-size 10000" scripts/bench-local.sh
 #   REDIS_URL=redis://127.0.0.1:6379/0 scripts/bench-local.sh
+#   LOCAL_GOGC=400 scripts/bench-local.sh  # GOGC of the local process only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${DURATION:-20s}
@@ -25,7 +26,7 @@ bin/fakedoveadm --listen 127.0.0.1:18099 2>"$tmp/fake.log" &
 pids+=($!)
 # start_local FLAGS...: dovewarden local on 127.0.0.1:18080, ready.
 start_local() {
-	DOVEWARDEN_DOVEADM_PASSWORD=bench DOVEWARDEN_REDIS_URL=${REDIS_URL:-} "$bin" local --listen 127.0.0.1:18080 --log-level error \
+	GOGC=${LOCAL_GOGC:-100} DOVEWARDEN_DOVEADM_PASSWORD=bench DOVEWARDEN_REDIS_URL=${REDIS_URL:-} "$bin" local --listen 127.0.0.1:18080 --log-level error \
 		--doveadm-url http://127.0.0.1:18099/doveadm/v1 --destination tcp:127.0.0.1:1 "$@" >/dev/null 2>"$tmp/local.log" &
 	local_pid=$!
 	pids+=("$local_pid")
