@@ -24,6 +24,12 @@ trap cleanup EXIT
 
 bin/fakedoveadm --listen 127.0.0.1:18099 2>"$tmp/fake.log" &
 pids+=($!)
+sleep 0.2
+if ! kill -0 "${pids[0]}" 2>/dev/null; then
+	echo "the fake doveadm did not start (port 18099 taken?):" >&2
+	cat "$tmp/fake.log" >&2
+	exit 1
+fi
 # start_local FLAGS...: dovewarden local on 127.0.0.1:18080, ready.
 start_local() {
 	GOGC=${LOCAL_GOGC:-100} DOVEWARDEN_DOVEADM_PASSWORD=bench DOVEWARDEN_REDIS_URL=${REDIS_URL:-} "$bin" local --listen 127.0.0.1:18080 --log-level error \
@@ -31,7 +37,11 @@ start_local() {
 	local_pid=$!
 	pids+=("$local_pid")
 	for _ in $(seq 100); do
-		curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && return
+		if curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1; then
+			# Ready, and ours: not another process on the port.
+			kill -0 "$local_pid" 2>/dev/null && return
+			break
+		fi
 		sleep 0.1
 	done
 	echo "dovewarden local did not start:" >&2
