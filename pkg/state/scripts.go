@@ -33,11 +33,11 @@ local function num(v)
   return tonumber(v) or 0
 end
 -- start an attempt: KEYS[2] user hash, KEYS[3] pending zset, skey the
--- state hash; merged and fullreq are the hash's pending_count and
--- full_requested, read by the caller with what else it reads (fewer calls:
--- each costs an embedded Redis dearly); returns the Run claim.
-local function start(now, user, owner, host, skey, dest, merged, fullreq)
+-- state hash; returns the Run claim.
+local function start(now, user, owner, host, skey, dest)
   local h = KEYS[2]
+  local merged = num(redis.call('HGET', h, 'pending_count'))
+  local fullreq = redis.call('HGET', h, 'full_requested') == '1'
   redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
   local fields = {'inprogress_since', now}
   if owner ~= '' then table.insert(fields, 'inprogress_by'); table.insert(fields, owner) end
@@ -60,9 +60,7 @@ if at <= 0 or at > now then at = now end
 if redis.call('SISMEMBER', KEYS[4], user) == 1 then
   return {'excluded'}
 end
-local u = redis.call('HMGET', KEYS[2], 'last_start', 'pending_count', 'full_requested',
-  'inprogress_since', 'pending_last', 'inprogress_by')
-local last = num(u[1])
+local last = num(redis.call('HGET', KEYS[2], 'last_start'))
 if not full and last > 0 and at < last - margin then
   return {'covered', last}
 end
@@ -70,27 +68,23 @@ if redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
   -- The change stays marked until a Succeed finds nothing newer: if the
   -- owner dies, the next event or the sweep replicates the user.
   redis.call('ZADD', KEYS[3], 'LT', at, user)
-  return start(now, user, owner, host, KEYS[5], dest, num(u[2]), u[3] == '1')
+  return start(now, user, owner, host, KEYS[5], dest)
 end
 -- Busy: leave a pending mark the owner (or, if it died, the next event or
 -- the sweep) picks up.
 redis.call('ZADD', KEYS[3], 'LT', at, user)
 redis.call('HINCRBY', KEYS[2], 'pending_count', 1)
-local since = num(u[4])
-local fields = {}
+local since = num(redis.call('HGET', KEYS[2], 'inprogress_since'))
 if full then
-  table.insert(fields, 'full_requested'); table.insert(fields, '1')
+  redis.call('HSET', KEYS[2], 'full_requested', '1')
 end
 if full or at >= since - margin then
-  if at > num(u[5]) then
-    table.insert(fields, 'pending_last'); table.insert(fields, at)
+  if at > num(redis.call('HGET', KEYS[2], 'pending_last')) then
+    redis.call('HSET', KEYS[2], 'pending_last', at)
   end
-  if host ~= '' then
-    table.insert(fields, 'pending_host'); table.insert(fields, host)
-  end
+  if host ~= '' then redis.call('HSET', KEYS[2], 'pending_host', host) end
 end
-if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
-return {'busy', u[6] or '', since}
+return {'busy', redis.call('HGET', KEYS[2], 'inprogress_by') or '', since}
 `)
 
 // scriptRestart: KEYS lock, user, pending, state. ARGV user, token, ttl,
@@ -100,8 +94,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return {'lost'}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local u = redis.call('HMGET', KEYS[2], 'pending_count', 'full_requested')
-return start(now_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], num(u[1]), u[2] == '1')
+return start(now_ms(), ARGV[1], '', '', KEYS[4], ARGV[4])
 `)
 
 // scriptRenew: compare-and-pexpire. KEYS lock. ARGV token, ttl.
@@ -121,35 +114,35 @@ local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
 local h = KEYS[2]
 local now = now_ms()
 if newstate ~= '' then redis.call('HSET', KEYS[5], dest, newstate) end
-local u = redis.call('HMGET', h, 'last_start', 'pending_last', 'pending_host', 'full_requested', 'pending_count')
-local fields = {'last_success', now, 'last_success_host', host, 'last_destination', dest,
-  'last_duration_ms', now - st, 'last_full', ARGV[7], 'failures', 0}
-if st > num(u[1]) then
-  table.insert(fields, 'last_start'); table.insert(fields, st)
+if st > num(redis.call('HGET', h, 'last_start')) then
+  redis.call('HSET', h, 'last_start', st)
 end
-redis.call('HSET', h, unpack(fields))
+redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
+  'last_duration_ms', now - st, 'last_full', ARGV[7], 'failures', 0)
 redis.call('ZREM', KEYS[4], user)
 local owned = redis.call('GET', KEYS[1]) == token
 -- Marked since the attempt started? Only when the caller still owns the
 -- lock are those fields about its attempt; otherwise another owner's
 -- attempt may have reset them, and the entry is left to that owner.
-local newer = not owned or u[2] ~= false or u[3] ~= false or u[4] == '1' or ARGV[10] == '1'
+local newer = not owned
+  or redis.call('HEXISTS', h, 'pending_last') == 1
+  or redis.call('HEXISTS', h, 'pending_host') == 1
+  or redis.call('HGET', h, 'full_requested') == '1'
+  or ARGV[10] == '1'
+if not newer then
+  redis.call('ZREM', KEYS[3], user)
+  redis.call('HDEL', h, 'pending_count')
+end
 if newer and owned and ARGV[9] == '1' then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  local c = start(now, user, '', '', KEYS[5], dest, num(u[5]), u[4] == '1')
+  local c = start(now, user, '', '', KEYS[5], dest)
   table.insert(c, 2, now)
   return c
 end
-local drop = {}
-if not newer then
-  redis.call('ZREM', KEYS[3], user)
-  table.insert(drop, 'pending_count')
-end
 if owned then
   redis.call('DEL', KEYS[1])
-  table.insert(drop, 'inprogress_by'); table.insert(drop, 'inprogress_since'); table.insert(drop, 'inprogress_host')
+  redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')
 end
-if #drop > 0 then redis.call('HDEL', h, unpack(drop)) end
 if newer then return {'left', now} end
 return {'done', now}
 `)
