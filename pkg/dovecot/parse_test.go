@@ -1,15 +1,14 @@
 package dovecot
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/dovewarden/dovewarden-knative/internal/fixtures"
 )
 
 // parseStd is Parse as it was with encoding/json alone: the reference
@@ -101,29 +100,8 @@ var parseEdges = []string{
 	`{"event":"e","fields":{"user":"u","new_thing":[1],"bytes_in":3}}`,
 }
 
-func fixtureLines(tb testing.TB) [][]byte {
-	tb.Helper()
-	files, err := filepath.Glob("testdata/fixtures/*/*.jsonl")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var out [][]byte
-	for _, name := range files {
-		f, err := os.Open(name)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if line := bytes.TrimSpace(sc.Bytes()); len(line) > 0 {
-				out = append(out, append([]byte(nil), line...))
-			}
-		}
-		f.Close()
-	}
-	return out
-}
+// fixtureLines returns every event line of the real Dovecot fixtures.
+func fixtureLines(tb testing.TB) [][]byte { return fixtures.Lines(tb, "testdata/fixtures") }
 
 func checkParseMatches(t *testing.T, body []byte) {
 	t.Helper()

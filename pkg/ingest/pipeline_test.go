@@ -1,49 +1,25 @@
 package ingest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/internal/fixtures"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
 // fixtureEvents returns every event line of the real Dovecot fixtures.
-func fixtureEvents(tb testing.TB) [][]byte {
-	tb.Helper()
-	files, err := filepath.Glob("../dovecot/testdata/fixtures/*/*.jsonl")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var out [][]byte
-	for _, name := range files {
-		f, err := os.Open(name)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if line := bytes.TrimSpace(sc.Bytes()); len(line) > 0 {
-				out = append(out, append([]byte(nil), line...))
-			}
-		}
-		f.Close()
-	}
-	return out
-}
+func fixtureEvents(tb testing.TB) [][]byte { return fixtures.Lines(tb, "../dovecot/testdata/fixtures") }
 
 var lowercase, _ = dovecot.ParseUsernameFormat(dovecot.DefaultUsernameFormat)
 
