@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,31 +17,13 @@ import (
 func startBroker(t *testing.T, vars map[string]string, args ...string) (string, *syncBuffer) {
 	t.Helper()
 	env, _, stderr := testEnv(vars, "")
-	addrc := make(chan net.Addr, 1)
-	env.ready = func(a net.Addr) { addrc <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, env, append([]string{"broker", "--listen", "127.0.0.1:0"}, args...)) }()
+	base, stop := serve(t, env, stderr, append([]string{"broker", "--listen", "127.0.0.1:0"}, args...)...)
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("broker returned %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("broker did not stop on cancel")
+		if err := stop(); err != nil {
+			t.Errorf("broker returned %v", err)
 		}
 	})
-	select {
-	case a := <-addrc:
-		return "http://" + a.String(), stderr
-	case err := <-done:
-		t.Fatalf("broker exited: %v\n%s", err, stderr)
-	case <-time.After(10 * time.Second):
-		t.Fatal("broker did not start")
-	}
-	return "", nil
+	return base, stderr
 }
 
 func postEvent(t *testing.T, url, id, typ, priority string) int {

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -26,23 +24,8 @@ func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
 		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
 		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
 	}, "")
-	addrc := make(chan net.Addr, 1)
-	env.ready = func(a net.Addr) { addrc <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, env, []string{"local", "--listen", "127.0.0.1:0",
-			"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"})
-	}()
-	var base string
-	select {
-	case a := <-addrc:
-		base = "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("local exited: %v\n%s", err, stderr)
-	case <-time.After(15 * time.Second):
-		t.Fatal("local did not start")
-	}
+	base, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
 
 	req, _ := http.NewRequest("POST", base+"/events", strings.NewReader(deliveryEvent))
 	req.Header.Set("Content-Type", "application/json")
@@ -98,14 +81,8 @@ func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
 		t.Errorf("hostile status name: %d", resp.StatusCode)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("local returned %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("local did not stop")
+	if err := stop(); err != nil {
+		t.Fatalf("local returned %v", err)
 	}
 	if tr.Overlaps() != 0 {
 		t.Error("overlapping dsyncs")

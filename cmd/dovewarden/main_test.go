@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -43,6 +44,43 @@ func testEnv(vars map[string]string, stdin string) (*environment, *syncBuffer, *
 
 const deliveryEvent = `{"event":"mail_delivery_finished","hostname":"mail-a.test","end_time":"2026-11-29T10:00:00.000001Z","categories":["service:lmtp"],"fields":{"user":"u1","message_id":"<m@test>"}}`
 
+// serve runs the dovewarden command args in-process (args should make it
+// listen on a loopback port 0) and returns its base URL once it listens,
+// and stop, which cancels it and returns what run returned. The test's
+// cleanup stops it too.
+func serve(t *testing.T, env *environment, stderr *syncBuffer, args ...string) (string, func() error) {
+	t.Helper()
+	addrc := make(chan net.Addr, 1)
+	env.ready = func(a net.Addr) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, env, args) }()
+	var once sync.Once
+	var err error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				err = fmt.Errorf("%s did not stop on cancel", args[0])
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	select {
+	case a := <-addrc:
+		return "http://" + a.String(), stop
+	case err := <-done:
+		done <- err // for stop
+		t.Fatalf("%s exited: %v\n%s", args[0], err, stderr)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%s did not start", args[0])
+	}
+	return "", stop
+}
+
 func TestIngest_ServesUntilCancelled(t *testing.T) {
 	got := make(chan string, 1)
 	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -58,20 +96,7 @@ func TestIngest_ServesUntilCancelled(t *testing.T) {
 		"DOVEWARDEN_SEND_BUDGET":      "200ms",
 		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "2s",
 	}, "")
-	addrc := make(chan net.Addr, 1)
-	env.ready = func(a net.Addr) { addrc <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, env, []string{"ingest", "--listen", "127.0.0.1:0"}) }()
-	var base string
-	select {
-	case a := <-addrc:
-		base = "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("ingest exited: %v\n%s", err, stderr)
-	case <-time.After(10 * time.Second):
-		t.Fatal("ingest did not start")
-	}
+	base, stop := serve(t, env, stderr, "ingest", "--listen", "127.0.0.1:0")
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get(base + path)
 		if err != nil || resp.StatusCode != 200 {
@@ -111,14 +136,8 @@ func TestIngest_ServesUntilCancelled(t *testing.T) {
 	if !strings.Contains(string(m), want) {
 		t.Errorf("metrics lack the accepted event:\n%s", m)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("ingest returned %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("ingest did not stop on cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("ingest returned %v", err)
 	}
 	if !strings.Contains(stderr.String(), `"msg":"shutting down"`) {
 		t.Errorf("no JSON shutdown log:\n%s", stderr)

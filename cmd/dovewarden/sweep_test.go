@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -99,23 +98,7 @@ func TestSweep_ThroughTheLocalBroker(t *testing.T) {
 		"DOVEWARDEN_SWEEP_BATCH_SIZE":     "6",
 		"DOVEWARDEN_SWEEP_BATCH_INTERVAL": "10ms",
 	}, "")
-	addrc := make(chan net.Addr, 1)
-	env.ready = func(a net.Addr) { addrc <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, env, []string{"local", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"})
-	}()
-	defer func() { cancel(); <-done }()
-	var base string
-	select {
-	case a := <-addrc:
-		base = "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("local exited: %v\n%s", err, stderr)
-	case <-time.After(15 * time.Second):
-		t.Fatal("local did not start")
-	}
+	base, _ := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
 
 	cli, _, cliErr := testEnv(nil, "")
 	if err := run(context.Background(), cli, []string{"sweep", "--broker-url", base + "/local/dovewarden"}); err != nil {
