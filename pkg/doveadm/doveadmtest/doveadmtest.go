@@ -205,6 +205,20 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	c.Reply, c.End = rep, time.Now()
 	s.Tracker.end(c)
+	if writeFailure(w, rep, tag) {
+		return
+	}
+	st := rep.State
+	if st == "" {
+		st = fmt.Sprintf("state-%s-%d", s.Name, n)
+	}
+	writeJSON(w, []any{[]any{"doveadmResponse", []any{map[string]string{"state": st}}, tag}})
+}
+
+// writeFailure answers the failure rep describes, if it describes one:
+// an HTTP status, an empty 200 (2.3 with the destination down), an exit
+// code or another doveadm error.
+func writeFailure(w http.ResponseWriter, rep Reply, tag string) bool {
 	switch {
 	case rep.Status != 0:
 		http.Error(w, http.StatusText(rep.Status), rep.Status)
@@ -215,12 +229,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case rep.ErrorType != "":
 		writeJSON(w, []any{[]any{"error", map[string]any{"type": rep.ErrorType}, tag}})
 	default:
-		st := rep.State
-		if st == "" {
-			st = fmt.Sprintf("state-%s-%d", s.Name, n)
-		}
-		writeJSON(w, []any{[]any{"doveadmResponse", []any{map[string]string{"state": st}}, tag}})
+		return false
 	}
+	return true
 }
 
 func (s *Server) authorized(r *http.Request) bool {

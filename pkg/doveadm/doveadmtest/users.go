@@ -31,21 +31,13 @@ func (s *Server) serveUsers(w http.ResponseWriter, r *http.Request, params json.
 		case <-r.Context().Done():
 		}
 	}
-	switch {
-	case rep.Status != 0:
-		http.Error(w, http.StatusText(rep.Status), rep.Status)
-	case rep.Empty:
-		w.WriteHeader(http.StatusOK)
-	case rep.ExitCode != 0:
-		writeJSON(w, []any{[]any{"error", map[string]any{"type": "exitCode", "exitCode": rep.ExitCode}, tag}})
-	case rep.ErrorType != "":
-		writeJSON(w, []any{[]any{"error", map[string]any{"type": rep.ErrorType}, tag}})
-	default:
-		if users == nil {
-			users = []string{}
-		}
-		writeJSON(w, []any{[]any{"doveadmResponse", map[string]any{"userList": users}, tag}})
+	if writeFailure(w, rep, tag) {
+		return
 	}
+	if users == nil {
+		users = []string{}
+	}
+	writeJSON(w, []any{[]any{"doveadmResponse", map[string]any{"userList": users}, tag}})
 }
 
 // SetUsers replaces the users the fake lists; safe while it serves.
