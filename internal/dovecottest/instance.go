@@ -45,6 +45,7 @@ type Instance struct {
 	madeDirs []string // mount point folders created in the chroot, deepest first
 	ownDir   bool     // Dir was created by Start and is removed by Stop
 	logCache string   // log captured before an own Dir is removed
+	startups int      // "starting up" lines of the master in the log so far
 	cmd      *exec.Cmd
 	done     chan struct{}
 	stopOnce sync.Once
@@ -147,14 +148,23 @@ func (in *Instance) launch(flag int) error {
 	return nil
 }
 
-// waitReady waits until the IMAP port accepts, the process dies, or a bound.
+// startingUp is what the master logs once every listener is bound; a
+// listener it cannot bind (a port taken since freePorts) makes it exit
+// before, even if IMAP was bound and briefly accepted.
+const startingUp = "starting up for "
+
+// waitReady waits until the master logged that it started (once more than
+// before) and the IMAP port accepts, the process dies, or a bound.
 func (in *Instance) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(startTimeout)
 	for {
-		c, err := net.DialTimeout("tcp", in.IMAPAddr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
+		if n := in.countStartups(); n > in.startups {
+			c, err := net.DialTimeout("tcp", in.IMAPAddr, time.Second)
+			if err == nil {
+				c.Close()
+				in.startups = n
+				return nil
+			}
 		}
 		select {
 		case <-in.done:
@@ -304,6 +314,15 @@ func (in *Instance) removeMountPoint() {
 }
 
 func (in *Instance) logPath() string { return filepath.Join(in.Dir, "dovecot.log") }
+
+// countStartups counts the master's "starting up" lines in the log.
+func (in *Instance) countStartups() int {
+	l, err := os.ReadFile(in.logPath())
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(l), startingUp)
+}
 
 // Log returns the instance's log file (and anything Dovecot wrote to its
 // standard error), for test failure messages.
