@@ -414,13 +414,23 @@ func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 }
 
 // TestReplicate_DeletedUnderUsRunsOnceMore: dsync answers 68 when a folder
-// is deleted while it syncs it; one more run at once succeeds, and a
-// second 68 is reported, leaving the user to the sweep.
+// is deleted while it syncs it; one more run, after the first retry's
+// backoff (the destination's side of the failed dsync may still be
+// writing), succeeds, and a second 68 is reported, leaving the user to the
+// sweep.
 func TestReplicate_DeletedUnderUsRunsOnceMore(t *testing.T) {
 	f := newFixture(t, fast)
+	var waits []time.Duration
+	f.r.sleep = func(ctx context.Context, d time.Duration) error {
+		waits = append(waits, d)
+		return nil
+	}
 	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 68})
 	if res := f.replicate(t, change.Request{User: "u1", Time: time.Now()}); res.Outcome != change.Synced || res.Attempts != 2 {
 		t.Errorf("68 then success: %+v, want synced after 2 attempts", res)
+	}
+	if len(waits) != 1 || waits[0] < fast.Backoff*8/10 {
+		t.Errorf("waits before the full rerun: %v, want one of about %v", waits, fast.Backoff)
 	}
 
 	g := newFixture(t, fast)

@@ -149,9 +149,14 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 	case doveadm.Retry:
 		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
 	case doveadm.EscalateFull:
-		// Once: a full sync that fails with 65 again is reported.
+		// Once: a full sync that fails with 65 again is reported. Not at
+		// once: the destination's side of the dsync that failed may still
+		// be writing (dsync locks one side only), and a session that
+		// starts before it ends can miss what it writes (measured: a
+		// deleted folder came back on the replica).
 		if !*full {
 			*full, retry = true, true
+			delay = backoff(o.Backoff, o.MaxBackoff, attempt)
 		}
 	}
 	if dl, ok := ctx.Deadline(); retry && ok && time.Until(dl) < delay+minAttempt {
