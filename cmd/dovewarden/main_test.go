@@ -120,20 +120,7 @@ func TestIngest_ServesUntilCancelled(t *testing.T) {
 	}
 	// The POST was answered after the counter moved, but read it the way
 	// Prometheus would, without relying on that order.
-	want := `dovewarden_ingest_events_accepted_total{host="mail-a.test",priority="high"} 1`
-	var m []byte
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		resp, err = http.Get(base + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, _ = io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if strings.Contains(string(m), want) {
-			break
-		}
-	}
-	if !strings.Contains(string(m), want) {
+	if m, ok := awaitMetric(t, base, `dovewarden_ingest_events_accepted_total{host="mail-a.test",priority="high"} 1`); !ok {
 		t.Errorf("metrics lack the accepted event:\n%s", m)
 	}
 	if err := stop(); err != nil {
@@ -200,5 +187,26 @@ func TestRun_UnknownCommand(t *testing.T) {
 	}
 	if errors.Is(err, context.Canceled) {
 		t.Error("unexpected cancel")
+	}
+}
+
+// awaitMetric reads base's /metrics until it has the line want, for up to
+// 5 s; it returns the last page read and whether it had the line.
+func awaitMetric(t *testing.T, base, want string) ([]byte, bool) {
+	t.Helper()
+	var m []byte
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(m), want) {
+			return m, true
+		}
+		if time.Now().After(deadline) {
+			return m, false
+		}
 	}
 }
