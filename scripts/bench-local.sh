@@ -51,12 +51,27 @@ start_local() {
 # shellcheck disable=SC2086 # LOCAL_FLAGS is a list of flags
 start_local ${LOCAL_FLAGS:-}
 
+# cpu PID: CPU time (user + system) the process used so far, in clock
+# ticks; children: what this script's finished children (loadgen) used.
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+children() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+# measured LOADGEN-ARGS...: one loadgen run, then the cores each process
+# used during it and the dsyncs the fake doveadm ran.
+measured() {
+	local l0 f0 c0 s0 t0
+	l0=$(cpu "$local_pid") f0=$(cpu "${pids[0]}") c0=$(children) s0=$(curl -fsS http://127.0.0.1:18099/syncs)
+	t0=$(date +%s.%N)
+	"$bin" loadgen --url http://127.0.0.1:18080/events "$@" || true
+	awk -v l="$(($(cpu "$local_pid") - l0))" -v f="$(($(cpu "${pids[0]}") - f0))" -v c="$(($(children) - c0))" \
+		-v d="$(($(curl -fsS http://127.0.0.1:18099/syncs) - s0))" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" -v t0="$t0" -v t1="$(date +%s.%N)" \
+		'BEGIN { t = t1 - t0; printf "  cpu       dovewarden %.2f cores, loadgen %.2f, fake doveadm %.2f (of %d), over %.1f s; %d dsyncs (%.0f/s)\n", l/hz/t, c/hz/t, f/hz/t, n, t, d, d/t }'
+}
+
 echo "== throughput: as fast as possible, 16 connections, $duration"
-"$bin" loadgen --url http://127.0.0.1:18080/events --concurrency 16 --duration "$duration" --allow-errors
-echo "dsyncs run by the fake doveadm so far: $(curl -fsS http://127.0.0.1:18099/syncs)"
+measured --concurrency 16 --duration "$duration" --allow-errors
 echo
 echo "== latency at 5,000 events/s, 8 connections, $duration"
-"$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$duration" --allow-errors
+measured --rate 5000 --concurrency 8 --duration "$duration" --allow-errors
 echo
 echo "== memory: 5,000 events/s for $soak, RSS of the local process every 10 s"
 "$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$soak" --allow-errors >"$tmp/soak.txt" &
@@ -80,7 +95,7 @@ cp config/broker/broker.yaml "$tmp/no-triggers/"
 start_local --triggers "$tmp/no-triggers"
 echo
 echo "== ingest alone (no Trigger): as fast as possible, 16 connections, $duration"
-"$bin" loadgen --url http://127.0.0.1:18080/events --concurrency 16 --duration "$duration"
+measured --concurrency 16 --duration "$duration"
 echo
 echo "== ingest alone: 5,000 events/s, 8 connections, $duration"
-"$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$duration"
+measured --rate 5000 --concurrency 8 --duration "$duration"
