@@ -85,7 +85,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&c.LockTTL, "lock-ttl", d.LockTTL, "TTL of the per-user Redis lock, renewed every third of it while dsync runs; a dead owner's lock expires after it")
 	fs.DurationVar(&c.ClockSkew, "clock-skew", d.ClockSkew, "margin for clock differences between Dovecot hosts and Redis: a change counts as covered only if older than a dsync's start minus this")
 	fs.IntVar(&c.MaxAttempts, "max-attempts", d.MaxAttempts, "dsync attempts per event for retryable failures (unknown exit codes: at most 3)")
-	fs.DurationVar(&c.RetryBackoff, "retry-backoff", d.Backoff, "delay before the first retry; doubles each retry")
+	fs.DurationVar(&c.RetryBackoff, "retry-backoff", d.Backoff, "delay before the first retry, the full rerun after exit code 65 or 68 included; doubles each retry")
 	fs.DurationVar(&c.RetryBackoffMax, "retry-backoff-max", d.MaxBackoff, "longest delay between retries")
 	fs.DurationVar(&c.RunAgainDelay, "run-again-delay", d.RunAgainDelay, "delay before re-running a dsync that answered exit code 2 (changed during sync)")
 	fs.IntVar(&c.MaxRounds, "max-rounds", d.MaxRounds, "dsyncs one event may run back to back while changes keep arriving; the rest waits for the next event or the sweep")
