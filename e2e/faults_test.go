@@ -83,10 +83,25 @@ func TestReplicaDown(t *testing.T) {
 				t.Errorf("%s lacks the folder created during the outage", u)
 			}
 		}
+		// The outage's attempts fail with transport or tempfail. The first
+		// dsync once the replica is back may end with exit code 2
+		// ("changed": dsync asks to be run again; seen with Dovecot 2.4
+		// after the restart, with no IMAP change in flight), which sync
+		// retries like the others.
+		outage := map[string]bool{}
 		for _, r := range s.events.results(contract.TypeReplicationFailed) {
-			if r.Host != nameA || (r.Class != "transport" && r.Class != "tempfail") || r.RetryBy != "sync" {
-				t.Errorf("replication.failed for %s: host %q class %q retry_by %q; want host %s, class transport or tempfail, retry_by sync",
-					r.User, r.Host, r.Class, r.RetryBy, nameA)
+			switch {
+			case r.Host != nameA || r.RetryBy != "sync":
+				t.Errorf("replication.failed for %s: host %q retry_by %q; want host %s, retry_by sync", r.User, r.Host, r.RetryBy, nameA)
+			case r.Class == "transport" || r.Class == "tempfail":
+				outage[r.User] = true
+			case r.Class != "changed":
+				t.Errorf("replication.failed for %s: class %q; want transport or tempfail (or changed, after the outage)", r.User, r.Class)
+			}
+		}
+		for _, u := range users {
+			if !outage[u] {
+				t.Errorf("no replication.failed of class transport or tempfail for %s", u)
 			}
 		}
 	})
