@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -19,7 +21,66 @@ var dovewardenBin string
 var skipReason string
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := run(m)
+	failures.print()
+	os.Exit(code)
+}
+
+// failures lists the cases that failed, with the reason when a helper
+// gave one, printed once more after the run: a failed case's output ends
+// in hundreds of lines of process logs, and CI may keep only the last
+// ones.
+var failures failureList
+
+type failureList struct {
+	mu      sync.Mutex
+	reasons map[string]string
+	failed  []string
+}
+
+// reason records why the case t is failing, before the helper fails it.
+func (f *failureList) reason(t testing.TB, why string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.reasons == nil {
+		f.reasons = map[string]string{}
+	}
+	if _, ok := f.reasons[t.Name()]; !ok {
+		f.reasons[t.Name()] = why
+	}
+}
+
+// watch registers, as t's first cleanup and so its last to run, the
+// entry for t when it failed.
+func (f *failureList) watch(t testing.TB) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.failed = append(f.failed, t.Name())
+	})
+}
+
+func (f *failureList) print() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.failed) == 0 {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "e2e: %d case(s) failed (their output and logs are above):\n", len(f.failed))
+	for _, name := range f.failed {
+		why := f.reasons[name]
+		if why == "" {
+			why = "see its output"
+		}
+		lines := strings.Split(why, "\n")
+		if len(lines) > 12 {
+			lines = append(lines[:12], "...")
+		}
+		fmt.Fprintf(os.Stderr, "  %s: %s\n", name, strings.Join(lines, "\n    "))
+	}
 }
 
 func run(m *testing.M) int {

@@ -290,6 +290,7 @@ func (s *system) awaitConverged(users ...string) map[string]*snapshot {
 	for _, u := range users {
 		a, err := s.converged(u, convergeLimit)
 		if err != nil {
+			failures.reason(s.t, fmt.Sprintf("%s not replicated: %v", u, err))
 			s.t.Fatalf("%s not replicated: %v", u, err)
 		}
 		out[u] = a
@@ -372,6 +373,9 @@ const (
 // CI machine runs other packages' tests at the same time.
 func eachCase(t *testing.T, cases []pairCase, f func(t *testing.T, c pairCase)) {
 	for _, c := range cases {
-		t.Run(c.String(), func(t *testing.T) { f(t, c) })
+		t.Run(c.String(), func(t *testing.T) {
+			failures.watch(t)
+			f(t, c)
+		})
 	}
 }
