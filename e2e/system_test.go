@@ -316,7 +316,35 @@ func (s *system) converged(user string, limit time.Duration) (*snapshot, error) 
 		}
 		return nil
 	})
+	if err != nil {
+		err = fmt.Errorf("%w\n%s", err, s.diagnose(user))
+	}
 	return a, err
+}
+
+// diagnose describes a user that did not converge: each server's
+// mailboxes as doveadm sees them, then what one more plain dsync (A to B,
+// no state) answers and whether the user converges after it, which tells
+// a state dovewarden could not repair from one Dovecot cannot either.
+func (s *system) diagnose(user string) string {
+	var b strings.Builder
+	for _, in := range []*dovecottest.Instance{s.a, s.b} {
+		out, err := in.Doveadm(s.ctx, "mailbox", "status", "-u", user, "guid uidvalidity uidnext highestmodseq messages", "*")
+		fmt.Fprintf(&b, "doveadm mailbox status on %s (err %v):\n%s", in.Name, err, out)
+	}
+	out, err := s.a.Sync(s.ctx, user, s.b)
+	fmt.Fprintf(&b, "one more dsync %s -> %s: err %v, reply %s\n", s.a.Name, s.b.Name, err, out)
+	a, aerr := readSnapshot(s.ctx, s.a, user)
+	bs, berr := readSnapshot(s.ctx, s.b, user)
+	switch {
+	case aerr != nil || berr != nil:
+		fmt.Fprintf(&b, "snapshots after it: %v %v\n", aerr, berr)
+	case a.equal(bs):
+		b.WriteString("after it both servers are the same\n")
+	default:
+		fmt.Fprintf(&b, "after it they still differ:\n%s", diff(a, bs))
+	}
+	return b.String()
 }
 
 // checkAlive fails the test when a dovewarden process died on its own.
