@@ -141,7 +141,8 @@ func TestReplicate_SyncsThenCoversOlderChanges(t *testing.T) {
 
 	res := f.replicate(t, change.Request{User: "u1", Host: "mail-a", Time: changed})
 
-	if res.Outcome != change.Synced || res.Destination != "tcp:mail-b:12345" || res.Coalesced != 1 || res.Full || res.Attempts != 1 {
+	// The user's first dsync has no state to start from: a full one.
+	if res.Outcome != change.Synced || res.Destination != "tcp:mail-b:12345" || res.Coalesced != 1 || !res.Full || res.Attempts != 1 {
 		t.Fatalf("result %+v", res)
 	}
 	if res.Lag < time.Minute || res.End.Before(res.Start) {
@@ -156,7 +157,8 @@ func TestReplicate_SyncsThenCoversOlderChanges(t *testing.T) {
 		t.Errorf("new change: %+v", res)
 	}
 	calls := f.tracks.CallsOf("u1")
-	if len(calls) != 2 || calls[0].State != "" || calls[1].State != "state-mail-a-1" || !calls[0].AllNS || calls[0].LockTimeout == 0 {
+	if len(calls) != 2 || calls[0].State != "" || !calls[0].Full || calls[1].State != "state-mail-a-1" || calls[1].Full ||
+		!calls[0].AllNS || calls[0].LockTimeout == 0 {
 		t.Errorf("calls %+v", calls)
 	}
 	if got := counter(t, f, metrics.SyncCoalescedChanges, "how", "covered"); got != 1 {
@@ -216,11 +218,12 @@ func TestReplicate_ExitCode2RunsAgainWithTheOldState(t *testing.T) {
 
 func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
 	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
 	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 65}, doveadmtest.Reply{ExitCode: 65})
 
 	res := f.replicate(t, change.Request{User: "u1"})
 
-	calls := f.tracks.CallsOf("u1")
+	calls := f.tracks.CallsOf("u1")[1:]
 	if len(calls) != 2 || calls[0].Full || !calls[1].Full {
 		t.Fatalf("calls %+v: want an incremental then one full sync", calls)
 	}
@@ -425,6 +428,7 @@ func TestReplicate_DeletedUnderUsRunsOnceMore(t *testing.T) {
 		waits = append(waits, d)
 		return nil
 	}
+	// The user's first dsync is already full; 68 still gets its rerun.
 	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 68})
 	if res := f.replicate(t, change.Request{User: "u1", Time: time.Now()}); res.Outcome != change.Synced || res.Attempts != 2 {
 		t.Errorf("68 then success: %+v, want synced after 2 attempts", res)

@@ -24,6 +24,9 @@ type job struct {
 	host  string
 	token string
 	res   change.Result
+	// escalated: the one full rerun after exit code 65 or 68 has been
+	// given.
+	escalated bool
 }
 
 // run runs dsync under the lock until it succeeds with no newer marks
@@ -38,7 +41,13 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 	fl := r.flights.begin(user, claim.Start, lctx)
 	defer r.flights.end(user, fl)
 
-	full := j.req.Full || claim.FullRequested
+	// With no stored state for the destination (the user's first dsync, or
+	// Redis lost it) the dsync is full: without -s or -f, doveadm compares
+	// each mailbox's counters only (UIDNEXT, HIGHESTMODSEQ, message count,
+	// UIDVALIDITY) and skips one whose counters match on both sides though
+	// its messages differ, and answers success (e2e TestFirstSyncWithoutState).
+	// Dovecot 2.3's replicator also began each user with a full sync.
+	full := j.req.Full || claim.FullRequested || claim.State == ""
 	attempt, total, rounds := 0, 0, 1
 	covered := 1 + claim.Merged
 	oldest := earliest(j.req.Time, claim.PendingSince, claim.Start)
@@ -83,7 +92,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				r.m.reruns.Inc()
 				claim, attempt = next, 0
 				covered += next.Merged
-				full = next.FullRequested
+				full = next.FullRequested || next.State == ""
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
@@ -128,7 +137,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		}
 		claim = c
 		covered += c.Merged
-		full = full || c.FullRequested
+		full = full || c.FullRequested || c.State == ""
 		r.flights.reopen(fl, claim.Start)
 	}
 }
@@ -149,13 +158,14 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 	case doveadm.Retry:
 		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
 	case doveadm.EscalateFull:
-		// Once: a full sync that fails with 65 again is reported. Not at
-		// once: the destination's side of the dsync that failed may still
-		// be writing (dsync locks one side only), and a session that
-		// starts before it ends can miss what it writes (measured: a
-		// deleted folder came back on the replica).
-		if !*full {
-			*full, retry = true, true
+		// Once, even after a full attempt (a first dsync is full, and a
+		// folder deleted under it is as transient then): a rerun that fails
+		// the same way is reported. Not at once: the destination's side of
+		// the dsync that failed may still be writing (dsync locks one side
+		// only), and a session that starts before it ends can miss what it
+		// writes (measured: a deleted folder came back on the replica).
+		if !j.escalated {
+			j.escalated, *full, retry = true, true, true
 			delay = backoff(o.Backoff, o.MaxBackoff, attempt)
 		}
 	}

@@ -166,7 +166,8 @@ func TestHandle_ChangeInBinaryModeRepliesSucceeded(t *testing.T) {
 	if err := reply.DataAs(&d); err != nil {
 		t.Fatal(err)
 	}
-	if d.User != "u1" || d.Host != "mail-a" || d.Destination != "tcp:mail-b:12345" || d.Mode != contract.ModeIncremental ||
+	// The user's first dsync: full, as there is no state to start from.
+	if d.User != "u1" || d.Host != "mail-a" || d.Destination != "tcp:mail-b:12345" || d.Mode != contract.ModeFull ||
 		d.Coalesced != 1 || d.LagMS < 3000 || d.End.Before(d.Start) || d.TriggerID != "id-u1" || d.Attempts != 1 {
 		t.Errorf("data %+v", d)
 	}
