@@ -324,8 +324,8 @@ func (s *system) converged(user string, limit time.Duration) (*snapshot, error) 
 
 // diagnose describes a user that did not converge: each server's
 // mailboxes as doveadm sees them, then what one more plain dsync (A to B,
-// no state) answers and whether the user converges after it, which tells
-// a state dovewarden could not repair from one Dovecot cannot either.
+// no state and no -f: `doveadm sync` as an admin would run it) answers,
+// and whether the user converges after it.
 func (s *system) diagnose(user string) string {
 	var b strings.Builder
 	for _, in := range []*dovecottest.Instance{s.a, s.b} {

@@ -447,3 +447,31 @@ func TestReplicate_DeletedUnderUsRunsOnceMore(t *testing.T) {
 		t.Errorf("68 twice: %+v failure %+v, want failed and left to the sweep", res, res.Failure)
 	}
 }
+
+// TestReplicate_EachRoundGetsItsFullRerun: the full rerun after exit code
+// 68 is given once per round, so a round started for a change that
+// arrived during the first round's rerun gets its own.
+func TestReplicate_EachRoundGetsItsFullRerun(t *testing.T) {
+	f := newFixture(t, fast)
+	f.r.sleep = func(context.Context, time.Duration) error { return nil }
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 68}, doveadmtest.Reply{}, doveadmtest.Reply{ExitCode: 68})
+	rerun, release := make(chan struct{}, 1), make(chan struct{})
+	f.a.OnStart = func(doveadmtest.Call) {
+		if len(f.tracks.Calls()) == 1 { // the first round's full rerun
+			rerun <- struct{}{}
+			<-release
+		}
+	}
+	done := make(chan change.Result)
+	go func() { done <- f.replicate(t, change.Request{User: "u1"}) }()
+	<-rerun
+	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Coalesced {
+		t.Fatalf("change during the rerun: %+v", res)
+	}
+	close(release)
+	res := <-done
+	calls := f.tracks.CallsOf("u1")
+	if res.Outcome != change.Synced || len(calls) != 4 || !calls[1].Full || calls[2].Full || !calls[3].Full {
+		t.Fatalf("result %+v, calls %+v: want 68, its full rerun, then a second round: 68 with the new state, its own full rerun", res, calls)
+	}
+}

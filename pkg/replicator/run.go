@@ -24,9 +24,20 @@ type job struct {
 	host  string
 	token string
 	res   change.Result
-	// escalated: the one full rerun after exit code 65 or 68 has been
-	// given.
+	// escalated: this round's one full rerun after exit code 65 or 68
+	// has been given.
 	escalated bool
+}
+
+// needsFull: a full sync was asked for while the user was busy, or there
+// is no stored state for the destination (the user's first dsync, or Redis
+// lost it). Without -s or -f, doveadm compares each mailbox's counters
+// only (UIDNEXT, HIGHESTMODSEQ, message count, UIDVALIDITY), skips one
+// whose counters match on both sides though its messages differ, and
+// answers success (e2e TestFirstSyncWithoutState). Dovecot 2.3's
+// replicator also began each user with a full sync.
+func needsFull(c state.Claim) bool {
+	return c.FullRequested || c.State == ""
 }
 
 // run runs dsync under the lock until it succeeds with no newer marks
@@ -41,13 +52,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 	fl := r.flights.begin(user, claim.Start, lctx)
 	defer r.flights.end(user, fl)
 
-	// With no stored state for the destination (the user's first dsync, or
-	// Redis lost it) the dsync is full: without -s or -f, doveadm compares
-	// each mailbox's counters only (UIDNEXT, HIGHESTMODSEQ, message count,
-	// UIDVALIDITY) and skips one whose counters match on both sides though
-	// its messages differ, and answers success (e2e TestFirstSyncWithoutState).
-	// Dovecot 2.3's replicator also began each user with a full sync.
-	full := j.req.Full || claim.FullRequested || claim.State == ""
+	full := j.req.Full || needsFull(claim)
 	attempt, total, rounds := 0, 0, 1
 	covered := 1 + claim.Merged
 	oldest := earliest(j.req.Time, claim.PendingSince, claim.Start)
@@ -92,7 +97,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				r.m.reruns.Inc()
 				claim, attempt = next, 0
 				covered += next.Merged
-				full = next.FullRequested || next.State == ""
+				full, j.escalated = needsFull(next), false
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
@@ -137,7 +142,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		}
 		claim = c
 		covered += c.Merged
-		full = full || c.FullRequested || c.State == ""
+		full = full || needsFull(c)
 		r.flights.reopen(fl, claim.Start)
 	}
 }
