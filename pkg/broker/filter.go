@@ -239,23 +239,50 @@ func compileCESQL(at, src string) (f Filter, err error) {
 	if expr == nil {
 		return nil, fmt.Errorf("%s: expression %q: %w", at, src, errors.New("parses to nothing"))
 	}
-	// A non-boolean expression would panic Knative's filter; refuse it.
-	if v, err := evaluate(expr, probeEvent()); err == nil {
-		if _, ok := v.(bool); !ok {
-			return nil, fmt.Errorf("%s: expression %q: yields %T, not a boolean", at, src, v)
+	// A non-boolean result would panic Knative's filter; refuse such an
+	// expression. sdk-go does not expose an expression's type, so it is
+	// evaluated on probe events that carry every attribute it may name.
+	for _, ev := range probeEvents(src) {
+		if v, err := evaluate(expr, ev); err == nil {
+			if _, ok := v.(bool); !ok {
+				return nil, fmt.Errorf("%s: expression %q: yields %T, not a boolean", at, src, v)
+			}
 		}
 	}
 	return &cesqlFilter{src: src, expr: expr}, nil
 }
 
-// probeEvent has every context attribute set, for the type check above.
-func probeEvent() cloudevents.Event {
-	ev := cloudevents.NewEvent()
-	ev.SetID("probe")
-	ev.SetSource("probe")
-	ev.SetType("probe")
-	ev.SetSubject("probe")
-	return ev
+// cesqlLiteral matches CESQL's string literals, so that their content is
+// not taken for attribute names.
+var cesqlLiteral = regexp.MustCompile(`'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"`)
+
+// probeEvents are events with every context attribute set and, as
+// extensions, every word of src outside string literals that can be an
+// attribute name: a string, a number and a boolean's spelling each, so
+// that a bare attribute, arithmetic and string functions all evaluate. An
+// attribute set by the CloudEvents HTTP binding is always a string; only
+// events made in-process carry other types.
+func probeEvents(src string) []cloudevents.Event {
+	words := strings.FieldsFunc(cesqlLiteral.ReplaceAllString(src, " "), func(r rune) bool {
+		return (r < 'a' || r > 'z') && (r < '0' || r > '9')
+	})
+	var out []cloudevents.Event
+	for _, v := range []string{"probe", "1", "true"} {
+		ev := cloudevents.NewEvent()
+		ev.SetID(v)
+		ev.SetSource(v)
+		ev.SetType(v)
+		ev.SetSubject(v)
+		for _, w := range words {
+			if validAttributeName.MatchString(w) {
+				if _, isContext := LookupAttribute(ev, w); !isContext {
+					ev.SetExtension(w, v)
+				}
+			}
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 // errCESQLPanic marks an evaluation that panicked (a bug in the CESQL

@@ -70,6 +70,8 @@ func TestFilters_Dialects(t *testing.T) {
 		"cesql false":           {"  filters:\n  - cesql: \"priority = 'low'\"\n", false},
 		"cesql missing attr":    {"  filters:\n  - cesql: \"region = 'eu'\"\n", false},
 		"cesql exists":          {"  filters:\n  - cesql: \"EXISTS priority AND NOT EXISTS region\"\n", true},
+		"cesql quoted names":    {"  filters:\n  - cesql: \"priority = 'high' AND subject <> 'region x'\"\n", true},
+		"cesql int attribute":   {"  filters:\n  - cesql: \"INT(region) + 1 > 1\"\n", false},
 		"filters wins":          {"  filter:\n    attributes:\n      priority: low\n  filters:\n  - exact:\n      priority: high\n", true},
 		"filters wins, fails":   {"  filter:\n    attributes:\n      priority: high\n  filters:\n  - exact:\n      priority: low\n", false},
 	} {
