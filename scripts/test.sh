@@ -36,3 +36,8 @@ go test -run '^$' -fuzz '^FuzzParseMatchesEncodingJSON$' -fuzztime "${FUZZTIME_S
 go test -run '^$' -fuzz '^FuzzFromChange$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/contract
 go test -run '^$' -fuzz '^FuzzDecodeData$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/contract
 go test -run '^$' -fuzz '^FuzzWriteReply$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/ingest
+# The embedded broker's ingress and manifest loader. (config/validate's
+# fuzz targets against Knative's code run their seeds with the manifests;
+# their instrumented build takes minutes, so longer runs are by hand.)
+go test -run '^$' -fuzz '^FuzzIngress$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/broker
+go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/broker

@@ -84,6 +84,23 @@ func TestIngress(t *testing.T) {
 	rec.quiet(t)
 }
 
+// TestIngress_BadExtensionNameIs400: sdk-go reads an extension header
+// whose name the CloudEvents spec forbids as an error or as an extension,
+// depending on the order of the headers; the ingress refuses it either way.
+func TestIngress_BadExtensionNameIs400(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""))
+	rec := newRecorder()
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	h := b.Ingress()
+	header := with(with(binaryHeaders, "Ce-Specversion", "0.3"), "Ce-!", "1")
+	for range 20 {
+		if rr := post(t, h, "POST", "/", header, "{}"); rr.Code != http.StatusBadRequest {
+			t.Fatalf("%d %q; want 400", rr.Code, rr.Body)
+		}
+	}
+	rec.quiet(t)
+}
+
 func without(h map[string]string, key string) map[string]string {
 	out := map[string]string{}
 	for k, v := range h {

@@ -77,8 +77,14 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32) e
 // the HTTP binary binding delivers it to a Knative Broker's filter (an
 // integer extension set in-process is "5" there, and filters compare
 // strings).
+// It also refuses an extension name the CloudEvents spec does not allow:
+// sdk-go's HTTP binding lets some through, depending on the order it reads
+// the headers in.
 func canonicalize(ev *cloudevents.Event) error {
 	for k, v := range ev.Extensions() {
+		if !validExtensionName(k) {
+			return fmt.Errorf("extension name %q: CloudEvents attribute names are lower-case ASCII letters and digits", k)
+		}
 		if _, ok := v.(string); ok {
 			continue
 		}
@@ -105,4 +111,16 @@ func takeTTL(ev *cloudevents.Event) int32 {
 		return DefaultTTL
 	}
 	return max(n-1, 0)
+}
+
+func validExtensionName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
