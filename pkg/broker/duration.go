@@ -28,8 +28,8 @@ var isoTenth = map[byte]int64{
 // component keeps one decimal digit (PT0.25S is 200ms on a cluster, so it
 // is here too). It is stricter than Knative's parser in what it accepts:
 // designators in ISO order, digits before every designator, no sign (a
-// negative delay means nothing), and at least one component after P and
-// after T.
+// negative delay means nothing), at least one component after P and
+// after T, and at most 1000 days.
 func ParseDuration(s string) (time.Duration, error) {
 	d, err := parseISO(s)
 	if err != nil {
@@ -60,8 +60,17 @@ func parseISO(s string) (time.Duration, error) {
 			return 0, err
 		}
 	}
+	if total > maxDuration {
+		return 0, errors.New("longer than P1000D: Knative reads much longer durations inexactly")
+	}
 	return time.Duration(total), nil
 }
+
+// maxDuration bounds what ParseDuration accepts. Knative's parser keeps
+// each component in 16-bit tenths and folds a larger one into bigger
+// units, days into months and years of average length: PT99999H is
+// 99996h57m36s there. Below this bound nothing is folded that far.
+const maxDuration = int64(1000 * 24 * time.Hour)
 
 // sumComponents reads "<number><designator>" pairs from part, with
 // designators in the order of order (months, the date part's M, spelled
