@@ -30,10 +30,12 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	default:
+		b.m.refused.WithLabelValues("method").Inc()
 		http.Error(w, "method not allowed: POST a CloudEvent", http.StatusMethodNotAllowed)
 		return
 	}
 	if !b.isIngressPath(r.URL.Path) {
+		b.m.refused.WithLabelValues("no_broker").Inc()
 		http.Error(w, fmt.Sprintf("no broker at %s: POST to / or /<namespace>/%s", r.URL.Path, b.name), http.StatusNotFound)
 		return
 	}
@@ -42,9 +44,11 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
+			b.m.refused.WithLabelValues("too_large").Inc()
 			http.Error(w, fmt.Sprintf("event larger than %d bytes", b.opts.MaxBody), http.StatusRequestEntityTooLarge)
 			return
 		}
+		b.m.refused.WithLabelValues("not_cloudevent").Inc()
 		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -55,7 +59,11 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrQueueFull), errors.Is(err, ErrClosed):
 		w.Header().Set("Retry-After", retryAfterSecs)
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-	case errors.Is(err, ErrInvalidEvent), errors.Is(err, ErrTTLExhausted):
+	case errors.Is(err, ErrInvalidEvent):
+		b.m.refused.WithLabelValues("invalid_event").Inc()
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	case errors.Is(err, ErrTTLExhausted):
+		b.m.refused.WithLabelValues("ttl_exhausted").Inc()
 		http.Error(w, err.Error(), http.StatusBadRequest)
 	default:
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func post(t *testing.T, h http.Handler, method, path string, header map[string]string, body string) *httptest.ResponseRecorder {
@@ -34,7 +36,7 @@ const structured = `{"specversion":"1.0","id":"e2","source":"mail-a.test","type"
 func TestIngress(t *testing.T) {
 	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""))
 	rec := newRecorder()
-	b, _ := start(t, cfg, Options{MaxBody: 1024, Handlers: map[string]Handler{"sub": rec.handle}})
+	b, reg := start(t, cfg, Options{MaxBody: 1024, Handlers: map[string]Handler{"sub": rec.handle}})
 	h := b.Ingress()
 
 	t.Run("binary at /", func(t *testing.T) {
@@ -62,22 +64,32 @@ func TestIngress(t *testing.T) {
 		body         string
 		code         int
 		reason       string
+		counted      string // the refused counter's reason; "" for none
 	}{
-		"not a CloudEvent": {"POST", "/", map[string]string{"Content-Type": "application/json"}, `{"event":"x"}`, 400, "not a CloudEvent"},
-		"no id":            {"POST", "/", without(binaryHeaders, "Ce-Id"), `{}`, 400, "id"},
-		"bad JSON":         {"POST", "/", map[string]string{"Content-Type": "application/cloudevents+json"}, `{"specversion":`, 400, "not a CloudEvent"},
-		"too large":        {"POST", "/", binaryHeaders, strings.Repeat("x", 2000), 413, "larger than 1024"},
-		"GET":              {"GET", "/", nil, "", 405, "POST"},
-		"PUT":              {"PUT", "/default/b", binaryHeaders, "{}", 405, "POST"},
-		"other broker":     {"POST", "/default/other", binaryHeaders, "{}", 404, "no broker"},
-		"deep path":        {"POST", "/a/b/c", binaryHeaders, "{}", 404, "no broker"},
-		"TTL exhausted":    {"POST", "/", with(binaryHeaders, "Ce-Knativebrokerttl", "1"), "{}", 400, "TTL"},
-		"OPTIONS":          {"OPTIONS", "/", nil, "", 200, ""},
+		"not a CloudEvent": {"POST", "/", map[string]string{"Content-Type": "application/json"}, `{"event":"x"}`, 400, "not a CloudEvent", "not_cloudevent"},
+		"no id":            {"POST", "/", without(binaryHeaders, "Ce-Id"), `{}`, 400, "id", "invalid_event"},
+		"bad JSON":         {"POST", "/", map[string]string{"Content-Type": "application/cloudevents+json"}, `{"specversion":`, 400, "not a CloudEvent", "not_cloudevent"},
+		"too large":        {"POST", "/", binaryHeaders, strings.Repeat("x", 2000), 413, "larger than 1024", "too_large"},
+		"GET":              {"GET", "/", nil, "", 405, "POST", "method"},
+		"PUT":              {"PUT", "/default/b", binaryHeaders, "{}", 405, "POST", "method"},
+		"other broker":     {"POST", "/default/other", binaryHeaders, "{}", 404, "no broker", "no_broker"},
+		"deep path":        {"POST", "/a/b/c", binaryHeaders, "{}", 404, "no broker", "no_broker"},
+		"TTL exhausted":    {"POST", "/", with(binaryHeaders, "Ce-Knativebrokerttl", "1"), "{}", 400, "TTL", "ttl_exhausted"},
+		"OPTIONS":          {"OPTIONS", "/", nil, "", 200, "", ""},
 	} {
 		t.Run(name, func(t *testing.T) {
+			before := refusedTotal(t, reg)
 			rr := post(t, h, tc.method, tc.path, tc.header, tc.body)
 			if rr.Code != tc.code || !strings.Contains(rr.Body.String(), tc.reason) {
 				t.Errorf("%d %q; want %d with %q", rr.Code, rr.Body, tc.code, tc.reason)
+			}
+			after := refusedTotal(t, reg)
+			if tc.counted == "" {
+				if sum(after) != sum(before) {
+					t.Errorf("refused counter went from %v to %v", before, after)
+				}
+			} else if after[tc.counted] != before[tc.counted]+1 || sum(after) != sum(before)+1 {
+				t.Errorf("refused counter %v -> %v; want %s counted once", before, after, tc.counted)
 			}
 		})
 	}
@@ -90,7 +102,7 @@ func TestIngress(t *testing.T) {
 func TestIngress_BadExtensionNameIs400(t *testing.T) {
 	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""))
 	rec := newRecorder()
-	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
 	h := b.Ingress()
 	header := with(with(binaryHeaders, "Ce-Specversion", "0.3"), "Ce-!", "1")
 	for range 20 {
@@ -99,6 +111,40 @@ func TestIngress_BadExtensionNameIs400(t *testing.T) {
 		}
 	}
 	rec.quiet(t)
+	if got := refusedTotal(t, reg); sum(got) != 20 {
+		t.Errorf("refused counter %v; want 20 in all", got)
+	}
+}
+
+// refusedTotal reads the ingress's refused counter by reason.
+func refusedTotal(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "dovewarden_broker_ingress_refused_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
+func sum(m map[string]float64) float64 {
+	var n float64
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 func without(h map[string]string, key string) map[string]string {

@@ -26,6 +26,7 @@ const (
 type brokerMetrics struct {
 	published    *prometheus.CounterVec
 	rejected     *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 	deliveries   *prometheus.CounterVec
 	retries      *prometheus.CounterVec
 	deadLettered *prometheus.CounterVec
@@ -41,6 +42,8 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 			Help: "Events the embedded broker accepted, by source (ingress, reply)."}, []string{"source"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerEventsRejected,
 			Help: "Events refused because this Trigger's queue was full (answered 503)."}, []string{"trigger"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerIngressRefused,
+			Help: "Requests the HTTP ingress refused as bad input, by reason (not_cloudevent, invalid_event, ttl_exhausted, too_large, no_broker, method)."}, []string{"reason"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerDeliveries,
 			Help: "Delivery attempts to subscribers, by Trigger and outcome (success, retriable, non_retriable)."}, []string{"trigger", "outcome"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerRetries,
@@ -56,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 			// From an in-process no-op to a first full dsync of a big mailbox.
 			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}, []string{"trigger"}),
 	}
-	reg.MustRegister(m.published, m.rejected, m.deliveries, m.retries, m.deadLettered, m.dropped, m.replies, m.latency)
+	reg.MustRegister(m.published, m.rejected, m.refused, m.deliveries, m.retries, m.deadLettered, m.dropped, m.replies, m.latency)
 	return m
 }
 

@@ -9,6 +9,10 @@ const (
 	// BrokerEventsRejected counts events refused because a matching
 	// Trigger's queue was full (answered 503), by that Trigger.
 	BrokerEventsRejected = "broker_events_rejected_total"
+	// BrokerIngressRefused counts requests the HTTP ingress refused as bad
+	// input, by reason (not_cloudevent, invalid_event, ttl_exhausted,
+	// too_large, no_broker, method).
+	BrokerIngressRefused = "broker_ingress_refused_total"
 	// BrokerDeliveries counts delivery attempts to subscribers, by Trigger
 	// and outcome (success, retriable, non_retriable).
 	BrokerDeliveries = "broker_deliveries_total"
