@@ -88,7 +88,7 @@ func sumComponents(part, order string, date bool, total int64) (int64, error) {
 			key = 'm'
 		}
 		pos := strings.IndexByte(order, key)
-		if pos < 0 {
+		if pos < 0 || des == 'm' { // 'm' is only the internal name of months
 			return 0, fmt.Errorf("unexpected designator %q (want one of %s in this order)", des, designators(order))
 		}
 		order = order[pos+1:]

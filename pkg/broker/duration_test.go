@@ -41,7 +41,7 @@ func TestParseDuration_Rejects(t *testing.T) {
 		"", "P", "PT", "0.5S", "T0.5S", "PT0.5", "-PT1S", "+PT1S", "PT-1S", "pt1s", "PT1s",
 		"PT.5S", "PT1.S", "PT1.2.3S", "PT1S1M", "P1D1Y", "P1H", "PT1D", "P1DT", "PT1M1M",
 		"500ms", "PT99999999999999999999S", "P1YT", "PTS", "P1.5.5D",
-		"PT287000000S", "PT99999H", "P1001D", "P3Y", // Knative reads these inexactly or close to it
+		"P0m", "P1m", "PT1m", "PT287000000S", "PT99999H", "P1001D", "P3Y", // Knative reads these inexactly or close to it
 	} {
 		if d, err := ParseDuration(in); err == nil {
 			t.Errorf("ParseDuration(%q) = %v, want an error", in, d)
