@@ -6,12 +6,14 @@ import (
 	"math"
 	"strings"
 	"time"
+
+	"github.com/rickb777/date/period"
 )
 
 // Nanoseconds per tenth of each ISO-8601 designator, as Knative computes
 // them (knative.dev/eventing uses github.com/rickb777/date/period): a year
 // is 365.2425 days, a month a twelfth of that, and every component keeps
-// one decimal digit.
+// one decimal digit. Only the bound and the overflow check use them.
 var isoTenth = map[byte]int64{
 	'Y': 3155695200000000, // 31556952 s / 10
 	'm': 262974600000000,  // month: 2629746 s / 10
@@ -30,10 +32,22 @@ var isoTenth = map[byte]int64{
 // designators in ISO order, digits before every designator, no sign (a
 // negative delay means nothing), at least one component after P and
 // after T, and at most 1000 days.
+//
+// The value is the one Knative's own parser gives (rickb777/date/period,
+// then Duration), which folds a fractional year or month into days when
+// other components follow (P0.1MT1S is 72h0m1s there, not 73h2m55.6s):
+// the grammar and bounds are checked here, the arithmetic is Knative's.
 func ParseDuration(s string) (time.Duration, error) {
-	d, err := parseISO(s)
-	if err != nil {
+	if _, err := parseISO(s); err != nil {
 		return 0, fmt.Errorf("ISO-8601 duration %q: %w", s, err)
+	}
+	p, err := period.Parse(s)
+	if err != nil {
+		return 0, fmt.Errorf("ISO-8601 duration %q: Knative's parser refuses it: %w", s, err)
+	}
+	d, _ := p.Duration()
+	if d < 0 {
+		return 0, fmt.Errorf("ISO-8601 duration %q: Knative's parser reads it as negative", s)
 	}
 	return d, nil
 }

@@ -28,6 +28,10 @@ func TestParseDuration(t *testing.T) {
 		"P1Y2M3DT4H5M6S": 31556952*time.Second + 2*2629746*time.Second + 3*day +
 			4*time.Hour + 5*time.Minute + 6*time.Second,
 		"P1000D": 1000 * day,
+		// Knative's parser folds a fraction of a year or month into
+		// 30-day months and days when another component follows.
+		"P0.1MT1S": 72*time.Hour + time.Second,
+		"P0,1YT1M": 874*time.Hour + 30*time.Minute + 6*time.Second,
 	} {
 		got, err := ParseDuration(in)
 		if err != nil || got != want {
