@@ -41,3 +41,5 @@ go test -run '^$' -fuzz '^FuzzWriteReply$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./p
 # their instrumented build takes minutes, so longer runs are by hand.)
 go test -run '^$' -fuzz '^FuzzIngress$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/broker
 go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/broker
+# What a doveadm server answers, and that no error shows its password.
+go test -run '^$' -fuzz '^FuzzHTTPSyncReply$' -fuzztime "${FUZZTIME_SHORT:-5s}" ./pkg/doveadm

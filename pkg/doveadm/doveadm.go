@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -104,11 +105,15 @@ func ExitCodeOf(err error) int {
 
 // Redact replaces every secret in s with "***", a last guard so that no
 // password reaches a log, an error or an event even if a lower layer
-// echoed one.
+// echoed one. It also replaces a secret as Go's %q spells it (quotes and
+// backslashes escaped), since messages quote what a server answered.
 func Redact(s string, secrets ...string) string {
 	for _, sec := range secrets {
 		if len(sec) >= 1 {
 			s = strings.ReplaceAll(s, sec, "***")
+			if q := strconv.Quote(sec); q[1:len(q)-1] != sec {
+				s = strings.ReplaceAll(s, q[1:len(q)-1], "***")
+			}
 		}
 	}
 	return s

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -70,9 +71,9 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return fail(KindUnauthorized, nil, "HTTP %d: doveadm rejected the credentials", resp.StatusCode)
 	case resp.StatusCode >= 500:
-		return fail(KindTransport, nil, "HTTP %d: %s", resp.StatusCode, snippet(data))
+		return fail(KindTransport, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
 	case resp.StatusCode != http.StatusOK:
-		return fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data))
+		return fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
 	case err != nil:
 		return fail(KindTransport, err, "reading the reply: %v", err)
 	case len(data) > maxReply:
@@ -82,22 +83,23 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		// refuses connections (its worker dies).
 		return fail(KindTransport, nil, "empty reply (Dovecot 2.3 does this when the destination is down)")
 	}
-	return parseReply(data, tag, opn, fail)
+	return parseReply(data, tag, opn, ep.Secrets(), fail)
 }
 
 // parseReply reads [["doveadmResponse",[{"state":"..."}],"tag"]] or
-// [["error",{"type":"exitCode","exitCode":75},"tag"]].
-func parseReply(data []byte, tag, opn string, fail func(Kind, error, string, ...any) (SyncResult, error)) (SyncResult, error) {
+// [["error",{"type":"exitCode","exitCode":75},"tag"]]. What it quotes of
+// the reply in an error is free of secrets.
+func parseReply(data []byte, tag, opn string, secrets []string, fail func(Kind, error, string, ...any) (SyncResult, error)) (SyncResult, error) {
 	var reply [][]json.RawMessage
 	if err := json.Unmarshal(data, &reply); err != nil {
 		var se *json.SyntaxError
 		if errors.As(err, &se) && se.Offset >= int64(len(bytes.TrimSpace(data))) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fail(KindTransport, err, "truncated reply: %s", snippet(data))
+			return fail(KindTransport, err, "truncated reply: %s", snippet(data, secrets))
 		}
-		return fail(KindProtocol, err, "unreadable reply: %s", snippet(data))
+		return fail(KindProtocol, err, "unreadable reply: %s", snippet(data, secrets))
 	}
 	if len(reply) != 1 || len(reply[0]) < 2 {
-		return fail(KindProtocol, nil, "unexpected reply shape: %s", snippet(data))
+		return fail(KindProtocol, nil, "unexpected reply shape: %s", snippet(data, secrets))
 	}
 	var kind, gotTag string
 	_ = json.Unmarshal(reply[0][0], &kind)
@@ -105,13 +107,13 @@ func parseReply(data []byte, tag, opn string, fail func(Kind, error, string, ...
 		_ = json.Unmarshal(reply[0][2], &gotTag)
 	}
 	if gotTag != tag {
-		return fail(KindProtocol, nil, "reply tag %q does not match request tag %q", gotTag, tag)
+		return fail(KindProtocol, nil, "reply tag %q does not match request tag %q", Redact(gotTag, secrets...), tag)
 	}
 	switch kind {
 	case "doveadmResponse":
 		var rows []map[string]any
 		if err := json.Unmarshal(reply[0][1], &rows); err != nil {
-			return fail(KindProtocol, err, "unreadable response: %s", snippet(data))
+			return fail(KindProtocol, err, "unreadable response: %s", snippet(data, secrets))
 		}
 		var res SyncResult
 		for _, row := range rows {
@@ -126,7 +128,7 @@ func parseReply(data []byte, tag, opn string, fail func(Kind, error, string, ...
 			ExitCode *int   `json:"exitCode"`
 		}
 		if err := json.Unmarshal(reply[0][1], &e); err != nil {
-			return fail(KindProtocol, err, "unreadable error: %s", snippet(data))
+			return fail(KindProtocol, err, "unreadable error: %s", snippet(data, secrets))
 		}
 		switch {
 		case e.Type == "exitCode" && e.ExitCode != nil:
@@ -136,18 +138,21 @@ func parseReply(data []byte, tag, opn string, fail func(Kind, error, string, ...
 		case e.Type == "internalError":
 			return fail(KindInternal, nil, "doveadm error %q", e.Type)
 		}
-		return fail(KindProtocol, nil, "doveadm error %q", e.Type)
+		return fail(KindProtocol, nil, "doveadm error %q", Redact(e.Type, secrets...))
 	}
 	return fail(KindProtocol, nil, "unexpected reply %q", kind)
 }
 
 // snippet quotes at most 200 bytes of a reply for an error message.
-func snippet(b []byte) string {
-	b = bytes.TrimSpace(b)
-	if len(b) > 200 {
-		return fmt.Sprintf("%q...", b[:200])
+// snippet is the start of a reply for an error message, with secrets
+// taken out before it is trimmed, cut and quoted: each could leave part of
+// one, or change how it is spelt.
+func snippet(b []byte, secrets []string) string {
+	s := strings.TrimSpace(Redact(string(b), secrets...))
+	if len(s) > 200 {
+		return fmt.Sprintf("%q...", s[:200])
 	}
-	return fmt.Sprintf("%q", b)
+	return fmt.Sprintf("%q", s)
 }
 
 func newTag() string {

@@ -57,7 +57,7 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 		if resp.StatusCode >= 500 {
 			kind = KindTransport
 		}
-		return fail(kind, nil, "HTTP %d: %s", resp.StatusCode, snippet(data))
+		return fail(kind, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
 	}
 	err = decodeUserList(io.LimitReader(resp.Body, maxListReply), tag, fn)
 	var le *listError

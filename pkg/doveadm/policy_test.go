@@ -74,3 +74,20 @@ func TestError_MessageNamesUserAndCode(t *testing.T) {
 		t.Error("ExitCodeOf")
 	}
 }
+
+// TestRedact: a secret is taken out as it is and as %q spells it.
+func TestRedact(t *testing.T) {
+	for _, tc := range []struct{ in, secret, want string }{
+		{"pw=s3cret!", "s3cret!", "pw=***"},
+		{`reply "pa\"ss\\word" refused`, `pa"ss\word`, `reply "***" refused`},
+		{`"päss\x00"`, "päss\x00", `"***"`},
+		{"tab\there", "tab\there", "***"},
+		{`"tab\there"`, "tab\there", `"***"`},
+		{"nothing to hide", "s3cret", "nothing to hide"},
+		{"", "", ""},
+	} {
+		if got := Redact(tc.in, tc.secret); got != tc.want {
+			t.Errorf("Redact(%q, %q) = %q, want %q", tc.in, tc.secret, got, tc.want)
+		}
+	}
+}
