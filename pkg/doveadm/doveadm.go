@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Transport names, as the sync function's "transport" setting spells them.
@@ -105,13 +106,25 @@ func ExitCodeOf(err error) int {
 
 // Redact replaces every secret in s with "***", a last guard so that no
 // password reaches a log, an error or an event even if a lower layer
-// echoed one. It also replaces a secret as Go's %q spells it (quotes and
+// echoed one. It also replaces a secret as a JSON decoder reads it (each
+// invalid UTF-8 byte a U+FFFD) and as Go's %q spells either (quotes and
 // backslashes escaped), since messages quote what a server answered.
 func Redact(s string, secrets ...string) string {
 	for _, sec := range secrets {
-		if len(sec) >= 1 {
-			s = strings.ReplaceAll(s, sec, "***")
-			if q := strconv.Quote(sec); q[1:len(q)-1] != sec {
+		if len(sec) == 0 {
+			continue
+		}
+		forms := []string{sec}
+		if !utf8.ValidString(sec) {
+			var b strings.Builder
+			for _, r := range sec { // an invalid byte ranges as U+FFFD
+				b.WriteRune(r)
+			}
+			forms = append(forms, b.String())
+		}
+		for _, f := range forms {
+			s = strings.ReplaceAll(s, f, "***")
+			if q := strconv.Quote(f); q[1:len(q)-1] != f {
 				s = strings.ReplaceAll(s, q[1:len(q)-1], "***")
 			}
 		}

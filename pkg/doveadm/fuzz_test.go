@@ -25,6 +25,7 @@ import (
 //	go test -run '^$' -fuzz FuzzHTTPSyncReply -fuzztime 60s ./pkg/doveadm/
 func FuzzHTTPSyncReply(f *testing.F) {
 	f.Add(200, `[["doveadmResponse",[{"state":"AQAA"}],"TAG"]]`, "", "s3cret-pw")
+	f.Add(200, `[["doveadmResponse",[{"state":"AQAA"}],"\u00`, `"]]`, "41414141")
 	f.Add(200, `[["error",{"type":"exitCode","exitCode":75},"TAG"]]`, "", "s3cret-pw")
 	f.Add(200, `[["error",{"type":"`, `"},"TAG"]]`, `pa"ss\word`)
 	f.Add(200, `[["doveadmResponse",[{"state":1}],"`, `"]]`, "s3cret-pw")
@@ -54,8 +55,11 @@ func FuzzHTTPSyncReply(f *testing.F) {
 	f.Cleanup(srv.Close)
 	tr := doveadm.NewHTTP(nil, 5*time.Second)
 
-	f.Fuzz(func(t *testing.T, code int, before, after, password string) {
-		if code < 200 || code > 599 || len(password) < 4 || strings.Contains(password, "TAG") {
+	f.Fuzz(func(t *testing.T, code int, before, after, pw string) {
+		// The password starts with a mark that no message of Sync spells,
+		// so that finding it in one is a leak, not a coincidence.
+		password := "Zq9#" + pw
+		if code < 200 || code > 599 || strings.Contains(password, "TAG") {
 			return
 		}
 		mu.Lock()

@@ -83,6 +83,7 @@ func TestRedact(t *testing.T) {
 		{`"päss\x00"`, "päss\x00", `"***"`},
 		{"tab\there", "tab\there", "***"},
 		{`"tab\there"`, "tab\there", `"***"`},
+		{"tag \"00000\ufffd\" refused", "00000\xeb", `tag "***" refused`},
 		{"nothing to hide", "s3cret", "nothing to hide"},
 		{"", "", ""},
 	} {
