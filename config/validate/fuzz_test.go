@@ -8,6 +8,7 @@ package validate
 //	(cd config/validate && go test -run '^$' -fuzz FuzzDurationMatchesKnative -fuzztime 60s)
 //	(cd config/validate && go test -run '^$' -fuzz FuzzFilterMatchesKnative -fuzztime 60s)
 //	(cd config/validate && go test -run '^$' -fuzz FuzzCESQLMatchesKnative -fuzztime 60s)
+//	(cd config/validate && go test -run '^$' -fuzz FuzzNestedFiltersMatchKnative -fuzztime 60s)
 
 import (
 	"encoding/json"
@@ -113,6 +114,52 @@ func FuzzFilterMatchesKnative(f *testing.F) {
 			spec = map[string]any{"filter": map[string]any{"attributes": map[string]string{name: value}}}
 		}
 		compareOne(t, spec, name, []string{eventValue, value})
+	})
+}
+
+// FuzzNestedFiltersMatchKnative: filters that nest all, any and not over
+// exact, prefix and suffix, built from the fuzzer's bytes, decide as
+// Knative's for events whose attributes take the fuzzed values.
+func FuzzNestedFiltersMatchKnative(f *testing.F) {
+	f.Add([]byte{0x13, 0x02, 0x21, 0x40, 0x05}, "high", "mail-a.test")
+	f.Add([]byte{0x31, 0x12, 0x00, 0x25, 0x41, 0x03}, "low", "u1")
+	f.Add([]byte{0x23, 0x33, 0x10, 0x01, 0x02, 0x14}, "", "org.dovewarden.mailbox.changed")
+	f.Add([]byte{0x32, 0x31, 0x30, 0x04}, "h", "h")
+	f.Fuzz(func(t *testing.T, prog []byte, a, b string) {
+		values := []string{a, b, "high", "mail-a", ".test", "org.dovewarden."}
+		pos := 0
+		next := func() byte {
+			if pos >= len(prog) {
+				return 0
+			}
+			pos++
+			return prog[pos-1]
+		}
+		var build func(depth int) map[string]any
+		build = func(depth int) map[string]any {
+			op := next()
+			kind := (op >> 4) % 4
+			if depth >= 3 {
+				kind = 0
+			}
+			switch kind {
+			case 1, 2: // all, any of two or three
+				list := []any{build(depth + 1), build(depth + 1)}
+				if op&1 == 1 {
+					list = append(list, build(depth+1))
+				}
+				return map[string]any{[]string{"all", "any"}[kind-1]: list}
+			case 3:
+				return map[string]any{"not": build(depth + 1)}
+			}
+			dialect := []string{"exact", "prefix", "suffix"}[int(op&0x0f)%3]
+			attr := fuzzAttrs[int(next())%len(fuzzAttrs)]
+			return map[string]any{dialect: map[string]string{attr: values[int(next())%len(values)]}}
+		}
+		spec := map[string]any{"filters": []any{build(0)}}
+		for _, attr := range []string{"priority", "source", "subject", "type"} {
+			compareOne(t, spec, attr, []string{a, b, ""})
+		}
 	})
 }
 
