@@ -5,10 +5,10 @@ package validate
 // cluster. The embedded broker may refuse more (it is stricter by design,
 // pkg/broker/filter.go and duration.go say where), never decide otherwise.
 //
-//	(cd config/validate && go test -run '^$' -fuzz FuzzDurationMatchesKnative -fuzztime 60s)
-//	(cd config/validate && go test -run '^$' -fuzz FuzzFilterMatchesKnative -fuzztime 60s)
-//	(cd config/validate && go test -run '^$' -fuzz FuzzCESQLMatchesKnative -fuzztime 60s)
-//	(cd config/validate && go test -run '^$' -fuzz FuzzNestedFiltersMatchKnative -fuzztime 60s)
+//	(cd config/validate && GOWORK=off go test -run '^$' -fuzz FuzzDurationMatchesKnative -fuzztime 60s)
+//	(cd config/validate && GOWORK=off go test -run '^$' -fuzz FuzzFilterMatchesKnative -fuzztime 60s)
+//	(cd config/validate && GOWORK=off go test -run '^$' -fuzz FuzzCESQLMatchesKnative -fuzztime 60s)
+//	(cd config/validate && GOWORK=off go test -run '^$' -fuzz FuzzNestedFiltersMatchKnative -fuzztime 60s)
 
 import (
 	"encoding/json"
