@@ -87,8 +87,8 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 }
 
 // parseReply reads [["doveadmResponse",[{"state":"..."}],"tag"]] or
-// [["error",{"type":"exitCode","exitCode":75},"tag"]]. What it quotes of
-// the reply in an error is free of secrets.
+// [["error",{"type":"exitCode","exitCode":75},"tag"]]. Its snippets of
+// the reply are free of secrets; fail's Redact takes out the rest.
 func parseReply(data []byte, tag, opn string, secrets []string, fail func(Kind, error, string, ...any) (SyncResult, error)) (SyncResult, error) {
 	var reply [][]json.RawMessage
 	if err := json.Unmarshal(data, &reply); err != nil {
@@ -107,7 +107,7 @@ func parseReply(data []byte, tag, opn string, secrets []string, fail func(Kind, 
 		_ = json.Unmarshal(reply[0][2], &gotTag)
 	}
 	if gotTag != tag {
-		return fail(KindProtocol, nil, "reply tag %q does not match request tag %q", Redact(gotTag, secrets...), tag)
+		return fail(KindProtocol, nil, "reply tag %q does not match request tag %q", gotTag, tag)
 	}
 	switch kind {
 	case "doveadmResponse":
@@ -138,12 +138,11 @@ func parseReply(data []byte, tag, opn string, secrets []string, fail func(Kind, 
 		case e.Type == "internalError":
 			return fail(KindInternal, nil, "doveadm error %q", e.Type)
 		}
-		return fail(KindProtocol, nil, "doveadm error %q", Redact(e.Type, secrets...))
+		return fail(KindProtocol, nil, "doveadm error %q", e.Type)
 	}
 	return fail(KindProtocol, nil, "unexpected reply %q", kind)
 }
 
-// snippet quotes at most 200 bytes of a reply for an error message.
 // snippet is the start of a reply for an error message, with secrets
 // taken out before it is trimmed, cut and quoted: each could leave part of
 // one, or change how it is spelt.
