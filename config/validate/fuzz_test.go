@@ -237,7 +237,7 @@ func compareOne(t *testing.T, spec map[string]any, attr string, values []string)
 			// expression the embedded broker loads must never give it
 			// another. A panic inside the CESQL library (same code on
 			// both) is the library's.
-			if expr, ok := spec["filters"].([]any)[0].(map[string]any)["cesql"].(string); !ok || !cesqlPanics(expr, ev) {
+			if expr, ok := cesqlOf(spec); !ok || !cesqlPanics(expr, ev) {
 				t.Fatalf("Trigger %s, event with %s=%q: Knative's filter panics; the embedded broker should refuse the Trigger", doc, attr, v)
 			}
 			continue
@@ -270,4 +270,15 @@ func cesqlPanics(src string, ev cloudevents.Event) (panicked bool) {
 		_, _ = expr.Evaluate(ev)
 	}
 	return false
+}
+
+// cesqlOf is the expression of a spec whose one filter is CESQL.
+func cesqlOf(spec map[string]any) (string, bool) {
+	list, _ := spec["filters"].([]any)
+	if len(list) != 1 {
+		return "", false
+	}
+	f, _ := list[0].(map[string]any)
+	expr, ok := f["cesql"].(string)
+	return expr, ok
 }
