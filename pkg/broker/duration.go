@@ -38,7 +38,7 @@ var isoTenth = map[byte]int64{
 // other components follow (P0.1MT1S is 72h0m1s there, not 73h2m55.6s):
 // the grammar and bounds are checked here, the arithmetic is Knative's.
 func ParseDuration(s string) (time.Duration, error) {
-	if _, err := parseISO(s); err != nil {
+	if err := checkISO(s); err != nil {
 		return 0, fmt.Errorf("ISO-8601 duration %q: %w", s, err)
 	}
 	p, err := period.Parse(s)
@@ -52,32 +52,33 @@ func ParseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-func parseISO(s string) (time.Duration, error) {
+// checkISO checks the grammar and the bound; the value is Knative's.
+func checkISO(s string) error {
 	if !strings.HasPrefix(s, "P") {
-		return 0, errors.New("want P, then components such as 1D or T0.5S (e.g. PT0.5S, PT1M, P1D)")
+		return errors.New("want P, then components such as 1D or T0.5S (e.g. PT0.5S, PT1M, P1D)")
 	}
 	rest := s[1:]
 	datePart, timePart, hasT := strings.Cut(rest, "T")
 	if hasT && timePart == "" {
-		return 0, errors.New("no component after T")
+		return errors.New("no component after T")
 	}
 	if !hasT && datePart == "" {
-		return 0, errors.New("no component after P")
+		return errors.New("no component after P")
 	}
 	// The date part's M is months, the time part's minutes.
 	total, err := sumComponents(datePart, "YmWD", true, 0)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if hasT {
 		if total, err = sumComponents(timePart, "HMS", false, total); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if total > maxDuration {
-		return 0, errors.New("longer than P1000D: Knative reads much longer durations inexactly")
+		return errors.New("longer than P1000D: Knative reads much longer durations inexactly")
 	}
-	return time.Duration(total), nil
+	return nil
 }
 
 // maxDuration bounds what ParseDuration accepts. Knative's parser keeps
