@@ -24,9 +24,19 @@ func TestDemo_Once(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	// The demo reads config/dovecot from the repository root.
-	if err := os.Chdir("../../.."); err != nil {
+	t.Chdir("../../..")
+	// The demo keeps its log in a temporary folder for a look after the
+	// run; here that folder goes with the test. It must be one the Dovecot
+	// instances' vmail user can traverse, which t.TempDir() is not.
+	tmp, err := os.MkdirTemp("", "demo-test-")
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", tmp)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
