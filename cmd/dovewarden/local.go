@@ -68,7 +68,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	sc.ResultsSink = "http://" + loopback(ln.Addr()) + brokerPath
 
 	var clock ingest.Clock
-	if sc.RedisURL == "" {
+	if sc.Redis.URL == "" {
 		// The embedded Redis's TIME is this process's clock: stamp changes
 		// with it directly, without a round trip.
 		clock = processClock{}
@@ -77,7 +77,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 			return fmt.Errorf("embedded redis: %w", err)
 		}
 		defer mr.Close()
-		sc.RedisURL = "redis://" + mr.Addr()
+		sc.Redis.URL = "redis://" + mr.Addr()
 		log.Warn("using embedded Redis: locks, marks and dsync states are lost when this process ends; give --redis-url to keep them")
 	}
 	if err := sc.Resolve(env.getenv); err != nil {
@@ -102,7 +102,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer closeSync()
-	st, err := state.Open(sc.RedisURL)
+	st, err := state.Open(sc.Redis)
 	if err != nil {
 		return err
 	}

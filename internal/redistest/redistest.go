@@ -1,6 +1,7 @@
 // Package redistest starts a real redis-server on a free 127.0.0.1 port for
 // integration tests, installing Debian's redis-server package first when
-// the binary is missing (idempotent, serialised by a file lock).
+// the binary is missing (idempotent, serialised by a file lock). A server
+// may speak TLS only, or replicate another; a Sentinel may watch one.
 package redistest
 
 import (
@@ -25,35 +26,71 @@ import (
 type Server struct {
 	// Addr is "127.0.0.1:port".
 	Addr string
+	// TLS is set when the server speaks TLS only: the files a client
+	// needs.
+	TLS  *TLSFiles
 	cmd  *exec.Cmd
 	done chan struct{}
+	out  *strings.Builder
 }
 
-// URL is the server's redis:// URL.
-func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+// Options shape the server Start starts.
+type Options struct {
+	// TLS: the server listens with TLS only and requires a client
+	// certificate (redis-server's default tls-auth-clients). Its CA,
+	// certificate and keys are new, in the test's temporary folder.
+	TLS bool
+	// ReplicaOf makes the server a replica of a plain (not TLS) server.
+	ReplicaOf *Server
+}
+
+// URL is the server's redis:// (or, with TLS, rediss://) URL.
+func (s *Server) URL() string {
+	if s.TLS != nil {
+		return "rediss://" + s.Addr + "/0"
+	}
+	return "redis://" + s.Addr + "/0"
+}
 
 // Client returns a new client of the server, closed when the test ends.
 func (s *Server) Client(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Helper()
+	o, err := s.options()
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	c := redis.NewClient(o)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
 
-// Start starts a redis-server for t and stops it when t ends. It installs
-// redis-server when missing; as a non-root user that cannot install, it
-// skips the test with the reason.
-func Start(t testing.TB) *Server {
-	t.Helper()
-	bin, err := Ensure()
-	if err != nil {
-		if os.Geteuid() != 0 && errors.Is(err, errNotRoot) {
-			t.Skipf("redistest: %v", err)
+func (s *Server) options() (*redis.Options, error) {
+	o := &redis.Options{Addr: s.Addr}
+	if s.TLS != nil {
+		tc, err := s.TLS.Config()
+		if err != nil {
+			return nil, err
 		}
-		t.Fatalf("redistest: %v", err)
+		o.TLSConfig = tc
+	}
+	return o, nil
+}
+
+// Start starts a plain redis-server for t and stops it when t ends. It
+// installs redis-server when missing; as a non-root user that cannot
+// install, it skips the test with the reason.
+func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Server {
+	t.Helper()
+	bin := binary(t)
+	if o.ReplicaOf != nil && (o.TLS || o.ReplicaOf.TLS != nil) {
+		t.Fatal("redistest: replicas of or with TLS are not supported")
 	}
 	var last error
 	for attempt := 0; attempt < 5; attempt++ {
-		s, err := start(bin, t.TempDir())
+		s, err := start(bin, t.TempDir(), o)
 		if err == nil {
 			t.Cleanup(s.stop)
 			return s
@@ -64,23 +101,55 @@ func Start(t testing.TB) *Server {
 	return nil
 }
 
-func start(bin, dir string) (*Server, error) {
+// binary returns redis-server's path, installing it when missing, or
+// skips t when it cannot be installed without root.
+func binary(t testing.TB) string {
+	t.Helper()
+	bin, err := Ensure()
+	if err != nil {
+		if os.Geteuid() != 0 && errors.Is(err, errNotRoot) {
+			t.Skipf("redistest: %v", err)
+		}
+		t.Fatalf("redistest: %v", err)
+	}
+	return bin
+}
+
+func start(bin, dir string, o Options) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning")
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), done: make(chan struct{}), out: &strings.Builder{}}
+	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning"}
+	if o.TLS {
+		if s.TLS, err = newTLSFiles(dir); err != nil {
+			return nil, fmt.Errorf("certificates: %w", err)
+		}
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", s.TLS.serverCert,
+			"--tls-key-file", s.TLS.serverKey, "--tls-ca-cert-file", s.TLS.CA, "--tls-auth-clients", "yes")
+	}
+	if o.ReplicaOf != nil {
+		host, p, _ := net.SplitHostPort(o.ReplicaOf.Addr)
+		args = append(args, "--replicaof", host, p)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = s.out, s.out
 	// The server dies with the test binary even if cleanup never runs.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, done: make(chan struct{})}
+	s.cmd = cmd
 	go func() { _ = cmd.Wait(); close(s.done) }()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	ro, err := s.options()
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	ro.MaxRetries, ro.DialTimeout = -1, 200*time.Millisecond
+	c := redis.NewClient(ro)
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -92,7 +161,7 @@ func start(bin, dir string) (*Server, error) {
 		}
 		select {
 		case <-s.done:
-			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, strings.TrimSpace(out.String()))
+			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, strings.TrimSpace(s.out.String()))
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -3,6 +3,8 @@ package redistest
 import (
 	"context"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestStart_ServesAndIsolates(t *testing.T) {
@@ -20,5 +22,45 @@ func TestStart_ServesAndIsolates(t *testing.T) {
 	}
 	if v, err := ca.Do(ctx, "TIME").Slice(); err != nil || len(v) != 2 {
 		t.Fatalf("TIME: %v %v", v, err)
+	}
+}
+
+func TestStartWith_TLSRequiresTheCAAndAClientCertificate(t *testing.T) {
+	s := StartWith(t, Options{TLS: true})
+	ctx := context.Background()
+	if err := s.Client(t).Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("with the CA and a client certificate: %v", err)
+	}
+	plain := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	defer plain.Close()
+	if err := plain.Ping(ctx).Err(); err == nil {
+		t.Fatal("a plain connection was answered")
+	}
+	tc, err := s.TLS.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.Certificates = nil
+	noCert := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: tc, MaxRetries: -1})
+	defer noCert.Close()
+	if err := noCert.Ping(ctx).Err(); err == nil {
+		t.Fatal("a client without a certificate was answered")
+	}
+}
+
+func TestSentinel_FailsOverToTheReplica(t *testing.T) {
+	primary := StartWith(t, Options{})
+	replica := StartWith(t, Options{ReplicaOf: primary})
+	s := StartSentinel(t, primary, "dw")
+	ctx := context.Background()
+	if a, err := s.MasterAddr(ctx); err != nil || a != primary.Addr {
+		t.Fatalf("primary before: %q, %v; want %s", a, err, primary.Addr)
+	}
+	after, err := s.Failover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != replica.Addr {
+		t.Fatalf("primary after: %s, want the replica %s", after, replica.Addr)
 	}
 }

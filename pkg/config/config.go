@@ -64,11 +64,23 @@ func Secret(setting, value, file string) (string, error) {
 }
 
 // RedactURL hides a password in a URL before it reaches an error message
-// or a log.
+// or a log: the user information's, and a "password" query parameter's (a
+// Redis Sentinel URL gives the primary's password so).
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"
+	}
+	if u.RawQuery != "" {
+		q, err := url.ParseQuery(u.RawQuery)
+		switch {
+		case err != nil:
+			// What could not be parsed could still hold a password.
+			u.RawQuery = "xxxxx"
+		case q.Has("password"):
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
 	}
 	return u.Redacted()
 }

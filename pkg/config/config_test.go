@@ -54,3 +54,23 @@ func TestSecret(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+func TestRedactURL(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"},
+		{"redis://:s3cret@redis:6379/0", "redis://:xxxxx@redis:6379/0"},
+		{"rediss://dw:s3cret@redis/0", "rediss://dw:xxxxx@redis/0"},
+		{"redis://sentinel:26379/0?master_name=dw&password=s3cret", "redis://sentinel:26379/0?master_name=dw&password=xxxxx"},
+		{"redis://sentinel:26379/0?master_name=dw&password=s3%zzcret", "redis://sentinel:26379/0?xxxxx"},
+		{"http://user:s3cret@broker/?password=s3cret", "http://user:xxxxx@broker/?password=xxxxx"},
+		{"redis://[::1", "(unparsable URL)"},
+	} {
+		got := RedactURL(c.in)
+		if got != c.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", c.in, got, c.want)
+		}
+		if strings.Contains(got, "s3") {
+			t.Errorf("RedactURL(%q) = %q shows the password", c.in, got)
+		}
+	}
+}

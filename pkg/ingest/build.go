@@ -28,8 +28,8 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 	}
 	closeFn := func() error { return nil }
 	var pending PendingMarker
-	if cfg.RedisURL != "" {
-		st, err := state.Open(cfg.RedisURL)
+	if cfg.Redis.URL != "" {
+		st, err := state.Open(cfg.Redis)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -37,7 +37,7 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 		ho.Clock = st
 	}
 	h := NewHandler(ho, snd, pending, reg, log)
-	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.RedisURL != "", "auth", cfg.authKind())
+	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.Redis.URL != "", "auth", cfg.authKind())
 	return h, closeFn, nil
 }
 

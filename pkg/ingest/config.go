@@ -11,6 +11,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // Config is the ingest role's configuration.
@@ -37,9 +38,9 @@ type Config struct {
 	AuthToken        string
 	AuthTokenFile    string
 
-	// RedisURL, when set, lets ingest record users whose change could not
-	// be handed to the Broker, so the sweep replicates them.
-	RedisURL string
+	// Redis, when its URL is set, lets ingest record users whose change
+	// could not be handed to the Broker, so the sweep replicates them.
+	Redis state.Conn
 }
 
 // RegisterFlags declares every ingest setting on fs.
@@ -52,7 +53,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&c.SendBackoff, "send-backoff", 10*time.Millisecond, "delay before the first retry; doubles each retry")
 	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
 	c.RegisterHandlerFlags(fs)
-	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis:// or rediss://) to record users whose change could not be sent, for the sweep")
+	c.Redis.RegisterFlags(fs, "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) to record users whose change could not be sent, for the sweep")
 }
 
 // RegisterHandlerFlags declares the settings of the HTTP handler itself
@@ -133,10 +134,10 @@ func (c *Config) Validate() error {
 	if _, err := c.HandlerOptions(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.RedisURL != "" {
-		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-			errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", config.RedactURL(c.RedisURL)))
-		}
+	if c.Redis.URL != "" {
+		errs = append(errs, c.Redis.Validate())
+	} else if c.Redis != (state.Conn{}) {
+		errs = append(errs, errors.New("redis-ca-file, redis-cert-file, redis-key-file: set without redis-url"))
 	}
 	return errors.Join(errs...)
 }

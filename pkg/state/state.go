@@ -39,15 +39,6 @@ type Store struct {
 // New wraps a go-redis client.
 func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
 
-// Open connects to the Redis server at a redis:// or rediss:// URL.
-func Open(rawURL string) (*Store, error) {
-	o, err := redis.ParseURL(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("redis-url: %w", err)
-	}
-	return New(redis.NewClient(o)), nil
-}
-
 // Close closes the connection pool.
 func (s *Store) Close() error { return s.rdb.Close() }
 

@@ -109,7 +109,7 @@ type BeginArgs struct {
 func (s *Store) Begin(ctx context.Context, a BeginArgs) (Claim, error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, ExcludedKey, StateKey(a.User)}
 	v, err := scriptBegin.Run(ctx, s.rdb, keys, a.User, a.Token, a.TTL.Milliseconds(), ms(a.At),
-		a.Margin.Milliseconds(), a.Host, a.Owner, a.Destination, flag(a.Full)).Slice()
+		a.Margin.Milliseconds(), a.Host, a.Owner, a.Destination, boolArg(a.Full)).Slice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("begin sync of %q in redis: %w", a.User, err)
 	}
@@ -163,7 +163,7 @@ type SuccessArgs struct {
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
-		a.Destination, a.NewState, a.Host, flag(a.Full), a.TTL.Milliseconds(), flag(a.MayRerun), flag(a.Rerun)).Slice()
+		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun)).Slice()
 	if err != nil {
 		return time.Time{}, Claim{}, fmt.Errorf("record sync of %q in redis: %w", a.User, err)
 	}
@@ -194,7 +194,7 @@ type FailureArgs struct {
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
-		flag(a.Final), flag(a.Release), a.Host).Int64()
+		boolArg(a.Final), boolArg(a.Release), a.Host).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}
@@ -259,7 +259,7 @@ func fromMS(v any) time.Time {
 	return time.UnixMilli(n).UTC()
 }
 
-func flag(b bool) string {
+func boolArg(b bool) string {
 	if b {
 		return "1"
 	}

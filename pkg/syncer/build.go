@@ -25,7 +25,7 @@ import (
 // replication.failed events. Both `dovewarden sync` and the func-CLI
 // function use it. The returned close function releases Redis.
 func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, func() error, error) {
-	st, err := state.Open(cfg.RedisURL)
+	st, err := state.Open(cfg.Redis)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -33,7 +33,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	defer cancel()
 	if err := st.LoadScripts(pctx); err != nil {
 		st.Close()
-		return nil, nil, fmt.Errorf("redis-url %s: %w", config.RedactURL(cfg.RedisURL), err)
+		return nil, nil, fmt.Errorf("redis-url %s: %w", config.RedactURL(cfg.Redis.URL), err)
 	}
 	httpTr := doveadm.NewHTTP(nil, cfg.DsyncTimeout)
 	var tr doveadm.Transport = httpTr

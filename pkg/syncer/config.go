@@ -13,6 +13,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // Config is the sync role's configuration. docs/configuration.md lists
@@ -28,7 +29,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	MaxBody        int64
 
-	RedisURL string
+	// Redis holds locks, coalescing marks, dsync states and status.
+	Redis state.Conn
 
 	Transport         string
 	DoveadmURL        string
@@ -68,7 +70,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 300*time.Second, "HTTP write timeout: how long a response may take; must exceed request-timeout (Knative's timeoutSeconds should match it)")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 290*time.Second, "time one event may take, dsync retries included; retries that would not fit are left to the sweep")
 	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://, rediss:// or unix://) holding locks, coalescing marks, dsync states and status; required")
+	c.Redis.RegisterFlags(fs, "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) holding locks, coalescing marks, dsync states and status; required")
 	fs.StringVar(&c.Transport, "transport", doveadm.TransportHTTP, "how dsync runs: doveadm-http (the source host's doveadm HTTP API) or doveadm-exec (a local doveadm process)")
 	fs.StringVar(&c.DoveadmURL, "doveadm-url", "", "doveadm HTTP API URL of the default source host, e.g. http://mail-a:8080/doveadm/v1")
 	fs.StringVar(&c.DoveadmUser, "doveadm-user", "doveadm", "HTTP Basic user for the doveadm HTTP API")
@@ -154,10 +156,10 @@ func (c *Config) Validate() error {
 	if c.MaxBody < 1024 || c.MaxBody > 16<<20 {
 		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to 16777216 bytes", c.MaxBody))
 	}
-	if c.RedisURL == "" {
+	if c.Redis.URL == "" {
 		errs = append(errs, errors.New("redis-url: not set: sync keeps its locks and state in Redis"))
-	} else if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		errs = append(errs, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", config.RedactURL(c.RedisURL)))
+	} else {
+		errs = append(errs, c.Redis.Validate())
 	}
 	switch c.Transport {
 	case doveadm.TransportHTTP, doveadm.TransportExec:

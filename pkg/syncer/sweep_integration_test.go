@@ -147,7 +147,7 @@ func TestIntegrationRedis_SweepEndToEnd(t *testing.T) {
 	// 3. A change ingest could not hand to the Broker, and a user whose
 	// replication failed after its last attempt: exactly those two.
 	ctx := context.Background()
-	st, _ := state.Open(rs.URL())
+	st, _ := state.Open(state.Conn{URL: rs.URL()})
 	defer st.Close()
 	if err := st.MarkPending(ctx, "u03", "mail-a", time.Now()); err != nil {
 		t.Fatal(err)

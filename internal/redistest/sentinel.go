@@ -1,0 +1,141 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Sentinel is a Redis Sentinel (redis-server --sentinel) watching one
+// primary under a master name, with a quorum of one.
+type Sentinel struct {
+	// Addr is "127.0.0.1:port".
+	Addr string
+	// Master is the name the primary is watched under.
+	Master string
+	c      *redis.SentinelClient
+}
+
+// URL is the redis:// URL a go-redis failover client (and dovewarden's
+// --redis-url) uses to find the primary through this Sentinel.
+func (s *Sentinel) URL() string {
+	return "redis://" + s.Addr + "/0?master_name=" + s.Master
+}
+
+// StartSentinel starts a Sentinel for t that watches primary as master,
+// and stops it when t ends. Replicas of primary are found by the
+// Sentinel itself.
+func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
+	t.Helper()
+	if primary.TLS != nil {
+		t.Fatal("redistest: a Sentinel of a TLS server is not supported")
+	}
+	bin := binary(t)
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	host, pport, _ := net.SplitHostPort(primary.Addr)
+	conf := filepath.Join(dir, "sentinel.conf")
+	// Short timeouts: a test fails over in seconds, not minutes.
+	text := fmt.Sprintf("port %[1]d\nbind 127.0.0.1\ndaemonize no\ndir %[2]s\nloglevel warning\n"+
+		"sentinel monitor %[3]s %[4]s %[5]s 1\nsentinel down-after-milliseconds %[3]s 1000\n"+
+		"sentinel failover-timeout %[3]s 10000\n", port, dir, master, host, pport)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, conf, "--sentinel")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("redistest: start sentinel: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master}
+	s.c = redis.NewSentinelClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { s.c.Close() })
+	err = waitFor(10*time.Second, func() error {
+		select {
+		case <-done:
+			return fmt.Errorf("sentinel exited: %s", strings.TrimSpace(out.String()))
+		default:
+		}
+		_, err := s.MasterAddr(context.Background())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	return s
+}
+
+// MasterAddr is the primary's address as the Sentinel knows it.
+func (s *Sentinel) MasterAddr(ctx context.Context) (string, error) {
+	a, err := s.c.GetMasterAddrByName(ctx, s.Master).Result()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(a[0], a[1]), nil
+}
+
+// Failover makes the Sentinel promote a replica (SENTINEL FAILOVER, no
+// agreement needed) and waits until it names another primary than
+// before, which it returns. The Sentinel learns of replicas from the
+// primary within seconds of starting; until then it is retried.
+func (s *Sentinel) Failover(ctx context.Context) (string, error) {
+	before, err := s.MasterAddr(ctx)
+	if err != nil {
+		return "", err
+	}
+	if err := waitFor(20*time.Second, func() error { return s.c.Failover(ctx, s.Master).Err() }); err != nil {
+		return "", fmt.Errorf("SENTINEL FAILOVER: %w", err)
+	}
+	var after string
+	err = waitFor(20*time.Second, func() error {
+		a, err := s.MasterAddr(ctx)
+		if err != nil {
+			return err
+		}
+		if a == before {
+			return fmt.Errorf("the primary is still %s", a)
+		}
+		after = a
+		return nil
+	})
+	return after, err
+}
+
+// waitFor calls f every 50 ms until it returns nil or limit passes, and
+// returns its last error.
+func waitFor(limit time.Duration, f func() error) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

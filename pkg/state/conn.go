@@ -1,0 +1,133 @@
+package state
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
+)
+
+// Conn says how to reach Redis: one primary at a redis://, rediss:// or
+// unix:// URL, or found through Redis Sentinel when the URL names the
+// master (?master_name=), and for rediss:// the files of a private CA and
+// of a client certificate. Every role that uses Redis has these settings.
+type Conn struct {
+	URL      string
+	CAFile   string
+	CertFile string
+	KeyFile  string
+}
+
+// RegisterFlags declares redis-url, described by usage, and the TLS files
+// on fs.
+func (c *Conn) RegisterFlags(fs *flag.FlagSet, usage string) {
+	fs.StringVar(&c.URL, "redis-url", "", usage)
+	fs.StringVar(&c.CAFile, "redis-ca-file", "", "PEM file of the CA certificates that sign the Redis server's certificate (rediss://); default: the system's")
+	fs.StringVar(&c.CertFile, "redis-cert-file", "", "PEM client certificate for a Redis server that requires one (rediss://; with redis-key-file)")
+	fs.StringVar(&c.KeyFile, "redis-key-file", "", "PEM private key of redis-cert-file")
+}
+
+// Validate checks the settings without connecting: the URL's form and
+// options, and the TLS files (read and parsed). Each error names its
+// setting and never shows a password.
+func (c Conn) Validate() error {
+	_, err := c.client(false)
+	return err
+}
+
+// Open connects to Redis as c says (lazily: the first command dials).
+func Open(c Conn) (*Store, error) {
+	rdb, err := c.client(true)
+	if err != nil {
+		return nil, err
+	}
+	return New(rdb), nil
+}
+
+// client checks c and, when build is set, returns the go-redis client it
+// describes.
+func (c Conn) client(build bool) (redis.UniversalClient, error) {
+	shown := config.RedactURL(c.URL)
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		return nil, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", shown)
+	}
+	var simple *redis.Options
+	var failover *redis.FailoverOptions
+	var tc **tls.Config
+	if u.Query().Has("master_name") {
+		if u.Scheme == "unix" {
+			return nil, fmt.Errorf("redis-url %s: master_name needs redis:// or rediss:// and a Sentinel's address", shown)
+		}
+		if failover, err = redis.ParseFailoverURL(c.URL); err == nil && failover.MasterName == "" {
+			err = errors.New("master_name is empty")
+		}
+		if failover != nil {
+			tc = &failover.TLSConfig
+		}
+	} else if simple, err = redis.ParseURL(c.URL); simple != nil {
+		tc = &simple.TLSConfig
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis-url %s: %w", shown, err)
+	}
+	if err := c.tls(u.Scheme, tc); err != nil {
+		return nil, err
+	}
+	if !build {
+		return nil, nil
+	}
+	if failover != nil {
+		return redis.NewFailoverClient(failover), nil
+	}
+	return redis.NewClient(simple), nil
+}
+
+// tls adds the CA and the client certificate to the TLS configuration
+// go-redis derived from a rediss:// URL (the server name, skip_verify).
+func (c Conn) tls(scheme string, tc **tls.Config) error {
+	if scheme != "rediss" {
+		var errs []error
+		for _, f := range []struct{ name, v string }{{"redis-ca-file", c.CAFile}, {"redis-cert-file", c.CertFile}, {"redis-key-file", c.KeyFile}} {
+			if f.v != "" {
+				errs = append(errs, fmt.Errorf("%s: needs a rediss:// redis-url (TLS)", f.name))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return errors.New("redis-cert-file and redis-key-file: set both or neither")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if *tc != nil {
+		cfg = (*tc).Clone()
+		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return fmt.Errorf("redis-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("redis-ca-file %s: no PEM certificate in it", c.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	*tc = cfg
+	return nil
+}
