@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -8,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker drives `dovewarden
@@ -16,6 +19,42 @@ import (
 // goes through the embedded broker (real Trigger manifests) to the sync
 // handler, which runs dsync and records the success in Redis.
 func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
+	localChangeRunsDsync(t)
+}
+
+// TestLocal_RealRedis runs the same with a real Redis given by the
+// settings of docs/configuration.md's "Redis connection": over TLS with a
+// private CA and a client certificate, and found through a Sentinel. The
+// status must be in that Redis.
+func TestLocal_RealRedis(t *testing.T) {
+	t.Run("tls", func(t *testing.T) {
+		srv := redistest.StartWith(t, redistest.Options{TLS: true})
+		localChangeRunsDsync(t, "--redis-url", srv.URL(), "--redis-ca-file", srv.TLS.CA,
+			"--redis-cert-file", srv.TLS.Cert, "--redis-key-file", srv.TLS.Key)
+		assertSucceededIn(t, srv)
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		primary := redistest.Start(t)
+		redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
+		sen := redistest.StartSentinel(t, primary, "dovewarden")
+		localChangeRunsDsync(t, "--redis-url", sen.URL())
+		assertSucceededIn(t, primary)
+	})
+}
+
+func assertSucceededIn(t *testing.T, srv *redistest.Server) {
+	t.Helper()
+	v, err := srv.Client(t).HGet(context.Background(), state.UserKey("u1"), state.FieldLastSuccess).Result()
+	if err != nil || v == "" {
+		t.Fatalf("u1's last success in %s: %q, %v", srv.URL(), v, err)
+	}
+}
+
+// localChangeRunsDsync starts `dovewarden local` with args added, posts a
+// delivery of u1 and checks that u1 and the sweep's user got their dsyncs
+// and u1 its status.
+func localChangeRunsDsync(t *testing.T, args ...string) {
+	t.Helper()
 	tr := doveadmtest.NewTracker(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
 	// The sweep at start replicates users nobody changed yet.
@@ -24,8 +63,8 @@ func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
 		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
 		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
 	}, "")
-	base, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0",
-		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
+	base, stop := serve(t, env, stderr, append([]string{"local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"}, args...)...)
 
 	req, _ := http.NewRequest("POST", base+"/events", strings.NewReader(deliveryEvent))
 	req.Header.Set("Content-Type", "application/json")
