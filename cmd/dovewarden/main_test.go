@@ -146,6 +146,9 @@ func TestIngest_ConfigErrorsNameTheSetting(t *testing.T) {
 		"bad listen":      {map[string]string{"K_SINK": "http://b"}, []string{"--listen", "8080"}, "listen"},
 		"bad redis":       {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "http://u:secretpw@r"}, nil, "redis-url"},
 		"missing file":    {map[string]string{"K_SINK": "http://b"}, []string{"--auth-token-file", "/nonexistent/token"}, "auth-token-file"},
+		"redis CA alone":  {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_CA_FILE": "/etc/ssl/ca.crt"}, nil, "set without redis-url"},
+		"redis CA, plain": {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "redis://:secretpw@r/0"}, []string{"--redis-ca-file", "/etc/ssl/ca.crt"}, "redis-ca-file: needs a rediss:// redis-url"},
+		"redis option":    {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "redis://r/0?master_name=dw&password=secretpw&pool=1"}, nil, "unexpected option: pool"},
 		"stray arg":       {map[string]string{"K_SINK": "http://b"}, []string{"extra"}, "unexpected argument"},
 	} {
 		t.Run(name, func(t *testing.T) {
