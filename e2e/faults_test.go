@@ -258,6 +258,80 @@ func TestRedisRestarted(t *testing.T) {
 	})
 }
 
+// TestRedisFailover: dovewarden finds its Redis through a Sentinel, and
+// the primary fails over to its replica in the middle of a stream of
+// changes that goes on for two seconds after the switch. Replication goes
+// on against the new primary and everything converges; what dovewarden
+// records after the switch is on the new primary.
+func TestRedisFailover(t *testing.T) {
+	eachCase(t, []pairCase{{shapeSplit, v24, v24}, {shapeLocal, v23, v23}}, func(t *testing.T, c pairCase) {
+		users := []string{"u1", "u2"}
+		cfg := c.config(users...)
+		cfg.sentinel = true
+		s := newSystem(t, cfg)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		sent := make([]int, len(users))
+		errs := make(chan error, len(users))
+		for i, u := range users {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := dovecottest.LoginIMAP(s.ctx, s.a.IMAPAddr, u, password)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				for ; ; sent[i]++ {
+					select {
+					case <-stop:
+						return
+					case <-time.After(100 * time.Millisecond):
+					}
+					if _, err := c.Append(s.ctx, "INBOX", "", message(u, fmt.Sprintf("failover-%d", sent[i]), "x")); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Second)
+		after, err := s.sentinel.Failover(s.ctx)
+		if err != nil {
+			close(stop)
+			t.Fatal(err)
+		}
+		switched := time.Now()
+		if after != s.redisReplica.Addr {
+			t.Errorf("the Sentinel's new primary is %s, want the replica %s", after, s.redisReplica.Addr)
+		}
+		time.Sleep(2 * time.Second)
+		close(stop)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		snaps := s.awaitConverged(users...)
+		for i, u := range users {
+			if sent[i] == 0 {
+				t.Errorf("%s: no change was made", u)
+			}
+			wantMessages(t, snaps[u], "failover", sent[i])
+		}
+		// The users' last successes, after the switch, were recorded on
+		// the new primary, or dovewarden never followed the failover.
+		rdb := s.redisReplica.Client(t)
+		for _, u := range users {
+			v, err := rdb.HGet(s.ctx, state.UserKey(u), state.FieldLastSuccess).Int64()
+			if err != nil || !time.UnixMilli(v).After(switched) {
+				t.Errorf("%s's last success on the new primary: %v (%v), want one after the failover at %v", u, time.UnixMilli(v), err, switched)
+			}
+		}
+	})
+}
+
 // syncMetrics is the base URL where sync's metrics are served.
 func (s *system) syncMetrics() string {
 	if s.cfg.shape == shapeLocal {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 )
 
 // password is every test user's IMAP/POP3 password.
@@ -47,6 +48,9 @@ type config struct {
 	// realRedis gives `dovewarden local` a redis-server instead of its
 	// embedded one (the split shape always has one).
 	realRedis bool
+	// sentinel makes that Redis a primary with a replica, watched by a
+	// Sentinel, which dovewarden asks for the primary (?master_name=).
+	sentinel bool
 	// syncFlags are extra settings of sync (both shapes); ingestFlags
 	// extra settings of ingest's handler (both shapes).
 	syncFlags, ingestFlags []string
@@ -66,6 +70,9 @@ type system struct {
 
 	redis     *proc
 	redisAddr string
+	// cfg.sentinel: the primary, its replica and the Sentinel.
+	redisPrimary, redisReplica *redistest.Server
+	sentinel                   *redistest.Sentinel
 	local     *proc // shapeLocal
 	broker    *proc // shapeSplit
 	sync      *proc // shapeSplit
@@ -104,7 +111,7 @@ func newSystem(t testing.TB, cfg config) *system {
 	} else {
 		s.brokerURL = s.ingestBase + "/local/dovewarden"
 	}
-	if cfg.shape == shapeSplit || cfg.realRedis {
+	if (cfg.shape == shapeSplit || cfg.realRedis) && !cfg.sentinel {
 		redisLn = freeAddr(t)
 		s.redisAddr = redisLn.Addr().String()
 	}
@@ -127,6 +134,11 @@ func newSystem(t testing.TB, cfg config) *system {
 	if redisLn != nil {
 		redisLn.Close()
 		s.startRedis()
+	}
+	if cfg.sentinel {
+		s.redisPrimary = redistest.Start(t)
+		s.redisReplica = redistest.StartWith(t, redistest.Options{ReplicaOf: s.redisPrimary})
+		s.sentinel = redistest.StartSentinel(t, s.redisPrimary, "dovewarden")
 	}
 	if cfg.shape == shapeSplit {
 		brokerLn.Close()
@@ -231,10 +243,22 @@ func (s *system) secretEnv() []string {
 	return []string{"DOVEWARDEN_DOVEADM_PASSWORD=" + s.a.DoveadmPassword}
 }
 
+// redisURL is the --redis-url dovewarden gets: the Sentinel's, the
+// redis-server's, or "" for local's embedded one.
+func (s *system) redisURL() string {
+	switch {
+	case s.sentinel != nil:
+		return s.sentinel.URL()
+	case s.redisAddr != "":
+		return "redis://" + s.redisAddr + "/0"
+	}
+	return ""
+}
+
 func (s *system) startLocal(addr string) {
 	args := append([]string{"local", "--listen", addr, "--triggers", s.events.triggers(s.dir)}, s.events.subscribers()...)
-	if s.redisAddr != "" {
-		args = append(args, "--redis-url", "redis://"+s.redisAddr+"/0")
+	if url := s.redisURL(); url != "" {
+		args = append(args, "--redis-url", url)
 	}
 	args = append(append(args, s.syncArgs()...), s.ingestArgs()...)
 	s.local = newProc(s.t, s.dir, "dovewarden-local", dovewardenBin, args, s.secretEnv())
@@ -243,7 +267,7 @@ func (s *system) startLocal(addr string) {
 }
 
 func (s *system) startSplit(ingestAddr, brokerAddr, syncAddr string) {
-	redisURL := "redis://" + s.redisAddr + "/0"
+	redisURL := s.redisURL()
 	bargs := []string{"broker", "--listen", brokerAddr, "--triggers", s.events.triggers(s.dir),
 		"--subscriber", "dovewarden-sync-high=" + s.syncBase + "/",
 		"--subscriber", "dovewarden-sync-low=" + s.syncBase + "/", "--log-level", "debug"}
