@@ -73,10 +73,11 @@ type system struct {
 	// cfg.sentinel: the primary, its replica and the Sentinel.
 	redisPrimary, redisReplica *redistest.Server
 	sentinel                   *redistest.Sentinel
-	local                      *proc // shapeLocal
-	broker                     *proc // shapeSplit
-	sync                       *proc // shapeSplit
-	ingest                     *proc // shapeSplit
+
+	local  *proc // shapeLocal
+	broker *proc // shapeSplit
+	sync   *proc // shapeSplit
+	ingest *proc // shapeSplit
 
 	ingestBase string // ingest's base URL (local: the one listener)
 	brokerURL  string // the broker ingress: where CloudEvents go
