@@ -29,6 +29,7 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 	closeFn := func() error { return nil }
 	var pending PendingMarker
 	if cfg.Redis.URL != "" {
+		state.LogTo(log)
 		st, err := state.Open(cfg.Redis)
 		if err != nil {
 			return nil, nil, err

@@ -1,11 +1,13 @@
 package state
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 
@@ -130,4 +132,16 @@ func (c Conn) tls(scheme string, tc **tls.Config) error {
 	}
 	*tc = cfg
 	return nil
+}
+
+// LogTo sends what the Redis client library logs (failed dials, a
+// Sentinel's announcement of a new primary) to log at warning level,
+// instead of the library's own plain lines on standard error. The library
+// has one logger per process: the last call wins.
+func LogTo(log *slog.Logger) { redis.SetLogger(clientLog{log}) }
+
+type clientLog struct{ log *slog.Logger }
+
+func (l clientLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client", "detail", fmt.Sprintf(format, v...))
 }

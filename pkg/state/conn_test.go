@@ -2,9 +2,13 @@ package state_test
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,4 +185,51 @@ func TestOpen_SentinelFollowsAFailover(t *testing.T) {
 	if owner, err := replica.Client(t).Get(ctx, state.LockKey("alice")).Result(); err != nil || owner != "B" {
 		t.Fatalf("lock on the new primary: %q, %v", owner, err)
 	}
+}
+
+// TestLogTo: the client library's own log lines (here: a server that is
+// not there) reach the structured log.
+func TestLogTo(t *testing.T) {
+	var buf syncBuffer
+	state.LogTo(slog.New(slog.NewJSONHandler(&buf, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	st, err := state.Open(state.Conn{URL: "redis://" + addr + "/0?dial_timeout=100ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Ping(context.Background()); err == nil {
+		t.Fatal("Ping of a closed port answered")
+	}
+	var line struct{ Level, Msg, Detail string }
+	first, _, _ := strings.Cut(buf.String(), "\n")
+	if err := json.Unmarshal([]byte(first), &line); err != nil {
+		t.Fatalf("log %q: %v", buf.String(), err)
+	}
+	if line.Level != "WARN" || line.Msg != "redis client" || !strings.Contains(line.Detail, addr) {
+		t.Fatalf("log line %+v, want a warning about %s", line, addr)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -25,6 +25,7 @@ import (
 // replication.failed events. Both `dovewarden sync` and the func-CLI
 // function use it. The returned close function releases Redis.
 func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, func() error, error) {
+	state.LogTo(log)
 	st, err := state.Open(cfg.Redis)
 	if err != nil {
 		return nil, nil, err
