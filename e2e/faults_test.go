@@ -204,6 +204,49 @@ func (s *system) pingSource(interval time.Duration) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
+// appendStream appends prefix-0, prefix-1, ... to each user's INBOX on A
+// over an IMAP session of its own, one message every 100 ms, until n are
+// sent or stop is closed (nil: never). wait waits for the streams to end,
+// fails the test on an IMAP error, and returns how many each user sent.
+func (s *system) appendStream(users []string, prefix string, n int, stop <-chan struct{}) (wait func() []int) {
+	var wg sync.WaitGroup
+	sent := make([]int, len(users))
+	errs := make(chan error, len(users))
+	for i, u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dovecottest.LoginIMAP(s.ctx, s.a.IMAPAddr, u, password)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			for ; sent[i] < n; sent[i]++ {
+				if _, err := c.Append(s.ctx, "INBOX", "", message(u, fmt.Sprintf("%s-%d", prefix, sent[i]), "x")); err != nil {
+					errs <- err
+					return
+				}
+				select {
+				case <-stop:
+					sent[i]++
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	return func() []int {
+		s.t.Helper()
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			s.t.Fatal(err)
+		}
+		return sent
+	}
+}
+
 // TestRedisRestarted is scenario 5: redis-server is restarted in the
 // middle of a stream of changes and comes back empty (no persistence):
 // locks, marks and dsync states are gone. While it is down sync answers
@@ -215,27 +258,7 @@ func TestRedisRestarted(t *testing.T) {
 		cfg.realRedis = true
 		s := newSystem(t, cfg)
 		const n = 60
-		var wg sync.WaitGroup
-		errs := make(chan error, len(users))
-		for _, u := range users {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c, err := dovecottest.LoginIMAP(s.ctx, s.a.IMAPAddr, u, password)
-				if err != nil {
-					errs <- err
-					return
-				}
-				defer c.Close()
-				for i := 0; i < n; i++ {
-					if _, err := c.Append(s.ctx, "INBOX", "", message(u, fmt.Sprintf("stream-%d", i), "x")); err != nil {
-						errs <- err
-						return
-					}
-					time.Sleep(100 * time.Millisecond)
-				}
-			}()
-		}
+		wait := s.appendStream(users, "stream", n, nil)
 		time.Sleep(time.Second)
 		s.redis.stop()
 		// Longer than go-redis's own retries (about a second), so that sync
@@ -243,11 +266,7 @@ func TestRedisRestarted(t *testing.T) {
 		time.Sleep(4 * time.Second)
 		s.redis.start()
 		s.awaitRedis()
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+		wait()
 		for _, snap := range s.awaitConverged(users...) {
 			wantMessages(t, snap, "stream", n)
 		}
@@ -270,36 +289,12 @@ func TestRedisFailover(t *testing.T) {
 		cfg.sentinel = true
 		s := newSystem(t, cfg)
 		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		sent := make([]int, len(users))
-		errs := make(chan error, len(users))
-		for i, u := range users {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c, err := dovecottest.LoginIMAP(s.ctx, s.a.IMAPAddr, u, password)
-				if err != nil {
-					errs <- err
-					return
-				}
-				defer c.Close()
-				for ; ; sent[i]++ {
-					select {
-					case <-stop:
-						return
-					case <-time.After(100 * time.Millisecond):
-					}
-					if _, err := c.Append(s.ctx, "INBOX", "", message(u, fmt.Sprintf("failover-%d", sent[i]), "x")); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-		}
+		wait := s.appendStream(users, "failover", 1000, stop)
 		time.Sleep(time.Second)
 		after, err := s.sentinel.Failover(s.ctx)
 		if err != nil {
 			close(stop)
+			wait()
 			t.Fatal(err)
 		}
 		switched := time.Now()
@@ -308,11 +303,7 @@ func TestRedisFailover(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second)
 		close(stop)
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+		sent := wait()
 		snaps := s.awaitConverged(users...)
 		for i, u := range users {
 			if sent[i] == 0 {
