@@ -24,13 +24,19 @@ func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
 
 // TestLocal_RealRedis runs the same with a real Redis given by the
 // settings of docs/configuration.md's "Redis connection": over TLS with a
-// private CA and a client certificate, and found through a Sentinel. The
+// private CA and a client certificate, over a Unix socket, and found
+// through a Sentinel. The
 // status must be in that Redis.
 func TestLocal_RealRedis(t *testing.T) {
 	t.Run("tls", func(t *testing.T) {
 		srv := redistest.StartWith(t, redistest.Options{TLS: true})
 		localChangeRunsDsync(t, "--redis-url", srv.URL(), "--redis-ca-file", srv.TLS.CA,
 			"--redis-cert-file", srv.TLS.Cert, "--redis-key-file", srv.TLS.Key)
+		assertSucceededIn(t, srv)
+	})
+	t.Run("unix", func(t *testing.T) {
+		srv := redistest.StartWith(t, redistest.Options{Unix: true})
+		localChangeRunsDsync(t, "--redis-url", srv.URL())
 		assertSucceededIn(t, srv)
 	})
 	t.Run("sentinel", func(t *testing.T) {

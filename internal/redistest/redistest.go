@@ -24,11 +24,12 @@ import (
 
 // Server is a running redis-server owned by one test.
 type Server struct {
-	// Addr is "127.0.0.1:port".
+	// Addr is "127.0.0.1:port", or with Options.Unix the socket's path.
 	Addr string
 	// TLS is set when the server speaks TLS only: the files a client
 	// needs.
 	TLS  *TLSFiles
+	unix bool
 	cmd  *exec.Cmd
 	done chan struct{}
 	out  *strings.Builder
@@ -42,12 +43,17 @@ type Options struct {
 	TLS bool
 	// ReplicaOf makes the server a replica of a plain (not TLS) server.
 	ReplicaOf *Server
+	// Unix: the server listens on a Unix socket only.
+	Unix bool
 }
 
 // URL is the server's redis:// (or, with TLS, rediss://) URL.
 func (s *Server) URL() string {
-	if s.TLS != nil {
+	switch {
+	case s.TLS != nil:
 		return "rediss://" + s.Addr + "/0"
+	case s.unix:
+		return "unix://" + s.Addr
 	}
 	return "redis://" + s.Addr + "/0"
 }
@@ -66,6 +72,9 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 
 func (s *Server) options() (*redis.Options, error) {
 	o := &redis.Options{Addr: s.Addr}
+	if s.unix {
+		o.Network = "unix"
+	}
 	if s.TLS != nil {
 		tc, err := s.TLS.Config()
 		if err != nil {
@@ -85,8 +94,11 @@ func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
 func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin := binary(t)
-	if o.ReplicaOf != nil && (o.TLS || o.ReplicaOf.TLS != nil) {
-		t.Fatal("redistest: replicas of or with TLS are not supported")
+	if o.ReplicaOf != nil && (o.TLS || o.Unix || o.ReplicaOf.TLS != nil || o.ReplicaOf.unix) {
+		t.Fatal("redistest: replicas of or with TLS or a Unix socket are not supported")
+	}
+	if o.TLS && o.Unix {
+		t.Fatal("redistest: TLS over a Unix socket is not supported")
 	}
 	var last error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -129,6 +141,10 @@ func start(bin, dir string, o Options) (*Server, error) {
 		}
 		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", s.TLS.serverCert,
 			"--tls-key-file", s.TLS.serverKey, "--tls-ca-cert-file", s.TLS.CA, "--tls-auth-clients", "yes")
+	}
+	if o.Unix {
+		s.unix, s.Addr = true, filepath.Join(dir, "redis.sock")
+		args = append(args, "--port", "0", "--unixsocket", s.Addr, "--unixsocketperm", "700")
 	}
 	if o.ReplicaOf != nil {
 		host, p, _ := net.SplitHostPort(o.ReplicaOf.Addr)
