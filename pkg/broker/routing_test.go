@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -8,6 +9,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 )
 
 func loadEmbedded(t *testing.T) *Config {
@@ -88,5 +91,40 @@ func TestLoad_RealManifests(t *testing.T) {
 	}
 	if alert := byName["replication-failed-alert"]; alert.Subscriber.Ref != "dovewarden-alerts" {
 		t.Errorf("alert subscriber %+v", alert.Subscriber)
+	}
+}
+
+// TestRouting_FinalFailuresFilter loads the filter docs/events.md gives
+// for alerts on final failures only, and routes the replication.failed
+// events sync makes for each kind of retry through it.
+func TestRouting_FinalFailuresFilter(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/events.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(doc), "given up filters so:\n\n```yaml\n")
+	filters, _, ok2 := strings.Cut(after, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/events.md has no final-failures filter example")
+	}
+	cfg := mustLoad(t, trigger("final-failures", filters+"  subscriber:\n    uri: http://127.0.0.1:1/\n"))
+	req := change.Request{ID: "c1", User: "u1", Priority: change.High}
+	for retryBy, want := range map[string]string{
+		change.RetryBySync: "", change.RetryByBroker: "", change.RetryBySweep: "final-failures", change.RetryNone: "final-failures",
+	} {
+		ev, err := contract.Failed(req, change.Failure{User: "u1", Host: "mail-a", RetryBy: retryBy}, "dovewarden/sync")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := matching(cfg, ev); got != want {
+			t.Errorf("retry by %s: routed to [%s], want [%s]", retryBy, got, want)
+		}
+	}
+	ok3, err := contract.Succeeded(req, change.Result{User: "u1"}, "dovewarden/sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := matching(cfg, ok3); got != "" {
+		t.Errorf("success routed to [%s]", got)
 	}
 }

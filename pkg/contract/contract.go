@@ -31,6 +31,10 @@ const (
 	// ExtPartitionKey is the username, so a Kafka Broker with ordered
 	// delivery keeps one user's events in order.
 	ExtPartitionKey = "partitionkey"
+	// ExtRetryBy is a replication.failed event's data retry_by as an
+	// attribute, so a Trigger can pick the final failures (sweep, none)
+	// from the attempts that are retried (sync, broker).
+	ExtRetryBy = "retryby"
 )
 
 // MailboxChanged is the data of TypeMailboxChanged.

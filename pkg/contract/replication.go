@@ -165,7 +165,11 @@ func Failed(req change.Request, f change.Failure, source string) (cloudevents.Ev
 	if end.IsZero() {
 		end = time.Now()
 	}
-	return result(TypeReplicationFailed, f.User, string(req.Priority), source, end, data)
+	ev, err := result(TypeReplicationFailed, f.User, string(req.Priority), source, end, data)
+	if err == nil && f.RetryBy != "" {
+		ev.SetExtension(ExtRetryBy, f.RetryBy)
+	}
+	return ev, err
 }
 
 func result(typ, user, prio, source string, at time.Time, data any) (cloudevents.Event, error) {

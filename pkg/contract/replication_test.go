@@ -94,8 +94,17 @@ func TestSucceededAndFailed(t *testing.T) {
 	if raw["exit_code"] != 75.0 || raw["retry_at"] != "2026-11-29T10:00:01Z" || raw["retry_by"] != "sync" || raw["retryable"] != true || raw["attempt"] != 1.0 {
 		t.Errorf("failed data %v", raw)
 	}
+	if fe.Extensions()[ExtRetryBy] != "sync" {
+		t.Errorf("retried attempt: extensions %v, want retryby sync", fe.Extensions())
+	}
 	final, _ := Failed(req, change.Failure{User: "u1", RetryBy: change.RetryBySweep}, "dovewarden/sync")
 	if strings.Contains(string(final.Data()), "retry_at") {
 		t.Errorf("a final failure has retry_at: %s", final.Data())
+	}
+	if final.Extensions()[ExtRetryBy] != "sweep" {
+		t.Errorf("final failure: extensions %v, want retryby sweep", final.Extensions())
+	}
+	if err := final.Validate(); err != nil {
+		t.Errorf("final failure: %v", err)
 	}
 }
