@@ -22,6 +22,7 @@ import (
 
 	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 )
 
 // Subscriber names the collector answers to: alerts is the ref of the
@@ -115,10 +116,13 @@ func (c *collector) triggers(dir string) string {
 
 // result is the data of a replication.succeeded or .failed event.
 type result struct {
-	User       string    `json:"user"`
-	Host       string    `json:"host"`
-	Class      string    `json:"class"`
-	RetryBy    string    `json:"retry_by"`
+	User    string `json:"user"`
+	Host    string `json:"host"`
+	Class   string `json:"class"`
+	RetryBy string `json:"retry_by"`
+	// RetryByExt is the event's retryby extension, as the Broker
+	// delivered it.
+	RetryByExt string    `json:"-"`
 	Start      time.Time `json:"start"`
 	End        time.Time `json:"end"`
 	DurationMS int64     `json:"duration_ms"`
@@ -140,6 +144,7 @@ func (c *collector) results(typ string) []result {
 			c.t.Errorf("%s event %s: bad data: %v", typ, ev.ID(), err)
 			continue
 		}
+		r.RetryByExt, _ = ev.Extensions()[contract.ExtRetryBy].(string)
 		out = append(out, r)
 	}
 	return out

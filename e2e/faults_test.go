@@ -91,8 +91,8 @@ func TestReplicaDown(t *testing.T) {
 		outage := map[string]bool{}
 		for _, r := range s.events.results(contract.TypeReplicationFailed) {
 			switch {
-			case r.Host != nameA || r.RetryBy != "sync":
-				t.Errorf("replication.failed for %s: host %q retry_by %q; want host %s, retry_by sync", r.User, r.Host, r.RetryBy, nameA)
+			case r.Host != nameA || r.RetryBy != "sync" || r.RetryByExt != "sync":
+				t.Errorf("replication.failed for %s: host %q retry_by %q, retryby extension %q; want host %s, retry_by sync", r.User, r.Host, r.RetryBy, r.RetryByExt, nameA)
 			case r.Class == "transport" || r.Class == "tempfail":
 				outage[r.User] = true
 			case r.Class != "changed":
