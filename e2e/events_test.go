@@ -116,18 +116,19 @@ func (c *collector) triggers(dir string) string {
 
 // result is the data of a replication.succeeded or .failed event.
 type result struct {
-	User    string `json:"user"`
-	Host    string `json:"host"`
-	Class   string `json:"class"`
-	RetryBy string `json:"retry_by"`
-	// RetryByExt is the event's retryby extension, as the Broker
-	// delivered it.
-	RetryByExt string    `json:"-"`
+	User       string    `json:"user"`
+	Host       string    `json:"host"`
+	Class      string    `json:"class"`
+	RetryBy    string    `json:"retry_by"`
 	Start      time.Time `json:"start"`
 	End        time.Time `json:"end"`
 	DurationMS int64     `json:"duration_ms"`
 	Coalesced  int       `json:"coalesced"`
 	Mode       string    `json:"mode"`
+
+	// RetryByExt is the event's retryby extension, as the Broker
+	// delivered it.
+	RetryByExt string `json:"-"`
 }
 
 // results returns the data of the collected events of type typ.
