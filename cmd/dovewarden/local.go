@@ -41,6 +41,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet("local", env)
 	var sc syncer.Config
 	sc.RegisterFlags(fs, env.getenv)
+	// Two sync settings mean something else here.
+	fs.Lookup("redis-url").Usage = "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) holding locks, coalescing marks, dsync states and status; empty: an embedded Redis whose state is lost when the process ends"
+	fs.Lookup("results-sink").Usage = "not used: local mode sends to its own broker"
 	var ic ingest.Config
 	ic.RegisterHandlerFlags(fs)
 	var bs broker.Settings
