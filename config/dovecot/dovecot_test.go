@@ -3,6 +3,7 @@ package dovecotconfig
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -115,4 +116,70 @@ func TestSnippets_RealDovecot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDoveadmSnippets_RealDovecot runs two Dovecot servers of each version
+// whose doveadm part is the shipped doveadm snippet (its ports and
+// password replaced by the test's) and replicates a message from one to
+// the other through the first one's doveadm HTTP API, as the sync
+// function does.
+func TestDoveadmSnippets_RealDovecot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running Dovecot test instances needs root (CI runs as root)")
+	}
+	for _, version := range []string{dovecottest.V23, dovecottest.V24} {
+		t.Run(version, func(t *testing.T) {
+			t.Parallel()
+			snippet, err := os.ReadFile("doveadm-" + version + ".conf")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []string{"port = 12345", "port = 8081", "doveadm_password = CHANGE-ME"} {
+				if strings.Count(string(snippet), s) != 1 {
+					t.Fatalf("the snippet has %q %d times, want once", s, strings.Count(string(snippet), s))
+				}
+			}
+			const password = "snippet-test"
+			doveadm := func(p dovecottest.Ports) string {
+				return strings.NewReplacer("port = 12345", fmt.Sprintf("port = %d", p.Doveadm),
+					"port = 8081", fmt.Sprintf("port = %d", p.DoveadmHTTP), "CHANGE-ME", password).Replace(string(snippet))
+			}
+			users := map[string]string{"u1": "pass"}
+			a := dovecottest.StartT(t, dovecottest.Options{Version: version, Name: "mail-a.test", Users: users,
+				DoveadmPassword: password, DoveadmConfig: doveadm})
+			b := dovecottest.StartT(t, dovecottest.Options{Version: version, Name: "mail-b.test", Users: users,
+				DoveadmPassword: password, DoveadmConfig: doveadm})
+			// The instance runs the snippet's doveadm part, not its own.
+			if conf := string(mustRead(t, a.ConfigPath)); strings.Count(conf, "doveadm_password =") != 1 ||
+				strings.Count(conf, "service doveadm {") != 1 || !strings.Contains(conf, "the doveadm listeners dovewarden's sync needs") {
+				t.Fatalf("the instance's config is not the snippet's:\n%s", conf)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			s, err := dovecottest.LoginIMAP(ctx, a.IMAPAddr, "u1", "pass")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := s.Append(ctx, "INBOX", "", dovecottest.TestMessage("through the snippet", "x")); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := a.Sync(ctx, "u1", b); err != nil {
+				t.Fatalf("dsync through the snippet's listeners: %v (%s)", err, out)
+			}
+			out, err := b.Doveadm(ctx, "-f", "flow", "mailbox", "status", "-u", "u1", "messages", "INBOX")
+			if err != nil || strings.TrimSpace(string(out)) != "INBOX messages=1" {
+				t.Fatalf("INBOX of u1 on the other server: %q, %v; want messages=1", out, err)
+			}
+		})
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

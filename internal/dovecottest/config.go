@@ -53,6 +53,11 @@ type Options struct {
 	DoveadmPassword string
 	// ExtraConfig is appended verbatim to the generated config.
 	ExtraConfig string
+	// DoveadmConfig, when set, gives the config's doveadm part instead of
+	// the generated one (doveadm_password and the doveadm service's TCP
+	// and HTTP listeners), for the ports the instance got: a shipped
+	// snippet under test. Its password must be DoveadmPassword.
+	DoveadmConfig func(Ports) string
 }
 
 // Ports are the loopback TCP ports an instance listens on.
@@ -63,6 +68,7 @@ type Ports struct {
 type configData struct {
 	Options
 	Ports          Ports
+	DoveadmText    string
 	ExporterName   string
 	TimeoutSeconds int
 }
@@ -124,6 +130,9 @@ func renderConfig(o Options, p Ports) ([]byte, error) {
 	}
 	secs := int((timeout + time.Second - 1) / time.Second)
 	data := configData{Options: o, Ports: p, ExporterName: "dovecottest", TimeoutSeconds: secs}
+	if o.DoveadmConfig != nil {
+		data.DoveadmText = o.DoveadmConfig(p)
+	}
 	if err := t.Execute(&b, data); err != nil {
 		return nil, fmt.Errorf("dovecottest: render %s: %w", name, err)
 	}

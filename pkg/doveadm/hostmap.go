@@ -18,7 +18,7 @@ type Endpoint struct {
 	// Name is the source host name this entry is for; empty for the
 	// default entry.
 	Name string
-	// URL is the doveadm HTTP API, e.g. http://mail-a:8080/doveadm/v1
+	// URL is the doveadm HTTP API, e.g. http://mail-a:8081/doveadm/v1
 	// (doveadm-http).
 	URL string
 	// User is the HTTP Basic user; doveadm expects "doveadm".
@@ -164,7 +164,7 @@ type fileEntry struct {
 // ParseHostMap reads a host-map file: a JSON object from source host name
 // to entry, e.g.
 //
-//	{"mail-a": {"url": "http://mail-a:8080/doveadm/v1", "destination": "tcp:mail-b:12345",
+//	{"mail-a": {"url": "http://mail-a:8081/doveadm/v1", "destination": "tcp:mail-b:12345",
 //	            "password_file": "/secrets/doveadm/password"}}
 //
 // Unknown fields are errors, so a misspelt setting does not pass unnoticed.

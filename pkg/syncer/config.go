@@ -72,7 +72,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
 	c.Redis.RegisterFlags(fs, "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) holding locks, coalescing marks, dsync states and status; required")
 	fs.StringVar(&c.Transport, "transport", doveadm.TransportHTTP, "how dsync runs: doveadm-http (the source host's doveadm HTTP API) or doveadm-exec (a local doveadm process)")
-	fs.StringVar(&c.DoveadmURL, "doveadm-url", "", "doveadm HTTP API URL of the default source host, e.g. http://mail-a:8080/doveadm/v1")
+	fs.StringVar(&c.DoveadmURL, "doveadm-url", "", "doveadm HTTP API URL of the default source host, e.g. http://mail-a:8081/doveadm/v1")
 	fs.StringVar(&c.DoveadmUser, "doveadm-user", "doveadm", "HTTP Basic user for the doveadm HTTP API")
 	fs.StringVar(&c.DoveadmPassword, "doveadm-password", "", "doveadm_password of the default host (prefer doveadm-password-file)")
 	fs.StringVar(&c.DoveadmPassFile, "doveadm-password-file", "", "file holding doveadm_password")
