@@ -25,8 +25,7 @@ func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
 // TestLocal_RealRedis runs the same with a real Redis given by the
 // settings of docs/configuration.md's "Redis connection": over TLS with a
 // private CA and a client certificate, over a Unix socket, and found
-// through a Sentinel. The
-// status must be in that Redis.
+// through a Sentinel. The status must be in that Redis.
 func TestLocal_RealRedis(t *testing.T) {
 	t.Run("tls", func(t *testing.T) {
 		srv := redistest.StartWith(t, redistest.Options{TLS: true})
