@@ -1,7 +1,8 @@
 // Package redistest starts a real redis-server on a free 127.0.0.1 port for
 // integration tests, installing Debian's redis-server package first when
 // the binary is missing (idempotent, serialised by a file lock). A server
-// may speak TLS only, or replicate another; a Sentinel may watch one.
+// may speak TLS only, listen on a Unix socket instead, or replicate
+// another; a Sentinel may watch one.
 package redistest
 
 import (
@@ -47,7 +48,8 @@ type Options struct {
 	Unix bool
 }
 
-// URL is the server's redis:// (or, with TLS, rediss://) URL.
+// URL is the server's redis:// URL (rediss:// with TLS, unix:// on a
+// socket).
 func (s *Server) URL() string {
 	switch {
 	case s.TLS != nil:
