@@ -13,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // syncBuffer is a bytes.Buffer safe for a server goroutine and a test.
@@ -211,5 +214,40 @@ func awaitMetric(t *testing.T, base, want string) ([]byte, bool) {
 		if time.Now().After(deadline) {
 			return m, false
 		}
+	}
+}
+
+// TestIngest_RedisOverTLS: ingest's own use of Redis (the clock that
+// stamps changes, and the pending mark of a change the Broker refused)
+// works over TLS with a private CA and a client certificate.
+func TestIngest_RedisOverTLS(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer broker.Close()
+	env, _, stderr := testEnv(map[string]string{
+		"K_SINK":                      broker.URL,
+		"DOVEWARDEN_SEND_BUDGET":      "100ms",
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "2s",
+		"DOVEWARDEN_REDIS_URL":        srv.URL(),
+		"DOVEWARDEN_REDIS_CA_FILE":    srv.TLS.CA,
+		"DOVEWARDEN_REDIS_CERT_FILE":  srv.TLS.Cert,
+		"DOVEWARDEN_REDIS_KEY_FILE":   srv.TLS.Key,
+	}, "")
+	base, stop := serve(t, env, stderr, "ingest", "--listen", "127.0.0.1:0")
+	resp, err := http.Post(base+"/events", "application/json", strings.NewReader(deliveryEvent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("POST with the Broker refusing: %d, want 503", resp.StatusCode)
+	}
+	if _, err := srv.Client(t).ZScore(context.Background(), state.PendingKey, "u1").Result(); err != nil {
+		t.Fatalf("u1 pending in the TLS Redis: %v\n%s", err, stderr)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("ingest returned %v", err)
 	}
 }
