@@ -25,7 +25,8 @@ func TestLocal_ChangeRunsDsyncThroughTheEmbeddedBroker(t *testing.T) {
 // TestLocal_RealRedis runs the same with a real Redis given by the
 // settings of docs/configuration.md's "Redis connection": over TLS with a
 // private CA and a client certificate, over a Unix socket, and found
-// through a Sentinel. The status must be in that Redis.
+// through a Sentinel, plain and over TLS. The status must be in that
+// Redis.
 func TestLocal_RealRedis(t *testing.T) {
 	t.Run("tls", func(t *testing.T) {
 		srv := redistest.StartWith(t, redistest.Options{TLS: true})
@@ -43,6 +44,14 @@ func TestLocal_RealRedis(t *testing.T) {
 		redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
 		sen := redistest.StartSentinel(t, primary, "dovewarden")
 		localChangeRunsDsync(t, "--redis-url", sen.URL())
+		assertSucceededIn(t, primary)
+	})
+	t.Run("sentinel over tls", func(t *testing.T) {
+		primary := redistest.StartWith(t, redistest.Options{TLS: true})
+		redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
+		sen := redistest.StartSentinel(t, primary, "dovewarden")
+		localChangeRunsDsync(t, "--redis-url", sen.URL(), "--redis-ca-file", sen.TLS.CA,
+			"--redis-cert-file", sen.TLS.Cert, "--redis-key-file", sen.TLS.Key)
 		assertSucceededIn(t, primary)
 	})
 }

@@ -42,7 +42,9 @@ type Options struct {
 	// certificate (redis-server's default tls-auth-clients). Its CA,
 	// certificate and keys are new, in the test's temporary folder.
 	TLS bool
-	// ReplicaOf makes the server a replica of a plain (not TLS) server.
+	// ReplicaOf makes the server a replica of another. A replica of a TLS
+	// server speaks TLS too, with the primary's CA and certificates, and
+	// replicates over TLS.
 	ReplicaOf *Server
 	// Unix: the server listens on a Unix socket only.
 	Unix bool
@@ -96,8 +98,11 @@ func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
 func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin := binary(t)
-	if o.ReplicaOf != nil && (o.TLS || o.Unix || o.ReplicaOf.TLS != nil || o.ReplicaOf.unix) {
-		t.Fatal("redistest: replicas of or with TLS or a Unix socket are not supported")
+	if o.ReplicaOf != nil && (o.Unix || o.ReplicaOf.unix) {
+		t.Fatal("redistest: replicas on Unix sockets are not supported")
+	}
+	if o.ReplicaOf != nil && o.ReplicaOf.TLS != nil {
+		o.TLS = true
 	}
 	if o.TLS && o.Unix {
 		t.Fatal("redistest: TLS over a Unix socket is not supported")
@@ -138,17 +143,21 @@ func start(bin, dir string, o Options) (*Server, error) {
 	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning"}
 	if o.TLS {
-		if s.TLS, err = newTLSFiles(dir); err != nil {
+		if o.ReplicaOf != nil && o.ReplicaOf.TLS != nil {
+			s.TLS = o.ReplicaOf.TLS
+		} else if s.TLS, err = newTLSFiles(dir); err != nil {
 			return nil, fmt.Errorf("certificates: %w", err)
 		}
-		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", s.TLS.serverCert,
-			"--tls-key-file", s.TLS.serverKey, "--tls-ca-cert-file", s.TLS.CA, "--tls-auth-clients", "yes")
+		args = append(args, s.TLS.serverArgs(port)...)
 	}
 	if o.Unix {
 		s.unix, s.Addr = true, filepath.Join(dir, "redis.sock")
 		args = append(args, "--port", "0", "--unixsocket", s.Addr, "--unixsocketperm", "700")
 	}
 	if o.ReplicaOf != nil {
+		if o.ReplicaOf.TLS != nil {
+			args = append(args, "--tls-replication", "yes")
+		}
 		host, p, _ := net.SplitHostPort(o.ReplicaOf.Addr)
 		args = append(args, "--replicaof", host, p)
 	}

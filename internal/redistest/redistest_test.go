@@ -64,3 +64,26 @@ func TestSentinel_FailsOverToTheReplica(t *testing.T) {
 		t.Fatalf("primary after: %s, want the replica %s", after, replica.Addr)
 	}
 }
+
+func TestSentinel_TLS(t *testing.T) {
+	primary := StartWith(t, Options{TLS: true})
+	replica := StartWith(t, Options{ReplicaOf: primary})
+	s := StartSentinel(t, primary, "dw")
+	ctx := context.Background()
+	if err := primary.Client(t).Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := primary.Client(t).Do(ctx, "WAIT", 1, 5000).Int(); err != nil || n != 1 {
+		t.Fatalf("WAIT for the TLS replica: %d, %v", n, err)
+	}
+	after, err := s.Failover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != replica.Addr {
+		t.Fatalf("primary after: %s, want the replica %s", after, replica.Addr)
+	}
+	if v, err := replica.Client(t).Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Fatalf("the new primary's k: %q, %v", v, err)
+	}
+}

@@ -17,19 +17,27 @@ import (
 )
 
 // Sentinel is a Redis Sentinel (redis-server --sentinel) watching one
-// primary under a master name, with a quorum of one.
+// primary under a master name, with a quorum of one. The Sentinel of a TLS
+// primary speaks TLS with the primary's files.
 type Sentinel struct {
 	// Addr is "127.0.0.1:port".
 	Addr string
 	// Master is the name the primary is watched under.
 	Master string
-	c      *redis.SentinelClient
+	// TLS is the primary's, when it speaks TLS.
+	TLS *TLSFiles
+	c   *redis.SentinelClient
 }
 
-// URL is the redis:// URL a go-redis failover client (and dovewarden's
-// --redis-url) uses to find the primary through this Sentinel.
+// URL is the redis:// (with TLS rediss://) URL a go-redis failover client
+// (and dovewarden's --redis-url) uses to find the primary through this
+// Sentinel.
 func (s *Sentinel) URL() string {
-	return "redis://" + s.Addr + "/0?master_name=" + s.Master
+	scheme := "redis://"
+	if s.TLS != nil {
+		scheme = "rediss://"
+	}
+	return scheme + s.Addr + "/0?master_name=" + s.Master
 }
 
 // StartSentinel starts a Sentinel for t that watches primary as master,
@@ -37,9 +45,6 @@ func (s *Sentinel) URL() string {
 // Sentinel itself.
 func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 	t.Helper()
-	if primary.TLS != nil {
-		t.Fatal("redistest: a Sentinel of a TLS server is not supported")
-	}
 	bin := binary(t)
 	port, err := freePort()
 	if err != nil {
@@ -55,7 +60,12 @@ func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, conf, "--sentinel")
+	args := []string{conf, "--sentinel"}
+	if primary.TLS != nil {
+		args = append(args, primary.TLS.serverArgs(port)...)
+		args = append(args, "--tls-replication", "yes")
+	}
+	cmd := exec.Command(bin, args...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -73,8 +83,14 @@ func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 			<-done
 		}
 	})
-	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master}
-	s.c = redis.NewSentinelClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master, TLS: primary.TLS}
+	o := &redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond}
+	if s.TLS != nil {
+		if o.TLSConfig, err = s.TLS.Config(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.c = redis.NewSentinelClient(o)
 	t.Cleanup(func() { s.c.Close() })
 	err = waitFor(10*time.Second, func() error {
 		select {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -23,6 +24,14 @@ type TLSFiles struct {
 	CA, Cert, Key string
 	// server's certificate and key, signed by CA.
 	serverCert, serverKey string
+}
+
+// serverArgs are redis-server's (and a Sentinel's) arguments to listen on
+// port with TLS only, requiring client certificates. Its certificate is
+// also its client certificate towards a primary.
+func (f *TLSFiles) serverArgs(port int) []string {
+	return []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", f.serverCert,
+		"--tls-key-file", f.serverKey, "--tls-ca-cert-file", f.CA, "--tls-auth-clients", "yes"}
 }
 
 // Config is the client TLS configuration the files describe.
@@ -67,7 +76,7 @@ func newTLSFiles(dir string) (*TLSFiles, error) {
 	if err := writePEM(f.CA, "CERTIFICATE", caDER); err != nil {
 		return nil, err
 	}
-	leaf := func(serial int64, name string, usage x509.ExtKeyUsage) (certFile, keyFile string, err error) {
+	leaf := func(serial int64, name string, usage ...x509.ExtKeyUsage) (certFile, keyFile string, err error) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return "", "", err
@@ -75,9 +84,9 @@ func newTLSFiles(dir string) (*TLSFiles, error) {
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
 			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
 		}
-		if usage == x509.ExtKeyUsageServerAuth {
+		if usage[0] == x509.ExtKeyUsageServerAuth {
 			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 			tmpl.DNSNames = []string{"localhost"}
 		}
@@ -95,7 +104,9 @@ func newTLSFiles(dir string) (*TLSFiles, error) {
 		}
 		return certFile, keyFile, writePEM(keyFile, "PRIVATE KEY", keyDER)
 	}
-	if f.serverCert, f.serverKey, err = leaf(2, "server", x509.ExtKeyUsageServerAuth); err != nil {
+	// The servers' certificate serves replicas and Sentinels as their
+	// client certificate too.
+	if f.serverCert, f.serverKey, err = leaf(2, "server", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth); err != nil {
 		return nil, err
 	}
 	if f.Cert, f.Key, err = leaf(3, "client", x509.ExtKeyUsageClientAuth); err != nil {
