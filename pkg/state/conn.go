@@ -63,7 +63,6 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 	}
 	var simple *redis.Options
 	var failover *redis.FailoverOptions
-	var tc **tls.Config
 	if u.Query().Has("master_name") {
 		if u.Scheme == "unix" {
 			return nil, fmt.Errorf("redis-url %s: master_name needs redis:// or rediss:// and a Sentinel's address", shown)
@@ -71,16 +70,18 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 		if failover, err = redis.ParseFailoverURL(c.URL); err == nil && failover.MasterName == "" {
 			err = errors.New("master_name is empty")
 		}
-		if failover != nil {
-			tc = &failover.TLSConfig
-		}
-	} else if simple, err = redis.ParseURL(c.URL); simple != nil {
-		tc = &simple.TLSConfig
+	} else {
+		simple, err = redis.ParseURL(c.URL)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("redis-url %s: %w", shown, err)
 	}
-	if err := c.tls(u.Scheme, tc); err != nil {
+	if failover != nil {
+		failover.TLSConfig, err = c.tlsConfig(u.Scheme, failover.TLSConfig)
+	} else {
+		simple.TLSConfig, err = c.tlsConfig(u.Scheme, simple.TLSConfig)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if !build {
@@ -92,9 +93,10 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 	return redis.NewClient(simple), nil
 }
 
-// tls adds the CA and the client certificate to the TLS configuration
-// go-redis derived from a rediss:// URL (the server name, skip_verify).
-func (c Conn) tls(scheme string, tc **tls.Config) error {
+// tlsConfig adds the CA and the client certificate to base, the TLS
+// configuration go-redis derived from a rediss:// URL (the server name,
+// skip_verify), and returns it.
+func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 	if scheme != "rediss" {
 		var errs []error
 		for _, f := range []struct{ name, v string }{{"redis-ca-file", c.CAFile}, {"redis-cert-file", c.CertFile}, {"redis-key-file", c.KeyFile}} {
@@ -102,36 +104,35 @@ func (c Conn) tls(scheme string, tc **tls.Config) error {
 				errs = append(errs, fmt.Errorf("%s: needs a rediss:// redis-url (TLS)", f.name))
 			}
 		}
-		return errors.Join(errs...)
+		return base, errors.Join(errs...)
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		return errors.New("redis-cert-file and redis-key-file: set both or neither")
+		return nil, errors.New("redis-cert-file and redis-key-file: set both or neither")
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if *tc != nil {
-		cfg = (*tc).Clone()
+	if base != nil {
+		cfg = base.Clone()
 		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	}
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
-			return fmt.Errorf("redis-ca-file: %w", err)
+			return nil, fmt.Errorf("redis-ca-file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("redis-ca-file %s: no PEM certificate in it", c.CAFile)
+			return nil, fmt.Errorf("redis-ca-file %s: no PEM certificate in it", c.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
 	if c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
-			return fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
+			return nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	*tc = cfg
-	return nil
+	return cfg, nil
 }
 
 // LogTo sends what the Redis client library logs (failed dials, a
