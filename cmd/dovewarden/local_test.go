@@ -141,3 +141,16 @@ func localChangeRunsDsync(t *testing.T, args ...string) {
 		t.Error("overlapping dsyncs")
 	}
 }
+
+// TestLocal_RefusesARedisClusterNode: the decision scripts cannot run on
+// Redis Cluster, so a cluster node is refused at start, naming the
+// setting, rather than failing every decision.
+func TestLocal_RefusesARedisClusterNode(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{Cluster: true})
+	env, _, _ := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password}, "")
+	err := run(context.Background(), env, []string{"local", "--listen", "127.0.0.1:0", "--redis-url", srv.URL(),
+		"--doveadm-url", "http://127.0.0.1:1/doveadm/v1", "--destination", "tcp:127.0.0.1:1"})
+	if err == nil || !strings.Contains(err.Error(), "redis-url") || !strings.Contains(err.Error(), "Redis Cluster") {
+		t.Fatalf("local with a cluster node: %v, want a refusal naming redis-url and Redis Cluster", err)
+	}
+}

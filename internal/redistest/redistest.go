@@ -48,6 +48,8 @@ type Options struct {
 	ReplicaOf *Server
 	// Unix: the server listens on a Unix socket only.
 	Unix bool
+	// Cluster: the server runs in cluster mode (one node, no slots).
+	Cluster bool
 }
 
 // URL is the server's redis:// URL (rediss:// with TLS, unix:// on a
@@ -149,6 +151,9 @@ func start(bin, dir string, o Options) (*Server, error) {
 			return nil, fmt.Errorf("certificates: %w", err)
 		}
 		args = append(args, s.TLS.serverArgs(port)...)
+	}
+	if o.Cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
 	}
 	if o.Unix {
 		s.unix, s.Addr = true, filepath.Join(dir, "redis.sock")

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -222,5 +225,25 @@ func TestLogTo(t *testing.T) {
 	}
 	if line.Level != "WARN" || line.Msg != "redis client" || !strings.Contains(line.Detail, addr) {
 		t.Fatalf("log line %+v, want a warning about %s", line, addr)
+	}
+}
+
+// TestCheckServer refuses a real Redis Cluster node and passes a plain
+// server and miniredis (which does not answer INFO cluster).
+func TestCheckServer(t *testing.T) {
+	ctx := context.Background()
+	cluster := redistest.StartWith(t, redistest.Options{Cluster: true})
+	err := state.New(cluster.Client(t)).CheckServer(ctx)
+	if err == nil || !strings.Contains(err.Error(), "Redis Cluster") {
+		t.Errorf("cluster node: %v, want a refusal naming Redis Cluster", err)
+	}
+	if err := state.New(redistest.Start(t).Client(t)).CheckServer(ctx); err != nil {
+		t.Errorf("plain server: %v", err)
+	}
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	if err := state.New(rdb).CheckServer(ctx); err != nil {
+		t.Errorf("miniredis: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -199,6 +200,18 @@ func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}
 	return time.UnixMilli(v).UTC(), nil
+}
+
+// CheckServer refuses a Redis Cluster node: the decision scripts touch a
+// user's keys and the global sets together, which a cluster refuses
+// (CROSSSLOT) on every decision. A server that does not answer INFO
+// cluster (miniredis) passes.
+func (s *Store) CheckServer(ctx context.Context) error {
+	info, err := s.rdb.Info(ctx, "cluster").Result()
+	if err == nil && strings.Contains(info, "cluster_enabled:1") {
+		return errors.New("the server is a Redis Cluster node: dovewarden needs one primary (standalone, or found through Sentinel), since its scripts touch a user's keys and the global sets together")
+	}
+	return nil
 }
 
 // LoadScripts loads the scripts into Redis's script cache, so that the

@@ -32,7 +32,11 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := st.LoadScripts(pctx); err != nil {
+	err = st.CheckServer(pctx)
+	if err == nil {
+		err = st.LoadScripts(pctx)
+	}
+	if err != nil {
 		st.Close()
 		return nil, nil, fmt.Errorf("redis-url %s: %w", config.RedactURL(cfg.Redis.URL), err)
 	}
