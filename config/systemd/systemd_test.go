@@ -1,0 +1,163 @@
+// Package systemdconfig holds the systemd unit for `dovewarden local`; its
+// test checks the unit with systemd's own verifier and runs the binary with
+// the unit's environment file.
+package systemdconfig
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// build compiles dovewarden into the test's folder.
+func build(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dovewarden")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/dovewarden/dovewarden-knative/cmd/dovewarden").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestUnit_Verifies runs `systemd-analyze verify` on the unit, with its
+// ExecStart and EnvironmentFile pointed at a built binary and the shipped
+// environment file. systemd answers 0 even for unknown keys and bad values
+// and only prints them, so any output fails the test.
+func TestUnit_Verifies(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed (Debian's systemd package), so the unit cannot be verified here")
+	}
+	unit, err := os.ReadFile("dovewarden-local.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	envFile, err := filepath.Abs("local.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.NewReplacer("ExecStart=/usr/local/bin/dovewarden ", "ExecStart="+build(t)+" ",
+		"EnvironmentFile=/etc/dovewarden/local.env", "EnvironmentFile="+envFile).Replace(string(unit))
+	if text == string(unit) {
+		t.Fatal("the unit's ExecStart or EnvironmentFile is not the documented one")
+	}
+	path := filepath.Join(dir, "dovewarden-local.service")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(analyze, "verify", path).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestEnvFile_RunsLocal reads the shipped environment file: every variable
+// in it, commented out or not, must be a setting of `dovewarden local`, and
+// the process must start and become ready with exactly those settings
+// (only the listen address and the doveadm password file are the test's),
+// then stop cleanly on SIGTERM as systemd stops it.
+func TestEnvFile_RunsLocal(t *testing.T) {
+	bin := build(t)
+	f, err := os.Open("local.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	help, _ := exec.Command(bin, "local", "-h").CombinedOutput()
+	var env []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		active := !strings.HasPrefix(line, "#")
+		name, value, ok := strings.Cut(strings.TrimPrefix(line, "#"), "=")
+		if !ok || !strings.HasPrefix(name, "DOVEWARDEN_") {
+			continue
+		}
+		flag := "-" + strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "DOVEWARDEN_")), "_", "-") + " "
+		if !bytes.Contains(help, []byte("  "+flag)) {
+			t.Errorf("local.env sets %s, which is no setting of dovewarden local", name)
+		}
+		if active {
+			env = append(env, name+"="+value)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(env) == 0 {
+		t.Fatal("local.env sets nothing")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	password := filepath.Join(t.TempDir(), "doveadm-password")
+	if err := os.WriteFile(password, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env = append(env, "DOVEWARDEN_LISTEN="+addr, "DOVEWARDEN_DOVEADM_PASSWORD_FILE="+password)
+	cmd := exec.Command(bin, "local")
+	// Only what systemd would give it: the file's variables, no others.
+	cmd.Env = env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var exitErr error
+	exited := make(chan struct{})
+	go func() { exitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
+	if err := waitReady(exited, "http://"+addr+"/readyz"); err != nil {
+		<-exited
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		if exitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", exitErr, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running 30 s (the unit's TimeoutStopSec) after SIGTERM\n%s", out.String())
+	}
+}
+
+// waitReady polls url until it answers 200, the process exits (exited is
+// closed) or 20 s pass.
+func waitReady(exited <-chan struct{}, url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		select {
+		case <-exited:
+			return fmt.Errorf("dovewarden local exited")
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready within 20 s", url)
+}
