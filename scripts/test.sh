@@ -38,6 +38,8 @@ fuzz FuzzPipeline ./pkg/ingest 30000x
 fuzz FuzzHandler ./pkg/ingest 20000x
 # The fast decoders and encoders against encoding/json and the SDK.
 fuzz FuzzParseMatchesEncodingJSON ./pkg/dovecot 50000x
+# Redis URLs never show their password, in errors or logs.
+fuzz FuzzConnValidate ./pkg/state 50000x
 fuzz FuzzFromChange ./pkg/contract 10000x
 fuzz FuzzDecodeData ./pkg/contract 40000x
 fuzz FuzzWriteReply ./pkg/ingest 15000x

@@ -65,11 +65,20 @@ func Secret(setting, value, file string) (string, error) {
 
 // RedactURL hides a password in a URL before it reaches an error message
 // or a log: the user information's, and a "password" query parameter's (a
-// Redis Sentinel URL gives the primary's password so).
+// Redis Sentinel URL gives the primary's password so). A fragment and an
+// opaque part are hidden too: no URL the project takes has a use for
+// them, and they are where an unescaped '#' or a missing "//" puts part
+// of a password.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"
+	}
+	if u.Fragment != "" || u.RawFragment != "" {
+		u.Fragment, u.RawFragment = "xxxxx", ""
+	}
+	if u.Opaque != "" {
+		u.Opaque = "xxxxx"
 	}
 	if u.RawQuery != "" {
 		q, err := url.ParseQuery(u.RawQuery)

@@ -64,6 +64,9 @@ func TestRedactURL(t *testing.T) {
 		{"redis://sentinel:26379/0?master_name=dw&password=s3%zzcret", "redis://sentinel:26379/0?xxxxx"},
 		{"http://user:s3cret@broker/?password=s3cret", "http://user:xxxxx@broker/?password=xxxxx"},
 		{"redis://[::1", "(unparsable URL)"},
+		{"redis://redis/0?master_name=dw&password=ab#s3cret", "redis://redis/0?master_name=dw&password=xxxxx#xxxxx"},
+		{"redis:dw:s3cret@redis:6379", "redis:xxxxx"},
+		{"rediss://dw:s3cret@h/0?#&password=s3cret", "rediss://dw:xxxxx@h/0?#xxxxx"},
 	} {
 		got := RedactURL(c.in)
 		if got != c.want {
