@@ -35,6 +35,7 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnUnused(log, fs, env)
 	cfg, err := set.Load()
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -45,4 +46,37 @@ func flagsOf(t *testing.T, name string) *flag.FlagSet {
 		t.Fatalf("%s declared no flags", name)
 	}
 	return got
+}
+
+// TestManifests_SetOnlySettings: every DOVEWARDEN_* variable the shipped
+// Knative Services, func.yaml files and systemd environment file set is a
+// setting of the command they run, so none is silently ignored.
+func TestManifests_SetOnlySettings(t *testing.T) {
+	envName := regexp.MustCompile(`(?m)^\s*(?:- name: |#?)(DOVEWARDEN_[A-Z0-9_]+)\b`)
+	for file, command := range map[string]string{
+		"../../config/knative/ingest.yaml":    "ingest",
+		"../../config/knative/sync-high.yaml": "sync",
+		"../../config/knative/sync-low.yaml":  "sync",
+		"../../functions/sync/func.yaml":      "sync",
+		"../../config/systemd/local.env":      "local",
+	} {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(file, ".yaml") && strings.Contains(string(text), "args: [") && !strings.Contains(string(text), `args: ["`+command+`"]`) {
+			t.Errorf("%s runs another command than %s", file, command)
+		}
+		fs := flagsOf(t, command)
+		var environ []string
+		for _, m := range envName.FindAllStringSubmatch(string(text), -1) {
+			environ = append(environ, m[1]+"=")
+		}
+		if len(environ) == 0 {
+			t.Errorf("%s sets no DOVEWARDEN_* variable: the pattern no longer matches it", file)
+		}
+		for _, name := range config.Unused(fs, environ) {
+			t.Errorf("%s sets %s, which is no setting of dovewarden %s", file, name, command)
+		}
+	}
 }

@@ -18,6 +18,7 @@ func runIngest(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnUnused(log, fs, env)
 	reg := metrics.NewRegistry()
 	h, closeFn, err := ingest.Build(cfg, reg, log)
 	if err != nil {

@@ -59,6 +59,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnUnused(log, fs, env)
 
 	// Bind first: the sync handler sends the replication.failed events of
 	// retried attempts to the broker's ingress on this very listener, as

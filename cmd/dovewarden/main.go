@@ -26,9 +26,12 @@ type command struct {
 // tests drive the real program with their own streams and variables.
 type environment struct {
 	getenv func(string) string
-	stdin  io.Reader
-	stdout io.Writer
-	stderr io.Writer
+	// environ lists the environment ("NAME=value"), for the warning about
+	// DOVEWARDEN_* variables that are no setting; nil: no warning.
+	environ func() []string
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
 	// ready, when set, is told the address a serving command listens on
 	// (tests use it instead of polling a fixed port).
 	ready func(net.Addr)
@@ -47,7 +50,7 @@ var commands = map[string]command{
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	env := &environment{getenv: os.Getenv, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
+	env := &environment{getenv: os.Getenv, environ: os.Environ, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
 	if err := run(ctx, env, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return

@@ -40,6 +40,13 @@ func testEnv(vars map[string]string, stdin string) (*environment, *syncBuffer, *
 	out, errb := &syncBuffer{}, &syncBuffer{}
 	return &environment{
 		getenv: func(k string) string { return vars[k] },
+		environ: func() []string {
+			var kv []string
+			for k, v := range vars {
+				kv = append(kv, k+"="+v)
+			}
+			return kv
+		},
 		stdin:  strings.NewReader(stdin),
 		stdout: out, stderr: errb,
 	}, out, errb
@@ -249,5 +256,31 @@ func TestIngest_RedisOverTLS(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("ingest returned %v", err)
+	}
+}
+
+// TestIngest_WarnsOfUnknownSettings: a DOVEWARDEN_* variable that is no
+// setting of the command (here misspelt) is named in a warning; the
+// command's own settings and the variables read elsewhere are not.
+func TestIngest_WarnsOfUnknownSettings(t *testing.T) {
+	env, _, stderr := testEnv(map[string]string{
+		"K_SINK":                      "http://127.0.0.1:1/",
+		"DOVEWARDEN_SEND_BUDGET":      "100ms",
+		"DOVEWARDEN_REDIS_ULR":        "redis://127.0.0.1:1/0",
+		"DOVEWARDEN_PPROF_ADDR":       "127.0.0.1:0",
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "1s",
+	}, "")
+	_, stop := serve(t, env, stderr, "ingest", "--listen", "127.0.0.1:0")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var warned []string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(line, "no setting of this command") {
+			warned = append(warned, line)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "variable=DOVEWARDEN_REDIS_ULR") || !strings.Contains(warned[0], "command=ingest") {
+		t.Errorf("warnings %q, want one naming DOVEWARDEN_REDIS_ULR and ingest", warned)
 	}
 }

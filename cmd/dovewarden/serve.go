@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"log/slog"
 	"net"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 )
 
@@ -30,4 +32,21 @@ func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server
 		return server.Serve(ctx, log, o, mux, ready)
 	}
 	return server.ServeListener(ctx, log, o, ln, mux, ready)
+}
+
+// notSettings are DOVEWARDEN_* variables that are read elsewhere, not as
+// a command's setting: by a profiling build (pprof_dev.go) and by the test
+// harness that installs Dovecot 2.4.
+var notSettings = []string{"DOVEWARDEN_PPROF_ADDR", "DOVEWARDEN_DOVECOT24_ROOT"}
+
+// warnUnused logs a warning for each DOVEWARDEN_* variable that sets none
+// of the command's flags (fs): a misspelt name would otherwise be ignored
+// without a word.
+func warnUnused(log *slog.Logger, fs *flag.FlagSet, env *environment) {
+	if env.environ == nil {
+		return
+	}
+	for _, name := range config.Unused(fs, env.environ(), notSettings...) {
+		log.Warn("environment variable is no setting of this command; ignored", "variable", name, "command", fs.Name())
+	}
 }

@@ -18,6 +18,7 @@ func runSync(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnUnused(log, fs, env)
 	reg := metrics.NewRegistry()
 	h, closeFn, err := syncer.Build(ctx, cfg, reg, log)
 	if err != nil {

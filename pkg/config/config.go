@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 )
 
@@ -47,6 +48,26 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// Unused returns, sorted, the names of the DOVEWARDEN_* variables in
+// environ ("NAME=value" entries) that set no flag of fs and are not in
+// ignore: a misspelt or misplaced setting, which Parse passes over.
+func Unused(fs *flag.FlagSet, environ []string, ignore ...string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[EnvName(f.Name)] = true })
+	for _, name := range ignore {
+		known[name] = true
+	}
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, Prefix) && !known[name] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Secret returns value, or when it is empty the trimmed contents of the file
