@@ -130,6 +130,9 @@ type Broker struct {
 	m     *brokerMetrics
 	lanes []*lane
 	info  []LaneInfo
+	// tlsClients are the HTTP clients of destinations with CACerts, by
+	// CACerts; made in New, read-only after.
+	tlsClients map[string]*http.Client
 
 	mu     sync.RWMutex // held for writing only to close
 	closed bool
@@ -261,7 +264,7 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 // its ref, else an in-process handler, else its URI; nil if none.
 func (b *Broker) resolve(d Destination, used map[string]bool) endpoint {
 	if d.Ref == "" {
-		return &httpEndpoint{url: d.URI, client: b.opts.Client, maxBody: b.opts.MaxBody}
+		return &httpEndpoint{url: d.URI, client: b.clientFor(d.CACerts), maxBody: b.opts.MaxBody}
 	}
 	used[d.Ref] = true
 	if u, ok := b.opts.Subscribers[d.Ref]; ok {
@@ -273,7 +276,7 @@ func (b *Broker) resolve(d Destination, used map[string]bool) endpoint {
 				}
 			}
 		}
-		return &httpEndpoint{url: u, client: b.opts.Client, maxBody: b.opts.MaxBody}
+		return &httpEndpoint{url: u, client: b.clientFor(d.CACerts), maxBody: b.opts.MaxBody}
 	}
 	if h, ok := b.opts.Handlers[d.Ref]; ok && h != nil {
 		return &handlerEndpoint{name: d.Ref, h: h}

@@ -109,7 +109,7 @@ func parseDelivery(raw json.RawMessage) (*Delivery, error) {
 		if s.Ref != nil {
 			ref = s.Ref.Name
 		}
-		dls, err := destination(s.Ref != nil, ref, s.URI)
+		dls, err := destination(s.Ref != nil, ref, s.URI, s.CACerts)
 		if err != nil {
 			return nil, fmt.Errorf("deadLetterSink: %w", err)
 		}

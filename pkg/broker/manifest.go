@@ -54,10 +54,14 @@ type Trigger struct {
 }
 
 // Destination is a Knative Destination: a ref (only its name is used, to
-// find an in-process handler or a --subscriber URL) and/or a URI.
+// find an in-process handler or a --subscriber URL) and/or a URI, and the
+// CACerts (PEM) an https destination's certificate may also chain to.
+// Its audience (OIDC) is read and not used: there is no OIDC here, as in
+// Knative with OIDC off.
 type Destination struct {
-	Ref string
-	URI string
+	Ref     string
+	URI     string
+	CACerts string
 }
 
 func (d Destination) String() string {
@@ -98,7 +102,8 @@ type (
 		Ref *struct {
 			Name string `json:"name"`
 		} `json:"ref"`
-		URI string `json:"uri"`
+		URI     string  `json:"uri"`
+		CACerts *string `json:"CACerts"`
 	}
 	rawDelivery struct {
 		DeadLetterSink *rawDestinationStrict `json:"deadLetterSink"`
@@ -259,7 +264,7 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 	default:
 		tr.Filter = matchAll{}
 	}
-	if tr.Subscriber, err = destination(spec.Subscriber.Ref != nil, refName(spec.Subscriber), spec.Subscriber.URI); err != nil {
+	if tr.Subscriber, err = destination(spec.Subscriber.Ref != nil, refName(spec.Subscriber), spec.Subscriber.URI, spec.Subscriber.CACerts); err != nil {
 		return nil, "", fmt.Errorf("spec.subscriber: %w", err)
 	}
 	if len(spec.Delivery) > 0 && string(spec.Delivery) != "null" {
@@ -287,7 +292,7 @@ func refName(d rawDestination) string {
 	return d.Ref.Name
 }
 
-func destination(hasRef bool, ref, uri string) (Destination, error) {
+func destination(hasRef bool, ref, uri string, caCerts *string) (Destination, error) {
 	if hasRef && ref == "" {
 		return Destination{}, errors.New("ref without a name")
 	}
@@ -297,7 +302,14 @@ func destination(hasRef bool, ref, uri string) (Destination, error) {
 	if uri != "" && ref == "" && !isAbsHTTP(uri) {
 		return Destination{}, fmt.Errorf("uri %q: want an absolute http or https URL", uri)
 	}
-	return Destination{Ref: ref, URI: uri}, nil
+	d := Destination{Ref: ref, URI: uri}
+	if caCerts != nil {
+		if _, err := certPool(*caCerts); err != nil {
+			return Destination{}, fmt.Errorf("CACerts: %w", err)
+		}
+		d.CACerts = *caCerts
+	}
+	return d, nil
 }
 
 func positiveAnnotation(ann map[string]string, key string) (int, error) {
