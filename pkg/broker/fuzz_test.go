@@ -118,6 +118,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add("kind: Trigger\nmetadata:\n  name: [\n")
 	f.Add("apiVersion: v1\nkind: ConfigMap\n---\n---\n")
 	f.Add(brokerDoc + "  annotations:\n    dovewarden.org/workers: \"99999999999\"\n")
+	f.Add(brokerDoc + "---\n" + trigger("t", "  subscriber:\n    uri: https://127.0.0.1:1/\n    CACerts: |\n      -----BEGIN CERTIFICATE-----\n      AAAA\n      -----END CERTIFICATE-----\n  delivery:\n    deadLetterSink:\n      uri: https://127.0.0.1:2/\n      CACerts: \"\"\n      audience: x\n"))
 	f.Fuzz(func(t *testing.T, yamlText string) {
 		cfg, err := Load(fstest.MapFS{"t.yaml": {Data: []byte(yamlText)}})
 		if err != nil {
@@ -137,6 +138,13 @@ func FuzzLoad(f *testing.F) {
 			}
 			if tr.Delivery.Retry < 0 || tr.Delivery.BackoffDelay < 0 || tr.Workers < 0 || tr.QueueSize < 0 {
 				t.Fatalf("loaded negative delivery settings: %+v", tr)
+			}
+			for _, d := range []*Destination{&tr.Subscriber, tr.Delivery.DeadLetterSink} {
+				if d != nil && d.CACerts != "" {
+					if _, err := certPool(d.CACerts); err != nil {
+						t.Fatalf("loaded CACerts that do not read: %v", err)
+					}
+				}
 			}
 			tr.Filter.Match(ev)
 		}
