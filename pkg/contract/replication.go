@@ -73,9 +73,10 @@ type ReplicationFailed struct {
 	TriggerID string     `json:"trigger_id,omitempty"`
 }
 
-// Requested makes a TypeReplicationRequested event; source names the
-// requester (e.g. "dovewarden/cli").
-func Requested(req change.Request, source string) (cloudevents.Event, error) {
+// Requested makes a TypeReplicationRequested event; reason says why, for
+// logs (may be empty), and source names the requester (e.g.
+// "dovewarden/cli").
+func Requested(req change.Request, reason, source string) (cloudevents.Event, error) {
 	ev := cloudevents.NewEvent()
 	id := req.ID
 	if id == "" {
@@ -96,7 +97,7 @@ func Requested(req change.Request, source string) (cloudevents.Event, error) {
 	}
 	ev.SetExtension(ExtPriority, string(prio))
 	ev.SetExtension(ExtPartitionKey, req.User)
-	data := ReplicationRequested{User: req.User, Host: req.Host, Full: req.Full, Priority: string(prio)}
+	data := ReplicationRequested{User: req.User, Host: req.Host, Full: req.Full, Priority: string(prio), Reason: reason}
 	if err := ev.SetData(cloudevents.ApplicationJSON, data); err != nil {
 		return ev, fmt.Errorf("encode replication request of %q: %w", req.User, err)
 	}

@@ -13,12 +13,16 @@ import (
 
 func TestRequested_RoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
-	ev, err := Requested(change.Request{User: "u1", Host: "mail-b", Full: true, Time: at}, "dovewarden/cli")
+	ev, err := Requested(change.Request{User: "u1", Host: "mail-b", Full: true, Time: at}, "admin", "dovewarden/cli")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ev.Type() != TypeReplicationRequested || ev.Subject() != "u1" || ev.Extensions()[ExtPriority] != "high" {
 		t.Fatalf("%v", ev)
+	}
+	var data ReplicationRequested
+	if err := ev.DataAs(&data); err != nil || data.Reason != "admin" || data.Host != "mail-b" || !data.Full {
+		t.Fatalf("data %+v, %v", data, err)
 	}
 	req, err := ToRequest(ev)
 	if err != nil {

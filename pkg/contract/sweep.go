@@ -121,13 +121,9 @@ func checkSweep(d SweepRequested) error {
 func SweepReplication(sweep string, req change.Request, why string) (cloudevents.Event, error) {
 	req.ID = uuid.NewSHA1(sweepIDSpace, fmt.Appendf(nil, "request/%s/%s", sweep, req.User)).String()
 	req.Priority = change.Low
-	ev, err := Requested(req, SourceSweep)
+	ev, err := Requested(req, "sweep:"+why, SourceSweep)
 	if err != nil {
 		return ev, fmt.Errorf("sweep request of %q: %w", req.User, err)
-	}
-	data := ReplicationRequested{User: req.User, Host: req.Host, Full: req.Full, Priority: string(change.Low), Reason: "sweep:" + why}
-	if err := ev.SetData(cloudevents.ApplicationJSON, data); err != nil {
-		return ev, fmt.Errorf("encode sweep request of %q: %w", req.User, err)
 	}
 	return ev, nil
 }

@@ -183,7 +183,7 @@ func TestHandle_ChangeInBinaryModeRepliesSucceeded(t *testing.T) {
 
 func TestHandle_RequestInStructuredModeAsksFullSync(t *testing.T) {
 	f := newFixture(t)
-	ev, err := contract.Requested(change.Request{User: "u2", Full: true}, "dovewarden/cli")
+	ev, err := contract.Requested(change.Request{User: "u2", Full: true}, "admin", "dovewarden/cli")
 	if err != nil {
 		t.Fatal(err)
 	}

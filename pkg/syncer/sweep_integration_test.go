@@ -153,7 +153,7 @@ func TestIntegrationRedis_SweepEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Respond = doveadmtest.ByUser(map[string]doveadmtest.Reply{"u05": {ExitCode: 75}})
-	fail, _ := contract.Requested(change.Request{User: "u05", Host: "mail-a"}, "dovewarden/test")
+	fail, _ := contract.Requested(change.Request{User: "u05", Host: "mail-a"}, "", "dovewarden/test")
 	if resp, reply, _ := sf.post(t, fail); resp.StatusCode != 200 || reply.Type() != contract.TypeReplicationFailed {
 		t.Fatalf("u05 should have failed: %d", resp.StatusCode)
 	}
