@@ -38,13 +38,14 @@ type environment struct {
 }
 
 var commands = map[string]command{
-	"ingest":  {"receive Dovecot events and send CloudEvents to the Broker", runIngest},
-	"sync":    {"receive change events and run dsync, one user at a time", runSync},
-	"local":   {"run everything in one process: ingest, embedded broker, sync, embedded Redis", runLocal},
-	"explain": {"show the CloudEvent ingest would send for Dovecot event JSON", runExplain},
-	"sweep":   {"ask the sync function for a sweep now (posts sweep.requested to the Broker)", runSweep},
-	"loadgen": {"post realistic Dovecot events to an ingest URL and report rate and latency", runLoadgen},
-	"broker":  {"run the embedded broker as its own process (a local stand-in for a Knative Broker)", runBroker},
+	"ingest":    {"receive Dovecot events and send CloudEvents to the Broker", runIngest},
+	"sync":      {"receive change events and run dsync, one user at a time", runSync},
+	"local":     {"run everything in one process: ingest, embedded broker, sync, embedded Redis", runLocal},
+	"explain":   {"show the CloudEvent ingest would send for Dovecot event JSON", runExplain},
+	"sweep":     {"ask the sync function for a sweep now (posts sweep.requested to the Broker)", runSweep},
+	"replicate": {"ask the sync function to replicate users now (posts replication.requested to the Broker)", runReplicate},
+	"loadgen":   {"post realistic Dovecot events to an ingest URL and report rate and latency", runLoadgen},
+	"broker":    {"run the embedded broker as its own process (a local stand-in for a Knative Broker)", runBroker},
 }
 
 func main() {

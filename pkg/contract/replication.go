@@ -78,6 +78,9 @@ type ReplicationFailed struct {
 // "dovewarden/cli").
 func Requested(req change.Request, reason, source string) (cloudevents.Event, error) {
 	ev := cloudevents.NewEvent()
+	if err := checkReason(reason); err != nil {
+		return ev, err
+	}
 	id := req.ID
 	if id == "" {
 		id = uuid.NewString()

@@ -30,10 +30,11 @@ type SweepRequested struct {
 }
 
 // Bounds of SweepRequested's fields: ids are the sync function's own
-// (e.g. 20261129T101700Z-3f2a9c), reasons free text for logs.
+// (e.g. 20261129T101700Z-3f2a9c), reasons (of replication requests too)
+// free text for logs.
 const (
-	maxSweepID     = 64
-	maxSweepReason = 200
+	maxSweepID = 64
+	maxReason  = 200
 )
 
 // sweepIDSpace makes continuation and request ids deterministic, so a
@@ -102,12 +103,20 @@ func checkSweep(d SweepRequested) error {
 	if d.Offset < 0 || (d.Offset > 0 && d.Sweep == "") {
 		return fmt.Errorf("sweep offset %d: want 0 or more, and only with a sweep id", d.Offset)
 	}
-	if len(d.Reason) > maxSweepReason || !utf8.ValidString(d.Reason) {
-		return fmt.Errorf("sweep reason: want at most %d bytes of UTF-8", maxSweepReason)
+	if err := checkReason(d.Reason); err != nil {
+		return fmt.Errorf("sweep %w", err)
 	}
-	for _, r := range d.Reason {
+	return nil
+}
+
+// checkReason bounds a request's free-text reason, which ends up in logs.
+func checkReason(reason string) error {
+	if len(reason) > maxReason || !utf8.ValidString(reason) {
+		return fmt.Errorf("reason: want at most %d bytes of UTF-8", maxReason)
+	}
+	for _, r := range reason {
 		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("sweep reason %q has a control character", d.Reason)
+			return fmt.Errorf("reason %q has a control character", reason)
 		}
 	}
 	return nil

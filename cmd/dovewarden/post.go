@@ -1,0 +1,59 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/sink"
+)
+
+// brokerTarget holds the settings of a command that posts CloudEvents to
+// the Broker and exits (sweep, replicate).
+type brokerTarget struct {
+	url, source *string
+	timeout     *time.Duration
+}
+
+func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
+	return brokerTarget{
+		url:     fs.String("broker-url", env.getenv("K_SINK"), "the Broker ingress to post to (default: $K_SINK)"),
+		source:  fs.String("source", "dovewarden/cli", "CloudEvent source of the request"),
+		timeout: fs.Duration("timeout", 10*time.Second, "time to hand each event to the Broker, retries included"),
+	}
+}
+
+// sender checks the settings and returns the Broker's sender.
+func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
+	if *b.url == "" {
+		return nil, errors.New("broker-url: not set, and K_SINK is empty: where is the Broker?")
+	}
+	if *b.timeout <= 0 {
+		return nil, fmt.Errorf("timeout %s: must be positive", *b.timeout)
+	}
+	if *b.source == "" {
+		return nil, errors.New("source: must not be empty")
+	}
+	snd, err := sink.New(sink.Options{URL: *b.url, Overrides: env.getenv("K_CE_OVERRIDES"), Budget: *b.timeout,
+		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1})
+	if err != nil {
+		return nil, fmt.Errorf("broker-url: %s", b.redactIn(err.Error()))
+	}
+	return snd, nil
+}
+
+// shown is the Broker URL without its password.
+func (b brokerTarget) shown() string {
+	u, err := url.Parse(*b.url)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// redactIn replaces the Broker URL in msg by its redacted form: the
+// sender's errors name their target.
+func (b brokerTarget) redactIn(msg string) string { return strings.ReplaceAll(msg, *b.url, b.shown()) }
