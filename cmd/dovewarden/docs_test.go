@@ -18,7 +18,7 @@ func TestDocs_EveryFlagIsDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"ingest", "sync", "local", "broker", "loadgen", "sweep"} {
+	for _, name := range []string{"ingest", "sync", "local", "broker", "loadgen", "sweep", "replicate"} {
 		fs := flagsOf(t, name)
 		fs.VisitAll(func(f *flag.Flag) {
 			for _, want := range []string{"`--" + f.Name + "`", "`" + config.EnvName(f.Name) + "`"} {

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+)
+
+func TestReplicate_PostsOneRequestPerUser(t *testing.T) {
+	got := make(chan cloudevents.Event, 3)
+	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, err := cloudevents.NewEventFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		got <- *ev
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer broker.Close()
+	env, stdout, stderr := testEnv(map[string]string{"K_SINK": broker.URL}, "")
+	if err := run(context.Background(), env, []string{"replicate", "--full", "--host", "mail-b", "--priority", "low", "alice", "bob"}); err != nil {
+		t.Fatalf("replicate: %v\n%s", err, stderr)
+	}
+	for _, user := range []string{"alice", "bob"} {
+		ev := <-got
+		req, err := contract.ToRequest(ev)
+		if err != nil || req.User != user || !req.Full || req.Host != "mail-b" || req.Priority != change.Low || !req.Explicit {
+			t.Errorf("request %+v, %v; want a full low-priority one of %s from mail-b", req, err, user)
+		}
+		var d contract.ReplicationRequested
+		if err := ev.DataAs(&d); err != nil || d.Reason != "admin" {
+			t.Errorf("data %+v, %v", d, err)
+		}
+		if ev.Type() != contract.TypeReplicationRequested || ev.Source() != "dovewarden/cli" || ev.Extensions()["priority"] != "low" {
+			t.Errorf("event %v", ev)
+		}
+		if !strings.Contains(stdout.String(), "replication.requested "+ev.ID()+" for "+user+" sent to "+broker.URL) {
+			t.Errorf("stdout %q lacks %s", stdout, user)
+		}
+	}
+	if len(got) != 0 {
+		t.Error("more events than users")
+	}
+}
+
+func TestReplicate_Failures(t *testing.T) {
+	var posted atomic.Int32
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posted.Add(1)
+		http.Error(w, "no", http.StatusBadRequest)
+	}))
+	defer refusing.Close()
+	withPassword := strings.Replace(refusing.URL, "http://", "http://u:hunter2@", 1)
+	for name, tt := range map[string]struct {
+		args []string
+		want string
+		sent int32 // the events that reach the Broker
+	}{
+		"no user":        {nil, "no user", 0},
+		"bad user":       {[]string{"--", "-f"}, `user "-f"`, 0},
+		"bad user later": {[]string{"alice", "b*"}, `user "b*"`, 0},
+		"bad priority":   {[]string{"--priority", "urgent", "alice"}, "priority", 0},
+		"bad host":       {[]string{"--host", "mail a", "alice"}, "host", 0},
+		"bad reason":     {[]string{"--reason", "a\nb", "alice"}, "reason", 0},
+		"broker refuses": {[]string{"alice", "bob"}, `user "bob": send replication.requested`, 2},
+	} {
+		posted.Store(0)
+		env, _, _ := testEnv(map[string]string{"K_SINK": withPassword}, "")
+		err := run(context.Background(), env, append([]string{"replicate"}, tt.args...))
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: err %v, want %q", name, err, tt.want)
+		}
+		if n := posted.Load(); n != tt.sent {
+			t.Errorf("%s: %d events reached the Broker, want %d", name, n, tt.sent)
+		}
+	}
+}
+
+// TestReplicate_ThroughLocal asks `dovewarden local` for a full
+// replication of a user nobody changed, through its broker ingress, and
+// the sync function runs it.
+func TestReplicate_ThroughLocal(t *testing.T) {
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	env, _, stderr := testEnv(map[string]string{
+		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
+		"DOVEWARDEN_SWEEP_EVERY":      "0",
+	}, "")
+	base, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
+	cli, stdout, cliErr := testEnv(nil, "")
+	if err := run(context.Background(), cli, []string{"replicate", "--broker-url", base + "/local/dovewarden", "--full", "carol"}); err != nil {
+		t.Fatalf("replicate: %v\n%s", err, cliErr)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(tr.CallsOf("carol")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if calls := tr.CallsOf("carol"); len(calls) != 1 || !calls[0].Full {
+		t.Fatalf("dsyncs of carol %+v, want one full sync\n%s\n%s", calls, stdout, stderr)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
