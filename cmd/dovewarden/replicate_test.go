@@ -9,25 +9,13 @@ import (
 	"testing"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
-
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 func TestReplicate_PostsOneRequestPerUser(t *testing.T) {
-	got := make(chan cloudevents.Event, 3)
-	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ev, err := cloudevents.NewEventFromHTTPRequest(r)
-		if err != nil {
-			http.Error(w, err.Error(), 400)
-			return
-		}
-		got <- *ev
-		w.WriteHeader(http.StatusAccepted)
-	}))
-	defer broker.Close()
+	broker, got := recordingBroker(t, 3)
 	env, stdout, stderr := testEnv(map[string]string{"K_SINK": broker.URL}, "")
 	if err := run(context.Background(), env, []string{"replicate", "--full", "--host", "mail-b", "--priority", "low", "alice", "bob"}); err != nil {
 		t.Fatalf("replicate: %v\n%s", err, stderr)

@@ -15,9 +15,11 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
-func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
-	got := make(chan cloudevents.Event, 2)
-	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// recordingBroker is a Broker ingress that takes up to n CloudEvents
+// (202) and hands them to the test on got.
+func recordingBroker(t *testing.T, n int) (broker *httptest.Server, got chan cloudevents.Event) {
+	got = make(chan cloudevents.Event, n)
+	broker = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ev, err := cloudevents.NewEventFromHTTPRequest(r)
 		if err != nil {
 			http.Error(w, err.Error(), 400)
@@ -26,7 +28,12 @@ func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
 		got <- *ev
 		w.WriteHeader(http.StatusAccepted)
 	}))
-	defer broker.Close()
+	t.Cleanup(broker.Close)
+	return broker, got
+}
+
+func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
+	broker, got := recordingBroker(t, 2)
 	env, stdout, stderr := testEnv(map[string]string{
 		"K_SINK":            broker.URL,
 		"K_CE_OVERRIDES":    `{"extensions":{"region":"eu"}}`,
