@@ -4,10 +4,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 )
 
@@ -46,13 +46,7 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 }
 
 // shown is the Broker URL without its password.
-func (b brokerTarget) shown() string {
-	u, err := url.Parse(*b.url)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}
+func (b brokerTarget) shown() string { return config.RedactURL(*b.url) }
 
 // redactIn replaces the Broker URL in msg by its redacted form: the
 // sender's errors name their target.
