@@ -10,6 +10,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Endpoint is one source Dovecot host as the sync function reaches it:
@@ -41,10 +43,7 @@ func (e Endpoint) Secrets() []string { return []string{e.Password, e.APIKey} }
 // the doveadm config for the exec transport.
 func (e Endpoint) Where() string {
 	if e.URL != "" {
-		if u, err := url.Parse(e.URL); err == nil {
-			return u.Redacted()
-		}
-		return "(unparsable URL)"
+		return config.RedactURL(e.URL)
 	}
 	if e.Config != "" {
 		return "doveadm -c " + e.Config
