@@ -31,9 +31,7 @@ type Server struct {
 	// needs.
 	TLS  *TLSFiles
 	unix bool
-	cmd  *exec.Cmd
-	done chan struct{}
-	out  *strings.Builder
+	*process
 }
 
 // Options shape the server Start starts.
@@ -141,7 +139,7 @@ func start(bin, dir string, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), done: make(chan struct{}), out: &strings.Builder{}}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--loglevel", "warning"}
 	if o.TLS {
@@ -166,15 +164,9 @@ func start(bin, dir string, o Options) (*Server, error) {
 		host, p, _ := net.SplitHostPort(o.ReplicaOf.Addr)
 		args = append(args, "--replicaof", host, p)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = s.out, s.out
-	// The server dies with the test binary even if cleanup never runs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	if s.process, err = launch(bin, args); err != nil {
+		return nil, err
 	}
-	s.cmd = cmd
-	go func() { _ = cmd.Wait(); close(s.done) }()
 	ro, err := s.options()
 	if err != nil {
 		s.stop()
@@ -203,13 +195,34 @@ func start(bin, dir string, o Options) (*Server, error) {
 	}
 }
 
-func (s *Server) stop() {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+// process is a running redis-server (a server or a Sentinel).
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited
+	out  *strings.Builder
+}
+
+// launch starts bin with args. The process dies with the test binary even
+// if cleanup never runs.
+func launch(bin string, args []string) (*process, error) {
+	p := &process{cmd: exec.Command(bin, args...), done: make(chan struct{}), out: &strings.Builder{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+// stop sends SIGTERM and, after 5 s, SIGKILL.
+func (p *process) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-s.done:
+	case <-p.done:
 	case <-time.After(5 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
+		_ = p.cmd.Process.Kill()
+		<-p.done
 	}
 }
 

@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -65,24 +63,11 @@ func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 		args = append(args, primary.TLS.serverArgs(port)...)
 		args = append(args, "--tls-replication", "yes")
 	}
-	cmd := exec.Command(bin, args...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("redistest: start sentinel: %v", err)
+	p, err := launch(bin, args)
+	if err != nil {
+		t.Fatalf("redistest: sentinel: %v", err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	t.Cleanup(p.stop)
 	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master, TLS: primary.TLS}
 	o := &redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond}
 	if s.TLS != nil {
@@ -94,8 +79,8 @@ func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 	t.Cleanup(func() { s.c.Close() })
 	err = waitFor(10*time.Second, func() error {
 		select {
-		case <-done:
-			return fmt.Errorf("sentinel exited: %s", strings.TrimSpace(out.String()))
+		case <-p.done:
+			return fmt.Errorf("sentinel exited: %s", strings.TrimSpace(p.out.String()))
 		default:
 		}
 		_, err := s.MasterAddr(context.Background())
