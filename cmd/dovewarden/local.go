@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,12 +77,16 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		// The embedded Redis's TIME is this process's clock: stamp changes
 		// with it directly, without a round trip.
 		clock = processClock{}
+		// It listens on loopback, where any local user could connect:
+		// a random password keeps it to this process.
 		mr := miniredis.NewMiniRedis()
+		password := rand.Text()
+		mr.RequireAuth(password)
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("embedded redis: %w", err)
 		}
 		defer mr.Close()
-		sc.Redis.URL = "redis://" + mr.Addr()
+		sc.Redis.URL = "redis://:" + password + "@" + mr.Addr()
 		log.Warn("using embedded Redis: locks, marks and dsync states are lost when this process ends; give --redis-url to keep them")
 	}
 	if err := sc.Resolve(env.getenv); err != nil {

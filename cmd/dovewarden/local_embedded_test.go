@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+)
+
+// listeningPorts returns the TCP ports this process listens on at
+// 127.0.0.1 (from /proc: the sockets among its own descriptors).
+func listeningPorts(t *testing.T) map[int]bool {
+	t.Helper()
+	ours := map[string]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("list this process's sockets: %v", err)
+	}
+	for _, fd := range fds {
+		link, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if inode, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+			ours[strings.TrimSuffix(inode, "]")] = true
+		}
+	}
+	f, err := os.Open("/proc/self/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ports := map[int]bool{}
+	sc := bufio.NewScanner(f)
+	sc.Scan() // header
+	for sc.Scan() {
+		// sl local_address rem_address st ... inode: 0100007F:1F90 is
+		// 127.0.0.1:8080, st 0A is LISTEN.
+		col := strings.Fields(sc.Text())
+		if len(col) < 10 || col[3] != "0A" || !ours[col[9]] {
+			continue
+		}
+		ip, port, _ := strings.Cut(col[1], ":")
+		if p, err := strconv.ParseUint(port, 16, 16); err == nil && ip == "0100007F" {
+			ports[int(p)] = true
+		}
+	}
+	return ports
+}
+
+// TestLocal_EmbeddedRedisAsksForAPassword: the embedded Redis listens on
+// loopback, where any user of the machine can connect; without the
+// process's random password it answers nothing but NOAUTH, and local mode
+// itself works through it.
+func TestLocal_EmbeddedRedisAsksForAPassword(t *testing.T) {
+	before := listeningPorts(t)
+	env, _, stderr := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password}, "")
+	base, _ := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", "http://127.0.0.1:1/doveadm/v1", "--destination", "tcp:127.0.0.1:1")
+	var redisPorts []int
+	for p := range listeningPorts(t) {
+		if !before[p] && !strings.HasSuffix(base, fmt.Sprintf(":%d", p)) {
+			redisPorts = append(redisPorts, p)
+		}
+	}
+	if len(redisPorts) != 1 {
+		t.Fatalf("new loopback listeners besides %s: %v, want the embedded Redis's alone", base, redisPorts)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", redisPorts[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, password := range []string{"", "guess"} {
+		rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1})
+		err := rdb.Set(ctx, "dovewarden:excluded", "x", 0).Err()
+		rdb.Close()
+		if err == nil || !strings.Contains(err.Error(), "NOAUTH") && !strings.Contains(err.Error(), "WRONGPASS") {
+			t.Errorf("embedded Redis with password %q: %v, want it refused", password, err)
+		}
+	}
+	// The process itself uses it: the status answers from that Redis
+	// (an error there is a 503).
+	resp, err := http.Get(base + "/status/alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status of alice: HTTP %d, want 200 from the embedded Redis\n%s", resp.StatusCode, stderr)
+	}
+}
