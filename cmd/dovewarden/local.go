@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,6 +98,14 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Ingest's credentials guard the broker ingress and the status too;
+	// the sync handler's own posts to that ingress carry them.
+	switch {
+	case ho.Token != "":
+		sc.ResultsAuthorization = "Bearer " + ho.Token
+	case ho.BasicUser != "":
+		sc.ResultsAuthorization = "Basic " + base64.StdEncoding.EncodeToString([]byte(ho.BasicUser+":"+ho.BasicPassword))
+	}
 	if err := bs.Validate(); err != nil {
 		return err
 	}
@@ -149,8 +158,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	// Stop taking events first, then let the lanes finish what they hold.
 	sc.Server.WriteTimeout = sc.WriteTimeout
 	serr := serveRole(ctx, env, log, sc.Server, ln, reg, func(mux *http.ServeMux) {
-		mux.Handle(brokerPath, b.Ingress())
-		mux.Handle("GET /status/{user}", statusHandler(st))
+		mux.Handle(brokerPath, ih.Protect(b.Ingress()))
+		mux.Handle("GET /status/{user}", ih.Protect(statusHandler(st)))
 		ih.Mount(mux)
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)

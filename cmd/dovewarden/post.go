@@ -14,8 +14,8 @@ import (
 // brokerTarget holds the settings of a command that posts CloudEvents to
 // the Broker and exits (sweep, replicate).
 type brokerTarget struct {
-	url, source *string
-	timeout     *time.Duration
+	url, source, tokenFile *string
+	timeout                *time.Duration
 }
 
 func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
@@ -23,6 +23,8 @@ func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
 		url:     fs.String("broker-url", env.getenv("K_SINK"), "the Broker ingress to post to (default: $K_SINK)"),
 		source:  fs.String("source", "dovewarden/cli", "CloudEvent source of the request"),
 		timeout: fs.Duration("timeout", 10*time.Second, "time to hand each event to the Broker, retries included"),
+		tokenFile: fs.String("broker-token-file", "", "file holding the Bearer token of a Broker ingress that asks for one "+
+			"(dovewarden local with auth-token); a Basic auth user and password go in broker-url"),
 	}
 }
 
@@ -37,8 +39,19 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 	if *b.source == "" {
 		return nil, errors.New("source: must not be empty")
 	}
+	var auth string
+	if *b.tokenFile != "" {
+		tok, err := config.Secret("broker-token", "", *b.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		if tok == "" {
+			return nil, fmt.Errorf("broker-token-file %s: empty", *b.tokenFile)
+		}
+		auth = "Bearer " + tok
+	}
 	snd, err := sink.New(sink.Options{URL: *b.url, Overrides: env.getenv("K_CE_OVERRIDES"), Budget: *b.timeout,
-		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1})
+		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1, Authorization: auth})
 	if err != nil {
 		return nil, fmt.Errorf("broker-url: %s", b.redactIn(err.Error()))
 	}

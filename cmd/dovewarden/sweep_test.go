@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +68,10 @@ func TestSweep_Failures(t *testing.T) {
 	}))
 	defer refusing.Close()
 	withPassword := strings.Replace(refusing.URL, "http://", "http://u:hunter2@", 1)
+	emptyToken := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(emptyToken, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for name, tt := range map[string]struct {
 		vars map[string]string
 		args []string
@@ -77,6 +83,8 @@ func TestSweep_Failures(t *testing.T) {
 		"bad reason":      {map[string]string{"K_SINK": refusing.URL}, []string{"--reason", "a\nb"}, "reason"},
 		"stray argument":  {map[string]string{"K_SINK": refusing.URL}, []string{"now"}, "unexpected argument"},
 		"no time to send": {map[string]string{"K_SINK": refusing.URL}, []string{"--timeout", "0s"}, "timeout"},
+		"no token file":   {map[string]string{"K_SINK": refusing.URL}, []string{"--broker-token-file", emptyToken + ".missing"}, "broker-token-file"},
+		"empty token":     {map[string]string{"K_SINK": refusing.URL}, []string{"--broker-token-file", emptyToken}, "broker-token-file"},
 	} {
 		env, _, _ := testEnv(tt.vars, "")
 		err := run(context.Background(), env, append([]string{"sweep"}, tt.args...))

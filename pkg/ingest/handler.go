@@ -112,6 +112,32 @@ func (h *Handler) reject(w http.ResponseWriter, code int, reason, msg string) {
 	writeReply(w, code, reply{Status: "rejected", Reason: reason, Error: msg})
 }
 
+// unauthorized answers a request without the right credentials.
+func (h *Handler) unauthorized(w http.ResponseWriter) {
+	if h.opts.Token != "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="dovewarden"`)
+	} else {
+		w.Header().Set("WWW-Authenticate", `Basic realm="dovewarden"`)
+	}
+	h.reject(w, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
+}
+
+// Protect makes next ask for ingest's credentials, when it has any (local
+// mode puts its broker ingress and status behind them). A refusal is
+// ingest's 401, counted as an unauthorized rejection.
+func (h *Handler) Protect(next http.Handler) http.Handler {
+	if h.opts.Token == "" && h.opts.BasicUser == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !h.authorized(r) {
+			h.unauthorized(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // isJSONMediaType reports whether ct is application/json with parameters or
 // in another spelling; ServeHTTP takes the usual bare "application/json"
 // without parsing it.
@@ -132,12 +158,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !h.authorized(r) {
-		if h.opts.Token != "" {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="dovewarden"`)
-		} else {
-			w.Header().Set("WWW-Authenticate", `Basic realm="dovewarden"`)
-		}
-		h.reject(w, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
+		h.unauthorized(w)
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !isJSONMediaType(ct) {

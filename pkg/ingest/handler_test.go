@@ -398,3 +398,36 @@ func TestHandle_StampsChangesWithTheRedisClock(t *testing.T) {
 		t.Errorf("observe failures %v", got)
 	}
 }
+
+// Protect asks for the handler's credentials in front of another handler
+// (401 with the challenge, counted as unauthorized), and is a no-op when
+// ingest has none.
+func TestProtect(t *testing.T) {
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	token := newFixture(t, Options{Token: "tok-123"}, &broker{}, "")
+	open := newFixture(t, Options{}, &broker{}, "")
+	for name, tc := range map[string]struct {
+		f         *fixture
+		auth      string
+		code      int
+		challenge string
+	}{
+		"right token":    {token, "Bearer tok-123", http.StatusTeapot, ""},
+		"wrong token":    {token, "Bearer tok-12", http.StatusUnauthorized, `Bearer realm="dovewarden"`},
+		"none":           {token, "", http.StatusUnauthorized, `Bearer realm="dovewarden"`},
+		"no credentials": {open, "", http.StatusTeapot, ""},
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", "/status/alice", nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		tc.f.h.Protect(inner).ServeHTTP(rec, req)
+		if rec.Code != tc.code || rec.Header().Get("WWW-Authenticate") != tc.challenge {
+			t.Errorf("%s: %d, challenge %q; want %d, %q", name, rec.Code, rec.Header().Get("WWW-Authenticate"), tc.code, tc.challenge)
+		}
+	}
+	if got := testutil.ToFloat64(token.h.m.rejected.WithLabelValues(rejectAuth)); got != 2 {
+		t.Errorf("unauthorized counter %v, want 2", got)
+	}
+}

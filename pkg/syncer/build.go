@@ -51,7 +51,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	var sweeper Sweeper
 	if cfg.ResultsSink != "" {
 		snd, err := sink.New(sink.Options{URL: cfg.ResultsSink, Overrides: cfg.CEOverrides,
-			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond})
+			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond, Authorization: cfg.ResultsAuthorization})
 		if err != nil {
 			st.Close()
 			return nil, nil, fmt.Errorf("results-sink: %w", err)

@@ -53,9 +53,13 @@ type Config struct {
 	RunAgainDelay     time.Duration
 	MaxRounds         int
 	ResultsSink       string
-	CEOverrides       string
-	Source            string
-	Instance          string
+	// ResultsAuthorization is the Authorization header of every post to
+	// ResultsSink (no flag: local mode's own broker ingress, behind
+	// ingest's token).
+	ResultsAuthorization string
+	CEOverrides          string
+	Source               string
+	Instance             string
 
 	Sweep SweepConfig
 
