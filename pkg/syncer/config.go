@@ -55,7 +55,7 @@ type Config struct {
 	ResultsSink       string
 	// ResultsAuthorization is the Authorization header of every post to
 	// ResultsSink (no flag: local mode's own broker ingress, behind
-	// ingest's token).
+	// ingest's credentials).
 	ResultsAuthorization string
 	CEOverrides          string
 	Source               string
