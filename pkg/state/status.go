@@ -136,6 +136,32 @@ func (s *Store) Include(ctx context.Context, users ...string) error {
 	return nil
 }
 
+// excludedChunk bounds the members of one SADD or ZREM in ReplaceExcluded.
+const excludedChunk = 1000
+
+// ReplaceExcluded makes users the whole excluded set, atomically (one
+// MULTI/EXEC): users excluded before and not in users are taken back. The
+// users in it also lose their failed and pending marks, so that the sweep
+// and the failing-users gauge stop counting them; a user taken back is
+// replicated at its next change or by the sweep, once its last success is
+// older than the full-sync interval.
+func (s *Store) ReplaceExcluded(ctx context.Context, users []string) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, ExcludedKey)
+		for i := 0; i < len(users); i += excludedChunk {
+			chunk := anys(users[i:min(i+excludedChunk, len(users))])
+			p.SAdd(ctx, ExcludedKey, chunk...)
+			p.ZRem(ctx, FailedKey, chunk...)
+			p.ZRem(ctx, PendingKey, chunk...)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("replace the excluded users in redis: %w", err)
+	}
+	return nil
+}
+
 func anys(ss []string) []any {
 	out := make([]any, len(ss))
 	for i, s := range ss {

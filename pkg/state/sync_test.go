@@ -2,6 +2,8 @@ package state_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -254,6 +256,58 @@ func TestRedisScripts_ExcludedAndFullRequest(t *testing.T) {
 		p, f, err := b.st.Counts(ctx)
 		if err != nil || p != 1 || f != 0 {
 			t.Errorf("counts %d %d %v", p, f, err)
+		}
+	})
+}
+
+func TestReplaceExcluded(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		if err := b.st.Exclude(ctx, "old", "u1"); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{state.FailedKey, state.PendingKey} {
+			for _, u := range []string{"u1", "u2", "other"} {
+				b.rdb.ZAdd(ctx, key, redis.Z{Score: 1, Member: u})
+			}
+		}
+		if err := b.st.ReplaceExcluded(ctx, []string{"u1", "u2"}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.rdb.SMembers(ctx, state.ExcludedKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, []string{"u1", "u2"}) {
+			t.Errorf("excluded %q, want [u1 u2]: old is taken back", got)
+		}
+		for _, key := range []string{state.FailedKey, state.PendingKey} {
+			if left := b.rdb.ZRange(ctx, key, 0, -1).Val(); !slices.Equal(left, []string{"other"}) {
+				t.Errorf("%s holds %q, want only the user still replicated", key, left)
+			}
+		}
+		if c := begin(t, b, "A", time.Time{}); c.Decision != state.Excluded {
+			t.Errorf("u1 after the replacement: %+v", c)
+		}
+
+		many := make([]string, 2500)
+		for i := range many {
+			many[i] = fmt.Sprintf("user%04d", i)
+		}
+		if err := b.st.ReplaceExcluded(ctx, many); err != nil {
+			t.Fatal(err)
+		}
+		if n := b.rdb.SCard(ctx, state.ExcludedKey).Val(); n != 2500 {
+			t.Errorf("%d excluded after replacing with 2,500 users", n)
+		}
+		if err := b.st.ReplaceExcluded(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if n := b.rdb.Exists(ctx, state.ExcludedKey).Val(); n != 0 {
+			t.Errorf("an empty list left the set in place")
+		}
+		if c := begin(t, b, "A", time.Time{}); c.Decision != state.Run {
+			t.Errorf("u1 taken back: %+v, want run", c)
 		}
 	})
 }
