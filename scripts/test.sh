@@ -43,6 +43,8 @@ fuzz FuzzConnValidate ./pkg/state 50000x
 fuzz FuzzFromChange ./pkg/contract 10000x
 fuzz FuzzDecodeData ./pkg/contract 40000x
 fuzz FuzzWriteReply ./pkg/ingest 15000x
+# An administrator's list of users (local mode's excluded users).
+fuzz FuzzParse ./pkg/userlist 20000x
 # The embedded broker's ingress and manifest loader. (config/validate's
 # fuzz targets against Knative's code run their seeds with the manifests;
 # their instrumented build takes minutes, so longer runs are by hand.)

@@ -1,0 +1,75 @@
+// Package userlist reads a list of usernames kept in a file by an
+// administrator, such as local mode's excluded users: one username per
+// line; blank lines and lines starting with '#' are skipped, and space
+// around a name is ignored. Each name is normalised like the events'
+// (Dovecot's auth_username_format) so that it names the same user, and
+// must be a username doveadm accepts.
+package userlist
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+)
+
+// maxLine bounds one line in bytes; a username has at most
+// doveadm.MaxUserLen, the rest leaves room for space and comments.
+const maxLine = 4096
+
+// Parse reads r and returns its usernames, normalised with format, sorted
+// and without duplicates. An error names the first bad line; nothing is
+// returned with it, so a caller keeps the list it had.
+func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 512), maxLine)
+	var users []string
+	n := 0
+	for sc.Scan() {
+		n++
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		// The name as written, then as normalised: lower-casing would
+		// turn bytes that are not UTF-8 into U+FFFD.
+		user := string(line)
+		err := doveadm.ValidateUser(user)
+		if err == nil {
+			user = format.Apply(user)
+			err = doveadm.ValidateUser(user)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		users = append(users, user)
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("line %d: longer than %d bytes", n+1, maxLine)
+		}
+		return nil, err
+	}
+	slices.Sort(users)
+	return slices.Compact(users), nil
+}
+
+// Load parses the file at path; errors name it.
+func Load(path string, format dovecot.UsernameFormat) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	users, err := Parse(f, format)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return users, nil
+}
