@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/signal"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -51,6 +52,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	var bs broker.Settings
 	bs.RegisterFlags(fs)
 	sweepEvery := fs.Duration("sweep-every", time.Hour, "ask for a sweep at start and then this often, as the PingSource does on a cluster; 0: only at start")
+	excludedPath := fs.String("excluded-users", "", "file of users never replicated, one per line ('#' starts a comment); it replaces Redis's excluded set at start and on SIGHUP")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
 	}
@@ -142,6 +144,18 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	for _, l := range b.Lanes() {
 		log.Info("lane", "trigger", l.Trigger, "enabled", l.Enabled, "subscriber", l.Subscriber, "workers", l.Workers, "queue", l.QueueSize)
 	}
+
+	// Excluded users before the first event and the sweep at start.
+	var excluded *excludedFile
+	if *excludedPath != "" {
+		excluded = newExcludedFile(*excludedPath, ho.Username, st, reg, log)
+		if err := excluded.load(ctx); err != nil {
+			return err
+		}
+	}
+	hup := hangups()
+	defer signal.Stop(hup)
+	go reloadOnHangup(ctx, hup, excluded, log)
 
 	// Ingest hands changes straight to the broker: a full lane makes
 	// Publish fail, so Dovecot gets a 503 and the user is marked pending.

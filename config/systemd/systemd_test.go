@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -103,7 +104,7 @@ func TestEnvFile_RunsLocal(t *testing.T) {
 	cmd := exec.Command(bin, "local")
 	// Only what systemd would give it: the file's variables, no others.
 	cmd.Env = env
-	var out bytes.Buffer
+	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -117,6 +118,16 @@ func TestEnvFile_RunsLocal(t *testing.T) {
 		<-exited
 		t.Fatalf("%v\n%s", err, out.String())
 	}
+	// The unit's ExecReload: SIGHUP reloads, and never ends the process.
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitLog(exited, &out, "SIGHUP"); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if err := waitReady(exited, "http://"+addr+"/readyz"); err != nil {
+		t.Fatalf("after SIGHUP: %v\n%s", err, out.String())
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +139,40 @@ func TestEnvFile_RunsLocal(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("still running 30 s (the unit's TimeoutStopSec) after SIGTERM\n%s", out.String())
 	}
+}
+
+// waitLog waits until the process's output has want, for up to 10 s,
+// or the process exits (exited is closed).
+func waitLog(exited <-chan struct{}, out *syncBuffer, want string) error {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(out.String(), want) {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before logging %q", want)
+		default:
+		}
+	}
+	return fmt.Errorf("no %q logged in 10 s", want)
+}
+
+// syncBuffer is a bytes.Buffer the process writes and the test reads at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // waitReady polls url until it answers 200, the process exits (exited is

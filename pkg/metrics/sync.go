@@ -41,3 +41,14 @@ const (
 	// attempts that could not be sent to the Broker.
 	SyncNotifyFailures = "sync_notify_failures_total"
 )
+
+// Local mode's excluded-users file (--excluded-users).
+const (
+	// ExcludedUsers is the number of users in the file as last loaded
+	// into Redis's excluded set.
+	ExcludedUsers = "excluded_users"
+	// ExcludedUsersLoads counts loads of the file, at start and on
+	// SIGHUP, by outcome (success, error); after an error the set loaded
+	// before stays.
+	ExcludedUsersLoads = "excluded_users_loads_total"
+)

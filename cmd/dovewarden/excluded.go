@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/userlist"
+)
+
+// excludedFile keeps Redis's excluded set equal to an administrator's
+// file (--excluded-users): loaded at start, and again on SIGHUP. With the
+// embedded Redis, whose state ends with the process, a file is the only
+// lasting way to exclude users, as Dovecot's noreplicate userdb field was.
+type excludedFile struct {
+	path   string
+	format dovecot.UsernameFormat
+	st     *state.Store
+	log    *slog.Logger
+	users  prometheus.Gauge
+	loads  *prometheus.CounterVec
+}
+
+func newExcludedFile(path string, format dovecot.UsernameFormat, st *state.Store, reg prometheus.Registerer, log *slog.Logger) *excludedFile {
+	e := &excludedFile{path: path, format: format, st: st, log: log,
+		users: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: metrics.ExcludedUsers,
+			Help: "Users in the excluded-users file as last loaded into Redis's excluded set."}),
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: metrics.ExcludedUsersLoads,
+			Help: "Loads of the excluded-users file (at start and on SIGHUP), by outcome (success, error)."}, []string{"outcome"}),
+	}
+	e.loads.WithLabelValues("success")
+	e.loads.WithLabelValues("error")
+	reg.MustRegister(e.users, e.loads)
+	return e
+}
+
+// load reads the file and makes it the excluded set. On an error nothing
+// changes in Redis; the error names the setting.
+func (e *excludedFile) load(ctx context.Context) error {
+	users, err := userlist.Load(e.path, e.format)
+	if err == nil {
+		err = e.st.ReplaceExcluded(ctx, users)
+	}
+	if err != nil {
+		e.loads.WithLabelValues("error").Inc()
+		return fmt.Errorf("excluded-users: %w", err)
+	}
+	e.loads.WithLabelValues("success").Inc()
+	e.users.Set(float64(len(users)))
+	e.log.Info("excluded users loaded", "file", e.path, "users", len(users))
+	return nil
+}
+
+// hangups starts catching SIGHUP (which would otherwise end the process)
+// for reloadOnHangup; the caller stops it with signal.Stop.
+func hangups() chan os.Signal {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup
+}
+
+// reloadOnHangup loads the file again on each SIGHUP until ctx ends. A
+// file that does not load is logged and counted; the set loaded before
+// stays. With no file, SIGHUP is logged and otherwise ignored.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, e *excludedFile, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if e == nil {
+			log.Info("SIGHUP: nothing to reload (no --excluded-users)")
+			continue
+		}
+		if err := e.load(ctx); err != nil {
+			log.Error("SIGHUP: kept the excluded users loaded before", "err", err)
+		}
+	}
+}
