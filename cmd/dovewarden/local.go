@@ -64,6 +64,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	warnUnused(log, fs, env)
+	// A SIGHUP from here on waits for reloadOnHangup instead of ending the
+	// process.
+	hup := hangups()
+	defer signal.Stop(hup)
 
 	// Bind first: the sync handler sends the replication.failed events of
 	// retried attempts to the broker's ingress on this very listener, as
@@ -127,6 +131,14 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer st.Close()
+	// Excluded users before the first event and the sweep at start.
+	var excluded *excludedFile
+	if *excludedPath != "" {
+		excluded = newExcludedFile(*excludedPath, ho.Username, st, reg, log)
+		if err := excluded.load(ctx); err != nil {
+			return err
+		}
+	}
 
 	bo := bs.Options()
 	bo.Handlers = map[string]broker.Handler{}
@@ -145,16 +157,6 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		log.Info("lane", "trigger", l.Trigger, "enabled", l.Enabled, "subscriber", l.Subscriber, "workers", l.Workers, "queue", l.QueueSize)
 	}
 
-	// Excluded users before the first event and the sweep at start.
-	var excluded *excludedFile
-	if *excludedPath != "" {
-		excluded = newExcludedFile(*excludedPath, ho.Username, st, reg, log)
-		if err := excluded.load(ctx); err != nil {
-			return err
-		}
-	}
-	hup := hangups()
-	defer signal.Stop(hup)
 	go reloadOnHangup(ctx, hup, excluded, log)
 
 	// Ingest hands changes straight to the broker: a full lane makes
