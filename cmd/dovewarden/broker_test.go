@@ -9,11 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 )
 
 // startBroker runs "dovewarden broker" with args until the test ends and
 // returns its base URL.
-func startBroker(t *testing.T, vars map[string]string, args ...string) (string, *syncBuffer) {
+func startBroker(t *testing.T, vars map[string]string, args ...string) (string, *safebuf.Buffer) {
 	t.Helper()
 	env, _, stderr := testEnv(vars, "")
 	base, stop := serve(t, env, stderr, append([]string{"broker", "--listen", "127.0.0.1:0"}, args...)...)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,29 +14,12 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
-// syncBuffer is a bytes.Buffer safe for a server goroutine and a test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testEnv(vars map[string]string, stdin string) (*environment, *syncBuffer, *syncBuffer) {
-	out, errb := &syncBuffer{}, &syncBuffer{}
+func testEnv(vars map[string]string, stdin string) (*environment, *safebuf.Buffer, *safebuf.Buffer) {
+	out, errb := &safebuf.Buffer{}, &safebuf.Buffer{}
 	return &environment{
 		getenv: func(k string) string { return vars[k] },
 		environ: func() []string {
@@ -58,7 +40,7 @@ const deliveryEvent = `{"event":"mail_delivery_finished","hostname":"mail-a.test
 // listen on a loopback port 0) and returns its base URL once it listens,
 // and stop, which cancels it and returns what run returned. The test's
 // cleanup stops it too.
-func serve(t *testing.T, env *environment, stderr *syncBuffer, args ...string) (string, func() error) {
+func serve(t *testing.T, env *environment, stderr *safebuf.Buffer, args ...string) (string, func() error) {
 	t.Helper()
 	addrc := make(chan net.Addr, 1)
 	env.ready = func(a net.Addr) { addrc <- a }

@@ -14,10 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 )
 
 // build compiles dovewarden into the test's folder.
@@ -104,7 +105,7 @@ func TestEnvFile_RunsLocal(t *testing.T) {
 	cmd := exec.Command(bin, "local")
 	// Only what systemd would give it: the file's variables, no others.
 	cmd.Env = env
-	var out syncBuffer
+	var out safebuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -143,7 +144,7 @@ func TestEnvFile_RunsLocal(t *testing.T) {
 
 // waitLog waits until the process's output has want, for up to 10 s,
 // or the process exits (exited is closed).
-func waitLog(exited <-chan struct{}, out *syncBuffer, want string) error {
+func waitLog(exited <-chan struct{}, out *safebuf.Buffer, want string) error {
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if strings.Contains(out.String(), want) {
 			return nil
@@ -155,24 +156,6 @@ func waitLog(exited <-chan struct{}, out *syncBuffer, want string) error {
 		}
 	}
 	return fmt.Errorf("no %q logged in 10 s", want)
-}
-
-// syncBuffer is a bytes.Buffer the process writes and the test reads at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // waitReady polls url until it answers 200, the process exits (exited is

@@ -1,7 +1,6 @@
 package replicator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
@@ -48,26 +48,9 @@ type fixture struct {
 	rdb    *redis.Client
 	st     *state.Store
 	notes  *notes
-	logs   *syncBuffer
+	logs   *safebuf.Buffer
 	reg    *prometheus.Registry
 	tracks *doveadmtest.Tracker
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var fast = Options{Owner: "test", LockTTL: time.Second, ClockSkew: 10 * time.Millisecond, MaxAttempts: 4,
@@ -84,7 +67,7 @@ func newFixture(t *testing.T, o Options) *fixture {
 	// No retries: the Redis-down test should not wait through them.
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
-	f := &fixture{a: a, b: b, mr: mr, rdb: rdb, st: state.New(rdb), notes: &notes{}, logs: &syncBuffer{},
+	f := &fixture{a: a, b: b, mr: mr, rdb: rdb, st: state.New(rdb), notes: &notes{}, logs: &safebuf.Buffer{},
 		reg: prometheus.NewRegistry(), tracks: tr}
 	def := doveadm.Endpoint{Name: "mail-a", URL: a.APIURL(), User: "doveadm", Password: doveadmtest.Password, Destination: "tcp:mail-b:12345"}
 	hosts := doveadm.NewHostMap(def, def, doveadm.Endpoint{Name: "mail-b", URL: b.APIURL(), Destination: "tcp:mail-a:12345"})

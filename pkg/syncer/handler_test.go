@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -27,23 +28,6 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // broker is a fake Broker ingress collecting what the results sink sends.
 type broker struct {
@@ -76,7 +60,7 @@ type fixture struct {
 	mr     *miniredis.Miniredis
 	st     *state.Store
 	broker *broker
-	logs   *lockedBuffer
+	logs   *safebuf.Buffer
 	reg    *prometheus.Registry
 }
 
@@ -94,7 +78,7 @@ func newFixture(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &safebuf.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	reg := prometheus.NewRegistry()
 	hosts := doveadm.NewHostMap(doveadm.Endpoint{URL: dove.APIURL(), User: "doveadm", Password: doveadmtest.Password, Destination: "tcp:mail-b:12345"})
