@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 // TestLocal_ExcludedUsersFile: the users in --excluded-users (normalised
@@ -29,16 +27,8 @@ func TestLocal_ExcludedUsersFile(t *testing.T) {
 		}
 	}
 	write("# archive accounts\nARCHIVE\n")
-	tr := doveadmtest.NewTracker(t)
-	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
 	// The sweep at start would replicate both.
-	fake.SetUsers("archive", "kept")
-	env, _, stderr := testEnv(map[string]string{
-		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
-		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
-	}, "")
-	base, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0", "--excluded-users", file,
-		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
+	base, stop, tr, stderr := startLocal(t, []string{"archive", "kept"}, "--excluded-users", file)
 
 	deliver := func(user string) {
 		t.Helper()

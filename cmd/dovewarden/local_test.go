@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -64,21 +65,30 @@ func assertSucceededIn(t *testing.T, srv *redistest.Server) {
 	}
 }
 
+// startLocal runs `dovewarden local` with args added, against a fake
+// doveadm server that lists users (for the sweep) and records every dsync
+// in the returned tracker.
+func startLocal(t *testing.T, users []string, args ...string) (base string, stop func() error, tr *doveadmtest.Tracker, stderr *safebuf.Buffer) {
+	t.Helper()
+	tr = doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	fake.SetUsers(users...)
+	env, _, stderr := testEnv(map[string]string{
+		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
+	}, "")
+	base, stop = serve(t, env, stderr, append([]string{"local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"}, args...)...)
+	return base, stop, tr, stderr
+}
+
 // localChangeRunsDsync starts `dovewarden local` with args added, posts a
 // delivery of u1 and checks that u1 and the sweep's user got their dsyncs
 // and u1 its status.
 func localChangeRunsDsync(t *testing.T, args ...string) {
 	t.Helper()
-	tr := doveadmtest.NewTracker(t)
-	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
 	// The sweep at start replicates users nobody changed yet.
-	fake.SetUsers("u1", "quiet")
-	env, _, stderr := testEnv(map[string]string{
-		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
-		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
-	}, "")
-	base, stop := serve(t, env, stderr, append([]string{"local", "--listen", "127.0.0.1:0",
-		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"}, args...)...)
+	base, stop, tr, stderr := startLocal(t, []string{"u1", "quiet"}, args...)
 
 	req, _ := http.NewRequest("POST", base+"/events", strings.NewReader(deliveryEvent))
 	req.Header.Set("Content-Type", "application/json")
