@@ -23,6 +23,11 @@ import (
 // doveadm.MaxUserLen, the rest leaves room for space and comments.
 const maxLine = 4096
 
+// MaxUsers bounds the names in one list (before duplicates are removed),
+// so that a wrong file (a mail spool, a log) is refused rather than read
+// into memory whole: ten times the 100,000 users the sweep is sized for.
+const MaxUsers = 1_000_000
+
 // Parse reads r and returns its usernames, normalised with format, sorted
 // and without duplicates. An error names the first bad line; nothing is
 // returned with it, so a caller keeps the list it had.
@@ -47,6 +52,9 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		if len(users) == MaxUsers {
+			return nil, fmt.Errorf("line %d: more than %d users", n, MaxUsers)
 		}
 		users = append(users, user)
 	}

@@ -1,6 +1,7 @@
 package userlist
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -55,6 +56,24 @@ func TestParse(t *testing.T) {
 				t.Fatalf("Parse = %q, %v; want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestParse_TooMany: a list longer than MaxUsers is refused, naming the
+// line, instead of being read whole; MaxUsers names are fine.
+func TestParse_TooMany(t *testing.T) {
+	var b strings.Builder
+	for i := range MaxUsers {
+		fmt.Fprintf(&b, "u%d\n", i)
+	}
+	users, err := Parse(strings.NewReader(b.String()), mustFormat(t, "%Lu"))
+	if err != nil || len(users) != MaxUsers {
+		t.Fatalf("%d names: %d users, %v", MaxUsers, len(users), err)
+	}
+	b.WriteString("# a comment is no user\none-more\n")
+	want := fmt.Sprintf("line %d: more than %d users", MaxUsers+2, MaxUsers)
+	if users, err := Parse(strings.NewReader(b.String()), mustFormat(t, "%Lu")); err == nil || err.Error() != want || users != nil {
+		t.Errorf("%d names: %d users, %v; want %q", MaxUsers+1, len(users), err, want)
 	}
 }
 
