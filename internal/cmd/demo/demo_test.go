@@ -1,33 +1,252 @@
 package main
 
 import (
-	"bytes"
-	"context"
+	"bufio"
+	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 )
 
-// TestDemo_Once runs the README's main command the way `make demo` does,
-// but stops after the demonstration: real Dovecot 2.3, the built binary,
-// changes checked on the other server.
-func TestDemo_Once(t *testing.T) {
+// TestDemo runs the README's main command as `make demo` does: the built
+// demo binary, as its own foreground job (a process group of its own),
+// against real Dovecot 2.3. Once the demonstration has run it presses
+// Ctrl-C the way a terminal does, SIGINT to the whole group, and checks
+// that the demo ends with status 0 and that every process it started is
+// gone and their ports are closed.
+func TestDemo(t *testing.T) {
+	r := startDemo(t, "Running until Ctrl-C")
+	out := r.out.String()
+	for _, want := range []string{"alice's INBOX on mail-b.demo has messages=1", `is \Flagged`,
+		"bob's INBOX on mail-a.demo has messages=1", "/metrics"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	m := regexp.MustCompile(`Metrics:  http://(127\.0\.0\.1:\d+)/metrics`).FindStringSubmatch(out)
+	imap := regexp.MustCompile(`IMAP on the primary: (\S+), on the replica: (\S+) `).FindStringSubmatch(out)
+	if m == nil || imap == nil {
+		t.Fatalf("demo output names no dovewarden or IMAP address:\n%s", out)
+	}
+	addrs := []string{m[1], imap[1], imap[2]}
+	for _, a := range addrs {
+		c, err := net.DialTimeout("tcp", a, time.Second)
+		if err != nil {
+			t.Fatalf("%s printed by the demo does not accept connections: %v", a, err)
+		}
+		c.Close()
+	}
+
+	code := r.interrupt()
+	if code != 0 {
+		t.Errorf("demo exit status after Ctrl-C = %d, want 0\nstdout:\n%s\nstderr:\n%s", code, r.out.String(), r.errs.String())
+	}
+	if !strings.HasSuffix(r.out.String(), "\nStopping.\n") {
+		t.Errorf("demo output does not end with Stopping.:\n%s", r.out.String())
+	}
+	if r.errs.String() != "" {
+		t.Errorf("demo wrote to stderr:\n%s", r.errs.String())
+	}
+	r.checkStopped()
+	for _, a := range addrs {
+		if c, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after the demo stopped", a)
+		}
+	}
+}
+
+// TestDemo_InterruptedEarly presses Ctrl-C while the demonstration runs:
+// the demo stops everything it started, says so, and exits as a program
+// that SIGINT ended (130), without reporting a failure.
+func TestDemo_InterruptedEarly(t *testing.T) {
+	r := startDemo(t, "1. New mail")
+	code := r.interrupt()
+	if code != 130 {
+		t.Errorf("demo exit status after an early Ctrl-C = %d, want 130\nstdout:\n%s\nstderr:\n%s", code, r.out.String(), r.errs.String())
+	}
+	if !strings.Contains(r.out.String(), "Interrupted before the demonstration finished. Stopping.") {
+		t.Errorf("demo output does not say it was interrupted:\n%s", r.out.String())
+	}
+	if r.errs.String() != "" {
+		t.Errorf("an interrupted demo reported a failure on stderr:\n%s", r.errs.String())
+	}
+	r.checkStopped()
+}
+
+// TestDemo_NotRoot: run by another user, the demo installs nothing and
+// says what it needs.
+func TestDemo_NotRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("switching to another user needs root (CI runs as root)")
+	}
+	demo := buildDemo(t, tempDir(t), false)
+	cmd := exec.Command(demo)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("demo as nobody: err %v, want exit status 1\n%s", err, out)
+	}
+	for _, want := range []string{"run the demo as root", "dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo as nobody does not say %q:\n%s", want, out)
+		}
+	}
+}
+
+// demoRun is a demo started by startDemo.
+type demoRun struct {
+	t         *testing.T
+	cmd       *exec.Cmd
+	out, errs *safebuf.Buffer
+	done      chan struct{}
+	tmp       string
+	// started maps the PIDs of the demo's descendants, taken just before
+	// Ctrl-C, to what they were.
+	started map[int]proc
+}
+
+// proc is a process as /proc showed it: its command name, and its start
+// time so that a reused PID is not mistaken for it.
+type proc struct{ comm, start string }
+
+// startDemo builds dovewarden and the demo, starts the demo from the
+// repository root in a process group of its own, and returns once its
+// output has a line containing until.
+func startDemo(t *testing.T, until string) *demoRun {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the demo starts Dovecot instances, which needs root (CI runs as root)")
 	}
-	bin := filepath.Join(t.TempDir(), "dovewarden")
-	build := exec.Command("go", "build", "-o", bin, "github.com/dovewarden/dovewarden-knative/cmd/dovewarden")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	// The demo's and the Dovecot instances' folders go under TMPDIR: one
+	// the vmail user can traverse, which t.TempDir() is not.
+	tmp := tempDir(t)
+	demo, bin := buildDemo(t, tmp, true), filepath.Join(tmp, "dovewarden")
+	r := &demoRun{t: t, out: &safebuf.Buffer{}, errs: &safebuf.Buffer{}, done: make(chan struct{}), tmp: tmp}
+	r.cmd = exec.Command(demo, "-bin", bin)
+	r.cmd.Dir = "../../.." // the demo reads config/dovecot from the repository root
+	r.cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	r.cmd.Stderr = r.errs
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The demo reads config/dovecot from the repository root.
-	t.Chdir("../../..")
-	// The demo keeps its log in a temporary folder for a look after the
-	// run; here that folder goes with the test. It must be one the Dovecot
-	// instances' vmail user can traverse, which t.TempDir() is not.
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reached := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		seen := false
+		for sc.Scan() {
+			r.out.Write(append(sc.Bytes(), '\n'))
+			if !seen && strings.Contains(sc.Text(), until) {
+				seen = true
+				close(reached)
+			}
+		}
+		_ = r.cmd.Wait()
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		// A failed test leaves nothing running either.
+		_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+		<-r.done
+		if t.Failed() {
+			t.Logf("demo stdout:\n%s\nstderr:\n%s", r.out.String(), r.errs.String())
+		}
+	})
+	select {
+	case <-reached:
+	case <-r.done:
+		t.Fatalf("demo exited before %q: %v", until, r.cmd.ProcessState)
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("no %q from the demo within 3 minutes", until)
+	}
+	r.started = descendants(r.cmd.Process.Pid)
+	return r
+}
+
+// interrupt sends SIGINT to the demo's process group, as Ctrl-C in a
+// terminal does, and returns the demo's exit status.
+func (r *demoRun) interrupt() int {
+	r.t.Helper()
+	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
+		r.t.Fatal(err)
+	}
+	select {
+	case <-r.done:
+	case <-time.After(time.Minute):
+		r.t.Fatal("the demo did not stop within a minute of Ctrl-C")
+	}
+	return r.cmd.ProcessState.ExitCode()
+}
+
+// checkStopped checks that the processes the demo started (dovewarden
+// local and both Dovecot instances) are gone, with every descendant seen
+// before Ctrl-C, and that no process refers to the demo's folders.
+func (r *demoRun) checkStopped() {
+	r.t.Helper()
+	comms := map[string]int{}
+	for _, p := range r.started {
+		comms[p.comm]++
+	}
+	if comms["dovewarden"] < 1 || comms["dovecot"] < 2 {
+		r.t.Fatalf("before Ctrl-C the demo's processes were %v, want dovewarden and two dovecot masters among them", comms)
+	}
+	// Dovecot's own children leave once their master has gone; give them
+	// a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left []string
+		for pid, p := range r.started {
+			if startTime(pid) == p.start {
+				left = append(left, strconv.Itoa(pid)+" "+p.comm)
+			}
+		}
+		for _, pid := range pids() {
+			if cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); strings.Contains(string(cl), r.tmp) {
+				left = append(left, strconv.Itoa(pid)+" "+strings.ReplaceAll(string(cl), "\x00", " "))
+			}
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("processes the demo started are still running 10 s after it exited: %v", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// What stays is the demo's log, for a look after the run; the Dovecot
+	// instances' folders go with them.
+	var files []string
+	_ = filepath.WalkDir(r.tmp, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, strings.TrimPrefix(path, r.tmp+"/"))
+		}
+		return nil
+	})
+	for _, f := range files {
+		if f != "demo" && f != "dovewarden" && !regexp.MustCompile(`^dovewarden-demo-\d+/dovewarden\.log$`).MatchString(f) {
+			r.t.Errorf("the demo left %s behind (%d files in all)", f, len(files))
+			break
+		}
+	}
+}
+
+func tempDir(t *testing.T) string {
+	t.Helper()
 	tmp, err := os.MkdirTemp("", "demo-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -36,16 +255,83 @@ func TestDemo_Once(t *testing.T) {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("TMPDIR", tmp)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := run(ctx, []string{"-once", "-bin", bin}, &out); err != nil {
-		t.Fatalf("demo: %v\n%s", err, out.String())
+	return tmp
+}
+
+// buildDemo builds the demo (and, with dovewarden, the dovewarden binary)
+// into dir and returns the demo's path.
+func buildDemo(t *testing.T, dir string, dovewarden bool) string {
+	t.Helper()
+	pkgs := map[string]string{"demo": "github.com/dovewarden/dovewarden-knative/internal/cmd/demo"}
+	if dovewarden {
+		pkgs["dovewarden"] = "github.com/dovewarden/dovewarden-knative/cmd/dovewarden"
 	}
-	for _, want := range []string{"alice's INBOX on mail-b.demo has messages=1", `is \Flagged`, "bob's INBOX on mail-a.demo has messages=1", "/metrics"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+	for name, pkg := range pkgs {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, out)
 		}
 	}
+	return filepath.Join(dir, "demo")
+}
+
+// pids lists the running processes.
+func pids() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// stat returns the fields of /proc/PID/stat after the command name, or
+// nil when the process is gone.
+func stat(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// startTime is the process's start time in clock ticks since boot, or ""
+// when it is gone.
+func startTime(pid int) string {
+	if f := stat(pid); len(f) > 19 {
+		return f[19]
+	}
+	return ""
+}
+
+func comm(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	return strings.TrimSpace(string(b))
+}
+
+// descendants lists every descendant of root.
+func descendants(root int) map[int]proc {
+	children := map[int][]int{}
+	for _, pid := range pids() {
+		if f := stat(pid); len(f) > 1 {
+			ppid, _ := strconv.Atoi(f[1])
+			children[ppid] = append(children[ppid], pid)
+		}
+	}
+	out := map[int]proc{}
+	queue := []int{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out[c] = proc{comm: comm(c), start: startTime(c)}
+			queue = append(queue, c)
+		}
+	}
+	return out
 }

@@ -33,11 +33,21 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+	err := run(ctx, os.Args[1:], os.Stdout)
+	switch {
+	case errors.Is(err, errInterrupted):
+		// Ctrl-C before the demonstration finished: what the shell
+		// reports for a program that SIGINT ended.
+		os.Exit(130)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
+
+// errInterrupted ends a run that Ctrl-C (or SIGTERM) stopped before the
+// demonstration finished: not a failure to report with logs.
+var errInterrupted = errors.New("interrupted")
 
 type demo struct {
 	out      io.Writer
@@ -54,7 +64,6 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	bin := fs.String("bin", "bin/dovewarden", "the dovewarden binary to run")
 	version := fs.String("dovecot", "2.3", "Dovecot version of both instances: 2.3 (Debian's) or 2.4 (a trixie tree made with mmdebstrap)")
-	once := fs.Bool("once", false, "stop after the demonstration instead of running until Ctrl-C (for tests)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,21 +74,24 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d := &demo{out: out, bin: *bin, version: *version}
 	defer d.stop()
 	if err := d.start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return d.interrupted()
+		}
 		if d.localLog != "" {
 			return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s", err, d.localLog, tail(d.localLog, 30))
 		}
 		return err
 	}
 	if err := d.show(ctx); err != nil {
+		if ctx.Err() != nil {
+			return d.interrupted()
+		}
 		return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s\n\n%s's log:\n%s\n\n%s's log:\n%s", err,
 			d.localLog, tail(d.localLog, 30), d.a.Name, lastLines(d.a.Log(), 20), d.b.Name, lastLines(d.b.Log(), 20))
 	}
 	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status/alice   %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
 		d.base, d.base, d.base, d.base, d.localLog)
 	d.say("IMAP on the primary: %s, on the replica: %s (users alice and bob, password \"secret\")\n", d.a.IMAPAddr, d.b.IMAPAddr)
-	if *once {
-		return nil
-	}
 	d.say("\nRunning until Ctrl-C. Try it: deliver or change mail on either side and watch the other.\n")
 	<-ctx.Done()
 	d.say("\nStopping.\n")
@@ -87,6 +99,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
+
+func (d *demo) interrupted() error {
+	d.say("\nInterrupted before the demonstration finished. Stopping.\n")
+	return errInterrupted
+}
 
 func (d *demo) start(ctx context.Context) error {
 	d.say("Checking Dovecot %s (installing it when missing) ...\n", d.version)
