@@ -51,7 +51,7 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) })
 	sctx, cancel := context.WithTimeout(context.Background(), srv.ShutdownTimeout)
 	defer cancel()
-	dropped, err := b.Shutdown(sctx)
-	log.Info("broker stopped", "dropped", dropped)
+	undelivered, err := b.Shutdown(sctx)
+	log.Info("broker stopped", "undelivered", len(undelivered))
 	return errors.Join(serveErr, err)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/protocol"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -80,7 +81,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	sc.ResultsSink = "http://" + loopback(ln.Addr()) + brokerPath
 
 	var clock ingest.Clock
-	if sc.Redis.URL == "" {
+	embedded := sc.Redis.URL == ""
+	if embedded {
 		// The embedded Redis's TIME is this process's clock: stamp changes
 		// with it directly, without a round trip.
 		clock = processClock{}
@@ -180,11 +182,52 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()
-	dropped, berr := b.Shutdown(sctx)
-	if dropped > 0 {
-		log.Warn("queued events dropped at shutdown; the sweep replicates those users later", "events", dropped)
+	undelivered, berr := b.Shutdown(sctx)
+	if len(undelivered) > 0 {
+		if embedded {
+			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(undelivered))
+		} else {
+			markUndelivered(st, undelivered, log)
+		}
 	}
 	return errors.Join(serr, berr)
+}
+
+// markUndeliveredBudget bounds the marks at shutdown: at most one Redis
+// round trip per user the lanes held.
+const markUndeliveredBudget = 10 * time.Second
+
+// markUndelivered leaves a pending mark in Redis for the user of each
+// change or replication request the broker dropped at shutdown, as ingest
+// does for a change the broker refuses: the sweep at the next start (or
+// the next change) replicates them, instead of the daily full sync.
+func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logger) {
+	// One mark per user: the oldest change, on the host it came from.
+	oldest := map[string]change.Request{}
+	for _, ev := range events {
+		req, err := contract.ToRequest(ev)
+		if err != nil || req.User == "" {
+			continue // a reply, a sweep request, or no user to mark
+		}
+		if req.Time.IsZero() {
+			req.Time = time.Now()
+		}
+		if o, ok := oldest[req.User]; !ok || req.Time.Before(o.Time) {
+			oldest[req.User] = req
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), markUndeliveredBudget)
+	defer cancel()
+	marked := 0
+	for user, req := range oldest {
+		if err := st.MarkPending(ctx, user, req.Host, req.Time); err != nil {
+			log.Error("queued changes dropped at shutdown and not marked pending: those users wait for their next change or full sync",
+				"events", len(events), "users", len(oldest), "marked", marked, "err", err)
+			return
+		}
+		marked++
+	}
+	log.Warn("queued events dropped at shutdown; their users are marked pending for the sweep", "events", len(events), "users", marked)
 }
 
 // sweepTimer publishes a sweep.requested into the broker now and then

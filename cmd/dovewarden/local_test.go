@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,13 +74,20 @@ func startLocal(t *testing.T, users []string, args ...string) (base string, stop
 	tr = doveadmtest.NewTracker(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
 	fake.SetUsers(users...)
+	base, stop, stderr = startLocalWith(t, fake, args...)
+	return base, stop, tr, stderr
+}
+
+// startLocalWith runs `dovewarden local` with args added against fake.
+func startLocalWith(t *testing.T, fake *doveadmtest.Server, args ...string) (base string, stop func() error, stderr *safebuf.Buffer) {
+	t.Helper()
 	env, _, stderr := testEnv(map[string]string{
 		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
 		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
 	}, "")
 	base, stop = serve(t, env, stderr, append([]string{"local", "--listen", "127.0.0.1:0",
 		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1"}, args...)...)
-	return base, stop, tr, stderr
+	return base, stop, stderr
 }
 
 // localChangeRunsDsync starts `dovewarden local` with args added, posts a
@@ -90,16 +98,7 @@ func localChangeRunsDsync(t *testing.T, args ...string) {
 	// The sweep at start replicates users nobody changed yet.
 	base, stop, tr, stderr := startLocal(t, []string{"u1", "quiet"}, args...)
 
-	req, _ := http.NewRequest("POST", base+"/events", strings.NewReader(deliveryEvent))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /events: %d", resp.StatusCode)
-	}
+	postDovecotEvent(t, base, deliveryEvent)
 
 	deadline := time.Now().Add(10 * time.Second)
 	for (len(tr.CallsOf("u1")) == 0 || len(tr.CallsOf("quiet")) == 0) && time.Now().Before(deadline) {
@@ -118,7 +117,7 @@ func localChangeRunsDsync(t *testing.T, args ...string) {
 		LastSuccess time.Time `json:"last_success"`
 	}
 	for time.Now().Before(deadline) {
-		resp, err = http.Get(base + "/status/u1")
+		resp, err := http.Get(base + "/status/u1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +134,7 @@ func localChangeRunsDsync(t *testing.T, args ...string) {
 	if st.User != "u1" || st.LastSuccess.IsZero() {
 		t.Errorf("status %+v", st)
 	}
-	resp, err = http.Get(base + "/status/-bad")
+	resp, err := http.Get(base + "/status/-bad")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,5 +161,77 @@ func TestLocal_RefusesARedisClusterNode(t *testing.T) {
 		"--doveadm-url", "http://127.0.0.1:1/doveadm/v1", "--destination", "tcp:127.0.0.1:1"})
 	if err == nil || !strings.Contains(err.Error(), "redis-url") || !strings.Contains(err.Error(), "Redis Cluster") {
 		t.Fatalf("local with a cluster node: %v, want a refusal naming redis-url and Redis Cluster", err)
+	}
+}
+
+// TestLocal_QueuedChangesMarkedPendingAtShutdown: the embedded broker
+// keeps nothing across restarts, so with a Redis that outlives the process
+// the changes still queued at shutdown become pending marks, and the sweep
+// at the next start replicates their users (not the daily full sync).
+func TestLocal_QueuedChangesMarkedPendingAtShutdown(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	started, release := make(chan string, 10), make(chan struct{})
+	fake.OnStart = func(c doveadmtest.Call) {
+		started <- c.User
+		<-release
+	}
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	// One worker a lane: u1's dsync holds the new-mail lane, u2 and u3
+	// wait in its queue.
+	base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--workers", "1")
+	for _, user := range []string{"u1", "u2", "u3"} {
+		postDovecotEvent(t, base, strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"`+user+`"`, 1))
+		if user == "u1" {
+			select {
+			case <-started:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no dsync of u1\n%s", stderr)
+			}
+		}
+	}
+	go func() {
+		// u1's dsync ends during the shutdown, within its timeout.
+		time.Sleep(200 * time.Millisecond)
+		free()
+	}()
+	if err := stop(); err != nil {
+		t.Fatalf("local returned %v\n%s", err, stderr)
+	}
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	for _, user := range []string{"u2", "u3"} {
+		at, err := rdb.ZScore(ctx, state.PendingKey, user).Result()
+		if err != nil {
+			t.Errorf("%s's queued change left no pending mark: %v\n%s", user, err, stderr)
+			continue
+		}
+		if want := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC).UnixMilli(); int64(at) != want {
+			t.Errorf("%s's pending mark at %d, want the change's time %d", user, int64(at), want)
+		}
+		if host, _ := rdb.HGet(ctx, state.UserKey(user), state.FieldPendingHost).Result(); host != "mail-a.test" {
+			t.Errorf("%s's pending host %q, want mail-a.test", user, host)
+		}
+	}
+	if n, _ := rdb.ZCard(ctx, state.PendingKey).Result(); n != 2 {
+		t.Errorf("%d users pending, want u2 and u3 (u1's dsync finished)", n)
+	}
+	if !strings.Contains(stderr.String(), "marked pending") {
+		t.Errorf("no log of the marks:\n%s", stderr)
+	}
+}
+
+// postDovecotEvent posts an exporter event to ingest and expects 202.
+func postDovecotEvent(t *testing.T, base, body string) {
+	t.Helper()
+	resp, err := http.Post(base+"/events", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /events: %d", resp.StatusCode)
 	}
 }

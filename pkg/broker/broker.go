@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -143,6 +144,10 @@ type Broker struct {
 	wg     sync.WaitGroup
 
 	shutdownDrops atomic.Int64
+	// undelivered are the events Shutdown dropped before they reached
+	// their subscriber.
+	undeliveredMu sync.Mutex
+	undelivered   []cloudevents.Event
 }
 
 // New starts a broker for cfg: a lane per Trigger whose subscriber
@@ -296,13 +301,17 @@ func (b *Broker) Lanes() []LaneInfo {
 
 // Shutdown stops taking events (Publish returns ErrClosed), drops events
 // waiting for a retry or a worker, and lets deliveries in flight finish
-// until ctx ends, when they are cancelled. It returns how many events were
-// dropped: the broker keeps nothing across restarts.
-func (b *Broker) Shutdown(ctx context.Context) (dropped int, err error) {
+// until ctx ends, when they are cancelled. The broker keeps nothing across
+// restarts: it logs and counts what it dropped, and returns the events
+// that never reached their subscriber (queued, or waiting to retry a
+// delivery; one per Trigger that held it), so that the caller can record
+// what they stood for. Replies and dead-letter deliveries it dropped are
+// only counted.
+func (b *Broker) Shutdown(ctx context.Context) (undelivered []cloudevents.Event, err error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return 0, nil
+		return nil, nil
 	}
 	b.closed = true
 	b.mu.Unlock()
@@ -328,11 +337,12 @@ func (b *Broker) Shutdown(ctx context.Context) (dropped int, err error) {
 		l.drain()
 	}
 	b.cancel()
-	n := int(b.shutdownDrops.Load())
-	if n > 0 {
-		b.log.Warn("broker stopped with events not delivered: they are lost (the embedded broker is not durable)", "dropped", n)
+	if n := b.shutdownDrops.Load(); n > 0 {
+		b.log.Warn("broker stopped with events not delivered: the embedded broker is not durable", "dropped", n)
 	}
-	return n, err
+	b.undeliveredMu.Lock()
+	defer b.undeliveredMu.Unlock()
+	return b.undelivered, err
 }
 
 // ingressDest names the broker in knativeerrordest when a reply could not

@@ -220,7 +220,7 @@ func (l *lane) retry(t *task, o outcome) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopping {
-		l.dropForShutdown()
+		l.dropForShutdown(t)
 		return true
 	}
 	l.b.m.retries.WithLabelValues(l.tr.Name).Inc()
@@ -245,9 +245,16 @@ func (l *lane) fire(t *task) {
 // done frees the task's place in the lane.
 func (l *lane) done() { l.held.Add(-1) }
 
-func (l *lane) dropForShutdown() {
+// dropForShutdown counts t as dropped by Shutdown and, when it never
+// reached its subscriber, keeps its event for Shutdown's answer.
+func (l *lane) dropForShutdown(t *task) {
 	l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
 	l.b.shutdownDrops.Add(1)
+	if t.phase == phaseDeliver {
+		l.b.undeliveredMu.Lock()
+		l.b.undelivered = append(l.b.undelivered, t.ev)
+		l.b.undeliveredMu.Unlock()
+	}
 	l.done()
 }
 
@@ -260,7 +267,7 @@ func (l *lane) stop() {
 	for t, tm := range l.timers {
 		tm.Stop()
 		delete(l.timers, t)
-		l.dropForShutdown()
+		l.dropForShutdown(t)
 	}
 }
 
@@ -268,8 +275,8 @@ func (l *lane) stop() {
 func (l *lane) drain() {
 	for {
 		select {
-		case <-l.queue:
-			l.dropForShutdown()
+		case t := <-l.queue:
+			l.dropForShutdown(t)
 		default:
 			return
 		}
