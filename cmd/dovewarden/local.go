@@ -193,9 +193,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	return errors.Join(serr, berr)
 }
 
-// markUndeliveredBudget bounds the marks at shutdown: at most one Redis
-// round trip per user the lanes held.
-const markUndeliveredBudget = 10 * time.Second
+// markUndeliveredBudget bounds the marks at shutdown (one Redis round trip
+// per user the lanes held), after the listener's and the broker's
+// --shutdown-timeout: together within the systemd unit's TimeoutStopSec.
+const markUndeliveredBudget = 5 * time.Second
 
 // markUndelivered leaves a pending mark in Redis for the user of each
 // change or replication request the broker dropped at shutdown, as ingest
