@@ -217,6 +217,10 @@ func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logg
 			oldest[req.User] = req
 		}
 	}
+	if len(oldest) == 0 {
+		log.Warn("queued events dropped at shutdown; none was a change or a replication request", "events", len(events))
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), markUndeliveredBudget)
 	defer cancel()
 	marked := 0

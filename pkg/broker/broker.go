@@ -144,8 +144,8 @@ type Broker struct {
 	wg     sync.WaitGroup
 
 	shutdownDrops atomic.Int64
-	// undelivered are the events Shutdown dropped before they reached
-	// their subscriber.
+	// undelivered are the events Shutdown dropped before their delivery
+	// succeeded.
 	undeliveredMu sync.Mutex
 	undelivered   []cloudevents.Event
 }
@@ -303,9 +303,9 @@ func (b *Broker) Lanes() []LaneInfo {
 // waiting for a retry or a worker, and lets deliveries in flight finish
 // until ctx ends, when they are cancelled. The broker keeps nothing across
 // restarts: it logs and counts what it dropped, and returns the events
-// that never reached their subscriber (queued, or waiting to retry a
-// delivery; one per Trigger that held it), so that the caller can record
-// what they stood for. Replies and dead-letter deliveries it dropped are
+// whose delivery never succeeded (queued or waiting to retry, and one
+// cancelled in flight that had a retry left; one per Trigger that held
+// it), so that the caller can record what they stood for. Replies and dead-letter deliveries it dropped are
 // only counted.
 func (b *Broker) Shutdown(ctx context.Context) (undelivered []cloudevents.Event, err error) {
 	b.mu.Lock()

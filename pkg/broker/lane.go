@@ -245,8 +245,8 @@ func (l *lane) fire(t *task) {
 // done frees the task's place in the lane.
 func (l *lane) done() { l.held.Add(-1) }
 
-// dropForShutdown counts t as dropped by Shutdown and, when it never
-// reached its subscriber, keeps its event for Shutdown's answer.
+// dropForShutdown counts t as dropped by Shutdown and, when its delivery
+// never succeeded, keeps its event for Shutdown's answer.
 func (l *lane) dropForShutdown(t *task) {
 	l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
 	l.b.shutdownDrops.Add(1)
