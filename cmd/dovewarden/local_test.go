@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,5 +235,109 @@ func postDovecotEvent(t *testing.T, base, body string) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("POST /events: %d", resp.StatusCode)
+	}
+}
+
+// TestLocal_RestartLosesNoAcceptedChange: with a Redis that outlives the
+// process, every change ingest accepted (202) is replicated by a dsync
+// that started after it, even when the process stops with changes still
+// queued and starts again. The users were replicated before those
+// changes, so the sweep at the next start finds them only by the marks
+// the stop left.
+func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
+	srv := redistest.Start(t)
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	var delay atomic.Int64 // of each dsync
+	fake.Respond = func(doveadmtest.Call) doveadmtest.Reply {
+		return doveadmtest.Reply{Delay: time.Duration(delay.Load())}
+	}
+	users := make([]string, 50)
+	for i := range users {
+		users[i] = "u" + strconv.Itoa(i)
+	}
+	fake.SetUsers(users...)
+	args := []string{"--redis-url", srv.URL(), "--workers", "1"}
+	base, stop, stderr := startLocalWith(t, fake, args...)
+
+	var mu sync.Mutex
+	accepted := map[string]time.Time{} // the newest accepted change of each user
+	var posters sync.WaitGroup
+	quit := make(chan struct{})
+	for w := range 8 {
+		posters.Go(func() {
+			for i := w; ; i += 8 {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+				user, at := users[i%len(users)], time.Now().UTC()
+				body := strings.NewReplacer(`"user":"u1"`, `"user":"`+user+`"`,
+					`"end_time":"2026-11-29T10:00:00.000001Z"`, `"end_time":"`+at.Format(time.RFC3339Nano)+`"`).Replace(deliveryEvent)
+				resp, err := http.Post(base+"/events", "application/json", strings.NewReader(body))
+				if err != nil {
+					t.Errorf("POST /events: %v", err)
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusAccepted {
+					mu.Lock()
+					if at.After(accepted[user]) {
+						accepted[user] = at
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	// Fast dsyncs first, so every user has been replicated; then slow
+	// ones, so the changes that follow wait in the lane.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(tr.Calls()) < 2*len(users) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	delay.Store(int64(time.Second))
+	time.Sleep(200 * time.Millisecond)
+	close(quit)
+	posters.Wait()
+	if err := stop(); err != nil {
+		t.Fatalf("local returned %v\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr.String(), "marked pending") {
+		t.Fatalf("no change was queued at shutdown, so the test tested nothing:\n%s", stderr)
+	}
+
+	delay.Store(0)
+	_, stop2, stderr2 := startLocalWith(t, fake, args...)
+	replicated := func(user string, after time.Time) bool {
+		for _, c := range tr.CallsOf(user) {
+			if c.Start.After(after) && c.Reply.ExitCode == 0 && c.Reply.ErrorType == "" && !c.End.IsZero() {
+				return true
+			}
+		}
+		return false
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		var missing []string
+		mu.Lock()
+		for user, at := range accepted {
+			if !replicated(user, at) {
+				missing = append(missing, user)
+			}
+		}
+		mu.Unlock()
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restart, %d of %d users have an accepted change no dsync started after: %v\nfirst run:\n%s\nsecond run:\n%s",
+				len(missing), len(accepted), missing, stderr, stderr2)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := stop2(); err != nil {
+		t.Fatalf("second run returned %v\n%s", err, stderr2)
 	}
 }
