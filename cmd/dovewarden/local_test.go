@@ -168,8 +168,10 @@ func TestLocal_RefusesARedisClusterNode(t *testing.T) {
 
 // TestLocal_QueuedChangesMarkedPendingAtShutdown: the embedded broker
 // keeps nothing across restarts, so with a Redis that outlives the process
-// the changes still queued at shutdown become pending marks, and the sweep
-// at the next start replicates their users (not the daily full sync).
+// the changes still queued at shutdown become pending marks, with the
+// change's time and host, as ingest leaves for a change the broker
+// refuses (TestLocal_RestartLosesNoAcceptedChange: the next start
+// replicates them).
 func TestLocal_QueuedChangesMarkedPendingAtShutdown(t *testing.T) {
 	srv := redistest.Start(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
