@@ -206,6 +206,10 @@ type SweepFacts struct {
 	InProgress bool
 	// FullRequested is when the sweep last asked for the user's full sync.
 	FullRequested time.Time
+	// Recovery is RecoveryKey's time (the same for every user): a user
+	// whose last successful dsync started before it may have lost a
+	// change. Zero: no such time.
+	Recovery time.Time
 }
 
 // SweepFacts reads the facts of users in one round trip.
@@ -217,7 +221,9 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 		lock           *redis.IntCmd
 	}
 	cs := make([]cmds, len(users))
+	var recovery *redis.StringCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		recovery = p.Get(ctx, RecoveryKey)
 		for i, u := range users {
 			cs[i] = cmds{
 				excl:   p.SIsMember(ctx, ExcludedKey, u),
@@ -234,8 +240,10 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 		return nil, fmt.Errorf("read the state of %d users from redis: %w", len(users), err)
 	}
 	out := make([]SweepFacts, len(users))
+	rec := msField(recovery.Val())
 	for i, c := range cs {
 		f := &out[i]
+		f.Recovery = rec
 		f.Excluded = c.excl.Val()
 		f.Pending = c.pend.Err() == nil
 		if c.fail.Err() == nil {
