@@ -45,7 +45,7 @@ func newSweepMetrics(reg prometheus.Registerer) *sweepMetrics {
 	// Known label values start at zero, so rate() and alerts see them.
 	m.finished.WithLabelValues("completed")
 	m.finished.WithLabelValues("abandoned")
-	for _, r := range []Reason{ReasonPending, ReasonFailed, ReasonStale, ReasonNever} {
+	for _, r := range []Reason{ReasonPending, ReasonFailed, ReasonRecovery, ReasonStale, ReasonNever} {
 		m.requested.WithLabelValues(string(r))
 	}
 	for _, r := range []string{SkipBadUser, SkipExcluded, SkipInProgress, SkipRetryNotDue} {

@@ -42,6 +42,11 @@ const (
 	// successful dsync (ingest could not hand it to the Broker, or it was
 	// left over).
 	ReasonPending Reason = "pending"
+	// ReasonRecovery: the user's last successful dsync started before a
+	// `dovewarden local` found that its previous run had not stopped
+	// cleanly (a crash, SIGKILL, power loss): a change that run had
+	// accepted may have been lost with its in-memory queues.
+	ReasonRecovery Reason = "recovery"
 	// ReasonNever: the user was never replicated successfully.
 	ReasonNever Reason = "never"
 	// ReasonStale: the user's last full sync is older than the full-sync
