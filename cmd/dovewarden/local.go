@@ -169,6 +169,15 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	ho.Clock = clock
 	ih := ingest.NewHandler(ho, b, st, reg, log)
 	log.Info("local mode", "ingest", "POST /events", "broker", brokerPath, "status", "GET /status/{user}", "metrics", "GET /metrics")
+	// With a Redis that outlives the process, record this run, so that the
+	// next start can tell whether it stopped cleanly.
+	var run *localRun
+	if !embedded {
+		run = beginRun(ctx, st, ln.Addr(), sc.Sweep.FullSyncInterval, log)
+		if run.unclean {
+			go recoverySweep(ctx, b, sc.LockTTL, log)
+		}
+	}
 	// A sweep at start: state kept in an embedded Redis is gone, and events
 	// Dovecot sent while this process was down were dropped.
 	go sweepTimer(ctx, b, *sweepEvery, log)
@@ -183,26 +192,32 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()
 	undelivered, berr := b.Shutdown(sctx)
+	clean := true
 	if len(undelivered) > 0 {
 		if embedded {
 			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(undelivered))
 		} else {
-			markUndelivered(st, undelivered, log)
+			clean = markUndelivered(st, undelivered, log)
 		}
+	}
+	if run != nil && clean {
+		run.end(st, log)
 	}
 	return errors.Join(serr, berr)
 }
 
 // markUndeliveredBudget bounds the marks at shutdown (one Redis round trip
 // per user the lanes held), after the listener's and the broker's
-// --shutdown-timeout: together within the systemd unit's TimeoutStopSec.
+// --shutdown-timeout: with the clean stop's record (runEndBudget),
+// together within the systemd unit's TimeoutStopSec.
 const markUndeliveredBudget = 5 * time.Second
 
 // markUndelivered leaves a pending mark in Redis for the user of each
 // change or replication request the broker dropped at shutdown, as ingest
 // does for a change the broker refuses: the sweep at the next start (or
 // the next change) replicates them, instead of the daily full sync.
-func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logger) {
+// It reports whether every such user is marked.
+func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logger) bool {
 	// One mark per user: the oldest change, on the host it came from.
 	oldest := map[string]change.Request{}
 	for _, ev := range events {
@@ -219,20 +234,21 @@ func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logg
 	}
 	if len(oldest) == 0 {
 		log.Warn("queued events dropped at shutdown; none was a change or a replication request", "events", len(events))
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), markUndeliveredBudget)
 	defer cancel()
 	marked := 0
 	for user, req := range oldest {
 		if err := st.MarkPending(ctx, user, req.Host, req.Time); err != nil {
-			log.Error("queued changes dropped at shutdown and not marked pending: those users wait for their next change or full sync",
+			log.Error("queued changes dropped at shutdown and not marked pending: the next start replicates every user",
 				"events", len(events), "users", len(oldest), "marked", marked, "err", err)
-			return
+			return false
 		}
 		marked++
 	}
 	log.Warn("queued events dropped at shutdown; their users are marked pending for the sweep", "events", len(events), "users", marked)
+	return true
 }
 
 // sweepTimer publishes a sweep.requested into the broker now and then
@@ -246,19 +262,24 @@ func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log 
 		tick = t.C
 	}
 	for {
-		ev, err := contract.SweepRequest(reason, "dovewarden/local")
-		if err == nil {
-			err = b.Publish(ctx, ev)
-		}
-		if err != nil && ctx.Err() == nil {
-			log.Warn("could not ask for a sweep", "reason", reason, "err", err)
-		}
+		requestSweep(ctx, b, reason, log)
 		reason = "schedule"
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
 		}
+	}
+}
+
+// requestSweep publishes a sweep.requested into the broker.
+func requestSweep(ctx context.Context, b *broker.Broker, reason string, log *slog.Logger) {
+	ev, err := contract.SweepRequest(reason, "dovewarden/local")
+	if err == nil {
+		err = b.Publish(ctx, ev)
+	}
+	if err != nil && ctx.Err() == nil {
+		log.Warn("could not ask for a sweep", "reason", reason, "err", err)
 	}
 }
 

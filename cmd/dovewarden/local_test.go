@@ -248,9 +248,74 @@ func postDovecotEvent(t *testing.T, base, body string) {
 // the stop left.
 func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
 	srv := redistest.Start(t)
+	fake, tr, delay, users := slowableFake(t)
+	args := []string{"--redis-url", srv.URL(), "--workers", "1"}
+	base, stop, stderr := startLocalWith(t, fake, args...)
+
+	accepted := fillTheLanes(t, base, users, tr, delay)
+	if err := stop(); err != nil {
+		t.Fatalf("local returned %v\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr.String(), "marked pending") {
+		t.Fatalf("no change was queued at shutdown, so the test tested nothing:\n%s", stderr)
+	}
+
+	delay.Store(0)
+	_, stop2, stderr2 := startLocalWith(t, fake, args...)
+	if missing := awaitReplicatedAfter(tr, accepted, 20*time.Second); len(missing) > 0 {
+		t.Fatalf("after the restart, %d of %d users have an accepted change no dsync started after: %v\nfirst run:\n%s\nsecond run:\n%s",
+			len(missing), len(accepted), missing, stderr, stderr2)
+	}
+	if err := stop2(); err != nil {
+		t.Fatalf("second run returned %v\n%s", err, stderr2)
+	}
+}
+
+// TestLocal_CrashLosesNoAcceptedChange: the same when the process is
+// killed (SIGKILL) with changes queued, so that nothing of its shutdown
+// runs. The next start finds the run it recorded in Redis unfinished and
+// has the sweep replicate every user whose last dsync started before it.
+// A clean stop after that leaves no trace for the start that follows.
+func TestLocal_CrashLosesNoAcceptedChange(t *testing.T) {
+	srv := redistest.Start(t)
+	fake, tr, delay, users := slowableFake(t)
+	addr := freePort(t)
+	base := "http://" + addr
+	env := []string{"DOVEWARDEN_DOVEADM_PASSWORD=" + doveadmtest.Password, "DOVEWARDEN_SHUTDOWN_TIMEOUT=5s"}
+	args := []string{"local", "--listen", addr, "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1",
+		"--redis-url", srv.URL(), "--workers", "1", "--lock-ttl", "2s"}
+
+	first := startChild(t, base, env, args...)
+	accepted := fillTheLanes(t, base, users, tr, delay)
+	first.kill(t)
+	if missing := awaitReplicatedAfter(tr, accepted, 0); len(missing) == 0 {
+		t.Fatalf("every accepted change was replicated before the kill, so the test tested nothing:\n%s", first.stderr)
+	}
+
+	delay.Store(0)
+	second := startChild(t, base, env, args...)
+	if !strings.Contains(second.stderr.String(), "did not stop cleanly") {
+		t.Errorf("the start after the kill did not notice it:\n%s", second.stderr)
+	}
+	if missing := awaitReplicatedAfter(tr, accepted, 20*time.Second); len(missing) > 0 {
+		t.Fatalf("after the crash and a restart, %d of %d users have an accepted change no dsync started after: %v\nfirst run:\n%s\nsecond run:\n%s",
+			len(missing), len(accepted), missing, first.stderr, second.stderr)
+	}
+	second.stop(t)
+
+	third := startChild(t, base, env, args...)
+	third.stop(t)
+	if strings.Contains(third.stderr.String(), "did not stop cleanly") {
+		t.Errorf("a start after a clean stop reported an unclean one:\n%s", third.stderr)
+	}
+}
+
+// slowableFake is a fake doveadm listing 50 users whose dsyncs take
+// *delay each.
+func slowableFake(t *testing.T) (*doveadmtest.Server, *doveadmtest.Tracker, *atomic.Int64, []string) {
 	tr := doveadmtest.NewTracker(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
-	var delay atomic.Int64 // of each dsync
+	delay := new(atomic.Int64)
 	fake.Respond = func(doveadmtest.Call) doveadmtest.Reply {
 		return doveadmtest.Reply{Delay: time.Duration(delay.Load())}
 	}
@@ -259,11 +324,17 @@ func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
 		users[i] = "u" + strconv.Itoa(i)
 	}
 	fake.SetUsers(users...)
-	args := []string{"--redis-url", srv.URL(), "--workers", "1"}
-	base, stop, stderr := startLocalWith(t, fake, args...)
+	return fake, tr, delay, users
+}
 
+// fillTheLanes posts changes of users from 8 connections until every user
+// has been replicated twice, then makes each dsync take a second and posts
+// on for 200 ms, so that changes wait in the lanes. It returns the time of
+// each user's newest accepted change.
+func fillTheLanes(t *testing.T, base string, users []string, tr *doveadmtest.Tracker, delay *atomic.Int64) map[string]time.Time {
+	t.Helper()
 	var mu sync.Mutex
-	accepted := map[string]time.Time{} // the newest accepted change of each user
+	accepted := map[string]time.Time{}
 	var posters sync.WaitGroup
 	quit := make(chan struct{})
 	for w := range 8 {
@@ -303,15 +374,13 @@ func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	close(quit)
 	posters.Wait()
-	if err := stop(); err != nil {
-		t.Fatalf("local returned %v\n%s", err, stderr)
-	}
-	if !strings.Contains(stderr.String(), "marked pending") {
-		t.Fatalf("no change was queued at shutdown, so the test tested nothing:\n%s", stderr)
-	}
+	return accepted
+}
 
-	delay.Store(0)
-	_, stop2, stderr2 := startLocalWith(t, fake, args...)
+// awaitReplicatedAfter waits up to limit until each user of accepted has a
+// successful dsync that started after the time given, and returns the
+// users that still have none.
+func awaitReplicatedAfter(tr *doveadmtest.Tracker, accepted map[string]time.Time, limit time.Duration) []string {
 	replicated := func(user string, after time.Time) bool {
 		for _, c := range tr.CallsOf(user) {
 			if c.Start.After(after) && c.Reply.ExitCode == 0 && c.Reply.ErrorType == "" && !c.End.IsZero() {
@@ -320,26 +389,17 @@ func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
 		}
 		return false
 	}
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(limit)
 	for {
 		var missing []string
-		mu.Lock()
 		for user, at := range accepted {
 			if !replicated(user, at) {
 				missing = append(missing, user)
 			}
 		}
-		mu.Unlock()
-		if len(missing) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the restart, %d of %d users have an accepted change no dsync started after: %v\nfirst run:\n%s\nsecond run:\n%s",
-				len(missing), len(accepted), missing, stderr, stderr2)
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-	if err := stop2(); err != nil {
-		t.Fatalf("second run returned %v\n%s", err, stderr2)
 	}
 }

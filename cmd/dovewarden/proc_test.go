@@ -1,0 +1,106 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+)
+
+// runMainEnv, set in a child's environment, makes the test binary run the
+// program itself instead of the tests: tests that must kill dovewarden
+// the hard way (SIGKILL) run it as a child process so.
+const runMainEnv = "DOVEWARDEN_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		os.Args = append([]string{"dovewarden"}, os.Args[1:]...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// child is dovewarden running as a process of its own.
+type child struct {
+	cmd    *exec.Cmd
+	stderr *safebuf.Buffer
+	done   chan struct{}
+}
+
+// startChild runs dovewarden with args and the environment env added, and
+// waits until base/readyz answers 200. The child dies with the test.
+func startChild(t *testing.T, base string, env []string, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), runMainEnv+"=1"), env...)
+	c := &child{cmd: cmd, stderr: &safebuf.Buffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = c.stderr, c.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() { c.kill(t) })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return c
+			}
+		}
+		select {
+		case <-c.done:
+			t.Fatalf("%v exited before it was ready:\n%s", args, c.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v not ready after 15 s:\n%s", args, c.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill ends the child with SIGKILL: no shutdown code of it runs.
+func (c *child) kill(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("child %d still running 10 s after SIGKILL", c.cmd.Process.Pid)
+	}
+}
+
+// stop ends the child with SIGTERM, as systemd stops it, and waits.
+func (c *child) stop(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("child %d still running 30 s after SIGTERM:\n%s", c.cmd.Process.Pid, c.stderr)
+	}
+	if !c.cmd.ProcessState.Success() {
+		t.Fatalf("child exited with %v:\n%s", c.cmd.ProcessState, c.stderr)
+	}
+}
+
+// freePort returns a loopback address no one listens on now, for a
+// process that must come back on the same address.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
