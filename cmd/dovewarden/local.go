@@ -173,7 +173,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	// next start can tell whether it stopped cleanly.
 	var run *localRun
 	if !embedded {
-		run = beginRun(ctx, st, ln.Addr(), sc.Sweep.FullSyncInterval, log)
+		if run, err = beginRun(ctx, st, ln.Addr(), sc.Sweep.FullSyncInterval, log); err != nil {
+			_, _ = b.Shutdown(ctx) // nothing was published yet
+			return fmt.Errorf("redis-url %s: %w", config.RedactURL(sc.Redis.URL), err)
+		}
 		if run.unclean {
 			go recoverySweep(ctx, b, sc.LockTTL, log)
 		}

@@ -19,7 +19,6 @@ import (
 // the sweep replicate every user (state.RecoveryKey).
 type localRun struct {
 	instance, id string
-	recorded     bool
 	// unclean: the previous run of this instance did not stop cleanly.
 	unclean bool
 }
@@ -35,9 +34,10 @@ const (
 
 // beginRun records this run under the instance name (host name and listen
 // address, the same across restarts of one installation) and reports a
-// previous run that did not stop cleanly. If Redis does not answer, the
-// process still serves; only a crash of this run would then go unnoticed.
-func beginRun(ctx context.Context, st *state.Store, addr net.Addr, fullSyncInterval time.Duration, log *slog.Logger) *localRun {
+// previous run that did not stop cleanly. Without the record a crash of
+// this run would go unnoticed: local mode does not start without it, as it
+// does not start without its Redis scripts (a supervisor starts it again).
+func beginRun(ctx context.Context, st *state.Store, addr net.Addr, fullSyncInterval time.Duration, log *slog.Logger) (*localRun, error) {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "localhost"
@@ -52,24 +52,19 @@ func beginRun(ctx context.Context, st *state.Store, addr net.Addr, fullSyncInter
 	// for a full sync anyway.
 	unclean, err := st.RunBegin(ctx, r.instance, r.id, fullSyncInterval)
 	if err != nil {
-		log.Error("could not record this run in Redis: if it does not stop cleanly, the next start cannot tell, and changes it held wait for the users' next change or full sync", "err", err)
-		return r
+		return nil, err
 	}
-	r.recorded = true
 	if unclean != nil {
 		r.unclean = true
 		log.Warn("the previous run did not stop cleanly: changes it had accepted and not yet replicated may be lost; the sweep replicates every user whose last dsync started before now",
 			"previous", unclean.Run, "instance", r.instance, "recovery", unclean.Recovery)
 	}
-	return r
+	return r, nil
 }
 
 // end records a clean stop: every change this run accepted was replicated
 // or is marked pending.
 func (r *localRun) end(st *state.Store, log *slog.Logger) {
-	if !r.recorded {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), runEndBudget)
 	defer cancel()
 	if err := st.RunEnd(ctx, r.instance, r.id); err != nil {
