@@ -71,25 +71,27 @@ func startChild(t *testing.T, base string, env []string, args ...string) *child 
 // kill ends the child with SIGKILL: no shutdown code of it runs.
 func (c *child) kill(t *testing.T) {
 	t.Helper()
-	_ = c.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("child %d still running 10 s after SIGKILL", c.cmd.Process.Pid)
+	c.signal(t, syscall.SIGKILL, 10*time.Second)
+}
+
+// stop ends the child with SIGTERM, as systemd stops it (within the
+// unit's TimeoutStopSec), and expects a clean exit.
+func (c *child) stop(t *testing.T) {
+	t.Helper()
+	c.signal(t, syscall.SIGTERM, 30*time.Second)
+	if !c.cmd.ProcessState.Success() {
+		t.Fatalf("child exited with %v:\n%s", c.cmd.ProcessState, c.stderr)
 	}
 }
 
-// stop ends the child with SIGTERM, as systemd stops it, and waits.
-func (c *child) stop(t *testing.T) {
+// signal sends sig and waits up to limit for the child to exit.
+func (c *child) signal(t *testing.T, sig syscall.Signal, limit time.Duration) {
 	t.Helper()
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	_ = c.cmd.Process.Signal(sig)
 	select {
 	case <-c.done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("child %d still running 30 s after SIGTERM:\n%s", c.cmd.Process.Pid, c.stderr)
-	}
-	if !c.cmd.ProcessState.Success() {
-		t.Fatalf("child exited with %v:\n%s", c.cmd.ProcessState, c.stderr)
+	case <-time.After(limit):
+		t.Fatalf("child %d still running %s after %v:\n%s", c.cmd.Process.Pid, limit, sig, c.stderr)
 	}
 }
 
