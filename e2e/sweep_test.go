@@ -78,3 +78,38 @@ func (s *system) fullSyncsDone(users []string) error {
 	}
 	return nil
 }
+
+// TestLocalRestarted: `dovewarden local` with a Redis that outlives it is
+// stopped (SIGTERM) after both users were replicated, and changes are
+// made on A while it is down: Dovecot's exporter drops their events. No
+// sweep is asked for from outside and the full sync is a day away, so
+// only the restart's own sweep, which replicates every user whose last
+// dsync started before the start, can bring them to B.
+func TestLocalRestarted(t *testing.T) {
+	eachCase(t, []pairCase{{shapeLocal, v23, v24}}, func(t *testing.T, c pairCase) {
+		users := []string{"u1", "u2"}
+		cfg := c.config(users...)
+		cfg.realRedis = true
+		s := newSystem(t, cfg)
+		// The sweep at the first start gives both users their first,
+		// full sync.
+		if err := poll(s.ctx, convergeLimit, 100*time.Millisecond, func() error { return s.fullSyncsDone(users) }); err != nil {
+			t.Fatal(err)
+		}
+
+		s.local.stop()
+		for _, u := range users {
+			s.appendN(s.a, u, "while-down", 2)
+		}
+		for _, u := range users {
+			if a, b := s.snapshots(u); a.equal(b) {
+				t.Fatalf("%s equal on both servers while dovewarden was down: the scenario tests nothing", u)
+			}
+		}
+		s.local.start()
+		s.local.waitHTTP(s.ingestBase+"/readyz", 20*time.Second)
+		for _, snap := range s.awaitConverged(users...) {
+			wantMessages(t, snap, "while-down", 2)
+		}
+	})
+}

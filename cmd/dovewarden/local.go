@@ -133,6 +133,17 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer st.Close()
+	// With a Redis that outlives the process, the sweep at start must
+	// still replicate every user: see state.RecoveryKey.
+	if !embedded {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		at, err := st.SetRecovery(rctx, sc.Sweep.FullSyncInterval)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("redis-url %s: %w", config.RedactURL(sc.Redis.URL), err)
+		}
+		log.Info("changes made while dovewarden was not running left no event: the sweep replicates every user whose last dsync started before this start", "recovery", at)
+	}
 	// Excluded users before the first event and the sweep at start.
 	var excluded *excludedFile
 	if *excludedPath != "" {
@@ -169,21 +180,14 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	ho.Clock = clock
 	ih := ingest.NewHandler(ho, b, st, reg, log)
 	log.Info("local mode", "ingest", "POST /events", "broker", brokerPath, "status", "GET /status/{user}", "metrics", "GET /metrics")
-	// With a Redis that outlives the process, record this run, so that the
-	// next start can tell whether it stopped cleanly.
-	var run *localRun
-	if !embedded {
-		if run, err = beginRun(ctx, st, ln.Addr(), sc.Sweep.FullSyncInterval, log); err != nil {
-			_, _ = b.Shutdown(ctx) // nothing was published yet
-			return fmt.Errorf("redis-url %s: %w", config.RedactURL(sc.Redis.URL), err)
-		}
-		if run.unclean {
-			go recoverySweep(ctx, b, sc.LockTTL, log)
-		}
-	}
-	// A sweep at start: state kept in an embedded Redis is gone, and events
-	// Dovecot sent while this process was down were dropped.
+	// A sweep at start: Dovecot dropped the events of changes made while
+	// no run was listening, and with the embedded Redis every state is
+	// gone (every user gets a full sync); with --redis-url the recovery
+	// time makes it replicate every user.
 	go sweepTimer(ctx, b, *sweepEvery, log)
+	if !embedded {
+		go recoverySweep(ctx, b, sc.LockTTL, log)
+	}
 
 	// Stop taking events first, then let the lanes finish what they hold.
 	sc.Server.WriteTimeout = sc.WriteTimeout
@@ -195,32 +199,27 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()
 	undelivered, berr := b.Shutdown(sctx)
-	clean := true
 	if len(undelivered) > 0 {
 		if embedded {
 			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(undelivered))
 		} else {
-			clean = markUndelivered(st, undelivered, log)
+			markUndelivered(st, undelivered, log)
 		}
-	}
-	if run != nil && clean {
-		run.end(st, log)
 	}
 	return errors.Join(serr, berr)
 }
 
 // markUndeliveredBudget bounds the marks at shutdown (one Redis round trip
 // per user the lanes held), after the listener's and the broker's
-// --shutdown-timeout: with the clean stop's record (runEndBudget),
-// together within the systemd unit's TimeoutStopSec.
+// --shutdown-timeout: together within the systemd unit's TimeoutStopSec.
 const markUndeliveredBudget = 5 * time.Second
 
 // markUndelivered leaves a pending mark in Redis for the user of each
 // change or replication request the broker dropped at shutdown, as ingest
-// does for a change the broker refuses: the sweep at the next start (or
-// the next change) replicates them, instead of the daily full sync.
-// It reports whether every such user is marked.
-func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logger) bool {
+// does for a change the broker refuses: the sweep at the next start
+// replicates them first (pending users lead its candidates), before the
+// users it requests only for the recovery time.
+func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logger) {
 	// One mark per user: the oldest change, on the host it came from.
 	oldest := map[string]change.Request{}
 	for _, ev := range events {
@@ -237,21 +236,20 @@ func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logg
 	}
 	if len(oldest) == 0 {
 		log.Warn("queued events dropped at shutdown; none was a change or a replication request", "events", len(events))
-		return true
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), markUndeliveredBudget)
 	defer cancel()
 	marked := 0
 	for user, req := range oldest {
 		if err := st.MarkPending(ctx, user, req.Host, req.Time); err != nil {
-			log.Error("queued changes dropped at shutdown and not marked pending: the next start replicates every user",
+			log.Error("queued changes dropped at shutdown and not marked pending: the sweep at the next start replicates them with every other user",
 				"events", len(events), "users", len(oldest), "marked", marked, "err", err)
-			return false
+			return
 		}
 		marked++
 	}
 	log.Warn("queued events dropped at shutdown; their users are marked pending for the sweep", "events", len(events), "users", marked)
-	return true
 }
 
 // sweepTimer publishes a sweep.requested into the broker now and then
@@ -283,6 +281,17 @@ func requestSweep(ctx context.Context, b *broker.Broker, reason string, log *slo
 	}
 	if err != nil && ctx.Err() == nil {
 		log.Warn("could not ask for a sweep", "reason", reason, "err", err)
+	}
+}
+
+// recoverySweep asks for one more sweep once the locks of a run that died
+// mid-dsync have expired: the sweep at start skips users whose lock is
+// held, and the recovery time still names them.
+func recoverySweep(ctx context.Context, b *broker.Broker, lockTTL time.Duration, log *slog.Logger) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(lockTTL + time.Second):
+		requestSweep(ctx, b, "recovery", log)
 	}
 }
 

@@ -42,10 +42,10 @@ const (
 	// successful dsync (ingest could not hand it to the Broker, or it was
 	// left over).
 	ReasonPending Reason = "pending"
-	// ReasonRecovery: the user's last successful dsync started before a
-	// `dovewarden local` found that its previous run had not stopped
-	// cleanly (a crash, SIGKILL, power loss): a change that run had
-	// accepted may have been lost with its in-memory queues.
+	// ReasonRecovery: the user's last successful dsync started before the
+	// last start of `dovewarden local` with a lasting Redis
+	// (state.RecoveryKey): a change made while it was down left no event,
+	// and one a crashed run had accepted was lost with its lanes.
 	ReasonRecovery Reason = "recovery"
 	// ReasonNever: the user was never replicated successfully.
 	ReasonNever Reason = "never"

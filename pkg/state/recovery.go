@@ -1,0 +1,42 @@
+package state
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RecoveryKey holds the Unix milliseconds (Redis's clock) of the last
+// start of `dovewarden local` with a Redis that outlives it. Dovecot's
+// exporter dropped the events of every change made while no run was
+// listening, and a run that crashed lost the changes queued in its
+// in-memory broker, so any user whose last successful dsync started
+// before this time may have an unreplicated change: the sweep requests
+// each such user (reason "recovery"). The key expires after the full-sync
+// interval, when every one of those users is due for a full sync anyway.
+const RecoveryKey = Prefix + "recovery"
+
+// scriptSetRecovery: KEYS recovery. ARGV TTL in ms (0: none). Returns the
+// time set.
+var scriptSetRecovery = redis.NewScript(luaPrelude + `
+local now = now_ms()
+local ttl = num(ARGV[1])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], now, 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], now)
+end
+return tostring(now)
+`)
+
+// SetRecovery sets RecoveryKey to now, expiring after ttl (0: never),
+// and returns the time set.
+func (s *Store) SetRecovery(ctx context.Context, ttl time.Duration) (time.Time, error) {
+	v, err := scriptSetRecovery.Run(ctx, s.rdb, []string{RecoveryKey}, ttl.Milliseconds()).Text()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("set the recovery time in redis: %w", err)
+	}
+	return msField(v), nil
+}

@@ -1,0 +1,38 @@
+package state_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// TestRecovery_TimeReachesTheSweepFacts: SetRecovery stores Redis's now
+// with the TTL asked for (none for 0), and every user's sweep facts carry
+// it.
+func TestRecovery_TimeReachesTheSweepFacts(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		fs, err := b.st.SweepFacts(ctx, []string{"a"})
+		if err != nil || len(fs) != 1 || !fs[0].Recovery.IsZero() {
+			t.Fatalf("before any: %+v %v, want no recovery time", fs, err)
+		}
+		before := time.Now().Add(-time.Second)
+		at, err := b.st.SetRecovery(ctx, time.Hour)
+		if err != nil || at.Before(before) || at.After(time.Now().Add(time.Second)) {
+			t.Fatalf("recovery time %v %v, want now", at, err)
+		}
+		if ttl, _ := b.rdb.PTTL(ctx, state.RecoveryKey).Result(); ttl <= 59*time.Minute || ttl > time.Hour {
+			t.Errorf("recovery TTL %v, want the hour given", ttl)
+		}
+		fs, err = b.st.SweepFacts(ctx, []string{"a", "b"})
+		if err != nil || len(fs) != 2 || !fs[0].Recovery.Equal(at) || !fs[1].Recovery.Equal(at) {
+			t.Errorf("sweep facts %+v %v, want the recovery time %v", fs, err, at)
+		}
+		if _, err := b.st.SetRecovery(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		if ttl, _ := b.rdb.PTTL(ctx, state.RecoveryKey).Result(); ttl != -1 {
+			t.Errorf("recovery TTL %v with none asked for, want none (-1)", ttl)
+		}
+	})
+}
