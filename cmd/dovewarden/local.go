@@ -135,14 +135,21 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	defer st.Close()
 	// With a Redis that outlives the process, the sweep at start must
 	// still replicate every user: see state.RecoveryKey.
+	var deadLocks bool
 	if !embedded {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		at, err := st.SetRecovery(rctx, sc.Sweep.FullSyncInterval)
+		if err == nil {
+			deadLocks, err = st.LockHeld(rctx)
+		}
 		cancel()
 		if err != nil {
 			return fmt.Errorf("redis-url %s: %w", config.RedactURL(sc.Redis.URL), err)
 		}
 		log.Info("changes made while dovewarden was not running left no event: the sweep replicates every user whose last dsync started before this start", "recovery", at)
+		if deadLocks {
+			log.Info("users' locks are held, by a run that ended without releasing them or another process: one more sweep follows when they expire", "lock_ttl", sc.LockTTL)
+		}
 	}
 	// Excluded users before the first event and the sweep at start.
 	var excluded *excludedFile
@@ -185,7 +192,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	// gone (every user gets a full sync); with --redis-url the recovery
 	// time makes it replicate every user.
 	go sweepTimer(ctx, b, *sweepEvery, log)
-	if !embedded {
+	if deadLocks {
 		go recoverySweep(ctx, b, sc.LockTTL, log)
 	}
 
@@ -284,9 +291,11 @@ func requestSweep(ctx context.Context, b *broker.Broker, reason string, log *slo
 	}
 }
 
-// recoverySweep asks for one more sweep once the locks of a run that died
-// mid-dsync have expired: the sweep at start skips users whose lock is
-// held, and the recovery time still names them.
+// recoverySweep asks for one more sweep once the locks found at start have
+// expired (a run that died mid-dsync left them): the sweep at start skips
+// users whose lock is held, and the recovery time still names them. Only
+// then: a second sweep while the lanes still hold the first one's
+// requests would ask for those users again.
 func recoverySweep(ctx context.Context, b *broker.Broker, lockTTL time.Duration, log *slog.Logger) {
 	select {
 	case <-ctx.Done():

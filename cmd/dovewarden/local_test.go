@@ -269,6 +269,9 @@ func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
 			len(missing), len(accepted), missing, stderr, stderr2)
 	}
 	awaitEveryUserReplicatedAfter(t, tr, listed, restart, stderr2)
+	if strings.Contains(stderr2.String(), "locks are held") {
+		t.Errorf("the stop left users' locks in Redis:\n%s", stderr2)
+	}
 	if err := stop2(); err != nil {
 		t.Fatalf("second run returned %v\n%s", err, stderr2)
 	}

@@ -1,6 +1,7 @@
 package state_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -33,6 +34,24 @@ func TestRecovery_TimeReachesTheSweepFacts(t *testing.T) {
 		}
 		if ttl, _ := b.rdb.PTTL(ctx, state.RecoveryKey).Result(); ttl != -1 {
 			t.Errorf("recovery TTL %v with none asked for, want none (-1)", ttl)
+		}
+	})
+}
+
+// TestLockHeld finds a lock among many other keys, and none when there is
+// none (a user named like the lock prefix does not count).
+func TestLockHeld(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		for i := range 3000 {
+			b.rdb.HSet(ctx, state.UserKey(fmt.Sprintf("u%d", i)), state.FieldLastStart, "1")
+		}
+		b.rdb.HSet(ctx, state.UserKey("lock:{x}"), state.FieldLastStart, "1")
+		if held, err := b.st.LockHeld(ctx); err != nil || held {
+			t.Fatalf("no lock: %v %v", held, err)
+		}
+		b.rdb.Set(ctx, state.LockKey("u1234"), "owner", time.Minute)
+		if held, err := b.st.LockHeld(ctx); err != nil || !held {
+			t.Fatalf("a lock among 3000 users: %v %v", held, err)
 		}
 	})
 }
