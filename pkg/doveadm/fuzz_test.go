@@ -33,6 +33,11 @@ func FuzzHTTPSyncReply(f *testing.F) {
 	f.Add(404, "<html>", "</html>", "pässwörd")
 	f.Add(200, "", "", "s3cret-pw")
 	f.Add(200, `[["doveadmResponse",[],"TAG"],[]]`, "", "s3cret-pw")
+	// The password's last byte and the bytes after it decode as one
+	// character: shown decoded, the reply's strings would keep its start.
+	f.Add(200, `[["error",{"type":"`, "\xb2\xb2\"},\"TAG\"]]", "\xb00\xeb")
+	f.Add(200, `[["`, "\xb2\xb2\",{},\"TAG\"]]", "\xb00\xeb")
+	f.Add(200, `[["doveadmResponse",[],"`, "\xb2\xb2\"]]", "\xb00\xeb")
 
 	var (
 		mu     sync.Mutex

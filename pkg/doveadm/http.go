@@ -106,8 +106,11 @@ func parseReply(data []byte, tag, opn string, secrets []string, fail func(Kind, 
 	if len(reply[0]) > 2 {
 		_ = json.Unmarshal(reply[0][2], &gotTag)
 	}
+	// Strings the server sent are shown as a snippet of its raw reply,
+	// never as decoded: decoding can merge a byte of the password with the
+	// bytes after it into another character, which Redact then misses.
 	if gotTag != tag {
-		return fail(KindProtocol, nil, "reply tag %q does not match request tag %q", gotTag, tag)
+		return fail(KindProtocol, nil, "reply tag does not match request tag %q: %s", tag, snippet(data, secrets))
 	}
 	switch kind {
 	case "doveadmResponse":
@@ -138,9 +141,9 @@ func parseReply(data []byte, tag, opn string, secrets []string, fail func(Kind, 
 		case e.Type == "internalError":
 			return fail(KindInternal, nil, "doveadm error %q", e.Type)
 		}
-		return fail(KindProtocol, nil, "doveadm error %q", e.Type)
+		return fail(KindProtocol, nil, "unknown doveadm error: %s", snippet(data, secrets))
 	}
-	return fail(KindProtocol, nil, "unexpected reply %q", kind)
+	return fail(KindProtocol, nil, "unexpected reply: %s", snippet(data, secrets))
 }
 
 // snippet is the start of a reply for an error message, with secrets

@@ -197,7 +197,8 @@ func decodeUserList(r io.Reader, tag string, fn func(string) error) error {
 		return err
 	}
 	if got != tag {
-		return &listError{kind: KindProtocol, msg: fmt.Sprintf("reply tag %q does not match request tag %q", got, tag)}
+		// Not the tag itself: see the same check in http.go.
+		return &listError{kind: KindProtocol, msg: fmt.Sprintf("reply tag (%d bytes) does not match request tag %q", len(got), tag)}
 	}
 	if !seen {
 		return &listError{kind: KindProtocol, msg: "reply has no userList (does the userdb support iteration?)"}
