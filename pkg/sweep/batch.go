@@ -47,7 +47,7 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 	}
 	// Sending may use the budget up to the pause and a reserve.
 	sctx, cancel := context.WithDeadline(ctx, deadline.Add(-s.o.BatchInterval-reserve(s.o.Budget)))
-	sent := s.send(sctx, r.picks)
+	sent, refused := s.send(sctx, r.picks)
 	cancel()
 	next := r.next
 	counts := map[string]int64{}
@@ -68,10 +68,10 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 			full = append(full, p.req.User)
 		}
 	}
-	if failed := len(r.picks) - requested; failed > 0 {
-		counts["send_failures"] += int64(failed)
-		s.m.sendFailures.Add(float64(failed))
-		s.log.Warn("sweep: the Broker did not take every request; the rest waits for the next batch", "sweep", c.Sweep, "failed", failed)
+	if unsent := len(r.picks) - requested; unsent > 0 {
+		counts["send_failures"] += int64(refused)
+		s.m.sendFailures.Add(float64(refused))
+		s.log.Warn("sweep: the Broker did not take every request; the rest waits for the next batch", "sweep", c.Sweep, "refused", refused, "unsent", unsent)
 	}
 	// Candidates from next on are examined again by the next step: only
 	// the ones before count now.
@@ -181,10 +181,12 @@ func (s *Sweeper) scan(ctx context.Context, c Cursor, b state.SweepBatch, hosts 
 }
 
 // send hands the picks to the Broker, SendParallel at a time, and reports
-// which went out. Once one fails the rest are not tried: the batch ends at
+// which went out and how many the Broker refused. Once one fails the rest
+// are not tried (those count as unsent, not refused): the batch ends at
 // the first unsent pick anyway.
-func (s *Sweeper) send(ctx context.Context, picks []pick) []bool {
-	sent := make([]bool, len(picks))
+func (s *Sweeper) send(ctx context.Context, picks []pick) (sent []bool, refused int) {
+	sent = make([]bool, len(picks))
+	var mu sync.Mutex
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, s.o.SendParallel)
@@ -203,6 +205,9 @@ func (s *Sweeper) send(ctx context.Context, picks []pick) []bool {
 			if err := s.snd.Send(ctx, picks[i].req); err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("sweep: could not send a replication request", "user", picks[i].req.User, "err", err)
+					mu.Lock()
+					refused++
+					mu.Unlock()
 				}
 				cancel()
 				return
@@ -211,5 +216,5 @@ func (s *Sweeper) send(ctx context.Context, picks []pick) []bool {
 		}()
 	}
 	wg.Wait()
-	return sent
+	return sent, refused
 }
