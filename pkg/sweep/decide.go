@@ -44,12 +44,12 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 		reason = ReasonFailed
 	case f.Pending:
 		reason = ReasonPending
-	case f.LastStart.Before(f.Recovery):
-		reason = ReasonRecovery
 	case fullDue && f.LastStart.IsZero():
 		reason = ReasonNever
 	case fullDue:
 		reason = ReasonStale
+	case f.LastStart.Before(f.Recovery):
+		reason = ReasonRecovery
 	default:
 		return nil, ""
 	}

@@ -42,16 +42,17 @@ const (
 	// successful dsync (ingest could not hand it to the Broker, or it was
 	// left over).
 	ReasonPending Reason = "pending"
-	// ReasonRecovery: the user's last successful dsync started before the
-	// last start of `dovewarden local` with a lasting Redis
-	// (state.RecoveryKey): a change made while it was down left no event,
-	// and one a crashed run had accepted was lost with its lanes.
-	ReasonRecovery Reason = "recovery"
 	// ReasonNever: the user was never replicated successfully.
 	ReasonNever Reason = "never"
 	// ReasonStale: the user's last full sync is older than the full-sync
 	// interval.
 	ReasonStale Reason = "stale"
+	// ReasonRecovery: nothing else applies, and the user's last
+	// successful dsync started before the last start of `dovewarden
+	// local` with a lasting Redis (state.RecoveryKey): a change made while
+	// it was down left no event, and one a crashed run had accepted was
+	// lost with its lanes.
+	ReasonRecovery Reason = "recovery"
 )
 
 // Reasons a candidate is skipped (metric label values).
