@@ -245,8 +245,10 @@ func postDovecotEvent(t *testing.T, base, body string) {
 // process, every change ingest accepted (202) is replicated by a dsync
 // that started after it, even when the process stops with changes still
 // queued and starts again. The users were replicated before those
-// changes, so the sweep at the next start finds them only by the marks
-// the stop left.
+// changes; the sweep at the next start takes the ones the stop marked
+// pending first, then every other user whose last dsync started before
+// the start, the quiet ones too: Dovecot dropped the events of changes
+// made while no process listened. A clean stop leaves no lock behind.
 func TestLocal_RestartLosesNoAcceptedChange(t *testing.T) {
 	srv := redistest.Start(t)
 	fake, tr, delay, users, listed := slowableFake(t)
