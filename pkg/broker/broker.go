@@ -120,6 +120,10 @@ type LaneInfo struct {
 	// for a Handler, else a URL); empty when not resolved.
 	Subscriber, DeadLetterSink string
 	Workers, QueueSize         int
+	// Queued and InFlight are what an enabled lane holds when Lanes is
+	// called: events waiting for a worker or a retry, and deliveries
+	// running.
+	Queued, InFlight int64
 }
 
 // Broker is the embedded broker. Make one with New and stop it with
@@ -292,9 +296,17 @@ func (b *Broker) resolve(d Destination, used map[string]bool) endpoint {
 // Name is the Broker's name from the manifests.
 func (b *Broker) Name() string { return b.name }
 
-// Lanes describes every Trigger's lane, enabled or not, by Trigger name.
+// Lanes describes every Trigger's lane, enabled or not, by Trigger name,
+// with what each holds now.
 func (b *Broker) Lanes() []LaneInfo {
 	out := append([]LaneInfo(nil), b.info...)
+	for i := range out {
+		for _, l := range b.lanes {
+			if l.tr.Name == out[i].Trigger {
+				out[i].Queued, out[i].InFlight = l.load()
+			}
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Trigger < out[j].Trigger })
 	return out
 }

@@ -63,6 +63,17 @@ type lane struct {
 	stopping bool
 }
 
+// load is what the lane holds now: events waiting for a worker or a
+// retry, and deliveries running.
+func (l *lane) load() (queued, inFlight int64) {
+	inFlight = l.inFlight.Load()
+	queued = l.held.Load() - inFlight
+	if queued < 0 {
+		queued = 0 // the two counters are read at slightly different times
+	}
+	return queued, inFlight
+}
+
 func (l *lane) reserve() bool {
 	for {
 		n := l.held.Load()

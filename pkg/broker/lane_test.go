@@ -141,8 +141,22 @@ func TestLanes_Backpressure(t *testing.T) {
 	if h := tight.held.Load(); h != 4 {
 		t.Errorf("tight holds %d", h)
 	}
+	eventually(t, "tight's worker busy", func() bool { return slow.started.Load() == 1 })
+	load := func() (queued, inFlight int64) {
+		for _, l := range b.Lanes() {
+			if l.Trigger == "tight" {
+				return l.Queued, l.InFlight
+			}
+		}
+		t.Fatalf("no lane tight in %+v", b.Lanes())
+		return 0, 0
+	}
+	if q, f := load(); q != 3 || f != 1 {
+		t.Errorf("Lanes reports tight with %d queued and %d in flight, want 3 and 1", q, f)
+	}
 	close(slow.release)
 	eventually(t, "tight drained", func() bool { return tight.held.Load() == 0 })
+	eventually(t, "Lanes to report tight empty", func() bool { q, f := load(); return q == 0 && f == 0 })
 	if err := b.Publish(ctx, event("again", "x", "")); err != nil {
 		t.Errorf("after draining: %v", err)
 	}

@@ -88,11 +88,7 @@ func (c *laneCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *laneCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, l := range c.lanes {
-		inFlight := l.inFlight.Load()
-		depth := l.held.Load() - inFlight
-		if depth < 0 {
-			depth = 0 // the two counters are read at slightly different times
-		}
+		depth, inFlight := l.load()
 		ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(depth), l.tr.Name)
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(inFlight), l.tr.Name)
 	}
