@@ -182,3 +182,41 @@ func msField(s string) time.Time {
 	}
 	return time.UnixMilli(n).UTC()
 }
+
+// Overview is the whole installation's replication status, as `doveadm
+// replicator status` without a user showed it: how many users wait for a
+// replication, how many failed, how many are excluded.
+type Overview struct {
+	// Pending users have a change no successful dsync covers yet;
+	// OldestPending is the oldest such change (zero: none).
+	Pending       int64     `json:"pending"`
+	OldestPending time.Time `json:"oldest_pending,omitzero"`
+	// Failed users' last replication failed after its last attempt.
+	Failed   int64 `json:"failed"`
+	Excluded int64 `json:"excluded"`
+	// Recovery is RecoveryKey's time (zero: none).
+	Recovery time.Time `json:"recovery,omitzero"`
+}
+
+// Overview reads the counts in one round trip.
+func (s *Store) Overview(ctx context.Context) (Overview, error) {
+	var (
+		pending, failed, excluded *redis.IntCmd
+		oldest                    *redis.ZSliceCmd
+		recovery                  *redis.StringCmd
+	)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		pending, failed, excluded = p.ZCard(ctx, PendingKey), p.ZCard(ctx, FailedKey), p.SCard(ctx, ExcludedKey)
+		oldest = p.ZRangeWithScores(ctx, PendingKey, 0, 0)
+		recovery = p.Get(ctx, RecoveryKey)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return Overview{}, fmt.Errorf("read the overview from redis: %w", err)
+	}
+	o := Overview{Pending: pending.Val(), Failed: failed.Val(), Excluded: excluded.Val(), Recovery: msField(recovery.Val())}
+	if z := oldest.Val(); len(z) == 1 {
+		o.OldestPending = time.UnixMilli(int64(z[0].Score)).UTC()
+	}
+	return o, nil
+}
