@@ -28,6 +28,8 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Defaults for Options left zero.
@@ -243,14 +245,15 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 		b.info = append(b.info, info)
 		return
 	}
-	info.Enabled, info.Subscriber = true, target.dest()
+	// Shown in logs and status: a URL's password stays out.
+	info.Enabled, info.Subscriber = true, config.RedactURL(target.dest())
 	var dls endpoint
 	if d := tr.Delivery.DeadLetterSink; d != nil {
 		if dls = b.resolve(*d, used); dls == nil {
 			b.log.Warn("dead-letter sink not resolved: events that fail for good are dropped (and counted)",
 				"trigger", tr.Name, "deadLetterSink", d.String())
 		} else {
-			info.DeadLetterSink = dls.dest()
+			info.DeadLetterSink = config.RedactURL(dls.dest())
 		}
 	}
 	timeout := tr.Delivery.Timeout

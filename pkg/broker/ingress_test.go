@@ -305,6 +305,18 @@ func TestHTTPSubscriber_StructuredFormatAndMappingWins(t *testing.T) {
 	}
 }
 
+// TestLanes_HideURLPasswords: a subscriber or dead-letter URL's password
+// is shown by Lanes (and so in the log and local mode's status) as xxxxx.
+func TestLanes_HideURLPasswords(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	b, _ := start(t, cfg, Options{Subscribers: map[string]string{
+		"svc": "http://hook:s3cret@127.0.0.1:1/hook", "dls": "http://dead:0ther@127.0.0.1:1/dead"}})
+	l := b.Lanes()
+	if len(l) != 1 || l[0].Subscriber != "http://hook:xxxxx@127.0.0.1:1/hook" || l[0].DeadLetterSink != "http://dead:xxxxx@127.0.0.1:1/dead" {
+		t.Errorf("lanes %+v", l)
+	}
+}
+
 func TestNew_DisablesUnresolvedTriggers(t *testing.T) {
 	cfg := mustLoad(t, typeTrigger("enabled", "x", "sub", ""), typeTrigger("disabled", "x", "nobody", "  delivery:\n    deadLetterSink:\n      ref:\n        name: nobody-either\n"))
 	rec := newRecorder()
