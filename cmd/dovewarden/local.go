@@ -186,7 +186,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 	ho.Clock = clock
 	ih := ingest.NewHandler(ho, b, st, reg, log)
-	log.Info("local mode", "ingest", "POST /events", "broker", brokerPath, "status", "GET /status/{user}", "metrics", "GET /metrics")
+	log.Info("local mode", "ingest", "POST /events", "broker", brokerPath, "status", "GET /status, GET /status/{user}", "metrics", "GET /metrics")
 	// A sweep at start: Dovecot dropped the events of changes made while
 	// no run was listening, and with the embedded Redis every state is
 	// gone (every user gets a full sync); with --redis-url the recovery
@@ -200,6 +200,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	sc.Server.WriteTimeout = sc.WriteTimeout
 	serr := serveRole(ctx, env, log, sc.Server, ln, reg, func(mux *http.ServeMux) {
 		mux.Handle(brokerPath, ih.Protect(b.Ingress()))
+		mux.Handle("GET /status", ih.Protect(overviewHandler(st, b)))
 		mux.Handle("GET /status/{user}", ih.Protect(statusHandler(st)))
 		ih.Mount(mux)
 	})
@@ -321,6 +322,53 @@ func syncHandler(h *syncer.Handler) broker.Handler {
 	}
 }
 
+// overview is local mode's whole status (GET /status), as `doveadm
+// replicator status` showed it: users waiting or failed, the sweep, and
+// what each lane holds.
+type overview struct {
+	Users state.Overview    `json:"users"`
+	Sweep state.SweepStatus `json:"sweep"`
+	Lanes []laneStatus      `json:"lanes"`
+}
+
+type laneStatus struct {
+	Trigger    string `json:"trigger"`
+	Enabled    bool   `json:"enabled"`
+	Subscriber string `json:"subscriber,omitempty"`
+	Workers    int    `json:"workers"`
+	QueueSize  int    `json:"queue_size"`
+	Queued     int64  `json:"queued"`
+	InFlight   int64  `json:"in_flight"`
+}
+
+// overviewHandler serves the overview as JSON.
+func overviewHandler(st *state.Store, b *broker.Broker) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var o overview
+		var err error
+		if o.Users, err = st.Overview(r.Context()); err == nil {
+			o.Sweep, err = st.SweepStatus(r.Context())
+		}
+		if err != nil {
+			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		for _, l := range b.Lanes() {
+			o.Lanes = append(o.Lanes, laneStatus{Trigger: l.Trigger, Enabled: l.Enabled, Subscriber: config.RedactURL(l.Subscriber),
+				Workers: l.Workers, QueueSize: l.QueueSize, Queued: l.Queued, InFlight: l.InFlight})
+		}
+		writeJSON(w, o)
+	})
+}
+
+// writeJSON answers v as indented JSON, for people and jq alike.
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
 // statusHandler serves one user's replication status as JSON.
 func statusHandler(st *state.Store) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -334,10 +382,7 @@ func statusHandler(st *state.Store) http.Handler {
 			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(s)
+		writeJSON(w, s)
 	})
 }
 

@@ -100,6 +100,7 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 				{"POST", "/events", "application/json", deliveryEvent},
 				{"POST", "/local/dovewarden", cloudevents.ApplicationCloudEventsJSON, string(ceBody)},
 				{"GET", "/status/u1", "", ""},
+				{"GET", "/status", "", ""},
 			} {
 				if got := call(c.method, c.path, c.contentType, c.body, false); got != http.StatusUnauthorized {
 					t.Errorf("%s %s without credentials: HTTP %d, want 401", c.method, c.path, got)
@@ -139,8 +140,10 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 			if !strings.Contains(got, contract.TypeReplicationFailed+" u1") {
 				t.Errorf("the alert webhook got %q, want the retried attempt's %s of u1\n%s", got, contract.TypeReplicationFailed, stderr)
 			}
-			if got := call("GET", "/status/u1", "", "", true); got != http.StatusOK {
-				t.Errorf("GET /status/u1 with credentials: HTTP %d", got)
+			for _, path := range []string{"/status/u1", "/status"} {
+				if got := call("GET", path, "", "", true); got != http.StatusOK {
+					t.Errorf("GET %s with credentials: HTTP %d", path, got)
+				}
 			}
 
 			plain := base + "/local/dovewarden"

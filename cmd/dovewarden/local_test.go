@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
@@ -420,5 +422,92 @@ func awaitReplicatedAfter(tr *doveadmtest.Tracker, accepted map[string]time.Time
 			return missing
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLocal_Overview: GET /status sums up the installation as `doveadm
+// replicator status` did: users pending, failed and excluded, the sweep,
+// and what each lane holds, here while a dsync of the new-mail lane hangs
+// and another user waits behind it.
+func TestLocal_Overview(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	started, release := make(chan string, 10), make(chan struct{})
+	fake.OnStart = func(c doveadmtest.Call) {
+		if c.User == "u1" {
+			started <- c.User
+			<-release
+		}
+	}
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	// A user that failed just now (the sweep at start leaves it for the
+	// retry interval) and two excluded ones; the fake lists no user, so
+	// that the sweep at start runs no dsync.
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: float64(time.Now().UnixMilli()), Member: "gone"})
+	rdb.SAdd(ctx, state.ExcludedKey, "x1", "x2")
+	base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--workers", "1")
+
+	for _, user := range []string{"u1", "u2"} {
+		postDovecotEvent(t, base, strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"`+user+`"`, 1))
+		if user == "u1" {
+			select {
+			case <-started:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no dsync of u1\n%s", stderr)
+			}
+		}
+	}
+	var o struct {
+		Users struct {
+			Pending, Failed, Excluded int
+			Recovery                  time.Time
+		}
+		Sweep struct {
+			ID string
+		}
+		Lanes []struct {
+			Trigger    string
+			Enabled    bool
+			Subscriber string
+			Workers    int
+			QueueSize  int   `json:"queue_size"`
+			Queued     int64 `json:"queued"`
+			InFlight   int64 `json:"in_flight"`
+		}
+	}
+	resp, err := http.Get(base + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /status: %d %v", resp.StatusCode, err)
+	}
+	// u1's change is pending in Redis while its dsync runs; u2's waits
+	// in the lane (below).
+	if o.Users.Pending != 1 || o.Users.Failed != 1 || o.Users.Excluded != 2 || o.Users.Recovery.IsZero() {
+		t.Errorf("users %+v, want 1 pending, 1 failed, 2 excluded and the start's recovery time", o.Users)
+	}
+	if o.Sweep.ID == "" {
+		t.Errorf("no sweep in the status, though one ran at start")
+	}
+	lanes := map[string]int{}
+	for i, l := range o.Lanes {
+		lanes[l.Trigger] = i
+	}
+	high, ok := lanes["sync-high"]
+	if !ok || len(o.Lanes) < 3 {
+		t.Fatalf("lanes %+v, want the shipped Triggers'", o.Lanes)
+	}
+	if l := o.Lanes[high]; !l.Enabled || l.Workers != 1 || l.QueueSize == 0 || l.InFlight != 1 || l.Queued != 1 || l.Subscriber == "" {
+		t.Errorf("the new-mail lane %+v, want one delivery running and one queued", l)
+	}
+	free()
+	if err := stop(); err != nil {
+		t.Fatalf("local returned %v\n%s", err, stderr)
 	}
 }

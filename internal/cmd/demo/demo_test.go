@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +38,23 @@ func TestDemo(t *testing.T) {
 	imap := regexp.MustCompile(`IMAP on the primary: (\S+), on the replica: (\S+) `).FindStringSubmatch(out)
 	if m == nil || imap == nil {
 		t.Fatalf("demo output names no dovewarden or IMAP address:\n%s", out)
+	}
+	// The status URLs it prints answer with JSON.
+	for _, u := range regexp.MustCompile(`http://127\.0\.0\.1:\d+/status\S*`).FindAllString(out, -1) {
+		u = strings.TrimSuffix(u, ",")
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
+		}
+		var v map[string]any
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || err != nil || len(v) == 0 {
+			t.Errorf("GET %s printed by the demo: HTTP %d, %v", u, resp.StatusCode, err)
+		}
+	}
+	if !strings.Contains(out, m[1]+"/status (all)") {
+		t.Errorf("demo output names no overall status URL:\n%s", out)
 	}
 	addrs := []string{m[1], imap[1], imap[2]}
 	for _, a := range addrs {

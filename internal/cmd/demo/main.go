@@ -89,8 +89,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s\n\n%s's log:\n%s\n\n%s's log:\n%s", err,
 			d.localLog, tail(d.localLog, 30), d.a.Name, lastLines(d.a.Log(), 20), d.b.Name, lastLines(d.b.Log(), 20))
 	}
-	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status/alice   %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
-		d.base, d.base, d.base, d.base, d.localLog)
+	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status (all), %s/status/alice, %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
+		d.base, d.base, d.base, d.base, d.base, d.localLog)
 	d.say("IMAP on the primary: %s, on the replica: %s (users alice and bob, password \"secret\")\n", d.a.IMAPAddr, d.b.IMAPAddr)
 	d.say("\nRunning until Ctrl-C. Try it: deliver or change mail on either side and watch the other.\n")
 	<-ctx.Done()
