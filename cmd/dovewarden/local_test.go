@@ -178,27 +178,11 @@ func TestLocal_RefusesARedisClusterNode(t *testing.T) {
 func TestLocal_QueuedChangesMarkedPendingAtShutdown(t *testing.T) {
 	srv := redistest.Start(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
-	started, release := make(chan string, 10), make(chan struct{})
-	fake.OnStart = func(c doveadmtest.Call) {
-		started <- c.User
-		<-release
-	}
-	var once sync.Once
-	free := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(free)
+	started, free := holdU1(t, fake)
 	// One worker a lane: u1's dsync holds the new-mail lane, u2 and u3
 	// wait in its queue.
 	base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--workers", "1")
-	for _, user := range []string{"u1", "u2", "u3"} {
-		postDovecotEvent(t, base, strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"`+user+`"`, 1))
-		if user == "u1" {
-			select {
-			case <-started:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("no dsync of u1\n%s", stderr)
-			}
-		}
-	}
+	postBehindU1(t, base, started, stderr, "u2", "u3")
 	go func() {
 		// u1's dsync ends during the shutdown, within its timeout.
 		time.Sleep(200 * time.Millisecond)
@@ -227,6 +211,37 @@ func TestLocal_QueuedChangesMarkedPendingAtShutdown(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "marked pending") {
 		t.Errorf("no log of the marks:\n%s", stderr)
+	}
+}
+
+// holdU1 makes fake hold each dsync of u1 until free is called (the
+// test's cleanup calls it too); started gets u1 when one begins.
+func holdU1(t *testing.T, fake *doveadmtest.Server) (started <-chan string, free func()) {
+	ch, release := make(chan string, 10), make(chan struct{})
+	fake.OnStart = func(c doveadmtest.Call) {
+		if c.User == "u1" {
+			ch <- c.User
+			<-release
+		}
+	}
+	var once sync.Once
+	free = func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	return ch, free
+}
+
+// postBehindU1 posts a delivery of u1, waits until its dsync holds the
+// new-mail lane (holdU1), and posts one of each other user behind it.
+func postBehindU1(t *testing.T, base string, started <-chan string, stderr fmt.Stringer, others ...string) {
+	t.Helper()
+	postDovecotEvent(t, base, deliveryEvent)
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no dsync of u1\n%s", stderr)
+	}
+	for _, user := range others {
+		postDovecotEvent(t, base, strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"`+user+`"`, 1))
 	}
 }
 
@@ -432,16 +447,7 @@ func awaitReplicatedAfter(tr *doveadmtest.Tracker, accepted map[string]time.Time
 func TestLocal_Overview(t *testing.T) {
 	srv := redistest.Start(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
-	started, release := make(chan string, 10), make(chan struct{})
-	fake.OnStart = func(c doveadmtest.Call) {
-		if c.User == "u1" {
-			started <- c.User
-			<-release
-		}
-	}
-	var once sync.Once
-	free := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(free)
+	started, free := holdU1(t, fake)
 	// A user that failed just now (the sweep at start leaves it for the
 	// retry interval) and two excluded ones; the fake lists no user, so
 	// that the sweep at start runs no dsync.
@@ -450,17 +456,7 @@ func TestLocal_Overview(t *testing.T) {
 	rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: float64(time.Now().UnixMilli()), Member: "gone"})
 	rdb.SAdd(ctx, state.ExcludedKey, "x1", "x2")
 	base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--workers", "1")
-
-	for _, user := range []string{"u1", "u2"} {
-		postDovecotEvent(t, base, strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"`+user+`"`, 1))
-		if user == "u1" {
-			select {
-			case <-started:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("no dsync of u1\n%s", stderr)
-			}
-		}
-	}
+	postBehindU1(t, base, started, stderr, "u2")
 	var o struct {
 		Users struct {
 			Pending, Failed, Excluded int
