@@ -50,5 +50,7 @@ fuzz FuzzParse ./pkg/userlist 20000x
 # their instrumented build takes minutes, so longer runs are by hand.)
 fuzz FuzzIngress ./pkg/broker 10000x
 fuzz FuzzLoad ./pkg/broker 10000x
+# What a stopped broker saved for the next start (--spool-file).
+fuzz FuzzDecodeSpool ./pkg/broker 20000x
 # What a doveadm server answers, and that no error shows its password.
 fuzz FuzzHTTPSyncReply ./pkg/doveadm 5000x

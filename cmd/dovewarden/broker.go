@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
@@ -47,11 +48,44 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := restoreHeld(b, set.SpoolFile); err != nil {
+		b.Shutdown(context.Background())
+		return err
+	}
 	log.Info("broker ingress", "path", "/", "broker", b.Name())
 	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) })
 	sctx, cancel := context.WithTimeout(context.Background(), srv.ShutdownTimeout)
 	defer cancel()
-	undelivered, err := b.Shutdown(sctx)
-	log.Info("broker stopped", "undelivered", len(undelivered))
-	return errors.Join(serveErr, err)
+	held, err := b.Shutdown(sctx)
+	if set.SpoolFile == "" && len(held) > 0 {
+		log.Warn("the events the lanes held are lost: --spool-file would deliver them after the next start", "events", len(held))
+	}
+	log.Info("broker stopped", "undelivered", len(held))
+	return errors.Join(serveErr, err, saveHeld(b, set.SpoolFile, held, log))
+}
+
+// restoreHeld gives the events a stopped broker saved in the spool file
+// back to their lanes, before the broker takes any event; an error names
+// the setting.
+func restoreHeld(b *broker.Broker, path string) error {
+	if path == "" {
+		return nil
+	}
+	if _, err := b.RestoreSpool(path); err != nil {
+		return fmt.Errorf("spool-file %s: %w", path, err)
+	}
+	return nil
+}
+
+// saveHeld saves what the lanes held at the stop in the spool file, if
+// one is set (replacing it; nothing held removes it).
+func saveHeld(b *broker.Broker, path string, held []broker.Held, log *slog.Logger) error {
+	if path == "" {
+		return nil
+	}
+	if err := b.SaveSpool(path, held); err != nil {
+		log.Error("the events the lanes held are lost: the spool file was not written", "file", path, "events", len(held), "err", err)
+		return fmt.Errorf("spool-file %s: %w", path, err)
+	}
+	return nil
 }

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,6 +139,7 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 		"bad queue size": {nil, []string{"--queue-size", "0"}, "queue-size"},
 		"bad workers":    {map[string]string{"DOVEWARDEN_WORKERS": "-1"}, nil, "workers"},
 		"bad timeout":    {nil, []string{"--delivery-timeout", "0s"}, "delivery-timeout"},
+		"bad spool file": {nil, []string{"--spool-file", filepath.Join(bad, "missing", "spool")}, "spool-file"},
 		"bad listen":     {nil, []string{"--listen", "8081"}, "listen"},
 		"stray argument": {nil, []string{"extra"}, "unexpected argument"},
 	} {
@@ -146,5 +150,91 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 				t.Fatalf("error %v, want it to name %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestBroker_SpoolFileCarriesHeldEventsOverARestart: the broker process is
+// stopped with events queued in both sync lanes and one delivery of each
+// in flight; with --spool-file, the next start delivers each of them once,
+// and a stop that holds nothing leaves no file behind.
+func TestBroker_SpoolFileCarriesHeldEventsOverARestart(t *testing.T) {
+	var stuck atomic.Bool
+	stuck.Store(true)
+	inFlight := make(chan string, 10)
+	got := make(chan string, 100)
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // so that the server sees the client go
+		if stuck.Load() {
+			inFlight <- r.Header.Get("Ce-Id")
+			<-r.Context().Done() // until the broker gives up on it
+			return
+		}
+		got <- r.Header.Get("Ce-Id")
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sub.Close()
+	spool := filepath.Join(t.TempDir(), "broker.spool")
+	vars := map[string]string{
+		"DOVEWARDEN_SUBSCRIBER":       "dovewarden-sync-low=" + sub.URL + ",dovewarden-sync-high=" + sub.URL,
+		"DOVEWARDEN_SPOOL_FILE":       spool,
+		"DOVEWARDEN_WORKERS":          "1",
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "300ms",
+	}
+	env, _, stderr := testEnv(vars, "")
+	base, stop := serve(t, env, stderr, "broker", "--listen", "127.0.0.1:0")
+	want := map[string]bool{}
+	for i := range 10 {
+		id, priority := "e"+strconv.Itoa(i), []string{"high", "low"}[i%2]
+		if code := postEvent(t, base+"/", id, "org.dovewarden.mailbox.changed", priority); code != http.StatusAccepted {
+			t.Fatalf("POST %s: %d", id, code)
+		}
+		want[id] = true
+	}
+	for range 2 {
+		select {
+		case <-inFlight:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no delivery in flight")
+		}
+	}
+	// The deliveries in flight are cancelled at the shutdown timeout, and
+	// the broker says so.
+	if err := stop(); err == nil || !strings.Contains(err.Error(), "cancelled") {
+		t.Errorf("stop: %v", err)
+	}
+	if _, err := os.Stat(spool); err != nil {
+		t.Fatalf("no spool file after the stop: %v\n%s", err, stderr)
+	}
+
+	stuck.Store(false)
+	env2, _, stderr2 := testEnv(vars, "")
+	base2, stop2 := serve(t, env2, stderr2, "broker", "--listen", "127.0.0.1:0")
+	for n := len(want); n > 0; n-- {
+		select {
+		case id := <-got:
+			if !want[id] {
+				t.Errorf("delivered %s twice, or one never published", id)
+			}
+			delete(want, id)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("not delivered after the restart: %v\n%s", want, stderr2)
+		}
+	}
+	if _, err := os.Stat(spool); !os.IsNotExist(err) {
+		t.Errorf("spool file left: %v", err)
+	}
+	if m, ok := awaitMetric(t, base2, `dovewarden_broker_spool_events_total{outcome="restored"} 10`); !ok {
+		t.Errorf("metrics lack the restored events:\n%s", m)
+	}
+	if err := stop2(); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+	if _, err := os.Stat(spool); !os.IsNotExist(err) {
+		t.Errorf("a stop that held nothing left a spool file: %v", err)
+	}
+	select {
+	case id := <-got:
+		t.Errorf("%s delivered again", id)
+	default:
 	}
 }

@@ -170,6 +170,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := restoreHeld(b, bs.SpoolFile); err != nil {
+		b.Shutdown(context.Background())
+		return err
+	}
 	for _, w := range bcfg.Warnings {
 		log.Warn("broker: " + w)
 	}
@@ -206,15 +210,18 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()
-	undelivered, berr := b.Shutdown(sctx)
-	if len(undelivered) > 0 {
-		if embedded {
-			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(undelivered))
-		} else {
-			markUndelivered(st, undelivered, log)
+	held, berr := b.Shutdown(sctx)
+	if len(held) > 0 {
+		// The marks too when the spool file is set: they do not depend
+		// on the file being written and read again.
+		switch {
+		case embedded && bs.SpoolFile == "":
+			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(held))
+		case !embedded:
+			markUndelivered(st, held, log)
 		}
 	}
-	return errors.Join(serr, berr)
+	return errors.Join(serr, berr, saveHeld(b, bs.SpoolFile, held, log))
 }
 
 // markUndeliveredBudget bounds the marks at shutdown (one Redis round trip
@@ -227,11 +234,14 @@ const markUndeliveredBudget = 5 * time.Second
 // does for a change the broker refuses: the sweep at the next start
 // replicates them first (pending users lead its candidates), before the
 // users it requests only for the recovery time.
-func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logger) {
+func markUndelivered(st *state.Store, held []broker.Held, log *slog.Logger) {
 	// One mark per user: the oldest change, on the host it came from.
 	oldest := map[string]change.Request{}
-	for _, ev := range events {
-		req, err := contract.ToRequest(ev)
+	for _, h := range held {
+		if h.Phase == broker.PhaseReply {
+			continue // delivered: its dsync ran
+		}
+		req, err := contract.ToRequest(h.Event)
 		if err != nil || req.User == "" {
 			continue // a reply, a sweep request, or no user to mark
 		}
@@ -243,7 +253,7 @@ func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logg
 		}
 	}
 	if len(oldest) == 0 {
-		log.Warn("queued events dropped at shutdown; none was a change or a replication request", "events", len(events))
+		log.Warn("queued events dropped at shutdown; none was a change or a replication request", "events", len(held))
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), markUndeliveredBudget)
@@ -252,12 +262,12 @@ func markUndelivered(st *state.Store, events []cloudevents.Event, log *slog.Logg
 	for user, req := range oldest {
 		if err := st.MarkPending(ctx, user, req.Host, req.Time); err != nil {
 			log.Error("queued changes dropped at shutdown and not marked pending: the sweep at the next start replicates them with every other user",
-				"events", len(events), "users", len(oldest), "marked", marked, "err", err)
+				"events", len(held), "users", len(oldest), "marked", marked, "err", err)
 			return
 		}
 		marked++
 	}
-	log.Warn("queued events dropped at shutdown; their users are marked pending for the sweep", "events", len(events), "users", marked)
+	log.Warn("queued events dropped at shutdown; their users are marked pending for the sweep", "events", len(held), "users", marked)
 }
 
 // sweepTimer publishes a sweep.requested into the broker now and then

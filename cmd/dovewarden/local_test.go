@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -505,5 +508,62 @@ func TestLocal_Overview(t *testing.T) {
 	free()
 	if err := stop(); err != nil {
 		t.Fatalf("local returned %v\n%s", err, stderr)
+	}
+}
+
+// TestLocal_SpoolFileCarriesAnAlertOverARestart: an alert webhook is down
+// when a dsync fails, and dovewarden local is restarted while the
+// replication.failed event waits for its retry. With --spool-file, the
+// next start delivers that very event to the webhook once it is back.
+func TestLocal_SpoolFileCarriesAnAlertOverARestart(t *testing.T) {
+	var up atomic.Bool
+	alerts := make(chan string, 100)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.Header.Get("Ce-Type") != "org.dovewarden.replication.failed" {
+			t.Errorf("webhook got %s", r.Header.Get("Ce-Type"))
+		}
+		if !up.Load() {
+			alerts <- "down " + r.Header.Get("Ce-Id")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		alerts <- r.Header.Get("Ce-Id")
+	}))
+	defer hook.Close()
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	fake.SetUsers("broken")
+	fake.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{ExitCode: 2} }
+	spool := filepath.Join(t.TempDir(), "local.spool")
+	args := []string{"--spool-file", spool, "--subscriber", "dovewarden-alerts=" + hook.URL}
+
+	// The sweep at start replicates "broken", whose dsync fails.
+	_, stop, stderr := startLocalWith(t, fake, args...)
+	var missed string
+	select {
+	case a := <-alerts:
+		missed = strings.TrimPrefix(a, "down ")
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no alert\n%s", stderr)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, stderr)
+	}
+	if _, err := os.Stat(spool); err != nil {
+		t.Fatalf("no spool file: %v\n%s", err, stderr)
+	}
+
+	up.Store(true)
+	_, _, stderr2 := startLocalWith(t, fake, args...)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case a := <-alerts:
+			if a == missed {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("alert %s never delivered after the restart\n%s", missed, stderr2)
+		}
 	}
 }

@@ -66,8 +66,8 @@ func TestUnit_Verifies(t *testing.T) {
 }
 
 // TestEnvFile_RunsLocal starts `dovewarden local` with exactly the shipped
-// environment file's settings (only the listen address and the doveadm
-// password file are the test's), waits until it is ready and stops it with
+// environment file's settings (only the listen address, the doveadm
+// password file and the spool file are the test's), waits until it is ready and stops it with
 // SIGTERM, as systemd does. That every variable in the file is a setting
 // of local is cmd/dovewarden's TestManifests_SetOnlySettings.
 func TestEnvFile_RunsLocal(t *testing.T) {
@@ -101,7 +101,9 @@ func TestEnvFile_RunsLocal(t *testing.T) {
 	if err := os.WriteFile(password, []byte("secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env = append(env, "DOVEWARDEN_LISTEN="+addr, "DOVEWARDEN_DOVEADM_PASSWORD_FILE="+password)
+	// systemd makes the StateDirectory; the test has its own.
+	spool := filepath.Join(t.TempDir(), "broker.spool")
+	env = append(env, "DOVEWARDEN_LISTEN="+addr, "DOVEWARDEN_DOVEADM_PASSWORD_FILE="+password, "DOVEWARDEN_SPOOL_FILE="+spool)
 	cmd := exec.Command(bin, "local")
 	// Only what systemd would give it: the file's variables, no others.
 	cmd.Env = env

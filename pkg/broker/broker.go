@@ -6,9 +6,11 @@
 // in-process handlers or HTTP subscribers.
 //
 // Each Trigger is a lane with its own bounded queue and workers, so a
-// backlog on one Trigger never delays another. It is not durable (queued
-// events are lost when the process ends) and not distributed: for scale and
-// durability run Knative with a Kafka Broker.
+// backlog on one Trigger never delays another. It is not durable (what the
+// lanes hold when the process ends is lost, unless the caller saves what
+// Shutdown returns in a spool file for RestoreSpool; a crash loses it) and
+// not distributed: for scale and durability run Knative with a Kafka
+// Broker.
 package broker
 
 import (
@@ -26,7 +28,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
@@ -150,10 +151,9 @@ type Broker struct {
 	wg     sync.WaitGroup
 
 	shutdownDrops atomic.Int64
-	// undelivered are the events Shutdown dropped before their delivery
-	// succeeded.
-	undeliveredMu sync.Mutex
-	undelivered   []cloudevents.Event
+	// held is what the lanes held when Shutdown stopped them.
+	heldMu sync.Mutex
+	held   []Held
 }
 
 // New starts a broker for cfg: a lane per Trigger whose subscriber
@@ -314,15 +314,16 @@ func (b *Broker) Lanes() []LaneInfo {
 	return out
 }
 
-// Shutdown stops taking events (Publish returns ErrClosed), drops events
-// waiting for a retry or a worker, and lets deliveries in flight finish
-// until ctx ends, when they are cancelled. The broker keeps nothing across
-// restarts: it logs and counts what it dropped, and returns the events
-// whose delivery never succeeded (queued or waiting to retry, and one
-// cancelled in flight that had a retry left; one per Trigger that held
-// it), so that the caller can record what they stood for. Replies and dead-letter deliveries it dropped are
-// only counted.
-func (b *Broker) Shutdown(ctx context.Context) (undelivered []cloudevents.Event, err error) {
+// Shutdown stops taking events (Publish returns ErrClosed), stops the
+// events waiting for a retry or a worker, and lets deliveries in flight
+// finish until ctx ends, when they are cancelled. It logs and counts what
+// the lanes still held, and returns it: events whose delivery never
+// succeeded (queued or waiting to retry, and one cancelled in flight that
+// had a retry left; one per Trigger that held it), replies not yet
+// published and dead-letter deliveries not yet made. The caller can save
+// them for Restore after the next start (SaveSpool), or record what they
+// stood for.
+func (b *Broker) Shutdown(ctx context.Context) (held []Held, err error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -353,11 +354,11 @@ func (b *Broker) Shutdown(ctx context.Context) (undelivered []cloudevents.Event,
 	}
 	b.cancel()
 	if n := b.shutdownDrops.Load(); n > 0 {
-		b.log.Warn("broker stopped with events not delivered: the embedded broker is not durable", "dropped", n)
+		b.log.Warn("broker stopped holding events not yet delivered", "events", n)
 	}
-	b.undeliveredMu.Lock()
-	defer b.undeliveredMu.Unlock()
-	return b.undelivered, err
+	b.heldMu.Lock()
+	defer b.heldMu.Unlock()
+	return b.held, err
 }
 
 // ingressDest names the broker in knativeerrordest when a reply could not

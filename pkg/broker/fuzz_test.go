@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -147,6 +148,62 @@ func FuzzLoad(f *testing.F) {
 				}
 			}
 			tr.Filter.Match(ev)
+		}
+	})
+}
+
+// FuzzDecodeSpool: whatever a spool file holds (a torn write, a hand
+// edit, another program's file), DecodeSpool never panics, every line is
+// either a held event or described as bad, and what it decodes survives
+// EncodeSpool and DecodeSpool unchanged.
+//
+//	go test -run '^$' -fuzz FuzzDecodeSpool -fuzztime 60s ./pkg/broker/
+func FuzzDecodeSpool(f *testing.F) {
+	var buf bytes.Buffer
+	reply := event("r1", typeSucceeded, "")
+	dead := event("d1", typeChanged, "high")
+	dead.SetExtension(ExtErrorCode, "503")
+	if err := EncodeSpool(&buf, []Held{
+		{Trigger: "dovewarden-sync-high", Phase: PhaseDeliver, TTL: 255, Event: event("e1", typeChanged, "high")},
+		{Trigger: "dovewarden-sync-low", Phase: PhaseReply, TTL: 254, Event: event("e2", typeChanged, "low"), Reply: &reply},
+		{Trigger: "dovewarden-sync-low", Phase: PhaseDeadLetter, TTL: 0, Event: dead},
+	}); err != nil {
+		f.Fatal(err)
+	}
+	for _, line := range bytes.SplitAfter(buf.Bytes(), []byte("\n")) {
+		f.Add(line)
+	}
+	f.Add(buf.Bytes())
+	f.Add(buf.Bytes()[:buf.Len()/2]) // torn
+	f.Add([]byte(`{"trigger":"t","phase":"reply","ttl":1,"event":{"specversion":"1.0","id":"e","source":"s","type":"t"}}`))
+	f.Add([]byte(`{"trigger":"t","phase":"deliver","ttl":-1,"event":{"specversion":"1.0","id":"e","source":"s","type":"t","data_base64":"!!"}}`))
+	f.Add([]byte("\n\n{}\nnull\n[]\n\"x\"\n"))
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		held, bad, err := DecodeSpool(bytes.NewReader(data))
+		lines := bytes.Count(data, []byte("\n")) + 1
+		if err == nil && len(held)+len(bad) > lines {
+			t.Fatalf("%d held and %d bad from %d lines", len(held), len(bad), lines)
+		}
+		for _, e := range bad {
+			if !strings.HasPrefix(e.Error(), "line ") {
+				t.Errorf("bad line not named: %v", e)
+			}
+		}
+		var out bytes.Buffer
+		if err := EncodeSpool(&out, held); err != nil {
+			t.Fatalf("EncodeSpool of what DecodeSpool gave: %v", err)
+		}
+		again, bad2, err := DecodeSpool(&out)
+		if err != nil || len(bad2) > 0 || len(again) != len(held) {
+			t.Fatalf("round trip: %d of %d, bad %v, err %v\n%s", len(again), len(held), bad2, err, out.Bytes())
+		}
+		for i := range held {
+			a, b := held[i], again[i]
+			if a.Trigger != b.Trigger || a.Phase != b.Phase || a.TTL != b.TTL || a.Event.String() != b.Event.String() ||
+				(a.Reply == nil) != (b.Reply == nil) || (a.Reply != nil && a.Reply.String() != b.Reply.String()) {
+				t.Fatalf("round trip changed line %d:\n%+v\n%+v", i, a, b)
+			}
 		}
 	})
 }

@@ -142,6 +142,10 @@ func (l *lane) deliver(t *task) {
 	default:
 		l.b.m.deliveries.WithLabelValues(l.tr.Name, outcomeNonRetriable).Inc()
 	}
+	if l.stopped() {
+		l.dropForShutdown(t)
+		return
+	}
 	l.log.Debug("delivery failed", "id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(),
 		"dest", l.target.dest(), "code", o.code, "reason", o.reason, "retry", t.attempt)
 	if l.retry(t, o) {
@@ -159,6 +163,10 @@ func (l *lane) sendReply(t *task) {
 	if err == nil {
 		l.b.m.replies.WithLabelValues(l.tr.Name).Inc()
 		l.done()
+		return
+	}
+	if errors.Is(err, ErrClosed) {
+		l.dropForShutdown(t)
 		return
 	}
 	code := http.StatusServiceUnavailable // queue full or shutting down: retried
@@ -209,6 +217,10 @@ func (l *lane) deadLetter(t *task) {
 		l.done()
 		return
 	}
+	if l.stopped() {
+		l.dropForShutdown(t)
+		return
+	}
 	if l.retry(t, o) {
 		return
 	}
@@ -253,19 +265,22 @@ func (l *lane) fire(t *task) {
 	l.queue <- t
 }
 
+// stopped: Shutdown cancelled the attempts in flight. An attempt that
+// failed then failed for that, not for its destination: it is neither
+// retried nor given up on, but handed back by Shutdown.
+func (l *lane) stopped() bool { return l.b.ctx.Err() != nil }
+
 // done frees the task's place in the lane.
 func (l *lane) done() { l.held.Add(-1) }
 
-// dropForShutdown counts t as dropped by Shutdown and, when its delivery
-// never succeeded, keeps its event for Shutdown's answer.
+// dropForShutdown counts t as dropped by Shutdown and keeps what was left
+// to do with it for Shutdown's answer.
 func (l *lane) dropForShutdown(t *task) {
 	l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
 	l.b.shutdownDrops.Add(1)
-	if t.phase == phaseDeliver {
-		l.b.undeliveredMu.Lock()
-		l.b.undelivered = append(l.b.undelivered, t.ev)
-		l.b.undeliveredMu.Unlock()
-	}
+	l.b.heldMu.Lock()
+	l.b.held = append(l.b.held, t.held(l.tr.Name))
+	l.b.heldMu.Unlock()
 	l.done()
 }
 

@@ -191,13 +191,20 @@ func TestShutdown_DropsQueuedAndReportsThem(t *testing.T) {
 	}()
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	undelivered, err := b.Shutdown(sctx)
+	held, err := b.Shutdown(sctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ids []string
-	for _, ev := range undelivered {
-		ids = append(ids, ev.ID())
+	for _, h := range held {
+		ids = append(ids, h.Event.ID())
+		trigger := "t"
+		if h.Event.ID() == "r1" {
+			trigger = "r"
+		}
+		if h.Phase != PhaseDeliver || h.TTL != DefaultTTL || h.Trigger != trigger {
+			t.Errorf("held %s: Trigger %q, phase %q, ttl %d", h.Event.ID(), h.Trigger, h.Phase, h.TTL)
+		}
 	}
 	sort.Strings(ids)
 	if want := []string{"1", "2", "3", "r1"}; !slices.Equal(ids, want) { // 3 queued + 1 waiting for a retry

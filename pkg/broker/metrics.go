@@ -13,6 +13,14 @@ const (
 	outcomeNonRetriable = "non_retriable"
 )
 
+// What became of events of the spool file (metric label values).
+const (
+	spoolSaved       = "saved"
+	spoolRestored    = "restored"
+	spoolNotRestored = "not_restored"
+	spoolInvalid     = "invalid"
+)
+
 // Reasons an event is given up on (metric label values).
 const (
 	dropNoDLS      = "no_dead_letter_sink"
@@ -20,6 +28,7 @@ const (
 	dropShutdown   = "shutdown"
 	sourceIngress  = "ingress"
 	sourceReply    = "reply"
+	sourceRestored = "spool"
 	retryAfterSecs = "1"
 )
 
@@ -33,13 +42,14 @@ type brokerMetrics struct {
 	dropped      *prometheus.CounterVec
 	replies      *prometheus.CounterVec
 	latency      *prometheus.HistogramVec
+	spooled      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 	ns := metrics.Namespace
 	m := &brokerMetrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerEventsPublished,
-			Help: "Events the embedded broker accepted, by source (ingress, reply)."}, []string{"source"}),
+			Help: "Events the embedded broker accepted, by source (ingress, reply, spool)."}, []string{"source"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerEventsRejected,
 			Help: "Events refused because this Trigger's queue was full (answered 503)."}, []string{"trigger"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerIngressRefused,
@@ -59,7 +69,9 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 			// From an in-process no-op to a first full dsync of a big mailbox.
 			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}, []string{"trigger"}),
 	}
-	reg.MustRegister(m.published, m.rejected, m.refused, m.deliveries, m.retries, m.deadLettered, m.dropped, m.replies, m.latency)
+	m.spooled = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerSpooled,
+		Help: "Events of the spool file (--spool-file), by outcome: saved at a stop; restored at a start; not_restored (their Trigger gone or full); invalid (lines that are not held events)."}, []string{"outcome"})
+	reg.MustRegister(m.published, m.rejected, m.refused, m.deliveries, m.retries, m.deadLettered, m.dropped, m.replies, m.latency, m.spooled)
 	return m
 }
 

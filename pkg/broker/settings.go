@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +26,9 @@ type Settings struct {
 	QueueSize       int
 	Workers         int
 	DeliveryTimeout time.Duration
+	// SpoolFile is where the events the lanes hold at a stop are saved,
+	// to be delivered after the next start; empty: they are lost.
+	SpoolFile string
 }
 
 // RegisterFlags declares the settings on fs.
@@ -37,6 +41,7 @@ func (s *Settings) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&s.QueueSize, "queue-size", DefaultQueueSize, "events each Trigger's queue holds before publishing answers 503 (annotation dovewarden.org/queue-size overrides)")
 	fs.IntVar(&s.Workers, "workers", DefaultWorkers, "parallel deliveries per Trigger (annotation dovewarden.org/workers overrides)")
 	fs.DurationVar(&s.DeliveryTimeout, "delivery-timeout", DefaultDeliveryTimeout, "time allowed for one delivery attempt when a Trigger's delivery sets no timeout")
+	fs.StringVar(&s.SpoolFile, "spool-file", "", "file where the events the lanes hold at a stop are saved and from which they are delivered after the next start (default: none, they are lost)")
 }
 
 // Validate checks the settings; errors name the setting.
@@ -55,6 +60,11 @@ func (s *Settings) Validate() error {
 	}
 	if s.DeliveryTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("delivery-timeout %s: must be positive", s.DeliveryTimeout))
+	}
+	if s.SpoolFile != "" {
+		if err := checkSpoolFolder(s.SpoolFile); err != nil {
+			errs = append(errs, fmt.Errorf("spool-file %q: %w", s.SpoolFile, err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -114,4 +124,18 @@ func (m SubscriberMap) Set(v string) error {
 		m[name] = u
 	}
 	return nil
+}
+
+// checkSpoolFolder makes sure the spool file can be written when the
+// broker stops, not only found out then: its folder takes a new file.
+func checkSpoolFolder(path string) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return errors.New("not a regular file")
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("its folder does not take a new file: %w", err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

@@ -35,4 +35,7 @@ const (
 	// BrokerDeliverySeconds is the duration of delivery attempts, by
 	// Trigger.
 	BrokerDeliverySeconds = "broker_delivery_duration_seconds"
+	// BrokerSpooled counts events of the spool file, by outcome (saved,
+	// restored, not_restored, invalid).
+	BrokerSpooled = "broker_spool_events_total"
 )

@@ -1,0 +1,294 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+)
+
+// Phases of a Held event, as the spool file names them.
+const (
+	PhaseDeliver    = "deliver"
+	PhaseReply      = "reply"
+	PhaseDeadLetter = "dead-letter"
+)
+
+// Held is an event a lane still held when Shutdown stopped it, and what
+// its Trigger had left to do with it. Phase deliver: deliver it to the
+// Trigger's subscriber (its delivery never succeeded); reply: publish
+// Reply, the subscriber's answer to it, into the broker; dead-letter:
+// deliver it, with the knativeerror* extensions, to the Trigger's
+// dead-letter sink. TTL is its knativebrokerttl as the lane kept it.
+type Held struct {
+	Trigger string
+	Phase   string
+	TTL     int32
+	Event   cloudevents.Event
+	Reply   *cloudevents.Event
+}
+
+func (t *task) held(trigger string) Held {
+	h := Held{Trigger: trigger, Phase: PhaseDeliver, TTL: t.ttl, Event: t.ev}
+	switch t.phase {
+	case phaseReply:
+		h.Phase, h.Reply = PhaseReply, t.reply
+	case phaseDeadLetter:
+		h.Phase, h.Event = PhaseDeadLetter, t.dead
+	}
+	return h
+}
+
+// ErrNotRestored: Restore could not give a held event back to its Trigger
+// (the Trigger is gone, disabled or has no dead-letter sink now, or its
+// lane is full).
+var ErrNotRestored = errors.New("not restored")
+
+// Restore gives an event Shutdown returned back to its Trigger's lane, in
+// the phase it was in: delivered to the subscriber or the dead-letter
+// sink, or its reply published into the broker. Retries start over.
+func (b *Broker) Restore(h Held) error {
+	var l *lane
+	for _, c := range b.lanes {
+		if c.tr.Name == h.Trigger {
+			l = c
+		}
+	}
+	t := &task{ev: h.Event, ttl: h.TTL}
+	switch {
+	case l == nil:
+		return fmt.Errorf("%w: %s: Trigger %q is not an enabled Trigger now", ErrNotRestored, h.Event.ID(), h.Trigger)
+	case h.Phase == PhaseDeliver:
+	case h.Phase == PhaseReply && h.Reply != nil:
+		t.phase, t.reply = phaseReply, h.Reply
+	case h.Phase == PhaseDeadLetter && l.dls != nil:
+		t.phase, t.dead = phaseDeadLetter, h.Event
+	case h.Phase == PhaseDeadLetter:
+		return fmt.Errorf("%w: %s: Trigger %q has no dead-letter sink now", ErrNotRestored, h.Event.ID(), h.Trigger)
+	default:
+		return fmt.Errorf("%w: %s: phase %q (reply %t)", ErrNotRestored, h.Event.ID(), h.Phase, h.Reply != nil)
+	}
+	if err := h.Event.Validate(); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrNotRestored, h.Event.ID(), err)
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if !l.reserve() {
+		b.m.rejected.WithLabelValues(l.tr.Name).Inc()
+		return fmt.Errorf("%w: %s: %w", ErrNotRestored, h.Event.ID(), &QueueFullError{Trigger: l.tr.Name})
+	}
+	l.queue <- t // never blocks: the place is reserved
+	b.m.published.WithLabelValues(sourceRestored).Inc()
+	return nil
+}
+
+// spoolLine is one line of a spool file.
+type spoolLine struct {
+	Trigger string          `json:"trigger"`
+	Phase   string          `json:"phase"`
+	TTL     int32           `json:"ttl"`
+	Event   json.RawMessage `json:"event"`
+	Reply   json.RawMessage `json:"reply,omitempty"`
+}
+
+// maxSpoolLine bounds one line of a spool file: an event of the largest
+// body the ingress takes, in the structured JSON format (base64 data is a
+// third larger), with room to spare.
+const maxSpoolLine = 2*DefaultMaxBody + 64<<10
+
+// EncodeSpool writes held events to w, one JSON object a line: the
+// Trigger, the phase, the TTL and the event in the CloudEvents structured
+// JSON format.
+func EncodeSpool(w io.Writer, held []Held) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	for _, h := range held {
+		ev, err := json.Marshal(h.Event)
+		if err != nil {
+			return fmt.Errorf("event %s: %w", h.Event.ID(), err)
+		}
+		sl := spoolLine{Trigger: h.Trigger, Phase: h.Phase, TTL: h.TTL, Event: ev}
+		if h.Reply != nil {
+			if sl.Reply, err = json.Marshal(h.Reply); err != nil {
+				return fmt.Errorf("reply %s: %w", h.Reply.ID(), err)
+			}
+		}
+		if err := enc.Encode(sl); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// DecodeSpool reads what EncodeSpool wrote. A line that is not a held
+// event is skipped and described in bad (with its line number); err is a
+// read error, after which the rest of r is not read.
+func DecodeSpool(r io.Reader) (held []Held, bad []error, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxSpoolLine)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		h, err := decodeSpoolLine(line)
+		if err != nil {
+			bad = append(bad, fmt.Errorf("line %d: %w", n, err))
+			continue
+		}
+		held = append(held, h)
+	}
+	if err := sc.Err(); err != nil {
+		return held, bad, fmt.Errorf("line %d: %w", n+1, err)
+	}
+	return held, bad, nil
+}
+
+func decodeSpoolLine(line []byte) (Held, error) {
+	var sl spoolLine
+	if err := json.Unmarshal(line, &sl); err != nil {
+		return Held{}, err
+	}
+	switch {
+	case sl.Trigger == "":
+		return Held{}, errors.New("no trigger")
+	case sl.Phase != PhaseDeliver && sl.Phase != PhaseReply && sl.Phase != PhaseDeadLetter:
+		return Held{}, fmt.Errorf("phase %q: want %s, %s or %s", sl.Phase, PhaseDeliver, PhaseReply, PhaseDeadLetter)
+	case sl.TTL < 0:
+		return Held{}, fmt.Errorf("ttl %d: negative", sl.TTL)
+	case (sl.Phase == PhaseReply) != (len(sl.Reply) > 0):
+		return Held{}, fmt.Errorf("phase %s with reply %t: a reply goes with phase %s only, and always", sl.Phase, len(sl.Reply) > 0, PhaseReply)
+	}
+	h := Held{Trigger: sl.Trigger, Phase: sl.Phase, TTL: sl.TTL}
+	var err error
+	if h.Event, err = decodeEvent(sl.Event); err != nil {
+		return Held{}, fmt.Errorf("event: %w", err)
+	}
+	if len(sl.Reply) > 0 {
+		r, err := decodeEvent(sl.Reply)
+		if err != nil {
+			return Held{}, fmt.Errorf("reply: %w", err)
+		}
+		h.Reply = &r
+	}
+	return h, nil
+}
+
+func decodeEvent(raw json.RawMessage) (cloudevents.Event, error) {
+	ev := cloudevents.NewEvent()
+	if len(raw) == 0 {
+		return ev, errors.New("missing")
+	}
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return ev, err
+	}
+	return ev, ev.Validate()
+}
+
+// SaveSpool writes held events to the spool file at path, replacing it
+// whole (a new file renamed over it, synced to disk), readable by its
+// owner only. With nothing held, it removes the file.
+func (b *Broker) SaveSpool(path string, held []Held) error {
+	if len(held) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after a failure; gone by then otherwise
+	err = EncodeSpool(f, held)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // the rename on disk; not every file system syncs folders
+		d.Close()
+	}
+	b.m.spooled.WithLabelValues(spoolSaved).Add(float64(len(held)))
+	b.log.Info("events the broker held saved to the spool file", "file", path, "events", len(held))
+	return nil
+}
+
+// RestoreSpool gives the events of the spool file at path back to their
+// Triggers (Restore); no file is nothing to do. It first renames the file
+// to path.restoring, so that a start that fails or crashes never delivers
+// them twice, and removes it once every event is back in its lane. What
+// cannot be restored is logged and counted, and the file is then kept as
+// path.kept-TIME, so nothing is dropped without a trace. It must run
+// before the broker takes events, so that held events are first in their
+// lanes. The error is one of reading or renaming the file, before any
+// event was restored: the caller should not start.
+func (b *Broker) RestoreSpool(path string) (restored int, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	held, bad, rerr := DecodeSpool(f)
+	f.Close()
+	if rerr != nil {
+		bad = append(bad, rerr)
+	}
+	taken := path + ".restoring"
+	if err := os.Rename(path, taken); err != nil {
+		return 0, err
+	}
+	for _, e := range bad {
+		b.log.Warn("spool file: a line is not a held event", "file", path, "err", e)
+	}
+	b.m.spooled.WithLabelValues(spoolInvalid).Add(float64(len(bad)))
+	failed := len(bad)
+	for _, h := range held {
+		if err := b.Restore(h); err != nil {
+			failed++
+			b.m.spooled.WithLabelValues(spoolNotRestored).Inc()
+			b.log.Warn("spool file: event not restored", "file", path, "trigger", h.Trigger, "phase", h.Phase,
+				"id", h.Event.ID(), "type", h.Event.Type(), "subject", h.Event.Subject(), "err", err)
+			continue
+		}
+		restored++
+	}
+	b.m.spooled.WithLabelValues(spoolRestored).Add(float64(restored))
+	b.log.Info("events restored from the spool file", "file", path, "events", restored, "of", len(held))
+	if failed == 0 {
+		if err := os.Remove(taken); err != nil {
+			b.log.Error("spool file restored but not removed", "file", taken, "err", err)
+		}
+		return restored, nil
+	}
+	kept := path + ".kept-" + time.Now().UTC().Format("20060102T150405.000Z")
+	if err := os.Rename(taken, kept); err != nil {
+		b.log.Error("spool file with lines not restored: not renamed", "file", taken, "err", err)
+		kept = taken
+	}
+	b.log.Warn("spool file kept: some of its lines were not restored", "file", kept, "lines", failed)
+	return restored, nil
+}

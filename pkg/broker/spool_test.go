@@ -1,0 +1,334 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// spoolManifests: "a" and "b" both take type x (overlapping); "ask"'s
+// subscriber replies with type "answer", which "ans" takes in a lane of two
+// places (ansQueue + 1); "d" takes type "dead", whose subscriber refuses it for good (400),
+// and its dead-letter sink's deliveries are retried an hour later.
+func spoolManifests(t *testing.T, ansQueue int) *Config {
+	return mustLoad(t,
+		typeTrigger("a", "x", "slow", ""),
+		typeTrigger("b", "x", "fast", ""),
+		typeTrigger("ask", "ask", "replier", "  delivery:\n    retry: 3\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n"),
+		strings.Replace(typeTrigger("ans", "answer", "answers", ""), "  name: ans\n",
+			"  name: ans\n  annotations:\n    dovewarden.org/workers: \"1\"\n    dovewarden.org/queue-size: \""+strconv.Itoa(ansQueue)+"\"\n", 1),
+		typeTrigger("d", "dead", "failing", "  delivery:\n    retry: 1\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n    deadLetterSink:\n      ref:\n        name: sink\n"),
+	)
+}
+
+func replyWith(typ string) func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+	return func(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		r := cloudevents.NewEvent()
+		r.SetID("reply-" + ev.ID())
+		r.SetSource("replier")
+		r.SetType(typ)
+		return &r, nil
+	}
+}
+
+func ids(evs []cloudevents.Event) []string {
+	var out []string
+	for _, ev := range evs {
+		out = append(out, ev.ID())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestSpool_WhatTheLanesHeldIsDeliveredAfterTheNextStart stops a broker
+// whose lanes hold events in every phase (queued, in flight, a reply not
+// yet published, a dead-letter delivery waiting for its retry), saves what
+// Shutdown returns, and restores it into a new broker with the same
+// manifests: each event reaches what it had not reached, exactly once,
+// and an event an overlapping Trigger had delivered is not delivered
+// there again.
+func TestSpool_WhatTheLanesHeldIsDeliveredAfterTheNextStart(t *testing.T) {
+	cfg := spoolManifests(t, 1)
+	slow, stuck := newBlocker(), newBlocker()
+	fast, replier, failing, sink := newRecorder(), newRecorder(), newRecorder(), newRecorder()
+	replier.answer = replyWith("answer")
+	failing.answer, sink.answer = fail(400), fail(503)
+	b, err := New(cfg, Options{Workers: 1, Registerer: prometheus.NewRegistry(), Handlers: map[string]Handler{
+		"slow": slow.handle, "fast": fast.handle, "replier": replier.handle, "answers": stuck.handle,
+		"failing": failing.handle, "sink": sink.handle,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	publish := func(id, typ string) {
+		t.Helper()
+		if err := b.Publish(ctx, event(id, typ, "")); err != nil {
+			t.Fatalf("Publish %s: %v", id, err)
+		}
+	}
+	for i := range 5 {
+		publish("x"+strconv.Itoa(i), "x") // x0 in flight on "a", x1-x4 queued; all through "b"
+	}
+	for range 5 {
+		fast.next(t)
+	}
+	publish("ans1", "answer") // in flight on "ans"
+	eventually(t, "x0 and ans1 in flight", func() bool { return slow.started.Load() == 1 && stuck.started.Load() == 1 })
+	publish("ans2", "answer") // queued: "ans" is full
+	publish("q1", "ask")      // its reply finds "ans" full: retried in an hour
+	replier.next(t)
+	publish("dead1", "dead") // given up on: its dead-letter delivery is retried in an hour
+	sink.next(t)
+	eventually(t, "the reply and the dead letter wait for their retries", func() bool {
+		n := counterSum(t, b, "dovewarden_broker_retries_total")
+		return n == 2
+	})
+
+	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	held, _ := b.Shutdown(sctx) // x0 and ans1 cancelled in flight, with retries left
+	byPhase := map[string][]string{}
+	for _, h := range held {
+		id := h.Event.ID()
+		if h.Reply != nil {
+			id += ">" + h.Reply.ID()
+		}
+		byPhase[h.Phase] = append(byPhase[h.Phase], h.Trigger+":"+id)
+	}
+	for _, v := range byPhase {
+		sort.Strings(v)
+	}
+	want := map[string][]string{
+		PhaseDeliver:    {"a:x0", "a:x1", "a:x2", "a:x3", "a:x4", "ans:ans1", "ans:ans2"},
+		PhaseReply:      {"ask:q1>reply-q1"},
+		PhaseDeadLetter: {"d:dead1"},
+	}
+	for phase, w := range want {
+		if !slices.Equal(byPhase[phase], w) {
+			t.Errorf("held in phase %s: %v, want %v", phase, byPhase[phase], w)
+		}
+	}
+
+	path := filepath.Join(t.TempDir(), "spool")
+	if err := b.SaveSpool(path, held); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("spool file: %v %v", fi, err)
+	}
+
+	// The next start: every subscriber answers, and "ans" has room for
+	// the reply too.
+	recs := map[string]*recorder{}
+	handlers := map[string]Handler{}
+	for _, name := range []string{"slow", "fast", "replier", "answers", "failing", "sink"} {
+		recs[name] = newRecorder()
+		handlers[name] = recs[name].handle
+	}
+	b2, reg := start(t, spoolManifests(t, 10), Options{Handlers: handlers})
+	n, err := b2.RestoreSpool(path)
+	if err != nil || n != len(held) {
+		t.Fatalf("RestoreSpool: %d of %d, %v", n, len(held), err)
+	}
+	gotN := func(name string, n int) []cloudevents.Event {
+		var out []cloudevents.Event
+		for range n {
+			out = append(out, recs[name].next(t))
+		}
+		return out
+	}
+	if got := ids(gotN("slow", 5)); !slices.Equal(got, []string{"x0", "x1", "x2", "x3", "x4"}) {
+		t.Errorf("a's subscriber got %v", got)
+	}
+	if got := ids(gotN("answers", 3)); !slices.Equal(got, []string{"ans1", "ans2", "reply-q1"}) {
+		t.Errorf("ans's subscriber got %v", got)
+	}
+	dead := gotN("sink", 1)[0]
+	if dead.ID() != "dead1" || dead.Extensions()[ExtErrorCode] != "400" {
+		t.Errorf("dead-letter sink got %s with %v", dead.ID(), dead.Extensions())
+	}
+	for _, name := range []string{"slow", "fast", "replier", "answers", "failing", "sink"} {
+		recs[name].quiet(t) // nothing twice, nothing that was done before the stop
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("spool file left after restoring: %v", err)
+	}
+	if left, _ := filepath.Glob(path + "*"); len(left) != 0 {
+		t.Errorf("files left beside: %v", left)
+	}
+	if got := counter(t, reg, "dovewarden_broker_spool_events_total", map[string]string{"outcome": spoolRestored}); got != float64(len(held)) {
+		t.Errorf("restored counted %v, want %d", got, len(held))
+	}
+}
+
+// counterSum adds a counter's values over all its labels.
+func counterSum(t *testing.T, b *Broker, name string) float64 {
+	t.Helper()
+	mfs, err := b.opts.Registerer.(prometheus.Gatherer).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// TestRestoreSpool_KeepsWhatItCannotRestore: a line that is not a held
+// event, and an event whose Trigger is gone, are logged, counted and kept
+// in a file beside; the rest is delivered.
+func TestRestoreSpool_KeepsWhatItCannotRestore(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("a", "x", "sub", ""))
+	rec := newRecorder()
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	var buf bytes.Buffer
+	if err := EncodeSpool(&buf, []Held{
+		{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("ok", "x", "")},
+		{Trigger: "gone", Phase: PhaseDeliver, TTL: 255, Event: event("orphan", "x", "")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	buf.WriteString("{not json\n")
+	content := buf.Bytes()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "spool")
+	if err := os.WriteFile(path, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, err := b.RestoreSpool(path)
+	if err != nil || n != 1 {
+		t.Fatalf("RestoreSpool: %d, %v", n, err)
+	}
+	if got := rec.next(t); got.ID() != "ok" {
+		t.Errorf("delivered %s", got.ID())
+	}
+	rec.quiet(t)
+	for outcome, want := range map[string]float64{spoolRestored: 1, spoolNotRestored: 1, spoolInvalid: 1} {
+		if got := counter(t, reg, "dovewarden_broker_spool_events_total", map[string]string{"outcome": outcome}); got != want {
+			t.Errorf("%s: %v, want %v", outcome, got, want)
+		}
+	}
+	kept, _ := filepath.Glob(path + ".kept-*")
+	if len(kept) != 1 {
+		t.Fatalf("kept files: %v", kept)
+	}
+	if got, _ := os.ReadFile(kept[0]); !bytes.Equal(got, content) {
+		t.Errorf("kept file differs from the spool file:\n%s", got)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("spool file still there: %v", err)
+	}
+	// A second start finds nothing to do.
+	if n, err := b.RestoreSpool(path); n != 0 || err != nil {
+		t.Errorf("RestoreSpool again: %d, %v", n, err)
+	}
+}
+
+// TestSaveSpool_NothingHeldRemovesTheFile: a stop that held nothing leaves
+// no spool file, so the next start delivers nothing twice.
+func TestSaveSpool_NothingHeldRemovesTheFile(t *testing.T) {
+	b, _ := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Handlers: map[string]Handler{"sub": newRecorder().handle}})
+	path := filepath.Join(t.TempDir(), "spool")
+	if err := os.WriteFile(path, []byte("old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SaveSpool(path, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("spool file still there: %v", err)
+	}
+	if err := b.SaveSpool(path, nil); err != nil {
+		t.Errorf("with no file: %v", err)
+	}
+}
+
+// TestSettings_SpoolFileFolderMustTakeAFile: a spool file that could not
+// be written at the stop is refused at the start, naming the setting.
+func TestSettings_SpoolFileFolderMustTakeAFile(t *testing.T) {
+	dir := t.TempDir()
+	for path, ok := range map[string]bool{
+		filepath.Join(dir, "spool"):            true,
+		filepath.Join(dir, "missing", "spool"): false,
+		dir:                                    false, // a folder
+	} {
+		s := Settings{QueueSize: 1, Workers: 1, DeliveryTimeout: time.Second, SpoolFile: path}
+		err := s.Validate()
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "spool-file")) {
+			t.Errorf("%s: %v", path, err)
+		}
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("Validate left %d files", len(left))
+	}
+}
+
+// TestShutdown_HoldsWhatItCutShort: a delivery and a dead-letter delivery
+// cancelled by Shutdown, and a reply that arrives once the broker no
+// longer takes events, are handed back even on Triggers with no retries: they failed for the stop, not
+// for their destination.
+func TestShutdown_HoldsWhatItCutShort(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("cut", "x", "stuck", ""), typeTrigger("late", "late.type", "replier", ""),
+		typeTrigger("dl", "dl.type", "refuser", "  delivery:\n    deadLetterSink:\n      ref:\n        name: stucksink\n"))
+	stuck, stuckSink, refuser := newBlocker(), newBlocker(), newRecorder()
+	refuser.answer = fail(400)
+	replier := &blocker{release: make(chan struct{})}
+	b, err := New(cfg, Options{Handlers: map[string]Handler{
+		"stuck": stuck.handle, "refuser": refuser.handle, "stucksink": stuckSink.handle,
+		"replier": func(ctx context.Context, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+			replier.started.Add(1)
+			<-replier.release // ignores ctx, as a slow handler may
+			return replyWith("answer")(0, ev)
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []cloudevents.Event{event("c1", "x", ""), event("l1", "late.type", ""), event("d1", "dl.type", "")} {
+		if err := b.Publish(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "all in flight", func() bool {
+		return stuck.started.Load() == 1 && replier.started.Load() == 1 && stuckSink.started.Load() == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		close(replier.release) // answers after Shutdown closed the broker
+	}()
+	held, err := b.Shutdown(ctx)
+	if err == nil {
+		t.Error("Shutdown did not say it cancelled deliveries")
+	}
+	var got []string
+	for _, h := range held {
+		s := h.Trigger + ":" + h.Phase + ":" + h.Event.ID()
+		if h.Reply != nil {
+			s += ">" + h.Reply.ID()
+		}
+		got = append(got, s)
+	}
+	sort.Strings(got)
+	if want := []string{"cut:deliver:c1", "dl:dead-letter:d1", "late:reply:l1>reply-l1"}; !slices.Equal(got, want) {
+		t.Errorf("held %v, want %v", got, want)
+	}
+}
