@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -110,6 +113,60 @@ func TestLocalRestarted(t *testing.T) {
 		s.local.waitHTTP(s.ingestBase+"/readyz", 20*time.Second)
 		for _, snap := range s.awaitConverged(users...) {
 			wantMessages(t, snap, "while-down", 2)
+		}
+	})
+}
+
+// TestBrokerRestarted: the split shape's broker is restarted (SIGTERM)
+// while its sync lanes hold changes that the sync process, down, could not
+// take. No sweep is asked for and the full sync is a day away, so only the
+// broker's --spool-file, which the stop writes and the next start
+// delivers, can bring those changes to B.
+func TestBrokerRestarted(t *testing.T) {
+	eachCase(t, []pairCase{{shapeSplit, v23, v24}}, func(t *testing.T, c pairCase) {
+		users := []string{"u1", "u2"}
+		cfg := c.config(users...)
+		cfg.realRedis = true
+		s := newSystem(t, cfg)
+
+		s.sync.stop()
+		for _, u := range users {
+			s.appendN(s.a, u, "queued", 2)
+		}
+		// The broker has the changes and fails to deliver them (its
+		// debug log names each attempt's subject).
+		err := poll(s.ctx, convergeLimit, 50*time.Millisecond, func() error {
+			log, _ := os.ReadFile(s.broker.log)
+			for _, u := range users {
+				if !strings.Contains(string(log), `msg="delivery failed"`) || !strings.Contains(string(log), "subject="+u+" ") {
+					return errNotYet("a failed delivery of " + u)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.broker.stop()
+		spool := filepath.Join(s.dir, "broker.spool")
+		if _, err := os.Stat(spool); err != nil {
+			t.Fatalf("the broker's stop saved nothing: %v", err)
+		}
+		for _, u := range users {
+			if a, b := s.snapshots(u); a.equal(b) {
+				t.Fatalf("%s equal on both servers with sync down: the scenario tests nothing", u)
+			}
+		}
+
+		s.sync.start()
+		s.sync.waitHTTP(s.syncBase+"/readyz", 20*time.Second)
+		s.broker.start()
+		s.broker.waitHTTP(strings.TrimSuffix(s.brokerURL, "/")+"/readyz", 20*time.Second)
+		for _, snap := range s.awaitConverged(users...) {
+			wantMessages(t, snap, "queued", 2)
+		}
+		if _, err := os.Stat(spool); !os.IsNotExist(err) {
+			t.Errorf("spool file left after the start: %v", err)
 		}
 	})
 }

@@ -271,7 +271,8 @@ func (s *system) startSplit(ingestAddr, brokerAddr, syncAddr string) {
 	redisURL := s.redisURL()
 	bargs := []string{"broker", "--listen", brokerAddr, "--triggers", s.events.triggers(s.dir),
 		"--subscriber", "dovewarden-sync-high=" + s.syncBase + "/",
-		"--subscriber", "dovewarden-sync-low=" + s.syncBase + "/", "--log-level", "debug"}
+		"--subscriber", "dovewarden-sync-low=" + s.syncBase + "/", "--log-level", "debug",
+		"--spool-file", filepath.Join(s.dir, "broker.spool")}
 	s.broker = newProc(s.t, s.dir, "dovewarden-broker", dovewardenBin, append(bargs, s.events.subscribers()...), nil)
 	sargs := append([]string{"sync", "--listen", syncAddr, "--redis-url", redisURL, "--results-sink", s.brokerURL}, s.syncArgs()...)
 	s.sync = newProc(s.t, s.dir, "dovewarden-sync", dovewardenBin, sargs, s.secretEnv())
