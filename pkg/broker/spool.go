@@ -130,10 +130,11 @@ func EncodeSpool(w io.Writer, held []Held) error {
 	return bw.Flush()
 }
 
-// DecodeSpool reads what EncodeSpool wrote. A line that is not a held
-// event is skipped and described in bad (with its line number); err is a
-// read error, after which the rest of r is not read.
-func DecodeSpool(r io.Reader) (held []Held, bad []error, err error) {
+// DecodeSpool reads what EncodeSpool wrote, a line at a time: it calls
+// held with each held event, and bad with each line that is not one
+// (named by its number). The error is one of reading, after which the rest
+// of r is not read.
+func DecodeSpool(r io.Reader, held func(Held), bad func(error)) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), maxSpoolLine)
 	n := 0
@@ -145,15 +146,15 @@ func DecodeSpool(r io.Reader) (held []Held, bad []error, err error) {
 		}
 		h, err := decodeSpoolLine(line)
 		if err != nil {
-			bad = append(bad, fmt.Errorf("line %d: %w", n, err))
+			bad(fmt.Errorf("line %d: %w", n, err))
 			continue
 		}
-		held = append(held, h)
+		held(h)
 	}
 	if err := sc.Err(); err != nil {
-		return held, bad, fmt.Errorf("line %d: %w", n+1, err)
+		return fmt.Errorf("line %d: %w", n+1, err)
 	}
-	return held, bad, nil
+	return nil
 }
 
 func decodeSpoolLine(line []byte) (Held, error) {
@@ -252,32 +253,36 @@ func (b *Broker) RestoreSpool(path string) (restored int, err error) {
 	if err != nil {
 		return 0, err
 	}
-	held, bad, rerr := DecodeSpool(f)
-	f.Close()
-	if rerr != nil {
-		bad = append(bad, rerr)
-	}
+	defer f.Close()
 	taken := path + ".restoring"
 	if err := os.Rename(path, taken); err != nil {
 		return 0, err
 	}
-	for _, e := range bad {
-		b.log.Warn("spool file: a line is not a held event", "file", path, "err", e)
-	}
-	b.m.spooled.WithLabelValues(spoolInvalid).Add(float64(len(bad)))
-	failed := len(bad)
-	for _, h := range held {
+	// A line at a time: what is read goes to its lane, so no more of the
+	// file is in memory at once than the lanes take.
+	failed, total := 0, 0
+	rerr := DecodeSpool(f, func(h Held) {
+		total++
 		if err := b.Restore(h); err != nil {
 			failed++
 			b.m.spooled.WithLabelValues(spoolNotRestored).Inc()
 			b.log.Warn("spool file: event not restored", "file", path, "trigger", h.Trigger, "phase", h.Phase,
 				"id", h.Event.ID(), "type", h.Event.Type(), "subject", h.Event.Subject(), "err", err)
-			continue
+			return
 		}
 		restored++
+	}, func(err error) {
+		failed++
+		b.m.spooled.WithLabelValues(spoolInvalid).Inc()
+		b.log.Warn("spool file: a line is not a held event", "file", path, "err", err)
+	})
+	if rerr != nil {
+		failed++
+		b.m.spooled.WithLabelValues(spoolInvalid).Inc()
+		b.log.Warn("spool file: not read to its end", "file", path, "err", rerr)
 	}
 	b.m.spooled.WithLabelValues(spoolRestored).Add(float64(restored))
-	b.log.Info("events restored from the spool file", "file", path, "events", restored, "of", len(held))
+	b.log.Info("events restored from the spool file", "file", path, "events", restored, "of", total)
 	if failed == 0 {
 		if err := os.Remove(taken); err != nil {
 			b.log.Error("spool file restored but not removed", "file", taken, "err", err)

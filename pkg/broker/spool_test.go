@@ -332,3 +332,32 @@ func TestShutdown_HoldsWhatItCutShort(t *testing.T) {
 		t.Errorf("held %v, want %v", got, want)
 	}
 }
+
+// TestRestoreSpool_StopsAtALineTooLong: a line longer than any event the
+// broker takes ends the reading; what came before is restored and the
+// file is kept.
+func TestRestoreSpool_StopsAtALineTooLong(t *testing.T) {
+	rec := newRecorder()
+	b, reg := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	var buf bytes.Buffer
+	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("first", "x", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	buf.Write(bytes.Repeat([]byte("x"), maxSpoolLine+1))
+	path := filepath.Join(t.TempDir(), "spool")
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.RestoreSpool(path); n != 1 || err != nil {
+		t.Fatalf("RestoreSpool: %d, %v", n, err)
+	}
+	if got := rec.next(t); got.ID() != "first" {
+		t.Errorf("delivered %s", got.ID())
+	}
+	if got := counter(t, reg, "dovewarden_broker_spool_events_total", map[string]string{"outcome": spoolInvalid}); got != 1 {
+		t.Errorf("invalid counted %v", got)
+	}
+	if kept, _ := filepath.Glob(path + ".kept-*"); len(kept) != 1 {
+		t.Errorf("kept files: %v", kept)
+	}
+}
