@@ -210,7 +210,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
 	defer cancel()
-	held, berr := b.Shutdown(sctx)
+	held := shutdownBroker(sctx, b, log)
 	if len(held) > 0 {
 		// The marks too when the spool file is set: they do not depend
 		// on the file being written and read again.
@@ -221,7 +221,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 			markUndelivered(st, held, log)
 		}
 	}
-	return errors.Join(serr, berr, saveHeld(b, bs.SpoolFile, held, log))
+	return errors.Join(serr, saveHeld(b, bs.SpoolFile, held, log))
 }
 
 // markUndeliveredBudget bounds the marks at shutdown (one Redis round trip
