@@ -361,3 +361,76 @@ func TestRestoreSpool_StopsAtALineTooLong(t *testing.T) {
 		t.Errorf("kept files: %v", kept)
 	}
 }
+
+// spoolBenchEvents is what a stop with full lanes holds: 10,000 changes
+// as ingest makes them.
+func spoolBenchEvents(b *testing.B) []Held {
+	held := make([]Held, 10000)
+	for i := range held {
+		ev := event("c080ea31-be87-5c9f-8405-"+strconv.Itoa(100000000000+i), typeChanged, "low")
+		ev.SetSource("mail-1.example.test")
+		ev.SetSubject("user" + strconv.Itoa(i%1000))
+		ev.SetTime(time.Now())
+		ev.SetExtension(ExtArrivalTime, time.Now())
+		if err := ev.SetData("application/json", map[string]any{
+			"user": ev.Subject(), "host": "mail-1.example.test", "event": "imap_command_finished",
+			"command": "STORE", "mailbox": "INBOX", "time": time.Now().Format(time.RFC3339Nano),
+		}); err != nil {
+			b.Fatal(err)
+		}
+		held[i] = Held{Trigger: "sync-low", Phase: PhaseDeliver, TTL: DefaultTTL, Event: ev}
+	}
+	return held
+}
+
+// BenchmarkSpool: a stop that saves 10,000 held events, and the start that
+// restores them into a lane (not delivered: the subscriber is blocked).
+//
+//	go test -run '^$' -bench Spool -benchmem ./pkg/broker/
+func BenchmarkSpool(b *testing.B) {
+	held := spoolBenchEvents(b)
+	cfg, err := Load(manifests(brokerDoc, trigger("sync-low", "  filter:\n    attributes:\n      type: "+typeChanged+"\n  subscriber:\n    ref:\n      name: sub\n")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	stuck := newBlocker()
+	defer close(stuck.release)
+	path := filepath.Join(b.TempDir(), "spool")
+	b.Run("save", func(b *testing.B) {
+		br, err := New(cfg, Options{QueueSize: len(held), Handlers: map[string]Handler{"sub": stuck.handle}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer br.Shutdown(context.Background())
+		for b.Loop() {
+			if err := br.SaveSpool(path, held); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if fi, err := os.Stat(path); err == nil {
+			b.ReportMetric(float64(fi.Size())/float64(len(held)), "bytes/event")
+		}
+	})
+	b.Run("restore", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			br, err := New(cfg, Options{QueueSize: len(held), Handlers: map[string]Handler{"sub": stuck.handle}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := br.SaveSpool(path, held); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			n, err := br.RestoreSpool(path)
+			b.StopTimer()
+			if err != nil || n != len(held) {
+				b.Fatalf("restored %d of %d: %v", n, len(held), err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			br.Shutdown(ctx)
+			cancel()
+			b.StartTimer()
+		}
+	})
+}
