@@ -210,6 +210,6 @@ func FuzzDecodeSpool(f *testing.F) {
 }
 
 func decodeAll(r io.Reader) (held []Held, bad []error, err error) {
-	err = DecodeSpool(r, func(h Held) { held = append(held, h) }, func(e error) { bad = append(bad, e) })
+	err = DecodeSpool(r, SpoolLineLimit(DefaultMaxBody), func(h Held) { held = append(held, h) }, func(e error) { bad = append(bad, e) })
 	return held, bad, err
 }

@@ -101,10 +101,11 @@ type spoolLine struct {
 	Reply   json.RawMessage `json:"reply,omitempty"`
 }
 
-// maxSpoolLine bounds one line of a spool file: an event of the largest
-// body the ingress takes, in the structured JSON format (base64 data is a
-// third larger), with room to spare.
-const maxSpoolLine = 2*DefaultMaxBody + 64<<10
+// SpoolLineLimit bounds one line of a spool file for a broker whose
+// events' bodies are at most maxBody: an event and its reply, each in the
+// structured JSON format, where data that is not JSON is a JSON string
+// (a control character is 6 bytes there).
+func SpoolLineLimit(maxBody int64) int { return int(2*6*maxBody + 64<<10) }
 
 // EncodeSpool writes held events to w, one JSON object a line: the
 // Trigger, the phase, the TTL and the event in the CloudEvents structured
@@ -132,11 +133,11 @@ func EncodeSpool(w io.Writer, held []Held) error {
 
 // DecodeSpool reads what EncodeSpool wrote, a line at a time: it calls
 // held with each held event, and bad with each line that is not one
-// (named by its number). The error is one of reading, after which the rest
-// of r is not read.
-func DecodeSpool(r io.Reader, held func(Held), bad func(error)) error {
+// (named by its number). The error is one of reading (a line longer than
+// maxLine bytes among them), after which the rest of r is not read.
+func DecodeSpool(r io.Reader, maxLine int, held func(Held), bad func(error)) error {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxSpoolLine)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
 	n := 0
 	for sc.Scan() {
 		n++
@@ -261,7 +262,7 @@ func (b *Broker) RestoreSpool(path string) (restored int, err error) {
 	// A line at a time: what is read goes to its lane, so no more of the
 	// file is in memory at once than the lanes take.
 	failed, total := 0, 0
-	rerr := DecodeSpool(f, func(h Held) {
+	rerr := DecodeSpool(f, SpoolLineLimit(b.opts.MaxBody), func(h Held) {
 		total++
 		if err := b.Restore(h); err != nil {
 			failed++

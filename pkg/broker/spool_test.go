@@ -333,17 +333,28 @@ func TestShutdown_HoldsWhatItCutShort(t *testing.T) {
 	}
 }
 
-// TestRestoreSpool_StopsAtALineTooLong: a line longer than any event the
-// broker takes ends the reading; what came before is restored and the
-// file is kept.
+// TestRestoreSpool_StopsAtALineTooLong: the longest line a stop can write
+// (an event and its reply, each with the largest body the broker takes,
+// of control characters) is restored; a longer one ends the reading, what
+// came before is restored and the file is kept.
 func TestRestoreSpool_StopsAtALineTooLong(t *testing.T) {
 	rec := newRecorder()
-	b, reg := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	cfg := mustLoad(t, typeTrigger("a", "x", "sub", ""), typeTrigger("r", "answer", "sub", ""))
+	b, reg := start(t, cfg, Options{MaxBody: 1024, Handlers: map[string]Handler{"sub": rec.handle}})
+	big, reply := event("first", "x", ""), event("big-reply", "answer", "")
+	for _, ev := range []*cloudevents.Event{&big, &reply} {
+		if err := ev.SetData("text/plain", strings.Repeat("\x01", 1024)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var buf bytes.Buffer
-	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("first", "x", "")}}); err != nil {
+	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseReply, TTL: 255, Event: big, Reply: &reply}}); err != nil {
 		t.Fatal(err)
 	}
-	buf.Write(bytes.Repeat([]byte("x"), maxSpoolLine+1))
+	if buf.Len() < 12*1024 {
+		t.Fatalf("the line is %d bytes: not the worst case", buf.Len())
+	}
+	buf.Write(bytes.Repeat([]byte("x"), SpoolLineLimit(1024)+1))
 	path := filepath.Join(t.TempDir(), "spool")
 	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
@@ -351,7 +362,7 @@ func TestRestoreSpool_StopsAtALineTooLong(t *testing.T) {
 	if n, err := b.RestoreSpool(path); n != 1 || err != nil {
 		t.Fatalf("RestoreSpool: %d, %v", n, err)
 	}
-	if got := rec.next(t); got.ID() != "first" {
+	if got := rec.next(t); got.ID() != "big-reply" {
 		t.Errorf("delivered %s", got.ID())
 	}
 	if got := counter(t, reg, "dovewarden_broker_spool_events_total", map[string]string{"outcome": spoolInvalid}); got != 1 {
