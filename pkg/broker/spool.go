@@ -239,26 +239,39 @@ func (b *Broker) SaveSpool(path string, held []Held) error {
 
 // RestoreSpool gives the events of the spool file at path back to their
 // Triggers (Restore); no file is nothing to do. It first renames the file
-// to path.restoring, so that a start that fails or crashes never delivers
-// them twice, and removes it once every event is back in its lane. What
-// cannot be restored is logged and counted, and the file is then kept as
-// path.kept-TIME, so nothing is dropped without a trace. It must run
-// before the broker takes events, so that held events are first in their
-// lanes. The error is one of reading or renaming the file, before any
-// event was restored: the caller should not start.
+// to path.restoring, and removes that once every event is back in its
+// lane: a start after a crash in between finds path.restoring and
+// restores it again, so its events are delivered at least once (a second
+// time, some of them). What cannot be restored is logged and counted, and
+// the file is then kept as path.kept-TIME, so nothing is dropped without
+// a trace. It must run before the broker takes events, so that held
+// events are first in their lanes. The error is one of opening or
+// renaming a file, before any of its events was restored: the caller
+// should not start.
 func (b *Broker) RestoreSpool(path string) (restored int, err error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+	taken := path + ".restoring"
+	if _, err := os.Stat(taken); err == nil {
+		b.log.Warn("spool file left by a start that ended while restoring it: restoring it again", "file", taken)
+		if restored, err = b.restoreTaken(path, taken); err != nil {
+			return restored, err
+		}
 	}
+	if err := os.Rename(path, taken); errors.Is(err, os.ErrNotExist) {
+		return restored, nil
+	} else if err != nil {
+		return restored, err
+	}
+	n, err := b.restoreTaken(path, taken)
+	return restored + n, err
+}
+
+// restoreTaken restores the spool file path, renamed to taken.
+func (b *Broker) restoreTaken(path, taken string) (restored int, err error) {
+	f, err := os.Open(taken)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	taken := path + ".restoring"
-	if err := os.Rename(path, taken); err != nil {
-		return 0, err
-	}
 	// A line at a time: what is read goes to its lane, so no more of the
 	// file is in memory at once than the lanes take.
 	failed, total := 0, 0
@@ -286,13 +299,13 @@ func (b *Broker) RestoreSpool(path string) (restored int, err error) {
 	b.log.Info("events restored from the spool file", "file", path, "events", restored, "of", total)
 	if failed == 0 {
 		if err := os.Remove(taken); err != nil {
-			b.log.Error("spool file restored but not removed", "file", taken, "err", err)
+			b.log.Error("spool file restored but not removed: the next start restores it again", "file", taken, "err", err)
 		}
 		return restored, nil
 	}
 	kept := path + ".kept-" + time.Now().UTC().Format("20060102T150405.000Z")
 	if err := os.Rename(taken, kept); err != nil {
-		b.log.Error("spool file with lines not restored: not renamed", "file", taken, "err", err)
+		b.log.Error("spool file with lines not restored: not renamed; the next start restores it again", "file", taken, "err", err)
 		kept = taken
 	}
 	b.log.Warn("spool file kept: some of its lines were not restored", "file", kept, "lines", failed)

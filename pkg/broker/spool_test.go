@@ -445,3 +445,30 @@ func BenchmarkSpool(b *testing.B) {
 		}
 	})
 }
+
+// TestRestoreSpool_AfterACrashWhileRestoring: a start that died while
+// restoring left path.restoring; the next start delivers its events (at
+// least once) before those of a newer spool file, and removes both.
+func TestRestoreSpool_AfterACrashWhileRestoring(t *testing.T) {
+	rec := newRecorder()
+	b, _ := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Workers: 1, Handlers: map[string]Handler{"sub": rec.handle}})
+	path := filepath.Join(t.TempDir(), "spool")
+	for file, id := range map[string]string{path + ".restoring": "crashed", path: "newer"} {
+		var buf bytes.Buffer
+		if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event(id, "x", "")}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, buf.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := b.RestoreSpool(path); n != 2 || err != nil {
+		t.Fatalf("RestoreSpool: %d, %v", n, err)
+	}
+	if got := []string{rec.next(t).ID(), rec.next(t).ID()}; !slices.Equal(got, []string{"crashed", "newer"}) {
+		t.Errorf("delivered %v", got)
+	}
+	if left, _ := filepath.Glob(path + "*"); len(left) != 0 {
+		t.Errorf("files left: %v", left)
+	}
+}
