@@ -126,8 +126,15 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
+	unread := newUnreadConns()
+	srv.ConnState = unread.connState
+	srv.RegisterOnShutdown(func() {
+		if n := unread.closeUnread(); n > 0 {
+			log.Debug("closed connections on which no request had begun", "connections", n)
+		}
+	})
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(readListener{ln}) }()
 	log.Info("serving", "addr", ln.Addr().String(), "write_timeout", wt)
 	if ready != nil {
 		ready(ln.Addr())

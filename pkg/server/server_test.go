@@ -1,0 +1,93 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+)
+
+// TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing: at a
+// stop, a connection no byte arrived on (a client's spare pooled one) is
+// closed at once, while a request that has begun to arrive is still served
+// to its end. With a shutdown timeout under net/http's 5 s for new
+// connections, the stop is clean: it never has to cancel requests.
+func TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs safebuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Write([]byte("got " + string(body)))
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		done <- ServeListener(ctx, log, Options{ShutdownTimeout: 2 * time.Second}, ln, h, func(net.Addr) { close(ready) })
+	}()
+	<-ready
+
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	begun, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer begun.Close()
+	// Headers now, the body after the stop began.
+	if _, err := io.WriteString(begun, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Both connections accepted: a third one's request is answered after
+	// theirs were.
+	if resp, err := http.Get("http://" + ln.Addr().String() + "/"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	time.Sleep(100 * time.Millisecond) // the begun request's headers read
+
+	cancel()
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := silent.Read(make([]byte, 1)); err == nil || n != 0 {
+		t.Errorf("the silent connection: read %d bytes, %v; want it closed", n, err)
+	}
+	if _, err := io.WriteString(begun, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	begun.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(begun), nil)
+	if err != nil {
+		t.Fatalf("the begun request got no answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "got hello" {
+		t.Errorf("the begun request: %d %q", resp.StatusCode, body)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("ServeListener did not return")
+	}
+	if strings.Contains(logs.String(), "requests still running") {
+		t.Errorf("the stop had to cancel requests:\n%s", logs.String())
+	}
+}

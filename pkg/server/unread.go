@@ -1,0 +1,90 @@
+package server
+
+import (
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+)
+
+// unreadConns finds, when the server shuts down, the connections on which
+// no byte has arrived yet, and closes them. http.Server.Shutdown treats a
+// new connection as idle only once it is 5 seconds old (golang/go#22682),
+// so without this a stop waits up to 5 s for a connection that will never
+// carry a request: net/http's Transport dials a spare one while it waits
+// for a busy one, and keeps it in its pool unused. In local mode the sync
+// handler's own posts to the broker ingress make such connections; so do
+// sync's posts to a standalone broker. A connection on which a request
+// has begun to arrive is left to finish.
+type unreadConns struct {
+	mu    sync.Mutex
+	fresh map[*readConn]struct{} // in http.StateNew
+}
+
+// readConn remembers whether anything was read from it.
+type readConn struct {
+	net.Conn
+	read atomic.Bool
+}
+
+func (c *readConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.read.Store(true)
+	}
+	return n, err
+}
+
+// CloseWrite keeps the TCP half-close net/http uses before closing a
+// connection it answered.
+func (c *readConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+type readListener struct {
+	net.Listener
+}
+
+func (l readListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &readConn{Conn: c}, nil
+}
+
+func newUnreadConns() *unreadConns { return &unreadConns{fresh: map[*readConn]struct{}{}} }
+
+// connState is the server's ConnState hook.
+func (u *unreadConns) connState(c net.Conn, s http.ConnState) {
+	rc, ok := c.(*readConn)
+	if !ok {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if s == http.StateNew {
+		u.fresh[rc] = struct{}{}
+	} else {
+		delete(u.fresh, rc)
+	}
+}
+
+// closeUnread closes the new connections nothing arrived on, and says how
+// many.
+func (u *unreadConns) closeUnread() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for c := range u.fresh {
+		if !c.read.Load() {
+			c.Close()
+			delete(u.fresh, c)
+			n++
+		}
+	}
+	return n
+}
