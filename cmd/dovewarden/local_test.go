@@ -567,3 +567,59 @@ func TestLocal_SpoolFileCarriesAnAlertOverARestart(t *testing.T) {
 		}
 	}
 }
+
+// TestLocal_ChangesOfTheLastRoundAreNotLeftToTheSweep: a change arrives
+// during each of u1's dsyncs until --max-rounds stops the owner, and then
+// no more come (the end of a burst of mail). The last change must still
+// get a dsync that starts after it, at once, not at the next sweep: the
+// owner hands u1 back to the Broker.
+func TestLocal_ChangesOfTheLastRoundAreNotLeftToTheSweep(t *testing.T) {
+	const rounds = 2
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	fake.SetUsers() // the sweep at start has no one to replicate
+	started := make(chan struct{}, 10)
+	release, free := make(chan struct{}, 10), make(chan struct{})
+	fake.OnStart = func(doveadmtest.Call) {
+		started <- struct{}{}
+		select {
+		case <-release:
+		case <-free:
+		}
+	}
+	base, _, stderr := startLocalWith(t, fake, "--max-rounds", strconv.Itoa(rounds), "--sweep-every", "0")
+	t.Cleanup(func() { close(free) }) // before the stop: no dsync stays held
+	postDovecotEvent(t, base, deliveryEvent)
+	var last time.Time
+	for i := range rounds {
+		select {
+		case <-started:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no dsync of u1\n%s", stderr)
+		}
+		// A change during this round, merged into it: it asks for one
+		// more.
+		last = time.Now()
+		postDovecotEvent(t, base, deliveryEvent)
+		if m, ok := awaitMetric(t, base, fmt.Sprintf(`dovewarden_sync_coalesced_changes_total{how="merged"} %d`, i+1)); !ok {
+			t.Fatalf("change %d not merged into the running dsync:\n%s", i+1, m)
+		}
+		release <- struct{}{}
+	}
+	select {
+	case <-started:
+		release <- struct{}{}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the change posted during the last round got no dsync\n%s", stderr)
+	}
+	calls := fake.Tracker.CallsOf("u1") // recorded when they end
+	for deadline := time.Now().Add(5 * time.Second); len(calls) < rounds+1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		calls = fake.Tracker.CallsOf("u1")
+	}
+	if len(calls) < rounds+1 || !calls[len(calls)-1].Start.After(last) {
+		t.Errorf("dsyncs of u1 %+v: want %d, the last started after %v", calls, rounds+1, last)
+	}
+	if !strings.Contains(stderr.String(), "asked for again through the Broker") {
+		t.Errorf("the log does not say u1 was asked for again:\n%s", stderr)
+	}
+}

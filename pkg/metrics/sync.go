@@ -27,6 +27,10 @@ const (
 	// SyncReruns counts dsyncs run again by a lock owner because changes
 	// arrived during its dsync.
 	SyncReruns = "sync_reruns_total"
+	// SyncAskedAgain counts users handed back to the Broker as a
+	// replication.requested after --max-rounds dsyncs of one request, by
+	// result (sent, failed: left for the sweep).
+	SyncAskedAgain = "sync_asked_again_total"
 	// SyncInProgress is the number of dsyncs this instance runs now.
 	SyncInProgress = "sync_dsyncs_in_progress"
 	// SyncPendingUsers and SyncFailingUsers are read from Redis at scrape

@@ -13,6 +13,7 @@ type replMetrics struct {
 	contention *prometheus.CounterVec
 	coalesced  *prometheus.CounterVec
 	reruns     prometheus.Counter
+	askedAgain *prometheus.CounterVec
 	inProgress prometheus.Gauge
 	config     *prometheus.CounterVec
 }
@@ -36,11 +37,13 @@ func newReplMetrics(reg prometheus.Registerer) *replMetrics {
 			Help: "Changes acknowledged without a dsync of their own, by how (covered, merged)."}, []string{"how"}),
 		reruns: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncReruns,
 			Help: "dsyncs run again at once by the lock owner because changes arrived during its dsync."}),
+		askedAgain: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncAskedAgain,
+			Help: "Users whose changes kept arriving during --max-rounds dsyncs of one request, handed back to the Broker as a replication.requested, by result (sent; failed: left for the sweep)."}, []string{"result"}),
 		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: metrics.SyncInProgress,
 			Help: "dsyncs this instance runs now."}),
 		config: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncConfigProblems,
 			Help: "Failures an admin must fix (exit codes 77/78, rejected credentials, protocol errors), by class."}, []string{"class"}),
 	}
-	reg.MustRegister(m.dsyncs, m.duration, m.lag, m.contention, m.coalesced, m.reruns, m.inProgress, m.config)
+	reg.MustRegister(m.dsyncs, m.duration, m.lag, m.contention, m.coalesced, m.reruns, m.askedAgain, m.inProgress, m.config)
 	return m
 }

@@ -32,9 +32,16 @@ type Store interface {
 }
 
 // Notifier hears of each failed attempt that the sync function retries
-// itself; the final outcome is Replicate's result.
+// itself (the final outcome is Replicate's result), and hands a user back
+// to the Broker.
 type Notifier interface {
 	AttemptFailed(ctx context.Context, req change.Request, f change.Failure)
+	// AskAgain asks for one more replication of req's user, with req's
+	// priority, through the Broker: changes kept arriving during
+	// --max-rounds dsyncs of one request, and those of the last one are
+	// left. at is on Redis's clock, after every one of them: a dsync that
+	// starts after it covers them. An error leaves them to the sweep.
+	AskAgain(ctx context.Context, req change.Request, at time.Time) error
 }
 
 // Options tune the replicator. Zero values take the defaults of Defaults.

@@ -25,14 +25,28 @@ import (
 
 // notes records the failed attempts a replicator reports.
 type notes struct {
-	mu sync.Mutex
-	fs []change.Failure
+	mu     sync.Mutex
+	fs     []change.Failure
+	asked  []asked
+	askErr error
 }
 
 func (n *notes) AttemptFailed(_ context.Context, _ change.Request, f change.Failure) {
 	n.mu.Lock()
 	n.fs = append(n.fs, f)
 	n.mu.Unlock()
+}
+
+func (n *notes) AskAgain(_ context.Context, req change.Request, at time.Time) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.asked = append(n.asked, asked{req, at})
+	return n.askErr
+}
+
+type asked struct {
+	req change.Request
+	at  time.Time
 }
 
 func (n *notes) all() []change.Failure {
@@ -396,6 +410,73 @@ func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 	st, _ := f.st.Status(context.Background(), "u1")
 	if !st.PendingSince.IsZero() || st.InProgress {
 		t.Errorf("status %+v", st)
+	}
+}
+
+// TestReplicate_ChangesLeftAfterMaxRoundsAreAskedForAgain: with changes
+// arriving during every dsync, the owner stops after --max-rounds and hands
+// the user back to the Broker (the lane's other work first), timed after
+// the last round, so the changes of that round do not wait for the sweep.
+// When that send fails, they stay pending for the sweep.
+func TestReplicate_ChangesLeftAfterMaxRoundsAreAskedForAgain(t *testing.T) {
+	for _, sendFails := range []bool{false, true} {
+		t.Run(fmt.Sprintf("send fails %t", sendFails), func(t *testing.T) {
+			o := fast
+			o.MaxRounds = 2
+			f := newFixture(t, o)
+			if sendFails {
+				f.notes.askErr = errors.New("broker full")
+			}
+			started := make(chan struct{}, 10)
+			release := make(chan struct{})
+			f.a.OnStart = func(doveadmtest.Call) {
+				started <- struct{}{}
+				<-release
+			}
+			done := make(chan change.Result)
+			go func() { done <- f.replicate(t, change.Request{User: "u1", Priority: change.Low, Host: "mail-a"}) }()
+			for range o.MaxRounds {
+				<-started
+				// A change during each round: each asks for one more.
+				if res := f.replicate(t, change.Request{User: "u1", Host: "mail-a"}); res.Outcome != change.Coalesced {
+					t.Fatalf("change during dsync: %+v", res)
+				}
+				release <- struct{}{}
+			}
+			res := <-done
+			if n := len(f.tracks.CallsOf("u1")); n != o.MaxRounds || res.Outcome != change.Synced {
+				t.Fatalf("%d dsyncs, result %+v: want %d", n, res, o.MaxRounds)
+			}
+			f.notes.mu.Lock()
+			asked := append([]asked(nil), f.notes.asked...)
+			f.notes.mu.Unlock()
+			if len(asked) != 1 || asked[0].req.User != "u1" || asked[0].req.Priority != change.Low || asked[0].req.Host != "mail-a" {
+				t.Fatalf("asked again %+v, want u1 once, low, from mail-a", asked)
+			}
+			if asked[0].at.Before(res.Start) {
+				t.Errorf("asked again at %v, before the last round's start %v", asked[0].at, res.Start)
+			}
+			result := "sent"
+			if sendFails {
+				result = "failed"
+			}
+			if got := counter(t, f, metrics.SyncAskedAgain, "result", result); got != 1 {
+				t.Errorf("asked again %s: %v", result, got)
+			}
+			// Either way the change stays pending in Redis until a dsync
+			// that started after it succeeds.
+			if st, _ := f.st.Status(context.Background(), "u1"); st.PendingSince.IsZero() {
+				t.Errorf("the left change is not pending: %+v", st)
+			}
+			// The request asked for again runs that dsync.
+			close(release)
+			if res := f.replicate(t, change.Request{User: "u1", Time: asked[0].at, Priority: change.Low}); res.Outcome != change.Synced {
+				t.Errorf("the request asked for again: %+v", res)
+			}
+			if st, _ := f.st.Status(context.Background(), "u1"); !st.PendingSince.IsZero() {
+				t.Errorf("still pending after it: %+v", st)
+			}
+		})
 	}
 }
 

@@ -101,8 +101,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
-				r.log.Info("changes arrived during dsync; left for the next event or the sweep",
-					"user", user, "rounds", rounds)
+				j.askAgain(ctx, lctx, rounds, end)
 			}
 			return j.res, nil
 		}
@@ -145,6 +144,29 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		full = full || needsFull(c)
 		r.flights.reopen(fl, claim.Start)
 	}
+}
+
+// askAgain hands the user back to the Broker when changes kept arriving
+// during --max-rounds dsyncs: a user that changes without pause gets a
+// worker again only behind the lane's other work, and the changes of the
+// last round wait for it, not for the sweep (a burst of mail ending there
+// would otherwise leave its last messages on the source until the sweep).
+// A request cut off (lctx ended) leaves them to the next event or the
+// sweep, as does a failed send: they stay pending in Redis.
+func (j *job) askAgain(ctx, lctx context.Context, rounds int, at time.Time) {
+	r, user := j.r, j.req.User
+	if r.notify == nil || lctx.Err() != nil {
+		r.log.Info("changes arrived during dsync; left for the next event or the sweep", "user", user, "rounds", rounds)
+		return
+	}
+	if err := r.notify.AskAgain(ctx, j.req, at); err != nil {
+		r.m.askedAgain.WithLabelValues("failed").Inc()
+		r.log.Warn("changes arrived during dsync; not asked for again, left for the next event or the sweep",
+			"user", user, "rounds", rounds, "err", err)
+		return
+	}
+	r.m.askedAgain.WithLabelValues("sent").Inc()
+	r.log.Info("changes arrived during dsync; asked for again through the Broker", "user", user, "rounds", rounds)
 }
 
 // next decides whether and when to retry a failed attempt, by the policy

@@ -93,6 +93,18 @@ func NewSinkNotifier(snd *sink.Sender, source string, reg prometheus.Registerer,
 	return n
 }
 
+// AskAgain sends a replication.requested for req's user, with its
+// priority and host, timed at (Redis's clock): the sync function's own
+// request, after --max-rounds dsyncs left changes behind.
+func (n *SinkNotifier) AskAgain(ctx context.Context, req change.Request, at time.Time) error {
+	ev, err := contract.Requested(change.Request{User: req.User, Host: req.Host, Time: at, Priority: req.Priority},
+		"max-rounds", n.source)
+	if err == nil {
+		err = n.snd.Send(ctx, ev)
+	}
+	return err
+}
+
 // AttemptFailed sends one replication.failed event; a failure to send is
 // logged and counted, never fatal: the final outcome still follows.
 func (n *SinkNotifier) AttemptFailed(ctx context.Context, req change.Request, f change.Failure) {

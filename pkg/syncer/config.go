@@ -94,7 +94,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&c.RetryBackoff, "retry-backoff", d.Backoff, "delay before the first retry, the full rerun after exit code 65 or 68 included; doubles each retry")
 	fs.DurationVar(&c.RetryBackoffMax, "retry-backoff-max", d.MaxBackoff, "longest delay between retries")
 	fs.DurationVar(&c.RunAgainDelay, "run-again-delay", d.RunAgainDelay, "delay before re-running a dsync that answered exit code 2 (changed during sync)")
-	fs.IntVar(&c.MaxRounds, "max-rounds", d.MaxRounds, "dsyncs one event may run back to back while changes keep arriving; the rest waits for the next event or the sweep")
+	fs.IntVar(&c.MaxRounds, "max-rounds", d.MaxRounds, "dsyncs one event may run back to back while changes keep arriving; then the user is asked for again through the Broker, behind the lane's other work")
 	fs.StringVar(&c.ResultsSink, "results-sink", getenv("K_SINK"), "Broker URL for replication.failed events of attempts that are retried (default: $K_SINK); final outcomes are the reply")
 	c.CEOverrides = getenv("K_CE_OVERRIDES")
 	fs.StringVar(&c.Source, "source", DefaultSource, "CloudEvent source of the result events")
