@@ -314,15 +314,14 @@ func (b *Broker) Lanes() []LaneInfo {
 	return out
 }
 
-// Shutdown stops taking events (Publish returns ErrClosed), stops the
-// events waiting for a retry or a worker, and lets deliveries in flight
-// finish until ctx ends, when they are cancelled. It logs and counts what
-// the lanes still held, and returns it: events whose delivery never
-// succeeded (queued or waiting to retry, and one cancelled in flight that
-// had a retry left; one per Trigger that held it), replies not yet
-// published and dead-letter deliveries not yet made. The caller can save
-// them for Restore after the next start (SaveSpool), or record what they
-// stood for.
+// Shutdown stops taking events (Publish returns ErrClosed), delivers
+// nothing more of what waits for a worker or a retry, and lets deliveries
+// in flight finish until ctx ends, when they are cancelled. It logs and
+// counts what the lanes still held, and returns it: events whose delivery
+// never succeeded (queued, waiting to retry, or cancelled in flight; one
+// per Trigger that held it), replies not yet published and dead-letter
+// deliveries not yet made. The caller can save them for Restore after the
+// next start (SaveSpool), or record what they stood for.
 func (b *Broker) Shutdown(ctx context.Context) (held []Held, err error) {
 	b.mu.Lock()
 	if b.closed {
