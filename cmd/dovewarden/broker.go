@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
@@ -49,7 +50,7 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	if err := restoreHeld(b, set.SpoolFile); err != nil {
-		b.Shutdown(context.Background())
+		abandon(b, srv.ShutdownTimeout)
 		return err
 	}
 	log.Info("broker ingress", "path", "/", "broker", b.Name())
@@ -74,6 +75,13 @@ func shutdownBroker(ctx context.Context, b *broker.Broker, log *slog.Logger) []b
 		log.Warn("deliveries still running at the end of --shutdown-timeout were cancelled and handed back", "err", err)
 	}
 	return held
+}
+
+// abandon stops b after a start that failed, within timeout.
+func abandon(b *broker.Broker, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	b.Shutdown(ctx)
 }
 
 // restoreHeld gives the events a stopped broker saved in the spool file

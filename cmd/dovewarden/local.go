@@ -171,7 +171,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	if err := restoreHeld(b, bs.SpoolFile); err != nil {
-		b.Shutdown(context.Background())
+		abandon(b, sc.Server.ShutdownTimeout)
 		return err
 	}
 	for _, w := range bcfg.Warnings {
