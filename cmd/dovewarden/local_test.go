@@ -478,13 +478,21 @@ func TestLocal_Overview(t *testing.T) {
 			InFlight   int64 `json:"in_flight"`
 		}
 	}
-	resp, err := http.Get(base + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /status: %d %v", resp.StatusCode, err)
+	// The sweep at start records itself when its lane's worker takes
+	// it, which may come after u2 was queued.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get(base + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&o)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /status: %d %v", resp.StatusCode, err)
+		}
+		if o.Sweep.ID != "" || time.Now().After(deadline) {
+			break
+		}
 	}
 	// u1's change is pending in Redis while its dsync runs; u2's waits
 	// in the lane (below).
