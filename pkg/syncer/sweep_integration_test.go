@@ -158,6 +158,10 @@ func TestIntegrationRedis_SweepEndToEnd(t *testing.T) {
 		t.Fatalf("u05 should have failed: %d", resp.StatusCode)
 	}
 	a.Respond = nil
+	// The retry is due once --failed-retry-interval has passed on Redis's
+	// clock, which stamps the failure and the sweep's batches in whole
+	// milliseconds: a sweep within the same millisecond rightly skips u05.
+	waitRedisPast(t, st, "u05", time.Millisecond)
 	third := sweep()
 	if fmt.Sprint(keys(third)) != "[u03 u05]" || third["u03"].Reason != "sweep:pending" || third["u05"].Reason != "sweep:failed" ||
 		third["u03"].Full || third["u05"].Full {
@@ -172,6 +176,28 @@ func TestIntegrationRedis_SweepEndToEnd(t *testing.T) {
 	}
 	if tr.Overlaps() != 0 {
 		t.Errorf("%d overlapping dsyncs", tr.Overlaps())
+	}
+}
+
+// waitRedisPast waits until Redis's clock is past user's failure plus d.
+func waitRedisPast(t *testing.T, st *state.Store, user string, d time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := st.Status(ctx, user)
+	if err != nil || !s.Failed {
+		t.Fatalf("%s is not marked failed: %+v %v", user, s, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		now, err := st.Now(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !now.Before(s.FailedSince.Add(d)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis's clock stays at %s, before %s's failure at %s plus %s", now, user, s.FailedSince, d)
+		}
 	}
 }
 
