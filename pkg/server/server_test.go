@@ -26,7 +26,11 @@ func TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing(t *testing.T
 	}
 	var logs safebuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	posted := make(chan struct{}, 1) // the begun request's headers read
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posted <- struct{}{}
+		}
 		body, _ := io.ReadAll(r.Body)
 		w.Write([]byte("got " + string(body)))
 	})
@@ -60,7 +64,11 @@ func TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing(t *testing.T
 	} else {
 		resp.Body.Close()
 	}
-	time.Sleep(100 * time.Millisecond) // the begun request's headers read
+	select {
+	case <-posted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the begun request's headers were not read")
+	}
 
 	cancel()
 	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
