@@ -238,40 +238,67 @@ func (b *Broker) SaveSpool(path string, held []Held) error {
 }
 
 // RestoreSpool gives the events of the spool file at path back to their
-// Triggers (Restore); no file is nothing to do. It first renames the file
-// to path.restoring, and removes that once every event is back in its
+// Triggers (Restore); no file is nothing to do. It opens the file, renames
+// it to path.restoring, and removes that once every event is back in its
 // lane: a start after a crash in between finds path.restoring and
 // restores it again, so its events are delivered at least once (a second
-// time, some of them). What cannot be restored is logged and counted, and
-// the file is then kept as path.kept-TIME, so nothing is dropped without
-// a trace. It must run before the broker takes events, so that held
-// events are first in their lanes. The error is one of opening or
-// renaming a file, before any of its events was restored: the caller
-// should not start.
+// time, some of them). Such a leftover stays on disk until the newer file,
+// if any, is open and takes its name, so a start refused on the way loses
+// none of it. What cannot be restored is logged and counted, and the file
+// is then kept as path.kept-TIME, so nothing is dropped without a trace.
+// It must run before the broker takes events, so that held events are
+// first in their lanes. The error is one of opening or renaming a file;
+// every event restored before it is still on disk (in a file the next
+// start restores, or in a kept one): the caller should not start.
 func (b *Broker) RestoreSpool(path string) (restored int, err error) {
 	taken := path + ".restoring"
-	if _, err := os.Stat(taken); err == nil {
+	leftover, stuck := false, error(nil)
+	if f, err := os.Open(taken); err == nil {
 		b.log.Warn("spool file left by a start that ended while restoring it: restoring it again", "file", taken)
-		if restored, err = b.restoreTaken(path, taken); err != nil {
-			return restored, err
-		}
+		restored, leftover, stuck = b.restoreFrom(path, taken, f)
+		f.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, err
 	}
-	if err := os.Rename(path, taken); errors.Is(err, os.ErrNotExist) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if leftover {
+			b.removeRestored(taken)
+		}
 		return restored, nil
 	} else if err != nil {
 		return restored, err
 	}
-	n, err := b.restoreTaken(path, taken)
-	return restored + n, err
+	defer f.Close()
+	if stuck != nil {
+		// The leftover, not all restored, could not be kept under
+		// another name: the newer file must not replace it.
+		return restored, stuck
+	}
+	if err := os.Rename(path, taken); err != nil {
+		return restored, err
+	}
+	// Not kept under another name (err): the next start restores it again.
+	n, all, _ := b.restoreFrom(path, taken, f)
+	if all {
+		b.removeRestored(taken)
+	}
+	return restored + n, nil
 }
 
-// restoreTaken restores the spool file path, renamed to taken.
-func (b *Broker) restoreTaken(path, taken string) (restored int, err error) {
-	f, err := os.Open(taken)
-	if err != nil {
-		return 0, err
+// removeRestored removes the spool file taken, every event of which is
+// back in its lane.
+func (b *Broker) removeRestored(taken string) {
+	if err := os.Remove(taken); err != nil {
+		b.log.Error("spool file restored but not removed: the next start restores it again", "file", taken, "err", err)
 	}
-	defer f.Close()
+}
+
+// restoreFrom restores the spool file path, renamed to taken and open as
+// f. It reports whether every line was restored; if not, it renames taken
+// to path.kept-TIME, and the error is that of the rename (taken is then
+// still there).
+func (b *Broker) restoreFrom(path, taken string, f *os.File) (restored int, all bool, err error) {
 	// A line at a time: what is read goes to its lane, so no more of the
 	// file is in memory at once than the lanes take.
 	failed, total := 0, 0
@@ -298,16 +325,22 @@ func (b *Broker) restoreTaken(path, taken string) (restored int, err error) {
 	b.m.spooled.WithLabelValues(spoolRestored).Add(float64(restored))
 	b.log.Info("events restored from the spool file", "file", path, "events", restored, "of", total)
 	if failed == 0 {
-		if err := os.Remove(taken); err != nil {
-			b.log.Error("spool file restored but not removed: the next start restores it again", "file", taken, "err", err)
-		}
-		return restored, nil
+		return restored, true, nil
 	}
-	kept := path + ".kept-" + time.Now().UTC().Format("20060102T150405.000Z")
+	// Two files (a leftover and the newer one) may be kept in the same
+	// millisecond.
+	ts := time.Now().UTC().Format("20060102T150405.000Z")
+	kept := path + ".kept-" + ts
+	for i := 2; ; i++ {
+		if _, err := os.Lstat(kept); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		kept = fmt.Sprintf("%s.kept-%s-%d", path, ts, i)
+	}
 	if err := os.Rename(taken, kept); err != nil {
 		b.log.Error("spool file with lines not restored: not renamed; the next start restores it again", "file", taken, "err", err)
-		kept = taken
+		return restored, false, err
 	}
 	b.log.Warn("spool file kept: some of its lines were not restored", "file", kept, "lines", failed)
-	return restored, nil
+	return restored, false, nil
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -470,5 +471,81 @@ func TestRestoreSpool_AfterACrashWhileRestoring(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(path + "*"); len(left) != 0 {
 		t.Errorf("files left: %v", left)
+	}
+}
+
+// TestRestoreSpool_ALeftoverStaysUntilTheNewerFileIsRead: after a crash
+// while restoring, a start that restores the leftover path.restoring but
+// cannot read the newer spool file (here a symbolic link to itself, which
+// renames but does not open) is refused, and the leftover stays on disk:
+// its events, already in the lanes of the broker that does not start, are
+// restored by the next start.
+func TestRestoreSpool_ALeftoverStaysUntilTheNewerFileIsRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spool")
+	var buf bytes.Buffer
+	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("crashed", "x", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".restoring", buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Base(path), path); err != nil {
+		t.Fatal(err)
+	}
+	refused, _ := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Workers: 1, Handlers: map[string]Handler{"sub": newRecorder().handle}})
+	if _, err := refused.RestoreSpool(path); err == nil {
+		t.Fatal("RestoreSpool: no error for a spool file that does not open")
+	}
+
+	// The administrator removes the link; the next start restores the
+	// leftover.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	b, _ := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Workers: 1, Handlers: map[string]Handler{"sub": rec.handle}})
+	if n, err := b.RestoreSpool(path); n != 1 || err != nil {
+		t.Fatalf("the next start's RestoreSpool: %d, %v", n, err)
+	}
+	if got := rec.next(t).ID(); got != "crashed" {
+		t.Errorf("delivered %q, want the leftover's event", got)
+	}
+	if left, _ := filepath.Glob(path + "*"); len(left) != 0 {
+		t.Errorf("files left: %v", left)
+	}
+}
+
+// TestRestoreSpool_KeepsALeftoverAndTheNewerFileApart: a leftover
+// path.restoring and the newer spool file, each with a line that is not
+// restored, are both kept, each whole, though kept in the same
+// millisecond.
+func TestRestoreSpool_KeepsALeftoverAndTheNewerFileApart(t *testing.T) {
+	b, _ := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Handlers: map[string]Handler{"sub": newRecorder().handle}})
+	path := filepath.Join(t.TempDir(), "spool")
+	want := map[string]bool{}
+	for file, id := range map[string]string{path + ".restoring": "crashed", path: "newer"} {
+		var buf bytes.Buffer
+		if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event(id, "x", "")}}); err != nil {
+			t.Fatal(err)
+		}
+		buf.WriteString("{not json\n")
+		want[buf.String()] = true
+		if err := os.WriteFile(file, buf.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := b.RestoreSpool(path); n != 2 || err != nil {
+		t.Fatalf("RestoreSpool: %d, %v", n, err)
+	}
+	kept, _ := filepath.Glob(path + ".kept-*")
+	for _, k := range kept {
+		got, _ := os.ReadFile(k)
+		if !want[string(got)] {
+			t.Errorf("kept file %s: %q is not one of the spool files", k, got)
+		}
+		delete(want, string(got))
+	}
+	if len(want) != 0 {
+		t.Errorf("spool files not kept: %q (kept: %v)", slices.Collect(maps.Keys(want)), kept)
 	}
 }
