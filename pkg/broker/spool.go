@@ -328,11 +328,11 @@ func (b *Broker) restoreFrom(path, taken string, f *os.File) (restored int, all 
 		return restored, true, nil
 	}
 	// Two files (a leftover and the newer one) may be kept in the same
-	// millisecond.
+	// millisecond: a name that is taken gets a number.
 	ts := time.Now().UTC().Format("20060102T150405.000Z")
 	kept := path + ".kept-" + ts
 	for i := 2; ; i++ {
-		if _, err := os.Lstat(kept); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Lstat(kept); err != nil {
 			break
 		}
 		kept = fmt.Sprintf("%s.kept-%s-%d", path, ts, i)
