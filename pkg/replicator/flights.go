@@ -1,7 +1,6 @@
 package replicator
 
 import (
-	"context"
 	"sync"
 	"time"
 )
@@ -21,26 +20,28 @@ import (
 //
 // While its owner records an outcome or restarts an attempt, a flight is
 // closed: changes then go to Redis, whose scripts order them with the
-// owner's. So is a flight whose lock was found lost.
+// owner's. So is a flight whose lease ended: a change merged only while
+// the lock is surely held was seen before any other instance could take
+// it, so the next owner's dsync, which starts later, covers it.
 type flights struct {
 	mu sync.Mutex
 	m  map[string]*flight
 }
 
 type flight struct {
-	lock   context.Context // ends when the lock is found lost
-	start  time.Time       // the running attempt's start (Redis clock)
-	open   bool            // changes may merge in-process
-	rerun  bool            // a merged change needs another attempt
-	merged int             // changes merged in-process into this attempt or the next
+	lease  *lease    // the lock the attempt runs under
+	start  time.Time // the running attempt's start (Redis clock)
+	open   bool      // changes may merge in-process
+	rerun  bool      // a merged change needs another attempt
+	merged int       // changes merged in-process into this attempt or the next
 }
 
 func newFlights() *flights { return &flights{m: make(map[string]*flight)} }
 
-// begin registers the flight of user whose attempt started at start, under
-// the lock that lock's context follows.
-func (fs *flights) begin(user string, start time.Time, lock context.Context) *flight {
-	f := &flight{lock: lock, start: start, open: true}
+// begin registers the flight of user whose attempt started at start,
+// under the lock that l holds.
+func (fs *flights) begin(user string, start time.Time, l *lease) *flight {
+	f := &flight{lease: l, start: start, open: true}
 	fs.mu.Lock()
 	fs.m[user] = f
 	fs.mu.Unlock()
@@ -53,7 +54,7 @@ func (fs *flights) merge(user string, observed time.Time) bool {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	f := fs.m[user]
-	if f == nil || !f.open || f.lock.Err() != nil {
+	if f == nil || !f.open || !f.lease.held() {
 		return false
 	}
 	if !observed.Before(f.start) {

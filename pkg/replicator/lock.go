@@ -2,25 +2,55 @@ package replicator
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 )
 
-// keepLock renews the user's lock every TTL/3 until stop is called. If the
-// lock is gone (another owner, or expired) or cannot be renewed for a whole
-// TTL, it cancels ctx with doveadm.ErrLockLost: no dsync may go on without
-// the lock, or two could run at once.
-func (r *Replicator) keepLock(ctx context.Context, user, token string) (context.Context, func()) {
+// lease is this instance's hold on a user's lock while its dsync runs.
+// Redis sets the lock's expiry when a call that takes or renews it
+// arrives, so the lock is held for at least the TTL after that call was
+// sent, whenever its answer comes. The lease counts from there, less a
+// sixth of the TTL, and ends at that moment on this process's own clock:
+// a renewal stuck on a Redis that does not answer must not keep a dsync
+// running past the lock, or another instance could take the lock and run a
+// second dsync of the user.
+type lease struct {
+	ctx context.Context // ends (doveadm.ErrLockLost) with the lease
+	mu  sync.Mutex
+	end time.Time // the lock is surely held before this
+}
+
+// held reports whether the lock is surely still this instance's.
+func (l *lease) held() bool {
+	l.mu.Lock()
+	end := l.end
+	l.mu.Unlock()
+	return l.ctx.Err() == nil && time.Now().Before(end)
+}
+
+// keepLock holds the user's lock, taken by a call sent at taken, until
+// stop is called: it renews it every TTL/3 and ends the lease's context
+// with doveadm.ErrLockLost when the lock is gone (another owner, or
+// expired) or was not renewed in time.
+func (r *Replicator) keepLock(ctx context.Context, user, token string, taken time.Time) (*lease, func()) {
 	lctx, cancel := context.WithCancelCause(ctx)
+	ttl := r.opts.LockTTL
+	hold := ttl - ttl/6
+	l := &lease{ctx: lctx, end: taken.Add(hold)}
+	expire := time.AfterFunc(time.Until(l.end), func() {
+		if lctx.Err() == nil {
+			r.log.Error("lock not renewed before it expires; dsync stopped", "user", user)
+		}
+		cancel(doveadm.ErrLockLost)
+	})
 	done := make(chan struct{})
 	stopped := make(chan struct{})
-	ttl := r.opts.LockTTL
 	go func() {
 		defer close(stopped)
 		t := time.NewTicker(ttl / 3)
 		defer t.Stop()
-		lastOK := time.Now()
 		for {
 			select {
 			case <-done:
@@ -29,18 +59,22 @@ func (r *Replicator) keepLock(ctx context.Context, user, token string) (context.
 				return
 			case <-t.C:
 			}
-			rctx, rcancel := context.WithTimeout(lctx, ttl/3)
+			sent := time.Now()
+			l.mu.Lock()
+			end := l.end
+			l.mu.Unlock()
+			// An answer after the lease ended is of no use.
+			rctx, rcancel := context.WithDeadline(lctx, end)
 			ok, err := r.store.Renew(rctx, user, token, ttl)
 			rcancel()
 			switch {
 			case err == nil && ok:
-				lastOK = time.Now()
+				l.mu.Lock()
+				l.end = sent.Add(hold)
+				l.mu.Unlock()
+				expire.Reset(time.Until(sent.Add(hold)))
 			case err == nil && !ok:
 				r.log.Error("lock lost while dsync runs", "user", user)
-				cancel(doveadm.ErrLockLost)
-				return
-			case time.Since(lastOK) >= ttl-ttl/6:
-				r.log.Error("lock not renewable before it expires", "user", user, "err", err)
 				cancel(doveadm.ErrLockLost)
 				return
 			default:
@@ -48,9 +82,10 @@ func (r *Replicator) keepLock(ctx context.Context, user, token string) (context.
 			}
 		}
 	}()
-	return lctx, func() {
+	return l, func() {
 		// Cancel first: a renewal stuck on a slow Redis must not hold up
 		// the answer.
+		expire.Stop()
 		cancel(nil)
 		close(done)
 		<-stopped

@@ -3,9 +3,14 @@ package replicator
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
@@ -184,15 +189,77 @@ func TestReplicate_MergedChangesOfAFailedDsyncStayMarked(t *testing.T) {
 	}
 }
 
+// TestReplicate_MergedChangesOfADsyncThatOutlivedItsLockStayMarked: the
+// lock of a running dsync expires unnoticed (the process stalled, so its
+// renewals were late too); another instance takes it, runs and succeeds,
+// clearing the pending set. A change seen after that merges into the old
+// dsync, which then succeeds without the lock: the change stays marked
+// for the sweep, even when asking the Broker again fails.
+func TestReplicate_MergedChangesOfADsyncThatOutlivedItsLockStayMarked(t *testing.T) {
+	o := fast
+	o.LockTTL = time.Minute // no renewal while the test runs
+	f := newFixture(t, o)
+	f.notes.askErr = errors.New("broker refused: 503")
+	f.a.Tracker = doveadmtest.NewTracker(&testing.T{}) // the two dsyncs overlap on purpose
+	started, release := make(chan struct{}, 10), make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	var calls atomic.Int32
+	f.a.OnStart = func(doveadmtest.Call) {
+		if calls.Add(1) == 1 {
+			started <- struct{}{}
+			<-release
+		}
+	}
+	ctx := context.Background()
+	now := func() time.Time {
+		t.Helper()
+		n, err := f.st.Now(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	seen := now()
+	done := make(chan change.Result)
+	go func() { done <- f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen}) }()
+	<-started
+
+	f.mr.FastForward(o.LockTTL + time.Second)
+	other := New(o, f.st, f.r.tr, f.r.hosts, &notes{}, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	time.Sleep(2 * time.Millisecond)
+	seen = now()
+	if res, err := other.Replicate(ctx, change.Request{User: "u1", Time: seen, Observed: seen, Priority: change.High}); err != nil || res.Outcome != change.Synced {
+		t.Fatalf("the other instance: %+v, %v", res, err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	seen = now()
+	res := f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen})
+	free()
+	<-done
+	if res.Outcome != change.Coalesced {
+		t.Fatalf("the change after the other dsync: %+v; the test needs it merged into the stalled one", res)
+	}
+	st, err := f.st.Status(ctx, "u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.LastStart.After(seen) && st.PendingSince.IsZero() {
+		t.Errorf("status %+v: a change seen at %v was acknowledged, and no dsync started after it nor is it pending", st, seen)
+	}
+}
+
 // TestFlights_NoMergeOnceClosedOrLockLost: a change merges in-process only
-// into an open flight whose lock is still held; a change seen after the
+// into an open flight whose lock is surely still held; a change seen after the
 // attempt started asks for another attempt, and a reopened attempt owes
 // none.
 func TestFlights_NoMergeOnceClosedOrLockLost(t *testing.T) {
 	fs := newFlights()
 	start := time.Now()
 	lock, lose := context.WithCancel(context.Background())
-	f := fs.begin("u1", start, lock)
+	l := &lease{ctx: lock, end: time.Now().Add(time.Hour)}
+	f := fs.begin("u1", start, l)
 	if !fs.merge("u1", start.Add(-time.Millisecond)) {
 		t.Fatal("a change seen before the start did not merge")
 	}
@@ -214,6 +281,11 @@ func TestFlights_NoMergeOnceClosedOrLockLost(t *testing.T) {
 		t.Error("a reopened attempt owes a rerun")
 	}
 	fs.reopen(f, start)
+	l.end = time.Now()
+	if fs.merge("u1", start) {
+		t.Error("merged into a flight whose lease ran out")
+	}
+	l.end = time.Now().Add(time.Hour)
 	lose()
 	if fs.merge("u1", start) {
 		t.Error("merged into a flight whose lock was lost")

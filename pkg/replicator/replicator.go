@@ -177,7 +177,7 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 			return change.Result{Outcome: change.Coalesced, User: req.User, Host: host, Destination: ep.Destination}, nil
 		}
 	}
-	token := newToken()
+	token, taken := newToken(), time.Now()
 	claim, err := r.store.Begin(ctx, state.BeginArgs{
 		User: req.User, Host: host, Owner: r.opts.Owner, Token: token, Destination: ep.Destination,
 		At: at, TTL: r.opts.LockTTL, Margin: margin, Full: req.Full,
@@ -199,7 +199,7 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 		r.m.contention.WithLabelValues(prio).Inc()
 		r.m.coalesced.WithLabelValues("merged").Inc()
 	case state.Run:
-		j := &job{r: r, req: req, ep: ep, host: host, token: token, res: res}
+		j := &job{r: r, req: req, ep: ep, host: host, token: token, taken: taken, res: res}
 		return j.run(ctx, claim)
 	default:
 		return change.Result{}, fmt.Errorf("%w: unexpected decision %q", ErrUnavailable, claim.Decision)

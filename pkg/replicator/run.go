@@ -23,6 +23,8 @@ type job struct {
 	ep    doveadm.Endpoint
 	host  string
 	token string
+	// taken: when the call that took the lock was sent.
+	taken time.Time
 	res   change.Result
 	// escalated: this round's one full rerun after exit code 65 or 68
 	// has been given.
@@ -44,12 +46,13 @@ func needsFull(c state.Claim) bool {
 // left, or fails for good, or is cut off.
 func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error) {
 	r, user, prio := j.r, j.req.User, string(j.req.Priority)
-	lctx, stop := r.keepLock(ctx, user, j.token)
+	lease, stop := r.keepLock(ctx, user, j.token, j.taken)
 	defer stop()
+	lctx := lease.ctx
 	r.m.inProgress.Inc()
 	defer r.m.inProgress.Dec()
 
-	fl := r.flights.begin(user, claim.Start, lctx)
+	fl := r.flights.begin(user, claim.Start, lease)
 	defer r.flights.end(user, fl)
 
 	full := j.req.Full || needsFull(claim)

@@ -117,10 +117,23 @@ if newstate ~= '' then redis.call('HSET', KEYS[5], dest, newstate) end
 if st > num(redis.call('HGET', h, 'last_start')) then
   redis.call('HSET', h, 'last_start', st)
 end
-redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
-  'last_duration_ms', now - st, 'last_full', ARGV[7], 'failures', 0)
-redis.call('ZREM', KEYS[4], user)
 local owned = redis.call('GET', KEYS[1]) == token
+redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
+  'last_duration_ms', now - st, 'last_full', ARGV[7])
+-- A failure recorded after this attempt started (another owner's, once
+-- this one's lock had expired) is newer news: the user stays failed.
+if owned or st > num(redis.call('HGET', h, 'last_failure')) then
+  redis.call('HSET', h, 'failures', 0)
+  redis.call('ZREM', KEYS[4], user)
+end
+if not owned and ARGV[10] == '1' then
+  -- The owner merged changes seen after this attempt started, and the
+  -- lock is no longer its own: no rerun of its own will cover them, and
+  -- another owner may already have cleared the pending set. Mark them
+  -- for that owner (if one runs) and for the sweep.
+  redis.call('ZADD', KEYS[3], 'LT', st, user)
+  if host ~= '' then redis.call('HSET', h, 'pending_host', host) end
+end
 -- Marked since the attempt started? Only when the caller still owns the
 -- lock are those fields about its attempt; otherwise another owner's
 -- attempt may have reset them, and the entry is left to that owner.

@@ -211,6 +211,68 @@ func TestRedisScripts_FailReleaseKeepsTheChangeMarked(t *testing.T) {
 	})
 }
 
+// TestRedisScripts_ASuccessAfterTheLockExpired: an owner whose lock
+// expired while its dsync ran (a process stalled, or cut off from Redis)
+// records its success late, after another owner took the lock.
+func TestRedisScripts_ASuccessAfterTheLockExpired(t *testing.T) {
+	late := func(t *testing.T, b backend, a state.Claim, rerun bool) state.Claim {
+		t.Helper()
+		_, next, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "A", Host: "mail-a", Destination: "tcp:b:1",
+			Start: a.Start, TTL: time.Second, MayRerun: true, Rerun: rerun})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return next
+	}
+	onBothRedis(t, func(t *testing.T, b backend) {
+		// Changes A merged in-process after its start: B's dsync, done
+		// before them, cleared the pending set, so A must mark them.
+		a := begin(t, b, "A", time.Time{})
+		b.expire(time.Second)
+		c := begin(t, b, "B", time.Time{})
+		if c.Decision != state.Run || succeed(t, b, "B", c.Start, true).Decision != state.Done {
+			t.Fatalf("B: %+v", c)
+		}
+		if _, ok := pendingScore(t, b); ok {
+			t.Fatal("B's success left the user pending")
+		}
+		if next := late(t, b, a, false); next.Decision != state.Left {
+			t.Fatalf("A's late success with nothing merged: %+v, want left (the lock is not A's)", next)
+		}
+		if _, ok := pendingScore(t, b); ok {
+			t.Error("A's late success with nothing merged marked the user pending")
+		}
+		if next := late(t, b, a, true); next.Decision != state.Left {
+			t.Fatalf("A's late success with changes merged: %+v, want left", next)
+		}
+		score, ok := pendingScore(t, b)
+		if !ok || int64(score) != a.Start.UnixMilli() {
+			t.Errorf("pending %v %v: want the user marked since A's start %d", score, ok, a.Start.UnixMilli())
+		}
+		if b.rdb.Exists(ctx, state.LockKey("u1")).Val() != 0 {
+			t.Error("a lock appeared")
+		}
+
+		// A failure of the next owner, after A's start, is newer than A's
+		// success: the user stays failed.
+		a = begin(t, b, "A", time.Time{})
+		b.expire(time.Second)
+		c = begin(t, b, "B", time.Time{})
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "B", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, Final: true, Release: true}); err != nil || c.Decision != state.Run {
+			t.Fatalf("B: %+v, %v", c, err)
+		}
+		late(t, b, a, false)
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Failed || st.ConsecutiveFailures != 1 || st.PendingSince.IsZero() {
+			t.Errorf("status after B's failure and A's late success: %+v, want failed and pending", st)
+		}
+	})
+}
+
 func TestRedisScripts_LockOnlyItsOwnerRenewsAndItExpires(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		begin(t, b, "A", time.Time{})
