@@ -190,8 +190,8 @@ func TestReplicate_MergedChangesOfAFailedDsyncStayMarked(t *testing.T) {
 }
 
 // TestReplicate_MergedChangesOfADsyncThatOutlivedItsLockStayMarked: the
-// lock of a running dsync expires unnoticed (the process stalled, so its
-// renewals were late too); another instance takes it, runs and succeeds,
+// lock of a running dsync expires unnoticed (the machine was suspended,
+// and this process's clock did not see the time pass); another instance takes it, runs and succeeds,
 // clearing the pending set. A change seen after that merges into the old
 // dsync, which then succeeds without the lock: the change stays marked
 // for the sweep, even when asking the Broker again fails.
