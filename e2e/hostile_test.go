@@ -55,7 +55,7 @@ func hostileRequests() []request {
 	}
 	junk := make([]byte, 4096)
 	_, _ = rand.Read(junk)
-	huge := bytes.Repeat([]byte(`{"event":"x",`), 20000)
+	huge := bytes.Repeat([]byte(`{"event":"x",`), 40000) // 520 KB, over the default --max-body
 	deep := []byte(strings.Repeat("[", 30000) + strings.Repeat("]", 30000))
 	return []request{
 		{"GET", "GET", "/events", "", "good", nil, http.StatusMethodNotAllowed, "method"},
@@ -77,7 +77,7 @@ func hostileRequests() []request {
 		{"dsync's own event", "POST", "/events", "application/json", "good",
 			dovecotEvent("u1", "APPEND", "OK", []string{"service:doveadm"}, nil), http.StatusOK, "doveadm"},
 		{"failed command", "POST", "/events", "application/json", "good",
-			dovecotEvent("u1", "APPEND", "NO", []string{"service:imap"}, nil), http.StatusOK, "failed"},
+			dovecotEvent("u1", "APPEND", "BAD", []string{"service:imap"}, nil), http.StatusOK, "failed"},
 		{"read-only command", "POST", "/events", "application/json", "good",
 			dovecotEvent("u1", "SELECT", "OK", []string{"service:imap"}, nil), http.StatusOK, "read_only"},
 	}

@@ -80,3 +80,13 @@ func TestManifests_SetOnlySettings(t *testing.T) {
 		}
 	}
 }
+
+// TestLocal_IngestTakesIngestsDefaultBody: in local mode ingest's body
+// limit is sync's --max-body; its default must be ingest's own, which
+// fits a long command's event.
+func TestLocal_IngestTakesIngestsDefaultBody(t *testing.T) {
+	local, ingest := flagsOf(t, "local").Lookup("max-body"), flagsOf(t, "ingest").Lookup("max-body")
+	if local == nil || ingest == nil || local.DefValue != ingest.DefValue {
+		t.Errorf("--max-body default: local %v, ingest %v", local, ingest)
+	}
+}

@@ -113,7 +113,7 @@ func (f UsernameFormat) Apply(user string) string {
 	if len(f.parts) == 1 && f.parts[0].take == 'u' {
 		// The common case, without building a string.
 		if f.parts[0].lower {
-			return strings.ToLower(user)
+			return lowerASCII(user)
 		}
 		return user
 	}
@@ -133,9 +133,26 @@ func (f UsernameFormat) Apply(user string) string {
 			v = domain
 		}
 		if p.lower {
-			v = strings.ToLower(v)
+			v = lowerASCII(v)
 		}
 		b.WriteString(v)
 	}
 	return b.String()
+}
+
+// lowerASCII lower-cases A to Z only, as Dovecot's %L and lower filter do
+// (str_lcase): Dovecot keeps "Ärger" as it is, and doveadm knows no user
+// "ärger".
+func lowerASCII(s string) string {
+	i := strings.IndexFunc(s, func(r rune) bool { return 'A' <= r && r <= 'Z' })
+	if i < 0 {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if 'A' <= b[i] && b[i] <= 'Z' {
+			b[i] += 'a' - 'A'
+		}
+	}
+	return string(b)
 }

@@ -17,6 +17,11 @@ func TestUsernameFormat(t *testing.T) {
 		{"%{user | username}", "u1@mail-a.test", "u1"},
 		{"%{user|username|lower}", "U1@mail-a.test", "u1"},
 		{"%{ user | domain }", "u1@mail-a.test", "mail-a.test"},
+		// Dovecot lower-cases ASCII letters only.
+		{"%Lu", "ÄRGER@Example.ORG", "Ärger@example.org"},
+		{"%Ln", "ÉTÉ@x", "ÉtÉ"},
+		{"%{user | lower}", "Ärger", "Ärger"},
+		{"%Lu", "ıI", "ıi"},
 	} {
 		f, err := ParseUsernameFormat(tc.format)
 		if err != nil {

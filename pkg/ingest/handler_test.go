@@ -2,10 +2,12 @@ package ingest
 
 import (
 	"bytes"
+	"flag"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -429,5 +431,29 @@ func TestProtect(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(token.h.m.rejected.WithLabelValues(rejectAuth)); got != 2 {
 		t.Errorf("unauthorized counter %v, want 2", got)
+	}
+}
+
+// TestHandle_ALongUIDSetFitsTheDefaultBody: a command line within
+// Dovecot's default imap_max_line_length (64 KiB) appears twice in its
+// event (cmd_args, cmd_human_args); the default --max-body takes it, or
+// the change would be lost (413, and Dovecot never retries).
+func TestHandle_ALongUIDSetFitsTheDefaultBody(t *testing.T) {
+	cfg, err := Load(flag.NewFlagSet("ingest", flag.ContinueOnError), []string{"--broker-url", "http://127.0.0.1:1"}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uids []string
+	for uid := 1; uid < 14000; uid += 2 {
+		uids = append(uids, strconv.Itoa(uid))
+	}
+	args := strings.Join(uids, ",") + ` +FLAGS.SILENT (\\Flagged)`
+	if len(args) >= 64<<10 {
+		t.Fatalf("the command line is %d bytes, over Dovecot's default", len(args))
+	}
+	event := `{"event":"imap_command_finished","hostname":"mail-a.test","end_time":"2026-11-29T17:05:08.750234Z","categories":["service:imap","imap"],"fields":{"user":"u1","session":"s1","cmd_tag":"a1","cmd_name":"UID STORE","cmd_input_name":"UID STORE","cmd_args":"` + args + `","cmd_human_args":"` + args + `","tagged_reply_state":"OK","tagged_reply":"OK Store completed.","mailbox":"INBOX"}}`
+	f := newFixture(t, Options{MaxBody: cfg.MaxBody}, &broker{}, "")
+	if code, body := f.post(t, "/events", "application/json", event); code != http.StatusAccepted {
+		t.Fatalf("a %d-byte event: %d %s", len(event), code, body)
 	}
 }

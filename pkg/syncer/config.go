@@ -73,7 +73,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	d := replicator.Defaults
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 300*time.Second, "HTTP write timeout: how long a response may take; must exceed request-timeout (Knative's timeoutSeconds should match it)")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 290*time.Second, "time one event may take, dsync retries included; retries that would not fit are left to the sweep")
-	fs.Int64Var(&c.MaxBody, "max-body", 64<<10, "largest accepted request body in bytes")
+	fs.Int64Var(&c.MaxBody, "max-body", 256<<10, "largest accepted request body in bytes (in local mode, ingest's too)")
 	c.Redis.RegisterFlags(fs, "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) holding locks, coalescing marks, dsync states and status; required")
 	fs.StringVar(&c.Transport, "transport", doveadm.TransportHTTP, "how dsync runs: doveadm-http (the source host's doveadm HTTP API) or doveadm-exec (a local doveadm process)")
 	fs.StringVar(&c.DoveadmURL, "doveadm-url", "", "doveadm HTTP API URL of the default source host, e.g. http://mail-a:8081/doveadm/v1")

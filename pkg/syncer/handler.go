@@ -57,7 +57,7 @@ func NewHandler(o Options, repl Replicator, reg prometheus.Registerer, log *slog
 		o.Source = DefaultSource
 	}
 	if o.MaxBody <= 0 {
-		o.MaxBody = 64 << 10
+		o.MaxBody = 256 << 10
 	}
 	return &Handler{opts: o, repl: repl, log: log, m: newHandlerMetrics(reg)}
 }
