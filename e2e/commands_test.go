@@ -132,6 +132,31 @@ var commandSteps = []step{
 			w.s.t.Fatalf("UID REPLACE: %v %s", err, tagged)
 		}
 	}},
+	{name: "LMTP delivery (to fetch over POP3)", run: func(w *writer) {
+		if err := dovecottest.DeliverLMTP(w.in.LMTPAddr, "sender@example.test", w.user+"@example.test", message(w.user, "pop3", "Fetched.")); err != nil {
+			w.s.t.Fatal(err)
+		}
+	}},
+	{name: "POP3 RETR sets \\Seen, and the client goes without QUIT", run: func(w *writer) {
+		// Dovecot writes \Seen when the session ends, and no event but the
+		// session's end says so.
+		p, err := dovecottest.LoginPOP3(w.s.ctx, w.in.POP3Addr, w.user, password)
+		if err != nil {
+			w.s.t.Fatal(err)
+		}
+		defer p.Close()
+		r, err := p.Cmd(w.s.ctx, "STAT")
+		var n, size int
+		if err != nil || !strings.HasPrefix(r, "+OK") {
+			w.s.t.Fatalf("POP3 STAT: %v %s", err, r)
+		}
+		if _, err := fmt.Sscanf(r, "+OK %d %d", &n, &size); err != nil || n == 0 {
+			w.s.t.Fatalf("POP3 STAT %q: %v", r, err)
+		}
+		if r, _, err := p.CmdMulti(w.s.ctx, fmt.Sprintf("RETR %d", n)); err != nil || !strings.HasPrefix(r, "+OK") {
+			w.s.t.Fatalf("POP3 RETR %d: %v %s", n, err, r)
+		}
+	}},
 	{name: "POP3 RETR and DELE", run: func(w *writer) {
 		p, err := dovecottest.LoginPOP3(w.s.ctx, w.in.POP3Addr, w.user, password)
 		if err != nil {

@@ -50,7 +50,8 @@ func (r *recorder) events() []string {
 
 // TestSnippets_RealDovecot loads each shipped snippet into a real Dovecot of
 // its version and checks what it exports: changes, including a FETCH that
-// sets \Seen, but not a FETCH with .PEEK, a SELECT or a failed command. This
+// sets \Seen, a command that failed (NO) and a POP3 session's end, but not
+// a FETCH with .PEEK, a SELECT or a command refused as BAD. This
 // is the proof that the filter syntax (wildcards on cmd_args) means what
 // the snippet says on both versions.
 func TestSnippets_RealDovecot(t *testing.T) {
@@ -86,15 +87,33 @@ func TestSnippets_RealDovecot(t *testing.T) {
 			if _, err := s.Append(ctx, "INBOX", "", dovecottest.TestMessage("hello", "body")); err != nil {
 				t.Fatal(err)
 			}
-			for _, cmd := range []string{"SELECT INBOX", "FETCH 1 (BODY.PEEK[])", "FETCH 1 (body[])", "CREATE INBOX", "UID STORE 1 +FLAGS (\\Flagged)"} {
+			for _, cmd := range []string{"SELECT INBOX", "FETCH 1 (BODY.PEEK[])", "FETCH 1 (body[])", "CREATE INBOX", "STORE 1 FOO", "UID STORE 1 +FLAGS (\\Flagged)"} {
 				if _, tagged, err := s.Cmd(ctx, cmd); err != nil {
 					t.Fatalf("%s: %v (%s)", cmd, err, tagged)
 				}
 			}
+			// A POP3 session that fetches a message: its end writes \Seen.
+			p, err := dovecottest.LoginPOP3(ctx, inst.POP3Addr, "u1", "pass")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, _, err := p.CmdMulti(ctx, "RETR 1"); err != nil || !strings.HasPrefix(st, "+OK") {
+				t.Fatalf("RETR 1: %v %s", err, st)
+			}
+			if st, err := p.Cmd(ctx, "QUIT"); err != nil || !strings.HasPrefix(st, "+OK") {
+				t.Fatalf("QUIT: %v %s", err, st)
+			}
+			p.Close()
+			// A failed CREATE (NO) is exported, as a command that fails
+			// may have done part of its work; the STORE refused as BAD,
+			// the SELECT, the FETCH with .PEEK and POP3's commands are
+			// not, nor is the end of the IMAP session (still open).
 			want := []string{
 				"imap_command_finished APPEND ",
+				"imap_command_finished CREATE INBOX",
 				"imap_command_finished FETCH 1 (body[])",
 				"imap_command_finished UID STORE 1 +FLAGS (\\Flagged)",
+				"mail_user_session_finished  ",
 			}
 			deadline := time.Now().Add(15 * time.Second)
 			var got []string

@@ -52,10 +52,10 @@ func TestSnippets_ExportEveryChangingCommand(t *testing.T) {
 		if strings.Join(got, ",") != strings.Join(want, ",") {
 			t.Errorf("%s exports\n %v\nbut the table's changing commands are\n %v", file, got, want)
 		}
-		if !strings.Contains(imapFilter, "tagged_reply_state=OK") {
-			t.Errorf("%s: failed commands are exported too", file)
+		if !strings.Contains(imapFilter, "NOT tagged_reply_state=BAD") {
+			t.Errorf("%s: commands refused before they ran (BAD) are exported too", file)
 		}
-		for _, kind := range []string{"event=mail_delivery_finished", `event=mail_expunged AND category="service:pop3"`} {
+		for _, kind := range []string{"event=mail_delivery_finished", `(event=mail_expunged OR event=mail_user_session_finished) AND category="service:pop3"`} {
 			if !strings.Contains(string(raw), kind) {
 				t.Errorf("%s does not export %s", file, kind)
 			}

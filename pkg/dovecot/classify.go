@@ -14,6 +14,9 @@ const (
 	POP3CommandFinished  = "pop3_command_finished"
 	MailDeliveryFinished = "mail_delivery_finished"
 	MailExpunged         = "mail_expunged"
+	// MailUserSessionFinished ends every session; a POP3 session's end is
+	// when Dovecot writes \Seen for the messages it fetched.
+	MailUserSessionFinished = "mail_user_session_finished"
 )
 
 // DropReason says why an event causes no replication. The values are stable:
@@ -24,7 +27,10 @@ const (
 	// DropDoveadm: dsync and doveadm's own events (category
 	// service:doveadm). Replicating on them would loop forever.
 	DropDoveadm DropReason = "doveadm"
-	// DropFailed: the command or delivery did not succeed.
+	// DropFailed: the command or delivery did not succeed and changed
+	// nothing: an IMAP command answered BAD (refused before it ran), or one
+	// that changes nothing anyway answered NO; a POP3 command answered
+	// -ERR; a delivery with an error.
 	DropFailed DropReason = "failed"
 	// DropNoUser: the event names no user, so there is nothing to sync.
 	DropNoUser DropReason = "no_user"
@@ -37,7 +43,10 @@ const (
 // DropReasons lists every reason, for metrics and documentation.
 var DropReasons = []DropReason{DropDoveadm, DropFailed, DropNoUser, DropReadOnly, DropEventKind}
 
-const categoryDoveadm = "service:doveadm"
+const (
+	categoryDoveadm = "service:doveadm"
+	categoryPOP3    = "service:pop3"
+)
 
 // idSpace namespaces the deterministic change IDs (UUID version 5).
 var idSpace = uuid.MustParse("6f1d3c4e-2b0a-4c55-9d3e-64766e776172")
@@ -52,10 +61,25 @@ func Classify(ev *Event) (change.Change, DropReason) {
 	var eff Effect
 	switch ev.Name {
 	case IMAPCommandFinished:
-		if f.TaggedReplyState != "OK" {
-			return change.Change{}, DropFailed
-		}
 		eff = imapEffect(f.CmdName, f.CmdArgs)
+		switch f.TaggedReplyState {
+		case "OK":
+		case "BAD":
+			return change.Change{}, DropFailed
+		default:
+			// NO, or no tagged reply at all (the client went away): the
+			// command may have done part of its work, and Dovecot keeps
+			// it. A MOVE of more than 1,000 messages commits each 1,000
+			// (NO [EXPUNGEISSUED] when one of them went away), and a FETCH
+			// that fails on one message keeps the \Seen flags it set on
+			// the others. A low change: most such commands changed nothing,
+			// and a client that retries a failing APPEND must not crowd
+			// the lane for new mail.
+			if eff == ReadOnly {
+				return change.Change{}, DropFailed
+			}
+			eff = LowChange
+		}
 	case POP3CommandFinished:
 		if f.ReplyState != "OK" {
 			return change.Change{}, DropFailed
@@ -70,6 +94,11 @@ func Classify(ev *Event) (change.Change, DropReason) {
 		}
 		eff = HighChange
 	case MailExpunged:
+		eff = LowChange
+	case MailUserSessionFinished:
+		if !ev.HasCategory(categoryPOP3) {
+			return change.Change{}, DropEventKind
+		}
 		eff = LowChange
 	default:
 		return change.Change{}, DropEventKind

@@ -75,9 +75,17 @@ func TestClassify_EveryIMAPCommand(t *testing.T) {
 				args = "1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
 			}
 			check(t, imapEvent(cmd, args, "OK"), want, DropReadOnly)
-			// The same command failing never replicates.
-			check(t, imapEvent(cmd, args, "NO"), "", DropFailed)
+			// Refused before it ran (BAD): nothing changed.
 			check(t, imapEvent(cmd, args, "BAD"), "", DropFailed)
+			// Failed (NO) or cut off (no reply): a command that changes
+			// mail may have done part of it, a low change; one that
+			// changes nothing is dropped as failed.
+			failed := change.Priority("")
+			if want != "" {
+				failed = change.Low
+			}
+			check(t, imapEvent(cmd, args, "NO"), failed, DropFailed)
+			check(t, imapEvent(cmd, args, ""), failed, DropFailed)
 			// Dovecot reports names upper case; a lower-case one still matches.
 		})
 	}
@@ -117,6 +125,26 @@ func TestClassify_FetchSetsSeen(t *testing.T) {
 			check(t, imapEvent("UID FETCH", args, "OK"), want, DropReadOnly)
 		})
 	}
+}
+
+// TestClassify_PartOfAFailedCommand: Dovecot answers NO to a MOVE that
+// moved a first batch of 1,000 messages and to a FETCH that set \Seen on
+// some messages, and keeps what was done. The events are Dovecot 2.3's
+// (2.4's are alike), less the fields that do not matter here.
+func TestClassify_PartOfAFailedCommand(t *testing.T) {
+	for _, tc := range []struct{ name, event string }{
+		{"partial MOVE", `{"event":"imap_command_finished","hostname":"mail-a.test","start_time":"2026-11-29T17:05:08.697153Z","end_time":"2026-11-29T17:05:08.750234Z","categories":["service:imap","imap"],"fields":{"user":"u1","session":"TWSOS21hNJt/AAAB","cmd_tag":"T4","cmd_name":"MOVE","cmd_input_name":"MOVE","cmd_args":"1:1100 Archive","tagged_reply_state":"NO","tagged_reply":"NO [EXPUNGEISSUED] Some of the requested messages no longer exist.","mailbox":"INBOX"}}`},
+		{"FETCH that set \\Seen", `{"event":"imap_command_finished","hostname":"mail-a.test","start_time":"2026-11-29T17:05:11.233417Z","end_time":"2026-11-29T17:05:11.234293Z","categories":["service:imap","imap"],"fields":{"user":"u1","session":"s9bDS21hUNx/AAAB","cmd_tag":"T5","cmd_name":"FETCH","cmd_input_name":"FETCH","cmd_args":"1:2 BINARY[1]","tagged_reply_state":"NO","tagged_reply":"NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding.","mailbox":"INBOX"}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev, err := Parse([]byte(tc.event))
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(t, &ev, change.Low, "")
+		})
+	}
+	check(t, imapEvent("FETCH", "1:2 BINARY.PEEK[1]", "NO"), "", DropFailed)
 }
 
 func TestClassify_UnknownCommandIsALowChange(t *testing.T) {

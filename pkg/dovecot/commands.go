@@ -112,10 +112,12 @@ var IMAPCommands = map[string]Command{
 // POP3Commands classifies POP3 commands (RFC 1939, 2449, 2595, 5034, 6856)
 // as Dovecot 2.4 reports them in pop3_command_finished. Dovecot changes
 // mail only when the session ends: QUIT expunges the messages DELE marked
-// (reported as mail_expunged with category service:pop3, in 2.3 too) and
-// writes \Seen for those RETR fetched (no event of its own, unless
-// pop3_no_flag_updates is set). So QUIT is the change that counts; DELE
-// is kept as the early trigger the 2.4 exporter snippet has always sent.
+// (reported as mail_expunged with category service:pop3, in 2.3 too), and
+// QUIT or a disconnect writes \Seen for those RETR fetched (no event of
+// its own, unless pop3_no_flag_updates is set), so the exporter snippets
+// send the session's end (mail_user_session_finished), which 2.3 reports
+// too. QUIT stays a change for snippets that send it; DELE is the early
+// trigger the 2.4 snippet sends.
 var POP3Commands = map[string]Command{
 	"USER": {ReadOnly, "RFC 1939"},
 	"PASS": {ReadOnly, "RFC 1939"},

@@ -12,7 +12,7 @@ import (
 
 const (
 	appendLine = `{"event":"imap_command_finished","hostname":"mail-a.test","end_time":"2026-11-29T10:00:00Z","categories":["service:imap"],"fields":{"user":"u1","cmd_tag":"a1","cmd_name":"APPEND","mailbox":"INBOX","tagged_reply_state":"OK"}}`
-	failedLine = `{"event":"imap_command_finished","hostname":"mail-a.test","fields":{"user":"u1","cmd_name":"CREATE","tagged_reply_state":"NO"}}`
+	failedLine = `{"event":"imap_command_finished","hostname":"mail-a.test","fields":{"user":"u1","cmd_name":"CREATE","tagged_reply_state":"BAD"}}`
 	syncLine   = `{"event":"mail_expunged","hostname":"mail-a.test","categories":["service:doveadm"],"fields":{"user":"u1"}}`
 )
 
@@ -29,7 +29,7 @@ func TestRun_OnePerLine(t *testing.T) {
 	text := out.String()
 	for _, want := range []string{
 		`"type": "org.dovewarden.mailbox.changed"`, `"subject": "u1"`, `"priority": "high"`,
-		"dropped: failed (imap_command_finished CREATE user=u1 reply=NO)",
+		"dropped: failed (imap_command_finished CREATE user=u1 reply=BAD)",
 		"dropped: doveadm (mail_expunged user=u1)",
 		`invalid: missing "event"`,
 	} {
