@@ -164,11 +164,15 @@ func FuzzDecodeSpool(f *testing.F) {
 	reply := event("r1", typeSucceeded, "")
 	dead := event("d1", typeChanged, "high")
 	dead.SetExtension(ExtErrorCode, "503")
+	notJSON := event("e3", typeChanged, "")
+	notJSON.SetDataContentType("application/json")
+	notJSON.DataEncoded = []byte("not json")
 	if err := EncodeSpool(&buf, []Held{
+		{Trigger: "dovewarden-sync-low", Phase: PhaseDeliver, TTL: 255, Event: notJSON},
 		{Trigger: "dovewarden-sync-high", Phase: PhaseDeliver, TTL: 255, Event: event("e1", typeChanged, "high")},
 		{Trigger: "dovewarden-sync-low", Phase: PhaseReply, TTL: 254, Event: event("e2", typeChanged, "low"), Reply: &reply},
 		{Trigger: "dovewarden-sync-low", Phase: PhaseDeadLetter, TTL: 0, Event: dead},
-	}); err != nil {
+	}, nil); err != nil {
 		f.Fatal(err)
 	}
 	for _, line := range bytes.SplitAfter(buf.Bytes(), []byte("\n")) {
@@ -192,7 +196,7 @@ func FuzzDecodeSpool(f *testing.F) {
 			}
 		}
 		var out bytes.Buffer
-		if err := EncodeSpool(&out, held); err != nil {
+		if err := EncodeSpool(&out, held, nil); err != nil {
 			t.Fatalf("EncodeSpool of what DecodeSpool gave: %v", err)
 		}
 		again, bad2, err := decodeAll(&out)

@@ -16,6 +16,7 @@ const (
 // What became of events of the spool file (metric label values).
 const (
 	spoolSaved       = "saved"
+	spoolNotSaved    = "not_saved"
 	spoolRestored    = "restored"
 	spoolNotRestored = "not_restored"
 	spoolInvalid     = "invalid"
@@ -70,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}, []string{"trigger"}),
 	}
 	m.spooled = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerSpooled,
-		Help: "Events of the spool file (--spool-file), by outcome: saved at a stop; restored at a start; not_restored (their Trigger gone or full); invalid (lines that are not held events)."}, []string{"outcome"})
+		Help: "Events of the spool file (--spool-file), by outcome: saved at a stop; not_saved (that the file format cannot hold, left out at a stop); restored at a start; not_restored (their Trigger gone or full); invalid (lines that are not held events)."}, []string{"outcome"})
 	reg.MustRegister(m.published, m.rejected, m.refused, m.deliveries, m.retries, m.deadLettered, m.dropped, m.replies, m.latency, m.spooled)
 	return m
 }

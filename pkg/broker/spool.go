@@ -92,13 +92,17 @@ func (b *Broker) Restore(h Held) error {
 	return nil
 }
 
-// spoolLine is one line of a spool file.
+// spoolLine is one line of a spool file. EventBase64 and ReplyBase64 say
+// that the event's or the reply's data is in data_base64 for the file
+// only: it came as raw bytes and goes back as such.
 type spoolLine struct {
-	Trigger string          `json:"trigger"`
-	Phase   string          `json:"phase"`
-	TTL     int32           `json:"ttl"`
-	Event   json.RawMessage `json:"event"`
-	Reply   json.RawMessage `json:"reply,omitempty"`
+	Trigger     string          `json:"trigger"`
+	Phase       string          `json:"phase"`
+	TTL         int32           `json:"ttl"`
+	Event       json.RawMessage `json:"event"`
+	EventBase64 bool            `json:"event_base64,omitempty"`
+	Reply       json.RawMessage `json:"reply,omitempty"`
+	ReplyBase64 bool            `json:"reply_base64,omitempty"`
 }
 
 // SpoolLineLimit bounds one line of a spool file for a broker whose
@@ -109,26 +113,83 @@ func SpoolLineLimit(maxBody int64) int { return int(2*6*maxBody + 64<<10) }
 
 // EncodeSpool writes held events to w, one JSON object a line: the
 // Trigger, the phase, the TTL and the event in the CloudEvents structured
-// JSON format.
-func EncodeSpool(w io.Writer, held []Held) error {
+// JSON format. An event's data that this format would not give back byte
+// for byte (data said to be JSON that is not, or not compact JSON) is
+// written as data_base64. A held event that cannot be written at all is
+// left out, and given to bad if bad is not nil; the error is one of
+// writing to w.
+func EncodeSpool(w io.Writer, held []Held, bad func(Held, error)) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
+	var scratch bytes.Buffer
 	for _, h := range held {
-		ev, err := json.Marshal(h.Event)
+		sl, err := encodeSpoolLine(h, &scratch)
 		if err != nil {
-			return fmt.Errorf("event %s: %w", h.Event.ID(), err)
-		}
-		sl := spoolLine{Trigger: h.Trigger, Phase: h.Phase, TTL: h.TTL, Event: ev}
-		if h.Reply != nil {
-			if sl.Reply, err = json.Marshal(h.Reply); err != nil {
-				return fmt.Errorf("reply %s: %w", h.Reply.ID(), err)
+			if bad != nil {
+				bad(h, err)
 			}
+			continue
 		}
 		if err := enc.Encode(sl); err != nil {
 			return err
 		}
 	}
 	return bw.Flush()
+}
+
+func encodeSpoolLine(h Held, scratch *bytes.Buffer) (spoolLine, error) {
+	sl := spoolLine{Trigger: h.Trigger, Phase: h.Phase, TTL: h.TTL}
+	var err error
+	if sl.Event, sl.EventBase64, err = encodeEvent(h.Event, scratch); err != nil {
+		return sl, fmt.Errorf("event %s: %w", h.Event.ID(), err)
+	}
+	if h.Reply != nil {
+		if sl.Reply, sl.ReplyBase64, err = encodeEvent(*h.Reply, scratch); err != nil {
+			return sl, fmt.Errorf("reply %s: %w", h.Reply.ID(), err)
+		}
+	}
+	return sl, nil
+}
+
+// encodeEvent writes ev in the structured JSON format. When that would
+// not give its data back byte for byte (a binary-mode POST can carry any
+// bytes as data, whatever its Content-Type says), the data is written as
+// data_base64 instead, and dataBase64 is true. scratch is a buffer to
+// reuse.
+func encodeEvent(ev cloudevents.Event, scratch *bytes.Buffer) (raw json.RawMessage, dataBase64 bool, err error) {
+	raw, err = json.Marshal(ev)
+	if ev.DataBase64 || ev.DataEncoded == nil {
+		return raw, false, err
+	}
+	if err == nil && keepsData(ev, raw, scratch) {
+		return raw, false, nil
+	}
+	ev.DataBase64 = true // ev is a copy: the caller's event is unchanged
+	if raw, err = json.Marshal(ev); err != nil {
+		return nil, false, err
+	}
+	return raw, true, nil
+}
+
+// keepsData reports whether raw, ev in the structured JSON format, gives
+// back ev's data byte for byte. Data of a JSON media type is written as it
+// is, then compacted with <, > and & escaped by encoding/json: it comes
+// back whole if it is valid JSON in that form already. Anything else
+// (another media type, or one sdk-go reads otherwise than it writes, such
+// as "Application/JSON") is read back to see.
+func keepsData(ev cloudevents.Event, raw []byte, scratch *bytes.Buffer) bool {
+	data := ev.DataEncoded
+	switch ev.DataMediaType() {
+	case cloudevents.ApplicationJSON, "text/json", cloudevents.ApplicationCloudEventsJSON,
+		cloudevents.ApplicationCloudEventsBatchJSON, "":
+		if bytes.ContainsAny(data, "<>&\u2028\u2029") {
+			return false // escaped
+		}
+		scratch.Reset()
+		return json.Compact(scratch, data) == nil && bytes.Equal(scratch.Bytes(), data)
+	}
+	back := cloudevents.NewEvent()
+	return json.Unmarshal(raw, &back) == nil && bytes.Equal(back.DataEncoded, data)
 }
 
 // DecodeSpool reads what EncodeSpool wrote, a line at a time: it calls
@@ -175,11 +236,11 @@ func decodeSpoolLine(line []byte) (Held, error) {
 	}
 	h := Held{Trigger: sl.Trigger, Phase: sl.Phase, TTL: sl.TTL}
 	var err error
-	if h.Event, err = decodeEvent(sl.Event); err != nil {
+	if h.Event, err = decodeEvent(sl.Event, sl.EventBase64); err != nil {
 		return Held{}, fmt.Errorf("event: %w", err)
 	}
 	if len(sl.Reply) > 0 {
-		r, err := decodeEvent(sl.Reply)
+		r, err := decodeEvent(sl.Reply, sl.ReplyBase64)
 		if err != nil {
 			return Held{}, fmt.Errorf("reply: %w", err)
 		}
@@ -188,7 +249,9 @@ func decodeSpoolLine(line []byte) (Held, error) {
 	return h, nil
 }
 
-func decodeEvent(raw json.RawMessage) (cloudevents.Event, error) {
+// decodeEvent reads an event encodeEvent wrote; dataBase64 is what it
+// returned.
+func decodeEvent(raw json.RawMessage, dataBase64 bool) (cloudevents.Event, error) {
 	ev := cloudevents.NewEvent()
 	if len(raw) == 0 {
 		return ev, errors.New("missing")
@@ -196,12 +259,17 @@ func decodeEvent(raw json.RawMessage) (cloudevents.Event, error) {
 	if err := json.Unmarshal(raw, &ev); err != nil {
 		return ev, err
 	}
+	if dataBase64 {
+		ev.DataBase64 = false // in base64 for the file only
+	}
 	return ev, ev.Validate()
 }
 
 // SaveSpool writes held events to the spool file at path, replacing it
 // whole (a new file renamed over it, synced to disk), readable by its
-// owner only. With nothing held, it removes the file.
+// owner only. With nothing held, it removes the file. An event that
+// cannot be written is logged, counted and left out; the others are
+// saved.
 func (b *Broker) SaveSpool(path string, held []Held) error {
 	if len(held) == 0 {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -215,7 +283,12 @@ func (b *Broker) SaveSpool(path string, held []Held) error {
 		return err
 	}
 	defer os.Remove(f.Name()) // after a failure; gone by then otherwise
-	err = EncodeSpool(f, held)
+	notSaved := 0
+	err = EncodeSpool(f, held, func(h Held, err error) {
+		notSaved++
+		b.log.Error("spool file: event left out, it cannot be written", "file", path, "trigger", h.Trigger, "phase", h.Phase,
+			"id", h.Event.ID(), "type", h.Event.Type(), "subject", h.Event.Subject(), "err", err)
+	})
 	if err == nil {
 		err = f.Sync()
 	}
@@ -232,8 +305,9 @@ func (b *Broker) SaveSpool(path string, held []Held) error {
 		_ = d.Sync() // the rename on disk; not every file system syncs folders
 		d.Close()
 	}
-	b.m.spooled.WithLabelValues(spoolSaved).Add(float64(len(held)))
-	b.log.Info("events the broker held saved to the spool file", "file", path, "events", len(held))
+	b.m.spooled.WithLabelValues(spoolSaved).Add(float64(len(held) - notSaved))
+	b.m.spooled.WithLabelValues(spoolNotSaved).Add(float64(notSaved))
+	b.log.Info("events the broker held saved to the spool file", "file", path, "events", len(held)-notSaved, "of", len(held))
 	return nil
 }
 

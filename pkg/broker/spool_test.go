@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -203,7 +204,7 @@ func TestRestoreSpool_KeepsWhatItCannotRestore(t *testing.T) {
 	if err := EncodeSpool(&buf, []Held{
 		{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("ok", "x", "")},
 		{Trigger: "gone", Phase: PhaseDeliver, TTL: 255, Event: event("orphan", "x", "")},
-	}); err != nil {
+	}, nil); err != nil {
 		t.Fatal(err)
 	}
 	buf.WriteString("{not json\n")
@@ -258,6 +259,83 @@ func TestSaveSpool_NothingHeldRemovesTheFile(t *testing.T) {
 	}
 	if err := b.SaveSpool(path, nil); err != nil {
 		t.Errorf("with no file: %v", err)
+	}
+}
+
+// TestSaveSpool_DataNotAsItsTypeSaysIsSavedAsIs: the ingress takes any
+// bytes as data in binary mode, whatever Content-Type says; one such event
+// must not cost the spool file the rest, and comes back with its bytes.
+func TestSaveSpool_DataNotAsItsTypeSaysIsSavedAsIs(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("a", "x", "sub", ""))
+	slow := newBlocker()
+	b, _ := start(t, cfg, Options{Workers: 1, Handlers: map[string]Handler{"sub": slow.handle}})
+	bodies := map[string]string{"good1": `{"n":1}`, "bad": "not json", "spaced": `{ "n": "<2>" }`, "good2": `{"n":3}`}
+	for _, id := range []string{"good1", "bad", "spaced", "good2"} {
+		rr := post(t, b.Ingress(), "POST", "/", with(with(binaryHeaders, "Ce-Id", id), "Ce-Type", "x"), bodies[id])
+		if rr.Code != http.StatusAccepted {
+			t.Fatalf("%s: %d %s", id, rr.Code, rr.Body)
+		}
+		eventually(t, "good1 in flight", func() bool { return slow.started.Load() == 1 })
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	held, _ := b.Shutdown(ctx)
+	if len(held) != len(bodies) {
+		t.Fatalf("held %d events, want %d", len(held), len(bodies))
+	}
+	path := filepath.Join(t.TempDir(), "spool")
+	if err := b.SaveSpool(path, held); err != nil {
+		t.Fatalf("SaveSpool: %v", err)
+	}
+
+	rec := newRecorder()
+	b2, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	if n, err := b2.RestoreSpool(path); n != len(bodies) || err != nil {
+		t.Fatalf("RestoreSpool: %d, %v", n, err)
+	}
+	got := map[string]cloudevents.Event{}
+	for range bodies {
+		ev := rec.next(t)
+		got[ev.ID()] = ev
+	}
+	for id, body := range bodies {
+		ev, ok := got[id]
+		if !ok || string(ev.Data()) != body || ev.DataContentType() != "application/json" || ev.DataBase64 {
+			t.Errorf("%s restored as %v (data %q, base64 %t); want data %q, application/json", id, ok, ev.Data(), ev.DataBase64, body)
+		}
+	}
+}
+
+// TestSaveSpool_AnEventItCannotWriteCostsNoOther: an event the JSON format
+// cannot hold at all is logged, counted and left out; the others are saved.
+func TestSaveSpool_AnEventItCannotWriteCostsNoOther(t *testing.T) {
+	b, reg := start(t, mustLoad(t, typeTrigger("a", "x", "sub", "")), Options{Handlers: map[string]Handler{"sub": newRecorder().handle}})
+	path := filepath.Join(t.TempDir(), "spool")
+	held := []Held{
+		{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("e1", "x", "")},
+		{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: cloudevents.Event{}}, // no context: cannot be written
+		{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("e2", "x", "")},
+	}
+	if err := b.SaveSpool(path, held); err != nil {
+		t.Fatalf("SaveSpool: %v", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	saved, bad, err := decodeAll(f)
+	var evs []cloudevents.Event
+	for _, h := range saved {
+		evs = append(evs, h.Event)
+	}
+	if err != nil || len(bad) != 0 || !slices.Equal(ids(evs), []string{"e1", "e2"}) {
+		t.Errorf("saved %v, bad lines %v, err %v; want e1 and e2", ids(evs), bad, err)
+	}
+	for outcome, want := range map[string]float64{spoolSaved: 2, spoolNotSaved: 1} {
+		if got := counter(t, reg, "dovewarden_broker_spool_events_total", map[string]string{"outcome": outcome}); got != want {
+			t.Errorf("%s: %v, want %v", outcome, got, want)
+		}
 	}
 }
 
@@ -349,7 +427,7 @@ func TestRestoreSpool_StopsAtALineTooLong(t *testing.T) {
 		}
 	}
 	var buf bytes.Buffer
-	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseReply, TTL: 255, Event: big, Reply: &reply}}); err != nil {
+	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseReply, TTL: 255, Event: big, Reply: &reply}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if buf.Len() < 12*1024 {
@@ -456,7 +534,7 @@ func TestRestoreSpool_AfterACrashWhileRestoring(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool")
 	for file, id := range map[string]string{path + ".restoring": "crashed", path: "newer"} {
 		var buf bytes.Buffer
-		if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event(id, "x", "")}}); err != nil {
+		if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event(id, "x", "")}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(file, buf.Bytes(), 0o600); err != nil {
@@ -483,7 +561,7 @@ func TestRestoreSpool_AfterACrashWhileRestoring(t *testing.T) {
 func TestRestoreSpool_ALeftoverStaysUntilTheNewerFileIsRead(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "spool")
 	var buf bytes.Buffer
-	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("crashed", "x", "")}}); err != nil {
+	if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event("crashed", "x", "")}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(path+".restoring", buf.Bytes(), 0o600); err != nil {
@@ -525,7 +603,7 @@ func TestRestoreSpool_KeepsALeftoverAndTheNewerFileApart(t *testing.T) {
 	want := map[string]bool{}
 	for file, id := range map[string]string{path + ".restoring": "crashed", path: "newer"} {
 		var buf bytes.Buffer
-		if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event(id, "x", "")}}); err != nil {
+		if err := EncodeSpool(&buf, []Held{{Trigger: "a", Phase: PhaseDeliver, TTL: 255, Event: event(id, "x", "")}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		buf.WriteString("{not json\n")

@@ -36,6 +36,6 @@ const (
 	// Trigger.
 	BrokerDeliverySeconds = "broker_delivery_duration_seconds"
 	// BrokerSpooled counts events of the spool file, by outcome (saved,
-	// restored, not_restored, invalid).
+	// not_saved, restored, not_restored, invalid).
 	BrokerSpooled = "broker_spool_events_total"
 )
