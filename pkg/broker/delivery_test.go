@@ -169,6 +169,34 @@ func TestDelivery_NoDeadLetterSinkDropsAndCounts(t *testing.T) {
 	rec.quiet(t)
 }
 
+// TestDelivery_TriggerWithoutDeadLetterSinkUsesTheBrokers: as on a
+// cluster, a Trigger whose delivery sets no deadLetterSink falls back to
+// the Broker's, while its retries are its own.
+func TestDelivery_TriggerWithoutDeadLetterSinkUsesTheBrokers(t *testing.T) {
+	broker := brokerDoc + "spec:\n  delivery:\n    retry: 5\n    deadLetterSink:\n      ref:\n        name: sink\n"
+	cfg, err := Load(manifests(broker, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, sink := newRecorder(), newRecorder()
+	sub.answer = fail(http.StatusServiceUnavailable)
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "sink": sink.handle}})
+	if l := b.Lanes(); len(l) != 1 || l[0].DeadLetterSink != "inprocess://sink" {
+		t.Errorf("lanes %+v; want the Broker's dead-letter sink", l)
+	}
+	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	dead := sink.next(t)
+	if dead.ID() != "e1" || dead.Extensions()[ExtErrorCode] != "503" {
+		t.Errorf("dead-letter sink got %s with %v", dead.ID(), dead.Extensions())
+	}
+	// The sink gets the event after the last attempt.
+	if sub.count() != 2 {
+		t.Errorf("%d attempts; want 2 (the Trigger's retry: 1, not the Broker's 5)", sub.count())
+	}
+}
+
 func TestDelivery_DeadLetterSinkFailingIsRetriedThenDropped(t *testing.T) {
 	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
 	sub, dls := newRecorder(), newRecorder()

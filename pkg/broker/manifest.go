@@ -46,7 +46,9 @@ type Trigger struct {
 	Filter     Filter
 	Subscriber Destination
 	// Delivery is the Trigger's delivery, or the Broker's when the
-	// Trigger sets none (a Trigger's delivery replaces the Broker's whole).
+	// Trigger sets none. As in Knative, a Trigger's delivery replaces the
+	// Broker's retry, backoff and timeout, and one without a
+	// deadLetterSink takes the Broker's.
 	Delivery Delivery
 	// Workers and QueueSize come from the dovewarden.org/workers and
 	// dovewarden.org/queue-size annotations; 0 means the broker default.
@@ -273,6 +275,11 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 			return nil, "", fmt.Errorf("spec.delivery: %w", err)
 		}
 		tr.Delivery = *d
+		if d.DeadLetterSink == nil && brokerDelivery != nil {
+			// Knative's Trigger reconciler resolves the Trigger's
+			// dead-letter sink, else the Broker's.
+			tr.Delivery.DeadLetterSink = brokerDelivery.DeadLetterSink
+		}
 	} else if brokerDelivery != nil {
 		tr.Delivery = *brokerDelivery
 	}

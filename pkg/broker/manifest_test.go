@@ -91,8 +91,11 @@ func TestLoad_DeliveryAndDocuments(t *testing.T) {
 		in.Delivery.DeadLetterSink == nil || in.Delivery.DeadLetterSink.URI != "http://127.0.0.1:1/dls" {
 		t.Errorf("inherited delivery %+v", in.Delivery)
 	}
-	// A Trigger's delivery replaces the Broker's whole: no backoff, no DLS.
-	if ow.Delivery.Retry != 7 || ow.Delivery.BackoffPolicy != "" || ow.Delivery.DeadLetterSink != nil || ow.Delivery.Timeout != 30*time.Second {
+	// A Trigger's delivery replaces the Broker's retry, backoff and
+	// timeout (no backoff here); without a DLS of its own it takes the
+	// Broker's, as in Knative.
+	if ow.Delivery.Retry != 7 || ow.Delivery.BackoffPolicy != "" || ow.Delivery.Timeout != 30*time.Second ||
+		ow.Delivery.DeadLetterSink == nil || ow.Delivery.DeadLetterSink.URI != "http://127.0.0.1:1/dls" {
 		t.Errorf("own delivery %+v", ow.Delivery)
 	}
 	if sz.Workers != 3 || sz.QueueSize != 17 {

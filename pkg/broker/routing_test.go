@@ -85,8 +85,8 @@ func TestLoad_RealManifests(t *testing.T) {
 		t.Errorf("sync-high: %+v %+v", high.Subscriber, high.Delivery)
 	}
 	// The sweep Trigger sets its own delivery without a dead-letter sink:
-	// it replaces the Broker's whole, so there is none.
-	if sweep := byName["sweep"]; sweep.Delivery.DeadLetterSink != nil || sweep.Delivery.Retry != 3 {
+	// its retries are its own, its dead-letter sink the Broker's.
+	if sweep := byName["sweep"]; sweep.Delivery.DeadLetterSink == nil || sweep.Delivery.DeadLetterSink.Ref != "dovewarden-alerts" || sweep.Delivery.Retry != 3 {
 		t.Errorf("sweep delivery %+v", sweep.Delivery)
 	}
 	if alert := byName["replication-failed-alert"]; alert.Subscriber.Ref != "dovewarden-alerts" {
