@@ -1,11 +1,16 @@
 package broker
 
 import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
 )
 
 // filterOf loads one Trigger with the given filter spec and returns its
@@ -106,4 +111,65 @@ func TestFilters_CESQLRuntimeErrorIsNoMatch(t *testing.T) {
 	if !f.Match(ev) {
 		t.Error("did not match subject 7")
 	}
+}
+
+// TestFilters_TimeIsMatchedInUTC: Knative's ingress re-sends every event
+// through sdk-go, which writes time in UTC, so its filters (and its
+// subscribers) see an event sent at 10:00+02:00 at 08:00Z; here too.
+func TestFilters_TimeIsMatchedInUTC(t *testing.T) {
+	const utc = "2026-11-29T08:00:00Z"
+	sub := "  subscriber:\n    ref:\n      name: sub\n"
+	cfg := mustLoad(t,
+		trigger("attributes", "  filter:\n    attributes:\n      time: \""+utc+"\"\n"+sub),
+		trigger("exact", "  filters:\n  - exact:\n      time: \""+utc+"\"\n"+sub),
+		trigger("prefix", "  filters:\n  - prefix:\n      time: \"2026-11-29T08:\"\n"+sub),
+		trigger("suffix", "  filters:\n  - suffix:\n      time: \"08:00:00Z\"\n"+sub),
+		trigger("cesql", "  filters:\n  - cesql: \"time = '"+utc+"'\"\n"+sub),
+		typeTrigger("ask", "ask", "replier", ""),
+	)
+	rec, replier := newRecorder(), newRecorder()
+	const local = "2026-11-29T10:00:00+02:00"
+	at := time.Date(2026, 11, 29, 10, 0, 0, 0, time.FixedZone("", 2*3600))
+	replier.answer = func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		r := event("r1", "x", "")
+		r.SetTime(at)
+		return &r, nil
+	}
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle, "replier": replier.handle}})
+	send := map[string]func() error{
+		"binary": func() error {
+			return ingressError(post(t, b.Ingress(), "POST", "/", with(binaryHeaders, "Ce-Time", local), "{}"))
+		},
+		"structured": func() error {
+			body := strings.Replace(structured, `"subject"`, `"time":"`+local+`","subject"`, 1)
+			return ingressError(post(t, b.Ingress(), "POST", "/", map[string]string{"Content-Type": "application/cloudevents+json"}, body))
+		},
+		"Publish": func() error {
+			ev := event("e3", "x", "")
+			ev.SetTime(at)
+			return b.Publish(context.Background(), ev)
+		},
+		"reply": func() error { return b.Publish(context.Background(), event("e4", "ask", "")) },
+	}
+	for name, fn := range send {
+		t.Run(name, func(t *testing.T) {
+			if err := fn(); err != nil {
+				t.Fatal(err)
+			}
+			for range len(cfg.Triggers) - 1 {
+				if got := rec.next(t); got.Time().Location() != time.UTC || got.Time().Format(time.RFC3339Nano) != utc {
+					t.Errorf("delivered with time %s (%s); want %s", got.Time(), got.Time().Location(), utc)
+				}
+			}
+			rec.quiet(t)
+		})
+	}
+}
+
+// ingressError is nil for a 202, else the answer.
+func ingressError(rr *httptest.ResponseRecorder) error {
+	if rr.Code != http.StatusAccepted {
+		return fmt.Errorf("ingress answered %d %s", rr.Code, rr.Body)
+	}
+	return nil
 }

@@ -76,11 +76,16 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32) e
 // canonicalize turns every extension into its CloudEvents string form, as
 // the HTTP binary binding delivers it to a Knative Broker's filter (an
 // integer extension set in-process is "5" there, and filters compare
-// strings).
+// strings), and the time into UTC, as sdk-go writes it when Knative's
+// ingress forwards the event (types.FormatTime): a filter on time, and
+// the subscriber, see 08:00:00Z for an event sent at 10:00:00+02:00.
 // It also refuses an extension name the CloudEvents spec does not allow:
 // sdk-go's HTTP binding lets some through, depending on the order it reads
 // the headers in.
 func canonicalize(ev *cloudevents.Event) error {
+	if tm := ev.Time(); !tm.IsZero() {
+		ev.SetTime(tm.UTC())
+	}
 	for k, v := range ev.Extensions() {
 		if !validExtensionName(k) {
 			return fmt.Errorf("extension name %q: CloudEvents attribute names are lower-case ASCII letters and digits", k)
