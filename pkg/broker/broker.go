@@ -68,7 +68,9 @@ var (
 	ErrQueueFull = errors.New("queue full")
 	// ErrClosed: the broker is shutting down (503).
 	ErrClosed = errors.New("broker shut down")
-	// ErrInvalidEvent: not a valid CloudEvent (400).
+	// ErrInvalidEvent: not a valid CloudEvent, or one with an attribute
+	// no HTTP header can carry, which a Knative Broker cannot forward
+	// (400).
 	ErrInvalidEvent = errors.New("invalid CloudEvent")
 	// ErrTTLExhausted: the event has been replied through the broker too
 	// many times (400, as Knative answers); a reply loop ends here.

@@ -137,14 +137,24 @@ func readReply(ctx context.Context, code int, h http.Header, body []byte) outcom
 func invalidHeader(h http.Header) (string, bool) {
 	for name, vs := range h {
 		for _, v := range vs {
-			for i := 0; i < len(v); i++ {
-				if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
-					return name, true
-				}
+			if headerCTL(v) >= 0 {
+				return name, true
 			}
 		}
 	}
 	return "", false
+}
+
+// headerCTL is the index of the first byte of v that no HTTP header value
+// can hold (a control character other than tab, as net/http checks), or
+// -1.
+func headerCTL(v string) int {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return i
+		}
+	}
+	return -1
 }
 
 // failed is an attempt that got no HTTP answer. Knative reports it as a

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -113,6 +116,70 @@ func TestIngress_BadExtensionNameIs400(t *testing.T) {
 	if got := refused(t, reg, ""); got != 20 {
 		t.Errorf("refused counted %v times; want 20", got)
 	}
+}
+
+// TestIngress_AttributeNoHeaderCanCarryIs400: Knative's ingress forwards
+// every event in binary mode, where a control character in an attribute
+// cannot travel (it answers 500 and routes nothing); here such an event is
+// refused up front with a 400 naming the attribute, by Publish too, and
+// such a reply goes to the dead-letter sink as an invalid reply does.
+func TestIngress_AttributeNoHeaderCanCarryIs400(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""),
+		typeTrigger("ask", "ask", "replier", "  delivery:\n    retry: 3\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	rec, replier, dls := newRecorder(), newRecorder(), newRecorder()
+	replier.answer = func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		r := event("r1", typeChanged, "")
+		r.SetSubject("u1\nu2")
+		return &r, nil
+	}
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle, "replier": replier.handle, "dls": dls.handle}})
+	ce := map[string]string{"Content-Type": "application/cloudevents+json"}
+	for name, tc := range map[string]struct {
+		from, to string // replaced in the structured event
+		attr     string // named in the answer; "" for a 202
+	}{
+		"subject with LF":        {`"subject":"u1"`, `"subject":"u1\nX-Injected: yes"`, "subject"},
+		"subject with CR":        {`"subject":"u1"`, `"subject":"u1\r"`, "subject"},
+		"id with NUL":            {`"id":"e2"`, `"id":"e\u0000"`, "id"},
+		"extension with DEL":     {`"priority":"high"`, `"priority":"hi\u007fgh"`, "priority"},
+		"datacontenttype":        {`"datacontenttype":"application/json","data":{"user":"u1"}`, `"datacontenttype":"text/plain\r","data":"u1"`, "datacontenttype"},
+		"subject with a tab":     {`"subject":"u1"`, `"subject":"u1\tu2"`, ""},
+		"subject with non-ASCII": {`"subject":"u1"`, `"subject":"üser"`, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := refused(t, reg, "invalid_event")
+			rr := post(t, b.Ingress(), "POST", "/", ce, strings.Replace(structured, tc.from, tc.to, 1))
+			if tc.attr == "" {
+				if rr.Code != http.StatusAccepted {
+					t.Fatalf("%d %s; want 202", rr.Code, rr.Body)
+				}
+				rec.next(t)
+				return
+			}
+			if rr.Code != http.StatusBadRequest || !strings.Contains(rr.Body.String(), "attribute "+tc.attr) {
+				t.Errorf("%d %q; want 400 naming attribute %s", rr.Code, rr.Body, tc.attr)
+			}
+			if got := refused(t, reg, "invalid_event"); got != before+1 {
+				t.Errorf("refused{reason=invalid_event} went from %v to %v", before, got)
+			}
+		})
+	}
+	ev := event("e3", typeChanged, "")
+	ev.SetSubject("u1\nu2")
+	if err := b.Publish(context.Background(), ev); !errors.Is(err, ErrInvalidEvent) || !strings.Contains(err.Error(), "subject") {
+		t.Errorf("Publish: %v; want ErrInvalidEvent naming subject", err)
+	}
+	if err := b.Publish(context.Background(), event("q1", "ask", "")); err != nil {
+		t.Fatal(err)
+	}
+	dead := dls.next(t)
+	if ext := dead.Extensions(); dead.ID() != "q1" || ext[ExtErrorCode] != "400" || ext[ExtErrorDest] != b.ingressDest() {
+		t.Errorf("dead-letter sink got %s with %v", dead.ID(), ext)
+	}
+	if replier.count() != 1 {
+		t.Errorf("%d deliveries to the replier; a reply that can never be forwarded is not retried", replier.count())
+	}
+	rec.quiet(t)
 }
 
 // refusedReasons are the label values of the ingress's refused counter.

@@ -38,6 +38,9 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32) e
 	if err := canonicalize(&ev); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
 	}
+	if err := headerSafe(ev); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	}
 	ttl := takeTTL(&ev)
 	if ttl <= 0 {
 		return ErrTTLExhausted
@@ -100,6 +103,40 @@ func canonicalize(ev *cloudevents.Event) error {
 		ev.SetExtension(k, s)
 	}
 	return nil
+}
+
+// headerSafe refuses an event with an attribute no HTTP header can carry
+// (a control character other than tab, such as a newline in the subject).
+// Knative's broker ingress forwards every event to its channel in binary
+// mode, each attribute a header; net/http refuses to send such a one, so
+// the ingress answers 500 and the event goes nowhere. Refused here, the
+// sender gets a 400 naming the attribute. Call it after canonicalize,
+// when every extension is a string.
+func headerSafe(ev cloudevents.Event) error {
+	for _, a := range [...]struct{ name, value string }{
+		{"id", ev.ID()}, {"source", ev.Source()}, {"type", ev.Type()}, {"subject", ev.Subject()},
+		{"datacontenttype", ev.DataContentType()}, {"dataschema", ev.DataSchema()},
+	} {
+		if i := headerCTL(a.value); i >= 0 {
+			return unsendable(a.name, a.value, i)
+		}
+	}
+	bad := "" // the first by name, so the answer is the same every time
+	for name, v := range ev.Extensions() {
+		if s, _ := v.(string); headerCTL(s) >= 0 && (bad == "" || name < bad) {
+			bad = name
+		}
+	}
+	if bad != "" {
+		s, _ := ev.Extensions()[bad].(string)
+		return unsendable(bad, s, headerCTL(s))
+	}
+	return nil
+}
+
+func unsendable(name, value string, i int) error {
+	return fmt.Errorf("attribute %s holds a control character (%q at byte %d): no HTTP header can carry it, and a Knative Broker forwards every event with its attributes as headers",
+		name, value[i], i)
 }
 
 // takeTTL removes the TTL extension and returns what it becomes, by
