@@ -29,6 +29,15 @@ type writer struct {
 
 func (w *writer) do(cmds ...string) { w.s.t.Helper(); w.s.do(w.imap, cmds...) }
 
+// doveadm runs a doveadm command on the writer's server, as an
+// administrator would.
+func (w *writer) doveadm(args ...string) {
+	w.s.t.Helper()
+	if out, err := w.in.Doveadm(w.s.ctx, args...); err != nil {
+		w.s.t.Fatalf("doveadm %v: %v %s", args, err, out)
+	}
+}
+
 // seq returns the sequence number of the message with uid in the selected
 // mailbox, for the commands that take sequence numbers.
 func (w *writer) seq(uid int) int {
@@ -132,6 +141,10 @@ var commandSteps = []step{
 			w.s.t.Fatalf("UID REPLACE: %v %s", err, tagged)
 		}
 	}},
+	{name: "doveadm flags add (an administrator's change)", run: func(w *writer) {
+		w.doveadm("flags", "add", "-u", w.user, "$Reviewed", "mailbox", "INBOX", "all")
+	}},
+	{name: "doveadm mailbox create", run: func(w *writer) { w.doveadm("mailbox", "create", "-u", w.user, "Made by admin") }},
 	{name: "LMTP delivery (to fetch over POP3)", run: func(w *writer) {
 		if err := dovecottest.DeliverLMTP(w.in.LMTPAddr, "sender@example.test", w.user+"@example.test", message(w.user, "pop3", "Fetched.")); err != nil {
 			w.s.t.Fatal(err)

@@ -17,7 +17,8 @@ import (
 	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
 )
 
-// recorder collects the exporter's POSTs as "event cmd_name args".
+// recorder collects the exporter's POSTs as "event cmd_name args" (the
+// reason codes for cmd_name in a session's end).
 type recorder struct {
 	mu  sync.Mutex
 	got []string
@@ -28,13 +29,18 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	var ev struct {
 		Event  string `json:"event"`
 		Fields struct {
-			CmdName string `json:"cmd_name"`
-			CmdArgs string `json:"cmd_args"`
+			CmdName    string   `json:"cmd_name"`
+			CmdArgs    string   `json:"cmd_args"`
+			ReasonCode []string `json:"reason_code"`
 		} `json:"fields"`
 	}
 	if err := json.Unmarshal(body, &ev); err == nil {
+		name := ev.Fields.CmdName
+		if ev.Event == "mail_user_session_finished" {
+			name = strings.Join(ev.Fields.ReasonCode, ",")
+		}
 		r.mu.Lock()
-		r.got = append(r.got, ev.Event+" "+ev.Fields.CmdName+" "+ev.Fields.CmdArgs)
+		r.got = append(r.got, ev.Event+" "+name+" "+ev.Fields.CmdArgs)
 		r.mu.Unlock()
 	}
 	w.WriteHeader(http.StatusAccepted)
@@ -50,8 +56,9 @@ func (r *recorder) events() []string {
 
 // TestSnippets_RealDovecot loads each shipped snippet into a real Dovecot of
 // its version and checks what it exports: changes, including a FETCH that
-// sets \Seen, a command that failed (NO) and a POP3 session's end, but not
-// a FETCH with .PEEK, a SELECT or a command refused as BAD. This
+// sets \Seen, a command that failed (NO), a POP3 session's end and a
+// doveadm expunge, but not a FETCH with .PEEK, a SELECT, a command refused
+// as BAD or a doveadm fetch. This
 // is the proof that the filter syntax (wildcards on cmd_args) means what
 // the snippet says on both versions.
 func TestSnippets_RealDovecot(t *testing.T) {
@@ -104,6 +111,13 @@ func TestSnippets_RealDovecot(t *testing.T) {
 				t.Fatalf("QUIT: %v %s", err, st)
 			}
 			p.Close()
+			// An administrator's expunge is exported; a doveadm fetch,
+			// which changes nothing, is not.
+			for _, args := range [][]string{{"fetch", "-u", "u1", "uid", "mailbox", "INBOX", "all"}, {"expunge", "-u", "u1", "mailbox", "INBOX", "all"}} {
+				if out, err := inst.Doveadm(ctx, args...); err != nil {
+					t.Fatalf("doveadm %v: %v %s", args, err, out)
+				}
+			}
 			// A failed CREATE (NO) is exported, as a command that fails
 			// may have done part of its work; the STORE refused as BAD,
 			// the SELECT, the FETCH with .PEEK and POP3's commands are
@@ -114,6 +128,7 @@ func TestSnippets_RealDovecot(t *testing.T) {
 				"imap_command_finished FETCH 1 (body[])",
 				"imap_command_finished UID STORE 1 +FLAGS (\\Flagged)",
 				"mail_user_session_finished  ",
+				"mail_user_session_finished doveadm:cmd_expunge ",
 			}
 			deadline := time.Now().Add(15 * time.Second)
 			var got []string

@@ -12,7 +12,10 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
-var cmdName = regexp.MustCompile(`cmd_name=("[^"]+"|[A-Z-]+)`)
+var (
+	cmdName    = regexp.MustCompile(`cmd_name=("[^"]+"|[A-Z-]+)`)
+	reasonCode = regexp.MustCompile(`reason_code="([^"]+)"`)
+)
 
 // TestSnippets_ExportEveryChangingCommand keeps the exporter filters and the
 // classification table in step: the filter names exactly the IMAP commands
@@ -59,6 +62,40 @@ func TestSnippets_ExportEveryChangingCommand(t *testing.T) {
 			if !strings.Contains(string(raw), kind) {
 				t.Errorf("%s does not export %s", file, kind)
 			}
+		}
+	}
+}
+
+// TestSnippets_ExportEveryChangingDoveadmCommand: the doveadm filter names
+// exactly the reason codes of the table's doveadm commands, and never
+// dsync's own (which would loop).
+func TestSnippets_ExportEveryChangingDoveadmCommand(t *testing.T) {
+	var want []string
+	for name := range dovecot.DoveadmCommands {
+		want = append(want, dovecot.DoveadmReasonCode(name))
+	}
+	sort.Strings(want)
+	for _, file := range []string{"events-2.3.conf", "events-2.4.conf"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var filter string
+		for _, line := range strings.Split(string(raw), "\n") {
+			if strings.Contains(line, `category="service:doveadm"`) {
+				filter = line
+			}
+		}
+		if !strings.Contains(filter, `event=mail_user_session_finished AND category="service:doveadm" AND (`) {
+			t.Fatalf("%s: no doveadm session filter: %q", file, filter)
+		}
+		var got []string
+		for _, m := range reasonCode.FindAllStringSubmatch(filter, -1) {
+			got = append(got, m[1])
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%s exports\n %v\nbut the table's doveadm commands are\n %v", file, got, want)
 		}
 	}
 }

@@ -24,8 +24,10 @@ const (
 type DropReason string
 
 const (
-	// DropDoveadm: dsync and doveadm's own events (category
-	// service:doveadm). Replicating on them would loop forever.
+	// DropDoveadm: dsync's and doveadm's own events (category
+	// service:doveadm), but for the end of a session of a doveadm command
+	// that changes mail (DoveadmCommands). Replicating on dsync's would
+	// loop forever.
 	DropDoveadm DropReason = "doveadm"
 	// DropFailed: the command or delivery did not succeed and changed
 	// nothing: an IMAP command answered BAD (refused before it ran), or one
@@ -54,11 +56,17 @@ var idSpace = uuid.MustParse("6f1d3c4e-2b0a-4c55-9d3e-64766e776172")
 // Classify decides whether ev changed a user's mail. It returns the change,
 // or the reason the event is dropped.
 func Classify(ev *Event) (change.Change, DropReason) {
-	if ev.HasCategory(categoryDoveadm) {
-		return change.Change{}, DropDoveadm
-	}
 	f := &ev.Fields
 	var eff Effect
+	doveadmCmd := ""
+	if ev.HasCategory(categoryDoveadm) {
+		if ev.Name != MailUserSessionFinished {
+			return change.Change{}, DropDoveadm
+		}
+		if doveadmCmd = doveadmCommand(f.ReasonCode); doveadmCmd == "" {
+			return change.Change{}, DropDoveadm
+		}
+	}
 	switch ev.Name {
 	case IMAPCommandFinished:
 		eff = imapEffect(f.CmdName, f.CmdArgs)
@@ -96,10 +104,14 @@ func Classify(ev *Event) (change.Change, DropReason) {
 	case MailExpunged:
 		eff = LowChange
 	case MailUserSessionFinished:
-		if !ev.HasCategory(categoryPOP3) {
+		switch {
+		case doveadmCmd != "":
+			eff = DoveadmCommands[doveadmCmd].Effect
+		case ev.HasCategory(categoryPOP3):
+			eff = LowChange
+		default:
 			return change.Change{}, DropEventKind
 		}
-		eff = LowChange
 	default:
 		return change.Change{}, DropEventKind
 	}
@@ -124,6 +136,9 @@ func Classify(ev *Event) (change.Change, DropReason) {
 	if c.Time.IsZero() {
 		c.Time = ev.StartTime.Time
 	}
+	if doveadmCmd != "" {
+		c.Command = "doveadm " + doveadmCmd
+	}
 	switch c.Command {
 	case "RENAME":
 		c.Mailbox, c.OldMailbox = f.NewMailbox, f.OldMailbox
@@ -133,6 +148,17 @@ func Classify(ev *Event) (change.Change, DropReason) {
 		c.DestinationMailbox = destinationMailbox(f.CmdArgs)
 	}
 	return c, ""
+}
+
+// doveadmCommand is the command of DoveadmCommands a session's reason
+// codes name, or "".
+func doveadmCommand(reasons []string) string {
+	for _, r := range reasons {
+		if name, ok := doveadmByReason[r]; ok {
+			return name
+		}
+	}
+	return ""
 }
 
 // imapEffect looks a command up in IMAPCommands. An unknown command that

@@ -91,6 +91,51 @@ func TestClassify_EveryIMAPCommand(t *testing.T) {
 	}
 }
 
+func doveadmSession(reasons ...string) *Event {
+	return &Event{Name: MailUserSessionFinished, Hostname: "mail-a.test",
+		EndTime:    Timestamp{time.Date(2026, 11, 29, 1, 2, 4, 0, time.UTC)},
+		Categories: []string{"service:doveadm", "storage"},
+		Fields:     Fields{User: "u1", Session: "s1", ReasonCode: reasons}}
+}
+
+// TestClassify_EveryDoveadmCommand: the end of a session of a doveadm
+// command that changes mail is a change; dsync's own sessions (sync on the
+// source, dsync-server on the destination), read-only commands, commands
+// not in the table and doveadm's other events are not, or replication
+// would loop.
+func TestClassify_EveryDoveadmCommand(t *testing.T) {
+	want := map[string]change.Priority{"save": change.High}
+	for name := range DoveadmCommands {
+		t.Run(name, func(t *testing.T) {
+			p := want[name]
+			if p == "" {
+				p = change.Low
+			}
+			c := check(t, doveadmSession(DoveadmReasonCode(name)), p, "")
+			if c.Command != "doveadm "+name {
+				t.Errorf("command %q", c.Command)
+			}
+		})
+	}
+	for _, rc := range []string{"doveadm:cmd_sync", "doveadm:cmd_dsync_server", "doveadm:cmd_backup", "doveadm:cmd_fetch",
+		"doveadm:cmd_purge", "doveadm:cmd_xfuture", "imap:cmd_append", ""} {
+		check(t, doveadmSession(rc), "", DropDoveadm)
+	}
+	check(t, doveadmSession(), "", DropDoveadm)
+	ev := doveadmSession(DoveadmReasonCode("expunge"))
+	ev.Name = MailExpunged
+	check(t, ev, "", DropDoveadm)
+	// As Dovecot 2.3 sent it.
+	real, err := Parse([]byte(`{"event":"mail_user_session_finished","hostname":"mail-a.test","start_time":"2026-11-29T17:20:46.605481Z","end_time":"2026-11-29T17:20:46.609992Z","categories":["storage","service:doveadm"],"fields":{"reason_code":["doveadm:cmd_flags_add"],"duration":3519,"minor_faults":108,"rss":7348224,"vsz":12357632,"user":"u1","session":"VukUJO5eDGsvYAAAjI2cfQ"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, &real, change.Low, "")
+	if got := DoveadmReasonCode("force-resync"); got != "doveadm:cmd_force_resync" {
+		t.Errorf("reason code of force-resync: %q", got)
+	}
+}
+
 func TestClassify_EveryPOP3Command(t *testing.T) {
 	if len(wantPOP3) != len(POP3Commands) {
 		t.Errorf("spec has %d POP3 commands, table %d", len(wantPOP3), len(POP3Commands))

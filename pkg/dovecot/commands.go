@@ -1,6 +1,10 @@
 package dovecot
 
-import "github.com/dovewarden/dovewarden-knative/pkg/change"
+import (
+	"strings"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+)
 
 // Effect is what a successful command does to the mail dsync replicates.
 type Effect string
@@ -136,6 +140,62 @@ var POP3Commands = map[string]Command{
 	"DELE": {LowChange, "RFC 1939"},
 	"QUIT": {LowChange, "RFC 1939 (commits DELE and \\Seen)"},
 }
+
+// DoveadmCommands are the doveadm commands that change what dsync
+// replicates, as an administrator types them. Dovecot ends each user's
+// session of a doveadm command with mail_user_session_finished, category
+// service:doveadm, reason code "doveadm:cmd_" and the name with "_" for
+// spaces and dashes (DoveadmReasonCode); that event is the change, so that
+// an administrator's change (the nightly expunge of old Trash, a flag
+// set by a script) replicates as Dovecot 2.3's replicator replicated it.
+//
+// Unlike IMAP's table, a command not listed here is dropped: dsync itself
+// runs as doveadm (sync on one side, dsync-server on the other), and
+// replicating on its sessions would never end. Every change is low, even a
+// copy or move: doveadm's work is bulk work (-A runs it for every user),
+// and must not crowd the lane for new mail; save, which delivers one
+// message as an LDA would, is high. Each row's reason code was read off
+// Dovecot 2.3, most also off 2.4, which names them the same (Pigeonhole's
+// sieve commands are not here: not checked).
+var DoveadmCommands = map[string]Command{
+	"flags add":              {LowChange, "doveadm-flags(1)"},
+	"flags remove":           {LowChange, "doveadm-flags(1)"},
+	"flags replace":          {LowChange, "doveadm-flags(1)"},
+	"expunge":                {LowChange, "doveadm-expunge(1)"},
+	"copy":                   {LowChange, "doveadm-move(1)"},
+	"move":                   {LowChange, "doveadm-move(1)"},
+	"deduplicate":            {LowChange, "doveadm-deduplicate(1)"},
+	"import":                 {LowChange, "doveadm-import(1)"},
+	"save":                   {HighChange, "doveadm-save(1)"},
+	"mailbox create":         {LowChange, "doveadm-mailbox(1)"},
+	"mailbox delete":         {LowChange, "doveadm-mailbox(1)"},
+	"mailbox rename":         {LowChange, "doveadm-mailbox(1)"},
+	"mailbox subscribe":      {LowChange, "doveadm-mailbox(1)"},
+	"mailbox unsubscribe":    {LowChange, "doveadm-mailbox(1)"},
+	"mailbox update":         {LowChange, "doveadm-mailbox(1) (UIDVALIDITY, next UID, modseq)"},
+	"mailbox metadata set":   {LowChange, "doveadm-mailbox(1)"},
+	"mailbox metadata unset": {LowChange, "doveadm-mailbox(1)"},
+	"acl set":                {LowChange, "doveadm-acl(1)"},
+	"acl add":                {LowChange, "doveadm-acl(1)"},
+	"acl remove":             {LowChange, "doveadm-acl(1)"},
+	"acl delete":             {LowChange, "doveadm-acl(1)"},
+	"force-resync":           {LowChange, "doveadm-force-resync(1) (a rebuilt index can differ)"},
+}
+
+// DoveadmReasonCode is the reason code of a doveadm command's sessions:
+// "doveadm:cmd_flags_add" for "flags add".
+func DoveadmReasonCode(command string) string {
+	return "doveadm:cmd_" + strings.NewReplacer(" ", "_", "-", "_").Replace(command)
+}
+
+// doveadmByReason is DoveadmCommands by reason code.
+var doveadmByReason = func() map[string]string {
+	m := make(map[string]string, len(DoveadmCommands))
+	for name := range DoveadmCommands {
+		m[DoveadmReasonCode(name)] = name
+	}
+	return m
+}()
 
 // Priority maps a change effect to its replication lane.
 func (e Effect) Priority() change.Priority {

@@ -44,6 +44,9 @@ type Fields struct {
 	MessageID  string `json:"message_id"`
 	// Error is set on failed deliveries and other failed operations.
 	Error string `json:"error"`
+	// ReasonCode names what the process was doing: "doveadm:cmd_expunge"
+	// for a doveadm command's session.
+	ReasonCode []string `json:"reason_code"`
 }
 
 // MaxEventSize bounds what Parse accepts; the ingest body limit is usually
