@@ -539,3 +539,47 @@ func TestReplicate_EachRoundGetsItsFullRerun(t *testing.T) {
 		t.Fatalf("result %+v, calls %+v: want 68, its full rerun, then a second round: 68 with the new state, its own full rerun", res, calls)
 	}
 }
+
+// TestReplicate_AFullRequestOutlivesAnAbortedAttempt: a full sync asked for
+// while the user's dsync runs is the owner's next attempt; if that attempt
+// is cut off (its lock lost), the next dsync of the user is still a full
+// one: the request was acknowledged.
+func TestReplicate_AFullRequestOutlivesAnAbortedAttempt(t *testing.T) {
+	f := newFixture(t, fast)
+	started, release := make(chan struct{}, 10), make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	f.a.OnStart = func(c doveadmtest.Call) {
+		switch len(f.tracks.Calls()) {
+		case 0: // the first dsync waits for the full request
+			started <- struct{}{}
+			<-release
+		case 1: // the full rerun loses its lock
+			f.mr.Set(state.LockKey("u1"), "someone-else")
+			f.mr.SetTTL(state.LockKey("u1"), 50*time.Millisecond)
+		}
+	}
+	f.a.Latency = 300 * time.Millisecond
+	done := make(chan error)
+	go func() {
+		_, err := f.r.Replicate(context.Background(), change.Request{User: "u1", Priority: change.High})
+		done <- err
+	}()
+	<-started
+	if res := f.replicate(t, change.Request{User: "u1", Full: true}); res.Outcome != change.Coalesced {
+		t.Fatalf("full request during the dsync: %+v", res)
+	}
+	free()
+	if err := <-done; !errors.Is(err, ErrAborted) {
+		t.Fatalf("the full rerun: %v, want aborted", err)
+	}
+	f.mr.Del(state.LockKey("u1"))
+	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Synced || !res.Full {
+		t.Errorf("next dsync %+v, want a full one", res)
+	}
+	calls := f.tracks.CallsOf("u1")
+	if len(calls) != 3 || !calls[1].Full || !calls[2].Full {
+		t.Errorf("dsyncs %+v: want the rerun and the next one full", calls)
+	}
+}

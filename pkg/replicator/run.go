@@ -29,6 +29,10 @@ type job struct {
 	// escalated: this round's one full rerun after exit code 65 or 68
 	// has been given.
 	escalated bool
+	// fullAsked: a full sync was asked for (the request, or one that
+	// arrived while the user was busy) and none has succeeded since; a
+	// failure that gives up the lock asks for it again.
+	fullAsked bool
 }
 
 // needsFull: a full sync was asked for while the user was busy, or there
@@ -56,6 +60,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 	defer r.flights.end(user, fl)
 
 	full := j.req.Full || needsFull(claim)
+	j.fullAsked = j.req.Full || claim.FullRequested
 	attempt, total, rounds := 0, 0, 1
 	covered := 1 + claim.Merged
 	oldest := earliest(j.req.Time, claim.PendingSince, claim.Start)
@@ -100,7 +105,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				r.m.reruns.Inc()
 				claim, attempt = next, 0
 				covered += next.Merged
-				full, j.escalated = needsFull(next), false
+				full, j.escalated, j.fullAsked = needsFull(next), false, next.FullRequested
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
@@ -145,6 +150,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		claim = c
 		covered += c.Merged
 		full = full || needsFull(c)
+		j.fullAsked = j.fullAsked || c.FullRequested
 		r.flights.reopen(fl, claim.Start)
 	}
 }
@@ -215,7 +221,7 @@ func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, tot
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
-		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true}); err != nil {
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true, Full: j.fullAsked}); err != nil {
 		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	j.r.log.Warn("dsync failed after its last attempt; user marked failed", "user", j.req.User, "attempts", total,
@@ -233,7 +239,7 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error) (change.
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
-		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true}); err != nil {
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked}); err != nil {
 		j.r.log.Warn("could not release the lock of an aborted dsync; it expires by its TTL", "user", j.req.User, "err", err)
 	}
 	if j.r.notify != nil {

@@ -121,8 +121,10 @@ local owned = redis.call('GET', KEYS[1]) == token
 redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
   'last_duration_ms', now - st, 'last_full', ARGV[7])
 -- A failure recorded after this attempt started (another owner's, once
--- this one's lock had expired) is newer news: the user stays failed.
-if owned or st > num(redis.call('HGET', h, 'last_failure')) then
+-- this one's lock had expired) is newer news: the user stays failed. One
+-- recorded in the same millisecond is older: its attempt started before
+-- this one took the lock.
+if owned or st >= num(redis.call('HGET', h, 'last_failure')) then
   redis.call('HSET', h, 'failures', 0)
   redis.call('ZREM', KEYS[4], user)
 end
@@ -161,7 +163,7 @@ return {'done', now}
 `)
 
 // scriptFail: KEYS lock, user, pending, failed. ARGV user, token, at,
-// error, exit code, class, final, release, host.
+// error, exit code, class, final, release, host, full asked.
 var scriptFail = redis.NewScript(luaPrelude + `
 local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
 local h = KEYS[2]
@@ -177,6 +179,8 @@ if ARGV[8] == '1' then
   -- event or the sweep.
   redis.call('ZADD', KEYS[3], 'LT', at, user)
   if ARGV[9] ~= '' then redis.call('HSET', h, 'pending_host', ARGV[9]) end
+  -- A full sync asked for and not done stays asked for.
+  if ARGV[10] == '1' then redis.call('HSET', h, 'full_requested', '1') end
   if redis.call('GET', KEYS[1]) == token then
     redis.call('DEL', KEYS[1])
     redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')

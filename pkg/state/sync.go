@@ -189,13 +189,17 @@ type FailureArgs struct {
 	Final bool
 	// Release gives up the lock.
 	Release bool
+	// Full: a full sync was asked for (replication.requested with full)
+	// and none has succeeded since. On Release it is asked for again, so
+	// the next attempt, whoever runs it, is a full one.
+	Full bool
 }
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
-		boolArg(a.Final), boolArg(a.Release), a.Host).Int64()
+		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}

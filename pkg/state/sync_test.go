@@ -270,6 +270,54 @@ func TestRedisScripts_ASuccessAfterTheLockExpired(t *testing.T) {
 		if !st.Failed || st.ConsecutiveFailures != 1 || st.PendingSince.IsZero() {
 			t.Errorf("status after B's failure and A's late success: %+v, want failed and pending", st)
 		}
+
+		// A failure recorded in the millisecond A's attempt started is
+		// older than A's start (its attempt held the lock before A):
+		// A's late success clears it.
+		a = begin(t, b, "A", time.Time{})
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "P", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, Final: true}); err != nil {
+			t.Fatal(err)
+		}
+		b.rdb.HSet(ctx, state.UserKey("u1"), "last_failure", a.Start.UnixMilli())
+		b.expire(time.Second)
+		late(t, b, a, false)
+		if st, _ = b.st.Status(ctx, "u1"); st.Failed || st.ConsecutiveFailures != 0 {
+			t.Errorf("status after a failure in the millisecond of A's start and A's late success: %+v, want not failed", st)
+		}
+	})
+}
+
+// TestRedisScripts_AFullRequestStaysUntilAFullSyncIsDone: a full sync
+// asked for while the user was busy passes to the owner's next attempt;
+// if that attempt gives up the lock without succeeding, the next owner's
+// attempt is a full one.
+func TestRedisScripts_AFullRequestStaysUntilAFullSyncIsDone(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		a := begin(t, b, "A", time.Time{})
+		busy, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "x", Token: "X",
+			Destination: "tcp:b:1", TTL: time.Second, Full: true})
+		if err != nil || busy.Decision != state.Busy {
+			t.Fatalf("%+v %v", busy, err)
+		}
+		next := succeed(t, b, "A", a.Start, true)
+		if next.Decision != state.Run || !next.FullRequested {
+			t.Fatalf("rerun %+v, want the full request", next)
+		}
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "lock lost",
+			Class: "lock", Release: true, Full: true}); err != nil {
+			t.Fatal(err)
+		}
+		c := begin(t, b, "C", time.Time{})
+		if c.Decision != state.Run || !c.FullRequested {
+			t.Fatalf("next owner's claim %+v: the full request is lost", c)
+		}
+		if done := succeed(t, b, "C", c.Start, true); done.Decision != state.Done {
+			t.Fatalf("C: %+v", done)
+		}
+		if c = begin(t, b, "D", time.Time{}); c.FullRequested {
+			t.Errorf("after a full sync succeeded: %+v, want no full request", c)
+		}
 	})
 }
 
