@@ -87,7 +87,8 @@ func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTT
 }
 
 // SweepAddUsers adds listed users of the host with index host to the
-// sweep's candidates; a user some earlier host listed keeps that host.
+// sweep's candidates; a user several hosts list keeps the first of them
+// (the lowest index), whatever order their listings write in.
 func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []string) error {
 	if len(users) == 0 {
 		return nil
@@ -96,7 +97,7 @@ func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []
 	for i, u := range users {
 		zs[i] = redis.Z{Score: float64(host + 1), Member: u}
 	}
-	if err := s.rdb.ZAddNX(ctx, SweepUsersKey(id), zs...).Err(); err != nil {
+	if err := s.rdb.ZAddLT(ctx, SweepUsersKey(id), zs...).Err(); err != nil {
 		return fmt.Errorf("store listed users of sweep %s in redis: %w", id, err)
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -76,7 +78,7 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 	// Leave room after the listing to record it and answer.
 	lctx, cancel := context.WithDeadline(ctx, began.Add(s.o.Budget-reserve(s.o.Budget)))
 	defer cancel()
-	l, err := s.list(lctx, st.ID)
+	l, err := s.list(ctx, lctx, st.ID)
 	if err != nil {
 		s.release(token)
 		return Result{}, err
@@ -104,65 +106,34 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 // answering.
 func reserve(budget time.Duration) time.Duration { return min(2*time.Second, budget/5) }
 
-// list streams every source's users into the sweep's candidates. A host
-// that cannot be listed is logged and counted, and the sweep goes on with
-// the others and with the pending and failed users: those matter most.
-// Only a failure of the store is an error.
-func (s *Sweeper) list(ctx context.Context, id string) (state.SweepListing, error) {
+// list streams every source's users into the sweep's candidates, all
+// hosts at once, each until lctx ends: a host that does not answer must
+// not keep the others from being listed. A host that cannot be listed (or
+// not within lctx) is logged and counted, and the sweep goes on with the
+// others and with the pending and failed users: those matter most. Only a
+// failure of the store (reached with ctx, which outlives lctx, so that
+// what was listed is recorded) is an error.
+func (s *Sweeper) list(ctx, lctx context.Context, id string) (state.SweepListing, error) {
 	var l state.SweepListing
 	names := make([]string, len(s.sources))
-	buf := make([]string, 0, listChunk)
-	var bad int64 // bad names of the hosts done; an attempt that fails counts again
+	errs := make([]error, len(s.sources))
+	var mu sync.Mutex
+	var logged atomic.Int64 // refused names logged, of every host
+	var wg sync.WaitGroup
 	for i, src := range s.sources {
 		names[i] = src.Name
-		label := hostLabel(src.Name)
-		var n int64
-		flush := func() error {
-			if err := s.st.SweepAddUsers(ctx, id, i, buf); err != nil {
-				return &storeError{err}
-			}
-			buf = buf[:0]
-			return nil
-		}
-		visit := func(u string) error {
-			n++
-			if err := doveadm.ValidateUser(u); err != nil {
-				l.BadNames++
-				if l.BadNames <= maxBadNameLogs {
-					s.log.Warn("sweep: skipping a listed username doveadm must not get", "host", label, "err", err)
-				}
-				return nil
-			}
-			buf = append(buf, u)
-			if len(buf) == listChunk {
-				return flush()
-			}
-			return nil
-		}
-		var err error
-		for attempt := 1; attempt <= listAttempts; attempt++ {
-			n, l.BadNames = 0, bad
-			err = s.lister.ListUsers(ctx, src.Endpoint, visit)
-			var se *storeError
-			if errors.As(err, &se) {
-				return l, se.err
-			}
-			if err == nil || !retryList(err) || ctx.Err() != nil || attempt == listAttempts {
-				break
-			}
-			s.log.Warn("sweep: listing the users of a host failed; trying again", "host", label, "attempt", attempt, "err", err)
-		}
-		if ferr := flush(); ferr != nil {
-			return l, ferr.(*storeError).err
-		}
-		s.m.skipped.WithLabelValues(SkipBadUser).Add(float64(l.BadNames - bad))
-		bad = l.BadNames
-		l.Listed += n
-		s.m.listed.WithLabelValues(label).Add(float64(n))
-		if err != nil {
-			s.m.listFailures.WithLabelValues(label).Inc()
-			s.log.Error("sweep: listing the users of a host failed; sweeping the rest", "host", label, "listed", n, "err", err)
-		}
+		wg.Go(func() {
+			listed, bad, err := s.listHost(ctx, lctx, id, i, src, &logged)
+			mu.Lock()
+			l.Listed += listed
+			l.BadNames += bad
+			mu.Unlock()
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return l, err
 	}
 	b, err := json.Marshal(names)
 	if err != nil {
@@ -170,6 +141,62 @@ func (s *Sweeper) list(ctx context.Context, id string) (state.SweepListing, erro
 	}
 	l.HostsJSON = string(b)
 	return l, nil
+}
+
+// listHost streams the users of the source with index i into the sweep's
+// candidates, trying again a listing that may pass on another try. It
+// returns the names listed and refused; the error is one of the store.
+func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Source, logged *atomic.Int64) (listed, bad int64, err error) {
+	label := hostLabel(src.Name)
+	buf := make([]string, 0, listChunk)
+	flush := func() error {
+		if err := s.st.SweepAddUsers(ctx, id, i, buf); err != nil {
+			return &storeError{err}
+		}
+		buf = buf[:0]
+		return nil
+	}
+	visit := func(u string) error {
+		listed++
+		if err := doveadm.ValidateUser(u); err != nil {
+			bad++
+			if logged.Add(1) <= maxBadNameLogs {
+				s.log.Warn("sweep: skipping a listed username doveadm must not get", "host", label, "err", err)
+			}
+			return nil
+		}
+		buf = append(buf, u)
+		if len(buf) == listChunk {
+			return flush()
+		}
+		return nil
+	}
+	for attempt := 1; attempt <= listAttempts; attempt++ {
+		listed, bad = 0, 0 // an attempt that fails counts again
+		err = s.lister.ListUsers(lctx, src.Endpoint, visit)
+		var se *storeError
+		if errors.As(err, &se) {
+			return listed, bad, se.err
+		}
+		if err == nil || !retryList(err) || lctx.Err() != nil || attempt == listAttempts {
+			break
+		}
+		s.log.Warn("sweep: listing the users of a host failed; trying again", "host", label, "attempt", attempt, "err", err)
+	}
+	if ferr := flush(); ferr != nil {
+		return listed, bad, ferr.(*storeError).err
+	}
+	s.m.skipped.WithLabelValues(SkipBadUser).Add(float64(bad))
+	s.m.listed.WithLabelValues(label).Add(float64(listed))
+	if err != nil {
+		s.m.listFailures.WithLabelValues(label).Inc()
+		msg := "sweep: listing the users of a host failed; sweeping the rest"
+		if lctx.Err() != nil {
+			msg = "sweep: listing the users of a host was cut short by the step's budget; sweeping what was listed"
+		}
+		s.log.Error(msg, "host", label, "listed", listed, "err", err)
+	}
+	return listed, bad, nil
 }
 
 // hostLabel names a host in metrics and logs.

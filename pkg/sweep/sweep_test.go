@@ -3,12 +3,16 @@ package sweep
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -298,6 +302,61 @@ func TestStep_AHostThatCannotBeListedLeavesPendingAndFailedUsers(t *testing.T) {
 	}
 }
 
+// TestStep_AListingCutShortByTheBudgetStillSweeps: a host whose listing
+// outlasts the step's budget is cut short, counted, and the sweep goes on
+// with what was listed and with the pending and failed users; it used to
+// fail the step (what was listed could not be recorded after the
+// listing's deadline), and every redelivery the same way.
+func TestStep_AListingCutShortByTheBudgetStillSweeps(t *testing.T) {
+	o := testOptions()
+	o.Budget = time.Second
+	f := newFixture(t, o)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `[["doveadmResponse",{"userList":["u1","u2"`)
+		w.(http.Flusher).Flush()
+		select { // slower than the budget
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	t.Cleanup(slow.Close)
+	f.build(t, []Source{{Name: "mail-a", Endpoint: doveadm.Endpoint{Name: "mail-a", URL: slow.URL + "/doveadm/v1", Password: "x", Destination: "tcp:r:1"}}})
+	if err := f.st.MarkPending(context.Background(), "p1", "mail-a", f.now()); err != nil {
+		t.Fatal(err)
+	}
+
+	f.run(t)
+
+	if got := byUser(t, f.snd.all()); got["p1"].Reason != ReasonPending {
+		t.Errorf("requested %v, want the pending user", users(got))
+	}
+	if testutil.ToFloat64(f.sw.m.listFailures.WithLabelValues("mail-a")) != 1 {
+		t.Error("the listing cut short is not counted")
+	}
+}
+
+// TestStep_AHostThatDoesNotAnswerKeepsNoOtherFromBeingListed: the hosts
+// are listed at once, so one that never answers costs the others nothing.
+func TestStep_AHostThatDoesNotAnswerKeepsNoOtherFromBeingListed(t *testing.T) {
+	o := testOptions()
+	o.Budget = time.Second
+	f := newFixture(t, o)
+	f.dove.RespondList = func() doveadmtest.Reply { return doveadmtest.Reply{Delay: 5 * time.Second} }
+	b := doveadmtest.NewServer(t, "mail-b", nil)
+	b.SetUsers("b1", "b2")
+	f.build(t, []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}, {Name: "mail-b", Endpoint: endpoint(b)}})
+
+	f.run(t)
+
+	if got := byUser(t, f.snd.all()); len(got) != 2 || got["b1"].Host != "mail-b" || got["b2"].Host != "mail-b" {
+		t.Errorf("requested %v; mail-b listed %d times", users(got), b.ListCalls())
+	}
+	if testutil.ToFloat64(f.sw.m.listFailures.WithLabelValues("mail-a")) != 1 {
+		t.Error("the host that did not answer is not counted")
+	}
+}
+
 func TestStep_AFailedListingIsTriedAgain(t *testing.T) {
 	f := newFixture(t, testOptions(), "u1", "u2", "-bad")
 	tries := 0
@@ -337,6 +396,8 @@ func TestStep_NothingToSweepFinishesAtOnce(t *testing.T) {
 
 func TestStep_EachUserOnceFromTheFirstHostThatListsIt(t *testing.T) {
 	f := newFixture(t, testOptions(), "both", "only-a")
+	// The hosts are listed at once; mail-b's listing is written first.
+	f.dove.RespondList = func() doveadmtest.Reply { return doveadmtest.Reply{Delay: 200 * time.Millisecond} }
 	b := doveadmtest.NewServer(t, "mail-b", nil)
 	b.SetUsers("both", "only-b")
 	f.build(t, []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}, {Name: "mail-b", Endpoint: endpoint(b)}})
