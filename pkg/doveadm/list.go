@@ -2,6 +2,7 @@ package doveadm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -234,6 +235,20 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	}
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 4096), 64<<10)
+	// A line counts once its newline is there: doveadm killed (the
+	// timeout) while it writes one leaves a part of a name. A last line
+	// without one counts only if doveadm then exits 0.
+	var tail string
+	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			return i + 1, data[:i], nil
+		}
+		if atEOF && len(data) > 0 {
+			tail = string(data)
+			return len(data), nil, nil
+		}
+		return 0, nil, nil
+	})
 	var fnErr error
 	for sc.Scan() {
 		if u := strings.TrimSpace(sc.Text()); u != "" {
@@ -256,6 +271,9 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	case scanErr != nil:
 		return &Error{Kind: KindProtocol, Op: opn, Detail: fmt.Sprintf("reading the listing: %v", scanErr), Err: scanErr}
 	case err == nil:
+		if u := strings.TrimSpace(tail); u != "" {
+			return fn(u)
+		}
 		return nil
 	case ctx.Err() != nil:
 		return &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("killed: %v", context.Cause(ctx)), Err: err}

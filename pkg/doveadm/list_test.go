@@ -173,6 +173,24 @@ func TestExec_ListUsers(t *testing.T) {
 	}
 }
 
+// TestExec_ListUsersKilledMidLine: doveadm killed by the timeout while it
+// writes a name leaves a part of it, which is no user; a last line without
+// a newline from a doveadm that exits 0 is one.
+func TestExec_ListUsersKilledMidLine(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "doveadm")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nprintf 'alice\\ncarol\\nbo'\nexec sleep 30\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	got, err := collect(doveadm.NewExec(bin, 300*time.Millisecond), doveadm.Endpoint{})
+	if r := doveadm.Decide(err); r.Class != "transport" || strings.Join(got, "|") != "alice|carol" {
+		t.Errorf("ListUsers = %q, %v (%+v); want alice and carol, and a transport failure", got, err, r)
+	}
+	bin, _ = fakeLister(t, "u1\nu2", 0)
+	if got, err := collect(doveadm.NewExec(bin, 5*time.Second), doveadm.Endpoint{}); err != nil || strings.Join(got, "|") != "u1|u2" {
+		t.Errorf("a last line without a newline: %q, %v", got, err)
+	}
+}
+
 func TestExec_ListUsersExitCode(t *testing.T) {
 	bin, _ := fakeLister(t, "", 75)
 	_, err := collect(doveadm.NewExec(bin, 5*time.Second), doveadm.Endpoint{})
