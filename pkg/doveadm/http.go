@@ -27,12 +27,17 @@ type HTTP struct {
 }
 
 // NewHTTP makes the transport; every call is bounded by timeout. client
-// may be nil for a default client.
+// may be nil for a default client, which follows no redirect: doveadm
+// never answers one, and net/http would send the X-Dovecot-API key on to
+// wherever a redirect pointed (it drops only Authorization).
 func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
 	if client == nil {
-		client = &http.Client{Transport: &http.Transport{
-			Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
-		}}
+		client = &http.Client{
+			Transport: &http.Transport{
+				Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+			},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	return &HTTP{client: client, timeout: timeout}
 }

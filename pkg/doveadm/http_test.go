@@ -46,6 +46,40 @@ func TestHTTP_APIKey(t *testing.T) {
 	}
 }
 
+// TestHTTP_NoRedirectIsFollowed: a redirect (from a proxy in front of
+// doveadm, say) is a failure, and the credentials go nowhere else: net/http
+// would send X-Dovecot-API on to another host.
+func TestHTTP_NoRedirectIsFollowed(t *testing.T) {
+	var reached int
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached++
+		t.Errorf("the redirect was followed: X-Dovecot-API %q, Authorization %q", r.Header.Get("X-Dovecot-API"), r.Header.Get("Authorization"))
+	}))
+	t.Cleanup(other.Close)
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Another host name for the same listener: what net/http treats
+		// as another host.
+		http.Redirect(w, r, strings.Replace(other.URL, "127.0.0.1", "localhost", 1)+"/collect", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirect.Close)
+	for _, ep := range []doveadm.Endpoint{
+		{Name: "mail-a", URL: redirect.URL + "/doveadm/v1", APIKey: "the-api-key"},
+		{Name: "mail-a", URL: redirect.URL + "/doveadm/v1", User: "doveadm", Password: "the-password"},
+	} {
+		_, err := doveadm.NewHTTP(nil, time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		if err == nil || !strings.Contains(err.Error(), "307") {
+			t.Errorf("a redirect answered: %v, want a failure naming it", err)
+		}
+		err = doveadm.NewHTTP(nil, time.Second).ListUsers(context.Background(), ep, func(string) error { return nil })
+		if err == nil {
+			t.Error("a listing redirected succeeded")
+		}
+	}
+	if reached != 0 {
+		t.Errorf("the other host was reached %d times", reached)
+	}
+}
+
 func TestHTTP_Failures(t *testing.T) {
 	tests := []struct {
 		name  string
