@@ -181,6 +181,12 @@ func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMa
 			errs = append(errs, errors.New("host map: empty host name"))
 			continue
 		}
+		// The name is what events and sweep requests carry as the host,
+		// which sync refuses unless it is a plausible host name.
+		if err := ValidateHost(name); err != nil {
+			errs = append(errs, fmt.Errorf("host map: %w", err))
+			continue
+		}
 		e := Endpoint{Name: name, URL: fe.URL, User: fe.User, Destination: fe.Destination, Config: fe.Config}
 		var err error
 		if e.Password, err = secret(name, "password", fe.PasswordEnv, fe.PasswordFile, getenv); err != nil {

@@ -57,6 +57,8 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		"unset env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_env": "NOPE"}}`, "NOPE is empty"},
 		"missing file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "/nonexistent/pw"}}`, "password file"},
 		"not json":        {`[1,2]`, "host map"},
+		// Every request naming it would be refused.
+		"bad host name": {`{"mail a": {"url": "http://a/", "destination": "tcp:b:1"}}`, `host "mail a"`},
 	} {
 		_, err := ParseHostMap([]byte(tt.data), def, func(string) string { return "" })
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
