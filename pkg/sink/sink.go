@@ -89,7 +89,11 @@ func New(o Options) (*Sender, error) {
 	}
 	popts := []cehttp.Option{
 		cehttp.WithTarget(o.URL),
-		cehttp.WithClient(http.Client{Transport: tr}),
+		// A redirect is not an acknowledgement: followed, a 302 to a login
+		// page turns the POST into a GET that answers 200.
+		cehttp.WithClient(http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}}),
 		// The SDK does not retry a 500 by default; a Broker ingress that
 		// answers 500 is as likely to recover as one answering 503.
 		cehttp.WithIsRetriableFunc(retriable),
@@ -105,7 +109,7 @@ func New(o Options) (*Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker client: %w", err)
 	}
-	return &Sender{client: c, target: o.URL, overrides: ov, opts: o}, nil
+	return &Sender{client: c, target: u.Redacted(), overrides: ov, opts: o}, nil
 }
 
 func retriable(code int) bool {
@@ -116,7 +120,8 @@ func retriable(code int) bool {
 	return code >= 500
 }
 
-// Target is the Broker URL events go to.
+// Target is the Broker URL events go to, its password (if any) hidden:
+// it is for logs and errors.
 func (s *Sender) Target() string { return s.target }
 
 // Send delivers ev and returns nil once the Broker acknowledged it (2xx).
@@ -127,14 +132,22 @@ func (s *Sender) Send(ctx context.Context, ev cloudevents.Event) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.Budget)
 	defer cancel()
-	if s.opts.Retries > 0 {
-		ctx = cloudevents.ContextWithRetriesExponentialBackoff(ctx, s.opts.Backoff, s.opts.Retries)
-	}
-	res := s.client.Send(ctx, ev)
+	res := s.client.Send(s.withRetries(ctx), ev)
 	if cloudevents.IsACK(res) {
 		return nil
 	}
 	return describe(res, s.target)
+}
+
+// withRetries asks the SDK for Retries retries, Backoff before the first
+// and twice as long before each further one. The SDK's exponential
+// backoff waits period·2^n before retry n, counting from 1, so its period
+// is half the first delay.
+func (s *Sender) withRetries(ctx context.Context) context.Context {
+	if s.opts.Retries <= 0 {
+		return ctx
+	}
+	return cloudevents.ContextWithRetriesExponentialBackoff(ctx, s.opts.Backoff/2, s.opts.Retries)
 }
 
 // describe names the final HTTP status when there was one.

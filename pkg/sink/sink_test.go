@@ -9,6 +9,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	cecontext "github.com/cloudevents/sdk-go/v2/context"
 )
 
 func TestParseOverrides(t *testing.T) {
@@ -62,6 +63,75 @@ func TestSend_Authorization(t *testing.T) {
 		}
 		if h := <-got; h != tc.want {
 			t.Errorf("Authorization %q, want %q", h, tc.want)
+		}
+	}
+}
+
+func testEvent() cloudevents.Event {
+	ev := cloudevents.NewEvent()
+	ev.SetID("1")
+	ev.SetType("org.dovewarden.test")
+	ev.SetSource("test")
+	return ev
+}
+
+// TestSend_ThePasswordStaysOutOfErrorsAndTarget: ingest logs Target at
+// start and every failed send's error; a password in the URL is in
+// neither.
+func TestSend_ThePasswordStaysOutOfErrorsAndTarget(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "queue full", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	s, err := New(Options{URL: strings.Replace(srv.URL, "http://", "http://dovecot:s3cretPW@", 1), Budget: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Send(context.Background(), testEvent())
+	if err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("Send against a 503: %v", err)
+	}
+	for _, text := range []string{err.Error(), s.Target()} {
+		if strings.Contains(text, "s3cretPW") || !strings.Contains(text, "dovecot:") {
+			t.Errorf("%q: want the user, not the password", text)
+		}
+	}
+}
+
+// TestSend_ARedirectIsNoDelivery: a 302 (a proxy's login page, say) is a
+// failure; followed, it became a GET answered 200, and the event was lost
+// though Send said it was delivered.
+func TestSend_ARedirectIsNoDelivery(t *testing.T) {
+	var gets int
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/login", http.StatusFound) })
+	mux.HandleFunc("GET /login", func(w http.ResponseWriter, r *http.Request) { gets++ })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	s, err := New(Options{URL: srv.URL + "/", Budget: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), testEvent()); err == nil || !strings.Contains(err.Error(), "302") || gets != 0 {
+		t.Errorf("Send = %v after %d GETs of the login page; want a failure naming the 302", err, gets)
+	}
+}
+
+// TestSend_RetryDelays: the first retry waits --send-backoff, each further
+// one twice as long (as docs/configuration.md says), not twice that.
+func TestSend_RetryDelays(t *testing.T) {
+	s, err := New(Options{URL: "http://127.0.0.1:1/", Budget: time.Second, Retries: 3, Backoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cecontext.RetriesFrom(s.withRetries(context.Background()))
+	if p.MaxTries != 3 {
+		t.Errorf("max tries %d", p.MaxTries)
+	}
+	// The SDK asks for the delay before retry n as BackoffFor(n), n from 1.
+	for n, want := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond} {
+		if got := p.BackoffFor(n + 1); got != want {
+			t.Errorf("delay before retry %d: %v, want %v", n+1, got, want)
 		}
 	}
 }
