@@ -36,8 +36,8 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 	if *b.timeout <= 0 {
 		return nil, fmt.Errorf("timeout %s: must be positive", *b.timeout)
 	}
-	if *b.source == "" {
-		return nil, errors.New("source: must not be empty")
+	if err := config.EventSource("source", *b.source); err != nil {
+		return nil, err
 	}
 	var auth string
 	if *b.tokenFile != "" {

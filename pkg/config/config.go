@@ -114,3 +114,16 @@ func RedactURL(raw string) string {
 	}
 	return u.Redacted()
 }
+
+// EventSource checks a CloudEvent source setting: not empty, and a URI
+// reference, as the CloudEvents spec asks. One that is not (a stray '%')
+// makes every event built with it invalid.
+func EventSource(setting, v string) error {
+	if v == "" {
+		return fmt.Errorf("%s: must not be empty", setting)
+	}
+	if _, err := url.Parse(v); err != nil {
+		return fmt.Errorf("%s %q: not a URI reference: %w", setting, v, err)
+	}
+	return nil
+}

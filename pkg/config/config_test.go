@@ -77,3 +77,16 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+func TestEventSource(t *testing.T) {
+	for _, ok := range []string{"dovewarden/sync", "https://example.org/sync", "urn:dovewarden:sync"} {
+		if err := EventSource("source", ok); err != nil {
+			t.Errorf("EventSource(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "dovewarden/%zz", "http://[::1"} {
+		if err := EventSource("source", bad); err == nil || !strings.Contains(err.Error(), "source") {
+			t.Errorf("EventSource(%q) = %v, want an error naming the setting", bad, err)
+		}
+	}
+}

@@ -114,7 +114,7 @@ func (c *Config) Validate() error {
 	if c.BrokerURL == "" {
 		errs = append(errs, errors.New("broker-url: not set (nor K_SINK): ingest needs a Broker to send to"))
 	} else if u, err := url.Parse(c.BrokerURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("broker-url %q: want an absolute http or https URL", c.BrokerURL))
+		errs = append(errs, fmt.Errorf("broker-url %q: want an absolute http or https URL", config.RedactURL(c.BrokerURL)))
 	}
 	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
 		errs = append(errs, err)

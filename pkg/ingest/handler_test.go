@@ -457,3 +457,12 @@ func TestHandle_ALongUIDSetFitsTheDefaultBody(t *testing.T) {
 		t.Fatalf("a %d-byte event: %d %s", len(event), code, body)
 	}
 }
+
+// TestLoad_ABrokerURLsPasswordIsNotShown: a refused --broker-url is
+// named in the error without its password.
+func TestLoad_ABrokerURLsPasswordIsNotShown(t *testing.T) {
+	_, err := Load(flag.NewFlagSet("ingest", flag.ContinueOnError), []string{"--broker-url", "ftp://u:topsecret9@broker/"}, func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), "broker-url") || strings.Contains(err.Error(), "topsecret9") {
+		t.Errorf("err %v: want broker-url named, without the password", err)
+	}
+}

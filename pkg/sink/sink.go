@@ -14,6 +14,8 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Options configure a Sender.
@@ -109,7 +111,7 @@ func New(o Options) (*Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker client: %w", err)
 	}
-	return &Sender{client: c, target: u.Redacted(), overrides: ov, opts: o}, nil
+	return &Sender{client: c, target: config.RedactURL(o.URL), overrides: ov, opts: o}, nil
 }
 
 func retriable(code int) bool {

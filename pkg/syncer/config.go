@@ -205,8 +205,8 @@ func (c *Config) Validate() error {
 	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Source == "" {
-		errs = append(errs, errors.New("source: must not be empty"))
+	if err := config.EventSource("source", c.Source); err != nil {
+		errs = append(errs, err)
 	}
 	errs = append(errs, c.Sweep.validate(c.RequestTimeout)...)
 	return errors.Join(errs...)

@@ -60,8 +60,10 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 		"DOVEWARDEN_LOCK_TTL":        "10ms",
 		"DOVEWARDEN_MAX_ATTEMPTS":    "0",
 		"DOVEWARDEN_RESULTS_SINK":    "not a url",
+		// Every result event would be invalid, and none sent.
+		"DOVEWARDEN_SOURCE": "dovewarden/%zz",
 	}))
-	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink"} {
+	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink", "source \"dovewarden/%zz\""} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
