@@ -3,6 +3,7 @@ package doveadm
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -33,6 +34,11 @@ func ValidateUser(user string) error {
 		case r == '*' || r == '?':
 			return fmt.Errorf("username %q has a wildcard (%q) doveadm would expand", user, r)
 		}
+	}
+	if strings.TrimSpace(user) != user {
+		// A CloudEvent's subject loses it (sdk-go trims it), so the
+		// change would replicate another name.
+		return fmt.Errorf("username %q begins or ends with white space", user)
 	}
 	return nil
 }

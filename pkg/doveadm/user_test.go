@@ -14,6 +14,9 @@ func TestValidateUser(t *testing.T) {
 		{"first.last@example.org", ""},
 		{"jürgen@example.de", ""},
 		{"a b; rm -rf /", ""}, // harmless: never seen by a shell
+		{"alice ", "white space"},
+		{" alice", "white space"},
+		{"alice\u00a0", "white space"},
 		{strings.Repeat("a", MaxUserLen), ""},
 		{"", "empty"},
 		{strings.Repeat("a", MaxUserLen+1), "exceeds"},
