@@ -1,6 +1,7 @@
 package contract
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -25,8 +26,22 @@ type SweepRequested struct {
 	// Sweep is the running sweep's id (continuations only).
 	Sweep string `json:"sweep,omitempty"`
 	// Offset is the position in the sweep's candidate list where the next
-	// batch starts (continuations only).
+	// batch starts (continuations only, where it is always written, 0
+	// too).
 	Offset int64 `json:"offset,omitempty"`
+}
+
+// MarshalJSON writes a continuation's offset even when it is 0, as
+// docs/events.md promises subscribers.
+func (d SweepRequested) MarshalJSON() ([]byte, error) {
+	type plain SweepRequested
+	if d.Sweep == "" {
+		return json.Marshal(plain(d))
+	}
+	return json.Marshal(struct {
+		plain
+		Offset int64 `json:"offset"`
+	}{plain(d), d.Offset})
 }
 
 // Bounds of SweepRequested's fields: ids are the sync function's own

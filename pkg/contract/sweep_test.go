@@ -38,6 +38,21 @@ func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
 	if err != nil || d != (SweepRequested{Reason: "schedule", Sweep: "20261129T101700Z-3f2a9c", Offset: 500}) {
 		t.Errorf("ToSweep = %+v, %v", d, err)
 	}
+	// The first continuation says offset 0; a request for a new sweep
+	// has no offset.
+	c0, err := SweepContinuation("20261129T101700Z-3f2a9c", 0, "schedule", "dovewarden/sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(c0.Data()); got != `{"reason":"schedule","sweep":"20261129T101700Z-3f2a9c","offset":0}` {
+		t.Errorf("first continuation's data %s", got)
+	}
+	if got := string(ev.Data()); got != `{"reason":"cli"}` {
+		t.Errorf("request's data %s", got)
+	}
+	if d, err := ToSweep(c0); err != nil || d.Offset != 0 || d.Sweep == "" {
+		t.Errorf("ToSweep = %+v, %v", d, err)
+	}
 }
 
 func TestToSweep_PingSourceDataAndNoData(t *testing.T) {
