@@ -152,6 +152,9 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	}
 	log.Warn("requests still running at the shutdown timeout; cancelling them so they hand their work back")
 	cancelBase()
+	// A handler still reading a body a client stopped sending is not
+	// woken by its context: its read fails now instead.
+	unread.endReads()
 	dctx, dcancel := context.WithTimeout(context.Background(), drain)
 	defer dcancel()
 	if err := srv.Shutdown(dctx); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // unreadConns finds, when the server shuts down, the connections on which
@@ -16,9 +17,15 @@ import (
 // handler's own posts to the broker ingress make such connections; so do
 // sync's posts to a standalone broker. A connection on which a request
 // has begun to arrive is left to finish.
+//
+// It also finds the connections a request is being read from or answered
+// on, so that a stop that cancels the requests can also end their reads:
+// a client that sent part of a body and then nothing holds its handler in
+// a read that no context cancels.
 type unreadConns struct {
-	mu    sync.Mutex
-	fresh map[*readConn]struct{} // in http.StateNew
+	mu     sync.Mutex
+	fresh  map[*readConn]struct{} // in http.StateNew
+	active map[*readConn]struct{} // in http.StateActive
 }
 
 // readConn remembers whether anything was read from it.
@@ -56,7 +63,9 @@ func (l readListener) Accept() (net.Conn, error) {
 	return &readConn{Conn: c}, nil
 }
 
-func newUnreadConns() *unreadConns { return &unreadConns{fresh: map[*readConn]struct{}{}} }
+func newUnreadConns() *unreadConns {
+	return &unreadConns{fresh: map[*readConn]struct{}{}, active: map[*readConn]struct{}{}}
+}
 
 // connState is the server's ConnState hook.
 func (u *unreadConns) connState(c net.Conn, s http.ConnState) {
@@ -66,11 +75,26 @@ func (u *unreadConns) connState(c net.Conn, s http.ConnState) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if s == http.StateNew {
+	delete(u.fresh, rc)
+	delete(u.active, rc)
+	switch s {
+	case http.StateNew:
 		u.fresh[rc] = struct{}{}
-	} else {
-		delete(u.fresh, rc)
+	case http.StateActive:
+		u.active[rc] = struct{}{}
 	}
+}
+
+// endReads makes every read on a connection with a request in progress
+// fail from now on; what the handlers write still goes out. It says how
+// many connections it found.
+func (u *unreadConns) endReads() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for c := range u.active {
+		_ = c.SetReadDeadline(time.Now())
+	}
+	return len(u.active)
 }
 
 // closeUnread closes the new connections nothing arrived on, and says how
