@@ -62,14 +62,17 @@ type SweepStart struct {
 	ID      string
 	Started time.Time
 	// Abandoned is the id of an earlier sweep that never finished (its
-	// continuation was lost), when a new one replaces it.
+	// continuation was lost, or it started before the recovery time),
+	// when a new one replaces it.
 	Abandoned string
 }
 
 // SweepBegin starts a sweep with id unless one runs: it takes the sweep lock
-// (lockTTL) and the claim (token, claimTTL) in one script.
+// (lockTTL) and the claim (token, claimTTL) in one script. A sweep that
+// started before RecoveryKey's time does not count as running: local
+// mode's last run left it, and it judged some users without that time.
 func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTTL, claimTTL time.Duration) (SweepStart, error) {
-	v, err := scriptSweepBegin.Run(ctx, s.rdb, []string{SweepLockKey, SweepClaimKey, SweepKey},
+	v, err := scriptSweepBegin.Run(ctx, s.rdb, []string{SweepLockKey, SweepClaimKey, SweepKey, RecoveryKey},
 		id, token, lockTTL.Milliseconds(), claimTTL.Milliseconds(), reason).Slice()
 	if err != nil {
 		return SweepStart{}, fmt.Errorf("begin sweep in redis: %w", err)

@@ -30,15 +30,19 @@ local function finish(id, now)
 end
 `
 
-// scriptSweepBegin: KEYS lock, claim, meta. ARGV id, token, lock ttl,
-// claim ttl, reason.
+// scriptSweepBegin: KEYS lock, claim, meta, recovery. ARGV id, token,
+// lock ttl, claim ttl, reason.
 var scriptSweepBegin = redis.NewScript(luaPrelude + `
 local cur = redis.call('GET', KEYS[1])
-if cur then
-  local started = redis.call('HGET', KEYS[3], 'started') or ''
+local same = cur and redis.call('HGET', KEYS[3], 'id') == cur
+local started = redis.call('HGET', KEYS[3], 'started') or ''
+-- A sweep that started before the recovery time (local mode's last run
+-- stopped during it) judged some users without that time, and covers no
+-- request: a new sweep replaces it, as an abandoned one.
+if cur and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
   -- A running sweep without a total and with nobody claiming it lost its
   -- listing invocation (crash, timeout): list again under the same id.
-  if redis.call('HGET', KEYS[3], 'id') == cur and redis.call('HEXISTS', KEYS[3], 'total') == 0
+  if same and redis.call('HEXISTS', KEYS[3], 'total') == 0
      and redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[4]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
     return {'relist', cur, started}

@@ -153,6 +153,32 @@ func TestSweep_ExpiredLockIsTakenBackOrReplaced(t *testing.T) {
 	})
 }
 
+// TestSweep_ASweepOlderThanTheRecoveryTimeIsReplaced: local mode's start
+// sets the recovery time; a sweep its last run left running started
+// before it, judged users without it, and covers no request: the next
+// begin replaces it. A sweep started after it still covers requests.
+func TestSweep_ASweepOlderThanTheRecoveryTimeIsReplaced(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", time.Hour, sweepClaim)
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `[]`}, time.Hour, time.Hour)
+		time.Sleep(2 * time.Millisecond)
+		if _, err := b.st.SetRecovery(ctx, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		st, err := b.st.SweepBegin(ctx, "s2", "tok2", "start", time.Hour, sweepClaim)
+		if err != nil || st.Decision != "started" || st.ID != "s2" || st.Abandoned != "s1" {
+			t.Fatalf("begin after the recovery time: %+v %v; want s1 replaced", st, err)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c1", time.Hour, sweepClaim); bt.Decision != "stale" {
+			t.Errorf("the old sweep's continuation: %+v", bt)
+		}
+		if st, _ := b.st.SweepBegin(ctx, "s3", "tok3", "schedule", time.Hour, sweepClaim); st.Decision == "started" || st.ID != "s2" {
+			t.Errorf("a begin while s2 runs: %+v; want s2 to cover it", st)
+		}
+	})
+}
+
 func TestSweep_Facts(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.MarkPending(ctx, "p", "mail-b", time.Now())
