@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -119,6 +121,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 	bcfg, err := bs.Load()
 	if err != nil {
+		return err
+	}
+	if err := checkSyncRoutes(bcfg); err != nil {
 		return err
 	}
 
@@ -404,4 +409,47 @@ func loopback(a net.Addr) string {
 		return a.String()
 	}
 	return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+}
+
+// checkSyncRoutes refuses Trigger manifests that route some event local
+// mode depends on to no in-process sync handler: a change would be
+// accepted (202 to Dovecot) and then go nowhere.
+func checkSyncRoutes(cfg *broker.Config) error {
+	at := time.Now()
+	var probes []cloudevents.Event
+	for _, p := range []change.Priority{change.High, change.Low} {
+		ev, err := contract.FromChange(change.Change{ID: "probe-" + string(p), User: "probe", Host: "probe", Time: at, Priority: p, Event: "probe"})
+		if err != nil {
+			return err
+		}
+		probes = append(probes, ev)
+	}
+	for _, p := range []change.Priority{change.High, change.Low} {
+		ev, err := contract.Requested(change.Request{ID: "probe", User: "probe", Time: at, Priority: p}, "probe", "dovewarden/local")
+		if err != nil {
+			return err
+		}
+		probes = append(probes, ev)
+	}
+	ev, err := contract.SweepRequest("start", "dovewarden/local")
+	if err != nil {
+		return err
+	}
+	probes = append(probes, ev)
+	for _, ev := range probes {
+		if !routedToSync(cfg, ev) {
+			return fmt.Errorf("triggers: no Trigger of Broker %q routes %s with priority %v to the sync function (%s): those events would be accepted and then go nowhere",
+				cfg.Broker, ev.Type(), ev.Extensions()[contract.ExtPriority], strings.Join(localSyncSubscribers, " or "))
+		}
+	}
+	return nil
+}
+
+func routedToSync(cfg *broker.Config, ev cloudevents.Event) bool {
+	for _, tr := range cfg.Triggers {
+		if tr.Subscriber.URI == "" && slices.Contains(localSyncSubscribers, tr.Subscriber.Ref) && tr.Filter.Match(ev) {
+			return true
+		}
+	}
+	return false
 }

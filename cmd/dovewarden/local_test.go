@@ -172,6 +172,45 @@ func TestLocal_RefusesARedisClusterNode(t *testing.T) {
 	}
 }
 
+// TestLocal_RefusesTriggersThatRouteNoChangeToSync: a --triggers folder
+// whose Triggers send some change nowhere (the Broker manifest left out,
+// so every Trigger is another Broker's; or the low lane missing) is
+// refused at start, naming the setting: such changes would be accepted
+// and dropped.
+func TestLocal_RefusesTriggersThatRouteNoChangeToSync(t *testing.T) {
+	triggers, err := os.ReadFile("../../config/broker/triggers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokerYAML, err := os.ReadFile("../../config/broker/broker.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noLow := strings.Replace(string(triggers), "name: dovewarden-sync-low", "name: somewhere-else", 1)
+	for name, files := range map[string]map[string]string{
+		"no Broker manifest": {"triggers.yaml": string(triggers)},
+		"no low lane":        {"broker.yaml": string(brokerYAML), "triggers.yaml": noLow},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			for f, body := range files {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte(body), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env, _, _ := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password}, "")
+			// A start that is not refused serves until this ends.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, env, []string{"local", "--listen", "127.0.0.1:0", "--triggers", dir,
+				"--doveadm-url", "http://127.0.0.1:1/doveadm/v1", "--destination", "tcp:127.0.0.1:1"})
+			if err == nil || !strings.Contains(err.Error(), "triggers:") || !strings.Contains(err.Error(), "mailbox.changed") {
+				t.Fatalf("local: %v, want a refusal naming --triggers", err)
+			}
+		})
+	}
+}
+
 // TestLocal_QueuedChangesMarkedPendingAtShutdown: the embedded broker
 // keeps nothing across restarts, so with a Redis that outlives the process
 // the changes still queued at shutdown become pending marks, with the
