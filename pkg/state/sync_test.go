@@ -254,9 +254,12 @@ func TestRedisScripts_ASuccessAfterTheLockExpired(t *testing.T) {
 		}
 
 		// A failure of the next owner, after A's start, is newer than A's
-		// success: the user stays failed.
+		// success: the user stays failed. (Some real time passes: B's
+		// start is at least the TTL after A's, and miniredis's clock does
+		// not move with its TTLs.)
 		a = begin(t, b, "A", time.Time{})
 		b.expire(time.Second)
+		time.Sleep(2 * time.Millisecond)
 		c = begin(t, b, "B", time.Time{})
 		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "B", Host: "mail-a", Error: "exit code 75",
 			Class: "tempfail", ExitCode: 75, Final: true, Release: true}); err != nil || c.Decision != state.Run {
