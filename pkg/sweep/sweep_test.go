@@ -309,7 +309,7 @@ func TestStep_AHostThatCannotBeListedLeavesPendingAndFailedUsers(t *testing.T) {
 // listing's deadline), and every redelivery the same way.
 func TestStep_AListingCutShortByTheBudgetStillSweeps(t *testing.T) {
 	o := testOptions()
-	o.Budget = time.Second
+	o.Budget = 2 * time.Second
 	f := newFixture(t, o)
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -340,7 +340,7 @@ func TestStep_AListingCutShortByTheBudgetStillSweeps(t *testing.T) {
 // are listed at once, so one that never answers costs the others nothing.
 func TestStep_AHostThatDoesNotAnswerKeepsNoOtherFromBeingListed(t *testing.T) {
 	o := testOptions()
-	o.Budget = time.Second
+	o.Budget = 2 * time.Second
 	f := newFixture(t, o)
 	f.dove.RespondList = func() doveadmtest.Reply { return doveadmtest.Reply{Delay: 5 * time.Second} }
 	b := doveadmtest.NewServer(t, "mail-b", nil)
