@@ -30,16 +30,7 @@ func TestSnippets_ExportEveryChangingCommand(t *testing.T) {
 	}
 	sort.Strings(want)
 	for _, file := range []string{"events-2.3.conf", "events-2.4.conf"} {
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var imapFilter string
-		for _, line := range strings.Split(string(raw), "\n") {
-			if strings.Contains(line, "event=imap_command_finished") {
-				imapFilter = line
-			}
-		}
+		raw, imapFilter := snippetLine(t, file, "event=imap_command_finished")
 		if imapFilter == "" {
 			t.Fatalf("%s: no imap_command_finished filter", file)
 		}
@@ -76,16 +67,7 @@ func TestSnippets_ExportEveryChangingDoveadmCommand(t *testing.T) {
 	}
 	sort.Strings(want)
 	for _, file := range []string{"events-2.3.conf", "events-2.4.conf"} {
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var filter string
-		for _, line := range strings.Split(string(raw), "\n") {
-			if strings.Contains(line, `category="service:doveadm"`) {
-				filter = line
-			}
-		}
+		_, filter := snippetLine(t, file, `category="service:doveadm"`)
 		if !strings.Contains(filter, `event=mail_user_session_finished AND category="service:doveadm" AND (`) {
 			t.Fatalf("%s: no doveadm session filter: %q", file, filter)
 		}
@@ -98,4 +80,20 @@ func TestSnippets_ExportEveryChangingDoveadmCommand(t *testing.T) {
 			t.Errorf("%s exports\n %v\nbut the table's doveadm commands are\n %v", file, got, want)
 		}
 	}
+}
+
+// snippetLine reads a snippet and returns it and its last line holding
+// marker ("" if none).
+func snippetLine(t *testing.T, file, marker string) (raw []byte, line string) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.Contains(l, marker) {
+			line = l
+		}
+	}
+	return raw, line
 }
