@@ -22,6 +22,15 @@ const (
 	TypeSweepRequested       = "org.dovewarden.sweep.requested"
 	TypeReplicationSucceeded = "org.dovewarden.replication.succeeded"
 	TypeReplicationFailed    = "org.dovewarden.replication.failed"
+
+	// TypePingSource is not dovewarden's: it is the type of every event a
+	// Knative PingSource sends (sources.knative.dev/v1; ceOverrides can
+	// set only extensions, not the type), with source
+	// /apis/v1/namespaces/NS/pingsources/NAME and the PingSource's data.
+	// Sync reads it as a TypeSweepRequested that asks for a new sweep
+	// (ToSweep); the sweep Trigger lets only the shipped PingSource's
+	// through.
+	TypePingSource = "dev.knative.sources.ping"
 )
 
 // Extension attributes.

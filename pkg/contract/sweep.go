@@ -17,8 +17,9 @@ const SourceSweep = "dovewarden/sweep"
 
 // SweepRequested is the data of TypeSweepRequested: list users and request
 // the stale, failed and pending ones. Without Sweep it asks for a new sweep
-// (the PingSource, the CLI); with it, it is the sync function's own
-// continuation of a running sweep at Offset.
+// (the CLI; the PingSource's TypePingSource events carry it too); with
+// it, it is the sync function's own continuation of a running sweep at
+// Offset.
 type SweepRequested struct {
 	// Reason says who asked, for logs: "schedule" (the PingSource), "cli".
 	// Continuations carry the sweep's original reason.
@@ -75,7 +76,7 @@ func sweepEvent(id, source string, d SweepRequested) (cloudevents.Event, error) 
 	ev.SetType(TypeSweepRequested)
 	ev.SetSource(source)
 	ev.SetTime(time.Now())
-	// Like the PingSource's: a sweep is bulk work.
+	// Like the PingSource's (its ceOverrides): a sweep is bulk work.
 	ev.SetExtension(ExtPriority, string(change.Low))
 	if err := checkSweep(d); err != nil {
 		return ev, err
@@ -86,17 +87,24 @@ func sweepEvent(id, source string, d SweepRequested) (cloudevents.Event, error) 
 	return ev, ev.Validate()
 }
 
-// ToSweep reads a TypeSweepRequested event's data. No data at all asks for
-// a new sweep.
+// ToSweep reads a TypeSweepRequested event's data, or a TypePingSource
+// event's (the PingSource's data, e.g. {"reason":"schedule"}), which
+// always asks for a new sweep: one that names a sweep or an offset is
+// refused, as it cannot be a continuation. No data at all asks for a new
+// sweep.
 func ToSweep(ev cloudevents.Event) (SweepRequested, error) {
 	var d SweepRequested
-	if ev.Type() != TypeSweepRequested {
-		return d, fmt.Errorf("event type %q is not %s", ev.Type(), TypeSweepRequested)
+	if ev.Type() != TypeSweepRequested && ev.Type() != TypePingSource {
+		return d, fmt.Errorf("event type %q is not %s or %s", ev.Type(), TypeSweepRequested, TypePingSource)
 	}
 	if len(ev.Data()) > 0 {
 		if err := ev.DataAs(&d); err != nil {
 			return d, fmt.Errorf("data of event %s: %w", ev.ID(), err)
 		}
+	}
+	if ev.Type() == TypePingSource && (d.Sweep != "" || d.Offset != 0) {
+		return d, fmt.Errorf("event %s: a %s event asks for a new sweep: its data cannot name a sweep or an offset (only the sync function's %s continues one)",
+			ev.ID(), TypePingSource, TypeSweepRequested)
 	}
 	if err := checkSweep(d); err != nil {
 		return d, fmt.Errorf("event %s: %w", ev.ID(), err)

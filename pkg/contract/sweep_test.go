@@ -55,18 +55,50 @@ func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
 	}
 }
 
-func TestToSweep_PingSourceDataAndNoData(t *testing.T) {
-	ping := cloudevents.NewEvent()
-	ping.SetID("p")
-	ping.SetSource("/apis/v1/namespaces/mail/pingsources/dovewarden-sweep")
-	ping.SetType(TypeSweepRequested)
-	_ = ping.SetData("application/json", []byte(`{"reason":"schedule"}`))
-	if d, err := ToSweep(ping); err != nil || d.Reason != "schedule" || d.Sweep != "" {
-		t.Errorf("PingSource: %+v, %v", d, err)
+// pingEvent is what Knative's PingSource sends for
+// config/knative/pingsource.yaml: its own type and source, whatever the
+// manifest says, and the manifest's data.
+func pingEvent(data string) cloudevents.Event {
+	ev := cloudevents.NewEvent()
+	ev.SetID("p")
+	ev.SetSource("/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep")
+	ev.SetType(TypePingSource)
+	ev.SetExtension(ExtPriority, "low")
+	if data != "" {
+		_ = ev.SetData("application/json", []byte(data))
 	}
-	ping.DataEncoded = nil
-	if d, err := ToSweep(ping); err != nil || d != (SweepRequested{}) {
-		t.Errorf("no data: %+v, %v", d, err)
+	return ev
+}
+
+func TestToSweep_PingSourceDataAndNoData(t *testing.T) {
+	for _, typ := range []string{TypePingSource, TypeSweepRequested} {
+		ping := pingEvent(`{"reason":"schedule"}`)
+		ping.SetType(typ)
+		if d, err := ToSweep(ping); err != nil || d != (SweepRequested{Reason: "schedule"}) {
+			t.Errorf("%s: %+v, %v", typ, d, err)
+		}
+		ping.DataEncoded = nil
+		if d, err := ToSweep(ping); err != nil || d != (SweepRequested{}) {
+			t.Errorf("%s, no data: %+v, %v", typ, d, err)
+		}
+	}
+}
+
+// A PingSource event always asks for a new sweep: data that would make it
+// a continuation is refused, not half-read.
+func TestToSweep_PingSourceIsNeverAContinuation(t *testing.T) {
+	for name, data := range map[string]string{
+		"sweep and offset": `{"reason":"schedule","sweep":"20261129T101700Z-3f2a9c","offset":500}`,
+		"sweep":            `{"sweep":"20261129T101700Z-3f2a9c"}`,
+		"offset":           `{"offset":7}`,
+	} {
+		if d, err := ToSweep(pingEvent(data)); err == nil || !strings.Contains(err.Error(), "cannot name a sweep or an offset") {
+			t.Errorf("%s: %+v, %v", name, d, err)
+		}
+	}
+	// Zero values ask for nothing more than a new sweep.
+	if d, err := ToSweep(pingEvent(`{"reason":"schedule","sweep":"","offset":0}`)); err != nil || d != (SweepRequested{Reason: "schedule"}) {
+		t.Errorf("zero cursor: %+v, %v", d, err)
 	}
 }
 
@@ -141,7 +173,7 @@ func TestDocs_SweepExamplesAreValid(t *testing.T) {
 			continue
 		}
 		switch ev.Type() {
-		case TypeSweepRequested:
+		case TypeSweepRequested, TypePingSource:
 			_, err = ToSweep(ev)
 		case TypeReplicationRequested:
 			_, err = ToRequest(ev)

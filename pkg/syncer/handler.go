@@ -1,8 +1,8 @@
 // Package syncer is the sync function: a CloudEvents receiver for
 // mailbox.changed and replication.requested events that runs them through
 // the replicator and answers with replication.succeeded/failed events, and
-// for sweep.requested events, which run the periodic sweep a batch at a
-// time.
+// for sweep.requested events (and the PingSource's, which ask for a new
+// sweep), which run the periodic sweep a batch at a time.
 //
 // Handler.Handle is the one entry point, a plain Go method on a CloudEvent;
 // the HTTP receiver (ServeHTTP), the func-CLI function and an embedded
@@ -79,7 +79,8 @@ const (
 )
 
 // Handle decides and runs the replication an event asks for, or one step of
-// the sweep for a sweep.requested (handleSweep). It returns:
+// the sweep for a sweep.requested or the PingSource's event (handleSweep).
+// It returns:
 //   - a result event and nil: a dsync ran; the event (succeeded, or failed
 //     after its last attempt) is the reply (HTTP 200);
 //   - nil, nil: acknowledged with no dsync of its own (covered, merged
@@ -94,7 +95,7 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	}
 	switch ev.Type() {
 	case contract.TypeMailboxChanged, contract.TypeReplicationRequested:
-	case contract.TypeSweepRequested:
+	case contract.TypeSweepRequested, contract.TypePingSource:
 		return h.handleSweep(ctx, ev)
 	default:
 		return nil, h.reject(rejectType, "event type %q is not handled by sync (want %s or %s)",
@@ -157,7 +158,7 @@ func checkHost(host string) error { return doveadm.ValidateHost(host) }
 func typeLabel(t string) string {
 	switch t {
 	case contract.TypeMailboxChanged, contract.TypeReplicationRequested, contract.TypeSweepRequested,
-		contract.TypeReplicationSucceeded, contract.TypeReplicationFailed:
+		contract.TypePingSource, contract.TypeReplicationSucceeded, contract.TypeReplicationFailed:
 		return t
 	}
 	return "other"

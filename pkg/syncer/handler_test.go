@@ -195,6 +195,8 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 	f := newFixture(t)
 	sweep := changeEvent(t, "u1", time.Now())
 	sweep.SetType(contract.TypeSweepRequested)
+	pingEv := changeEvent(t, "u1", time.Now())
+	pingEv.SetType(contract.TypePingSource)
 	hostile := changeEvent(t, "u1", time.Now())
 	hostile.SetSubject("-oProxyCommand=evil")
 	wild := changeEvent(t, "u1", time.Now())
@@ -225,6 +227,7 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 		metric string
 	}{
 		{"sweep type", binaryReq(sweep), 400, "is not handled by sync", rejectType},
+		{"PingSource type", binaryReq(pingEv), 400, "is not handled by sync without a results sink", rejectType},
 		{"hostile user", binaryReq(hostile), 400, "starts with '-'", rejectUser},
 		{"wildcard user", binaryReq(wild), 400, "wildcard", rejectUser},
 		{"bad host", binaryReq(badHost), 400, "only letters", rejectHost},

@@ -20,7 +20,8 @@ type Sweeper interface {
 	Step(ctx context.Context, reason string, c *sweep.Cursor) (sweep.Result, error)
 }
 
-// handleSweep runs one step of the sweep. A step without a cursor starts a
+// handleSweep runs one step of the sweep for a sweep.requested or a
+// PingSource event (contract.ToSweep). A step without a cursor starts a
 // sweep (or finds one running: covered, 202); a step with one does that
 // batch. While the sweep goes on, the answer is 200 with the next
 // sweep.requested, the continuation, which the Broker delivers back here

@@ -14,6 +14,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -59,15 +60,29 @@ func brokerURL(t *testing.T, f *fixture) string {
 	return srv.URL
 }
 
-// ping is the PingSource's event: binary mode, {"reason":"schedule"}.
+// ping is the event Knative's PingSource sends for
+// config/knative/pingsource.yaml: its own type and source (the manifest
+// cannot change them), the ceOverrides extension, binary mode,
+// {"reason":"schedule"}.
 func ping(t *testing.T) cloudevents.Event {
 	t.Helper()
 	ev := cloudevents.NewEvent()
 	ev.SetID("ping-1")
-	ev.SetSource("/apis/v1/namespaces/mail/pingsources/dovewarden-sweep")
-	ev.SetType(contract.TypeSweepRequested)
+	ev.SetSource("/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep")
+	ev.SetType(contract.TypePingSource)
 	ev.SetExtension("priority", "low")
 	if err := ev.SetData(cloudevents.ApplicationJSON, []byte(`{"reason":"schedule"}`)); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// sweepRequest is a sweep.requested asking for a new sweep, as
+// dovewarden sweep and local mode send it.
+func sweepRequest(t *testing.T, reason string) cloudevents.Event {
+	t.Helper()
+	ev, err := contract.SweepRequest(reason, "dovewarden/cli")
+	if err != nil {
 		t.Fatal(err)
 	}
 	return ev
@@ -142,6 +157,86 @@ func TestHandle_SweepRequestedRunsBatchByBatchThroughContinuations(t *testing.T)
 	}
 }
 
+// runSweep posts ev and then each continuation until the sweep answers
+// 202, and returns the number of continuations.
+func (s *sweepFixture) runSweep(t *testing.T, ev cloudevents.Event, reason string) int {
+	t.Helper()
+	for steps := 0; steps < 20; steps++ {
+		resp, reply, body := s.post(t, ev)
+		if resp.StatusCode == http.StatusAccepted {
+			return steps
+		}
+		if resp.StatusCode != http.StatusOK || reply == nil || reply.Type() != contract.TypeSweepRequested {
+			t.Fatalf("step %d: %d %v %q", steps, resp.StatusCode, reply, body)
+		}
+		var d contract.SweepRequested
+		if err := reply.DataAs(&d); err != nil || d.Sweep == "" || d.Reason != reason {
+			t.Fatalf("continuation data %+v, %v", d, err)
+		}
+		ev = *reply
+	}
+	t.Fatal("no end after 20 steps")
+	return 0
+}
+
+// The PingSource's event (dev.knative.sources.ping) starts a sweep as a
+// sweep.requested does: the same steps, the same requests, its reason
+// carried by the continuations.
+func TestHandle_PingSourceEventStartsASweepAsSweepRequestedDoes(t *testing.T) {
+	type outcome struct {
+		steps int
+		users map[string]contract.ReplicationRequested
+	}
+	run := func(ev cloudevents.Event, reason string) outcome {
+		s := newSweepFixture(t, "u1", "u2", "u3", "u4", "u5")
+		_ = s.st.MarkPending(context.Background(), "p1", "mail-a", time.Now())
+		steps := s.runSweep(t, ev, reason)
+		return outcome{steps, requestedUsers(t, s.broker.all())}
+	}
+	fromPing := run(ping(t), "schedule")
+	fromRequest := run(sweepRequest(t, "schedule"), "schedule")
+	if fromPing.steps != 3 || len(fromPing.users) != 6 || fromPing.users["p1"].Reason != "sweep:pending" {
+		t.Errorf("PingSource event: %d continuations, requested %+v", fromPing.steps, fromPing.users)
+	}
+	if fromPing.steps != fromRequest.steps || len(fromPing.users) != len(fromRequest.users) {
+		t.Errorf("PingSource event: %d continuations, %d users; sweep.requested: %d, %d",
+			fromPing.steps, len(fromPing.users), fromRequest.steps, len(fromRequest.users))
+	}
+	for u, d := range fromRequest.users {
+		if fromPing.users[u] != d {
+			t.Errorf("%s: PingSource event requested %+v, sweep.requested %+v", u, fromPing.users[u], d)
+		}
+	}
+}
+
+// A PingSource event is never a continuation: data naming a sweep or an
+// offset is refused (400, bad data) and starts nothing.
+func TestHandle_PingSourceEventWithACursorIs400(t *testing.T) {
+	s := newSweepFixture(t, "u1", "u2", "u3")
+	for name, data := range map[string]string{
+		"sweep and offset": `{"reason":"schedule","sweep":"20261129T101700Z-3f2a9c","offset":2}`,
+		"offset":           `{"offset":2}`,
+	} {
+		ev := ping(t)
+		_ = ev.SetData(cloudevents.ApplicationJSON, []byte(data))
+		before := testutil.ToFloat64(s.sh.m.rejected.WithLabelValues(rejectData))
+		resp, reply, body := s.post(t, ev)
+		if resp.StatusCode != http.StatusBadRequest || reply != nil || !strings.Contains(body, "cannot name a sweep or an offset") {
+			t.Errorf("%s: %d %v %q", name, resp.StatusCode, reply, body)
+		}
+		if testutil.ToFloat64(s.sh.m.rejected.WithLabelValues(rejectData)) != before+1 {
+			t.Errorf("%s: rejected{%s} not counted", name, rejectData)
+		}
+	}
+	if evs := s.broker.all(); len(evs) != 0 {
+		t.Errorf("sent %d events", len(evs))
+	}
+	// Nothing was started: the next PingSource event starts the sweep.
+	if resp, reply, body := s.post(t, ping(t)); resp.StatusCode != http.StatusOK || reply == nil {
+		t.Errorf("then a plain one: %d %v %q", resp.StatusCode, reply, body)
+	}
+}
+
 func TestHandle_SweepRequestedWhileOneRunsIsCovered(t *testing.T) {
 	s := newSweepFixture(t, "u1", "u2", "u3")
 	resp, first, _ := s.post(t, ping(t))
@@ -160,7 +255,7 @@ func TestHandle_SweepRequestedWhileOneRunsIsCovered(t *testing.T) {
 
 func TestHandle_SweepBadDataIs400AndBusyIs503(t *testing.T) {
 	s := newSweepFixture(t, "u1", "u2", "u3")
-	bad := ping(t)
+	bad := sweepRequest(t, "cli")
 	_ = bad.SetData(cloudevents.ApplicationJSON, []byte(`{"sweep":"../x","offset":1}`))
 	if resp, _, body := s.post(t, bad); resp.StatusCode != 400 || !strings.Contains(body, "only letters") {
 		t.Errorf("bad cursor: %d %q", resp.StatusCode, body)
