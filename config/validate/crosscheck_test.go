@@ -27,16 +27,19 @@ import (
 )
 
 // corpus is every combination of the attributes the Triggers look at:
-// types (ours, near misses, foreign) × priorities (including missing and
-// odd ones) × sources × subjects, with and without a partition key.
+// types (ours, near misses, foreign, the PingSource's) × priorities
+// (including missing and odd ones) × sources (PingSources' too) ×
+// subjects, with and without a partition key.
 func corpus() []cloudevents.Event {
 	types := []string{
 		"org.dovewarden.mailbox.changed", "org.dovewarden.replication.requested", "org.dovewarden.sweep.requested",
 		"org.dovewarden.replication.succeeded", "org.dovewarden.replication.failed",
 		"org.dovewarden.mailbox.changed.v2", "org.dovewarden.mailbox", "ORG.DOVEWARDEN.MAILBOX.CHANGED", "com.example.other",
+		"dev.knative.sources.ping",
 	}
 	priorities := []string{"high", "low", "-", "", "HIGH", "urgent", "high "}
-	sources := []string{"mail-a.test", "imap.mail-b.test", "dovewarden/sync", "dovewarden/sweep"}
+	sources := []string{"mail-a.test", "imap.mail-b.test", "dovewarden/sync", "dovewarden/sweep",
+		"/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep", "/apis/v1/namespaces/dovewarden/pingsources/x-dovewarden-sweep"}
 	subjects := []string{"u1", "", "admin@example.test"}
 	var out []cloudevents.Event
 	n := 0

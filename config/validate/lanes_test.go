@@ -38,6 +38,11 @@ func event(typ, priority string) cloudevents.Event {
 	return ev
 }
 
+func withSource(ev cloudevents.Event, source string) cloudevents.Event {
+	ev.SetSource(source)
+	return ev
+}
+
 // TestTriggers_Lanes routes sample events through the real Trigger manifests
 // with Knative's own filter code: every change reaches exactly one sync lane
 // (overlapping Triggers would deliver it twice), new mail the fast one.
@@ -63,6 +68,8 @@ func TestTriggers_Lanes(t *testing.T) {
 		"admin request, high":  {event(requested, "high"), "sync-high"},
 		"sweep's request, low": {event(requested, "low"), "sync-low"},
 		"sweep":                {event("org.dovewarden.sweep.requested", "low"), "sweep"},
+		"our PingSource":       {withSource(event("dev.knative.sources.ping", "low"), "/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep"), "sweep"},
+		"another PingSource":   {withSource(event("dev.knative.sources.ping", "low"), "/apis/v1/namespaces/dovewarden/pingsources/backup"), ""},
 		"failure":              {event("org.dovewarden.replication.failed", "high"), "replication-failed-alert"},
 		"success":              {event("org.dovewarden.replication.succeeded", "high"), ""},
 		"someone else's event": {event("com.example.other", "high"), ""},

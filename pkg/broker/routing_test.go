@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"os"
 	"sort"
 	"strings"
@@ -33,6 +34,19 @@ func matching(cfg *Config, ev cloudevents.Event) string {
 	return strings.Join(got, ",")
 }
 
+// typePing is the type of every event of a Knative PingSource.
+const typePing = "dev.knative.sources.ping"
+
+// pingSource is a PingSource's event source, as Knative sets it.
+func pingSource(namespace, name string) string {
+	return "/apis/v1/namespaces/" + namespace + "/pingsources/" + name
+}
+
+func withSource(ev cloudevents.Event, source string) cloudevents.Event {
+	ev.SetSource(source)
+	return ev
+}
+
 // TestRouting_RealManifests routes events through the Triggers of
 // config/broker: every change reaches exactly one sync lane (the lanes are
 // mutually exclusive), new mail the fast one.
@@ -52,6 +66,16 @@ func TestRouting_RealManifests(t *testing.T) {
 		"request, no priority":     {event("1", typeRequested, ""), "sync-low"},
 		"sweep":                    {event("1", typeSweep, "low"), "sweep"},
 		"sweep, no priority":       {event("1", typeSweep, ""), "sweep"},
+		"sweep continuation":       {withSource(event("1", typeSweep, "low"), "dovewarden/sync"), "sweep"},
+		"our PingSource":           {withSource(event("1", typePing, "low"), pingSource("dovewarden", "dovewarden-sweep")), "sweep"},
+		"our PingSource, other ns": {withSource(event("1", typePing, "low"), pingSource("mail", "dovewarden-sweep")), "sweep"},
+		"our PingSource, no prio":  {withSource(event("1", typePing, ""), pingSource("dovewarden", "dovewarden-sweep")), "sweep"},
+		"our PingSource, high":     {withSource(event("1", typePing, "high"), pingSource("dovewarden", "dovewarden-sweep")), "sweep"},
+		"another PingSource":       {withSource(event("1", typePing, "low"), pingSource("dovewarden", "backup")), ""},
+		"PingSource name suffix":   {withSource(event("1", typePing, "low"), pingSource("dovewarden", "x-dovewarden-sweep")), ""},
+		"PingSource name prefix":   {withSource(event("1", typePing, "low"), pingSource("dovewarden", "dovewarden-sweep-2")), ""},
+		"our source, other type":   {withSource(event("1", "com.example.ping", "low"), pingSource("dovewarden", "dovewarden-sweep")), ""},
+		"ping type, other source":  {event("1", typePing, "low"), ""},
 		"failure":                  {event("1", typeFailed, "high"), "replication-failed-alert"},
 		"failure, no priority":     {event("1", typeFailed, ""), "replication-failed-alert"},
 		"success":                  {event("1", typeSucceeded, "high"), ""},
@@ -88,6 +112,9 @@ func TestLoad_RealManifests(t *testing.T) {
 	// its retries are its own, its dead-letter sink the Broker's.
 	if sweep := byName["sweep"]; sweep.Delivery.DeadLetterSink == nil || sweep.Delivery.DeadLetterSink.Ref != "dovewarden-alerts" || sweep.Delivery.Retry != 3 {
 		t.Errorf("sweep delivery %+v", sweep.Delivery)
+	}
+	if sweep := byName["sweep"]; sweep.Subscriber.Ref != "dovewarden-sync-low" {
+		t.Errorf("sweep subscriber %+v", sweep.Subscriber)
 	}
 	if alert := byName["replication-failed-alert"]; alert.Subscriber.Ref != "dovewarden-alerts" {
 		t.Errorf("alert subscriber %+v", alert.Subscriber)
@@ -127,4 +154,37 @@ func TestRouting_FinalFailuresFilter(t *testing.T) {
 	if got := matching(cfg, ok3); got != "" {
 		t.Errorf("success routed to [%s]", got)
 	}
+}
+
+// TestRouting_PingSourceEventReachesSweepSubscriber publishes the shipped
+// PingSource's event (config/knative/pingsource.yaml) into a broker of the
+// real manifests: the low-priority sync function gets it once, nobody
+// else; another PingSource's event reaches nobody.
+func TestRouting_PingSourceEventReachesSweepSubscriber(t *testing.T) {
+	cfg := loadEmbedded(t)
+	high, low, alerts := newRecorder(), newRecorder(), newRecorder()
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{
+		"dovewarden-sync-high": high.handle, "dovewarden-sync-low": low.handle, "dovewarden-alerts": alerts.handle}})
+	ping := cloudevents.NewEvent()
+	ping.SetID("ping-1")
+	ping.SetType(contract.TypePingSource)
+	ping.SetSource(pingSource("dovewarden", "dovewarden-sweep"))
+	ping.SetExtension(contract.ExtPriority, "low")
+	if err := ping.SetData(cloudevents.ApplicationJSON, []byte(`{"reason":"schedule"}`)); err != nil {
+		t.Fatal(err)
+	}
+	other := ping.Clone()
+	other.SetID("ping-2")
+	other.SetSource(pingSource("dovewarden", "backup"))
+	for _, ev := range []cloudevents.Event{other, ping} {
+		if err := b.Publish(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := low.next(t); got.ID() != "ping-1" || got.Type() != contract.TypePingSource || string(got.Data()) != `{"reason":"schedule"}` {
+		t.Errorf("sync-low got %s %s %s", got.ID(), got.Type(), got.Data())
+	}
+	low.quiet(t)
+	high.quiet(t)
+	alerts.quiet(t)
 }

@@ -1,0 +1,138 @@
+package validate
+
+import (
+	"encoding/base64"
+	"sort"
+	"strings"
+	"testing"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"knative.dev/pkg/apis"
+
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+)
+
+// namespace is where docs/deployment.md applies the manifests.
+const namespace = "dovewarden"
+
+// shippedPingSource is config/knative/pingsource.yaml as the webhook
+// stores it after kubectl apply -n dovewarden.
+func shippedPingSource(t *testing.T) *sourcesv1.PingSource {
+	t.Helper()
+	var found []*sourcesv1.PingSource
+	for _, d := range loadManifests(t) {
+		if ps, ok := d.obj.(*sourcesv1.PingSource); ok {
+			found = append(found, ps)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d PingSources in the manifests, want 1", len(found))
+	}
+	ps := found[0]
+	ps.SetNamespace(namespace)
+	ps.SetDefaults(apis.WithinParent(webhookContext(t), metav1.ObjectMeta{Namespace: namespace}))
+	return ps
+}
+
+// pingEvent is the event Knative's PingSource adapter sends for ps: as
+// knative.dev/eventing/pkg/adapter/mtping makeEvent (unexported) builds it,
+// with the id cronTick gives each tick. The type and source are Knative's;
+// the manifest sets only extensions (ceOverrides) and the data.
+func pingEvent(t *testing.T, ps *sourcesv1.PingSource) cloudevents.Event {
+	t.Helper()
+	ev := cloudevents.NewEvent()
+	ev.SetID("3f2a9c4e-0b1d-4e6f-8a7b-9c0d1e2f3a4b")
+	ev.SetType(sourcesv1.PingSourceEventType)
+	ev.SetSource(sourcesv1.PingSourceSource(ps.Namespace, ps.Name))
+	if o := ps.Spec.CloudEventOverrides; o != nil {
+		for k, v := range o.Extensions {
+			ev.SetExtension(k, v)
+		}
+	}
+	var data []byte
+	if ps.Spec.DataBase64 != "" {
+		var err error
+		if data, err = base64.StdEncoding.DecodeString(ps.Spec.DataBase64); err != nil {
+			t.Fatal(err)
+		}
+	} else if ps.Spec.Data != "" {
+		data = []byte(ps.Spec.Data)
+	}
+	if data != nil {
+		if err := ev.SetData(ps.Spec.ContentType, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ev.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// routedBy returns the shipped Triggers whose filters, as Knative's broker
+// applies them, pass ev.
+func routedBy(t *testing.T, ev cloudevents.Event) []*eventingv1.Trigger {
+	t.Helper()
+	var got []*eventingv1.Trigger
+	for _, d := range loadManifests(t) {
+		if tr, ok := d.obj.(*eventingv1.Trigger); ok && knativePasses(triggerFilter(tr), ev) {
+			got = append(got, tr)
+		}
+	}
+	return got
+}
+
+func names(trs []*eventingv1.Trigger) string {
+	var out []string
+	for _, tr := range trs {
+		out = append(out, tr.Name)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+// TestPingSource_ReachesTheSweep: the event the shipped PingSource sends
+// passes exactly the sweep Trigger of the shipped Broker, as Knative's
+// broker filter decides, and goes to the low-priority sync Service, which
+// reads it as a request for a new sweep.
+func TestPingSource_ReachesTheSweep(t *testing.T) {
+	ps := shippedPingSource(t)
+	if ref := ps.Spec.Sink.Ref; ref == nil || ref.Kind != "Broker" || ref.Name != "dovewarden" {
+		t.Fatalf("PingSource sink %+v, want the Broker dovewarden", ps.Spec.Sink)
+	}
+	ev := pingEvent(t, ps)
+	got := routedBy(t, ev)
+	if names(got) != "sweep" {
+		t.Fatalf("PingSource event (type %s, source %s) passes Triggers [%s], want [sweep]", ev.Type(), ev.Source(), names(got))
+	}
+	tr := got[0]
+	if tr.Spec.Broker != "dovewarden" || tr.Spec.Subscriber.Ref == nil || tr.Spec.Subscriber.Ref.Name != "dovewarden-sync-low" {
+		t.Errorf("sweep Trigger: broker %q, subscriber %+v", tr.Spec.Broker, tr.Spec.Subscriber)
+	}
+	d, err := contract.ToSweep(ev)
+	if err != nil || d != (contract.SweepRequested{Reason: "schedule"}) {
+		t.Errorf("sync reads the PingSource event as %+v, %v; want a new sweep for reason schedule", d, err)
+	}
+}
+
+// TestPingSource_OthersStartNoSweep: a PingSource of another name sending
+// to the same Broker passes no Trigger; the shipped one does from any
+// namespace.
+func TestPingSource_OthersStartNoSweep(t *testing.T) {
+	for _, name := range []string{"backup", "x-dovewarden-sweep", "dovewarden-sweep-2", "dovewarden"} {
+		ps := shippedPingSource(t)
+		ps.Name = name
+		if got := routedBy(t, pingEvent(t, ps)); len(got) != 0 {
+			t.Errorf("PingSource %s passes Triggers [%s], want none", name, names(got))
+		}
+	}
+	ps := shippedPingSource(t)
+	ps.Namespace = "mail"
+	if got := routedBy(t, pingEvent(t, ps)); names(got) != "sweep" {
+		t.Errorf("in namespace mail: passes Triggers [%s], want [sweep]", names(got))
+	}
+}
