@@ -211,6 +211,25 @@ func TestLocal_RefusesTriggersThatRouteNoChangeToSync(t *testing.T) {
 	}
 }
 
+// TestLocal_ASweepOfMoreStepsThanTheBrokersTTL: every continuation that
+// goes back as a step's reply costs one of the broker's knativebrokerttl
+// (255), as on a cluster; a sweep of 300 steps used to stop at the 254th.
+func TestLocal_ASweepOfMoreStepsThanTheBrokersTTL(t *testing.T) {
+	users := make([]string, 300)
+	for i := range users {
+		users[i] = fmt.Sprintf("u%03d", i)
+	}
+	_, stop, tr, stderr := startLocal(t, users, "--sweep-batch-size", "1", "--sweep-batch-interval", "0")
+	defer stop()
+	deadline := time.Now().Add(60 * time.Second)
+	for len(tr.Calls()) < len(users) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(tr.Calls()); n < len(users) {
+		t.Fatalf("the sweep at start requested %d of %d users\n%s", n, len(users), stderr)
+	}
+}
+
 // TestLocal_QueuedChangesMarkedPendingAtShutdown: the embedded broker
 // keeps nothing across restarts, so with a Redis that outlives the process
 // the changes still queued at shutdown become pending marks, with the

@@ -30,7 +30,16 @@ type SweepRequested struct {
 	// batch starts (continuations only, where it is always written, 0
 	// too).
 	Offset int64 `json:"offset,omitempty"`
+	// Hops counts the continuations before this one that went back into
+	// the Broker as a step's reply, since one was sent as a new event
+	// (continuations only). Each reply costs one of the Broker's
+	// knativebrokerttl, so the sync function sends a continuation as a new
+	// event, with a fresh TTL, before they run out.
+	Hops int `json:"hops,omitempty"`
 }
+
+// MaxHops bounds SweepRequested.Hops: the Broker's TTL starts at 255.
+const MaxHops = 255
 
 // MarshalJSON writes a continuation's offset even when it is 0, as
 // docs/events.md promises subscribers.
@@ -64,10 +73,11 @@ func SweepRequest(reason, source string) (cloudevents.Event, error) {
 }
 
 // SweepContinuation makes the TypeSweepRequested event that asks for the
-// batch at offset of a running sweep; the sync function replies with it.
-func SweepContinuation(sweep string, offset int64, reason, source string) (cloudevents.Event, error) {
+// batch at offset of a running sweep; the sync function replies with it
+// (hops: the replies before it since a continuation was a new event).
+func SweepContinuation(sweep string, offset int64, hops int, reason, source string) (cloudevents.Event, error) {
 	id := uuid.NewSHA1(sweepIDSpace, fmt.Appendf(nil, "continue/%s/%d", sweep, offset)).String()
-	return sweepEvent(id, source, SweepRequested{Reason: reason, Sweep: sweep, Offset: offset})
+	return sweepEvent(id, source, SweepRequested{Reason: reason, Sweep: sweep, Offset: offset, Hops: hops})
 }
 
 func sweepEvent(id, source string, d SweepRequested) (cloudevents.Event, error) {
@@ -125,6 +135,9 @@ func checkSweep(d SweepRequested) error {
 	}
 	if d.Offset < 0 || (d.Offset > 0 && d.Sweep == "") {
 		return fmt.Errorf("sweep offset %d: want 0 or more, and only with a sweep id", d.Offset)
+	}
+	if d.Hops < 0 || d.Hops > MaxHops || (d.Hops > 0 && d.Sweep == "") {
+		return fmt.Errorf("sweep hops %d: want 0 to %d, and only with a sweep id", d.Hops, MaxHops)
 	}
 	if err := checkReason(d.Reason); err != nil {
 		return fmt.Errorf("sweep %w", err)

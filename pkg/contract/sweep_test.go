@@ -25,12 +25,12 @@ func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
 		t.Errorf("ToSweep = %+v, %v", d, err)
 	}
 
-	c1, err := SweepContinuation("20261129T101700Z-3f2a9c", 500, "schedule", "dovewarden/sync")
+	c1, err := SweepContinuation("20261129T101700Z-3f2a9c", 500, 0, "schedule", "dovewarden/sync")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, _ := SweepContinuation("20261129T101700Z-3f2a9c", 500, "schedule", "dovewarden/sync")
-	c3, _ := SweepContinuation("20261129T101700Z-3f2a9c", 1000, "schedule", "dovewarden/sync")
+	c2, _ := SweepContinuation("20261129T101700Z-3f2a9c", 500, 0, "schedule", "dovewarden/sync")
+	c3, _ := SweepContinuation("20261129T101700Z-3f2a9c", 1000, 0, "schedule", "dovewarden/sync")
 	if c1.ID() != c2.ID() || c1.ID() == c3.ID() {
 		t.Errorf("continuation ids %s %s %s: want equal for one cursor, different for another", c1.ID(), c2.ID(), c3.ID())
 	}
@@ -40,7 +40,7 @@ func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
 	}
 	// The first continuation says offset 0; a request for a new sweep
 	// has no offset.
-	c0, err := SweepContinuation("20261129T101700Z-3f2a9c", 0, "schedule", "dovewarden/sync")
+	c0, err := SweepContinuation("20261129T101700Z-3f2a9c", 0, 0, "schedule", "dovewarden/sync")
 	if err != nil {
 		t.Fatal(err)
 	}

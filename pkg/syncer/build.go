@@ -49,6 +49,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	}
 	var notify replicator.Notifier
 	var sweeper Sweeper
+	var results EventSender
 	if cfg.ResultsSink != "" {
 		snd, err := sink.New(sink.Options{URL: cfg.ResultsSink, Overrides: cfg.CEOverrides,
 			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond, Authorization: cfg.ResultsAuthorization})
@@ -56,7 +57,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 			st.Close()
 			return nil, nil, fmt.Errorf("results-sink: %w", err)
 		}
-		notify = NewSinkNotifier(snd, cfg.Source, reg, log)
+		notify, results = NewSinkNotifier(snd, cfg.Source, reg, log), snd
 		// The sweep's requests go the same way as the failure events.
 		sweeper = sweep.New(cfg.Sweep.options(), st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(snd), reg, log)
 	} else {
@@ -68,7 +69,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
 	}, st, tr, cfg.HostMap(), notify, reg, log)
 	reg.MustRegister(NewUsersCollector(st), sweep.NewStatusCollector(st))
-	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper}, repl, reg, log)
+	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
 		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout)
 	return h, st.Close, nil

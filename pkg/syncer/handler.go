@@ -41,6 +41,15 @@ type Options struct {
 	MaxBody int64
 	// Sweeper runs sweep.requested events; nil refuses them (400).
 	Sweeper Sweeper
+	// Results sends events to the Broker as new events (the results
+	// sink): a sweep's continuation goes that way now and then, with a
+	// fresh TTL, instead of as the reply. Nil: always as the reply.
+	Results EventSender
+}
+
+// EventSender sends an event to the Broker; *sink.Sender is one.
+type EventSender interface {
+	Send(ctx context.Context, ev cloudevents.Event) error
 }
 
 // Handler handles replication events.

@@ -52,7 +52,24 @@ func (h *Handler) handleSweep(ctx context.Context, ev cloudevents.Event) (*cloud
 		h.log.Debug("sweep step answered without a continuation", "id", ev.ID(), "sweep", res.Sweep, "outcome", res.Outcome)
 		return nil, nil
 	}
-	reply, err := contract.SweepContinuation(res.Next.Sweep, res.Next.Offset, d.Reason, h.opts.Source)
+	hops := d.Hops + 1
+	if hops >= maxReplyHops && h.opts.Results != nil {
+		// Each reply costs one of the Broker's knativebrokerttl (255 for
+		// a new event); a sweep of more steps than that would end there.
+		// A new event starts the count again. If it cannot be sent, the
+		// reply still can, with some of the TTL left.
+		fresh, err := contract.SweepContinuation(res.Next.Sweep, res.Next.Offset, 0, d.Reason, h.opts.Source)
+		if err == nil {
+			err = h.opts.Results.Send(ctx, fresh)
+		}
+		if err == nil {
+			h.log.Debug("sweep continuation sent as a new event", "sweep", res.Next.Sweep, "offset", res.Next.Offset, "hops", hops)
+			return nil, nil
+		}
+		h.log.Warn("could not send the sweep's continuation as a new event; it goes back as the reply", "sweep", res.Next.Sweep,
+			"offset", res.Next.Offset, "hops", hops, "err", err)
+	}
+	reply, err := contract.SweepContinuation(res.Next.Sweep, res.Next.Offset, hops, d.Reason, h.opts.Source)
 	if err != nil {
 		// Cannot happen: the cursor is the sweep's own. The sweep stays
 		// locked until its TTL, then the next one starts over.
@@ -61,6 +78,10 @@ func (h *Handler) handleSweep(ctx context.Context, ev cloudevents.Event) (*cloud
 	}
 	return &reply, nil
 }
+
+// maxReplyHops is how many continuations in a row go back as replies
+// before one is sent as a new event: well under the Broker's TTL of 255.
+const maxReplyHops = 200
 
 // SinkSender sends the sweep's replication requests to the Broker through
 // the results sink.

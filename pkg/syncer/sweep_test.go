@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -282,5 +284,79 @@ func TestHandle_SweepStructuredMode(t *testing.T) {
 	// Nobody to sweep: finished at once.
 	if resp, reply, body := s.do(t, req); resp.StatusCode != http.StatusAccepted || reply != nil {
 		t.Errorf("%d %v %q", resp.StatusCode, reply, body)
+	}
+}
+
+// resultsSink records what the handler sends as new events; err, when
+// set, is its answer.
+type resultsSink struct {
+	mu  sync.Mutex
+	evs []cloudevents.Event
+	err error
+}
+
+func (r *resultsSink) Send(_ context.Context, ev cloudevents.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	r.evs = append(r.evs, ev)
+	return nil
+}
+
+// TestHandle_SweepContinuationGoesAsANewEventBeforeTheTTLRunsOut: each
+// continuation that goes back as the reply costs one of the Broker's
+// knativebrokerttl (255), so a sweep of more steps than that ended there.
+// After maxReplyHops replies in a row, the continuation is sent as a new
+// event through the results sink instead (a fresh TTL), or, if that
+// fails, still as the reply.
+func TestHandle_SweepContinuationGoesAsANewEventBeforeTheTTLRunsOut(t *testing.T) {
+	s := newSweepFixture(t, "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8")
+	results := &resultsSink{}
+	s.sh.opts.Results = results
+	hopsOf := func(ev *cloudevents.Event) contract.SweepRequested {
+		t.Helper()
+		var d contract.SweepRequested
+		if err := ev.DataAs(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	_, reply, body := s.post(t, sweepRequest(t, "cli"))
+	if reply == nil {
+		t.Fatalf("no continuation: %s", body)
+	}
+	first := hopsOf(reply)
+	if first.Hops != 1 {
+		t.Fatalf("first continuation %+v, want hops 1", first)
+	}
+	resp, reply, body := s.post(t, *reply)
+	d := hopsOf(reply)
+	if resp.StatusCode != http.StatusOK || d.Hops != 2 || len(results.evs) != 0 {
+		t.Fatalf("second step: %d %+v %q, %d sent", resp.StatusCode, d, body, len(results.evs))
+	}
+	// The last reply the count allows.
+	late, err := contract.SweepContinuation(d.Sweep, d.Offset, maxReplyHops-1, d.Reason, DefaultSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, reply, body = s.post(t, late)
+	if resp.StatusCode != http.StatusAccepted || reply != nil || len(results.evs) != 1 {
+		t.Fatalf("step at hops %d: %d %v %q, %d sent; want 202 and the continuation sent", maxReplyHops-1, resp.StatusCode, reply, body, len(results.evs))
+	}
+	sent := hopsOf(&results.evs[0])
+	if sent.Hops != 0 || sent.Sweep != d.Sweep || sent.Offset <= d.Offset {
+		t.Errorf("continuation sent %+v, want the next offset of %s with hops 0", sent, d.Sweep)
+	}
+	// The Broker refusing it: the reply still carries it.
+	results.err = errors.New("broker answered 503")
+	again, err := contract.SweepContinuation(sent.Sweep, sent.Offset, maxReplyHops-1, sent.Reason, DefaultSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, reply, body = s.post(t, again)
+	if resp.StatusCode != http.StatusOK || reply == nil || hopsOf(reply).Hops != maxReplyHops {
+		t.Fatalf("with the results sink refusing: %d %v %q; want the reply with hops %d", resp.StatusCode, reply, body, maxReplyHops)
 	}
 }
