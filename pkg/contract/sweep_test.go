@@ -53,6 +53,13 @@ func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
 	if d, err := ToSweep(c0); err != nil || d.Offset != 0 || d.Sweep == "" {
 		t.Errorf("ToSweep = %+v, %v", d, err)
 	}
+	c9, err := SweepContinuation("20261129T101700Z-3f2a9c", 1500, 9, "schedule", "dovewarden/sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := ToSweep(c9); err != nil || d.Hops != 9 || c9.ID() == c1.ID() {
+		t.Errorf("ToSweep = %+v, %v", d, err)
+	}
 }
 
 // pingEvent is what Knative's PingSource sends for
@@ -114,6 +121,9 @@ func TestToSweep_RefusesBadData(t *testing.T) {
 		"offset without id": {`{"offset":7}`, "offset"},
 		"control in reason": {`{"reason":"a\nb"}`, "control"},
 		"offset as string":  {`{"sweep":"s","offset":"7"}`, "data of event"},
+		"hops without id":   {`{"hops":3}`, "hops"},
+		"too many hops":     {`{"sweep":"s","hops":256}`, "hops"},
+		"negative hops":     {`{"sweep":"s","hops":-1}`, "hops"},
 	} {
 		ev := cloudevents.NewEvent()
 		ev.SetID("x")
