@@ -86,7 +86,7 @@ func routedBy(t *testing.T, ev cloudevents.Event) []*eventingv1.Trigger {
 	return got
 }
 
-func names(trs []*eventingv1.Trigger) string {
+func triggerNames(trs []*eventingv1.Trigger) string {
 	var out []string
 	for _, tr := range trs {
 		out = append(out, tr.Name)
@@ -106,8 +106,8 @@ func TestPingSource_ReachesTheSweep(t *testing.T) {
 	}
 	ev := pingEvent(t, ps)
 	got := routedBy(t, ev)
-	if names(got) != "sweep" {
-		t.Fatalf("PingSource event (type %s, source %s) passes Triggers [%s], want [sweep]", ev.Type(), ev.Source(), names(got))
+	if triggerNames(got) != "sweep" {
+		t.Fatalf("PingSource event (type %s, source %s) passes Triggers [%s], want [sweep]", ev.Type(), ev.Source(), triggerNames(got))
 	}
 	tr := got[0]
 	if tr.Spec.Broker != "dovewarden" || tr.Spec.Subscriber.Ref == nil || tr.Spec.Subscriber.Ref.Name != "dovewarden-sync-low" {
@@ -127,12 +127,12 @@ func TestPingSource_OthersStartNoSweep(t *testing.T) {
 		ps := shippedPingSource(t)
 		ps.Name = name
 		if got := routedBy(t, pingEvent(t, ps)); len(got) != 0 {
-			t.Errorf("PingSource %s passes Triggers [%s], want none", name, names(got))
+			t.Errorf("PingSource %s passes Triggers [%s], want none", name, triggerNames(got))
 		}
 	}
 	ps := shippedPingSource(t)
 	ps.Namespace = "mail"
-	if got := routedBy(t, pingEvent(t, ps)); names(got) != "sweep" {
-		t.Errorf("in namespace mail: passes Triggers [%s], want [sweep]", names(got))
+	if got := routedBy(t, pingEvent(t, ps)); triggerNames(got) != "sweep" {
+		t.Errorf("in namespace mail: passes Triggers [%s], want [sweep]", triggerNames(got))
 	}
 }

@@ -1,0 +1,261 @@
+package validate
+
+import (
+	"os"
+	"path"
+	"regexp"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"knative.dev/pkg/apis"
+	duckv1 "knative.dev/pkg/apis/duck/v1"
+	"sigs.k8s.io/yaml"
+
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+)
+
+// created is a Secret or ConfigMap docs/deployment.md has the operator
+// create, with the keys it gets and the line of the command.
+type created struct {
+	keys map[string]bool
+	line int
+}
+
+var (
+	createCmd = regexp.MustCompile(`^kubectl create (secret generic|configmap) ([a-z0-9.-]+)\b`)
+	literal   = regexp.MustCompile(`--from-literal=([^=\s]+)=`)
+	fromFile  = regexp.MustCompile(`--from-file=(\S+)`)
+)
+
+// docCreates lists the Secrets ("secret/NAME") and ConfigMaps
+// ("configmap/NAME") the kubectl commands of docs/deployment.md create.
+func docCreates(t *testing.T) map[string]created {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]created{}
+	for i, line := range strings.Split(string(doc), "\n") {
+		m := createCmd.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		kind := "secret"
+		if m[1] == "configmap" {
+			kind = "configmap"
+		}
+		c := created{keys: map[string]bool{}, line: i + 1}
+		for _, l := range literal.FindAllStringSubmatch(line, -1) {
+			c.keys[l[1]] = true
+		}
+		for _, f := range fromFile.FindAllStringSubmatch(line, -1) {
+			// --from-file=KEY=PATH, or --from-file=PATH whose key is the
+			// file's base name.
+			if k, _, ok := strings.Cut(f[1], "="); ok {
+				c.keys[k] = true
+			} else {
+				c.keys[path.Base(f[1])] = true
+			}
+		}
+		out[kind+"/"+m[2]] = c
+	}
+	return out
+}
+
+// docLine is the 1-based line of docs/deployment.md the pattern first
+// matches, or 0.
+func docLine(t *testing.T, pattern string) int {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(pattern)
+	for i, line := range strings.Split(string(doc), "\n") {
+		if re.MatchString(line) {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// TestDocs_SecretsBeforeServices: following docs/deployment.md in order,
+// every Secret key and ConfigMap the Services in config/knative read (env
+// secretKeyRef, secret and configMap volumes) exists, in the namespace
+// created before it, when config/knative is applied; a Pod whose Secret
+// or ConfigMap is missing does not start. ko needs KO_DOCKER_REPO.
+func TestDocs_SecretsBeforeServices(t *testing.T) {
+	apply := docLine(t, `^(ko|kubectl) apply .*-f config/knative/?( |$)`)
+	if apply == 0 {
+		t.Fatal("docs/deployment.md never applies config/knative")
+	}
+	if docLine(t, `^ko apply `) == apply {
+		if repo := docLine(t, `^export KO_DOCKER_REPO=`); repo == 0 || repo > apply {
+			t.Errorf("docs/deployment.md runs ko apply (line %d) without setting KO_DOCKER_REPO before it", apply)
+		}
+	}
+	ns := docLine(t, `^kubectl create namespace `)
+	creates := docCreates(t)
+	for object, c := range creates {
+		if ns == 0 || ns > c.line {
+			t.Errorf("docs/deployment.md creates %s (line %d) before its namespace (line %d)", object, c.line, ns)
+		}
+	}
+	need := func(where, object string, keys ...string) {
+		c, ok := creates[object]
+		switch {
+		case !ok:
+			t.Errorf("%s reads %s, which docs/deployment.md never creates", where, object)
+			return
+		case c.line > apply:
+			t.Errorf("docs/deployment.md creates %s (line %d) after applying config/knative (line %d), whose %s reads it", object, c.line, apply, where)
+		}
+		for _, k := range keys {
+			if !c.keys[k] {
+				t.Errorf("%s reads key %q of %s, which docs/deployment.md (line %d) does not create", where, k, object, c.line)
+			}
+		}
+	}
+	services := 0
+	for _, d := range loadManifests(t) {
+		svc, ok := d.obj.(*servingv1.Service)
+		if !ok || !strings.Contains(d.file, "knative") {
+			continue
+		}
+		services++
+		spec := svc.Spec.Template.Spec
+		where := "Service " + svc.Name
+		for _, c := range spec.Containers {
+			for _, e := range c.Env {
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+					need(where, "secret/"+e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
+				}
+				if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
+					need(where, "configmap/"+e.ValueFrom.ConfigMapKeyRef.Name, e.ValueFrom.ConfigMapKeyRef.Key)
+				}
+			}
+		}
+		for _, v := range spec.Volumes {
+			var keys []string
+			switch {
+			case v.Secret != nil:
+				for _, it := range v.Secret.Items {
+					keys = append(keys, it.Key)
+				}
+				need(where, "secret/"+v.Secret.SecretName, keys...)
+			case v.ConfigMap != nil:
+				for _, it := range v.ConfigMap.Items {
+					keys = append(keys, it.Key)
+				}
+				need(where, "configmap/"+v.ConfigMap.Name, keys...)
+			}
+		}
+	}
+	if services == 0 {
+		t.Fatal("no Service in config/knative")
+	}
+}
+
+// docServices are the Knative Services docs/deployment.md has the operator
+// apply inline (kubectl apply -f - <<EOF ... EOF), by name, each with the
+// line of its kubectl command. Each is decoded strictly, defaulted and
+// validated like the shipped manifests, with its image placeholder (a
+// word in capitals) standing for a real image.
+func docServices(t *testing.T) map[string]int {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := regexp.MustCompile(`^kubectl apply .*-f - <<'?EOF'?$`)
+	placeholder := regexp.MustCompile(`(?m)^(\s*-?\s*image: )[A-Z_]+$`)
+	out := map[string]int{}
+	lines := strings.Split(string(doc), "\n")
+	for i := 0; i < len(lines); i++ {
+		if !start.MatchString(lines[i]) {
+			continue
+		}
+		at := i + 1
+		var body []string
+		for i++; i < len(lines) && lines[i] != "EOF"; i++ {
+			body = append(body, lines[i])
+		}
+		text := placeholder.ReplaceAllString(strings.Join(body, "\n"), "${1}receiver")
+		var svc servingv1.Service
+		if err := yaml.UnmarshalStrict([]byte(text), &svc); err != nil {
+			t.Errorf("docs/deployment.md line %d: %v", at, err)
+			continue
+		}
+		if svc.Kind != "Service" || svc.APIVersion != "serving.knative.dev/v1" {
+			continue
+		}
+		ctx := webhookContext(t)
+		svc.SetNamespace("dovewarden")
+		svc.SetDefaults(apis.WithinParent(ctx, metav1.ObjectMeta{Namespace: "dovewarden"}))
+		if fe := svc.Validate(ctx).Filter(apis.ErrorLevel); fe != nil {
+			t.Errorf("docs/deployment.md line %d: Service %s: %v", at, svc.Name, fe)
+		}
+		out[svc.Name] = at
+	}
+	return out
+}
+
+// TestDocs_DeadLetterSinkBeforeBroker: every Service the Broker and the
+// Triggers in config/broker send to (dead-letter sinks, subscribers) is
+// shipped in config/knative or created by docs/deployment.md; the
+// dead-letter sinks before config/broker is applied. Knative keeps a Broker
+// whose dead-letter sink does not resolve not Ready and then routes none
+// of its Triggers (eventing v0.50.0, reconciler/broker/broker.go and
+// trigger.go), and does not route a Trigger whose own dead-letter sink
+// does not resolve: following the docs would route nothing.
+func TestDocs_DeadLetterSinkBeforeBroker(t *testing.T) {
+	apply := docLine(t, `^kubectl apply .*-f config/broker/?( |$)`)
+	if apply == 0 {
+		t.Fatal("docs/deployment.md never applies config/broker")
+	}
+	shipped := map[string]bool{}
+	docs := docServices(t)
+	type ref struct {
+		from, name string
+		dls        bool
+	}
+	var refs []ref
+	add := func(from string, d *duckv1.Destination, dls bool) {
+		if d != nil && d.Ref != nil && d.Ref.Kind == "Service" {
+			refs = append(refs, ref{from, d.Ref.Name, dls})
+		}
+	}
+	for _, d := range loadManifests(t) {
+		switch o := d.obj.(type) {
+		case *servingv1.Service:
+			shipped[o.Name] = true
+		case *eventingv1.Broker:
+			if o.Spec.Delivery != nil {
+				add("Broker "+o.Name, o.Spec.Delivery.DeadLetterSink, true)
+			}
+		case *eventingv1.Trigger:
+			add("Trigger "+o.Name, &o.Spec.Subscriber, false)
+			if o.Spec.Delivery != nil {
+				add("Trigger "+o.Name, o.Spec.Delivery.DeadLetterSink, true)
+			}
+		}
+	}
+	if len(refs) == 0 {
+		t.Fatal("config/broker sends to no Service")
+	}
+	for _, r := range refs {
+		if shipped[r.name] {
+			continue
+		}
+		line, ok := docs[r.name]
+		switch {
+		case !ok:
+			t.Errorf("%s sends to Service %s, which neither config/knative nor docs/deployment.md creates", r.from, r.name)
+		case r.dls && line > apply:
+			t.Errorf("docs/deployment.md creates Service %s (line %d), the dead-letter sink of %s, after applying config/broker (line %d)", r.name, line, r.from, apply)
+		}
+	}
+}

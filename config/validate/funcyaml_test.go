@@ -1,0 +1,186 @@
+package validate
+
+// The func CLI descriptors (functions/*/func.yaml) must point the functions
+// at the Broker the repository ships, in the namespace docs/deployment.md
+// creates.
+
+import (
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"knative.dev/eventing/pkg/apis/eventing"
+	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	"knative.dev/eventing/pkg/reconciler/names"
+)
+
+// funcYAML is the part of the func CLI's func.yaml schema (specVersion
+// 0.36.0) the functions here use; decoding is strict, so a field the
+// schema does not have, or one in the wrong place, is an error.
+type funcYAML struct {
+	SpecVersion string         `json:"specVersion"`
+	Name        string         `json:"name"`
+	Runtime     string         `json:"runtime"`
+	Invoke      string         `json:"invoke"`
+	Namespace   string         `json:"namespace,omitempty"`
+	Created     string         `json:"created,omitempty"`
+	Image       string         `json:"image,omitempty"`
+	Registry    string         `json:"registry,omitempty"`
+	Build       map[string]any `json:"build,omitempty"`
+	Deploy      map[string]any `json:"deploy,omitempty"`
+	Run         struct {
+		Envs []struct {
+			Name  string `json:"name"`
+			Value string `json:"value"`
+		} `json:"envs,omitempty"`
+		Volumes []struct {
+			Secret                string         `json:"secret,omitempty"`
+			ConfigMap             string         `json:"configMap,omitempty"`
+			PersistentVolumeClaim map[string]any `json:"persistentVolumeClaim,omitempty"`
+			EmptyDir              map[string]any `json:"emptyDir,omitempty"`
+			Path                  string         `json:"path"`
+		} `json:"volumes,omitempty"`
+		StartTimeout any `json:"startTimeout,omitempty"`
+	} `json:"run"`
+}
+
+func (f *funcYAML) env(name string) (string, bool) {
+	for _, e := range f.Run.Envs {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+// loadFuncYAMLs decodes every functions/*/func.yaml, by file.
+func loadFuncYAMLs(t *testing.T) map[string]*funcYAML {
+	t.Helper()
+	files, err := filepath.Glob("../../functions/*/func.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no func.yaml found")
+	}
+	out := map[string]*funcYAML{}
+	for _, file := range files {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f funcYAML
+		if err := yaml.UnmarshalStrict(raw, &f); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		out[file] = &f
+	}
+	return out
+}
+
+var docNamespace = regexp.MustCompile("(?m)^kubectl create namespace ([a-z0-9-]+)")
+
+// shippedBroker is the one Broker config/broker ships and the namespace
+// docs/deployment.md applies it in.
+func shippedBroker(t *testing.T) (*eventingv1.Broker, string) {
+	t.Helper()
+	var b *eventingv1.Broker
+	for _, d := range loadManifests(t) {
+		if d.kind == "Broker" {
+			if b != nil {
+				t.Fatal("more than one Broker shipped")
+			}
+			b = d.obj.(*eventingv1.Broker)
+		}
+	}
+	if b == nil {
+		t.Fatal("no Broker shipped")
+	}
+	doc, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := docNamespace.FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/deployment.md creates no namespace")
+	}
+	return b, string(m[1])
+}
+
+// TestFuncYAML_SinkIsTheShippedBroker: each func.yaml sets K_SINK (ingest
+// sends every change there; sync its retried failures and the sweep's
+// requests, and refuses sweep.requested without one), and it is the
+// ingress address Knative gives the shipped Broker: path /NAMESPACE/NAME
+// (eventing's broker reconciler, httpAddress), on the channel-based
+// Broker's shared ingress in knative-eventing. Another path is answered
+// 404 and every event is lost.
+func TestFuncYAML_SinkIsTheShippedBroker(t *testing.T) {
+	b, ns := shippedBroker(t)
+	for file, f := range loadFuncYAMLs(t) {
+		sink, ok := f.env("K_SINK")
+		if !ok {
+			t.Errorf("%s sets no K_SINK: the function has no Broker to send to", file)
+			continue
+		}
+		u, err := url.Parse(sink)
+		if err != nil {
+			t.Errorf("%s: K_SINK %q: %v", file, sink, err)
+			continue
+		}
+		if want := "/" + ns + "/" + b.Name; u.Path != want {
+			t.Errorf("%s: K_SINK path %q, want %q (Broker %s in namespace %s)", file, u.Path, want, b.Name, ns)
+		}
+		if b.Annotations[eventing.BrokerClassKey] == eventing.MTChannelBrokerClassValue {
+			if want := names.BrokerIngressName + ".knative-eventing.svc.cluster.local"; u.Scheme != "http" || u.Host != want {
+				t.Errorf("%s: K_SINK %q, want http://%s/...", file, sink, want)
+			}
+		}
+	}
+}
+
+// TestFuncYAML_FilesAreMounted: every *_FILE setting a func.yaml gives
+// names a file under one of its run.volumes paths, and, for a Secret or
+// ConfigMap volume (func mounts each key as a file of that name), a key
+// docs/deployment.md has the operator create in it. Otherwise the
+// function fails at start, unable to read the file.
+func TestFuncYAML_FilesAreMounted(t *testing.T) {
+	creates := docCreates(t)
+	for file, f := range loadFuncYAMLs(t) {
+		for _, e := range f.Run.Envs {
+			if !strings.HasSuffix(e.Name, "_FILE") || e.Value == "" {
+				continue
+			}
+			mounted := false
+			for _, v := range f.Run.Volumes {
+				rel, ok := strings.CutPrefix(e.Value, strings.TrimSuffix(v.Path, "/")+"/")
+				if v.Path == "" || !ok {
+					continue
+				}
+				mounted = true
+				var object string
+				switch {
+				case v.Secret != "":
+					object = "secret/" + v.Secret
+				case v.ConfigMap != "":
+					object = "configmap/" + v.ConfigMap
+				default:
+					continue
+				}
+				c, ok := creates[object]
+				if !ok {
+					t.Errorf("%s: %s=%s is in %s, which docs/deployment.md never creates", file, e.Name, e.Value, object)
+				} else if !c.keys[rel] {
+					t.Errorf("%s: %s=%s: %s gets no key %q in docs/deployment.md (line %d)", file, e.Name, e.Value, object, rel, c.line)
+				}
+			}
+			if !mounted {
+				t.Errorf("%s: %s=%s lies under no run.volumes path: the function cannot read it", file, e.Name, e.Value)
+			}
+		}
+	}
+}
