@@ -33,10 +33,7 @@ var (
 // ("configmap/NAME") the kubectl commands of docs/deployment.md create.
 func docCreates(t *testing.T) map[string]created {
 	t.Helper()
-	doc, err := os.ReadFile("../../docs/deployment.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := deploymentDoc(t)
 	out := map[string]created{}
 	for i, line := range strings.Split(string(doc), "\n") {
 		m := createCmd.FindStringSubmatch(line)
@@ -69,10 +66,7 @@ func docCreates(t *testing.T) map[string]created {
 // matches, or 0.
 func docLine(t *testing.T, pattern string) int {
 	t.Helper()
-	doc, err := os.ReadFile("../../docs/deployment.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := deploymentDoc(t)
 	re := regexp.MustCompile(pattern)
 	for i, line := range strings.Split(string(doc), "\n") {
 		if re.MatchString(line) {
@@ -166,10 +160,7 @@ func TestDocs_SecretsBeforeServices(t *testing.T) {
 // word in capitals) standing for a real image.
 func docServices(t *testing.T) map[string]int {
 	t.Helper()
-	doc, err := os.ReadFile("../../docs/deployment.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := deploymentDoc(t)
 	start := regexp.MustCompile(`^kubectl apply .*-f - <<'?EOF'?$`)
 	placeholder := regexp.MustCompile(`(?m)^(\s*-?\s*image: )[A-Z_]+$`)
 	out := map[string]int{}
@@ -258,4 +249,15 @@ func TestDocs_DeadLetterSinkBeforeBroker(t *testing.T) {
 			t.Errorf("docs/deployment.md creates Service %s (line %d), the dead-letter sink of %s, after applying config/broker (line %d)", r.name, line, r.from, apply)
 		}
 	}
+}
+
+// deploymentDoc is docs/deployment.md, which the tests hold the manifests
+// against.
+func deploymentDoc(t *testing.T) []byte {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
 }

@@ -101,10 +101,7 @@ func shippedBroker(t *testing.T) (*eventingv1.Broker, string) {
 	if b == nil {
 		t.Fatal("no Broker shipped")
 	}
-	doc, err := os.ReadFile("../../docs/deployment.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := deploymentDoc(t)
 	m := docNamespace.FindSubmatch(doc)
 	if m == nil {
 		t.Fatal("docs/deployment.md creates no namespace")

@@ -126,10 +126,7 @@ var dovecotURL = regexp.MustCompile("`(http://[^`@]*@dovewarden-ingest[^`]*)`")
 // (with the password the operator put in ingest's Secret), and refuse a
 // request without credentials.
 func TestIngestService_AcceptsDovecotsBasicAuth(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/deployment.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := deploymentDoc(t)
 	m := dovecotURL.FindSubmatch(doc)
 	if m == nil {
 		t.Fatal("docs/deployment.md gives no exporter URL http://USER:PASSWORD@dovewarden-ingest...")
