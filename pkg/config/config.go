@@ -85,8 +85,11 @@ func Secret(setting, value, file string) (string, error) {
 }
 
 // RedactURL hides a password in a URL before it reaches an error message
-// or a log: the user information's, and a "password" query parameter's (a
-// Redis Sentinel URL gives the primary's password so). A fragment and an
+// or a log: the user information's, and the value of every query parameter
+// whose name says it holds a secret ("password", which a Redis Sentinel URL
+// gives the primary's password in, "sentinel_password", which go-redis
+// refuses but an administrator may well try, any "*pass*", "*secret*",
+// "*token*"). A fragment and an
 // opaque part are hidden too: no URL the project takes has a use for
 // them, and they are where an unescaped '#' or a missing "//" puts part
 // of a password.
@@ -107,12 +110,27 @@ func RedactURL(raw string) string {
 		case err != nil:
 			// What could not be parsed could still hold a password.
 			u.RawQuery = "xxxxx"
-		case q.Has("password"):
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
+		default:
+			hid := false
+			for k := range q {
+				if secretParam(k) {
+					q.Set(k, "xxxxx")
+					hid = true
+				}
+			}
+			if hid {
+				u.RawQuery = q.Encode()
+			}
 		}
 	}
 	return u.Redacted()
+}
+
+// secretParam tells whether a query parameter's name says it holds a
+// secret.
+func secretParam(name string) bool {
+	name = strings.ToLower(name)
+	return strings.Contains(name, "pass") || strings.Contains(name, "secret") || strings.Contains(name, "token")
 }
 
 // EventSource checks a CloudEvent source setting: not empty, and a URI

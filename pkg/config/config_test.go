@@ -67,6 +67,10 @@ func TestRedactURL(t *testing.T) {
 		{"redis://redis/0?master_name=dw&password=ab#s3cret", "redis://redis/0?master_name=dw&password=xxxxx#xxxxx"},
 		{"redis:dw:s3cret@redis:6379", "redis:xxxxx"},
 		{"rediss://dw:s3cret@h/0?#&password=s3cret", "rediss://dw:xxxxx@h/0?#xxxxx"},
+		// go-redis refuses these, and its error comes after the URL.
+		{"redis://sentinel:26379/0?master_name=dw&sentinel_password=s3cret", "redis://sentinel:26379/0?master_name=dw&sentinel_password=xxxxx"},
+		{"redis://redis/0?Password=s3a&password=s3b&auth_token=s3c&db=1", "redis://redis/0?Password=xxxxx&auth_token=xxxxx&db=1&password=xxxxx"},
+		{"http://broker/?client_secret=s3cret&passwd=s3cret", "http://broker/?client_secret=xxxxx&passwd=xxxxx"},
 	} {
 		got := RedactURL(c.in)
 		if got != c.want {
