@@ -134,8 +134,8 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 	}{
 		"no folder":      {nil, []string{"--triggers", "/nonexistent"}, "triggers"},
 		"bad manifest":   {nil, []string{"--triggers", bad}, "Trigger t: spec.delivery: backoffDelay"},
-		"bad subscriber": {nil, []string{"--subscriber", "x"}, "NAME=URL"},
-		"bad sub env":    {map[string]string{"DOVEWARDEN_SUBSCRIBER": "a=ftp://x"}, nil, "DOVEWARDEN_SUBSCRIBER"},
+		"bad subscriber": {nil, []string{"--subscriber", "http://u:s3cret@x/"}, "NAME=URL"},
+		"bad sub env":    {map[string]string{"DOVEWARDEN_SUBSCRIBER": "a=ftp://u:s3cret@x"}, nil, "subscriber a="},
 		"bad queue size": {nil, []string{"--queue-size", "0"}, "queue-size"},
 		"bad workers":    {map[string]string{"DOVEWARDEN_WORKERS": "-1"}, nil, "workers"},
 		"bad timeout":    {nil, []string{"--delivery-timeout", "0s"}, "delivery-timeout"},
@@ -148,6 +148,9 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 			err := run(context.Background(), env, append([]string{"broker"}, tc.args...))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want it to name %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error %v shows a password", err)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Settings are the embedded broker's command-line settings, shared by every
@@ -29,6 +30,10 @@ type Settings struct {
 	// SpoolFile is where the events the lanes hold at a stop are saved,
 	// to be delivered after the next start; empty: they are lost.
 	SpoolFile string
+
+	// subscriberErrs are what the subscriber flag could not take, for
+	// Validate to report.
+	subscriberErrs []error
 }
 
 // RegisterFlags declares the settings on fs.
@@ -37,7 +42,7 @@ func (s *Settings) RegisterFlags(fs *flag.FlagSet) {
 		s.Subscribers = SubscriberMap{}
 	}
 	fs.StringVar(&s.Triggers, "triggers", "", "folder of Broker and Trigger manifests (*.yaml) to route with (default: the embedded config/broker)")
-	fs.Var(s.Subscribers, "subscriber", "NAME=URL: send the events of Triggers whose subscriber (or dead-letter sink) ref is NAME to URL; repeatable, or comma-separated")
+	fs.Var(subscriberFlag{s}, "subscriber", "NAME=URL: send the events of Triggers whose subscriber (or dead-letter sink) ref is NAME to URL; repeatable, or comma-separated")
 	fs.IntVar(&s.QueueSize, "queue-size", DefaultQueueSize, "events each Trigger's queue holds before publishing answers 503 (annotation dovewarden.org/queue-size overrides)")
 	fs.IntVar(&s.Workers, "workers", DefaultWorkers, "parallel deliveries per Trigger (annotation dovewarden.org/workers overrides)")
 	fs.DurationVar(&s.DeliveryTimeout, "delivery-timeout", DefaultDeliveryTimeout, "time allowed for one delivery attempt when a Trigger's delivery sets no timeout")
@@ -46,7 +51,7 @@ func (s *Settings) RegisterFlags(fs *flag.FlagSet) {
 
 // Validate checks the settings; errors name the setting.
 func (s *Settings) Validate() error {
-	var errs []error
+	errs := append([]error(nil), s.subscriberErrs...)
 	if s.Triggers != "" {
 		if fi, err := os.Stat(s.Triggers); err != nil || !fi.IsDir() {
 			errs = append(errs, fmt.Errorf("triggers %q: not a folder", s.Triggers))
@@ -93,6 +98,25 @@ func (s *Settings) Options() Options {
 	}
 }
 
+// subscriberFlag is the subscriber flag. It takes every value and keeps
+// what it cannot use for Validate to report, with any password hidden: the
+// flag package's own error for a refused value quotes the value whole.
+type subscriberFlag struct{ s *Settings }
+
+func (f subscriberFlag) String() string {
+	if f.s == nil {
+		return ""
+	}
+	return f.s.Subscribers.String()
+}
+
+func (f subscriberFlag) Set(v string) error {
+	if err := f.s.Subscribers.Set(v); err != nil {
+		f.s.subscriberErrs = append(f.s.subscriberErrs, fmt.Errorf("subscriber %w", err))
+	}
+	return nil
+}
+
 // SubscriberMap is the repeatable NAME=URL flag.
 type SubscriberMap map[string]string
 
@@ -107,7 +131,8 @@ func (m SubscriberMap) String() string {
 }
 
 // Set adds NAME=URL mappings; several may be given comma-separated (so
-// that one environment variable can hold them all).
+// that one environment variable can hold them all). Its errors show no
+// password.
 func (m SubscriberMap) Set(v string) error {
 	for _, pair := range strings.Split(v, ",") {
 		pair = strings.TrimSpace(pair)
@@ -115,11 +140,14 @@ func (m SubscriberMap) Set(v string) error {
 			continue
 		}
 		name, u, ok := strings.Cut(pair, "=")
-		if !ok || name == "" {
-			return fmt.Errorf("%q: want NAME=URL", pair)
+		if !ok {
+			return fmt.Errorf("%q: want NAME=URL", config.RedactURL(pair))
+		}
+		if name == "" {
+			return fmt.Errorf("=%q: want NAME=URL, the name is empty", config.RedactURL(u))
 		}
 		if !isAbsHTTP(u) {
-			return fmt.Errorf("%q: URL %q: want an absolute http or https URL", pair, u)
+			return fmt.Errorf("%s=%q: want an absolute http or https URL", name, config.RedactURL(u))
 		}
 		m[name] = u
 	}

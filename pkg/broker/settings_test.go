@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -32,8 +34,36 @@ func TestSettings_Flags(t *testing.T) {
 		t.Fatalf("embedded manifests: %v %v", cfg, err)
 	}
 	for _, bad := range []string{"noequals", "=http://x", "a=relative/path", "a=ftp://x"} {
-		if err := fs.Set("subscriber", bad); err == nil || !strings.Contains(err.Error(), bad) {
-			t.Errorf("Set(%q): %v", bad, err)
+		var s Settings
+		fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		s.RegisterFlags(fs)
+		if err := fs.Set("subscriber", bad); err != nil {
+			t.Errorf("Set(%q): %v, want the refusal from Validate", bad, err)
+		}
+		name, u, _ := strings.Cut(bad, "=")
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "subscriber") ||
+			!strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), u) {
+			t.Errorf("Validate after Set(%q): %v, want an error naming the setting and the value", bad, err)
+		}
+	}
+}
+
+// TestSettings_ARefusedSubscriberShowsNoPassword: the flag package quotes
+// a value its Set refuses, whole, in its error and on its output.
+func TestSettings_ARefusedSubscriberShowsNoPassword(t *testing.T) {
+	for _, bad := range []string{"a=ftp://u:s3cret@h/", "http://u:s3cret@h/", "a=http://u:s3cret@h/,b=mailto:x?password=s3cret"} {
+		var s Settings
+		fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+		var out strings.Builder
+		fs.SetOutput(&out)
+		s.RegisterFlags(fs)
+		err := errors.Join(fs.Parse([]string{"--subscriber", bad}), s.Validate())
+		if err == nil || !strings.Contains(err.Error(), "subscriber") {
+			t.Errorf("%q: %v, want an error naming the setting", bad, err)
+		}
+		if strings.Contains(out.String()+fmt.Sprint(err), "s3cret") {
+			t.Errorf("%q: the password shows: %v %s", bad, err, out.String())
 		}
 	}
 }
