@@ -47,8 +47,8 @@ type Trigger struct {
 	Subscriber Destination
 	// Delivery is the Trigger's delivery, or the Broker's when the
 	// Trigger sets none. As in Knative, a Trigger's delivery replaces the
-	// Broker's retry, backoff and timeout, and one without a
-	// deadLetterSink takes the Broker's.
+	// Broker's retry, backoff and timeout, one without a deadLetterSink
+	// takes the Broker's, and only the Trigger's own format applies.
 	Delivery Delivery
 	// Workers and QueueSize come from the dovewarden.org/workers and
 	// dovewarden.org/queue-size annotations; 0 means the broker default.
@@ -282,6 +282,9 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 		}
 	} else if brokerDelivery != nil {
 		tr.Delivery = *brokerDelivery
+		// Knative's filter sends in the Trigger's own delivery.format
+		// only; the Broker's goes no further than its channel.
+		tr.Delivery.Structured = false
 	}
 	if tr.Workers, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationWorkers); err != nil {
 		return nil, "", err

@@ -65,12 +65,13 @@ func TestLoad_DeliveryAndDocuments(t *testing.T) {
     retry: 2
     backoffPolicy: linear
     backoffDelay: PT1S
+    format: json
     deadLetterSink:
       uri: http://127.0.0.1:1/dls
 `
 	service := "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec: {}\n"
 	inherits := trigger("inherits", "  subscriber:\n    ref:\n      name: s\n")
-	own := trigger("own", "  subscriber:\n    ref:\n      name: s\n  delivery:\n    retry: 7\n    timeout: PT30S\n")
+	own := trigger("own", "  subscriber:\n    ref:\n      name: s\n  delivery:\n    retry: 7\n    timeout: PT30S\n    format: json\n")
 	other := strings.Replace(trigger("other", "  subscriber:\n    ref:\n      name: s\n"), "broker: b", "broker: elsewhere", 1)
 	sized := strings.Replace(trigger("sized", "  subscriber:\n    ref:\n      name: s\n"), "  name: sized\n",
 		"  name: sized\n  annotations:\n    dovewarden.org/workers: \"3\"\n    dovewarden.org/queue-size: \"17\"\n", 1)
@@ -90,6 +91,12 @@ func TestLoad_DeliveryAndDocuments(t *testing.T) {
 	if in.Delivery.Retry != 2 || in.Delivery.BackoffPolicy != BackoffLinear || in.Delivery.BackoffDelay != time.Second ||
 		in.Delivery.DeadLetterSink == nil || in.Delivery.DeadLetterSink.URI != "http://127.0.0.1:1/dls" {
 		t.Errorf("inherited delivery %+v", in.Delivery)
+	}
+	// Knative's filter sends in a Trigger's own delivery.format only
+	// (filter_handler.go); the Broker's applies to its channel, not to
+	// the subscriber.
+	if in.Delivery.Structured || !ow.Delivery.Structured {
+		t.Errorf("format: inherited structured=%v, own structured=%v; want binary, json", in.Delivery.Structured, ow.Delivery.Structured)
 	}
 	// A Trigger's delivery replaces the Broker's retry, backoff and
 	// timeout (no backoff here); without a DLS of its own it takes the
