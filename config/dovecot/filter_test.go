@@ -82,6 +82,32 @@ func TestSnippets_ExportEveryChangingDoveadmCommand(t *testing.T) {
 	}
 }
 
+// TestSnippets_ExportEveryChangingSieveCommand: the ManageSieve filter
+// names exactly the commands the table treats as changes.
+func TestSnippets_ExportEveryChangingSieveCommand(t *testing.T) {
+	var want []string
+	for name, c := range dovecot.ManageSieveCommands {
+		if c.Effect != dovecot.ReadOnly {
+			want = append(want, name)
+		}
+	}
+	sort.Strings(want)
+	for _, file := range []string{"events-2.3.conf", "events-2.4.conf"} {
+		_, filter := snippetLine(t, file, "event="+dovecot.ManageSieveCommandFinished)
+		if filter == "" {
+			t.Fatalf("%s: no %s filter", file, dovecot.ManageSieveCommandFinished)
+		}
+		var got []string
+		for _, m := range cmdName.FindAllStringSubmatch(filter, -1) {
+			got = append(got, strings.Trim(m[1], `"`))
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%s exports\n %v\nbut the table's changing ManageSieve commands are\n %v", file, got, want)
+		}
+	}
+}
+
 // snippetLine reads a snippet and returns it and its last line holding
 // marker ("" if none).
 func snippetLine(t *testing.T, file, marker string) (raw []byte, line string) {

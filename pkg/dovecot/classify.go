@@ -17,6 +17,9 @@ const (
 	// MailUserSessionFinished ends every session; a POP3 session's end is
 	// when Dovecot writes \Seen for the messages it fetched.
 	MailUserSessionFinished = "mail_user_session_finished"
+	// ManageSieveCommandFinished ends each ManageSieve command
+	// (Pigeonhole); a failed one carries an error field.
+	ManageSieveCommandFinished = "managesieve_command_finished"
 )
 
 // DropReason says why an event causes no replication. The values are stable:
@@ -32,7 +35,7 @@ const (
 	// DropFailed: the command or delivery did not succeed and changed
 	// nothing: an IMAP command answered BAD (refused before it ran), or one
 	// that changes nothing anyway answered NO; a POP3 command answered
-	// -ERR; a delivery with an error.
+	// -ERR; a ManageSieve command or a delivery with an error.
 	DropFailed DropReason = "failed"
 	// DropNoUser: the event names no user, so there is nothing to sync.
 	DropNoUser DropReason = "no_user"
@@ -94,6 +97,16 @@ func Classify(ev *Event) (change.Change, DropReason) {
 		}
 		eff = ReadOnly
 		if c, ok := POP3Commands[strings.ToUpper(f.CmdName)]; ok {
+			eff = c.Effect
+		}
+	case ManageSieveCommandFinished:
+		// Each ManageSieve command changes all or nothing: a script
+		// that does not compile is not saved, a missing one not renamed.
+		if f.Error != "" {
+			return change.Change{}, DropFailed
+		}
+		eff = LowChange
+		if c, ok := ManageSieveCommands[strings.ToUpper(f.CmdName)]; ok {
 			eff = c.Effect
 		}
 	case MailDeliveryFinished:

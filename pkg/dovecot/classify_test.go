@@ -32,6 +32,12 @@ var wantPOP3 = map[string]change.Priority{
 	"UIDL": "", "RETR": "", "TOP": "", "NOOP": "", "RSET": "", "QUIT": change.Low, "DELE": change.Low,
 }
 
+var wantManageSieve = map[string]change.Priority{
+	"AUTHENTICATE": "", "STARTTLS": "", "LOGOUT": "", "CAPABILITY": "", "NOOP": "", "UNAUTHENTICATE": "",
+	"HAVESPACE": "", "LISTSCRIPTS": "", "GETSCRIPT": "", "CHECKSCRIPT": "",
+	"PUTSCRIPT": change.Low, "SETACTIVE": change.Low, "DELETESCRIPT": change.Low, "RENAMESCRIPT": change.Low,
+}
+
 func imapEvent(cmd, args, reply string) *Event {
 	return &Event{
 		Name: IMAPCommandFinished, Hostname: "mail-a.test",
@@ -151,6 +157,54 @@ func TestClassify_EveryPOP3Command(t *testing.T) {
 			check(t, ev, "", DropFailed)
 		})
 	}
+}
+
+// TestClassify_EveryManageSieveCommand: a ManageSieve command that saves,
+// activates, deletes or renames a Sieve script is a low change, unless it
+// failed (an error field: nothing was changed); the others change nothing.
+func TestClassify_EveryManageSieveCommand(t *testing.T) {
+	if len(wantManageSieve) != len(ManageSieveCommands) {
+		t.Errorf("spec has %d ManageSieve commands, table %d", len(wantManageSieve), len(ManageSieveCommands))
+	}
+	for cmd, want := range wantManageSieve {
+		t.Run(cmd, func(t *testing.T) {
+			if _, ok := ManageSieveCommands[cmd]; !ok {
+				t.Fatalf("%s missing from ManageSieveCommands", cmd)
+			}
+			ev := &Event{Name: ManageSieveCommandFinished, Hostname: "mail-a.test",
+				EndTime:    Timestamp{time.Now()},
+				Categories: []string{"managesieve", "service:managesieve"},
+				Fields:     Fields{User: "u1", CmdName: cmd, CmdArgs: `"vacation"`}}
+			c := check(t, ev, want, DropReadOnly)
+			if want != "" && c.Command != cmd {
+				t.Errorf("command %q", c.Command)
+			}
+			ev.Fields.Error = "Compilation failed"
+			check(t, ev, "", DropFailed)
+		})
+	}
+	ev := &Event{Name: ManageSieveCommandFinished, Hostname: "mail-a.test", EndTime: Timestamp{time.Now()},
+		Fields: Fields{User: "u1", CmdName: "XFUTURE"}}
+	check(t, ev, change.Low, "")
+	// As Dovecot 2.3 and 2.4 sent them.
+	for _, raw := range []string{
+		`{"event":"managesieve_command_finished","hostname":"mail-a.test","start_time":"2026-11-29T18:52:01.762109Z","end_time":"2026-11-29T18:52:01.766432Z","categories":["managesieve","service:managesieve"],"fields":{"user":"u1","session":"8oLkyW5hvL5/AAAB","duration":4269,"cmd_name":"PUTSCRIPT","cmd_args":"\"e1s1\"","script_name":"e1s1","compile_warnings":0}}`,
+		`{"event":"managesieve_command_finished","hostname":"mail-a.test","start_time":"2026-11-29T18:52:27.682165Z","end_time":"2026-11-29T18:52:27.683477Z","categories":["storage","managesieve","service:managesieve"],"fields":{"user":"u1","session":"XtFvy25hZtF/AAAB","duration":1304,"service":"sieve","cmd_name":"RENAMESCRIPT","cmd_args":"\"e1s2\" \"e1s3\"","old_script_name":"e1s2","new_script_name":"e1s3","net_in_bytes":13,"net_out_bytes":0}}`,
+		`{"event":"mail_user_session_finished","hostname":"mail-a.test","start_time":"2026-11-29T18:52:51.205503Z","end_time":"2026-11-29T18:52:51.207105Z","categories":["storage","service:doveadm"],"fields":{"reason_code":["doveadm:cmd_sieve_put"],"duration":1584,"minor_faults":94,"rss":7077888,"vsz":10846208,"user":"u1","session":"wOM+DIN0DGsfHgAAxytPsA"}}`,
+	} {
+		real, err := Parse([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, &real, change.Low, "")
+	}
+	// 2.4 ends every ManageSieve session so, even one that only listed:
+	// not a change.
+	real, err := Parse([]byte(`{"event":"mail_user_session_finished","hostname":"mail-a.test","start_time":"2026-11-29T18:52:21.181790Z","end_time":"2026-11-29T18:52:21.189556Z","categories":["storage","managesieve","service:managesieve"],"fields":{"user":"u1","session":"L6EMy25hItd/AAAB","duration":6585,"service":"sieve"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, &real, "", DropEventKind)
 }
 
 func TestClassify_FetchSetsSeen(t *testing.T) {

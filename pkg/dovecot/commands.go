@@ -155,8 +155,8 @@ var POP3Commands = map[string]Command{
 // copy or move: doveadm's work is bulk work (-A runs it for every user),
 // and must not crowd the lane for new mail; save, which delivers one
 // message as an LDA would, is high. Each row's reason code was read off
-// Dovecot 2.3, most also off 2.4, which names them the same (Pigeonhole's
-// sieve commands are not here: not checked).
+// Dovecot 2.3, most also off 2.4, which names them the same; Pigeonhole's
+// sieve commands off both.
 var DoveadmCommands = map[string]Command{
 	"flags add":              {LowChange, "doveadm-flags(1)"},
 	"flags remove":           {LowChange, "doveadm-flags(1)"},
@@ -180,6 +180,36 @@ var DoveadmCommands = map[string]Command{
 	"acl remove":             {LowChange, "doveadm-acl(1)"},
 	"acl delete":             {LowChange, "doveadm-acl(1)"},
 	"force-resync":           {LowChange, "doveadm-force-resync(1) (a rebuilt index can differ)"},
+	// Pigeonhole's doveadm plugin, which also lets dsync replicate Sieve
+	// scripts (stored for it as INBOX attributes).
+	"sieve put":        {LowChange, "doveadm-sieve(1)"},
+	"sieve activate":   {LowChange, "doveadm-sieve(1)"},
+	"sieve deactivate": {LowChange, "doveadm-sieve(1)"},
+	"sieve delete":     {LowChange, "doveadm-sieve(1)"},
+	"sieve rename":     {LowChange, "doveadm-sieve(1)"},
+}
+
+// ManageSieveCommands classifies ManageSieve commands (RFC 5804) as
+// Pigeonhole reports them in managesieve_command_finished, on 2.3 and 2.4.
+// A user's Sieve scripts (Roundcube's filters and vacation replies are
+// such scripts) and which one is active are what dsync replicates when
+// Pigeonhole's doveadm plugin is installed. A command not listed here is a
+// low change, as in IMAP's table.
+var ManageSieveCommands = map[string]Command{
+	"AUTHENTICATE":   {ReadOnly, "RFC 5804"},
+	"STARTTLS":       {ReadOnly, "RFC 5804"},
+	"LOGOUT":         {ReadOnly, "RFC 5804"},
+	"CAPABILITY":     {ReadOnly, "RFC 5804"},
+	"NOOP":           {ReadOnly, "RFC 5804"},
+	"UNAUTHENTICATE": {ReadOnly, "RFC 5804"},
+	"HAVESPACE":      {ReadOnly, "RFC 5804"},
+	"LISTSCRIPTS":    {ReadOnly, "RFC 5804"},
+	"GETSCRIPT":      {ReadOnly, "RFC 5804"},
+	"CHECKSCRIPT":    {ReadOnly, "RFC 5804 (compiles, saves nothing)"},
+	"PUTSCRIPT":      {LowChange, "RFC 5804"},
+	"SETACTIVE":      {LowChange, "RFC 5804 (\"\" deactivates)"},
+	"DELETESCRIPT":   {LowChange, "RFC 5804"},
+	"RENAMESCRIPT":   {LowChange, "RFC 5804"},
 }
 
 // DoveadmReasonCode is the reason code of a doveadm command's sessions:
