@@ -107,8 +107,8 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	case contract.TypeSweepRequested, contract.TypePingSource:
 		return h.handleSweep(ctx, ev)
 	default:
-		return nil, h.reject(rejectType, "event type %q is not handled by sync (want %s or %s)",
-			ev.Type(), contract.TypeMailboxChanged, contract.TypeReplicationRequested)
+		return nil, h.reject(rejectType, "event type %q is not handled by sync (want %s, %s, %s or %s)",
+			ev.Type(), contract.TypeMailboxChanged, contract.TypeReplicationRequested, contract.TypeSweepRequested, contract.TypePingSource)
 	}
 	req, err := contract.ToRequest(ev)
 	if err != nil {

@@ -197,6 +197,8 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 	sweep.SetType(contract.TypeSweepRequested)
 	pingEv := changeEvent(t, "u1", time.Now())
 	pingEv.SetType(contract.TypePingSource)
+	other := changeEvent(t, "u1", time.Now())
+	other.SetType("com.example.other")
 	hostile := changeEvent(t, "u1", time.Now())
 	hostile.SetSubject("-oProxyCommand=evil")
 	wild := changeEvent(t, "u1", time.Now())
@@ -228,6 +230,8 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 	}{
 		{"sweep type", binaryReq(sweep), 400, "is not handled by sync", rejectType},
 		{"PingSource type", binaryReq(pingEv), 400, "is not handled by sync without a results sink", rejectType},
+		{"other type", binaryReq(other), 400, "want " + contract.TypeMailboxChanged + ", " + contract.TypeReplicationRequested + ", " +
+			contract.TypeSweepRequested + " or " + contract.TypePingSource, rejectType},
 		{"hostile user", binaryReq(hostile), 400, "starts with '-'", rejectUser},
 		{"wildcard user", binaryReq(wild), 400, "wildcard", rejectUser},
 		{"bad host", binaryReq(badHost), 400, "only letters", rejectHost},
