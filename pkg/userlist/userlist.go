@@ -1,6 +1,7 @@
 // Package userlist reads a list of usernames kept in a file by an
 // administrator, such as local mode's excluded users: one username per
-// line; blank lines and lines starting with '#' are skipped, and space
+// line; '#' at the start of a line or after a blank starts a comment
+// ("alice  # on leave" names alice), blank lines are skipped, and space
 // around a name is ignored. Each name is normalised like the events'
 // (Dovecot's auth_username_format) so that it names the same user, and
 // must be a username doveadm accepts.
@@ -38,8 +39,12 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 	n := 0
 	for sc.Scan() {
 		n++
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 || line[0] == '#' {
+		line := sc.Bytes()
+		if i := commentStart(line); i >= 0 {
+			line = line[:i]
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
 			continue
 		}
 		// The name as written, then as normalised: lower-casing would
@@ -66,6 +71,18 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 	}
 	slices.Sort(users)
 	return slices.Compact(users), nil
+}
+
+// commentStart returns where a comment starts in line: a '#' first in the
+// line or after a space or tab; -1 if none. A '#' inside a name ("a#b")
+// is part of it.
+func commentStart(line []byte) int {
+	for i, c := range line {
+		if c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
+			return i
+		}
+	}
+	return -1
 }
 
 // Load parses the file at path; errors name it.

@@ -42,7 +42,8 @@ func TestParse(t *testing.T) {
 		{name: "not UTF-8", format: "%Lu", in: "\xff\n", err: "line 1: username is not valid UTF-8"},
 		{name: "too long for a username", format: "%Lu", in: strings.Repeat("a", doveadm.MaxUserLen+1), err: "line 1: username of 256 bytes exceeds 255"},
 		{name: "too long for a line", format: "%Lu", in: "a\n" + strings.Repeat("a", maxLine+1), err: "line 2: longer than 4096 bytes"},
-		{name: "a comment marker later in the line is a name", format: "%Lu", in: "a#b\n", want: []string{"a#b"}},
+		{name: "a comment marker inside a name is part of it", format: "%Lu", in: "a#b\n", want: []string{"a#b"}},
+		{name: "a comment after a name", format: "%Lu", in: "alice # on leave\nbob\t#archive\n  # indented\nc#d # x\n", want: []string{"alice", "bob", "c#d"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse(strings.NewReader(tc.in), mustFormat(t, tc.format))
