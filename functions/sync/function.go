@@ -5,6 +5,10 @@
 // func-go's server has fixed 30 s timeouts: here one event may take at most
 // FuncRequestLimit, dsync retries included. Use `dovewarden sync` (its own
 // server, configurable write timeout) where a dsync can take longer.
+//
+// func-go's server hands every path but its health checks to the
+// CloudEvent handler, so the function serves its metrics on a listener of
+// its own: GET /metrics on DOVEWARDEN_METRICS_LISTEN (default :9090).
 package function
 
 import (
@@ -13,14 +17,23 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
+)
+
+// MetricsListenEnv names the address of the metrics listener;
+// DefaultMetricsListen is the one used when it is not set.
+const (
+	MetricsListenEnv     = "DOVEWARDEN_METRICS_LISTEN"
+	DefaultMetricsListen = ":9090"
 )
 
 // FuncRequestLimit bounds one event under func-go, whose 30 s write
@@ -32,6 +45,9 @@ type Function struct {
 	mu      sync.RWMutex
 	handler *syncer.Handler
 	close   func() error
+	metrics *http.Server
+	// MetricsAddr is where the metrics listener listens, once started.
+	MetricsAddr string
 }
 
 // New is called by the func runtime once per instance.
@@ -63,13 +79,26 @@ func (f *Function) Start(ctx context.Context, cfg map[string]string) error {
 		return fmt.Errorf("request-timeout %s: under the func runtime at most %s (func-go cuts responses at 30 s); run `dovewarden sync` for longer dsyncs",
 			c.RequestTimeout, FuncRequestLimit)
 	}
-	// func-go serves its own /metrics; ours are not exposed here.
-	h, closeFn, err := syncer.Build(ctx, c, prometheus.NewRegistry(), slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	addr := getenv(MetricsListenEnv)
+	if addr == "" {
+		addr = DefaultMetricsListen
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
+		return fmt.Errorf("%s: %w", MetricsListenEnv, err)
+	}
+	reg := metrics.NewRegistry()
+	h, closeFn, err := syncer.Build(ctx, c, reg, slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	if err != nil {
+		ln.Close()
 		return err
 	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics.Handler(reg))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	go func() { _ = srv.Serve(ln) }() // ErrServerClosed at Stop
 	f.mu.Lock()
-	f.handler, f.close = h, closeFn
+	f.handler, f.close, f.metrics, f.MetricsAddr = h, closeFn, srv, ln.Addr().String()
 	f.mu.Unlock()
 	return nil
 }
@@ -96,12 +125,18 @@ func (f *Function) Ready(context.Context) (bool, error) {
 	return true, nil
 }
 
-// Stop releases the Redis connection.
+// Stop closes the metrics listener and releases the Redis connection.
 func (f *Function) Stop(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.close == nil {
-		return nil
+	var errs []error
+	if f.metrics != nil {
+		errs = append(errs, f.metrics.Close())
+		f.metrics = nil
 	}
-	return f.close()
+	if f.close != nil {
+		errs = append(errs, f.close())
+		f.close = nil
+	}
+	return errors.Join(errs...)
 }
