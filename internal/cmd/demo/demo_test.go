@@ -102,6 +102,17 @@ func TestDemo_InterruptedEarly(t *testing.T) {
 	r.checkStopped()
 }
 
+// TestDemo_Hangup closes the demo's terminal, as a dropped SSH session
+// does: SIGHUP to the foreground process group. The demo stops everything
+// it started, as on Ctrl-C.
+func TestDemo_Hangup(t *testing.T) {
+	r := startDemo(t, "Running until Ctrl-C")
+	if code := r.signal(syscall.SIGHUP); code != 0 {
+		t.Errorf("demo exit status after SIGHUP = %d, want 0\nstdout:\n%s\nstderr:\n%s", code, r.out.String(), r.errs.String())
+	}
+	r.checkStopped()
+}
+
 // TestDemo_NotRoot: run by another user, the demo installs nothing and
 // says what it needs.
 func TestDemo_NotRoot(t *testing.T) {
@@ -201,13 +212,20 @@ func startDemo(t *testing.T, until string) *demoRun {
 // terminal does, and returns the demo's exit status.
 func (r *demoRun) interrupt() int {
 	r.t.Helper()
-	if err := syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT); err != nil {
+	return r.signal(syscall.SIGINT)
+}
+
+// signal sends sig to the demo's process group and returns the demo's
+// exit status.
+func (r *demoRun) signal(sig syscall.Signal) int {
+	r.t.Helper()
+	if err := syscall.Kill(-r.cmd.Process.Pid, sig); err != nil {
 		r.t.Fatal(err)
 	}
 	select {
 	case <-r.done:
 	case <-time.After(time.Minute):
-		r.t.Fatal("the demo did not stop within a minute of Ctrl-C")
+		r.t.Fatalf("the demo did not stop within a minute of %v", sig)
 	}
 	return r.cmd.ProcessState.ExitCode()
 }

@@ -31,7 +31,11 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal or a dropped SSH session ends the demo
+	// as Ctrl-C does, stopping what it started. (dovewarden local, in the
+	// terminal's process group, takes SIGHUP as "reload" and would outlive
+	// the demo, and the Dovecot instances' folders would stay.)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout)
 	switch {
@@ -45,7 +49,7 @@ func main() {
 	}
 }
 
-// errInterrupted ends a run that Ctrl-C (or SIGTERM) stopped before the
+// errInterrupted ends a run that Ctrl-C (or SIGTERM, SIGHUP) stopped before the
 // demonstration finished: not a failure to report with logs.
 var errInterrupted = errors.New("interrupted")
 
@@ -164,6 +168,9 @@ func (d *demo) start(ctx context.Context) error {
 		"--username-format", "%Ln")
 	d.local.Env = append(os.Environ(), "DOVEWARDEN_DOVEADM_PASSWORD="+d.a.DoveadmPassword)
 	d.local.Stdout, d.local.Stderr = logf, logf
+	// Should the demo itself be killed (SIGKILL), dovewarden goes too, as
+	// the Dovecot instances do.
+	d.local.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := d.local.Start(); err != nil {
 		return fmt.Errorf("start %s local: %w", d.bin, err)
 	}
