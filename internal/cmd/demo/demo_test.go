@@ -113,6 +113,18 @@ func TestDemo_Hangup(t *testing.T) {
 	r.checkStopped()
 }
 
+// TestDemo_InterruptedAtStart presses Ctrl-C while the first Dovecot
+// instance starts: nothing is left running, and what stays on disk is
+// named in the output.
+func TestDemo_InterruptedAtStart(t *testing.T) {
+	r := startDemo(t, `Starting Dovecot 2.3 "mail-a.demo"`)
+	r.early = true
+	if code := r.interrupt(); code != 130 {
+		t.Errorf("demo exit status after Ctrl-C at start = %d, want 130\nstdout:\n%s\nstderr:\n%s", code, r.out.String(), r.errs.String())
+	}
+	r.checkStopped()
+}
+
 // TestDemo_NotRoot: run by another user, the demo installs nothing and
 // says what it needs.
 func TestDemo_NotRoot(t *testing.T) {
@@ -144,6 +156,8 @@ type demoRun struct {
 	// started maps the PIDs of the demo's descendants, taken just before
 	// Ctrl-C, to what they were.
 	started map[int]proc
+	// early: Ctrl-C came before every process was started.
+	early bool
 }
 
 // proc is a process as /proc showed it: its command name, and its start
@@ -239,7 +253,7 @@ func (r *demoRun) checkStopped() {
 	for _, p := range r.started {
 		comms[p.comm]++
 	}
-	if comms["dovewarden"] < 1 || comms["dovecot"] < 2 {
+	if !r.early && (comms["dovewarden"] < 1 || comms["dovecot"] < 2) {
 		r.t.Fatalf("before Ctrl-C the demo's processes were %v, want dovewarden and two dovecot masters among them", comms)
 	}
 	// Dovecot's own children leave once their master has gone; give them
@@ -278,6 +292,17 @@ func (r *demoRun) checkStopped() {
 		if f != "demo" && f != "dovewarden" && !regexp.MustCompile(`^dovewarden-demo-\d+/dovewarden\.log$`).MatchString(f) {
 			r.t.Errorf("the demo left %s behind (%d files in all)", f, len(files))
 			break
+		}
+		// The log that stays is one the demo named.
+		if strings.HasSuffix(f, "/dovewarden.log") && !strings.Contains(r.out.String(), filepath.Join(r.tmp, f)) {
+			r.t.Errorf("the demo left %s behind without saying where:\n%s", f, r.out.String())
+		}
+	}
+	// No empty folder either.
+	dirs, _ := filepath.Glob(filepath.Join(r.tmp, "dovewarden-demo-*"))
+	for _, d := range dirs {
+		if ents, err := os.ReadDir(d); err == nil && len(ents) == 0 {
+			r.t.Errorf("the demo left the empty folder %s behind", d)
 		}
 	}
 }

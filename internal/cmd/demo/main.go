@@ -160,7 +160,8 @@ func (d *demo) start(ctx context.Context) error {
 		return err
 	}
 	defer logf.Close()
-	d.say("Starting dovewarden local on %s ...\n", d.base)
+	// Its log stays after the run, however the run ends: say where now.
+	d.say("Starting dovewarden local on %s (log: %s) ...\n", d.base, d.localLog)
 	d.local = exec.Command(d.bin, "local", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"--host-map-file", hmFile, "--doveadm-url", d.a.DoveadmHTTPURL, "--destination", "tcp:"+d.b.DoveadmAddr,
 		// The demo's passdb strips the domain (username_format=%n), so
@@ -194,8 +195,10 @@ func (d *demo) stop() {
 		}
 	}
 	if d.dir != "" {
-		// The log stays for a look after the run; the rest goes.
+		// The log stays for a look after the run; the rest goes, and so
+		// does the folder when there is no log (an early Ctrl-C).
 		_ = os.Remove(filepath.Join(d.dir, "host-map.json"))
+		_ = os.Remove(d.dir)
 	}
 }
 
