@@ -125,6 +125,50 @@ func TestDemo_InterruptedAtStart(t *testing.T) {
 	r.checkStopped()
 }
 
+// TestDemo_DovewardenExitsAtStart: when dovewarden local exits at once
+// (here a stand-in that fails as a taken port makes it fail), the demo
+// says so right away with its log, rather than waiting for /readyz, and
+// leaves nothing running.
+func TestDemo_DovewardenExitsAtStart(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the demo starts Dovecot instances, which needs root (CI runs as root)")
+	}
+	tmp := tempDir(t)
+	demo := buildDemo(t, tmp, false)
+	bin := filepath.Join(tmp, "dovewarden")
+	script := "#!/bin/sh\necho 'dovewarden: listen: bind: address already in use' >&2\nexit 1\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(demo, "-bin", bin)
+	cmd.Dir = "../../.."
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	var stdout, stderr safebuf.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	took := time.Since(start)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("demo with a dovewarden that exits: err %v, want exit status 1\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"local exited before it was ready", "address already in use"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("demo's error does not say %q:\n%s", want, stderr.String())
+		}
+	}
+	// Starting both Dovecot instances takes a second or two; /readyz's
+	// bound is 15 s.
+	if took > 10*time.Second {
+		t.Errorf("the demo took %s to report that dovewarden exited", took.Round(time.Second))
+	}
+	for _, pid := range pids() {
+		if cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); strings.Contains(string(cl), tmp) {
+			t.Errorf("still running after the demo exited: %d %s", pid, strings.ReplaceAll(string(cl), "\x00", " "))
+		}
+	}
+}
+
 // TestDemo_NotRoot: run by another user, the demo installs nothing and
 // says what it needs.
 func TestDemo_NotRoot(t *testing.T) {

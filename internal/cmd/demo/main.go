@@ -54,14 +54,18 @@ func main() {
 var errInterrupted = errors.New("interrupted")
 
 type demo struct {
-	out      io.Writer
-	bin      string
-	version  string
-	dir      string
-	a, b     *dovecottest.Instance
-	local    *exec.Cmd
-	localLog string
-	base     string
+	out     io.Writer
+	bin     string
+	version string
+	dir     string
+	a, b    *dovecottest.Instance
+	local   *exec.Cmd
+	// localDone is closed once dovewarden local has exited, with its
+	// Wait error in localErr.
+	localDone chan struct{}
+	localErr  error
+	localLog  string
+	base      string
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -175,18 +179,25 @@ func (d *demo) start(ctx context.Context) error {
 	if err := d.local.Start(); err != nil {
 		return fmt.Errorf("start %s local: %w", d.bin, err)
 	}
-	return waitReady(ctx, d.base+"/readyz", 15*time.Second)
+	d.localDone = make(chan struct{})
+	go func() { d.localErr = d.local.Wait(); close(d.localDone) }()
+	if err := waitReady(ctx, d.base+"/readyz", 15*time.Second, d.localDone); err != nil {
+		if errors.Is(err, errExited) {
+			return fmt.Errorf("%s local exited before it was ready (%v)", d.bin, d.localErr)
+		}
+		return err
+	}
+	return nil
 }
 
 func (d *demo) stop() {
-	if d.local != nil && d.local.Process != nil {
+	if d.localDone != nil {
 		_ = d.local.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = d.local.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-d.localDone:
 		case <-time.After(10 * time.Second):
 			_ = d.local.Process.Kill()
+			<-d.localDone
 		}
 	}
 	for _, in := range []*dovecottest.Instance{d.a, d.b} {
@@ -219,10 +230,22 @@ func freePort() (int, error) {
 	return 0, errors.New("no free port between 20000 and 32000 on 127.0.0.1")
 }
 
-func waitReady(ctx context.Context, url string, limit time.Duration) error {
+// errExited: the process waitReady waited for exited first.
+var errExited = errors.New("exited")
+
+// waitReady waits until url answers 200, the process whose exit closes
+// exited exits (errExited: whatever answers on its port then is not it),
+// ctx ends, or limit passes.
+func waitReady(ctx context.Context, url string, limit time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(limit)
+	client := &http.Client{Timeout: time.Second}
 	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
+		select {
+		case <-exited:
+			return errExited
+		default:
+		}
+		if resp, err := client.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
@@ -231,6 +254,8 @@ func waitReady(ctx context.Context, url string, limit time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-exited:
+			return errExited
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
