@@ -101,6 +101,36 @@ const (
 	binDir     = "/usr/bin/"
 )
 
+// Packages23 are the Debian packages of Dovecot 2.3 that Ensure installs.
+var Packages23 = []string{"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pop3d"}
+
+// Missing says what Ensure(version) would still have to install or create
+// on this machine, one item each, for someone who cannot run it (not
+// root); none when Dovecot of that version is ready. Any user can call it.
+func Missing(version string) []string {
+	var m []string
+	switch version {
+	case V23:
+		if exec.Command(dovecotBin, "--version").Run() != nil {
+			m = append(m, "Dovecot 2.3: apt-get install "+strings.Join(Packages23, " "))
+		}
+	case V24:
+		root := Root24()
+		if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
+			m = append(m, "Dovecot 2.4: a Debian trixie tree at "+root+" made with mmdebstrap "+
+				"(apt-get install mmdebstrap; the folder is "+Root24Env+" when set)")
+		} else if !hasEntry(filepath.Join(root, "etc/passwd"), vmailName) || !hasEntry(filepath.Join(root, "etc/group"), vmailName) {
+			m = append(m, fmt.Sprintf("the %s user and group (id %d) in %s/etc/passwd and group", vmailName, vmailID, root))
+		}
+	default:
+		return []string{fmt.Sprintf("Dovecot %s: unsupported (want %s or %s)", version, V23, V24)}
+	}
+	if !hasEntry("/etc/passwd", vmailName) || !hasEntry("/etc/group", vmailName) {
+		m = append(m, fmt.Sprintf("the %s user and group (id %d) that owns the mail", vmailName, vmailID))
+	}
+	return m
+}
+
 func ready23() bool {
 	if exec.Command(dovecotBin, "--version").Run() != nil {
 		return false
@@ -120,8 +150,7 @@ func ready24() bool {
 
 func ensure23() error {
 	if exec.Command(dovecotBin, "--version").Run() != nil {
-		pkgs := []string{"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pop3d"}
-		if err := aptInstall(pkgs...); err != nil {
+		if err := aptInstall(Packages23...); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package dovecottest_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -29,5 +30,26 @@ func TestEnsure(t *testing.T) {
 	}
 	if err := dovecottest.Ensure("9.9"); err == nil {
 		t.Error("Ensure(9.9) succeeded")
+	}
+}
+
+// TestMissing: on a machine where Ensure ran, nothing is missing; an
+// unknown version is reported as such.
+func TestMissing(t *testing.T) {
+	needRoot(t)
+	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+		if err := dovecottest.Ensure(v); err != nil {
+			t.Fatalf("Ensure(%s): %v", v, err)
+		}
+		if m := dovecottest.Missing(v); len(m) != 0 {
+			t.Errorf("Missing(%s) after Ensure = %q, want none", v, m)
+		}
+	}
+	t.Setenv(dovecottest.Root24Env, t.TempDir())
+	if m := dovecottest.Missing(dovecottest.V24); len(m) != 1 || !strings.Contains(m[0], "mmdebstrap") {
+		t.Errorf("Missing(2.4) without the tree = %q, want the tree made with mmdebstrap", m)
+	}
+	if m := dovecottest.Missing("9.9"); len(m) != 1 || !strings.Contains(m[0], "unsupported") {
+		t.Errorf("Missing(9.9) = %q", m)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 )
 
@@ -175,18 +176,46 @@ func TestDemo_NotRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("switching to another user needs root (CI runs as root)")
 	}
-	demo := buildDemo(t, tempDir(t), false)
-	cmd := exec.Command(demo)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("demo as nobody: err %v, want exit status 1\n%s", err, out)
-	}
-	for _, want := range []string{"run the demo as root", "dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("demo as nobody does not say %q:\n%s", want, out)
+	tmp := tempDir(t)
+	demo := buildDemo(t, tmp, false)
+	for _, version := range []string{dovecottest.V23, dovecottest.V24} {
+		cmd := exec.Command(demo, "-dovecot", version)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+			t.Fatalf("demo -dovecot %s as nobody: err %v, want exit status 1\n%s", version, err, out)
 		}
+		// What it says is missing is what is missing on this machine.
+		want := []string{"run the demo as root"}
+		if m := dovecottest.Missing(version); len(m) == 0 {
+			want = append(want, "Dovecot "+version+" is ready here; only root is missing.")
+		} else {
+			want = append(want, m...)
+		}
+		for _, w := range want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("demo -dovecot %s as nobody does not say %q:\n%s", version, w, out)
+			}
+		}
+		if version == dovecottest.V24 && strings.Contains(string(out), "dovecot-core") {
+			t.Errorf("demo -dovecot 2.4 as nobody names Debian's Dovecot 2.3 packages:\n%s", out)
+		}
+	}
+}
+
+// TestNotRoot: what a user other than root reads when something is
+// missing, and when only root is.
+func TestNotRoot(t *testing.T) {
+	got := notRoot("2.3", []string{"Dovecot 2.3: apt-get install dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d"})
+	for _, want := range []string{"run the demo as root", "Missing here for Dovecot 2.3",
+		"  - Dovecot 2.3: apt-get install dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("notRoot with Dovecot missing lacks %q:\n%s", want, got)
+		}
+	}
+	if got := notRoot("2.4", nil); !strings.Contains(got, "Dovecot 2.4 is ready here; only root is missing.") {
+		t.Errorf("notRoot with nothing missing:\n%s", got)
 	}
 }
 

@@ -75,9 +75,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *version != dovecottest.V23 && *version != dovecottest.V24 {
+		return fmt.Errorf("-dovecot %s: want %s or %s", *version, dovecottest.V23, dovecottest.V24)
+	}
 	if os.Geteuid() != 0 {
-		return errors.New("run the demo as root: it installs Dovecot when missing and starts Dovecot instances " +
-			"(as root, or install dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pop3d yourself and run it with sudo)")
+		return errors.New(notRoot(*version, dovecottest.Missing(*version)))
 	}
 	d := &demo{out: out, bin: *bin, version: *version}
 	defer d.stop()
@@ -104,6 +106,25 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	<-ctx.Done()
 	d.say("\nStopping.\n")
 	return nil
+}
+
+// notRoot is the demo's answer to a user other than root: that it needs
+// root, and what it would install or create as root (missing), or that
+// only root is missing.
+func notRoot(version string, missing []string) string {
+	var b strings.Builder
+	b.WriteString("run the demo as root (sudo make demo): it starts Dovecot instances, " +
+		"which run as root in a namespace of their own and give the mail to the vmail user, " +
+		"and it installs what is missing.\n")
+	if len(missing) == 0 {
+		fmt.Fprintf(&b, "Dovecot %s is ready here; only root is missing.", version)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "Missing here for Dovecot %s (as root the demo installs it; or install it yourself):", version)
+	for _, m := range missing {
+		b.WriteString("\n  - " + m)
+	}
+	return b.String()
 }
 
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
