@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -57,13 +58,31 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out, m[1]+"/status (all)") {
 		t.Errorf("demo output names no overall status URL:\n%s", out)
 	}
-	addrs := []string{m[1], imap[1], imap[2]}
+	lmtp := regexp.MustCompile(`LMTP on the primary: (\S+), on the replica: (\S+) `).FindStringSubmatch(out)
+	if lmtp == nil {
+		t.Fatalf("demo output names no LMTP address:\n%s", out)
+	}
+	addrs := []string{m[1], imap[1], imap[2], lmtp[1], lmtp[2]}
 	for _, a := range addrs {
 		c, err := net.DialTimeout("tcp", a, time.Second)
 		if err != nil {
 			t.Fatalf("%s printed by the demo does not accept connections: %v", a, err)
 		}
 		c.Close()
+	}
+	// "Try it": mail delivered to the replica with what the demo printed
+	// reaches the primary.
+	if err := dovecottest.DeliverLMTP(lmtp[2], "sender@example.test", "bob@example.test", "Subject: tried\r\n\r\nBy hand.\r\n"); err != nil {
+		t.Fatalf("LMTP delivery to the replica's printed address: %v", err)
+	}
+	var status string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if status = bobsMessages(t, imap[1]); status == "MESSAGES 2" {
+			break
+		}
+	}
+	if status != "MESSAGES 2" {
+		t.Errorf("bob's INBOX on the primary after a delivery on the replica: %q, want MESSAGES 2", status)
 	}
 
 	code := r.interrupt()
@@ -83,6 +102,25 @@ func TestDemo(t *testing.T) {
 			t.Errorf("%s still accepts connections after the demo stopped", a)
 		}
 	}
+}
+
+// bobsMessages reads bob's INBOX message count over IMAP at addr, with
+// the password the demo prints.
+func bobsMessages(t *testing.T, addr string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := dovecottest.LoginIMAP(ctx, addr, "bob", "secret")
+	if err != nil {
+		t.Fatalf("IMAP login as bob at the printed %s: %v", addr, err)
+	}
+	defer s.Close()
+	untagged, tagged, err := s.Cmd(ctx, "STATUS INBOX (MESSAGES)")
+	if err != nil || !dovecottest.IsOK(tagged) || len(untagged) == 0 {
+		t.Fatalf("STATUS: %v %s", err, tagged)
+	}
+	l := untagged[0]
+	return strings.TrimSuffix(l[strings.LastIndex(l, "(")+1:], ")")
 }
 
 // TestDemo_InterruptedEarly presses Ctrl-C while the demonstration runs:

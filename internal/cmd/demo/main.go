@@ -102,6 +102,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status (all), %s/status/alice, %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
 		d.base, d.base, d.base, d.base, d.base, d.localLog)
 	d.say("IMAP on the primary: %s, on the replica: %s (users alice and bob, password \"secret\")\n", d.a.IMAPAddr, d.b.IMAPAddr)
+	d.say("LMTP on the primary: %s, on the replica: %s (deliver to alice@example.test or bob@example.test)\n", d.a.LMTPAddr, d.b.LMTPAddr)
 	d.say("\nRunning until Ctrl-C. Try it: deliver or change mail on either side and watch the other.\n")
 	<-ctx.Done()
 	d.say("\nStopping.\n")
