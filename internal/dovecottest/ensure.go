@@ -51,6 +51,12 @@ func Ensure(version string) error {
 		}
 	case V24:
 		if ready24() {
+			if os.Geteuid() == 0 && hasOldRoots24(Root24()) {
+				if unlock, err := lockFile(lockPath()); err == nil {
+					reapOldRoots24(Root24())
+					unlock()
+				}
+			}
 			return nil
 		}
 	default:
@@ -254,6 +260,13 @@ func buildRoot24(root string) error {
 
 // oldRootPrefix is the name prefix of trees that buildRoot24 moved aside.
 func oldRootPrefix(root string) string { return "." + filepath.Base(root) + ".old-" }
+
+// hasOldRoots24 reports whether trees that buildRoot24 moved aside are
+// left beside root.
+func hasOldRoots24(root string) bool {
+	old, _ := filepath.Glob(filepath.Join(filepath.Dir(root), oldRootPrefix(root)+"*"))
+	return len(old) > 0
+}
 
 // reapOldRoots24 removes the trees that buildRoot24 moved aside from which
 // no process runs any more (no process has its root folder inside). A
