@@ -62,7 +62,7 @@ type Options struct {
 
 // Ports are the loopback TCP ports an instance listens on.
 type Ports struct {
-	IMAP, POP3, LMTP, Doveadm, DoveadmHTTP, StatsHTTP int
+	IMAP, POP3, LMTP, Doveadm, DoveadmHTTP, StatsHTTP, ManageSieve int
 }
 
 type configData struct {

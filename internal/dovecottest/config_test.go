@@ -6,7 +6,7 @@ import (
 )
 
 func TestRenderConfig(t *testing.T) {
-	p := Ports{IMAP: 1143, POP3: 1110, LMTP: 1124, Doveadm: 1199, DoveadmHTTP: 1180, StatsHTTP: 1190}
+	p := Ports{IMAP: 1143, POP3: 1110, LMTP: 1124, Doveadm: 1199, DoveadmHTTP: 1180, StatsHTTP: 1190, ManageSieve: 1419}
 	for _, v := range []string{V23, V24} {
 		o := Options{Version: v, Name: "mail-a.test", Dir: "/srv/x", ExporterURL: "http://127.0.0.1:9/events",
 			Filters: []string{"event=imap_command_finished", "event=mail_delivery_finished"}, DoveadmPassword: "pw"}
@@ -17,7 +17,8 @@ func TestRenderConfig(t *testing.T) {
 		conf := string(b)
 		for _, want := range []string{"instance_name = mail-a.test", "port = 1143", "port = 1180",
 			"doveadm_password = pw", "http://127.0.0.1:9/events", "filter = event=mail_delivery_finished",
-			"metric dovecottest_1 {", "/srv/x/users"} {
+			"metric dovecottest_1 {", "/srv/x/users",
+			"protocols = imap pop3 lmtp sieve", "port = 1419", "~/.dovecot.sieve"} {
 			if !strings.Contains(conf, want) {
 				t.Errorf("%s config lacks %q", v, want)
 			}

@@ -14,7 +14,16 @@
 // exported by Dovecot carry that name. Mail belongs to the system user vmail
 // (uid/gid 5000). Enabled for tests: IMAP METADATA (file dict), QUOTA (count
 // backend; SETQUOTA works on 2.3 only), ACL (vfile), NOTIFY, doveadm over
-// TCP and HTTP, and optionally an http-post event exporter.
+// TCP and HTTP, ManageSieve (ManageSieveAddr; per-user scripts in ~/sieve
+// with ~/.dovecot.sieve the active one, which doveadm sync replicates
+// through Pigeonhole's doveadm plugin, with limits: TestSieveSync), and
+// optionally an http-post event
+// exporter. Sieve filtering at delivery (the LMTP sieve plugin) is not
+// enabled.
+//
+// Dovecot 2.4 includes dovecot-sieve and dovecot-managesieved: Ensure
+// rebuilds a tree made before they were added beside it and swaps it into
+// place.
 //
 // A typical test:
 //
@@ -23,4 +32,7 @@
 //	s, err := dovecottest.LoginIMAP(ctx, in.IMAPAddr, "u1", "pass")
 //	...
 //	out, err := in.Doveadm(ctx, "mailbox", "status", "-u", "u1", "messages", "INBOX")
+//	ms, err := dovecottest.LoginManageSieve(ctx, in.ManageSieveAddr, "u1", "pass")
+//	err = ms.PutScript(ctx, "main", "keep;\r\n")
+//	names, active, err := in.SieveScripts(ctx, "u1")
 package dovecottest

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Supported Dovecot versions.
@@ -50,6 +51,12 @@ func Ensure(version string) error {
 		}
 	case V24:
 		if ready24() {
+			if os.Geteuid() == 0 && hasOldRoots24(Root24()) {
+				if unlock, err := lockFile(lockPath()); err == nil {
+					reapOldRoots24(Root24())
+					unlock()
+				}
+			}
 			return nil
 		}
 	default:
@@ -101,8 +108,32 @@ const (
 	binDir     = "/usr/bin/"
 )
 
-// Packages23 are the Debian packages of Dovecot 2.3 that Ensure installs.
-var Packages23 = []string{"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pop3d"}
+// Packages are the Debian packages a test instance needs, on the host
+// (2.3) and in the trixie tree (2.4).
+var Packages = []string{"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pop3d",
+	"dovecot-sieve", "dovecot-managesieved"}
+
+// sieveFiles are files of dovecot-sieve and dovecot-managesieved (the same
+// paths in bookworm and trixie) whose presence tells that both are
+// installed. The doveadm plugin is what makes doveadm sync replicate Sieve
+// scripts.
+var sieveFiles = []string{
+	"/usr/lib/dovecot/managesieve-login",
+	"/usr/lib/dovecot/managesieve",
+	"/usr/lib/dovecot/modules/lib90_sieve_plugin.so",
+	"/usr/lib/dovecot/modules/doveadm/lib10_doveadm_sieve_plugin.so",
+}
+
+// hasFiles reports whether every file of files exists under root ("" for
+// the host).
+func hasFiles(root string, files []string) bool {
+	for _, f := range files {
+		if _, err := os.Stat(root + f); err != nil {
+			return false
+		}
+	}
+	return true
+}
 
 // Missing says what Ensure(version) would still have to install or create
 // on this machine, one item each, for someone who cannot run it (not
@@ -111,12 +142,12 @@ func Missing(version string) []string {
 	var m []string
 	switch version {
 	case V23:
-		if exec.Command(dovecotBin, "--version").Run() != nil {
-			m = append(m, "Dovecot 2.3: apt-get install "+strings.Join(Packages23, " "))
+		if !hasFiles("", sieveFiles) || exec.Command(dovecotBin, "--version").Run() != nil {
+			m = append(m, "Dovecot 2.3: apt-get install "+strings.Join(Packages, " "))
 		}
 	case V24:
 		root := Root24()
-		if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
+		if !hasFiles(root, append([]string{dovecotBin}, sieveFiles...)) {
 			m = append(m, "Dovecot 2.4: a Debian trixie tree at "+root+" made with mmdebstrap "+
 				"(apt-get install mmdebstrap; the folder is "+Root24Env+" when set)")
 		} else if !hasEntry(filepath.Join(root, "etc/passwd"), vmailName) || !hasEntry(filepath.Join(root, "etc/group"), vmailName) {
@@ -132,7 +163,7 @@ func Missing(version string) []string {
 }
 
 func ready23() bool {
-	if exec.Command(dovecotBin, "--version").Run() != nil {
+	if !hasFiles("", sieveFiles) || exec.Command(dovecotBin, "--version").Run() != nil {
 		return false
 	}
 	return hasEntry("/etc/passwd", vmailName) && hasEntry("/etc/group", vmailName)
@@ -140,7 +171,7 @@ func ready23() bool {
 
 func ready24() bool {
 	root := Root24()
-	if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
+	if !hasFiles(root, append([]string{dovecotBin}, sieveFiles...)) {
 		return false
 	}
 	return hasEntry("/etc/passwd", vmailName) && hasEntry("/etc/group", vmailName) &&
@@ -149,24 +180,48 @@ func ready24() bool {
 }
 
 func ensure23() error {
-	if exec.Command(dovecotBin, "--version").Run() != nil {
-		if err := aptInstall(Packages23...); err != nil {
+	if !hasFiles("", sieveFiles) || exec.Command(dovecotBin, "--version").Run() != nil {
+		// apt-get leaves the packages already there as they are.
+		if err := aptInstall(Packages...); err != nil {
 			return err
 		}
 	}
 	return ensureVmailHost()
 }
 
+// ensure24 makes the trixie tree at Root24 complete. The caller holds the
+// lock.
+//
+// A tree that has Dovecot but lacks packages added to Packages
+// since it was built (dovecot-sieve and dovecot-managesieved) is rebuilt
+// beside it and swapped into place, rather than having the missing
+// packages installed into it with dpkg: other processes (older checkouts,
+// which do not wait for this upgrade) may be running Dovecot from the
+// tree right now, and an in-place install changes the files under them.
+// If trixie has moved on to a newer Dovecot point release since the tree
+// was built, the new packages need a newer dovecot-core too, and
+// upgrading that in place mixes versions under a running master (which
+// refuses child processes of another version). An in-place install cut
+// short also leaves a tree that looks complete but is not. A tree built
+// beside is complete and consistent when it appears, it is exactly what a
+// fresh machine gets, and the old tree stays where its running processes
+// are until none is left (reapOldRoots24).
 func ensure24() error {
 	if err := ensureVmailHost(); err != nil {
 		return err
 	}
 	root := Root24()
-	if _, err := os.Stat(filepath.Join(root, "usr/sbin/dovecot")); err != nil {
+	if !hasFiles(root, append([]string{dovecotBin}, sieveFiles...)) {
 		if err := buildRoot24(root); err != nil {
 			return err
 		}
 	}
+	reapOldRoots24(root)
+	return ensureVmail24(root)
+}
+
+// ensureVmail24 adds the vmail group and user to the tree at root.
+func ensureVmail24(root string) error {
 	if err := ensureEntry(filepath.Join(root, "etc/group"), vmailName, fmt.Sprintf("%s:x:%d:\n", vmailName, vmailID)); err != nil {
 		return err
 	}
@@ -174,8 +229,10 @@ func ensure24() error {
 	return ensureEntry(filepath.Join(root, "etc/passwd"), vmailName, line)
 }
 
-// buildRoot24 runs mmdebstrap into a temporary sibling of root and renames
-// it into place only when complete. The caller holds the lock.
+// buildRoot24 runs mmdebstrap into a temporary sibling of root and, once
+// that is complete, moves any tree at root aside (to an ".old-" sibling
+// that reapOldRoots24 removes when no process uses it any more) and
+// renames the new one into place. The caller holds the lock.
 func buildRoot24(root string) error {
 	if _, err := os.Stat("/usr/bin/mmdebstrap"); err != nil {
 		if err := aptInstall("mmdebstrap"); err != nil {
@@ -193,28 +250,78 @@ func buildRoot24(root string) error {
 			_ = os.RemoveAll(o)
 		}
 	}
-	if _, err := os.Stat(root); err == nil {
-		// A root without dovecot is not ours to trust: move it aside.
-		if err := os.RemoveAll(root); err != nil {
-			return fmt.Errorf("dovecottest: remove incomplete %s: %w", root, err)
-		}
-	}
 	tmp := filepath.Join(parent, fmt.Sprintf("%s%d", prefix, os.Getpid()))
 	cmd := exec.Command("mmdebstrap", "--variant=essential",
-		"--include=dovecot-core,dovecot-imapd,dovecot-lmtpd,dovecot-pop3d", "trixie", tmp)
+		"--include="+strings.Join(Packages, ","), "trixie", tmp)
 	cmd.Env = append(os.Environ(), sbinPath)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(tmp)
 		return fmt.Errorf("dovecottest: mmdebstrap trixie: %w\n%s", err, tail(out, 4000))
 	}
-	if _, err := os.Stat(filepath.Join(tmp, "usr/sbin/dovecot")); err != nil {
+	if !hasFiles(tmp, append([]string{dovecotBin}, sieveFiles...)) {
 		_ = os.RemoveAll(tmp)
-		return fmt.Errorf("dovecottest: mmdebstrap produced no dovecot: %w", err)
+		return fmt.Errorf("dovecottest: mmdebstrap produced no complete Dovecot in %s", tmp)
+	}
+	if err := ensureVmail24(tmp); err != nil {
+		_ = os.RemoveAll(tmp)
+		return err
+	}
+	aside := ""
+	if _, err := os.Lstat(root); err == nil {
+		// Never deleted here: processes may be running Dovecot from it.
+		aside = filepath.Join(parent, fmt.Sprintf("%s%d-%d", oldRootPrefix(root), os.Getpid(), time.Now().UnixNano()))
+		if err := os.Rename(root, aside); err != nil {
+			_ = os.RemoveAll(tmp)
+			return fmt.Errorf("dovecottest: move %s aside: %w", root, err)
+		}
 	}
 	if err := os.Rename(tmp, root); err != nil {
+		if aside != "" {
+			_ = os.Rename(aside, root)
+		}
+		_ = os.RemoveAll(tmp)
 		return fmt.Errorf("dovecottest: rename %s into place: %w", tmp, err)
 	}
 	return nil
+}
+
+// oldRootPrefix is the name prefix of trees that buildRoot24 moved aside.
+func oldRootPrefix(root string) string { return "." + filepath.Base(root) + ".old-" }
+
+// hasOldRoots24 reports whether trees that buildRoot24 moved aside are
+// left beside root.
+func hasOldRoots24(root string) bool {
+	old, _ := filepath.Glob(filepath.Join(filepath.Dir(root), oldRootPrefix(root)+"*"))
+	return len(old) > 0
+}
+
+// reapOldRoots24 removes the trees that buildRoot24 moved aside from which
+// no process runs any more (no process has its root folder inside). A
+// tree still in use stays for a later call. The caller holds the lock.
+func reapOldRoots24(root string) {
+	old, _ := filepath.Glob(filepath.Join(filepath.Dir(root), oldRootPrefix(root)+"*"))
+	for _, o := range old {
+		if !treeInUse(o) {
+			_ = os.RemoveAll(o)
+		}
+	}
+}
+
+// treeInUse reports whether a process has its root folder (a chroot) at
+// or below dir. The kernel reports a folder under its current name, so
+// processes chrooted into a tree before it was moved aside count.
+func treeInUse(dir string) bool {
+	roots, _ := filepath.Glob("/proc/[0-9]*/root")
+	for _, r := range roots {
+		target, err := os.Readlink(r)
+		if err != nil {
+			continue
+		}
+		if target == dir || strings.HasPrefix(target, dir+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // aptInstall installs packages, running apt-get update and retrying once

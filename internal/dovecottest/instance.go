@@ -31,13 +31,14 @@ type Instance struct {
 	ConfigPath string // path of dovecot.conf (same path inside the 2.4 chroot)
 	PID        int    // PID of the dovecot master process
 
-	Ports          Ports
-	IMAPAddr       string // "127.0.0.1:port"
-	POP3Addr       string // "127.0.0.1:port"
-	LMTPAddr       string // "127.0.0.1:port"
-	DoveadmAddr    string // doveadm TCP, use as dsync destination "tcp:" + DoveadmAddr
-	DoveadmHTTPURL string // "http://127.0.0.1:port/doveadm/v1"
-	StatsHTTPAddr  string // stats (OpenMetrics) HTTP listener
+	Ports           Ports
+	IMAPAddr        string // "127.0.0.1:port"
+	POP3Addr        string // "127.0.0.1:port"
+	LMTPAddr        string // "127.0.0.1:port"
+	DoveadmAddr     string // doveadm TCP, use as dsync destination "tcp:" + DoveadmAddr
+	DoveadmHTTPURL  string // "http://127.0.0.1:port/doveadm/v1"
+	StatsHTTPAddr   string // stats (OpenMetrics) HTTP listener
+	ManageSieveAddr string // "127.0.0.1:port", ManageSieve (RFC 5804)
 
 	DoveadmPassword string
 
@@ -83,11 +84,12 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 }
 
 func startOnce(ctx context.Context, opts Options) (*Instance, error) {
-	pp, err := freePorts(6)
+	pp, err := freePorts(7)
 	if err != nil {
 		return nil, err
 	}
-	p := Ports{IMAP: pp[0], POP3: pp[1], LMTP: pp[2], Doveadm: pp[3], DoveadmHTTP: pp[4], StatsHTTP: pp[5]}
+	p := Ports{IMAP: pp[0], POP3: pp[1], LMTP: pp[2], Doveadm: pp[3], DoveadmHTTP: pp[4], StatsHTTP: pp[5],
+		ManageSieve: pp[6]}
 	conf, err := prepareDir(opts, p)
 	if err != nil {
 		return nil, err
@@ -99,6 +101,7 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 		DoveadmAddr:     addr(p.Doveadm),
 		DoveadmHTTPURL:  fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", p.DoveadmHTTP),
 		StatsHTTPAddr:   addr(p.StatsHTTP),
+		ManageSieveAddr: addr(p.ManageSieve),
 		DoveadmPassword: opts.DoveadmPassword,
 	}
 	if opts.Version == V24 {
