@@ -115,8 +115,39 @@ func readSnapshot(ctx context.Context, in *dovecottest.Instance, user string) (*
 		add("server-metadata %s", kv)
 	}
 	_, _, _ = s.Cmd(ctx, "LOGOUT")
+	if err := readSieve(ctx, in, user, add); err != nil {
+		return nil, err
+	}
 	sort.Strings(snap.lines)
 	return snap, nil
+}
+
+// readSieve adds the user's Sieve scripts (name and a hash of the script)
+// and which one is active, read over ManageSieve: LISTSCRIPTS and
+// GETSCRIPT change nothing and the exporter snippets do not send them.
+func readSieve(ctx context.Context, in *dovecottest.Instance, user string, add func(string, ...any)) error {
+	ms, err := dovecottest.LoginManageSieve(ctx, in.ManageSieveAddr, user, password)
+	if err != nil {
+		return fmt.Errorf("ManageSieve on %s: %w", in.Name, err)
+	}
+	defer ms.Close()
+	names, active, err := ms.ListScripts(ctx)
+	if err != nil {
+		return fmt.Errorf("LISTSCRIPTS on %s: %w", in.Name, err)
+	}
+	for _, name := range names {
+		script, err := ms.GetScript(ctx, name)
+		if err != nil {
+			return fmt.Errorf("GETSCRIPT %q on %s: %w", name, in.Name, err)
+		}
+		sum := sha256.Sum256([]byte(script))
+		add("sieve %q script=%s", name, hex.EncodeToString(sum[:6]))
+	}
+	if active != "" {
+		add("sieve-active %q", active)
+	}
+	_ = ms.Logout(ctx)
+	return nil
 }
 
 // listEntry parses "* LIST (attrs) delim name" into the name and the
