@@ -56,9 +56,10 @@ func (r *recorder) events() []string {
 
 // TestSnippets_RealDovecot loads each shipped snippet into a real Dovecot of
 // its version and checks what it exports: changes, including a FETCH that
-// sets \Seen, a command that failed (NO), a POP3 session's end and a
-// doveadm expunge, but not a FETCH with .PEEK, a SELECT, a command refused
-// as BAD or a doveadm fetch. This
+// sets \Seen, a command that failed (NO), a POP3 session's end, a
+// doveadm expunge, a Sieve script saved over ManageSieve and activated with
+// doveadm, but not a FETCH with .PEEK, a SELECT, a command refused as BAD,
+// a doveadm fetch or reading Sieve scripts. This
 // is the proof that the filter syntax (wildcards on cmd_args) means what
 // the snippet says on both versions.
 func TestSnippets_RealDovecot(t *testing.T) {
@@ -118,6 +119,29 @@ func TestSnippets_RealDovecot(t *testing.T) {
 					t.Fatalf("doveadm %v: %v %s", args, err, out)
 				}
 			}
+			// A Sieve script saved over ManageSieve and activated with
+			// doveadm is exported; listing and reading it are not.
+			ms, err := dovecottest.LoginManageSieve(ctx, inst.ManageSieveAddr, "u1", "pass")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := ms.ListScripts(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := ms.PutScript(ctx, "vacation", "keep;\n"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ms.GetScript(ctx, "vacation"); err != nil {
+				t.Fatal(err)
+			}
+			if err := ms.Logout(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, args := range [][]string{{"sieve", "list", "-u", "u1"}, {"sieve", "activate", "-u", "u1", "vacation"}} {
+				if out, err := inst.Doveadm(ctx, args...); err != nil {
+					t.Fatalf("doveadm %v: %v %s", args, err, out)
+				}
+			}
 			// A failed CREATE (NO) is exported, as a command that fails
 			// may have done part of its work; the STORE refused as BAD,
 			// the SELECT, the FETCH with .PEEK and POP3's commands are
@@ -129,6 +153,8 @@ func TestSnippets_RealDovecot(t *testing.T) {
 				"imap_command_finished UID STORE 1 +FLAGS (\\Flagged)",
 				"mail_user_session_finished  ",
 				"mail_user_session_finished doveadm:cmd_expunge ",
+				"mail_user_session_finished doveadm:cmd_sieve_activate ",
+				`managesieve_command_finished PUTSCRIPT "vacation"`,
 			}
 			deadline := time.Now().Add(15 * time.Second)
 			var got []string
