@@ -49,6 +49,8 @@ func FuzzPipeline(f *testing.F) {
 	f.Add([]byte(selectEvent))
 	f.Add([]byte(`{"event":"pop3_command_finished","hostname":"h","start_time":1.5,"fields":{"user":"u","cmd_name":"DELE","reply_state":"OK"}}`))
 	f.Add([]byte(`{"event":"imap_command_finished","hostname":"h","fields":{"user":"u","cmd_name":"UID COPY","cmd_args":"1 \"&ZeVnLIqe-\"","tagged_reply_state":"OK"}}`))
+	f.Add([]byte(`{"event":"managesieve_command_finished","hostname":"h","categories":["managesieve","service:managesieve"],"fields":{"user":"u","cmd_name":"PUTSCRIPT","cmd_args":"\"vacation\"","script_name":"vacation","compile_warnings":0}}`))
+	f.Add([]byte(`{"event":"managesieve_command_finished","hostname":"h","fields":{"user":"u","cmd_name":"PUTSCRIPT","error":"Compilation failed","compile_errors":1}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ce, reason, err := pipeline(body)
 		if err != nil || reason != "" {
