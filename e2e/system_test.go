@@ -57,6 +57,8 @@ type config struct {
 	// exporterAuth is "user:password" for ingest's Basic auth: ingest
 	// requires it and Dovecot's exporter URL carries it.
 	exporterAuth string
+	// dovecotA is Dovecot configuration added to A's alone.
+	dovecotA string
 }
 
 // system is two Dovecot servers, dovewarden and its Redis, all started by
@@ -125,7 +127,7 @@ func newSystem(t testing.TB, cfg config) *system {
 	if cfg.exporterAuth != "" {
 		exporterURL = "http://" + cfg.exporterAuth + "@" + ingestLn.Addr().String() + "/events"
 	}
-	s.a = dovecottest.StartT(t, dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL)})
+	s.a = dovecottest.StartT(t, dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA})
 	s.b = dovecottest.StartT(t, dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)})
 	for _, u := range cfg.users {
 		s.prepareUser(u)

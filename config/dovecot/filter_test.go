@@ -49,7 +49,8 @@ func TestSnippets_ExportEveryChangingCommand(t *testing.T) {
 		if !strings.Contains(imapFilter, "NOT tagged_reply_state=BAD") {
 			t.Errorf("%s: commands refused before they ran (BAD) are exported too", file)
 		}
-		for _, kind := range []string{"event=mail_delivery_finished", `(event=mail_expunged OR event=mail_user_session_finished) AND category="service:pop3"`} {
+		for _, kind := range []string{"event=mail_delivery_finished", `(event=mail_expunged OR event=mail_user_session_finished) AND category="service:pop3"`,
+			`event=mail_expunged AND reason_code="storage:autoexpunge"`} {
 			if !strings.Contains(string(raw), kind) {
 				t.Errorf("%s does not export %s", file, kind)
 			}

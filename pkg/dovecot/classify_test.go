@@ -276,6 +276,24 @@ func TestClassify_POP3ExpungeOn23(t *testing.T) {
 	check(t, ev, change.Low, "")
 }
 
+// TestClassify_Autoexpunge: a message a mailbox's autoexpunge removed, at
+// the end of an IMAP session or after an LMTP delivery, as Dovecot 2.3 and
+// 2.4 sent them, is a low change.
+func TestClassify_Autoexpunge(t *testing.T) {
+	for _, raw := range []string{
+		`{"event":"mail_expunged","hostname":"mail-a.test","start_time":"2026-11-29T19:23:22.458166Z","end_time":"2026-11-29T19:23:22.460183Z","categories":["maildir","service:imap","imap","storage","mailbox"],"fields":{"reason_code":["storage:autoexpunge"],"duration":1998,"user":"u1","local_ip":"127.0.0.1","local_port":42641,"remote_ip":"127.0.0.1","remote_port":44830,"session":"Jpj9OW9hHq9/AAAB","uid":1,"mailbox":"Trash"}}`,
+		`{"event":"mail_expunged","hostname":"mail-a.test","start_time":"2026-11-29T19:23:47.370019Z","end_time":"2026-11-29T19:23:47.370956Z","categories":["smtp-server","lmtp","service:lmtp","mailbox","maildir","storage"],"fields":{"reason_code":["lmtp:cmd_data","storage:autoexpunge"],"duration":921,"protocol":"lmtp","session":"c6KNFcN7DGstFwAAcEqEtA","rcpt_to":"u1","user":"u1","service":"lmtp","uid":3,"mailbox":"Trash","namespace":"inbox"}}`,
+	} {
+		ev, err := Parse([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := check(t, &ev, change.Low, ""); c.Mailbox != "Trash" {
+			t.Errorf("mailbox %q", c.Mailbox)
+		}
+	}
+}
+
 func TestClassify_Drops(t *testing.T) {
 	doveadm := imapEvent("APPEND", "INBOX", "OK")
 	doveadm.Categories = []string{"service:doveadm", "mailbox"}
