@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -117,6 +118,10 @@ func (f subscriberFlag) Set(v string) error {
 	return nil
 }
 
+// subscriberName is what a subscriber ref's name may be (a Kubernetes
+// object name, in any case).
+var subscriberName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)
+
 // SubscriberMap is the repeatable NAME=URL flag.
 type SubscriberMap map[string]string
 
@@ -133,18 +138,30 @@ func (m SubscriberMap) String() string {
 // Set adds NAME=URL mappings; several may be given comma-separated (so
 // that one environment variable can hold them all). Its errors show no
 // password.
+//
+// A password may hold ',' and '=' (both allowed unescaped in a URL's user
+// information and query), so a piece the comma split made, or what comes
+// before a '=' that is not a name, may be part of a password: neither is
+// quoted.
 func (m SubscriberMap) Set(v string) error {
-	for _, pair := range strings.Split(v, ",") {
+	pairs := strings.Split(v, ",")
+	for i, pair := range pairs {
 		pair = strings.TrimSpace(pair)
 		if pair == "" {
 			continue
 		}
 		name, u, ok := strings.Cut(pair, "=")
 		if !ok {
-			return fmt.Errorf("%q: want NAME=URL", config.RedactURL(pair))
+			if len(pairs) == 1 {
+				return fmt.Errorf("%q: want NAME=URL", config.RedactURL(pair))
+			}
+			return fmt.Errorf("item %d of %d (comma-separated) has no '=': want NAME=URL (a ',' in a password must be escaped as %%2C)", i+1, len(pairs))
 		}
 		if name == "" {
 			return fmt.Errorf("=%q: want NAME=URL, the name is empty", config.RedactURL(u))
+		}
+		if !subscriberName.MatchString(name) {
+			return fmt.Errorf("item %d: the name before '=' is not a Kubernetes name: want NAME=URL (a '=' in a password must be escaped as %%3D)", i+1)
 		}
 		if !isAbsHTTP(u) {
 			return fmt.Errorf("%s=%q: want an absolute http or https URL", name, config.RedactURL(u))
