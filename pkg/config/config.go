@@ -88,8 +88,10 @@ func Secret(setting, value, file string) (string, error) {
 // or a log: the user information's, and the value of every query parameter
 // whose name says it holds a secret ("password", which a Redis Sentinel URL
 // gives the primary's password in, "sentinel_password", which go-redis
-// refuses but an administrator may well try, any "*pass*", "*secret*",
-// "*token*"). A fragment and an
+// refuses but an administrator may well try, any "*pass*", "*pwd*",
+// "*secret*", "*token*", "*key*", "*auth*", "*sig*" (signatures of
+// presigned and SAS URLs), "*cred*"; hiding a harmless one costs
+// nothing). A fragment and an
 // opaque part are hidden too: no URL the project takes has a use for
 // them, and they are where an unescaped '#' or a missing "//" puts part
 // of a password.
@@ -130,7 +132,12 @@ func RedactURL(raw string) string {
 // secret.
 func secretParam(name string) bool {
 	name = strings.ToLower(name)
-	return strings.Contains(name, "pass") || strings.Contains(name, "secret") || strings.Contains(name, "token")
+	for _, w := range []string{"pass", "pwd", "secret", "token", "key", "auth", "sig", "cred"} {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // EventSource checks a CloudEvent source setting: not empty, and a URI
