@@ -15,6 +15,8 @@ import (
 	"io"
 	"os"
 	"slices"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
@@ -74,11 +76,18 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 }
 
 // commentStart returns where a comment starts in line: a '#' first in the
-// line or after a space or tab; -1 if none. A '#' inside a name ("a#b")
-// is part of it.
+// line or after white space (the white space bytes.TrimSpace trims: a
+// no-break space pasted from a web page counts); -1 if none. A '#' inside
+// a name ("a#b") is part of it.
 func commentStart(line []byte) int {
 	for i, c := range line {
-		if c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
+		if c != '#' {
+			continue
+		}
+		if i == 0 {
+			return i
+		}
+		if r, _ := utf8.DecodeLastRune(line[:i]); unicode.IsSpace(r) {
 			return i
 		}
 	}
