@@ -8,7 +8,7 @@
 //
 // func-go's server hands every path but its health checks to the
 // CloudEvent handler, so the function serves its metrics on a listener of
-// its own: GET /metrics on DOVEWARDEN_METRICS_LISTEN (default :9090).
+// its own: GET /metrics on DOVEWARDEN_METRICS_LISTEN (default :9095).
 package function
 
 import (
@@ -32,8 +32,11 @@ import (
 // MetricsListenEnv names the address of the metrics listener;
 // DefaultMetricsListen is the one used when it is not set.
 const (
-	MetricsListenEnv     = "DOVEWARDEN_METRICS_LISTEN"
-	DefaultMetricsListen = ":9090"
+	MetricsListenEnv = "DOVEWARDEN_METRICS_LISTEN"
+	// Not 9090 or 9091: queue-proxy, in the same pod and network
+	// namespace, binds them (Knative reserves 8012, 8013, 8022, 8112,
+	// 9090, 9091 and 8008; func-go takes 8080).
+	DefaultMetricsListen = ":9095"
 )
 
 // FuncRequestLimit bounds one event under func-go, whose 30 s write
@@ -79,6 +82,14 @@ func (f *Function) Start(ctx context.Context, cfg map[string]string) error {
 		return fmt.Errorf("request-timeout %s: under the func runtime at most %s (func-go cuts responses at 30 s); run `dovewarden sync` for longer dsyncs",
 			c.RequestTimeout, FuncRequestLimit)
 	}
+	f.mu.RLock()
+	started := f.handler != nil
+	f.mu.RUnlock()
+	if started {
+		// A second Start would open a second listener and Redis client
+		// and lose the first ones, which Stop could then not close.
+		return errors.New("sync function already started (Stop it first)")
+	}
 	addr := getenv(MetricsListenEnv)
 	if addr == "" {
 		addr = DefaultMetricsListen
@@ -98,8 +109,11 @@ func (f *Function) Start(ctx context.Context, cfg map[string]string) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	go func() { _ = srv.Serve(ln) }() // ErrServerClosed at Stop
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.handler != nil { // a concurrent Start won
+		return errors.Join(errors.New("sync function already started (Stop it first)"), srv.Close(), closeFn())
+	}
 	f.handler, f.close, f.metrics, f.MetricsAddr = h, closeFn, srv, ln.Addr().String()
-	f.mu.Unlock()
 	return nil
 }
 
@@ -138,5 +152,6 @@ func (f *Function) Stop(context.Context) error {
 		errs = append(errs, f.close())
 		f.close = nil
 	}
+	f.handler = nil // Ready says not started; Handle refuses
 	return errors.Join(errs...)
 }
