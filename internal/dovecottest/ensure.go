@@ -310,12 +310,26 @@ func reapOldRoots24(root string) {
 // treeInUse reports whether a process has its root folder (a chroot) at
 // or below dir. The kernel reports a folder under its current name, so
 // processes chrooted into a tree before it was moved aside count.
+//
+// The kernel reports the path with symbolic links resolved, so dir is
+// resolved too (Root24 may name its folder through a link). A process
+// whose root cannot be read (without CAP_SYS_PTRACE, as in a container's
+// default, root cannot read it for processes of other users, such as
+// Dovecot's imap processes running as vmail) counts as using the tree:
+// a tree kept longer costs disk, one removed under a running Dovecot
+// breaks it.
 func treeInUse(dir string) bool {
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
 	roots, _ := filepath.Glob("/proc/[0-9]*/root")
 	for _, r := range roots {
 		target, err := os.Readlink(r)
 		if err != nil {
-			continue
+			if errors.Is(err, os.ErrPermission) {
+				return true
+			}
+			continue // gone since the glob
 		}
 		if target == dir || strings.HasPrefix(target, dir+"/") {
 			return true
