@@ -2,9 +2,10 @@
 // administrator, such as local mode's excluded users: one username per
 // line; '#' at the start of a line or after a blank starts a comment
 // ("alice  # on leave" names alice), blank lines are skipped, and space
-// around a name is ignored. Each name is normalised like the events'
-// (Dovecot's auth_username_format) so that it names the same user, and
-// must be a username doveadm accepts.
+// around a name is ignored. So "team #1" names team, and a name with both
+// white space and a '#' ("alice# on leave") is refused. Each name is normalised
+// like the events' (Dovecot's auth_username_format) so that it names the
+// same user, and must be a username doveadm accepts.
 package userlist
 
 import (
@@ -52,6 +53,11 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 		// The name as written, then as normalised: lower-casing would
 		// turn bytes that are not UTF-8 into U+FFFD.
 		user := string(line)
+		if bytes.IndexByte(line, '#') >= 0 && bytes.IndexFunc(line, unicode.IsSpace) >= 0 {
+			// A comment without a blank before its '#' ("alice# on
+			// leave"): not a user to guess at.
+			return nil, fmt.Errorf("line %d: %q: a comment starts with '#' after a blank", n, user)
+		}
 		err := doveadm.ValidateUser(user)
 		if err == nil {
 			user = format.Apply(user)

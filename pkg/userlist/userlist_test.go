@@ -43,6 +43,7 @@ func TestParse(t *testing.T) {
 		{name: "too long for a username", format: "%Lu", in: strings.Repeat("a", doveadm.MaxUserLen+1), err: "line 1: username of 256 bytes exceeds 255"},
 		{name: "too long for a line", format: "%Lu", in: "a\n" + strings.Repeat("a", maxLine+1), err: "line 2: longer than 4096 bytes"},
 		{name: "a comment marker inside a name is part of it", format: "%Lu", in: "a#b\n", want: []string{"a#b"}},
+		{name: "a comment without a blank before it", format: "%Lu", in: "ok\nalice# on leave\n", err: `line 2: "alice# on leave": a comment starts with '#' after a blank`},
 		{name: "a comment after a name", format: "%Lu", in: "alice # on leave\nbob\t#archive\n  # indented\nc#d # x\n", want: []string{"alice", "bob", "c#d"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
