@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Supported Dovecot versions.
@@ -244,10 +246,14 @@ func buildRoot24(root string) error {
 		return fmt.Errorf("dovecottest: create %s: %w", parent, err)
 	}
 	prefix := "." + filepath.Base(root) + ".tmp-"
-	// Under the lock every temporary sibling is a leftover of an interrupted build.
+	// Under the lock every temporary sibling is a leftover of an
+	// interrupted build, or an old tree swapInto could not move aside
+	// (which processes may still use).
 	if old, _ := filepath.Glob(filepath.Join(parent, prefix+"*")); len(old) > 0 {
 		for _, o := range old {
-			_ = os.RemoveAll(o)
+			if !treeInUse(o) {
+				_ = os.RemoveAll(o)
+			}
 		}
 	}
 	tmp := filepath.Join(parent, fmt.Sprintf("%s%d", prefix, os.Getpid()))
@@ -266,21 +272,30 @@ func buildRoot24(root string) error {
 		_ = os.RemoveAll(tmp)
 		return err
 	}
-	aside := ""
-	if _, err := os.Lstat(root); err == nil {
-		// Never deleted here: processes may be running Dovecot from it.
-		aside = filepath.Join(parent, fmt.Sprintf("%s%d-%d", oldRootPrefix(root), os.Getpid(), time.Now().UnixNano()))
-		if err := os.Rename(root, aside); err != nil {
+	aside := filepath.Join(parent, fmt.Sprintf("%s%d-%d", oldRootPrefix(root), os.Getpid(), time.Now().UnixNano()))
+	return swapInto(tmp, root, aside)
+}
+
+// swapInto puts the tree at tmp in place at root. A tree already at root
+// is exchanged with it in one step (renameat2 with RENAME_EXCHANGE), so
+// there is no moment without a tree at root, in which an instance
+// starting would make root a bare folder for its mount point; the old
+// tree, now at tmp, moves to aside, never deleted here: processes may be
+// running Dovecot from it.
+func swapInto(tmp, root, aside string) error {
+	if _, err := os.Lstat(root); err != nil {
+		if err := os.Rename(tmp, root); err != nil {
 			_ = os.RemoveAll(tmp)
-			return fmt.Errorf("dovecottest: move %s aside: %w", root, err)
+			return fmt.Errorf("dovecottest: rename %s into place: %w", tmp, err)
 		}
+		return nil
 	}
-	if err := os.Rename(tmp, root); err != nil {
-		if aside != "" {
-			_ = os.Rename(aside, root)
-		}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, root, unix.RENAME_EXCHANGE); err != nil {
 		_ = os.RemoveAll(tmp)
-		return fmt.Errorf("dovecottest: rename %s into place: %w", tmp, err)
+		return fmt.Errorf("dovecottest: exchange %s with %s: %w", tmp, root, err)
+	}
+	if err := os.Rename(tmp, aside); err != nil {
+		return fmt.Errorf("dovecottest: move the old tree %s aside: %w", tmp, err)
 	}
 	return nil
 }
