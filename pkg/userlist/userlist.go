@@ -1,11 +1,11 @@
 // Package userlist reads a list of usernames kept in a file by an
 // administrator, such as local mode's excluded users: one username per
-// line; '#' at the start of a line or after a blank starts a comment
-// ("alice  # on leave" names alice), blank lines are skipped, and space
-// around a name is ignored. So "team #1" names team, and a name with both
-// white space and a '#' ("alice# on leave") is refused. Each name is normalised
-// like the events' (Dovecot's auth_username_format) so that it names the
-// same user, and must be a username doveadm accepts.
+// line; '#' at the start of a line or after white space starts a comment
+// ("alice  # on leave" names alice, and so "team #1" names team), blank
+// lines are skipped, and space around a name is ignored. A name with both
+// white space and a '#' ("alice# on leave") is refused. Each name is
+// normalised like the events' (Dovecot's auth_username_format) so that it
+// names the same user, and must be a username doveadm accepts.
 package userlist
 
 import (
