@@ -11,6 +11,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
 // runReplicate asks for a replication of each named user now, like
@@ -28,6 +29,7 @@ func runReplicate(ctx context.Context, env *environment, args []string) error {
 	host := fs.String("host", "", "the Dovecot host to sync from (a name of the sync function's host map); empty: its default host")
 	priority := fs.String("priority", string(change.High), "the lane: high or low")
 	reason := fs.String("reason", "admin", "why, for the sync function's logs (the event's data \"reason\")")
+	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
 	}
@@ -41,23 +43,37 @@ func runReplicate(ctx context.Context, env *environment, args []string) error {
 	if err := doveadm.ValidateHost(*host); err != nil {
 		return fmt.Errorf("host: %w", err)
 	}
+	uf, err := dovecot.ParseUsernameFormat(*format)
+	if err != nil {
+		return fmt.Errorf("username-format: %w", err)
+	}
 	// Build every request first and read it back as the sync function
 	// will, so that nothing is sent when one of them would be refused.
 	type request struct {
 		user string
 		ev   cloudevents.Event
 	}
+	// Users are named as ingest names them (the sync function's locks,
+	// marks, status and excluded set key on that name); a user named
+	// twice is asked for once.
 	requests := make([]request, 0, fs.NArg())
-	for _, user := range fs.Args() {
+	seen := make(map[string]bool, fs.NArg())
+	for _, arg := range fs.Args() {
+		user := uf.Apply(arg)
+		err := doveadm.ValidateUser(user)
+		if err != nil {
+			return fmt.Errorf("user %q: %w", arg, err)
+		}
+		if seen[user] {
+			continue
+		}
+		seen[user] = true
 		ev, err := contract.Requested(change.Request{User: user, Host: *host, Full: *full, Priority: prio}, *reason, *broker.source)
 		if err == nil {
 			_, err = contract.ToRequest(ev)
 		}
-		if err == nil {
-			err = doveadm.ValidateUser(user)
-		}
 		if err != nil {
-			return fmt.Errorf("user %q: %w", user, err)
+			return fmt.Errorf("user %q: %w", arg, err)
 		}
 		requests = append(requests, request{user, ev})
 	}

@@ -103,3 +103,60 @@ func TestReplicate_ThroughLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReplicate_NormalisesUsers: a user is asked for under the name ingest
+// gives it (--username-format, %Lu by default), so its lock, status and
+// exclusion apply; a user named twice is asked for once.
+func TestReplicate_NormalisesUsers(t *testing.T) {
+	broker, got := recordingBroker(t, 4)
+	for _, tt := range []struct {
+		env  map[string]string
+		args []string
+		want []string
+	}{
+		{nil, []string{"Alice", "alice", "BOB@Example.ORG"}, []string{"alice", "bob@example.org"}},
+		{map[string]string{"DOVEWARDEN_USERNAME_FORMAT": "%Ln"}, []string{"Carol@example.org"}, []string{"carol"}},
+	} {
+		vars := map[string]string{"K_SINK": broker.URL}
+		for k, v := range tt.env {
+			vars[k] = v
+		}
+		env, stdout, stderr := testEnv(vars, "")
+		if err := run(context.Background(), env, append([]string{"replicate"}, tt.args...)); err != nil {
+			t.Fatalf("replicate %v: %v\n%s", tt.args, err, stderr)
+		}
+		for _, user := range tt.want {
+			req, err := contract.ToRequest(<-got)
+			if err != nil || req.User != user {
+				t.Errorf("replicate %v: request %+v, %v; want user %s", tt.args, req, err, user)
+			}
+			if !strings.Contains(stdout.String(), " for "+user+" sent to ") {
+				t.Errorf("stdout %q lacks %s", stdout, user)
+			}
+		}
+		if len(got) != 0 {
+			t.Errorf("replicate %v: more events than users %v", tt.args, tt.want)
+		}
+	}
+}
+
+// TestReplicate_SaysWhatIsWrongWithAUser: a user doveadm would refuse is
+// refused for that reason, not for what the event made of it.
+func TestReplicate_SaysWhatIsWrongWithAUser(t *testing.T) {
+	env, _, _ := testEnv(map[string]string{"K_SINK": "http://127.0.0.1:1/"}, "")
+	for user, want := range map[string]string{
+		"\xff\xfe":          "not valid UTF-8",
+		" alice":            "white space",
+		"alice ":            "white space",
+		"--username-format": "username-format",
+	} {
+		args := []string{"replicate", "--", user}
+		if user == "--username-format" {
+			args = []string{"replicate", "--username-format", "%x", "alice"}
+		}
+		err := run(context.Background(), env, args)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("replicate %q: %v, want an error saying %q", user, err, want)
+		}
+	}
+}
