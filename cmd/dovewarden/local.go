@@ -24,6 +24,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
@@ -210,7 +211,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	serr := serveRole(ctx, env, log, sc.Server, ln, reg, func(mux *http.ServeMux) {
 		mux.Handle(brokerPath, ih.Protect(b.Ingress()))
 		mux.Handle("GET /status", ih.Protect(overviewHandler(st, b)))
-		mux.Handle("GET /status/{user}", ih.Protect(statusHandler(st)))
+		mux.Handle("GET /status/{user}", ih.Protect(statusHandler(st, ho.Username)))
 		ih.Mount(mux)
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
@@ -384,10 +385,12 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = enc.Encode(v)
 }
 
-// statusHandler serves one user's replication status as JSON.
-func statusHandler(st *state.Store) http.Handler {
+// statusHandler serves one user's replication status as JSON. The name
+// is normalised as ingest normalises the events' users (uf), since the
+// records are kept under that name: /status/Alice is alice's.
+func statusHandler(st *state.Store, uf dovecot.UsernameFormat) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		user := r.PathValue("user")
+		user := uf.Apply(r.PathValue("user"))
 		if err := doveadm.ValidateUser(user); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

@@ -81,6 +81,10 @@ func TestLocal_ExcludedUsersFile(t *testing.T) {
 	if !excluded("archive") || excluded("u1") {
 		t.Errorf("status: archive excluded %v, u1 excluded %v", excluded("archive"), excluded("u1"))
 	}
+	// The status is kept under the normalised name, as the events' users.
+	if !excluded("ARCHIVE") {
+		t.Error("/status/ARCHIVE does not answer with archive's record")
+	}
 
 	// A file that does not load: the set stays.
 	write("ok\n-f\n")
