@@ -212,6 +212,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		mux.Handle(brokerPath, ih.Protect(b.Ingress()))
 		mux.Handle("GET /status", ih.Protect(overviewHandler(st, b)))
 		mux.Handle("GET /status/{user}", ih.Protect(statusHandler(st, ho.Username)))
+		mux.Handle("/status", server.OnlyGet)
+		mux.Handle("/status/{user}", server.OnlyGet)
 		ih.Mount(mux)
 	})
 	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)

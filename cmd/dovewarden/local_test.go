@@ -150,6 +150,18 @@ func localChangeRunsDsync(t *testing.T, args ...string) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("hostile status name: %d", resp.StatusCode)
 	}
+	// Other methods than GET: 405, not ingest's 404 "post Dovecot events".
+	for _, path := range []string{"/status", "/status/u1", "/healthz", "/readyz", "/metrics"} {
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader("{}"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Errorf("POST %s: %d, Allow %q; want 405 allowing GET, HEAD", path, resp.StatusCode, resp.Header.Get("Allow"))
+		}
+	}
 
 	if err := stop(); err != nil {
 		t.Fatalf("local returned %v", err)

@@ -93,7 +93,19 @@ func (h *Health) Mount(mux *http.ServeMux, reg *prometheus.Registry) {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", metrics.Handler(reg))
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		mux.Handle(path, OnlyGet)
+	}
 }
+
+// OnlyGet answers 405 with "Allow: GET, HEAD". Mounted on a path beside
+// its "GET" pattern, it takes the other methods there: without it they
+// fall through to a catch-all "/" (ingest's, answering 404 "post Dovecot
+// events to / or /events", or a broker's ingress).
+var OnlyGet http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Allow", "GET, HEAD")
+	http.Error(w, "method "+r.Method+" not allowed: use GET", http.StatusMethodNotAllowed)
+})
 
 // Serve listens on o.Listen and serves h as ServeListener does.
 func Serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler, ready func(addr net.Addr)) error {

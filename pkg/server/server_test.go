@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 )
 
 // TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing: at a
@@ -147,5 +149,27 @@ func TestServeListener_AStalledBodyDoesNotHoldTheStop(t *testing.T) {
 	stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if resp, err := http.ReadResponse(bufio.NewReader(stalled), nil); err != nil || resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("the stalled client got %v, %v; want its 400", resp, err)
+	}
+}
+
+// TestHealth_OtherMethodsAre405: beside a catch-all "/" (ingest's, a
+// broker's ingress), a POST to /healthz, /readyz or /metrics is answered
+// 405, not handed to the catch-all.
+func TestHealth_OtherMethodsAre405(t *testing.T) {
+	var h Health
+	mux := http.NewServeMux()
+	h.Mount(mux, metrics.NewRegistry())
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "catch-all", http.StatusNotFound) })
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		w := httptest.NewRecorder()
+		mux.ServeHTTP(w, httptest.NewRequest(http.MethodPost, path, nil))
+		if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET, HEAD" {
+			t.Errorf("POST %s: %d %q, Allow %q", path, w.Code, w.Body, w.Header().Get("Allow"))
+		}
+	}
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, httptest.NewRequest(http.MethodHead, "/healthz", nil))
+	if w.Code != http.StatusOK {
+		t.Errorf("HEAD /healthz: %d", w.Code)
 	}
 }
