@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,6 +40,10 @@ func runExplain(_ context.Context, env *environment, args []string) error {
 	}
 	s, err := explain.Run(in, env.stdout, ingest.Translator{Username: uf})
 	fmt.Fprintf(env.stderr, "%d events: %d changes, %d dropped, %d invalid\n", s.Events, s.Changes, s.Dropped, s.Invalid)
+	var re *explain.ReadError
+	if errors.As(err, &re) {
+		return err // like a file that does not open: exit code 2
+	}
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}

@@ -266,3 +266,13 @@ func TestIngest_WarnsOfUnknownSettings(t *testing.T) {
 		t.Errorf("warnings %q, want one naming DOVEWARDEN_REDIS_ULR and ingest", warned)
 	}
 }
+
+// TestExplain_UnreadableInputExits2: a directory is input that cannot be
+// read, like a missing file (exit code 2), not an invalid event (1).
+func TestExplain_UnreadableInputExits2(t *testing.T) {
+	env, _, stderr := testEnv(nil, "")
+	err := run(context.Background(), env, []string{"explain", t.TempDir()})
+	if exitCode(err) != 2 || strings.Contains(err.Error(), "not JSON") || !strings.Contains(stderr.String(), "0 invalid") {
+		t.Errorf("explain DIR: exit code %d (%v), summary %q; want 2, no invalid event", exitCode(err), err, stderr)
+	}
+}

@@ -6,6 +6,7 @@ package explain
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 
@@ -18,23 +19,67 @@ type Summary struct {
 	Events, Changes, Dropped, Invalid int
 }
 
+// ReadError is input Run could not read (a directory, an I/O error), as
+// opposed to input that is not Dovecot event JSON: no event is invalid.
+type ReadError struct{ Err error }
+
+func (e *ReadError) Error() string { return "read: " + e.Err.Error() }
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// maxPending bounds what Run reads past the last complete value: an event
+// of up to twice dovecot.MaxEventSize is read and refused as too large, a
+// longer one (a line of a gigabyte) stops the run instead of being held
+// in memory whole.
+const maxPending = 2 * dovecot.MaxEventSize
+
+var errTooLarge = fmt.Errorf("more than %d bytes without the end of a JSON value (an event is at most %d)", maxPending, dovecot.MaxEventSize)
+
+// boundedReader fails once more than maxPending bytes were read past the
+// decoder's last complete value.
+type boundedReader struct {
+	r    io.Reader
+	read int64
+	dec  *json.Decoder
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.read-b.dec.InputOffset() > maxPending {
+		return 0, errTooLarge
+	}
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	return n, err
+}
+
 // Run reads Dovecot events from r (one JSON object, or a stream of objects
 // such as one per line) and writes, per event, the CloudEvent as indented
 // JSON or a line "dropped: <reason>". An object that is not a valid event
 // gets a line "invalid: <error>" and the rest is still read; input that is
-// not JSON at all stops the run with an error.
+// not JSON at all, or a value longer than maxPending, stops the run with
+// an error (and counts as invalid); input that cannot be read stops it
+// with a *ReadError.
 func Run(r io.Reader, w io.Writer, t ingest.Translator) (Summary, error) {
 	var s Summary
-	dec := json.NewDecoder(r)
+	br := &boundedReader{r: r}
+	dec := json.NewDecoder(br)
+	br.dec = dec
 	for {
 		var raw json.RawMessage
 		err := dec.Decode(&raw)
 		if err == io.EOF {
 			return s, nil
 		}
-		if err != nil {
+		var syntax *json.SyntaxError
+		switch {
+		case err == nil:
+		case errors.As(err, &syntax) || errors.Is(err, io.ErrUnexpectedEOF):
 			s.Invalid++
 			return s, fmt.Errorf("event %d: not JSON: %w", s.Events+1, err)
+		case errors.Is(err, errTooLarge):
+			s.Invalid++
+			return s, fmt.Errorf("event %d: %w", s.Events+1, err)
+		default:
+			return s, &ReadError{err}
 		}
 		s.Events++
 		if err := one(raw, w, t, &s); err != nil {

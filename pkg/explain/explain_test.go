@@ -3,6 +3,8 @@ package explain
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 
@@ -81,5 +83,56 @@ func TestRun_UsernameFormat(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"subject": "u1"`) {
 		t.Errorf("username not normalised:\n%s", out.String())
+	}
+}
+
+// endless is the rest of a string that does not end (up to 64 MiB): it
+// counts what was read.
+type endless struct{ n int64 }
+
+func (e *endless) Read(p []byte) (int, error) {
+	if e.n > 64<<20 {
+		return 0, io.EOF
+	}
+	for i := range p {
+		p[i] = 'a'
+	}
+	e.n += int64(len(p))
+	return len(p), nil
+}
+
+// TestRun_HugeValueStopsWithoutReadingItAll: a value longer than twice an
+// event's limit stops the run as invalid input, without holding it all in
+// memory; one just over the limit is refused and the rest still read.
+func TestRun_HugeValueStopsWithoutReadingItAll(t *testing.T) {
+	src := &endless{}
+	r := io.MultiReader(strings.NewReader(`{"event":"`), src)
+	s, err := Run(r, io.Discard, ingest.Translator{})
+	if err == nil || !strings.Contains(err.Error(), "without the end of a JSON value") || s.Invalid != 1 {
+		t.Errorf("summary %+v, err %v", s, err)
+	}
+	if src.n > 4*dovecot.MaxEventSize {
+		t.Errorf("read %d bytes of one value", src.n)
+	}
+
+	big := `{"event":"` + strings.Repeat("a", dovecot.MaxEventSize) + `"}`
+	var out bytes.Buffer
+	s, err = Run(strings.NewReader(big+"\n"+appendLine), &out, ingest.Translator{})
+	if err != nil || s != (Summary{Events: 2, Changes: 1, Invalid: 1}) {
+		t.Errorf("summary %+v, err %v\n%s", s, err, out.String())
+	}
+}
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, errors.New("is a directory") }
+
+// TestRun_ReadErrorIsNoInvalidEvent: input that cannot be read is a
+// ReadError, not "not JSON", and no event is counted invalid.
+func TestRun_ReadErrorIsNoInvalidEvent(t *testing.T) {
+	s, err := Run(io.MultiReader(strings.NewReader(appendLine+"\n"), failingReader{}), io.Discard, ingest.Translator{})
+	var re *ReadError
+	if !errors.As(err, &re) || strings.Contains(err.Error(), "not JSON") || s != (Summary{Events: 1, Changes: 1}) {
+		t.Errorf("summary %+v, err %v", s, err)
 	}
 }
