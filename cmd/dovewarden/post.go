@@ -4,8 +4,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
+
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
@@ -60,6 +63,17 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 
 // shown is the Broker URL without its password.
 func (b brokerTarget) shown() string { return config.RedactURL(*b.url) }
+
+// sendError describes a failed send without the Broker URL's password;
+// a refusal of the credentials names the settings that give them.
+func (b brokerTarget) sendError(err error) string {
+	msg := b.redactIn(err.Error())
+	var hr *cehttp.Result
+	if errors.As(err, &hr) && (hr.StatusCode == http.StatusUnauthorized || hr.StatusCode == http.StatusForbidden) {
+		msg += " (credentials: a user and password in broker-url, or broker-token-file)"
+	}
+	return msg
+}
 
 // redactIn replaces the Broker URL in msg by its redacted form: the
 // sender's errors name their target.

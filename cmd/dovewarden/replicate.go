@@ -84,7 +84,7 @@ func runReplicate(ctx context.Context, env *environment, args []string) error {
 	var failed []error
 	for _, e := range requests {
 		if err := snd.Send(ctx, e.ev); err != nil {
-			failed = append(failed, fmt.Errorf("user %q: send replication.requested: %s", e.user, broker.redactIn(err.Error())))
+			failed = append(failed, fmt.Errorf("user %q: send replication.requested: %s", e.user, broker.sendError(err)))
 			continue
 		}
 		fmt.Fprintf(env.stdout, "replication.requested %s for %s sent to %s\n", e.ev.ID(), e.user, broker.shown())

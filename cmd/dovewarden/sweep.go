@@ -34,7 +34,7 @@ func runSweep(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("reason: %w", err)
 	}
 	if err := snd.Send(ctx, ev); err != nil {
-		return fmt.Errorf("send sweep.requested: %s", broker.redactIn(err.Error()))
+		return fmt.Errorf("send sweep.requested: %s", broker.sendError(err))
 	}
 	fmt.Fprintf(env.stdout, "sweep.requested %s sent to %s\n", ev.ID(), broker.shown())
 	return nil

@@ -136,3 +136,22 @@ func TestSweep_ThroughTheLocalBroker(t *testing.T) {
 		t.Logf("local's log:\n%s", stderr)
 	}
 }
+
+// TestSweep_RefusedCredentialsNameTheSettings: a Broker that answers 401
+// gets a message naming where the credentials go, without the password,
+// and without the SDK's bare "401: " after the status.
+func TestSweep_RefusedCredentialsNameTheSettings(t *testing.T) {
+	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer broker.Close()
+	url := strings.Replace(broker.URL, "http://", "http://dovecot:wrongpw@", 1)
+	for _, cmd := range [][]string{{"sweep"}, {"replicate", "alice"}} {
+		env, _, _ := testEnv(map[string]string{"K_SINK": url}, "")
+		err := run(context.Background(), env, cmd)
+		if err == nil || !strings.Contains(err.Error(), "answered HTTP 401 (credentials: a user and password in broker-url, or broker-token-file)") ||
+			strings.Contains(err.Error(), "wrongpw") {
+			t.Errorf("%s: %v", cmd[0], err)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -160,10 +161,25 @@ func describe(res error, target string) error {
 	}
 	var hr *cehttp.Result
 	if errors.As(res, &hr) {
-		return fmt.Errorf("broker %s answered HTTP %d: %w", target, hr.StatusCode, res)
+		msg := fmt.Sprintf("broker %s answered HTTP %d", target, hr.StatusCode)
+		// The SDK's text is "CODE: DETAIL", its detail often empty.
+		if detail := strings.TrimSpace(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode))); detail != "" {
+			msg += ": " + detail
+		}
+		return &answered{msg, res}
 	}
 	if res == nil {
 		return fmt.Errorf("broker %s: no acknowledgement", target)
 	}
 	return fmt.Errorf("broker %s: %w", target, res)
 }
+
+// answered is a Broker's refusal: its message, and the SDK's result for
+// errors.As.
+type answered struct {
+	msg string
+	res error
+}
+
+func (a *answered) Error() string { return a.msg }
+func (a *answered) Unwrap() error { return a.res }
