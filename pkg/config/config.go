@@ -150,5 +150,10 @@ func EventSource(setting, v string) error {
 	if _, err := url.Parse(v); err != nil {
 		return fmt.Errorf("%s %q: not a URI reference: %w", setting, v, err)
 	}
+	// url.Parse takes spaces and other bytes RFC 3986 leaves out of a URI
+	// (they would need percent-encoding).
+	if i := strings.IndexFunc(v, func(r rune) bool { return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"<>\^`+"`{|}", r) }); i >= 0 {
+		return fmt.Errorf("%s %q: not a URI reference: %q at byte %d must be percent-encoded", setting, v, v[i:i+1], i)
+	}
 	return nil
 }

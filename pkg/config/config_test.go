@@ -88,7 +88,7 @@ func TestEventSource(t *testing.T) {
 			t.Errorf("EventSource(%q): %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "dovewarden/%zz", "http://[::1"} {
+	for _, bad := range []string{"", "dovewarden/%zz", "http://[::1", "a b", "dovewarden/sync\n", "dovewarden/\u00e9", "urn:{x}"} {
 		if err := EventSource("source", bad); err == nil || !strings.Contains(err.Error(), "source") {
 			t.Errorf("EventSource(%q) = %v, want an error naming the setting", bad, err)
 		}
