@@ -101,6 +101,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		sc.Redis.URL = "redis://:" + password + "@" + mr.Addr()
 		log.Warn("using embedded Redis: locks, marks and dsync states are lost when this process ends; give --redis-url to keep them")
 	}
+	// One setting for both: ingest's handler and sync's requests.
+	sc.UsernameFormat = ic.UsernameFormat
 	if err := sc.Resolve(env.getenv); err != nil {
 		return err
 	}

@@ -25,6 +25,10 @@ import (
 // replication.failed events. Both `dovewarden sync` and the func-CLI
 // function use it. The returned close function releases Redis.
 func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, func() error, error) {
+	uf, err := cfg.usernameFormat()
+	if err != nil {
+		return nil, nil, err
+	}
 	state.LogTo(log)
 	st, err := state.Open(cfg.Redis)
 	if err != nil {
@@ -69,7 +73,8 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
 	}, st, tr, cfg.HostMap(), notify, reg, log)
 	reg.MustRegister(NewUsersCollector(st), sweep.NewStatusCollector(st))
-	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results}, repl, reg, log)
+	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results,
+		Username: uf}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
 		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout)
 	return h, st.Close, nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
@@ -63,6 +64,12 @@ type Config struct {
 
 	Sweep SweepConfig
 
+	// UsernameFormat normalises the users of replication.requested events
+	// as ingest normalises the events' (its --username-format): a request
+	// for "Alice" is alice's, under alice's lock. RegisterUsernameFlag
+	// declares it; an all-in-one process sets it from ingest's setting.
+	UsernameFormat string
+
 	// hostMap is built by Load from the doveadm settings and the file.
 	hostMap doveadm.HostMap
 }
@@ -103,10 +110,29 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	c.Sweep.registerFlags(fs)
 }
 
+// usernameFormat parses UsernameFormat; empty leaves names as they are.
+func (c *Config) usernameFormat() (dovecot.UsernameFormat, error) {
+	if c.UsernameFormat == "" {
+		return dovecot.UsernameFormat{}, nil
+	}
+	f, err := dovecot.ParseUsernameFormat(c.UsernameFormat)
+	if err != nil {
+		return f, fmt.Errorf("username-format: %w", err)
+	}
+	return f, nil
+}
+
+// RegisterUsernameFlag declares username-format, which a process that
+// also runs ingest's handler shares with it.
+func (c *Config) RegisterUsernameFlag(fs *flag.FlagSet) {
+	fs.StringVar(&c.UsernameFormat, "username-format", dovecot.DefaultUsernameFormat, "normalise the users of replication.requested events like Dovecot's auth_username_format, as ingest's username-format does: set it to the same value")
+}
+
 // Load parses args and the environment into a validated Config.
 func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, error) {
 	var c Config
 	c.RegisterFlags(fs, getenv)
+	c.RegisterUsernameFlag(fs)
 	if err := config.Parse(fs, args, getenv); err != nil {
 		return c, err
 	}
@@ -206,6 +232,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := config.EventSource("source", c.Source); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.usernameFormat(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, c.Sweep.validate(c.RequestTimeout)...)

@@ -23,6 +23,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
 )
 
@@ -45,6 +46,10 @@ type Options struct {
 	// sink): a sweep's continuation goes that way now and then, with a
 	// fresh TTL, instead of as the reply. Nil: always as the reply.
 	Results EventSender
+	// Username normalises the users of replication.requested events,
+	// which anyone may send, as ingest normalised the changes' users; the
+	// zero value leaves them as they are.
+	Username dovecot.UsernameFormat
 }
 
 // EventSender sends an event to the Broker; *sink.Sender is one.
@@ -113,6 +118,14 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	req, err := contract.ToRequest(ev)
 	if err != nil {
 		return nil, h.reject(rejectData, "%v", err)
+	}
+	if req.Explicit {
+		// Checked as sent first: lower-casing would hide bytes that are
+		// not UTF-8.
+		if err := doveadm.ValidateUser(req.User); err != nil {
+			return nil, h.reject(rejectUser, "event %s: %v", ev.ID(), err)
+		}
+		req.User = h.opts.Username.Apply(req.User)
 	}
 	if err := doveadm.ValidateUser(req.User); err != nil {
 		return nil, h.reject(rejectUser, "event %s: %v", ev.ID(), err)

@@ -23,6 +23,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
@@ -162,6 +163,40 @@ func TestHandle_ChangeInBinaryModeRepliesSucceeded(t *testing.T) {
 	}
 	if n := len(f.dove.Tracker.Calls()); n != 1 {
 		t.Errorf("%d dsyncs, want 1", n)
+	}
+}
+
+// TestHandle_RequestedUserIsNormalised: a replication.requested event, which
+// any system may send, names its user as ingest names the changes' users
+// (the username format): a request for "U1" syncs u1 under u1's lock, and
+// one with a name doveadm refuses as sent is refused.
+func TestHandle_RequestedUserIsNormalised(t *testing.T) {
+	f := newFixture(t)
+	uf, err := dovecot.ParseUsernameFormat("%Lu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.h.opts.Username = uf
+	ev, err := contract.Requested(change.Request{User: "U1"}, "alerting", "example/automation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := f.h.Handle(context.Background(), ev)
+	if err != nil || reply == nil || reply.Subject() != "u1" {
+		t.Fatalf("Handle = %v, %v; want a reply for u1", reply, err)
+	}
+	if calls := f.dove.Tracker.CallsOf("u1"); len(calls) != 1 {
+		t.Errorf("dsyncs of u1: %+v, want one", calls)
+	}
+	if calls := f.dove.Tracker.CallsOf("U1"); len(calls) != 0 {
+		t.Errorf("dsyncs of U1: %+v, want none", calls)
+	}
+	bad, err := contract.Requested(change.Request{User: "\xff\xfeU1"}, "alerting", "example/automation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = f.h.Handle(context.Background(), bad); err == nil {
+		t.Error("a user that is not UTF-8 was taken")
 	}
 }
 
