@@ -48,11 +48,11 @@ func Root24() string {
 func Ensure(version string) error {
 	switch version {
 	case V23:
-		if ready23() {
+		if len(Missing(V23)) == 0 {
 			return nil
 		}
 	case V24:
-		if ready24() {
+		if len(Missing(V24)) == 0 {
 			if os.Geteuid() == 0 && hasOldRoots24(Root24()) {
 				if unlock, err := lockFile(lockPath()); err == nil {
 					reapOldRoots24(Root24())
@@ -162,23 +162,6 @@ func Missing(version string) []string {
 		m = append(m, fmt.Sprintf("the %s user and group (id %d) that owns the mail", vmailName, vmailID))
 	}
 	return m
-}
-
-func ready23() bool {
-	if !hasFiles("", sieveFiles) || exec.Command(dovecotBin, "--version").Run() != nil {
-		return false
-	}
-	return hasEntry("/etc/passwd", vmailName) && hasEntry("/etc/group", vmailName)
-}
-
-func ready24() bool {
-	root := Root24()
-	if !hasFiles(root, append([]string{dovecotBin}, sieveFiles...)) {
-		return false
-	}
-	return hasEntry("/etc/passwd", vmailName) && hasEntry("/etc/group", vmailName) &&
-		hasEntry(filepath.Join(root, "etc/passwd"), vmailName) &&
-		hasEntry(filepath.Join(root, "etc/group"), vmailName)
 }
 
 func ensure23() error {
