@@ -45,6 +45,12 @@ func TestParse(t *testing.T) {
 		{name: "a comment marker inside a name is part of it", format: "%Lu", in: "a#b\n", want: []string{"a#b"}},
 		{name: "a comment without a blank before it", format: "%Lu", in: "ok\nalice# on leave\n", err: `line 2: "alice# on leave": a comment starts with '#' after a blank`},
 		{name: "a comment after a name", format: "%Lu", in: "alice # on leave\nbob\t#archive\n  # indented\nc#d # x\n", want: []string{"alice", "bob", "c#d"}},
+		// A no-break space (pasted from a web page) or an ideographic
+		// space before '#' starts a comment too: the line's ends are
+		// trimmed of the same white space.
+		{name: "a comment after a no-break space", format: "%Lu", in: "alice\u00a0# on leave\n", want: []string{"alice"}},
+		{name: "a comment after an ideographic space", format: "%Lu", in: "alice\u3000# on leave\n", want: []string{"alice"}},
+		{name: "a comment after mixed white space", format: "%Lu", in: "alice \u00a0# on leave\n", want: []string{"alice"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse(strings.NewReader(tc.in), mustFormat(t, tc.format))
