@@ -15,12 +15,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/internal/debian"
 )
 
 // Server is a running redis-server owned by one test.
@@ -126,7 +127,7 @@ func binary(t testing.TB) string {
 	t.Helper()
 	bin, err := Ensure()
 	if err != nil {
-		if os.Geteuid() != 0 && errors.Is(err, errNotRoot) {
+		if os.Geteuid() != 0 && errors.Is(err, debian.ErrNotRoot) {
 			t.Skipf("redistest: %v", err)
 		}
 		t.Fatalf("redistest: %v", err)
@@ -235,97 +236,6 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-var errNotRoot = errors.New("redis-server is not installed and installing it needs root")
-
-var ensureOnce struct {
-	sync.Mutex
-	bin string
-}
-
 // Ensure returns the path of redis-server, installing the Debian package
-// redis-server when it is missing. Concurrent test binaries wait on a file
-// lock, and the second finds it installed.
-func Ensure() (string, error) {
-	ensureOnce.Lock()
-	defer ensureOnce.Unlock()
-	if ensureOnce.bin != "" {
-		return ensureOnce.bin, nil
-	}
-	if bin, err := lookup(); err == nil {
-		ensureOnce.bin = bin
-		return bin, nil
-	}
-	if os.Geteuid() != 0 {
-		return "", errNotRoot
-	}
-	unlock, err := lockFile(filepath.Join(os.TempDir(), "dovewarden-redistest.lock"))
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if bin, err := lookup(); err == nil {
-		ensureOnce.bin = bin
-		return bin, nil
-	}
-	if err := aptInstall("redis-server"); err != nil {
-		return "", err
-	}
-	bin, err := lookup()
-	if err != nil {
-		return "", fmt.Errorf("redis-server installed but not found: %w", err)
-	}
-	ensureOnce.bin = bin
-	return bin, nil
-}
-
-func lookup() (string, error) {
-	if bin, err := exec.LookPath("redis-server"); err == nil {
-		return bin, nil
-	}
-	// /usr/bin may be missing from a minimal PATH.
-	for _, p := range []string{"/usr/bin/redis-server", "/usr/sbin/redis-server"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New("redis-server not found")
-}
-
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("flock %s: %w", path, err)
-	}
-	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-}
-
-// aptInstall installs Debian packages; when the first try fails (a stale
-// package list) it runs apt-get update and tries once more.
-func aptInstall(pkgs ...string) error {
-	install := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
-	}
-	if _, err := install(); err == nil {
-		return nil
-	}
-	if out, err := exec.Command("apt-get", "update").CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get update: %w\n%s", err, tail(out))
-	}
-	if out, err := install(); err != nil {
-		return fmt.Errorf("apt-get install %s: %w\n%s", strings.Join(pkgs, " "), err, tail(out))
-	}
-	return nil
-}
-
-func tail(b []byte) string {
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
-}
+// redis-server when it is missing.
+func Ensure() (string, error) { return debian.Ensure("redis-server", "redis-server") }
