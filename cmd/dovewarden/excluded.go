@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
-	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 	"github.com/dovewarden/dovewarden-knative/pkg/userlist"
 )
@@ -25,21 +24,11 @@ type excludedFile struct {
 	format dovecot.UsernameFormat
 	st     *state.Store
 	log    *slog.Logger
-	users  prometheus.Gauge
-	loads  *prometheus.CounterVec
+	m      *userlist.LoadMetrics
 }
 
 func newExcludedFile(path string, format dovecot.UsernameFormat, st *state.Store, reg prometheus.Registerer, log *slog.Logger) *excludedFile {
-	e := &excludedFile{path: path, format: format, st: st, log: log,
-		users: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: metrics.ExcludedUsers,
-			Help: "Users in the excluded-users file as last loaded into Redis's excluded set."}),
-		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: metrics.ExcludedUsersLoads,
-			Help: "Loads of the excluded-users file (at start and on SIGHUP), by outcome (success, error)."}, []string{"outcome"}),
-	}
-	e.loads.WithLabelValues("success")
-	e.loads.WithLabelValues("error")
-	reg.MustRegister(e.users, e.loads)
-	return e
+	return &excludedFile{path: path, format: format, st: st, log: log, m: userlist.NewLoadMetrics(reg)}
 }
 
 // load reads the file and makes it the excluded set. On an error nothing
@@ -50,11 +39,10 @@ func (e *excludedFile) load(ctx context.Context) error {
 		err = e.st.ReplaceExcluded(ctx, users)
 	}
 	if err != nil {
-		e.loads.WithLabelValues("error").Inc()
+		e.m.Failed()
 		return fmt.Errorf("excluded-users: %w", err)
 	}
-	e.loads.WithLabelValues("success").Inc()
-	e.users.Set(float64(len(users)))
+	e.m.Loaded(len(users))
 	e.log.Info("excluded users loaded", "file", e.path, "users", len(users))
 	return nil
 }
