@@ -28,6 +28,9 @@ go test -count=1 -timeout 15m "${modules[@]}"
 step "manifests (Knative's own API types; a module of its own)"
 (cd config/validate && GOWORK=off go test -count=1 ./...)
 
+step "alerts and dashboard (promtool, Grafana's own types; a module of its own)"
+(cd config/monitoring && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...)
+
 step "fuzz (short run over the seed corpus and beyond)"
 # Budgets are counts of inputs, about 5-10 s each here: with a duration,
 # Go 1.26's fuzzing coordinator can fail a run that found nothing with
