@@ -80,18 +80,22 @@ func lockFile(path string) (func(), error) {
 	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
+// lockWait makes apt-get wait for dpkg's lock, which another test's apt-get
+// (dovecottest's) may hold, instead of failing at once.
+const lockWait = "DPkg::Lock::Timeout=300"
+
 // install installs Debian packages; when the first try fails (a stale
 // package list) it runs apt-get update and tries once more.
 func install(pkgs ...string) error {
 	try := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)...)
+		cmd := exec.Command("apt-get", append([]string{"-o", lockWait, "install", "-y", "--no-install-recommends"}, pkgs...)...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		return cmd.CombinedOutput()
 	}
 	if _, err := try(); err == nil {
 		return nil
 	}
-	if out, err := exec.Command("apt-get", "update").CombinedOutput(); err != nil {
+	if out, err := exec.Command("apt-get", "-o", lockWait, "update").CombinedOutput(); err != nil {
 		return fmt.Errorf("apt-get update: %w\n%s", err, tail(out))
 	}
 	if out, err := try(); err != nil {
