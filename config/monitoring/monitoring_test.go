@@ -46,6 +46,9 @@ import (
 func promtool(t *testing.T, args ...string) string {
 	t.Helper()
 	bin, err := debian.Ensure("promtool", "prometheus")
+	if errors.Is(err, debian.ErrNotRoot) && os.Geteuid() != 0 {
+		t.Skipf("promtool: %v", err) // CI runs as root and installs it
+	}
 	if err != nil {
 		t.Fatalf("promtool: %v", err)
 	}
@@ -442,8 +445,8 @@ func registered(t *testing.T) map[string]family {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// In-process subscribers, as local mode has; Triggers to URLs (the
-	// example alerting subscriber, dead-letter sinks) get a closed port.
+	// In-process subscribers for the Triggers' refs, as local mode has;
+	// nothing is published, so none is called.
 	handlers := map[string]broker.Handler{}
 	for _, tr := range bcfg.Triggers {
 		if tr.Subscriber.Ref != "" {
