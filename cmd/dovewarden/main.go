@@ -51,6 +51,14 @@ var commands = map[string]command{
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts a graceful stop, which can wait up to
+	// --shutdown-timeout for dsyncs in flight. Then the signals get their
+	// default action back: a second Ctrl-C ends the process at once. What
+	// it held is left as a crash leaves it, for the sweep at the next start.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	env := &environment{getenv: os.Getenv, environ: os.Environ, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
 	if err := run(ctx, env, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 // runMainEnv, set in a child's environment, makes the test binary run the
@@ -105,4 +106,40 @@ func freePort(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// TestLocal_SecondInterruptExitsAtOnce: Ctrl-C starts a graceful stop,
+// which waits up to --shutdown-timeout for the dsyncs in flight; a second
+// Ctrl-C ends the process at once, as one expects at a terminal.
+func TestLocal_SecondInterruptExitsAtOnce(t *testing.T) {
+	fake, _, _, _, _ := slowableFake(t)
+	started := make(chan struct{}, 1)
+	fake.OnStart = func(doveadmtest.Call) {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+	}
+	fake.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{Delay: time.Minute} }
+	addr := freePort(t)
+	env := []string{"DOVEWARDEN_DOVEADM_PASSWORD=" + doveadmtest.Password, "DOVEWARDEN_SHUTDOWN_TIMEOUT=50s"}
+	c := startChild(t, "http://"+addr, env, "local", "--listen", addr, "--doveadm-url", fake.APIURL(),
+		"--destination", "tcp:127.0.0.1:1", "--workers", "1")
+	select {
+	case <-started: // the sweep at start runs a dsync that takes a minute
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no dsync started:\n%s", c.stderr)
+	}
+
+	_ = c.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-c.done:
+		t.Fatalf("the first interrupt ended the process without waiting for its dsync (%v), so the test tests nothing:\n%s", c.cmd.ProcessState, c.stderr)
+	case <-time.After(2 * time.Second):
+	}
+	c.signal(t, syscall.SIGINT, 10*time.Second)
+	ws, _ := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		t.Fatalf("after the second interrupt the process ended with %v, want killed by SIGINT:\n%s", c.cmd.ProcessState, c.stderr)
+	}
 }
