@@ -63,6 +63,9 @@ func (s *Store) MarkPending(ctx context.Context, user, host string, at time.Time
 // Pending returns users waiting for replication, oldest first, with the
 // time of their oldest unreplicated change.
 func (s *Store) Pending(ctx context.Context, limit int64) ([]PendingUser, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
 	zs, err := s.rdb.ZRangeWithScores(ctx, PendingKey, 0, limit-1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read pending users from redis: %w", err)
@@ -81,7 +84,7 @@ func (s *Store) Pending(ctx context.Context, limit int64) ([]PendingUser, error)
 
 // PendingUser is one entry of the pending set.
 type PendingUser struct {
-	User  string
-	Host  string
-	Since time.Time
+	User  string    `json:"user"`
+	Host  string    `json:"host,omitempty"`
+	Since time.Time `json:"since"`
 }

@@ -220,3 +220,24 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 	}
 	return o, nil
 }
+
+// Failed returns up to limit users whose last replication failed, longest
+// failing first, each with its status record (the last error among it).
+func (s *Store) Failed(ctx context.Context, limit int64) ([]UserStatus, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	users, err := s.rdb.ZRange(ctx, FailedKey, 0, limit-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read failed users from redis: %w", err)
+	}
+	out := make([]UserStatus, 0, len(users))
+	for _, u := range users {
+		st, err := s.Status(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}

@@ -32,3 +32,34 @@ func TestOverview(t *testing.T) {
 		}
 	})
 }
+
+// TestFailed lists failed users longest failing first, each with its
+// record, up to the limit.
+func TestFailed(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		if got, err := b.st.Failed(ctx, 10); err != nil || len(got) != 0 {
+			t.Fatalf("empty Redis: %+v %v", got, err)
+		}
+		for i, u := range []string{"newest", "oldest", "middle"} {
+			score := map[string]float64{"oldest": 1_700_000_000_000, "middle": 1_700_000_100_000, "newest": 1_700_000_200_000}[u]
+			b.rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: score, Member: u})
+			b.rdb.HSet(ctx, state.UserKey(u), state.FieldLastError, "error of "+u, state.FieldFailures, i+1)
+		}
+		got, err := b.st.Failed(ctx, 2)
+		if err != nil || len(got) != 2 {
+			t.Fatalf("Failed(2): %+v %v", got, err)
+		}
+		for i, want := range []struct {
+			user     string
+			failures int
+		}{{"oldest", 2}, {"middle", 3}} {
+			g := got[i]
+			if g.User != want.user || !g.Failed || g.LastError != "error of "+want.user || g.ConsecutiveFailures != want.failures {
+				t.Errorf("Failed(2)[%d] = %+v, want %s's record", i, g, want.user)
+			}
+		}
+		if got, err := b.st.Failed(ctx, 0); err != nil || got != nil {
+			t.Errorf("Failed(0): %+v %v, want none", got, err)
+		}
+	})
+}
