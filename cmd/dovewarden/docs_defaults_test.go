@@ -27,6 +27,7 @@ func TestDocs_DefaultsMatch(t *testing.T) {
 		"sweep":     {"sweep"},
 		"replicate": {"replicate"},
 		"loadgen":   {"loadgen"},
+		"status":    {"status"},
 	} {
 		fs := flagsOf(t, command)
 		checked := 0

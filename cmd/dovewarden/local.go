@@ -348,7 +348,11 @@ func syncHandler(h *syncer.Handler) broker.Handler {
 type overview struct {
 	Users state.Overview    `json:"users"`
 	Sweep state.SweepStatus `json:"sweep"`
-	Lanes []laneStatus      `json:"lanes"`
+	Lanes []laneStatus      `json:"lanes,omitempty"`
+	// FailedUsers (longest failing first) and PendingUsers (oldest
+	// change first) list up to ?list=N users (20 by default).
+	FailedUsers  []state.UserStatus  `json:"failed_users"`
+	PendingUsers []state.PendingUser `json:"pending_users"`
 }
 
 type laneStatus struct {
@@ -364,11 +368,12 @@ type laneStatus struct {
 // overviewHandler serves the overview as JSON.
 func overviewHandler(st *state.Store, b *broker.Broker) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var o overview
-		var err error
-		if o.Users, err = st.Overview(r.Context()); err == nil {
-			o.Sweep, err = st.SweepStatus(r.Context())
+		list, err := listParam(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
 		}
+		o, err := readOverview(r.Context(), st, list)
 		if err != nil {
 			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
 			return

@@ -42,6 +42,7 @@ var commands = map[string]command{
 	"sync":      {"receive change events and run dsync, one user at a time", runSync},
 	"local":     {"run everything in one process: ingest, embedded broker, sync, embedded Redis", runLocal},
 	"explain":   {"show the CloudEvent ingest would send for Dovecot event JSON", runExplain},
+	"status":    {"show the replication status, overall or of users (like doveadm replicator status)", runStatus},
 	"sweep":     {"ask the sync function for a sweep now (posts sweep.requested to the Broker)", runSweep},
 	"replicate": {"ask the sync function to replicate users now (posts replication.requested to the Broker)", runReplicate},
 	"loadgen":   {"post realistic Dovecot events to an ingest URL and report rate and latency", runLoadgen},

@@ -1,0 +1,448 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// statusListDefault and statusListMax bound the failed and pending users
+// the overview lists (?list=N on GET /status, --list of the command).
+const (
+	statusListDefault = 20
+	statusListMax     = 1000
+)
+
+// readOverview reads what the overview shows from Redis; local mode adds
+// its lanes.
+func readOverview(ctx context.Context, st *state.Store, list int64) (overview, error) {
+	var o overview
+	var err error
+	if o.Users, err = st.Overview(ctx); err != nil {
+		return o, err
+	}
+	if o.Sweep, err = st.SweepStatus(ctx); err != nil {
+		return o, err
+	}
+	if o.FailedUsers, err = st.Failed(ctx, list); err != nil {
+		return o, err
+	}
+	o.PendingUsers, err = st.Pending(ctx, list)
+	return o, err
+}
+
+// listParam reads GET /status's list parameter.
+func listParam(r *http.Request) (int64, error) {
+	v := r.URL.Query().Get("list")
+	if v == "" {
+		return statusListDefault, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > statusListMax {
+		return 0, fmt.Errorf("list %q: want a number from 0 to %d", v, statusListMax)
+	}
+	return n, nil
+}
+
+// runStatus shows the replication status, as `doveadm replicator status`
+// did: with no user the overview (users pending, failed and excluded, the
+// sweep, local mode's lanes, and the failed and longest-pending users),
+// with users each one's record. It reads Redis (--redis-url: a cluster's,
+// or local mode's with --redis-url), or asks a running `dovewarden local`
+// (--url), which also serves its embedded Redis's status.
+func runStatus(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet("status", env)
+	fs.Usage = func() {
+		fmt.Fprintln(env.stderr, "usage: dovewarden status [flags] [USER...]\n\nShows the replication status, like `doveadm replicator status`: with no user\nthe overview, with users each one's record. Reads it from Redis (redis-url),\nor from a running dovewarden local (url).\n\nflags:")
+		fs.PrintDefaults()
+	}
+	var conn state.Conn
+	conn.RegisterFlags(fs, "the Redis that sync keeps its state in (redis://, rediss://, unix://; Sentinel: ?master_name=)")
+	base := fs.String("url", "", "a running dovewarden local (http://127.0.0.1:8080), asked over HTTP; a Basic auth user and password go in the URL")
+	tokenFile := fs.String("token-file", "", "file holding the Bearer token of a dovewarden local with auth-token")
+	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
+	list := fs.Int64("list", statusListDefault, fmt.Sprintf("with no user: how many failed and pending users to list (0 to %d)", statusListMax))
+	asJSON := fs.Bool("json", false, "print JSON (GET /status's) instead of text")
+	timeout := fs.Duration("timeout", 10*time.Second, "time to read the status")
+	if err := config.Parse(fs, args, env.getenv); err != nil {
+		return err
+	}
+	switch {
+	case (*base == "") == (conn.URL == ""):
+		return errors.New("url or redis-url: give one, a running dovewarden local's address or the Redis sync uses")
+	case *list < 0 || *list > statusListMax:
+		return fmt.Errorf("list %d: want 0 to %d", *list, statusListMax)
+	case *timeout <= 0:
+		return fmt.Errorf("timeout %s: must be positive", *timeout)
+	}
+	uf, err := dovecot.ParseUsernameFormat(*format)
+	if err != nil {
+		return fmt.Errorf("username-format: %w", err)
+	}
+	users := make([]string, 0, fs.NArg())
+	for _, name := range fs.Args() {
+		u := uf.Apply(name)
+		if err := doveadm.ValidateUser(u); err != nil {
+			return err
+		}
+		users = append(users, u)
+	}
+
+	var src statusSource
+	if *base != "" {
+		h, err := newHTTPStatus(*base, *tokenFile)
+		if err != nil {
+			return err
+		}
+		src = h
+	} else {
+		if err := conn.Validate(); err != nil {
+			return err
+		}
+		st, err := state.Open(conn)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		src = redisStatus{st: st, url: conn.URL}
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+
+	if len(users) == 0 {
+		o, err := src.overview(ctx, *list)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(env.stdout, o)
+		}
+		return printOverview(env.stdout, o, time.Now())
+	}
+	records := make([]state.UserStatus, 0, len(users))
+	for _, u := range users {
+		s, err := src.user(ctx, u)
+		if err != nil {
+			return err
+		}
+		records = append(records, s)
+	}
+	if *asJSON {
+		if len(records) == 1 {
+			return printJSON(env.stdout, records[0])
+		}
+		return printJSON(env.stdout, records)
+	}
+	for i, s := range records {
+		if i > 0 {
+			fmt.Fprintln(env.stdout)
+		}
+		if err := printUser(env.stdout, s, time.Now()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// statusSource is where the status comes from.
+type statusSource interface {
+	overview(ctx context.Context, list int64) (overview, error)
+	user(ctx context.Context, name string) (state.UserStatus, error)
+}
+
+type redisStatus struct {
+	st  *state.Store
+	url string
+}
+
+func (r redisStatus) overview(ctx context.Context, list int64) (overview, error) {
+	o, err := readOverview(ctx, r.st, list)
+	if err != nil {
+		return o, fmt.Errorf("redis-url %s: %w", config.RedactURL(r.url), err)
+	}
+	return o, nil
+}
+
+func (r redisStatus) user(ctx context.Context, name string) (state.UserStatus, error) {
+	s, err := r.st.Status(ctx, name)
+	if err != nil {
+		return s, fmt.Errorf("redis-url %s: %w", config.RedactURL(r.url), err)
+	}
+	return s, nil
+}
+
+// httpStatus asks a running dovewarden local.
+type httpStatus struct {
+	base   *url.URL
+	auth   string
+	client *http.Client
+}
+
+func newHTTPStatus(base, tokenFile string) (*httpStatus, error) {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("url %s: want http:// or https:// and a host", config.RedactURL(base))
+	}
+	h := &httpStatus{base: u, client: &http.Client{}}
+	if tokenFile != "" {
+		tok, err := config.Secret("token", "", tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		if tok == "" {
+			return nil, fmt.Errorf("token-file %s: empty", tokenFile)
+		}
+		h.auth = "Bearer " + tok
+	}
+	return h, nil
+}
+
+func (h *httpStatus) overview(ctx context.Context, list int64) (overview, error) {
+	var o overview
+	err := h.get(ctx, "/status?list="+strconv.FormatInt(list, 10), &o)
+	return o, err
+}
+
+func (h *httpStatus) user(ctx context.Context, name string) (state.UserStatus, error) {
+	var s state.UserStatus
+	err := h.get(ctx, "/status/"+url.PathEscape(name), &s)
+	return s, err
+}
+
+// get reads path under the base URL into v. Errors name the setting and
+// never show the URL's password.
+func (h *httpStatus) get(ctx context.Context, path string, v any) error {
+	ref, err := url.Parse(path)
+	if err != nil {
+		return err
+	}
+	u := h.base.JoinPath(ref.Path)
+	u.RawQuery = ref.RawQuery
+	shown := config.RedactURL(u.String())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return fmt.Errorf("url %s: %w", shown, err)
+	}
+	if h.auth != "" {
+		req.Header.Set("Authorization", h.auth)
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("url %s: %s", shown, strings.ReplaceAll(err.Error(), u.String(), shown))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("url %s: %w", shown, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("url %s: %s (credentials: a user and password in url, or token-file)", shown, resp.Status)
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("url %s: %s: %s", shown, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("url %s: not dovewarden local's status: %w", shown, err)
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// when shows a time in UTC and how long ago it was; "-" for none.
+func when(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	ago := now.Sub(t).Round(time.Second)
+	if ago < 0 {
+		ago = 0
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z") + " (" + ago.String() + " ago)"
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func printOverview(out io.Writer, o overview, now time.Time) error {
+	w := newTable(out)
+	w.println("Users")
+	w.printf("  pending\t%d\toldest change %s\n", o.Users.Pending, when(o.Users.OldestPending, now))
+	w.printf("  failed\t%d\t\n", o.Users.Failed)
+	w.printf("  excluded\t%d\t\n", o.Users.Excluded)
+	if !o.Users.Recovery.IsZero() {
+		w.printf("  recovery\t%s\tthe sweep replicates every user not synced since\n", when(o.Users.Recovery, now))
+	}
+	w.println("Sweep")
+	s := o.Sweep
+	switch {
+	case s.Running && s.Total < 0:
+		w.printf("  running\tlisting users (%s, started %s)\t\n", s.Reason, when(s.Started, now))
+	case s.Running:
+		w.printf("  running\t%d of %d candidates examined (%s, started %s)\t\n", s.Offset, s.Total, s.Reason, when(s.Started, now))
+	default:
+		w.printf("  running\tno\t\n")
+	}
+	if s.LastCompletedEnd.IsZero() {
+		w.printf("  last completed\tnone yet\t\n")
+	} else {
+		w.printf("  last completed\tended %s, took %s\t\n", when(s.LastCompletedEnd, now), s.LastCompletedEnd.Sub(s.LastCompletedStart).Round(time.Millisecond))
+	}
+	if len(s.Counts) > 0 {
+		keys := make([]string, 0, len(s.Counts))
+		for k := range s.Counts {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s %d", k, s.Counts[k]))
+		}
+		w.printf("  last counts\t%s\t\n", strings.Join(parts, ", "))
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	if len(o.Lanes) > 0 {
+		fmt.Fprintln(out, "Lanes")
+		w = newTable(out)
+		w.println("  TRIGGER\tENABLED\tWORKERS\tQUEUED\tIN FLIGHT\tQUEUE SIZE")
+		for _, l := range o.Lanes {
+			w.printf("  %s\t%s\t%d\t%d\t%d\t%d\n", l.Trigger, yesNo(l.Enabled), l.Workers, l.Queued, l.InFlight, l.QueueSize)
+		}
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if len(o.FailedUsers) > 0 {
+		fmt.Fprintf(out, "Failed users (longest failing first; %d of %d)\n", len(o.FailedUsers), o.Users.Failed)
+		w = newTable(out)
+		w.println("  USER\tFAILED SINCE\tFAILURES\tCLASS\tLAST ERROR")
+		for _, u := range o.FailedUsers {
+			w.printf("  %s\t%s\t%d\t%s\t%s\n", u.User, when(u.FailedSince, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError))
+		}
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if len(o.PendingUsers) > 0 {
+		fmt.Fprintf(out, "Pending users (oldest change first; %d of %d)\n", len(o.PendingUsers), o.Users.Pending)
+		w = newTable(out)
+		w.println("  USER\tSINCE\tHOST")
+		for _, u := range o.PendingUsers {
+			w.printf("  %s\t%s\t%s\n", u.User, when(u.Since, now), u.Host)
+		}
+		return w.flush()
+	}
+	return nil
+}
+
+func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
+	w := newTable(out)
+	w.println(s.User)
+	if s.LastSuccess.IsZero() && s.LastFailure.IsZero() && s.PendingSince.IsZero() && !s.InProgress && !s.Excluded {
+		w.println("  no record\tnever replicated since this Redis was new, and no change waits\t")
+		return w.flush()
+	}
+	if s.LastSuccess.IsZero() {
+		w.println("  last success\t-\t")
+	} else {
+		kind := "incremental"
+		if s.LastFull {
+			kind = "full"
+		}
+		from := s.LastSuccessHost
+		if from == "" {
+			from = "default host"
+		}
+		w.printf("  last success\t%s\t%s from %s to %s, took %s\n", when(s.LastSuccess, now), kind, from, s.LastDestination, s.LastDuration.Round(time.Millisecond))
+	}
+	if s.LastFailure.IsZero() {
+		w.println("  last failure\t-\t")
+	} else {
+		w.printf("  last failure\t%s\t%s (exit code %d): %s\n", when(s.LastFailure, now), s.LastFailureClass, s.LastExitCode, oneLine(s.LastError))
+	}
+	w.printf("  failures\t%d\tsince the last success\n", s.ConsecutiveFailures)
+	if s.Failed {
+		w.printf("  failed\tyes, since %s\tthe sweep retries it\n", when(s.FailedSince, now))
+	} else {
+		w.println("  failed\tno\t")
+	}
+	if s.PendingSince.IsZero() {
+		w.println("  pending\tno\t")
+	} else {
+		w.printf("  pending\tsince %s\ton %s\n", when(s.PendingSince, now), s.PendingHost)
+	}
+	if s.InProgress {
+		w.printf("  in progress\tsince %s\tby %s, from %s\n", when(s.InProgressSince, now), s.InProgressBy, s.InProgressHost)
+	} else {
+		w.println("  in progress\tno\t")
+	}
+	w.printf("  excluded\t%s\t\n", yesNo(s.Excluded))
+	dests := make([]string, 0, len(s.States))
+	for d := range s.States {
+		dests = append(dests, d)
+	}
+	sort.Strings(dests)
+	for _, d := range dests {
+		w.printf("  dsync state\t%s\t%d bytes\n", d, s.States[d])
+	}
+	return w.flush()
+}
+
+// table aligns tab-separated cells in columns, as text/tabwriter does,
+// without the spaces it leaves after a row's last cell.
+type table struct {
+	out io.Writer
+	buf bytes.Buffer
+	tw  *tabwriter.Writer
+}
+
+func newTable(out io.Writer) *table {
+	t := &table{out: out}
+	t.tw = tabwriter.NewWriter(&t.buf, 0, 4, 2, ' ', 0)
+	return t
+}
+
+func (t *table) printf(format string, a ...any) { fmt.Fprintf(t.tw, format, a...) }
+func (t *table) println(a ...any)               { fmt.Fprintln(t.tw, a...) }
+
+func (t *table) flush() error {
+	if err := t.tw.Flush(); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for line := range strings.Lines(t.buf.String()) {
+		b.WriteString(strings.TrimRight(line, " \n"))
+		b.WriteByte('\n')
+	}
+	t.buf.Reset()
+	_, err := io.WriteString(t.out, b.String())
+	return err
+}
+
+// oneLine keeps a table row on one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

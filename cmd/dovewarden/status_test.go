@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+)
+
+// statusFixture runs `dovewarden local` with args added, against a fake
+// doveadm on which every dsync of "bad" fails with exit code 75 and the
+// others succeed; u1 changes and is replicated, bad changes and fails.
+func statusFixture(t *testing.T, token string, args ...string) (base string) {
+	t.Helper()
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	fake.SetUsers("u1", "bad")
+	fake.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
+		if c.User == "bad" {
+			return doveadmtest.Reply{ExitCode: 75}
+		}
+		return doveadmtest.Reply{}
+	}
+	base, stop, stderr := startLocalWith(t, fake, append([]string{"--max-attempts", "1"}, args...)...)
+	t.Cleanup(func() { _ = stop() })
+	for _, user := range []string{"u1", "bad"} {
+		req, err := http.NewRequest(http.MethodPost, base+"/events", strings.NewReader(strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"`+user+`"`, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST /events for %s: %d", user, resp.StatusCode)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(tr.CallsOf("bad")) == 0 || len(tr.CallsOf("u1")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("dsyncs of u1 %d, of bad %d; want some:\n%s", len(tr.CallsOf("u1")), len(tr.CallsOf("bad")), stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return base
+}
+
+// statusOut runs `dovewarden status args...` until want matches its
+// output (the last dsyncs' records land just after their calls).
+func statusOut(t *testing.T, want string, args ...string) string {
+	t.Helper()
+	re := regexp.MustCompile(want)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		env, stdout, stderr := testEnv(nil, "")
+		err := run(context.Background(), env, append([]string{"status"}, args...))
+		if err == nil && re.MatchString(stdout.String()) {
+			return stdout.String()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status %q: %v; want %q in:\n%s%s", args, err, want, stdout, stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStatus_FromRedis reads a real Redis that local mode (as sync on a
+// cluster) keeps its state in: the overview names the failed user and its
+// error, and a user's record its last success. Names are normalised as
+// ingest's: U1 is u1.
+func TestStatus_FromRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	statusFixture(t, "", "--redis-url", srv.URL())
+
+	out := statusOut(t, `(?m)^  failed +1`, "--redis-url", srv.URL())
+	for _, want := range []string{
+		// bad's change is not replicated: it waits, and the sweep retries.
+		`(?m)^Users$`, `(?m)^  pending +1 +oldest change 2026-11-29 10:00:00Z \(\S+ ago\)$`, `(?m)^  excluded +0$`,
+		`(?m)^Pending users \(oldest change first; 1 of 1\)\n  USER +SINCE +HOST\n  bad +2026-11-29 10:00:00Z \(\S+ ago\) +mail-a.test$`,
+		`(?m)^  last completed +ended .* ago\), took `,
+		`(?m)^Failed users \(longest failing first; 1 of 1\)$`,
+		`(?m)^  bad +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\S+ ago\) +1 +tempfail +.*75`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("overview lacks %q:\n%s", want, out)
+		}
+	}
+	if regexp.MustCompile(`(?m) $`).MatchString(out) {
+		t.Errorf("lines end in spaces:\n%q", out)
+	}
+	if strings.Contains(out, "Lanes") {
+		t.Errorf("Redis knows no lanes, but the overview shows some:\n%s", out)
+	}
+
+	out = statusOut(t, `last success`, "--redis-url", srv.URL(), "U1")
+	for _, want := range []string{`(?m)^u1$`, `(?m)^  last success +\d{4}-.* ago\) +(full|incremental) from mail-a.test to tcp:127.0.0.1:1`,
+		`(?m)^  failed +no`, `(?m)^  dsync state +tcp:127.0.0.1:1 +\d+ bytes`} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("u1's record lacks %q:\n%s", want, out)
+		}
+	}
+
+	js := statusOut(t, `"failed_users"`, "--redis-url", srv.URL(), "--json", "--list", "5")
+	var o overview
+	if err := json.Unmarshal([]byte(js), &o); err != nil {
+		t.Fatalf("--json: %v\n%s", err, js)
+	}
+	if o.Users.Failed != 1 || len(o.FailedUsers) != 1 || o.FailedUsers[0].User != "bad" || o.FailedUsers[0].LastExitCode != 75 {
+		t.Errorf("--json overview %+v, want bad failed with exit code 75", o)
+	}
+
+	out = statusOut(t, `no record`, "--redis-url", srv.URL(), "nobody")
+	if !strings.Contains(out, "never replicated") {
+		t.Errorf("a user Redis does not know: %s", out)
+	}
+}
+
+// TestStatus_FromLocal asks a running local mode with the embedded Redis
+// and credentials, which only it can read: the same overview, and its
+// lanes. Without the token the error names the settings.
+func TestStatus_FromLocal(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := statusFixture(t, "s3cret-token", "--auth-token-file", tokenFile)
+
+	out := statusOut(t, `(?m)^  failed +1`, "--url", base, "--token-file", tokenFile)
+	for _, want := range []string{`(?m)^Lanes$`, `(?m)^  sync-high +yes +\d+ +\d+ +\d+ +\d+$`, `(?m)^  bad +.* tempfail `} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("overview lacks %q:\n%s", want, out)
+		}
+	}
+	out = statusOut(t, `last success`, "--url", base, "--token-file", tokenFile, "u1", "bad")
+	if !regexp.MustCompile(`(?s)^u1\n.*\n\nbad\n.*  failed +yes, since `).MatchString(out) {
+		t.Errorf("records of u1 and bad:\n%s", out)
+	}
+
+	env, _, _ := testEnv(nil, "")
+	err := run(context.Background(), env, []string{"status", "--url", base})
+	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "token-file") {
+		t.Errorf("without the token: %v, want 401 naming token-file", err)
+	}
+}
+
+func TestStatus_Refusals(t *testing.T) {
+	for name, tt := range map[string]struct {
+		args []string
+		want string
+	}{
+		"no source":       {nil, "url or redis-url"},
+		"two sources":     {[]string{"--url", "http://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"}, "url or redis-url"},
+		"bad user":        {[]string{"--url", "http://127.0.0.1:1", "--", "-f"}, `"-f"`},
+		"list":            {[]string{"--url", "http://127.0.0.1:1", "--list", "5000"}, "list 5000"},
+		"scheme":          {[]string{"--url", "ftp://u:hunter2@x/"}, "url ftp://u:xxxxx@x/"},
+		"unreachable":     {[]string{"--url", "http://u:hunter2@127.0.0.1:1"}, "url http://u:xxxxx@127.0.0.1:1/status?list=20"},
+		"redis down":      {[]string{"--redis-url", "redis://:hunter2@127.0.0.1:1/0", "--timeout", "2s"}, "redis-url redis://:xxxxx@127.0.0.1:1/0"},
+		"username format": {[]string{"--url", "http://127.0.0.1:1", "--username-format", "%Q"}, "username-format"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env, _, _ := testEnv(nil, "")
+			err := run(context.Background(), env, append([]string{"status"}, tt.args...))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("%v, want an error with %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the error shows the password: %v", err)
+			}
+		})
+	}
+}
+
+// TestLocal_StatusListParameter: GET /status lists up to ?list=N failed
+// and pending users (20 by default); a bad N is the client's error.
+func TestLocal_StatusListParameter(t *testing.T) {
+	base := statusFixture(t, "")
+	statusOut(t, `(?m)^  failed +1`, "--url", base)
+	get := func(q string) (int, overview) {
+		t.Helper()
+		resp, err := http.Get(base + "/status" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var o overview
+		if resp.StatusCode == http.StatusOK {
+			if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode, o
+	}
+	for q, want := range map[string]int{"": 1, "?list=1000": 1, "?list=0": 0} {
+		code, o := get(q)
+		if code != http.StatusOK || len(o.FailedUsers) != want || o.Users.Failed != 1 {
+			t.Errorf("GET /status%s: %d, %d failed users listed of %d; want %d listed", q, code, len(o.FailedUsers), o.Users.Failed, want)
+		}
+	}
+	for _, q := range []string{"?list=-1", "?list=1001", "?list=abc"} {
+		if code, _ := get(q); code != http.StatusBadRequest {
+			t.Errorf("GET /status%s: %d, want 400", q, code)
+		}
+	}
+}
