@@ -42,8 +42,17 @@ func readOverview(ctx context.Context, st *state.Store, list int64) (overview, e
 	if o.FailedUsers, err = st.Failed(ctx, list); err != nil {
 		return o, err
 	}
-	o.PendingUsers, err = st.Pending(ctx, list)
-	return o, err
+	if o.PendingUsers, err = st.Pending(ctx, list); err != nil {
+		return o, err
+	}
+	// Lists, not null, in the JSON also when empty or not asked for.
+	if o.FailedUsers == nil {
+		o.FailedUsers = []state.UserStatus{}
+	}
+	if o.PendingUsers == nil {
+		o.PendingUsers = []state.PendingUser{}
+	}
+	return o, nil
 }
 
 // listParam reads GET /status's list parameter.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -210,6 +211,15 @@ func TestLocal_StatusListParameter(t *testing.T) {
 		if code != http.StatusOK || len(o.FailedUsers) != want || o.Users.Failed != 1 {
 			t.Errorf("GET /status%s: %d, %d failed users listed of %d; want %d listed", q, code, len(o.FailedUsers), o.Users.Failed, want)
 		}
+	}
+	resp, err := http.Get(base + "/status?list=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(raw), `"failed_users": []`) || !strings.Contains(string(raw), `"pending_users": []`) {
+		t.Errorf("GET /status?list=0 lists nothing as null, not []:\n%s", raw)
 	}
 	for _, q := range []string{"?list=-1", "?list=1001", "?list=abc"} {
 		if code, _ := get(q); code != http.StatusBadRequest {
