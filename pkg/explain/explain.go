@@ -73,11 +73,14 @@ func Run(r io.Reader, w io.Writer, t ingest.Translator) (Summary, error) {
 		switch {
 		case err == nil:
 		case errors.As(err, &syntax) || errors.Is(err, io.ErrUnexpectedEOF):
+			// What stops the run is one more event, and an invalid one.
+			s.Events++
 			s.Invalid++
-			return s, fmt.Errorf("event %d: not JSON: %w", s.Events+1, err)
+			return s, fmt.Errorf("event %d: not JSON: %w", s.Events, err)
 		case errors.Is(err, errTooLarge):
+			s.Events++
 			s.Invalid++
-			return s, fmt.Errorf("event %d: %w", s.Events+1, err)
+			return s, fmt.Errorf("event %d: %w", s.Events, err)
 		default:
 			return s, &ReadError{err}
 		}
