@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -25,6 +26,10 @@ type Conn struct {
 	CAFile   string
 	CertFile string
 	KeyFile  string
+	// Timeout, when set, bounds each dial, read and write, and makes
+	// requests end at their context's deadline: for a command that must
+	// answer soon (dovewarden status), not for the serving roles.
+	Timeout time.Duration
 }
 
 // RegisterFlags declares redis-url, described by usage, and the TLS files
@@ -88,7 +93,15 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 		return nil, nil
 	}
 	if failover != nil {
+		if c.Timeout > 0 {
+			failover.DialTimeout, failover.ReadTimeout, failover.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
+			failover.ContextTimeoutEnabled, failover.DialerRetries = true, 1
+		}
 		return redis.NewFailoverClient(failover), nil
+	}
+	if c.Timeout > 0 {
+		simple.DialTimeout, simple.ReadTimeout, simple.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
+		simple.ContextTimeoutEnabled, simple.DialerRetries = true, 1
 	}
 	return redis.NewClient(simple), nil
 }
