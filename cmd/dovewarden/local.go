@@ -349,8 +349,8 @@ type overview struct {
 	Users state.Overview    `json:"users"`
 	Sweep state.SweepStatus `json:"sweep"`
 	Lanes []laneStatus      `json:"lanes,omitempty"`
-	// FailedUsers (longest failing first) and PendingUsers (oldest
-	// change first) list up to ?list=N users (20 by default).
+	// FailedUsers (the oldest failure first) and PendingUsers (the
+	// oldest change first) list up to ?list=N users (20 by default).
 	FailedUsers  []state.UserStatus  `json:"failed_users"`
 	PendingUsers []state.PendingUser `json:"pending_users"`
 }

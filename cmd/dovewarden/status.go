@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"sort"
@@ -70,7 +71,8 @@ func listParam(r *http.Request) (int64, error) {
 
 // runStatus shows the replication status, as `doveadm replicator status`
 // did: with no user the overview (users pending, failed and excluded, the
-// sweep, local mode's lanes, and the failed and longest-pending users),
+// sweep, local mode's lanes, and the failed users and those whose changes
+// waited longest),
 // with users each one's record. It reads Redis (--redis-url: a cluster's,
 // or local mode's with --redis-url), or asks a running `dovewarden local`
 // (--url), which also serves its embedded Redis's status.
@@ -103,9 +105,14 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return fmt.Errorf("username-format: %w", err)
 	}
+	// Redis keys users by ingest's normalised name; a running local
+	// normalises with its own --username-format.
 	users := make([]string, 0, fs.NArg())
 	for _, name := range fs.Args() {
-		u := uf.Apply(name)
+		u := name
+		if *base == "" {
+			u = uf.Apply(name)
+		}
 		if err := doveadm.ValidateUser(u); err != nil {
 			return err
 		}
@@ -123,6 +130,10 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 		if err := conn.Validate(); err != nil {
 			return err
 		}
+		// The error says what failed; the library's own dial lines
+		// would only repeat it.
+		state.LogTo(slog.New(slog.DiscardHandler))
+		conn.Timeout = *timeout
 		st, err := state.Open(conn)
 		if err != nil {
 			return err
@@ -152,10 +163,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 		records = append(records, s)
 	}
 	if *asJSON {
-		if len(records) == 1 {
-			return printJSON(env.stdout, records[0])
-		}
-		return printJSON(env.stdout, records)
+		return printJSON(env.stdout, records) // a list, however many users
 	}
 	for i, s := range records {
 		if i > 0 {
@@ -223,25 +231,27 @@ func newHTTPStatus(base, tokenFile string) (*httpStatus, error) {
 
 func (h *httpStatus) overview(ctx context.Context, list int64) (overview, error) {
 	var o overview
-	err := h.get(ctx, "/status?list="+strconv.FormatInt(list, 10), &o)
+	err := h.get(ctx, "status", url.Values{"list": {strconv.FormatInt(list, 10)}}, &o)
 	return o, err
 }
 
 func (h *httpStatus) user(ctx context.Context, name string) (state.UserStatus, error) {
 	var s state.UserStatus
-	err := h.get(ctx, "/status/"+url.PathEscape(name), &s)
+	err := h.get(ctx, "status/"+url.PathEscape(name), nil, &s)
 	return s, err
 }
 
-// get reads path under the base URL into v. Errors name the setting and
-// never show the URL's password.
-func (h *httpStatus) get(ctx context.Context, path string, v any) error {
-	ref, err := url.Parse(path)
-	if err != nil {
-		return err
+// get reads the escaped path under the base URL into v. Errors name the
+// setting and never show the URL's password.
+func (h *httpStatus) get(ctx context.Context, escapedPath string, query url.Values, v any) error {
+	u := *h.base
+	p := strings.TrimSuffix(u.EscapedPath(), "/") + "/" + escapedPath
+	var err error
+	if u.Path, err = url.PathUnescape(p); err != nil {
+		return fmt.Errorf("url %s: %w", config.RedactURL(h.base.String()), err)
 	}
-	u := h.base.JoinPath(ref.Path)
-	u.RawQuery = ref.RawQuery
+	u.RawPath = p
+	u.RawQuery = query.Encode()
 	shown := config.RedactURL(u.String())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
@@ -252,7 +262,12 @@ func (h *httpStatus) get(ctx context.Context, path string, v any) error {
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("url %s: %s", shown, strings.ReplaceAll(err.Error(), u.String(), shown))
+		// Go's error names the URL itself, its password masked.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("url %s: %w", shown, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -347,11 +362,11 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		}
 	}
 	if len(o.FailedUsers) > 0 {
-		fmt.Fprintf(out, "Failed users (longest failing first; %d of %d)\n", len(o.FailedUsers), o.Users.Failed)
+		fmt.Fprintf(out, "Failed users (oldest failure first; %d of %d)\n", len(o.FailedUsers), o.Users.Failed)
 		w = newTable(out)
-		w.println("  USER\tFAILED SINCE\tFAILURES\tCLASS\tLAST ERROR")
+		w.println("  USER\tFAILED\tLAST SUCCESS\tFAILURES\tCLASS\tLAST ERROR")
 		for _, u := range o.FailedUsers {
-			w.printf("  %s\t%s\t%d\t%s\t%s\n", u.User, when(u.FailedSince, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError))
+			w.printf("  %s\t%s\t%s\t%d\t%s\t%s\n", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError))
 		}
 		if err := w.flush(); err != nil {
 			return err
@@ -362,7 +377,11 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		w = newTable(out)
 		w.println("  USER\tSINCE\tHOST")
 		for _, u := range o.PendingUsers {
-			w.printf("  %s\t%s\t%s\n", u.User, when(u.Since, now), u.Host)
+			host := u.Host
+			if host == "" {
+				host = "-"
+			}
+			w.printf("  %s\t%s\t%s\n", u.User, when(u.Since, now), host)
 		}
 		return w.flush()
 	}
@@ -392,18 +411,22 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 	if s.LastFailure.IsZero() {
 		w.println("  last failure\t-\t")
 	} else {
-		w.printf("  last failure\t%s\t%s (exit code %d): %s\n", when(s.LastFailure, now), s.LastFailureClass, s.LastExitCode, oneLine(s.LastError))
+		code := ""
+		if s.LastExitCode != 0 {
+			code = fmt.Sprintf(" (exit code %d)", s.LastExitCode)
+		}
+		w.printf("  last failure\t%s\t%s%s: %s\n", when(s.LastFailure, now), s.LastFailureClass, code, oneLine(s.LastError))
 	}
 	w.printf("  failures\t%d\tsince the last success\n", s.ConsecutiveFailures)
 	if s.Failed {
-		w.printf("  failed\tyes, since %s\tthe sweep retries it\n", when(s.FailedSince, now))
+		w.printf("  failed\tyes, at %s\tthe sweep retries it\n", when(s.FailedSince, now))
 	} else {
 		w.println("  failed\tno\t")
 	}
 	if s.PendingSince.IsZero() {
 		w.println("  pending\tno\t")
 	} else {
-		w.printf("  pending\tsince %s\ton %s\n", when(s.PendingSince, now), s.PendingHost)
+		w.printf("  pending\tsince %s\t%s\n", when(s.PendingSince, now), onHost(s.PendingHost))
 	}
 	if s.InProgress {
 		w.printf("  in progress\tsince %s\tby %s, from %s\n", when(s.InProgressSince, now), s.InProgressBy, s.InProgressHost)
@@ -451,6 +474,14 @@ func (t *table) flush() error {
 	t.buf.Reset()
 	_, err := io.WriteString(t.out, b.String())
 	return err
+}
+
+// onHost names the Dovecot host a change was seen on, when known.
+func onHost(host string) string {
+	if host == "" {
+		return ""
+	}
+	return "on " + host
 }
 
 // oneLine keeps a table row on one line.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -93,8 +94,9 @@ func TestStatus_FromRedis(t *testing.T) {
 		`(?m)^Users$`, `(?m)^  pending +1 +oldest change 2026-11-29 10:00:00Z \(\S+ ago\)$`, `(?m)^  excluded +0$`,
 		`(?m)^Pending users \(oldest change first; 1 of 1\)\n  USER +SINCE +HOST\n  bad +2026-11-29 10:00:00Z \(\S+ ago\) +mail-a.test$`,
 		`(?m)^  last completed +ended .* ago\), took `,
-		`(?m)^Failed users \(longest failing first; 1 of 1\)$`,
-		`(?m)^  bad +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\S+ ago\) +1 +tempfail +.*75`,
+		`(?m)^Failed users \(oldest failure first; 1 of 1\)$`,
+		`(?m)^  USER +FAILED +LAST SUCCESS +FAILURES +CLASS +LAST ERROR$`,
+		`(?m)^  bad +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\S+ ago\) +- +1 +tempfail +.*75`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("overview lacks %q:\n%s", want, out)
@@ -115,7 +117,14 @@ func TestStatus_FromRedis(t *testing.T) {
 		}
 	}
 
-	js := statusOut(t, `"failed_users"`, "--redis-url", srv.URL(), "--json", "--list", "5")
+	// --json of users is a list, also of one.
+	js := statusOut(t, `"user": "u1"`, "--redis-url", srv.URL(), "--json", "u1")
+	var records []map[string]any
+	if err := json.Unmarshal([]byte(js), &records); err != nil || len(records) != 1 || records[0]["user"] != "u1" {
+		t.Errorf("--json u1: %v, %v\n%s", records, err, js)
+	}
+
+	js = statusOut(t, `"failed_users"`, "--redis-url", srv.URL(), "--json", "--list", "5")
 	var o overview
 	if err := json.Unmarshal([]byte(js), &o); err != nil {
 		t.Fatalf("--json: %v\n%s", err, js)
@@ -148,7 +157,7 @@ func TestStatus_FromLocal(t *testing.T) {
 		}
 	}
 	out = statusOut(t, `last success`, "--url", base, "--token-file", tokenFile, "u1", "bad")
-	if !regexp.MustCompile(`(?s)^u1\n.*\n\nbad\n.*  failed +yes, since `).MatchString(out) {
+	if !regexp.MustCompile(`(?s)^u1\n.*\n\nbad\n.*  last failure +\d{4}-.* ago\) +tempfail \(exit code 75\): .*  failed +yes, at `).MatchString(out) {
 		t.Errorf("records of u1 and bad:\n%s", out)
 	}
 
@@ -225,5 +234,56 @@ func TestLocal_StatusListParameter(t *testing.T) {
 		if code, _ := get(q); code != http.StatusBadRequest {
 			t.Errorf("GET /status%s: %d, want 400", q, code)
 		}
+	}
+}
+
+// TestStatus_URLAsksForTheNameGiven: a running local names users with its
+// own --username-format, so the command sends the name as given, and
+// escaped: a user "Al/ice" of a local keeping case is found.
+func TestStatus_URLAsksForTheNameGiven(t *testing.T) {
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	base, stop, stderr := startLocalWith(t, fake, "--username-format", "%u")
+	t.Cleanup(func() { _ = stop() })
+	postDovecotEvent(t, base, strings.Replace(deliveryEvent, `"user":"u1"`, `"user":"Al/ice"`, 1))
+	out := statusOut(t, `last success +\d`, "--url", base, "Al/ice")
+	if !strings.HasPrefix(out, "Al/ice\n") {
+		t.Errorf("status of Al/ice:\n%s\n%s", out, stderr)
+	}
+}
+
+// TestStatus_TimeoutBoundsRedis: a Redis that takes connections and never
+// answers makes the command fail within --timeout, with one error line
+// and none of the Redis library's own.
+func TestStatus_TimeoutBoundsRedis(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // read nothing, answer nothing
+		}
+	}()
+	env, _, stderr := testEnv(nil, "")
+	done := make(chan error, 1)
+	go func() {
+		done <- run(context.Background(), env, []string{"status", "--redis-url", "redis://" + ln.Addr().String() + "/0", "--timeout", "300ms"})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "redis-url redis://"+ln.Addr().String()) {
+			t.Errorf("%v, want an error naming redis-url", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("still waiting for Redis 3 s into a --timeout of 300ms")
+	}
+	if stderr.String() != "" {
+		t.Errorf("stderr has more than the error:\n%s", stderr)
 	}
 }

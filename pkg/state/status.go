@@ -32,7 +32,9 @@ type UserStatus struct {
 	// ConsecutiveFailures counts failed attempts since the last success.
 	ConsecutiveFailures int `json:"consecutive_failures"`
 	// Failed: the last replication failed after its last attempt; the
-	// sweep retries the user.
+	// sweep retries the user. FailedSince is when that replication
+	// failed (each later failure moves it; the sweep's retry interval
+	// counts from it).
 	Failed      bool      `json:"failed"`
 	FailedSince time.Time `json:"failed_since,omitzero"`
 
@@ -221,8 +223,9 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 	return o, nil
 }
 
-// Failed returns up to limit users whose last replication failed, longest
-// failing first, each with its status record (the last error among it).
+// Failed returns up to limit users whose last replication failed, the one
+// whose failure is oldest first, each with its status record (the last
+// error among it).
 func (s *Store) Failed(ctx context.Context, limit int64) ([]UserStatus, error) {
 	if limit <= 0 {
 		return nil, nil

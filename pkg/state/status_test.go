@@ -33,7 +33,7 @@ func TestOverview(t *testing.T) {
 	})
 }
 
-// TestFailed lists failed users longest failing first, each with its
+// TestFailed lists failed users, the oldest failure first, each with its
 // record, up to the limit.
 func TestFailed(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
