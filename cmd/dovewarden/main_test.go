@@ -236,6 +236,20 @@ func TestIngest_RedisOverTLS(t *testing.T) {
 	if _, err := srv.Client(t).ZScore(context.Background(), state.PendingKey, "u1").Result(); err != nil {
 		t.Fatalf("u1 pending in the TLS Redis: %v\n%s", err, stderr)
 	}
+	// With Redis, ingest (always running) reports what sync keeps there,
+	// read at scrape time: alerts need them while sync scales to zero.
+	mresp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	metrics := string(body)
+	for _, want := range []string{"dovewarden_sync_pending_users 1\n", "dovewarden_sync_failing_users 0\n", "dovewarden_sweep_last_end_timestamp_seconds 0\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("ingest's /metrics lacks %q", want)
+		}
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("ingest returned %v", err)
 	}

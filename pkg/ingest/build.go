@@ -8,6 +8,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
 )
 
 // Build wires the ingest handler from a validated Config: the Broker sender
@@ -36,6 +37,10 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 		}
 		pending, closeFn = st, st.Close
 		ho.Clock = st
+		// What sync keeps in Redis, read at scrape time: ingest runs all
+		// the time, where the sync function scales to zero, so alerts
+		// on failing users and overdue sweeps always have a series.
+		reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st))
 	}
 	h := NewHandler(ho, snd, pending, reg, log)
 	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.Redis.URL != "", "auth", cfg.authKind())

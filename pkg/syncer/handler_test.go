@@ -28,6 +28,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/replicator"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
 )
 
 // broker is a fake Broker ingress collecting what the results sink sends.
@@ -87,7 +88,7 @@ func newFixture(t testing.TB) *fixture {
 		MaxBackoff: 2 * time.Millisecond, RunAgainDelay: time.Millisecond}, st, doveadm.NewHTTP(nil, 5*time.Second), hosts,
 		NewSinkNotifier(snd, DefaultSource, reg, log), reg, log)
 	h := NewHandler(Options{Budget: 10 * time.Second, MaxBody: 4096}, repl, reg, log)
-	reg.MustRegister(NewUsersCollector(st))
+	reg.MustRegister(sweep.NewUsersCollector(st))
 	mux := http.NewServeMux()
 	h.Mount(mux)
 	srv := httptest.NewServer(mux)
