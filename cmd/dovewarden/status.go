@@ -95,7 +95,9 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	}
 	switch {
 	case (*base == "") == (conn.URL == ""):
-		return errors.New("url or redis-url: give one, a running dovewarden local's address or the Redis sync uses")
+		return errors.New("url or redis-url (DOVEWARDEN_URL, DOVEWARDEN_REDIS_URL): give one, a running dovewarden local's address or the Redis sync uses")
+	case *tokenFile != "" && *base == "":
+		return errors.New("token-file: only with url (a running dovewarden local); Redis takes its password in redis-url")
 	case *list < 0 || *list > statusListMax:
 		return fmt.Errorf("list %d: want 0 to %d", *list, statusListMax)
 	case *timeout <= 0:

@@ -175,6 +175,7 @@ func TestStatus_Refusals(t *testing.T) {
 	}{
 		"no source":       {nil, "url or redis-url"},
 		"two sources":     {[]string{"--url", "http://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"}, "url or redis-url"},
+		"token for redis": {[]string{"--redis-url", "redis://127.0.0.1:1", "--token-file", "/nonexistent"}, "token-file: only with url"},
 		"bad user":        {[]string{"--url", "http://127.0.0.1:1", "--", "-f"}, `"-f"`},
 		"list":            {[]string{"--url", "http://127.0.0.1:1", "--list", "5000"}, "list 5000"},
 		"scheme":          {[]string{"--url", "ftp://u:hunter2@x/"}, "url ftp://u:xxxxx@x/"},
