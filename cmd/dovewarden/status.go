@@ -352,42 +352,46 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 	if err := w.flush(); err != nil {
 		return err
 	}
-	if len(o.Lanes) > 0 {
-		fmt.Fprintln(out, "Lanes")
-		w = newTable(out)
-		w.println("  TRIGGER\tENABLED\tWORKERS\tQUEUED\tIN FLIGHT\tQUEUE SIZE")
-		for _, l := range o.Lanes {
-			w.printf("  %s\t%s\t%d\t%d\t%d\t%d\n", l.Trigger, yesNo(l.Enabled), l.Workers, l.Queued, l.InFlight, l.QueueSize)
-		}
-		if err := w.flush(); err != nil {
-			return err
-		}
+	var rows []string
+	for _, l := range o.Lanes {
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%d\t%d\t%d\t%d", l.Trigger, yesNo(l.Enabled), l.Workers, l.Queued, l.InFlight, l.QueueSize))
 	}
-	if len(o.FailedUsers) > 0 {
-		fmt.Fprintf(out, "Failed users (oldest failure first; %d of %d)\n", len(o.FailedUsers), o.Users.Failed)
-		w = newTable(out)
-		w.println("  USER\tFAILED\tLAST SUCCESS\tFAILURES\tCLASS\tLAST ERROR")
-		for _, u := range o.FailedUsers {
-			w.printf("  %s\t%s\t%s\t%d\t%s\t%s\n", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError))
-		}
-		if err := w.flush(); err != nil {
-			return err
-		}
+	if err := section(out, "Lanes", "TRIGGER\tENABLED\tWORKERS\tQUEUED\tIN FLIGHT\tQUEUE SIZE", rows); err != nil {
+		return err
 	}
-	if len(o.PendingUsers) > 0 {
-		fmt.Fprintf(out, "Pending users (oldest change first; %d of %d)\n", len(o.PendingUsers), o.Users.Pending)
-		w = newTable(out)
-		w.println("  USER\tSINCE\tHOST")
-		for _, u := range o.PendingUsers {
-			host := u.Host
-			if host == "" {
-				host = "-"
-			}
-			w.printf("  %s\t%s\t%s\n", u.User, when(u.Since, now), host)
-		}
-		return w.flush()
+	rows = rows[:0]
+	for _, u := range o.FailedUsers {
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError)))
 	}
-	return nil
+	title := fmt.Sprintf("Failed users (oldest failure first; %d of %d)", len(o.FailedUsers), o.Users.Failed)
+	if err := section(out, title, "USER\tFAILED\tLAST SUCCESS\tFAILURES\tCLASS\tLAST ERROR", rows); err != nil {
+		return err
+	}
+	rows = rows[:0]
+	for _, u := range o.PendingUsers {
+		host := u.Host
+		if host == "" {
+			host = "-"
+		}
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s", u.User, when(u.Since, now), host))
+	}
+	title = fmt.Sprintf("Pending users (oldest change first; %d of %d)", len(o.PendingUsers), o.Users.Pending)
+	return section(out, title, "USER\tSINCE\tHOST", rows)
+}
+
+// section prints title and a table of rows under header (cells separated
+// by tabs), or nothing when there is no row.
+func section(out io.Writer, title, header string, rows []string) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(out, title)
+	w := newTable(out)
+	w.println("  " + header)
+	for _, r := range rows {
+		w.println("  " + r)
+	}
+	return w.flush()
 }
 
 func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
