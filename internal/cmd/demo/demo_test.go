@@ -373,7 +373,7 @@ func (r *demoRun) checkStopped() {
 	for {
 		var left []string
 		for pid, p := range r.started {
-			if startTime(pid) == p.start {
+			if start := startTime(pid); start != "" && start == p.start {
 				left = append(left, strconv.Itoa(pid)+" "+p.comm)
 			}
 		}
@@ -502,8 +502,12 @@ func descendants(root int) map[int]proc {
 		p := queue[0]
 		queue = queue[1:]
 		for _, c := range children[p] {
-			out[c] = proc{comm: comm(c), start: startTime(c)}
 			queue = append(queue, c)
+			// One that ended since the listing has no start time to
+			// tell it from a later process of the same pid.
+			if start := startTime(c); start != "" {
+				out[c] = proc{comm: comm(c), start: start}
+			}
 		}
 	}
 	return out
