@@ -172,7 +172,9 @@ func TestAlerts_EveryAlertIsTested(t *testing.T) {
 // grafana substitutes its variables before a query reaches Prometheus.
 var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$__range", "6h", "$__interval", "1m", "$job", "dovewarden")
 
-type query struct{ where, expr string }
+// query is one expression: where it is, the panel's title (none for an
+// alert or a variable) and the PromQL.
+type query struct{ where, panel, expr string }
 
 // board is the dashboard decoded into Grafana's types.
 type board struct {
@@ -281,7 +283,7 @@ func dashboardQueries(t *testing.T, d board) []query {
 	for _, p := range d.panels {
 		for _, tg := range p.Targets {
 			q := tg.(*grafanaprom.Dataquery)
-			qs = append(qs, query{"panel " + strconvQuote(deref(p.Title)), grafanaVars.Replace(q.Expr)})
+			qs = append(qs, query{"panel " + strconvQuote(deref(p.Title)), deref(p.Title), grafanaVars.Replace(q.Expr)})
 		}
 	}
 	// A query variable's label_values(SELECTOR, LABEL) asks Prometheus
@@ -304,7 +306,7 @@ func dashboardQueries(t *testing.T, d board) []query {
 			t.Errorf("variable %s: query %q is not label_values(SELECTOR, LABEL)", v.Name, s)
 			continue
 		}
-		qs = append(qs, query{"variable " + v.Name, fmt.Sprintf("count by (%s) (%s)", m[2], m[1])})
+		qs = append(qs, query{"variable " + v.Name, "", fmt.Sprintf("count by (%s) (%s)", m[2], m[1])})
 	}
 	return qs
 }
@@ -502,7 +504,7 @@ func TestMonitoring_ExpressionsUseRealMetrics(t *testing.T) {
 	fams := registered(t)
 	var qs []query
 	for _, r := range alertRules(t) {
-		qs = append(qs, query{"alert " + r.Alert, r.Expr})
+		qs = append(qs, query{"alert " + r.Alert, "", r.Expr})
 	}
 	qs = append(qs, dashboardQueries(t, loadDashboard(t))...)
 	for _, q := range qs {
