@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,8 +85,13 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	}
 	var conn state.Conn
 	conn.RegisterFlags(fs, "the Redis that sync keeps its state in (redis://, rediss://, unix://; Sentinel: ?master_name=)")
-	base := fs.String("url", "", "a running dovewarden local (http://127.0.0.1:8080), asked over HTTP; a Basic auth user and password go in the URL")
-	tokenFile := fs.String("token-file", "", "file holding the Bearer token of a dovewarden local with auth-token")
+	base := fs.String("url", "", "a running dovewarden local (http://127.0.0.1:8080), asked over HTTP")
+	// The credentials have the names, and take the values, of local's
+	// own settings.
+	var cred statusCredentials
+	fs.StringVar(&cred.user, "auth-user", "", "with url: the HTTP Basic auth user of a dovewarden local with auth-user")
+	fs.StringVar(&cred.passwordFile, "auth-password-file", "", "with url: file holding auth-user's password")
+	fs.StringVar(&cred.tokenFile, "auth-token-file", "", "with url: file holding the Bearer token of a dovewarden local with auth-token")
 	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
 	list := fs.Int64("list", statusListDefault, fmt.Sprintf("with no user: how many failed and pending users to list (0 to %d)", statusListMax))
 	asJSON := fs.Bool("json", false, "print JSON (GET /status's) instead of text")
@@ -96,8 +102,8 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	switch {
 	case (*base == "") == (conn.URL == ""):
 		return errors.New("url or redis-url (DOVEWARDEN_URL, DOVEWARDEN_REDIS_URL): give one, a running dovewarden local's address or the Redis sync uses")
-	case *tokenFile != "" && *base == "":
-		return errors.New("token-file: only with url (a running dovewarden local); Redis takes its password in redis-url")
+	case cred != (statusCredentials{}) && *base == "":
+		return errors.New("auth-user, auth-password-file, auth-token-file: only with url (a running dovewarden local); Redis takes its password in redis-url")
 	case *list < 0 || *list > statusListMax:
 		return fmt.Errorf("list %d: want 0 to %d", *list, statusListMax)
 	case *timeout <= 0:
@@ -123,7 +129,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 
 	var src statusSource
 	if *base != "" {
-		h, err := newHTTPStatus(*base, *tokenFile)
+		h, err := newHTTPStatus(*base, cred)
 		if err != nil {
 			return err
 		}
@@ -212,19 +218,36 @@ type httpStatus struct {
 	client *http.Client
 }
 
-func newHTTPStatus(base, tokenFile string) (*httpStatus, error) {
+// statusCredentials are what a dovewarden local with credentials asks
+// for: a Basic auth user and password, or a Bearer token.
+type statusCredentials struct{ user, passwordFile, tokenFile string }
+
+func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("url %s: want http:// or https:// and a host", config.RedactURL(base))
 	}
 	h := &httpStatus{base: u, client: &http.Client{}}
-	if tokenFile != "" {
-		tok, err := config.Secret("token", "", tokenFile)
+	switch {
+	case (cred.user == "") != (cred.passwordFile == ""):
+		return nil, errors.New("auth-user and auth-password-file: set both or neither")
+	case cred.user != "" && cred.tokenFile != "":
+		return nil, errors.New("auth-user and auth-token-file: set one")
+	case (cred.user != "" || cred.tokenFile != "") && u.User != nil:
+		return nil, fmt.Errorf("url %s: credentials in the URL and in auth-*: set one", config.RedactURL(base))
+	case cred.user != "":
+		pw, err := config.Secret("auth-password", "", cred.passwordFile)
+		if err != nil {
+			return nil, err
+		}
+		h.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cred.user+":"+pw))
+	case cred.tokenFile != "":
+		tok, err := config.Secret("auth-token", "", cred.tokenFile)
 		if err != nil {
 			return nil, err
 		}
 		if tok == "" {
-			return nil, fmt.Errorf("token-file %s: empty", tokenFile)
+			return nil, fmt.Errorf("auth-token-file %s: empty", cred.tokenFile)
 		}
 		h.auth = "Bearer " + tok
 	}
@@ -278,7 +301,7 @@ func (h *httpStatus) get(ctx context.Context, escapedPath string, query url.Valu
 	}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return fmt.Errorf("url %s: %s (credentials: a user and password in url, or token-file)", shown, resp.Status)
+		return fmt.Errorf("url %s: %s (credentials: auth-user and auth-password-file, auth-token-file, or a user and password in url)", shown, resp.Status)
 	case resp.StatusCode != http.StatusOK:
 		return fmt.Errorf("url %s: %s: %s", shown, resp.Status, strings.TrimSpace(string(body)))
 	}

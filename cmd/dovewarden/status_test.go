@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net"
@@ -20,7 +21,7 @@ import (
 // statusFixture runs `dovewarden local` with args added, against a fake
 // doveadm on which every dsync of "bad" fails with exit code 75 and the
 // others succeed; u1 changes and is replicated, bad changes and fails.
-func statusFixture(t *testing.T, token string, args ...string) (base string) {
+func statusFixture(t *testing.T, authorization string, args ...string) (base string) {
 	t.Helper()
 	tr := doveadmtest.NewTracker(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
@@ -39,8 +40,8 @@ func statusFixture(t *testing.T, token string, args ...string) (base string) {
 			t.Fatal(err)
 		}
 		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
+		if authorization != "" {
+			req.Header.Set("Authorization", authorization)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -148,23 +149,48 @@ func TestStatus_FromLocal(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	base := statusFixture(t, "s3cret-token", "--auth-token-file", tokenFile)
+	base := statusFixture(t, "Bearer s3cret-token", "--auth-token-file", tokenFile)
 
-	out := statusOut(t, `(?m)^  failed +1`, "--url", base, "--token-file", tokenFile)
+	out := statusOut(t, `(?m)^  failed +1`, "--url", base, "--auth-token-file", tokenFile)
 	for _, want := range []string{`(?m)^Lanes$`, `(?m)^  sync-high +yes +\d+ +\d+ +\d+ +\d+$`, `(?m)^  bad +.* tempfail `} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("overview lacks %q:\n%s", want, out)
 		}
 	}
-	out = statusOut(t, `last success`, "--url", base, "--token-file", tokenFile, "u1", "bad")
+	out = statusOut(t, `last success`, "--url", base, "--auth-token-file", tokenFile, "u1", "bad")
 	if !regexp.MustCompile(`(?s)^u1\n.*\n\nbad\n.*  last failure +\d{4}-.* ago\) +tempfail \(exit code 75\): .*  failed +yes, at `).MatchString(out) {
 		t.Errorf("records of u1 and bad:\n%s", out)
 	}
 
 	env, _, _ := testEnv(nil, "")
 	err := run(context.Background(), env, []string{"status", "--url", base})
-	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "token-file") {
-		t.Errorf("without the token: %v, want 401 naming token-file", err)
+	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "auth-token-file") {
+		t.Errorf("without the token: %v, want 401 naming auth-token-file", err)
+	}
+}
+
+// TestStatus_LocalsEnvironment: the credentials have the names of local's
+// own settings, in the environment too; here Basic auth with a password
+// file.
+func TestStatus_LocalsEnvironment(t *testing.T) {
+	pwFile := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := statusFixture(t, "Basic "+base64.StdEncoding.EncodeToString([]byte("admin:s3cret")),
+		"--auth-user", "admin", "--auth-password-file", pwFile)
+	env, stdout, stderr := testEnv(map[string]string{"DOVEWARDEN_URL": base, "DOVEWARDEN_AUTH_USER": "admin",
+		"DOVEWARDEN_AUTH_PASSWORD_FILE": pwFile}, "")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := run(context.Background(), env, []string{"status", "bad"})
+		if err == nil && regexp.MustCompile(`(?m)^  failed +yes`).MatchString(stdout.String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status with local's environment: %v\n%s%s", err, stdout, stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -175,7 +201,10 @@ func TestStatus_Refusals(t *testing.T) {
 	}{
 		"no source":       {nil, "url or redis-url"},
 		"two sources":     {[]string{"--url", "http://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"}, "url or redis-url"},
-		"token for redis": {[]string{"--redis-url", "redis://127.0.0.1:1", "--token-file", "/nonexistent"}, "token-file: only with url"},
+		"token for redis": {[]string{"--redis-url", "redis://127.0.0.1:1", "--auth-token-file", "/nonexistent"}, "only with url"},
+		"user alone":      {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin"}, "set both or neither"},
+		"user and token":  {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin", "--auth-password-file", "/nonexistent", "--auth-token-file", "/nonexistent"}, "set one"},
+		"two credentials": {[]string{"--url", "http://admin:hunter2@127.0.0.1:1", "--auth-token-file", "/nonexistent"}, "credentials in the URL and in auth-*"},
 		"bad user":        {[]string{"--url", "http://127.0.0.1:1", "--", "-f"}, `"-f"`},
 		"list":            {[]string{"--url", "http://127.0.0.1:1", "--list", "5000"}, "list 5000"},
 		"scheme":          {[]string{"--url", "ftp://u:hunter2@x/"}, "url ftp://u:xxxxx@x/"},
