@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -283,7 +284,7 @@ func dashboardQueries(t *testing.T, d board) []query {
 	for _, p := range d.panels {
 		for _, tg := range p.Targets {
 			q := tg.(*grafanaprom.Dataquery)
-			qs = append(qs, query{"panel " + strconvQuote(deref(p.Title)), deref(p.Title), grafanaVars.Replace(q.Expr)})
+			qs = append(qs, query{"panel " + strconv.Quote(deref(p.Title)), deref(p.Title), grafanaVars.Replace(q.Expr)})
 		}
 	}
 	// A query variable's label_values(SELECTOR, LABEL) asks Prometheus
@@ -310,8 +311,6 @@ func dashboardQueries(t *testing.T, d board) []query {
 	}
 	return qs
 }
-
-func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
 
 func deref[T any](p *T) T {
 	var zero T
