@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,6 +311,65 @@ func TestDelivery_HandlerAnswers(t *testing.T) {
 			sub.quiet(t)
 			if !tc.replied && replies.count() > 0 {
 				t.Error("a reply was published")
+			}
+		})
+	}
+}
+
+// TestDelivery_DeadLetterSinkAnyTwoHundredIsDone: as Knative's dispatcher
+// does, any 2xx from an HTTP dead-letter sink is a success whatever its
+// body (a webhook's "200 text/plain ok", or a CloudEvent, which is not
+// published), and the sink is not asked for a reply; the 502 for a 2xx
+// whose body is not a CloudEvent is the subscriber's rule only.
+func TestDelivery_DeadLetterSinkAnyTwoHundredIsDone(t *testing.T) {
+	for name, answer := range map[string]func(w http.ResponseWriter){
+		"text": func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, "ok")
+		},
+		"CloudEvent": func(w http.ResponseWriter) {
+			w.Header().Set("Ce-Specversion", "1.0")
+			w.Header().Set("Ce-Id", "from-sink")
+			w.Header().Set("Ce-Source", "sink")
+			w.Header().Set("Ce-Type", "reply.type")
+			w.WriteHeader(http.StatusOK)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var mu sync.Mutex
+			var prefer []string
+			sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				prefer = append(prefer, r.Header.Get("Prefer"))
+				mu.Unlock()
+				answer(w)
+			}))
+			defer sink.Close()
+			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 2\n    deadLetterSink:\n      uri: "+sink.URL+"\n"),
+				typeTrigger("r", "reply.type", "replies", ""))
+			sub, replies := newRecorder(), newRecorder()
+			sub.answer = fail(http.StatusInternalServerError)
+			b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "replies": replies.handle}})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "dead-lettered", func() bool {
+				return counter(t, reg, "dovewarden_broker_dead_lettered_total", map[string]string{"trigger": "t"}) == 1
+			})
+			replies.quiet(t)
+			if n := counter(t, reg, "dovewarden_broker_events_dropped_total", map[string]string{"reason": dropDLSFailed}); n != 0 {
+				t.Errorf("%v events counted as dropped because the sink failed", n)
+			}
+			if n := counter(t, reg, "dovewarden_broker_retries_total", map[string]string{"trigger": "t"}); n != 2 {
+				t.Errorf("%v retries; want the subscriber's 2 only", n)
+			}
+			if n := counter(t, reg, "dovewarden_broker_replies_total", nil); n != 0 {
+				t.Errorf("%v replies published", n)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(prefer) != 1 || prefer[0] != "" {
+				t.Errorf("the sink got %d requests with Prefer %q; want one, without Prefer", len(prefer), prefer)
 			}
 		})
 	}

@@ -54,15 +54,27 @@ func Retriable(code int) bool {
 	return false
 }
 
+// hop is what an attempt delivers to. Knative's dispatcher treats the two
+// apart: only the subscriber is asked for a reply ("Prefer: reply") and
+// has a 2xx whose body is not a CloudEvent turned into a 502 (the broker
+// filter does that); any 2xx from the dead-letter sink is a success and
+// its body is ignored.
+type hop int
+
+const (
+	toSubscriber hop = iota
+	toDeadLetterSink
+)
+
 // endpoint is a subscriber or dead-letter sink.
 type endpoint interface {
-	send(ctx context.Context, ev cloudevents.Event, structured bool) outcome
+	send(ctx context.Context, ev cloudevents.Event, structured bool, to hop) outcome
 	// dest names the endpoint in knativeerrordest and logs.
 	dest() string
 }
 
 // httpEndpoint POSTs events as Knative's dispatcher does: binary mode
-// (structured with delivery.format json), "Prefer: reply".
+// (structured with delivery.format json), "Prefer: reply" to a subscriber.
 type httpEndpoint struct {
 	url     string
 	client  *http.Client
@@ -71,7 +83,7 @@ type httpEndpoint struct {
 
 func (e *httpEndpoint) dest() string { return e.url }
 
-func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool) outcome {
+func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool, to hop) outcome {
 	if structured {
 		ctx = binding.WithForceStructured(ctx)
 	} else {
@@ -91,12 +103,20 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 		return outcome{code: http.StatusBadRequest, reason: fmt.Sprintf("event %s cannot be sent: header %s holds a control character", ev.ID(), name),
 			body: []byte("invalid header field value for " + name)}
 	}
-	req.Header.Set("Prefer", "reply")
+	if to == toSubscriber {
+		req.Header.Set("Prefer", "reply")
+	}
 	resp, err := e.client.Do(req)
 	if err != nil {
 		return failed(err)
 	}
 	defer resp.Body.Close()
+	if to == toDeadLetterSink && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// Done, whatever the body holds (a webhook's "ok"); it is read,
+		// boundedly, only so that the connection can be reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, e.maxBody))
+		return outcome{code: resp.StatusCode}
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, e.maxBody+1))
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		if err != nil {
@@ -113,9 +133,9 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 	return readReply(ctx, resp.StatusCode, resp.Header, body)
 }
 
-// readReply turns a 2xx answer into an outcome as Knative's broker filter
-// does: an empty body is done, a CloudEvent is the reply, anything else is
-// a 502 (which is retried).
+// readReply turns a subscriber's 2xx answer into an outcome as Knative's
+// broker filter does: an empty body is done, a CloudEvent is the reply,
+// anything else is a 502 (which is retried).
 func readReply(ctx context.Context, code int, h http.Header, body []byte) outcome {
 	msg := cehttp.NewMessage(h, io.NopCloser(bytes.NewReader(body)))
 	defer msg.Finish(nil)
@@ -171,7 +191,7 @@ type handlerEndpoint struct {
 
 func (e *handlerEndpoint) dest() string { return "inprocess://" + e.name }
 
-func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool) (o outcome) {
+func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool, to hop) (o outcome) {
 	defer func() {
 		// sdk-go's receiver turns a panicking handler into a 500 too.
 		if r := recover(); r != nil {
@@ -188,7 +208,8 @@ func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool
 		}
 		return outcome{code: code, body: body, reason: reason}
 	}
-	if reply == nil {
+	if reply == nil || to == toDeadLetterSink {
+		// A dead-letter sink's reply is ignored, as Knative does.
 		return outcome{code: code}
 	}
 	// A reply crosses the HTTP binding on a cluster; its copy here keeps

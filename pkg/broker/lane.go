@@ -117,15 +117,15 @@ func (l *lane) run(t *task) {
 	}
 }
 
-func (l *lane) attempt(ep endpoint, ev cloudevents.Event) outcome {
+func (l *lane) attempt(ep endpoint, ev cloudevents.Event, to hop) outcome {
 	ctx, cancel := context.WithTimeout(l.b.ctx, l.timeout)
 	defer cancel()
-	return ep.send(ctx, ev, l.tr.Delivery.Structured)
+	return ep.send(ctx, ev, l.tr.Delivery.Structured, to)
 }
 
 func (l *lane) deliver(t *task) {
 	start := time.Now()
-	o := l.attempt(l.target, t.ev)
+	o := l.attempt(l.target, t.ev, toSubscriber)
 	l.b.m.latency.WithLabelValues(l.tr.Name).Observe(time.Since(start).Seconds())
 	switch {
 	case o.ok():
@@ -208,9 +208,10 @@ func (l *lane) giveUp(t *task, dest string, o outcome) {
 }
 
 func (l *lane) deadLetter(t *task) {
-	o := l.attempt(l.dls, t.dead)
+	o := l.attempt(l.dls, t.dead, toDeadLetterSink)
 	if o.ok() {
-		// A dead-letter sink's reply is discarded, as in Knative.
+		// Any 2xx: the sink's body, a reply or not, is discarded, as in
+		// Knative.
 		l.b.m.deadLettered.WithLabelValues(l.tr.Name).Inc()
 		l.log.Warn("event sent to the dead-letter sink", "id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(),
 			"deadLetterSink", l.dls.dest(), "code", t.dead.Extensions()[ExtErrorCode])
