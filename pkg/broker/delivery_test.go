@@ -374,3 +374,68 @@ func TestDelivery_DeadLetterSinkAnyTwoHundredIsDone(t *testing.T) {
 		})
 	}
 }
+
+// TestDelivery_HandlerPastTimeoutIsATimeout: an in-process handler that
+// answers after the attempt's timeout fails as an HTTP subscriber that
+// times out does (Knative's dispatcher bounds each request with
+// http.Client.Timeout): a transport error, retried, then dead-lettered
+// with code 500 and "dispatch error: ... context deadline exceeded"; its
+// late reply is lost.
+func TestDelivery_HandlerPastTimeoutIsATimeout(t *testing.T) {
+	late := func(ev cloudevents.Event) *cloudevents.Event {
+		time.Sleep(300 * time.Millisecond) // ignores its context
+		r := event("r-"+ev.ID(), "reply.type", "")
+		return &r
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ev, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		reply := late(*ev)
+		w.Header().Set("Ce-Specversion", "1.0")
+		w.Header().Set("Ce-Id", reply.ID())
+		w.Header().Set("Ce-Source", reply.Source())
+		w.Header().Set("Ce-Type", reply.Type())
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+	for name, tc := range map[string]struct{ subscriber, dest string }{
+		"handler": {"slow", "inprocess://slow"},
+		"HTTP":    {"remote", srv.URL},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := mustLoad(t, typeTrigger("t", "x", tc.subscriber, "  delivery:\n    retry: 1\n    timeout: PT0.1S\n    deadLetterSink:\n      ref:\n        name: dls\n"),
+				typeTrigger("r", "reply.type", "replies", ""))
+			sub, dls, replies := newRecorder(), newRecorder(), newRecorder()
+			sub.answer = func(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) { return late(ev), nil }
+			b, reg := start(t, cfg, Options{
+				Handlers:    map[string]Handler{"slow": sub.handle, "dls": dls.handle, "replies": replies.handle},
+				Subscribers: map[string]string{"remote": srv.URL},
+			})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			dead := dls.next(t)
+			ext := dead.Extensions()
+			data, _ := base64.StdEncoding.DecodeString(ext[ExtErrorData].(string))
+			want := `dispatch error: Post "` + tc.dest + `": context deadline exceeded`
+			if ext[ExtErrorCode] != "500" || ext[ExtErrorDest] != tc.dest || string(data) != want {
+				t.Errorf("dead-lettered with code %v, dest %v, data %q; want 500, %s, %q", ext[ExtErrorCode], ext[ExtErrorDest], data, tc.dest, want)
+			}
+			replies.quiet(t)
+			for outcome, want := range map[string]float64{outcomeSuccess: 0, outcomeRetriable: 2, outcomeNonRetriable: 0} {
+				if n := counter(t, reg, "dovewarden_broker_deliveries_total", map[string]string{"trigger": "t", "outcome": outcome}); n != want {
+					t.Errorf("%v deliveries %s; want %v", n, outcome, want)
+				}
+			}
+			if n := counter(t, reg, "dovewarden_broker_replies_total", nil); n != 0 {
+				t.Errorf("%v replies published", n)
+			}
+			if name == "handler" && sub.count() != 2 {
+				t.Errorf("handler called %d times; want 2 (retry: 1)", sub.count())
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
@@ -20,7 +21,9 @@ import (
 // event exactly as the Broker would POST it. Its answer means what it
 // would over HTTP with sdk-go's receiver: a nil result or an ACK is 200, a
 // *cehttp.Result carries its status, any other error is 500; a returned
-// event with a 2xx is the reply, published back into the broker.
+// event with a 2xx is the reply, published back into the broker. ctx ends
+// at the attempt's timeout: an answer after it is lost and the attempt
+// fails as an HTTP subscriber's that timed out.
 type Handler func(ctx context.Context, ev cloudevents.Event) (*cloudevents.Event, protocol.Result)
 
 // outcome is one delivery attempt's result, in HTTP terms.
@@ -193,8 +196,17 @@ func (e *handlerEndpoint) dest() string { return "inprocess://" + e.name }
 
 func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool, to hop) (o outcome) {
 	defer func() {
+		r := recover()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The handler answered (or panicked) after the attempt's
+			// timeout. Knative's dispatcher bounds each request with
+			// http.Client.Timeout: its answer would be lost and the
+			// attempt a transport error, as an HTTP subscriber's here.
+			o = failed(&url.Error{Op: "Post", URL: e.dest(), Err: context.DeadlineExceeded})
+			return
+		}
 		// sdk-go's receiver turns a panicking handler into a 500 too.
-		if r := recover(); r != nil {
+		if r != nil {
 			o = outcome{code: http.StatusInternalServerError, reason: fmt.Sprintf("handler panicked: %v", r)}
 		}
 	}()
