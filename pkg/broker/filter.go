@@ -261,9 +261,11 @@ var cesqlLiteral = regexp.MustCompile(`'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"`)
 // attribute name: a string, a number and a boolean's spelling each, so
 // that a bare attribute, arithmetic and string functions all evaluate. An
 // attribute set by the CloudEvents HTTP binding is always a string; only
-// events made in-process carry other types.
+// events made in-process carry other types. Words are taken in any case
+// and lowercased, as sdk-go's CESQL reads identifiers (PRIORITY is the
+// attribute priority).
 func probeEvents(src string) []cloudevents.Event {
-	words := strings.FieldsFunc(cesqlLiteral.ReplaceAllString(src, " "), func(r rune) bool {
+	words := strings.FieldsFunc(strings.ToLower(cesqlLiteral.ReplaceAllString(src, " ")), func(r rune) bool {
 		return (r < 'a' || r > 'z') && (r < '0' || r > '9')
 	})
 	var out []cloudevents.Event

@@ -173,3 +173,21 @@ func ingressError(rr *httptest.ResponseRecorder) error {
 	}
 	return nil
 }
+
+// TestFilters_CESQLIdentifiersInAnyCase: sdk-go's CESQL lowercases
+// identifiers, so PRIORITY is the attribute priority: a bare attribute or a
+// string function in upper or mixed case is refused at load like its
+// lower-case spelling, and a boolean expression in any case matches.
+func TestFilters_CESQLIdentifiersInAnyCase(t *testing.T) {
+	for _, expr := range []string{"PRIORITY", "Priority", "upper(Priority)", "UPPER(PRIORITY)", "CONCAT(TYPE, Region)", "INT(Region) + 1", "LENGTH(Subject)"} {
+		_, err := Load(manifests(brokerDoc, trigger("t", "  filters:\n  - cesql: \""+expr+"\"\n  subscriber:\n    uri: http://127.0.0.1:1/\n")))
+		if err == nil || !strings.Contains(err.Error(), "not a boolean") {
+			t.Errorf("cesql %q: err = %v; want it refused as not a boolean", expr, err)
+		}
+	}
+	for expr, match := range map[string]bool{"PRIORITY = 'high'": true, "Priority = 'HIGH'": false, "EXISTS Priority AND TYPE = '" + typeChanged + "'": true} {
+		if got := filterOf(t, "  filters:\n  - cesql: \""+expr+"\"\n").Match(richEvent()); got != match {
+			t.Errorf("cesql %q matched %v; want %v", expr, got, match)
+		}
+	}
+}
