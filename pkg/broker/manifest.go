@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -25,6 +26,16 @@ const (
 // DefaultBrokerName is the Broker Triggers name when the manifests hold no
 // Broker (Knative's own default Broker is called "default").
 const DefaultBrokerName = "default"
+
+// defaultBrokerDelivery is the delivery Knative's Broker defaulting
+// webhook gives a Broker without spec.delivery: config-br-defaults'
+// clusterDefault.delivery, which in Knative's stock ConfigMap
+// (config/core/configmaps/default-broker.yaml) is retry 10, backoffPolicy
+// exponential, backoffDelay PT0.2S. A cluster may change it. It applies
+// here too when the manifests hold no Broker.
+func defaultBrokerDelivery() *Delivery {
+	return &Delivery{Retry: 10, BackoffPolicy: BackoffExponential, BackoffDelay: 200 * time.Millisecond}
+}
 
 // Config is what the manifests say: the Broker and its Triggers.
 type Config struct {
@@ -46,7 +57,8 @@ type Trigger struct {
 	Filter     Filter
 	Subscriber Destination
 	// Delivery is the Trigger's delivery, or the Broker's when the
-	// Trigger sets none. As in Knative, a Trigger's delivery replaces the
+	// Trigger sets none (Knative's default when the Broker sets none
+	// either, see defaultBrokerDelivery). As in Knative, a Trigger's delivery replaces the
 	// Broker's retry, backoff and timeout, one without a deadLetterSink
 	// takes the Broker's, and only the Trigger's own format applies.
 	Delivery Delivery
@@ -178,7 +190,7 @@ func Load(fsys fs.FS) (*Config, error) {
 		}
 	}
 	cfg := &Config{Broker: DefaultBrokerName}
-	var brokerDelivery *Delivery
+	brokerDelivery := defaultBrokerDelivery()
 	switch len(brokers) {
 	case 0:
 	case 1:
@@ -188,8 +200,12 @@ func Load(fsys fs.FS) (*Config, error) {
 		if err := unmarshalSpec(b.obj.Spec, &spec); err != nil {
 			return nil, fmt.Errorf("%s: Broker %s: %w", b.file, cfg.Broker, err)
 		}
-		if brokerDelivery, err = parseDelivery(spec.Delivery); err != nil {
+		d, err := parseDelivery(spec.Delivery)
+		if err != nil {
 			return nil, fmt.Errorf("%s: Broker %s: delivery: %w", b.file, cfg.Broker, err)
+		}
+		if d != nil {
+			brokerDelivery = d
 		}
 	default:
 		return nil, fmt.Errorf("%s and %s: more than one Broker; the embedded broker is one Broker", brokers[0].file, brokers[1].file)
@@ -280,7 +296,7 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 			// dead-letter sink, else the Broker's.
 			tr.Delivery.DeadLetterSink = brokerDelivery.DeadLetterSink
 		}
-	} else if brokerDelivery != nil {
+	} else {
 		tr.Delivery = *brokerDelivery
 		// Knative's filter sends in the Trigger's own delivery.format
 		// only; the Broker's goes no further than its channel.

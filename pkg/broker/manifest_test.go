@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -148,5 +149,44 @@ func TestBackoff_KnativeFormula(t *testing.T) {
 		if got != want {
 			t.Errorf("retry %d: got %v, want %v", n, got, want)
 		}
+	}
+}
+
+// TestLoad_BrokerWithoutDeliveryTakesKnativesDefault: Knative's Broker
+// defaulting webhook gives a Broker without spec.delivery the delivery of
+// config-br-defaults (stock: retry 10, exponential, PT0.2S), which its
+// Triggers without delivery then take; a folder without a Broker stands
+// for such a Broker. A Broker's own delivery, even an empty one, is left
+// as it is, and a Trigger's own delivery replaces the Broker's.
+func TestLoad_BrokerWithoutDeliveryTakesKnativesDefault(t *testing.T) {
+	stock := Delivery{Retry: 10, BackoffPolicy: BackoffExponential, BackoffDelay: 200 * time.Millisecond}
+	inherits := trigger("t", "  subscriber:\n    ref:\n      name: s\n")
+	own := trigger("u", "  subscriber:\n    ref:\n      name: s\n  delivery:\n    retry: 1\n")
+	for name, tc := range map[string]struct {
+		docs []string
+		want Delivery
+	}{
+		"no spec":        {[]string{brokerDoc, inherits, own}, stock},
+		"no delivery":    {[]string{brokerDoc + "spec:\n  config:\n    kind: ConfigMap\n    name: c\n", inherits, own}, stock},
+		"null delivery":  {[]string{brokerDoc + "spec:\n  delivery: null\n", inherits, own}, stock},
+		"no Broker":      {[]string{strings.Replace(inherits, "broker: b", "broker: default", 1), strings.Replace(own, "broker: b", "broker: default", 1)}, stock},
+		"empty delivery": {[]string{brokerDoc + "spec:\n  delivery: {}\n", inherits, own}, Delivery{}},
+		"own delivery":   {[]string{brokerDoc + "spec:\n  delivery:\n    retry: 2\n", inherits, own}, Delivery{Retry: 2}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg, err := Load(manifests(tc.docs...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.Triggers) != 2 {
+				t.Fatalf("%d Triggers, warnings %q", len(cfg.Triggers), cfg.Warnings)
+			}
+			if got := cfg.Triggers[0].Delivery; !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Trigger without delivery: %+v; want %+v", got, tc.want)
+			}
+			if got := cfg.Triggers[1].Delivery; !reflect.DeepEqual(got, Delivery{Retry: 1}) {
+				t.Errorf("Trigger with its own delivery: %+v; want retry 1 only", got)
+			}
+		})
 	}
 }
