@@ -1,20 +1,13 @@
 package redistest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
-	"path/filepath"
 	"strconv"
-	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 )
 
 // TLSFiles are what a client of a TLS server needs: the CA that signed
@@ -54,67 +47,19 @@ func (f *TLSFiles) Config() (*tls.Config, error) {
 // newTLSFiles writes a new CA, a server certificate for 127.0.0.1 and
 // localhost, and a client certificate, each with its key, into dir.
 func newTLSFiles(dir string) (*TLSFiles, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testcert.NewCA(dir)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "redistest CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, err
-	}
-	f := &TLSFiles{CA: filepath.Join(dir, "ca.crt")}
-	if err := writePEM(f.CA, "CERTIFICATE", caDER); err != nil {
-		return nil, err
-	}
-	leaf := func(serial int64, name string, usage ...x509.ExtKeyUsage) (certFile, keyFile string, err error) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return "", "", err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
-		}
-		if usage[0] == x509.ExtKeyUsageServerAuth {
-			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-			tmpl.DNSNames = []string{"localhost"}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return "", "", err
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return "", "", err
-		}
-		certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-		if err := writePEM(certFile, "CERTIFICATE", der); err != nil {
-			return "", "", err
-		}
-		return certFile, keyFile, writePEM(keyFile, "PRIVATE KEY", keyDER)
-	}
+	f := &TLSFiles{CA: ca.File}
 	// The servers' certificate serves replicas and Sentinels as their
 	// client certificate too.
-	if f.serverCert, f.serverKey, err = leaf(2, "server", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth); err != nil {
+	if f.serverCert, f.serverKey, err = ca.Issue(dir, testcert.Leaf{Name: "server", Hosts: []string{"127.0.0.1", "::1", "localhost"},
+		Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, err
 	}
-	if f.Cert, f.Key, err = leaf(3, "client", x509.ExtKeyUsageClientAuth); err != nil {
+	if f.Cert, f.Key, err = ca.Issue(dir, testcert.Leaf{Name: "client", Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, err
 	}
 	return f, nil
-}
-
-func writePEM(path, typ string, der []byte) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
