@@ -8,6 +8,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -156,4 +157,18 @@ func EventSource(setting, v string) error {
 		return fmt.Errorf("%s %q: not a URI reference: %q at byte %d must be percent-encoded", setting, v, v[i:i+1], i)
 	}
 	return nil
+}
+
+// CAPool reads the PEM CA certificates in path, the value of setting, to
+// verify a server's certificate with instead of the system's.
+func CAPool(setting, path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
+	}
+	return pool, nil
 }

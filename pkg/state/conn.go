@@ -3,13 +3,11 @@ package state
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -128,13 +126,9 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	}
 	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+		pool, err := config.CAPool("redis-ca-file", c.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("redis-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis-ca-file %s: no PEM certificate in it", c.CAFile)
+			return nil, err
 		}
 		cfg.RootCAs = pool
 	}
