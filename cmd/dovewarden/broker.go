@@ -43,6 +43,9 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	reg := metrics.NewRegistry()
+	if err := srv.LoadTLS(log, reg); err != nil {
+		return err
+	}
 	opts := set.Options()
 	opts.Logger, opts.Registerer = log, reg
 	b, err := broker.New(cfg, opts)

@@ -131,6 +131,15 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 
 	reg := metrics.NewRegistry()
+	// Over TLS, the sync handler's posts to its own listener accept the
+	// certificate it serves, whatever name that certificate has.
+	if err := sc.Server.LoadTLS(log, reg); err != nil {
+		return err
+	}
+	if kp := sc.Server.KeyPair; kp != nil {
+		sc.ResultsSink = "https://" + loopback(ln.Addr()) + brokerPath
+		sc.ResultsTLS = kp.ClientConfig()
+	}
 	sh, closeSync, err := syncer.Build(ctx, sc, reg, log)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,8 +18,8 @@ import (
 // brokerTarget holds the settings of a command that posts CloudEvents to
 // the Broker and exits (sweep, replicate).
 type brokerTarget struct {
-	url, source, tokenFile *string
-	timeout                *time.Duration
+	url, source, tokenFile, caFile *string
+	timeout                        *time.Duration
 }
 
 func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
@@ -28,6 +29,8 @@ func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
 		timeout: fs.Duration("timeout", 10*time.Second, "time to hand each event to the Broker, retries included"),
 		tokenFile: fs.String("broker-token-file", "", "file holding the Bearer token of a Broker ingress that asks for one "+
 			"(dovewarden local with auth-token); a Basic auth user and password go in broker-url"),
+		caFile: fs.String("tls-ca-file", "", "PEM file of the CA certificates that sign an https broker-url's certificate "+
+			"(dovewarden local with tls-cert-file); default: the system's"),
 	}
 }
 
@@ -53,8 +56,12 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 		}
 		auth = "Bearer " + tok
 	}
+	tc, err := clientTLS(*b.caFile, *b.url, "broker-url")
+	if err != nil {
+		return nil, err
+	}
 	snd, err := sink.New(sink.Options{URL: *b.url, Overrides: env.getenv("K_CE_OVERRIDES"), Budget: *b.timeout,
-		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1, Authorization: auth})
+		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1, Authorization: auth, TLSConfig: tc})
 	if err != nil {
 		return nil, fmt.Errorf("broker-url: %s", b.redactIn(err.Error()))
 	}
@@ -78,3 +85,20 @@ func (b brokerTarget) sendError(err error) string {
 // redactIn replaces the Broker URL in msg by its redacted form: the
 // sender's errors name their target.
 func (b brokerTarget) redactIn(msg string) string { return strings.ReplaceAll(msg, *b.url, b.shown()) }
+
+// clientTLS is the TLS configuration of a command that reaches
+// urlSetting's URL (raw) and verifies its certificate with the CAs in
+// --tls-ca-file (caFile); nil, for the system's, when that is unset.
+func clientTLS(caFile, raw, urlSetting string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	if !strings.HasPrefix(strings.ToLower(raw), "https://") {
+		return nil, fmt.Errorf("tls-ca-file: needs an https:// %s", urlSetting)
+	}
+	pool, err := config.CAPool("tls-ca-file", caFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}

@@ -18,6 +18,9 @@ import (
 // serving and tells a test through env.ready.
 func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server.Options, ln net.Listener,
 	reg *prometheus.Registry, mount func(*http.ServeMux)) error {
+	if err := o.LoadTLS(log, reg); err != nil {
+		return err
+	}
 	var health server.Health
 	mux := http.NewServeMux()
 	health.Mount(mux, reg)

@@ -92,6 +92,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	fs.StringVar(&cred.user, "auth-user", "", "with url: the HTTP Basic auth user of a dovewarden local with auth-user")
 	fs.StringVar(&cred.passwordFile, "auth-password-file", "", "with url: file holding auth-user's password")
 	fs.StringVar(&cred.tokenFile, "auth-token-file", "", "with url: file holding the Bearer token of a dovewarden local with auth-token")
+	fs.StringVar(&cred.caFile, "tls-ca-file", "", "with an https url: PEM file of the CA certificates that sign the certificate of a dovewarden local with tls-cert-file; default: the system's")
 	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
 	list := fs.Int64("list", statusListDefault, fmt.Sprintf("with no user: how many failed and pending users to list (0 to %d)", statusListMax))
 	asJSON := fs.Bool("json", false, "print JSON (GET /status's) instead of text")
@@ -103,7 +104,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	case (*base == "") == (conn.URL == ""):
 		return errors.New("url or redis-url (DOVEWARDEN_URL, DOVEWARDEN_REDIS_URL): give one, a running dovewarden local's address or the Redis sync uses")
 	case cred != (statusCredentials{}) && *base == "":
-		return errors.New("auth-user, auth-password-file, auth-token-file: only with url (a running dovewarden local); Redis takes its password in redis-url")
+		return errors.New("auth-user, auth-password-file, auth-token-file, tls-ca-file: only with url (a running dovewarden local); Redis takes its password in redis-url, its CA in redis-ca-file")
 	case *list < 0 || *list > statusListMax:
 		return fmt.Errorf("list %d: want 0 to %d", *list, statusListMax)
 	case *timeout <= 0:
@@ -219,15 +220,21 @@ type httpStatus struct {
 }
 
 // statusCredentials are what a dovewarden local with credentials asks
-// for: a Basic auth user and password, or a Bearer token.
-type statusCredentials struct{ user, passwordFile, tokenFile string }
+// for, and the CA of its certificate.
+type statusCredentials struct{ user, passwordFile, tokenFile, caFile string }
 
 func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("url %s: want http:// or https:// and a host", config.RedactURL(base))
 	}
-	h := &httpStatus{base: u, client: &http.Client{}}
+	tc, err := clientTLS(cred.caFile, base, "url")
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	h := &httpStatus{base: u, client: &http.Client{Transport: tr}}
 	switch {
 	case (cred.user == "") != (cred.passwordFile == ""):
 		return nil, errors.New("auth-user and auth-password-file: set both or neither")

@@ -29,6 +29,10 @@ type Options struct {
 	// WriteTimeout bounds writing one response; zero means 30s. The sync
 	// function sets its own: a dsync can take minutes. Not a shared flag.
 	WriteTimeout time.Duration
+	// TLSCertFile and TLSKeyFile, when set, make the listener serve
+	// HTTPS with that certificate; LoadTLS reads them into KeyPair.
+	TLSCertFile, TLSKeyFile string
+	KeyPair                 *KeyPair
 }
 
 // RegisterFlags declares the shared settings on fs. defaultListen is used
@@ -41,6 +45,8 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet, getenv func(string) string, de
 	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish after SIGTERM")
+	fs.StringVar(&o.TLSCertFile, "tls-cert-file", "", "PEM certificate (leaf first, then intermediates) to serve HTTPS with, read again when it changes; empty: plain HTTP")
+	fs.StringVar(&o.TLSKeyFile, "tls-key-file", "", "PEM private key of tls-cert-file")
 }
 
 // Validate checks the shared settings; errors name the setting.
@@ -55,7 +61,29 @@ func (o *Options) Validate() error {
 	if o.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown-timeout %s: must be positive", o.ShutdownTimeout))
 	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		errs = append(errs, errors.New("tls-cert-file and tls-key-file: set both or neither"))
+	}
 	return errors.Join(errs...)
+}
+
+// LoadTLS reads --tls-cert-file and --tls-key-file into o.KeyPair, unless
+// they are unset or already read, and registers the pair's metrics on reg.
+func (o *Options) LoadTLS(log *slog.Logger, reg prometheus.Registerer) error {
+	if o.KeyPair != nil || o.TLSCertFile == "" {
+		return nil
+	}
+	kp, err := LoadKeyPair(o.TLSCertFile, o.TLSKeyFile, log)
+	if err != nil {
+		return err
+	}
+	for _, c := range kp.Collectors() {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("tls metrics: %w", err)
+		}
+	}
+	o.KeyPair = kp
+	return nil
 }
 
 // NewLogger makes a slog logger writing format ("text" or "json") at level.
@@ -146,8 +174,15 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 		}
 	})
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(readListener{ln}) }()
-	log.Info("serving", "addr", ln.Addr().String(), "write_timeout", wt)
+	scheme := "http"
+	if o.KeyPair != nil {
+		scheme = "https"
+		srv.TLSConfig = o.KeyPair.ServerConfig()
+		go func() { errc <- srv.ServeTLS(readListener{ln}, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(readListener{ln}) }()
+	}
+	log.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "write_timeout", wt)
 	if ready != nil {
 		ready(ln.Addr())
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -105,50 +106,63 @@ func TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing(t *testing.T
 // TestServeListener_AStalledBodyDoesNotHoldTheStop: a client that sent
 // part of a body and then nothing holds its handler in a read no context
 // cancels; past the shutdown timeout that read fails, the handler answers,
-// and the stop is clean (it used to wait out the drain and fail).
+// and the stop is clean (it used to wait out the drain and fail). Over TLS
+// too, where the server sees the TLS connection around the TCP one.
 func TestServeListener_AStalledBodyDoesNotHoldTheStop(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	reading := make(chan struct{}, 1)
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reading <- struct{}{}
-		if _, err := io.ReadAll(r.Body); err != nil {
-			http.Error(w, "body: "+err.Error(), http.StatusBadRequest)
-		}
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		done <- ServeListener(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{ShutdownTimeout: 200 * time.Millisecond}, ln, h,
-			func(net.Addr) { close(ready) })
-	}()
-	<-ready
-	stalled, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stalled.Close()
-	if _, err := io.WriteString(stalled, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"); err != nil {
-		t.Fatal(err)
-	}
-	<-reading
+	kp, client := testKeyPair(t, "mail.test")
+	for _, tc := range []struct {
+		name string
+		kp   *KeyPair
+		dial func(addr string) (net.Conn, error)
+	}{
+		{"plain", nil, func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }},
+		{"tls", kp, func(addr string) (net.Conn, error) { return tls.Dial("tcp", addr, client) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			reading := make(chan struct{}, 1)
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				reading <- struct{}{}
+				if _, err := io.ReadAll(r.Body); err != nil {
+					http.Error(w, "body: "+err.Error(), http.StatusBadRequest)
+				}
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			ready := make(chan struct{})
+			go func() {
+				done <- ServeListener(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{ShutdownTimeout: 200 * time.Millisecond, KeyPair: tc.kp}, ln, h,
+					func(net.Addr) { close(ready) })
+			}()
+			<-ready
+			stalled, err := tc.dial(ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stalled.Close()
+			if _, err := io.WriteString(stalled, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"); err != nil {
+				t.Fatal(err)
+			}
+			<-reading
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("ServeListener: %v; want a clean stop", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("ServeListener did not return")
-	}
-	stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if resp, err := http.ReadResponse(bufio.NewReader(stalled), nil); err != nil || resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("the stalled client got %v, %v; want its 400", resp, err)
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("ServeListener: %v; want a clean stop", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("ServeListener did not return")
+			}
+			stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if resp, err := http.ReadResponse(bufio.NewReader(stalled), nil); err != nil || resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("the stalled client got %v, %v; want its 400", resp, err)
+			}
+		})
 	}
 }
 

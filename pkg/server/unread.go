@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
@@ -69,6 +70,9 @@ func newUnreadConns() *unreadConns {
 
 // connState is the server's ConnState hook.
 func (u *unreadConns) connState(c net.Conn, s http.ConnState) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	rc, ok := c.(*readConn)
 	if !ok {
 		return

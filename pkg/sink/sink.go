@@ -4,6 +4,7 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ type Options struct {
 	// Authorization, when set, is sent as every request's Authorization
 	// header (a Bearer token). A password in URL is sent as Basic auth.
 	Authorization string
+	// TLSConfig, when set, replaces the default TLS configuration of an
+	// https URL.
+	TLSConfig *tls.Config
 }
 
 // Sender delivers events to one Broker URL.
@@ -89,6 +93,7 @@ func New(o Options) (*Sender, error) {
 		MaxIdleConns:        o.MaxConns,
 		MaxIdleConnsPerHost: o.MaxConns,
 		IdleConnTimeout:     90 * time.Second,
+		TLSClientConfig:     o.TLSConfig,
 	}
 	popts := []cehttp.Option{
 		cehttp.WithTarget(o.URL),

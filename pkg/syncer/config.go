@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,9 +59,13 @@ type Config struct {
 	// ResultsSink (no flag: local mode's own broker ingress, behind
 	// ingest's credentials).
 	ResultsAuthorization string
-	CEOverrides          string
-	Source               string
-	Instance             string
+	// ResultsTLS, when set, is the TLS configuration of the posts to an
+	// https ResultsSink (no flag: local mode's own listener, with
+	// --tls-cert-file).
+	ResultsTLS  *tls.Config
+	CEOverrides string
+	Source      string
+	Instance    string
 
 	Sweep SweepConfig
 

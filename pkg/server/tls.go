@@ -1,0 +1,177 @@
+package server
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// KeyPair is the certificate and key a role serves TLS with, read from
+// --tls-cert-file and --tls-key-file. A renewed certificate is taken up
+// without a restart: each TLS handshake looks at both files, and when
+// either has changed since they were read, reads them again. A pair that
+// does not load then (a key written before its certificate, a typo) is
+// logged and counted, and the pair loaded before stays in use, so a bad
+// renewal never stops the service; the next handshake tries again.
+type KeyPair struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	stamp   [2]fileStamp // certFile's and keyFile's when cert was read
+	tried   [2]fileStamp // the last pair that failed, not retried until it changes
+	expires prometheus.Gauge
+	failed  prometheus.Counter
+}
+
+// fileStamp tells whether a file changed: certbot and Kubernetes Secrets
+// replace the file (a new inode behind the same name), an editor may
+// rewrite it in place.
+type fileStamp struct {
+	mod  time.Time
+	size int64
+	ino  uint64
+}
+
+// LoadKeyPair reads the certificate (PEM, the leaf first, then the
+// intermediates) and its private key. Errors name the settings.
+func LoadKeyPair(certFile, keyFile string, log *slog.Logger) (*KeyPair, error) {
+	k := &KeyPair{certFile: certFile, keyFile: keyFile, log: log,
+		expires: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "dovewarden_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the certificate the listener serves (tls-cert-file) expires, as a Unix time.",
+		}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dovewarden_tls_certificate_reload_failures_total",
+			Help: "Changed tls-cert-file or tls-key-file that did not load; the certificate loaded before is still served.",
+		}),
+	}
+	stamp, cert, err := k.read()
+	if err != nil {
+		return nil, err
+	}
+	k.use(stamp, cert)
+	return k, nil
+}
+
+// Collectors are the pair's metrics, for the role's registry.
+func (k *KeyPair) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{k.expires, k.failed}
+}
+
+// read loads both files, with their stamps taken before reading: a file
+// replaced while it is read is read again at the next handshake.
+func (k *KeyPair) read() ([2]fileStamp, *tls.Certificate, error) {
+	var stamp [2]fileStamp
+	for i, f := range []struct{ setting, path string }{{"tls-cert-file", k.certFile}, {"tls-key-file", k.keyFile}} {
+		s, err := stampOf(f.path)
+		if err != nil {
+			return stamp, nil, fmt.Errorf("%s: %w", f.setting, err)
+		}
+		stamp[i] = s
+	}
+	certPEM, err := os.ReadFile(k.certFile)
+	if err != nil {
+		return stamp, nil, fmt.Errorf("tls-cert-file: %w", err)
+	}
+	keyPEM, err := os.ReadFile(k.keyFile)
+	if err != nil {
+		return stamp, nil, fmt.Errorf("tls-key-file: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return stamp, nil, fmt.Errorf("tls-cert-file %s and tls-key-file %s: %w", k.certFile, k.keyFile, err)
+	}
+	return stamp, &cert, nil
+}
+
+func stampOf(path string) (fileStamp, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}, err
+	}
+	s := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		s.ino = st.Ino
+	}
+	return s, nil
+}
+
+// use makes cert the one served. Called with k.mu held, or before k is
+// shared.
+func (k *KeyPair) use(stamp [2]fileStamp, cert *tls.Certificate) {
+	k.cert, k.stamp, k.tried = cert, stamp, [2]fileStamp{}
+	k.expires.Set(float64(cert.Leaf.NotAfter.Unix()))
+}
+
+// GetCertificate is the listener's tls.Config.GetCertificate: the pair
+// loaded last, read again first when its files changed.
+func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var now [2]fileStamp
+	for i, path := range []string{k.certFile, k.keyFile} {
+		s, err := stampOf(path)
+		if err != nil {
+			// Gone for a moment while it is replaced: serve what we have.
+			return k.cert, nil
+		}
+		now[i] = s
+	}
+	if now == k.stamp || now == k.tried {
+		return k.cert, nil
+	}
+	stamp, cert, err := k.read()
+	if err != nil {
+		k.tried = stamp
+		k.failed.Inc()
+		k.log.Error("TLS certificate changed but did not load; still serving the one loaded before", "err", err, "expires", k.cert.Leaf.NotAfter)
+		return k.cert, nil
+	}
+	k.use(stamp, cert)
+	k.log.Info("TLS certificate loaded again", "subject", cert.Leaf.Subject.String(), "expires", cert.Leaf.NotAfter)
+	return cert, nil
+}
+
+// Served is the certificate served now (leaf first, DER).
+func (k *KeyPair) Served() [][]byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cert.Certificate
+}
+
+// ServerConfig is the TLS configuration of a listener serving this pair.
+func (k *KeyPair) ServerConfig() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: k.GetCertificate}
+}
+
+// ClientConfig is for a client of this very process's listener (local
+// mode's sync handler posting to its own broker ingress, by a loopback
+// address the certificate need not name): it accepts exactly the
+// certificate the listener serves, and no other.
+func (k *KeyPair) ClientConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Verified below, against the served certificate itself.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("no certificate from own listener")
+			}
+			served := k.Served()
+			if !bytes.Equal(cs.PeerCertificates[0].Raw, served[0]) {
+				return errors.New("own listener served another certificate than tls-cert-file's")
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,230 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
+)
+
+// testKeyPair loads a new certificate for host, signed by a new CA, and
+// returns it with a client configuration that trusts that CA and expects
+// host.
+func testKeyPair(t *testing.T, host string) (*KeyPair, *tls.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := ca.Issue(dir, testcert.Leaf{Name: host, Hosts: []string{host}, Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := LoadKeyPair(cert, key, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp, clientOf(t, ca, host)
+}
+
+func clientOf(t *testing.T, ca *testcert.CA, host string) *tls.Config {
+	t.Helper()
+	pem, err := os.ReadFile(ca.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &tls.Config{RootCAs: pool, ServerName: host}
+}
+
+// serveTLS serves an "ok" handler with kp on a loopback port until the
+// test ends, and returns the address.
+func serveTLS(t *testing.T, kp *KeyPair) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		done <- ServeListener(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{ShutdownTimeout: time.Second, KeyPair: kp}, ln,
+			http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), func(net.Addr) { close(ready) })
+	}()
+	<-ready
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// servedSerial makes a request on a new connection (a new handshake) and
+// returns the serial number of the certificate it was served, or the
+// error.
+func servedSerial(addr string, client *tls.Config) (string, error) {
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: client, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("https://" + addr + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if b, _ := io.ReadAll(resp.Body); string(b) != "ok" {
+		return "", io.ErrUnexpectedEOF
+	}
+	return resp.TLS.PeerCertificates[0].SerialNumber.String(), nil
+}
+
+func serialOf(t *testing.T, certFile string) string {
+	t.Helper()
+	c, err := tls.LoadX509KeyPair(certFile, strings.TrimSuffix(certFile, ".crt")+".key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Leaf.SerialNumber.String()
+}
+
+// TestKeyPair_ServesARenewedCertificateWithoutARestart: a certificate
+// and key replaced on disk (as certbot or a Kubernetes Secret does) are
+// served from the next handshake on; a replacement that does not load
+// (the key written before its certificate) is logged and counted once,
+// and the certificate loaded before is still served, until the pair
+// loads.
+func TestKeyPair_ServesARenewedCertificateWithoutARestart(t *testing.T) {
+	dir, issued := t.TempDir(), t.TempDir()
+	ca, err := testcert.NewCA(issued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(name string) (cert, key string) {
+		t.Helper()
+		cert, key, err := ca.Issue(issued, testcert.Leaf{Name: name, Hosts: []string{"mail.test"}, Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			NotAfter: time.Now().Add(time.Duration(len(name)) * time.Hour).Truncate(time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert, key
+	}
+	live := func(src, dst string) { // replaced, as certbot's renewal and Secrets do
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, ".tmp")
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, dst)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certA, keyA := issue("a")
+	live(certA, "tls.crt")
+	live(keyA, "tls.key")
+	var logs safebuf.Buffer
+	kp, err := LoadKeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveTLS(t, kp)
+	client := clientOf(t, ca, "mail.test")
+	expect := func(step, serial string, notAfter time.Time, failures float64) {
+		t.Helper()
+		got, err := servedSerial(addr, client)
+		if err != nil || got != serial {
+			t.Fatalf("%s: served serial %s, %v; want %s\n%s", step, got, err, serial, &logs)
+		}
+		if got := testutil.ToFloat64(kp.expires); got != float64(notAfter.Unix()) {
+			t.Errorf("%s: expiry gauge %v, want %v", step, got, notAfter.Unix())
+		}
+		if got := testutil.ToFloat64(kp.failed); got != failures {
+			t.Errorf("%s: reload failures %v, want %v", step, got, failures)
+		}
+	}
+	notAfterOf := func(cert string) time.Time {
+		c, err := tls.LoadX509KeyPair(cert, strings.TrimSuffix(cert, ".crt")+".key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Leaf.NotAfter
+	}
+	expect("at start", serialOf(t, certA), notAfterOf(certA), 0)
+
+	certB, keyB := issue("bb")
+	live(keyB, "tls.key")
+	live(certB, "tls.crt")
+	expect("renewed", serialOf(t, certB), notAfterOf(certB), 0)
+
+	// A renewal caught half way: the new key, the old certificate.
+	certC, keyC := issue("ccc")
+	live(keyC, "tls.key")
+	expect("half renewed", serialOf(t, certB), notAfterOf(certB), 1)
+	expect("half renewed, again", serialOf(t, certB), notAfterOf(certB), 1)
+	if !strings.Contains(logs.String(), "did not load") || !strings.Contains(logs.String(), "tls-cert-file") {
+		t.Errorf("the failed load is not logged with the setting:\n%s", &logs)
+	}
+	live(certC, "tls.crt")
+	expect("renewal finished", serialOf(t, certC), notAfterOf(certC), 1)
+}
+
+// TestKeyPair_ClientConfigAcceptsOnlyTheServedCertificate: local mode's
+// own posts reach its listener by a loopback address its certificate
+// need not name, and trust that certificate alone: not another one, even
+// from the same CA.
+func TestKeyPair_ClientConfigAcceptsOnlyTheServedCertificate(t *testing.T) {
+	kp, _ := testKeyPair(t, "mail.test")
+	other, _ := testKeyPair(t, "mail.test")
+	get := func(addr string) error {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: kp.ClientConfig()}, Timeout: 5 * time.Second}
+		resp, err := c.Get("https://" + addr + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get(serveTLS(t, kp)); err != nil {
+		t.Errorf("own listener, by its loopback address: %v", err)
+	}
+	if err := get(serveTLS(t, other)); err == nil || !strings.Contains(err.Error(), "another certificate") {
+		t.Errorf("another listener: %v, want refused", err)
+	}
+}
+
+// TestOptions_TLSSettings: both files or neither, and a file that does
+// not load is named at start.
+func TestOptions_TLSSettings(t *testing.T) {
+	o := Options{Listen: ":8080", LogFormat: "text", LogLevel: "info", ShutdownTimeout: time.Second, TLSCertFile: "x.crt"}
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "tls-cert-file and tls-key-file") {
+		t.Errorf("a certificate without a key: %v", err)
+	}
+	missing := filepath.Join(t.TempDir(), "none.key")
+	kp, _ := testKeyPair(t, "mail.test")
+	o.TLSCertFile, o.TLSKeyFile = kp.certFile, missing
+	if err := o.LoadTLS(slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry()); err == nil || !strings.Contains(err.Error(), "tls-key-file") {
+		t.Errorf("a missing key file: %v, want an error naming tls-key-file", err)
+	}
+	o.TLSCertFile, o.TLSKeyFile = kp.keyFile, kp.keyFile
+	if err := o.LoadTLS(slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry()); err == nil || !strings.Contains(err.Error(), "tls-cert-file") {
+		t.Errorf("a key as the certificate: %v, want an error naming tls-cert-file", err)
+	}
+}
