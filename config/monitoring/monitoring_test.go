@@ -37,9 +37,11 @@ import (
 
 	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
 	"github.com/dovewarden/dovewarden-knative/internal/debian"
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
+	"github.com/dovewarden/dovewarden-knative/pkg/server"
 	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
 	"github.com/dovewarden/dovewarden-knative/pkg/userlist"
 )
@@ -460,6 +462,19 @@ func registered(t *testing.T) map[string]family {
 	}
 	t.Cleanup(func() { b.Shutdown(context.Background()) })
 	userlist.NewLoadMetrics(reg)
+	// Every role serving HTTPS (--tls-cert-file).
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.Options{}
+	if srv.TLSCertFile, srv.TLSKeyFile, err = ca.Issue(dir, testcert.Leaf{Name: "mail", Hosts: []string{"mail.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.LoadTLS(log, reg); err != nil {
+		t.Fatal(err)
+	}
 
 	ch := make(chan *prometheus.Desc)
 	go func() { reg.Describe(ch); close(ch) }()
