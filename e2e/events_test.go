@@ -186,7 +186,7 @@ func (s *system) sendEvent(ev cloudevents.Event) {
 // trySend posts a CloudEvent to the broker ingress; safe to call from any
 // goroutine.
 func (s *system) trySend(ev cloudevents.Event) error {
-	client, err := cloudevents.NewClientHTTP()
+	client, err := cloudevents.NewClientHTTP(cehttp.WithClient(*httpClient))
 	if err != nil {
 		return err
 	}
@@ -212,7 +212,11 @@ func (s *system) requestSweep() {
 func (s *system) trySweep() error {
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, dovewardenBin, "sweep", "--broker-url", s.brokerURL, "--reason", "e2e", "--source", "e2e/pingsource")
+	args := []string{"sweep", "--broker-url", s.brokerURL, "--reason", "e2e", "--source", "e2e/pingsource"}
+	if s.cfg.tls {
+		args = append(args, "--tls-ca-file", suiteCA.File)
+	}
+	cmd := exec.CommandContext(ctx, dovewardenBin, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("dovewarden sweep: %w: %s", err, out)
 	}
@@ -223,7 +227,7 @@ func (s *system) trySweep() error {
 // label set contains every one of labels (e.g. `reason="malformed"`).
 func metric(t testing.TB, base, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
+	resp, err := httpClient.Get(base + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape %s: %v", base, err)
 	}

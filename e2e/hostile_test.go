@@ -101,6 +101,7 @@ func hostileScenario(t *testing.T, c pairCase) {
 	users := []string{"u1", "u2"}
 	cfg := c.config(users...)
 	cfg.exporterAuth = "dovecot:exporter-secret"
+	cfg.tls = true // the credentials cross the network encrypted
 	s := newSystem(t, cfg)
 	untouched, _ := s.snapshots("u2")
 	reqs := hostileRequests()
@@ -259,7 +260,7 @@ func (s *system) post(r request) int {
 	case "bad":
 		req.SetBasicAuth(user, pass+"x")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s: %v", r.name, err)
 	}

@@ -91,6 +91,14 @@ func run(m *testing.M) int {
 			"namespaces (unshare, chroot), which needs root; run it as root (CI does)"
 		return m.Run()
 	}
+	caDir, err := makeSuiteCA()
+	if caDir != "" {
+		defer os.RemoveAll(caDir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: test CA:", err)
+		return 1
+	}
 	if bin := os.Getenv(binEnv); bin != "" {
 		abs, err := filepath.Abs(bin)
 		if err != nil {

@@ -122,7 +122,7 @@ func (p *proc) checkAlive() {
 func (p *proc) waitHTTP(url string, limit time.Duration) {
 	p.t.Helper()
 	deadline := time.Now().Add(limit)
-	c := &http.Client{Timeout: time.Second}
+	c := &http.Client{Transport: httpClient.Transport, Timeout: time.Second}
 	for {
 		resp, err := c.Get(url)
 		if err == nil {

@@ -57,6 +57,9 @@ type config struct {
 	// exporterAuth is "user:password" for ingest's Basic auth: ingest
 	// requires it and Dovecot's exporter URL carries it.
 	exporterAuth string
+	// tls makes ingest's listener (local's one listener) serve HTTPS with
+	// a certificate of suiteCA, which Dovecot's exporters trust.
+	tls bool
 	// dovecotA is Dovecot configuration added to A's alone.
 	dovecotA string
 }
@@ -81,9 +84,10 @@ type system struct {
 	sync   *proc // shapeSplit
 	ingest *proc // shapeSplit
 
-	ingestBase string // ingest's base URL (local: the one listener)
-	brokerURL  string // the broker ingress: where CloudEvents go
-	syncBase   string // shapeSplit: sync's base URL
+	ingestBase string   // ingest's base URL (local: the one listener)
+	tlsArgs    []string // cfg.tls: ingest's (local's) certificate settings
+	brokerURL  string   // the broker ingress: where CloudEvents go
+	syncBase   string   // shapeSplit: sync's base URL
 	events     *collector
 }
 
@@ -103,9 +107,18 @@ func newSystem(t testing.TB, cfg config) *system {
 	// answers 200 to every event: the setup's events are swallowed
 	// instead of stalling Dovecot's exporter.
 	ingestLn := freeAddr(t)
-	s.ingestBase = "http://" + ingestLn.Addr().String()
+	scheme := "http://"
+	if cfg.tls {
+		scheme = "https://"
+		s.tlsArgs = listenerCert(t, s.dir)
+	}
+	s.ingestBase = scheme + ingestLn.Addr().String()
 	swallow := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), ReadHeaderTimeout: time.Second}
-	go func() { _ = swallow.Serve(ingestLn) }()
+	if cfg.tls {
+		go func() { _ = swallow.ServeTLS(ingestLn, s.tlsArgs[1], s.tlsArgs[3]) }()
+	} else {
+		go func() { _ = swallow.Serve(ingestLn) }()
+	}
 	var brokerLn, syncLn, redisLn net.Listener
 	if cfg.shape == shapeSplit {
 		brokerLn, syncLn = freeAddr(t), freeAddr(t)
@@ -125,10 +138,14 @@ func newSystem(t testing.TB, cfg config) *system {
 	}
 	exporterURL := s.ingestBase + "/events"
 	if cfg.exporterAuth != "" {
-		exporterURL = "http://" + cfg.exporterAuth + "@" + ingestLn.Addr().String() + "/events"
+		exporterURL = scheme + cfg.exporterAuth + "@" + ingestLn.Addr().String() + "/events"
 	}
-	s.a = dovecottest.StartT(t, dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA})
-	s.b = dovecottest.StartT(t, dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)})
+	var ca string
+	if cfg.tls {
+		ca = suiteCA.File
+	}
+	s.a = dovecottest.StartT(t, dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ClientCAFile: ca, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA})
+	s.b = dovecottest.StartT(t, dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ClientCAFile: ca, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)})
 	for _, u := range cfg.users {
 		s.prepareUser(u)
 	}
@@ -239,6 +256,7 @@ func (s *system) ingestArgs() []string {
 	if user, pass, ok := strings.Cut(s.cfg.exporterAuth, ":"); ok {
 		args = append(args, "--auth-user", user, "--auth-password", pass)
 	}
+	args = append(args, s.tlsArgs...)
 	return append(args, s.cfg.ingestFlags...)
 }
 

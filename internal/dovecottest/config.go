@@ -26,6 +26,9 @@ const DefaultExportTimeout = 2 * time.Second
 // DefaultDoveadmPassword is the doveadm_password used when none is given.
 const DefaultDoveadmPassword = "secret"
 
+// clientCAName is ClientCAFile's copy in the instance folder.
+const clientCAName = "client-ca.pem"
+
 // DefaultName is the instance name (and hostname) used when none is given.
 const DefaultName = "dovecottest"
 
@@ -53,6 +56,11 @@ type Options struct {
 	DoveadmPassword string
 	// ExtraConfig is appended verbatim to the generated config.
 	ExtraConfig string
+	// ClientCAFile is a PEM file of the CAs that Dovecot's HTTP clients
+	// (the event exporter's https URL) trust: copied into the instance
+	// folder, where Dovecot 2.4's tree sees it too, and named by
+	// ssl_client_ca_file.
+	ClientCAFile string
 	// DoveadmConfig, when set, gives the config's doveadm part instead of
 	// the generated one (doveadm_password and the doveadm service's TCP
 	// and HTTP listeners), for the ports the instance got: a shipped
@@ -202,6 +210,16 @@ func prepareDir(o Options, p Ports) (string, error) {
 	}
 	if err := os.WriteFile(filepath.Join(o.Dir, "users"), users, 0o644); err != nil {
 		return "", fmt.Errorf("dovecottest: write users: %w", err)
+	}
+	if o.ClientCAFile != "" {
+		pem, err := os.ReadFile(o.ClientCAFile)
+		if err != nil {
+			return "", fmt.Errorf("dovecottest: client CA: %w", err)
+		}
+		// Readable by the stats process, which runs the exporter.
+		if err := os.WriteFile(filepath.Join(o.Dir, clientCAName), pem, 0o644); err != nil {
+			return "", fmt.Errorf("dovecottest: write client CA: %w", err)
+		}
 	}
 	conf, err := renderConfig(o, p)
 	if err != nil {
