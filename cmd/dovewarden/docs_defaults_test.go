@@ -13,38 +13,20 @@ import (
 // as prose or taken from the environment (`$K_SINK`, "the host name") are
 // not checked.
 func TestDocs_DefaultsMatch(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/configuration.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sections := docSections(string(doc))
-	shared := "Settings every serving role shares"
-	for command, names := range map[string][]string{
-		"ingest":    {shared, "ingest"},
-		"sync":      {shared, "sync"},
-		"broker":    {shared, "broker"},
-		"local":     {shared, "sync", "ingest", "broker", "local"},
-		"sweep":     {"sweep"},
-		"replicate": {"replicate"},
-		"loadgen":   {"loadgen"},
-		"status":    {"status"},
-	} {
+	sections := readDocSections(t)
+	for command, names := range docSectionsOf {
 		fs := flagsOf(t, command)
 		checked := 0
 		for _, name := range names {
-			rows, ok := sections[name]
-			if !ok {
-				t.Fatalf("docs/configuration.md has no section %q", name)
-			}
-			for flagName, def := range rows {
+			for flagName, row := range sections[name] {
 				f := fs.Lookup(flagName)
 				if f == nil {
 					continue // another command's flag in a shared section
 				}
-				if want, ok := literalDefault(def); ok {
+				if want, ok := literalDefault(row.def); ok {
 					checked++
 					if f.DefValue != want {
-						t.Errorf("%s --%s: docs/configuration.md (%s) says default %q, -h says %q", command, flagName, name, def, f.DefValue)
+						t.Errorf("%s --%s: docs/configuration.md (%s) says default %q, -h says %q", command, flagName, name, row.def, f.DefValue)
 					}
 				}
 			}
@@ -55,17 +37,56 @@ func TestDocs_DefaultsMatch(t *testing.T) {
 	}
 }
 
-var docFlagRow = regexp.MustCompile("(?m)^\\| `--([a-z0-9-]+)` \\| `DOVEWARDEN_[A-Z0-9_]+` \\| ([^|]*)\\|")
+// docSectionsOf names, for each command, the sections of
+// docs/configuration.md whose tables hold its settings.
+var docSectionsOf = map[string][]string{
+	"ingest":    {sharedSection, "ingest"},
+	"sync":      {sharedSection, "sync"},
+	"broker":    {sharedSection, "broker"},
+	"local":     {sharedSection, "sync", "ingest", "broker", "local"},
+	"sweep":     {"sweep"},
+	"replicate": {"replicate"},
+	"loadgen":   {"loadgen"},
+	"status":    {"status", "sync"},
+	"explain":   {"explain"},
+}
 
-// docSections maps each "## " or "### " heading of doc to its table rows:
-// flag name to default cell.
-func docSections(doc string) map[string]map[string]string {
-	out := map[string]map[string]string{}
+const sharedSection = "Settings every serving role shares"
+
+// readDocSections reads docs/configuration.md's sections, failing t when
+// one docSectionsOf names is missing.
+func readDocSections(t *testing.T) map[string]map[string]docRow {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := docSections(string(doc))
+	for _, names := range docSectionsOf {
+		for _, name := range names {
+			if _, ok := sections[name]; !ok {
+				t.Fatalf("docs/configuration.md has no section %q", name)
+			}
+		}
+	}
+	return sections
+}
+
+// docRow is a settings table's row: the environment variable and the
+// default cell.
+type docRow struct{ env, def string }
+
+var docFlagRow = regexp.MustCompile("(?m)^\\| `--([a-z0-9-]+)` \\| `(DOVEWARDEN_[A-Z0-9_]+)` \\| ([^|]*)\\|")
+
+// docSections maps each "## " or "### " heading of doc to its table rows
+// by flag name.
+func docSections(doc string) map[string]map[string]docRow {
+	out := map[string]map[string]docRow{}
 	for _, part := range regexp.MustCompile(`(?m)^#{2,3} `).Split(doc, -1)[1:] {
 		heading, body, _ := strings.Cut(part, "\n")
-		rows := map[string]string{}
+		rows := map[string]docRow{}
 		for _, m := range docFlagRow.FindAllStringSubmatch(body, -1) {
-			rows[m[1]] = strings.TrimSpace(m[2])
+			rows[m[1]] = docRow{env: m[2], def: strings.TrimSpace(m[3])}
 		}
 		out[strings.TrimSpace(heading)] = rows
 	}

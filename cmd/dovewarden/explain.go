@@ -16,7 +16,8 @@ import (
 func runExplain(_ context.Context, env *environment, args []string) error {
 	fs := newFlagSet("explain", env)
 	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, "usage: dovewarden explain [FILE|-]\n\nReads Dovecot event JSON (one object, or one per line) and prints, per event,\nthe CloudEvent ingest would send, or 'dropped: <reason>'.")
+		fmt.Fprintln(env.stderr, "usage: dovewarden explain [flags] [FILE|-]\n\nReads Dovecot event JSON (one object, or one per line) and prints, per event,\nthe CloudEvent ingest would send, or 'dropped: <reason>'.\n\nflags:")
+		fs.PrintDefaults()
 	}
 	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
