@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -90,6 +91,11 @@ func (k *KeyPair) read() ([2]fileStamp, *tls.Certificate, error) {
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return stamp, nil, fmt.Errorf("tls-cert-file %s and tls-key-file %s: %w", k.certFile, k.keyFile, err)
+	}
+	if cert.Leaf == nil { // GODEBUG=x509keypairleaf=0
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return stamp, nil, fmt.Errorf("tls-cert-file %s: %w", k.certFile, err)
+		}
 	}
 	return stamp, &cert, nil
 }
