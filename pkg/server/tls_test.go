@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
@@ -94,13 +95,22 @@ func servedSerial(addr string, client *tls.Config) (string, error) {
 	return resp.TLS.PeerCertificates[0].SerialNumber.String(), nil
 }
 
-func serialOf(t *testing.T, certFile string) string {
+// leafOf parses the certificate in certFile.
+func leafOf(t *testing.T, certFile string) *x509.Certificate {
 	t.Helper()
-	c, err := tls.LoadX509KeyPair(certFile, strings.TrimSuffix(certFile, ".crt")+".key")
+	b, err := os.ReadFile(certFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.Leaf.SerialNumber.String()
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("no PEM in %s", certFile)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // TestKeyPair_ServesARenewedCertificateWithoutARestart: a certificate
@@ -161,30 +171,23 @@ func TestKeyPair_ServesARenewedCertificateWithoutARestart(t *testing.T) {
 			t.Errorf("%s: reload failures %v, want %v", step, got, failures)
 		}
 	}
-	notAfterOf := func(cert string) time.Time {
-		c, err := tls.LoadX509KeyPair(cert, strings.TrimSuffix(cert, ".crt")+".key")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.Leaf.NotAfter
-	}
-	expect("at start", serialOf(t, certA), notAfterOf(certA), 0)
+	expect("at start", leafOf(t, certA).SerialNumber.String(), leafOf(t, certA).NotAfter, 0)
 
 	certB, keyB := issue("bb")
 	live(keyB, "tls.key")
 	live(certB, "tls.crt")
-	expect("renewed", serialOf(t, certB), notAfterOf(certB), 0)
+	expect("renewed", leafOf(t, certB).SerialNumber.String(), leafOf(t, certB).NotAfter, 0)
 
 	// A renewal caught half way: the new key, the old certificate.
 	certC, keyC := issue("ccc")
 	live(keyC, "tls.key")
-	expect("half renewed", serialOf(t, certB), notAfterOf(certB), 1)
-	expect("half renewed, again", serialOf(t, certB), notAfterOf(certB), 1)
+	expect("half renewed", leafOf(t, certB).SerialNumber.String(), leafOf(t, certB).NotAfter, 1)
+	expect("half renewed, again", leafOf(t, certB).SerialNumber.String(), leafOf(t, certB).NotAfter, 1)
 	if !strings.Contains(logs.String(), "did not load") || !strings.Contains(logs.String(), "tls-cert-file") {
 		t.Errorf("the failed load is not logged with the setting:\n%s", &logs)
 	}
 	live(certC, "tls.crt")
-	expect("renewal finished", serialOf(t, certC), notAfterOf(certC), 1)
+	expect("renewal finished", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 1)
 }
 
 // TestKeyPair_ClientConfigAcceptsOnlyTheServedCertificate: local mode's
