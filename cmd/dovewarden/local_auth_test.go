@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
@@ -48,26 +50,8 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var mu sync.Mutex
-			var alerts []string
-			webhook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				alerts = append(alerts, r.Header.Get("Ce-Type")+" "+r.Header.Get("Ce-Subject"))
-				mu.Unlock()
-			}))
-			defer webhook.Close()
-			tr := doveadmtest.NewTracker(t)
-			fake := doveadmtest.NewServer(t, "mail-a.test", tr)
-			// The first dsync fails with a temporary error and is retried.
-			fake.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75})
-			env, _, stderr := testEnv(map[string]string{
-				"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
-				"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
-				"DOVEWARDEN_SWEEP_EVERY":      "0",
-			}, "")
-			base, _ := serve(t, env, stderr, append([]string{"local", "--listen", "127.0.0.1:0",
-				"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1", "--retry-backoff", "10ms",
-				"--subscriber", "dovewarden-alerts=" + webhook.URL}, tc.flags...)...)
+			l := startRetriedLocal(t, nil, tc.flags...)
+			base, tr, stderr := l.base, l.tr, l.stderr
 
 			request, err := contract.Requested(change.Request{User: "dave"}, "test", "test/cli")
 			if err != nil {
@@ -118,28 +102,8 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 			if got := call("POST", "/events", "application/json", deliveryEvent, true); got != http.StatusAccepted {
 				t.Fatalf("POST /events with credentials: HTTP %d\n%s", got, stderr)
 			}
+			l.awaitRetriedAlert(t)
 			deadline := time.Now().Add(10 * time.Second)
-			for len(tr.CallsOf("u1")) < 2 && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if calls := tr.CallsOf("u1"); len(calls) != 2 || calls[0].Reply.ExitCode != 75 || calls[1].Reply.ExitCode != 0 {
-				t.Fatalf("dsyncs of u1 %+v, want a failure and its retry\n%s", calls, stderr)
-			}
-			for time.Now().Before(deadline) {
-				mu.Lock()
-				n := len(alerts)
-				mu.Unlock()
-				if n > 0 {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			mu.Lock()
-			got := strings.Join(alerts, ", ")
-			mu.Unlock()
-			if !strings.Contains(got, contract.TypeReplicationFailed+" u1") {
-				t.Errorf("the alert webhook got %q, want the retried attempt's %s of u1\n%s", got, contract.TypeReplicationFailed, stderr)
-			}
 			for _, path := range []string{"/status/u1", "/status"} {
 				if got := call("GET", path, "", "", true); got != http.StatusOK {
 					t.Errorf("GET %s with credentials: HTTP %d", path, got)
@@ -163,5 +127,67 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 				t.Errorf("dsyncs of carol %+v, want one", calls)
 			}
 		})
+	}
+}
+
+// retriedLocal is a running `dovewarden local` whose fake doveadm fails
+// the first dsync with a temporary error, which the sync handler retries,
+// with an alert webhook as the dovewarden-alerts subscriber.
+type retriedLocal struct {
+	base   string
+	stop   func() error
+	tr     *doveadmtest.Tracker
+	stderr *safebuf.Buffer
+
+	mu     sync.Mutex
+	alerts []string // the webhook's events: "TYPE SUBJECT"
+}
+
+// startRetriedLocal starts it, with vars added to its environment and
+// args to its command line.
+func startRetriedLocal(t *testing.T, vars map[string]string, args ...string) *retriedLocal {
+	t.Helper()
+	l := &retriedLocal{tr: doveadmtest.NewTracker(t)}
+	webhook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		l.alerts = append(l.alerts, r.Header.Get("Ce-Type")+" "+r.Header.Get("Ce-Subject"))
+		l.mu.Unlock()
+	}))
+	t.Cleanup(webhook.Close)
+	fake := doveadmtest.NewServer(t, "mail-a.test", l.tr)
+	fake.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75})
+	all := map[string]string{
+		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
+		"DOVEWARDEN_SWEEP_EVERY":      "0",
+	}
+	maps.Copy(all, vars)
+	env, _, stderr := testEnv(all, "")
+	l.stderr = stderr
+	l.base, l.stop = serve(t, env, stderr, append([]string{"local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1", "--retry-backoff", "10ms",
+		"--subscriber", "dovewarden-alerts=" + webhook.URL}, args...)...)
+	return l
+}
+
+// awaitRetriedAlert waits for u1's failed dsync and its retry, and for
+// the webhook to get the failed attempt's replication.failed: the sync
+// handler posts it to the broker ingress on local's own listener.
+func (l *retriedLocal) awaitRetriedAlert(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	got := func() string {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return strings.Join(l.alerts, ", ")
+	}
+	for (len(l.tr.CallsOf("u1")) < 2 || got() == "") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if calls := l.tr.CallsOf("u1"); len(calls) != 2 || calls[0].Reply.ExitCode != 75 || calls[1].Reply.ExitCode != 0 {
+		t.Fatalf("dsyncs of u1 %+v, want a failure and its retry\n%s", calls, l.stderr)
+	}
+	if !strings.Contains(got(), contract.TypeReplicationFailed+" u1") {
+		t.Errorf("the alert webhook got %q, want the retried attempt's %s of u1\n%s", got(), contract.TypeReplicationFailed, l.stderr)
 	}
 }

@@ -6,16 +6,12 @@ import (
 	"crypto/x509"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
-	"github.com/dovewarden/dovewarden-knative/pkg/contract"
-	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 // TestLocal_TLS: with --tls-cert-file and --tls-key-file, local serves
@@ -36,28 +32,8 @@ func TestLocal_TLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var alerts []string
-	webhook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		alerts = append(alerts, r.Header.Get("Ce-Type")+" "+r.Header.Get("Ce-Subject"))
-		mu.Unlock()
-	}))
-	defer webhook.Close()
-	tr := doveadmtest.NewTracker(t)
-	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
-	// The first dsync fails with a temporary error and is retried.
-	fake.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75})
-	env, _, stderr := testEnv(map[string]string{
-		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
-		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "5s",
-		"DOVEWARDEN_SWEEP_EVERY":      "0",
-		"DOVEWARDEN_TLS_CERT_FILE":    cert,
-		"DOVEWARDEN_TLS_KEY_FILE":     key,
-	}, "")
-	base, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0",
-		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1", "--retry-backoff", "10ms",
-		"--subscriber", "dovewarden-alerts="+webhook.URL)
+	l := startRetriedLocal(t, map[string]string{"DOVEWARDEN_TLS_CERT_FILE": cert, "DOVEWARDEN_TLS_KEY_FILE": key})
+	base, stop, tr, stderr := l.base, l.stop, l.tr, l.stderr
 	port := base[strings.LastIndex(base, ":")+1:]
 
 	pem, err := os.ReadFile(ca.File)
@@ -84,25 +60,8 @@ func TestLocal_TLS(t *testing.T) {
 		t.Errorf("plain HTTP to the TLS listener: HTTP %d, want 400", resp.StatusCode)
 	}
 
+	l.awaitRetriedAlert(t)
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		mu.Lock()
-		n := len(alerts)
-		mu.Unlock()
-		if n > 0 && len(tr.CallsOf("u1")) == 2 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if calls := tr.CallsOf("u1"); len(calls) != 2 || calls[0].Reply.ExitCode != 75 || calls[1].Reply.ExitCode != 0 {
-		t.Fatalf("dsyncs of u1 %+v, want a failure and its retry\n%s", calls, stderr)
-	}
-	mu.Lock()
-	got := strings.Join(alerts, ", ")
-	mu.Unlock()
-	if !strings.Contains(got, contract.TypeReplicationFailed+" u1") {
-		t.Errorf("the alert webhook got %q, want the retried attempt's %s of u1\n%s", got, contract.TypeReplicationFailed, stderr)
-	}
 
 	named := "https://localhost:" + port
 	cli, out, cliErr := testEnv(nil, "")
