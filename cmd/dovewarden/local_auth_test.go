@@ -191,3 +191,46 @@ func (l *retriedLocal) awaitRetriedAlert(t *testing.T) {
 		t.Errorf("the alert webhook got %q, want the retried attempt's %s of u1\n%s", got(), contract.TypeReplicationFailed, l.stderr)
 	}
 }
+
+// TestAuthFilesThatCannotAuthenticate_StopTheStart: ingest and local
+// refuse to start when --auth-token-file is empty, only white space, or
+// holds a token with white space (which no client can send), and when
+// --auth-password-file is empty, naming the setting; an empty file must
+// never turn authentication off.
+func TestAuthFilesThatCannotAuthenticate_StopTheStart(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	empty, blank, spaced, emptyPw := file("empty", ""), file("blank", " \n"), file("spaced", "tok \n"), file("pw", "\n")
+	roles := map[string][]string{
+		"ingest": {"ingest", "--listen", "127.0.0.1:0", "--broker-url", "http://127.0.0.1:1"},
+		"local": {"local", "--listen", "127.0.0.1:0", "--doveadm-url", "http://127.0.0.1:1",
+			"--destination", "tcp:127.0.0.1:1", "--sweep-every", "0"},
+	}
+	for role, base := range roles {
+		for name, tc := range map[string]struct {
+			args []string
+			want string
+		}{
+			"empty token file":    {[]string{"--auth-token-file", empty}, "auth-token-file " + empty + ": empty"},
+			"blank token file":    {[]string{"--auth-token-file", blank}, "auth-token-file " + blank + ": empty"},
+			"token with a space":  {[]string{"--auth-token-file", spaced}, "auth-token-file " + spaced + ": the token contains white space"},
+			"empty password file": {[]string{"--auth-user", "dovecot", "--auth-password-file", emptyPw}, "auth-password-file " + emptyPw + ": empty"},
+		} {
+			t.Run(role+"/"+name, func(t *testing.T) {
+				env, _, _ := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": "x"}, "")
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				err := run(ctx, env, append(append([]string{}, base...), tc.args...))
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("%v, want an error with %q", err, tc.want)
+				}
+			})
+		}
+	}
+}

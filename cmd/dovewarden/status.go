@@ -247,6 +247,9 @@ func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 		if err != nil {
 			return nil, err
 		}
+		if pw == "" {
+			return nil, fmt.Errorf("auth-password-file %s: empty", cred.passwordFile)
+		}
 		h.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cred.user+":"+pw))
 	case cred.tokenFile != "":
 		tok, err := config.Secret("auth-token", "", cred.tokenFile)

@@ -195,6 +195,10 @@ func TestStatus_LocalsEnvironment(t *testing.T) {
 }
 
 func TestStatus_Refusals(t *testing.T) {
+	emptyFile := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(emptyFile, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for name, tt := range map[string]struct {
 		args []string
 		want string
@@ -204,6 +208,8 @@ func TestStatus_Refusals(t *testing.T) {
 		"token for redis": {[]string{"--redis-url", "redis://127.0.0.1:1", "--auth-token-file", "/nonexistent"}, "only with url"},
 		"user alone":      {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin"}, "set both or neither"},
 		"user and token":  {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin", "--auth-password-file", "/nonexistent", "--auth-token-file", "/nonexistent"}, "set one"},
+		"empty password":  {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin", "--auth-password-file", emptyFile}, "auth-password-file " + emptyFile + ": empty"},
+		"empty token":     {[]string{"--url", "http://127.0.0.1:1", "--auth-token-file", emptyFile}, "auth-token-file " + emptyFile + ": empty"},
 		"two credentials": {[]string{"--url", "http://admin:hunter2@127.0.0.1:1", "--auth-token-file", "/nonexistent"}, "credentials in the URL and in auth-*"},
 		"bad user":        {[]string{"--url", "http://127.0.0.1:1", "--", "-f"}, `"-f"`},
 		"list":            {[]string{"--url", "http://127.0.0.1:1", "--list", "5000"}, "list 5000"},

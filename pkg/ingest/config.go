@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
@@ -73,11 +75,27 @@ func (c *Config) RegisterHandlerFlags(fs *flag.FlagSet) {
 // Errors name the setting.
 func (c *Config) HandlerOptions() (Options, error) {
 	var err error
+	// A file that holds nothing would otherwise read as "no password" or
+	// "no token": authentication silently off.
+	passwordFromFile := c.AuthPassword == "" && c.AuthPasswordFile != ""
 	if c.AuthPassword, err = config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile); err != nil {
 		return Options{}, err
 	}
+	if passwordFromFile && c.AuthPassword == "" {
+		return Options{}, fmt.Errorf("auth-password-file %s: empty", c.AuthPasswordFile)
+	}
+	tokenSetting := "auth-token"
+	if c.AuthToken == "" && c.AuthTokenFile != "" {
+		tokenSetting = "auth-token-file " + c.AuthTokenFile
+	}
 	if c.AuthToken, err = config.Secret("auth-token", c.AuthToken, c.AuthTokenFile); err != nil {
 		return Options{}, err
+	}
+	if tokenSetting != "auth-token" && strings.TrimSpace(c.AuthToken) == "" {
+		return Options{}, fmt.Errorf("%s: empty", tokenSetting)
+	}
+	if err := checkToken(c.AuthToken); err != nil {
+		return Options{}, fmt.Errorf("%s: %w", tokenSetting, err)
 	}
 	uf, err := dovecot.ParseUsernameFormat(c.UsernameFormat)
 	if err != nil {
@@ -140,4 +158,20 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("redis-ca-file, redis-cert-file, redis-key-file: set without redis-url"))
 	}
 	return errors.Join(errs...)
+}
+
+// checkToken refuses a Bearer token no client can send: one with white
+// space or control characters (RFC 6750's b64token has neither, and HTTP
+// trims white space at the ends of a header value), so nothing would
+// authenticate. The token itself never appears in the error.
+func checkToken(tok string) error {
+	for _, r := range tok {
+		switch {
+		case unicode.IsSpace(r):
+			return errors.New("the token contains white space, which a Bearer token cannot (only the file's final newline is ignored)")
+		case unicode.IsControl(r):
+			return errors.New("the token contains a control character, which a Bearer token cannot")
+		}
+	}
+	return nil
 }

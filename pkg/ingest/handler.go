@@ -274,14 +274,16 @@ func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLab
 func (h *Handler) authorized(r *http.Request) bool {
 	switch {
 	case h.opts.Token != "":
-		auth := r.Header.Get("Authorization")
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok {
+		// The scheme is case-insensitive (RFC 9110 section 11.1).
+		scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			return false
 		}
+		tok = strings.TrimLeft(tok, " ")
 		sum := sha256.Sum256([]byte(tok))
 		return subtle.ConstantTimeCompare(sum[:], h.tokenSum[:]) == 1
 	case h.opts.BasicUser != "":
+		// r.BasicAuth compares the scheme case-insensitively.
 		u, p, ok := r.BasicAuth()
 		if !ok {
 			return false

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"flag"
 	"io"
 	"log/slog"
@@ -261,6 +262,12 @@ func TestHandle_Auth(t *testing.T) {
 		"token wrong":       {token, withHeader("Bearer tok-1234"), 401},
 		"token as basic":    {token, withBasic("x", "tok-123"), 401},
 		"token missing":     {token, func(*http.Request) {}, 401},
+		// Auth schemes are case-insensitive (RFC 9110 section 11.1).
+		"token lower-case scheme": {token, withHeader("bearer tok-123"), 202},
+		"token upper-case scheme": {token, withHeader("BEARER tok-123"), 202},
+		"token no scheme":         {token, withHeader("tok-123"), 401},
+		"token other scheme":      {token, withHeader("Token tok-123"), 401},
+		"basic lower-case scheme": {basic, withHeader("basic " + base64.StdEncoding.EncodeToString([]byte("dovecot:s3cret"))), 202},
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, body := tc.f.post(t, "/events", "application/json", appendEvent, tc.mod)
