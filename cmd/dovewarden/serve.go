@@ -23,7 +23,7 @@ func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server
 	}
 	var health server.Health
 	mux := http.NewServeMux()
-	health.Mount(mux, reg)
+	health.Mount(mux, reg, log)
 	mount(mux)
 	ready := func(addr net.Addr) {
 		health.SetReady(true)

@@ -40,12 +40,13 @@ func (f *Function) Start(_ context.Context, cfg map[string]string) error {
 		return err
 	}
 	reg := metrics.NewRegistry()
-	h, closeFn, err := ingest.Build(c, reg, slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	h, closeFn, err := ingest.Build(c, reg, log)
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics.Handler(reg))
+	mux.Handle("GET /metrics", metrics.Handler(reg, log))
 	h.Mount(mux)
 	f.mu.Lock()
 	f.handler, f.close = mux, closeFn

@@ -99,13 +99,14 @@ func (f *Function) Start(ctx context.Context, cfg map[string]string) error {
 		return fmt.Errorf("%s: %w", MetricsListenEnv, err)
 	}
 	reg := metrics.NewRegistry()
-	h, closeFn, err := syncer.Build(ctx, c, reg, slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	h, closeFn, err := syncer.Build(ctx, c, reg, log)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics.Handler(reg))
+	mux.Handle("GET /metrics", metrics.Handler(reg, log))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	go func() { _ = srv.Serve(ln) }() // ErrServerClosed at Stop
 	f.mu.Lock()

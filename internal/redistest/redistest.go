@@ -75,6 +75,11 @@ func (s *Server) Client(t testing.TB) *redis.Client {
 	return c
 }
 
+// Stop stops the server before the test ends (SIGTERM, SIGKILL after
+// 5 s), for tests of what happens when Redis goes away. The cleanup's
+// stop then does nothing.
+func (s *Server) Stop() { s.stop() }
+
 func (s *Server) options() (*redis.Options, error) {
 	o := &redis.Options{Addr: s.Addr}
 	if s.unix {

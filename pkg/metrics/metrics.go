@@ -3,7 +3,10 @@
 package metrics
 
 import (
+	"fmt"
+	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -34,7 +37,22 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// Handler serves reg in the Prometheus exposition format.
-func Handler(reg *prometheus.Registry) http.Handler {
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+// Handler serves reg in the Prometheus exposition format. A collector that
+// fails (one that reads Redis at scrape time while Redis is unreachable)
+// drops only its own series: the rest is served with 200, the failure is
+// logged on log (when not nil) and counted in
+// promhttp_metric_handler_errors_total{cause="gathering"}.
+func Handler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	o := promhttp.HandlerOpts{Registry: reg, ErrorHandling: promhttp.ContinueOnError}
+	if log != nil {
+		o.ErrorLog = errorLog{log}
+	}
+	return promhttp.HandlerFor(reg, o)
+}
+
+// errorLog is promhttp's Logger on slog.
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Println(v ...any) {
+	e.log.Warn("metrics scrape incomplete: some series are left out", "err", strings.TrimSpace(fmt.Sprintln(v...)))
 }

@@ -108,8 +108,9 @@ type Health struct{ ready atomic.Bool }
 // SetReady marks the role ready (or not) to take traffic.
 func (h *Health) SetReady(v bool) { h.ready.Store(v) }
 
-// Mount adds /healthz, /readyz and /metrics to mux.
-func (h *Health) Mount(mux *http.ServeMux, reg *prometheus.Registry) {
+// Mount adds /healthz, /readyz and /metrics to mux; log takes what a
+// scrape could not gather.
+func (h *Health) Mount(mux *http.ServeMux, reg *prometheus.Registry, log *slog.Logger) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
@@ -120,7 +121,7 @@ func (h *Health) Mount(mux *http.ServeMux, reg *prometheus.Registry) {
 		}
 		io.WriteString(w, "ready\n")
 	})
-	mux.Handle("GET /metrics", metrics.Handler(reg))
+	mux.Handle("GET /metrics", metrics.Handler(reg, log))
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		mux.Handle(path, OnlyGet)
 	}

@@ -172,7 +172,7 @@ func TestServeListener_AStalledBodyDoesNotHoldTheStop(t *testing.T) {
 func TestHealth_OtherMethodsAre405(t *testing.T) {
 	var h Health
 	mux := http.NewServeMux()
-	h.Mount(mux, metrics.NewRegistry())
+	h.Mount(mux, metrics.NewRegistry(), nil)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "catch-all", http.StatusNotFound) })
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		w := httptest.NewRecorder()
