@@ -323,3 +323,29 @@ func TestStatus_TimeoutBoundsRedis(t *testing.T) {
 		t.Errorf("stderr has more than the error:\n%s", stderr)
 	}
 }
+
+// TestStatus_AChangeWithoutTimeIsPending: ingest cannot hand a change
+// whose Dovecot event has no start_time or end_time to the Broker; the
+// user's pending mark takes when ingest received it, so status shows the
+// user pending (not "no record ... no change waits") and the overview an
+// oldest change.
+func TestStatus_AChangeWithoutTimeIsPending(t *testing.T) {
+	srv := redistest.Start(t)
+	env, _, stderr := testEnv(nil, "")
+	base, _ := serve(t, env, stderr, "ingest", "--listen", "127.0.0.1:0",
+		"--broker-url", "http://127.0.0.1:1", "--redis-url", srv.URL())
+	noTime := `{"event":"mail_delivery_finished","hostname":"mail-a.test","categories":["service:lmtp"],"fields":{"user":"u1","message_id":"<m@test>"}}`
+	resp, err := http.Post(base+"/events", "application/json", strings.NewReader(noTime))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("POST with the broker down: %d, want 503\n%s", resp.StatusCode, stderr)
+	}
+	out := statusOut(t, `(?m)^  pending +since 2\d\d\d-`, "--redis-url", srv.URL(), "u1")
+	if strings.Contains(out, "no record") || !strings.Contains(out, "mail-a.test") {
+		t.Errorf("u1's status:\n%s", out)
+	}
+	statusOut(t, `(?m)^  pending +1 +oldest change 2\d\d\d-`, "--redis-url", srv.URL())
+}

@@ -213,6 +213,15 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 		return
 	}
 	h.observe(r.Context(), &c)
+	if c.Time.IsZero() {
+		// The event has no start_time or end_time: the change happened
+		// at the latest when ingest received it. A zero time would be
+		// a year-1 pending mark that no later mark replaces.
+		c.Time = c.Observed
+		if c.Time.IsZero() {
+			c.Time = time.Now().UTC()
+		}
+	}
 	ce, err := contract.FromChange(c)
 	if err != nil {
 		h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())

@@ -473,3 +473,53 @@ func TestLoad_ABrokerURLsPasswordIsNotShown(t *testing.T) {
 		t.Errorf("err %v: want broker-url named, without the password", err)
 	}
 }
+
+// TestHandle_AnEventWithoutTimeTakesWhenIngestReceivedIt: an event with
+// neither start_time nor end_time is a change at the latest when ingest
+// received it: the CloudEvent's time and a pending mark (broker down)
+// carry that time, never a zero one (a year-1 mark that ZADD LT would
+// never replace, and that status reads as no change at all). With the
+// Redis clock set, the stamp is that clock's.
+func TestHandle_AnEventWithoutTimeTakesWhenIngestReceivedIt(t *testing.T) {
+	noTime := `{"event":"imap_command_finished","hostname":"mail-a.test","categories":["service:imap"],"fields":{"user":"u1","cmd_name":"APPEND","mailbox":"INBOX","tagged_reply_state":"OK"}}`
+
+	b := &broker{}
+	f := newFixture(t, Options{}, b, "")
+	before := time.Now()
+	if code, body := f.post(t, "/events", "application/json", noTime); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, body)
+	}
+	if at := b.events[0].Time(); at.Before(before.Add(-time.Millisecond)) || at.After(time.Now()) {
+		t.Errorf("CloudEvent time %v, want when ingest received it (after %v)", at, before)
+	}
+
+	// With the Redis clock: its time.
+	redisNow := time.Date(2026, 11, 29, 12, 0, 0, 123000000, time.UTC)
+	f.h.opts.Clock = f.store
+	f.redis.SetTime(redisNow)
+	if code, body := f.post(t, "/events", "application/json", noTime); code != http.StatusAccepted {
+		t.Fatalf("%d %s", code, body)
+	}
+	if at := b.events[1].Time(); !at.Equal(redisNow) {
+		t.Errorf("CloudEvent time %v, want the Redis clock's %v", at, redisNow)
+	}
+
+	// The broker down: the pending mark has the receipt time, and a later
+	// mark of an older change still replaces it.
+	f = newFixture(t, Options{}, &broker{}, "")
+	f.brokerS.Close()
+	before = time.Now()
+	if code, body := f.post(t, "/events", "application/json", noTime); code != http.StatusServiceUnavailable {
+		t.Fatalf("%d %s", code, body)
+	}
+	score, err := f.redis.ZScore(state.PendingKey, "u1")
+	if err != nil || int64(score) < before.UnixMilli() || int64(score) > time.Now().UnixMilli() {
+		t.Fatalf("pending mark %v (%v), want when ingest received it (from %d)", int64(score), err, before.UnixMilli())
+	}
+	if code, body := f.post(t, "/events", "application/json", appendEvent); code != http.StatusServiceUnavailable {
+		t.Fatalf("%d %s", code, body)
+	}
+	if score, _ := f.redis.ZScore(state.PendingKey, "u1"); int64(score) != time.Date(2026, 11, 28, 23, 45, 46, 25497000, time.UTC).UnixMilli() {
+		t.Errorf("pending mark %d, want the older change's time", int64(score))
+	}
+}

@@ -47,8 +47,13 @@ func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
 
 // MarkPending records that user has a change on host at time at that has
 // not been handed to a sync function, so the sweep replicates the user
-// later. The oldest pending time wins.
+// later. The oldest pending time wins. A zero time (or one not after
+// 1970) means now, as in Begin: a year-1 mark would never be replaced
+// (ZADD LT) and would read as no change at all.
 func (s *Store) MarkPending(ctx context.Context, user, host string, at time.Time) error {
+	if at.UnixMilli() <= 0 {
+		at = time.Now()
+	}
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAddLT(ctx, PendingKey, redis.Z{Score: float64(at.UnixMilli()), Member: user})
 		p.HSet(ctx, UserKey(user), FieldPendingHost, host)

@@ -63,3 +63,38 @@ func TestFailed(t *testing.T) {
 		}
 	})
 }
+
+// TestMarkPending_AZeroTimeIsNow: a mark without a time is taken as now,
+// never stored as year 1 (which ZADD LT would never replace, and which
+// the status reads as no change at all): the user's status says it
+// waits since then, and the overview's oldest change is set.
+func TestMarkPending_AZeroTimeIsNow(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		before := time.Now().Add(-time.Millisecond)
+		if err := b.st.MarkPending(ctx, "u1", "mail-a.test", time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.PendingSince.Before(before) || s.PendingSince.After(time.Now()) || s.PendingHost != "mail-a.test" {
+			t.Errorf("pending since %v on %q, want now on mail-a.test", s.PendingSince, s.PendingHost)
+		}
+		o, err := b.st.Overview(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Pending != 1 || o.OldestPending.Before(before) {
+			t.Errorf("overview %+v, want one user pending since now", o)
+		}
+		// An older change found later still replaces it.
+		old := time.UnixMilli(1_700_000_000_000).UTC()
+		if err := b.st.MarkPending(ctx, "u1", "mail-a.test", old); err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := b.st.Status(ctx, "u1"); !s.PendingSince.Equal(old) {
+			t.Errorf("pending since %v, want the older change's %v", s.PendingSince, old)
+		}
+	})
+}
