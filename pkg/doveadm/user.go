@@ -14,8 +14,11 @@ const MaxUserLen = 255
 // ValidateUser rejects usernames that must never reach doveadm or Redis:
 // empty, too long, not UTF-8, with control characters (they would forge
 // log lines and protocol frames), starting with '-' (an option to
-// doveadm's argv) or holding '*' or '?' (doveadm expands them as a user
-// mask, syncing every matching user).
+// doveadm's argv), holding '*' or '?' (doveadm expands them as a user
+// mask, syncing every matching user), or holding U+FFFD, the replacement
+// character (a JSON decoder, Dovecot's event, a structured CloudEvent,
+// puts it for invalid UTF-8 or a lone surrogate such as "\ud800": the
+// name that was sent is lost, and dsync would run for another).
 func ValidateUser(user string) error {
 	switch {
 	case user == "":
@@ -33,6 +36,8 @@ func ValidateUser(user string) error {
 			return fmt.Errorf("username %q has a control character", user)
 		case r == '*' || r == '?':
 			return fmt.Errorf("username %q has a wildcard (%q) doveadm would expand", user, r)
+		case r == utf8.RuneError:
+			return fmt.Errorf("username %q has U+FFFD, the replacement character: the JSON it came in had invalid UTF-8 or a lone surrogate (such as \\ud800) there, and the name that was sent is lost", user)
 		}
 	}
 	if strings.TrimSpace(user) != user {

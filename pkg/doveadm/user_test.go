@@ -31,6 +31,9 @@ func TestValidateUser(t *testing.T) {
 		{"*", "wildcard"},
 		{"u?", "wildcard"},
 		{"\xff\xfe", "UTF-8"},
+		// What a JSON decoder makes of invalid UTF-8 or a lone surrogate.
+		{"u\ufffd", "U+FFFD"},
+		{"\ufffd", "lone surrogate"},
 	}
 	for _, tt := range tests {
 		err := ValidateUser(tt.user)

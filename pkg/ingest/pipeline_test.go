@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,10 +52,15 @@ func FuzzPipeline(f *testing.F) {
 	f.Add([]byte(`{"event":"imap_command_finished","hostname":"h","fields":{"user":"u","cmd_name":"UID COPY","cmd_args":"1 \"&ZeVnLIqe-\"","tagged_reply_state":"OK"}}`))
 	f.Add([]byte(`{"event":"managesieve_command_finished","hostname":"h","categories":["managesieve","service:managesieve"],"fields":{"user":"u","cmd_name":"PUTSCRIPT","cmd_args":"\"vacation\"","script_name":"vacation","compile_warnings":0}}`))
 	f.Add([]byte(`{"event":"managesieve_command_finished","hostname":"h","fields":{"user":"u","cmd_name":"PUTSCRIPT","error":"Compilation failed","compile_errors":1}}`))
+	f.Add([]byte(`{"event":"mail_delivery_finished","hostname":"h","fields":{"user":"u\ud800"}}`))
+	f.Add([]byte("{\"event\":\"mail_delivery_finished\",\"hostname\":\"h\",\"fields\":{\"user\":\"u\xff\"}}"))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ce, reason, err := pipeline(body)
 		if err != nil || reason != "" {
 			return
+		}
+		if strings.ContainsRune(ce.Subject(), utf8.RuneError) {
+			t.Fatalf("a username with U+FFFD (the name sent is lost) from %q", body)
 		}
 		if verr := ce.Validate(); verr != nil {
 			t.Fatalf("invalid CloudEvent from %q: %v", body, verr)

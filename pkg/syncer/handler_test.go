@@ -239,6 +239,21 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 	hostile.SetSubject("-oProxyCommand=evil")
 	wild := changeEvent(t, "u1", time.Now())
 	wild.SetSubject("*")
+	lone := changeEvent(t, "u1", time.Now())
+	structured := func(ev cloudevents.Event, subject string) *http.Request {
+		b, err := ev.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A lone surrogate in the JSON: the decoder makes U+FFFD of it.
+		body := strings.Replace(string(b), `"subject":"u1"`, `"subject":"`+subject+`"`, 1)
+		if body == string(b) {
+			t.Fatalf("no subject in %s", b)
+		}
+		r, _ := http.NewRequest("POST", f.srv.URL+"/", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/cloudevents+json")
+		return r
+	}
 	badHost := changeEvent(t, "u1", time.Now())
 	badHost.SetSource("mail a/../../")
 	badData := changeEvent(t, "u1", time.Now())
@@ -270,6 +285,7 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 			contract.TypeSweepRequested + " or " + contract.TypePingSource, rejectType},
 		{"hostile user", binaryReq(hostile), 400, "starts with '-'", rejectUser},
 		{"wildcard user", binaryReq(wild), 400, "wildcard", rejectUser},
+		{"lone surrogate user", structured(lone, `u\ud800`), 400, "invalid UTF-8 or a lone surrogate", rejectUser},
 		{"bad host", binaryReq(badHost), 400, "only letters", rejectHost},
 		{"bad data", binaryReq(badData), 400, "data of event", rejectData},
 		{"plain JSON", raw("POST", "/", "application/json", `{"user":"u1"}`), 400, "not a CloudEvent", rejectEncoding},
