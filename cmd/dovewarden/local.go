@@ -63,6 +63,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if *sweepEvery < 0 {
+		return fmt.Errorf("sweep-every %s: must not be negative (0: a sweep only at start)", *sweepEvery)
+	}
 	log, err := server.NewLogger(env.stderr, sc.Server.LogFormat, sc.Server.LogLevel)
 	if err != nil {
 		return err

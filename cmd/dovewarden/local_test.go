@@ -701,3 +701,31 @@ func TestLocal_ChangesOfTheLastRoundAreNotLeftToTheSweep(t *testing.T) {
 		t.Errorf("the log does not say u1 was asked for again:\n%s", stderr)
 	}
 }
+
+// TestLocal_RefusesANegativeSweepInterval: a negative --sweep-every (or
+// DOVEWARDEN_SWEEP_EVERY) stops the start naming the setting, rather
+// than meaning "only at start" as 0 does.
+func TestLocal_RefusesANegativeSweepInterval(t *testing.T) {
+	for name, tc := range map[string]struct {
+		vars map[string]string
+		args []string
+	}{
+		"flag":        {nil, []string{"--sweep-every", "-1h"}},
+		"environment": {map[string]string{"DOVEWARDEN_SWEEP_EVERY": "-5m"}, nil},
+	} {
+		t.Run(name, func(t *testing.T) {
+			vars := map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": "x"}
+			for k, v := range tc.vars {
+				vars[k] = v
+			}
+			env, _, _ := testEnv(vars, "")
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, env, append([]string{"local", "--listen", "127.0.0.1:0",
+				"--doveadm-url", "http://127.0.0.1:1", "--destination", "tcp:127.0.0.1:1"}, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), "sweep-every -") || !strings.Contains(err.Error(), "negative") {
+				t.Fatalf("%v, want an error naming sweep-every", err)
+			}
+		})
+	}
+}
