@@ -230,7 +230,14 @@ func New(o Options, st Store, lister doveadm.Lister, sources []Source, snd Sende
 	if o.SendParallel <= 0 {
 		o.SendParallel = d.SendParallel
 	}
-	return &Sweeper{o: o, st: st, lister: lister, sources: sources, snd: snd, log: log, m: newSweepMetrics(reg)}
+	m := newSweepMetrics(reg)
+	// Every host's listing counters start at 0, before its first listing:
+	// rate() and alerts then see a first failure.
+	for _, src := range sources {
+		m.listed.WithLabelValues(hostLabel(src.Name))
+		m.listFailures.WithLabelValues(hostLabel(src.Name))
+	}
+	return &Sweeper{o: o, st: st, lister: lister, sources: sources, snd: snd, log: log, m: m}
 }
 
 // Step runs one step: without a cursor it starts a sweep (or finds one

@@ -440,3 +440,23 @@ func TestStatusCollector(t *testing.T) {
 		}
 	}
 }
+
+// TestNew_ListingCountersStartAtZero: a sweeper's listing counters, users
+// listed and failed listings, are there for every host before any sweep,
+// at 0, so rate() and alerts see a first failure (docs/operations.md).
+func TestNew_ListingCountersStartAtZero(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1")
+	f.build(t, []Source{{Name: "mail-a"}, {Name: ""}})
+	want := ""
+	for _, name := range []string{"dovewarden_sweep_list_failures_total", "dovewarden_sweep_users_listed_total"} {
+		want += "# HELP " + name + " " + map[string]string{
+			"dovewarden_sweep_list_failures_total": "User listings that failed or were cut short, by host.",
+			"dovewarden_sweep_users_listed_total":  "Usernames the Dovecot hosts listed, by host.",
+		}[name] + "\n# TYPE " + name + " counter\n" +
+			name + `{host="default"} 0` + "\n" + name + `{host="mail-a"} 0` + "\n"
+	}
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want),
+		"dovewarden_sweep_list_failures_total", "dovewarden_sweep_users_listed_total"); err != nil {
+		t.Error(err)
+	}
+}
