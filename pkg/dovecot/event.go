@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -110,9 +112,51 @@ func describe(err error) error {
 	case errors.As(err, &syn):
 		return fmt.Errorf("invalid JSON at byte %d: %w", syn.Offset, err)
 	case errors.As(err, &typ):
-		return fmt.Errorf("field %q: expected %s, got JSON %s", typ.Field, typ.Type, typ.Value)
+		got := jsonValue(typ.Value)
+		if typ.Field == "" {
+			return fmt.Errorf("want a JSON object (one Dovecot event), got %s", got)
+		}
+		return fmt.Errorf("field %q: want %s, got %s", typ.Field, jsonKind(typ.Type), got)
 	}
 	return fmt.Errorf("invalid JSON: %w", err)
+}
+
+// jsonKind names what JSON a Go type takes, in words for whoever posted
+// it, never the Go type's name.
+func jsonKind(t reflect.Type) string {
+	if t == nil {
+		return "another JSON value"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array of " + strings.TrimPrefix(strings.TrimPrefix(jsonKind(t.Elem()), "a "), "an ") + "s"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "another JSON value"
+}
+
+// jsonValue is encoding/json's UnmarshalTypeError.Value ("array",
+// "number 1.5", "string") with an article.
+func jsonValue(v string) string {
+	switch {
+	case v == "":
+		return "another JSON value"
+	case strings.HasPrefix(v, "array"), strings.HasPrefix(v, "object"):
+		return "an " + v
+	}
+	return "a " + v
 }
 
 // Timestamp is an event time. Dovecot writes RFC 3339 strings with

@@ -47,10 +47,14 @@ func TestParse_Errors(t *testing.T) {
 		"spaces":        {"  \n", "empty body"},
 		"not json":      {"hello", "invalid JSON at byte 1"},
 		"truncated":     {`{"event":"x"`, "invalid JSON"},
-		"array":         {`[1,2]`, "expected dovecot.Event"},
+		"array":         {`[1,2]`, "want a JSON object (one Dovecot event), got an array"},
+		"string":        {`"e"`, "want a JSON object (one Dovecot event), got a string"},
+		"fields array":  {`{"event":"e","fields":[]}`, `field "fields": want an object, got an array`},
+		"categories":    {`{"event":"e","categories":"imap"}`, `field "categories": want an array of strings, got a string`},
+		"category":      {`{"event":"e","categories":[1]}`, `field "categories": want a string, got a number`},
 		"two objects":   {`{"event":"a"} {"event":"b"}`, "invalid JSON"},
 		"no event":      {`{"hostname":"h"}`, `missing "event"`},
-		"user a number": {`{"event":"e","fields":{"user":5}}`, `field "fields.user"`},
+		"user a number": {`{"event":"e","fields":{"user":5}}`, `field "fields.user": want a string, got a number`},
 		"bad time":      {`{"event":"e","end_time":"yesterday"}`, "not RFC 3339"},
 		"negative time": {`{"event":"e","end_time":-5}`, "neither RFC 3339"},
 		"huge time":     {`{"event":"e","end_time":1e300}`, "neither RFC 3339"},
@@ -60,6 +64,9 @@ func TestParse_Errors(t *testing.T) {
 			_, err := Parse([]byte(tc.body))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Parse(%q) error %v, want it to contain %q", tc.body, err, tc.want)
+			}
+			if strings.Contains(err.Error(), "dovecot.") {
+				t.Errorf("Parse(%q) error %v names a Go type", tc.body, err)
 			}
 		})
 	}

@@ -188,6 +188,7 @@ func TestHandle_BadInput(t *testing.T) {
 		"too large":      {"POST", "/events", "application/json", big, 413, rejectTooLarge, "2048"},
 		"not json":       {"POST", "/events", "application/json", "{oops", 400, rejectMalformed, "invalid JSON"},
 		"empty":          {"POST", "/events", "application/json", "", 400, rejectMalformed, "empty body"},
+		"array":          {"POST", "/events", "application/json", "[1,2]", 400, rejectMalformed, "want a JSON object (one Dovecot event), got an array"},
 		"two objects":    {"POST", "/events", "application/json", appendEvent + appendEvent, 400, rejectMalformed, "invalid JSON"},
 		"wrong type":     {"POST", "/events", "application/json", `{"event":"x","fields":{"user":[]}}`, 400, rejectMalformed, "fields.user"},
 		"no hostname":    {"POST", "/events", "application/json", `{"event":"mail_delivery_finished","fields":{"user":"u"}}`, 400, rejectHost, "hostname"},
