@@ -240,7 +240,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		case embedded && bs.SpoolFile == "":
 			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(held))
 		case !embedded:
-			markUndelivered(st, held, log)
+			markUndelivered(st, held, bs.SpoolFile != "", log)
 		}
 	}
 	return errors.Join(serr, saveHeld(b, bs.SpoolFile, held, log))
@@ -255,8 +255,13 @@ const markUndeliveredBudget = 5 * time.Second
 // change or replication request the broker dropped at shutdown, as ingest
 // does for a change the broker refuses: the sweep at the next start
 // replicates them first (pending users lead its candidates), before the
-// users it requests only for the recovery time.
-func markUndelivered(st *state.Store, held []broker.Held, log *slog.Logger) {
+// users it requests only for the recovery time. spooled: the events go to
+// the spool file next (saveHeld), so the messages do not call them lost.
+func markUndelivered(st *state.Store, held []broker.Held, spooled bool, log *slog.Logger) {
+	fate := "queued events dropped at shutdown"
+	if spooled {
+		fate = "queued events not delivered by shutdown, to be saved to the spool file"
+	}
 	// One mark per user: the oldest change, on the host it came from.
 	oldest := map[string]change.Request{}
 	for _, h := range held {
@@ -275,7 +280,7 @@ func markUndelivered(st *state.Store, held []broker.Held, log *slog.Logger) {
 		}
 	}
 	if len(oldest) == 0 {
-		log.Warn("queued events dropped at shutdown; none was a change or a replication request", "events", len(held))
+		log.Warn(fate+"; none was a change or a replication request", "events", len(held))
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), markUndeliveredBudget)
@@ -283,13 +288,20 @@ func markUndelivered(st *state.Store, held []broker.Held, log *slog.Logger) {
 	marked := 0
 	for user, req := range oldest {
 		if err := st.MarkPending(ctx, user, req.Host, req.Time); err != nil {
-			log.Error("queued changes dropped at shutdown and not marked pending: the sweep at the next start replicates them with every other user",
-				"events", len(held), "users", len(oldest), "marked", marked, "err", err)
+			msg := "queued changes dropped at shutdown and not marked pending: the sweep at the next start replicates them with every other user"
+			if spooled {
+				msg = "queued changes not marked pending at shutdown: only the spool file keeps them for the next start (and the sweep at that start replicates every user)"
+			}
+			log.Error(msg, "events", len(held), "users", len(oldest), "marked", marked, "err", err)
 			return
 		}
 		marked++
 	}
-	log.Warn("queued events dropped at shutdown; their users are marked pending for the sweep", "events", len(held), "users", marked)
+	if spooled {
+		log.Warn(fate+"; their users are also marked pending for the sweep", "events", len(held), "users", marked)
+		return
+	}
+	log.Warn(fate+"; their users are marked pending for the sweep", "events", len(held), "users", marked)
 }
 
 // sweepTimer publishes a sweep.requested into the broker now and then

@@ -248,13 +248,25 @@ func TestLocal_ASweepOfMoreStepsThanTheBrokersTTL(t *testing.T) {
 // change's time and host, as ingest leaves for a change the broker
 // refuses (TestLocal_RestartLosesNoAcceptedChange: the next start
 // replicates them).
+//
+// With --spool-file the events are not dropped but saved to it, and the
+// log says so rather than calling them dropped.
 func TestLocal_QueuedChangesMarkedPendingAtShutdown(t *testing.T) {
+	t.Run("without spool file", func(t *testing.T) { queuedChangesMarkedPendingAtShutdown(t, false) })
+	t.Run("with spool file", func(t *testing.T) { queuedChangesMarkedPendingAtShutdown(t, true) })
+}
+
+func queuedChangesMarkedPendingAtShutdown(t *testing.T, spool bool) {
 	srv := redistest.Start(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
 	started, free := holdU1(t, fake)
 	// One worker a lane: u1's dsync holds the new-mail lane, u2 and u3
 	// wait in its queue.
-	base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--workers", "1")
+	args := []string{"--redis-url", srv.URL(), "--workers", "1"}
+	if spool {
+		args = append(args, "--spool-file", filepath.Join(t.TempDir(), "spool"))
+	}
+	base, stop, stderr := startLocalWith(t, fake, args...)
 	postBehindU1(t, base, started, stderr, "u2", "u3")
 	go func() {
 		// u1's dsync ends during the shutdown, within its timeout.
@@ -284,6 +296,14 @@ func TestLocal_QueuedChangesMarkedPendingAtShutdown(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "marked pending") {
 		t.Errorf("no log of the marks:\n%s", stderr)
+	}
+	if spool {
+		if strings.Contains(stderr.String(), "queued events dropped") || !strings.Contains(stderr.String(), "to be saved to the spool file; their users are also marked pending") ||
+			!strings.Contains(stderr.String(), "saved to the spool file") {
+			t.Errorf("with a spool file, the log calls the events dropped or does not say they are saved:\n%s", stderr)
+		}
+	} else if !strings.Contains(stderr.String(), "queued events dropped at shutdown; their users are marked pending") {
+		t.Errorf("without a spool file, the log does not say the events are dropped:\n%s", stderr)
 	}
 }
 
