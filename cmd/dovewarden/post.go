@@ -51,9 +51,6 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 		if err != nil {
 			return nil, err
 		}
-		if tok == "" {
-			return nil, fmt.Errorf("broker-token-file %s: empty", *b.tokenFile)
-		}
 		auth = "Bearer " + tok
 	}
 	tc, err := clientTLS(*b.caFile, *b.url, "broker-url")

@@ -247,17 +247,11 @@ func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		if pw == "" {
-			return nil, fmt.Errorf("auth-password-file %s: empty", cred.passwordFile)
-		}
 		h.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cred.user+":"+pw))
 	case cred.tokenFile != "":
 		tok, err := config.Secret("auth-token", "", cred.tokenFile)
 		if err != nil {
 			return nil, err
-		}
-		if tok == "" {
-			return nil, fmt.Errorf("auth-token-file %s: empty", cred.tokenFile)
 		}
 		h.auth = "Bearer " + tok
 	}

@@ -71,9 +71,10 @@ func Unused(fs *flag.FlagSet, environ []string, ignore ...string) []string {
 	return out
 }
 
-// Secret returns value, or when it is empty the trimmed contents of the file
-// named by file, so passwords can come from mounted secrets. setting names
-// the flag for error messages.
+// Secret returns value, or when it is empty the contents of the file named
+// by file less its line ending, so passwords can come from mounted
+// secrets. A file that holds nothing but white space is an error. setting
+// names the flag for error messages.
 func Secret(setting, value, file string) (string, error) {
 	if value != "" || file == "" {
 		return value, nil
@@ -82,7 +83,13 @@ func Secret(setting, value, file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s-file: %w", setting, err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	v := strings.TrimRight(string(b), "\r\n")
+	if strings.TrimSpace(v) == "" {
+		// Read as "no password" or "no token", it would turn
+		// authentication off or send none.
+		return "", fmt.Errorf("%s-file %s: empty", setting, file)
+	}
+	return v, nil
 }
 
 // RedactURL hides a password in a URL before it reaches an error message

@@ -53,6 +53,15 @@ func TestSecret(t *testing.T) {
 	if _, err := Secret("auth-password", "", file+".missing"); err == nil || !strings.Contains(err.Error(), "auth-password-file") {
 		t.Errorf("missing file: %v", err)
 	}
+	// A Secret not mounted yet, or written empty: never "no password".
+	for _, content := range []string{"", "\n", "\r\n", " \t\n"} {
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := Secret("doveadm-password", "", file); err == nil || err.Error() != "doveadm-password-file "+file+": empty" {
+			t.Errorf("file holding %q: %q, %v; want an error naming doveadm-password-file", content, v, err)
+		}
+	}
 }
 
 func TestRedactURL(t *testing.T) {

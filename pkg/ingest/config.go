@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 	"unicode"
 
@@ -75,14 +74,10 @@ func (c *Config) RegisterHandlerFlags(fs *flag.FlagSet) {
 // Errors name the setting.
 func (c *Config) HandlerOptions() (Options, error) {
 	var err error
-	// A file that holds nothing would otherwise read as "no password" or
-	// "no token": authentication silently off.
-	passwordFromFile := c.AuthPassword == "" && c.AuthPasswordFile != ""
+	// config.Secret refuses a file that holds nothing, which would
+	// otherwise read as "no password" or "no token": authentication off.
 	if c.AuthPassword, err = config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile); err != nil {
 		return Options{}, err
-	}
-	if passwordFromFile && c.AuthPassword == "" {
-		return Options{}, fmt.Errorf("auth-password-file %s: empty", c.AuthPasswordFile)
 	}
 	tokenSetting := "auth-token"
 	if c.AuthToken == "" && c.AuthTokenFile != "" {
@@ -90,9 +85,6 @@ func (c *Config) HandlerOptions() (Options, error) {
 	}
 	if c.AuthToken, err = config.Secret("auth-token", c.AuthToken, c.AuthTokenFile); err != nil {
 		return Options{}, err
-	}
-	if tokenSetting != "auth-token" && strings.TrimSpace(c.AuthToken) == "" {
-		return Options{}, fmt.Errorf("%s: empty", tokenSetting)
 	}
 	if err := checkToken(c.AuthToken); err != nil {
 		return Options{}, fmt.Errorf("%s: %w", tokenSetting, err)
