@@ -117,6 +117,14 @@ func stampOf(path string) (fileStamp, error) {
 func (k *KeyPair) use(stamp [2]fileStamp, cert *tls.Certificate) {
 	k.cert, k.stamp, k.tried = cert, stamp, [2]fileStamp{}
 	k.expires.Set(float64(cert.Leaf.NotAfter.Unix()))
+	// Served all the same: clients decide, and an expired certificate
+	// is better than none while a renewal is on its way.
+	switch now := time.Now(); {
+	case now.After(cert.Leaf.NotAfter):
+		k.log.Error("the TLS certificate has expired: clients that check it refuse it", "tls_cert_file", k.certFile, "expired", cert.Leaf.NotAfter)
+	case now.Before(cert.Leaf.NotBefore):
+		k.log.Warn("the TLS certificate is not valid yet: clients that check it refuse it until then", "tls_cert_file", k.certFile, "valid_from", cert.Leaf.NotBefore)
+	}
 }
 
 // GetCertificate is the listener's tls.Config.GetCertificate: the pair

@@ -231,3 +231,30 @@ func TestOptions_TLSSettings(t *testing.T) {
 		t.Errorf("a key as the certificate: %v, want an error naming tls-cert-file", err)
 	}
 }
+
+// TestKeyPair_SaysWhenTheCertificateHasExpired: an expired certificate is
+// still served (a renewal may be on its way), but the log says so at
+// once, and the expiry gauge, which the alert reads, is in the past.
+func TestKeyPair_SaysWhenTheCertificateHasExpired(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := time.Now().Add(-time.Minute).Truncate(time.Second)
+	cert, key, err := ca.Issue(dir, testcert.Leaf{Name: "old", Hosts: []string{"mail.test"}, NotAfter: expired})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs safebuf.Buffer
+	kp, err := LoadKeyPair(cert, key, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatalf("an expired certificate: %v, want it loaded", err)
+	}
+	if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "has expired") || !strings.Contains(logs.String(), cert) {
+		t.Errorf("log %q, want an error naming the file", &logs)
+	}
+	if got := testutil.ToFloat64(kp.expires); got != float64(expired.Unix()) {
+		t.Errorf("expiry gauge %v, want %v", got, expired.Unix())
+	}
+}
