@@ -9,19 +9,21 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 )
 
 // KeyPair is the certificate and key a role serves TLS with, read from
 // --tls-cert-file and --tls-key-file. A renewed certificate is taken up
 // without a restart: each TLS handshake looks at both files, and when
 // either has changed since they were read, reads them again. A pair that
-// does not load then (a key written before its certificate, a typo) is
-// logged and counted, and the pair loaded before stays in use, so a bad
-// renewal never stops the service; the next handshake tries again.
+// does not load then (a key written before its certificate, a file gone,
+// one the process may not read) is logged and counted once, and the pair
+// loaded before stays in use, so a bad renewal never stops the service;
+// the next change of either file (a chmod too) is tried again.
 type KeyPair struct {
 	certFile, keyFile string
 	log               *slog.Logger
@@ -32,15 +34,27 @@ type KeyPair struct {
 	tried   [2]fileStamp // the last pair that failed, not retried until it changes
 	expires prometheus.Gauge
 	failed  prometheus.Counter
+	failing prometheus.Gauge
 }
 
 // fileStamp tells whether a file changed: certbot and Kubernetes Secrets
 // replace the file (a new inode behind the same name), an editor may
-// rewrite it in place.
+// rewrite it in place, and a chmod or chown changes only its ctime.
 type fileStamp struct {
-	mod  time.Time
-	size int64
-	ino  uint64
+	mod, changed time.Time
+	size         int64
+	ino          uint64
+	missing      bool // stat failed: gone, or a link to nothing
+}
+
+func stampOf(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{missing: true}
+	}
+	s := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	s.ino, s.changed = inodeAndCtime(fi)
+	return s
 }
 
 // LoadKeyPair reads the certificate (PEM, the leaf first, then the
@@ -48,15 +62,20 @@ type fileStamp struct {
 func LoadKeyPair(certFile, keyFile string, log *slog.Logger) (*KeyPair, error) {
 	k := &KeyPair{certFile: certFile, keyFile: keyFile, log: log,
 		expires: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "dovewarden_tls_certificate_expiry_timestamp_seconds",
+			Name: prometheus.BuildFQName(metrics.Namespace, "tls", "certificate_expiry_timestamp_seconds"),
 			Help: "When the certificate the listener serves (tls-cert-file) expires, as a Unix time.",
 		}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dovewarden_tls_certificate_reload_failures_total",
-			Help: "Changed tls-cert-file or tls-key-file that did not load; the certificate loaded before is still served.",
+			Name: prometheus.BuildFQName(metrics.Namespace, "tls", "certificate_reload_failures_total"),
+			Help: "Changes of tls-cert-file or tls-key-file after which the pair did not load; the certificate loaded before was still served.",
+		}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prometheus.BuildFQName(metrics.Namespace, "tls", "certificate_reload_failing"),
+			Help: "1 while tls-cert-file or tls-key-file changed and the pair did not load (the certificate loaded before is served), 0 when the served pair is the files'.",
 		}),
 	}
-	stamp, cert, err := k.read()
+	stamp := k.stamps()
+	cert, err := k.read()
 	if err != nil {
 		return nil, err
 	}
@@ -66,50 +85,38 @@ func LoadKeyPair(certFile, keyFile string, log *slog.Logger) (*KeyPair, error) {
 
 // Collectors are the pair's metrics, for the role's registry.
 func (k *KeyPair) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{k.expires, k.failed}
+	return []prometheus.Collector{k.expires, k.failed, k.failing}
 }
 
-// read loads both files, with their stamps taken before reading: a file
+// stamps are both files' stamps now, taken before they are read: a file
 // replaced while it is read is read again at the next handshake.
-func (k *KeyPair) read() ([2]fileStamp, *tls.Certificate, error) {
-	var stamp [2]fileStamp
-	for i, f := range []struct{ setting, path string }{{"tls-cert-file", k.certFile}, {"tls-key-file", k.keyFile}} {
-		s, err := stampOf(f.path)
-		if err != nil {
-			return stamp, nil, fmt.Errorf("%s: %w", f.setting, err)
-		}
-		stamp[i] = s
-	}
+func (k *KeyPair) stamps() [2]fileStamp {
+	return [2]fileStamp{stampOf(k.certFile), stampOf(k.keyFile)}
+}
+
+// read loads both files.
+func (k *KeyPair) read() (*tls.Certificate, error) {
 	certPEM, err := os.ReadFile(k.certFile)
 	if err != nil {
-		return stamp, nil, fmt.Errorf("tls-cert-file: %w", err)
+		return nil, fmt.Errorf("tls-cert-file: %w", err)
 	}
 	keyPEM, err := os.ReadFile(k.keyFile)
 	if err != nil {
-		return stamp, nil, fmt.Errorf("tls-key-file: %w", err)
+		return nil, fmt.Errorf("tls-key-file: %w", err)
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return stamp, nil, fmt.Errorf("tls-cert-file %s and tls-key-file %s: %w", k.certFile, k.keyFile, err)
+		if bytes.Contains(keyPEM, []byte("ENCRYPTED")) {
+			err = fmt.Errorf("%w (the key is encrypted: give it unencrypted, readable only by this service)", err)
+		}
+		return nil, fmt.Errorf("tls-cert-file %s and tls-key-file %s: %w", k.certFile, k.keyFile, err)
 	}
 	if cert.Leaf == nil { // GODEBUG=x509keypairleaf=0
 		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return stamp, nil, fmt.Errorf("tls-cert-file %s: %w", k.certFile, err)
+			return nil, fmt.Errorf("tls-cert-file %s: %w", k.certFile, err)
 		}
 	}
-	return stamp, &cert, nil
-}
-
-func stampOf(path string) (fileStamp, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{}, err
-	}
-	s := fileStamp{mod: fi.ModTime(), size: fi.Size()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.ino = st.Ino
-	}
-	return s, nil
+	return &cert, nil
 }
 
 // use makes cert the one served. Called with k.mu held, or before k is
@@ -117,6 +124,11 @@ func stampOf(path string) (fileStamp, error) {
 func (k *KeyPair) use(stamp [2]fileStamp, cert *tls.Certificate) {
 	k.cert, k.stamp, k.tried = cert, stamp, [2]fileStamp{}
 	k.expires.Set(float64(cert.Leaf.NotAfter.Unix()))
+	k.failing.Set(0)
+	if len(cert.Certificate) == 1 && !bytes.Equal(cert.Leaf.RawIssuer, cert.Leaf.RawSubject) {
+		k.log.Info("tls-cert-file holds the server's certificate alone: clients must have its issuer among their CAs; for one from an intermediate CA, give the full chain (certbot's fullchain.pem)",
+			"tls_cert_file", k.certFile, "issuer", cert.Leaf.Issuer.String())
+	}
 	// Served all the same: clients decide, and an expired certificate
 	// is better than none while a renewal is on its way.
 	switch now := time.Now(); {
@@ -132,26 +144,19 @@ func (k *KeyPair) use(stamp [2]fileStamp, cert *tls.Certificate) {
 func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var now [2]fileStamp
-	for i, path := range []string{k.certFile, k.keyFile} {
-		s, err := stampOf(path)
-		if err != nil {
-			// Gone for a moment while it is replaced: serve what we have.
-			return k.cert, nil
-		}
-		now[i] = s
-	}
+	now := k.stamps()
 	if now == k.stamp || now == k.tried {
 		return k.cert, nil
 	}
-	stamp, cert, err := k.read()
+	cert, err := k.read()
 	if err != nil {
-		k.tried = stamp
+		k.tried = now
 		k.failed.Inc()
+		k.failing.Set(1)
 		k.log.Error("TLS certificate changed but did not load; still serving the one loaded before", "err", err, "expires", k.cert.Leaf.NotAfter)
 		return k.cert, nil
 	}
-	k.use(stamp, cert)
+	k.use(now, cert)
 	k.log.Info("TLS certificate loaded again", "subject", cert.Leaf.Subject.String(), "expires", cert.Leaf.NotAfter)
 	return cert, nil
 }

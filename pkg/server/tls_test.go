@@ -116,9 +116,10 @@ func leafOf(t *testing.T, certFile string) *x509.Certificate {
 // TestKeyPair_ServesARenewedCertificateWithoutARestart: a certificate
 // and key replaced on disk (as certbot or a Kubernetes Secret does) are
 // served from the next handshake on; a replacement that does not load
-// (the key written before its certificate) is logged and counted once,
-// and the certificate loaded before is still served, until the pair
-// loads.
+// (the key written before its certificate, a file gone) is logged and
+// counted once, the failing gauge is 1, and the certificate loaded
+// before is still served, until the pair loads; a chmod (the usual fix
+// for a key the service may not read) is tried again.
 func TestKeyPair_ServesARenewedCertificateWithoutARestart(t *testing.T) {
 	dir, issued := t.TempDir(), t.TempDir()
 	ca, err := testcert.NewCA(issued)
@@ -160,6 +161,15 @@ func TestKeyPair_ServesARenewedCertificateWithoutARestart(t *testing.T) {
 	client := clientOf(t, ca, "mail.test")
 	expect := func(step, serial string, notAfter time.Time, failures float64) {
 		t.Helper()
+		failing := 0.0
+		if strings.Contains(step, "half") || strings.Contains(step, "gone") {
+			failing = 1
+		}
+		defer func() {
+			if got := testutil.ToFloat64(kp.failing); got != failing {
+				t.Errorf("%s: reload failing %v, want %v", step, got, failing)
+			}
+		}()
 		got, err := servedSerial(addr, client)
 		if err != nil || got != serial {
 			t.Fatalf("%s: served serial %s, %v; want %s\n%s", step, got, err, serial, &logs)
@@ -186,8 +196,28 @@ func TestKeyPair_ServesARenewedCertificateWithoutARestart(t *testing.T) {
 	if !strings.Contains(logs.String(), "did not load") || !strings.Contains(logs.String(), "tls-cert-file") {
 		t.Errorf("the failed load is not logged with the setting:\n%s", &logs)
 	}
+	// Not readable, say, and fixed with a chmod: only the ctime changes.
+	if err := os.Chmod(filepath.Join(dir, "tls.key"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	expect("half renewed, after a chmod", leafOf(t, certB).SerialNumber.String(), leafOf(t, certB).NotAfter, 2)
 	live(certC, "tls.crt")
-	expect("renewal finished", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 1)
+	expect("renewal finished", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 2)
+
+	// A link to nothing, as a renewal that went wrong leaves.
+	if err := os.Remove(filepath.Join(dir, "tls.key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "nothing"), filepath.Join(dir, "tls.key")); err != nil {
+		t.Fatal(err)
+	}
+	expect("key gone", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 3)
+	expect("key gone, again", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 3)
+	if !strings.Contains(logs.String(), "no such file") {
+		t.Errorf("the missing key is not logged:\n%s", &logs)
+	}
+	live(keyC, "tls.key")
+	expect("key back", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 3)
 }
 
 // TestKeyPair_ClientConfigAcceptsOnlyTheServedCertificate: local mode's
