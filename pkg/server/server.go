@@ -179,9 +179,9 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	if o.KeyPair != nil {
 		scheme = "https"
 		srv.TLSConfig = o.KeyPair.ServerConfig()
-		go func() { errc <- srv.ServeTLS(readListener{ln}, "", "") }()
+		go func() { errc <- srv.ServeTLS(readListener{Listener: ln, tls: true}, "", "") }()
 	} else {
-		go func() { errc <- srv.Serve(readListener{ln}) }()
+		go func() { errc <- srv.Serve(readListener{Listener: ln}) }()
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "write_timeout", wt)
 	if ready != nil {

@@ -21,85 +21,105 @@ import (
 // stop, a connection no byte arrived on (a client's spare pooled one) is
 // closed at once, while a request that has begun to arrive is still served
 // to its end. With a shutdown timeout under net/http's 5 s for new
-// connections, the stop is clean: it never has to cancel requests.
+// connections, the stop is clean: it never has to cancel requests. Over
+// TLS too, where the spare connection has sent its handshake and then
+// nothing.
 func TestServeListener_StopDoesNotWaitForConnectionsThatSentNothing(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs safebuf.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	posted := make(chan struct{}, 1) // the begun request's headers read
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost {
-			posted <- struct{}{}
-		}
-		body, _ := io.ReadAll(r.Body)
-		w.Write([]byte("got " + string(body)))
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		done <- ServeListener(ctx, log, Options{ShutdownTimeout: 2 * time.Second}, ln, h, func(net.Addr) { close(ready) })
-	}()
-	<-ready
+	kp, client := testKeyPair(t, "mail.test")
+	for _, tc := range []struct {
+		name   string
+		kp     *KeyPair
+		dial   func(addr string) (net.Conn, error)
+		scheme string
+		http   *http.Client
+	}{
+		{"plain", nil, func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }, "http", http.DefaultClient},
+		{"tls", kp, func(addr string) (net.Conn, error) { return tls.Dial("tcp", addr, client) }, "https",
+			&http.Client{Transport: &http.Transport{TLSClientConfig: client}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs safebuf.Buffer
+			log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			posted := make(chan struct{}, 1) // the begun request's headers read
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost {
+					posted <- struct{}{}
+				}
+				body, _ := io.ReadAll(r.Body)
+				w.Write([]byte("got " + string(body)))
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			ready := make(chan struct{})
+			go func() {
+				done <- ServeListener(ctx, log, Options{ShutdownTimeout: 2 * time.Second, KeyPair: tc.kp}, ln, h, func(net.Addr) { close(ready) })
+			}()
+			<-ready
 
-	silent, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
-	begun, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer begun.Close()
-	// Headers now, the body after the stop began.
-	if _, err := io.WriteString(begun, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	// Both connections accepted: a third one's request is answered after
-	// theirs were.
-	if resp, err := http.Get("http://" + ln.Addr().String() + "/"); err != nil {
-		t.Fatal(err)
-	} else {
-		resp.Body.Close()
-	}
-	select {
-	case <-posted:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the begun request's headers were not read")
-	}
+			silent, err := tc.dial(ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer silent.Close()
+			begun, err := tc.dial(ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer begun.Close()
+			// Headers now, the body after the stop began.
+			if _, err := io.WriteString(begun, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			// Both connections accepted: a third one's request is answered
+			// after theirs were.
+			if resp, err := tc.http.Get(tc.scheme + "://" + ln.Addr().String() + "/"); err != nil {
+				t.Fatal(err)
+			} else {
+				resp.Body.Close()
+			}
+			select {
+			case <-posted:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the begun request's headers were not read")
+			}
+			if tc.kp != nil {
+				time.Sleep(tlsQuiet + 100*time.Millisecond) // the handshake's bytes were the last
+			}
 
-	cancel()
-	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if n, err := silent.Read(make([]byte, 1)); err == nil || n != 0 {
-		t.Errorf("the silent connection: read %d bytes, %v; want it closed", n, err)
-	}
-	if _, err := io.WriteString(begun, "hello"); err != nil {
-		t.Fatal(err)
-	}
-	begun.SetReadDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(begun), nil)
-	if err != nil {
-		t.Fatalf("the begun request got no answer: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if string(body) != "got hello" {
-		t.Errorf("the begun request: %d %q", resp.StatusCode, body)
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("ServeListener: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("ServeListener did not return")
-	}
-	if strings.Contains(logs.String(), "requests still running") {
-		t.Errorf("the stop had to cancel requests:\n%s", logs.String())
+			cancel()
+			silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := silent.Read(make([]byte, 1)); err == nil || n != 0 {
+				t.Errorf("the silent connection: read %d bytes, %v; want it closed", n, err)
+			}
+			if _, err := io.WriteString(begun, "hello"); err != nil {
+				t.Fatal(err)
+			}
+			begun.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(begun), nil)
+			if err != nil {
+				t.Fatalf("the begun request got no answer: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if string(body) != "got hello" {
+				t.Errorf("the begun request: %d %q", resp.StatusCode, body)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("ServeListener: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("ServeListener did not return")
+			}
+			if strings.Contains(logs.String(), "requests still running") {
+				t.Errorf("the stop had to cancel requests:\n%s", logs.String())
+			}
+		})
 	}
 }
 

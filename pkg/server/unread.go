@@ -19,6 +19,11 @@ import (
 // sync's posts to a standalone broker. A connection on which a request
 // has begun to arrive is left to finish.
 //
+// Over TLS the handshake's bytes arrive before any request, so a new
+// connection that has been quiet for tlsQuiet counts as unused too: a
+// spare connection handshakes at once and then sends nothing, and a client
+// that began a request and then paused that long is stalled anyway.
+//
 // It also finds the connections a request is being read from or answered
 // on, so that a stop that cancels the requests can also end their reads:
 // a client that sent part of a body and then nothing holds its handler in
@@ -29,18 +34,33 @@ type unreadConns struct {
 	active map[*readConn]struct{} // in http.StateActive
 }
 
-// readConn remembers whether anything was read from it.
+// tlsQuiet is how long a new TLS connection must have sent nothing to be
+// closed at a stop as unused.
+const tlsQuiet = 500 * time.Millisecond
+
+// readConn remembers whether anything was read from it, and when last.
 type readConn struct {
 	net.Conn
-	read atomic.Bool
+	tls      bool // the server's TLS runs over it
+	read     atomic.Bool
+	lastRead atomic.Int64 // UnixNano
 }
 
 func (c *readConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.read.Store(true)
+		c.lastRead.Store(time.Now().UnixNano())
 	}
 	return n, err
+}
+
+// unused says nothing of a request can have arrived on c.
+func (c *readConn) unused() bool {
+	if !c.read.Load() {
+		return true
+	}
+	return c.tls && time.Since(time.Unix(0, c.lastRead.Load())) > tlsQuiet
 }
 
 // CloseWrite keeps the TCP half-close net/http uses before closing a
@@ -54,6 +74,7 @@ func (c *readConn) CloseWrite() error {
 
 type readListener struct {
 	net.Listener
+	tls bool
 }
 
 func (l readListener) Accept() (net.Conn, error) {
@@ -61,7 +82,7 @@ func (l readListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &readConn{Conn: c}, nil
+	return &readConn{Conn: c, tls: l.tls}, nil
 }
 
 func newUnreadConns() *unreadConns {
@@ -101,14 +122,14 @@ func (u *unreadConns) endReads() int {
 	return len(u.active)
 }
 
-// closeUnread closes the new connections nothing arrived on, and says how
-// many.
+// closeUnread closes the new connections no request can have arrived
+// on, and says how many.
 func (u *unreadConns) closeUnread() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	n := 0
 	for c := range u.fresh {
-		if !c.read.Load() {
+		if c.unused() {
 			c.Close()
 			delete(u.fresh, c)
 			n++
