@@ -6,6 +6,7 @@
 #
 #   scripts/bench-ingest.sh            # both runs, 20 s each
 #   DURATION=60s scripts/bench-ingest.sh
+#   TLS=1 scripts/bench-ingest.sh      # ingest serves HTTPS (a self-signed certificate made with openssl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${DURATION:-20s}
@@ -26,20 +27,30 @@ metadata:
 YAML
 "$bin" broker --listen 127.0.0.1:18081 --triggers "$tmp/no-triggers" --log-level warn 2>"$tmp/broker.log" &
 pids+=($!)
-"$bin" ingest --listen 127.0.0.1:18080 --broker-url http://127.0.0.1:18081/ --log-level warn 2>"$tmp/ingest.log" &
+ingest=http://127.0.0.1:18080
+tls=()
+if [ "${TLS:-}" = 1 ]; then
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+		-addext subjectAltName=IP:127.0.0.1 -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+	tls=(--tls-cert-file "$tmp/cert.pem" --tls-key-file "$tmp/key.pem")
+	ingest=https://127.0.0.1:18080
+	# loadgen and curl trust it; Go reads SSL_CERT_FILE.
+	export SSL_CERT_FILE="$tmp/cert.pem" CURL_CA_BUNDLE="$tmp/cert.pem"
+fi
+"$bin" ingest --listen 127.0.0.1:18080 --broker-url http://127.0.0.1:18081/ --log-level warn "${tls[@]}" 2>"$tmp/ingest.log" &
 pids+=($!)
 ingest_pid=$!
 for _ in $(seq 100); do
-	curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break
+	curl -fsS "$ingest/readyz" >/dev/null 2>&1 && curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break
 	sleep 0.1
 done
 
 echo "== throughput: as fast as possible, 8 connections, $duration"
-"$bin" loadgen --url http://127.0.0.1:18080/events --concurrency 8 --duration "$duration"
+"$bin" loadgen --url "$ingest/events" --concurrency 8 --duration "$duration"
 echo
 echo "== latency at 2,000 events/s, 4 connections, $duration"
-"$bin" loadgen --url http://127.0.0.1:18080/events --rate 2000 --concurrency 4 --duration "$duration"
+"$bin" loadgen --url "$ingest/events" --rate 2000 --concurrency 4 --duration "$duration"
 echo
 echo "== ingest process after the runs"
 grep -E '^(VmHWM|VmRSS)' "/proc/$ingest_pid/status"
-curl -fsS http://127.0.0.1:18080/metrics | grep -E '^dovewarden_ingest_(send_failures|requests_rejected)' || true
+curl -fsS "$ingest/metrics" | grep -E '^dovewarden_ingest_(send_failures|requests_rejected)' || true

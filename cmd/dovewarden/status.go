@@ -85,7 +85,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	}
 	var conn state.Conn
 	conn.RegisterFlags(fs, "the Redis that sync keeps its state in (redis://, rediss://, unix://; Sentinel: ?master_name=)")
-	base := fs.String("url", "", "a running dovewarden local (http://127.0.0.1:8080), asked over HTTP")
+	base := fs.String("url", "", "a running dovewarden local (http://127.0.0.1:8080, or https://), asked over HTTP")
 	// The credentials have the names, and take the values, of local's
 	// own settings.
 	var cred statusCredentials
