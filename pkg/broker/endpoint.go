@@ -77,7 +77,8 @@ type endpoint interface {
 }
 
 // httpEndpoint POSTs events as Knative's dispatcher does: binary mode
-// (structured with delivery.format json), "Prefer: reply" to a subscriber.
+// (structured with the Trigger's delivery.format json, for a subscriber
+// only), "Prefer: reply" to a subscriber.
 type httpEndpoint struct {
 	url     string
 	client  *http.Client

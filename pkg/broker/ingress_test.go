@@ -401,3 +401,36 @@ func TestNew_DisablesUnresolvedTriggers(t *testing.T) {
 		t.Error("a bad subscriber URL was accepted")
 	}
 }
+
+// TestHTTPDeadLetterSink_BinaryWhateverTheFormat: a Trigger's
+// delivery.format json reaches its subscriber only. On a cluster the
+// channel dispatcher sends to the dead-letter sink itself, without the
+// format (fanout.FanoutEventHandler.makeFanoutRequest), so the sink gets
+// binary mode: each attribute a ce- header, the data as the body.
+func TestHTTPDeadLetterSink_BinaryWhateverTheFormat(t *testing.T) {
+	sub, subURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadRequest) })
+	dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
+	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    format: json\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	b, _ := start(t, cfg, Options{Subscribers: map[string]string{"svc": subURL, "dls": dlsURL}})
+	ev := event("e1", "x", "")
+	if err := ev.SetData("application/json", map[string]string{"user": "u1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	<-sub.got
+	<-dls.got
+	sub.mu.Lock()
+	subCT := sub.reqs[0].Header.Get("Content-Type")
+	sub.mu.Unlock()
+	if !strings.HasPrefix(subCT, "application/cloudevents+json") {
+		t.Errorf("subscriber: Content-Type %q, want structured mode", subCT)
+	}
+	dls.mu.Lock()
+	h, body := dls.reqs[0].Header, dls.bodies[0]
+	dls.mu.Unlock()
+	if h.Get("Content-Type") != "application/json" || h.Get("Ce-Id") != "e1" || h.Get("Ce-Knativeerrorcode") != "400" || body != `{"user":"u1"}` {
+		t.Errorf("dead-letter sink: headers %v, body %s; want binary mode", h, body)
+	}
+}

@@ -117,10 +117,17 @@ func (l *lane) run(t *task) {
 	}
 }
 
+// attempt sends ev once. Only the subscriber gets the Trigger's
+// delivery.format: on a cluster the Trigger's Subscription delivers to the
+// broker filter, which sends to the subscriber in that format
+// (filter.Handler.handleDispatchToSubscriberRequest, WithEventFormat), but
+// the channel dispatcher sends to the dead-letter sink itself, with no
+// format option (fanout.FanoutEventHandler.makeFanoutRequest), so the
+// sink gets binary mode whatever the format.
 func (l *lane) attempt(ep endpoint, ev cloudevents.Event, to hop) outcome {
 	ctx, cancel := context.WithTimeout(l.b.ctx, l.timeout)
 	defer cancel()
-	return ep.send(ctx, ev, l.tr.Delivery.Structured, to)
+	return ep.send(ctx, ev, l.tr.Delivery.Structured && to == toSubscriber, to)
 }
 
 func (l *lane) deliver(t *task) {
