@@ -36,9 +36,14 @@ import (
 // answers to in local mode: the two lanes of config/broker/triggers.yaml.
 var localSyncSubscribers = []string{"dovewarden-sync-high", "dovewarden-sync-low"}
 
-// brokerPath is where local mode serves the embedded broker's ingress, the
-// path Knative's broker-ingress would have for namespace "local".
-const brokerPath = "/local/dovewarden"
+// localNamespace is the namespace local mode's broker stands in: the
+// subscribers get it as Kn-Namespace. brokerPath is where local mode
+// serves the embedded broker's ingress, the path Knative's broker-ingress
+// would have for that namespace.
+const (
+	localNamespace = "local"
+	brokerPath     = "/" + localNamespace + "/dovewarden"
+)
 
 // runLocal runs the whole system in one process: ingest's listener, the
 // embedded broker routing with the real Trigger manifests, the sync
@@ -181,6 +186,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 
 	bo := bs.Options()
+	bo.Namespace = localNamespace
 	bo.Handlers = map[string]broker.Handler{}
 	for _, name := range localSyncSubscribers {
 		bo.Handlers[name] = syncHandler(sh)

@@ -108,6 +108,11 @@ type Options struct {
 	// MaxBody is the largest event the ingress accepts and the largest
 	// reply read from a subscriber (default DefaultMaxBody).
 	MaxBody int64
+	// Namespace is the namespace the broker and its Triggers stand in:
+	// a subscriber gets it in the Kn-Namespace header for events published
+	// in-process or POSTed at "/" (and their replies); an event POSTed at
+	// /<namespace>/<broker> has that namespace. Default DefaultNamespace.
+	Namespace string
 	// Client sends to HTTP subscribers; nil means a client of its own.
 	Client *http.Client
 	// Logger gets the broker's logs; nil discards them.
@@ -171,6 +176,9 @@ func New(cfg *Config, o Options) (*Broker, error) {
 			return nil, fmt.Errorf("subscriber %s=%q: want an absolute http or https URL", name, u)
 		}
 	}
+	if !validNamespace(o.Namespace) {
+		return nil, fmt.Errorf("broker namespace %q: want a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)", o.Namespace)
+	}
 	if o.QueueSize < 1 || o.Workers < 1 || o.DeliveryTimeout <= 0 || o.MaxBody < 1 {
 		return nil, fmt.Errorf("broker options: queue size %d, workers %d, delivery timeout %s and max body %d must be positive",
 			o.QueueSize, o.Workers, o.DeliveryTimeout, o.MaxBody)
@@ -214,6 +222,9 @@ func withDefaults(o Options) Options {
 	}
 	if o.MaxBody == 0 {
 		o.MaxBody = DefaultMaxBody
+	}
+	if o.Namespace == "" {
+		o.Namespace = DefaultNamespace
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

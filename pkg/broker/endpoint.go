@@ -31,6 +31,9 @@ type outcome struct {
 	code  int    // the HTTP status (500 for a connection error or timeout)
 	body  []byte // the response body of a failure, for knativeerrordata
 	reply *cloudevents.Event
+	// replyHdr are the pass-through headers of the response that carried
+	// reply: Knative's filter hands them on with it into the broker.
+	replyHdr http.Header
 	// transport is set when no HTTP answer came (refused, timeout).
 	transport error
 	// reason explains a failure in the logs.
@@ -69,16 +72,18 @@ const (
 	toDeadLetterSink
 )
 
-// endpoint is a subscriber or dead-letter sink.
+// endpoint is a subscriber or dead-letter sink. hdr are headers an HTTP
+// request carries besides the event (pass-through ones and Kn-Namespace).
 type endpoint interface {
-	send(ctx context.Context, ev cloudevents.Event, structured bool, to hop) outcome
+	send(ctx context.Context, ev cloudevents.Event, structured bool, to hop, hdr http.Header) outcome
 	// dest names the endpoint in knativeerrordest and logs.
 	dest() string
 }
 
 // httpEndpoint POSTs events as Knative's dispatcher does: binary mode
 // (structured with the Trigger's delivery.format json, for a subscriber
-// only), "Prefer: reply" to a subscriber.
+// only), the pass-through headers and Kn-Namespace, "Prefer: reply" to a
+// subscriber.
 type httpEndpoint struct {
 	url     string
 	client  *http.Client
@@ -87,7 +92,7 @@ type httpEndpoint struct {
 
 func (e *httpEndpoint) dest() string { return e.url }
 
-func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool, to hop) outcome {
+func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool, to hop, hdr http.Header) outcome {
 	if structured {
 		ctx = binding.WithForceStructured(ctx)
 	} else {
@@ -99,6 +104,10 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 	}
 	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&ev), req); err != nil {
 		return failed(fmt.Errorf("encode event %s: %w", ev.ID(), err))
+	}
+	// After the event, as Knative's dispatcher sets them (createRequest).
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	// An attribute no HTTP header can carry (a CR or LF in the subject)
 	// would make every attempt fail the same way: not a transport error to
@@ -134,7 +143,11 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 	if int64(len(body)) > e.maxBody {
 		return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("reply larger than %d bytes", e.maxBody)}
 	}
-	return readReply(ctx, resp.StatusCode, resp.Header, body)
+	o := readReply(ctx, resp.StatusCode, resp.Header, body)
+	if o.reply != nil {
+		o.replyHdr = PassThroughHeaders(resp.Header)
+	}
+	return o
 }
 
 // readReply turns a subscriber's 2xx answer into an outcome as Knative's
@@ -195,7 +208,9 @@ type handlerEndpoint struct {
 
 func (e *handlerEndpoint) dest() string { return "inprocess://" + e.name }
 
-func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool, to hop) (o outcome) {
+// It gets no headers: a Handler sees the event only (its reply has no
+// pass-through headers either).
+func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool, to hop, _ http.Header) (o outcome) {
 	defer func() {
 		r := recover()
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {

@@ -28,7 +28,7 @@ func TestHTTPEndpoint_UnsendableEventIsNotRetried(t *testing.T) {
 	ev.SetSource("s")
 	ev.SetType("t")
 	ev.SetSubject("u1\r\nX-Injected: yes")
-	o := e.send(context.Background(), ev, false, toSubscriber)
+	o := e.send(context.Background(), ev, false, toSubscriber, nil)
 	if o.ok() || o.retriable() || o.code != http.StatusBadRequest {
 		t.Errorf("outcome %+v: want a non-retriable 400", o)
 	}
@@ -37,7 +37,7 @@ func TestHTTPEndpoint_UnsendableEventIsNotRetried(t *testing.T) {
 	}
 
 	ev.SetSubject("u1")
-	if o := e.send(context.Background(), ev, false, toSubscriber); !o.ok() {
+	if o := e.send(context.Background(), ev, false, toSubscriber, nil); !o.ok() {
 		t.Errorf("a clean event: %+v", o)
 	}
 }

@@ -16,7 +16,10 @@ import (
 // Trigger, 400 with the reason for anything that is not a valid
 // CloudEvent, 413 beyond MaxBody, 503 with Retry-After when a queue is
 // full or the broker is shutting down, 404 for other paths and 405 for
-// other methods.
+// other methods. As Knative's ingress, it keeps the request's
+// pass-through headers (PassThroughHeaders) with the event, for its
+// subscribers; the namespace of the path (Options.Namespace at "/") is
+// what they get as Kn-Namespace.
 func (b *Broker) Ingress() http.Handler { return http.HandlerFunc(b.serveIngress) }
 
 func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
@@ -34,7 +37,8 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed: POST a CloudEvent", http.StatusMethodNotAllowed)
 		return
 	}
-	if !b.isIngressPath(r.URL.Path) {
+	ns, ok := b.ingressNamespace(r.URL.Path)
+	if !ok {
 		b.m.refused.WithLabelValues("no_broker").Inc()
 		http.Error(w, fmt.Sprintf("no broker at %s: POST to / or /<namespace>/%s", r.URL.Path, b.name), http.StatusNotFound)
 		return
@@ -52,7 +56,9 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	err = b.Publish(r.Context(), *ev)
+	if err = r.Context().Err(); err == nil {
+		err = b.publish(*ev, sourceIngress, nil, PassThroughHeaders(r.Header), ns)
+	}
 	switch {
 	case err == nil:
 		w.WriteHeader(http.StatusAccepted)
@@ -70,13 +76,18 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// isIngressPath accepts "/" and "/<namespace>/<broker>", with or without
-// a trailing slash.
-func (b *Broker) isIngressPath(p string) bool {
+// ingressNamespace accepts "/" (Options.Namespace) and
+// "/<namespace>/<broker>" (that namespace, which must be one Kubernetes
+// could have: there would be no Broker at any other), with or without a
+// trailing slash.
+func (b *Broker) ingressNamespace(p string) (string, bool) {
 	p = strings.Trim(p, "/")
 	if p == "" {
-		return true
+		return b.opts.Namespace, true
 	}
 	parts := strings.Split(p, "/")
-	return len(parts) == 2 && parts[0] != "" && parts[1] == b.name
+	if len(parts) != 2 || parts[1] != b.name || !validNamespace(parts[0]) {
+		return "", false
+	}
+	return parts[0], true
 }

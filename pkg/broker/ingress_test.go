@@ -77,6 +77,7 @@ func TestIngress(t *testing.T) {
 		"PUT":              {"PUT", "/default/b", binaryHeaders, "{}", 405, "POST", "method"},
 		"other broker":     {"POST", "/default/other", binaryHeaders, "{}", 404, "no broker", "no_broker"},
 		"deep path":        {"POST", "/a/b/c", binaryHeaders, "{}", 404, "no broker", "no_broker"},
+		"not a namespace":  {"POST", "/Not_A.Namespace/b", binaryHeaders, "{}", 404, "no broker", "no_broker"},
 		"TTL exhausted":    {"POST", "/", with(binaryHeaders, "Ce-Knativebrokerttl", "1"), "{}", 400, "TTL", "ttl_exhausted"},
 		"OPTIONS":          {"OPTIONS", "/", nil, "", 200, "", ""},
 	} {

@@ -38,6 +38,13 @@ type task struct {
 	attempt int // retries made in this phase
 	reply   *cloudevents.Event
 	dead    cloudevents.Event // the event for the dead-letter sink
+	// hdr are the pass-through headers the phase sends: those that came
+	// with the event (deliver), then those of the subscriber's response
+	// (reply, and a dead-letter delivery after a reply failed), as
+	// Knative's dispatcher sends them. Shared, never changed.
+	hdr http.Header
+	// ns is the Trigger's namespace as the event had it: Kn-Namespace.
+	ns string
 }
 
 // lane is one Trigger's queue and workers. held counts every event the
@@ -124,15 +131,17 @@ func (l *lane) run(t *task) {
 // the channel dispatcher sends to the dead-letter sink itself, with no
 // format option (fanout.FanoutEventHandler.makeFanoutRequest), so the
 // sink gets binary mode whatever the format.
-func (l *lane) attempt(ep endpoint, ev cloudevents.Event, to hop) outcome {
+// The request carries the task's pass-through headers and Kn-Namespace,
+// to the subscriber as to the sink.
+func (l *lane) attempt(ep endpoint, ev cloudevents.Event, to hop, t *task) outcome {
 	ctx, cancel := context.WithTimeout(l.b.ctx, l.timeout)
 	defer cancel()
-	return ep.send(ctx, ev, l.tr.Delivery.Structured && to == toSubscriber, to)
+	return ep.send(ctx, ev, l.tr.Delivery.Structured && to == toSubscriber, to, outgoing(t.hdr, t.ns))
 }
 
 func (l *lane) deliver(t *task) {
 	start := time.Now()
-	o := l.attempt(l.target, t.ev, toSubscriber)
+	o := l.attempt(l.target, t.ev, toSubscriber, t)
 	l.b.m.latency.WithLabelValues(l.tr.Name).Observe(time.Since(start).Seconds())
 	switch {
 	case o.ok():
@@ -141,7 +150,7 @@ func (l *lane) deliver(t *task) {
 			l.done()
 			return
 		}
-		t.reply, t.phase, t.attempt = o.reply, phaseReply, 0
+		t.reply, t.phase, t.attempt, t.hdr = o.reply, phaseReply, 0, o.replyHdr
 		l.sendReply(t)
 		return
 	case o.retriable():
@@ -166,7 +175,8 @@ func (l *lane) deliver(t *task) {
 // retried like a delivery; in the end the original event goes to the
 // dead-letter sink, as Knative does.
 func (l *lane) sendReply(t *task) {
-	err := l.b.publish(*t.reply, sourceReply, &t.ttl)
+	// Into the Broker of the Trigger: the same namespace.
+	err := l.b.publish(*t.reply, sourceReply, &t.ttl, t.hdr, t.ns)
 	if err == nil {
 		l.b.m.replies.WithLabelValues(l.tr.Name).Inc()
 		l.done()
@@ -215,7 +225,7 @@ func (l *lane) giveUp(t *task, dest string, o outcome) {
 }
 
 func (l *lane) deadLetter(t *task) {
-	o := l.attempt(l.dls, t.dead, toDeadLetterSink)
+	o := l.attempt(l.dls, t.dead, toDeadLetterSink, t)
 	if o.ok() {
 		// Any 2xx: the sink's body, a reply or not, is discarded, as in
 		// Knative.

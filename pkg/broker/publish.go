@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -17,7 +18,7 @@ func (b *Broker) Publish(ctx context.Context, ev cloudevents.Event) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.publish(ev, sourceIngress, nil)
+	return b.publish(ev, sourceIngress, nil, nil, b.opts.Namespace)
 }
 
 // Send is Publish, so the broker can stand where a Broker URL sender would
@@ -26,8 +27,11 @@ func (b *Broker) Send(ctx context.Context, ev cloudevents.Event) error { return 
 
 // publish does what Knative's broker ingress and filter do to an event on
 // the way in: validate, take the TTL (decrementing a reply's), stamp the
-// arrival time, then fan out to the matching lanes, all or none.
-func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32) error {
+// arrival time, then fan out to the matching lanes, all or none. hdr are
+// the pass-through headers that came with the event (PassThroughHeaders;
+// shared by the lanes, never changed) and ns its namespace, for
+// Kn-Namespace.
+func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, hdr http.Header, ns string) error {
 	ev = ev.Clone()
 	if replyTTL != nil {
 		ev.SetExtension(ExtTTL, *replyTTL)
@@ -70,7 +74,7 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32) e
 		}
 	}
 	for _, l := range matched {
-		l.queue <- &task{ev: ev, ttl: ttl} // never blocks: the place is reserved
+		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns} // never blocks: the place is reserved
 	}
 	b.m.published.WithLabelValues(source).Inc()
 	return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -27,16 +28,23 @@ const (
 // Reply, the subscriber's answer to it, into the broker; dead-letter:
 // deliver it, with the knativeerror* extensions, to the Trigger's
 // dead-letter sink. TTL is its knativebrokerttl as the lane kept it.
+// Header are the pass-through headers the phase sends (PassThroughHeaders:
+// those that came with the event, or, for reply and a dead-letter
+// delivery after a reply failed, those of the subscriber's response; nil
+// for an event published in-process) and Namespace what the subscriber
+// or sink gets as Kn-Namespace.
 type Held struct {
-	Trigger string
-	Phase   string
-	TTL     int32
-	Event   cloudevents.Event
-	Reply   *cloudevents.Event
+	Trigger   string
+	Phase     string
+	TTL       int32
+	Event     cloudevents.Event
+	Reply     *cloudevents.Event
+	Header    http.Header
+	Namespace string
 }
 
 func (t *task) held(trigger string) Held {
-	h := Held{Trigger: trigger, Phase: PhaseDeliver, TTL: t.ttl, Event: t.ev}
+	h := Held{Trigger: trigger, Phase: PhaseDeliver, TTL: t.ttl, Event: t.ev, Header: t.hdr, Namespace: t.ns}
 	switch t.phase {
 	case phaseReply:
 		h.Phase, h.Reply = PhaseReply, t.reply
@@ -53,7 +61,9 @@ var ErrNotRestored = errors.New("not restored")
 
 // Restore gives an event Shutdown returned back to its Trigger's lane, in
 // the phase it was in: delivered to the subscriber or the dead-letter
-// sink, or its reply published into the broker. Retries start over.
+// sink, or its reply published into the broker. Retries start over. Its
+// headers are selected again (PassThroughHeaders), and an empty Namespace
+// is Options.Namespace.
 func (b *Broker) Restore(h Held) error {
 	var l *lane
 	for _, c := range b.lanes {
@@ -61,8 +71,14 @@ func (b *Broker) Restore(h Held) error {
 			l = c
 		}
 	}
-	t := &task{ev: h.Event, ttl: h.TTL}
+	ns := h.Namespace
+	if ns == "" {
+		ns = b.opts.Namespace
+	}
+	t := &task{ev: h.Event, ttl: h.TTL, hdr: PassThroughHeaders(h.Header), ns: ns}
 	switch {
+	case !validNamespace(ns):
+		return fmt.Errorf("%w: %s: namespace %q: not a Kubernetes namespace name", ErrNotRestored, h.Event.ID(), ns)
 	case l == nil:
 		return fmt.Errorf("%w: %s: Trigger %q is not an enabled Trigger now", ErrNotRestored, h.Event.ID(), h.Trigger)
 	case h.Phase == PhaseDeliver:
@@ -103,13 +119,17 @@ type spoolLine struct {
 	EventBase64 bool            `json:"event_base64,omitempty"`
 	Reply       json.RawMessage `json:"reply,omitempty"`
 	ReplyBase64 bool            `json:"reply_base64,omitempty"`
+	Headers     http.Header     `json:"headers,omitempty"`
+	Namespace   string          `json:"namespace,omitempty"`
 }
 
 // SpoolLineLimit bounds one line of a spool file for a broker whose
 // events' bodies are at most maxBody: an event and its reply, each in the
 // structured JSON format, where data that is not JSON is a JSON string
-// (a control character is 6 bytes there).
-func SpoolLineLimit(maxBody int64) int { return int(2*6*maxBody + 64<<10) }
+// (a control character is 6 bytes there), and its pass-through headers.
+func SpoolLineLimit(maxBody int64) int {
+	return int(2*6*maxBody + 6*MaxPassThroughBytes + 64<<10)
+}
 
 // EncodeSpool writes held events to w, one JSON object a line: the
 // Trigger, the phase, the TTL and the event in the CloudEvents structured
@@ -138,7 +158,7 @@ func EncodeSpool(w io.Writer, held []Held, bad func(Held, error)) error {
 }
 
 func encodeSpoolLine(h Held, scratch *bytes.Buffer) (spoolLine, error) {
-	sl := spoolLine{Trigger: h.Trigger, Phase: h.Phase, TTL: h.TTL}
+	sl := spoolLine{Trigger: h.Trigger, Phase: h.Phase, TTL: h.TTL, Headers: h.Header, Namespace: h.Namespace}
 	var err error
 	if sl.Event, sl.EventBase64, err = encodeEvent(h.Event, scratch); err != nil {
 		return sl, fmt.Errorf("event %s: %w", h.Event.ID(), err)
@@ -234,7 +254,7 @@ func decodeSpoolLine(line []byte) (Held, error) {
 	case (sl.Phase == PhaseReply) != (len(sl.Reply) > 0):
 		return Held{}, fmt.Errorf("phase %s with reply %t: a reply goes with phase %s only, and always", sl.Phase, len(sl.Reply) > 0, PhaseReply)
 	}
-	h := Held{Trigger: sl.Trigger, Phase: sl.Phase, TTL: sl.TTL}
+	h := Held{Trigger: sl.Trigger, Phase: sl.Phase, TTL: sl.TTL, Header: sl.Headers, Namespace: sl.Namespace}
 	var err error
 	if h.Event, err = decodeEvent(sl.Event, sl.EventBase64); err != nil {
 		return Held{}, fmt.Errorf("event: %w", err)
