@@ -264,9 +264,9 @@ const markUndeliveredBudget = 5 * time.Second
 // users it requests only for the recovery time. spooled: the events go to
 // the spool file next (saveHeld), so the messages do not call them lost.
 func markUndelivered(st *state.Store, held []broker.Held, spooled bool, log *slog.Logger) {
-	fate := "queued events dropped at shutdown"
+	fate, also := "queued events dropped at shutdown", ""
 	if spooled {
-		fate = "queued events not delivered by shutdown, to be saved to the spool file"
+		fate, also = "queued events not delivered by shutdown, to be saved to the spool file", "also "
 	}
 	// One mark per user: the oldest change, on the host it came from.
 	oldest := map[string]change.Request{}
@@ -303,11 +303,7 @@ func markUndelivered(st *state.Store, held []broker.Held, spooled bool, log *slo
 		}
 		marked++
 	}
-	if spooled {
-		log.Warn(fate+"; their users are also marked pending for the sweep", "events", len(held), "users", marked)
-		return
-	}
-	log.Warn(fate+"; their users are marked pending for the sweep", "events", len(held), "users", marked)
+	log.Warn(fate+"; their users are "+also+"marked pending for the sweep", "events", len(held), "users", marked)
 }
 
 // sweepTimer publishes a sweep.requested into the broker now and then
