@@ -3,6 +3,7 @@ package dovecottest
 import (
 	"bytes"
 	"embed"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -28,6 +29,13 @@ const DefaultDoveadmPassword = "secret"
 
 // clientCAName is ClientCAFile's copy in the instance folder.
 const clientCAName = "client-ca.pem"
+
+// doveadmCertName and doveadmKeyName are DoveadmCertFile's and
+// DoveadmKeyFile's copies in the instance folder.
+const (
+	doveadmCertName = "doveadm.crt"
+	doveadmKeyName  = "doveadm.key"
+)
 
 // DefaultName is the instance name (and hostname) used when none is given.
 const DefaultName = "dovecottest"
@@ -56,11 +64,17 @@ type Options struct {
 	DoveadmPassword string
 	// ExtraConfig is appended verbatim to the generated config.
 	ExtraConfig string
-	// ClientCAFile is a PEM file of the CAs that Dovecot's HTTP clients
-	// (the event exporter's https URL) trust: copied into the instance
-	// folder, where Dovecot 2.4's tree sees it too, and named by
-	// ssl_client_ca_file.
+	// ClientCAFile is a PEM file of the CAs that Dovecot's clients (the
+	// event exporter's https URL, dsync's tcps: destinations) trust:
+	// copied into the instance folder, where Dovecot 2.4's tree sees it
+	// too, and named by ssl_client_ca_file. The instance's own doveadm
+	// HTTP calls (DoveadmHTTP, Sync) trust it as well.
 	ClientCAFile string
+	// DoveadmCertFile and DoveadmKeyFile, when set, make both doveadm
+	// listeners serve TLS with this certificate (chain) and key, PEM:
+	// DoveadmHTTPURL is then https, and Destination a tcps: one. They are
+	// copied into the instance folder. Not with DoveadmConfig.
+	DoveadmCertFile, DoveadmKeyFile string
 	// DoveadmConfig, when set, gives the config's doveadm part instead of
 	// the generated one (doveadm_password and the doveadm service's TCP
 	// and HTTP listeners), for the ports the instance got: a shipped
@@ -94,6 +108,9 @@ func (o *Options) normalize() error {
 	}
 	if o.DoveadmPassword == "" {
 		o.DoveadmPassword = DefaultDoveadmPassword
+	}
+	if (o.DoveadmCertFile == "") != (o.DoveadmKeyFile == "") || o.DoveadmCertFile != "" && o.DoveadmConfig != nil {
+		return errors.New("dovecottest: DoveadmCertFile and DoveadmKeyFile go together, and not with DoveadmConfig")
 	}
 	if o.Dir == "" {
 		d, err := os.MkdirTemp("", "dovecottest-")
@@ -219,6 +236,19 @@ func prepareDir(o Options, p Ports) (string, error) {
 		// Readable by the stats process, which runs the exporter.
 		if err := os.WriteFile(filepath.Join(o.Dir, clientCAName), pem, 0o644); err != nil {
 			return "", fmt.Errorf("dovecottest: write client CA: %w", err)
+		}
+	}
+	for _, f := range []struct{ from, to string }{{o.DoveadmCertFile, doveadmCertName}, {o.DoveadmKeyFile, doveadmKeyName}} {
+		if f.from == "" {
+			continue
+		}
+		// Dovecot reads them as root, when it loads its config.
+		pem, err := os.ReadFile(f.from)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(o.Dir, f.to), pem, 0o600)
+		}
+		if err != nil {
+			return "", fmt.Errorf("dovecottest: doveadm certificate: %w", err)
 		}
 	}
 	conf, err := renderConfig(o, p)

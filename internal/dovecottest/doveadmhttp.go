@@ -3,10 +3,13 @@ package dovecottest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -23,7 +26,7 @@ func (in *Instance) DoveadmHTTP(ctx context.Context, body string) ([]byte, error
 	}
 	req.SetBasicAuth("doveadm", in.DoveadmPassword)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := in.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("doveadm http: POST %s: %w", in.DoveadmHTTPURL, err)
 	}
@@ -39,11 +42,12 @@ func (in *Instance) DoveadmHTTP(ctx context.Context, body string) ([]byte, error
 }
 
 // SyncRequest returns the doveadm HTTP body for a two-way sync of user to
-// the doveadm TCP listener of dst, with an empty state and the given tag.
+// the doveadm TCP listener of dst (dst.Destination), with an empty state
+// and the given tag.
 func SyncRequest(user string, dst *Instance, tag string) string {
 	b, _ := json.Marshal([]any{[]any{"sync", map[string]any{
 		"user":        user,
-		"destination": []string{"tcp:" + dst.DoveadmAddr},
+		"destination": []string{dst.Destination},
 		"state":       "",
 	}, tag}})
 	return string(b)
@@ -64,6 +68,28 @@ func (in *Instance) Sync(ctx context.Context, user string, dst *Instance) ([]byt
 		return out, fmt.Errorf("doveadm http: sync %s failed: %s", user, out)
 	}
 	return out, nil
+}
+
+// doveadmClient is the client of DoveadmHTTP: it trusts the system's
+// CAs and those of caFile, when set.
+func doveadmClient(caFile string) (*http.Client, error) {
+	if caFile == "" {
+		return http.DefaultClient, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("dovecottest: client CA: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("dovecottest: client CA %s: no certificate", caFile)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
 }
 
 // TestMessage returns a small RFC 5322 message with CRLF line endings.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,18 +36,20 @@ type Instance struct {
 	IMAPAddr        string // "127.0.0.1:port"
 	POP3Addr        string // "127.0.0.1:port"
 	LMTPAddr        string // "127.0.0.1:port"
-	DoveadmAddr     string // doveadm TCP, use as dsync destination "tcp:" + DoveadmAddr
-	DoveadmHTTPURL  string // "http://127.0.0.1:port/doveadm/v1"
+	DoveadmAddr     string // doveadm TCP, dsync's other end
+	Destination     string // this instance as a dsync destination: "tcp:" + DoveadmAddr, or "tcps:" with DoveadmCertFile
+	DoveadmHTTPURL  string // "http://127.0.0.1:port/doveadm/v1", https with DoveadmCertFile
 	StatsHTTPAddr   string // stats (OpenMetrics) HTTP listener
 	ManageSieveAddr string // "127.0.0.1:port", ManageSieve (RFC 5804)
 
 	DoveadmPassword string
 
-	root     string   // chroot for 2.4, empty for 2.3
-	madeDirs []string // mount point folders created in the chroot, deepest first
-	ownDir   bool     // Dir was created by Start and is removed by Stop
-	logCache string   // log captured before an own Dir is removed
-	startups int      // "starting up" lines of the master in the log so far
+	client   *http.Client // DoveadmHTTP's: trusts ClientCAFile too
+	root     string       // chroot for 2.4, empty for 2.3
+	madeDirs []string     // mount point folders created in the chroot, deepest first
+	ownDir   bool         // Dir was created by Start and is removed by Stop
+	logCache string       // log captured before an own Dir is removed
+	startups int          // "starting up" lines of the master in the log so far
 	cmd      *exec.Cmd
 	done     chan struct{}
 	stopOnce sync.Once
@@ -95,14 +98,24 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 		return nil, err
 	}
 	addr := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	client, err := doveadmClient(opts.ClientCAFile)
+	if err != nil {
+		return nil, err
+	}
+	tcp, web := "tcp:", "http"
+	if opts.DoveadmCertFile != "" {
+		tcp, web = "tcps:", "https"
+	}
 	in := &Instance{
 		Version: opts.Version, Name: opts.Name, Dir: opts.Dir, ConfigPath: conf,
 		Ports: p, IMAPAddr: addr(p.IMAP), POP3Addr: addr(p.POP3), LMTPAddr: addr(p.LMTP),
 		DoveadmAddr:     addr(p.Doveadm),
-		DoveadmHTTPURL:  fmt.Sprintf("http://127.0.0.1:%d/doveadm/v1", p.DoveadmHTTP),
+		Destination:     tcp + addr(p.Doveadm),
+		DoveadmHTTPURL:  fmt.Sprintf("%s://127.0.0.1:%d/doveadm/v1", web, p.DoveadmHTTP),
 		StatsHTTPAddr:   addr(p.StatsHTTP),
 		ManageSieveAddr: addr(p.ManageSieve),
 		DoveadmPassword: opts.DoveadmPassword,
+		client:          client,
 	}
 	if opts.Version == V24 {
 		in.root = Root24()

@@ -64,6 +64,10 @@ const (
 	KindProtocol Kind = "protocol"
 	// KindInternal: doveadm reported internalError.
 	KindInternal Kind = "internal"
+	// KindTLS: no TLS session with an https doveadm URL: its certificate
+	// did not verify (an unknown CA, another name, expired), or the
+	// listener does not speak TLS.
+	KindTLS Kind = "tls"
 )
 
 // Error is a failed doveadm call. Its message never contains a password.

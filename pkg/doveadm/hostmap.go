@@ -106,6 +106,20 @@ func (m HostMap) Hosts() []string {
 	return out
 }
 
+// HTTPS reports whether any entry's doveadm URL is an https one.
+func (m HostMap) HTTPS() bool {
+	https := func(e Endpoint) bool { return strings.HasPrefix(strings.ToLower(e.URL), "https://") }
+	if https(m.Default) {
+		return true
+	}
+	for _, e := range m.hosts {
+		if https(e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Secrets lists every secret of every entry, for Redact.
 func (m HostMap) Secrets() []string {
 	out := m.Default.Secrets()

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -27,19 +29,27 @@ type HTTP struct {
 }
 
 // NewHTTP makes the transport; every call is bounded by timeout. client
-// may be nil for a default client, which follows no redirect: doveadm
-// never answers one, and net/http would send the X-Dovecot-API key on to
-// wherever a redirect pointed (it drops only Authorization).
+// may be nil for Client(nil).
 func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
 	if client == nil {
-		client = &http.Client{
-			Transport: &http.Transport{
-				Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
-			},
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		client = Client(nil)
 	}
 	return &HTTP{client: client, timeout: timeout}
+}
+
+// Client is the HTTP client of the doveadm HTTP API. It checks an https
+// URL's certificate against roots, or the system's CAs when roots is
+// nil, and follows no redirect: doveadm never answers one, and net/http
+// would send the X-Dovecot-API key on to wherever a redirect pointed (it
+// drops only Authorization).
+func Client(roots *x509.CertPool) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 // Sync runs one dsync of req.User from ep to req.Destination.
@@ -201,7 +211,27 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 	if errors.As(err, &ue) && ue.Unwrap() != nil {
 		cause = ue.Unwrap()
 	}
-	return nil, cancel, &postError{KindTransport, err, fmt.Sprint(cause)}
+	kind := KindTransport
+	if tlsFailure(err) {
+		kind = KindTLS
+	}
+	return nil, cancel, &postError{kind, err, fmt.Sprint(cause)}
+}
+
+// tlsFailure reports whether err is a TLS session that could not start
+// for a reason a retry does not change: the server's certificate did not
+// verify, the server answered the handshake with something that is not
+// TLS (plain HTTP: net/http's ErrSchemeMismatch), or it refused the handshake with an alert (no shared
+// protocol version or cipher).
+func tlsFailure(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var rh tls.RecordHeaderError
+	var alert tls.AlertError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &alert) ||
+		errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.Is(err, http.ErrSchemeMismatch)
 }
 
 // newRequest builds a POST of body to ep's doveadm HTTP API, authenticated

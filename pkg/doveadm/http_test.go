@@ -2,6 +2,7 @@ package doveadm_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
@@ -191,5 +192,48 @@ func TestHTTP_GarbledOrMismatchedReplyIsProtocolError(t *testing.T) {
 		if r := doveadm.Decide(err); r.Class != "protocol" {
 			t.Errorf("%s: err %v decided %+v, want protocol", name, err, r)
 		}
+	}
+}
+
+// An https doveadm URL: its certificate is checked against the roots
+// Client is given, and a TLS session that cannot start is a configuration
+// problem (class tls, not retried), never a request with the credentials.
+func TestHTTP_TLS(t *testing.T) {
+	s := doveadmtest.NewTLSServer(t, "mail-a", nil)
+	ownCA := x509.NewCertPool()
+	ownCA.AddCert(s.Certificate())
+	sync := func(roots *x509.CertPool, url string) error {
+		ep := endpoint(s)
+		ep.URL = url
+		_, err := doveadm.NewHTTP(doveadm.Client(roots), 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		return err
+	}
+	if err := sync(ownCA, s.APIURL()); err != nil {
+		t.Fatalf("with the server's CA: %v", err)
+	}
+	plain := doveadmtest.NewServer(t, "mail-a", nil)
+	port := s.URL[strings.LastIndex(s.URL, ":")+1:]
+	for _, tt := range []struct {
+		name, url string
+		roots     *x509.CertPool
+		want      string
+	}{
+		{"the system's CAs", s.APIURL(), nil, "certificate signed by unknown authority"},
+		{"a name the certificate does not have", "https://localhost:" + port + "/doveadm/v1", ownCA, "not localhost"},
+		{"a listener without TLS", strings.Replace(plain.APIURL(), "http://", "https://", 1), ownCA, "HTTP response to HTTPS client"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := sync(tt.roots, tt.url)
+			var de *doveadm.Error
+			if !errors.As(err, &de) || de.Kind != doveadm.KindTLS || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want kind tls with %q", err, tt.want)
+			}
+			if r := doveadm.Decide(err); r.Class != "tls" || r.Action != doveadm.ReportConfig || r.Retryable {
+				t.Errorf("policy %+v, want class tls, reported as a configuration problem, not retried", r)
+			}
+		})
+	}
+	if n := len(s.Tracker.Calls()) + len(plain.Tracker.Calls()); n != 1 {
+		t.Errorf("doveadm ran %d syncs, want 1: a failed TLS session sends no request", n)
 	}
 }

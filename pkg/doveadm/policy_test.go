@@ -31,6 +31,7 @@ func TestDecide_PolicyTable(t *testing.T) {
 		{"deadline", context.DeadlineExceeded, Retry, "transport", true, 0},
 		{"401", &Error{Kind: KindUnauthorized}, ReportConfig, "unauthorized", false, 0},
 		{"protocol", &Error{Kind: KindProtocol}, ReportConfig, "protocol", false, 0},
+		{"tls", &Error{Kind: KindTLS}, ReportConfig, "tls", false, 0},
 		{"internal", &Error{Kind: KindInternal}, Retry, "internal", true, unknownAttempts},
 		{"lost lock", fmt.Errorf("sync u1: %w", ErrLockLost), Report, "lost_lock", true, 1},
 		{"wrapped exit code", fmt.Errorf("outer: %w", exit(75)), Retry, "tempfail", true, 0},

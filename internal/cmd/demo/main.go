@@ -172,8 +172,8 @@ func (d *demo) start(ctx context.Context) error {
 	}
 	// Each side syncs to the other: an active-active pair.
 	hostMap := map[string]map[string]string{
-		d.a.Name: {"url": d.a.DoveadmHTTPURL, "destination": "tcp:" + d.b.DoveadmAddr},
-		d.b.Name: {"url": d.b.DoveadmHTTPURL, "destination": "tcp:" + d.a.DoveadmAddr},
+		d.a.Name: {"url": d.a.DoveadmHTTPURL, "destination": d.b.Destination},
+		d.b.Name: {"url": d.b.DoveadmHTTPURL, "destination": d.a.Destination},
 	}
 	hm, _ := json.MarshalIndent(hostMap, "", "  ")
 	hmFile := filepath.Join(d.dir, "host-map.json")
@@ -189,7 +189,7 @@ func (d *demo) start(ctx context.Context) error {
 	// Its log stays after the run, however the run ends: say where now.
 	d.say("Starting dovewarden local on %s (log: %s) ...\n", d.base, d.localLog)
 	d.local = exec.Command(d.bin, "local", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"--host-map-file", hmFile, "--doveadm-url", d.a.DoveadmHTTPURL, "--destination", "tcp:"+d.b.DoveadmAddr,
+		"--host-map-file", hmFile, "--doveadm-url", d.a.DoveadmHTTPURL, "--destination", d.b.Destination,
 		// The demo's passdb strips the domain (username_format=%n), so
 		// LMTP's "alice@example.test" is the user "alice".
 		"--username-format", "%Ln")

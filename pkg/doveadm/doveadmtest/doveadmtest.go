@@ -146,6 +146,18 @@ func NewServer(t testing.TB, name string, tr *Tracker) *Server {
 	return s
 }
 
+// NewTLSServer is NewServer serving HTTPS, with httptest's certificate
+// (Certificate: for 127.0.0.1, ::1 and example.com, by a CA of its own).
+func NewTLSServer(t testing.TB, name string, tr *Tracker) *Server {
+	if tr == nil {
+		tr = NewTracker(t)
+	}
+	s := &Server{Name: name, Password: Password, Tracker: tr}
+	s.Server = httptest.NewTLSServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
 // APIURL is the URL of the fake doveadm HTTP API.
 func (s *Server) APIURL() string { return s.URL + "/doveadm/v1" }
 
