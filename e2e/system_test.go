@@ -58,7 +58,10 @@ type config struct {
 	// requires it and Dovecot's exporter URL carries it.
 	exporterAuth string
 	// tls makes ingest's listener (local's one listener) serve HTTPS with
-	// a certificate of suiteCA, which Dovecot's exporters trust.
+	// a certificate of suiteCA, which Dovecot's exporters trust, and puts
+	// both doveadm hops on TLS: sync calls https doveadm URLs, trusting
+	// suiteCA through --doveadm-ca-file, and dsync connects to tcps:
+	// destinations, Dovecot trusting suiteCA through ssl_client_ca_file.
 	tls bool
 	// dovecotA is Dovecot configuration added to A's alone.
 	dovecotA string
@@ -140,12 +143,16 @@ func newSystem(t testing.TB, cfg config) *system {
 	if cfg.exporterAuth != "" {
 		exporterURL = scheme + cfg.exporterAuth + "@" + ingestLn.Addr().String() + "/events"
 	}
-	var ca string
+	optsA := dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA}
+	optsB := dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)}
 	if cfg.tls {
-		ca = suiteCA.File
+		for _, o := range []*dovecottest.Options{&optsA, &optsB} {
+			o.ClientCAFile = suiteCA.File
+			o.DoveadmCertFile, o.DoveadmKeyFile = doveadmCert(t, s.dir, o.Name)
+		}
 	}
-	s.a = dovecottest.StartT(t, dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ClientCAFile: ca, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA})
-	s.b = dovecottest.StartT(t, dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ClientCAFile: ca, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)})
+	s.a = dovecottest.StartT(t, optsA)
+	s.b = dovecottest.StartT(t, optsB)
 	for _, u := range cfg.users {
 		s.prepareUser(u)
 	}
@@ -231,8 +238,8 @@ func message(user, tag, body string) string {
 // A syncs A->B, one on B syncs B->A.
 func (s *system) hostMap() string {
 	m := map[string]map[string]string{
-		s.a.Name: {"url": s.a.DoveadmHTTPURL, "destination": "tcp:" + s.b.DoveadmAddr},
-		s.b.Name: {"url": s.b.DoveadmHTTPURL, "destination": "tcp:" + s.a.DoveadmAddr},
+		s.a.Name: {"url": s.a.DoveadmHTTPURL, "destination": s.b.Destination},
+		s.b.Name: {"url": s.b.DoveadmHTTPURL, "destination": s.a.Destination},
 	}
 	b, _ := json.MarshalIndent(m, "", "  ")
 	path := filepath.Join(s.dir, "host-map.json")
@@ -245,7 +252,10 @@ func (s *system) hostMap() string {
 // syncArgs are the sync settings both shapes share.
 func (s *system) syncArgs() []string {
 	args := []string{"--host-map-file", s.hostMap(), "--doveadm-url", s.a.DoveadmHTTPURL,
-		"--destination", "tcp:" + s.b.DoveadmAddr, "--log-level", "debug"}
+		"--destination", s.b.Destination, "--log-level", "debug"}
+	if s.cfg.tls {
+		args = append(args, "--doveadm-ca-file", suiteCA.File)
+	}
 	return append(args, s.cfg.syncFlags...)
 }
 

@@ -10,10 +10,11 @@ import (
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 )
 
-// suiteCA signs the certificate dovewarden's listeners serve in a system
-// with config.tls. Dovecot's exporters trust it through
-// ssl_client_ca_file (dovecottest's ClientCAFile), the suite's own
-// requests through httpClient.
+// suiteCA signs the certificates dovewarden's listeners and Dovecot's
+// doveadm listeners serve in a system with config.tls. Dovecot's
+// exporters and dsync trust it through ssl_client_ca_file (dovecottest's
+// ClientCAFile), dovewarden's sync through --doveadm-ca-file, the suite's
+// own requests through httpClient.
 var suiteCA *testcert.CA
 
 // httpClient is the client of every request the suite makes to
@@ -55,4 +56,17 @@ func listenerCert(t testing.TB, dir string) []string {
 		t.Fatal(err)
 	}
 	return []string{"--tls-cert-file", cert, "--tls-key-file", key}
+}
+
+// doveadmCert issues, into dir, the certificate of the doveadm listeners
+// of the Dovecot server name on 127.0.0.1, signed by suiteCA, and returns
+// its files.
+func doveadmCert(t testing.TB, dir, name string) (cert, key string) {
+	t.Helper()
+	cert, key, err := suiteCA.Issue(dir, testcert.Leaf{Name: "doveadm-" + name, Hosts: []string{"127.0.0.1"},
+		Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
 }

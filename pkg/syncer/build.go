@@ -44,7 +44,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		st.Close()
 		return nil, nil, fmt.Errorf("redis-url %s: %w", config.RedactURL(cfg.Redis.URL), err)
 	}
-	httpTr := doveadm.NewHTTP(nil, cfg.DsyncTimeout)
+	httpTr := doveadm.NewHTTP(doveadm.Client(cfg.DoveadmCAs()), cfg.DsyncTimeout)
 	var tr doveadm.Transport = httpTr
 	var lister doveadm.Lister = httpTr
 	if cfg.Transport == doveadm.TransportExec {

@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -41,6 +42,7 @@ type Config struct {
 	DoveadmPassFile   string
 	DoveadmAPIKey     string
 	DoveadmAPIKeyFile string
+	DoveadmCAFile     string
 	Destination       string
 	DoveadmBin        string
 	DoveadmConfig     string
@@ -77,6 +79,9 @@ type Config struct {
 
 	// hostMap is built by Load from the doveadm settings and the file.
 	hostMap doveadm.HostMap
+	// doveadmCAs is DoveadmCAFile's pool, read by Resolve; nil for the
+	// system's CAs.
+	doveadmCAs *x509.CertPool
 }
 
 // RegisterFlags declares every sync setting on fs.
@@ -94,6 +99,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.DoveadmPassFile, "doveadm-password-file", "", "file holding doveadm_password")
 	fs.StringVar(&c.DoveadmAPIKey, "doveadm-api-key", "", "doveadm_api_key (sent as X-Dovecot-API instead of Basic auth)")
 	fs.StringVar(&c.DoveadmAPIKeyFile, "doveadm-api-key-file", "", "file holding doveadm_api_key")
+	fs.StringVar(&c.DoveadmCAFile, "doveadm-ca-file", "", "PEM file of the CA certificates that sign the certificates of https doveadm URLs (doveadm-url and the host map's); default: the system's")
 	fs.StringVar(&c.Destination, "destination", "", "dsync destination of the default host, e.g. tcp:replica:12345")
 	fs.StringVar(&c.DoveadmBin, "doveadm-bin", "doveadm", "doveadm binary (doveadm-exec)")
 	fs.StringVar(&c.DoveadmConfig, "doveadm-config", "", "doveadm -c CONF of the default host (doveadm-exec); empty for Dovecot's default")
@@ -172,11 +178,20 @@ func (c *Config) Resolve(getenv func(string) string) error {
 			return fmt.Errorf("host-map-file %s: %w", c.HostMapFile, err)
 		}
 	}
+	if c.DoveadmCAFile != "" {
+		if c.doveadmCAs, err = config.CAPool("doveadm-ca-file", c.DoveadmCAFile); err != nil {
+			return err
+		}
+	}
 	return c.Validate()
 }
 
 // HostMap is the validated host map.
 func (c *Config) HostMap() doveadm.HostMap { return c.hostMap }
+
+// DoveadmCAs are the CAs that https doveadm URLs' certificates are
+// checked against (doveadm-ca-file); nil for the system's.
+func (c *Config) DoveadmCAs() *x509.CertPool { return c.doveadmCAs }
 
 // Validate checks every setting and reports all problems at once, each
 // naming its setting.
@@ -203,6 +218,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("transport %q: want %s or %s", c.Transport, doveadm.TransportHTTP, doveadm.TransportExec))
+	}
+	if c.DoveadmCAFile != "" && (c.Transport != doveadm.TransportHTTP || !c.hostMap.HTTPS()) {
+		errs = append(errs, errors.New("doveadm-ca-file: set, but no doveadm URL is https (doveadm-url, host-map-file)"))
 	}
 	if c.DsyncTimeout <= 0 || c.DsyncTimeout > c.RequestTimeout {
 		errs = append(errs, fmt.Errorf("dsync-timeout %s: must be positive and at most request-timeout %s", c.DsyncTimeout, c.RequestTimeout))

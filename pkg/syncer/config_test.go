@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -79,5 +81,52 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 	}))
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "redis-url") {
 		t.Errorf("bad redis url: %v", err)
+	}
+}
+
+// doveadm-ca-file: read at start, and refused where no doveadm URL is
+// https, where it could only be a mistake.
+func TestLoad_DoveadmCAFile(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hm := filepath.Join(dir, "hosts.json")
+	os.WriteFile(hm, []byte(`{"mail-b": {"url": "HTTPS://mail-b:8081/doveadm/v1", "destination": "tcps:mail-a:12345"}}`), 0o600)
+	base := map[string]string{"DOVEWARDEN_REDIS_URL": "redis://r:6379", "DOVEWARDEN_DOVEADM_URL": "http://mail-a:8081/doveadm/v1",
+		"DOVEWARDEN_DOVEADM_PASSWORD": "pa", "DOVEWARDEN_DESTINATION": "tcp:mail-b:12345"}
+	load := func(extra map[string]string) (Config, error) {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(m))
+	}
+	c, err := load(map[string]string{"DOVEWARDEN_HOST_MAP_FILE": hm, "DOVEWARDEN_DOVEADM_CA_FILE": ca.File})
+	if err != nil || c.DoveadmCAs() == nil {
+		t.Fatalf("an https host in the host map: %v, pool %v", err, c.DoveadmCAs())
+	}
+	if c, err := load(nil); err != nil || c.DoveadmCAs() != nil {
+		t.Fatalf("without the setting: %v, pool %v (want nil: the system's)", err, c.DoveadmCAs())
+	}
+	notPEM := filepath.Join(dir, "not.pem")
+	os.WriteFile(notPEM, []byte("hello"), 0o600)
+	for _, tt := range []struct {
+		name  string
+		extra map[string]string
+		want  string
+	}{
+		{"no https URL", map[string]string{"DOVEWARDEN_DOVEADM_CA_FILE": ca.File}, "doveadm-ca-file: set, but no doveadm URL is https"},
+		{"doveadm-exec", map[string]string{"DOVEWARDEN_DOVEADM_CA_FILE": ca.File, "DOVEWARDEN_TRANSPORT": "doveadm-exec"}, "doveadm-ca-file: set, but no doveadm URL is https"},
+		{"a missing file", map[string]string{"DOVEWARDEN_DOVEADM_URL": "https://mail-a:8081/doveadm/v1", "DOVEWARDEN_DOVEADM_CA_FILE": filepath.Join(dir, "gone.pem")}, "doveadm-ca-file: open"},
+		{"no certificate in it", map[string]string{"DOVEWARDEN_DOVEADM_URL": "https://mail-a:8081/doveadm/v1", "DOVEWARDEN_DOVEADM_CA_FILE": notPEM}, "doveadm-ca-file " + notPEM + ": no PEM certificate"},
+	} {
+		if _, err := load(tt.extra); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
+		}
 	}
 }
