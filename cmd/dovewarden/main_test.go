@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -134,6 +135,7 @@ func TestIngest_ConfigErrorsNameTheSetting(t *testing.T) {
 		"budget too long": {map[string]string{"K_SINK": "http://b"}, []string{"--send-budget", "1m"}, "send-budget"},
 		"half basic":      {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_AUTH_USER": "dovecot"}, nil, "auth-password"},
 		"bad overrides":   {map[string]string{"K_SINK": "http://b", "K_CE_OVERRIDES": "{"}, nil, "K_CE_OVERRIDES"},
+		"bad CA certs":    {map[string]string{"K_SINK": "https://b", "K_CA_CERTS": "no certificate"}, nil, "K_CA_CERTS"},
 		"bad log":         {map[string]string{"K_SINK": "http://b"}, []string{"--log-format", "xml"}, "log-format"},
 		"bad listen":      {map[string]string{"K_SINK": "http://b"}, []string{"--listen", "8080"}, "listen"},
 		"bad redis":       {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "http://u:secretpw@r"}, nil, "redis-url"},
@@ -288,5 +290,46 @@ func TestExplain_UnreadableInputExits2(t *testing.T) {
 	err := run(context.Background(), env, []string{"explain", t.TempDir()})
 	if exitCode(err) != 2 || strings.Contains(err.Error(), "not JSON") || !strings.Contains(stderr.String(), "0 invalid") {
 		t.Errorf("explain DIR: exit code %d (%v), summary %q; want 2, no invalid event", exitCode(err), err, stderr)
+	}
+}
+
+// With Knative's transport encryption the SinkBinding gives ingest an
+// https K_SINK and the CA that signs the Broker's certificate in
+// K_CA_CERTS: ingest trusts it, besides the system's CAs.
+func TestIngest_KnativeCACerts(t *testing.T) {
+	got := make(chan string, 1)
+	broker := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get("Ce-Subject")
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer broker.Close()
+	post := func(vars map[string]string) int {
+		t.Helper()
+		vars["K_SINK"] = broker.URL
+		vars["DOVEWARDEN_SEND_BUDGET"] = "200ms"
+		env, _, stderr := testEnv(vars, "")
+		base, stop := serve(t, env, stderr, "ingest", "--listen", "127.0.0.1:0")
+		defer stop()
+		resp, err := http.Post(base+"/events", "application/json", strings.NewReader(deliveryEvent))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: broker.Certificate().Raw}))
+	if code := post(map[string]string{"K_CA_CERTS": caPEM}); code != http.StatusAccepted {
+		t.Fatalf("with K_CA_CERTS: %d", code)
+	}
+	if u := <-got; u != "u1" {
+		t.Errorf("the Broker got subject %q", u)
+	}
+	if code := post(map[string]string{}); code < 500 {
+		t.Errorf("without K_CA_CERTS: %d, want a 5xx (the Broker's certificate is not trusted)", code)
+	}
+	select {
+	case u := <-got:
+		t.Errorf("the Broker got %q from an ingest that may not trust it", u)
+	default:
 	}
 }

@@ -58,7 +58,8 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 		return nil, err
 	}
 	snd, err := sink.New(sink.Options{URL: *b.url, Overrides: env.getenv("K_CE_OVERRIDES"), Budget: *b.timeout,
-		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1, Authorization: auth, TLSConfig: tc})
+		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1, Authorization: auth, TLSConfig: tc,
+		CACerts: env.getenv("K_CA_CERTS")})
 	if err != nil {
 		return nil, fmt.Errorf("broker-url: %s", b.redactIn(err.Error()))
 	}

@@ -1,50 +1,16 @@
 package broker
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
-	"errors"
-	"fmt"
 	"net/http"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
-// certPool reads a Destination's CACerts: PEM CERTIFICATE blocks and
-// nothing else (Knative's webhook checks only the first block). The pool
-// holds the system's CAs and these, as Knative appends CACerts to the CAs
-// it trusts already.
-func certPool(text string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	rest := []byte(text)
-	n := 0
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("a PEM block of type %q, want CERTIFICATE", block.Type)
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
-		}
-		pool.AddCert(cert)
-		n++
-	}
-	if n == 0 {
-		return nil, errors.New("no PEM certificate")
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, errors.New("text outside PEM CERTIFICATE blocks")
-	}
-	return pool, nil
-}
+// certPool reads a Destination's CACerts (config.PEMCAs): the system's
+// CAs and these, as Knative appends CACerts to the CAs it trusts already.
+func certPool(text string) (*x509.CertPool, error) { return config.PEMCAs(text) }
 
 // clientFor returns the HTTP client for a destination with caCerts: the
 // broker's client, trusting those CAs too. Clients are made while the

@@ -8,7 +8,9 @@
 package config
 
 import (
+	"bytes"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -176,6 +178,42 @@ func CAPool(setting, path string) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
+	}
+	return pool, nil
+}
+
+// PEMCAs reads CA certificates given as text, as Knative gives them (a
+// Destination's CACerts, K_CA_CERTS): PEM CERTIFICATE blocks, at least
+// one, and nothing else (Knative's webhook checks only the first block).
+// The pool holds the system's CAs and these.
+func PEMCAs(text string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	rest := []byte(text)
+	n := 0
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("a PEM block of type %q, want CERTIFICATE", block.Type)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("no PEM certificate")
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, errors.New("text outside PEM CERTIFICATE blocks")
 	}
 	return pool, nil
 }

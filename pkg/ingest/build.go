@@ -17,7 +17,7 @@ import (
 // func-CLI function use it, so they cannot drift apart.
 func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, func() error, error) {
 	snd, err := sink.New(sink.Options{
-		URL: cfg.BrokerURL, Overrides: cfg.CEOverrides,
+		URL: cfg.BrokerURL, Overrides: cfg.CEOverrides, CACerts: cfg.CACerts,
 		Budget: cfg.SendBudget, Retries: cfg.SendRetries, Backoff: cfg.SendBackoff,
 	})
 	if err != nil {

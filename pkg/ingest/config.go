@@ -23,6 +23,8 @@ type Config struct {
 	BrokerURL string
 	// CEOverrides is Knative's K_CE_OVERRIDES.
 	CEOverrides string
+	// CACerts is Knative's K_CA_CERTS: the CAs of an https Broker URL.
+	CACerts     string
 	SendBudget  time.Duration
 	SendRetries int
 	SendBackoff time.Duration
@@ -49,6 +51,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	c.Server.RegisterFlags(fs, getenv, ":8080")
 	fs.StringVar(&c.BrokerURL, "broker-url", getenv("K_SINK"), "Broker ingress URL CloudEvents are sent to (default: $K_SINK)")
 	c.CEOverrides = getenv("K_CE_OVERRIDES")
+	c.CACerts = getenv("K_CA_CERTS")
 	fs.DurationVar(&c.SendBudget, "send-budget", 150*time.Millisecond, "time allowed to hand one event to the Broker, retries included; keep it below Dovecot's exporter timeout (250ms by default)")
 	fs.IntVar(&c.SendRetries, "send-retries", 3, "retries of a failed send within send-budget")
 	fs.DurationVar(&c.SendBackoff, "send-backoff", 10*time.Millisecond, "delay before the first retry; doubles each retry")
@@ -127,6 +130,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("broker-url %q: want an absolute http or https URL", config.RedactURL(c.BrokerURL)))
 	}
 	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := sink.CAPool(c.CACerts); err != nil {
 		errs = append(errs, err)
 	}
 	if c.SendBudget <= 0 || c.SendBudget > 5*time.Second {

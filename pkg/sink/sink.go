@@ -5,6 +5,7 @@ package sink
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +43,11 @@ type Options struct {
 	// TLSConfig, when set, replaces the default TLS configuration of an
 	// https URL.
 	TLSConfig *tls.Config
+	// CACerts is Knative's K_CA_CERTS: PEM certificates of the CAs that
+	// sign an https URL's certificate, trusted as well as the system's.
+	// Knative's SinkBinding sets it beside K_SINK when the Broker serves
+	// HTTPS (transport encryption). Not used with TLSConfig.
+	CACerts string
 }
 
 // Sender delivers events to one Broker URL.
@@ -73,8 +79,21 @@ func ParseOverrides(raw string) (map[string]any, error) {
 	return o.Extensions, nil
 }
 
-// New makes a Sender. It fails on a URL that is not absolute http(s) and on
-// invalid overrides.
+// CAPool parses K_CA_CERTS into a pool of the system's CAs and these
+// (config.PEMCAs); nil when raw is empty.
+func CAPool(raw string) (*x509.CertPool, error) {
+	if strings.TrimSpace(raw) == "" {
+		return nil, nil
+	}
+	pool, err := config.PEMCAs(raw)
+	if err != nil {
+		return nil, fmt.Errorf("K_CA_CERTS: %w", err)
+	}
+	return pool, nil
+}
+
+// New makes a Sender. It fails on a URL that is not absolute http(s), on
+// invalid overrides and on a CACerts without a certificate.
 func New(o Options) (*Sender, error) {
 	u, err := url.Parse(o.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -86,6 +105,15 @@ func New(o Options) (*Sender, error) {
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 256
+	}
+	if o.TLSConfig == nil {
+		pool, err := CAPool(o.CACerts)
+		if err != nil {
+			return nil, err
+		}
+		if pool != nil {
+			o.TLSConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		}
 	}
 	tr := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,

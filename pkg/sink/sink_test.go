@@ -2,9 +2,13 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,6 +136,44 @@ func TestSend_RetryDelays(t *testing.T) {
 	for n, want := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 40 * time.Millisecond} {
 		if got := p.BackoffFor(n + 1); got != want {
 			t.Errorf("delay before retry %d: %v, want %v", n+1, got, want)
+		}
+	}
+}
+
+// K_CA_CERTS (Options.CACerts): an https Broker whose certificate a
+// private CA signs, as with Knative's transport encryption, is trusted
+// through it; without it the send fails; TLSConfig wins over it.
+func TestSend_KnativeCACerts(t *testing.T) {
+	var got atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	send := func(o Options) error {
+		o.URL, o.Budget = srv.URL, 2*time.Second
+		s, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Send(context.Background(), testEvent())
+	}
+	if err := send(Options{CACerts: caPEM}); err != nil {
+		t.Fatalf("with K_CA_CERTS: %v", err)
+	}
+	if err := send(Options{}); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without K_CA_CERTS: %v, want a certificate error", err)
+	}
+	if err := send(Options{CACerts: caPEM, TLSConfig: &tls.Config{RootCAs: x509.NewCertPool()}}); err == nil {
+		t.Error("TLSConfig did not win over K_CA_CERTS")
+	}
+	if n := got.Load(); n != 1 {
+		t.Errorf("the Broker got %d events, want 1", n)
+	}
+	for _, bad := range []string{"not a certificate", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"} {
+		if _, err := New(Options{URL: srv.URL, Budget: time.Second, CACerts: bad}); err == nil || !strings.Contains(err.Error(), "K_CA_CERTS") {
+			t.Errorf("New with K_CA_CERTS %q: %v", bad, err)
 		}
 	}
 }

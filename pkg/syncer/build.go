@@ -56,7 +56,8 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	var results EventSender
 	if cfg.ResultsSink != "" {
 		snd, err := sink.New(sink.Options{URL: cfg.ResultsSink, Overrides: cfg.CEOverrides,
-			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond, Authorization: cfg.ResultsAuthorization, TLSConfig: cfg.ResultsTLS})
+			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond, Authorization: cfg.ResultsAuthorization, TLSConfig: cfg.ResultsTLS,
+			CACerts: cfg.CACerts})
 		if err != nil {
 			st.Close()
 			return nil, nil, fmt.Errorf("results-sink: %w", err)

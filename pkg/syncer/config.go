@@ -66,8 +66,10 @@ type Config struct {
 	// --tls-cert-file).
 	ResultsTLS  *tls.Config
 	CEOverrides string
-	Source      string
-	Instance    string
+	// CACerts is Knative's K_CA_CERTS: the CAs of an https results sink.
+	CACerts  string
+	Source   string
+	Instance string
 
 	Sweep SweepConfig
 
@@ -115,6 +117,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.IntVar(&c.MaxRounds, "max-rounds", d.MaxRounds, "dsyncs one event may run back to back while changes keep arriving; then the user is asked for again through the Broker, behind the lane's other work")
 	fs.StringVar(&c.ResultsSink, "results-sink", getenv("K_SINK"), "Broker URL for replication.failed events of attempts that are retried (default: $K_SINK); final outcomes are the reply")
 	c.CEOverrides = getenv("K_CE_OVERRIDES")
+	c.CACerts = getenv("K_CA_CERTS")
 	fs.StringVar(&c.Source, "source", DefaultSource, "CloudEvent source of the result events")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.Instance, "instance", host, "name of this instance in the status record (in progress by)")
@@ -252,6 +255,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if _, err := sink.ParseOverrides(c.CEOverrides); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := sink.CAPool(c.CACerts); err != nil {
 		errs = append(errs, err)
 	}
 	if err := config.EventSource("source", c.Source); err != nil {

@@ -64,8 +64,9 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 		"DOVEWARDEN_RESULTS_SINK":    "not a url",
 		// Every result event would be invalid, and none sent.
 		"DOVEWARDEN_SOURCE": "dovewarden/%zz",
+		"K_CA_CERTS":        "not a certificate",
 	}))
-	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink", "source \"dovewarden/%zz\""} {
+	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink", "source \"dovewarden/%zz\"", "K_CA_CERTS"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
