@@ -65,8 +65,9 @@ const (
 	// KindInternal: doveadm reported internalError.
 	KindInternal Kind = "internal"
 	// KindTLS: no TLS session with an https doveadm URL: its certificate
-	// did not verify (an unknown CA, another name, expired), or the
-	// listener does not speak TLS.
+	// did not verify (an unknown CA, another name, expired), the listener
+	// does not speak TLS, or it refused the handshake (no shared protocol
+	// version or cipher, a client certificate required).
 	KindTLS Kind = "tls"
 )
 

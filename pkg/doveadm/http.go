@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"time"
 )
@@ -221,17 +223,56 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 // tlsFailure reports whether err is a TLS session that could not start
 // for a reason a retry does not change: the server's certificate did not
 // verify, the server answered the handshake with something that is not
-// TLS (plain HTTP: net/http's ErrSchemeMismatch), or it refused the handshake with an alert (no shared
-// protocol version or cipher).
+// TLS (plain HTTP: net/http's ErrSchemeMismatch), or it refused the
+// handshake with one of refusalAlerts. A reset or EOF during the
+// handshake is none of these: it stays a transport failure, retried.
 func tlsFailure(err error) bool {
 	var cv *tls.CertificateVerificationError
 	var rh tls.RecordHeaderError
-	var alert tls.AlertError
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
 	var ci x509.CertificateInvalidError
-	return errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &alert) ||
-		errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.Is(err, http.ErrSchemeMismatch)
+	if errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &he) ||
+		errors.As(err, &ci) || errors.Is(err, http.ErrSchemeMismatch) {
+		return true
+	}
+	a, ok := remoteAlert(err)
+	return ok && refusalAlerts[a]
+}
+
+// refusalAlerts are the TLS alerts (RFC 8446 section 6.2) with which a
+// server refuses a handshake over its configuration or ours: no shared
+// protocol version or cipher, a client certificate it requires, a name
+// it does not serve. Others, such as internal_error or bad_record_mac,
+// may come from a passing fault and are retried.
+var refusalAlerts = map[uint8]bool{
+	40:  true, // handshake_failure
+	42:  true, // bad_certificate
+	43:  true, // unsupported_certificate
+	44:  true, // certificate_revoked
+	45:  true, // certificate_expired
+	46:  true, // certificate_unknown
+	48:  true, // unknown_ca
+	49:  true, // access_denied
+	70:  true, // protocol_version
+	71:  true, // insufficient_security
+	112: true, // unrecognized_name
+	116: true, // certificate_required
+}
+
+// remoteAlert returns the alert a TLS server sent, when err is one. Over
+// TCP crypto/tls reports it as a *net.OpError "remote error" around its
+// unexported alert type (a byte); tls.AlertError is used with QUIC only.
+func remoteAlert(err error) (uint8, bool) {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" || op.Err == nil {
+		return 0, false
+	}
+	v := reflect.ValueOf(op.Err)
+	if v.Kind() != reflect.Uint8 || v.Type().PkgPath() != "crypto/tls" {
+		return 0, false
+	}
+	return uint8(v.Uint()), true
 }
 
 // newRequest builds a POST of body to ep's doveadm HTTP API, authenticated

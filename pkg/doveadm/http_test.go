@@ -2,8 +2,11 @@ package doveadm_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -235,5 +238,77 @@ func TestHTTP_TLS(t *testing.T) {
 	}
 	if n := len(s.Tracker.Calls()) + len(plain.Tracker.Calls()); n != 1 {
 		t.Errorf("doveadm ran %d syncs, want 1: a failed TLS session sends no request", n)
+	}
+}
+
+// A TLS handshake cut off by the network (EOF, reset) is a transport
+// failure, retried; one the server refuses with an alert about its
+// configuration or ours is class tls, and one with an alert that a
+// passing fault can cause is retried.
+func TestHTTP_TLSHandshakeCutOrRefused(t *testing.T) {
+	raw := func(serve func(c *net.TCPConn)) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go serve(c.(*net.TCPConn))
+			}
+		}()
+		return "https://" + ln.Addr().String() + "/doveadm/v1"
+	}
+	// readHello reads the client's first record, its ClientHello.
+	readHello := func(c net.Conn) {
+		h := make([]byte, 5)
+		if _, err := io.ReadFull(c, h); err == nil {
+			io.ReadFull(c, make([]byte, int(h[3])<<8|int(h[4])))
+		}
+	}
+	reset := func(c *net.TCPConn) { c.SetLinger(0); c.Close() }
+	alert := func(code byte) func(c *net.TCPConn) {
+		return func(c *net.TCPConn) {
+			readHello(c)
+			c.Write([]byte{21, 3, 3, 0, 2, 2, code}) // a fatal alert record
+			c.Close()
+		}
+	}
+	tlsServer := func(cfg *tls.Config) string {
+		s := httptest.NewUnstartedServer(http.NotFoundHandler())
+		s.TLS = cfg
+		s.Config.ErrorLog = log.New(io.Discard, "", 0)
+		s.StartTLS()
+		t.Cleanup(s.Close)
+		return s.URL + "/doveadm/v1"
+	}
+	for _, tt := range []struct {
+		name, url, class string
+	}{
+		{"EOF before the ServerHello", raw(func(c *net.TCPConn) { readHello(c); c.Close() }), "transport"},
+		{"reset before the ServerHello", raw(func(c *net.TCPConn) { readHello(c); reset(c) }), "transport"},
+		{"EOF inside a record", raw(func(c *net.TCPConn) { readHello(c); c.Write([]byte{22, 3, 3, 0, 64, 2}); c.Close() }), "transport"},
+		{"reset at once", raw(reset), "transport"},
+		{"alert handshake_failure", raw(alert(40)), "tls"},
+		{"alert protocol_version", raw(alert(70)), "tls"},
+		{"alert internal_error", raw(alert(80)), "transport"},
+		{"alert bad_record_mac", raw(alert(20)), "transport"},
+		{"a server with TLS 1.1 at most", tlsServer(&tls.Config{MaxVersion: tls.VersionTLS11}), "tls"},
+		{"a server that requires a client certificate", tlsServer(&tls.Config{ClientAuth: tls.RequireAnyClientCert}), "tls"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ep := doveadm.Endpoint{Name: "mail-a", URL: tt.url, User: "doveadm", Password: "pw", Destination: "tcp:r:1"}
+			// InsecureSkipVerify: httptest's certificate is beside the point.
+			c := doveadm.Client(nil)
+			c.Transport.(*http.Transport).TLSClientConfig.InsecureSkipVerify = true
+			_, err := doveadm.NewHTTP(c, 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+			if r := doveadm.Decide(err); err == nil || r.Class != tt.class {
+				t.Errorf("err = %v, class %s; want class %s", err, r.Class, tt.class)
+			}
+		})
 	}
 }

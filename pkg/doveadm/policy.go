@@ -71,7 +71,7 @@ var (
 	transportRule    = Rule{Action: Retry, Class: "transport", Retryable: true, Reason: "no usable answer from doveadm"}
 	unauthorizedRule = Rule{Action: ReportConfig, Class: "unauthorized", Reason: "doveadm rejected the credentials"}
 	protocolRule     = Rule{Action: ReportConfig, Class: "protocol", Reason: "doveadm did not understand the request, or answered something unexpected"}
-	tlsRule          = Rule{Action: ReportConfig, Class: "tls", Reason: "no TLS session with doveadm: its certificate was not accepted (doveadm-ca-file), or its listener does not speak TLS"}
+	tlsRule          = Rule{Action: ReportConfig, Class: "tls", Reason: "no TLS session with doveadm: its certificate was not accepted (doveadm-ca-file), its listener does not speak TLS, or it refused the handshake"}
 	internalRule     = Rule{Action: Retry, Class: "internal", Retryable: true, Attempts: unknownAttempts, Reason: "doveadm internal error"}
 	unknownRule      = Rule{Action: Retry, Class: "unknown", Retryable: true, Attempts: unknownAttempts, Reason: "unknown exit code"}
 	// lostLockRule: the per-user lock expired under a running attempt; no
