@@ -749,3 +749,24 @@ func TestLocal_RefusesANegativeSweepInterval(t *testing.T) {
 		})
 	}
 }
+
+// K_CA_CERTS belongs to a Knative Broker's https address; local mode
+// sends only to itself, so a value it would refuse does not stop it.
+func TestLocal_IgnoresKnativeCACerts(t *testing.T) {
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	env, _, stderr := testEnv(map[string]string{
+		"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password,
+		"K_CA_CERTS":                  "not a certificate",
+	}, "")
+	base, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0",
+		"--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
+	defer stop()
+	resp, err := http.Get(base + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /status: %d", resp.StatusCode)
+	}
+}
