@@ -57,9 +57,20 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 	if err != nil {
 		return nil, err
 	}
-	snd, err := sink.New(sink.Options{URL: *b.url, Overrides: env.getenv("K_CE_OVERRIDES"), Budget: *b.timeout,
+	// Knative's variables are checked first, so that their errors name
+	// them and not broker-url. K_CA_CERTS is not read with tls-ca-file.
+	overrides, caCerts := env.getenv("K_CE_OVERRIDES"), env.getenv("K_CA_CERTS")
+	if _, err := sink.ParseOverrides(overrides); err != nil {
+		return nil, err
+	}
+	if tc == nil {
+		if _, err := sink.CAPool(caCerts); err != nil {
+			return nil, err
+		}
+	}
+	snd, err := sink.New(sink.Options{URL: *b.url, Overrides: overrides, Budget: *b.timeout,
 		Retries: 3, Backoff: 100 * time.Millisecond, MaxConns: 1, Authorization: auth, TLSConfig: tc,
-		CACerts: env.getenv("K_CA_CERTS")})
+		CACerts: caCerts})
 	if err != nil {
 		return nil, fmt.Errorf("broker-url: %s", b.redactIn(err.Error()))
 	}

@@ -92,6 +92,13 @@ func TestSweep_Failures(t *testing.T) {
 			t.Errorf("%s: err %v, want %q", name, err, tt.want)
 		}
 	}
+	// Knative's variables are named first, not as a fault of broker-url.
+	for name, v := range map[string]string{"K_CE_OVERRIDES": "{", "K_CA_CERTS": "not a certificate"} {
+		env, _, _ := testEnv(map[string]string{"K_SINK": refusing.URL, name: v}, "")
+		if err := run(context.Background(), env, []string{"sweep"}); err == nil || !strings.HasPrefix(err.Error(), name+":") {
+			t.Errorf("%s %q: err %v, want it to start with %s", name, v, err, name)
+		}
+	}
 }
 
 // TestSweep_ThroughTheLocalBroker: `dovewarden sweep` against `dovewarden

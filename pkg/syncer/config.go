@@ -222,7 +222,11 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("transport %q: want %s or %s", c.Transport, doveadm.TransportHTTP, doveadm.TransportExec))
 	}
-	if c.DoveadmCAFile != "" && (c.Transport != doveadm.TransportHTTP || !c.hostMap.HTTPS()) {
+	switch {
+	case c.DoveadmCAFile == "":
+	case c.Transport != doveadm.TransportHTTP:
+		errs = append(errs, fmt.Errorf("doveadm-ca-file: only with transport %s (the doveadm HTTP API)", doveadm.TransportHTTP))
+	case !c.hostMap.HTTPS():
 		errs = append(errs, errors.New("doveadm-ca-file: set, but no doveadm URL is https (doveadm-url, host-map-file)"))
 	}
 	if c.DsyncTimeout <= 0 || c.DsyncTimeout > c.RequestTimeout {

@@ -122,7 +122,7 @@ func TestLoad_DoveadmCAFile(t *testing.T) {
 		want  string
 	}{
 		{"no https URL", map[string]string{"DOVEWARDEN_DOVEADM_CA_FILE": ca.File}, "doveadm-ca-file: set, but no doveadm URL is https"},
-		{"doveadm-exec", map[string]string{"DOVEWARDEN_DOVEADM_CA_FILE": ca.File, "DOVEWARDEN_TRANSPORT": "doveadm-exec"}, "doveadm-ca-file: set, but no doveadm URL is https"},
+		{"doveadm-exec", map[string]string{"DOVEWARDEN_DOVEADM_URL": "https://mail-a:8081/doveadm/v1", "DOVEWARDEN_DOVEADM_CA_FILE": ca.File, "DOVEWARDEN_TRANSPORT": "doveadm-exec"}, "doveadm-ca-file: only with transport doveadm-http"},
 		{"a missing file", map[string]string{"DOVEWARDEN_DOVEADM_URL": "https://mail-a:8081/doveadm/v1", "DOVEWARDEN_DOVEADM_CA_FILE": filepath.Join(dir, "gone.pem")}, "doveadm-ca-file: open"},
 		{"no certificate in it", map[string]string{"DOVEWARDEN_DOVEADM_URL": "https://mail-a:8081/doveadm/v1", "DOVEWARDEN_DOVEADM_CA_FILE": notPEM}, "doveadm-ca-file " + notPEM + ": no PEM certificate"},
 	} {
