@@ -137,23 +137,21 @@ type Server struct {
 // NewServer starts a fake named name on 127.0.0.1; tr may be shared by
 // several fakes (nil makes one).
 func NewServer(t testing.TB, name string, tr *Tracker) *Server {
-	if tr == nil {
-		tr = NewTracker(t)
-	}
-	s := &Server{Name: name, Password: Password, Tracker: tr}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.Close)
-	return s
+	return newServer(t, name, tr, httptest.NewServer)
 }
 
 // NewTLSServer is NewServer serving HTTPS, with httptest's certificate
 // (Certificate: for 127.0.0.1, ::1 and example.com, by a CA of its own).
 func NewTLSServer(t testing.TB, name string, tr *Tracker) *Server {
+	return newServer(t, name, tr, httptest.NewTLSServer)
+}
+
+func newServer(t testing.TB, name string, tr *Tracker, start func(http.Handler) *httptest.Server) *Server {
 	if tr == nil {
 		tr = NewTracker(t)
 	}
 	s := &Server{Name: name, Password: Password, Tracker: tr}
-	s.Server = httptest.NewTLSServer(http.HandlerFunc(s.serve))
+	s.Server = start(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
 	return s
 }
