@@ -227,13 +227,11 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 // handshake with one of refusalAlerts. A reset or EOF during the
 // handshake is none of these: it stays a transport failure, retried.
 func tlsFailure(err error) bool {
+	// crypto/tls wraps every failed check of the server's certificate (an
+	// unknown CA, another name, expired) in CertificateVerificationError.
 	var cv *tls.CertificateVerificationError
 	var rh tls.RecordHeaderError
-	var ua x509.UnknownAuthorityError
-	var he x509.HostnameError
-	var ci x509.CertificateInvalidError
-	if errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &he) ||
-		errors.As(err, &ci) || errors.Is(err, http.ErrSchemeMismatch) {
+	if errors.As(err, &cv) || errors.As(err, &rh) || errors.Is(err, http.ErrSchemeMismatch) {
 		return true
 	}
 	a, ok := remoteAlert(err)
