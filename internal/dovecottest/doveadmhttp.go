@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // DoveadmHTTP POSTs a raw JSON request body to the instance's doveadm HTTP
@@ -80,12 +81,9 @@ func doveadmClient(caFile string) (*http.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dovecottest: client CA: %w", err)
 	}
-	pool, err := x509.SystemCertPool()
+	pool, err := config.PEMCAs(string(pem))
 	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("dovecottest: client CA %s: no certificate", caFile)
+		return nil, fmt.Errorf("dovecottest: client CA %s: %w", caFile, err)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
