@@ -21,6 +21,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	gojson "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
@@ -65,6 +66,7 @@ type Handler struct {
 	pending PendingMarker
 	log     *slog.Logger
 	m       *ingestMetrics
+	timed   http.Handler // serve, timed into ingest_request_duration_seconds
 	bufs    sync.Pool
 	// Hashes of the credentials, so comparisons take the same time whatever
 	// the length of what the client sent.
@@ -75,6 +77,7 @@ type Handler struct {
 func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Registerer, log *slog.Logger) *Handler {
 	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg)}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
+	h.timed = promhttp.InstrumentHandlerDuration(h.m.answer, http.HandlerFunc(h.serve))
 	h.userSum = sha256.Sum256([]byte(o.BasicUser))
 	h.passSum = sha256.Sum256([]byte(o.BasicPassword))
 	h.tokenSum = sha256.Sum256([]byte(o.Token))
@@ -147,7 +150,9 @@ func isJSONMediaType(ct string) bool {
 }
 
 // ServeHTTP handles one exporter POST.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.timed.ServeHTTP(w, r) }
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/" && r.URL.Path != "/events" {
 		h.reject(w, http.StatusNotFound, rejectPath, "post Dovecot events to / or /events")
 		return
@@ -169,7 +174,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	buf := h.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer h.bufs.Put(buf)
-	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.opts.MaxBody)); err != nil {
+	if _, err := buf.ReadFrom(http.MaxBytesReader(unwrap(w), r.Body, h.opts.MaxBody)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
@@ -184,6 +189,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.handleEvent(w, r, &ev)
+}
+
+// unwrap returns the server's own ResponseWriter under the timing
+// wrapper, which http.MaxBytesReader needs to tell the server to close
+// the connection after an oversized body instead of reading the rest.
+func unwrap(w http.ResponseWriter) http.ResponseWriter {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return w
+		}
+		w = u.Unwrap()
+	}
 }
 
 func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *dovecot.Event) {

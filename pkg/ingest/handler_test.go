@@ -77,6 +77,30 @@ type fixture struct {
 	logs    *bytes.Buffer
 	redis   *miniredis.Miniredis
 	brokerS *httptest.Server
+	reg     *prometheus.Registry
+}
+
+// answered is how many answers with code the request-duration histogram
+// has timed.
+func (f *fixture) answered(t *testing.T, code int) uint64 {
+	t.Helper()
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "dovewarden_ingest_request_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "code" && l.GetValue() == strconv.Itoa(code) {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 func newFixture(t *testing.T, o Options, b *broker, overrides string) *fixture {
@@ -93,12 +117,13 @@ func newFixture(t *testing.T, o Options, b *broker, overrides string) *fixture {
 	if o.MaxBody == 0 {
 		o.MaxBody = 64 << 10
 	}
-	h := NewHandler(o, snd, st, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
+	reg := prometheus.NewRegistry()
+	h := NewHandler(o, snd, st, reg, slog.New(slog.NewTextHandler(logs, nil)))
 	mux := http.NewServeMux()
 	h.Mount(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return &fixture{h: h, srv: srv, broker: b, logs: logs, redis: mr, brokerS: bs, store: st}
+	return &fixture{h: h, srv: srv, broker: b, logs: logs, redis: mr, brokerS: bs, store: st, reg: reg}
 }
 
 func (f *fixture) post(t *testing.T, path, ctype, body string, mod ...func(*http.Request)) (int, string) {
@@ -203,6 +228,7 @@ func TestHandle_BadInput(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			before := testutil.ToFloat64(f.h.m.rejected.WithLabelValues(tc.reason))
+			timed := f.answered(t, tc.code)
 			req, _ := http.NewRequest(tc.method, f.srv.URL+tc.path, strings.NewReader(tc.body))
 			if tc.ctype != "" {
 				req.Header.Set("Content-Type", tc.ctype)
@@ -219,14 +245,26 @@ func TestHandle_BadInput(t *testing.T) {
 			if got := testutil.ToFloat64(f.h.m.rejected.WithLabelValues(tc.reason)); got != before+1 {
 				t.Errorf("rejected{reason=%s} went from %v to %v", tc.reason, before, got)
 			}
+			if got := f.answered(t, tc.code); got != timed+1 {
+				t.Errorf("request_duration_seconds{code=%d} timed %d answers, then %d", tc.code, timed, got)
+			}
+			// Only an oversized body closes the connection: the server
+			// does not read what is left of it.
+			if resp.Close != (tc.code == http.StatusRequestEntityTooLarge) {
+				t.Errorf("connection closed after the answer: %v", resp.Close)
+			}
 		})
 	}
 	if n := len(f.broker.events); n != 0 {
 		t.Errorf("bad input reached the broker %d times", n)
 	}
 	// Still serving.
+	accepted := f.answered(t, http.StatusAccepted)
 	if code, _ := f.post(t, "/events", "application/json", appendEvent); code != http.StatusAccepted {
 		t.Errorf("after bad input: %d", code)
+	}
+	if got := f.answered(t, http.StatusAccepted); got != accepted+1 {
+		t.Errorf("request_duration_seconds{code=202} timed %d answers, then %d", accepted, got)
 	}
 }
 

@@ -38,6 +38,7 @@ type ingestMetrics struct {
 	accepted  *prometheus.CounterVec
 	dropped   *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
+	answer    *prometheus.HistogramVec
 	sendTime  prometheus.Histogram
 	sendFails *prometheus.CounterVec
 	pending   *prometheus.CounterVec
@@ -73,6 +74,11 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help: "Well-formed events that change nothing, by Dovecot host and reason."}, []string{"host", "reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestRequestsRejected,
 			Help: "Requests answered 4xx, by reason."}, []string{"reason"}),
+		// Up to the largest send-budget, with detail below Dovecot's
+		// exporter timeout (500 ms in the snippets).
+		answer: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: metrics.IngestRequestSeconds,
+			Help:    "Time from a request's headers to ingest's answer, by HTTP status code.",
+			Buckets: []float64{.00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}, []string{"code"}),
 		sendTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: metrics.IngestSendSeconds,
 			Help:    "Time to hand one change to the Broker, retries included.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .15, .25, .5}}),
@@ -86,7 +92,7 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help: "Changes sent without the Redis-clock stamp because Redis did not answer in time (coalesced with the clock-skew margin instead)."}),
 	}
 	m.hosts.Store(&map[string]*hostMetrics{})
-	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.sendTime, m.sendFails, m.pending, m.lastEvent, m.observeFails)
+	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.answer, m.sendTime, m.sendFails, m.pending, m.lastEvent, m.observeFails)
 	return m
 }
 

@@ -22,6 +22,7 @@ const (
 	IngestEventsAccepted   = "ingest_events_accepted_total"
 	IngestEventsDropped    = "ingest_events_dropped_total"
 	IngestRequestsRejected = "ingest_requests_rejected_total"
+	IngestRequestSeconds   = "ingest_request_duration_seconds"
 	IngestSendSeconds      = "ingest_send_duration_seconds"
 	IngestSendFailures     = "ingest_send_failures_total"
 	IngestPendingMarks     = "ingest_pending_marks_total"
