@@ -22,7 +22,7 @@ import (
 // healthy run has none of, or need settings the run does not use.
 var livePanels = []string{
 	"Failing users", "Pending users", "dsyncs running", "Last sweep ended", "Changes accepted",
-	"Events received", "Events dropped", "Since the last event",
+	"Events received", "Events dropped", "Since the last event", "Answer time",
 	"dsyncs", "dsync duration", "Replication lag", "Decisions", "Coalesced changes", "Pending and failing users", "Events received by sync",
 	"Queue depth", "Deliveries", "Delivery duration p99", "Published",
 	"Sweep progress", "Users requested", "Listing", "Sweeps", "Sweep work", "Last sweep",

@@ -493,7 +493,7 @@ func registered(t *testing.T) map[string]family {
 		out[m[1]] = f
 	}
 	// Desc does not tell a histogram from a counter; these are ours.
-	for _, h := range []string{metrics.IngestSendSeconds, metrics.SyncDsyncSeconds, metrics.SyncLagSeconds, metrics.BrokerDeliverySeconds} {
+	for _, h := range []string{metrics.IngestRequestSeconds, metrics.IngestSendSeconds, metrics.SyncDsyncSeconds, metrics.SyncLagSeconds, metrics.BrokerDeliverySeconds} {
 		name := metrics.Namespace + "_" + h
 		f, ok := out[name]
 		if !ok {
