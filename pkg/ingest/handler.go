@@ -21,7 +21,6 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	gojson "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
@@ -66,7 +65,6 @@ type Handler struct {
 	pending PendingMarker
 	log     *slog.Logger
 	m       *ingestMetrics
-	timed   http.Handler // serve, timed into ingest_request_duration_seconds
 	bufs    sync.Pool
 	// Hashes of the credentials, so comparisons take the same time whatever
 	// the length of what the client sent.
@@ -77,7 +75,6 @@ type Handler struct {
 func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Registerer, log *slog.Logger) *Handler {
 	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg)}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
-	h.timed = promhttp.InstrumentHandlerDuration(h.m.answer, http.HandlerFunc(h.serve))
 	h.userSum = sha256.Sum256([]byte(o.BasicUser))
 	h.passSum = sha256.Sum256([]byte(o.BasicPassword))
 	h.tokenSum = sha256.Sum256([]byte(o.Token))
@@ -98,31 +95,33 @@ type reply struct {
 	Error  string `json:"error,omitempty"`
 }
 
-func writeReply(w http.ResponseWriter, code int, r reply) {
+// writeReply answers with code and r, and returns code.
+func writeReply(w http.ResponseWriter, code int, r reply) int {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	// goccy/go-json writes what json.Encoder writes, in less time.
 	b, err := gojson.Marshal(r)
 	if err != nil {
 		_ = json.NewEncoder(w).Encode(r)
-		return
+		return code
 	}
 	_, _ = w.Write(append(b, '\n'))
+	return code
 }
 
-func (h *Handler) reject(w http.ResponseWriter, code int, reason, msg string) {
+func (h *Handler) reject(w http.ResponseWriter, code int, reason, msg string) int {
 	h.m.rejected.WithLabelValues(reason).Inc()
-	writeReply(w, code, reply{Status: "rejected", Reason: reason, Error: msg})
+	return writeReply(w, code, reply{Status: "rejected", Reason: reason, Error: msg})
 }
 
 // unauthorized answers a request without the right credentials.
-func (h *Handler) unauthorized(w http.ResponseWriter) {
+func (h *Handler) unauthorized(w http.ResponseWriter) int {
 	if h.opts.Token != "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dovewarden"`)
 	} else {
 		w.Header().Set("WWW-Authenticate", `Basic realm="dovewarden"`)
 	}
-	h.reject(w, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
+	return h.reject(w, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
 }
 
 // Protect makes next ask for ingest's credentials, when it has any (local
@@ -149,62 +148,47 @@ func isJSONMediaType(ct string) bool {
 	return err == nil && mt == "application/json"
 }
 
-// ServeHTTP handles one exporter POST.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.timed.ServeHTTP(w, r) }
+// ServeHTTP handles one exporter POST, timed by its answer's code.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	code := h.serve(w, r)
+	h.m.answered(code).Observe(time.Since(start).Seconds())
+}
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
+// serve handles one exporter POST and returns the code it answered.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if r.URL.Path != "/" && r.URL.Path != "/events" {
-		h.reject(w, http.StatusNotFound, rejectPath, "post Dovecot events to / or /events")
-		return
+		return h.reject(w, http.StatusNotFound, rejectPath, "post Dovecot events to / or /events")
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		h.reject(w, http.StatusMethodNotAllowed, rejectMethod, "method "+r.Method+" not allowed: POST Dovecot events")
-		return
+		return h.reject(w, http.StatusMethodNotAllowed, rejectMethod, "method "+r.Method+" not allowed: POST Dovecot events")
 	}
 	if !h.authorized(r) {
-		h.unauthorized(w)
-		return
+		return h.unauthorized(w)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !isJSONMediaType(ct) {
-		h.reject(w, http.StatusUnsupportedMediaType, rejectContentType,
+		return h.reject(w, http.StatusUnsupportedMediaType, rejectContentType,
 			fmt.Sprintf("content type %q: want application/json", r.Header.Get("Content-Type")))
-		return
 	}
 	buf := h.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer h.bufs.Put(buf)
-	if _, err := buf.ReadFrom(http.MaxBytesReader(unwrap(w), r.Body, h.opts.MaxBody)); err != nil {
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.opts.MaxBody)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
-			return
+			return h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
 		}
-		h.reject(w, http.StatusBadRequest, rejectRead, "reading body: "+err.Error())
-		return
+		return h.reject(w, http.StatusBadRequest, rejectRead, "reading body: "+err.Error())
 	}
 	ev, err := dovecot.Parse(buf.Bytes())
 	if err != nil {
-		h.reject(w, http.StatusBadRequest, rejectMalformed, err.Error())
-		return
+		return h.reject(w, http.StatusBadRequest, rejectMalformed, err.Error())
 	}
-	h.handleEvent(w, r, &ev)
+	return h.handleEvent(w, r, &ev)
 }
 
-// unwrap returns the server's own ResponseWriter under the timing
-// wrapper, which http.MaxBytesReader needs to tell the server to close
-// the connection after an oversized body instead of reading the rest.
-func unwrap(w http.ResponseWriter) http.ResponseWriter {
-	for {
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			return w
-		}
-		w = u.Unwrap()
-	}
-}
-
-func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *dovecot.Event) {
+func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *dovecot.Event) int {
 	host := ev.Hostname
 	if r.URL.RawQuery != "" { // the exporter URL usually has no query
 		if q := r.URL.Query().Get("host"); q != "" {
@@ -212,8 +196,7 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 		}
 	}
 	if err := checkHost(host); err != nil {
-		h.reject(w, http.StatusBadRequest, rejectHost, err.Error())
-		return
+		return h.reject(w, http.StatusBadRequest, rejectHost, err.Error())
 	}
 	hm := h.m.host(host)
 	hostLabel := hm.label
@@ -222,13 +205,11 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 
 	c, reason, err := Translator{Username: h.opts.Username}.Change(ev, host)
 	if err != nil {
-		h.reject(w, http.StatusBadRequest, rejectUser, err.Error())
-		return
+		return h.reject(w, http.StatusBadRequest, rejectUser, err.Error())
 	}
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
-		writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
-		return
+		return writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
 	}
 	h.observe(r.Context(), &c)
 	if c.Time.IsZero() {
@@ -242,18 +223,16 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	}
 	ce, err := contract.FromChange(c)
 	if err != nil {
-		h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
-		return
+		return h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
 	}
 	start := time.Now()
 	err = h.send.Send(r.Context(), ce)
 	h.m.sendTime.Observe(time.Since(start).Seconds())
 	if err != nil {
-		h.sendFailed(r.Context(), w, hostLabel, c, err)
-		return
+		return h.sendFailed(r.Context(), w, hostLabel, c, err)
 	}
 	h.m.accepted.WithLabelValues(hostLabel, string(c.Priority)).Inc()
-	writeReply(w, http.StatusAccepted, reply{Status: "accepted", ID: c.ID})
+	return writeReply(w, http.StatusAccepted, reply{Status: "accepted", ID: c.ID})
 }
 
 // observe stamps c with the sync function's clock. Without the stamp the
@@ -276,7 +255,7 @@ func (h *Handler) observe(ctx context.Context, c *change.Change) {
 // sendFailed makes sure the change is not lost silently: an error log that
 // names user and host, a counter, a pending mark for the sweep when Redis is
 // configured, and a 503 to Dovecot.
-func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLabel string, c change.Change, err error) {
+func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLabel string, c change.Change, err error) int {
 	h.m.sendFails.WithLabelValues(hostLabel).Inc()
 	marked := "no redis configured"
 	if h.pending != nil {
@@ -294,7 +273,7 @@ func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLab
 		}
 	}
 	h.log.Error("change not handed to the broker", "user", c.User, "host", c.Host, "id", c.ID, "err", err, "recovery", marked)
-	writeReply(w, http.StatusServiceUnavailable, reply{Status: "error", ID: c.ID, Error: "broker unavailable: " + marked})
+	return writeReply(w, http.StatusServiceUnavailable, reply{Status: "error", ID: c.ID, Error: "broker unavailable: " + marked})
 }
 
 // authorized checks the configured credentials in constant time.

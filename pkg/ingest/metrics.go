@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"maps"
+	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -34,11 +36,14 @@ const (
 )
 
 type ingestMetrics struct {
-	received  *prometheus.CounterVec
-	accepted  *prometheus.CounterVec
-	dropped   *prometheus.CounterVec
-	rejected  *prometheus.CounterVec
-	answer    *prometheus.HistogramVec
+	received *prometheus.CounterVec
+	accepted *prometheus.CounterVec
+	dropped  *prometheus.CounterVec
+	rejected *prometheus.CounterVec
+	answer   *prometheus.HistogramVec
+	// answers holds answer's series for the codes ingest answers with,
+	// looked up once: ServeHTTP times every request.
+	answers   map[int]prometheus.Observer
 	sendTime  prometheus.Histogram
 	sendFails *prometheus.CounterVec
 	pending   *prometheus.CounterVec
@@ -92,8 +97,22 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help: "Changes sent without the Redis-clock stamp because Redis did not answer in time (coalesced with the clock-skew margin instead)."}),
 	}
 	m.hosts.Store(&map[string]*hostMetrics{})
+	m.answers = map[int]prometheus.Observer{}
+	for _, code := range []int{http.StatusOK, http.StatusAccepted, http.StatusBadRequest, http.StatusUnauthorized,
+		http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge,
+		http.StatusUnsupportedMediaType, http.StatusServiceUnavailable} {
+		m.answers[code] = m.answer.WithLabelValues(strconv.Itoa(code))
+	}
 	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.answer, m.sendTime, m.sendFails, m.pending, m.lastEvent, m.observeFails)
 	return m
+}
+
+// answered is the request-duration series of code.
+func (m *ingestMetrics) answered(code int) prometheus.Observer {
+	if o, ok := m.answers[code]; ok {
+		return o
+	}
+	return m.answer.WithLabelValues(strconv.Itoa(code))
 }
 
 // hostLabel returns host as a label value, or otherHost once maxHostLabels
