@@ -40,3 +40,27 @@ func TestHostMetrics_Concurrent(t *testing.T) {
 		t.Errorf("counted %v + %v under %s, want %d", total, other, otherHost, workers*hosts)
 	}
 }
+
+// The answer-time histogram has a series for each code ingest answers
+// with before the first request, so a rate over it is 0, not nothing.
+func TestAnswerSeries_FromTheStart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newIngestMetrics(reg)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() == "dovewarden_ingest_request_duration_seconds" {
+			for _, m := range mf.GetMetric() {
+				codes[m.GetLabel()[0].GetValue()] = true
+			}
+		}
+	}
+	for _, code := range []string{"200", "202", "400", "401", "404", "405", "413", "415", "503"} {
+		if !codes[code] {
+			t.Errorf("no series for code %s before the first request (have %v)", code, codes)
+		}
+	}
+}
