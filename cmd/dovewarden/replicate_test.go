@@ -17,7 +17,7 @@ import (
 func TestReplicate_PostsOneRequestPerUser(t *testing.T) {
 	broker, got := recordingBroker(t, 3)
 	env, stdout, stderr := testEnv(map[string]string{"K_SINK": broker.URL}, "")
-	if err := run(context.Background(), env, []string{"replicate", "--full", "--host", "mail-b", "--priority", "low", "alice", "bob"}); err != nil {
+	if err := run(context.Background(), env, []string{"replicate", "--full", "alice", "--host", "mail-b", "bob", "--priority", "low"}); err != nil {
 		t.Fatalf("replicate: %v\n%s", err, stderr)
 	}
 	for _, user := range []string{"alice", "bob"} {

@@ -29,9 +29,11 @@ func EnvName(name string) string {
 }
 
 // Parse parses args into fs, then sets every flag not given in args from its
-// environment variable, read with getenv. Errors name the setting.
+// environment variable, read with getenv. Errors name the setting. Flags
+// may come after other arguments too (`replicate alice --full`); "--"
+// ends the flags.
 func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
 	given := map[string]bool{}
@@ -51,6 +53,25 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// parseInterspersed parses args as fs.Parse does, but goes on after an
+// argument that is not a flag; fs.Args() are then those arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) error {
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		left := fs.Args()
+		if n := len(args) - len(left); len(left) == 0 || (n > 0 && args[n-1] == "--") {
+			rest = append(rest, left...)
+			break
+		}
+		rest = append(rest, left[0])
+		args = left[1:]
+	}
+	return fs.Parse(append([]string{"--"}, rest...))
 }
 
 // Unused returns, sorted, the names of the DOVEWARDEN_* variables in

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,5 +102,34 @@ func TestEventSource(t *testing.T) {
 		if err := EventSource("source", bad); err == nil || !strings.Contains(err.Error(), "source") {
 			t.Errorf("EventSource(%q) = %v, want an error naming the setting", bad, err)
 		}
+	}
+}
+
+func TestParse_FlagsAfterArguments(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		url  string
+		n    int
+		rest []string
+	}{
+		{[]string{"alice", "--broker-url", "http://flag", "bob", "--send-retries=5"}, "http://flag", 5, []string{"alice", "bob"}},
+		{[]string{"--send-retries", "4", "alice"}, "default", 4, []string{"alice"}},
+		{[]string{"alice", "--", "--send-retries", "bob"}, "default", 3, []string{"alice", "--send-retries", "bob"}},
+		{[]string{"--", "-x"}, "default", 3, []string{"-x"}},
+		{[]string{"alice", "-", "bob"}, "default", 3, []string{"alice", "-", "bob"}},
+		{nil, "default", 3, nil},
+	} {
+		fs, s, _, n := newSet()
+		if err := Parse(fs, tc.args, func(string) string { return "" }); err != nil {
+			t.Errorf("%q: %v", tc.args, err)
+			continue
+		}
+		if *s != tc.url || *n != tc.n || !slices.Equal(fs.Args(), tc.rest) {
+			t.Errorf("%q: broker-url %q, send-retries %d, arguments %q; want %q, %d, %q", tc.args, *s, *n, fs.Args(), tc.url, tc.n, tc.rest)
+		}
+	}
+	fs, _, _, _ := newSet()
+	if err := Parse(fs, []string{"alice", "--no-such-flag"}, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "no-such-flag") {
+		t.Errorf("an unknown flag after an argument: %v", err)
 	}
 }
