@@ -36,20 +36,21 @@ const (
 )
 
 type ingestMetrics struct {
-	received *prometheus.CounterVec
-	accepted *prometheus.CounterVec
-	dropped  *prometheus.CounterVec
-	rejected *prometheus.CounterVec
-	answer   *prometheus.HistogramVec
-	// answers holds answer's series for the codes ingest answers with,
-	// looked up once: ServeHTTP times every request.
-	answers   map[int]prometheus.Observer
+	received  *prometheus.CounterVec
+	accepted  *prometheus.CounterVec
+	dropped   *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	answer    *prometheus.HistogramVec
 	sendTime  prometheus.Histogram
 	sendFails *prometheus.CounterVec
 	pending   *prometheus.CounterVec
 	lastEvent *prometheus.GaugeVec
 
 	observeFails prometheus.Counter
+
+	// answers holds answer's series for the codes ingest answers with,
+	// looked up once: ServeHTTP times every request.
+	answers map[int]prometheus.Observer
 
 	// hosts maps each host label to its metrics. It is replaced, never
 	// changed, so events read it without a lock; mu serialises the
