@@ -83,7 +83,7 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 		// Up to the largest send-budget, with detail below Dovecot's
 		// exporter timeout (500 ms in the snippets).
 		answer: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: metrics.IngestRequestSeconds,
-			Help:    "Time from a request's headers to ingest's answer, by HTTP status code.",
+			Help:    "Time from reading a request's headers to ingest's answer, by HTTP status code.",
 			Buckets: []float64{.00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}, []string{"code"}),
 		sendTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: metrics.IngestSendSeconds,
 			Help:    "Time to hand one change to the Broker, retries included.",
