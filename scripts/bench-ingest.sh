@@ -9,6 +9,7 @@
 #   TLS=1 scripts/bench-ingest.sh      # ingest serves HTTPS (a self-signed certificate made with openssl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/answer-times.sh
 duration=${DURATION:-20s}
 bin=bin/dovewarden
 go build -o "$bin" ./cmd/dovewarden
@@ -45,11 +46,19 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 
+# run LOADGEN-ARGS...: one loadgen run, then ingest's own answer times.
+run() {
+	buckets "$ingest/metrics" >"$tmp/buckets0"
+	"$bin" loadgen --url "$ingest/events" "$@"
+	buckets "$ingest/metrics" >"$tmp/buckets1"
+	answers "$tmp/buckets0" "$tmp/buckets1"
+}
+
 echo "== throughput: as fast as possible, 8 connections, $duration"
-"$bin" loadgen --url "$ingest/events" --concurrency 8 --duration "$duration"
+run --concurrency 8 --duration "$duration"
 echo
 echo "== latency at 2,000 events/s, 4 connections, $duration"
-"$bin" loadgen --url "$ingest/events" --rate 2000 --concurrency 4 --duration "$duration"
+run --rate 2000 --concurrency 4 --duration "$duration"
 echo
 echo "== ingest process after the runs"
 grep -E '^(VmHWM|VmRSS)' "/proc/$ingest_pid/status"

@@ -11,6 +11,7 @@
 #   LOCAL_GOGC=400 scripts/bench-local.sh  # GOGC of the local process only
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/answer-times.sh
 duration=${DURATION:-20s}
 soak=${SOAK:-60s}
 bin=bin/dovewarden
@@ -55,40 +56,19 @@ start_local ${LOCAL_FLAGS:-}
 # ticks; children: what this script's finished children (loadgen) used.
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 children() { awk '{print $16 + $17}' "/proc/$$/stat"; }
-# buckets: ingest's answer-time histogram, "LE COUNT" summed over codes.
-buckets() {
-	curl -fsS http://127.0.0.1:18080/metrics |
-		awk '/^dovewarden_ingest_request_duration_seconds_bucket/ { match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n[le] += $NF }
-			END { for (le in n) print le, n[le] }'
-}
-# answers BEFORE AFTER: p50 and p99 of the answers timed in between, by
-# ingest itself (linear within a bucket, as Prometheus's
-# histogram_quantile).
-answers() {
-	awk 'FILENAME == ARGV[1] { n0[$1] = $2; next } { print ($1 == "+Inf" ? "inf" : $1), $2 - n0[$1] }' "$1" "$2" | sort -g |
-		awk '{ le[NR] = $1; c[NR] = $2 } END {
-			if (c[NR] == 0) { print "  answered  nothing (ingest, by its own histogram)"; exit }
-			for (i = 1; i <= 2; i++) {
-				q = (i == 1 ? 0.5 : 0.99); r = q * c[NR]; lo = 0; below = 0
-				for (j = 1; j <= NR && c[j] < r; j++) { lo = le[j]; below = c[j] }
-				v = (le[j] == "inf") ? "over " lo * 1000 : sprintf("%.2f", (lo + (le[j] - lo) * (r - below) / (c[j] - below)) * 1000)
-				out = out sprintf("%s%s %s ms", (i == 1 ? "" : ", "), (i == 1 ? "p50" : "p99"), v)
-			}
-			printf "  answered  in %s (ingest, by its own histogram)\n", out }'
-}
 # measured LOADGEN-ARGS...: one loadgen run, then the cores each process
 # used during it, the dsyncs the fake doveadm ran, and ingest's own
 # answer times.
 measured() {
 	local l0 f0 c0 s0 t0
-	buckets >"$tmp/buckets0"
+	buckets http://127.0.0.1:18080/metrics >"$tmp/buckets0"
 	l0=$(cpu "$local_pid") f0=$(cpu "${pids[0]}") c0=$(children) s0=$(curl -fsS http://127.0.0.1:18099/syncs)
 	t0=$(date +%s.%N)
 	"$bin" loadgen --url http://127.0.0.1:18080/events "$@" || true
 	awk -v l="$(($(cpu "$local_pid") - l0))" -v f="$(($(cpu "${pids[0]}") - f0))" -v c="$(($(children) - c0))" \
 		-v d="$(($(curl -fsS http://127.0.0.1:18099/syncs) - s0))" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" -v t0="$t0" -v t1="$(date +%s.%N)" \
 		'BEGIN { t = t1 - t0; printf "  cpu       dovewarden %.2f cores, loadgen %.2f, fake doveadm %.2f (of %d), over %.1f s; %d dsyncs (%.0f/s)\n", l/hz/t, c/hz/t, f/hz/t, n, t, d, d/t }'
-	buckets >"$tmp/buckets1"
+	buckets http://127.0.0.1:18080/metrics >"$tmp/buckets1"
 	answers "$tmp/buckets0" "$tmp/buckets1"
 }
 
