@@ -131,7 +131,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		r.log.Warn("dsync attempt failed, retrying", "user", user, "attempt", f.Attempt, "class", rule.Class,
 			"retry_in", delay, "err", f.Error)
 		if _, ferr := r.store.Fail(ctx, state.FailureArgs{User: user, Token: j.token, Host: j.host,
-			Error: f.Error, Class: f.Class, ExitCode: f.ExitCode}); ferr != nil {
+			Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, Start: f.Start}); ferr != nil {
 			r.log.Warn("could not record a failed attempt", "user", user, "err", ferr)
 		}
 		if r.notify != nil {
@@ -221,7 +221,8 @@ func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, tot
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
-		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true, Full: j.fullAsked}); err != nil {
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true, Full: j.fullAsked,
+		Start: f.Start}); err != nil {
 		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	j.r.log.Warn("dsync failed after its last attempt; user marked failed", "user", j.req.User, "attempts", total,
@@ -239,7 +240,8 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error) (change.
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
-		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked}); err != nil {
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked,
+		Start: f.Start}); err != nil {
 		j.r.log.Warn("could not release the lock of an aborted dsync; it expires by its TTL", "user", j.req.User, "err", err)
 	}
 	if j.r.notify != nil {

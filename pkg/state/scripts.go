@@ -57,6 +57,13 @@ local host, owner, dest, full = ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
 local now = now_ms()
 local at = num(ARGV[4])
 if at <= 0 or at > now then at = now end
+if redis.call('GET', KEYS[1]) == token then
+  -- This very call took the lock (tokens are new for each call): the
+  -- client sent it again after losing the reply. No dsync has started
+  -- under it yet, so the attempt starts afresh.
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return start(now, user, owner, host, KEYS[5], dest)
+end
 if redis.call('SISMEMBER', KEYS[4], user) == 1 then
   return {'excluded'}
 end
@@ -113,11 +120,21 @@ local user, token, st = ARGV[1], ARGV[2], num(ARGV[3])
 local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
 local h = KEYS[2]
 local now = now_ms()
+local owned = redis.call('GET', KEYS[1]) == token
+if owned and num(redis.call('HGET', h, 'inprogress_since')) > st then
+  -- This call already ran and started the next attempt under the lock:
+  -- the client sent it again after losing the reply. That attempt's
+  -- marks were cleared by its start, so answering from them again would
+  -- say done and drop them. Nothing ran under it yet: start it afresh.
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  local c = start(now, user, '', '', KEYS[5], dest)
+  table.insert(c, 2, num(redis.call('HGET', h, 'last_success')))
+  return c
+end
 if newstate ~= '' then redis.call('HSET', KEYS[5], dest, newstate) end
 if st > num(redis.call('HGET', h, 'last_start')) then
   redis.call('HSET', h, 'last_start', st)
 end
-local owned = redis.call('GET', KEYS[1]) == token
 redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
   'last_duration_ms', now - st, 'last_full', ARGV[7])
 -- A failure recorded after this attempt started (another owner's, once
@@ -163,13 +180,22 @@ return {'done', now}
 `)
 
 // scriptFail: KEYS lock, user, pending, failed. ARGV user, token, at,
-// error, exit code, class, final, release, host, full asked.
+// error, exit code, class, final, release, host, full asked, the failed
+// attempt's start.
 var scriptFail = redis.NewScript(luaPrelude + `
 local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
 local h = KEYS[2]
+-- One owner records an attempt's failure once, or once more to give up
+-- its lock: the same call again is the client resending it after losing
+-- the reply, and counting it twice would overstate the failures.
+local call = token .. ' ' .. ARGV[11] .. ' ' .. ARGV[7] .. ARGV[8]
+if token ~= '' and redis.call('HGET', h, 'last_failure_call') == call then
+  return num(redis.call('HGET', h, 'last_failure'))
+end
 local now = now_ms()
 if at <= 0 or at > now then at = now end
-redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6])
+redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
+  'last_failure_call', call)
 redis.call('HINCRBY', h, 'failures', 1)
 if ARGV[7] == '1' then
   redis.call('ZADD', KEYS[4], now, user)

@@ -193,13 +193,16 @@ type FailureArgs struct {
 	// and none has succeeded since. On Release it is asked for again, so
 	// the next attempt, whoever runs it, is a full one.
 	Full bool
+	// Start is the failed attempt's Claim Start. With Token it names the
+	// call, so that the same call sent again is recorded once.
+	Start time.Time
 }
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
-		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full)).Int64()
+		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}

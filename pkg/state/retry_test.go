@@ -1,0 +1,217 @@
+package state_test
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// lostReply forwards TCP to a Redis server. Once armed, the next command a
+// client sends reaches the server, but its reply is swallowed and the
+// connection closed: the script ran and the client never heard of it (a
+// reset connection, a proxy or sidecar restarting). go-redis then sends
+// the command again on a new connection, as its default retries do.
+type lostReply struct {
+	ln    net.Listener
+	to    string
+	armed atomic.Bool
+	cuts  atomic.Int32
+}
+
+func newLostReply(t *testing.T, to string) *lostReply {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &lostReply{ln: ln, to: to}
+	var conns sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); conns.Wait() })
+	conns.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() { p.serve(c) })
+		}
+	})
+	return p
+}
+
+// URL is a redis:// URL through the proxy.
+func (p *lostReply) URL() string { return "redis://" + p.ln.Addr().String() + "/0" }
+
+func (p *lostReply) serve(c net.Conn) {
+	s, err := net.Dial("tcp", p.to)
+	if err != nil {
+		c.Close()
+		return
+	}
+	var swallow atomic.Bool
+	var once sync.Once
+	closeBoth := func() { once.Do(func() { c.Close(); s.Close() }) }
+	defer closeBoth()
+	go func() {
+		defer closeBoth()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if p.armed.CompareAndSwap(true, false) {
+					swallow.Store(true)
+				}
+				if _, err := s.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.Read(buf)
+		if n > 0 && swallow.Load() {
+			p.cuts.Add(1)
+			return
+		}
+		if n > 0 {
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// cut arms the proxy for the next command and checks, after f, that it
+// cut a reply: otherwise the test exercised nothing.
+func (p *lostReply) cut(t *testing.T, f func()) {
+	t.Helper()
+	before := p.cuts.Load()
+	p.armed.Store(true)
+	f()
+	if p.cuts.Load() == before {
+		t.Fatal("the proxy cut no reply: no command was sent again")
+	}
+}
+
+// viaLostReply returns a Store that reaches a real redis-server through a
+// lostReply proxy, built from a URL as the serving roles build theirs (so
+// with go-redis's default retries), and a Store that reaches it directly.
+func viaLostReply(t *testing.T) (*lostReply, *state.Store, *state.Store) {
+	t.Helper()
+	srv := redistest.Start(t)
+	p := newLostReply(t, srv.Addr)
+	st, err := state.Open(state.Conn{URL: p.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	// As the serving roles do at start, so that the cut command is the
+	// script's EVALSHA itself.
+	if err := st.LoadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return p, st, state.New(srv.Client(t))
+}
+
+// A Begin whose reply is lost after it took the lock is sent again; it
+// must answer Run to its own caller, not Busy with itself as the holder
+// (the change would be acknowledged and no dsync run until the lock
+// expired).
+func TestRetriedBegin_RunsForItsCaller(t *testing.T) {
+	p, st, _ := viaLostReply(t)
+	var c state.Claim
+	var err error
+	p.cut(t, func() {
+		c, err = st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
+			Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("Begin sent twice answered %+v, %v; want run", c, err)
+	}
+	// The claim is usable: the dsync it starts is recorded, the lock freed.
+	if _, next, err := st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+		Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second}); err != nil || next.Decision != state.Done {
+		t.Fatalf("Succeed after it: %+v, %v", next, err)
+	}
+}
+
+// A Succeed whose reply is lost after it found a change marked during the
+// dsync and started the next attempt is sent again; it must answer Run
+// again. Answering from the marks that attempt's start cleared said Done,
+// dropped the user from the pending set and released the lock: a change
+// acknowledged during the dsync was never replicated.
+func TestRetriedSucceed_KeepsTheRerun(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("begin: %+v %v", c, err)
+	}
+	time.Sleep(3 * time.Millisecond)
+	// Another instance's change while the dsync runs: acknowledged as busy.
+	if b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: "tokB",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second}); err != nil || b.Decision != state.Busy {
+		t.Fatalf("the other instance's change: %+v %v", b, err)
+	}
+	time.Sleep(3 * time.Millisecond)
+	var next state.Claim
+	p.cut(t, func() {
+		_, next, err = st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+			Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second, MayRerun: true})
+	})
+	if err != nil || next.Decision != state.Run {
+		t.Fatalf("Succeed sent twice answered %+v, %v; want run: a change acknowledged during the dsync is dropped", next, err)
+	}
+	if !next.Start.After(c.Start) || next.State != "s1" {
+		t.Fatalf("the rerun's claim %+v: want a start after %v and the recorded state", next, c.Start)
+	}
+	pu, err := other.Pending(ctx, 10)
+	if err != nil || len(pu) != 1 || pu[0].User != "u1" {
+		t.Fatalf("pending during the rerun: %+v, %v; want u1 until the rerun succeeds", pu, err)
+	}
+	if _, last, err := st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+		Destination: "tcp:b:1", NewState: "s2", Start: next.Start, TTL: 30 * time.Second, MayRerun: true}); err != nil || last.Decision != state.Done {
+		t.Fatalf("the rerun's Succeed: %+v, %v", last, err)
+	}
+}
+
+// A Fail whose reply is lost is sent again and counted once.
+func TestRetriedFail_CountsOnce(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("begin: %+v %v", c, err)
+	}
+	p.cut(t, func() {
+		_, err = st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, Start: c.Start})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same attempt giving up its lock is another call: counted too.
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Host: "mail-a", Error: "exit code 75",
+		Class: "tempfail", ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := other.Status(ctx, "u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ConsecutiveFailures != 2 || !s.Failed || s.InProgress {
+		t.Fatalf("status %+v: want 2 failures (one sent twice), failed, not in progress", s)
+	}
+}
