@@ -158,9 +158,12 @@ type Broker struct {
 	wg     sync.WaitGroup
 
 	shutdownDrops atomic.Int64
-	// held is what the lanes held when Shutdown stopped them.
-	heldMu sync.Mutex
-	held   []Held
+	// held is what the lanes held when Shutdown stopped them. Once
+	// Shutdown has returned it (heldDone), a delivery still running hands
+	// nothing more back: Shutdown handed it back as it began.
+	heldMu   sync.Mutex
+	held     []Held
+	heldDone bool
 }
 
 // New starts a broker for cfg: a lane per Trigger whose subscriber
@@ -202,9 +205,9 @@ func New(cfg *Config, o Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker metrics: %w", err)
 	}
 	for _, l := range b.lanes {
-		for range l.workers {
+		for i := range l.workers {
 			b.wg.Add(1)
-			go l.work()
+			go l.work(&l.running[i])
 		}
 	}
 	return b, nil
@@ -277,7 +280,8 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 	l := &lane{
 		b: b, tr: tr, target: target, dls: dls, timeout: timeout, workers: info.Workers,
 		capacity: int64(capacity), queue: make(chan *task, capacity), timers: map[*task]*time.Timer{},
-		log: b.log.With("trigger", tr.Name),
+		running: make([]runSlot, info.Workers),
+		log:     b.log.With("trigger", tr.Name),
 	}
 	b.lanes = append(b.lanes, l)
 	b.info = append(b.info, info)
@@ -357,19 +361,31 @@ func (b *Broker) Shutdown(ctx context.Context) (held []Held, err error) {
 		select {
 		case <-done:
 		case <-time.After(time.Second):
-			// An in-process handler that ignores its context; its
-			// worker ends when it returns.
+			// An in-process handler that ignores its context (or whose
+			// cleanup outlasts it); its worker ends when it returns.
 		}
 	}
 	for _, l := range b.lanes {
 		l.drain()
 	}
 	b.cancel()
+	b.heldMu.Lock()
+	defer b.heldMu.Unlock()
+	// Deliveries still running are handed back as they began: what they
+	// do after this is not waited for, and an event whose delivery
+	// succeeds late may be delivered again after the next start
+	// (at least once, never lost).
+	late := 0
+	for _, l := range b.lanes {
+		late += l.handBackRunning()
+	}
+	b.heldDone = true
+	if late > 0 {
+		b.log.Warn("deliveries still running at shutdown handed back as they began; they may be delivered twice", "events", late)
+	}
 	if n := b.shutdownDrops.Load(); n > 0 {
 		b.log.Warn("broker stopped holding events not yet delivered", "events", n)
 	}
-	b.heldMu.Lock()
-	defer b.heldMu.Unlock()
 	return b.held, err
 }
 

@@ -68,6 +68,15 @@ type lane struct {
 	mu       sync.Mutex
 	timers   map[*task]*time.Timer
 	stopping bool
+	// running has a slot per worker, guarded by the broker's heldMu.
+	running []runSlot
+}
+
+// runSlot is the task a worker runs, as it was when the worker took it:
+// what Shutdown hands back for a delivery it cannot wait for.
+type runSlot struct {
+	t *task
+	h Held
 }
 
 // load is what the lane holds now: events waiting for a worker or a
@@ -93,7 +102,7 @@ func (l *lane) reserve() bool {
 	}
 }
 
-func (l *lane) work() {
+func (l *lane) work(slot *runSlot) {
 	defer l.b.wg.Done()
 	for {
 		select {
@@ -107,7 +116,13 @@ func (l *lane) work() {
 			default:
 			}
 			l.inFlight.Add(1)
+			l.b.heldMu.Lock()
+			*slot = runSlot{t, t.held(l.tr.Name)}
+			l.b.heldMu.Unlock()
 			l.run(t)
+			l.b.heldMu.Lock()
+			*slot = runSlot{}
+			l.b.heldMu.Unlock()
 			l.inFlight.Add(-1)
 		}
 	}
@@ -292,14 +307,40 @@ func (l *lane) stopped() bool { return l.b.ctx.Err() != nil }
 func (l *lane) done() { l.held.Add(-1) }
 
 // dropForShutdown counts t as dropped by Shutdown and keeps what was left
-// to do with it for Shutdown's answer.
+// to do with it for Shutdown's answer, unless Shutdown has answered: t's
+// delivery then outlasted it and was handed back already.
 func (l *lane) dropForShutdown(t *task) {
-	l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
-	l.b.shutdownDrops.Add(1)
 	l.b.heldMu.Lock()
-	l.b.held = append(l.b.held, t.held(l.tr.Name))
+	if !l.b.heldDone {
+		l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
+		l.b.shutdownDrops.Add(1)
+		l.b.held = append(l.b.held, t.held(l.tr.Name))
+		// Handed back now: not again as a delivery still running.
+		for i := range l.running {
+			if l.running[i].t == t {
+				l.running[i] = runSlot{}
+			}
+		}
+	}
 	l.b.heldMu.Unlock()
 	l.done()
+}
+
+// handBackRunning adds the deliveries still running to Shutdown's answer,
+// as they were when their worker took them, and counts them; heldMu is
+// held.
+func (l *lane) handBackRunning() (n int) {
+	for i := range l.running {
+		if l.running[i].t == nil {
+			continue
+		}
+		l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
+		l.b.shutdownDrops.Add(1)
+		l.b.held = append(l.b.held, l.running[i].h)
+		l.running[i] = runSlot{}
+		n++
+	}
+	return n
 }
 
 // stop drops the events waiting for a retry; from now on a failed attempt

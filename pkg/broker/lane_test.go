@@ -237,3 +237,46 @@ func TestShutdown_CancelsInFlightAtDeadline(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// TestShutdown_HandsBackADeliveryThatOutlastsIt: a handler that does not
+// return when cancelled (the sync function's own cleanup can take seconds)
+// still runs when Shutdown gives up waiting for it. Its event is in
+// Shutdown's answer, as it was when the delivery began, whatever the
+// handler answers later: counted once, handed back once.
+func TestShutdown_HandsBackADeliveryThatOutlastsIt(t *testing.T) {
+	for _, late := range []struct {
+		name   string
+		answer protocol.Result
+	}{{"fails late", cehttp.NewResult(503, "busy")}, {"succeeds late", nil}} {
+		t.Run(late.name, func(t *testing.T) {
+			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 3\n"))
+			started, release, returned := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			h := func(context.Context, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+				defer close(returned)
+				close(started)
+				<-release // ignores its context
+				return nil, late.answer
+			}
+			b, reg := start(t, cfg, Options{Workers: 1, Handlers: map[string]Handler{"sub": h}})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			held, err := b.Shutdown(ctx)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Shutdown: %v", err)
+			}
+			close(release)
+			<-returned
+			time.Sleep(50 * time.Millisecond) // the worker records the late answer
+			if len(held) != 1 || held[0].Event.ID() != "e1" || held[0].Phase != PhaseDeliver {
+				t.Fatalf("Shutdown handed back %+v; want e1, to deliver", held)
+			}
+			if n := counter(t, reg, "dovewarden_broker_events_dropped_total", map[string]string{"trigger": "t", "reason": dropShutdown}); n != 1 {
+				t.Errorf("%v events counted as dropped at shutdown, want 1", n)
+			}
+		})
+	}
+}
