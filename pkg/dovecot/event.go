@@ -51,9 +51,9 @@ type Fields struct {
 	ReasonCode []string `json:"reason_code"`
 }
 
-// MaxEventSize bounds what Parse accepts; the ingest body limit is usually
-// lower.
-const MaxEventSize = 1 << 20
+// MaxEventSize bounds what Parse accepts: the largest ingest --max-body
+// allows, which is usually lower.
+const MaxEventSize = 16 << 20
 
 // Parse decodes exactly one exporter JSON object. Trailing data after the
 // object is an error: Dovecot posts one event per request.

@@ -144,8 +144,8 @@ func (c *Config) Validate() error {
 	if c.SendBackoff <= 0 {
 		errs = append(errs, fmt.Errorf("send-backoff %s: must be positive", c.SendBackoff))
 	}
-	if c.MaxBody < 1024 || c.MaxBody > 16<<20 {
-		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to 16777216 bytes", c.MaxBody))
+	if c.MaxBody < 1024 || c.MaxBody > dovecot.MaxEventSize {
+		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to %d bytes", c.MaxBody, dovecot.MaxEventSize))
 	}
 	if _, err := c.HandlerOptions(); err != nil {
 		errs = append(errs, err)

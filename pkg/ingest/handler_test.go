@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -194,6 +195,17 @@ func TestHandle_HostFromQuery(t *testing.T) {
 	}
 	if code, body := f.post(t, "/events?host=bad%20host", "application/json", appendEvent); code != http.StatusBadRequest || !strings.Contains(body, "only letters") {
 		t.Errorf("bad host: %d %s", code, body)
+	}
+	// A colon is allowed where a URI reference has one; elsewhere the
+	// host is refused as a host, not each event as an invalid CloudEvent.
+	for host, ok := range map[string]bool{"mail-a:1": true, "fe80::1": true, "::1": false, "10.0.0.1:8080": false} {
+		code, body := f.post(t, "/events?host="+url.QueryEscape(host), "application/json", appendEvent)
+		if ok && code != http.StatusAccepted {
+			t.Errorf("host %q: %d %s", host, code, body)
+		}
+		if !ok && (code != http.StatusBadRequest || !strings.Contains(body, `"reason":"`+rejectHost+`"`) || !strings.Contains(body, "URI reference")) {
+			t.Errorf("host %q: %d %s; want 400 %s", host, code, body, rejectHost)
+		}
 	}
 }
 
@@ -563,5 +575,21 @@ func TestHandle_AnEventWithoutTimeTakesWhenIngestReceivedIt(t *testing.T) {
 	}
 	if score, _ := f.redis.ZScore(state.PendingKey, "u1"); int64(score) != time.Date(2026, 11, 28, 23, 45, 46, 25497000, time.UTC).UnixMilli() {
 		t.Errorf("pending mark %d, want the older change's time", int64(score))
+	}
+}
+
+// TestHandle_LargeEventWithinMaxBody: --max-body is the only limit on an
+// event's size. With it raised to 4 MiB, an event of 2 MiB (a command with
+// very long arguments) is parsed and sent; one over it is refused with 413.
+func TestHandle_LargeEventWithinMaxBody(t *testing.T) {
+	f := newFixture(t, Options{MaxBody: 4 << 20}, &broker{}, "")
+	pad := func(n int) string {
+		return strings.Replace(appendEvent, `"fields":{`, `"fields":{"cmd_args":"`+strings.Repeat("1,", n/2)+`",`, 1)
+	}
+	if code, body := f.post(t, "/events", "application/json", pad(2<<20)); code != http.StatusAccepted {
+		t.Errorf("a 2 MiB event under a 4 MiB limit: %d %s", code, body)
+	}
+	if code, body := f.post(t, "/events", "application/json", pad(5<<20)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 5 MiB event under a 4 MiB limit: %d %s", code, body)
 	}
 }
