@@ -10,6 +10,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/broker"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 )
@@ -50,6 +51,10 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	opts.Logger, opts.Registerer = log, reg
 	b, err := broker.New(cfg, opts)
 	if err != nil {
+		return err
+	}
+	if err := checkDisabledRoutes(cfg, b.Lanes()); err != nil {
+		abandon(b, srv.ShutdownTimeout)
 		return err
 	}
 	if err := restoreHeld(b, set.SpoolFile); err != nil {
@@ -109,6 +114,46 @@ func saveHeld(b *broker.Broker, path string, held []broker.Held, log *slog.Logge
 	if err := b.SaveSpool(path, held); err != nil {
 		log.Error("the events the lanes held are lost: the spool file was not written", "file", path, "events", len(held), "err", err)
 		return fmt.Errorf("spool-file %s: %w", path, err)
+	}
+	return nil
+}
+
+// checkDisabledRoutes refuses a start where the only Triggers that route an
+// event the sync function takes are disabled (their subscriber maps to
+// nothing): the broker would accept those events, ingest would answer
+// Dovecot that they are safe, and they would go nowhere. Knative does the
+// same with a Trigger that is not ready; here a forgotten --subscriber is
+// far likelier than a deliberate one. A folder with no Trigger for them at
+// all is deliberate, and allowed.
+func checkDisabledRoutes(cfg *broker.Config, lanes []broker.LaneInfo) error {
+	enabled := map[string]bool{}
+	for _, l := range lanes {
+		enabled[l.Trigger] = l.Enabled
+	}
+	probes, err := syncProbes()
+	if err != nil {
+		return err
+	}
+	for _, ev := range probes {
+		var off *broker.Trigger
+		routed := false
+		for _, tr := range cfg.Triggers {
+			if tr.Filter.Match(ev) {
+				if enabled[tr.Name] {
+					routed = true
+				} else if off == nil {
+					off = tr
+				}
+			}
+		}
+		if !routed && off != nil {
+			name := off.Subscriber.Ref
+			if name == "" {
+				name = off.Subscriber.String()
+			}
+			return fmt.Errorf("subscriber: Trigger %s routes %s with priority %v to %q, which no --subscriber maps to a URL (--subscriber %s=URL): those events would be accepted and then go nowhere",
+				off.Name, ev.Type(), ev.Extensions()[contract.ExtPriority], name, name)
+		}
 	}
 	return nil
 }

@@ -142,6 +142,10 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 		"bad spool file": {nil, []string{"--spool-file", filepath.Join(bad, "missing", "spool")}, "spool-file"},
 		"bad listen":     {nil, []string{"--listen", "8081"}, "listen"},
 		"stray argument": {nil, []string{"extra"}, "unexpected argument"},
+		// The shipped Triggers, with a sync lane's subscriber forgotten:
+		// its changes would be accepted and go nowhere.
+		"no subscriber": {nil, nil, "--subscriber dovewarden-sync-high=URL"},
+		"low unmapped":  {map[string]string{"DOVEWARDEN_SUBSCRIBER": "dovewarden-sync-high=http://127.0.0.1:1/"}, nil, "--subscriber dovewarden-sync-low=URL"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			env, _, _ := testEnv(tc.vars, "")

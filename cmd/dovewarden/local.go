@@ -456,27 +456,10 @@ func loopback(a net.Addr) string {
 // mode depends on to no in-process sync handler: a change would be
 // accepted (202 to Dovecot) and then go nowhere.
 func checkSyncRoutes(cfg *broker.Config) error {
-	at := time.Now()
-	var probes []cloudevents.Event
-	for _, p := range []change.Priority{change.High, change.Low} {
-		ev, err := contract.FromChange(change.Change{ID: "probe-" + string(p), User: "probe", Host: "probe", Time: at, Priority: p, Event: "probe"})
-		if err != nil {
-			return err
-		}
-		probes = append(probes, ev)
-	}
-	for _, p := range []change.Priority{change.High, change.Low} {
-		ev, err := contract.Requested(change.Request{ID: "probe", User: "probe", Time: at, Priority: p}, "probe", "dovewarden/local")
-		if err != nil {
-			return err
-		}
-		probes = append(probes, ev)
-	}
-	ev, err := contract.SweepRequest("start", "dovewarden/local")
+	probes, err := syncProbes()
 	if err != nil {
 		return err
 	}
-	probes = append(probes, ev)
 	for _, ev := range probes {
 		if !routedToSync(cfg, ev) {
 			return fmt.Errorf("triggers: no Trigger of Broker %q routes %s with priority %v to the sync function (%s): those events would be accepted and then go nowhere",
@@ -484,6 +467,32 @@ func checkSyncRoutes(cfg *broker.Config) error {
 		}
 	}
 	return nil
+}
+
+// syncProbes are an event of each kind the sync function takes: changes
+// and replication requests of either priority, and a sweep request.
+func syncProbes() ([]cloudevents.Event, error) {
+	at := time.Now()
+	var probes []cloudevents.Event
+	for _, p := range []change.Priority{change.High, change.Low} {
+		ev, err := contract.FromChange(change.Change{ID: "probe-" + string(p), User: "probe", Host: "probe", Time: at, Priority: p, Event: "probe"})
+		if err != nil {
+			return nil, err
+		}
+		probes = append(probes, ev)
+	}
+	for _, p := range []change.Priority{change.High, change.Low} {
+		ev, err := contract.Requested(change.Request{ID: "probe", User: "probe", Time: at, Priority: p}, "probe", "dovewarden/local")
+		if err != nil {
+			return nil, err
+		}
+		probes = append(probes, ev)
+	}
+	ev, err := contract.SweepRequest("start", "dovewarden/local")
+	if err != nil {
+		return nil, err
+	}
+	return append(probes, ev), nil
 }
 
 func routedToSync(cfg *broker.Config, ev cloudevents.Event) bool {
