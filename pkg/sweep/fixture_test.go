@@ -107,6 +107,7 @@ func (f *fixture) build(t testing.TB, sources []Source) {
 	t.Helper()
 	f.reg = prometheus.NewRegistry()
 	f.sw = New(f.opts, f.st, doveadm.NewHTTP(nil, 5*time.Second), sources, f.snd, f.reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f.sw.listPause = 20 * time.Millisecond
 }
 
 func endpoint(s *doveadmtest.Server) doveadm.Endpoint {

@@ -20,8 +20,12 @@ const listChunk = 1000
 // listAttempts bounds the tries of one host's listing within a step.
 // Dovecot 2.4.1 fails a large `user '*'` now and then (exit code 65; its
 // log: "auth-worker: Aborted LIST request for *: Shutting down"), and a
-// second try usually passes; see docs/sync.md.
-const listAttempts = 3
+// second try usually passes; see docs/sync.md. Tries are listPause apart,
+// doubling: a Dovecot restarting as the sweep starts (local mode and
+// Dovecot started together) is listed once it answers, within 7 s.
+const listAttempts = 4
+
+const listPause = time.Second
 
 // retryList tells failures that may pass on another try from those that
 // need an admin (credentials, a doveadm that does not understand us).
@@ -181,7 +185,11 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 		if err == nil || !retryList(err) || lctx.Err() != nil || attempt == listAttempts {
 			break
 		}
-		s.log.Warn("sweep: listing the users of a host failed; trying again", "host", label, "attempt", attempt, "err", err)
+		pause := s.listPause << (attempt - 1)
+		s.log.Warn("sweep: listing the users of a host failed; trying again", "host", label, "attempt", attempt, "in", pause, "err", err)
+		if !sleep(lctx, pause) {
+			break
+		}
 	}
 	if ferr := flush(); ferr != nil {
 		return listed, bad, ferr.(*storeError).err
@@ -205,4 +213,16 @@ func hostLabel(name string) string {
 		return "default"
 	}
 	return name
+}
+
+// sleep waits d, or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

@@ -206,6 +206,8 @@ type Sweeper struct {
 	snd     Sender
 	log     *slog.Logger
 	m       *sweepMetrics
+	// listPause is the first pause between tries of a listing.
+	listPause time.Duration
 }
 
 // New makes a sweeper; zero options take Defaults (except
@@ -237,7 +239,7 @@ func New(o Options, st Store, lister doveadm.Lister, sources []Source, snd Sende
 		m.listed.WithLabelValues(hostLabel(src.Name))
 		m.listFailures.WithLabelValues(hostLabel(src.Name))
 	}
-	return &Sweeper{o: o, st: st, lister: lister, sources: sources, snd: snd, log: log, m: m}
+	return &Sweeper{o: o, st: st, lister: lister, sources: sources, snd: snd, log: log, m: m, listPause: listPause}
 }
 
 // Step runs one step: without a cursor it starts a sweep (or finds one

@@ -359,20 +359,31 @@ func TestStep_AHostThatDoesNotAnswerKeepsNoOtherFromBeingListed(t *testing.T) {
 
 func TestStep_AFailedListingIsTriedAgain(t *testing.T) {
 	f := newFixture(t, testOptions(), "u1", "u2", "-bad")
-	tries := 0
-	// Dovecot 2.4.1 fails a large listing now and then with exit code 65.
+	var tries []time.Time
+	// Dovecot 2.4.1 fails a large listing now and then with exit code 65;
+	// a Dovecot restarting answers 503 for a while.
 	f.dove.RespondList = func() doveadmtest.Reply {
-		tries++
-		if tries == 1 {
+		tries = append(tries, time.Now())
+		switch len(tries) {
+		case 1:
 			return doveadmtest.Reply{ExitCode: 65}
+		case 2, 3:
+			return doveadmtest.Reply{Status: 503}
 		}
 		return doveadmtest.Reply{}
 	}
 
 	f.run(t)
 
-	if got := byUser(t, f.snd.all()); len(got) != 2 || f.dove.ListCalls() != 2 {
+	if got := byUser(t, f.snd.all()); len(got) != 2 || f.dove.ListCalls() != 4 {
 		t.Errorf("requested %v after %d listings", users(got), f.dove.ListCalls())
+	}
+	// The tries are apart, each pause twice the one before (20 ms first
+	// in tests, 1 s in production).
+	for i := 1; i < len(tries); i++ {
+		if want := f.sw.listPause << (i - 1); tries[i].Sub(tries[i-1]) < want {
+			t.Errorf("try %d came %v after the one before, want at least %v", i+1, tries[i].Sub(tries[i-1]), want)
+		}
 	}
 	if testutil.ToFloat64(f.sw.m.listFailures.WithLabelValues("mail-a")) != 0 || testutil.ToFloat64(f.sw.m.skipped.WithLabelValues(SkipBadUser)) != 1 {
 		t.Error("a listing that passed on its second try counted as failed, or its bad name twice")
