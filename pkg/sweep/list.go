@@ -162,7 +162,14 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 	}
 	visit := func(u string) error {
 		listed++
-		if err := doveadm.ValidateUser(u); err != nil {
+		// Checked as listed first (lower-casing would hide bytes that are
+		// not UTF-8), then as normalised.
+		err := doveadm.ValidateUser(u)
+		if err == nil {
+			u = s.o.Username.Apply(u)
+			err = doveadm.ValidateUser(u)
+		}
+		if err != nil {
 			bad++
 			if logged.Add(1) <= maxBadNameLogs {
 				s.log.Warn("sweep: skipping a listed username doveadm must not get", "host", label, "err", err)

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -146,6 +147,10 @@ type Options struct {
 	ScanLimit int
 	// SendParallel bounds concurrent sends to the Broker.
 	SendParallel int
+	// Username normalises the names doveadm lists as ingest normalises
+	// the events' (--username-format), so that the sweep judges a user by
+	// the records its dsyncs keep. Zero leaves names as listed.
+	Username dovecot.UsernameFormat
 }
 
 // Defaults are the documented defaults.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -469,5 +470,31 @@ func TestNew_ListingCountersStartAtZero(t *testing.T) {
 	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want),
 		"dovewarden_sweep_list_failures_total", "dovewarden_sweep_users_listed_total"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestStep_ListedNamesAreNormalised: the userdb lists names as it spells
+// them; the sweep judges and requests each by the name ingest and sync
+// keep its records under (--username-format), once however many
+// spellings the listing has, and skips an excluded user listed in
+// another case.
+func TestStep_ListedNamesAreNormalised(t *testing.T) {
+	o := testOptions()
+	uf, err := dovecot.ParseUsernameFormat("%Lu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Username = uf
+	f := newFixture(t, o, "Alice@Example.org", "bob@example.org", "BOB@example.org", "Carol@Example.org")
+	if err := f.st.Exclude(context.Background(), "carol@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	got := byUser(t, f.snd.all())
+	if len(got) != 2 || got["alice@example.org"].User == "" || got["bob@example.org"].User == "" {
+		t.Errorf("requested %v, want alice@example.org and bob@example.org", users(got))
+	}
+	if n := testutil.ToFloat64(f.sw.m.skipped.WithLabelValues(SkipExcluded)); n != 1 {
+		t.Errorf("%v excluded users skipped, want 1 (Carol@Example.org)", n)
 	}
 }

@@ -64,7 +64,9 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		}
 		notify, results = NewSinkNotifier(snd, cfg.Source, reg, log), snd
 		// The sweep's requests go the same way as the failure events.
-		sweeper = sweep.New(cfg.Sweep.options(), st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(snd), reg, log)
+		so := cfg.Sweep.options()
+		so.Username = uf
+		sweeper = sweep.New(so, st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(snd), reg, log)
 	} else {
 		log.Warn("no results sink (--results-sink, K_SINK): sweep.requested events will be refused")
 	}
