@@ -103,6 +103,10 @@ func TestHTTP_Failures(t *testing.T) {
 		{"empty reply (2.3, destination down)", doveadmtest.Reply{Empty: true}, doveadm.KindTransport, 0, "transport"},
 		{"HTTP 500", doveadmtest.Reply{Status: 500}, doveadm.KindTransport, 0, "transport"},
 		{"HTTP 404", doveadmtest.Reply{Status: 404}, doveadm.KindProtocol, 0, "protocol"},
+		// A proxy's "later, please" is retried, not a configuration problem.
+		{"HTTP 408", doveadmtest.Reply{Status: 408}, doveadm.KindTransport, 0, "transport"},
+		{"HTTP 425", doveadmtest.Reply{Status: 425}, doveadm.KindTransport, 0, "transport"},
+		{"HTTP 429", doveadmtest.Reply{Status: 429}, doveadm.KindTransport, 0, "transport"},
 		{"unknownMethod", doveadmtest.Reply{ErrorType: "unknownMethod"}, doveadm.KindProtocol, 0, "protocol"},
 		{"internalError", doveadmtest.Reply{ErrorType: "internalError"}, doveadm.KindInternal, 0, "internal"},
 	}
