@@ -107,7 +107,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.DoveadmConfig, "doveadm-config", "", "doveadm -c CONF of the default host (doveadm-exec); empty for Dovecot's default")
 	fs.StringVar(&c.HostMapFile, "host-map-file", "", "JSON file mapping source hosts to their doveadm endpoint and destination (see docs/sync.md)")
 	fs.DurationVar(&c.DsyncTimeout, "dsync-timeout", 240*time.Second, "bound of one dsync call")
-	fs.DurationVar(&c.DsyncLockTimeout, "dsync-lock-timeout", d.LockTimeout, "dsync's own lockTimeout (a second guard behind the Redis lock); 0 leaves Dovecot's default")
+	fs.DurationVar(&c.DsyncLockTimeout, "dsync-lock-timeout", d.LockTimeout, "dsync's own lockTimeout with doveadm-http (a second guard behind the Redis lock, at least 1s)")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", d.LockTTL, "TTL of the per-user Redis lock, renewed every third of it while dsync runs; a dead owner's lock expires after it")
 	fs.DurationVar(&c.ClockSkew, "clock-skew", d.ClockSkew, "margin for clock differences between Dovecot hosts and Redis: a change counts as covered only if older than a dsync's start minus this")
 	fs.IntVar(&c.MaxAttempts, "max-attempts", d.MaxAttempts, "dsync attempts per event for retryable failures (unknown exit codes: at most 3)")
@@ -232,7 +232,12 @@ func (c *Config) Validate() error {
 	if c.DsyncTimeout <= 0 || c.DsyncTimeout > c.RequestTimeout {
 		errs = append(errs, fmt.Errorf("dsync-timeout %s: must be positive and at most request-timeout %s", c.DsyncTimeout, c.RequestTimeout))
 	}
-	if c.DsyncLockTimeout < 0 {
+	if c.Transport == doveadm.TransportHTTP && c.DsyncLockTimeout < time.Second {
+		// Measured with Dovecot 2.3 and 2.4: a dsync whose HTTP request is
+		// cut off (a stop, --request-timeout, --dsync-timeout) runs on in
+		// Dovecot after the Redis lock is gone.
+		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: want at least 1s with %s: a dsync cut off by dovewarden keeps running in Dovecot, and only dsync's own lock keeps the user's next dsync from running beside it", c.DsyncLockTimeout, doveadm.TransportHTTP))
+	} else if c.DsyncLockTimeout < 0 {
 		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must not be negative", c.DsyncLockTimeout))
 	}
 	if c.LockTTL < 300*time.Millisecond {

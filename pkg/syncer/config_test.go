@@ -71,6 +71,13 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
 	}
+	// With doveadm-http, dsync would take no lock of its own.
+	for _, v := range []string{"0s", "500ms"} {
+		_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{"DOVEWARDEN_DSYNC_LOCK_TIMEOUT": v}))
+		if err == nil || !strings.Contains(err.Error(), "dsync-lock-timeout "+v+": want at least 1s") {
+			t.Errorf("dsync-lock-timeout %s: %v", v, err)
+		}
+	}
 	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
 		"DOVEWARDEN_REDIS_URL": "redis://:hunter2@r:6379", "DOVEWARDEN_DOVEADM_URL": "http://a/doveadm/v1",
 	}))
