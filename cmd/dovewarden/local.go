@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -99,10 +100,10 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if embedded {
 		// The embedded Redis's TIME is this process's clock: stamp changes
 		// with it directly, without a round trip.
-		clock = processClock{}
 		// It listens on loopback, where any local user could connect:
 		// a random password keeps it to this process.
 		mr := miniredis.NewMiniRedis()
+		clock = processClock{mr}
 		password := rand.Text()
 		mr.RequireAuth(password)
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
@@ -354,10 +355,21 @@ func recoverySweep(ctx context.Context, b *broker.Broker, lockTTL time.Duration,
 	}
 }
 
-// processClock is the embedded Redis's clock, read without asking it.
-type processClock struct{}
+// processClock is the embedded Redis's clock, read without asking it: this
+// process's clock, in milliseconds, never before the high-water mark the
+// sync scripts keep (state.Now, state.ClockKey), read from the embedded
+// Redis's memory.
+type processClock struct{ mr *miniredis.Miniredis }
 
-func (processClock) Now(context.Context) (time.Time, error) { return time.Now().UTC(), nil }
+func (c processClock) Now(context.Context) (time.Time, error) {
+	now := time.Now().UnixMilli()
+	if v, err := c.mr.Get(state.ClockKey); err == nil {
+		if hw, err := strconv.ParseInt(v, 10, 64); err == nil && hw > now {
+			now = hw
+		}
+	}
+	return time.UnixMilli(now).UTC(), nil
+}
 
 // syncHandler adapts the sync function's entry point to an in-process
 // broker subscriber: the same method its HTTP receiver calls.

@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // listeningPorts returns the TCP ports this process listens on at
@@ -93,5 +95,25 @@ func TestLocal_EmbeddedRedisAsksForAPassword(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("status of alice: HTTP %d, want 200 from the embedded Redis\n%s", resp.StatusCode, stderr)
+	}
+}
+
+// TestProcessClock_NeverBeforeTheMark: local mode stamps changes with its
+// own clock, not before the high-water mark the sync scripts keep in the
+// embedded Redis (state.ClockKey), as state.Store.Now does with a Redis
+// server.
+func TestProcessClock_NeverBeforeTheMark(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := processClock{mr}
+	now, err := c.Now(context.Background())
+	if err != nil || time.Since(now) > time.Second || now.Nanosecond()%int(time.Millisecond) != 0 {
+		t.Fatalf("Now() = %v, %v: want this process's clock in milliseconds", now, err)
+	}
+	ahead := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	if err := mr.Set(state.ClockKey, strconv.FormatInt(ahead.UnixMilli(), 10)); err != nil {
+		t.Fatal(err)
+	}
+	if now, err := c.Now(context.Background()); err != nil || !now.Equal(ahead) {
+		t.Errorf("Now() = %v, %v; want the mark %v", now, err, ahead)
 	}
 }

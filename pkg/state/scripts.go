@@ -36,6 +36,9 @@ end
 -- state hash; returns the Run claim.
 local function start(now, user, owner, host, skey, dest)
   local h = KEYS[2]
+  -- The clock's high-water mark: stamps taken after this start are never
+  -- before it, even if the Redis clock steps back (Now).
+  if num(redis.call('GET', 'dovewarden:clock')) < now then redis.call('SET', 'dovewarden:clock', now) end
   local merged = num(redis.call('HGET', h, 'pending_count'))
   local fullreq = redis.call('HGET', h, 'full_requested') == '1'
   redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
@@ -54,7 +57,9 @@ end
 var scriptBegin = redis.NewScript(luaPrelude + `
 local user, token, ttl, margin = ARGV[1], ARGV[2], ARGV[3], num(ARGV[5])
 local host, owner, dest, full = ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
-local now = now_ms()
+-- Never before the clock's high-water mark, as Now stamps changes: a
+-- stamp from after a step back of TIME is not taken for a future one.
+local now = math.max(now_ms(), num(redis.call('GET', 'dovewarden:clock')))
 local at = num(ARGV[4])
 if at <= 0 or at > now then at = now end
 if redis.call('GET', KEYS[1]) == token then
@@ -212,5 +217,18 @@ if ARGV[8] == '1' then
     redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')
   end
 end
+return now
+`)
+
+// scriptNow: KEYS clock. The Redis clock in Unix milliseconds, never
+// before the start of an attempt already recorded (the clock's high-water
+// mark): a change stamped with it after a dsync started compares as after
+// that start even when TIME has stepped back (an NTP step, a failover to
+// a host whose clock lags).
+var scriptNow = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local c = tonumber(redis.call('GET', KEYS[1])) or 0
+if c > now then return c end
 return now
 `)

@@ -424,3 +424,39 @@ func TestReplaceExcluded(t *testing.T) {
 		}
 	})
 }
+
+// TestNow_NeverBeforeARecordedStart: Redis's TIME steps back (an NTP step,
+// a failover to a host whose clock lags) after a short dsync succeeded. A
+// change made after it, stamped with Now, still compares as after that
+// dsync's start: not covered by it. (miniredis only: a real server's clock
+// cannot be set.)
+func TestNow_NeverBeforeARecordedStart(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	mr.SetTime(t0)
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "a", Destination: "d", At: t0.Add(-time.Second), TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatal(c, err)
+	}
+	mr.SetTime(t0.Add(300 * time.Millisecond))
+	if _, n, err := st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "a", Destination: "d", Start: c.Start, TTL: 30 * time.Second}); err != nil || n.Decision != state.Done {
+		t.Fatal(n, err)
+	}
+	mr.SetTime(t0.Add(-500 * time.Millisecond)) // the clock steps back 800 ms
+	at, err := st.Now(ctx)
+	if err != nil || at.Before(c.Start) {
+		t.Fatalf("Now() = %v, %v: before the recorded start %v", at, err, c.Start)
+	}
+	b, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "b", Destination: "d", At: at, TTL: 30 * time.Second})
+	if err != nil || b.Decision != state.Run {
+		t.Fatalf("a change stamped after the dsync: %+v, %v; want run, not covered", b, err)
+	}
+	// Once TIME is past the mark again, Now follows it.
+	mr.SetTime(t0.Add(time.Hour))
+	if at, err := st.Now(ctx); err != nil || !at.Equal(t0.Add(time.Hour)) {
+		t.Errorf("Now() = %v, %v; want TIME again, %v", at, err, t0.Add(time.Hour))
+	}
+}
