@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os/signal"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -102,8 +101,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		// with it directly, without a round trip.
 		// It listens on loopback, where any local user could connect:
 		// a random password keeps it to this process.
+		clock = processClock{}
 		mr := miniredis.NewMiniRedis()
-		clock = processClock{mr}
 		password := rand.Text()
 		mr.RequireAuth(password)
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
@@ -357,18 +356,16 @@ func recoverySweep(ctx context.Context, b *broker.Broker, lockTTL time.Duration,
 
 // processClock is the embedded Redis's clock, read without asking it: this
 // process's clock, in milliseconds, never before the high-water mark the
-// sync scripts keep (state.Now, state.ClockKey), read from the embedded
-// Redis's memory.
-type processClock struct{ mr *miniredis.Miniredis }
+// sync scripts keep (state.Now, state.ClockKey). Every attempt starts in
+// this process, so state.LatestStart is that mark.
+type processClock struct{}
 
-func (c processClock) Now(context.Context) (time.Time, error) {
-	now := time.Now().UnixMilli()
-	if v, err := c.mr.Get(state.ClockKey); err == nil {
-		if hw, err := strconv.ParseInt(v, 10, 64); err == nil && hw > now {
-			now = hw
-		}
+func (processClock) Now(context.Context) (time.Time, error) {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	if hw := state.LatestStart(); hw.After(now) {
+		now = hw
 	}
-	return time.UnixMilli(now).UTC(), nil
+	return now, nil
 }
 
 // syncHandler adapts the sync function's entry point to an in-process

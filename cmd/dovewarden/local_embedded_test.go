@@ -99,21 +99,23 @@ func TestLocal_EmbeddedRedisAsksForAPassword(t *testing.T) {
 }
 
 // TestProcessClock_NeverBeforeTheMark: local mode stamps changes with its
-// own clock, not before the high-water mark the sync scripts keep in the
-// embedded Redis (state.ClockKey), as state.Store.Now does with a Redis
+// own clock, never before the latest attempt start its sync scripts
+// recorded (state.LatestStart), as state.Store.Now does with a Redis
 // server.
 func TestProcessClock_NeverBeforeTheMark(t *testing.T) {
 	mr := miniredis.RunT(t)
-	c := processClock{mr}
-	now, err := c.Now(context.Background())
-	if err != nil || time.Since(now) > time.Second || now.Nanosecond()%int(time.Millisecond) != 0 {
-		t.Fatalf("Now() = %v, %v: want this process's clock in milliseconds", now, err)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	// An attempt that starts 200 ms ahead of this process's clock, as
+	// after a step back of the clock.
+	ahead := time.Now().Add(200 * time.Millisecond).Truncate(time.Millisecond)
+	mr.SetTime(ahead)
+	c, err := state.New(rdb).Begin(context.Background(), state.BeginArgs{User: "clock-test", Token: "t", Destination: "d", TTL: time.Second})
+	if err != nil || c.Decision != state.Run || !c.Start.Equal(ahead) {
+		t.Fatalf("begin: %+v, %v", c, err)
 	}
-	ahead := time.Now().Add(time.Hour).Truncate(time.Millisecond)
-	if err := mr.Set(state.ClockKey, strconv.FormatInt(ahead.UnixMilli(), 10)); err != nil {
-		t.Fatal(err)
-	}
-	if now, err := c.Now(context.Background()); err != nil || !now.Equal(ahead) {
-		t.Errorf("Now() = %v, %v; want the mark %v", now, err, ahead)
+	now, err := processClock{}.Now(context.Background())
+	if err != nil || now.Before(ahead) || now.Nanosecond()%int(time.Millisecond) != 0 {
+		t.Errorf("Now() = %v, %v; want milliseconds, not before the attempt's start %v", now, err, ahead)
 	}
 }

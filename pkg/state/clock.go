@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,3 +23,23 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	}
 	return time.UnixMilli(v).UTC(), nil
 }
+
+// latestStart is the latest attempt start, in Unix ms, that a script of
+// this process answered with (and so recorded in ClockKey).
+var latestStart atomic.Int64
+
+func raiseLatestStart(t time.Time) {
+	v := t.UnixMilli()
+	for {
+		cur := latestStart.Load()
+		if v <= cur || latestStart.CompareAndSwap(cur, v) {
+			return
+		}
+	}
+}
+
+// LatestStart is the latest attempt start this process's sync scripts
+// recorded: the clock's high-water mark as far as this process has raised
+// it. Where every attempt starts in this process (local mode with the
+// embedded Redis), it is ClockKey's value, read without asking Redis.
+func LatestStart() time.Time { return time.UnixMilli(latestStart.Load()).UTC() }

@@ -247,6 +247,7 @@ func parseClaim(v []any) (Claim, error) {
 	switch c.Decision {
 	case Run:
 		c.Start, c.PendingSince = fromMS(at(1)), fromMS(at(2))
+		raiseLatestStart(c.Start)
 		n, _ := at(3).(int64)
 		c.Merged = int(n)
 		c.State, _ = at(4).(string)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -458,5 +459,30 @@ func TestNow_NeverBeforeARecordedStart(t *testing.T) {
 	mr.SetTime(t0.Add(time.Hour))
 	if at, err := st.Now(ctx); err != nil || !at.Equal(t0.Add(time.Hour)) {
 		t.Errorf("Now() = %v, %v; want TIME again, %v", at, err, t0.Add(time.Hour))
+	}
+}
+
+// TestLatestStart: the latest attempt start a script answered with is the
+// process's view of the clock's mark.
+func TestLatestStart(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	ahead := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	mr.SetTime(ahead)
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "a", Destination: "d", TTL: time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatal(c, err)
+	}
+	mr.SetTime(ahead.Add(-2 * time.Hour))
+	if _, err := st.Begin(ctx, state.BeginArgs{User: "u2", Token: "b", Destination: "d", TTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if got := state.LatestStart(); !got.Equal(ahead) {
+		t.Errorf("LatestStart() = %v, want %v (it never goes back)", got, ahead)
+	}
+	if v, err := mr.Get(state.ClockKey); err != nil || v != strconv.FormatInt(ahead.UnixMilli(), 10) {
+		t.Errorf("%s = %q, %v; want %d", state.ClockKey, v, err, ahead.UnixMilli())
 	}
 }
