@@ -132,16 +132,17 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 		args []string
 		want string
 	}{
-		"no folder":      {nil, []string{"--triggers", "/nonexistent"}, "triggers"},
-		"bad manifest":   {nil, []string{"--triggers", bad}, "Trigger t: spec.delivery: backoffDelay"},
-		"bad subscriber": {nil, []string{"--subscriber", "http://u:s3cret@x/"}, "NAME=URL"},
-		"bad sub env":    {map[string]string{"DOVEWARDEN_SUBSCRIBER": "a=ftp://u:s3cret@x"}, nil, "subscriber a="},
-		"bad queue size": {nil, []string{"--queue-size", "0"}, "queue-size"},
-		"bad workers":    {map[string]string{"DOVEWARDEN_WORKERS": "-1"}, nil, "workers"},
-		"bad timeout":    {nil, []string{"--delivery-timeout", "0s"}, "delivery-timeout"},
-		"bad spool file": {nil, []string{"--spool-file", filepath.Join(bad, "missing", "spool")}, "spool-file"},
-		"bad listen":     {nil, []string{"--listen", "8081"}, "listen"},
-		"stray argument": {nil, []string{"extra"}, "unexpected argument"},
+		"no folder":       {nil, []string{"--triggers", "/nonexistent"}, "triggers"},
+		"bad manifest":    {nil, []string{"--triggers", bad}, "Trigger t: spec.delivery: backoffDelay"},
+		"bad subscriber":  {nil, []string{"--subscriber", "http://u:s3cret@x/"}, "NAME=URL"},
+		"bad sub env":     {map[string]string{"DOVEWARDEN_SUBSCRIBER": "a=ftp://u:s3cret@x"}, nil, "subscriber a="},
+		"bad queue size":  {nil, []string{"--queue-size", "0"}, "queue-size"},
+		"bad queue bytes": {nil, []string{"--queue-bytes", "1000"}, "queue-bytes"},
+		"bad workers":     {map[string]string{"DOVEWARDEN_WORKERS": "-1"}, nil, "workers"},
+		"bad timeout":     {nil, []string{"--delivery-timeout", "0s"}, "delivery-timeout"},
+		"bad spool file":  {nil, []string{"--spool-file", filepath.Join(bad, "missing", "spool")}, "spool-file"},
+		"bad listen":      {nil, []string{"--listen", "8081"}, "listen"},
+		"stray argument":  {nil, []string{"extra"}, "unexpected argument"},
 		// The shipped Triggers, with a sync lane's subscriber forgotten:
 		// its changes would be accepted and go nowhere.
 		"no subscriber": {nil, nil, "--subscriber dovewarden-sync-high=URL"},

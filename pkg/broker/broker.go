@@ -41,6 +41,11 @@ const (
 	// (timeoutSeconds 300): what a subscriber Service would allow.
 	DefaultDeliveryTimeout = 5 * time.Minute
 	DefaultMaxBody         = 4 << 20
+	// DefaultQueueBytes bounds the events one Trigger's lane holds, by
+	// their size: 64 MiB, some 50,000 of dovewarden's own events (about
+	// 1.2 KB each), so the event count bounds those, but 16 events of the
+	// ingress's largest.
+	DefaultQueueBytes = 64 << 20
 )
 
 // Extensions the broker sets, with Knative's names.
@@ -77,10 +82,17 @@ var (
 	ErrTTLExhausted = errors.New("event TTL exhausted (" + ExtTTL + " reached 0): a reply loop?")
 )
 
-// QueueFullError says which Trigger's queue was full.
-type QueueFullError struct{ Trigger string }
+// QueueFullError says which Trigger's queue was full, by its count of
+// events or (Bytes) by their size.
+type QueueFullError struct {
+	Trigger string
+	Bytes   bool
+}
 
 func (e *QueueFullError) Error() string {
+	if e.Bytes {
+		return fmt.Sprintf("queue of Trigger %s is full (the size of the events it holds)", e.Trigger)
+	}
 	return fmt.Sprintf("queue of Trigger %s is full", e.Trigger)
 }
 
@@ -99,6 +111,11 @@ type Options struct {
 	// QueueSize is each Trigger's queue (default DefaultQueueSize); the
 	// dovewarden.org/queue-size annotation overrides it per Trigger.
 	QueueSize int
+	// QueueBytes bounds what each Trigger's queue holds by the size of
+	// its events (default DefaultQueueBytes): a queue that would go past
+	// it refuses the event, as a full one does. A queue holding nothing
+	// takes any event the ingress took.
+	QueueBytes int64
 	// Workers deliver each Trigger's events in parallel (default
 	// DefaultWorkers); the dovewarden.org/workers annotation overrides it.
 	Workers int
@@ -182,9 +199,9 @@ func New(cfg *Config, o Options) (*Broker, error) {
 	if !validNamespace(o.Namespace) {
 		return nil, fmt.Errorf("broker namespace %q: want a Kubernetes namespace name (lower-case letters, digits and '-', at most 63)", o.Namespace)
 	}
-	if o.QueueSize < 1 || o.Workers < 1 || o.DeliveryTimeout <= 0 || o.MaxBody < 1 {
-		return nil, fmt.Errorf("broker options: queue size %d, workers %d, delivery timeout %s and max body %d must be positive",
-			o.QueueSize, o.Workers, o.DeliveryTimeout, o.MaxBody)
+	if o.QueueSize < 1 || o.QueueBytes < 1 || o.Workers < 1 || o.DeliveryTimeout <= 0 || o.MaxBody < 1 {
+		return nil, fmt.Errorf("broker options: queue size %d, queue bytes %d, workers %d, delivery timeout %s and max body %d must be positive",
+			o.QueueSize, o.QueueBytes, o.Workers, o.DeliveryTimeout, o.MaxBody)
 	}
 	b := &Broker{name: cfg.Broker, opts: o, log: o.Logger, m: newMetrics(o.Registerer), quit: make(chan struct{})}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -216,6 +233,9 @@ func New(cfg *Config, o Options) (*Broker, error) {
 func withDefaults(o Options) Options {
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize
+	}
+	if o.QueueBytes == 0 {
+		o.QueueBytes = DefaultQueueBytes
 	}
 	if o.Workers == 0 {
 		o.Workers = DefaultWorkers
@@ -279,7 +299,7 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 	capacity := info.QueueSize + info.Workers
 	l := &lane{
 		b: b, tr: tr, target: target, dls: dls, timeout: timeout, workers: info.Workers,
-		capacity: int64(capacity), queue: make(chan *task, capacity), timers: map[*task]*time.Timer{},
+		capacity: int64(capacity), maxBytes: b.opts.QueueBytes, queue: make(chan *task, capacity), timers: map[*task]*time.Timer{},
 		running: make([]runSlot, info.Workers),
 		log:     b.log.With("trigger", tr.Name),
 	}

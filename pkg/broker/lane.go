@@ -45,6 +45,21 @@ type task struct {
 	hdr http.Header
 	// ns is the Trigger's namespace as the event had it: Kn-Namespace.
 	ns string
+	// size is what the task counts against the lane's bytes.
+	size int64
+}
+
+// eventSize is about what an event takes in memory: its data and
+// attributes, and a fixed part for the rest.
+func eventSize(ev cloudevents.Event) int64 {
+	n := int64(len(ev.DataEncoded)) + 512
+	for k, v := range ev.Extensions() {
+		n += int64(len(k))
+		if s, ok := v.(string); ok {
+			n += int64(len(s))
+		}
+	}
+	return n + int64(len(ev.ID())+len(ev.Source())+len(ev.Type())+len(ev.Subject()))
 }
 
 // lane is one Trigger's queue and workers. held counts every event the
@@ -59,10 +74,12 @@ type lane struct {
 	timeout  time.Duration
 	workers  int
 	capacity int64
+	maxBytes int64
 	queue    chan *task
 	log      *slog.Logger
 
 	held     atomic.Int64
+	bytes    atomic.Int64 // the sizes of the tasks held
 	inFlight atomic.Int64
 
 	mu       sync.Mutex
@@ -90,16 +107,31 @@ func (l *lane) load() (queued, inFlight int64) {
 	return queued, inFlight
 }
 
-func (l *lane) reserve() bool {
+// reserve takes a place for a task of size bytes, or says why there is
+// none: the lane holds capacity tasks, or their sizes and this one's
+// would pass maxBytes (unless the lane holds nothing).
+func (l *lane) reserve(size int64) *QueueFullError {
 	for {
 		n := l.held.Load()
 		if n >= l.capacity {
-			return false
+			return &QueueFullError{Trigger: l.tr.Name}
 		}
 		if l.held.CompareAndSwap(n, n+1) {
-			return true
+			break
 		}
 	}
+	if b := l.bytes.Add(size); b > l.maxBytes && b != size {
+		l.bytes.Add(-size)
+		l.held.Add(-1)
+		return &QueueFullError{Trigger: l.tr.Name, Bytes: true}
+	}
+	return nil
+}
+
+// unreserve gives back a place reserve took.
+func (l *lane) unreserve(size int64) {
+	l.bytes.Add(-size)
+	l.held.Add(-1)
 }
 
 func (l *lane) work(slot *runSlot) {
@@ -162,7 +194,7 @@ func (l *lane) deliver(t *task) {
 	case o.ok():
 		l.b.m.deliveries.WithLabelValues(l.tr.Name, outcomeSuccess).Inc()
 		if o.reply == nil {
-			l.done()
+			l.done(t)
 			return
 		}
 		t.reply, t.phase, t.attempt, t.hdr = o.reply, phaseReply, 0, o.replyHdr
@@ -194,7 +226,7 @@ func (l *lane) sendReply(t *task) {
 	err := l.b.publish(*t.reply, sourceReply, &t.ttl, t.hdr, t.ns)
 	if err == nil {
 		l.b.m.replies.WithLabelValues(l.tr.Name).Inc()
-		l.done()
+		l.done(t)
 		return
 	}
 	if errors.Is(err, ErrClosed) {
@@ -220,7 +252,7 @@ func (l *lane) giveUp(t *task, dest string, o outcome) {
 		l.b.m.dropped.WithLabelValues(l.tr.Name, dropNoDLS).Inc()
 		l.log.Warn("event dropped: delivery failed and the Trigger has no dead-letter sink",
 			"id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(), "dest", dest, "code", o.code, "reason", o.reason, "retries", t.attempt)
-		l.done()
+		l.done(t)
 		return
 	}
 	dead := t.ev.Clone()
@@ -247,7 +279,7 @@ func (l *lane) deadLetter(t *task) {
 		l.b.m.deadLettered.WithLabelValues(l.tr.Name).Inc()
 		l.log.Warn("event sent to the dead-letter sink", "id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject(),
 			"deadLetterSink", l.dls.dest(), "code", t.dead.Extensions()[ExtErrorCode])
-		l.done()
+		l.done(t)
 		return
 	}
 	if l.stopped() {
@@ -260,7 +292,7 @@ func (l *lane) deadLetter(t *task) {
 	l.b.m.dropped.WithLabelValues(l.tr.Name, dropDLSFailed).Inc()
 	l.log.Error("event dropped: the dead-letter sink failed too", "id", t.ev.ID(), "type", t.ev.Type(),
 		"subject", t.ev.Subject(), "deadLetterSink", l.dls.dest(), "code", o.code, "reason", o.reason)
-	l.done()
+	l.done(t)
 }
 
 // retry schedules the task's phase again after the Trigger's backoff, if
@@ -304,7 +336,7 @@ func (l *lane) fire(t *task) {
 func (l *lane) stopped() bool { return l.b.ctx.Err() != nil }
 
 // done frees the task's place in the lane.
-func (l *lane) done() { l.held.Add(-1) }
+func (l *lane) done(t *task) { l.unreserve(t.size) }
 
 // dropForShutdown counts t as dropped by Shutdown and keeps what was left
 // to do with it for Shutdown's answer, unless Shutdown has answered: t's
@@ -323,7 +355,7 @@ func (l *lane) dropForShutdown(t *task) {
 		}
 	}
 	l.b.heldMu.Unlock()
-	l.done()
+	l.done(t)
 }
 
 // handBackRunning adds the deliveries still running to Shutdown's answer,

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -160,6 +161,50 @@ func TestLanes_Backpressure(t *testing.T) {
 	if err := b.Publish(ctx, event("again", "x", "")); err != nil {
 		t.Errorf("after draining: %v", err)
 	}
+}
+
+// TestLanes_BackpressureByBytes: a lane refuses what would take it past
+// QueueBytes, however few events it holds; an empty lane takes even an
+// event larger than that; what is delivered frees its bytes.
+func TestLanes_BackpressureByBytes(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "slow", ""))
+	slow := newBlocker()
+	b, _ := start(t, cfg, Options{Workers: 1, QueueBytes: 1 << 20, Handlers: map[string]Handler{"slow": slow.handle}})
+	ctx := context.Background()
+	big := func(id string, n int) cloudevents.Event {
+		ev := event(id, "x", "")
+		ev.DataEncoded = make([]byte, n)
+		return ev
+	}
+	if err := b.Publish(ctx, big("huge", 2<<20)); err != nil {
+		t.Fatalf("an empty lane refused an event larger than its bytes: %v", err)
+	}
+	eventually(t, "the huge event in delivery", func() bool { return slow.started.Load() == 1 })
+	err := b.Publish(ctx, big("next", 1000))
+	var full *QueueFullError
+	if !errors.As(err, &full) || !full.Bytes || !strings.Contains(err.Error(), "size") {
+		t.Fatalf("a lane past its bytes took another event: %v", err)
+	}
+	if n := b.lanes[0].held.Load(); n != 1 {
+		t.Errorf("the lane holds %d events after the refusal, want 1", n)
+	}
+	close(slow.release)
+	eventually(t, "the lane drained", func() bool { return b.lanes[0].bytes.Load() == 0 && b.lanes[0].held.Load() == 0 })
+
+	// Events of 100 KiB, the first stuck in delivery: 1 MiB holds ten of
+	// them with their attributes, not eleven.
+	slow2 := newBlocker()
+	b2, _ := start(t, cfg, Options{Workers: 1, QueueBytes: 1 << 20, Handlers: map[string]Handler{"slow": slow2.handle}})
+	accepted := 0
+	for i := range 20 {
+		if err := b2.Publish(ctx, big(strconv.Itoa(i), 100<<10)); err == nil {
+			accepted++
+		}
+	}
+	if accepted != 10 {
+		t.Errorf("accepted %d events of 100 KiB into 1 MiB, want 10", accepted)
+	}
+	close(slow2.release)
 }
 
 // TestShutdown_DropsQueuedAndReportsThem: Shutdown stops taking events,

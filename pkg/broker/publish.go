@@ -64,17 +64,18 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 	// Reserve a place in every matching lane before queuing in any, so an
 	// event is either routed to all its Triggers or refused (and the
 	// sender retries), never half-delivered.
+	size := eventSize(ev)
 	for i, l := range matched {
-		if !l.reserve() {
+		if full := l.reserve(size); full != nil {
 			for _, r := range matched[:i] {
-				r.held.Add(-1)
+				r.unreserve(size)
 			}
 			b.m.rejected.WithLabelValues(l.tr.Name).Inc()
-			return &QueueFullError{Trigger: l.tr.Name}
+			return full
 		}
 	}
 	for _, l := range matched {
-		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns} // never blocks: the place is reserved
+		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns, size: size} // never blocks: the place is reserved
 	}
 	b.m.published.WithLabelValues(source).Inc()
 	return nil

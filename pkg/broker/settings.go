@@ -26,6 +26,7 @@ type Settings struct {
 	// QueueSize, Workers and DeliveryTimeout are the Options of the same
 	// names.
 	QueueSize       int
+	QueueBytes      int64
 	Workers         int
 	DeliveryTimeout time.Duration
 	// SpoolFile is where the events the lanes hold at a stop are saved,
@@ -45,6 +46,7 @@ func (s *Settings) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&s.Triggers, "triggers", "", "folder of Broker and Trigger manifests (*.yaml) to route with (default: the embedded config/broker)")
 	fs.Var(subscriberFlag{s}, "subscriber", "NAME=URL: send the events of Triggers whose subscriber (or dead-letter sink) ref is NAME to URL; repeatable, or comma-separated")
 	fs.IntVar(&s.QueueSize, "queue-size", DefaultQueueSize, "events each Trigger's queue holds before publishing answers 503 (annotation dovewarden.org/queue-size overrides)")
+	fs.Int64Var(&s.QueueBytes, "queue-bytes", DefaultQueueBytes, "bytes of events each Trigger's queue holds before publishing answers 503, whatever queue-size allows")
 	fs.IntVar(&s.Workers, "workers", DefaultWorkers, "parallel deliveries per Trigger (annotation dovewarden.org/workers overrides)")
 	fs.DurationVar(&s.DeliveryTimeout, "delivery-timeout", DefaultDeliveryTimeout, "time allowed for one delivery attempt when a Trigger's delivery sets no timeout")
 	fs.StringVar(&s.SpoolFile, "spool-file", "", "file where the events the lanes hold at a stop are saved and from which they are delivered after the next start (default: none, they are lost)")
@@ -60,6 +62,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.QueueSize < 1 || s.QueueSize > 1_000_000 {
 		errs = append(errs, fmt.Errorf("queue-size %d: want 1 to 1000000", s.QueueSize))
+	}
+	if s.QueueBytes < 1<<20 || s.QueueBytes > 64<<30 {
+		errs = append(errs, fmt.Errorf("queue-bytes %d: want 1 MiB to 64 GiB (1048576 to 68719476736)", s.QueueBytes))
 	}
 	if s.Workers < 1 || s.Workers > 10_000 {
 		errs = append(errs, fmt.Errorf("workers %d: want 1 to 10000", s.Workers))
@@ -95,7 +100,7 @@ func (s *Settings) Load() (*Config, error) {
 // handlers, logger and registerer.
 func (s *Settings) Options() Options {
 	return Options{
-		Subscribers: s.Subscribers, QueueSize: s.QueueSize, Workers: s.Workers, DeliveryTimeout: s.DeliveryTimeout,
+		Subscribers: s.Subscribers, QueueSize: s.QueueSize, QueueBytes: s.QueueBytes, Workers: s.Workers, DeliveryTimeout: s.DeliveryTimeout,
 	}
 }
 

@@ -99,9 +99,13 @@ func (b *Broker) Restore(h Held) error {
 	if b.closed {
 		return ErrClosed
 	}
-	if !l.reserve() {
+	t.size = eventSize(h.Event)
+	if h.Reply != nil {
+		t.size += eventSize(*h.Reply)
+	}
+	if full := l.reserve(t.size); full != nil {
 		b.m.rejected.WithLabelValues(l.tr.Name).Inc()
-		return fmt.Errorf("%w: %s: %w", ErrNotRestored, h.Event.ID(), &QueueFullError{Trigger: l.tr.Name})
+		return fmt.Errorf("%w: %s: %w", ErrNotRestored, h.Event.ID(), full)
 	}
 	l.queue <- t // never blocks: the place is reserved
 	b.m.published.WithLabelValues(sourceRestored).Inc()

@@ -348,7 +348,7 @@ func TestSettings_SpoolFileFolderMustTakeAFile(t *testing.T) {
 		filepath.Join(dir, "missing", "spool"): false,
 		dir:                                    false, // a folder
 	} {
-		s := Settings{QueueSize: 1, Workers: 1, DeliveryTimeout: time.Second, SpoolFile: path}
+		s := Settings{QueueSize: 1, QueueBytes: DefaultQueueBytes, Workers: 1, DeliveryTimeout: time.Second, SpoolFile: path}
 		err := s.Validate()
 		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "spool-file")) {
 			t.Errorf("%s: %v", path, err)
