@@ -215,3 +215,54 @@ func TestRetriedFail_CountsOnce(t *testing.T) {
 		t.Fatalf("status %+v: want 2 failures (one sent twice), failed, not in progress", s)
 	}
 }
+
+// The sweep's scripts, each sent twice after a lost reply, answer as
+// their first run did; before, the second run found its own claim or its
+// own record and answered "running", "lost" or "busy", and the sweep
+// stalled until its lock expired.
+func TestRetriedSweepScripts_AnswerAsTheFirstRun(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	const id = "sweep-1"
+	var start state.SweepStart
+	var err error
+	p.cut(t, func() { start, err = st.SweepBegin(ctx, id, "tok-list", "schedule", time.Minute, 10*time.Second) })
+	if err != nil || start.Decision != "started" || start.ID != id {
+		t.Fatalf("SweepBegin sent twice: %+v, %v; want started", start, err)
+	}
+	if err := other.SweepAddUsers(ctx, id, 0, []string{"u1", "u2", "u3"}); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	var finished bool
+	p.cut(t, func() {
+		total, finished, err = st.SweepListed(ctx, id, "tok-list", state.SweepListing{HostsJSON: `["mail-a"]`, Listed: 3}, time.Minute, time.Hour)
+	})
+	if err != nil || total != 3 || finished {
+		t.Fatalf("SweepListed sent twice: %d, %t, %v; want 3 users to sweep", total, finished, err)
+	}
+	var batch state.SweepBatch
+	p.cut(t, func() { batch, err = st.SweepClaim(ctx, id, 0, "tok-batch", time.Minute, 10*time.Second) })
+	if err != nil || batch.Decision != "ok" || batch.Total != 3 {
+		t.Fatalf("SweepClaim sent twice: %+v, %v; want ok", batch, err)
+	}
+	commit := state.SweepCommitArgs{ID: id, Token: "tok-batch", From: 0, To: 2, Counts: map[string]int64{"requested_pending": 2},
+		LockTTL: time.Minute, UsersTTL: time.Hour}
+	p.cut(t, func() { finished, err = st.SweepCommit(ctx, commit) })
+	if err != nil || finished {
+		t.Fatalf("SweepCommit sent twice: %t, %v; want the batch recorded, the sweep going on", finished, err)
+	}
+	// The last batch, sent twice too: the sweep completes, counted once.
+	if batch, err = st.SweepClaim(ctx, id, 2, "tok-last", time.Minute, 10*time.Second); err != nil || batch.Decision != "ok" {
+		t.Fatalf("claim of the last batch: %+v, %v", batch, err)
+	}
+	commit = state.SweepCommitArgs{ID: id, Token: "tok-last", From: 2, To: 3, Counts: map[string]int64{"requested_pending": 1},
+		LockTTL: time.Minute, UsersTTL: time.Hour}
+	p.cut(t, func() { finished, err = st.SweepCommit(ctx, commit) })
+	if err != nil || !finished {
+		t.Fatalf("the last SweepCommit sent twice: %t, %v; want finished", finished, err)
+	}
+	s, err := other.SweepStatus(ctx)
+	if err != nil || s.ID != id || s.Running || s.Finished.IsZero() || s.Batches != 2 || s.Counts["requested_pending"] != 3 {
+		t.Fatalf("sweep status %+v, %v; want %s finished after 2 batches, 3 requested", s, err, id)
+	}
+}

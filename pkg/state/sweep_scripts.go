@@ -34,6 +34,14 @@ end
 // lock ttl, claim ttl, reason.
 var scriptSweepBegin = redis.NewScript(luaPrelude + `
 local cur = redis.call('GET', KEYS[1])
+-- The claim is this call's (tokens are new for each call): the client sent
+-- it again after losing the reply. Answer as the first run did.
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  local id = redis.call('HGET', KEYS[3], 'id') or ''
+  local started = redis.call('HGET', KEYS[3], 'started') or ''
+  if id == ARGV[1] then return {'started', id, tonumber(started) or 0, ''} end
+  return {'relist', id, started}
+end
 local same = cur and redis.call('HGET', KEYS[3], 'id') == cur
 local started = redis.call('HGET', KEYS[3], 'started') or ''
 -- A sweep that started before the recovery time (local mode's last run
@@ -69,9 +77,18 @@ return {'started', ARGV[1], now, abandoned}
 // ARGV id, token, hosts (JSON), listed, users ttl, lock ttl, bad names.
 var scriptSweepListed = redis.NewScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
+if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'listed_by') == ARGV[2] then
+  -- This call already recorded the listing (the client sent it again after
+  -- losing the reply): answer as the first run did.
+  if redis.call('HEXISTS', KEYS[3], 'finished') == 1 then
+    return {'finished', num(redis.call('HGET', KEYS[3], 'finished')), 0}
+  end
+  return {'ok', now_ms(), num(redis.call('HGET', KEYS[3], 'total'))}
+end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('HGET', KEYS[3], 'id') ~= id then
   return {'lost'}
 end
+redis.call('HSET', KEYS[3], 'listed_by', ARGV[2])
 -- Listed users keep their host (score: host index + 1); pending and failed
 -- users no host listed join with score 0.
 redis.call('ZUNIONSTORE', KEYS[4], 3, KEYS[4], KEYS[5], KEYS[6], 'WEIGHTS', 1, 0, 0, 'AGGREGATE', 'MAX')
@@ -101,7 +118,11 @@ local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= id then return {'stale'} end
 local off = redis.call('HGET', KEYS[3], 'offset')
 if tonumber(off) ~= tonumber(ARGV[2]) then return {'duplicate', off} end
-if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) then return {'busy'} end
+-- A claim already this call's: the client sent it again after losing the
+-- reply.
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return {'busy'}
+end
 -- Renew, or take back a lock that expired while the continuation was on
 -- its way: nobody started another sweep meanwhile (the meta says so).
 redis.call('SET', KEYS[1], id, 'PX', ARGV[4])
@@ -115,6 +136,15 @@ return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4])
 // was requested.
 var scriptSweepCommit = redis.NewScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
+local call = ARGV[2] .. ' ' .. ARGV[3]
+if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'committed') == call then
+  -- This call already recorded the batch (the client sent it again after
+  -- losing the reply): answer as the first run did.
+  if redis.call('HEXISTS', KEYS[3], 'finished') == 1 then
+    return {'finished', num(redis.call('HGET', KEYS[3], 'finished'))}
+  end
+  return {'ok', num(redis.call('HGET', KEYS[3], 'last_batch'))}
+end
 -- The claim may have expired under a slow step: the batch is still this
 -- step's to record unless another step claimed it or moved the offset.
 local claim = redis.call('GET', KEYS[2])
@@ -124,7 +154,7 @@ if (claim and claim ~= ARGV[2]) or redis.call('HGET', KEYS[3], 'id') ~= id
   return {'lost'}
 end
 local now = now_ms()
-redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now)
+redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now, 'committed', call)
 redis.call('HINCRBY', KEYS[3], 'batches', 1)
 local n = tonumber(ARGV[8])
 for i = 0, n - 1 do

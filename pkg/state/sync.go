@@ -222,9 +222,11 @@ func (s *Store) CheckServer(ctx context.Context) error {
 }
 
 // LoadScripts loads the scripts into Redis's script cache, so that the
-// first decision costs one round trip, not two (EVALSHA, NOSCRIPT, EVAL).
+// first decision, or sweep step, costs one round trip, not two (EVALSHA,
+// NOSCRIPT, EVAL).
 func (s *Store) LoadScripts(ctx context.Context) error {
-	for _, sc := range []*redis.Script{scriptBegin, scriptRestart, scriptRenew, scriptSucceed, scriptFail, scriptNow} {
+	for _, sc := range []*redis.Script{scriptBegin, scriptRestart, scriptRenew, scriptSucceed, scriptFail, scriptNow,
+		scriptSweepBegin, scriptSweepListed, scriptSweepClaim, scriptSweepCommit, scriptCompareDelete} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load sync scripts into redis: %w", err)
 		}
