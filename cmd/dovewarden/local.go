@@ -190,6 +190,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 
 	bo := bs.Options()
 	bo.Namespace = localNamespace
+	// Its ingress shares the listener Dovecot posts to: one body limit.
+	bo.MaxBody = sc.MaxBody
 	bo.Handlers = map[string]broker.Handler{}
 	for _, name := range localSyncSubscribers {
 		bo.Handlers[name] = syncHandler(sh)

@@ -770,3 +770,24 @@ func TestLocal_IgnoresKnativeCACerts(t *testing.T) {
 		t.Errorf("GET /status: %d", resp.StatusCode)
 	}
 }
+
+// TestLocal_BrokerIngressTakesMaxBody: the broker's ingress shares the
+// listener Dovecot posts to, and --max-body bounds it too.
+func TestLocal_BrokerIngressTakesMaxBody(t *testing.T) {
+	base, _, _, stderr := startLocal(t, nil, "--max-body", "2048")
+	post := func(data string) int {
+		body := `{"specversion":"1.0","id":"big-1","source":"test","type":"com.example.other","data":"` + data + `"}`
+		resp, err := http.Post(base+"/local/dovewarden", "application/cloudevents+json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("small"); code != http.StatusAccepted {
+		t.Fatalf("a small event: HTTP %d\n%s", code, stderr)
+	}
+	if code := post(strings.Repeat("x", 4096)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("an event over --max-body: HTTP %d, want 413", code)
+	}
+}
