@@ -125,6 +125,17 @@ func viaLostReply(t *testing.T) (*lostReply, *state.Store, *state.Store) {
 	return p, st, state.New(srv.Client(t))
 }
 
+// beginA starts an attempt of u1 for owner A, token tokA.
+func beginA(t *testing.T, st *state.Store) state.Claim {
+	t.Helper()
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("begin: %+v %v", c, err)
+	}
+	return c
+}
+
 // A Begin whose reply is lost after it took the lock is sent again; it
 // must answer Run to its own caller, not Busy with itself as the holder
 // (the change would be acknowledged and no dsync run until the lock
@@ -154,11 +165,8 @@ func TestRetriedBegin_RunsForItsCaller(t *testing.T) {
 // acknowledged during the dsync was never replicated.
 func TestRetriedSucceed_KeepsTheRerun(t *testing.T) {
 	p, st, other := viaLostReply(t)
-	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
-		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
-	if err != nil || c.Decision != state.Run {
-		t.Fatalf("begin: %+v %v", c, err)
-	}
+	c := beginA(t, st)
+	var err error
 	time.Sleep(3 * time.Millisecond)
 	// Another instance's change while the dsync runs: acknowledged as busy.
 	if b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: "tokB",
@@ -190,11 +198,8 @@ func TestRetriedSucceed_KeepsTheRerun(t *testing.T) {
 // A Fail whose reply is lost is sent again and counted once.
 func TestRetriedFail_CountsOnce(t *testing.T) {
 	p, st, other := viaLostReply(t)
-	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
-		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
-	if err != nil || c.Decision != state.Run {
-		t.Fatalf("begin: %+v %v", c, err)
-	}
+	c := beginA(t, st)
+	var err error
 	p.cut(t, func() {
 		_, err = st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Host: "mail-a", Error: "exit code 75",
 			Class: "tempfail", ExitCode: 75, Start: c.Start})

@@ -194,9 +194,12 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 		}
 		pause := s.listPause << (attempt - 1)
 		s.log.Warn("sweep: listing the users of a host failed; trying again", "host", label, "attempt", attempt, "in", pause, "err", err)
-		if !sleep(lctx, pause) {
-			break
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-lctx.Done():
 		}
+		t.Stop()
 	}
 	if ferr := flush(); ferr != nil {
 		return listed, bad, ferr.(*storeError).err
@@ -220,16 +223,4 @@ func hostLabel(name string) string {
 		return "default"
 	}
 	return name
-}
-
-// sleep waits d, or until ctx ends (false).
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
