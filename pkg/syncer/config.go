@@ -90,7 +90,7 @@ type Config struct {
 func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	c.Server.RegisterFlags(fs, getenv, ":8080")
 	d := replicator.Defaults
-	fs.DurationVar(&c.WriteTimeout, "write-timeout", 300*time.Second, "HTTP write timeout: how long a response may take; must exceed request-timeout (Knative's timeoutSeconds should match it)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 300*time.Second, "HTTP write timeout: how long a response may take; must exceed request-timeout (Knative's timeoutSeconds must exceed request-timeout by the wait for a pod)")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 290*time.Second, "time one event may take, dsync retries included; retries that would not fit are left to the sweep")
 	fs.Int64Var(&c.MaxBody, "max-body", 256<<10, "largest accepted request body in bytes (in local mode, ingest's too)")
 	c.Redis.RegisterFlags(fs, "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) holding locks, coalescing marks, dsync states and status; required")
