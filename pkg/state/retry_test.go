@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -168,9 +171,10 @@ func TestRetriedSucceed_KeepsTheRerun(t *testing.T) {
 	c := beginA(t, st)
 	var err error
 	time.Sleep(3 * time.Millisecond)
-	// Another instance's change while the dsync runs: acknowledged as busy.
+	// Another instance's request of a full sync while the dsync runs:
+	// acknowledged as busy.
 	if b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: "tokB",
-		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second}); err != nil || b.Decision != state.Busy {
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second, Full: true}); err != nil || b.Decision != state.Busy {
 		t.Fatalf("the other instance's change: %+v %v", b, err)
 	}
 	time.Sleep(3 * time.Millisecond)
@@ -182,8 +186,8 @@ func TestRetriedSucceed_KeepsTheRerun(t *testing.T) {
 	if err != nil || next.Decision != state.Run {
 		t.Fatalf("Succeed sent twice answered %+v, %v; want run: a change acknowledged during the dsync is dropped", next, err)
 	}
-	if !next.Start.After(c.Start) || next.State != "s1" {
-		t.Fatalf("the rerun's claim %+v: want a start after %v and the recorded state", next, c.Start)
+	if !next.Start.After(c.Start) || next.State != "s1" || !next.FullRequested || next.Merged != 1 {
+		t.Fatalf("the rerun's claim %+v: want a start after %v, the recorded state, and the full sync asked for by the one change merged", next, c.Start)
 	}
 	pu, err := other.Pending(ctx, 10)
 	if err != nil || len(pu) != 1 || pu[0].User != "u1" {
@@ -269,5 +273,79 @@ func TestRetriedSweepScripts_AnswerAsTheFirstRun(t *testing.T) {
 	s, err := other.SweepStatus(ctx)
 	if err != nil || s.ID != id || s.Running || s.Finished.IsZero() || s.Batches != 2 || s.Counts["requested_pending"] != 3 {
 		t.Fatalf("sweep status %+v, %v; want %s finished after 2 batches, 3 requested", s, err, id)
+	}
+}
+
+// A Restart or a Begin whose reply is lost answers the claim its first run
+// made, with the full sync the attempt took over: starting again would find
+// that request consumed and run an incremental sync.
+func TestRetriedRestartAndBegin_KeepTheFullSyncAskedFor(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	c := beginA(t, st)
+	if b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: "tokB",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second, Full: true}); err != nil || b.Decision != state.Busy {
+		t.Fatalf("a full sync asked for meanwhile: %+v %v", b, err)
+	}
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Host: "mail-a", Error: "exit code 75",
+		Class: "tempfail", ExitCode: 75, Start: c.Start}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	var r state.Claim
+	var err error
+	p.cut(t, func() { r, err = st.Restart(ctx, "u1", "tokA", "tcp:b:1", 30*time.Second) })
+	if err != nil || r.Decision != state.Run || !r.Start.After(c.Start) || !r.FullRequested {
+		t.Fatalf("Restart sent twice: %+v, %v; want the next attempt, with the full sync asked for", r, err)
+	}
+	// The attempt fails for good and gives the request back; the next
+	// Begin, sent twice, takes it over.
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Host: "mail-a", Error: "exit code 75",
+		Class: "tempfail", ExitCode: 75, Start: r.Start, Final: true, Release: true, Full: true}); err != nil {
+		t.Fatal(err)
+	}
+	var b state.Claim
+	p.cut(t, func() {
+		b, err = st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokC",
+			Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	})
+	if err != nil || b.Decision != state.Run || !b.FullRequested {
+		t.Fatalf("Begin sent twice: %+v, %v; want run, with the full sync asked for", b, err)
+	}
+}
+
+// Succeed sent twice while Redis's TIME is behind the clock's mark (a
+// failover to a host whose clock lags): the rerun it started has a start
+// below the caller's, which must not hide that it was started.
+func TestRetriedSucceed_AfterTheClockSteppedBack(t *testing.T) {
+	mr := miniredis.RunT(t)
+	p := newLostReply(t, mr.Addr())
+	st, err := state.Open(state.Conn{URL: p.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.LoadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other := state.New(redis.NewClient(&redis.Options{Addr: mr.Addr()}))
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	mr.SetTime(t0)
+	c := beginA(t, st)
+	mr.SetTime(t0.Add(5 * time.Millisecond))
+	if b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: "tokB",
+		Destination: "tcp:b:1", At: t0.Add(5 * time.Millisecond), TTL: 30 * time.Second}); err != nil || b.Decision != state.Busy {
+		t.Fatalf("a change during the dsync: %+v %v", b, err)
+	}
+	mr.SetTime(t0.Add(-100 * time.Millisecond)) // TIME steps back during the dsync
+	var next state.Claim
+	p.cut(t, func() {
+		_, next, err = st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+			Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second, MayRerun: true})
+	})
+	if err != nil || next.Decision != state.Run {
+		t.Fatalf("Succeed sent twice after the clock stepped back: %+v, %v; want run", next, err)
+	}
+	if pu, err := other.Pending(ctx, 10); err != nil || len(pu) != 1 {
+		t.Fatalf("pending %+v, %v; want u1 until the rerun succeeds", pu, err)
 	}
 }

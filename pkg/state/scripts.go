@@ -32,23 +32,46 @@ end
 local function num(v)
   return tonumber(v) or 0
 end
+-- The clock: TIME, never below the high-water mark attempt starts raise.
+local function mono_ms()
+  return math.max(now_ms(), num(redis.call('GET', 'dovewarden:clock')))
+end
 -- start an attempt: KEYS[2] user hash, KEYS[3] pending zset, skey the
--- state hash; returns the Run claim.
-local function start(now, user, owner, host, skey, dest)
+-- state hash; returns the Run claim. What the attempt took over (merged
+-- marks, a full sync asked for) is kept with it, so that a call the client
+-- sends again gets the same claim (claim).
+local function start(now, user, owner, host, skey, dest, call)
   local h = KEYS[2]
   -- The clock's high-water mark: stamps taken after this start are never
   -- before it, even if the Redis clock steps back (Now).
   if num(redis.call('GET', 'dovewarden:clock')) < now then redis.call('SET', 'dovewarden:clock', now) end
   local merged = num(redis.call('HGET', h, 'pending_count'))
-  local fullreq = redis.call('HGET', h, 'full_requested') == '1'
+  local fullreq = redis.call('HGET', h, 'full_requested') == '1' and 1 or 0
   redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
-  local fields = {'inprogress_since', now}
+  local fields = {'inprogress_since', now, 'inprogress_merged', merged, 'inprogress_full', fullreq,
+    'inprogress_call', call}
   if owner ~= '' then table.insert(fields, 'inprogress_by'); table.insert(fields, owner) end
   if host ~= '' then table.insert(fields, 'inprogress_host'); table.insert(fields, host) end
   redis.call('HSET', h, unpack(fields))
   local since = num(redis.call('ZSCORE', KEYS[3], user))
   local st = redis.call('HGET', skey, dest) or ''
-  return {'run', now, since, merged, st, fullreq and 1 or 0}
+  return {'run', now, since, merged, st, fullreq}
+end
+-- claim answers the running attempt's Run claim again, as start did.
+local function claim(user, skey, dest)
+  local v = redis.call('HMGET', KEYS[2], 'inprogress_since', 'inprogress_merged', 'inprogress_full')
+  local since = num(redis.call('ZSCORE', KEYS[3], user))
+  local st = redis.call('HGET', skey, dest) or ''
+  return {'run', num(v[1]), since, num(v[2]), st, num(v[3])}
+end
+-- The fields of a running attempt, removed when its lock is released.
+local INPROGRESS = {'inprogress_by', 'inprogress_since', 'inprogress_host', 'inprogress_merged', 'inprogress_full',
+  'inprogress_call'}
+-- started tells whether the call that started the running attempt was
+-- call (new for each Succeed and Restart): then the client sent it again
+-- after losing the reply.
+local function started(call)
+  return call ~= '' and redis.call('HGET', KEYS[2], 'inprogress_call') == call
 end
 `
 
@@ -59,15 +82,14 @@ local user, token, ttl, margin = ARGV[1], ARGV[2], ARGV[3], num(ARGV[5])
 local host, owner, dest, full = ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
 -- Never before the clock's high-water mark, as Now stamps changes: a
 -- stamp from after a step back of TIME is not taken for a future one.
-local now = math.max(now_ms(), num(redis.call('GET', 'dovewarden:clock')))
+local now = mono_ms()
 local at = num(ARGV[4])
 if at <= 0 or at > now then at = now end
 if redis.call('GET', KEYS[1]) == token then
   -- This very call took the lock (tokens are new for each call): the
-  -- client sent it again after losing the reply. No dsync has started
-  -- under it yet, so the attempt starts afresh.
+  -- client sent it again after losing the reply. Answer its claim again.
   redis.call('PEXPIRE', KEYS[1], ttl)
-  return start(now, user, owner, host, KEYS[5], dest)
+  return claim(user, KEYS[5], dest)
 end
 if redis.call('SISMEMBER', KEYS[4], user) == 1 then
   return {'excluded'}
@@ -80,7 +102,7 @@ if redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
   -- The change stays marked until a Succeed finds nothing newer: if the
   -- owner dies, the next event or the sweep replicates the user.
   redis.call('ZADD', KEYS[3], 'LT', at, user)
-  return start(now, user, owner, host, KEYS[5], dest)
+  return start(now, user, owner, host, KEYS[5], dest, '')
 end
 -- Busy: leave a pending mark the owner (or, if it died, the next event or
 -- the sweep) picks up.
@@ -100,13 +122,17 @@ return {'busy', redis.call('HGET', KEYS[2], 'inprogress_by') or '', since}
 `)
 
 // scriptRestart: KEYS lock, user, pending, state. ARGV user, token, ttl,
-// destination.
+// destination, call.
 var scriptRestart = redis.NewScript(luaPrelude + `
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return {'lost'}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return start(now_ms(), ARGV[1], '', '', KEYS[4], ARGV[4])
+if started(ARGV[5]) then
+  -- This call already started the next attempt: answer its claim again.
+  return claim(ARGV[1], KEYS[4], ARGV[4])
+end
+return start(mono_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], ARGV[5])
 `)
 
 // scriptRenew: compare-and-pexpire. KEYS lock. ARGV token, ttl.
@@ -119,20 +145,19 @@ return 0
 
 // scriptSucceed: KEYS lock, user, pending, failed, state.
 // ARGV user, token, start, destination, new state, host, full, ttl, may
-// rerun, rerun (the owner merged newer changes in-process).
+// rerun, rerun (the owner merged newer changes in-process), call.
 var scriptSucceed = redis.NewScript(luaPrelude + `
 local user, token, st = ARGV[1], ARGV[2], num(ARGV[3])
 local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
 local h = KEYS[2]
-local now = now_ms()
+local now = mono_ms()
 local owned = redis.call('GET', KEYS[1]) == token
-if owned and num(redis.call('HGET', h, 'inprogress_since')) > st then
-  -- This call already ran and started the next attempt under the lock:
-  -- the client sent it again after losing the reply. That attempt's
+if owned and started(ARGV[11]) then
+  -- This call already ran and started the next attempt. That attempt's
   -- marks were cleared by its start, so answering from them again would
-  -- say done and drop them. Nothing ran under it yet: start it afresh.
+  -- say done and drop them: answer its claim again.
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  local c = start(now, user, '', '', KEYS[5], dest)
+  local c = claim(user, KEYS[5], dest)
   table.insert(c, 2, num(redis.call('HGET', h, 'last_success')))
   return c
 end
@@ -172,13 +197,13 @@ if not newer then
 end
 if newer and owned and ARGV[9] == '1' then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  local c = start(now, user, '', '', KEYS[5], dest)
+  local c = start(now, user, '', '', KEYS[5], dest, ARGV[11])
   table.insert(c, 2, now)
   return c
 end
 if owned then
   redis.call('DEL', KEYS[1])
-  redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')
+  redis.call('HDEL', h, unpack(INPROGRESS))
 end
 if newer then return {'left', now} end
 return {'done', now}
@@ -214,7 +239,7 @@ if ARGV[8] == '1' then
   if ARGV[10] == '1' then redis.call('HSET', h, 'full_requested', '1') end
   if redis.call('GET', KEYS[1]) == token then
     redis.call('DEL', KEYS[1])
-    redis.call('HDEL', h, 'inprogress_by', 'inprogress_since', 'inprogress_host')
+    redis.call('HDEL', h, unpack(INPROGRESS))
   end
 end
 return now

@@ -2,6 +2,8 @@ package state
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -120,7 +122,7 @@ func (s *Store) Begin(ctx context.Context, a BeginArgs) (Claim, error) {
 // Restart starts a new attempt (a retry) under a lock the caller holds.
 func (s *Store) Restart(ctx context.Context, user, token, destination string, ttl time.Duration) (Claim, error) {
 	keys := []string{LockKey(user), UserKey(user), PendingKey, StateKey(user)}
-	v, err := scriptRestart.Run(ctx, s.rdb, keys, user, token, ttl.Milliseconds(), destination).Slice()
+	v, err := scriptRestart.Run(ctx, s.rdb, keys, user, token, ttl.Milliseconds(), destination, callID()).Slice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("restart sync of %q in redis: %w", user, err)
 	}
@@ -164,7 +166,7 @@ type SuccessArgs struct {
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
-		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun)).Slice()
+		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun), callID()).Slice()
 	if err != nil {
 		return time.Time{}, Claim{}, fmt.Errorf("record sync of %q in redis: %w", a.User, err)
 	}
@@ -287,4 +289,13 @@ func boolArg(b bool) string {
 		return "1"
 	}
 	return "0"
+}
+
+// callID names one call of a script that may start an attempt: the same
+// call sent again by the client after a lost reply finds the attempt it
+// started under this name, and answers its claim again.
+func callID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
