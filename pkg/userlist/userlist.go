@@ -43,6 +43,11 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 	for sc.Scan() {
 		n++
 		line := sc.Bytes()
+		if n == 1 {
+			// A file saved as "UTF-8 with BOM": the mark is no part of
+			// the first name.
+			line = bytes.TrimPrefix(line, []byte("\ufeff"))
+		}
 		if i := commentStart(line); i >= 0 {
 			line = line[:i]
 		}

@@ -51,6 +51,10 @@ func TestParse(t *testing.T) {
 		{name: "a comment after a no-break space", format: "%Lu", in: "alice\u00a0# on leave\n", want: []string{"alice"}},
 		{name: "a comment after an ideographic space", format: "%Lu", in: "alice\u3000# on leave\n", want: []string{"alice"}},
 		{name: "a comment after mixed white space", format: "%Lu", in: "alice \u00a0# on leave\n", want: []string{"alice"}},
+		// Saved as "UTF-8 with BOM" (older Notepad, PowerShell 5's
+		// Out-File): the mark is no part of the first name.
+		{name: "a byte-order mark", format: "%Lu", in: "\ufeffalice\nbob\n", want: []string{"alice", "bob"}},
+		{name: "a byte-order mark before a comment", format: "%Lu", in: "\ufeff# excluded\nalice\n", want: []string{"alice"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse(strings.NewReader(tc.in), mustFormat(t, tc.format))
