@@ -260,19 +260,22 @@ func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 
 func (h *httpStatus) overview(ctx context.Context, list int64) (overview, error) {
 	var o overview
-	err := h.get(ctx, "status", url.Values{"list": {strconv.FormatInt(list, 10)}}, &o)
+	err := h.get(ctx, "status", url.Values{"list": {strconv.FormatInt(list, 10)}}, &o, "users", "sweep")
 	return o, err
 }
 
 func (h *httpStatus) user(ctx context.Context, name string) (state.UserStatus, error) {
 	var s state.UserStatus
-	err := h.get(ctx, "status/"+url.PathEscape(name), nil, &s)
+	err := h.get(ctx, "status/"+url.PathEscape(name), nil, &s, "user", "failed")
 	return s, err
 }
 
-// get reads the escaped path under the base URL into v. Errors name the
+// get reads the escaped path under the base URL into v, a JSON object that
+// must have the keys given: any other JSON (another service, or a url
+// that already ends in /status, whose /status/status is a user's record)
+// is not taken for an answer whose fields are all zero. Errors name the
 // setting and never show the URL's password.
-func (h *httpStatus) get(ctx context.Context, escapedPath string, query url.Values, v any) error {
+func (h *httpStatus) get(ctx context.Context, escapedPath string, query url.Values, v any, keys ...string) error {
 	u := *h.base
 	p := strings.TrimSuffix(u.EscapedPath(), "/") + "/" + escapedPath
 	var err error
@@ -308,6 +311,15 @@ func (h *httpStatus) get(ctx context.Context, escapedPath string, query url.Valu
 		return fmt.Errorf("url %s: %s (credentials: auth-user and auth-password-file, auth-token-file, or a user and password in url)", shown, resp.Status)
 	case resp.StatusCode != http.StatusOK:
 		return fmt.Errorf("url %s: %s: %s", shown, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return fmt.Errorf("url %s: not dovewarden local's status: %w", shown, err)
+	}
+	for _, k := range keys {
+		if _, ok := fields[k]; !ok {
+			return fmt.Errorf("url %s: not dovewarden local's status: no %q in the answer (give url as the process's base URL, without /status)", shown, k)
+		}
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("url %s: not dovewarden local's status: %w", shown, err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -166,6 +167,28 @@ func TestStatus_FromLocal(t *testing.T) {
 	err := run(context.Background(), env, []string{"status", "--url", base})
 	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "auth-token-file") {
 		t.Errorf("without the token: %v, want 401 naming auth-token-file", err)
+	}
+	// A url that already ends in /status asks for /status/status, a
+	// user's record: refused, not shown as an overview of zeros.
+	err = run(context.Background(), env, []string{"status", "--url", base + "/status", "--auth-token-file", tokenFile})
+	if err == nil || !strings.Contains(err.Error(), `no "users"`) || !strings.Contains(err.Error(), "without /status") {
+		t.Errorf("url ending in /status: %v, want a refusal", err)
+	}
+}
+
+// TestStatus_OtherJSONIsRefused: a url that answers JSON which is not
+// dovewarden's status makes the command fail, for the overview and a user.
+func TestStatus_OtherJSONIsRefused(t *testing.T) {
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"status":"ok","version":"1.2.3"}`)
+	}))
+	t.Cleanup(other.Close)
+	for _, args := range [][]string{{"status", "--url", other.URL}, {"status", "--url", other.URL, "alice"}} {
+		env, stdout, _ := testEnv(nil, "")
+		if err := run(context.Background(), env, args); err == nil || !strings.Contains(err.Error(), "not dovewarden local's status") {
+			t.Errorf("%v: %v, want a refusal\n%s", args, err, stdout)
+		}
 	}
 }
 
