@@ -24,7 +24,8 @@ type brokerTarget struct {
 
 func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
 	return brokerTarget{
-		url:     fs.String("broker-url", env.getenv("K_SINK"), "the Broker ingress to post to (default: $K_SINK)"),
+		// No default on the flag: -h would print K_SINK, password and all.
+		url:     fs.String("broker-url", "", "the Broker ingress to post to (default: $K_SINK)"),
 		source:  fs.String("source", "dovewarden/cli", "CloudEvent source of the request"),
 		timeout: fs.Duration("timeout", 10*time.Second, "time to hand each event to the Broker, retries included"),
 		tokenFile: fs.String("broker-token-file", "", "file holding the Bearer token of a Broker ingress that asks for one "+
@@ -36,6 +37,9 @@ func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
 
 // sender checks the settings and returns the Broker's sender.
 func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
+	if *b.url == "" {
+		*b.url = env.getenv("K_SINK")
+	}
 	if *b.url == "" {
 		return nil, errors.New("broker-url: not set, and K_SINK is empty: where is the Broker?")
 	}

@@ -73,6 +73,20 @@ func TestReplicate_Failures(t *testing.T) {
 			t.Errorf("%s: %d events reached the Broker, want %d", name, n, tt.sent)
 		}
 	}
+	// Neither the help, whose default would be K_SINK, nor an error about
+	// a URL whose password has characters %q escapes shows the password.
+	for _, cmd := range []string{"replicate", "sweep"} {
+		env, stdout, stderr := testEnv(map[string]string{"K_SINK": withPassword}, "")
+		_ = run(context.Background(), env, []string{cmd, "-h"})
+		if out := stdout.String() + stderr.String(); !strings.Contains(out, "broker-url") || strings.Contains(out, "hunter2") {
+			t.Errorf("%s -h shows the password, or no broker-url:\n%s", cmd, out)
+		}
+	}
+	env, _, _ := testEnv(nil, "")
+	err := run(context.Background(), env, []string{"replicate", "--broker-url", `htp://admin:pa"ss\hunter2@broker.example/x`, "alice"})
+	if err == nil || !strings.Contains(err.Error(), "want an absolute http or https URL") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("a bad broker-url with a quoted password: %v", err)
+	}
 }
 
 // TestReplicate_ThroughLocal asks `dovewarden local` for a full

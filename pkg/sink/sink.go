@@ -97,7 +97,7 @@ func CAPool(raw string) (*x509.CertPool, error) {
 func New(o Options) (*Sender, error) {
 	u, err := url.Parse(o.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("broker URL %q: want an absolute http or https URL", o.URL)
+		return nil, fmt.Errorf("broker URL %q: want an absolute http or https URL", config.RedactURL(o.URL))
 	}
 	ov, err := ParseOverrides(o.Overrides)
 	if err != nil {
