@@ -92,6 +92,10 @@ if redis.call('GET', KEYS[1]) == token then
   return claim(user, KEYS[5], dest)
 end
 if redis.call('SISMEMBER', KEYS[4], user) == 1 then
+  -- Never replicated: no mark of it waits for a dsync, nor counts it as
+  -- failing (an admin may have excluded it for failing).
+  redis.call('ZREM', KEYS[3], user)
+  redis.call('ZREM', 'dovewarden:failed', user)
   return {'excluded'}
 end
 local last = num(redis.call('HGET', KEYS[2], 'last_start'))
@@ -256,4 +260,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local c = tonumber(redis.call('GET', KEYS[1])) or 0
 if c > now then return c end
 return now
+`)
+
+// scriptForgetExcluded: KEYS excluded, pending, failed. ARGV users. Drops
+// the pending and failed marks of those still excluded; returns how many.
+var scriptForgetExcluded = redis.NewScript(`
+local n = 0
+for _, user in ipairs(ARGV) do
+  if redis.call('SISMEMBER', KEYS[1], user) == 1 then
+    n = n + redis.call('ZREM', KEYS[2], user) + redis.call('ZREM', KEYS[3], user)
+  end
+end
+return n
 `)

@@ -123,11 +123,32 @@ func (s *Store) Counts(ctx context.Context) (pending, failed int64, err error) {
 }
 
 // Exclude excludes users from replication; Include takes them back.
+// Their pending and failed marks go with them, as in ReplaceExcluded.
 func (s *Store) Exclude(ctx context.Context, users ...string) error {
-	if err := s.rdb.SAdd(ctx, ExcludedKey, anys(users)...).Err(); err != nil {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, ExcludedKey, anys(users)...)
+		p.ZRem(ctx, FailedKey, anys(users)...)
+		p.ZRem(ctx, PendingKey, anys(users)...)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("exclude users in redis: %w", err)
 	}
 	return nil
+}
+
+// ForgetExcluded drops the pending and failed marks of those of users
+// that are excluded (added to the set by hand, say, as on a cluster): no
+// dsync will ever clear them. It returns how many marks it dropped.
+func (s *Store) ForgetExcluded(ctx context.Context, users []string) (int64, error) {
+	if len(users) == 0 {
+		return 0, nil
+	}
+	n, err := scriptForgetExcluded.Run(ctx, s.rdb, []string{ExcludedKey, PendingKey, FailedKey}, anys(users)...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("drop the marks of excluded users in redis: %w", err)
+	}
+	return n, nil
 }
 
 // Include removes users from the excluded set.

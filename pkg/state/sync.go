@@ -228,7 +228,7 @@ func (s *Store) CheckServer(ctx context.Context) error {
 // NOSCRIPT, EVAL).
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{scriptBegin, scriptRestart, scriptRenew, scriptSucceed, scriptFail, scriptNow,
-		scriptSweepBegin, scriptSweepListed, scriptSweepClaim, scriptSweepCommit, scriptCompareDelete} {
+		scriptSweepBegin, scriptSweepListed, scriptSweepClaim, scriptSweepCommit, scriptCompareDelete, scriptForgetExcluded} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load sync scripts into redis: %w", err)
 		}

@@ -486,3 +486,23 @@ func TestLatestStart(t *testing.T) {
 		t.Errorf("%s = %q, %v; want %d", state.ClockKey, v, err, ahead.UnixMilli())
 	}
 }
+
+// TestBegin_ExcludedDropsTheMarks: a change of a user excluded by hand
+// (SADD) is answered excluded, and the user's pending and failed marks go:
+// no dsync will ever clear them.
+func TestBegin_ExcludedDropsTheMarks(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		at := time.Now().Add(-time.Minute)
+		if err := b.st.MarkPending(ctx, "u1", "mail-a", at); err != nil {
+			t.Fatal(err)
+		}
+		b.rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: float64(at.UnixMilli()), Member: "u1"})
+		b.rdb.SAdd(ctx, state.ExcludedKey, "u1")
+		if c := begin(t, b, "A", time.Now()); c.Decision != state.Excluded {
+			t.Fatalf("begin: %+v, want excluded", c)
+		}
+		if o, err := b.st.Overview(ctx); err != nil || o.Pending != 0 || o.Failed != 0 {
+			t.Errorf("overview %+v, %v: want the excluded user neither pending nor failed", o, err)
+		}
+	})
+}

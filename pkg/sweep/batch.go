@@ -162,6 +162,15 @@ func (s *Sweeper) scan(ctx context.Context, c Cursor, b state.SweepBatch, hosts 
 		if err != nil {
 			return r, err
 		}
+		var forget []string
+		for i, e := range entries {
+			if facts[i].Excluded && (facts[i].Pending || facts[i].Failed) {
+				forget = append(forget, e.User)
+			}
+		}
+		if _, err := s.st.ForgetExcluded(ctx, forget); err != nil {
+			return r, err
+		}
 		for i, e := range entries {
 			req, why := decide(e, facts[i], b.Now, s.o, hosts)
 			switch {

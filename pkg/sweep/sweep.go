@@ -97,6 +97,7 @@ type Store interface {
 	SweepCommit(ctx context.Context, a state.SweepCommitArgs) (bool, error)
 	SweepRelease(ctx context.Context, token string) error
 	SweepDrop(ctx context.Context, id string) error
+	ForgetExcluded(ctx context.Context, users []string) (int64, error)
 }
 
 // Source is one Dovecot host whose users are listed.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
@@ -496,5 +497,31 @@ func TestStep_ListedNamesAreNormalised(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(f.sw.m.skipped.WithLabelValues(SkipExcluded)); n != 1 {
 		t.Errorf("%v excluded users skipped, want 1 (Carol@Example.org)", n)
+	}
+}
+
+// TestStep_ExcludedUsersLoseTheirMarks: a user excluded by hand (SADD, as
+// on a cluster) after it failed keeps no failed or pending mark once a
+// sweep has seen it: nothing would ever clear them, and the failing-users
+// alert would fire for ever.
+func TestStep_ExcludedUsersLoseTheirMarks(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "gone")
+	bg := context.Background()
+	if err := f.st.MarkPending(bg, "gone", "mail-a", f.now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.ZAdd(bg, state.FailedKey, redis.Z{Score: float64(f.now().Add(-time.Hour).UnixMilli()), Member: "gone"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.SAdd(bg, state.ExcludedKey, "gone").Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	o, err := f.st.Overview(bg)
+	if err != nil || o.Pending != 0 || o.Failed != 0 || o.Excluded != 1 {
+		t.Errorf("after a sweep: %+v, %v; want gone excluded, and neither pending nor failed", o, err)
+	}
+	if got := byUser(t, f.snd.all()); got["gone"].User != "" || got["u1"].User == "" {
+		t.Errorf("requested %v; want u1 only", users(got))
 	}
 }
