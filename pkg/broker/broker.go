@@ -181,6 +181,8 @@ type Broker struct {
 	heldMu   sync.Mutex
 	held     []Held
 	heldDone bool
+	// handedBack are the deliveries Shutdown handed back while they ran.
+	handedBack map[*task]bool
 }
 
 // New starts a broker for cfg: a lane per Trigger whose subscriber
@@ -396,6 +398,7 @@ func (b *Broker) Shutdown(ctx context.Context) (held []Held, err error) {
 	// succeeds late may be delivered again after the next start
 	// (at least once, never lost).
 	late := 0
+	b.handedBack = map[*task]bool{}
 	for _, l := range b.lanes {
 		late += l.handBackRunning()
 	}

@@ -143,7 +143,9 @@ func (l *lane) work(slot *runSlot) {
 		case t := <-l.queue:
 			select {
 			case <-l.b.quit:
-				l.queue <- t // left for Shutdown to count; its place is reserved
+				// Shutdown may have drained the queue already: hand it
+				// back here rather than queue it again.
+				l.dropForShutdown(t)
 				return
 			default:
 			}
@@ -343,6 +345,7 @@ func (l *lane) done(t *task) { l.unreserve(t.size) }
 // delivery then outlasted it and was handed back already.
 func (l *lane) dropForShutdown(t *task) {
 	l.b.heldMu.Lock()
+	handed := false
 	if !l.b.heldDone {
 		l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
 		l.b.shutdownDrops.Add(1)
@@ -353,8 +356,17 @@ func (l *lane) dropForShutdown(t *task) {
 				l.running[i] = runSlot{}
 			}
 		}
+		handed = true
+	} else {
+		handed = l.b.handedBack[t]
 	}
 	l.b.heldMu.Unlock()
+	if !handed {
+		// A worker that took t from the queue as Shutdown answered, and
+		// had not recorded it yet: nothing holds it now.
+		l.log.Error("event lost at shutdown: taken for delivery after the broker had handed back what it held",
+			"id", t.ev.ID(), "type", t.ev.Type(), "subject", t.ev.Subject())
+	}
 	l.done(t)
 }
 
@@ -369,6 +381,7 @@ func (l *lane) handBackRunning() (n int) {
 		l.b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
 		l.b.shutdownDrops.Add(1)
 		l.b.held = append(l.b.held, l.running[i].h)
+		l.b.handedBack[l.running[i].t] = true
 		l.running[i] = runSlot{}
 		n++
 	}
