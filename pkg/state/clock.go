@@ -17,7 +17,7 @@ const ClockKey = Prefix + "clock"
 // one comparison on one clock, which holds across a step back of the
 // Redis host's clock or a failover to a host whose clock lags.
 func (s *Store) Now(ctx context.Context) (time.Time, error) {
-	v, err := scriptNow.Run(ctx, s.rdb, []string{ClockKey}).Int64()
+	v, err := scriptNow.Run(ctx, s.rdb, nil).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("redis clock: %w", err)
 	}

@@ -32,9 +32,11 @@ end
 local function num(v)
   return tonumber(v) or 0
 end
--- The clock: TIME, never below the high-water mark attempt starts raise.
+-- The clock: TIME, never below the high-water mark attempt starts raise
+-- (ClockKey).
+local CLOCK = 'dovewarden:clock'
 local function mono_ms()
-  return math.max(now_ms(), num(redis.call('GET', 'dovewarden:clock')))
+  return math.max(now_ms(), num(redis.call('GET', CLOCK)))
 end
 -- start an attempt: KEYS[2] user hash, KEYS[3] pending zset, skey the
 -- state hash; returns the Run claim. What the attempt took over (merged
@@ -44,7 +46,7 @@ local function start(now, user, owner, host, skey, dest, call)
   local h = KEYS[2]
   -- The clock's high-water mark: stamps taken after this start are never
   -- before it, even if the Redis clock steps back (Now).
-  if num(redis.call('GET', 'dovewarden:clock')) < now then redis.call('SET', 'dovewarden:clock', now) end
+  if num(redis.call('GET', CLOCK)) < now then redis.call('SET', CLOCK, now) end
   local merged = num(redis.call('HGET', h, 'pending_count'))
   local fullreq = redis.call('HGET', h, 'full_requested') == '1' and 1 or 0
   redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
@@ -249,17 +251,13 @@ end
 return now
 `)
 
-// scriptNow: KEYS clock. The Redis clock in Unix milliseconds, never
-// before the start of an attempt already recorded (the clock's high-water
-// mark): a change stamped with it after a dsync started compares as after
-// that start even when TIME has stepped back (an NTP step, a failover to
-// a host whose clock lags).
-var scriptNow = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local c = tonumber(redis.call('GET', KEYS[1])) or 0
-if c > now then return c end
-return now
+// scriptNow: the Redis clock in Unix milliseconds, never before the start
+// of an attempt already recorded (the clock's high-water mark, ClockKey):
+// a change stamped with it after a dsync started compares as after that
+// start even when TIME has stepped back (an NTP step, a failover to a host
+// whose clock lags).
+var scriptNow = redis.NewScript(luaPrelude + `
+return mono_ms()
 `)
 
 // scriptForgetExcluded: KEYS excluded, pending, failed. ARGV users. Drops
