@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -307,5 +308,35 @@ func (s *system) awaitRedis() {
 	})
 	if err != nil {
 		s.t.Fatalf("redis-server at %s: %v", s.redisAddr, err)
+	}
+}
+
+// checkOneDsyncAtATime checks invariant 2 on everything the scenario did:
+// no two dsyncs of a user overlap, by the start and end of each dsync that
+// a replication.succeeded or .failed event reports (the same event reaching
+// two Triggers counts once). Starts are Redis's milliseconds and a failed
+// attempt's end the process's clock: a millisecond of slack between them.
+func (s *system) checkOneDsyncAtATime() {
+	type span struct{ start, end time.Time }
+	byUser := map[string][]span{}
+	seen := map[string]bool{}
+	for _, typ := range []string{contract.TypeReplicationSucceeded, contract.TypeReplicationFailed} {
+		for _, r := range s.events.results(typ) {
+			key := r.User + " " + r.Start.String() + " " + r.End.String()
+			if r.Start.IsZero() || r.End.IsZero() || seen[key] {
+				continue
+			}
+			seen[key] = true
+			byUser[r.User] = append(byUser[r.User], span{r.Start, r.End})
+		}
+	}
+	for user, spans := range byUser {
+		sort.Slice(spans, func(i, j int) bool { return spans[i].start.Before(spans[j].start) })
+		for i := 1; i < len(spans); i++ {
+			if prev := spans[i-1]; spans[i].start.Add(time.Millisecond).Before(prev.end) {
+				s.t.Errorf("invariant 2: two dsyncs of %s at once: one from %s to %s, the next from %s",
+					user, prev.start.Format(time.StampMicro), prev.end.Format(time.StampMicro), spans[i].start.Format(time.StampMicro))
+			}
+		}
 	}
 }

@@ -104,6 +104,8 @@ func newSystem(t testing.TB, cfg config) *system {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	s := &system{t: t, ctx: ctx, cfg: cfg, dir: t.TempDir(), events: newCollector(t)}
+	// Registered first, so it runs last, when every process has stopped.
+	t.Cleanup(s.checkOneDsyncAtATime)
 
 	// Reserve dovewarden's ports before Dovecot picks its own, so none of
 	// Dovecot's is one of them. Until dovewarden starts, the ingest port
