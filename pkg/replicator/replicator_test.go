@@ -96,7 +96,9 @@ func (f *fixture) replicate(t *testing.T, req change.Request) change.Result {
 	}
 	res, err := f.r.Replicate(context.Background(), req)
 	if err != nil {
-		t.Fatalf("Replicate(%+v): %v", req, err)
+		// Errorf, not Fatalf: tests call this from goroutines too, where
+		// Fatalf must not be called. The zero result fails their checks.
+		t.Errorf("Replicate(%+v): %v", req, err)
 	}
 	return res
 }
@@ -382,13 +384,16 @@ func TestReplicate_LockLostStopsTheDsync(t *testing.T) {
 func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 	f := newFixture(t, fast)
 	started, release := make(chan struct{}, 10), make(chan struct{})
+	// A failed check must not leave the dsync blocked for ever.
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
 	f.a.OnStart = func(doveadmtest.Call) {
 		started <- struct{}{}
 		if len(f.tracks.Calls()) == 0 {
 			<-release
 		}
 	}
-	done := make(chan change.Result)
+	done := make(chan change.Result, 1)
 	go func() { done <- f.replicate(t, change.Request{User: "u1"}) }()
 	<-started
 	for i := 0; i < 5; i++ {
@@ -396,7 +401,7 @@ func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 			t.Fatalf("change during dsync: %+v", res)
 		}
 	}
-	close(release)
+	releaseOnce()
 	res := <-done
 	if n := len(f.tracks.CallsOf("u1")); n != 2 || res.Coalesced != 6 || res.Outcome != change.Synced {
 		t.Fatalf("%d dsyncs, result %+v: want 2 dsyncs covering 6 changes", n, res)
