@@ -481,7 +481,12 @@ func fillTheLanes(t *testing.T, base string, users []string, tr *doveadmtest.Tra
 	// ones by the sweep at start); then slow ones, so the changes that
 	// follow wait in the lane.
 	deadline := time.Now().Add(10 * time.Second)
-	for (len(tr.Calls()) < 2*len(users) || len(tr.CallsOf("quiet4")) == 0) && time.Now().Before(deadline) {
+	for len(tr.Calls()) < 2*len(users) || len(tr.CallsOf("quiet4")) == 0 {
+		if time.Now().After(deadline) {
+			close(quit)
+			posters.Wait()
+			t.Fatalf("the fast dsyncs before the lanes fill: %d of %d, quiet4's %d", len(tr.Calls()), 2*len(users), len(tr.CallsOf("quiet4")))
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	delay.Store(int64(time.Second))
