@@ -99,9 +99,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if embedded {
 		// The embedded Redis's TIME is this process's clock: stamp changes
 		// with it directly, without a round trip.
+		clock = processClock{}
 		// It listens on loopback, where any local user could connect:
 		// a random password keeps it to this process.
-		clock = processClock{}
 		mr := miniredis.NewMiniRedis()
 		password := rand.Text()
 		mr.RequireAuth(password)

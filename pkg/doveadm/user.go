@@ -11,6 +11,21 @@ import (
 // is more than any mail system uses and keeps keys and argv small.
 const MaxUserLen = 255
 
+// NormalizeUser checks user as given, normalises it with format (the
+// --username-format; a dovecot.UsernameFormat) and checks the result: the
+// check comes first because lower-casing would turn bytes that are not
+// UTF-8 into U+FFFD, hiding them.
+func NormalizeUser(user string, format interface{ Apply(string) string }) (string, error) {
+	if err := ValidateUser(user); err != nil {
+		return "", err
+	}
+	user = format.Apply(user)
+	if err := ValidateUser(user); err != nil {
+		return "", err
+	}
+	return user, nil
+}
+
 // ValidateUser rejects usernames that must never reach doveadm or Redis:
 // empty, too long, not UTF-8, with control characters (they would forge
 // log lines and protocol frames), starting with '-' (an option to

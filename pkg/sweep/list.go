@@ -162,13 +162,7 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 	}
 	visit := func(u string) error {
 		listed++
-		// Checked as listed first (lower-casing would hide bytes that are
-		// not UTF-8), then as normalised.
-		err := doveadm.ValidateUser(u)
-		if err == nil {
-			u = s.o.Username.Apply(u)
-			err = doveadm.ValidateUser(u)
-		}
+		u, err := doveadm.NormalizeUser(u, s.o.Username)
 		if err != nil {
 			bad++
 			if logged.Add(1) <= maxBadNameLogs {

@@ -119,15 +119,14 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	if err != nil {
 		return nil, h.reject(rejectData, "%v", err)
 	}
+	// A request's user, which any system may send, is normalised as
+	// ingest normalises the changes'.
 	if req.Explicit {
-		// Checked as sent first: lower-casing would hide bytes that are
-		// not UTF-8.
-		if err := doveadm.ValidateUser(req.User); err != nil {
-			return nil, h.reject(rejectUser, "event %s: %v", ev.ID(), err)
-		}
-		req.User = h.opts.Username.Apply(req.User)
+		req.User, err = doveadm.NormalizeUser(req.User, h.opts.Username)
+	} else {
+		err = doveadm.ValidateUser(req.User)
 	}
-	if err := doveadm.ValidateUser(req.User); err != nil {
+	if err != nil {
 		return nil, h.reject(rejectUser, "event %s: %v", ev.ID(), err)
 	}
 	if err := checkHost(req.Host); err != nil {

@@ -63,11 +63,7 @@ func Parse(r io.Reader, format dovecot.UsernameFormat) ([]string, error) {
 			// leave"): not a user to guess at.
 			return nil, fmt.Errorf("line %d: %q: a comment starts with '#' after a blank", n, user)
 		}
-		err := doveadm.ValidateUser(user)
-		if err == nil {
-			user = format.Apply(user)
-			err = doveadm.ValidateUser(user)
-		}
+		user, err := doveadm.NormalizeUser(user, format)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
