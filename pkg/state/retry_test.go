@@ -114,7 +114,15 @@ func (p *lostReply) cut(t *testing.T, f func()) {
 func viaLostReply(t *testing.T) (*lostReply, *state.Store, *state.Store) {
 	t.Helper()
 	srv := redistest.Start(t)
-	p := newLostReply(t, srv.Addr)
+	p, st := lostReplyTo(t, srv.Addr)
+	return p, st, state.New(srv.Client(t))
+}
+
+// lostReplyTo puts a lostReply proxy in front of the Redis at addr and
+// returns it with a Store that reaches Redis through it.
+func lostReplyTo(t *testing.T, addr string) (*lostReply, *state.Store) {
+	t.Helper()
+	p := newLostReply(t, addr)
 	st, err := state.Open(state.Conn{URL: p.URL()})
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +133,7 @@ func viaLostReply(t *testing.T) (*lostReply, *state.Store, *state.Store) {
 	if err := st.LoadScripts(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return p, st, state.New(srv.Client(t))
+	return p, st
 }
 
 // beginA starts an attempt of u1 for owner A, token tokA.
@@ -318,15 +326,7 @@ func TestRetriedRestartAndBegin_KeepTheFullSyncAskedFor(t *testing.T) {
 // below the caller's, which must not hide that it was started.
 func TestRetriedSucceed_AfterTheClockSteppedBack(t *testing.T) {
 	mr := miniredis.RunT(t)
-	p := newLostReply(t, mr.Addr())
-	st, err := state.Open(state.Conn{URL: p.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	if err := st.LoadScripts(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p, st := lostReplyTo(t, mr.Addr())
 	other := state.New(redis.NewClient(&redis.Options{Addr: mr.Addr()}))
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
 	mr.SetTime(t0)
@@ -338,6 +338,7 @@ func TestRetriedSucceed_AfterTheClockSteppedBack(t *testing.T) {
 	}
 	mr.SetTime(t0.Add(-100 * time.Millisecond)) // TIME steps back during the dsync
 	var next state.Claim
+	var err error
 	p.cut(t, func() {
 		_, next, err = st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
 			Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second, MayRerun: true})
