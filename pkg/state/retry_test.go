@@ -284,6 +284,22 @@ func TestRetriedSweepScripts_AnswerAsTheFirstRun(t *testing.T) {
 	}
 }
 
+// A SweepBegin sent twice that replaced an abandoned sweep reports it
+// both times: the caller drops that sweep's candidates and counts it.
+func TestRetriedSweepBegin_ReportsTheAbandonedSweep(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	if s, err := other.SweepBegin(ctx, "sweep-0", "tok-0", "schedule", 50*time.Millisecond, 50*time.Millisecond); err != nil || s.Decision != "started" {
+		t.Fatalf("the first sweep: %+v, %v", s, err)
+	}
+	time.Sleep(150 * time.Millisecond) // its lock expires, unfinished
+	var start state.SweepStart
+	var err error
+	p.cut(t, func() { start, err = st.SweepBegin(ctx, "sweep-1", "tok-1", "schedule", time.Minute, 10*time.Second) })
+	if err != nil || start.Decision != "started" || start.ID != "sweep-1" || start.Abandoned != "sweep-0" {
+		t.Fatalf("SweepBegin sent twice: %+v, %v; want sweep-1 started, sweep-0 abandoned", start, err)
+	}
+}
+
 // A Restart or a Begin whose reply is lost answers the claim its first run
 // made, with the full sync the attempt took over: starting again would find
 // that request consumed and run an incremental sync.

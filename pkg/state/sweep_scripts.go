@@ -39,7 +39,9 @@ local cur = redis.call('GET', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[2] then
   local id = redis.call('HGET', KEYS[3], 'id') or ''
   local started = redis.call('HGET', KEYS[3], 'started') or ''
-  if id == ARGV[1] then return {'started', id, tonumber(started) or 0, ''} end
+  if id == ARGV[1] then
+    return {'started', id, tonumber(started) or 0, redis.call('HGET', KEYS[3], 'abandoned') or ''}
+  end
   return {'relist', id, started}
 end
 local same = cur and redis.call('HGET', KEYS[3], 'id') == cur
@@ -65,6 +67,8 @@ local names = {'last_completed_id', 'last_completed_start', 'last_completed_end'
 local keep = redis.call('HMGET', KEYS[3], unpack(names))
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'id', ARGV[1], 'reason', ARGV[5], 'started', now, 'offset', 0, 'batches', 0)
+-- Kept for a resent call, which must report it too.
+if abandoned ~= '' then redis.call('HSET', KEYS[3], 'abandoned', abandoned) end
 for i, v in ipairs(keep) do
   if v then redis.call('HSET', KEYS[3], names[i], v) end
 end
