@@ -50,7 +50,9 @@ func TestSnippets_ExportEveryChangingCommand(t *testing.T) {
 			t.Errorf("%s: commands refused before they ran (BAD) are exported too", file)
 		}
 		for _, kind := range []string{"event=mail_delivery_finished", `(event=mail_expunged OR event=mail_user_session_finished) AND category="service:pop3"`,
-			`event=mail_expunged AND reason_code="storage:autoexpunge"`} {
+			`event=mail_expunged AND reason_code="storage:autoexpunge"`,
+			`event=mail_expunged AND category="service:doveadm" AND reason_code="doveadm:cmd_move"`,
+			"unix_listener stats-writer {\n    mode = 0666"} {
 			if !strings.Contains(string(raw), kind) {
 				t.Errorf("%s does not export %s", file, kind)
 			}
@@ -68,7 +70,7 @@ func TestSnippets_ExportEveryChangingDoveadmCommand(t *testing.T) {
 	}
 	sort.Strings(want)
 	for _, file := range []string{"events-2.3.conf", "events-2.4.conf"} {
-		_, filter := snippetLine(t, file, `category="service:doveadm"`)
+		_, filter := snippetLine(t, file, `event=mail_user_session_finished AND category="service:doveadm"`)
 		if !strings.Contains(filter, `event=mail_user_session_finished AND category="service:doveadm" AND (`) {
 			t.Fatalf("%s: no doveadm session filter: %q", file, filter)
 		}

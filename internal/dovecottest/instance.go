@@ -230,6 +230,24 @@ func (in *Instance) Doveadm(ctx context.Context, args ...string) ([]byte, error)
 	return stdout.Bytes(), nil
 }
 
+// ldaBin is Dovecot's LDA, in Debian's packages of 2.3 and 2.4.
+const ldaBin = "/usr/lib/dovecot/dovecot-lda"
+
+// LDA delivers msg to user with dovecot-lda run as the vmail user, as an
+// MTA's pipe or mailbox_command runs it (not as root), and returns what it
+// wrote. Its log goes to its standard error, which vmail can write.
+func (in *Instance) LDA(ctx context.Context, user, msg string) ([]byte, error) {
+	id := strconv.Itoa(vmailID)
+	cmd := in.command(ctx, "setpriv", "--reuid", id, "--regid", id, "--clear-groups",
+		ldaBin, "-c", in.ConfigPath, "-o", "log_path=/dev/stderr", "-o", "info_log_path=/dev/stderr", "-d", user)
+	cmd.Stdin = strings.NewReader(msg)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("dovecottest: dovecot-lda -d %s as %s: %w: %s", user, vmailName, err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
 // Stop terminates the instance: SIGTERM to the master, a bounded wait, then
 // SIGKILL to the master and its whole process group. It is idempotent. A
 // Dir that Start created itself is removed (Log keeps working).

@@ -1,6 +1,7 @@
 package dovecot
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -51,6 +52,9 @@ var DropReasons = []DropReason{DropDoveadm, DropFailed, DropNoUser, DropReadOnly
 const (
 	categoryDoveadm = "service:doveadm"
 	categoryPOP3    = "service:pop3"
+	// reasonDoveadmMove is the reason code of doveadm move's sessions and
+	// of the expunges it makes.
+	reasonDoveadmMove = "doveadm:cmd_move"
 )
 
 // idSpace namespaces the deterministic change IDs (UUID version 5).
@@ -63,10 +67,20 @@ func Classify(ev *Event) (change.Change, DropReason) {
 	var eff Effect
 	doveadmCmd := ""
 	if ev.HasCategory(categoryDoveadm) {
-		if ev.Name != MailUserSessionFinished {
-			return change.Change{}, DropDoveadm
+		switch ev.Name {
+		case MailUserSessionFinished:
+			doveadmCmd = doveadmCommand(f.ReasonCode)
+		case MailExpunged:
+			// doveadm move from another user ("doveadm move -u DEST
+			// MAILBOX user SRC ..."): the end of SRC's session carries no
+			// reason code, so the messages expunged from SRC are its
+			// change. dsync's own expunges carry cmd_sync or
+			// cmd_dsync_server, never this.
+			if slices.Contains(f.ReasonCode, reasonDoveadmMove) {
+				doveadmCmd = "move"
+			}
 		}
-		if doveadmCmd = doveadmCommand(f.ReasonCode); doveadmCmd == "" {
+		if doveadmCmd == "" {
 			return change.Change{}, DropDoveadm
 		}
 	}

@@ -17,7 +17,7 @@ var wantIMAP = map[string]change.Priority{
 	"LSUB": "", "XLIST": "", "ID": "", "COMPRESS": "", "NOTIFY": "", "X-STATE": "", "CHECK": "", "UNSELECT": "",
 	"CREATE": change.Low, "DELETE": change.Low, "RENAME": change.Low, "SUBSCRIBE": change.Low, "UNSUBSCRIBE": change.Low,
 	"APPEND": change.High, "COPY": change.High, "UID COPY": change.High, "MOVE": change.High, "UID MOVE": change.High,
-	"REPLACE": change.High, "UID REPLACE": change.High,
+	"REPLACE": change.High, "UID REPLACE": change.High, "FILTER": change.High, "UID FILTER": change.High,
 	"CLOSE": change.Low, "EXPUNGE": change.Low, "UID EXPUNGE": change.Low, "STORE": change.Low, "UID STORE": change.Low,
 	"FETCH": "", "UID FETCH": "", // without a body section; see TestClassify_FetchSetsSeen
 	"SEARCH": "", "UID SEARCH": "", "ESEARCH": "", "SORT": "", "UID SORT": "", "THREAD": "", "UID THREAD": "", "CANCELUPDATE": "",
@@ -131,12 +131,39 @@ func TestClassify_EveryDoveadmCommand(t *testing.T) {
 	ev := doveadmSession(DoveadmReasonCode("expunge"))
 	ev.Name = MailExpunged
 	check(t, ev, "", DropDoveadm)
-	// As Dovecot 2.3 sent it.
-	real, err := Parse([]byte(`{"event":"mail_user_session_finished","hostname":"mail-a.test","start_time":"2026-11-29T17:20:46.605481Z","end_time":"2026-11-29T17:20:46.609992Z","categories":["storage","service:doveadm"],"fields":{"reason_code":["doveadm:cmd_flags_add"],"duration":3519,"minor_faults":108,"rss":7348224,"vsz":12357632,"user":"u1","session":"VukUJO5eDGsvYAAAjI2cfQ"}}`))
-	if err != nil {
-		t.Fatal(err)
+	for _, rc := range []string{"doveadm:cmd_sync", "doveadm:cmd_dsync_server", "doveadm:cmd_copy"} {
+		ev := doveadmSession(rc)
+		ev.Name = MailExpunged
+		check(t, ev, "", DropDoveadm)
 	}
-	check(t, &real, change.Low, "")
+	// doveadm move from another user's mailbox: the source user's session
+	// end names no command, so its expunges are its change. As Dovecot
+	// 2.3 and 2.4 sent them.
+	for _, raw := range []string{
+		`{"event":"mail_expunged","hostname":"mail-a.test","start_time":"2026-11-30T04:23:02.872236Z","end_time":"2026-11-30T04:23:02.885144Z","categories":["maildir","service:doveadm","mailbox","storage"],"fields":{"reason_code":["doveadm:cmd_move"],"duration":12899,"uid":1,"user":"u1","session":"EAHyMyb6DGtbbwAAYuI0Ow","mailbox":"INBOX"}}`,
+		`{"event":"mail_expunged","hostname":"mail-a.test","start_time":"2026-11-30T04:23:17.945820Z","end_time":"2026-11-30T04:23:17.958043Z","categories":["maildir","storage","service:doveadm","mailbox"],"fields":{"reason_code":["doveadm:cmd_move"],"duration":12206,"user":"u1","session":"QAZAODX6DGuocAAAYuI0Ow","service":"doveadm","uid":1,"mailbox":"INBOX","namespace":"inbox"}}`,
+		// A batch that moved (2.3).
+		`{"event":"mail_expunged","hostname":"mail-a.test","start_time":"2026-11-30T04:23:01.339550Z","end_time":"2026-11-30T04:23:01.341676Z","categories":["maildir","service:doveadm","mailbox","storage"],"fields":{"reason_code":["doveadm:cmd_batch","doveadm:cmd_move"],"duration":2103,"uid":3,"user":"u1","session":"R5AsFCX6DGtJbwAAYuI0Ow","mailbox":"INBOX"}}`,
+	} {
+		real, err := Parse([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := check(t, &real, change.Low, ""); c.Command != "doveadm move" || c.Mailbox != "INBOX" {
+			t.Errorf("%s: command %q, mailbox %q", real.Name, c.Command, c.Mailbox)
+		}
+	}
+	// As Dovecot 2.3 sent them: a batch's session end names only the batch.
+	for _, raw := range []string{
+		`{"event":"mail_user_session_finished","hostname":"mail-a.test","start_time":"2026-11-29T17:20:46.605481Z","end_time":"2026-11-29T17:20:46.609992Z","categories":["storage","service:doveadm"],"fields":{"reason_code":["doveadm:cmd_flags_add"],"duration":3519,"minor_faults":108,"rss":7348224,"vsz":12357632,"user":"u1","session":"VukUJO5eDGsvYAAAjI2cfQ"}}`,
+		`{"event":"mail_user_session_finished","hostname":"mail-a.test","start_time":"2026-11-30T04:23:01.338562Z","end_time":"2026-11-30T04:23:01.345724Z","categories":["service:doveadm","storage"],"fields":{"reason_code":["doveadm:cmd_batch"],"duration":7148,"utime":1,"minor_faults":230,"rss":8163328,"vsz":13168640,"user":"u1","session":"R5AsFCX6DGtJbwAAYuI0Ow"}}`,
+	} {
+		real, err := Parse([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, &real, change.Low, "")
+	}
 	if got := DoveadmReasonCode("force-resync"); got != "doveadm:cmd_force_resync" {
 		t.Errorf("reason code of force-resync: %q", got)
 	}

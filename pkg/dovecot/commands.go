@@ -76,6 +76,11 @@ var IMAPCommands = map[string]Command{
 	"UID MOVE":    {HighChange, "RFC 9051 6.4.9"},
 	"REPLACE":     {HighChange, "RFC 8508 (APPEND of the new version plus expunge)"},
 	"UID REPLACE": {HighChange, "RFC 8508"},
+	// Pigeonhole's imap_filter_sieve plugin: a Sieve script run over
+	// existing messages, whose fileinto copies them as COPY does (and whose
+	// addflag, discard and redirect change them too).
+	"FILTER":     {HighChange, "Pigeonhole vnd.dovecot.filter (imap_filter_sieve)"},
+	"UID FILTER": {HighChange, "Pigeonhole vnd.dovecot.filter"},
 
 	// Message changes: low.
 	"CLOSE":        {LowChange, "RFC 9051 6.4.1 (expunges \\Deleted messages)"},
@@ -180,6 +185,9 @@ var DoveadmCommands = map[string]Command{
 	"acl remove":             {LowChange, "doveadm-acl(1)"},
 	"acl delete":             {LowChange, "doveadm-acl(1)"},
 	"force-resync":           {LowChange, "doveadm-force-resync(1) (a rebuilt index can differ)"},
+	// Dovecot 2.3's batch runs several commands in one session per user,
+	// whose end names only cmd_batch: replicated whatever it ran.
+	"batch": {LowChange, "doveadm-batch(1), Dovecot 2.3"},
 	// Pigeonhole's doveadm plugin, which also lets dsync replicate Sieve
 	// scripts (stored for it as INBOX attributes).
 	"sieve put":        {LowChange, "doveadm-sieve(1)"},
