@@ -39,6 +39,7 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	warnUnused(log, fs, env)
+	defer ignoreHangups(ctx, log)()
 	cfg, err := set.Load()
 	if err != nil {
 		return err

@@ -55,6 +55,17 @@ func hangups() chan os.Signal {
 	return hup
 }
 
+// ignoreHangups keeps a SIGHUP (systemctl reload, a closed terminal) from
+// ending a role that has nothing to reload: it is logged instead, until
+// the returned stop is called. Without it the process would end at once,
+// with no graceful stop: what a broker held would be lost.
+func ignoreHangups(ctx context.Context, log *slog.Logger) (stop func()) {
+	hup := hangups()
+	ctx, cancel := context.WithCancel(ctx)
+	go reloadOnHangup(ctx, hup, nil, log)
+	return func() { signal.Stop(hup); cancel() }
+}
+
 // reloadOnHangup loads the file again on each SIGHUP until ctx ends. A
 // file that does not load is logged and counted; the set loaded before
 // stays. With no file, SIGHUP is logged and otherwise ignored.
@@ -66,7 +77,7 @@ func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, e *excludedFile, 
 		case <-hup:
 		}
 		if e == nil {
-			log.Info("SIGHUP: nothing to reload (no --excluded-users)")
+			log.Info("SIGHUP: nothing to reload")
 			continue
 		}
 		if err := e.load(ctx); err != nil {

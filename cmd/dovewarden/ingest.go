@@ -19,6 +19,7 @@ func runIngest(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	warnUnused(log, fs, env)
+	defer ignoreHangups(ctx, log)()
 	reg := metrics.NewRegistry()
 	h, closeFn, err := ingest.Build(cfg, reg, log)
 	if err != nil {

@@ -5,9 +5,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
 
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
@@ -141,5 +144,45 @@ func TestLocal_SecondInterruptExitsAtOnce(t *testing.T) {
 	ws, _ := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if !ws.Signaled() || ws.Signal() != syscall.SIGINT {
 		t.Fatalf("after the second interrupt the process ended with %v, want killed by SIGINT:\n%s", c.cmd.ProcessState, c.stderr)
+	}
+}
+
+// TestServingRoles_SurviveSIGHUP: ingest, sync and broker have nothing to
+// reload, yet a SIGHUP (systemctl reload, a closed terminal) must not end
+// them: by default it would, at once, with no graceful stop, and a broker
+// would lose the events it had accepted.
+func TestServingRoles_SurviveSIGHUP(t *testing.T) {
+	mr := miniredis.RunT(t)
+	fake := doveadmtest.NewServer(t, "mail-a", doveadmtest.NewTracker(t))
+	roles := map[string][]string{
+		"ingest": {"ingest", "--broker-url", "http://127.0.0.1:1"},
+		"broker": {"broker", "--subscriber", "dovewarden-sync-high=http://127.0.0.1:1,dovewarden-sync-low=http://127.0.0.1:1"},
+		"sync": {"sync", "--redis-url", "redis://" + mr.Addr(), "--doveadm-url", fake.APIURL(),
+			"--destination", "tcp:127.0.0.1:1"},
+	}
+	for role, args := range roles {
+		t.Run(role, func(t *testing.T) {
+			addr := freePort(t)
+			c := startChild(t, "http://"+addr, []string{"DOVEWARDEN_DOVEADM_PASSWORD=" + doveadmtest.Password},
+				append(args, "--listen", addr)...)
+			_ = c.cmd.Process.Signal(syscall.SIGHUP)
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(c.stderr.String(), "SIGHUP: nothing to reload") {
+				select {
+				case <-c.done:
+					t.Fatalf("SIGHUP ended %s (%v):\n%s", role, c.cmd.ProcessState, c.stderr)
+				case <-time.After(20 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no word of the SIGHUP:\n%s", c.stderr)
+				}
+			}
+			resp, err := http.Get("http://" + addr + "/readyz")
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("after SIGHUP: %v %v\n%s", resp, err, c.stderr)
+			}
+			resp.Body.Close()
+			c.stop(t)
+		})
 	}
 }

@@ -19,6 +19,7 @@ func runSync(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	warnUnused(log, fs, env)
+	defer ignoreHangups(ctx, log)()
 	reg := metrics.NewRegistry()
 	h, closeFn, err := syncer.Build(ctx, cfg, reg, log)
 	if err != nil {
