@@ -164,8 +164,17 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      wt,
 		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return base },
+		// Dovecot's exporter sends well under 1 KiB of headers, a
+		// Broker's CloudEvent a few; net/http's default would read up
+		// to 1 MiB from any client before a handler could refuse it.
+		MaxHeaderBytes: maxHeaderBytes,
+		// HTTP/1.1 only, over TLS too: Dovecot's client speaks nothing
+		// else, and at the stop's deadline ending a stalled read closes
+		// an HTTP/2 connection with every stream on it, the answers of
+		// the requests handing their work back among them.
+		Protocols:   http1Only(),
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return base },
 	}
 	unread := newUnreadConns()
 	srv.ConnState = unread.connState
@@ -210,6 +219,15 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// maxHeaderBytes bounds a request's headers.
+const maxHeaderBytes = 64 << 10
+
+func http1Only() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	return &p
 }
 
 // drain bounds the wait for cancelled requests to answer.

@@ -83,9 +83,23 @@ func LoadKeyPair(certFile, keyFile string, log *slog.Logger) (*KeyPair, error) {
 	return k, nil
 }
 
-// Collectors are the pair's metrics, for the role's registry.
+// Collectors are the pair's metrics, for the role's registry. A scrape
+// looks at the files too, as a handshake does: a renewal is then seen
+// (or its failure reported) while every client keeps its connection.
 func (k *KeyPair) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{k.expires, k.failed, k.failing}
+	return []prometheus.Collector{lookFirst{k, k.expires}, lookFirst{k, k.failed}, lookFirst{k, k.failing}}
+}
+
+// lookFirst is one of the pair's metrics, collected after the pair looked
+// at its files.
+type lookFirst struct {
+	k *KeyPair
+	prometheus.Collector
+}
+
+func (l lookFirst) Collect(ch chan<- prometheus.Metric) {
+	l.k.GetCertificate(nil)
+	l.Collector.Collect(ch)
 }
 
 // stamps are both files' stamps now, taken before they are read: a file
@@ -145,7 +159,16 @@ func (k *KeyPair) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := k.stamps()
-	if now == k.stamp || now == k.tried {
+	if now == k.stamp {
+		if k.tried != ([2]fileStamp{}) {
+			// Back to the files served (a renewal rolled back): no
+			// longer failing.
+			k.tried = [2]fileStamp{}
+			k.failing.Set(0)
+		}
+		return k.cert, nil
+	}
+	if now == k.tried {
 		return k.cert, nil
 	}
 	cert, err := k.read()
