@@ -63,15 +63,38 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	log.Info("broker ingress", "path", "/", "broker", b.Name())
+	stopped := stopBrokerWithListener(ctx, b, srv.ShutdownTimeout, log)
 	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) })
-	sctx, cancel := context.WithTimeout(context.Background(), srv.ShutdownTimeout)
-	defer cancel()
-	held := shutdownBroker(sctx, b, log)
+	held := stopped()
 	if set.SpoolFile == "" && len(held) > 0 {
 		log.Warn("the events the lanes held are lost: --spool-file would deliver them after the next start", "events", len(held))
 	}
 	log.Info("broker stopped", "undelivered", len(held))
 	return errors.Join(serveErr, saveHeld(b, set.SpoolFile, held, log))
+}
+
+// stopBrokerWithListener stops b when ctx ends, as the listener begins its
+// own stop: both get timeout from that moment, so a stop takes at most
+// about --shutdown-timeout, the listener's drain and what follows (marks,
+// the spool file), not the listener's time and then the broker's. An event
+// published after b stopped is refused (ErrClosed): ingest marks its user
+// pending and answers 503, the ingress answers 503. The returned wait
+// gives what b held once the stop is done; it stops b itself if ctx never
+// ended (the listener failed on its own).
+func stopBrokerWithListener(ctx context.Context, b *broker.Broker, timeout time.Duration, log *slog.Logger) (wait func() []broker.Held) {
+	done := make(chan []broker.Held, 1)
+	shutdown := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		done <- shutdownBroker(sctx, b, log)
+	}
+	stop := context.AfterFunc(ctx, shutdown)
+	return func() []broker.Held {
+		if stop() {
+			shutdown()
+		}
+		return <-done
+	}
 }
 
 // shutdownBroker stops b. Deliveries still running at the end of ctx are

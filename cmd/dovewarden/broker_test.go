@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -247,5 +249,54 @@ func TestBroker_SpoolFileCarriesHeldEventsOverARestart(t *testing.T) {
 	case id := <-got:
 		t.Errorf("%s delivered again", id)
 	default:
+	}
+}
+
+// TestBroker_StopIsOneShutdownTimeout: a client that stalls sending its
+// body holds the listener's stop for the whole --shutdown-timeout; the
+// lanes' deliveries in flight must be handed back within that same time,
+// not another one after it, so that a stop (and the spool file) fits in a
+// service manager's stop timeout.
+func TestBroker_StopIsOneShutdownTimeout(t *testing.T) {
+	const timeout = 2 * time.Second
+	inFlight := make(chan struct{}, 1)
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		inFlight <- struct{}{}
+		<-r.Context().Done()
+	}))
+	defer sub.Close()
+	spool := filepath.Join(t.TempDir(), "broker.spool")
+	env, _, stderr := testEnv(map[string]string{
+		"DOVEWARDEN_SUBSCRIBER":       "dovewarden-sync-low=" + sub.URL + ",dovewarden-sync-high=" + sub.URL,
+		"DOVEWARDEN_SPOOL_FILE":       spool,
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": timeout.String(),
+	}, "")
+	base, stop := serve(t, env, stderr, "broker", "--listen", "127.0.0.1:0")
+	if code := postEvent(t, base+"/", "e1", "org.dovewarden.mailbox.changed", "high"); code != http.StatusAccepted {
+		t.Fatalf("POST: %d", code)
+	}
+	select {
+	case <-inFlight:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delivery in flight")
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nCe-Specversion: 1.0\r\n"+
+		"Ce-Id: e2\r\nCe-Source: s\r\nCe-Type: org.dovewarden.mailbox.changed\r\n\r\n{")
+	time.Sleep(100 * time.Millisecond) // the request has begun
+	began := time.Now()
+	if err := stop(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, stderr)
+	}
+	if took := time.Since(began); took > timeout*7/4 {
+		t.Errorf("the stop took %v with --shutdown-timeout %v: the lanes waited for the listener first\n%s", took, timeout, stderr)
+	}
+	if _, err := os.Stat(spool); err != nil {
+		t.Errorf("the delivery handed back was not spooled: %v\n%s", err, stderr)
 	}
 }

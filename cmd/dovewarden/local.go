@@ -231,7 +231,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		go recoverySweep(ctx, b, sc.LockTTL, log)
 	}
 
-	// Stop taking events first, then let the lanes finish what they hold.
+	// At the stop the listener and the lanes finish together, within one
+	// --shutdown-timeout.
+	stopped := stopBrokerWithListener(ctx, b, sc.Server.ShutdownTimeout, log)
 	sc.Server.WriteTimeout = sc.WriteTimeout
 	serr := serveRole(ctx, env, log, sc.Server, ln, reg, func(mux *http.ServeMux) {
 		mux.Handle(brokerPath, ih.Protect(b.Ingress()))
@@ -241,9 +243,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		mux.Handle("/status/{user}", server.OnlyGet)
 		ih.Mount(mux)
 	})
-	sctx, cancel := context.WithTimeout(context.Background(), sc.Server.ShutdownTimeout)
-	defer cancel()
-	held := shutdownBroker(sctx, b, log)
+	held := stopped()
 	if len(held) > 0 {
 		// The marks too when the spool file is set: they do not depend
 		// on the file being written and read again.
@@ -258,8 +258,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 }
 
 // markUndeliveredBudget bounds the marks at shutdown (one Redis round trip
-// per user the lanes held), after the listener's and the broker's
-// --shutdown-timeout: together within the systemd unit's TimeoutStopSec.
+// per user the lanes held), after the --shutdown-timeout the listener and
+// the broker share and the listener's drain: together within the systemd
+// unit's TimeoutStopSec (docs/operations.md).
 const markUndeliveredBudget = 5 * time.Second
 
 // markUndelivered leaves a pending mark in Redis for the user of each

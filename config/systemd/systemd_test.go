@@ -181,3 +181,38 @@ func waitReady(exited <-chan struct{}, url string) error {
 	}
 	return fmt.Errorf("%s not ready within 20 s", url)
 }
+
+// TestUnit_StopTimeoutFitsTheStop: a stop takes at most the shutdown
+// timeout (the listener's and the lanes'), 10 s more for cancelled
+// requests to answer (pkg/server's drain), 5 s to mark what the lanes held
+// pending (markUndeliveredBudget) and the spool file's write: systemd must
+// not kill the process before, or the spool is lost.
+func TestUnit_StopTimeoutFitsTheStop(t *testing.T) {
+	unit, err := os.ReadFile("dovewarden-local.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := os.ReadFile("local.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setting := func(text []byte, key, def string) time.Duration {
+		t.Helper()
+		v := def
+		for _, line := range strings.Split(string(text), "\n") {
+			if strings.HasPrefix(line, key+"=") {
+				v = strings.TrimPrefix(line, key+"=")
+			}
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", key, v, err)
+		}
+		return d
+	}
+	stopSec := setting(unit, "TimeoutStopSec", "90s")
+	shutdown := setting(env, "DOVEWARDEN_SHUTDOWN_TIMEOUT", "10s")
+	if need := shutdown + 15*time.Second + time.Second; stopSec < need {
+		t.Errorf("TimeoutStopSec %v: a stop with shutdown timeout %v may take %v", stopSec, shutdown, need)
+	}
+}
