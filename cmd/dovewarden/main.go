@@ -65,9 +65,22 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
+		if stoppedDuringStart(ctx, os.Args[1:], err) {
+			// A stop asked for (systemctl stop) is a clean one, even
+			// before the start was done; the error shows where it was.
+			fmt.Fprintln(os.Stderr, "dovewarden: stopped before the start was done:", err)
+			return
+		}
 		fmt.Fprintln(os.Stderr, "dovewarden:", err)
 		os.Exit(exitCode(err))
 	}
+}
+
+// stoppedDuringStart tells whether err is a serving role's start cut short
+// by the stop signal (ctx ended), not a failure of its own.
+func stoppedDuringStart(ctx context.Context, args []string, err error) bool {
+	serving := map[string]bool{"local": true, "ingest": true, "sync": true, "broker": true}
+	return len(args) > 0 && serving[args[0]] && ctx.Err() != nil && errors.Is(err, context.Canceled)
 }
 
 // exitError carries a specific process exit code (explain uses 1 for input

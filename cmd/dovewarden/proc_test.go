@@ -186,3 +186,48 @@ func TestServingRoles_SurviveSIGHUP(t *testing.T) {
 		})
 	}
 }
+
+// TestLocal_StopDuringStartIsClean: a SIGTERM while the start waits for
+// Redis (systemctl stop of a unit still starting) ends the process with
+// status 0 and says so, instead of failing with an error that blames Redis.
+func TestLocal_StopDuringStartIsClean(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a Redis that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	cmd := exec.Command(os.Args[0], "local", "--listen", freePort(t), "--redis-url", "redis://"+ln.Addr().String(),
+		"--doveadm-url", "http://127.0.0.1:1", "--destination", "tcp:127.0.0.1:1")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1", "DOVEWARDEN_DOVEADM_PASSWORD=x")
+	var out safebuf.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit %v after a stop during the start:\n%s", err, &out)
+		}
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("still running 15 s after SIGTERM:\n%s", &out)
+	}
+	if !strings.Contains(out.String(), "stopped before the start was done") {
+		t.Errorf("no word of the stop:\n%s", &out)
+	}
+}
