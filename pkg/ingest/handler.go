@@ -172,6 +172,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		return h.reject(w, http.StatusUnsupportedMediaType, rejectContentType,
 			fmt.Sprintf("content type %q: want application/json", r.Header.Get("Content-Type")))
 	}
+	if r.ContentLength > h.opts.MaxBody {
+		// Refused before any of it is read (a client that sent
+		// "Expect: 100-continue" is not asked for it), and the
+		// connection with it, rather than reading the rest to go on.
+		w.Header().Set("Connection", "close")
+		return h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body of %d bytes exceeds %d", r.ContentLength, h.opts.MaxBody))
+	}
 	buf := h.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer h.bufs.Put(buf)

@@ -1,11 +1,14 @@
 package ingest
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -277,6 +280,28 @@ func TestHandle_BadInput(t *testing.T) {
 	}
 	if got := f.answered(t, http.StatusAccepted); got != accepted+1 {
 		t.Errorf("request_duration_seconds{code=202} timed %d answers, then %d", accepted, got)
+	}
+}
+
+// TestHandle_OversizedBodyRefusedBeforeItIsSent: a request whose length
+// says it is over the limit is answered 413 at once; one that asks
+// "Expect: 100-continue" is not asked to send it.
+func TestHandle_OversizedBodyRefusedBeforeItIsSent(t *testing.T) {
+	f := newFixture(t, Options{MaxBody: 2048}, &broker{}, "")
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", 10<<20)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), "exceeds 2048") {
+		t.Fatalf("%d %s; want 413 without a 100 Continue first", resp.StatusCode, b)
 	}
 }
 
