@@ -79,6 +79,19 @@ var (
 	lostLockRule = Rule{Action: Report, Class: "lost_lock", Retryable: true, Attempts: 1, Reason: "per-user lock lost during the sync"}
 )
 
+// Classes are every class Decide can give, success first.
+func Classes() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, r := range append(Policy[:len(Policy):len(Policy)], transportRule, unauthorizedRule, protocolRule, tlsRule, internalRule, unknownRule, lostLockRule) {
+		if !seen[r.Class] {
+			seen[r.Class] = true
+			out = append(out, r.Class)
+		}
+	}
+	return out
+}
+
 // Lookup returns the policy row for an exit code; unknown codes get a
 // bounded retry.
 func Lookup(code int) Rule {

@@ -3,6 +3,8 @@ package replicator
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 )
 
@@ -45,5 +47,13 @@ func newReplMetrics(reg prometheus.Registerer) *replMetrics {
 			Help: "Failures an admin must fix (exit codes 77/78, rejected credentials, protocol errors), by class."}, []string{"class"}),
 	}
 	reg.MustRegister(m.dsyncs, m.duration, m.lag, m.contention, m.coalesced, m.reruns, m.askedAgain, m.inProgress, m.config)
+	// Every outcome from the start, at 0: increase() cannot see the first
+	// value of a series, so a failure class first seen in a short-lived
+	// instance (a Knative pod) would be missing from the error ratio.
+	for _, class := range doveadm.Classes() {
+		for _, p := range []change.Priority{change.High, change.Low} {
+			m.dsyncs.WithLabelValues(class, string(p))
+		}
+	}
 	return m
 }

@@ -588,3 +588,20 @@ func TestReplicate_AFullRequestOutlivesAnAbortedAttempt(t *testing.T) {
 		t.Errorf("dsyncs %+v: want the rerun and the next one full", calls)
 	}
 }
+
+// TestMetrics_EveryOutcomeFromTheStart: the dsync counter has every
+// outcome of both lanes at 0 before the first dsync, so that the error
+// ratio's increase() counts an instance's first failure of a class.
+func TestMetrics_EveryOutcomeFromTheStart(t *testing.T) {
+	m := newReplMetrics(prometheus.NewRegistry())
+	want := map[string]bool{"success": true, "changed": true, "tempfail": true, "transport": true, "lost_lock": true, "tls": true}
+	for _, class := range doveadm.Classes() {
+		delete(want, class)
+	}
+	if len(want) > 0 {
+		t.Errorf("doveadm.Classes() lacks %v", want)
+	}
+	if n := testutil.CollectAndCount(m.dsyncs); n != 2*len(doveadm.Classes()) {
+		t.Errorf("%d dsync series before any dsync, want %d (every class, both lanes)", n, 2*len(doveadm.Classes()))
+	}
+}
