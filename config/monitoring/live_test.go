@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,6 +121,16 @@ func TestDashboard_LiveQueries(t *testing.T) {
 	for _, r := range alertRules(t) {
 		if status, n, msg := api(r.Expr); status != "success" || n != 0 {
 			t.Errorf("alert %s: %s %s, %d series firing on a healthy run\n%s", r.Alert, status, msg, n, r.Expr)
+		}
+		// The target-down rule must know dovewarden local's target as one
+		// of dovewarden's: asked of targets that are up, it finds it.
+		if r.Alert == "DovewardenTargetDown" {
+			upExpr := strings.Replace(r.Expr, "up == 0", "up == 1", 1)
+			if upExpr == r.Expr {
+				t.Errorf("alert %s: no `up == 0` in\n%s", r.Alert, r.Expr)
+			} else if status, n, msg := api(upExpr); status != "success" || n != 1 {
+				t.Errorf("alert %s: %s %s, %d targets instead of dovewarden local's\n%s", r.Alert, status, msg, n, upExpr)
+			}
 		}
 	}
 }

@@ -510,6 +510,10 @@ func registered(t *testing.T) map[string]family {
 // histogram bucket's bound.
 var targetLabels = map[string]bool{"job": true, "instance": true, "pod": true, "namespace": true}
 
+// scrapeSeries are the series Prometheus adds for each target it scrapes
+// (with the target's labels only).
+var scrapeSeries = map[string]family{"up": {labels: map[string]bool{}}}
+
 // TestMonitoring_ExpressionsUseRealMetrics parses every alert and panel
 // expression with Prometheus's own parser, and holds each metric name and
 // label it uses to what dovewarden registers: a renamed metric or label
@@ -543,6 +547,9 @@ func checkExpr(expr parser.Expr, fams map[string]family) []string {
 				return nil // {__name__=~"..."}: checked by its matchers below
 			}
 			f, ok := lookup(fams, n.Name)
+			if !ok {
+				f, ok = scrapeSeries[n.Name]
+			}
 			if !ok {
 				problems = append(problems, fmt.Sprintf("metric %s is not registered by dovewarden", n.Name))
 				return nil
