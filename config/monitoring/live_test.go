@@ -10,31 +10,37 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/dovewarden/dovewarden-knative/internal/debian"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 // livePanels must show data on a working install under load: the panels
-// of what every change goes through. The others show failures, which a
-// healthy run has none of, or need settings the run does not use.
-var livePanels = []string{
-	"Failing users", "Pending users", "dsyncs running", "Last sweep ended", "Changes accepted",
-	"Events received", "Events dropped", "Since the last event", "Answer time",
-	"dsyncs", "dsync duration", "Replication lag", "Decisions", "Coalesced changes", "Pending and failing users", "Events received by sync",
-	"Queue depth", "Deliveries", "Delivery duration p99", "Published",
-	"Sweep progress", "Users requested", "Listing", "Sweeps", "Sweep work", "Last sweep",
-	"Resident memory", "CPU", "Goroutines",
+// of what every change goes through, by id, with their titles as a
+// check that the id still names that panel. The others show failures,
+// which a healthy run has none of, or need settings the run does not use.
+var livePanels = map[uint32]string{
+	2: "Failing users", 3: "Pending users", 4: "dsyncs running", 5: "New mail lag p99", 6: "Last sweep ended", 7: "Changes accepted",
+	9: "Events received", 10: "Changes accepted by priority", 11: "Events dropped", 15: "Since the last event", 48: "Answer time",
+	18: "dsyncs", 19: "dsync duration", 20: "Replication lag", 21: "Decisions", 22: "Coalesced changes", 24: "Pending and failing users", 26: "Events received by sync", 27: "Excluded users",
+	29: "Queue depth", 30: "Deliveries", 31: "Delivery duration p99", 33: "Published",
+	36: "Sweep progress", 37: "Users requested", 38: "Listing", 39: "Sweeps", 40: "Sweep work", 41: "Last sweep",
+	43: "Resident memory", 44: "CPU", 45: "Goroutines",
 }
 
 // TestDashboard_LiveQueries runs `dovewarden local`, built from this tree,
 // against a fake doveadm and under `dovewarden loadgen`, while a real
 // Prometheus scrapes it every second. Then every dashboard query and
 // alert expression goes through Prometheus's query API: each must
-// evaluate, and the panels in livePanels must show data.
+// evaluate, the panels in livePanels must show data, and each
+// label="value" matcher must name a value the run's series have.
 func TestDashboard_LiveQueries(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: this test runs Prometheus and dovewarden for about 20 s")
@@ -57,9 +63,16 @@ func TestDashboard_LiveQueries(t *testing.T) {
 		users[i] = fmt.Sprintf("user%d", i)
 	}
 	fake.SetUsers(users...)
+	// An excluded-users file, so that its metrics have series too; it
+	// names none of the run's users.
+	excluded := filepath.Join(dir, "excluded-users")
+	if err := os.WriteFile(excluded, []byte("someone-else\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	local := freeAddr(t)
 	start(t, dir, "dovewarden", []string{"DOVEWARDEN_DOVEADM_PASSWORD=" + doveadmtest.Password},
-		bin, "local", "--listen", local, "--log-level", "warn", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
+		bin, "local", "--listen", local, "--log-level", "warn", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1",
+		"--excluded-users", excluded)
 	waitOK(t, "http://"+local+"/readyz")
 
 	prom := freeAddr(t)
@@ -100,8 +113,14 @@ func TestDashboard_LiveQueries(t *testing.T) {
 		t.Fatalf("Prometheus does not scrape dovewarden local")
 	}
 
-	shows := map[string]bool{}
-	for _, q := range dashboardQueries(t, loadDashboard(t)) {
+	d := loadDashboard(t)
+	titles := map[uint32]string{}
+	for _, p := range d.panels {
+		titles[deref(p.Id)] = deref(p.Title)
+	}
+	shows := map[uint32]bool{}
+	qs := dashboardQueries(t, d)
+	for _, q := range qs {
 		status, n, msg := api(q.expr)
 		if status != "success" {
 			t.Errorf("%s: Prometheus says %s: %s\n%s", q.where, status, msg, q.expr)
@@ -110,12 +129,45 @@ func TestDashboard_LiveQueries(t *testing.T) {
 			shows[q.panel] = true
 		}
 	}
-	if !shows[""] {
+	if !shows[0] {
 		t.Error("the job variable lists no job")
 	}
-	for _, title := range livePanels {
-		if !shows[title] {
-			t.Errorf("panel %q shows no data after a run under load", title)
+	for id, title := range livePanels {
+		switch {
+		case titles[id] != title:
+			t.Errorf("livePanels: panel %d is %q in dashboard.json, not %q", id, titles[id], title)
+		case !shows[id]:
+			t.Errorf("panel %d %q shows no data after a run under load", id, title)
+		}
+	}
+
+	// A label=value matcher must name a value the metric has: a typo
+	// (priority="urgent") leaves a panel empty or an alert silent. The
+	// values are those of the run; every matcher's value occurs in it.
+	values := map[[2]string][]string{}
+	for _, r := range alertRules(t) {
+		qs = append(qs, query{"alert " + r.Alert, 0, r.Expr})
+	}
+	for _, q := range qs {
+		expr, err := promQL.ParseExpr(q.expr)
+		if err != nil {
+			continue // reported by TestMonitoring_ExpressionsUseRealMetrics
+		}
+		seen := map[matcher]bool{}
+		for _, m := range equalityMatchers(expr) {
+			if seen[m] {
+				continue
+			}
+			seen[m] = true
+			key := [2]string{m.metric, m.label}
+			vs, ok := values[key]
+			if !ok {
+				vs = labelValues(t, prom, m.metric, m.label)
+				values[key] = vs
+			}
+			if !slices.Contains(vs, m.value) {
+				t.Errorf("%s: %s{%s=%q}: the run has the values %q", q.where, m.metric, m.label, m.value, vs)
+			}
 		}
 	}
 	for _, r := range alertRules(t) {
@@ -133,6 +185,48 @@ func TestDashboard_LiveQueries(t *testing.T) {
 			}
 		}
 	}
+}
+
+// matcher is a label=value matcher of a metric in an expression.
+type matcher struct{ metric, label, value string }
+
+// equalityMatchers lists expr's label=value matchers on dovewarden's own
+// labels, not on those Prometheus adds for the target.
+func equalityMatchers(expr parser.Expr) []matcher {
+	var out []matcher
+	parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
+		vs, ok := n.(*parser.VectorSelector)
+		if !ok || vs.Name == "" {
+			return nil
+		}
+		for _, m := range vs.LabelMatchers {
+			if m.Type == labels.MatchEqual && m.Name != labels.MetricName && !targetLabels[m.Name] {
+				out = append(out, matcher{vs.Name, m.Name, m.Value})
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// labelValues asks Prometheus for the values of label among metric's
+// series.
+func labelValues(t *testing.T, prom, metric, label string) []string {
+	t.Helper()
+	u := "http://" + prom + "/api/v1/label/" + url.PathEscape(label) + "/values?match[]=" + url.QueryEscape(metric)
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string   `json:"status"`
+		Data   []string `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" {
+		t.Fatalf("label values of %s %s: %s %v", metric, label, r.Status, err)
+	}
+	return r.Data
 }
 
 // start runs a program for the test's length, its output in dir/name.log,

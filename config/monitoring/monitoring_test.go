@@ -175,9 +175,13 @@ func TestAlerts_EveryAlertIsTested(t *testing.T) {
 // grafana substitutes its variables before a query reaches Prometheus.
 var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$__range", "6h", "$__interval", "1m", "$job", "dovewarden")
 
-// query is one expression: where it is, the panel's title (none for an
-// alert or a variable) and the PromQL.
-type query struct{ where, panel, expr string }
+// query is one expression: where it is, the panel's id (0 for an alert
+// or a variable) and the PromQL.
+type query struct {
+	where string
+	panel uint32
+	expr  string
+}
 
 // board is the dashboard decoded into Grafana's types.
 type board struct {
@@ -286,7 +290,7 @@ func dashboardQueries(t *testing.T, d board) []query {
 	for _, p := range d.panels {
 		for _, tg := range p.Targets {
 			q := tg.(*grafanaprom.Dataquery)
-			qs = append(qs, query{"panel " + strconv.Quote(deref(p.Title)), deref(p.Title), grafanaVars.Replace(q.Expr)})
+			qs = append(qs, query{fmt.Sprintf("panel %d %s", deref(p.Id), strconv.Quote(deref(p.Title))), deref(p.Id), grafanaVars.Replace(q.Expr)})
 		}
 	}
 	// A query variable's label_values(SELECTOR, LABEL) asks Prometheus
@@ -309,7 +313,7 @@ func dashboardQueries(t *testing.T, d board) []query {
 			t.Errorf("variable %s: query %q is not label_values(SELECTOR, LABEL)", v.Name, s)
 			continue
 		}
-		qs = append(qs, query{"variable " + v.Name, "", fmt.Sprintf("count by (%s) (%s)", m[2], m[1])})
+		qs = append(qs, query{"variable " + v.Name, 0, fmt.Sprintf("count by (%s) (%s)", m[2], m[1])})
 	}
 	return qs
 }
@@ -369,11 +373,16 @@ func TestDashboard_GrafanaTypes(t *testing.T) {
 		ids[r.Id] = deref(r.Title)
 		claim(deref(r.Title), r.GridPos)
 	}
+	titles := map[string]bool{}
 	for _, p := range ps {
 		title := deref(p.Title)
-		if prev, ok := ids[deref(p.Id)]; ok || p.Id == nil {
+		if prev, ok := ids[deref(p.Id)]; ok || p.Id == nil || deref(p.Id) == 0 {
 			t.Errorf("panel %q: id missing or the id of %q", title, prev)
 		}
+		if titles[title] {
+			t.Errorf("panel %q: two panels of that title", title)
+		}
+		titles[title] = true
 		ids[deref(p.Id)] = title
 		claim(title, p.GridPos)
 		if title == "" || deref(p.Description) == "" {
@@ -522,7 +531,7 @@ func TestMonitoring_ExpressionsUseRealMetrics(t *testing.T) {
 	fams := registered(t)
 	var qs []query
 	for _, r := range alertRules(t) {
-		qs = append(qs, query{"alert " + r.Alert, "", r.Expr})
+		qs = append(qs, query{"alert " + r.Alert, 0, r.Expr})
 	}
 	qs = append(qs, dashboardQueries(t, loadDashboard(t))...)
 	for _, q := range qs {
