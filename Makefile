@@ -2,7 +2,7 @@
 .PHONY: demo test build
 
 ## demo: the whole system in one process against two local Dovecot instances (as root);
-## DEMO_FLAGS="-dovecot 2.4" for Dovecot 2.4. The built demo runs, not `go run`: go run
+## DEMO_FLAGS="-dovecot 2.4" for Dovecot 2.4 (on Debian 13, whose own Dovecot is 2.4). The built demo runs, not `go run`: go run
 ## exits 1 after Ctrl-C, which make would report as an error.
 demo: build
 	go build -o bin/demo ./internal/cmd/demo

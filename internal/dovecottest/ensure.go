@@ -51,6 +51,9 @@ func Ensure(version string) error {
 		if len(Missing(V23)) == 0 {
 			return nil
 		}
+		if err := Unavailable(V23); err != nil {
+			return err
+		}
 	case V24:
 		if len(Missing(V24)) == 0 {
 			if os.Geteuid() == 0 && hasOldRoots24(Root24()) {
@@ -137,14 +140,115 @@ func hasFiles(root string, files []string) bool {
 	return true
 }
 
+// VersionError says that Dovecot of the version asked for cannot be had
+// on this machine from Debian: the Dovecot installed here is another
+// version, or the one apt-get would install is (Debian 13 ships 2.4).
+type VersionError struct {
+	Want      string // the version asked for: "2.3"
+	Have      string // the other version, e.g. "2.4.1"
+	Installed bool   // Have is installed; otherwise apt-get would install it
+}
+
+func (e *VersionError) Error() string {
+	if e.Installed {
+		return fmt.Sprintf("dovecottest: Dovecot %s is needed, but the Dovecot installed here is %s", e.Want, e.Have)
+	}
+	return fmt.Sprintf("dovecottest: Dovecot %s is needed, but this machine's Debian ships Dovecot %s", e.Want, e.Have)
+}
+
+// runCommand runs a command and returns its combined output: apt-get and
+// apt-cache go through it, so that tests can stand in for them.
+var runCommand = func(cmd *exec.Cmd) ([]byte, error) { return cmd.CombinedOutput() }
+
+// hostVersion returns the version of the host's Dovecot (the first word
+// of `dovecot --version`, e.g. "2.3.19.1"), or "" when it does not run.
+// A variable, so that tests can stand in for it.
+var hostVersion = func() string {
+	out, err := exec.Command(dovecotBin, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	if f := strings.Fields(string(out)); len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+// isVersion reports whether v (e.g. "2.3.19.1") is of the release series
+// want (e.g. "2.3").
+func isVersion(v, want string) bool { return strings.HasPrefix(v, want+".") }
+
+// candidateVersion returns the upstream version of the dovecot-core that
+// apt-get would install (from `apt-cache policy`: "1:2.3.19.1+dfsg1-2.1"
+// is "2.3.19.1"), or "" when apt knows none (no package lists yet).
+func candidateVersion() string {
+	cmd := exec.Command("apt-cache", "policy", "dovecot-core")
+	cmd.Env = append(os.Environ(), sbinPath)
+	out, err := runCommand(cmd)
+	if err != nil {
+		return ""
+	}
+	return parseCandidate(string(out))
+}
+
+// parseCandidate reads the candidate's upstream version from the output of
+// `apt-cache policy PACKAGE`.
+func parseCandidate(policy string) string {
+	for _, l := range strings.Split(policy, "\n") {
+		v, ok := strings.CutPrefix(strings.TrimSpace(l), "Candidate:")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if v == "" || v == "(none)" {
+			return ""
+		}
+		if _, after, ok := strings.Cut(v, ":"); ok { // the epoch
+			v = after
+		}
+		if i := strings.IndexAny(v, "+-~"); i >= 0 {
+			v = v[:i]
+		}
+		return v
+	}
+	return ""
+}
+
+// Unavailable returns a *VersionError when Dovecot of the given version
+// cannot be had on this machine from Debian: for 2.3, when the Dovecot
+// installed here is another version or, none being installed, when the
+// dovecot-core that apt-get would install is (as far as the package lists
+// already here tell). The 2.4 tree is Debian trixie's on any machine.
+// Any user can call it.
+func Unavailable(version string) error {
+	if version != V23 {
+		return nil
+	}
+	if v := hostVersion(); v != "" {
+		if !isVersion(v, V23) {
+			return &VersionError{Want: V23, Have: v, Installed: true}
+		}
+		return nil
+	}
+	if v := candidateVersion(); v != "" && !isVersion(v, V23) {
+		return &VersionError{Want: V23, Have: v}
+	}
+	return nil
+}
+
 // Missing says what Ensure(version) would still have to install or create
 // on this machine, one item each, for someone who cannot run it (not
 // root); none when Dovecot of that version is ready. Any user can call it.
+// A Dovecot 2.3 that Debian here does not ship is reported as such (see
+// Unavailable).
 func Missing(version string) []string {
 	var m []string
 	switch version {
 	case V23:
-		if !hasFiles("", sieveFiles) || exec.Command(dovecotBin, "--version").Run() != nil {
+		var ve *VersionError
+		if err := Unavailable(V23); errors.As(err, &ve) {
+			m = append(m, strings.TrimPrefix(ve.Error(), "dovecottest: "))
+		} else if !hasFiles("", sieveFiles) || hostVersion() == "" {
 			m = append(m, "Dovecot 2.3: apt-get install "+strings.Join(Packages, " "))
 		}
 	case V24:
@@ -164,11 +268,39 @@ func Missing(version string) []string {
 	return m
 }
 
+// ensure23 installs Debian's Dovecot 2.3 packages when they are missing,
+// and only Dovecot 2.3: a Dovecot of another version installed here, or a
+// Debian that ships another (Debian 13 ships 2.4), is a *VersionError,
+// before anything is installed.
 func ensure23() error {
-	if !hasFiles("", sieveFiles) || exec.Command(dovecotBin, "--version").Run() != nil {
+	v := hostVersion()
+	if v != "" && !isVersion(v, V23) {
+		return &VersionError{Want: V23, Have: v, Installed: true}
+	}
+	if v == "" || !hasFiles("", sieveFiles) {
+		if v == "" {
+			cand := candidateVersion()
+			if cand == "" {
+				// No package lists yet (a fresh container): fetch them
+				// and ask again.
+				if err := aptUpdate(); err != nil {
+					return err
+				}
+				cand = candidateVersion()
+			}
+			if cand == "" {
+				return errors.New("dovecottest: apt knows no dovecot-core package (apt-cache policy dovecot-core names no candidate)")
+			}
+			if !isVersion(cand, V23) {
+				return &VersionError{Want: V23, Have: cand}
+			}
+		}
 		// apt-get leaves the packages already there as they are.
 		if err := aptInstall(Packages...); err != nil {
 			return err
+		}
+		if v := hostVersion(); !isVersion(v, V23) {
+			return fmt.Errorf("dovecottest: after apt-get install, dovecot --version says %q, not Dovecot %s", v, V23)
 		}
 	}
 	return ensureVmailHost()
@@ -342,18 +474,26 @@ func aptInstall(pkgs ...string) error {
 	install := func() ([]byte, error) {
 		cmd := exec.Command("apt-get", append([]string{"install", "-y"}, pkgs...)...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", sbinPath)
-		return cmd.CombinedOutput()
+		return runCommand(cmd)
 	}
 	if _, err := install(); err == nil {
 		return nil
 	}
-	update := exec.Command("apt-get", "update")
-	update.Env = append(os.Environ(), sbinPath)
-	if out, err := update.CombinedOutput(); err != nil {
-		return fmt.Errorf("dovecottest: apt-get update: %w\n%s", err, tail(out, 2000))
+	if err := aptUpdate(); err != nil {
+		return err
 	}
 	if out, err := install(); err != nil {
 		return fmt.Errorf("dovecottest: apt-get install %s: %w\n%s", strings.Join(pkgs, " "), err, tail(out, 4000))
+	}
+	return nil
+}
+
+// aptUpdate runs apt-get update.
+func aptUpdate() error {
+	update := exec.Command("apt-get", "update")
+	update.Env = append(os.Environ(), sbinPath)
+	if out, err := runCommand(update); err != nil {
+		return fmt.Errorf("dovecottest: apt-get update: %w\n%s", err, tail(out, 2000))
 	}
 	return nil
 }

@@ -257,6 +257,24 @@ func TestNotRoot(t *testing.T) {
 	}
 }
 
+// TestOtherVersion: when Dovecot 2.3 cannot be had here (Debian 13 ships
+// 2.4), the demo's error says how to run it with Dovecot 2.4; other
+// errors pass unchanged.
+func TestOtherVersion(t *testing.T) {
+	for _, ve := range []*dovecottest.VersionError{{Want: "2.3", Have: "2.4.1"}, {Want: "2.3", Have: "2.4.1", Installed: true}} {
+		got := otherVersion(ve).Error()
+		for _, want := range []string{"2.4.1", "Debian 12", `DEMO_FLAGS="-dovecot 2.4" make demo`} {
+			if !strings.Contains(got, want) {
+				t.Errorf("otherVersion(%+v) lacks %q:\n%s", *ve, want, got)
+			}
+		}
+	}
+	other := errors.New("dovecottest: apt-get update: exit status 100")
+	if got := otherVersion(other); got != other {
+		t.Errorf("otherVersion changed another error: %v", got)
+	}
+}
+
 // demoRun is a demo started by startDemo.
 type demoRun struct {
 	t         *testing.T

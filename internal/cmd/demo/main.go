@@ -1,7 +1,8 @@
 // Command demo is the README's main command (`make demo`): it runs the
 // whole system on one machine against two real Dovecot instances and shows
-// changes replicating. It installs Dovecot 2.3 from Debian when missing
-// (as root; otherwise it says what to install), starts a primary and a
+// changes replicating. It installs Dovecot 2.3 from Debian 12 when missing
+// (as root; otherwise it says what to install; where Debian ships another
+// version it says to use -dovecot 2.4), starts a primary and a
 // replica with generated configs on loopback ports and the project's own
 // exporter snippet, starts `dovewarden local` wired to them, delivers mail
 // and makes IMAP changes, shows them arriving on the other side, prints
@@ -79,6 +80,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("-dovecot %s: want %s or %s", *version, dovecottest.V23, dovecottest.V24)
 	}
 	if os.Geteuid() != 0 {
+		if err := dovecottest.Unavailable(*version); err != nil {
+			return otherVersion(err)
+		}
 		return errors.New(notRoot(*version, dovecottest.Missing(*version)))
 	}
 	d := &demo{out: out, bin: *bin, version: *version}
@@ -128,6 +132,18 @@ func notRoot(version string, missing []string) string {
 	return b.String()
 }
 
+// otherVersion adds to a *dovecottest.VersionError for Dovecot 2.3 (the
+// Dovecot here, or the one this machine's Debian ships, is another
+// version) how to run the demo with Dovecot 2.4 instead.
+func otherVersion(err error) error {
+	var ve *dovecottest.VersionError
+	if !errors.As(err, &ve) || ve.Want != dovecottest.V23 {
+		return err
+	}
+	return fmt.Errorf("%w.\nThe demo's default is Debian 12's (bookworm) Dovecot 2.3; here, run it with Dovecot 2.4 "+
+		"(a Debian trixie tree made with mmdebstrap): DEMO_FLAGS=\"-dovecot 2.4\" make demo", err)
+}
+
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format, args...) }
 
 func (d *demo) interrupted() error {
@@ -138,7 +154,7 @@ func (d *demo) interrupted() error {
 func (d *demo) start(ctx context.Context) error {
 	d.say("Checking Dovecot %s (installing it when missing) ...\n", d.version)
 	if err := dovecottest.Ensure(d.version); err != nil {
-		return err
+		return otherVersion(err)
 	}
 	if _, err := os.Stat(d.bin); err != nil {
 		return fmt.Errorf("dovewarden binary %s: %w (run `make build` first)", d.bin, err)
