@@ -90,6 +90,7 @@ type Ports struct {
 type configData struct {
 	Options
 	Ports          Ports
+	Vmail          vmailUser
 	DoveadmText    string
 	ExporterName   string
 	TimeoutSeconds int
@@ -140,8 +141,9 @@ func (o *Options) filters() []string {
 	return fs
 }
 
-// renderConfig returns the dovecot.conf text for the options and ports.
-func renderConfig(o Options, p Ports) ([]byte, error) {
+// renderConfig returns the dovecot.conf text for the options and ports,
+// with vmail's ids in the passwd Dovecot reads.
+func renderConfig(o Options, p Ports, vmail vmailUser) ([]byte, error) {
 	name := "templates/dovecot-" + o.Version + ".conf.tmpl"
 	t, err := template.ParseFS(templates, name)
 	if err != nil {
@@ -154,7 +156,7 @@ func renderConfig(o Options, p Ports) ([]byte, error) {
 		timeout = DefaultExportTimeout
 	}
 	secs := int((timeout + time.Second - 1) / time.Second)
-	data := configData{Options: o, Ports: p, ExporterName: "dovecottest", TimeoutSeconds: secs}
+	data := configData{Options: o, Ports: p, Vmail: vmail, ExporterName: "dovecottest", TimeoutSeconds: secs}
 	if o.DoveadmConfig != nil {
 		data.DoveadmText = o.DoveadmConfig(p)
 	}
@@ -204,9 +206,9 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// prepareDir writes users, creates the mail folder owned by vmail and
-// returns the config path.
-func prepareDir(o Options, p Ports) (string, error) {
+// prepareDir writes users, creates the mail folder owned by vmail (the
+// ids Dovecot resolves the name to: vmail) and returns the config path.
+func prepareDir(o Options, p Ports, vmail vmailUser) (string, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return "", fmt.Errorf("dovecottest: create %s: %w", o.Dir, err)
 	}
@@ -218,7 +220,7 @@ func prepareDir(o Options, p Ports) (string, error) {
 	if err := os.MkdirAll(mail, 0o755); err != nil {
 		return "", fmt.Errorf("dovecottest: create %s: %w", mail, err)
 	}
-	if err := os.Chown(mail, vmailID, vmailID); err != nil {
+	if err := os.Chown(mail, vmail.UID, vmail.GID); err != nil {
 		return "", fmt.Errorf("dovecottest: chown %s: %w", mail, err)
 	}
 	users, err := usersFile(o.Users)
@@ -251,7 +253,7 @@ func prepareDir(o Options, p Ports) (string, error) {
 			return "", fmt.Errorf("dovecottest: doveadm certificate: %w", err)
 		}
 	}
-	conf, err := renderConfig(o, p)
+	conf, err := renderConfig(o, p, vmail)
 	if err != nil {
 		return "", err
 	}

@@ -1,6 +1,8 @@
 package dovecottest
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -10,7 +12,7 @@ func TestRenderConfig(t *testing.T) {
 	for _, v := range []string{V23, V24} {
 		o := Options{Version: v, Name: "mail-a.test", Dir: "/srv/x", ExporterURL: "http://127.0.0.1:9/events",
 			Filters: []string{"event=imap_command_finished", "event=mail_delivery_finished"}, DoveadmPassword: "pw"}
-		b, err := renderConfig(o, p)
+		b, err := renderConfig(o, p, vmailUser{UID: 117, GID: 121})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -18,15 +20,44 @@ func TestRenderConfig(t *testing.T) {
 		for _, want := range []string{"instance_name = mail-a.test", "port = 1143", "port = 1180",
 			"doveadm_password = pw", "http://127.0.0.1:9/events", "filter = event=mail_delivery_finished",
 			"metric dovecottest_1 {", "/srv/x/users",
-			"protocols = imap pop3 lmtp sieve", "port = 1419", "~/.dovecot.sieve"} {
+			"protocols = imap pop3 lmtp sieve", "port = 1419", "~/.dovecot.sieve",
+			// An existing vmail's uid, which Dovecot must accept.
+			"first_valid_uid = 117"} {
 			if !strings.Contains(conf, want) {
 				t.Errorf("%s config lacks %q", v, want)
 			}
 		}
 		o.ExporterURL, o.Filters = "", nil
-		if b, _ = renderConfig(o, p); strings.Contains(string(b), "event_exporter") {
+		if b, _ = renderConfig(o, p, vmailUser{UID: 5000, GID: 5000}); strings.Contains(string(b), "event_exporter") {
 			t.Errorf("%s config has an exporter without ExporterURL", v)
 		}
+	}
+}
+
+// TestVmailIDs reads the vmail user's uid and the vmail group's gid from
+// a tree's passwd and group files, whatever they are.
+func TestVmailIDs(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/bash\nvmailer:x:7:7::/:/bin/false\nvmail:x:117:65534::/var/vmail:/usr/sbin/nologin\n",
+		"etc/group":  "root:x:0:\nvmail:x:121:\n",
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := vmailIDs(root); err != nil || v != (vmailUser{UID: 117, GID: 121}) {
+		t.Errorf("vmailIDs = %+v, %v, want uid 117, gid 121", v, err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vmailIDs(root); err == nil {
+		t.Error("vmailIDs without a vmail group succeeded")
 	}
 }
 

@@ -12,7 +12,8 @@
 // templates), passwd-file users, log and free 127.0.0.1 ports, and runs in
 // its own UTS namespace whose hostname is the instance name, so events
 // exported by Dovecot carry that name. Mail belongs to the system user vmail
-// (uid/gid 5000). Enabled for tests: IMAP METADATA (file dict), QUOTA (count
+// (uid/gid 5000 where Ensure creates it; an existing vmail keeps its ids).
+// Enabled for tests: IMAP METADATA (file dict), QUOTA (count
 // backend; SETQUOTA works on 2.3 only), ACL (vfile), NOTIFY, doveadm over
 // TCP and HTTP, ManageSieve (ManageSieveAddr; per-user scripts in ~/sieve
 // with ~/.dovecot.sieve the active one, which doveadm sync replicates

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,11 +28,53 @@ const DefaultRoot24 = "/var/cache/dovewarden/dovecot-2.4-trixie"
 // Root24Env names the environment variable that overrides DefaultRoot24.
 const Root24Env = "DOVEWARDEN_DOVECOT24_ROOT"
 
-// vmail is the system user owning all test mail.
+// vmail is the system user owning all test mail. Ensure creates it (and
+// its group) with vmailID where it is missing; one that exists already
+// keeps its ids, which the instances look up (vmailIDs).
 const (
 	vmailName = "vmail"
 	vmailID   = 5000
 )
+
+// vmailUser is the vmail user's uid and the vmail group's gid, as Dovecot
+// resolves its config's mail_uid = vmail and mail_gid = vmail.
+type vmailUser struct{ UID, GID int }
+
+// vmailIDs looks up the vmail user and group in the passwd and group files
+// under root ("" for the host, the trixie tree for Dovecot 2.4: the
+// passwd that the Dovecot resolving "vmail" reads).
+func vmailIDs(root string) (vmailUser, error) {
+	uid, err := entryID(filepath.Join(root, "/etc/passwd"), vmailName)
+	if err != nil {
+		return vmailUser{}, err
+	}
+	gid, err := entryID(filepath.Join(root, "/etc/group"), vmailName)
+	if err != nil {
+		return vmailUser{}, err
+	}
+	return vmailUser{UID: uid, GID: gid}, nil
+}
+
+// entryID returns the id (the third field) of name's line in a passwd or
+// group style file.
+func entryID(path, name string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("dovecottest: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Split(l, ":")
+		if len(f) < 3 || f[0] != name {
+			continue
+		}
+		id, err := strconv.Atoi(f[2])
+		if err != nil || id < 0 {
+			return 0, fmt.Errorf("dovecottest: %s: bad id %q for %s", path, f[2], name)
+		}
+		return id, nil
+	}
+	return 0, fmt.Errorf("dovecottest: no %s in %s", name, path)
+}
 
 // Root24 returns the directory holding the Dovecot 2.4 chroot tree.
 func Root24() string {
@@ -256,14 +299,16 @@ func Missing(version string) []string {
 		if !hasFiles(root, append([]string{dovecotBin}, sieveFiles...)) {
 			m = append(m, "Dovecot 2.4: a Debian trixie tree at "+root+" made with mmdebstrap "+
 				"(apt-get install mmdebstrap; the folder is "+Root24Env+" when set)")
-		} else if !hasEntry(filepath.Join(root, "etc/passwd"), vmailName) || !hasEntry(filepath.Join(root, "etc/group"), vmailName) {
-			m = append(m, fmt.Sprintf("the %s user and group (id %d) in %s/etc/passwd and group", vmailName, vmailID, root))
+		} else if _, err := vmailIDs(root); err != nil {
+			m = append(m, fmt.Sprintf("the %s user and group in %s/etc/passwd and group (%v)", vmailName, root,
+				strings.TrimPrefix(err.Error(), "dovecottest: ")))
 		}
 	default:
 		return []string{fmt.Sprintf("Dovecot %s: unsupported (want %s or %s)", version, V23, V24)}
 	}
-	if !hasEntry("/etc/passwd", vmailName) || !hasEntry("/etc/group", vmailName) {
-		m = append(m, fmt.Sprintf("the %s user and group (id %d) that owns the mail", vmailName, vmailID))
+	if _, err := vmailIDs(""); err != nil {
+		m = append(m, fmt.Sprintf("the %s user and group that own the mail (any ids; created with %d where free): %v",
+			vmailName, vmailID, strings.TrimPrefix(err.Error(), "dovecottest: ")))
 	}
 	return m
 }
@@ -556,19 +601,27 @@ func aptUpdate() error {
 	return nil
 }
 
-// ensureVmailHost creates the vmail group and user (id 5000) on the host.
+// ensureVmailHost creates the vmail group and user on the host, with id
+// 5000 when that is free (another id otherwise: the instances look the
+// ids up).
 func ensureVmailHost() error {
 	if !hasEntry("/etc/group", vmailName) {
 		out, err := exec.Command("/usr/sbin/groupadd", "-g", fmt.Sprint(vmailID), vmailName).CombinedOutput()
 		if err != nil && !hasEntry("/etc/group", vmailName) {
-			return fmt.Errorf("dovecottest: groupadd vmail: %w: %s", err, out)
+			// 5000 may be another group's.
+			if out2, err2 := exec.Command("/usr/sbin/groupadd", vmailName).CombinedOutput(); err2 != nil && !hasEntry("/etc/group", vmailName) {
+				return fmt.Errorf("dovecottest: groupadd vmail: %w: %s%s", err2, out, out2)
+			}
 		}
 	}
 	if !hasEntry("/etc/passwd", vmailName) {
-		out, err := exec.Command("/usr/sbin/useradd", "-u", fmt.Sprint(vmailID), "-g", vmailName,
-			"-d", "/nonexistent", "-M", "-s", "/usr/sbin/nologin", vmailName).CombinedOutput()
+		args := []string{"-g", vmailName, "-d", "/nonexistent", "-M", "-s", "/usr/sbin/nologin", vmailName}
+		out, err := exec.Command("/usr/sbin/useradd", append([]string{"-u", fmt.Sprint(vmailID)}, args...)...).CombinedOutput()
 		if err != nil && !hasEntry("/etc/passwd", vmailName) {
-			return fmt.Errorf("dovecottest: useradd vmail: %w: %s", err, out)
+			// 5000 may be another user's.
+			if out2, err2 := exec.Command("/usr/sbin/useradd", args...).CombinedOutput(); err2 != nil && !hasEntry("/etc/passwd", vmailName) {
+				return fmt.Errorf("dovecottest: useradd vmail: %w: %s%s", err2, out, out2)
+			}
 		}
 	}
 	return nil

@@ -46,6 +46,7 @@ type Instance struct {
 
 	client   *http.Client // DoveadmHTTP's: trusts ClientCAFile too
 	root     string       // chroot for 2.4, empty for 2.3
+	vmail    vmailUser    // the vmail user's ids where Dovecot runs
 	madeDirs []string     // mount point folders created in the chroot, deepest first
 	ownDir   bool         // Dir was created by Start and is removed by Stop
 	logCache string       // log captured before an own Dir is removed
@@ -93,7 +94,17 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 	}
 	p := Ports{IMAP: pp[0], POP3: pp[1], LMTP: pp[2], Doveadm: pp[3], DoveadmHTTP: pp[4], StatsHTTP: pp[5],
 		ManageSieve: pp[6]}
-	conf, err := prepareDir(opts, p)
+	// vmail as the Dovecot of this version resolves the name: in the
+	// host's passwd for 2.3, in the tree's for 2.4.
+	var root string
+	if opts.Version == V24 {
+		root = Root24()
+	}
+	vmail, err := vmailIDs(root)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := prepareDir(opts, p, vmail)
 	if err != nil {
 		return nil, err
 	}
@@ -116,9 +127,10 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 		ManageSieveAddr: addr(p.ManageSieve),
 		DoveadmPassword: opts.DoveadmPassword,
 		client:          client,
+		vmail:           vmail,
 	}
 	if opts.Version == V24 {
-		in.root = Root24()
+		in.root = root
 		if err := in.makeMountPoint(); err != nil {
 			return nil, err
 		}
@@ -237,8 +249,7 @@ const ldaBin = "/usr/lib/dovecot/dovecot-lda"
 // MTA's pipe or mailbox_command runs it (not as root), and returns what it
 // wrote. Its log goes to its standard error, which vmail can write.
 func (in *Instance) LDA(ctx context.Context, user, msg string) ([]byte, error) {
-	id := strconv.Itoa(vmailID)
-	cmd := in.command(ctx, "setpriv", "--reuid", id, "--regid", id, "--clear-groups",
+	cmd := in.command(ctx, "setpriv", "--reuid", strconv.Itoa(in.vmail.UID), "--regid", strconv.Itoa(in.vmail.GID), "--clear-groups",
 		ldaBin, "-c", in.ConfigPath, "-o", "log_path=/dev/stderr", "-o", "info_log_path=/dev/stderr", "-d", user)
 	cmd.Stdin = strings.NewReader(msg)
 	out, err := cmd.CombinedOutput()
