@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -309,20 +311,68 @@ func (in *Instance) stop() error {
 }
 
 // makeMountPoint creates the folder inside the 2.4 chroot where the
-// instance folder is bind-mounted, remembering which folders it created.
+// instance folder is bind-mounted, remembering which folders it created,
+// and records the parent folders it created in the tree's list of them
+// (withMadeParents), for whichever instance is the last to leave them.
 func (in *Instance) makeMountPoint() error {
-	var missing []string
-	for d := in.root + in.Dir; len(d) > len(in.root); d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
+	return withMadeParents(in.root, func(parents map[string]bool) error {
+		var missing []string
+		for d := in.root + in.Dir; len(d) > len(in.root); d = filepath.Dir(d) {
+			if _, err := os.Stat(d); err == nil {
+				break
+			}
+			missing = append(missing, d)
 		}
-		missing = append(missing, d)
+		if err := os.MkdirAll(in.root+in.Dir, 0o755); err != nil {
+			return fmt.Errorf("dovecottest: create mount point in chroot: %w", err)
+		}
+		in.madeDirs = missing
+		if len(missing) > 1 {
+			for _, d := range missing[1:] {
+				parents[strings.TrimPrefix(d, in.root)] = true
+			}
+		}
+		return nil
+	})
+}
+
+// madeParentsName is a file in the 2.4 tree listing, one a line, the
+// folders (paths inside the tree) that makeMountPoint created as parents
+// of mount points and that are not removed yet.
+const madeParentsName = ".dovecottest-mount-parents"
+
+// withMadeParents calls f with the set of the tree's made parent folders,
+// under an exclusive lock on the file that lists them (so that one
+// process does not remove a folder another is creating a mount point in),
+// and writes the set back. Without the file (a tree that cannot be
+// written) f gets an empty set that is not kept.
+func withMadeParents(root string, f func(map[string]bool) error) error {
+	parents := map[string]bool{}
+	file, err := os.OpenFile(filepath.Join(root, madeParentsName), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return f(parents)
 	}
-	if err := os.MkdirAll(in.root+in.Dir, 0o755); err != nil {
-		return fmt.Errorf("dovecottest: create mount point in chroot: %w", err)
+	defer file.Close()
+	if err := syscall.Flock(int(file.Fd()), syscall.LOCK_EX); err != nil {
+		return f(parents)
 	}
-	in.madeDirs = missing
-	return nil
+	defer func() { _ = syscall.Flock(int(file.Fd()), syscall.LOCK_UN) }()
+	b, _ := io.ReadAll(file)
+	for _, l := range strings.Split(string(b), "\n") {
+		if l != "" {
+			parents[l] = true
+		}
+	}
+	ferr := f(parents)
+	list := make([]string, 0, len(parents))
+	for p := range parents {
+		list = append(list, p+"\n")
+	}
+	sort.Strings(list)
+	if err := file.Truncate(0); err == nil {
+		_, _ = file.WriteAt([]byte(strings.Join(list, "")), 0)
+	}
+	return ferr
 }
 
 // groupAlive reports whether a process of group pgid is still running
@@ -347,14 +397,34 @@ func groupAlive(pgid int) bool {
 	return false
 }
 
-// removeMountPoint removes the (empty) mount point folders that
-// makeMountPoint created inside the chroot.
+// removeMountPoint removes the (empty) mount point folder that
+// makeMountPoint created inside the chroot, and then each parent folder
+// up to the tree's root that is empty now and was created by this or
+// another instance's makeMountPoint: instances whose folders share a
+// parent that is not in the tree (a TMPDIR below /tmp) leave nothing
+// behind, whichever stops last. Folders of the tree itself (its /tmp)
+// stay.
 func (in *Instance) removeMountPoint() {
-	for _, d := range in.madeDirs {
-		if os.Remove(d) != nil {
-			break
-		}
+	if len(in.madeDirs) == 0 {
+		return
 	}
+	own := map[string]bool{}
+	for _, d := range in.madeDirs {
+		own[d] = true
+	}
+	_ = withMadeParents(in.root, func(parents map[string]bool) error {
+		for d := in.root + in.Dir; len(d) > len(in.root); d = filepath.Dir(d) {
+			rel := strings.TrimPrefix(d, in.root)
+			if !own[d] && !parents[rel] {
+				break
+			}
+			if os.Remove(d) != nil {
+				break
+			}
+			delete(parents, rel)
+		}
+		return nil
+	})
 	in.madeDirs = nil
 }
 
