@@ -141,6 +141,10 @@ func startOnce(ctx context.Context, opts Options) (*Instance, error) {
 	_ = os.WriteFile(in.logPath(), nil, 0o644)
 	if out, err := in.command(ctx, "doveconf", "-n", "-c", conf).CombinedOutput(); err != nil {
 		in.removeMountPoint()
+		// unshare fails as doveconf does: tell the two apart.
+		if nerr := CheckNamespaces(opts.Version); nerr != nil {
+			return nil, nerr
+		}
 		return nil, fmt.Errorf("dovecottest: invalid config %s: %w\n%s", conf, err, out)
 	}
 	if err := in.launch(os.O_TRUNC); err != nil {
@@ -207,6 +211,26 @@ func (in *Instance) waitReady(ctx context.Context) error {
 			return fmt.Errorf("dovecottest: IMAP port %s not accepting after %s", in.IMAPAddr, startTimeout)
 		}
 	}
+}
+
+// CheckNamespaces reports whether this process can create the namespaces
+// an instance of the version runs in (a UTS namespace, and for 2.4 a
+// mount namespace too): that needs CAP_SYS_ADMIN, which root has on a
+// machine but not in a container that is not privileged (Docker's
+// default).
+func CheckNamespaces(version string) error {
+	args := []string{"--uts"}
+	if version == V24 {
+		args = append(args, "--mount")
+	}
+	cmd := exec.Command("/usr/bin/unshare", append(args, "true")...)
+	cmd.Env = append(os.Environ(), sbinPath)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("dovecottest: cannot create the namespaces a Dovecot instance runs in (unshare %s: %v: %s): "+
+			"that needs root with CAP_SYS_ADMIN (in a container: docker run --privileged)",
+			strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // command builds an exec.Cmd that runs a Dovecot binary for this instance:

@@ -2,6 +2,8 @@ package dovecottest_test
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +90,44 @@ func TestInvalidConfig(t *testing.T) {
 		if !strings.Contains(err.Error(), "no_such_setting_xyz") {
 			t.Errorf("%s: error lacks doveconf's text: %v", v, err)
 		}
+	}
+}
+
+// TestStart_NoNamespaces: without CAP_SYS_ADMIN (a container that is not
+// privileged), Start says that it cannot create namespaces, not that the
+// config is invalid. The test runs itself again with CAP_SYS_ADMIN
+// dropped from the bounding set (setpriv).
+func TestStart_NoNamespaces(t *testing.T) {
+	needRoot(t)
+	if os.Getenv("DOVECOTTEST_NO_SYS_ADMIN") == "1" {
+		for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+			if err := dovecottest.CheckNamespaces(v); err == nil {
+				t.Fatalf("CheckNamespaces(%s) without CAP_SYS_ADMIN succeeded", v)
+			}
+			in, err := dovecottest.Start(context.Background(), dovecottest.Options{Version: v})
+			if err == nil {
+				in.Stop()
+				t.Fatalf("%s: Start without CAP_SYS_ADMIN succeeded", v)
+			}
+			if !strings.Contains(err.Error(), "CAP_SYS_ADMIN") || strings.Contains(err.Error(), "invalid config") {
+				t.Errorf("%s: Start without CAP_SYS_ADMIN: %v", v, err)
+			}
+			t.Logf("%s: %v", v, err)
+		}
+		return
+	}
+	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+		if err := dovecottest.Ensure(v); err != nil {
+			t.Fatal(err)
+		}
+		if err := dovecottest.CheckNamespaces(v); err != nil {
+			t.Fatalf("CheckNamespaces(%s) as root: %v", v, err)
+		}
+	}
+	cmd := exec.Command("setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
+		os.Args[0], "-test.run", "^TestStart_NoNamespaces$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "DOVECOTTEST_NO_SYS_ADMIN=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("without CAP_SYS_ADMIN: %v\n%s", err, out)
 	}
 }

@@ -152,6 +152,11 @@ func (d *demo) interrupted() error {
 }
 
 func (d *demo) start(ctx context.Context) error {
+	// Before anything is installed: each Dovecot instance runs in
+	// namespaces of its own.
+	if err := dovecottest.CheckNamespaces(d.version); err != nil {
+		return err
+	}
 	d.say("Checking Dovecot %s (installing it when missing) ...\n", d.version)
 	if err := dovecottest.Ensure(d.version); err != nil {
 		return otherVersion(err)
