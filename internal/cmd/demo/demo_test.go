@@ -275,6 +275,64 @@ func TestOtherVersion(t *testing.T) {
 	}
 }
 
+// TestCheckTempDir: a TMPDIR that other users cannot traverse (mode
+// 0700, as libpam-tmpdir makes under sudo) is replaced by /tmp, with a
+// word about it; one they can is kept, silently.
+func TestCheckTempDir(t *testing.T) {
+	if c, err := closedFolder("/tmp"); err != nil || c != "" {
+		t.Skipf("/tmp itself is closed here (%q, %v)", c, err)
+	}
+	base := tempDir(t) // 0755
+	closed := filepath.Join(base, "user-0")
+	if err := os.Mkdir(closed, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	inner := filepath.Join(closed, "tmp")
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := closedFolder(inner); err != nil || c != closed {
+		t.Errorf("closedFolder(%s) = %q, %v, want %s", inner, c, err, closed)
+	}
+	if c, err := closedFolder(base); err != nil || c != "" {
+		t.Errorf("closedFolder(%s) = %q, %v, want none", base, c, err)
+	}
+
+	var out strings.Builder
+	d := &demo{out: &out}
+	t.Setenv("TMPDIR", base)
+	if err := d.checkTempDir(); err != nil || os.TempDir() != base || out.Len() != 0 {
+		t.Errorf("checkTempDir with an open TMPDIR: %v, TMPDIR now %s, said %q", err, os.TempDir(), out.String())
+	}
+	t.Setenv("TMPDIR", inner)
+	if err := d.checkTempDir(); err != nil || os.TempDir() != "/tmp" {
+		t.Errorf("checkTempDir with a closed TMPDIR: %v, TMPDIR now %s", err, os.TempDir())
+	}
+	if !strings.Contains(out.String(), closed+" is not open to other users") || !strings.Contains(out.String(), "using /tmp instead") {
+		t.Errorf("checkTempDir with a closed TMPDIR said %q", out.String())
+	}
+}
+
+// TestLogExcerpt: the demo's failure report shows a Dovecot log's last
+// lines and, before them, its earlier error lines.
+func TestLogExcerpt(t *testing.T) {
+	var lines []string
+	for i := range 50 {
+		lines = append(lines, "info line "+strconv.Itoa(i))
+		if i == 3 {
+			lines = append(lines, "Nov 30 04:33:34 auth: Error: passwd-file /tmp/x/users: open(/tmp/x/users) failed: Permission denied")
+		}
+	}
+	got := logExcerpt(strings.Join(lines, "\n")+"\n", 20)
+	if !strings.Contains(got, "auth: Error: passwd-file") || !strings.HasSuffix(got, "info line 49") ||
+		strings.Contains(got, "info line 29") || !strings.Contains(got, "info line 30") {
+		t.Errorf("logExcerpt:\n%s", got)
+	}
+	if got := logExcerpt("a\nb\n", 20); got != "a\nb" {
+		t.Errorf("logExcerpt of a short log = %q", got)
+	}
+}
+
 // demoRun is a demo started by startDemo.
 type demoRun struct {
 	t         *testing.T

@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,6 +87,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return errors.New(notRoot(*version, dovecottest.Missing(*version)))
 	}
 	d := &demo{out: out, bin: *bin, version: *version}
+	if *version == dovecottest.V23 {
+		if err := d.checkTempDir(); err != nil {
+			return err
+		}
+	}
 	defer d.stop()
 	if err := d.start(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -101,7 +107,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return d.interrupted()
 		}
 		return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s\n\n%s's log:\n%s\n\n%s's log:\n%s", err,
-			d.localLog, tail(d.localLog, 30), d.a.Name, lastLines(d.a.Log(), 20), d.b.Name, lastLines(d.b.Log(), 20))
+			d.localLog, tail(d.localLog, 30), d.a.Name, logExcerpt(d.a.Log(), 20), d.b.Name, logExcerpt(d.b.Log(), 20))
 	}
 	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status (all), %s/status/alice, %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
 		d.base, d.base, d.base, d.base, d.base, d.localLog)
@@ -305,6 +311,89 @@ func waitReady(ctx context.Context, url string, limit time.Duration, exited <-ch
 		}
 	}
 	return fmt.Errorf("%s not ready after %s", url, limit)
+}
+
+// checkTempDir makes sure that Dovecot 2.3's processes, which run as
+// the dovecot and vmail users, can reach the instances' folders, which
+// are made in the temporary folder (TMPDIR): every folder on its path
+// must be open to other users (o+x). One that is not (a TMPDIR of mode
+// 0700, as libpam-tmpdir gives under sudo) keeps Dovecot's auth from
+// reading the users file, and every login and dsync fails. Then the demo
+// uses /tmp instead, and says so. (Dovecot 2.4 reaches its folder
+// through a mount point in its tree, whatever TMPDIR's modes.)
+func (d *demo) checkTempDir() error {
+	tmp := os.TempDir()
+	closed, err := closedFolder(tmp)
+	if err != nil {
+		return fmt.Errorf("TMPDIR %s: %w", tmp, err)
+	}
+	if closed == "" {
+		return nil
+	}
+	if c, err := closedFolder("/tmp"); err != nil || c != "" {
+		return fmt.Errorf("TMPDIR %s: %s is not open to other users (o+x), nor is /tmp: "+
+			"Dovecot's processes (as the dovecot and vmail users) must reach the instances' folders in it; "+
+			"set TMPDIR to a folder they can reach", tmp, closed)
+	}
+	d.say("TMPDIR %s: %s is not open to other users (o+x), and Dovecot's processes (as the dovecot and vmail users) "+
+		"must reach the instances' folders in it: using /tmp instead.\n", tmp, closed)
+	return os.Setenv("TMPDIR", "/tmp")
+}
+
+// closedFolder returns the first folder on the path of dir (its links
+// resolved), from the root down to dir itself, that other users cannot
+// traverse (no o+x), or "" when there is none.
+func closedFolder(dir string) (string, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	real, err = filepath.Abs(real)
+	if err != nil {
+		return "", err
+	}
+	var path []string
+	for d := real; ; d = filepath.Dir(d) {
+		path = append(path, d)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for i := len(path) - 1; i >= 0; i-- {
+		fi, err := os.Stat(path[i])
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return path[i], nil
+		}
+	}
+	return "", nil
+}
+
+// logExcerpt returns the last n lines of a Dovecot log, after its last
+// error lines before those (at most 10): the cause of a failure, such as
+// auth unable to read the users file, is often logged once, long before
+// the demo gives up waiting.
+func logExcerpt(log string, n int) string {
+	all := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	if len(all) <= n {
+		return strings.Join(all, "\n")
+	}
+	var errs []string
+	for _, l := range all[:len(all)-n] {
+		if strings.Contains(l, "Error: ") || strings.Contains(l, "Fatal: ") || strings.Contains(l, "Panic: ") {
+			errs = append(errs, l)
+		}
+	}
+	if len(errs) > 10 {
+		errs = errs[len(errs)-10:]
+	}
+	last := strings.Join(all[len(all)-n:], "\n")
+	if len(errs) == 0 {
+		return "[...]\n" + last
+	}
+	return "[its last errors before the last " + strconv.Itoa(n) + " lines:]\n" + strings.Join(errs, "\n") + "\n[...]\n" + last
 }
 
 func tail(file string, lines int) string {
