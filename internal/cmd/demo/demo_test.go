@@ -252,8 +252,15 @@ func TestNotRoot(t *testing.T) {
 			t.Errorf("notRoot with Dovecot missing lacks %q:\n%s", want, got)
 		}
 	}
-	if got := notRoot("2.4", nil); !strings.Contains(got, "Dovecot 2.4 is ready here; only root is missing.") {
+	if !strings.Contains(got, "sudo ./bin/demo -bin bin/dovewarden\n") || strings.Contains(got, "sudo make") {
+		t.Errorf("notRoot does not name the built demo to run with sudo:\n%s", got)
+	}
+	got = notRoot("2.4", nil)
+	if !strings.Contains(got, "Dovecot 2.4 is ready here; only root is missing.") {
 		t.Errorf("notRoot with nothing missing:\n%s", got)
+	}
+	if !strings.Contains(got, "sudo ./bin/demo -bin bin/dovewarden -dovecot 2.4\n") {
+		t.Errorf("notRoot for Dovecot 2.4 does not name its flag:\n%s", got)
 	}
 }
 

@@ -124,9 +124,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // only root is missing.
 func notRoot(version string, missing []string) string {
 	var b strings.Builder
-	b.WriteString("run the demo as root (sudo make demo): it starts Dovecot instances, " +
+	b.WriteString("run the demo as root: it starts Dovecot instances, " +
 		"which run as root in a namespace of their own and give the mail to the vmail user, " +
 		"and it installs what is missing.\n")
+	// make has built both binaries by now; `sudo make demo` would need Go
+	// in sudo's secure_path, which it seldom is.
+	flags := ""
+	if version != dovecottest.V23 {
+		flags = " -dovecot " + version
+	}
+	fmt.Fprintf(&b, "From the repository root: sudo ./bin/demo -bin bin/dovewarden%s\n", flags)
 	if len(missing) == 0 {
 		fmt.Fprintf(&b, "Dovecot %s is ready here; only root is missing.", version)
 		return b.String()
