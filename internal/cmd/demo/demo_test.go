@@ -37,7 +37,7 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	m := regexp.MustCompile(`Metrics:  http://(127\.0\.0\.1:\d+)/metrics`).FindStringSubmatch(out)
-	imap := regexp.MustCompile(`IMAP on the primary: (\S+), on the replica: (\S+) `).FindStringSubmatch(out)
+	imap := regexp.MustCompile(`IMAP on mail-a\.demo: (\S+), on mail-b\.demo: (\S+) `).FindStringSubmatch(out)
 	if m == nil || imap == nil {
 		t.Fatalf("demo output names no dovewarden or IMAP address:\n%s", out)
 	}
@@ -58,7 +58,7 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out, m[1]+"/status (all)") {
 		t.Errorf("demo output names no overall status URL:\n%s", out)
 	}
-	lmtp := regexp.MustCompile(`LMTP on the primary: (\S+), on the replica: (\S+) `).FindStringSubmatch(out)
+	lmtp := regexp.MustCompile(`LMTP on mail-a\.demo: (\S+), on mail-b\.demo: (\S+) `).FindStringSubmatch(out)
 	if lmtp == nil {
 		t.Fatalf("demo output names no LMTP address:\n%s", out)
 	}
@@ -70,10 +70,10 @@ func TestDemo(t *testing.T) {
 		}
 		c.Close()
 	}
-	// "Try it": mail delivered to the replica with what the demo printed
-	// reaches the primary.
+	// "Try it": mail delivered to mail-b.demo with what the demo printed
+	// reaches mail-a.demo.
 	if err := dovecottest.DeliverLMTP(lmtp[2], "sender@example.test", "bob@example.test", "Subject: tried\r\n\r\nBy hand.\r\n"); err != nil {
-		t.Fatalf("LMTP delivery to the replica's printed address: %v", err)
+		t.Fatalf("LMTP delivery to mail-b.demo's printed address: %v", err)
 	}
 	var status string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -82,7 +82,7 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	if status != "MESSAGES 2" {
-		t.Errorf("bob's INBOX on the primary after a delivery on the replica: %q, want MESSAGES 2", status)
+		t.Errorf("bob's INBOX on mail-a.demo after a delivery on mail-b.demo: %q, want MESSAGES 2", status)
 	}
 
 	code := r.interrupt()

@@ -2,9 +2,10 @@
 // whole system on one machine against two real Dovecot instances and shows
 // changes replicating. It installs Dovecot 2.3 from Debian 12 when missing
 // (as root; otherwise it says what to install; where Debian ships another
-// version it says to use -dovecot 2.4), starts a primary and a
-// replica with generated configs on loopback ports and the project's own
-// exporter snippet, starts `dovewarden local` wired to them, delivers mail
+// version it says to use -dovecot 2.4), starts two instances, an
+// active-active pair, with generated configs on loopback ports and the
+// project's own exporter snippet, starts `dovewarden local` wired to
+// them, delivers mail
 // and makes IMAP changes, shows them arriving on the other side, prints
 // the metrics and status URLs, and runs until Ctrl-C, then stops every
 // process it started.
@@ -111,8 +112,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status (all), %s/status/alice, %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
 		d.base, d.base, d.base, d.base, d.base, d.localLog)
-	d.say("IMAP on the primary: %s, on the replica: %s (users alice and bob, password \"secret\")\n", d.a.IMAPAddr, d.b.IMAPAddr)
-	d.say("LMTP on the primary: %s, on the replica: %s (deliver to alice@example.test or bob@example.test)\n", d.a.LMTPAddr, d.b.LMTPAddr)
+	// An active-active pair: neither is the primary.
+	d.say("IMAP on %s: %s, on %s: %s (users alice and bob, password \"secret\")\n", d.a.Name, d.a.IMAPAddr, d.b.Name, d.b.IMAPAddr)
+	d.say("LMTP on %s: %s, on %s: %s (deliver to alice@example.test or bob@example.test)\n", d.a.Name, d.a.LMTPAddr, d.b.Name, d.b.LMTPAddr)
 	d.say("\nRunning until Ctrl-C. Try it: deliver or change mail on either side and watch the other.\n")
 	<-ctx.Done()
 	d.say("\nStopping.\n")

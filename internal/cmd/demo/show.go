@@ -28,13 +28,13 @@ func (d *demo) show(ctx context.Context) error {
 
 	d.say("\n1. New mail: LMTP delivers a message for alice to %s.\n", d.a.Name)
 	start := time.Now()
-	msg := dovecottest.TestMessage("Hello from the demo", "Delivered on the primary, replicated by dovewarden.")
+	msg := dovecottest.TestMessage("Hello from the demo", "Delivered on "+d.a.Name+", replicated by dovewarden.")
 	if err := dovecottest.DeliverLMTP(d.a.LMTPAddr, "sender@example.test", "alice@example.test", msg); err != nil {
 		return fmt.Errorf("LMTP delivery: %w", err)
 	}
-	// Read the replica only once a dsync that started after the change
+	// Read the other side only once a dsync that started after the change
 	// began succeeded (nothing else makes dovewarden sync alice now):
-	// opening a user's INBOX on the replica before it exists there creates
+	// opening a user's INBOX on the other side before it exists there creates
 	// an INBOX of its own, and Dovecot 2.3's dsync then fails with exit
 	// code 2 ("Remote lost mailbox GUID") on every run (2.4 merges the
 	// two).
@@ -74,7 +74,7 @@ func (d *demo) show(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.Append(ctx, "INBOX", `(\Seen)`, dovecottest.TestMessage("Written on the replica", "Active-active."))
+	_, err = s.Append(ctx, "INBOX", `(\Seen)`, dovecottest.TestMessage("Written on "+d.b.Name, "Active-active."))
 	s.Close()
 	if err != nil {
 		return fmt.Errorf("IMAP APPEND: %w", err)
