@@ -191,21 +191,7 @@ func TestServingRoles_SurviveSIGHUP(t *testing.T) {
 // Redis (systemctl stop of a unit still starting) ends the process with
 // status 0 and says so, instead of failing with an error that blames Redis.
 func TestLocal_StopDuringStartIsClean(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0") // a Redis that never answers
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
-	cmd := exec.Command(os.Args[0], "local", "--listen", freePort(t), "--redis-url", "redis://"+ln.Addr().String(),
+	cmd := exec.Command(os.Args[0], "local", "--listen", freePort(t), "--redis-url", "redis://"+silentRedis(t),
 		"--doveadm-url", "http://127.0.0.1:1", "--destination", "tcp:127.0.0.1:1")
 	cmd.Env = append(os.Environ(), runMainEnv+"=1", "DOVEWARDEN_DOVEADM_PASSWORD=x")
 	var out safebuf.Buffer

@@ -313,15 +313,15 @@ func TestStatus_URLAsksForTheNameGiven(t *testing.T) {
 	}
 }
 
-// TestStatus_TimeoutBoundsRedis: a Redis that takes connections and never
-// answers makes the command fail within --timeout, with one error line
-// and none of the Redis library's own.
-func TestStatus_TimeoutBoundsRedis(t *testing.T) {
+// silentRedis listens on a loopback address until the test ends, taking
+// connections and never answering, and returns the address.
+func silentRedis(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -331,14 +331,22 @@ func TestStatus_TimeoutBoundsRedis(t *testing.T) {
 			defer c.Close() // read nothing, answer nothing
 		}
 	}()
+	return ln.Addr().String()
+}
+
+// TestStatus_TimeoutBoundsRedis: a Redis that takes connections and never
+// answers makes the command fail within --timeout, with one error line
+// and none of the Redis library's own.
+func TestStatus_TimeoutBoundsRedis(t *testing.T) {
+	addr := silentRedis(t)
 	env, _, stderr := testEnv(nil, "")
 	done := make(chan error, 1)
 	go func() {
-		done <- run(context.Background(), env, []string{"status", "--redis-url", "redis://" + ln.Addr().String() + "/0", "--timeout", "300ms"})
+		done <- run(context.Background(), env, []string{"status", "--redis-url", "redis://" + addr + "/0", "--timeout", "300ms"})
 	}()
 	select {
 	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "redis-url redis://"+ln.Addr().String()) {
+		if err == nil || !strings.Contains(err.Error(), "redis-url redis://"+addr) {
 			t.Errorf("%v, want an error naming redis-url", err)
 		}
 	case <-time.After(3 * time.Second):

@@ -69,22 +69,8 @@ func TestSnippets_RealDovecot(t *testing.T) {
 	for _, version := range []string{dovecottest.V23, dovecottest.V24} {
 		t.Run(version, func(t *testing.T) {
 			t.Parallel()
-			if err := dovecottest.Ensure(version); err != nil {
-				t.Fatal(err)
-			}
-			snippet, err := os.ReadFile("events-" + version + ".conf")
-			if err != nil {
-				t.Fatal(err)
-			}
 			rec := &recorder{}
-			srv := httptest.NewServer(rec)
-			defer srv.Close()
-			conf := strings.ReplaceAll(string(snippet), "http://127.0.0.1:8080/events", srv.URL+"/events")
-			inst := dovecottest.StartT(t, dovecottest.Options{
-				Version: version, Name: "mail-a.test",
-				Users:       map[string]string{"u1": "pass"},
-				ExtraConfig: conf,
-			})
+			inst := startWithSnippet(t, version, rec, map[string]string{"u1": "pass"}, "")
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			s, err := dovecottest.LoginIMAP(ctx, inst.IMAPAddr, "u1", "pass")
@@ -233,6 +219,26 @@ func TestDoveadmSnippets_RealDovecot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startWithSnippet starts a Dovecot of version named mail-a.test with the
+// shipped events snippet, its exporter posting to h, and extra appended to
+// its configuration.
+func startWithSnippet(t *testing.T, version string, h http.Handler, users map[string]string, extra string) *dovecottest.Instance {
+	t.Helper()
+	if err := dovecottest.Ensure(version); err != nil {
+		t.Fatal(err)
+	}
+	snippet, err := os.ReadFile("events-" + version + ".conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return dovecottest.StartT(t, dovecottest.Options{
+		Version: version, Name: "mail-a.test", Users: users,
+		ExtraConfig: strings.ReplaceAll(string(snippet), "http://127.0.0.1:8080/events", srv.URL+"/events") + extra,
+	})
 }
 
 func mustRead(t *testing.T, path string) []byte {

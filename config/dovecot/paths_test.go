@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -80,25 +79,12 @@ func TestSnippets_RealDovecot_OtherWaysMailChanges(t *testing.T) {
 	for _, version := range []string{dovecottest.V23, dovecottest.V24} {
 		t.Run(version, func(t *testing.T) {
 			t.Parallel()
-			if err := dovecottest.Ensure(version); err != nil {
-				t.Fatal(err)
-			}
-			snippet, err := os.ReadFile("events-" + version + ".conf")
-			if err != nil {
-				t.Fatal(err)
-			}
 			rec := &changeRecorder{}
-			srv := httptest.NewServer(rec)
-			defer srv.Close()
 			filterPlugin := "protocol imap {\n  mail_plugins = $mail_plugins imap_filter_sieve\n}\n"
 			if version == dovecottest.V24 {
 				filterPlugin = "protocol imap {\n  mail_plugins {\n    imap_filter_sieve = yes\n  }\n}\n"
 			}
-			inst := dovecottest.StartT(t, dovecottest.Options{
-				Version: version, Name: "mail-a.test",
-				Users:       map[string]string{"u1": "pass", "u2": "pass"},
-				ExtraConfig: strings.ReplaceAll(string(snippet), "http://127.0.0.1:8080/events", srv.URL+"/events") + filterPlugin,
-			})
+			inst := startWithSnippet(t, version, rec, map[string]string{"u1": "pass", "u2": "pass"}, filterPlugin)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 

@@ -20,7 +20,8 @@ import (
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 )
 
-// serveOK serves an "ok" handler on a loopback port until the test ends.
+// serveOK serves an "ok" handler with o on a loopback port until the test
+// ends, and returns the address.
 func serveOK(t *testing.T, o Options) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -36,7 +37,12 @@ func serveOK(t *testing.T, o Options) string {
 			http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), func(net.Addr) { close(ready) })
 	}()
 	<-ready
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	})
 	return ln.Addr().String()
 }
 

@@ -1,13 +1,11 @@
 package server
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -58,25 +56,7 @@ func clientOf(t *testing.T, ca *testcert.CA, host string) *tls.Config {
 // test ends, and returns the address.
 func serveTLS(t *testing.T, kp *KeyPair) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		done <- ServeListener(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{ShutdownTimeout: time.Second, KeyPair: kp}, ln,
-			http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), func(net.Addr) { close(ready) })
-	}()
-	<-ready
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeListener: %v", err)
-		}
-	})
-	return ln.Addr().String()
+	return serveOK(t, Options{KeyPair: kp})
 }
 
 // servedSerial makes a request on a new connection (a new handshake) and
