@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 )
 
@@ -115,12 +114,8 @@ func ExitCodeOf(err error) int {
 // echoed one. It also replaces a secret as a JSON decoder reads it (each
 // invalid UTF-8 byte a U+FFFD) and as Go's %q spells either (quotes and
 // backslashes escaped), since messages quote what a server answered.
-//
-// A secret shorter than shortSecret bytes is replaced only where it stands
-// as a word of its own (no letter or digit joined to it), as an echoed
-// password does ("password=pw", "user:pw@"): replaced everywhere, a
-// password such as "test" or "a" would turn every user name and word
-// holding it into "***".
+// Every occurrence, inside other words too: a short password such as
+// "test" masks part of every name holding it (docs/configuration.md).
 func Redact(s string, secrets ...string) string {
 	for _, sec := range secrets {
 		if len(sec) == 0 {
@@ -135,58 +130,14 @@ func Redact(s string, secrets ...string) string {
 			forms = append(forms, b.String())
 		}
 		for _, f := range forms {
-			s = replaceSecret(s, f)
+			s = strings.ReplaceAll(s, f, "***")
 			if q := strconv.Quote(f); q[1:len(q)-1] != f {
-				s = replaceSecret(s, q[1:len(q)-1])
+				s = strings.ReplaceAll(s, q[1:len(q)-1], "***")
 			}
 		}
 	}
 	return s
 }
-
-// shortSecret: below this length Redact replaces a secret only as a word.
-const shortSecret = 8
-
-// replaceSecret replaces sec in s with "***": every occurrence, or for a
-// short secret those with no letter or digit joined to a letter or digit
-// at either end of it.
-func replaceSecret(s, sec string) string {
-	if len(sec) >= shortSecret {
-		return strings.ReplaceAll(s, sec, "***")
-	}
-	first, _ := utf8.DecodeRuneInString(sec)
-	last, _ := utf8.DecodeLastRuneInString(sec)
-	var b strings.Builder
-	rest := s
-	for {
-		i := strings.Index(rest, sec)
-		if i < 0 {
-			break
-		}
-		before, _ := utf8.DecodeLastRuneInString(rest[:i])
-		after, _ := utf8.DecodeRuneInString(rest[i+len(sec):])
-		joined := (i > 0 && isWord(before) && isWord(first)) ||
-			(i+len(sec) < len(rest) && isWord(after) && isWord(last))
-		b.WriteString(rest[:i])
-		if joined {
-			// Not a word of its own: keep its first rune and look again
-			// after it, so that an overlapping standalone copy is found.
-			_, n := utf8.DecodeRuneInString(rest[i:])
-			b.WriteString(rest[i : i+n])
-			rest = rest[i+n:]
-			continue
-		}
-		b.WriteString("***")
-		rest = rest[i+len(sec):]
-	}
-	if b.Len() == 0 {
-		return s
-	}
-	b.WriteString(rest)
-	return b.String()
-}
-
-func isWord(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
 
 // op names a sync call for error messages.
 func op(user, where string) string {

@@ -76,8 +76,7 @@ func TestError_MessageNamesUserAndCode(t *testing.T) {
 	}
 }
 
-// TestRedact: a secret is taken out as it is and as %q spells it; a
-// short one only as a word of its own.
+// TestRedact: a secret is taken out as it is and as %q spells it.
 func TestRedact(t *testing.T) {
 	for _, tc := range []struct{ in, secret, want string }{
 		{"pw=s3cret!", "s3cret!", "pw=***"},
@@ -88,14 +87,9 @@ func TestRedact(t *testing.T) {
 		{"tag \"00000\ufffd\" refused", "00000\xeb", `tag "***" refused`},
 		{"nothing to hide", "s3cret", "nothing to hide"},
 		{"", "", ""},
-		// A short secret only where it stands as a word of its own.
-		{"user test1@example.org: password test refused", "test", "user test1@example.org: password *** refused"},
-		{"user:test@host, attest, tester, test", "test", "user:***@host, attest, tester, ***"},
-		{"the dsync of alice failed: pw=a", "a", "the dsync of alice failed: pw=***"},
-		{`"pw" "pwpw" pw`, "pw", `"***" "pwpw" ***`},
-		{"xpw!y pw!", "pw!", "xpw!y ***"},
-		{"pw=ünï ünïx", "ünï", "pw=*** ünïx"},
-		{"long1secret2 inside xlong1secret2x", "long1secret2", "*** inside x***x"},
+		// Inside other words too, even a short secret: no echo of it may
+		// survive, whatever stands next to it.
+		{"user test1@example.org: pw=0test0", "test", "user ***1@example.org: pw=0***0"},
 	} {
 		if got := Redact(tc.in, tc.secret); got != tc.want {
 			t.Errorf("Redact(%q, %q) = %q, want %q", tc.in, tc.secret, got, tc.want)
