@@ -88,7 +88,7 @@ done
 wait "$lg" || true
 cat "$tmp/soak.txt"
 grep VmHWM "/proc/$local_pid/status"
-curl -fsS http://127.0.0.1:18080/metrics | grep -E '^dovewarden_(ingest_send_failures_total|broker_.*rejected.*|sync_dsyncs_total)' || true
+curl -fsS http://127.0.0.1:18080/metrics | grep -E '^dovewarden_(ingest_send_failures_total|broker_.*rejected.*|sync_dsyncs_total)' | grep -v ' 0$' || true
 
 # Ingest alone: `dovewarden ingest` publishing to `dovewarden broker` with
 # a Broker manifest and no Trigger, so every change is parsed, classified,
