@@ -43,6 +43,9 @@ type Rule struct {
 	Reason string
 }
 
+// ClassNoUser is the class of exit code 67: the user does not exist.
+const ClassNoUser = "no_user"
+
 // unknownAttempts bounds attempts on an exit code the table does not know:
 // it may be transient, but retrying it forever would hide a new problem.
 const unknownAttempts = 3
@@ -54,7 +57,7 @@ var Policy = []Rule{
 	{Code: 0, Action: Done, Class: "success", Reason: "success"},
 	{Code: 2, Action: RunAgain, Class: "changed", Retryable: true, Reason: "mailbox changed during sync, run again"},
 	{Code: 65, Action: EscalateFull, Class: "data_error", Retryable: true, Reason: "data error, retry as a full sync"},
-	{Code: 67, Action: Report, Class: "no_user", Reason: "no such user"},
+	{Code: 67, Action: Report, Class: ClassNoUser, Reason: "no such user"},
 	// 68 is also what dsync answers when a folder is deleted while it
 	// syncs it ("Mailbox was deleted under us", seen with Dovecot 2.3 and
 	// 2.4 in the e2e suite). An incremental rerun with the old state can

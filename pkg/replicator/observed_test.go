@@ -170,7 +170,7 @@ func TestReplicate_MergedChangesOfAFailedDsyncStayMarked(t *testing.T) {
 		started <- struct{}{}
 		<-release
 	}
-	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 67}) // EX_NOUSER: not retried
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 77}) // EX_NOPERM: not retried
 	seen := time.Now().UTC().Add(-time.Second)
 	done := make(chan change.Result)
 	go func() { done <- f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen}) }()

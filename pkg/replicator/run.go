@@ -220,13 +220,19 @@ func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, tot
 	}
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
+	gone := rule.Class == doveadm.ClassNoUser
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
 		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true, Full: j.fullAsked,
-		Start: f.Start}); err != nil {
+		Start: f.Start, Gone: gone}); err != nil {
 		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	j.r.log.Warn("dsync failed after its last attempt; user marked failed", "user", j.req.User, "attempts", total,
-		"class", f.Class, "exit_code", f.ExitCode, "retry_by", f.RetryBy, "err", f.Error)
+	if gone {
+		j.r.log.Warn("dsync failed: no such user; its marks are dropped, as for a deleted user", "user", j.req.User,
+			"exit_code", f.ExitCode, "err", f.Error)
+	} else {
+		j.r.log.Warn("dsync failed after its last attempt; user marked failed", "user", j.req.User, "attempts", total,
+			"class", f.Class, "exit_code", f.ExitCode, "retry_by", f.RetryBy, "err", f.Error)
+	}
 	j.res.Outcome, j.res.Failure, j.res.Attempts = change.Failed, &f, total
 	j.res.Start, j.res.End, j.res.Full = f.Start, f.End, f.Full
 	return j.res, nil

@@ -217,7 +217,7 @@ return {'done', now}
 
 // scriptFail: KEYS lock, user, pending, failed. ARGV user, token, at,
 // error, exit code, class, final, release, host, full asked, the failed
-// attempt's start.
+// attempt's start, gone.
 var scriptFail = redis.NewScript(luaPrelude + `
 local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
 local h = KEYS[2]
@@ -233,6 +233,18 @@ if at <= 0 or at > now then at = now end
 redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
   'last_failure_call', call)
 redis.call('HINCRBY', h, 'failures', 1)
+if ARGV[12] == '1' then
+  -- The user no longer exists: nothing is left to replicate, and marks
+  -- would have the sweep try it again for ever.
+  redis.call('ZREM', KEYS[4], user)
+  redis.call('ZREM', KEYS[3], user)
+  redis.call('HDEL', h, 'pending_host', 'full_requested')
+  if ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token then
+    redis.call('DEL', KEYS[1])
+    redis.call('HDEL', h, unpack(INPROGRESS))
+  end
+  return now
+end
 if ARGV[7] == '1' then
   redis.call('ZADD', KEYS[4], now, user)
 end

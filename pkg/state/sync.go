@@ -198,13 +198,19 @@ type FailureArgs struct {
 	// Start is the failed attempt's Claim Start. With Token it names the
 	// call, so that the same call sent again is recorded once.
 	Start time.Time
+	// Gone: the user no longer exists (doveadm's "no such user"). The
+	// failure is recorded, but the user's pending and failed marks are
+	// dropped instead of set, as Dovecot 2.3's replicator dropped such a
+	// user: its next change, or a sweep that lists it again, brings it
+	// back.
+	Gone bool
 }
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
-		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start)).Int64()
+		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}
