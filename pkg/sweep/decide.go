@@ -24,17 +24,20 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 	if f.Excluded {
 		return nil, SkipExcluded
 	}
-	if f.InProgress {
-		// The running dsync starts after the sweep listed the user and
-		// picks up its pending marks; asking again would only queue
-		// another run behind it.
-		return nil, SkipInProgress
-	}
 	lastFull := f.FullRequested
 	if f.LastFull && f.LastStart.After(lastFull) {
 		lastFull = f.LastStart
 	}
 	fullDue := o.FullSyncInterval > 0 && !lastFull.Add(o.FullSyncInterval).After(now)
+	if f.InProgress && !fullDue {
+		// The running dsync starts after the sweep listed the user and
+		// picks up its pending marks; asking again would only queue
+		// another run behind it. Unless the full sync is due: the running
+		// dsync is most likely incremental, and a user that is busy at
+		// every sweep (a mailing-list archive) would never get one. Asked
+		// for now, it is the lock owner's next round (Begin marks it).
+		return nil, SkipInProgress
+	}
 	var reason Reason
 	switch {
 	case f.Failed:
