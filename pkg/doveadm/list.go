@@ -251,7 +251,7 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	})
 	var fnErr error
 	for sc.Scan() {
-		if u := strings.TrimSpace(sc.Text()); u != "" {
+		if u := strings.TrimSuffix(sc.Text(), "\r"); u != "" {
 			if fnErr = fn(u); fnErr != nil {
 				break
 			}
@@ -271,7 +271,7 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	case scanErr != nil:
 		return &Error{Kind: KindProtocol, Op: opn, Detail: fmt.Sprintf("reading the listing: %v", scanErr), Err: scanErr}
 	case err == nil:
-		if u := strings.TrimSpace(tail); u != "" {
+		if u := strings.TrimSuffix(tail, "\r"); u != "" {
 			return fn(u)
 		}
 		return nil

@@ -159,11 +159,14 @@ func fakeLister(t *testing.T, out string, exit int) (bin, argvFile string) {
 }
 
 func TestExec_ListUsers(t *testing.T) {
-	bin, argvFile := fakeLister(t, "u1\nu2\n\nx@dom.test\n", 0)
+	// A name with white space around it is given as listed, as the HTTP
+	// API gives it, for the sweep to refuse: trimmed, it would name
+	// another user.
+	bin, argvFile := fakeLister(t, "u1\nu2\r\n\nx@dom.test\ntrail \n", 0)
 
 	got, err := collect(doveadm.NewExec(bin, 5*time.Second), doveadm.Endpoint{Config: "/etc/dovecot/a.conf"})
 
-	if err != nil || strings.Join(got, "|") != "u1|u2|x@dom.test" {
+	if err != nil || strings.Join(got, "|") != "u1|u2|x@dom.test|trail " {
 		t.Fatalf("ListUsers = %q, %v", got, err)
 	}
 	argv, _ := os.ReadFile(argvFile)
