@@ -168,9 +168,10 @@ for i = 9 + 2 * n, #ARGV do
   redis.call('ZADD', KEYS[5], now, ARGV[i])
 end
 if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
-  -- Entries older than the interval mean the same as none: due.
+  -- Entries older than the interval mean the same as none: due. With
+  -- periodic full syncs off, none means anything.
   local iv = num(ARGV[7])
-  if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) end
+  if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) else redis.call('DEL', KEYS[5]) end
   finish(id, now)
   return {'finished', now}
 end

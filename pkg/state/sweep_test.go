@@ -179,6 +179,27 @@ func TestSweep_ASweepOlderThanTheRecoveryTimeIsReplaced(t *testing.T) {
 	})
 }
 
+// TestSweep_FullSyncsOffForgetsTheirRecords: with periodic full syncs
+// off, a completed sweep leaves no record of full syncs asked for, which
+// would otherwise stay for ever.
+func TestSweep_FullSyncsOffForgetsTheirRecords(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.rdb.ZAdd(ctx, state.SweepFullKey, redis.Z{Score: float64(time.Now().UnixMilli()), Member: "a"})
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a"})
+		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`}, sweepLock, sweepLock)
+		b.st.SweepClaim(ctx, "s1", 0, "c1", sweepLock, sweepClaim)
+		done, err := b.st.SweepCommit(ctx, state.SweepCommitArgs{ID: "s1", Token: "c1", From: 0, To: 1,
+			LockTTL: sweepLock, UsersTTL: sweepLock})
+		if err != nil || !done {
+			t.Fatalf("commit: %v %v", done, err)
+		}
+		if n, _ := b.rdb.Exists(ctx, state.SweepFullKey).Result(); n != 0 {
+			t.Error("the full-sync records stay with full syncs off")
+		}
+	})
+}
+
 func TestSweep_Facts(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.MarkPending(ctx, "p", "mail-b", time.Now())
