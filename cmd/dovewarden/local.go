@@ -29,6 +29,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
+	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
 	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
 )
 
@@ -227,6 +228,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	// gone (every user gets a full sync); with --redis-url the recovery
 	// time makes it replicate every user.
 	go sweepTimer(ctx, b, *sweepEvery, log)
+	go retrySweeps(ctx, b, st, sc.Sweep.FailedRetryInterval, log)
 	if deadLocks {
 		go recoverySweep(ctx, b, sc.LockTTL, log)
 	}
@@ -315,7 +317,7 @@ func markUndelivered(st *state.Store, held []broker.Held, spooled bool, log *slo
 // sweepTimer publishes a sweep.requested into the broker now and then
 // every interval (never when interval is 0), like the PingSource.
 func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log *slog.Logger) {
-	reason := "start"
+	reason := sweep.SweepReasonStart
 	var tick <-chan time.Time
 	if every > 0 {
 		t := time.NewTicker(every)
@@ -324,11 +326,41 @@ func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log 
 	}
 	for {
 		requestSweep(ctx, b, reason, log)
-		reason = "schedule"
+		reason = sweep.SweepReasonSchedule
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
+		}
+	}
+}
+
+// retrySweeps asks for a sweep as soon as the oldest failed user's retry
+// is due (--failed-retry-interval after its failure), as Dovecot 2.3's
+// replicator retried failed users: otherwise a failed user with no new
+// change would wait for the next scheduled sweep (an hour by default)
+// after its replica came back. While users keep failing, that is one
+// sweep each interval.
+func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every time.Duration, log *slog.Logger) {
+	for {
+		wait := every
+		failed, err := st.Failed(ctx, 1)
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				log.Warn("could not look for failed users to retry", "err", err)
+			}
+		case len(failed) == 1:
+			if due := failed[0].FailedSince.Add(every); time.Now().Before(due) {
+				wait = time.Until(due) + 100*time.Millisecond
+			} else {
+				requestSweep(ctx, b, sweep.SweepReasonRetry, log)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 }
@@ -353,7 +385,7 @@ func recoverySweep(ctx context.Context, b *broker.Broker, lockTTL time.Duration,
 	select {
 	case <-ctx.Done():
 	case <-time.After(lockTTL + time.Second):
-		requestSweep(ctx, b, "recovery", log)
+		requestSweep(ctx, b, sweep.SweepReasonRecovery, log)
 	}
 }
 

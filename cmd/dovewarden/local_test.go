@@ -796,3 +796,51 @@ func TestLocal_BrokerIngressTakesMaxBody(t *testing.T) {
 		t.Errorf("an event over --max-body: HTTP %d, want 413", code)
 	}
 }
+
+// TestLocal_FailedUserRetriedAfterTheInterval: a user whose replication
+// failed (its replica down) is tried again --failed-retry-interval after
+// the failure, with no change of its own and long before the next
+// scheduled sweep, as Dovecot 2.3's replicator retried failed users.
+func TestLocal_FailedUserRetriedAfterTheInterval(t *testing.T) {
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	fake.SetUsers("u1")
+	var down atomic.Bool
+	down.Store(true)
+	fake.Respond = func(doveadmtest.Call) doveadmtest.Reply {
+		if down.Load() {
+			return doveadmtest.Reply{ExitCode: 75}
+		}
+		return doveadmtest.Reply{}
+	}
+	base, stop, stderr := startLocalWith(t, fake, "--failed-retry-interval", "2s", "--max-attempts", "1", "--sweep-every", "1h")
+	t.Cleanup(func() { _ = stop() })
+	failed := func() bool {
+		resp, err := http.Get(base + "/status/u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Failed bool `json:"failed"`
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		return st.Failed
+	}
+	// The sweep at start asks for u1, whose dsync fails.
+	for deadline := time.Now().Add(10 * time.Second); !failed(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("u1 never failed:\n%s", stderr)
+		}
+	}
+	down.Store(false) // the replica is back
+	tried := len(tr.CallsOf("u1"))
+	for deadline := time.Now().Add(10 * time.Second); failed(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("u1 still failed 10 s after the replica came back (%d dsyncs, %d before):\n%s", len(tr.CallsOf("u1")), tried, stderr)
+		}
+	}
+	if !strings.Contains(stderr.String(), "reason=retry") {
+		t.Errorf("the retry was not a sweep of reason retry:\n%s", stderr)
+	}
+}

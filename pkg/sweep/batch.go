@@ -172,7 +172,7 @@ func (s *Sweeper) scan(ctx context.Context, c Cursor, b state.SweepBatch, hosts 
 			return r, err
 		}
 		for i, e := range entries {
-			req, why := decide(e, facts[i], b.Now, s.o, hosts)
+			req, why := decide(e, facts[i], b.Now, s.o, hosts, Asked(b.Reason))
 			switch {
 			case req != nil:
 				req.Sweep = c.Sweep

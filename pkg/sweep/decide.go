@@ -17,7 +17,11 @@ import (
 // that a failing user is not hammered with full syncs. Here it is the later
 // of the last successful dsync (when it was full) and the last full sync
 // the sweep asked for.
-func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, hosts []string) (*Request, string) {
+//
+// asked: an administrator asked for this sweep (Asked): failed users are
+// tried again now, not only after FailedRetryInterval, since the cause was
+// most likely just fixed.
+func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, hosts []string, asked bool) (*Request, string) {
 	if doveadm.ValidateUser(e.User) != nil {
 		return nil, SkipBadUser
 	}
@@ -41,7 +45,7 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 	var reason Reason
 	switch {
 	case f.Failed:
-		if now.Before(f.FailedAt.Add(o.FailedRetryInterval)) {
+		if !asked && now.Before(f.FailedAt.Add(o.FailedRetryInterval)) {
 			return nil, SkipRetryNotDue
 		}
 		reason = ReasonFailed

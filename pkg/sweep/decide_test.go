@@ -81,7 +81,7 @@ func TestDecide(t *testing.T) {
 			if tt.opts != nil {
 				opts = *tt.opts
 			}
-			req, skip := decide(tt.entry, tt.facts, now, opts, hosts)
+			req, skip := decide(tt.entry, tt.facts, now, opts, hosts, false)
 			if skip != tt.skip {
 				t.Errorf("skip %q, want %q", skip, tt.skip)
 			}
@@ -117,5 +117,28 @@ func TestSources(t *testing.T) {
 	other := doveadm.NewHostMap(doveadm.Endpoint{URL: "http://mail-c:8080/doveadm/v1"}, doveadm.Endpoint{Name: "mail-a", URL: def.URL})
 	if got := Sources(other); len(got) != 2 || got[1].Name != "" {
 		t.Errorf("a default of its own: %+v", got)
+	}
+}
+
+// TestDecide_AnAdministratorsSweepRetriesFailedUsersNow: a sweep an
+// administrator asked for (dovewarden sweep, after fixing the replica)
+// retries a failed user at once; dovewarden's own wait the interval.
+func TestDecide_AnAdministratorsSweepRetriesFailedUsersNow(t *testing.T) {
+	now := time.Now()
+	o := Options{FullSyncInterval: 24 * time.Hour, FailedRetryInterval: 5 * time.Minute}
+	facts := state.SweepFacts{Failed: true, FailedAt: now.Add(-time.Minute), Pending: true, LastStart: now.Add(-time.Hour), LastFull: true}
+	for _, tc := range []struct {
+		reason string
+		want   Reason
+	}{{"cli", ReasonFailed}, {"after the replica's repair", ReasonFailed},
+		{SweepReasonSchedule, ""}, {SweepReasonStart, ""}, {SweepReasonRetry, ""}, {SweepReasonRecovery, ""}, {"", ""}} {
+		req, skip := decide(state.SweepEntry{User: "u", Host: 1}, facts, now, o, []string{"mail-a"}, Asked(tc.reason))
+		var got Reason
+		if req != nil {
+			got = req.Reason
+		}
+		if got != tc.want || (tc.want == "" && skip != SkipRetryNotDue) {
+			t.Errorf("sweep of reason %q: request %+v, skip %q; want reason %q", tc.reason, req, skip, tc.want)
+		}
 	}
 }

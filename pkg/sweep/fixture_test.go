@@ -124,7 +124,7 @@ func (f *fixture) run(t *testing.T) []Result {
 		if i > 10000 {
 			t.Fatal("the sweep never ends")
 		}
-		res, err := f.sw.Step(context.Background(), "test", c)
+		res, err := f.sw.Step(context.Background(), SweepReasonSchedule, c)
 		if err != nil {
 			t.Fatalf("step %d: %v", i, err)
 		}

@@ -64,6 +64,27 @@ const (
 	SkipRetryNotDue = "retry_not_due"
 )
 
+// The reasons of the sweeps dovewarden asks for itself: at local mode's
+// start, on its schedule (and the PingSource's, which may send none),
+// after a start that found dead locks, and to retry failed users. Any
+// other reason is an administrator's request (dovewarden sweep).
+const (
+	SweepReasonStart    = "start"
+	SweepReasonSchedule = "schedule"
+	SweepReasonRecovery = "recovery"
+	SweepReasonRetry    = "retry"
+)
+
+// Asked reports whether a sweep of this reason was asked for by an
+// administrator rather than by dovewarden itself.
+func Asked(reason string) bool {
+	switch reason {
+	case "", SweepReasonStart, SweepReasonSchedule, SweepReasonRecovery, SweepReasonRetry:
+		return false
+	}
+	return true
+}
+
 // Request is one replication the sweep asks for.
 type Request struct {
 	// Sweep is the sweep's id; with User it makes the event id, so a
