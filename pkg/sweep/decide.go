@@ -33,13 +33,15 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 		lastFull = f.LastStart
 	}
 	fullDue := o.FullSyncInterval > 0 && !lastFull.Add(o.FullSyncInterval).After(now)
-	if f.InProgress && !fullDue {
+	if f.InProgress && (!fullDue || f.LastStart.IsZero()) {
 		// The running dsync starts after the sweep listed the user and
 		// picks up its pending marks; asking again would only queue
 		// another run behind it. Unless the full sync is due: the running
 		// dsync is most likely incremental, and a user that is busy at
 		// every sweep (a mailing-list archive) would never get one. Asked
 		// for now, it is the lock owner's next round (Begin marks it).
+		// A user never replicated before is having its first dsync, a
+		// full one.
 		return nil, SkipInProgress
 	}
 	var reason Reason
