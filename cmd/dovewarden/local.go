@@ -157,7 +157,12 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer closeSync()
-	st, err := state.Open(sc.Redis)
+	// Ingest's stamp and pending marks, the status and the marks at a stop
+	// bound each call: a Redis that stops answering must not hold
+	// Dovecot's answer past its exporter timeout.
+	conn := sc.Redis
+	conn.Deadlines = true
+	st, err := state.Open(conn)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,9 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 	var pending PendingMarker
 	if cfg.Redis.URL != "" {
 		state.LogTo(log)
-		st, err := state.Open(cfg.Redis)
+		conn := cfg.Redis
+		conn.Deadlines = true
+		st, err := state.Open(conn)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -28,6 +28,12 @@ type Conn struct {
 	// requests end at their context's deadline: for a command that must
 	// answer soon (dovewarden status), not for the serving roles.
 	Timeout time.Duration
+	// Deadlines makes requests end at their context's deadline without
+	// changing the library's own timeouts: for a caller that bounds each
+	// of its calls (ingest: the stamp and the pending mark must not hold
+	// Dovecot's answer past its exporter timeout), whose calls are safe to
+	// cut short (read-only, or idempotent like a pending mark).
+	Deadlines bool
 }
 
 // RegisterFlags declares redis-url, described by usage, and the TLS files
@@ -95,12 +101,14 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 			failover.DialTimeout, failover.ReadTimeout, failover.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
 			failover.ContextTimeoutEnabled, failover.DialerRetries = true, 1
 		}
+		failover.ContextTimeoutEnabled = failover.ContextTimeoutEnabled || c.Deadlines
 		return redis.NewFailoverClient(failover), nil
 	}
 	if c.Timeout > 0 {
 		simple.DialTimeout, simple.ReadTimeout, simple.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
 		simple.ContextTimeoutEnabled, simple.DialerRetries = true, 1
 	}
+	simple.ContextTimeoutEnabled = simple.ContextTimeoutEnabled || c.Deadlines
 	return redis.NewClient(simple), nil
 }
 
