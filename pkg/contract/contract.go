@@ -173,8 +173,13 @@ func ToChange(ev cloudevents.Event) (change.Change, error) {
 		DestinationMailbox: d.DestinationMailbox, OldMailbox: d.OldMailbox,
 		Session: d.Session, MessageID: d.MessageID, Observed: d.ObservedAt,
 	}
-	if c.User == "" {
+	switch {
+	case c.User == "":
 		c.User = d.User
+	case d.User != "" && d.User != c.User:
+		// A hop that changed one (a binding that percent-encodes the
+		// subject) would have sync replicate a user that does not exist.
+		return change.Change{}, fmt.Errorf("event %s: subject %q and data user %q differ", ev.ID(), c.User, d.User)
 	}
 	if p, ok := ev.Extensions()[ExtPriority].(string); ok {
 		c.Priority = change.Priority(p)

@@ -2,6 +2,7 @@ package contract
 
 import (
 	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,20 @@ func TestToChange_RoundTrip(t *testing.T) {
 	out.Time = in.Time
 	if out != in {
 		t.Errorf("round trip:\n got %+v\nwant %+v", out, in)
+	}
+}
+
+// TestToChange_SubjectAndDataUserMustAgree: a hop that changed one of
+// them (a binding that percent-encodes the subject) must not make sync
+// replicate a user that does not exist.
+func TestToChange_SubjectAndDataUserMustAgree(t *testing.T) {
+	ev, err := FromChange(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.SetSubject(url.PathEscape("jörg") + "@example.org")
+	if _, err := ToChange(ev); err == nil || !strings.Contains(err.Error(), "differ") {
+		t.Errorf("a subject other than the data's user: %v", err)
 	}
 }
 

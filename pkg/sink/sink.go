@@ -19,6 +19,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 )
 
 // Options configure a Sender.
@@ -54,6 +55,7 @@ type Options struct {
 type Sender struct {
 	client    cloudevents.Client
 	target    string
+	spelled   []string // the URL as errors may spell it, each shown as target
 	overrides map[string]any
 	opts      Options
 }
@@ -72,6 +74,16 @@ func ParseOverrides(raw string) (map[string]any, error) {
 	}
 	probe := cloudevents.NewEvent()
 	for k, v := range o.Extensions {
+		switch strings.ToLower(k) {
+		case contract.ExtPriority, contract.ExtPartitionKey, contract.ExtRetryBy:
+			// The Triggers route on them and Kafka orders by them: an
+			// override would put new mail in the bulk lane, or one
+			// user's changes out of order.
+			return nil, fmt.Errorf("K_CE_OVERRIDES: extension %q is dovewarden's own (the Triggers route on it); it cannot be overridden", k)
+		}
+		if _, ok := v.(string); !ok {
+			return nil, fmt.Errorf("K_CE_OVERRIDES: extension %q: want a string value, as Knative sets them, got %v", k, v)
+		}
 		if err := probe.Context.SetExtension(k, v); err != nil {
 			return nil, fmt.Errorf("K_CE_OVERRIDES: extension %q: %w", k, err)
 		}
@@ -145,7 +157,14 @@ func New(o Options) (*Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker client: %w", err)
 	}
-	return &Sender{client: c, target: config.RedactURL(o.URL), overrides: ov, opts: o}, nil
+	// The URL as given and as Go's transport spells it in its errors
+	// (the password masked, a token in the query not): both are shown
+	// as target.
+	spelled := []string{o.URL}
+	if r := u.Redacted(); r != o.URL {
+		spelled = append(spelled, r)
+	}
+	return &Sender{client: c, target: config.RedactURL(o.URL), spelled: spelled, overrides: ov, opts: o}, nil
 }
 
 func retriable(code int) bool {
@@ -172,7 +191,7 @@ func (s *Sender) Send(ctx context.Context, ev cloudevents.Event) error {
 	if cloudevents.IsACK(res) {
 		return nil
 	}
-	return describe(res, s.target)
+	return describe(res, s.target, s.spelled)
 }
 
 // withRetries asks the SDK for Retries retries, Backoff before the first
@@ -187,7 +206,7 @@ func (s *Sender) withRetries(ctx context.Context) context.Context {
 }
 
 // describe names the final HTTP status when there was one.
-func describe(res error, target string) error {
+func describe(res error, target string, spelled []string) error {
 	var rr *cehttp.RetriesResult
 	if errors.As(res, &rr) {
 		res = rr.Result
@@ -197,6 +216,10 @@ func describe(res error, target string) error {
 		msg := fmt.Sprintf("broker %s answered HTTP %d", target, hr.StatusCode)
 		// The SDK's text is "CODE: DETAIL", its detail often empty.
 		if detail := strings.TrimSpace(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode))); detail != "" {
+			// A proxy's error page would fill every log line.
+			if len(detail) > maxDetail {
+				detail = strings.ToValidUTF8(detail[:maxDetail], "") + "…"
+			}
 			msg += ": " + detail
 		}
 		return &answered{msg, res}
@@ -204,8 +227,17 @@ func describe(res error, target string) error {
 	if res == nil {
 		return fmt.Errorf("broker %s: no acknowledgement", target)
 	}
-	return fmt.Errorf("broker %s: %w", target, res)
+	// The transport's error spells the URL it posted to, with what the
+	// redaction hides (a token in the query): spell it as target.
+	msg := res.Error()
+	for _, raw := range spelled {
+		msg = strings.ReplaceAll(msg, raw, target)
+	}
+	return &answered{fmt.Sprintf("broker %s: %s", target, msg), res}
 }
+
+// maxDetail bounds what of a Broker's refusal an error quotes.
+const maxDetail = 512
 
 // answered is a Broker's refusal: its message, and the SDK's result for
 // errors.As.

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -24,7 +26,11 @@ func TestParseOverrides(t *testing.T) {
 	if ov, err := ParseOverrides(""); err != nil || ov != nil {
 		t.Errorf("empty: %v %v", ov, err)
 	}
-	for _, bad := range []string{"{", `{"extensions":{"Bad-Name":"x"}}`, `{"extensions":[1]}`} {
+	// The Triggers' and Kafka's own extensions, and values Knative would
+	// not set (it sets strings), are refused.
+	for _, bad := range []string{"{", `{"extensions":{"Bad-Name":"x"}}`, `{"extensions":[1]}`,
+		`{"extensions":{"priority":"low"}}`, `{"extensions":{"partitionkey":""}}`, `{"extensions":{"retryby":"x"}}`,
+		`{"extensions":{"priority":null}}`, `{"extensions":{"n":1.5}}`} {
 		if _, err := ParseOverrides(bad); err == nil || !strings.Contains(err.Error(), "K_CE_OVERRIDES") {
 			t.Errorf("ParseOverrides(%q) = %v", bad, err)
 		}
@@ -99,6 +105,36 @@ func TestSend_ThePasswordStaysOutOfErrorsAndTarget(t *testing.T) {
 		if strings.Contains(text, "s3cretPW") || !strings.Contains(text, "dovecot:") {
 			t.Errorf("%q: want the user, not the password", text)
 		}
+	}
+}
+
+// TestSend_ErrorsQuoteNoSecretAndNoWholePage: a token in K_SINK's query
+// is redacted in a transport error too (the transport spells the URL it
+// posted to), and a Broker's long error page is quoted in part.
+func TestSend_ErrorsQuoteNoSecretAndNoWholePage(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused from now on
+	s, err := New(Options{URL: "http://" + addr + "/default/broker?access_token=TOK3N", Budget: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), testEvent()); err == nil || strings.Contains(err.Error(), "TOK3N") {
+		t.Errorf("Send to a closed port: %v; want an error without the token", err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, strings.Repeat("<html>proxy error</html>", 10000), http.StatusBadGateway)
+	}))
+	defer srv.Close()
+	s, err = New(Options{URL: srv.URL, Budget: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), testEvent()); err == nil || !strings.Contains(err.Error(), "502") || len(err.Error()) > 1024 {
+		t.Errorf("Send against a 240 KB error page: an error of %d bytes, want it quoted in part", len(fmt.Sprint(err)))
 	}
 }
 

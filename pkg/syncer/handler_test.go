@@ -235,10 +235,21 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 	pingEv.SetType(contract.TypePingSource)
 	other := changeEvent(t, "u1", time.Now())
 	other.SetType("com.example.other")
-	hostile := changeEvent(t, "u1", time.Now())
-	hostile.SetSubject("-oProxyCommand=evil")
-	wild := changeEvent(t, "u1", time.Now())
-	wild.SetSubject("*")
+	// The subject and the data's user, which must agree.
+	withUser := func(ev cloudevents.Event, user string) cloudevents.Event {
+		var d map[string]any
+		if err := json.Unmarshal(ev.Data(), &d); err != nil {
+			t.Fatal(err)
+		}
+		d["user"] = user
+		if err := ev.SetData(cloudevents.ApplicationJSON, d); err != nil {
+			t.Fatal(err)
+		}
+		ev.SetSubject(user)
+		return ev
+	}
+	hostile := withUser(changeEvent(t, "u1", time.Now()), "-oProxyCommand=evil")
+	wild := withUser(changeEvent(t, "u1", time.Now()), "*")
 	lone := changeEvent(t, "u1", time.Now())
 	structured := func(ev cloudevents.Event, subject string) *http.Request {
 		b, err := ev.MarshalJSON()
@@ -247,7 +258,8 @@ func TestHandle_BadInputGets4xxWithReason(t *testing.T) {
 		}
 		// A lone surrogate in the JSON: the decoder makes U+FFFD of it.
 		body := strings.Replace(string(b), `"subject":"u1"`, `"subject":"`+subject+`"`, 1)
-		if body == string(b) {
+		body = strings.Replace(body, `"user":"u1"`, `"user":"`+subject+`"`, 1)
+		if strings.Count(body, subject) != 2 {
 			t.Fatalf("no subject in %s", b)
 		}
 		r, _ := http.NewRequest("POST", f.srv.URL+"/", strings.NewReader(body))
