@@ -12,6 +12,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
@@ -191,7 +192,7 @@ func TestServingRoles_SurviveSIGHUP(t *testing.T) {
 // Redis (systemctl stop of a unit still starting) ends the process with
 // status 0 and says so, instead of failing with an error that blames Redis.
 func TestLocal_StopDuringStartIsClean(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "local", "--listen", freePort(t), "--redis-url", "redis://"+silentRedis(t),
+	cmd := exec.Command(os.Args[0], "local", "--listen", freePort(t), "--redis-url", "redis://"+redistest.Silent(t),
 		"--doveadm-url", "http://127.0.0.1:1", "--destination", "tcp:127.0.0.1:1")
 	cmd.Env = append(os.Environ(), runMainEnv+"=1", "DOVEWARDEN_DOVEADM_PASSWORD=x")
 	var out safebuf.Buffer

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -313,32 +312,11 @@ func TestStatus_URLAsksForTheNameGiven(t *testing.T) {
 	}
 }
 
-// silentRedis listens on a loopback address until the test ends, taking
-// connections and never answering, and returns the address.
-func silentRedis(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // read nothing, answer nothing
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // TestStatus_TimeoutBoundsRedis: a Redis that takes connections and never
 // answers makes the command fail within --timeout, with one error line
 // and none of the Redis library's own.
 func TestStatus_TimeoutBoundsRedis(t *testing.T) {
-	addr := silentRedis(t)
+	addr := redistest.Silent(t)
 	env, _, stderr := testEnv(nil, "")
 	done := make(chan error, 1)
 	go func() {

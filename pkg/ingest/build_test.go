@@ -4,7 +4,6 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 )
 
 // TestBuild_ARedisThatStopsAnsweringDoesNotHoldTheAnswer: with a Redis
@@ -21,27 +22,14 @@ import (
 // in the shipped snippets), not after the Redis library's 3 s read
 // timeout, by which Dovecot has dropped the event.
 func TestBuild_ARedisThatStopsAnsweringDoesNotHoldTheAnswer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // read nothing, answer nothing
-		}
-	}()
+	addr := redistest.Silent(t)
 	brokerSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusAccepted)
 	}))
 	t.Cleanup(brokerSrv.Close)
 	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
-	cfg, err := Load(fs, []string{"--broker-url", brokerSrv.URL, "--redis-url", "redis://" + ln.Addr().String()}, func(string) string { return "" })
+	cfg, err := Load(fs, []string{"--broker-url", brokerSrv.URL, "--redis-url", "redis://" + addr}, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
