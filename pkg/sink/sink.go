@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -139,7 +140,7 @@ func New(o Options) (*Sender, error) {
 		cehttp.WithTarget(o.URL),
 		// A redirect is not an acknowledgement: followed, a 302 to a login
 		// page turns the POST into a GET that answers 200.
-		cehttp.WithClient(http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
+		cehttp.WithClient(http.Client{Transport: boundedBodies{tr}, CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		}}),
 		// The SDK does not retry a 500 by default; a Broker ingress that
@@ -165,6 +166,39 @@ func New(o Options) (*Sender, error) {
 		spelled = append(spelled, r)
 	}
 	return &Sender{client: c, target: config.RedactURL(o.URL), spelled: spelled, overrides: ov, opts: o}, nil
+}
+
+// boundedBodies bounds what is read of an answer's body and reads what is
+// left of a short one before it is closed. The SDK reads a refusal's body
+// whole (a proxy's error page of megabytes, for every event) and closes an
+// acknowledgement's unread, which keeps its connection from being used
+// again: a new connection (and TLS handshake) for each retry of a 503.
+type boundedBodies struct{ rt http.RoundTripper }
+
+// maxBody is what is read of an answer's body; a Broker's is empty or a
+// line of text.
+const maxBody = 4 << 10
+
+func (b boundedBodies) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := b.rt.RoundTrip(r)
+	if err == nil {
+		resp.Body = &boundedBody{r: io.LimitReader(resp.Body, maxBody), c: resp.Body}
+	}
+	return resp, err
+}
+
+type boundedBody struct {
+	r io.Reader
+	c io.ReadCloser
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// Close reads what is left within the bound, so that a short body's
+// connection goes back to the pool, and closes.
+func (b *boundedBody) Close() error {
+	_, _ = io.Copy(io.Discard, b.r)
+	return b.c.Close()
 }
 
 func retriable(code int) bool {

@@ -138,6 +138,42 @@ func TestSend_ErrorsQuoteNoSecretAndNoWholePage(t *testing.T) {
 	}
 }
 
+// TestSend_KeepsItsConnection: answers with a short body (a 503 "queue
+// full" before a retry, a 202 "ok") leave the connection open for the
+// next request, instead of a new connection (and TLS handshake) each, at
+// the moment the Broker is busiest.
+func TestSend_KeepsItsConnection(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%3 != 0 {
+			http.Error(w, "queue full", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		w.Write([]byte("ok"))
+	}))
+	var conns atomic.Int64
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	s, err := New(Options{URL: srv.URL, Budget: 5 * time.Second, Retries: 3, Backoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if err := s.Send(context.Background(), testEvent()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := conns.Load(); got != 1 {
+		t.Errorf("%d connections for 10 events (30 requests), want 1", got)
+	}
+}
+
 // TestSend_ARedirectIsNoDelivery: a 302 (a proxy's login page, say) is a
 // failure; followed, it became a GET answered 200, and the event was lost
 // though Send said it was delivered.
