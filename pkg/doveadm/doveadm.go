@@ -82,11 +82,24 @@ type Error struct {
 	Detail string
 	// Err is the underlying error, when there is one.
 	Err error
+	// listing: the error is a user listing's, whose exit codes mean
+	// what sysexits.h says, not what the sync policy does about them.
+	listing bool
 }
+
+// exitNames are sysexits.h's meanings of doveadm's exit codes.
+var exitNames = map[int]string{65: "data error", 67: "no such user", 68: "not found", 75: "temporary failure",
+	77: "no permission", 78: "configuration error"}
 
 func (e *Error) Error() string {
 	if e.Kind == KindExitCode {
-		return fmt.Sprintf("%s: exit code %d (%s)%s", e.Op, e.ExitCode, Lookup(e.ExitCode).Reason, suffix(e.Detail))
+		meaning := Lookup(e.ExitCode).Reason
+		if e.listing {
+			if meaning = exitNames[e.ExitCode]; meaning == "" {
+				meaning = "failed"
+			}
+		}
+		return fmt.Sprintf("%s: exit code %d (%s)%s", e.Op, e.ExitCode, meaning, suffix(e.Detail))
 	}
 	return fmt.Sprintf("%s: %s", e.Op, e.Detail)
 }

@@ -70,7 +70,7 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 		return ce.err
 	case errors.As(err, &le):
 		if le.exit != nil {
-			return &Error{Kind: KindExitCode, ExitCode: *le.exit, Op: opn}
+			return &Error{Kind: KindExitCode, ExitCode: *le.exit, Op: opn, listing: true}
 		}
 		return fail(le.kind, nil, "%s", le.msg)
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
@@ -280,7 +280,7 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
-		return &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
+		return &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err, listing: true}
 	}
 	return &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("%v %s", err, detail), Err: err}
 }

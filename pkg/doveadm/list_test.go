@@ -200,6 +200,13 @@ func TestExec_ListUsersExitCode(t *testing.T) {
 	if doveadm.ExitCodeOf(err) != 75 || !strings.Contains(err.Error(), "the fake failed") {
 		t.Fatalf("err %v", err)
 	}
+	// A listing's exit code is told by what it means, not by what the
+	// sync policy does about it ("retry as a full sync").
+	bin, _ = fakeLister(t, "", 65)
+	_, err = collect(doveadm.NewExec(bin, 5*time.Second), doveadm.Endpoint{})
+	if msg := fmt.Sprint(err); !strings.Contains(msg, "exit code 65 (data error)") || strings.Contains(msg, "full sync") {
+		t.Errorf("exit code 65 of a listing: %v", err)
+	}
 	_, err = collect(doveadm.NewExec("/nonexistent/doveadm", time.Second), doveadm.Endpoint{})
 	if r := doveadm.Decide(err); r.Class != "transport" {
 		t.Errorf("missing binary: %v decided %+v", err, r)
