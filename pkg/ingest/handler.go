@@ -234,7 +234,9 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 		return h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
 	}
 	start := time.Now()
-	err = h.send.Send(r.Context(), ce)
+	// Not cut short when Dovecot gives up waiting (its exporter timeout):
+	// the event it dropped still reaches the Broker, within the budget.
+	err = h.send.Send(context.WithoutCancel(r.Context()), ce)
 	h.m.sendTime.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return h.sendFailed(r.Context(), w, hostLabel, c, err)

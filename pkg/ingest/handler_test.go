@@ -305,6 +305,25 @@ func TestHandle_OversizedBodyRefusedBeforeItIsSent(t *testing.T) {
 	}
 }
 
+// TestHandle_AChangeReachesTheBrokerWhenDovecotStopsWaiting: Dovecot's
+// exporter gives up after its timeout and drops the event; the change it
+// sent is still handed to a Broker that answers within the send budget,
+// not cancelled with Dovecot's request.
+func TestHandle_AChangeReachesTheBrokerWhenDovecotStopsWaiting(t *testing.T) {
+	b := &broker{delay: 80 * time.Millisecond}
+	f := newFixture(t, Options{}, b, "")
+	c := &http.Client{Timeout: 20 * time.Millisecond}
+	if resp, err := c.Post(f.srv.URL+"/events", "application/json", strings.NewReader(appendEvent)); err == nil {
+		resp.Body.Close()
+		t.Fatalf("answered %d before the client gave up: the test tests nothing", resp.StatusCode)
+	}
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(f.h.m.accepted.WithLabelValues("mail-a.test", "high")) != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the change was not handed to the Broker after the client gave up\n%s", f.logs)
+		}
+	}
+}
+
 func TestHandle_DroppedEventIs200AndCounted(t *testing.T) {
 	f := newFixture(t, Options{}, &broker{}, "")
 	code, body := f.post(t, "/events", "application/json", selectEvent)
