@@ -150,6 +150,11 @@ type SweepBatch struct {
 	HostsJSON string
 	Reason    string
 	Started   time.Time
+	// For "duplicate": the sweep's offset now, whether a step holds the
+	// claim, and when the last batch was recorded.
+	Offset    int64
+	ClaimHeld bool
+	LastBatch time.Time
 }
 
 // SweepClaim claims the batch at offset of sweep id for token, renewing
@@ -167,7 +172,15 @@ func (s *Store) SweepClaim(ctx context.Context, id string, offset int64, token s
 		b.Total, _ = at(v, 2).(int64)
 		b.HostsJSON, b.Reason = str(v, 3), str(v, 4)
 		b.Started = fromMS(at(v, 5))
-	case "stale", "duplicate", "busy":
+	case "duplicate":
+		b.Offset, _ = at(v, 1).(int64)
+		held, _ := at(v, 2).(int64)
+		b.ClaimHeld = held == 1
+		if lb, _ := at(v, 3).(int64); lb > 0 {
+			b.LastBatch = time.UnixMilli(lb).UTC()
+		}
+		b.Now = fromMS(at(v, 4))
+	case "stale", "busy":
 	default:
 		return b, fmt.Errorf("claim batch %d of sweep %s in redis: unexpected reply %v", offset, id, v)
 	}

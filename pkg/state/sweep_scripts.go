@@ -121,7 +121,12 @@ end
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= id then return {'stale'} end
 local off = redis.call('HGET', KEYS[3], 'offset')
-if tonumber(off) ~= tonumber(ARGV[2]) then return {'duplicate', off} end
+if tonumber(off) ~= tonumber(ARGV[2]) then
+  -- With whether a step holds the claim and when the last batch was
+  -- recorded: the caller tells a redelivery beside a living chain of
+  -- continuations from one whose continuation was lost.
+  return {'duplicate', tonumber(off), redis.call('EXISTS', KEYS[2]), num(redis.call('HGET', KEYS[3], 'last_batch')), now_ms()}
+end
 -- A claim already this call's: the client sent it again after losing the
 -- reply.
 if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) and redis.call('GET', KEYS[2]) ~= ARGV[3] then

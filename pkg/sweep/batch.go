@@ -33,6 +33,15 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		s.log.Info("sweep continuation for a sweep that is over or was replaced; dropped", "sweep", c.Sweep, "offset", c.Offset)
 		return Result{Outcome: Stale, Sweep: c.Sweep}, nil
 	case "duplicate":
+		if b.Offset > c.Offset && !b.ClaimHeld && b.Now.Sub(b.LastBatch) > s.chainSilence() {
+			// The batch was done, but no step has worked on the sweep
+			// since for longer than a step and its pause take: the
+			// continuation the batch answered with was lost. This
+			// redelivery carries the sweep on from where it is.
+			s.log.Warn("sweep continuation lost after its batch was recorded; going on from the sweep's position", "sweep", c.Sweep,
+				"offset", b.Offset, "last_batch", b.LastBatch)
+			return Result{Outcome: Duplicate, Sweep: c.Sweep, Next: &Cursor{Sweep: c.Sweep, Offset: b.Offset}}, nil
+		}
 		s.log.Info("sweep continuation for a batch already done (a redelivery); dropped", "sweep", c.Sweep, "offset", c.Offset)
 		return Result{Outcome: Duplicate, Sweep: c.Sweep}, nil
 	case "busy":

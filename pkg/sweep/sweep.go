@@ -283,6 +283,11 @@ func (s *Sweeper) Step(ctx context.Context, reason string, c *Cursor) (Result, e
 // claim soon after its budget, and the Broker's redelivery takes over.
 func (s *Sweeper) claimTTL() time.Duration { return s.o.Budget + 5*time.Second }
 
+// chainSilence is how long after the last recorded batch a living chain of
+// continuations has surely claimed the next one: a step, its pause and the
+// Broker's delivery.
+func (s *Sweeper) chainSilence() time.Duration { return s.claimTTL() + s.o.BatchInterval }
+
 // usersTTL keeps a sweep's candidates while its lock may still be taken
 // back by a late continuation.
 func (s *Sweeper) usersTTL() time.Duration { return 2 * s.o.LockTTL }

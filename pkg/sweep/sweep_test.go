@@ -154,6 +154,43 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 	}
 }
 
+// TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost: a batch
+// recorded, and the continuation it answered with lost (a reply dropped
+// after the commit). A redelivery of the event before it is dropped while
+// a chain may still be alive; once no step has worked on the sweep for
+// longer than a step takes, it carries the sweep on from its position,
+// instead of leaving the rest to the next sweep.
+func TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost(t *testing.T) {
+	o := testOptions()
+	o.LockTTL = time.Minute
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, _ := f.sw.Step(ctx, "schedule", nil)
+	batch, err := f.sw.Step(ctx, "", first.Next)
+	if err != nil || batch.Next == nil {
+		t.Fatalf("batch: %+v %v", batch, err)
+	}
+	// batch.Next is lost; the Broker delivers first.Next again.
+	if r, err := f.sw.Step(ctx, "", first.Next); err != nil || r.Outcome != Duplicate || r.Next != nil {
+		t.Fatalf("a redelivery at once: %+v %v; want it dropped", r, err)
+	}
+	f.mr.SetTime(time.Now().Add(f.sw.chainSilence() + time.Second))
+	r, err := f.sw.Step(ctx, "", first.Next)
+	if err != nil || r.Next == nil || *r.Next != *batch.Next {
+		t.Fatalf("a redelivery after the chain went silent: %+v %v; want it to go on at %+v", r, err, batch.Next)
+	}
+	for c := r.Next; c != nil; {
+		res, err := f.sw.Step(ctx, "", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = res.Next
+	}
+	if st, _ := f.st.SweepStatus(ctx); st.Running || st.Finished.IsZero() {
+		t.Errorf("sweep %+v: want it finished", st)
+	}
+}
+
 func TestStep_LostContinuationStopsBlockingAfterTheLockTTL(t *testing.T) {
 	o := testOptions()
 	o.LockTTL = time.Minute
