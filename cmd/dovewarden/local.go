@@ -340,12 +340,13 @@ func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log 
 	}
 }
 
-// retrySweeps asks for a sweep as soon as the oldest failed user's retry
-// is due (--failed-retry-interval after its failure), as Dovecot 2.3's
+// retrySweeps asks for a retry sweep (the failed and pending users, no
+// listing) as soon as the oldest failed user's retry is due
+// (--failed-retry-interval after its failure), as Dovecot 2.3's
 // replicator retried failed users: otherwise a failed user with no new
 // change would wait for the next scheduled sweep (an hour by default)
 // after its replica came back. While users keep failing, that is one
-// sweep each interval.
+// retry sweep each interval.
 func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every time.Duration, log *slog.Logger) {
 	for {
 		wait := every

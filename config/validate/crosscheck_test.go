@@ -39,7 +39,8 @@ func corpus() []cloudevents.Event {
 	}
 	priorities := []string{"high", "low", "-", "", "HIGH", "urgent", "high "}
 	sources := []string{"mail-a.test", "imap.mail-b.test", "dovewarden/sync", "dovewarden/sweep",
-		"/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep", "/apis/v1/namespaces/dovewarden/pingsources/x-dovewarden-sweep"}
+		"/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep", "/apis/v1/namespaces/dovewarden/pingsources/x-dovewarden-sweep",
+		"/apis/v1/namespaces/dovewarden/pingsources/dovewarden-retry"}
 	subjects := []string{"u1", "", "admin@example.test"}
 	var out []cloudevents.Event
 	n := 0

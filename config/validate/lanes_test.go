@@ -69,6 +69,7 @@ func TestTriggers_Lanes(t *testing.T) {
 		"sweep's request, low": {event(requested, "low"), "sync-low"},
 		"sweep":                {event("org.dovewarden.sweep.requested", "low"), "sweep"},
 		"our PingSource":       {withSource(event("dev.knative.sources.ping", "low"), "/apis/v1/namespaces/dovewarden/pingsources/dovewarden-sweep"), "sweep"},
+		"our retry PingSource": {withSource(event("dev.knative.sources.ping", "low"), "/apis/v1/namespaces/dovewarden/pingsources/dovewarden-retry"), "sweep"},
 		"another PingSource":   {withSource(event("dev.knative.sources.ping", "low"), "/apis/v1/namespaces/dovewarden/pingsources/backup"), ""},
 		"failure":              {event("org.dovewarden.replication.failed", "high"), "replication-failed-alert"},
 		"success":              {event("org.dovewarden.replication.succeeded", "high"), ""},

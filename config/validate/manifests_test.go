@@ -151,7 +151,7 @@ func TestManifests_Names(t *testing.T) {
 		seen[key] = true
 	}
 	for _, want := range []string{"Broker/dovewarden", "Trigger/sync-high", "Trigger/sync-low", "Trigger/sweep",
-		"Trigger/replication-failed-alert", "Service/dovewarden-ingest", "SinkBinding/dovewarden-ingest", "PingSource/dovewarden-sweep",
+		"Trigger/replication-failed-alert", "Service/dovewarden-ingest", "SinkBinding/dovewarden-ingest", "PingSource/dovewarden-sweep", "PingSource/dovewarden-retry",
 		"Service/dovewarden-sync-high", "Service/dovewarden-sync-low", "SinkBinding/dovewarden-sync-high", "SinkBinding/dovewarden-sync-low"} {
 		if !seen[want] {
 			t.Errorf("missing %s", want)

@@ -19,22 +19,35 @@ import (
 // namespace is where docs/deployment.md applies the manifests.
 const namespace = "dovewarden"
 
-// shippedPingSource is config/knative/pingsource.yaml as the webhook
-// stores it after kubectl apply -n dovewarden.
-func shippedPingSource(t *testing.T) *sourcesv1.PingSource {
+// shippedPingSources are config/knative/pingsource.yaml's PingSources by
+// name, as the webhook stores them after kubectl apply -n dovewarden: the
+// hourly sweep and the retry sweep, each with the reason sync reads.
+func shippedPingSources(t *testing.T) map[string]*sourcesv1.PingSource {
 	t.Helper()
-	var found []*sourcesv1.PingSource
+	found := map[string]*sourcesv1.PingSource{}
 	for _, d := range loadManifests(t) {
 		if ps, ok := d.obj.(*sourcesv1.PingSource); ok {
-			found = append(found, ps)
+			ps.SetNamespace(namespace)
+			ps.SetDefaults(apis.WithinParent(webhookContext(t), metav1.ObjectMeta{Namespace: namespace}))
+			found[ps.Name] = ps
 		}
 	}
-	if len(found) != 1 {
-		t.Fatalf("%d PingSources in the manifests, want 1", len(found))
+	if len(found) != len(pingReasons) {
+		t.Fatalf("%d PingSources in the manifests, want %d", len(found), len(pingReasons))
 	}
-	ps := found[0]
-	ps.SetNamespace(namespace)
-	ps.SetDefaults(apis.WithinParent(webhookContext(t), metav1.ObjectMeta{Namespace: namespace}))
+	return found
+}
+
+// pingReasons are the shipped PingSources and the sweep each asks for.
+var pingReasons = map[string]string{"dovewarden-sweep": "schedule", "dovewarden-retry": "retry"}
+
+// shippedPingSource is the shipped PingSource named name.
+func shippedPingSource(t *testing.T, name string) *sourcesv1.PingSource {
+	t.Helper()
+	ps := shippedPingSources(t)[name]
+	if ps == nil {
+		t.Fatalf("no PingSource %s in the manifests", name)
+	}
 	return ps
 }
 
@@ -95,27 +108,28 @@ func triggerNames(trs []*eventingv1.Trigger) string {
 	return strings.Join(out, ",")
 }
 
-// TestPingSource_ReachesTheSweep: the event the shipped PingSource sends
+// TestPingSource_ReachesTheSweep: the event each shipped PingSource sends
 // passes exactly the sweep Trigger of the shipped Broker, as Knative's
 // broker filter decides, and goes to the low-priority sync Service, which
-// reads it as a request for a new sweep.
+// reads it as a request for a new sweep of its reason.
 func TestPingSource_ReachesTheSweep(t *testing.T) {
-	ps := shippedPingSource(t)
-	if ref := ps.Spec.Sink.Ref; ref == nil || ref.Kind != "Broker" || ref.Name != "dovewarden" {
-		t.Fatalf("PingSource sink %+v, want the Broker dovewarden", ps.Spec.Sink)
-	}
-	ev := pingEvent(t, ps)
-	got := routedBy(t, ev)
-	if triggerNames(got) != "sweep" {
-		t.Fatalf("PingSource event (type %s, source %s) passes Triggers [%s], want [sweep]", ev.Type(), ev.Source(), triggerNames(got))
-	}
-	tr := got[0]
-	if tr.Spec.Broker != "dovewarden" || tr.Spec.Subscriber.Ref == nil || tr.Spec.Subscriber.Ref.Name != "dovewarden-sync-low" {
-		t.Errorf("sweep Trigger: broker %q, subscriber %+v", tr.Spec.Broker, tr.Spec.Subscriber)
-	}
-	d, err := contract.ToSweep(ev)
-	if err != nil || d != (contract.SweepRequested{Reason: "schedule"}) {
-		t.Errorf("sync reads the PingSource event as %+v, %v; want a new sweep for reason schedule", d, err)
+	for name, ps := range shippedPingSources(t) {
+		if ref := ps.Spec.Sink.Ref; ref == nil || ref.Kind != "Broker" || ref.Name != "dovewarden" {
+			t.Fatalf("PingSource %s sink %+v, want the Broker dovewarden", name, ps.Spec.Sink)
+		}
+		ev := pingEvent(t, ps)
+		got := routedBy(t, ev)
+		if triggerNames(got) != "sweep" {
+			t.Fatalf("PingSource event (type %s, source %s) passes Triggers [%s], want [sweep]", ev.Type(), ev.Source(), triggerNames(got))
+		}
+		tr := got[0]
+		if tr.Spec.Broker != "dovewarden" || tr.Spec.Subscriber.Ref == nil || tr.Spec.Subscriber.Ref.Name != "dovewarden-sync-low" {
+			t.Errorf("sweep Trigger: broker %q, subscriber %+v", tr.Spec.Broker, tr.Spec.Subscriber)
+		}
+		d, err := contract.ToSweep(ev)
+		if err != nil || d != (contract.SweepRequested{Reason: pingReasons[name]}) {
+			t.Errorf("sync reads %s's event as %+v, %v; want a new sweep for reason %s", name, d, err, pingReasons[name])
+		}
 	}
 }
 
@@ -123,14 +137,14 @@ func TestPingSource_ReachesTheSweep(t *testing.T) {
 // to the same Broker passes no Trigger; the shipped one does from any
 // namespace.
 func TestPingSource_OthersStartNoSweep(t *testing.T) {
-	for _, name := range []string{"backup", "x-dovewarden-sweep", "dovewarden-sweep-2", "dovewarden"} {
-		ps := shippedPingSource(t)
+	for _, name := range []string{"backup", "x-dovewarden-sweep", "dovewarden-sweep-2", "dovewarden", "x-dovewarden-retry", "dovewarden-retry-2"} {
+		ps := shippedPingSource(t, "dovewarden-sweep")
 		ps.Name = name
 		if got := routedBy(t, pingEvent(t, ps)); len(got) != 0 {
 			t.Errorf("PingSource %s passes Triggers [%s], want none", name, triggerNames(got))
 		}
 	}
-	ps := shippedPingSource(t)
+	ps := shippedPingSource(t, "dovewarden-retry")
 	ps.Namespace = "mail"
 	if got := routedBy(t, pingEvent(t, ps)); triggerNames(got) != "sweep" {
 		t.Errorf("in namespace mail: passes Triggers [%s], want [sweep]", triggerNames(got))

@@ -69,6 +69,7 @@ func TestRouting_RealManifests(t *testing.T) {
 		"sweep, no priority":       {event("1", typeSweep, ""), "sweep"},
 		"sweep continuation":       {withSource(event("1", typeSweep, "low"), "dovewarden/sync"), "sweep"},
 		"our PingSource":           {withSource(event("1", typePing, "low"), pingSource("dovewarden", "dovewarden-sweep")), "sweep"},
+		"our retry PingSource":     {withSource(event("1", typePing, "low"), pingSource("dovewarden", "dovewarden-retry")), "sweep"},
 		"our PingSource, other ns": {withSource(event("1", typePing, "low"), pingSource("mail", "dovewarden-sweep")), "sweep"},
 		"our PingSource, no prio":  {withSource(event("1", typePing, ""), pingSource("dovewarden", "dovewarden-sweep")), "sweep"},
 		"our PingSource, high":     {withSource(event("1", typePing, "high"), pingSource("dovewarden", "dovewarden-sweep")), "sweep"},

@@ -61,6 +61,8 @@ type SweepStart struct {
 	// ID is the sweep's id; for "running", the running one's.
 	ID      string
 	Started time.Time
+	// Reason is, for "relist" and "running", the running sweep's reason.
+	Reason string
 	// Abandoned is the id of an earlier sweep that never finished (its
 	// continuation was lost, or it started before the recovery time),
 	// when a new one replaces it.
@@ -82,7 +84,7 @@ func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTT
 	case "started":
 		st.Started, st.Abandoned = fromMS(at(v, 2)), str(v, 3)
 	case "relist", "running":
-		st.Started = msField(str(v, 2))
+		st.Started, st.Reason = msField(str(v, 2)), str(v, 3)
 	default:
 		return st, fmt.Errorf("begin sweep in redis: unexpected reply %v", v)
 	}

@@ -23,8 +23,13 @@ import "github.com/redis/go-redis/v9"
 // KEYS[4] the sweep's users.
 const luaSweepFinish = `
 local function finish(id, now)
-  redis.call('HSET', KEYS[3], 'finished', now, 'last_completed_id', id,
-    'last_completed_start', redis.call('HGET', KEYS[3], 'started') or '', 'last_completed_end', now)
+  redis.call('HSET', KEYS[3], 'finished', now)
+  -- The last completed sweep is the last that listed every user: a retry
+  -- sweep (failed and pending users only) does not count.
+  if redis.call('HGET', KEYS[3], 'reason') ~= 'retry' then
+    redis.call('HSET', KEYS[3], 'last_completed_id', id,
+      'last_completed_start', redis.call('HGET', KEYS[3], 'started') or '', 'last_completed_end', now)
+  end
   if redis.call('GET', KEYS[1]) == id then redis.call('DEL', KEYS[1]) end
   redis.call('DEL', KEYS[2], KEYS[4])
 end
@@ -42,7 +47,7 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then
   if id == ARGV[1] then
     return {'started', id, tonumber(started) or 0, redis.call('HGET', KEYS[3], 'abandoned') or ''}
   end
-  return {'relist', id, started}
+  return {'relist', id, started, redis.call('HGET', KEYS[3], 'reason') or ''}
 end
 local same = cur and redis.call('HGET', KEYS[3], 'id') == cur
 local started = redis.call('HGET', KEYS[3], 'started') or ''
@@ -55,9 +60,9 @@ if cur and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
   if same and redis.call('HEXISTS', KEYS[3], 'total') == 0
      and redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[4]) then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    return {'relist', cur, started}
+    return {'relist', cur, started, redis.call('HGET', KEYS[3], 'reason') or ''}
   end
-  return {'running', cur, started}
+  return {'running', cur, started, redis.call('HGET', KEYS[3], 'reason') or ''}
 end
 local now = now_ms()
 local prev = redis.call('HGET', KEYS[3], 'id') or ''

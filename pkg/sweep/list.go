@@ -63,6 +63,12 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		return Result{}, err
 	}
 	if st.Decision == "running" {
+		if st.Reason == SweepReasonRetry && reason != SweepReasonRetry {
+			// A retry sweep takes the failed and pending users only: it
+			// does not cover a sweep that lists every user. It ends soon;
+			// this request is delivered again then.
+			return Result{}, fmt.Errorf("%w: a retry sweep runs; this %q sweep lists every user after it", ErrBusy, reason)
+		}
 		s.log.Info("a sweep is running already; this request is covered by it", "sweep", st.ID, "started", st.Started, "reason", reason)
 		return Result{Outcome: Running, Sweep: st.ID}, nil
 	}
@@ -77,15 +83,20 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		s.m.started.Inc()
 		s.log.Info("sweep started", "sweep", st.ID, "reason", reason, "hosts", len(s.sources))
 	} else {
+		reason = st.Reason // the sweep's own, not this request's
 		s.log.Warn("the sweep's listing was cut off; listing again", "sweep", st.ID)
 	}
-	// Leave room after the listing to record it and answer.
-	lctx, cancel := context.WithDeadline(ctx, began.Add(s.o.Budget-reserve(s.o.Budget)))
-	defer cancel()
-	l, err := s.list(ctx, lctx, st.ID)
-	if err != nil {
-		s.release(token)
-		return Result{}, err
+	// A retry sweep lists no host: its candidates are the failed and
+	// pending users Redis knows, whom every sweep takes.
+	l := state.SweepListing{HostsJSON: "[]"}
+	if reason != SweepReasonRetry {
+		// Leave room after the listing to record it and answer.
+		lctx, cancel := context.WithDeadline(ctx, began.Add(s.o.Budget-reserve(s.o.Budget)))
+		defer cancel()
+		if l, err = s.list(ctx, lctx, st.ID); err != nil {
+			s.release(token)
+			return Result{}, err
+		}
 	}
 	total, finished, err := s.st.SweepListed(ctx, st.ID, token, l, s.o.LockTTL, s.usersTTL())
 	if errors.Is(err, state.ErrSweepLost) {

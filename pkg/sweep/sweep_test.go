@@ -562,3 +562,49 @@ func TestStep_ExcludedUsersLoseTheirMarks(t *testing.T) {
 		t.Errorf("requested %v; want u1 only", users(got))
 	}
 }
+
+// TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly: a retry sweep
+// lists no host and requests the users Redis knows as failed (due) or
+// pending, not the others a listing would name; it is no "last completed"
+// sweep. A sweep that lists every user, asked for while it runs, is told
+// to come back (ErrBusy: the Broker delivers it again), not covered by it.
+func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
+	o := testOptions()
+	o.BatchSize = 1
+	f := newFixture(t, o, "never", "pending", "failed")
+	ctx := context.Background()
+	_ = f.st.MarkPending(ctx, "pending", "mail-a", f.now().Add(-time.Minute))
+	f.failed(t, "failed", 10*time.Minute)
+
+	first, err := f.sw.Step(ctx, SweepReasonRetry, nil)
+	if err != nil || first.Outcome != Started || first.Next == nil {
+		t.Fatalf("retry sweep: %+v %v", first, err)
+	}
+	if _, err := f.sw.Step(ctx, SweepReasonSchedule, nil); !errors.Is(err, ErrBusy) {
+		t.Errorf("a scheduled sweep while the retry sweep runs: %v, want ErrBusy", err)
+	}
+	for c := first.Next; c != nil; {
+		res, err := f.sw.Step(ctx, "", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = res.Next
+	}
+	got := byUser(t, f.snd.all())
+	if len(got) != 2 || got["pending"].Reason != ReasonPending || got["failed"].Reason != ReasonFailed {
+		t.Errorf("requested %v, want pending and failed only", got)
+	}
+	if n := f.dove.ListCalls(); n != 0 {
+		t.Errorf("the retry sweep listed users %d times", n)
+	}
+	if st, _ := f.st.SweepStatus(ctx); st.Running || !st.LastCompletedEnd.IsZero() {
+		t.Errorf("status %+v: want the retry sweep over, and no completed sweep recorded", st)
+	}
+	// A scheduled sweep then lists every user.
+	if r, err := f.sw.Step(ctx, SweepReasonSchedule, nil); err != nil || r.Outcome != Started {
+		t.Fatalf("the scheduled sweep after it: %+v %v", r, err)
+	}
+	if n := f.dove.ListCalls(); n != 1 {
+		t.Errorf("the scheduled sweep listed users %d times, want 1", n)
+	}
+}
