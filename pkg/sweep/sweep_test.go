@@ -154,6 +154,35 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 	}
 }
 
+// sweepWithALostContinuation starts a sweep of 7 users (a lock TTL of a
+// minute) and does its first batch, whose continuation is then lost: it
+// returns the fixture, the start's result and the batch's.
+func sweepWithALostContinuation(t *testing.T) (*fixture, Result, Result) {
+	t.Helper()
+	o := testOptions()
+	o.LockTTL = time.Minute
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	first, _ := f.sw.Step(context.Background(), "schedule", nil)
+	batch, err := f.sw.Step(context.Background(), "", first.Next)
+	if err != nil || batch.Next == nil {
+		t.Fatalf("batch: %+v %v", batch, err)
+	}
+	return f, first, batch
+}
+
+// continueFrom feeds the sweep's continuations back from c, as the Broker
+// does, until there is none.
+func (f *fixture) continueFrom(t *testing.T, c *Cursor) {
+	t.Helper()
+	for c != nil {
+		res, err := f.sw.Step(context.Background(), "", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = res.Next
+	}
+}
+
 // TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost: a batch
 // recorded, and the continuation it answered with lost (a reply dropped
 // after the commit). A redelivery of the event before it is dropped while
@@ -161,15 +190,8 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 // longer than a step takes, it carries the sweep on from its position,
 // instead of leaving the rest to the next sweep.
 func TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost(t *testing.T) {
-	o := testOptions()
-	o.LockTTL = time.Minute
-	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	f, first, batch := sweepWithALostContinuation(t)
 	ctx := context.Background()
-	first, _ := f.sw.Step(ctx, "schedule", nil)
-	batch, err := f.sw.Step(ctx, "", first.Next)
-	if err != nil || batch.Next == nil {
-		t.Fatalf("batch: %+v %v", batch, err)
-	}
 	// batch.Next is lost; the Broker delivers first.Next again.
 	if r, err := f.sw.Step(ctx, "", first.Next); err != nil || r.Outcome != Duplicate || r.Next != nil {
 		t.Fatalf("a redelivery at once: %+v %v; want it dropped", r, err)
@@ -179,28 +201,16 @@ func TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost(t *testing.T) {
 	if err != nil || r.Next == nil || *r.Next != *batch.Next {
 		t.Fatalf("a redelivery after the chain went silent: %+v %v; want it to go on at %+v", r, err, batch.Next)
 	}
-	for c := r.Next; c != nil; {
-		res, err := f.sw.Step(ctx, "", c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c = res.Next
-	}
+	f.continueFrom(t, r.Next)
 	if st, _ := f.st.SweepStatus(ctx); st.Running || st.Finished.IsZero() {
 		t.Errorf("sweep %+v: want it finished", st)
 	}
 }
 
 func TestStep_LostContinuationStopsBlockingAfterTheLockTTL(t *testing.T) {
-	o := testOptions()
-	o.LockTTL = time.Minute
-	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	f, first, batch := sweepWithALostContinuation(t)
+	o := f.opts
 	ctx := context.Background()
-	first, _ := f.sw.Step(ctx, "schedule", nil)
-	batch, err := f.sw.Step(ctx, "", first.Next)
-	if err != nil || batch.Next == nil {
-		t.Fatalf("batch: %+v %v", batch, err)
-	}
 	// batch.Next is lost. Within the TTL the sweep still counts as running.
 	if r, _ := f.sw.Step(ctx, "schedule", nil); r.Outcome != Running {
 		t.Fatalf("within the TTL: %+v", r)
@@ -583,13 +593,7 @@ func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
 	if _, err := f.sw.Step(ctx, SweepReasonSchedule, nil); !errors.Is(err, ErrBusy) {
 		t.Errorf("a scheduled sweep while the retry sweep runs: %v, want ErrBusy", err)
 	}
-	for c := first.Next; c != nil; {
-		res, err := f.sw.Step(ctx, "", c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c = res.Next
-	}
+	f.continueFrom(t, first.Next)
 	got := byUser(t, f.snd.all())
 	if len(got) != 2 || got["pending"].Reason != ReasonPending || got["failed"].Reason != ReasonFailed {
 		t.Errorf("requested %v, want pending and failed only", got)
