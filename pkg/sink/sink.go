@@ -201,9 +201,12 @@ func (b *boundedBody) Close() error {
 	return b.c.Close()
 }
 
+// retriable: the statuses a Broker can answer differently next time. A 404
+// is a Broker not ready yet; a 413 (the event is larger than the Broker
+// takes) is final, though the SDK's own list retries it.
 func retriable(code int) bool {
 	switch code {
-	case 404, 408, 409, 413, 425, 429:
+	case 404, 408, 409, 425, 429:
 		return true
 	}
 	return code >= 500

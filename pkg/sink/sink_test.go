@@ -193,6 +193,32 @@ func TestSend_ARedirectIsNoDelivery(t *testing.T) {
 	}
 }
 
+// TestSend_RetriesWhatCanRecover: a Broker's 413 (the event is larger
+// than it takes) or 400 is final, asked once; a 500, 503 or 429 is asked
+// again. A retried 413 spent the whole send budget, which Dovecot's
+// exporter waits for, on an answer that cannot change.
+func TestSend_RetriesWhatCanRecover(t *testing.T) {
+	for code, want := range map[int]int{413: 1, 400: 1, 500: 4, 503: 4, 429: 4} {
+		var asked atomic.Int64
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			asked.Add(1)
+			w.WriteHeader(code)
+		}))
+		s, err := New(Options{URL: srv.URL, Budget: 5 * time.Second, Retries: 3, Backoff: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Send(context.Background(), testEvent())
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprint(code)) {
+			t.Errorf("HTTP %d: Send = %v, want a failure naming it", code, err)
+		}
+		if got := asked.Load(); got != int64(want) {
+			t.Errorf("HTTP %d: asked %d times, want %d", code, got, want)
+		}
+	}
+}
+
 // TestSend_RetryDelays: the first retry waits --send-backoff, each further
 // one twice as long (as docs/configuration.md says), not twice that.
 func TestSend_RetryDelays(t *testing.T) {
