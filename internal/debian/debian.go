@@ -34,11 +34,11 @@ func Ensure(program string, pkgs ...string) (string, error) {
 	if os.Geteuid() != 0 {
 		return "", fmt.Errorf("%s is not installed (Debian package %s) and %w", program, strings.Join(pkgs, " "), ErrNotRoot)
 	}
-	unlock, err := lockFile(filepath.Join(os.TempDir(), "dovewarden-apt.lock"))
+	allow, err := NoServiceStarts()
 	if err != nil {
 		return "", err
 	}
-	defer unlock()
+	defer allow()
 	if bin, err := lookup(program); err == nil {
 		found.Store(program, bin)
 		return bin, nil
@@ -80,22 +80,88 @@ func lockFile(path string) (func(), error) {
 	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
-// lockWait makes apt-get wait for dpkg's lock, which another test's apt-get
-// (dovecottest's) may hold, instead of failing at once.
+// lockWait makes apt-get wait for dpkg's lock, which an apt-get of the
+// machine's own may hold, instead of failing at once.
 const lockWait = "DPkg::Lock::Timeout=300"
 
-// install installs Debian packages; when the first try fails (a stale
+// PolicyRC is Debian's policy-rc.d, which invoke-rc.d and
+// deb-systemd-invoke ask whether a maintainer script may start, stop or
+// restart a service. A variable, so that tests can use another path.
+var PolicyRC = "/usr/sbin/policy-rc.d"
+
+// policyRCMark tells the policy-rc.d that NoServiceStarts writes from the
+// machine's own; policyRCMarkPrefix also matches what earlier versions
+// wrote.
+const (
+	policyRCMarkPrefix = "# Written by dovewarden's internal/"
+	policyRCMark       = policyRCMarkPrefix + "debian for the time of its apt-get install"
+	policyRCText       = "#!/bin/sh\n" + policyRCMark + ",\n" +
+		"# so that the packages' maintainer scripts start or restart no service.\n" +
+		"# It removes this file when the install ends, or at its next install.\n" +
+		"exit 101\n"
+)
+
+// NoServiceStarts makes the maintainer scripts of packages installed
+// until the returned function is called start, stop or restart no service:
+// redis-server's and prometheus's would start the system's own, and
+// dovecot-core's the system's dovecot.service. It takes a lock that every
+// install of this package and of dovecottest takes, so that one install's
+// policy-rc.d is not removed under another, and writes a policy-rc.d that
+// forbids every action (exit status 101). A policy-rc.d of the machine's
+// own (as Docker's Debian images have) is left as it is, and is then what
+// decides. One that an earlier install left (a process killed during
+// apt-get) is replaced: under the lock no other install runs. Other
+// apt-get runs on the machine in the meantime start no service either.
+func NoServiceStarts() (func(), error) {
+	unlock, err := lockFile(filepath.Join(os.TempDir(), "dovewarden-apt.lock"))
+	if err != nil {
+		return nil, err
+	}
+	if b, err := os.ReadFile(PolicyRC); err == nil && strings.Contains(string(b), policyRCMarkPrefix) {
+		_ = os.Remove(PolicyRC)
+	}
+	f, err := os.OpenFile(PolicyRC, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if errors.Is(err, os.ErrExist) {
+		return unlock, nil
+	}
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("create %s: %w", PolicyRC, err)
+	}
+	allow := func() {
+		_ = os.Remove(PolicyRC)
+		unlock()
+	}
+	_, err = f.WriteString(policyRCText)
+	if err == nil {
+		err = f.Chmod(0o755) // whatever the umask
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		allow()
+		return nil, fmt.Errorf("write %s: %w", PolicyRC, err)
+	}
+	return allow, nil
+}
+
+// runCommand runs apt-get and returns its combined output. A variable, so
+// that tests can stand in for it.
+var runCommand = func(cmd *exec.Cmd) ([]byte, error) { return cmd.CombinedOutput() }
+
+// install installs Debian packages (the caller called NoServiceStarts); when the first try fails (a stale
 // package list) it runs apt-get update and tries once more.
 func install(pkgs ...string) error {
 	try := func() ([]byte, error) {
 		cmd := exec.Command("apt-get", append([]string{"-o", lockWait, "install", "-y", "--no-install-recommends"}, pkgs...)...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
+		return runCommand(cmd)
 	}
 	if _, err := try(); err == nil {
 		return nil
 	}
-	if out, err := exec.Command("apt-get", "-o", lockWait, "update").CombinedOutput(); err != nil {
+	if out, err := runCommand(exec.Command("apt-get", "-o", lockWait, "update")); err != nil {
 		return fmt.Errorf("apt-get update: %w\n%s", err, tail(out))
 	}
 	if out, err := try(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dovewarden/dovewarden-knative/internal/debian"
 	"golang.org/x/sys/unix"
 )
 
@@ -515,14 +516,14 @@ func treeInUse(dir string) bool {
 
 // aptInstall installs packages, running apt-get update and retrying once
 // if the first attempt fails. The packages' maintainer scripts start,
-// stop or restart no service meanwhile (noServiceStarts): dovecot-core's
-// would start the system's dovecot.service, and dovecot-pop3d's and the
-// Sieve packages' would restart a Dovecot already running here. The
-// caller holds the lock.
+// stop or restart no service meanwhile (debian.NoServiceStarts):
+// dovecot-core's would start the system's dovecot.service, and
+// dovecot-pop3d's and the Sieve packages' would restart a Dovecot already
+// running here. The caller holds the lock.
 func aptInstall(pkgs ...string) error {
-	allow, err := noServiceStarts()
+	allow, err := debian.NoServiceStarts()
 	if err != nil {
-		return err
+		return fmt.Errorf("dovecottest: %w", err)
 	}
 	defer allow()
 	install := func() ([]byte, error) {
@@ -540,55 +541,6 @@ func aptInstall(pkgs ...string) error {
 		return fmt.Errorf("dovecottest: apt-get install %s: %w\n%s", strings.Join(pkgs, " "), err, tail(out, 4000))
 	}
 	return nil
-}
-
-// policyRC is Debian's policy-rc.d, which invoke-rc.d and
-// deb-systemd-invoke ask whether a maintainer script may start, stop or
-// restart a service. A variable, so that tests can use another path.
-var policyRC = "/usr/sbin/policy-rc.d"
-
-// policyRCText is the policy-rc.d that noServiceStarts writes: exit status
-// 101 forbids every action. policyRCMark tells it from the machine's own.
-const (
-	policyRCMark = "# Written by dovewarden's internal/dovecottest for the time of its apt-get install"
-	policyRCText = "#!/bin/sh\n" + policyRCMark + ",\n" +
-		"# so that the packages' maintainer scripts start or restart no service.\n" +
-		"# It removes this file when the install ends, or at its next install.\n" +
-		"exit 101\n"
-)
-
-// noServiceStarts makes maintainer scripts start or restart no service,
-// with a policy-rc.d that forbids it, until the function it returns is
-// called, which removes the file again. A policy-rc.d of the machine's
-// own (as Docker's Debian images have) is left as it is, and is then
-// what decides. One that an earlier install of this package left (a
-// process killed during apt-get) is replaced: the caller holds the lock,
-// so no other install of it runs. Other apt-get runs on the machine in
-// the meantime start no service either.
-func noServiceStarts() (func(), error) {
-	if b, err := os.ReadFile(policyRC); err == nil && strings.Contains(string(b), policyRCMark) {
-		_ = os.Remove(policyRC)
-	}
-	f, err := os.OpenFile(policyRC, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if errors.Is(err, os.ErrExist) {
-		return func() {}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("dovecottest: create %s: %w", policyRC, err)
-	}
-	remove := func() { _ = os.Remove(policyRC) }
-	_, err = f.WriteString(policyRCText)
-	if err == nil {
-		err = f.Chmod(0o755) // whatever the umask
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		remove()
-		return nil, fmt.Errorf("dovecottest: write %s: %w", policyRC, err)
-	}
-	return remove, nil
 }
 
 // aptUpdate runs apt-get update.
