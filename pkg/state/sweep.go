@@ -67,6 +67,9 @@ type SweepStart struct {
 	// continuation was lost, or it started before the recovery time),
 	// when a new one replaces it.
 	Abandoned string
+	// Replaced is, when the abandoned sweep was still running, its reason:
+	// "retry" (a sweep that lists every user replaces a retry sweep).
+	Replaced string
 }
 
 // SweepBegin starts a sweep with id unless one runs: it takes the sweep lock
@@ -82,7 +85,7 @@ func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTT
 	st := SweepStart{Decision: str(v, 0), ID: str(v, 1)}
 	switch st.Decision {
 	case "started":
-		st.Started, st.Abandoned = fromMS(at(v, 2)), str(v, 3)
+		st.Started, st.Abandoned, st.Replaced = fromMS(at(v, 2)), str(v, 3), str(v, 4)
 	case "relist", "running":
 		st.Started, st.Reason = msField(str(v, 2)), str(v, 3)
 	default:

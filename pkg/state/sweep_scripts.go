@@ -45,7 +45,8 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then
   local id = redis.call('HGET', KEYS[3], 'id') or ''
   local started = redis.call('HGET', KEYS[3], 'started') or ''
   if id == ARGV[1] then
-    return {'started', id, tonumber(started) or 0, redis.call('HGET', KEYS[3], 'abandoned') or ''}
+    return {'started', id, tonumber(started) or 0, redis.call('HGET', KEYS[3], 'abandoned') or '',
+      redis.call('HGET', KEYS[3], 'replaced') or ''}
   end
   return {'relist', id, started, redis.call('HGET', KEYS[3], 'reason') or ''}
 end
@@ -54,7 +55,18 @@ local started = redis.call('HGET', KEYS[3], 'started') or ''
 -- A sweep that started before the recovery time (local mode's last run
 -- stopped during it) judged some users without that time, and covers no
 -- request: a new sweep replaces it, as an abandoned one.
+local replaced = ''
 if cur and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
+  -- A sweep that lists every user takes the failed and pending users a
+  -- running retry sweep takes, and more: it replaces the retry sweep at
+  -- once. Asked to wait instead, it could run out of the Broker's retries
+  -- behind a long retry sweep. The retry sweep's step at work finds its
+  -- claim and sweep gone, and records nothing.
+  if same and ARGV[5] ~= 'retry' and redis.call('HGET', KEYS[3], 'reason') == 'retry' then
+    replaced = 'retry'
+  end
+end
+if cur and replaced == '' and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
   -- A running sweep without a total and with nobody claiming it lost its
   -- listing invocation (crash, timeout): list again under the same id.
   if same and redis.call('HEXISTS', KEYS[3], 'total') == 0
@@ -74,12 +86,13 @@ redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'id', ARGV[1], 'reason', ARGV[5], 'started', now, 'offset', 0, 'batches', 0)
 -- Kept for a resent call, which must report it too.
 if abandoned ~= '' then redis.call('HSET', KEYS[3], 'abandoned', abandoned) end
+if replaced ~= '' then redis.call('HSET', KEYS[3], 'replaced', replaced) end
 for i, v in ipairs(keep) do
   if v then redis.call('HSET', KEYS[3], names[i], v) end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-return {'started', ARGV[1], now, abandoned}
+return {'started', ARGV[1], now, abandoned, replaced}
 `)
 
 // scriptSweepListed: KEYS lock, claim, meta, users, pending, failed.

@@ -153,6 +153,44 @@ func TestSweep_ExpiredLockIsTakenBackOrReplaced(t *testing.T) {
 	})
 }
 
+// TestSweep_ASweepOfEveryUserReplacesARunningRetrySweep: begun while a
+// retry sweep runs, a sweep of another reason starts in its place, also
+// while a step of the retry sweep holds the claim: that step's commit is
+// lost, and its continuation stale. A retry sweep begun while any sweep
+// runs is covered by it. A begin sent twice reports the replaced sweep
+// both times.
+func TestSweep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "r1", "tok", "retry", time.Hour, time.Hour)
+		b.st.SweepAddUsers(ctx, "r1", 0, []string{"a", "b"})
+		b.st.SweepListed(ctx, "r1", "tok", state.SweepListing{HostsJSON: `[]`}, time.Hour, time.Hour)
+		if st, _ := b.st.SweepBegin(ctx, "r2", "tok-r2", "retry", time.Hour, time.Hour); st.Decision != "running" || st.ID != "r1" {
+			t.Errorf("a retry sweep while one runs: %+v; want it covered", st)
+		}
+		if bt, err := b.st.SweepClaim(ctx, "r1", 0, "step", time.Hour, time.Hour); err != nil || bt.Decision != "ok" {
+			t.Fatalf("the retry sweep's step: %+v %v", bt, err)
+		}
+		for range 2 { // the second time as a resent call
+			st, err := b.st.SweepBegin(ctx, "s1", "tok-s1", "schedule", time.Hour, time.Hour)
+			if err != nil || st.Decision != "started" || st.ID != "s1" || st.Abandoned != "r1" || st.Replaced != "retry" {
+				t.Fatalf("a scheduled sweep while the retry sweep runs: %+v %v; want it started in r1's place", st, err)
+			}
+		}
+		if done, err := b.st.SweepCommit(ctx, state.SweepCommitArgs{ID: "r1", Token: "step", From: 0, To: 2, LockTTL: time.Hour, UsersTTL: time.Hour}); !errors.Is(err, state.ErrSweepLost) {
+			t.Errorf("the replaced retry step's commit: %v %v; want it lost", done, err)
+		}
+		if bt, _ := b.st.SweepClaim(ctx, "r1", 0, "c2", time.Hour, time.Hour); bt.Decision != "stale" {
+			t.Errorf("the replaced retry sweep's continuation: %+v", bt)
+		}
+		if st, _ := b.st.SweepBegin(ctx, "r3", "tok-r3", "retry", time.Hour, time.Hour); st.Decision != "running" || st.ID != "s1" {
+			t.Errorf("a retry sweep while s1 runs: %+v; want it covered", st)
+		}
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok-s2", "cli", time.Hour, time.Hour); st.Decision != "running" || st.ID != "s1" {
+			t.Errorf("another sweep while s1 runs: %+v; want it covered", st)
+		}
+	})
+}
+
 // TestSweep_ASweepOlderThanTheRecoveryTimeIsReplaced: local mode's start
 // sets the recovery time; a sweep its last run left running started
 // before it, judged users without it, and covers no request: the next

@@ -96,7 +96,7 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		FullSyncInterval: s.o.FullSyncInterval, LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
 	})
 	if errors.Is(err, state.ErrSweepLost) {
-		s.log.Warn("sweep batch took longer than its claim; another invocation took over", "sweep", c.Sweep, "offset", c.Offset)
+		s.log.Warn("sweep batch not recorded: it took longer than its claim and another invocation took over, or a sweep that lists every user replaced this retry sweep", "sweep", c.Sweep, "offset", c.Offset)
 		return Result{Outcome: Lost, Sweep: c.Sweep, Requested: requested}, nil
 	}
 	if err != nil {

@@ -63,18 +63,20 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		return Result{}, err
 	}
 	if st.Decision == "running" {
-		if st.Reason == SweepReasonRetry && reason != SweepReasonRetry {
-			// A retry sweep takes the failed and pending users only: it
-			// does not cover a sweep that lists every user. It ends soon;
-			// this request is delivered again then.
-			return Result{}, fmt.Errorf("%w: a retry sweep runs; this %q sweep lists every user after it", ErrBusy, reason)
-		}
 		s.log.Info("a sweep is running already; this request is covered by it", "sweep", st.ID, "started", st.Started, "reason", reason)
 		return Result{Outcome: Running, Sweep: st.ID}, nil
 	}
 	if st.Abandoned != "" {
-		s.m.finished.WithLabelValues("abandoned").Inc()
-		s.log.Warn("the previous sweep never finished (its continuation was lost); starting over", "abandoned", st.Abandoned, "sweep", st.ID)
+		if st.Replaced != "" {
+			// A retry sweep takes the failed and pending users only: it
+			// does not cover a sweep that lists every user, which takes
+			// them too and replaces it.
+			s.m.finished.WithLabelValues("replaced").Inc()
+			s.log.Info("a sweep that lists every user replaces the running retry sweep", "replaced", st.Abandoned, "sweep", st.ID, "reason", reason)
+		} else {
+			s.m.finished.WithLabelValues("abandoned").Inc()
+			s.log.Warn("the previous sweep never finished (its continuation was lost); starting over", "abandoned", st.Abandoned, "sweep", st.ID)
+		}
 		if err := s.st.SweepDrop(ctx, st.Abandoned); err != nil {
 			s.log.Warn("could not drop the abandoned sweep's candidates; they expire by themselves", "err", err)
 		}

@@ -32,7 +32,7 @@ func newSweepMetrics(reg prometheus.Registerer) *sweepMetrics {
 	}
 	m := &sweepMetrics{
 		started:      counter(metrics.SweepsStarted, "Sweeps started."),
-		finished:     vec(metrics.SweepsFinished, "Sweeps ended, by outcome (completed; abandoned: its continuation was lost and a later sweep replaced it).", "outcome"),
+		finished:     vec(metrics.SweepsFinished, "Sweeps ended, by outcome (completed; abandoned: its continuation was lost and a later sweep replaced it; replaced: a retry sweep that a sweep listing every user replaced).", "outcome"),
 		listed:       vec(metrics.SweepUsersListed, "Usernames the Dovecot hosts listed, by host.", "host"),
 		listFailures: vec(metrics.SweepListFailures, "User listings that failed or were cut short, by host.", "host"),
 		examined:     counter(metrics.SweepUsersExamined, "Sweep candidates examined."),
@@ -45,6 +45,7 @@ func newSweepMetrics(reg prometheus.Registerer) *sweepMetrics {
 	// Known label values start at zero, so rate() and alerts see them.
 	m.finished.WithLabelValues("completed")
 	m.finished.WithLabelValues("abandoned")
+	m.finished.WithLabelValues("replaced")
 	for _, r := range []Reason{ReasonPending, ReasonFailed, ReasonRecovery, ReasonStale, ReasonNever} {
 		m.requested.WithLabelValues(string(r))
 	}

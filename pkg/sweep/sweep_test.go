@@ -576,8 +576,7 @@ func TestStep_ExcludedUsersLoseTheirMarks(t *testing.T) {
 // TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly: a retry sweep
 // lists no host and requests the users Redis knows as failed (due) or
 // pending, not the others a listing would name; it is no "last completed"
-// sweep. A sweep that lists every user, asked for while it runs, is told
-// to come back (ErrBusy: the Broker delivers it again), not covered by it.
+// sweep.
 func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
 	o := testOptions()
 	o.BatchSize = 1
@@ -590,8 +589,8 @@ func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
 	if err != nil || first.Outcome != Started || first.Next == nil {
 		t.Fatalf("retry sweep: %+v %v", first, err)
 	}
-	if _, err := f.sw.Step(ctx, SweepReasonSchedule, nil); !errors.Is(err, ErrBusy) {
-		t.Errorf("a scheduled sweep while the retry sweep runs: %v, want ErrBusy", err)
+	if r, err := f.sw.Step(ctx, SweepReasonRetry, nil); err != nil || r.Outcome != Running {
+		t.Errorf("a second retry sweep while the first runs: %+v %v, want it covered", r, err)
 	}
 	f.continueFrom(t, first.Next)
 	got := byUser(t, f.snd.all())
@@ -610,5 +609,47 @@ func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
 	}
 	if n := f.dove.ListCalls(); n != 1 {
 		t.Errorf("the scheduled sweep listed users %d times, want 1", n)
+	}
+}
+
+// TestStep_ASweepOfEveryUserReplacesARunningRetrySweep: a retry sweep
+// does not cover a sweep that lists every user, which takes the failed
+// and pending users too: asked for while a retry sweep runs, that sweep
+// starts at once, in its place. Told to come back instead (503), it ran
+// out of the Broker's retries (35 s on the sweep Trigger) behind a retry
+// sweep of many failed users, and the hourly sweep was lost. A retry
+// sweep asked for while the sweep of every user runs is covered by it.
+func TestStep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
+	o := testOptions()
+	o.BatchSize = 1
+	f := newFixture(t, o, "never", "pending", "failed")
+	ctx := context.Background()
+	_ = f.st.MarkPending(ctx, "pending", "mail-a", f.now().Add(-time.Minute))
+	f.failed(t, "failed", 10*time.Minute)
+
+	retry, err := f.sw.Step(ctx, SweepReasonRetry, nil)
+	if err != nil || retry.Outcome != Started || retry.Next == nil {
+		t.Fatalf("retry sweep: %+v %v", retry, err)
+	}
+	full, err := f.sw.Step(ctx, SweepReasonSchedule, nil)
+	if err != nil || full.Outcome != Started || full.Next == nil || full.Sweep == retry.Sweep {
+		t.Fatalf("a scheduled sweep while the retry sweep runs: %+v %v, want a new sweep started", full, err)
+	}
+	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("replaced")); got != 1 {
+		t.Errorf("sweeps replaced: %v, want 1", got)
+	}
+	if r, err := f.sw.Step(ctx, SweepReasonRetry, nil); err != nil || r.Outcome != Running || r.Sweep != full.Sweep {
+		t.Errorf("a retry sweep while the scheduled one runs: %+v %v, want it covered", r, err)
+	}
+	if r, err := f.sw.Step(ctx, "", retry.Next); err != nil || r.Outcome != Stale {
+		t.Errorf("the replaced retry sweep's continuation: %+v %v, want stale", r, err)
+	}
+	f.continueFrom(t, full.Next)
+	got := byUser(t, f.snd.all())
+	if len(got) != 3 || got["never"].Reason != ReasonNever || got["pending"].Reason != ReasonPending || got["failed"].Reason != ReasonFailed {
+		t.Errorf("requested %v, want every user", got)
+	}
+	if st, _ := f.st.SweepStatus(ctx); st.Running || st.LastCompletedEnd.IsZero() {
+		t.Errorf("status %+v: want the scheduled sweep completed", st)
 	}
 }
