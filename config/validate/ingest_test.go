@@ -42,7 +42,7 @@ func fakeSecret(name, key string) string {
 
 // containerEnv is the environment of svc's only container as Kubernetes
 // would start it: literal values, Secret references resolved with
-// fakeSecret, and each file path under a volume mount moved into a
+// fakeSecret, ConfigMap references with fakeConfigMaps, and each file path under a volume mount moved into a
 // temporary folder that holds the files that volume would mount. It also
 // returns the container's args.
 func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []string) {
@@ -69,8 +69,12 @@ func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []st
 			t.Fatal(err)
 		}
 		mounts[m.MountPath] = dir
+		if vol.ConfigMap != nil {
+			writeConfigMap(t, dir, vol.ConfigMap)
+			continue
+		}
 		if vol.Secret == nil {
-			continue // a ConfigMap's files are not needed here
+			continue
 		}
 		if len(vol.Secret.Items) == 0 {
 			t.Fatalf("%s: secret volume %s lists no items; list the keys it mounts", svc.Name, vol.Name)
@@ -98,8 +102,14 @@ func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []st
 			env[e.Name] = v
 		case e.ValueFrom.SecretKeyRef != nil:
 			env[e.Name] = fakeSecret(e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
+		case e.ValueFrom.ConfigMapKeyRef != nil:
+			v, ok := fakeConfigMaps[e.ValueFrom.ConfigMapKeyRef.Name][e.ValueFrom.ConfigMapKeyRef.Key]
+			if !ok {
+				t.Fatalf("%s: env %s: no sample value for key %s of ConfigMap %s", svc.Name, e.Name, e.ValueFrom.ConfigMapKeyRef.Key, e.ValueFrom.ConfigMapKeyRef.Name)
+			}
+			env[e.Name] = v
 		default:
-			t.Fatalf("%s: env %s: only literal values and secretKeyRef are handled here", svc.Name, e.Name)
+			t.Fatalf("%s: env %s: only literal values, secretKeyRef and configMapKeyRef are handled here", svc.Name, e.Name)
 		}
 	}
 	return env, c.Args
