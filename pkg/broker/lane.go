@@ -220,9 +220,10 @@ func (l *lane) deliver(t *task) {
 }
 
 // sendReply publishes a subscriber's reply back into the broker, where the
-// Triggers route it like any event. A reply that cannot be queued is
-// retried like a delivery; in the end the original event goes to the
-// dead-letter sink, as Knative does.
+// Triggers route it like any event. A full lane does not refuse it (it
+// loses the reply, counted: publish); a reply the ingress would refuse
+// (invalid, TTL used up) sends the original event to the dead-letter
+// sink, as Knative does.
 func (l *lane) sendReply(t *task) {
 	// Into the Broker of the Trigger: the same namespace.
 	err := l.b.publish(*t.reply, sourceReply, &t.ttl, t.hdr, t.ns)
@@ -235,7 +236,7 @@ func (l *lane) sendReply(t *task) {
 		l.dropForShutdown(t)
 		return
 	}
-	code := http.StatusServiceUnavailable // queue full or shutting down: retried
+	code := http.StatusServiceUnavailable // not expected: retried
 	if errors.Is(err, ErrInvalidEvent) || errors.Is(err, ErrTTLExhausted) {
 		code = http.StatusBadRequest // what Knative's ingress answers: not retried
 	}

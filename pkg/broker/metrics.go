@@ -27,6 +27,7 @@ const (
 	dropNoDLS      = "no_dead_letter_sink"
 	dropDLSFailed  = "dead_letter_failed"
 	dropShutdown   = "shutdown"
+	dropQueueFull  = "queue_full"
 	sourceIngress  = "ingress"
 	sourceReply    = "reply"
 	sourceRestored = "spool"
@@ -52,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerEventsPublished,
 			Help: "Events the embedded broker accepted, by source (ingress, reply, spool)."}, []string{"source"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerEventsRejected,
-			Help: "Events refused because this Trigger's queue was full (answered 503)."}, []string{"trigger"}),
+			Help: "Events refused because this Trigger's queue was full (answered 503; a reply is dropped for it instead)."}, []string{"trigger"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerIngressRefused,
 			Help: "Requests the HTTP ingress refused as bad input, by reason (not_cloudevent, invalid_event, ttl_exhausted, too_large, no_broker, method)."}, []string{"reason"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerDeliveries,
@@ -62,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerDeadLettered,
 			Help: "Events delivered to the dead-letter sink, by Trigger."}, []string{"trigger"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerDropped,
-			Help: "Events given up on, by Trigger and reason (no_dead_letter_sink, dead_letter_failed, shutdown)."}, []string{"trigger", "reason"}),
+			Help: "Events given up on, by Trigger and reason (no_dead_letter_sink, dead_letter_failed, shutdown, queue_full)."}, []string{"trigger", "reason"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerReplies,
 			Help: "Subscriber replies published back into the broker, by the Trigger whose subscriber replied."}, []string{"trigger"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: metrics.BrokerDeliverySeconds,

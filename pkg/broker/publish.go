@@ -64,17 +64,33 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 	// Reserve a place in every matching lane before queuing in any, so an
 	// event is either routed to all its Triggers or refused (and the
 	// sender retries), never half-delivered.
+	//
+	// A reply is the exception: its sender is another Trigger's lane,
+	// which would hold the event that caused it while it retried, so one
+	// stuck subscriber (an alert webhook) would fill the sync lanes and
+	// then refuse new mail at the ingress. On a Knative Broker a reply is
+	// never refused for one Trigger's backlog either. So a reply goes to
+	// the matching lanes with room, and a full one loses it, counted.
 	size := eventSize(ev)
-	for i, l := range matched {
-		if full := l.reserve(size); full != nil {
-			for _, r := range matched[:i] {
+	queued := matched[:0:0]
+	for _, l := range matched {
+		full := l.reserve(size)
+		if full == nil {
+			queued = append(queued, l)
+			continue
+		}
+		b.m.rejected.WithLabelValues(l.tr.Name).Inc()
+		if source != sourceReply {
+			for _, r := range queued {
 				r.unreserve(size)
 			}
-			b.m.rejected.WithLabelValues(l.tr.Name).Inc()
 			return full
 		}
+		b.m.dropped.WithLabelValues(l.tr.Name, dropQueueFull).Inc()
+		l.log.Warn("reply dropped for this Trigger: its queue is full", "id", ev.ID(), "type", ev.Type(),
+			"subject", ev.Subject(), "err", full)
 	}
-	for _, l := range matched {
+	for _, l := range queued {
 		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns, size: size} // never blocks: the place is reserved
 	}
 	b.m.published.WithLabelValues(source).Inc()

@@ -22,7 +22,7 @@ const (
 	// Trigger.
 	BrokerDeadLettered = "broker_dead_lettered_total"
 	// BrokerDropped counts events given up on, by Trigger and reason
-	// (no_dead_letter_sink, dead_letter_failed, shutdown).
+	// (no_dead_letter_sink, dead_letter_failed, shutdown, queue_full).
 	BrokerDropped = "broker_events_dropped_total"
 	// BrokerReplies counts subscriber replies published back into the
 	// broker, by the Trigger whose subscriber replied.

@@ -1,0 +1,70 @@
+package broker
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+)
+
+// failedReply answers every event as the sync function does when a dsync
+// failed for good: 200 with a replication.failed reply.
+func failedReply(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+	r := cloudevents.NewEvent()
+	r.SetID("failed-" + ev.ID())
+	r.SetSource("dovewarden/sync")
+	r.SetType(typeFailed)
+	r.SetSubject(ev.Subject())
+	r.SetExtension("retryby", "sweep")
+	return &r, nil
+}
+
+// TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes: with the real
+// manifests, the alert webhook (the replication-failed-alert Trigger's
+// subscriber) hangs and its lane fills up with failure events; the sync
+// lanes' replies that match it must not then hold the sync lanes' places
+// (invariant 4): new mail is still taken and replicated at once.
+func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
+	cfg := loadEmbedded(t)
+	alerts := newBlocker()
+	defer close(alerts.release)
+	sync := newRecorder()
+	sync.answer = failedReply
+	b, reg := start(t, cfg, Options{QueueSize: 3, Workers: 1, Handlers: map[string]Handler{
+		"dovewarden-sync-high": sync.handle, "dovewarden-sync-low": sync.handle, "dovewarden-alerts": alerts.handle,
+	}})
+	ctx := context.Background()
+	for i := range 20 {
+		start := time.Now()
+		if err := b.Publish(ctx, event("high-"+strconv.Itoa(i), typeChanged, "high")); err != nil {
+			t.Fatalf("new mail %d refused while the alert webhook hangs: %v", i, err)
+		}
+		sync.next(t)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("new mail %d took %v behind a stuck alert webhook", i, d)
+		}
+	}
+	// The alert lane holds what it has room for (3 queued, 1 in its
+	// worker); the other replies are dropped for it, and counted.
+	eventually(t, "replies dropped for the full alert lane counted", func() bool {
+		return counter(t, reg, "dovewarden_broker_events_dropped_total",
+			map[string]string{"trigger": "replication-failed-alert", "reason": dropQueueFull}) == 16
+	})
+	if got := counter(t, reg, "dovewarden_broker_events_rejected_total", map[string]string{"trigger": "replication-failed-alert"}); got != 16 {
+		t.Errorf("rejected %v, want 16", got)
+	}
+	if got := counter(t, reg, "dovewarden_broker_replies_total", map[string]string{"trigger": "sync-high"}); got != 20 {
+		t.Errorf("replies %v, want 20", got)
+	}
+	if got := alerts.started.Load(); got != 1 {
+		t.Errorf("alert webhook got %d deliveries, want 1 (its only worker is stuck)", got)
+	}
+	for _, l := range b.Lanes() {
+		if l.Trigger == "sync-high" && l.Queued+l.InFlight != 0 {
+			t.Errorf("sync-high still holds %d events", l.Queued+l.InFlight)
+		}
+	}
+}
