@@ -224,9 +224,13 @@ func New(cfg *Config, o Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker metrics: %w", err)
 	}
 	for _, l := range b.lanes {
-		for i := range l.workers {
+		for i := range l.running {
+			queue := l.queue
+			if i >= l.workers {
+				queue = l.dlQueue
+			}
 			b.wg.Add(1)
-			go l.work(&l.running[i])
+			go l.work(&l.running[i], queue)
 		}
 	}
 	return b, nil
@@ -304,6 +308,10 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 		capacity: int64(capacity), maxBytes: b.opts.QueueBytes, queue: make(chan *task, capacity), timers: map[*task]*time.Timer{},
 		running: make([]runSlot, info.Workers),
 		log:     b.log.With("trigger", tr.Name),
+	}
+	if dls != nil {
+		l.dlQueue = make(chan *task, capacity)
+		l.running = make([]runSlot, 2*info.Workers)
 	}
 	b.lanes = append(b.lanes, l)
 	b.info = append(b.info, info)

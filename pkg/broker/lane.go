@@ -66,6 +66,10 @@ func eventSize(ev cloudevents.Event) int64 {
 // lane owns, queued, waiting for a retry or in delivery, and never exceeds
 // capacity: a place is reserved when an event is published and freed when
 // it is done with, so queue sends never block and memory stays bounded.
+// Deliveries to the dead-letter sink have a queue and workers of their
+// own (as many as the subscriber's), so a sink that hangs (an alert
+// webhook) never takes the workers that deliver to the subscriber: bad
+// input that goes to the sink never blocks the lane.
 type lane struct {
 	b        *Broker
 	tr       *Trigger
@@ -76,6 +80,7 @@ type lane struct {
 	capacity int64
 	maxBytes int64
 	queue    chan *task
+	dlQueue  chan *task // dead-letter deliveries; nil without a sink
 	log      *slog.Logger
 
 	held     atomic.Int64
@@ -85,7 +90,8 @@ type lane struct {
 	mu       sync.Mutex
 	timers   map[*task]*time.Timer
 	stopping bool
-	// running has a slot per worker, guarded by the broker's heldMu.
+	// running has a slot per worker (the subscriber's, then the
+	// dead-letter sink's), guarded by the broker's heldMu.
 	running []runSlot
 }
 
@@ -134,13 +140,23 @@ func (l *lane) unreserve(size int64) {
 	l.held.Add(-1)
 }
 
-func (l *lane) work(slot *runSlot) {
+// enqueue puts t in the queue of its phase; the place is reserved, so it
+// never blocks.
+func (l *lane) enqueue(t *task) {
+	if t.phase == phaseDeadLetter {
+		l.dlQueue <- t
+		return
+	}
+	l.queue <- t
+}
+
+func (l *lane) work(slot *runSlot, queue <-chan *task) {
 	defer l.b.wg.Done()
 	for {
 		select {
 		case <-l.b.quit:
 			return
-		case t := <-l.queue:
+		case t := <-queue:
 			select {
 			case <-l.b.quit:
 				// Shutdown may have drained the queue already: hand it
@@ -271,7 +287,15 @@ func (l *lane) giveUp(t *task, dest string, o outcome) {
 	// TTL included.
 	dead.SetExtension(ExtTTL, strconv.Itoa(int(t.ttl)))
 	t.dead, t.phase, t.attempt = dead, phaseDeadLetter, 0
-	l.deadLetter(t)
+	// To the sink's own workers: this one goes back to the subscriber's
+	// events.
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopping {
+		l.dropForShutdown(t)
+		return
+	}
+	l.enqueue(t)
 }
 
 func (l *lane) deadLetter(t *task) {
@@ -316,7 +340,7 @@ func (l *lane) retry(t *task, o outcome) bool {
 	}
 	l.b.m.retries.WithLabelValues(l.tr.Name).Inc()
 	if wait <= 0 {
-		l.queue <- t
+		l.enqueue(t)
 		return true
 	}
 	l.timers[t] = time.AfterFunc(wait, func() { l.fire(t) })
@@ -330,7 +354,7 @@ func (l *lane) fire(t *task) {
 		return // stopped: counted by stop
 	}
 	delete(l.timers, t)
-	l.queue <- t
+	l.enqueue(t)
 }
 
 // stopped: Shutdown cancelled the attempts in flight. An attempt that
@@ -407,6 +431,8 @@ func (l *lane) drain() {
 	for {
 		select {
 		case t := <-l.queue:
+			l.dropForShutdown(t)
+		case t := <-l.dlQueue: // a nil channel: never
 			l.dropForShutdown(t)
 		default:
 			return

@@ -8,6 +8,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 )
 
 // failedReply answers every event as the sync function does when a dsync
@@ -67,4 +68,47 @@ func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
 			t.Errorf("sync-high still holds %d events", l.Queued+l.InFlight)
 		}
 	}
+}
+
+// TestDeadLetter_StuckSinkNeverHoldsTheLanesWorkers: with the real
+// manifests the alert webhook is also the sync lanes' dead-letter sink.
+// When it hangs, events the sync function refuses for good (400: bad
+// input) wait for it, but not in the workers that deliver new mail
+// (invariant 5: bad input never blocks).
+func TestDeadLetter_StuckSinkNeverHoldsTheLanesWorkers(t *testing.T) {
+	cfg := loadEmbedded(t)
+	alerts := newBlocker()
+	sync := newRecorder()
+	sync.answer = func(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		if ev.Subject() == "bad" {
+			return nil, cehttp.NewResult(400, "bad user")
+		}
+		return nil, nil
+	}
+	b, reg := start(t, cfg, Options{Workers: 2, Handlers: map[string]Handler{
+		"dovewarden-sync-high": sync.handle, "dovewarden-sync-low": sync.handle, "dovewarden-alerts": alerts.handle,
+	}})
+	ctx := context.Background()
+	for i := range 4 {
+		ev := event("bad-"+strconv.Itoa(i), typeChanged, "high")
+		ev.SetSubject("bad")
+		if err := b.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		sync.next(t)
+	}
+	eventually(t, "the dead-letter sink holds the bad events", func() bool { return alerts.started.Load() >= 2 })
+	for i := range 10 {
+		if err := b.Publish(ctx, event("high-"+strconv.Itoa(i), typeChanged, "high")); err != nil {
+			t.Fatal(err)
+		}
+		if got := sync.next(t); got.ID() != "high-"+strconv.Itoa(i) {
+			t.Fatalf("got %s", got.ID())
+		}
+	}
+	// The sink still gets them all once it answers.
+	close(alerts.release)
+	eventually(t, "the bad events dead-lettered", func() bool {
+		return counter(t, reg, "dovewarden_broker_dead_lettered_total", map[string]string{"trigger": "sync-high"}) == 4
+	})
 }

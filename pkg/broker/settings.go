@@ -47,7 +47,7 @@ func (s *Settings) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(subscriberFlag{s}, "subscriber", "NAME=URL: send the events of Triggers whose subscriber (or dead-letter sink) ref is NAME to URL; repeatable, or comma-separated")
 	fs.IntVar(&s.QueueSize, "queue-size", DefaultQueueSize, "events each Trigger's queue holds before publishing answers 503 (annotation dovewarden.org/queue-size overrides)")
 	fs.Int64Var(&s.QueueBytes, "queue-bytes", DefaultQueueBytes, "bytes of events each Trigger's queue holds before publishing answers 503, whatever queue-size allows")
-	fs.IntVar(&s.Workers, "workers", DefaultWorkers, "parallel deliveries per Trigger (annotation dovewarden.org/workers overrides)")
+	fs.IntVar(&s.Workers, "workers", DefaultWorkers, "parallel deliveries per Trigger, and as many again to its dead-letter sink (annotation dovewarden.org/workers overrides)")
 	fs.DurationVar(&s.DeliveryTimeout, "delivery-timeout", DefaultDeliveryTimeout, "time allowed for one delivery attempt when a Trigger's delivery sets no timeout")
 	fs.StringVar(&s.SpoolFile, "spool-file", "", "file where the events the lanes hold at a stop are saved and from which they are delivered after the next start (default: none, they are lost)")
 }

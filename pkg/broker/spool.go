@@ -107,7 +107,7 @@ func (b *Broker) Restore(h Held) error {
 		b.m.rejected.WithLabelValues(l.tr.Name).Inc()
 		return fmt.Errorf("%w: %s: %w", ErrNotRestored, h.Event.ID(), full)
 	}
-	l.queue <- t // never blocks: the place is reserved
+	l.enqueue(t) // never blocks: the place is reserved
 	b.m.published.WithLabelValues(sourceRestored).Inc()
 	return nil
 }
