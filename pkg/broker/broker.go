@@ -29,8 +29,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Defaults for Options left zero.
@@ -288,14 +286,14 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 		return
 	}
 	// Shown in logs and status: a URL's password stays out.
-	info.Enabled, info.Subscriber = true, config.RedactURL(target.dest())
+	info.Enabled, info.Subscriber = true, target.dest()
 	var dls endpoint
 	if d := tr.Delivery.DeadLetterSink; d != nil {
 		if dls = b.resolve(*d, used); dls == nil {
 			b.log.Warn("dead-letter sink not resolved: events that fail for good are dropped (and counted)",
 				"trigger", tr.Name, "deadLetterSink", d.String())
 		} else {
-			info.DeadLetterSink = config.RedactURL(dls.dest())
+			info.DeadLetterSink = dls.dest()
 		}
 	}
 	timeout := tr.Delivery.Timeout

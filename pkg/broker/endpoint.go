@@ -14,6 +14,8 @@ import (
 	ceevent "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Handler is an in-process subscriber: the function a CloudEvents HTTP
@@ -76,7 +78,9 @@ const (
 // request carries besides the event (pass-through ones and Kn-Namespace).
 type endpoint interface {
 	send(ctx context.Context, ev cloudevents.Event, structured bool, to hop, hdr http.Header) outcome
-	// dest names the endpoint in knativeerrordest and logs.
+	// dest names the endpoint in knativeerrordest and logs: a URL
+	// without its password or secret query parameters (config.RedactURL),
+	// as the dead-letter sink may be another service that logs it.
 	dest() string
 }
 
@@ -90,7 +94,7 @@ type httpEndpoint struct {
 	maxBody int64
 }
 
-func (e *httpEndpoint) dest() string { return e.url }
+func (e *httpEndpoint) dest() string { return config.RedactURL(e.url) }
 
 func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool, to hop, hdr http.Header) outcome {
 	if structured {
@@ -121,6 +125,12 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 	}
 	resp, err := e.client.Do(req)
 	if err != nil {
+		// net/http hides the password in the error, not a token in the
+		// query; the error reaches logs and knativeerrordata.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			ue.URL = e.dest()
+		}
 		return failed(err)
 	}
 	defer resp.Body.Close()

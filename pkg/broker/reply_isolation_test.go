@@ -2,7 +2,11 @@ package broker
 
 import (
 	"context"
+	"encoding/base64"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,4 +115,46 @@ func TestDeadLetter_StuckSinkNeverHoldsTheLanesWorkers(t *testing.T) {
 	eventually(t, "the bad events dead-lettered", func() bool {
 		return counter(t, reg, "dovewarden_broker_dead_lettered_total", map[string]string{"trigger": "sync-high"}) == 4
 	})
+}
+
+// TestDeadLetter_ErrorDestShowsNoPassword: a subscriber URL with
+// credentials (a webhook behind basic auth, a token in its query) fails;
+// the dead-letter sink, often another service that logs what it gets, is
+// told where the event failed without them, as the broker's logs and
+// status are.
+func TestDeadLetter_ErrorDestShowsNoPassword(t *testing.T) {
+	_, answers := newHTTPSubscriber(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusBadRequest) })
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close() // a refused connection
+	for name, tc := range map[string]struct {
+		url, code string
+	}{
+		"answers 400": {answers, "400"},
+		"refused":     {gone.URL, "500"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			hook := strings.Replace(tc.url, "http://", "http://alerts:s3cret@", 1) + "/hook?token=t0ken"
+			cfg := mustLoad(t, typeTrigger("t", typeFailed, "hook", "  delivery:\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			dls := newRecorder()
+			b, _ := start(t, cfg, Options{Subscribers: map[string]string{"hook": hook}, Handlers: map[string]Handler{"dls": dls.handle}})
+			if err := b.Publish(context.Background(), event("f1", typeFailed, "high")); err != nil {
+				t.Fatal(err)
+			}
+			got := dls.next(t)
+			dest, _ := got.Extensions()[ExtErrorDest].(string)
+			raw, _ := got.Extensions()[ExtErrorData].(string)
+			data, err := base64.StdEncoding.DecodeString(raw)
+			if err != nil {
+				t.Fatalf("%s %q: %v", ExtErrorData, raw, err)
+			}
+			for _, secret := range []string{"s3cret", "t0ken"} {
+				if strings.Contains(dest, secret) || strings.Contains(string(data), secret) {
+					t.Errorf("%s = %q, %s = %q: hold %s", ExtErrorDest, dest, ExtErrorData, data, secret)
+				}
+			}
+			if !strings.HasSuffix(strings.SplitN(dest, "?", 2)[0], "/hook") || got.Extensions()[ExtErrorCode] != tc.code {
+				t.Errorf("%s = %q, %s = %v: want the webhook's URL and %s", ExtErrorDest, dest, ExtErrorCode, got.Extensions()[ExtErrorCode], tc.code)
+			}
+		})
+	}
 }
