@@ -80,6 +80,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	warnUnused(log, fs, env)
+	if sc.ResultsSink != "" {
+		log.Warn("results-sink is not used by dovewarden local, which sends to its own broker; ignored", "results_sink", config.RedactURL(sc.ResultsSink))
+	}
 	// A SIGHUP from here on waits for reloadOnHangup instead of ending the
 	// process.
 	hup := hangups()

@@ -283,6 +283,21 @@ func TestIngest_WarnsOfUnknownSettings(t *testing.T) {
 	}
 }
 
+// TestLocal_WarnsThatResultsSinkIsNotUsed: local mode sends to its own
+// broker; a --results-sink (or DOVEWARDEN_RESULTS_SINK) it was given is
+// named in a warning, its password hidden, instead of ignored in silence.
+func TestLocal_WarnsThatResultsSinkIsNotUsed(t *testing.T) {
+	env, _, stderr := testEnv(map[string]string{"DOVEWARDEN_RESULTS_SINK": "http://u:secret@127.0.0.1:1/", "DOVEWARDEN_DOVEADM_PASSWORD": "pw"}, "")
+	_, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0", "--doveadm-url", "http://127.0.0.1:1/doveadm/v1",
+		"--destination", "tcp:127.0.0.1:2", "--sweep-every", "0")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out := stderr.String(); !strings.Contains(out, "results-sink is not used by dovewarden local") || strings.Contains(out, "secret") {
+		t.Errorf("log %q: want the unused results-sink named, without its password", out)
+	}
+}
+
 // TestExplain_UnreadableInputExits2: a directory is input that cannot be
 // read, like a missing file (exit code 2), not an invalid event (1).
 func TestExplain_UnreadableInputExits2(t *testing.T) {
