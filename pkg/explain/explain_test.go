@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
@@ -57,6 +58,25 @@ func TestRun_PrettyPrintedObjectAndValidJSONOut(t *testing.T) {
 	}
 	if ce["specversion"] != "1.0" || ce["source"] != "mail-a.test" {
 		t.Errorf("CloudEvent %v", ce)
+	}
+}
+
+// TestRun_AnEventWithoutTimeGetsOne: ingest times an event that has
+// neither start_time nor end_time by when it received it; explain, which
+// shows what ingest sends, gives its CloudEvent a time too.
+func TestRun_AnEventWithoutTimeGetsOne(t *testing.T) {
+	line := strings.Replace(appendLine, `"end_time":"2026-11-29T10:00:00Z",`, "", 1)
+	before := time.Now().Add(-time.Second)
+	var out bytes.Buffer
+	if s, err := Run(strings.NewReader(line), &out, ingest.Translator{}); err != nil || s.Changes != 1 {
+		t.Fatalf("%+v %v", s, err)
+	}
+	var ce struct{ Time time.Time }
+	if err := json.Unmarshal(out.Bytes(), &ce); err != nil {
+		t.Fatal(err)
+	}
+	if ce.Time.Before(before) || ce.Time.After(time.Now()) {
+		t.Errorf("time %v, want when it was explained:\n%s", ce.Time, out.String())
 	}
 }
 

@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"time"
+
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
@@ -25,6 +27,11 @@ func (t Translator) Translate(ev *dovecot.Event, host string) (change.Change, cl
 	c, reason, err := t.Change(ev, host)
 	if reason != "" || err != nil {
 		return c, cloudevents.Event{}, reason, err
+	}
+	if c.Time.IsZero() {
+		// As the handler does: an event without start_time or end_time
+		// changed at the latest when it was received.
+		c.Time = time.Now().UTC()
 	}
 	ce, err := contract.FromChange(c)
 	return c, ce, "", err
