@@ -573,18 +573,27 @@ func TestStep_ExcludedUsersLoseTheirMarks(t *testing.T) {
 	}
 }
 
+// retryFixture lists "never", "pending" and "failed", and Redis knows
+// "pending" as pending and "failed" as failed 10 minutes ago (its retry
+// due); batches of one user.
+func retryFixture(t *testing.T) (*fixture, context.Context) {
+	o := testOptions()
+	o.BatchSize = 1
+	f := newFixture(t, o, "never", "pending", "failed")
+	ctx := context.Background()
+	if err := f.st.MarkPending(ctx, "pending", "mail-a", f.now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	f.failed(t, "failed", 10*time.Minute)
+	return f, ctx
+}
+
 // TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly: a retry sweep
 // lists no host and requests the users Redis knows as failed (due) or
 // pending, not the others a listing would name; it is no "last completed"
 // sweep.
 func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
-	o := testOptions()
-	o.BatchSize = 1
-	f := newFixture(t, o, "never", "pending", "failed")
-	ctx := context.Background()
-	_ = f.st.MarkPending(ctx, "pending", "mail-a", f.now().Add(-time.Minute))
-	f.failed(t, "failed", 10*time.Minute)
-
+	f, ctx := retryFixture(t)
 	first, err := f.sw.Step(ctx, SweepReasonRetry, nil)
 	if err != nil || first.Outcome != Started || first.Next == nil {
 		t.Fatalf("retry sweep: %+v %v", first, err)
@@ -620,13 +629,7 @@ func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
 // sweep of many failed users, and the hourly sweep was lost. A retry
 // sweep asked for while the sweep of every user runs is covered by it.
 func TestStep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
-	o := testOptions()
-	o.BatchSize = 1
-	f := newFixture(t, o, "never", "pending", "failed")
-	ctx := context.Background()
-	_ = f.st.MarkPending(ctx, "pending", "mail-a", f.now().Add(-time.Minute))
-	f.failed(t, "failed", 10*time.Minute)
-
+	f, ctx := retryFixture(t)
 	retry, err := f.sw.Step(ctx, SweepReasonRetry, nil)
 	if err != nil || retry.Outcome != Started || retry.Next == nil {
 		t.Fatalf("retry sweep: %+v %v", retry, err)
