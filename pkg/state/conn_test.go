@@ -228,8 +228,11 @@ func TestLogTo(t *testing.T) {
 	}
 }
 
-// TestCheckServer refuses a real Redis Cluster node and passes a plain
-// server and miniredis (which does not answer INFO cluster).
+// TestCheckServer refuses a real Redis Cluster node and a replica (a URL
+// that names the old primary after a failover: every write would be
+// refused with READONLY, and sync would answer 503 to every event), and
+// passes a plain server and miniredis (which does not answer INFO with
+// these fields).
 func TestCheckServer(t *testing.T) {
 	ctx := context.Background()
 	cluster := redistest.StartWith(t, redistest.Options{Cluster: true})
@@ -237,8 +240,14 @@ func TestCheckServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "Redis Cluster") {
 		t.Errorf("cluster node: %v, want a refusal naming Redis Cluster", err)
 	}
-	if err := state.New(redistest.Start(t).Client(t)).CheckServer(ctx); err != nil {
+	primary := redistest.Start(t)
+	if err := state.New(primary.Client(t)).CheckServer(ctx); err != nil {
 		t.Errorf("plain server: %v", err)
+	}
+	replica := redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
+	err = state.New(replica.Client(t)).CheckServer(ctx)
+	if err == nil || !strings.Contains(err.Error(), "replica (of "+primary.Addr+")") || !strings.Contains(err.Error(), "master_name") {
+		t.Errorf("replica: %v, want a refusal naming the replica's primary and Sentinel", err)
 	}
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})

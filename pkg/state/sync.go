@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -217,16 +218,38 @@ func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 	return time.UnixMilli(v).UTC(), nil
 }
 
-// CheckServer refuses a Redis Cluster node: the decision scripts touch a
-// user's keys and the global sets together, which a cluster refuses
-// (CROSSSLOT) on every decision. A server that does not answer INFO
-// cluster (miniredis) passes.
+// CheckServer refuses a server dovewarden cannot keep its state on: a
+// Redis Cluster node, since the decision scripts touch a user's keys and
+// the global sets together, which a cluster refuses (CROSSSLOT) on every
+// decision; and a replica, which refuses every write (READONLY) or, made
+// writable, loses them at its next resync: a URL that still names the old
+// primary after a failover. A server that does not answer INFO with these
+// fields (miniredis, an ACL user without INFO) passes.
 func (s *Store) CheckServer(ctx context.Context) error {
-	info, err := s.rdb.Info(ctx, "cluster").Result()
-	if err == nil && strings.Contains(info, "cluster_enabled:1") {
+	info, err := s.rdb.Info(ctx).Result()
+	if err != nil {
+		return nil
+	}
+	f := infoFields(info)
+	if f["cluster_enabled"] == "1" {
 		return errors.New("the server is a Redis Cluster node: dovewarden needs one primary (standalone, or found through Sentinel), since its scripts touch a user's keys and the global sets together")
 	}
+	if f["role"] == "slave" {
+		return fmt.Errorf("the server is a replica (of %s), which refuses writes: name the primary, or the Sentinels with ?master_name= so that dovewarden follows a failover",
+			net.JoinHostPort(f["master_host"], f["master_port"]))
+	}
 	return nil
+}
+
+// infoFields reads INFO's "name:value" lines.
+func infoFields(info string) map[string]string {
+	f := map[string]string{}
+	for _, line := range strings.Split(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && !strings.HasPrefix(k, "#") {
+			f[k] = v
+		}
+	}
+	return f
 }
 
 // LoadScripts loads the scripts into Redis's script cache, so that the
