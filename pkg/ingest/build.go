@@ -1,11 +1,14 @@
 package ingest
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
@@ -38,6 +41,20 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 			return nil, nil, err
 		}
 		pending, closeFn = st, st.Close
+		// The server's checks, as sync's, but without holding up the
+		// start: ingest serves Dovecot whether Redis answers or not.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			shown := "redis-url " + config.RedactURL(cfg.Redis.URL) + ": "
+			warnings, err := st.CheckServer(ctx)
+			if err != nil {
+				log.Error(shown + err.Error() + "; pending marks will fail")
+			}
+			for _, w := range warnings {
+				log.Warn(shown + w)
+			}
+		}()
 		ho.Clock = st
 		// What sync keeps in Redis, read at scrape time: ingest runs all
 		// the time, where the sync function scales to zero, so alerts

@@ -230,29 +230,57 @@ func TestLogTo(t *testing.T) {
 
 // TestCheckServer refuses a real Redis Cluster node and a replica (a URL
 // that names the old primary after a failover: every write would be
-// refused with READONLY, and sync would answer 503 to every event), and
-// passes a plain server and miniredis (which does not answer INFO with
-// these fields).
+// refused with READONLY, and sync would answer 503 to every event), warns
+// about a server that may evict dovewarden's keys, and passes a plain
+// server and miniredis (which does not answer INFO with these fields).
 func TestCheckServer(t *testing.T) {
 	ctx := context.Background()
 	cluster := redistest.StartWith(t, redistest.Options{Cluster: true})
-	err := state.New(cluster.Client(t)).CheckServer(ctx)
+	_, err := state.New(cluster.Client(t)).CheckServer(ctx)
 	if err == nil || !strings.Contains(err.Error(), "Redis Cluster") {
 		t.Errorf("cluster node: %v, want a refusal naming Redis Cluster", err)
 	}
 	primary := redistest.Start(t)
-	if err := state.New(primary.Client(t)).CheckServer(ctx); err != nil {
-		t.Errorf("plain server: %v", err)
+	pc := primary.Client(t)
+	if w, err := state.New(pc).CheckServer(ctx); err != nil || len(w) != 0 {
+		t.Errorf("plain server: %q, %v", w, err)
 	}
 	replica := redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
-	err = state.New(replica.Client(t)).CheckServer(ctx)
+	_, err = state.New(replica.Client(t)).CheckServer(ctx)
 	if err == nil || !strings.Contains(err.Error(), "replica (of "+primary.Addr+")") || !strings.Contains(err.Error(), "master_name") {
 		t.Errorf("replica: %v, want a refusal naming the replica's primary and Sentinel", err)
+	}
+	// Eviction: only a policy other than noeviction with a maxmemory
+	// (without one Redis never evicts) is worth a warning.
+	for _, c := range []struct {
+		maxmemory, policy string
+		warn              bool
+	}{
+		{"100mb", "noeviction", false},
+		{"0", "allkeys-lru", false},
+		{"100mb", "allkeys-lru", true},
+		{"100mb", "volatile-lru", true},
+		{"100mb", "volatile-ttl", true},
+	} {
+		if err := pc.ConfigSet(ctx, "maxmemory", c.maxmemory).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := pc.ConfigSet(ctx, "maxmemory-policy", c.policy).Err(); err != nil {
+			t.Fatal(err)
+		}
+		w, err := state.New(pc).CheckServer(ctx)
+		if err != nil {
+			t.Errorf("maxmemory %s, %s: %v", c.maxmemory, c.policy, err)
+		}
+		got := len(w) == 1 && strings.Contains(w[0], "maxmemory-policy "+c.policy) && strings.Contains(w[0], "noeviction")
+		if got != c.warn || len(w) > 1 {
+			t.Errorf("maxmemory %s, %s: warnings %q, want a warning naming the policy and noeviction: %v", c.maxmemory, c.policy, w, c.warn)
+		}
 	}
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	if err := state.New(rdb).CheckServer(ctx); err != nil {
-		t.Errorf("miniredis: %v", err)
+	if w, err := state.New(rdb).CheckServer(ctx); err != nil || len(w) != 0 {
+		t.Errorf("miniredis: %q, %v", w, err)
 	}
 }

@@ -223,22 +223,33 @@ func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 // the global sets together, which a cluster refuses (CROSSSLOT) on every
 // decision; and a replica, which refuses every write (READONLY) or, made
 // writable, loses them at its next resync: a URL that still names the old
-// primary after a failover. A server that does not answer INFO with these
-// fields (miniredis, an ACL user without INFO) passes.
-func (s *Store) CheckServer(ctx context.Context) error {
+// primary after a failover. It warns about a server that may evict
+// dovewarden's keys: with a maxmemory and an eviction policy other than
+// noeviction, Redis deletes keys when it is full, a user's lock among
+// them (volatile-* policies take the keys with a TTL first: the locks),
+// and then a second dsync of that user starts while one runs, and a
+// pending or failed mark lost leaves its change to the next full sync. A
+// server that does not answer INFO with these fields (miniredis, an ACL
+// user without INFO) passes.
+func (s *Store) CheckServer(ctx context.Context) (warnings []string, err error) {
 	info, err := s.rdb.Info(ctx).Result()
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	f := infoFields(info)
 	if f["cluster_enabled"] == "1" {
-		return errors.New("the server is a Redis Cluster node: dovewarden needs one primary (standalone, or found through Sentinel), since its scripts touch a user's keys and the global sets together")
+		return nil, errors.New("the server is a Redis Cluster node: dovewarden needs one primary (standalone, or found through Sentinel), since its scripts touch a user's keys and the global sets together")
 	}
 	if f["role"] == "slave" {
-		return fmt.Errorf("the server is a replica (of %s), which refuses writes: name the primary, or the Sentinels with ?master_name= so that dovewarden follows a failover",
+		return nil, fmt.Errorf("the server is a replica (of %s), which refuses writes: name the primary, or the Sentinels with ?master_name= so that dovewarden follows a failover",
 			net.JoinHostPort(f["master_host"], f["master_port"]))
 	}
-	return nil
+	if p := f["maxmemory_policy"]; p != "" && p != "noeviction" && f["maxmemory"] != "" && f["maxmemory"] != "0" {
+		warnings = append(warnings, fmt.Sprintf("the server may evict dovewarden's keys when it is full (maxmemory %s bytes, maxmemory-policy %s): "+
+			"an evicted lock lets a second dsync of a user start while one runs, an evicted pending or failed mark leaves its change to the next full sync; "+
+			"set maxmemory-policy noeviction on it (when full, it then refuses writes, and sync answers 503 until there is room)", f["maxmemory"], p))
+	}
+	return warnings, nil
 }
 
 // infoFields reads INFO's "name:value" lines.

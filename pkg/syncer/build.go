@@ -36,13 +36,16 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err = st.CheckServer(pctx)
+	warnings, err := st.CheckServer(pctx)
 	if err == nil {
 		err = st.LoadScripts(pctx)
 	}
 	if err != nil {
 		st.Close()
 		return nil, nil, fmt.Errorf("redis-url %s: %w", config.RedactURL(cfg.Redis.URL), err)
+	}
+	for _, w := range warnings {
+		log.Warn("redis-url " + config.RedactURL(cfg.Redis.URL) + ": " + w)
 	}
 	httpTr := doveadm.NewHTTP(doveadm.Client(cfg.DoveadmCAs()), cfg.DsyncTimeout)
 	var tr doveadm.Transport = httpTr
