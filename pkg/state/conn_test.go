@@ -284,3 +284,32 @@ func TestCheckServer(t *testing.T) {
 		t.Errorf("miniredis: %q, %v", w, err)
 	}
 }
+
+// TestTransactions_SayWhyRedisRefused: a pending mark, or a change of the
+// excluded users, that a replica (or a full server) refuses reports
+// Redis's reason, not the transaction's "EXECABORT Transaction discarded
+// because of previous errors", which names none.
+func TestTransactions_SayWhyRedisRefused(t *testing.T) {
+	ctx := context.Background()
+	primary := redistest.Start(t)
+	replica := redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
+	pc := primary.Client(t)
+	calls := map[string]func(*state.Store) error{
+		"MarkPending":     func(st *state.Store) error { return st.MarkPending(ctx, "alice", "mail-a", time.Now()) },
+		"Exclude":         func(st *state.Store) error { return st.Exclude(ctx, "alice") },
+		"ReplaceExcluded": func(st *state.Store) error { return st.ReplaceExcluded(ctx, []string{"alice"}) },
+	}
+	for name, call := range calls {
+		if err := call(state.New(replica.Client(t))); err == nil || !strings.Contains(err.Error(), "READONLY") {
+			t.Errorf("%s on a replica: %v, want Redis's READONLY", name, err)
+		}
+	}
+	if err := pc.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for name, call := range calls {
+		if err := call(state.New(pc)); err == nil || !strings.Contains(err.Error(), "OOM") {
+			t.Errorf("%s on a full server: %v, want Redis's OOM", name, err)
+		}
+	}
+}

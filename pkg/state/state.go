@@ -54,7 +54,7 @@ func (s *Store) MarkPending(ctx context.Context, user, host string, at time.Time
 	if at.UnixMilli() <= 0 {
 		at = time.Now()
 	}
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	err := s.tx(ctx, func(p redis.Pipeliner) error {
 		p.ZAddLT(ctx, PendingKey, redis.Z{Score: float64(at.UnixMilli()), Member: user})
 		p.HSet(ctx, UserKey(user), FieldPendingHost, host)
 		return nil
@@ -63,6 +63,22 @@ func (s *Store) MarkPending(ctx context.Context, user, host string, at time.Time
 		return fmt.Errorf("mark user %q pending in redis: %w", user, err)
 	}
 	return nil
+}
+
+// tx runs fn's commands in one MULTI/EXEC. A command Redis refused as it
+// queued it (READONLY on a replica, OOM on a full server) makes EXEC answer
+// only "EXECABORT Transaction discarded because of previous errors": the
+// error returned is then that command's, which says why.
+func (s *Store) tx(ctx context.Context, fn func(redis.Pipeliner) error) error {
+	cmds, err := s.rdb.TxPipelined(ctx, fn)
+	if err != nil {
+		for _, c := range cmds {
+			if cerr := c.Err(); cerr != nil {
+				return cerr
+			}
+		}
+	}
+	return err
 }
 
 // Pending returns users waiting for replication, oldest first, with the

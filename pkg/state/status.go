@@ -125,7 +125,7 @@ func (s *Store) Counts(ctx context.Context) (pending, failed int64, err error) {
 // Exclude excludes users from replication; Include takes them back.
 // Their pending and failed marks go with them, as in ReplaceExcluded.
 func (s *Store) Exclude(ctx context.Context, users ...string) error {
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	err := s.tx(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, ExcludedKey, anys(users)...)
 		p.ZRem(ctx, FailedKey, anys(users)...)
 		p.ZRem(ctx, PendingKey, anys(users)...)
@@ -169,7 +169,7 @@ const excludedChunk = 1000
 // replicated at its next change or by the sweep, once its last success is
 // older than the full-sync interval.
 func (s *Store) ReplaceExcluded(ctx context.Context, users []string) error {
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	err := s.tx(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, ExcludedKey)
 		for i := 0; i < len(users); i += excludedChunk {
 			chunk := anys(users[i:min(i+excludedChunk, len(users))])
