@@ -54,6 +54,12 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		s.release(token)
 		return Result{}, err
 	}
+	if r.gone {
+		s.release(token)
+		s.log.Warn("sweep candidates are gone (expired, or evicted by Redis); the sweep stops unfinished, and the next one replaces it",
+			"sweep", c.Sweep, "offset", r.next, "total", b.Total)
+		return Result{Outcome: Lost, Sweep: c.Sweep}, nil
+	}
 	// Sending may use the budget up to the pause and a reserve.
 	sctx, cancel := context.WithDeadline(ctx, deadline.Add(-s.o.BatchInterval-reserve(s.o.Budget)))
 	sent, refused := s.send(sctx, r.picks)
@@ -135,6 +141,8 @@ type scanned struct {
 	picks []pick
 	// next is the position after the last candidate examined.
 	next int64
+	// gone: the candidate list ended before the sweep's total.
+	gone bool
 	// skips are the skipped candidates' positions and reasons.
 	skips []skip
 }
@@ -157,11 +165,14 @@ func (s *Sweeper) scan(ctx context.Context, c Cursor, b state.SweepBatch, hosts 
 			return r, err
 		}
 		if len(entries) == 0 {
-			// The list expired under a sweep that was taken back late:
-			// end it; the next sweep lists afresh.
-			s.log.Warn("sweep candidates are gone; ending the sweep", "sweep", c.Sweep, "offset", r.next, "total", b.Total)
-			r.next = b.Total
-			break
+			// The list is gone: it expired under a sweep that was taken
+			// back late, or a Redis that evicts keys (maxmemory-policy)
+			// deleted it. The candidates from here on were never
+			// examined, so the sweep did not complete: it is left
+			// unfinished, and the next sweep replaces it (abandoned)
+			// and lists afresh.
+			r.gone = true
+			return r, nil
 		}
 		users := make([]string, len(entries))
 		for i, e := range entries {

@@ -4,6 +4,10 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // TestIntegrationRedis_AfterRedisLostItsStateTheNextSweepSyncsEveryone:
@@ -58,5 +62,43 @@ func TestIntegrationRedis_AfterRedisLostItsStateTheNextSweepSyncsEveryone(t *tes
 				t.Errorf("%s after the loss: %+v (requested %v), want a full sync, reason never", u, req, ok)
 			}
 		}
+	}
+}
+
+// TestStep_CandidatesGoneLeaveTheSweepUnfinished: the sweep's candidate
+// list disappears under it (a Redis with an evicting maxmemory-policy
+// takes keys with a TTL first, the list among them; or it expired under a
+// sweep taken back late). The candidates after the position were never
+// examined, so the sweep must not count as completed (which would also
+// hide it from DovewardenSweepOverdue): it stops unfinished, and the next
+// sweep replaces it as abandoned and requests its users.
+func TestStep_CandidatesGoneLeaveTheSweepUnfinished(t *testing.T) {
+	f, first, batch := sweepWithALostContinuation(t)
+	ctx := context.Background()
+	requested := len(f.snd.all())
+	if err := f.rdb.Del(ctx, state.SweepUsersKey(first.Sweep)).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := f.sw.Step(ctx, "", batch.Next)
+
+	if err != nil || r.Outcome == Finished || r.Next != nil || r.Examined != 0 {
+		t.Fatalf("a step without candidates: %+v %v, want it to stop without finishing or examining", r, err)
+	}
+	if st := f.status(t); !st.Finished.IsZero() || !st.LastCompletedEnd.IsZero() {
+		t.Errorf("the sweep counts as finished: %+v", st)
+	}
+	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("completed")); got != 0 {
+		t.Errorf("completed sweeps %v", got)
+	}
+	f.mr.FastForward(f.opts.LockTTL + time.Second)
+	f.run(t)
+	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("abandoned")); got != 1 {
+		t.Errorf("abandoned sweeps %v, want the one without candidates", got)
+	}
+	// The first batch's full syncs are not asked again within the
+	// interval; every user it did not reach is.
+	if got := len(f.snd.all()) - requested; requested == 0 || got != 7-requested {
+		t.Errorf("the next sweep requested %d users, want the %d the first did not reach", got, 7-requested)
 	}
 }

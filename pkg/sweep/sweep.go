@@ -206,7 +206,8 @@ const (
 	Stale Outcome = "stale"
 	// Duplicate: the cursor's batch was done already (a redelivery).
 	Duplicate Outcome = "duplicate"
-	// Lost: the step took too long and its batch was taken over.
+	// Lost: the step took too long and its batch was taken over, or the
+	// sweep's candidate list is gone (expired, evicted).
 	Lost Outcome = "lost"
 )
 
