@@ -268,6 +268,24 @@ func (in *Instance) Doveadm(ctx context.Context, args ...string) ([]byte, error)
 	return stdout.Bytes(), nil
 }
 
+// DoveadmScript writes an executable shell script into dir that runs this
+// instance's doveadm (inside the chroot for 2.4, as Doveadm does) with the
+// script's arguments, and returns its path: a doveadm binary for the
+// doveadm-exec transport, which passes -c CONF itself.
+func (in *Instance) DoveadmScript(dir string) (string, error) {
+	var b strings.Builder
+	b.WriteString("#!/bin/sh\nexport " + sbinPath + "\nexec")
+	for _, a := range in.command(context.Background(), "doveadm").Args {
+		b.WriteString(" '" + strings.ReplaceAll(a, "'", `'\''`) + "'")
+	}
+	b.WriteString(` "$@"` + "\n")
+	path := filepath.Join(dir, "doveadm-"+in.Name)
+	if err := os.WriteFile(path, []byte(b.String()), 0o755); err != nil {
+		return "", fmt.Errorf("dovecottest: write doveadm script: %w", err)
+	}
+	return path, nil
+}
+
 // ldaBin is Dovecot's LDA, in Debian's packages of 2.3 and 2.4.
 const ldaBin = "/usr/lib/dovecot/dovecot-lda"
 
