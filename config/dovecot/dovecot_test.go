@@ -226,6 +226,14 @@ func TestDoveadmSnippets_RealDovecot(t *testing.T) {
 // its configuration.
 func startWithSnippet(t *testing.T, version string, h http.Handler, users map[string]string, extra string) *dovecottest.Instance {
 	t.Helper()
+	return startWithSnippetIn(t, version, "", h, users, extra)
+}
+
+// startWithSnippetIn is startWithSnippet with the instance folder dir
+// (empty: a new temporary one), for an extra configuration that names
+// paths in it.
+func startWithSnippetIn(t *testing.T, version, dir string, h http.Handler, users map[string]string, extra string) *dovecottest.Instance {
+	t.Helper()
 	if err := dovecottest.Ensure(version); err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +244,7 @@ func startWithSnippet(t *testing.T, version string, h http.Handler, users map[st
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return dovecottest.StartT(t, dovecottest.Options{
-		Version: version, Name: "mail-a.test", Users: users,
+		Version: version, Name: "mail-a.test", Dir: dir, Users: users,
 		ExtraConfig: strings.ReplaceAll(string(snippet), "http://127.0.0.1:8080/events", srv.URL+"/events") + extra,
 	})
 }

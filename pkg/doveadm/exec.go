@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Exec runs dsync as a local `doveadm [-c CONF] sync -u USER -s STATE [-f]
+// Exec runs dsync as a local `doveadm [-c CONF] sync -u USER -N -s STATE [-f]
 // DEST` process, for installs where the sync function runs next to Dovecot.
 // The arguments are an argv list: no shell ever sees the username.
 type Exec struct {
@@ -24,15 +24,18 @@ func NewExec(bin string, timeout time.Duration) *Exec {
 	return &Exec{bin: bin, timeout: timeout}
 }
 
-// Args returns the argv (without the binary) for req on ep. -s is always
-// passed, empty for a first sync, because doveadm prints the new state only
-// when it is given.
+// Args returns the argv (without the binary) for req on ep. -N syncs all
+// namespaces, as doveadm-http's allNamespaces and Dovecot 2.3's replicator
+// do: without it dsync skips the shared and public namespaces, so another
+// user's shared mailbox or a public one that USER changed would not be
+// copied. -s is always passed, empty for a first sync, because doveadm
+// prints the new state only when it is given.
 func Args(ep Endpoint, req SyncRequest) []string {
 	var args []string
 	if ep.Config != "" {
 		args = append(args, "-c", ep.Config)
 	}
-	args = append(args, "sync", "-u", req.User, "-s", req.State)
+	args = append(args, "sync", "-u", req.User, "-N", "-s", req.State)
 	if req.Full {
 		args = append(args, "-f")
 	}

@@ -62,7 +62,7 @@ func TestExec_ArgvAndState(t *testing.T) {
 	if err != nil || res.State != "AQAAAnewstate" {
 		t.Fatalf("Sync = %+v, %v", res, err)
 	}
-	want := []string{"-c", "/etc/dovecot/a.conf", "sync", "-u", user, "-s", "old", "-f", "tcp:replica:12345"}
+	want := []string{"-c", "/etc/dovecot/a.conf", "sync", "-u", user, "-N", "-s", "old", "-f", "tcp:replica:12345"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
 	}
@@ -76,7 +76,7 @@ func TestExec_FirstSyncPassesEmptyState(t *testing.T) {
 	if _, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"sync", "-u", "u1", "-s", "", "tcp:r:1"}
+	want := []string{"sync", "-u", "u1", "-N", "-s", "", "tcp:r:1"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
 	}
