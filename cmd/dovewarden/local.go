@@ -376,7 +376,7 @@ func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every t
 
 // requestSweep publishes a sweep.requested into the broker.
 func requestSweep(ctx context.Context, b *broker.Broker, reason string, log *slog.Logger) {
-	ev, err := contract.SweepRequest(reason, "dovewarden/local")
+	ev, err := contract.SweepRequest(reason, "dovewarden/local", false)
 	if err == nil {
 		err = b.Publish(ctx, ev)
 	}
@@ -541,7 +541,7 @@ func syncProbes() ([]cloudevents.Event, error) {
 		}
 		probes = append(probes, ev)
 	}
-	ev, err := contract.SweepRequest("start", "dovewarden/local")
+	ev, err := contract.SweepRequest("start", "dovewarden/local", false)
 	if err != nil {
 		return nil, err
 	}

@@ -14,11 +14,12 @@ import (
 func runSweep(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet("sweep", env)
 	fs.Usage = func() {
-		fmt.Fprintln(env.stderr, "usage: dovewarden sweep [flags]\n\nPosts one sweep.requested CloudEvent to the Broker and exits. The sync\nfunction then lists every user and requests the pending, failed and\nstale ones, a batch at a time (docs/sync.md, \"Sweep\").\n\nflags:")
+		fmt.Fprintln(env.stderr, "usage: dovewarden sweep [flags]\n\nPosts one sweep.requested CloudEvent to the Broker and exits. The sync\nfunction then lists every user and requests the pending, failed and\nstale ones (with -all, every one not replicated since), a batch at a\ntime (docs/sync.md, \"Sweep\").\n\nflags:")
 		fs.PrintDefaults()
 	}
 	broker := addBrokerTarget(fs, env)
 	reason := fs.String("reason", "cli", "why, for the sync function's logs (the event's data \"reason\")")
+	all := fs.Bool("all", false, "request every user whose last successful dsync started before now, not only the pending, failed and stale ones: after changes were lost without a mark (Redis or sync down for longer than the Broker retries, events dead-lettered)")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
 	}
@@ -29,7 +30,7 @@ func runSweep(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	ev, err := contract.SweepRequest(*reason, *broker.source)
+	ev, err := contract.SweepRequest(*reason, *broker.source, *all)
 	if err != nil {
 		return fmt.Errorf("reason: %w", err)
 	}

@@ -48,7 +48,7 @@ func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
 
 	ev := <-got
 	d, err := contract.ToSweep(ev)
-	if err != nil || d.Reason != "after-maintenance" || d.Sweep != "" {
+	if err != nil || d.Reason != "after-maintenance" || d.Sweep != "" || d.All {
 		t.Errorf("data %+v, %v", d, err)
 	}
 	if ev.Source() != "dovewarden/cli" || ev.Extensions()["priority"] != "low" || ev.Extensions()["region"] != "eu" {
@@ -59,6 +59,18 @@ func TestSweep_PostsOneSweepRequestedToTheBroker(t *testing.T) {
 	}
 	if len(got) != 0 {
 		t.Error("more than one event")
+	}
+}
+
+// TestSweep_All asks for a sweep of every user.
+func TestSweep_All(t *testing.T) {
+	broker, got := recordingBroker(t, 1)
+	env, _, stderr := testEnv(map[string]string{"K_SINK": broker.URL}, "")
+	if err := run(context.Background(), env, []string{"sweep", "--all"}); err != nil {
+		t.Fatalf("sweep --all: %v\n%s", err, stderr)
+	}
+	if d, err := contract.ToSweep(<-got); err != nil || !d.All || d.Reason != "cli" {
+		t.Errorf("data %+v, %v; want all", d, err)
 	}
 }
 

@@ -36,6 +36,13 @@ type SweepRequested struct {
 	// knativebrokerttl, so the sync function sends a continuation as a new
 	// event, with a fresh TTL, before they run out.
 	Hops int `json:"hops,omitempty"`
+	// All asks a new sweep to request every listed user whose last
+	// successful dsync started before the event's time, not only the
+	// pending, failed and stale ones (dovewarden sweep --all): changes
+	// that left no mark, lost in a long outage or dead-lettered, are
+	// replicated too. The sweeps after it do the same for users it could
+	// not reach, until the full-sync interval has passed.
+	All bool `json:"all,omitempty"`
 }
 
 // MaxHops bounds SweepRequested.Hops: the Broker's TTL starts at 255.
@@ -67,9 +74,10 @@ const (
 var sweepIDSpace = uuid.MustParse("0c7b8e62-5a51-4f0e-8a8e-73776565703a")
 
 // SweepRequest makes a TypeSweepRequested event asking for a new sweep;
-// source names the asker (e.g. "dovewarden/cli").
-func SweepRequest(reason, source string) (cloudevents.Event, error) {
-	return sweepEvent(uuid.NewString(), source, SweepRequested{Reason: reason})
+// source names the asker (e.g. "dovewarden/cli"); all asks for every user
+// (SweepRequested.All).
+func SweepRequest(reason, source string, all bool) (cloudevents.Event, error) {
+	return sweepEvent(uuid.NewString(), source, SweepRequested{Reason: reason, All: all})
 }
 
 // SweepContinuation makes the TypeSweepRequested event that asks for the
@@ -135,6 +143,9 @@ func checkSweep(d SweepRequested) error {
 	}
 	if d.Offset < 0 || (d.Offset > 0 && d.Sweep == "") {
 		return fmt.Errorf("sweep offset %d: want 0 or more, and only with a sweep id", d.Offset)
+	}
+	if d.All && d.Sweep != "" {
+		return fmt.Errorf("sweep %s: all asks for a new sweep, not a continuation", d.Sweep)
 	}
 	if d.Hops < 0 || d.Hops > MaxHops || (d.Hops > 0 && d.Sweep == "") {
 		return fmt.Errorf("sweep hops %d: want 0 to %d, and only with a sweep id", d.Hops, MaxHops)

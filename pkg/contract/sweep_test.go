@@ -13,7 +13,7 @@ import (
 )
 
 func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
-	ev, err := SweepRequest("cli", "dovewarden/cli")
+	ev, err := SweepRequest("cli", "dovewarden/cli", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +49,13 @@ func TestSweepRequest_AndContinuationRoundTrip(t *testing.T) {
 	}
 	if got := string(ev.Data()); got != `{"reason":"cli"}` {
 		t.Errorf("request's data %s", got)
+	}
+	all, err := SweepRequest("cli", "dovewarden/cli", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := ToSweep(all); err != nil || d != (SweepRequested{Reason: "cli", All: true}) || string(all.Data()) != `{"reason":"cli","all":true}` {
+		t.Errorf("a sweep of every user: data %s, ToSweep = %+v, %v", all.Data(), d, err)
 	}
 	if d, err := ToSweep(c0); err != nil || d.Offset != 0 || d.Sweep == "" {
 		t.Errorf("ToSweep = %+v, %v", d, err)
@@ -114,16 +121,17 @@ func TestToSweep_RefusesBadData(t *testing.T) {
 		data string
 		want string
 	}{
-		"not json":          {`{nope`, "data of event"},
-		"hostile id":        {`{"sweep":"a b/../c"}`, "only letters"},
-		"long id":           {`{"sweep":"` + strings.Repeat("a", 65) + `"}`, "exceeds"},
-		"negative offset":   {`{"sweep":"s","offset":-1}`, "offset"},
-		"offset without id": {`{"offset":7}`, "offset"},
-		"control in reason": {`{"reason":"a\nb"}`, "control"},
-		"offset as string":  {`{"sweep":"s","offset":"7"}`, "data of event"},
-		"hops without id":   {`{"hops":3}`, "hops"},
-		"too many hops":     {`{"sweep":"s","hops":256}`, "hops"},
-		"negative hops":     {`{"sweep":"s","hops":-1}`, "hops"},
+		"not json":              {`{nope`, "data of event"},
+		"hostile id":            {`{"sweep":"a b/../c"}`, "only letters"},
+		"long id":               {`{"sweep":"` + strings.Repeat("a", 65) + `"}`, "exceeds"},
+		"negative offset":       {`{"sweep":"s","offset":-1}`, "offset"},
+		"offset without id":     {`{"offset":7}`, "offset"},
+		"control in reason":     {`{"reason":"a\nb"}`, "control"},
+		"offset as string":      {`{"sweep":"s","offset":"7"}`, "data of event"},
+		"hops without id":       {`{"hops":3}`, "hops"},
+		"too many hops":         {`{"sweep":"s","hops":256}`, "hops"},
+		"negative hops":         {`{"sweep":"s","hops":-1}`, "hops"},
+		"all in a continuation": {`{"sweep":"s","offset":5,"all":true}`, "all asks for a new sweep"},
 	} {
 		ev := cloudevents.NewEvent()
 		ev.SetID("x")

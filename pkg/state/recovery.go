@@ -9,7 +9,9 @@ import (
 )
 
 // RecoveryKey holds the Unix milliseconds (Redis's clock) of the last
-// start of `dovewarden local` with a Redis that outlives it. Dovecot's
+// start of `dovewarden local` with a Redis that outlives it, or of an
+// administrator's request for a sweep of every user (RaiseRecovery), if
+// later. Dovecot's
 // exporter dropped the events of every change made while no run was
 // listening, and a run that crashed lost the changes queued in its
 // in-memory broker, so any user whose last successful dsync started
@@ -37,6 +39,36 @@ func (s *Store) SetRecovery(ctx context.Context, ttl time.Duration) (time.Time, 
 	v, err := scriptSetRecovery.Run(ctx, s.rdb, []string{RecoveryKey}, ttl.Milliseconds()).Text()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("set the recovery time in redis: %w", err)
+	}
+	return msField(v), nil
+}
+
+// scriptRaiseRecovery: KEYS recovery. ARGV time in ms, TTL in ms (0:
+// none). Returns the recovery time in force.
+var scriptRaiseRecovery = redis.NewScript(luaPrelude + `
+local at = math.min(num(ARGV[1]), now_ms())
+local cur = num(redis.call('GET', KEYS[1]))
+if cur >= at then return tostring(cur) end
+local ttl = num(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], at, 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], at)
+end
+return tostring(at)
+`)
+
+// RaiseRecovery makes RecoveryKey at least at (at most Redis's now: a
+// clock ahead does not reach into the future), expiring after ttl (0:
+// never), and returns the recovery time in force: an administrator's
+// sweep of every user (dovewarden sweep --all) has the sweep request each
+// user whose last successful dsync started before the request. A later
+// time already set stays, with its expiry; the same request delivered
+// again changes nothing.
+func (s *Store) RaiseRecovery(ctx context.Context, at time.Time, ttl time.Duration) (time.Time, error) {
+	v, err := scriptRaiseRecovery.Run(ctx, s.rdb, []string{RecoveryKey}, at.UnixMilli(), ttl.Milliseconds()).Text()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("raise the recovery time in redis: %w", err)
 	}
 	return msField(v), nil
 }

@@ -119,6 +119,7 @@ type Store interface {
 	SweepRelease(ctx context.Context, token string) error
 	SweepDrop(ctx context.Context, id string) error
 	ForgetExcluded(ctx context.Context, users []string) (int64, error)
+	RaiseRecovery(ctx context.Context, at time.Time, ttl time.Duration) (time.Time, error)
 }
 
 // Source is one Dovecot host whose users are listed.
@@ -278,6 +279,23 @@ func (s *Sweeper) Step(ctx context.Context, reason string, c *Cursor) (Result, e
 		return s.start(ctx, reason)
 	}
 	return s.batch(ctx, *c)
+}
+
+// Everyone has this sweep and the next ones request every user whose last
+// successful dsync started before at (reason recovery), not only the
+// pending, failed and stale ones: an administrator's sweep of every user
+// (dovewarden sweep --all), after changes were lost without a mark. It
+// raises the recovery time, which a running sweep that started before it
+// does not cover: the next Step starts a new one. The recovery time
+// expires after the full-sync interval, when every user it names is due
+// for a full sync anyway (never, with periodic full syncs off).
+func (s *Sweeper) Everyone(ctx context.Context, at time.Time) error {
+	t, err := s.st.RaiseRecovery(ctx, at, s.o.FullSyncInterval)
+	if err != nil {
+		return err
+	}
+	s.log.Info("sweep of every user asked for: users whose last successful dsync started before the recovery time are requested", "recovery", t)
+	return nil
 }
 
 // claimTTL outlives a step by a margin, so a step that dies frees its

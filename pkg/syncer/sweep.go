@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
@@ -18,6 +19,7 @@ import (
 // *sweep.Sweeper is it.
 type Sweeper interface {
 	Step(ctx context.Context, reason string, c *sweep.Cursor) (sweep.Result, error)
+	Everyone(ctx context.Context, at time.Time) error
 }
 
 // handleSweep runs one step of the sweep for a sweep.requested or a
@@ -39,6 +41,18 @@ func (h *Handler) handleSweep(ctx context.Context, ev cloudevents.Event) (*cloud
 	var c *sweep.Cursor
 	if d.Sweep != "" {
 		c = &sweep.Cursor{Sweep: d.Sweep, Offset: d.Offset}
+	}
+	if d.All {
+		// The event's time, so that the Broker's redelivery of it asks
+		// for nothing more.
+		at := ev.Time()
+		if at.IsZero() {
+			at = time.Now()
+		}
+		if err := h.opts.Sweeper.Everyone(ctx, at); err != nil {
+			h.log.Warn("sweep of every user not begun; the Broker redelivers", "id", ev.ID(), "err", err)
+			return nil, cehttp.NewResult(http.StatusServiceUnavailable, "sweep unavailable: %s", err.Error())
+		}
 	}
 	res, err := h.opts.Sweeper.Step(ctx, d.Reason, c)
 	if errors.Is(err, sweep.ErrBusy) {

@@ -87,7 +87,7 @@ func TestIntegrationRedis_SweepEndToEnd(t *testing.T) {
 	sweep := func() map[string]contract.ReplicationRequested {
 		t.Helper()
 		before := len(bk.all())
-		ev, err := contract.SweepRequest("test", "dovewarden/test")
+		ev, err := contract.SweepRequest("test", "dovewarden/test", false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -83,7 +84,7 @@ func ping(t *testing.T) cloudevents.Event {
 // dovewarden sweep and local mode send it.
 func sweepRequest(t *testing.T, reason string) cloudevents.Event {
 	t.Helper()
-	ev, err := contract.SweepRequest(reason, "dovewarden/cli")
+	ev, err := contract.SweepRequest(reason, "dovewarden/cli", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,5 +359,39 @@ func TestHandle_SweepContinuationGoesAsANewEventBeforeTheTTLRunsOut(t *testing.T
 	resp, reply, body = s.post(t, again)
 	if resp.StatusCode != http.StatusOK || reply == nil || hopsOf(reply).Hops != maxReplyHops {
 		t.Fatalf("with the results sink refusing: %d %v %q; want the reply with hops %d", resp.StatusCode, reply, body, maxReplyHops)
+	}
+}
+
+// TestHandle_SweepOfEveryUser: a sweep.requested with "all" (dovewarden
+// sweep --all) requests every listed user whose last successful dsync
+// started before the event's time, as reason recovery, besides the
+// pending, failed and stale ones; a user replicated since is left alone.
+// The same sweep without it requests only the user never replicated.
+func TestHandle_SweepOfEveryUser(t *testing.T) {
+	for _, all := range []bool{false, true} {
+		s := newSweepFixture(t, "before", "since", "never")
+		now := time.Now()
+		ms := func(d time.Duration) string { return strconv.FormatInt(now.Add(-d).UnixMilli(), 10) }
+		s.mr.HSet(state.UserKey("before"), state.FieldLastStart, ms(time.Hour), state.FieldLastFull, "1")
+		s.mr.HSet(state.UserKey("since"), state.FieldLastStart, ms(10*time.Minute), state.FieldLastFull, "1")
+		ev, err := contract.SweepRequest("cli", "dovewarden/cli", all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev.SetTime(now.Add(-30 * time.Minute)) // the lost changes were before it
+		s.runSweep(t, ev, "cli")
+		got := requestedUsers(t, s.broker.all())
+		want := map[string]string{"never": "sweep:never"}
+		if all {
+			want["before"] = "sweep:recovery"
+		}
+		if len(got) != len(want) {
+			t.Errorf("all=%v: requested %v, want %v", all, got, want)
+		}
+		for u, reason := range want {
+			if got[u].Reason != reason {
+				t.Errorf("all=%v: %s requested %+v, want reason %s", all, u, got[u], reason)
+			}
+		}
 	}
 }
