@@ -141,7 +141,7 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	res, err := h.repl.Replicate(ctx, req)
 	if err != nil {
 		if errors.Is(err, replicator.ErrUnavailable) || errors.Is(err, replicator.ErrAborted) {
-			h.m.decisions.WithLabelValues("unavailable", prio).Inc()
+			h.m.decisions.WithLabelValues(string(decisionUnavailable), prio).Inc()
 			h.log.Warn("replication not acknowledged; the Broker redelivers", "user", req.User, "id", req.ID, "err", err)
 			return nil, cehttp.NewResult(http.StatusServiceUnavailable, "%s", err.Error())
 		}

@@ -404,3 +404,41 @@ func TestHandle_PasswordNeverInEventsOrLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestMetrics_EveryDecisionStartsAtZero: each decision of each priority
+// has its series at 0 from the start, so that DovewardenRedisUnavailable
+// sees the first "unavailable" of a process that has been running
+// (increase() cannot count a series' first sample).
+func TestMetrics_EveryDecisionStartsAtZero(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newHandlerMetrics(reg)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "dovewarden_sync_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var d, p string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "decision":
+					d = l.GetValue()
+				case "priority":
+					p = l.GetValue()
+				}
+			}
+			got[d+"/"+p] = m.GetCounter().GetValue()
+		}
+	}
+	for _, d := range []string{"synced", "covered", "coalesced", "excluded", "failed", "unavailable"} {
+		for _, p := range []string{"high", "low"} {
+			if v, ok := got[d+"/"+p]; !ok || v != 0 {
+				t.Errorf("decision %s, priority %s: %v %v, want a series at 0", d, p, v, ok)
+			}
+		}
+	}
+}
