@@ -25,6 +25,12 @@ go vet "${modules[@]}"
 step "go test (unit, integration with real redis-server and Dovecot)"
 go test -count=1 -timeout 15m "${modules[@]}"
 
+step "go test -race (the packages and commands, again under the race detector)"
+# The broker's lanes, the sync handler, the sweep and local mode run
+# goroutines side by side; the Dovecot and e2e suites are left out, as
+# slower here and covered above.
+go test -race -count=1 -timeout 10m ./pkg/... ./cmd/...
+
 step "manifests (Knative's own API types; a module of its own)"
 (cd config/validate && GOWORK=off go test -count=1 ./...)
 
