@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 func runBroker(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet("broker", env)
 	var srv server.Options
-	srv.RegisterFlags(fs, env.getenv, ":8081")
+	srv.RegisterFlags(fs, env.getenv, brokerListen)
 	var set broker.Settings
 	set.RegisterFlags(fs)
 	if err := config.Parse(fs, args, env.getenv); err != nil {
@@ -64,7 +65,11 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	}
 	log.Info("broker ingress", "path", "/", "broker", b.Name())
 	stopped := stopBrokerWithListener(ctx, b, srv.ShutdownTimeout, log)
-	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) })
+	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) },
+		func(addr net.Addr) {
+			warnOpenListener(log, addr, false, "the broker ingress (a full sync of any user, a forged alert)",
+				"--listen 127.0.0.1:PORT, or a firewall that admits only ingest and sync")
+		})
 	held := stopped()
 	if set.SpoolFile == "" && len(held) > 0 {
 		log.Warn("the events the lanes held are lost: --spool-file would deliver them after the next start", "events", len(held))

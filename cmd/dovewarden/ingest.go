@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
@@ -26,5 +27,9 @@ func runIngest(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer closeFn()
-	return serveRole(ctx, env, log, cfg.Server, nil, reg, h.Mount)
+	auth := cfg.AuthUser != "" || cfg.AuthToken != "" || cfg.AuthTokenFile != ""
+	return serveRole(ctx, env, log, cfg.Server, nil, reg, h.Mount, func(addr net.Addr) {
+		warnOpenListener(log, addr, auth, "ingest (a change, and so a dsync, of any user)",
+			"set --auth-user and --auth-password-file, or keep the listener where only Dovecot reaches it (a cluster-local Service)")
+	})
 }

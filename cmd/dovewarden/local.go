@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -46,6 +47,22 @@ const (
 	brokerPath     = "/" + localNamespace + "/dovewarden"
 )
 
+// localListen and brokerListen are the default --listen of local and
+// broker, the roles that never run on Knative: loopback only.
+const (
+	localListen  = "127.0.0.1:8080"
+	brokerListen = "127.0.0.1:8081"
+)
+
+// setDefault changes the default of fs's flag name, before it is parsed.
+func setDefault(fs *flag.FlagSet, name, value string) {
+	f := fs.Lookup(name)
+	if err := f.Value.Set(value); err != nil {
+		panic(err)
+	}
+	f.DefValue = value
+}
+
 // runLocal runs the whole system in one process: ingest's listener, the
 // embedded broker routing with the real Trigger manifests, the sync
 // handler as the lanes' in-process subscriber, and Redis (embedded unless
@@ -54,6 +71,12 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet("local", env)
 	var sc syncer.Config
 	sc.RegisterFlags(fs, env.getenv)
+	// Local mode never runs on Knative: unless PORT says otherwise, it
+	// serves this machine only (Dovecot's events snippet posts to
+	// 127.0.0.1:8080). --listen opens it to others, with --auth-*.
+	if env.getenv("PORT") == "" {
+		setDefault(fs, "listen", localListen)
+	}
 	// Two sync settings mean something else here.
 	fs.Lookup("redis-url").Usage = "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) holding locks, coalescing marks, dsync states and status; empty: an embedded Redis whose state is lost when the process ends"
 	fs.Lookup("results-sink").Usage = "not used: local mode sends to its own broker"
@@ -126,6 +149,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnOpenListener(log, ln.Addr(), ho.Token != "" || ho.BasicUser != "",
+		"ingest, the broker ingress (a full sync of any user, a forged alert) and /status (users and their errors)",
+		"set --auth-user and --auth-password-file (or --auth-token-file), or --listen 127.0.0.1:PORT")
 	// Ingest's credentials guard the broker ingress and the status too;
 	// the sync handler's own posts to that ingress carry them.
 	switch {

@@ -15,9 +15,10 @@ import (
 
 // serveRole serves a role's routes beside /healthz, /readyz and /metrics
 // on ln (or on o.Listen when ln is nil) until ctx ends; it turns ready once
-// serving and tells a test through env.ready.
+// serving, calls each of serving with the listener's address, and tells a
+// test through env.ready.
 func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server.Options, ln net.Listener,
-	reg *prometheus.Registry, mount func(*http.ServeMux)) error {
+	reg *prometheus.Registry, mount func(*http.ServeMux), serving ...func(net.Addr)) error {
 	if err := o.LoadTLS(log, reg); err != nil {
 		return err
 	}
@@ -26,6 +27,9 @@ func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server
 	health.Mount(mux, reg, log)
 	mount(mux)
 	ready := func(addr net.Addr) {
+		for _, f := range serving {
+			f(addr)
+		}
 		health.SetReady(true)
 		if env.ready != nil {
 			env.ready(addr)
@@ -35,6 +39,17 @@ func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server
 		return server.Serve(ctx, log, o, mux, ready)
 	}
 	return server.ServeListener(ctx, log, o, ln, mux, ready)
+}
+
+// warnOpenListener warns at start when addr, the listener's address, can
+// be reached from other hosts and no credentials (auth) guard it: what says
+// what anyone there may then do, fix how to close it.
+func warnOpenListener(log *slog.Logger, addr net.Addr, auth bool, what, fix string) {
+	tcp, ok := addr.(*net.TCPAddr)
+	if auth || !ok || tcp.IP.IsLoopback() {
+		return
+	}
+	log.Warn("serving other hosts without credentials: anyone who can reach "+addr.String()+" can use "+what, "addr", addr.String(), "fix", fix)
 }
 
 // notSettings are DOVEWARDEN_* variables that are read elsewhere, not as
