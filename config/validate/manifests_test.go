@@ -158,3 +158,47 @@ func TestManifests_Names(t *testing.T) {
 		}
 	}
 }
+
+// TestManifests_ContainersLockedDown: every container of the shipped
+// Services runs as a user other than root, may not gain privileges, holds
+// no capability, runs under the runtime's seccomp profile and cannot
+// write its own root filesystem. dovewarden writes no file in these
+// roles (only the standalone broker's spool file, which no Service here
+// runs), so a read-only root costs nothing and keeps an attacker who got
+// code running from changing the image.
+func TestManifests_ContainersLockedDown(t *testing.T) {
+	services := 0
+	for _, d := range loadManifests(t) {
+		svc, ok := d.obj.(*servingv1.Service)
+		if !ok {
+			continue
+		}
+		services++
+		for _, c := range svc.Spec.Template.Spec.Containers {
+			sc := c.SecurityContext
+			where := fmt.Sprintf("%s: Service %s, container %s", d.file, d.name, c.Name)
+			if sc == nil {
+				t.Errorf("%s: no securityContext", where)
+				continue
+			}
+			if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+				t.Errorf("%s: runAsNonRoot is not true", where)
+			}
+			if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+				t.Errorf("%s: allowPrivilegeEscalation is not false", where)
+			}
+			if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+				t.Errorf("%s: readOnlyRootFilesystem is not true", where)
+			}
+			if sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0 {
+				t.Errorf("%s: capabilities are not drop [ALL]", where)
+			}
+			if sc.SeccompProfile == nil || sc.SeccompProfile.Type != "RuntimeDefault" {
+				t.Errorf("%s: seccompProfile is not RuntimeDefault", where)
+			}
+		}
+	}
+	if services == 0 {
+		t.Fatal("no Service found")
+	}
+}
