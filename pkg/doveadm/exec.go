@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -55,6 +56,7 @@ func (x *Exec) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		defer cancel()
 	}
 	cmd := exec.CommandContext(ctx, x.bin, Args(ep, req)...)
+	cmd.Env = childEnv()
 	var stdout bytes.Buffer
 	stderr := &tailBuffer{max: 2048}
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
@@ -72,6 +74,21 @@ func (x *Exec) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		return SyncResult{}, &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
 	}
 	return SyncResult{}, &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("%v %s", err, detail), Err: err}
+}
+
+// childEnv is the environment of a doveadm process: this process's,
+// without dovewarden's own settings. DOVEWARDEN_* variables hold secrets
+// (a Redis URL with its password, ingest's credentials) that doveadm has
+// no use for, and that whatever it starts in turn (doveconf, the ssh of
+// dsync_remote_cmd) would inherit.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DOVEWARDEN_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // tailBuffer keeps the last max bytes written: doveadm's last lines say

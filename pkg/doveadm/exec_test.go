@@ -18,6 +18,8 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv("FAKE_DOVEADM_DIR"); dir != "" {
 		b, _ := json.Marshal(os.Args[1:])
 		_ = os.WriteFile(filepath.Join(dir, "argv.json"), b, 0o600)
+		b, _ = json.Marshal(os.Environ())
+		_ = os.WriteFile(filepath.Join(dir, "environ.json"), b, 0o600)
 		if d, _ := time.ParseDuration(os.Getenv("FAKE_DOVEADM_SLEEP")); d > 0 {
 			time.Sleep(d)
 		}
@@ -116,5 +118,49 @@ func TestExec_RefusesHostileUser(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "argv.json")); err == nil {
 		t.Error("doveadm ran for a hostile username")
+	}
+}
+
+// TestExec_KeepsSettingsFromDoveadm: dovewarden's own settings (the
+// DOVEWARDEN_* variables: a Redis URL with its password, ingest's
+// credentials, the doveadm password) are not doveadm's, nor of what
+// doveadm starts in turn (dsync_remote_cmd's ssh, doveconf): the child's
+// environment is the process's without them, and nothing else is taken
+// out.
+func TestExec_KeepsSettingsFromDoveadm(t *testing.T) {
+	t.Setenv("DOVEWARDEN_REDIS_URL", "redis://:redis-secret@127.0.0.1:6379/0")
+	t.Setenv("DOVEWARDEN_AUTH_PASSWORD", "ingest-secret")
+	t.Setenv("DOVEWARDEN_DOVEADM_PASSWORD", "doveadm-secret")
+	t.Setenv("DOVECOT_KEEPS_THIS", "1")
+	for _, list := range []bool{false, true} {
+		bin, dir := fakeDoveadm(t, 0)
+		x := NewExec(bin, 10*time.Second)
+		ep := Endpoint{Destination: "tcp:replica:12345"}
+		var err error
+		if list {
+			err = x.ListUsers(context.Background(), ep, func(string) error { return nil })
+		} else {
+			_, err = x.Sync(context.Background(), ep, SyncRequest{User: "u1", Destination: ep.Destination})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "environ.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var env []string
+		if err := json.Unmarshal(b, &env); err != nil {
+			t.Fatal(err)
+		}
+		joined := strings.Join(env, "\n")
+		if strings.Contains(joined, "DOVEWARDEN_") || strings.Contains(joined, "secret") {
+			t.Errorf("list=%v: doveadm's environment has dovewarden's settings:\n%s", list, joined)
+		}
+		for _, want := range []string{"DOVECOT_KEEPS_THIS=1", "PATH=" + os.Getenv("PATH")} {
+			if !strings.Contains(joined, want) {
+				t.Errorf("list=%v: doveadm's environment lacks %s", list, want)
+			}
+		}
 	}
 }

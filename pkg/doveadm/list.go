@@ -223,6 +223,7 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 		args = append(args, "-c", ep.Config)
 	}
 	cmd := exec.CommandContext(ctx, x.bin, append(args, "user", "*")...)
+	cmd.Env = childEnv()
 	stderr := &tailBuffer{max: 2048}
 	cmd.Stderr = stderr
 	cmd.WaitDelay = 5 * time.Second
