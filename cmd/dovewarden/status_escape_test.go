@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// TestStatus_ErrorsCannotDriveTheTerminal: a user's last error holds
+// what doveadm wrote to its standard error (doveadm-exec), which names
+// mailboxes the user chose, or what a doveadm server answered. Printed as
+// text, its control characters (ESC starts a terminal's escape sequences:
+// a new window title, a cleared screen, a forged line) are shown escaped,
+// never sent to the administrator's terminal.
+func TestStatus_ErrorsCannotDriveTheTerminal(t *testing.T) {
+	now := time.Now()
+	hostile := "dsync(u1): Error: Mailbox \x1b]0;pwned\x07\x1b[2J\x1b[1;1H\u009b31mfake\x7f line"
+	s := state.UserStatus{User: "u1", LastFailure: now, LastError: hostile, LastFailureClass: "tempfail", FailedSince: now}
+	var out bytes.Buffer
+	if err := printUser(&out, s, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := printOverview(&out, overview{FailedUsers: []state.UserStatus{s}}, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"\x1b", "\x07", "\x7f", "\u009b"} {
+		if strings.Contains(out.String(), c) {
+			t.Errorf("the status text has %q:\n%q", c, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), `\x1b]0;pwned\a\x1b[2J`) {
+		t.Errorf("the escaped error is not shown:\n%s", out.String())
+	}
+}
