@@ -32,6 +32,12 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Basic auth's password from a file, not in the URL on the command
+	// line, which every local user's ps shows.
+	passwordFile := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(passwordFile, []byte("pa:ss\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -43,6 +49,11 @@ func TestLocal_CredentialsGuardEveryEndpoint(t *testing.T) {
 		{"basic", []string{"--auth-user", "dovecot", "--auth-password", "pa:ss"},
 			func(r *http.Request) { r.SetBasicAuth("dovecot", "pa:ss") },
 			func(_, withUser string) []string { return []string{"--broker-url", withUser} }},
+		{"basic-file", []string{"--auth-user", "dovecot", "--auth-password", "pa:ss"},
+			func(r *http.Request) { r.SetBasicAuth("dovecot", "pa:ss") },
+			func(plain, _ string) []string {
+				return []string{"--broker-url", plain, "--broker-user", "dovecot", "--broker-password-file", passwordFile}
+			}},
 		{"token", []string{"--auth-token-file", tokenFile},
 			func(r *http.Request) { r.Header.Set("Authorization", "Bearer s3cret-token") },
 			func(plain, _ string) []string {

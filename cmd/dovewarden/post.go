@@ -2,10 +2,12 @@ package main
 
 import (
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 // the Broker and exits (sweep, replicate).
 type brokerTarget struct {
 	url, source, tokenFile, caFile *string
+	user, passwordFile             *string
 	timeout                        *time.Duration
 }
 
@@ -29,7 +32,10 @@ func addBrokerTarget(fs *flag.FlagSet, env *environment) brokerTarget {
 		source:  fs.String("source", "dovewarden/cli", "CloudEvent source of the request"),
 		timeout: fs.Duration("timeout", 10*time.Second, "time to hand each event to the Broker, retries included"),
 		tokenFile: fs.String("broker-token-file", "", "file holding the Bearer token of a Broker ingress that asks for one "+
-			"(dovewarden local with auth-token); a Basic auth user and password go in broker-url"),
+			"(dovewarden local with auth-token)"),
+		user: fs.String("broker-user", "", "Basic auth user of a Broker ingress that asks for one (dovewarden local with auth-user), "+
+			"with broker-password-file"),
+		passwordFile: fs.String("broker-password-file", "", "file holding broker-user's password"),
 		caFile: fs.String("tls-ca-file", "", "PEM file of the CA certificates that sign an https broker-url's certificate "+
 			"(dovewarden local with tls-cert-file); default: the system's"),
 	}
@@ -50,6 +56,22 @@ func (b brokerTarget) sender(env *environment) (*sink.Sender, error) {
 		return nil, err
 	}
 	var auth string
+	if (*b.user == "") != (*b.passwordFile == "") {
+		return nil, errors.New("broker-user and broker-password-file: set both or neither")
+	}
+	if *b.user != "" {
+		if *b.tokenFile != "" {
+			return nil, errors.New("broker-user and broker-token-file: choose one kind of authentication")
+		}
+		if u, err := url.Parse(*b.url); err == nil && u.User != nil {
+			return nil, fmt.Errorf("broker-url %s: credentials in the URL and in broker-user: set one", b.shown())
+		}
+		pw, err := config.Secret("broker-password", "", *b.passwordFile)
+		if err != nil {
+			return nil, err
+		}
+		auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(*b.user+":"+pw))
+	}
 	if *b.tokenFile != "" {
 		tok, err := config.Secret("broker-token", "", *b.tokenFile)
 		if err != nil {
@@ -90,7 +112,7 @@ func (b brokerTarget) sendError(err error) string {
 	msg := b.redactIn(err.Error())
 	var hr *cehttp.Result
 	if errors.As(err, &hr) && (hr.StatusCode == http.StatusUnauthorized || hr.StatusCode == http.StatusForbidden) {
-		msg += " (credentials: a user and password in broker-url, or broker-token-file)"
+		msg += " (credentials: broker-user and broker-password-file, a user and password in broker-url, or broker-token-file)"
 	}
 	return msg
 }

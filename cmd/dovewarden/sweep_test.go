@@ -168,7 +168,7 @@ func TestSweep_RefusedCredentialsNameTheSettings(t *testing.T) {
 	for _, cmd := range [][]string{{"sweep"}, {"replicate", "alice"}} {
 		env, _, _ := testEnv(map[string]string{"K_SINK": url}, "")
 		err := run(context.Background(), env, cmd)
-		if err == nil || !strings.Contains(err.Error(), "answered HTTP 401 (credentials: a user and password in broker-url, or broker-token-file)") ||
+		if err == nil || !strings.Contains(err.Error(), "answered HTTP 401 (credentials: broker-user and broker-password-file, a user and password in broker-url, or broker-token-file)") ||
 			strings.Contains(err.Error(), "wrongpw") {
 			t.Errorf("%s: %v", cmd[0], err)
 		}
