@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -178,6 +179,23 @@ func TestFuncYAML_FilesAreMounted(t *testing.T) {
 			if !mounted {
 				t.Errorf("%s: %s=%s lies under no run.volumes path: the function cannot read it", file, e.Name, e.Value)
 			}
+		}
+	}
+}
+
+// TestFuncYAML_Initialized: func build, deploy and run refuse a folder
+// whose func.yaml has no created stamp ("does not contain an initialized
+// function": knative/func pkg/functions Function.Initialized is
+// !Created.IsZero(), checked by cmd/build.go and cmd/deploy.go). At the
+// latest specVersion no migration adds one, so the file must carry it.
+func TestFuncYAML_Initialized(t *testing.T) {
+	for file, f := range loadFuncYAMLs(t) {
+		if f.Created == "" {
+			t.Errorf("%s has no created stamp: func treats the folder as no function at all", file)
+			continue
+		}
+		if c, err := time.Parse(time.RFC3339Nano, f.Created); err != nil || c.IsZero() {
+			t.Errorf("%s: created %q is not a time func reads (RFC 3339): %v", file, f.Created, err)
 		}
 	}
 }
