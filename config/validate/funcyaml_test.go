@@ -18,6 +18,7 @@ import (
 	"knative.dev/eventing/pkg/apis/eventing"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/reconciler/names"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 )
 
 // funcYAML is the part of the func CLI's func.yaml schema (specVersion
@@ -196,6 +197,87 @@ func TestFuncYAML_Initialized(t *testing.T) {
 		}
 		if c, err := time.Parse(time.RFC3339Nano, f.Created); err != nil || c.IsZero() {
 			t.Errorf("%s: created %q is not a time func reads (RFC 3339): %v", file, f.Created, err)
+		}
+	}
+}
+
+// funcRef is func's reference to a key of a Secret or ConfigMap in a
+// run.envs value (knative/func pkg/functions regKeyFromSecret and
+// regKeyFromConfigMap): '{{ secret:NAME:KEY }}', '{{ configMap:NAME:KEY }}'.
+var funcRef = regexp.MustCompile(`^{{\s*(secret|configMap):((?:\w|['-]\w)+):([-._a-zA-Z0-9]+)\s*}}$`)
+
+// TestFuncYAML_SyncReadsWhatTheServicesRead: the sync function func
+// deploys must reach the same Redis and Dovecot hosts as the sync
+// Services of config/knative. Every setting those Services take from a
+// Secret or ConfigMap key, the sync func.yaml takes from the same key
+// (not a literal value the operator would have to find and edit), and
+// every other setting they give, it gives too. The function always logs
+// JSON, so the log format is the one setting it need not repeat.
+func TestFuncYAML_SyncReadsWhatTheServicesRead(t *testing.T) {
+	var sync *funcYAML
+	for file, f := range loadFuncYAMLs(t) {
+		if filepath.Base(filepath.Dir(file)) == "sync" {
+			sync = f
+		}
+	}
+	if sync == nil {
+		t.Fatal("no functions/sync/func.yaml")
+	}
+	services := 0
+	for _, d := range loadManifests(t) {
+		svc, ok := d.obj.(*servingv1.Service)
+		if !ok || svc.Labels["app.kubernetes.io/component"] != "sync" {
+			continue
+		}
+		services++
+		for _, e := range svc.Spec.Template.Spec.Containers[0].Env {
+			got, ok := sync.env(e.Name)
+			if e.Name == "DOVEWARDEN_LOG_FORMAT" {
+				continue
+			}
+			if !ok {
+				t.Errorf("%s sets %s; functions/sync/func.yaml does not", d.name, e.Name)
+				continue
+			}
+			var want string
+			switch {
+			case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+				want = "{{ secret:" + e.ValueFrom.SecretKeyRef.Name + ":" + e.ValueFrom.SecretKeyRef.Key + " }}"
+			case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
+				want = "{{ configMap:" + e.ValueFrom.ConfigMapKeyRef.Name + ":" + e.ValueFrom.ConfigMapKeyRef.Key + " }}"
+			default:
+				continue
+			}
+			if m := funcRef.FindStringSubmatch(got); m == nil || "{{ "+m[1]+":"+m[2]+":"+m[3]+" }}" != want {
+				t.Errorf("functions/sync/func.yaml: %s=%q, want %q as %s reads it", e.Name, got, want, d.name)
+			}
+		}
+	}
+	if services == 0 {
+		t.Fatal("no sync Service in config/knative")
+	}
+}
+
+// TestFuncYAML_ReferencesAreCreated: a Secret or ConfigMap key a func.yaml
+// reads is one docs/deployment.md has the operator create; func deploy
+// refuses a function whose references are missing.
+func TestFuncYAML_ReferencesAreCreated(t *testing.T) {
+	creates := docCreates(t)
+	for file, f := range loadFuncYAMLs(t) {
+		for _, e := range f.Run.Envs {
+			m := funcRef.FindStringSubmatch(e.Value)
+			if m == nil {
+				if strings.Contains(e.Value, "{{") {
+					t.Errorf("%s: %s=%q is no reference func reads", file, e.Name, e.Value)
+				}
+				continue
+			}
+			object := strings.ToLower(m[1]) + "/" + m[2]
+			if c, ok := creates[object]; !ok {
+				t.Errorf("%s: %s reads %s, which docs/deployment.md never creates", file, e.Name, object)
+			} else if !c.keys[m[3]] {
+				t.Errorf("%s: %s reads key %q of %s, which docs/deployment.md does not give it (line %d)", file, e.Name, m[3], object, c.line)
+			}
 		}
 	}
 }
