@@ -58,6 +58,16 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out, m[1]+"/status (all)") {
 		t.Errorf("demo output names no overall status URL:\n%s", out)
 	}
+	// So does the status command it prints (docs/local.md's, with the
+	// demo's port rather than 8080).
+	sc := regexp.MustCompile(`(\S+) status --url (http://\S+) \[alice bob\]`).FindStringSubmatch(out)
+	if sc == nil || sc[2] != "http://"+m[1] {
+		t.Fatalf("demo output names no dovewarden status command for %s:\n%s", m[1], out)
+	}
+	if st, err := exec.Command(sc[1], "status", "--url", sc[2], "alice").CombinedOutput(); err != nil ||
+		!strings.Contains(string(st), "last success") {
+		t.Errorf("the printed %s status --url %s alice: %v\n%s", sc[1], sc[2], err, st)
+	}
 	lmtp := regexp.MustCompile(`LMTP on mail-a\.demo: (\S+), on mail-b\.demo: (\S+) `).FindStringSubmatch(out)
 	if lmtp == nil {
 		t.Fatalf("demo output names no LMTP address:\n%s", out)

@@ -110,8 +110,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("%w\n\ndovewarden's log (%s):\n%s\n\n%s's log:\n%s\n\n%s's log:\n%s", err,
 			d.localLog, tail(d.localLog, 30), d.a.Name, logExcerpt(d.a.Log(), 20), d.b.Name, logExcerpt(d.b.Log(), 20))
 	}
-	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status (all), %s/status/alice, %s/status/bob\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
-		d.base, d.base, d.base, d.base, d.base, d.localLog)
+	d.say("\nMetrics:  %s/metrics\nStatus:   %s/status (all), %s/status/alice, %s/status/bob\n          %s status --url %s [alice bob] (as text)\nIngest:   POST %s/events (Dovecot's exporter)\nLog:      %s\n",
+		d.base, d.base, d.base, d.base, d.bin, d.base, d.base, d.localLog)
 	// An active-active pair: neither is the primary.
 	d.say("IMAP on %s: %s, on %s: %s (users alice and bob, password \"secret\")\n", d.a.Name, d.a.IMAPAddr, d.b.Name, d.b.IMAPAddr)
 	d.say("LMTP on %s: %s, on %s: %s (deliver to alice@example.test or bob@example.test)\n", d.a.Name, d.a.LMTPAddr, d.b.Name, d.b.LMTPAddr)
