@@ -306,7 +306,8 @@ type SweepCommitArgs struct {
 // when it was the last (the sweep lock is released too). A claim that
 // expired meanwhile does not matter unless another step claimed the batch;
 // ErrSweepLost: it did, or the batch was recorded already, or another sweep
-// replaced this one.
+// replaced this one. FullRequested is recorded even then: those requests
+// went out, and asked again they would each cost a second full dsync.
 func (s *Store) SweepCommit(ctx context.Context, a SweepCommitArgs) (finished bool, err error) {
 	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey}
 	args := []any{a.ID, a.Token, a.From, a.To, a.LockTTL.Milliseconds(), a.UsersTTL.Milliseconds(),

@@ -61,7 +61,8 @@ if cur and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
   -- running retry sweep takes, and more: it replaces the retry sweep at
   -- once. Asked to wait instead, it could run out of the Broker's retries
   -- behind a long retry sweep. The retry sweep's step at work finds its
-  -- claim and sweep gone, and records nothing.
+  -- claim and sweep gone, and records nothing but the full syncs it asked
+  -- for (scriptSweepCommit).
   if same and ARGV[5] ~= 'retry' and redis.call('HGET', KEYS[3], 'reason') == 'retry' then
     replaced = 'retry'
   end
@@ -172,6 +173,15 @@ if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'comm
   end
   return {'ok', num(redis.call('HGET', KEYS[3], 'last_batch'))}
 end
+local now = now_ms()
+local n = tonumber(ARGV[8])
+-- The full syncs were asked for, whether or not the batch is recorded: a
+-- full request skips the "covered" check, so asking again (the step that
+-- took the batch over, the sweep that replaced this one) would cost a
+-- second full dsync.
+for i = 9 + 2 * n, #ARGV do
+  redis.call('ZADD', KEYS[5], now, ARGV[i])
+end
 -- The claim may have expired under a slow step: the batch is still this
 -- step's to record unless another step claimed it or moved the offset.
 local claim = redis.call('GET', KEYS[2])
@@ -180,15 +190,10 @@ if (claim and claim ~= ARGV[2]) or redis.call('HGET', KEYS[3], 'id') ~= id
    or tonumber(redis.call('HGET', KEYS[3], 'offset')) ~= tonumber(ARGV[3]) then
   return {'lost'}
 end
-local now = now_ms()
 redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now, 'committed', call)
 redis.call('HINCRBY', KEYS[3], 'batches', 1)
-local n = tonumber(ARGV[8])
 for i = 0, n - 1 do
   redis.call('HINCRBY', KEYS[3], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
-end
-for i = 9 + 2 * n, #ARGV do
-  redis.call('ZADD', KEYS[5], now, ARGV[i])
 end
 if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
   -- Entries older than the interval mean the same as none: due. With

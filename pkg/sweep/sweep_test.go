@@ -656,3 +656,48 @@ func TestStep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
 		t.Errorf("status %+v: want the scheduled sweep completed", st)
 	}
 }
+
+// TestStep_AReplacedRetryStepsFullRequestsAreNotAskedAgain: a sweep that
+// lists every user replaces a retry sweep while the retry sweep's step is
+// sending; that step's batch is not recorded, but the full syncs it asked
+// for went to the Broker. The new sweep must not ask for them again: a
+// full request skips the "covered" check, so each duplicate costs a
+// second full dsync.
+func TestStep_AReplacedRetryStepsFullRequestsAreNotAskedAgain(t *testing.T) {
+	f, ctx := retryFixture(t)
+	retry, err := f.sw.Step(ctx, SweepReasonRetry, nil)
+	if err != nil || retry.Next == nil {
+		t.Fatalf("retry sweep: %+v %v", retry, err)
+	}
+	var full Result
+	once := false
+	f.snd.fail = func(r Request) error {
+		if !once {
+			once = true
+			// The scheduled sweep starts while the retry step sends.
+			if full, err = f.sw.Step(ctx, SweepReasonSchedule, nil); err != nil || full.Outcome != Started {
+				t.Errorf("the scheduled sweep: %+v %v", full, err)
+			}
+		}
+		return nil
+	}
+	r, err := f.sw.Step(ctx, "", retry.Next)
+	if err != nil || r.Outcome != Lost || r.Requested != 1 {
+		t.Fatalf("the replaced retry step: %+v %v; want one request sent, its batch lost", r, err)
+	}
+	sent := f.snd.all()[0]
+	if !sent.Full {
+		t.Fatalf("the retry step's request %+v: want a full one (never replicated)", sent)
+	}
+	f.snd.fail = nil
+	f.continueFrom(t, full.Next)
+	fulls := 0
+	for _, req := range f.snd.all() {
+		if req.User == sent.User && req.Full {
+			fulls++
+		}
+	}
+	if fulls != 1 {
+		t.Errorf("%s: %d full syncs requested, want 1 (the retry step's, still queued)", sent.User, fulls)
+	}
+}
