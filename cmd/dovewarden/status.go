@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -535,19 +536,27 @@ func oneLine(s string) string { return printable(strings.Join(strings.Fields(s),
 
 // printable shows the control characters of s (C0, DEL, C1: ESC begins a
 // terminal's escape sequences) as Go escapes, so that text from doveadm
-// or a server cannot drive the terminal the status is printed on.
+// or a server cannot drive the terminal the status is printed on. Bytes
+// that are not UTF-8 are shown escaped too: doveadm's standard error is
+// kept as it came, and a lone 0x9b is CSI, the 8-bit ESC [, to a terminal
+// that reads 8-bit controls.
 func printable(s string) string {
-	if !strings.ContainsFunc(s, unicode.IsControl) {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) {
 		return s
 	}
 	var b strings.Builder
-	for _, r := range s {
-		if unicode.IsControl(r) {
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unicode.IsControl(r):
 			q := strconv.QuoteRune(r)
 			b.WriteString(q[1 : len(q)-1])
-			continue
+		default:
+			b.WriteString(s[i : i+n])
 		}
-		b.WriteRune(r)
+		i += n
 	}
 	return b.String()
 }

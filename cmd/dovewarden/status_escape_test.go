@@ -17,7 +17,7 @@ import (
 // never sent to the administrator's terminal.
 func TestStatus_ErrorsCannotDriveTheTerminal(t *testing.T) {
 	now := time.Now()
-	hostile := "dsync(u1): Error: Mailbox \x1b]0;pwned\x07\x1b[2J\x1b[1;1H\u009b31mfake\x7f line"
+	hostile := "dsync(u1): Error: Mailbox \x1b]0;pwned\x07\x1b[2J\x1b[1;1H\u009b31mfake\x7f line \x9b2J"
 	s := state.UserStatus{User: "u1", LastFailure: now, LastError: hostile, LastFailureClass: "tempfail", FailedSince: now}
 	var out bytes.Buffer
 	if err := printUser(&out, s, now); err != nil {
@@ -26,12 +26,12 @@ func TestStatus_ErrorsCannotDriveTheTerminal(t *testing.T) {
 	if err := printOverview(&out, overview{FailedUsers: []state.UserStatus{s}}, now); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []string{"\x1b", "\x07", "\x7f", "\u009b"} {
+	for _, c := range []string{"\x1b", "\x07", "\x7f", "\u009b", "\x9b"} {
 		if strings.Contains(out.String(), c) {
 			t.Errorf("the status text has %q:\n%q", c, out.String())
 		}
 	}
-	if !strings.Contains(out.String(), `\x1b]0;pwned\a\x1b[2J`) {
+	if !strings.Contains(out.String(), `\x1b]0;pwned\a\x1b[2J`) || !strings.Contains(out.String(), `line \x9b2J`) {
 		t.Errorf("the escaped error is not shown:\n%s", out.String())
 	}
 }
