@@ -67,8 +67,10 @@ type SweepStart struct {
 	// continuation was lost, or it started before the recovery time),
 	// when a new one replaces it.
 	Abandoned string
-	// Replaced is, when the abandoned sweep was still running, its reason:
-	// "retry" (a sweep that lists every user replaces a retry sweep).
+	// Replaced says why, when the abandoned sweep still held the lock:
+	// "retry" (a sweep that lists every user replaces a retry sweep) or
+	// "recovery" (it started before the recovery time: local mode started
+	// again, or dovewarden sweep --all asked for every user since).
 	Replaced string
 }
 

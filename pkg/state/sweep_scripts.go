@@ -56,7 +56,9 @@ local started = redis.call('HGET', KEYS[3], 'started') or ''
 -- stopped during it) judged some users without that time, and covers no
 -- request: a new sweep replaces it, as an abandoned one.
 local replaced = ''
-if cur and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
+local before = same and num(started) < num(redis.call('GET', KEYS[4]))
+if cur and before then replaced = 'recovery' end
+if cur and not before then
   -- A sweep that lists every user takes the failed and pending users a
   -- running retry sweep takes, and more: it replaces the retry sweep at
   -- once. Asked to wait instead, it could run out of the Broker's retries
@@ -67,7 +69,7 @@ if cur and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
     replaced = 'retry'
   end
 end
-if cur and replaced == '' and not (same and num(started) < num(redis.call('GET', KEYS[4]))) then
+if cur and replaced == '' then
   -- A running sweep without a total and with nobody claiming it lost its
   -- listing invocation (crash, timeout): list again under the same id.
   if same and redis.call('HEXISTS', KEYS[3], 'total') == 0

@@ -205,7 +205,7 @@ func TestSweep_ASweepOlderThanTheRecoveryTimeIsReplaced(t *testing.T) {
 			t.Fatal(err)
 		}
 		st, err := b.st.SweepBegin(ctx, "s2", "tok2", "start", time.Hour, sweepClaim)
-		if err != nil || st.Decision != "started" || st.ID != "s2" || st.Abandoned != "s1" {
+		if err != nil || st.Decision != "started" || st.ID != "s2" || st.Abandoned != "s1" || st.Replaced != "recovery" {
 			t.Fatalf("begin after the recovery time: %+v %v; want s1 replaced", st, err)
 		}
 		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c1", time.Hour, sweepClaim); bt.Decision != "stale" {

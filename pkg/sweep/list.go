@@ -67,13 +67,18 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		return Result{Outcome: Running, Sweep: st.ID}, nil
 	}
 	if st.Abandoned != "" {
-		if st.Replaced != "" {
+		switch st.Replaced {
+		case "retry":
 			// A retry sweep takes the failed and pending users only: it
 			// does not cover a sweep that lists every user, which takes
 			// them too and replaces it.
 			s.m.finished.WithLabelValues("replaced").Inc()
 			s.log.Info("a sweep that lists every user replaces the running retry sweep", "replaced", st.Abandoned, "sweep", st.ID, "reason", reason)
-		} else {
+		case "recovery":
+			s.m.finished.WithLabelValues("abandoned").Inc()
+			s.log.Info("the running sweep started before the recovery time (local mode's start, or a sweep of every user asked for): a new one replaces it",
+				"abandoned", st.Abandoned, "sweep", st.ID)
+		default:
 			s.m.finished.WithLabelValues("abandoned").Inc()
 			s.log.Warn("the previous sweep never finished (its continuation was lost); starting over", "abandoned", st.Abandoned, "sweep", st.ID)
 		}
