@@ -93,6 +93,9 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 	for _, l := range queued {
 		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns, size: size} // never blocks: the place is reserved
 	}
+	if len(queued) == 0 && len(matched) > 0 {
+		return nil // a reply every matching lane dropped: not published
+	}
 	b.m.published.WithLabelValues(source).Inc()
 	return nil
 }

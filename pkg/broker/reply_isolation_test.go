@@ -64,6 +64,10 @@ func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
 	if got := counter(t, reg, "dovewarden_broker_replies_total", map[string]string{"trigger": "sync-high"}); got != 20 {
 		t.Errorf("replies %v, want 20", got)
 	}
+	// Published: the 4 replies the alert lane took, not the 16 it dropped.
+	if got := counter(t, reg, "dovewarden_broker_events_published_total", map[string]string{"source": "reply"}); got != 4 {
+		t.Errorf("replies published %v, want 4", got)
+	}
 	if got := alerts.started.Load(); got != 1 {
 		t.Errorf("alert webhook got %d deliveries, want 1 (its only worker is stuck)", got)
 	}
