@@ -113,7 +113,7 @@ const (
 // apt-get) is replaced: under the lock no other install runs. Other
 // apt-get runs on the machine in the meantime start no service either.
 func NoServiceStarts() (func(), error) {
-	unlock, err := lockFile(filepath.Join(os.TempDir(), "dovewarden-apt.lock"))
+	unlock, err := Lock()
 	if err != nil {
 		return nil, err
 	}
@@ -144,6 +144,14 @@ func NoServiceStarts() (func(), error) {
 		return nil, fmt.Errorf("write %s: %w", PolicyRC, err)
 	}
 	return allow, nil
+}
+
+// Lock takes the lock every apt-get run of the tests and the demo holds
+// (NoServiceStarts takes it too: not within it), until the returned
+// function is called: apt-get refuses to run while another holds apt's
+// own locks.
+func Lock() (func(), error) {
+	return lockFile(filepath.Join(os.TempDir(), "dovewarden-apt.lock"))
 }
 
 // runCommand runs apt-get and returns its combined output. A variable, so

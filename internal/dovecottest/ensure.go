@@ -328,8 +328,14 @@ func ensure23() error {
 			cand := candidateVersion()
 			if cand == "" {
 				// No package lists yet (a fresh container): fetch them
-				// and ask again.
-				if err := aptUpdate(); err != nil {
+				// and ask again, not while another test installs.
+				unlock, err := debian.Lock()
+				if err != nil {
+					return fmt.Errorf("dovecottest: %w", err)
+				}
+				err = aptUpdate()
+				unlock()
+				if err != nil {
 					return err
 				}
 				cand = candidateVersion()
