@@ -73,13 +73,16 @@ func TestIngress(t *testing.T) {
 		"no id":            {"POST", "/", without(binaryHeaders, "Ce-Id"), `{}`, 400, "id", "invalid_event"},
 		"bad JSON":         {"POST", "/", map[string]string{"Content-Type": "application/cloudevents+json"}, `{"specversion":`, 400, "not a CloudEvent", "not_cloudevent"},
 		"too large":        {"POST", "/", binaryHeaders, strings.Repeat("x", 2000), 413, "larger than 1024", "too_large"},
-		"GET":              {"GET", "/", nil, "", 405, "POST", "method"},
-		"PUT":              {"PUT", "/default/b", binaryHeaders, "{}", 405, "POST", "method"},
-		"other broker":     {"POST", "/default/other", binaryHeaders, "{}", 404, "no broker", "no_broker"},
-		"deep path":        {"POST", "/a/b/c", binaryHeaders, "{}", 404, "no broker", "no_broker"},
-		"not a namespace":  {"POST", "/Not_A.Namespace/b", binaryHeaders, "{}", 404, "no broker", "no_broker"},
-		"TTL exhausted":    {"POST", "/", with(binaryHeaders, "Ce-Knativebrokerttl", "1"), "{}", 400, "TTL", "ttl_exhausted"},
-		"OPTIONS":          {"OPTIONS", "/", nil, "", 200, "", ""},
+		// Sent on as JSON or saved in the spool file, it would come back
+		// as the event's data.
+		"extension data":  {"POST", "/", with(binaryHeaders, "Ce-Data", "x"), "{}", 400, `extension name "data"`, "invalid_event"},
+		"GET":             {"GET", "/", nil, "", 405, "POST", "method"},
+		"PUT":             {"PUT", "/default/b", binaryHeaders, "{}", 405, "POST", "method"},
+		"other broker":    {"POST", "/default/other", binaryHeaders, "{}", 404, "no broker", "no_broker"},
+		"deep path":       {"POST", "/a/b/c", binaryHeaders, "{}", 404, "no broker", "no_broker"},
+		"not a namespace": {"POST", "/Not_A.Namespace/b", binaryHeaders, "{}", 404, "no broker", "no_broker"},
+		"TTL exhausted":   {"POST", "/", with(binaryHeaders, "Ce-Knativebrokerttl", "1"), "{}", 400, "TTL", "ttl_exhausted"},
+		"OPTIONS":         {"OPTIONS", "/", nil, "", 200, "", ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			all, one := refused(t, reg, ""), refused(t, reg, tc.counted)

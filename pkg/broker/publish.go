@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -114,8 +115,8 @@ func canonicalize(ev *cloudevents.Event) error {
 		ev.SetTime(tm.UTC())
 	}
 	for k, v := range ev.Extensions() {
-		if !validExtensionName(k) {
-			return fmt.Errorf("extension name %q: CloudEvents attribute names are lower-case ASCII letters and digits", k)
+		if err := checkExtensionName(k); err != nil {
+			return err
 		}
 		if _, ok := v.(string); ok {
 			continue
@@ -125,6 +126,20 @@ func canonicalize(ev *cloudevents.Event) error {
 			return fmt.Errorf("extension %s: %w", k, err)
 		}
 		ev.SetExtension(k, s)
+	}
+	return nil
+}
+
+// checkExtensionName refuses an extension name the CloudEvents spec does
+// not allow, and "data", which the JSON format keeps for the event's data:
+// such an extension, sent on in structured mode or saved in the spool
+// file, would come back as the data.
+func checkExtensionName(k string) error {
+	if !validExtensionName(k) {
+		return fmt.Errorf("extension name %q: CloudEvents attribute names are lower-case ASCII letters and digits", k)
+	}
+	if k == "data" {
+		return errors.New(`extension name "data": the JSON format keeps it for the event's data`)
 	}
 	return nil
 }

@@ -286,6 +286,11 @@ func decodeEvent(raw json.RawMessage, dataBase64 bool) (cloudevents.Event, error
 	if dataBase64 {
 		ev.DataBase64 = false // in base64 for the file only
 	}
+	for k := range ev.Extensions() {
+		if err := checkExtensionName(k); err != nil {
+			return ev, err
+		}
+	}
 	return ev, ev.Validate()
 }
 
