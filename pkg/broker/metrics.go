@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) *brokerMetrics {
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerDropped,
 			Help: "Events given up on, by Trigger and reason (no_dead_letter_sink, dead_letter_failed, shutdown, queue_full)."}, []string{"trigger", "reason"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.BrokerReplies,
-			Help: "Subscriber replies published back into the broker, by the Trigger whose subscriber replied."}, []string{"trigger"}),
+			Help: "Subscriber replies sent back into the broker, by the Trigger whose subscriber replied (also those every matching full queue dropped, which events_published_total leaves out)."}, []string{"trigger"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: metrics.BrokerDeliverySeconds,
 			Help: "Duration of delivery attempts to subscribers, by Trigger.",
 			// From an in-process no-op to a first full dsync of a big mailbox.
