@@ -61,5 +61,7 @@ fuzz FuzzIngress ./pkg/broker 10000x
 fuzz FuzzLoad ./pkg/broker 10000x
 # What a stopped broker saved for the next start (--spool-file).
 fuzz FuzzDecodeSpool ./pkg/broker 20000x
+# The sync function's receiver: any request gets a status with a reason.
+fuzz FuzzServeHTTP ./pkg/syncer 20000x
 # What a doveadm server answers, and that no error shows its password.
 fuzz FuzzHTTPSyncReply ./pkg/doveadm 5000x
