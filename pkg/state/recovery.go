@@ -20,35 +20,14 @@ import (
 // interval, when every one of those users is due for a full sync anyway.
 const RecoveryKey = Prefix + "recovery"
 
-// scriptSetRecovery: KEYS recovery. ARGV TTL in ms (0: none). Returns the
-// time set.
-var scriptSetRecovery = redis.NewScript(luaPrelude + `
-local now = now_ms()
-local ttl = num(ARGV[1])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], now, 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], now)
-end
-return tostring(now)
-`)
-
-// SetRecovery sets RecoveryKey to now, expiring after ttl (0: never),
-// and returns the time set.
-func (s *Store) SetRecovery(ctx context.Context, ttl time.Duration) (time.Time, error) {
-	v, err := scriptSetRecovery.Run(ctx, s.rdb, []string{RecoveryKey}, ttl.Milliseconds()).Text()
-	if err != nil {
-		return time.Time{}, fmt.Errorf("set the recovery time in redis: %w", err)
-	}
-	return msField(v), nil
-}
-
-// scriptRaiseRecovery: KEYS recovery. ARGV time in ms, TTL in ms (0:
-// none). Returns the recovery time in force.
+// scriptRaiseRecovery: KEYS recovery. ARGV time in ms (0 or less: now),
+// TTL in ms (0: none). Returns the recovery time in force.
 var scriptRaiseRecovery = redis.NewScript(luaPrelude + `
-local at = math.min(num(ARGV[1]), now_ms())
+local now = now_ms()
+local at = num(ARGV[1])
+if at <= 0 or at > now then at = now end
 local cur = num(redis.call('GET', KEYS[1]))
-if cur >= at then return tostring(cur) end
+if cur > at then return tostring(cur) end
 local ttl = num(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], at, 'PX', ttl)
@@ -58,6 +37,13 @@ end
 return tostring(at)
 `)
 
+// SetRecovery makes RecoveryKey Redis's now, expiring after ttl (0:
+// never), at a start of local mode, and returns the time in force (a
+// later one already set, with its expiry, if Redis's clock stepped back).
+func (s *Store) SetRecovery(ctx context.Context, ttl time.Duration) (time.Time, error) {
+	return s.raiseRecovery(ctx, 0, ttl)
+}
+
 // RaiseRecovery makes RecoveryKey at least at (at most Redis's now: a
 // clock ahead does not reach into the future), expiring after ttl (0:
 // never), and returns the recovery time in force: an administrator's
@@ -66,9 +52,13 @@ return tostring(at)
 // time already set stays, with its expiry; the same request delivered
 // again changes nothing.
 func (s *Store) RaiseRecovery(ctx context.Context, at time.Time, ttl time.Duration) (time.Time, error) {
-	v, err := scriptRaiseRecovery.Run(ctx, s.rdb, []string{RecoveryKey}, at.UnixMilli(), ttl.Milliseconds()).Text()
+	return s.raiseRecovery(ctx, max(at.UnixMilli(), 1), ttl)
+}
+
+func (s *Store) raiseRecovery(ctx context.Context, atMS int64, ttl time.Duration) (time.Time, error) {
+	v, err := scriptRaiseRecovery.Run(ctx, s.rdb, []string{RecoveryKey}, atMS, ttl.Milliseconds()).Text()
 	if err != nil {
-		return time.Time{}, fmt.Errorf("raise the recovery time in redis: %w", err)
+		return time.Time{}, fmt.Errorf("set the recovery time in redis: %w", err)
 	}
 	return msField(v), nil
 }
