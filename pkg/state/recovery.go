@@ -10,14 +10,15 @@ import (
 
 // RecoveryKey holds the Unix milliseconds (Redis's clock) of the last
 // start of `dovewarden local` with a Redis that outlives it, or of an
-// administrator's request for a sweep of every user (RaiseRecovery), if
-// later. Dovecot's
-// exporter dropped the events of every change made while no run was
-// listening, and a run that crashed lost the changes queued in its
-// in-memory broker, so any user whose last successful dsync started
-// before this time may have an unreplicated change: the sweep requests
-// each such user (reason "recovery"). The key expires after the full-sync
-// interval, when every one of those users is due for a full sync anyway.
+// administrator's request for a sweep of every user (RaiseRecovery),
+// whichever is later. Dovecot's exporter dropped the events of every
+// change made while no run was listening, a run that crashed lost the
+// changes queued in its in-memory broker, and a change the Broker
+// dead-lettered left no mark, so any user whose last successful dsync
+// started before this time may have an unreplicated change: the sweep
+// requests each such user (reason "recovery"). The key expires after the
+// full-sync interval, when every one of those users is due for a full
+// sync anyway.
 const RecoveryKey = Prefix + "recovery"
 
 // scriptRaiseRecovery: KEYS recovery. ARGV time in ms (0 or less: now),
