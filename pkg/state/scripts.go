@@ -173,6 +173,11 @@ if st > num(redis.call('HGET', h, 'last_start')) then
 end
 redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,
   'last_duration_ms', now - st, 'last_full', ARGV[7])
+-- The periodic full sync counts from the last full one, also when
+-- incremental dsyncs followed it (the sweep's "stale").
+if ARGV[7] == '1' and st > num(redis.call('HGET', h, 'last_full_start')) then
+  redis.call('HSET', h, 'last_full_start', st)
+end
 -- A failure recorded after this attempt started (another owner's, once
 -- this one's lock had expired) is newer news: the user stays failed. One
 -- recorded in the same millisecond is older: its attempt started before

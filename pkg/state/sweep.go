@@ -223,9 +223,11 @@ type SweepFacts struct {
 	Failed      bool
 	FailedAt    time.Time
 	// LastStart is the start of the last successful dsync; LastFull says
-	// whether it was a full one.
-	LastStart time.Time
-	LastFull  bool
+	// whether it was a full one. LastFullStart is the start of the last
+	// successful full dsync (zero in records from before it was kept).
+	LastStart     time.Time
+	LastFull      bool
+	LastFullStart time.Time
 	// InProgress: a sync instance holds the user's lock.
 	InProgress bool
 	// FullRequested is when the sweep last asked for the user's full sync.
@@ -253,7 +255,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 				excl:   p.SIsMember(ctx, ExcludedKey, u),
 				pend:   p.ZScore(ctx, PendingKey, u),
 				fail:   p.ZScore(ctx, FailedKey, u),
-				fields: p.HMGet(ctx, UserKey(u), FieldLastStart, FieldLastFull, FieldPendingHost),
+				fields: p.HMGet(ctx, UserKey(u), FieldLastStart, FieldLastFull, FieldPendingHost, FieldLastFullStart),
 				lock:   p.Exists(ctx, LockKey(u)),
 				fr:     p.ZScore(ctx, SweepFullKey, u),
 			}
@@ -284,7 +286,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 			}
 			return ""
 		}
-		f.LastStart, f.LastFull, f.PendingHost = msField(field(0)), field(1) == "1", field(2)
+		f.LastStart, f.LastFull, f.PendingHost, f.LastFullStart = msField(field(0)), field(1) == "1", field(2), msField(field(3))
 		f.InProgress = c.lock.Val() == 1
 	}
 	return out, nil

@@ -2,6 +2,7 @@ package state_test
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -263,6 +264,37 @@ func TestSweep_Facts(t *testing.T) {
 		}
 		if fs[4] != (state.SweepFacts{}) {
 			t.Errorf("nobody: %+v", fs[4])
+		}
+	})
+}
+
+// TestSweep_FactsKeepTheLastFullSync: a full dsync's start stays the
+// user's last full sync when incremental dsyncs follow it (a user's first
+// dsync, full because it has no state, then its changes'): the sweep
+// counts the full-sync interval from it, rather than finding the user due
+// for another full sync at its next run.
+func TestSweep_FactsKeepTheLastFullSync(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		var starts []time.Time
+		for i, full := range []bool{true, false} {
+			tok := fmt.Sprint("tok", i)
+			c, err := b.st.Begin(ctx, state.BeginArgs{User: "u", Host: "mail-a", Owner: "o", Token: tok, Destination: "tcp:b:1", TTL: time.Minute, Full: full})
+			if err != nil || c.Decision != state.Run {
+				t.Fatalf("Begin %d: %+v %v", i, c, err)
+			}
+			if _, _, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u", Token: tok, Host: "mail-a", Destination: "tcp:b:1",
+				NewState: "s", Start: c.Start, TTL: time.Minute, Full: full}); err != nil {
+				t.Fatal(err)
+			}
+			starts = append(starts, c.Start)
+			time.Sleep(2 * time.Millisecond)
+		}
+		fs, err := b.st.SweepFacts(ctx, []string{"u"})
+		if err != nil || len(fs) != 1 {
+			t.Fatalf("%+v %v", fs, err)
+		}
+		if f := fs[0]; f.LastFull || !f.LastStart.Equal(starts[1]) || !f.LastFullStart.Equal(starts[0]) {
+			t.Errorf("facts %+v; want the last start %v, incremental, and the last full sync's start %v", f, starts[1], starts[0])
 		}
 	})
 }

@@ -47,7 +47,8 @@ const (
 	FieldLastDestination = "last_destination"
 	FieldLastDurationMS  = "last_duration_ms"
 	FieldLastFull        = "last_full"
-	FieldLastFailure     = "last_failure" // ms
+	FieldLastFullStart   = "last_full_start" // ms: start of the last successful full dsync
+	FieldLastFailure     = "last_failure"    // ms
 	FieldLastError       = "last_error"
 	FieldLastExitCode    = "last_exit_code"
 	FieldLastClass       = "last_failure_class"

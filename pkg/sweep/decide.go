@@ -29,7 +29,10 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 		return nil, SkipExcluded
 	}
 	lastFull := f.FullRequested
-	if f.LastFull && f.LastStart.After(lastFull) {
+	if f.LastFullStart.After(lastFull) {
+		lastFull = f.LastFullStart
+	}
+	if f.LastFull && f.LastStart.After(lastFull) { // a record from before last_full_start
 		lastFull = f.LastStart
 	}
 	fullDue := o.FullSyncInterval > 0 && !lastFull.Add(o.FullSyncInterval).After(now)
