@@ -200,20 +200,22 @@ func (s *system) trySend(ev cloudevents.Event) error {
 }
 
 // requestSweep asks for a sweep with `dovewarden sweep`, as an admin or
-// the shipped PingSource (on its schedule) would.
-func (s *system) requestSweep() {
+// the shipped PingSource (on its schedule) would; extra are more flags of
+// the command (--all).
+func (s *system) requestSweep(extra ...string) {
 	s.t.Helper()
-	if err := s.trySweep(); err != nil {
+	if err := s.trySweep(extra...); err != nil {
 		s.t.Fatal(err)
 	}
 }
 
-// trySweep runs `dovewarden sweep --broker-url ...`; safe to call from any
-// goroutine.
-func (s *system) trySweep() error {
+// trySweep runs `dovewarden sweep --broker-url ...` with extra flags; safe
+// to call from any goroutine.
+func (s *system) trySweep(extra ...string) error {
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
 	args := []string{"sweep", "--broker-url", s.brokerURL, "--reason", "e2e", "--source", "e2e/pingsource"}
+	args = append(args, extra...)
 	if s.cfg.tls {
 		args = append(args, "--tls-ca-file", suiteCA.File)
 	}
