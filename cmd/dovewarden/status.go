@@ -455,6 +455,11 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 		}
 		w.printf("  last success\t%s\t%s from %s to %s, took %s\n", when(s.LastSuccess, now), kind, from, s.LastDestination, s.LastDuration.Round(time.Millisecond))
 	}
+	if s.LastFullStart.IsZero() {
+		w.println("  last full sync\t-\t")
+	} else {
+		w.printf("  last full sync\t%s\tstarted then\n", when(s.LastFullStart, now))
+	}
 	if s.LastFailure.IsZero() {
 		w.println("  last failure\t-\t")
 	} else {

@@ -114,6 +114,7 @@ func TestStatus_FromRedis(t *testing.T) {
 
 	out = statusOut(t, `last success`, "--redis-url", srv.URL(), "U1")
 	for _, want := range []string{`(?m)^u1$`, `(?m)^  last success +\d{4}-.* ago\) +(full|incremental) from mail-a.test to tcp:127.0.0.1:1`,
+		`(?m)^  last full sync +\d{4}-.* ago\) +started then$`,
 		`(?m)^  failed +no`, `(?m)^  dsync state +tcp:127.0.0.1:1 +\d+ bytes`} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("u1's record lacks %q:\n%s", want, out)

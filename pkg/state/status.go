@@ -24,6 +24,10 @@ type UserStatus struct {
 	LastDestination string        `json:"last_destination,omitempty"`
 	LastDuration    time.Duration `json:"last_duration,omitempty"`
 	LastFull        bool          `json:"last_full,omitempty"`
+	// LastFullStart is the start of the last successful full dsync, from
+	// which the sweep counts the full-sync interval (Dovecot's "last full
+	// sync").
+	LastFullStart time.Time `json:"last_full_start,omitzero"`
 
 	LastFailure      time.Time `json:"last_failure,omitzero"`
 	LastError        string    `json:"last_error,omitempty"`
@@ -82,12 +86,15 @@ func (s *Store) Status(ctx context.Context, user string) (UserStatus, error) {
 		LastStart: msField(f[FieldLastStart]), LastSuccess: msField(f[FieldLastSuccess]),
 		LastSuccessHost: f[FieldLastSuccessHost], LastDestination: f[FieldLastDestination],
 		LastDuration: time.Duration(intField(f[FieldLastDurationMS])) * time.Millisecond,
-		LastFull:     f[FieldLastFull] == "1",
-		LastFailure:  msField(f[FieldLastFailure]), LastError: f[FieldLastError],
+		LastFull:     f[FieldLastFull] == "1", LastFullStart: msField(f[FieldLastFullStart]),
+		LastFailure: msField(f[FieldLastFailure]), LastError: f[FieldLastError],
 		LastExitCode: intField(f[FieldLastExitCode]), LastFailureClass: f[FieldLastClass],
 		ConsecutiveFailures: intField(f[FieldFailures]),
 		PendingHost:         f[FieldPendingHost],
 		InProgress:          lock.Val() == 1,
+	}
+	if st.LastFull && st.LastFullStart.IsZero() { // a record from before last_full_start
+		st.LastFullStart = st.LastStart
 	}
 	if pending.Err() == nil {
 		st.PendingSince = time.UnixMilli(int64(pending.Val())).UTC()
