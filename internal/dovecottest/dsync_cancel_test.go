@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 )
 
 // TestDsyncOutlivesItsHTTPRequest pins a fact the sync function's rules
@@ -58,6 +60,83 @@ func TestDsyncOutlivesItsHTTPRequest(t *testing.T) {
 				if err != nil {
 					t.Fatalf("the dsync let go of its destination after its request was cut off (%v): Dovecot now stops it, and docs/sync.md needs another look", err)
 				}
+			}
+		})
+	}
+}
+
+// TestDsyncCutOffKeepsWhatItCopied pins the fact that lets a mailbox
+// larger than one dsync's time be replicated at all (docs/deployment.md):
+// a dsync killed at --dsync-timeout (doveadm-exec kills the process)
+// leaves on the replica the messages it had copied, and the next full
+// dsync goes on from there instead of starting over. Dsync commits its
+// imports in batches as it goes.
+func TestDsyncCutOffKeepsWhatItCopied(t *testing.T) {
+	needRoot(t)
+	const n = 1000
+	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+		t.Run(v, func(t *testing.T) {
+			users := map[string]string{"u1": "pass"}
+			a := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-a.test", Users: users})
+			b := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-b.test", Users: users})
+			ctx := context.Background()
+			c, err := dovecottest.LoginIMAP(ctx, a.IMAPAddr, "u1", "pass")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 400)
+			for i := range n {
+				if tagged, err := c.Append(ctx, "INBOX", "", dovecottest.TestMessage(fmt.Sprintf("m%d", i), body)); err != nil || !dovecottest.IsOK(tagged) {
+					t.Fatalf("APPEND %d: %v %s", i, err, tagged)
+				}
+			}
+			c.Close()
+			bin, err := a.DoveadmScript(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ep := doveadm.Endpoint{Config: a.ConfigPath}
+			count := func() int {
+				out, err := b.Doveadm(ctx, "mailbox", "status", "-u", "u1", "messages", "INBOX")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var m int
+				if _, err := fmt.Sscanf(strings.TrimSpace(string(out)), "INBOX messages=%d", &m); err != nil {
+					t.Fatalf("mailbox status %q: %v", out, err)
+				}
+				return m
+			}
+			// Each attempt is cut off, as --dsync-timeout cuts one, and
+			// gets a little longer when it copied nothing (a loaded
+			// machine), so that the test ends.
+			timeout, had, partial := 400*time.Millisecond, 0, false
+			for attempt := 1; ; attempt++ {
+				_, err := doveadm.NewExec(bin, timeout).Sync(ctx, ep, doveadm.SyncRequest{User: "u1", Destination: b.Destination, Full: true})
+				got := count()
+				t.Logf("attempt %d (%s): %d of %d messages on the replica, err %v", attempt, timeout, got, n, err)
+				if got < had {
+					t.Fatalf("the replica had %d messages and now %d: a cut-off dsync lost what an earlier one had copied", had, got)
+				}
+				if err == nil {
+					if got != n {
+						t.Fatalf("the dsync succeeded with %d of %d messages on the replica", got, n)
+					}
+					break
+				}
+				if got > 0 && got < n {
+					partial = true
+				}
+				if got == had {
+					timeout += 400 * time.Millisecond
+				}
+				had = got
+				if attempt == 40 {
+					t.Fatalf("%d of %d messages after %d cut-off dsyncs", got, n, attempt)
+				}
+			}
+			if !partial {
+				t.Fatalf("no dsync was cut off half-way (the first ran to its end within %s): the test proves nothing; give it more messages", 400*time.Millisecond)
 			}
 		})
 	}
