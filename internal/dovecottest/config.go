@@ -64,6 +64,10 @@ type Options struct {
 	DoveadmPassword string
 	// ExtraConfig is appended verbatim to the generated config.
 	ExtraConfig string
+	// StaticUserdb makes the userdb a static one, which Dovecot cannot
+	// list (`doveadm user '*'` fails), as an LDAP or SQL userdb without
+	// its iterate settings; the passwd-file passdb still says who exists.
+	StaticUserdb bool
 	// ClientCAFile is a PEM file of the CAs that Dovecot's clients (the
 	// event exporter's https URL, dsync's tcps: destinations) trust:
 	// copied into the instance folder, where Dovecot 2.4's tree sees it
