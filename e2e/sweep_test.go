@@ -187,110 +187,132 @@ func TestBrokerRestarted(t *testing.T) {
 // recovery), which brings the message to B.
 func TestSweepAll(t *testing.T) {
 	eachCase(t, []pairCase{{shapeSplit, v24, v24}, {shapeSplit, v23, v23}}, func(t *testing.T, c pairCase) {
-		const user = "u1"
-		cfg := c.config(user)
-		cfg.syncFlags = []string{"--sweep-batch-interval", "0s"}
-		s := newSystem(t, cfg)
-		rdb := redis.NewClient(&redis.Options{Addr: s.redisAddr})
-		t.Cleanup(func() { _ = rdb.Close() })
-		st := state.New(rdb)
-
-		// 1. A delivery replicated by dovewarden as usual: the user's first
-		// dsync, a full one, so that no sweep finds it due.
-		start := time.Now()
-		s.deliver(user, "before-0")
-		wantMessages(t, s.awaitConverged(user)[user], "before", 1)
-		var synced state.UserStatus
-		err := poll(s.ctx, convergeLimit, 50*time.Millisecond, func() error {
-			var err error
-			if synced, err = st.Status(s.ctx, user); err != nil {
-				return err
-			}
-			switch {
-			case synced.LastStart.Before(start.Add(-time.Second)) || !synced.LastFull:
-				return errNotYet("a full dsync of " + user + " by dovewarden")
-			case synced.InProgress || !synced.PendingSince.IsZero() || synced.Failed:
-				return errNotYet(fmt.Sprintf("%s settled (in progress %v, pending since %v, failed %v)",
-					user, synced.InProgress, synced.PendingSince, synced.Failed))
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-
-		// 2. The outage: the exporter's event of this delivery finds no
-		// ingest and is dropped; nothing reaches Redis.
-		s.ingest.stop()
-		s.deliver(user, "lost-0")
-		if a, b := s.snapshots(user); !a.has("<lost-0."+user+"@") || b.has("<lost-0."+user+"@") {
-			t.Fatalf("the delivery during the outage is not on A alone: the scenario tests nothing:\n%s", diff(a, b))
-		}
-		s.ingest.start()
-		s.ingest.waitHTTP(s.ingestBase+"/readyz", 20*time.Second)
-		if now, err := st.Status(s.ctx, user); err != nil {
-			t.Fatal(err)
-		} else if now.InProgress || !now.PendingSince.IsZero() || now.Failed || !now.LastStart.Equal(synced.LastStart) {
-			t.Fatalf("the lost change left a mark in redis: the scenario tests nothing: %+v", now)
-		}
-
-		// 3. A plain sweep: the user is up to date by everything Redis
-		// holds, so the sweep requests nothing and the message stays on A.
-		sw := s.sweepOnce(st)
-		if sw.Listed == 0 || sw.Total < 1 || sw.Offset < sw.Total {
-			t.Fatalf("the plain sweep did not examine %s (listed %d, %d of %d candidates): the scenario tests nothing", user, sw.Listed, sw.Offset, sw.Total)
-		}
-		for k, n := range sw.Counts {
-			if strings.HasPrefix(k, "requested_") && n > 0 {
-				t.Errorf("the plain sweep requested a replication (%s=%d): only --all should", k, n)
-			}
-		}
-		if n := metric(t, s.syncBase, "dovewarden_sweep_users_requested_total"); n != 0 {
-			t.Errorf("sync counts %v sweep requests after a plain sweep, want 0", n)
-		}
-		// Whatever a sweep requests is replicated in a second or two; give
-		// it some more, then the message must still be missing on B and no
-		// dsync of the user must have started.
-		hold := time.Now().Add(gapHold)
-		for time.Now().Before(hold) {
-			s.checkAlive()
-			b, err := readSnapshot(s.ctx, s.b, user)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if b.has("<lost-0." + user + "@") {
-				t.Fatalf("the message lost with its event reached B after a plain sweep: the sweep requested %s without --all", user)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		if now, err := st.Status(s.ctx, user); err != nil {
-			t.Fatal(err)
-		} else if !now.LastStart.Equal(synced.LastStart) {
-			t.Fatalf("a dsync of %s started at %v after a plain sweep: only --all should request it", user, now.LastStart)
-		}
-
-		// 4. `dovewarden sweep --all`: the recovery time becomes the
-		// request's, and the sweep requests the user (recovery).
-		asked := time.Now()
-		sw = s.sweepOnce(st, "--all")
-		if n := sw.Counts["requested_recovery"]; n != 1 {
-			t.Errorf("the sweep --all requested %d users for recovery, want 1 (counts %v)", n, sw.Counts)
-		}
-		if n := metric(t, s.syncBase, "dovewarden_sweep_users_requested_total", `reason="recovery"`); n != 1 {
-			t.Errorf("sync counts %v recovery requests of the sweeps, want 1", n)
-		}
-		if v, err := rdb.Get(s.ctx, state.RecoveryKey).Int64(); err != nil {
-			t.Errorf("no recovery time after a sweep --all: %v", err)
-		} else if at := time.UnixMilli(v); at.Before(asked.Add(-time.Second)) || at.After(time.Now()) {
-			t.Errorf("recovery time %v, want the request's (%v)", at, asked)
-		}
-		snap, err := s.converged(user, allLimit)
-		if err != nil {
-			failures.reason(t, fmt.Sprintf("%s not replicated after a sweep --all: %v", user, err))
-			t.Fatalf("%s not replicated after a sweep --all: %v", user, err)
-		}
-		wantMessages(t, snap, "lost", 1)
+		sweepAll(t, c, false)
 	})
+}
+
+// TestSweepAllKnownUsers is TestSweepAll where Dovecot cannot list its
+// users (a static userdb, as an LDAP or SQL one without its iterate
+// settings): with --sweep-list known the sweep takes the users Redis has
+// a record of, and `dovewarden sweep --all` still brings back the change
+// lost with its event. Listing the userdb, the sweep would find no user
+// to request.
+func TestSweepAllKnownUsers(t *testing.T) {
+	eachCase(t, []pairCase{{shapeSplit, v24, v24}, {shapeSplit, v23, v23}}, func(t *testing.T, c pairCase) {
+		sweepAll(t, c, true)
+	})
+}
+
+// sweepAll is TestSweepAll's scenario; known: a static userdb on both
+// servers, and the sweep takes the users Redis knows.
+func sweepAll(t *testing.T, c pairCase, known bool) {
+	const user = "u1"
+	cfg := c.config(user)
+	cfg.syncFlags = []string{"--sweep-batch-interval", "0s"}
+	if known {
+		cfg.staticUserdb = true
+		cfg.syncFlags = append(cfg.syncFlags, "--sweep-list", "known")
+	}
+	s := newSystem(t, cfg)
+	rdb := redis.NewClient(&redis.Options{Addr: s.redisAddr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	st := state.New(rdb)
+
+	// 1. A delivery replicated by dovewarden as usual: the user's first
+	// dsync, a full one, so that no sweep finds it due.
+	start := time.Now()
+	s.deliver(user, "before-0")
+	wantMessages(t, s.awaitConverged(user)[user], "before", 1)
+	var synced state.UserStatus
+	err := poll(s.ctx, convergeLimit, 50*time.Millisecond, func() error {
+		var err error
+		if synced, err = st.Status(s.ctx, user); err != nil {
+			return err
+		}
+		switch {
+		case synced.LastStart.Before(start.Add(-time.Second)) || !synced.LastFull:
+			return errNotYet("a full dsync of " + user + " by dovewarden")
+		case synced.InProgress || !synced.PendingSince.IsZero() || synced.Failed:
+			return errNotYet(fmt.Sprintf("%s settled (in progress %v, pending since %v, failed %v)",
+				user, synced.InProgress, synced.PendingSince, synced.Failed))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. The outage: the exporter's event of this delivery finds no
+	// ingest and is dropped; nothing reaches Redis.
+	s.ingest.stop()
+	s.deliver(user, "lost-0")
+	if a, b := s.snapshots(user); !a.has("<lost-0."+user+"@") || b.has("<lost-0."+user+"@") {
+		t.Fatalf("the delivery during the outage is not on A alone: the scenario tests nothing:\n%s", diff(a, b))
+	}
+	s.ingest.start()
+	s.ingest.waitHTTP(s.ingestBase+"/readyz", 20*time.Second)
+	if now, err := st.Status(s.ctx, user); err != nil {
+		t.Fatal(err)
+	} else if now.InProgress || !now.PendingSince.IsZero() || now.Failed || !now.LastStart.Equal(synced.LastStart) {
+		t.Fatalf("the lost change left a mark in redis: the scenario tests nothing: %+v", now)
+	}
+
+	// 3. A plain sweep: the user is up to date by everything Redis
+	// holds, so the sweep requests nothing and the message stays on A.
+	sw := s.sweepOnce(st)
+	if sw.Listed == 0 || sw.Total < 1 || sw.Offset < sw.Total {
+		t.Fatalf("the plain sweep did not examine %s (listed %d, %d of %d candidates): the scenario tests nothing", user, sw.Listed, sw.Offset, sw.Total)
+	}
+	for k, n := range sw.Counts {
+		if strings.HasPrefix(k, "requested_") && n > 0 {
+			t.Errorf("the plain sweep requested a replication (%s=%d): only --all should", k, n)
+		}
+	}
+	if n := metric(t, s.syncBase, "dovewarden_sweep_users_requested_total"); n != 0 {
+		t.Errorf("sync counts %v sweep requests after a plain sweep, want 0", n)
+	}
+	// Whatever a sweep requests is replicated in a second or two; give
+	// it some more, then the message must still be missing on B and no
+	// dsync of the user must have started.
+	hold := time.Now().Add(gapHold)
+	for time.Now().Before(hold) {
+		s.checkAlive()
+		b, err := readSnapshot(s.ctx, s.b, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.has("<lost-0." + user + "@") {
+			t.Fatalf("the message lost with its event reached B after a plain sweep: the sweep requested %s without --all", user)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if now, err := st.Status(s.ctx, user); err != nil {
+		t.Fatal(err)
+	} else if !now.LastStart.Equal(synced.LastStart) {
+		t.Fatalf("a dsync of %s started at %v after a plain sweep: only --all should request it", user, now.LastStart)
+	}
+
+	// 4. `dovewarden sweep --all`: the recovery time becomes the
+	// request's, and the sweep requests the user (recovery).
+	asked := time.Now()
+	sw = s.sweepOnce(st, "--all")
+	if n := sw.Counts["requested_recovery"]; n != 1 {
+		t.Errorf("the sweep --all requested %d users for recovery, want 1 (counts %v)", n, sw.Counts)
+	}
+	if n := metric(t, s.syncBase, "dovewarden_sweep_users_requested_total", `reason="recovery"`); n != 1 {
+		t.Errorf("sync counts %v recovery requests of the sweeps, want 1", n)
+	}
+	if v, err := rdb.Get(s.ctx, state.RecoveryKey).Int64(); err != nil {
+		t.Errorf("no recovery time after a sweep --all: %v", err)
+	} else if at := time.UnixMilli(v); at.Before(asked.Add(-time.Second)) || at.After(time.Now()) {
+		t.Errorf("recovery time %v, want the request's (%v)", at, asked)
+	}
+	snap, err := s.converged(user, allLimit)
+	if err != nil {
+		failures.reason(t, fmt.Sprintf("%s not replicated after a sweep --all: %v", user, err))
+		t.Fatalf("%s not replicated after a sweep --all: %v", user, err)
+	}
+	wantMessages(t, snap, "lost", 1)
 }
 
 // gapHold is how long, after a plain sweep finished, the test watches B

@@ -65,6 +65,9 @@ type config struct {
 	tls bool
 	// dovecotA is Dovecot configuration added to A's alone.
 	dovecotA string
+	// staticUserdb gives both servers a userdb Dovecot cannot list
+	// (dovecottest.Options.StaticUserdb).
+	staticUserdb bool
 }
 
 // system is two Dovecot servers, dovewarden and its Redis, all started by
@@ -147,6 +150,7 @@ func newSystem(t testing.TB, cfg config) *system {
 	}
 	optsA := dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA}
 	optsB := dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)}
+	optsA.StaticUserdb, optsB.StaticUserdb = cfg.staticUserdb, cfg.staticUserdb
 	if cfg.tls {
 		for _, o := range []*dovecottest.Options{&optsA, &optsB} {
 			o.ClientCAFile = suiteCA.File

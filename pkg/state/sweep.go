@@ -98,7 +98,8 @@ func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTT
 
 // SweepAddUsers adds listed users of the host with index host to the
 // sweep's candidates; a user several hosts list keeps the first of them
-// (the lowest index), whatever order their listings write in.
+// (the lowest index), whatever order their listings write in. Host -1 is
+// none, as for the pending and failed users no host listed.
 func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []string) error {
 	if len(users) == 0 {
 		return nil
@@ -215,13 +216,52 @@ func (s *Store) SweepUsers(ctx context.Context, id string, offset, n int64) ([]S
 	return out, nil
 }
 
+// KnownUsers calls fn with the users Redis keeps a record of (UserKey),
+// at most n at a time, as SCAN finds them: the sweep's candidates when the
+// Dovecot hosts' userdb cannot be listed, as Dovecot 2.3's replicator
+// knew its users from its replicator.db. SCAN may name a user twice; the
+// sweep's candidate set keeps it once. It ends with ctx, returning its
+// error.
+func (s *Store) KnownUsers(ctx context.Context, n int, fn func([]string) error) error {
+	prefix := UserKey("")
+	prefix = prefix[:len(prefix)-1] // "dovewarden:user:{"
+	buf := make([]string, 0, n)
+	var cursor uint64
+	for {
+		keys, next, err := s.rdb.Scan(ctx, cursor, prefix+"*", int64(n)).Result()
+		if err != nil {
+			return fmt.Errorf("list the users redis keeps a record of: %w", err)
+		}
+		for _, k := range keys {
+			if len(k) < len(prefix)+2 || k[len(k)-1] != '}' {
+				continue
+			}
+			if buf = append(buf, k[len(prefix):len(k)-1]); len(buf) == n {
+				if err := fn(buf); err != nil {
+					return err
+				}
+				buf = buf[:0]
+			}
+		}
+		if next == 0 {
+			if len(buf) > 0 {
+				return fn(buf)
+			}
+			return nil
+		}
+		cursor = next
+	}
+}
+
 // SweepFacts is what the sweep needs to know of a user to decide.
 type SweepFacts struct {
 	Excluded    bool
 	Pending     bool
 	PendingHost string
-	Failed      bool
-	FailedAt    time.Time
+	// LastHost is the source host of the last successful dsync.
+	LastHost string
+	Failed   bool
+	FailedAt time.Time
 	// LastStart is the start of the last successful dsync; LastFull says
 	// whether it was a full one. LastFullStart is the start of the last
 	// successful full dsync (zero in records from before it was kept).
@@ -255,7 +295,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 				excl:   p.SIsMember(ctx, ExcludedKey, u),
 				pend:   p.ZScore(ctx, PendingKey, u),
 				fail:   p.ZScore(ctx, FailedKey, u),
-				fields: p.HMGet(ctx, UserKey(u), FieldLastStart, FieldLastFull, FieldPendingHost, FieldLastFullStart),
+				fields: p.HMGet(ctx, UserKey(u), FieldLastStart, FieldLastFull, FieldPendingHost, FieldLastFullStart, FieldLastSuccessHost),
 				lock:   p.Exists(ctx, LockKey(u)),
 				fr:     p.ZScore(ctx, SweepFullKey, u),
 			}
@@ -287,6 +327,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 			return ""
 		}
 		f.LastStart, f.LastFull, f.PendingHost, f.LastFullStart = msField(field(0)), field(1) == "1", field(2), msField(field(3))
+		f.LastHost = field(4)
 		f.InProgress = c.lock.Val() == 1
 	}
 	return out, nil

@@ -3,6 +3,8 @@ package state_test
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -295,6 +297,59 @@ func TestSweep_FactsKeepTheLastFullSync(t *testing.T) {
 		}
 		if f := fs[0]; f.LastFull || !f.LastStart.Equal(starts[1]) || !f.LastFullStart.Equal(starts[0]) {
 			t.Errorf("facts %+v; want the last start %v, incremental, and the last full sync's start %v", f, starts[1], starts[0])
+		}
+	})
+}
+
+// TestKnownUsers lists every user with a record, in chunks of at most the
+// size asked for, and nothing
+// else: not the other keys of a user, nor a
+// user whose name looks like a key. Names with braces come back whole.
+func TestKnownUsers(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		want := map[string]bool{"a}b": true, "{x}": true, "jürgen@example.com": true, "dovewarden:user:{c}": true}
+		for i := range 25 {
+			want[fmt.Sprintf("u%02d", i)] = true
+		}
+		for u := range want {
+			if err := b.rdb.HSet(ctx, state.UserKey(u), state.FieldLastStart, "1").Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Keys that are no user record.
+		if err := b.rdb.Set(ctx, state.LockKey("locked-only"), "t", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.rdb.HSet(ctx, state.StateKey("state-only"), "tcp:x", "s").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.rdb.ZAdd(ctx, state.PendingKey, redis.Z{Score: 1, Member: "pending-only"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		calls := 0
+		err := b.st.KnownUsers(ctx, 10, func(users []string) error {
+			calls++
+			if len(users) == 0 || len(users) > 10 {
+				t.Errorf("called with %d users, want 1 to 10", len(users))
+			}
+			for _, u := range users {
+				got[u] = true
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("known users %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+		}
+		if calls < 3 {
+			t.Errorf("%d calls for %d users in chunks of 10", calls, len(want))
+		}
+		stop := errors.New("stop")
+		if err := b.st.KnownUsers(ctx, 10, func([]string) error { return stop }); !errors.Is(err, stop) {
+			t.Errorf("fn's error %v, want it returned", err)
 		}
 	})
 }

@@ -72,6 +72,10 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 		host = f.PendingHost
 	case e.Host >= 1 && e.Host <= len(hosts):
 		host = hosts[e.Host-1]
+	case f.LastHost != "" && doveadm.ValidateHost(f.LastHost) == nil:
+		// No host listed it (a failed or pending user without a host,
+		// or ListKnown): where it was last replicated from.
+		host = f.LastHost
 	}
 	return &Request{User: e.User, Host: host, Full: fullDue, Reason: reason, Time: now}, ""
 }

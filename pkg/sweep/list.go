@@ -100,7 +100,11 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		// Leave room after the listing to record it and answer.
 		lctx, cancel := context.WithDeadline(ctx, began.Add(s.o.Budget-reserve(s.o.Budget)))
 		defer cancel()
-		if l, err = s.list(ctx, lctx, st.ID); err != nil {
+		list := s.list
+		if s.o.List == ListKnown {
+			list = s.listKnown
+		}
+		if l, err = list(ctx, lctx, st.ID); err != nil {
 			s.release(token)
 			return Result{}, err
 		}
@@ -165,6 +169,37 @@ func (s *Sweeper) list(ctx, lctx context.Context, id string) (state.SweepListing
 	return l, nil
 }
 
+// listKnown streams the users Redis keeps a record of into the sweep's
+// candidates, with no host (ListKnown); each request then goes to the
+// host of the user's last change or dsync. Reading them until lctx ends,
+// it leaves the rest to the next sweep, as a host's listing cut short
+// does; an error is one of the store.
+func (s *Sweeper) listKnown(ctx, lctx context.Context, id string) (state.SweepListing, error) {
+	l := state.SweepListing{HostsJSON: "[]"}
+	err := s.st.KnownUsers(lctx, listChunk, func(users []string) error {
+		l.Listed += int64(len(users))
+		if err := s.st.SweepAddUsers(ctx, id, -1, users); err != nil {
+			return &storeError{err}
+		}
+		return nil
+	})
+	var se *storeError
+	switch {
+	case errors.As(err, &se):
+		return l, se.err
+	case err != nil && lctx.Err() != nil:
+		s.m.listFailures.WithLabelValues(knownLabel).Inc()
+		s.log.Error("sweep: reading the users redis knows was cut short by the step's budget; sweeping what was read", "read", l.Listed, "err", err)
+	case err != nil:
+		return l, err
+	}
+	s.m.listed.WithLabelValues(knownLabel).Add(float64(l.Listed))
+	return l, nil
+}
+
+// knownLabel is the host label of the users ListKnown reads from Redis.
+const knownLabel = "known"
+
 // listHost streams the users of the source with index i into the sweep's
 // candidates, trying again a listing that may pass on another try. It
 // returns the names listed and refused; the error is one of the store.
@@ -224,9 +259,21 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 		if lctx.Err() != nil {
 			msg = "sweep: listing the users of a host was cut short by the step's budget; sweeping what was listed"
 		}
-		s.log.Error(msg, "host", label, "listed", listed, "err", err)
+		args := []any{"host", label, "listed", listed, "err", err}
+		if cannotIterate(err) {
+			args = append(args, "hint", "if Dovecot logs \"Trying to iterate users, but userdbs don't support it\", its userdb cannot be listed, at any sweep: give it its iterate settings, or set --sweep-list known")
+		}
+		s.log.Error(msg, args...)
 	}
 	return listed, bad, nil
+}
+
+// cannotIterate tells a listing failure a userdb that cannot iterate
+// gives: exit code 65 over the HTTP API, 75 from the CLI (Dovecot 2.3
+// and 2.4).
+func cannotIterate(err error) bool {
+	var de *doveadm.Error
+	return errors.As(err, &de) && de.Kind == doveadm.KindExitCode && (de.ExitCode == 65 || de.ExitCode == 75)
 }
 
 // hostLabel names a host in metrics and logs.

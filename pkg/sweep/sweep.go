@@ -118,6 +118,7 @@ type Store interface {
 	SweepCommit(ctx context.Context, a state.SweepCommitArgs) (bool, error)
 	SweepRelease(ctx context.Context, token string) error
 	SweepDrop(ctx context.Context, id string) error
+	KnownUsers(ctx context.Context, n int, fn func([]string) error) error
 	ForgetExcluded(ctx context.Context, users []string) (int64, error)
 	RaiseRecovery(ctx context.Context, at time.Time, ttl time.Duration) (time.Time, error)
 }
@@ -146,6 +147,20 @@ func Sources(hm doveadm.HostMap) []Source {
 	return out
 }
 
+// Where a sweep's users come from (Options.List).
+const (
+	// ListUserdb lists the userdb of every Dovecot host (doveadm user
+	// '*').
+	ListUserdb = "userdb"
+	// ListKnown takes every user Redis keeps a record of instead: every
+	// user replicated, or whose change reached dovewarden, since Redis
+	// was new. It is for a userdb Dovecot cannot list (an LDAP or SQL
+	// userdb without its iterate settings, a static one), as Dovecot
+	// 2.3's replicator swept the users its replicator.db knew; a user
+	// that never changed is not among them.
+	ListKnown = "known"
+)
+
 // Options configure the sweep.
 type Options struct {
 	// FullSyncInterval is Dovecot's replication_full_sync_interval: a
@@ -170,6 +185,9 @@ type Options struct {
 	ScanLimit int
 	// SendParallel bounds concurrent sends to the Broker.
 	SendParallel int
+	// List is where a sweep's users come from: ListUserdb (the default,
+	// also for "") or ListKnown.
+	List string
 	// Username normalises the names doveadm lists as ingest normalises
 	// the events' (--username-format), so that the sweep judges a user by
 	// the records its dsyncs keep. Zero leaves names as listed.
@@ -264,9 +282,16 @@ func New(o Options, st Store, lister doveadm.Lister, sources []Source, snd Sende
 	m := newSweepMetrics(reg)
 	// Every host's listing counters start at 0, before its first listing:
 	// rate() and alerts then see a first failure.
-	for _, src := range sources {
-		m.listed.WithLabelValues(hostLabel(src.Name))
-		m.listFailures.WithLabelValues(hostLabel(src.Name))
+	labels := []string{knownLabel}
+	if o.List != ListKnown {
+		labels = labels[:0]
+		for _, src := range sources {
+			labels = append(labels, hostLabel(src.Name))
+		}
+	}
+	for _, l := range labels {
+		m.listed.WithLabelValues(l)
+		m.listFailures.WithLabelValues(l)
 	}
 	return &Sweeper{o: o, st: st, lister: lister, sources: sources, snd: snd, log: log, m: m, listPause: listPause}
 }

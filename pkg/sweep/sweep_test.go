@@ -701,3 +701,37 @@ func TestStep_AReplacedRetryStepsFullRequestsAreNotAskedAgain(t *testing.T) {
 		t.Errorf("%s: %d full syncs requested, want 1 (the retry step's, still queued)", sent.User, fulls)
 	}
 }
+
+// TestStep_KnownUsersWhereTheUserdbCannotBeListed: with ListKnown no host
+// is listed; the candidates are the users Redis has a record of, each
+// requested from the host of its last dsync, and a user Redis never heard
+// of is not among them.
+func TestStep_KnownUsersWhereTheUserdbCannotBeListed(t *testing.T) {
+	o := testOptions()
+	o.List = ListKnown
+	f := newFixture(t, o, "listed-only")
+	ctx := context.Background()
+	f.synced(t, "stale", 25*time.Hour, true)
+	f.synced(t, "fresh", time.Hour, true)
+	if err := f.rdb.HSet(ctx, state.UserKey("stale"), state.FieldLastSuccessHost, "mail-b").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.st.MarkPending(ctx, "p1", "mail-a", f.now())
+
+	f.run(t)
+
+	if n := f.dove.ListCalls(); n != 0 {
+		t.Errorf("the userdb was listed %d times", n)
+	}
+	got := byUser(t, f.snd.all())
+	if len(got) != 2 || got["stale"].Reason != ReasonStale || got["stale"].Host != "mail-b" || !got["stale"].Full ||
+		got["p1"].Reason != ReasonPending {
+		t.Errorf("requested %+v; want stale (full, from mail-b) and p1", got)
+	}
+	if st := f.status(t); st.Listed != 3 || st.Total != 3 {
+		t.Errorf("sweep listed %d of %d candidates, want the 3 users with a record", st.Listed, st.Total)
+	}
+	if n := testutil.ToFloat64(f.sw.m.listed.WithLabelValues(knownLabel)); n != 3 {
+		t.Errorf("listed{host=known} %v, want 3", n)
+	}
+}

@@ -19,6 +19,9 @@ type SweepConfig struct {
 	// Budget bounds one sweep step, one request of the sync function.
 	Budget  time.Duration
 	LockTTL time.Duration
+	// List is where a sweep's users come from: sweep.ListUserdb or
+	// sweep.ListKnown.
+	List string
 }
 
 func (c *SweepConfig) registerFlags(fs *flag.FlagSet) {
@@ -29,10 +32,14 @@ func (c *SweepConfig) registerFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.BatchInterval, "sweep-batch-interval", d.BatchInterval, "pause after each sweep batch, inside its request, before the next is asked for")
 	fs.DurationVar(&c.Budget, "sweep-budget", d.Budget, "time one sweep step (listing, or one batch) may take; at most request-timeout")
 	fs.DurationVar(&c.LockTTL, "sweep-lock-ttl", d.LockTTL, "how long a sweep whose continuation was lost keeps others from starting")
+	fs.StringVar(&c.List, "sweep-list", sweep.ListUserdb, "where a sweep's users come from: userdb (each Dovecot host lists its users) or known (the users Redis keeps a record of, for a userdb Dovecot cannot list)")
 }
 
 func (c *SweepConfig) validate(requestTimeout time.Duration) []error {
 	var errs []error
+	if c.List != sweep.ListUserdb && c.List != sweep.ListKnown {
+		errs = append(errs, fmt.Errorf("sweep-list %q: want %s or %s", c.List, sweep.ListUserdb, sweep.ListKnown))
+	}
 	if c.FullSyncInterval < 0 {
 		errs = append(errs, fmt.Errorf("full-sync-interval %s: must not be negative", c.FullSyncInterval))
 	}
@@ -59,5 +66,5 @@ func (c *SweepConfig) validate(requestTimeout time.Duration) []error {
 // options are the sweep package's options from the settings.
 func (c *SweepConfig) options() sweep.Options {
 	return sweep.Options{FullSyncInterval: c.FullSyncInterval, FailedRetryInterval: c.FailedRetryInterval,
-		BatchSize: c.BatchSize, BatchInterval: c.BatchInterval, Budget: c.Budget, LockTTL: c.LockTTL}
+		BatchSize: c.BatchSize, BatchInterval: c.BatchInterval, Budget: c.Budget, LockTTL: c.LockTTL, List: c.List}
 }

@@ -29,14 +29,15 @@ func TestLoad_SweepDefaultsLikeDovecot(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := SweepConfig{FullSyncInterval: 24 * time.Hour, FailedRetryInterval: 5 * time.Minute, BatchSize: 500,
-		BatchInterval: time.Second, Budget: 20 * time.Second, LockTTL: 5 * time.Minute}
+		BatchInterval: time.Second, Budget: 20 * time.Second, LockTTL: 5 * time.Minute, List: "userdb"}
 	if c.Sweep != want {
 		t.Errorf("sweep %+v, want %+v", c.Sweep, want)
 	}
 	c, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), []string{"--full-sync-interval=0", "--sweep-batch-size=50"}, withEnv(map[string]string{
-		"DOVEWARDEN_SWEEP_BUDGET": "10s", "DOVEWARDEN_SWEEP_LOCK_TTL": "1m",
+		"DOVEWARDEN_SWEEP_BUDGET": "10s", "DOVEWARDEN_SWEEP_LOCK_TTL": "1m", "DOVEWARDEN_SWEEP_LIST": "known",
 	}))
-	if err != nil || c.Sweep.FullSyncInterval != 0 || c.Sweep.BatchSize != 50 || c.Sweep.Budget != 10*time.Second || c.Sweep.LockTTL != time.Minute {
+	if err != nil || c.Sweep.FullSyncInterval != 0 || c.Sweep.BatchSize != 50 || c.Sweep.Budget != 10*time.Second || c.Sweep.LockTTL != time.Minute ||
+		c.Sweep.List != "known" || c.Sweep.options().List != "known" {
 		t.Errorf("sweep %+v, %v", c.Sweep, err)
 	}
 }
@@ -52,8 +53,9 @@ func TestLoad_SweepErrorsNameTheSetting(t *testing.T) {
 		"DOVEWARDEN_SWEEP_LOCK_TTL":        "30s",
 		"DOVEWARDEN_FULL_SYNC_INTERVAL":    "-1h",
 		"DOVEWARDEN_FAILED_RETRY_INTERVAL": "0s",
+		"DOVEWARDEN_SWEEP_LIST":            "ldap",
 	}))
-	for _, want := range []string{"sweep-budget 26s", "sweep-batch-size 0", "sweep-batch-interval 20s", "sweep-lock-ttl 30s",
+	for _, want := range []string{`sweep-list "ldap"`, "sweep-budget 26s", "sweep-batch-size 0", "sweep-batch-interval 20s", "sweep-lock-ttl 30s",
 		"full-sync-interval -1h", "failed-retry-interval 0s"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
