@@ -172,11 +172,12 @@ func renderConfig(o Options, p Ports, vmail vmailUser) ([]byte, error) {
 }
 
 // usersFile renders a passwd-file. Every user gets admin=yes so that
-// commands such as SETQUOTA are allowed.
+// commands such as SETQUOTA are allowed. A name may hold a space, which
+// Dovecot takes with auth_username_chars empty.
 func usersFile(users map[string]string) ([]byte, error) {
 	names := make([]string, 0, len(users))
 	for u := range users {
-		if u == "" || strings.ContainsAny(u, ":\n ") || strings.ContainsAny(users[u], ":\n") {
+		if u == "" || strings.ContainsAny(u, ":\n") || strings.ContainsAny(users[u], ":\n") {
 			return nil, fmt.Errorf("dovecottest: invalid user or password for %q", u)
 		}
 		names = append(names, u)
