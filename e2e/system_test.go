@@ -63,8 +63,9 @@ type config struct {
 	// suiteCA through --doveadm-ca-file, and dsync connects to tcps:
 	// destinations, Dovecot trusting suiteCA through ssl_client_ca_file.
 	tls bool
-	// dovecotA is Dovecot configuration added to A's alone.
-	dovecotA string
+	// dovecotA is Dovecot configuration added to A's alone, dovecot to
+	// both servers'.
+	dovecotA, dovecot string
 	// staticUserdb gives both servers a userdb Dovecot cannot list
 	// (dovecottest.Options.StaticUserdb).
 	staticUserdb bool
@@ -148,8 +149,8 @@ func newSystem(t testing.TB, cfg config) *system {
 	if cfg.exporterAuth != "" {
 		exporterURL = scheme + cfg.exporterAuth + "@" + ingestLn.Addr().String() + "/events"
 	}
-	optsA := dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecotA}
-	optsB := dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL)}
+	optsA := dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecot + cfg.dovecotA}
+	optsB := dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL) + cfg.dovecot}
 	optsA.StaticUserdb, optsB.StaticUserdb = cfg.staticUserdb, cfg.staticUserdb
 	if cfg.tls {
 		for _, o := range []*dovecottest.Options{&optsA, &optsB} {
