@@ -268,8 +268,18 @@ func (h *httpStatus) overview(ctx context.Context, list int64) (overview, error)
 
 func (h *httpStatus) user(ctx context.Context, name string) (state.UserStatus, error) {
 	var s state.UserStatus
-	err := h.get(ctx, "status/"+url.PathEscape(name), nil, &s, "user", "failed")
+	err := h.get(ctx, "status/"+pathSegment(name), nil, &s, "user", "failed")
 	return s, err
+}
+
+// pathSegment escapes name as one segment of a URL path. url.PathEscape
+// leaves "." and "..", which a server takes as dot-segments (Go's
+// ServeMux redirects /status/.. to /), so their dots are escaped too.
+func pathSegment(name string) string {
+	if name == "." || name == ".." {
+		return strings.Repeat("%2E", len(name))
+	}
+	return url.PathEscape(name)
 }
 
 // get reads the escaped path under the base URL into v, a JSON object that

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // statusFixture runs `dovewarden local` with args added, against a fake
@@ -360,4 +361,28 @@ func TestStatus_AChangeWithoutTimeIsPending(t *testing.T) {
 		t.Errorf("u1's status:\n%s", out)
 	}
 	statusOut(t, `(?m)^  pending +1 +oldest change 2\d\d\d-`, "--redis-url", srv.URL())
+}
+
+// TestStatus_URLEscapesEveryName: with url, each name reaches GET
+// /status/{user} of a ServeMux routing as local's does, "." and ".."
+// included: escaped as a path would be they stay dot-segments, which the
+// mux cleans away (/status/.. is /).
+func TestStatus_URLEscapesEveryName(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status/{user}", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, state.UserStatus{User: r.PathValue("user")})
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for _, name := range []string{".", "..", "...", "a/b", "a%b", "a%2Fb", "a#b", "x{y}z", "jürgen", "john doe", "a+b", "a;b"} {
+		env, stdout, stderr := testEnv(nil, "")
+		err := run(context.Background(), env, []string{"status", "--url", srv.URL, "--json", "--", name})
+		var recs []state.UserStatus
+		if err == nil {
+			err = json.Unmarshal([]byte(stdout.String()), &recs)
+		}
+		if err != nil || len(recs) != 1 || recs[0].User != name {
+			t.Errorf("status %q: %v, records %+v%s", name, err, recs, stderr)
+		}
+	}
 }
