@@ -173,14 +173,11 @@ func ToChange(ev cloudevents.Event) (change.Change, error) {
 		DestinationMailbox: d.DestinationMailbox, OldMailbox: d.OldMailbox,
 		Session: d.Session, MessageID: d.MessageID, Observed: d.ObservedAt,
 	}
-	switch {
-	case c.User == "":
-		c.User = d.User
-	case d.User != "" && d.User != c.User:
-		// A hop that changed one (a binding that percent-encodes the
-		// subject) would have sync replicate a user that does not exist.
-		return change.Change{}, fmt.Errorf("event %s: subject %q and data user %q differ", ev.ID(), c.User, d.User)
+	user, err := eventUser(ev, d.User)
+	if err != nil {
+		return change.Change{}, err
 	}
+	c.User = user
 	if p, ok := ev.Extensions()[ExtPriority].(string); ok {
 		c.Priority = change.Priority(p)
 	}
@@ -188,6 +185,27 @@ func ToChange(ev cloudevents.Event) (change.Change, error) {
 		c.Priority = change.Low
 	}
 	return c, nil
+}
+
+// eventUser is the user an event is about: its subject, or data's user
+// when it has none. When both are there they must agree, or sync would
+// replicate a user that does not exist, with one exception: a subject
+// that is data's user percent-encoded. CloudEvents' HTTP binding (3.1.3.2)
+// has header values percent-encoded, which some SDKs do (C#) and sdk-go
+// neither does nor undoes, so a request for "jürgen" from such a sender
+// arrives with the subject "j%C3%BCrgen"; data, JSON, holds the name.
+func eventUser(ev cloudevents.Event, dataUser string) (string, error) {
+	subject := ev.Subject()
+	switch {
+	case subject == "":
+		return dataUser, nil
+	case dataUser == "" || dataUser == subject:
+		return subject, nil
+	}
+	if u, err := url.PathUnescape(subject); err == nil && u == dataUser {
+		return dataUser, nil
+	}
+	return "", fmt.Errorf("event %s: subject %q and data user %q differ", ev.ID(), subject, dataUser)
 }
 
 // decodeData decodes ev's JSON data into v: with goccy/go-json when the

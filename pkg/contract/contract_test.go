@@ -90,16 +90,33 @@ func TestToChange_RoundTrip(t *testing.T) {
 }
 
 // TestToChange_SubjectAndDataUserMustAgree: a hop that changed one of
-// them (a binding that percent-encodes the subject) must not make sync
-// replicate a user that does not exist.
+// them must not make sync replicate a user that does not exist. A hop
+// that percent-encoded the subject, as CloudEvents' HTTP binding asks,
+// changed nothing: the data's user is taken.
 func TestToChange_SubjectAndDataUserMustAgree(t *testing.T) {
+	c := sample()
+	for _, user := range []string{"jörg@example.org", "per%cent", "john doe", "a+b"} {
+		c.User = user
+		ev, err := FromChange(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, subject := range []string{user, url.PathEscape(user)} {
+			ev.SetSubject(subject)
+			if got, err := ToChange(ev); err != nil || got.User != user {
+				t.Errorf("subject %q, data user %q: %q, %v", subject, user, got.User, err)
+			}
+		}
+	}
 	ev, err := FromChange(sample())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev.SetSubject(url.PathEscape("jörg") + "@example.org")
-	if _, err := ToChange(ev); err == nil || !strings.Contains(err.Error(), "differ") {
-		t.Errorf("a subject other than the data's user: %v", err)
+	for _, subject := range []string{"other", url.PathEscape("jörg") + "@example.org", "%zz"} {
+		ev.SetSubject(subject)
+		if _, err := ToChange(ev); err == nil || !strings.Contains(err.Error(), "differ") {
+			t.Errorf("subject %q other than the data's user %q: %v", subject, sample().User, err)
+		}
 	}
 }
 

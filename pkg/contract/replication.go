@@ -125,13 +125,12 @@ func ToRequest(ev cloudevents.Event) (change.Request, error) {
 				return change.Request{}, fmt.Errorf("data of event %s: %w", ev.ID(), err)
 			}
 		}
-		r := change.Request{ID: ev.ID(), User: ev.Subject(), Host: d.Host, Time: ev.Time(), Full: d.Full, Explicit: true,
-			Priority: change.Priority(d.Priority)}
-		if r.User == "" {
-			r.User = d.User
-		} else if d.User != "" && d.User != r.User {
-			return change.Request{}, fmt.Errorf("event %s: subject %q and data user %q differ", ev.ID(), r.User, d.User)
+		user, err := eventUser(ev, d.User)
+		if err != nil {
+			return change.Request{}, err
 		}
+		r := change.Request{ID: ev.ID(), User: user, Host: d.Host, Time: ev.Time(), Full: d.Full, Explicit: true,
+			Priority: change.Priority(d.Priority)}
 		if p, ok := ev.Extensions()[ExtPriority].(string); ok {
 			r.Priority = change.Priority(p)
 		}

@@ -68,6 +68,16 @@ func TestToRequest(t *testing.T) {
 			t.Errorf("%s: %v, want %q", name, err, tt.want)
 		}
 	}
+
+	// A sender that percent-encodes header values (CloudEvents' HTTP
+	// binding 3.1.3.2; sdk-go does not undo it) asks for jürgen.
+	encoded := bad(func(e *cloudevents.Event) {
+		e.SetSubject("j%C3%BCrgen")
+		_ = e.SetData("application/json", map[string]string{"user": "jürgen"})
+	})
+	if req, err := ToRequest(encoded); err != nil || req.User != "jürgen" {
+		t.Errorf("percent-encoded subject: %+v, %v", req, err)
+	}
 }
 
 func TestSucceededAndFailed(t *testing.T) {
