@@ -12,7 +12,8 @@ const (
 	// Done: the dsync succeeded.
 	Done Action = "done"
 	// RunAgain: run again soon, with the old state (exit code 2: the
-	// mailbox changed during the sync).
+	// mailbox changed during the sync); after a second exit code 2 in a
+	// row, as a full sync.
 	RunAgain Action = "run_again"
 	// Retry: try again after a backoff.
 	Retry Action = "retry"

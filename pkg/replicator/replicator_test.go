@@ -215,6 +215,31 @@ func TestReplicate_ExitCode2RunsAgainWithTheOldState(t *testing.T) {
 	}
 }
 
+// TestReplicate_ExitCode2TwiceRunsAFullSync: dsync answers 2 to every
+// incremental sync whose state no longer fits the destination (a replica
+// rebuilt empty: e2e TestReplicaWiped); the second 2 in a row makes the
+// rerun a full sync, which ends it.
+func TestReplicate_ExitCode2TwiceRunsAFullSync(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
+		if c.Full {
+			return doveadmtest.Reply{}
+		}
+		return doveadmtest.Reply{ExitCode: 2}
+	}
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")[1:]
+	if len(calls) != 3 || calls[0].Full || calls[1].Full || !calls[2].Full || calls[1].State != "state-mail-a-1" {
+		t.Fatalf("calls %+v: want two incremental syncs with the old state, then a full one", calls)
+	}
+	if res.Outcome != change.Synced || !res.Full || res.Attempts != 3 {
+		t.Errorf("result %+v: want synced by the full attempt", res)
+	}
+}
+
 func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
 	f := newFixture(t, fast)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from

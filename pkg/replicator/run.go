@@ -29,6 +29,8 @@ type job struct {
 	// escalated: this round's one full rerun after exit code 65 or 68
 	// has been given.
 	escalated bool
+	// changed counts this round's attempts that answered exit code 2.
+	changed int
 	// fullAsked: a full sync was asked for (the request, or one that
 	// arrived while the user was busy) and none has succeeded since; a
 	// failure that gives up the lock asks for it again.
@@ -105,7 +107,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				r.m.reruns.Inc()
 				claim, attempt = next, 0
 				covered += next.Merged
-				full, j.escalated, j.fullAsked = needsFull(next), false, next.FullRequested
+				full, j.escalated, j.changed, j.fullAsked = needsFull(next), false, 0, next.FullRequested
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
@@ -191,6 +193,19 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 	switch rule.Action {
 	case doveadm.RunAgain:
 		delay, retry = o.RunAgainDelay, attempt < limit
+		// A second exit code 2 in a row: the rerun is a full sync. dsync
+		// answers 2 also when an incremental sync with this state cannot
+		// work ("Failed to do incremental sync for mailbox INBOX, retry
+		// with a full sync", in the destination's log only: a replica
+		// whose mail store was lost and rebuilt empty), and then to every
+		// rerun with the same state (measured: e2e TestReplicaWiped).
+		// Dovecot 2.3's replicator dropped the state after any failed
+		// dsync. One rerun with the state first: a mailbox that changed
+		// during the sync needs no more.
+		j.changed++
+		if j.changed >= 2 {
+			*full = true
+		}
 	case doveadm.Retry:
 		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
 	case doveadm.EscalateFull:
