@@ -299,6 +299,32 @@ func TestReplicate_NotRetried(t *testing.T) {
 	}
 }
 
+// TestReplicate_NoSuchUserDropsItsState: a user doveadm no longer knows
+// loses its dsync state with its marks, as Dovecot 2.3's replicator
+// removed it with its state: a user created again under the name starts
+// with a full sync, not with the old mailboxes' state.
+func TestReplicate_NoSuchUserDropsItsState(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"})
+	if st, _ := f.st.Status(context.Background(), "u1"); len(st.States) != 1 {
+		t.Fatalf("states %v after a success, want one", st.States)
+	}
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 67})
+	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed {
+		t.Fatalf("result %+v, want failed", res)
+	}
+	if st, _ := f.st.Status(context.Background(), "u1"); len(st.States) != 0 || st.LastFailureClass != doveadm.ClassNoUser {
+		t.Fatalf("status %+v: want the failure recorded and no dsync state", st)
+	}
+
+	f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")
+	if last := calls[len(calls)-1]; !last.Full || last.State != "" {
+		t.Errorf("dsync after the user came back %+v: want a full one without state", last)
+	}
+}
+
 func TestReplicate_BoundedAttempts(t *testing.T) {
 	for _, tt := range []struct {
 		reply    doveadmtest.Reply

@@ -220,7 +220,7 @@ if newer then return {'left', now} end
 return {'done', now}
 `)
 
-// scriptFail: KEYS lock, user, pending, failed. ARGV user, token, at,
+// scriptFail: KEYS lock, user, pending, failed, dsync state. ARGV user, token, at,
 // error, exit code, class, final, release, host, full asked, the failed
 // attempt's start, gone.
 var scriptFail = redis.NewScript(luaPrelude + `
@@ -244,6 +244,7 @@ if ARGV[12] == '1' then
   redis.call('ZREM', KEYS[4], user)
   redis.call('ZREM', KEYS[3], user)
   redis.call('HDEL', h, 'pending_host', 'full_requested')
+  redis.call('DEL', KEYS[5])
   if ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token then
     redis.call('DEL', KEYS[1])
     redis.call('HDEL', h, unpack(INPROGRESS))

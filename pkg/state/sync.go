@@ -202,15 +202,16 @@ type FailureArgs struct {
 	Start time.Time
 	// Gone: the user no longer exists (doveadm's "no such user"). The
 	// failure is recorded, but the user's pending and failed marks are
-	// dropped instead of set, as Dovecot 2.3's replicator dropped such a
-	// user: its next change, or a sweep that lists it again, brings it
-	// back.
+	// dropped instead of set, and so are its dsync states, as Dovecot
+	// 2.3's replicator dropped such a user with its state: its next
+	// change, or a sweep that lists it again, brings it back, with a full
+	// sync (a user created again under the name is another mailbox).
 	Gone bool
 }
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
 		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone)).Int64()
 	if err != nil {
