@@ -284,9 +284,13 @@ func TestReplicate_NotRetried(t *testing.T) {
 			st, _ := f.st.Status(context.Background(), "u1")
 			if tt.class == doveadm.ClassNoUser {
 				// A user that no longer exists is dropped, as Dovecot
-				// 2.3's replicator dropped it: no sweep tries it again.
-				if st.Failed || !st.PendingSince.IsZero() || st.InProgress || st.LastFailureClass != tt.class {
-					t.Errorf("status %+v: want the failure recorded, neither failed nor pending, no lock", st)
+				// 2.3's replicator dropped it: no sweep tries it again,
+				// and no record of it is left.
+				if st.Failed || !st.PendingSince.IsZero() || st.InProgress || !st.LastFailure.IsZero() || st.LastFailureClass != "" {
+					t.Errorf("status %+v: want no record, neither failed nor pending, no lock", st)
+				}
+				if n, err := f.rdb.Exists(context.Background(), state.UserKey("u1"), state.StateKey("u1"), state.LockKey("u1")).Result(); err != nil || n != 0 {
+					t.Errorf("%d of u1's keys left (%v), want none", n, err)
 				}
 			} else if !st.Failed || st.PendingSince.UnixMilli() != at.UnixMilli() || st.InProgress {
 				t.Errorf("status %+v: want failed, the change still pending, no lock", st)
@@ -313,8 +317,8 @@ func TestReplicate_NoSuchUserDropsItsState(t *testing.T) {
 	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed {
 		t.Fatalf("result %+v, want failed", res)
 	}
-	if st, _ := f.st.Status(context.Background(), "u1"); len(st.States) != 0 || st.LastFailureClass != doveadm.ClassNoUser {
-		t.Fatalf("status %+v: want the failure recorded and no dsync state", st)
+	if st, _ := f.st.Status(context.Background(), "u1"); len(st.States) != 0 || !st.LastStart.IsZero() {
+		t.Fatalf("status %+v: want no record and no dsync state", st)
 	}
 
 	f.replicate(t, change.Request{User: "u1"})

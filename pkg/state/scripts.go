@@ -246,8 +246,12 @@ if ARGV[12] == '1' then
   redis.call('HDEL', h, 'pending_host', 'full_requested')
   redis.call('DEL', KEYS[5])
   if ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token then
+    -- The owner drops the record too, as Dovecot 2.3's replicator removed
+    -- the user: else the records of deleted users would pile up, and
+    -- --sweep-list known would sweep them for ever. Not while another
+    -- owner's attempt (this one's lock expired) keeps its fields there.
     redis.call('DEL', KEYS[1])
-    redis.call('HDEL', h, unpack(INPROGRESS))
+    redis.call('DEL', h)
   end
   return now
 end

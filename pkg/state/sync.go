@@ -201,11 +201,12 @@ type FailureArgs struct {
 	// call, so that the same call sent again is recorded once.
 	Start time.Time
 	// Gone: the user no longer exists (doveadm's "no such user"). The
-	// failure is recorded, but the user's pending and failed marks are
-	// dropped instead of set, and so are its dsync states, as Dovecot
-	// 2.3's replicator dropped such a user with its state: its next
-	// change, or a sweep that lists it again, brings it back, with a full
-	// sync (a user created again under the name is another mailbox).
+	// user's pending and failed marks are dropped instead of set, and so
+	// are its dsync states and, with Release by the lock's owner, its
+	// record (UserKey), as Dovecot 2.3's replicator removed such a user
+	// with its state: its next change, or a sweep that lists it again,
+	// brings it back, with a full sync (a user created again under the
+	// name is another mailbox).
 	Gone bool
 }
 
