@@ -240,6 +240,36 @@ func TestReplicate_ExitCode2TwiceRunsAFullSync(t *testing.T) {
 	}
 }
 
+// TestReplicate_ExitCode2TwiceWithNoAttemptLeftAsksForAFullSync: with
+// --max-attempts 2 the second 2 ends the round before its full rerun;
+// the full sync stays asked for, and the user's next dsync, the sweep's
+// retry, is full. Else every retry would answer 2 twice again.
+func TestReplicate_ExitCode2TwiceWithNoAttemptLeftAsksForAFullSync(t *testing.T) {
+	o := fast
+	o.MaxAttempts = 2
+	f := newFixture(t, o)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
+		if c.Full {
+			return doveadmtest.Reply{}
+		}
+		return doveadmtest.Reply{ExitCode: 2}
+	}
+	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed || res.Attempts != 2 {
+		t.Fatalf("result %+v: want failed after two attempts", res)
+	}
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")
+	if last := calls[len(calls)-1]; len(calls) != 4 || !last.Full {
+		t.Fatalf("calls %+v: want the retry's dsync a full one", calls)
+	}
+	if res.Outcome != change.Synced || !res.Full {
+		t.Errorf("result %+v: want synced by a full dsync", res)
+	}
+}
+
 func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
 	f := newFixture(t, fast)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from

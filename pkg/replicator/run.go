@@ -201,10 +201,12 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 		// rerun with the same state (measured: e2e TestReplicaWiped).
 		// Dovecot 2.3's replicator dropped the state after any failed
 		// dsync. One rerun with the state first: a mailbox that changed
-		// during the sync needs no more.
+		// during the sync needs no more. The full sync stays asked for
+		// when this round ends before it (no attempts left, a stop), so
+		// that the next one, the sweep's retry, is full.
 		j.changed++
 		if j.changed >= 2 {
-			*full = true
+			*full, j.fullAsked = true, true
 		}
 	case doveadm.Retry:
 		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
