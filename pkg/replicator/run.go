@@ -29,7 +29,8 @@ type job struct {
 	// escalated: this round's one full rerun after exit code 65 or 68
 	// has been given.
 	escalated bool
-	// changed counts this round's attempts that answered exit code 2.
+	// changed counts this round's last attempts in a row that answered
+	// exit code 2.
 	changed int
 	// fullAsked: a full sync was asked for (the request, or one that
 	// arrived while the user was busy) and none has succeeded since; a
@@ -190,6 +191,9 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 	}
 	var delay time.Duration
 	retry := false
+	if rule.Action != doveadm.RunAgain {
+		j.changed = 0 // exit codes 2 in a row only
+	}
 	switch rule.Action {
 	case doveadm.RunAgain:
 		delay, retry = o.RunAgainDelay, attempt < limit
