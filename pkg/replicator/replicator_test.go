@@ -240,6 +240,29 @@ func TestReplicate_ExitCode2TwiceRunsAFullSync(t *testing.T) {
 	}
 }
 
+// TestReplicate_ExitCode2NotInARowStaysIncremental: a 2, another
+// failure, then a 2 again is no stale state; the reruns keep the state.
+func TestReplicate_ExitCode2NotInARowStaysIncremental(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 2}, doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{ExitCode: 2})
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")[1:]
+	if len(calls) != 4 {
+		t.Fatalf("calls %+v: want 4", calls)
+	}
+	for i, c := range calls {
+		if c.Full {
+			t.Errorf("attempt %d was a full sync: %+v", i+1, calls)
+		}
+	}
+	if res.Outcome != change.Synced {
+		t.Errorf("result %+v: want synced", res)
+	}
+}
+
 // TestReplicate_ExitCode2TwiceWithNoAttemptLeftAsksForAFullSync: with
 // --max-attempts 2 the second 2 ends the round before its full rerun;
 // the full sync stays asked for, and the user's next dsync, the sweep's
