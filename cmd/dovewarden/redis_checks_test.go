@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -81,5 +82,53 @@ func assertServes(t *testing.T, base string) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/readyz: %d", resp.StatusCode)
+	}
+}
+
+// TestRedisMayEvict_ReadAtEachScrape: sync's dovewarden_redis_may_evict
+// follows the server's setting as it changes after the start, which the
+// start's warning cannot (CONFIG SET, a hosted Redis's maintenance).
+func TestRedisMayEvict_ReadAtEachScrape(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rc := srv.Client(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	env, _, stderr := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password}, "")
+	base, _ := serve(t, env, stderr, "sync", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(),
+		"--destination", "tcp:127.0.0.1:1", "--redis-url", srv.URL())
+	scrape := func() string {
+		t.Helper()
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "dovewarden_redis_may_evict ") {
+				return strings.TrimPrefix(line, "dovewarden_redis_may_evict ")
+			}
+		}
+		return "no sample"
+	}
+	if got := scrape(); got != "0" {
+		t.Fatalf("dovewarden_redis_may_evict %s on a server without maxmemory, want 0", got)
+	}
+	for _, kv := range [][2]string{{"maxmemory", "100mb"}, {"maxmemory-policy", "volatile-lru"}} {
+		if err := rc.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := scrape(); got != "1" {
+		t.Fatalf("dovewarden_redis_may_evict %s after CONFIG SET maxmemory-policy volatile-lru, want 1", got)
+	}
+	if err := rc.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := scrape(); got != "0" {
+		t.Fatalf("dovewarden_redis_may_evict %s after CONFIG SET maxmemory-policy noeviction, want 0", got)
 	}
 }

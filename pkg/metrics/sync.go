@@ -2,6 +2,10 @@ package metrics
 
 // Sync metric names (without the namespace).
 const (
+	// RedisMayEvict is 1 while the Redis server may evict dovewarden's
+	// keys (a maxmemory with a policy other than noeviction), read at
+	// each scrape.
+	RedisMayEvict = "redis_may_evict"
 	// SyncEventsReceived counts CloudEvents received, by type.
 	SyncEventsReceived = "sync_events_received_total"
 	// SyncEventsRejected counts events answered 4xx, by reason.

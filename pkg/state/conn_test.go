@@ -276,12 +276,19 @@ func TestCheckServer(t *testing.T) {
 		if got != c.warn || len(w) > 1 {
 			t.Errorf("maxmemory %s, %s: warnings %q, want a warning naming the policy and noeviction: %v", c.maxmemory, c.policy, w, c.warn)
 		}
+		// The same, asked at any time (the metric's reading).
+		if evict, ok := state.New(pc).MayEvict(ctx); !ok || evict != c.warn {
+			t.Errorf("maxmemory %s, %s: MayEvict %v (ok %v), want %v", c.maxmemory, c.policy, evict, ok, c.warn)
+		}
 	}
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 	if w, err := state.New(rdb).CheckServer(ctx); err != nil || len(w) != 0 {
 		t.Errorf("miniredis: %q, %v", w, err)
+	}
+	if evict, ok := state.New(rdb).MayEvict(ctx); ok || evict {
+		t.Errorf("miniredis: MayEvict %v (ok %v), want no answer", evict, ok)
 	}
 }
 

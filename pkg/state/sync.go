@@ -247,12 +247,34 @@ func (s *Store) CheckServer(ctx context.Context) (warnings []string, err error) 
 		return nil, fmt.Errorf("the server is a replica (of %s), which refuses writes: name the primary, or the Sentinels with ?master_name= so that dovewarden follows a failover",
 			net.JoinHostPort(f["master_host"], f["master_port"]))
 	}
-	if p := f["maxmemory_policy"]; p != "" && p != "noeviction" && f["maxmemory"] != "" && f["maxmemory"] != "0" {
+	if mayEvict(f) {
 		warnings = append(warnings, fmt.Sprintf("the server may evict dovewarden's keys when it is full (maxmemory %s bytes, maxmemory-policy %s): "+
 			"an evicted lock lets a second dsync of a user start while one runs, an evicted pending or failed mark leaves its change to the next full sync; "+
-			"set maxmemory-policy noeviction on it (when full, it then refuses writes, and sync answers 503 until there is room)", f["maxmemory"], p))
+			"set maxmemory-policy noeviction on it (when full, it then refuses writes, and sync answers 503 until there is room)", f["maxmemory"], f["maxmemory_policy"]))
 	}
 	return warnings, nil
+}
+
+// mayEvict: INFO's fields say the server evicts keys when it is full.
+func mayEvict(f map[string]string) bool {
+	p := f["maxmemory_policy"]
+	return p != "" && p != "noeviction" && f["maxmemory"] != "" && f["maxmemory"] != "0"
+}
+
+// MayEvict tells whether the server may now evict dovewarden's keys, as
+// CheckServer warns at start: its settings can change at runtime (CONFIG
+// SET, a managed Redis). ok is false when the server does not say (INFO
+// refused or without these fields).
+func (s *Store) MayEvict(ctx context.Context) (evict, ok bool) {
+	info, err := s.rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		return false, false
+	}
+	f := infoFields(info)
+	if _, found := f["maxmemory_policy"]; !found {
+		return false, false
+	}
+	return mayEvict(f), true
 }
 
 // infoFields reads INFO's "name:value" lines.
