@@ -215,6 +215,16 @@ func TestReplicate_ExitCode2RunsAgainWithTheOldState(t *testing.T) {
 	}
 }
 
+// staleState answers as dsync does with a state that no longer fits the
+// destination: exit code 2 to every incremental sync, success to a full
+// one.
+func staleState(c doveadmtest.Call) doveadmtest.Reply {
+	if c.Full {
+		return doveadmtest.Reply{}
+	}
+	return doveadmtest.Reply{ExitCode: 2}
+}
+
 // TestReplicate_ExitCode2TwiceRunsAFullSync: dsync answers 2 to every
 // incremental sync whose state no longer fits the destination (a replica
 // rebuilt empty: e2e TestReplicaWiped); the second 2 in a row makes the
@@ -222,12 +232,7 @@ func TestReplicate_ExitCode2RunsAgainWithTheOldState(t *testing.T) {
 func TestReplicate_ExitCode2TwiceRunsAFullSync(t *testing.T) {
 	f := newFixture(t, fast)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from
-	f.a.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
-		if c.Full {
-			return doveadmtest.Reply{}
-		}
-		return doveadmtest.Reply{ExitCode: 2}
-	}
+	f.a.Respond = staleState
 
 	res := f.replicate(t, change.Request{User: "u1"})
 
@@ -272,12 +277,7 @@ func TestReplicate_ExitCode2TwiceWithNoAttemptLeftAsksForAFullSync(t *testing.T)
 	o.MaxAttempts = 2
 	f := newFixture(t, o)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from
-	f.a.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
-		if c.Full {
-			return doveadmtest.Reply{}
-		}
-		return doveadmtest.Reply{ExitCode: 2}
-	}
+	f.a.Respond = staleState
 	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed || res.Attempts != 2 {
 		t.Fatalf("result %+v: want failed after two attempts", res)
 	}
