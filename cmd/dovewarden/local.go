@@ -138,6 +138,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		defer mr.Close()
 		sc.Redis.URL = "redis://:" + password + "@" + mr.Addr()
 		log.Warn("using embedded Redis: locks, marks and dsync states are lost when this process ends; give --redis-url to keep them")
+		if sc.Sweep.List == sweep.ListKnown {
+			log.Warn("sweep-list known with the embedded Redis: after each start Redis knows no user, so the sweeps request only users whose changes came since; give --redis-url")
+		}
 	}
 	// One setting for both: ingest's handler and sync's requests.
 	sc.UsernameFormat = ic.UsernameFormat

@@ -298,6 +298,23 @@ func TestLocal_WarnsThatResultsSinkIsNotUsed(t *testing.T) {
 	}
 }
 
+// TestLocal_WarnsThatKnownUsersNeedALastingRedis: --sweep-list known
+// sweeps the users Redis has a record of, and the embedded Redis starts
+// empty: the sweep at start then requests nobody, which the log says.
+func TestLocal_WarnsThatKnownUsersNeedALastingRedis(t *testing.T) {
+	for _, list := range []string{"known", "userdb"} {
+		env, _, stderr := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": "pw"}, "")
+		_, stop := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0", "--doveadm-url", "http://127.0.0.1:1/doveadm/v1",
+			"--destination", "tcp:127.0.0.1:2", "--sweep-every", "0", "--sweep-list", list)
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if warned := strings.Contains(stderr.String(), "sweep-list known with the embedded Redis"); warned != (list == "known") {
+			t.Errorf("--sweep-list %s: warned %v\n%s", list, warned, stderr)
+		}
+	}
+}
+
 // TestExplain_UnreadableInputExits2: a directory is input that cannot be
 // read, like a missing file (exit code 2), not an invalid event (1).
 func TestExplain_UnreadableInputExits2(t *testing.T) {
