@@ -96,6 +96,26 @@ func (m HostMap) Resolve(host string) Endpoint {
 	return m.Default
 }
 
+// Names reports whether the map has an entry of its own for host; Resolve
+// gives any other host the default.
+func (m HostMap) Names(host string) bool {
+	_, ok := m.hosts[strings.ToLower(host)]
+	return ok
+}
+
+// DefaultIsNamed reports whether a named entry reaches the default's
+// doveadm with the default's destination: the usual "default is mail-a"
+// setup, where the default is one of the named hosts, so that a host the
+// map does not name is none of them.
+func (m HostMap) DefaultIsNamed() bool {
+	for _, e := range m.hosts {
+		if e.Where() == m.Default.Where() && e.Destination == m.Default.Destination {
+			return true
+		}
+	}
+	return false
+}
+
 // Hosts lists the named entries, sorted.
 func (m HostMap) Hosts() []string {
 	out := make([]string, 0, len(m.hosts))

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -133,6 +135,8 @@ type Replicator struct {
 	sleep   func(ctx context.Context, d time.Duration) error
 	cover   *coverCache
 	flights *flights
+	// unmapped are the hosts already reported as not in the host map.
+	unmapped unmappedHosts
 }
 
 // coverCacheUsers bounds the in-process coverage cache (about 100 bytes a
@@ -159,6 +163,7 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 		req.Priority = change.Low
 	}
 	ep := r.hosts.Resolve(req.Host)
+	r.noteUnmapped(req.Host, ep)
 	host := req.Host
 	if host == "" {
 		host = ep.Name
@@ -205,6 +210,53 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 		return change.Result{}, fmt.Errorf("%w: unexpected decision %q", ErrUnavailable, claim.Decision)
 	}
 	return res, nil
+}
+
+// unmappedHostsMax bounds the hosts remembered as reported, so that
+// requests naming ever new hosts cannot grow memory.
+const unmappedHostsMax = 256
+
+// unmappedHosts remembers the source hosts reported as missing from the
+// host map, so that each is logged once.
+type unmappedHosts struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// first reports whether host is seen for the first time (and remembers it
+// while there is room).
+func (u *unmappedHosts) first(host string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	key := strings.ToLower(host)
+	if u.seen[key] || len(u.seen) >= unmappedHostsMax {
+		return false
+	}
+	if u.seen == nil {
+		u.seen = map[string]bool{}
+	}
+	u.seen[key] = true
+	return true
+}
+
+// noteUnmapped logs, once per host, a request from a source host that a
+// host map does not name: it syncs through the default host, and that
+// host's own entry, if it was meant to have one, is never used. The
+// usual cause is a key that is not the hostname Dovecot reports in its
+// events (a short name for a fully qualified one). It is a warning when
+// the default is itself one of the named hosts (then no host was meant to
+// go without a name), otherwise a note: a map may leave the default's own
+// host out.
+func (r *Replicator) noteUnmapped(host string, ep doveadm.Endpoint) {
+	named := r.hosts.Hosts()
+	if host == "" || len(named) == 0 || r.hosts.Names(host) || !r.unmapped.first(host) {
+		return
+	}
+	level, msg := slog.LevelInfo, "changes from this host sync through the default host: the host map does not name it"
+	if r.hosts.DefaultIsNamed() {
+		level, msg = slog.LevelWarn, "changes from this host sync through the default host: the host map does not name it, and its keys must be the hostnames Dovecot reports in its events (or the exporter URL's ?host=NAME)"
+	}
+	r.log.Log(context.Background(), level, msg, "host", host, "host_map", named, "default", ep)
 }
 
 func newToken() string {

@@ -179,6 +179,43 @@ func TestReplicate_HostMapPicksEndpointAndDestination(t *testing.T) {
 	}
 }
 
+// A host map whose keys are not the hostnames Dovecot reports (mail-a for
+// mail-a.example.org) sends every change to the default host, silently
+// before: the entry of the host it was meant for is never used. Each such
+// host is named in the log once: a warning where the default is itself a
+// named host, a note where it is not (a map may leave the default's own
+// host out).
+func TestReplicate_HostTheHostMapDoesNotNameIsLoggedOnce(t *testing.T) {
+	f := newFixture(t, fast)
+	for range 3 {
+		f.replicate(t, change.Request{User: "u1", Host: "mail-b.example.org"})
+	}
+	f.replicate(t, change.Request{User: "u1", Host: "mail-a"})
+	f.replicate(t, change.Request{User: "u1"})
+	logs := f.logs.String()
+	if n := strings.Count(logs, "the host map does not name it"); n != 1 {
+		t.Fatalf("logged %d times, want once:\n%s", n, logs)
+	}
+	for _, want := range []string{"level=WARN", "host=mail-b.example.org", "host_map=\"[mail-a mail-b]\"", "default.destination=tcp:mail-b:12345", "hostnames Dovecot reports"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+
+	// The default is not among the named hosts: it may be the host the
+	// map leaves out, so only a note.
+	logs2 := &safebuf.Buffer{}
+	def := doveadm.Endpoint{URL: f.a.APIURL(), User: "doveadm", Password: doveadmtest.Password, Destination: "tcp:mail-b:12345"}
+	hosts := doveadm.NewHostMap(def, doveadm.Endpoint{Name: "mail-b", URL: f.b.APIURL(), Destination: "tcp:mail-a:12345"})
+	r := New(fast, f.st, doveadm.NewHTTP(nil, 5*time.Second), hosts, f.notes, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs2, nil)))
+	if _, err := r.Replicate(context.Background(), change.Request{User: "u2", Host: "mail-a.example.org", Priority: change.High}); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs2.String(); !strings.Contains(got, "level=INFO") || !strings.Contains(got, "host=mail-a.example.org") || strings.Contains(got, "level=WARN") {
+		t.Errorf("want one note naming mail-a.example.org:\n%s", got)
+	}
+}
+
 func TestReplicate_RetriesTempfailWithBackoffAndReportsEachAttempt(t *testing.T) {
 	f := newFixture(t, fast)
 	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{Empty: true})
