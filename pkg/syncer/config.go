@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
@@ -186,7 +187,41 @@ func (c *Config) Resolve(getenv func(string) string) error {
 			return err
 		}
 	}
+	if c.Transport == doveadm.TransportExec {
+		if err := c.checkExec(); err != nil {
+			return err
+		}
+	}
 	return c.Validate()
+}
+
+// checkExec checks at start what doveadm-exec runs: the binary, and each
+// doveadm config it passes with -c. doveadm answers a config it cannot
+// read with exit code 75, the code of a destination that is down, so
+// without this each dsync and listing failed as temporary, retried for
+// good, and nothing named the setting.
+func (c *Config) checkExec() error {
+	var errs []error
+	if _, err := exec.LookPath(c.DoveadmBin); err != nil {
+		errs = append(errs, fmt.Errorf("doveadm-bin: %w", err))
+	}
+	readable := func(setting, file string) {
+		f, err := os.Open(file)
+		if err == nil {
+			f.Close()
+			return
+		}
+		errs = append(errs, fmt.Errorf("%s: doveadm could not read its config: %w", setting, err))
+	}
+	if c.DoveadmConfig != "" {
+		readable("doveadm-config", c.DoveadmConfig)
+	}
+	for _, h := range c.hostMap.Hosts() {
+		if ep := c.hostMap.Resolve(h); ep.Config != "" && ep.Config != c.DoveadmConfig {
+			readable("host-map-file "+c.HostMapFile+": host "+h+": config", ep.Config)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // HostMap is the validated host map.

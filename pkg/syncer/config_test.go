@@ -138,3 +138,62 @@ func TestLoad_DoveadmCAFile(t *testing.T) {
 		}
 	}
 }
+
+// doveadm-exec: the binary and every config doveadm is given with -c are
+// checked at start. doveadm answers a config it cannot read with exit code
+// 75, as for a destination that is down, so before this every dsync of a
+// mistyped --doveadm-config failed as temporary and was retried for good.
+func TestLoad_DoveadmExecChecksBinaryAndConfigs(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "dovecot.conf")
+	if err := os.WriteFile(conf, []byte("# a config\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "doveadm")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	hostMap := filepath.Join(dir, "hosts.json")
+	if err := os.WriteFile(hostMap, []byte(`{"mail-b": {"destination": "tcp:mail-a:12345", "config": "`+filepath.Join(dir, "b.conf")+`"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]string{"DOVEWARDEN_REDIS_URL": "redis://127.0.0.1:6379/0", "DOVEWARDEN_TRANSPORT": "doveadm-exec",
+		"DOVEWARDEN_DESTINATION": "tcp:mail-b:12345", "DOVEWARDEN_DOVEADM_BIN": bin, "DOVEWARDEN_DOVEADM_CONFIG": conf}
+	load := func(over map[string]string) error {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for k, v := range over {
+			m[k] = v
+		}
+		_, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(m))
+		return err
+	}
+	if err := load(nil); err != nil {
+		t.Fatalf("a readable config and a binary: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		over map[string]string
+		want []string
+	}{
+		{"missing config", map[string]string{"DOVEWARDEN_DOVEADM_CONFIG": filepath.Join(dir, "nope.conf")}, []string{"doveadm-config: doveadm could not read its config", "nope.conf", "no such file"}},
+		{"missing binary", map[string]string{"DOVEWARDEN_DOVEADM_BIN": filepath.Join(dir, "no-doveadm")}, []string{"doveadm-bin:", "no-doveadm"}},
+		{"binary not in PATH", map[string]string{"DOVEWARDEN_DOVEADM_BIN": "no-such-doveadm-binary"}, []string{"doveadm-bin:", "not found"}},
+		{"host map entry's config", map[string]string{"DOVEWARDEN_HOST_MAP_FILE": hostMap}, []string{"host-map-file " + hostMap + ": host mail-b: config: doveadm could not read its config", "b.conf"}},
+	} {
+		err := load(c.over)
+		for _, w := range c.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v, want %q", c.name, err, w)
+			}
+		}
+	}
+	// doveadm-http runs no doveadm here: neither is looked at.
+	err := load(map[string]string{"DOVEWARDEN_TRANSPORT": "doveadm-http", "DOVEWARDEN_DOVEADM_URL": "http://mail-a:8081/doveadm/v1",
+		"DOVEWARDEN_DOVEADM_PASSWORD": "pw", "DOVEWARDEN_DOVEADM_BIN": "no-such-doveadm-binary", "DOVEWARDEN_DOVEADM_CONFIG": ""})
+	if err != nil {
+		t.Errorf("doveadm-http: %v", err)
+	}
+}
