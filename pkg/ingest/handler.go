@@ -70,6 +70,9 @@ type Handler struct {
 	// Hashes of the credentials, so comparisons take the same time whatever
 	// the length of what the client sent.
 	userSum, passSum, tokenSum [32]byte
+	// rejectLogged is when each reason of refusal was last logged.
+	rejectLogMu  sync.Mutex
+	rejectLogged map[string]rejectLog
 }
 
 // NewHandler builds the ingest handler. pending may be nil (no Redis).
@@ -110,19 +113,70 @@ func writeReply(w http.ResponseWriter, code int, r reply) int {
 	return code
 }
 
-func (h *Handler) reject(w http.ResponseWriter, code int, reason, msg string) int {
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, code int, reason, msg string) int {
 	h.m.rejected.WithLabelValues(reason).Inc()
+	h.logRejected(r, code, reason, msg)
 	return writeReply(w, code, reply{Status: "rejected", Reason: reason, Error: msg})
 }
 
+// rejectLogEvery is how often a refusal of each reason is logged at most:
+// a misconfigured exporter is refused at every event, and a scanner at
+// every probe.
+const rejectLogEvery = time.Minute
+
+// logRejected logs a refusal, at most once per reason in rejectLogEvery,
+// with how many were not logged since. Dovecot's exporter logs its side
+// (`Failed to export event via HTTP POST: 404 Not Found`) and drops the
+// event; without this ingest's log said nothing, and a wrong exporter
+// path, which DovewardenIngestRejectingRequests leaves out with the
+// scanners', was seen nowhere in dovewarden. Wrong methods are not logged
+// (Dovecot only POSTs), nor wrong paths but with POST.
+func (h *Handler) logRejected(r *http.Request, code int, reason, msg string) {
+	if reason == rejectMethod || reason == rejectPath && r.Method != http.MethodPost {
+		return
+	}
+	h.rejectLogMu.Lock()
+	if h.rejectLogged == nil {
+		h.rejectLogged = map[string]rejectLog{}
+	}
+	last := h.rejectLogged[reason]
+	now := time.Now()
+	if !last.at.IsZero() && now.Sub(last.at) < rejectLogEvery {
+		last.skipped++
+		h.rejectLogged[reason] = last
+		h.rejectLogMu.Unlock()
+		return
+	}
+	h.rejectLogged[reason] = rejectLog{at: now}
+	h.rejectLogMu.Unlock()
+	attrs := []any{"reason", reason, "code", code, "path", r.URL.Path, "remote", r.RemoteAddr, "err", msg}
+	if last.skipped > 0 {
+		attrs = append(attrs, "not_logged_since", last.skipped)
+	}
+	switch {
+	case reason == rejectPath:
+		attrs = append(attrs, "fix", "Dovecot's exporter URL (http_post_url in 2.4, transport_args in 2.3) must end in /events")
+	case reason == rejectAuth && (r.URL.Path == "/" || r.URL.Path == "/events"):
+		attrs = append(attrs, "fix", "Dovecot's exporter URL must carry ingest's credentials (--auth-user and --auth-password): http://USER:PASSWORD@HOST/events")
+	}
+	h.log.Warn("request refused; logged once a minute per reason", attrs...)
+}
+
+// rejectLog is when a refusal of one reason was last logged, and how many
+// have not been logged since.
+type rejectLog struct {
+	at      time.Time
+	skipped int
+}
+
 // unauthorized answers a request without the right credentials.
-func (h *Handler) unauthorized(w http.ResponseWriter) int {
+func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request) int {
 	if h.opts.Token != "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dovewarden"`)
 	} else {
 		w.Header().Set("WWW-Authenticate", `Basic realm="dovewarden"`)
 	}
-	return h.reject(w, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
+	return h.reject(w, r, http.StatusUnauthorized, rejectAuth, "missing or wrong credentials")
 }
 
 // Protect makes next ask for ingest's credentials, when it has any (local
@@ -134,7 +188,7 @@ func (h *Handler) Protect(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !h.authorized(r) {
-			h.unauthorized(w)
+			h.unauthorized(w, r)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -159,17 +213,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve handles one exporter POST and returns the code it answered.
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if r.URL.Path != "/" && r.URL.Path != "/events" {
-		return h.reject(w, http.StatusNotFound, rejectPath, "post Dovecot events to / or /events")
+		return h.reject(w, r, http.StatusNotFound, rejectPath, "post Dovecot events to / or /events")
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return h.reject(w, http.StatusMethodNotAllowed, rejectMethod, "method "+r.Method+" not allowed: POST Dovecot events")
+		return h.reject(w, r, http.StatusMethodNotAllowed, rejectMethod, "method "+r.Method+" not allowed: POST Dovecot events")
 	}
 	if !h.authorized(r) {
-		return h.unauthorized(w)
+		return h.unauthorized(w, r)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !isJSONMediaType(ct) {
-		return h.reject(w, http.StatusUnsupportedMediaType, rejectContentType,
+		return h.reject(w, r, http.StatusUnsupportedMediaType, rejectContentType,
 			fmt.Sprintf("content type %q: want application/json", r.Header.Get("Content-Type")))
 	}
 	if r.ContentLength > h.opts.MaxBody {
@@ -177,7 +231,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		// "Expect: 100-continue" is not asked for it), and the
 		// connection with it, rather than reading the rest to go on.
 		w.Header().Set("Connection", "close")
-		return h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body of %d bytes exceeds %d", r.ContentLength, h.opts.MaxBody))
+		return h.reject(w, r, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body of %d bytes exceeds %d", r.ContentLength, h.opts.MaxBody))
 	}
 	buf := h.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
@@ -185,13 +239,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.opts.MaxBody)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return h.reject(w, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+			return h.reject(w, r, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
 		}
-		return h.reject(w, http.StatusBadRequest, rejectRead, "reading body: "+err.Error())
+		return h.reject(w, r, http.StatusBadRequest, rejectRead, "reading body: "+err.Error())
 	}
 	ev, err := dovecot.Parse(buf.Bytes())
 	if err != nil {
-		return h.reject(w, http.StatusBadRequest, rejectMalformed, err.Error())
+		return h.reject(w, r, http.StatusBadRequest, rejectMalformed, err.Error())
 	}
 	return h.handleEvent(w, r, &ev)
 }
@@ -204,7 +258,7 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 		}
 	}
 	if err := checkHost(host); err != nil {
-		return h.reject(w, http.StatusBadRequest, rejectHost, err.Error())
+		return h.reject(w, r, http.StatusBadRequest, rejectHost, err.Error())
 	}
 	hm := h.m.host(host)
 	hostLabel := hm.label
@@ -213,7 +267,7 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 
 	c, reason, err := Translator{Username: h.opts.Username}.Change(ev, host)
 	if err != nil {
-		return h.reject(w, http.StatusBadRequest, rejectUser, err.Error())
+		return h.reject(w, r, http.StatusBadRequest, rejectUser, err.Error())
 	}
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
@@ -231,7 +285,7 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	}
 	ce, err := contract.FromChange(c)
 	if err != nil {
-		return h.reject(w, http.StatusBadRequest, rejectInvalid, err.Error())
+		return h.reject(w, r, http.StatusBadRequest, rejectInvalid, err.Error())
 	}
 	start := time.Now()
 	// Not cut short when Dovecot gives up waiting (its exporter timeout):

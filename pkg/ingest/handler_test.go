@@ -637,3 +637,39 @@ func TestHandle_LargeEventWithinMaxBody(t *testing.T) {
 		t.Errorf("a 5 MiB event under a 4 MiB limit: %d %s", code, body)
 	}
 }
+
+// A misconfigured exporter is refused at every event, and Dovecot drops
+// each: a wrong path (404, which DovewardenIngestRejectingRequests leaves
+// out with the scanners') or missing credentials (401) used to show only
+// in a counter. Each reason is now logged, with the fix, at most once a
+// minute; a GET to a wrong path (a scanner, a browser) is not.
+func TestHandle_RefusalsAreLoggedOnceAMinutePerReason(t *testing.T) {
+	f := newFixture(t, Options{BasicUser: "dovecot", BasicPassword: "s3cret"}, &broker{}, "")
+	auth := func(r *http.Request) { r.SetBasicAuth("dovecot", "s3cret") }
+	for range 3 {
+		if code, _ := f.post(t, "/event", "application/json", appendEvent, auth); code != http.StatusNotFound {
+			t.Fatalf("wrong path: %d", code)
+		}
+		if code, _ := f.post(t, "/events", "application/json", appendEvent); code != http.StatusUnauthorized {
+			t.Fatalf("no credentials: %d", code)
+		}
+	}
+	resp, err := http.Get(f.srv.URL + "/wp-login.php")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	logs := f.logs.String()
+	if n := strings.Count(logs, "request refused"); n != 2 {
+		t.Fatalf("%d refusals logged, want one per reason:\n%s", n, logs)
+	}
+	for _, want := range []string{"reason=path code=404 path=/event", "must end in /events", "reason=unauthorized code=401 path=/events",
+		"http://USER:PASSWORD@HOST/events"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, "s3cret") || strings.Contains(logs, "wp-login") {
+		t.Errorf("log shows a password or a scanner's GET:\n%s", logs)
+	}
+}
