@@ -65,7 +65,7 @@ var Policy = []Rule{
 	// miss the deletion; a full one does not. So once more as a full sync
 	// before it is reported.
 	{Code: 68, Action: EscalateFull, Class: "not_found", Retryable: true, Reason: "not found (a mailbox deleted during the sync: once more as a full sync)"},
-	{Code: 75, Action: Retry, Class: "tempfail", Retryable: true, Reason: "temporary failure (destination down or busy)"},
+	{Code: 75, Action: Retry, Class: "tempfail", Retryable: true, Reason: "temporary failure (destination down or busy, or its doveadm_password is not the source's)"},
 	{Code: 77, Action: ReportConfig, Class: "no_permission", Reason: "no permission"},
 	{Code: 78, Action: ReportConfig, Class: "config_error", Reason: "configuration error"},
 }

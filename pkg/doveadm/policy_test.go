@@ -65,9 +65,13 @@ func TestPolicy_EveryCodeOnce(t *testing.T) {
 	}
 }
 
+// Exit code 75 is also dsync's answer when the destination refuses the
+// source's doveadm_password (measured with Dovecot 2.3 and 2.4, e2e and
+// docs/operations.md): the message says so, since it reads the same as a
+// destination that is down and the source's log is the only other clue.
 func TestError_MessageNamesUserAndCode(t *testing.T) {
 	err := error(&Error{Kind: KindExitCode, ExitCode: 75, Op: op("u1", "http://a:8080/doveadm/v1")})
-	want := "sync u1 via doveadm at http://a:8080/doveadm/v1: exit code 75 (temporary failure (destination down or busy))"
+	want := "sync u1 via doveadm at http://a:8080/doveadm/v1: exit code 75 (temporary failure (destination down or busy, or its doveadm_password is not the source's))"
 	if err.Error() != want {
 		t.Errorf("got %q\nwant %q", err.Error(), want)
 	}
