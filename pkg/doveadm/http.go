@@ -80,6 +80,13 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	resp, cancel, pe := h.post(ctx, ep, body)
 	defer cancel()
 	if pe != nil {
+		if pe.kind == KindTransport && errors.Is(pe.err, io.EOF) {
+			// Measured with Dovecot 2.3.19: with the destination refusing
+			// dsync's connection, doveadm's HTTP worker dies and closes
+			// the connection without an answer. A bare "EOF" named
+			// neither.
+			return fail(pe.kind, pe.err, "%s: doveadm closed the connection without an answer (Dovecot 2.3 does this when the destination %s refuses dsync's connection; the source's log says why)", pe.detail, req.Destination)
+		}
 		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
 	defer resp.Body.Close()

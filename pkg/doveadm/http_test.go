@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -178,10 +179,16 @@ func TestHTTP_RefusedAndEOFAreTransportErrors(t *testing.T) {
 	}))
 	defer hijack.Close()
 	for name, url := range map[string]string{"refused": refused, "eof mid-body": eof.URL, "closed": hijack.URL} {
-		ep := doveadm.Endpoint{URL: url, Password: "p"}
+		ep := doveadm.Endpoint{URL: url, Password: "pw-of-the-test"}
 		_, err := doveadm.NewHTTP(nil, 2*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
 		if r := doveadm.Decide(err); r.Class != "transport" || !r.Retryable {
 			t.Errorf("%s: err %v decided %+v, want a retryable transport error", name, err, r)
+		}
+		// Dovecot 2.3.19's HTTP worker closes the connection without an
+		// answer when the destination refuses dsync's connection: the
+		// message says so and names the destination, not "EOF" alone.
+		if hint := "when the destination tcp:r:1 refuses dsync's connection"; (name == "closed") != strings.Contains(fmt.Sprint(err), hint) {
+			t.Errorf("%s: %v; want the hint %q only for a connection closed without an answer", name, err, hint)
 		}
 	}
 }
