@@ -68,6 +68,7 @@ func setDefault(fs *flag.FlagSet, name, value string) {
 // handler as the lanes' in-process subscriber, and Redis (embedded unless
 // --redis-url names a server).
 func runLocal(ctx context.Context, env *environment, args []string) error {
+	started := time.Now().UTC().Truncate(time.Millisecond)
 	fs := newFlagSet("local", env)
 	var sc syncer.Config
 	sc.RegisterFlags(fs, env.getenv)
@@ -276,7 +277,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	sc.Server.WriteTimeout = sc.WriteTimeout
 	serr := serveRole(ctx, env, log, sc.Server, ln, reg, func(mux *http.ServeMux) {
 		mux.Handle(brokerPath, ih.Protect(b.Ingress()))
-		mux.Handle("GET /status", ih.Protect(overviewHandler(st, b)))
+		mux.Handle("GET /status", ih.Protect(overviewHandler(st, b, ih, started)))
 		mux.Handle("GET /status/{user}", ih.Protect(statusHandler(st, ho.Username)))
 		mux.Handle("/status", server.OnlyGet)
 		mux.Handle("/status/{user}", server.OnlyGet)
@@ -460,6 +461,8 @@ type overview struct {
 	Users state.Overview    `json:"users"`
 	Sweep state.SweepStatus `json:"sweep"`
 	Lanes []laneStatus      `json:"lanes,omitempty"`
+	// Events is what local mode's ingest received since its start.
+	Events *eventsStatus `json:"events,omitempty"`
 	// FailedUsers (the oldest failure first) and PendingUsers (the
 	// oldest change first) list up to ?list=N users (20 by default).
 	FailedUsers  []state.UserStatus  `json:"failed_users"`
@@ -476,8 +479,17 @@ type laneStatus struct {
 	InFlight   int64  `json:"in_flight"`
 }
 
-// overviewHandler serves the overview as JSON.
-func overviewHandler(st *state.Store, b *broker.Broker) http.Handler {
+// eventsStatus is what ingest received since the process started: none
+// at all, while users change their mail, is an exporter that does not
+// reach ingest (its URL, a metric filter not loaded).
+type eventsStatus struct {
+	Since time.Time         `json:"since"`
+	Hosts []ingest.HostSeen `json:"hosts"`
+}
+
+// overviewHandler serves the overview as JSON; since is when the process
+// started.
+func overviewHandler(st *state.Store, b *broker.Broker, ih *ingest.Handler, since time.Time) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		list, err := listParam(r)
 		if err != nil {
@@ -493,6 +505,7 @@ func overviewHandler(st *state.Store, b *broker.Broker) http.Handler {
 			o.Lanes = append(o.Lanes, laneStatus{Trigger: l.Trigger, Enabled: l.Enabled, Subscriber: config.RedactURL(l.Subscriber),
 				Workers: l.Workers, QueueSize: l.QueueSize, Queued: l.Queued, InFlight: l.InFlight})
 		}
+		o.Events = &eventsStatus{Since: since, Hosts: ih.Hosts()}
 		writeJSON(w, o)
 	})
 }

@@ -410,6 +410,9 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 	if err := section(out, "Lanes", "TRIGGER\tENABLED\tWORKERS\tQUEUED\tIN FLIGHT\tQUEUE SIZE", rows); err != nil {
 		return err
 	}
+	if err := printEvents(out, o.Events, now); err != nil {
+		return err
+	}
 	rows = rows[:0]
 	for _, u := range o.FailedUsers {
 		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError)))
@@ -428,6 +431,27 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 	}
 	title = fmt.Sprintf("Pending users (oldest change first; %d of %d)", len(o.PendingUsers), o.Users.Pending)
 	return section(out, title, "USER\tSINCE\tHOST", rows)
+}
+
+// printEvents prints what local mode's ingest received from each Dovecot
+// host since the start, or that nothing came: an exporter that does not
+// reach ingest (a wrong URL, its metric filters not loaded) shows nowhere
+// else until users miss their mail on the replica.
+func printEvents(out io.Writer, e *eventsStatus, now time.Time) error {
+	if e == nil {
+		return nil
+	}
+	if len(e.Hosts) == 0 {
+		w := newTable(out)
+		w.println("Events from Dovecot")
+		w.printf("  none	since the start %s: if mail changed since, Dovecot's event exporter does not reach this process (its URL, the snippet's metric filters; docs/operations.md)\n", when(e.Since, now))
+		return w.flush()
+	}
+	var rows []string
+	for _, h := range e.Hosts {
+		rows = append(rows, fmt.Sprintf("%s\t%d\t%s", printable(h.Host), h.Events, when(h.Last, now)))
+	}
+	return section(out, "Events from Dovecot (since the start "+when(e.Since, now)+")", "HOST\tEVENTS\tLAST", rows)
 }
 
 // section prints title and a table of rows under header (cells separated

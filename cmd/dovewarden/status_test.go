@@ -109,8 +109,8 @@ func TestStatus_FromRedis(t *testing.T) {
 	if regexp.MustCompile(`(?m) $`).MatchString(out) {
 		t.Errorf("lines end in spaces:\n%q", out)
 	}
-	if strings.Contains(out, "Lanes") {
-		t.Errorf("Redis knows no lanes, but the overview shows some:\n%s", out)
+	if strings.Contains(out, "Lanes") || strings.Contains(out, "Events") {
+		t.Errorf("Redis knows no lanes and no events, but the overview shows some:\n%s", out)
 	}
 
 	out = statusOut(t, `last success`, "--redis-url", srv.URL(), "U1")
@@ -176,6 +176,43 @@ func TestStatus_FromLocal(t *testing.T) {
 	err = run(context.Background(), env, []string{"status", "--url", base + "/status", "--auth-token-file", tokenFile})
 	if err == nil || !strings.Contains(err.Error(), `no "users"`) || !strings.Contains(err.Error(), "without /status") {
 		t.Errorf("url ending in /status: %v, want a refusal", err)
+	}
+}
+
+// TestStatus_EventsFromDovecot: local mode's overview says what ingest
+// received from each Dovecot host since the start, and that nothing came
+// while nothing has: an exporter that does not reach ingest (a wrong URL,
+// the snippet's metric filters not loaded) showed nowhere before, and its
+// changes waited for the daily full sync. The first event of a host is
+// logged, with the name a host map's key must be.
+func TestStatus_EventsFromDovecot(t *testing.T) {
+	tr := doveadmtest.NewTracker(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+	base, stop, stderr := startLocalWith(t, fake)
+	t.Cleanup(func() { _ = stop() })
+
+	out := statusOut(t, `(?m)^Events from Dovecot$`, "--url", base)
+	if !regexp.MustCompile(`(?m)^  none +since the start \d{4}-.* ago\): if mail changed since, Dovecot's event exporter does not reach this process`).MatchString(out) {
+		t.Errorf("no event yet:\n%s", out)
+	}
+	for range 2 {
+		resp, err := http.Post(base+"/events?host=mail-a.example.org", "application/json", strings.NewReader(deliveryEvent))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	out = statusOut(t, `(?m)^Events from Dovecot \(since the start `, "--url", base)
+	if !regexp.MustCompile(`(?m)^  HOST +EVENTS +LAST\n  mail-a.example.org +2 +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\S+ ago\)$`).MatchString(out) {
+		t.Errorf("two events from mail-a.example.org:\n%s", out)
+	}
+	js := statusOut(t, `"events"`, "--url", base, "--json")
+	var o overview
+	if err := json.Unmarshal([]byte(js), &o); err != nil || o.Events == nil || len(o.Events.Hosts) != 1 || o.Events.Hosts[0].Events != 2 || o.Events.Since.IsZero() {
+		t.Errorf("--json events: %+v, %v\n%s", o.Events, err, js)
+	}
+	if logs := stderr.String(); strings.Count(logs, "first event from this Dovecot host") != 1 || !strings.Contains(logs, "host=mail-a.example.org") {
+		t.Errorf("want the first event logged once, naming the host:\n%s", logs)
 	}
 }
 

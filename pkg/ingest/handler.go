@@ -85,6 +85,10 @@ func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Re
 	return h
 }
 
+// Hosts lists the Dovecot hosts events came from since the start, with
+// how many and when the last came, by name.
+func (h *Handler) Hosts() []HostSeen { return h.m.hostsSeen() }
+
 // Mount registers the handler at / and /events.
 func (h *Handler) Mount(mux *http.ServeMux) {
 	mux.Handle("/", h)
@@ -262,8 +266,11 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	}
 	hm := h.m.host(host)
 	hostLabel := hm.label
-	hm.received.Inc()
-	hm.lastEvent.SetToCurrentTime()
+	if hm.seen(time.Now()) && hostLabel != otherHost {
+		// Tells that the exporter reaches ingest, and the name a host
+		// map's key must be for this host.
+		h.log.Info("first event from this Dovecot host since the start", "host", host, "event", ev.Name)
+	}
 
 	c, reason, err := Translator{Username: h.opts.Username}.Change(ev, host)
 	if err != nil {

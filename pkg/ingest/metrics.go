@@ -3,9 +3,11 @@ package ingest
 import (
 	"maps"
 	"net/http"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -67,6 +69,54 @@ type hostMetrics struct {
 	label     string
 	received  prometheus.Counter
 	lastEvent prometheus.Gauge
+
+	// events and last (Unix nanoseconds) are what Hosts reports;
+	// announced is set by the first event, which is logged.
+	events    atomic.Int64
+	last      atomic.Int64
+	announced atomic.Bool
+}
+
+// seen counts an event of the host, and reports whether it is the host's
+// first since the start.
+func (hm *hostMetrics) seen(now time.Time) (first bool) {
+	hm.received.Inc()
+	hm.lastEvent.Set(float64(now.UnixNano()) / 1e9)
+	hm.events.Add(1)
+	hm.last.Store(now.UnixNano())
+	return !hm.announced.Load() && hm.announced.CompareAndSwap(false, true)
+}
+
+// HostSeen is what ingest received from one Dovecot host since it
+// started: the host as events name it (the exporter URL's ?host=NAME
+// when given), how many events, and when the last came. Once 256 hosts
+// are known, further ones are counted together as "_other".
+type HostSeen struct {
+	Host   string    `json:"host"`
+	Events int64     `json:"events"`
+	Last   time.Time `json:"last"`
+}
+
+// hostsSeen lists every host an event came from, by name.
+func (m *ingestMetrics) hostsSeen() []HostSeen {
+	hosts := *m.hosts.Load()
+	all := make([]*hostMetrics, 0, len(hosts)+1)
+	for _, hm := range hosts {
+		all = append(all, hm)
+	}
+	m.mu.Lock()
+	if m.other != nil {
+		all = append(all, m.other)
+	}
+	m.mu.Unlock()
+	out := make([]HostSeen, 0, len(all))
+	for _, hm := range all {
+		if n := hm.events.Load(); n > 0 {
+			out = append(out, HostSeen{Host: hm.label, Events: n, Last: time.Unix(0, hm.last.Load()).UTC()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
+	return out
 }
 
 func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
