@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -177,9 +178,20 @@ func (e Endpoint) validate(transport string) error {
 		errs = append(errs, fmt.Errorf("%s: no destination (e.g. tcp:replica:12345)", name))
 	case e.Destination[0] == '-' || strings.ContainsFunc(e.Destination, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		errs = append(errs, fmt.Errorf("%s: destination %q must not start with '-' or hold control characters", name, e.Destination))
+	case hostPort.MatchString(e.Destination):
+		// Measured with Dovecot 2.4: dsync ran "ssh 127.0.0.1:40157
+		// doveadm dsync-server" and answered exit code 75, a destination
+		// that is down, at every dsync.
+		errs = append(errs, fmt.Errorf("%s: destination %q: dsync takes a destination without tcp: or tcps: for an ssh host, not the replica's doveadm listener: write tcp:%s (tcps:%s over TLS)", name, e.Destination, e.Destination, e.Destination))
 	}
 	return errors.Join(errs...)
 }
+
+// hostPort is a destination that is a host and port alone (mail-b:12345,
+// [2001:db8::2]:12345): the replica's doveadm listener without dsync's
+// tcp: prefix. No mail location (maildir:~/Maildir) or ssh destination
+// (remote:mail-b, mail-b) has this shape.
+var hostPort = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]{1,5}$`)
 
 // fileEntry is one host in the host-map file. There is deliberately no
 // password field: secrets come from the environment or from files.

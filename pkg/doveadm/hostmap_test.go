@@ -80,3 +80,21 @@ func TestHostMap_Validate(t *testing.T) {
 		t.Errorf("exec needs no URL or password: %v", err)
 	}
 }
+
+// A destination written as the replica's host and port without tcp:
+// (mail-b:12345) is refused at start: dsync reads it as an ssh host, and
+// every dsync failed with exit code 75, retried for good, as if the
+// replica were down. dsync's other destinations still pass.
+func TestHostMap_ValidateDestinationWithoutTCP(t *testing.T) {
+	for _, d := range []string{"mail-b:12345", "127.0.0.1:40157", "[2001:db8::2]:12345"} {
+		err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec)
+		if err == nil || !strings.Contains(err.Error(), "write tcp:"+d) {
+			t.Errorf("%s: %v, want a refusal that says tcp:%s", d, err, d)
+		}
+	}
+	for _, d := range []string{"tcp:mail-b:12345", "tcps:mail-b:12345", "tcp:[2001:db8::2]:12345", "remote:mail-b", "mail-b", "vmail@mail-b", "maildir:~/Maildir", "mdbox:/srv/mail/%u:INDEX=/idx"} {
+		if err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec); err != nil {
+			t.Errorf("%s: %v, want it accepted", d, err)
+		}
+	}
+}
