@@ -84,8 +84,8 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 			// Measured with Dovecot 2.3.19: with the destination refusing
 			// dsync's connection, doveadm's HTTP worker dies and closes
 			// the connection without an answer. A bare "EOF" named
-			// neither.
-			return fail(pe.kind, pe.err, "%s: doveadm closed the connection without an answer (Dovecot 2.3 does this when the destination %s refuses dsync's connection; the source's log says why)", pe.detail, req.Destination)
+			// neither that nor the other cause seen (closedWithoutAnswer).
+			return fail(pe.kind, pe.err, "%s: %s, or (Dovecot 2.3) the destination %s refused dsync's connection; the source's log says which", pe.detail, closedWithoutAnswer, req.Destination)
 		}
 		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
@@ -112,6 +112,12 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	}
 	return parseReply(data, tag, opn, ep.Secrets(), fail)
 }
+
+// closedWithoutAnswer explains a connection doveadm closed before any
+// answer. Measured with Dovecot 2.3 and 2.4: a doveadm URL whose port is
+// doveadm's TCP listener (dsync's, 12345 in the shipped snippets) rather
+// than its http one answers every request so.
+const closedWithoutAnswer = "doveadm closed the connection without an answer: the doveadm URL's port may be doveadm's TCP listener (dsync's) instead of its http one"
 
 // parseReply reads [["doveadmResponse",[{"state":"..."}],"tag"]] or
 // [["error",{"type":"exitCode","exitCode":75},"tag"]]. Its snippets of

@@ -184,12 +184,20 @@ func TestHTTP_RefusedAndEOFAreTransportErrors(t *testing.T) {
 		if r := doveadm.Decide(err); r.Class != "transport" || !r.Retryable {
 			t.Errorf("%s: err %v decided %+v, want a retryable transport error", name, err, r)
 		}
-		// Dovecot 2.3.19's HTTP worker closes the connection without an
-		// answer when the destination refuses dsync's connection: the
+		// doveadm closes the connection without an answer when the URL's
+		// port is its TCP (dsync) listener, and Dovecot 2.3.19's HTTP
+		// worker when the destination refuses dsync's connection: the
 		// message says so and names the destination, not "EOF" alone.
-		if hint := "when the destination tcp:r:1 refuses dsync's connection"; (name == "closed") != strings.Contains(fmt.Sprint(err), hint) {
-			t.Errorf("%s: %v; want the hint %q only for a connection closed without an answer", name, err, hint)
+		for _, hint := range []string{"the doveadm URL's port may be doveadm's TCP listener (dsync's)", "the destination tcp:r:1 refused dsync's connection"} {
+			if (name == "closed") != strings.Contains(fmt.Sprint(err), hint) {
+				t.Errorf("%s: %v; want the hint %q only for a connection closed without an answer", name, err, hint)
+			}
 		}
+	}
+	// The listing of users alike.
+	err = doveadm.NewHTTP(nil, 2*time.Second).ListUsers(context.Background(), doveadm.Endpoint{URL: hijack.URL, Password: "pw-of-the-test"}, func(string) error { return nil })
+	if hint := "the doveadm URL's port may be doveadm's TCP listener (dsync's)"; err == nil || !strings.Contains(err.Error(), hint) {
+		t.Errorf("listing: %v; want the hint %q", err, hint)
 	}
 }
 

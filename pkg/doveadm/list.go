@@ -46,6 +46,9 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	resp, cancel, pe := h.post(ctx, ep, body)
 	defer cancel()
 	if pe != nil {
+		if pe.kind == KindTransport && errors.Is(pe.err, io.EOF) {
+			return fail(pe.kind, pe.err, "%s: %s", pe.detail, closedWithoutAnswer)
+		}
 		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
 	defer resp.Body.Close()
