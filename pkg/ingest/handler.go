@@ -73,6 +73,8 @@ type Handler struct {
 	// rejectLogged is when each reason of refusal was last logged.
 	rejectLogMu  sync.Mutex
 	rejectLogged map[string]rejectLog
+	// names finds a user named with and without a domain.
+	names twoNames
 }
 
 // NewHandler builds the ingest handler. pending may be nil (no Redis).
@@ -279,6 +281,10 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
 		return writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
+	}
+	if other, ok := h.names.observe(c.User); ok {
+		h.log.Warn("changes name one user two ways, with and without a domain: if they are one mailbox, set --username-format to Dovecot's auth_username_format (%Ln where Dovecot strips the domain); until then each name has a lock and record of its own",
+			"user", c.User, "also", other, "username_format", h.opts.Username.String(), "event", ev.Name)
 	}
 	h.observe(r.Context(), &c)
 	if c.Time.IsZero() {

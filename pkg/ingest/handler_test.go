@@ -472,6 +472,51 @@ func TestHandle_UsernameFormat(t *testing.T) {
 	}
 }
 
+// With --username-format %Lu (the default) where Dovecot 2.3 strips the
+// domain, its LMTP events name the recipient as addressed (U1@mail-a.test,
+// normalised u1@mail-a.test) and its IMAP events the user as logged in
+// (u1): one mailbox under two names, each with its own lock and record,
+// which nothing reported. The first such pair is logged once; with the
+// matching format (%Ln) both are u1 and nothing is.
+func TestHandle_OneUserNamedTwoWaysIsLoggedOnce(t *testing.T) {
+	lmtp := func(user string) string {
+		return `{"event":"mail_delivery_finished","hostname":"mail-a.test","end_time":"2026-11-29T00:32:29.264809Z","categories":["service:lmtp"],"fields":{"rcpt_to":"` + user + `","user":"` + user + `"}}`
+	}
+	lu, err := dovecot.ParseUsernameFormat("%Lu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, Options{Username: lu}, &broker{}, "")
+	for _, body := range []string{appendEvent, lmtp("U2@mail-a.test"), lmtp("U1@mail-a.test"), appendEvent, lmtp("u1@mail-a.test"), strings.Replace(appendEvent, `"u1"`, `"u2"`, 1)} {
+		if code, got := f.post(t, "/events", "application/json", body); code != http.StatusAccepted {
+			t.Fatalf("%d %s", code, got)
+		}
+	}
+	logs := f.logs.String()
+	if n := strings.Count(logs, "changes name one user two ways"); n != 1 {
+		t.Fatalf("logged %d times, want once:\n%s", n, logs)
+	}
+	for _, want := range []string{"user=u1@mail-a.test also=u1", "username_format=%Lu", "auth_username_format"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+
+	ln, err := dovecot.ParseUsernameFormat("%Ln")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f = newFixture(t, Options{Username: ln}, &broker{}, "")
+	for _, body := range []string{appendEvent, lmtp("U1@mail-a.test")} {
+		if code, got := f.post(t, "/events", "application/json", body); code != http.StatusAccepted {
+			t.Fatalf("%d %s", code, got)
+		}
+	}
+	if logs := f.logs.String(); strings.Contains(logs, "two ways") {
+		t.Errorf("with %%Ln both are u1, but:\n%s", logs)
+	}
+}
+
 func TestHandle_StampsChangesWithTheRedisClock(t *testing.T) {
 	b := &broker{}
 	f := newFixture(t, Options{}, b, "")
