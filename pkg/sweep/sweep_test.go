@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
@@ -733,5 +735,29 @@ func TestStep_KnownUsersWhereTheUserdbCannotBeListed(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(f.sw.m.listed.WithLabelValues(knownLabel)); n != 3 {
 		t.Errorf("listed{host=known} %v, want 3", n)
+	}
+}
+
+// TestStep_AUserdbThatCannotIterateIsNamedInTheLog: Dovecot answers a
+// listing of a userdb that cannot iterate with exit code 65 over its HTTP
+// API (75 from the CLI), at every sweep; the log names the way out
+// (--sweep-list known). A listing refused for another reason does not.
+func TestStep_AUserdbThatCannotIterateIsNamedInTheLog(t *testing.T) {
+	for _, c := range []struct {
+		reply doveadmtest.Reply
+		hint  bool
+	}{
+		{doveadmtest.Reply{ExitCode: 65}, true},
+		{doveadmtest.Reply{ExitCode: 75}, true},
+		{doveadmtest.Reply{Status: http.StatusUnauthorized}, false},
+	} {
+		f := newFixture(t, testOptions())
+		f.dove.RespondList = func() doveadmtest.Reply { return c.reply }
+		var logs safebuf.Buffer
+		f.sw.log = slog.New(slog.NewTextHandler(&logs, nil))
+		f.run(t)
+		if got := strings.Contains(logs.String(), "set --sweep-list known"); got != c.hint {
+			t.Errorf("listing answered %+v: hint logged %v, want %v\n%s", c.reply, got, c.hint, logs.String())
+		}
 	}
 }
