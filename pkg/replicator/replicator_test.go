@@ -569,6 +569,48 @@ func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 	}
 }
 
+// TestReplicate_NoSuchUserKeepsAChangeFromDuringTheDsync: a dsync whose
+// source answers "no such user" (exit code 67; the user moved to another
+// host, docs/operations.md) covers no change that arrived while it ran:
+// that change stays pending, and the user's record with it, for the next
+// event or the sweep. The change is marked in Redis (unstamped) or
+// merged into the running dsync in-process (stamped by ingest).
+func TestReplicate_NoSuchUserKeepsAChangeFromDuringTheDsync(t *testing.T) {
+	for _, stamped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stamped %t", stamped), func(t *testing.T) {
+			f := newFixture(t, fast)
+			started, release := make(chan struct{}, 10), make(chan struct{})
+			releaseOnce := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(releaseOnce)
+			f.a.OnStart = func(doveadmtest.Call) {
+				started <- struct{}{}
+				<-release
+			}
+			f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 67})
+			done := make(chan change.Result, 1)
+			go func() { done <- f.replicate(t, change.Request{User: "u1", Host: "mail-a"}) }()
+			<-started
+			during := change.Request{User: "u1", Host: "mail-b"}
+			if stamped {
+				during.Observed = time.Now().Add(time.Second)
+			}
+			if res := f.replicate(t, during); res.Outcome != change.Coalesced {
+				t.Fatalf("change during dsync: %+v", res)
+			}
+			if busy := counter(t, f, metrics.SyncLockContention); (busy == 0) != stamped {
+				t.Fatalf("lock contention %v: want the change marked in Redis only when unstamped", busy)
+			}
+			releaseOnce()
+			if res := <-done; res.Outcome != change.Failed || res.Failure == nil || res.Failure.Class != doveadm.ClassNoUser {
+				t.Fatalf("result %+v, want failed: no such user", res)
+			}
+			if st, _ := f.st.Status(context.Background(), "u1"); st.PendingSince.IsZero() || st.InProgress {
+				t.Errorf("status %+v: want the change from during the dsync pending, the lock released", st)
+			}
+		})
+	}
+}
+
 // TestReplicate_ChangesLeftAfterMaxRoundsAreAskedForAgain: with changes
 // arriving during every dsync, the owner stops after --max-rounds and hands
 // the user back to the Broker (the lane's other work first), timed after

@@ -128,7 +128,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				"endpoint", j.ep, "class", rule.Class, "reason", rule.Reason, "err", f.Error)
 		}
 		if !retry {
-			return j.fail(ctx, f, rule, total)
+			return j.fail(ctx, f, rule, total, rerun)
 		}
 		f.RetryAt, f.RetryBy = time.Now().Add(delay), change.RetryBySync
 		r.log.Warn("dsync attempt failed, retrying", "user", user, "attempt", f.Attempt, "class", rule.Class,
@@ -233,8 +233,9 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 }
 
 // fail records a final failure: the user stays marked failed (and its
-// change pending) for the sweep, the lock is released.
-func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, total int) (change.Result, error) {
+// change pending) for the sweep, the lock is released. rerun: changes
+// were merged into the attempt after it started.
+func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, total int, rerun bool) (change.Result, error) {
 	f.RetryBy = change.RetryNone
 	if rule.Retryable {
 		f.RetryBy = change.RetryBySweep
@@ -244,7 +245,7 @@ func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, tot
 	gone := rule.Class == doveadm.ClassNoUser
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
 		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Final: true, Release: true, Full: j.fullAsked,
-		Start: f.Start, Gone: gone}); err != nil {
+		Start: f.Start, Gone: gone, Rerun: rerun}); err != nil {
 		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if gone {

@@ -220,9 +220,10 @@ if newer then return {'left', now} end
 return {'done', now}
 `)
 
-// scriptFail: KEYS lock, user, pending, failed, dsync state. ARGV user, token, at,
-// error, exit code, class, final, release, host, full asked, the failed
-// attempt's start, gone.
+// scriptFail: KEYS lock, user, pending, failed, dsync state, sweep full.
+// ARGV user, token, at, error, exit code, class, final, release, host,
+// full asked, the failed attempt's start, gone, rerun (the owner merged
+// newer changes in-process).
 var scriptFail = redis.NewScript(luaPrelude + `
 local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
 local h = KEYS[2]
@@ -242,16 +243,30 @@ if ARGV[12] == '1' then
   -- The user no longer exists: nothing is left to replicate, and marks
   -- would have the sweep try it again for ever.
   redis.call('ZREM', KEYS[4], user)
-  redis.call('ZREM', KEYS[3], user)
-  redis.call('HDEL', h, 'pending_host', 'full_requested')
   redis.call('DEL', KEYS[5])
-  if ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token then
+  local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
+  -- A change marked (or merged in-process) since this attempt started,
+  -- from another host, which may know the user (it moved there), is not
+  -- covered by this answer: it stays pending, with its host when marked
+  -- in Redis, for the next event or the sweep. When the lock is not this owner's, the fields are another
+  -- attempt's, and the marks are left to it.
+  local newer = ARGV[13] == '1'
+    or redis.call('HEXISTS', h, 'pending_last') == 1
+    or redis.call('HEXISTS', h, 'pending_host') == 1
+    or redis.call('HGET', h, 'full_requested') == '1'
+  if owned and newer then
+    redis.call('DEL', KEYS[1])
+    redis.call('HDEL', h, unpack(INPROGRESS))
+  elseif owned then
     -- The owner drops the record too, as Dovecot 2.3's replicator removed
     -- the user: else the records of deleted users would pile up, and
-    -- --sweep-list known would sweep them for ever. Not while another
-    -- owner's attempt (this one's lock expired) keeps its fields there.
+    -- --sweep-list known would sweep them for ever.
+    redis.call('ZREM', KEYS[3], user)
+    redis.call('ZREM', KEYS[6], user)
     redis.call('DEL', KEYS[1])
     redis.call('DEL', h)
+  elseif not newer and redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('ZREM', KEYS[3], user)
   end
   return now
 end

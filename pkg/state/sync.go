@@ -166,7 +166,7 @@ type SuccessArgs struct {
 // false or the lock was lost; the marks wait for the next event or the
 // sweep). end is Redis's time of the record.
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), SweepFullKey}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
 		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun), callID()).Slice()
 	if err != nil {
@@ -206,15 +206,21 @@ type FailureArgs struct {
 	// record (UserKey), as Dovecot 2.3's replicator removed such a user
 	// with its state: its next change, or a sweep that lists it again,
 	// brings it back, with a full sync (a user created again under the
-	// name is another mailbox).
+	// name is another mailbox). A change marked since the attempt
+	// started, or merged into it (Rerun), keeps its pending mark and the
+	// record: the answer does not cover it, and the host it came from may
+	// know the user.
 	Gone bool
+	// Rerun: the owner merged changes seen after the attempt started
+	// (as SuccessArgs.Rerun); only Gone looks at it.
+	Rerun bool
 }
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), SweepFullKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
-		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone)).Int64()
+		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone), boolArg(a.Rerun)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}

@@ -506,3 +506,58 @@ func TestBegin_ExcludedDropsTheMarks(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt: an attempt
+// answered "no such user" (exit code 67) by its source host covers no
+// change that arrived while it ran: one from another host (the user moved
+// there, docs/operations.md) stays pending, with its host and the user's
+// record, for the next event or the sweep. Without such a change the
+// owner drops everything, as for a deleted user.
+func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
+	gone := func(t *testing.T, b backend, token string) {
+		t.Helper()
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: token, Host: "mail-a", Error: "exit code 67",
+			Class: "no_user", ExitCode: 67, Final: true, Release: true, Gone: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onBothRedis(t, func(t *testing.T, b backend) {
+		c := begin(t, b, "A", time.Time{})
+		if c.Decision != state.Run {
+			t.Fatalf("begin %+v", c)
+		}
+		busy, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-b", Owner: "inst-B", Token: "B",
+			Destination: "tcp:a:1", At: time.Now(), TTL: time.Second, Margin: 100 * time.Millisecond})
+		if err != nil || busy.Decision != state.Busy {
+			t.Fatalf("a change from mail-b during the attempt: %+v, %v", busy, err)
+		}
+		gone(t, b, "A")
+		if _, ok := pendingScore(t, b); !ok {
+			t.Fatal("the change from mail-b during the attempt is no longer pending")
+		}
+		st, _ := b.st.Status(ctx, "u1")
+		if st.PendingHost != "mail-b" || st.InProgress || b.rdb.Exists(ctx, state.LockKey("u1")).Val() != 0 {
+			t.Errorf("status %+v: want pending from mail-b, the lock released", st)
+		}
+
+		// The next attempt (from mail-b) answers 67 too, with no change
+		// since: nothing of the user is left, not even the sweep's last
+		// request of its full sync.
+		if err := b.rdb.ZAdd(ctx, state.SweepFullKey, redis.Z{Score: 1, Member: "u1"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if c := begin(t, b, "C", time.Time{}); c.Decision != state.Run {
+			t.Fatalf("begin %+v", c)
+		}
+		gone(t, b, "C")
+		if _, ok := pendingScore(t, b); ok {
+			t.Error("a gone user with no newer change is still pending")
+		}
+		if n := b.rdb.Exists(ctx, state.UserKey("u1"), state.StateKey("u1"), state.LockKey("u1")).Val(); n != 0 {
+			t.Errorf("%d keys of the gone user left", n)
+		}
+		if err := b.rdb.ZScore(ctx, state.SweepFullKey, "u1").Err(); err != redis.Nil {
+			t.Errorf("the gone user is still in %s (%v)", state.SweepFullKey, err)
+		}
+	})
+}
