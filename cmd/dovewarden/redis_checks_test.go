@@ -88,14 +88,26 @@ func assertServes(t *testing.T, base string) {
 // TestRedisMayEvict_ReadAtEachScrape: sync's dovewarden_redis_may_evict
 // follows the server's setting as it changes after the start, which the
 // start's warning cannot (CONFIG SET, a hosted Redis's maintenance).
+// Ingest with --redis-url reports it too, as the other gauges read from
+// Redis: it runs all the time, where the sync function scales to zero,
+// and the alert's `for` needs a series without gaps.
 func TestRedisMayEvict_ReadAtEachScrape(t *testing.T) {
+	for _, role := range []string{"sync", "ingest"} {
+		t.Run(role, func(t *testing.T) { redisMayEvict(t, role) })
+	}
+}
+
+func redisMayEvict(t *testing.T, role string) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	rc := srv.Client(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
 	env, _, stderr := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password}, "")
-	base, _ := serve(t, env, stderr, "sync", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(),
-		"--destination", "tcp:127.0.0.1:1", "--redis-url", srv.URL())
+	args := []string{"sync", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1", "--redis-url", srv.URL()}
+	if role == "ingest" {
+		args = []string{"ingest", "--listen", "127.0.0.1:0", "--broker-url", "http://127.0.0.1:1", "--redis-url", srv.URL()}
+	}
+	base, _ := serve(t, env, stderr, args...)
 	scrape := func() string {
 		t.Helper()
 		resp, err := http.Get(base + "/metrics")

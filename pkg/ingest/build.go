@@ -58,8 +58,9 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 		ho.Clock = st
 		// What sync keeps in Redis, read at scrape time: ingest runs all
 		// the time, where the sync function scales to zero, so alerts
-		// on failing users and overdue sweeps always have a series.
-		reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st))
+		// on failing users, overdue sweeps and an evicting Redis always
+		// have a series.
+		reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st), sweep.NewRedisCollector(st))
 	}
 	h := NewHandler(ho, snd, pending, reg, log)
 	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.Redis.URL != "", "auth", cfg.authKind())

@@ -78,7 +78,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		Backoff: cfg.RetryBackoff, MaxBackoff: cfg.RetryBackoffMax, RunAgainDelay: cfg.RunAgainDelay,
 		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
 	}, st, tr, cfg.HostMap(), notify, reg, log)
-	reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st), NewRedisCollector(st))
+	reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st), sweep.NewRedisCollector(st))
 	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results,
 		Username: uf}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
