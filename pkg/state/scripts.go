@@ -220,7 +220,7 @@ if newer then return {'left', now} end
 return {'done', now}
 `)
 
-// scriptFail: KEYS lock, user, pending, failed, dsync state, sweep full.
+// scriptFail: KEYS lock, user, pending, failed, dsync state.
 // ARGV user, token, at, error, exit code, class, final, release, host,
 // full asked, the failed attempt's start, gone, rerun (the owner merged
 // newer changes in-process).
@@ -261,8 +261,10 @@ if ARGV[12] == '1' then
     -- The owner drops the record too, as Dovecot 2.3's replicator removed
     -- the user: else the records of deleted users would pile up, and
     -- --sweep-list known would sweep them for ever.
+    -- Its entry in the sweep's full requests stays: a host that still
+    -- lists the user is asked once per full-sync interval, not at every
+    -- sweep (the sweep prunes it).
     redis.call('ZREM', KEYS[3], user)
-    redis.call('ZREM', KEYS[6], user)
     redis.call('DEL', KEYS[1])
     redis.call('DEL', h)
   elseif not newer and redis.call('EXISTS', KEYS[1]) == 0 then

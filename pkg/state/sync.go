@@ -166,7 +166,7 @@ type SuccessArgs struct {
 // false or the lock was lost; the marks wait for the next event or the
 // sweep). end is Redis's time of the record.
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), SweepFullKey}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
 		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun), callID()).Slice()
 	if err != nil {
@@ -218,7 +218,7 @@ type FailureArgs struct {
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), SweepFullKey}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
 		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone), boolArg(a.Rerun)).Int64()
 	if err != nil {
