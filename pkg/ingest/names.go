@@ -8,7 +8,7 @@ import (
 
 // namesSeenMax bounds the names twoNames remembers (about 100 bytes
 // each): it looks at the first users only, which is where a mismatch
-// shows.
+// shows, and stops when a new one would not fit.
 const namesSeenMax = 10_000
 
 // twoNames finds one mailbox named two ways by the changes: bare (u1)
@@ -43,10 +43,14 @@ func (n *twoNames) observe(user string) (other string, found bool) {
 	}
 	prev, ok := n.seen[local]
 	switch {
+	case !ok && len(n.seen) >= namesSeenMax:
+		// The first users showed no pair: stop looking, so that the
+		// events no longer take this lock.
+		n.done.Store(true)
+		n.seen = nil
+		return "", false
 	case !ok:
-		if len(n.seen) < namesSeenMax {
-			n.seen[local] = user
-		}
+		n.seen[local] = user
 		return "", false
 	case prev == user || strings.Contains(prev, "@") == qualified:
 		return "", false
