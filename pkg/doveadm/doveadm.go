@@ -69,7 +69,18 @@ const (
 	// does not speak TLS, or it refused the handshake (no shared protocol
 	// version or cipher, a client certificate required).
 	KindTLS Kind = "tls"
+	// KindConfig: doveadm-exec's doveadm could not read its configuration
+	// (-c CONF: a file missing or unreadable). doveadm answers it with exit
+	// code 75, as for a destination that is down; its error says which.
+	KindConfig Kind = "config"
 )
+
+// configUnreadable tells doveadm's error for a configuration it could not
+// read: "Fatal: Error reading configuration: ..." (Dovecot 2.3), "Fatal:
+// Failed to read configuration: ..." (2.4).
+func configUnreadable(stderr string) bool {
+	return strings.Contains(stderr, "Fatal: Error reading configuration") || strings.Contains(stderr, "Fatal: Failed to read configuration")
+}
 
 // Error is a failed doveadm call. Its message never contains a password.
 type Error struct {
@@ -101,6 +112,9 @@ func (e *Error) Error() string {
 		}
 		return fmt.Sprintf("%s: exit code %d (%s)%s", e.Op, e.ExitCode, meaning, suffix(e.Detail))
 	}
+	if e.Kind == KindConfig {
+		return fmt.Sprintf("%s: exit code %d: doveadm could not read its configuration%s", e.Op, e.ExitCode, suffix(e.Detail))
+	}
 	return fmt.Sprintf("%s: %s", e.Op, e.Detail)
 }
 
@@ -116,7 +130,7 @@ func suffix(s string) string {
 // ExitCodeOf returns the doveadm exit code carried by err, or 0.
 func ExitCodeOf(err error) int {
 	var de *Error
-	if errors.As(err, &de) && de.Kind == KindExitCode {
+	if errors.As(err, &de) && (de.Kind == KindExitCode || de.Kind == KindConfig) {
 		return de.ExitCode
 	}
 	return 0

@@ -71,6 +71,9 @@ func (x *Exec) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
+		if configUnreadable(detail) {
+			return SyncResult{}, &Error{Kind: KindConfig, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
+		}
 		return SyncResult{}, &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
 	}
 	return SyncResult{}, &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("%v %s", err, detail), Err: err}

@@ -284,6 +284,9 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
+		if configUnreadable(detail) {
+			return &Error{Kind: KindConfig, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err, listing: true}
+		}
 		return &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err, listing: true}
 	}
 	return &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("%v %s", err, detail), Err: err}

@@ -76,6 +76,7 @@ var (
 	unauthorizedRule = Rule{Action: ReportConfig, Class: "unauthorized", Reason: "doveadm rejected the credentials"}
 	protocolRule     = Rule{Action: ReportConfig, Class: "protocol", Reason: "doveadm did not understand the request, or answered something unexpected"}
 	tlsRule          = Rule{Action: ReportConfig, Class: "tls", Reason: "no TLS session with doveadm: its certificate was not accepted (doveadm-ca-file), its listener does not speak TLS, or it refused the handshake"}
+	configRule       = Rule{Action: ReportConfig, Class: "config_error", Reason: "doveadm could not read its configuration (doveadm-config, or the host map entry's config)"}
 	internalRule     = Rule{Action: Retry, Class: "internal", Retryable: true, Attempts: unknownAttempts, Reason: "doveadm internal error"}
 	unknownRule      = Rule{Action: Retry, Class: "unknown", Retryable: true, Attempts: unknownAttempts, Reason: "unknown exit code"}
 	// lostLockRule: the per-user lock expired under a running attempt; no
@@ -87,7 +88,7 @@ var (
 func Classes() []string {
 	var out []string
 	seen := map[string]bool{}
-	for _, r := range append(Policy[:len(Policy):len(Policy)], transportRule, unauthorizedRule, protocolRule, tlsRule, internalRule, unknownRule, lostLockRule) {
+	for _, r := range append(Policy[:len(Policy):len(Policy)], transportRule, unauthorizedRule, protocolRule, tlsRule, configRule, internalRule, unknownRule, lostLockRule) {
 		if !seen[r.Class] {
 			seen[r.Class] = true
 			out = append(out, r.Class)
@@ -137,6 +138,8 @@ func Decide(err error) Rule {
 		return tlsRule
 	case KindInternal:
 		return internalRule
+	case KindConfig:
+		return configRule
 	}
 	return transportRule
 }
