@@ -79,3 +79,45 @@ func BenchmarkIntegrationRedis_Sweep100000(b *testing.B) {
 		b.ReportMetric(float64(steps), "steps-up-to-date")
 	}
 }
+
+// BenchmarkIntegrationRedis_SweepKnown100000 times the listing step of
+// --sweep-list known over 100,000 users with a record (read with SCAN,
+// added to the candidates), on real Redis:
+//
+//	go test ./pkg/sweep -run '^$' -bench SweepKnown100000 -benchtime 3x
+func BenchmarkIntegrationRedis_SweepKnown100000(b *testing.B) {
+	const n = 100_000
+	o := Defaults
+	o.BatchInterval = 0
+	o.List = ListKnown
+	f := newFixture(b, o)
+	f.useRealRedis(b)
+	ctx := context.Background()
+	p := f.rdb.Pipeline()
+	for i := range n {
+		p.HSet(ctx, state.UserKey(fmt.Sprintf("user%06d@example.org", i)), state.FieldLastStart, "1")
+		if i%1000 == 999 {
+			if _, err := p.Exec(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		res, err := f.sw.Step(ctx, "bench", nil)
+		if err != nil || res.Outcome != Started {
+			b.Fatalf("%+v %v", res, err)
+		}
+		b.ReportMetric(float64(time.Since(start).Milliseconds()), "list-ms")
+		b.StopTimer()
+		if st, _ := f.st.SweepStatus(ctx); st.Total != n {
+			b.Fatalf("%d candidates, want %d", st.Total, n)
+		}
+		f.rdb.Del(ctx, state.SweepLockKey, state.SweepKey)
+		b.StartTimer()
+	}
+}

@@ -171,9 +171,11 @@ func (s *Sweeper) list(ctx, lctx context.Context, id string) (state.SweepListing
 
 // listKnown streams the users Redis keeps a record of into the sweep's
 // candidates, with no host (ListKnown); each request then goes to the
-// host of the user's last change or dsync. Reading them until lctx ends,
-// it leaves the rest to the next sweep, as a host's listing cut short
-// does; an error is one of the store.
+// host of the user's last change or dsync. It reads them until lctx
+// ends, and a sweep cut short so sweeps what was read, as a host's
+// listing cut short does; the next sweep reads from the start again
+// (about 4 million records fit in the default budget: docs/sync.md). An
+// error is one of the store.
 func (s *Sweeper) listKnown(ctx, lctx context.Context, id string) (state.SweepListing, error) {
 	l := state.SweepListing{HostsJSON: "[]"}
 	err := s.st.KnownUsers(lctx, listChunk, func(users []string) error {
