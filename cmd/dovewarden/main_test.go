@@ -257,6 +257,43 @@ func TestIngest_RedisOverTLS(t *testing.T) {
 	}
 }
 
+// TestServingRoles_WarnOfSecretsInTheirArguments: a secret given as a
+// flag, which every user of the machine can read in the process list, is
+// named in a warning (never its value); the same secret from its
+// environment variable is not.
+func TestServingRoles_WarnOfSecretsInTheirArguments(t *testing.T) {
+	const warning = "a secret is given as a command-line flag"
+	cases := []struct {
+		name string
+		vars map[string]string
+		args []string
+		flag string
+	}{
+		{"ingest, flag", nil, []string{"ingest", "--listen", "127.0.0.1:0", "--broker-url", "http://127.0.0.1:1/",
+			"--auth-user", "dovecot", "--auth-password", "s3cret-pw"}, "auth-password"},
+		{"ingest, variable", map[string]string{"DOVEWARDEN_AUTH_PASSWORD": "s3cret-pw"}, []string{"ingest", "--listen", "127.0.0.1:0",
+			"--broker-url", "http://127.0.0.1:1/", "--auth-user", "dovecot"}, ""},
+		{"local, flag", nil, []string{"local", "--listen", "127.0.0.1:0", "--doveadm-url", "http://127.0.0.1:1/doveadm/v1",
+			"--destination", "tcp:127.0.0.1:2", "--sweep-every", "0", "--doveadm-password", "s3cret-pw"}, "doveadm-password"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env, _, stderr := testEnv(c.vars, "")
+			_, stop := serve(t, env, stderr, c.args...)
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			out := stderr.String()
+			if warned := strings.Contains(out, warning); warned != (c.flag != "") || c.flag != "" && !strings.Contains(out, "flag="+c.flag) {
+				t.Errorf("warned %v, want a warning naming %q (none for \"\")\n%s", warned, c.flag, out)
+			}
+			if strings.Contains(out, "s3cret-pw") {
+				t.Errorf("the secret is in the log:\n%s", out)
+			}
+		})
+	}
+}
+
 // TestIngest_WarnsOfUnknownSettings: a DOVEWARDEN_* variable that is no
 // setting of the command (here misspelt) is named in a warning; the
 // command's own settings and the variables read elsewhere are not.

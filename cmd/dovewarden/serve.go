@@ -59,12 +59,28 @@ var notSettings = []string{"DOVEWARDEN_PPROF_ADDR", "DOVEWARDEN_DOVECOT24_ROOT"}
 
 // warnUnused logs a warning for each DOVEWARDEN_* variable that sets none
 // of the command's flags (fs): a misspelt name would otherwise be ignored
-// without a word.
+// without a word; and for each secret given as a flag (warnSecretArgs).
 func warnUnused(log *slog.Logger, fs *flag.FlagSet, env *environment) {
+	warnSecretArgs(log, fs, env)
 	if env.environ == nil {
 		return
 	}
 	for _, name := range config.Unused(fs, env.environ(), notSettings...) {
 		log.Warn("environment variable is no setting of this command; ignored", "variable", name, "command", fs.Name())
 	}
+}
+
+// warnSecretArgs logs a warning for each secret given as a command-line
+// flag: every user of the machine reads a process's arguments (ps,
+// /proc/PID/cmdline). A secret is a setting with a -file form
+// (auth-password, auth-token, doveadm-password, doveadm-api-key); one
+// equal to its environment variable came from there.
+func warnSecretArgs(log *slog.Logger, fs *flag.FlagSet, env *environment) {
+	fs.Visit(func(f *flag.Flag) {
+		if fs.Lookup(f.Name+"-file") == nil || f.Value.String() == env.getenv(config.EnvName(f.Name)) {
+			return
+		}
+		log.Warn("a secret is given as a command-line flag, which other users of this machine can read (ps); use its file or its environment variable",
+			"flag", f.Name, "file", f.Name+"-file", "variable", config.EnvName(f.Name))
+	})
 }
