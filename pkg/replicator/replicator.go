@@ -124,10 +124,12 @@ var (
 
 // Replicator runs replication requests.
 type Replicator struct {
-	opts   Options
-	store  Store
-	tr     doveadm.Transport
-	hosts  doveadm.HostMap
+	opts  Options
+	store Store
+	tr    doveadm.Transport
+	hosts doveadm.HostMap
+	// named are the host map's named entries, listed once.
+	named  []string
 	notify Notifier
 	log    *slog.Logger
 	m      *replMetrics
@@ -145,7 +147,7 @@ const coverCacheUsers = 200_000
 
 // New builds a replicator. notify may be nil.
 func New(o Options, store Store, tr doveadm.Transport, hosts doveadm.HostMap, notify Notifier, reg prometheus.Registerer, log *slog.Logger) *Replicator {
-	return &Replicator{opts: o.withDefaults(), store: store, tr: tr, hosts: hosts, notify: notify, log: log,
+	return &Replicator{opts: o.withDefaults(), store: store, tr: tr, hosts: hosts, named: hosts.Hosts(), notify: notify, log: log,
 		m: newReplMetrics(reg), sleep: sleepCtx, cover: newCoverCache(coverCacheUsers), flights: newFlights()}
 }
 
@@ -248,10 +250,11 @@ func (u *unmappedHosts) first(host string) bool {
 // go without a name), otherwise a note: a map may leave the default's own
 // host out.
 func (r *Replicator) noteUnmapped(host string, ep doveadm.Endpoint) {
-	named := r.hosts.Hosts()
-	if host == "" || len(named) == 0 || r.hosts.Names(host) || !r.unmapped.first(host) {
+	// On every request: the cheap checks first, and no allocation.
+	if host == "" || len(r.named) == 0 || r.hosts.Names(host) || !r.unmapped.first(host) {
 		return
 	}
+	named := r.named
 	level, msg := slog.LevelInfo, "changes from this host sync through the default host: the host map does not name it"
 	if r.hosts.DefaultIsNamed() {
 		level, msg = slog.LevelWarn, "changes from this host sync through the default host: the host map does not name it, and its keys must be the hostnames Dovecot reports in its events (or the exporter URL's ?host=NAME)"
