@@ -138,6 +138,7 @@ func TestIngest_ConfigErrorsNameTheSetting(t *testing.T) {
 		"bad CA certs":    {map[string]string{"K_SINK": "https://b", "K_CA_CERTS": "no certificate"}, nil, "K_CA_CERTS"},
 		"bad log":         {map[string]string{"K_SINK": "http://b"}, []string{"--log-format", "xml"}, "log-format"},
 		"bad listen":      {map[string]string{"K_SINK": "http://b"}, []string{"--listen", "8080"}, "listen"},
+		"no connections":  {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_MAX_CONNECTIONS": "0"}, nil, "max-connections 0"},
 		"bad redis":       {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "http://u:secretpw@r"}, nil, "redis-url"},
 		"missing file":    {map[string]string{"K_SINK": "http://b"}, []string{"--auth-token-file", "/nonexistent/token"}, "auth-token-file"},
 		"redis CA alone":  {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_CA_FILE": "/etc/ssl/ca.crt"}, nil, "set without redis-url"},

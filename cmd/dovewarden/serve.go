@@ -22,6 +22,7 @@ func serveRole(ctx context.Context, env *environment, log *slog.Logger, o server
 	if err := o.LoadTLS(log, reg); err != nil {
 		return err
 	}
+	o.Metrics = reg
 	var health server.Health
 	mux := http.NewServeMux()
 	health.Mount(mux, reg, log)

@@ -33,6 +33,11 @@ type Options struct {
 	// HTTPS with that certificate; LoadTLS reads them into KeyPair.
 	TLSCertFile, TLSKeyFile string
 	KeyPair                 *KeyPair
+	// MaxConnections bounds the connections served at once (connLimit);
+	// zero means no bound.
+	MaxConnections int
+	// Metrics, when set, takes the connection bound's metrics.
+	Metrics prometheus.Registerer
 }
 
 // RegisterFlags declares the shared settings on fs. defaultListen is used
@@ -47,6 +52,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet, getenv func(string) string, de
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish after SIGTERM")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", "", "PEM certificate (leaf first, then intermediates) to serve HTTPS with, read again when it changes; empty: plain HTTP")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", "", "PEM private key of tls-cert-file")
+	fs.IntVar(&o.MaxConnections, "max-connections", DefaultMaxConnections, "connections served at once; past it a new connection closes the longest idle keep-alive one, or else waits for one to end")
 }
 
 // Validate checks the shared settings; errors name the setting.
@@ -63,6 +69,9 @@ func (o *Options) Validate() error {
 	}
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		errs = append(errs, errors.New("tls-cert-file and tls-key-file: set both or neither"))
+	}
+	if o.MaxConnections < 1 {
+		errs = append(errs, fmt.Errorf("max-connections %d: must be at least 1", o.MaxConnections))
 	}
 	return errors.Join(errs...)
 }
@@ -176,8 +185,29 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext: func(net.Listener) context.Context { return base },
 	}
-	unread := newUnreadConns()
+	var limit *connLimit
+	if o.MaxConnections > 0 {
+		limit = newConnLimit(o.MaxConnections, log)
+		warnFewFiles(log, o.MaxConnections)
+	}
+	unread := newUnreadConns(limit)
+	if o.Metrics != nil {
+		cs := []prometheus.Collector{unread}
+		if limit != nil {
+			cs = append(cs, limit.collectors...)
+		}
+		for _, c := range cs {
+			if err := o.Metrics.Register(c); err != nil {
+				ln.Close()
+				return fmt.Errorf("connection metrics: %w", err)
+			}
+		}
+	}
 	srv.ConnState = unread.connState
+	var served net.Listener = ln
+	if limit != nil {
+		served = &limitListener{Listener: ln, limit: limit, conns: unread, closed: make(chan struct{})}
+	}
 	srv.RegisterOnShutdown(func() {
 		if n := unread.closeUnread(); n > 0 {
 			log.Debug("closed connections on which no request had begun", "connections", n)
@@ -188,9 +218,9 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	if o.KeyPair != nil {
 		scheme = "https"
 		srv.TLSConfig = o.KeyPair.ServerConfig()
-		go func() { errc <- srv.ServeTLS(readListener{Listener: ln, tls: true}, "", "") }()
+		go func() { errc <- srv.ServeTLS(readListener{Listener: served, tls: true}, "", "") }()
 	} else {
-		go func() { errc <- srv.Serve(readListener{Listener: ln}) }()
+		go func() { errc <- srv.Serve(readListener{Listener: served}) }()
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "write_timeout", wt)
 	if ready != nil {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // unreadConns finds, when the server shuts down, the connections on which
@@ -28,10 +30,16 @@ import (
 // on, so that a stop that cancels the requests can also end their reads:
 // a client that sent part of a body and then nothing holds its handler in
 // a read that no context cancels.
+//
+// With a connLimit it also gives back a connection's place when the
+// connection ends, and finds the connection idle the longest for the limit
+// to close.
 type unreadConns struct {
 	mu     sync.Mutex
-	fresh  map[*readConn]struct{} // in http.StateNew
-	active map[*readConn]struct{} // in http.StateActive
+	fresh  map[*readConn]struct{}  // in http.StateNew
+	active map[*readConn]struct{}  // in http.StateActive
+	idle   map[*readConn]time.Time // in http.StateIdle, since when
+	limit  *connLimit              // nil: no bound
 }
 
 // tlsQuiet is how long a new TLS connection must have sent nothing to be
@@ -85,8 +93,9 @@ func (l readListener) Accept() (net.Conn, error) {
 	return &readConn{Conn: c, tls: l.tls}, nil
 }
 
-func newUnreadConns() *unreadConns {
-	return &unreadConns{fresh: map[*readConn]struct{}{}, active: map[*readConn]struct{}{}}
+func newUnreadConns(limit *connLimit) *unreadConns {
+	return &unreadConns{fresh: map[*readConn]struct{}{}, active: map[*readConn]struct{}{},
+		idle: map[*readConn]time.Time{}, limit: limit}
 }
 
 // connState is the server's ConnState hook.
@@ -102,12 +111,44 @@ func (u *unreadConns) connState(c net.Conn, s http.ConnState) {
 	defer u.mu.Unlock()
 	delete(u.fresh, rc)
 	delete(u.active, rc)
+	delete(u.idle, rc)
 	switch s {
 	case http.StateNew:
 		u.fresh[rc] = struct{}{}
 	case http.StateActive:
 		u.active[rc] = struct{}{}
+	case http.StateIdle:
+		u.idle[rc] = time.Now()
+		if u.limit != nil {
+			u.limit.idle()
+		}
+	case http.StateClosed, http.StateHijacked:
+		if u.limit != nil {
+			u.limit.release()
+		}
 	}
+}
+
+// closeLongestIdle closes the keep-alive connection that has waited the
+// longest for its next request, and says whether there was one. Its client
+// opens a new connection for its next request; one it sends just as the
+// connection closes fails, as at the server's idle timeout.
+func (u *unreadConns) closeLongestIdle() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var oldest *readConn
+	var since time.Time
+	for c, t := range u.idle {
+		if oldest == nil || t.Before(since) {
+			oldest, since = c, t
+		}
+	}
+	if oldest == nil {
+		return false
+	}
+	delete(u.idle, oldest)
+	oldest.Close()
+	return true
 }
 
 // endReads makes every read on a connection with a request in progress
@@ -136,4 +177,21 @@ func (u *unreadConns) closeUnread() int {
 		}
 	}
 	return n
+}
+
+// connsDesc describes the connections a server holds open, by state.
+var connsDesc = prometheus.NewDesc("dovewarden_http_connections",
+	"Connections the HTTP server holds open, by state: new (no request yet, or a TLS handshake), active (a request being read or answered), idle (a keep-alive connection between requests).",
+	[]string{"state"}, nil)
+
+// Describe and Collect make u a collector of its connections by state.
+func (u *unreadConns) Describe(ch chan<- *prometheus.Desc) { ch <- connsDesc }
+
+func (u *unreadConns) Collect(ch chan<- prometheus.Metric) {
+	u.mu.Lock()
+	n := map[string]int{"new": len(u.fresh), "active": len(u.active), "idle": len(u.idle)}
+	u.mu.Unlock()
+	for state, v := range n {
+		ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.GaugeValue, float64(v), state)
+	}
 }

@@ -1,0 +1,139 @@
+package server
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultMaxConnections is --max-connections' default. Dovecot's exporter
+// keeps one connection per host (its stats process; 2.4 can raise it with
+// http_client_max_parallel_connections) and a Broker or Knative's
+// queue-proxy one per request in flight, so a server of dovewarden has a
+// few dozen; at about 20 KiB each, 1024 bound its memory to some 20 MiB.
+const DefaultMaxConnections = 1024
+
+// connLimit bounds the connections a server holds open at once. A new
+// connection beyond the bound first closes the connection that has been
+// idle the longest: a keep-alive connection between requests, which its
+// client opens again when it has a request to send. With none idle, the
+// new connection waits, and those behind it wait in the kernel's listen
+// backlog, until one ends or turns idle. Without the bound, every connection a client
+// opens and keeps (up to the idle timeout, 120 s) costs memory, until the
+// process runs out of file descriptors and stops accepting at all.
+type connLimit struct {
+	max   int
+	slots chan struct{} // one element per open connection
+	// turnedIdle holds a token when a connection turned idle since a
+	// waiting admit last looked.
+	turnedIdle chan struct{}
+	log        *slog.Logger
+
+	idleClosed prometheus.Counter
+	waited     prometheus.Counter
+	collectors []prometheus.Collector
+	lastWarn   atomic.Int64 // UnixNano of the last warning
+}
+
+// warnEvery spaces the warnings that a new connection had to wait.
+const warnEvery = time.Minute
+
+func newConnLimit(max int, log *slog.Logger) *connLimit {
+	l := &connLimit{max: max, slots: make(chan struct{}, max), turnedIdle: make(chan struct{}, 1), log: log}
+	l.idleClosed = prometheus.NewCounter(prometheus.CounterOpts{Name: "dovewarden_http_connections_idle_closed_total",
+		Help: "Idle keep-alive connections closed to make room for a new one at --max-connections."})
+	l.waited = prometheus.NewCounter(prometheus.CounterOpts{Name: "dovewarden_http_connections_waited_total",
+		Help: "New connections that waited for a free place at --max-connections, every connection being busy with a request."})
+	l.collectors = []prometheus.Collector{
+		l.idleClosed, l.waited,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dovewarden_http_max_connections",
+			Help: "The bound on open connections (--max-connections)."}, func() float64 { return float64(max) }),
+	}
+	return l
+}
+
+// admit takes a place for a connection just accepted, closing the longest
+// idle one (from conns) when none is free, or else waiting for a place or
+// an idle connection to close, until closed ends. It says whether the
+// connection got a place.
+func (l *connLimit) admit(conns *unreadConns, closed <-chan struct{}) bool {
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+	}
+	// A closed connection gives its place back as soon as the server
+	// sees it end; only Accept, one at a time, takes places.
+	closing := conns.closeLongestIdle()
+	if closing {
+		l.idleClosed.Inc()
+	} else {
+		l.waited.Inc()
+		now := time.Now().UnixNano()
+		if last := l.lastWarn.Load(); now-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, now) {
+			l.log.Warn("every connection is busy: a new one waits until one ends; logged once a minute",
+				"max_connections", l.max, "setting", "max-connections")
+		}
+	}
+	for {
+		var turnedIdle chan struct{}
+		if !closing {
+			// A connection that turns idle meanwhile is closed for
+			// this one.
+			turnedIdle = l.turnedIdle
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return true
+		case <-closed:
+			return false
+		case <-turnedIdle:
+			if conns.closeLongestIdle() {
+				closing = true
+				l.idleClosed.Inc()
+			}
+		}
+	}
+}
+
+// idle tells a connection waiting in admit that a connection turned idle.
+func (l *connLimit) idle() {
+	select {
+	case l.turnedIdle <- struct{}{}:
+	default:
+	}
+}
+
+// release gives back the place of a connection that ended.
+func (l *connLimit) release() { <-l.slots }
+
+// limitListener admits each accepted connection through a connLimit.
+type limitListener struct {
+	net.Listener
+	limit     *connLimit
+	conns     *unreadConns
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if !l.limit.admit(l.conns, l.closed) {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	return c, nil
+}
+
+// Close also ends a wait for a place: the server is stopping.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
