@@ -15,6 +15,8 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -23,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -484,6 +487,23 @@ func registered(t *testing.T) map[string]family {
 	if err := srv.LoadTLS(log, reg); err != nil {
 		t.Fatal(err)
 	}
+	// Every role's listener: its connections and their bound.
+	srv.KeyPair, srv.Metrics, srv.MaxConnections, srv.ShutdownTimeout = nil, reg, server.DefaultMaxConnections, time.Second
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		done <- server.ServeListener(ctx, log, srv, ln, http.NotFoundHandler(), func(net.Addr) { close(served) })
+	}()
+	select {
+	case <-served:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); <-done })
 
 	ch := make(chan *prometheus.Desc)
 	go func() { reg.Describe(ch); close(ch) }()
