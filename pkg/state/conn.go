@@ -1,13 +1,18 @@
 package state
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"strconv"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -102,15 +107,122 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 			failover.ContextTimeoutEnabled, failover.DialerRetries = true, 1
 		}
 		failover.ContextTimeoutEnabled = failover.ContextTimeoutEnabled || c.Deadlines
-		return redis.NewFailoverClient(failover), nil
+		rdb := redis.NewFailoverClient(failover)
+		rdb.AddHook(firstWords{})
+		return rdb, nil
 	}
 	if c.Timeout > 0 {
 		simple.DialTimeout, simple.ReadTimeout, simple.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
 		simple.ContextTimeoutEnabled, simple.DialerRetries = true, 1
 	}
 	simple.ContextTimeoutEnabled = simple.ContextTimeoutEnabled || c.Deadlines
-	return redis.NewClient(simple), nil
+	rdb := redis.NewClient(simple)
+	rdb.AddHook(firstWords{})
+	return rdb, nil
 }
+
+// firstWords is a go-redis hook that keeps what Redis says as it refuses a
+// new connection: past maxclients ("ERR max number of clients reached"),
+// or in protected mode ("DENIED ..."), it answers the first command with
+// an error and closes the connection. go-redis takes an error answer to
+// its HELLO for an older server's, sends the next commands, and reports
+// only their failed write ("write: broken pipe"). The connections it
+// dials remember the error they read first, and a write that then fails
+// says it.
+type firstWords struct{}
+
+func (firstWords) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// go-redis checks a pooled connection's health on its socket,
+		// found with syscall.Conn or NetConn: the wrapper shows the
+		// same as the connection it wraps.
+		if sc, ok := c.(syscall.Conn); ok {
+			return &saidSyscallConn{saidConn: saidConn{Conn: c}, sc: sc}, nil
+		}
+		return &saidConn{Conn: c}, nil
+	}
+}
+
+func (firstWords) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (firstWords) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// saidConn remembers the error line that began the first answer read
+// from it, and adds it to a failed write's error until a second answer
+// shows the connection alive (a Redis older than 6.0 answers HELLO with
+// an error and goes on serving).
+type saidConn struct {
+	net.Conn
+	first atomic.Bool            // an answer was read
+	said  atomic.Pointer[string] // its error line, when it began with one
+}
+
+// maxSaid bounds the error line kept.
+const maxSaid = 256
+
+func (c *saidConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	switch {
+	case n == 0:
+	case !c.first.Load():
+		c.first.Store(true)
+		if line := p[:n]; line[0] == '-' {
+			if i := bytes.IndexByte(line, '\r'); i >= 0 {
+				line = line[:i]
+			}
+			said := string(line[1:min(len(line), maxSaid)])
+			c.said.Store(&said)
+		}
+	case c.said.Load() != nil:
+		c.said.Store(nil)
+	}
+	return n, err
+}
+
+func (c *saidConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		if said := c.said.Load(); said != nil {
+			return n, &refusedError{err: err, said: *said}
+		}
+	}
+	return n, err
+}
+
+// NetConn is the connection c wraps, as crypto/tls.Conn's NetConn is.
+func (c *saidConn) NetConn() net.Conn { return c.Conn }
+
+// saidSyscallConn is a saidConn of a connection with a socket of its own
+// (TCP, Unix), which it gives to go-redis's health check.
+type saidSyscallConn struct {
+	saidConn
+	sc syscall.Conn
+}
+
+func (c *saidSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
+
+// refusedError is a failed write on a connection Redis refused, with
+// what Redis said.
+type refusedError struct {
+	err  error
+	said string
+}
+
+func (e *refusedError) Error() string {
+	return e.err.Error() + " (Redis refused the connection: " + strconv.Quote(e.said) + ")"
+}
+
+// Unwrap gives errors.Is and errors.As the write's error. It is the list
+// form on purpose: go-redis hands its caller errors.Unwrap of a failed
+// connection setup's error, which looks only at the single form, so that
+// what Redis said reaches the caller.
+func (e *refusedError) Unwrap() []error { return []error{e.err} }
 
 // tlsConfig adds the CA and the client certificate to base, the TLS
 // configuration go-redis derived from a rediss:// URL (the server name,

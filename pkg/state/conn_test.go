@@ -320,3 +320,32 @@ func TestTransactions_SayWhyRedisRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestOpen_SaysWhyRedisRefusedTheConnection: a real redis-server past its
+// maxclients answers a new connection's first command with an error and
+// closes it. The error a caller gets says what Redis said, not only
+// go-redis's failed write after it ("broken pipe"); and with a place free
+// again the same Store works.
+func TestOpen_SaysWhyRedisRefusedTheConnection(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	if err := admin.ConfigSet(ctx, "maxclients", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(state.Conn{URL: srv.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	err = st.Ping(ctx)
+	if err == nil || !strings.Contains(err.Error(), `Redis refused the connection: "ERR max number of clients reached"`) {
+		t.Fatalf("ping past maxclients: %v, want what Redis said", err)
+	}
+	if err := admin.ConfigSet(ctx, "maxclients", "100").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Errorf("ping with places free: %v", err)
+	}
+}
