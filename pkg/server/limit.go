@@ -22,9 +22,11 @@ const DefaultMaxConnections = 1024
 // idle the longest: a keep-alive connection between requests, which its
 // client opens again when it has a request to send. With none idle, the
 // new connection waits, and those behind it wait in the kernel's listen
-// backlog, until one ends or turns idle. Without the bound, every connection a client
-// opens and keeps (up to the idle timeout, 120 s) costs memory, until the
-// process runs out of file descriptors and stops accepting at all.
+// backlog, until one ends or turns idle. A connection on which nothing
+// arrives ends at the read-header timeout (5 s). Without the bound, every
+// connection a client opens and keeps (up to the idle timeout, 120 s)
+// costs memory, until the process runs out of file descriptors and stops
+// accepting at all.
 type connLimit struct {
 	max   int
 	slots chan struct{} // one element per open connection
