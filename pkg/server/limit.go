@@ -14,19 +14,21 @@ import (
 // keeps one connection per host (its stats process; 2.4 can raise it with
 // http_client_max_parallel_connections) and a Broker or Knative's
 // queue-proxy one per request in flight, so a server of dovewarden has a
-// few dozen; at about 20 KiB each, 1024 bound its memory to some 20 MiB.
+// few dozen; at up to about 40 KiB each (docs/benchmarks.md), 1024 bound
+// their memory to some 40 MiB.
 const DefaultMaxConnections = 1024
 
 // connLimit bounds the connections a server holds open at once. A new
 // connection beyond the bound first closes the connection that has been
 // idle the longest: a keep-alive connection between requests, which its
-// client opens again when it has a request to send. With none idle, the
-// new connection waits, and those behind it wait in the kernel's listen
-// backlog, until one ends or turns idle. A connection on which nothing
-// arrives ends at the read-header timeout (5 s). Without the bound, every
-// connection a client opens and keeps (up to the idle timeout, 120 s)
-// costs memory, until the process runs out of file descriptors and stops
-// accepting at all.
+// client opens again when it has a request to send; with none idle, the
+// oldest new connection that has sent nothing for a second. With neither,
+// the new connection waits, and those behind it wait in the kernel's
+// listen backlog, until one ends or turns idle or quiet (a connection that
+// begins a request and then stalls ends at the read-header timeout, 5 s).
+// Without the bound, every connection a client opens and keeps (up to the
+// idle timeout, 120 s) costs memory, until the process runs out of file
+// descriptors and stops accepting at all.
 type connLimit struct {
 	max   int
 	slots chan struct{} // one element per open connection
@@ -35,10 +37,10 @@ type connLimit struct {
 	turnedIdle chan struct{}
 	log        *slog.Logger
 
-	idleClosed prometheus.Counter
-	waited     prometheus.Counter
-	collectors []prometheus.Collector
-	lastWarn   atomic.Int64 // UnixNano of the last warning
+	closedForNew *prometheus.CounterVec
+	waited       prometheus.Counter
+	collectors   []prometheus.Collector
+	lastWarn     atomic.Int64 // UnixNano of the last warning
 }
 
 // warnEvery spaces the warnings that a new connection had to wait.
@@ -46,21 +48,24 @@ const warnEvery = time.Minute
 
 func newConnLimit(max int, log *slog.Logger) *connLimit {
 	l := &connLimit{max: max, slots: make(chan struct{}, max), turnedIdle: make(chan struct{}, 1), log: log}
-	l.idleClosed = prometheus.NewCounter(prometheus.CounterOpts{Name: "dovewarden_http_connections_idle_closed_total",
-		Help: "Idle keep-alive connections closed to make room for a new one at --max-connections."})
+	l.closedForNew = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dovewarden_http_connections_closed_for_new_total",
+		Help: "Connections closed at --max-connections to make room for a new one, by state: idle (a keep-alive connection between requests) or new (one that sent nothing for a second)."}, []string{"state"})
+	for _, s := range []string{"idle", "new"} {
+		l.closedForNew.WithLabelValues(s)
+	}
 	l.waited = prometheus.NewCounter(prometheus.CounterOpts{Name: "dovewarden_http_connections_waited_total",
-		Help: "New connections that waited for a free place at --max-connections, every connection being busy with a request."})
+		Help: "New connections that waited for a place at --max-connections, no connection being idle or quiet."})
 	l.collectors = []prometheus.Collector{
-		l.idleClosed, l.waited,
+		l.closedForNew, l.waited,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dovewarden_http_max_connections",
 			Help: "The bound on open connections (--max-connections)."}, func() float64 { return float64(max) }),
 	}
 	return l
 }
 
-// admit takes a place for a connection just accepted, closing the longest
-// idle one (from conns) when none is free, or else waiting for a place or
-// an idle connection to close, until closed ends. It says whether the
+// admit takes a place for a connection just accepted, closing an idle or
+// quiet one (from conns) when none is free, or else waiting for a place
+// or for a connection to close, until closed ends. It says whether the
 // connection got a place.
 func (l *connLimit) admit(conns *unreadConns, closed <-chan struct{}) bool {
 	select {
@@ -68,36 +73,39 @@ func (l *connLimit) admit(conns *unreadConns, closed <-chan struct{}) bool {
 		return true
 	default:
 	}
-	// A closed connection gives its place back as soon as the server
-	// sees it end; only Accept, one at a time, takes places.
-	closing := conns.closeLongestIdle()
-	if closing {
-		l.idleClosed.Inc()
-	} else {
-		l.waited.Inc()
-		now := time.Now().UnixNano()
-		if last := l.lastWarn.Load(); now-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, now) {
-			l.log.Warn("every connection is busy: a new one waits until one ends; logged once a minute",
-				"max_connections", l.max, "setting", "max-connections")
-		}
-	}
+	var tick <-chan time.Time
 	for {
-		var turnedIdle chan struct{}
-		if !closing {
-			// A connection that turns idle meanwhile is closed for
-			// this one.
-			turnedIdle = l.turnedIdle
+		if state, ok := conns.closeForNew(); ok {
+			l.closedForNew.WithLabelValues(state).Inc()
+			// Its place comes back as soon as the server sees it
+			// end; only Accept, one at a time, takes places.
+			select {
+			case l.slots <- struct{}{}:
+				return true
+			case <-closed:
+				return false
+			}
+		}
+		if tick == nil {
+			l.waited.Inc()
+			now := time.Now().UnixNano()
+			if last := l.lastWarn.Load(); now-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, now) {
+				l.log.Warn("every connection is busy: a new one waits until one ends or turns idle; logged once a minute",
+					"max_connections", l.max, "setting", "max-connections")
+			}
+			// A new connection turns quiet without a signal: look
+			// again now and then.
+			t := time.NewTicker(freshQuiet / 4)
+			defer t.Stop()
+			tick = t.C
 		}
 		select {
 		case l.slots <- struct{}{}:
 			return true
 		case <-closed:
 			return false
-		case <-turnedIdle:
-			if conns.closeLongestIdle() {
-				closing = true
-				l.idleClosed.Inc()
-			}
+		case <-l.turnedIdle:
+		case <-tick:
 		}
 	}
 }

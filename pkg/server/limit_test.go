@@ -164,7 +164,7 @@ func TestConnLimit_ClosesTheLongestIdleForANewConnection(t *testing.T) {
 			t.Errorf("connection %d, idle for less long: %d %v", i+1, code, err)
 		}
 	}
-	if v := metricValue(t, reg, "dovewarden_http_connections_idle_closed_total"); v != 1 {
+	if v := metricValue(t, reg, "dovewarden_http_connections_closed_for_new_total", "idle"); v != 1 {
 		t.Errorf("idle connections closed: %v, want 1", v)
 	}
 	if v := metricValue(t, reg, "dovewarden_http_connections_waited_total"); v != 0 {
@@ -273,5 +273,61 @@ func TestConnLimit_AStopEndsTheWait(t *testing.T) {
 	busy.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if resp, err := http.ReadResponse(busy.r, nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("the busy request at the stop: %v %v, want its handler's 503", resp, err)
+	}
+}
+
+// TestConnLimit_ARequestBegunIsNotIdle: net/http calls a keep-alive
+// connection idle until its next request's headers are in. One whose
+// request has begun to arrive is not closed for a new connection; the
+// one truly idle is, though it has been idle for less long.
+func TestConnLimit_ARequestBegunIsNotIdle(t *testing.T) {
+	addr, reg, _, _ := limited(t, 2, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) }))
+	a, b := dialKeepAlive(t, addr), dialKeepAlive(t, addr)
+	for i, k := range []*keepAlive{a, b} {
+		if code, _, err := k.get("/first"); err != nil || code != 200 {
+			t.Fatalf("first request: %d %v", code, err)
+		}
+		waitFor(t, "the connection to turn idle", func() bool {
+			return metricValue(t, reg, "dovewarden_http_connections", "idle") == float64(i+1)
+		})
+	}
+	// a, idle the longest, begins its next request.
+	a.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(a, "GET /second HTTP/1.1\r\nHost: x\r\n")
+	// Time for the server to read them; before that a is idle indeed,
+	// and the test would fail, not pass, cutting its request.
+	time.Sleep(200 * time.Millisecond)
+	if v := metricValue(t, reg, "dovewarden_http_connections", "idle"); v != 2 {
+		t.Fatalf("idle connections to net/http: %v, want 2 (a's headers are not all in)", v)
+	}
+	if code, body, err := dialKeepAlive(t, addr).get("/new"); err != nil || code != 200 || body != "/new" {
+		t.Fatalf("a new connection: %d %q %v", code, body, err)
+	}
+	fmt.Fprintf(a, "\r\n")
+	resp, err := http.ReadResponse(a.r, nil)
+	if err != nil {
+		t.Fatalf("the request begun was cut off: %v", err)
+	}
+	resp.Body.Close()
+	if _, _, err := b.get("/again"); err == nil {
+		t.Error("the connection truly idle still answers")
+	}
+}
+
+// TestConnLimit_ClosesAQuietNewConnection: with none idle, a connection
+// that has sent nothing for a second gives its place to a new one.
+func TestConnLimit_ClosesAQuietNewConnection(t *testing.T) {
+	addr, reg, _, _ := limited(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) }))
+	silent := dialKeepAlive(t, addr)
+	waitFor(t, "the silent connection", func() bool { return metricValue(t, reg, "dovewarden_http_connections", "new") == 1 })
+	if code, body, err := dialKeepAlive(t, addr).get("/new"); err != nil || code != 200 || body != "/new" {
+		t.Fatalf("a new connection: %d %q %v", code, body, err)
+	}
+	if v := metricValue(t, reg, "dovewarden_http_connections_closed_for_new_total", "new"); v != 1 {
+		t.Errorf("new connections closed for a newer one: %v, want 1", v)
+	}
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := silent.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the silent connection is still open (read %d bytes)", n)
 	}
 }

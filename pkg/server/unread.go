@@ -49,7 +49,8 @@ const tlsQuiet = 500 * time.Millisecond
 // readConn remembers whether anything was read from it, and when last.
 type readConn struct {
 	net.Conn
-	tls      bool // the server's TLS runs over it
+	tls      bool      // the server's TLS runs over it
+	accepted time.Time // when it was admitted
 	read     atomic.Bool
 	lastRead atomic.Int64 // UnixNano
 }
@@ -90,7 +91,7 @@ func (l readListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &readConn{Conn: c, tls: l.tls}, nil
+	return &readConn{Conn: c, tls: l.tls, accepted: time.Now()}, nil
 }
 
 func newUnreadConns(limit *connLimit) *unreadConns {
@@ -129,26 +130,48 @@ func (u *unreadConns) connState(c net.Conn, s http.ConnState) {
 	}
 }
 
-// closeLongestIdle closes the keep-alive connection that has waited the
-// longest for its next request, and says whether there was one. Its client
-// opens a new connection for its next request; one it sends just as the
-// connection closes fails, as at the server's idle timeout.
-func (u *unreadConns) closeLongestIdle() bool {
+// freshQuiet is how long a new connection must have sent nothing to be
+// closed for a newer one at the bound.
+const freshQuiet = time.Second
+
+// closeForNew makes room at the bound for a new connection. It closes the
+// keep-alive connection that has waited the longest for its next request
+// (state "idle"); its client opens a new connection for its next request.
+// A connection whose next request has begun to arrive is busy, though
+// net/http still calls it idle until the request's headers are in. With
+// none idle, it closes the oldest new connection on which nothing arrived
+// for freshQuiet (state "new"): a client's spare dial, a port check. It
+// says which state the closed connection was in, or false when it closed
+// none.
+func (u *unreadConns) closeForNew() (string, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var oldest *readConn
 	var since time.Time
 	for c, t := range u.idle {
+		if c.lastRead.Load() > t.UnixNano() {
+			continue
+		}
 		if oldest == nil || t.Before(since) {
 			oldest, since = c, t
 		}
 	}
-	if oldest == nil {
-		return false
+	if oldest != nil {
+		delete(u.idle, oldest)
+		oldest.Close()
+		return "idle", true
 	}
-	delete(u.idle, oldest)
-	oldest.Close()
-	return true
+	for c := range u.fresh {
+		if c.unused() && time.Since(c.accepted) >= freshQuiet && (oldest == nil || c.accepted.Before(oldest.accepted)) {
+			oldest = c
+		}
+	}
+	if oldest != nil {
+		delete(u.fresh, oldest)
+		oldest.Close()
+		return "new", true
+	}
+	return "", false
 }
 
 // endReads makes every read on a connection with a request in progress
