@@ -126,9 +126,9 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 // or in protected mode ("DENIED ..."), it answers the first command with
 // an error and closes the connection. go-redis takes an error answer to
 // its HELLO for an older server's, sends the next commands, and reports
-// only their failed write ("write: broken pipe"). The connections it
-// dials remember the error they read first, and a write that then fails
-// says it.
+// only their failed write ("write: broken pipe") or the end of the
+// connection ("EOF"). The connections it dials remember the error they
+// read first, and a read or write that then fails says it.
 type firstWords struct{}
 
 func (firstWords) DialHook(next redis.DialHook) redis.DialHook {
@@ -154,7 +154,7 @@ func (firstWords) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 }
 
 // saidConn remembers the error line that began the first answer read
-// from it, and adds it to a failed write's error until a second answer
+// from it, and adds it to a failed read's or write's error until a second answer
 // shows the connection alive (a Redis older than 6.0 answers HELLO with
 // an error and goes on serving).
 type saidConn struct {
@@ -182,6 +182,13 @@ func (c *saidConn) Read(p []byte) (int, error) {
 	case c.said.Load() != nil:
 		c.said.Store(nil)
 	}
+	if err != nil {
+		// Redis's close can come back as the end of the next read
+		// rather than a failed write.
+		if said := c.said.Load(); said != nil {
+			return n, &refusedError{err: err, said: *said}
+		}
+	}
 	return n, err
 }
 
@@ -207,8 +214,8 @@ type saidSyscallConn struct {
 
 func (c *saidSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
 
-// refusedError is a failed write on a connection Redis refused, with
-// what Redis said.
+// refusedError is a failed read or write on a connection Redis refused,
+// with what Redis said.
 type refusedError struct {
 	err  error
 	said string

@@ -103,3 +103,26 @@ func TestSaidConn_ShowsTheSocket(t *testing.T) {
 		t.Error("a wrapper of a connection without a socket claims one")
 	}
 }
+
+// Redis's close may show as the end of the next read rather than a failed
+// write (the write went out before the close came back): that says it
+// too, and is still io.EOF to go-redis, which retries on it.
+func TestSaidConn_RefusalIsInTheReadError(t *testing.T) {
+	c, server := pipeDial(t)
+	roundTrip(t, c, server, "-ERR max number of clients reached\r\n")
+	go func() {
+		buf := make([]byte, 64)
+		server.Read(buf)
+		server.Close()
+	}()
+	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Read(make([]byte, 64))
+	if err == nil || !strings.Contains(err.Error(), `(Redis refused the connection: "ERR max number of clients reached")`) {
+		t.Fatalf("read after the refusal: %v", err)
+	}
+	if !errors.Is(err, io.EOF) {
+		t.Errorf("errors.Is(%v, io.EOF) is false", err)
+	}
+}
