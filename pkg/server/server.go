@@ -52,7 +52,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet, getenv func(string) string, de
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may finish after SIGTERM")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", "", "PEM certificate (leaf first, then intermediates) to serve HTTPS with, read again when it changes; empty: plain HTTP")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", "", "PEM private key of tls-cert-file")
-	fs.IntVar(&o.MaxConnections, "max-connections", DefaultMaxConnections, "connections served at once; past it a new connection closes the longest idle keep-alive one, or else waits for one to end")
+	fs.IntVar(&o.MaxConnections, "max-connections", DefaultMaxConnections, "connections served at once; past it a new connection closes the longest idle keep-alive one (or else a new one quiet for a second), or waits for one to end")
 }
 
 // Validate checks the shared settings; errors name the setting.

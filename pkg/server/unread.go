@@ -32,8 +32,8 @@ import (
 // a read that no context cancels.
 //
 // With a connLimit it also gives back a connection's place when the
-// connection ends, and finds the connection idle the longest for the limit
-// to close.
+// connection ends, and finds a connection to close for a new one at the
+// bound (closeForNew).
 type unreadConns struct {
 	mu     sync.Mutex
 	fresh  map[*readConn]struct{}  // in http.StateNew
