@@ -183,8 +183,51 @@ func (e Endpoint) validate(transport string) error {
 		// doveadm dsync-server" and answered exit code 75, a destination
 		// that is down, at every dsync.
 		errs = append(errs, fmt.Errorf("%s: destination %q: dsync takes a destination without tcp: or tcps: for an ssh host, not the replica's doveadm listener: write tcp:%s (tcps:%s over TLS)", name, e.Destination, e.Destination, e.Destination))
+	default:
+		if err := checkTCPDestination(e.Destination); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// tcpTarget is what follows tcp: or tcps: in a destination dsync reaches
+// over TCP: a host name or IPv4 address with an optional port, or an IPv6
+// address in brackets with its port.
+var tcpTarget = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}|[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?)$`)
+
+// ipv6Port is an IPv6 address and a port written without brackets
+// (2001:db8::2:12345): hex digits, dots and at least two colons.
+var ipv6Port = regexp.MustCompile(`^[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*$`)
+
+// checkTCPDestination refuses a destination whose IPv6 address dsync
+// cannot read, and a tcp: or tcps: destination that is not a host and
+// port. Measured with real doveadm: tcp:[::1]:PORT works on 2.3 and 2.4;
+// tcp:::1:PORT works on 2.4 but 2.3 fails its host lookup (exit code 75,
+// or over the HTTP API a doveadm process that dies: an EOF, retried as if
+// the replica were down); ::1:PORT, without tcp:, is read as a mail
+// location by both; tcp:[::1] without a port fails on both.
+func checkTCPDestination(d string) error {
+	prefix, rest, ok := "tcp:", strings.TrimPrefix(d, "tcp:"), strings.HasPrefix(d, "tcp:")
+	if !ok {
+		prefix, rest, ok = "tcps:", strings.TrimPrefix(d, "tcps:"), strings.HasPrefix(d, "tcps:")
+	}
+	switch {
+	case !ok && ipv6Port.MatchString(d):
+		return fmt.Errorf("destination %q: an IPv6 address needs tcp: and brackets: write %s (tcps: over TLS)", d, bracketed("tcp:", d))
+	case !ok, tcpTarget.MatchString(rest):
+		return nil
+	case ipv6Port.MatchString(rest):
+		return fmt.Errorf("destination %q: Dovecot 2.3 cannot read an IPv6 address without brackets: write %s, which 2.3 and 2.4 read", d, bracketed(prefix, rest))
+	}
+	return fmt.Errorf("destination %q: after %s dsync takes HOST:PORT, an IPv6 address in brackets with its port (%s[2001:db8::2]:12345)", d, prefix, prefix)
+}
+
+// bracketed writes addrPort, an IPv6 address and a port without brackets,
+// as prefix[address]:port.
+func bracketed(prefix, addrPort string) string {
+	i := strings.LastIndexByte(addrPort, ':')
+	return prefix + "[" + addrPort[:i] + "]" + addrPort[i:]
 }
 
 // hostPort is a destination that is a host and port alone (mail-b:12345,
