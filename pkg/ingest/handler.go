@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
@@ -378,26 +378,11 @@ func (h *Handler) authorized(r *http.Request) bool {
 }
 
 // checkHost accepts what can name a Dovecot host in a CloudEvent source and
-// a metric label: 1 to 253 bytes of letters, digits, '.', '-', '_' and ':',
-// that parse as a URI reference (the CloudEvent's source): so not "::1" or
-// "10.0.0.1:8080", whose colon a URI reference does not allow there.
+// a metric label: what the host map takes as a host's name
+// (doveadm.ValidateHost), but not empty.
 func checkHost(host string) error {
 	if host == "" {
 		return errors.New(`no host: the event has no "hostname" (or pass ?host=NAME in the exporter URL)`)
 	}
-	if len(host) > 253 {
-		return fmt.Errorf("host name of %d bytes exceeds 253", len(host))
-	}
-	for i := 0; i < len(host); i++ {
-		c := host[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_' || c == ':') {
-			return fmt.Errorf("host %q: only letters, digits and . - _ : are allowed", host)
-		}
-	}
-	if strings.IndexByte(host, ':') >= 0 {
-		if _, err := url.Parse(host); err != nil {
-			return fmt.Errorf("host %q: not a URI reference, as a CloudEvent's source must be (a colon only after a leading letter)", host)
-		}
-	}
-	return nil
+	return doveadm.ValidateHost(host)
 }
