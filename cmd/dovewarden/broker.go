@@ -68,7 +68,7 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) },
 		func(addr net.Addr) {
 			warnOpenListener(log, addr, false, "the broker ingress (a full sync of any user, a forged alert)",
-				"--listen 127.0.0.1:PORT, or a firewall that admits only ingest and sync")
+				"--listen 127.0.0.1:PORT (or [::1]:PORT), or a firewall that admits only ingest and sync")
 		})
 	held := stopped()
 	if set.SpoolFile == "" && len(held) > 0 {

@@ -133,7 +133,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		mr := miniredis.NewMiniRedis()
 		password := rand.Text()
 		mr.RequireAuth(password)
-		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+		if err := startLoopback(mr, embeddedRedisAddrs...); err != nil {
 			return fmt.Errorf("embedded redis: %w", err)
 		}
 		defer mr.Close()
@@ -155,7 +155,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 	warnOpenListener(log, ln.Addr(), ho.Token != "" || ho.BasicUser != "",
 		"ingest, the broker ingress (a full sync of any user, a forged alert) and /status (users and their errors)",
-		"set --auth-user and --auth-password-file (or --auth-token-file), or --listen 127.0.0.1:PORT")
+		"set --auth-user and --auth-password-file (or --auth-token-file), or --listen 127.0.0.1:PORT (or [::1]:PORT)")
 	// Ingest's credentials guard the broker ingress and the status too;
 	// the sync handler's own posts to that ingress carry them.
 	switch {
@@ -539,6 +539,23 @@ func statusHandler(st *state.Store, uf dovecot.UsernameFormat) http.Handler {
 
 // loopback turns a listener address bound to all interfaces into one this
 // process can dial.
+// embeddedRedisAddrs are where the embedded Redis listens: IPv4's
+// loopback, or IPv6's on a host that has only that.
+var embeddedRedisAddrs = []string{"127.0.0.1:0", "[::1]:0"}
+
+// startLoopback starts mr on the first of addrs it can listen on.
+func startLoopback(mr *miniredis.Miniredis, addrs ...string) error {
+	var errs []error
+	for _, a := range addrs {
+		err := mr.StartAddr(a)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 func loopback(a net.Addr) string {
 	tcp, ok := a.(*net.TCPAddr)
 	if !ok || !tcp.IP.IsUnspecified() {

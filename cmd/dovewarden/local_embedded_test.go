@@ -119,3 +119,24 @@ func TestProcessClock_NeverBeforeTheMark(t *testing.T) {
 		t.Errorf("Now() = %v, %v; want milliseconds, not before the attempt's start %v", now, err, ahead)
 	}
 }
+
+// TestStartLoopback_TakesTheNextAddress: the embedded Redis listens on the
+// first loopback address the host has (IPv4's, or else IPv6's), so that
+// local mode starts on a host with only ::1.
+func TestStartLoopback_TakesTheNextAddress(t *testing.T) {
+	mr := miniredis.NewMiniRedis()
+	defer mr.Close()
+	// 203.0.113.1 and 198.51.100.1 (TEST-NET-3 and -2, for
+	// documentation) are no address of this host.
+	if err := startLoopback(mr, "203.0.113.1:0", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(mr.Addr(), "127.0.0.1:") {
+		t.Errorf("listening on %s, want the second address", mr.Addr())
+	}
+	mr2 := miniredis.NewMiniRedis()
+	defer mr2.Close()
+	if err := startLoopback(mr2, "203.0.113.1:0", "198.51.100.1:0"); err == nil || !strings.Contains(err.Error(), "198.51.100.1") {
+		t.Errorf("no address to listen on: %v, want the errors of each", err)
+	}
+}
