@@ -129,6 +129,9 @@ func Secret(setting, value, file string) (string, error) {
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
+		if bareIPv6(raw) {
+			return "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"
+		}
 		return "(unparsable URL)"
 	}
 	if u.Fragment != "" || u.RawFragment != "" {
@@ -157,6 +160,22 @@ func RedactURL(raw string) string {
 		}
 	}
 	return u.Redacted()
+}
+
+// bareIPv6 says raw's host looks like an IPv6 address without the brackets
+// a URL needs around it: two colons or more after the user information.
+func bareIPv6(raw string) bool {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return false
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	if i := strings.LastIndexByte(rest, '@'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	return !strings.Contains(rest, "[") && strings.Count(rest, ":") >= 2
 }
 
 // secretParam tells whether a query parameter's name says it holds a

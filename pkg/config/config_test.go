@@ -74,6 +74,10 @@ func TestRedactURL(t *testing.T) {
 		{"redis://sentinel:26379/0?master_name=dw&password=s3%zzcret", "redis://sentinel:26379/0?xxxxx"},
 		{"http://user:s3cret@broker/?password=s3cret", "http://user:xxxxx@broker/?password=xxxxx"},
 		{"redis://[::1", "(unparsable URL)"},
+		// An IPv6 address without brackets: the error says what is wrong.
+		{"http://::1:18499/doveadm/v1", "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"},
+		{"http://u:s3cret@2001:db8::1/x", "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"},
+		{"http://u:s3:cret@host:80%/x", "(unparsable URL)"},
 		{"redis://redis/0?master_name=dw&password=ab#s3cret", "redis://redis/0?master_name=dw&password=xxxxx#xxxxx"},
 		{"redis:dw:s3cret@redis:6379", "redis:xxxxx"},
 		{"rediss://dw:s3cret@h/0?#&password=s3cret", "rediss://dw:xxxxx@h/0?#xxxxx"},
