@@ -61,9 +61,11 @@ func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
 	if got := counter(t, reg, "dovewarden_broker_events_rejected_total", map[string]string{"trigger": "replication-failed-alert"}); got != 16 {
 		t.Errorf("rejected %v, want 16", got)
 	}
-	if got := counter(t, reg, "dovewarden_broker_replies_total", map[string]string{"trigger": "sync-high"}); got != 20 {
-		t.Errorf("replies %v, want 20", got)
-	}
+	// A reply is counted after its publish, which counts the drop: wait
+	// for the last one.
+	eventually(t, "the 20 replies counted", func() bool {
+		return counter(t, reg, "dovewarden_broker_replies_total", map[string]string{"trigger": "sync-high"}) == 20
+	})
 	// Published: the 4 replies the alert lane took, not the 16 it dropped.
 	if got := counter(t, reg, "dovewarden_broker_events_published_total", map[string]string{"source": "reply"}); got != 4 {
 		t.Errorf("replies published %v, want 4", got)
@@ -71,11 +73,14 @@ func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
 	if got := alerts.started.Load(); got != 1 {
 		t.Errorf("alert webhook got %d deliveries, want 1 (its only worker is stuck)", got)
 	}
-	for _, l := range b.Lanes() {
-		if l.Trigger == "sync-high" && l.Queued+l.InFlight != 0 {
-			t.Errorf("sync-high still holds %d events", l.Queued+l.InFlight)
+	eventually(t, "sync-high to hold nothing", func() bool {
+		for _, l := range b.Lanes() {
+			if l.Trigger == "sync-high" && l.Queued+l.InFlight != 0 {
+				return false
+			}
 		}
-	}
+		return true
+	})
 }
 
 // TestDeadLetter_StuckSinkNeverHoldsTheLanesWorkers: with the real
