@@ -140,3 +140,60 @@ func TestStartLoopback_TakesTheNextAddress(t *testing.T) {
 		t.Errorf("no address to listen on: %v, want the errors of each", err)
 	}
 }
+
+// TestStartEmbeddedRedis_KeysExpire: the embedded Redis's keys expire by
+// their TTL as a real server's do (miniredis lowers TTLs only when told):
+// a dead owner's user lock, the sweep's lock and claims rely on it.
+func TestStartEmbeddedRedis_KeysExpire(t *testing.T) {
+	url, stop, err := startEmbeddedRedis(20 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	o, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(o)
+	defer c.Close()
+	ctx := context.Background()
+	for key, ttl := range map[string]time.Duration{"lock:short": 300 * time.Millisecond, "lock:long": time.Hour, "record": 0} {
+		if err := c.Set(ctx, key, "v", ttl).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Exists(ctx, "lock:short").Val() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a key with a TTL of 300ms still there after 10s (TTL %v)", c.PTTL(ctx, "lock:short").Val())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := c.Exists(ctx, "lock:long", "record").Val(); n != 2 {
+		t.Errorf("keys with a long TTL or none: %d of 2 left", n)
+	}
+	if ttl := c.PTTL(ctx, "lock:long").Val(); ttl <= 59*time.Minute || ttl > time.Hour {
+		t.Errorf("TTL of an hour now %v", ttl)
+	}
+}
+
+// BenchmarkEmbeddedRedisExpire: what lowering the embedded Redis's TTLs
+// costs, once every expireEvery, with the keys of 10,000 and 100,000 users
+// (a record and a dsync state each); commands wait meanwhile.
+//
+//	go test ./cmd/dovewarden -run '^$' -bench EmbeddedRedisExpire -benchtime 20x
+func BenchmarkEmbeddedRedisExpire(b *testing.B) {
+	for _, users := range []int{10_000, 100_000} {
+		b.Run(strconv.Itoa(users), func(b *testing.B) {
+			mr := miniredis.RunT(b)
+			for i := range users {
+				mr.Set("dovewarden:user:{u"+strconv.Itoa(i)+"}", "x")
+				mr.HSet("dovewarden:dsync:{u"+strconv.Itoa(i)+"}", "tcp:replica:12345", "state")
+			}
+			b.ResetTimer()
+			for range b.N {
+				mr.FastForward(expireEvery)
+			}
+		})
+	}
+}
