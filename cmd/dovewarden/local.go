@@ -128,7 +128,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		// The embedded Redis's TIME is this process's clock: stamp changes
 		// with it directly, without a round trip.
 		clock = processClock{}
-		url, stop, err := startEmbeddedRedis(expireEvery)
+		// The sweep's claims outlive its steps by 5 s (sweep.claimTTL),
+		// which a lowering must not take: as a lock of 32 s would.
+		url, stop, err := startEmbeddedRedis(min(sc.LockTTL, 32*time.Second))
 		if err != nil {
 			return fmt.Errorf("embedded redis: %w", err)
 		}
@@ -533,31 +535,36 @@ func statusHandler(st *state.Store, uf dovecot.UsernameFormat) http.Handler {
 	})
 }
 
-// loopback turns a listener address bound to all interfaces into one this
-// process can dial.
 // startEmbeddedRedis starts the embedded Redis and returns its URL and
 // what stops it. It listens on loopback, where any local user could
-// connect: a random password keeps it to this process. Its TTLs run:
-// miniredis lowers them only when told, and the locks of users and of the
-// sweep, the sweep's claims and candidate sets expire by them (a dead
-// owner's lock, a sweep whose continuation was lost). So every expire
-// the TTLs are lowered by the time that passed: a key outlives its TTL
-// by up to that. Lowering them sorts every key under miniredis's lock (4
-// ms for 10,000 users, 63 ms for 100,000: BenchmarkEmbeddedRedisExpire;
-// its ClockTTL would do it at every command), so with many keys it is
-// done less often: at most 1% of a core, every 6 s for 100,000 users.
-func startEmbeddedRedis(expire time.Duration) (url string, stop func(), err error) {
+// connect: a random password keeps it to this process.
+//
+// Its TTLs run: miniredis lowers them only when told, and the locks of
+// users and of the sweep, the sweep's claims and candidate sets expire by
+// them (a dead owner's lock, a sweep whose continuation was lost). So
+// every so often the TTLs are lowered by the time that passed. A key then
+// lives its TTL give or take that interval: longer when it is lowered
+// after the key's time ran out, shorter when the key was set just before
+// a lowering that takes off the whole interval. The interval is at most
+// an eighth of the shortest TTL a lock keeps while it is renewed
+// (minTTL): sync takes a lock as held for five sixths of its TTL. Lowering
+// the TTLs sorts every key under miniredis's lock (4 ms for 10,000 users,
+// 63 ms for 100,000: BenchmarkEmbeddedRedisExpire; its ClockTTL would do
+// it at every command), so with many keys it is done less often, at most
+// 1% of a core, but never less often than the bound allows.
+func startEmbeddedRedis(minTTL time.Duration) (url string, stop func(), err error) {
 	mr := miniredis.NewMiniRedis()
 	password := rand.Text()
 	mr.RequireAuth(password)
 	if err := startLoopback(mr, embeddedRedisAddrs...); err != nil {
 		return "", nil, err
 	}
+	every, most := expireInterval(minTTL)
 	done := make(chan struct{})
 	ended := make(chan struct{})
 	go func() {
 		defer close(ended)
-		t := time.NewTimer(expire)
+		t := time.NewTimer(every)
 		defer t.Stop()
 		last := time.Now()
 		for {
@@ -567,9 +574,9 @@ func startEmbeddedRedis(expire time.Duration) (url string, stop func(), err erro
 			case now := <-t.C:
 				mr.FastForward(now.Sub(last))
 				last = now
-				// At most 1% of a core, however many keys: the
-				// next time waits 100 times what this one took.
-				t.Reset(max(expire, 100*time.Since(now)))
+				// At most 1% of a core: the next time waits 100
+				// times what this one took, within the bound.
+				t.Reset(min(max(every, 100*time.Since(now)), most))
 			}
 		}
 	}()
@@ -581,8 +588,13 @@ func startEmbeddedRedis(expire time.Duration) (url string, stop func(), err erro
 	return "redis://:" + password + "@" + mr.Addr(), stop, nil
 }
 
-// expireEvery is how often the embedded Redis's TTLs are lowered.
-const expireEvery = time.Second
+// expireInterval is how often the embedded Redis's TTLs are lowered for
+// locks of minTTL: every second, or an eighth of minTTL when that is
+// shorter; and at the longest, with many keys, an eighth of minTTL.
+func expireInterval(minTTL time.Duration) (every, most time.Duration) {
+	most = minTTL / 8
+	return min(time.Second, most), most
+}
 
 // embeddedRedisAddrs are where the embedded Redis listens: IPv4's
 // loopback, or IPv6's on a host that has only that.
@@ -601,6 +613,8 @@ func startLoopback(mr *miniredis.Miniredis, addrs ...string) error {
 	return errors.Join(errs...)
 }
 
+// loopback turns a listener address bound to all interfaces into one this
+// process can dial.
 func loopback(a net.Addr) string {
 	tcp, ok := a.(*net.TCPAddr)
 	if !ok || !tcp.IP.IsUnspecified() {

@@ -145,7 +145,7 @@ func TestStartLoopback_TakesTheNextAddress(t *testing.T) {
 // their TTL as a real server's do (miniredis lowers TTLs only when told):
 // a dead owner's user lock, the sweep's lock and claims rely on it.
 func TestStartEmbeddedRedis_KeysExpire(t *testing.T) {
-	url, stop, err := startEmbeddedRedis(20 * time.Millisecond)
+	url, stop, err := startEmbeddedRedis(160 * time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestStartEmbeddedRedis_KeysExpire(t *testing.T) {
 }
 
 // BenchmarkEmbeddedRedisExpire: what lowering the embedded Redis's TTLs
-// costs, once every expireEvery, with the keys of 10,000 and 100,000 users
+// costs, once a second, with the keys of 10,000 and 100,000 users
 // (a record and a dsync state each); commands wait meanwhile.
 //
 //	go test ./cmd/dovewarden -run '^$' -bench EmbeddedRedisExpire -benchtime 20x
@@ -192,8 +192,63 @@ func BenchmarkEmbeddedRedisExpire(b *testing.B) {
 			}
 			b.ResetTimer()
 			for range b.N {
-				mr.FastForward(expireEvery)
+				mr.FastForward(time.Second)
 			}
 		})
+	}
+}
+
+// TestStartEmbeddedRedis_LocksLastWhileRenewed: a lowering of the TTLs
+// takes off the whole time since the last one, also from a key set just
+// before it; the lowerings come often enough that a lock lives the five
+// sixths of its TTL sync counts on, and one renewed every third of its
+// TTL (as sync renews a user's) is never lost.
+func TestStartEmbeddedRedis_LocksLastWhileRenewed(t *testing.T) {
+	const ttl = 900 * time.Millisecond
+	url, stop, err := startEmbeddedRedis(ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	o, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(o)
+	defer c.Close()
+	ctx := context.Background()
+
+	// Locks taken at 20 moments spread over a lowering's interval.
+	errs := make(chan error, 20)
+	for i := range 20 {
+		go func() {
+			time.Sleep(time.Duration(i) * 7 * time.Millisecond)
+			key := "lock:" + strconv.Itoa(i)
+			if err := c.Set(ctx, key, "owner", ttl).Err(); err != nil {
+				errs <- err
+				return
+			}
+			time.Sleep(ttl - ttl/6)
+			if c.Exists(ctx, key).Val() != 1 {
+				errs <- fmt.Errorf("%s gone within five sixths of its TTL", key)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range 20 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+
+	if err := c.Set(ctx, "lock:renewed", "owner", ttl).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		time.Sleep(ttl / 3)
+		if ok, err := c.PExpire(ctx, "lock:renewed", ttl).Result(); err != nil || !ok {
+			t.Fatalf("a lock renewed every third of its TTL is gone (%v, %v)", ok, err)
+		}
 	}
 }
