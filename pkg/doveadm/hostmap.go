@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
@@ -193,12 +195,13 @@ func (e Endpoint) validate(transport string) error {
 
 // tcpTarget is what follows tcp: or tcps: in a destination dsync reaches
 // over TCP: a host name or IPv4 address with an optional port, or an IPv6
-// address in brackets with its port.
-var tcpTarget = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}|[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]{1,5})?)$`)
+// address (with a zone) in brackets with its port; or, with a '/', the
+// path of doveadm's UNIX socket, which dsync connects to instead.
+var tcpTarget = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?\]:[0-9]{1,5}|[A-Za-z0-9_][A-Za-z0-9._-]*(:[0-9]{1,5})?|[^:]*/.*)$`)
 
-// ipv6Port is an IPv6 address and a port written without brackets
-// (2001:db8::2:12345): hex digits, dots and at least two colons.
-var ipv6Port = regexp.MustCompile(`^[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*$`)
+// ipv6ish is an IPv6 address, or one and a port, written without
+// brackets (2001:db8::2:12345): hex digits, dots and two colons or more.
+var ipv6ish = regexp.MustCompile(`^[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*$`)
 
 // checkTCPDestination refuses a destination whose IPv6 address dsync
 // cannot read, and a tcp: or tcps: destination that is not a host and
@@ -206,28 +209,33 @@ var ipv6Port = regexp.MustCompile(`^[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*:[0-9A-Fa-f.:]*$
 // tcp:::1:PORT works on 2.4 but 2.3 fails its host lookup (exit code 75,
 // or over the HTTP API a doveadm process that dies: an EOF, retried as if
 // the replica were down); ::1:PORT, without tcp:, is read as a mail
-// location by both; tcp:[::1] without a port fails on both.
+// location by both; 2.4 misreads tcp:[::1] without a port, and an
+// address without brackets or port.
 func checkTCPDestination(d string) error {
 	prefix, rest, ok := "tcp:", strings.TrimPrefix(d, "tcp:"), strings.HasPrefix(d, "tcp:")
 	if !ok {
 		prefix, rest, ok = "tcps:", strings.TrimPrefix(d, "tcps:"), strings.HasPrefix(d, "tcps:")
 	}
 	switch {
-	case !ok && ipv6Port.MatchString(d):
-		return fmt.Errorf("destination %q: an IPv6 address needs tcp: and brackets: write %s (tcps: over TLS)", d, bracketed("tcp:", d))
+	case !ok && ipv6ish.MatchString(d):
+		prefix, rest = "tcp:", d
 	case !ok, tcpTarget.MatchString(rest):
 		return nil
-	case ipv6Port.MatchString(rest):
-		return fmt.Errorf("destination %q: Dovecot 2.3 cannot read an IPv6 address without brackets: write %s, which 2.3 and 2.4 read", d, bracketed(prefix, rest))
+	case !ipv6ish.MatchString(rest):
+		return fmt.Errorf("destination %q: after %s dsync takes HOST:PORT, an IPv6 address in brackets with its port (%s[2001:db8::2]:12345), or doveadm's socket path", d, prefix, prefix)
 	}
-	return fmt.Errorf("destination %q: after %s dsync takes HOST:PORT, an IPv6 address in brackets with its port (%s[2001:db8::2]:12345)", d, prefix, prefix)
+	// An address and a port, or an address alone (2001:db8::2:1234 is
+	// both: only the port makes it one).
+	if i := strings.LastIndexByte(rest, ':'); net.ParseIP(rest) == nil && net.ParseIP(rest[:i]) != nil && isPort(rest[i+1:]) {
+		return fmt.Errorf("destination %q: an IPv6 address goes in brackets, with tcp: before it: write %s[%s]:%s, which Dovecot 2.3 and 2.4 both read", d, prefix, rest[:i], rest[i+1:])
+	}
+	return fmt.Errorf("destination %q: an IPv6 address goes in brackets with its port, with tcp: before it: write %s[ADDRESS]:PORT, which Dovecot 2.3 and 2.4 both read", d, prefix)
 }
 
-// bracketed writes addrPort, an IPv6 address and a port without brackets,
-// as prefix[address]:port.
-func bracketed(prefix, addrPort string) string {
-	i := strings.LastIndexByte(addrPort, ':')
-	return prefix + "[" + addrPort[:i] + "]" + addrPort[i:]
+// isPort says p is a TCP port number.
+func isPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n < 65536 && p[0] != '+'
 }
 
 // hostPort is a destination that is a host and port alone (mail-b:12345,

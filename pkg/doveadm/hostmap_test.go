@@ -115,13 +115,23 @@ func TestHostMap_ValidateIPv6Destination(t *testing.T) {
 		"tcp:[::1:12345":         "in brackets with its port",
 		"tcp:[::1]":              "in brackets with its port",
 		"tcp:mail b:1":           "dsync takes HOST:PORT",
+		// No port, or one that could be the address's last group: no
+		// guess at which is which.
+		"tcp:::1":              "write tcp:[ADDRESS]:PORT",
+		"tcp:2001:db8::2":      "write tcp:[ADDRESS]:PORT",
+		"tcp:2001:db8::2:1234": "write tcp:[ADDRESS]:PORT",
+		"2001:db8::2":          "write tcp:[ADDRESS]:PORT",
+		"dead::beef":           "write tcp:[ADDRESS]:PORT",
 	} {
 		err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want a refusal saying %q", d, err, want)
 		}
 	}
-	for _, d := range []string{"tcp:[::1]:12345", "tcps:[2001:db8::2]:12345", "tcp:10.0.0.2:12345", "tcp:mail-b", "tcp:mail-b.example.org:12345"} {
+	// dsync's other forms: doveadm's UNIX socket after tcp: (2.3 and 2.4
+	// connect to a path with a '/'), a zone, host names as DNS has them.
+	for _, d := range []string{"tcp:[::1]:12345", "tcps:[2001:db8::2]:12345", "tcp:10.0.0.2:12345", "tcp:mail-b", "tcp:mail-b.example.org:12345",
+		"tcp:/run/dovecot/doveadm-server", "tcps:/var/run/dovecot/doveadm-server", "tcp:[fe80::1%eth0]:12345", "tcp:_replica:12345", "tcp:Mail_B.Example.ORG.:12345"} {
 		if err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec); err != nil {
 			t.Errorf("%s: %v, want it accepted", d, err)
 		}
