@@ -49,6 +49,8 @@ fuzz FuzzHandler ./pkg/ingest 20000x
 fuzz FuzzParseMatchesEncodingJSON ./pkg/dovecot 50000x
 # Redis URLs never show their password, in errors or logs.
 fuzz FuzzConnValidate ./pkg/state 50000x
+# Any URL in an error or a log: a password typed with '/', '?' or '#' in it.
+fuzz FuzzRedactURL ./pkg/config 200000x
 fuzz FuzzFromChange ./pkg/contract 10000x
 fuzz FuzzDecodeData ./pkg/contract 40000x
 fuzz FuzzWriteReply ./pkg/ingest 15000x

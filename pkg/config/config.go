@@ -130,9 +130,16 @@ func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		if bareIPv6(raw) {
-			return "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"
+			return unparsableIPv6
 		}
-		return "(unparsable URL)"
+		return unparsable
+	}
+	if strings.ContainsRune(u.Path, '@') || strings.ContainsRune(u.RawQuery, '@') || strings.ContainsRune(u.Fragment, '@') {
+		// A password with '/', '?' or '#' in it ends the host early:
+		// what looks like the host is then part of the user
+		// information, and the rest of it is in the path, query or
+		// fragment.
+		return hiddenAt
 	}
 	if u.Fragment != "" || u.RawFragment != "" {
 		u.Fragment, u.RawFragment = "xxxxx", ""
@@ -161,6 +168,13 @@ func RedactURL(raw string) string {
 	}
 	return u.Redacted()
 }
+
+// What RedactURL shows of a URL it cannot show in part.
+const (
+	unparsable     = "(unparsable URL)"
+	unparsableIPv6 = "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"
+	hiddenAt       = "(URL hidden: it has an '@' after its host, where a password holding '/', '?' or '#' puts it)"
+)
 
 // bareIPv6 says raw's host looks like an IPv6 address without the brackets
 // a URL needs around it: two colons or more after the user information.

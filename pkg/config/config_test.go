@@ -78,6 +78,12 @@ func TestRedactURL(t *testing.T) {
 		{"http://::1:18499/doveadm/v1", "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"},
 		{"http://u:s3cret@2001:db8::1/x", "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"},
 		{"http://u:s3:cret@host:80%/x", "(unparsable URL)"},
+		// A password with '?', '#' or '/' ends the host early.
+		{"redis://dw:?s3cret@redis:6379/0", hiddenAt},
+		{"http://:?s3cret@broker/", hiddenAt},
+		{"http://u:123#s3cret@host/", hiddenAt},
+		{"redis://dw:123/s3cret@redis:6379/0", hiddenAt},
+		{"/redis://dw:s3cret@redis", hiddenAt},
 		{"redis://redis/0?master_name=dw&password=ab#s3cret", "redis://redis/0?master_name=dw&password=xxxxx#xxxxx"},
 		{"redis:dw:s3cret@redis:6379", "redis:xxxxx"},
 		{"rediss://dw:s3cret@h/0?#&password=s3cret", "rediss://dw:xxxxx@h/0?#xxxxx"},

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -21,4 +22,30 @@ func TestRedactURL_OtherSecretNames(t *testing.T) {
 			t.Errorf("RedactURL(%q) = %q", in, got)
 		}
 	}
+}
+
+// FuzzRedactURL: a password written into a URL's user information, as an
+// administrator types it (unescaped, with any of '/', '?', '#', ':' or '@'
+// in it), never shows in what RedactURL makes of the URL: no piece of it
+// between those characters, of 4 bytes or more, that the URL's other
+// parts do not hold too.
+func FuzzRedactURL(f *testing.F) {
+	for _, s := range [][3]string{
+		{"redis", "dw", "s3cret"}, {"redis", "dw", "?s3cret"}, {"http", "", "1234#s3cret"},
+		{"rediss", "u", "a/b?c#d"}, {"http", "u:v", "p@ss:word"}, {"unix", "", "s3cret"},
+		{"redis", "dw", "1234/s3cret"},
+	} {
+		f.Add(s[0], s[1], s[2], "redis:6379", "/0")
+	}
+	f.Fuzz(func(t *testing.T, scheme, user, pass, host, path string) {
+		raw := scheme + "://" + user + ":" + pass + "@" + host + path
+		got := RedactURL(raw)
+		others := scheme + user + host + path + "xxxxx" + unparsable + unparsableIPv6 + hiddenAt
+		others += strings.ToLower(others) + url.PathEscape(others) + url.QueryEscape(others)
+		for _, piece := range strings.FieldsFunc(pass, func(r rune) bool { return strings.ContainsRune("/?#@:", r) }) {
+			if len(piece) >= 4 && !strings.Contains(others, piece) && strings.Contains(got, piece) {
+				t.Errorf("RedactURL(%q) = %q shows %q of the password", raw, got, piece)
+			}
+		}
+	})
 }
