@@ -141,21 +141,29 @@ func TestStartLoopback_TakesTheNextAddress(t *testing.T) {
 	}
 }
 
-// TestStartEmbeddedRedis_KeysExpire: the embedded Redis's keys expire by
-// their TTL as a real server's do (miniredis lowers TTLs only when told):
-// a dead owner's user lock, the sweep's lock and claims rely on it.
-func TestStartEmbeddedRedis_KeysExpire(t *testing.T) {
-	url, stop, err := startEmbeddedRedis(160 * time.Millisecond)
+// embeddedRedis starts local mode's embedded Redis for locks of minTTL
+// until the test ends, and returns a client of it.
+func embeddedRedis(t *testing.T, minTTL time.Duration) *redis.Client {
+	t.Helper()
+	url, stop, err := startEmbeddedRedis(minTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
+	t.Cleanup(stop)
 	o, err := redis.ParseURL(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := redis.NewClient(o)
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestStartEmbeddedRedis_KeysExpire: the embedded Redis's keys expire by
+// their TTL as a real server's do (miniredis lowers TTLs only when told):
+// a dead owner's user lock, the sweep's lock and claims rely on it.
+func TestStartEmbeddedRedis_KeysExpire(t *testing.T) {
+	c := embeddedRedis(t, 160*time.Millisecond)
 	ctx := context.Background()
 	for key, ttl := range map[string]time.Duration{"lock:short": 300 * time.Millisecond, "lock:long": time.Hour, "record": 0} {
 		if err := c.Set(ctx, key, "v", ttl).Err(); err != nil {
@@ -205,17 +213,7 @@ func BenchmarkEmbeddedRedisExpire(b *testing.B) {
 // TTL (as sync renews a user's) is never lost.
 func TestStartEmbeddedRedis_LocksLastWhileRenewed(t *testing.T) {
 	const ttl = 900 * time.Millisecond
-	url, stop, err := startEmbeddedRedis(ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
-	o, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(o)
-	defer c.Close()
+	c := embeddedRedis(t, ttl)
 	ctx := context.Background()
 
 	// Locks taken at 20 moments spread over a lowering's interval.
