@@ -1,6 +1,7 @@
 package doveadm
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -25,8 +26,13 @@ func ValidateHost(host string) error {
 	}
 	if strings.IndexByte(host, ':') >= 0 {
 		if _, err := url.Parse(host); err != nil {
-			return fmt.Errorf("host %q: not a URI reference, as a CloudEvent's source must be (a colon only after a leading letter); name the host (Dovecot's hostname setting), not its address", host)
+			return fmt.Errorf("host %q: %w (a colon only after a leading letter); name the host (Dovecot's hostname setting), not its address", host, ErrHostNotURI)
 		}
 	}
 	return nil
 }
+
+// ErrHostNotURI is ValidateHost's error for a host name that is no URI
+// reference (an address with colons), which only a CloudEvent's source
+// cannot hold.
+var ErrHostNotURI = errors.New("not a URI reference, as a CloudEvent's source must be")

@@ -172,8 +172,17 @@ func (h *Handler) reject(reason, format string, args ...any) error {
 	return cehttp.NewResult(http.StatusBadRequest, format, args...)
 }
 
-// checkHost accepts what can name a Dovecot host (doveadm.ValidateHost).
-func checkHost(host string) error { return doveadm.ValidateHost(host) }
+// checkHost accepts what can name a Dovecot host (doveadm.ValidateHost),
+// and also an address with colons (10.0.0.1:8080): ingest and the host map
+// refuse it, but a replication.requested from elsewhere, or spooled by an
+// older version, that names one is replicated from the default host, as
+// it was before they refused it, rather than dead-lettered.
+func checkHost(host string) error {
+	if err := doveadm.ValidateHost(host); err != nil && !errors.Is(err, doveadm.ErrHostNotURI) {
+		return err
+	}
+	return nil
+}
 
 // typeLabel bounds the type label to the known types.
 func typeLabel(t string) string {

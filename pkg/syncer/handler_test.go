@@ -201,6 +201,25 @@ func TestHandle_RequestedUserIsNormalised(t *testing.T) {
 	}
 }
 
+// A replication.requested naming a host by its address with a colon,
+// which ingest and the host map refuse as no CloudEvent source, is still
+// replicated, from the default host, as before they refused it: from an
+// outside system, or spooled by an older version.
+func TestHandle_RequestFromAnAddressUsesTheDefaultHost(t *testing.T) {
+	f := newFixture(t)
+	ev, err := contract.Requested(change.Request{User: "u3", Host: "10.0.0.1:8080"}, "admin", "example/automation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := f.h.Handle(context.Background(), ev)
+	if err != nil || reply == nil || reply.Type() != contract.TypeReplicationSucceeded {
+		t.Fatalf("Handle = %v, %v; want a success", reply, err)
+	}
+	if calls := f.dove.Tracker.CallsOf("u3"); len(calls) != 1 {
+		t.Errorf("dsyncs of u3: %+v, want one", calls)
+	}
+}
+
 func TestHandle_RequestInStructuredModeAsksFullSync(t *testing.T) {
 	f := newFixture(t)
 	ev, err := contract.Requested(change.Request{User: "u2", Full: true}, "admin", "dovewarden/cli")
