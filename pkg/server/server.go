@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -167,6 +168,7 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	}
 	base, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
+	errs := newServerErrors(log)
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -182,7 +184,7 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 		// an HTTP/2 connection with every stream on it, the answers of
 		// the requests handing their work back among them.
 		Protocols:   http1Only(),
-		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:    stdlog.New(errs, "", 0),
 		BaseContext: func(net.Listener) context.Context { return base },
 	}
 	var limit *connLimit
@@ -192,7 +194,7 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	}
 	unread := newUnreadConns(limit)
 	if o.Metrics != nil {
-		cs := []prometheus.Collector{unread}
+		cs := []prometheus.Collector{unread, errs.count}
 		if limit != nil {
 			cs = append(cs, limit.collectors...)
 		}
