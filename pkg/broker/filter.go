@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	cesql "github.com/cloudevents/sdk-go/sql/v2"
 	cesqlparser "github.com/cloudevents/sdk-go/sql/v2/parser"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 )
 
 // Filter decides whether a Trigger wants an event, with the semantics of
@@ -300,13 +303,18 @@ func evaluate(expr cesql.Expression, ev cloudevents.Event) (v any, err error) {
 	return expr.Evaluate(ev)
 }
 
+// cesqlFailLogs bounds the lines of a CESQL expression that fails on
+// events: one that fails does so on every event it sees.
+var cesqlFailLogs = lograte.PerMinute(5)
+
 // Match is true only for a boolean true: an evaluation error (say, a
 // missing attribute) is a non-match, as in Knative's CESQL filter.
 func (f *cesqlFilter) Match(ev cloudevents.Event) bool {
 	v, err := evaluate(f.expr, ev)
 	if err != nil {
 		if errors.Is(err, errCESQLPanic) {
-			slog.Warn("CESQL filter failed on an event; treated as no match", "expression", f.src, "id", ev.ID(), "err", err)
+			cesqlFailLogs.Log(context.Background(), slog.Default(), slog.LevelWarn, f.src, "CESQL filter failed on an event; treated as no match; logged 5 times a minute per expression",
+				"expression", f.src, "id", ev.ID(), "err", err)
 		}
 		return false
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 )
 
 // maxErrorData is Knative's limit on knativeerrordata
@@ -82,6 +84,8 @@ type lane struct {
 	queue    chan *task
 	dlQueue  chan *task // dead-letter deliveries; nil without a sink
 	log      *slog.Logger
+	// dropLogs bounds the lines of replies dropped at a full queue.
+	dropLogs *lograte.Limiter
 
 	held     atomic.Int64
 	bytes    atomic.Int64 // the sizes of the tasks held

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -88,8 +89,8 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 			return full
 		}
 		b.m.dropped.WithLabelValues(l.tr.Name, dropQueueFull).Inc()
-		l.log.Warn("reply dropped for this Trigger: its queue is full", "id", ev.ID(), "type", ev.Type(),
-			"subject", ev.Subject(), "err", full)
+		l.dropLogs.Log(context.Background(), l.log, slog.LevelWarn, "", "reply dropped for this Trigger: its queue is full; logged 5 times a minute per Trigger",
+			"id", ev.ID(), "type", ev.Type(), "subject", ev.Subject(), "err", full)
 	}
 	for _, l := range queued {
 		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns, size: size} // never blocks: the place is reserved

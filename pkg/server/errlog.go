@@ -1,12 +1,13 @@
 package server
 
 import (
+	"context"
 	"log/slog"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 )
 
 // serverErrors takes net/http's own error log: a failed TLS handshake (a
@@ -18,24 +19,14 @@ import (
 type serverErrors struct {
 	log   *slog.Logger
 	count *prometheus.CounterVec
-	now   func() time.Time
-
-	mu    sync.Mutex
-	kinds map[string]*errWindow
-}
-
-// errWindow is one kind's minute of logging.
-type errWindow struct {
-	start   time.Time
-	logged  int
-	skipped int
+	lines *lograte.Limiter
 }
 
 // errLogBurst is how many lines of one kind are logged in a minute.
 const errLogBurst = 5
 
 func newServerErrors(log *slog.Logger) *serverErrors {
-	e := &serverErrors{log: log, now: time.Now, kinds: map[string]*errWindow{},
+	e := &serverErrors{log: log, lines: lograte.PerMinute(errLogBurst),
 		count: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dovewarden_http_server_errors_total",
 			Help: "Errors net/http reported on the listener, by kind: tls_handshake (a connection whose TLS handshake failed) or other (a handler's panic, a failed accept)."}, []string{"kind"})}
 	for _, k := range []string{"tls_handshake", "other"} {
@@ -52,29 +43,6 @@ func (e *serverErrors) Write(p []byte) (int, error) {
 		kind = "tls_handshake"
 	}
 	e.count.WithLabelValues(kind).Inc()
-	now := e.now()
-	e.mu.Lock()
-	w := e.kinds[kind]
-	if w == nil || now.Sub(w.start) >= time.Minute {
-		if w == nil {
-			w = &errWindow{}
-			e.kinds[kind] = w
-		}
-		*w = errWindow{start: now, skipped: w.skipped}
-	}
-	if w.logged >= errLogBurst {
-		w.skipped++
-		e.mu.Unlock()
-		return len(p), nil
-	}
-	w.logged++
-	skipped := w.skipped
-	w.skipped = 0
-	e.mu.Unlock()
-	if skipped > 0 {
-		e.log.Warn(msg, "kind", kind, "left_out_before", skipped, "counted_in", "dovewarden_http_server_errors_total")
-	} else {
-		e.log.Warn(msg, "kind", kind)
-	}
+	e.lines.Log(context.Background(), e.log, slog.LevelWarn, kind, msg, "kind", kind, "counted_in", "dovewarden_http_server_errors_total")
 	return len(p), nil
 }

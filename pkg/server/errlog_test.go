@@ -23,7 +23,7 @@ func TestServerErrors_CountedAndLoggedAFewTimesAMinute(t *testing.T) {
 	var logs safebuf.Buffer
 	e := newServerErrors(slog.New(slog.NewTextHandler(&logs, nil)))
 	now := time.Unix(1000, 0)
-	e.now = func() time.Time { return now }
+	e.lines.WithClock(func() time.Time { return now })
 	for range 8 {
 		io.WriteString(e, "http: TLS handshake error from 192.0.2.9:4000: EOF\n")
 	}

@@ -1,13 +1,15 @@
 package server
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 )
 
 // DefaultMaxConnections is --max-connections' default. Dovecot's exporter
@@ -40,14 +42,12 @@ type connLimit struct {
 	closedForNew *prometheus.CounterVec
 	waited       prometheus.Counter
 	collectors   []prometheus.Collector
-	lastWarn     atomic.Int64 // UnixNano of the last warning
+	// warns spaces the warnings that a new connection had to wait.
+	warns *lograte.Limiter
 }
 
-// warnEvery spaces the warnings that a new connection had to wait.
-const warnEvery = time.Minute
-
 func newConnLimit(max int, log *slog.Logger) *connLimit {
-	l := &connLimit{max: max, slots: make(chan struct{}, max), turnedIdle: make(chan struct{}, 1), log: log}
+	l := &connLimit{max: max, slots: make(chan struct{}, max), turnedIdle: make(chan struct{}, 1), log: log, warns: lograte.PerMinute(1)}
 	l.closedForNew = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dovewarden_http_connections_closed_for_new_total",
 		Help: "Connections closed at --max-connections to make room for a new one, by state: idle (a keep-alive connection between requests) or new (one that sent nothing for a second)."}, []string{"state"})
 	for _, s := range []string{"idle", "new"} {
@@ -88,11 +88,8 @@ func (l *connLimit) admit(conns *unreadConns, closed <-chan struct{}) bool {
 		}
 		if tick == nil {
 			l.waited.Inc()
-			now := time.Now().UnixNano()
-			if last := l.lastWarn.Load(); now-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, now) {
-				l.log.Warn("every connection is busy: a new one waits until one ends or turns idle; logged once a minute",
-					"max_connections", l.max, "setting", "max-connections")
-			}
+			l.warns.Log(context.Background(), l.log, slog.LevelWarn, "", "every connection is busy: a new one waits until one ends or turns idle; logged once a minute",
+				"max_connections", l.max, "setting", "max-connections")
 			// A new connection turns quiet without a signal: look
 			// again now and then.
 			t := time.NewTicker(freshQuiet / 4)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
@@ -277,6 +278,10 @@ func LogTo(log *slog.Logger) { redis.SetLogger(clientLog{log}) }
 
 type clientLog struct{ log *slog.Logger }
 
+// clientLines bounds the library's lines, 5 a minute per format: it logs
+// a failed dial at every command while Redis is down.
+var clientLines = lograte.PerMinute(5)
+
 func (l clientLog) Printf(ctx context.Context, format string, v ...any) {
-	l.log.WarnContext(ctx, "redis client", "detail", fmt.Sprintf(format, v...))
+	clientLines.Log(ctx, l.log, slog.LevelWarn, format, "redis client", "detail", fmt.Sprintf(format, v...))
 }

@@ -20,6 +20,7 @@ import (
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -63,6 +64,8 @@ type Handler struct {
 	repl Replicator
 	log  *slog.Logger
 	m    *handlerMetrics
+	// unackedLogs bounds the lines of replications not acknowledged.
+	unackedLogs *lograte.Limiter
 }
 
 // NewHandler builds the handler.
@@ -73,7 +76,7 @@ func NewHandler(o Options, repl Replicator, reg prometheus.Registerer, log *slog
 	if o.MaxBody <= 0 {
 		o.MaxBody = 256 << 10
 	}
-	return &Handler{opts: o, repl: repl, log: log, m: newHandlerMetrics(reg)}
+	return &Handler{opts: o, repl: repl, log: log, m: newHandlerMetrics(reg), unackedLogs: lograte.PerMinute(5)}
 }
 
 // DefaultSource is the source of result events unless configured.
@@ -142,7 +145,10 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 	if err != nil {
 		if errors.Is(err, replicator.ErrUnavailable) || errors.Is(err, replicator.ErrAborted) {
 			h.m.decisions.WithLabelValues(string(decisionUnavailable), prio).Inc()
-			h.log.Warn("replication not acknowledged; the Broker redelivers", "user", req.User, "id", req.ID, "err", err)
+			// Every delivery fails so while Redis is down, retries
+			// included: a few lines a minute tell it.
+			h.unackedLogs.Log(ctx, h.log, slog.LevelWarn, "", "replication not acknowledged; the Broker redelivers; logged 5 times a minute",
+				"user", req.User, "id", req.ID, "err", err)
 			return nil, cehttp.NewResult(http.StatusServiceUnavailable, "%s", err.Error())
 		}
 		return nil, h.reject(rejectUser, "event %s: %v", ev.ID(), err)
