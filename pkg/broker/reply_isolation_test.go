@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -13,6 +14,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 )
 
 // failedReply answers every event as the sync function does when a dsync
@@ -38,7 +41,8 @@ func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
 	defer close(alerts.release)
 	sync := newRecorder()
 	sync.answer = failedReply
-	b, reg := start(t, cfg, Options{QueueSize: 3, Workers: 1, Handlers: map[string]Handler{
+	var logs safebuf.Buffer
+	b, reg := start(t, cfg, Options{QueueSize: 3, Workers: 1, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Handlers: map[string]Handler{
 		"dovewarden-sync-high": sync.handle, "dovewarden-sync-low": sync.handle, "dovewarden-alerts": alerts.handle,
 	}})
 	ctx := context.Background()
@@ -60,6 +64,10 @@ func TestReplies_StuckAlertWebhookNeverBlocksTheSyncLanes(t *testing.T) {
 	})
 	if got := counter(t, reg, "dovewarden_broker_events_rejected_total", map[string]string{"trigger": "replication-failed-alert"}); got != 16 {
 		t.Errorf("rejected %v, want 16", got)
+	}
+	// Logged 5 times a minute, not at every reply.
+	if n := strings.Count(logs.String(), "reply dropped for this Trigger"); n != 5 {
+		t.Errorf("%d lines for 16 dropped replies, want 5:\n%s", n, logs.String())
 	}
 	// A reply is counted after its publish, which counts the drop: wait
 	// for the last one.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -363,6 +364,25 @@ func TestHandle_RedisDownIs503AndNothingAcked(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.h.m.decisions.WithLabelValues("unavailable", "high")); got != 1 {
 		t.Errorf("decisions{unavailable} = %v", got)
+	}
+}
+
+// TestHandle_RedisDownIsLoggedAFewTimesAMinute: while Redis is down every
+// delivery fails, retries included; each is counted, and 5 a minute are
+// logged.
+func TestHandle_RedisDownIsLoggedAFewTimesAMinute(t *testing.T) {
+	f := newFixture(t)
+	f.mr.Close()
+	for i := range 12 {
+		if resp, _, body := f.postBinary(t, changeEvent(t, fmt.Sprintf("u%d", i), time.Now())); resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+	}
+	if n := strings.Count(f.logs.String(), "replication not acknowledged"); n != 5 {
+		t.Errorf("%d lines for 12 unacknowledged replications, want 5:\n%s", n, f.logs.String())
+	}
+	if got := testutil.ToFloat64(f.h.m.decisions.WithLabelValues("unavailable", "high")); got != 12 {
+		t.Errorf("decisions{unavailable} = %v, want 12", got)
 	}
 }
 
