@@ -16,12 +16,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	gojson "github.com/goccy/go-json"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -70,16 +72,21 @@ type Handler struct {
 	// Hashes of the credentials, so comparisons take the same time whatever
 	// the length of what the client sent.
 	userSum, passSum, tokenSum [32]byte
-	// rejectLogged is when each reason of refusal was last logged.
-	rejectLogMu  sync.Mutex
-	rejectLogged map[string]rejectLog
+	// rejectLogs bounds the lines of refusals, a line a minute per
+	// reason; sendFailLogs those of changes not handed to the Broker.
+	rejectLogs, sendFailLogs *lograte.Limiter
 	// names finds a user named with and without a domain.
 	names twoNames
+	// clockAgain is when, in UnixNano of now, the clock is asked again
+	// after it failed.
+	clockAgain atomic.Int64
+	now        func() time.Time
 }
 
 // NewHandler builds the ingest handler. pending may be nil (no Redis).
 func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Registerer, log *slog.Logger) *Handler {
-	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg)}
+	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg),
+		rejectLogs: lograte.PerMinute(1), sendFailLogs: lograte.PerMinute(sendFailLogBurst), now: time.Now}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
 	h.userSum = sha256.Sum256([]byte(o.BasicUser))
 	h.passSum = sha256.Sum256([]byte(o.BasicPassword))
@@ -125,13 +132,8 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, code int, reaso
 	return writeReply(w, code, reply{Status: "rejected", Reason: reason, Error: msg})
 }
 
-// rejectLogEvery is how often a refusal of each reason is logged at most:
-// a misconfigured exporter is refused at every event, and a scanner at
-// every probe.
-const rejectLogEvery = time.Minute
-
-// logRejected logs a refusal, at most once per reason in rejectLogEvery,
-// with how many were not logged since. Dovecot's exporter logs its side
+// logRejected logs a refusal, at most once a minute per reason, with how
+// many were not logged since. Dovecot's exporter logs its side
 // (`Failed to export event via HTTP POST: 404 Not Found`) and drops the
 // event; without this ingest's log said nothing, and a wrong exporter
 // path, which DovewardenIngestRejectingRequests leaves out with the
@@ -141,38 +143,14 @@ func (h *Handler) logRejected(r *http.Request, code int, reason, msg string) {
 	if reason == rejectMethod || reason == rejectPath && r.Method != http.MethodPost {
 		return
 	}
-	h.rejectLogMu.Lock()
-	if h.rejectLogged == nil {
-		h.rejectLogged = map[string]rejectLog{}
-	}
-	last := h.rejectLogged[reason]
-	now := time.Now()
-	if !last.at.IsZero() && now.Sub(last.at) < rejectLogEvery {
-		last.skipped++
-		h.rejectLogged[reason] = last
-		h.rejectLogMu.Unlock()
-		return
-	}
-	h.rejectLogged[reason] = rejectLog{at: now}
-	h.rejectLogMu.Unlock()
 	attrs := []any{"reason", reason, "code", code, "path", r.URL.Path, "remote", r.RemoteAddr, "err", msg}
-	if last.skipped > 0 {
-		attrs = append(attrs, "not_logged_since", last.skipped)
-	}
 	switch {
 	case reason == rejectPath:
 		attrs = append(attrs, "fix", "Dovecot's exporter URL (http_post_url in 2.4, transport_args in 2.3) must end in /events")
 	case reason == rejectAuth && (r.URL.Path == "/" || r.URL.Path == "/events"):
 		attrs = append(attrs, "fix", "Dovecot's exporter URL must carry ingest's credentials (--auth-user and --auth-password): http://USER:PASSWORD@HOST/events")
 	}
-	h.log.Warn("request refused; logged once a minute per reason", attrs...)
-}
-
-// rejectLog is when a refusal of one reason was last logged, and how many
-// have not been logged since.
-type rejectLog struct {
-	at      time.Time
-	skipped int
+	h.rejectLogs.Log(r.Context(), h.log, slog.LevelWarn, reason, "request refused; logged once a minute per reason", attrs...)
 }
 
 // unauthorized answers a request without the right credentials.
@@ -312,6 +290,17 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	return writeReply(w, http.StatusAccepted, reply{Status: "accepted", ID: c.ID})
 }
 
+// clockWait bounds the wait for the clock; after a failure it is not
+// asked for clockPause. While Redis is down every ask waits the whole
+// bound (the Redis client dials again and again), which held each change
+// 50 ms: some 20 changes a second on each of Dovecot's connections, the
+// rest dropped at Dovecot's exporter timeout, though the Broker took
+// changes as fast as ever.
+const (
+	clockWait  = 50 * time.Millisecond
+	clockPause = time.Second
+)
+
 // observe stamps c with the sync function's clock. Without the stamp the
 // change still replicates, coalesced by its Dovecot time and the
 // clock-skew margin, so a failure is counted, not fatal.
@@ -319,22 +308,33 @@ func (h *Handler) observe(ctx context.Context, c *change.Change) {
 	if h.opts.Clock == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	if h.now().UnixNano() < h.clockAgain.Load() {
+		h.m.observeFails.Inc()
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, clockWait)
 	defer cancel()
 	now, err := h.opts.Clock.Now(ctx)
 	if err != nil {
+		h.clockAgain.Store(h.now().Add(clockPause).UnixNano())
 		h.m.observeFails.Inc()
 		return
 	}
 	c.Observed = now
 }
 
-// sendFailed makes sure the change is not lost silently: an error log that
-// names user and host, a counter, a pending mark for the sweep when Redis is
-// configured, and a 503 to Dovecot.
+// sendFailLogBurst is how many changes not handed to the Broker are
+// logged a minute, per host and outcome of the pending mark: while the
+// Broker refuses, every event is one (a full lane refuses at the rate
+// Dovecot sends), and the counters and the pending marks keep them all.
+const sendFailLogBurst = 5
+
+// sendFailed makes sure the change is not lost silently: a counter, a
+// pending mark for the sweep when Redis is configured, an error log that
+// names user and host (a few a minute), and a 503 to Dovecot.
 func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLabel string, c change.Change, err error) int {
 	h.m.sendFails.WithLabelValues(hostLabel).Inc()
-	marked := "no redis configured"
+	marked, outcome := "no redis configured", "none"
 	if h.pending != nil {
 		// The request's own context may be nearly spent; the mark gets a
 		// short budget of its own.
@@ -343,13 +343,14 @@ func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLab
 		cancel()
 		if merr != nil {
 			h.m.pending.WithLabelValues("error").Inc()
-			marked = "marking pending failed: " + merr.Error()
+			marked, outcome = "marking pending failed: "+merr.Error(), "error"
 		} else {
 			h.m.pending.WithLabelValues("ok").Inc()
-			marked = "marked pending for the sweep"
+			marked, outcome = "marked pending for the sweep", "ok"
 		}
 	}
-	h.log.Error("change not handed to the broker", "user", c.User, "host", c.Host, "id", c.ID, "err", err, "recovery", marked)
+	h.sendFailLogs.Log(ctx, h.log, slog.LevelError, hostLabel+"\x00"+outcome, "change not handed to the broker; logged 5 times a minute per host and recovery",
+		"user", c.User, "host", c.Host, "id", c.ID, "err", err, "recovery", marked)
 	return writeReply(w, http.StatusServiceUnavailable, reply{Status: "error", ID: c.ID, Error: "broker unavailable: " + marked})
 }
 

@@ -3,6 +3,7 @@ package ingest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"flag"
 	"fmt"
@@ -431,6 +432,42 @@ func TestHandle_BrokerFailures(t *testing.T) {
 	}
 }
 
+// TestHandle_ChangesNotHandedToTheBrokerAreLoggedAFewTimesAMinute: while
+// the Broker refuses (a full lane refuses at the rate Dovecot sends),
+// every event used to log an error line. Now 5 a minute are logged per
+// host and outcome of the pending mark; every one is counted and marked.
+func TestHandle_ChangesNotHandedToTheBrokerAreLoggedAFewTimesAMinute(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{status: func(int32) int { return 400 }}, "")
+	const events = 20
+	for i := range events {
+		ev := strings.Replace(appendEvent, `"user":"u1"`, fmt.Sprintf(`"user":"u%d"`, i), 1)
+		if code, body := f.post(t, "/events", "application/json", ev); code != http.StatusServiceUnavailable {
+			t.Fatalf("event %d: %d %s", i, code, body)
+		}
+	}
+	logs := f.logs.String()
+	if n := strings.Count(logs, "change not handed to the broker"); n != sendFailLogBurst {
+		t.Errorf("%d lines logged for %d changes, want %d:\n%s", n, events, sendFailLogBurst, logs)
+	}
+	if !strings.Contains(logs, "user=u0 ") || !strings.Contains(logs, `recovery="marked pending for the sweep"`) {
+		t.Errorf("the first line does not name the user and the recovery:\n%s", logs)
+	}
+	if got := testutil.ToFloat64(f.h.m.sendFails.WithLabelValues("mail-a.test")); got != events {
+		t.Errorf("send failures counted %v, want %d", got, events)
+	}
+	if n, err := f.redis.ZMembers(state.PendingKey); err != nil || len(n) != events {
+		t.Errorf("pending marks %d (%v), want %d", len(n), err, events)
+	}
+	// Another outcome of the mark has lines of its own.
+	f.redis.Close()
+	if code, _ := f.post(t, "/events", "application/json", appendEvent); code != http.StatusServiceUnavailable {
+		t.Fatalf("with Redis down: %d", code)
+	}
+	if logs := f.logs.String(); !strings.Contains(logs, "marking pending failed") {
+		t.Errorf("a change that could not be marked is not logged:\n%s", logs)
+	}
+}
+
 func TestHandle_RedisDownStillAnswers503(t *testing.T) {
 	f := newFixture(t, Options{}, &broker{}, "")
 	f.brokerS.Close()
@@ -548,6 +585,53 @@ func TestHandle_StampsChangesWithTheRedisClock(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.h.m.observeFails); got != 1 {
 		t.Errorf("observe failures %v", got)
+	}
+}
+
+// failingClock is a Redis clock that does not answer within ingest's
+// bound, and counts the asks.
+type failingClock struct{ asked atomic.Int32 }
+
+func (c *failingClock) Now(ctx context.Context) (time.Time, error) {
+	c.asked.Add(1)
+	<-ctx.Done()
+	return time.Time{}, ctx.Err()
+}
+
+// TestHandle_ClockNotAskedForASecondAfterItFailed: while Redis is down
+// every ask of its clock waits the whole bound, which held each change
+// 50 ms. After a failure the clock is left alone for a second: changes go
+// out unstamped at once, and are counted as unstamped.
+func TestHandle_ClockNotAskedForASecondAfterItFailed(t *testing.T) {
+	clock := &failingClock{}
+	b := &broker{}
+	f := newFixture(t, Options{Clock: clock}, b, "")
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	f.h.now = func() time.Time { return now }
+	post := func() {
+		t.Helper()
+		if code, body := f.post(t, "/events", "application/json", appendEvent); code != http.StatusAccepted {
+			t.Fatalf("%d %s", code, body)
+		}
+	}
+	post()
+	for range 5 {
+		now = now.Add(100 * time.Millisecond)
+		post()
+	}
+	if got := clock.asked.Load(); got != 1 {
+		t.Errorf("clock asked %d times within a second of its failure, want 1", got)
+	}
+	now = now.Add(time.Second)
+	post()
+	if got := clock.asked.Load(); got != 2 {
+		t.Errorf("clock asked %d times, want 2: not asked again a second after it failed", got)
+	}
+	if got := testutil.ToFloat64(f.h.m.observeFails); got != 7 {
+		t.Errorf("unstamped changes counted %v, want 7", got)
+	}
+	if len(b.events) != 7 {
+		t.Errorf("%d changes handed to the Broker, want 7", len(b.events))
 	}
 }
 

@@ -145,7 +145,7 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 		lastEvent: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: metrics.IngestLastEvent,
 			Help: "Unix time of the last event received from each Dovecot host."}, []string{"host"}),
 		observeFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestObserveFailures,
-			Help: "Changes sent without the Redis-clock stamp because Redis did not answer in time (coalesced with the clock-skew margin instead)."}),
+			Help: "Changes sent without the Redis-clock stamp because Redis did not answer in time, or had not in the second before (coalesced with the clock-skew margin instead)."}),
 	}
 	m.hosts.Store(&map[string]*hostMetrics{})
 	m.answers = map[int]prometheus.Observer{}
