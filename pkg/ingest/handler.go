@@ -312,11 +312,13 @@ func (h *Handler) observe(ctx context.Context, c *change.Change) {
 		h.m.observeFails.Inc()
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, clockWait)
+	cctx, cancel := context.WithTimeout(ctx, clockWait)
 	defer cancel()
-	now, err := h.opts.Clock.Now(ctx)
+	now, err := h.opts.Clock.Now(cctx)
 	if err != nil {
-		h.clockAgain.Store(h.now().Add(clockPause).UnixNano())
+		if ctx.Err() == nil { // not the client that left
+			h.clockAgain.Store(h.now().Add(clockPause).UnixNano())
+		}
 		h.m.observeFails.Inc()
 		return
 	}

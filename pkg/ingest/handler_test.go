@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
@@ -632,6 +633,18 @@ func TestHandle_ClockNotAskedForASecondAfterItFailed(t *testing.T) {
 	}
 	if len(b.events) != 7 {
 		t.Errorf("%d changes handed to the Broker, want 7", len(b.events))
+	}
+
+	// A client that left while the clock was asked says nothing of
+	// Redis: the clock is asked at the next change.
+	now = now.Add(time.Hour)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	var c change.Change
+	f.h.observe(gone, &c)
+	f.h.observe(context.Background(), &c)
+	if got := clock.asked.Load(); got != 4 {
+		t.Errorf("clock asked %d times, want 4: a client's leaving paused it", got)
 	}
 }
 
