@@ -240,7 +240,7 @@ func sharedPair(t *testing.T, ctx context.Context, version string) (a, b *doveco
 // duplicates) and flags, except \Seen: a message that one user's dsync
 // copied first reaches the replica without the other user's \Seen (u2's,
 // or u1's own private one), and that user's next incremental dsyncs need
-// not bring it (TestSnippets_RealDovecot_SharedMailboxSeen); the same
+// not bring it (TestSnippets_RealDovecot_SharedMailboxSeenNeedsAFullDsync); the same
 // happens with the two dsyncs one after the other. After both users'
 // dsyncs once more, one after the other, the replica holds all of the
 // primary's mail (\Seen aside); after a full dsync of each, \Seen too.
@@ -482,21 +482,20 @@ func TestSnippets_RealDovecot_SharedMailboxConcurrentDsyncs(t *testing.T) {
 	}
 }
 
-// TestSnippets_RealDovecot_SharedMailboxSeen: a new message in u2's
-// Shared1 that one user's dsync copies to the replica first must reach it
-// with the other user's \Seen after that user's incremental dsync: u2's
-// (the owner's) after u1's dsync copied it, u1's own (private in the
-// shared namespace) after u2's dsync copied it. It does not, with Dovecot
+// TestSnippets_RealDovecot_SharedMailboxSeenNeedsAFullDsync: a new
+// message in u2's Shared1 that one user's dsync copies to the replica
+// first should reach it with the other user's \Seen after that user's
+// incremental dsync: u2's (the owner's) after u1's dsync copied it,
+// u1's own (private in the shared namespace) after u2's dsync copied it. It does not, with Dovecot
 // 2.3 and 2.4 alike, with the dsyncs one after the other, every time (3
 // runs of each): the replica has the message without that \Seen. Later
 // incremental dsyncs need not bring it either (in a run of
 // TestSnippets_RealDovecot_SharedMailboxConcurrentDsyncs u2's \Seen on one
 // message stayed missing through u2's 13 later ones); that user's full
-// dsync (the periodic full sync, --full-sync-interval) does, which that
-// test checks.
-func TestSnippets_RealDovecot_SharedMailboxSeen(t *testing.T) {
-	t.Skip("finding: a user's \\Seen on a new message in a shared mailbox that the other user's dsync copied first " +
-		"is not copied by that user's next incremental dsync, only by a full one (Dovecot 2.3 and 2.4)")
+// dsync (the periodic full sync, --full-sync-interval) does. The test
+// logs what the incremental dsync left, and requires the full one to
+// repair it.
+func TestSnippets_RealDovecot_SharedMailboxSeenNeedsAFullDsync(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("running Dovecot test instances needs root (CI runs as root)")
 	}
@@ -554,8 +553,19 @@ func TestSnippets_RealDovecot_SharedMailboxSeen(t *testing.T) {
 					t.Fatal(err)
 				}
 				if d := compareViews(pa, pb, true); len(d) > 0 {
-					t.Errorf("%s's \\Seen on %s's new message after %s's dsync, then %s's: the replica differs:\n%s",
+					t.Logf("%s's \\Seen on %s's new message after %s's dsync, then %s's incremental: the replica differs (a Dovecot limitation, docs/sync.md):\n%s",
 						c.seer, c.appender, c.first, c.seer, strings.Join(d, "\n"))
+				} else {
+					t.Logf("%s's \\Seen on %s's new message after %s's dsync, then %s's incremental: the replica has it", c.seer, c.appender, c.first, c.seer)
+				}
+				states[c.seer] = "" // a full dsync
+				dsync(c.seer)
+				if pb, err = viewMailbox(ctx, b, c.seer, mailbox[c.seer]); err != nil {
+					t.Fatal(err)
+				}
+				if d := compareViews(pa, pb, true); len(d) > 0 {
+					t.Errorf("%s's \\Seen on %s's new message after %s's full dsync: the replica still differs:\n%s",
+						c.seer, c.appender, c.seer, strings.Join(d, "\n"))
 				}
 			}
 		})
