@@ -331,6 +331,11 @@ func (h *Handler) observe(ctx context.Context, c *change.Change) {
 // Dovecot sends), and the counters and the pending marks keep them all.
 const sendFailLogBurst = 5
 
+// lostFix is what to do about changes neither handed to the Broker nor
+// marked pending: nothing else asks for their users' dsyncs before the
+// next change or the periodic full sync.
+const lostFix = "once the Broker and Redis answer, run `dovewarden sweep --all`: it replicates every user not replicated since"
+
 // sendFailed makes sure the change is not lost silently: a counter, a
 // pending mark for the sweep when Redis is configured, an error log that
 // names user and host (a few a minute), and a 503 to Dovecot.
@@ -351,8 +356,12 @@ func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLab
 			marked, outcome = "marked pending for the sweep", "ok"
 		}
 	}
-	h.sendFailLogs.Log(ctx, h.log, slog.LevelError, hostLabel+"\x00"+outcome, "change not handed to the broker; logged 5 times a minute per host and recovery",
-		"user", c.User, "host", c.Host, "id", c.ID, "err", err, "recovery", marked)
+	attrs := []any{"user", c.User, "host", c.Host, "id", c.ID, "err", err, "recovery", marked}
+	if outcome != "ok" {
+		h.m.lost.WithLabelValues(hostLabel).Inc()
+		attrs = append(attrs, "fix", lostFix)
+	}
+	h.sendFailLogs.Log(ctx, h.log, slog.LevelError, hostLabel+"\x00"+outcome, "change not handed to the broker; logged 5 times a minute per host and recovery", attrs...)
 	return writeReply(w, http.StatusServiceUnavailable, reply{Status: "error", ID: c.ID, Error: "broker unavailable: " + marked})
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -464,8 +465,39 @@ func TestHandle_ChangesNotHandedToTheBrokerAreLoggedAFewTimesAMinute(t *testing.
 	if code, _ := f.post(t, "/events", "application/json", appendEvent); code != http.StatusServiceUnavailable {
 		t.Fatalf("with Redis down: %d", code)
 	}
-	if logs := f.logs.String(); !strings.Contains(logs, "marking pending failed") {
-		t.Errorf("a change that could not be marked is not logged:\n%s", logs)
+	if logs := f.logs.String(); !strings.Contains(logs, "marking pending failed") || !strings.Contains(logs, "dovewarden sweep --all") {
+		t.Errorf("a change that could not be marked is not logged with what to do:\n%s", logs)
+	}
+	// Only that one is lost: the marked ones wait for the sweep.
+	if got := testutil.ToFloat64(f.h.m.lost.WithLabelValues("mail-a.test")); got != 1 {
+		t.Errorf("changes lost counted %v, want 1", got)
+	}
+}
+
+// refusingSender is a Broker that refuses every change.
+type refusingSender struct{}
+
+func (refusingSender) Send(context.Context, cloudevents.Event) error {
+	return errors.New("broker: 503 Service Unavailable")
+}
+
+// Without Redis, a change the Broker refuses is recorded nowhere: it is
+// counted as lost, and its line says what to do.
+func TestHandle_WithoutRedisARefusedChangeIsLost(t *testing.T) {
+	var logs bytes.Buffer
+	h := NewHandler(Options{MaxBody: 64 << 10}, refusingSender{}, nil, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/events", strings.NewReader(appendEvent))
+	req.Header.Set("Content-Type", "application/json")
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "no redis configured") {
+		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
+	if got := testutil.ToFloat64(h.m.lost.WithLabelValues("mail-a.test")); got != 1 {
+		t.Errorf("changes lost counted %v, want 1", got)
+	}
+	if !strings.Contains(logs.String(), "dovewarden sweep --all") {
+		t.Errorf("the line does not say what to do:\n%s", logs.String())
 	}
 }
 

@@ -46,6 +46,7 @@ type ingestMetrics struct {
 	sendTime  prometheus.Histogram
 	sendFails *prometheus.CounterVec
 	pending   *prometheus.CounterVec
+	lost      *prometheus.CounterVec
 	lastEvent *prometheus.GaugeVec
 
 	observeFails prometheus.Counter
@@ -142,6 +143,8 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help: "Changes the Broker did not accept within the send budget (answered 503 to Dovecot), by Dovecot host."}, []string{"host"}),
 		pending: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestPendingMarks,
 			Help: "Users recorded in Redis for the sweep after a failed send, by result (ok, error)."}, []string{"result"}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestChangesLost,
+			Help: "Changes neither handed to the Broker nor recorded in Redis for the sweep (no Redis configured, or the mark failed), by Dovecot host: replicated only with the user's next change or full sync."}, []string{"host"}),
 		lastEvent: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: metrics.IngestLastEvent,
 			Help: "Unix time of the last event received from each Dovecot host."}, []string{"host"}),
 		observeFails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.IngestObserveFailures,
@@ -154,7 +157,7 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 		http.StatusUnsupportedMediaType, http.StatusServiceUnavailable} {
 		m.answers[code] = m.answer.WithLabelValues(strconv.Itoa(code))
 	}
-	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.answer, m.sendTime, m.sendFails, m.pending, m.lastEvent, m.observeFails)
+	reg.MustRegister(m.received, m.accepted, m.dropped, m.rejected, m.answer, m.sendTime, m.sendFails, m.pending, m.lost, m.lastEvent, m.observeFails)
 	return m
 }
 

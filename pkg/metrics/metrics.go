@@ -26,6 +26,7 @@ const (
 	IngestSendSeconds      = "ingest_send_duration_seconds"
 	IngestSendFailures     = "ingest_send_failures_total"
 	IngestPendingMarks     = "ingest_pending_marks_total"
+	IngestChangesLost      = "ingest_changes_lost_total"
 	IngestLastEvent        = "ingest_last_event_timestamp_seconds"
 	IngestObserveFailures  = "ingest_observe_failures_total"
 )
