@@ -308,7 +308,10 @@ func (h *Handler) observe(ctx context.Context, c *change.Change) {
 	if h.opts.Clock == nil {
 		return
 	}
-	if h.now().UnixNano() < h.clockAgain.Load() {
+	// Paused only within clockPause before clockAgain: a wall clock
+	// stepped back after the failure would otherwise stretch the pause
+	// by the step.
+	if n, again := h.now().UnixNano(), h.clockAgain.Load(); n < again && n >= again-int64(clockPause) {
 		h.m.observeFails.Inc()
 		return
 	}

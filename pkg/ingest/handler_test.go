@@ -847,3 +847,24 @@ func TestHandle_RefusalsAreLoggedOnceAMinutePerReason(t *testing.T) {
 		t.Errorf("log shows a password or a scanner's GET:\n%s", logs)
 	}
 }
+
+// TestHandle_ClockPauseEndsWhenTheClockStepsBack: the pause after a
+// failure is a second; a wall clock stepped back (an NTP step) after the
+// failure must not stretch it by the step.
+func TestHandle_ClockPauseEndsWhenTheClockStepsBack(t *testing.T) {
+	clock := &failingClock{}
+	f := newFixture(t, Options{Clock: clock}, &broker{}, "")
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	f.h.now = func() time.Time { return now }
+	var c change.Change
+	f.h.observe(context.Background(), &c)
+	if got := clock.asked.Load(); got != 1 {
+		t.Fatalf("clock asked %d times, want 1", got)
+	}
+	// The wall clock steps back an hour, then two seconds pass.
+	now = now.Add(-time.Hour + 2*time.Second)
+	f.h.observe(context.Background(), &c)
+	if got := clock.asked.Load(); got != 2 {
+		t.Errorf("clock asked %d times two seconds after its failure, the wall clock stepped back an hour; want 2: the pause lasts the step", got)
+	}
+}
