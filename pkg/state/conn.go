@@ -273,15 +273,16 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 // LogTo sends what the Redis client library logs (failed dials, a
 // Sentinel's announcement of a new primary) to log at warning level,
 // instead of the library's own plain lines on standard error. The library
-// has one logger per process: the last call wins.
-func LogTo(log *slog.Logger) { redis.SetLogger(clientLog{log}) }
+// has one logger per process: the last call wins. Its lines are logged
+// 5 times a minute per format: it logs a failed dial at every command
+// while Redis is down. Each call starts that count afresh.
+func LogTo(log *slog.Logger) { redis.SetLogger(clientLog{log, lograte.PerMinute(5)}) }
 
-type clientLog struct{ log *slog.Logger }
-
-// clientLines bounds the library's lines, 5 a minute per format: it logs
-// a failed dial at every command while Redis is down.
-var clientLines = lograte.PerMinute(5)
+type clientLog struct {
+	log   *slog.Logger
+	lines *lograte.Limiter
+}
 
 func (l clientLog) Printf(ctx context.Context, format string, v ...any) {
-	clientLines.Log(ctx, l.log, slog.LevelWarn, format, "redis client", "detail", fmt.Sprintf(format, v...))
+	l.lines.Log(ctx, l.log, slog.LevelWarn, format, "redis client", "detail", fmt.Sprintf(format, v...))
 }

@@ -191,7 +191,20 @@ func TestOpen_SentinelFollowsAFailover(t *testing.T) {
 
 // TestLogTo: the client library's own log lines (here: a server that is
 // not there) reach the structured log.
-func TestLogTo(t *testing.T) {
+func TestLogTo(t *testing.T) { logToOnce(t) }
+
+// TestLogTo_EachLoggerHasItsOwnBound: the library's lines are logged 5
+// times a minute per format; a logger given with LogTo starts that count
+// afresh, so what one test (or an earlier LogTo) used up does not silence
+// the next.
+func TestLogTo_EachLoggerHasItsOwnBound(t *testing.T) {
+	for range 3 {
+		logToOnce(t)
+	}
+}
+
+func logToOnce(t *testing.T) {
+	t.Helper()
 	// A file: the library may log from its own goroutines.
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "log"))
 	if err != nil {
