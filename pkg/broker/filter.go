@@ -225,6 +225,11 @@ func (n not) Match(ev cloudevents.Event) bool { return !n.f.Match(ev) }
 type cesqlFilter struct {
 	src  string
 	expr cesql.Expression
+	// failLogs bounds the lines of evaluations that fail: an
+	// expression that fails does so on every event it sees. Each filter
+	// (a Trigger's, as loaded) has its own, so Brokers and reloads do not
+	// share one count and no expression is kept after its filter.
+	failLogs *lograte.Limiter
 }
 
 // compileCESQL parses expr, recovering from the parser's panics on some bad
@@ -252,7 +257,7 @@ func compileCESQL(at, src string) (f Filter, err error) {
 			}
 		}
 	}
-	return &cesqlFilter{src: src, expr: expr}, nil
+	return &cesqlFilter{src: src, expr: expr, failLogs: lograte.PerMinute(5)}, nil
 }
 
 // cesqlLiteral matches CESQL's string literals, so that their content is
@@ -303,17 +308,13 @@ func evaluate(expr cesql.Expression, ev cloudevents.Event) (v any, err error) {
 	return expr.Evaluate(ev)
 }
 
-// cesqlFailLogs bounds the lines of a CESQL expression that fails on
-// events: one that fails does so on every event it sees.
-var cesqlFailLogs = lograte.PerMinute(5)
-
 // Match is true only for a boolean true: an evaluation error (say, a
 // missing attribute) is a non-match, as in Knative's CESQL filter.
 func (f *cesqlFilter) Match(ev cloudevents.Event) bool {
 	v, err := evaluate(f.expr, ev)
 	if err != nil {
 		if errors.Is(err, errCESQLPanic) {
-			cesqlFailLogs.Log(context.Background(), slog.Default(), slog.LevelWarn, f.src, "CESQL filter failed on an event; treated as no match; logged 5 times a minute per expression",
+			f.failLogs.Log(context.Background(), slog.Default(), slog.LevelWarn, "", "CESQL filter failed on an event; treated as no match; logged 5 times a minute per Trigger and expression",
 				"expression", f.src, "id", ev.ID(), "err", err)
 		}
 		return false

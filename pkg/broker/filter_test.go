@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/cloudevents/sdk-go/v2/protocol"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 )
 
 // filterOf loads one Trigger with the given filter spec and returns its
@@ -188,6 +191,38 @@ func TestFilters_CESQLIdentifiersInAnyCase(t *testing.T) {
 	for expr, match := range map[string]bool{"PRIORITY = 'high'": true, "Priority = 'HIGH'": false, "EXISTS Priority AND TYPE = '" + typeChanged + "'": true} {
 		if got := filterOf(t, "  filters:\n  - cesql: \""+expr+"\"\n").Match(richEvent()); got != match {
 			t.Errorf("cesql %q matched %v; want %v", expr, got, match)
+		}
+	}
+}
+
+// panickingExpr is a CESQL expression whose evaluation panics, as a bug
+// in the CESQL library would.
+type panickingExpr struct{}
+
+func (panickingExpr) Evaluate(cloudevents.Event) (any, error) { panic("boom") }
+
+// TestFilters_CESQLPanicLoggedAFewTimesAMinutePerFilter: a filter whose
+// evaluation panics does so on every event; 5 lines a minute are logged
+// for it, and another filter (another Trigger, another Broker, a reload)
+// with the same expression has lines of its own.
+func TestFilters_CESQLPanicLoggedAFewTimesAMinutePerFilter(t *testing.T) {
+	var logs safebuf.Buffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	for i := range 2 {
+		f, err := compileCESQL("t", "subject = 'u1'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.(*cesqlFilter).expr = panickingExpr{}
+		for range 8 {
+			if f.Match(richEvent()) {
+				t.Fatal("a panicking expression matched")
+			}
+		}
+		if n := strings.Count(logs.String(), "CESQL filter failed"); n != 5*(i+1) {
+			t.Fatalf("filter %d: %d lines in all, want %d:\n%s", i, n, 5*(i+1), logs.String())
 		}
 	}
 }
