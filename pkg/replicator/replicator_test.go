@@ -330,6 +330,86 @@ func TestReplicate_ExitCode2TwiceWithNoAttemptLeftAsksForAFullSync(t *testing.T)
 	}
 }
 
+// stateNoLongerWorks answers as dsync does when a folder a race brought
+// back on one side leaves the state unusable: exit code 75 to every
+// incremental sync ("retry with a full sync" in the log), success to a
+// full one (e2e BenchmarkSoak).
+func stateNoLongerWorks(c doveadmtest.Call) doveadmtest.Reply {
+	if c.Full {
+		return doveadmtest.Reply{}
+	}
+	return doveadmtest.Reply{ExitCode: 75}
+}
+
+// TestReplicate_ExitCode75TwiceRunsAFullSync: the second 75 in a row
+// makes the rerun a full sync, which ends it. Before, the user failed
+// every attempt and every sweep's retry until its periodic full sync.
+func TestReplicate_ExitCode75TwiceRunsAFullSync(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = stateNoLongerWorks
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")[1:]
+	if len(calls) != 3 || calls[0].Full || calls[1].Full || !calls[2].Full || calls[1].State != "state-mail-a-1" {
+		t.Fatalf("calls %+v: want two incremental syncs with the old state, then a full one", calls)
+	}
+	if res.Outcome != change.Synced || !res.Full || res.Attempts != 3 {
+		t.Errorf("result %+v: want synced by the full attempt", res)
+	}
+}
+
+// TestReplicate_ExitCode75FromADownReplicaKeepsTheState: a replica that is
+// down answers 75 to the full rerun too; the retries go on with the
+// state, and the sweep's retry is incremental: an outage does not give
+// every user a full sync.
+func TestReplicate_ExitCode75FromADownReplicaKeepsTheState(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{ExitCode: 75} }
+
+	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed || res.Attempts != 4 {
+		t.Fatalf("result %+v: want failed after 4 attempts", res)
+	}
+	calls := f.tracks.CallsOf("u1")[1:]
+	want := []bool{false, false, true, false}
+	for i, c := range calls {
+		if i >= len(want) || c.Full != want[i] {
+			t.Fatalf("calls %+v: want incremental, incremental, full, incremental", calls)
+		}
+	}
+	f.a.Respond = nil // the replica is back
+	res := f.replicate(t, change.Request{User: "u1"})
+	calls = f.tracks.CallsOf("u1")
+	if last := calls[len(calls)-1]; last.Full || last.State != "state-mail-a-1" {
+		t.Fatalf("the retry after the outage: %+v; want an incremental sync with the state", last)
+	}
+	if res.Outcome != change.Synced {
+		t.Errorf("result %+v: want synced", res)
+	}
+}
+
+// TestReplicate_ExitCode75WithTwoAttemptsRunsAFullSync: with
+// --max-attempts 2 the last attempt, after a first 75, is the full one.
+func TestReplicate_ExitCode75WithTwoAttemptsRunsAFullSync(t *testing.T) {
+	o := fast
+	o.MaxAttempts = 2
+	f := newFixture(t, o)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = stateNoLongerWorks
+
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	calls := f.tracks.CallsOf("u1")[1:]
+	if len(calls) != 2 || calls[0].Full || !calls[1].Full {
+		t.Fatalf("calls %+v: want an incremental sync, then a full one", calls)
+	}
+	if res.Outcome != change.Synced || !res.Full {
+		t.Errorf("result %+v: want synced by the full attempt", res)
+	}
+}
+
 func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
 	f := newFixture(t, fast)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from

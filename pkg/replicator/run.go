@@ -36,7 +36,15 @@ type job struct {
 	// arrived while the user was busy) and none has succeeded since; a
 	// failure that gives up the lock asks for it again.
 	fullAsked bool
+	// tempfails counts this round's incremental attempts in a row that
+	// answered exit code 75; tempfailFull is the round's one full rerun
+	// after them: 0 not given, 1 the next attempt, 2 given.
+	tempfails    int
+	tempfailFull int
 }
+
+// tempfailClass is the policy's class of exit code 75.
+const tempfailClass = "tempfail"
 
 // needsFull: a full sync was asked for while the user was busy, or there
 // is no stored state for the destination (the user's first dsync, or Redis
@@ -109,6 +117,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				claim, attempt = next, 0
 				covered += next.Merged
 				full, j.escalated, j.changed, j.fullAsked = needsFull(next), false, 0, next.FullRequested
+				j.tempfails, j.tempfailFull = 0, 0
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
@@ -194,6 +203,13 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 	if rule.Action != doveadm.RunAgain {
 		j.changed = 0 // exit codes 2 in a row only
 	}
+	fullAfterTempfails := j.tempfailFull == 1
+	if fullAfterTempfails {
+		j.tempfailFull = 2
+	}
+	if rule.Class != tempfailClass {
+		j.tempfails = 0
+	}
 	switch rule.Action {
 	case doveadm.RunAgain:
 		delay, retry = o.RunAgainDelay, attempt < limit
@@ -214,6 +230,30 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 		}
 	case doveadm.Retry:
 		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
+		if rule.Class != tempfailClass {
+			break
+		}
+		// dsync answers 75 also when an incremental sync with this state
+		// cannot work ("Failed to do incremental sync for mailbox X,
+		// retry with a full sync (highest_modseq 1 < 2)", in the source's
+		// log only), and then to every rerun with the same state: a
+		// folder that a race brought back on one side (measured: e2e
+		// BenchmarkSoak, 2.3 and 2.4). So after a second 75 in a row, or
+		// a first one when the next attempt is the last, the rerun is a
+		// full sync, once a round. 75 is mostly a destination down or
+		// busy, where a full attempt fails as fast as another: when it
+		// answers 75 too, the state was not the cause, and the retries
+		// go on with it. Nothing is asked for the sweep: after an outage
+		// every user would get a full sync.
+		switch {
+		case fullAfterTempfails:
+			*full = j.fullAsked
+		case !*full:
+			j.tempfails++
+			if j.tempfailFull == 0 && (j.tempfails >= 2 || attempt+1 == limit) {
+				j.tempfailFull, *full = 1, true
+			}
+		}
 	case doveadm.EscalateFull:
 		// Once, even after a full attempt (a first dsync is full, and a
 		// folder deleted under it is as transient then): a rerun that fails
