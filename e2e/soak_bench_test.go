@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -133,7 +134,7 @@ loop:
 		load.counts(&load.byKind), load.counts(&load.errs), load.skipped.Load())
 	b.Logf("soak: Redis keys when the changes stopped: %s", redisKeys(s.ctx, b, rdb))
 
-	s.awaitConverged(users...)
+	s.soakSettle(b, rdb, users)
 	settled := take()
 	settled.changes = load.made.Load()
 	b.Logf("soak: %s (all users the same on both servers)", settled)
@@ -173,6 +174,75 @@ loop:
 	b.ReportMetric(last.redisMB, "redis-MB-last")
 	b.ReportMetric(float64(last.changes), "changes")
 	b.ReportMetric(last.dsyncs-first.dsyncs, "dsyncs")
+}
+
+// soakSettle waits until every user is the same on both servers, as
+// awaitConverged does, but goes on past a user that is not, so that the
+// failure names every such user; for each it also tries a dsync with the
+// state dovewarden stored, then a full one, and says what they answered
+// and whether the servers then agree.
+func (s *system) soakSettle(b *testing.B, rdb *redis.Client, users []string) {
+	b.Helper()
+	var bad []string
+	for _, u := range users {
+		if _, err := s.converged(u, convergeLimit); err != nil {
+			bad = append(bad, u)
+			b.Errorf("%s not replicated: %v", u, err)
+			b.Logf("soak: %s", s.soakProbe(rdb, u))
+		}
+	}
+	if len(bad) > 0 {
+		failures.reason(b, fmt.Sprintf("not replicated: %s", strings.Join(bad, " ")))
+		b.FailNow()
+	}
+}
+
+// soakProbe runs, for a user that did not converge, a dsync from A with
+// the state dovewarden stored for it (what its next incremental dsync
+// would run), then a full one, and reports their answers and whether the
+// servers agree after each.
+func (s *system) soakProbe(rdb *redis.Client, user string) string {
+	var out strings.Builder
+	fmt.Fprintf(&out, "%s: its replication.failed events by class %s; ", user, failedClasses(s.userFailures(user)))
+	states, err := rdb.HGetAll(s.ctx, state.StateKey(user)).Result()
+	if err != nil {
+		return out.String() + err.Error()
+	}
+	run := func(what string, args map[string]any) {
+		args["user"], args["destination"], args["allNamespaces"] = user, []string{s.b.Destination}, true
+		body, _ := json.Marshal([]any{[]any{"sync", args, "probe"}})
+		reply, err := s.a.DoveadmHTTP(s.ctx, string(body))
+		if len(reply) > 300 {
+			reply = append(reply[:300:300], "..."...)
+		}
+		fmt.Fprintf(&out, "%s: err %v, reply %s; ", what, err, reply)
+		a, aerr := readSnapshot(s.ctx, s.a, user)
+		bs, berr := readSnapshot(s.ctx, s.b, user)
+		switch {
+		case aerr != nil || berr != nil:
+			fmt.Fprintf(&out, "snapshots: %v %v; ", aerr, berr)
+		case a.equal(bs):
+			out.WriteString("then the servers agree; ")
+		default:
+			fmt.Fprintf(&out, "then they still differ:\n%s\n", diff(a, bs))
+		}
+	}
+	for field, st := range states {
+		run("a dsync with the stored state ("+field+")", map[string]any{"state": st})
+	}
+	run("a full dsync", map[string]any{"state": "", "fullSync": true})
+	return out.String()
+}
+
+// userFailures are the replication.failed events of user.
+func (s *system) userFailures(user string) []result {
+	var out []result
+	for _, r := range s.events.results(contract.TypeReplicationFailed) {
+		if r.User == user {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // soakSample reads the process's /proc entries, its metrics and Redis.
