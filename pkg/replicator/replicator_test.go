@@ -252,33 +252,45 @@ func TestReplicate_ExitCode2RunsAgainWithTheOldState(t *testing.T) {
 	}
 }
 
-// staleState answers as dsync does with a state that no longer fits the
-// destination: exit code 2 to every incremental sync, success to a full
-// one.
-func staleState(c doveadmtest.Call) doveadmtest.Reply {
-	if c.Full {
-		return doveadmtest.Reply{}
+// stateUnusable answers as dsync does with a state that no longer works:
+// code to every incremental sync, success to a full one. dsync answers 2
+// when the state no longer fits the destination (a replica rebuilt
+// empty: e2e TestReplicaWiped), and 75 when a folder a race brought back
+// on one side left the state unusable ("retry with a full sync" in the
+// log; e2e BenchmarkSoak).
+func stateUnusable(code int) func(doveadmtest.Call) doveadmtest.Reply {
+	return func(c doveadmtest.Call) doveadmtest.Reply {
+		if c.Full {
+			return doveadmtest.Reply{}
+		}
+		return doveadmtest.Reply{ExitCode: code}
 	}
-	return doveadmtest.Reply{ExitCode: 2}
 }
 
-// TestReplicate_ExitCode2TwiceRunsAFullSync: dsync answers 2 to every
-// incremental sync whose state no longer fits the destination (a replica
-// rebuilt empty: e2e TestReplicaWiped); the second 2 in a row makes the
-// rerun a full sync, which ends it.
-func TestReplicate_ExitCode2TwiceRunsAFullSync(t *testing.T) {
-	f := newFixture(t, fast)
-	f.replicate(t, change.Request{User: "u1"}) // a state to start from
-	f.a.Respond = staleState
+// staleState: exit code 2 to every incremental sync.
+var staleState = stateUnusable(2)
 
-	res := f.replicate(t, change.Request{User: "u1"})
+// TestReplicate_UnusableStateRunsAFullSync: the second 2, or 75, in a row
+// makes the rerun a full sync, which ends it. Before, with 75, the user
+// failed every attempt and every sweep's retry until its periodic full
+// sync.
+func TestReplicate_UnusableStateRunsAFullSync(t *testing.T) {
+	for _, code := range []int{2, 75} {
+		t.Run(fmt.Sprintf("exit code %d", code), func(t *testing.T) {
+			f := newFixture(t, fast)
+			f.replicate(t, change.Request{User: "u1"}) // a state to start from
+			f.a.Respond = stateUnusable(code)
 
-	calls := f.tracks.CallsOf("u1")[1:]
-	if len(calls) != 3 || calls[0].Full || calls[1].Full || !calls[2].Full || calls[1].State != "state-mail-a-1" {
-		t.Fatalf("calls %+v: want two incremental syncs with the old state, then a full one", calls)
-	}
-	if res.Outcome != change.Synced || !res.Full || res.Attempts != 3 {
-		t.Errorf("result %+v: want synced by the full attempt", res)
+			res := f.replicate(t, change.Request{User: "u1"})
+
+			calls := f.tracks.CallsOf("u1")[1:]
+			if len(calls) != 3 || calls[0].Full || calls[1].Full || !calls[2].Full || calls[1].State != "state-mail-a-1" {
+				t.Fatalf("calls %+v: want two incremental syncs with the old state, then a full one", calls)
+			}
+			if res.Outcome != change.Synced || !res.Full || res.Attempts != 3 {
+				t.Errorf("result %+v: want synced by the full attempt", res)
+			}
+		})
 	}
 }
 
@@ -330,36 +342,6 @@ func TestReplicate_ExitCode2TwiceWithNoAttemptLeftAsksForAFullSync(t *testing.T)
 	}
 }
 
-// stateNoLongerWorks answers as dsync does when a folder a race brought
-// back on one side leaves the state unusable: exit code 75 to every
-// incremental sync ("retry with a full sync" in the log), success to a
-// full one (e2e BenchmarkSoak).
-func stateNoLongerWorks(c doveadmtest.Call) doveadmtest.Reply {
-	if c.Full {
-		return doveadmtest.Reply{}
-	}
-	return doveadmtest.Reply{ExitCode: 75}
-}
-
-// TestReplicate_ExitCode75TwiceRunsAFullSync: the second 75 in a row
-// makes the rerun a full sync, which ends it. Before, the user failed
-// every attempt and every sweep's retry until its periodic full sync.
-func TestReplicate_ExitCode75TwiceRunsAFullSync(t *testing.T) {
-	f := newFixture(t, fast)
-	f.replicate(t, change.Request{User: "u1"}) // a state to start from
-	f.a.Respond = stateNoLongerWorks
-
-	res := f.replicate(t, change.Request{User: "u1"})
-
-	calls := f.tracks.CallsOf("u1")[1:]
-	if len(calls) != 3 || calls[0].Full || calls[1].Full || !calls[2].Full || calls[1].State != "state-mail-a-1" {
-		t.Fatalf("calls %+v: want two incremental syncs with the old state, then a full one", calls)
-	}
-	if res.Outcome != change.Synced || !res.Full || res.Attempts != 3 {
-		t.Errorf("result %+v: want synced by the full attempt", res)
-	}
-}
-
 // TestReplicate_ExitCode75FromADownReplicaKeepsTheState: a replica that is
 // down answers 75 to the full rerun too; the retries go on with the
 // state, and the sweep's retry is incremental: an outage does not give
@@ -397,7 +379,7 @@ func TestReplicate_ExitCode75WithTwoAttemptsRunsAFullSync(t *testing.T) {
 	o.MaxAttempts = 2
 	f := newFixture(t, o)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from
-	f.a.Respond = stateNoLongerWorks
+	f.a.Respond = stateUnusable(75)
 
 	res := f.replicate(t, change.Request{User: "u1"})
 
