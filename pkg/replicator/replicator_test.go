@@ -392,6 +392,72 @@ func TestReplicate_ExitCode75WithTwoAttemptsRunsAFullSync(t *testing.T) {
 	}
 }
 
+// TestReplicate_ExitCode75AttemptsByMaxAttempts: with a replica that
+// answers 75 to everything, the round's one full attempt comes after the
+// second 75, or after the first when the next attempt is the last, and
+// the attempts after it are incremental again. With --max-attempts 1
+// there is no next attempt, and none is full.
+func TestReplicate_ExitCode75AttemptsByMaxAttempts(t *testing.T) {
+	for _, tc := range []struct {
+		attempts int
+		full     []int // the full attempts, from 1
+	}{{1, nil}, {2, []int{2}}, {3, []int{3}}, {4, []int{3}}, {20, []int{3}}} {
+		t.Run(fmt.Sprint(tc.attempts), func(t *testing.T) {
+			o := fast
+			o.MaxAttempts = tc.attempts
+			f := newFixture(t, o)
+			f.replicate(t, change.Request{User: "u1"}) // a state to start from
+			f.a.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{ExitCode: 75} }
+			if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed || res.Attempts != tc.attempts {
+				t.Fatalf("result %+v: want failed after %d attempts", res, tc.attempts)
+			}
+			var full []int
+			for i, c := range f.tracks.CallsOf("u1")[1:] {
+				if c.Full {
+					full = append(full, i+1)
+				}
+			}
+			if fmt.Sprint(full) != fmt.Sprint(tc.full) {
+				t.Errorf("full attempts %v, want %v", full, tc.full)
+			}
+		})
+	}
+}
+
+// TestReplicate_ExitCode75KeepsAFullSyncAskedForDuringTheRetries: a full
+// sync asked for while the user answers 75 (a replica down) is never put
+// back to incremental by the round's full attempt answering 75 too: the
+// attempts after it stay full, and so does the sweep's retry.
+func TestReplicate_ExitCode75KeepsAFullSyncAskedForDuringTheRetries(t *testing.T) {
+	for _, at := range []int{2, 3} { // during the second incremental attempt, or the full one
+		t.Run(fmt.Sprint(at), func(t *testing.T) {
+			f := newFixture(t, fast)
+			f.replicate(t, change.Request{User: "u1"}) // a state to start from
+			f.a.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{ExitCode: 75} }
+			f.a.OnStart = func(doveadmtest.Call) {
+				if len(f.tracks.CallsOf("u1")) == at {
+					if res := f.replicate(t, change.Request{User: "u1", Full: true}); res.Outcome != change.Coalesced {
+						t.Errorf("full request during attempt %d: %+v, want coalesced", at, res)
+					}
+				}
+			}
+			if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Failed || res.Attempts != 4 {
+				t.Fatalf("result %+v: want failed after 4 attempts", res)
+			}
+			f.a.Respond, f.a.OnStart = nil, nil
+			if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Synced || !res.Full {
+				t.Errorf("the sweep's retry: %+v, want a full sync", res)
+			}
+			calls := f.tracks.CallsOf("u1")[1:]
+			for i, c := range calls {
+				if want := i+1 >= 3; c.Full != want {
+					t.Fatalf("attempt %d full %v; want incremental, incremental, then full: %+v", i+1, c.Full, calls)
+				}
+			}
+		})
+	}
+}
+
 func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
 	f := newFixture(t, fast)
 	f.replicate(t, change.Request{User: "u1"}) // a state to start from
