@@ -107,6 +107,10 @@ func (s *system) soak(b *testing.B, rdb *redis.Client, users []string) {
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { load.run(stop); close(done) }()
+	// A sample that fails the benchmark stops the changes too: the load's
+	// workers log, and must not outlive it.
+	stopLoad := sync.OnceFunc(func() { close(stop); <-done })
+	defer stopLoad()
 	tick := time.NewTicker(*soakEvery)
 	end := time.After(*soakDuration)
 loop:
@@ -124,8 +128,7 @@ loop:
 		}
 	}
 	tick.Stop()
-	close(stop)
-	<-done
+	stopLoad()
 	last := take()
 	last.changes = load.made.Load()
 	samples = append(samples, last)
@@ -376,7 +379,8 @@ func (c *collector) deadLetters() int {
 
 // logSummary reads a dovewarden log (slog text, at debug level here):
 // its lines by level, then each warning and error message with its
-// count, and any line that is no log record (a panic, a stray print).
+// count, the first 20 such lines themselves, and any line that is no log
+// record (a panic, a stray print).
 func logSummary(b *testing.B, path string) []string {
 	b.Helper()
 	f, err := os.Open(path)
@@ -386,7 +390,7 @@ func logSummary(b *testing.B, path string) []string {
 	defer f.Close()
 	levels := map[string]int{}
 	msgs := map[string]int{}
-	var stray []string
+	var stray, warned []string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -411,6 +415,10 @@ func logSummary(b *testing.B, path string) []string {
 				msg, _, _ = strings.Cut(msg, " ")
 			}
 			msgs[level+" "+msg]++
+			// The lines themselves say which user and attempt.
+			if len(warned) < 20 {
+				warned = append(warned, line[:min(len(line), 400)])
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -424,6 +432,9 @@ func logSummary(b *testing.B, path string) []string {
 	sort.Strings(keys)
 	for _, k := range keys {
 		out = append(out, fmt.Sprintf("%dx %s", msgs[k], k))
+	}
+	for _, l := range warned {
+		out = append(out, "line: "+l)
 	}
 	for i, l := range stray {
 		if i == 10 {
