@@ -47,6 +47,10 @@ type Rule struct {
 // ClassNoUser is the class of exit code 67: the user does not exist.
 const ClassNoUser = "no_user"
 
+// ClassTempfail is the class of exit code 75: a temporary failure (and,
+// with a state that no longer works, every incremental sync's answer).
+const ClassTempfail = "tempfail"
+
 // unknownAttempts bounds attempts on an exit code the table does not know:
 // it may be transient, but retrying it forever would hide a new problem.
 const unknownAttempts = 3
@@ -65,7 +69,7 @@ var Policy = []Rule{
 	// miss the deletion; a full one does not. So once more as a full sync
 	// before it is reported.
 	{Code: 68, Action: EscalateFull, Class: "not_found", Retryable: true, Reason: "not found (a mailbox deleted during the sync: once more as a full sync)"},
-	{Code: 75, Action: Retry, Class: "tempfail", Retryable: true, Reason: "temporary failure (destination down or busy, or its doveadm_password is not the source's)"},
+	{Code: 75, Action: Retry, Class: ClassTempfail, Retryable: true, Reason: "temporary failure (destination down or busy, or its doveadm_password is not the source's)"},
 	{Code: 77, Action: ReportConfig, Class: "no_permission", Reason: "no permission"},
 	{Code: 78, Action: ReportConfig, Class: "config_error", Reason: "configuration error"},
 }

@@ -43,9 +43,6 @@ type job struct {
 	tempfailFull int
 }
 
-// tempfailClass is the policy's class of exit code 75.
-const tempfailClass = "tempfail"
-
 // needsFull: a full sync was asked for while the user was busy, or there
 // is no stored state for the destination (the user's first dsync, or Redis
 // lost it). Without -s or -f, doveadm compares each mailbox's counters
@@ -207,7 +204,7 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 	if fullAfterTempfails {
 		j.tempfailFull = 2
 	}
-	if rule.Class != tempfailClass {
+	if rule.Class != doveadm.ClassTempfail {
 		j.tempfails = 0
 	}
 	switch rule.Action {
@@ -230,7 +227,7 @@ func (j *job) next(ctx context.Context, rule doveadm.Rule, attempt int, full *bo
 		}
 	case doveadm.Retry:
 		delay, retry = backoff(o.Backoff, o.MaxBackoff, attempt), attempt < limit
-		if rule.Class != tempfailClass {
+		if rule.Class != doveadm.ClassTempfail {
 			break
 		}
 		// dsync answers 75 also when an incremental sync with this state
