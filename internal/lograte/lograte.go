@@ -9,6 +9,7 @@ package lograte
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -26,6 +27,8 @@ type Limiter struct {
 	burst int
 	every time.Duration
 	now   func() time.Time
+	// says ends each message Log logs, when set (Saying).
+	says string
 
 	mu   sync.Mutex
 	keys map[string]*window
@@ -58,6 +61,40 @@ func (l *Limiter) WithClock(now func() time.Time) *Limiter {
 	return l
 }
 
+// Saying makes Log end each message with how often the lines are let
+// through, from the Limiter's own bound ("; logged 5 times a minute"),
+// followed by per when it is not empty ("per Trigger"), and returns l. A
+// message then cannot state a bound other than the one applied.
+func (l *Limiter) Saying(per string) *Limiter {
+	l.says = "; logged " + l.Bound()
+	if per != "" {
+		l.says += " " + per
+	}
+	return l
+}
+
+// Bound says how many lines of a key are let through in a window, in
+// words: "once a minute", "5 times a minute", "3 times every 10s".
+func (l *Limiter) Bound() string {
+	times := "once"
+	switch l.burst {
+	case 1:
+	case 2:
+		times = "twice"
+	default:
+		times = strconv.Itoa(l.burst) + " times"
+	}
+	switch l.every {
+	case time.Minute:
+		return times + " a minute"
+	case time.Second:
+		return times + " a second"
+	case time.Hour:
+		return times + " an hour"
+	}
+	return times + " every " + l.every.String()
+}
+
 // Allow says whether a line under key may be logged now and, when it may,
 // how many lines under key were refused since the last one allowed (for
 // the line to say so).
@@ -84,8 +121,8 @@ func (l *Limiter) Allow(key string) (ok bool, leftOut int) {
 }
 
 // Log logs msg at level when Allow lets a line of key through, with
-// LeftOut added when lines were left out before it, and says whether it
-// did.
+// LeftOut added when lines were left out before it, and the bound after
+// msg when the Limiter is Saying it, and says whether it did.
 func (l *Limiter) Log(ctx context.Context, log *slog.Logger, level slog.Level, key, msg string, attrs ...any) bool {
 	ok, leftOut := l.Allow(key)
 	if !ok {
@@ -94,6 +131,6 @@ func (l *Limiter) Log(ctx context.Context, log *slog.Logger, level slog.Level, k
 	if leftOut > 0 {
 		attrs = append(attrs, LeftOut, leftOut)
 	}
-	log.Log(ctx, level, msg, attrs...)
+	log.Log(ctx, level, msg+l.says, attrs...)
 	return true
 }

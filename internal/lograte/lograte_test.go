@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -132,5 +133,46 @@ func TestLimiter_LogSaysWhatWasLeftOut(t *testing.T) {
 	want := "level=WARN msg=refused n=0\nlevel=ERROR msg=refused n=3 left_out_before=2\n"
 	if buf.String() != want {
 		t.Fatalf("logged:\n%s\nwant:\n%s", buf.String(), want)
+	}
+}
+
+func TestLimiter_SayingEndsEachLineWithItsBound(t *testing.T) {
+	for _, tc := range []struct {
+		burst int
+		every time.Duration
+		per   string
+		want  string
+	}{
+		{1, time.Minute, "per reason", "refused; logged once a minute per reason"},
+		{2, time.Minute, "", "refused; logged twice a minute"},
+		{5, time.Minute, "per Trigger", "refused; logged 5 times a minute per Trigger"},
+		{3, time.Second, "", "refused; logged 3 times a second"},
+		{1, time.Hour, "", "refused; logged once an hour"},
+		{4, 10 * time.Second, "per kind", "refused; logged 4 times every 10s per kind"},
+	} {
+		l, _ := newTest(tc.burst, tc.every)
+		l.Saying(tc.per)
+		var buf bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key != slog.MessageKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+		// One line more than the bound: only the bound's lines are logged.
+		for range tc.burst + 1 {
+			l.Log(context.Background(), log, slog.LevelWarn, "k", "refused")
+		}
+		want := strings.Repeat("msg=\""+tc.want+"\"\n", tc.burst)
+		if buf.String() != want {
+			t.Errorf("burst %d every %v per %q logged:\n%s\nwant:\n%s", tc.burst, tc.every, tc.per, buf.String(), want)
+		}
+	}
+	// Without Saying, the message is logged as given.
+	l, _ := newTest(5, time.Minute)
+	var buf bytes.Buffer
+	l.Log(context.Background(), slog.New(slog.NewTextHandler(&buf, nil)), slog.LevelWarn, "k", "as given")
+	if !strings.Contains(buf.String(), "msg=\"as given\"") {
+		t.Fatalf("logged %s, want the message as given", buf.String())
 	}
 }

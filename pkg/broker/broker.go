@@ -307,7 +307,7 @@ func (b *Broker) addLane(tr *Trigger, used map[string]bool) {
 		b: b, tr: tr, target: target, dls: dls, timeout: timeout, workers: info.Workers,
 		capacity: int64(capacity), maxBytes: b.opts.QueueBytes, queue: make(chan *task, capacity), timers: map[*task]*time.Timer{},
 		running: make([]runSlot, info.Workers),
-		log:     b.log.With("trigger", tr.Name), dropLogs: lograte.PerMinute(5),
+		log:     b.log.With("trigger", tr.Name), dropLogs: lograte.PerMinute(5).Saying("per Trigger"),
 	}
 	if dls != nil {
 		l.dlQueue = make(chan *task, capacity)

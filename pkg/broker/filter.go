@@ -257,7 +257,7 @@ func compileCESQL(at, src string) (f Filter, err error) {
 			}
 		}
 	}
-	return &cesqlFilter{src: src, expr: expr, failLogs: lograte.PerMinute(5)}, nil
+	return &cesqlFilter{src: src, expr: expr, failLogs: lograte.PerMinute(5).Saying("per Trigger and expression")}, nil
 }
 
 // cesqlLiteral matches CESQL's string literals, so that their content is
@@ -314,7 +314,7 @@ func (f *cesqlFilter) Match(ev cloudevents.Event) bool {
 	v, err := evaluate(f.expr, ev)
 	if err != nil {
 		if errors.Is(err, errCESQLPanic) {
-			f.failLogs.Log(context.Background(), slog.Default(), slog.LevelWarn, "", "CESQL filter failed on an event; treated as no match; logged 5 times a minute per Trigger and expression",
+			f.failLogs.Log(context.Background(), slog.Default(), slog.LevelWarn, "", "CESQL filter failed on an event; treated as no match",
 				"expression", f.src, "id", ev.ID(), "err", err)
 		}
 		return false

@@ -89,7 +89,7 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 			return full
 		}
 		b.m.dropped.WithLabelValues(l.tr.Name, dropQueueFull).Inc()
-		l.dropLogs.Log(context.Background(), l.log, slog.LevelWarn, "", "reply dropped for this Trigger: its queue is full; logged 5 times a minute per Trigger",
+		l.dropLogs.Log(context.Background(), l.log, slog.LevelWarn, "", "reply dropped for this Trigger: its queue is full",
 			"id", ev.ID(), "type", ev.Type(), "subject", ev.Subject(), "err", full)
 	}
 	for _, l := range queued {

@@ -86,7 +86,7 @@ type Handler struct {
 // NewHandler builds the ingest handler. pending may be nil (no Redis).
 func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Registerer, log *slog.Logger) *Handler {
 	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg),
-		rejectLogs: lograte.PerMinute(1), sendFailLogs: lograte.PerMinute(sendFailLogBurst), now: time.Now}
+		rejectLogs: lograte.PerMinute(1).Saying("per reason"), sendFailLogs: lograte.PerMinute(sendFailLogBurst).Saying("per host and recovery"), now: time.Now}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
 	h.userSum = sha256.Sum256([]byte(o.BasicUser))
 	h.passSum = sha256.Sum256([]byte(o.BasicPassword))
@@ -150,7 +150,7 @@ func (h *Handler) logRejected(r *http.Request, code int, reason, msg string) {
 	case reason == rejectAuth && (r.URL.Path == "/" || r.URL.Path == "/events"):
 		attrs = append(attrs, "fix", "Dovecot's exporter URL must carry ingest's credentials (--auth-user and --auth-password): http://USER:PASSWORD@HOST/events")
 	}
-	h.rejectLogs.Log(r.Context(), h.log, slog.LevelWarn, reason, "request refused; logged once a minute per reason", attrs...)
+	h.rejectLogs.Log(r.Context(), h.log, slog.LevelWarn, reason, "request refused", attrs...)
 }
 
 // unauthorized answers a request without the right credentials.
@@ -364,7 +364,7 @@ func (h *Handler) sendFailed(ctx context.Context, w http.ResponseWriter, hostLab
 		h.m.lost.WithLabelValues(hostLabel).Inc()
 		attrs = append(attrs, "fix", lostFix)
 	}
-	h.sendFailLogs.Log(ctx, h.log, slog.LevelError, hostLabel+"\x00"+outcome, "change not handed to the broker; logged 5 times a minute per host and recovery", attrs...)
+	h.sendFailLogs.Log(ctx, h.log, slog.LevelError, hostLabel+"\x00"+outcome, "change not handed to the broker", attrs...)
 	return writeReply(w, http.StatusServiceUnavailable, reply{Status: "error", ID: c.ID, Error: "broker unavailable: " + marked})
 }
 

@@ -451,6 +451,10 @@ func TestHandle_ChangesNotHandedToTheBrokerAreLoggedAFewTimesAMinute(t *testing.
 	if n := strings.Count(logs, "change not handed to the broker"); n != sendFailLogBurst {
 		t.Errorf("%d lines logged for %d changes, want %d:\n%s", n, events, sendFailLogBurst, logs)
 	}
+	// The line as docs/operations.md shows it.
+	if !strings.Contains(logs, `msg="change not handed to the broker; logged 5 times a minute per host and recovery"`) {
+		t.Errorf("the line does not say its bound as the docs show it:\n%s", logs)
+	}
 	if !strings.Contains(logs, "user=u0 ") || !strings.Contains(logs, `recovery="marked pending for the sweep"`) {
 		t.Errorf("the first line does not name the user and the recovery:\n%s", logs)
 	}
@@ -837,7 +841,7 @@ func TestHandle_RefusalsAreLoggedOnceAMinutePerReason(t *testing.T) {
 	if n := strings.Count(logs, "request refused"); n != 2 {
 		t.Fatalf("%d refusals logged, want one per reason:\n%s", n, logs)
 	}
-	for _, want := range []string{"reason=path code=404 path=/event", "must end in /events", "reason=unauthorized code=401 path=/events",
+	for _, want := range []string{`msg="request refused; logged once a minute per reason"`, "reason=path code=404 path=/event", "must end in /events", "reason=unauthorized code=401 path=/events",
 		"http://USER:PASSWORD@HOST/events"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q:\n%s", want, logs)

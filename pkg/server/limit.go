@@ -47,7 +47,7 @@ type connLimit struct {
 }
 
 func newConnLimit(max int, log *slog.Logger) *connLimit {
-	l := &connLimit{max: max, slots: make(chan struct{}, max), turnedIdle: make(chan struct{}, 1), log: log, warns: lograte.PerMinute(1)}
+	l := &connLimit{max: max, slots: make(chan struct{}, max), turnedIdle: make(chan struct{}, 1), log: log, warns: lograte.PerMinute(1).Saying("")}
 	l.closedForNew = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dovewarden_http_connections_closed_for_new_total",
 		Help: "Connections closed at --max-connections to make room for a new one, by state: idle (a keep-alive connection between requests) or new (one that sent nothing for a second)."}, []string{"state"})
 	for _, s := range []string{"idle", "new"} {
@@ -88,7 +88,7 @@ func (l *connLimit) admit(conns *unreadConns, closed <-chan struct{}) bool {
 		}
 		if tick == nil {
 			l.waited.Inc()
-			l.warns.Log(context.Background(), l.log, slog.LevelWarn, "", "every connection is busy: a new one waits until one ends or turns idle; logged once a minute",
+			l.warns.Log(context.Background(), l.log, slog.LevelWarn, "", "every connection is busy: a new one waits until one ends or turns idle",
 				"max_connections", l.max, "setting", "max-connections")
 			// A new connection turns quiet without a signal: look
 			// again now and then.

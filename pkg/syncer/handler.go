@@ -76,7 +76,7 @@ func NewHandler(o Options, repl Replicator, reg prometheus.Registerer, log *slog
 	if o.MaxBody <= 0 {
 		o.MaxBody = 256 << 10
 	}
-	return &Handler{opts: o, repl: repl, log: log, m: newHandlerMetrics(reg), unackedLogs: lograte.PerMinute(5)}
+	return &Handler{opts: o, repl: repl, log: log, m: newHandlerMetrics(reg), unackedLogs: lograte.PerMinute(5).Saying("")}
 }
 
 // DefaultSource is the source of result events unless configured.
@@ -147,7 +147,7 @@ func (h *Handler) Handle(ctx context.Context, ev cloudevents.Event) (*cloudevent
 			h.m.decisions.WithLabelValues(string(decisionUnavailable), prio).Inc()
 			// Every delivery fails so while Redis is down, retries
 			// included: a few lines a minute tell it.
-			h.unackedLogs.Log(ctx, h.log, slog.LevelWarn, "", "replication not acknowledged; the Broker redelivers; logged 5 times a minute",
+			h.unackedLogs.Log(ctx, h.log, slog.LevelWarn, "", "replication not acknowledged; the Broker redelivers",
 				"user", req.User, "id", req.ID, "err", err)
 			return nil, cehttp.NewResult(http.StatusServiceUnavailable, "%s", err.Error())
 		}
