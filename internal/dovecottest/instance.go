@@ -247,7 +247,7 @@ func (in *Instance) command(ctx context.Context, bin string, args ...string) *ex
 		script := `hostname "$1" && shift && exec "$@"`
 		a = append([]string{"--uts", "--", "sh", "-c", script, "sh", in.Name, path}, args...)
 	} else {
-		script := `d=$1 r=$2 n=$3; shift 3; mount --bind "$d" "$r$d" && hostname "$n" && exec chroot "$r" "$@"`
+		script := `d=$1 r=$2 n=$3; shift 3; mount --rbind "$d" "$r$d" && hostname "$n" && exec chroot "$r" "$@"`
 		a = append([]string{"--mount", "--uts", "--", "sh", "-c", script, "sh", in.Dir, in.root, in.Name, path}, args...)
 	}
 	cmd := exec.CommandContext(ctx, "/usr/bin/unshare", a...)
