@@ -31,8 +31,8 @@ type SyncRequest struct {
 	State string
 	// Full asks for a full sync (doveadm sync -f, fullSync).
 	Full bool
-	// LockTimeout bounds how long dsync waits for its own per-user lock;
-	// zero leaves Dovecot's default.
+	// LockTimeout bounds how long dsync waits for its own per-user lock
+	// (lockTimeout, -l); zero asks for none.
 	LockTimeout time.Duration
 }
 

@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 )
 
-// Exec runs dsync as a local `doveadm [-c CONF] sync -u USER -N -s STATE [-f]
-// DEST` process, for installs where the sync function runs next to Dovecot.
+// Exec runs dsync as a local `doveadm [-c CONF] sync -u USER -N -s STATE
+// [-l SECS] [-f] DEST` process, for installs where the sync function runs next to Dovecot.
 // The arguments are an argv list: no shell ever sees the username.
 type Exec struct {
 	bin     string
@@ -30,13 +31,20 @@ func NewExec(bin string, timeout time.Duration) *Exec {
 // do: without it dsync skips the shared and public namespaces, so another
 // user's shared mailbox or a public one that USER changed would not be
 // copied. -s is always passed, empty for a first sync, because doveadm
-// prints the new state only when it is given.
+// prints the new state only when it is given. -l is req.LockTimeout in
+// seconds, when set.
 func Args(ep Endpoint, req SyncRequest) []string {
 	var args []string
 	if ep.Config != "" {
 		args = append(args, "-c", ep.Config)
 	}
 	args = append(args, "sync", "-u", req.User, "-N", "-s", req.State)
+	if secs := int(req.LockTimeout.Round(time.Second) / time.Second); secs > 0 {
+		// dsync's own per-user lock, as doveadm-http's lockTimeout: without
+		// -l dsync takes none, and nothing stands behind the Redis lock
+		// when that is lost (a Redis failover).
+		args = append(args, "-l", strconv.Itoa(secs))
+	}
 	if req.Full {
 		args = append(args, "-f")
 	}

@@ -84,6 +84,21 @@ func TestExec_FirstSyncPassesEmptyState(t *testing.T) {
 	}
 }
 
+// TestExec_AsksForDsyncsOwnLock: a lock timeout is passed as -l SECS, as
+// doveadm-http passes lockTimeout: without it dsync takes no lock of its
+// own, and nothing guards a user whose Redis lock was lost.
+func TestExec_AsksForDsyncsOwnLock(t *testing.T) {
+	bin, dir := fakeDoveadm(t, 0)
+	req := SyncRequest{User: "u1", Destination: "tcp:r:1", State: "old", LockTimeout: 30 * time.Second}
+	if _, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, req); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"sync", "-u", "u1", "-N", "-s", "old", "-l", "30", "tcp:r:1"}
+	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("argv %q, want %q", got, want)
+	}
+}
+
 func TestExec_ExitCodes(t *testing.T) {
 	for _, code := range []int{2, 65, 67, 75, 78} {
 		bin, _ := fakeDoveadm(t, code)
