@@ -199,9 +199,19 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 	defer st.Close()
 	// With a Redis that outlives the process, the sweep at start must
-	// still replicate every user: see state.RecoveryKey.
+	// still replicate every user: see state.RecoveryKey. The embedded one
+	// knows no user at a start, but a user never replicated is requested
+	// as such only when its full sync is due, which --full-sync-interval 0
+	// never makes: the recovery time requests every user all the same.
 	var deadLocks bool
-	if !embedded {
+	if embedded {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := st.SetRecovery(rctx, sc.Sweep.FullSyncInterval)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("embedded redis: %w", err)
+		}
+	} else {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		at, err := st.SetRecovery(rctx, sc.Sweep.FullSyncInterval)
 		if err == nil {

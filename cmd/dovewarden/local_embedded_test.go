@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -248,5 +249,31 @@ func TestStartEmbeddedRedis_LocksLastWhileRenewed(t *testing.T) {
 		if ok, err := c.PExpire(ctx, "lock:renewed", ttl).Result(); err != nil || !ok {
 			t.Fatalf("a lock renewed every third of its TTL is gone (%v, %v)", ok, err)
 		}
+	}
+}
+
+// TestLocal_EmbeddedSweepAtStartWithoutFullSyncs: with the embedded Redis
+// every start knows no user, so the sweep at start must replicate every
+// user (docs/local.md) also when periodic full syncs are off: it may not
+// rest on a full sync being due, which --full-sync-interval 0 never makes.
+func TestLocal_EmbeddedSweepAtStartWithoutFullSyncs(t *testing.T) {
+	base, stop, tr, stderr := startLocal(t, []string{"u1", "u2"}, "--full-sync-interval", "0")
+	t.Cleanup(func() { _ = stop() })
+	for deadline := time.Now().Add(10 * time.Second); len(tr.CallsOf("u1")) == 0 || len(tr.CallsOf("u2")) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sweep at start replicated u1 %d and u2 %d times, want once each:\n%s", len(tr.CallsOf("u1")), len(tr.CallsOf("u2")), stderr)
+		}
+	}
+	resp, err := http.Get(base + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var o overview
+	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
+		t.Fatal(err)
+	}
+	if o.Users.Recovery.IsZero() || o.Sweep.Counts["requested_recovery"] != 2 {
+		t.Errorf("users %+v, sweep counts %v: want the start's recovery time, and both users requested for it", o.Users, o.Sweep.Counts)
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // RecoveryKey holds the Unix milliseconds (Redis's clock) of the last
-// start of `dovewarden local` with a Redis that outlives it, or of an
+// start of `dovewarden local`, or of an
 // administrator's request for a sweep of every user (RaiseRecovery),
 // whichever is later. Dovecot's exporter dropped the events of every
 // change made while no run was listening, a run that crashed lost the
