@@ -227,7 +227,7 @@ func TestReplicate_RetriesTempfailWithBackoffAndReportsEachAttempt(t *testing.T)
 	}
 	fs := f.notes.all()
 	if len(fs) != 2 || fs[0].ExitCode != 75 || fs[0].Class != "tempfail" || fs[0].Attempt != 1 || fs[0].RetryBy != change.RetryBySync ||
-		fs[0].RetryAt.IsZero() || !fs[0].Retryable || fs[1].Class != "transport" || fs[1].Attempt != 2 {
+		fs[0].RetryAt.IsZero() || !fs[0].Retryable || fs[0].MaxAttempts != fast.MaxAttempts || fs[1].Class != "transport" || fs[1].Attempt != 2 {
 		t.Errorf("failures %+v", fs)
 	}
 	st, _ := f.st.Status(context.Background(), "u1")
@@ -472,6 +472,14 @@ func TestReplicate_ExitCode65EscalatesOnceToFullSync(t *testing.T) {
 	if res.Outcome != change.Failed || res.Failure.ExitCode != 65 || !res.Failure.Full || res.Failure.RetryBy != change.RetryBySweep {
 		t.Errorf("result %+v failure %+v", res, res.Failure)
 	}
+	// Two attempts in all, whatever --max-attempts says: the first
+	// failure's event says so, and the last is attempt 2 of 2.
+	if fs := f.notes.all(); len(fs) != 1 || fs[0].Attempt != 1 || fs[0].MaxAttempts != 2 {
+		t.Errorf("retried failures %+v: want attempt 1 of 2", fs)
+	}
+	if res.Failure.Attempt != 2 || res.Failure.MaxAttempts != 2 {
+		t.Errorf("last failure: attempt %d of %d, want 2 of 2", res.Failure.Attempt, res.Failure.MaxAttempts)
+	}
 }
 
 func TestReplicate_NotRetried(t *testing.T) {
@@ -496,8 +504,9 @@ func TestReplicate_NotRetried(t *testing.T) {
 			if n := len(f.tracks.CallsOf("u1")); n != 1 {
 				t.Errorf("%d dsyncs, want 1", n)
 			}
-			if res.Outcome != change.Failed || res.Failure.Class != tt.class || res.Failure.RetryBy != tt.retryBy || res.Failure.Attempt != 1 {
-				t.Fatalf("result %+v failure %+v", res, res.Failure)
+			if res.Outcome != change.Failed || res.Failure.Class != tt.class || res.Failure.RetryBy != tt.retryBy || res.Failure.Attempt != 1 ||
+				res.Failure.MaxAttempts != 1 {
+				t.Fatalf("result %+v failure %+v: want attempt 1 of 1", res, res.Failure)
 			}
 			st, _ := f.st.Status(context.Background(), "u1")
 			if tt.class == doveadm.ClassNoUser {

@@ -128,6 +128,15 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			return j.abort(ctx, f, err)
 		}
 		delay, retry := j.next(ctx, rule, attempt, &full)
+		switch {
+		case !retry:
+			// This round ends here, whatever the policy's bound was (a
+			// class never retried, the once-more full rerun spent, no
+			// time left): "attempt 1 of 4" would promise retries.
+			f.MaxAttempts = attempt
+		case rule.Action == doveadm.EscalateFull:
+			f.MaxAttempts = attempt + 1 // once more, as a full sync
+		}
 		if rule.Action == doveadm.ReportConfig {
 			r.m.config.WithLabelValues(rule.Class).Inc()
 			r.log.Error("dsync failed: configuration problem, an admin must fix it", "user", user,
