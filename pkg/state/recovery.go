@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // RecoveryKey holds the Unix milliseconds (Redis's clock) of the last
@@ -23,7 +21,7 @@ const RecoveryKey = Prefix + "recovery"
 
 // scriptRaiseRecovery: KEYS recovery. ARGV time in ms (0 or less: now),
 // TTL in ms (0: none). Returns the recovery time in force.
-var scriptRaiseRecovery = redis.NewScript(luaPrelude + `
+var scriptRaiseRecovery = newScript(luaPrelude + `
 local now = now_ms()
 local at = num(ARGV[1])
 if at <= 0 or at > now then at = now end

@@ -1,7 +1,5 @@
 package state
 
-import "github.com/redis/go-redis/v9"
-
 // The sync function's decisions are Lua scripts, so each is atomic and one
 // round trip. Times are Unix milliseconds by Redis's clock (TIME), one
 // clock for every sync instance; change times come from Dovecot hosts, and
@@ -79,7 +77,7 @@ end
 
 // scriptBegin: KEYS lock, user, pending, excluded, state.
 // ARGV user, token, ttl, at, margin, host, owner, destination, full.
-var scriptBegin = redis.NewScript(luaPrelude + `
+var scriptBegin = newScript(luaPrelude + `
 local user, token, ttl, margin = ARGV[1], ARGV[2], ARGV[3], num(ARGV[5])
 local host, owner, dest, full = ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1'
 -- Never before the clock's high-water mark, as Now stamps changes: a
@@ -129,7 +127,7 @@ return {'busy', redis.call('HGET', KEYS[2], 'inprogress_by') or '', since}
 
 // scriptRestart: KEYS lock, user, pending, state. ARGV user, token, ttl,
 // destination, call.
-var scriptRestart = redis.NewScript(luaPrelude + `
+var scriptRestart = newScript(luaPrelude + `
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return {'lost'}
 end
@@ -142,7 +140,7 @@ return start(mono_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], ARGV[5])
 `)
 
 // scriptRenew: compare-and-pexpire. KEYS lock. ARGV token, ttl.
-var scriptRenew = redis.NewScript(`
+var scriptRenew = newScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -152,7 +150,7 @@ return 0
 // scriptSucceed: KEYS lock, user, pending, failed, state.
 // ARGV user, token, start, destination, new state, host, full, ttl, may
 // rerun, rerun (the owner merged newer changes in-process), call.
-var scriptSucceed = redis.NewScript(luaPrelude + `
+var scriptSucceed = newScript(luaPrelude + `
 local user, token, st = ARGV[1], ARGV[2], num(ARGV[3])
 local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
 local h = KEYS[2]
@@ -224,7 +222,7 @@ return {'done', now}
 // ARGV user, token, at, error, exit code, class, final, release, host,
 // full asked, the failed attempt's start, gone, rerun (the owner merged
 // newer changes in-process).
-var scriptFail = redis.NewScript(luaPrelude + `
+var scriptFail = newScript(luaPrelude + `
 local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
 local h = KEYS[2]
 -- One owner records an attempt's failure once, or once more to give up
@@ -295,13 +293,13 @@ return now
 // a change stamped with it after a dsync started compares as after that
 // start even when TIME has stepped back (an NTP step, a failover to a host
 // whose clock lags).
-var scriptNow = redis.NewScript(luaPrelude + `
+var scriptNow = newScript(luaPrelude + `
 return mono_ms()
 `)
 
 // scriptForgetExcluded: KEYS excluded, pending, failed. ARGV users. Drops
 // the pending and failed marks of those still excluded; returns how many.
-var scriptForgetExcluded = redis.NewScript(`
+var scriptForgetExcluded = newScript(`
 local n = 0
 for _, user in ipairs(ARGV) do
   if redis.call('SISMEMBER', KEYS[1], user) == 1 then

@@ -1,7 +1,5 @@
 package state
 
-import "github.com/redis/go-redis/v9"
-
 // The sweep's scripts. A sweep spans many invocations of the sync function,
 // possibly on different instances, so its progress lives in Redis:
 //
@@ -37,7 +35,7 @@ end
 
 // scriptSweepBegin: KEYS lock, claim, meta, recovery. ARGV id, token,
 // lock ttl, claim ttl, reason.
-var scriptSweepBegin = redis.NewScript(luaPrelude + `
+var scriptSweepBegin = newScript(luaPrelude + `
 local cur = redis.call('GET', KEYS[1])
 -- The claim is this call's (tokens are new for each call): the client sent
 -- it again after losing the reply. Answer as the first run did.
@@ -100,7 +98,7 @@ return {'started', ARGV[1], now, abandoned, replaced}
 
 // scriptSweepListed: KEYS lock, claim, meta, users, pending, failed.
 // ARGV id, token, hosts (JSON), listed, users ttl, lock ttl, bad names.
-var scriptSweepListed = redis.NewScript(luaPrelude + luaSweepFinish + `
+var scriptSweepListed = newScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
 if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'listed_by') == ARGV[2] then
   -- This call already recorded the listing (the client sent it again after
@@ -133,7 +131,7 @@ return {'ok', now, total}
 
 // scriptSweepClaim: KEYS lock, claim, meta. ARGV id, offset, token, lock
 // ttl, claim ttl.
-var scriptSweepClaim = redis.NewScript(luaPrelude + `
+var scriptSweepClaim = newScript(luaPrelude + `
 local id = ARGV[1]
 if redis.call('HGET', KEYS[3], 'id') ~= id or redis.call('HEXISTS', KEYS[3], 'finished') == 1
    or redis.call('HEXISTS', KEYS[3], 'total') == 0 then
@@ -164,7 +162,7 @@ return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4])
 // from, to, lock ttl, users ttl, full-sync interval, number of counter
 // pairs n, then n field/increment pairs, then the users whose full sync
 // was requested.
-var scriptSweepCommit = redis.NewScript(luaPrelude + luaSweepFinish + `
+var scriptSweepCommit = newScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
 local call = ARGV[2] .. ' ' .. ARGV[3]
 if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'committed') == call then
@@ -212,7 +210,7 @@ return {'ok', now}
 `)
 
 // scriptCompareDelete: KEYS key. ARGV token.
-var scriptCompareDelete = redis.NewScript(`
+var scriptCompareDelete = newScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end

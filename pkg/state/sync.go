@@ -294,12 +294,23 @@ func infoFields(info string) map[string]string {
 	return f
 }
 
-// LoadScripts loads the scripts into Redis's script cache, so that the
-// first decision, or sweep step, costs one round trip, not two (EVALSHA,
-// NOSCRIPT, EVAL).
+// scripts are every Lua script of the package, in the order declared:
+// newScript adds each one, so that LoadScripts cannot leave one out.
+var scripts []*redis.Script
+
+// newScript is redis.NewScript for the package's scripts: it records the
+// script for LoadScripts.
+func newScript(src string) *redis.Script {
+	sc := redis.NewScript(src)
+	scripts = append(scripts, sc)
+	return sc
+}
+
+// LoadScripts loads every script into Redis's script cache, so that the
+// first decision, sweep step or other call of each costs one round trip,
+// not two (EVALSHA, NOSCRIPT, EVAL).
 func (s *Store) LoadScripts(ctx context.Context) error {
-	for _, sc := range []*redis.Script{scriptBegin, scriptRestart, scriptRenew, scriptSucceed, scriptFail, scriptNow,
-		scriptSweepBegin, scriptSweepListed, scriptSweepClaim, scriptSweepCommit, scriptCompareDelete, scriptForgetExcluded} {
+	for _, sc := range scripts {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load sync scripts into redis: %w", err)
 		}
