@@ -389,19 +389,32 @@ func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log 
 // after its replica came back. While users keep failing, that is one
 // retry sweep each interval.
 func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every time.Duration, log *slog.Logger) {
+	retryWhenDue(ctx, st, every, func() { requestSweep(ctx, b, sweep.SweepReasonRetry, log) }, log)
+}
+
+// retryWhenDue calls ask each time the oldest failed user's retry is due,
+// looking again every interval at most. Due is read on Redis's clock, the
+// one the sweep decides by and the failure times are on: by this process's
+// clock, ahead of an external Redis's, the sweep would find the user not
+// due yet, and the next retry would come a whole interval later.
+func retryWhenDue(ctx context.Context, st *state.Store, every time.Duration, ask func(), log *slog.Logger) {
 	for {
 		wait := every
 		failed, err := st.Failed(ctx, 1)
+		var now time.Time
+		if err == nil && len(failed) == 1 {
+			now, err = st.Now(ctx)
+		}
 		switch {
 		case err != nil:
 			if ctx.Err() == nil {
 				log.Warn("could not look for failed users to retry", "err", err)
 			}
 		case len(failed) == 1:
-			if due := failed[0].FailedSince.Add(every); time.Now().Before(due) {
-				wait = time.Until(due) + 100*time.Millisecond
+			if due := failed[0].FailedSince.Add(every); now.Before(due) {
+				wait = due.Sub(now) + 100*time.Millisecond
 			} else {
-				requestSweep(ctx, b, sweep.SweepReasonRetry, log)
+				ask()
 			}
 		}
 		select {

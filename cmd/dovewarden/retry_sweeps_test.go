@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// TestRetryWhenDue_ReadsRedisClock runs the retry sweeps' timer against a
+// Redis whose clock lags this process's by 3 s, with a user failed 1 s
+// ago by Redis's clock and a retry interval of 2 s: the retry is due 1 s
+// from now by Redis's clock, which the sweep decides by, but was due 2 s
+// ago by this process's. It must be asked for once it is due on Redis's
+// clock, not at once (the sweep would find it not due) and then a whole
+// interval later.
+func TestRetryWhenDue_ReadsRedisClock(t *testing.T) {
+	mr := miniredis.RunT(t)
+	lag := 3 * time.Second
+	mr.SetTime(time.Now().Add(-lag))
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "t", Token: "tok", Destination: "tcp:b:1", TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("Begin: %+v %v", c, err)
+	}
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tok", Host: "mail-a", Error: "exit code 75", Class: "tempfail",
+		ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Redis's clock moves on 1 s (the user failed 1 s ago by it).
+	start := time.Now()
+	mr.SetTime(start.Add(-lag + time.Second))
+	go func() {
+		// miniredis's clock stands still unless moved: keep it lagging.
+		for ctx.Err() == nil {
+			mr.SetTime(time.Now().Add(-lag + time.Second))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	var asked atomic.Int64
+	at := make(chan time.Duration, 10)
+	go retryWhenDue(ctx, st, 2*time.Second, func() { asked.Add(1); at <- time.Since(start) }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	select {
+	case d := <-at:
+		// Due 1 s after start by Redis's clock (plus the timer's 100 ms).
+		if d < 900*time.Millisecond {
+			t.Fatalf("retry asked for %v after the start: before it was due on Redis's clock", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no retry asked for within 5 s; due 1 s after the start on Redis's clock")
+	}
+}
