@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,24 +54,7 @@ func TestDsyncToAFullReplica(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			dsync := func(state string) (string, int) {
-				t.Helper()
-				body := fmt.Sprintf(`[["sync",{"user":"u1","destination":["tcp:%s"],"state":%q},"t1"]]`, b.DoveadmAddr, state)
-				out, err := a.DoveadmHTTP(ctx, body)
-				if err != nil {
-					t.Fatalf("dsync: %v", err)
-				}
-				if m := regexp.MustCompile(`"state":"([^"]*)"`).FindSubmatch(out); m != nil {
-					return string(m[1]), 0
-				}
-				m := regexp.MustCompile(`"exitCode":\s*(\d+)`).FindSubmatch(out)
-				if m == nil {
-					t.Fatalf("dsync reply = %s", out)
-				}
-				var code int
-				fmt.Sscan(string(m[1]), &code)
-				return "", code
-			}
+			dsync := func(state string) (string, int) { return httpDsync(ctx, t, a, b, "u1", state) }
 			if _, err := s.Append(ctx, "INBOX", "", dovecottest.TestMessage("first", "x")); err != nil {
 				t.Fatal(err)
 			}
@@ -106,4 +90,25 @@ func TestDsyncToAFullReplica(t *testing.T) {
 			}
 		})
 	}
+}
+
+// httpDsync runs user's dsync from a to b through a's doveadm HTTP API,
+// from state ("" for a full one), and returns the new state, or the exit
+// code doveadm answered instead.
+func httpDsync(ctx context.Context, t *testing.T, a, b *dovecottest.Instance, user, state string) (string, int) {
+	t.Helper()
+	body := fmt.Sprintf(`[["sync",{"user":%q,"destination":["tcp:%s"],"state":%q},"t1"]]`, user, b.DoveadmAddr, state)
+	out, err := a.DoveadmHTTP(ctx, body)
+	if err != nil {
+		t.Fatalf("dsync: %v", err)
+	}
+	if m := regexp.MustCompile(`"state":"([^"]*)"`).FindSubmatch(out); m != nil {
+		return string(m[1]), 0
+	}
+	m := regexp.MustCompile(`"exitCode":\s*(\d+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("dsync reply = %s", out)
+	}
+	code, _ := strconv.Atoi(string(m[1]))
+	return "", code
 }

@@ -82,13 +82,8 @@ func TestDsyncIgnoresTheReplicasQuota(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			body := fmt.Sprintf(`[["sync",{"user":"u1","destination":["tcp:%s"],"state":""},"t1"]]`, b.DoveadmAddr)
-			out, err := a.DoveadmHTTP(ctx, body)
-			if err != nil {
-				t.Fatalf("dsync: %v", err)
-			}
-			if !strings.HasPrefix(string(out), `[["doveadmResponse",`) {
-				t.Fatalf("dsync reply = %s, want a doveadmResponse", out)
+			if _, code := httpDsync(ctx, t, a, b, "u1", ""); code != 0 {
+				t.Fatalf("dsync: exit code %d", code)
 			}
 			if got := messages(t, b, "u1", "INBOX"); got != "messages=6" {
 				t.Fatalf("replica %s after the dsync, want messages=6 (past its limit of 3)", got)
