@@ -32,7 +32,7 @@ step "go test -race (the packages and commands, again under the race detector)"
 go test -race -count=1 -timeout 10m ./pkg/... ./cmd/...
 
 step "manifests (Knative's own API types; a module of its own)"
-(cd config/validate && GOWORK=off go test -count=1 ./...)
+(cd config/validate && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...)
 
 step "alerts and dashboard (promtool, Grafana's own types; a module of its own)"
 (cd config/monitoring && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...)
