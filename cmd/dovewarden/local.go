@@ -393,17 +393,19 @@ func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every t
 }
 
 // retryWhenDue calls ask each time the oldest failed user's retry is due,
-// looking again every interval at most. Due is read on Redis's clock, the
-// one the sweep decides by and the failure times are on: by this process's
-// clock, ahead of an external Redis's, the sweep would find the user not
-// due yet, and the next retry would come a whole interval later.
+// looking again every interval at most. Due is read on Redis's TIME, the
+// clock the sweep decides by and the failure times are on: by this
+// process's clock, ahead of an external Redis's, or by state's Now, which
+// stays at the latest attempt start after TIME stepped back, the sweep
+// would find the user not due yet, and the next retry would come a whole
+// interval later.
 func retryWhenDue(ctx context.Context, st *state.Store, every time.Duration, ask func(), log *slog.Logger) {
 	for {
 		wait := every
 		failed, err := st.Failed(ctx, 1)
 		var now time.Time
 		if err == nil && len(failed) == 1 {
-			now, err = st.Now(ctx)
+			now, err = st.Time(ctx)
 		}
 		switch {
 		case err != nil:

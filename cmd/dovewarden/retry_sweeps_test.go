@@ -61,3 +61,49 @@ func TestRetryWhenDue_ReadsRedisClock(t *testing.T) {
 		t.Fatalf("no retry asked for within 5 s; due 1 s after the start on Redis's clock")
 	}
 }
+
+// TestRetryWhenDue_AfterTheRedisClockSteppedBack: the sweep decides a
+// failed user's retry by Redis's TIME, which the failure was stamped
+// with, not by the sync function's clock (state's Now), which stays at the
+// latest attempt start while TIME is behind it (a step back, a failover
+// to a host whose clock lags). Here TIME stepped back 5 s after the
+// user's attempt started, and the user failed then: the retry is due 2 s
+// later by TIME, while Now has been past that all along. Asked for at
+// once, the sweep would find the user not due, and the next retry would
+// come a whole interval later.
+func TestRetryWhenDue_AfterTheRedisClockSteppedBack(t *testing.T) {
+	mr := miniredis.RunT(t)
+	start := time.Now()
+	mr.SetTime(start)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "t", Token: "tok", Destination: "tcp:b:1", TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("Begin: %+v %v", c, err)
+	}
+	step := 5 * time.Second
+	mr.SetTime(time.Now().Add(-step))
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tok", Host: "mail-a", Error: "exit code 75", Class: "tempfail",
+		ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for ctx.Err() == nil {
+			mr.SetTime(time.Now().Add(-step))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	at := make(chan time.Duration, 10)
+	go retryWhenDue(ctx, st, 2*time.Second, func() { at <- time.Since(start) }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	select {
+	case d := <-at:
+		if d < 1500*time.Millisecond {
+			t.Fatalf("retry asked for %v after the failure: before it was due by Redis's TIME, which the sweep decides by", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no retry asked for within 5 s; due 2 s after the failure by Redis's TIME")
+	}
+}

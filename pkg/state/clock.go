@@ -24,6 +24,19 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	return time.UnixMilli(v).UTC(), nil
 }
 
+// Time is Redis's own clock (TIME) in milliseconds, without Now's
+// high-water mark: the clock failures are stamped with and the sweep
+// decides by (a failed user's retry is due FailedRetryInterval after its
+// failure by it). After a step back of TIME, Now stays at the latest
+// attempt start, ahead of it.
+func (s *Store) Time(ctx context.Context) (time.Time, error) {
+	v, err := scriptTime.Run(ctx, s.rdb, nil).Int64()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redis clock: %w", err)
+	}
+	return time.UnixMilli(v).UTC(), nil
+}
+
 // latestStart is the latest attempt start, in Unix ms, that a script of
 // this process answered with (and so recorded in ClockKey).
 var latestStart atomic.Int64

@@ -297,6 +297,12 @@ var scriptNow = newScript(luaPrelude + `
 return mono_ms()
 `)
 
+// scriptTime: Redis's TIME in Unix milliseconds, as the failure and sweep
+// scripts read it (now_ms), without Now's high-water mark.
+var scriptTime = newScript(luaPrelude + `
+return now_ms()
+`)
+
 // scriptForgetExcluded: KEYS excluded, pending, failed. ARGV users. Drops
 // the pending and failed marks of those still excluded; returns how many.
 var scriptForgetExcluded = newScript(`
