@@ -414,7 +414,10 @@ func retryWhenDue(ctx context.Context, st *state.Store, every time.Duration, ask
 			}
 		case len(failed) == 1:
 			if due := failed[0].FailedSince.Add(every); now.Before(due) {
-				wait = due.Sub(now) + 100*time.Millisecond
+				// At most an interval, even when TIME stepped back
+				// after the failure: a user failing meanwhile is
+				// stamped earlier, and due sooner.
+				wait = min(due.Sub(now)+100*time.Millisecond, every)
 			} else {
 				ask()
 			}

@@ -107,3 +107,54 @@ func TestRetryWhenDue_AfterTheRedisClockSteppedBack(t *testing.T) {
 		t.Fatalf("no retry asked for within 5 s; due 2 s after the failure by Redis's TIME")
 	}
 }
+
+// TestRetryWhenDue_LooksAgainWithinAnInterval: after Redis's TIME stepped
+// back, the oldest failure is in the future by TIME and its retry due
+// more than an interval away; a user that fails meanwhile is stamped
+// earlier, so it is the oldest now, and its retry is due an interval
+// after its failure. The timer must look again within an interval, not
+// sleep until the first user's retry.
+func TestRetryWhenDue_LooksAgainWithinAnInterval(t *testing.T) {
+	mr := miniredis.RunT(t)
+	mr.SetTime(time.Now())
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	fail := func(user string) {
+		t.Helper()
+		c, err := st.Begin(ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "t", Token: "tok-" + user, Destination: "tcp:b:1", TTL: 30 * time.Second})
+		if err != nil || c.Decision != state.Run {
+			t.Fatalf("Begin %s: %+v %v", user, c, err)
+		}
+		if _, err := st.Fail(ctx, state.FailureArgs{User: user, Token: "tok-" + user, Host: "mail-a", Error: "exit code 75", Class: "tempfail",
+			ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fail("u1")
+	// TIME steps back 10 s: u1's retry is due 12 s away by it.
+	step := 10 * time.Second
+	mr.SetTime(time.Now().Add(-step))
+	go func() {
+		for ctx.Err() == nil {
+			mr.SetTime(time.Now().Add(-step))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	every := 2 * time.Second
+	at := make(chan time.Duration, 10)
+	start := time.Now()
+	go retryWhenDue(ctx, st, every, func() { at <- time.Since(start) }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	time.Sleep(300 * time.Millisecond)
+	fail("u2") // due 2 s from now by TIME
+	select {
+	case d := <-at:
+		if d < 2*time.Second {
+			t.Fatalf("retry asked for %v after the start: before u2's was due", d)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatalf("no retry asked for within 6 s; u2's was due 2.3 s after the start, and the timer looks again every %s at most", every)
+	}
+}
