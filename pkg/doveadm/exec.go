@@ -32,14 +32,17 @@ func NewExec(bin string, timeout time.Duration) *Exec {
 // user's shared mailbox or a public one that USER changed would not be
 // copied. -s is always passed, empty for a first sync, because doveadm
 // prints the new state only when it is given. -l is req.LockTimeout in
-// seconds, when set.
+// whole seconds, rounded up, when set.
 func Args(ep Endpoint, req SyncRequest) []string {
 	var args []string
 	if ep.Config != "" {
 		args = append(args, "-c", ep.Config)
 	}
 	args = append(args, "sync", "-u", req.User, "-N", "-s", req.State)
-	if secs := int(req.LockTimeout.Round(time.Second) / time.Second); secs > 0 {
+	if req.LockTimeout > 0 {
+		// Whole seconds, rounded up: a timeout under half a second must
+		// still ask for the lock.
+		secs := int((req.LockTimeout + time.Second - 1) / time.Second)
 		// dsync's own per-user lock, as doveadm-http's lockTimeout: without
 		// -l dsync takes none, and nothing stands behind the Redis lock
 		// when that is lost (a Redis failover).

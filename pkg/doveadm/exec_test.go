@@ -99,6 +99,26 @@ func TestExec_AsksForDsyncsOwnLock(t *testing.T) {
 	}
 }
 
+// TestArgs_LockTimeoutInWholeSecondsRoundedUp: doveadm's -l takes whole
+// seconds; a timeout under one still asks for the lock.
+func TestArgs_LockTimeoutInWholeSecondsRoundedUp(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{{0, ""}, {400 * time.Millisecond, "1"}, {time.Second, "1"}, {1500 * time.Millisecond, "2"}, {30 * time.Second, "30"}} {
+		args := Args(Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1", LockTimeout: tc.d})
+		got := ""
+		for i, a := range args {
+			if a == "-l" && i+1 < len(args) {
+				got = args[i+1]
+			}
+		}
+		if got != tc.want {
+			t.Errorf("lock timeout %v: -l %q in %q, want %q", tc.d, got, args, tc.want)
+		}
+	}
+}
+
 func TestExec_ExitCodes(t *testing.T) {
 	for _, code := range []int{2, 65, 67, 75, 78} {
 		bin, _ := fakeDoveadm(t, code)
