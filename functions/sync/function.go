@@ -64,6 +64,8 @@ func (f *Function) Start(ctx context.Context, cfg map[string]string) error {
 		"DOVEWARDEN_WRITE_TIMEOUT":   "30s",
 		"DOVEWARDEN_REQUEST_TIMEOUT": FuncRequestLimit.String(),
 		"DOVEWARDEN_DSYNC_TIMEOUT":   "20s",
+		// Below the dsync bound, which would cut off a longer wait.
+		"DOVEWARDEN_DSYNC_LOCK_TIMEOUT": "10s",
 	}
 	getenv := func(k string) string {
 		if v, ok := cfg[k]; ok {

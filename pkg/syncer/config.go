@@ -108,7 +108,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.DoveadmConfig, "doveadm-config", "", "doveadm -c CONF of the default host (doveadm-exec); empty for Dovecot's default")
 	fs.StringVar(&c.HostMapFile, "host-map-file", "", "JSON file mapping source hosts to their doveadm endpoint and destination (see docs/sync.md)")
 	fs.DurationVar(&c.DsyncTimeout, "dsync-timeout", 240*time.Second, "bound of one dsync call")
-	fs.DurationVar(&c.DsyncLockTimeout, "dsync-lock-timeout", d.LockTimeout, "dsync's own per-user lock timeout, lockTimeout with doveadm-http (at least 1s), -l with doveadm-exec (0: none): a second guard behind the Redis lock")
+	fs.DurationVar(&c.DsyncLockTimeout, "dsync-lock-timeout", d.LockTimeout, "dsync's own per-user lock timeout, lockTimeout with doveadm-http (at least 1s), -l with doveadm-exec (0: none), below dsync-timeout: a second guard behind the Redis lock")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", d.LockTTL, "TTL of the per-user Redis lock, renewed every third of it while dsync runs; a dead owner's lock expires after it")
 	fs.DurationVar(&c.ClockSkew, "clock-skew", d.ClockSkew, "margin for clock differences between Dovecot hosts and Redis: a change counts as covered only if older than a dsync's start minus this")
 	fs.IntVar(&c.MaxAttempts, "max-attempts", d.MaxAttempts, "dsync attempts per event for retryable failures (unknown exit codes: at most 3)")
@@ -258,6 +258,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: want at least 1s with %s: a dsync cut off by dovewarden keeps running in Dovecot, and only dsync's own lock keeps the user's next dsync from running beside it", c.DsyncLockTimeout, doveadm.TransportHTTP))
 	} else if c.DsyncLockTimeout < 0 {
 		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must not be negative", c.DsyncLockTimeout))
+	}
+	if c.DsyncTimeout > 0 && c.DsyncLockTimeout >= c.DsyncTimeout {
+		// A dsync that waits for its own lock that long is cut off
+		// first: retried as a transport failure, not answered 75 (busy).
+		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must be below dsync-timeout %s, which would cut off a dsync still waiting for that lock", c.DsyncLockTimeout, c.DsyncTimeout))
 	}
 	if c.LockTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("lock-ttl %s: want at least 300ms (it is renewed every third of it)", c.LockTTL))

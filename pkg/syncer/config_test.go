@@ -78,6 +78,12 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 			t.Errorf("dsync-lock-timeout %s: %v", v, err)
 		}
 	}
+	// A dsync bound that would cut off a dsync still waiting for its lock.
+	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_DSYNC_TIMEOUT": "20s", "DOVEWARDEN_DSYNC_LOCK_TIMEOUT": "20s"}))
+	if err == nil || !strings.Contains(err.Error(), "dsync-lock-timeout 20s: must be below dsync-timeout 20s") {
+		t.Errorf("dsync-lock-timeout as long as dsync-timeout: %v", err)
+	}
 	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
 		"DOVEWARDEN_REDIS_URL": "redis://:hunter2@r:6379", "DOVEWARDEN_DOVEADM_URL": "http://a/doveadm/v1",
 	}))
