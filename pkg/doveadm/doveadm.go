@@ -36,10 +36,30 @@ type SyncRequest struct {
 	LockTimeout time.Duration
 }
 
-// SyncResult is what a successful dsync returned.
+// SyncResult is what a dsync returned.
 type SyncResult struct {
 	// State is the new dsync state to pass to the next incremental sync.
 	State string
+	// StateLeftOut is the size of the request's State when the transport
+	// could not pass it (too large for Dovecot or for an argument) and ran
+	// a full sync without it instead; set with an error too, since that
+	// attempt was a full one.
+	StateLeftOut int
+}
+
+// withoutState runs req through sync again as a full sync without its
+// state, which sync could not pass: a dsync state is about 60 bytes a
+// mailbox (shared and public ones included), and Dovecot 2.4's doveadm
+// HTTP API refuses a JSON string over 32 KiB (some 550 mailboxes), 2.3's
+// a request over 1 MiB, and Linux an argument over 128 KiB (doveadm-exec).
+// Without the state dsync must compare everything (-f), so such a user's
+// every dsync is a full one; the next state it returns is as large.
+func withoutState(ctx context.Context, ep Endpoint, req SyncRequest, sync func(context.Context, Endpoint, SyncRequest) (SyncResult, error)) (SyncResult, error) {
+	n := len(req.State)
+	req.State, req.Full = "", true
+	res, err := sync(ctx, ep, req)
+	res.StateLeftOut = n
+	return res, err
 }
 
 // Transport runs one dsync on the doveadm of an endpoint.
@@ -93,6 +113,9 @@ type Error struct {
 	Detail string
 	// Err is the underlying error, when there is one.
 	Err error
+	// status is the HTTP status of a reply other than 200, when it
+	// comes from one.
+	status int
 	// listing: the error is a user listing's, whose exit codes mean
 	// what sysexits.h says, not what the sync policy does about them.
 	listing bool

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -54,8 +55,18 @@ func Args(ep Endpoint, req SyncRequest) []string {
 	return append(args, req.Destination)
 }
 
-// Sync runs one dsync of req.User to req.Destination.
+// Sync runs one dsync of req.User to req.Destination. A state too large
+// for an argument (E2BIG: over 128 KiB with 4 KiB pages) is left out, and
+// the dsync runs at once as a full one without it (withoutState).
 func (x *Exec) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
+	res, err := x.sync(ctx, ep, req)
+	if req.State != "" && errors.Is(err, syscall.E2BIG) {
+		return withoutState(ctx, ep, req, x.sync)
+	}
+	return res, err
+}
+
+func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
 	opn := op(req.User, ep.Where())
 	// Refuse here too: this is the last point before an argv.
 	if err := ValidateUser(req.User); err != nil {

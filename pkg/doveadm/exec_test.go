@@ -199,3 +199,20 @@ func TestExec_KeepsSettingsFromDoveadm(t *testing.T) {
 		}
 	}
 }
+
+// TestExec_StateTooLargeForAnArgumentRunsAFullSyncWithoutIt: Linux refuses
+// an argument over 32 pages (E2BIG at exec): the dsync runs at once as a
+// full one without the state, and says so.
+func TestExec_StateTooLargeForAnArgumentRunsAFullSyncWithoutIt(t *testing.T) {
+	bin, dir := fakeDoveadm(t, 0)
+	big := strings.Repeat("A", 3<<20) // over 32 pages of up to 64 KiB
+	res, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{},
+		SyncRequest{User: "u1", Destination: "tcp:r:1", State: big, LockTimeout: 30 * time.Second})
+	if err != nil || res.State != "AQAAAnewstate" || res.StateLeftOut != len(big) {
+		t.Fatalf("Sync = %q, left out %d, %v: want the new state, %d bytes left out", res.State, res.StateLeftOut, err, len(big))
+	}
+	want := []string{"sync", "-u", "u1", "-N", "-s", "", "-l", "30", "-f", "tcp:r:1"}
+	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("argv %q, want %q", got, want)
+	}
+}

@@ -19,8 +19,8 @@ import (
 	"time"
 )
 
-// maxReply bounds a doveadm HTTP reply; dsync states are a few KiB even
-// for users with hundreds of mailboxes.
+// maxReply bounds a doveadm HTTP reply: a dsync state is about 60 bytes
+// a mailbox (41 KB for 700), so this is some 140,000 mailboxes.
 const maxReply = 8 << 20
 
 // HTTP runs dsync through a Dovecot host's doveadm HTTP API
@@ -54,8 +54,30 @@ func Client(roots *x509.CertPool) *http.Client {
 	}
 }
 
-// Sync runs one dsync of req.User from ep to req.Destination.
+// Sync runs one dsync of req.User from ep to req.Destination. A state
+// Dovecot refuses as too large (2.4: HTTP 400 "JSON parse error: Excessive
+// string size (> 32768)"; 2.3: 413 over 1 MiB) is left out, and the dsync
+// runs at once as a full one without it (withoutState).
 func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
+	res, err := h.sync(ctx, ep, req)
+	if req.State != "" && stateRefused(err) {
+		return withoutState(ctx, ep, req, h.sync)
+	}
+	return res, err
+}
+
+// stateRefused says whether err is Dovecot refusing a request for its
+// size, which in a sync request only the state can reach.
+func stateRefused(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) || e.Kind != KindProtocol {
+		return false
+	}
+	return e.status == http.StatusRequestEntityTooLarge ||
+		e.status == http.StatusBadRequest && strings.Contains(e.Detail, "Excessive string size")
+}
+
+func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
 	opn := op(req.User, ep.Where())
 	fail := func(kind Kind, err error, format string, args ...any) (SyncResult, error) {
 		return SyncResult{}, &Error{Kind: kind, Op: opn, Detail: Redact(fmt.Sprintf(format, args...), ep.Secrets()...), Err: err}
@@ -100,7 +122,9 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		// did, and asks to be tried again later, as a 5xx does.
 		return fail(KindTransport, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
 	case resp.StatusCode != http.StatusOK:
-		return fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
+		res, err := fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
+		err.(*Error).status = resp.StatusCode
+		return res, err
 	case err != nil:
 		return fail(KindTransport, err, "reading the reply: %v", err)
 	case len(data) > maxReply:

@@ -331,3 +331,51 @@ func TestHTTP_TLSHandshakeCutOrRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTP_StateTooLargeRunsAFullSyncWithoutIt: Dovecot 2.4 answers a
+// state over 32 KiB with 400 "JSON parse error: Excessive string size (>
+// 32768)", 2.3 one over 1 MiB with 413: the dsync runs at once as a full
+// one without the state, and says so. Another 400 is not retried.
+func TestHTTP_StateTooLargeRunsAFullSyncWithoutIt(t *testing.T) {
+	big := strings.Repeat("A", 40_000)
+	for _, tc := range []struct {
+		name  string
+		reply doveadmtest.Reply
+		retry bool
+	}{
+		{"2.4", doveadmtest.Reply{Status: 400, Body: "JSON parse error: Excessive string size (> 32768)"}, true},
+		{"2.3", doveadmtest.Reply{Status: 413, Body: "Payload Too Large"}, true},
+		{"another 400", doveadmtest.Reply{Status: 400, Body: "Invalid request"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := doveadmtest.NewServer(t, "mail-a", nil)
+			s.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
+				if c.State != "" {
+					return tc.reply
+				}
+				return doveadmtest.Reply{State: "AQAAAnew"}
+			}
+			res, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), endpoint(s),
+				doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: big, LockTimeout: 30 * time.Second})
+			calls := s.Tracker.Calls()
+			if !tc.retry {
+				if err == nil || doveadm.Decide(err).Class != "protocol" || len(calls) != 1 || res.StateLeftOut != 0 {
+					t.Fatalf("Sync = %+v, %v after %d calls: want one call, a protocol error", res, err, len(calls))
+				}
+				return
+			}
+			if err != nil || res.State != "AQAAAnew" || res.StateLeftOut != len(big) {
+				t.Fatalf("Sync = %+v, %v: want the new state, %d bytes of state left out", res, err, len(big))
+			}
+			if len(calls) != 2 || calls[0].State != big || calls[0].Full || calls[1].State != "" || !calls[1].Full || calls[1].LockTimeout != 30 {
+				t.Errorf("calls %+v: want the state refused, then a full sync without it", calls)
+			}
+		})
+	}
+	// A small state is never left out.
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	res, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: "AQAAAold"})
+	if err != nil || res.StateLeftOut != 0 || len(s.Tracker.Calls()) != 1 {
+		t.Errorf("small state: %+v, %v", res, err)
+	}
+}

@@ -31,6 +31,9 @@ const (
 	// SyncReruns counts dsyncs run again by a lock owner because changes
 	// arrived during its dsync.
 	SyncReruns = "sync_reruns_total"
+	// SyncStatesLeftOut counts dsyncs run as full ones without the user's
+	// stored state, which the doveadm transport could not pass (too large).
+	SyncStatesLeftOut = "sync_states_left_out_total"
 	// SyncAskedAgain counts users handed back to the Broker as a
 	// replication.requested after --max-rounds dsyncs of one request, by
 	// result (sent, failed: left for the sweep).

@@ -15,6 +15,7 @@ type replMetrics struct {
 	contention *prometheus.CounterVec
 	coalesced  *prometheus.CounterVec
 	reruns     prometheus.Counter
+	leftOut    prometheus.Counter
 	askedAgain *prometheus.CounterVec
 	inProgress prometheus.Gauge
 	config     *prometheus.CounterVec
@@ -39,6 +40,8 @@ func newReplMetrics(reg prometheus.Registerer) *replMetrics {
 			Help: "Changes acknowledged without a dsync of their own, by how (covered, merged)."}, []string{"how"}),
 		reruns: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncReruns,
 			Help: "dsyncs run again at once by the lock owner because changes arrived during its dsync."}),
+		leftOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncStatesLeftOut,
+			Help: "dsyncs run as full ones without the user's stored state, which the doveadm transport could not pass (too large: Dovecot 2.4's HTTP API takes 32 KiB, some 550 mailboxes)."}),
 		askedAgain: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncAskedAgain,
 			Help: "Users whose changes kept arriving during --max-rounds dsyncs of one request, handed back to the Broker as a replication.requested, by result (sent; failed: left for the sweep)."}, []string{"result"}),
 		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: metrics.SyncInProgress,
@@ -46,7 +49,7 @@ func newReplMetrics(reg prometheus.Registerer) *replMetrics {
 		config: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncConfigProblems,
 			Help: "Failures an admin must fix (exit codes 77/78, rejected credentials, protocol errors), by class."}, []string{"class"}),
 	}
-	reg.MustRegister(m.dsyncs, m.duration, m.lag, m.contention, m.coalesced, m.reruns, m.askedAgain, m.inProgress, m.config)
+	reg.MustRegister(m.dsyncs, m.duration, m.lag, m.contention, m.coalesced, m.reruns, m.leftOut, m.askedAgain, m.inProgress, m.config)
 	// Every outcome from the start, at 0: increase() cannot see the first
 	// value of a series, so a failure class first seen in a short-lived
 	// instance (a Knative pod) would be missing from the error ratio.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/internal/lograte"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
@@ -139,6 +140,8 @@ type Replicator struct {
 	flights *flights
 	// unmapped are the hosts already reported as not in the host map.
 	unmapped unmappedHosts
+	// leftOutLogs bounds the warnings of states left out.
+	leftOutLogs *lograte.Limiter
 }
 
 // coverCacheUsers bounds the in-process coverage cache (about 100 bytes a
@@ -148,7 +151,8 @@ const coverCacheUsers = 200_000
 // New builds a replicator. notify may be nil.
 func New(o Options, store Store, tr doveadm.Transport, hosts doveadm.HostMap, notify Notifier, reg prometheus.Registerer, log *slog.Logger) *Replicator {
 	return &Replicator{opts: o.withDefaults(), store: store, tr: tr, hosts: hosts, named: hosts.Hosts(), notify: notify, log: log,
-		m: newReplMetrics(reg), sleep: sleepCtx, cover: newCoverCache(coverCacheUsers), flights: newFlights()}
+		m: newReplMetrics(reg), sleep: sleepCtx, cover: newCoverCache(coverCacheUsers), flights: newFlights(),
+		leftOutLogs: lograte.PerMinute(5).Saying("")}
 }
 
 // Options returns the effective options.

@@ -935,3 +935,41 @@ func TestMetrics_EveryOutcomeFromTheStart(t *testing.T) {
 		t.Errorf("%d dsync series before any dsync, want %d (every class, both lanes)", n, 2*len(doveadm.Classes()))
 	}
 }
+
+// TestReplicate_StateTooLargeIsAFullSync: a user whose stored state the
+// transport cannot pass (Dovecot 2.4's doveadm HTTP API refuses a JSON
+// string over 32 KiB, some 550 mailboxes) is replicated by a full sync
+// without it, recorded as full, counted and logged, and not failed.
+func TestReplicate_StateTooLargeIsAFullSync(t *testing.T) {
+	f := newFixture(t, fast)
+	big := strings.Repeat("A", 40_000)
+	f.a.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
+		if len(c.State) > 32768 {
+			return doveadmtest.Reply{Status: 400, Body: "JSON parse error: Excessive string size (> 32768)"}
+		}
+		return doveadmtest.Reply{State: big}
+	}
+	f.replicate(t, change.Request{User: "u1"}) // the first, full, returns the large state
+	res := f.replicate(t, change.Request{User: "u1"})
+
+	if res.Outcome != change.Synced || !res.Full || res.Attempts != 1 {
+		t.Fatalf("result %+v: want synced by one full attempt", res)
+	}
+	calls := f.tracks.CallsOf("u1")[1:]
+	if len(calls) != 2 || calls[0].State != big || calls[1].State != "" || !calls[1].Full {
+		t.Fatalf("calls %+v: want the state refused, then a full sync without it", calls)
+	}
+	if got := counter(t, f, metrics.SyncStatesLeftOut); got != 1 {
+		t.Errorf("states left out counted %v, want 1", got)
+	}
+	if !strings.Contains(f.logs.String(), "dsync state too large for doveadm") || !strings.Contains(f.logs.String(), "state_bytes=40000") {
+		t.Errorf("no warning naming the state's size:\n%s", f.logs.String())
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if st.Failed || !st.LastFull {
+		t.Errorf("status %+v: want not failed, the last dsync full", st)
+	}
+	if got := counter(t, f, metrics.SyncDsyncs, "outcome", "protocol"); got != 0 {
+		t.Errorf("the refused state counted as a protocol failure %v times", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"time"
 
@@ -81,6 +82,15 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		})
 		if err != nil && errors.Is(context.Cause(lctx), doveadm.ErrLockLost) {
 			err = fmt.Errorf("%w: %w", doveadm.ErrLockLost, err)
+		}
+		if out.StateLeftOut > 0 {
+			// The transport ran it as a full sync without the state,
+			// which it could not pass: record it as full.
+			full = true
+			r.m.leftOut.Inc()
+			r.leftOutLogs.Log(ctx, r.log, slog.LevelWarn, "", "dsync state too large for doveadm: ran a full sync without it",
+				"user", user, "state_bytes", out.StateLeftOut, "endpoint", j.ep,
+				"fix", "none needed: each dsync of this user is a full one; Dovecot 2.4's doveadm HTTP API takes a state of at most 32 KiB (some 550 mailboxes, shared and public ones included), 2.3's a request of 1 MiB, doveadm-exec 128 KiB")
 		}
 		r.m.duration.WithLabelValues(prio).Observe(time.Since(began).Seconds())
 		rule := doveadm.Decide(err)

@@ -44,8 +44,10 @@ type Reply struct {
 	ErrorType string
 	// Empty answers 200 with an empty body (2.3, destination down).
 	Empty bool
-	// Status, when set, answers that HTTP status with a short body.
+	// Status, when set, answers that HTTP status with a short body: Body,
+	// or the status's text.
 	Status int
+	Body   string
 	// State is the new state of a success; default "state-<n>".
 	State string
 	// Delay is added to the server's latency.
@@ -231,7 +233,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 func writeFailure(w http.ResponseWriter, rep Reply, tag string) bool {
 	switch {
 	case rep.Status != 0:
-		http.Error(w, http.StatusText(rep.Status), rep.Status)
+		body := rep.Body
+		if body == "" {
+			body = http.StatusText(rep.Status)
+		}
+		http.Error(w, body, rep.Status)
 	case rep.Empty:
 		w.WriteHeader(http.StatusOK)
 	case rep.ExitCode != 0:
