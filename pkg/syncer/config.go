@@ -259,10 +259,12 @@ func (c *Config) Validate() error {
 	} else if c.DsyncLockTimeout < 0 {
 		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must not be negative", c.DsyncLockTimeout))
 	}
-	if c.DsyncTimeout > 0 && c.DsyncLockTimeout >= c.DsyncTimeout {
+	// dsync takes whole seconds: doveadm-exec's -l rounds up, and
+	// doveadm-http's lockTimeout to the nearest, never above that.
+	if given := (c.DsyncLockTimeout + time.Second - 1).Truncate(time.Second); c.DsyncTimeout > 0 && given >= c.DsyncTimeout {
 		// A dsync that waits for its own lock that long is cut off
 		// first: retried as a transport failure, not answered 75 (busy).
-		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must be below dsync-timeout %s, which would cut off a dsync still waiting for that lock", c.DsyncLockTimeout, c.DsyncTimeout))
+		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must be below dsync-timeout %s in whole seconds, rounded up (dsync is given %s), which would cut off a dsync still waiting for that lock", c.DsyncLockTimeout, c.DsyncTimeout, given))
 	}
 	if c.LockTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("lock-ttl %s: want at least 300ms (it is renewed every third of it)", c.LockTTL))

@@ -84,6 +84,19 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "dsync-lock-timeout 20s: must be below dsync-timeout 20s") {
 		t.Errorf("dsync-lock-timeout as long as dsync-timeout: %v", err)
 	}
+	// dsync is given the lock timeout in whole seconds, rounded up (-l
+	// 20 for 19.5s): as long as the dsync bound.
+	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_DSYNC_TIMEOUT": "20s", "DOVEWARDEN_DSYNC_LOCK_TIMEOUT": "19.5s"}))
+	if err == nil || !strings.Contains(err.Error(), "dsync-lock-timeout 19.5s: must be below dsync-timeout 20s") {
+		t.Errorf("dsync-lock-timeout of 19.5s under a dsync-timeout of 20s: %v", err)
+	}
+	for _, lock := range []string{"19s", "18.5s"} {
+		if _, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+			"DOVEWARDEN_DSYNC_TIMEOUT": "20s", "DOVEWARDEN_DSYNC_LOCK_TIMEOUT": lock})); err != nil && strings.Contains(err.Error(), "must be below dsync-timeout") {
+			t.Errorf("dsync-lock-timeout %s under a dsync-timeout of 20s: %v", lock, err)
+		}
+	}
 	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
 		"DOVEWARDEN_REDIS_URL": "redis://:hunter2@r:6379", "DOVEWARDEN_DOVEADM_URL": "http://a/doveadm/v1",
 	}))
