@@ -113,9 +113,9 @@ type Error struct {
 	Detail string
 	// Err is the underlying error, when there is one.
 	Err error
-	// status is the HTTP status of a reply other than 200, when it
-	// comes from one.
-	status int
+	// tooLarge: the doveadm HTTP API refused the request for its size
+	// (read from the reply before any password in it is masked).
+	tooLarge bool
 	// listing: the error is a user listing's, whose exit codes mean
 	// what sysexits.h says, not what the sync policy does about them.
 	listing bool

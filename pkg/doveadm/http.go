@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -28,6 +29,11 @@ const maxReply = 8 << 20
 type HTTP struct {
 	client  *http.Client
 	timeout time.Duration
+
+	mu sync.Mutex
+	// tooLarge is, by doveadm URL, the smallest state refused as too
+	// large.
+	tooLarge map[string]int
 }
 
 // NewHTTP makes the transport; every call is bounded by timeout. client
@@ -36,7 +42,7 @@ func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
 	if client == nil {
 		client = Client(nil)
 	}
-	return &HTTP{client: client, timeout: timeout}
+	return &HTTP{client: client, timeout: timeout, tooLarge: map[string]int{}}
 }
 
 // Client is the HTTP client of the doveadm HTTP API. It checks an https
@@ -57,24 +63,37 @@ func Client(roots *x509.CertPool) *http.Client {
 // Sync runs one dsync of req.User from ep to req.Destination. A state
 // Dovecot refuses as too large (2.4: HTTP 400 "JSON parse error: Excessive
 // string size (> 32768)"; 2.3: 413 over 1 MiB) is left out, and the dsync
-// runs at once as a full one without it (withoutState).
+// runs at once as a full one without it (withoutState). The size refused
+// is remembered for the endpoint, so that a state as large is left out at
+// once, without being offered first.
 func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
+	if req.State != "" && h.refuses(ep, len(req.State)) {
+		return withoutState(ctx, ep, req, h.sync)
+	}
 	res, err := h.sync(ctx, ep, req)
-	if req.State != "" && stateRefused(err) {
+	var e *Error
+	if req.State != "" && errors.As(err, &e) && e.tooLarge {
+		h.refused(ep, len(req.State))
 		return withoutState(ctx, ep, req, h.sync)
 	}
 	return res, err
 }
 
-// stateRefused says whether err is Dovecot refusing a request for its
-// size, which in a sync request only the state can reach.
-func stateRefused(err error) bool {
-	var e *Error
-	if !errors.As(err, &e) || e.Kind != KindProtocol {
-		return false
+// refuses says whether ep refused a state of at most n bytes before.
+func (h *HTTP) refuses(ep Endpoint, n int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	least, ok := h.tooLarge[ep.URL]
+	return ok && n >= least
+}
+
+// refused remembers that ep refused a state of n bytes.
+func (h *HTTP) refused(ep Endpoint, n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if least, ok := h.tooLarge[ep.URL]; !ok || n < least {
+		h.tooLarge[ep.URL] = n
 	}
-	return e.status == http.StatusRequestEntityTooLarge ||
-		e.status == http.StatusBadRequest && strings.Contains(e.Detail, "Excessive string size")
 }
 
 func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
@@ -123,7 +142,8 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		return fail(KindTransport, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
 	case resp.StatusCode != http.StatusOK:
 		res, err := fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
-		err.(*Error).status = resp.StatusCode
+		err.(*Error).tooLarge = resp.StatusCode == http.StatusRequestEntityTooLarge ||
+			resp.StatusCode == http.StatusBadRequest && bytes.Contains(data, []byte("Excessive string size"))
 		return res, err
 	case err != nil:
 		return fail(KindTransport, err, "reading the reply: %v", err)

@@ -350,12 +350,13 @@ func TestHTTP_StateTooLargeRunsAFullSyncWithoutIt(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := doveadmtest.NewServer(t, "mail-a", nil)
 			s.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
-				if c.State != "" {
+				if len(c.State) > 32768 {
 					return tc.reply
 				}
 				return doveadmtest.Reply{State: "AQAAAnew"}
 			}
-			res, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), endpoint(s),
+			tr := doveadm.NewHTTP(nil, 5*time.Second)
+			res, err := tr.Sync(context.Background(), endpoint(s),
 				doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: big, LockTimeout: 30 * time.Second})
 			calls := s.Tracker.Calls()
 			if !tc.retry {
@@ -369,6 +370,19 @@ func TestHTTP_StateTooLargeRunsAFullSyncWithoutIt(t *testing.T) {
 			}
 			if len(calls) != 2 || calls[0].State != big || calls[0].Full || calls[1].State != "" || !calls[1].Full || calls[1].LockTimeout != 30 {
 				t.Errorf("calls %+v: want the state refused, then a full sync without it", calls)
+			}
+			// The refusal is remembered: a state as large is left out at
+			// once, a smaller one still offered.
+			res, err = tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: big + "B"})
+			calls = s.Tracker.Calls()
+			if err != nil || res.StateLeftOut != len(big)+1 || len(calls) != 3 || calls[2].State != "" || !calls[2].Full {
+				t.Errorf("a state as large again: %+v, %v, calls %+v: want it left out without being offered", res, err, calls[2:])
+			}
+			small := big[:1000]
+			res, err = tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: small})
+			calls = s.Tracker.Calls()
+			if err != nil || res.StateLeftOut != 0 || len(calls) != 4 || calls[3].State != small {
+				t.Errorf("a smaller state: %+v, %v, calls %+v: want it offered", res, err, calls[3:])
 			}
 		})
 	}
