@@ -401,26 +401,9 @@ func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every t
 // interval later.
 func retryWhenDue(ctx context.Context, st *state.Store, every time.Duration, ask func(), log *slog.Logger) {
 	for {
-		wait := every
-		failed, err := st.Failed(ctx, 1)
-		var now time.Time
-		if err == nil && len(failed) == 1 {
-			now, err = st.Time(ctx)
-		}
-		switch {
-		case err != nil:
-			if ctx.Err() == nil {
-				log.Warn("could not look for failed users to retry", "err", err)
-			}
-		case len(failed) == 1:
-			if due := failed[0].FailedSince.Add(every); now.Before(due) {
-				// At most an interval, even when TIME stepped back
-				// after the failure: a user failing meanwhile is
-				// stamped earlier, and due sooner.
-				wait = min(due.Sub(now)+100*time.Millisecond, every)
-			} else {
-				ask()
-			}
+		wait, err := retryOnce(ctx, st, every, ask)
+		if err != nil && ctx.Err() == nil {
+			log.Warn("could not look for failed users to retry", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -428,6 +411,31 @@ func retryWhenDue(ctx context.Context, st *state.Store, every time.Duration, ask
 		case <-time.After(wait):
 		}
 	}
+}
+
+// retryOnce asks for a retry sweep when the oldest failed user's retry is
+// due, and returns how long to wait before looking again: until the next
+// failed user's retry is due (the sweep asked for retries every user due
+// now), at most an interval, even when TIME stepped back after a failure
+// (a user failing meanwhile is stamped earlier, and due sooner).
+func retryOnce(ctx context.Context, st *state.Store, every time.Duration, ask func()) (time.Duration, error) {
+	now, err := st.Time(ctx)
+	if err != nil {
+		return every, err
+	}
+	oldest, ok, err := st.NextFailure(ctx, time.Time{})
+	if err != nil || !ok {
+		return every, err
+	}
+	if due := oldest.Add(every); now.Before(due) {
+		return min(due.Sub(now)+100*time.Millisecond, every), nil
+	}
+	ask()
+	next, ok, err := st.NextFailure(ctx, now.Add(-every))
+	if err != nil || !ok {
+		return every, err
+	}
+	return min(next.Add(every).Sub(now)+100*time.Millisecond, every), nil
 }
 
 // requestSweep publishes a sweep.requested into the broker.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,5 +157,65 @@ func TestRetryWhenDue_LooksAgainWithinAnInterval(t *testing.T) {
 		}
 	case <-time.After(6 * time.Second):
 		t.Fatalf("no retry asked for within 6 s; u2's was due 2.3 s after the start, and the timer looks again every %s at most", every)
+	}
+}
+
+// TestRetryWhenDue_NextUserWhenItIsDue: after asking for a retry sweep,
+// the timer waits until the next failed user's retry is due, not a whole
+// interval: u2, failed 1 s after u1, is asked for about 1 s after u1 is,
+// not 2 s (the interval) after.
+func TestRetryWhenDue_NextUserWhenItIsDue(t *testing.T) {
+	mr := miniredis.RunT(t)
+	mr.SetTime(time.Now())
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		for ctx.Err() == nil {
+			mr.SetTime(time.Now())
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	fail := func(user string) {
+		t.Helper()
+		c, err := st.Begin(ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "t", Token: "tok-" + user, Destination: "tcp:b:1", TTL: 30 * time.Second})
+		if err != nil || c.Decision != state.Run {
+			t.Fatalf("Begin %s: %+v %v", user, c, err)
+		}
+		if _, err := st.Fail(ctx, state.FailureArgs{User: user, Token: "tok-" + user, Host: "mail-a", Error: "exit code 75", Class: "tempfail",
+			ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	fail("u1")
+	time.Sleep(time.Second)
+	fail("u2")
+	every := 2 * time.Second
+	at := make(chan time.Duration, 10)
+	// The sweep retries the users due, here with success: they leave the
+	// failed set.
+	ask := func() {
+		now := time.Now()
+		due, _ := rdb.ZRangeByScore(ctx, state.FailedKey, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(now.Add(-every).UnixMilli(), 10)}).Result()
+		for _, u := range due {
+			rdb.ZRem(ctx, state.FailedKey, u)
+		}
+		at <- time.Since(start)
+	}
+	go retryWhenDue(ctx, st, every, ask, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var asked []time.Duration
+	for len(asked) < 2 {
+		select {
+		case d := <-at:
+			asked = append(asked, d)
+		case <-time.After(6 * time.Second):
+			t.Fatalf("retries asked for at %v; want two, for u1 and for u2", asked)
+		}
+	}
+	if asked[0] < every || asked[1]-asked[0] > 1600*time.Millisecond {
+		t.Errorf("retries asked for at %v after the first failure: want u1's at 2 s, then u2's about 1 s later (u2 failed 1 s after u1), not an interval (%s) later", asked, every)
 	}
 }

@@ -254,6 +254,24 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 // Failed returns up to limit users whose last replication failed, the one
 // whose failure is oldest first, each with its status record (the last
 // error among it).
+// NextFailure returns the time of the oldest failure in FailedKey later
+// than after (Redis's clock), and whether there is one: with a zero after,
+// the oldest of all.
+func (s *Store) NextFailure(ctx context.Context, after time.Time) (time.Time, bool, error) {
+	min := "-inf"
+	if !after.IsZero() {
+		min = "(" + strconv.FormatInt(after.UnixMilli(), 10)
+	}
+	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, FailedKey, &redis.ZRangeBy{Min: min, Max: "+inf", Count: 1}).Result()
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read failed users from redis: %w", err)
+	}
+	if len(zs) == 0 {
+		return time.Time{}, false, nil
+	}
+	return time.UnixMilli(int64(zs[0].Score)).UTC(), true, nil
+}
+
 func (s *Store) Failed(ctx context.Context, limit int64) ([]UserStatus, error) {
 	if limit <= 0 {
 		return nil, nil
