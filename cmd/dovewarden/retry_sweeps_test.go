@@ -15,6 +15,75 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
+// retryFixture is a miniredis whose TIME follows this process's clock,
+// moved by an offset a test sets (a Redis clock that lags, or steps
+// back), and the state store on it.
+type retryFixture struct {
+	t      *testing.T
+	ctx    context.Context
+	mr     *miniredis.Miniredis
+	rdb    *redis.Client
+	st     *state.Store
+	offset atomic.Int64
+}
+
+func newRetryFixture(t *testing.T, offset time.Duration) *retryFixture {
+	f := &retryFixture{t: t, mr: miniredis.RunT(t)}
+	f.setOffset(offset)
+	f.rdb = redis.NewClient(&redis.Options{Addr: f.mr.Addr()})
+	t.Cleanup(func() { f.rdb.Close() })
+	f.st = state.New(f.rdb)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f.ctx = ctx
+	go func() {
+		// miniredis's clock stands still unless moved.
+		for ctx.Err() == nil {
+			f.mr.SetTime(time.Now().Add(time.Duration(f.offset.Load())))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return f
+}
+
+// setOffset moves Redis's TIME to this process's clock plus d, now.
+func (f *retryFixture) setOffset(d time.Duration) {
+	f.offset.Store(int64(d))
+	f.mr.SetTime(time.Now().Add(d))
+}
+
+// begin starts an attempt of user, as sync does.
+func (f *retryFixture) begin(user string) state.Claim {
+	f.t.Helper()
+	c, err := f.st.Begin(f.ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "t", Token: "tok-" + user, Destination: "tcp:b:1", TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		f.t.Fatalf("Begin %s: %+v %v", user, c, err)
+	}
+	return c
+}
+
+// fail marks the attempt c of user failed after its last attempt.
+func (f *retryFixture) fail(user string, c state.Claim) {
+	f.t.Helper()
+	if _, err := f.st.Fail(f.ctx, state.FailureArgs{User: user, Token: "tok-" + user, Host: "mail-a", Error: "exit code 75", Class: "tempfail",
+		ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// run starts the timer with ask, which reports when it is called, from
+// start, on the returned channel.
+func (f *retryFixture) run(every time.Duration, start time.Time, ask func()) <-chan time.Duration {
+	at := make(chan time.Duration, 10)
+	go retryWhenDue(f.ctx, f.st, every, func() {
+		if ask != nil {
+			ask()
+		}
+		at <- time.Since(start)
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return at
+}
+
 // TestRetryWhenDue_ReadsRedisClock runs the retry sweeps' timer against a
 // Redis whose clock lags this process's by 3 s, with a user failed 1 s
 // ago by Redis's clock and a retry interval of 2 s: the retry is due 1 s
@@ -23,37 +92,14 @@ import (
 // clock, not at once (the sweep would find it not due) and then a whole
 // interval later.
 func TestRetryWhenDue_ReadsRedisClock(t *testing.T) {
-	mr := miniredis.RunT(t)
 	lag := 3 * time.Second
-	mr.SetTime(time.Now().Add(-lag))
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "t", Token: "tok", Destination: "tcp:b:1", TTL: 30 * time.Second})
-	if err != nil || c.Decision != state.Run {
-		t.Fatalf("Begin: %+v %v", c, err)
-	}
-	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tok", Host: "mail-a", Error: "exit code 75", Class: "tempfail",
-		ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
-		t.Fatal(err)
-	}
-	// Redis's clock moves on 1 s (the user failed 1 s ago by it).
+	f := newRetryFixture(t, -lag)
+	// The failure is stamped at TIME now-3s, then TIME moves on 1 s.
+	f.fail("u1", f.begin("u1"))
 	start := time.Now()
-	mr.SetTime(start.Add(-lag + time.Second))
-	go func() {
-		// miniredis's clock stands still unless moved: keep it lagging.
-		for ctx.Err() == nil {
-			mr.SetTime(time.Now().Add(-lag + time.Second))
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	var asked atomic.Int64
-	at := make(chan time.Duration, 10)
-	go retryWhenDue(ctx, st, 2*time.Second, func() { asked.Add(1); at <- time.Since(start) }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f.setOffset(-lag + time.Second)
 	select {
-	case d := <-at:
+	case d := <-f.run(2*time.Second, start, nil):
 		// Due 1 s after start by Redis's clock (plus the timer's 100 ms).
 		if d < 900*time.Millisecond {
 			t.Fatalf("retry asked for %v after the start: before it was due on Redis's clock", d)
@@ -69,38 +115,15 @@ func TestRetryWhenDue_ReadsRedisClock(t *testing.T) {
 // latest attempt start while TIME is behind it (a step back, a failover
 // to a host whose clock lags). Here TIME stepped back 5 s after the
 // user's attempt started, and the user failed then: the retry is due 2 s
-// later by TIME, while Now has been past that all along. Asked for at
-// once, the sweep would find the user not due, and the next retry would
-// come a whole interval later.
+// later by TIME, while Now has been past that all along.
 func TestRetryWhenDue_AfterTheRedisClockSteppedBack(t *testing.T) {
-	mr := miniredis.RunT(t)
+	f := newRetryFixture(t, 0)
 	start := time.Now()
-	mr.SetTime(start)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "t", Token: "tok", Destination: "tcp:b:1", TTL: 30 * time.Second})
-	if err != nil || c.Decision != state.Run {
-		t.Fatalf("Begin: %+v %v", c, err)
-	}
-	step := 5 * time.Second
-	mr.SetTime(time.Now().Add(-step))
-	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tok", Host: "mail-a", Error: "exit code 75", Class: "tempfail",
-		ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for ctx.Err() == nil {
-			mr.SetTime(time.Now().Add(-step))
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	at := make(chan time.Duration, 10)
-	go retryWhenDue(ctx, st, 2*time.Second, func() { at <- time.Since(start) }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := f.begin("u1")
+	f.setOffset(-5 * time.Second)
+	f.fail("u1", c)
 	select {
-	case d := <-at:
+	case d := <-f.run(2*time.Second, start, nil):
 		if d < 1500*time.Millisecond {
 			t.Fatalf("retry asked for %v after the failure: before it was due by Redis's TIME, which the sweep decides by", d)
 		}
@@ -116,40 +139,15 @@ func TestRetryWhenDue_AfterTheRedisClockSteppedBack(t *testing.T) {
 // after its failure. The timer must look again within an interval, not
 // sleep until the first user's retry.
 func TestRetryWhenDue_LooksAgainWithinAnInterval(t *testing.T) {
-	mr := miniredis.RunT(t)
-	mr.SetTime(time.Now())
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	fail := func(user string) {
-		t.Helper()
-		c, err := st.Begin(ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "t", Token: "tok-" + user, Destination: "tcp:b:1", TTL: 30 * time.Second})
-		if err != nil || c.Decision != state.Run {
-			t.Fatalf("Begin %s: %+v %v", user, c, err)
-		}
-		if _, err := st.Fail(ctx, state.FailureArgs{User: user, Token: "tok-" + user, Host: "mail-a", Error: "exit code 75", Class: "tempfail",
-			ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fail("u1")
+	f := newRetryFixture(t, 0)
+	f.fail("u1", f.begin("u1"))
 	// TIME steps back 10 s: u1's retry is due 12 s away by it.
-	step := 10 * time.Second
-	mr.SetTime(time.Now().Add(-step))
-	go func() {
-		for ctx.Err() == nil {
-			mr.SetTime(time.Now().Add(-step))
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	f.setOffset(-10 * time.Second)
 	every := 2 * time.Second
-	at := make(chan time.Duration, 10)
 	start := time.Now()
-	go retryWhenDue(ctx, st, every, func() { at <- time.Since(start) }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	at := f.run(every, start, nil)
 	time.Sleep(300 * time.Millisecond)
-	fail("u2") // due 2 s from now by TIME
+	f.fail("u2", f.begin("u2")) // due 2 s from now by TIME
 	select {
 	case d := <-at:
 		if d < 2*time.Second {
@@ -165,47 +163,21 @@ func TestRetryWhenDue_LooksAgainWithinAnInterval(t *testing.T) {
 // interval: u2, failed 1 s after u1, is asked for about 1 s after u1 is,
 // not 2 s (the interval) after.
 func TestRetryWhenDue_NextUserWhenItIsDue(t *testing.T) {
-	mr := miniredis.RunT(t)
-	mr.SetTime(time.Now())
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() {
-		for ctx.Err() == nil {
-			mr.SetTime(time.Now())
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	fail := func(user string) {
-		t.Helper()
-		c, err := st.Begin(ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "t", Token: "tok-" + user, Destination: "tcp:b:1", TTL: 30 * time.Second})
-		if err != nil || c.Decision != state.Run {
-			t.Fatalf("Begin %s: %+v %v", user, c, err)
-		}
-		if _, err := st.Fail(ctx, state.FailureArgs{User: user, Token: "tok-" + user, Host: "mail-a", Error: "exit code 75", Class: "tempfail",
-			ExitCode: 75, Start: c.Start, Final: true, Release: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f := newRetryFixture(t, 0)
 	start := time.Now()
-	fail("u1")
+	f.fail("u1", f.begin("u1"))
 	time.Sleep(time.Second)
-	fail("u2")
+	f.fail("u2", f.begin("u2"))
 	every := 2 * time.Second
-	at := make(chan time.Duration, 10)
 	// The sweep retries the users due, here with success: they leave the
 	// failed set.
-	ask := func() {
-		now := time.Now()
-		due, _ := rdb.ZRangeByScore(ctx, state.FailedKey, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(now.Add(-every).UnixMilli(), 10)}).Result()
+	at := f.run(every, start, func() {
+		due, _ := f.rdb.ZRangeByScore(f.ctx, state.FailedKey, &redis.ZRangeBy{Min: "-inf",
+			Max: strconv.FormatInt(time.Now().Add(-every).UnixMilli(), 10)}).Result()
 		for _, u := range due {
-			rdb.ZRem(ctx, state.FailedKey, u)
+			f.rdb.ZRem(f.ctx, state.FailedKey, u)
 		}
-		at <- time.Since(start)
-	}
-	go retryWhenDue(ctx, st, every, ask, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	})
 	var asked []time.Duration
 	for len(asked) < 2 {
 		select {
