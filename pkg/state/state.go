@@ -94,16 +94,26 @@ func (s *Store) Pending(ctx context.Context, limit int64) ([]PendingUser, error)
 	out := make([]PendingUser, 0, len(zs))
 	for _, z := range zs {
 		user, _ := z.Member.(string)
-		host, err := s.rdb.HGet(ctx, UserKey(user), FieldPendingHost).Result()
-		if err != nil && err != redis.Nil {
+		// The host of a change marked since the running attempt began,
+		// or else the running attempt's own: each attempt's start clears
+		// the mark's host, while the user stays pending until it succeeds.
+		hosts, err := s.rdb.HMGet(ctx, UserKey(user), FieldPendingHost, FieldInProgressHost).Result()
+		if err != nil {
 			return nil, fmt.Errorf("read pending host of %q: %w", user, err)
+		}
+		var host string
+		for _, h := range hosts {
+			if v, _ := h.(string); host == "" {
+				host = v
+			}
 		}
 		out = append(out, PendingUser{User: user, Host: host, Since: time.UnixMilli(int64(z.Score)).UTC()})
 	}
 	return out, nil
 }
 
-// PendingUser is one entry of the pending set.
+// PendingUser is one entry of the pending set; Host is where its change
+// was seen, or where its running dsync runs from.
 type PendingUser struct {
 	User  string    `json:"user"`
 	Host  string    `json:"host,omitempty"`

@@ -173,6 +173,18 @@ func TestRedisScripts_IngestMarkDuringDsyncCausesRerun(t *testing.T) {
 	})
 }
 
+// A user pending while its dsync runs shows the dsync's host: the
+// attempt's start cleared the host of the change it took over.
+func TestPending_HostOfTheRunningAttempt(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		begin(t, b, "A", time.Now().Add(-time.Second))
+		pu, err := b.st.Pending(ctx, 10)
+		if err != nil || len(pu) != 1 || pu[0].Host != "mail-a" {
+			t.Errorf("Pending() = %+v, %v: want u1 from mail-a, where its dsync runs", pu, err)
+		}
+	})
+}
+
 func TestRedisScripts_FailReleaseKeepsTheChangeMarked(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		at := time.Now().Add(-time.Second)
