@@ -386,8 +386,8 @@ func sweepTimer(ctx context.Context, b *broker.Broker, every time.Duration, log 
 // (--failed-retry-interval after its failure), as Dovecot 2.3's
 // replicator retried failed users: otherwise a failed user with no new
 // change would wait for the next scheduled sweep (an hour by default)
-// after its replica came back. While users keep failing, that is one
-// retry sweep each interval.
+// after its replica came back. While users keep failing, that is at most
+// one retry sweep each tenth of the interval (retryGap).
 func retrySweeps(ctx context.Context, b *broker.Broker, st *state.Store, every time.Duration, log *slog.Logger) {
 	retryWhenDue(ctx, st, every, func() { requestSweep(ctx, b, sweep.SweepReasonRetry, log) }, log)
 }
@@ -413,11 +413,20 @@ func retryWhenDue(ctx context.Context, st *state.Store, every time.Duration, ask
 	}
 }
 
+// retryGap is the least wait after asking for a retry sweep, as a part
+// of the interval. Each retry sweep reads every failed and pending user;
+// while a replica is down, users fail (and fail again at their retries)
+// each at its own time, and a sweep for each retry coming due could be
+// one every 100 ms, each reading them all. So a user's retry may come a
+// tenth of the interval after it is due.
+const retryGap = 10
+
 // retryOnce asks for a retry sweep when the oldest failed user's retry is
 // due, and returns how long to wait before looking again: until the next
 // failed user's retry is due (the sweep asked for retries every user due
-// now), at most an interval, even when TIME stepped back after a failure
-// (a user failing meanwhile is stamped earlier, and due sooner).
+// now), but at least a tenth of the interval (retryGap) after asking, and
+// at most an interval, even when TIME stepped back after a failure (a
+// user failing meanwhile is stamped earlier, and due sooner).
 func retryOnce(ctx context.Context, st *state.Store, every time.Duration, ask func()) (time.Duration, error) {
 	now, err := st.Time(ctx)
 	if err != nil {
@@ -435,7 +444,7 @@ func retryOnce(ctx context.Context, st *state.Store, every time.Duration, ask fu
 	if err != nil || !ok {
 		return every, err
 	}
-	return min(next.Add(every).Sub(now)+100*time.Millisecond, every), nil
+	return max(min(next.Add(every).Sub(now)+100*time.Millisecond, every), every/retryGap), nil
 }
 
 // requestSweep publishes a sweep.requested into the broker.

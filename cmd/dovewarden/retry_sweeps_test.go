@@ -193,3 +193,43 @@ func TestRetryWhenDue_NextUserWhenItIsDue(t *testing.T) {
 		t.Errorf("retries asked for at %v after the first failure: want u1's at 3 s, then u2's about 1 s later (u2 failed 1 s after u1), not an interval (%s) later", asked, every)
 	}
 }
+
+// TestRetryWhenDue_AtMostOneSweepATenthOfTheInterval: while a replica is
+// down, users fail each at its own time, and stay failed after each retry
+// sweep. The timer asks for a retry sweep as retries come due, but at most
+// one each tenth of the interval: each sweep reads every failed user.
+func TestRetryWhenDue_AtMostOneSweepATenthOfTheInterval(t *testing.T) {
+	f := newRetryFixture(t, 0)
+	every := 5 * time.Second
+	now, err := f.st.Time(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 100 users whose retries come due 20 ms apart, from now on for 2 s.
+	for i := range 100 {
+		score := now.Add(-every + time.Duration(i)*20*time.Millisecond).UnixMilli()
+		if err := f.rdb.ZAdd(f.ctx, state.FailedKey, redis.Z{Score: float64(score), Member: "u" + strconv.Itoa(i)}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	at := f.run(every, start, nil)
+	window := 2 * time.Second
+	asked := 0
+	for deadline := time.After(window); ; {
+		select {
+		case <-at:
+			asked++
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	// One at once, then one each 500 ms at most: 5 within 2 s.
+	if limit := int(window/(every/10)) + 1; asked > limit {
+		t.Errorf("%d retry sweeps asked for within %s: want at most %d (one each tenth of the %s interval)", asked, window, limit, every)
+	}
+	if asked == 0 {
+		t.Errorf("no retry sweep asked for within %s; the first user's retry was due at once", window)
+	}
+}
