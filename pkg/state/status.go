@@ -251,9 +251,6 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 	return o, nil
 }
 
-// Failed returns up to limit users whose last replication failed, the one
-// whose failure is oldest first, each with its status record (the last
-// error among it).
 // NextFailure returns the time of the oldest failure in FailedKey later
 // than after (Redis's clock), and whether there is one: with a zero after,
 // the oldest of all.
@@ -272,6 +269,9 @@ func (s *Store) NextFailure(ctx context.Context, after time.Time) (time.Time, bo
 	return time.UnixMilli(int64(zs[0].Score)).UTC(), true, nil
 }
 
+// Failed returns up to limit users whose last replication failed, the one
+// whose failure is oldest first, each with its status record (the last
+// error among it).
 func (s *Store) Failed(ctx context.Context, limit int64) ([]UserStatus, error) {
 	if limit <= 0 {
 		return nil, nil
