@@ -32,8 +32,9 @@ type HTTP struct {
 
 	mu sync.Mutex
 	// tooLarge is, by doveadm URL, the smallest state refused as too
-	// large.
+	// large; accepted the largest state it took.
 	tooLarge map[string]int
+	accepted map[string]int
 }
 
 // NewHTTP makes the transport; every call is bounded by timeout. client
@@ -42,7 +43,7 @@ func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
 	if client == nil {
 		client = Client(nil)
 	}
-	return &HTTP{client: client, timeout: timeout, tooLarge: map[string]int{}}
+	return &HTTP{client: client, timeout: timeout, tooLarge: map[string]int{}, accepted: map[string]int{}}
 }
 
 // Client is the HTTP client of the doveadm HTTP API. It checks an https
@@ -65,16 +66,23 @@ func Client(roots *x509.CertPool) *http.Client {
 // string size (> 32768)"; 2.3: 413 over 1 MiB) is left out, and the dsync
 // runs at once as a full one without it (withoutState). The size refused
 // is remembered for the endpoint, so that a state as large is left out at
-// once, without being offered first.
+// once, without being offered first; unless the endpoint took a state as
+// large before: then the refusal was not for the state's size (a proxy in
+// front of doveadm), and it holds for that attempt only.
 func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
 	if req.State != "" && h.refuses(ep, len(req.State)) {
 		return withoutState(ctx, ep, req, h.sync)
 	}
 	res, err := h.sync(ctx, ep, req)
 	var e *Error
-	if req.State != "" && errors.As(err, &e) && e.tooLarge {
+	switch {
+	case req.State == "":
+	case errors.As(err, &e) && e.tooLarge:
 		h.refused(ep, len(req.State))
 		return withoutState(ctx, ep, req, h.sync)
+	case err == nil || e != nil && e.Kind == KindExitCode:
+		// doveadm read the request: it took the state.
+		h.took(ep, len(req.State))
 	}
 	return res, err
 }
@@ -87,12 +95,25 @@ func (h *HTTP) refuses(ep Endpoint, n int) bool {
 	return ok && n >= least
 }
 
-// refused remembers that ep refused a state of n bytes.
+// refused remembers that ep refused a state of n bytes, unless it took
+// one at least as large before.
 func (h *HTTP) refused(ep Endpoint, n int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if n <= h.accepted[ep.URL] {
+		return
+	}
 	if least, ok := h.tooLarge[ep.URL]; !ok || n < least {
 		h.tooLarge[ep.URL] = n
+	}
+}
+
+// took remembers that ep took a state of n bytes.
+func (h *HTTP) took(ep Endpoint, n int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n > h.accepted[ep.URL] {
+		h.accepted[ep.URL] = n
 	}
 }
 

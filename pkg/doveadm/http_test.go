@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -391,5 +392,37 @@ func TestHTTP_StateTooLargeRunsAFullSyncWithoutIt(t *testing.T) {
 	res, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: "AQAAAold"})
 	if err != nil || res.StateLeftOut != 0 || len(s.Tracker.Calls()) != 1 {
 		t.Errorf("small state: %+v, %v", res, err)
+	}
+}
+
+// TestHTTP_StateTooLargeNotRememberedBelowOneTaken: a refusal of a state
+// no larger than one the doveadm URL took before is not for its size (a
+// proxy's 413 for another reason): it leaves that attempt's state out,
+// but later states are still offered, not every one left out.
+func TestHTTP_StateTooLargeNotRememberedBelowOneTaken(t *testing.T) {
+	big, small := strings.Repeat("A", 40_000), strings.Repeat("A", 1000)
+	var refuse atomic.Bool
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	s.Respond = func(c doveadmtest.Call) doveadmtest.Reply {
+		if c.State != "" && refuse.CompareAndSwap(true, false) {
+			return doveadmtest.Reply{Status: 413, Body: "Payload Too Large"}
+		}
+		return doveadmtest.Reply{State: "AQAAAnew"}
+	}
+	tr := doveadm.NewHTTP(nil, 5*time.Second)
+	sync := func(state string) (doveadm.SyncResult, error) {
+		return tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345", State: state})
+	}
+	if res, err := sync(big); err != nil || res.StateLeftOut != 0 {
+		t.Fatalf("a state the server takes: %+v, %v", res, err)
+	}
+	refuse.Store(true)
+	if res, err := sync(small); err != nil || res.StateLeftOut != len(small) {
+		t.Fatalf("a state refused: %+v, %v; want it left out", res, err)
+	}
+	res, err := sync(small + "B")
+	calls := s.Tracker.Calls()
+	if err != nil || res.StateLeftOut != 0 || calls[len(calls)-1].State != small+"B" {
+		t.Errorf("a state after a refusal below one taken: %+v, %v, last call %+v: want it offered", res, err, calls[len(calls)-1])
 	}
 }
