@@ -113,7 +113,8 @@ func (s *Store) Pending(ctx context.Context, limit int64) ([]PendingUser, error)
 }
 
 // PendingUser is one entry of the pending set; Host is where its change
-// was seen, or where its running dsync runs from.
+// was seen, or else where its last dsync attempt ran from (its running
+// one, or one whose owner died).
 type PendingUser struct {
 	User  string    `json:"user"`
 	Host  string    `json:"host,omitempty"`
