@@ -5,7 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,12 +19,16 @@ import (
 // moved by an offset a test sets (a Redis clock that lags, or steps
 // back), and the state store on it.
 type retryFixture struct {
-	t      *testing.T
-	ctx    context.Context
-	mr     *miniredis.Miniredis
-	rdb    *redis.Client
-	st     *state.Store
-	offset atomic.Int64
+	t   *testing.T
+	ctx context.Context
+	mr  *miniredis.Miniredis
+	rdb *redis.Client
+	st  *state.Store
+	// mu makes reading offset and moving TIME by it one step, so that
+	// the clock's mover cannot put back a TIME of the offset before
+	// setOffset (a step back undone for a moment).
+	mu     sync.Mutex
+	offset time.Duration
 }
 
 func newRetryFixture(t *testing.T, offset time.Duration) *retryFixture {
@@ -39,7 +43,9 @@ func newRetryFixture(t *testing.T, offset time.Duration) *retryFixture {
 	go func() {
 		// miniredis's clock stands still unless moved.
 		for ctx.Err() == nil {
-			f.mr.SetTime(time.Now().Add(time.Duration(f.offset.Load())))
+			f.mu.Lock()
+			f.mr.SetTime(time.Now().Add(f.offset))
+			f.mu.Unlock()
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
@@ -48,7 +54,9 @@ func newRetryFixture(t *testing.T, offset time.Duration) *retryFixture {
 
 // setOffset moves Redis's TIME to this process's clock plus d, now.
 func (f *retryFixture) setOffset(d time.Duration) {
-	f.offset.Store(int64(d))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.offset = d
 	f.mr.SetTime(time.Now().Add(d))
 }
 
