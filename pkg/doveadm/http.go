@@ -61,6 +61,10 @@ func Client(roots *x509.CertPool) *http.Client {
 	}
 }
 
+// maxJSONString is the longest JSON string Dovecot 2.4's doveadm HTTP API
+// takes, the smallest of the limits withoutState names.
+const maxJSONString = 32 << 10
+
 // Sync runs one dsync of req.User from ep to req.Destination. A state
 // Dovecot refuses as too large (2.4: HTTP 400 "JSON parse error: Excessive
 // string size (> 32768)"; 2.3: 413 over 1 MiB) is left out, and the dsync
@@ -68,7 +72,9 @@ func Client(roots *x509.CertPool) *http.Client {
 // is remembered for the endpoint, so that a state as large is left out at
 // once, without being offered first; unless the endpoint took a state as
 // large before: then the refusal was not for the state's size (a proxy in
-// front of doveadm), and it holds for that attempt only.
+// front of doveadm), and it holds for that attempt only. A request with
+// a state over maxJSONString that the connection cut off before it was
+// sent whole is taken for such a refusal, not remembered.
 func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
 	if req.State != "" && h.refuses(ep, len(req.State)) {
 		return withoutState(ctx, ep, req, h.sync)
@@ -79,6 +85,14 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	case req.State == "":
 	case errors.As(err, &e) && e.tooLarge:
 		h.refused(ep, len(req.State))
+		return withoutState(ctx, ep, req, h.sync)
+	case errors.As(err, &e) && e.cutShort && len(req.State) > maxJSONString:
+		// Measured: with a request of 4 MiB or more, Dovecot 2.3 and 2.4
+		// often close the connection while it is still being sent, before
+		// or instead of their 413 or 400; net/http then has only the
+		// reset or broken pipe. The refusal is likely but not proven, so
+		// it is not remembered; a doveadm that is down fails the full
+		// sync too, as a transport failure.
 		return withoutState(ctx, ep, req, h.sync)
 	case err == nil || e != nil && e.Kind == KindExitCode:
 		// doveadm read the request: it took the state.
@@ -149,7 +163,9 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 			// neither that nor the other cause seen (closedWithoutAnswer).
 			return fail(pe.kind, pe.err, "%s: %s, or (Dovecot 2.3) the destination %s refused dsync's connection; the source's log says which", pe.detail, closedWithoutAnswer, req.Destination)
 		}
-		return fail(pe.kind, pe.err, "%s", pe.detail)
+		res, err := fail(pe.kind, pe.err, "%s", pe.detail)
+		err.(*Error).cutShort = pe.cutShort
+		return res, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
@@ -267,6 +283,9 @@ type postError struct {
 	kind   Kind
 	err    error
 	detail string
+	// cutShort: the connection failed before net/http had read the
+	// whole request body to send.
+	cutShort bool
 }
 
 // post sends body to ep's doveadm HTTP API within h.timeout. The returned
@@ -276,7 +295,8 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 	if h.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, h.timeout)
 	}
-	hr, err := newRequest(ctx, ep, body)
+	rd := bytes.NewReader(body)
+	hr, err := newRequest(ctx, ep, rd)
 	if err != nil {
 		return nil, cancel, &postError{kind: KindProtocol, detail: "build request: invalid doveadm URL"}
 	}
@@ -285,7 +305,7 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 		return resp, cancel, nil
 	}
 	if ctx.Err() != nil {
-		return nil, cancel, &postError{KindTransport, err, fmt.Sprintf("no answer within the timeout: %v", context.Cause(ctx))}
+		return nil, cancel, &postError{kind: KindTransport, err: err, detail: fmt.Sprintf("no answer within the timeout: %v", context.Cause(ctx))}
 	}
 	// Never print err itself: url.Error repeats the URL, which may carry
 	// userinfo. The cause alone is enough.
@@ -298,7 +318,7 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 	if tlsFailure(err) {
 		kind = KindTLS
 	}
-	return nil, cancel, &postError{kind, err, fmt.Sprint(cause)}
+	return nil, cancel, &postError{kind: kind, err: err, detail: fmt.Sprint(cause), cutShort: rd.Len() > 0}
 }
 
 // tlsFailure reports whether err is a TLS session that could not start
@@ -357,8 +377,8 @@ func remoteAlert(err error) (uint8, bool) {
 // newRequest builds a POST of body to ep's doveadm HTTP API, authenticated
 // as doveadm expects: X-Dovecot-API with an API key, else Basic auth as
 // ep.User ("doveadm" by default) with doveadm_password.
-func newRequest(ctx context.Context, ep Endpoint, body []byte) (*http.Request, error) {
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+func newRequest(ctx context.Context, ep Endpoint, body *bytes.Reader) (*http.Request, error) {
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, body)
 	if err != nil {
 		return nil, err
 	}
