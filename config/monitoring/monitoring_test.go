@@ -505,6 +505,9 @@ func registered(t *testing.T) map[string]family {
 	}
 	t.Cleanup(func() { cancel(); <-done })
 
+	// Every role's /metrics: promhttp counts its scrapes' errors in reg.
+	metrics.Handler(reg, nil)
+
 	ch := make(chan *prometheus.Desc)
 	go func() { reg.Describe(ch); close(ch) }()
 	out := map[string]family{}
