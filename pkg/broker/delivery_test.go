@@ -281,6 +281,14 @@ func TestDelivery_HandlerAnswers(t *testing.T) {
 		"202 and reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
 			return &reply, cehttp.NewResult(202, "ok")
 		}, 1, true, ""},
+		// sdk-go's receiver writes the message of a 2xx Result as the
+		// body: not empty, not a CloudEvent, so a 502 as over HTTP.
+		"202 with a message, no reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+			return nil, cehttp.NewResult(202, "accepted")
+		}, 2, false, "502"},
+		"202 with no message": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+			return nil, cehttp.NewResult(202, "")
+		}, 1, false, ""},
 		"error, reply": {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return &reply, errors.New("x") }, 2, false, "500"},
 		"NACK":         {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { return nil, protocol.ResultNACK }, 2, false, "500"},
 		"panic":        {func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) { panic("bug") }, 2, false, "500"},
@@ -311,6 +319,46 @@ func TestDelivery_HandlerAnswers(t *testing.T) {
 			sub.quiet(t)
 			if !tc.replied && replies.count() > 0 {
 				t.Error("a reply was published")
+			}
+		})
+	}
+}
+
+// TestDelivery_HandlerMeansWhatItsHTTPReceiverAnswers: a handler that
+// answers a 2xx Result with a message and no event fails the same way in
+// process as behind sdk-go's HTTP receiver, whose response body is then
+// that message: Knative's filter answers 502 for a non-empty body that is
+// not a CloudEvent, so the event is retried and dead-lettered.
+func TestDelivery_HandlerMeansWhatItsHTTPReceiverAnswers(t *testing.T) {
+	accepted := func(context.Context, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		return nil, cehttp.NewResult(http.StatusAccepted, "accepted")
+	}
+	p, err := cloudevents.NewHTTP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := cloudevents.NewHTTPReceiveHandler(context.Background(), p, accepted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for name, subscriber := range map[string]string{"in process": "inproc", "HTTP": "remote"} {
+		t.Run(name, func(t *testing.T) {
+			cfg := mustLoad(t, typeTrigger("t", "x", subscriber, "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			dls := newRecorder()
+			b, reg := start(t, cfg, Options{
+				Handlers:    map[string]Handler{"inproc": accepted, "dls": dls.handle},
+				Subscribers: map[string]string{"remote": srv.URL},
+			})
+			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
+				t.Fatal(err)
+			}
+			if code := dls.next(t).Extensions()[ExtErrorCode]; code != "502" {
+				t.Errorf("knativeerrorcode %v, want 502", code)
+			}
+			if n := counter(t, reg, "dovewarden_broker_deliveries_total", map[string]string{"trigger": "t", "outcome": outcomeRetriable}); n != 2 {
+				t.Errorf("%v retriable deliveries; want 2 (retry: 1)", n)
 			}
 		})
 	}

@@ -23,7 +23,9 @@ import (
 // event exactly as the Broker would POST it. Its answer means what it
 // would over HTTP with sdk-go's receiver: a nil result or an ACK is 200, a
 // *cehttp.Result carries its status, any other error is 500; a returned
-// event with a 2xx is the reply, published back into the broker. ctx ends
+// event with a 2xx is the reply, published back into the broker, and a 2xx
+// Result with a message but no event is a 502 (the receiver writes the
+// message as the body, which Knative's filter refuses). ctx ends
 // at the attempt's timeout: an answer after it is lost and the attempt
 // fails as an HTTP subscriber's that timed out.
 type Handler func(ctx context.Context, ev cloudevents.Event) (*cloudevents.Event, protocol.Result)
@@ -246,8 +248,18 @@ func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool
 		}
 		return outcome{code: code, body: body, reason: reason}
 	}
-	if reply == nil || to == toDeadLetterSink {
+	if to == toDeadLetterSink {
 		// A dead-letter sink's reply is ignored, as Knative does.
+		return outcome{code: code}
+	}
+	if reply == nil {
+		if len(body) > 0 {
+			// sdk-go's receiver writes a 2xx Result's message as the
+			// response body, with no event: a body Knative's filter takes
+			// for a malformed reply (502, retried), as readReply does for
+			// an HTTP subscriber.
+			return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("HTTP %d with body %q: received a non-empty response not recognized as CloudEvent", code, body)}
+		}
 		return outcome{code: code}
 	}
 	// A reply crosses the HTTP binding on a cluster; its copy here keeps
