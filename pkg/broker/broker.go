@@ -123,7 +123,8 @@ type Options struct {
 	// no timeout (default DefaultDeliveryTimeout).
 	DeliveryTimeout time.Duration
 	// MaxBody is the largest event the ingress accepts and the largest
-	// reply read from a subscriber (default DefaultMaxBody).
+	// reply read from a subscriber (default DefaultMaxBody); a larger
+	// reply is refused as the ingress refuses it (413, not retried).
 	MaxBody int64
 	// Namespace is the namespace the broker and its Triggers stand in:
 	// a subscriber gets it in the Kn-Namespace header for events published

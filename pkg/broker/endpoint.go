@@ -38,6 +38,9 @@ type outcome struct {
 	// replyHdr are the pass-through headers of the response that carried
 	// reply: Knative's filter hands them on with it into the broker.
 	replyHdr http.Header
+	// replyTooLarge is set on a 2xx answer whose reply is larger than the
+	// broker's ingress takes: the reply fails as one the ingress refuses.
+	replyTooLarge bool
 	// transport is set when no HTTP answer came (refused, timeout).
 	transport error
 	// reason explains a failure in the logs.
@@ -153,7 +156,17 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 		return outcome{code: http.StatusInternalServerError, body: fmt.Appendf(nil, "Failed to read response body: %s", err), reason: err.Error()}
 	}
 	if int64(len(body)) > e.maxBody {
-		return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("reply larger than %d bytes", e.maxBody)}
+		if cehttp.NewMessage(resp.Header, nil).ReadEncoding() == binding.EncodingUnknown {
+			// Not a CloudEvent: Knative's filter answers 502, as readReply.
+			return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("received a non-empty response not recognized as CloudEvent (over %d bytes)", e.maxBody)}
+		}
+		// A reply larger than the ingress takes. The subscriber answered;
+		// delivering the event again would only make the same reply, so
+		// the delivery is done and the reply fails as one the ingress
+		// refuses (413), which is not retried. Knative, with no such
+		// bound, would publish it.
+		return outcome{code: resp.StatusCode, replyTooLarge: true, replyHdr: PassThroughHeaders(resp.Header),
+			reason: fmt.Sprintf("reply larger than %d bytes", e.maxBody)}
 	}
 	o := readReply(ctx, resp.StatusCode, resp.Header, body)
 	if o.reply != nil {

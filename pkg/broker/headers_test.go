@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -296,5 +297,70 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHTTPReply_LargerThanMaxBodyIsNotRetried: a subscriber's 2xx reply
+// larger than the broker takes fails as a reply the ingress refuses
+// (413), which is not retried: the subscriber is not sent the event again
+// only to make the same reply, and the original event goes to the
+// dead-letter sink once, with the reply's headers. A body that large that
+// is no CloudEvent is still Knative's 502, retried.
+func TestHTTPReply_LargerThanMaxBodyIsNotRetried(t *testing.T) {
+	big := strings.Repeat("x", 2000)
+	for name, tc := range map[string]struct {
+		answer         func(w http.ResponseWriter, r *http.Request)
+		attempts       int
+		code, dest     string
+		replyHeaderDLS bool
+	}{
+		"CloudEvent": {func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Knative-Reply", "from the subscriber")
+			w.Header().Set("Ce-Specversion", "1.0")
+			w.Header().Set("Ce-Id", "reply-1")
+			w.Header().Set("Ce-Source", "sync")
+			w.Header().Set("Ce-Type", typeSucceeded)
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, big)
+		}, 1, "413", "inprocess://broker/b", true},
+		"not a CloudEvent": {func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, big)
+		}, 3, "502", "", false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			sub, url := newHTTPSubscriber(t, tc.answer)
+			dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
+			cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        name: dls\n"),
+				typeTrigger("results", typeSucceeded, "results", ""))
+			results := newRecorder()
+			b, _ := start(t, cfg, Options{MaxBody: 1024, Subscribers: map[string]string{"svc": url, "dls": dlsURL},
+				Handlers: map[string]Handler{"results": results.handle}})
+			if err := b.Publish(context.Background(), event("e1", typeChanged, "")); err != nil {
+				t.Fatal(err)
+			}
+			<-dls.got
+			dest := tc.dest
+			if dest == "" {
+				dest = url
+			}
+			dls.mu.Lock()
+			h := dls.reqs[0].Header
+			dls.mu.Unlock()
+			if h.Get("Ce-Id") != "e1" || h.Get("Ce-Knativeerrorcode") != tc.code || h.Get("Ce-Knativeerrordest") != dest {
+				t.Errorf("dead-letter sink got %s with code %q, dest %q; want e1, %s, %s",
+					h.Get("Ce-Id"), h.Get("Ce-Knativeerrorcode"), h.Get("Ce-Knativeerrordest"), tc.code, dest)
+			}
+			if got := h.Get("Knative-Reply") != ""; got != tc.replyHeaderDLS {
+				t.Errorf("dead-letter sink got the reply's Knative-Reply: %v, want %v", got, tc.replyHeaderDLS)
+			}
+			results.quiet(t)
+			sub.mu.Lock()
+			n := len(sub.reqs)
+			sub.mu.Unlock()
+			if n != tc.attempts {
+				t.Errorf("subscriber sent the event %d times, want %d", n, tc.attempts)
+			}
+		})
 	}
 }

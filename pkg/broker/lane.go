@@ -215,6 +215,16 @@ func (l *lane) deliver(t *task) {
 	switch {
 	case o.ok():
 		l.b.m.deliveries.WithLabelValues(l.tr.Name, outcomeSuccess).Inc()
+		if o.replyTooLarge {
+			// As sendReply gives up on a reply the ingress refuses: the
+			// original event goes to the dead-letter sink with the
+			// reply's headers, and the subscriber is not asked again.
+			t.hdr = o.replyHdr
+			ro := outcome{code: http.StatusRequestEntityTooLarge, body: []byte(o.reason), reason: "publish reply: " + o.reason}
+			l.log.Debug("reply not published", "id", t.ev.ID(), "err", o.reason)
+			l.giveUp(t, l.b.ingressDest(), ro)
+			return
+		}
 		if o.reply == nil {
 			l.done(t)
 			return
