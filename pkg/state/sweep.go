@@ -153,7 +153,13 @@ type SweepBatch struct {
 	// (another invocation works on the sweep now).
 	Decision string
 	// Now is Redis's time at the claim: the batch's decisions use it.
-	Now       time.Time
+	Now time.Time
+	// Stamp is Now on the sync function's clock (Store.Now: never before
+	// an attempt start already recorded): the time of the batch's
+	// requests, which Begin compares with dsync starts. After a step back
+	// of TIME, Now would make a dsync that started before the decision
+	// look like one after it, covering the request.
+	Stamp     time.Time
 	Total     int64
 	HostsJSON string
 	Reason    string
@@ -180,6 +186,7 @@ func (s *Store) SweepClaim(ctx context.Context, id string, offset int64, token s
 		b.Total, _ = at(v, 2).(int64)
 		b.HostsJSON, b.Reason = str(v, 3), str(v, 4)
 		b.Started = fromMS(at(v, 5))
+		b.Stamp = fromMS(at(v, 6))
 	case "duplicate":
 		b.Offset, _ = at(v, 1).(int64)
 		held, _ := at(v, 2).(int64)

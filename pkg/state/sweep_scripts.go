@@ -155,7 +155,9 @@ end
 -- its way: nobody started another sweep meanwhile (the meta says so).
 redis.call('SET', KEYS[1], id, 'PX', ARGV[4])
 local m = redis.call('HMGET', KEYS[3], 'total', 'hosts', 'reason', 'started')
-return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4]) or 0}
+-- TIME decides; the requests are stamped with the clock dsync starts are
+-- on (mono_ms), which a step back of TIME does not put behind them.
+return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4]) or 0, mono_ms()}
 `)
 
 // scriptSweepCommit: KEYS lock, claim, meta, users, full. ARGV id, token,

@@ -195,7 +195,9 @@ func (s *Sweeper) scan(ctx context.Context, c Cursor, b state.SweepBatch, hosts 
 			req, why := decide(e, facts[i], b.Now, s.o, hosts, Asked(b.Reason))
 			switch {
 			case req != nil:
-				req.Sweep = c.Sweep
+				// On the clock of dsync starts, not TIME: a request is
+				// covered only by a dsync that started after it.
+				req.Sweep, req.Time = c.Sweep, b.Stamp
 				r.picks = append(r.picks, pick{pos: r.next, req: *req})
 			case why != "":
 				r.skips = append(r.skips, skip{pos: r.next, reason: why})

@@ -96,8 +96,10 @@ type Request struct {
 	// Full asks for a full sync: the user's periodic full sync is due.
 	Full   bool
 	Reason Reason
-	// Time is when the sweep decided, by Redis's clock: a dsync that
-	// started after it covers the request.
+	// Time is when the sweep decided, by the sync function's clock
+	// (state.Store.Now: Redis's TIME, never before an attempt start
+	// already recorded): a dsync that started after it covers the
+	// request.
 	Time time.Time
 }
 

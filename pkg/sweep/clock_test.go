@@ -1,0 +1,69 @@
+package sweep
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// TestStep_ARequestAfterTheClockSteppedBackIsNotCoveredByAnEarlierDsync:
+// a user's dsync succeeds, a change of the user after it is left pending
+// (its dsync was cut off), and then Redis's TIME steps back a minute (an
+// NTP step, a failover to a host whose clock lags). The sweep's request
+// for the pending user is compared with the last dsync's start, which
+// was taken on the clock that never goes below the latest attempt start
+// (state.Now): stamped with TIME it looked a minute older than that
+// dsync, "covered" by it, and the change waited until TIME was past the
+// dsync's start again and a later sweep asked once more.
+func TestStep_ARequestAfterTheClockSteppedBackIsNotCoveredByAnEarlierDsync(t *testing.T) {
+	o := testOptions()
+	f := newFixture(t, o, "u1")
+	ctx := context.Background()
+	const ttl = 30 * time.Second
+	skew := 2 * time.Second // the sync function's default --clock-skew
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	f.mr.SetTime(t0)
+	c, err := f.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Token: "a", Destination: "d", TTL: ttl, Full: true})
+	if err != nil || c.Decision != state.Run {
+		t.Fatal(c, err)
+	}
+	if _, n, err := f.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "a", Host: "mail-a", Destination: "d",
+		NewState: "s1", Start: c.Start, TTL: ttl, Full: true}); err != nil || n.Decision != state.Done {
+		t.Fatal(n, err)
+	}
+	// A change after that dsync; its own dsync is cut off: pending.
+	f.mr.SetTime(t0.Add(10 * time.Second))
+	at, err := f.st.Now(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := f.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Token: "b", Destination: "d", At: at, TTL: ttl})
+	if err != nil || c2.Decision != state.Run {
+		t.Fatal(c2, err)
+	}
+	if _, err := f.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "b", Host: "mail-a", Error: "cut off",
+		Class: "lost_lock", At: at, Release: true, Start: c2.Start}); err != nil {
+		t.Fatal(err)
+	}
+
+	f.mr.SetTime(t0.Add(-time.Minute)) // TIME steps back
+	f.run(t)
+	got := byUser(t, f.snd.all())
+	r, ok := got["u1"]
+	if !ok || r.Reason != ReasonPending {
+		t.Fatalf("requests %v: want u1 as pending", got)
+	}
+	// The sync function's decision on the request (no observed_at stamp:
+	// its time, with the clock-skew margin).
+	d, err := f.st.Begin(ctx, state.BeginArgs{User: "u1", Host: r.Host, Token: "c", Destination: "d", At: r.Time, TTL: ttl,
+		Margin: skew, Full: r.Full})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Decision != state.Run {
+		t.Errorf("the sweep's request for the pending user (time %v): %s, want run: the dsync it was taken as covered by started at %v, before the change",
+			r.Time, d.Decision, c.Start)
+	}
+}
