@@ -22,7 +22,12 @@ const RecoveryKey = Prefix + "recovery"
 // scriptRaiseRecovery: KEYS recovery. ARGV time in ms (0 or less: now),
 // TTL in ms (0: none). Returns the recovery time in force.
 var scriptRaiseRecovery = newScript(luaPrelude + `
-local now = now_ms()
+-- The sweep compares the recovery time with dsync starts, which are never
+-- before the clock's high-water mark (CLOCK): after a step back of TIME,
+-- TIME would put it before dsyncs that started earlier, and their users'
+-- changes since would not be requested. Past the mark, too: a dsync that
+-- started in the millisecond it names started before this call.
+local now = math.max(now_ms(), num(redis.call('GET', CLOCK)) + 1)
 local at = num(ARGV[1])
 if at <= 0 or at > now then at = now end
 local cur = num(redis.call('GET', KEYS[1]))
@@ -39,6 +44,8 @@ return tostring(at)
 // SetRecovery makes RecoveryKey Redis's now, expiring after ttl (0:
 // never), at a start of local mode, and returns the time in force (a
 // later one already set, with its expiry, if Redis's clock stepped back).
+// Now is never before the latest attempt start recorded (ClockKey), as
+// dsync starts are not.
 func (s *Store) SetRecovery(ctx context.Context, ttl time.Duration) (time.Time, error) {
 	return s.raiseRecovery(ctx, 0, ttl)
 }

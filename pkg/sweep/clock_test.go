@@ -67,3 +67,36 @@ func TestStep_ARequestAfterTheClockSteppedBackIsNotCoveredByAnEarlierDsync(t *te
 			r.Time, d.Decision, c.Start)
 	}
 }
+
+// TestStep_TheRecoveryTimeIsNotBeforeADsyncThatStartedEarlier: a user's
+// dsync succeeds, then Redis's TIME steps back a minute and local mode
+// starts again (or an administrator asks for a sweep of every user): the
+// user's changes made since that dsync may have left no event, so the
+// sweep must request it (reason recovery). The recovery time was TIME, a
+// minute before the dsync's start as recorded, so the user looked
+// replicated since, and such a change waited for its periodic full sync.
+func TestStep_TheRecoveryTimeIsNotBeforeADsyncThatStartedEarlier(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1")
+	ctx := context.Background()
+	const ttl = 30 * time.Second
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	f.mr.SetTime(t0)
+	c, err := f.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Token: "a", Destination: "d", TTL: ttl, Full: true})
+	if err != nil || c.Decision != state.Run {
+		t.Fatal(c, err)
+	}
+	if _, n, err := f.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "a", Host: "mail-a", Destination: "d",
+		NewState: "s1", Start: c.Start, TTL: ttl, Full: true}); err != nil || n.Decision != state.Done {
+		t.Fatal(n, err)
+	}
+	f.mr.SetTime(t0.Add(-time.Minute)) // TIME steps back
+	rec, err := f.st.SetRecovery(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	if r, ok := byUser(t, f.snd.all())["u1"]; !ok || r.Reason != ReasonRecovery {
+		t.Errorf("recovery time %v, the user's last dsync started at %v: request %+v (%v), want one for recovery",
+			rec, c.Start, r, ok)
+	}
+}
