@@ -234,15 +234,26 @@ if token ~= '' and redis.call('HGET', h, 'last_failure_call') == call then
 end
 local now = now_ms()
 if at <= 0 or at > now then at = now end
+local prev_failure = num(redis.call('HGET', h, 'last_failure'))
 redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
   'last_failure_call', call)
 redis.call('HINCRBY', h, 'failures', 1)
 if ARGV[12] == '1' then
+  local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
+  local st = num(ARGV[11])
+  if not owned and st > 0 and (num(redis.call('HGET', h, 'last_start')) > st or prev_failure > st
+      or num(redis.call('HGET', h, 'inprogress_since')) > st) then
+    -- Another attempt started after this one, whose lock expired while
+    -- it ran: it succeeded, failed (as Succeed, a failure recorded after
+    -- this attempt started) or runs. Its outcome is newer news of the
+    -- user, and the marks and states are left to it: a failure it
+    -- recorded keeps the user failed and its change pending.
+    return now
+  end
   -- The user no longer exists: nothing is left to replicate, and marks
   -- would have the sweep try it again for ever.
   redis.call('ZREM', KEYS[4], user)
   redis.call('DEL', KEYS[5])
-  local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
   -- A change marked (or merged in-process) since this attempt started,
   -- from another host, which may know the user (it moved there), is not
   -- covered by this answer: it stays pending, with its host when marked

@@ -209,7 +209,9 @@ type FailureArgs struct {
 	// name is another mailbox). A change marked since the attempt
 	// started, or merged into it (Rerun), keeps its pending mark and the
 	// record: the answer does not cover it, and the host it came from may
-	// know the user.
+	// know the user. An answer whose lock another attempt took after
+	// it (one that started later: Start) leaves every mark to that
+	// attempt.
 	Gone bool
 	// Rerun: the owner merged changes seen after the attempt started
 	// (as SuccessArgs.Rerun); only Gone looks at it.

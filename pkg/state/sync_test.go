@@ -575,3 +575,57 @@ func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisScripts_LateGoneLeavesANewerAttemptsMarks: an attempt answered
+// "no such user" after its lock expired (its owner was suspended) is older
+// news than the attempt that took the lock after it: a failure that
+// attempt recorded keeps the user failed and its change pending, and a
+// success its state. Before, the late answer dropped the failed and
+// pending marks (the newer owner, with the default host, sets no host on
+// its change), and the change waited for the next full sync.
+func TestRedisScripts_LateGoneLeavesANewerAttemptsMarks(t *testing.T) {
+	lateGone := func(t *testing.T, b backend, a state.Claim) {
+		t.Helper()
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 67",
+			Class: "no_user", ExitCode: 67, Final: true, Release: true, Gone: true, Start: a.Start}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onBothRedis(t, func(t *testing.T, b backend) {
+		// (Some real time passes: B's start is after A's, and miniredis's
+		// clock does not move with its TTLs.)
+		a := begin(t, b, "A", time.Time{})
+		b.expire(time.Second)
+		time.Sleep(2 * time.Millisecond)
+		c, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Owner: "inst-B", Token: "B", Destination: "tcp:b:1",
+			At: time.Now(), TTL: time.Second, Margin: 100 * time.Millisecond})
+		if err != nil || c.Decision != state.Run {
+			t.Fatalf("B: %+v, %v", c, err)
+		}
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "B", Error: "exit code 75", Class: "tempfail",
+			ExitCode: 75, At: time.Now(), Final: true, Release: true, Start: c.Start}); err != nil {
+			t.Fatal(err)
+		}
+		lateGone(t, b, a)
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Failed || st.PendingSince.IsZero() {
+			t.Errorf("status after B's failure and A's late no such user: %+v, want failed and pending", st)
+		}
+
+		// A success after A's start keeps its dsync state.
+		a = begin(t, b, "A", time.Time{})
+		b.expire(time.Second)
+		time.Sleep(2 * time.Millisecond)
+		c = begin(t, b, "C", time.Time{})
+		if c.Decision != state.Run || succeed(t, b, "C", c.Start, false).Decision != state.Done {
+			t.Fatalf("C: %+v", c)
+		}
+		lateGone(t, b, a)
+		if v, err := b.rdb.HGet(ctx, state.StateKey("u1"), "tcp:b:1").Result(); err != nil || v != "state-after-C" {
+			t.Errorf("dsync state after C's success and A's late no such user: %q, %v; want C's", v, err)
+		}
+	})
+}
