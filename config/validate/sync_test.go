@@ -9,8 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"knative.dev/pkg/apis"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
 )
@@ -65,6 +68,51 @@ func TestSyncServices_StartWithTheirSettings(t *testing.T) {
 		}
 		if _, err := syncer.Load(flag.NewFlagSet("sync", flag.ContinueOnError), args[1:], func(k string) string { return env[k] }); err != nil {
 			t.Errorf("%s does not start with its manifest's settings: %v", name, err)
+		}
+	}
+}
+
+// queueProxyDrain is how long Knative's queue-proxy, told to stop, waits
+// for a quiet spell without new requests before the user container's
+// preStop hook returns and the container gets SIGTERM
+// (drainSleepDuration, serving v0.50.0 pkg/queue/sharedmain/main.go).
+const queueProxyDrain = 30 * time.Second
+
+// handBack is how long dovewarden's server waits, after --shutdown-timeout,
+// for the requests it cancelled to answer (pkg/server's drain).
+const handBack = 10 * time.Second
+
+// TestSyncServices_ShutdownLetsDsyncsFinish: when Knative stops a sync pod
+// (a scale-down, a new revision), every event it is working on gets its
+// answer, not a cut-off dsync the Broker then starts again elsewhere. The
+// container gets SIGTERM only after queue-proxy's drain; from then
+// --shutdown-timeout must cover the longest answer (--write-timeout), and
+// drain, shutdown and hand-back must fit in the grace period Knative gives
+// the pod: timeoutSeconds, as defaulted (serving v0.50.0
+// pkg/reconciler/revision/resources/deploy.go, BuildPodSpec, sets the
+// pod's terminationGracePeriodSeconds to it).
+func TestSyncServices_ShutdownLetsDsyncsFinish(t *testing.T) {
+	ctx := webhookContext(t)
+	for _, name := range []string{"dovewarden-sync-high", "dovewarden-sync-low"} {
+		svc := serviceNamed(t, name).DeepCopy()
+		svc.SetNamespace("dovewarden")
+		svc.SetDefaults(apis.WithinParent(ctx, metav1.ObjectMeta{Namespace: "dovewarden"}))
+		env, args := containerEnv(t, svc)
+		c, err := syncer.Load(flag.NewFlagSet("sync", flag.ContinueOnError), args[1:], func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		ts := svc.Spec.Template.Spec.TimeoutSeconds
+		if ts == nil {
+			t.Fatalf("%s: no timeoutSeconds after Knative's defaulting", name)
+		}
+		grace := time.Duration(*ts) * time.Second
+		if sd := c.Server.ShutdownTimeout; sd < c.WriteTimeout {
+			t.Errorf("%s: shutdown-timeout %s is below write-timeout %s: a stop cuts off the dsyncs still running", name, sd, c.WriteTimeout)
+		}
+		if need := queueProxyDrain + c.Server.ShutdownTimeout + handBack; need > grace {
+			t.Errorf("%s: queue-proxy's drain %s, shutdown-timeout %s and the hand-back %s take %s, over the pod's grace period %s (timeoutSeconds)",
+				name, queueProxyDrain, c.Server.ShutdownTimeout, handBack, need, grace)
 		}
 	}
 }
