@@ -172,6 +172,9 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err := checkSyncRoutes(bcfg); err != nil {
 		return err
 	}
+	if err := checkSyncTimeouts(bcfg, bs.DeliveryTimeout, sc.RequestTimeout); err != nil {
+		return err
+	}
 
 	reg := metrics.NewRegistry()
 	// Over TLS, the sync handler's posts to its own listener accept the
@@ -680,6 +683,27 @@ func checkSyncRoutes(cfg *broker.Config) error {
 		if !routedToSync(cfg, ev) {
 			return fmt.Errorf("triggers: no Trigger of Broker %q routes %s with priority %v to the sync function (%s): those events would be accepted and then go nowhere",
 				cfg.Broker, ev.Type(), ev.Extensions()[contract.ExtPriority], strings.Join(localSyncSubscribers, " or "))
+		}
+	}
+	return nil
+}
+
+// checkSyncTimeouts refuses a delivery timeout that would cut off the
+// sync handler before its own --request-timeout: the lane would cancel a
+// dsync still within its bound, and retry the event, each attempt cut off
+// again at the same point until the Trigger's retries run out.
+func checkSyncTimeouts(cfg *broker.Config, deliveryTimeout, requestTimeout time.Duration) error {
+	for _, tr := range cfg.Triggers {
+		if tr.Subscriber.URI != "" || !slices.Contains(localSyncSubscribers, tr.Subscriber.Ref) {
+			continue
+		}
+		if t := tr.Delivery.Timeout; t != 0 && t <= requestTimeout {
+			return fmt.Errorf("triggers: Trigger %s's delivery.timeout %s is not above request-timeout %s: each delivery would be cut off before the sync function answers, and retried",
+				tr.Name, t, requestTimeout)
+		}
+		if tr.Delivery.Timeout == 0 && deliveryTimeout <= requestTimeout {
+			return fmt.Errorf("delivery-timeout %s: want more than request-timeout %s, which the sync function may take for one event (Trigger %s sets no delivery.timeout): each delivery would be cut off before it answers, and retried",
+				deliveryTimeout, requestTimeout, tr.Name)
 		}
 	}
 	return nil

@@ -223,6 +223,53 @@ func TestLocal_RefusesTriggersThatRouteNoChangeToSync(t *testing.T) {
 	}
 }
 
+// TestLocal_RefusesADeliveryTimeoutBelowTheRequestTimeout: a lane to the
+// sync function whose attempts end before the sync function's own bound
+// (--delivery-timeout, or a Trigger's delivery.timeout, not above
+// --request-timeout) is refused at start, naming the setting: it would
+// cut off dsyncs still within their bound, and retry them to be cut off
+// again.
+func TestLocal_RefusesADeliveryTimeoutBelowTheRequestTimeout(t *testing.T) {
+	triggers, err := os.ReadFile("../../config/broker/triggers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokerYAML, err := os.ReadFile("../../config/broker/broker.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := strings.Replace(string(triggers), "    retry: 13\n", "    retry: 13\n    timeout: PT1M\n", 1)
+	if short == string(triggers) {
+		t.Fatal("the sync-high Trigger's retry line moved: update the test")
+	}
+	for name, tc := range map[string]struct {
+		triggers string
+		args     []string
+		want     string
+	}{
+		"raised request-timeout": {string(triggers), []string{"--write-timeout", "10m", "--request-timeout", "9m"}, "delivery-timeout 5m0s"},
+		"Trigger's timeout":      {short, nil, "delivery.timeout 1m0s"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			for f, body := range map[string]string{"broker.yaml": string(brokerYAML), "triggers.yaml": tc.triggers} {
+				if err := os.WriteFile(filepath.Join(dir, f), []byte(body), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			env, _, _ := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": doveadmtest.Password}, "")
+			// A start that is not refused serves until this ends.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := run(ctx, env, append([]string{"local", "--listen", "127.0.0.1:0", "--triggers", dir,
+				"--doveadm-url", "http://127.0.0.1:1/doveadm/v1", "--destination", "tcp:127.0.0.1:1"}, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "request-timeout") {
+				t.Fatalf("local: %v, want a refusal naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
 // TestLocal_ASweepOfMoreStepsThanTheBrokersTTL: every continuation that
 // goes back as a step's reply costs one of the broker's knativebrokerttl
 // (255), as on a cluster; a sweep of 300 steps used to stop at the 254th.
