@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"knative.dev/pkg/apis"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 	"github.com/dovewarden/dovewarden-knative/pkg/syncer"
 )
 
@@ -114,5 +115,31 @@ func TestSyncServices_ShutdownLetsDsyncsFinish(t *testing.T) {
 			t.Errorf("%s: queue-proxy's drain %s, shutdown-timeout %s and the hand-back %s take %s, over the pod's grace period %s (timeoutSeconds)",
 				name, queueProxyDrain, c.Server.ShutdownTimeout, handBack, need, grace)
 		}
+	}
+}
+
+// TestIngestService_StopOutlastsTheDrain: a stopping ingest pod serves
+// Dovecot's events through queue-proxy's drain, while routes move away,
+// and then its own shutdown. Knative makes timeoutSeconds the pod's grace
+// period: one shorter than that kills the pod (SIGKILL) while events may
+// still be routed to it, and Dovecot never sends them again.
+func TestIngestService_StopOutlastsTheDrain(t *testing.T) {
+	ctx := webhookContext(t)
+	svc := serviceNamed(t, "dovewarden-ingest").DeepCopy()
+	svc.SetNamespace("dovewarden")
+	svc.SetDefaults(apis.WithinParent(ctx, metav1.ObjectMeta{Namespace: "dovewarden"}))
+	env, args := containerEnv(t, svc)
+	env["K_SINK"] = "http://127.0.0.1:9/" // the SinkBinding injects it
+	c, err := ingest.Load(flag.NewFlagSet("ingest", flag.ContinueOnError), args[1:], func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := svc.Spec.Template.Spec.TimeoutSeconds
+	if ts == nil {
+		t.Fatal("no timeoutSeconds after Knative's defaulting")
+	}
+	if need, grace := queueProxyDrain+c.Server.ShutdownTimeout+handBack, time.Duration(*ts)*time.Second; need > grace {
+		t.Errorf("queue-proxy's drain %s, shutdown-timeout %s and the hand-back %s take %s, over the pod's grace period %s (timeoutSeconds)",
+			queueProxyDrain, c.Server.ShutdownTimeout, handBack, need, grace)
 	}
 }
