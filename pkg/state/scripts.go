@@ -40,7 +40,7 @@ end
 -- state hash; returns the Run claim. What the attempt took over (merged
 -- marks, a full sync asked for) is kept with it, so that a call the client
 -- sends again gets the same claim (claim).
-local function start(now, user, owner, host, skey, dest, call)
+local function start(now, user, owner, host, skey, dest, call, full)
   local h = KEYS[2]
   -- The clock's high-water mark: stamps taken after this start are never
   -- before it, even if the Redis clock steps back (Now).
@@ -48,7 +48,10 @@ local function start(now, user, owner, host, skey, dest, call)
   local merged = num(redis.call('HGET', h, 'pending_count'))
   local fullreq = redis.call('HGET', h, 'full_requested') == '1' and 1 or 0
   redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
-  local fields = {'inprogress_since', now, 'inprogress_merged', merged, 'inprogress_full', fullreq,
+  -- inprogress_full: the attempt runs a full sync that was asked for, its
+  -- own request's or one merged before it (a full request arriving while
+  -- it runs is then covered by it, Begin).
+  local fields = {'inprogress_since', now, 'inprogress_merged', merged, 'inprogress_full', (full or fullreq == 1) and 1 or 0,
     'inprogress_call', call}
   if owner ~= '' then table.insert(fields, 'inprogress_by'); table.insert(fields, owner) end
   if host ~= '' then table.insert(fields, 'inprogress_host'); table.insert(fields, host) end
@@ -102,21 +105,31 @@ local last = num(redis.call('HGET', KEYS[2], 'last_start'))
 if not full and last > 0 and at < last - margin then
   return {'covered', last}
 end
+-- A full request asks for everything to be compared after it was made: a
+-- successful full dsync that started after it did that (a request the
+-- Broker delivers again, a sweep batch sent again).
+local lastfull = num(redis.call('HGET', KEYS[2], 'last_full_start'))
+if full and lastfull > 0 and at < lastfull - margin then
+  return {'covered', lastfull}
+end
 if redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
   -- The change stays marked until a Succeed finds nothing newer: if the
   -- owner dies, the next event or the sweep replicates the user.
   redis.call('ZADD', KEYS[3], 'LT', at, user)
-  return start(now, user, owner, host, KEYS[5], dest, '')
+  return start(now, user, owner, host, KEYS[5], dest, '', full)
 end
 -- Busy: leave a pending mark the owner (or, if it died, the next event or
 -- the sweep) picks up.
 redis.call('ZADD', KEYS[3], 'LT', at, user)
 redis.call('HINCRBY', KEYS[2], 'pending_count', 1)
 local since = num(redis.call('HGET', KEYS[2], 'inprogress_since'))
-if full then
+-- A full request older than a running full sync is covered by it: no
+-- rerun. If that attempt fails, its release asks for a full sync again.
+local coveredfull = full and at < since - margin and redis.call('HGET', KEYS[2], 'inprogress_full') == '1'
+if full and not coveredfull then
   redis.call('HSET', KEYS[2], 'full_requested', '1')
 end
-if full or at >= since - margin then
+if (full and not coveredfull) or at >= since - margin then
   if at > num(redis.call('HGET', KEYS[2], 'pending_last')) then
     redis.call('HSET', KEYS[2], 'pending_last', at)
   end
@@ -136,7 +149,7 @@ if started(ARGV[5]) then
   -- This call already started the next attempt: answer its claim again.
   return claim(ARGV[1], KEYS[4], ARGV[4])
 end
-return start(mono_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], ARGV[5])
+return start(mono_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], ARGV[5], false)
 `)
 
 // scriptRenew: compare-and-pexpire. KEYS lock. ARGV token, ttl.

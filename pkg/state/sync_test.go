@@ -629,3 +629,94 @@ func TestRedisScripts_LateGoneLeavesANewerAttemptsMarks(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisScripts_FullRequestCoveredByALaterFullSync: a full request asks
+// for everything to be compared after it was made. A successful full dsync
+// that started after it did that: the same request delivered again (the
+// Broker's redelivery, a sweep batch sent again) is covered, and one that
+// arrives while such a dsync runs is merged without a rerun. A full
+// request newer than the full dsync, or one older than an incremental
+// dsync, still runs a full one.
+func TestRedisScripts_FullRequestCoveredByALaterFullSync(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		beginFull := func(token string, at time.Time) state.Claim {
+			t.Helper()
+			c, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "inst-" + token, Token: token,
+				Destination: "tcp:b:1", At: at, TTL: time.Second, Margin: 100 * time.Millisecond, Full: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		succeedFull := func(token string, start time.Time, full bool) state.Claim {
+			t.Helper()
+			_, next, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: token, Host: "mail-a", Destination: "tcp:b:1",
+				NewState: "state-after-" + token, Start: start, TTL: time.Second, MayRerun: true, Full: full})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return next
+		}
+		asked := time.Now().Add(-time.Second)
+		a := beginFull("A", asked)
+		if a.Decision != state.Run {
+			t.Fatalf("first full request: %+v", a)
+		}
+		// Delivered again while A's full dsync runs: merged, no rerun.
+		if c := beginFull("B", asked); c.Decision != state.Busy {
+			t.Fatalf("the request again during A's full dsync: %+v, want busy", c)
+		}
+		if next := succeedFull("A", a.Start, true); next.Decision != state.Done {
+			t.Fatalf("A's success: %+v, want done (the request again was covered by A)", next)
+		}
+		// Delivered again after it: covered.
+		if c := beginFull("C", asked); c.Decision != state.Covered || !c.LastStart.Equal(a.Start) {
+			t.Fatalf("the request again after A's full dsync: %+v, want covered by A's start %v", c, a.Start)
+		}
+		if _, ok := pendingScore(t, b); ok {
+			t.Error("a covered full request left the user pending")
+		}
+
+		// A full request made after the last full dsync started runs.
+		time.Sleep(2 * time.Millisecond)
+		d := beginFull("D", time.Now())
+		if d.Decision != state.Run {
+			t.Fatalf("a new full request: %+v, want run", d)
+		}
+		// One made while it runs, after its start, asks for a full rerun.
+		time.Sleep(2 * time.Millisecond)
+		if c := beginFull("E", time.Now().Add(time.Second)); c.Decision != state.Busy {
+			t.Fatalf("a full request during D: %+v, want busy", c)
+		}
+		if next := succeedFull("D", d.Start, true); next.Decision != state.Run || !next.FullRequested {
+			t.Fatalf("D's success: %+v, want a full rerun for the newer request", next)
+		}
+		succeedFull("D", next(t, b, "D"), true)
+
+		// An incremental dsync covers no full request, even one made
+		// before it started (past the margin).
+		time.Sleep(2 * time.Millisecond)
+		old := time.Now()
+		time.Sleep(150 * time.Millisecond)
+		f := begin(t, b, "F", time.Now())
+		if f.Decision != state.Run {
+			t.Fatalf("an incremental change: %+v", f)
+		}
+		if c := beginFull("G", old); c.Decision != state.Busy {
+			t.Fatalf("an old full request during F: %+v, want busy", c)
+		}
+		if next := succeedFull("F", f.Start, false); next.Decision != state.Run || !next.FullRequested {
+			t.Fatalf("F's success: %+v, want a full rerun: an incremental dsync covers no full request", next)
+		}
+	})
+}
+
+// next is the start of the attempt token runs now (its rerun).
+func next(t *testing.T, b backend, token string) time.Time {
+	t.Helper()
+	since, err := b.rdb.HGet(ctx, state.UserKey("u1"), "inprogress_since").Int64()
+	if err != nil {
+		t.Fatalf("%s's running attempt: %v", token, err)
+	}
+	return time.UnixMilli(since)
+}
