@@ -184,20 +184,26 @@ func TestLocal_RefusesARedisClusterNode(t *testing.T) {
 	}
 }
 
+// shippedBroker reads config/broker's Trigger and Broker manifests.
+func shippedBroker(t *testing.T) (triggers, brokerYAML []byte) {
+	t.Helper()
+	var err error
+	if triggers, err = os.ReadFile("../../config/broker/triggers.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if brokerYAML, err = os.ReadFile("../../config/broker/broker.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	return triggers, brokerYAML
+}
+
 // TestLocal_RefusesTriggersThatRouteNoChangeToSync: a --triggers folder
 // whose Triggers send some change nowhere (the Broker manifest left out,
 // so every Trigger is another Broker's; or the low lane missing) is
 // refused at start, naming the setting: such changes would be accepted
 // and dropped.
 func TestLocal_RefusesTriggersThatRouteNoChangeToSync(t *testing.T) {
-	triggers, err := os.ReadFile("../../config/broker/triggers.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	brokerYAML, err := os.ReadFile("../../config/broker/broker.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	triggers, brokerYAML := shippedBroker(t)
 	noLow := strings.Replace(string(triggers), "name: dovewarden-sync-low", "name: somewhere-else", 1)
 	for name, files := range map[string]map[string]string{
 		"no Broker manifest": {"triggers.yaml": string(triggers)},
@@ -230,14 +236,7 @@ func TestLocal_RefusesTriggersThatRouteNoChangeToSync(t *testing.T) {
 // cut off dsyncs still within their bound, and retry them to be cut off
 // again.
 func TestLocal_RefusesADeliveryTimeoutBelowTheRequestTimeout(t *testing.T) {
-	triggers, err := os.ReadFile("../../config/broker/triggers.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	brokerYAML, err := os.ReadFile("../../config/broker/broker.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	triggers, brokerYAML := shippedBroker(t)
 	short := strings.Replace(string(triggers), "    retry: 13\n", "    retry: 13\n    timeout: PT1M\n", 1)
 	if short == string(triggers) {
 		t.Fatal("the sync-high Trigger's retry line moved: update the test")

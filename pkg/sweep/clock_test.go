@@ -25,14 +25,7 @@ func TestStep_ARequestAfterTheClockSteppedBackIsNotCoveredByAnEarlierDsync(t *te
 	skew := 2 * time.Second // the sync function's default --clock-skew
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
 	f.mr.SetTime(t0)
-	c, err := f.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Token: "a", Destination: "d", TTL: ttl, Full: true})
-	if err != nil || c.Decision != state.Run {
-		t.Fatal(c, err)
-	}
-	if _, n, err := f.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "a", Host: "mail-a", Destination: "d",
-		NewState: "s1", Start: c.Start, TTL: ttl, Full: true}); err != nil || n.Decision != state.Done {
-		t.Fatal(n, err)
-	}
+	c := fullSync(t, f.st, ttl)
 	// A change after that dsync; its own dsync is cut off: pending.
 	f.mr.SetTime(t0.Add(10 * time.Second))
 	at, err := f.st.Now(ctx)
@@ -81,14 +74,7 @@ func TestStep_TheRecoveryTimeIsNotBeforeADsyncThatStartedEarlier(t *testing.T) {
 	const ttl = 30 * time.Second
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
 	f.mr.SetTime(t0)
-	c, err := f.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Token: "a", Destination: "d", TTL: ttl, Full: true})
-	if err != nil || c.Decision != state.Run {
-		t.Fatal(c, err)
-	}
-	if _, n, err := f.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "a", Host: "mail-a", Destination: "d",
-		NewState: "s1", Start: c.Start, TTL: ttl, Full: true}); err != nil || n.Decision != state.Done {
-		t.Fatal(n, err)
-	}
+	c := fullSync(t, f.st, ttl)
 	f.mr.SetTime(t0.Add(-time.Minute)) // TIME steps back
 	rec, err := f.st.SetRecovery(ctx, 0)
 	if err != nil {
@@ -99,4 +85,19 @@ func TestStep_TheRecoveryTimeIsNotBeforeADsyncThatStartedEarlier(t *testing.T) {
 		t.Errorf("recovery time %v, the user's last dsync started at %v: request %+v (%v), want one for recovery",
 			rec, c.Start, r, ok)
 	}
+}
+
+// fullSync runs a successful full dsync of u1 through st, at Redis's time.
+func fullSync(t *testing.T, st *state.Store, ttl time.Duration) state.Claim {
+	t.Helper()
+	ctx := context.Background()
+	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Token: "a", Destination: "d", TTL: ttl, Full: true})
+	if err != nil || c.Decision != state.Run {
+		t.Fatal(c, err)
+	}
+	if _, n, err := st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "a", Host: "mail-a", Destination: "d",
+		NewState: "s1", Start: c.Start, TTL: ttl, Full: true}); err != nil || n.Decision != state.Done {
+		t.Fatal(n, err)
+	}
+	return c
 }
