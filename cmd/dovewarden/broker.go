@@ -59,10 +59,12 @@ func runBroker(ctx context.Context, env *environment, args []string) error {
 		abandon(b, srv.ShutdownTimeout)
 		return err
 	}
-	if err := restoreHeld(b, set.SpoolFile); err != nil {
+	unlock, err := restoreHeld(b, set.SpoolFile)
+	if err != nil {
 		abandon(b, srv.ShutdownTimeout)
 		return err
 	}
+	defer unlock() // after saveHeld
 	log.Info("broker ingress", "path", "/", "broker", b.Name())
 	stopped := stopBrokerWithListener(ctx, b, srv.ShutdownTimeout, log)
 	serveErr := serveRole(ctx, env, log, srv, nil, reg, func(mux *http.ServeMux) { mux.Handle("/", b.Ingress()) },
@@ -121,17 +123,25 @@ func abandon(b *broker.Broker, timeout time.Duration) {
 	b.Shutdown(ctx)
 }
 
-// restoreHeld gives the events a stopped broker saved in the spool file
-// back to their lanes, before the broker takes any event; an error names
-// the setting.
-func restoreHeld(b *broker.Broker, path string) error {
+// restoreHeld takes the spool file's lock, then gives the events a
+// stopped broker saved in the file back to their lanes, before the broker
+// takes any event; an error names the setting. The caller calls unlock
+// once the stop has saved what the lanes held (saveHeld): a second
+// process on the same file, refused here, would otherwise write it over,
+// or remove it, at its own stop.
+func restoreHeld(b *broker.Broker, path string) (unlock func(), err error) {
 	if path == "" {
-		return nil
+		return func() {}, nil
+	}
+	unlock, err = broker.LockSpool(path)
+	if err != nil {
+		return nil, fmt.Errorf("spool-file %s: %w", path, err)
 	}
 	if _, err := b.RestoreSpool(path); err != nil {
-		return fmt.Errorf("spool-file %s: %w", path, err)
+		unlock()
+		return nil, fmt.Errorf("spool-file %s: %w", path, err)
 	}
-	return nil
+	return unlock, nil
 }
 
 // saveHeld saves what the lanes held at the stop in the spool file, if

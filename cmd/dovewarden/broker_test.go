@@ -300,3 +300,88 @@ func TestBroker_StopIsOneShutdownTimeout(t *testing.T) {
 		t.Errorf("the delivery handed back was not spooled: %v\n%s", err, stderr)
 	}
 }
+
+// TestBroker_SecondProcessOnTheSameSpoolFileIsRefused: a second broker
+// (or local) process given the spool file another running process uses
+// would replace, at its stop, what the first saved there at its own (or
+// remove it, holding nothing): the first's held events would be lost. Its
+// start is refused instead, naming --spool-file, and the first process's
+// events are delivered after its restart.
+func TestBroker_SecondProcessOnTheSameSpoolFileIsRefused(t *testing.T) {
+	var stuck atomic.Bool
+	stuck.Store(true)
+	got := make(chan string, 100)
+	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if stuck.Load() {
+			<-r.Context().Done()
+			return
+		}
+		got <- r.Header.Get("Ce-Id")
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer sub.Close()
+	spool := filepath.Join(t.TempDir(), "broker.spool")
+	vars := map[string]string{
+		"DOVEWARDEN_SUBSCRIBER":       "dovewarden-sync-low=" + sub.URL + ",dovewarden-sync-high=" + sub.URL,
+		"DOVEWARDEN_SPOOL_FILE":       spool,
+		"DOVEWARDEN_WORKERS":          "1",
+		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "300ms",
+	}
+	env, _, stderr := testEnv(vars, "")
+	base, stop := serve(t, env, stderr, "broker", "--listen", "127.0.0.1:0")
+	for _, id := range []string{"e1", "e2", "e3"} {
+		if code := postEvent(t, base+"/", id, "org.dovewarden.mailbox.changed", "high"); code != http.StatusAccepted {
+			t.Fatalf("POST %s: %d", id, code)
+		}
+	}
+
+	// The second process, on another port and the same spool file.
+	env2, _, stderr2 := testEnv(vars, "")
+	ready := make(chan struct{})
+	env2.ready = func(net.Addr) { close(ready) }
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := make(chan error, 1)
+	go func() { done2 <- run(ctx2, env2, []string{"broker", "--listen", "127.0.0.1:0"}) }()
+	var err2 error
+	select {
+	case err2 = <-done2:
+	case <-ready:
+		// It runs: it stops after the first, holding nothing.
+		if err := stop(); err != nil {
+			t.Fatalf("first stop: %v\n%s", err, stderr)
+		}
+		cancel2()
+		<-done2
+		if _, err := os.Stat(spool); err != nil {
+			t.Fatalf("a second process ran on the spool file of the first, and its stop removed what the first saved there: %v\nfirst:\n%s\nsecond:\n%s",
+				err, stderr, stderr2)
+		}
+		t.Fatalf("a second process ran on the spool file of the first\nsecond:\n%s", stderr2)
+	case <-time.After(15 * time.Second):
+		t.Fatal("the second process neither started nor exited")
+	}
+	if err2 == nil || !strings.Contains(err2.Error(), "spool-file") {
+		t.Fatalf("second process on the same spool file: %v, want an error naming spool-file\n%s", err2, stderr2)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("first stop: %v\n%s", err, stderr)
+	}
+
+	stuck.Store(false)
+	env3, _, stderr3 := testEnv(vars, "")
+	_, stop3 := serve(t, env3, stderr3, "broker", "--listen", "127.0.0.1:0")
+	want := map[string]bool{"e1": true, "e2": true, "e3": true}
+	for len(want) > 0 {
+		select {
+		case id := <-got:
+			delete(want, id)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("not delivered after the restart: %v\n%s", want, stderr3)
+		}
+	}
+	if err := stop3(); err != nil {
+		t.Errorf("third stop: %v", err)
+	}
+}

@@ -251,10 +251,12 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := restoreHeld(b, bs.SpoolFile); err != nil {
+	unlock, err := restoreHeld(b, bs.SpoolFile)
+	if err != nil {
 		abandon(b, sc.Server.ShutdownTimeout)
 		return err
 	}
+	defer unlock() // after saveHeld
 	for _, w := range bcfg.Warnings {
 		log.Warn("broker: " + w)
 	}

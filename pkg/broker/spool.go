@@ -59,6 +59,10 @@ func (t *task) held(trigger string) Held {
 // lane is full).
 var ErrNotRestored = errors.New("not restored")
 
+// ErrSpoolInUse: another running process holds the spool file's lock
+// (LockSpool).
+var ErrSpoolInUse = errors.New("another running process uses this spool file")
+
 // Restore gives an event Shutdown returned back to its Trigger's lane, in
 // the phase it was in: delivered to the subscriber or the dead-letter
 // sink, or its reply published into the broker. Retries start over. Its
