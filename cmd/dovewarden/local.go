@@ -281,7 +281,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	go sweepTimer(ctx, b, *sweepEvery, log)
 	go retrySweeps(ctx, b, st, sc.Sweep.FailedRetryInterval, log)
 	if deadLocks {
-		go recoverySweep(ctx, b, sc.LockTTL, log)
+		go recoverySweep(ctx, st, sc.LockTTL, 5*time.Second, func() { requestSweep(ctx, b, sweep.SweepReasonRecovery, log) })
 	}
 
 	// At the stop the listener and the lanes finish together, within one
@@ -467,12 +467,24 @@ func requestSweep(ctx context.Context, b *broker.Broker, reason string, log *slo
 // expired (a run that died mid-dsync left them): the sweep at start skips
 // users whose lock is held, and the recovery time still names them. Only
 // then: a second sweep while the lanes still hold the first one's
-// requests would ask for those users again.
-func recoverySweep(ctx context.Context, b *broker.Broker, lockTTL time.Duration, log *slog.Logger) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(lockTTL + time.Second):
-		requestSweep(ctx, b, sweep.SweepReasonRecovery, log)
+// requests would ask for those users again. And only once no sweep runs:
+// a request while one runs is covered by it, and the sweep at start, of
+// many users, may still run then, past the users it skipped; they would
+// wait for the next scheduled sweep (with --sweep-every 0, for their next
+// change). Until then it asks Redis every poll.
+func recoverySweep(ctx context.Context, sweeps sweep.StatusReader, lockTTL, poll time.Duration, request func()) {
+	wait := lockTTL + time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if s, err := sweeps.SweepStatus(ctx); err == nil && !s.Running {
+			request()
+			return
+		}
+		wait = poll
 	}
 }
 

@@ -241,3 +241,66 @@ func TestRetryWhenDue_AtMostOneSweepATenthOfTheInterval(t *testing.T) {
 		t.Errorf("no retry sweep asked for within %s; the first user's retry was due at once", window)
 	}
 }
+
+// runningSweeps says a sweep runs for its first n answers.
+type runningSweeps struct {
+	mu      sync.Mutex
+	n, asks int
+}
+
+func (r *runningSweeps) SweepStatus(context.Context) (state.SweepStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.asks++
+	return state.SweepStatus{Running: r.asks <= r.n}, nil
+}
+
+func (r *runningSweeps) asked() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.asks
+}
+
+// TestRecoverySweep_WaitsForTheRunningSweep: the sweep that follows the
+// expiry of locks a dead run left is asked for only once no sweep runs. A
+// request while the sweep at start still runs (of many users) is covered
+// by it, though it skipped those users while their locks were held: they
+// waited for the next scheduled sweep, with --sweep-every 0 for their
+// next change.
+func TestRecoverySweep_WaitsForTheRunningSweep(t *testing.T) {
+	r := &runningSweeps{n: 3}
+	requested := make(chan int, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		recoverySweep(ctx, r, time.Millisecond, 10*time.Millisecond, func() { requested <- r.asked() })
+	}()
+	select {
+	case asks := <-requested:
+		if asks != 4 {
+			t.Errorf("requested after %d status reads, want 4: once the sweep that ran for 3 had ended", asks)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sweep requested")
+	}
+	<-done
+	if len(requested) != 0 {
+		t.Error("requested twice")
+	}
+
+	// A stop while a sweep runs asks for nothing.
+	r = &runningSweeps{n: 1 << 30}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		recoverySweep(ctx2, r, time.Millisecond, time.Millisecond, func() { t.Error("requested while a sweep ran") })
+	}()
+	for r.asked() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel2()
+	<-done
+}
