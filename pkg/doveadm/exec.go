@@ -77,12 +77,10 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		ctx, cancel = context.WithTimeout(ctx, x.timeout)
 		defer cancel()
 	}
-	cmd := exec.CommandContext(ctx, x.bin, Args(ep, req)...)
-	cmd.Env = childEnv()
+	cmd := command(ctx, x.bin, Args(ep, req)...)
 	var stdout bytes.Buffer
 	stderr := &tailBuffer{max: 2048}
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
-	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if err == nil {
 		return SyncResult{State: strings.TrimSpace(stdout.String())}, nil
@@ -99,6 +97,31 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		return SyncResult{}, &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
 	}
 	return SyncResult{}, &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("%v %s", err, detail), Err: err}
+}
+
+// command builds a doveadm process bound to ctx. It runs in a process
+// group of its own, and ctx's end kills the whole group: --doveadm-bin
+// may be a wrapper (a script, sudo) that runs doveadm as its child rather
+// than in its place, and killing the wrapper alone left that doveadm
+// running its dsync, without the per-user lock and next to the retry,
+// while the call waited WaitDelay past the timeout for the pipes it held
+// (measured with Dovecot 2.3 and 2.4 behind a shell script: 7 s for a
+// timeout of 2 s, and the doveadm still running).
+func command(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = childEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		// The group's id is the wrapper's pid (Setpgid).
+		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			return cmd.Process.Kill()
+		}
+		return nil
+	}
+	// A process outside the group (sudo's use_pty puts the command in
+	// a session of its own) may still hold the pipes: stop waiting then.
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
 }
 
 // childEnv is the environment of a doveadm process: this process's,

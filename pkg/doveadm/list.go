@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
-	"time"
 )
 
 // Lister lists every user a Dovecot host knows (`doveadm user '*'`), for
@@ -225,11 +224,9 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	if ep.Config != "" {
 		args = append(args, "-c", ep.Config)
 	}
-	cmd := exec.CommandContext(ctx, x.bin, append(args, "user", "*")...)
-	cmd.Env = childEnv()
+	cmd := command(ctx, x.bin, append(args, "user", "*")...)
 	stderr := &tailBuffer{max: 2048}
 	cmd.Stderr = stderr
-	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return &Error{Kind: KindTransport, Op: opn, Detail: err.Error(), Err: err}
