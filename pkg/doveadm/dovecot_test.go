@@ -3,6 +3,8 @@ package doveadm_test
 import (
 	"context"
 	"crypto/x509"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -187,6 +189,79 @@ func TestIntegrationDovecot_DoveadmOverTLS(t *testing.T) {
 				t.Errorf("a source that does not trust the destination: %v, class %s, want tempfail", err, r.Class)
 			}
 			t.Logf("a source that does not trust the destination: %v", err)
+		})
+	}
+}
+
+// What a mail administrator meets on the destination's side of a dsync,
+// with real Dovecot 2.3 and 2.4, through both transports. Over the HTTP
+// API doveadm answers only an exit code, so the policy's reason must name
+// every cause measured for it: 75 comes for a destination whose
+// doveadm_password is another, whose port is another listener (IMAP,
+// doveadm's http one: "doveadm server sent invalid handshake"), or whose
+// mail storage fails (mkdir of the user's mail folder: permission
+// denied), not only for one that is down. A user that exists on one side
+// only is 67 (no_user), reported, not retried.
+func TestIntegrationDovecot_DestinationFailures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real Dovecot instances")
+	}
+	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+		t.Run(v, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			a := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-a.test",
+				Users: map[string]string{"u1": "pass", "onlya": "pass", "locked": "pass"}})
+			b := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-b.test",
+				Users: map[string]string{"u1": "pass", "onlyb": "pass", "locked": "pass"}})
+			c := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-c.test",
+				Users: map[string]string{"u1": "pass"}, DoveadmPassword: "another-password"})
+			waitListening(t, a.DoveadmHTTPURL)
+			for _, u := range []string{"u1", "onlya", "locked"} {
+				if out, err := a.LDA(ctx, u, dovecottest.TestMessage("m1", "x")); err != nil {
+					t.Fatalf("deliver to %s: %v: %s", u, err, out)
+				}
+			}
+			// locked's mail folder on B is root's and read-only.
+			home := filepath.Join(b.Dir, "mail", "locked")
+			if err := os.MkdirAll(home, 0o555); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(home, 0o555); err != nil {
+				t.Fatal(err)
+			}
+			bin, err := a.DoveadmScript(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ep := doveadm.Endpoint{Name: a.Name, URL: a.DoveadmHTTPURL, User: "doveadm", Password: a.DoveadmPassword, Config: a.ConfigPath}
+			for _, tc := range []struct {
+				name, user, dest, class string
+				says                    []string
+			}{
+				{"user on the source only", "onlya", b.Destination, doveadm.ClassNoUser, []string{"no such user"}},
+				{"user on the destination only", "onlyb", b.Destination, doveadm.ClassNoUser, []string{"no such user"}},
+				{"destination with another doveadm_password", "u1", c.Destination, doveadm.ClassTempfail, []string{"doveadm_password"}},
+				{"destination port is its IMAP listener", "u1", "tcp:" + b.IMAPAddr, doveadm.ClassTempfail, []string{"not its doveadm listener"}},
+				{"destination mail folder not writable", "locked", b.Destination, doveadm.ClassTempfail, []string{"mail storage", "destination's log"}},
+			} {
+				for _, tr := range []struct {
+					name string
+					t    doveadm.Transport
+				}{{"doveadm-http", doveadm.NewHTTP(nil, time.Minute)}, {"doveadm-exec", doveadm.NewExec(bin, time.Minute)}} {
+					_, err := tr.t.Sync(ctx, ep, doveadm.SyncRequest{User: tc.user, Destination: tc.dest, Full: true, LockTimeout: 10 * time.Second})
+					r := doveadm.Decide(err)
+					if r.Class != tc.class || r.Retryable != (tc.class == doveadm.ClassTempfail) {
+						t.Errorf("%s, %s: %v, rule %v; want class %s", tc.name, tr.name, err, r, tc.class)
+						continue
+					}
+					for _, s := range tc.says {
+						if !strings.Contains(err.Error(), s) {
+							t.Errorf("%s, %s: %q does not say %q", tc.name, tr.name, err, s)
+						}
+					}
+				}
+			}
 		})
 	}
 }

@@ -69,7 +69,13 @@ var Policy = []Rule{
 	// miss the deletion; a full one does not. So once more as a full sync
 	// before it is reported.
 	{Code: 68, Action: EscalateFull, Class: "not_found", Retryable: true, Reason: "not found (a mailbox deleted during the sync: once more as a full sync)"},
-	{Code: 75, Action: Retry, Class: ClassTempfail, Retryable: true, Reason: "temporary failure (destination down or busy, or its doveadm_password is not the source's)"},
+	// 75 is also dsync's answer, measured with Dovecot 2.3 and 2.4, for
+	// a destination that refuses it: another doveadm_password, a port
+	// that is another listener (IMAP, doveadm's http one: "doveadm server
+	// sent invalid handshake"), a mail folder it may not create
+	// (permission denied). Over the HTTP API only the code comes back, so
+	// the reason names each.
+	{Code: 75, Action: Retry, Class: ClassTempfail, Retryable: true, Reason: "temporary failure (destination down or busy, or refusing dsync: its doveadm_password is not the source's, its port is not its doveadm listener, or its mail storage failed; the destination's log says which)"},
 	{Code: 77, Action: ReportConfig, Class: "no_permission", Reason: "no permission"},
 	{Code: 78, Action: ReportConfig, Class: "config_error", Reason: "configuration error"},
 }
