@@ -265,3 +265,46 @@ func TestIntegrationDovecot_DestinationFailures(t *testing.T) {
 		})
 	}
 }
+
+// More requests than doveadm's HTTP service has processes for (service
+// doveadm { process_limit }), with real Dovecot 2.3 and 2.4: a dsync to a
+// destination that never answers keeps its doveadm process after the
+// request's timeout cut it (Dovecot goes on with the dsync), and the
+// next requests either wait in the listen queue until their timeout or
+// are closed at once, before any answer, by the master ("client
+// connections are being dropped" in its log): EOF or a reset. Each is a
+// transport failure, retried, whose message names the process limit.
+func TestIntegrationDovecot_DoveadmProcessesBusy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real Dovecot instances")
+	}
+	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+		t.Run(v, func(t *testing.T) {
+			ctx := context.Background()
+			users := map[string]string{"u1": "pass", "u2": "pass"}
+			a := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-a.test", Users: users,
+				ExtraConfig: "service doveadm {\n  process_limit = 1\n}\n"})
+			b := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-b.test", Users: users})
+			waitListening(t, a.DoveadmHTTPURL)
+			ep := doveadm.Endpoint{Name: a.Name, URL: a.DoveadmHTTPURL, User: "doveadm", Password: a.DoveadmPassword}
+			_, err := doveadm.NewHTTP(nil, 2*time.Second).Sync(ctx, ep,
+				doveadm.SyncRequest{User: "u1", Destination: "tcp:" + silentListener(t), Full: true})
+			if r := doveadm.Decide(err); r.Class != "transport" {
+				t.Fatalf("dsync to a destination that never answers: %v, rule %v", err, r)
+			}
+			check := func(what string, err error) {
+				t.Helper()
+				if r := doveadm.Decide(err); r.Class != "transport" || !r.Retryable || !strings.Contains(err.Error(), "process_limit") {
+					t.Errorf("%s with every doveadm process busy: %v, rule %v; want a retried transport failure naming process_limit", what, err, r)
+				}
+				t.Logf("%s: %v", what, err)
+			}
+			for range 2 {
+				tr := doveadm.NewHTTP(nil, 3*time.Second)
+				_, err := tr.Sync(ctx, ep, doveadm.SyncRequest{User: "u2", Destination: b.Destination, Full: true})
+				check("dsync", err)
+				check("listing", tr.ListUsers(ctx, ep, func(string) error { return nil }))
+			}
+		})
+	}
+}

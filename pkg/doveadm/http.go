@@ -17,6 +17,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -156,11 +157,11 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	resp, cancel, pe := h.post(ctx, ep, body)
 	defer cancel()
 	if pe != nil {
-		if pe.kind == KindTransport && errors.Is(pe.err, io.EOF) {
+		if pe.closedEarly() {
 			// Measured with Dovecot 2.3.19: with the destination refusing
 			// dsync's connection, doveadm's HTTP worker dies and closes
 			// the connection without an answer. A bare "EOF" named
-			// neither that nor the other cause seen (closedWithoutAnswer).
+			// neither that nor the other causes seen (closedWithoutAnswer).
 			return fail(pe.kind, pe.err, "%s: %s, or (Dovecot 2.3) the destination %s refused dsync's connection; the source's log says which", pe.detail, closedWithoutAnswer, req.Destination)
 		}
 		res, err := fail(pe.kind, pe.err, "%s", pe.detail)
@@ -197,8 +198,17 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 // closedWithoutAnswer explains a connection doveadm closed before any
 // answer. Measured with Dovecot 2.3 and 2.4: a doveadm URL whose port is
 // doveadm's TCP listener (dsync's, 12345 in the shipped snippets) rather
-// than its http one answers every request so.
-const closedWithoutAnswer = "doveadm closed the connection without an answer: the doveadm URL's port may be doveadm's TCP listener (dsync's) instead of its http one"
+// than its http one answers every request so, and so does the master
+// when every doveadm process is busy (service doveadm's process_limit
+// reached): it takes some new connections and closes them at once, EOF
+// or a reset, and logs "client connections are being dropped".
+const closedWithoutAnswer = "doveadm closed the connection without an answer: every doveadm process may be busy (service doveadm's process_limit reached: Dovecot's log says \"client connections are being dropped\"), or the doveadm URL's port may be doveadm's TCP listener (dsync's) instead of its http one"
+
+// waitedHint explains a request that got no answer in time. Measured with
+// Dovecot 2.3 and 2.4: with every doveadm process busy, a new request
+// waits in the listen queue until its timeout (a dsync cut off by its
+// own timeout goes on in Dovecot, and keeps its process).
+const waitedHint = "doveadm ran longer, or waited for a doveadm process (every one busy: service doveadm's process_limit reached, which Dovecot's log says as \"client connections are being dropped\")"
 
 // parseReply reads [["doveadmResponse",[{"state":"..."}],"tag"]] or
 // [["error",{"type":"exitCode","exitCode":75},"tag"]]. Its snippets of
@@ -288,6 +298,13 @@ type postError struct {
 	cutShort bool
 }
 
+// closedEarly says whether doveadm closed the connection before any
+// answer (EOF, or a reset of a request sent whole; one cut off while it
+// was sent is cutShort's case): see closedWithoutAnswer.
+func (pe *postError) closedEarly() bool {
+	return pe.kind == KindTransport && (errors.Is(pe.err, io.EOF) || !pe.cutShort && errors.Is(pe.err, syscall.ECONNRESET))
+}
+
 // post sends body to ep's doveadm HTTP API within h.timeout. The returned
 // cancel ends that timeout once the caller has read the answer.
 func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Response, context.CancelFunc, *postError) {
@@ -305,7 +322,11 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 		return resp, cancel, nil
 	}
 	if ctx.Err() != nil {
-		return nil, cancel, &postError{kind: KindTransport, err: err, detail: fmt.Sprintf("no answer within the timeout: %v", context.Cause(ctx))}
+		detail := fmt.Sprintf("no answer within the timeout: %v", context.Cause(ctx))
+		if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			detail += ": " + waitedHint
+		}
+		return nil, cancel, &postError{kind: KindTransport, err: err, detail: detail}
 	}
 	// Never print err itself: url.Error repeats the URL, which may carry
 	// userinfo. The cause alone is enough.

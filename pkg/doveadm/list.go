@@ -45,7 +45,7 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	resp, cancel, pe := h.post(ctx, ep, body)
 	defer cancel()
 	if pe != nil {
-		if pe.kind == KindTransport && errors.Is(pe.err, io.EOF) {
+		if pe.closedEarly() {
 			return fail(pe.kind, pe.err, "%s: %s", pe.detail, closedWithoutAnswer)
 		}
 		return fail(pe.kind, pe.err, "%s", pe.detail)
