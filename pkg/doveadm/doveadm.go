@@ -128,12 +128,23 @@ type Error struct {
 var exitNames = map[int]string{65: "data error", 67: "no such user", 68: "not found", 75: "temporary failure",
 	77: "no permission", 78: "configuration error"}
 
+// listingFailed is what exit code 65 of a user listing means. Measured
+// with Dovecot 2.3 and 2.4: the HTTP API answers it, with no user, when a
+// userdb fails while the users are listed (a passwd-file missing) or
+// cannot list them (a static userdb, an SQL or LDAP one without its
+// iterate settings); the CLI says "User listing returned failure" and
+// exits 75. A bare "data error" named neither.
+const listingFailed = "data error: a userdb failed while listing its users, or cannot list them; Dovecot's log says which"
+
 func (e *Error) Error() string {
 	if e.Kind == KindExitCode {
 		meaning := Lookup(e.ExitCode).Reason
 		if e.listing {
 			if meaning = exitNames[e.ExitCode]; meaning == "" {
 				meaning = "failed"
+			}
+			if e.ExitCode == 65 {
+				meaning = listingFailed
 			}
 		}
 		return fmt.Sprintf("%s: exit code %d (%s)%s", e.Op, e.ExitCode, meaning, suffix(e.Detail))
