@@ -110,14 +110,7 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 func command(ctx context.Context, bin string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = childEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		// The group's id is the wrapper's pid (Setpgid).
-		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
-			return cmd.Process.Kill()
-		}
-		return nil
-	}
+	killGroup(cmd)
 	// A process outside the group (sudo's use_pty puts the command in
 	// a session of its own) may still hold the pipes: stop waiting then.
 	cmd.WaitDelay = 5 * time.Second
