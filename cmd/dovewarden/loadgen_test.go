@@ -109,3 +109,26 @@ func TestLoadgen_RefusesBadSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadgen_URLErrorsHideThePassword: a --url with a user and password
+// in it (as Dovecot's exporter URL carries them) that loadgen refuses is
+// named without the password, as every other command names its URLs.
+func TestLoadgen_URLErrorsHideThePassword(t *testing.T) {
+	for _, u := range []string{
+		"ftp://dovecot:s3cretpw@127.0.0.1/events",        // not http
+		"http://dovecot:s3cretpw@192.0.2.1/events",       // not loopback
+		"http://dovecot:s3cretpw@/events",                // no host
+		"http://dovecot:s3cretpw@127.0.0.1:80x/events",   // unparsable
+		"http://dovecot:s3cret/pw@127.0.0.1:8080/events", // a '/' in the password, not percent-encoded
+	} {
+		env, out, errb := loadgenEnv(nil)
+		err := run(context.Background(), env, []string{"loadgen", "-count", "1", "-url", u})
+		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "url") {
+			t.Errorf("%s: error %v (exit code %d), want one naming url, exit code 2", u, err, exitCode(err))
+			continue
+		}
+		if all := err.Error() + out.String() + errb.String(); strings.Contains(all, "s3cret") {
+			t.Errorf("%s: the password is in the output: %s", u, all)
+		}
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Defaults used for zero Config fields.
@@ -165,18 +167,20 @@ var lookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
 }
 
 // checkTarget parses rawURL and, unless allowRemote, refuses hosts that are
-// not (or do not resolve only to) 127.0.0.0/8 or ::1.
+// not (or do not resolve only to) 127.0.0.0/8 or ::1. Its errors show the
+// URL without its password (a user and password in it are sent as Basic
+// auth, as Dovecot's exporter sends those of its URL).
 func checkTarget(ctx context.Context, rawURL string, allowRemote bool) (*url.URL, error) {
+	shown := config.RedactURL(rawURL)
 	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("url: %w", err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("url %q: scheme must be http or https", rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		// url.Parse's error quotes the URL, and its reason can quote a
+		// part of the password ("invalid port").
+		return nil, fmt.Errorf("url %q: want an http or https URL", shown)
 	}
 	host := u.Hostname()
 	if host == "" {
-		return nil, fmt.Errorf("url %q: no host", rawURL)
+		return nil, fmt.Errorf("url %q: no host", shown)
 	}
 	if allowRemote || strings.EqualFold(host, "localhost") {
 		return u, nil
@@ -189,15 +193,15 @@ func checkTarget(ctx context.Context, rawURL string, allowRemote bool) (*url.URL
 		defer cancel()
 		addrs, err = lookupHost(rctx, host)
 		if err != nil {
-			return nil, fmt.Errorf("url %q: resolve %s: %w (use allow-remote to skip the loopback check)", rawURL, host, err)
+			return nil, fmt.Errorf("url %q: resolve %s: %w (use allow-remote to skip the loopback check)", shown, host, err)
 		}
 	}
 	if len(addrs) == 0 {
-		return nil, fmt.Errorf("url %q: %s resolves to no address", rawURL, host)
+		return nil, fmt.Errorf("url %q: %s resolves to no address", shown, host)
 	}
 	for _, a := range addrs {
 		if !a.Unmap().IsLoopback() {
-			return nil, fmt.Errorf("url %q: %s is not a loopback address; refusing to load-test a remote host without allow-remote", rawURL, a)
+			return nil, fmt.Errorf("url %q: %s is not a loopback address; refusing to load-test a remote host without allow-remote", shown, a)
 		}
 	}
 	return u, nil
