@@ -890,3 +890,18 @@ func TestLocal_FailedUserRetriedAfterTheInterval(t *testing.T) {
 		t.Errorf("the retry was not a sweep of reason retry:\n%s", stderr)
 	}
 }
+
+// TestLocal_WithoutADoveadmURLSaysSo: a first `dovewarden local` without
+// --doveadm-url is told that the doveadm URL is missing and what one
+// looks like, not that a URL it never gave ("local doveadm", the name
+// of the exec transport's doveadm) is not http.
+func TestLocal_WithoutADoveadmURLSaysSo(t *testing.T) {
+	env, _, _ := testEnv(map[string]string{"DOVEWARDEN_DOVEADM_PASSWORD": "x"}, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := run(ctx, env, []string{"local", "--listen", "127.0.0.1:0", "--destination", "tcp:127.0.0.1:1"})
+	if err == nil || !strings.Contains(err.Error(), "doveadm-url") || !strings.Contains(err.Error(), "default host: no doveadm url (e.g. http://") ||
+		strings.Contains(err.Error(), "local doveadm") {
+		t.Fatalf("%v, want an error saying the default host has no doveadm url", err)
+	}
+}

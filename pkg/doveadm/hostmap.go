@@ -168,7 +168,9 @@ func (e Endpoint) validate(transport string) error {
 	}
 	var errs []error
 	if transport == TransportHTTP {
-		if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if e.URL == "" {
+			errs = append(errs, fmt.Errorf("%s: no doveadm url (e.g. http://mail-a:8081/doveadm/v1)", name))
+		} else if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, fmt.Errorf("%s: doveadm url %q: want an absolute http or https URL", name, e.Where()))
 		}
 		if e.Password == "" && e.APIKey == "" {
