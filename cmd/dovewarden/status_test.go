@@ -423,3 +423,24 @@ func TestStatus_URLEscapesEveryName(t *testing.T) {
 		}
 	}
 }
+
+// TestURLs_APasswordNotPercentEncoded: a password with '/' in it (as
+// `openssl rand -base64` makes them), written into a URL as it is, makes
+// the URL unparsable. The error says how to write it, and does not
+// claim that the scheme is wrong.
+func TestURLs_APasswordNotPercentEncoded(t *testing.T) {
+	for _, args := range [][]string{
+		{"status", "--redis-url", "redis://:hunter2/Qx+w@127.0.0.1:6379/0"},
+		{"status", "--url", "http://admin:hunter2/Qx+w@127.0.0.1:8080"},
+		{"replicate", "--broker-url", "http://admin:hunter2/Qx+w@127.0.0.1:8080/local/dovewarden", "alice"},
+	} {
+		env, _, _ := testEnv(nil, "")
+		err := run(context.Background(), env, args)
+		if err == nil || !strings.Contains(err.Error(), "percent-encoded") || strings.Contains(err.Error(), "want redis://") {
+			t.Errorf("%q: %v, want an error saying that the password goes percent-encoded", args, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%q: the error shows the password: %v", args, err)
+		}
+	}
+}

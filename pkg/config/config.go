@@ -132,6 +132,11 @@ func RedactURL(raw string) string {
 		if bareIPv6(raw) {
 			return unparsableIPv6
 		}
+		if strings.Contains(raw, "@") {
+			// Most often a password with a '/' (base64) or '%' in it,
+			// which ends the host early or escapes nothing.
+			return unparsableAt
+		}
 		return unparsable
 	}
 	if strings.ContainsRune(u.Path, '@') || strings.ContainsRune(u.RawQuery, '@') || strings.ContainsRune(u.Fragment, '@') {
@@ -174,6 +179,7 @@ const (
 	unparsable     = "(unparsable URL)"
 	unparsableIPv6 = "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"
 	hiddenAt       = "(URL hidden: it has an '@' after its host, where a password holding '/', '?' or '#' puts it)"
+	unparsableAt   = "(unparsable URL: a password in it holding '/', '?', '#', '@' or '%' must be percent-encoded, as %2F, %3F, %23, %40, %25)"
 )
 
 // bareIPv6 says raw's host looks like an IPv6 address without the brackets

@@ -77,7 +77,9 @@ func TestRedactURL(t *testing.T) {
 		// An IPv6 address without brackets: the error says what is wrong.
 		{"http://::1:18499/doveadm/v1", "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"},
 		{"http://u:s3cret@2001:db8::1/x", "(unparsable URL: an IPv6 address goes in brackets, as in http://[::1]:8080/)"},
-		{"http://u:s3:cret@host:80%/x", "(unparsable URL)"},
+		{"http://u:s3:cret@host:80%/x", unparsableAt},
+		// A password with a '/' (base64) ends the host at a port that is none.
+		{"redis://:s3cr/et@redis:6379/0", unparsableAt},
 		// A password with '?', '#' or '/' ends the host early.
 		{"redis://dw:?s3cret@redis:6379/0", hiddenAt},
 		{"http://:?s3cret@broker/", hiddenAt},

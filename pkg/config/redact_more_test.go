@@ -40,7 +40,7 @@ func FuzzRedactURL(f *testing.F) {
 	f.Fuzz(func(t *testing.T, scheme, user, pass, host, path string) {
 		raw := scheme + "://" + user + ":" + pass + "@" + host + path
 		got := RedactURL(raw)
-		others := scheme + user + host + path + "xxxxx" + unparsable + unparsableIPv6 + hiddenAt
+		others := scheme + user + host + path + "xxxxx" + unparsable + unparsableIPv6 + hiddenAt + unparsableAt
 		others += strings.ToLower(others) + url.PathEscape(others) + url.QueryEscape(others)
 		for _, piece := range strings.FieldsFunc(pass, func(r rune) bool { return strings.ContainsRune("/?#@:", r) }) {
 			if len(piece) >= 4 && !strings.Contains(others, piece) && strings.Contains(got, piece) {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -73,6 +74,10 @@ func Open(c Conn) (*Store, error) {
 func (c Conn) client(build bool) (redis.UniversalClient, error) {
 	shown := config.RedactURL(c.URL)
 	u, err := url.Parse(c.URL)
+	if err != nil && strings.Contains(c.URL, "@") {
+		// Its scheme may well be right: shown says what is likely wrong.
+		return nil, fmt.Errorf("redis-url %s", shown)
+	}
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 		return nil, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", shown)
 	}

@@ -35,6 +35,8 @@ func TestConn_Validate(t *testing.T) {
 		{"unix socket", state.Conn{URL: "unix:///run/redis/redis.sock?db=1"}, ""},
 		{"sentinel", state.Conn{URL: "redis://:sentinelpw@127.0.0.1:26379/0?master_name=dw&addr=127.0.0.2:26379&password=s3cret"}, ""},
 		{"http", state.Conn{URL: "http://127.0.0.1:6379"}, "redis-url: want redis://, rediss:// or unix://"},
+		{"no scheme", state.Conn{URL: "127.0.0.1:6379"}, "redis-url: want redis://, rediss:// or unix://"},
+		{"password not percent-encoded", state.Conn{URL: "redis://:s3cr/et@127.0.0.1:6379/0"}, "redis-url (unparsable URL: a password in it holding '/'"},
 		{"unknown option", state.Conn{URL: "redis://:s3cret@127.0.0.1/0?pool_sise=3"}, "redis-url redis://:xxxxx@127.0.0.1/0?pool_sise=3: redis: unexpected option: pool_sise"},
 		{"bad db", state.Conn{URL: "redis://127.0.0.1/zero"}, "redis-url redis://127.0.0.1/zero: redis: invalid database number"},
 		{"empty master name", state.Conn{URL: "redis://127.0.0.1:26379/0?master_name="}, "master_name is empty"},
