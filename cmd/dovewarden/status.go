@@ -102,9 +102,19 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
 	}
+	// fromEnv names the variable a setting came from, for a conflict
+	// with one given on the command line.
+	fromEnv := func(name, v string) string {
+		if env.getenv(config.EnvName(name)) == v {
+			return " (from " + config.EnvName(name) + ")"
+		}
+		return ""
+	}
 	switch {
-	case (*base == "") == (conn.URL == ""):
+	case *base == "" && conn.URL == "":
 		return errors.New("url or redis-url (DOVEWARDEN_URL, DOVEWARDEN_REDIS_URL): give one, a running dovewarden local's address or the Redis sync uses")
+	case *base != "" && conn.URL != "":
+		return fmt.Errorf("url%s and redis-url%s: both set; give one, a running dovewarden local's address or the Redis sync uses", fromEnv("url", *base), fromEnv("redis-url", conn.URL))
 	case cred != (statusCredentials{}) && *base == "":
 		return errors.New("auth-user, auth-password-file, auth-token-file, tls-ca-file: only with url (a running dovewarden local); Redis takes its password in redis-url, its CA in redis-ca-file")
 	case *list < 0 || *list > statusListMax:

@@ -267,7 +267,7 @@ func TestStatus_Refusals(t *testing.T) {
 		want string
 	}{
 		"no source":       {nil, "url or redis-url"},
-		"two sources":     {[]string{"--url", "http://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"}, "url or redis-url"},
+		"two sources":     {[]string{"--url", "http://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"}, "url and redis-url: both set"},
 		"token for redis": {[]string{"--redis-url", "redis://127.0.0.1:1", "--auth-token-file", "/nonexistent"}, "only with url"},
 		"user alone":      {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin"}, "set both or neither"},
 		"user and token":  {[]string{"--url", "http://127.0.0.1:1", "--auth-user", "admin", "--auth-password-file", "/nonexistent", "--auth-token-file", "/nonexistent"}, "set one"},
@@ -442,5 +442,18 @@ func TestURLs_APasswordNotPercentEncoded(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("%q: the error shows the password: %v", args, err)
 		}
+	}
+}
+
+// TestStatus_TwoSourcesNameTheVariable: --url on the command line with a
+// DOVEWARDEN_REDIS_URL left in the environment (an env file of sync or
+// local, sourced in the shell) is refused, saying that both are set and
+// which one came from the environment, not as if neither were given.
+func TestStatus_TwoSourcesNameTheVariable(t *testing.T) {
+	env, _, _ := testEnv(map[string]string{"DOVEWARDEN_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}, "")
+	err := run(context.Background(), env, []string{"status", "--url", "http://127.0.0.1:1"})
+	if err == nil || !strings.Contains(err.Error(), "both set") || !strings.Contains(err.Error(), "redis-url (from DOVEWARDEN_REDIS_URL)") ||
+		strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("%v, want an error saying that url and redis-url are both set, redis-url from DOVEWARDEN_REDIS_URL", err)
 	}
 }
