@@ -163,33 +163,43 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 	}
 }
 
-// TestBroker_SpoolFileCarriesHeldEventsOverARestart: the broker process is
-// stopped with events queued in both sync lanes and one delivery of each
-// in flight; with --spool-file, the next start delivers each of them once,
-// and a stop that holds nothing leaves no file behind.
-func TestBroker_SpoolFileCarriesHeldEventsOverARestart(t *testing.T) {
-	var stuck atomic.Bool
+// stuckSubscriber is a subscriber of both sync lanes that holds every
+// event until the broker gives up on it (its id sent on inFlight, if
+// there is room) while stuck is set, and then takes them (their ids on
+// got); vars are a broker's settings for it, with one worker a lane, a
+// spool file and a short shutdown timeout.
+func stuckSubscriber(t *testing.T) (stuck *atomic.Bool, inFlight, got chan string, vars map[string]string) {
+	stuck, inFlight, got = new(atomic.Bool), make(chan string, 10), make(chan string, 100)
 	stuck.Store(true)
-	inFlight := make(chan string, 10)
-	got := make(chan string, 100)
 	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body) // so that the server sees the client go
 		if stuck.Load() {
-			inFlight <- r.Header.Get("Ce-Id")
+			select {
+			case inFlight <- r.Header.Get("Ce-Id"):
+			default:
+			}
 			<-r.Context().Done() // until the broker gives up on it
 			return
 		}
 		got <- r.Header.Get("Ce-Id")
 		w.WriteHeader(http.StatusAccepted)
 	}))
-	defer sub.Close()
-	spool := filepath.Join(t.TempDir(), "broker.spool")
-	vars := map[string]string{
+	t.Cleanup(sub.Close)
+	return stuck, inFlight, got, map[string]string{
 		"DOVEWARDEN_SUBSCRIBER":       "dovewarden-sync-low=" + sub.URL + ",dovewarden-sync-high=" + sub.URL,
-		"DOVEWARDEN_SPOOL_FILE":       spool,
+		"DOVEWARDEN_SPOOL_FILE":       filepath.Join(t.TempDir(), "broker.spool"),
 		"DOVEWARDEN_WORKERS":          "1",
 		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "300ms",
 	}
+}
+
+// TestBroker_SpoolFileCarriesHeldEventsOverARestart: the broker process is
+// stopped with events queued in both sync lanes and one delivery of each
+// in flight; with --spool-file, the next start delivers each of them once,
+// and a stop that holds nothing leaves no file behind.
+func TestBroker_SpoolFileCarriesHeldEventsOverARestart(t *testing.T) {
+	stuck, inFlight, got, vars := stuckSubscriber(t)
+	spool := vars["DOVEWARDEN_SPOOL_FILE"]
 	env, _, stderr := testEnv(vars, "")
 	base, stop := serve(t, env, stderr, "broker", "--listen", "127.0.0.1:0")
 	want := map[string]bool{}
@@ -308,26 +318,8 @@ func TestBroker_StopIsOneShutdownTimeout(t *testing.T) {
 // start is refused instead, naming --spool-file, and the first process's
 // events are delivered after its restart.
 func TestBroker_SecondProcessOnTheSameSpoolFileIsRefused(t *testing.T) {
-	var stuck atomic.Bool
-	stuck.Store(true)
-	got := make(chan string, 100)
-	sub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		if stuck.Load() {
-			<-r.Context().Done()
-			return
-		}
-		got <- r.Header.Get("Ce-Id")
-		w.WriteHeader(http.StatusAccepted)
-	}))
-	defer sub.Close()
-	spool := filepath.Join(t.TempDir(), "broker.spool")
-	vars := map[string]string{
-		"DOVEWARDEN_SUBSCRIBER":       "dovewarden-sync-low=" + sub.URL + ",dovewarden-sync-high=" + sub.URL,
-		"DOVEWARDEN_SPOOL_FILE":       spool,
-		"DOVEWARDEN_WORKERS":          "1",
-		"DOVEWARDEN_SHUTDOWN_TIMEOUT": "300ms",
-	}
+	stuck, _, got, vars := stuckSubscriber(t)
+	spool := vars["DOVEWARDEN_SPOOL_FILE"]
 	env, _, stderr := testEnv(vars, "")
 	base, stop := serve(t, env, stderr, "broker", "--listen", "127.0.0.1:0")
 	for _, id := range []string{"e1", "e2", "e3"} {
