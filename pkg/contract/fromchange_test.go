@@ -134,8 +134,9 @@ func FuzzDecodeData(f *testing.F) {
 	f.Add([]byte(`{"user":1}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ev := cloudevents.NewEvent()
+		// SetData takes any bytes as they are: an error is the test's own.
 		if err := ev.SetData(cloudevents.ApplicationJSON, data); err != nil {
-			t.Skip()
+			t.Fatalf("data %q: SetData: %v", data, err)
 		}
 		var want, got MailboxChanged
 		if ev.DataAs(&want) != nil {
