@@ -432,25 +432,59 @@ const retryGap = 10
 // now), but at least a tenth of the interval (retryGap) after asking, and
 // at most an interval, even when TIME stepped back after a failure (a
 // user failing meanwhile is stamped earlier, and due sooner).
+//
+// It asks too when a user that is not failed has been pending for an
+// interval: a change a full lane refused (Dovecot got a 503, ingest
+// marked the user), a rerun that could not be handed back to the broker,
+// a change merged into a dsync whose owner then died. Such a mark lives
+// for the seconds of a dsync otherwise. A retry sweep takes the pending
+// users too, as the cluster's retry PingSource does every 5 minutes;
+// without it they waited for the hourly sweep. After that it looks again
+// an interval later (marks still there are changes a backlog holds), or
+// when a failed user's retry is due, if sooner.
 func retryOnce(ctx context.Context, st *state.Store, every time.Duration, ask func()) (time.Duration, error) {
 	now, err := st.Time(ctx)
 	if err != nil {
 		return every, err
 	}
-	oldest, ok, err := st.NextFailure(ctx, time.Time{})
-	if err != nil || !ok {
+	oldest, failed, err := st.NextFailure(ctx, time.Time{})
+	if err != nil {
 		return every, err
 	}
-	if due := oldest.Add(every); now.Before(due) {
-		return min(due.Sub(now)+100*time.Millisecond, every), nil
-	}
-	ask()
-	next, ok, err := st.NextFailure(ctx, now.Add(-every))
-	if err != nil || !ok {
+	pending, waiting, err := st.OldestPendingOnly(ctx, pendingLook)
+	if err != nil {
 		return every, err
 	}
-	return max(min(next.Add(every).Sub(now)+100*time.Millisecond, every), every/retryGap), nil
+	until := func(t time.Time) time.Duration { return t.Add(every).Sub(now) + 100*time.Millisecond }
+	switch {
+	case failed && !now.Before(oldest.Add(every)):
+		ask()
+		next, ok, err := st.NextFailure(ctx, now.Add(-every))
+		if err != nil || !ok {
+			return every, err
+		}
+		return max(min(until(next), every), every/retryGap), nil
+	case waiting && !now.Before(pending.Add(every)):
+		ask()
+		if failed {
+			return max(min(until(oldest), every), every/retryGap), nil
+		}
+		return every, nil
+	}
+	wait := every
+	if failed {
+		wait = min(wait, until(oldest))
+	}
+	if waiting {
+		wait = min(wait, until(pending))
+	}
+	return wait, nil
 }
+
+// pendingLook is how many of the oldest pending users retryOnce reads for
+// one that is not failed: past them, a replica is down and the failed
+// users' retries come first anyway.
+const pendingLook = 100
 
 // requestSweep publishes a sweep.requested into the broker.
 func requestSweep(ctx context.Context, b *broker.Broker, reason string, log *slog.Logger) {

@@ -304,3 +304,45 @@ func TestRecoverySweep_WaitsForTheRunningSweep(t *testing.T) {
 	cancel2()
 	<-done
 }
+
+// TestRetryOnce_AUserPendingForAnInterval: a user that is not failed and
+// has been pending for an interval (a change a full lane refused, whose
+// event Dovecot never sends again) gets a retry sweep, which takes the
+// pending users too, as the cluster's retry PingSource does; it waited
+// for the hourly sweep before. A failed user's pending mark is its
+// retry's, due by its failure time, and a fresh mark is a change a dsync
+// is about to cover: neither asks for one.
+func TestRetryOnce_AUserPendingForAnInterval(t *testing.T) {
+	const every = 5 * time.Minute
+	f := newRetryFixture(t, 0)
+	// A failed user whose change came 10 minutes ago, failed just now.
+	if err := f.st.MarkPending(f.ctx, "failing", "mail-a", time.Now().Add(-10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	f.fail("failing", f.begin("failing"))
+	// A user whose change came a minute ago.
+	if err := f.st.MarkPending(f.ctx, "fresh", "mail-a", time.Now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	asked := 0
+	wait, err := retryOnce(f.ctx, f.st, every, func() { asked++ })
+	if err != nil || asked != 0 {
+		t.Fatalf("retryOnce: asked %d times, %v; want none: no failed user's retry is due, no user pending for an interval but a failed one", asked, err)
+	}
+	if wait < 3*time.Minute || wait > 4*time.Minute+time.Second {
+		t.Errorf("looks again in %v, want about 4 minutes: when the fresh user has been pending for an interval", wait)
+	}
+
+	// A user pending for 6 minutes, and not failed: asked for at once,
+	// looked at again when the failed user's retry is due.
+	if err := f.st.MarkPending(f.ctx, "refused", "mail-a", time.Now().Add(-6*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	wait, err = retryOnce(f.ctx, f.st, every, func() { asked++ })
+	if err != nil || asked != 1 {
+		t.Fatalf("retryOnce: asked %d times, %v; want once, for the user pending 6 minutes", asked, err)
+	}
+	if wait < 4*time.Minute || wait > every {
+		t.Errorf("looks again in %v, want about 5 minutes: when the failed user's retry is due", wait)
+	}
+}

@@ -251,6 +251,35 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 	return o, nil
 }
 
+// scriptOldestPendingOnly: KEYS pending, failed. ARGV n. The score of
+// the oldest of the first n pending users that is not failed, or false.
+var scriptOldestPendingOnly = newScript(`
+local z = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+for i = 1, #z, 2 do
+  if not redis.call('ZSCORE', KEYS[2], z[i]) then return z[i + 1] end
+end
+return false
+`)
+
+// OldestPendingOnly returns the change time of the oldest pending user
+// that is not failed, among the n oldest pending ones, and whether there
+// is one. A failed user stays pending too: its retry has its own time
+// (NextFailure).
+func (s *Store) OldestPendingOnly(ctx context.Context, n int) (time.Time, bool, error) {
+	v, err := scriptOldestPendingOnly.Run(ctx, s.rdb, []string{PendingKey, FailedKey}, n).Text()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read pending users from redis: %w", err)
+	}
+	score, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read pending users from redis: score %q: %w", v, err)
+	}
+	return time.UnixMilli(int64(score)).UTC(), true, nil
+}
+
 // NextFailure returns the time of the oldest failure in FailedKey later
 // than after (Redis's clock), and whether there is one: with a zero after,
 // the oldest of all.

@@ -98,3 +98,27 @@ func TestMarkPending_AZeroTimeIsNow(t *testing.T) {
 		}
 	})
 }
+
+// TestOldestPendingOnly_SkipsFailedUsers: the oldest pending user that is
+// not failed, read among the first n pending ones.
+func TestOldestPendingOnly_SkipsFailedUsers(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		if _, ok, err := b.st.OldestPendingOnly(ctx, 100); err != nil || ok {
+			t.Fatalf("nobody pending: %v, %v", ok, err)
+		}
+		base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+		for i, u := range []string{"failed1", "failed2", "pending1", "pending2"} {
+			if err := b.st.MarkPending(ctx, u, "mail-a", base.Add(time.Duration(i)*time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: 1, Member: "failed1"}, redis.Z{Score: 2, Member: "failed2"})
+		at, ok, err := b.st.OldestPendingOnly(ctx, 100)
+		if err != nil || !ok || !at.Equal(base.Add(2*time.Minute)) {
+			t.Errorf("oldest pending, not failed: %v, %v, %v; want pending1's %v", at, ok, err, base.Add(2*time.Minute))
+		}
+		if _, ok, err := b.st.OldestPendingOnly(ctx, 2); err != nil || ok {
+			t.Errorf("among the first 2 only, both failed: %v, %v; want none", ok, err)
+		}
+	})
+}
