@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
@@ -288,7 +289,7 @@ func TestIntegrationDovecot_DoveadmProcessesBusy(t *testing.T) {
 			waitListening(t, a.DoveadmHTTPURL)
 			ep := doveadm.Endpoint{Name: a.Name, URL: a.DoveadmHTTPURL, User: "doveadm", Password: a.DoveadmPassword}
 			_, err := doveadm.NewHTTP(nil, 2*time.Second).Sync(ctx, ep,
-				doveadm.SyncRequest{User: "u1", Destination: "tcp:" + silentListener(t), Full: true})
+				doveadm.SyncRequest{User: "u1", Destination: "tcp:" + redistest.Silent(t), Full: true})
 			if r := doveadm.Decide(err); r.Class != "transport" {
 				t.Fatalf("dsync to a destination that never answers: %v, rule %v", err, r)
 			}

@@ -2,7 +2,6 @@ package doveadm_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,35 +9,9 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 )
-
-// silentListener accepts connections and never answers, as a destination
-// that hangs: a dsync to it runs until something stops it.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // running returns the PIDs of processes whose command line holds s.
 func running(s string) []string {
@@ -75,7 +48,7 @@ func TestIntegrationDovecot_ExecTimeoutStopsDoveadm(t *testing.T) {
 			if err := os.WriteFile(wrapper, []byte("#!/bin/sh\n'"+bin+"' \"$@\"\n"), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			dest := "tcp:" + silentListener(t)
+			dest := "tcp:" + redistest.Silent(t) // a destination that hangs
 			const timeout = 2 * time.Second
 			start := time.Now()
 			_, err = doveadm.NewExec(wrapper, timeout).Sync(context.Background(), doveadm.Endpoint{Config: in.ConfigPath},
