@@ -29,12 +29,18 @@ type notes struct {
 	fs     []change.Failure
 	asked  []asked
 	askErr error
+	// onFail, when set, runs after each failed attempt is noted.
+	onFail func()
 }
 
 func (n *notes) AttemptFailed(_ context.Context, _ change.Request, f change.Failure) {
 	n.mu.Lock()
 	n.fs = append(n.fs, f)
+	onFail := n.onFail
 	n.mu.Unlock()
+	if onFail != nil {
+		onFail()
+	}
 }
 
 func (n *notes) AskAgain(_ context.Context, req change.Request, at time.Time) error {
@@ -637,6 +643,38 @@ func TestReplicate_CancelledMidDsyncReleasesLockAndLeavesPending(t *testing.T) {
 	}
 	if fs := f.notes.all(); len(fs) != 1 || fs[0].RetryBy != change.RetryByBroker {
 		t.Errorf("failures %+v", fs)
+	}
+}
+
+// TestReplicate_StoppedDuringTheBackoff: a stop while a failed attempt
+// waits for its retry releases the lock and leaves the change pending,
+// and reports nothing more: that attempt's failure was counted and
+// reported (retry_by sync) when it failed. Before, the stop counted it a
+// second time in the user's status and sent a second replication.failed
+// for it.
+func TestReplicate_StoppedDuringTheBackoff(t *testing.T) {
+	o := fast
+	o.Backoff, o.MaxBackoff = 10*time.Second, 10*time.Second
+	f := newFixture(t, o)
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.notes.onFail = cancel
+
+	_, err := f.r.Replicate(ctx, change.Request{User: "u1"})
+
+	if !errors.Is(err, ErrAborted) {
+		t.Fatalf("err %v, want aborted", err)
+	}
+	if n := len(f.tracks.CallsOf("u1")); n != 1 {
+		t.Errorf("%d dsyncs, want the one that failed", n)
+	}
+	if fs := f.notes.all(); len(fs) != 1 || fs[0].RetryBy != change.RetryBySync {
+		t.Errorf("failures reported %+v: want the attempt's, once", fs)
+	}
+	st, _ := f.st.Status(context.Background(), "u1")
+	if st.InProgress || st.PendingSince.IsZero() || st.ConsecutiveFailures != 1 || st.LastExitCode != 75 {
+		t.Errorf("status %+v: want the lock released, the change pending, one failure counted", st)
 	}
 }
 

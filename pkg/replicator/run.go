@@ -135,7 +135,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 
 		f := j.failure(err, rule, claim, attempt, full)
 		if ctx.Err() != nil || errors.Is(err, doveadm.ErrLockLost) {
-			return j.abort(ctx, f, err)
+			return j.abort(ctx, f, err, false)
 		}
 		delay, retry := j.next(ctx, rule, attempt, &full)
 		switch {
@@ -166,14 +166,14 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			r.notify.AttemptFailed(ctx, j.req, f)
 		}
 		if err := r.sleep(lctx, delay); err != nil {
-			return j.abort(ctx, f, err)
+			return j.abort(ctx, f, err, true)
 		}
 		c, err := r.store.Restart(lctx, user, j.token, j.ep.Destination, r.opts.LockTTL)
 		if err == nil && c.Decision != state.Run {
 			err = doveadm.ErrLockLost
 		}
 		if err != nil {
-			return j.abort(ctx, f, err)
+			return j.abort(ctx, f, err, true)
 		}
 		claim = c
 		covered += c.Merged
@@ -318,17 +318,19 @@ func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, tot
 
 // abort handles an attempt cut off (lock lost, shutdown, Redis gone): the
 // lock is released if still ours, the change left pending, and the caller
-// answers so that it is delivered again.
-func (j *job) abort(ctx context.Context, f change.Failure, cause error) (change.Result, error) {
+// answers so that it is delivered again. counted: f was recorded and
+// reported when it failed, and the cut came during its retry's backoff;
+// it is neither counted nor reported again.
+func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted bool) (change.Result, error) {
 	f.RetryBy, f.RetryAt = change.RetryByBroker, time.Time{}
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
 	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
 		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked,
-		Start: f.Start}); err != nil {
+		Start: f.Start, Counted: counted}); err != nil {
 		j.r.log.Warn("could not release the lock of an aborted dsync; it expires by its TTL", "user", j.req.User, "err", err)
 	}
-	if j.r.notify != nil {
+	if j.r.notify != nil && !counted {
 		j.r.notify.AttemptFailed(cctx, j.req, f)
 	}
 	j.r.log.Warn("dsync aborted; the change stays pending and is delivered again", "user", j.req.User, "cause", cause)

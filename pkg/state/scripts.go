@@ -234,7 +234,7 @@ return {'done', now}
 // scriptFail: KEYS lock, user, pending, failed, dsync state.
 // ARGV user, token, at, error, exit code, class, final, release, host,
 // full asked, the failed attempt's start, gone, rerun (the owner merged
-// newer changes in-process).
+// newer changes in-process), counted (the failure is recorded already).
 var scriptFail = newScript(luaPrelude + `
 local user, token, at = ARGV[1], ARGV[2], num(ARGV[3])
 local h = KEYS[2]
@@ -248,9 +248,13 @@ end
 local now = now_ms()
 if at <= 0 or at > now then at = now end
 local prev_failure = num(redis.call('HGET', h, 'last_failure'))
-redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
-  'last_failure_call', call)
-redis.call('HINCRBY', h, 'failures', 1)
+-- Counted (ARGV[14]): a release after a retry's backoff was cut off; the
+-- attempt's failure was recorded when it failed.
+if ARGV[14] ~= '1' then
+  redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
+    'last_failure_call', call)
+  redis.call('HINCRBY', h, 'failures', 1)
+end
 if ARGV[12] == '1' then
   local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
   local st = num(ARGV[11])

@@ -216,13 +216,17 @@ type FailureArgs struct {
 	// Rerun: the owner merged changes seen after the attempt started
 	// (as SuccessArgs.Rerun); only Gone looks at it.
 	Rerun bool
+	// Counted: this attempt's failure is already recorded (by a Fail
+	// without Release, before a retry's backoff that was then cut off):
+	// the call only releases, and the failure is not counted again.
+	Counted bool
 }
 
 // Fail records a failed attempt; see FailureArgs.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
-		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone), boolArg(a.Rerun)).Int64()
+		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone), boolArg(a.Rerun), boolArg(a.Counted)).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("record failed sync of %q in redis: %w", a.User, err)
 	}

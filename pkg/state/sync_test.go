@@ -720,3 +720,29 @@ func next(t *testing.T, b backend, token string) time.Time {
 	}
 	return time.UnixMilli(since)
 }
+
+// TestRedisScripts_ACountedFailureOnlyReleases: the release after a
+// retry's backoff was cut off (Counted) gives up the lock and leaves the
+// change pending, and counts the attempt's failure, recorded when it
+// failed, no second time.
+func TestRedisScripts_ACountedFailureOnlyReleases(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		c := begin(t, b, "A", time.Time{})
+		f := state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75", Class: "tempfail",
+			ExitCode: 75, At: time.Now(), Start: c.Start}
+		if _, err := b.st.Fail(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+		f.Release, f.Counted, f.Error = true, true, "cut off"
+		if _, err := b.st.Fail(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.InProgress || st.PendingSince.IsZero() || st.ConsecutiveFailures != 1 || st.LastError != "exit code 75" {
+			t.Errorf("status %+v: want released, pending, the one failure as it was recorded", st)
+		}
+	})
+}
