@@ -255,18 +255,18 @@ if ARGV[14] ~= '1' then
     'last_failure_call', call)
   redis.call('HINCRBY', h, 'failures', 1)
 end
+local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
+local st = num(ARGV[11])
+-- Another attempt started after this one, whose lock expired while it
+-- ran: it succeeded, failed (as Succeed, a failure recorded after this
+-- attempt started) or runs. Its outcome is newer news of the user, and
+-- the marks and states are left to it: a failure it recorded keeps the
+-- user failed and its change pending; its dsync covers this attempt's
+-- changes, which happened before it started.
+local superseded = ARGV[8] == '1' and not owned and st > 0 and (num(redis.call('HGET', h, 'last_start')) > st
+  or prev_failure > st or num(redis.call('HGET', h, 'inprogress_since')) > st)
 if ARGV[12] == '1' then
-  local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
-  local st = num(ARGV[11])
-  if not owned and st > 0 and (num(redis.call('HGET', h, 'last_start')) > st or prev_failure > st
-      or num(redis.call('HGET', h, 'inprogress_since')) > st) then
-    -- Another attempt started after this one, whose lock expired while
-    -- it ran: it succeeded, failed (as Succeed, a failure recorded after
-    -- this attempt started) or runs. Its outcome is newer news of the
-    -- user, and the marks and states are left to it: a failure it
-    -- recorded keeps the user failed and its change pending.
-    return now
-  end
+  if superseded then return now end
   -- The user no longer exists: nothing is left to replicate, and marks
   -- would have the sweep try it again for ever.
   redis.call('ZREM', KEYS[4], user)
@@ -295,6 +295,18 @@ if ARGV[12] == '1' then
     redis.call('DEL', h)
   elseif not newer and redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('ZREM', KEYS[3], user)
+  end
+  return now
+end
+if superseded then
+  -- Except a full sync this attempt was asked for: it stays asked for
+  -- unless a full dsync started after this attempt, and succeeded or
+  -- runs.
+  local running = num(redis.call('HGET', h, 'inprogress_since')) > st
+  if ARGV[10] == '1' and num(redis.call('HGET', h, 'last_full_start')) <= st
+      and not (running and redis.call('HGET', h, 'inprogress_full') == '1') then
+    redis.call('ZADD', KEYS[3], 'LT', at, user)
+    redis.call('HSET', h, 'full_requested', '1')
   end
   return now
 end

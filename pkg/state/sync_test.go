@@ -746,3 +746,75 @@ func TestRedisScripts_ACountedFailureOnlyReleases(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisScripts_LateFailureLeavesANewerAttemptsMarks: an owner
+// suspended past its lock's TTL answers its final failure (exit code 75,
+// the last attempt) after another owner took the lock in a later attempt.
+// That attempt's outcome is newer news: a success leaves the user neither
+// failed nor pending, one still running ends without a rerun. Only a full
+// sync the late owner was asked for, and that no full dsync since has
+// done, stays asked for. Before, the late answer marked the user failed
+// and pending: a false failure in the status and alerts, and one more
+// dsync through the sweep.
+func TestRedisScripts_LateFailureLeavesANewerAttemptsMarks(t *testing.T) {
+	lateFail := func(t *testing.T, b backend, a state.Claim, full bool) {
+		t.Helper()
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, At: a.Start, Final: true, Release: true, Full: full, Start: a.Start}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func(t *testing.T, b backend) state.UserStatus {
+		t.Helper()
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	takeOver := func(t *testing.T, b backend, token string) state.Claim {
+		t.Helper()
+		b.expire(time.Second)
+		time.Sleep(2 * time.Millisecond)
+		c := begin(t, b, token, time.Now())
+		if c.Decision != state.Run {
+			t.Fatalf("%s after A's lock expired: %+v", token, c)
+		}
+		return c
+	}
+	onBothRedis(t, func(t *testing.T, b backend) {
+		// A later success.
+		a := begin(t, b, "A", time.Time{})
+		c := takeOver(t, b, "B")
+		succeed(t, b, "B", c.Start, false)
+		lateFail(t, b, a, false)
+		if st := status(t, b); st.Failed || !st.PendingSince.IsZero() || st.LastExitCode != 75 {
+			t.Errorf("after B's success and A's late failure: %+v, want neither failed nor pending, A's failure recorded", st)
+		}
+
+		// A later attempt still running.
+		time.Sleep(2 * time.Millisecond)
+		a = begin(t, b, "A", time.Time{})
+		c = takeOver(t, b, "C")
+		lateFail(t, b, a, false)
+		if next := succeed(t, b, "C", c.Start, true); next.Decision != state.Done {
+			t.Errorf("C's success after A's late failure: %+v, want done", next)
+		}
+		if st := status(t, b); st.Failed || !st.PendingSince.IsZero() {
+			t.Errorf("after A's late failure and C's success: %+v, want neither failed nor pending", st)
+		}
+
+		// A full sync asked of A, and only an incremental dsync since.
+		time.Sleep(2 * time.Millisecond)
+		a = begin(t, b, "A", time.Time{})
+		c = takeOver(t, b, "D")
+		succeed(t, b, "D", c.Start, false)
+		lateFail(t, b, a, true)
+		if st := status(t, b); st.Failed || st.PendingSince.IsZero() {
+			t.Errorf("after D's incremental success and A's late failure of a full sync: %+v, want pending, not failed", st)
+		}
+		if v, _ := b.rdb.HGet(ctx, state.UserKey("u1"), "full_requested").Result(); v != "1" {
+			t.Errorf("full_requested %q: want the full sync still asked for", v)
+		}
+	})
+}
