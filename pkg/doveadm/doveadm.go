@@ -45,6 +45,11 @@ type SyncResult struct {
 	// a full sync without it instead; set with an error too, since that
 	// attempt was a full one.
 	StateLeftOut int
+	// StateDropped is the size of the state the dsync returned when it
+	// was larger than any doveadm takes back (maxStateKept): it is not
+	// kept, State is empty, and the next dsync is a full one, as it
+	// would be with it.
+	StateDropped int
 }
 
 // withoutState runs req through sync again as a full sync without its

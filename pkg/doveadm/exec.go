@@ -1,7 +1,6 @@
 package doveadm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -78,12 +77,16 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		defer cancel()
 	}
 	cmd := command(ctx, x.bin, Args(ep, req)...)
-	var stdout bytes.Buffer
+	// The state and a line end; a longer one is not kept (maxStateKept).
+	stdout := &headBuffer{max: maxStateKept + 2}
 	stderr := &tailBuffer{max: 2048}
-	cmd.Stdout, cmd.Stderr = &stdout, stderr
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	err := cmd.Run()
 	if err == nil {
-		return SyncResult{State: strings.TrimSpace(stdout.String())}, nil
+		if stdout.n > stdout.max {
+			return SyncResult{StateDropped: stdout.n}, nil
+		}
+		return SyncResult{State: strings.TrimSpace(string(stdout.buf))}, nil
 	}
 	detail := Redact(strings.TrimSpace(stderr.String()), ep.Secrets()...)
 	if ctx.Err() != nil {
@@ -148,3 +151,18 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 }
 
 func (t *tailBuffer) String() string { return string(t.buf) }
+
+// headBuffer keeps the first max bytes written and counts them all.
+type headBuffer struct {
+	buf []byte
+	max int
+	n   int
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	h.n += len(p)
+	if room := h.max - len(h.buf); room > 0 {
+		h.buf = append(h.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}

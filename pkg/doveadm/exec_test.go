@@ -24,7 +24,9 @@ func TestMain(m *testing.M) {
 			time.Sleep(d)
 		}
 		code, _ := strconv.Atoi(os.Getenv("FAKE_DOVEADM_EXIT"))
-		if code == 0 {
+		if n, _ := strconv.Atoi(os.Getenv("FAKE_DOVEADM_STATE_BYTES")); code == 0 && n > 0 {
+			fmt.Println(strings.Repeat("A", n))
+		} else if code == 0 {
 			fmt.Println("AQAAAnewstate")
 		} else {
 			fmt.Fprintln(os.Stderr, "Error: sync failed with the fake")
@@ -214,5 +216,24 @@ func TestExec_StateTooLargeForAnArgumentRunsAFullSyncWithoutIt(t *testing.T) {
 	want := []string{"sync", "-u", "u1", "-N", "-s", "", "-l", "30", "-f", "tcp:r:1"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
+	}
+}
+
+// TestExec_AStateTooLargeToKeepIsDropped: a dsync that returns a state
+// larger than any doveadm takes back succeeds without it, so that the next
+// dsync is a full one; one at the bound is kept.
+func TestExec_AStateTooLargeToKeepIsDropped(t *testing.T) {
+	bin, _ := fakeDoveadm(t, 0)
+	for _, n := range []int{maxStateKept, 3 << 20} {
+		t.Setenv("FAKE_DOVEADM_STATE_BYTES", strconv.Itoa(n))
+		res, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		switch {
+		case err != nil:
+			t.Errorf("a state of %d bytes: %v", n, err)
+		case n <= maxStateKept && (len(res.State) != n || res.StateDropped != 0):
+			t.Errorf("a state of %d bytes: kept %d, dropped %d; want it kept", n, len(res.State), res.StateDropped)
+		case n > maxStateKept && (res.State != "" || res.StateDropped != n+1):
+			t.Errorf("a state of %d bytes: kept %d, dropped %d; want it dropped, its size and line end counted", n, len(res.State), res.StateDropped)
+		}
 	}
 }

@@ -21,8 +21,9 @@ import (
 	"time"
 )
 
-// maxReply bounds a doveadm HTTP reply: a dsync state is about 60 bytes
-// a mailbox (41 KB for 700), so this is some 140,000 mailboxes.
+// maxReply bounds a doveadm HTTP reply as read, its strings cut to
+// maxStateKept (stringCap): a dsync state is about 60 bytes a mailbox
+// (41 KB for 700), and one over maxStateKept is dropped as it is read.
 const maxReply = 8 << 20
 
 // HTTP runs dsync through a Dovecot host's doveadm HTTP API
@@ -169,7 +170,8 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		return res, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
+	sc := newStringCap(resp.Body, maxStateKept)
+	data, err := io.ReadAll(io.LimitReader(sc, maxReply+1))
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return fail(KindUnauthorized, nil, "HTTP %d: doveadm rejected the credentials", resp.StatusCode)
@@ -192,7 +194,11 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		// refuses connections (its worker dies).
 		return fail(KindTransport, nil, "empty reply (Dovecot 2.3 does this when the destination is down)")
 	}
-	return parseReply(data, tag, opn, ep.Secrets(), fail)
+	res, err := parseReply(data, tag, opn, ep.Secrets(), fail)
+	if err == nil && res.State == dropped {
+		res.State, res.StateDropped = "", sc.longest
+	}
+	return res, err
 }
 
 // closedWithoutAnswer explains a connection doveadm closed before any

@@ -461,3 +461,23 @@ func TestHTTP_StateCutShortRunsAFullSyncWithoutIt(t *testing.T) {
 		t.Errorf("a state within every limit reset: %+v, %v: want a transport failure, nothing rerun", res, err)
 	}
 }
+
+// TestHTTP_AStateTooLargeToKeepIsDropped: a reply whose state is larger
+// than any doveadm takes back (a user of some 150,000 mailboxes answers 9
+// MiB) is a success without it, so that the next dsync is a full one.
+// Before, a reply over 8 MiB was a protocol error although the dsync ran,
+// and the user ended failed.
+func TestHTTP_AStateTooLargeToKeepIsDropped(t *testing.T) {
+	huge := strings.Repeat("A", 9<<20)
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	s.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{State: huge} }
+	tr := doveadm.NewHTTP(nil, 5*time.Second)
+	res, err := tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345"})
+	if err != nil || res.State != "" || res.StateDropped != len(huge) {
+		t.Fatalf("a reply with a state of %d bytes: kept %d, dropped %d, %v; want a success, the state dropped", len(huge), len(res.State), res.StateDropped, err)
+	}
+	s.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{State: "AQAAAnew"} }
+	if res, err := tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345"}); err != nil || res.State != "AQAAAnew" || res.StateDropped != 0 {
+		t.Errorf("a reply with a small state: %+v, %v", res, err)
+	}
+}

@@ -41,7 +41,7 @@ func newReplMetrics(reg prometheus.Registerer) *replMetrics {
 		reruns: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncReruns,
 			Help: "dsyncs run again at once by the lock owner because changes arrived during its dsync."}),
 		leftOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncStatesLeftOut,
-			Help: "dsyncs run as full ones without the user's stored state, which the doveadm transport could not pass (too large: Dovecot 2.4's HTTP API takes 32 KiB, some 550 mailboxes)."}),
+			Help: "dsyncs run as full ones without the user's stored state, which the doveadm transport could not pass (too large: Dovecot 2.4's HTTP API takes 32 KiB, some 550 mailboxes), and states a dsync returned too large to keep (over 1 MiB), after which the next dsync is a full one."}),
 		askedAgain: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: metrics.SyncAskedAgain,
 			Help: "Users whose changes kept arriving during --max-rounds dsyncs of one request, handed back to the Broker as a replication.requested, by result (sent; failed: left for the sweep)."}, []string{"result"}),
 		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: metrics.SyncInProgress,

@@ -1011,3 +1011,25 @@ func TestReplicate_StateTooLargeIsAFullSync(t *testing.T) {
 		t.Errorf("the refused state counted as a protocol failure %v times", got)
 	}
 }
+
+// TestReplicate_AStateTooLargeToKeep: a dsync whose state is too large to
+// keep succeeds, the user's older state is deleted rather than kept, and
+// the next dsync is a full one: an older state would have that dsync
+// compare from a point before the one that succeeded.
+func TestReplicate_AStateTooLargeToKeep(t *testing.T) {
+	f := newFixture(t, fast)
+	f.replicate(t, change.Request{User: "u1"}) // a state to start from
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{State: strings.Repeat("A", 2<<20)}, doveadmtest.Reply{})
+
+	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Synced {
+		t.Fatalf("the dsync answering a large state: %+v", res)
+	}
+	if got := counter(t, f, metrics.SyncStatesLeftOut); got != 1 {
+		t.Errorf("states left out: %v, want 1", got)
+	}
+	res := f.replicate(t, change.Request{User: "u1"})
+	calls := f.tracks.CallsOf("u1")
+	if res.Outcome != change.Synced || !res.Full || len(calls) != 3 || calls[2].State != "" || !calls[2].Full {
+		t.Errorf("next dsync %+v, calls %+v: want a full one without a state", res, calls)
+	}
+}

@@ -92,6 +92,12 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				"user", user, "state_bytes", out.StateLeftOut, "endpoint", j.ep,
 				"fix", "none needed: each dsync of this user is a full one; Dovecot 2.4's doveadm HTTP API takes a state of at most 32 KiB (some 550 mailboxes, shared and public ones included), 2.3's a request of 1 MiB, doveadm-exec 128 KiB")
 		}
+		if out.StateDropped > 0 {
+			r.m.leftOut.Inc()
+			r.leftOutLogs.Log(ctx, r.log, slog.LevelWarn, "", "dsync state too large to keep: not stored, the next dsync is a full one",
+				"user", user, "state_bytes", out.StateDropped, "endpoint", j.ep,
+				"fix", "none needed: no doveadm takes a state over 1 MiB (some 17,000 mailboxes) back")
+		}
 		r.m.duration.WithLabelValues(prio).Observe(time.Since(began).Seconds())
 		rule := doveadm.Decide(err)
 		r.m.dsyncs.WithLabelValues(rule.Class, prio).Inc()
@@ -101,7 +107,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		if err == nil {
 			cctx, cancel := j.cleanupCtx(ctx)
 			end, next, serr := r.store.Succeed(cctx, state.SuccessArgs{
-				User: user, Token: j.token, Host: j.host, Destination: j.ep.Destination, NewState: out.State,
+				User: user, Token: j.token, Host: j.host, Destination: j.ep.Destination, NewState: out.State, DropState: out.StateDropped > 0,
 				Start: claim.Start, TTL: r.opts.LockTTL, Full: full,
 				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil, Rerun: rerun,
 			})

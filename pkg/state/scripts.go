@@ -162,7 +162,8 @@ return 0
 
 // scriptSucceed: KEYS lock, user, pending, failed, state.
 // ARGV user, token, start, destination, new state, host, full, ttl, may
-// rerun, rerun (the owner merged newer changes in-process), call.
+// rerun, rerun (the owner merged newer changes in-process), call, drop
+// state (the dsync's state was too large to keep).
 var scriptSucceed = newScript(luaPrelude + `
 local user, token, st = ARGV[1], ARGV[2], num(ARGV[3])
 local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
@@ -178,7 +179,11 @@ if owned and started(ARGV[11]) then
   table.insert(c, 2, num(redis.call('HGET', h, 'last_success')))
   return c
 end
-if newstate ~= '' then redis.call('HSET', KEYS[5], dest, newstate) end
+if newstate ~= '' then
+  redis.call('HSET', KEYS[5], dest, newstate)
+elseif ARGV[12] == '1' then
+  redis.call('HDEL', KEYS[5], dest)
+end
 if st > num(redis.call('HGET', h, 'last_start')) then
   redis.call('HSET', h, 'last_start', st)
 end

@@ -143,8 +143,12 @@ func (s *Store) Renew(ctx context.Context, user, token string, ttl time.Duration
 // SuccessArgs are the inputs of Succeed.
 type SuccessArgs struct {
 	User, Token, Host, Destination string
-	// NewState is the state the dsync returned; empty keeps the old one.
+	// NewState is the state the dsync returned; empty keeps the old one,
+	// unless DropState.
 	NewState string
+	// DropState: the dsync returned a state too large to keep; the old
+	// one is deleted, so that the next dsync is a full one.
+	DropState bool
 	// Start is the Claim's Start of the successful attempt.
 	Start time.Time
 	// TTL is the lock's TTL for a rerun.
@@ -168,7 +172,7 @@ type SuccessArgs struct {
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
 	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
-		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun), callID()).Slice()
+		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun), callID(), boolArg(a.DropState)).Slice()
 	if err != nil {
 		return time.Time{}, Claim{}, fmt.Errorf("record sync of %q in redis: %w", a.User, err)
 	}
