@@ -165,10 +165,13 @@ type SweepBatch struct {
 	Reason    string
 	Started   time.Time
 	// For "duplicate": the sweep's offset now, whether a step holds the
-	// claim, and when the last batch was recorded.
+	// claim, when the last batch was recorded, and the offset that batch
+	// was claimed at (-1: not known, a batch recorded before this field
+	// was kept).
 	Offset    int64
 	ClaimHeld bool
 	LastBatch time.Time
+	LastFrom  int64
 }
 
 // SweepClaim claims the batch at offset of sweep id for token, renewing
@@ -195,6 +198,10 @@ func (s *Store) SweepClaim(ctx context.Context, id string, offset int64, token s
 			b.LastBatch = time.UnixMilli(lb).UTC()
 		}
 		b.Now = fromMS(at(v, 4))
+		b.LastFrom = -1
+		if lf, ok := at(v, 5).(int64); ok {
+			b.LastFrom = lf
+		}
 	case "stale", "busy":
 	default:
 		return b, fmt.Errorf("claim batch %d of sweep %s in redis: unexpected reply %v", offset, id, v)

@@ -141,10 +141,12 @@ local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= id then return {'stale'} end
 local off = redis.call('HGET', KEYS[3], 'offset')
 if tonumber(off) ~= tonumber(ARGV[2]) then
-  -- With whether a step holds the claim and when the last batch was
-  -- recorded: the caller tells a redelivery beside a living chain of
-  -- continuations from one whose continuation was lost.
-  return {'duplicate', tonumber(off), redis.call('EXISTS', KEYS[2]), num(redis.call('HGET', KEYS[3], 'last_batch')), now_ms()}
+  -- With whether a step holds the claim, when the last batch was
+  -- recorded and from which offset (-1: unknown): the caller tells a
+  -- redelivery beside a living chain of continuations from one whose
+  -- continuation was lost.
+  return {'duplicate', tonumber(off), redis.call('EXISTS', KEYS[2]), num(redis.call('HGET', KEYS[3], 'last_batch')), now_ms(),
+    tonumber(redis.call('HGET', KEYS[3], 'last_from')) or -1}
 end
 -- A claim already this call's: the client sent it again after losing the
 -- reply.
@@ -192,7 +194,7 @@ if (claim and claim ~= ARGV[2]) or redis.call('HGET', KEYS[3], 'id') ~= id
    or tonumber(redis.call('HGET', KEYS[3], 'offset')) ~= tonumber(ARGV[3]) then
   return {'lost'}
 end
-redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now, 'committed', call)
+redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now, 'last_from', ARGV[3], 'committed', call)
 redis.call('HINCRBY', KEYS[3], 'batches', 1)
 for i = 0, n - 1 do
   redis.call('HINCRBY', KEYS[3], ARGV[9 + 2 * i], ARGV[10 + 2 * i])

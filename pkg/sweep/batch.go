@@ -42,6 +42,18 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 				"offset", b.Offset, "last_batch", b.LastBatch)
 			return Result{Outcome: Duplicate, Sweep: c.Sweep, Next: &Cursor{Sweep: c.Sweep, Offset: b.Offset}}, nil
 		}
+		if b.Offset > c.Offset && !b.ClaimHeld && b.LastFrom == c.Offset {
+			// This event's batch is the last one recorded, and nobody
+			// has claimed the next: its continuation is on its way, or
+			// was lost with the answer (the step died after recording
+			// the batch, and the Broker delivers the event again, 5 s
+			// later with the sweep Trigger's delivery). Too soon to tell;
+			// dropped, it would end the Broker's retries and leave a
+			// lost continuation to the lock's expiry. The Broker tries
+			// again later: by then the next batch is claimed or recorded
+			// (dropped), or the chain is silent (carried on).
+			return Result{}, ErrBusy
+		}
 		s.log.Info("sweep continuation for a batch already done (a redelivery); dropped", "sweep", c.Sweep, "offset", c.Offset)
 		return Result{Outcome: Duplicate, Sweep: c.Sweep}, nil
 	case "busy":

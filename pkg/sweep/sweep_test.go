@@ -187,16 +187,16 @@ func (f *fixture) continueFrom(t *testing.T, c *Cursor) {
 
 // TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost: a batch
 // recorded, and the continuation it answered with lost (a reply dropped
-// after the commit). A redelivery of the event before it is dropped while
-// a chain may still be alive; once no step has worked on the sweep for
-// longer than a step takes, it carries the sweep on from its position,
-// instead of leaving the rest to the next sweep.
+// after the commit). A redelivery of the event before it is answered 503
+// (tried again later) while a chain may still be alive; once no step has
+// worked on the sweep for longer than a step takes, it carries the sweep
+// on from its position, instead of leaving the rest to the next sweep.
 func TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost(t *testing.T) {
 	f, first, batch := sweepWithALostContinuation(t)
 	ctx := context.Background()
 	// batch.Next is lost; the Broker delivers first.Next again.
-	if r, err := f.sw.Step(ctx, "", first.Next); err != nil || r.Outcome != Duplicate || r.Next != nil {
-		t.Fatalf("a redelivery at once: %+v %v; want it dropped", r, err)
+	if r, err := f.sw.Step(ctx, "", first.Next); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a redelivery at once: %+v %v; want ErrBusy", r, err)
 	}
 	f.mr.SetTime(time.Now().Add(f.sw.chainSilence() + time.Second))
 	r, err := f.sw.Step(ctx, "", first.Next)
@@ -206,6 +206,73 @@ func TestStep_ARedeliveryCarriesOnASweepWhoseContinuationWasLost(t *testing.T) {
 	f.continueFrom(t, r.Next)
 	if st, _ := f.st.SweepStatus(ctx); st.Running || st.Finished.IsZero() {
 		t.Errorf("sweep %+v: want it finished", st)
+	}
+}
+
+// TestStep_TheBrokersRetriesCarryOnASweepWhoseContinuationWasLost: the
+// step that did a batch dies after recording it (its answer, the
+// continuation, is lost with it), and the Broker delivers the event again
+// on the sweep Trigger's schedule: 5, 10 and 20 s apart, until an answer
+// that is not 5xx. The first redelivery comes before a living chain would
+// surely have claimed the next batch; answered 202 (dropped) it ended the
+// Broker's retries, and the sweep stood still until its lock expired and
+// the next sweep replaced it, unfinished.
+func TestStep_TheBrokersRetriesCarryOnASweepWhoseContinuationWasLost(t *testing.T) {
+	f, first, batch := sweepWithALostContinuation(t)
+	ctx := context.Background()
+	t0 := f.now()
+	var next *Cursor
+	for _, after := range []time.Duration{5 * time.Second, 15 * time.Second, 35 * time.Second} {
+		f.mr.SetTime(t0.Add(after))
+		r, err := f.sw.Step(ctx, "", first.Next)
+		if errors.Is(err, ErrBusy) {
+			continue // 503: the Broker tries again
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Next == nil {
+			t.Fatalf("redelivery %s after the batch: %+v, answered without a continuation: the Broker stops there and the sweep waits for its lock to expire", after, r)
+		}
+		next = r.Next
+		break
+	}
+	if next == nil || *next != *batch.Next {
+		t.Fatalf("after the Broker's retries: continuation %+v, want %+v", next, batch.Next)
+	}
+	f.continueFrom(t, next)
+	if st := f.status(t); st.Running || st.Finished.IsZero() {
+		t.Errorf("sweep %+v: want it finished", st)
+	}
+}
+
+// TestStep_ADuplicateBesideALivingChainIsDropped: a continuation delivered
+// twice while the chain goes on is answered 503 as long as the batch after
+// it is neither claimed nor recorded, and dropped (202) once it is; no
+// request goes out twice.
+func TestStep_ADuplicateBesideALivingChainIsDropped(t *testing.T) {
+	f, first, batch := sweepWithALostContinuation(t)
+	ctx := context.Background()
+	sent := len(f.snd.all())
+	if _, err := f.sw.Step(ctx, "", first.Next); !errors.Is(err, ErrBusy) {
+		t.Fatalf("a duplicate while the next batch is on its way: %v, want ErrBusy", err)
+	}
+	// The chain goes on: the next batch is claimed...
+	f.rdb.Set(ctx, state.SweepClaimKey, "next-step", time.Minute)
+	if r, err := f.sw.Step(ctx, "", first.Next); err != nil || r.Outcome != Duplicate || r.Next != nil {
+		t.Errorf("a duplicate while the next batch is claimed: %+v %v, want it dropped", r, err)
+	}
+	f.rdb.Del(ctx, state.SweepClaimKey)
+	// ...and recorded.
+	if r, err := f.sw.Step(ctx, "", batch.Next); err != nil || r.Outcome != Batched {
+		t.Fatalf("the next batch: %+v %v", r, err)
+	}
+	sent2 := len(f.snd.all())
+	if r, err := f.sw.Step(ctx, "", first.Next); err != nil || r.Outcome != Duplicate || r.Next != nil {
+		t.Errorf("a duplicate after the next batch was recorded: %+v %v, want it dropped", r, err)
+	}
+	if len(f.snd.all()) != sent2 || sent2 <= sent {
+		t.Errorf("requests %d, %d, %d: a duplicate sent some", sent, sent2, len(f.snd.all()))
 	}
 }
 
@@ -269,6 +336,13 @@ func TestStep_DuplicateContinuationIsDroppedOrRetried(t *testing.T) {
 	res, err := f.sw.Step(ctx, "", first.Next)
 	if err != nil || res.Outcome != Batched {
 		t.Fatalf("batch: %+v %v", res, err)
+	}
+	// Redelivered before the next batch is claimed: tried again later.
+	if _, err := f.sw.Step(ctx, "", first.Next); !errors.Is(err, ErrBusy) {
+		t.Fatalf("redelivered before the next batch: %v, want ErrBusy", err)
+	}
+	if _, err := f.sw.Step(ctx, "", res.Next); err != nil {
+		t.Fatal(err)
 	}
 	sent := len(f.snd.all())
 
