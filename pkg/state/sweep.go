@@ -72,6 +72,11 @@ type SweepStart struct {
 	// "recovery" (it started before the recovery time: local mode started
 	// again, or dovewarden sweep --all asked for every user since).
 	Replaced string
+	// For "running": Listed is when the running sweep's listing was
+	// recorded, set only while no batch of it has been recorded or is
+	// claimed (its first continuation is on its way, or was lost); Now is
+	// Redis's time then.
+	Listed, Now time.Time
 }
 
 // SweepBegin starts a sweep with id unless one runs: it takes the sweep lock
@@ -90,6 +95,9 @@ func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTT
 		st.Started, st.Abandoned, st.Replaced = fromMS(at(v, 2)), str(v, 3), str(v, 4)
 	case "relist", "running":
 		st.Started, st.Reason = msField(str(v, 2)), str(v, 3)
+		if l, _ := at(v, 4).(int64); l > 0 {
+			st.Listed, st.Now = fromMS(l), fromMS(at(v, 5))
+		}
 	default:
 		return st, fmt.Errorf("begin sweep in redis: unexpected reply %v", v)
 	}

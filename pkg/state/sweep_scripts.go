@@ -75,6 +75,14 @@ if cur and replaced == '' then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
     return {'relist', cur, started, redis.call('HGET', KEYS[3], 'reason') or ''}
   end
+  -- Listed, and no batch recorded nor claimed: its first continuation is
+  -- on its way, or was lost with the listing step's answer. With when it
+  -- was listed, the caller tells the two apart.
+  local listed_at = redis.call('HGET', KEYS[3], 'listed_at')
+  if same and listed_at and redis.call('HEXISTS', KEYS[3], 'finished') == 0
+     and num(redis.call('HGET', KEYS[3], 'batches')) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+    return {'running', cur, started, redis.call('HGET', KEYS[3], 'reason') or '', num(listed_at), now_ms()}
+  end
   return {'running', cur, started, redis.call('HGET', KEYS[3], 'reason') or ''}
 end
 local now = now_ms()
@@ -116,9 +124,9 @@ redis.call('HSET', KEYS[3], 'listed_by', ARGV[2])
 -- users no host listed join with score 0.
 redis.call('ZUNIONSTORE', KEYS[4], 3, KEYS[4], KEYS[5], KEYS[6], 'WEIGHTS', 1, 0, 0, 'AGGREGATE', 'MAX')
 local total = redis.call('ZCARD', KEYS[4])
-redis.call('HSET', KEYS[3], 'hosts', ARGV[3], 'listed', ARGV[4], 'total', total)
-if num(ARGV[7]) > 0 then redis.call('HINCRBY', KEYS[3], 'skipped_bad_user', ARGV[7]) end
 local now = now_ms()
+redis.call('HSET', KEYS[3], 'hosts', ARGV[3], 'listed', ARGV[4], 'total', total, 'listed_at', now)
+if num(ARGV[7]) > 0 then redis.call('HINCRBY', KEYS[3], 'skipped_bad_user', ARGV[7]) end
 if total == 0 then
   finish(id, now)
   return {'finished', now, 0}

@@ -39,6 +39,33 @@ func TestSweep_OneAtATimeAndADeadListingIsTakenOver(t *testing.T) {
 	})
 }
 
+// TestSweep_ABeginTellsWhenTheFirstBatchIsStillToCome: a begin while a
+// sweep runs that is listed, and whose first batch is neither claimed nor
+// recorded, learns when it was listed: its first continuation may be on
+// its way, or lost.
+func TestSweep_ABeginTellsWhenTheFirstBatchIsStillToCome(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim); st.Decision != "running" || !st.Listed.IsZero() {
+			t.Errorf("while listing: %+v", st)
+		}
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`}, sweepLock, sweepLock)
+		st, err := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim)
+		if err != nil || st.Decision != "running" || st.ID != "s1" || st.Listed.IsZero() || st.Now.Before(st.Listed) {
+			t.Fatalf("listed, first batch to come: %+v %v", st, err)
+		}
+		b.st.SweepClaim(ctx, "s1", 0, "c1", sweepLock, sweepClaim)
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok3", "schedule", sweepLock, sweepClaim); st.Decision != "running" || !st.Listed.IsZero() {
+			t.Errorf("first batch claimed: %+v", st)
+		}
+		b.st.SweepCommit(ctx, state.SweepCommitArgs{ID: "s1", Token: "c1", From: 0, To: 1, LockTTL: sweepLock, UsersTTL: sweepLock})
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok4", "schedule", sweepLock, sweepClaim); st.Decision != "running" || !st.Listed.IsZero() {
+			t.Errorf("first batch recorded: %+v", st)
+		}
+	})
+}
+
 func TestSweep_ListedUnionsPendingAndFailedKeepingTheFirstHost(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)

@@ -63,6 +63,22 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		return Result{}, err
 	}
 	if st.Decision == "running" {
+		if !st.Listed.IsZero() {
+			// Listed, and nobody has claimed its first batch: the
+			// listing's continuation is on its way, or was lost with the
+			// listing step's answer (this may be the Broker's redelivery
+			// of the event that started it). Once no step has claimed
+			// it for longer than the continuation takes, it was lost:
+			// this request carries the sweep on. Before that, answered
+			// 202, a redelivery would end the Broker's retries and leave
+			// the sweep to its lock's expiry; the Broker tries again.
+			if st.Now.Sub(st.Listed) <= s.chainSilence() {
+				return Result{}, ErrBusy
+			}
+			s.log.Warn("the sweep's first continuation was lost after its listing; going on from its start", "sweep", st.ID,
+				"listed", st.Listed)
+			return Result{Outcome: Running, Sweep: st.ID, Next: &Cursor{Sweep: st.ID, Offset: 0}}, nil
+		}
 		s.log.Info("a sweep is running already; this request is covered by it", "sweep", st.ID, "started", st.Started, "reason", reason)
 		return Result{Outcome: Running, Sweep: st.ID}, nil
 	}

@@ -134,6 +134,15 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 		t.Fatalf("first: %+v %v", first, err)
 	}
 
+	// While the first batch is not yet claimed: the Broker tries again.
+	if _, err := f.sw.Step(ctx, "cli", nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second before the first's first batch: %v, want ErrBusy", err)
+	}
+	batch, err := f.sw.Step(ctx, "", first.Next)
+	if err != nil || batch.Next == nil {
+		t.Fatalf("first batch: %+v %v", batch, err)
+	}
+
 	second, err := f.sw.Step(ctx, "cli", nil)
 
 	if err != nil || second.Outcome != Running || second.Next != nil || second.Sweep != first.Sweep {
@@ -143,7 +152,7 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 		t.Errorf("listed %d times", f.dove.ListCalls())
 	}
 	// The first goes on to its end; then a new one may start.
-	c := first.Next
+	c := batch.Next
 	for c != nil {
 		res, err := f.sw.Step(ctx, "", c)
 		if err != nil {
@@ -273,6 +282,78 @@ func TestStep_ADuplicateBesideALivingChainIsDropped(t *testing.T) {
 	}
 	if len(f.snd.all()) != sent2 || sent2 <= sent {
 		t.Errorf("requests %d, %d, %d: a duplicate sent some", sent, sent2, len(f.snd.all()))
+	}
+}
+
+// TestStep_TheBrokersRetriesCarryOnASweepWhoseFirstContinuationWasLost:
+// the step that listed a sweep dies after recording the listing (its
+// answer, the first continuation, is lost with it), and the Broker
+// delivers the sweep.requested again on the sweep Trigger's schedule (5,
+// 10 and 20 s apart, until an answer that is not 5xx). Answered 202
+// (covered by the running sweep), it ended the Broker's retries, and the
+// sweep stood still until its lock expired; the next sweep.requested then
+// replaced it, on Knative most likely the retry sweep, which lists no
+// host, so the listed users' periodic full syncs waited another hour.
+func TestStep_TheBrokersRetriesCarryOnASweepWhoseFirstContinuationWasLost(t *testing.T) {
+	o := testOptions()
+	o.LockTTL = time.Minute
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, err := f.sw.Step(ctx, "schedule", nil)
+	if err != nil || first.Next == nil {
+		t.Fatalf("start: %+v %v", first, err)
+	}
+	// first.Next is lost.
+	t0 := f.now()
+	var next *Cursor
+	for _, after := range []time.Duration{5 * time.Second, 15 * time.Second, 35 * time.Second} {
+		f.mr.SetTime(t0.Add(after))
+		r, err := f.sw.Step(ctx, "schedule", nil)
+		if errors.Is(err, ErrBusy) {
+			continue // 503: the Broker tries again
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Next == nil {
+			t.Fatalf("redelivery %s after the listing: %+v, answered without a continuation: the Broker stops there and the sweep waits for its lock to expire", after, r)
+		}
+		next = r.Next
+		break
+	}
+	if next == nil || *next != *first.Next {
+		t.Fatalf("after the Broker's retries: continuation %+v, want %+v", next, first.Next)
+	}
+	f.continueFrom(t, next)
+	if st := f.status(t); st.Running || st.Finished.IsZero() || st.ID != first.Sweep {
+		t.Errorf("sweep %+v: want %s finished", st, first.Sweep)
+	}
+	if got := len(byUser(t, f.snd.all())); got != 7 {
+		t.Errorf("%d users requested, want 7", got)
+	}
+}
+
+// TestStep_ASweepRequestBesideALivingFirstContinuationIsCovered: a
+// sweep.requested that comes while the listing's continuation is on its
+// way is answered 503 (tried again later), and covered (202) once the
+// first batch is claimed or recorded; it never starts a second chain.
+func TestStep_ASweepRequestBesideALivingFirstContinuationIsCovered(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, _ := f.sw.Step(ctx, "schedule", nil)
+	if _, err := f.sw.Step(ctx, "schedule", nil); !errors.Is(err, ErrBusy) {
+		t.Fatalf("while the first continuation is on its way: %v, want ErrBusy", err)
+	}
+	f.rdb.Set(ctx, state.SweepClaimKey, "first-batch", time.Minute)
+	if r, err := f.sw.Step(ctx, "schedule", nil); err != nil || r.Outcome != Running || r.Next != nil {
+		t.Errorf("while the first batch is claimed: %+v %v, want it covered", r, err)
+	}
+	f.rdb.Del(ctx, state.SweepClaimKey)
+	if _, err := f.sw.Step(ctx, "", first.Next); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := f.sw.Step(ctx, "schedule", nil); err != nil || r.Outcome != Running || r.Next != nil {
+		t.Errorf("after the first batch: %+v %v, want it covered", r, err)
 	}
 }
 
@@ -674,10 +755,14 @@ func TestStep_ARetrySweepTakesTheFailedAndPendingUsersOnly(t *testing.T) {
 	if err != nil || first.Outcome != Started || first.Next == nil {
 		t.Fatalf("retry sweep: %+v %v", first, err)
 	}
+	next, err := f.sw.Step(ctx, "", first.Next)
+	if err != nil || next.Next == nil {
+		t.Fatalf("first batch: %+v %v", next, err)
+	}
 	if r, err := f.sw.Step(ctx, SweepReasonRetry, nil); err != nil || r.Outcome != Running {
 		t.Errorf("a second retry sweep while the first runs: %+v %v, want it covered", r, err)
 	}
-	f.continueFrom(t, first.Next)
+	f.continueFrom(t, next.Next)
 	got := byUser(t, f.snd.all())
 	if len(got) != 2 || got["pending"].Reason != ReasonPending || got["failed"].Reason != ReasonFailed {
 		t.Errorf("requested %v, want pending and failed only", got)
@@ -717,13 +802,17 @@ func TestStep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
 	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("replaced")); got != 1 {
 		t.Errorf("sweeps replaced: %v, want 1", got)
 	}
-	if r, err := f.sw.Step(ctx, SweepReasonRetry, nil); err != nil || r.Outcome != Running || r.Sweep != full.Sweep {
-		t.Errorf("a retry sweep while the scheduled one runs: %+v %v, want it covered", r, err)
-	}
 	if r, err := f.sw.Step(ctx, "", retry.Next); err != nil || r.Outcome != Stale {
 		t.Errorf("the replaced retry sweep's continuation: %+v %v, want stale", r, err)
 	}
-	f.continueFrom(t, full.Next)
+	next, err := f.sw.Step(ctx, "", full.Next)
+	if err != nil || next.Next == nil {
+		t.Fatalf("first batch: %+v %v", next, err)
+	}
+	if r, err := f.sw.Step(ctx, SweepReasonRetry, nil); err != nil || r.Outcome != Running || r.Sweep != full.Sweep {
+		t.Errorf("a retry sweep while the scheduled one runs: %+v %v, want it covered", r, err)
+	}
+	f.continueFrom(t, next.Next)
 	got := byUser(t, f.snd.all())
 	if len(got) != 3 || got["never"].Reason != ReasonNever || got["pending"].Reason != ReasonPending || got["failed"].Reason != ReasonFailed {
 		t.Errorf("requested %v, want every user", got)

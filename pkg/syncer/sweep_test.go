@@ -248,6 +248,14 @@ func TestHandle_SweepRequestedWhileOneRunsIsCovered(t *testing.T) {
 	}
 	again := ping(t)
 	again.SetID("ping-2")
+	// Before the first batch is claimed, the first continuation may have
+	// been lost: the Broker is asked to try again.
+	if resp, _, _ := s.post(t, again); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("second before the first batch: %d, want 503", resp.StatusCode)
+	}
+	if resp, _, _ := s.post(t, *first); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first batch: %d", resp.StatusCode)
+	}
 
 	resp, reply, body := s.post(t, again)
 
