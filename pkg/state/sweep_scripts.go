@@ -54,7 +54,12 @@ local started = redis.call('HGET', KEYS[3], 'started') or ''
 -- stopped during it) judged some users without that time, and covers no
 -- request: a new sweep replaces it, as an abandoned one.
 local replaced = ''
-local before = same and num(started) < num(redis.call('GET', KEYS[4]))
+-- On the clock of the recovery time (began; started, by TIME, for a sweep
+-- begun before began was kept): after a step back of TIME the recovery
+-- time is past TIME, and by started a sweep begun after it would look
+-- older, replaced by every sweep asked for until TIME caught up.
+local began = redis.call('HGET', KEYS[3], 'began') or started
+local before = same and num(began) < num(redis.call('GET', KEYS[4]))
 if cur and before then replaced = 'recovery' end
 if cur and not before then
   -- A sweep that lists every user takes the failed and pending users a
@@ -92,7 +97,9 @@ if prev ~= '' and redis.call('HEXISTS', KEYS[3], 'finished') == 0 then abandoned
 local names = {'last_completed_id', 'last_completed_start', 'last_completed_end'}
 local keep = redis.call('HMGET', KEYS[3], unpack(names))
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], 'id', ARGV[1], 'reason', ARGV[5], 'started', now, 'offset', 0, 'batches', 0)
+-- A recovery time set by now is not after this sweep, whatever TIME says.
+local began = math.max(mono_ms(), num(redis.call('GET', KEYS[4])))
+redis.call('HSET', KEYS[3], 'id', ARGV[1], 'reason', ARGV[5], 'started', now, 'began', began, 'offset', 0, 'batches', 0)
 -- Kept for a resent call, which must report it too.
 if abandoned ~= '' then redis.call('HSET', KEYS[3], 'abandoned', abandoned) end
 if replaced ~= '' then redis.call('HSET', KEYS[3], 'replaced', replaced) end

@@ -101,3 +101,45 @@ func fullSync(t *testing.T, st *state.Store, ttl time.Duration) state.Claim {
 	}
 	return c
 }
+
+// TestStep_ASweepBegunAfterTheRecoveryTimeIsNotReplacedWhenTheClockSteppedBack:
+// a user's dsync succeeds, Redis's TIME steps back a minute, and an
+// administrator asks for a sweep of every user (dovewarden sweep --all).
+// The recovery time is then past TIME (no earlier than the dsync's
+// start), and the sweep it starts, stamped with TIME, looked as if it had
+// started before it: each later sweep.requested replaced it, until TIME
+// was past the recovery time again; a retry sweep (every 5 minutes),
+// which lists no host, in its place, so the users the sweep of every user
+// had not reached waited for a later one.
+func TestStep_ASweepBegunAfterTheRecoveryTimeIsNotReplacedWhenTheClockSteppedBack(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	f.mr.SetTime(t0)
+	fullSync(t, f.st, 30*time.Second)
+	f.mr.SetTime(t0.Add(-time.Minute)) // TIME steps back
+	// The request's time, on the administrator's clock, which did not.
+	if err := f.sw.Everyone(ctx, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	all, err := f.sw.Step(ctx, "cli", nil)
+	if err != nil || all.Outcome != Started || all.Next == nil {
+		t.Fatalf("the sweep of every user: %+v %v", all, err)
+	}
+	f.mr.SetTime(t0.Add(-time.Minute + time.Second))
+	batch, err := f.sw.Step(ctx, "", all.Next)
+	if err != nil || batch.Next == nil {
+		t.Fatalf("its first batch: %+v %v", batch, err)
+	}
+
+	f.mr.SetTime(t0.Add(-time.Minute + 2*time.Second))
+	r, err := f.sw.Step(ctx, SweepReasonRetry, nil)
+
+	if err != nil || r.Outcome != Running || r.Sweep != all.Sweep {
+		t.Fatalf("a retry sweep asked for while the sweep of every user runs: %+v %v, want it covered", r, err)
+	}
+	f.continueFrom(t, batch.Next)
+	if got := byUser(t, f.snd.all()); len(got) != 7 {
+		t.Errorf("requested %v, want all 7 users", users(got))
+	}
+}
