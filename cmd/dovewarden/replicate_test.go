@@ -174,3 +174,18 @@ func TestReplicate_SaysWhatIsWrongWithAUser(t *testing.T) {
 		}
 	}
 }
+
+// TestHelp_HidesKSink: the help of the serving commands, whose
+// broker-url and results-sink default to K_SINK, shows neither a password
+// nor a token of it.
+func TestHelp_HidesKSink(t *testing.T) {
+	ksink := "http://u:hunter2@broker.example/x?access_token=tok3n"
+	for _, cmd := range []string{"ingest", "sync", "local"} {
+		env, stdout, stderr := testEnv(map[string]string{"K_SINK": ksink}, "")
+		_ = run(context.Background(), env, []string{cmd, "-h"})
+		out := stdout.String() + stderr.String()
+		if !strings.Contains(out, "-results-sink") && !strings.Contains(out, "-broker-url") || strings.Contains(out, "hunter2") || strings.Contains(out, "tok3n") {
+			t.Errorf("%s -h shows K_SINK's secrets, or no setting it is the default of:\n%s", cmd, out)
+		}
+	}
+}

@@ -50,6 +50,9 @@ type Config struct {
 func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	c.Server.RegisterFlags(fs, getenv, ":8080")
 	fs.StringVar(&c.BrokerURL, "broker-url", getenv("K_SINK"), "Broker ingress URL CloudEvents are sent to (default: $K_SINK)")
+	// Shown by -h as the usage's $K_SINK, not as its value: that may hold
+	// a password or a token.
+	fs.Lookup("broker-url").DefValue = ""
 	c.CEOverrides = getenv("K_CE_OVERRIDES")
 	c.CACerts = getenv("K_CA_CERTS")
 	fs.DurationVar(&c.SendBudget, "send-budget", 150*time.Millisecond, "time allowed to hand one event to the Broker, retries included; keep it below Dovecot's exporter timeout (250ms by default)")

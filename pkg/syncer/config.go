@@ -117,6 +117,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&c.RunAgainDelay, "run-again-delay", d.RunAgainDelay, "delay before re-running a dsync that answered exit code 2 (changed during sync)")
 	fs.IntVar(&c.MaxRounds, "max-rounds", d.MaxRounds, "dsyncs one event may run back to back while changes keep arriving; then the user is asked for again through the Broker, behind the lane's other work")
 	fs.StringVar(&c.ResultsSink, "results-sink", getenv("K_SINK"), "Broker URL for replication.failed events of attempts that are retried (default: $K_SINK); final outcomes are the reply")
+	// Shown by -h as the usage's $K_SINK, not as its value: that may hold
+	// a password or a token.
+	fs.Lookup("results-sink").DefValue = ""
 	c.CEOverrides = getenv("K_CE_OVERRIDES")
 	c.CACerts = getenv("K_CA_CERTS")
 	fs.StringVar(&c.Source, "source", DefaultSource, "CloudEvent source of the result events")
