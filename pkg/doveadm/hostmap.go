@@ -2,6 +2,7 @@ package doveadm
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,8 +40,24 @@ type Endpoint struct {
 	Config string
 }
 
-// Secrets lists the endpoint's secrets, for Redact.
-func (e Endpoint) Secrets() []string { return []string{e.Password, e.APIKey} }
+// Secrets lists the endpoint's secrets, for Redact: each also as the
+// doveadm HTTP API is sent it (newRequest), base64 in a header, which a
+// host that answers the request back quotes. Those come first: the
+// password itself may be part of them.
+func (e Endpoint) Secrets() []string {
+	var out []string
+	if e.APIKey != "" {
+		out = append(out, base64.StdEncoding.EncodeToString([]byte(e.APIKey)))
+	}
+	if e.Password != "" {
+		user := e.User
+		if user == "" {
+			user = "doveadm"
+		}
+		out = append(out, base64.StdEncoding.EncodeToString([]byte(user+":"+e.Password)))
+	}
+	return append(out, e.Password, e.APIKey)
+}
 
 // Where names the endpoint in messages: its URL without any password, or
 // the doveadm config for the exec transport.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -479,5 +480,37 @@ func TestHTTP_AStateTooLargeToKeepIsDropped(t *testing.T) {
 	s.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{State: "AQAAAnew"} }
 	if res, err := tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345"}); err != nil || res.State != "AQAAAnew" || res.StateDropped != 0 {
 		t.Errorf("a reply with a small state: %+v, %v", res, err)
+	}
+}
+
+// TestHTTP_EchoedCredentialsNeverShown: a host that answers the request
+// back (a debugging proxy, a wrong service behind the URL) puts the
+// credentials in its answer as they were sent, base64 in the
+// Authorization or X-Dovecot-API header; errors quote the answer, and
+// show them as no more than the password itself.
+func TestHTTP_EchoedCredentialsNeverShown(t *testing.T) {
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprintf(w, "Authorization: %s\nX-Dovecot-API: %s\n", r.Header.Get("Authorization"), r.Header.Get("X-Dovecot-API"))
+	}))
+	defer echo.Close()
+	for name, ep := range map[string]doveadm.Endpoint{
+		"password": {URL: echo.URL, User: "doveadm", Password: "pw-do-not-show"},
+		"api key":  {URL: echo.URL, APIKey: "key-do-not-show"},
+	} {
+		tr := doveadm.NewHTTP(nil, 2*time.Second)
+		_, err := tr.Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		lerr := tr.ListUsers(context.Background(), ep, func(string) error { return nil })
+		for _, e := range []error{err, lerr} {
+			if e == nil || !strings.Contains(e.Error(), "HTTP 400") {
+				t.Fatalf("%s: err %v, want the HTTP 400", name, e)
+			}
+			secret := ep.Password + ep.APIKey
+			for _, form := range []string{secret, base64.StdEncoding.EncodeToString([]byte(secret)), base64.StdEncoding.EncodeToString([]byte(ep.User + ":" + secret))} {
+				if strings.Contains(e.Error(), form) {
+					t.Errorf("%s: the error shows %q: %v", name, form, e)
+				}
+			}
+		}
 	}
 }
