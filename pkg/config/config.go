@@ -161,7 +161,7 @@ func RedactURL(raw string) string {
 		default:
 			hid := false
 			for k := range q {
-				if secretParam(k) {
+				if SecretParam(k) {
 					q.Set(k, "xxxxx")
 					hid = true
 				}
@@ -198,9 +198,9 @@ func bareIPv6(raw string) bool {
 	return !strings.Contains(rest, "[") && strings.Count(rest, ":") >= 2
 }
 
-// secretParam tells whether a query parameter's name says it holds a
-// secret.
-func secretParam(name string) bool {
+// SecretParam tells whether a query parameter's name says it holds a
+// secret (RedactURL hides its value).
+func SecretParam(name string) bool {
 	name = strings.ToLower(name)
 	for _, w := range []string{"pass", "pwd", "secret", "token", "key", "auth", "sig", "cred"} {
 		if strings.Contains(name, w) {

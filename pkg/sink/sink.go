@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -57,6 +60,7 @@ type Sender struct {
 	client    cloudevents.Client
 	target    string
 	spelled   []string // the URL as errors may spell it, each shown as target
+	secrets   []string // what of a request is secret, as sent (secretsOf)
 	overrides map[string]any
 	opts      Options
 }
@@ -165,7 +169,46 @@ func New(o Options) (*Sender, error) {
 	if r := u.Redacted(); r != o.URL {
 		spelled = append(spelled, r)
 	}
-	return &Sender{client: c, target: config.RedactURL(o.URL), spelled: spelled, overrides: ov, opts: o}, nil
+	return &Sender{client: c, target: config.RedactURL(o.URL), spelled: spelled, secrets: secretsOf(u, o.Authorization), overrides: ov, opts: o}, nil
+}
+
+// secretsOf lists, longest first, what a request to u with the
+// Authorization header auth carries that is secret, each as it may be
+// spelt back in an error: the URL's password, decoded and as written, and
+// the Basic credentials net/http makes of it; the values of the query
+// parameters config.RedactURL hides; the header's credentials.
+func secretsOf(u *url.URL, auth string) []string {
+	var out []string
+	if pw, ok := u.User.Password(); ok && pw != "" {
+		_, raw, _ := strings.Cut(u.User.String(), ":")
+		out = append(out, pw, raw, base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw)))
+	}
+	for _, kv := range strings.FieldsFunc(u.RawQuery, func(r rune) bool { return r == '&' || r == ';' }) {
+		k, raw, _ := strings.Cut(kv, "=")
+		if name, err := url.QueryUnescape(k); err == nil && config.SecretParam(name) && raw != "" {
+			out = append(out, raw)
+			if v, err := url.QueryUnescape(raw); err == nil {
+				out = append(out, v)
+			}
+		}
+	}
+	if auth != "" {
+		out = append(out, auth)
+		if _, cred, ok := strings.Cut(auth, " "); ok {
+			out = append(out, strings.TrimSpace(cred))
+		}
+	}
+	out = slices.DeleteFunc(out, func(s string) bool { return s == "" })
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// redact hides each of secrets in msg.
+func redact(msg string, secrets []string) string {
+	for _, s := range secrets {
+		msg = strings.ReplaceAll(msg, s, "xxxxx")
+	}
+	return msg
 }
 
 // boundedBodies bounds what is read of an answer's body and reads what is
@@ -228,7 +271,7 @@ func (s *Sender) Send(ctx context.Context, ev cloudevents.Event) error {
 	if cloudevents.IsACK(res) {
 		return nil
 	}
-	return describe(res, s.target, s.spelled)
+	return describe(res, s.target, s.spelled, s.secrets)
 }
 
 // withRetries asks the SDK for Retries retries, Backoff before the first
@@ -242,8 +285,10 @@ func (s *Sender) withRetries(ctx context.Context) context.Context {
 	return cloudevents.ContextWithRetriesExponentialBackoff(ctx, s.opts.Backoff/2, s.opts.Retries)
 }
 
-// describe names the final HTTP status when there was one.
-func describe(res error, target string, spelled []string) error {
+// describe names the final HTTP status when there was one. Neither what
+// the Broker answered nor the transport's error shows any of secrets:
+// either may quote the request.
+func describe(res error, target string, spelled, secrets []string) error {
 	var rr *cehttp.RetriesResult
 	if errors.As(res, &rr) {
 		res = rr.Result
@@ -252,7 +297,7 @@ func describe(res error, target string, spelled []string) error {
 	if errors.As(res, &hr) {
 		msg := fmt.Sprintf("broker %s answered HTTP %d", target, hr.StatusCode)
 		// The SDK's text is "CODE: DETAIL", its detail often empty.
-		if detail := strings.TrimSpace(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode))); detail != "" {
+		if detail := strings.TrimSpace(redact(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode)), secrets)); detail != "" {
 			// A proxy's error page would fill every log line.
 			if len(detail) > maxDetail {
 				detail = strings.ToValidUTF8(detail[:maxDetail], "") + "…"
@@ -270,7 +315,7 @@ func describe(res error, target string, spelled []string) error {
 	for _, raw := range spelled {
 		msg = strings.ReplaceAll(msg, raw, target)
 	}
-	return &answered{fmt.Sprintf("broker %s: %s", target, msg), res}
+	return &answered{fmt.Sprintf("broker %s: %s", target, redact(msg, secrets)), res}
 }
 
 // maxDetail bounds what of a Broker's refusal an error quotes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -272,6 +273,47 @@ func TestSend_KnativeCACerts(t *testing.T) {
 	for _, bad := range []string{"not a certificate", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"} {
 		if _, err := New(Options{URL: srv.URL, Budget: time.Second, CACerts: bad}); err == nil || !strings.Contains(err.Error(), "K_CA_CERTS") {
 			t.Errorf("New with K_CA_CERTS %q: %v", bad, err)
+		}
+	}
+}
+
+// TestSend_ErrorsShowNoSecretSent: neither a transport error, which
+// spells the URL with net/http's own masking of the password (not of a
+// token in the query), nor a Broker's refusal that quotes the request
+// back (its URL, its Authorization header) shows a secret sent.
+func TestSend_ErrorsShowNoSecretSent(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := ln.Addr().String()
+	ln.Close()
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, fmt.Sprintf("no access for %s with %s", r.URL, r.Header.Get("Authorization")), http.StatusForbidden)
+	}))
+	defer echo.Close()
+	secrets := []string{"pa55word", "TOK3N", "BEAR3R",
+		base64.StdEncoding.EncodeToString([]byte("dovecot:pa55word")), base64.StdEncoding.EncodeToString([]byte("dovecot:pa@ss"))}
+	for _, host := range []string{refused, strings.TrimPrefix(echo.URL, "http://")} {
+		for _, o := range []Options{
+			{URL: "http://dovecot:pa55word@" + host + "/default/broker?access_token=TOK3N"},
+			{URL: "http://dovecot:pa%40ss@" + host + "/default/broker?x-token=TOK3N"},
+			{URL: "http://" + host + "/default/broker?access_token=TOK3N", Authorization: "Bearer BEAR3R"},
+		} {
+			o.Budget = time.Second
+			s, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Send(context.Background(), testEvent())
+			if err == nil {
+				t.Fatalf("%s: sent", o.URL)
+			}
+			for _, sec := range append(secrets, "pa@ss", "pa%40ss") {
+				if strings.Contains(err.Error(), sec) {
+					t.Errorf("%s: the error shows %q: %v", o.URL, sec, err)
+				}
+			}
 		}
 	}
 }
