@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Annotations a Trigger may carry to size its lane here. Knative ignores
@@ -78,14 +80,16 @@ type Destination struct {
 	CACerts string
 }
 
+// String names d in logs: its URI without a password or secret query
+// parameters (config.RedactURL).
 func (d Destination) String() string {
 	switch {
 	case d.Ref != "" && d.URI != "":
-		return d.Ref + " + " + d.URI
+		return d.Ref + " + " + config.RedactURL(d.URI)
 	case d.Ref != "":
 		return d.Ref
 	}
-	return d.URI
+	return config.RedactURL(d.URI)
 }
 
 // The YAML shapes, with only the fields used.
@@ -326,7 +330,7 @@ func destination(hasRef bool, ref, uri string, caCerts *string) (Destination, er
 		return Destination{}, errors.New("neither ref nor uri set")
 	}
 	if uri != "" && ref == "" && !isAbsHTTP(uri) {
-		return Destination{}, fmt.Errorf("uri %q: want an absolute http or https URL", uri)
+		return Destination{}, fmt.Errorf("uri %q: want an absolute http or https URL", config.RedactURL(uri))
 	}
 	d := Destination{Ref: ref, URI: uri}
 	if caCerts != nil {

@@ -190,3 +190,24 @@ func TestLoad_BrokerWithoutDeliveryTakesKnativesDefault(t *testing.T) {
 		})
 	}
 }
+
+// TestLoad_URIsShowNoPassword: a subscriber's or dead-letter sink's URI
+// the broker refuses, or names in a warning beside a ref it cannot
+// resolve, shows no password or token of it.
+func TestLoad_URIsShowNoPassword(t *testing.T) {
+	for _, uri := range []string{"ftp://u:hunter2@h/x", "http://u:hunter2@/x", "h.example/x?access_token=hunter2"} {
+		for _, spec := range []string{
+			"  subscriber:\n    uri: " + uri + "\n",
+			"  subscriber:\n    uri: http://127.0.0.1:1/\n  delivery:\n    deadLetterSink:\n      uri: " + uri + "\n",
+		} {
+			_, err := Load(manifests(brokerDoc, trigger("t1", spec)))
+			if err == nil || !strings.Contains(err.Error(), "want an absolute http") || strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("uri %s: err %v, want a refusal without the password", uri, err)
+			}
+		}
+	}
+	d := Destination{Ref: "alerts", URI: "/hook?token=hunter2"}
+	if s := d.String(); strings.Contains(s, "hunter2") || !strings.Contains(s, "alerts") {
+		t.Errorf("Destination.String() = %q", s)
+	}
+}
