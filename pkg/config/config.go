@@ -116,7 +116,8 @@ func Secret(setting, value, file string) (string, error) {
 }
 
 // RedactURL hides a password in a URL before it reaches an error message
-// or a log: the user information's, and the value of every query parameter
+// or a log: the user information's (all of it when it has no ':', which
+// redis-cli reads as a password), and the value of every query parameter
 // whose name says it holds a secret ("password", which a Redis Sentinel URL
 // gives the primary's password in, "sentinel_password", which go-redis
 // refuses but an administrator may well try, any "*pass*", "*pwd*",
@@ -151,6 +152,11 @@ func RedactURL(raw string) string {
 	}
 	if u.Opaque != "" {
 		u.Opaque = "xxxxx"
+	}
+	if _, has := u.User.Password(); u.User != nil && !has {
+		// User information alone is a password to redis-cli
+		// (redis://PASSWORD@host) and a token to many HTTP services.
+		u.User = url.User("xxxxx")
 	}
 	if u.RawQuery != "" {
 		q, err := url.ParseQuery(u.RawQuery)

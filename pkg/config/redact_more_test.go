@@ -49,3 +49,20 @@ func FuzzRedactURL(f *testing.F) {
 		}
 	})
 }
+
+// TestRedactURL_UserInformationAlone: user information without a ':' is
+// a password to redis-cli (redis://PASSWORD@host) and a token to many
+// HTTP services (https://TOKEN@host/, sent as Basic auth): it is hidden
+// as a password is.
+func TestRedactURL_UserInformationAlone(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://s3cret@redis:6379/0":   "redis://xxxxx@redis:6379/0",
+		"rediss://s3%2Fcret@redis/0":    "rediss://xxxxx@redis/0",
+		"https://s3cret@hooks.example/": "https://xxxxx@hooks.example/",
+		"http://broker/x":               "http://broker/x",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -174,14 +174,18 @@ func New(o Options) (*Sender, error) {
 
 // secretsOf lists, longest first, what a request to u with the
 // Authorization header auth carries that is secret, each as it may be
-// spelt back in an error: the URL's password, decoded and as written, and
-// the Basic credentials net/http makes of it; the values of the query
+// spelt back in an error: the URL's password (or its user information
+// alone), decoded and as written, and the Basic credentials net/http
+// makes of it; the values of the query
 // parameters config.RedactURL hides; the header's credentials.
 func secretsOf(u *url.URL, auth string) []string {
 	var out []string
 	if pw, ok := u.User.Password(); ok && pw != "" {
 		_, raw, _ := strings.Cut(u.User.String(), ":")
 		out = append(out, pw, raw, base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw)))
+	} else if u.User != nil && !ok {
+		// User information alone: a token (config.RedactURL).
+		out = append(out, u.User.Username(), u.User.String(), base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":")))
 	}
 	for _, kv := range strings.FieldsFunc(u.RawQuery, func(r rune) bool { return r == '&' || r == ';' }) {
 		k, raw, _ := strings.Cut(kv, "=")

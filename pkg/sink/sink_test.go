@@ -293,12 +293,14 @@ func TestSend_ErrorsShowNoSecretSent(t *testing.T) {
 	}))
 	defer echo.Close()
 	secrets := []string{"pa55word", "TOK3N", "BEAR3R",
-		base64.StdEncoding.EncodeToString([]byte("dovecot:pa55word")), base64.StdEncoding.EncodeToString([]byte("dovecot:pa@ss"))}
+		base64.StdEncoding.EncodeToString([]byte("dovecot:pa55word")), base64.StdEncoding.EncodeToString([]byte("dovecot:pa@ss")),
+		base64.StdEncoding.EncodeToString([]byte("TOK3N:"))}
 	for _, host := range []string{refused, strings.TrimPrefix(echo.URL, "http://")} {
 		for _, o := range []Options{
 			{URL: "http://dovecot:pa55word@" + host + "/default/broker?access_token=TOK3N"},
 			{URL: "http://dovecot:pa%40ss@" + host + "/default/broker?x-token=TOK3N"},
 			{URL: "http://" + host + "/default/broker?access_token=TOK3N", Authorization: "Bearer BEAR3R"},
+			{URL: "http://TOK3N@" + host + "/default/broker"},
 		} {
 			o.Budget = time.Second
 			s, err := New(o)
