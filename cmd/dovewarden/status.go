@@ -229,6 +229,9 @@ type httpStatus struct {
 	base   *url.URL
 	auth   string
 	client *http.Client
+	// secrets are what of a request is secret, as an answer may quote
+	// it back (config.RequestSecrets).
+	secrets []string
 }
 
 // statusCredentials are what a dovewarden local with credentials asks
@@ -260,6 +263,7 @@ func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 			return nil, err
 		}
 		h.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cred.user+":"+pw))
+		h.secrets = []string{pw}
 	case cred.tokenFile != "":
 		tok, err := config.Secret("auth-token", "", cred.tokenFile)
 		if err != nil {
@@ -267,6 +271,9 @@ func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 		}
 		h.auth = "Bearer " + tok
 	}
+	// Longest first, as RequestSecrets sorts them: the password alone
+	// may be part of the others.
+	h.secrets = append(config.RequestSecrets(u, h.auth), h.secrets...)
 	return h, nil
 }
 
@@ -332,7 +339,7 @@ func (h *httpStatus) get(ctx context.Context, escapedPath string, query url.Valu
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return fmt.Errorf("url %s: %s (credentials: auth-user and auth-password-file, auth-token-file, or a user and password in url)", shown, resp.Status)
 	case resp.StatusCode != http.StatusOK:
-		return fmt.Errorf("url %s: %s: %s", shown, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("url %s: %s: %s", shown, resp.Status, strings.TrimSpace(config.RedactSecrets(string(body), h.secrets)))
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {

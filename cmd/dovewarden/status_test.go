@@ -457,3 +457,36 @@ func TestStatus_TwoSourcesNameTheVariable(t *testing.T) {
 		t.Errorf("%v, want an error saying that url and redis-url are both set, redis-url from DOVEWARDEN_REDIS_URL", err)
 	}
 }
+
+// TestStatus_AnAnswerQuotingTheCredentialsShowsNone: a url that is not
+// dovewarden local's (a proxy's or another service's error page that
+// quotes the request back) has its answer quoted in the error, without
+// the credentials it was sent.
+func TestStatus_AnAnswerQuotingTheCredentialsShowsNone(t *testing.T) {
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "refused: Authorization: "+r.Header.Get("Authorization"), http.StatusBadRequest)
+	}))
+	defer echo.Close()
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pwFile, []byte("hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withPassword := strings.Replace(echo.URL, "http://", "http://admin:hunter2@", 1)
+	for name, args := range map[string][]string{
+		"password in url":    {"--url", withPassword},
+		"auth-password-file": {"--url", echo.URL, "--auth-user", "admin", "--auth-password-file", pwFile},
+		"auth-token-file":    {"--url", echo.URL, "--auth-token-file", pwFile},
+	} {
+		env, stdout, _ := testEnv(nil, "")
+		err := run(context.Background(), env, append([]string{"status"}, args...))
+		if err == nil || !strings.Contains(err.Error(), "400 Bad Request: refused") {
+			t.Fatalf("%s: %v, want the answer quoted", name, err)
+		}
+		for _, secret := range []string{"hunter2", base64.StdEncoding.EncodeToString([]byte("admin:hunter2"))} {
+			if strings.Contains(err.Error()+stdout.String(), secret) {
+				t.Errorf("%s: shows %q: %v", name, secret, err)
+			}
+		}
+	}
+}

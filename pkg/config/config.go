@@ -10,12 +10,14 @@ package config
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -214,6 +216,50 @@ func SecretParam(name string) bool {
 		}
 	}
 	return false
+}
+
+// RequestSecrets lists, longest first, what a request to u with the
+// Authorization header auth (may be empty) carries that is secret, each
+// as a server's answer or an error may spell it back: the URL's password
+// (or its user information alone), decoded and as written, and the Basic
+// credentials net/http makes of it; the values of the query parameters
+// RedactURL hides; the header and its credentials.
+func RequestSecrets(u *url.URL, auth string) []string {
+	var out []string
+	if pw, ok := u.User.Password(); ok && pw != "" {
+		_, raw, _ := strings.Cut(u.User.String(), ":")
+		out = append(out, pw, raw, base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw)))
+	} else if u.User != nil && !ok {
+		// User information alone: a token (RedactURL).
+		out = append(out, u.User.Username(), u.User.String(), base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":")))
+	}
+	for _, kv := range strings.FieldsFunc(u.RawQuery, func(r rune) bool { return r == '&' || r == ';' }) {
+		k, raw, _ := strings.Cut(kv, "=")
+		if name, err := url.QueryUnescape(k); err == nil && SecretParam(name) && raw != "" {
+			out = append(out, raw)
+			if v, err := url.QueryUnescape(raw); err == nil {
+				out = append(out, v)
+			}
+		}
+	}
+	if auth != "" {
+		out = append(out, auth)
+		if _, cred, ok := strings.Cut(auth, " "); ok {
+			out = append(out, strings.TrimSpace(cred))
+		}
+	}
+	out = slices.DeleteFunc(out, func(s string) bool { return s == "" })
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// RedactSecrets replaces each of secrets in msg with "xxxxx", as
+// RedactURL hides a password.
+func RedactSecrets(msg string, secrets []string) string {
+	for _, s := range secrets {
+		msg = strings.ReplaceAll(msg, s, "xxxxx")
+	}
+	return msg
 }
 
 // EventSource checks a CloudEvent source setting: not empty, and a URI

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,8 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -60,7 +57,7 @@ type Sender struct {
 	client    cloudevents.Client
 	target    string
 	spelled   []string // the URL as errors may spell it, each shown as target
-	secrets   []string // what of a request is secret, as sent (secretsOf)
+	secrets   []string // what of a request is secret, as sent (config.RequestSecrets)
 	overrides map[string]any
 	opts      Options
 }
@@ -169,50 +166,7 @@ func New(o Options) (*Sender, error) {
 	if r := u.Redacted(); r != o.URL {
 		spelled = append(spelled, r)
 	}
-	return &Sender{client: c, target: config.RedactURL(o.URL), spelled: spelled, secrets: secretsOf(u, o.Authorization), overrides: ov, opts: o}, nil
-}
-
-// secretsOf lists, longest first, what a request to u with the
-// Authorization header auth carries that is secret, each as it may be
-// spelt back in an error: the URL's password (or its user information
-// alone), decoded and as written, and the Basic credentials net/http
-// makes of it; the values of the query
-// parameters config.RedactURL hides; the header's credentials.
-func secretsOf(u *url.URL, auth string) []string {
-	var out []string
-	if pw, ok := u.User.Password(); ok && pw != "" {
-		_, raw, _ := strings.Cut(u.User.String(), ":")
-		out = append(out, pw, raw, base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw)))
-	} else if u.User != nil && !ok {
-		// User information alone: a token (config.RedactURL).
-		out = append(out, u.User.Username(), u.User.String(), base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":")))
-	}
-	for _, kv := range strings.FieldsFunc(u.RawQuery, func(r rune) bool { return r == '&' || r == ';' }) {
-		k, raw, _ := strings.Cut(kv, "=")
-		if name, err := url.QueryUnescape(k); err == nil && config.SecretParam(name) && raw != "" {
-			out = append(out, raw)
-			if v, err := url.QueryUnescape(raw); err == nil {
-				out = append(out, v)
-			}
-		}
-	}
-	if auth != "" {
-		out = append(out, auth)
-		if _, cred, ok := strings.Cut(auth, " "); ok {
-			out = append(out, strings.TrimSpace(cred))
-		}
-	}
-	out = slices.DeleteFunc(out, func(s string) bool { return s == "" })
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out
-}
-
-// redact hides each of secrets in msg.
-func redact(msg string, secrets []string) string {
-	for _, s := range secrets {
-		msg = strings.ReplaceAll(msg, s, "xxxxx")
-	}
-	return msg
+	return &Sender{client: c, target: config.RedactURL(o.URL), spelled: spelled, secrets: config.RequestSecrets(u, o.Authorization), overrides: ov, opts: o}, nil
 }
 
 // boundedBodies bounds what is read of an answer's body and reads what is
@@ -301,7 +255,7 @@ func describe(res error, target string, spelled, secrets []string) error {
 	if errors.As(res, &hr) {
 		msg := fmt.Sprintf("broker %s answered HTTP %d", target, hr.StatusCode)
 		// The SDK's text is "CODE: DETAIL", its detail often empty.
-		if detail := strings.TrimSpace(redact(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode)), secrets)); detail != "" {
+		if detail := strings.TrimSpace(config.RedactSecrets(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode)), secrets)); detail != "" {
 			// A proxy's error page would fill every log line.
 			if len(detail) > maxDetail {
 				detail = strings.ToValidUTF8(detail[:maxDetail], "") + "…"
@@ -319,7 +273,7 @@ func describe(res error, target string, spelled, secrets []string) error {
 	for _, raw := range spelled {
 		msg = strings.ReplaceAll(msg, raw, target)
 	}
-	return &answered{fmt.Sprintf("broker %s: %s", target, redact(msg, secrets)), res}
+	return &answered{fmt.Sprintf("broker %s: %s", target, config.RedactSecrets(msg, secrets)), res}
 }
 
 // maxDetail bounds what of a Broker's refusal an error quotes.
