@@ -101,6 +101,17 @@ type httpEndpoint struct {
 
 func (e *httpEndpoint) dest() string { return config.RedactURL(e.url) }
 
+// redact hides in a refusal's body, which becomes knativeerrordata, the
+// URL's password and secret query parameters as sent, should the
+// destination quote the request back (config.RequestSecrets).
+func (e *httpEndpoint) redact(body []byte) []byte {
+	u, err := url.Parse(e.url)
+	if err != nil || len(body) == 0 {
+		return body
+	}
+	return []byte(config.RedactSecrets(string(body), config.RequestSecrets(u, "")))
+}
+
 func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structured bool, to hop, hdr http.Header) outcome {
 	if structured {
 		ctx = binding.WithForceStructured(ctx)
@@ -150,7 +161,7 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 		if err != nil {
 			body = fmt.Appendf(nil, "dispatch resulted in status %q. Could not read response body: error: %s", resp.Status, err)
 		}
-		return outcome{code: resp.StatusCode, body: body, reason: "HTTP " + resp.Status}
+		return outcome{code: resp.StatusCode, body: e.redact(body), reason: "HTTP " + resp.Status}
 	}
 	if err != nil {
 		return outcome{code: http.StatusInternalServerError, body: fmt.Appendf(nil, "Failed to read response body: %s", err), reason: err.Error()}

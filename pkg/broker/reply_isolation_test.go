@@ -141,13 +141,19 @@ func TestDeadLetter_StuckSinkNeverHoldsTheLanesWorkers(t *testing.T) {
 // status are.
 func TestDeadLetter_ErrorDestShowsNoPassword(t *testing.T) {
 	_, answers := newHTTPSubscriber(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusBadRequest) })
+	// A webhook whose refusal quotes the request: the data it answers
+	// is the dead-letter sink's too.
+	_, quotes := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no access for "+r.URL.String()+" with "+r.Header.Get("Authorization"), http.StatusForbidden)
+	})
 	gone := httptest.NewServer(http.NotFoundHandler())
 	gone.Close() // a refused connection
 	for name, tc := range map[string]struct {
 		url, code string
 	}{
-		"answers 400": {answers, "400"},
-		"refused":     {gone.URL, "500"},
+		"answers 400":        {answers, "400"},
+		"refused":            {gone.URL, "500"},
+		"quotes the request": {quotes, "403"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			hook := strings.Replace(tc.url, "http://", "http://alerts:s3cret@", 1) + "/hook?token=t0ken"
@@ -164,7 +170,7 @@ func TestDeadLetter_ErrorDestShowsNoPassword(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s %q: %v", ExtErrorData, raw, err)
 			}
-			for _, secret := range []string{"s3cret", "t0ken"} {
+			for _, secret := range []string{"s3cret", "t0ken", base64.StdEncoding.EncodeToString([]byte("alerts:s3cret"))} {
 				if strings.Contains(dest, secret) || strings.Contains(string(data), secret) {
 					t.Errorf("%s = %q, %s = %q: hold %s", ExtErrorDest, dest, ExtErrorData, data, secret)
 				}
