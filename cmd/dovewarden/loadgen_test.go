@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -130,5 +131,25 @@ func TestLoadgen_URLErrorsHideThePassword(t *testing.T) {
 		if all := err.Error() + out.String() + errb.String(); strings.Contains(all, "s3cret") {
 			t.Errorf("%s: the password is in the output: %s", u, all)
 		}
+	}
+}
+
+// TestLoadgen_TransportErrorsHideAToken: a token in --url's query is not
+// in the error of a request that failed (net/http's own errors spell the
+// URL with it).
+func TestLoadgen_TransportErrorsHideAToken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused from now on
+	env, out, errb := loadgenEnv(nil)
+	err = run(context.Background(), env, []string{"loadgen", "-count", "1", "-url", "http://" + addr + "/events?access_token=s3cretTOK"})
+	if err == nil || !strings.Contains(err.Error(), addr) {
+		t.Fatalf("a refused connection: %v; want an error naming %s", err, addr)
+	}
+	if all := err.Error() + out.String() + errb.String(); strings.Contains(all, "s3cretTOK") {
+		t.Errorf("the token is in the output: %s", all)
 	}
 }

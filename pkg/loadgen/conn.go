@@ -33,7 +33,7 @@ import (
 // headers, once per run. The per-request timeout is a deadline on the
 // socket; canceling the run moves that deadline into the past.
 type httpConn struct {
-	url  string      // the target, password redacted, for error messages
+	url  string      // the target, password and query tokens redacted, for error messages
 	addr string      // host:port to dial
 	tls  *tls.Config // nil for http
 	head []byte      // request line and headers up to "Content-Length: "

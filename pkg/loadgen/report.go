@@ -10,7 +10,7 @@ import (
 
 // Report is the outcome of a run. Durations are nanoseconds in JSON.
 type Report struct {
-	URL         string  `json:"url"` // password redacted
+	URL         string  `json:"url"` // password and query tokens redacted
 	Version     Version `json:"version"`
 	Concurrency int     `json:"concurrency"`
 	TargetRate  float64 `json:"target_rate"` // 0: as fast as possible

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Run sends cfg.Count requests or runs for cfg.Duration, whichever ends
@@ -43,6 +45,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	reqHead := requestHead(header, target)
 	addr, tlsConf := dialTarget(target)
 
+	// The target as messages and the report show it: a token in its
+	// query hidden, as the password is (requestHeader took it out).
+	shown := config.RedactURL(target.String())
 	r := &runner{cfg: cfg, gen: gen, start: time.Now()}
 	if cfg.Duration > 0 {
 		r.deadline = r.start.Add(cfg.Duration)
@@ -54,7 +59,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	var wg sync.WaitGroup
 	for n := range tallies {
 		w := &worker{runner: r, t: &tally{}, timer: time.NewTimer(time.Hour),
-			c: &httpConn{url: target.String(), addr: addr, tls: tlsConf, head: reqHead}}
+			c: &httpConn{url: shown, addr: addr, tls: tlsConf, head: reqHead}}
 		w.timer.Stop()
 		tallies[n] = w.t
 		wg.Go(func() {
@@ -65,7 +70,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	wg.Wait()
 	elapsed := time.Since(r.start)
 
-	rep := buildReport(cfg, target.String(), tallies, elapsed, r.interval > 0, ctx.Err() != nil)
+	rep := buildReport(cfg, shown, tallies, elapsed, r.interval > 0, ctx.Err() != nil)
 	if r.interval > 0 && cfg.Duration > 0 && !rep.Interrupted {
 		due := uint64(math.Ceil(cfg.Duration.Seconds() * cfg.Rate))
 		if cfg.Count > 0 {
