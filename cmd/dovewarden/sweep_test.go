@@ -117,7 +117,8 @@ func TestSweep_Failures(t *testing.T) {
 // local`: the embedded broker routes the request by the real `sweep`
 // Trigger to sync, feeds the continuations (sync's replies) back, and
 // routes the sweep's replication requests to the low lane, where they run
-// dsync: every listed user once.
+// dsync: every listed user once. (Local mode's own sweep at start lists
+// the host first, before it has users.)
 func TestSweep_ThroughTheLocalBroker(t *testing.T) {
 	tr := doveadmtest.NewTracker(t)
 	fake := doveadmtest.NewServer(t, "mail-a.test", tr)
@@ -125,7 +126,6 @@ func TestSweep_ThroughTheLocalBroker(t *testing.T) {
 	for i := range 20 {
 		users = append(users, fmt.Sprintf("u%02d", i))
 	}
-	fake.SetUsers(users...)
 	env, _, stderr := testEnv(map[string]string{
 		"DOVEWARDEN_DOVEADM_PASSWORD":     doveadmtest.Password,
 		"DOVEWARDEN_SHUTDOWN_TIMEOUT":     "5s",
@@ -133,6 +133,12 @@ func TestSweep_ThroughTheLocalBroker(t *testing.T) {
 		"DOVEWARDEN_SWEEP_BATCH_INTERVAL": "10ms",
 	}, "")
 	base, _ := serve(t, env, stderr, "local", "--listen", "127.0.0.1:0", "--doveadm-url", fake.APIURL(), "--destination", "tcp:127.0.0.1:1")
+	for start := time.Now(); fake.ListCalls() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("local mode's sweep at start listed no host\n%s", stderr)
+		}
+	}
+	fake.SetUsers(users...)
 
 	cli, _, cliErr := testEnv(nil, "")
 	if err := run(context.Background(), cli, []string{"sweep", "--broker-url", base + "/local/dovewarden"}); err != nil {
@@ -148,8 +154,8 @@ func TestSweep_ThroughTheLocalBroker(t *testing.T) {
 			t.Errorf("%s: dsyncs %+v, want one full sync (never replicated)", u, calls)
 		}
 	}
-	if fake.ListCalls() != 1 {
-		t.Errorf("%d listings", fake.ListCalls())
+	if fake.ListCalls() != 2 {
+		t.Errorf("%d listings, want the sweep at start's and this one's", fake.ListCalls())
 	}
 	if t.Failed() {
 		t.Logf("local's log:\n%s", stderr)

@@ -68,8 +68,9 @@ type SweepStart struct {
 	// when a new one replaces it.
 	Abandoned string
 	// Replaced says why, when the abandoned sweep still held the lock:
-	// "retry" (a sweep that lists every user replaces a retry sweep) or
-	// "recovery" (it started before the recovery time: local mode started
+	// "retry" (a sweep that lists every user replaces a retry sweep),
+	// "asked" (an administrator's sweep replaces one of dovewarden's own)
+	// or "recovery" (it started before the recovery time: local mode started
 	// again, or dovewarden sweep --all asked for every user since).
 	Replaced string
 	// For "running": Listed is when the running sweep's listing was

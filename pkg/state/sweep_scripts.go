@@ -68,8 +68,18 @@ if cur and not before then
   -- behind a long retry sweep. The retry sweep's step at work finds its
   -- claim and sweep gone, and records nothing but the full syncs it asked
   -- for (scriptSweepCommit).
-  if same and ARGV[5] ~= 'retry' and redis.call('HGET', KEYS[3], 'reason') == 'retry' then
+  local running = redis.call('HGET', KEYS[3], 'reason') or ''
+  if same and ARGV[5] ~= 'retry' and running == 'retry' then
     replaced = 'retry'
+  end
+  -- An administrator's sweep (any reason but dovewarden's own) retries
+  -- the failed users at once, which a running sweep of dovewarden's own
+  -- leaves until their retry is due: it replaces that sweep at once.
+  -- Covered instead, the administrator who fixed a cause would wait for
+  -- the retry interval, told nothing.
+  local own = {[''] = true, start = true, schedule = true, recovery = true, retry = true}
+  if same and replaced == '' and not own[ARGV[5]] and own[running] then
+    replaced = 'asked'
   end
 end
 if cur and replaced == '' then

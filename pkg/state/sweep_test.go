@@ -25,11 +25,11 @@ func TestSweep_OneAtATimeAndADeadListingIsTakenOver(t *testing.T) {
 		if err != nil || st.Decision != "started" || st.ID != "s1" || st.Started.IsZero() || st.Abandoned != "" {
 			t.Fatalf("begin: %+v %v", st, err)
 		}
-		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "cli", sweepLock, sweepClaim); st.Decision != "running" || st.ID != "s1" {
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim); st.Decision != "running" || st.ID != "s1" {
 			t.Fatalf("second begin: %+v", st)
 		}
 		b.expire(sweepClaim) // the listing step died; the lock still holds
-		st, err = b.st.SweepBegin(ctx, "s3", "tok3", "cli", sweepLock, sweepClaim)
+		st, err = b.st.SweepBegin(ctx, "s3", "tok3", "schedule", sweepLock, sweepClaim)
 		if err != nil || st.Decision != "relist" || st.ID != "s1" {
 			t.Fatalf("after the claim expired: %+v %v", st, err)
 		}
@@ -171,12 +171,12 @@ func TestSweep_ExpiredLockIsTakenBackOrReplaced(t *testing.T) {
 		if bt, _ := b.st.SweepClaim(ctx, "s1", 0, "c1", sweepLock, sweepClaim); bt.Decision != "ok" {
 			t.Fatalf("late continuation: %+v", bt)
 		}
-		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "cli", sweepLock, sweepClaim); st.Decision != "running" {
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim); st.Decision != "running" {
 			t.Errorf("the lock was not taken back: %+v", st)
 		}
 		b.expire(sweepLock)
 		// Lost again; this time a new sweep replaces it.
-		st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "cli", sweepLock, sweepClaim)
+		st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim)
 		if st.Decision != "started" || st.Abandoned != "s1" {
 			t.Fatalf("new sweep: %+v", st)
 		}
@@ -218,8 +218,19 @@ func TestSweep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
 		if st, _ := b.st.SweepBegin(ctx, "r3", "tok-r3", "retry", time.Hour, time.Hour); st.Decision != "running" || st.ID != "s1" {
 			t.Errorf("a retry sweep while s1 runs: %+v; want it covered", st)
 		}
-		if st, _ := b.st.SweepBegin(ctx, "s2", "tok-s2", "cli", time.Hour, time.Hour); st.Decision != "running" || st.ID != "s1" {
-			t.Errorf("another sweep while s1 runs: %+v; want it covered", st)
+		if st, _ := b.st.SweepBegin(ctx, "s2", "tok-s2", "schedule", time.Hour, time.Hour); st.Decision != "running" || st.ID != "s1" {
+			t.Errorf("another scheduled sweep while s1 runs: %+v; want it covered", st)
+		}
+		// An administrator's sweep replaces one of dovewarden's own, and
+		// is covered by nothing but another administrator's.
+		if st, err := b.st.SweepBegin(ctx, "a1", "tok-a1", "cli", time.Hour, time.Hour); err != nil || st.Decision != "started" ||
+			st.Abandoned != "s1" || st.Replaced != "asked" {
+			t.Errorf("an administrator's sweep while s1 runs: %+v %v; want it started in s1's place", st, err)
+		}
+		for _, reason := range []string{"schedule", "retry", "start", "recovery", "cli", "after-fix"} {
+			if st, _ := b.st.SweepBegin(ctx, "x-"+reason, "tok-x-"+reason, reason, time.Hour, time.Hour); st.Decision != "running" || st.ID != "a1" {
+				t.Errorf("a %s sweep while the administrator's runs: %+v; want it covered", reason, st)
+			}
 		}
 	})
 }

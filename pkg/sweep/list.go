@@ -90,6 +90,13 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 			// them too and replaces it.
 			s.m.finished.WithLabelValues("replaced").Inc()
 			s.log.Info("a sweep that lists every user replaces the running retry sweep", "replaced", st.Abandoned, "sweep", st.ID, "reason", reason)
+		case "asked":
+			// An administrator's sweep retries the failed users at once,
+			// which dovewarden's own sweeps leave until their retry is
+			// due: it does not wait behind one.
+			s.m.finished.WithLabelValues("replaced").Inc()
+			s.log.Info("a sweep an administrator asked for replaces the running sweep of dovewarden's own", "replaced", st.Abandoned,
+				"sweep", st.ID, "reason", reason)
 		case "recovery":
 			s.m.finished.WithLabelValues("abandoned").Inc()
 			s.log.Info("the running sweep started before the recovery time (local mode's start, or a sweep of every user asked for): a new one replaces it",

@@ -32,7 +32,7 @@ func newSweepMetrics(reg prometheus.Registerer) *sweepMetrics {
 	}
 	m := &sweepMetrics{
 		started:      counter(metrics.SweepsStarted, "Sweeps started."),
-		finished:     vec(metrics.SweepsFinished, "Sweeps ended, by outcome (completed; abandoned: its continuation was lost, or it started before the recovery time, and a later sweep replaced it; replaced: a retry sweep that a sweep listing every user replaced).", "outcome"),
+		finished:     vec(metrics.SweepsFinished, "Sweeps ended, by outcome (completed; abandoned: its continuation was lost, or it started before the recovery time, and a later sweep replaced it; replaced: a retry sweep that a sweep listing every user replaced, or a sweep of dovewarden's own that an administrator's replaced).", "outcome"),
 		listed:       vec(metrics.SweepUsersListed, "Usernames the Dovecot hosts listed, by host.", "host"),
 		listFailures: vec(metrics.SweepListFailures, "User listings that failed or were cut short, by host.", "host"),
 		examined:     counter(metrics.SweepUsersExamined, "Sweep candidates examined."),

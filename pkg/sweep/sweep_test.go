@@ -135,7 +135,7 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 	}
 
 	// While the first batch is not yet claimed: the Broker tries again.
-	if _, err := f.sw.Step(ctx, "cli", nil); !errors.Is(err, ErrBusy) {
+	if _, err := f.sw.Step(ctx, "schedule", nil); !errors.Is(err, ErrBusy) {
 		t.Fatalf("second before the first's first batch: %v, want ErrBusy", err)
 	}
 	batch, err := f.sw.Step(ctx, "", first.Next)
@@ -143,7 +143,7 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 		t.Fatalf("first batch: %+v %v", batch, err)
 	}
 
-	second, err := f.sw.Step(ctx, "cli", nil)
+	second, err := f.sw.Step(ctx, "schedule", nil)
 
 	if err != nil || second.Outcome != Running || second.Next != nil || second.Sweep != first.Sweep {
 		t.Fatalf("second while the first runs: %+v %v", second, err)
@@ -160,7 +160,7 @@ func TestStep_OneSweepAtATime(t *testing.T) {
 		}
 		c = res.Next
 	}
-	if third, _ := f.sw.Step(ctx, "cli", nil); third.Outcome != Started || third.Sweep == first.Sweep {
+	if third, _ := f.sw.Step(ctx, "schedule", nil); third.Outcome != Started || third.Sweep == first.Sweep {
 		t.Errorf("after the first finished: %+v", third)
 	}
 }
@@ -819,6 +819,55 @@ func TestStep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
 	}
 	if st, _ := f.st.SweepStatus(ctx); st.Running || st.LastCompletedEnd.IsZero() {
 		t.Errorf("status %+v: want the scheduled sweep completed", st)
+	}
+}
+
+// TestStep_AnAdministratorsSweepReplacesARunningSweepOfDovewardensOwn: an
+// administrator's sweep (dovewarden sweep, after fixing the cause of
+// failures) retries failed users at once, where dovewarden's own sweeps
+// wait for each one's retry to be due. Asked for while a scheduled sweep
+// runs, it starts at once in its place; before, it was covered by that
+// sweep, and a user failed a minute before waited for its retry interval.
+// A scheduled sweep, or the administrator's request again, asked for
+// while the administrator's sweep runs is covered by it.
+func TestStep_AnAdministratorsSweepReplacesARunningSweepOfDovewardensOwn(t *testing.T) {
+	o := testOptions()
+	o.BatchSize = 1
+	f := newFixture(t, o, "u1", "u2", "u3", "recent")
+	ctx := context.Background()
+	f.failed(t, "recent", time.Minute)
+	sched, err := f.sw.Step(ctx, SweepReasonSchedule, nil)
+	if err != nil || sched.Outcome != Started {
+		t.Fatalf("scheduled sweep: %+v %v", sched, err)
+	}
+	batch, err := f.sw.Step(ctx, "", sched.Next)
+	if err != nil || batch.Next == nil {
+		t.Fatalf("its first batch: %+v %v", batch, err)
+	}
+
+	admin, err := f.sw.Step(ctx, "cli", nil)
+
+	if err != nil || admin.Outcome != Started || admin.Sweep == sched.Sweep {
+		t.Fatalf("an administrator's sweep while the scheduled one runs: %+v %v, want a new sweep started", admin, err)
+	}
+	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("replaced")); got != 1 {
+		t.Errorf("sweeps replaced: %v, want 1", got)
+	}
+	if r, err := f.sw.Step(ctx, "", batch.Next); err != nil || r.Outcome != Stale {
+		t.Errorf("the replaced sweep's continuation: %+v %v, want stale", r, err)
+	}
+	next, err := f.sw.Step(ctx, "", admin.Next)
+	if err != nil || next.Next == nil {
+		t.Fatalf("the administrator's first batch: %+v %v", next, err)
+	}
+	for _, reason := range []string{"cli", SweepReasonSchedule, SweepReasonRetry} {
+		if r, err := f.sw.Step(ctx, reason, nil); err != nil || r.Outcome != Running || r.Sweep != admin.Sweep {
+			t.Errorf("a %s sweep while the administrator's runs: %+v %v, want it covered", reason, r, err)
+		}
+	}
+	f.continueFrom(t, next.Next)
+	if got := byUser(t, f.snd.all()); got["recent"].Reason != ReasonFailed {
+		t.Errorf("requested %v: want the user failed a minute ago retried", got)
 	}
 }
 
