@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -244,3 +245,19 @@ func freePort() (int, error) {
 // Ensure returns the path of redis-server, installing the Debian package
 // redis-server when it is missing.
 func Ensure() (string, error) { return debian.Ensure("redis-server", "redis-server") }
+
+// Freeze stops the server with SIGSTOP, as a Redis that hangs (a paused
+// VM, a network partition that drops packets): its connections stay open
+// and the kernel still completes new ones, but nothing is answered. The
+// returned thaw (SIGCONT) resumes it with its data; it is idempotent and
+// runs at the test's cleanup too, before the server's stop.
+func (s *Server) Freeze(t testing.TB) (thaw func()) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("redistest: SIGSTOP: %v", err)
+	}
+	var once sync.Once
+	thaw = func() { once.Do(func() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }) }
+	t.Cleanup(thaw)
+	return thaw
+}
