@@ -138,6 +138,8 @@ type Replicator struct {
 	sleep   func(ctx context.Context, d time.Duration) error
 	cover   *coverCache
 	flights *flights
+	// lostBegins are the tokens of Begins that got no answer.
+	lostBegins lostBegins
 	// unmapped are the hosts already reported as not in the host map.
 	unmapped unmappedHosts
 	// leftOutLogs bounds the warnings of states left out.
@@ -188,12 +190,20 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 			return change.Result{Outcome: change.Coalesced, User: req.User, Host: host, Destination: ep.Destination}, nil
 		}
 	}
-	token, taken := newToken(), time.Now()
+	// A redelivery of a request whose Begin got no answer sends that
+	// Begin's token again: Redis may have run it late (lostBegins).
+	key := lostBeginKey{user: req.User, host: host, destination: ep.Destination, at: at.UnixNano(), full: req.Full}
+	token, again := r.lostBegins.take(key)
+	if !again {
+		token = newToken()
+	}
+	taken := time.Now()
 	claim, err := r.store.Begin(ctx, state.BeginArgs{
 		User: req.User, Host: host, Owner: r.opts.Owner, Token: token, Destination: ep.Destination,
 		At: at, TTL: r.opts.LockTTL, Margin: margin, Full: req.Full,
 	})
 	if err != nil {
+		r.lostBegins.put(key, token)
 		return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	res := change.Result{User: req.User, Host: host, Destination: ep.Destination}
