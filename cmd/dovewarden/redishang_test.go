@@ -107,3 +107,30 @@ func TestLocal_RedisHangLosesNoChange(t *testing.T) {
 		t.Errorf("%d overlapping dsyncs", n)
 	}
 }
+
+// TestLocal_ScrapeOfAHungRedisAnswersWithinASecond: the series read from
+// Redis at scrape time give up after a second (docs/operations.md), also
+// in local mode and sync, whose Redis client does not end calls at their
+// context's deadline: a Redis that hangs used to hold each scrape for the
+// client's read timeout and its retries (5 s with the defaults).
+func TestLocal_ScrapeOfAHungRedisAnswersWithinASecond(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	base, _, _ := startLocalWith(t, fake, "--redis-url", srv.URL(), "--sweep-every", "0")
+	srv.Freeze(t)
+	c := http.Client{Timeout: 10 * time.Second}
+	began := time.Now()
+	resp, err := c.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(began)
+	if resp.StatusCode != http.StatusOK || took > 1500*time.Millisecond {
+		t.Errorf("/metrics with Redis hung: %d after %v, want 200 within a second and a bit", resp.StatusCode, took)
+	}
+	if strings.Contains(string(body), "dovewarden_sync_pending_users ") {
+		t.Errorf("with Redis hung, the pending users are still served")
+	}
+}

@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -78,12 +79,24 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		Backoff: cfg.RetryBackoff, MaxBackoff: cfg.RetryBackoffMax, RunAgainDelay: cfg.RunAgainDelay,
 		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
 	}, st, tr, cfg.HostMap(), notify, reg, log)
-	reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st), sweep.NewRedisCollector(st))
+	// The series read at scrape time give up after a second: their client
+	// ends calls at the context's deadline, which the decisions' client
+	// does not (a Succeed cut short would leave its outcome unknown), so
+	// that a Redis that hangs does not hold each scrape for the read
+	// timeout and its retries.
+	sc := cfg.Redis
+	sc.Deadlines = true
+	mst, err := state.Open(sc)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	reg.MustRegister(sweep.NewUsersCollector(mst), sweep.NewStatusCollector(mst), sweep.NewRedisCollector(mst))
 	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results,
 		Username: uf}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
 		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout)
-	return h, st.Close, nil
+	return h, func() error { return errors.Join(st.Close(), mst.Close()) }, nil
 }
 
 // SinkNotifier sends the replication.failed event of each attempt that the
