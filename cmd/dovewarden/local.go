@@ -581,6 +581,11 @@ type eventsStatus struct {
 	Hosts []ingest.HostSeen `json:"hosts"`
 }
 
+// statusBudget bounds the Redis reads of /status and /status/{user}: a
+// Redis that hangs gets 503 after it, as one that is down gets at once.
+// The store they read through ends calls at their context's deadline.
+const statusBudget = 5 * time.Second
+
 // overviewHandler serves the overview as JSON; since is when the process
 // started.
 func overviewHandler(st *state.Store, b *broker.Broker, ih *ingest.Handler, since time.Time) http.Handler {
@@ -590,7 +595,9 @@ func overviewHandler(st *state.Store, b *broker.Broker, ih *ingest.Handler, sinc
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		o, err := readOverview(r.Context(), st, list)
+		ctx, cancel := context.WithTimeout(r.Context(), statusBudget)
+		defer cancel()
+		o, err := readOverview(ctx, st, list)
 		if err != nil {
 			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
 			return
@@ -622,7 +629,9 @@ func statusHandler(st *state.Store, uf dovecot.UsernameFormat) http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		s, err := st.Status(r.Context(), user)
+		ctx, cancel := context.WithTimeout(r.Context(), statusBudget)
+		defer cancel()
+		s, err := st.Status(ctx, user)
 		if err != nil {
 			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
 			return

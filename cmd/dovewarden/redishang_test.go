@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,4 +134,32 @@ func TestLocal_ScrapeOfAHungRedisAnswersWithinASecond(t *testing.T) {
 	if strings.Contains(string(body), "dovewarden_sync_pending_users ") {
 		t.Errorf("with Redis hung, the pending users are still served")
 	}
+}
+
+// TestLocal_StatusOfAHungRedisAnswers503: /status and /status/{user}
+// read Redis; while it hangs they answer 503 after statusBudget, as they
+// do at once while it is down, instead of holding the request for as
+// long as the hang lasts (30 s and more measured).
+func TestLocal_StatusOfAHungRedisAnswers503(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	base, _, _ := startLocalWith(t, fake, "--redis-url", srv.URL(), "--sweep-every", "0")
+	srv.Freeze(t)
+	var wg sync.WaitGroup
+	for _, path := range []string{"/status", "/status/u1"} {
+		wg.Go(func() {
+			c := http.Client{Timeout: 15 * time.Second}
+			began := time.Now()
+			resp, err := c.Get(base + path)
+			if err != nil {
+				t.Errorf("GET %s with Redis hung: %v after %v", path, err, time.Since(began))
+				return
+			}
+			resp.Body.Close()
+			if took := time.Since(began); resp.StatusCode != http.StatusServiceUnavailable || took > statusBudget+time.Second {
+				t.Errorf("GET %s with Redis hung: %d after %v, want 503 within %v", path, resp.StatusCode, took, statusBudget)
+			}
+		})
+	}
+	wg.Wait()
 }
