@@ -7,10 +7,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
 // TestLocal_ExcludedUsersFile: the users in --excluded-users (normalised
@@ -141,5 +148,125 @@ func TestLocal_ExcludedUsersFileRefusedAtStart(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("run = %v, want an error with %q", err, tc.want)
 		}
+	}
+}
+
+// TestLocal_UserExcludedDuringItsDsync: a user put in the excluded-users
+// file (and SIGHUP) while its dsync runs gets no dsync after that: not
+// the rerun for a change that came meanwhile, nor the retries of an
+// attempt that failed. `dovewarden status` then shows it excluded, and
+// neither pending nor failed (it would say "the sweep retries it").
+// Taken out of the file again, it is replicated at its next change.
+func TestLocal_UserExcludedDuringItsDsync(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply doveadmtest.Reply
+	}{
+		{"succeeds", doveadmtest.Reply{}},
+		{"fails", doveadmtest.Reply{ExitCode: 75}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			file := filepath.Join(t.TempDir(), "excluded")
+			write := func(s string) {
+				t.Helper()
+				if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write("# none yet\n")
+			tr := doveadmtest.NewTracker(t)
+			fake := doveadmtest.NewServer(t, "mail-a.test", tr)
+			// The first dsync of u1 is held until released.
+			started, release := make(chan struct{}, 1), make(chan struct{})
+			var first sync.Once
+			fake.OnStart = func(c doveadmtest.Call) {
+				first.Do(func() {
+					started <- struct{}{}
+					<-release
+				})
+			}
+			var freed sync.Once
+			free := func() { freed.Do(func() { close(release) }) }
+			t.Cleanup(free)
+			var answered atomic.Bool // tc.reply until set, then success
+			fake.Respond = func(doveadmtest.Call) doveadmtest.Reply {
+				if answered.Load() {
+					return doveadmtest.Reply{}
+				}
+				return tc.reply
+			}
+			base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--excluded-users", file,
+				"--sweep-every", "0", "--retry-backoff", "50ms", "--retry-backoff-max", "100ms")
+			loads := 1
+			reload := func(s string) {
+				t.Helper()
+				write(s)
+				if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				loads++
+				want := `dovewarden_excluded_users_loads_total{outcome="success"} ` + strconv.Itoa(loads) + "\n"
+				if m, ok := awaitMetric(t, base, want); !ok {
+					t.Fatalf("no %q in\n%s\n%s", want, m, stderr)
+				}
+			}
+
+			postDovecotEvent(t, base, deliveryEvent)
+			select {
+			case <-started:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no dsync of u1\n%s", stderr)
+			}
+			reload("u1\n")
+			excludedAt := time.Now()
+			// A change while it runs: merged into it, or marked for a rerun.
+			postDovecotEvent(t, base, strings.Replace(deliveryEvent, "10:00:00", "10:00:05", 1))
+			time.Sleep(200 * time.Millisecond)
+			free()
+
+			rdb := srv.Client(t)
+			deadline := time.Now().Add(10 * time.Second)
+			for rdb.Exists(context.Background(), state.LockKey("u1")).Val() == 1 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(500 * time.Millisecond) // room for a retry or rerun that would follow
+			var after int
+			for _, c := range tr.CallsOf("u1") {
+				if c.Start.After(excludedAt) {
+					after++
+				}
+			}
+			if after != 0 {
+				t.Errorf("%d dsyncs of u1 started after it was excluded, want none\n%s", after, stderr)
+			}
+
+			env, out, errb := testEnv(nil, "")
+			if err := run(context.Background(), env, []string{"status", "--redis-url", srv.URL(), "--json", "u1"}); err != nil {
+				t.Fatalf("status: %v\n%s", err, errb)
+			}
+			var recs []state.UserStatus
+			if err := json.Unmarshal([]byte(out.String()), &recs); err != nil || len(recs) != 1 {
+				t.Fatalf("status: %v\n%s", err, out)
+			}
+			if s := recs[0]; !s.Excluded || s.Failed || !s.PendingSince.IsZero() || s.InProgress {
+				t.Errorf("status of the excluded user: %+v, want excluded, neither failed, pending nor in progress", s)
+			}
+
+			// Taken back: its next change runs a dsync.
+			reload("# none again\n")
+			answered.Store(true)
+			before := len(tr.CallsOf("u1"))
+			postDovecotEvent(t, base, strings.Replace(deliveryEvent, "10:00:00", "10:00:09", 1))
+			for len(tr.CallsOf("u1")) == before && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if len(tr.CallsOf("u1")) == before {
+				t.Errorf("u1, taken back, was not replicated at its next change\n%s", stderr)
+			}
+			if err := stop(); err != nil {
+				t.Fatalf("local returned %v", err)
+			}
+		})
 	}
 }

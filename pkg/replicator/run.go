@@ -175,6 +175,13 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			return j.abort(ctx, f, err, true)
 		}
 		c, err := r.store.Restart(lctx, user, j.token, j.ep.Destination, r.opts.LockTTL)
+		if err == nil && c.Decision == state.Excluded {
+			// Excluded while it failed: no retry; Restart released the
+			// lock and left the user neither pending nor failed.
+			r.log.Info("user excluded during its dsync; not retried", "user", user, "attempts", total)
+			j.res.Outcome, j.res.Attempts = change.Excluded, total
+			return j.res, nil
+		}
 		if err == nil && c.Decision != state.Run {
 			err = doveadm.ErrLockLost
 		}

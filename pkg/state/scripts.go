@@ -76,6 +76,15 @@ local INPROGRESS = {'inprogress_by', 'inprogress_since', 'inprogress_host', 'inp
 local function started(call)
   return call ~= '' and redis.call('HGET', KEYS[2], 'inprogress_call') == call
 end
+-- excluded_release ends what the lock's owner had of a user excluded
+-- while its attempt ran (the caller deletes the lock): the running
+-- attempt's fields, the changes merged for a rerun, and the pending and
+-- failed marks, which Begin drops for an excluded user too.
+local function excluded_release(user, h, pending, failed)
+  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', unpack(INPROGRESS))
+  redis.call('ZREM', pending, user)
+  redis.call('ZREM', failed, user)
+end
 `
 
 // scriptBegin: KEYS lock, user, pending, excluded, state.
@@ -138,8 +147,8 @@ end
 return {'busy', redis.call('HGET', KEYS[2], 'inprogress_by') or '', since}
 `)
 
-// scriptRestart: KEYS lock, user, pending, state. ARGV user, token, ttl,
-// destination, call.
+// scriptRestart: KEYS lock, user, pending, state, failed, excluded. ARGV
+// user, token, ttl, destination, call.
 var scriptRestart = newScript(luaPrelude + `
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return {'lost'}
@@ -148,6 +157,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if started(ARGV[5]) then
   -- This call already started the next attempt: answer its claim again.
   return claim(ARGV[1], KEYS[4], ARGV[4])
+end
+if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then
+  -- Excluded while the attempt ran: no retry. The lock goes, and the
+  -- marks, as Begin keeps none for an excluded user.
+  excluded_release(ARGV[1], KEYS[2], KEYS[3], KEYS[5])
+  redis.call('DEL', KEYS[1])
+  return {'excluded'}
 end
 return start(mono_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], ARGV[5], false)
 `)
@@ -160,7 +176,7 @@ end
 return 0
 `)
 
-// scriptSucceed: KEYS lock, user, pending, failed, state.
+// scriptSucceed: KEYS lock, user, pending, failed, state, excluded.
 // ARGV user, token, start, destination, new state, host, full, ttl, may
 // rerun, rerun (the owner merged newer changes in-process), call, drop
 // state (the dsync's state was too large to keep).
@@ -202,6 +218,18 @@ if owned or st >= num(redis.call('HGET', h, 'last_failure')) then
   redis.call('HSET', h, 'failures', 0)
   redis.call('ZREM', KEYS[4], user)
 end
+if redis.call('SISMEMBER', KEYS[6], user) == 1 then
+  -- Excluded while the attempt ran: no rerun for the changes that came
+  -- meanwhile, and no mark left for them, as Begin keeps none.
+  if owned then
+    excluded_release(user, h, KEYS[3], KEYS[4])
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('ZREM', KEYS[3], user)
+    redis.call('ZREM', KEYS[4], user)
+  end
+  return {'done', now}
+end
 if not owned and ARGV[10] == '1' then
   -- The owner merged changes seen after this attempt started, and the
   -- lock is no longer its own: no rerun of its own will cover them, and
@@ -236,7 +264,7 @@ if newer then return {'left', now} end
 return {'done', now}
 `)
 
-// scriptFail: KEYS lock, user, pending, failed, dsync state.
+// scriptFail: KEYS lock, user, pending, failed, dsync state, excluded.
 // ARGV user, token, at, error, exit code, class, final, release, host,
 // full asked, the failed attempt's start, gone, rerun (the owner merged
 // newer changes in-process), counted (the failure is recorded already).
@@ -300,6 +328,19 @@ if ARGV[12] == '1' then
     redis.call('DEL', h)
   elseif not newer and redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('ZREM', KEYS[3], user)
+  end
+  return now
+end
+if redis.call('SISMEMBER', KEYS[6], user) == 1 then
+  -- Excluded while the attempt ran: its failure is recorded above, but no
+  -- mark is left for a retry or the sweep, as Begin keeps none, and the
+  -- owner gives up its lock.
+  if owned then
+    excluded_release(user, h, KEYS[3], KEYS[4])
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('ZREM', KEYS[3], user)
+    redis.call('ZREM', KEYS[4], user)
   end
   return now
 end

@@ -67,7 +67,9 @@ const (
 	// Busy: another owner holds the lock; the change is left as a pending
 	// mark for it.
 	Busy Decision = "busy"
-	// Excluded: the user is excluded from replication.
+	// Excluded: the user is excluded from replication (Begin), or was
+	// excluded while its attempt ran (Restart: the lock is released and
+	// the user's marks dropped, no retry).
 	Excluded Decision = "excluded"
 	// Done: the dsync covered every pending mark; the lock is released.
 	Done Decision = "done"
@@ -121,9 +123,10 @@ func (s *Store) Begin(ctx context.Context, a BeginArgs) (Claim, error) {
 	return parseClaim(v)
 }
 
-// Restart starts a new attempt (a retry) under a lock the caller holds.
+// Restart starts a new attempt (a retry) under a lock the caller holds,
+// or answers Excluded, the lock released, for a user excluded meanwhile.
 func (s *Store) Restart(ctx context.Context, user, token, destination string, ttl time.Duration) (Claim, error) {
-	keys := []string{LockKey(user), UserKey(user), PendingKey, StateKey(user)}
+	keys := []string{LockKey(user), UserKey(user), PendingKey, StateKey(user), FailedKey, ExcludedKey}
 	v, err := scriptRestart.Run(ctx, s.rdb, keys, user, token, ttl.Milliseconds(), destination, callID()).Slice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("restart sync of %q in redis: %w", user, err)
@@ -168,9 +171,10 @@ type SuccessArgs struct {
 // (lock released), Run (a mark newer than Start exists: a new attempt
 // starts now under the same lock) or Left (one exists but MayRerun is
 // false or the lock was lost; the marks wait for the next event or the
-// sweep). end is Redis's time of the record.
+// sweep). A user excluded while the attempt ran gets Done, with its marks
+// dropped: no rerun. end is Redis's time of the record.
 func (s *Store) Succeed(ctx context.Context, a SuccessArgs) (end time.Time, next Claim, err error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), ExcludedKey}
 	v, err := scriptSucceed.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.Start),
 		a.Destination, a.NewState, a.Host, boolArg(a.Full), a.TTL.Milliseconds(), boolArg(a.MayRerun), boolArg(a.Rerun), callID(), boolArg(a.DropState)).Slice()
 	if err != nil {
@@ -226,9 +230,11 @@ type FailureArgs struct {
 	Counted bool
 }
 
-// Fail records a failed attempt; see FailureArgs.
+// Fail records a failed attempt; see FailureArgs. A user excluded while
+// the attempt ran is left neither failed nor pending (Final, Release and
+// Full are not marked), and its owner's lock is released with Release.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User)}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), ExcludedKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
 		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone), boolArg(a.Rerun), boolArg(a.Counted)).Int64()
 	if err != nil {

@@ -818,3 +818,90 @@ func TestRedisScripts_LateFailureLeavesANewerAttemptsMarks(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisScripts_ExcludedDuringAnAttemptEndsIt: a user excluded while
+// its dsync runs (the excluded-users file reloaded, an SADD) gets no
+// further dsync from that run: no rerun for the changes that came
+// meanwhile, no retry of a failed attempt. Its lock is released, and it
+// is left neither pending nor failed, as Begin leaves an excluded user.
+func TestRedisScripts_ExcludedDuringAnAttemptEndsIt(t *testing.T) {
+	assertUnmarked := func(t *testing.T, b backend, after string) {
+		t.Helper()
+		if b.rdb.Exists(ctx, state.LockKey("u1")).Val() != 0 {
+			t.Errorf("after %s: the lock is still held", after)
+		}
+		st, err := b.st.Status(ctx, "u1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Failed || !st.PendingSince.IsZero() || st.InProgress || !st.Excluded {
+			t.Errorf("after %s: %+v, want the excluded user neither failed, pending nor in progress", after, st)
+		}
+	}
+	t.Run("success with newer changes", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			c := begin(t, b, "A", time.Now().Add(-time.Second))
+			// A change while it runs, then the user is excluded.
+			if busy := begin(t, b, "B", time.Time{}); busy.Decision != state.Busy {
+				t.Fatalf("second begin: %+v, want busy", busy)
+			}
+			if err := b.st.Exclude(ctx, "u1"); err != nil {
+				t.Fatal(err)
+			}
+			_, next, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "A", Host: "mail-a", Destination: "tcp:b:1",
+				NewState: "s", Start: c.Start, TTL: time.Second, MayRerun: true, Rerun: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next.Decision != state.Done {
+				t.Errorf("Succeed = %+v, want done: no rerun of an excluded user", next)
+			}
+			assertUnmarked(t, b, "the success")
+		})
+	})
+	t.Run("failure then retry", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			at := time.Now().Add(-time.Second)
+			c := begin(t, b, "A", at)
+			if err := b.st.Exclude(ctx, "u1"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+				Class: "tempfail", ExitCode: 75, At: at, Start: c.Start}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := b.st.Restart(ctx, "u1", "A", "tcp:b:1", time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Decision != state.Excluded {
+				t.Errorf("Restart = %+v, want excluded: no retry of an excluded user", r)
+			}
+			assertUnmarked(t, b, "the restart")
+		})
+	})
+	t.Run("final failure", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			at := time.Now().Add(-time.Second)
+			c := begin(t, b, "A", at)
+			if err := b.st.Exclude(ctx, "u1"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+				Class: "tempfail", ExitCode: 75, At: at, Start: c.Start, Final: true, Release: true, Full: true}); err != nil {
+				t.Fatal(err)
+			}
+			assertUnmarked(t, b, "the final failure")
+			if st, _ := b.st.Status(ctx, "u1"); st.LastFailure.IsZero() || st.ConsecutiveFailures != 1 {
+				t.Errorf("the failure is not recorded: %+v", st)
+			}
+			// Taken back, its next change runs.
+			if err := b.st.Include(ctx, "u1"); err != nil {
+				t.Fatal(err)
+			}
+			if c := begin(t, b, "C", time.Time{}); c.Decision != state.Run {
+				t.Errorf("begin after the inclusion: %+v, want run", c)
+			}
+		})
+	})
+}
