@@ -20,6 +20,7 @@ func runExplain(_ context.Context, env *environment, args []string) error {
 		fs.PrintDefaults()
 	}
 	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
+	host := fs.String("host", "", "the host query parameter of Dovecot's exporter URL (?host=NAME), if it has one: ingest names it instead of the events' hostname")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
 		return err
 	}
@@ -39,7 +40,7 @@ func runExplain(_ context.Context, env *environment, args []string) error {
 		defer f.Close()
 		in = f
 	}
-	s, err := explain.Run(in, env.stdout, ingest.Translator{Username: uf})
+	s, err := explain.RunFor(in, env.stdout, ingest.Translator{Username: uf}, *host)
 	fmt.Fprintf(env.stderr, "%d events: %d changes, %d dropped, %d invalid\n", s.Events, s.Changes, s.Dropped, s.Invalid)
 	var re *explain.ReadError
 	if errors.As(err, &re) {

@@ -59,6 +59,13 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 // an error (and counts as invalid); input that cannot be read stops it
 // with a *ReadError.
 func Run(r io.Reader, w io.Writer, t ingest.Translator) (Summary, error) {
+	return RunFor(r, w, t, "")
+}
+
+// RunFor is Run for events posted to an exporter URL with ?host=host:
+// ingest names that host instead of the event's hostname. An empty host
+// is none.
+func RunFor(r io.Reader, w io.Writer, t ingest.Translator, host string) (Summary, error) {
 	var s Summary
 	br := &boundedReader{r: r}
 	dec := json.NewDecoder(br)
@@ -85,20 +92,30 @@ func Run(r io.Reader, w io.Writer, t ingest.Translator) (Summary, error) {
 			return s, &ReadError{err}
 		}
 		s.Events++
-		if err := one(raw, w, t, &s); err != nil {
+		if err := one(raw, w, t, host, &s); err != nil {
 			return s, err
 		}
 	}
 }
 
-func one(raw []byte, w io.Writer, t ingest.Translator, s *Summary) error {
+func one(raw []byte, w io.Writer, t ingest.Translator, host string, s *Summary) error {
 	ev, err := dovecot.Parse(raw)
 	if err != nil {
 		s.Invalid++
 		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
 		return werr
 	}
-	c, ce, reason, err := t.Translate(&ev, "")
+	// Ingest refuses a host it does not accept first, whatever the event
+	// is (400).
+	if host == "" {
+		host = ev.Hostname
+	}
+	if err := ingest.CheckHost(host); err != nil {
+		s.Invalid++
+		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
+		return werr
+	}
+	c, ce, reason, err := t.Translate(&ev, host)
 	if reason != "" {
 		s.Dropped++
 		_, werr := fmt.Fprintf(w, "dropped: %s (%s %s)\n", reason, ev.Name, describe(&ev))

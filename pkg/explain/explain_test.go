@@ -157,3 +157,48 @@ func TestRun_ReadErrorIsNoInvalidEvent(t *testing.T) {
 		t.Errorf("summary %+v, err %v", s, err)
 	}
 }
+
+// TestRun_AHostIngestRefusesIsInvalid: ingest answers 400 to an event
+// whose host name it refuses (one that cannot be a CloudEvent's source
+// or a metric label, or none), before it looks at the event's kind:
+// explain, which shows what ingest does, counts it invalid rather than
+// showing a CloudEvent or a drop ingest would never make.
+func TestRun_AHostIngestRefusesIsInvalid(t *testing.T) {
+	for _, tc := range []struct{ name, line, want string }{
+		{"a space", strings.Replace(appendLine, `"mail-a.test"`, `"mail a.test"`, 1), `invalid: host "mail a.test"`},
+		{"not ASCII", strings.Replace(appendLine, `"mail-a.test"`, `"mäil.test"`, 1), `invalid: host "mäil.test"`},
+		{"dropped otherwise", strings.Replace(failedLine, `"mail-a.test"`, `"mail/a"`, 1), `invalid: host "mail/a"`},
+		{"none", strings.Replace(appendLine, `"hostname":"mail-a.test",`, "", 1), `invalid: no host`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			s, err := Run(strings.NewReader(tc.line), &out, ingest.Translator{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s != (Summary{Events: 1, Invalid: 1}) || !strings.HasPrefix(out.String(), tc.want) {
+				t.Errorf("summary %+v, output:\n%s\nwant one invalid event, %q", s, out.String(), tc.want)
+			}
+		})
+	}
+}
+
+// TestRunFor_TheExporterURLsHost: with ?host=NAME in the exporter URL,
+// ingest names that host, whatever the events' hostname; so does explain
+// given the same host.
+func TestRunFor_TheExporterURLsHost(t *testing.T) {
+	line := strings.Replace(appendLine, `"mail-a.test"`, `"10.0.0.1:8080"`, 1)
+	var out bytes.Buffer
+	s, err := RunFor(strings.NewReader(line), &out, ingest.Translator{}, "mail-a")
+	if err != nil || s != (Summary{Events: 1, Changes: 1}) {
+		t.Fatalf("%+v %v\n%s", s, err, out.String())
+	}
+	var ce map[string]any
+	if err := json.Unmarshal(out.Bytes(), &ce); err != nil || ce["source"] != "mail-a" {
+		t.Errorf("CloudEvent %v, %v: want source mail-a", ce, err)
+	}
+	out.Reset()
+	if s, _ := RunFor(strings.NewReader(line), &out, ingest.Translator{}, "bad host"); s.Invalid != 1 {
+		t.Errorf("a host ingest refuses: %+v\n%s", s, out.String())
+	}
+}

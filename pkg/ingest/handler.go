@@ -241,7 +241,7 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 			host = q
 		}
 	}
-	if err := checkHost(host); err != nil {
+	if err := CheckHost(host); err != nil {
 		return h.reject(w, r, http.StatusBadRequest, rejectHost, err.Error())
 	}
 	hm := h.m.host(host)
@@ -392,10 +392,11 @@ func (h *Handler) authorized(r *http.Request) bool {
 	return true
 }
 
-// checkHost accepts what can name a Dovecot host in a CloudEvent source and
-// a metric label: what the host map takes as a host's name
-// (doveadm.ValidateHost), but not empty.
-func checkHost(host string) error {
+// CheckHost accepts what can name a Dovecot host in a CloudEvent source
+// and a metric label: what the host map takes as a host's name
+// (doveadm.ValidateHost), but not empty. Ingest refuses (400) an event
+// whose host it does not accept, before it looks at what the event is.
+func CheckHost(host string) error {
 	if host == "" {
 		return errors.New(`no host: the event has no "hostname" (or pass ?host=NAME in the exporter URL)`)
 	}
