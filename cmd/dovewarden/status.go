@@ -532,7 +532,11 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 		w.printf("  pending\tsince %s\t%s\n", when(s.PendingSince, now), onHost(s.PendingHost))
 	}
 	if s.InProgress {
-		w.printf("  in progress\tsince %s\tby %s, from %s\n", when(s.InProgressSince, now), s.InProgressBy, s.InProgressHost)
+		from := s.InProgressHost
+		if from == "" {
+			from = "default host" // as the last success names it
+		}
+		w.printf("  in progress\tsince %s\tby %s, from %s\n", when(s.InProgressSince, now), s.InProgressBy, from)
 	} else {
 		w.println("  in progress\tno\t")
 	}

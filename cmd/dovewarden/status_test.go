@@ -490,3 +490,37 @@ func TestStatus_AnAnswerQuotingTheCredentialsShowsNone(t *testing.T) {
 		}
 	}
 }
+
+// TestStatus_AUserInADsyncOfTheDefaultHost: a user whose dsync runs
+// through the default host (`dovewarden replicate` without --host) shows
+// where from as its last success does, "default host", not a dangling
+// "from".
+func TestStatus_AUserInADsyncOfTheDefaultHost(t *testing.T) {
+	srv := redistest.Start(t)
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	started, free := holdU1(t, fake)
+	base, stop, stderr := startLocalWith(t, fake, "--redis-url", srv.URL(), "--sweep-every", "0")
+	env, _, errb := testEnv(nil, "")
+	if err := run(context.Background(), env, []string{"replicate", "--broker-url", base + "/local/dovewarden", "u1"}); err != nil {
+		t.Fatalf("replicate: %v\n%s", err, errb)
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no dsync of u1\n%s", stderr)
+	}
+	for _, args := range [][]string{{"--redis-url", srv.URL()}, {"--url", base}} {
+		env, out, errb := testEnv(nil, "")
+		if err := run(context.Background(), env, append(append([]string{"status"}, args...), "u1")); err != nil {
+			t.Fatalf("status %s: %v\n%s", args[0], err, errb)
+		}
+		line := regexp.MustCompile(`(?m)^  in progress .*$`).FindString(out.String())
+		if !strings.HasSuffix(line, ", from default host") {
+			t.Errorf("status %s: in progress line %q, want it to end \", from default host\"\n%s", args[0], line, out)
+		}
+	}
+	free()
+	if err := stop(); err != nil {
+		t.Fatalf("local returned %v", err)
+	}
+}
