@@ -202,3 +202,27 @@ func TestRunFor_TheExporterURLsHost(t *testing.T) {
 		t.Errorf("a host ingest refuses: %+v\n%s", s, out.String())
 	}
 }
+
+// TestRun_ADroppedLineCannotDriveTheTerminal: the fields a dropped line
+// quotes from the event (its name, command and user) are shown with
+// their control characters and bytes that are not UTF-8 escaped, as
+// `dovewarden status` shows doveadm's errors: an ESC sequence in a
+// user name would otherwise drive the terminal explain prints to.
+func TestRun_ADroppedLineCannotDriveTheTerminal(t *testing.T) {
+	line := `{"event":"imap_command_finished\u009b","hostname":"mail-a.test","fields":{"user":"u1\u001b[2J",` +
+		`"cmd_name":"CREATE\u001b]0;x\u0007","tagged_reply_state":"BAD\r"}}`
+	var out bytes.Buffer
+	s, err := Run(strings.NewReader(line), &out, ingest.Translator{})
+	if err != nil || s.Dropped != 1 {
+		t.Fatalf("%+v %v\n%s", s, err, out.String())
+	}
+	text := strings.TrimSuffix(out.String(), "\n")
+	if strings.ContainsFunc(text, func(r rune) bool { return r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 }) {
+		t.Errorf("the dropped line holds control characters: %q", text)
+	}
+	for _, want := range []string{`imap_command_finished\u009b`, `CREATE\x1b]0;x\a`, `user=u1\x1b[2J`, `reply=BAD\r`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the dropped line %q lacks %q", text, want)
+		}
+	}
+}
