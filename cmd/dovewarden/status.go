@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -271,9 +272,12 @@ func newHTTPStatus(base string, cred statusCredentials) (*httpStatus, error) {
 		}
 		h.auth = "Bearer " + tok
 	}
-	// Longest first, as RequestSecrets sorts them: the password alone
-	// may be part of the others.
+	// Longest first, as RequestSecrets sorts its own: a shorter secret
+	// replaced first would leave the rest of a longer one that holds it
+	// (the password within the Basic credentials, a query token within
+	// the password).
 	h.secrets = append(config.RequestSecrets(u, h.auth), h.secrets...)
+	slices.SortStableFunc(h.secrets, func(a, b string) int { return len(b) - len(a) })
 	return h, nil
 }
 

@@ -464,7 +464,8 @@ func TestStatus_TwoSourcesNameTheVariable(t *testing.T) {
 // the credentials it was sent.
 func TestStatus_AnAnswerQuotingTheCredentialsShowsNone(t *testing.T) {
 	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "refused: Authorization: "+r.Header.Get("Authorization"), http.StatusBadRequest)
+		_, pw, _ := r.BasicAuth()
+		http.Error(w, "refused: Authorization: "+r.Header.Get("Authorization")+" password: "+pw, http.StatusBadRequest)
 	}))
 	defer echo.Close()
 	dir := t.TempDir()
@@ -472,18 +473,25 @@ func TestStatus_AnAnswerQuotingTheCredentialsShowsNone(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte("hunter2\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A password that holds a query token: the token replaced first
+	// would leave the rest of the password.
+	longFile := filepath.Join(dir, "long")
+	if err := os.WriteFile(longFile, []byte("hunter2-tok3n-rest\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	withPassword := strings.Replace(echo.URL, "http://", "http://admin:hunter2@", 1)
 	for name, args := range map[string][]string{
-		"password in url":    {"--url", withPassword},
-		"auth-password-file": {"--url", echo.URL, "--auth-user", "admin", "--auth-password-file", pwFile},
-		"auth-token-file":    {"--url", echo.URL, "--auth-token-file", pwFile},
+		"password in url":                  {"--url", withPassword},
+		"auth-password-file":               {"--url", echo.URL, "--auth-user", "admin", "--auth-password-file", pwFile},
+		"auth-token-file":                  {"--url", echo.URL, "--auth-token-file", pwFile},
+		"a password holding a query token": {"--url", echo.URL + "/?token=tok3n", "--auth-user", "admin", "--auth-password-file", longFile},
 	} {
 		env, stdout, _ := testEnv(nil, "")
 		err := run(context.Background(), env, append([]string{"status"}, args...))
 		if err == nil || !strings.Contains(err.Error(), "400 Bad Request: refused") {
 			t.Fatalf("%s: %v, want the answer quoted", name, err)
 		}
-		for _, secret := range []string{"hunter2", base64.StdEncoding.EncodeToString([]byte("admin:hunter2"))} {
+		for _, secret := range []string{"hunter2", "-rest", base64.StdEncoding.EncodeToString([]byte("admin:hunter2"))} {
 			if strings.Contains(err.Error()+stdout.String(), secret) {
 				t.Errorf("%s: shows %q: %v", name, secret, err)
 			}

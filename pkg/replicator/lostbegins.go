@@ -44,13 +44,18 @@ const (
 	lostBeginAge = 2 * time.Hour
 )
 
-// take returns, and forgets, the token of an lostBegins Begin of k.
+// take returns, and forgets, the token of a Begin of k that got no
+// answer, unless it is older than lostBeginAge.
 func (u *lostBegins) take(k lostBeginKey) (string, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	t, ok := u.m[k]
 	if ok {
 		delete(u.m, k)
+	}
+	if ok && time.Since(t.since) > lostBeginAge {
+		// Past the Broker's retries: not a redelivery of that call.
+		return "", false
 	}
 	return t.token, ok
 }
