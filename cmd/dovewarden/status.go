@@ -17,9 +17,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
+	"github.com/dovewarden/dovewarden-knative/internal/printable"
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
@@ -470,7 +469,7 @@ func printEvents(out io.Writer, e *eventsStatus, now time.Time) error {
 	}
 	var rows []string
 	for _, h := range e.Hosts {
-		rows = append(rows, fmt.Sprintf("%s\t%d\t%s", printable(h.Host), h.Events, when(h.Last, now)))
+		rows = append(rows, fmt.Sprintf("%s\t%d\t%s", printable.String(h.Host), h.Events, when(h.Last, now)))
 	}
 	return section(out, "Events from Dovecot (since the start "+when(e.Since, now)+")", "HOST\tEVENTS\tLAST", rows)
 }
@@ -596,31 +595,4 @@ func onHost(host string) string {
 }
 
 // oneLine keeps a table row on one line.
-func oneLine(s string) string { return printable(strings.Join(strings.Fields(s), " ")) }
-
-// printable shows the control characters of s (C0, DEL, C1: ESC begins a
-// terminal's escape sequences) as Go escapes, so that text from doveadm
-// or a server cannot drive the terminal the status is printed on. Bytes
-// that are not UTF-8 are shown escaped too: doveadm's standard error is
-// kept as it came, and a lone 0x9b is CSI, the 8-bit ESC [, to a terminal
-// that reads 8-bit controls.
-func printable(s string) string {
-	if utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case unicode.IsControl(r):
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-		default:
-			b.WriteString(s[i : i+n])
-		}
-		i += n
-	}
-	return b.String()
-}
+func oneLine(s string) string { return printable.String(strings.Join(strings.Fields(s), " ")) }

@@ -9,11 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
-	"unicode"
-	"unicode/utf8"
 
+	"github.com/dovewarden/dovewarden-knative/internal/printable"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 	"github.com/dovewarden/dovewarden-knative/pkg/ingest"
 )
@@ -122,7 +119,7 @@ func one(raw []byte, w io.Writer, t ingest.Translator, host string, s *Summary) 
 	c, ce, reason, err := t.Translate(&ev, host)
 	if reason != "" {
 		s.Dropped++
-		_, werr := fmt.Fprintf(w, "dropped: %s (%s %s)\n", reason, printable(ev.Name), describe(&ev))
+		_, werr := fmt.Fprintf(w, "dropped: %s (%s %s)\n", reason, printable.String(ev.Name), describe(&ev))
 		return werr
 	}
 	if err != nil {
@@ -149,38 +146,13 @@ func describe(ev *dovecot.Event) string {
 	f := ev.Fields
 	d := ""
 	if f.CmdName != "" {
-		d = printable(f.CmdName) + " "
+		d = printable.String(f.CmdName) + " "
 	}
 	if f.User != "" {
-		d += "user=" + printable(f.User)
+		d += "user=" + printable.String(f.User)
 	}
 	if f.TaggedReplyState != "" && f.TaggedReplyState != "OK" {
-		d += " reply=" + printable(f.TaggedReplyState)
+		d += " reply=" + printable.String(f.TaggedReplyState)
 	}
 	return d
-}
-
-// printable shows the control characters of s (C0, DEL, C1) and its
-// bytes that are not UTF-8 as Go escapes, so that an event's text cannot
-// drive the terminal explain prints to (ESC starts its sequences, and a
-// lone 0x9b is CSI to one that reads 8-bit controls).
-func printable(s string) string {
-	if utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case unicode.IsControl(r):
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-		default:
-			b.WriteString(s[i : i+n])
-		}
-		i += n
-	}
-	return b.String()
 }
