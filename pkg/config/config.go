@@ -19,7 +19,9 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Prefix starts every environment variable the project reads.
@@ -254,12 +256,39 @@ func RequestSecrets(u *url.URL, auth string) []string {
 }
 
 // RedactSecrets replaces each of secrets in msg with "xxxxx", as
-// RedactURL hides a password.
+// RedactURL hides a password (ReplaceSecrets).
 func RedactSecrets(msg string, secrets []string) string {
-	for _, s := range secrets {
-		msg = strings.ReplaceAll(msg, s, "xxxxx")
+	return ReplaceSecrets(msg, "xxxxx", secrets)
+}
+
+// ReplaceSecrets replaces every occurrence of each non-empty secret in s
+// with mark, in order: a secret that holds another comes first. It also
+// replaces a secret as a JSON decoder reads it (each invalid UTF-8 byte a
+// U+FFFD) and as Go's %q spells either (quotes and backslashes escaped),
+// since messages quote what a server answered. Every occurrence, inside
+// other words too: a short password such as "test" masks part of every
+// name holding it.
+func ReplaceSecrets(s, mark string, secrets []string) string {
+	for _, sec := range secrets {
+		if sec == "" {
+			continue
+		}
+		forms := []string{sec}
+		if !utf8.ValidString(sec) {
+			var b strings.Builder
+			for _, r := range sec { // an invalid byte ranges as U+FFFD
+				b.WriteRune(r)
+			}
+			forms = append(forms, b.String())
+		}
+		for _, f := range forms {
+			s = strings.ReplaceAll(s, f, mark)
+			if q := strconv.Quote(f); q[1:len(q)-1] != f {
+				s = strings.ReplaceAll(s, q[1:len(q)-1], mark)
+			}
+		}
 	}
-	return msg
+	return s
 }
 
 // EventSource checks a CloudEvent source setting: not empty, and a URI

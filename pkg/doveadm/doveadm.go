@@ -9,10 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Transport names, as the sync function's "transport" setting spells them.
@@ -186,26 +186,7 @@ func ExitCodeOf(err error) int {
 // Every occurrence, inside other words too: a short password such as
 // "test" masks part of every name holding it (docs/configuration.md).
 func Redact(s string, secrets ...string) string {
-	for _, sec := range secrets {
-		if len(sec) == 0 {
-			continue
-		}
-		forms := []string{sec}
-		if !utf8.ValidString(sec) {
-			var b strings.Builder
-			for _, r := range sec { // an invalid byte ranges as U+FFFD
-				b.WriteRune(r)
-			}
-			forms = append(forms, b.String())
-		}
-		for _, f := range forms {
-			s = strings.ReplaceAll(s, f, "***")
-			if q := strconv.Quote(f); q[1:len(q)-1] != f {
-				s = strings.ReplaceAll(s, q[1:len(q)-1], "***")
-			}
-		}
-	}
-	return s
+	return config.ReplaceSecrets(s, "***", secrets)
 }
 
 // op names a sync call for error messages.
