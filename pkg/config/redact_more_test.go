@@ -66,3 +66,16 @@ func TestRedactURL_UserInformationAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestRedactSecrets_EmptyAndQuoted: an empty secret changes nothing (it
+// would put the mark between every byte), and a secret is hidden also as
+// an error's %q spells it.
+func TestRedactSecrets_EmptyAndQuoted(t *testing.T) {
+	if got := RedactSecrets("refused", []string{""}); got != "refused" {
+		t.Errorf("an empty secret made %q of %q", got, "refused")
+	}
+	msg := `server said: "pa\"ss\\word" and pa"ss\word`
+	if got := RedactSecrets(msg, []string{`pa"ss\word`}); strings.Contains(got, "ss") {
+		t.Errorf("RedactSecrets(%q) = %q", msg, got)
+	}
+}
