@@ -76,14 +76,17 @@ local INPROGRESS = {'inprogress_by', 'inprogress_since', 'inprogress_host', 'inp
 local function started(call)
   return call ~= '' and redis.call('HGET', KEYS[2], 'inprogress_call') == call
 end
--- excluded_release ends what the lock's owner had of a user excluded
--- while its attempt ran (the caller deletes the lock): the running
--- attempt's fields, the changes merged for a rerun, and the pending and
--- failed marks, which Begin drops for an excluded user too.
-local function excluded_release(user, h, pending, failed)
-  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', unpack(INPROGRESS))
+-- excluded_release ends what is left of a user excluded while an attempt
+-- ran: its pending and failed marks, which Begin drops for an excluded
+-- user too, and, for the lock's owner (owned), the lock (KEYS[1]), the
+-- running attempt's fields and the changes merged for a rerun.
+local function excluded_release(user, h, pending, failed, owned)
   redis.call('ZREM', pending, user)
   redis.call('ZREM', failed, user)
+  if owned then
+    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', unpack(INPROGRESS))
+    redis.call('DEL', KEYS[1])
+  end
 end
 `
 
@@ -161,8 +164,7 @@ end
 if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then
   -- Excluded while the attempt ran: no retry. The lock goes, and the
   -- marks, as Begin keeps none for an excluded user.
-  excluded_release(ARGV[1], KEYS[2], KEYS[3], KEYS[5])
-  redis.call('DEL', KEYS[1])
+  excluded_release(ARGV[1], KEYS[2], KEYS[3], KEYS[5], true)
   return {'excluded'}
 end
 return start(mono_ms(), ARGV[1], '', '', KEYS[4], ARGV[4], ARGV[5], false)
@@ -221,13 +223,7 @@ end
 if redis.call('SISMEMBER', KEYS[6], user) == 1 then
   -- Excluded while the attempt ran: no rerun for the changes that came
   -- meanwhile, and no mark left for them, as Begin keeps none.
-  if owned then
-    excluded_release(user, h, KEYS[3], KEYS[4])
-    redis.call('DEL', KEYS[1])
-  else
-    redis.call('ZREM', KEYS[3], user)
-    redis.call('ZREM', KEYS[4], user)
-  end
+  excluded_release(user, h, KEYS[3], KEYS[4], owned)
   return {'done', now}
 end
 if not owned and ARGV[10] == '1' then
@@ -335,13 +331,7 @@ if redis.call('SISMEMBER', KEYS[6], user) == 1 then
   -- Excluded while the attempt ran: its failure is recorded above, but no
   -- mark is left for a retry or the sweep, as Begin keeps none, and the
   -- owner gives up its lock.
-  if owned then
-    excluded_release(user, h, KEYS[3], KEYS[4])
-    redis.call('DEL', KEYS[1])
-  else
-    redis.call('ZREM', KEYS[3], user)
-    redis.call('ZREM', KEYS[4], user)
-  end
+  excluded_release(user, h, KEYS[3], KEYS[4], owned)
   return now
 end
 if superseded then
