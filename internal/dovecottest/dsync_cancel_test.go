@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,11 +15,13 @@ import (
 
 // TestDsyncOutlivesItsHTTPRequest pins a fact the sync function's rules
 // rest on (docs/sync.md, --dsync-lock-timeout): a dsync whose doveadm HTTP
-// request is cut off (a stop, --request-timeout, --dsync-timeout) keeps
+// request is cut off (a stop, --request-timeout, --dsync-timeout) can keep
 // running in Dovecot, after dovewarden has given up the user's Redis lock.
 //
-// The destination accepts the connection and never answers, so the dsync
-// waits in its handshake until the test closes it.
+// The destination accepts the connection and never answers doveadm's
+// handshake: dsync's stall timeout, which dovewarden sends (1 s here),
+// does not cover that wait (TestDsyncStallEndsAtItsTimeout has one it
+// does), so the dsync waits until the test closes the connection.
 func TestDsyncOutlivesItsHTTPRequest(t *testing.T) {
 	needRoot(t)
 	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
@@ -35,11 +38,10 @@ func TestDsyncOutlivesItsHTTPRequest(t *testing.T) {
 					accepted <- c
 				}
 			}()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			out, err := a.DoveadmHTTP(ctx, fmt.Sprintf(`[["sync",{"user":"u1","destination":["tcp:%s"],"state":"","lockTimeout":30},"t1"]]`, ln.Addr()))
-			cancel()
-			if err == nil {
-				t.Fatalf("the dsync answered %s; its destination never does", out)
+			ep := doveadm.Endpoint{Name: a.Name, URL: a.DoveadmHTTPURL, User: "doveadm", Password: a.DoveadmPassword}
+			if _, err := doveadm.NewHTTP(nil, time.Second).Sync(context.Background(), ep,
+				doveadm.SyncRequest{User: "u1", Destination: "tcp:" + ln.Addr().String(), LockTimeout: 30 * time.Second}); err == nil {
+				t.Fatal("the dsync succeeded; its destination never answers")
 			}
 			var c net.Conn
 			select {
@@ -62,6 +64,90 @@ func TestDsyncOutlivesItsHTTPRequest(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDsyncStallEndsAtItsTimeout: a destination that stalls once dsync's
+// streams began (a replica whose storage hangs) no longer keeps the
+// dsync, its doveadm process and dsync's lock on the user in Dovecot
+// long after dovewarden cut its HTTP request off at its bound: dovewarden
+// sends the bound as dsync's stall timeout, and Dovecot ends the dsync
+// then (exit code 75, "I/O has stalled"). Without it the dsync waited
+// Dovecot's 600 s.
+//
+// A proxy in front of a real replica forwards doveadm's handshake and the
+// start of dsync's, then nothing more, keeping both connections open.
+func TestDsyncStallEndsAtItsTimeout(t *testing.T) {
+	needRoot(t)
+	const bound = 2 * time.Second
+	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
+		t.Run(v, func(t *testing.T) {
+			users := map[string]string{"u1": "pass"}
+			a := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-a.test", Users: users})
+			b := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-b.test", Users: users})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			var stalled atomic.Bool
+			sourceLeft := make(chan struct{})
+			go func() {
+				src, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer src.Close()
+				dst, err := net.Dial("tcp", strings.TrimPrefix(b.Destination, "tcp:"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer dst.Close()
+				go stallAfter(src, dst, "\tdsync\t", &stalled)
+				// The source's side ends when its dsync does.
+				stallAfter(dst, src, "", &stalled)
+				close(sourceLeft)
+			}()
+			ep := doveadm.Endpoint{Name: a.Name, URL: a.DoveadmHTTPURL, User: "doveadm", Password: a.DoveadmPassword}
+			start := time.Now()
+			_, err = doveadm.NewHTTP(nil, bound).Sync(context.Background(), ep,
+				doveadm.SyncRequest{User: "u1", Destination: "tcp:" + ln.Addr().String(), LockTimeout: 30 * time.Second})
+			if err == nil || !stalled.Load() {
+				t.Fatalf("the dsync answered %v (stalled: %v); want it cut off in the stall", err, stalled.Load())
+			}
+			select {
+			case <-sourceLeft:
+				t.Logf("cut off: %v; the dsync ended %s after it began", err, time.Since(start).Round(time.Millisecond))
+			case <-time.After(bound + 10*time.Second):
+				t.Fatalf("the dsync still waits for its stalled destination %s after its request was cut off at %s; log:\n%s", time.Since(start).Round(time.Second), bound, a.Log())
+			}
+			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(a.Log(), "I/O has stalled"); time.Sleep(50 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the source's log does not name the stall:\n%s", a.Log())
+				}
+			}
+		})
+	}
+}
+
+// stallAfter copies from to to until it has passed on a read holding
+// marker (never, when marker is empty, unless another stallAfter's
+// marker came first), then drops all that comes: the peers stay
+// connected and hear nothing more. It returns when from's side ends.
+func stallAfter(to, from net.Conn, marker string, stalled *atomic.Bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if n > 0 && !stalled.Load() {
+			to.Write(buf[:n])
+			if marker != "" && strings.Contains(string(buf[:n]), marker) {
+				stalled.Store(true)
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 

@@ -34,6 +34,41 @@ type SyncRequest struct {
 	// LockTimeout bounds how long dsync waits for its own per-user lock
 	// (lockTimeout, -l); zero asks for none.
 	LockTimeout time.Duration
+	// StallTimeout is how long dsync waits for its destination to send
+	// anything once their dsync streams began (timeout, -T), in whole
+	// seconds, rounded up; zero leaves Dovecot's 600 s. The transports
+	// set it to what is left of the call's bound (stallTimeout).
+	StallTimeout time.Duration
+}
+
+// maxStallTimeout is Dovecot's own stall timeout (2.3 and 2.4): a longer
+// one would only keep a stalled dsync longer than Dovecot does.
+const maxStallTimeout = 600 * time.Second
+
+// stallTimeout is the StallTimeout of a call bounded by bound (zero: no
+// bound) and ctx's deadline: what is left of the nearer, at most
+// maxStallTimeout, zero without either.
+// A dsync whose destination stalls is then ended by Dovecot no sooner
+// than dovewarden gives up on it (its stall begins after the request
+// left, and seconds are rounded up), and no later: with doveadm-http a
+// dsync cut off at its bound otherwise ran on in Dovecot until its
+// destination went on or Dovecot's 600 s ran out, each keeping a doveadm
+// process of its source host's process_limit and the user's dsync lock
+// (measured with 2.3 and 2.4: TestDsyncStallEndsAtItsTimeout). Dovecot
+// ends it with exit code 75. A destination that accepts the connection
+// and never answers doveadm's handshake is not covered: that wait comes
+// before dsync's, and Dovecot bounds it with nothing.
+func stallTimeout(ctx context.Context, bound time.Duration) time.Duration {
+	if dl, ok := ctx.Deadline(); ok && (bound <= 0 || time.Until(dl) < bound) {
+		bound = time.Until(dl)
+	}
+	return min(bound, maxStallTimeout)
+}
+
+// wholeSeconds is d in whole seconds, rounded up, at least 1: the unit of
+// dsync's lockTimeout and timeout (-l, -T).
+func wholeSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // SyncResult is what a dsync returned.

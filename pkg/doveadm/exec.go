@@ -13,7 +13,7 @@ import (
 )
 
 // Exec runs dsync as a local `doveadm [-c CONF] sync -u USER -N -s STATE
-// [-l SECS] [-f] DEST` process, for installs where the sync function runs next to Dovecot.
+// [-l SECS] [-T SECS] [-f] DEST` process, for installs where the sync function runs next to Dovecot.
 // The arguments are an argv list: no shell ever sees the username.
 type Exec struct {
 	bin     string
@@ -31,8 +31,8 @@ func NewExec(bin string, timeout time.Duration) *Exec {
 // do: without it dsync skips the shared and public namespaces, so another
 // user's shared mailbox or a public one that USER changed would not be
 // copied. -s is always passed, empty for a first sync, because doveadm
-// prints the new state only when it is given. -l is req.LockTimeout in
-// whole seconds, rounded up, when set.
+// prints the new state only when it is given. -l is req.LockTimeout and
+// -T req.StallTimeout, in whole seconds, rounded up, when set.
 func Args(ep Endpoint, req SyncRequest) []string {
 	var args []string
 	if ep.Config != "" {
@@ -40,13 +40,14 @@ func Args(ep Endpoint, req SyncRequest) []string {
 	}
 	args = append(args, "sync", "-u", req.User, "-N", "-s", req.State)
 	if req.LockTimeout > 0 {
-		// Whole seconds, rounded up: a timeout under half a second must
-		// still ask for the lock.
-		secs := int((req.LockTimeout + time.Second - 1) / time.Second)
-		// dsync's own per-user lock, as doveadm-http's lockTimeout: without
-		// -l dsync takes none, and nothing stands behind the Redis lock
-		// when that is lost (a Redis failover).
-		args = append(args, "-l", strconv.Itoa(secs))
+		// Rounded up: a timeout under half a second must still ask for
+		// the lock. dsync's own per-user lock, as doveadm-http's
+		// lockTimeout: without -l dsync takes none, and nothing stands
+		// behind the Redis lock when that is lost (a Redis failover).
+		args = append(args, "-l", strconv.Itoa(wholeSeconds(req.LockTimeout)))
+	}
+	if req.StallTimeout > 0 {
+		args = append(args, "-T", strconv.Itoa(wholeSeconds(req.StallTimeout)))
 	}
 	if req.Full {
 		args = append(args, "-f")
@@ -76,6 +77,9 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		ctx, cancel = context.WithTimeout(ctx, x.timeout)
 		defer cancel()
 	}
+	// A wrapper the kill does not reach (sudo's use_pty) leaves its
+	// doveadm running: let a stalled one end itself.
+	req.StallTimeout = stallTimeout(ctx, 0)
 	cmd := command(ctx, x.bin, Args(ep, req)...)
 	// The state and a line end; a longer one is not kept (maxStateKept).
 	stdout := &headBuffer{max: maxStateKept + 2}

@@ -66,7 +66,7 @@ func TestExec_ArgvAndState(t *testing.T) {
 	if err != nil || res.State != "AQAAAnewstate" {
 		t.Fatalf("Sync = %+v, %v", res, err)
 	}
-	want := []string{"-c", "/etc/dovecot/a.conf", "sync", "-u", user, "-N", "-s", "old", "-f", "tcp:replica:12345"}
+	want := []string{"-c", "/etc/dovecot/a.conf", "sync", "-u", user, "-N", "-s", "old", "-T", "10", "-f", "tcp:replica:12345"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
 	}
@@ -80,7 +80,7 @@ func TestExec_FirstSyncPassesEmptyState(t *testing.T) {
 	if _, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"sync", "-u", "u1", "-N", "-s", "", "tcp:r:1"}
+	want := []string{"sync", "-u", "u1", "-N", "-s", "", "-T", "10", "tcp:r:1"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
 	}
@@ -95,7 +95,7 @@ func TestExec_AsksForDsyncsOwnLock(t *testing.T) {
 	if _, err := NewExec(bin, 10*time.Second).Sync(context.Background(), Endpoint{}, req); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"sync", "-u", "u1", "-N", "-s", "old", "-l", "30", "tcp:r:1"}
+	want := []string{"sync", "-u", "u1", "-N", "-s", "old", "-l", "30", "-T", "10", "tcp:r:1"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
 	}
@@ -117,6 +117,36 @@ func TestArgs_LockTimeoutInWholeSecondsRoundedUp(t *testing.T) {
 		}
 		if got != tc.want {
 			t.Errorf("lock timeout %v: -l %q in %q, want %q", tc.d, got, args, tc.want)
+		}
+	}
+}
+
+// TestExec_StallTimeoutIsWhatIsLeftOfTheBound: -T is the call's bound or
+// what is left of the caller's deadline, whichever comes first, in whole
+// seconds rounded up, at most Dovecot's own 600.
+func TestExec_StallTimeoutIsWhatIsLeftOfTheBound(t *testing.T) {
+	for _, tc := range []struct {
+		bound, deadline time.Duration
+		want            string
+	}{{90 * time.Second, 0, "90"}, {90 * time.Second, 30 * time.Second, "30"}, {20 * time.Minute, 0, "600"}, {0, 0, ""}} {
+		bin, dir := fakeDoveadm(t, 0)
+		ctx := context.Background()
+		if tc.deadline > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+			defer cancel()
+		}
+		if _, err := NewExec(bin, tc.bound).Sync(ctx, Endpoint{}, SyncRequest{User: "u1", Destination: "tcp:r:1"}); err != nil {
+			t.Fatal(err)
+		}
+		args, got := readArgv(t, dir), ""
+		for i, a := range args {
+			if a == "-T" && i+1 < len(args) {
+				got = args[i+1]
+			}
+		}
+		if got != tc.want {
+			t.Errorf("bound %v, deadline %v: -T %q in %q, want %q", tc.bound, tc.deadline, got, args, tc.want)
 		}
 	}
 }
@@ -215,7 +245,7 @@ func TestExec_StateTooLargeForAnArgumentRunsAFullSyncWithoutIt(t *testing.T) {
 	if err != nil || res.State != "AQAAAnewstate" || res.StateLeftOut != len(big) {
 		t.Fatalf("Sync = %q, left out %d, %v: want the new state, %d bytes left out", res.State, res.StateLeftOut, err, len(big))
 	}
-	want := []string{"sync", "-u", "u1", "-N", "-s", "", "-l", "30", "-f", "tcp:r:1"}
+	want := []string{"sync", "-u", "u1", "-N", "-s", "", "-l", "30", "-T", "10", "-f", "tcp:r:1"}
 	if got := readArgv(t, dir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("argv %q, want %q", got, want)
 	}

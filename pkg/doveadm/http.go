@@ -148,7 +148,12 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		params["fullSync"] = true
 	}
 	if req.LockTimeout > 0 {
-		params["lockTimeout"] = int(req.LockTimeout.Round(time.Second) / time.Second)
+		params["lockTimeout"] = wholeSeconds(req.LockTimeout)
+	}
+	// The request is cut off at h.timeout (post), but Dovecot goes on
+	// with its dsync: one whose destination stalls ends itself no sooner.
+	if d := stallTimeout(ctx, h.timeout); d > 0 {
+		params["timeout"] = wholeSeconds(d)
 	}
 	tag := newTag()
 	body, err := json.Marshal([]any{[]any{"sync", params, tag}})

@@ -38,8 +38,48 @@ func TestHTTP_SyncSendsParametersAndReturnsState(t *testing.T) {
 		t.Fatalf("Sync = %+v, %v", res, err)
 	}
 	c := s.Tracker.Calls()[0]
-	if c.User != "u1" || c.Destination != "tcp:replica:12345" || c.State != "AQAAAold" || !c.Full || c.LockTimeout != 30 || !c.AllNS {
+	if c.User != "u1" || c.Destination != "tcp:replica:12345" || c.State != "AQAAAold" || !c.Full || c.LockTimeout != 30 || c.Timeout != 5 || !c.AllNS {
 		t.Errorf("doveadm got %+v", c)
+	}
+}
+
+// TestHTTP_StallTimeoutIsWhatIsLeftOfTheBound: dsync's timeout is the
+// call's bound or what is left of the caller's deadline, whichever comes
+// first, in whole seconds rounded up, at most Dovecot's own 600: a dsync
+// whose destination stalls ends in Dovecot no sooner than dovewarden
+// gives up on it, and no later.
+func TestHTTP_StallTimeoutIsWhatIsLeftOfTheBound(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		bound    time.Duration
+		deadline time.Duration // 0: none
+		want     int
+	}{
+		{"the bound", 4 * time.Minute, 0, 240},
+		{"a bound under a second", 300 * time.Millisecond, 0, 1},
+		{"a bound in part seconds", 2500 * time.Millisecond, 0, 3},
+		{"a nearer deadline", 4 * time.Minute, 90 * time.Second, 90},
+		{"a farther deadline", 4 * time.Minute, 10 * time.Minute, 240},
+		{"a bound over Dovecot's own", 20 * time.Minute, 0, 600},
+		{"no bound, a deadline", 0, 42 * time.Second, 42},
+		{"neither", 0, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := doveadmtest.NewServer(t, "mail-a", nil)
+			s.Respond = doveadmtest.Answers(doveadmtest.Reply{State: "AQAAAnew"})
+			ctx := context.Background()
+			if tc.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+				defer cancel()
+			}
+			if _, err := doveadm.NewHTTP(nil, tc.bound).Sync(ctx, endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345"}); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Tracker.Calls()[0].Timeout; got != tc.want {
+				t.Errorf("timeout %d, want %d", got, tc.want)
+			}
+		})
 	}
 }
 

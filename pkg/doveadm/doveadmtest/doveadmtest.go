@@ -31,7 +31,9 @@ type Call struct {
 	State       string
 	Full        bool
 	LockTimeout int
-	AllNS       bool
+	// Timeout is dsync's stall timeout (timeout), in seconds; 0: not sent.
+	Timeout int
+	AllNS   bool
 	// Start is when the fake received the call, End when it answered.
 	Start, End time.Time
 	// Reply is what it answered.
@@ -196,6 +198,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		State         *string  `json:"state"`
 		FullSync      bool     `json:"fullSync"`
 		LockTimeout   int      `json:"lockTimeout"`
+		Timeout       int      `json:"timeout"`
 		AllNamespaces bool     `json:"allNamespaces"`
 	}
 	_ = json.Unmarshal(req[0][0], &cmd)
@@ -209,7 +212,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := Call{Host: s.Name, User: p.User, Destination: p.Destination[0], State: *p.State, Full: p.FullSync,
-		LockTimeout: p.LockTimeout, AllNS: p.AllNamespaces, Start: time.Now()}
+		LockTimeout: p.LockTimeout, Timeout: p.Timeout, AllNS: p.AllNamespaces, Start: time.Now()}
 	s.Tracker.begin(s.Name, c.User)
 	if s.OnStart != nil {
 		s.OnStart(c)
