@@ -156,9 +156,6 @@ type Error struct {
 	// tooLarge: the doveadm HTTP API refused the request for its size
 	// (read from the reply before any password in it is masked).
 	tooLarge bool
-	// cutShort: the doveadm HTTP API closed the connection before it
-	// had the whole request (postError.cutShort).
-	cutShort bool
 	// listing: the error is a user listing's, whose exit codes mean
 	// what sysexits.h says, not what the sync policy does about them.
 	listing bool

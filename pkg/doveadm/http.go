@@ -63,10 +63,6 @@ func Client(roots *x509.CertPool) *http.Client {
 	}
 }
 
-// maxJSONString is the longest JSON string Dovecot 2.4's doveadm HTTP API
-// takes, the smallest of the limits withoutState names.
-const maxJSONString = 32 << 10
-
 // Sync runs one dsync of req.User from ep to req.Destination. A state
 // Dovecot refuses as too large (2.4: HTTP 400 "JSON parse error: Excessive
 // string size (> 32768)"; 2.3: 413 over 1 MiB) is left out, and the dsync
@@ -74,11 +70,14 @@ const maxJSONString = 32 << 10
 // is remembered for the endpoint, so that a state as large is left out at
 // once, without being offered first; unless the endpoint took a state as
 // large before: then the refusal was not for the state's size (a proxy in
-// front of doveadm), and it holds for that attempt only. A request with
-// a state over maxJSONString that the connection cut off before it was
-// sent whole is taken for such a refusal, not remembered.
+// front of doveadm), and it holds for that attempt only. A state over
+// maxStateKept, which no doveadm takes (one kept before replies were cut
+// to it), is never sent: Dovecot resets such a request while it is sent,
+// and when the kernel's buffers had taken all of it first, the reset
+// looked like a doveadm that closed without an answer, a transport
+// failure every attempt and every sweep met again.
 func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResult, error) {
-	if req.State != "" && h.refuses(ep, len(req.State)) {
+	if req.State != "" && (len(req.State) > maxStateKept || h.refuses(ep, len(req.State))) {
 		return withoutState(ctx, ep, req, h.sync)
 	}
 	res, err := h.sync(ctx, ep, req)
@@ -87,14 +86,6 @@ func (h *HTTP) Sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	case req.State == "":
 	case errors.As(err, &e) && e.tooLarge:
 		h.refused(ep, len(req.State))
-		return withoutState(ctx, ep, req, h.sync)
-	case errors.As(err, &e) && e.cutShort && len(req.State) > maxJSONString:
-		// Measured: with a request of 4 MiB or more, Dovecot 2.3 and 2.4
-		// often close the connection while it is still being sent, before
-		// or instead of their 413 or 400; net/http then has only the
-		// reset or broken pipe. The refusal is likely but not proven, so
-		// it is not remembered; a doveadm that is down fails the full
-		// sync too, as a transport failure.
 		return withoutState(ctx, ep, req, h.sync)
 	case err == nil || e != nil && e.Kind == KindExitCode:
 		// doveadm read the request: it took the state.
@@ -171,7 +162,6 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 			return fail(pe.kind, pe.err, "%s: %s, or (Dovecot 2.3) the destination %s refused dsync's connection; the source's log says which", pe.detail, closedWithoutAnswer, req.Destination)
 		}
 		res, err := fail(pe.kind, pe.err, "%s", pe.detail)
-		err.(*Error).cutShort = pe.cutShort
 		return res, err
 	}
 	defer resp.Body.Close()
@@ -304,16 +294,12 @@ type postError struct {
 	kind   Kind
 	err    error
 	detail string
-	// cutShort: the connection failed before net/http had read the
-	// whole request body to send.
-	cutShort bool
 }
 
 // closedEarly says whether doveadm closed the connection before any
-// answer (EOF, or a reset of a request sent whole; one cut off while it
-// was sent is cutShort's case): see closedWithoutAnswer.
+// answer (EOF, or a reset): see closedWithoutAnswer.
 func (pe *postError) closedEarly() bool {
-	return pe.kind == KindTransport && (errors.Is(pe.err, io.EOF) || !pe.cutShort && errors.Is(pe.err, syscall.ECONNRESET))
+	return pe.kind == KindTransport && (errors.Is(pe.err, io.EOF) || errors.Is(pe.err, syscall.ECONNRESET))
 }
 
 // post sends body to ep's doveadm HTTP API within h.timeout. The returned
@@ -350,7 +336,7 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 	if tlsFailure(err) {
 		kind = KindTLS
 	}
-	return nil, cancel, &postError{kind: kind, err: err, detail: fmt.Sprint(cause), cutShort: rd.Len() > 0}
+	return nil, cancel, &postError{kind: kind, err: err, detail: fmt.Sprint(cause)}
 }
 
 // tlsFailure reports whether err is a TLS session that could not start

@@ -21,7 +21,8 @@ import (
 //     takes it, and refuses a request over 1 MiB (413);
 //   - doveadm-exec cannot pass an argument over 32 pages (E2BIG);
 //   - from some 4 MiB, both versions often reset the connection while
-//     the request is sent, rather than answer 413 or 400.
+//     the request is sent, rather than answer 413 or 400: a state over
+//     1 MiB, which none takes, is never offered.
 //
 // A state padded past a limit stands for a user with more mailboxes.
 func TestIntegrationDovecot_LargeStates(t *testing.T) {
@@ -79,20 +80,22 @@ func TestIntegrationDovecot_LargeStates(t *testing.T) {
 			if got := messages(t, b, "u1"); got != "messages=1" {
 				t.Errorf("replica %s after doveadm-http, want messages=1", got)
 			}
-			// Past 2.3's 1 MiB request and Linux's argument bound.
+			// Past 2.3's 1 MiB request (a state of 1 MiB and the rest of
+			// the request) and Linux's argument bound.
 			for _, tc := range []struct {
 				name string
 				tr   doveadm.Transport
 				size int
-			}{{"doveadm-http", overHTTP, 1100 << 10}, {"doveadm-exec", exe, 3 << 20}} {
+			}{{"doveadm-http", overHTTP, 1 << 20}, {"doveadm-exec", exe, 3 << 20}} {
 				padded := res.State + strings.Repeat("A", tc.size-len(res.State))
 				if got := sync(tc.tr, padded); got.StateLeftOut != len(padded) {
 					t.Errorf("%s from a state of %d bytes: %d bytes left out, want all", tc.name, len(padded), got.StateLeftOut)
 				}
 			}
 			// From some 4 MiB both versions often reset the connection
-			// while the request is being sent, instead of answering: each
-			// try is a transport that has not seen a refusal yet.
+			// while the request is being sent, instead of answering; such
+			// a state is left out before it is offered, also by a
+			// transport that has not seen a refusal yet.
 			huge := res.State + strings.Repeat("A", 20<<20-len(res.State))
 			for i := range 5 {
 				if got := sync(doveadm.NewHTTP(nil, time.Minute), huge); got.StateLeftOut != len(huge) {

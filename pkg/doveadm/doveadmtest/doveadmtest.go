@@ -10,8 +10,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -135,13 +133,6 @@ type Server struct {
 	Users       []string
 	RespondList func() Reply
 
-	// ResetOver, when set, stands for Dovecot refusing a large request
-	// while it is still being sent (measured with 2.3 and 2.4 from some
-	// 4 MiB): a request with a larger body is read that far, and its
-	// connection reset, without an answer.
-	ResetOver int64
-	resets    int
-
 	mu        sync.Mutex
 	n         int
 	listCalls int
@@ -180,10 +171,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Basic realm="doveadm"`)
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	if s.ResetOver > 0 && r.ContentLength > s.ResetOver {
-		s.reset(w, r)
 		return
 	}
 	var req [][]json.RawMessage
@@ -241,31 +228,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		st = fmt.Sprintf("state-%s-%d", s.Name, n)
 	}
 	writeJSON(w, []any{[]any{"doveadmResponse", []any{map[string]string{"state": st}}, tag}})
-}
-
-// reset reads ResetOver bytes of r's body, then closes its connection
-// with a TCP reset, the rest of the body unread.
-func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
-	_, _ = io.CopyN(io.Discard, r.Body, s.ResetOver)
-	conn, _, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		http.Error(w, "cannot reset: "+err.Error(), http.StatusInternalServerError)
-		return
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = conn.Close()
-	s.mu.Lock()
-	s.resets++
-	s.mu.Unlock()
-}
-
-// Resets counts the requests reset for ResetOver.
-func (s *Server) Resets() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.resets
 }
 
 // writeFailure answers the failure rep describes, if it describes one:
