@@ -199,6 +199,16 @@ func (e Endpoint) validate(transport string) error {
 		errs = append(errs, fmt.Errorf("%s: no destination (e.g. tcp:replica:12345)", name))
 	case e.Destination[0] == '-' || strings.ContainsFunc(e.Destination, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		errs = append(errs, fmt.Errorf("%s: destination %q must not start with '-' or hold control characters", name, e.Destination))
+	case mailLocation.MatchString(e.Destination) && !remotePrefix.MatchString(e.Destination) && !ipv6ish.MatchString(e.Destination):
+		shown, hint := e.Destination, ""
+		if u, err := url.Parse(e.Destination); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+			shown, hint = config.RedactURL(e.Destination), " (a doveadm URL is the source's, --doveadm-url or the host map's url)"
+		}
+		// Measured with Dovecot 2.3 and 2.4: "Fatal: -N parameter
+		// requires syncing with remote host", an EOF over the HTTP API
+		// (retried as if the replica were down) and exit code 75 with
+		// doveadm-exec, at every dsync.
+		errs = append(errs, fmt.Errorf("%s: destination %q: dsync reads it as a local mail location%s, and dovewarden syncs all namespaces (-N, allNamespaces), which dsync refuses for one: name the replica's doveadm listener, tcp:HOST:PORT (tcps: over TLS)", name, shown, hint))
 	case hostPort.MatchString(e.Destination):
 		// Measured with Dovecot 2.4: dsync ran "ssh 127.0.0.1:40157
 		// doveadm dsync-server" and answered exit code 75, a destination
@@ -256,6 +266,15 @@ func isPort(p string) bool {
 	n, err := strconv.Atoi(p)
 	return err == nil && n > 0 && n < 65536 && p[0] != '+'
 }
+
+// mailLocation is a destination dsync reads as a local mail location
+// (maildir:~/Maildir, mdbox:/srv/mail): letters and digits, then a colon,
+// unless it is one of remotePrefix's. Dovecot 2.3 and 2.4 read them so
+// (doveadm-dsync.c).
+var mailLocation = regexp.MustCompile(`^[A-Za-z0-9]+:`)
+
+// remotePrefix is a destination dsync reaches over TCP or a command.
+var remotePrefix = regexp.MustCompile(`^(tcp|tcps|remote|remoteprefix):`)
 
 // hostPort is a destination that is a host and port alone (mail-b:12345,
 // [2001:db8::2]:12345): the replica's doveadm listener without dsync's

@@ -95,9 +95,31 @@ func TestHostMap_ValidateDestinationWithoutTCP(t *testing.T) {
 			t.Errorf("%s: %v, want a refusal that says tcp:%s", d, err, d)
 		}
 	}
-	for _, d := range []string{"tcp:mail-b:12345", "tcps:mail-b:12345", "tcp:[2001:db8::2]:12345", "remote:mail-b", "mail-b", "vmail@mail-b", "maildir:~/Maildir", "mdbox:/srv/mail/%u:INDEX=/idx"} {
+	for _, d := range []string{"tcp:mail-b:12345", "tcps:mail-b:12345", "tcp:[2001:db8::2]:12345", "remote:mail-b", "remoteprefix:vmail@mail-b", "mail-b", "vmail@mail-b", "ssh -i /etc/dovewarden/key mail-b doveadm dsync-server -u%u"} {
 		if err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec); err != nil {
 			t.Errorf("%s: %v, want it accepted", d, err)
+		}
+	}
+}
+
+// A destination dsync reads as a local mail location is refused at start:
+// dovewarden syncs all namespaces (-N), which dsync refuses for a local
+// destination (measured with Dovecot 2.3 and 2.4: "Fatal: -N parameter
+// requires syncing with remote host", an EOF over the HTTP API, retried
+// as if the replica were down, at every dsync). A doveadm URL given as
+// the destination is one, and the error says so, without its password.
+func TestHostMap_ValidateMailLocationDestination(t *testing.T) {
+	for _, d := range []string{"maildir:~/Maildir", "mdbox:/srv/mail/%u:INDEX=/idx", "localhost:12345", "http://mail-b:8081/doveadm/v1", "https://doveadm:pw-x7@mail-b/doveadm/v1"} {
+		err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec)
+		if err == nil || !strings.Contains(err.Error(), "local mail location") || !strings.Contains(err.Error(), "tcp:HOST:PORT") {
+			t.Errorf("%s: %v, want a refusal naming tcp:HOST:PORT", d, err)
+			continue
+		}
+		if strings.HasPrefix(d, "http") != strings.Contains(err.Error(), "doveadm URL") {
+			t.Errorf("%s: %v: says doveadm URL: %v", d, err, !strings.HasPrefix(d, "http"))
+		}
+		if strings.Contains(err.Error(), "pw-x7") {
+			t.Errorf("%s: %v shows the password", d, err)
 		}
 	}
 }
