@@ -199,6 +199,12 @@ func (e Endpoint) validate(transport string) error {
 		errs = append(errs, fmt.Errorf("%s: no destination (e.g. tcp:replica:12345)", name))
 	case e.Destination[0] == '-' || strings.ContainsFunc(e.Destination, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		errs = append(errs, fmt.Errorf("%s: destination %q must not start with '-' or hold control characters", name, e.Destination))
+	case hostPort.MatchString(e.Destination):
+		// Measured with Dovecot 2.4: dsync ran "ssh 127.0.0.1:40157
+		// doveadm dsync-server" and answered exit code 75, a destination
+		// that is down, at every dsync. A host of letters and digits
+		// alone (localhost:12345) is read as a mail location instead.
+		errs = append(errs, fmt.Errorf("%s: destination %q: dsync reads a destination without tcp: or tcps: as an ssh host or a mail location, not the replica's doveadm listener: write tcp:%s (tcps:%s over TLS)", name, e.Destination, e.Destination, e.Destination))
 	case mailLocation.MatchString(e.Destination) && !remotePrefix.MatchString(e.Destination) && !ipv6ish.MatchString(e.Destination):
 		shown, hint := e.Destination, ""
 		if u, err := url.Parse(e.Destination); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
@@ -209,11 +215,6 @@ func (e Endpoint) validate(transport string) error {
 		// (retried as if the replica were down) and exit code 75 with
 		// doveadm-exec, at every dsync.
 		errs = append(errs, fmt.Errorf("%s: destination %q: dsync reads it as a local mail location%s, and dovewarden syncs all namespaces (-N, allNamespaces), which dsync refuses for one: name the replica's doveadm listener, tcp:HOST:PORT (tcps: over TLS)", name, shown, hint))
-	case hostPort.MatchString(e.Destination):
-		// Measured with Dovecot 2.4: dsync ran "ssh 127.0.0.1:40157
-		// doveadm dsync-server" and answered exit code 75, a destination
-		// that is down, at every dsync.
-		errs = append(errs, fmt.Errorf("%s: destination %q: dsync takes a destination without tcp: or tcps: for an ssh host, not the replica's doveadm listener: write tcp:%s (tcps:%s over TLS)", name, e.Destination, e.Destination, e.Destination))
 	default:
 		if err := checkTCPDestination(e.Destination); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))

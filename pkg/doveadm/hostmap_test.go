@@ -87,9 +87,10 @@ func TestHostMap_Validate(t *testing.T) {
 // A destination written as the replica's host and port without tcp:
 // (mail-b:12345) is refused at start: dsync reads it as an ssh host, and
 // every dsync failed with exit code 75, retried for good, as if the
-// replica were down. dsync's other destinations still pass.
+// replica were down (or, localhost:12345, as a mail location). dsync's
+// other destinations still pass.
 func TestHostMap_ValidateDestinationWithoutTCP(t *testing.T) {
-	for _, d := range []string{"mail-b:12345", "127.0.0.1:40157", "[2001:db8::2]:12345"} {
+	for _, d := range []string{"mail-b:12345", "127.0.0.1:40157", "[2001:db8::2]:12345", "localhost:12345"} {
 		err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec)
 		if err == nil || !strings.Contains(err.Error(), "write tcp:"+d) {
 			t.Errorf("%s: %v, want a refusal that says tcp:%s", d, err, d)
@@ -109,7 +110,7 @@ func TestHostMap_ValidateDestinationWithoutTCP(t *testing.T) {
 // as if the replica were down, at every dsync). A doveadm URL given as
 // the destination is one, and the error says so, without its password.
 func TestHostMap_ValidateMailLocationDestination(t *testing.T) {
-	for _, d := range []string{"maildir:~/Maildir", "mdbox:/srv/mail/%u:INDEX=/idx", "localhost:12345", "http://mail-b:8081/doveadm/v1", "https://doveadm:pw-x7@mail-b/doveadm/v1"} {
+	for _, d := range []string{"maildir:~/Maildir", "mdbox:/srv/mail/%u:INDEX=/idx", "http://mail-b:8081/doveadm/v1", "https://doveadm:pw-x7@mail-b/doveadm/v1"} {
 		err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec)
 		if err == nil || !strings.Contains(err.Error(), "local mail location") || !strings.Contains(err.Error(), "tcp:HOST:PORT") {
 			t.Errorf("%s: %v, want a refusal naming tcp:HOST:PORT", d, err)
