@@ -161,8 +161,7 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 			// neither that nor the other causes seen (closedWithoutAnswer).
 			return fail(pe.kind, pe.err, "%s: %s, or (Dovecot 2.3) the destination %s refused dsync's connection; the source's log says which", pe.detail, closedWithoutAnswer, req.Destination)
 		}
-		res, err := fail(pe.kind, pe.err, "%s", pe.detail)
-		return res, err
+		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
 	defer resp.Body.Close()
 	sc := newStringCap(resp.Body, maxStateKept)
