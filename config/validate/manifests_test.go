@@ -202,3 +202,27 @@ func TestManifests_ContainersLockedDown(t *testing.T) {
 		t.Fatal("no Service found")
 	}
 }
+
+// TestManifests_NoServiceAccountToken: no shipped Service's pods get the
+// namespace's service account token. Neither ingest nor sync talks to the
+// Kubernetes API (they reach Redis, the Broker and doveadm), so the token
+// kubelet mounts by default would only serve someone who got code running
+// in a pod, with whatever the namespace's default service account may do.
+// Knative accepts automountServiceAccountToken only as false; a
+// SinkBinding's OIDC token comes in a projected volume of its own.
+func TestManifests_NoServiceAccountToken(t *testing.T) {
+	services := 0
+	for _, d := range loadManifests(t) {
+		svc, ok := d.obj.(*servingv1.Service)
+		if !ok {
+			continue
+		}
+		services++
+		if a := svc.Spec.Template.Spec.AutomountServiceAccountToken; a == nil || *a {
+			t.Errorf("%s: Service %s: automountServiceAccountToken is not false: its pods get a Kubernetes API token they never use", d.file, d.name)
+		}
+	}
+	if services == 0 {
+		t.Fatal("no Service found")
+	}
+}
