@@ -261,3 +261,14 @@ func deploymentDoc(t *testing.T) []byte {
 	}
 	return doc
 }
+
+// TestDocs_MetricsPortName: a PodMonitor names the port it scrapes, and
+// in the pod Knative renames the container's port (containerPort 8080 in
+// config/knative, unnamed) to its user port name. docs/deployment.md must
+// give that name.
+func TestDocs_MetricsPortName(t *testing.T) {
+	doc := string(deploymentDoc(t))
+	if !strings.Contains(strings.Join(strings.Fields(doc), " "), "port: "+servingv1.UserPortName) {
+		t.Errorf("docs/deployment.md does not tell a PodMonitor to scrape the port %q, Knative's name for the container's port", servingv1.UserPortName)
+	}
+}
