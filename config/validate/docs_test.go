@@ -272,3 +272,68 @@ func TestDocs_MetricsPortName(t *testing.T) {
 		t.Errorf("docs/deployment.md does not tell a PodMonitor to scrape the port %q, Knative's name for the container's port", servingv1.UserPortName)
 	}
 }
+
+var (
+	patchLoop = regexp.MustCompile(`(?m)^for s in ([^;]+); do\n\s*kubectl patch ksvc "\$s" -n (\S+) --type merge \\\n\s*-p '(.*)'\ndone$`)
+	// shellNow is the shell's expansion inside the patch's JSON string.
+	shellNow = regexp.MustCompile(`'"\$\([^)]*\)"'`)
+)
+
+// TestDocs_NewRevisionAfterSettingsChange: ingest and sync read their
+// Secrets and ConfigMap once, at start, so docs/deployment.md has the
+// operator give every shipped Service a new revision after changing one.
+// Its kubectl patch must name each Service in config/knative, in the
+// namespace the docs create, and change the revision template (what makes
+// Knative start a revision) in a way Knative accepts.
+func TestDocs_NewRevisionAfterSettingsChange(t *testing.T) {
+	doc := string(deploymentDoc(t))
+	m := patchLoop.FindStringSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/deployment.md gives no loop of kubectl patch ksvc that starts new revisions after a settings change")
+	}
+	if ns := docNamespace.FindStringSubmatch(doc); ns == nil || ns[1] != m[2] {
+		t.Errorf("the patch runs in namespace %q, not the one docs/deployment.md creates (%v)", m[2], ns)
+	}
+	var patch servingv1.Service
+	if err := yaml.UnmarshalStrict([]byte(shellNow.ReplaceAllString(m[3], "1780000000")), &patch); err != nil {
+		t.Fatalf("the patch %s is no Service: %v", m[3], err)
+	}
+	added := patch.Spec.Template.Annotations
+	if len(added) == 0 {
+		t.Fatalf("the patch %s changes no annotation of the revision template: Knative starts no new revision", m[3])
+	}
+	named := map[string]bool{}
+	for _, n := range strings.Fields(m[1]) {
+		named[n] = true
+	}
+	ctx := webhookContext(t)
+	for _, d := range loadManifests(t) {
+		svc, ok := d.obj.(*servingv1.Service)
+		if !ok {
+			continue
+		}
+		if !named[d.name] {
+			t.Errorf("the patch loop leaves out the Service %s (%s): its pods keep the old settings", d.name, d.file)
+			continue
+		}
+		delete(named, d.name)
+		p := svc.DeepCopy()
+		p.SetNamespace(m[2])
+		if p.Spec.Template.Annotations == nil {
+			p.Spec.Template.Annotations = map[string]string{}
+		}
+		for k, v := range added {
+			if _, ok := p.Spec.Template.Annotations[k]; ok {
+				t.Errorf("%s: the patch's annotation %s is one the manifest sets", d.name, k)
+			}
+			p.Spec.Template.Annotations[k] = v
+		}
+		p.SetDefaults(apis.WithinParent(ctx, metav1.ObjectMeta{Namespace: m[2]}))
+		if fe := p.Validate(ctx); fe != nil {
+			t.Errorf("%s patched: Knative refuses it: %v", d.name, fe)
+		}
+	}
+	for n := range named {
+		t.Errorf("the patch loop names %s, which config/knative does not ship", n)
+	}
+}
