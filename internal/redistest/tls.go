@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 )
@@ -17,6 +18,14 @@ type TLSFiles struct {
 	CA, Cert, Key string
 	// server's certificate and key, signed by CA.
 	serverCert, serverKey string
+	ca                    *testcert.CA
+}
+
+// IssueClient writes another client certificate the server accepts
+// (signed by CA), valid until notAfter (a day from now when zero), and
+// its key, to dir/name.crt and dir/name.key: a renewal, or one expired.
+func (f *TLSFiles) IssueClient(dir, name string, notAfter time.Time) (cert, key string, err error) {
+	return f.ca.Issue(dir, testcert.Leaf{Name: name, Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotAfter: notAfter})
 }
 
 // serverArgs are redis-server's (and a Sentinel's) arguments to listen on
@@ -51,7 +60,7 @@ func newTLSFiles(dir string) (*TLSFiles, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &TLSFiles{CA: ca.File}
+	f := &TLSFiles{CA: ca.File, ca: ca}
 	// The servers' certificate serves replicas and Sentinels as their
 	// client certificate too.
 	if f.serverCert, f.serverKey, err = ca.Issue(dir, testcert.Leaf{Name: "server", Hosts: []string{"127.0.0.1", "::1", "localhost"},

@@ -266,11 +266,11 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	if c.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		pair, err := loadClientPair(c.CertFile, c.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
+			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{cert}
+		cfg.Certificates, cfg.GetClientCertificate = nil, pair.get
 	}
 	return cfg, nil
 }
@@ -281,7 +281,12 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 // has one logger per process: the last call wins. Its lines are logged
 // 5 times a minute per format: it logs a failed dial at every command
 // while Redis is down. Each call starts that count afresh.
-func LogTo(log *slog.Logger) { redis.SetLogger(clientLog{log, lograte.PerMinute(5)}) }
+// A client certificate (redis-cert-file) that does not load when it is
+// read again, or has expired, is logged to log too.
+func LogTo(log *slog.Logger) {
+	redis.SetLogger(clientLog{log, lograte.PerMinute(5)})
+	clientLogger.Store(log)
+}
 
 type clientLog struct {
 	log   *slog.Logger

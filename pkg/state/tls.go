@@ -1,0 +1,88 @@
+package state
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// clientLogger is where a client certificate that does not load, or has
+// expired, is logged (LogTo's logger).
+var clientLogger atomic.Pointer[slog.Logger]
+
+func tlsLog() *slog.Logger {
+	if l := clientLogger.Load(); l != nil {
+		return l
+	}
+	return slog.Default()
+}
+
+// clientPair is redis-cert-file and redis-key-file. Both are read again
+// at each TLS handshake in which Redis asks for a client certificate, so
+// that a renewed certificate is used from the next new connection on,
+// without a restart (go-redis keeps the connections it has, which stay
+// valid: Redis checks a certificate at the handshake only). A pair that
+// does not load then (a key written before its certificate, a file half
+// written or gone) is logged once, and the pair loaded before is used.
+type clientPair struct {
+	certFile, keyFile string
+
+	mu       sync.Mutex
+	cert     *tls.Certificate // the pair in use
+	failed   string           // the failure logged last, until a pair loads
+	reported bool             // cert's expiry was logged
+}
+
+// loadClientPair reads the pair at start: a pair that does not load
+// stops the start.
+func loadClientPair(certFile, keyFile string) (*clientPair, error) {
+	cert, err := readClientPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &clientPair{certFile: certFile, keyFile: keyFile, cert: cert}, nil
+}
+
+func readClientPair(certFile, keyFile string) (*tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err == nil && cert.Leaf == nil { // GODEBUG=x509keypairleaf=0
+		cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
+	}
+	return &cert, nil
+}
+
+// get is tls.Config's GetClientCertificate.
+func (p *clientPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	cert, err := readClientPair(p.certFile, p.keyFile)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	log := tlsLog()
+	switch {
+	case err != nil:
+		if msg := err.Error(); msg != p.failed {
+			p.failed = msg
+			log.Error("redis-cert-file and redis-key-file did not load; still using the pair loaded before",
+				"err", err, "redis_cert_file", p.certFile, "redis_key_file", p.keyFile, "expires", p.cert.Leaf.NotAfter)
+		}
+	case !bytes.Equal(cert.Certificate[0], p.cert.Certificate[0]):
+		p.cert, p.failed, p.reported = cert, "", false
+		log.Info("Redis client certificate loaded again", "redis_cert_file", p.certFile,
+			"subject", cert.Leaf.Subject.String(), "expires", cert.Leaf.NotAfter)
+	default:
+		p.failed = ""
+	}
+	if leaf := p.cert.Leaf; !p.reported && time.Now().After(leaf.NotAfter) {
+		p.reported = true
+		log.Error("the Redis client certificate has expired: Redis refuses new connections with it; renew redis-cert-file and redis-key-file (read again at each new connection)",
+			"redis_cert_file", p.certFile, "expired", leaf.NotAfter)
+	}
+	return p.cert, nil
+}

@@ -1,0 +1,98 @@
+package state_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// TestOpen_ClientCertificateRenewedWithoutARestart: a client certificate
+// renewed on disk (redis-cert-file, redis-key-file) is used from the next
+// connection to Redis on, so that sync goes on once the old one expires.
+// A pair that does not load then (half written) is logged, and the pair
+// loaded before is still used.
+func TestOpen_ClientCertificateRenewedWithoutARestart(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	var logged syncBuffer
+	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+
+	dir := t.TempDir()
+	// An expired one: redis-server refuses it.
+	cert, key, err := srv.TLS.IssueClient(dir, "client", time.Now().Add(-time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(state.Conn{URL: srv.URL() + "?dial_timeout=2s&max_retries=1", CAFile: srv.TLS.CA, CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := st.Ping(ctx); err == nil {
+		t.Fatal("Ping with an expired client certificate answered")
+	}
+	if !strings.Contains(logged.String(), "redis-cert-file") || !strings.Contains(logged.String(), "expired") {
+		t.Errorf("log %q, want an error that redis-cert-file has expired", logged.String())
+	}
+
+	// The renewal, written over the same files.
+	if _, _, err := srv.TLS.IssueClient(dir, "client", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Fatalf("Ping after the client certificate was renewed: %v", err)
+	}
+
+	// Half written: the pair loaded before is still used, and the
+	// failure logged once.
+	if err := os.WriteFile(cert, []byte("-----BEGIN CERTIFICATE-----\nMIIB"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := srv.Client(t).ClientKillByFilter(ctx, "TYPE", "normal").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Ping(ctx); err != nil {
+			t.Fatalf("Ping %d with a half-written redis-cert-file: %v", i, err)
+		}
+	}
+	if n := strings.Count(logged.String(), "did not load"); n != 1 {
+		t.Errorf("a failed load logged %d times, want once:\n%s", n, logged.String())
+	}
+	if strings.Contains(logged.String(), "PRIVATE KEY") || strings.Contains(logged.String(), "MIIB") {
+		t.Errorf("the log shows the files' contents:\n%s", logged.String())
+	}
+	if want := filepath.Base(cert); !strings.Contains(logged.String(), want) {
+		t.Errorf("log %q does not name %s", logged.String(), want)
+	}
+}
+
+// syncBuffer is a bytes.Buffer the TLS handshakes of go-redis's pool may
+// write to from their goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
