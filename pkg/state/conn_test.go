@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -25,6 +26,18 @@ func TestConn_Validate(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(dir, "missing.pem")
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, _, err := ca.Issue(dir, testcert.Leaf{Name: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	encrypted := filepath.Join(dir, "encrypted.key")
+	if err := os.WriteFile(encrypted, []byte("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		conn state.Conn
@@ -48,6 +61,7 @@ func TestConn_Validate(t *testing.T) {
 		{"CA missing", state.Conn{URL: "rediss://127.0.0.1/0", CAFile: missing}, "redis-ca-file: open " + missing},
 		{"CA not PEM", state.Conn{URL: "rediss://127.0.0.1/0", CAFile: notPEM}, "redis-ca-file " + notPEM + ": no PEM certificate in it"},
 		{"certificate not PEM", state.Conn{URL: "rediss://127.0.0.1/0", CertFile: notPEM, KeyFile: notPEM}, "redis-cert-file, redis-key-file: tls: failed to find any PEM data"},
+		{"key encrypted", state.Conn{URL: "rediss://127.0.0.1/0", CertFile: clientCert, KeyFile: encrypted}, "redis-cert-file, redis-key-file: tls: failed to parse private key (the key is encrypted: give it unencrypted"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			err := c.conn.Validate()

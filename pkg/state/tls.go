@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,9 @@ func readClientPair(certFile, keyFile string) (*tls.Certificate, error) {
 		cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0])
 	}
 	if err != nil {
+		if key, rerr := os.ReadFile(keyFile); rerr == nil && bytes.Contains(key, []byte("ENCRYPTED")) {
+			err = fmt.Errorf("%w (the key is encrypted: give it unencrypted, readable only by this service)", err)
+		}
 		return nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
 	}
 	return &cert, nil
