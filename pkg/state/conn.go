@@ -56,22 +56,25 @@ func (c *Conn) RegisterFlags(fs *flag.FlagSet, usage string) {
 // options, and the TLS files (read and parsed). Each error names its
 // setting and never shows a password.
 func (c Conn) Validate() error {
-	_, err := c.client(false)
+	_, err := c.client(nil)
 	return err
 }
 
 // Open connects to Redis as c says (lazily: the first command dials).
 func Open(c Conn) (*Store, error) {
-	rdb, err := c.client(true)
+	w := &handshakeWatch{}
+	rdb, err := c.client(w)
 	if err != nil {
 		return nil, err
 	}
-	return New(rdb), nil
+	st := New(rdb)
+	st.handshakes = w
+	return st, nil
 }
 
-// client checks c and, when build is set, returns the go-redis client it
-// describes.
-func (c Conn) client(build bool) (redis.UniversalClient, error) {
+// client checks c and, when w is set, returns the go-redis client it
+// describes, whose TLS handshakes w watches.
+func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, error) {
 	shown := config.RedactURL(c.URL)
 	u, err := url.Parse(c.URL)
 	if err != nil && strings.Contains(c.URL, "@") {
@@ -104,10 +107,13 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !build {
+	if w == nil {
 		return nil, nil
 	}
 	if failover != nil {
+		if failover.TLSConfig != nil {
+			failover.Dialer = tlsDialer(failover.TLSConfig, w)
+		}
 		if c.Timeout > 0 {
 			failover.DialTimeout, failover.ReadTimeout, failover.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
 			failover.ContextTimeoutEnabled, failover.DialerRetries = true, 1
@@ -116,6 +122,9 @@ func (c Conn) client(build bool) (redis.UniversalClient, error) {
 		rdb := redis.NewFailoverClient(failover)
 		rdb.AddHook(firstWords{})
 		return rdb, nil
+	}
+	if simple.TLSConfig != nil {
+		simple.Dialer = tlsDialer(simple.TLSConfig, w)
 	}
 	if c.Timeout > 0 {
 		simple.DialTimeout, simple.ReadTimeout, simple.WriteTimeout = c.Timeout, c.Timeout, c.Timeout

@@ -34,6 +34,9 @@ const (
 // Store is dovewarden's Redis state.
 type Store struct {
 	rdb redis.UniversalClient
+	// handshakes, of a Store that Open made, tells why a command
+	// that had to dial over TLS ran out of time (explain).
+	handshakes *handshakeWatch
 }
 
 // New wraps a go-redis client.
@@ -43,7 +46,7 @@ func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
 func (s *Store) Close() error { return s.rdb.Close() }
 
 // Ping checks that Redis answers.
-func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+func (s *Store) Ping(ctx context.Context) error { return s.explain(s.rdb.Ping(ctx).Err()) }
 
 // MarkPending records that user has a change on host at time at that has
 // not been handed to a sync function, so the sweep replicates the user

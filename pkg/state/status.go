@@ -242,7 +242,7 @@ func (s *Store) Overview(ctx context.Context) (Overview, error) {
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return Overview{}, fmt.Errorf("read the overview from redis: %w", err)
+		return Overview{}, fmt.Errorf("read the overview from redis: %w", s.explain(err))
 	}
 	o := Overview{Pending: pending.Val(), Failed: failed.Val(), Excluded: excluded.Val(), Recovery: msField(recovery.Val())}
 	if z := oldest.Val(); len(z) == 1 {

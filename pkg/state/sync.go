@@ -328,7 +328,7 @@ func newScript(src string) *redis.Script {
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range scripts {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
-			return fmt.Errorf("load sync scripts into redis: %w", err)
+			return fmt.Errorf("load sync scripts into redis: %w", s.explain(err))
 		}
 	}
 	return nil

@@ -2,10 +2,13 @@ package state
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -89,4 +92,71 @@ func (p *clientPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) 
 			"redis_cert_file", p.certFile, "expired", leaf.NotAfter)
 	}
 	return p.cert, nil
+}
+
+// tlsDialer dials a rediss:// server as go-redis's own dialer does (the
+// same keep-alive, the server name from the address unless cfg has one),
+// but ends the TLS handshake at ctx's deadline, and says what a handshake
+// without an answer most likely is: redis-server's plain port reads a TLS
+// hello as the start of a command line and waits for its end, so a
+// rediss:// URL with the plain port used to fail with "context deadline
+// exceeded" alone.
+func tlsDialer(cfg *tls.Config, w *handshakeWatch) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3}}
+		raw, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		c := cfg
+		if c.ServerName == "" {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				host = addr
+			}
+			c = cfg.Clone()
+			c.ServerName = host
+		}
+		tc := tls.Client(raw, c)
+		// Marked before the handshake, and left marked when it ends
+		// without an answer: a caller whose deadline ends it first
+		// finds the mark (Store.explain).
+		w.addr.Store(&addr)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			var ne net.Error
+			var rh tls.RecordHeaderError
+			switch {
+			case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+				return nil, fmt.Errorf("TLS handshake with %s: no answer (%w): %s", addr, err, plainPortHint)
+			case errors.As(err, &rh):
+				w.addr.Store(nil)
+				return nil, fmt.Errorf("TLS handshake with %s: the answer is not TLS (%w): %s", addr, err, plainPortHint)
+			}
+			w.addr.Store(nil)
+			return nil, err
+		}
+		w.addr.Store(nil)
+		return tc, nil
+	}
+}
+
+const plainPortHint = "is it redis-server's tls-port? Its plain port never answers a TLS handshake (rediss://)"
+
+// handshakeWatch is the address of a TLS handshake with Redis under way,
+// or that ended without an answer, since the last one that did not.
+type handshakeWatch struct{ addr atomic.Pointer[string] }
+
+// explain adds to err, a command's context deadline, that a TLS handshake
+// with Redis had no answer when it came: go-redis dials in a goroutine of
+// its own, and a command whose deadline comes first fails with "context
+// deadline exceeded" alone.
+func (s *Store) explain(err error) error {
+	if s.handshakes == nil || !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if addr := s.handshakes.addr.Load(); addr != nil {
+		return fmt.Errorf("%w: the TLS handshake with %s had no answer: %s", err, *addr, plainPortHint)
+	}
+	return err
 }

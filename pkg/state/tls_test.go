@@ -96,3 +96,33 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestOpen_RedissToAPlainPortSaysSo: redis-server's plain port takes a
+// TLS hello for the start of a command line and waits for its end; the
+// error says so, not "context deadline exceeded" alone, also when the
+// caller's deadline comes first.
+func TestOpen_RedissToAPlainPortSaysSo(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name   string
+		query  string
+		within time.Duration
+	}{
+		{"the dial timeout first", "?dial_timeout=300ms&max_retries=0", 5 * time.Second},
+		{"the caller's deadline first", "?max_retries=0", 500 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := state.Open(state.Conn{URL: strings.Replace(srv.URL(), "redis://", "rediss://", 1) + tt.query})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), tt.within)
+			defer cancel()
+			err = st.Ping(ctx)
+			if err == nil || !strings.Contains(err.Error(), "tls-port") {
+				t.Fatalf("Ping: %v, want an error that names the TLS port", err)
+			}
+		})
+	}
+}
