@@ -167,14 +167,8 @@ func TestManifests_Names(t *testing.T) {
 // runs), so a read-only root costs nothing and keeps an attacker who got
 // code running from changing the image.
 func TestManifests_ContainersLockedDown(t *testing.T) {
-	services := 0
-	for _, d := range loadManifests(t) {
-		svc, ok := d.obj.(*servingv1.Service)
-		if !ok {
-			continue
-		}
-		services++
-		for _, c := range svc.Spec.Template.Spec.Containers {
+	for _, d := range shippedServices(t) {
+		for _, c := range d.svc.Spec.Template.Spec.Containers {
 			sc := c.SecurityContext
 			where := fmt.Sprintf("%s: Service %s, container %s", d.file, d.name, c.Name)
 			if sc == nil {
@@ -198,9 +192,6 @@ func TestManifests_ContainersLockedDown(t *testing.T) {
 			}
 		}
 	}
-	if services == 0 {
-		t.Fatal("no Service found")
-	}
 }
 
 // TestManifests_NoServiceAccountToken: no shipped Service's pods get the
@@ -211,18 +202,31 @@ func TestManifests_ContainersLockedDown(t *testing.T) {
 // Knative accepts automountServiceAccountToken only as false; a
 // SinkBinding's OIDC token comes in a projected volume of its own.
 func TestManifests_NoServiceAccountToken(t *testing.T) {
-	services := 0
-	for _, d := range loadManifests(t) {
-		svc, ok := d.obj.(*servingv1.Service)
-		if !ok {
-			continue
-		}
-		services++
-		if a := svc.Spec.Template.Spec.AutomountServiceAccountToken; a == nil || *a {
+	for _, d := range shippedServices(t) {
+		if a := d.svc.Spec.Template.Spec.AutomountServiceAccountToken; a == nil || *a {
 			t.Errorf("%s: Service %s: automountServiceAccountToken is not false: its pods get a Kubernetes API token they never use", d.file, d.name)
 		}
 	}
-	if services == 0 {
+}
+
+// serviceDoc is a shipped Knative Service and the document it came from.
+type serviceDoc struct {
+	document
+	svc *servingv1.Service
+}
+
+// shippedServices is every Knative Service of the manifests; a test of
+// them fails when there is none.
+func shippedServices(t *testing.T) []serviceDoc {
+	t.Helper()
+	var out []serviceDoc
+	for _, d := range loadManifests(t) {
+		if svc, ok := d.obj.(*servingv1.Service); ok {
+			out = append(out, serviceDoc{d, svc})
+		}
+	}
+	if len(out) == 0 {
 		t.Fatal("no Service found")
 	}
+	return out
 }

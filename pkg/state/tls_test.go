@@ -1,17 +1,16 @@
 package state_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -22,7 +21,7 @@ import (
 // loaded before is still used.
 func TestOpen_ClientCertificateRenewedWithoutARestart(t *testing.T) {
 	srv := redistest.StartWith(t, redistest.Options{TLS: true})
-	var logged syncBuffer
+	var logged safebuf.Buffer
 	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
 	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
 
@@ -76,25 +75,6 @@ func TestOpen_ClientCertificateRenewedWithoutARestart(t *testing.T) {
 	if want := filepath.Base(cert); !strings.Contains(logged.String(), want) {
 		t.Errorf("log %q does not name %s", logged.String(), want)
 	}
-}
-
-// syncBuffer is a bytes.Buffer the TLS handshakes of go-redis's pool may
-// write to from their goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestOpen_RedissToAPlainPortSaysSo: redis-server's plain port takes a
