@@ -97,6 +97,49 @@ func TestSweep_ListedUnionsPendingAndFailedKeepingTheFirstHost(t *testing.T) {
 	})
 }
 
+// TestSweep_ListedTakesMorePendingAndFailedUsersThanAChunk: the pending
+// and failed users join the candidates 1,000 at a time; each of them is
+// there once, those a host listed keep its score.
+func TestSweep_ListedTakesMorePendingAndFailedUsersThanAChunk(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
+		listed := []string{"p0500", "p1000", "p2499", "f0999"}
+		b.st.SweepAddUsers(ctx, "s1", 0, listed)
+		var pending, failed []redis.Z
+		for i := range 2500 {
+			pending = append(pending, redis.Z{Score: float64(i), Member: fmt.Sprintf("p%04d", i)})
+		}
+		for i := range 1001 {
+			failed = append(failed, redis.Z{Score: float64(i), Member: fmt.Sprintf("f%04d", i)})
+		}
+		failed = append(failed, redis.Z{Score: 1, Member: "p0001"})
+		b.rdb.ZAdd(ctx, state.PendingKey, pending...)
+		b.rdb.ZAdd(ctx, state.FailedKey, failed...)
+
+		total, _, err := b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`, Listed: 4}, sweepLock, sweepLock)
+
+		if want := int64(2500 + 1001); err != nil || total != want {
+			t.Fatalf("listed: %d users, %v; want %d", total, err, want)
+		}
+		es, err := b.st.SweepUsers(ctx, "s1", 0, 4000)
+		if err != nil || len(es) != 3501 {
+			t.Fatalf("users: %d, %v", len(es), err)
+		}
+		hosts := map[string]int{}
+		for _, e := range es {
+			hosts[e.User] = e.Host
+		}
+		for _, u := range listed {
+			if hosts[u] != 1 {
+				t.Errorf("%s, listed by the first host, has %d", u, hosts[u])
+			}
+		}
+		if h, ok := hosts["p1999"]; !ok || h != 0 {
+			t.Errorf("p1999, pending and not listed: %d, %v", h, ok)
+		}
+	})
+}
+
 func TestSweep_ClaimCommitAndFinish(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
