@@ -170,8 +170,10 @@ var exitNames = map[int]string{65: "data error", 67: "no such user", 68: "not fo
 // userdb fails while the users are listed (a passwd-file missing) or
 // cannot list them (a static userdb, an SQL or LDAP one without its
 // iterate settings); the CLI says "User listing returned failure" and
-// exits 75. A bare "data error" named neither.
-const listingFailed = "data error: a userdb failed while listing its users, or cannot list them; Dovecot's log says which"
+// exits 75. A bare "data error" named neither. A passwd-file of some
+// 400,000 users or more runs the auth-worker out of memory at its default
+// vsz_limit (256 MB), on 2.3 and 2.4: every listing then fails so.
+const listingFailed = "data error: a userdb failed while listing its users (an auth-worker out of memory: a passwd-file of some 400,000 users needs a larger service auth-worker { vsz_limit }), or cannot list them; Dovecot's log says which"
 
 func (e *Error) Error() string {
 	if e.Kind == KindExitCode {
