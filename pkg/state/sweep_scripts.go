@@ -241,9 +241,11 @@ for i = 0, n - 1 do
 end
 if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
   -- Entries older than the interval mean the same as none: due. With
-  -- periodic full syncs off, none means anything.
+  -- periodic full syncs off, none means anything (UNLINK: the records
+  -- of every user, left from when they were on, are freed in the
+  -- background).
   local iv = num(ARGV[7])
-  if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) else redis.call('DEL', KEYS[5]) end
+  if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) else redis.call('UNLINK', KEYS[5]) end
   finish(id, now)
   return {'finished', now}
 end

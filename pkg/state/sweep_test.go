@@ -437,3 +437,21 @@ func TestKnownUsers(t *testing.T) {
 		}
 	})
 }
+
+// TestSweep_DropRemovesTheCandidates: SweepDrop (UNLINK) leaves no
+// candidate of the abandoned sweep, and none of another sweep goes.
+func TestSweep_DropRemovesTheCandidates(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepAddUsers(ctx, "s2", 0, []string{"c"})
+		if err := b.st.SweepDrop(ctx, "s1"); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := b.rdb.Exists(ctx, state.SweepUsersKey("s1")).Result(); n != 0 {
+			t.Error("the dropped sweep's candidates stay")
+		}
+		if n, _ := b.rdb.ZCard(ctx, state.SweepUsersKey("s2")).Result(); n != 1 {
+			t.Errorf("the other sweep's candidates: %d, want 1", n)
+		}
+	})
+}
