@@ -34,6 +34,7 @@ func BenchmarkSweepListedRealRedis(b *testing.B) {
 			if err := rdb.ZAdd(ctx, state.PendingKey, pending...).Err(); err != nil {
 				b.Fatal(err)
 			}
+			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				id := fmt.Sprintf("s%d", i)
