@@ -161,6 +161,11 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 			// neither that nor the other causes seen (closedWithoutAnswer).
 			return fail(pe.kind, pe.err, "%s: %s, or (Dovecot 2.3) the destination %s refused dsync's connection; the source's log says which", pe.detail, closedWithoutAnswer, req.Destination)
 		}
+		if pe.timedOut {
+			// The dsync's stall timeout (stallTimeout) ends a stalled one
+			// in Dovecot about now, and says so in the source's log.
+			return fail(pe.kind, pe.err, "%s, or its destination %s stopped answering (the source's log then says \"I/O has stalled\"; one that accepted dsync's connection and never answered leaves no line)", pe.detail, req.Destination)
+		}
 		return fail(pe.kind, pe.err, "%s", pe.detail)
 	}
 	defer resp.Body.Close()
@@ -293,6 +298,8 @@ type postError struct {
 	kind   Kind
 	err    error
 	detail string
+	// timedOut: no answer came within the call's deadline.
+	timedOut bool
 }
 
 // closedEarly says whether doveadm closed the connection before any
@@ -319,10 +326,11 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 	}
 	if ctx.Err() != nil {
 		detail := fmt.Sprintf("no answer within the timeout: %v", context.Cause(ctx))
-		if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		timedOut := errors.Is(context.Cause(ctx), context.DeadlineExceeded)
+		if timedOut {
 			detail += ": " + waitedHint
 		}
-		return nil, cancel, &postError{kind: KindTransport, err: err, detail: detail}
+		return nil, cancel, &postError{kind: KindTransport, err: err, detail: detail, timedOut: timedOut}
 	}
 	// Never print err itself: url.Error repeats the URL, which may carry
 	// userinfo. The cause alone is enough.

@@ -83,6 +83,28 @@ func TestHTTP_StallTimeoutIsWhatIsLeftOfTheBound(t *testing.T) {
 	}
 }
 
+// TestHTTP_ATimeoutNamesAStalledDestination: a dsync with no answer in
+// its time may be one whose destination stopped answering, which Dovecot
+// ends at its stall timeout and logs: the error says so, and which
+// destination. A listing's does not.
+func TestHTTP_ATimeoutNamesAStalledDestination(t *testing.T) {
+	s := doveadmtest.NewServer(t, "mail-a", nil)
+	s.Respond = doveadmtest.Answers(doveadmtest.Reply{State: "AQAAAnew", Delay: 2 * time.Second})
+	tr := doveadm.NewHTTP(nil, 200*time.Millisecond)
+	_, err := tr.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:replica:12345"})
+	if err == nil || !strings.Contains(err.Error(), "destination tcp:replica:12345 stopped answering") || !strings.Contains(err.Error(), "I/O has stalled") {
+		t.Errorf("a dsync without an answer in time: %v; want it to name a stalled destination", err)
+	}
+	if r := doveadm.Decide(err); r.Class != "transport" || !r.Retryable {
+		t.Errorf("decided %+v, want a retried transport failure", r)
+	}
+	s.RespondList = func() doveadmtest.Reply { return doveadmtest.Reply{Delay: 2 * time.Second} }
+	err = tr.ListUsers(context.Background(), endpoint(s), func(string) error { return nil })
+	if err == nil || strings.Contains(err.Error(), "stalled") {
+		t.Errorf("a listing without an answer in time: %v; want no word of a destination", err)
+	}
+}
+
 func TestHTTP_APIKey(t *testing.T) {
 	s := doveadmtest.NewServer(t, "mail-a", nil)
 	s.Password = "the-api-key"
