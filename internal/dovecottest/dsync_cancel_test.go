@@ -122,10 +122,8 @@ func TestDsyncStallEndsAtItsTimeout(t *testing.T) {
 			case <-time.After(bound + 10*time.Second):
 				t.Fatalf("the dsync still waits for its stalled destination %s after its request was cut off at %s; log:\n%s", time.Since(start).Round(time.Second), bound, a.Log())
 			}
-			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(a.Log(), "I/O has stalled"); time.Sleep(50 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the source's log does not name the stall:\n%s", a.Log())
-				}
+			if !a.LogSays("I/O has stalled", 5*time.Second) {
+				t.Fatalf("the source's log does not name the stall:\n%s", a.Log())
 			}
 		})
 	}

@@ -498,6 +498,20 @@ func (in *Instance) Log() string {
 	return b.String()
 }
 
+// LogSays reports whether the instance's log holds s within the given
+// time. Dovecot's processes write through its log process, so a line a
+// command caused may land a moment after the command has answered.
+func (in *Instance) LogSays(s string, within time.Duration) bool {
+	for deadline := time.Now().Add(within); ; time.Sleep(50 * time.Millisecond) {
+		if strings.Contains(in.Log(), s) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // Exited reports whether the master process has exited.
 func (in *Instance) Exited() bool {
 	select {

@@ -71,7 +71,7 @@ func TestDsyncToAFullReplica(t *testing.T) {
 			if _, code := dsync(state); code != 75 {
 				t.Fatalf("dsync to a full replica: exit code %d, want 75", code)
 			}
-			if !strings.Contains(b.Log(), "No space left on device") {
+			if !b.LogSays("No space left on device", 5*time.Second) {
 				t.Fatalf("the replica's log does not say why:\n%s", b.Log())
 			}
 			partial := messages(t, b, "u1", "INBOX")
