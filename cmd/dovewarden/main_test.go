@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -252,6 +255,17 @@ func TestIngest_RedisOverTLS(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("ingest's /metrics lacks %q", want)
 		}
+	}
+	// And when the client certificate presented to Redis expires.
+	leaf, err := tls.LoadX509KeyPair(srv.TLS.Cert, srv.TLS.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^dovewarden_redis_client_certificate_expiry_timestamp_seconds (\S+)$`).FindStringSubmatch(metrics)
+	if m == nil {
+		t.Errorf("ingest's /metrics lacks the Redis client certificate's expiry")
+	} else if v, err := strconv.ParseFloat(m[1], 64); err != nil || int64(v) != leaf.Leaf.NotAfter.Unix() {
+		t.Errorf("Redis client certificate expiry %s, want %d", m[1], leaf.Leaf.NotAfter.Unix())
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("ingest returned %v", err)

@@ -6,6 +6,9 @@ const (
 	// keys (a maxmemory with a policy other than noeviction), read at
 	// each scrape.
 	RedisMayEvict = "redis_may_evict"
+	// RedisClientCertExpiry is when the client certificate presented to
+	// Redis (redis-cert-file) expires, read at each scrape.
+	RedisClientCertExpiry = "redis_client_certificate_expiry_timestamp_seconds"
 	// SyncEventsReceived counts CloudEvents received, by type.
 	SyncEventsReceived = "sync_events_received_total"
 	// SyncEventsRejected counts events answered 4xx, by reason.

@@ -56,39 +56,40 @@ func (c *Conn) RegisterFlags(fs *flag.FlagSet, usage string) {
 // options, and the TLS files (read and parsed). Each error names its
 // setting and never shows a password.
 func (c Conn) Validate() error {
-	_, err := c.client(nil)
+	_, _, err := c.client(nil)
 	return err
 }
 
 // Open connects to Redis as c says (lazily: the first command dials).
 func Open(c Conn) (*Store, error) {
 	w := &handshakeWatch{}
-	rdb, err := c.client(w)
+	rdb, pair, err := c.client(w)
 	if err != nil {
 		return nil, err
 	}
 	st := New(rdb)
-	st.handshakes = w
+	st.handshakes, st.pair = w, pair
 	return st, nil
 }
 
 // client checks c and, when w is set, returns the go-redis client it
-// describes, whose TLS handshakes w watches.
-func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, error) {
+// describes, whose TLS handshakes w watches, and its client certificate
+// (nil without redis-cert-file).
+func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, error) {
 	shown := config.RedactURL(c.URL)
 	u, err := url.Parse(c.URL)
 	if err != nil && strings.Contains(c.URL, "@") {
 		// Its scheme may well be right: shown says what is likely wrong.
-		return nil, fmt.Errorf("redis-url %s", shown)
+		return nil, nil, fmt.Errorf("redis-url %s", shown)
 	}
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		return nil, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", shown)
+		return nil, nil, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", shown)
 	}
 	var simple *redis.Options
 	var failover *redis.FailoverOptions
 	if u.Query().Has("master_name") {
 		if u.Scheme == "unix" {
-			return nil, fmt.Errorf("redis-url %s: master_name needs redis:// or rediss:// and a Sentinel's address", shown)
+			return nil, nil, fmt.Errorf("redis-url %s: master_name needs redis:// or rediss:// and a Sentinel's address", shown)
 		}
 		if failover, err = redis.ParseFailoverURL(c.URL); err == nil && failover.MasterName == "" {
 			err = errors.New("master_name is empty")
@@ -97,18 +98,19 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, error) {
 		simple, err = redis.ParseURL(c.URL)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("redis-url %s: %w", shown, err)
+		return nil, nil, fmt.Errorf("redis-url %s: %w", shown, err)
 	}
+	var pair *clientPair
 	if failover != nil {
-		failover.TLSConfig, err = c.tlsConfig(u.Scheme, failover.TLSConfig)
+		failover.TLSConfig, pair, err = c.tlsConfig(u.Scheme, failover.TLSConfig)
 	} else {
-		simple.TLSConfig, err = c.tlsConfig(u.Scheme, simple.TLSConfig)
+		simple.TLSConfig, pair, err = c.tlsConfig(u.Scheme, simple.TLSConfig)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if w == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if failover != nil {
 		if failover.TLSConfig != nil {
@@ -121,7 +123,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, error) {
 		failover.ContextTimeoutEnabled = failover.ContextTimeoutEnabled || c.Deadlines
 		rdb := redis.NewFailoverClient(failover)
 		rdb.AddHook(firstWords{})
-		return rdb, nil
+		return rdb, pair, nil
 	}
 	if simple.TLSConfig != nil {
 		simple.Dialer = tlsDialer(simple.TLSConfig, w)
@@ -133,7 +135,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, error) {
 	simple.ContextTimeoutEnabled = simple.ContextTimeoutEnabled || c.Deadlines
 	rdb := redis.NewClient(simple)
 	rdb.AddHook(firstWords{})
-	return rdb, nil
+	return rdb, pair, nil
 }
 
 // firstWords is a go-redis hook that keeps what Redis says as it refuses a
@@ -248,8 +250,8 @@ func (e *refusedError) Unwrap() []error { return []error{e.err} }
 
 // tlsConfig adds the CA and the client certificate to base, the TLS
 // configuration go-redis derived from a rediss:// URL (the server name,
-// skip_verify), and returns it.
-func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
+// skip_verify), and returns it with the client certificate's pair.
+func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, *clientPair, error) {
 	if scheme != "rediss" {
 		var errs []error
 		for _, f := range []struct{ name, v string }{{"redis-ca-file", c.CAFile}, {"redis-cert-file", c.CertFile}, {"redis-key-file", c.KeyFile}} {
@@ -257,10 +259,10 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 				errs = append(errs, fmt.Errorf("%s: needs a rediss:// redis-url (TLS)", f.name))
 			}
 		}
-		return base, errors.Join(errs...)
+		return base, nil, errors.Join(errs...)
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("redis-cert-file and redis-key-file: set both or neither")
+		return nil, nil, errors.New("redis-cert-file and redis-key-file: set both or neither")
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if base != nil {
@@ -270,18 +272,19 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, error) {
 	if c.CAFile != "" {
 		pool, err := config.CAPool("redis-ca-file", c.CAFile)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cfg.RootCAs = pool
 	}
-	if c.CertFile != "" {
-		pair, err := loadClientPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Certificates, cfg.GetClientCertificate = nil, pair.get
+	if c.CertFile == "" {
+		return cfg, nil, nil
 	}
-	return cfg, nil
+	pair, err := loadClientPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Certificates, cfg.GetClientCertificate = nil, pair.get
+	return cfg, pair, nil
 }
 
 // LogTo sends what the Redis client library logs (failed dials, a

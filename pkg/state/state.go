@@ -37,6 +37,9 @@ type Store struct {
 	// handshakes, of a Store that Open made, tells why a command
 	// that had to dial over TLS ran out of time (explain).
 	handshakes *handshakeWatch
+	// pair is redis-cert-file and redis-key-file, of a Store that Open
+	// made with them.
+	pair *clientPair
 }
 
 // New wraps a go-redis client.

@@ -68,6 +68,13 @@ func readClientPair(certFile, keyFile string) (*tls.Certificate, error) {
 
 // get is tls.Config's GetClientCertificate.
 func (p *clientPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return p.current(), nil
+}
+
+// current reads the pair again and returns the one a new connection
+// presents: the pair read now, or the one loaded before when it does not
+// load.
+func (p *clientPair) current() *tls.Certificate {
 	cert, err := readClientPair(p.certFile, p.keyFile)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -91,7 +98,17 @@ func (p *clientPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) 
 		log.Error("the Redis client certificate has expired: Redis refuses new connections with it; renew redis-cert-file and redis-key-file (read again at each new connection)",
 			"redis_cert_file", p.certFile, "expired", leaf.NotAfter)
 	}
-	return p.cert, nil
+	return p.cert
+}
+
+// ClientCertificateExpiry says when the client certificate the Store's
+// next new connection presents expires (redis-cert-file, read again
+// now), and false when it presents none.
+func (s *Store) ClientCertificateExpiry() (time.Time, bool) {
+	if s.pair == nil {
+		return time.Time{}, false
+	}
+	return s.pair.current().Leaf.NotAfter, true
 }
 
 // tlsDialer dials a rediss:// server as go-redis's own dialer does (the

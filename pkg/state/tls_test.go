@@ -2,6 +2,8 @@ package state_test
 
 import (
 	"context"
+	"crypto/x509"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -104,5 +107,60 @@ func TestOpen_RedissToAPlainPortSaysSo(t *testing.T) {
 				t.Fatalf("Ping: %v, want an error that names the TLS port", err)
 			}
 		})
+	}
+}
+
+// TestStore_ClientCertificateExpiryFollowsTheFile: the expiry the metric
+// shows is that of the certificate a new connection would present:
+// redis-cert-file as it is now, without waiting for a connection, or the
+// pair loaded before while the files do not load; and none without a
+// client certificate.
+func TestStore_ClientCertificateExpiryFollowsTheFile(t *testing.T) {
+	state.LogTo(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(notAfter time.Time) (string, string) {
+		t.Helper()
+		cert, key, err := ca.Issue(dir, testcert.Leaf{Name: "client", Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotAfter: notAfter})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert, key
+	}
+	first := time.Now().Add(3 * 24 * time.Hour).Truncate(time.Second)
+	cert, key := issue(first)
+	// Nothing listens there: the expiry is read without Redis.
+	st, err := state.Open(state.Conn{URL: "rediss://127.0.0.1:1", CAFile: ca.File, CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	expect := func(step string, want time.Time) {
+		t.Helper()
+		got, ok := st.ClientCertificateExpiry()
+		if !ok || !got.Equal(want) {
+			t.Errorf("%s: expiry %v, %v; want %v", step, got, ok, want)
+		}
+	}
+	expect("at start", first)
+	renewed := first.Add(60 * 24 * time.Hour)
+	issue(renewed)
+	expect("renewed", renewed)
+	if err := os.WriteFile(cert, []byte("-----BEGIN CERTIFICATE-----\nMIIB"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expect("half written", renewed)
+
+	plain, err := state.Open(state.Conn{URL: "rediss://127.0.0.1:1", CAFile: ca.File})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if got, ok := plain.ClientCertificateExpiry(); ok {
+		t.Errorf("without a client certificate: expiry %v, want none", got)
 	}
 }

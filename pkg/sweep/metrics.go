@@ -157,28 +157,48 @@ type EvictionReader interface {
 	MayEvict(ctx context.Context) (evict, ok bool)
 }
 
+// ClientCertReader is what the Redis collector reads of a client
+// certificate, when its EvictionReader has one; *state.Store implements
+// it.
+type ClientCertReader interface {
+	ClientCertificateExpiry() (time.Time, bool)
+}
+
 // redisCollector reads the Redis server's eviction setting at each
 // scrape: the warning at start misses a change made later (CONFIG SET, a
 // managed Redis), and an alert needs a series. Ingest registers it too,
 // as the other gauges read from Redis: it runs all the time, where the
-// sync function scales to zero.
+// sync function scales to zero. It also reads the client certificate
+// presented to Redis: a new connection with an expired one is refused.
 type redisCollector struct {
-	r     EvictionReader
-	evict *prometheus.Desc
+	r           EvictionReader
+	evict, cert *prometheus.Desc
 }
 
 // NewRedisCollector returns the collector of dovewarden_redis_may_evict:
 // 1 while the server may evict dovewarden's keys, 0 when it may not, and
-// no sample when it does not say (INFO refused, Redis down).
+// no sample when it does not say (INFO refused, Redis down); and of
+// dovewarden_redis_client_certificate_expiry_timestamp_seconds, when r
+// presents a client certificate (a ClientCertReader that says so),
+// whether or not Redis answers.
 func NewRedisCollector(r EvictionReader) prometheus.Collector {
-	return &redisCollector{r: r, evict: prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "", metrics.RedisMayEvict),
-		"1 while the Redis server may evict dovewarden's keys when it is full (a maxmemory with a maxmemory-policy other than noeviction), read at each scrape.",
-		nil, nil)}
+	return &redisCollector{r: r,
+		evict: prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "", metrics.RedisMayEvict),
+			"1 while the Redis server may evict dovewarden's keys when it is full (a maxmemory with a maxmemory-policy other than noeviction), read at each scrape.",
+			nil, nil),
+		cert: prometheus.NewDesc(prometheus.BuildFQName(metrics.Namespace, "", metrics.RedisClientCertExpiry),
+			"When the client certificate presented to Redis (redis-cert-file, read at each scrape and each new connection) expires, as a Unix time.",
+			nil, nil)}
 }
 
-func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.evict }
+func (c *redisCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.evict; ch <- c.cert }
 
 func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
+	if cr, ok := c.r.(ClientCertReader); ok {
+		if t, ok := cr.ClientCertificateExpiry(); ok {
+			ch <- prometheus.MustNewConstMetric(c.cert, prometheus.GaugeValue, float64(t.Unix()))
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	evict, ok := c.r.MayEvict(ctx)
