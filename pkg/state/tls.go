@@ -27,7 +27,8 @@ func tlsLog() *slog.Logger {
 }
 
 // clientPair is redis-cert-file and redis-key-file. Both are read again
-// at each TLS handshake in which Redis asks for a client certificate, so
+// at each TLS handshake in which Redis asks for a client certificate (and
+// at each scrape of the expiry metric: ClientCertificateExpiry), so
 // that a renewed certificate is used from the next new connection on,
 // without a restart (go-redis keeps the connections it has, which stay
 // valid: Redis checks a certificate at the handshake only). A pair that
