@@ -309,20 +309,6 @@ func EventSource(setting, v string) error {
 	return nil
 }
 
-// CAPool reads the PEM CA certificates in path, the value of setting, to
-// verify a server's certificate with instead of the system's.
-func CAPool(setting, path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", setting, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
-	}
-	return pool, nil
-}
-
 // PEMCAs reads CA certificates given as text, as Knative gives them (a
 // Destination's CACerts, K_CA_CERTS): PEM CERTIFICATE blocks, at least
 // one, and nothing else (Knative's webhook checks only the first block).

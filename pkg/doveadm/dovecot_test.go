@@ -3,6 +3,8 @@ package doveadm_test
 import (
 	"context"
 	"crypto/x509"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,27 +155,43 @@ func TestIntegrationDovecot_DoveadmOverTLS(t *testing.T) {
 				t.Fatal(err)
 			}
 			s.Close()
-			pool, err := config.CAPool("doveadm-ca-file", ca.File)
+			// doveadm-ca-file holds another CA at first, and gets A's
+			// added while the client that read it runs (read again at
+			// each request).
+			other, err := testcert.NewCA(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}
-			sync := func(roots *x509.CertPool, src *dovecottest.Instance) error {
+			trust := filepath.Join(dir, "doveadm-ca.pem")
+			copyFile(t, other.File, trust)
+			caFile, err := config.LoadCAFile("doveadm-ca-file", trust)
+			if err != nil {
+				t.Fatal(err)
+			}
+			withFile := doveadm.Client(caFile, slog.New(slog.DiscardHandler))
+			sync := func(client *http.Client, src *dovecottest.Instance) error {
 				ep := doveadm.Endpoint{Name: src.Name, URL: src.DoveadmHTTPURL, User: "doveadm", Password: src.DoveadmPassword, Destination: b.Destination}
-				_, err := doveadm.NewHTTP(doveadm.Client(roots), time.Minute).Sync(ctx, ep,
+				_, err := doveadm.NewHTTP(client, time.Minute).Sync(ctx, ep,
 					doveadm.SyncRequest{User: "u1", Destination: ep.Destination, LockTimeout: 10 * time.Second})
 				return err
 			}
 
-			err = sync(nil, a)
-			if r := doveadm.Decide(err); r.Class != "tls" || !strings.Contains(err.Error(), "unknown authority") {
-				t.Errorf("the system's CAs: %v, class %s, want tls", err, r.Class)
+			for _, c := range []struct {
+				name   string
+				client *http.Client
+			}{{"the system's CAs", doveadm.Client(nil, nil)}, {"another CA", withFile}} {
+				err = sync(c.client, a)
+				if r := doveadm.Decide(err); r.Class != "tls" || !strings.Contains(err.Error(), "unknown authority") {
+					t.Errorf("%s: %v, class %s, want tls", c.name, err, r.Class)
+				}
 			}
+			copyFile(t, ca.File, trust)
 			// B is not read before the sync: Dovecot 2.3 would create an
 			// INBOX of its own there, and every dsync would then answer 2.
 			// A first sync may answer 2 (changed during the sync), which the
 			// sync function runs again.
 			for i := 0; i < 5; i++ {
-				if err = sync(pool, a); doveadm.Decide(err).Class != "changed" {
+				if err = sync(withFile, a); doveadm.Decide(err).Class != "changed" {
 					break
 				}
 			}
@@ -185,7 +203,7 @@ func TestIntegrationDovecot_DoveadmOverTLS(t *testing.T) {
 			}
 			// dsync from C, which does not trust B's certificate: Dovecot
 			// refuses the connection, and doveadm answers 75 (retried).
-			err = sync(pool, c)
+			err = sync(withFile, c)
 			if r := doveadm.Decide(err); r.Class != "tempfail" {
 				t.Errorf("a source that does not trust the destination: %v, class %s, want tempfail", err, r.Class)
 			}
@@ -307,5 +325,17 @@ func TestIntegrationDovecot_DoveadmProcessesBusy(t *testing.T) {
 				check("listing", tr.ListUsers(ctx, ep, func(string) error { return nil }))
 			}
 		})
+	}
+}
+
+// copyFile writes src's content over dst, as a rotation writes a CA file.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

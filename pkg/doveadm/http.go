@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"reflect"
@@ -19,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // maxReply bounds a doveadm HTTP reply as read, its strings cut to
@@ -43,23 +46,71 @@ type HTTP struct {
 // may be nil for Client(nil).
 func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
 	if client == nil {
-		client = Client(nil)
+		client = Client(nil, nil)
 	}
 	return &HTTP{client: client, timeout: timeout, tooLarge: map[string]int{}, accepted: map[string]int{}}
 }
 
 // Client is the HTTP client of the doveadm HTTP API. It checks an https
-// URL's certificate against roots, or the system's CAs when roots is
-// nil, and follows no redirect: doveadm never answers one, and net/http
-// would send the X-Dovecot-API key on to wherever a redirect pointed (it
-// drops only Authorization).
-func Client(roots *x509.CertPool) *http.Client {
+// URL's certificate against ca's CAs (doveadm-ca-file, read again at each
+// request: caTransport), or the system's CAs when ca is nil, and follows
+// no redirect: doveadm never answers one, and net/http would send the
+// X-Dovecot-API key on to wherever a redirect pointed (it drops only
+// Authorization). What happens to ca's file is logged to log.
+func Client(ca *config.CAFile, log *slog.Logger) *http.Client {
+	var rt http.RoundTripper = transport(nil)
+	if ca != nil {
+		rt = &caTransport{ca: ca, log: log}
+	}
 	return &http.Client{
-		Transport: &http.Transport{
-			Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
-			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-		},
+		Transport:     rt,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+func transport(roots *x509.CertPool) *http.Transport {
+	return &http.Transport{
+		Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
+	}
+}
+
+// caTransport sends each request through a transport that trusts the CAs
+// in ca's file as it is when the request starts. While the file's content
+// stays the same, that is one transport and its connections; when it
+// changes (a CA added before Dovecot's certificates are reissued by it),
+// a new transport takes over, and the old one's idle connections are
+// closed, so that each later request starts its TLS session checked
+// against the new CAs. Requests under way end as they would.
+type caTransport struct {
+	ca  *config.CAFile
+	log *slog.Logger
+
+	mu   sync.Mutex
+	pool *x509.CertPool // the CAs tr trusts
+	tr   *http.Transport
+}
+
+func (t *caTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	pool := t.ca.Pool(t.log)
+	t.mu.Lock()
+	if pool != t.pool {
+		if t.tr != nil {
+			t.tr.CloseIdleConnections()
+		}
+		t.pool, t.tr = pool, transport(pool)
+	}
+	tr := t.tr
+	t.mu.Unlock()
+	return tr.RoundTrip(r)
+}
+
+// CloseIdleConnections is http.Client's CloseIdleConnections.
+func (t *caTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.tr != nil {
+		t.tr.CloseIdleConnections()
 	}
 }
 

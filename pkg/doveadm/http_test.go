@@ -5,18 +5,25 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+	"github.com/dovewarden/dovewarden-knative/internal/testcert"
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
@@ -281,17 +288,16 @@ func TestHTTP_GarbledOrMismatchedReplyIsProtocolError(t *testing.T) {
 	}
 }
 
-// An https doveadm URL: its certificate is checked against the roots
+// An https doveadm URL: its certificate is checked against the CAs
 // Client is given, and a TLS session that cannot start is a configuration
 // problem (class tls, not retried), never a request with the credentials.
 func TestHTTP_TLS(t *testing.T) {
 	s := doveadmtest.NewTLSServer(t, "mail-a", nil)
-	ownCA := x509.NewCertPool()
-	ownCA.AddCert(s.Certificate())
-	sync := func(roots *x509.CertPool, url string) error {
+	ownCA := caFile(t, filepath.Join(t.TempDir(), "ca.pem"), s.Certificate())
+	sync := func(ca *config.CAFile, url string) error {
 		ep := endpoint(s)
 		ep.URL = url
-		_, err := doveadm.NewHTTP(doveadm.Client(roots), 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		_, err := doveadm.NewHTTP(doveadm.Client(ca, slog.New(slog.DiscardHandler)), 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
 		return err
 	}
 	if err := sync(ownCA, s.APIURL()); err != nil {
@@ -301,7 +307,7 @@ func TestHTTP_TLS(t *testing.T) {
 	port := s.URL[strings.LastIndex(s.URL, ":")+1:]
 	for _, tt := range []struct {
 		name, url string
-		roots     *x509.CertPool
+		ca        *config.CAFile
 		want      string
 	}{
 		{"the system's CAs", s.APIURL(), nil, "certificate signed by unknown authority"},
@@ -309,7 +315,7 @@ func TestHTTP_TLS(t *testing.T) {
 		{"a listener without TLS", strings.Replace(plain.APIURL(), "http://", "https://", 1), ownCA, "HTTP response to HTTPS client"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := sync(tt.roots, tt.url)
+			err := sync(tt.ca, tt.url)
 			var de *doveadm.Error
 			if !errors.As(err, &de) || de.Kind != doveadm.KindTLS || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want kind tls with %q", err, tt.want)
@@ -321,6 +327,110 @@ func TestHTTP_TLS(t *testing.T) {
 	}
 	if n := len(s.Tracker.Calls()) + len(plain.Tracker.Calls()); n != 1 {
 		t.Errorf("doveadm ran %d syncs, want 1: a failed TLS session sends no request", n)
+	}
+}
+
+// caFile writes certs to path as PEM and loads it as doveadm-ca-file.
+func caFile(t *testing.T, path string, certs ...*x509.Certificate) *config.CAFile {
+	t.Helper()
+	writeCerts(t, path, certs...)
+	ca, err := config.LoadCAFile("doveadm-ca-file", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+func writeCerts(t *testing.T, path string, certs ...*x509.Certificate) {
+	t.Helper()
+	var b []byte
+	for _, c := range certs {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// doveadm-ca-file is read again at each request: a CA added to it (a
+// rotation, before Dovecot's certificate is reissued by the new CA) is
+// trusted from the next request on, by the same client, with no restart.
+// A file that does not load then is logged once, and the CAs loaded
+// before are still used.
+func TestHTTP_CAFileReadAgain(t *testing.T) {
+	s := doveadmtest.NewTLSServer(t, "mail-a", nil)
+	dir := t.TempDir()
+	other, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPEM, err := os.ReadFile(other.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(otherPEM)
+	otherCA, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "doveadm-ca.pem")
+	ca := caFile(t, path, otherCA)
+	var logged safebuf.Buffer
+	c := doveadm.Client(ca, slog.New(slog.NewTextHandler(&logged, nil)))
+	h := doveadm.NewHTTP(c, 5*time.Second)
+	sync := func() error {
+		_, err := h.Sync(context.Background(), endpoint(s), doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		return err
+	}
+
+	if err := sync(); err == nil || doveadm.Decide(err).Class != "tls" || !strings.Contains(err.Error(), "unknown authority") {
+		t.Fatalf("with a CA that did not sign the certificate: %v, want class tls, unknown authority", err)
+	}
+	// The rotation adds the CA that signs doveadm's certificate.
+	writeCerts(t, path, otherCA, s.Certificate())
+	if err := sync(); err != nil {
+		t.Fatalf("after the CA was added to doveadm-ca-file: %v", err)
+	}
+	if !strings.Contains(logged.String(), "doveadm-ca-file loaded again") || !strings.Contains(logged.String(), "certificates=2") {
+		t.Errorf("log %q, want doveadm-ca-file loaded again with 2 certificates", logged.String())
+	}
+
+	// Half written, then gone: the CAs loaded before still verify, on a
+	// new connection too, and each failure is logged once.
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, whole[:len(whole)-100], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		c.CloseIdleConnections()
+		if err := sync(); err != nil {
+			t.Fatalf("sync %d with a half-written doveadm-ca-file: %v", i, err)
+		}
+	}
+	if n := strings.Count(logged.String(), "cut short"); n != 1 {
+		t.Errorf("a half-written file logged %d times, want once:\n%s", n, logged.String())
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := sync(); err != nil {
+		t.Fatalf("sync with doveadm-ca-file gone: %v", err)
+	}
+	if !strings.Contains(logged.String(), "did not load") || !strings.Contains(logged.String(), "no such file") {
+		t.Errorf("log %q, want doveadm-ca-file did not load: no such file", logged.String())
+	}
+
+	// The CA that signs doveadm's certificate taken out again: trusted
+	// no longer, from the next request on.
+	writeCerts(t, path, otherCA)
+	if err := sync(); err == nil || doveadm.Decide(err).Class != "tls" {
+		t.Fatalf("after the CA was taken out of doveadm-ca-file: %v, want class tls", err)
+	}
+	if n := len(s.Tracker.Calls()); n != 4 {
+		t.Errorf("doveadm ran %d syncs, want 4: one for each that verified", n)
 	}
 }
 
@@ -386,7 +496,7 @@ func TestHTTP_TLSHandshakeCutOrRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ep := doveadm.Endpoint{Name: "mail-a", URL: tt.url, User: "doveadm", Password: "pw", Destination: "tcp:r:1"}
 			// InsecureSkipVerify: httptest's certificate is beside the point.
-			c := doveadm.Client(nil)
+			c := doveadm.Client(nil, nil)
 			c.Transport.(*http.Transport).TLSClientConfig.InsecureSkipVerify = true
 			_, err := doveadm.NewHTTP(c, 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
 			if r := doveadm.Decide(err); err == nil || r.Class != tt.class {

@@ -101,10 +101,11 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 		return nil, nil, fmt.Errorf("redis-url %s: %w", shown, err)
 	}
 	var pair *clientPair
+	var ca *config.CAFile
 	if failover != nil {
-		failover.TLSConfig, pair, err = c.tlsConfig(u.Scheme, failover.TLSConfig)
+		failover.TLSConfig, pair, ca, err = c.tlsConfig(u.Scheme, failover.TLSConfig)
 	} else {
-		simple.TLSConfig, pair, err = c.tlsConfig(u.Scheme, simple.TLSConfig)
+		simple.TLSConfig, pair, ca, err = c.tlsConfig(u.Scheme, simple.TLSConfig)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -114,7 +115,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 	}
 	if failover != nil {
 		if failover.TLSConfig != nil {
-			failover.Dialer = tlsDialer(failover.TLSConfig, w)
+			failover.Dialer = tlsDialer(failover.TLSConfig, ca, w)
 		}
 		if c.Timeout > 0 {
 			failover.DialTimeout, failover.ReadTimeout, failover.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
@@ -126,7 +127,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 		return rdb, pair, nil
 	}
 	if simple.TLSConfig != nil {
-		simple.Dialer = tlsDialer(simple.TLSConfig, w)
+		simple.Dialer = tlsDialer(simple.TLSConfig, ca, w)
 	}
 	if c.Timeout > 0 {
 		simple.DialTimeout, simple.ReadTimeout, simple.WriteTimeout = c.Timeout, c.Timeout, c.Timeout
@@ -250,8 +251,10 @@ func (e *refusedError) Unwrap() []error { return []error{e.err} }
 
 // tlsConfig adds the CA and the client certificate to base, the TLS
 // configuration go-redis derived from a rediss:// URL (the server name,
-// skip_verify), and returns it with the client certificate's pair.
-func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, *clientPair, error) {
+// skip_verify), and returns it with the client certificate's pair and
+// redis-ca-file (nil when unset), which the dialer reads again at each
+// new connection.
+func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, *clientPair, *config.CAFile, error) {
 	if scheme != "rediss" {
 		var errs []error
 		for _, f := range []struct{ name, v string }{{"redis-ca-file", c.CAFile}, {"redis-cert-file", c.CertFile}, {"redis-key-file", c.KeyFile}} {
@@ -259,32 +262,33 @@ func (c Conn) tlsConfig(scheme string, base *tls.Config) (*tls.Config, *clientPa
 				errs = append(errs, fmt.Errorf("%s: needs a rediss:// redis-url (TLS)", f.name))
 			}
 		}
-		return base, nil, errors.Join(errs...)
+		return base, nil, nil, errors.Join(errs...)
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, nil, errors.New("redis-cert-file and redis-key-file: set both or neither")
+		return nil, nil, nil, errors.New("redis-cert-file and redis-key-file: set both or neither")
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if base != nil {
 		cfg = base.Clone()
 		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	}
+	var ca *config.CAFile
 	if c.CAFile != "" {
-		pool, err := config.CAPool("redis-ca-file", c.CAFile)
-		if err != nil {
-			return nil, nil, err
+		var err error
+		if ca, err = config.LoadCAFile("redis-ca-file", c.CAFile); err != nil {
+			return nil, nil, nil, err
 		}
-		cfg.RootCAs = pool
+		cfg.RootCAs = ca.Pool(tlsLog())
 	}
 	if c.CertFile == "" {
-		return cfg, nil, nil
+		return cfg, nil, ca, nil
 	}
 	pair, err := loadClientPair(c.CertFile, c.KeyFile)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	cfg.Certificates, cfg.GetClientCertificate = nil, pair.get
-	return cfg, pair, nil
+	return cfg, pair, ca, nil
 }
 
 // LogTo sends what the Redis client library logs (failed dials, a

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // clientLogger is where a client certificate that does not load, or has
@@ -118,8 +120,9 @@ func (s *Store) ClientCertificateExpiry() (time.Time, bool) {
 // without an answer most likely is: redis-server's plain port reads a TLS
 // hello as the start of a command line and waits for its end, so a
 // rediss:// URL with the plain port used to fail with "context deadline
-// exceeded" alone.
-func tlsDialer(cfg *tls.Config, w *handshakeWatch) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// exceeded" alone. ca, redis-ca-file when set, is read again at each
+// dial, so that a CA added to it is trusted from the next connection on.
+func tlsDialer(cfg *tls.Config, ca *config.CAFile, w *handshakeWatch) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3}}
 		raw, err := d.DialContext(ctx, network, addr)
@@ -127,13 +130,18 @@ func tlsDialer(cfg *tls.Config, w *handshakeWatch) func(ctx context.Context, net
 			return nil, err
 		}
 		c := cfg
+		if c.ServerName == "" || ca != nil {
+			c = cfg.Clone()
+		}
 		if c.ServerName == "" {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				host = addr
 			}
-			c = cfg.Clone()
 			c.ServerName = host
+		}
+		if ca != nil {
+			c.RootCAs = ca.Pool(tlsLog())
 		}
 		tc := tls.Client(raw, c)
 		// Marked before the handshake, and left marked when it ends

@@ -80,6 +80,68 @@ func TestOpen_ClientCertificateRenewedWithoutARestart(t *testing.T) {
 	}
 }
 
+// TestOpen_CAFileReadAgain: redis-ca-file is read again at each new
+// connection, so that a CA added to it (a rotation, before Redis's
+// certificate is reissued by the new CA) is trusted without a restart.
+func TestOpen_CAFileReadAgain(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	var logged safebuf.Buffer
+	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+
+	dir := t.TempDir()
+	other, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPEM, err := os.ReadFile(other.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "redis-ca.pem")
+	if err := os.WriteFile(caFile, otherPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(state.Conn{URL: srv.URL() + "?dial_timeout=2s&max_retries=1", CAFile: caFile, CertFile: srv.TLS.Cert, KeyFile: srv.TLS.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := st.Ping(ctx); err == nil || !strings.Contains(err.Error(), "unknown authority") {
+		t.Fatalf("Ping with a CA that did not sign Redis's certificate: %v, want unknown authority", err)
+	}
+
+	redisCA, err := os.ReadFile(srv.TLS.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, append(otherPEM, redisCA...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Fatalf("Ping after Redis's CA was added to redis-ca-file: %v", err)
+	}
+	if !strings.Contains(logged.String(), "redis-ca-file loaded again") || !strings.Contains(logged.String(), "certificates=2") {
+		t.Errorf("log %q, want redis-ca-file loaded again with 2 certificates", logged.String())
+	}
+
+	// Gone: the CAs loaded before still verify a new connection.
+	if err := os.Remove(caFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Client(t).ClientKillByFilter(ctx, "TYPE", "normal").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Ping(ctx); err != nil {
+		t.Fatalf("Ping on a new connection with redis-ca-file gone: %v", err)
+	}
+	if !strings.Contains(logged.String(), "redis-ca-file did not load") {
+		t.Errorf("log %q, want redis-ca-file did not load", logged.String())
+	}
+}
+
 // TestOpen_RedissToAPlainPortSaysSo: redis-server's plain port takes a
 // TLS hello for the start of a command line and waits for its end; the
 // error says so, not "context deadline exceeded" alone, also when the

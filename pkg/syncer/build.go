@@ -48,7 +48,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	for _, w := range warnings {
 		log.Warn("redis-url " + config.RedactURL(cfg.Redis.URL) + ": " + w)
 	}
-	httpTr := doveadm.NewHTTP(doveadm.Client(cfg.DoveadmCAs()), cfg.DsyncTimeout)
+	httpTr := doveadm.NewHTTP(doveadm.Client(cfg.DoveadmCAs(), log), cfg.DsyncTimeout)
 	var tr doveadm.Transport = httpTr
 	var lister doveadm.Lister = httpTr
 	if cfg.Transport == doveadm.TransportExec {

@@ -2,7 +2,6 @@ package syncer
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -82,9 +81,9 @@ type Config struct {
 
 	// hostMap is built by Load from the doveadm settings and the file.
 	hostMap doveadm.HostMap
-	// doveadmCAs is DoveadmCAFile's pool, read by Resolve; nil for the
-	// system's CAs.
-	doveadmCAs *x509.CertPool
+	// doveadmCAs is DoveadmCAFile, read by Load (and again at each
+	// request to doveadm); nil for the system's CAs.
+	doveadmCAs *config.CAFile
 }
 
 // RegisterFlags declares every sync setting on fs.
@@ -186,7 +185,7 @@ func (c *Config) Resolve(getenv func(string) string) error {
 		}
 	}
 	if c.DoveadmCAFile != "" {
-		if c.doveadmCAs, err = config.CAPool("doveadm-ca-file", c.DoveadmCAFile); err != nil {
+		if c.doveadmCAs, err = config.LoadCAFile("doveadm-ca-file", c.DoveadmCAFile); err != nil {
 			return err
 		}
 	}
@@ -216,7 +215,7 @@ func (c *Config) HostMap() doveadm.HostMap { return c.hostMap }
 
 // DoveadmCAs are the CAs that https doveadm URLs' certificates are
 // checked against (doveadm-ca-file); nil for the system's.
-func (c *Config) DoveadmCAs() *x509.CertPool { return c.doveadmCAs }
+func (c *Config) DoveadmCAs() *config.CAFile { return c.doveadmCAs }
 
 // Validate checks every setting and reports all problems at once, each
 // naming its setting.

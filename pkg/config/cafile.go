@@ -1,0 +1,111 @@
+package config
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+)
+
+// CAFile is a file of PEM CA certificates, the value of a setting, that a
+// server's certificate is checked against instead of the system's CAs.
+// It is read at start (LoadCAFile), where a file that does not load stops
+// the start, and again at each use (Pool): a CA rotation adds the new CA
+// to the file before the servers' certificates change (a Kubernetes
+// Secret or a trust bundle mounted as a file is updated in place), and
+// the new CA is trusted from the next connection on, without a restart.
+// A file that does not load then (written half, gone, no certificate in
+// it) is logged once, and the CAs loaded before are used.
+type CAFile struct {
+	setting, path string
+
+	mu     sync.Mutex
+	pem    []byte         // the file's content the pool was made from
+	pool   *x509.CertPool // the CAs in use
+	n      int            // certificates in pool
+	failed string         // the failure logged last, until the file loads
+}
+
+// LoadCAFile reads path, the value of setting, at start.
+func LoadCAFile(setting, path string) (*CAFile, error) {
+	b, pool, n, err := readCAs(setting, path)
+	if err != nil {
+		return nil, err
+	}
+	return &CAFile{setting: setting, path: path, pem: b, pool: pool, n: n}, nil
+}
+
+// CAPool reads the PEM CA certificates in path, the value of setting, to
+// verify a server's certificate with instead of the system's: for a
+// command that runs once (a CAFile is read again at each use).
+func CAPool(setting, path string) (*x509.CertPool, error) {
+	_, pool, _, err := readCAs(setting, path)
+	return pool, err
+}
+
+// Path is the file's path.
+func (c *CAFile) Path() string { return c.path }
+
+// Pool reads the file again and returns the CAs to check a new
+// connection's server certificate against: the file's, or those loaded
+// before when it does not load now. The pool is the same value as long
+// as the file's content is, so that a caller can keep what it built from
+// it until it changes. What happened is logged to log.
+func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
+	b, pool, n, err := readCAs(c.setting, c.path)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err != nil:
+		if msg := err.Error(); msg != c.failed {
+			c.failed = msg
+			log.Error(c.setting+" did not load; still using the CA certificates loaded before",
+				"err", err, c.setting, c.path, "certificates", c.n)
+		}
+	case !bytes.Equal(b, c.pem):
+		c.pem, c.pool, c.n, c.failed = b, pool, n, ""
+		log.Info(c.setting+" loaded again", c.setting, c.path, "certificates", n)
+	default:
+		c.failed = ""
+	}
+	return c.pool
+}
+
+// readCAs reads and parses path. A CERTIFICATE block Go does not parse
+// is left out, as x509.CertPool.AppendCertsFromPEM does (a system bundle
+// may hold one), but a file must hold at least one certificate, and a
+// block cut short (a file read while it is written) fails the whole file
+// rather than leaving out the CAs after the cut.
+func readCAs(setting, path string) ([]byte, *x509.CertPool, int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("%s: %w", setting, err)
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := b; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			if bytes.Contains(rest, []byte("-----BEGIN")) {
+				return nil, nil, 0, fmt.Errorf("%s %s: a PEM block is cut short (the file half written?)", setting, path)
+			}
+			break
+		}
+		if block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			continue
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, nil, 0, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
+	}
+	return b, pool, n, nil
+}
