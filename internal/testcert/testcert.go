@@ -48,6 +48,14 @@ func NewCA(dir string) (*CA, error) {
 	return ca, WritePEM(ca.File, "CERTIFICATE", der)
 }
 
+// Certificate is the CA's certificate.
+func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
+
+// PEM is the CA's certificate, PEM, as in File.
+func (ca *CA) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+}
+
 // Leaf describes a certificate to issue.
 type Leaf struct {
 	// Name is the subject's common name and the files' base name:

@@ -21,11 +21,7 @@ func newCA(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(ca.File)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return ca.PEM()
 }
 
 // What a CA file may hold at start: text around the blocks (a system

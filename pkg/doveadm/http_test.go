@@ -364,15 +364,7 @@ func TestHTTP_CAFileReadAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherPEM, err := os.ReadFile(other.File)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(otherPEM)
-	otherCA, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	otherCA := other.Certificate()
 	path := filepath.Join(dir, "doveadm-ca.pem")
 	ca := caFile(t, path, otherCA)
 	var logged safebuf.Buffer

@@ -94,10 +94,7 @@ func TestOpen_CAFileReadAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherPEM, err := os.ReadFile(other.File)
-	if err != nil {
-		t.Fatal(err)
-	}
+	otherPEM := other.PEM()
 	caFile := filepath.Join(dir, "redis-ca.pem")
 	if err := os.WriteFile(caFile, otherPEM, 0o600); err != nil {
 		t.Fatal(err)
