@@ -251,7 +251,8 @@ func TestIngest_RedisOverTLS(t *testing.T) {
 	body, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
 	metrics := string(body)
-	for _, want := range []string{"dovewarden_sync_pending_users 1\n", "dovewarden_sync_failing_users 0\n", "dovewarden_sweep_last_end_timestamp_seconds 0\n"} {
+	for _, want := range []string{"dovewarden_sync_pending_users 1\n", "dovewarden_sync_failing_users 0\n", "dovewarden_sweep_last_end_timestamp_seconds 0\n",
+		"dovewarden_tls_file_load_failing{setting=\"redis-ca-file\"} 0\n", "dovewarden_tls_file_load_failing{setting=\"redis-cert-file\"} 0\n"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("ingest's /metrics lacks %q", want)
 		}

@@ -55,9 +55,11 @@ func (c *CAFile) Path() string { return c.path }
 // as the file's content is, so that a caller can keep what it built from
 // it until it changes. What happened is logged to log.
 func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
-	b, pool, n, err := readCAs(c.setting, c.path)
+	// Read under the lock: a read that began before a change must not
+	// put the old content back after one that began after it.
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	b, pool, n, err := readCAs(c.setting, c.path)
 	switch {
 	case err != nil:
 		if msg := err.Error(); msg != c.failed {
@@ -72,6 +74,15 @@ func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
 		c.failed = ""
 	}
 	return c.pool
+}
+
+// Failing reads the file again, as Pool does, and says whether it does
+// not load now: the CAs loaded before are in use.
+func (c *CAFile) Failing(log *slog.Logger) bool {
+	c.Pool(log)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failed != ""
 }
 
 // readCAs reads and parses path. A CERTIFICATE block Go does not parse

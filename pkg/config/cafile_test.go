@@ -121,6 +121,9 @@ func TestCAFile_PoolFollowsTheFile(t *testing.T) {
 			t.Fatalf("with %.20q in the file, Pool did not keep the CAs loaded before", broken)
 		}
 	}
+	if !ca.Failing(log) {
+		t.Error("Failing: false while the file does not load")
+	}
 	if n := strings.Count(logged.String(), "did not load"); n != 2 {
 		t.Errorf("two failures in a row logged %d times, want twice (once each):\n%s", n, logged.String())
 	}
@@ -129,6 +132,9 @@ func TestCAFile_PoolFollowsTheFile(t *testing.T) {
 	}
 
 	write(b)
+	if ca.Failing(log) {
+		t.Error("Failing: true once the file loads again")
+	}
 	if got := ca.Pool(log); holds(got, a) || !holds(got, b) {
 		t.Fatal("after a was taken out, the pool still trusts it, or not b")
 	}

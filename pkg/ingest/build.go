@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
@@ -60,7 +61,8 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 		// the time, where the sync function scales to zero, so alerts
 		// on failing users, overdue sweeps and an evicting Redis always
 		// have a series.
-		reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st), sweep.NewRedisCollector(st))
+		reg.MustRegister(sweep.NewUsersCollector(st), sweep.NewStatusCollector(st), sweep.NewRedisCollector(st),
+			metrics.NewTLSFilesCollector(st.TLSFilesFailing))
 	}
 	h := NewHandler(ho, snd, pending, reg, log)
 	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.Redis.URL != "", "auth", cfg.authKind())

@@ -56,40 +56,40 @@ func (c *Conn) RegisterFlags(fs *flag.FlagSet, usage string) {
 // options, and the TLS files (read and parsed). Each error names its
 // setting and never shows a password.
 func (c Conn) Validate() error {
-	_, _, err := c.client(nil)
+	_, _, _, err := c.client(nil)
 	return err
 }
 
 // Open connects to Redis as c says (lazily: the first command dials).
 func Open(c Conn) (*Store, error) {
 	w := &handshakeWatch{}
-	rdb, pair, err := c.client(w)
+	rdb, pair, ca, err := c.client(w)
 	if err != nil {
 		return nil, err
 	}
 	st := New(rdb)
-	st.handshakes, st.pair = w, pair
+	st.handshakes, st.pair, st.ca = w, pair, ca
 	return st, nil
 }
 
 // client checks c and, when w is set, returns the go-redis client it
-// describes, whose TLS handshakes w watches, and its client certificate
-// (nil without redis-cert-file).
-func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, error) {
+// describes, whose TLS handshakes w watches, its client certificate (nil
+// without redis-cert-file) and its CAs (nil without redis-ca-file).
+func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, *config.CAFile, error) {
 	shown := config.RedactURL(c.URL)
 	u, err := url.Parse(c.URL)
 	if err != nil && strings.Contains(c.URL, "@") {
 		// Its scheme may well be right: shown says what is likely wrong.
-		return nil, nil, fmt.Errorf("redis-url %s", shown)
+		return nil, nil, nil, fmt.Errorf("redis-url %s", shown)
 	}
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-		return nil, nil, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", shown)
+		return nil, nil, nil, fmt.Errorf("redis-url: want redis://, rediss:// or unix://, got %q", shown)
 	}
 	var simple *redis.Options
 	var failover *redis.FailoverOptions
 	if u.Query().Has("master_name") {
 		if u.Scheme == "unix" {
-			return nil, nil, fmt.Errorf("redis-url %s: master_name needs redis:// or rediss:// and a Sentinel's address", shown)
+			return nil, nil, nil, fmt.Errorf("redis-url %s: master_name needs redis:// or rediss:// and a Sentinel's address", shown)
 		}
 		if failover, err = redis.ParseFailoverURL(c.URL); err == nil && failover.MasterName == "" {
 			err = errors.New("master_name is empty")
@@ -98,7 +98,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 		simple, err = redis.ParseURL(c.URL)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis-url %s: %w", shown, err)
+		return nil, nil, nil, fmt.Errorf("redis-url %s: %w", shown, err)
 	}
 	var pair *clientPair
 	var ca *config.CAFile
@@ -108,10 +108,10 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 		simple.TLSConfig, pair, ca, err = c.tlsConfig(u.Scheme, simple.TLSConfig)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if w == nil {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	if failover != nil {
 		if failover.TLSConfig != nil {
@@ -124,7 +124,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 		failover.ContextTimeoutEnabled = failover.ContextTimeoutEnabled || c.Deadlines
 		rdb := redis.NewFailoverClient(failover)
 		rdb.AddHook(firstWords{})
-		return rdb, pair, nil
+		return rdb, pair, ca, nil
 	}
 	if simple.TLSConfig != nil {
 		simple.Dialer = tlsDialer(simple.TLSConfig, ca, w)
@@ -136,7 +136,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, err
 	simple.ContextTimeoutEnabled = simple.ContextTimeoutEnabled || c.Deadlines
 	rdb := redis.NewClient(simple)
 	rdb.AddHook(firstWords{})
-	return rdb, pair, nil
+	return rdb, pair, ca, nil
 }
 
 // firstWords is a go-redis hook that keeps what Redis says as it refuses a

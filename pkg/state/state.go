@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // Keys. Prefix is shared by every key dovewarden writes.
@@ -37,9 +39,10 @@ type Store struct {
 	// handshakes, of a Store that Open made, tells why a command
 	// that had to dial over TLS ran out of time (explain).
 	handshakes *handshakeWatch
-	// pair is redis-cert-file and redis-key-file, of a Store that Open
-	// made with them.
+	// pair is redis-cert-file and redis-key-file, and ca redis-ca-file,
+	// of a Store that Open made with them.
 	pair *clientPair
+	ca   *config.CAFile
 }
 
 // New wraps a go-redis client.

@@ -78,9 +78,11 @@ func (p *clientPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) 
 // presents: the pair read now, or the one loaded before when it does not
 // load.
 func (p *clientPair) current() *tls.Certificate {
-	cert, err := readClientPair(p.certFile, p.keyFile)
+	// Read under the lock: a read that began before a renewal must not
+	// put the old pair back after one that began after it.
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	cert, err := readClientPair(p.certFile, p.keyFile)
 	log := tlsLog()
 	switch {
 	case err != nil:
@@ -102,6 +104,30 @@ func (p *clientPair) current() *tls.Certificate {
 			"redis_cert_file", p.certFile, "expired", leaf.NotAfter)
 	}
 	return p.cert
+}
+
+// failing reads the pair again and says whether it does not load now:
+// the pair loaded before is in use.
+func (p *clientPair) failing() bool {
+	p.current()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed != ""
+}
+
+// TLSFilesFailing reads again the TLS files the Store reads as they
+// change, redis-cert-file (with redis-key-file) and redis-ca-file, and
+// says for each one set whether it does not load now, so that the one
+// loaded before is still used.
+func (s *Store) TLSFilesFailing() map[string]bool {
+	m := map[string]bool{}
+	if s.pair != nil {
+		m["redis-cert-file"] = s.pair.failing()
+	}
+	if s.ca != nil {
+		m["redis-ca-file"] = s.ca.Failing(tlsLog())
+	}
+	return m
 }
 
 // ClientCertificateExpiry says when the client certificate the Store's

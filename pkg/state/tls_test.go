@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,14 +206,33 @@ func TestStore_ClientCertificateExpiryFollowsTheFile(t *testing.T) {
 			t.Errorf("%s: expiry %v, %v; want %v", step, got, ok, want)
 		}
 	}
+	failing := func(st *state.Store, step string, want map[string]bool) {
+		t.Helper()
+		if got := st.TLSFilesFailing(); !maps.Equal(got, want) {
+			t.Errorf("%s: files failing %v, want %v", step, got, want)
+		}
+	}
 	expect("at start", first)
+	failing(st, "at start", map[string]bool{"redis-cert-file": false, "redis-ca-file": false})
 	renewed := first.Add(60 * 24 * time.Hour)
 	issue(renewed)
 	expect("renewed", renewed)
+	failing(st, "renewed", map[string]bool{"redis-cert-file": false, "redis-ca-file": false})
 	if err := os.WriteFile(cert, []byte("-----BEGIN CERTIFICATE-----\nMIIB"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	expect("half written", renewed)
+	failing(st, "the certificate half written", map[string]bool{"redis-cert-file": true, "redis-ca-file": false})
+	caPEM := ca.PEM()
+	if err := os.WriteFile(ca.File, caPEM[:len(caPEM)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	failing(st, "the CA file half written too", map[string]bool{"redis-cert-file": true, "redis-ca-file": true})
+	issue(renewed.Add(time.Hour))
+	if err := os.WriteFile(ca.File, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	failing(st, "both written again", map[string]bool{"redis-cert-file": false, "redis-ca-file": false})
 
 	plain, err := state.Open(state.Conn{URL: "rediss://127.0.0.1:1", CAFile: ca.File})
 	if err != nil {
@@ -222,4 +242,11 @@ func TestStore_ClientCertificateExpiryFollowsTheFile(t *testing.T) {
 	if got, ok := plain.ClientCertificateExpiry(); ok {
 		t.Errorf("without a client certificate: expiry %v, want none", got)
 	}
+	failing(plain, "without a client certificate", map[string]bool{"redis-ca-file": false})
+	system, err := state.Open(state.Conn{URL: "rediss://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer system.Close()
+	failing(system, "the system's CAs, no client certificate", map[string]bool{})
 }

@@ -91,7 +91,14 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		st.Close()
 		return nil, nil, err
 	}
-	reg.MustRegister(sweep.NewUsersCollector(mst), sweep.NewStatusCollector(mst), sweep.NewRedisCollector(mst))
+	doveadmCA := func() map[string]bool {
+		if ca := cfg.DoveadmCAs(); ca != nil {
+			return map[string]bool{"doveadm-ca-file": ca.Failing(log)}
+		}
+		return nil
+	}
+	reg.MustRegister(sweep.NewUsersCollector(mst), sweep.NewStatusCollector(mst), sweep.NewRedisCollector(mst),
+		metrics.NewTLSFilesCollector(mst.TLSFilesFailing, doveadmCA))
 	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results,
 		Username: uf}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
