@@ -562,8 +562,10 @@ type overview struct {
 	Lanes []laneStatus      `json:"lanes,omitempty"`
 	// Events is what local mode's ingest received since its start.
 	Events *eventsStatus `json:"events,omitempty"`
-	// FailedUsers (the oldest failure first) and PendingUsers (the
-	// oldest change first) list up to ?list=N users (20 by default).
+	// RunningUsers (the longest running first), FailedUsers (the oldest
+	// failure first) and PendingUsers (the oldest change first) list up
+	// to ?list=N users (20 by default).
+	RunningUsers []state.UserStatus  `json:"running_users"`
 	FailedUsers  []state.UserStatus  `json:"failed_users"`
 	PendingUsers []state.PendingUser `json:"pending_users"`
 }

@@ -43,6 +43,9 @@ func readOverview(ctx context.Context, st *state.Store, list int64) (overview, e
 	if o.Sweep, err = st.SweepStatus(ctx); err != nil {
 		return o, err
 	}
+	if o.Users.InProgress, o.RunningUsers, err = st.Running(ctx, list); err != nil {
+		return o, err
+	}
 	if o.FailedUsers, err = st.Failed(ctx, list); err != nil {
 		return o, err
 	}
@@ -50,6 +53,9 @@ func readOverview(ctx context.Context, st *state.Store, list int64) (overview, e
 		return o, err
 	}
 	// Lists, not null, in the JSON also when empty or not asked for.
+	if o.RunningUsers == nil {
+		o.RunningUsers = []state.UserStatus{}
+	}
 	if o.FailedUsers == nil {
 		o.FailedUsers = []state.UserStatus{}
 	}
@@ -389,6 +395,7 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 	w.println("Users")
 	w.printf("  pending\t%d\toldest change %s\n", o.Users.Pending, when(o.Users.OldestPending, now))
 	w.printf("  failed\t%d\t\n", o.Users.Failed)
+	w.printf("  in progress\t%d\t\n", o.Users.InProgress)
 	w.printf("  excluded\t%d\t\n", o.Users.Excluded)
 	if !o.Users.Recovery.IsZero() {
 		w.printf("  recovery\t%s\tthe sweep replicates every user not synced since\n", when(o.Users.Recovery, now))
@@ -434,10 +441,25 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		return err
 	}
 	rows = rows[:0]
+	for _, u := range o.RunningUsers {
+		by, host := u.InProgressBy, u.InProgressHost
+		if by == "" {
+			by = "-"
+		}
+		if host == "" {
+			host = "default host" // as the user's record names it
+		}
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s", u.User, when(u.InProgressSince, now), printable.String(by), printable.String(host)))
+	}
+	title := fmt.Sprintf("In progress (longest running first; %d of %d)", len(o.RunningUsers), o.Users.InProgress)
+	if err := section(out, title, "USER\tSINCE\tBY\tFROM", rows); err != nil {
+		return err
+	}
+	rows = rows[:0]
 	for _, u := range o.FailedUsers {
 		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError)))
 	}
-	title := fmt.Sprintf("Failed users (oldest failure first; %d of %d)", len(o.FailedUsers), o.Users.Failed)
+	title = fmt.Sprintf("Failed users (oldest failure first; %d of %d)", len(o.FailedUsers), o.Users.Failed)
 	if err := section(out, title, "USER\tFAILED\tLAST SUCCESS\tFAILURES\tCLASS\tLAST ERROR", rows); err != nil {
 		return err
 	}

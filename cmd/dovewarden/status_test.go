@@ -526,8 +526,25 @@ func TestStatus_AUserInADsyncOfTheDefaultHost(t *testing.T) {
 		if !strings.HasSuffix(line, ", from default host") {
 			t.Errorf("status %s: in progress line %q, want it to end \", from default host\"\n%s", args[0], line, out)
 		}
+		// The overview lists it among the dsyncs running now, as
+		// `doveadm replicator dsync-status` did.
+		env, out, errb = testEnv(nil, "")
+		if err := run(context.Background(), env, append([]string{"status"}, args...)); err != nil {
+			t.Fatalf("status %s: %v\n%s", args[0], err, errb)
+		}
+		for _, want := range []string{`(?m)^  in progress +1$`, `(?m)^In progress \(longest running first; 1 of 1\)\n  USER +SINCE +BY +FROM\n  u1 +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\S+ ago\) +\S+ +default host$`} {
+			if !regexp.MustCompile(want).MatchString(out.String()) {
+				t.Errorf("status %s: the overview lacks %q:\n%s", args[0], want, out)
+			}
+		}
 	}
 	free()
+	// Once it ended, nothing runs.
+	statusOut(t, `(?m)^  in progress +0$`, "--redis-url", srv.URL())
+	js := statusOut(t, `"running_users": \[\]`, "--redis-url", srv.URL(), "--json")
+	if !strings.Contains(js, `"in_progress": 0`) {
+		t.Errorf("--json overview without a running dsync:\n%s", js)
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("local returned %v", err)
 	}

@@ -33,6 +33,9 @@ end
 -- The clock: TIME, never below the high-water mark attempt starts raise
 -- (ClockKey).
 local CLOCK = 'dovewarden:clock'
+-- The users whose attempt runs, scored by its start (RunningKey); an
+-- entry whose lock expired (its owner died) is dropped as it is read.
+local RUNNING = 'dovewarden:running'
 local function mono_ms()
   return math.max(now_ms(), num(redis.call('GET', CLOCK)))
 end
@@ -56,6 +59,7 @@ local function start(now, user, owner, host, skey, dest, call, full)
   if owner ~= '' then table.insert(fields, 'inprogress_by'); table.insert(fields, owner) end
   if host ~= '' then table.insert(fields, 'inprogress_host'); table.insert(fields, host) end
   redis.call('HSET', h, unpack(fields))
+  redis.call('ZADD', RUNNING, now, user)
   local since = num(redis.call('ZSCORE', KEYS[3], user))
   local st = redis.call('HGET', skey, dest) or ''
   return {'run', now, since, merged, st, fullreq}
@@ -76,6 +80,13 @@ local INPROGRESS = {'inprogress_by', 'inprogress_since', 'inprogress_host', 'inp
 local function started(call)
   return call ~= '' and redis.call('HGET', KEYS[2], 'inprogress_call') == call
 end
+-- release ends the running attempt of user, whose lock (KEYS[1]) the
+-- caller owns: the lock goes, and the attempt's fields of h.
+local function release(user, h)
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', h, unpack(INPROGRESS))
+  redis.call('ZREM', RUNNING, user)
+end
 -- excluded_release ends what is left of a user excluded while an attempt
 -- ran: its pending and failed marks, which Begin drops for an excluded
 -- user too, and, for the lock's owner (owned), the lock (KEYS[1]), the
@@ -84,8 +95,8 @@ local function excluded_release(user, h, pending, failed, owned)
   redis.call('ZREM', pending, user)
   redis.call('ZREM', failed, user)
   if owned then
-    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', unpack(INPROGRESS))
-    redis.call('DEL', KEYS[1])
+    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
+    release(user, h)
   end
 end
 `
@@ -253,8 +264,7 @@ if newer and owned and ARGV[9] == '1' then
   return c
 end
 if owned then
-  redis.call('DEL', KEYS[1])
-  redis.call('HDEL', h, unpack(INPROGRESS))
+  release(user, h)
 end
 if newer then return {'left', now} end
 return {'done', now}
@@ -310,8 +320,7 @@ if ARGV[12] == '1' then
     or redis.call('HEXISTS', h, 'pending_host') == 1
     or redis.call('HGET', h, 'full_requested') == '1'
   if owned and newer then
-    redis.call('DEL', KEYS[1])
-    redis.call('HDEL', h, unpack(INPROGRESS))
+    release(user, h)
   elseif owned then
     -- The owner drops the record too, as Dovecot 2.3's replicator removed
     -- the user: else the records of deleted users would pile up, and
@@ -320,7 +329,7 @@ if ARGV[12] == '1' then
     -- lists the user is asked once per full-sync interval, not at every
     -- sweep (the sweep prunes it).
     redis.call('ZREM', KEYS[3], user)
-    redis.call('DEL', KEYS[1])
+    release(user, h)
     redis.call('DEL', h)
   elseif not newer and redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('ZREM', KEYS[3], user)
@@ -357,8 +366,7 @@ if ARGV[8] == '1' then
   -- A full sync asked for and not done stays asked for.
   if ARGV[10] == '1' then redis.call('HSET', h, 'full_requested', '1') end
   if redis.call('GET', KEYS[1]) == token then
-    redis.call('DEL', KEYS[1])
-    redis.call('HDEL', h, unpack(INPROGRESS))
+    release(user, h)
   end
 end
 return now

@@ -222,8 +222,10 @@ type Overview struct {
 	Pending       int64     `json:"pending"`
 	OldestPending time.Time `json:"oldest_pending,omitzero"`
 	// Failed users' last replication failed after its last attempt.
-	Failed   int64 `json:"failed"`
-	Excluded int64 `json:"excluded"`
+	Failed int64 `json:"failed"`
+	// InProgress users have an attempt running (Running).
+	InProgress int64 `json:"in_progress"`
+	Excluded   int64 `json:"excluded"`
 	// Recovery is RecoveryKey's time (zero: none).
 	Recovery time.Time `json:"recovery,omitzero"`
 }
@@ -296,6 +298,44 @@ func (s *Store) NextFailure(ctx context.Context, after time.Time) (time.Time, bo
 		return time.Time{}, false, nil
 	}
 	return time.UnixMilli(int64(zs[0].Score)).UTC(), true, nil
+}
+
+// scriptRunning: KEYS running. ARGV n. Drops the entries whose lock is
+// gone (an owner that died while its attempt ran: its lock expired), and
+// returns how many remain and the first n users, the longest running
+// first. The set holds the users whose attempt runs and those whose
+// owner died since the last call, so it stays small.
+var scriptRunning = newScript(`
+for _, u in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', 'dovewarden:lock:{' .. u .. '}') == 0 then
+    redis.call('ZREM', KEYS[1], u)
+  end
+end
+local n, first = tonumber(ARGV[1]), {}
+if n > 0 then first = redis.call('ZRANGE', KEYS[1], 0, n - 1) end
+return {redis.call('ZCARD', KEYS[1]), first}
+`)
+
+// Running returns how many users have an attempt running, and up to
+// limit of them, the one running longest first, each with its status
+// record (who runs it, since when, from which host).
+func (s *Store) Running(ctx context.Context, limit int64) (int64, []UserStatus, error) {
+	v, err := scriptRunning.Run(ctx, s.rdb, []string{RunningKey}, max(limit, 0)).Slice()
+	if err != nil {
+		return 0, nil, fmt.Errorf("read running users from redis: %w", s.explain(err))
+	}
+	n, _ := v[0].(int64)
+	users, _ := v[1].([]any)
+	out := make([]UserStatus, 0, len(users))
+	for _, u := range users {
+		name, _ := u.(string)
+		st, err := s.Status(ctx, name)
+		if err != nil {
+			return 0, nil, err
+		}
+		out = append(out, st)
+	}
+	return n, out, nil
 }
 
 // Failed returns up to limit users whose last replication failed, the one

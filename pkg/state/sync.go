@@ -23,6 +23,11 @@ const (
 	// after its last attempt, scored by the Unix milliseconds of that
 	// failure. The sweep retries them.
 	FailedKey = Prefix + "failed"
+	// RunningKey is a sorted set of the users whose attempt runs, scored
+	// by the Unix milliseconds of its start: the attempt's start adds the
+	// user, the release of its lock removes it. An entry whose lock
+	// expired instead (its owner died) is dropped by Running.
+	RunningKey = Prefix + "running"
 )
 
 // LockKey is the per-user lock: a random token, with a TTL the owner renews

@@ -1,0 +1,131 @@
+package state_test
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// running reads Running and returns its count and users.
+func running(t *testing.T, b backend, limit int64) (int64, []string) {
+	t.Helper()
+	n, sts, err := b.st.Running(ctx, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users []string
+	for _, st := range sts {
+		if !st.InProgress || st.InProgressSince.IsZero() || st.InProgressBy == "" {
+			t.Errorf("running user %+v: not in progress, or without its start and owner", st)
+		}
+		users = append(users, st.User)
+	}
+	return n, users
+}
+
+// The users whose attempt runs, the longest running first: an attempt's
+// start adds its user, each way its owner gives up the lock (success,
+// failure, gone, excluded) takes it out, and an owner that died leaves
+// an entry that goes once its lock has expired.
+func TestRedisScripts_Running(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		begin := func(user, token string) state.Claim {
+			t.Helper()
+			c, err := b.st.Begin(ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "inst-" + token, Token: token,
+				Destination: "tcp:b:1", At: time.Now(), TTL: time.Second, Margin: 100 * time.Millisecond})
+			if err != nil || c.Decision != state.Run {
+				t.Fatalf("Begin %s: %+v, %v", user, c, err)
+			}
+			return c
+		}
+		want := func(step string, limit, n int64, users ...string) {
+			t.Helper()
+			gotN, got := running(t, b, limit)
+			if gotN != n || !slices.Equal(got, users) {
+				t.Errorf("%s: running %d %v, want %d %v", step, gotN, got, n, users)
+			}
+		}
+		want("at first", 20, 0)
+		ca := begin("a", "A")
+		time.Sleep(5 * time.Millisecond) // a later start than a's
+		cb := begin("b", "B")
+		time.Sleep(5 * time.Millisecond)
+		cc := begin("c", "C")
+		time.Sleep(5 * time.Millisecond)
+		cd := begin("d", "D")
+		time.Sleep(5 * time.Millisecond)
+		begin("e", "E")
+		want("five running", 20, 5, "a", "b", "c", "d", "e")
+		want("the first two asked for", 2, 5, "a", "b")
+		want("none asked for", 0, 5)
+
+		if _, _, err := b.st.Succeed(ctx, state.SuccessArgs{User: "a", Token: "A", Host: "mail-a", Destination: "tcp:b:1",
+			Start: ca.Start, TTL: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "b", Token: "B", Host: "mail-a", Error: "x", Class: "tempfail",
+			At: time.Now(), Final: true, Release: true, Start: cb.Start}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "c", Token: "C", Host: "mail-a", Error: "no such user", Class: "gone",
+			At: time.Now(), Release: true, Gone: true, Start: cc.Start}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.st.Exclude(ctx, "d"); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := b.st.Succeed(ctx, state.SuccessArgs{User: "d", Token: "D", Host: "mail-a", Destination: "tcp:b:1",
+			Start: cd.Start, TTL: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		// Each release took its entry out: the set does not grow with
+		// every user ever replicated until a status read prunes it.
+		if n, err := b.rdb.ZCard(ctx, state.RunningKey).Result(); err != nil || n != 1 {
+			t.Errorf("%s holds %d entries after four releases, %v; want 1 (e)", state.RunningKey, n, err)
+		}
+		want("a succeeded, b failed, c is gone, d was excluded", 20, 1, "e")
+
+		// e's owner dies: its lock expires, and its entry goes with it.
+		b.expire(1100 * time.Millisecond)
+		want("e's lock expired", 20, 0)
+		if n, err := b.rdb.ZCard(ctx, state.RunningKey).Result(); err != nil || n != 0 {
+			t.Errorf("%s holds %d entries after the read, %v; want none", state.RunningKey, n, err)
+		}
+	})
+}
+
+// A retry (Restart) and a rerun (Succeed with newer changes) start a new
+// attempt: the user stays running, from the new attempt's start.
+func TestRedisScripts_RunningFollowsTheAttempt(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		first := begin(t, b, "A", time.Now())
+		time.Sleep(5 * time.Millisecond)
+		retry, err := b.st.Restart(ctx, "u1", "A", "tcp:b:1", time.Second)
+		if err != nil || retry.Decision != state.Run || !retry.Start.After(first.Start) {
+			t.Fatalf("Restart: %+v, %v (first start %v)", retry, err, first.Start)
+		}
+		n, sts, err := b.st.Running(ctx, 20)
+		if err != nil || n != 1 || len(sts) != 1 || !sts[0].InProgressSince.Equal(retry.Start) {
+			t.Fatalf("after a retry: %d %+v, %v; want u1 since %v", n, sts, err, retry.Start)
+		}
+		// A change during the attempt: the owner runs again.
+		if _, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "inst-B", Token: "B",
+			Destination: "tcp:b:1", At: time.Now(), TTL: time.Second, Margin: 100 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		next := succeed(t, b, "A", retry.Start, true)
+		if next.Decision != state.Run {
+			t.Fatalf("no rerun: %+v", next)
+		}
+		if n, users := running(t, b, 20); n != 1 || !slices.Equal(users, []string{"u1"}) {
+			t.Errorf("during the rerun: %d %v, want u1", n, users)
+		}
+		succeed(t, b, "A", next.Start, true)
+		if n, users := running(t, b, 20); n != 0 {
+			t.Errorf("after the rerun succeeded: %d %v, want none", n, users)
+		}
+	})
+}
