@@ -217,6 +217,11 @@ func (c *Config) HostMap() doveadm.HostMap { return c.hostMap }
 // checked against (doveadm-ca-file); nil for the system's.
 func (c *Config) DoveadmCAs() *config.CAFile { return c.doveadmCAs }
 
+// maxLockTTL bounds lock-ttl: beyond it a value is a mistake (hours for
+// seconds), which would keep the user of an owner that died from being
+// replicated for that long.
+const maxLockTTL = time.Hour
+
 // Validate checks every setting and reports all problems at once, each
 // naming its setting.
 func (c *Config) Validate() error {
@@ -268,8 +273,11 @@ func (c *Config) Validate() error {
 		// first: retried as a transport failure, not answered 75 (busy).
 		errs = append(errs, fmt.Errorf("dsync-lock-timeout %s: must be below dsync-timeout %s in whole seconds, rounded up (dsync is given %s), which would cut off a dsync still waiting for that lock", c.DsyncLockTimeout, c.DsyncTimeout, given))
 	}
-	if c.LockTTL < 300*time.Millisecond {
+	switch {
+	case c.LockTTL < 300*time.Millisecond:
 		errs = append(errs, fmt.Errorf("lock-ttl %s: want at least 300ms (it is renewed every third of it)", c.LockTTL))
+	case c.LockTTL > maxLockTTL:
+		errs = append(errs, fmt.Errorf("lock-ttl %s: want at most %s: it is renewed every third of it while dsync runs, so a long dsync needs no longer one, and the lock of an owner that died keeps its user from being replicated that long", c.LockTTL, maxLockTTL))
 	}
 	if c.ClockSkew < 0 {
 		errs = append(errs, fmt.Errorf("clock-skew %s: must not be negative", c.ClockSkew))

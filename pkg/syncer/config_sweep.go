@@ -59,6 +59,10 @@ func (c *SweepConfig) validate(requestTimeout time.Duration) []error {
 	// or its continuation is on its way through the Broker.
 	if c.LockTTL < 2*c.Budget {
 		errs = append(errs, fmt.Errorf("sweep-lock-ttl %s: want at least twice sweep-budget %s", c.LockTTL, c.Budget))
+	} else if c.LockTTL > 24*time.Hour {
+		// A mistake (hours for minutes): a sweep whose continuation got
+		// lost would keep every other sweep from starting that long.
+		errs = append(errs, fmt.Errorf("sweep-lock-ttl %s: want at most 24h: a sweep whose continuation got lost keeps every other sweep from starting that long", c.LockTTL))
 	}
 	return errs
 }

@@ -62,3 +62,20 @@ func TestLoad_SweepErrorsNameTheSetting(t *testing.T) {
 		}
 	}
 }
+
+// A lock TTL of hours where seconds were meant is refused: a dead
+// owner's lock, or a sweep whose continuation got lost, would hold its
+// user, or every sweep, that long.
+func TestLoad_LockTTLsHaveAnUpperBound(t *testing.T) {
+	base := map[string]string{"DOVEWARDEN_LOCK_TTL": "1h", "DOVEWARDEN_SWEEP_LOCK_TTL": "24h"}
+	if _, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, withEnv(base)); err != nil {
+		t.Fatalf("the largest TTLs taken: %v", err)
+	}
+	_, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, withEnv(map[string]string{
+		"DOVEWARDEN_LOCK_TTL": "100000h", "DOVEWARDEN_SWEEP_LOCK_TTL": "24h1s"}))
+	for _, want := range []string{"lock-ttl 100000h0m0s: want at most 1h0m0s", "sweep-lock-ttl 24h0m1s: want at most 24h"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}
