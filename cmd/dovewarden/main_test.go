@@ -133,21 +133,22 @@ func TestIngest_ConfigErrorsNameTheSetting(t *testing.T) {
 		args []string
 		want string
 	}{
-		"no broker":       {nil, nil, "broker-url"},
-		"bad duration":    {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_SEND_BUDGET": "soon"}, nil, "DOVEWARDEN_SEND_BUDGET"},
-		"budget too long": {map[string]string{"K_SINK": "http://b"}, []string{"--send-budget", "1m"}, "send-budget"},
-		"half basic":      {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_AUTH_USER": "dovecot"}, nil, "auth-password"},
-		"bad overrides":   {map[string]string{"K_SINK": "http://b", "K_CE_OVERRIDES": "{"}, nil, "K_CE_OVERRIDES"},
-		"bad CA certs":    {map[string]string{"K_SINK": "https://b", "K_CA_CERTS": "no certificate"}, nil, "K_CA_CERTS"},
-		"bad log":         {map[string]string{"K_SINK": "http://b"}, []string{"--log-format", "xml"}, "log-format"},
-		"bad listen":      {map[string]string{"K_SINK": "http://b"}, []string{"--listen", "8080"}, "listen"},
-		"no connections":  {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_MAX_CONNECTIONS": "0"}, nil, "max-connections 0"},
-		"bad redis":       {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "http://u:secretpw@r"}, nil, "redis-url"},
-		"missing file":    {map[string]string{"K_SINK": "http://b"}, []string{"--auth-token-file", "/nonexistent/token"}, "auth-token-file"},
-		"redis CA alone":  {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_CA_FILE": "/etc/ssl/ca.crt"}, nil, "set without redis-url"},
-		"redis CA, plain": {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "redis://:secretpw@r/0"}, []string{"--redis-ca-file", "/etc/ssl/ca.crt"}, "redis-ca-file: needs a rediss:// redis-url"},
-		"redis option":    {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "redis://r/0?master_name=dw&password=secretpw&pool=1"}, nil, "unexpected option: pool"},
-		"stray arg":       {map[string]string{"K_SINK": "http://b"}, []string{"extra"}, "unexpected argument"},
+		"no broker":        {nil, nil, "broker-url"},
+		"bad duration":     {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_SEND_BUDGET": "soon"}, nil, "DOVEWARDEN_SEND_BUDGET"},
+		"budget too long":  {map[string]string{"K_SINK": "http://b"}, []string{"--send-budget", "1m"}, "send-budget"},
+		"budget too short": {map[string]string{"K_SINK": "http://b"}, []string{"--send-budget", "1ns"}, "send-budget 1ns: want 10ms to 5s"},
+		"half basic":       {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_AUTH_USER": "dovecot"}, nil, "auth-password"},
+		"bad overrides":    {map[string]string{"K_SINK": "http://b", "K_CE_OVERRIDES": "{"}, nil, "K_CE_OVERRIDES"},
+		"bad CA certs":     {map[string]string{"K_SINK": "https://b", "K_CA_CERTS": "no certificate"}, nil, "K_CA_CERTS"},
+		"bad log":          {map[string]string{"K_SINK": "http://b"}, []string{"--log-format", "xml"}, "log-format"},
+		"bad listen":       {map[string]string{"K_SINK": "http://b"}, []string{"--listen", "8080"}, "listen"},
+		"no connections":   {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_MAX_CONNECTIONS": "0"}, nil, "max-connections 0"},
+		"bad redis":        {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "http://u:secretpw@r"}, nil, "redis-url"},
+		"missing file":     {map[string]string{"K_SINK": "http://b"}, []string{"--auth-token-file", "/nonexistent/token"}, "auth-token-file"},
+		"redis CA alone":   {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_CA_FILE": "/etc/ssl/ca.crt"}, nil, "set without redis-url"},
+		"redis CA, plain":  {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "redis://:secretpw@r/0"}, []string{"--redis-ca-file", "/etc/ssl/ca.crt"}, "redis-ca-file: needs a rediss:// redis-url"},
+		"redis option":     {map[string]string{"K_SINK": "http://b", "DOVEWARDEN_REDIS_URL": "redis://r/0?master_name=dw&password=secretpw&pool=1"}, nil, "unexpected option: pool"},
+		"stray arg":        {map[string]string{"K_SINK": "http://b"}, []string{"extra"}, "unexpected argument"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			env, _, _ := testEnv(tc.vars, "")

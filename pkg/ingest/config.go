@@ -138,8 +138,8 @@ func (c *Config) Validate() error {
 	if _, err := sink.CAPool(c.CACerts); err != nil {
 		errs = append(errs, err)
 	}
-	if c.SendBudget <= 0 || c.SendBudget > 5*time.Second {
-		errs = append(errs, fmt.Errorf("send-budget %s: want more than 0 and at most 5s (Dovecot gives up after its exporter timeout)", c.SendBudget))
+	if c.SendBudget < 10*time.Millisecond || c.SendBudget > 5*time.Second {
+		errs = append(errs, fmt.Errorf("send-budget %s: want 10ms to 5s (below, no Broker answers in time and every change is answered 503; above, Dovecot's exporter has given up)", c.SendBudget))
 	}
 	if c.SendRetries < 0 || c.SendRetries > 10 {
 		errs = append(errs, fmt.Errorf("send-retries %d: want 0 to 10", c.SendRetries))
