@@ -46,15 +46,16 @@ type soakSample struct {
 	redisMB    float64       // used_memory
 	pending    int64         // ZCARD dovewarden:pending
 	failed     int64         // ZCARD dovewarden:failed
+	running    int64         // ZCARD dovewarden:running, not pruned
 	changes    int64         // changes made so far
 	dsyncs     float64       // dovewarden_sync_dsyncs_total
 }
 
 func (m soakSample) String() string {
 	return fmt.Sprintf("%6.0fs  rss %6.1f MB  hwm %6.1f MB  heap %5.1f MB  goroutines %4.0f  fds %3d  series %4d  "+
-		"redis keys %4d  redis mem %5.2f MB  pending %d  failed %d  changes %6d  dsyncs %6.0f",
+		"redis keys %4d  redis mem %5.2f MB  pending %d  failed %d  running %d  changes %6d  dsyncs %6.0f",
 		m.at.Seconds(), float64(m.rssKB)/1024, float64(m.hwmKB)/1024, m.heapMB, m.goroutines, m.fds, m.series,
-		m.keys, m.redisMB, m.pending, m.failed, m.changes, m.dsyncs)
+		m.keys, m.redisMB, m.pending, m.failed, m.running, m.changes, m.dsyncs)
 }
 
 // BenchmarkSoak runs `dovewarden local` with a redis-server against two
@@ -299,6 +300,9 @@ func (s *system) soakSample(b *testing.B, rdb *redis.Client, pid int, start time
 		b.Fatal(err)
 	}
 	if smp.failed, err = rdb.ZCard(ctx, state.FailedKey).Result(); err != nil {
+		b.Fatal(err)
+	}
+	if smp.running, err = rdb.ZCard(ctx, state.RunningKey).Result(); err != nil {
 		b.Fatal(err)
 	}
 	return smp

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -87,13 +88,61 @@ func TestRedisScripts_Running(t *testing.T) {
 		}
 		want("a succeeded, b failed, c is gone, d was excluded", 20, 1, "e")
 
-		// e's owner dies: its lock expires, and its entry goes with it.
+		// e's owner dies: its lock expires, and e is no longer listed.
+		// Its entry goes when e's next attempt ends.
 		b.expire(1100 * time.Millisecond)
 		want("e's lock expired", 20, 0)
+		again := begin("e", "E2")
+		want("e's next attempt", 20, 1, "e")
+		if _, _, err := b.st.Succeed(ctx, state.SuccessArgs{User: "e", Token: "E2", Host: "mail-a", Destination: "tcp:b:1",
+			Start: again.Start, TTL: time.Second}); err != nil {
+			t.Fatal(err)
+		}
 		if n, err := b.rdb.ZCard(ctx, state.RunningKey).Result(); err != nil || n != 0 {
-			t.Errorf("%s holds %d entries after the read, %v; want none", state.RunningKey, n, err)
+			t.Errorf("%s holds %d entries once e's next attempt ended, %v; want none", state.RunningKey, n, err)
+		}
+
+		// f's owner dies, and f is excluded: the next event for f ends
+		// the entry, as no attempt of f will.
+		begin("f", "F")
+		b.expire(1100 * time.Millisecond)
+		if err := b.st.Exclude(ctx, "f"); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := b.st.Begin(ctx, state.BeginArgs{User: "f", Host: "mail-a", Owner: "inst-G", Token: "G",
+			Destination: "tcp:b:1", At: time.Now(), TTL: time.Second, Margin: 100 * time.Millisecond}); err != nil || c.Decision != state.Excluded {
+			t.Fatalf("Begin of the excluded f: %+v, %v", c, err)
+		}
+		if n, err := b.rdb.ZCard(ctx, state.RunningKey).Result(); err != nil || n != 0 {
+			t.Errorf("%s holds %d entries after an event for the excluded f, %v; want none", state.RunningKey, n, err)
 		}
 	})
+}
+
+// Running only reads: the status can be read from a replica.
+func TestRunning_ReadsFromAReplica(t *testing.T) {
+	primary := redistest.Start(t)
+	replica := redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
+	st := state.New(primary.Client(t))
+	if _, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "inst-A", Token: "A",
+		Destination: "tcp:b:1", At: time.Now(), TTL: time.Minute, Margin: 100 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	ro := state.New(replica.Client(t))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, sts, err := ro.Running(ctx, 20)
+		if err != nil {
+			t.Fatalf("Running on a replica: %v", err)
+		}
+		if n == 1 && len(sts) == 1 && sts[0].User == "u1" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica lists %d %+v, want u1", n, sts)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // A retry (Restart) and a rerun (Succeed with newer changes) start a new

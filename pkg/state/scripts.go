@@ -33,8 +33,9 @@ end
 -- The clock: TIME, never below the high-water mark attempt starts raise
 -- (ClockKey).
 local CLOCK = 'dovewarden:clock'
--- The users whose attempt runs, scored by its start (RunningKey); an
--- entry whose lock expired (its owner died) is dropped as it is read.
+-- The users whose attempt runs, scored by its start (RunningKey). An
+-- entry whose lock expired (its owner died) stays until the user's next
+-- attempt ends; Running leaves it out.
 local RUNNING = 'dovewarden:running'
 local function mono_ms()
   return math.max(now_ms(), num(redis.call('GET', CLOCK)))
@@ -119,9 +120,11 @@ if redis.call('GET', KEYS[1]) == token then
 end
 if redis.call('SISMEMBER', KEYS[4], user) == 1 then
   -- Never replicated: no mark of it waits for a dsync, nor counts it as
-  -- failing (an admin may have excluded it for failing).
+  -- failing (an admin may have excluded it for failing); nor an entry in
+  -- RUNNING of an owner that died, which no attempt of it will end.
   redis.call('ZREM', KEYS[3], user)
   redis.call('ZREM', 'dovewarden:failed', user)
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', RUNNING, user) end
   return {'excluded'}
 end
 local last = num(redis.call('HGET', KEYS[2], 'last_start'))

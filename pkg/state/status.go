@@ -300,36 +300,41 @@ func (s *Store) NextFailure(ctx context.Context, after time.Time) (time.Time, bo
 	return time.UnixMilli(int64(zs[0].Score)).UTC(), true, nil
 }
 
-// scriptRunning: KEYS running. ARGV n. Drops the entries whose lock is
-// gone (an owner that died while its attempt ran: its lock expired), and
-// returns how many remain and the first n users, the longest running
-// first. The set holds the users whose attempt runs and those whose
-// owner died since the last call, so it stays small.
-var scriptRunning = newScript(`
-for _, u in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('EXISTS', 'dovewarden:lock:{' .. u .. '}') == 0 then
-    redis.call('ZREM', KEYS[1], u)
-  end
-end
-local n, first = tonumber(ARGV[1]), {}
-if n > 0 then first = redis.call('ZRANGE', KEYS[1], 0, n - 1) end
-return {redis.call('ZCARD', KEYS[1]), first}
-`)
-
 // Running returns how many users have an attempt running, and up to
 // limit of them, the one running longest first, each with its status
-// record (who runs it, since when, from which host).
+// record (who runs it, since when, from which host). RunningKey lists the
+// attempts started and not released; one whose lock is gone (an owner
+// that died: its lock expired) is left out. It only reads, so that the
+// status can be read from a replica too: such an entry goes when the
+// user's next attempt ends.
 func (s *Store) Running(ctx context.Context, limit int64) (int64, []UserStatus, error) {
-	v, err := scriptRunning.Run(ctx, s.rdb, []string{RunningKey}, max(limit, 0)).Slice()
+	users, err := s.rdb.ZRange(ctx, RunningKey, 0, -1).Result()
 	if err != nil {
 		return 0, nil, fmt.Errorf("read running users from redis: %w", s.explain(err))
 	}
-	n, _ := v[0].(int64)
-	users, _ := v[1].([]any)
-	out := make([]UserStatus, 0, len(users))
-	for _, u := range users {
-		name, _ := u.(string)
-		st, err := s.Status(ctx, name)
+	locks := make([]*redis.IntCmd, len(users))
+	if len(users) > 0 {
+		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, u := range users {
+				locks[i] = p.Exists(ctx, LockKey(u))
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, nil, fmt.Errorf("read running users from redis: %w", s.explain(err))
+		}
+	}
+	var n int64
+	var out []UserStatus
+	for i, u := range users {
+		if locks[i].Val() != 1 {
+			continue
+		}
+		n++
+		if int64(len(out)) >= limit {
+			continue
+		}
+		st, err := s.Status(ctx, u)
 		if err != nil {
 			return 0, nil, err
 		}
