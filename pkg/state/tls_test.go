@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
@@ -137,6 +139,113 @@ func TestOpen_CAFileReadAgain(t *testing.T) {
 	}
 	if !strings.Contains(logged.String(), "redis-ca-file did not load") {
 		t.Errorf("log %q, want redis-ca-file did not load", logged.String())
+	}
+}
+
+// TestOpen_CARotation: a private CA replaced, as docs/operations.md
+// describes it, with a real redis-server: the new CA added to
+// redis-ca-file and to Redis's tls-ca-cert-file, Redis's certificate and
+// the client certificate reissued by it, the old CA taken out of both;
+// the same Store reaches Redis at each step, without a restart. Redis
+// loads a file again at CONFIG SET of the same path.
+func TestOpen_CARotation(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	state.LogTo(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	dir := t.TempDir()
+	newCA, err := testcert.NewCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPEM, err := os.ReadFile(srv.TLS.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := append(append([]byte{}, oldPEM...), newCA.PEM()...)
+	write := func(path string, b []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// dovewarden's files: redis-ca-file, and the client certificate.
+	caFile, certFile, keyFile := filepath.Join(dir, "redis-ca.pem"), filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	write(caFile, oldPEM)
+	for src, dst := range map[string]string{srv.TLS.Cert: certFile, srv.TLS.Key: keyFile} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(dst, b)
+	}
+	st, err := state.Open(state.Conn{URL: srv.URL() + "?dial_timeout=2s&max_retries=1", CAFile: caFile, CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// The administrator's client trusts both CAs, and presents a
+	// certificate of the old one.
+	adminTLS, err := srv.TLS.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTLS.RootCAs.AppendCertsFromPEM(newCA.PEM())
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, TLSConfig: adminTLS, PoolSize: 1})
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	step := func(name string) {
+		t.Helper()
+		// A new connection, as after a restart of Redis or a dropped one.
+		if err := admin.ClientKillByFilter(ctx, "TYPE", "normal").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Ping(ctx); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	step("the old CA")
+
+	// 1. The new CA trusted beside the old one, by both sides.
+	redisTrust := filepath.Join(dir, "redis-trust.pem")
+	write(redisTrust, both)
+	if err := admin.ConfigSet(ctx, "tls-ca-cert-file", redisTrust).Err(); err != nil {
+		t.Fatal(err)
+	}
+	write(caFile, both)
+	step("both CAs trusted")
+
+	// 2. Every certificate reissued by the new CA.
+	cert, key, err := newCA.Issue(dir, testcert.Leaf{Name: "server-new", Hosts: []string{"127.0.0.1"},
+		Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both at once: each alone would not match the other.
+	if err := admin.Do(ctx, "CONFIG", "SET", "tls-cert-file", cert, "tls-key-file", key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := newCA.Issue(dir, testcert.Leaf{Name: "client", Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatal(err)
+	}
+	step("the certificates reissued by the new CA")
+
+	// 3. The old CA taken out, by both sides: Redis's file written over,
+	// and loaded again by CONFIG SET of the same path.
+	write(caFile, newCA.PEM())
+	write(redisTrust, newCA.PEM())
+	if err := admin.ConfigSet(ctx, "tls-ca-cert-file", redisTrust).Err(); err != nil {
+		t.Fatal(err)
+	}
+	step("the old CA taken out")
+	// The administrator's certificate, of the old CA, is refused now.
+	stale := redis.NewClient(&redis.Options{Addr: srv.Addr, TLSConfig: adminTLS, MaxRetries: -1})
+	defer stale.Close()
+	if err := stale.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
+		t.Errorf("a client certificate of the old CA: %v; want it refused (CONFIG SET of the same path loads the file again)", err)
+	}
+	if failing := st.TLSFilesFailing(); failing["redis-ca-file"] || failing["redis-cert-file"] {
+		t.Errorf("files reported failing: %v", failing)
 	}
 }
 
