@@ -2,7 +2,9 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
@@ -35,8 +37,12 @@ func LoadCAFile(setting, path string) (*CAFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CAFile{setting: setting, path: path, pem: b, pool: pool, n: n}, nil
+	c := &CAFile{setting: setting, path: path, pem: b, pool: pool, n: n}
+	News(c.key(), Loaded(b))
+	return c, nil
 }
+
+func (c *CAFile) key() string { return c.setting + " " + c.path }
 
 // CAPool reads the PEM CA certificates in path, the value of setting, to
 // verify a server's certificate with instead of the system's: for a
@@ -45,9 +51,6 @@ func CAPool(setting, path string) (*x509.CertPool, error) {
 	_, pool, _, err := readCAs(setting, path)
 	return pool, err
 }
-
-// Path is the file's path.
-func (c *CAFile) Path() string { return c.path }
 
 // Pool reads the file again and returns the CAs to check a new
 // connection's server certificate against: the file's, or those loaded
@@ -62,16 +65,19 @@ func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
 	b, pool, n, err := readCAs(c.setting, c.path)
 	switch {
 	case err != nil:
-		if msg := err.Error(); msg != c.failed {
-			c.failed = msg
+		c.failed = err.Error()
+		if News(c.key(), "error: "+c.failed) {
 			log.Error(c.setting+" did not load; still using the CA certificates loaded before",
 				"err", err, c.setting, c.path, "certificates", c.n)
 		}
 	case !bytes.Equal(b, c.pem):
 		c.pem, c.pool, c.n, c.failed = b, pool, n, ""
-		log.Info(c.setting+" loaded again", c.setting, c.path, "certificates", n)
+		if News(c.key(), Loaded(b)) {
+			log.Info(c.setting+" loaded again", c.setting, c.path, "certificates", n)
+		}
 	default:
 		c.failed = ""
+		News(c.key(), Loaded(b))
 	}
 	return c.pool
 }
@@ -100,7 +106,7 @@ func readCAs(setting, path string) ([]byte, *x509.CertPool, int, error) {
 	for rest := b; ; {
 		var block *pem.Block
 		if block, rest = pem.Decode(rest); block == nil {
-			if bytes.Contains(rest, []byte("-----BEGIN")) {
+			if cutShort(rest) {
 				return nil, nil, 0, fmt.Errorf("%s %s: a PEM block is cut short (the file half written?)", setting, path)
 			}
 			break
@@ -119,4 +125,38 @@ func readCAs(setting, path string) ([]byte, *x509.CertPool, int, error) {
 		return nil, nil, 0, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
 	}
 	return b, pool, n, nil
+}
+
+// cutShort says whether rest, what follows a file's last whole PEM block,
+// is the start of another: a block without its end, or a last line that
+// is the beginning of "-----BEGIN". A file cut right after a block's end
+// cannot be told from a whole one.
+func cutShort(rest []byte) bool {
+	begin := []byte("-----BEGIN")
+	if bytes.Contains(rest, begin) {
+		return true
+	}
+	t := bytes.TrimRight(rest, " \t\r\n")
+	last := t[bytes.LastIndexByte(t, '\n')+1:]
+	return len(last) > 0 && bytes.HasPrefix(begin, last)
+}
+
+// news is, by file (a setting and its path), what this process logged of
+// it last: the content it loaded (Loaded), or the error it did not load
+// with. Several readers of one file each notice its change (sync's two
+// Redis clients, local mode's three): the first one logs it.
+var news sync.Map
+
+// News records what a reader of the file key found (Loaded of its
+// content, or an error), and says whether that is news to the process:
+// whether it differs from what the last reader of key recorded.
+func News(key, what string) bool {
+	prev, ok := news.Swap(key, what)
+	return !ok || prev.(string) != what
+}
+
+// Loaded is what News records for a file that loaded with content b.
+func Loaded(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "loaded " + hex.EncodeToString(sum[:])
 }

@@ -46,6 +46,9 @@ func TestLoadCAFile(t *testing.T) {
 		{"only a block Go does not parse", bad, "no PEM certificate in it"},
 		{"the second CA cut short", append(append([]byte{}, a...), b[:len(b)-40]...), "cut short"},
 		{"the only CA cut short", a[:len(a)-40], "cut short"},
+		{"cut in the second's BEGIN line", append(append([]byte{}, a...), "-----BEG"...), "cut short"},
+		{"cut after the second's first dash", append(append([]byte{}, a...), "\n-"...), "cut short"},
+		{"a comment after the last CA", append(append([]byte{}, a...), "# end of bundle\n"...), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "ca.pem")

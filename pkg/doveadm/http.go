@@ -92,9 +92,10 @@ type caTransport struct {
 }
 
 func (t *caTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	pool := t.ca.Pool(t.log)
+	// Read under the lock: a request that read the file before a change
+	// must not put back the transport of the CAs before it.
 	t.mu.Lock()
-	if pool != t.pool {
+	if pool := t.ca.Pool(t.log); pool != t.pool {
 		if t.tr != nil {
 			t.tr.CloseIdleConnections()
 		}

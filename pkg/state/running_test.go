@@ -119,14 +119,20 @@ func TestRedisScripts_Running(t *testing.T) {
 	})
 }
 
-// Running only reads: the status can be read from a replica.
+// Running only reads: the status can be read from a replica, also while
+// the set holds the entry of an owner that died.
 func TestRunning_ReadsFromAReplica(t *testing.T) {
 	primary := redistest.Start(t)
 	replica := redistest.StartWith(t, redistest.Options{ReplicaOf: primary})
 	st := state.New(primary.Client(t))
-	if _, err := st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "inst-A", Token: "A",
-		Destination: "tcp:b:1", At: time.Now(), TTL: time.Minute, Margin: 100 * time.Millisecond}); err != nil {
-		t.Fatal(err)
+	for _, a := range []struct {
+		user string
+		ttl  time.Duration
+	}{{"dead", 300 * time.Millisecond}, {"u1", time.Minute}} {
+		if _, err := st.Begin(ctx, state.BeginArgs{User: a.user, Host: "mail-a", Owner: "inst-A", Token: "A" + a.user,
+			Destination: "tcp:b:1", At: time.Now(), TTL: a.ttl, Margin: 100 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ro := state.New(replica.Client(t))
 	deadline := time.Now().Add(10 * time.Second)
@@ -136,13 +142,58 @@ func TestRunning_ReadsFromAReplica(t *testing.T) {
 			t.Fatalf("Running on a replica: %v", err)
 		}
 		if n == 1 && len(sts) == 1 && sts[0].User == "u1" {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the replica lists %d %+v, want u1", n, sts)
+			t.Fatalf("the replica lists %d %+v, want u1 alone (dead's lock expired)", n, sts)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	if n, err := primary.Client(t).ZCard(ctx, state.RunningKey).Result(); err != nil || n != 2 {
+		t.Errorf("%s holds %d entries, %v; want 2: the dead owner's stays until a script drops it", state.RunningKey, n, err)
+	}
+}
+
+// The late outcome of an owner whose lock expired, and that nobody took,
+// drops its entry: no later attempt may come (a user gone from a userdb
+// the sweep lists).
+func TestRedisScripts_RunningLateOutcome(t *testing.T) {
+	onBothRedis(t, func(t *testing.T, b backend) {
+		for _, tc := range []struct {
+			name string
+			end  func(user, token string, c state.Claim) error
+		}{
+			{"success", func(user, token string, c state.Claim) error {
+				_, _, err := b.st.Succeed(ctx, state.SuccessArgs{User: user, Token: token, Host: "mail-a", Destination: "tcp:b:1",
+					Start: c.Start, TTL: time.Second})
+				return err
+			}},
+			{"failure", func(user, token string, c state.Claim) error {
+				_, err := b.st.Fail(ctx, state.FailureArgs{User: user, Token: token, Host: "mail-a", Error: "x", Class: "tempfail",
+					At: time.Now(), Final: true, Release: true, Start: c.Start})
+				return err
+			}},
+			{"gone", func(user, token string, c state.Claim) error {
+				_, err := b.st.Fail(ctx, state.FailureArgs{User: user, Token: token, Host: "mail-a", Error: "no such user", Class: "no_user",
+					At: time.Now(), Release: true, Gone: true, Start: c.Start})
+				return err
+			}},
+		} {
+			user := "late-" + tc.name
+			c, err := b.st.Begin(ctx, state.BeginArgs{User: user, Host: "mail-a", Owner: "inst-A", Token: "A",
+				Destination: "tcp:b:1", At: time.Now(), TTL: time.Second, Margin: 100 * time.Millisecond})
+			if err != nil || c.Decision != state.Run {
+				t.Fatalf("Begin %s: %+v, %v", user, c, err)
+			}
+			b.expire(1100 * time.Millisecond)
+			if err := tc.end(user, "A", c); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if _, err := b.rdb.ZScore(ctx, state.RunningKey, user).Result(); err == nil {
+				t.Errorf("a late %s left %s in %s", tc.name, user, state.RunningKey)
+			}
+		}
+	})
 }
 
 // A retry (Restart) and a rerun (Succeed with newer changes) start a new

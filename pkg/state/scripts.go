@@ -34,8 +34,9 @@ end
 -- (ClockKey).
 local CLOCK = 'dovewarden:clock'
 -- The users whose attempt runs, scored by its start (RunningKey). An
--- entry whose lock expired (its owner died) stays until the user's next
--- attempt ends; Running leaves it out.
+-- entry whose lock expired (its owner died) stays until the owner's late
+-- outcome, the user's next attempt, or an event that finds the user
+-- excluded; Running leaves it out.
 local RUNNING = 'dovewarden:running'
 local function mono_ms()
   return math.max(now_ms(), num(redis.call('GET', CLOCK)))
@@ -88,6 +89,12 @@ local function release(user, h)
   redis.call('HDEL', h, unpack(INPROGRESS))
   redis.call('ZREM', RUNNING, user)
 end
+-- forget_dead drops user's RUNNING entry when no lock is held (KEYS[1]):
+-- its owner died, and no attempt of it runs. Callers that do not own the
+-- lock call it, so that no entry outlives every attempt of its user.
+local function forget_dead(user)
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', RUNNING, user) end
+end
 -- excluded_release ends what is left of a user excluded while an attempt
 -- ran: its pending and failed marks, which Begin drops for an excluded
 -- user too, and, for the lock's owner (owned), the lock (KEYS[1]), the
@@ -124,7 +131,7 @@ if redis.call('SISMEMBER', KEYS[4], user) == 1 then
   -- RUNNING of an owner that died, which no attempt of it will end.
   redis.call('ZREM', KEYS[3], user)
   redis.call('ZREM', 'dovewarden:failed', user)
-  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', RUNNING, user) end
+  forget_dead(user)
   return {'excluded'}
 end
 local last = num(redis.call('HGET', KEYS[2], 'last_start'))
@@ -202,6 +209,7 @@ local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
 local h = KEYS[2]
 local now = mono_ms()
 local owned = redis.call('GET', KEYS[1]) == token
+if not owned then forget_dead(user) end
 if owned and started(ARGV[11]) then
   -- This call already ran and started the next attempt. That attempt's
   -- marks were cleared by its start, so answering from them again would
@@ -298,6 +306,7 @@ if ARGV[14] ~= '1' then
   redis.call('HINCRBY', h, 'failures', 1)
 end
 local owned = ARGV[8] == '1' and redis.call('GET', KEYS[1]) == token
+if not owned then forget_dead(user) end
 local st = num(ARGV[11])
 -- Another attempt started after this one, whose lock expired while it
 -- ran: it succeeded, failed (as Succeed, a failure recorded after this

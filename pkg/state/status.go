@@ -304,9 +304,9 @@ func (s *Store) NextFailure(ctx context.Context, after time.Time) (time.Time, bo
 // limit of them, the one running longest first, each with its status
 // record (who runs it, since when, from which host). RunningKey lists the
 // attempts started and not released; one whose lock is gone (an owner
-// that died: its lock expired) is left out. It only reads, so that the
-// status can be read from a replica too: such an entry goes when the
-// user's next attempt ends.
+// that died: its lock expired) is left out, as is one that ended while
+// this reads. It only reads, so that the status can be read from a
+// replica too: the scripts drop such an entry (RunningKey).
 func (s *Store) Running(ctx context.Context, limit int64) (int64, []UserStatus, error) {
 	users, err := s.rdb.ZRange(ctx, RunningKey, 0, -1).Result()
 	if err != nil {
@@ -330,15 +330,17 @@ func (s *Store) Running(ctx context.Context, limit int64) (int64, []UserStatus, 
 		if locks[i].Val() != 1 {
 			continue
 		}
+		if int64(len(out)) < limit {
+			st, err := s.Status(ctx, u)
+			if err != nil {
+				return 0, nil, err
+			}
+			if !st.InProgress {
+				continue // ended since the locks were read
+			}
+			out = append(out, st)
+		}
 		n++
-		if int64(len(out)) >= limit {
-			continue
-		}
-		st, err := s.Status(ctx, u)
-		if err != nil {
-			return 0, nil, err
-		}
-		out = append(out, st)
 	}
 	return n, out, nil
 }

@@ -26,9 +26,9 @@ const (
 	// RunningKey is a sorted set of the users whose attempt runs, scored
 	// by the Unix milliseconds of its start: the attempt's start adds the
 	// user, the release of its lock removes it. An entry whose lock
-	// expired instead (its owner died) stays until the user's next
-	// attempt ends (or an event finds the user excluded); Running leaves
-	// it out.
+	// expired instead (its owner died, or was cut off) stays until the
+	// owner's late outcome, the user's next attempt, or an event that
+	// finds the user excluded; Running leaves it out.
 	RunningKey = Prefix + "running"
 )
 

@@ -36,13 +36,13 @@ func tlsLog() *slog.Logger {
 // valid: Redis checks a certificate at the handshake only). A pair that
 // does not load then (a key written before its certificate, a file half
 // written or gone) is logged once, and the pair loaded before is used.
+// Once in the process: its Stores each read the files (config.News).
 type clientPair struct {
 	certFile, keyFile string
 
-	mu       sync.Mutex
-	cert     *tls.Certificate // the pair in use
-	failed   string           // the failure logged last, until a pair loads
-	reported bool             // cert's expiry was logged
+	mu     sync.Mutex
+	cert   *tls.Certificate // the pair in use
+	failed string           // the failure met last, until a pair loads
 }
 
 // loadClientPair reads the pair at start: a pair that does not load
@@ -52,8 +52,12 @@ func loadClientPair(certFile, keyFile string) (*clientPair, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &clientPair{certFile: certFile, keyFile: keyFile, cert: cert}, nil
+	p := &clientPair{certFile: certFile, keyFile: keyFile, cert: cert}
+	config.News(p.key(), config.Loaded(cert.Certificate[0]))
+	return p, nil
 }
+
+func (p *clientPair) key() string { return "redis-cert-file " + p.certFile + " " + p.keyFile }
 
 func readClientPair(certFile, keyFile string) (*tls.Certificate, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -86,20 +90,22 @@ func (p *clientPair) current() *tls.Certificate {
 	log := tlsLog()
 	switch {
 	case err != nil:
-		if msg := err.Error(); msg != p.failed {
-			p.failed = msg
+		p.failed = err.Error()
+		if config.News(p.key(), "error: "+p.failed) {
 			log.Error("redis-cert-file and redis-key-file did not load; still using the pair loaded before",
 				"err", err, "redis_cert_file", p.certFile, "redis_key_file", p.keyFile, "expires", p.cert.Leaf.NotAfter)
 		}
 	case !bytes.Equal(cert.Certificate[0], p.cert.Certificate[0]):
-		p.cert, p.failed, p.reported = cert, "", false
-		log.Info("Redis client certificate loaded again", "redis_cert_file", p.certFile,
-			"subject", cert.Leaf.Subject.String(), "expires", cert.Leaf.NotAfter)
+		p.cert, p.failed = cert, ""
+		if config.News(p.key(), config.Loaded(cert.Certificate[0])) {
+			log.Info("Redis client certificate loaded again", "redis_cert_file", p.certFile,
+				"subject", cert.Leaf.Subject.String(), "expires", cert.Leaf.NotAfter)
+		}
 	default:
 		p.failed = ""
+		config.News(p.key(), config.Loaded(cert.Certificate[0]))
 	}
-	if leaf := p.cert.Leaf; !p.reported && time.Now().After(leaf.NotAfter) {
-		p.reported = true
+	if leaf := p.cert.Leaf; time.Now().After(leaf.NotAfter) && config.News(p.key()+" expired", config.Loaded(p.cert.Certificate[0])) {
 		log.Error("the Redis client certificate has expired: Redis refuses new connections with it; renew redis-cert-file and redis-key-file (read again at each new connection)",
 			"redis_cert_file", p.certFile, "expired", leaf.NotAfter)
 	}

@@ -249,6 +249,74 @@ func TestOpen_CARotation(t *testing.T) {
 	}
 }
 
+// TestOpen_TwoStoresLogAChangeOnce: sync (and local mode) open more than
+// one Store on the same files; a change of a file, or its failure to
+// load, is logged once in the process, not once by each.
+func TestOpen_TwoStoresLogAChangeOnce(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true})
+	var logged safebuf.Buffer
+	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	dir := t.TempDir()
+	caPEM, err := os.ReadFile(srv.TLS.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "redis-ca.pem")
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := srv.TLS.IssueClient(dir, "client", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := state.Conn{URL: srv.URL() + "?dial_timeout=2s&max_retries=1", CAFile: caFile, CertFile: cert, KeyFile: key}
+	var stores []*state.Store
+	for range 2 {
+		st, err := state.Open(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		stores = append(stores, st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pingAll := func(step string) {
+		t.Helper()
+		if err := srv.Client(t).ClientKillByFilter(ctx, "TYPE", "normal").Err(); err != nil {
+			t.Fatal(err)
+		}
+		for i, st := range stores {
+			if err := st.Ping(ctx); err != nil {
+				t.Fatalf("%s: Store %d: %v", step, i, err)
+			}
+			st.TLSFilesFailing() // as a scrape reads them
+		}
+	}
+	pingAll("at first")
+	other, err := testcert.NewCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, append(append([]byte{}, caPEM...), other.PEM()...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := srv.TLS.IssueClient(dir, "client", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	pingAll("both files changed")
+	if err := os.WriteFile(cert, []byte("-----BEGIN CERTIFICATE-----\nMIIB"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pingAll("the certificate half written")
+	for _, want := range []string{"redis-ca-file loaded again", "Redis client certificate loaded again", "redis-cert-file and redis-key-file did not load"} {
+		if n := strings.Count(logged.String(), want); n != 1 {
+			t.Errorf("%q logged %d times by two Stores, want once:\n%s", want, n, logged.String())
+		}
+	}
+}
+
 // TestOpen_RedissToAPlainPortSaysSo: redis-server's plain port takes a
 // TLS hello for the start of a command line and waits for its end; the
 // error says so, not "context deadline exceeded" alone, also when the
