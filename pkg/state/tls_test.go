@@ -3,7 +3,6 @@ package state_test
 import (
 	"context"
 	"crypto/x509"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -20,6 +19,15 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
+// logTo sends what the Store logs about its TLS files to the returned
+// buffer until the test ends.
+func logTo(t *testing.T) *safebuf.Buffer {
+	var logged safebuf.Buffer
+	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
+	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	return &logged
+}
+
 // TestOpen_ClientCertificateRenewedWithoutARestart: a client certificate
 // renewed on disk (redis-cert-file, redis-key-file) is used from the next
 // connection to Redis on, so that sync goes on once the old one expires.
@@ -27,9 +35,7 @@ import (
 // loaded before is still used.
 func TestOpen_ClientCertificateRenewedWithoutARestart(t *testing.T) {
 	srv := redistest.StartWith(t, redistest.Options{TLS: true})
-	var logged safebuf.Buffer
-	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
-	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	logged := logTo(t)
 
 	dir := t.TempDir()
 	// An expired one: redis-server refuses it.
@@ -88,9 +94,7 @@ func TestOpen_ClientCertificateRenewedWithoutARestart(t *testing.T) {
 // certificate is reissued by the new CA) is trusted without a restart.
 func TestOpen_CAFileReadAgain(t *testing.T) {
 	srv := redistest.StartWith(t, redistest.Options{TLS: true})
-	var logged safebuf.Buffer
-	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
-	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	logged := logTo(t)
 
 	dir := t.TempDir()
 	other, err := testcert.NewCA(dir)
@@ -150,8 +154,7 @@ func TestOpen_CAFileReadAgain(t *testing.T) {
 // loads a file again at CONFIG SET of the same path.
 func TestOpen_CARotation(t *testing.T) {
 	srv := redistest.StartWith(t, redistest.Options{TLS: true})
-	state.LogTo(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	logTo(t)
 	dir := t.TempDir()
 	newCA, err := testcert.NewCA(t.TempDir())
 	if err != nil {
@@ -254,9 +257,7 @@ func TestOpen_CARotation(t *testing.T) {
 // load, is logged once in the process, not once by each.
 func TestOpen_TwoStoresLogAChangeOnce(t *testing.T) {
 	srv := redistest.StartWith(t, redistest.Options{TLS: true})
-	var logged safebuf.Buffer
-	state.LogTo(slog.New(slog.NewTextHandler(&logged, nil)))
-	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	logged := logTo(t)
 	dir := t.TempDir()
 	caPEM, err := os.ReadFile(srv.TLS.CA)
 	if err != nil {
@@ -353,8 +354,7 @@ func TestOpen_RedissToAPlainPortSaysSo(t *testing.T) {
 // pair loaded before while the files do not load; and none without a
 // client certificate.
 func TestStore_ClientCertificateExpiryFollowsTheFile(t *testing.T) {
-	state.LogTo(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	t.Cleanup(func() { state.LogTo(slog.New(slog.NewTextHandler(os.Stderr, nil))) })
+	logTo(t)
 	dir := t.TempDir()
 	ca, err := testcert.NewCA(dir)
 	if err != nil {
