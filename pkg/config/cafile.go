@@ -26,9 +26,10 @@ type CAFile struct {
 
 	mu     sync.Mutex
 	pem    []byte         // the file's content the pool was made from
+	loaded string         // Loaded(pem)
 	pool   *x509.CertPool // the CAs in use
 	n      int            // certificates in pool
-	failed string         // the failure logged last, until the file loads
+	failed string         // the failure met last, until the file loads
 }
 
 // LoadCAFile reads path, the value of setting, at start.
@@ -37,8 +38,8 @@ func LoadCAFile(setting, path string) (*CAFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &CAFile{setting: setting, path: path, pem: b, pool: pool, n: n}
-	News(c.key(), Loaded(b))
+	c := &CAFile{setting: setting, path: path, pem: b, loaded: Loaded(b), pool: pool, n: n}
+	News(c.key(), c.loaded)
 	return c, nil
 }
 
@@ -62,22 +63,31 @@ func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
 	// put the old content back after one that began after it.
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b, pool, n, err := readCAs(c.setting, c.path)
-	switch {
-	case err != nil:
+	b, err := os.ReadFile(c.path)
+	if err == nil && bytes.Equal(b, c.pem) {
+		// Unchanged, as at nearly every call: nothing to parse.
+		c.failed = ""
+		News(c.key(), c.loaded)
+		return c.pool
+	}
+	var pool *x509.CertPool
+	var n int
+	if err != nil {
+		err = fmt.Errorf("%s: %w", c.setting, err)
+	} else {
+		pool, n, err = parseCAs(c.setting, c.path, b)
+	}
+	if err != nil {
 		c.failed = err.Error()
 		if News(c.key(), "error: "+c.failed) {
 			log.Error(c.setting+" did not load; still using the CA certificates loaded before",
 				"err", err, c.setting, c.path, "certificates", c.n)
 		}
-	case !bytes.Equal(b, c.pem):
-		c.pem, c.pool, c.n, c.failed = b, pool, n, ""
-		if News(c.key(), Loaded(b)) {
-			log.Info(c.setting+" loaded again", c.setting, c.path, "certificates", n)
-		}
-	default:
-		c.failed = ""
-		News(c.key(), Loaded(b))
+		return c.pool
+	}
+	c.pem, c.loaded, c.pool, c.n, c.failed = b, Loaded(b), pool, n, ""
+	if News(c.key(), c.loaded) {
+		log.Info(c.setting+" loaded again", c.setting, c.path, "certificates", n)
 	}
 	return c.pool
 }
@@ -91,23 +101,29 @@ func (c *CAFile) Failing(log *slog.Logger) bool {
 	return c.failed != ""
 }
 
-// readCAs reads and parses path. A CERTIFICATE block Go does not parse
-// is left out, as x509.CertPool.AppendCertsFromPEM does (a system bundle
-// may hold one), but a file must hold at least one certificate, and a
-// block cut short (a file read while it is written) fails the whole file
-// rather than leaving out the CAs after the cut.
+// readCAs reads and parses path (parseCAs).
 func readCAs(setting, path string) ([]byte, *x509.CertPool, int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("%s: %w", setting, err)
 	}
+	pool, n, err := parseCAs(setting, path, b)
+	return b, pool, n, err
+}
+
+// parseCAs parses b, the content of path. A CERTIFICATE block Go does
+// not parse is left out, as x509.CertPool.AppendCertsFromPEM does (a
+// system bundle may hold one), but a file must hold at least one
+// certificate, and a block cut short (a file read while it is written)
+// fails the whole file rather than leaving out the CAs after the cut.
+func parseCAs(setting, path string, b []byte) (*x509.CertPool, int, error) {
 	pool := x509.NewCertPool()
 	n := 0
 	for rest := b; ; {
 		var block *pem.Block
 		if block, rest = pem.Decode(rest); block == nil {
 			if cutShort(rest) {
-				return nil, nil, 0, fmt.Errorf("%s %s: a PEM block is cut short (the file half written?)", setting, path)
+				return nil, 0, fmt.Errorf("%s %s: a PEM block is cut short (the file half written?)", setting, path)
 			}
 			break
 		}
@@ -122,9 +138,9 @@ func readCAs(setting, path string) ([]byte, *x509.CertPool, int, error) {
 		n++
 	}
 	if n == 0 {
-		return nil, nil, 0, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
+		return nil, 0, fmt.Errorf("%s %s: no PEM certificate in it", setting, path)
 	}
-	return b, pool, n, nil
+	return pool, n, nil
 }
 
 // cutShort says whether rest, what follows a file's last whole PEM block,

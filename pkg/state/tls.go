@@ -40,32 +40,50 @@ func tlsLog() *slog.Logger {
 type clientPair struct {
 	certFile, keyFile string
 
-	mu     sync.Mutex
-	cert   *tls.Certificate // the pair in use
-	failed string           // the failure met last, until a pair loads
+	mu              sync.Mutex
+	cert            *tls.Certificate // the pair in use
+	certPEM, keyPEM []byte           // the files it was made from
+	loaded          string           // config.Loaded of cert
+	failed          string           // the failure met last, until a pair loads
 }
 
 // loadClientPair reads the pair at start: a pair that does not load
 // stops the start.
 func loadClientPair(certFile, keyFile string) (*clientPair, error) {
-	cert, err := readClientPair(certFile, keyFile)
+	certPEM, keyPEM, err := readFiles(certFile, keyFile)
+	var cert *tls.Certificate
+	if err == nil {
+		cert, err = parseClientPair(certPEM, keyPEM)
+	}
 	if err != nil {
 		return nil, err
 	}
-	p := &clientPair{certFile: certFile, keyFile: keyFile, cert: cert}
-	config.News(p.key(), config.Loaded(cert.Certificate[0]))
+	p := &clientPair{certFile: certFile, keyFile: keyFile, cert: cert, certPEM: certPEM, keyPEM: keyPEM,
+		loaded: config.Loaded(cert.Certificate[0])}
+	config.News(p.key(), p.loaded)
 	return p, nil
 }
 
 func (p *clientPair) key() string { return "redis-cert-file " + p.certFile + " " + p.keyFile }
 
-func readClientPair(certFile, keyFile string) (*tls.Certificate, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+// readFiles reads redis-cert-file and redis-key-file.
+func readFiles(certFile, keyFile string) (certPEM, keyPEM []byte, err error) {
+	if certPEM, err = os.ReadFile(certFile); err == nil {
+		keyPEM, err = os.ReadFile(keyFile)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+func parseClientPair(certPEM, keyPEM []byte) (*tls.Certificate, error) {
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err == nil && cert.Leaf == nil { // GODEBUG=x509keypairleaf=0
 		cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0])
 	}
 	if err != nil {
-		if key, rerr := os.ReadFile(keyFile); rerr == nil && bytes.Contains(key, []byte("ENCRYPTED")) {
+		if bytes.Contains(keyPEM, []byte("ENCRYPTED")) {
 			err = fmt.Errorf("%w (the key is encrypted: give it unencrypted, readable only by this service)", err)
 		}
 		return nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
@@ -86,7 +104,16 @@ func (p *clientPair) current() *tls.Certificate {
 	// put the old pair back after one that began after it.
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	cert, err := readClientPair(p.certFile, p.keyFile)
+	certPEM, keyPEM, err := readFiles(p.certFile, p.keyFile)
+	var cert *tls.Certificate
+	switch {
+	case err == nil && bytes.Equal(certPEM, p.certPEM) && bytes.Equal(keyPEM, p.keyPEM):
+		cert = p.cert // unchanged, as at nearly every call: nothing to parse
+	case err == nil:
+		if cert, err = parseClientPair(certPEM, keyPEM); err == nil {
+			p.certPEM, p.keyPEM = certPEM, keyPEM
+		}
+	}
 	log := tlsLog()
 	switch {
 	case err != nil:
@@ -96,16 +123,16 @@ func (p *clientPair) current() *tls.Certificate {
 				"err", err, "redis_cert_file", p.certFile, "redis_key_file", p.keyFile, "expires", p.cert.Leaf.NotAfter)
 		}
 	case !bytes.Equal(cert.Certificate[0], p.cert.Certificate[0]):
-		p.cert, p.failed = cert, ""
-		if config.News(p.key(), config.Loaded(cert.Certificate[0])) {
+		p.cert, p.loaded, p.failed = cert, config.Loaded(cert.Certificate[0]), ""
+		if config.News(p.key(), p.loaded) {
 			log.Info("Redis client certificate loaded again", "redis_cert_file", p.certFile,
 				"subject", cert.Leaf.Subject.String(), "expires", cert.Leaf.NotAfter)
 		}
 	default:
 		p.failed = ""
-		config.News(p.key(), config.Loaded(cert.Certificate[0]))
+		config.News(p.key(), p.loaded)
 	}
-	if leaf := p.cert.Leaf; time.Now().After(leaf.NotAfter) && config.News(p.key()+" expired", config.Loaded(p.cert.Certificate[0])) {
+	if leaf := p.cert.Leaf; time.Now().After(leaf.NotAfter) && config.News(p.key()+" expired", p.loaded) {
 		log.Error("the Redis client certificate has expired: Redis refuses new connections with it; renew redis-cert-file and redis-key-file (read again at each new connection)",
 			"redis_cert_file", p.certFile, "expired", leaf.NotAfter)
 	}
