@@ -142,3 +142,20 @@ func TestCAFile_PoolFollowsTheFile(t *testing.T) {
 		t.Fatal("after a was taken out, the pool still trusts it, or not b")
 	}
 }
+
+// BenchmarkCAFile_PoolUnchanged is what each request to doveadm pays for
+// doveadm-ca-file while the file stays the same: a read and a compare.
+func BenchmarkCAFile_PoolUnchanged(b *testing.B) {
+	ca, err := testcert.NewCA(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := config.LoadCAFile("doveadm-ca-file", ca.File)
+	if err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	for b.Loop() {
+		f.Pool(log)
+	}
+}
