@@ -617,6 +617,41 @@ func TestReplicate_ExcludedAndHostileUsersNeverSynced(t *testing.T) {
 	}
 }
 
+// A user excluded while its failed attempt waits for its retry is not
+// tried again: the outcome is Excluded, the one failure reported stays
+// the last event (docs/events.md, retry_by), the lock is released, and
+// the user is left neither pending nor failed, as Begin leaves an
+// excluded user.
+func TestReplicate_ExcludedDuringTheRetryWaitIsNotRetried(t *testing.T) {
+	f := newFixture(t, fast)
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{})
+	f.notes.onFail = func() {
+		if err := f.st.Exclude(context.Background(), "u1"); err != nil {
+			t.Error(err)
+		}
+	}
+	res := f.replicate(t, change.Request{User: "u1"})
+	if res.Outcome != change.Excluded || res.Attempts != 1 {
+		t.Fatalf("result %+v, want excluded after 1 attempt", res)
+	}
+	if n := len(f.tracks.Calls()); n != 1 {
+		t.Errorf("%d dsyncs, want 1: no retry for an excluded user", n)
+	}
+	if fs := f.notes.all(); len(fs) != 1 || fs[0].RetryBy != change.RetryBySync {
+		t.Errorf("failures reported %+v, want the one attempt, with a retry by sync", fs)
+	}
+	st, err := f.st.Status(context.Background(), "u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.InProgress || st.Failed || !st.PendingSince.IsZero() || !st.Excluded {
+		t.Errorf("status %+v: want excluded, not in progress, failed or pending", st)
+	}
+	if !strings.Contains(f.logs.String(), "user excluded during its dsync; not retried") {
+		t.Errorf("log lacks the exclusion:\n%s", f.logs.String())
+	}
+}
+
 func TestReplicate_RedisDownIsUnavailable(t *testing.T) {
 	f := newFixture(t, fast)
 	f.mr.Close()
