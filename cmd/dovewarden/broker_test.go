@@ -142,6 +142,7 @@ func TestBroker_ConfigErrorsNameTheSetting(t *testing.T) {
 		"bad queue bytes": {nil, []string{"--queue-bytes", "1000"}, "queue-bytes"},
 		"bad workers":     {map[string]string{"DOVEWARDEN_WORKERS": "-1"}, nil, "workers"},
 		"bad timeout":     {nil, []string{"--delivery-timeout", "0s"}, "delivery-timeout"},
+		"timeout of 1ns":  {nil, []string{"--delivery-timeout", "1ns"}, "delivery-timeout 1ns: want at least 1s"},
 		"bad spool file":  {nil, []string{"--spool-file", filepath.Join(bad, "missing", "spool")}, "spool-file"},
 		"bad listen":      {nil, []string{"--listen", "8081"}, "listen"},
 		"stray argument":  {nil, []string{"extra"}, "unexpected argument"},

@@ -69,8 +69,10 @@ func (s *Settings) Validate() error {
 	if s.Workers < 1 || s.Workers > 10_000 {
 		errs = append(errs, fmt.Errorf("workers %d: want 1 to 10000", s.Workers))
 	}
-	if s.DeliveryTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("delivery-timeout %s: must be positive", s.DeliveryTimeout))
+	if s.DeliveryTimeout < time.Second {
+		// Below it every delivery to a sync function, which runs a dsync
+		// before it answers, is cut off and retried, then dead-lettered.
+		errs = append(errs, fmt.Errorf("delivery-timeout %s: want at least 1s: a subscriber that runs a dsync answers later, and each delivery would be cut off and retried", s.DeliveryTimeout))
 	}
 	if s.SpoolFile != "" {
 		if err := checkSpoolFolder(s.SpoolFile); err != nil {
