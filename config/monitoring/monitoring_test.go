@@ -35,7 +35,10 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	grafanaprom "github.com/grafana/grafana-foundation-sdk/go/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/promql/parser"
+	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	brokerconfig "github.com/dovewarden/dovewarden-knative/config/broker"
@@ -416,14 +419,14 @@ func TestDashboard_GrafanaTypes(t *testing.T) {
 type family struct {
 	labels    map[string]bool
 	histogram bool
+	help      string
 }
 
-var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]+)", .*variableLabels: \{([^}]*)\}\}$`)
+var descRE = regexp.MustCompile(`^Desc\{fqName: "([^"]+)", help: ("(?:[^"\\]|\\.)*"), .*variableLabels: \{([^}]*)\}\}$`)
 
-// registered builds every role as local mode and the Knative functions do,
-// with the same constructors, and returns the metrics they register with
-// their labels, whether a series exists yet or not.
-func registered(t *testing.T) map[string]family {
+// registry builds every role as local mode and the Knative functions do,
+// with the same constructors, on one registry.
+func registry(t *testing.T) *prometheus.Registry {
 	t.Helper()
 	reg := metrics.NewRegistry()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -507,7 +510,14 @@ func registered(t *testing.T) map[string]family {
 
 	// Every role's /metrics: promhttp counts its scrapes' errors in reg.
 	metrics.Handler(reg, nil)
+	return reg
+}
 
+// registered lists every metric of registry by name, with its labels,
+// whether a series exists yet or not.
+func registered(t *testing.T) map[string]family {
+	t.Helper()
+	reg := registry(t)
 	ch := make(chan *prometheus.Desc)
 	go func() { reg.Describe(ch); close(ch) }()
 	out := map[string]family{}
@@ -516,8 +526,12 @@ func registered(t *testing.T) map[string]family {
 		if m == nil {
 			t.Fatalf("cannot read %s (client_golang changed Desc.String?)", d)
 		}
-		f := family{labels: map[string]bool{}}
-		for _, l := range strings.Split(m[2], ",") {
+		help, err := strconv.Unquote(m[2])
+		if err != nil {
+			t.Fatalf("cannot read the help of %s: %v", d, err)
+		}
+		f := family{labels: map[string]bool{}, help: help}
+		for _, l := range strings.Split(m[3], ",") {
 			if l = strings.TrimSuffix(strings.TrimPrefix(l, "c("), ")"); l != "" {
 				f.labels[l] = true
 			}
@@ -678,3 +692,47 @@ func TestDashboard_ShowsEveryMetric(t *testing.T) {
 
 // promQL parses as Prometheus does by default (no experimental functions).
 var promQL = parser.NewParser(parser.Options{})
+
+// TestMetrics_Lint holds every metric dovewarden serves to Prometheus's
+// naming conventions (client_golang's promlint, as `promtool check
+// metrics` does): units in base units and in the name, _total on
+// counters only, help text on each. A metric with no series yet is not
+// gathered, so the test first asks for a series of each.
+func TestMetrics_Lint(t *testing.T) {
+	reg := registry(t)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gathered := map[string]bool{}
+	for _, f := range fams {
+		gathered[f.GetName()] = true
+	}
+	// A vector with no series yet is not gathered: lint its name and help
+	// as a family of the type its name and registered() tell (so a counter
+	// among them missing its _total would pass as a gauge; its unit would
+	// not).
+	for name, f := range registered(t) {
+		if gathered[name] {
+			continue
+		}
+		typ := dto.MetricType_GAUGE
+		switch {
+		case f.histogram:
+			typ = dto.MetricType_HISTOGRAM
+		case strings.HasSuffix(name, "_total"):
+			typ = dto.MetricType_COUNTER
+		}
+		fams = append(fams, &dto.MetricFamily{Name: proto.String(name), Help: proto.String(f.help), Type: typ.Enum()})
+	}
+	problems, err := promlint.NewWithMetricFamilies(fams).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	if len(fams) < 50 {
+		t.Fatalf("gathered only %d metric families", len(fams))
+	}
+}
