@@ -128,16 +128,25 @@ func command(ctx context.Context, bin string, args ...string) *exec.Cmd {
 // without dovewarden's own settings. DOVEWARDEN_* variables hold secrets
 // (a Redis URL with its password, ingest's credentials) that doveadm has
 // no use for, and that whatever it starts in turn (doveconf, the ssh of
-// dsync_remote_cmd) would inherit.
+// dsync_remote_cmd) would inherit. The sink settings Knative gives
+// (K_SINK, K_CE_OVERRIDES, K_CA_CERTS) are dovewarden's too: a wrapper
+// script or a program of the user's that sends CloudEvents would
+// otherwise send them to the Broker as this function.
 func childEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DOVEWARDEN_") {
-			env = append(env, kv)
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "DOVEWARDEN_") || sinkSettings[name] {
+			continue
 		}
+		env = append(env, kv)
 	}
 	return env
 }
+
+// sinkSettings are the variables of Knative's SinkBinding that dovewarden
+// reads (docs/configuration.md).
+var sinkSettings = map[string]bool{"K_SINK": true, "K_CE_OVERRIDES": true, "K_CA_CERTS": true}
 
 // tailBuffer keeps the last max bytes written: doveadm's last lines say
 // why it failed.

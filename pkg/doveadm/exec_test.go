@@ -190,7 +190,8 @@ func TestExec_RefusesHostileUser(t *testing.T) {
 
 // TestExec_KeepsSettingsFromDoveadm: dovewarden's own settings (the
 // DOVEWARDEN_* variables: a Redis URL with its password, ingest's
-// credentials, the doveadm password) are not doveadm's, nor of what
+// credentials, the doveadm password; and the sink Knative gives it) are
+// not doveadm's, nor of what
 // doveadm starts in turn (dsync_remote_cmd's ssh, doveconf): the child's
 // environment is the process's without them, and nothing else is taken
 // out.
@@ -200,7 +201,11 @@ func TestExec_KeepsSettingsFromDoveadm(t *testing.T) {
 	t.Setenv("DOVEWARDEN_REDIS_URL", "redis://:Zq9redis-secret@127.0.0.1:6379/0")
 	t.Setenv("DOVEWARDEN_AUTH_PASSWORD", "Zq9ingest-secret")
 	t.Setenv("DOVEWARDEN_DOVEADM_PASSWORD", "Zq9doveadm-secret")
+	t.Setenv("K_SINK", "http://broker.test/Zq9sink")
+	t.Setenv("K_CE_OVERRIDES", `{"extensions":{"zq9":"1"}}`)
+	t.Setenv("K_CA_CERTS", "Zq9-----BEGIN CERTIFICATE-----")
 	t.Setenv("DOVECOT_KEEPS_THIS", "1")
+	t.Setenv("K_SERVICE", "sync")
 	for _, list := range []bool{false, true} {
 		bin, dir := fakeDoveadm(t, 0)
 		x := NewExec(bin, 10*time.Second)
@@ -223,10 +228,10 @@ func TestExec_KeepsSettingsFromDoveadm(t *testing.T) {
 			t.Fatal(err)
 		}
 		joined := strings.Join(env, "\n")
-		if strings.Contains(joined, "DOVEWARDEN_") || strings.Contains(joined, "Zq9") {
+		if strings.Contains(joined, "DOVEWARDEN_") || strings.Contains(joined, "Zq9") || strings.Contains(joined, "zq9") {
 			t.Errorf("list=%v: doveadm's environment has dovewarden's settings:\n%s", list, joined)
 		}
-		for _, want := range []string{"DOVECOT_KEEPS_THIS=1", "PATH=" + os.Getenv("PATH")} {
+		for _, want := range []string{"DOVECOT_KEEPS_THIS=1", "K_SERVICE=sync", "PATH=" + os.Getenv("PATH")} {
 			if !strings.Contains(joined, want) {
 				t.Errorf("list=%v: doveadm's environment lacks %s", list, want)
 			}
