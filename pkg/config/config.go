@@ -98,11 +98,16 @@ func Unused(fs *flag.FlagSet, environ []string, ignore ...string) []string {
 	return out
 }
 
-// Secret returns value, or when it is empty the contents of the file named
-// by file less its line ending, so passwords can come from mounted
-// secrets. A file that holds nothing but white space is an error. setting
-// names the flag for error messages.
+// Secret returns value, or the contents of the file named by file less its
+// line ending, so passwords can come from mounted secrets. A file that
+// holds nothing but white space is an error, and so are both set: one of
+// them is then stale (a DOVEWARDEN_* variable left behind when the secret
+// moved to a file), and using either quietly would fail authentication
+// with nothing to say why. setting names the flag for error messages.
 func Secret(setting, value, file string) (string, error) {
+	if value != "" && file != "" {
+		return "", fmt.Errorf("%s and %s-file are both set: set one", setting, setting)
+	}
 	if value != "" || file == "" {
 		return value, nil
 	}

@@ -48,8 +48,12 @@ func TestSecret(t *testing.T) {
 	if v, err := Secret("auth-password", "", file); err != nil || v != "s3cret" {
 		t.Errorf("from file: %q %v", v, err)
 	}
-	if v, err := Secret("auth-password", "direct", file); err != nil || v != "direct" {
-		t.Errorf("value wins: %q %v", v, err)
+	if v, err := Secret("auth-password", "direct", ""); err != nil || v != "direct" {
+		t.Errorf("value: %q %v", v, err)
+	}
+	// One of them is stale: neither is taken quietly.
+	if v, err := Secret("auth-password", "direct", file); err == nil || err.Error() != "auth-password and auth-password-file are both set: set one" {
+		t.Errorf("value and file: %q, %v; want an error naming both", v, err)
 	}
 	if _, err := Secret("auth-password", "", file+".missing"); err == nil || !strings.Contains(err.Error(), "auth-password-file") {
 		t.Errorf("missing file: %v", err)

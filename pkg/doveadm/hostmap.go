@@ -339,8 +339,14 @@ func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMa
 	return NewHostMap(def, hosts...), nil
 }
 
-// secret reads a secret from an environment variable or a file.
+// secret reads a secret from an environment variable or a file. Both set
+// is an error, as is a file with nothing in it: the entry would otherwise
+// quietly take the default host's credentials (NewHostMap).
 func secret(host, what, env, file string, getenv func(string) string) (string, error) {
+	field := strings.ReplaceAll(what, " ", "_")
+	if env != "" && file != "" {
+		return "", fmt.Errorf("host map: host %s: %s_env and %s_file are both set: set one", host, field, field)
+	}
 	if env != "" {
 		v := getenv(env)
 		if v == "" {
@@ -353,7 +359,11 @@ func secret(host, what, env, file string, getenv func(string) string) (string, e
 		if err != nil {
 			return "", fmt.Errorf("host map: host %s: %s file: %w", host, what, err)
 		}
-		return strings.TrimRight(string(b), "\r\n"), nil
+		v := strings.TrimRight(string(b), "\r\n")
+		if strings.TrimSpace(v) == "" {
+			return "", fmt.Errorf("host map: host %s: %s_file %s: empty", host, field, file)
+		}
+		return v, nil
 	}
 	return "", nil
 }

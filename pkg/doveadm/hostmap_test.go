@@ -52,7 +52,20 @@ func TestParseHostMap_ActiveActivePair(t *testing.T) {
 
 func TestParseHostMap_Rejects(t *testing.T) {
 	def := Endpoint{URL: "http://d/doveadm/v1", Destination: "tcp:r:1", Password: "p"}
+	dir := t.TempDir()
+	blank, key := filepath.Join(dir, "blank"), filepath.Join(dir, "key")
+	if err := os.WriteFile(blank, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, []byte("k\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for name, tt := range map[string]struct{ data, want string }{
+		// Either would take the default host's password quietly.
+		"empty password file": {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "` + blank + `"}}`, "password_file " + blank + ": empty"},
+		"empty api key file":  {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "api_key_file": "` + blank + `"}}`, "api_key_file " + blank + ": empty"},
+		// One of the two is stale.
+		"env and file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "api_key_env": "KEY", "api_key_file": "` + key + `"}}`, "api_key_env and api_key_file are both set"},
 		"inline password": {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password": "x"}}`, "unknown field"},
 		"unset env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_env": "NOPE"}}`, "NOPE is empty"},
 		"missing file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "/nonexistent/pw"}}`, "password file"},
@@ -63,7 +76,7 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		// entry would never match one.
 		"address as host name": {`{"::1": {"url": "http://a/", "destination": "tcp:b:1"}}`, `host "::1"`},
 	} {
-		_, err := ParseHostMap([]byte(tt.data), def, func(string) string { return "" })
+		_, err := ParseHostMap([]byte(tt.data), def, func(k string) string { return map[string]string{"KEY": "k"}[k] })
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want %q", name, err, tt.want)
 		}

@@ -65,15 +65,15 @@ func Build(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Handler, f
 			metrics.NewTLSFilesCollector(st.TLSFilesFailing))
 	}
 	h := NewHandler(ho, snd, pending, reg, log)
-	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.Redis.URL != "", "auth", cfg.authKind())
+	log.Info("ingest configured", "broker", snd.Target(), "redis", cfg.Redis.URL != "", "auth", ho.authKind())
 	return h, closeFn, nil
 }
 
-func (c *Config) authKind() string {
+func (o Options) authKind() string {
 	switch {
-	case c.AuthToken != "":
+	case o.Token != "":
 		return "bearer"
-	case c.AuthUser != "":
+	case o.BasicUser != "":
 		return "basic"
 	}
 	return "none"

@@ -79,20 +79,22 @@ func (c *Config) RegisterHandlerFlags(fs *flag.FlagSet) {
 // RegisterHandlerFlags (reading secret files) into the handler's Options.
 // Errors name the setting.
 func (c *Config) HandlerOptions() (Options, error) {
-	var err error
 	// config.Secret refuses a file that holds nothing, which would
 	// otherwise read as "no password" or "no token": authentication off.
-	if c.AuthPassword, err = config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile); err != nil {
+	// c keeps the settings as given, so that this can be called again.
+	password, err := config.Secret("auth-password", c.AuthPassword, c.AuthPasswordFile)
+	if err != nil {
 		return Options{}, err
 	}
 	tokenSetting := "auth-token"
 	if c.AuthToken == "" && c.AuthTokenFile != "" {
 		tokenSetting = "auth-token-file " + c.AuthTokenFile
 	}
-	if c.AuthToken, err = config.Secret("auth-token", c.AuthToken, c.AuthTokenFile); err != nil {
+	token, err := config.Secret("auth-token", c.AuthToken, c.AuthTokenFile)
+	if err != nil {
 		return Options{}, err
 	}
-	if err := checkToken(c.AuthToken); err != nil {
+	if err := checkToken(token); err != nil {
 		return Options{}, fmt.Errorf("%s: %w", tokenSetting, err)
 	}
 	uf, err := dovecot.ParseUsernameFormat(c.UsernameFormat)
@@ -100,14 +102,14 @@ func (c *Config) HandlerOptions() (Options, error) {
 		return Options{}, fmt.Errorf("username-format: %w", err)
 	}
 	var errs []error
-	if (c.AuthUser == "") != (c.AuthPassword == "") {
+	if (c.AuthUser == "") != (password == "") {
 		errs = append(errs, errors.New("auth-user and auth-password (or auth-password-file) must be set together"))
 	}
-	if c.AuthUser != "" && c.AuthToken != "" {
+	if c.AuthUser != "" && token != "" {
 		errs = append(errs, errors.New("auth-user and auth-token: choose one kind of authentication"))
 	}
-	return Options{MaxBody: c.MaxBody, BasicUser: c.AuthUser, BasicPassword: c.AuthPassword,
-		Token: c.AuthToken, Username: uf}, errors.Join(errs...)
+	return Options{MaxBody: c.MaxBody, BasicUser: c.AuthUser, BasicPassword: password,
+		Token: token, Username: uf}, errors.Join(errs...)
 }
 
 // Load parses args and the environment into a validated Config.

@@ -165,14 +165,17 @@ func Load(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, 
 // all-in-one process that registers the flags itself calls it after
 // parsing.
 func (c *Config) Resolve(getenv func(string) string) error {
-	var err error
-	if c.DoveadmPassword, err = config.Secret("doveadm-password", c.DoveadmPassword, c.DoveadmPassFile); err != nil {
+	// c keeps the settings as given (the host map holds what they
+	// resolve to), so that this can be called again.
+	password, err := config.Secret("doveadm-password", c.DoveadmPassword, c.DoveadmPassFile)
+	if err != nil {
 		return err
 	}
-	if c.DoveadmAPIKey, err = config.Secret("doveadm-api-key", c.DoveadmAPIKey, c.DoveadmAPIKeyFile); err != nil {
+	apiKey, err := config.Secret("doveadm-api-key", c.DoveadmAPIKey, c.DoveadmAPIKeyFile)
+	if err != nil {
 		return err
 	}
-	def := doveadm.Endpoint{URL: c.DoveadmURL, User: c.DoveadmUser, Password: c.DoveadmPassword, APIKey: c.DoveadmAPIKey,
+	def := doveadm.Endpoint{URL: c.DoveadmURL, User: c.DoveadmUser, Password: password, APIKey: apiKey,
 		Destination: c.Destination, Config: c.DoveadmConfig}
 	c.hostMap = doveadm.NewHostMap(def)
 	if c.HostMapFile != "" {
