@@ -67,3 +67,11 @@ fuzz FuzzDecodeSpool ./pkg/broker 20000x
 fuzz FuzzServeHTTP ./pkg/syncer 20000x
 # What a doveadm server answers, and that no error shows its password.
 fuzz FuzzHTTPSyncReply ./pkg/doveadm 5000x
+# doveadm's user listing against encoding/json; the host-map file, whose
+# errors never show a secret of its variables or files.
+fuzz FuzzDecodeUserList ./pkg/doveadm 50000x
+fuzz FuzzParseHostMap ./pkg/doveadm 50000x
+# Mailbox names from clients' commands, against an RFC 3501 encoder.
+fuzz FuzzDecodeMUTF7 ./pkg/dovecot 50000x
+# CA files against x509.CertPool.AppendCertsFromPEM.
+fuzz FuzzParseCAs ./pkg/config 100000x

@@ -304,6 +304,11 @@ type fileEntry struct {
 //
 // Unknown fields are errors, so a misspelt setting does not pass unnoticed.
 func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMap, error) {
+	return parseHostMap(data, def, getenv, os.ReadFile)
+}
+
+// parseHostMap is ParseHostMap reading secret files with readFile.
+func parseHostMap(data []byte, def Endpoint, getenv func(string) string, readFile func(string) ([]byte, error)) (HostMap, error) {
 	var raw map[string]fileEntry
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -325,10 +330,10 @@ func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMa
 		}
 		e := Endpoint{Name: name, URL: fe.URL, User: fe.User, Destination: fe.Destination, Config: fe.Config}
 		var err error
-		if e.Password, err = secret(name, "password", fe.PasswordEnv, fe.PasswordFile, getenv); err != nil {
+		if e.Password, err = secret(name, "password", fe.PasswordEnv, fe.PasswordFile, getenv, readFile); err != nil {
 			errs = append(errs, err)
 		}
-		if e.APIKey, err = secret(name, "api key", fe.APIKeyEnv, fe.APIKeyFile, getenv); err != nil {
+		if e.APIKey, err = secret(name, "api key", fe.APIKeyEnv, fe.APIKeyFile, getenv, readFile); err != nil {
 			errs = append(errs, err)
 		}
 		hosts = append(hosts, e)
@@ -342,7 +347,7 @@ func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMa
 // secret reads a secret from an environment variable or a file. Both set
 // is an error, as is a file with nothing in it: the entry would otherwise
 // quietly take the default host's credentials (NewHostMap).
-func secret(host, what, env, file string, getenv func(string) string) (string, error) {
+func secret(host, what, env, file string, getenv func(string) string, readFile func(string) ([]byte, error)) (string, error) {
 	field := strings.ReplaceAll(what, " ", "_")
 	if env != "" && file != "" {
 		return "", fmt.Errorf("host map: host %s: %s_env and %s_file are both set: set one", host, field, field)
@@ -355,7 +360,7 @@ func secret(host, what, env, file string, getenv func(string) string) (string, e
 		return v, nil
 	}
 	if file != "" {
-		b, err := os.ReadFile(file)
+		b, err := readFile(file)
 		if err != nil {
 			return "", fmt.Errorf("host map: host %s: %s file: %w", host, what, err)
 		}
