@@ -39,6 +39,9 @@ type SyncRequest struct {
 	// seconds, rounded up; zero leaves Dovecot's 600 s. The transports
 	// set it to what is left of the call's bound (stallTimeout).
 	StallTimeout time.Duration
+	// ExcludeMailboxes are the mailboxes dsync leaves out (-x,
+	// excludeMailbox; ParseExcludeMailboxes).
+	ExcludeMailboxes []string
 }
 
 // maxStallTimeout is Dovecot's own stall timeout (2.3 and 2.4): a longer

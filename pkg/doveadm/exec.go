@@ -32,7 +32,8 @@ func NewExec(bin string, timeout time.Duration) *Exec {
 // user's shared mailbox or a public one that USER changed would not be
 // copied. -s is always passed, empty for a first sync, because doveadm
 // prints the new state only when it is given. -l is req.LockTimeout and
-// -T req.StallTimeout, in whole seconds, rounded up, when set.
+// -T req.StallTimeout, in whole seconds, rounded up, when set; each of
+// req.ExcludeMailboxes is an -x.
 func Args(ep Endpoint, req SyncRequest) []string {
 	var args []string
 	if ep.Config != "" {
@@ -51,6 +52,9 @@ func Args(ep Endpoint, req SyncRequest) []string {
 	}
 	if req.Full {
 		args = append(args, "-f")
+	}
+	for _, m := range req.ExcludeMailboxes {
+		args = append(args, "-x", m)
 	}
 	return append(args, req.Destination)
 }

@@ -193,6 +193,9 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	if req.LockTimeout > 0 {
 		params["lockTimeout"] = wholeSeconds(req.LockTimeout)
 	}
+	if len(req.ExcludeMailboxes) > 0 {
+		params["excludeMailbox"] = req.ExcludeMailboxes
+	}
 	// The request is cut off at h.timeout (post), but Dovecot goes on
 	// with its dsync: one whose destination stalls ends itself no sooner.
 	if d := stallTimeout(ctx, h.timeout); d > 0 {

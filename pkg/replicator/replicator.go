@@ -72,6 +72,8 @@ type Options struct {
 	MaxRounds int
 	// LockTimeout is passed to dsync (its own lock, a second guard).
 	LockTimeout time.Duration
+	// ExcludeMailboxes are left out of every dsync (dsync's -x).
+	ExcludeMailboxes []string
 	// CleanupTimeout bounds the Redis calls that record an outcome after
 	// the request's context ended.
 	CleanupTimeout time.Duration

@@ -79,6 +79,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 		began := time.Now()
 		out, err := r.tr.Sync(lctx, j.ep, doveadm.SyncRequest{
 			User: user, Destination: j.ep.Destination, State: claim.State, Full: full, LockTimeout: r.opts.LockTimeout,
+			ExcludeMailboxes: r.opts.ExcludeMailboxes,
 		})
 		if err != nil && errors.Is(context.Cause(lctx), doveadm.ErrLockLost) {
 			err = fmt.Errorf("%w: %w", doveadm.ErrLockLost, err)

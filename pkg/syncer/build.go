@@ -74,10 +74,12 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	} else {
 		log.Warn("no results sink (--results-sink, K_SINK): sweep.requested events will be refused")
 	}
+	// Validated by Load and Resolve.
+	exclude, _ := doveadm.ParseExcludeMailboxes(cfg.ExcludeMailboxes)
 	repl := replicator.New(replicator.Options{
 		Owner: cfg.Instance, LockTTL: cfg.LockTTL, ClockSkew: cfg.ClockSkew, MaxAttempts: cfg.MaxAttempts,
 		Backoff: cfg.RetryBackoff, MaxBackoff: cfg.RetryBackoffMax, RunAgainDelay: cfg.RunAgainDelay,
-		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout,
+		MaxRounds: cfg.MaxRounds, LockTimeout: cfg.DsyncLockTimeout, ExcludeMailboxes: exclude,
 	}, st, tr, cfg.HostMap(), notify, reg, log)
 	// The series read at scrape time give up after a second: their client
 	// ends calls at the context's deadline, which the decisions' client

@@ -65,8 +65,11 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 		// Every result event would be invalid, and none sent.
 		"DOVEWARDEN_SOURCE": "dovewarden/%zz",
 		"K_CA_CERTS":        "not a certificate",
+		// Dovecot copies a mailbox named by its special use all the same.
+		"DOVEWARDEN_DSYNC_EXCLUDE_MAILBOXES": `Spam, \Junk`,
 	}))
-	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink", "source \"dovewarden/%zz\"", "K_CA_CERTS"} {
+	for _, want := range []string{"redis-url: not set", "transport \"ssh\"", "request-timeout", "lock-ttl", "max-attempts", "results-sink", "source \"dovewarden/%zz\"", "K_CA_CERTS",
+		`dsync-exclude-mailboxes: "\\Junk": dsync does not leave out mailboxes by special-use flag`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}

@@ -32,6 +32,8 @@ type Call struct {
 	// Timeout is dsync's stall timeout (timeout), in seconds; 0: not sent.
 	Timeout int
 	AllNS   bool
+	// Exclude is excludeMailbox: the mailboxes dsync leaves out.
+	Exclude []string
 	// Start is when the fake received the call, End when it answered.
 	Start, End time.Time
 	// Reply is what it answered.
@@ -187,6 +189,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		LockTimeout   int      `json:"lockTimeout"`
 		Timeout       int      `json:"timeout"`
 		AllNamespaces bool     `json:"allNamespaces"`
+		Exclude       []string `json:"excludeMailbox"`
 	}
 	_ = json.Unmarshal(req[0][0], &cmd)
 	_ = json.Unmarshal(req[0][2], &tag)
@@ -199,7 +202,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := Call{Host: s.Name, User: p.User, Destination: p.Destination[0], State: *p.State, Full: p.FullSync,
-		LockTimeout: p.LockTimeout, Timeout: p.Timeout, AllNS: p.AllNamespaces, Start: time.Now()}
+		LockTimeout: p.LockTimeout, Timeout: p.Timeout, AllNS: p.AllNamespaces, Exclude: p.Exclude, Start: time.Now()}
 	s.Tracker.begin(s.Name, c.User)
 	if s.OnStart != nil {
 		s.OnStart(c)
