@@ -17,6 +17,22 @@ import (
 	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
+// serveBuilt serves the sync function Build makes of cfg, as deployed,
+// until the test ends.
+func serveBuilt(t *testing.T, cfg Config) *httptest.Server {
+	t.Helper()
+	h, closeFn, err := Build(context.Background(), cfg, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeFn() })
+	mux := http.NewServeMux()
+	h.Mount(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 // TestBuild_ExcludeMailboxesReachEveryDsync: the setting, as the
 // environment gives it, is in the request of each dsync the sync function
 // runs (excludeMailbox), in its order, white space and repeats dropped.
@@ -33,16 +49,7 @@ func TestBuild_ExcludeMailboxesReachEveryDsync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, closeFn, err := Build(context.Background(), cfg, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeFn()
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	f := &fixture{srv: srv}
+	f := &fixture{srv: serveBuilt(t, cfg)}
 	for _, user := range []string{"u1", "u2"} {
 		if resp, _, body := f.postBinary(t, changeEvent(t, user, time.Now().Add(-time.Minute))); resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s: %d %q", user, resp.StatusCode, body)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
@@ -71,16 +68,7 @@ func TestIntegrationRedis_SweepEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, closeFn, err := Build(context.Background(), cfg, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeFn()
-	mux := http.NewServeMux()
-	h.Mount(mux)
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	sf := &sweepFixture{fixture: &fixture{broker: bk}, ssv: srv}
+	sf := &sweepFixture{fixture: &fixture{broker: bk}, ssv: serveBuilt(t, cfg)}
 
 	// sweep runs one sweep and returns the requests it sent, by user.
 	var sent []cloudevents.Event
