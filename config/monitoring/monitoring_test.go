@@ -696,8 +696,9 @@ var promQL = parser.NewParser(parser.Options{})
 // TestMetrics_Lint holds every metric dovewarden serves to Prometheus's
 // naming conventions (client_golang's promlint, as `promtool check
 // metrics` does): units in base units and in the name, _total on
-// counters only, help text on each. A metric with no series yet is not
-// gathered, so the test first asks for a series of each.
+// counters only, help text on each. A vector with no series yet is not
+// gathered: its name and help are linted as a family of the type its name
+// suggests.
 func TestMetrics_Lint(t *testing.T) {
 	reg := registry(t)
 	fams, err := reg.Gather()

@@ -20,10 +20,10 @@ const (
 // doveadm sync -x, the HTTP API's excludeMailbox, Dovecot 2.3's -x in
 // replication_dsync_parameters): a comma-separated list of mailbox names
 // as IMAP clients show them decoded (UTF-8, with the hierarchy separator
-// of the namespace: "Archive/2020"), with dsync's wildcards * and ?. White
-// space around each is dropped; a
-// name that holds a comma or begins or ends with a space takes ? there.
-// Empty: none.
+// of the namespace: "Archive/2020"), matched case-sensitively against the
+// whole name, with dsync's wildcards * and ?. White space around each is
+// dropped; a name that holds a comma or begins or ends with a space takes
+// ? there. Empty: none.
 func ParseExcludeMailboxes(s string) ([]string, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
@@ -45,8 +45,9 @@ func ParseExcludeMailboxes(s string) ([]string, error) {
 			// dsync's own documentation offers these, but Dovecot 2.3 and
 			// 2.4 copy the mailbox all the same (measured: \Trash).
 			return nil, fmt.Errorf("%q: dsync does not leave out mailboxes by special-use flag (Dovecot 2.3 and 2.4 copy them all the same): name the mailbox", m)
-		case m == "*" || m == "%":
-			// dsync would then copy nothing of the user's mail.
+		case strings.Trim(m, "*?") == "" && strings.Contains(m, "*"):
+			// dsync would then copy nothing, or next to nothing, of the
+			// user's mail ("?*" is every name of a character or more).
 			return nil, fmt.Errorf("%q: leaves every mailbox out", m)
 		case seen[m]:
 			continue

@@ -21,14 +21,20 @@ func TestIntegrationDovecot_ExcludeMailboxes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real Dovecot instances")
 	}
-	exclude, err := doveadm.ParseExcludeMailboxes(`Junk, Lists/*, Entwürfe, a?b, Trash`)
+	exclude, err := doveadm.ParseExcludeMailboxes(`Junk, Lists/*, Entwürfe, a?b, Trash, spam`)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Matched case-sensitively: "spam" leaves Spam in. And a special-use
+	// flag, which ParseExcludeMailboxes refuses, leaves its mailbox in
+	// too (doveadm-sync(1) says otherwise): were Dovecot to start
+	// honouring it, Archive would be missing below, and the refusal
+	// could go.
+	exclude = append(exclude, `\Archive`)
 	// By the name IMAP gives them; doveadm mailbox status lists them
 	// decoded (utf8).
 	left := []string{"Junk", "Lists/dovecot", "Entw&APw-rfe", "a,b", "Trash"}
-	kept := []string{"INBOX", "Keep", "Lists"}
+	kept := []string{"INBOX", "Keep", "Lists", "Spam", "Archive"}
 	utf8 := map[string]string{"Entw&APw-rfe": "Entwürfe"}
 	status := func(on map[string]string, mb string) string {
 		if u, ok := utf8[mb]; ok {
@@ -49,7 +55,7 @@ func TestIntegrationDovecot_ExcludeMailboxes(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, mb := range append(append([]string{}, left...), kept...) {
-					if mb != "INBOX" {
+					if mb != "INBOX" && mb != "Archive" { // Archive is \Archive in dovecottest's config
 						if _, tagged, err := s.Cmd(ctx, "CREATE "+dovecottest.Quote(mb)); err != nil || !dovecottest.IsOK(tagged) {
 							t.Fatalf("CREATE %s: %s %v", mb, tagged, err)
 						}
@@ -69,13 +75,25 @@ func TestIntegrationDovecot_ExcludeMailboxes(t *testing.T) {
 					}
 					tr, ep = doveadm.NewExec(bin, time.Minute), doveadm.Endpoint{Name: a.Name, Destination: b.Destination, Config: a.ConfigPath}
 				}
-				res, err := tr.Sync(ctx, ep, doveadm.SyncRequest{User: "u1", Destination: b.Destination, LockTimeout: 10 * time.Second, ExcludeMailboxes: exclude})
-				if err != nil {
-					t.Fatal(err)
+				// Exit code 2 (a mailbox changed: the autocreated ones
+				// appear on both sides) asks for a run again, as sync does.
+				sync := func(req doveadm.SyncRequest) doveadm.SyncResult {
+					t.Helper()
+					req.User, req.Destination, req.LockTimeout = "u1", b.Destination, 10*time.Second
+					for try := 1; ; try++ {
+						res, err := tr.Sync(ctx, ep, req)
+						if err == nil {
+							return res
+						}
+						if doveadm.Decide(err).Class != "changed" || try == 3 {
+							t.Fatal(err)
+						}
+					}
 				}
+				res := sync(doveadm.SyncRequest{ExcludeMailboxes: exclude})
 				on := mailboxMessages(t, b)
 				for _, mb := range left {
-					if status(on, mb) != "" {
+					if st := status(on, mb); st != "" && st != "messages=0" { // Trash is auto = subscribe
 						t.Errorf("%s reached the replica: %s", mb, status(on, mb))
 					}
 				}
@@ -86,9 +104,7 @@ func TestIntegrationDovecot_ExcludeMailboxes(t *testing.T) {
 				}
 
 				// Taken off the list: the next dsync copies the rest.
-				if _, err := tr.Sync(ctx, ep, doveadm.SyncRequest{User: "u1", Destination: b.Destination, State: res.State, LockTimeout: 10 * time.Second}); err != nil {
-					t.Fatal(err)
-				}
+				sync(doveadm.SyncRequest{State: res.State})
 				on = mailboxMessages(t, b)
 				for _, mb := range append(append([]string{}, left...), kept...) {
 					if status(on, mb) != "messages=1" {

@@ -15,7 +15,9 @@ func TestParseExcludeMailboxes(t *testing.T) {
 		" Junk , Archive/* ,Entwürfe ": {"Junk", "Archive/*", "Entwürfe"},
 		"Junk,Junk":                    {"Junk"},
 		"a?b, Spam ?":                  {"a?b", "Spam ?"},
-		"-x":                           {"-x"}, // an argument of -x, never an option (Args)
+		"-x":                           {"-x"},            // an argument of -x, never an option (Args)
+		"%, ?, *?a":                    {"%", "?", "*?a"}, // % is no wildcard of dsync's
+		many(100):                      strings.Split(many(100), ","),
 	} {
 		got, err := ParseExcludeMailboxes(in)
 		if err != nil || !slices.Equal(got, want) {
@@ -28,6 +30,8 @@ func TestParseExcludeMailboxes(t *testing.T) {
 		"\\Junk":                  "special-use",
 		"Trash, \\Trash":          "special-use",
 		"*":                       "leaves every mailbox out",
+		"Junk, **":                "leaves every mailbox out",
+		"?*":                      "leaves every mailbox out",
 		"Junk\nTrash":             "control character",
 		"Junk\x00":                "control character",
 		"Entw\xfcrfe":             "not UTF-8",

@@ -354,15 +354,15 @@ func secret(host, what, env, file string, getenv func(string) string, readFile f
 	}
 	if env != "" {
 		v := getenv(env)
-		if v == "" {
-			return "", fmt.Errorf("host map: host %s: %s variable %s is empty or unset", host, what, env)
+		if strings.TrimSpace(v) == "" {
+			return "", fmt.Errorf("host map: host %s: %s_env: variable %s is empty or unset", host, field, env)
 		}
 		return v, nil
 	}
 	if file != "" {
 		b, err := readFile(file)
 		if err != nil {
-			return "", fmt.Errorf("host map: host %s: %s file: %w", host, what, err)
+			return "", fmt.Errorf("host map: host %s: %s_file: %w", host, field, err)
 		}
 		v := strings.TrimRight(string(b), "\r\n")
 		if strings.TrimSpace(v) == "" {

@@ -67,8 +67,9 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		// One of the two is stale.
 		"env and file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "api_key_env": "KEY", "api_key_file": "` + key + `"}}`, "api_key_env and api_key_file are both set"},
 		"inline password": {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password": "x"}}`, "unknown field"},
-		"unset env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_env": "NOPE"}}`, "NOPE is empty"},
-		"missing file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "/nonexistent/pw"}}`, "password file"},
+		"unset env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_env": "NOPE"}}`, "password_env: variable NOPE is empty"},
+		"blank env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "api_key_env": "BLANK"}}`, "api_key_env: variable BLANK is empty"},
+		"missing file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "/nonexistent/pw"}}`, "host map: host a: password_file: open /nonexistent/pw"},
 		"not json":        {`[1,2]`, "host map"},
 		// Every request naming it would be refused.
 		"bad host name": {`{"mail a": {"url": "http://a/", "destination": "tcp:b:1"}}`, `host "mail a"`},
@@ -76,7 +77,7 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		// entry would never match one.
 		"address as host name": {`{"::1": {"url": "http://a/", "destination": "tcp:b:1"}}`, `host "::1"`},
 	} {
-		_, err := ParseHostMap([]byte(tt.data), def, func(k string) string { return map[string]string{"KEY": "k"}[k] })
+		_, err := ParseHostMap([]byte(tt.data), def, func(k string) string { return map[string]string{"KEY": "k", "BLANK": " \n"}[k] })
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want %q", name, err, tt.want)
 		}

@@ -74,8 +74,11 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	} else {
 		log.Warn("no results sink (--results-sink, K_SINK): sweep.requested events will be refused")
 	}
-	// Validated by Load and Resolve.
-	exclude, _ := doveadm.ParseExcludeMailboxes(cfg.ExcludeMailboxes)
+	exclude, err := doveadm.ParseExcludeMailboxes(cfg.ExcludeMailboxes)
+	if err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("dsync-exclude-mailboxes: %w", err)
+	}
 	repl := replicator.New(replicator.Options{
 		Owner: cfg.Instance, LockTTL: cfg.LockTTL, ClockSkew: cfg.ClockSkew, MaxAttempts: cfg.MaxAttempts,
 		Backoff: cfg.RetryBackoff, MaxBackoff: cfg.RetryBackoffMax, RunAgainDelay: cfg.RunAgainDelay,
@@ -104,7 +107,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results,
 		Username: uf}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
-		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout)
+		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout, "exclude_mailboxes", exclude)
 	return h, func() error { return errors.Join(st.Close(), mst.Close()) }, nil
 }
 

@@ -109,7 +109,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.HostMapFile, "host-map-file", "", "JSON file mapping source hosts to their doveadm endpoint and destination (see docs/sync.md)")
 	fs.DurationVar(&c.DsyncTimeout, "dsync-timeout", 240*time.Second, "bound of one dsync call")
 	fs.DurationVar(&c.DsyncLockTimeout, "dsync-lock-timeout", d.LockTimeout, "dsync's own per-user lock timeout, lockTimeout with doveadm-http (at least 1s), -l with doveadm-exec (0: none), below dsync-timeout: a second guard behind the Redis lock")
-	fs.StringVar(&c.ExcludeMailboxes, "dsync-exclude-mailboxes", "", `mailboxes every dsync leaves out (dsync's -x), comma-separated: names as clients show them (Archive/2020, Entwürfe), with * and ? wildcards; a name with a comma takes ? there`)
+	fs.StringVar(&c.ExcludeMailboxes, "dsync-exclude-mailboxes", "", `mailboxes every dsync leaves out (dsync's -x), comma-separated: names as clients show them (Archive/2020, Entwürfe), case-sensitive, with * and ? wildcards; a name with a comma, or beginning or ending with a space, takes ? there; special-use flags (\Junk) are refused`)
 	fs.DurationVar(&c.LockTTL, "lock-ttl", d.LockTTL, "TTL of the per-user Redis lock, renewed every third of it while dsync runs; a dead owner's lock expires after it")
 	fs.DurationVar(&c.ClockSkew, "clock-skew", d.ClockSkew, "margin for clock differences between Dovecot hosts and Redis: a change counts as covered only if older than a dsync's start minus this")
 	fs.IntVar(&c.MaxAttempts, "max-attempts", d.MaxAttempts, "dsync attempts per event for retryable failures (unknown exit codes: at most 3)")

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +51,13 @@ func TestBuild_ExcludeMailboxesReachEveryDsync(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := &fixture{srv: serveBuilt(t, cfg)}
+	// Build takes no list Load would refuse.
+	bad := cfg
+	bad.ExcludeMailboxes = `\Junk`
+	if _, _, err := Build(context.Background(), bad, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil ||
+		!strings.HasPrefix(err.Error(), "dsync-exclude-mailboxes: ") {
+		t.Errorf("Build with %q: %v, want an error naming the setting", bad.ExcludeMailboxes, err)
+	}
 	for _, user := range []string{"u1", "u2"} {
 		if resp, _, body := f.postBinary(t, changeEvent(t, user, time.Now().Add(-time.Minute))); resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s: %d %q", user, resp.StatusCode, body)
