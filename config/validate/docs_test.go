@@ -127,8 +127,12 @@ func TestDocs_SecretsBeforeServices(t *testing.T) {
 				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 					need(where, "secret/"+e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
 				}
-				if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
-					need(where, "configmap/"+e.ValueFrom.ConfigMapKeyRef.Name, e.ValueFrom.ConfigMapKeyRef.Key)
+				if r := e.ValueFrom; r != nil && r.ConfigMapKeyRef != nil {
+					if r.ConfigMapKeyRef.Optional != nil && *r.ConfigMapKeyRef.Optional {
+						need(where, "configmap/"+r.ConfigMapKeyRef.Name) // the key may well be missing
+					} else {
+						need(where, "configmap/"+r.ConfigMapKeyRef.Name, r.ConfigMapKeyRef.Key)
+					}
 				}
 			}
 		}

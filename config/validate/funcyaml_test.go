@@ -245,6 +245,13 @@ func TestFuncYAML_SyncReadsWhatTheServicesRead(t *testing.T) {
 			switch {
 			case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
 				want = "{{ secret:" + e.ValueFrom.SecretKeyRef.Name + ":" + e.ValueFrom.SecretKeyRef.Key + " }}"
+			case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.ValueFrom.ConfigMapKeyRef.Optional != nil && *e.ValueFrom.ConfigMapKeyRef.Optional:
+				// func refuses a reference to a missing key: func.yaml
+				// sets the variable itself.
+				if funcRef.MatchString(got) {
+					t.Errorf("functions/sync/func.yaml: %s=%q: a reference, which func refuses while the optional key %s is missing", e.Name, got, e.ValueFrom.ConfigMapKeyRef.Key)
+				}
+				continue
 			case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
 				want = "{{ configMap:" + e.ValueFrom.ConfigMapKeyRef.Name + ":" + e.ValueFrom.ConfigMapKeyRef.Key + " }}"
 			default:

@@ -104,6 +104,9 @@ func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []st
 			env[e.Name] = fakeSecret(e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
 		case e.ValueFrom.ConfigMapKeyRef != nil:
 			v, ok := fakeConfigMaps[e.ValueFrom.ConfigMapKeyRef.Name][e.ValueFrom.ConfigMapKeyRef.Key]
+			if o := e.ValueFrom.ConfigMapKeyRef.Optional; !ok && o != nil && *o {
+				continue // Kubernetes leaves the variable unset
+			}
 			if !ok {
 				t.Fatalf("%s: env %s: no sample value for key %s of ConfigMap %s", svc.Name, e.Name, e.ValueFrom.ConfigMapKeyRef.Key, e.ValueFrom.ConfigMapKeyRef.Name)
 			}

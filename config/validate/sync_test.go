@@ -6,6 +6,7 @@ package validate
 
 import (
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,6 +30,8 @@ var fakeConfigMaps = map[string]map[string]string{
 }`,
 		"doveadm-url": "http://mail-a.example.org:8081/doveadm/v1",
 		"destination": "tcp:mail-b.example.org:12345",
+		// An optional key: the Services start with it as without it.
+		"dsync-exclude-mailboxes": "Junk, Lists/*",
 	},
 }
 
@@ -62,13 +65,27 @@ func writeConfigMap(t *testing.T, dir string, cm *corev1.ConfigMapVolumeSource) 
 // with. Sync needs a default host (events and requests that name no host,
 // hosts the host map lacks) besides the host map.
 func TestSyncServices_StartWithTheirSettings(t *testing.T) {
-	for _, name := range []string{"dovewarden-sync-high", "dovewarden-sync-low"} {
-		env, args := containerEnv(t, serviceNamed(t, name))
-		if len(args) == 0 || args[0] != "sync" {
-			t.Fatalf("%s runs %q, not dovewarden sync", name, args)
+	hostMap := fakeConfigMaps["dovewarden-host-map"]
+	for _, optional := range []bool{true, false} {
+		if !optional {
+			without := maps.Clone(hostMap)
+			delete(without, "dsync-exclude-mailboxes")
+			fakeConfigMaps["dovewarden-host-map"] = without
+			t.Cleanup(func() { fakeConfigMaps["dovewarden-host-map"] = hostMap })
 		}
-		if _, err := syncer.Load(flag.NewFlagSet("sync", flag.ContinueOnError), args[1:], func(k string) string { return env[k] }); err != nil {
-			t.Errorf("%s does not start with its manifest's settings: %v", name, err)
+		for _, name := range []string{"dovewarden-sync-high", "dovewarden-sync-low"} {
+			env, args := containerEnv(t, serviceNamed(t, name))
+			if len(args) == 0 || args[0] != "sync" {
+				t.Fatalf("%s runs %q, not dovewarden sync", name, args)
+			}
+			cfg, err := syncer.Load(flag.NewFlagSet("sync", flag.ContinueOnError), args[1:], func(k string) string { return env[k] })
+			if err != nil {
+				t.Errorf("%s does not start with its manifest's settings (optional keys: %v): %v", name, optional, err)
+				continue
+			}
+			if want := map[bool]string{true: hostMap["dsync-exclude-mailboxes"]}[optional]; cfg.ExcludeMailboxes != want {
+				t.Errorf("%s (optional keys: %v): dsync-exclude-mailboxes %q, want %q", name, optional, cfg.ExcludeMailboxes, want)
+			}
 		}
 	}
 }
