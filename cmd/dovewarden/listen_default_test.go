@@ -17,7 +17,7 @@ import (
 // Dovecot's events snippet and the systemd unit's environment file post
 // to 127.0.0.1:8080 anyway.
 func TestListen_LocalAndBrokerDefaultToLoopback(t *testing.T) {
-	for command, want := range map[string]string{"local": "127.0.0.1:8080", "broker": "127.0.0.1:8081"} {
+	for command, want := range map[string]string{"local": "127.0.0.1:8080", "broker": "127.0.0.1:8090"} {
 		if got := flagsOf(t, command).Lookup("listen").DefValue; got != want {
 			t.Errorf("%s --listen defaults to %q, want %q", command, got, want)
 		}

@@ -51,7 +51,7 @@ const (
 // broker, the roles that never run on Knative: loopback only.
 const (
 	localListen  = "127.0.0.1:8080"
-	brokerListen = "127.0.0.1:8081"
+	brokerListen = "127.0.0.1:8090"
 )
 
 // setDefault changes the default of fs's flag name, before it is parsed.
