@@ -71,6 +71,8 @@ fuzz FuzzHTTPSyncReply ./pkg/doveadm 5000x
 # errors never show a secret of its variables or files.
 fuzz FuzzDecodeUserList ./pkg/doveadm 50000x
 fuzz FuzzParseHostMap ./pkg/doveadm 50000x
+# --dsync-exclude-mailboxes: only what dsync can be given.
+fuzz FuzzParseExcludeMailboxes ./pkg/doveadm 30000x
 # Mailbox names from clients' commands, against an RFC 3501 encoder.
 fuzz FuzzDecodeMUTF7 ./pkg/dovecot 50000x
 # CA files against x509.CertPool.AppendCertsFromPEM.

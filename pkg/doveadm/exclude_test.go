@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 func TestParseExcludeMailboxes(t *testing.T) {
@@ -61,4 +63,42 @@ func TestArgs_ExcludeMailboxes(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("Args = %q, want %q", got, want)
 	}
+}
+
+// FuzzParseExcludeMailboxes: whatever the setting holds, the list taken
+// is one dsync can be given: each entry non-empty, trimmed, UTF-8 without
+// control characters, within the bounds, no special-use flag, no mask of
+// wildcards alone, none twice; and every entry comes from the setting.
+func FuzzParseExcludeMailboxes(f *testing.F) {
+	for _, s := range []string{"", "Junk", " Junk , Lists/* ,Entwürfe ", "Junk,Junk", "a?b", "\\Junk", "*", "?*", "Junk,,", "Junk\n", "\xff", many(100)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseExcludeMailboxes(s)
+		if err != nil {
+			if got != nil {
+				t.Fatalf("an error (%v) and a list %q", err, got)
+			}
+			return
+		}
+		if len(got) > maxExcludeMailboxes {
+			t.Fatalf("%d entries", len(got))
+		}
+		parts := map[string]bool{}
+		for _, p := range strings.Split(s, ",") {
+			parts[strings.TrimSpace(p)] = true
+		}
+		seen := map[string]bool{}
+		for _, m := range got {
+			switch {
+			case m == "" || m != strings.TrimSpace(m) || !utf8.ValidString(m) || strings.ContainsFunc(m, unicode.IsControl) || len(m) > maxExcludeLen:
+				t.Fatalf("entry %q taken", m)
+			case strings.HasPrefix(m, `\`) || (strings.Trim(m, "*?") == "" && strings.Contains(m, "*")):
+				t.Fatalf("entry %q taken", m)
+			case seen[m] || !parts[m]:
+				t.Fatalf("entry %q twice, or not in %q", m, s)
+			}
+			seen[m] = true
+		}
+	})
 }
