@@ -175,30 +175,6 @@ func (s *system) awaitResult(user string, since time.Time) {
 	}
 }
 
-// sendEvent posts a CloudEvent to the broker ingress, as a PingSource or
-// the CLI would, and fails the test unless the broker accepts it.
-func (s *system) sendEvent(ev cloudevents.Event) {
-	s.t.Helper()
-	if err := s.trySend(ev); err != nil {
-		s.t.Fatal(err)
-	}
-}
-
-// trySend posts a CloudEvent to the broker ingress; safe to call from any
-// goroutine.
-func (s *system) trySend(ev cloudevents.Event) error {
-	client, err := cloudevents.NewClientHTTP(cehttp.WithClient(*httpClient))
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(cloudevents.ContextWithTarget(s.ctx, s.brokerURL), 10*time.Second)
-	defer cancel()
-	if res := client.Send(ctx, ev); !cloudevents.IsACK(res) {
-		return fmt.Errorf("broker refused %s: %v", ev.Type(), res)
-	}
-	return nil
-}
-
 // requestSweep asks for a sweep with `dovewarden sweep`, as an admin or
 // the shipped PingSource (on its schedule) would; extra are more flags of
 // the command (--all).

@@ -180,8 +180,8 @@ func TestRetryWhenDue_NextUserWhenItIsDue(t *testing.T) {
 	// The sweep retries the users due, here with success: they leave the
 	// failed set.
 	at := f.run(every, start, func() {
-		due, _ := f.rdb.ZRangeByScore(f.ctx, state.FailedKey, &redis.ZRangeBy{Min: "-inf",
-			Max: strconv.FormatInt(time.Now().Add(-every).UnixMilli(), 10)}).Result()
+		due, _ := f.rdb.ZRangeArgs(f.ctx, redis.ZRangeArgs{Key: state.FailedKey, ByScore: true, Start: "-inf",
+			Stop: strconv.FormatInt(time.Now().Add(-every).UnixMilli(), 10)}).Result()
 		for _, u := range due {
 			f.rdb.ZRem(f.ctx, state.FailedKey, u)
 		}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 
@@ -200,7 +201,7 @@ func equalityMatchers(expr parser.Expr) []matcher {
 			return nil
 		}
 		for _, m := range vs.LabelMatchers {
-			if m.Type == labels.MatchEqual && m.Name != labels.MetricName && !targetLabels[m.Name] {
+			if m.Type == labels.MatchEqual && m.Name != model.MetricNameLabel && !targetLabels[m.Name] {
 				out = append(out, matcher{vs.Name, m.Name, m.Value})
 			}
 		}

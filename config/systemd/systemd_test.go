@@ -217,9 +217,9 @@ func TestUnit_StopTimeoutFitsTheStop(t *testing.T) {
 		}
 		return d
 	}
-	stopSec := setting(unit, "TimeoutStopSec", "90s")
+	stopTimeout := setting(unit, "TimeoutStopSec", "90s")
 	shutdown := setting(env, "DOVEWARDEN_SHUTDOWN_TIMEOUT", "10s")
-	if need := shutdown + 15*time.Second + time.Second; stopSec < need {
-		t.Errorf("TimeoutStopSec %v: a stop with shutdown timeout %v may take %v", stopSec, shutdown, need)
+	if need := shutdown + 15*time.Second + time.Second; stopTimeout < need {
+		t.Errorf("TimeoutStopSec %v: a stop with shutdown timeout %v may take %v", stopTimeout, shutdown, need)
 	}
 }

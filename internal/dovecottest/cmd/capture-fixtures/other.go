@@ -40,7 +40,7 @@ func otherScenarios() []scenario {
 				if err != nil {
 					reply = err.Error()
 				}
-				e.log = append(e.log, exchange{fmt.Sprintf(`POST doveadm/v1 [["sync",{"user":"u1","destination":["tcp:<mail-b>"],"state":""},"sync"]]`), reply})
+				e.log = append(e.log, exchange{`POST doveadm/v1 [["sync",{"user":"u1","destination":["tcp:<mail-b>"],"state":""},"sync"]]`, reply})
 				return err
 			}},
 	}
