@@ -30,6 +30,10 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	if err != nil {
 		return nil, nil, err
 	}
+	exclude, err := doveadm.ParseExcludeMailboxes(cfg.ExcludeMailboxes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dsync-exclude-mailboxes: %w", err)
+	}
 	state.LogTo(log)
 	st, err := state.Open(cfg.Redis)
 	if err != nil {
@@ -73,11 +77,6 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 		sweeper = sweep.New(so, st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(snd), reg, log)
 	} else {
 		log.Warn("no results sink (--results-sink, K_SINK): sweep.requested events will be refused")
-	}
-	exclude, err := doveadm.ParseExcludeMailboxes(cfg.ExcludeMailboxes)
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("dsync-exclude-mailboxes: %w", err)
 	}
 	repl := replicator.New(replicator.Options{
 		Owner: cfg.Instance, LockTTL: cfg.LockTTL, ClockSkew: cfg.ClockSkew, MaxAttempts: cfg.MaxAttempts,
