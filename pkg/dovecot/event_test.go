@@ -90,13 +90,16 @@ func TestDecodeMUTF7(t *testing.T) {
 		"Entw&APw-rfe":                    "Entwürfe",
 		"&ZeVnLIqe-":                      "日本語",
 		"~peter/mail/&U,BTFw-/&ZeVnLIqe-": "~peter/mail/台北/日本語",
+		"&2D3eAA-":                        "😀", // a surrogate pair
+		"&,,0-":                           "\ufffd",
 	} {
 		got, err := DecodeMUTF7(in)
 		if err != nil || got != want {
 			t.Errorf("DecodeMUTF7(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"&", "&Zm9v", "&!!-", "&AA-"} {
+	// Lone or reversed surrogates are no characters.
+	for _, bad := range []string{"&", "&Zm9v", "&!!-", "&AA-", "&2D0-", "&3gA-", "&3gDYPQ-"} {
 		if got, err := DecodeMUTF7(bad); err == nil {
 			t.Errorf("DecodeMUTF7(%q) = %q, want an error", bad, got)
 		}

@@ -43,9 +43,19 @@ func DecodeMUTF7(s string) (string, error) {
 		for k := range u {
 			u[k] = uint16(raw[2*k])<<8 | uint16(raw[2*k+1])
 		}
-		for _, r := range utf16.Decode(u) {
-			if r == utf8.RuneError {
-				return "", errors.New("modified UTF-7: invalid UTF-16")
+		for k := 0; k < len(u); k++ {
+			r := rune(u[k])
+			if utf16.IsSurrogate(r) {
+				// Only a high surrogate followed by a low one is a
+				// character; utf16.Decode would turn any other into
+				// U+FFFD, which is a character of its own too.
+				if k+1 == len(u) {
+					return "", errors.New("modified UTF-7: invalid UTF-16")
+				}
+				if r = utf16.DecodeRune(r, rune(u[k+1])); r == utf8.RuneError {
+					return "", errors.New("modified UTF-7: invalid UTF-16")
+				}
+				k++
 			}
 			b.WriteRune(r)
 		}
