@@ -2,6 +2,7 @@ package doveadm_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -104,13 +105,24 @@ func TestIntegrationDovecot_ExcludeMailboxes(t *testing.T) {
 				}
 
 				// Taken off the list: the next dsync copies the rest.
-				sync(doveadm.SyncRequest{State: res.State})
+				res = sync(doveadm.SyncRequest{State: res.State})
 				on = mailboxMessages(t, b)
 				for _, mb := range append(append([]string{}, left...), kept...) {
 					if status(on, mb) != "messages=1" {
 						t.Errorf("after a dsync without the list, %s on the replica: %q, want messages=1", mb, status(on, mb))
 					}
 				}
+
+				// The longest list ParseExcludeMailboxes takes is one
+				// Dovecot takes too.
+				var longest []string
+				for i := range 100 {
+					longest = append(longest, fmt.Sprintf("%04d%s", i, strings.Repeat("x", 1020)))
+				}
+				if _, err := doveadm.ParseExcludeMailboxes(strings.Join(longest, ",")); err != nil {
+					t.Fatal(err)
+				}
+				sync(doveadm.SyncRequest{State: res.State, ExcludeMailboxes: longest})
 			})
 		}
 	}
