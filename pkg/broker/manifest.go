@@ -1,18 +1,20 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
@@ -147,8 +149,6 @@ type (
 	}
 )
 
-var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
-
 // Load reads every *.yaml and *.yml file at the root of fsys (multi-document
 // files are fine; kinds other than Broker and Trigger are skipped) and
 // validates what it loads. Errors name the file and the Trigger.
@@ -177,10 +177,20 @@ func Load(fsys fs.FS) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", file, err)
 		}
-		for i, part := range docSeparator.Split(string(raw), -1) {
+		// Split as kubectl apply does: "---" at a line's start, followed
+		// by nothing but blanks or a comment (CRLF endings included).
+		docs := k8syaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(raw)))
+		for i := 1; ; i++ {
+			part, err := docs.Read()
+			if err == io.EOF {
+				break
+			}
+			if err != nil { // kubectl's "invalid Yaml document separator"
+				return nil, fmt.Errorf("%s: at the end of document %d: %w", file, i, err)
+			}
 			var obj rawObject
-			if err := yaml.Unmarshal([]byte(part), &obj); err != nil {
-				return nil, fmt.Errorf("%s: document %d: %w", file, i+1, err)
+			if err := yaml.Unmarshal(part, &obj); err != nil {
+				return nil, fmt.Errorf("%s: document %d: %w", file, i, err)
 			}
 			if !strings.HasPrefix(obj.APIVersion, "eventing.knative.dev/") {
 				continue

@@ -111,6 +111,40 @@ func TestLoad_DeliveryAndDocuments(t *testing.T) {
 	}
 }
 
+// Documents are split as kubectl apply splits them: a separator may carry
+// blanks or a comment after it, and files saved with CRLF line endings
+// load the same. A regular expression here once left such files with
+// their first document only: the Broker and no Trigger, routing nothing.
+func TestLoad_SplitsDocumentsAsKubectl(t *testing.T) {
+	a := trigger("a", "  subscriber:\n    uri: http://127.0.0.1:1/\n")
+	bb := trigger("bb", "  subscriber:\n    uri: http://127.0.0.1:1/\n")
+	for name, file := range map[string]string{
+		"comment":  brokerDoc + "--- # the first Trigger\n" + a + "---\t\n" + bb,
+		"crlf":     strings.ReplaceAll(brokerDoc+"---\n"+a+"---  \n"+bb, "\n", "\r\n"),
+		"no final": brokerDoc + "---\n" + a + "---\n" + strings.TrimSuffix(bb, "\n"),
+		"empty":    "---\n---\n" + brokerDoc + "---\n\n---\n" + a + "---\n" + bb + "---\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg, err := Load(fstest.MapFS{"all.yaml": {Data: []byte(file)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, tr := range cfg.Triggers {
+				got = append(got, tr.Name)
+			}
+			if cfg.Broker != "b" || strings.Join(got, ",") != "a,bb" {
+				t.Errorf("broker %q, Triggers %q; want b and a,bb", cfg.Broker, got)
+			}
+		})
+	}
+	// kubectl refuses anything but a comment after the separator.
+	_, err := Load(fstest.MapFS{"all.yaml": {Data: []byte(brokerDoc + "--- " + a)}})
+	if err == nil || !strings.Contains(err.Error(), "all.yaml: at the end of document 1") || !strings.Contains(err.Error(), "separator") {
+		t.Errorf("content after the separator: err = %v", err)
+	}
+}
+
 func TestLoad_Refuses(t *testing.T) {
 	t.Run("no files", func(t *testing.T) {
 		if _, err := Load(fstest.MapFS{"x.txt": {Data: []byte("x")}}); err == nil {
