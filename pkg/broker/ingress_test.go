@@ -186,6 +186,50 @@ func TestIngress_AttributeNoHeaderCanCarryIs400(t *testing.T) {
 	rec.quiet(t)
 }
 
+// TestIngress_PaddedAttributesAreTrimmed: on a cluster every attribute
+// reaches the Triggers' filters and the subscribers as an HTTP header,
+// which loses the spaces and tabs at its ends (and only those), so an
+// event sent in structured mode with them is routed and delivered as if
+// it had none. An id of blanks is no id: 400.
+func TestIngress_PaddedAttributesAreTrimmed(t *testing.T) {
+	cfg := mustLoad(t, trigger("t", "  filters:\n  - exact:\n      subject: u1\n      priority: high\n  subscriber:\n    ref:\n      name: sub\n"))
+	rec := newRecorder()
+	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
+	ce := map[string]string{"Content-Type": "application/cloudevents+json"}
+	padded := `{"specversion":"1.0","id":" e2\t","source":"mail-a.test","type":"\t` + typeChanged +
+		` ","subject":" u1\t","priority":"high ","region":"\u00a0eu ","datacontenttype":"text/plain\t","data":"u1"}`
+	if rr := post(t, b.Ingress(), "POST", "/", ce, padded); rr.Code != http.StatusAccepted {
+		t.Fatalf("%d %s; want 202", rr.Code, rr.Body)
+	}
+	got := rec.next(t)
+	ext := got.Extensions()
+	if got.ID() != "e2" || got.Type() != typeChanged || got.Subject() != "u1" || got.DataContentType() != "text/plain" ||
+		ext["priority"] != "high" || ext["region"] != "\u00a0eu" {
+		t.Errorf("delivered id %q type %q subject %q datacontenttype %q extensions %q", got.ID(), got.Type(), got.Subject(), got.DataContentType(), ext)
+	}
+
+	ev := event("e3", typeChanged, "high\t")
+	if err := b.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.next(t); got.Extensions()["priority"] != "high" {
+		t.Errorf("published in-process: priority %q", got.Extensions()["priority"])
+	}
+	if ev.Extensions()["priority"] != "high\t" {
+		t.Error("Publish changed the caller's event")
+	}
+
+	before := refused(t, reg, "invalid_event")
+	rr := post(t, b.Ingress(), "POST", "/", ce, strings.Replace(padded, `" e2\t"`, `" \t "`, 1))
+	if rr.Code != http.StatusBadRequest || !strings.Contains(rr.Body.String(), "id: ") {
+		t.Errorf("id of blanks: %d %q; want 400 naming id", rr.Code, rr.Body)
+	}
+	if got := refused(t, reg, "invalid_event"); got != before+1 {
+		t.Errorf("refused{reason=invalid_event} went from %v to %v", before, got)
+	}
+	rec.quiet(t)
+}
+
 // refusedReasons are the label values of the ingress's refused counter.
 var refusedReasons = []string{"not_cloudevent", "invalid_event", "ttl_exhausted", "too_large", "no_broker", "method"}
 

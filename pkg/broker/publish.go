@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -108,6 +109,10 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 // strings), and the time into UTC, as sdk-go writes it when Knative's
 // ingress forwards the event (types.FormatTime): a filter on time, and
 // the subscriber, see 08:00:00Z for an event sent at 10:00:00+02:00.
+// Every attribute that travels as a header loses the spaces and tabs at
+// its ends, as net/http trims a header value it reads: an event posted in
+// structured mode with subject " u1" or priority "high " reaches the
+// filters and the subscriber as "u1" and "high" there.
 // It also refuses an extension name the CloudEvents spec does not allow:
 // sdk-go's HTTP binding lets some through, depending on the order it reads
 // the headers in.
@@ -115,11 +120,15 @@ func canonicalize(ev *cloudevents.Event) error {
 	if tm := ev.Time(); !tm.IsZero() {
 		ev.SetTime(tm.UTC())
 	}
+	trimAttributes(ev.Context)
 	for k, v := range ev.Extensions() {
 		if err := checkExtensionName(k); err != nil {
 			return err
 		}
-		if _, ok := v.(string); ok {
+		if s, ok := v.(string); ok {
+			if t := trimHeader(s); t != s {
+				ev.SetExtension(k, t)
+			}
 			continue
 		}
 		s, err := types.Format(v)
@@ -129,6 +138,36 @@ func canonicalize(ev *cloudevents.Event) error {
 		ev.SetExtension(k, s)
 	}
 	return nil
+}
+
+// trimAttributes trims id, type, subject and datacontenttype as their
+// headers are trimmed. The fields are set directly: sdk-go's setters trim
+// any Unicode space, which a header keeps (and \n, which headerSafe is to
+// refuse). A value of blanks cannot get here: Validate refuses it. source
+// and dataschema are URIs, whose string form escapes a space and which
+// cannot hold a tab. The pointers are replaced, not written through: the
+// caller's event, cloned, shares them.
+func trimAttributes(ec cloudevents.EventContext) {
+	switch c := ec.(type) {
+	case *cloudevents.EventContextV1:
+		c.ID, c.Type = trimHeader(c.ID), trimHeader(c.Type)
+		c.Subject, c.DataContentType = trimHeaderPtr(c.Subject), trimHeaderPtr(c.DataContentType)
+	case *cloudevents.EventContextV03:
+		c.ID, c.Type = trimHeader(c.ID), trimHeader(c.Type)
+		c.Subject, c.DataContentType = trimHeaderPtr(c.Subject), trimHeaderPtr(c.DataContentType)
+	}
+}
+
+// trimHeader trims s as net/textproto trims a header value it reads:
+// spaces and tabs only.
+func trimHeader(s string) string { return strings.Trim(s, " \t") }
+
+func trimHeaderPtr(p *string) *string {
+	if p == nil {
+		return nil
+	}
+	s := trimHeader(*p)
+	return &s
 }
 
 // checkExtensionName refuses an extension name the CloudEvents spec does
