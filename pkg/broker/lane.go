@@ -289,6 +289,11 @@ func (l *lane) giveUp(t *task, dest string, o outcome) {
 		return
 	}
 	dead := t.ev.Clone()
+	// The task is charged for one event's data (size), and from here on
+	// the sink gets dead, Shutdown hands back dead, and the original is
+	// read for its attributes only (the log): its data would be a second
+	// copy held while the sink's retries wait.
+	t.ev.DataEncoded = nil
 	data := base64.StdEncoding.EncodeToString(o.body)
 	if len(data) > maxErrorData {
 		data = data[:maxErrorData]

@@ -207,6 +207,52 @@ func TestLanes_BackpressureByBytes(t *testing.T) {
 	close(slow2.release)
 }
 
+// TestLanes_DeadLetterTaskHoldsItsDataOnce: an event waiting for a retry
+// to its failing dead-letter sink is charged against the lane's bytes as
+// one event, so it holds its data once, not the subscriber's copy beside
+// the sink's; the sink, and Shutdown's answer, still get all of it.
+func TestLanes_DeadLetterTaskHoldsItsDataOnce(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	sub, dls := newRecorder(), newRecorder()
+	sub.answer, dls.answer = fail(400), fail(503)
+	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle}})
+	const n = 100 << 10
+	ev := event("e1", "x", "")
+	ev.DataEncoded = make([]byte, n)
+	if err := b.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := dls.next(t); len(got.Data()) != n {
+		t.Errorf("the dead-letter sink got %d bytes of data, want %d", len(got.Data()), n)
+	}
+	l := b.lanes[0]
+	var waiting *task
+	eventually(t, "the event waiting an hour for its retry to the sink", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for w := range l.timers {
+			waiting = w
+		}
+		return waiting != nil
+	})
+	l.mu.Lock()
+	data := len(waiting.ev.DataEncoded) + len(waiting.dead.DataEncoded)
+	l.mu.Unlock()
+	if charged := l.bytes.Load(); int64(data) > charged {
+		t.Errorf("the task holds %d bytes of data and is charged %d", data, charged)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	held, err := b.Shutdown(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(held) != 1 || held[0].Phase != PhaseDeadLetter || len(held[0].Event.Data()) != n || held[0].Event.Extensions()[ExtErrorCode] != "400" {
+		t.Errorf("Shutdown handed back %d events; want e1 for the sink with its %d bytes of data", len(held), n)
+	}
+}
+
 // TestShutdown_DropsQueuedAndReportsThem: Shutdown stops taking events,
 // lets the delivery in flight finish, and reports what it dropped.
 func TestShutdown_DropsQueuedAndReportsThem(t *testing.T) {
