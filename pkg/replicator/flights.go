@@ -13,7 +13,11 @@ import (
 //     its owner asks for one when it records the success (Succeed's rerun),
 //     as a Busy mark in Redis would have made it.
 //
-// Either way the change is acknowledged as merged. Nothing is lost if this
+// Either way the change is acknowledged as merged. Only a change seen on
+// the host the attempt runs from merges: one from another host goes to
+// Redis, which keeps its host, so that an answer "no such user" from this
+// host does not drop a change the other one saw (it may know the user).
+// Nothing is lost if this
 // process dies first: Begin left the user in the pending set when the
 // attempt started, and only a Succeed that needs no further attempt clears
 // it, so the next event or the sweep replicates the user.
@@ -30,6 +34,7 @@ type flights struct {
 
 type flight struct {
 	lease  *lease    // the lock the attempt runs under
+	host   string    // the host the attempt runs from
 	start  time.Time // the running attempt's start (Redis clock)
 	open   bool      // changes may merge in-process
 	rerun  bool      // a merged change needs another attempt
@@ -38,23 +43,23 @@ type flight struct {
 
 func newFlights() *flights { return &flights{m: make(map[string]*flight)} }
 
-// begin registers the flight of user whose attempt started at start,
-// under the lock that l holds.
-func (fs *flights) begin(user string, start time.Time, l *lease) *flight {
-	f := &flight{lease: l, start: start, open: true}
+// begin registers the flight of user whose attempt from host started at
+// start, under the lock that l holds.
+func (fs *flights) begin(user, host string, start time.Time, l *lease) *flight {
+	f := &flight{lease: l, host: host, start: start, open: true}
 	fs.mu.Lock()
 	fs.m[user] = f
 	fs.mu.Unlock()
 	return f
 }
 
-// merge acknowledges a change of user observed at observed into the
-// flight running here, if there is an open one.
-func (fs *flights) merge(user string, observed time.Time) bool {
+// merge acknowledges a change of user seen on host at observed into the
+// flight running here from that host, if there is an open one.
+func (fs *flights) merge(user, host string, observed time.Time) bool {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	f := fs.m[user]
-	if f == nil || !f.open || !f.lease.held() {
+	if f == nil || !f.open || f.host != host || !f.lease.held() {
 		return false
 	}
 	if !observed.Before(f.start) {

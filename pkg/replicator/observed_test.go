@@ -251,7 +251,7 @@ func TestReplicate_MergedChangesOfADsyncThatOutlivedItsLockStayMarked(t *testing
 }
 
 // TestFlights_NoMergeOnceClosedOrLockLost: a change merges in-process only
-// into an open flight whose lock is surely still held; a change seen after the
+// into an open flight from its host whose lock is surely still held; a change seen after the
 // attempt started asks for another attempt, and a reopened attempt owes
 // none.
 func TestFlights_NoMergeOnceClosedOrLockLost(t *testing.T) {
@@ -259,18 +259,21 @@ func TestFlights_NoMergeOnceClosedOrLockLost(t *testing.T) {
 	start := time.Now()
 	lock, lose := context.WithCancel(context.Background())
 	l := &lease{ctx: lock, end: time.Now().Add(time.Hour)}
-	f := fs.begin("u1", start, l)
-	if !fs.merge("u1", start.Add(-time.Millisecond)) {
+	f := fs.begin("u1", "mail-a", start, l)
+	if fs.merge("u1", "mail-b", start.Add(-time.Millisecond)) {
+		t.Error("a change seen on another host merged")
+	}
+	if !fs.merge("u1", "mail-a", start.Add(-time.Millisecond)) {
 		t.Fatal("a change seen before the start did not merge")
 	}
 	if rerun, merged := fs.close(f); rerun || merged != 1 {
 		t.Errorf("close: rerun %v, merged %d; want false, 1", rerun, merged)
 	}
-	if fs.merge("u1", start) {
+	if fs.merge("u1", "mail-a", start) {
 		t.Error("merged into a closed flight")
 	}
 	fs.reopen(f, start)
-	if !fs.merge("u1", start) || fs.merge("u2", start) {
+	if !fs.merge("u1", "mail-a", start) || fs.merge("u2", "mail-a", start) {
 		t.Error("merge into the reopened flight (or into another user's)")
 	}
 	if rerun, _ := fs.close(f); !rerun {
@@ -282,12 +285,12 @@ func TestFlights_NoMergeOnceClosedOrLockLost(t *testing.T) {
 	}
 	fs.reopen(f, start)
 	l.end = time.Now()
-	if fs.merge("u1", start) {
+	if fs.merge("u1", "mail-a", start) {
 		t.Error("merged into a flight whose lease ran out")
 	}
 	l.end = time.Now().Add(time.Hour)
 	lose()
-	if fs.merge("u1", start) {
+	if fs.merge("u1", "mail-a", start) {
 		t.Error("merged into a flight whose lock was lost")
 	}
 	fs.end("u1", f)

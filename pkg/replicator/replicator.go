@@ -187,7 +187,7 @@ func (r *Replicator) Replicate(ctx context.Context, req change.Request) (change.
 			r.m.coalesced.WithLabelValues("covered").Inc()
 			return change.Result{Outcome: change.Covered, User: req.User, Host: host, Destination: ep.Destination}, nil
 		}
-		if !req.Full && r.flights.merge(req.User, at) {
+		if !req.Full && r.flights.merge(req.User, host, at) {
 			r.m.coalesced.WithLabelValues("merged").Inc()
 			return change.Result{Outcome: change.Coalesced, User: req.User, Host: host, Destination: ep.Destination}, nil
 		}

@@ -783,11 +783,16 @@ func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 // source answers "no such user" (exit code 67; the user moved to another
 // host, docs/operations.md) covers no change that arrived while it ran:
 // that change stays pending, and the user's record with it, for the next
-// event or the sweep. The change is marked in Redis (unstamped) or
-// merged into the running dsync in-process (stamped by ingest).
+// event or the sweep. The change is marked in Redis (unstamped, or from
+// another host) or merged into the running dsync in-process (stamped by
+// ingest, from the dsync's own host).
 func TestReplicate_NoSuchUserKeepsAChangeFromDuringTheDsync(t *testing.T) {
-	for _, stamped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("stamped %t", stamped), func(t *testing.T) {
+	for _, tc := range []struct {
+		stamped bool
+		host    string
+	}{{false, "mail-b"}, {true, "mail-b"}, {true, "mail-a"}} {
+		stamped, inProcess := tc.stamped, tc.stamped && tc.host == "mail-a"
+		t.Run(fmt.Sprintf("stamped %t from %s", stamped, tc.host), func(t *testing.T) {
 			f := newFixture(t, fast)
 			started, release := make(chan struct{}, 10), make(chan struct{})
 			releaseOnce := sync.OnceFunc(func() { close(release) })
@@ -800,15 +805,15 @@ func TestReplicate_NoSuchUserKeepsAChangeFromDuringTheDsync(t *testing.T) {
 			done := make(chan change.Result, 1)
 			go func() { done <- f.replicate(t, change.Request{User: "u1", Host: "mail-a"}) }()
 			<-started
-			during := change.Request{User: "u1", Host: "mail-b"}
+			during := change.Request{User: "u1", Host: tc.host}
 			if stamped {
 				during.Observed = time.Now().Add(time.Second)
 			}
 			if res := f.replicate(t, during); res.Outcome != change.Coalesced {
 				t.Fatalf("change during dsync: %+v", res)
 			}
-			if busy := counter(t, f, metrics.SyncLockContention); (busy == 0) != stamped {
-				t.Fatalf("lock contention %v: want the change marked in Redis only when unstamped", busy)
+			if busy := counter(t, f, metrics.SyncLockContention); (busy == 0) != inProcess {
+				t.Fatalf("lock contention %v: want the change marked in Redis unless stamped and from mail-a", busy)
 			}
 			releaseOnce()
 			if res := <-done; res.Outcome != change.Failed || res.Failure == nil || res.Failure.Class != doveadm.ClassNoUser {
@@ -1066,5 +1071,52 @@ func TestReplicate_AStateTooLargeToKeep(t *testing.T) {
 	calls := f.tracks.CallsOf("u1")
 	if res.Outcome != change.Synced || !res.Full || len(calls) != 3 || calls[2].State != "" || !calls[2].Full {
 		t.Errorf("next dsync %+v, calls %+v: want a full one without a state", res, calls)
+	}
+}
+
+// TestReplicate_GoneInTheRerunKeepsAnotherHostsChange: a change seen on
+// mail-b while mail-a's dsync runs (in Redis or stamped, which would merge
+// in-process from mail-a) makes mail-a's dsync run once more; that rerun
+// answers "no such user" (the user moved to mail-b). The change from
+// mail-b was acknowledged and is not covered: it stays pending, from
+// mail-b, for the next event or the sweep.
+func TestReplicate_GoneInTheRerunKeepsAnotherHostsChange(t *testing.T) {
+	for _, stamped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stamped=%v", stamped), func(t *testing.T) {
+			f := newFixture(t, fast)
+			started, release := make(chan struct{}), make(chan struct{})
+			var first sync.Once
+			f.a.OnStart = func(doveadmtest.Call) {
+				first.Do(func() {
+					close(started)
+					<-release
+				})
+			}
+			f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{}, doveadmtest.Reply{ExitCode: 67})
+			done := make(chan change.Result, 1)
+			go func() { done <- f.replicate(t, change.Request{User: "u1", Host: "mail-a"}) }()
+			<-started
+			during := change.Request{User: "u1", Host: "mail-b"}
+			if stamped {
+				now, err := f.st.Now(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				during.Observed = now
+			}
+			res := f.replicate(t, during)
+			close(release)
+			<-done
+			if res.Outcome != change.Coalesced {
+				t.Fatalf("the change from mail-b: %+v, want it merged", res)
+			}
+			if n := len(f.tracks.CallsOf("u1")); n != 2 {
+				t.Fatalf("mail-a ran %d dsyncs, want 2 (the second for the change from mail-b)", n)
+			}
+			st, err := f.st.Status(context.Background(), "u1")
+			if err != nil || st.PendingSince.IsZero() || st.PendingHost != "mail-b" {
+				t.Errorf("status %+v, %v: want the change pending from mail-b", st, err)
+			}
+		})
 	}
 }

@@ -65,7 +65,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 	r.m.inProgress.Inc()
 	defer r.m.inProgress.Dec()
 
-	fl := r.flights.begin(user, claim.Start, lease)
+	fl := r.flights.begin(user, j.host, claim.Start, lease)
 	defer r.flights.end(user, fl)
 
 	full := j.req.Full || needsFull(claim)

@@ -41,6 +41,29 @@ local RUNNING = 'dovewarden:running'
 local function mono_ms()
   return math.max(now_ms(), num(redis.call('GET', CLOCK)))
 end
+-- The hosts marks were seen on, one per line (host names hold no line
+-- break), at most MAXHOSTS: pending_hosts for marks no attempt has taken
+-- over yet, inprogress_hosts for those the running attempt took over. A
+-- host that answers "no such user" says nothing of a change seen on
+-- another, which may know the user (Fail).
+local MAXHOSTS = 16
+local function hosts_of(h, field)
+  local out = {}
+  for x in string.gmatch(redis.call('HGET', h, field) or '', '[^\n]+') do table.insert(out, x) end
+  return out
+end
+local function add_hosts(h, field, list)
+  local cur = hosts_of(h, field)
+  local seen, grew = {}, false
+  for _, x in ipairs(cur) do seen[x] = true end
+  for _, x in ipairs(list) do
+    if x ~= '' and not seen[x] and #cur < MAXHOSTS then
+      table.insert(cur, x)
+      seen[x], grew = true, true
+    end
+  end
+  if grew then redis.call('HSET', h, field, table.concat(cur, '\n')) end
+end
 -- start an attempt: KEYS[2] user hash, KEYS[3] pending zset, skey the
 -- state hash; returns the Run claim. What the attempt took over (merged
 -- marks, a full sync asked for) is kept with it, so that a call the client
@@ -52,7 +75,11 @@ local function start(now, user, owner, host, skey, dest, call, full)
   if num(redis.call('GET', CLOCK)) < now then redis.call('SET', CLOCK, now) end
   local merged = num(redis.call('HGET', h, 'pending_count'))
   local fullreq = redis.call('HGET', h, 'full_requested') == '1' and 1 or 0
-  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
+  -- Added to those of the attempt before, when this one retries it or
+  -- takes over from an owner that died: their changes are not covered
+  -- yet either.
+  add_hosts(h, 'inprogress_hosts', hosts_of(h, 'pending_hosts'))
+  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts')
   -- inprogress_full: the attempt runs a full sync that was asked for, its
   -- own request's or one merged before it (a full request arriving while
   -- it runs is then covered by it, Begin).
@@ -75,7 +102,7 @@ local function claim(user, skey, dest)
 end
 -- The fields of a running attempt, removed when its lock is released.
 local INPROGRESS = {'inprogress_by', 'inprogress_since', 'inprogress_host', 'inprogress_merged', 'inprogress_full',
-  'inprogress_call'}
+  'inprogress_call', 'inprogress_hosts'}
 -- started tells whether the call that started the running attempt was
 -- call (new for each Succeed and Restart): then the client sent it again
 -- after losing the reply.
@@ -103,7 +130,7 @@ local function excluded_release(user, h, pending, failed, owned)
   redis.call('ZREM', pending, user)
   redis.call('ZREM', failed, user)
   if owned then
-    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested')
+    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts')
     release(user, h)
   end
 end
@@ -154,6 +181,7 @@ end
 -- Busy: leave a pending mark the owner (or, if it died, the next event or
 -- the sweep) picks up.
 redis.call('ZADD', KEYS[3], 'LT', at, user)
+add_hosts(KEYS[2], 'pending_hosts', {host})
 redis.call('HINCRBY', KEYS[2], 'pending_count', 1)
 local since = num(redis.call('HGET', KEYS[2], 'inprogress_since'))
 -- A full request older than a running full sync is covered by it: no
@@ -255,6 +283,7 @@ if not owned and ARGV[10] == '1' then
   -- for that owner (if one runs) and for the sweep.
   redis.call('ZADD', KEYS[3], 'LT', st, user)
   if host ~= '' then redis.call('HSET', h, 'pending_host', host) end
+  add_hosts(h, 'pending_hosts', {host})
 end
 -- Marked since the attempt started? Only when the caller still owns the
 -- lock are those fields about its attempt; otherwise another owner's
@@ -266,10 +295,12 @@ local newer = not owned
   or ARGV[10] == '1'
 if not newer then
   redis.call('ZREM', KEYS[3], user)
-  redis.call('HDEL', h, 'pending_count')
+  redis.call('HDEL', h, 'pending_count', 'pending_hosts')
 end
 if newer and owned and ARGV[9] == '1' then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  -- This attempt covered the changes it took over.
+  redis.call('HDEL', h, 'inprogress_hosts')
   local c = start(now, user, '', '', KEYS[5], dest, ARGV[11])
   table.insert(c, 2, now)
   return c
@@ -331,6 +362,26 @@ if ARGV[12] == '1' then
     or redis.call('HEXISTS', h, 'pending_last') == 1
     or redis.call('HEXISTS', h, 'pending_host') == 1
     or redis.call('HGET', h, 'full_requested') == '1'
+  -- So is a change seen on another host that this attempt took over (a
+  -- rerun's, a retry's, one marked before it started) or that came
+  -- meanwhile, however old: it stays pending, from that host. The host
+  -- that answered is no longer asked for it, so the next attempts end.
+  local others = {}
+  if owned then
+    for _, f in ipairs({'inprogress_hosts', 'pending_hosts'}) do
+      for _, x in ipairs(hosts_of(h, f)) do
+        if x ~= ARGV[9] then table.insert(others, x) end
+      end
+    end
+  end
+  if #others > 0 then
+    redis.call('HDEL', h, 'pending_hosts')
+    add_hosts(h, 'pending_hosts', others)
+    local ph = redis.call('HGET', h, 'pending_host')
+    if not ph or ph == ARGV[9] then redis.call('HSET', h, 'pending_host', others[1]) end
+    redis.call('ZADD', KEYS[3], 'LT', at, user)
+    newer = true
+  end
   if owned and newer then
     release(user, h)
   elseif owned then
@@ -378,10 +429,21 @@ if ARGV[8] == '1' then
   -- A full sync asked for and not done stays asked for.
   if ARGV[10] == '1' then redis.call('HSET', h, 'full_requested', '1') end
   if redis.call('GET', KEYS[1]) == token then
+    -- So do the hosts of the changes the attempt took over.
+    add_hosts(h, 'pending_hosts', hosts_of(h, 'inprogress_hosts'))
     release(user, h)
   end
 end
 return now
+`)
+
+// scriptMarkPending: KEYS pending, user. ARGV user, at, host. Ingest's
+// mark of a change no sync function was handed.
+var scriptMarkPending = newScript(luaPrelude + `
+redis.call('ZADD', KEYS[1], 'LT', ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'pending_host', ARGV[3])
+add_hosts(KEYS[2], 'pending_hosts', {ARGV[3]})
+return 1
 `)
 
 // scriptNow: the Redis clock in Unix milliseconds, never before the start

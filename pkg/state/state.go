@@ -63,11 +63,7 @@ func (s *Store) MarkPending(ctx context.Context, user, host string, at time.Time
 	if at.UnixMilli() <= 0 {
 		at = time.Now()
 	}
-	err := s.tx(ctx, func(p redis.Pipeliner) error {
-		p.ZAddLT(ctx, PendingKey, redis.Z{Score: float64(at.UnixMilli()), Member: user})
-		p.HSet(ctx, UserKey(user), FieldPendingHost, host)
-		return nil
-	})
+	err := scriptMarkPending.Run(ctx, s.rdb, []string{PendingKey, UserKey(user)}, user, at.UnixMilli(), host).Err()
 	if err != nil {
 		return fmt.Errorf("mark user %q pending in redis: %w", user, err)
 	}

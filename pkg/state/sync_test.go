@@ -526,9 +526,9 @@ func TestBegin_ExcludedDropsTheMarks(t *testing.T) {
 // record, for the next event or the sweep. Without such a change the
 // owner drops everything, as for a deleted user.
 func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
-	gone := func(t *testing.T, b backend, token string) {
+	gone := func(t *testing.T, b backend, token, host string) {
 		t.Helper()
-		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: token, Host: "mail-a", Error: "exit code 67",
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: token, Host: host, Error: "exit code 67",
 			Class: "no_user", ExitCode: 67, Final: true, Release: true, Gone: true}); err != nil {
 			t.Fatal(err)
 		}
@@ -543,7 +543,7 @@ func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
 		if err != nil || busy.Decision != state.Busy {
 			t.Fatalf("a change from mail-b during the attempt: %+v, %v", busy, err)
 		}
-		gone(t, b, "A")
+		gone(t, b, "A", "mail-a")
 		if _, ok := pendingScore(t, b); !ok {
 			t.Fatal("the change from mail-b during the attempt is no longer pending")
 		}
@@ -560,10 +560,12 @@ func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
 		if err := b.rdb.ZAdd(ctx, state.SweepFullKey, redis.Z{Score: 1, Member: "u1"}).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if c := begin(t, b, "C", time.Time{}); c.Decision != state.Run {
-			t.Fatalf("begin %+v", c)
+		c, err = b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-b", Owner: "inst-C", Token: "C",
+			Destination: "tcp:a:1", TTL: time.Second, Margin: 100 * time.Millisecond})
+		if err != nil || c.Decision != state.Run {
+			t.Fatalf("begin from mail-b: %+v, %v", c, err)
 		}
-		gone(t, b, "C")
+		gone(t, b, "C", "mail-b")
 		if _, ok := pendingScore(t, b); ok {
 			t.Error("a gone user with no newer change is still pending")
 		}
@@ -573,6 +575,140 @@ func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
 		if err := b.rdb.ZScore(ctx, state.SweepFullKey, "u1").Err(); err != nil {
 			t.Errorf("the gone user's entry in %s: %v, want it kept", state.SweepFullKey, err)
 		}
+	})
+}
+
+// TestRedisScripts_GoneKeepsAnotherHostsChangeTheAttemptTookOver: a
+// change seen on mail-b that an attempt from mail-a took over (a rerun's
+// mark, ingest's mark from before the attempt, a retry's, one older than
+// the attempt but recorded while it ran) is not covered by mail-a's "no
+// such user": it stays pending, from mail-b. Once mail-b answers the same,
+// nothing is left, so the attempts end. A success covers what its attempt
+// took over: a later 67 from mail-a then drops everything.
+func TestRedisScripts_GoneKeepsAnotherHostsChangeTheAttemptTookOver(t *testing.T) {
+	beginOn := func(t *testing.T, b backend, token, host string, at time.Time) state.Claim {
+		t.Helper()
+		c, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: host, Owner: "inst-" + token, Token: token,
+			Destination: "tcp:x:1", At: at, TTL: time.Second, Margin: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	fail := func(t *testing.T, b backend, token, host string, c state.Claim, gone bool) {
+		t.Helper()
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: token, Host: host, Error: "exit code 67",
+			Class: "no_user", ExitCode: 67, Final: true, Release: true, Gone: gone, Start: c.Start}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// wantPendingFrom checks that the user is pending from host, with no
+	// lock, and that host's 67 then drops the user.
+	wantPendingFrom := func(t *testing.T, b backend, host string) {
+		t.Helper()
+		st, err := b.st.Status(ctx, "u1")
+		if _, ok := pendingScore(t, b); !ok || err != nil || st.PendingHost != host || st.InProgress {
+			t.Fatalf("status %+v, %v: want the user pending from %s, no attempt running", st, err, host)
+		}
+		c := beginOn(t, b, "Z", host, time.Time{})
+		if c.Decision != state.Run {
+			t.Fatalf("begin from %s: %+v", host, c)
+		}
+		fail(t, b, "Z", host, c, true)
+		if _, ok := pendingScore(t, b); ok {
+			t.Errorf("still pending after %s's 67 too", host)
+		}
+		if n := b.rdb.Exists(ctx, state.UserKey("u1")).Val(); n != 0 {
+			t.Errorf("the record is left after %s's 67 too", host)
+		}
+	}
+	busyFrom := func(t *testing.T, b backend, host string, at time.Time) {
+		t.Helper()
+		if c := beginOn(t, b, "B", host, at); c.Decision != state.Busy {
+			t.Fatalf("a change from %s during the attempt: %+v", host, c)
+		}
+	}
+	t.Run("rerun", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			c := begin(t, b, "A", time.Time{})
+			time.Sleep(3 * time.Millisecond)
+			busyFrom(t, b, "mail-b", time.Now())
+			next := succeed(t, b, "A", c.Start, true)
+			if next.Decision != state.Run {
+				t.Fatalf("want a rerun, got %+v", next)
+			}
+			fail(t, b, "A", "mail-a", next, true)
+			wantPendingFrom(t, b, "mail-b")
+		})
+	})
+	t.Run("marked before the attempt", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			if err := b.st.MarkPending(ctx, "u1", "mail-b", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			c := begin(t, b, "A", time.Time{})
+			fail(t, b, "A", "mail-a", c, true)
+			wantPendingFrom(t, b, "mail-b")
+		})
+	})
+	t.Run("older than the attempt", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			c := begin(t, b, "A", time.Time{})
+			busyFrom(t, b, "mail-b", c.Start.Add(-time.Minute))
+			fail(t, b, "A", "mail-a", c, true)
+			wantPendingFrom(t, b, "mail-b")
+		})
+	})
+	t.Run("retried", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			if err := b.st.MarkPending(ctx, "u1", "mail-b", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			c := begin(t, b, "A", time.Time{})
+			if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+				Class: "tempfail", ExitCode: 75, Start: c.Start}); err != nil {
+				t.Fatal(err)
+			}
+			c, err := b.st.Restart(ctx, "u1", "A", "tcp:b:1", time.Second)
+			if err != nil || c.Decision != state.Run {
+				t.Fatalf("restart %+v, %v", c, err)
+			}
+			fail(t, b, "A", "mail-a", c, true)
+			wantPendingFrom(t, b, "mail-b")
+		})
+	})
+	t.Run("given up, then another attempt", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			if err := b.st.MarkPending(ctx, "u1", "mail-b", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			c := begin(t, b, "A", time.Time{})
+			fail(t, b, "A", "mail-a", c, false) // a final failure that is not 67
+			c = begin(t, b, "C", time.Time{})
+			if c.Decision != state.Run {
+				t.Fatalf("begin %+v", c)
+			}
+			fail(t, b, "C", "mail-a", c, true)
+			wantPendingFrom(t, b, "mail-b")
+		})
+	})
+	t.Run("covered by a success", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			c := begin(t, b, "A", time.Time{})
+			busyFrom(t, b, "mail-b", c.Start.Add(-time.Minute))
+			if next := succeed(t, b, "A", c.Start, true); next.Decision != state.Done {
+				t.Fatalf("want done, got %+v", next)
+			}
+			time.Sleep(3 * time.Millisecond)
+			c = begin(t, b, "C", time.Time{})
+			if c.Decision != state.Run {
+				t.Fatalf("begin %+v", c)
+			}
+			fail(t, b, "C", "mail-a", c, true)
+			if _, ok := pendingScore(t, b); ok || b.rdb.Exists(ctx, state.UserKey("u1")).Val() != 0 {
+				t.Error("mail-a's 67 after a success kept the user: the success covered mail-b's change")
+			}
+		})
 	})
 }
 
