@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -956,7 +957,8 @@ func TestReplicate_EachRoundGetsItsFullRerun(t *testing.T) {
 // TestReplicate_AFullRequestOutlivesAnAbortedAttempt: a full sync asked for
 // while the user's dsync runs is the owner's next attempt; if that attempt
 // is cut off (its lock lost), the next dsync of the user is still a full
-// one: the request was acknowledged.
+// one: the request was acknowledged. (The event that ran both answers the
+// first one's success, and the user is asked for again.)
 func TestReplicate_AFullRequestOutlivesAnAbortedAttempt(t *testing.T) {
 	f := newFixture(t, fast)
 	started, release := make(chan struct{}, 10), make(chan struct{})
@@ -976,7 +978,10 @@ func TestReplicate_AFullRequestOutlivesAnAbortedAttempt(t *testing.T) {
 	f.a.Latency = 300 * time.Millisecond
 	done := make(chan error)
 	go func() {
-		_, err := f.r.Replicate(context.Background(), change.Request{User: "u1", Priority: change.High})
+		res, err := f.r.Replicate(context.Background(), change.Request{User: "u1", Priority: change.High})
+		if err == nil && res.Outcome != change.Synced {
+			err = fmt.Errorf("outcome %q", res.Outcome)
+		}
 		done <- err
 	}()
 	<-started
@@ -984,8 +989,11 @@ func TestReplicate_AFullRequestOutlivesAnAbortedAttempt(t *testing.T) {
 		t.Fatalf("full request during the dsync: %+v", res)
 	}
 	free()
-	if err := <-done; !errors.Is(err, ErrAborted) {
-		t.Fatalf("the full rerun: %v, want aborted", err)
+	if err := <-done; err != nil {
+		t.Fatalf("the event whose full rerun was cut: %v, want the first dsync's success", err)
+	}
+	if len(f.notes.asked) != 1 {
+		t.Errorf("asked again %d times, want once", len(f.notes.asked))
 	}
 	f.mr.Del(state.LockKey("u1"))
 	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Synced || !res.Full {
@@ -1116,6 +1124,74 @@ func TestReplicate_GoneInTheRerunKeepsAnotherHostsChange(t *testing.T) {
 			st, err := f.st.Status(context.Background(), "u1")
 			if err != nil || st.PendingSince.IsZero() || st.PendingHost != "mail-b" {
 				t.Errorf("status %+v, %v: want the change pending from mail-b", st, err)
+			}
+		})
+	}
+}
+
+// TestReplicate_RerunAtTheEndOfTheBudget: a change merged while a dsync
+// runs asks for another round. With too little of the request's time left
+// to run one, the owner does not start it but hands the user back to the
+// Broker; a round that starts and is cut off at the deadline is no failure
+// either. The answer is the first round's success, which covered the
+// request's own change (a redelivery would find it covered and run
+// nothing), and the merged change stays pending and is asked for again.
+func TestReplicate_RerunAtTheEndOfTheBudget(t *testing.T) {
+	for _, started := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rerun started %t", started), func(t *testing.T) {
+			f := newFixture(t, fast)
+			budget := 3 * time.Second
+			ctx, cancel := context.WithTimeout(context.Background(), budget)
+			defer cancel()
+			dl, _ := ctx.Deadline()
+			first, merged, stop := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			t.Cleanup(func() { close(stop) })
+			var n atomic.Int32
+			f.a.OnStart = func(doveadmtest.Call) {
+				if n.Add(1) > 1 {
+					<-stop // the rerun outlives the request
+					return
+				}
+				close(first)
+				<-merged
+				if !started {
+					// Less than minAttempt left when the round ends.
+					time.Sleep(time.Until(dl) - minAttempt/2)
+				}
+			}
+			type out struct {
+				res change.Result
+				err error
+			}
+			done := make(chan out, 1)
+			go func() {
+				res, err := f.r.Replicate(ctx, change.Request{User: "u1", Host: "mail-a", Priority: change.High})
+				done <- out{res, err}
+			}()
+			<-first
+			if res := f.replicate(t, change.Request{User: "u1", Host: "mail-b"}); res.Outcome != change.Coalesced {
+				t.Fatalf("the change during the dsync: %+v", res)
+			}
+			close(merged)
+			o := <-done
+			if o.err != nil || o.res.Outcome != change.Synced {
+				t.Fatalf("answer %+v, %v: want the first round's success", o.res, o.err)
+			}
+			if got, want := n.Load(), map[bool]int32{false: 1, true: 2}[started]; got != want {
+				t.Errorf("%d dsyncs started, want %d", got, want)
+			}
+			f.notes.mu.Lock()
+			asked := append([]asked(nil), f.notes.asked...)
+			f.notes.mu.Unlock()
+			if len(asked) != 1 || !asked[0].at.After(o.res.Start) {
+				t.Errorf("asked again %+v: want once, timed after the first round's start %v", asked, o.res.Start)
+			}
+			if fs := f.notes.all(); len(fs) != 0 {
+				t.Errorf("failures reported: %+v", fs)
+			}
+			st, err := f.st.Status(context.Background(), "u1")
+			if err != nil || st.PendingSince.IsZero() || st.ConsecutiveFailures != 0 || st.InProgress {
+				t.Errorf("status %+v, %v: want the merged change pending, no failure, no attempt running", st, err)
 			}
 		})
 	}

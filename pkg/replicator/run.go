@@ -26,7 +26,9 @@ type job struct {
 	token string
 	// taken: when the call that took the lock was sent.
 	taken time.Time
-	res   change.Result
+	// rounds: the rerun running, from 2 (0 before the first rerun).
+	rounds int
+	res    change.Result
 	// escalated: this round's one full rerun after exit code 65 or 68
 	// has been given.
 	escalated bool
@@ -110,7 +112,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			end, next, serr := r.store.Succeed(cctx, state.SuccessArgs{
 				User: user, Token: j.token, Host: j.host, Destination: j.ep.Destination, NewState: out.State, DropState: out.StateDropped > 0,
 				Start: claim.Start, TTL: r.opts.LockTTL, Full: full,
-				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil, Rerun: rerun,
+				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil && timeLeft(ctx, minAttempt), Rerun: rerun,
 			})
 			cancel()
 			if serr != nil {
@@ -127,6 +129,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			case state.Run:
 				// Changes arrived during this dsync: run once more, now.
 				rounds++
+				j.rounds = rounds
 				r.m.reruns.Inc()
 				claim, attempt = next, 0
 				covered += next.Merged
@@ -336,6 +339,9 @@ func (j *job) fail(ctx context.Context, f change.Failure, rule doveadm.Rule, tot
 // reported when it failed, and the cut came during its retry's backoff;
 // it is neither counted nor reported again.
 func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted bool) (change.Result, error) {
+	if j.res.Outcome == change.Synced {
+		return j.cutRerun(ctx, f, cause)
+	}
 	f.RetryBy, f.RetryAt = change.RetryByBroker, time.Time{}
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
@@ -349,6 +355,31 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted 
 	}
 	j.r.log.Warn("dsync aborted; the change stays pending and is delivered again", "user", j.req.User, "cause", cause)
 	return change.Result{}, fmt.Errorf("%w: sync %s: %w", ErrAborted, j.req.User, cause)
+}
+
+// cutRerun handles a rerun cut off after an earlier round of this request
+// succeeded. That round covered the request's change, so the answer is its
+// success: a redelivery would find the change covered and run nothing,
+// leaving the changes the rerun was for to the sweep. Those stay pending,
+// and the user is asked for again through the Broker, timed after that
+// round. A cut is not the user's failure: none is counted or reported.
+func (j *job) cutRerun(ctx context.Context, f change.Failure, cause error) (change.Result, error) {
+	cctx, cancel := j.cleanupCtx(ctx)
+	defer cancel()
+	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked,
+		Start: f.Start, Counted: true}); err != nil {
+		j.r.log.Warn("could not release the lock of a cut rerun; it expires by its TTL", "user", j.req.User, "err", err)
+	}
+	j.r.log.Warn("dsync rerun cut off; its changes stay pending", "user", j.req.User, "cause", cause)
+	j.askAgain(cctx, cctx, j.rounds, j.res.End)
+	return j.res, nil
+}
+
+// timeLeft reports whether ctx leaves at least d before its deadline.
+func timeLeft(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) >= d
 }
 
 func (j *job) failure(err error, rule doveadm.Rule, claim state.Claim, attempt int, full bool) change.Failure {
