@@ -366,3 +366,54 @@ func TestRetriedSucceed_AfterTheClockSteppedBack(t *testing.T) {
 		t.Fatalf("pending %+v, %v; want u1 until the rerun succeeds", pu, err)
 	}
 }
+
+// A Succeed whose first run answered done (the lock released, the user no
+// longer pending) is sent again: it answers done again. Run again, it
+// found the lock not its own and answered left, and the owner asked for
+// the user again: a dsync for nothing.
+func TestRetriedSucceed_AnswersDoneAgain(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	c := beginA(t, st)
+	var end time.Time
+	var next state.Claim
+	var err error
+	p.cut(t, func() {
+		end, next, err = st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+			Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second, MayRerun: true})
+	})
+	if err != nil || next.Decision != state.Done {
+		t.Fatalf("Succeed sent twice answered %+v, %v; want done, as its first run", next, err)
+	}
+	s, err := other.Status(ctx, "u1")
+	if err != nil || !s.LastSuccess.Equal(end) || !s.PendingSince.IsZero() || s.InProgress {
+		t.Fatalf("status %+v, %v: want the success at %v, nothing pending or running", s, err, end)
+	}
+}
+
+// A retry's failure while Redis's TIME stands behind the clock's mark (its
+// start would be the same millisecond as the attempt it retries) is
+// another call than that attempt's failure: counted and recorded. Taken
+// for that call sent again, it was neither.
+func TestRetriedFail_ARetryWhileTheClockStandsStill(t *testing.T) {
+	mr := miniredis.RunT(t)
+	st := state.New(redis.NewClient(&redis.Options{Addr: mr.Addr()}))
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	mr.SetTime(t0)
+	c := beginA(t, st)
+	mr.SetTime(t0.Add(time.Second))
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Error: "first", Class: "tempfail", ExitCode: 75, Start: c.Start}); err != nil {
+		t.Fatal(err)
+	}
+	mr.SetTime(t0.Add(-time.Minute)) // TIME steps back (NTP, a failover)
+	c2, err := st.Restart(ctx, "u1", "tokA", "tcp:b:1", 30*time.Second)
+	if err != nil || c2.Decision != state.Run || !c2.Start.After(c.Start) {
+		t.Fatalf("restart %+v, %v: want a run starting after %v", c2, err, c.Start)
+	}
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Error: "second", Class: "tempfail", ExitCode: 75, Start: c2.Start}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := st.Status(ctx, "u1")
+	if err != nil || s.ConsecutiveFailures != 2 || s.LastError != "second" {
+		t.Fatalf("status %+v, %v: want 2 failures, the last one \"second\"", s, err)
+	}
+}

@@ -70,6 +70,11 @@ end
 -- sends again gets the same claim (claim).
 local function start(now, user, owner, host, skey, dest, call, full)
   local h = KEYS[2]
+  -- After the attempt before, also while the clock stands still (TIME
+  -- stepped back below the high-water mark): Fail tells a retry's failure
+  -- from the same call sent again by the attempt's start.
+  local prev = num(redis.call('HGET', h, 'inprogress_since'))
+  if now <= prev then now = prev + 1 end
   -- The clock's high-water mark: stamps taken after this start are never
   -- before it, even if the Redis clock steps back (Now).
   if num(redis.call('GET', CLOCK)) < now then redis.call('SET', CLOCK, now) end
@@ -237,6 +242,15 @@ local dest, newstate, host = ARGV[4], ARGV[5], ARGV[6]
 local h = KEYS[2]
 local now = mono_ms()
 local owned = redis.call('GET', KEYS[1]) == token
+-- This call already ran and answered done or left (the lock released):
+-- answer that again. Run again it would find the lock not its own and
+-- answer left, which costs a dsync for nothing.
+local answered = redis.call('HGET', h, 'last_success_call')
+if not owned and answered and ARGV[11] ~= '' then
+  if answered == ARGV[11] .. ' done' or answered == ARGV[11] .. ' left' then
+    return {string.sub(answered, #ARGV[11] + 2), num(redis.call('HGET', h, 'last_success'))}
+  end
+end
 if not owned then forget_dead(user) end
 if owned and started(ARGV[11]) then
   -- This call already ran and started the next attempt. That attempt's
@@ -308,8 +322,9 @@ end
 if owned then
   release(user, h)
 end
-if newer then return {'left', now} end
-return {'done', now}
+local answer = newer and 'left' or 'done'
+redis.call('HSET', h, 'last_success_call', ARGV[11] .. ' ' .. answer)
+return {answer, now}
 `)
 
 // scriptFail: KEYS lock, user, pending, failed, dsync state, excluded.
