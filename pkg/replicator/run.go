@@ -345,11 +345,7 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted 
 	f.RetryBy, f.RetryAt = change.RetryByBroker, time.Time{}
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
-	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
-		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked,
-		Start: f.Start, Counted: counted}); err != nil {
-		j.r.log.Warn("could not release the lock of an aborted dsync; it expires by its TTL", "user", j.req.User, "err", err)
-	}
+	j.release(cctx, f, counted)
 	if j.r.notify != nil && !counted {
 		j.r.notify.AttemptFailed(cctx, j.req, f)
 	}
@@ -366,14 +362,21 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted 
 func (j *job) cutRerun(ctx context.Context, f change.Failure, cause error) (change.Result, error) {
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
-	if _, err := j.r.store.Fail(cctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
-		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked,
-		Start: f.Start, Counted: true}); err != nil {
-		j.r.log.Warn("could not release the lock of a cut rerun; it expires by its TTL", "user", j.req.User, "err", err)
-	}
+	j.release(cctx, f, true)
 	j.r.log.Warn("dsync rerun cut off; its changes stay pending", "user", j.req.User, "cause", cause)
 	j.askAgain(cctx, cctx, j.rounds, j.res.End)
 	return j.res, nil
+}
+
+// release gives up the lock after f cut the attempt off, leaving the
+// user's changes (and a full sync asked for) pending; counted: f is not
+// counted as a failure (again).
+func (j *job) release(ctx context.Context, f change.Failure, counted bool) {
+	if _, err := j.r.store.Fail(ctx, state.FailureArgs{User: j.req.User, Token: j.token, Host: j.host,
+		Error: f.Error, Class: f.Class, ExitCode: f.ExitCode, At: j.req.Time, Release: true, Full: j.fullAsked,
+		Start: f.Start, Counted: counted}); err != nil {
+		j.r.log.Warn("could not release the lock of a dsync cut off; it expires by its TTL", "user", j.req.User, "err", err)
+	}
 }
 
 // timeLeft reports whether ctx leaves at least d before its deadline.
