@@ -28,6 +28,13 @@ const (
 	// the sweep last asked for their full sync (Dovecot 2.3's
 	// last_full_sync): the next is due one full-sync interval later.
 	SweepFullKey = Prefix + "sweep:full"
+	// SweepAskedKey is a sorted set of users scored by the Unix ms at
+	// which the sweep last asked for them after a failure or for
+	// recovery: while that request waits in a lane, the next sweeps do
+	// not ask again (a failed user's retry until the failed-retry
+	// interval has passed since), and a user it found gone (exit code 67,
+	// its record dropped) is not asked for recovery again.
+	SweepAskedKey = Prefix + "sweep:asked"
 )
 
 // SweepUsersKey is the sorted set of one sweep's candidates: every listed
@@ -295,6 +302,9 @@ type SweepFacts struct {
 	InProgress bool
 	// FullRequested is when the sweep last asked for the user's full sync.
 	FullRequested time.Time
+	// Asked is when the sweep last asked for the user after a failure or
+	// for recovery (SweepAskedKey).
+	Asked time.Time
 	// Recovery is RecoveryKey's time (the same for every user): a user
 	// whose last successful dsync started before it may have lost a
 	// change. Zero: no such time.
@@ -306,6 +316,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 	type cmds struct {
 		excl           *redis.BoolCmd
 		pend, fail, fr *redis.FloatCmd
+		asked          *redis.FloatCmd
 		fields         *redis.SliceCmd
 		lock           *redis.IntCmd
 	}
@@ -321,6 +332,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 				fields: p.HMGet(ctx, UserKey(u), FieldLastStart, FieldLastFull, FieldPendingHost, FieldLastFullStart, FieldLastSuccessHost),
 				lock:   p.Exists(ctx, LockKey(u)),
 				fr:     p.ZScore(ctx, SweepFullKey, u),
+				asked:  p.ZScore(ctx, SweepAskedKey, u),
 			}
 		}
 		return nil
@@ -340,6 +352,9 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 		}
 		if c.fr.Err() == nil {
 			f.FullRequested = time.UnixMilli(int64(c.fr.Val())).UTC()
+		}
+		if c.asked.Err() == nil {
+			f.Asked = time.UnixMilli(int64(c.asked.Val())).UTC()
 		}
 		vals := c.fields.Val()
 		field := func(j int) string {
@@ -365,8 +380,12 @@ type SweepCommitArgs struct {
 	Counts map[string]int64
 	// FullRequested are users whose full sync this batch asked for.
 	FullRequested []string
-	// FullSyncInterval prunes SweepFullKey when the sweep completes.
-	FullSyncInterval  time.Duration
+	// Asked are users this batch asked for after a failure or for
+	// recovery (SweepAskedKey).
+	Asked []string
+	// FullSyncInterval prunes SweepFullKey, FailedRetryInterval (and the
+	// recovery time) SweepAskedKey, when the sweep completes.
+	FullSyncInterval, FailedRetryInterval time.Duration
 	LockTTL, UsersTTL time.Duration
 }
 
@@ -377,13 +396,16 @@ type SweepCommitArgs struct {
 // replaced this one. FullRequested is recorded even then: those requests
 // went out, and asked again they would each cost a second full dsync.
 func (s *Store) SweepCommit(ctx context.Context, a SweepCommitArgs) (finished bool, err error) {
-	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey}
+	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey, SweepAskedKey, RecoveryKey}
 	args := []any{a.ID, a.Token, a.From, a.To, a.LockTTL.Milliseconds(), a.UsersTTL.Milliseconds(),
-		a.FullSyncInterval.Milliseconds(), len(a.Counts)}
+		a.FullSyncInterval.Milliseconds(), len(a.Counts), len(a.FullRequested), a.FailedRetryInterval.Milliseconds()}
 	for k, n := range a.Counts {
 		args = append(args, k, n)
 	}
 	for _, u := range a.FullRequested {
+		args = append(args, u)
+	}
+	for _, u := range a.Asked {
 		args = append(args, u)
 	}
 	v, err := scriptSweepCommit.Run(ctx, s.rdb, keys, args...).Slice()

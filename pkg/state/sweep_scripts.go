@@ -201,10 +201,12 @@ local m = redis.call('HMGET', KEYS[3], 'total', 'hosts', 'reason', 'started')
 return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4]) or 0, mono_ms()}
 `)
 
-// scriptSweepCommit: KEYS lock, claim, meta, users, full. ARGV id, token,
-// from, to, lock ttl, users ttl, full-sync interval, number of counter
-// pairs n, then n field/increment pairs, then the users whose full sync
-// was requested.
+// scriptSweepCommit: KEYS lock, claim, meta, users, full, asked, recovery.
+// ARGV id, token, from, to, lock ttl, users ttl, full-sync interval,
+// number of counter pairs n, number of full users m, failed-retry
+// interval, then n field/increment pairs, then the m users whose full
+// sync was requested, then the users asked for after a failure or for
+// recovery.
 var scriptSweepCommit = newScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
 local call = ARGV[2] .. ' ' .. ARGV[3]
@@ -217,13 +219,19 @@ if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'comm
   return {'ok', num(redis.call('HGET', KEYS[3], 'last_batch'))}
 end
 local now = now_ms()
-local n = tonumber(ARGV[8])
+local n, m = tonumber(ARGV[8]), tonumber(ARGV[9])
+local first = 11 + 2 * n
 -- The full syncs were asked for, whether or not the batch is recorded: a
 -- full request skips the "covered" check, so asking again (the step that
 -- took the batch over, the sweep that replaced this one) would cost a
--- second full dsync.
-for i = 9 + 2 * n, #ARGV do
+-- second full dsync. So were the retries and recoveries, which the next
+-- sweeps leave alone while they wait in a lane (the retries until the
+-- failed-retry interval has passed again).
+for i = first, first + m - 1 do
   redis.call('ZADD', KEYS[5], now, ARGV[i])
+end
+for i = first + m, #ARGV do
+  redis.call('ZADD', KEYS[6], now, ARGV[i])
 end
 -- The claim may have expired under a slow step: the batch is still this
 -- step's to record unless another step claimed it or moved the offset.
@@ -236,7 +244,7 @@ end
 redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now, 'last_from', ARGV[3], 'committed', call)
 redis.call('HINCRBY', KEYS[3], 'batches', 1)
 for i = 0, n - 1 do
-  redis.call('HINCRBY', KEYS[3], ARGV[9 + 2 * i], ARGV[10 + 2 * i])
+  redis.call('HINCRBY', KEYS[3], ARGV[11 + 2 * i], ARGV[12 + 2 * i])
 end
 if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
   -- Entries older than the interval mean the same as none: due. With
@@ -245,6 +253,12 @@ if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
   -- background).
   local iv = num(ARGV[7])
   if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) else redis.call('UNLINK', KEYS[5]) end
+  -- An entry means nothing once it is older than the failed-retry
+  -- interval and than the recovery time.
+  local keep = now - num(ARGV[10])
+  local rec = num(redis.call('GET', KEYS[7]))
+  if rec > 0 and rec < keep then keep = rec end
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. keep)
   finish(id, now)
   return {'finished', now}
 end

@@ -78,7 +78,7 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 	cancel()
 	next := r.next
 	counts := map[string]int64{}
-	var full []string
+	var full, askedFor []string
 	requested := 0
 	for i, p := range r.picks {
 		if !sent[i] {
@@ -93,6 +93,9 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		s.m.requested.WithLabelValues(string(p.req.Reason)).Inc()
 		if p.req.Full {
 			full = append(full, p.req.User)
+		}
+		if p.req.Reason == ReasonFailed || p.req.Reason == ReasonRecovery {
+			askedFor = append(askedFor, p.req.User)
 		}
 	}
 	if unsent := len(r.picks) - requested; unsent > 0 {
@@ -110,8 +113,9 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		}
 	}
 	finished, err := s.st.SweepCommit(ctx, state.SweepCommitArgs{
-		ID: c.Sweep, Token: token, From: c.Offset, To: next, Counts: counts, FullRequested: full,
-		FullSyncInterval: s.o.FullSyncInterval, LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
+		ID: c.Sweep, Token: token, From: c.Offset, To: next, Counts: counts, FullRequested: full, Asked: askedFor,
+		FullSyncInterval: s.o.FullSyncInterval, FailedRetryInterval: s.o.FailedRetryInterval,
+		LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
 	})
 	if errors.Is(err, state.ErrSweepLost) {
 		s.log.Warn("sweep batch not recorded: it took longer than its claim and another invocation took over, or a sweep that lists every user replaced this retry sweep", "sweep", c.Sweep, "offset", c.Offset)

@@ -50,7 +50,15 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 	var reason Reason
 	switch {
 	case f.Failed:
-		if !asked && now.Before(f.FailedAt.Add(o.FailedRetryInterval)) {
+		// Due an interval after the failure, or after the retry the
+		// sweep asked for since, which may still wait in its lane: each
+		// copy would run a failing dsync. A time ahead of now (Redis's
+		// clock stepped back since) holds nothing back.
+		since := f.FailedAt
+		if f.Asked.After(since) {
+			since = f.Asked
+		}
+		if !asked && !since.After(now) && now.Before(since.Add(o.FailedRetryInterval)) {
 			return nil, SkipRetryNotDue
 		}
 		reason = ReasonFailed
@@ -60,7 +68,10 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 		reason = ReasonNever
 	case fullDue:
 		reason = ReasonStale
-	case f.LastStart.Before(f.Recovery):
+	case f.LastStart.Before(f.Recovery) && f.Asked.Before(f.Recovery) && f.FullRequested.Before(f.Recovery):
+		// Asked for since the recovery time (a full sync too), the user
+		// has had its dsync, or waits for it, or was found gone (exit
+		// code 67 drops the record, and last_start with it).
 		reason = ReasonRecovery
 	default:
 		return nil, ""
