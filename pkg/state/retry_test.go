@@ -246,7 +246,7 @@ func TestRetriedSweepScripts_AnswerAsTheFirstRun(t *testing.T) {
 	if err != nil || start.Decision != "started" || start.ID != id {
 		t.Fatalf("SweepBegin sent twice: %+v, %v; want started", start, err)
 	}
-	if err := other.SweepAddUsers(ctx, id, 0, []string{"u1", "u2", "u3"}); err != nil {
+	if err := other.SweepAddUsers(ctx, id, 0, []string{"u1", "u2", "u3"}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	var total int64

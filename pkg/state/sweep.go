@@ -115,8 +115,11 @@ func (s *Store) SweepBegin(ctx context.Context, id, token, reason string, lockTT
 // SweepAddUsers adds listed users of the host with index host to the
 // sweep's candidates; a user several hosts list keeps the first of them
 // (the lowest index), whatever order their listings write in. Host -1 is
-// none, as for the pending and failed users no host listed.
-func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []string) error {
+// none, as for the pending and failed users no host listed. The list
+// expires ttl after the last add: a listing that goes on after another
+// sweep replaced its own, which drops the list, writes it again, and no
+// step of its sweep will ever record or drop it.
+func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []string, ttl time.Duration) error {
 	if len(users) == 0 {
 		return nil
 	}
@@ -124,7 +127,12 @@ func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []
 	for i, u := range users {
 		zs[i] = redis.Z{Score: float64(host + 1), Member: u}
 	}
-	if err := s.rdb.ZAddLT(ctx, SweepUsersKey(id), zs...).Err(); err != nil {
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAddLT(ctx, SweepUsersKey(id), zs...)
+		p.PExpire(ctx, SweepUsersKey(id), ttl)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("store listed users of sweep %s in redis: %w", id, err)
 	}
 	return nil
@@ -386,7 +394,7 @@ type SweepCommitArgs struct {
 	// FullSyncInterval prunes SweepFullKey, FailedRetryInterval (and the
 	// recovery time) SweepAskedKey, when the sweep completes.
 	FullSyncInterval, FailedRetryInterval time.Duration
-	LockTTL, UsersTTL time.Duration
+	LockTTL, UsersTTL                     time.Duration
 }
 
 // SweepCommit records a batch and releases the claim; finished is true

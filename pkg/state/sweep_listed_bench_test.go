@@ -42,7 +42,7 @@ func BenchmarkSweepListedRealRedis(b *testing.B) {
 					b.Fatal(err)
 				}
 				for j := 0; j < n; j += 1000 {
-					if err := st.SweepAddUsers(ctx, id, 0, names[j:min(j+1000, n)]); err != nil {
+					if err := st.SweepAddUsers(ctx, id, 0, names[j:min(j+1000, n)], time.Hour); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -49,7 +49,7 @@ func TestSweep_ABeginTellsWhenTheFirstBatchIsStillToCome(t *testing.T) {
 		if st, _ := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim); st.Decision != "running" || !st.Listed.IsZero() {
 			t.Errorf("while listing: %+v", st)
 		}
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"}, time.Hour)
 		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`}, sweepLock, sweepLock)
 		st, err := b.st.SweepBegin(ctx, "s2", "tok2", "schedule", sweepLock, sweepClaim)
 		if err != nil || st.Decision != "running" || st.ID != "s1" || st.Listed.IsZero() || st.Now.Before(st.Listed) {
@@ -69,8 +69,8 @@ func TestSweep_ABeginTellsWhenTheFirstBatchIsStillToCome(t *testing.T) {
 func TestSweep_ListedUnionsPendingAndFailedKeepingTheFirstHost(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
-		b.st.SweepAddUsers(ctx, "s1", 1, []string{"b", "c"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"}, time.Hour)
+		b.st.SweepAddUsers(ctx, "s1", 1, []string{"b", "c"}, time.Hour)
 		b.st.MarkPending(ctx, "p", "mail-b", time.Now())
 		b.st.MarkPending(ctx, "a", "mail-a", time.Now())
 		b.rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: 1, Member: "f"})
@@ -104,7 +104,7 @@ func TestSweep_ListedTakesMorePendingAndFailedUsersThanAChunk(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
 		listed := []string{"p0500", "p1000", "p2499", "f0999"}
-		b.st.SweepAddUsers(ctx, "s1", 0, listed)
+		b.st.SweepAddUsers(ctx, "s1", 0, listed, time.Hour)
 		var pending, failed []redis.Z
 		for i := range 2500 {
 			pending = append(pending, redis.Z{Score: float64(i), Member: fmt.Sprintf("p%04d", i)})
@@ -143,7 +143,7 @@ func TestSweep_ListedTakesMorePendingAndFailedUsersThanAChunk(t *testing.T) {
 func TestSweep_ClaimCommitAndFinish(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b", "c"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b", "c"}, time.Hour)
 		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`}, sweepLock, sweepLock)
 		commit := func(token string, from, to int64, full ...string) (bool, error) {
 			return b.st.SweepCommit(ctx, state.SweepCommitArgs{ID: "s1", Token: token, From: from, To: to,
@@ -207,7 +207,7 @@ func TestSweep_ClaimCommitAndFinish(t *testing.T) {
 func TestSweep_ExpiredLockIsTakenBackOrReplaced(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"}, time.Hour)
 		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `[]`}, sweepLock, 4*sweepLock)
 		b.expire(sweepLock)
 		// A late continuation, nothing replaced the sweep: it goes on.
@@ -238,7 +238,7 @@ func TestSweep_ExpiredLockIsTakenBackOrReplaced(t *testing.T) {
 func TestSweep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "r1", "tok", "retry", time.Hour, time.Hour)
-		b.st.SweepAddUsers(ctx, "r1", 0, []string{"a", "b"})
+		b.st.SweepAddUsers(ctx, "r1", 0, []string{"a", "b"}, time.Hour)
 		b.st.SweepListed(ctx, "r1", "tok", state.SweepListing{HostsJSON: `[]`}, time.Hour, time.Hour)
 		if st, _ := b.st.SweepBegin(ctx, "r2", "tok-r2", "retry", time.Hour, time.Hour); st.Decision != "running" || st.ID != "r1" {
 			t.Errorf("a retry sweep while one runs: %+v; want it covered", st)
@@ -285,7 +285,7 @@ func TestSweep_ASweepOfEveryUserReplacesARunningRetrySweep(t *testing.T) {
 func TestSweep_ASweepOlderThanTheRecoveryTimeIsReplaced(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", time.Hour, sweepClaim)
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"}, time.Hour)
 		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `[]`}, time.Hour, time.Hour)
 		time.Sleep(2 * time.Millisecond)
 		if _, err := b.st.SetRecovery(ctx, time.Hour); err != nil {
@@ -311,7 +311,7 @@ func TestSweep_FullSyncsOffForgetsTheirRecords(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
 		b.rdb.ZAdd(ctx, state.SweepFullKey, redis.Z{Score: float64(time.Now().UnixMilli()), Member: "a"})
 		b.st.SweepBegin(ctx, "s1", "tok", "schedule", sweepLock, sweepClaim)
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a"}, time.Hour)
 		b.st.SweepListed(ctx, "s1", "tok", state.SweepListing{HostsJSON: `["mail-a"]`}, sweepLock, sweepLock)
 		b.st.SweepClaim(ctx, "s1", 0, "c1", sweepLock, sweepClaim)
 		done, err := b.st.SweepCommit(ctx, state.SweepCommitArgs{ID: "s1", Token: "c1", From: 0, To: 1,
@@ -442,8 +442,8 @@ func TestKnownUsers(t *testing.T) {
 // candidate of the abandoned sweep, and none of another sweep goes.
 func TestSweep_DropRemovesTheCandidates(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
-		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"})
-		b.st.SweepAddUsers(ctx, "s2", 0, []string{"c"})
+		b.st.SweepAddUsers(ctx, "s1", 0, []string{"a", "b"}, time.Hour)
+		b.st.SweepAddUsers(ctx, "s2", 0, []string{"c"}, time.Hour)
 		if err := b.st.SweepDrop(ctx, "s1"); err != nil {
 			t.Fatal(err)
 		}

@@ -203,7 +203,7 @@ func (s *Sweeper) listKnown(ctx, lctx context.Context, id string) (state.SweepLi
 	l := state.SweepListing{HostsJSON: "[]"}
 	err := s.st.KnownUsers(lctx, listChunk, func(users []string) error {
 		l.Listed += int64(len(users))
-		if err := s.st.SweepAddUsers(ctx, id, -1, users); err != nil {
+		if err := s.st.SweepAddUsers(ctx, id, -1, users, s.usersTTL()); err != nil {
 			return &storeError{err}
 		}
 		return nil
@@ -232,7 +232,7 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 	label := hostLabel(src.Name)
 	buf := make([]string, 0, listChunk)
 	flush := func() error {
-		if err := s.st.SweepAddUsers(ctx, id, i, buf); err != nil {
+		if err := s.st.SweepAddUsers(ctx, id, i, buf, s.usersTTL()); err != nil {
 			return &storeError{err}
 		}
 		buf = buf[:0]

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
@@ -19,11 +20,11 @@ type boundedStore struct {
 	reads, facts int
 }
 
-func (b *boundedStore) SweepAddUsers(ctx context.Context, id string, host int, users []string) error {
+func (b *boundedStore) SweepAddUsers(ctx context.Context, id string, host int, users []string, ttl time.Duration) error {
 	b.mu.Lock()
 	b.maxAdd = max(b.maxAdd, len(users))
 	b.mu.Unlock()
-	return b.Store.SweepAddUsers(ctx, id, host, users)
+	return b.Store.SweepAddUsers(ctx, id, host, users, ttl)
 }
 
 func (b *boundedStore) SweepUsers(ctx context.Context, id string, offset, n int64) ([]state.SweepEntry, error) {

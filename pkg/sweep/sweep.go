@@ -112,7 +112,7 @@ type Sender interface {
 // Store is the sweep's state; *state.Store implements it.
 type Store interface {
 	SweepBegin(ctx context.Context, id, token, reason string, lockTTL, claimTTL time.Duration) (state.SweepStart, error)
-	SweepAddUsers(ctx context.Context, id string, host int, users []string) error
+	SweepAddUsers(ctx context.Context, id string, host int, users []string, ttl time.Duration) error
 	SweepListed(ctx context.Context, id, token string, l state.SweepListing, lockTTL, usersTTL time.Duration) (int64, bool, error)
 	SweepClaim(ctx context.Context, id string, offset int64, token string, lockTTL, claimTTL time.Duration) (state.SweepBatch, error)
 	SweepUsers(ctx context.Context, id string, offset, n int64) ([]state.SweepEntry, error)
