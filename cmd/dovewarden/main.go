@@ -14,6 +14,9 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+	"time"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 )
 
 // command is one subcommand: it parses its own args and runs until ctx ends.
@@ -53,12 +56,23 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The first signal starts a graceful stop, which can wait up to
-	// --shutdown-timeout for dsyncs in flight. Then the signals get their
-	// default action back: a second Ctrl-C ends the process at once. What
-	// it held is left as a crash leaves it, for the sweep at the next start.
+	// --shutdown-timeout for dsyncs in flight. A second one ends the
+	// process at once, by the signal's default action. What it held is
+	// left as a crash leaves it, for the sweep at the next start; but the
+	// dsyncs it runs through doveadm-exec are killed first, which would
+	// otherwise run on, beside the next start's dsyncs of the same users.
 	go func() {
 		<-ctx.Done()
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
 		stop()
+		sig := <-again
+		doveadm.KillRunning()
+		signal.Reset(sig)
+		if p, err := os.FindProcess(os.Getpid()); err == nil && p.Signal(sig) == nil {
+			time.Sleep(time.Second) // its delivery ends the process
+		}
+		os.Exit(1)
 	}()
 	env := &environment{getenv: os.Getenv, environ: os.Environ, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}
 	if err := run(ctx, env, os.Args[1:]); err != nil {

@@ -89,7 +89,7 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	stdout := &headBuffer{max: maxStateKept + 2}
 	stderr := &tailBuffer{max: 2048}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	err := cmd.Run()
+	err := run(cmd)
 	if err == nil {
 		if stdout.n > stdout.max {
 			return SyncResult{StateDropped: stdout.n}, nil
