@@ -130,7 +130,8 @@ const (
 	// KindTLS: no TLS session with an https doveadm URL: its certificate
 	// did not verify (an unknown CA, another name, expired), the listener
 	// does not speak TLS, or it refused the handshake (no shared protocol
-	// version or cipher, a client certificate required).
+	// version or cipher, a client certificate required); or an http URL
+	// whose listener speaks TLS.
 	KindTLS Kind = "tls"
 	// KindConfig: doveadm-exec's doveadm could not read its configuration
 	// (-c CONF: a file missing or unreadable). doveadm answers it with exit

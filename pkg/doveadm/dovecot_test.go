@@ -176,6 +176,20 @@ func TestIntegrationDovecot_DoveadmOverTLS(t *testing.T) {
 				return err
 			}
 
+			// An http:// URL to the TLS listener: doveadm closes each plain
+			// request at once. Reported as such, not retried for ever as
+			// a busy doveadm; the listing alike.
+			plain := doveadm.Endpoint{Name: a.Name, URL: "http://" + strings.TrimPrefix(a.DoveadmHTTPURL, "https://"),
+				Password: a.DoveadmPassword, Destination: b.Destination}
+			_, err = doveadm.NewHTTP(withFile, time.Minute).Sync(ctx, plain, doveadm.SyncRequest{User: "u1", Destination: b.Destination})
+			if r := doveadm.Decide(err); r.Class != "tls" || r.Retryable || !strings.Contains(err.Error(), "use https://") {
+				t.Errorf("an http:// URL to the TLS listener: %v, class %s, want tls, not retried, naming https://", err, r.Class)
+			}
+			err = doveadm.NewHTTP(withFile, time.Minute).ListUsers(ctx, plain, func(string) error { return nil })
+			if r := doveadm.Decide(err); r.Class != "tls" {
+				t.Errorf("listing users over an http:// URL to the TLS listener: %v, class %s, want tls", err, r.Class)
+			}
+
 			for _, c := range []struct {
 				name   string
 				client *http.Client

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,8 +43,9 @@ type Endpoint struct {
 
 // Secrets lists the endpoint's secrets, for Redact: each also as the
 // doveadm HTTP API is sent it (newRequest), base64 in a header, which a
-// host that answers the request back quotes. Those come first: the
-// password itself may be part of them.
+// host that answers the request back quotes. The longest come first: a
+// secret may be part of another (the password of the API key, say), whose
+// rest would show if the shorter were replaced first.
 func (e Endpoint) Secrets() []string {
 	var out []string
 	if e.APIKey != "" {
@@ -56,7 +58,9 @@ func (e Endpoint) Secrets() []string {
 		}
 		out = append(out, base64.StdEncoding.EncodeToString([]byte(user+":"+e.Password)))
 	}
-	return append(out, e.Password, e.APIKey)
+	out = append(out, e.Password, e.APIKey)
+	slices.SortStableFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // Where names the endpoint in messages: its URL without any password, or

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strings"
 	"sync"
@@ -229,10 +230,7 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return fail(KindUnauthorized, nil, "HTTP %d: doveadm rejected the credentials", resp.StatusCode)
-	case resp.StatusCode >= 500, resp.StatusCode == http.StatusRequestTimeout, resp.StatusCode == http.StatusTooEarly,
-		resp.StatusCode == http.StatusTooManyRequests:
-		// Doveadm answers none of 408, 425 and 429: a proxy in front of it
-		// did, and asks to be tried again later, as a 5xx does.
+	case triedLater(resp.StatusCode):
 		return fail(KindTransport, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
 	case resp.StatusCode != http.StatusOK:
 		res, err := fail(KindProtocol, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))
@@ -253,6 +251,13 @@ func (h *HTTP) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		res.State, res.StateDropped = "", sc.longest
 	}
 	return res, err
+}
+
+// triedLater tells whether an HTTP status asks to be tried again later: a
+// 5xx, or 408, 425 and 429, none of which doveadm answers: a proxy in
+// front of it did.
+func triedLater(code int) bool {
+	return code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooEarly || code == http.StatusTooManyRequests
 }
 
 // closedWithoutAnswer explains a connection doveadm closed before any
@@ -398,7 +403,34 @@ func (h *HTTP) post(ctx context.Context, ep Endpoint, body []byte) (*http.Respon
 	if tlsFailure(err) {
 		kind = KindTLS
 	}
-	return nil, cancel, &postError{kind: kind, err: err, detail: fmt.Sprint(cause)}
+	pe := &postError{kind: kind, err: err, detail: fmt.Sprint(cause)}
+	if pe.closedEarly() && hr.URL.Scheme == "http" && speaksTLS(ctx, hr.URL) {
+		// Measured with Dovecot 2.3 and 2.4: doveadm's TLS listener
+		// closes a plain request at once (its log: "SSL_accept()
+		// failed"). Retried, it fails for ever, and for every user.
+		pe.kind, pe.detail = KindTLS, pe.detail+": the doveadm URL is http:// but its listener speaks TLS: use https://"
+	}
+	return nil, cancel, pe
+}
+
+// speaksTLS tells whether the listener of the http URL u completes a TLS
+// handshake: a listener that closed a plain request at once may be a TLS
+// one. Nothing is sent over the session, so its certificate is not
+// checked here (an https URL then checks it).
+func speaksTLS(ctx context.Context, u *url.URL) bool {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // a probe: nothing is sent
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // tlsFailure reports whether err is a TLS session that could not start

@@ -57,7 +57,7 @@ func (h *HTTP) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	case resp.StatusCode != http.StatusOK:
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		kind := KindProtocol
-		if resp.StatusCode >= 500 {
+		if triedLater(resp.StatusCode) {
 			kind = KindTransport
 		}
 		return fail(kind, nil, "HTTP %d: %s", resp.StatusCode, snippet(data, ep.Secrets()))

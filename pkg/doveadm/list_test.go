@@ -76,6 +76,11 @@ func TestHTTP_ListUsersFailures(t *testing.T) {
 		{"exit 75", doveadmtest.Reply{ExitCode: 75}, doveadm.KindExitCode, 75},
 		{"empty reply", doveadmtest.Reply{Empty: true}, doveadm.KindTransport, 0},
 		{"HTTP 503", doveadmtest.Reply{Status: 503}, doveadm.KindTransport, 0},
+		// A proxy in front of doveadm asks to be tried later, as sync
+		// takes it too: the sweep lists the host again.
+		{"HTTP 408", doveadmtest.Reply{Status: 408}, doveadm.KindTransport, 0},
+		{"HTTP 425", doveadmtest.Reply{Status: 425}, doveadm.KindTransport, 0},
+		{"HTTP 429", doveadmtest.Reply{Status: 429}, doveadm.KindTransport, 0},
 		{"HTTP 404", doveadmtest.Reply{Status: 404}, doveadm.KindProtocol, 0},
 		{"internalError", doveadmtest.Reply{ErrorType: "internalError"}, doveadm.KindInternal, 0},
 		{"unknownMethod", doveadmtest.Reply{ErrorType: "unknownMethod"}, doveadm.KindProtocol, 0},

@@ -81,6 +81,22 @@ func TestError_MessageNamesUserAndCode(t *testing.T) {
 }
 
 // TestRedact: a secret is taken out as it is and as %q spells it.
+// TestEndpoint_SecretsLongestFirst: an API key that holds the password
+// is redacted whole, not left with its rest showing after the password
+// was replaced first.
+func TestEndpoint_SecretsLongestFirst(t *testing.T) {
+	ep := Endpoint{User: "doveadm", Password: "hunter2", APIKey: "hunter2-api-9f8e7d"}
+	if got := Redact("bad key hunter2-api-9f8e7d, password hunter2", ep.Secrets()...); got != "bad key ***, password ***" {
+		t.Errorf("redacted %q", got)
+	}
+	sec := ep.Secrets()
+	for i := 1; i < len(sec); i++ {
+		if len(sec[i]) > len(sec[i-1]) {
+			t.Errorf("secrets not longest first: %q", sec)
+		}
+	}
+}
+
 func TestRedact(t *testing.T) {
 	for _, tc := range []struct{ in, secret, want string }{
 		{"pw=s3cret!", "s3cret!", "pw=***"},
