@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
+
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -112,20 +113,23 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if sc.ResultsSink != "" {
 		log.Warn("results-sink is not used by dovewarden local, which sends to its own broker; ignored", "results_sink", config.RedactURL(sc.ResultsSink))
 	}
+	if sc.CEOverrides != "" {
+		log.Warn("K_CE_OVERRIDES is not used by dovewarden local, whose events go to its own broker in process; ignored")
+	}
+	sc.ResultsSink, sc.CEOverrides = "", ""
+	// The sync function's own events go into the broker in process.
+	own := &ownEvents{}
+	sc.Results = own
 	// A SIGHUP from here on waits for reloadOnHangup instead of ending the
 	// process.
 	hup := hangups()
 	defer signal.Stop(hup)
 
-	// Bind first: the sync handler sends the replication.failed events of
-	// retried attempts to the broker's ingress on this very listener, as
-	// it would to K_SINK on a cluster.
 	ln, err := net.Listen("tcp", sc.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", sc.Server.Listen, err)
 	}
 	defer ln.Close()
-	sc.ResultsSink = "http://" + loopback(ln.Addr()) + brokerPath
 
 	var clock ingest.Clock
 	embedded := sc.Redis.URL == ""
@@ -159,14 +163,6 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	warnOpenListener(log, ln.Addr(), ho.Token != "" || ho.BasicUser != "",
 		"ingest, the broker ingress (a full sync of any user, a forged alert) and /status (users and their errors)",
 		"set --auth-user and --auth-password-file (or --auth-token-file), or --listen 127.0.0.1:PORT (or [::1]:PORT)")
-	// Ingest's credentials guard the broker ingress and the status too;
-	// the sync handler's own posts to that ingress carry them.
-	switch {
-	case ho.Token != "":
-		sc.ResultsAuthorization = "Bearer " + ho.Token
-	case ho.BasicUser != "":
-		sc.ResultsAuthorization = "Basic " + base64.StdEncoding.EncodeToString([]byte(ho.BasicUser+":"+ho.BasicPassword))
-	}
 	if err := bs.Validate(); err != nil {
 		return err
 	}
@@ -182,14 +178,8 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	}
 
 	reg := metrics.NewRegistry()
-	// Over TLS, the sync handler's posts to its own listener accept the
-	// certificate it serves, whatever name that certificate has.
 	if err := sc.Server.LoadTLS(log, reg); err != nil {
 		return err
-	}
-	if kp := sc.Server.KeyPair; kp != nil {
-		sc.ResultsSink = "https://" + loopback(ln.Addr()) + brokerPath
-		sc.ResultsTLS = kp.ClientConfig()
 	}
 	sh, closeSync, err := syncer.Build(ctx, sc, reg, log)
 	if err != nil {
@@ -256,6 +246,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	own.b.Store(b)
 	unlock, err := restoreHeld(b, bs.SpoolFile)
 	if err != nil {
 		abandon(b, sc.Server.ShutdownTimeout)
@@ -725,16 +716,6 @@ func startLoopback(mr *miniredis.Miniredis, addrs ...string) error {
 	return errors.Join(errs...)
 }
 
-// loopback turns a listener address bound to all interfaces into one this
-// process can dial.
-func loopback(a net.Addr) string {
-	tcp, ok := a.(*net.TCPAddr)
-	if !ok || !tcp.IP.IsUnspecified() {
-		return a.String()
-	}
-	return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
-}
-
 // checkSyncRoutes refuses Trigger manifests that route some event local
 // mode depends on to no in-process sync handler: a change would be
 // accepted (202 to Dovecot) and then go nowhere.
@@ -806,4 +787,20 @@ func routedToSync(cfg *broker.Config, ev cloudevents.Event) bool {
 		}
 	}
 	return false
+}
+
+// ownEvents takes the sync function's own events (the replication.failed
+// of an attempt it retries, its requests, the sweep's) into the broker in
+// process, where a stop holds them with what the lanes hold
+// (Broker.Emit): a spool file keeps an alert of an attempt that failed
+// during the stop. The broker is made after the function it delivers to,
+// and set here then.
+type ownEvents struct{ b atomic.Pointer[broker.Broker] }
+
+func (o *ownEvents) Send(ctx context.Context, ev cloudevents.Event) error {
+	b := o.b.Load()
+	if b == nil {
+		return errors.New("the broker has not started")
+	}
+	return b.Emit(ctx, ev)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -908,5 +909,66 @@ func TestLocal_WithoutADoveadmURLSaysSo(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "doveadm-url") || !strings.Contains(err.Error(), "default host: no doveadm url (e.g. http://") ||
 		strings.Contains(err.Error(), "local doveadm") {
 		t.Fatalf("%v, want an error saying the default host has no doveadm url", err)
+	}
+}
+
+// TestLocal_SpoolFileKeepsAnAlertOfAnAttemptDuringTheStop: a dsync fails
+// while dovewarden local stops, and is retried within the stop. The
+// replication.failed of that attempt, which the sync function sends of its
+// own accord (the last attempt's is its reply), is kept in the spool file
+// with what the lanes held, and the next start delivers both to the alert
+// webhook. Sent to local's own listener, the first was refused there: the
+// listener had closed.
+func TestLocal_SpoolFileKeepsAnAlertOfAnAttemptDuringTheStop(t *testing.T) {
+	alerts := make(chan string, 100)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var data struct {
+			Attempt int `json:"attempt"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&data)
+		alerts <- fmt.Sprintf("%s %s attempt %d", r.Header.Get("Ce-Type"), r.Header.Get("Ce-Subject"), data.Attempt)
+	}))
+	defer hook.Close()
+	fake := doveadmtest.NewServer(t, "mail-a.test", nil)
+	fake.SetUsers() // the sweep at start has no one to replicate
+	started, free := holdU1(t, fake)
+	fake.Respond = func(doveadmtest.Call) doveadmtest.Reply { return doveadmtest.Reply{ExitCode: 75} }
+	spool := filepath.Join(t.TempDir(), "local.spool")
+	args := []string{"--spool-file", spool, "--subscriber", "dovewarden-alerts=" + hook.URL, "--max-attempts", "2"}
+	base, stop, stderr := startLocalWith(t, fake, args...)
+	postDovecotEvent(t, base, deliveryEvent)
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no dsync of u1\n%s", stderr)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the stop has begun
+		free()
+	}()
+	if err := stop(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, stderr)
+	}
+	select {
+	case a := <-alerts:
+		t.Fatalf("an alert was delivered during the stop (%s): the test shows nothing", a)
+	default:
+	}
+	if b, _ := os.ReadFile(spool); !strings.Contains(string(b), "org.dovewarden.replication.failed") {
+		t.Fatalf("no replication.failed in the spool file\n%s", stderr)
+	}
+	_, _, stderr2 := startLocalWith(t, fake, args...)
+	var got []string
+	for len(got) < 2 {
+		select {
+		case a := <-alerts:
+			got = append(got, a)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("alerts after the restart: %q, want both attempts'\n%s", got, stderr2)
+		}
+	}
+	slices.Sort(got)
+	if want := []string{"org.dovewarden.replication.failed u1 attempt 1", "org.dovewarden.replication.failed u1 attempt 2"}; !slices.Equal(got, want) {
+		t.Errorf("alerts after the restart: %q, want %q", got, want)
 	}
 }

@@ -57,7 +57,7 @@ func (b *Broker) serveIngress(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err = r.Context().Err(); err == nil {
-		err = b.publish(*ev, sourceIngress, nil, PassThroughHeaders(r.Header), ns)
+		err = b.publish(*ev, sourceIngress, nil, PassThroughHeaders(r.Header), ns, false)
 	}
 	switch {
 	case err == nil:

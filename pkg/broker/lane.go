@@ -256,7 +256,7 @@ func (l *lane) deliver(t *task) {
 // sink, as Knative does.
 func (l *lane) sendReply(t *task) {
 	// Into the Broker of the Trigger: the same namespace.
-	err := l.b.publish(*t.reply, sourceReply, &t.ttl, t.hdr, t.ns)
+	err := l.b.publish(*t.reply, sourceReply, &t.ttl, t.hdr, t.ns, false)
 	if err == nil {
 		l.b.m.replies.WithLabelValues(l.tr.Name).Inc()
 		l.done(t)

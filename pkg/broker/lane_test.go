@@ -309,6 +309,62 @@ func TestShutdown_DropsQueuedAndReportsThem(t *testing.T) {
 	}
 }
 
+// TestShutdown_HoldsWhatAFunctionEmitsWhileItStops: an event an
+// in-process function makes of its own accord while the broker stops (the
+// sync function's replication.failed of an attempt that fails during the
+// drain) is held with the lanes' undelivered events, for each Trigger it
+// matches, rather than refused; an event from outside (the ingress,
+// Publish) is refused, and so is an emitted one once Shutdown has
+// answered.
+func TestShutdown_HoldsWhatAFunctionEmitsWhileItStops(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", ""), typeTrigger("alerts", "failed", "hook", ""),
+		typeTrigger("audit", "failed", "hook", ""))
+	slow := newBlocker()
+	b, err := New(cfg, Options{Workers: 1, Handlers: map[string]Handler{"sub": slow.handle, "hook": newRecorder().handle}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.Publish(ctx, event("1", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivery in flight", func() bool { return slow.started.Load() == 1 })
+	type answer struct {
+		held []Held
+		err  error
+	}
+	done := make(chan answer)
+	go func() {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		h, err := b.Shutdown(sctx)
+		done <- answer{h, err}
+	}()
+	eventually(t, "the stop begun", func() bool { return errors.Is(b.Publish(ctx, event("p", "unrouted", "")), ErrClosed) })
+	if err := b.Emit(ctx, event("f1", "failed", "")); err != nil {
+		t.Fatalf("Emit while the broker stops: %v", err)
+	}
+	close(slow.release)
+	a := <-done
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	var got []string
+	for _, h := range a.held {
+		if h.Phase != PhaseDeliver || h.TTL != DefaultTTL {
+			t.Errorf("held %s for %s: phase %q, ttl %d", h.Event.ID(), h.Trigger, h.Phase, h.TTL)
+		}
+		got = append(got, h.Event.ID()+"@"+h.Trigger)
+	}
+	sort.Strings(got)
+	if want := []string{"f1@alerts", "f1@audit"}; !slices.Equal(got, want) {
+		t.Errorf("held %v, want %v", got, want)
+	}
+	if err := b.Emit(ctx, event("f2", "failed", "")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Emit after Shutdown answered: %v, want ErrClosed", err)
+	}
+}
+
 // TestShutdown_CancelsInFlightAtDeadline: a delivery that does not finish
 // in time is cancelled and Shutdown says so.
 func TestShutdown_CancelsInFlightAtDeadline(t *testing.T) {

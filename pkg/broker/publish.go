@@ -21,7 +21,21 @@ func (b *Broker) Publish(ctx context.Context, ev cloudevents.Event) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.publish(ev, sourceIngress, nil, nil, b.opts.Namespace)
+	return b.publish(ev, sourceIngress, nil, nil, b.opts.Namespace, false)
+}
+
+// Emit is Publish for the events an in-process function makes of its own
+// accord, beside its replies: the sync function's replication.failed of an
+// attempt it retries, its requests, the sweep's. While the broker stops,
+// until Shutdown has handed back what it holds, such an event is held with
+// that, for each Trigger it matches, instead of refused: a function still
+// finishing its work makes them, and a spool file keeps them as it keeps
+// the lanes' events. Afterwards it is refused (ErrClosed).
+func (b *Broker) Emit(ctx context.Context, ev cloudevents.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.publish(ev, sourceIngress, nil, nil, b.opts.Namespace, true)
 }
 
 // Send is Publish, so the broker can stand where a Broker URL sender would
@@ -33,8 +47,9 @@ func (b *Broker) Send(ctx context.Context, ev cloudevents.Event) error { return 
 // arrival time, then fan out to the matching lanes, all or none. hdr are
 // the pass-through headers that came with the event (PassThroughHeaders;
 // shared by the lanes, never changed) and ns its namespace, for
-// Kn-Namespace.
-func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, hdr http.Header, ns string) error {
+// Kn-Namespace. hold: while the broker stops, hold the event for Shutdown's
+// answer rather than refuse it (Emit).
+func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, hdr http.Header, ns string, hold bool) error {
 	ev = ev.Clone()
 	if replyTTL != nil {
 		ev.SetExtension(ExtTTL, *replyTTL)
@@ -60,10 +75,14 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 		}
 	}
 	b.mu.RLock()
-	defer b.mu.RUnlock()
 	if b.closed {
+		b.mu.RUnlock()
+		if hold {
+			return b.holdAtStop(ev, ttl, hdr, ns, matched)
+		}
 		return ErrClosed
 	}
+	defer b.mu.RUnlock()
 	// Reserve a place in every matching lane before queuing in any, so an
 	// event is either routed to all its Triggers or refused (and the
 	// sender retries), never half-delivered.
@@ -100,6 +119,23 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 		return nil // a reply every matching lane dropped: not published
 	}
 	b.m.published.WithLabelValues(source).Inc()
+	return nil
+}
+
+// holdAtStop adds ev to what Shutdown hands back, once for each of the
+// lanes it matched, as a lane's event not yet delivered; ErrClosed once
+// Shutdown has answered.
+func (b *Broker) holdAtStop(ev cloudevents.Event, ttl int32, hdr http.Header, ns string, matched []*lane) error {
+	b.heldMu.Lock()
+	defer b.heldMu.Unlock()
+	if b.heldDone {
+		return ErrClosed
+	}
+	for _, l := range matched {
+		b.m.dropped.WithLabelValues(l.tr.Name, dropShutdown).Inc()
+		b.shutdownDrops.Add(1)
+		b.held = append(b.held, Held{Trigger: l.tr.Name, Phase: PhaseDeliver, TTL: ttl, Event: ev, Header: hdr, Namespace: ns})
+	}
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -194,26 +193,4 @@ func (k *KeyPair) Served() [][]byte {
 // ServerConfig is the TLS configuration of a listener serving this pair.
 func (k *KeyPair) ServerConfig() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: k.GetCertificate}
-}
-
-// ClientConfig is for a client of this very process's listener (local
-// mode's sync handler posting to its own broker ingress, by a loopback
-// address the certificate need not name): it accepts exactly the
-// certificate the listener serves, and no other.
-func (k *KeyPair) ClientConfig() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		// Verified below, against the served certificate itself.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("no certificate from own listener")
-			}
-			served := k.Served()
-			if !bytes.Equal(cs.PeerCertificates[0].Raw, served[0]) {
-				return errors.New("own listener served another certificate than tls-cert-file's")
-			}
-			return nil
-		},
-	}
 }

@@ -200,29 +200,6 @@ func TestKeyPair_ServesARenewedCertificateWithoutARestart(t *testing.T) {
 	expect("key back", leafOf(t, certC).SerialNumber.String(), leafOf(t, certC).NotAfter, 3)
 }
 
-// TestKeyPair_ClientConfigAcceptsOnlyTheServedCertificate: local mode's
-// own posts reach its listener by a loopback address its certificate
-// need not name, and trust that certificate alone: not another one, even
-// from the same CA.
-func TestKeyPair_ClientConfigAcceptsOnlyTheServedCertificate(t *testing.T) {
-	kp, _ := testKeyPair(t, "mail.test")
-	other, _ := testKeyPair(t, "mail.test")
-	get := func(addr string) error {
-		c := &http.Client{Transport: &http.Transport{TLSClientConfig: kp.ClientConfig()}, Timeout: 5 * time.Second}
-		resp, err := c.Get("https://" + addr + "/")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err
-	}
-	if err := get(serveTLS(t, kp)); err != nil {
-		t.Errorf("own listener, by its loopback address: %v", err)
-	}
-	if err := get(serveTLS(t, other)); err == nil || !strings.Contains(err.Error(), "another certificate") {
-		t.Errorf("another listener: %v, want refused", err)
-	}
-}
-
 // TestOptions_TLSSettings: both files or neither, and a file that does
 // not load is named at start.
 func TestOptions_TLSSettings(t *testing.T) {

@@ -16,10 +16,9 @@ import (
 // new connection as idle only once it is 5 seconds old (golang/go#22682),
 // so without this a stop waits up to 5 s for a connection that will never
 // carry a request: net/http's Transport dials a spare one while it waits
-// for a busy one, and keeps it in its pool unused. In local mode the sync
-// handler's own posts to the broker ingress make such connections; so do
-// sync's posts to a standalone broker. A connection on which a request
-// has begun to arrive is left to finish.
+// for a busy one, and keeps it in its pool unused. Sync's posts to a
+// standalone broker make such connections. A connection on which a
+// request has begun to arrive is left to finish.
 //
 // Over TLS the handshake's bytes arrive before any request, so a new
 // connection that has been quiet for tlsQuiet counts as unused too: a

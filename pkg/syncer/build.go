@@ -61,20 +61,23 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	}
 	var notify replicator.Notifier
 	var sweeper Sweeper
-	var results EventSender
-	if cfg.ResultsSink != "" {
+	results := cfg.Results
+	if results == nil && cfg.ResultsSink != "" {
 		snd, err := sink.New(sink.Options{URL: cfg.ResultsSink, Overrides: cfg.CEOverrides,
-			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond, Authorization: cfg.ResultsAuthorization, TLSConfig: cfg.ResultsTLS,
+			Budget: 2 * time.Second, Retries: 3, Backoff: 50 * time.Millisecond,
 			CACerts: cfg.CACerts})
 		if err != nil {
 			st.Close()
 			return nil, nil, fmt.Errorf("results-sink: %w", err)
 		}
-		notify, results = NewSinkNotifier(snd, cfg.Source, reg, log), snd
+		results = snd
+	}
+	if results != nil {
+		notify = NewSinkNotifier(results, cfg.Source, reg, log)
 		// The sweep's requests go the same way as the failure events.
 		so := cfg.Sweep.options()
 		so.Username = uf
-		sweeper = sweep.New(so, st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(snd), reg, log)
+		sweeper = sweep.New(so, st, lister, sweep.Sources(cfg.HostMap()), NewSinkSender(results), reg, log)
 	} else {
 		log.Warn("no results sink (--results-sink, K_SINK): sweep.requested events will be refused")
 	}
@@ -106,7 +109,7 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 	h := NewHandler(Options{Source: cfg.Source, Budget: cfg.RequestTimeout, MaxBody: cfg.MaxBody, Sweeper: sweeper, Results: results,
 		Username: uf}, repl, reg, log)
 	log.Info("sync configured", "transport", cfg.Transport, "default", cfg.HostMap().Default, "hosts", cfg.HostMap().Hosts(),
-		"results_sink", cfg.ResultsSink != "", "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout, "exclude_mailboxes", exclude)
+		"results_sink", results != nil, "lock_ttl", cfg.LockTTL, "request_timeout", cfg.RequestTimeout, "exclude_mailboxes", exclude)
 	return h, func() error { return errors.Join(st.Close(), mst.Close()) }, nil
 }
 
@@ -114,14 +117,14 @@ func Build(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog
 // sync function retries itself to the Broker: only the final outcome can be
 // the HTTP reply.
 type SinkNotifier struct {
-	snd    *sink.Sender
+	snd    EventSender
 	source string
 	log    *slog.Logger
 	fails  prometheus.Counter
 }
 
 // NewSinkNotifier makes the notifier.
-func NewSinkNotifier(snd *sink.Sender, source string, reg prometheus.Registerer, log *slog.Logger) *SinkNotifier {
+func NewSinkNotifier(snd EventSender, source string, reg prometheus.Registerer, log *slog.Logger) *SinkNotifier {
 	n := &SinkNotifier{snd: snd, source: source, log: log,
 		fails: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: metrics.SyncNotifyFailures,
 			Help: "replication.failed events of retried attempts that could not be sent to the Broker."})}

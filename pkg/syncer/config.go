@@ -1,7 +1,6 @@
 package syncer
 
 import (
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,14 +57,9 @@ type Config struct {
 	RunAgainDelay     time.Duration
 	MaxRounds         int
 	ResultsSink       string
-	// ResultsAuthorization is the Authorization header of every post to
-	// ResultsSink (no flag: local mode's own broker ingress, behind
-	// ingest's credentials).
-	ResultsAuthorization string
-	// ResultsTLS, when set, is the TLS configuration of the posts to an
-	// https ResultsSink (no flag: local mode's own listener, with
-	// --tls-cert-file).
-	ResultsTLS  *tls.Config
+	// Results, when set, takes the events ResultsSink would (no flag:
+	// local mode's own broker, in process).
+	Results     EventSender
 	CEOverrides string
 	// CACerts is Knative's K_CA_CERTS: the CAs of an https results sink.
 	CACerts  string

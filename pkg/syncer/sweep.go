@@ -11,7 +11,6 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
-	"github.com/dovewarden/dovewarden-knative/pkg/sink"
 	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
 )
 
@@ -99,10 +98,10 @@ const maxReplyHops = 200
 
 // SinkSender sends the sweep's replication requests to the Broker through
 // the results sink.
-type SinkSender struct{ snd *sink.Sender }
+type SinkSender struct{ snd EventSender }
 
 // NewSinkSender wraps the results sink's sender.
-func NewSinkSender(snd *sink.Sender) SinkSender { return SinkSender{snd: snd} }
+func NewSinkSender(snd EventSender) SinkSender { return SinkSender{snd: snd} }
 
 // Send sends one replication.requested event for the sweep.
 func (s SinkSender) Send(ctx context.Context, r sweep.Request) error {
