@@ -300,7 +300,7 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		case embedded && bs.SpoolFile == "":
 			log.Warn("queued events dropped at shutdown; the sweep at the next start replicates every user", "events", len(held))
 		case !embedded:
-			markUndelivered(st, held, bs.SpoolFile != "", log)
+			markUndelivered(st, held, ho.Username, bs.SpoolFile != "", log)
 		}
 	}
 	return errors.Join(serr, saveHeld(b, bs.SpoolFile, held, log))
@@ -318,7 +318,7 @@ const markUndeliveredBudget = 5 * time.Second
 // replicates them first (pending users lead its candidates), before the
 // users it requests only for the recovery time. spooled: the events go to
 // the spool file next (saveHeld), so the messages do not call them lost.
-func markUndelivered(st *state.Store, held []broker.Held, spooled bool, log *slog.Logger) {
+func markUndelivered(st *state.Store, held []broker.Held, uf dovecot.UsernameFormat, spooled bool, log *slog.Logger) {
 	fate, also := "queued events dropped at shutdown", ""
 	if spooled {
 		fate, also = "queued events not delivered by shutdown, to be saved to the spool file", "also "
@@ -332,6 +332,12 @@ func markUndelivered(st *state.Store, held []broker.Held, spooled bool, log *slo
 		req, err := contract.ToRequest(h.Event)
 		if err != nil || req.User == "" {
 			continue // a reply, a sweep request, or no user to mark
+		}
+		// An administrator's request names the user as typed: marked so,
+		// the mark would never be cleared, the sync replicating the name
+		// normalised.
+		if req.User, err = doveadm.NormalizeUser(req.User, uf); err != nil {
+			continue
 		}
 		if req.Time.IsZero() {
 			req.Time = time.Now()
