@@ -146,8 +146,8 @@ func (c *Config) Validate() error {
 	if c.SendRetries < 0 || c.SendRetries > 10 {
 		errs = append(errs, fmt.Errorf("send-retries %d: want 0 to 10", c.SendRetries))
 	}
-	if c.SendBackoff <= 0 {
-		errs = append(errs, fmt.Errorf("send-backoff %s: must be positive", c.SendBackoff))
+	if c.SendBackoff < time.Millisecond || c.SendBackoff > c.SendBudget {
+		errs = append(errs, fmt.Errorf("send-backoff %s: want 1ms up to send-budget (%s)", c.SendBackoff, c.SendBudget))
 	}
 	if c.MaxBody < 1024 || c.MaxBody > dovecot.MaxEventSize {
 		errs = append(errs, fmt.Errorf("max-body %d: want 1024 to %d bytes", c.MaxBody, dovecot.MaxEventSize))

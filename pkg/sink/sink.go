@@ -240,7 +240,8 @@ func (s *Sender) withRetries(ctx context.Context) context.Context {
 	if s.opts.Retries <= 0 {
 		return ctx
 	}
-	return cloudevents.ContextWithRetriesExponentialBackoff(ctx, s.opts.Backoff/2, s.opts.Retries)
+	// A period of 0 makes the SDK panic (a ticker of 0) at the first retry.
+	return cloudevents.ContextWithRetriesExponentialBackoff(ctx, max(s.opts.Backoff/2, time.Nanosecond), s.opts.Retries)
 }
 
 // describe names the final HTTP status when there was one. Neither what

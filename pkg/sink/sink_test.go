@@ -220,6 +220,26 @@ func TestSend_RetriesWhatCanRecover(t *testing.T) {
 	}
 }
 
+// TestSend_TinyBackoffRetries: a backoff of a nanosecond (half of it is 0,
+// the SDK's period) still retries and fails, rather than panic in the
+// SDK's ticker: a panic lost the change, net/http dropping the
+// connection, with no 503 to Dovecot and no pending mark.
+func TestSend_TinyBackoffRetries(t *testing.T) {
+	var tries atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tries.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	s, err := New(Options{URL: srv.URL, Budget: time.Second, Retries: 3, Backoff: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), testEvent()); err == nil || tries.Load() != 4 {
+		t.Errorf("Send: %v after %d tries, want an error after 4", err, tries.Load())
+	}
+}
+
 // TestSend_RetryDelays: the first retry waits --send-backoff, each further
 // one twice as long (as docs/configuration.md says), not twice that.
 func TestSend_RetryDelays(t *testing.T) {
