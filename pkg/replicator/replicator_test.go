@@ -995,6 +995,14 @@ func TestReplicate_AFullRequestOutlivesAnAbortedAttempt(t *testing.T) {
 	if len(f.notes.asked) != 1 {
 		t.Errorf("asked again %d times, want once", len(f.notes.asked))
 	}
+	// The cut rerun goes on in the fake (as in Dovecot) until its
+	// latency is over: the next dsync comes after it, as one would after
+	// the lock's new owner.
+	for deadline := time.Now().Add(5 * time.Second); len(f.tracks.CallsOf("u1")) < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the cut rerun never ended in the fake")
+		}
+	}
 	f.mr.Del(state.LockKey("u1"))
 	if res := f.replicate(t, change.Request{User: "u1"}); res.Outcome != change.Synced || !res.Full {
 		t.Errorf("next dsync %+v, want a full one", res)
