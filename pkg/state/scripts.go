@@ -80,9 +80,11 @@ local function start(now, user, owner, host, skey, dest, call, full)
   if num(redis.call('GET', CLOCK)) < now then redis.call('SET', CLOCK, now) end
   local merged = num(redis.call('HGET', h, 'pending_count'))
   local fullreq = redis.call('HGET', h, 'full_requested') == '1' and 1 or 0
-  -- Added to those of the attempt before, when this one retries it or
-  -- takes over from an owner that died: their changes are not covered
-  -- yet either.
+  -- Added to those of the attempt before, its own host among them, when
+  -- this one retries it or takes over from an owner that died: their
+  -- changes are not covered yet either.
+  local before = redis.call('HGET', h, 'inprogress_host')
+  if before then add_hosts(h, 'inprogress_hosts', {before}) end
   add_hosts(h, 'inprogress_hosts', hosts_of(h, 'pending_hosts'))
   redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts')
   -- inprogress_full: the attempt runs a full sync that was asked for, its
@@ -382,7 +384,9 @@ if ARGV[12] == '1' then
   -- meanwhile, however old: it stays pending, from that host. The host
   -- that answered is no longer asked for it, so the next attempts end.
   local others = {}
-  if owned then
+  -- The fields are this attempt's while it holds the lock, and when no
+  -- attempt holds it and none started after this one (not superseded).
+  if owned or redis.call('EXISTS', KEYS[1]) == 0 then
     for _, f in ipairs({'inprogress_hosts', 'pending_hosts'}) do
       for _, x in ipairs(hosts_of(h, f)) do
         if x ~= ARGV[9] then table.insert(others, x) end
@@ -396,6 +400,9 @@ if ARGV[12] == '1' then
     if not ph or ph == ARGV[9] then redis.call('HSET', h, 'pending_host', others[1]) end
     redis.call('ZADD', KEYS[3], 'LT', at, user)
     newer = true
+    -- An attempt whose lock expired is over too: its fields would have
+    -- the next attempt's start take its host back.
+    if not owned then redis.call('HDEL', h, unpack(INPROGRESS)) end
   end
   if owned and newer then
     release(user, h)
@@ -441,6 +448,7 @@ if ARGV[8] == '1' then
   -- event or the sweep.
   redis.call('ZADD', KEYS[3], 'LT', at, user)
   if ARGV[9] ~= '' then redis.call('HSET', h, 'pending_host', ARGV[9]) end
+  add_hosts(h, 'pending_hosts', {ARGV[9]})
   -- A full sync asked for and not done stays asked for.
   if ARGV[10] == '1' then redis.call('HSET', h, 'full_requested', '1') end
   if redis.call('GET', KEYS[1]) == token then

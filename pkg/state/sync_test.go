@@ -581,8 +581,9 @@ func TestRedisScripts_GoneKeepsAChangeMarkedDuringTheAttempt(t *testing.T) {
 // TestRedisScripts_GoneKeepsAnotherHostsChangeTheAttemptTookOver: a
 // change seen on mail-b that an attempt from mail-a took over (a rerun's
 // mark, ingest's mark from before the attempt, a retry's, one older than
-// the attempt but recorded while it ran) is not covered by mail-a's "no
-// such user": it stays pending, from mail-b. Once mail-b answers the same,
+// the attempt but recorded while it ran, the change of an attempt from
+// mail-b that gave up or whose owner died) is not covered by mail-a's "no
+// such user", however late it comes: it stays pending, from mail-b. Once mail-b answers the same,
 // nothing is left, so the attempts end. A success covers what its attempt
 // took over: a later 67 from mail-a then drops everything.
 func TestRedisScripts_GoneKeepsAnotherHostsChangeTheAttemptTookOver(t *testing.T) {
@@ -689,6 +690,45 @@ func TestRedisScripts_GoneKeepsAnotherHostsChangeTheAttemptTookOver(t *testing.T
 				t.Fatalf("begin %+v", c)
 			}
 			fail(t, b, "C", "mail-a", c, true)
+			wantPendingFrom(t, b, "mail-b")
+		})
+	})
+	t.Run("given up by its own host", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			c := begin(t, b, "A", time.Time{})
+			if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "A", Host: "mail-a", Error: "exit code 75",
+				Class: "tempfail", ExitCode: 75, Final: true, Release: true, Start: c.Start}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(3 * time.Millisecond)
+			c = beginOn(t, b, "C", "mail-b", time.Time{})
+			if c.Decision != state.Run {
+				t.Fatalf("begin from mail-b: %+v", c)
+			}
+			fail(t, b, "C", "mail-b", c, true)
+			wantPendingFrom(t, b, "mail-a")
+		})
+	})
+	t.Run("its owner died", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			begin(t, b, "A", time.Time{})
+			b.expire(1100 * time.Millisecond)
+			c := beginOn(t, b, "C", "mail-b", time.Time{})
+			if c.Decision != state.Run {
+				t.Fatalf("begin from mail-b after the owner died: %+v", c)
+			}
+			fail(t, b, "C", "mail-b", c, true)
+			wantPendingFrom(t, b, "mail-a")
+		})
+	})
+	t.Run("answered after its lock expired", func(t *testing.T) {
+		onBothRedis(t, func(t *testing.T, b backend) {
+			if err := b.st.MarkPending(ctx, "u1", "mail-b", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			c := begin(t, b, "A", time.Time{})
+			b.expire(1100 * time.Millisecond)
+			fail(t, b, "A", "mail-a", c, true)
 			wantPendingFrom(t, b, "mail-b")
 		})
 	})
