@@ -329,7 +329,7 @@ redis.call('HSET', h, 'last_success_call', ARGV[11] .. ' ' .. answer)
 return {answer, now}
 `)
 
-// scriptFail: KEYS lock, user, pending, failed, dsync state, excluded.
+// scriptFail: KEYS lock, user, pending, failed, dsync state, excluded, gone.
 // ARGV user, token, at, error, exit code, class, final, release, host,
 // full asked, the failed attempt's start, gone, rerun (the owner merged
 // newer changes in-process), counted (the failure is recorded already).
@@ -416,8 +416,12 @@ if ARGV[12] == '1' then
     redis.call('ZREM', KEYS[3], user)
     release(user, h)
     redis.call('DEL', h)
+    -- When, for the sweep's recovery (SweepGoneKey): it has no record to
+    -- tell that the user was tried since.
+    redis.call('ZADD', KEYS[7], now, user)
   elseif not newer and redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('ZREM', KEYS[3], user)
+    redis.call('ZADD', KEYS[7], now, user)
   end
   return now
 end

@@ -29,12 +29,15 @@ const (
 	// last_full_sync): the next is due one full-sync interval later.
 	SweepFullKey = Prefix + "sweep:full"
 	// SweepAskedKey is a sorted set of users scored by the Unix ms at
-	// which the sweep last asked for them after a failure or for
-	// recovery: while that request waits in a lane, the next sweeps do
-	// not ask again (a failed user's retry until the failed-retry
-	// interval has passed since), and a user it found gone (exit code 67,
-	// its record dropped) is not asked for recovery again.
+	// which the sweep last asked for their retry after a failure: while
+	// that request waits in a lane, the next sweeps ask again only once
+	// the failed-retry interval has passed since.
 	SweepAskedKey = Prefix + "sweep:asked"
+	// SweepGoneKey is a sorted set of users scored by the Unix ms at which
+	// a dsync answered that they do not exist (exit code 67) and their
+	// record was dropped: such a user, which a host may still list, is
+	// not asked for recovery again at every sweep.
+	SweepGoneKey = Prefix + "sweep:gone"
 )
 
 // SweepUsersKey is the sorted set of one sweep's candidates: every listed
@@ -310,9 +313,10 @@ type SweepFacts struct {
 	InProgress bool
 	// FullRequested is when the sweep last asked for the user's full sync.
 	FullRequested time.Time
-	// Asked is when the sweep last asked for the user after a failure or
-	// for recovery (SweepAskedKey).
-	Asked time.Time
+	// Asked is when the sweep last asked for the user's retry after a
+	// failure (SweepAskedKey); Gone when a dsync last found it gone
+	// (SweepGoneKey).
+	Asked, Gone time.Time
 	// Recovery is RecoveryKey's time (the same for every user): a user
 	// whose last successful dsync started before it may have lost a
 	// change. Zero: no such time.
@@ -324,7 +328,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 	type cmds struct {
 		excl           *redis.BoolCmd
 		pend, fail, fr *redis.FloatCmd
-		asked          *redis.FloatCmd
+		asked, gone    *redis.FloatCmd
 		fields         *redis.SliceCmd
 		lock           *redis.IntCmd
 	}
@@ -341,6 +345,7 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 				lock:   p.Exists(ctx, LockKey(u)),
 				fr:     p.ZScore(ctx, SweepFullKey, u),
 				asked:  p.ZScore(ctx, SweepAskedKey, u),
+				gone:   p.ZScore(ctx, SweepGoneKey, u),
 			}
 		}
 		return nil
@@ -363,6 +368,9 @@ func (s *Store) SweepFacts(ctx context.Context, users []string) ([]SweepFacts, e
 		}
 		if c.asked.Err() == nil {
 			f.Asked = time.UnixMilli(int64(c.asked.Val())).UTC()
+		}
+		if c.gone.Err() == nil {
+			f.Gone = time.UnixMilli(int64(c.gone.Val())).UTC()
 		}
 		vals := c.fields.Val()
 		field := func(j int) string {
@@ -388,11 +396,11 @@ type SweepCommitArgs struct {
 	Counts map[string]int64
 	// FullRequested are users whose full sync this batch asked for.
 	FullRequested []string
-	// Asked are users this batch asked for after a failure or for
-	// recovery (SweepAskedKey).
+	// Asked are users whose retry this batch asked for (SweepAskedKey).
 	Asked []string
-	// FullSyncInterval prunes SweepFullKey, FailedRetryInterval (and the
-	// recovery time) SweepAskedKey, when the sweep completes.
+	// FullSyncInterval prunes SweepFullKey, FailedRetryInterval
+	// SweepAskedKey, when the sweep completes (and the recovery time
+	// SweepGoneKey).
 	FullSyncInterval, FailedRetryInterval time.Duration
 	LockTTL, UsersTTL                     time.Duration
 }
@@ -404,7 +412,7 @@ type SweepCommitArgs struct {
 // replaced this one. FullRequested is recorded even then: those requests
 // went out, and asked again they would each cost a second full dsync.
 func (s *Store) SweepCommit(ctx context.Context, a SweepCommitArgs) (finished bool, err error) {
-	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey, SweepAskedKey, RecoveryKey}
+	keys := []string{SweepLockKey, SweepClaimKey, SweepKey, SweepUsersKey(a.ID), SweepFullKey, SweepAskedKey, SweepGoneKey, RecoveryKey}
 	args := []any{a.ID, a.Token, a.From, a.To, a.LockTTL.Milliseconds(), a.UsersTTL.Milliseconds(),
 		a.FullSyncInterval.Milliseconds(), len(a.Counts), len(a.FullRequested), a.FailedRetryInterval.Milliseconds()}
 	for k, n := range a.Counts {

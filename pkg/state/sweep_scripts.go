@@ -201,12 +201,12 @@ local m = redis.call('HMGET', KEYS[3], 'total', 'hosts', 'reason', 'started')
 return {'ok', now_ms(), tonumber(m[1]), m[2] or '[]', m[3] or '', tonumber(m[4]) or 0, mono_ms()}
 `)
 
-// scriptSweepCommit: KEYS lock, claim, meta, users, full, asked, recovery.
+// scriptSweepCommit: KEYS lock, claim, meta, users, full, asked, gone,
+// recovery.
 // ARGV id, token, from, to, lock ttl, users ttl, full-sync interval,
 // number of counter pairs n, number of full users m, failed-retry
 // interval, then n field/increment pairs, then the m users whose full
-// sync was requested, then the users asked for after a failure or for
-// recovery.
+// sync was requested, then the users whose retry was asked for.
 var scriptSweepCommit = newScript(luaPrelude + luaSweepFinish + `
 local id = ARGV[1]
 local call = ARGV[2] .. ' ' .. ARGV[3]
@@ -224,9 +224,9 @@ local first = 11 + 2 * n
 -- The full syncs were asked for, whether or not the batch is recorded: a
 -- full request skips the "covered" check, so asking again (the step that
 -- took the batch over, the sweep that replaced this one) would cost a
--- second full dsync. So were the retries and recoveries, which the next
--- sweeps leave alone while they wait in a lane (the retries until the
--- failed-retry interval has passed again).
+-- second full dsync. So were the retries, which the next sweeps leave
+-- alone while they may wait in a lane, until the failed-retry interval has
+-- passed again.
 for i = first, first + m - 1 do
   redis.call('ZADD', KEYS[5], now, ARGV[i])
 end
@@ -253,12 +253,11 @@ if tonumber(ARGV[4]) >= num(redis.call('HGET', KEYS[3], 'total')) then
   -- background).
   local iv = num(ARGV[7])
   if iv > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - iv)) else redis.call('UNLINK', KEYS[5]) end
-  -- An entry means nothing once it is older than the failed-retry
-  -- interval and than the recovery time.
-  local keep = now - num(ARGV[10])
-  local rec = num(redis.call('GET', KEYS[7]))
-  if rec > 0 and rec < keep then keep = rec end
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. keep)
+  -- A retry asked for longer ago than the interval means nothing; a user
+  -- found gone before the recovery time neither (none: all of them).
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (now - num(ARGV[10])))
+  local rec = num(redis.call('GET', KEYS[8]))
+  if rec > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. rec) else redis.call('UNLINK', KEYS[7]) end
   finish(id, now)
   return {'finished', now}
 end

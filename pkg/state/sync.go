@@ -241,7 +241,7 @@ type FailureArgs struct {
 // the attempt ran is left neither failed nor pending (Final, Release and
 // Full are not marked), and its owner's lock is released with Release.
 func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
-	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), ExcludedKey}
+	keys := []string{LockKey(a.User), UserKey(a.User), PendingKey, FailedKey, StateKey(a.User), ExcludedKey, SweepGoneKey}
 	v, err := scriptFail.Run(ctx, s.rdb, keys, a.User, a.Token, ms(a.At), a.Error, a.ExitCode, a.Class,
 		boolArg(a.Final), boolArg(a.Release), a.Host, boolArg(a.Full), ms(a.Start), boolArg(a.Gone), boolArg(a.Rerun), boolArg(a.Counted)).Int64()
 	if err != nil {

@@ -94,7 +94,7 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		if p.req.Full {
 			full = append(full, p.req.User)
 		}
-		if p.req.Reason == ReasonFailed || p.req.Reason == ReasonRecovery {
+		if p.req.Reason == ReasonFailed {
 			askedFor = append(askedFor, p.req.User)
 		}
 	}

@@ -68,10 +68,9 @@ func decide(e state.SweepEntry, f state.SweepFacts, now time.Time, o Options, ho
 		reason = ReasonNever
 	case fullDue:
 		reason = ReasonStale
-	case f.LastStart.Before(f.Recovery) && f.Asked.Before(f.Recovery) && f.FullRequested.Before(f.Recovery):
-		// Asked for since the recovery time (a full sync too), the user
-		// has had its dsync, or waits for it, or was found gone (exit
-		// code 67 drops the record, and last_start with it).
+	case f.LastStart.Before(f.Recovery) && f.Gone.Before(f.Recovery):
+		// Found gone since the recovery time (exit code 67 drops the
+		// record, and last_start with it), the user was tried since.
 		reason = ReasonRecovery
 	default:
 		return nil, ""
