@@ -808,5 +808,20 @@ func (o *ownEvents) Send(ctx context.Context, ev cloudevents.Event) error {
 	if b == nil {
 		return errors.New("the broker has not started")
 	}
-	return b.Emit(ctx, ev)
+	// A full lane may take it a moment later, as the sync function's
+	// posts to a Broker on a cluster are retried (3 times, from 50 ms,
+	// within 2 s).
+	delay := 50 * time.Millisecond
+	for try := 0; ; try++ {
+		err := b.Emit(ctx, ev)
+		if err == nil || !errors.Is(err, broker.ErrQueueFull) || try == 3 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
 }
