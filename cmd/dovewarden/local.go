@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-
 	"encoding/json"
 	"errors"
 	"flag"
