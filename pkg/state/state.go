@@ -96,18 +96,28 @@ func (s *Store) Pending(ctx context.Context, limit int64) ([]PendingUser, error)
 	if err != nil {
 		return nil, fmt.Errorf("read pending users from redis: %w", err)
 	}
-	out := make([]PendingUser, 0, len(zs))
-	for _, z := range zs {
-		user, _ := z.Member.(string)
-		// The host of a change marked since the running attempt began,
-		// or else the running attempt's own: each attempt's start clears
-		// the mark's host, while the user stays pending until it succeeds.
-		hosts, err := s.rdb.HMGet(ctx, UserKey(user), FieldPendingHost, FieldInProgressHost).Result()
+	// The host of a change marked since the running attempt began, or
+	// else the running attempt's own: each attempt's start clears the
+	// mark's host, while the user stays pending until it succeeds. One
+	// round trip for them all.
+	hosts := make([]*redis.SliceCmd, len(zs))
+	if len(zs) > 0 {
+		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, z := range zs {
+				user, _ := z.Member.(string)
+				hosts[i] = p.HMGet(ctx, UserKey(user), FieldPendingHost, FieldInProgressHost)
+			}
+			return nil
+		})
 		if err != nil {
-			return nil, fmt.Errorf("read pending host of %q: %w", user, err)
+			return nil, fmt.Errorf("read the hosts of %d pending users from redis: %w", len(zs), err)
 		}
+	}
+	out := make([]PendingUser, 0, len(zs))
+	for i, z := range zs {
+		user, _ := z.Member.(string)
 		var host string
-		for _, h := range hosts {
+		for _, h := range hosts[i].Val() {
 			if v, _ := h.(string); host == "" {
 				host = v
 			}

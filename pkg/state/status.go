@@ -60,29 +60,55 @@ type UserStatus struct {
 
 // Status reads one user's status in one round trip.
 func (s *Store) Status(ctx context.Context, user string) (UserStatus, error) {
-	var (
-		fields   *redis.MapStringStringCmd
-		pending  *redis.FloatCmd
-		failed   *redis.FloatCmd
-		lock     *redis.IntCmd
-		excluded *redis.BoolCmd
-		states   *redis.MapStringStringCmd
-	)
+	sts, err := s.statuses(ctx, []string{user})
+	if err != nil {
+		return UserStatus{}, fmt.Errorf("read status of %q from redis: %w", user, err)
+	}
+	return sts[0], nil
+}
+
+// statusCmds are the commands that read one user's status.
+type statusCmds struct {
+	fields, states  *redis.MapStringStringCmd
+	pending, failed *redis.FloatCmd
+	lock            *redis.IntCmd
+	excluded        *redis.BoolCmd
+}
+
+// statuses reads users' statuses in one round trip: the status lists of
+// up to 1,000 users cost one, not one a user, against a distant Redis.
+func (s *Store) statuses(ctx context.Context, users []string) ([]UserStatus, error) {
+	if len(users) == 0 {
+		return nil, nil
+	}
+	cmds := make([]statusCmds, len(users))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		fields = p.HGetAll(ctx, UserKey(user))
-		pending = p.ZScore(ctx, PendingKey, user)
-		failed = p.ZScore(ctx, FailedKey, user)
-		lock = p.Exists(ctx, LockKey(user))
-		excluded = p.SIsMember(ctx, ExcludedKey, user)
-		states = p.HGetAll(ctx, StateKey(user))
+		for i, user := range users {
+			cmds[i] = statusCmds{
+				fields:   p.HGetAll(ctx, UserKey(user)),
+				pending:  p.ZScore(ctx, PendingKey, user),
+				failed:   p.ZScore(ctx, FailedKey, user),
+				lock:     p.Exists(ctx, LockKey(user)),
+				excluded: p.SIsMember(ctx, ExcludedKey, user),
+				states:   p.HGetAll(ctx, StateKey(user)),
+			}
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return UserStatus{}, fmt.Errorf("read status of %q from redis: %w", user, err)
+		return nil, err
 	}
-	f := fields.Val()
+	out := make([]UserStatus, len(users))
+	for i, user := range users {
+		out[i] = cmds[i].status(user)
+	}
+	return out, nil
+}
+
+func (c statusCmds) status(user string) UserStatus {
+	f := c.fields.Val()
 	st := UserStatus{
-		User: user, Excluded: excluded.Val(),
+		User: user, Excluded: c.excluded.Val(),
 		LastStart: msField(f[FieldLastStart]), LastSuccess: msField(f[FieldLastSuccess]),
 		LastSuccessHost: f[FieldLastSuccessHost], LastDestination: f[FieldLastDestination],
 		LastDuration: time.Duration(intField(f[FieldLastDurationMS])) * time.Millisecond,
@@ -91,28 +117,28 @@ func (s *Store) Status(ctx context.Context, user string) (UserStatus, error) {
 		LastExitCode: intField(f[FieldLastExitCode]), LastFailureClass: f[FieldLastClass],
 		ConsecutiveFailures: intField(f[FieldFailures]),
 		PendingHost:         f[FieldPendingHost],
-		InProgress:          lock.Val() == 1,
+		InProgress:          c.lock.Val() == 1,
 	}
 	if st.LastFull && st.LastFullStart.IsZero() { // a record from before last_full_start
 		st.LastFullStart = st.LastStart
 	}
-	if pending.Err() == nil {
-		st.PendingSince = time.UnixMilli(int64(pending.Val())).UTC()
+	if c.pending.Err() == nil {
+		st.PendingSince = time.UnixMilli(int64(c.pending.Val())).UTC()
 	}
-	if failed.Err() == nil {
-		st.Failed, st.FailedSince = true, time.UnixMilli(int64(failed.Val())).UTC()
+	if c.failed.Err() == nil {
+		st.Failed, st.FailedSince = true, time.UnixMilli(int64(c.failed.Val())).UTC()
 	}
 	if st.InProgress {
 		st.InProgressBy, st.InProgressHost = f[FieldInProgressBy], f[FieldInProgressHost]
 		st.InProgressSince = msField(f[FieldInProgressSince])
 	}
-	if len(states.Val()) > 0 {
+	if len(c.states.Val()) > 0 {
 		st.States = map[string]int{}
-		for dest, v := range states.Val() {
+		for dest, v := range c.states.Val() {
 			st.States[dest] = len(v)
 		}
 	}
-	return st, nil
+	return st
 }
 
 // Counts returns how many users are pending and how many failed, for the
@@ -324,23 +350,24 @@ func (s *Store) Running(ctx context.Context, limit int64) (int64, []UserStatus, 
 			return 0, nil, fmt.Errorf("read running users from redis: %w", s.explain(err))
 		}
 	}
-	var n int64
-	var out []UserStatus
+	var held []string
 	for i, u := range users {
-		if locks[i].Val() != 1 {
+		if locks[i].Val() == 1 {
+			held = append(held, u)
+		}
+	}
+	sts, err := s.statuses(ctx, held[:min(int64(len(held)), max(limit, 0))])
+	if err != nil {
+		return 0, nil, fmt.Errorf("read the status of running users from redis: %w", s.explain(err))
+	}
+	n := int64(len(held))
+	var out []UserStatus
+	for _, st := range sts {
+		if !st.InProgress {
+			n-- // ended since the locks were read
 			continue
 		}
-		if int64(len(out)) < limit {
-			st, err := s.Status(ctx, u)
-			if err != nil {
-				return 0, nil, err
-			}
-			if !st.InProgress {
-				continue // ended since the locks were read
-			}
-			out = append(out, st)
-		}
-		n++
+		out = append(out, st)
 	}
 	return n, out, nil
 }
@@ -356,13 +383,9 @@ func (s *Store) Failed(ctx context.Context, limit int64) ([]UserStatus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read failed users from redis: %w", err)
 	}
-	out := make([]UserStatus, 0, len(users))
-	for _, u := range users {
-		st, err := s.Status(ctx, u)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, st)
+	out, err := s.statuses(ctx, users)
+	if err != nil {
+		return nil, fmt.Errorf("read the status of %d failed users from redis: %w", len(users), err)
 	}
 	return out, nil
 }

@@ -1,9 +1,12 @@
 package state_test
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
@@ -121,4 +124,61 @@ func TestOldestPendingOnly_SkipsFailedUsers(t *testing.T) {
 			t.Errorf("among the first 2 only, both failed: %v, %v; want none", ok, err)
 		}
 	})
+}
+
+// roundTrips counts the round trips a client makes: one a command, one a
+// pipeline; not those that set up a new connection (HELLO, CLIENT
+// SETINFO).
+type roundTrips struct{ n int }
+
+func setup(name string) bool { return name == "hello" || name == "client" }
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !setup(cmd.Name()) {
+			r.n++
+		}
+		return next(ctx, cmd)
+	}
+}
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) > 0 && !setup(cmds[0].Name()) {
+			r.n++
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestStatusLists_OneRoundTripForAllUsers: the status's lists of failed,
+// pending and running users read their users' records in one round trip,
+// not one a user: a list of 1,000 against a Redis a few milliseconds away
+// ran into the status's 5 s budget.
+func TestStatusLists_OneRoundTripForAllUsers(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	for i := range 50 {
+		u := fmt.Sprintf("u%d", i)
+		mr.ZAdd(state.FailedKey, float64(i), u)
+		mr.ZAdd(state.PendingKey, float64(i), u)
+		mr.ZAdd(state.RunningKey, float64(i), u)
+		mr.Set(state.LockKey(u), "tok")
+	}
+	rt := &roundTrips{}
+	rdb.AddHook(rt)
+	for name, read := range map[string]func() (int, error){
+		"failed":  func() (int, error) { l, err := st.Failed(ctx, 1000); return len(l), err },
+		"pending": func() (int, error) { l, err := st.Pending(ctx, 1000); return len(l), err },
+		"running": func() (int, error) { _, l, err := st.Running(ctx, 1000); return len(l), err },
+	} {
+		rt.n = 0
+		n, err := read()
+		// Running also reads the locks, in a round trip of their own.
+		if want := map[string]int{"failed": 2, "pending": 2, "running": 3}[name]; err != nil || n != 50 || rt.n != want {
+			t.Errorf("%s: %d users, %v, in %d round trips; want 50 in %d", name, n, err, rt.n, want)
+		}
+	}
 }
