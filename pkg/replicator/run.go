@@ -26,7 +26,7 @@ type job struct {
 	token string
 	// taken: when the call that took the lock was sent.
 	taken time.Time
-	// rounds: the rerun running, from 2 (0 before the first rerun).
+	// rounds: the round running, from 1 (a rerun is round 2 and on).
 	rounds int
 	res    change.Result
 	// escalated: this round's one full rerun after exit code 65 or 68
@@ -72,7 +72,8 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 
 	full := j.req.Full || needsFull(claim)
 	j.fullAsked = j.req.Full || claim.FullRequested
-	attempt, total, rounds := 0, 0, 1
+	attempt, total := 0, 0
+	j.rounds = 1
 	covered := 1 + claim.Merged
 	oldest := earliest(j.req.Time, claim.PendingSince, claim.Start)
 	for {
@@ -112,7 +113,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			end, next, serr := r.store.Succeed(cctx, state.SuccessArgs{
 				User: user, Token: j.token, Host: j.host, Destination: j.ep.Destination, NewState: out.State, DropState: out.StateDropped > 0,
 				Start: claim.Start, TTL: r.opts.LockTTL, Full: full,
-				MayRerun: rounds < r.opts.MaxRounds && lctx.Err() == nil && timeLeft(ctx, minAttempt), Rerun: rerun,
+				MayRerun: j.rounds < r.opts.MaxRounds && lctx.Err() == nil && timeLeft(ctx, minAttempt), Rerun: rerun,
 			})
 			cancel()
 			if serr != nil {
@@ -128,8 +129,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			switch next.Decision {
 			case state.Run:
 				// Changes arrived during this dsync: run once more, now.
-				rounds++
-				j.rounds = rounds
+				j.rounds++
 				r.m.reruns.Inc()
 				claim, attempt = next, 0
 				covered += next.Merged
@@ -138,7 +138,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				r.flights.reopen(fl, claim.Start)
 				continue
 			case state.Left:
-				j.askAgain(ctx, lctx, rounds, end)
+				j.askAgain(ctx, lctx, end)
 			}
 			return j.res, nil
 		}
@@ -207,8 +207,8 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 // would otherwise leave its last messages on the source until the sweep).
 // A request cut off (lctx ended) leaves them to the next event or the
 // sweep, as does a failed send: they stay pending in Redis.
-func (j *job) askAgain(ctx, lctx context.Context, rounds int, at time.Time) {
-	r, user := j.r, j.req.User
+func (j *job) askAgain(ctx, lctx context.Context, at time.Time) {
+	r, user, rounds := j.r, j.req.User, j.rounds
 	if r.notify == nil || lctx.Err() != nil {
 		r.log.Info("changes arrived during dsync; left for the next event or the sweep", "user", user, "rounds", rounds)
 		return
@@ -364,7 +364,7 @@ func (j *job) cutRerun(ctx context.Context, f change.Failure, cause error) (chan
 	defer cancel()
 	j.release(cctx, f, true)
 	j.r.log.Warn("dsync rerun cut off; its changes stay pending", "user", j.req.User, "cause", cause)
-	j.askAgain(cctx, cctx, j.rounds, j.res.End)
+	j.askAgain(cctx, cctx, j.res.End)
 	return j.res, nil
 }
 
