@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	"github.com/dovewarden/dovewarden-knative/internal/printable"
 	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
@@ -52,6 +53,42 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteError is output Run could not write (a full disk, a closed pipe):
+// the events were read, the answer about them was lost.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "write: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// errWriter keeps the first error of its writer, so that Run tells a
+// failed write from a failed read or an invalid event.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// Options is what, beside the event, decides what ingest does with it.
+type Options struct {
+	Translator ingest.Translator
+	// Host is the host query parameter of the exporter URL (?host=NAME),
+	// which ingest names instead of the event's hostname; empty: none.
+	Host string
+	// MaxBody is ingest's --max-body: it answers a larger event 413. 0 is
+	// no limit.
+	MaxBody int64
+}
+
 // Run reads Dovecot events from r (one JSON object, or a stream of objects
 // such as one per line) and writes, per event, the CloudEvent as indented
 // JSON or a line "dropped: <reason>". An object that is not a valid event
@@ -60,14 +97,14 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 // an error (and counts as invalid); input that cannot be read stops it
 // with a *ReadError.
 func Run(r io.Reader, w io.Writer, t ingest.Translator) (Summary, error) {
-	return RunFor(r, w, t, "")
+	return RunWith(r, w, Options{Translator: t})
 }
 
-// RunFor is Run for events posted to an exporter URL with ?host=host:
-// ingest names that host instead of the event's hostname. An empty host
-// is none.
-func RunFor(r io.Reader, w io.Writer, t ingest.Translator, host string) (Summary, error) {
+// RunWith is Run for an ingest configured as o says. A failed write stops
+// the run with a *WriteError.
+func RunWith(r io.Reader, w io.Writer, o Options) (Summary, error) {
 	var s Summary
+	ew := &errWriter{w: w}
 	br := &boundedReader{r: r}
 	dec := json.NewDecoder(br)
 	br.dec = dec
@@ -93,14 +130,28 @@ func RunFor(r io.Reader, w io.Writer, t ingest.Translator, host string) (Summary
 			return s, &ReadError{err}
 		}
 		s.Events++
-		if err := one(raw, w, t, host, &s); err != nil {
+		if err := one(raw, ew, o, &s); err != nil {
+			if ew.err != nil {
+				return s, &WriteError{ew.err}
+			}
 			return s, err
 		}
 	}
 }
 
-func one(raw []byte, w io.Writer, t ingest.Translator, host string, s *Summary) error {
-	ev, err := dovecot.Parse(raw)
+func one(raw []byte, w io.Writer, o Options, s *Summary) error {
+	// Dovecot posts each event alone, as compact JSON: that is the body
+	// ingest measures.
+	var body bytes.Buffer
+	if err := json.Compact(&body, raw); err != nil {
+		return err
+	}
+	if o.MaxBody > 0 && int64(body.Len()) > o.MaxBody {
+		s.Invalid++
+		_, werr := fmt.Fprintf(w, "invalid: an event of %d bytes, over max-body (%d): ingest answers 413 and the change waits for the sweep\n", body.Len(), o.MaxBody)
+		return werr
+	}
+	ev, err := dovecot.Parse(body.Bytes())
 	if err != nil {
 		s.Invalid++
 		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
@@ -108,6 +159,7 @@ func one(raw []byte, w io.Writer, t ingest.Translator, host string, s *Summary) 
 	}
 	// Ingest refuses a host it does not accept first, whatever the event
 	// is (400).
+	host := o.Host
 	if host == "" {
 		host = ev.Hostname
 	}
@@ -116,7 +168,7 @@ func one(raw []byte, w io.Writer, t ingest.Translator, host string, s *Summary) 
 		_, werr := fmt.Fprintf(w, "invalid: %v\n", err)
 		return werr
 	}
-	c, ce, reason, err := t.Translate(&ev, host)
+	c, ce, reason, err := o.Translator.Translate(&ev, host)
 	if reason != "" {
 		s.Dropped++
 		_, werr := fmt.Fprintf(w, "dropped: %s (%s %s)\n", reason, printable.String(ev.Name), describe(&ev))
@@ -137,9 +189,33 @@ func one(raw []byte, w io.Writer, t ingest.Translator, host string, s *Summary) 
 	}
 	pretty.WriteByte('\n')
 	s.Changes++
-	_, err = w.Write(pretty.Bytes())
+	_, err = w.Write(escapeControls(pretty.Bytes()))
 	return err
 }
+
+// escapeControls writes the DEL and C1 control characters of indented
+// JSON as \u escapes, which JSON allows in the strings they can only be
+// in, and encoding/json leaves raw: the event quotes text from outside (a
+// sender's Message-ID, a user's mailbox names), and U+009B is CSI to a
+// terminal that reads 8-bit controls.
+func escapeControls(b []byte) []byte {
+	if !bytes.ContainsFunc(b, isC1) {
+		return b
+	}
+	var out bytes.Buffer
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if isC1(r) {
+			fmt.Fprintf(&out, `\u%04x`, r)
+		} else {
+			out.Write(b[:n])
+		}
+		b = b[n:]
+	}
+	return out.Bytes()
+}
+
+func isC1(r rune) bool { return r >= 0x7f && r <= 0x9f }
 
 // describe names the event's command and user for a dropped line.
 func describe(ev *dovecot.Event) string {

@@ -186,10 +186,10 @@ func TestRun_AHostIngestRefusesIsInvalid(t *testing.T) {
 // TestRunFor_TheExporterURLsHost: with ?host=NAME in the exporter URL,
 // ingest names that host, whatever the events' hostname; so does explain
 // given the same host.
-func TestRunFor_TheExporterURLsHost(t *testing.T) {
+func TestRunWith_TheExporterURLsHost(t *testing.T) {
 	line := strings.Replace(appendLine, `"mail-a.test"`, `"10.0.0.1:8080"`, 1)
 	var out bytes.Buffer
-	s, err := RunFor(strings.NewReader(line), &out, ingest.Translator{}, "mail-a")
+	s, err := RunWith(strings.NewReader(line), &out, Options{Host: "mail-a"})
 	if err != nil || s != (Summary{Events: 1, Changes: 1}) {
 		t.Fatalf("%+v %v\n%s", s, err, out.String())
 	}
@@ -198,7 +198,7 @@ func TestRunFor_TheExporterURLsHost(t *testing.T) {
 		t.Errorf("CloudEvent %v, %v: want source mail-a", ce, err)
 	}
 	out.Reset()
-	if s, _ := RunFor(strings.NewReader(line), &out, ingest.Translator{}, "bad host"); s.Invalid != 1 {
+	if s, _ := RunWith(strings.NewReader(line), &out, Options{Host: "bad host"}); s.Invalid != 1 {
 		t.Errorf("a host ingest refuses: %+v\n%s", s, out.String())
 	}
 }
@@ -223,6 +223,76 @@ func TestRun_ADroppedLineCannotDriveTheTerminal(t *testing.T) {
 	for _, want := range []string{`imap_command_finished\u009b`, `CREATE\x1b]0;x\a`, `user=u1\x1b[2J`, `reply=BAD\r`} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the dropped line %q lacks %q", text, want)
+		}
+	}
+}
+
+// An event over ingest's --max-body is answered 413 there: explain calls
+// it invalid, measured as Dovecot posts it (compact), not as a capture
+// laid it out.
+func TestRunWith_AnEventOverMaxBodyIsInvalid(t *testing.T) {
+	big := strings.Replace(appendLine, `"mailbox":"INBOX"`, `"mailbox":"`+strings.Repeat("x", 3500)+`"`, 1)
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, []byte(big), "", strings.Repeat(" ", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if pretty.Len() <= 4096 || len(big) > 4096 {
+		t.Fatalf("the laid-out event is %d bytes, the compact one %d: the test wants them either side of 4096", pretty.Len(), len(big))
+	}
+	var out bytes.Buffer
+	if s, err := RunWith(&pretty, &out, Options{MaxBody: 4096}); err != nil || s.Changes != 1 || s.Invalid != 0 {
+		t.Errorf("a compact event of %d bytes under max-body 4096: %+v %v\n%s", len(big), s, err, out.String())
+	}
+	out.Reset()
+	s, err := RunWith(strings.NewReader(big), &out, Options{MaxBody: 1024})
+	if err != nil || s != (Summary{Events: 1, Invalid: 1}) {
+		t.Errorf("summary %+v, %v", s, err)
+	}
+	if want := "over max-body (1024): ingest answers 413"; !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
+}
+
+// The CloudEvent quotes text from outside (a sender's Message-ID, a
+// user's mailbox names); encoding/json writes DEL and the C1 controls
+// raw, and U+009B is CSI to a terminal that reads 8-bit controls.
+func TestRun_TheCloudEventCannotDriveTheTerminal(t *testing.T) {
+	line := strings.Replace(appendLine, `"mailbox":"INBOX"`, `"mailbox":"a\u009b2J\u007fb\u0085c"`, 1)
+	var out bytes.Buffer
+	if s, err := Run(strings.NewReader(line), &out, ingest.Translator{}); err != nil || s.Changes != 1 {
+		t.Fatalf("%+v %v", s, err)
+	}
+	if strings.ContainsFunc(out.String(), func(r rune) bool { return r >= 0x7f && r <= 0x9f }) {
+		t.Errorf("raw control characters in the output:\n%q", out.String())
+	}
+	var ce struct {
+		Data struct {
+			Mailbox string `json:"mailbox"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &ce); err != nil {
+		t.Fatalf("the output is no longer JSON: %v\n%s", err, out.String())
+	}
+	if ce.Data.Mailbox != "a\u009b2J\u007fb\u0085c" {
+		t.Errorf("the escaped output decodes to mailbox %q", ce.Data.Mailbox)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// A write that fails is the output's fault, not the events': a
+// *WriteError, with the event counted as what it was.
+func TestRun_AFailedWriteIsAWriteError(t *testing.T) {
+	for _, line := range []string{appendLine, failedLine, `{"hostname":"x"}`} {
+		s, err := Run(strings.NewReader(line), failingWriter{}, ingest.Translator{})
+		var we *WriteError
+		if !errors.As(err, &we) {
+			t.Errorf("%s: error %v (%T), want a *WriteError", line, err, err)
+		}
+		if s.Events != 1 {
+			t.Errorf("%s: summary %+v", line, s)
 		}
 	}
 }

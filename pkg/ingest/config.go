@@ -46,6 +46,10 @@ type Config struct {
 	Redis state.Conn
 }
 
+// DefaultMaxBody is --max-body's default: twice Dovecot's largest event
+// (128 KiB).
+const DefaultMaxBody = 256 << 10
+
 // RegisterFlags declares every ingest setting on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	c.Server.RegisterFlags(fs, getenv, ":8080")
@@ -58,7 +62,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&c.SendBudget, "send-budget", 150*time.Millisecond, "time allowed to hand one event to the Broker, retries included; keep it below Dovecot's exporter timeout (250ms by default)")
 	fs.IntVar(&c.SendRetries, "send-retries", 3, "retries of a failed send within send-budget")
 	fs.DurationVar(&c.SendBackoff, "send-backoff", 10*time.Millisecond, "delay before the first retry; doubles each retry")
-	fs.Int64Var(&c.MaxBody, "max-body", 256<<10, "largest accepted request body in bytes (above twice Dovecot's imap_max_line_length)")
+	fs.Int64Var(&c.MaxBody, "max-body", DefaultMaxBody, "largest accepted request body in bytes (above twice Dovecot's imap_max_line_length)")
 	c.RegisterHandlerFlags(fs)
 	c.Redis.RegisterFlags(fs, "Redis URL (redis://, rediss:// or unix://; ?master_name=NAME to find the primary through Sentinel) to record users whose change could not be sent, for the sweep")
 }
