@@ -69,11 +69,24 @@ func (s *Store) Status(ctx context.Context, user string) (UserStatus, error) {
 
 // statusCmds are the commands that read one user's status.
 type statusCmds struct {
-	fields, states  *redis.MapStringStringCmd
+	fields          *redis.MapStringStringCmd
+	states          *redis.Cmd
 	pending, failed *redis.FloatCmd
 	lock            *redis.IntCmd
 	excluded        *redis.BoolCmd
 }
+
+// scriptStateSizes answers a user's dsync states as field, size pairs: a
+// status shows their sizes alone, and the states themselves (up to 1 MiB
+// each) of a thousand failed users would be a gigabyte to read.
+var scriptStateSizes = newScript(`
+local out = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+	out[#out + 1] = f
+	out[#out + 1] = redis.call('HSTRLEN', KEYS[1], f)
+end
+return out
+`)
 
 // statuses reads users' statuses in one round trip: the status lists of
 // up to 1,000 users cost one, not one a user, against a distant Redis.
@@ -82,19 +95,31 @@ func (s *Store) statuses(ctx context.Context, users []string) ([]UserStatus, err
 		return nil, nil
 	}
 	cmds := make([]statusCmds, len(users))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, user := range users {
-			cmds[i] = statusCmds{
-				fields:   p.HGetAll(ctx, UserKey(user)),
-				pending:  p.ZScore(ctx, PendingKey, user),
-				failed:   p.ZScore(ctx, FailedKey, user),
-				lock:     p.Exists(ctx, LockKey(user)),
-				excluded: p.SIsMember(ctx, ExcludedKey, user),
-				states:   p.HGetAll(ctx, StateKey(user)),
+	read := func() error {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, user := range users {
+				cmds[i] = statusCmds{
+					fields:   p.HGetAll(ctx, UserKey(user)),
+					pending:  p.ZScore(ctx, PendingKey, user),
+					failed:   p.ZScore(ctx, FailedKey, user),
+					lock:     p.Exists(ctx, LockKey(user)),
+					excluded: p.SIsMember(ctx, ExcludedKey, user),
+					// In a pipeline, Script.Run cannot fall back to EVAL.
+					states: scriptStateSizes.EvalSha(ctx, p, []string{StateKey(user)}),
+				}
 			}
+			return nil
+		})
+		return err
+	}
+	err := read()
+	// The pipeline's error is its first command's (redis.Nil, say): the
+	// script's own tells a Redis that has not run it yet, or restarted.
+	if redis.HasErrorPrefix(cmds[0].states.Err(), "NOSCRIPT") {
+		if err = scriptStateSizes.Load(ctx, s.rdb).Err(); err == nil {
+			err = read()
 		}
-		return nil
-	})
+	}
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
@@ -132,10 +157,12 @@ func (c statusCmds) status(user string) UserStatus {
 		st.InProgressBy, st.InProgressHost = f[FieldInProgressBy], f[FieldInProgressHost]
 		st.InProgressSince = msField(f[FieldInProgressSince])
 	}
-	if len(c.states.Val()) > 0 {
+	if v, _ := c.states.Slice(); len(v) > 0 {
 		st.States = map[string]int{}
-		for dest, v := range c.states.Val() {
-			st.States[dest] = len(v)
+		for i := 0; i+1 < len(v); i += 2 {
+			dest, _ := v[i].(string)
+			size, _ := v[i+1].(int64)
+			st.States[dest] = int(size)
 		}
 	}
 	return st

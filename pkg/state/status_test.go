@@ -3,12 +3,16 @@ package state_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -167,6 +171,11 @@ func TestStatusLists_OneRoundTripForAllUsers(t *testing.T) {
 		mr.ZAdd(state.RunningKey, float64(i), u)
 		mr.Set(state.LockKey(u), "tok")
 	}
+	// As every serving role does at its start; the first read of a Redis
+	// without them loads the state sizes' script on its own.
+	if err := st.LoadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
 	rt := &roundTrips{}
 	rdb.AddHook(rt)
 	for name, read := range map[string]func() (int, error){
@@ -179,6 +188,49 @@ func TestStatusLists_OneRoundTripForAllUsers(t *testing.T) {
 		// Running also reads the locks, in a round trip of their own.
 		if want := map[string]int{"failed": 2, "pending": 2, "running": 3}[name]; err != nil || n != 50 || rt.n != want {
 			t.Errorf("%s: %d users, %v, in %d round trips; want 50 in %d", name, n, err, rt.n, want)
+		}
+	}
+}
+
+// TestStatusLists_ReadTheStatesSizesNotTheStates: a status shows of each
+// dsync state its size alone; the states of a thousand failed users, up
+// to 1 MiB each, were read whole for it, a gigabyte when a replica is
+// down, which is when an administrator asks. The sizes are right, also
+// from a Redis that never ran the script before.
+func TestStatusLists_ReadTheStatesSizesNotTheStates(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	st := state.New(rdb)
+	big := strings.Repeat("s", 1<<20)
+	for i := range 20 {
+		u := fmt.Sprintf("u%d", i)
+		rdb.ZAdd(ctx, state.FailedKey, redis.Z{Score: float64(i), Member: u})
+		rdb.HSet(ctx, state.StateKey(u), "tcp:replica:12345", big, "tcp:other:1", "abc")
+	}
+	outBytes := func() int64 {
+		for line := range strings.Lines(rdb.Info(ctx, "stats").Val()) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_net_output_bytes:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+		}
+		t.Fatal("INFO has no total_net_output_bytes")
+		return 0
+	}
+	before := outBytes()
+	l, err := st.Failed(ctx, 1000)
+	if err != nil || len(l) != 20 {
+		t.Fatalf("%d failed users, %v", len(l), err)
+	}
+	if moved := outBytes() - before; moved > 1<<20 {
+		t.Errorf("the list of 20 failed users moved %d bytes from Redis: their dsync states", moved)
+	}
+	for _, s := range l {
+		if want := map[string]int{"tcp:replica:12345": 1 << 20, "tcp:other:1": 3}; !maps.Equal(s.States, want) {
+			t.Errorf("%s: states %v, want %v", s.User, s.States, want)
 		}
 	}
 }
