@@ -457,7 +457,11 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 	}
 	rows = rows[:0]
 	for _, u := range o.FailedUsers {
-		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, oneLine(u.LastError)))
+		lastError := oneLine(u.LastError)
+		if u.Excluded { // by hand: not retried, its next change or sweep drops the mark
+			lastError = "(excluded: not retried) " + lastError
+		}
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, lastError))
 	}
 	title = fmt.Sprintf("Failed users (oldest failure first; %d of %d)", len(o.FailedUsers), o.Users.Failed)
 	if err := section(out, title, "USER\tFAILED\tLAST SUCCESS\tFAILURES\tCLASS\tLAST ERROR", rows); err != nil {
@@ -546,9 +550,13 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 		w.printf("  last failure\t%s\t%s%s: %s\n", when(s.LastFailure, now), s.LastFailureClass, code, oneLine(s.LastError))
 	}
 	w.printf("  failures\t%d\tsince the last success\n", s.ConsecutiveFailures)
-	if s.Failed {
+	switch {
+	case s.Failed && s.Excluded:
+		// Excluded by hand (SADD): its next change or sweep drops the mark.
+		w.printf("  failed\tyes, at %s\texcluded: not retried\n", when(s.FailedSince, now))
+	case s.Failed:
 		w.printf("  failed\tyes, at %s\tthe sweep retries it\n", when(s.FailedSince, now))
-	} else {
+	default:
 		w.println("  failed\tno\t")
 	}
 	if s.PendingSince.IsZero() {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -547,5 +548,34 @@ func TestStatus_AUserInADsyncOfTheDefaultHost(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("local returned %v", err)
+	}
+}
+
+// A user excluded by hand (SADD dovewarden:excluded) keeps its failed mark
+// until its next change or sweep drops it, and nothing retries it: its
+// record and the failed list say so, not that the sweep retries it.
+func TestStatus_AnExcludedFailedUserIsNotRetried(t *testing.T) {
+	now := time.Now()
+	s := state.UserStatus{User: "alice", Excluded: true, Failed: true, FailedSince: now, LastFailure: now,
+		LastFailureClass: "tempfail", LastError: "exit code 75", ConsecutiveFailures: 1}
+	var out bytes.Buffer
+	if err := printUser(&out, s, now); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "the sweep retries it") || !strings.Contains(out.String(), "excluded: not retried") {
+		t.Errorf("an excluded failed user's record:\n%s", out.String())
+	}
+	out.Reset()
+	if err := printOverview(&out, overview{FailedUsers: []state.UserStatus{s}}, now); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "(excluded: not retried) exit code 75") {
+		t.Errorf("the failed list:\n%s", out.String())
+	}
+	// A failed user not excluded: the sweep retries it.
+	s.Excluded = false
+	out.Reset()
+	if err := printUser(&out, s, now); err != nil || !strings.Contains(out.String(), "the sweep retries it") {
+		t.Errorf("a failed user's record: %v\n%s", err, out.String())
 	}
 }
