@@ -57,6 +57,35 @@ func (h *Histogram) Record(d time.Duration) {
 	h.sum += float64(v)
 }
 
+// recordRamp records n values falling by step from top: top, top-step,
+// top-2*step and so on (in nanoseconds; values below zero count as zero).
+// It costs one step per bucket the values cross, not one per value, so a
+// backlog of millions of requests is recorded at once.
+func (h *Histogram) recordRamp(top, step float64, n uint64) {
+	at := func(k uint64) uint64 { return uint64(max(top-float64(k)*step, 0)) }
+	for k := uint64(0); k < n; {
+		hi := at(k)
+		end := n // one past the last k whose value is in hi's bucket
+		if lo, _ := bucketRange(bucketOf(hi)); hi > 0 && step > 0 {
+			if last := math.Floor((top - float64(lo)) / step); last < float64(n-1) {
+				end = max(uint64(max(last, 0))+1, k+1)
+			}
+		}
+		c := end - k
+		low := at(end - 1)
+		h.counts[bucketOf(hi)] += c
+		if h.n == 0 || low < h.min {
+			h.min = low
+		}
+		h.max = max(h.max, hi)
+		h.n += c
+		// The values are evenly spaced unless clamped at zero, so their
+		// sum is their count times the mean of the first and last.
+		h.sum += float64(c) * (float64(hi) + float64(low)) / 2
+		k = end
+	}
+}
+
 // Merge adds every sample of o to h.
 func (h *Histogram) Merge(o *Histogram) {
 	if o.n == 0 {

@@ -101,3 +101,34 @@ func TestHistogram_BucketsCoverEveryValue(t *testing.T) {
 		check(r.Uint64() >> r.IntN(64))
 	}
 }
+
+func TestHistogram_RecordRampMatchesRecordingEachValue(t *testing.T) {
+	for _, tc := range []struct {
+		top, step float64
+		n         uint64
+	}{
+		{5e9, 1e6, 5000},     // a backlog at 1000/s over 5 s
+		{3e8, 1e5 / 3, 9000}, // a step that is not a whole number
+		{1000, 7, 300},       // crosses zero: the rest count as zero
+		{2e6, 0, 10},         // all equal
+		{130, 1, 200},        // the exact buckets below 128
+		{9e18, 3e14, 30000},  // near the top of time.Duration
+	} {
+		var bulk, each Histogram
+		bulk.recordRamp(tc.top, tc.step, tc.n)
+		for k := range tc.n {
+			each.Record(time.Duration(max(tc.top-float64(k)*tc.step, 0)))
+		}
+		if bulk.Count() != each.Count() || bulk.Min() != each.Min() || bulk.Max() != each.Max() {
+			t.Errorf("%+v: count/min/max %d %v %v, want %d %v %v", tc, bulk.Count(), bulk.Min(), bulk.Max(), each.Count(), each.Min(), each.Max())
+		}
+		if d := math.Abs(float64(bulk.Mean() - each.Mean())); d > 1e-6*float64(each.Mean())+1 {
+			t.Errorf("%+v: mean %v, want %v", tc, bulk.Mean(), each.Mean())
+		}
+		for _, q := range []float64{0, 0.1, 0.5, 0.9, 0.99, 0.999, 1} {
+			if g, w := bulk.Quantile(q), each.Quantile(q); g != w {
+				t.Errorf("%+v: quantile %g %v, want %v", tc, q, g, w)
+			}
+		}
+	}
+}

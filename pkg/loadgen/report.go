@@ -29,6 +29,7 @@ type Report struct {
 	// Behind counts requests a paced run with a Duration had scheduled
 	// inside its window but could not send before the window closed: the
 	// target rate was not sustained (by the receiver or by this machine).
+	// Their waits are in Latency (see Latency.Unsent).
 	Behind     uint64        `json:"behind,omitempty"`
 	FirstError string        `json:"first_error,omitempty"`
 	Duration   time.Duration `json:"duration_ns"`
@@ -44,18 +45,28 @@ type Report struct {
 // (coordinated omission). A request whose worker was idle and slept until
 // its slot is timed from the send, so timer overshoot is not blamed on the
 // receiver. Unpaced runs always time from the send.
+//
+// The requests a paced run had due inside its window but never sent (the
+// Report's Behind) count too, each at its wait from its due time to the end
+// of the run: a lower bound of the latency it would have had, so a receiver
+// that stalls near the end of the run is not hidden either. Timeouts and
+// transport errors are not in the distribution.
 type Latency struct {
 	// FromSchedule says the run was paced, so requests that went out late
 	// were timed from their due time.
-	FromSchedule bool          `json:"from_schedule"`
-	Count        uint64        `json:"count"`
-	Min          time.Duration `json:"min_ns"`
-	Mean         time.Duration `json:"mean_ns"`
-	P50          time.Duration `json:"p50_ns"`
-	P90          time.Duration `json:"p90_ns"`
-	P99          time.Duration `json:"p99_ns"`
-	P999         time.Duration `json:"p999_ns"`
-	Max          time.Duration `json:"max_ns"`
+	FromSchedule bool `json:"from_schedule"`
+	// Count is the number of samples: answers plus Unsent.
+	Count uint64 `json:"count"`
+	// Unsent of the samples are requests never sent, counted at their
+	// wait until the end of the run.
+	Unsent uint64        `json:"unsent"`
+	Min    time.Duration `json:"min_ns"`
+	Mean   time.Duration `json:"mean_ns"`
+	P50    time.Duration `json:"p50_ns"`
+	P90    time.Duration `json:"p90_ns"`
+	P99    time.Duration `json:"p99_ns"`
+	P999   time.Duration `json:"p999_ns"`
+	Max    time.Duration `json:"max_ns"`
 }
 
 // Failed counts requests that neither got a 2xx answer nor were canceled.
@@ -92,8 +103,12 @@ func (r Report) WriteText(w io.Writer) error {
 	if l.Count == 0 {
 		b.WriteString("  latency   none: no answers\n")
 	} else {
-		fmt.Fprintf(&b, "  latency   p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  mean %s (%s, %d answers)\n",
-			short(l.P50), short(l.P90), short(l.P99), short(l.P999), short(l.Max), short(l.Mean), from, l.Count)
+		counted := fmt.Sprintf("%d answers", l.Count-l.Unsent)
+		if l.Unsent > 0 {
+			counted += fmt.Sprintf(" + %d never sent, counted at their wait", l.Unsent)
+		}
+		fmt.Fprintf(&b, "  latency   p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  mean %s (%s, %s)\n",
+			short(l.P50), short(l.P90), short(l.P99), short(l.P999), short(l.Max), short(l.Mean), from, counted)
 	}
 	if r.FirstError != "" {
 		fmt.Fprintf(&b, "  first error: %s\n", r.FirstError)
@@ -124,6 +139,7 @@ func short(d time.Duration) string {
 // hot path touches no shared memory.
 type tally struct {
 	sent, ok, errors, timeouts, canceled uint64
+	unsent                               uint64 // hist entries for requests never sent
 	status                               [600]uint64
 	odd                                  map[int]uint64 // codes >= 600
 	firstErr                             error
@@ -158,7 +174,9 @@ func buildReport(cfg Config, redactedURL string, tallies []*tally, elapsed time.
 	}
 	var hist Histogram
 	var first *tally
+	var unsent uint64
 	for _, t := range tallies {
+		unsent += t.unsent
 		r.Sent += t.sent
 		r.OK += t.ok
 		r.Errors += t.errors
@@ -184,7 +202,7 @@ func buildReport(cfg Config, redactedURL string, tallies []*tally, elapsed time.
 		r.Rate = float64(r.Sent-r.Canceled) / elapsed.Seconds()
 	}
 	r.Latency = Latency{
-		FromSchedule: paced, Count: hist.Count(), Min: hist.Min(), Mean: hist.Mean(),
+		FromSchedule: paced, Count: hist.Count(), Unsent: unsent, Min: hist.Min(), Mean: hist.Mean(),
 		P50: hist.Quantile(0.50), P90: hist.Quantile(0.90), P99: hist.Quantile(0.99),
 		P999: hist.Quantile(0.999), Max: hist.Max(),
 	}

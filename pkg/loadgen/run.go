@@ -68,16 +68,34 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(r.start)
+	end := time.Now()
+	interrupted := ctx.Err() != nil
 
-	rep := buildReport(cfg, shown, tallies, elapsed, r.interval > 0, ctx.Err() != nil)
-	if r.interval > 0 && cfg.Duration > 0 && !rep.Interrupted {
+	var behind uint64
+	if r.interval > 0 && cfg.Duration > 0 && !interrupted {
+		var sent uint64
+		for _, t := range tallies {
+			sent += t.sent
+		}
 		due := uint64(math.Ceil(cfg.Duration.Seconds() * cfg.Rate))
 		if cfg.Count > 0 {
 			due = min(due, cfg.Count)
 		}
-		rep.Behind = due - min(due, rep.Sent)
+		behind = due - min(due, sent)
+		if behind > 0 {
+			// Tickets are taken in order, and none is sent once taken
+			// after the window closed, so the unsent ones are the last:
+			// sent up to due, whether a worker took and abandoned them or
+			// none took them. Each waited at least from its due time to
+			// the end of the run; leaving that wait out would show only
+			// the answers from before a stall (coordinated omission).
+			backlog := &tally{unsent: behind}
+			backlog.hist.recordRamp(float64(end.Sub(r.start))-float64(sent)*r.interval, r.interval, behind)
+			tallies = append(tallies, backlog)
+		}
 	}
+	rep := buildReport(cfg, shown, tallies, end.Sub(r.start), r.interval > 0, interrupted)
+	rep.Behind = behind
 	if failed := rep.Failed(); failed > 0 && !cfg.AllowErrors {
 		return rep, fmt.Errorf("%w: %d of %d (%d non-2xx, %d transport errors, %d timeouts; first: %s)",
 			ErrRequestsFailed, failed, rep.Sent, failed-rep.Errors-rep.Timeouts, rep.Errors, rep.Timeouts, rep.FirstError)

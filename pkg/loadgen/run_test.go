@@ -327,3 +327,38 @@ func TestRun_PacedRunThatFallsBehindStopsOnTime(t *testing.T) {
 		t.Fatalf("max latency %v, want the backlog's queueing delay in it", rep.Latency.Max)
 	}
 }
+
+// A paced run whose receiver stalls leaves requests due inside the window
+// unsent; their waits belong in the percentiles, or the stall is hidden
+// (coordinated omission at the end of the run).
+func TestRun_CountsTheBacklogLeftAtTheEndInTheLatencies(t *testing.T) {
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(400 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer stall.Close()
+	// Request 0 is due at 0 and answered at 400 ms or later, after the
+	// window closed; requests 1-29 were due at 10-290 ms and never sent,
+	// so each waited over 110 ms.
+	rep, err := Run(t.Context(), Config{URL: stall.URL + "/events", Rate: 100, Duration: 300 * time.Millisecond,
+		Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := rep.Latency
+	if rep.Sent != 1 || rep.Behind != 29 || l.Unsent != 29 || l.Count != 30 {
+		t.Fatalf("sent %d, behind %d, latency count %d (%d unsent); want 1 sent and 29 behind, all 30 counted",
+			rep.Sent, rep.Behind, l.Count, l.Unsent)
+	}
+	if l.Min < 110*time.Millisecond || l.P50 < 110*time.Millisecond {
+		t.Fatalf("min %v, p50 %v; the never-sent requests waited over 110 ms each", l.Min, l.P50)
+	}
+	var b strings.Builder
+	rep.WriteText(&b)
+	if !strings.Contains(b.String(), "1 answers + 29 never sent, counted at their wait") {
+		t.Fatalf("the report does not say the backlog was counted:\n%s", b.String())
+	}
+}
