@@ -42,7 +42,16 @@ step "fuzz (short run over the seed corpus and beyond)"
 # Go 1.26's fuzzing coordinator can fail a run that found nothing with
 # "context deadline exceeded" as the time runs out (golang/go#75804).
 # FUZZTIME overrides every budget (a count such as 100000x, or a duration).
-fuzz() { go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-$3}" "$2"; }
+# A target that was renamed or removed fails the step: go test -fuzz
+# passes with "no fuzz tests to fuzz" when nothing matches.
+fuzz() {
+	local listed
+	listed=$(go test -list "^$1\$" "$2")
+	if ! grep -qx "$1" <<<"$listed"; then
+		echo "fuzz: $2 has no fuzz target $1" >&2; return 1
+	fi
+	go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-$3}" "$2"
+}
 fuzz FuzzPipeline ./pkg/ingest 30000x
 fuzz FuzzHandler ./pkg/ingest 20000x
 # The fast decoders and encoders against encoding/json and the SDK.
