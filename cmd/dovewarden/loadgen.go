@@ -34,7 +34,7 @@ func runLoadgen(ctx context.Context, env *environment, args []string) error {
 		concurrency = fs.Int("concurrency", 1, "parallel connections, one request in flight each, as Dovecot")
 		count       = fs.Uint64("count", 0, "stop after this many requests (0: no limit)")
 		duration    = fs.Duration("duration", 0, "stop after this long (0: no limit)")
-		timeout     = fs.Duration("timeout", loadgen.DefaultTimeout, "per-request timeout (Dovecot's default)")
+		timeout     = fs.Duration("timeout", loadgen.DefaultTimeout, "per-request timeout (Dovecot's default), counted from when the request was due")
 		basicAuth   = fs.String("basic-auth", "", "`user:password` for HTTP Basic authentication")
 		token       = fs.String("token", "", "bearer `token` for the Authorization header")
 		allowRemote = fs.Bool("allow-remote", false, "allow a URL whose host is not loopback")

@@ -72,7 +72,10 @@ type Config struct {
 	Count uint64
 	// Duration stops the run after this long (0: no limit).
 	Duration time.Duration
-	// Timeout bounds each request, as Dovecot's exporter timeout does.
+	// Timeout bounds each request from when it was due (in an unpaced run,
+	// from its send), as Dovecot's exporter timeout is absolute from when
+	// the event was submitted: a request that waited behind slow answers
+	// for longer is counted as a timeout without being sent.
 	Timeout time.Duration
 	// BasicAuth ("user:pass") or Token (bearer) authenticate the requests.
 	BasicAuth, Token string

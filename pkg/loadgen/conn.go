@@ -79,16 +79,15 @@ var aLongTimeAgo = time.Unix(1, 0)
 // as net/http's Transport does.
 const max1xx = 5
 
-// roundTrip posts body and reads the whole answer, within timeout counted
-// from now (dialing included). A connection the server closed while it was
+// roundTrip posts body and reads the whole answer before deadline (dialing
+// included). A connection the server closed while it was
 // idle is noticed only when the next request fails on it, before any byte
 // of an answer: that request is sent again, once, on a fresh connection (as
 // fasthttp does for POSTs; net/http's Transport notices such closes with a
 // goroutine reading every idle connection, which is what costs). Any other
 // failure, and an answer that says the connection ends, closes the
 // connection; the next request dials a new one.
-func (c *httpConn) roundTrip(ctx context.Context, body []byte, timeout time.Duration) (*http.Response, error) {
-	deadline := time.Now().Add(timeout)
+func (c *httpConn) roundTrip(ctx context.Context, body []byte, deadline time.Time) (*http.Response, error) {
 	c.out = strconv.AppendInt(append(c.out[:0], c.head...), int64(len(body)), 10)
 	c.out = append(append(c.out, "\r\n\r\n"...), body...)
 	for {

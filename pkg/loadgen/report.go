@@ -20,7 +20,10 @@ type Report struct {
 	OK     uint64         `json:"ok"`
 	Status map[int]uint64 `json:"status"`
 	// Errors are transport failures other than timeouts (refused, reset).
-	Errors   uint64 `json:"errors"`
+	Errors uint64 `json:"errors"`
+	// Timeouts are requests not answered within the timeout counted from
+	// their due time (see Config.Timeout), including those whose time ran
+	// out while they waited for their connection and were never written.
 	Timeouts uint64 `json:"timeouts"`
 	// Canceled requests were cut short by the caller (an interrupt), not by
 	// the receiver, and do not count as failures.

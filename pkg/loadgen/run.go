@@ -189,10 +189,25 @@ func (w *worker) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// send posts event i, timed from from, its due time (or when its worker
+// woke for it). The timeout runs from there too, as Dovecot's exporter's
+// does from when the event was submitted (an absolute timeout: 2.3's
+// http_client_request_set_timeout_msecs, 2.4's
+// http_client_request_absolute_timeout): an event that waited behind slow
+// answers for the whole timeout is dropped, counted as a timeout without
+// being written.
 func (w *worker) send(ctx context.Context, i uint64, from time.Time) {
-	w.body = w.gen.Append(w.body[:0], i, time.Now())
 	w.t.sent++
-	resp, err := w.c.roundTrip(ctx, w.body, w.cfg.Timeout)
+	deadline := from.Add(w.cfg.Timeout)
+	now := time.Now()
+	if !now.Before(deadline) {
+		w.t.timeouts++
+		w.t.noteErr(fmt.Errorf("Post %q: timed out before it was written: waited %s behind earlier answers, timeout %s",
+			w.c.url, short(now.Sub(from)), w.cfg.Timeout), now)
+		return
+	}
+	w.body = w.gen.Append(w.body[:0], i, now)
+	resp, err := w.c.roundTrip(ctx, w.body, deadline)
 	done := time.Now()
 	switch {
 	case err == nil:

@@ -315,7 +315,10 @@ func TestRun_PacedRunThatFallsBehindStopsOnTime(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}))
 	defer slow.Close()
-	rep, err := Run(t.Context(), Config{URL: slow.URL + "/events", Rate: 1000, Duration: 300 * time.Millisecond})
+	// A timeout longer than the run: the backlog is not dropped as timed
+	// out but left behind when the window closes.
+	rep, err := Run(t.Context(), Config{URL: slow.URL + "/events", Rate: 1000, Duration: 300 * time.Millisecond,
+		Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,5 +363,31 @@ func TestRun_CountsTheBacklogLeftAtTheEndInTheLatencies(t *testing.T) {
 	rep.WriteText(&b)
 	if !strings.Contains(b.String(), "1 answers + 29 never sent, counted at their wait") {
 		t.Fatalf("the report does not say the backlog was counted:\n%s", b.String())
+	}
+}
+
+// Dovecot's exporter times a request out counting from when the event was
+// submitted, not from when the request was written: an event that waited
+// behind a slow answer on the connection has that much less time.
+func TestRun_TimeoutCountsFromTheDueTime(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer slow.Close()
+	// Due at 0, 10 and 20 ms on one connection, each answer 200 ms after
+	// its request was written, a 300 ms timeout. Request 0 is answered in
+	// time; request 1 cannot be written before 200 ms nor answered before
+	// 400 ms, 390 ms after it was due; request 2 waits for request 1.
+	rep, err := Run(t.Context(), Config{URL: slow.URL + "/events", Rate: 100, Count: 3,
+		Timeout: 300 * time.Millisecond, AllowErrors: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent != 3 || rep.OK != 1 || rep.Timeouts != 2 {
+		t.Fatalf("sent %d, ok %d, timeouts %d; want 1 ok and 2 timeouts (first error %q)", rep.Sent, rep.OK, rep.Timeouts, rep.FirstError)
 	}
 }
