@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+. scripts/lib/debian.sh
 
 step "gofmt"
 bad=$(gofmt -l $(git ls-files '*.go'))
@@ -28,7 +29,10 @@ go test -count=1 -timeout 15m "${modules[@]}"
 step "go test -race (the packages and commands, again under the race detector)"
 # The broker's lanes, the sync handler, the sweep and local mode run
 # goroutines side by side; the Dovecot and e2e suites are left out, as
-# slower here and covered above.
+# slower here and covered above. -race needs cgo, which Go turns off when
+# no C compiler is on PATH, as on a fresh Debian: gcc, and libc6-dev for
+# the C headers (gcc only recommends it).
+ensure gcc gcc libc6-dev
 go test -race -count=1 -timeout 10m ./pkg/... ./cmd/...
 
 step "manifests (Knative's own API types; a module of its own)"
