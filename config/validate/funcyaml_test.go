@@ -18,6 +18,7 @@ import (
 	"knative.dev/eventing/pkg/apis/eventing"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/reconciler/names"
+	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 )
 
@@ -34,8 +35,21 @@ type funcYAML struct {
 	Image       string         `json:"image,omitempty"`
 	Registry    string         `json:"registry,omitempty"`
 	Build       map[string]any `json:"build,omitempty"`
-	Deploy      map[string]any `json:"deploy,omitempty"`
-	Run         struct {
+	Deploy      struct {
+		Namespace   string            `json:"namespace,omitempty"`
+		Remote      bool              `json:"remote,omitempty"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+		Options     map[string]any    `json:"options,omitempty"`
+		// func's []Label: each a key and a value, which func sets on
+		// the Service (and its revisions) as it stands on every deploy.
+		Labels []struct {
+			Key   string `json:"key"`
+			Value string `json:"value,omitempty"`
+		} `json:"labels,omitempty"`
+		HealthEndpoints    map[string]string `json:"healthEndpoints,omitempty"`
+		ServiceAccountName string            `json:"serviceAccountName,omitempty"`
+	} `json:"deploy,omitempty"`
+	Run struct {
 		Envs []struct {
 			Name  string `json:"name"`
 			Value string `json:"value"`
@@ -197,6 +211,44 @@ func TestFuncYAML_Initialized(t *testing.T) {
 		}
 		if c, err := time.Parse(time.RFC3339Nano, f.Created); err != nil || c.IsZero() {
 			t.Errorf("%s: created %q is not a time func reads (RFC 3339): %v", file, f.Created, err)
+		}
+	}
+}
+
+// TestFuncYAML_ServicesAreClusterLocal: `func deploy` makes a public
+// Knative Service unless func.yaml's deploy.labels carries
+// networking.knative.dev/visibility: cluster-local, as every Service of
+// config/knative does. func sets the Service's labels to func.yaml's alone
+// on every deploy (knative/func pkg/knative/deployer.go, updateService),
+// so a label set by hand with kubectl is gone at the next deploy. A public
+// sync takes a replication.requested (a full dsync of any user) or a
+// sweep.requested with all:true from anyone, and the func-deployed ingest
+// takes changes without credentials.
+func TestFuncYAML_ServicesAreClusterLocal(t *testing.T) {
+	const key = "networking.knative.dev/visibility"
+	want := serving.VisibilityClusterLocal
+	services := 0
+	for _, d := range loadManifests(t) {
+		if svc, ok := d.obj.(*servingv1.Service); ok {
+			services++
+			if got := svc.Labels[key]; got != want {
+				t.Errorf("%s: Service %s: label %s=%q, want %q: the func.yaml files follow the project's Services", d.file, d.name, key, got, want)
+			}
+		}
+	}
+	if services == 0 {
+		t.Fatal("no Service in config/knative")
+	}
+	for file, f := range loadFuncYAMLs(t) {
+		got, set := "", false
+		for _, l := range f.Deploy.Labels {
+			if l.Key == key {
+				got, set = l.Value, true
+			}
+		}
+		if got != want {
+			t.Errorf("%s: deploy.labels %s=%q (set: %v), want %q: func deploy makes %s a public Service, and undoes a label set by hand at every deploy",
+				file, key, got, set, want, f.Name)
 		}
 	}
 }
