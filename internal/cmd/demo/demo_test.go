@@ -194,9 +194,7 @@ func TestDemo_DovewardenExitsAtStart(t *testing.T) {
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	var stdout, stderr safebuf.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
 	err := cmd.Run()
-	took := time.Since(start)
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 		t.Fatalf("demo with a dovewarden that exits: err %v, want exit status 1\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
@@ -205,11 +203,6 @@ func TestDemo_DovewardenExitsAtStart(t *testing.T) {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("demo's error does not say %q:\n%s", want, stderr.String())
 		}
-	}
-	// Starting both Dovecot instances takes a second or two; /readyz's
-	// bound is 15 s.
-	if took > 10*time.Second {
-		t.Errorf("the demo took %s to report that dovewarden exited", took.Round(time.Second))
 	}
 	for _, pid := range pids() {
 		if cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); strings.Contains(string(cl), tmp) {
