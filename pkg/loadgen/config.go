@@ -53,7 +53,9 @@ func ParseVersion(s string) (Version, error) {
 // shared ingest is almost always a mistake.
 type Config struct {
 	// URL receives the POSTs. Without AllowRemote its host must resolve to
-	// loopback addresses only, so a typo cannot load-test a production host.
+	// loopback addresses only, so a typo cannot load-test a production host,
+	// and those addresses are the ones dialed ("localhost" is 127.0.0.1 or
+	// ::1, not resolved).
 	URL string
 	// Version picks the Dovecot 2.3 or 2.4 event shapes (default 2.4).
 	Version Version
@@ -169,43 +171,53 @@ var lookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
 	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 
+// loopbackNames are the addresses "localhost" stands for: it is not
+// resolved, so a hosts file or a resolver's search domain cannot send the
+// load elsewhere (RFC 6761 reserves the name for loopback).
+var loopbackNames = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+
 // checkTarget parses rawURL and, unless allowRemote, refuses hosts that are
-// not (or do not resolve only to) 127.0.0.0/8 or ::1. Its errors show the
-// URL without its password (a user and password in it are sent as Basic
-// auth, as Dovecot's exporter sends those of its URL).
-func checkTarget(ctx context.Context, rawURL string, allowRemote bool) (*url.URL, error) {
+// not (or do not resolve only to) 127.0.0.0/8 or ::1. It returns the
+// addresses it approved, which are the ones to dial: resolving the name
+// again when dialing could answer differently. With allowRemote it returns
+// none and the name is dialed. Its errors show the URL without its
+// password (a user and password in it are sent as Basic auth, as Dovecot's
+// exporter sends those of its URL).
+func checkTarget(ctx context.Context, rawURL string, allowRemote bool) (*url.URL, []netip.Addr, error) {
 	shown := config.RedactURL(rawURL)
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		// url.Parse's error quotes the URL, and its reason can quote a
 		// part of the password ("invalid port").
-		return nil, fmt.Errorf("url %q: want an http or https URL", shown)
+		return nil, nil, fmt.Errorf("url %q: want an http or https URL", shown)
 	}
 	host := u.Hostname()
 	if host == "" {
-		return nil, fmt.Errorf("url %q: no host", shown)
+		return nil, nil, fmt.Errorf("url %q: no host", shown)
 	}
-	if allowRemote || strings.EqualFold(host, "localhost") {
-		return u, nil
+	if allowRemote {
+		return u, nil, nil
 	}
-	addrs := []netip.Addr{}
+	var addrs []netip.Addr
 	if a, err := netip.ParseAddr(host); err == nil {
-		addrs = append(addrs, a)
+		addrs = []netip.Addr{a}
+	} else if strings.EqualFold(host, "localhost") {
+		addrs = loopbackNames
 	} else {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		addrs, err = lookupHost(rctx, host)
 		if err != nil {
-			return nil, fmt.Errorf("url %q: resolve %s: %w (use allow-remote to skip the loopback check)", shown, host, err)
+			return nil, nil, fmt.Errorf("url %q: resolve %s: %w (use allow-remote to skip the loopback check)", shown, host, err)
 		}
 	}
 	if len(addrs) == 0 {
-		return nil, fmt.Errorf("url %q: %s resolves to no address", shown, host)
+		return nil, nil, fmt.Errorf("url %q: %s resolves to no address", shown, host)
 	}
 	for _, a := range addrs {
 		if !a.Unmap().IsLoopback() {
-			return nil, fmt.Errorf("url %q: %s is not a loopback address; refusing to load-test a remote host without allow-remote", shown, a)
+			return nil, nil, fmt.Errorf("url %q: %s is not a loopback address; refusing to load-test a remote host without allow-remote", shown, a)
 		}
 	}
-	return u, nil
+	return u, addrs, nil
 }

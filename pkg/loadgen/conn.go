@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"syscall"
@@ -33,10 +34,10 @@ import (
 // headers, once per run. The per-request timeout is a deadline on the
 // socket; canceling the run moves that deadline into the past.
 type httpConn struct {
-	url  string      // the target, password and query tokens redacted, for error messages
-	addr string      // host:port to dial
-	tls  *tls.Config // nil for http
-	head []byte      // request line and headers up to "Content-Length: "
+	url   string      // the target, password and query tokens redacted, for error messages
+	addrs []string    // host:port to dial, tried in order
+	tls   *tls.Config // nil for http
+	head  []byte      // request line and headers up to "Content-Length: "
 
 	nc     net.Conn // nil until dialed and after a failure
 	br     *bufio.Reader
@@ -45,9 +46,11 @@ type httpConn struct {
 	stop   func() bool // unregisters the cancel hook of nc
 }
 
-// dialTarget returns the address to dial for u and, for https, the TLS
-// configuration (certificates verified, as the default Transport does).
-func dialTarget(u *url.URL) (string, *tls.Config) {
+// dialTarget returns the addresses to dial for u, the approved ones with
+// u's port (u's host itself when none are given), and, for https, the TLS
+// configuration (certificates verified for u's host name, as the default
+// Transport does).
+func dialTarget(u *url.URL, approved []netip.Addr) ([]string, *tls.Config) {
 	port := u.Port()
 	var conf *tls.Config
 	if u.Scheme == "https" {
@@ -58,7 +61,14 @@ func dialTarget(u *url.URL) (string, *tls.Config) {
 	} else if port == "" {
 		port = "80"
 	}
-	return net.JoinHostPort(u.Hostname(), port), conf
+	if len(approved) == 0 {
+		return []string{net.JoinHostPort(u.Hostname(), port)}, conf
+	}
+	addrs := make([]string, len(approved))
+	for i, a := range approved {
+		addrs[i] = net.JoinHostPort(a.String(), port)
+	}
+	return addrs, conf
 }
 
 // requestHead renders everything of a POST to u with header that does not
@@ -155,7 +165,13 @@ func closedByPeer(err error) bool {
 
 func (c *httpConn) dial(ctx context.Context, deadline time.Time) error {
 	d := net.Dialer{Deadline: deadline, KeepAlive: 30 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	var nc net.Conn
+	var err error
+	for _, addr := range c.addrs {
+		if nc, err = d.DialContext(ctx, "tcp", addr); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -169,7 +169,7 @@ func TestRun_CancelStopsAStuckRequest(t *testing.T) {
 
 func TestRequestHead(t *testing.T) {
 	cfg := Config{Token: "tok"}
-	u, err := checkTarget(t.Context(), "http://u:p@127.0.0.1:8080/events?x=1", false)
+	u, _, err := checkTarget(t.Context(), "http://u:p@127.0.0.1:8080/events?x=1", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.validate(); err != nil {
 		return Report{}, err
 	}
-	target, err := checkTarget(ctx, cfg.URL, cfg.AllowRemote)
+	target, approved, err := checkTarget(ctx, cfg.URL, cfg.AllowRemote)
 	if err != nil {
 		return Report{}, err
 	}
@@ -43,7 +43,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	header, target := requestHeader(cfg, target)
 	reqHead := requestHead(header, target)
-	addr, tlsConf := dialTarget(target)
+	addrs, tlsConf := dialTarget(target, approved)
 
 	// The target as messages and the report show it: a token in its
 	// query hidden, as the password is (requestHeader took it out).
@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	var wg sync.WaitGroup
 	for n := range tallies {
 		w := &worker{runner: r, t: &tally{}, timer: time.NewTimer(time.Hour),
-			c: &httpConn{url: shown, addr: addr, tls: tlsConf, head: reqHead}}
+			c: &httpConn{url: shown, addrs: addrs, tls: tlsConf, head: reqHead}}
 		w.timer.Stop()
 		tallies[n] = w.t
 		wg.Go(func() {

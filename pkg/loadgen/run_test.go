@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,7 +269,7 @@ func TestCheckTarget(t *testing.T) {
 		{"ftp://127.0.0.1/events", false, false},
 		{"127.0.0.1:8080", false, false},
 	} {
-		_, err := checkTarget(t.Context(), tc.url, tc.allowRemote)
+		_, _, err := checkTarget(t.Context(), tc.url, tc.allowRemote)
 		if (err == nil) != tc.ok {
 			t.Errorf("checkTarget(%q, allowRemote=%v): error %v, want ok=%v", tc.url, tc.allowRemote, err, tc.ok)
 		}
@@ -389,5 +390,77 @@ func TestRun_TimeoutCountsFromTheDueTime(t *testing.T) {
 	}
 	if rep.Sent != 3 || rep.OK != 1 || rep.Timeouts != 2 {
 		t.Fatalf("sent %d, ok %d, timeouts %d; want 1 ok and 2 timeouts (first error %q)", rep.Sent, rep.OK, rep.Timeouts, rep.FirstError)
+	}
+}
+
+// The loopback check binds the addresses dialed: the connection goes to
+// an address the check approved, not to whatever the name resolves to when
+// dialing, while the Host header and TLS name stay the URL's.
+func TestRun_DialsTheAddressTheLoopbackCheckApproved(t *testing.T) {
+	var hosts []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hosts = append(hosts, r.Host)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	old := lookupHost
+	lookupHost = func(_ context.Context, host string) ([]netip.Addr, error) {
+		if host == "ingest.loadgen.invalid" {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		}
+		return nil, errors.New("no such host")
+	}
+	t.Cleanup(func() { lookupHost = old })
+	// The name does not exist outside the check's resolver: dialing it by
+	// name fails.
+	rep, err := Run(t.Context(), Config{URL: "http://ingest.loadgen.invalid:" + port + "/events", Count: 2})
+	if err != nil || rep.OK != 2 {
+		t.Fatalf("ok %d of 2: %v (first error %q)", rep.OK, err, rep.FirstError)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range hosts {
+		if h != "ingest.loadgen.invalid:"+port {
+			t.Fatalf("Host %q, want the URL's", h)
+		}
+	}
+}
+
+func TestCheckTarget_ApprovesTheAddressesToDial(t *testing.T) {
+	old := lookupHost
+	lookupHost = func(_ context.Context, host string) ([]netip.Addr, error) {
+		// A resolver that would send "localhost" elsewhere.
+		return []netip.Addr{netip.MustParseAddr("192.0.2.7")}, nil
+	}
+	t.Cleanup(func() { lookupHost = old })
+	for _, tc := range []struct {
+		url         string
+		allowRemote bool
+		want        []string
+		tlsName     string
+	}{
+		{"http://localhost:8080/events", false, []string{"127.0.0.1:8080", "[::1]:8080"}, ""},
+		{"https://LocalHost/events", false, []string{"127.0.0.1:443", "[::1]:443"}, "LocalHost"},
+		{"http://127.0.0.3/events", false, []string{"127.0.0.3:80"}, ""},
+		{"https://[::1]:9/events", false, []string{"[::1]:9"}, "::1"},
+		{"http://localhost:8080/events", true, []string{"localhost:8080"}, ""},
+		{"https://ingest.example/events", true, []string{"ingest.example:443"}, "ingest.example"},
+	} {
+		u, approved, err := checkTarget(t.Context(), tc.url, tc.allowRemote)
+		if err != nil {
+			t.Errorf("%s: %v", tc.url, err)
+			continue
+		}
+		addrs, conf := dialTarget(u, approved)
+		if !slices.Equal(addrs, tc.want) {
+			t.Errorf("%s (allow-remote %v): dials %q, want %q", tc.url, tc.allowRemote, addrs, tc.want)
+		}
+		if conf != nil && conf.ServerName != tc.tlsName {
+			t.Errorf("%s: TLS name %q, want %q", tc.url, conf.ServerName, tc.tlsName)
+		}
 	}
 }
