@@ -99,6 +99,9 @@ func TestLoadgen_RefusesBadSettings(t *testing.T) {
 		{[]string{"loadgen", "-count", "1", "-version", "2.2"}, "version"},
 		{[]string{"loadgen", "-count", "1", "-mix", "FROB=1"}, "mix"},
 		{[]string{"loadgen", "-count", "1", "extra"}, "unexpected"},
+		{[]string{"loadgen", "-count", "1", "-concurrency", "9223372036854775807"}, "concurrency: 9223372036854775807, want 1 to 10000"},
+		{[]string{"loadgen", "-count", "1", "-rate", "NaN"}, "rate: NaN, want a finite number"},
+		{[]string{"loadgen", "-count", "1", "-rate", "Inf"}, "rate: +Inf, want a finite number"},
 	} {
 		env, out, _ := loadgenEnv(nil)
 		err := run(context.Background(), env, tc.args)

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -28,6 +29,13 @@ const (
 	DefaultUsers   = 1000
 	DefaultHosts   = 1
 	DefaultTimeout = 250 * time.Millisecond // Dovecot's own exporter default
+
+	// MaxConcurrency bounds Concurrency: each connection is a goroutine, a
+	// socket and buffers, and far more than Dovecot's hosts would hold open
+	// is a typo, not a test.
+	MaxConcurrency = 10000
+	// MaxRate bounds Rate: one request a nanosecond, the schedule's grain.
+	MaxRate = 1e9
 )
 
 // Version selects which Dovecot release's event shapes the generator sends.
@@ -142,11 +150,16 @@ func (c Config) validateEvents() error {
 // command line spells it.
 func (c Config) validate() error {
 	errs := []error{c.validateEvents()}
-	if c.Concurrency < 1 {
-		errs = append(errs, fmt.Errorf("concurrency: %d, want at least 1", c.Concurrency))
+	if c.Concurrency < 1 || c.Concurrency > MaxConcurrency {
+		errs = append(errs, fmt.Errorf("concurrency: %d, want 1 to %d", c.Concurrency, MaxConcurrency))
 	}
-	if c.Rate < 0 {
+	switch {
+	case math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0):
+		errs = append(errs, fmt.Errorf("rate: %g, want a finite number", c.Rate))
+	case c.Rate < 0:
 		errs = append(errs, fmt.Errorf("rate: %g is negative", c.Rate))
+	case c.Rate > MaxRate:
+		errs = append(errs, fmt.Errorf("rate: %g, want at most %g (one request a nanosecond)", c.Rate, float64(MaxRate)))
 	}
 	if c.Duration < 0 {
 		errs = append(errs, fmt.Errorf("duration: %s is negative", c.Duration))

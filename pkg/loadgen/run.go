@@ -135,6 +135,10 @@ type runner struct {
 	interval float64   // nanoseconds between due times; 0 when unpaced
 }
 
+// maxOffset is the latest due time, from the start, that a run can reach:
+// some 292 years, time.Duration's range.
+const maxOffset = float64(math.MaxInt64)
+
 // worker is one connection's sender.
 type worker struct {
 	*runner
@@ -158,10 +162,14 @@ func (w *worker) run(ctx context.Context) {
 		}
 		from := now // where this request's latency starts
 		if w.interval > 0 {
-			due := w.start.Add(time.Duration(float64(i) * w.interval))
-			if !w.deadline.IsZero() && !due.Before(w.deadline) {
-				return
+			// Compared in floating point: at a very low rate the offset
+			// does not fit a time.Duration, and converting it would wrap
+			// into the past and send at once.
+			offset := float64(i) * w.interval
+			if (!w.deadline.IsZero() && offset >= float64(w.cfg.Duration)) || offset >= maxOffset {
+				return // not due within the run
 			}
+			due := w.start.Add(time.Duration(offset))
 			if due.After(now) {
 				if !w.sleep(ctx, due.Sub(now)) {
 					return

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -283,6 +284,11 @@ func TestConfig_RejectsBadSettings(t *testing.T) {
 	}{
 		{Config{Count: 1, Concurrency: -1}, "concurrency"},
 		{Config{Count: 1, Rate: -5}, "rate"},
+		{Config{Count: 1, Concurrency: 10001}, "concurrency: 10001, want 1 to 10000"},
+		{Config{Count: 1, Concurrency: math.MaxInt}, "concurrency"},
+		{Config{Count: 1, Rate: math.NaN()}, "rate: NaN, want a finite number"},
+		{Config{Count: 1, Rate: math.Inf(1)}, "rate: +Inf"},
+		{Config{Count: 1, Rate: 2e9}, "rate: 2e+09, want at most 1e+09"},
 		{Config{Duration: -time.Second}, "duration"},
 		{Config{Count: 1, BasicAuth: "a:b", Token: "t"}, "not both"},
 		{Config{Count: 1, BasicAuth: "nocolon"}, "user:password"},
@@ -461,6 +467,23 @@ func TestCheckTarget_ApprovesTheAddressesToDial(t *testing.T) {
 		}
 		if conf != nil && conf.ServerName != tc.tlsName {
 			t.Errorf("%s: TLS name %q, want %q", tc.url, conf.ServerName, tc.tlsName)
+		}
+	}
+}
+
+// At a rate so low that the next due time is beyond time.Duration's range,
+// only the first request is due: converting the offset would wrap it into
+// the past and send the rest at once.
+func TestRun_ARateTooLowForTheScheduleSendsOnlyWhatIsDue(t *testing.T) {
+	for _, cfg := range []Config{
+		{Rate: 1e-10, Duration: 200 * time.Millisecond},
+		{Rate: 1e-10, Count: 5},
+	} {
+		rec, srv := newReceiver(t, nil)
+		cfg.URL = srv.URL + "/events"
+		rep, err := Run(t.Context(), cfg)
+		if err != nil || rec.n.Load() != 1 || rep.Sent != 1 || rep.Behind != 0 {
+			t.Errorf("%+v: received %d, sent %d, behind %d: %v; want the one request due at the start", cfg, rec.n.Load(), rep.Sent, rep.Behind, err)
 		}
 	}
 }
