@@ -29,7 +29,7 @@ func runLoadgen(ctx context.Context, env *environment, args []string) error {
 		version     = fs.String("version", string(loadgen.V24), "Dovecot `version` whose event shapes to send: 2.3 or 2.4")
 		users       = fs.Int("users", loadgen.DefaultUsers, "number of users (loaduser0001, ...)")
 		hosts       = fs.Int("hosts", loadgen.DefaultHosts, "number of Dovecot hosts (mail-1.loadgen.test, ...)")
-		mix         = fs.String("mix", loadgen.DefaultMix, "event kinds and weights as NAME=WEIGHT,...; NAME is one of "+strings.Join(loadgen.MixNames(), ", ")+"; IMAP commands also take :NO or :BAD")
+		mix         = fs.String("mix", "default", "event kinds and weights as NAME=WEIGHT,..., or a named mix: default (what the shipped Dovecot exporter filters send) or unfiltered (those plus read-only and failed commands); NAME is one of "+strings.Join(loadgen.MixNames(), ", ")+"; IMAP commands also take :NO or :BAD")
 		rate        = fs.Float64("rate", 0, "target requests per second over all connections (0: as fast as possible; at most 1e9)")
 		concurrency = fs.Int("concurrency", 1, "parallel connections, one request in flight each, as Dovecot (1 to 10000)")
 		count       = fs.Uint64("count", 0, "stop after this many requests (0: no limit)")

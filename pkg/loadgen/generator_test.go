@@ -205,7 +205,7 @@ func TestGenerator_IsDeterministic(t *testing.T) {
 }
 
 func TestGenerator_RespectsMixProportions(t *testing.T) {
-	mix := mustParseMix(DefaultMix)
+	mix := mustParseMix(UnfilteredMix) // every kind DefaultMix has, and more
 	g, err := NewGenerator(Config{Mix: mix, Seed: 1})
 	if err != nil {
 		t.Fatal(err)
