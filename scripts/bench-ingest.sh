@@ -7,10 +7,20 @@
 #   scripts/bench-ingest.sh            # both runs, 20 s each
 #   DURATION=60s scripts/bench-ingest.sh
 #   TLS=1 scripts/bench-ingest.sh      # ingest serves HTTPS (a self-signed certificate made with openssl)
+#   MIX=unfiltered scripts/bench-ingest.sh  # loadgen's --mix (default: what the shipped exporter filters send)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/answer-times.sh
 duration=${DURATION:-20s}
+mix=${MIX:-default}
+# Refuse to start when something already answers on a port this script
+# uses: the readiness checks below would take it for ours and measure it.
+for port in 18080 18081; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		echo "port $port on 127.0.0.1 is already taken; stop what listens there first" >&2
+		exit 1
+	fi
+done
 bin=bin/dovewarden
 go build -o "$bin" ./cmd/dovewarden
 
@@ -41,15 +51,23 @@ fi
 "$bin" ingest --listen 127.0.0.1:18080 --broker-url http://127.0.0.1:18081/ --log-level warn "${tls[@]}" 2>"$tmp/ingest.log" &
 pids+=($!)
 ingest_pid=$!
+ready=
 for _ in $(seq 100); do
-	curl -fsS "$ingest/readyz" >/dev/null 2>&1 && curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break
+	curl -fsS "$ingest/readyz" >/dev/null 2>&1 && curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && ready=1 && break
 	sleep 0.1
 done
+# Ready, and ours: both processes still running (one that failed to bind
+# exits), not another process answering on the port.
+if [ -z "$ready" ] || ! kill -0 "${pids[0]}" 2>/dev/null || ! kill -0 "$ingest_pid" 2>/dev/null; then
+	echo "dovewarden ingest or broker did not start:" >&2
+	cat "$tmp/ingest.log" "$tmp/broker.log" >&2
+	exit 1
+fi
 
 # run LOADGEN-ARGS...: one loadgen run, then ingest's own answer times.
 run() {
 	buckets "$ingest/metrics" >"$tmp/buckets0"
-	"$bin" loadgen --url "$ingest/events" "$@"
+	"$bin" loadgen --url "$ingest/events" --mix "$mix" "$@"
 	buckets "$ingest/metrics" >"$tmp/buckets1"
 	answers "$tmp/buckets0" "$tmp/buckets1"
 }

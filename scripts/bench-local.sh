@@ -9,11 +9,21 @@
 #   LOCAL_FLAGS="--workers 1 --queue-size 10000" scripts/bench-local.sh
 #   REDIS_URL=redis://127.0.0.1:6379/0 scripts/bench-local.sh
 #   LOCAL_GOGC=400 scripts/bench-local.sh  # GOGC of the local process only
+#   MIX=unfiltered scripts/bench-local.sh  # loadgen's --mix (default: what the shipped exporter filters send)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/answer-times.sh
 duration=${DURATION:-20s}
 soak=${SOAK:-60s}
+mix=${MIX:-default}
+# Refuse to start when something already answers on a port this script
+# uses: the readiness checks below would take it for ours and measure it.
+for port in 18080 18081 18099; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		echo "port $port on 127.0.0.1 is already taken; stop what listens there first" >&2
+		exit 1
+	fi
+done
 bin=bin/dovewarden
 go build -o "$bin" ./cmd/dovewarden
 go build -o bin/fakedoveadm ./internal/cmd/fakedoveadm
@@ -64,7 +74,7 @@ measured() {
 	buckets http://127.0.0.1:18080/metrics >"$tmp/buckets0"
 	l0=$(cpu "$local_pid") f0=$(cpu "${pids[0]}") c0=$(children) s0=$(curl -fsS http://127.0.0.1:18099/syncs)
 	t0=$(date +%s.%N)
-	"$bin" loadgen --url http://127.0.0.1:18080/events "$@" || true
+	"$bin" loadgen --url http://127.0.0.1:18080/events --mix "$mix" "$@" || true
 	awk -v l="$(($(cpu "$local_pid") - l0))" -v f="$(($(cpu "${pids[0]}") - f0))" -v c="$(($(children) - c0))" \
 		-v d="$(($(curl -fsS http://127.0.0.1:18099/syncs) - s0))" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" -v t0="$t0" -v t1="$(date +%s.%N)" \
 		'BEGIN { t = t1 - t0; printf "  cpu       dovewarden %.2f cores, loadgen %.2f, fake doveadm %.2f (of %d), over %.1f s; %d dsyncs (%.0f/s)\n", l/hz/t, c/hz/t, f/hz/t, n, t, d, d/t }'
@@ -79,7 +89,7 @@ echo "== latency at 5,000 events/s, 8 connections, $duration"
 measured --rate 5000 --concurrency 8 --duration "$duration" --allow-errors
 echo
 echo "== memory: 5,000 events/s for $soak, RSS of the local process every 10 s"
-"$bin" loadgen --url http://127.0.0.1:18080/events --rate 5000 --concurrency 8 --duration "$soak" --allow-errors >"$tmp/soak.txt" &
+"$bin" loadgen --url http://127.0.0.1:18080/events --mix "$mix" --rate 5000 --concurrency 8 --duration "$soak" --allow-errors >"$tmp/soak.txt" &
 lg=$!
 while kill -0 "$lg" 2>/dev/null; do
 	printf '%s  %s\n' "$(date +%T)" "$(grep VmRSS "/proc/$local_pid/status")"
@@ -105,11 +115,12 @@ broker_pid=$!
 "$bin" ingest --listen 127.0.0.1:18080 --broker-url http://127.0.0.1:18081/ --log-level error 2>"$tmp/ingest.log" &
 local_pid=$!
 pids+=("$local_pid")
+ready=
 for _ in $(seq 100); do
-	curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && break
+	curl -fsS http://127.0.0.1:18080/readyz >/dev/null 2>&1 && curl -fsS http://127.0.0.1:18081/readyz >/dev/null 2>&1 && ready=1 && break
 	sleep 0.1
 done
-if ! kill -0 "$local_pid" 2>/dev/null || ! kill -0 "$broker_pid" 2>/dev/null; then
+if [ -z "$ready" ] || ! kill -0 "$local_pid" 2>/dev/null || ! kill -0 "$broker_pid" 2>/dev/null; then
 	echo "dovewarden ingest or broker did not start:" >&2
 	cat "$tmp/ingest.log" "$tmp/broker.log" >&2
 	exit 1
