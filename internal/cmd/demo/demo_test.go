@@ -162,6 +162,50 @@ func TestDemo_Hangup(t *testing.T) {
 	r.checkStopped()
 }
 
+// TestDemo_DovewardenDies kills the demo's dovewarden local (SIGKILL)
+// while the demo runs until Ctrl-C: the demo says that it exited, with its
+// log, exits with status 1 rather than waiting for a Ctrl-C, and leaves
+// nothing running.
+func TestDemo_DovewardenDies(t *testing.T) {
+	r := startDemo(t, "Running until Ctrl-C")
+	pid := r.child("dovewarden")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.wait("dovewarden local was killed"); code != 1 {
+		t.Errorf("demo exit status after dovewarden local died = %d, want 1\nstdout:\n%s\nstderr:\n%s", code, r.out.String(), r.errs.String())
+	}
+	for _, want := range []string{"local exited while the demo was running (signal: killed)", "dovewarden's log ("} {
+		if !strings.Contains(r.errs.String(), want) {
+			t.Errorf("demo's error does not say %q:\n%s", want, r.errs.String())
+		}
+	}
+	r.checkStopped()
+}
+
+// TestDemo_DovecotDies kills the master process of one of the demo's
+// Dovecot instances while the demo runs until Ctrl-C: the demo names the
+// instance that exited, shows its log and exits with status 1, and
+// leaves nothing running.
+func TestDemo_DovecotDies(t *testing.T) {
+	r := startDemo(t, "Running until Ctrl-C")
+	pid := r.child("dovecot")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.wait("a Dovecot master was killed"); code != 1 {
+		t.Errorf("demo exit status after a Dovecot master died = %d, want 1\nstdout:\n%s\nstderr:\n%s", code, r.out.String(), r.errs.String())
+	}
+	said := regexp.MustCompile(`Dovecot 2\.3 "(mail-[ab]\.demo)" \(master process ` + strconv.Itoa(pid) + `\) exited while the demo was running`).FindStringSubmatch(r.errs.String())
+	if said == nil {
+		t.Fatalf("demo's error does not name the Dovecot instance of PID %d as exited:\n%s", pid, r.errs.String())
+	}
+	if !strings.Contains(r.errs.String(), said[1]+"'s log:\n") {
+		t.Errorf("demo's error does not show %s's log:\n%s", said[1], r.errs.String())
+	}
+	r.checkStopped()
+}
+
 // TestDemo_InterruptedAtStart presses Ctrl-C while the first Dovecot
 // instance starts: nothing is left running, and what stays on disk is
 // named in the output.
@@ -433,12 +477,33 @@ func (r *demoRun) signal(sig syscall.Signal) int {
 	if err := syscall.Kill(-r.cmd.Process.Pid, sig); err != nil {
 		r.t.Fatal(err)
 	}
+	return r.wait(sig.String())
+}
+
+// wait returns the demo's exit status once it has exited, failing the
+// test when it has not within a minute of what happened.
+func (r *demoRun) wait(what string) int {
+	r.t.Helper()
 	select {
 	case <-r.done:
 	case <-time.After(time.Minute):
-		r.t.Fatalf("the demo did not stop within a minute of %v", sig)
+		r.t.Fatalf("the demo did not stop within a minute of this: %s", what)
 	}
 	return r.cmd.ProcessState.ExitCode()
+}
+
+// child returns the PID of a child process of the demo named comm, as
+// seen once it was running (one of two for dovecot), failing the test
+// when it has none.
+func (r *demoRun) child(comm string) int {
+	r.t.Helper()
+	for pid, p := range r.started {
+		if f := stat(pid); p.comm == comm && len(f) > 1 && f[1] == strconv.Itoa(r.cmd.Process.Pid) && startTime(pid) == p.start {
+			return pid
+		}
+	}
+	r.t.Fatalf("the demo has no child process %s: %v", comm, r.started)
+	return 0
 }
 
 // checkStopped checks that the processes the demo started (dovewarden

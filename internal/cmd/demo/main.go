@@ -8,7 +8,8 @@
 // them, delivers mail
 // and makes IMAP changes, shows them arriving on the other side, prints
 // the metrics and status URLs, and runs until Ctrl-C, then stops every
-// process it started.
+// process it started. Should dovewarden or a Dovecot instance exit before,
+// it says so with its log and exits with status 1.
 package main
 
 import (
@@ -35,9 +36,9 @@ import (
 
 func main() {
 	// SIGHUP too: a closed terminal or a dropped SSH session ends the demo
-	// as Ctrl-C does, stopping what it started. (dovewarden local, in the
-	// terminal's process group, takes SIGHUP as "reload" and would outlive
-	// the demo, and the Dovecot instances' folders would stay.)
+	// as Ctrl-C does, stopping what it started. (Else the demo would die
+	// of it and leave the Dovecot instances' folders, and dovewarden local,
+	// in a process group of its own, would be left to its Pdeathsig.)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout)
@@ -116,9 +117,53 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	d.say("IMAP on %s: %s, on %s: %s (users alice and bob, password \"secret\")\n", d.a.Name, d.a.IMAPAddr, d.b.Name, d.b.IMAPAddr)
 	d.say("LMTP on %s: %s, on %s: %s (deliver to alice@example.test or bob@example.test)\n", d.a.Name, d.a.LMTPAddr, d.b.Name, d.b.LMTPAddr)
 	d.say("\nRunning until Ctrl-C. Try it: deliver or change mail on either side and watch the other.\n")
-	<-ctx.Done()
+	if err := d.watch(ctx); err != nil {
+		return err
+	}
 	d.say("\nStopping.\n")
 	return nil
+}
+
+// watchInterval is how often watch looks whether a Dovecot instance's
+// master has exited (dovecottest offers no channel for that, only
+// Exited).
+const watchInterval = 250 * time.Millisecond
+
+// watch waits until ctx ends (nil) or a process the demo started exits
+// before: dovewarden local, or the master of a Dovecot instance. Then the
+// demo cannot go on, and the error says which one exited, with its log's
+// last lines. (Ctrl-C does not end them first: each runs in a process
+// group of its own, which the terminal's signals do not reach; stop ends
+// them.)
+func (d *demo) watch(ctx context.Context) error {
+	tick := time.NewTicker(watchInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.localDone:
+			if ctx.Err() != nil {
+				return nil
+			}
+			how := "exit status 0"
+			if d.localErr != nil {
+				how = d.localErr.Error()
+			}
+			return fmt.Errorf("%s local exited while the demo was running (%s)\n\ndovewarden's log (%s):\n%s",
+				d.bin, how, d.localLog, tail(d.localLog, 30))
+		case <-tick.C:
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		for _, in := range []*dovecottest.Instance{d.a, d.b} {
+			if in.Exited() {
+				return fmt.Errorf("Dovecot %s %q (master process %d) exited while the demo was running\n\n%s's log:\n%s",
+					in.Version, in.Name, in.PID, in.Name, logExcerpt(in.Log(), 20))
+			}
+		}
+	}
 }
 
 // notRoot is the demo's answer to a user other than root: that it needs
@@ -232,8 +277,11 @@ func (d *demo) start(ctx context.Context) error {
 	d.local.Env = append(os.Environ(), "DOVEWARDEN_DOVEADM_PASSWORD="+d.a.DoveadmPassword)
 	d.local.Stdout, d.local.Stderr = logf, logf
 	// Should the demo itself be killed (SIGKILL), dovewarden goes too, as
-	// the Dovecot instances do.
-	d.local.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	// the Dovecot instances do. In a process group of its own, as they
+	// are: Ctrl-C in the terminal ends the demo, whose stop ends
+	// dovewarden, and dovewarden exits only when stopped or when it
+	// fails, which watch then reports.
+	d.local.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := d.local.Start(); err != nil {
 		return fmt.Errorf("start %s local: %w", d.bin, err)
 	}
