@@ -22,10 +22,9 @@ func TestAutoexpunge(t *testing.T) {
 		}
 		saved := time.Now()
 		in.Close()
+		// The message must reach B before autoexpunge removes it on A
+		// (after which it never would): then both have it.
 		wantMessages(t, s.awaitConverged("u1")["u1"], "old", 1)
-		if time.Since(saved) >= after {
-			t.Fatalf("the message did not reach B within the %s before autoexpunge removes it on A", after)
-		}
 
 		// The next session's end on A, once the message is old enough,
 		// removes it there.
