@@ -263,12 +263,19 @@ if owned and started(ARGV[11]) then
   table.insert(c, 2, num(redis.call('HGET', h, 'last_success')))
   return c
 end
-if newstate ~= '' then
-  redis.call('HSET', KEYS[5], dest, newstate)
-elseif ARGV[12] == '1' then
-  redis.call('HDEL', KEYS[5], dest)
+-- The dsync state is this attempt's to write unless an attempt that
+-- started after it (its lock expired while it ran) already succeeded: that
+-- one's state is newer, and the next dsync starts from it, not from the
+-- older one this attempt brings late.
+local last_start = num(redis.call('HGET', h, 'last_start'))
+if owned or st >= last_start then
+  if newstate ~= '' then
+    redis.call('HSET', KEYS[5], dest, newstate)
+  elseif ARGV[12] == '1' then
+    redis.call('HDEL', KEYS[5], dest)
+  end
 end
-if st > num(redis.call('HGET', h, 'last_start')) then
+if st > last_start then
   redis.call('HSET', h, 'last_start', st)
 end
 redis.call('HSET', h, 'last_success', now, 'last_success_host', host, 'last_destination', dest,

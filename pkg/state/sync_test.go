@@ -304,6 +304,66 @@ func TestRedisScripts_ASuccessAfterTheLockExpired(t *testing.T) {
 	})
 }
 
+// TestRedisScripts_ALateSuccessKeepsANewerAttemptsState: an owner whose
+// lock expired while its dsync ran records its success after another
+// attempt, which started later, succeeded: the dsync state stays the newer
+// attempt's, whether the late one brings a state or drops it. After a
+// later attempt's failure instead, the late state is the newest there is.
+func TestRedisScripts_ALateSuccessKeepsANewerAttemptsState(t *testing.T) {
+	late := func(t *testing.T, b backend, a state.Claim, drop bool) {
+		t.Helper()
+		args := state.SuccessArgs{User: "u1", Token: "A", Host: "mail-a", Destination: "tcp:b:1",
+			NewState: "state-after-A", Start: a.Start, TTL: time.Second}
+		if drop {
+			args.NewState, args.DropState = "", true
+		}
+		if _, _, err := b.st.Succeed(ctx, args); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dsyncState := func(t *testing.T, b backend) string {
+		t.Helper()
+		v, err := b.rdb.HGet(ctx, state.StateKey("u1"), "tcp:b:1").Result()
+		if err == redis.Nil {
+			return "(none)"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	onBothRedis(t, func(t *testing.T, b backend) {
+		for _, drop := range []bool{false, true} {
+			// (Some real time passes: C's start is after A's, and
+			// miniredis's clock does not move with its TTLs.)
+			a := begin(t, b, "A", time.Time{})
+			b.expire(time.Second)
+			time.Sleep(2 * time.Millisecond)
+			c := begin(t, b, "C", time.Time{})
+			if c.Decision != state.Run || succeed(t, b, "C", c.Start, false).Decision != state.Done {
+				t.Fatalf("C: %+v", c)
+			}
+			late(t, b, a, drop)
+			if got := dsyncState(t, b); got != "state-after-C" {
+				t.Errorf("dsync state after C's success and A's late one (drop %v): %q, want C's", drop, got)
+			}
+		}
+
+		a := begin(t, b, "A", time.Time{})
+		b.expire(time.Second)
+		time.Sleep(2 * time.Millisecond)
+		c := begin(t, b, "D", time.Time{})
+		if _, err := b.st.Fail(ctx, state.FailureArgs{User: "u1", Token: "D", Host: "mail-a", Error: "exit code 75",
+			Class: "tempfail", ExitCode: 75, Final: true, Release: true, Start: c.Start}); err != nil || c.Decision != state.Run {
+			t.Fatalf("D: %+v, %v", c, err)
+		}
+		late(t, b, a, false)
+		if got := dsyncState(t, b); got != "state-after-A" {
+			t.Errorf("dsync state after D's failure and A's late success: %q, want A's", got)
+		}
+	})
+}
+
 // TestRedisScripts_AFullRequestStaysUntilAFullSyncIsDone: a full sync
 // asked for while the user was busy passes to the owner's next attempt;
 // if that attempt gives up the lock without succeeding, the next owner's
