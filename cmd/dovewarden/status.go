@@ -449,7 +449,7 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		if host == "" {
 			host = "default host" // as the user's record names it
 		}
-		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s", u.User, when(u.InProgressSince, now), printable.String(by), printable.String(host)))
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s", printable.String(u.User), when(u.InProgressSince, now), printable.String(by), printable.String(host)))
 	}
 	title := fmt.Sprintf("In progress (longest running first; %d of %d)", len(o.RunningUsers), o.Users.InProgress)
 	if err := section(out, title, "USER\tSINCE\tBY\tFROM", rows); err != nil {
@@ -461,7 +461,7 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		if u.Excluded { // by hand: not retried, its next change or sweep drops the mark
 			lastError = "(excluded: not retried) " + lastError
 		}
-		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", u.User, when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, u.LastFailureClass, lastError))
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", printable.String(u.User), when(u.FailedSince, now), when(u.LastSuccess, now), u.ConsecutiveFailures, printable.String(u.LastFailureClass), lastError))
 	}
 	title = fmt.Sprintf("Failed users (oldest failure first; %d of %d)", len(o.FailedUsers), o.Users.Failed)
 	if err := section(out, title, "USER\tFAILED\tLAST SUCCESS\tFAILURES\tCLASS\tLAST ERROR", rows); err != nil {
@@ -473,7 +473,7 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		if host == "" {
 			host = "-"
 		}
-		rows = append(rows, fmt.Sprintf("%s\t%s\t%s", u.User, when(u.Since, now), host))
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s", printable.String(u.User), when(u.Since, now), printable.String(host)))
 	}
 	title = fmt.Sprintf("Pending users (oldest change first; %d of %d)", len(o.PendingUsers), o.Users.Pending)
 	return section(out, title, "USER\tSINCE\tHOST", rows)
@@ -517,7 +517,7 @@ func section(out io.Writer, title, header string, rows []string) error {
 
 func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 	w := newTable(out)
-	w.println(s.User)
+	w.println(printable.String(s.User))
 	if s.LastSuccess.IsZero() && s.LastFailure.IsZero() && s.PendingSince.IsZero() && !s.InProgress && !s.Excluded {
 		w.println("  no record\tnever replicated since this Redis was new, and no change waits\t")
 		return w.flush()
@@ -533,7 +533,7 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 		if from == "" {
 			from = "default host"
 		}
-		w.printf("  last success\t%s\t%s from %s to %s, took %s\n", when(s.LastSuccess, now), kind, from, s.LastDestination, s.LastDuration.Round(time.Millisecond))
+		w.printf("  last success\t%s\t%s from %s to %s, took %s\n", when(s.LastSuccess, now), kind, printable.String(from), printable.String(s.LastDestination), s.LastDuration.Round(time.Millisecond))
 	}
 	if s.LastFullStart.IsZero() {
 		w.println("  last full sync\t-\t")
@@ -547,7 +547,7 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 		if s.LastExitCode != 0 {
 			code = fmt.Sprintf(" (exit code %d)", s.LastExitCode)
 		}
-		w.printf("  last failure\t%s\t%s%s: %s\n", when(s.LastFailure, now), s.LastFailureClass, code, oneLine(s.LastError))
+		w.printf("  last failure\t%s\t%s%s: %s\n", when(s.LastFailure, now), printable.String(s.LastFailureClass), code, oneLine(s.LastError))
 	}
 	w.printf("  failures\t%d\tsince the last success\n", s.ConsecutiveFailures)
 	switch {
@@ -562,14 +562,14 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 	if s.PendingSince.IsZero() {
 		w.println("  pending\tno\t")
 	} else {
-		w.printf("  pending\tsince %s\t%s\n", when(s.PendingSince, now), onHost(s.PendingHost))
+		w.printf("  pending\tsince %s\t%s\n", when(s.PendingSince, now), onHost(printable.String(s.PendingHost)))
 	}
 	if s.InProgress {
 		from := s.InProgressHost
 		if from == "" {
 			from = "default host" // as the last success names it
 		}
-		w.printf("  in progress\tsince %s\tby %s, from %s\n", when(s.InProgressSince, now), s.InProgressBy, from)
+		w.printf("  in progress\tsince %s\tby %s, from %s\n", when(s.InProgressSince, now), printable.String(s.InProgressBy), printable.String(from))
 	} else {
 		w.println("  in progress\tno\t")
 	}
@@ -580,7 +580,7 @@ func printUser(out io.Writer, s state.UserStatus, now time.Time) error {
 	}
 	sort.Strings(dests)
 	for _, d := range dests {
-		w.printf("  dsync state\t%s\t%d bytes\n", d, s.States[d])
+		w.printf("  dsync state\t%s\t%d bytes\n", printable.String(d), s.States[d])
 	}
 	return w.flush()
 }
