@@ -210,6 +210,7 @@ func (w *worker) send(ctx context.Context, i uint64, from time.Time) {
 	now := time.Now()
 	if !now.Before(deadline) {
 		w.t.timeouts++
+		//lint:ignore ST1005 spelled as net/http spells the other requests' errors, which this list shows beside it
 		w.t.noteErr(fmt.Errorf("Post %q: timed out before it was written: waited %s behind earlier answers, timeout %s",
 			w.c.url, short(now.Sub(from)), w.cfg.Timeout), now)
 		return

@@ -159,6 +159,7 @@ func (d *demo) watch(ctx context.Context) error {
 		}
 		for _, in := range []*dovecottest.Instance{d.a, d.b} {
 			if in.Exited() {
+				//lint:ignore ST1005 the message begins with the product's name
 				return fmt.Errorf("Dovecot %s %q (master process %d) exited while the demo was running\n\n%s's log:\n%s",
 					in.Version, in.Name, in.PID, in.Name, logExcerpt(in.Log(), 20))
 			}
