@@ -69,6 +69,9 @@ func Start(ctx context.Context, opts Options) (*Instance, error) {
 		return nil, err
 	}
 	if err := Ensure(opts.Version); err != nil {
+		if ownDir {
+			_ = os.RemoveAll(opts.Dir)
+		}
 		return nil, err
 	}
 	var lastErr error
