@@ -186,10 +186,18 @@ func start(bin, dir string, o Options) (*Server, error) {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		err := c.Ping(ctx).Err()
-		cancel()
 		if err == nil {
+			// Another process may have bound the port between freePort
+			// and the launch: its answer is not this server's.
+			err = s.answers(ctx, c)
+			cancel()
+			if err != nil {
+				s.stop()
+				return nil, fmt.Errorf("redis-server on port %d: %w", port, err)
+			}
 			return s, nil
 		}
+		cancel()
 		select {
 		case <-s.done:
 			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, strings.TrimSpace(s.out.String()))
@@ -200,6 +208,24 @@ func start(bin, dir string, o Options) (*Server, error) {
 			return nil, fmt.Errorf("redis-server on port %d not answering: %v", port, err)
 		}
 	}
+}
+
+// answers checks that the server c reaches is the process launched, not
+// another one that bound the port first: its INFO names its PID.
+func (p *process) answers(ctx context.Context, c *redis.Client) error {
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return fmt.Errorf("INFO server: %w", err)
+	}
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "process_id:"); ok {
+			if pid, _ := strconv.Atoi(v); pid != p.cmd.Process.Pid {
+				return fmt.Errorf("answered by process %d, not the one launched (%d): the port was taken", pid, p.cmd.Process.Pid)
+			}
+			return nil
+		}
+	}
+	return errors.New("INFO server: no process_id")
 }
 
 // process is a running redis-server (a server or a Sentinel).
