@@ -39,7 +39,10 @@ func LoadCAFile(setting, path string) (*CAFile, error) {
 		return nil, err
 	}
 	c := &CAFile{setting: setting, path: path, pem: b, loaded: Loaded(b), pool: pool, n: n}
-	News(c.key(), c.loaded)
+	// Recorded only as the first news of the file: a change another
+	// reader has not logged yet (the file changed since that reader was
+	// set up) stays news for it, or for this one, to log.
+	news.LoadOrStore(c.key(), c.loaded)
 	return c, nil
 }
 
@@ -65,9 +68,14 @@ func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
 	defer c.mu.Unlock()
 	b, err := os.ReadFile(c.path)
 	if err == nil && bytes.Equal(b, c.pem) {
-		// Unchanged, as at nearly every call: nothing to parse.
+		// Unchanged, as at nearly every call: nothing to parse. It can
+		// still be news: the file loads again after a failure, or
+		// another reader of it logged another content last (a change
+		// back to this one, which no reader logged yet).
 		c.failed = ""
-		News(c.key(), c.loaded)
+		if News(c.key(), c.loaded) {
+			log.Info(c.setting+" loaded again", c.setting, c.path, "certificates", c.n)
+		}
 		return c.pool
 	}
 	var pool *x509.CertPool
