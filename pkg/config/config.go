@@ -325,11 +325,28 @@ func PEMCAs(text string) (*x509.CertPool, error) {
 	}
 	rest := []byte(text)
 	n := 0
+	begin, end := []byte("-----BEGIN "), []byte("-----END ")
 	for {
+		// pem.Decode passes over text before a block, and over a
+		// BEGIN line whose block has no END before the next block's:
+		// both are refused here, as text after the last block is.
+		rest = bytes.TrimSpace(rest)
+		if len(rest) == 0 {
+			break
+		}
+		if !bytes.HasPrefix(rest, begin) {
+			if n == 0 && !bytes.Contains(rest, begin) {
+				return nil, errors.New("no PEM certificate")
+			}
+			return nil, errors.New("text outside PEM CERTIFICATE blocks")
+		}
+		if e, b := bytes.Index(rest, end), bytes.Index(rest[1:], begin); e < 0 || (b >= 0 && b+1 < e) {
+			return nil, fmt.Errorf("certificate %d: a PEM block without its END line", n+1)
+		}
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
-			break
+			return nil, fmt.Errorf("certificate %d: not a whole PEM block", n+1)
 		}
 		if block.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("a PEM block of type %q, want CERTIFICATE", block.Type)
@@ -343,9 +360,6 @@ func PEMCAs(text string) (*x509.CertPool, error) {
 	}
 	if n == 0 {
 		return nil, errors.New("no PEM certificate")
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, errors.New("text outside PEM CERTIFICATE blocks")
 	}
 	return pool, nil
 }
