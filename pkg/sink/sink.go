@@ -184,9 +184,26 @@ func (b boundedBodies) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := b.rt.RoundTrip(r)
 	if err == nil {
 		resp.Body = &boundedBody{r: io.LimitReader(resp.Body, maxBody), c: resp.Body}
+		if last, ok := r.Context().Value(lastRefusalKey{}).(*lastRefusal); ok && resp.StatusCode/100 != 2 {
+			// The SDK reads a refusal's body only when it did not
+			// retry: keep it for the error, as what is read of it.
+			text, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last.status, last.body = resp.StatusCode, string(text)
+			resp.Body = io.NopCloser(strings.NewReader(last.body))
+		}
 	}
 	return resp, err
 }
+
+// lastRefusal is the status and body (what is read of it) of the last
+// answer to one Send that was not a 2xx.
+type lastRefusal struct {
+	status int
+	body   string
+}
+
+type lastRefusalKey struct{}
 
 type boundedBody struct {
 	r io.Reader
@@ -225,11 +242,12 @@ func (s *Sender) Send(ctx context.Context, ev cloudevents.Event) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.Budget)
 	defer cancel()
-	res := s.client.Send(s.withRetries(ctx), ev)
+	last := &lastRefusal{}
+	res := s.client.Send(s.withRetries(context.WithValue(ctx, lastRefusalKey{}, last)), ev)
 	if cloudevents.IsACK(res) {
 		return nil
 	}
-	return describe(res, s.target, s.spelled, s.secrets)
+	return describe(res, last, s.target, s.spelled, s.secrets)
 }
 
 // withRetries asks the SDK for Retries retries, Backoff before the first
@@ -244,10 +262,11 @@ func (s *Sender) withRetries(ctx context.Context) context.Context {
 	return cloudevents.ContextWithRetriesExponentialBackoff(ctx, max(s.opts.Backoff/2, time.Nanosecond), s.opts.Retries)
 }
 
-// describe names the final HTTP status when there was one. Neither what
-// the Broker answered nor the transport's error shows any of secrets:
-// either may quote the request.
-func describe(res error, target string, spelled, secrets []string) error {
+// describe names the final HTTP status when there was one, and what the
+// Broker said with it (last: the SDK leaves a refusal's body out of its
+// error when it retried). Neither what the Broker answered nor the
+// transport's error shows any of secrets: either may quote the request.
+func describe(res error, last *lastRefusal, target string, spelled, secrets []string) error {
 	var rr *cehttp.RetriesResult
 	if errors.As(res, &rr) {
 		res = rr.Result
@@ -256,7 +275,11 @@ func describe(res error, target string, spelled, secrets []string) error {
 	if errors.As(res, &hr) {
 		msg := fmt.Sprintf("broker %s answered HTTP %d", target, hr.StatusCode)
 		// The SDK's text is "CODE: DETAIL", its detail often empty.
-		if detail := strings.TrimSpace(config.RedactSecrets(strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode)), secrets)); detail != "" {
+		text := strings.TrimPrefix(res.Error(), fmt.Sprintf("%d:", hr.StatusCode))
+		if last != nil && last.status == hr.StatusCode {
+			text = last.body
+		}
+		if detail := strings.TrimSpace(config.RedactSecrets(text, secrets)); detail != "" {
 			// A proxy's error page would fill every log line.
 			if len(detail) > maxDetail {
 				detail = strings.ToValidUTF8(detail[:maxDetail], "") + "…"

@@ -339,3 +339,27 @@ func TestSend_ErrorsShowNoSecretSent(t *testing.T) {
 		}
 	}
 }
+
+// TestSend_RetriedRefusalsKeepTheBrokersReason: with retries (ingest's
+// default --send-retries is 3, sync's results sink and the CLI use 3
+// too), the error of a refusal quotes what the Broker said, as it does
+// without them: a final 400 saying which attribute it refused, or the
+// last 503 of those retried. The token sent stays out of it.
+func TestSend_RetriedRefusalsKeepTheBrokersReason(t *testing.T) {
+	for _, code := range []int{http.StatusBadRequest, http.StatusServiceUnavailable} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "refused: attribute partitionkey missing for "+r.URL.String(), code)
+		}))
+		for _, retries := range []int{0, 3} {
+			s, err := New(Options{URL: srv.URL + "/default/broker?access_token=TOK3N", Budget: 5 * time.Second, Retries: retries, Backoff: time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Send(context.Background(), testEvent())
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("answered HTTP %d: refused: attribute partitionkey missing", code)) || strings.Contains(err.Error(), "TOK3N") {
+				t.Errorf("HTTP %d, %d retries: Send = %v; want the Broker's reason, without the token", code, retries, err)
+			}
+		}
+		srv.Close()
+	}
+}
