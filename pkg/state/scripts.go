@@ -79,7 +79,14 @@ local function start(now, user, owner, host, skey, dest, call, full)
   -- before it, even if the Redis clock steps back (Now).
   if num(redis.call('GET', CLOCK)) < now then redis.call('SET', CLOCK, now) end
   local merged = num(redis.call('HGET', h, 'pending_count'))
-  local fullreq = redis.call('HGET', h, 'full_requested') == '1' and 1 or 0
+  -- A full sync the attempt before ran and did not record as a success
+  -- is still asked for: this one retries it (Restart), or takes over
+  -- from an owner that died or lost its reply before Fail could ask for
+  -- it again. Its start took full_requested over, and nothing else keeps
+  -- it. (A success of it set last_full_start to its start.)
+  local carried = redis.call('HGET', h, 'inprogress_full') == '1'
+    and num(redis.call('HGET', h, 'last_full_start')) < prev
+  local fullreq = (redis.call('HGET', h, 'full_requested') == '1' or carried) and 1 or 0
   -- Added to those of the attempt before, its own host among them, when
   -- this one retries it or takes over from an owner that died: their
   -- changes are not covered yet either.
@@ -463,8 +470,14 @@ if ARGV[8] == '1' then
   -- A full sync asked for and not done stays asked for.
   if ARGV[10] == '1' then redis.call('HSET', h, 'full_requested', '1') end
   if redis.call('GET', KEYS[1]) == token then
-    -- So do the hosts of the changes the attempt took over.
+    -- So do the hosts of the changes the attempt took over, and a full
+    -- sync it took over (a retry whose start the owner never heard of,
+    -- its answer lost): the release drops the attempt's fields.
     add_hosts(h, 'pending_hosts', hosts_of(h, 'inprogress_hosts'))
+    if redis.call('HGET', h, 'inprogress_full') == '1'
+        and num(redis.call('HGET', h, 'last_full_start')) < num(redis.call('HGET', h, 'inprogress_since')) then
+      redis.call('HSET', h, 'full_requested', '1')
+    end
     release(user, h)
   end
 end
