@@ -358,6 +358,15 @@ if token ~= '' and redis.call('HGET', h, 'last_failure_call') == call then
   return num(redis.call('HGET', h, 'last_failure'))
 end
 local now = now_ms()
+-- A user found gone whose record is dropped already: this call's first
+-- run dropped it (the client sent it again after losing the reply; the
+-- call was recorded in the record), or another attempt's answer did. No
+-- attempt runs (an attempt's start writes the record), and the marks
+-- went with it: a failure recorded now would bring the record back.
+if ARGV[12] == '1' and redis.call('EXISTS', h) == 0 then
+  forget_dead(user)
+  return now
+end
 if at <= 0 or at > now then at = now end
 local prev_failure = num(redis.call('HGET', h, 'last_failure'))
 -- Counted (ARGV[14]): a release after a retry's backoff was cut off; the
