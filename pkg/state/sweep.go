@@ -448,6 +448,17 @@ func (s *Store) SweepRelease(ctx context.Context, token string) error {
 	return nil
 }
 
+// SweepStop gives up the sweep lock while it names sweep id: the sweep
+// cannot go on (its candidate list is gone), so the next sweep.requested
+// replaces it at once. Left to its TTL, the lock would be renewed by
+// every step that carries the dead sweep on and finds the list gone.
+func (s *Store) SweepStop(ctx context.Context, id string) error {
+	if err := scriptCompareDelete.Run(ctx, s.rdb, []string{SweepLockKey}, id).Err(); err != nil {
+		return fmt.Errorf("release the lock of sweep %s in redis: %w", id, err)
+	}
+	return nil
+}
+
 // SweepDrop deletes the candidate list of an abandoned sweep at once
 // rather than at its TTL. UNLINK: Redis frees it in the background; DEL
 // of a million candidates took 154 ms, with Redis answering nothing else.

@@ -68,6 +68,14 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 	}
 	if r.gone {
 		s.release(token)
+		// Nothing can carry this sweep on: give up its lock, so the next
+		// sweep.requested replaces it. Kept until its TTL, every request
+		// that carried it on (its first continuation lost, no batch
+		// recorded) would claim it again, renewing the lock, and no new
+		// sweep would ever start.
+		if err := s.st.SweepStop(ctx, c.Sweep); err != nil {
+			s.log.Warn("could not release the lock of the sweep without candidates; it expires by itself", "sweep", c.Sweep, "err", err)
+		}
 		s.log.Warn("sweep candidates are gone (expired, or evicted by Redis); the sweep stops unfinished, and the next one replaces it",
 			"sweep", c.Sweep, "offset", r.next, "total", b.Total)
 		return Result{Outcome: Lost, Sweep: c.Sweep}, nil

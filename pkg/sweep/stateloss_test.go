@@ -102,3 +102,60 @@ func TestStep_CandidatesGoneLeaveTheSweepUnfinished(t *testing.T) {
 		t.Errorf("the next sweep requested %d users, want the %d the first did not reach", got, 7-requested)
 	}
 }
+
+// TestStep_CandidatesGoneBeforeTheFirstBatchDoNotBlockSweepsForever: the
+// listing's continuation is lost and the candidate list disappears
+// (evicted) before any batch. Each sweep.requested after that (the
+// PingSource's retry sweeps come every 5 minutes, the default lock TTL)
+// carries the sweep on from its start, and the batch that finds no
+// candidates stops it. That batch's claim must not keep the dead sweep's
+// lock alive: the next sweep.requested after the lock TTL has to start a
+// new sweep, not carry on the dead one again.
+func TestStep_CandidatesGoneBeforeTheFirstBatchDoNotBlockSweepsForever(t *testing.T) {
+	o := testOptions()
+	o.LockTTL = time.Minute
+	f := newFixture(t, o, "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+	ctx := context.Background()
+	first, err := f.sw.Step(ctx, "schedule", nil)
+	if err != nil || first.Next == nil {
+		t.Fatalf("start: %+v %v", first, err)
+	}
+	// first.Next is lost, and the candidates are evicted.
+	if err := f.rdb.Del(ctx, state.SweepUsersKey(first.Sweep)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t0 := f.now()
+	every := o.LockTTL - 10*time.Second
+	var started *Result
+	for i := 1; i <= 6 && started == nil; i++ {
+		f.mr.FastForward(every)
+		f.mr.SetTime(t0.Add(time.Duration(i) * every))
+		r, err := f.sw.Step(ctx, "schedule", nil)
+		if err != nil {
+			t.Fatalf("sweep.requested %d: %v", i, err)
+		}
+		if r.Outcome == Started && r.Sweep != first.Sweep {
+			started = &r
+			break
+		}
+		// The Broker brings the answer's continuation back.
+		for c := r.Next; c != nil; {
+			res, err := f.sw.Step(ctx, "", c)
+			if err != nil {
+				t.Fatalf("continuation %+v: %v", c, err)
+			}
+			c = res.Next
+		}
+	}
+	if started == nil {
+		t.Fatalf("after %s of sweep.requested events every %s, sweep %s without candidates still blocks every new sweep (%+v)",
+			6*every, every, first.Sweep, f.status(t))
+	}
+	if got := testutil.ToFloat64(f.sw.m.finished.WithLabelValues("abandoned")); got != 1 {
+		t.Errorf("abandoned sweeps %v, want the one without candidates", got)
+	}
+	f.continueFrom(t, started.Next)
+	if got := users(byUser(t, f.snd.all())); len(got) != 7 {
+		t.Errorf("requested %q, want the 7 users the lost sweep never reached", got)
+	}
+}
