@@ -96,13 +96,16 @@ func (x *Exec) sync(ctx context.Context, ep Endpoint, req SyncRequest) (SyncResu
 		}
 		return SyncResult{State: strings.TrimSpace(string(stdout.buf))}, nil
 	}
-	detail := Redact(strings.TrimSpace(stderr.String()), ep.Secrets()...)
+	// Told from what doveadm wrote, before a password in it is masked:
+	// a short one can be a word of the message (see Redact).
+	said := strings.TrimSpace(stderr.String())
+	detail := Redact(said, ep.Secrets()...)
 	if ctx.Err() != nil {
 		return SyncResult{}, &Error{Kind: KindTransport, Op: opn, Detail: fmt.Sprintf("killed: %v", context.Cause(ctx)), Err: err}
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
-		if configUnreadable(detail) {
+		if configUnreadable(said) {
 			return SyncResult{}, &Error{Kind: KindConfig, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}
 		}
 		return SyncResult{}, &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err}

@@ -3,6 +3,7 @@ package doveadm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +29,8 @@ func TestMain(m *testing.M) {
 			fmt.Println(strings.Repeat("A", n))
 		} else if code == 0 {
 			fmt.Println("AQAAAnewstate")
+		} else if msg := os.Getenv("FAKE_DOVEADM_STDERR"); msg != "" {
+			fmt.Fprintln(os.Stderr, msg)
 		} else {
 			fmt.Fprintln(os.Stderr, "Error: sync failed with the fake")
 		}
@@ -160,6 +163,38 @@ func TestExec_ExitCodes(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "sync failed with the fake") {
 			t.Errorf("exit %d: stderr not in the error: %v", code, err)
+		}
+	}
+}
+
+// TestExec_ConfigUnreadableWhateverThePassword: doveadm's "could not
+// read its configuration" (exit code 75) is class config_error, for a
+// sync and a listing, also when the endpoint's password is a word of that
+// message: the message is masked for the error, not for telling what
+// doveadm said. Before, a password such as "config" turned it into a
+// tempfail, retried as a replica that is down.
+func TestExec_ConfigUnreadableWhateverThePassword(t *testing.T) {
+	for _, msg := range []string{
+		"doveconf: Fatal: Error reading configuration: Invalid settings: /etc/dovecot/a.conf",
+		"Fatal: Failed to read configuration: /etc/dovecot/a.conf",
+	} {
+		for _, pw := range []string{"", "config", "read", "Fatal"} {
+			bin, _ := fakeDoveadm(t, 75)
+			t.Setenv("FAKE_DOVEADM_STDERR", msg)
+			ep := Endpoint{Password: pw, Config: "/etc/dovecot/a.conf", Destination: "tcp:r:1"}
+			x := NewExec(bin, 10*time.Second)
+			_, err := x.Sync(context.Background(), ep, SyncRequest{User: "u1", Destination: "tcp:r:1"})
+			if r := Decide(err); r.Class != "config_error" {
+				t.Errorf("sync, password %q, %q: %v decided %s, want config_error", pw, msg, err, r.Class)
+			}
+			var de *Error
+			if pw != "" && errors.As(err, &de) && strings.Contains(de.Detail, pw) {
+				t.Errorf("sync, password %q: doveadm's message is shown unmasked: %v", pw, err)
+			}
+			err = x.ListUsers(context.Background(), ep, func(string) error { return nil })
+			if !errors.As(err, &de) || de.Kind != KindConfig {
+				t.Errorf("listing, password %q, %q: %v, want kind config", pw, msg, err)
+			}
 		}
 	}
 }

@@ -265,7 +265,8 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 		_, _ = io.Copy(io.Discard, out)
 	}
 	err = cmd.Wait()
-	detail := Redact(strings.TrimSpace(stderr.String()), ep.Secrets()...)
+	said := strings.TrimSpace(stderr.String()) // told from unmasked (Sync)
+	detail := Redact(said, ep.Secrets()...)
 	switch {
 	case fnErr != nil:
 		return fnErr
@@ -281,7 +282,7 @@ func (x *Exec) ListUsers(ctx context.Context, ep Endpoint, fn func(user string) 
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
-		if configUnreadable(detail) {
+		if configUnreadable(said) {
 			return &Error{Kind: KindConfig, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err, listing: true}
 		}
 		return &Error{Kind: KindExitCode, ExitCode: ee.ExitCode(), Op: opn, Detail: detail, Err: err, listing: true}
