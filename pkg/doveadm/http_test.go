@@ -672,3 +672,69 @@ func TestHTTP_EchoedCredentialsNeverShown(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTP_PlainURLToATLSListener: a doveadm TLS listener closes a plain
+// request without an answer (Dovecot 2.3 and 2.4: "SSL_accept() failed"),
+// which alone reads as a busy doveadm; a TLS handshake to the same
+// address tells it apart: class tls, not retried. A plain listener that
+// closes so stays a transport failure, retried.
+func TestHTTP_PlainURLToATLSListener(t *testing.T) {
+	tlsCfg := func() *tls.Config {
+		s := httptest.NewUnstartedServer(http.NotFoundHandler())
+		s.StartTLS()
+		defer s.Close()
+		return s.TLS.Clone()
+	}()
+	listener := func(speaksTLS bool) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					first := make([]byte, 1)
+					if _, err := c.Read(first); err != nil || first[0] != 22 || !speaksTLS {
+						return // not a handshake record: closed at once
+					}
+					tc := tls.Server(&prefixConn{Conn: c, first: first}, tlsCfg)
+					_ = tc.Handshake()
+					tc.Close()
+				}()
+			}
+		}()
+		return "http://" + ln.Addr().String() + "/doveadm/v1"
+	}
+	for _, tt := range []struct {
+		name  string
+		tls   bool
+		class string
+	}{{"TLS listener", true, "tls"}, {"plain listener closing", false, "transport"}} {
+		ep := doveadm.Endpoint{Name: "mail-a", URL: listener(tt.tls), User: "doveadm", Password: "pw", Destination: "tcp:r:1"}
+		_, err := doveadm.NewHTTP(nil, 5*time.Second).Sync(context.Background(), ep, doveadm.SyncRequest{User: "u1", Destination: "tcp:r:1"})
+		if r := doveadm.Decide(err); r.Class != tt.class {
+			t.Errorf("%s: err %v decided %s, want %s", tt.name, err, r.Class, tt.class)
+		}
+	}
+}
+
+// prefixConn is a connection whose first bytes were read already.
+type prefixConn struct {
+	net.Conn
+	first []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.first) > 0 {
+		n := copy(p, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
