@@ -222,29 +222,56 @@ func keepsData(ev cloudevents.Event, raw []byte, scratch *bytes.Buffer) bool {
 
 // DecodeSpool reads what EncodeSpool wrote, a line at a time: it calls
 // held with each held event, and bad with each line that is not one
-// (named by its number). The error is one of reading (a line longer than
-// maxLine bytes among them), after which the rest of r is not read.
+// (named by its number). A line longer than maxLine bytes is one of those:
+// it is read to its end without being kept, so that no more than maxLine
+// bytes of it are in memory, and the lines after it are read. The error
+// is one of reading, after which the rest of r is not read.
 func DecodeSpool(r io.Reader, maxLine int, held func(Held), bad func(error)) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte
+	for n := 1; ; n++ {
+		line, tooLong, err := readSpoolLine(br, maxLine, buf[:0])
+		buf = line
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		last := err != nil
+		switch line = bytes.TrimSpace(line); {
+		case tooLong:
+			bad(fmt.Errorf("line %d: longer than %d bytes: %w", n, maxLine, bufio.ErrTooLong))
+		case len(line) > 0:
+			h, derr := decodeSpoolLine(line)
+			if derr != nil {
+				bad(fmt.Errorf("line %d: %w", n, derr))
+			} else {
+				held(h)
+			}
+		}
+		if last {
+			return nil
+		}
+	}
+}
+
+// readSpoolLine reads one line of br, without its newline, into buf. A
+// line longer than maxLine is read to its end but not kept: tooLong. err
+// is io.EOF when the line was the last one (it may be empty).
+func readSpoolLine(br *bufio.Reader, maxLine int, buf []byte) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, err := br.ReadSlice('\n')
+		chunk = bytes.TrimSuffix(chunk, []byte("\n"))
+		if !tooLong {
+			if len(buf)+len(chunk) > maxLine {
+				tooLong, buf = true, buf[:0]
+			} else {
+				buf = append(buf, chunk...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
-		h, err := decodeSpoolLine(line)
-		if err != nil {
-			bad(fmt.Errorf("line %d: %w", n, err))
-			continue
-		}
-		held(h)
+		return buf, tooLong, err
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("line %d: %w", n+1, err)
-	}
-	return nil
 }
 
 func decodeSpoolLine(line []byte) (Held, error) {

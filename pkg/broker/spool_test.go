@@ -5,6 +5,7 @@ import (
 	"context"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -432,8 +433,8 @@ func TestShutdown_HoldsWhatItCutShort(t *testing.T) {
 
 // TestRestoreSpool_StopsAtALineTooLong: the longest line a stop can write
 // (an event and its reply, each with the largest body the broker takes,
-// of control characters) is restored; a longer one ends the reading, what
-// came before is restored and the file is kept.
+// of control characters) is restored; a longer one is not (a line that is
+// not a held event): what came before is restored and the file is kept.
 func TestRestoreSpool_StopsAtALineTooLong(t *testing.T) {
 	rec := newRecorder()
 	cfg := mustLoad(t, typeTrigger("a", "x", "sub", ""), typeTrigger("r", "answer", "sub", ""))
@@ -643,5 +644,74 @@ func TestRestoreSpool_KeepsALeftoverAndTheNewerFileApart(t *testing.T) {
 	}
 	if len(want) != 0 {
 		t.Errorf("spool files not kept: %q (kept: %v)", slices.Collect(maps.Keys(want)), kept)
+	}
+}
+
+// TestSpool_AnEventWithLargeAttributesCostsNoOther: an event posted in
+// binary mode carries its attributes as headers, which the body limit does
+// not bound, and encoding/json writes each '<', '>' and '&' as 6 bytes: a
+// stop can write a line longer than SpoolLineLimit for a small MaxBody.
+// That line is not restored (it is kept with the file), but the events
+// after it in the file still are.
+func TestSpool_AnEventWithLargeAttributesCostsNoOther(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("a", "x", "stuck", ""))
+	stuck := newBlocker()
+	b, err := New(cfg, Options{MaxBody: 1024, Workers: 1, Handlers: map[string]Handler{"stuck": stuck.handle}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), event("first", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "first in flight", func() bool { return stuck.started.Load() == 1 })
+	srv := httptest.NewServer(b.Ingress())
+	defer srv.Close()
+	req, err := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "big", "ce-source": "s", "ce-type": "x",
+		"ce-note": strings.Repeat("<", 30<<10), "content-type": "application/json"} {
+		req.Header.Set(k, v)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("ingress answered %d", resp.StatusCode)
+	}
+	if err := b.Publish(context.Background(), event("after", "x", "")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	held, _ := b.Shutdown(ctx)
+	path := filepath.Join(t.TempDir(), "spool")
+	if err := b.SaveSpool(path, held); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); len(data) <= SpoolLineLimit(1024) {
+		t.Fatalf("the spool file is %d bytes: no line is longer than the limit", len(data))
+	}
+
+	rec := newRecorder()
+	b2, reg := start(t, cfg, Options{MaxBody: 1024, Handlers: map[string]Handler{"stuck": rec.handle}})
+	if _, err := b2.RestoreSpool(path); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for range 2 {
+		got[rec.next(t).ID()] = true
+	}
+	if !got["first"] || !got["after"] {
+		t.Errorf("restored %v, want first and after", got)
+	}
+	if n := counter(t, reg, "dovewarden_broker_spool_events_total", map[string]string{"outcome": spoolInvalid}); n != 1 {
+		t.Errorf("invalid counted %v, want 1 (the long line)", n)
+	}
+	if kept, _ := filepath.Glob(path + ".kept-*"); len(kept) != 1 {
+		t.Errorf("kept files: %v", kept)
 	}
 }
