@@ -112,9 +112,19 @@ func (f *fixture) answered(t *testing.T, code int) uint64 {
 
 func newFixture(t *testing.T, o Options, b *broker, overrides string) *fixture {
 	t.Helper()
+	return newFixtureBudget(t, o, b, overrides, fixtureBudget)
+}
+
+// fixtureBudget is the send budget of a fixture's Sender: far longer than
+// the test broker takes, so that a loaded machine never turns its answer
+// into a 503. The tests of a Broker too slow for the budget set their own.
+const fixtureBudget = 10 * time.Second
+
+func newFixtureBudget(t *testing.T, o Options, b *broker, overrides string, budget time.Duration) *fixture {
+	t.Helper()
 	bs := httptest.NewServer(b)
 	t.Cleanup(bs.Close)
-	snd, err := sink.New(sink.Options{URL: bs.URL, Overrides: overrides, Budget: 150 * time.Millisecond, Retries: 3, Backoff: 5 * time.Millisecond})
+	snd, err := sink.New(sink.Options{URL: bs.URL, Overrides: overrides, Budget: budget, Retries: 3, Backoff: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,23 +403,24 @@ func TestHandle_BrokerFailures(t *testing.T) {
 		"answers 500 always":     {&broker{status: func(int32) int { return 500 }}, false, 503, 4},
 		"answers 503 then 202":   {&broker{status: func(n int32) int { return map[bool]int{true: 503, false: 202}[n == 1] }}, false, 202, 2},
 		"answers 400 (no retry)": {&broker{status: func(int32) int { return 400 }}, false, 503, 1},
-		"too slow":               {&broker{delay: time.Second}, false, 503, -1},
+		// Slower than the budget (150 ms) by far: answered 503 when the
+		// budget ends, not 202 when the Broker does (Dovecot gives up
+		// after 250 ms by default; a wait for the Broker would lose the
+		// event without the 503 and the pending mark).
+		"too slow": {&broker{delay: time.Second}, false, 503, -1},
 	} {
 		t.Run(name, func(t *testing.T) {
-			f := newFixture(t, Options{}, tc.b, "")
+			budget := fixtureBudget
+			if tc.b.delay > 0 {
+				budget = 150 * time.Millisecond
+			}
+			f := newFixtureBudget(t, Options{}, tc.b, "", budget)
 			if tc.closed {
 				f.brokerS.Close()
 			}
-			start := time.Now()
 			code, body := f.post(t, "/events", "application/json", appendEvent)
-			took := time.Since(start)
 			if code != tc.code {
 				t.Fatalf("%d %s, want %d", code, body, tc.code)
-			}
-			// Dovecot gives up after 250 ms by default; a hang would lose
-			// the event without the 503 and the pending mark.
-			if took > time.Second {
-				t.Errorf("answered after %v", took)
 			}
 			if tc.attempts >= 0 && tc.b.attempts.Load() != tc.attempts {
 				t.Errorf("broker saw %d attempts, want %d", tc.b.attempts.Load(), tc.attempts)
