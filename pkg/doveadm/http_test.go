@@ -432,21 +432,7 @@ func TestHTTP_CAFileReadAgain(t *testing.T) {
 // passing fault can cause is retried.
 func TestHTTP_TLSHandshakeCutOrRefused(t *testing.T) {
 	raw := func(serve func(c *net.TCPConn)) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go serve(c.(*net.TCPConn))
-			}
-		}()
-		return "https://" + ln.Addr().String() + "/doveadm/v1"
+		return "https://" + rawListener(t, serve) + "/doveadm/v1"
 	}
 	// readHello reads the client's first record, its ClientHello.
 	readHello := func(c net.Conn) {
@@ -686,30 +672,16 @@ func TestHTTP_PlainURLToATLSListener(t *testing.T) {
 		return s.TLS.Clone()
 	}()
 	listener := func(speaksTLS bool) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					first := make([]byte, 1)
-					if _, err := c.Read(first); err != nil || first[0] != 22 || !speaksTLS {
-						return // not a handshake record: closed at once
-					}
-					tc := tls.Server(&prefixConn{Conn: c, first: first}, tlsCfg)
-					_ = tc.Handshake()
-					tc.Close()
-				}()
+		return "http://" + rawListener(t, func(c *net.TCPConn) {
+			defer c.Close()
+			first := make([]byte, 1)
+			if _, err := c.Read(first); err != nil || first[0] != 22 || !speaksTLS {
+				return // not a handshake record: closed at once
 			}
-		}()
-		return "http://" + ln.Addr().String() + "/doveadm/v1"
+			tc := tls.Server(&prefixConn{Conn: c, first: first}, tlsCfg)
+			_ = tc.Handshake()
+			tc.Close()
+		}) + "/doveadm/v1"
 	}
 	for _, tt := range []struct {
 		name  string
@@ -722,6 +694,27 @@ func TestHTTP_PlainURLToATLSListener(t *testing.T) {
 			t.Errorf("%s: err %v decided %s, want %s", tt.name, err, r.Class, tt.class)
 		}
 	}
+}
+
+// rawListener listens on loopback until the test ends and hands each
+// connection to serve, in a goroutine of its own; it returns the address.
+func rawListener(t *testing.T, serve func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c.(*net.TCPConn))
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // prefixConn is a connection whose first bytes were read already.

@@ -43,7 +43,7 @@ func TestRedisScripts_ARetryOfAFullSyncCoversTheRequestAgain(t *testing.T) {
 		if c := beginFullAt(t, b, "B", asked); c.Decision != state.Busy {
 			t.Fatalf("the request again during the retry: %+v, want busy", c)
 		}
-		if next := succeedFullRerun(t, b, "A", r.Start); next.Decision != state.Done {
+		if next := succeedFull(t, b, "A", r.Start, true); next.Decision != state.Done {
 			t.Fatalf("the full retry's success: %+v, want done: it covered the request delivered again", next)
 		}
 	})
@@ -65,7 +65,7 @@ func TestRedisScripts_ADeadOwnersFullSyncIsTakenOver(t *testing.T) {
 		if c := beginFullAt(t, b, "B", time.Now()); c.Decision != state.Busy {
 			t.Fatalf("a full request during A: %+v, want busy", c)
 		}
-		rerun := succeedFullRerun(t, b, "A", a.Start)
+		rerun := succeedFull(t, b, "A", a.Start, true)
 		if rerun.Decision != state.Run || !rerun.FullRequested {
 			t.Fatalf("A's success: %+v, want a full rerun", rerun)
 		}
@@ -79,12 +79,12 @@ func TestRedisScripts_ADeadOwnersFullSyncIsTakenOver(t *testing.T) {
 	})
 }
 
-// succeedFullRerun records token's successful full attempt that started
-// at start, letting it rerun.
-func succeedFullRerun(t *testing.T, b backend, token string, start time.Time) state.Claim {
+// succeedFull records token's successful attempt that started at start,
+// a full one when full, letting it rerun.
+func succeedFull(t *testing.T, b backend, token string, start time.Time, full bool) state.Claim {
 	t.Helper()
 	_, next, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: token, Host: "mail-a", Destination: "tcp:b:1",
-		NewState: "state-after-" + token, Start: start, TTL: time.Second, MayRerun: true, Full: true})
+		NewState: "state-after-" + token, Start: start, TTL: time.Second, MayRerun: true, Full: full})
 	if err != nil {
 		t.Fatal(err)
 	}

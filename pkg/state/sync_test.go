@@ -875,38 +875,20 @@ func TestRedisScripts_LateGoneLeavesANewerAttemptsMarks(t *testing.T) {
 // dsync, still runs a full one.
 func TestRedisScripts_FullRequestCoveredByALaterFullSync(t *testing.T) {
 	onBothRedis(t, func(t *testing.T, b backend) {
-		beginFull := func(token string, at time.Time) state.Claim {
-			t.Helper()
-			c, err := b.st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "inst-" + token, Token: token,
-				Destination: "tcp:b:1", At: at, TTL: time.Second, Margin: 100 * time.Millisecond, Full: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
-		}
-		succeedFull := func(token string, start time.Time, full bool) state.Claim {
-			t.Helper()
-			_, next, err := b.st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: token, Host: "mail-a", Destination: "tcp:b:1",
-				NewState: "state-after-" + token, Start: start, TTL: time.Second, MayRerun: true, Full: full})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return next
-		}
 		asked := time.Now().Add(-time.Second)
-		a := beginFull("A", asked)
+		a := beginFullAt(t, b, "A", asked)
 		if a.Decision != state.Run {
 			t.Fatalf("first full request: %+v", a)
 		}
 		// Delivered again while A's full dsync runs: merged, no rerun.
-		if c := beginFull("B", asked); c.Decision != state.Busy {
+		if c := beginFullAt(t, b, "B", asked); c.Decision != state.Busy {
 			t.Fatalf("the request again during A's full dsync: %+v, want busy", c)
 		}
-		if next := succeedFull("A", a.Start, true); next.Decision != state.Done {
+		if next := succeedFull(t, b, "A", a.Start, true); next.Decision != state.Done {
 			t.Fatalf("A's success: %+v, want done (the request again was covered by A)", next)
 		}
 		// Delivered again after it: covered.
-		if c := beginFull("C", asked); c.Decision != state.Covered || !c.LastStart.Equal(a.Start) {
+		if c := beginFullAt(t, b, "C", asked); c.Decision != state.Covered || !c.LastStart.Equal(a.Start) {
 			t.Fatalf("the request again after A's full dsync: %+v, want covered by A's start %v", c, a.Start)
 		}
 		if _, ok := pendingScore(t, b); ok {
@@ -915,19 +897,19 @@ func TestRedisScripts_FullRequestCoveredByALaterFullSync(t *testing.T) {
 
 		// A full request made after the last full dsync started runs.
 		time.Sleep(2 * time.Millisecond)
-		d := beginFull("D", time.Now())
+		d := beginFullAt(t, b, "D", time.Now())
 		if d.Decision != state.Run {
 			t.Fatalf("a new full request: %+v, want run", d)
 		}
 		// One made while it runs, after its start, asks for a full rerun.
 		time.Sleep(2 * time.Millisecond)
-		if c := beginFull("E", time.Now().Add(time.Second)); c.Decision != state.Busy {
+		if c := beginFullAt(t, b, "E", time.Now().Add(time.Second)); c.Decision != state.Busy {
 			t.Fatalf("a full request during D: %+v, want busy", c)
 		}
-		if next := succeedFull("D", d.Start, true); next.Decision != state.Run || !next.FullRequested {
+		if next := succeedFull(t, b, "D", d.Start, true); next.Decision != state.Run || !next.FullRequested {
 			t.Fatalf("D's success: %+v, want a full rerun for the newer request", next)
 		}
-		succeedFull("D", next(t, b, "D"), true)
+		succeedFull(t, b, "D", next(t, b, "D"), true)
 
 		// An incremental dsync covers no full request, even one made
 		// before it started (past the margin).
@@ -938,10 +920,10 @@ func TestRedisScripts_FullRequestCoveredByALaterFullSync(t *testing.T) {
 		if f.Decision != state.Run {
 			t.Fatalf("an incremental change: %+v", f)
 		}
-		if c := beginFull("G", old); c.Decision != state.Busy {
+		if c := beginFullAt(t, b, "G", old); c.Decision != state.Busy {
 			t.Fatalf("an old full request during F: %+v, want busy", c)
 		}
-		if next := succeedFull("F", f.Start, false); next.Decision != state.Run || !next.FullRequested {
+		if next := succeedFull(t, b, "F", f.Start, false); next.Decision != state.Run || !next.FullRequested {
 			t.Fatalf("F's success: %+v, want a full rerun: an incremental dsync covers no full request", next)
 		}
 	})
