@@ -417,3 +417,38 @@ func TestRetriedFail_ARetryWhileTheClockStandsStill(t *testing.T) {
 		t.Fatalf("status %+v, %v: want 2 failures, the last one \"second\"", s, err)
 	}
 }
+
+// A Begin that found the user busy, whose reply is lost, is sent again:
+// its change is merged into the next attempt once. Counted twice, the
+// rerun's claim and the replication.succeeded event that reports how many
+// changes the dsync covered overstated them.
+func TestRetriedBusyBegin_CountsOnce(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	c, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "A", Token: "tokA",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	if err != nil || c.Decision != state.Run {
+		t.Fatalf("begin: %+v %v", c, err)
+	}
+	time.Sleep(3 * time.Millisecond)
+	var b state.Claim
+	p.cut(t, func() {
+		b, err = st.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-b", Owner: "B", Token: "tokB",
+			Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second})
+	})
+	if err != nil || b.Decision != state.Busy || b.Holder != "A" {
+		t.Fatalf("Begin sent twice while A runs: %+v, %v; want busy, held by A", b, err)
+	}
+	// Another change while A runs, not sent twice: counted.
+	if b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: "tokC",
+		Destination: "tcp:b:1", At: time.Now(), TTL: 30 * time.Second}); err != nil || b.Decision != state.Busy {
+		t.Fatalf("the second change: %+v %v", b, err)
+	}
+	_, next, err := other.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+		Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second, MayRerun: true})
+	if err != nil || next.Decision != state.Run {
+		t.Fatalf("Succeed: %+v, %v; want the rerun for the changes marked meanwhile", next, err)
+	}
+	if next.Merged != 2 {
+		t.Errorf("the rerun merged %d changes; want 2 (one of them sent twice)", next.Merged)
+	}
+}

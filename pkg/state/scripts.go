@@ -47,6 +47,10 @@ end
 -- host that answers "no such user" says nothing of a change seen on
 -- another, which may know the user (Fail).
 local MAXHOSTS = 16
+-- The busy Begin calls counted in pending_count since the running attempt
+-- started, the newest MAXCALLS (pending_calls): a call sent again comes
+-- right after the first, within go-redis's retry backoff.
+local MAXCALLS = 16
 local function hosts_of(h, field)
   local out = {}
   for x in string.gmatch(redis.call('HGET', h, field) or '', '[^\n]+') do table.insert(out, x) end
@@ -93,7 +97,7 @@ local function start(now, user, owner, host, skey, dest, call, full)
   local before = redis.call('HGET', h, 'inprogress_host')
   if before then add_hosts(h, 'inprogress_hosts', {before}) end
   add_hosts(h, 'inprogress_hosts', hosts_of(h, 'pending_hosts'))
-  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts')
+  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts', 'pending_calls')
   -- inprogress_full: the attempt runs a full sync that was asked for, its
   -- own request's or one merged before it (a full request arriving while
   -- it runs is then covered by it, Begin).
@@ -144,7 +148,7 @@ local function excluded_release(user, h, pending, failed, owned)
   redis.call('ZREM', pending, user)
   redis.call('ZREM', failed, user)
   if owned then
-    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts')
+    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts', 'pending_calls')
     release(user, h)
   end
 end
@@ -196,7 +200,18 @@ end
 -- the sweep) picks up.
 redis.call('ZADD', KEYS[3], 'LT', at, user)
 add_hosts(KEYS[2], 'pending_hosts', {host})
-redis.call('HINCRBY', KEYS[2], 'pending_count', 1)
+-- Counted once: the same call sent again (the client lost the reply) is
+-- found among the last busy calls, one per line, and changes nothing
+-- else either (the marks above keep the oldest time, the newest below).
+local calls = hosts_of(KEYS[2], 'pending_calls')
+local again = false
+for _, x in ipairs(calls) do if x == token then again = true end end
+if not again then redis.call('HINCRBY', KEYS[2], 'pending_count', 1) end
+if not again and token ~= '' then
+  table.insert(calls, token)
+  if #calls > MAXCALLS then table.remove(calls, 1) end
+  redis.call('HSET', KEYS[2], 'pending_calls', table.concat(calls, '\n'))
+end
 local since = num(redis.call('HGET', KEYS[2], 'inprogress_since'))
 -- A full request older than a running full sync is covered by it: no
 -- rerun. If that attempt fails, its release asks for a full sync again.
@@ -325,7 +340,7 @@ local newer = not owned
   or ARGV[10] == '1'
 if not newer then
   redis.call('ZREM', KEYS[3], user)
-  redis.call('HDEL', h, 'pending_count', 'pending_hosts')
+  redis.call('HDEL', h, 'pending_count', 'pending_hosts', 'pending_calls')
 end
 if newer and owned and ARGV[9] == '1' then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])

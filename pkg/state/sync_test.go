@@ -82,10 +82,11 @@ func TestRedisScripts_RunBusyRerunDone(t *testing.T) {
 		if ttl := b.rdb.PTTL(ctx, state.LockKey("u1")).Val(); ttl <= 0 || ttl > time.Second {
 			t.Fatalf("lock TTL %v", ttl)
 		}
-		// Three changes while A runs: pending marks, not dsyncs.
+		// Three changes while A runs, each its own call: pending marks,
+		// not dsyncs.
 		time.Sleep(5 * time.Millisecond)
-		for i := 0; i < 3; i++ {
-			busy := begin(t, b, "B", time.Now())
+		for i := range 3 {
+			busy := begin(t, b, fmt.Sprint("B", i), time.Now())
 			if busy.Decision != state.Busy || busy.Holder != "inst-A" || !busy.HolderSince.Equal(first.Start) {
 				t.Fatalf("busy claim %+v", busy)
 			}
