@@ -372,7 +372,13 @@ local call = token .. ' ' .. ARGV[11] .. ' ' .. ARGV[7] .. ARGV[8]
 if token ~= '' and redis.call('HGET', h, 'last_failure_call') == call then
   return num(redis.call('HGET', h, 'last_failure'))
 end
+-- now, TIME, scores the failed set and the gone set: the sweep retries
+-- and prunes by it (Store.Time). The record's last_failure is stamped
+-- with the clock attempt starts are taken on (mono_ms), as Succeed
+-- stamps last_success, because it is compared with them: "a failure
+-- recorded after this attempt started" holds across a step back of TIME.
 local now = now_ms()
+local stamp = mono_ms()
 -- A user found gone whose record is dropped already: this call's first
 -- run dropped it (the client sent it again after losing the reply; the
 -- call was recorded in the record), or another attempt's answer did. No
@@ -382,12 +388,12 @@ if ARGV[12] == '1' and redis.call('EXISTS', h) == 0 then
   forget_dead(user)
   return now
 end
-if at <= 0 or at > now then at = now end
+if at <= 0 or at > stamp then at = stamp end
 local prev_failure = num(redis.call('HGET', h, 'last_failure'))
 -- Counted (ARGV[14]): a release after a retry's backoff was cut off; the
 -- attempt's failure was recorded when it failed.
 if ARGV[14] ~= '1' then
-  redis.call('HSET', h, 'last_failure', now, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
+  redis.call('HSET', h, 'last_failure', stamp, 'last_error', ARGV[4], 'last_exit_code', ARGV[5], 'last_failure_class', ARGV[6],
     'last_failure_call', call)
   redis.call('HINCRBY', h, 'failures', 1)
 end

@@ -535,6 +535,47 @@ func TestNow_NeverBeforeARecordedStart(t *testing.T) {
 	}
 }
 
+// A failure of the attempt that took over from an owner whose lock
+// expired is newer news than that owner's late success, also when Redis's
+// TIME stepped back in between: the user stays failed. The failure was
+// stamped with TIME and compared with the late attempt's start, taken on
+// the clock that never goes below a recorded start, so the failure looked
+// older and the late success cleared it. (miniredis only: a real server's
+// clock cannot be set.)
+func TestLateSuccess_AfterANewerFailureAndAStepBack(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	st := state.New(rdb)
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	mr.SetTime(t0)
+	a, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "A", Destination: "d", At: t0, TTL: time.Second})
+	if err != nil || a.Decision != state.Run {
+		t.Fatal(a, err)
+	}
+	mr.FastForward(2 * time.Second) // A's lock expires while its dsync runs
+	mr.SetTime(t0.Add(5 * time.Millisecond))
+	b, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "B", Destination: "d", At: t0.Add(5 * time.Millisecond), TTL: time.Second})
+	if err != nil || b.Decision != state.Run || !b.Start.After(a.Start) {
+		t.Fatalf("B took over: %+v, %v; want run, after A's start", b, err)
+	}
+	mr.SetTime(t0.Add(-100 * time.Millisecond)) // TIME steps back
+	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "B", Error: "exit code 75",
+		Class: "tempfail", ExitCode: 75, Start: b.Start, Final: true, Release: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, n, err := st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "A", Destination: "d", Start: a.Start, TTL: time.Second}); err != nil || n.Decision != state.Left {
+		t.Fatalf("A's late success: %+v, %v; want left (the lock is not A's)", n, err)
+	}
+	s, err := st.Status(ctx, "u1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Failed || s.ConsecutiveFailures != 1 || s.PendingSince.IsZero() {
+		t.Errorf("status after B's failure and A's late success: %+v, want failed once and pending", s)
+	}
+}
+
 // TestLatestStart: the latest attempt start a script answered with is the
 // process's view of the clock's mark.
 func TestLatestStart(t *testing.T) {
