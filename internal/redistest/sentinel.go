@@ -25,6 +25,7 @@ type Sentinel struct {
 	// TLS is the primary's, when it speaks TLS.
 	TLS *TLSFiles
 	c   *redis.SentinelClient
+	p   *process
 }
 
 // URL is the redis:// (with TLS rediss://) URL a go-redis failover client
@@ -44,11 +45,24 @@ func (s *Sentinel) URL() string {
 func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 	t.Helper()
 	bin := binary(t)
+	var last error
+	for attempt := 0; attempt < 5; attempt++ {
+		s, err := startSentinel(bin, t.TempDir(), primary, master)
+		if err == nil {
+			t.Cleanup(s.stop)
+			return s
+		}
+		last = err
+	}
+	t.Fatalf("redistest: %v", last)
+	return nil
+}
+
+func startSentinel(bin, dir string, primary *Server, master string) (*Sentinel, error) {
 	port, err := freePort()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	dir := t.TempDir()
 	host, pport, _ := net.SplitHostPort(primary.Addr)
 	conf := filepath.Join(dir, "sentinel.conf")
 	// Short timeouts: a test fails over in seconds, not minutes.
@@ -56,7 +70,7 @@ func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 		"sentinel monitor %[3]s %[4]s %[5]s 1\nsentinel down-after-milliseconds %[3]s 1000\n"+
 		"sentinel failover-timeout %[3]s 10000\n", port, dir, master, host, pport)
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	args := []string{conf, "--sentinel"}
 	if primary.TLS != nil {
@@ -65,31 +79,48 @@ func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 	}
 	p, err := launch(bin, args)
 	if err != nil {
-		t.Fatalf("redistest: sentinel: %v", err)
+		return nil, fmt.Errorf("sentinel: %w", err)
 	}
-	t.Cleanup(p.stop)
-	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master, TLS: primary.TLS}
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master, TLS: primary.TLS, p: p}
 	o := &redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond}
 	if s.TLS != nil {
 		if o.TLSConfig, err = s.TLS.Config(); err != nil {
-			t.Fatal(err)
+			p.stop()
+			return nil, err
 		}
 	}
 	s.c = redis.NewSentinelClient(o)
-	t.Cleanup(func() { s.c.Close() })
 	err = waitFor(10*time.Second, func() error {
 		select {
 		case <-p.done:
-			return fmt.Errorf("sentinel exited: %s", strings.TrimSpace(p.out.String()))
+			return fmt.Errorf("sentinel on port %d exited: %s", port, strings.TrimSpace(p.out.String()))
 		default:
 		}
 		_, err := s.MasterAddr(context.Background())
 		return err
 	})
-	if err != nil {
-		t.Fatalf("redistest: %v", err)
+	if err == nil {
+		// Another process may have bound the port between freePort and
+		// the launch: its answer is not this Sentinel's.
+		c := redis.NewClient(o)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err = p.answers(ctx, c); err != nil {
+			err = fmt.Errorf("sentinel on port %d: %w", port, err)
+		}
+		cancel()
+		c.Close()
 	}
-	return s
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// stop stops the Sentinel and closes the client that watches it.
+func (s *Sentinel) stop() {
+	s.c.Close()
+	s.p.stop()
 }
 
 // MasterAddr is the primary's address as the Sentinel knows it.
