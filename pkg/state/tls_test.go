@@ -2,13 +2,16 @@ package state_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"log/slog"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -246,7 +249,7 @@ func TestOpen_CARotation(t *testing.T) {
 	// The administrator's certificate, of the old CA, is refused now.
 	stale := redis.NewClient(&redis.Options{Addr: srv.Addr, TLSConfig: adminTLS, MaxRetries: -1})
 	defer stale.Close()
-	if err := stale.Ping(ctx).Err(); !refusedByServer(err, "unknown certificate authority") {
+	if err := stale.Ping(ctx).Err(); !refused(err, "unknown certificate authority", "") {
 		t.Errorf("a client certificate of the old CA: %v; want it refused (CONFIG SET of the same path loads the file again)", err)
 	}
 	if failing := st.TLSFilesFailing(); failing["redis-ca-file"] || failing["redis-cert-file"] {
@@ -430,12 +433,97 @@ func TestStore_ClientCertificateExpiryFollowsTheFile(t *testing.T) {
 	failing(system, "the system's CAs, no client certificate", map[string]bool{})
 }
 
-// refusedByServer tells whether err is the server refusing the client's
-// certificate: its TLS alert (alert names it), or the reset that can come
-// instead. With TLS 1.3 the client's handshake ends before the server has
-// checked its certificate; the alert then follows the client's first
-// command, and a server that closes with that command unread resets the
-// connection, which discards the alert unread.
+// refusedByServer tells whether err, a Store's, is the server refusing
+// the client's certificate: its TLS alert (alert names it), or the reset
+// that can come instead. With TLS 1.3 the client's handshake ends before
+// the server has checked its certificate; the alert then follows the
+// client's first command, and a server that closes with that command
+// unread resets the connection, which discards the alert unread; the
+// Store's error then says what that most likely was.
 func refusedByServer(err error, alert string) bool {
-	return err != nil && (strings.Contains(err.Error(), alert) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))
+	return refused(err, alert, "Redis reset the connection before its first answer")
+}
+
+// refused is refusedByServer for any client: a reset counts as the
+// refusal when its error says hint ("" for a plain go-redis client, which
+// says nothing more).
+func refused(err error, alert, hint string) bool {
+	if err == nil {
+		return false
+	}
+	reset := errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return strings.Contains(err.Error(), alert) || reset && strings.Contains(err.Error(), hint)
+}
+
+// TestOpen_AResetRightAfterTheHandshakeSaysWhy: with TLS 1.3, a Redis that
+// refuses the client's certificate (or its lack of one) does so after the
+// client's side of the handshake has ended, and its alert is lost when it
+// resets the connection with the first command unread. The error then
+// says what most likely happened, not only "connection reset by peer".
+// Here a TLS server that resets every connection once its handshake ends
+// stands in for that Redis, which does it only some of the time.
+func TestOpen_AResetRightAfterTheHandshakeSaysWhy(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scert, skey, err := ca.Issue(dir, testcert.Leaf{Name: "server", Hosts: []string{"127.0.0.1"}, Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccert, ckey, err := ca.Issue(dir, testcert.Leaf{Name: "client", Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(scert, skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}, ClientAuth: tls.RequestClientCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); conns.Wait() })
+	conns.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tc := c.(*tls.Conn)
+			if tc.Handshake() == nil {
+				_ = tc.NetConn().(*net.TCPConn).SetLinger(0) // close with a reset
+			}
+			tc.NetConn().Close()
+		}
+	})
+	for _, tt := range []struct {
+		name      string
+		cert, key string
+		want      string
+	}{
+		{"with a client certificate", ccert, ckey, "refused the client certificate"},
+		{"without one", "", "", "requires a client certificate"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := state.Open(state.Conn{URL: "rediss://" + ln.Addr().String() + "/0?max_retries=0&dial_timeout=2s",
+				CAFile: ca.File, CertFile: tt.cert, KeyFile: tt.key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err = st.Ping(ctx)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Ping: %v; want an error that says Redis most likely %s", err, tt.want)
+			}
+			if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+				t.Errorf("Ping: %v; want the reset kept as the cause", err)
+			}
+			t.Logf("Ping: %v", err)
+		})
+	}
 }
