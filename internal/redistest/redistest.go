@@ -114,9 +114,17 @@ func StartWith(t testing.TB, o Options) *Server {
 	if o.TLS && o.Unix {
 		t.Fatal("redistest: TLS over a Unix socket is not supported")
 	}
+	return tryStart(t, func() (*Server, error) { return start(bin, t.TempDir(), o) })
+}
+
+// tryStart calls start up to five times, each on a port of its own
+// (another process may take the one found free before the launch), stops
+// what it started when t ends, and fails t with the last error.
+func tryStart[T interface{ stop() }](t testing.TB, start func() (T, error)) T {
+	t.Helper()
 	var last error
-	for attempt := 0; attempt < 5; attempt++ {
-		s, err := start(bin, t.TempDir(), o)
+	for range 5 {
+		s, err := start()
 		if err == nil {
 			t.Cleanup(s.stop)
 			return s
@@ -124,7 +132,8 @@ func StartWith(t testing.TB, o Options) *Server {
 		last = err
 	}
 	t.Fatalf("redistest: %v", last)
-	return nil
+	var none T
+	return none
 }
 
 // binary returns redis-server's path, installing it when missing, or

@@ -45,17 +45,7 @@ func (s *Sentinel) URL() string {
 func StartSentinel(t testing.TB, primary *Server, master string) *Sentinel {
 	t.Helper()
 	bin := binary(t)
-	var last error
-	for attempt := 0; attempt < 5; attempt++ {
-		s, err := startSentinel(bin, t.TempDir(), primary, master)
-		if err == nil {
-			t.Cleanup(s.stop)
-			return s
-		}
-		last = err
-	}
-	t.Fatalf("redistest: %v", last)
-	return nil
+	return tryStart(t, func() (*Sentinel, error) { return startSentinel(bin, t.TempDir(), primary, master) })
 }
 
 func startSentinel(bin, dir string, primary *Server, master string) (*Sentinel, error) {

@@ -33,6 +33,14 @@ func newLostReply(t *testing.T, to string) *lostReply {
 		t.Fatal(err)
 	}
 	p := &lostReply{ln: ln, to: to}
+	serveEach(t, ln, p.serve)
+	return p
+}
+
+// serveEach accepts the connections of ln and hands each to serve, in a
+// goroutine of its own, until t ends; it then closes ln and waits for
+// them.
+func serveEach(t *testing.T, ln net.Listener, serve func(net.Conn)) {
 	var conns sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); conns.Wait() })
 	conns.Go(func() {
@@ -41,10 +49,9 @@ func newLostReply(t *testing.T, to string) *lostReply {
 			if err != nil {
 				return
 			}
-			conns.Go(func() { p.serve(c) })
+			conns.Go(func() { serve(c) })
 		}
 	})
-	return p
 }
 
 // URL is a redis:// URL through the proxy.
@@ -395,10 +402,8 @@ func TestRetriedSucceed_AnswersDoneAgain(t *testing.T) {
 // another call than that attempt's failure: counted and recorded. Taken
 // for that call sent again, it was neither.
 func TestRetriedFail_ARetryWhileTheClockStandsStill(t *testing.T) {
-	mr := miniredis.RunT(t)
-	st := state.New(redis.NewClient(&redis.Options{Addr: mr.Addr()}))
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
-	mr.SetTime(t0)
+	mr, st := clockedStore(t, t0)
 	c := beginA(t, st)
 	mr.SetTime(t0.Add(time.Second))
 	if _, err := st.Fail(ctx, state.FailureArgs{User: "u1", Token: "tokA", Error: "first", Class: "tempfail", ExitCode: 75, Start: c.Start}); err != nil {

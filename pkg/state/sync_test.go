@@ -499,18 +499,25 @@ func TestReplaceExcluded(t *testing.T) {
 	})
 }
 
+// clockedStore is a Store on a miniredis whose clock (TIME) is set to at
+// and moved by the test (a real server's clock cannot be set).
+func clockedStore(t *testing.T, at time.Time) (*miniredis.Miniredis, *state.Store) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	mr.SetTime(at)
+	return mr, state.New(rdb)
+}
+
 // TestNow_NeverBeforeARecordedStart: Redis's TIME steps back (an NTP step,
 // a failover to a host whose clock lags) after a short dsync succeeded. A
 // change made after it, stamped with Now, still compares as after that
 // dsync's start: not covered by it. (miniredis only: a real server's clock
 // cannot be set.)
 func TestNow_NeverBeforeARecordedStart(t *testing.T) {
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
-	mr.SetTime(t0)
+	mr, st := clockedStore(t, t0)
 	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "a", Destination: "d", At: t0.Add(-time.Second), TTL: 30 * time.Second})
 	if err != nil || c.Decision != state.Run {
 		t.Fatal(c, err)
@@ -543,12 +550,8 @@ func TestNow_NeverBeforeARecordedStart(t *testing.T) {
 // older and the late success cleared it. (miniredis only: a real server's
 // clock cannot be set.)
 func TestLateSuccess_AfterANewerFailureAndAStepBack(t *testing.T) {
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
-	mr.SetTime(t0)
+	mr, st := clockedStore(t, t0)
 	a, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "A", Destination: "d", At: t0, TTL: time.Second})
 	if err != nil || a.Decision != state.Run {
 		t.Fatal(a, err)
@@ -579,12 +582,8 @@ func TestLateSuccess_AfterANewerFailureAndAStepBack(t *testing.T) {
 // TestLatestStart: the latest attempt start a script answered with is the
 // process's view of the clock's mark.
 func TestLatestStart(t *testing.T) {
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	st := state.New(rdb)
 	ahead := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
-	mr.SetTime(ahead)
+	mr, st := clockedStore(t, ahead)
 	c, err := st.Begin(ctx, state.BeginArgs{User: "u1", Token: "a", Destination: "d", TTL: time.Second})
 	if err != nil || c.Decision != state.Run {
 		t.Fatal(c, err)

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -484,20 +483,12 @@ func TestOpen_AResetRightAfterTheHandshakeSaysWhy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var conns sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); conns.Wait() })
-	conns.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			tc := c.(*tls.Conn)
-			if tc.Handshake() == nil {
-				_ = tc.NetConn().(*net.TCPConn).SetLinger(0) // close with a reset
-			}
-			tc.NetConn().Close()
+	serveEach(t, ln, func(c net.Conn) {
+		tc := c.(*tls.Conn)
+		if tc.Handshake() == nil {
+			_ = tc.NetConn().(*net.TCPConn).SetLinger(0) // close with a reset
 		}
+		tc.NetConn().Close()
 	})
 	for _, tt := range []struct {
 		name      string
