@@ -342,7 +342,10 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted 
 	if j.res.Outcome == change.Synced {
 		return j.cutRerun(ctx, f, cause)
 	}
-	f.RetryBy, f.RetryAt = change.RetryByBroker, time.Time{}
+	// This request makes no more attempts: "attempt 1 of 4" would promise
+	// retries, the policy's bound of the cut's class (1 for a lost lock)
+	// could be below the attempt's number.
+	f.RetryBy, f.RetryAt, f.MaxAttempts = change.RetryByBroker, time.Time{}, f.Attempt
 	cctx, cancel := j.cleanupCtx(ctx)
 	defer cancel()
 	j.release(cctx, f, counted)
