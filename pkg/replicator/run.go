@@ -122,6 +122,11 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, serr)
 			}
 			r.cover.record(user, claim.Start)
+			if next.Decision == state.Done {
+				// Changes left while busy that happened before this
+				// attempt started: it covered them.
+				covered += next.Merged
+			}
 			lag := end.Sub(oldest)
 			r.m.lag.WithLabelValues(prio).Observe(max(lag, 0).Seconds())
 			j.res.Outcome, j.res.Start, j.res.End, j.res.Lag = change.Synced, claim.Start, end, lag

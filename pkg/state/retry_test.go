@@ -457,3 +457,29 @@ func TestRetriedBusyBegin_CountsOnce(t *testing.T) {
 		t.Errorf("the rerun merged %d changes; want 2 (one of them sent twice)", next.Merged)
 	}
 }
+
+// Changes left while busy that happened before the running attempt
+// started are covered by it: its Succeed, answering done, says how many
+// (the replication.succeeded event's coalesced counts them), also when
+// the client sends it again after losing the reply. Before, done carried
+// no count, and the pending count was dropped with the pending entry.
+func TestRetriedSucceed_DoneCountsTheOlderBusyChanges(t *testing.T) {
+	p, st, other := viaLostReply(t)
+	c := beginA(t, st)
+	for _, tok := range []string{"tokB", "tokC"} {
+		b, err := other.Begin(ctx, state.BeginArgs{User: "u1", Host: "mail-a", Owner: "B", Token: tok,
+			Destination: "tcp:b:1", At: c.Start.Add(-time.Minute), TTL: 30 * time.Second})
+		if err != nil || b.Decision != state.Busy {
+			t.Fatalf("a change from before the attempt, while it runs: %+v, %v; want busy", b, err)
+		}
+	}
+	var next state.Claim
+	var err error
+	p.cut(t, func() {
+		_, next, err = st.Succeed(ctx, state.SuccessArgs{User: "u1", Token: "tokA", Host: "mail-a",
+			Destination: "tcp:b:1", NewState: "s1", Start: c.Start, TTL: 30 * time.Second, MayRerun: true})
+	})
+	if err != nil || next.Decision != state.Done || next.Merged != 2 {
+		t.Fatalf("Succeed sent twice answered %+v, %v; want done, covering the 2 older changes", next, err)
+	}
+}

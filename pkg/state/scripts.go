@@ -267,12 +267,14 @@ local h = KEYS[2]
 local now = mono_ms()
 local owned = redis.call('GET', KEYS[1]) == token
 -- This call already ran and answered done or left (the lock released):
--- answer that again. Run again it would find the lock not its own and
--- answer left, which costs a dsync for nothing.
+-- answer that again, with the busy changes it counted as covered. Run
+-- again it would find the lock not its own and answer left, which costs
+-- a dsync for nothing.
 local answered = redis.call('HGET', h, 'last_success_call')
-if not owned and answered and ARGV[11] ~= '' then
-  if answered == ARGV[11] .. ' done' or answered == ARGV[11] .. ' left' then
-    return {string.sub(answered, #ARGV[11] + 2), num(redis.call('HGET', h, 'last_success'))}
+if not owned and answered and ARGV[11] ~= '' and string.sub(answered, 1, #ARGV[11] + 1) == ARGV[11] .. ' ' then
+  local a, n = string.match(string.sub(answered, #ARGV[11] + 2), '^(%a+) ?(%d*)$')
+  if a == 'done' or a == 'left' then
+    return {a, num(redis.call('HGET', h, 'last_success')), num(n)}
   end
 end
 if not owned then forget_dead(user) end
@@ -338,7 +340,12 @@ local newer = not owned
   or redis.call('HEXISTS', h, 'pending_host') == 1
   or redis.call('HGET', h, 'full_requested') == '1'
   or ARGV[10] == '1'
+-- The busy changes counted since the attempt started happened before it
+-- (none is marked since it started): it covered them, and its answer
+-- says how many, as a next attempt's claim says how many it takes over.
+local covered = 0
 if not newer then
+  covered = num(redis.call('HGET', h, 'pending_count'))
   redis.call('ZREM', KEYS[3], user)
   redis.call('HDEL', h, 'pending_count', 'pending_hosts', 'pending_calls')
 end
@@ -354,8 +361,8 @@ if owned then
   release(user, h)
 end
 local answer = newer and 'left' or 'done'
-redis.call('HSET', h, 'last_success_call', ARGV[11] .. ' ' .. answer)
-return {answer, now}
+redis.call('HSET', h, 'last_success_call', ARGV[11] .. ' ' .. answer .. ' ' .. covered)
+return {answer, now, covered}
 `)
 
 // scriptFail: KEYS lock, user, pending, failed, dsync state, excluded, gone.

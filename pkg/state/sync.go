@@ -43,7 +43,7 @@ func StateKey(user string) string { return Prefix + "dsync:{" + user + "}" }
 // ingest's, and the sync function's too).
 const (
 	FieldPendingLast     = "pending_last"  // ms: newest change left while a dsync ran
-	FieldPendingCount    = "pending_count" // changes merged into the next dsync
+	FieldPendingCount    = "pending_count" // changes left while busy: merged into the next dsync, or covered by the running one
 	FieldFullRequested   = "full_requested"
 	FieldInProgressBy    = "inprogress_by"
 	FieldInProgressSince = "inprogress_since" // ms: start of the running attempt
@@ -95,7 +95,9 @@ type Claim struct {
 	Start time.Time
 	// PendingSince is the oldest pending mark the attempt covers (Run).
 	PendingSince time.Time
-	// Merged counts changes left while busy that this attempt covers.
+	// Merged counts changes left while busy that this attempt covers
+	// (Run), or that the attempt just recorded covered (Done: they
+	// happened before it started).
 	Merged int
 	// State is the stored dsync state for the destination (Run).
 	State string
@@ -367,7 +369,10 @@ func parseClaim(v []any) (Claim, error) {
 	case Busy:
 		c.Holder, _ = at(1).(string)
 		c.HolderSince = fromMS(at(2))
-	case Excluded, Done, Left, Lost:
+	case Done:
+		n, _ := at(1).(int64)
+		c.Merged = int(n)
+	case Excluded, Left, Lost:
 	default:
 		return c, fmt.Errorf("unexpected decision %q from redis script", d)
 	}
