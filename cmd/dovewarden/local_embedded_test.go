@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,6 +187,30 @@ func TestStartEmbeddedRedis_KeysExpire(t *testing.T) {
 	}
 }
 
+// TestExpirer_ALateLoweringTakesOffNoMoreThanItsInterval: a lowering due
+// 100 ms after the last comes 400 ms after it (the process was busy). A
+// lock set 5 ms before it has lost those 5 ms, and at most the 100 ms
+// interval: not the 400 ms, which cut a 900 ms lock below the five
+// sixths of its TTL its owner counts on.
+func TestExpirer_ALateLoweringTakesOffNoMoreThanItsInterval(t *testing.T) {
+	mr := miniredis.RunT(t)
+	t0 := time.Now()
+	e := &expirer{mr: mr, last: t0, next: 100 * time.Millisecond}
+	mr.Set("lock", "owner")
+	mr.SetTTL("lock", 900*time.Millisecond)
+	mr.Set("old", "v")
+	mr.SetTTL("old", time.Hour)
+	e.lower(t0.Add(400 * time.Millisecond))
+	if ttl := mr.TTL("lock"); ttl < 900*time.Millisecond-100*time.Millisecond {
+		t.Errorf("a 900ms lock set just before a lowering 300ms late has %v left; want at least 800ms", ttl)
+	}
+	// The next lowering, on time, takes off its interval.
+	e.lower(t0.Add(500 * time.Millisecond))
+	if ttl := mr.TTL("old"); ttl != time.Hour-200*time.Millisecond {
+		t.Errorf("TTL of an hour after two lowerings of 100ms: %v", ttl)
+	}
+}
+
 // BenchmarkEmbeddedRedisExpire: what lowering the embedded Redis's TTLs
 // costs, once a second, with the keys of 10,000 and 100,000 users
 // (a record and a dsync state each); commands wait meanwhile.
@@ -208,28 +233,37 @@ func BenchmarkEmbeddedRedisExpire(b *testing.B) {
 }
 
 // TestStartEmbeddedRedis_LocksLastWhileRenewed: a lowering of the TTLs
-// takes off the whole time since the last one, also from a key set just
-// before it; the lowerings come often enough that a lock lives the five
-// sixths of its TTL sync counts on, and one renewed every third of its
-// TTL (as sync renews a user's) is never lost.
+// takes off the time since the last one, also from a key set just before
+// it; the lowerings come often enough that a lock lives the five sixths
+// of its TTL sync counts on, and one renewed every third of its TTL (as
+// sync renews a user's) is never lost. A check that came after five
+// sixths of the TTL (the test itself ran late, on a busy machine) tells
+// nothing and is not counted.
 func TestStartEmbeddedRedis_LocksLastWhileRenewed(t *testing.T) {
 	const ttl = 900 * time.Millisecond
+	const counted = ttl - ttl/6
 	c := embeddedRedis(t, ttl)
 	ctx := context.Background()
 
 	// Locks taken at 20 moments spread over a lowering's interval.
 	errs := make(chan error, 20)
+	var late atomic.Int32
 	for i := range 20 {
 		go func() {
 			time.Sleep(time.Duration(i) * 7 * time.Millisecond)
 			key := "lock:" + strconv.Itoa(i)
+			set := time.Now()
 			if err := c.Set(ctx, key, "owner", ttl).Err(); err != nil {
 				errs <- err
 				return
 			}
-			time.Sleep(ttl - ttl/6)
-			if c.Exists(ctx, key).Val() != 1 {
-				errs <- fmt.Errorf("%s gone within five sixths of its TTL", key)
+			time.Sleep(ttl * 3 / 4)
+			gone := c.Exists(ctx, key).Val() != 1
+			switch age := time.Since(set); {
+			case age >= counted:
+				late.Add(1)
+			case gone:
+				errs <- fmt.Errorf("%s gone at most %v after it was set, within five sixths of its TTL", key, age)
 				return
 			}
 			errs <- nil
@@ -240,15 +274,34 @@ func TestStartEmbeddedRedis_LocksLastWhileRenewed(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	if late.Load() > 0 {
+		t.Logf("%d of 20 checks came after five sixths of the TTL: not counted", late.Load())
+	}
 
+	renewed := 0
+	renew := time.Now()
 	if err := c.Set(ctx, "lock:renewed", "owner", ttl).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
 		time.Sleep(ttl / 3)
-		if ok, err := c.PExpire(ctx, "lock:renewed", ttl).Result(); err != nil || !ok {
-			t.Fatalf("a lock renewed every third of its TTL is gone (%v, %v)", ok, err)
+		ok, err := c.PExpire(ctx, "lock:renewed", ttl).Result()
+		switch age := time.Since(renew); {
+		case err != nil:
+			t.Fatal(err)
+		case !ok && age < counted:
+			t.Fatalf("a lock renewed every third of its TTL is gone %v after its last renewal", age)
+		case !ok: // the renewal came too late to tell: take it again
+			if err := c.Set(ctx, "lock:renewed", "owner", ttl).Err(); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			renewed++
 		}
+		renew = time.Now()
+	}
+	if late.Load() == 20 && renewed == 0 {
+		t.Skip("every check came after five sixths of the TTL (the machine is too busy): nothing was shown")
 	}
 }
 
