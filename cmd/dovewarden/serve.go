@@ -6,10 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 	"github.com/dovewarden/dovewarden-knative/pkg/server"
 )
 
@@ -59,14 +62,22 @@ func warnOpenListener(log *slog.Logger, addr net.Addr, auth bool, what, fix stri
 var notSettings = []string{"DOVEWARDEN_PPROF_ADDR", "DOVEWARDEN_DOVECOT24_ROOT"}
 
 // warnUnused logs a warning for each DOVEWARDEN_* variable that sets none
-// of the command's flags (fs): a misspelt name would otherwise be ignored
-// without a word; and for each secret given as a flag (warnSecretArgs).
+// of the command's flags (fs) and is not read otherwise (the variables
+// --host-map-file's entries name): a misspelt name would otherwise be
+// ignored without a word; and for each secret given as a flag
+// (warnSecretArgs).
 func warnUnused(log *slog.Logger, fs *flag.FlagSet, env *environment) {
 	warnSecretArgs(log, fs, env)
 	if env.environ == nil {
 		return
 	}
-	for _, name := range config.Unused(fs, env.environ(), notSettings...) {
+	read := notSettings
+	if f := fs.Lookup("host-map-file"); f != nil && f.Value.String() != "" {
+		if b, err := os.ReadFile(f.Value.String()); err == nil {
+			read = append(slices.Clip(read), doveadm.HostMapVariables(b)...)
+		}
+	}
+	for _, name := range config.Unused(fs, env.environ(), read...) {
 		log.Warn("environment variable is no setting of this command; ignored", "variable", name, "command", fs.Name())
 	}
 }

@@ -311,6 +311,26 @@ func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMa
 	return parseHostMap(data, def, getenv, os.ReadFile)
 }
 
+// HostMapVariables lists the environment variables a host-map file's
+// entries take their secrets from (password_env, api_key_env), so that
+// they are not taken for misspelt settings. A file that does not parse
+// names none: ParseHostMap reports it.
+func HostMapVariables(data []byte) []string {
+	var raw map[string]fileEntry
+	if json.Unmarshal(data, &raw) != nil {
+		return nil
+	}
+	var out []string
+	for _, fe := range raw {
+		for _, v := range []string{fe.PasswordEnv, fe.APIKeyEnv} {
+			if v != "" {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
 // parseHostMap is ParseHostMap reading secret files with readFile.
 func parseHostMap(data []byte, def Endpoint, getenv func(string) string, readFile func(string) ([]byte, error)) (HostMap, error) {
 	var raw map[string]fileEntry
