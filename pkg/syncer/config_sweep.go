@@ -43,8 +43,11 @@ func (c *SweepConfig) validate(requestTimeout time.Duration) []error {
 	if c.FullSyncInterval < 0 {
 		errs = append(errs, fmt.Errorf("full-sync-interval %s: must not be negative", c.FullSyncInterval))
 	}
-	if c.FailedRetryInterval <= 0 {
-		errs = append(errs, fmt.Errorf("failed-retry-interval %s: must be positive", c.FailedRetryInterval))
+	if c.FailedRetryInterval < time.Second {
+		// 5ms for 5m: local mode would ask for a retry sweep, each
+		// reading every failed and pending user, every half millisecond
+		// while a user is failed.
+		errs = append(errs, fmt.Errorf("failed-retry-interval %s: want at least 1s", c.FailedRetryInterval))
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		errs = append(errs, fmt.Errorf("sweep-batch-size %d: want 1 to 10000", c.BatchSize))

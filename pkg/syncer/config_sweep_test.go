@@ -52,11 +52,11 @@ func TestLoad_SweepErrorsNameTheSetting(t *testing.T) {
 		"DOVEWARDEN_SWEEP_BATCH_INTERVAL":  "20s",
 		"DOVEWARDEN_SWEEP_LOCK_TTL":        "30s",
 		"DOVEWARDEN_FULL_SYNC_INTERVAL":    "-1h",
-		"DOVEWARDEN_FAILED_RETRY_INTERVAL": "0s",
+		"DOVEWARDEN_FAILED_RETRY_INTERVAL": "5ms",
 		"DOVEWARDEN_SWEEP_LIST":            "ldap",
 	}))
 	for _, want := range []string{`sweep-list "ldap"`, "sweep-budget 26s", "sweep-batch-size 0", "sweep-batch-interval 20s", "sweep-lock-ttl 30s",
-		"full-sync-interval -1h", "failed-retry-interval 0s"} {
+		"full-sync-interval -1h", "failed-retry-interval 5ms: want at least 1s"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
