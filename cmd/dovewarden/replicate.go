@@ -87,7 +87,9 @@ func runReplicate(ctx context.Context, env *environment, args []string) error {
 			failed = append(failed, fmt.Errorf("user %q: send replication.requested: %s", e.user, broker.sendError(err)))
 			continue
 		}
-		fmt.Fprintf(env.stdout, "replication.requested %s for %s sent to %s\n", e.ev.ID(), e.user, broker.shown())
+		if _, err := fmt.Fprintf(env.stdout, "replication.requested %s for %s sent to %s\n", e.ev.ID(), e.user, broker.shown()); err != nil {
+			failed = append(failed, fmt.Errorf("user %q: replication.requested %s sent; standard output: %w", e.user, e.ev.ID(), err))
+		}
 	}
 	return errors.Join(failed...)
 }

@@ -37,6 +37,8 @@ func runSweep(ctx context.Context, env *environment, args []string) error {
 	if err := snd.Send(ctx, ev); err != nil {
 		return fmt.Errorf("send sweep.requested: %s", broker.sendError(err))
 	}
-	fmt.Fprintf(env.stdout, "sweep.requested %s sent to %s\n", ev.ID(), broker.shown())
+	if _, err := fmt.Fprintf(env.stdout, "sweep.requested %s sent to %s\n", ev.ID(), broker.shown()); err != nil {
+		return fmt.Errorf("sweep.requested %s sent; standard output: %w", ev.ID(), err)
+	}
 	return nil
 }

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -178,5 +180,31 @@ func TestSweep_RefusedCredentialsNameTheSettings(t *testing.T) {
 			strings.Contains(err.Error(), "wrongpw") {
 			t.Errorf("%s: %v", cmd[0], err)
 		}
+	}
+}
+
+// fullWriter is standard output on a full disk (ENOSPC, as /dev/full).
+type fullWriter struct{}
+
+func (fullWriter) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
+
+// sweep and replicate whose line cannot be written fail (exit 2, as
+// docs/configuration.md lists output that cannot be written), though the
+// Broker took the event: a script that checks only the exit code, or
+// reads the event's id from the output, would go on without it.
+func TestSweepAndReplicate_OutputThatCannotBeWrittenFails(t *testing.T) {
+	for _, args := range [][]string{{"sweep"}, {"replicate", "u1"}} {
+		t.Run(args[0], func(t *testing.T) {
+			broker, got := recordingBroker(t, 1)
+			env, _, _ := testEnv(map[string]string{"K_SINK": broker.URL}, "")
+			env.stdout = fullWriter{}
+			err := run(context.Background(), env, args)
+			if err == nil || !errors.Is(err, syscall.ENOSPC) {
+				t.Errorf("%s with standard output full: %v; want the write's error", args[0], err)
+			}
+			if len(got) != 1 {
+				t.Errorf("%d events sent; want 1", len(got))
+			}
+		})
 	}
 }
