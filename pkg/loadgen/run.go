@@ -77,7 +77,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		for _, t := range tallies {
 			sent += t.sent
 		}
-		due := uint64(math.Ceil(cfg.Duration.Seconds() * cfg.Rate))
+		due := r.dueInWindow()
 		if cfg.Count > 0 {
 			due = min(due, cfg.Count)
 		}
@@ -139,6 +139,31 @@ type runner struct {
 // some 292 years, time.Duration's range.
 const maxOffset = float64(math.MaxInt64)
 
+// scheduled says paced request i is due within the run: before the end
+// of its Duration, if any, and within time.Duration's range. Compared in
+// floating point: at a very low rate the offset does not fit a
+// time.Duration, and converting it would wrap into the past and send at
+// once.
+func (r *runner) scheduled(i uint64) bool {
+	offset := float64(i) * r.interval
+	return offset < maxOffset && (r.deadline.IsZero() || offset < float64(r.cfg.Duration))
+}
+
+// dueInWindow counts the requests a paced run with a Duration has due in
+// its window: those scheduled says are, by the same floating-point
+// comparison the workers make (Duration × Rate rounds differently, so its
+// ceiling can count one that no worker sends).
+func (r *runner) dueInWindow() uint64 {
+	n := uint64(math.Ceil(r.cfg.Duration.Seconds() * r.cfg.Rate))
+	for n > 0 && !r.scheduled(n-1) {
+		n--
+	}
+	for r.scheduled(n) {
+		n++
+	}
+	return n
+}
+
 // worker is one connection's sender.
 type worker struct {
 	*runner
@@ -162,14 +187,10 @@ func (w *worker) run(ctx context.Context) {
 		}
 		from := now // where this request's latency starts
 		if w.interval > 0 {
-			// Compared in floating point: at a very low rate the offset
-			// does not fit a time.Duration, and converting it would wrap
-			// into the past and send at once.
-			offset := float64(i) * w.interval
-			if (!w.deadline.IsZero() && offset >= float64(w.cfg.Duration)) || offset >= maxOffset {
+			if !w.scheduled(i) {
 				return // not due within the run
 			}
-			due := w.start.Add(time.Duration(offset))
+			due := w.start.Add(time.Duration(float64(i) * w.interval))
 			if due.After(now) {
 				if !w.sleep(ctx, due.Sub(now)) {
 					return

@@ -487,3 +487,21 @@ func TestRun_ARateTooLowForTheScheduleSendsOnlyWhatIsDue(t *testing.T) {
 		}
 	}
 }
+
+// A paced run reports as Behind only requests due inside its window that
+// it did not send. At 100/s for 70 ms, seven are due (at 0 to 60 ms): the
+// product 0.07 s × 100/s is 7.000000000000001 in floating point, whose
+// ceiling is 8, but the eighth, due at 70 ms, is outside the window and
+// no worker sends it. However many of the seven a loaded machine gets
+// out, the sent and the behind make seven.
+func TestRun_BehindCountsOnlyRequestsDueInTheWindow(t *testing.T) {
+	_, srv := newReceiver(t, nil)
+	rep, err := Run(t.Context(), Config{URL: srv.URL + "/events", Rate: 100, Duration: 70 * time.Millisecond,
+		Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent+rep.Behind != 7 || rep.Latency.Unsent != rep.Behind {
+		t.Fatalf("sent %d, behind %d (%d counted unsent); want 7 due in the window in all", rep.Sent, rep.Behind, rep.Latency.Unsent)
+	}
+}
