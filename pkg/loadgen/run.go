@@ -90,7 +90,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			// the end of the run; leaving that wait out would show only
 			// the answers from before a stall (coordinated omission).
 			backlog := &tally{unsent: behind}
-			backlog.hist.recordRamp(float64(end.Sub(r.start))-float64(sent)*r.interval, r.interval, behind)
+			backlog.hist.recordRamp(float64(end.Sub(r.start))-r.offset(sent), r.interval, behind)
 			tallies = append(tallies, backlog)
 		}
 	}
@@ -139,13 +139,23 @@ type runner struct {
 // some 292 years, time.Duration's range.
 const maxOffset = float64(math.MaxInt64)
 
+// offset is paced request i's due time, in nanoseconds from the start.
+// The first is due at the start whatever the interval: at a rate below
+// some 5.6e-300/s the interval is infinite, and 0 × Inf is NaN.
+func (r *runner) offset(i uint64) float64 {
+	if i == 0 {
+		return 0
+	}
+	return float64(i) * r.interval
+}
+
 // scheduled says paced request i is due within the run: before the end
 // of its Duration, if any, and within time.Duration's range. Compared in
 // floating point: at a very low rate the offset does not fit a
 // time.Duration, and converting it would wrap into the past and send at
 // once.
 func (r *runner) scheduled(i uint64) bool {
-	offset := float64(i) * r.interval
+	offset := r.offset(i)
 	return offset < maxOffset && (r.deadline.IsZero() || offset < float64(r.cfg.Duration))
 }
 
@@ -190,7 +200,7 @@ func (w *worker) run(ctx context.Context) {
 			if !w.scheduled(i) {
 				return // not due within the run
 			}
-			due := w.start.Add(time.Duration(float64(i) * w.interval))
+			due := w.start.Add(time.Duration(w.offset(i)))
 			if due.After(now) {
 				if !w.sleep(ctx, due.Sub(now)) {
 					return

@@ -505,3 +505,23 @@ func TestRun_BehindCountsOnlyRequestsDueInTheWindow(t *testing.T) {
 		t.Fatalf("sent %d, behind %d (%d counted unsent); want 7 due in the window in all", rep.Sent, rep.Behind, rep.Latency.Unsent)
 	}
 }
+
+// At a rate so low that the interval between due times is past float64's
+// range (below some 5.6e-300/s), the first request is still due at the
+// start: 0 × an infinite interval is NaN, which must not become its due
+// time (a NaN converted to a time.Duration is 292 years in the past on
+// amd64, so the request counted as timed out without being sent).
+func TestRun_ARateWhoseIntervalOverflowsSendsTheFirstRequest(t *testing.T) {
+	for _, cfg := range []Config{
+		{Rate: 1e-305, Count: 3},
+		{Rate: 1e-305, Duration: 200 * time.Millisecond},
+	} {
+		rec, srv := newReceiver(t, nil)
+		cfg.URL = srv.URL + "/events"
+		rep, err := Run(t.Context(), cfg)
+		if err != nil || rec.n.Load() != 1 || rep.Sent != 1 || rep.OK != 1 || rep.Behind != 0 {
+			t.Errorf("%+v: received %d, sent %d, ok %d, behind %d: %v (first error %q); want the one request due at the start",
+				cfg, rec.n.Load(), rep.Sent, rep.OK, rep.Behind, err, rep.FirstError)
+		}
+	}
+}
