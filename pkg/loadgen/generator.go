@@ -153,7 +153,7 @@ func (g *Generator) Append(dst []byte, i uint64, end time.Time) []byte {
 	ev.user = reduce(mix64(k^0x75736572), g.users)
 	ev.host = reduce(mix64(g.seed^(ev.user+1)*0x686f7374), g.hosts)
 	// About eight events per user share a session.
-	ev.sess = mix64(g.seed ^ (ev.user+1)*golden ^ mix64(i/(g.users*8)+1))
+	ev.sess = mix64(g.seed ^ (ev.user+1)*golden ^ mix64(i/g.users/8+1))
 	h := mix64(k ^ 0x647572)
 	ev.dur = 20 + h&1023
 	if h>>10&7 == 0 {

@@ -316,3 +316,19 @@ func BenchmarkGenerator(b *testing.B) {
 		})
 	}
 }
+
+// Any count of users the flag takes makes events: with 2^61 users or more,
+// users × 8 (the events a session spans) wraps to a multiple of 2^64 and
+// dividing by it panicked, in a worker, ending the run.
+func TestGenerator_TakesAnyCountOfUsers(t *testing.T) {
+	for _, users := range []int{1 << 61, math.MaxInt} {
+		g, err := NewGenerator(Config{Users: users})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e dovecotEvent
+		if err := json.Unmarshal(g.Append(nil, 7, time.Now()), &e); err != nil || e.Fields["user"] == nil {
+			t.Errorf("%d users: %v", users, err)
+		}
+	}
+}
