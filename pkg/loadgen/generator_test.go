@@ -332,3 +332,30 @@ func TestGenerator_TakesAnyCountOfUsers(t *testing.T) {
 		}
 	}
 }
+
+// Weights whose sum passes the range of an int are refused: the sum
+// wrapped (here to 1, which passed the check that some weight is
+// positive), and the generator, picking by the wrapped running sums, sent
+// APPEND alone though LMTP weighed as much.
+func TestParseMix_RefusesWeightsThatOverflow(t *testing.T) {
+	const huge = "APPEND=9223372036854775807,LMTP=9223372036854775807,STORE=3"
+	m, err := ParseMix(huge)
+	if err == nil {
+		g, _ := NewGenerator(Config{Mix: m})
+		got := map[string]int{}
+		for i := range uint64(1000) {
+			var e dovecotEvent
+			if err := json.Unmarshal(g.Append(nil, i, time.Now()), &e); err != nil {
+				t.Fatal(err)
+			}
+			got[classify(e)]++
+		}
+		t.Fatalf("ParseMix(%q) accepted; 1000 events of it: %v", huge, got)
+	}
+	if !strings.Contains(err.Error(), "weights") {
+		t.Errorf("ParseMix(%q): %v, want an error about the weights", huge, err)
+	}
+	if _, err := NewGenerator(Config{Mix: Mix{{"APPEND", math.MaxInt}, {"LMTP", 1}}}); err == nil {
+		t.Errorf("NewGenerator took weights summing past %d", math.MaxInt)
+	}
+}

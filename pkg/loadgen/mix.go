@@ -3,6 +3,7 @@ package loadgen
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -118,6 +119,9 @@ func (m Mix) validate() error {
 		seen[e.Name] = true
 		if e.Weight < 0 {
 			return fmt.Errorf("%q: negative weight", e.Name)
+		}
+		if e.Weight > math.MaxInt-total {
+			return fmt.Errorf("weights add up to more than %d", math.MaxInt)
 		}
 		total += e.Weight
 	}
