@@ -377,20 +377,30 @@ func TestRun_CountsTheBacklogLeftAtTheEndInTheLatencies(t *testing.T) {
 // submitted, not from when the request was written: an event that waited
 // behind a slow answer on the connection has that much less time.
 func TestRun_TimeoutCountsFromTheDueTime(t *testing.T) {
+	var n atomic.Int64
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // so that a client that gives up ends the wait
+		hold := 1900 * time.Millisecond
+		if n.Add(1) == 1 {
+			hold = 800 * time.Millisecond
+		}
 		select {
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(hold):
 		case <-r.Context().Done():
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer slow.Close()
-	// Due at 0, 10 and 20 ms on one connection, each answer 200 ms after
-	// its request was written, a 300 ms timeout. Request 0 is answered in
-	// time; request 1 cannot be written before 200 ms nor answered before
-	// 400 ms, 390 ms after it was due; request 2 waits for request 1.
+	// Due at 0, 10 and 20 ms on one connection, a 2 s timeout. Request 0
+	// is answered 800 ms after it was written, in time with 1.2 s to
+	// spare. Request 1 cannot be written before 800 ms; answered 1.9 s
+	// after that, within the timeout counted from its write, it would be
+	// ok, but counted from its due time it times out at 2.01 s, some
+	// 700 ms before any answer. Request 2 waits for request 1. (The
+	// margins are wide so that a loaded machine, which delays both the
+	// answers and the client's timers, does not change the outcome.)
 	rep, err := Run(t.Context(), Config{URL: slow.URL + "/events", Rate: 100, Count: 3,
-		Timeout: 300 * time.Millisecond, AllowErrors: true})
+		Timeout: 2 * time.Second, AllowErrors: true})
 	if err != nil {
 		t.Fatal(err)
 	}
