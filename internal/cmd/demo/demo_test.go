@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -662,4 +664,39 @@ func descendants(root int) map[int]proc {
 		}
 	}
 	return out
+}
+
+// TestAwaitSync_StopsOnCtrlC: Ctrl-C while dovewarden's status does not
+// answer (a wedged process) ends the wait, rather than leaving the demo
+// waiting for an answer that never comes, with every later Ctrl-C
+// ignored and nothing stopped.
+func TestAwaitSync_StopsOnCtrlC(t *testing.T) {
+	asked, release := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		// No answer until the demo gives up (or the test ends).
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	d := &demo{out: io.Discard, base: srv.URL}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- d.awaitSync(ctx, "alice", time.Time{}, time.Time{}) }()
+	<-asked
+	cancel() // Ctrl-C
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("awaitSync after Ctrl-C: %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("awaitSync still waits for dovewarden's answer 30 s after Ctrl-C")
+	}
 }

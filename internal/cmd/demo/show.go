@@ -87,7 +87,7 @@ func (d *demo) show(ctx context.Context) error {
 	}
 
 	d.say("\n4. What dovewarden recorded for alice (GET /status/alice):\n")
-	resp, err := http.Get(d.base + "/status/alice")
+	resp, err := d.get(ctx, "/status/alice")
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func (d *demo) show(ctx context.Context) error {
 // it from touching the other side early. since is for the report.
 func (d *demo) awaitSync(ctx context.Context, user string, since, changed time.Time) error {
 	return d.poll(ctx, "dovewarden replicated "+user, since, func() (bool, string) {
-		resp, err := http.Get(d.base + "/status/" + user)
+		resp, err := d.get(ctx, "/status/"+user)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -124,6 +124,17 @@ func (d *demo) awaitSync(ctx context.Context, user string, since, changed time.T
 		}
 		return !st.LastStart.IsZero() && st.LastStart.After(changed), st.LastError
 	})
+}
+
+// get asks dovewarden for path; Ctrl-C (ctx) ends the wait for its
+// answer, so a dovewarden that does not answer cannot keep the demo from
+// stopping.
+func (d *demo) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return http.DefaultClient.Do(req)
 }
 
 // await polls `doveadm mailbox status` on in until it reports want.
