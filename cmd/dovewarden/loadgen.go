@@ -48,6 +48,24 @@ func runLoadgen(ctx context.Context, env *environment, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("loadgen: unexpected arguments %q", fs.Args())
 	}
+	// The library takes a zero as "the default"; given on the command
+	// line it is a mistake.
+	var zero []error
+	if *users == 0 {
+		zero = append(zero, errors.New("users: 0, want at least 1"))
+	}
+	if *hosts == 0 {
+		zero = append(zero, errors.New("hosts: 0, want at least 1"))
+	}
+	if *concurrency == 0 {
+		zero = append(zero, fmt.Errorf("concurrency: 0, want 1 to %d", loadgen.MaxConcurrency))
+	}
+	if *timeout == 0 {
+		zero = append(zero, errors.New("timeout: 0s, want more than 0"))
+	}
+	if err := errors.Join(zero...); err != nil {
+		return fmt.Errorf("loadgen: %w", err)
+	}
 	v, err := loadgen.ParseVersion(*version)
 	if err != nil {
 		return fmt.Errorf("loadgen: version: %w", err)

@@ -102,6 +102,11 @@ func TestLoadgen_RefusesBadSettings(t *testing.T) {
 		{[]string{"loadgen", "-count", "1", "-concurrency", "9223372036854775807"}, "concurrency: 9223372036854775807, want 1 to 10000"},
 		{[]string{"loadgen", "-count", "1", "-rate", "NaN"}, "rate: NaN, want a finite number"},
 		{[]string{"loadgen", "-count", "1", "-rate", "Inf"}, "rate: +Inf, want a finite number"},
+		// Zero is a value on the command line, not "the default".
+		{[]string{"loadgen", "-count", "1", "-concurrency", "0"}, "concurrency: 0, want 1 to 10000"},
+		{[]string{"loadgen", "-count", "1", "-users", "0"}, "users: 0, want at least 1"},
+		{[]string{"loadgen", "-count", "1", "-hosts", "0"}, "hosts: 0, want at least 1"},
+		{[]string{"loadgen", "-count", "1", "-timeout", "0s"}, "timeout: 0s, want more than 0"},
 	} {
 		env, out, _ := loadgenEnv(nil)
 		err := run(context.Background(), env, tc.args)
