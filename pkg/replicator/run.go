@@ -118,7 +118,15 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			cancel()
 			if serr != nil {
 				// The dsync ran but is not recorded: answer so that the
-				// change is redelivered; the lock expires by its TTL.
+				// change is redelivered, and give the lock up if Redis
+				// answers again, with the change left marked, so that
+				// the redelivery runs a dsync instead of finding the
+				// user busy with an attempt that is over. Nothing is
+				// counted as failed. If Redis still does not answer, the
+				// lock expires by its TTL.
+				cctx, cancel := j.cleanupCtx(ctx)
+				j.release(cctx, change.Failure{Error: "success not recorded: " + serr.Error(), Start: claim.Start}, true)
+				cancel()
 				return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, serr)
 			}
 			r.cover.record(user, claim.Start)

@@ -1,0 +1,61 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
+	"github.com/dovewarden/dovewarden-knative/pkg/change"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
+	"github.com/dovewarden/dovewarden-knative/pkg/state"
+)
+
+// succeedFailsOnce is a Store whose first Succeed fails without reaching
+// Redis: a connection that broke as the outcome was to be recorded.
+type succeedFailsOnce struct {
+	*state.Store
+	failed atomic.Bool
+}
+
+func (s *succeedFailsOnce) Succeed(ctx context.Context, a state.SuccessArgs) (time.Time, state.Claim, error) {
+	if s.failed.CompareAndSwap(false, true) {
+		return time.Time{}, state.Claim{}, errors.New("connection reset by peer")
+	}
+	return s.Store.Succeed(ctx, a)
+}
+
+// A dsync that ran but whose success could not be recorded is answered
+// so that the Broker delivers the change again; the lock is released
+// (Redis answered again by then), so that the redelivery runs a dsync.
+// Before, the lock was left to expire by its TTL: a redelivery within it
+// found the user busy and was answered "merged" into an attempt nobody
+// ran, and the change waited for the retry sweep.
+func TestReplicate_AnUnrecordedSuccessReleasesTheLock(t *testing.T) {
+	o := fast
+	o.LockTTL = time.Minute
+	f := newFixture(t, o)
+	def := doveadm.Endpoint{Name: "mail-a", URL: f.a.APIURL(), User: "doveadm", Password: doveadmtest.Password, Destination: "tcp:mail-b:12345"}
+	f.r = New(o, &succeedFailsOnce{Store: f.st}, doveadm.NewHTTP(nil, 5*time.Second), doveadm.NewHostMap(def, def),
+		f.notes, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&safebuf.Buffer{}, nil)))
+	req := change.Request{User: "u1", Host: "mail-a", Priority: change.High, Time: time.Now()}
+	if _, err := f.r.Replicate(context.Background(), req); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Replicate with its success unrecorded: %v; want ErrUnavailable, so that the change is delivered again", err)
+	}
+	if f.mr.Exists(state.LockKey("u1")) {
+		t.Errorf("the lock is still held (TTL %v) by an attempt that is over", f.mr.TTL(state.LockKey("u1")))
+	}
+	res, err := f.r.Replicate(context.Background(), req)
+	if err != nil || res.Outcome != change.Synced {
+		t.Fatalf("the Broker's redelivery: %+v, %v; want a dsync", res, err)
+	}
+	if n := len(f.tracks.CallsOf("u1")); n != 2 {
+		t.Errorf("%d dsyncs of u1; want 2", n)
+	}
+}
