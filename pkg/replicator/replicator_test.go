@@ -1204,3 +1204,41 @@ func TestReplicate_RerunAtTheEndOfTheBudget(t *testing.T) {
 		})
 	}
 }
+
+// A user excluded while the rerun of its request waits for a retry: the
+// request's first round succeeded and covered its change, so that success
+// stays the answer (its replication.succeeded is sent), not "excluded",
+// which dropped the report of a dsync that ran and succeeded.
+func TestReplicate_ExcludedAfterASuccessfulRoundKeepsItsSuccess(t *testing.T) {
+	f := newFixture(t, fast)
+	started, release := make(chan struct{}, 10), make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce)
+	f.a.OnStart = func(doveadmtest.Call) {
+		started <- struct{}{}
+		if len(f.tracks.Calls()) == 0 {
+			<-release
+		}
+	}
+	// The first round succeeds; its rerun fails with 75 and waits.
+	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{}, doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{})
+	f.notes.onFail = func() {
+		if err := f.st.Exclude(context.Background(), "u1"); err != nil {
+			t.Error(err)
+		}
+	}
+	done := make(chan change.Result, 1)
+	go func() { done <- f.replicate(t, change.Request{User: "u1"}) }()
+	<-started
+	if res := f.replicate(t, change.Request{User: "u1", Host: "mail-b"}); res.Outcome != change.Coalesced {
+		t.Fatalf("change during the first dsync: %+v", res)
+	}
+	releaseOnce()
+	res := <-done
+	if res.Outcome != change.Synced || res.Start.IsZero() || res.Attempts != 2 {
+		t.Fatalf("result %+v; want the first round's success, after 2 attempts", res)
+	}
+	if n := len(f.tracks.CallsOf("u1")); n != 2 {
+		t.Errorf("%d dsyncs; want 2: no retry for an excluded user", n)
+	}
+}

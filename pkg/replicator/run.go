@@ -196,8 +196,7 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 			// Excluded while it failed: no retry; Restart released the
 			// lock and left the user neither pending nor failed.
 			r.log.Info("user excluded during its dsync; not retried", "user", user, "attempts", total)
-			j.res.Outcome, j.res.Attempts = change.Excluded, total
-			return j.res, nil
+			return j.excluded(total), nil
 		}
 		if err == nil && c.Decision != state.Run {
 			err = doveadm.ErrLockLost
@@ -367,6 +366,18 @@ func (j *job) abort(ctx context.Context, f change.Failure, cause error, counted 
 	}
 	j.r.log.Warn("dsync aborted; the change stays pending and is delivered again", "user", j.req.User, "cause", cause)
 	return change.Result{}, fmt.Errorf("%w: sync %s: %w", ErrAborted, j.req.User, cause)
+}
+
+// excluded is the result of a request whose user was excluded while an
+// attempt of it waited for its retry: Excluded, unless an earlier round
+// of it succeeded. That round covered the request's change, and its
+// success stays the answer, so that the dsync that ran is reported.
+func (j *job) excluded(attempts int) change.Result {
+	if j.res.Outcome != change.Synced {
+		j.res.Outcome = change.Excluded
+	}
+	j.res.Attempts = attempts
+	return j.res
 }
 
 // cutRerun handles a rerun cut off after an earlier round of this request
