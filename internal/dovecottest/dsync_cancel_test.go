@@ -2,8 +2,12 @@ package dovecottest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -181,6 +185,16 @@ func TestDsyncCutOffKeepsWhatItCopied(t *testing.T) {
 			}
 			ep := doveadm.Endpoint{Config: a.ConfigPath}
 			count := func() int {
+				// Until a dsync has given the replica's INBOX its GUID
+				// (kept in the INBOX's dovecot-uidlist), asking Dovecot
+				// 2.3 about INBOX creates it with a GUID of its own, and
+				// every later dsync fails with exit code 2 ("Remote lost
+				// mailbox GUID", docs/operations.md): a first attempt cut
+				// off before it created INBOX (a loaded machine) made
+				// every later one fail so.
+				if _, err := os.Stat(filepath.Join(b.Dir, "mail", "u1", "Maildir", "dovecot-uidlist")); errors.Is(err, fs.ErrNotExist) {
+					return 0
+				}
 				out, err := b.Doveadm(ctx, "mailbox", "status", "-u", "u1", "messages", "INBOX")
 				if err != nil {
 					t.Fatal(err)
