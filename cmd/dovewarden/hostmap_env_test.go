@@ -40,12 +40,7 @@ func TestServingRoles_HostMapVariablesAreNoUnknownSettings(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			var warned []string
-			for _, line := range strings.Split(stderr.String(), "\n") {
-				if strings.Contains(line, "no setting of this command") {
-					warned = append(warned, line)
-				}
-			}
+			warned := unusedWarnings(stderr.String())
 			if len(warned) != 1 || !strings.Contains(warned[0], "variable=DOVEWARDEN_LOCK_TLL") {
 				t.Errorf("warnings %q, want one, naming DOVEWARDEN_LOCK_TLL only (DOVEWARDEN_MAIL_B_PASSWORD is the host map's)", warned)
 			}

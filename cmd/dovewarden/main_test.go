@@ -313,6 +313,18 @@ func TestServingRoles_WarnOfSecretsInTheirArguments(t *testing.T) {
 	}
 }
 
+// unusedWarnings are the lines of log that warn of a DOVEWARDEN_*
+// variable that is no setting of the command.
+func unusedWarnings(log string) []string {
+	var warned []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "no setting of this command") {
+			warned = append(warned, line)
+		}
+	}
+	return warned
+}
+
 // TestIngest_WarnsOfUnknownSettings: a DOVEWARDEN_* variable that is no
 // setting of the command (here misspelt) is named in a warning; the
 // command's own settings and the variables read elsewhere are not.
@@ -328,12 +340,7 @@ func TestIngest_WarnsOfUnknownSettings(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	var warned []string
-	for _, line := range strings.Split(stderr.String(), "\n") {
-		if strings.Contains(line, "no setting of this command") {
-			warned = append(warned, line)
-		}
-	}
+	warned := unusedWarnings(stderr.String())
 	if len(warned) != 1 || !strings.Contains(warned[0], "variable=DOVEWARDEN_REDIS_ULR") || !strings.Contains(warned[0], "command=ingest") {
 		t.Errorf("warnings %q, want one naming DOVEWARDEN_REDIS_ULR and ingest", warned)
 	}

@@ -2,12 +2,10 @@ package replicator
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/change"
-	"github.com/dovewarden/dovewarden-knative/pkg/doveadm/doveadmtest"
 )
 
 // TestReplicate_OlderChangesLeftWhileBusyAreCountedAsCoalesced: changes
@@ -30,14 +28,7 @@ func TestReplicate_OlderChangesLeftWhileBusyAreCountedAsCoalesced(t *testing.T) 
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, fast)
-			started, release := make(chan struct{}, 10), make(chan struct{})
-			var once sync.Once
-			free := func() { once.Do(func() { close(release) }) }
-			t.Cleanup(free)
-			f.a.OnStart = func(doveadmtest.Call) {
-				started <- struct{}{}
-				<-release
-			}
+			started, free := f.hold(t, false)
 			old := time.Now().UTC().Add(-time.Minute)
 			done := make(chan change.Result, 1)
 			go func() { done <- f.replicate(t, change.Request{User: "u1", Host: "mail-a", Time: old}) }()

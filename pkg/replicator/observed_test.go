@@ -101,16 +101,7 @@ func TestReplicate_MergedInProcessWhileDsyncRuns(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, fast)
-			started, release := make(chan struct{}, 10), make(chan struct{})
-			var once sync.Once
-			free := func() { once.Do(func() { close(release) }) }
-			t.Cleanup(free) // a failed check must not leave the dsync hanging
-			f.a.OnStart = func(doveadmtest.Call) {
-				started <- struct{}{}
-				if len(f.tracks.Calls()) == 0 {
-					<-release
-				}
-			}
+			started, free := f.hold(t, true)
 			seen := time.Now().UTC().Add(-time.Second)
 			done := make(chan change.Result)
 			go func() { done <- f.replicate(t, change.Request{User: "u1", Time: seen, Observed: seen}) }()
@@ -162,14 +153,7 @@ func TestReplicate_MergedInProcessWhileDsyncRuns(t *testing.T) {
 // failed and pending, for the sweep.
 func TestReplicate_MergedChangesOfAFailedDsyncStayMarked(t *testing.T) {
 	f := newFixture(t, fast)
-	started, release := make(chan struct{}, 10), make(chan struct{})
-	var once sync.Once
-	free := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(free)
-	f.a.OnStart = func(doveadmtest.Call) {
-		started <- struct{}{}
-		<-release
-	}
+	started, free := f.hold(t, false)
 	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 77}) // EX_NOPERM: not retried
 	seen := time.Now().UTC().Add(-time.Second)
 	done := make(chan change.Result)

@@ -96,6 +96,23 @@ func newFixture(t *testing.T, o Options) *fixture {
 	return f
 }
 
+// hold makes the dsyncs on mail-a wait once they started (each says so
+// on started) until release is called; with firstOnly, only the first
+// waits. The test's end releases them too, so that a failed check leaves
+// no dsync waiting for ever.
+func (f *fixture) hold(t *testing.T, firstOnly bool) (started <-chan struct{}, release func()) {
+	s, r := make(chan struct{}, 10), make(chan struct{})
+	release = sync.OnceFunc(func() { close(r) })
+	t.Cleanup(release)
+	f.a.OnStart = func(doveadmtest.Call) {
+		s <- struct{}{}
+		if !firstOnly || len(f.tracks.Calls()) == 0 {
+			<-r
+		}
+	}
+	return s, release
+}
+
 func (f *fixture) replicate(t *testing.T, req change.Request) change.Result {
 	t.Helper()
 	if req.Priority == "" {
@@ -745,16 +762,7 @@ func TestReplicate_LockLostStopsTheDsync(t *testing.T) {
 
 func TestReplicate_ChangesDuringDsyncCauseOneRerun(t *testing.T) {
 	f := newFixture(t, fast)
-	started, release := make(chan struct{}, 10), make(chan struct{})
-	// A failed check must not leave the dsync blocked for ever.
-	releaseOnce := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(releaseOnce)
-	f.a.OnStart = func(doveadmtest.Call) {
-		started <- struct{}{}
-		if len(f.tracks.Calls()) == 0 {
-			<-release
-		}
-	}
+	started, releaseOnce := f.hold(t, true)
 	done := make(chan change.Result, 1)
 	go func() { done <- f.replicate(t, change.Request{User: "u1"}) }()
 	<-started
@@ -795,13 +803,7 @@ func TestReplicate_NoSuchUserKeepsAChangeFromDuringTheDsync(t *testing.T) {
 		stamped, inProcess := tc.stamped, tc.stamped && tc.host == "mail-a"
 		t.Run(fmt.Sprintf("stamped %t from %s", stamped, tc.host), func(t *testing.T) {
 			f := newFixture(t, fast)
-			started, release := make(chan struct{}, 10), make(chan struct{})
-			releaseOnce := sync.OnceFunc(func() { close(release) })
-			t.Cleanup(releaseOnce)
-			f.a.OnStart = func(doveadmtest.Call) {
-				started <- struct{}{}
-				<-release
-			}
+			started, releaseOnce := f.hold(t, false)
 			f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{ExitCode: 67})
 			done := make(chan change.Result, 1)
 			go func() { done <- f.replicate(t, change.Request{User: "u1", Host: "mail-a"}) }()
@@ -1211,15 +1213,7 @@ func TestReplicate_RerunAtTheEndOfTheBudget(t *testing.T) {
 // which dropped the report of a dsync that ran and succeeded.
 func TestReplicate_ExcludedAfterASuccessfulRoundKeepsItsSuccess(t *testing.T) {
 	f := newFixture(t, fast)
-	started, release := make(chan struct{}, 10), make(chan struct{})
-	releaseOnce := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(releaseOnce)
-	f.a.OnStart = func(doveadmtest.Call) {
-		started <- struct{}{}
-		if len(f.tracks.Calls()) == 0 {
-			<-release
-		}
-	}
+	started, releaseOnce := f.hold(t, true)
 	// The first round succeeds; its rerun fails with 75 and waits.
 	f.a.Respond = doveadmtest.Answers(doveadmtest.Reply{}, doveadmtest.Reply{ExitCode: 75}, doveadmtest.Reply{})
 	f.notes.onFail = func() {
