@@ -123,9 +123,14 @@ func (j *job) run(ctx context.Context, claim state.Claim) (change.Result, error)
 				// the redelivery runs a dsync instead of finding the
 				// user busy with an attempt that is over. Nothing is
 				// counted as failed. If Redis still does not answer, the
-				// lock expires by its TTL.
+				// lock expires by its TTL. A rerun's is a rerun cut off:
+				// the round before covered the request's change.
+				f := change.Failure{Error: "success not recorded: " + serr.Error(), Start: claim.Start}
+				if j.res.Outcome == change.Synced {
+					return j.cutRerun(ctx, f, serr)
+				}
 				cctx, cancel := j.cleanupCtx(ctx)
-				j.release(cctx, change.Failure{Error: "success not recorded: " + serr.Error(), Start: claim.Start}, true)
+				j.release(cctx, f, true)
 				cancel()
 				return change.Result{}, fmt.Errorf("%w: %w", ErrUnavailable, serr)
 			}
