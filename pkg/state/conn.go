@@ -123,7 +123,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, *co
 		}
 		failover.ContextTimeoutEnabled = failover.ContextTimeoutEnabled || c.Deadlines
 		rdb := redis.NewFailoverClient(failover)
-		rdb.AddHook(firstWords{})
+		rdb.AddHook(firstWords{resetHint: resetHint(failover.TLSConfig)})
 		return rdb, pair, ca, nil
 	}
 	if simple.TLSConfig != nil {
@@ -135,7 +135,7 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, *co
 	}
 	simple.ContextTimeoutEnabled = simple.ContextTimeoutEnabled || c.Deadlines
 	rdb := redis.NewClient(simple)
-	rdb.AddHook(firstWords{})
+	rdb.AddHook(firstWords{resetHint: resetHint(simple.TLSConfig)})
 	return rdb, pair, ca, nil
 }
 
@@ -146,10 +146,12 @@ func (c Conn) client(w *handshakeWatch) (redis.UniversalClient, *clientPair, *co
 // its HELLO for an older server's, sends the next commands, and reports
 // only their failed write ("write: broken pipe") or the end of the
 // connection ("EOF"). The connections it dials remember the error they
-// read first, and a read or write that then fails says it.
-type firstWords struct{}
+// read first, and a read or write that then fails says it. A TLS
+// connection that Redis resets before any answer says why that most likely
+// is (resetHint).
+type firstWords struct{ resetHint string }
 
-func (firstWords) DialHook(next redis.DialHook) redis.DialHook {
+func (w firstWords) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := next(ctx, network, addr)
 		if err != nil {
@@ -159,9 +161,9 @@ func (firstWords) DialHook(next redis.DialHook) redis.DialHook {
 		// found with syscall.Conn or NetConn: the wrapper shows the
 		// same as the connection it wraps.
 		if sc, ok := c.(syscall.Conn); ok {
-			return &saidSyscallConn{saidConn: saidConn{Conn: c}, sc: sc}, nil
+			return &saidSyscallConn{saidConn: saidConn{Conn: c, resetHint: w.resetHint}, sc: sc}, nil
 		}
-		return &saidConn{Conn: c}, nil
+		return &saidConn{Conn: c, resetHint: w.resetHint}, nil
 	}
 }
 
@@ -177,8 +179,9 @@ func (firstWords) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 // an error and goes on serving).
 type saidConn struct {
 	net.Conn
-	first atomic.Bool            // an answer was read
-	said  atomic.Pointer[string] // its error line, when it began with one
+	first     atomic.Bool            // an answer was read
+	said      atomic.Pointer[string] // its error line, when it began with one
+	resetHint string                 // said of a reset before the first answer
 }
 
 // maxSaid bounds the error line kept.
@@ -200,24 +203,28 @@ func (c *saidConn) Read(p []byte) (int, error) {
 	case c.said.Load() != nil:
 		c.said.Store(nil)
 	}
-	if err != nil {
-		// Redis's close can come back as the end of the next read
-		// rather than a failed write.
-		if said := c.said.Load(); said != nil {
-			return n, &refusedError{err: err, said: *said}
-		}
-	}
-	return n, err
+	// Redis's close can come back as the end of the next read rather
+	// than a failed write.
+	return n, c.explain(err)
 }
 
 func (c *saidConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	if err != nil {
-		if said := c.said.Load(); said != nil {
-			return n, &refusedError{err: err, said: *said}
-		}
+	return n, c.explain(err)
+}
+
+// explain adds to a failed read's or write's err what Redis said first,
+// or, for a reset before its first answer, why that most likely is.
+func (c *saidConn) explain(err error) error {
+	said := c.said.Load()
+	switch {
+	case err == nil:
+	case said != nil:
+		return &refusedError{err: err, said: *said}
+	case c.resetHint != "" && !c.first.Load() && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)):
+		return &hinted{err: err, hint: c.resetHint}
 	}
-	return n, err
+	return err
 }
 
 // NetConn is the connection c wraps, as crypto/tls.Conn's NetConn is.
@@ -248,6 +255,18 @@ func (e *refusedError) Error() string {
 // connection setup's error, which looks only at the single form, so that
 // what Redis said reaches the caller.
 func (e *refusedError) Unwrap() []error { return []error{e.err} }
+
+// hinted is err with a hint of its most likely cause.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h *hinted) Error() string { return h.err.Error() + ": " + h.hint }
+
+// Unwrap is the list form, as refusedError's, so that go-redis's
+// errors.Unwrap of a failed connection setup's error keeps the hint.
+func (h *hinted) Unwrap() []error { return []error{h.err} }
 
 // tlsConfig adds the CA and the client certificate to base, the TLS
 // configuration go-redis derived from a rediss:// URL (the server name,

@@ -12,7 +12,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
@@ -223,67 +222,31 @@ func tlsDialer(cfg *tls.Config, ca *config.CAFile, w *handshakeWatch) func(ctx c
 			return nil, err
 		}
 		w.addr.Store(nil)
-		hint := resetHintNoCert
-		if c.GetClientCertificate != nil || len(c.Certificates) > 0 {
-			hint = resetHintCert
-		}
-		return &firstAnswer{Conn: tc, hint: hint}, nil
+		return tc, nil
 	}
 }
 
-// firstAnswer is a TLS connection to Redis that says, when Redis resets
-// it before its first answer, why that most likely is. With TLS 1.3 the
-// client's side of the handshake ends before the server has checked the
-// client's certificate: a Redis that refuses it (or its lack of one)
-// sends its alert after the client's first command, and when it closes
-// the connection with that command unread, the kernel resets it and the
-// alert is lost. The error was then "connection reset by peer" alone.
-type firstAnswer struct {
-	*tls.Conn
-	hint     string
-	answered atomic.Bool // a byte of an answer was read: Redis took the connection
+// resetHint is what a connection made with cfg (nil: no TLS) says when
+// Redis resets it before its first answer. With TLS 1.3 the client's side
+// of the handshake ends before the server has checked the client's
+// certificate: a Redis that refuses it (or its lack of one) sends its
+// alert after the client's first command, and when it closes the
+// connection with that command unread, the kernel resets it and the alert
+// is lost. The error was then "connection reset by peer" alone.
+func resetHint(cfg *tls.Config) string {
+	switch {
+	case cfg == nil:
+		return ""
+	case cfg.GetClientCertificate != nil || len(cfg.Certificates) > 0:
+		return resetHintCert
+	}
+	return resetHintNoCert
 }
 
 const (
 	resetHintCert   = "Redis reset the connection before its first answer: it most likely refused the client certificate (redis-cert-file: its CA is not redis-server's tls-ca-cert-file, or it has expired; redis-server's log says which)"
 	resetHintNoCert = "Redis reset the connection before its first answer: it most likely requires a client certificate (redis-server's tls-auth-clients; give one with redis-cert-file and redis-key-file)"
 )
-
-func (c *firstAnswer) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.answered.Store(true)
-	}
-	return n, c.explain(err)
-}
-
-func (c *firstAnswer) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	return n, c.explain(err)
-}
-
-// NetConn is the TLS connection, for go-redis's checks of the socket
-// beneath it.
-func (c *firstAnswer) NetConn() net.Conn { return c.Conn }
-
-func (c *firstAnswer) explain(err error) error {
-	if err == nil || c.answered.Load() || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
-		return err
-	}
-	return &hinted{err: err, hint: c.hint}
-}
-
-// hinted is err with a hint of its most likely cause.
-type hinted struct {
-	err  error
-	hint string
-}
-
-func (h *hinted) Error() string { return h.err.Error() + ": " + h.hint }
-
-// Unwrap is the list form, as refusedError's, so that go-redis's
-// errors.Unwrap of a failed connection setup's error keeps the hint.
-func (h *hinted) Unwrap() []error { return []error{h.err} }
 
 const plainPortHint = "is it redis-server's tls-port? Its plain port never answers a TLS handshake (rediss://)"
 
