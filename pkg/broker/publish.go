@@ -108,9 +108,9 @@ func (b *Broker) publish(ev cloudevents.Event, source string, replyTTL *int32, h
 			}
 			return full
 		}
-		b.m.dropped.WithLabelValues(l.tr.Name, dropQueueFull).Inc()
 		l.dropLogs.Log(context.Background(), l.log, slog.LevelWarn, "", "reply dropped for this Trigger: its queue is full",
 			"id", ev.ID(), "type", ev.Type(), "subject", ev.Subject(), "err", full)
+		b.m.dropped.WithLabelValues(l.tr.Name, dropQueueFull).Inc() // after its line: whoever sees the count finds it
 	}
 	for _, l := range queued {
 		l.queue <- &task{ev: ev, ttl: ttl, hdr: hdr, ns: ns, size: size} // never blocks: the place is reserved

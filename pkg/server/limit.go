@@ -87,9 +87,11 @@ func (l *connLimit) admit(conns *unreadConns, closed <-chan struct{}) bool {
 			}
 		}
 		if tick == nil {
-			l.waited.Inc()
+			// Logged before it is counted: whoever sees the count
+			// finds the line.
 			l.warns.Log(context.Background(), l.log, slog.LevelWarn, "", "every connection is busy: a new one waits until one ends or turns idle",
 				"max_connections", l.max, "setting", "max-connections")
+			l.waited.Inc()
 			// A new connection turns quiet without a signal: look
 			// again now and then.
 			t := time.NewTicker(freshQuiet / 4)
