@@ -97,7 +97,14 @@ func TestDsyncToAFullReplica(t *testing.T) {
 // code doveadm answered instead.
 func httpDsync(ctx context.Context, t *testing.T, a, b *dovecottest.Instance, user, state string) (string, int) {
 	t.Helper()
-	body := fmt.Sprintf(`[["sync",{"user":%q,"destination":["tcp:%s"],"state":%q},"t1"]]`, user, b.DoveadmAddr, state)
+	return httpDsyncFull(ctx, t, a, b, user, state, false)
+}
+
+// httpDsyncFull is httpDsync with doveadm's -f (fullSync) when full is
+// set.
+func httpDsyncFull(ctx context.Context, t *testing.T, a, b *dovecottest.Instance, user, state string, full bool) (string, int) {
+	t.Helper()
+	body := fmt.Sprintf(`[["sync",{"user":%q,"destination":["tcp:%s"],"state":%q,"fullSync":%t},"t1"]]`, user, b.DoveadmAddr, state, full)
 	out, err := a.DoveadmHTTP(ctx, body)
 	if err != nil {
 		t.Fatalf("dsync: %v", err)
