@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -36,22 +37,33 @@ type Delivery struct {
 // Knative computes it (kncloudevents.RetryConfigFromDeliverySpec, called
 // by go-retryablehttp with the zero-based retry index): exponential is
 // delay × 2^(n-1), linear is delay × (n-1), so a linear policy's first
-// retry fires at once.
+// retry fires at once. A wait longer than a time.Duration holds (some 292
+// years) is that longest wait: Knative's product wraps round to a
+// negative wait there, which fires at once.
 func (d Delivery) Backoff(n int) time.Duration {
-	if d.BackoffPolicy == "" || d.BackoffDelay == 0 || n < 1 {
+	if d.BackoffPolicy == "" || d.BackoffDelay <= 0 || n < 1 {
 		return 0
 	}
+	var factor int64
 	switch d.BackoffPolicy {
 	case BackoffExponential:
-		if n > 40 {
-			n = 40 // beyond any sane delay; avoids overflow
+		if n-1 >= 63 {
+			return maxBackoff
 		}
-		return d.BackoffDelay * time.Duration(int64(1)<<(n-1))
+		factor = int64(1) << (n - 1)
 	case BackoffLinear:
-		return d.BackoffDelay * time.Duration(n-1)
+		factor = int64(n - 1)
+	default:
+		return 0
 	}
-	return 0
+	if factor > 0 && int64(d.BackoffDelay) > math.MaxInt64/factor {
+		return maxBackoff
+	}
+	return d.BackoffDelay * time.Duration(factor)
 }
+
+// maxBackoff is the longest wait Backoff gives.
+const maxBackoff = time.Duration(math.MaxInt64)
 
 func parseDelivery(raw json.RawMessage) (*Delivery, error) {
 	if len(raw) == 0 || string(raw) == "null" {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -183,6 +184,29 @@ func TestBackoff_KnativeFormula(t *testing.T) {
 		if got != want {
 			t.Errorf("retry %d: got %v, want %v", n, got, want)
 		}
+	}
+}
+
+// TestBackoff_HugeValuesSaturate: a wait past what a time.Duration holds
+// (a long backoffDelay doubled by many retries, or a large multiple of
+// it) is the longest wait, not a product wrapped round to a negative
+// wait, which the lane's timer fires at once.
+func TestBackoff_HugeValuesSaturate(t *testing.T) {
+	for _, delay := range []time.Duration{time.Nanosecond, 100 * time.Millisecond, time.Second, time.Hour, 1000 * 24 * time.Hour} {
+		for _, policy := range []BackoffPolicy{BackoffExponential, BackoffLinear} {
+			d := Delivery{Retry: math.MaxInt32, BackoffPolicy: policy, BackoffDelay: delay}
+			prev := d.Backoff(1)
+			for _, n := range []int{2, 3, 8, 9, 30, 34, 35, 36, 40, 41, 62, 63, 64, 65, 100, 200, 1000, 1 << 20, math.MaxInt32} {
+				got := d.Backoff(n)
+				if got <= 0 || got < prev {
+					t.Errorf("%s %v: retry %d waits %v after %v for the retry before it", policy, delay, n, got, prev)
+				}
+				prev = got
+			}
+		}
+	}
+	if got := (Delivery{BackoffPolicy: BackoffExponential, BackoffDelay: time.Second}).Backoff(35); got != math.MaxInt64 {
+		t.Errorf("1s doubled 34 times waits %v; want the longest wait, %v", got, time.Duration(math.MaxInt64))
 	}
 }
 
