@@ -167,9 +167,14 @@ func (e *httpEndpoint) send(ctx context.Context, ev cloudevents.Event, structure
 		return outcome{code: http.StatusInternalServerError, body: fmt.Appendf(nil, "Failed to read response body: %s", err), reason: err.Error()}
 	}
 	if int64(len(body)) > e.maxBody {
-		if cehttp.NewMessage(resp.Header, nil).ReadEncoding() == binding.EncodingUnknown {
+		switch cehttp.NewMessage(resp.Header, nil).ReadEncoding() {
+		case binding.EncodingUnknown:
 			// Not a CloudEvent: Knative's filter answers 502, as readReply.
 			return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("received a non-empty response not recognized as CloudEvent (over %d bytes)", e.maxBody)}
+		case binding.EncodingBatch:
+			// A batch is never one event: Knative's filter fails to read
+			// it and answers 502 (readReply), whatever its size.
+			return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("malformed reply: a CloudEvents batch, not one event (over %d bytes)", e.maxBody)}
 		}
 		// A reply larger than the ingress takes. The subscriber answered;
 		// delivering the event again would only make the same reply, so
