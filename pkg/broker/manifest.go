@@ -342,6 +342,13 @@ func destination(hasRef bool, ref, uri string, caCerts *string) (Destination, er
 	if uri != "" && ref == "" && !isAbsHTTP(uri) {
 		return Destination{}, fmt.Errorf("uri %q: want an absolute http or https URL", config.RedactURL(uri))
 	}
+	if uri != "" && ref != "" {
+		// Beside a ref, a uri is resolved against the ref's address;
+		// Knative's webhook refuses an absolute one.
+		if u, err := url.Parse(uri); err != nil || u.IsAbs() {
+			return Destination{}, fmt.Errorf("uri %q beside ref %s: want a relative URI such as /path (Knative refuses an absolute one there)", config.RedactURL(uri), ref)
+		}
+	}
 	d := Destination{Ref: ref, URI: uri}
 	if caCerts != nil {
 		if _, err := certPool(*caCerts); err != nil {

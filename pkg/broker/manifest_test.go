@@ -170,6 +170,34 @@ func TestLoad_Refuses(t *testing.T) {
 	})
 }
 
+// TestLoad_RefWithAbsoluteURIIsRefused: Knative's webhook refuses a
+// Destination whose uri beside a ref is absolute (a uri there is a path
+// resolved against the ref's address), so such a subscriber or
+// dead-letter sink is a load error here too, naming it without its
+// password, and not a route to the uri (a --subscriber mapping) or to the
+// ref alone (an in-process handler). A relative uri beside a ref loads.
+func TestLoad_RefWithAbsoluteURIIsRefused(t *testing.T) {
+	for name, spec := range map[string]string{
+		"subscriber":     "  subscriber:\n    ref:\n      name: s\n    uri: http://u:hunter2@other.example/x\n",
+		"deadLetterSink": "  subscriber:\n    ref:\n      name: s\n  delivery:\n    deadLetterSink:\n      ref:\n        name: d\n      uri: https://u:hunter2@other.example/x\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(manifests(brokerDoc, trigger("t1", spec)))
+			if err == nil || !strings.Contains(err.Error(), "Trigger t1") || !strings.Contains(err.Error(), name) ||
+				!strings.Contains(err.Error(), "absolute") || strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("err = %v; want a refusal of the absolute uri beside the ref, naming %s, without the password", err, name)
+			}
+		})
+	}
+	cfg, err := Load(manifests(brokerDoc, trigger("t1", "  subscriber:\n    ref:\n      name: s\n    uri: /hook?x=1\n")))
+	if err != nil {
+		t.Fatalf("a relative uri beside a ref: %v", err)
+	}
+	if d := cfg.Triggers[0].Subscriber; d.Ref != "s" || d.URI != "/hook?x=1" {
+		t.Errorf("subscriber %+v", d)
+	}
+}
+
 func TestBackoff_KnativeFormula(t *testing.T) {
 	exp := Delivery{BackoffPolicy: BackoffExponential, BackoffDelay: 200 * time.Millisecond}
 	lin := Delivery{BackoffPolicy: BackoffLinear, BackoffDelay: time.Second}
