@@ -120,11 +120,19 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 			counts["skipped_"+sk.reason]++
 		}
 	}
-	finished, err := s.st.SweepCommit(ctx, state.SweepCommitArgs{
+	// The requests went out: the batch is recorded even if the step's
+	// request was cancelled meanwhile (a stop past its shutdown timeout,
+	// which cuts the sends short), on a context of its own. Left
+	// unrecorded, the Broker's redelivery would ask for every request
+	// again, and the full syncs again after their first ran, since the
+	// record that they were asked for would be lost too.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	finished, err := s.st.SweepCommit(rctx, state.SweepCommitArgs{
 		ID: c.Sweep, Token: token, From: c.Offset, To: next, Counts: counts, FullRequested: full, Asked: askedFor,
 		FullSyncInterval: s.o.FullSyncInterval, FailedRetryInterval: s.o.FailedRetryInterval,
 		LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
 	})
+	rcancel()
 	if errors.Is(err, state.ErrSweepLost) {
 		s.log.Warn("sweep batch not recorded: it took longer than its claim and another invocation took over, or a sweep that lists every user replaced this retry sweep", "sweep", c.Sweep, "offset", c.Offset)
 		return Result{Outcome: Lost, Sweep: c.Sweep, Requested: requested}, nil
@@ -159,6 +167,10 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 	res.Outcome, res.Next = Batched, &Cursor{Sweep: c.Sweep, Offset: next}
 	return res, nil
 }
+
+// recordTimeout bounds the recording of a batch whose step's request was
+// cancelled: longer than go-redis's default wait for a connection.
+const recordTimeout = 5 * time.Second
 
 // scanned is what scan found.
 type scanned struct {
