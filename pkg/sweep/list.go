@@ -212,6 +212,10 @@ func (s *Sweeper) listKnown(ctx, lctx context.Context, id string) (state.SweepLi
 	switch {
 	case errors.As(err, &se):
 		return l, se.err
+	case err != nil && ctx.Err() != nil:
+		// The step's request was cancelled, not cut by its budget: see
+		// listHost.
+		return l, ctx.Err()
 	case err != nil && lctx.Err() != nil:
 		s.m.listFailures.WithLabelValues(knownLabel).Inc()
 		s.log.Error("sweep: reading the users redis knows was cut short by the step's budget; sweeping what was read", "read", l.Listed, "err", err)
@@ -227,7 +231,8 @@ const knownLabel = "known"
 
 // listHost streams the users of the source with index i into the sweep's
 // candidates, trying again a listing that may pass on another try. It
-// returns the names listed and refused; the error is one of the store.
+// returns the names listed and refused; the error is one of the store, or
+// the cancellation of the step's request.
 func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Source, logged *atomic.Int64) (listed, bad int64, err error) {
 	label := hostLabel(src.Name)
 	buf := make([]string, 0, listChunk)
@@ -272,6 +277,13 @@ func (s *Sweeper) listHost(ctx, lctx context.Context, id string, i int, src Sour
 		case <-lctx.Done():
 		}
 		t.Stop()
+	}
+	if err != nil && ctx.Err() != nil {
+		// The step's request was cancelled (a stop past its shutdown
+		// timeout), not cut by its budget: the step fails and records
+		// nothing, and the next sweep.requested lists again. No failure
+		// of this host's, to count or alert on.
+		return listed, bad, ctx.Err()
 	}
 	if ferr := flush(); ferr != nil {
 		return listed, bad, ferr.(*storeError).err
