@@ -161,7 +161,8 @@ func reserve(budget time.Duration) time.Duration { return min(2*time.Second, bud
 // not within lctx) is logged and counted, and the sweep goes on with the
 // others and with the pending and failed users: those matter most. Only a
 // failure of the store (reached with ctx, which outlives lctx, so that
-// what was listed is recorded) is an error.
+// what was listed is recorded) is an error, and the cancellation of ctx,
+// the step's request, which ends lctx too but is no host's failure.
 func (s *Sweeper) list(ctx, lctx context.Context, id string) (state.SweepListing, error) {
 	var l state.SweepListing
 	names := make([]string, len(s.sources))
@@ -198,7 +199,7 @@ func (s *Sweeper) list(ctx, lctx context.Context, id string) (state.SweepListing
 // ends, and a sweep cut short so sweeps what was read, as a host's
 // listing cut short does; the next sweep reads from the start again
 // (about 4 million records fit in the default budget: docs/sync.md). An
-// error is one of the store.
+// error is one of the store, or the cancellation of ctx.
 func (s *Sweeper) listKnown(ctx, lctx context.Context, id string) (state.SweepListing, error) {
 	l := state.SweepListing{HostsJSON: "[]"}
 	err := s.st.KnownUsers(lctx, listChunk, func(users []string) error {
