@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 	"unicode"
 
@@ -111,6 +112,11 @@ func (c *Config) HandlerOptions() (Options, error) {
 	}
 	if c.AuthUser != "" && token != "" {
 		errs = append(errs, errors.New("auth-user and auth-token: choose one kind of authentication"))
+	}
+	if strings.Contains(c.AuthUser, ":") {
+		// RFC 7617: Basic credentials are USER:PASSWORD, split at the
+		// first colon, by Dovecot's exporter URL and by net/http alike.
+		errs = append(errs, fmt.Errorf("auth-user %q: a colon cannot be in a Basic auth user (RFC 7617): the credentials split at the first colon, so no request would authenticate", c.AuthUser))
 	}
 	return Options{MaxBody: c.MaxBody, BasicUser: c.AuthUser, BasicPassword: password,
 		Token: token, Username: uf}, errors.Join(errs...)

@@ -39,6 +39,10 @@ func TestLoad_SecretFilesThatCannotAuthenticate(t *testing.T) {
 		"empty password file":    {[]string{"--auth-user", "dovecot", "--auth-password-file", file("p0", "")}, "auth-password-file " + filepath.Join(dir, "p0") + ": empty"},
 		"newline password file":  {[]string{"--auth-user", "dovecot", "--auth-password-file", file("p1", "\r\n")}, "auth-password-file " + filepath.Join(dir, "p1") + ": empty"},
 		"password file, no user": {[]string{"--auth-password-file", file("p2", "")}, "auth-password-file " + filepath.Join(dir, "p2") + ": empty"},
+		// RFC 7617: a Basic user-id holds no colon. Dovecot's exporter
+		// URL http://dove:cot:PASSWORD@... sends user "dove", and Go's
+		// BasicAuth reads the user up to the first colon: never "dove:cot".
+		"user with a colon": {[]string{"--auth-user", "dove:cot", "--auth-password", "hidden-pw"}, `auth-user "dove:cot": a colon`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(flag.NewFlagSet("ingest", flag.ContinueOnError),
