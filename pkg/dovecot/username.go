@@ -81,7 +81,14 @@ func ParseUsernameFormat(s string) (UsernameFormat, error) {
 	if len(f.parts) == 0 {
 		return f, errors.New("username format is empty")
 	}
-	return f, nil
+	for _, p := range f.parts {
+		if p.take != 0 {
+			return f, nil
+		}
+	}
+	// Every user would get this one name: each change would replicate
+	// a user of that name, and none of the real ones.
+	return f, fmt.Errorf("username format %q names no part of the user (%%u, %%n, %%d or %%{user}): every change would name the same user (%%%% is a literal %%)", s)
 }
 
 func parseBraced(expr string) (formatPart, error) {

@@ -39,7 +39,12 @@ func TestUsernameFormat(t *testing.T) {
 }
 
 func TestUsernameFormat_Errors(t *testing.T) {
-	for _, bad := range []string{"", "%", "%x", "%L", "%Lx", "%{user", "%{home}", "%{user | upper}"} {
+	// A format without a variable names every user alike: "%%Lu" is the
+	// text "%Lu" (a '%' doubled as a shell or unit file may want), and
+	// every change would replicate a user of that name, none of the real
+	// ones.
+	for _, bad := range []string{"", "%", "%x", "%L", "%Lx", "%{user", "%{home}", "%{user | upper}",
+		"%%Lu", "%%u", "vmail", "%%"} {
 		if _, err := ParseUsernameFormat(bad); err == nil {
 			t.Errorf("ParseUsernameFormat(%q) accepted", bad)
 		}
