@@ -6,10 +6,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/dovecottest"
+	"github.com/dovewarden/dovewarden-knative/pkg/dovecot"
 )
 
 // TestExporter checks the http-post exporter config and that events carry
@@ -51,6 +53,59 @@ func TestExporter(t *testing.T) {
 				}
 				if ev.Event != "imap_command_finished" || ev.Hostname != "mail-x.test" || ev.Fields["cmd_name"] != "APPEND" {
 					t.Fatalf("unexpected event %s", b)
+				}
+			case <-ctx.Done():
+				t.Fatal("no event exported")
+			}
+		})
+	}
+}
+
+// TestExporter_XCancel: Dovecot 2.3 has X-CANCEL (cancel a running
+// command by its tag) and exports it as imap_command_finished with
+// cmd_name X-CANCEL; without such a command it answers NO, having changed
+// nothing. Dovecot 2.4 has none (cmd_name "unknown", BAD). Ingest drops
+// both.
+func TestExporter_XCancel(t *testing.T) {
+	needRoot(t)
+	for v, want := range map[string]struct{ cmd, reply string }{
+		dovecottest.V23: {"X-CANCEL", "NO"},
+		dovecottest.V24: {"unknown", "BAD"},
+	} {
+		t.Run(v, func(t *testing.T) {
+			events := make(chan []byte, 100)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				select {
+				case events <- b:
+				default:
+				}
+			}))
+			defer srv.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			in := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-x.test",
+				Users: map[string]string{"u1": "pass"}, ExporterURL: srv.URL + "/events",
+				ExportFilter: `event=imap_command_finished AND cmd_input_name=X-CANCEL`, ExportTimeout: 5 * time.Second})
+			s, err := dovecottest.LoginIMAP(ctx, in.IMAPAddr, "u1", "pass")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, tagged, err := s.Cmd(ctx, "X-CANCEL nosuchtag"); err != nil || !strings.HasPrefix(tagged, want.reply) {
+				t.Fatalf("X-CANCEL: %q %v, want %s", tagged, err, want.reply)
+			}
+			select {
+			case b := <-events:
+				ev, err := dovecot.Parse(b)
+				if err != nil {
+					t.Fatalf("event %s: %v", b, err)
+				}
+				if ev.Fields.CmdName != want.cmd || ev.Fields.TaggedReplyState != want.reply {
+					t.Fatalf("unexpected event %s", b)
+				}
+				if c, reason := dovecot.Classify(&ev); reason == "" {
+					t.Errorf("X-CANCEL kept as a change %+v: %s", c, b)
 				}
 			case <-ctx.Done():
 				t.Fatal("no event exported")

@@ -25,6 +25,7 @@ var wantIMAP = map[string]change.Priority{
 	"GETACL": "", "MYRIGHTS": "", "LISTRIGHTS": "", "SETACL": change.Low, "DELETEACL": change.Low,
 	"GETQUOTA": "", "GETQUOTAROOT": "", "SETQUOTA": change.Low,
 	"URLFETCH": "", "GENURLAUTH": change.Low, "RESETKEY": change.Low,
+	"X-CANCEL": "",
 }
 
 var wantPOP3 = map[string]change.Priority{
@@ -271,6 +272,20 @@ func TestClassify_PartOfAFailedCommand(t *testing.T) {
 		})
 	}
 	check(t, imapEvent("FETCH", "1:2 BINARY.PEEK[1]", "NO"), "", DropFailed)
+}
+
+// TestClassify_XCancelChangesNothing: Dovecot 2.3's X-CANCEL cancels a
+// running command of the session by its tag (that command's own event
+// tells what it did), or answers NO when no command has the tag; as
+// Dovecot 2.3 sent it (TestExporter_XCancel). 2.4 has no X-CANCEL: its
+// event names the command "unknown", answered BAD.
+func TestClassify_XCancelChangesNothing(t *testing.T) {
+	ev, err := Parse([]byte(`{"event":"imap_command_finished","hostname":"mail-a.test","start_time":"2026-12-02T08:07:46.992308Z","end_time":"2026-12-02T08:07:46.992604Z","categories":["service:imap","imap"],"fields":{"user":"u1","local_ip":"127.0.0.1","local_port":44463,"remote_ip":"127.0.0.1","remote_port":55940,"session":"uWppI6JhhNp/AAAB","duration":118,"cmd_tag":"T2","cmd_name":"X-CANCEL","cmd_input_name":"X-CANCEL","cmd_args":"nosuchtag","cmd_human_args":"nosuchtag","tagged_reply_state":"NO","tagged_reply":"NO Command tag not found.","last_run_time":"2026-12-02T08:07:46.992297Z","running_usecs":22,"lock_wait_usecs":0,"bytes_in":9,"bytes_out":51,"reason_code":["imap:cmd_x_cancel"]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(t, &ev, "", DropFailed)
+	check(t, imapEvent("X-CANCEL", "a5", "OK"), "", DropReadOnly)
 }
 
 func TestClassify_UnknownCommandIsALowChange(t *testing.T) {

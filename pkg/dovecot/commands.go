@@ -58,6 +58,7 @@ var IMAPCommands = map[string]Command{
 	"COMPRESS":     {ReadOnly, "RFC 4978"},
 	"NOTIFY":       {ReadOnly, "RFC 5465"},
 	"X-STATE":      {ReadOnly, "Dovecot imap-hibernate state export"},
+	"X-CANCEL":     {ReadOnly, "Dovecot 2.3: cancels a running command by its tag, whose own event tells what it did (2.4 has none)"},
 	"CHECK":        {ReadOnly, "RFC 3501 6.4.1 (a checkpoint; Dovecot writes nothing new)"},
 	"UNSELECT":     {ReadOnly, "RFC 9051 6.4.2 (closes without expunging)"},
 
