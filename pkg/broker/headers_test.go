@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -305,9 +306,16 @@ func writeFile(t *testing.T, path, content string) {
 // (413), which is not retried: the subscriber is not sent the event again
 // only to make the same reply, and the original event goes to the
 // dead-letter sink once, with the reply's headers. A body that large that
-// is no CloudEvent is still Knative's 502, retried.
+// is no CloudEvent is still Knative's 502, retried, and so is a batch of
+// any size.
 func TestHTTPReply_LargerThanMaxBodyIsNotRetried(t *testing.T) {
 	big := strings.Repeat("x", 2000)
+	batch := func(data string) func(w http.ResponseWriter, r *http.Request) {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/cloudevents-batch+json")
+			fmt.Fprintf(w, `[{"specversion":"1.0","id":"r1","source":"sync","type":%q,"data":%q}]`, typeSucceeded, data)
+		}
+	}
 	for name, tc := range map[string]struct {
 		answer         func(w http.ResponseWriter, r *http.Request)
 		attempts       int
@@ -327,6 +335,10 @@ func TestHTTPReply_LargerThanMaxBodyIsNotRetried(t *testing.T) {
 			w.Header().Set("Content-Type", "text/plain")
 			io.WriteString(w, big)
 		}, 3, "502", "", false},
+		// A batch is no reply at any size: Knative's filter cannot read
+		// one event from it, and answers 502.
+		"a small batch": {batch("x"), 3, "502", "", false},
+		"a large batch": {batch(big), 3, "502", "", false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			sub, url := newHTTPSubscriber(t, tc.answer)
@@ -360,54 +372,6 @@ func TestHTTPReply_LargerThanMaxBodyIsNotRetried(t *testing.T) {
 			sub.mu.Unlock()
 			if n != tc.attempts {
 				t.Errorf("subscriber sent the event %d times, want %d", n, tc.attempts)
-			}
-		})
-	}
-}
-
-// TestHTTPReply_BatchIsNeverAReplyWhateverItsSize: a 2xx answer in the
-// CloudEvents batch format is no reply (Knative's filter cannot read one
-// event from it, and answers 502), so it is retried, then dead-lettered
-// with 502, whether it is small or larger than the broker takes: its size
-// does not make it a reply the ingress would refuse.
-func TestHTTPReply_BatchIsNeverAReplyWhateverItsSize(t *testing.T) {
-	one := `{"specversion":"1.0","id":"r1","source":"sync","type":"` + typeSucceeded + `","data":"`
-	for name, body := range map[string]string{
-		"small":                "[" + one + `x"}]`,
-		"larger than it takes": "[" + one + strings.Repeat("x", 2000) + `"}]`,
-	} {
-		t.Run(name, func(t *testing.T) {
-			sub, url := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/cloudevents-batch+json")
-				io.WriteString(w, body)
-			})
-			dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-			cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        name: dls\n"),
-				typeTrigger("results", typeSucceeded, "results", ""))
-			results := newRecorder()
-			b, _ := start(t, cfg, Options{MaxBody: 1024, Subscribers: map[string]string{"svc": url, "dls": dlsURL},
-				Handlers: map[string]Handler{"results": results.handle}})
-			if err := b.Publish(context.Background(), event("e1", typeChanged, "")); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-dls.got:
-			case <-time.After(5 * time.Second):
-				t.Fatal("nothing reached the dead-letter sink within 5s")
-			}
-			dls.mu.Lock()
-			h := dls.reqs[0].Header
-			dls.mu.Unlock()
-			if h.Get("Ce-Id") != "e1" || h.Get("Ce-Knativeerrorcode") != "502" || h.Get("Ce-Knativeerrordest") != url {
-				t.Errorf("dead-letter sink got %s with code %q, dest %q; want e1, 502, %s",
-					h.Get("Ce-Id"), h.Get("Ce-Knativeerrorcode"), h.Get("Ce-Knativeerrordest"), url)
-			}
-			results.quiet(t)
-			sub.mu.Lock()
-			n := len(sub.reqs)
-			sub.mu.Unlock()
-			if n != 3 {
-				t.Errorf("subscriber sent the event %d times, want 3 (the first attempt and 2 retries)", n)
 			}
 		})
 	}
