@@ -20,25 +20,9 @@ func TestExporter(t *testing.T) {
 	needRoot(t)
 	for _, v := range []string{dovecottest.V23, dovecottest.V24} {
 		t.Run(v, func(t *testing.T) {
-			events := make(chan []byte, 100)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				b, _ := io.ReadAll(r.Body)
-				select {
-				case events <- b:
-				default:
-				}
-			}))
-			defer srv.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			in := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-x.test",
-				Users: map[string]string{"u1": "pass"}, ExporterURL: srv.URL + "/events",
-				ExportFilter: `event=imap_command_finished AND cmd_name=APPEND`, ExportTimeout: 5 * time.Second})
-			s, err := dovecottest.LoginIMAP(ctx, in.IMAPAddr, "u1", "pass")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s, events := exporting(ctx, t, v, `event=imap_command_finished AND cmd_name=APPEND`)
 			if _, err := s.Append(ctx, "INBOX", "", dovecottest.TestMessage("exported", "x")); err != nil {
 				t.Fatal(err)
 			}
@@ -73,25 +57,9 @@ func TestExporter_XCancel(t *testing.T) {
 		dovecottest.V24: {"unknown", "BAD"},
 	} {
 		t.Run(v, func(t *testing.T) {
-			events := make(chan []byte, 100)
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				b, _ := io.ReadAll(r.Body)
-				select {
-				case events <- b:
-				default:
-				}
-			}))
-			defer srv.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			in := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-x.test",
-				Users: map[string]string{"u1": "pass"}, ExporterURL: srv.URL + "/events",
-				ExportFilter: `event=imap_command_finished AND cmd_input_name=X-CANCEL`, ExportTimeout: 5 * time.Second})
-			s, err := dovecottest.LoginIMAP(ctx, in.IMAPAddr, "u1", "pass")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s, events := exporting(ctx, t, v, `event=imap_command_finished AND cmd_input_name=X-CANCEL`)
 			if _, tagged, err := s.Cmd(ctx, "X-CANCEL nosuchtag"); err != nil || !strings.HasPrefix(tagged, want.reply) {
 				t.Fatalf("X-CANCEL: %q %v, want %s", tagged, err, want.reply)
 			}
@@ -112,4 +80,29 @@ func TestExporter_XCancel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// exporting starts a Dovecot instance of version v, mail-x.test, that
+// exports the events filter selects to a server of the test's, and logs
+// u1 in by IMAP. The events come on the channel, their bodies as posted.
+func exporting(ctx context.Context, t *testing.T, v, filter string) (*dovecottest.IMAPSession, <-chan []byte) {
+	t.Helper()
+	events := make(chan []byte, 100)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		select {
+		case events <- b:
+		default:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	in := dovecottest.StartT(t, dovecottest.Options{Version: v, Name: "mail-x.test",
+		Users: map[string]string{"u1": "pass"}, ExporterURL: srv.URL + "/events",
+		ExportFilter: filter, ExportTimeout: 5 * time.Second})
+	s, err := dovecottest.LoginIMAP(ctx, in.IMAPAddr, "u1", "pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, events
 }
