@@ -99,8 +99,9 @@ func Unused(fs *flag.FlagSet, environ []string, ignore ...string) []string {
 }
 
 // Secret returns value, or the contents of the file named by file less its
-// line ending, so passwords can come from mounted secrets. A file that
-// holds nothing but white space is an error, and so are both set: one of
+// line ending and a leading UTF-8 byte order mark, so passwords can come
+// from mounted secrets. A file that holds nothing but white space is an
+// error, and so are both set: one of
 // them is then stale (a DOVEWARDEN_* variable left behind when the secret
 // moved to a file), and using either quietly would fail authentication
 // with nothing to say why. setting names the flag for error messages.
@@ -115,7 +116,9 @@ func Secret(setting, value, file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s-file: %w", setting, err)
 	}
-	v := strings.TrimRight(string(b), "\r\n")
+	// A UTF-8 byte order mark, which some editors write first, is no
+	// part of the secret: kept, it would fail authentication unseen.
+	v := strings.TrimRight(strings.TrimPrefix(string(b), "\ufeff"), "\r\n")
 	if strings.TrimSpace(v) == "" {
 		// Read as "no password" or "no token", it would turn
 		// authentication off or send none.

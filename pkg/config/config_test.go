@@ -69,6 +69,38 @@ func TestSecret(t *testing.T) {
 	}
 }
 
+// TestSecret_ByteOrderMark: a secret file saved by an editor that puts a
+// UTF-8 byte order mark first (Notepad, PowerShell's Out-File) reads as
+// the secret alone; kept, the mark became part of the password or token,
+// and authentication failed with nothing to say why.
+func TestSecret_ByteOrderMark(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pw")
+	for _, content := range []string{"\ufeffs3cret", "\ufeffs3cret\r\n", "\ufeffs3cret\n"} {
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := Secret("auth-password", "", file); err != nil || v != "s3cret" {
+			t.Errorf("file holding %q: %q, %v; want \"s3cret\"", content, v, err)
+		}
+	}
+	// A mark and nothing else is as empty as no byte at all.
+	for _, content := range []string{"\ufeff", "\ufeff\r\n"} {
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := Secret("auth-token", "", file); err == nil || err.Error() != "auth-token-file "+file+": empty" {
+			t.Errorf("file holding %q: %q, %v; want an error naming auth-token-file", content, v, err)
+		}
+	}
+	// Only a mark at the start is one; elsewhere U+FEFF is the secret's.
+	if err := os.WriteFile(file, []byte("s3\ufeffcret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := Secret("auth-password", "", file); err != nil || v != "s3\ufeffcret" {
+		t.Errorf("a U+FEFF inside: %q, %v", v, err)
+	}
+}
+
 func TestRedactURL(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{"redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"},
