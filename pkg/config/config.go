@@ -233,7 +233,8 @@ func SecretParam(name string) bool {
 // as a server's answer or an error may spell it back: the URL's password
 // (or its user information alone), decoded and as written, and the Basic
 // credentials net/http makes of it; the values of the query parameters
-// RedactURL hides; the header and its credentials.
+// RedactURL hides; the header and its credentials, and of Basic
+// credentials the password they encode.
 func RequestSecrets(u *url.URL, auth string) []string {
 	var out []string
 	if pw, ok := u.User.Password(); ok && pw != "" {
@@ -254,8 +255,16 @@ func RequestSecrets(u *url.URL, auth string) []string {
 	}
 	if auth != "" {
 		out = append(out, auth)
-		if _, cred, ok := strings.Cut(auth, " "); ok {
-			out = append(out, strings.TrimSpace(cred))
+		if scheme, cred, ok := strings.Cut(auth, " "); ok {
+			cred = strings.TrimSpace(cred)
+			out = append(out, cred)
+			// Basic credentials are the password too, as a server
+			// that decodes them may spell it back.
+			if b, err := base64.StdEncoding.DecodeString(cred); err == nil && strings.EqualFold(scheme, "Basic") {
+				if _, pw, ok := strings.Cut(string(b), ":"); ok {
+					out = append(out, pw)
+				}
+			}
 		}
 	}
 	out = slices.DeleteFunc(out, func(s string) bool { return s == "" })

@@ -340,6 +340,34 @@ func TestSend_ErrorsShowNoSecretSent(t *testing.T) {
 	}
 }
 
+// TestSend_ABasicHeadersPasswordStaysOutOfErrors: Basic credentials
+// given as the Authorization header (the CLI's --broker-user and
+// --broker-password-file) are kept out of an error as those in the URL
+// are: a refusal that quotes the password it decoded does not show it.
+func TestSend_ABasicHeadersPasswordStaysOutOfErrors(t *testing.T) {
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pw, _ := r.BasicAuth()
+		http.Error(w, fmt.Sprintf("no access for user %s with password %s", user, pw), http.StatusUnauthorized)
+	}))
+	defer echo.Close()
+	for _, pw := range []string{"pa55word", "pa:55word"} {
+		for _, scheme := range []string{"Basic", "basic"} {
+			s, err := New(Options{URL: echo.URL + "/default/broker", Budget: 5 * time.Second,
+				Authorization: scheme + " " + base64.StdEncoding.EncodeToString([]byte("dovecot:"+pw))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Send(context.Background(), testEvent())
+			if err == nil || !strings.Contains(err.Error(), "answered HTTP 401: no access for user dovecot with password") {
+				t.Fatalf("%s %q: Send = %v; want the Broker's refusal", scheme, pw, err)
+			}
+			if strings.Contains(err.Error(), "55word") {
+				t.Errorf("%s %q: the error shows the password: %v", scheme, pw, err)
+			}
+		}
+	}
+}
+
 // TestSend_RetriedRefusalsKeepTheBrokersReason: with retries (ingest's
 // default --send-retries is 3, sync's results sink and the CLI use 3
 // too), the error of a refusal quotes what the Broker said, as it does
