@@ -27,7 +27,9 @@ const DefaultMaxConnections = 1024
 // oldest new connection that has sent nothing for a second. With neither,
 // the new connection waits, and those behind it wait in the kernel's
 // listen backlog, until one ends or turns idle or quiet (a connection that
-// begins a request and then stalls ends at the read-header timeout, 5 s).
+// begins a request and then stalls ends at the read-header timeout, 5 s; a
+// keep-alive one whose next request stalls in its first 4 bytes, which
+// net/http leaves to the idle timeout, counts as idle after as long).
 // Without the bound, every connection a client opens and keeps (up to the
 // idle timeout, 120 s) costs memory, until the process runs out of file
 // descriptors and stops accepting at all.

@@ -331,3 +331,45 @@ func TestConnLimit_ClosesAQuietNewConnection(t *testing.T) {
 		t.Errorf("the silent connection is still open (read %d bytes)", n)
 	}
 }
+
+// TestConnLimit_ANextRequestStalledInItsFirstBytesIsIdle: net/http waits
+// for the first 4 bytes of a keep-alive connection's next request under
+// the idle timeout (120 s), not the read-header timeout. A client that
+// sends fewer and stalls is not beginning a request for long: past the
+// read-header timeout since its last byte, the connection is closed for a
+// new one, as an idle one is, rather than holding its place for two
+// minutes while new connections wait.
+func TestConnLimit_ANextRequestStalledInItsFirstBytesIsIdle(t *testing.T) {
+	addr, reg, _, _ := limited(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) }))
+	stalled := dialKeepAlive(t, addr)
+	if code, _, err := stalled.get("/first"); err != nil || code != 200 {
+		t.Fatalf("first request: %d %v", code, err)
+	}
+	waitFor(t, "the connection to turn idle", func() bool {
+		return metricValue(t, reg, "dovewarden_http_connections", "idle") == 1
+	})
+	if _, err := io.WriteString(stalled, "GE"); err != nil {
+		t.Fatal(err)
+	}
+	// The new connection waits until the stalled one counts as idle;
+	// without that, until the idle timeout, long after this deadline.
+	next := dialKeepAlive(t, addr)
+	next.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(next, "GET /new HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(next.r, nil)
+	if err != nil {
+		t.Fatalf("the new connection was not served: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "/new" {
+		t.Errorf("the new connection: %d %q", resp.StatusCode, body)
+	}
+	if v := metricValue(t, reg, "dovewarden_http_connections_closed_for_new_total", "idle"); v != 1 {
+		t.Errorf("idle connections closed for a new one: %v, want 1", v)
+	}
+	stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := stalled.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the stalled connection is still open (read %d bytes)", n)
+	}
+}

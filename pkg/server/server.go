@@ -171,7 +171,7 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	errs := newServerErrors(log)
 	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      wt,
 		IdleTimeout:       120 * time.Second,
@@ -252,6 +252,11 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	}
 	return nil
 }
+
+// readHeaderTimeout bounds reading a request's headers. net/http starts it
+// at a keep-alive connection's next request only once 4 bytes of it are
+// in; closeForNew takes a connection quiet that long for idle.
+const readHeaderTimeout = 5 * time.Second
 
 // maxHeaderBytes bounds a request's headers.
 const maxHeaderBytes = 64 << 10

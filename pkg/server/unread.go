@@ -137,7 +137,8 @@ const freshQuiet = time.Second
 // keep-alive connection that has waited the longest for its next request
 // (state "idle"); its client opens a new connection for its next request.
 // A connection whose next request has begun to arrive is busy, though
-// net/http still calls it idle until the request's headers are in. With
+// net/http still calls it idle until the request's headers are in, unless
+// nothing more arrived for readHeaderTimeout. With
 // none idle, it closes the oldest new connection on which nothing arrived
 // for freshQuiet (state "new"): a client's spare dial, a port check. It
 // says which state the closed connection was in, or false when it closed
@@ -147,8 +148,13 @@ func (u *unreadConns) closeForNew() (string, bool) {
 	defer u.mu.Unlock()
 	var oldest *readConn
 	var since time.Time
+	now := time.Now()
 	for c, t := range u.idle {
-		if c.lastRead.Load() > t.UnixNano() {
+		// Its next request is arriving, unless its last byte came a
+		// read-header timeout ago: net/http waits for a next request's
+		// first 4 bytes under the idle timeout, so one stalled in them
+		// would hold its place for that long.
+		if lr := c.lastRead.Load(); lr > t.UnixNano() && now.Sub(time.Unix(0, lr)) < readHeaderTimeout {
 			continue
 		}
 		if oldest == nil || t.Before(since) {
