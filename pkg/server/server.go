@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -210,10 +211,28 @@ func ServeListener(ctx context.Context, log *slog.Logger, o Options, ln net.List
 	if limit != nil {
 		served = &limitListener{Listener: ln, limit: limit, conns: unread, closed: make(chan struct{})}
 	}
+	// At the stop, and again while it lasts: a TLS connection counts as
+	// unused only once it has been quiet for tlsQuiet, and one whose
+	// handshake ended just before the stop would otherwise be left to
+	// net/http, which waits 5 s for a new connection.
+	stopped := make(chan struct{})
+	defer close(stopped)
+	var closing sync.Once
 	srv.RegisterOnShutdown(func() {
-		if n := unread.closeUnread(); n > 0 {
-			log.Debug("closed connections on which no request had begun", "connections", n)
-		}
+		closing.Do(func() {
+			t := time.NewTicker(tlsQuiet / 4)
+			defer t.Stop()
+			for {
+				if n := unread.closeUnread(); n > 0 {
+					log.Debug("closed connections on which no request had begun", "connections", n)
+				}
+				select {
+				case <-stopped:
+					return
+				case <-t.C:
+				}
+			}
+		})
 	})
 	errc := make(chan error, 1)
 	scheme := "http"

@@ -207,3 +207,50 @@ func TestHealth_OtherMethodsAre405(t *testing.T) {
 		t.Errorf("HEAD /healthz: %d", w.Code)
 	}
 }
+
+// TestServeListener_AStopDoesNotWaitForASpareTLSConnectionJustMade: a
+// TLS connection whose handshake ended just before the stop, and which
+// then sends nothing (a client's spare pooled connection), is closed
+// once it has been quiet for tlsQuiet, not left to net/http, which waits
+// 5 s for a new connection: with a shutdown timeout under that, the stop
+// had to cancel requests, though none was running.
+func TestServeListener_AStopDoesNotWaitForASpareTLSConnectionJustMade(t *testing.T) {
+	kp, client := testKeyPair(t, "mail.test")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs safebuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		done <- ServeListener(ctx, log, Options{ShutdownTimeout: 4 * time.Second, KeyPair: kp}, ln,
+			http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), func(net.Addr) { close(ready) })
+	}()
+	<-ready
+	spare, err := tls.Dial("tcp", ln.Addr().String(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spare.Close()
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("ServeListener: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ServeListener did not return")
+	}
+	if strings.Contains(logs.String(), "requests still running") {
+		t.Errorf("the stop had to cancel requests:\n%s", logs.String())
+	}
+	spare.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := spare.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the spare connection is still open (read %d bytes)", n)
+	}
+}

@@ -23,7 +23,9 @@ import (
 // Over TLS the handshake's bytes arrive before any request, so a new
 // connection that has been quiet for tlsQuiet counts as unused too: a
 // spare connection handshakes at once and then sends nothing, and a client
-// that began a request and then paused that long is stalled anyway.
+// that began a request and then paused that long is stalled anyway. The
+// stop looks again while it lasts, for one whose handshake ended just
+// before it.
 //
 // It also finds the connections a request is being read from or answered
 // on, so that a stop that cancels the requests can also end their reads:
