@@ -55,9 +55,10 @@ func NewHTTP(client *http.Client, timeout time.Duration) *HTTP {
 // Client is the HTTP client of the doveadm HTTP API. It checks an https
 // URL's certificate against ca's CAs (doveadm-ca-file, read again at each
 // request: caTransport), or the system's CAs when ca is nil, and follows
-// no redirect: doveadm never answers one, and net/http would send the
-// X-Dovecot-API key on to wherever a redirect pointed (it drops only
-// Authorization). What happens to ca's file is logged to log.
+// no redirect: doveadm never answers one, and net/http sends the
+// Authorization header, which carries the password or the API key, on
+// to a redirect's target on the same host name (another port, or http://
+// from https://). What happens to ca's file is logged to log.
 func Client(ca *config.CAFile, log *slog.Logger) *http.Client {
 	var rt http.RoundTripper = transport(nil)
 	if ca != nil {
@@ -487,8 +488,11 @@ func remoteAlert(err error) (uint8, bool) {
 }
 
 // newRequest builds a POST of body to ep's doveadm HTTP API, authenticated
-// as doveadm expects: X-Dovecot-API with an API key, else Basic auth as
-// ep.User ("doveadm" by default) with doveadm_password.
+// as doveadm expects: with an API key, the Authorization scheme
+// X-Dovecot-API and the key in base64; else Basic auth as ep.User
+// ("doveadm" by default) with doveadm_password. Dovecot 2.3 and 2.4 read
+// the key from Authorization alone: a header of its own named
+// X-Dovecot-API was answered 401 (TestIntegrationDovecot_APIKey).
 func newRequest(ctx context.Context, ep Endpoint, body *bytes.Reader) (*http.Request, error) {
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, body)
 	if err != nil {
@@ -497,7 +501,7 @@ func newRequest(ctx context.Context, ep Endpoint, body *bytes.Reader) (*http.Req
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set("Accept", "application/json")
 	if ep.APIKey != "" {
-		hr.Header.Set("X-Dovecot-API", base64.StdEncoding.EncodeToString([]byte(ep.APIKey)))
+		hr.Header.Set("Authorization", "X-Dovecot-API "+base64.StdEncoding.EncodeToString([]byte(ep.APIKey)))
 		return hr, nil
 	}
 	user := ep.User

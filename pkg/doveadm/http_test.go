@@ -112,6 +112,8 @@ func TestHTTP_ATimeoutNamesAStalledDestination(t *testing.T) {
 	}
 }
 
+// TestHTTP_APIKey: an API key goes as Dovecot takes it, the Authorization
+// scheme X-Dovecot-API (the fake checks it so).
 func TestHTTP_APIKey(t *testing.T) {
 	s := doveadmtest.NewServer(t, "mail-a", nil)
 	s.Password = "the-api-key"
@@ -123,13 +125,12 @@ func TestHTTP_APIKey(t *testing.T) {
 }
 
 // TestHTTP_NoRedirectIsFollowed: a redirect (from a proxy in front of
-// doveadm, say) is a failure, and the credentials go nowhere else: net/http
-// would send X-Dovecot-API on to another host.
+// doveadm, say) is a failure, and the credentials go nowhere else.
 func TestHTTP_NoRedirectIsFollowed(t *testing.T) {
 	var reached int
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reached++
-		t.Errorf("the redirect was followed: X-Dovecot-API %q, Authorization %q", r.Header.Get("X-Dovecot-API"), r.Header.Get("Authorization"))
+		t.Errorf("the redirect was followed: Authorization %q", r.Header.Get("Authorization"))
 	}))
 	t.Cleanup(other.Close)
 	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -630,12 +631,12 @@ func TestHTTP_AStateTooLargeToKeepIsDropped(t *testing.T) {
 // TestHTTP_EchoedCredentialsNeverShown: a host that answers the request
 // back (a debugging proxy, a wrong service behind the URL) puts the
 // credentials in its answer as they were sent, base64 in the
-// Authorization or X-Dovecot-API header; errors quote the answer, and
+// Authorization header; errors quote the answer, and
 // show them as no more than the password itself.
 func TestHTTP_EchoedCredentialsNeverShown(t *testing.T) {
 	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadRequest)
-		fmt.Fprintf(w, "Authorization: %s\nX-Dovecot-API: %s\n", r.Header.Get("Authorization"), r.Header.Get("X-Dovecot-API"))
+		fmt.Fprintf(w, "Authorization: %s\n", r.Header.Get("Authorization"))
 	}))
 	defer echo.Close()
 	for name, ep := range map[string]doveadm.Endpoint{

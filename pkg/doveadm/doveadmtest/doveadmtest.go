@@ -256,8 +256,11 @@ func writeFailure(w http.ResponseWriter, rep Reply, tag string) bool {
 	return true
 }
 
+// authorized checks credentials as Dovecot 2.3 and 2.4 do: Basic auth as
+// doveadm, or the Authorization scheme X-Dovecot-API with the API key in
+// base64 (a header of that name is not looked at).
 func (s *Server) authorized(r *http.Request) bool {
-	if k := r.Header.Get("X-Dovecot-API"); k != "" {
+	if scheme, k, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "X-Dovecot-API") {
 		b, err := base64.StdEncoding.DecodeString(k)
 		return err == nil && string(b) == s.Password
 	}
