@@ -340,7 +340,7 @@ func parseHostMap(data []byte, def Endpoint, getenv func(string) string, readFil
 		return HostMap{}, fmt.Errorf("host map: %w", err)
 	}
 	var hosts []Endpoint
-	var errs []error
+	errs := sameHosts(data)
 	for name, fe := range raw {
 		if name == "" {
 			errs = append(errs, errors.New("host map: empty host name"))
@@ -366,6 +366,37 @@ func parseHostMap(data []byte, def Endpoint, getenv func(string) string, readFil
 		return HostMap{}, err
 	}
 	return NewHostMap(def, hosts...), nil
+}
+
+// sameHosts refuses host names of the file that name one host: the same
+// name twice, which the decoder takes the last of quietly, or two that
+// differ in case alone, since names match case-insensitively (NewHostMap)
+// and which entry won was down to the order Go walks a map. data is a
+// JSON object that decoded.
+func sameHosts(data []byte) []error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var errs []error
+	seen := map[string]string{}
+	for dec.More() {
+		t, err := dec.Token()
+		var skip json.RawMessage
+		if err != nil || dec.Decode(&skip) != nil {
+			break
+		}
+		name, _ := t.(string)
+		switch prev, ok := seen[strings.ToLower(name)]; {
+		case !ok:
+			seen[strings.ToLower(name)] = name
+		case prev == name:
+			errs = append(errs, fmt.Errorf("host map: host %q is named twice", name))
+		default:
+			errs = append(errs, fmt.Errorf("host map: hosts %q and %q are one: host names match case-insensitively", prev, name))
+		}
+	}
+	return errs
 }
 
 // secret reads a secret from an environment variable or a file. Both set

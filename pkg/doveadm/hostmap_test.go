@@ -76,6 +76,11 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		// An address is no name ingest takes from an event: the
 		// entry would never match one.
 		"address as host name": {`{"::1": {"url": "http://a/", "destination": "tcp:b:1"}}`, `host "::1"`},
+		// Host names match case-insensitively: which entry served the
+		// host was down to the order Go walks a map, start by start.
+		"one host by two spellings": {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}, "MAIL-A": {"url": "http://a/", "destination": "tcp:c:1"}}`, `hosts "mail-a" and "MAIL-A" are one`},
+		// The decoder kept the last quietly.
+		"one host twice": {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}, "mail-a": {"url": "http://a/", "destination": "tcp:c:1"}}`, `host "mail-a" is named twice`},
 	} {
 		_, err := ParseHostMap([]byte(tt.data), def, func(k string) string { return map[string]string{"KEY": "k", "BLANK": " \n"}[k] })
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
