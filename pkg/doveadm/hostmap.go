@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -338,6 +339,11 @@ func parseHostMap(data []byte, def Endpoint, getenv func(string) string, readFil
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
 		return HostMap{}, fmt.Errorf("host map: %w", err)
+	}
+	// Decode reads one value: a second object (hosts appended to the
+	// file as another map) or a stray brace after it was ignored.
+	if _, err := dec.Token(); err != io.EOF {
+		return HostMap{}, errors.New("host map: more after the host map's object: the file holds one JSON object")
 	}
 	var hosts []Endpoint
 	errs := sameHosts(data)

@@ -80,7 +80,12 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		// host was down to the order Go walks a map, start by start.
 		"one host by two spellings": {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}, "MAIL-A": {"url": "http://a/", "destination": "tcp:c:1"}}`, `hosts "mail-a" and "MAIL-A" are one`},
 		// The decoder kept the last quietly.
-		"one host twice": {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}, "mail-a": {"url": "http://a/", "destination": "tcp:c:1"}}`, `host "mail-a" is named twice`},
+		// What follows the object was ignored: the second host, or a
+		// sign that the file is not what was meant.
+		"a second object": {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}}
+{"mail-b": {"url": "http://b/", "destination": "tcp:a:1"}}`, "after the host map's object"},
+		"a brace too many": {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}}}`, "after the host map's object"},
+		"one host twice":   {`{"mail-a": {"url": "http://a/", "destination": "tcp:b:1"}, "mail-a": {"url": "http://a/", "destination": "tcp:c:1"}}`, `host "mail-a" is named twice`},
 	} {
 		_, err := ParseHostMap([]byte(tt.data), def, func(k string) string { return map[string]string{"KEY": "k", "BLANK": " \n"}[k] })
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
