@@ -254,7 +254,16 @@ func checkTCPDestination(d string) error {
 	switch {
 	case !ok && ipv6ish.MatchString(d):
 		prefix, rest = "tcp:", d
-	case !ok, tcpTarget.MatchString(rest):
+	case !ok:
+		return nil
+	case tcpTarget.MatchString(rest):
+		// Measured with Dovecot 2.3 and 2.4: a port of 0 or over 65535
+		// fails every dsync with exit code 75 ("Port not known",
+		// "Invalid port number"; 2.3's HTTP API closes the connection
+		// without an answer), retried as if the replica were down.
+		if i := strings.LastIndexByte(rest, ':'); i >= 0 && !strings.Contains(rest, "/") && !isPort(rest[i+1:]) {
+			return fmt.Errorf("destination %q: port %s: a TCP port is 1 to 65535", d, rest[i+1:])
+		}
 		return nil
 	case !ipv6ish.MatchString(rest):
 		return fmt.Errorf("destination %q: after %s dsync takes HOST:PORT, an IPv6 address in brackets with its port (%s[2001:db8::2]:12345), or doveadm's socket path", d, prefix, prefix)

@@ -149,6 +149,24 @@ func TestHostMap_ValidateMailLocationDestination(t *testing.T) {
 	}
 }
 
+// A destination port that is no TCP port (0, or over 65535) is refused at
+// start: Dovecot 2.3 and 2.4 fail every dsync to it as if the replica were
+// down (exit code 75; 2.3's HTTP API closes the connection without an
+// answer), retried for good (TestIntegrationDovecot_DestinationPortOutOfRange).
+func TestHostMap_ValidateDestinationPort(t *testing.T) {
+	for _, d := range []string{"tcp:mail-b:0", "tcp:mail-b:65536", "tcps:mail-b:99999", "tcp:10.0.0.2:00000", "tcp:[2001:db8::2]:70000", "tcps:[::1]:0"} {
+		err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec)
+		if err == nil || !strings.Contains(err.Error(), "1 to 65535") {
+			t.Errorf("%s: %v, want a refusal naming the ports there are", d, err)
+		}
+	}
+	for _, d := range []string{"tcp:mail-b:1", "tcp:mail-b:65535", "tcps:[2001:db8::2]:12345", "tcp:mail-b", "tcp:/run/dovecot/doveadm-server"} {
+		if err := NewHostMap(Endpoint{Destination: d}).Validate(TransportExec); err != nil {
+			t.Errorf("%s: %v, want it accepted", d, err)
+		}
+	}
+}
+
 // An IPv6 destination dsync cannot read is refused at start with the form
 // it reads (measured with real doveadm: tcp:[::1]:PORT on 2.3 and 2.4;
 // 2.3 fails on tcp:::1:PORT, both on ::1:PORT and on tcp:[::1]).
