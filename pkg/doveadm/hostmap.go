@@ -194,6 +194,10 @@ func (e Endpoint) validate(transport string) error {
 			errs = append(errs, fmt.Errorf("%s: no doveadm url (e.g. http://mail-a:8081/doveadm/v1)", name))
 		} else if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, fmt.Errorf("%s: doveadm url %q: want an absolute http or https URL", name, e.Where()))
+		} else if p := u.Port(); p != "" && !isPort(p) {
+			// Every request would fail to dial, a transport failure
+			// retried as if doveadm were down.
+			errs = append(errs, fmt.Errorf("%s: doveadm url %q: port %s: a TCP port is 1 to 65535", name, e.Where(), p))
 		}
 		if e.Password == "" && e.APIKey == "" {
 			errs = append(errs, fmt.Errorf("%s: no doveadm password or API key", name))

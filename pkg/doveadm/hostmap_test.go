@@ -167,6 +167,23 @@ func TestHostMap_ValidateDestinationPort(t *testing.T) {
 	}
 }
 
+// A doveadm URL whose port is no TCP port is refused at start: every
+// request failed to dial ("invalid port"), a transport failure retried
+// for good as if doveadm were down.
+func TestHostMap_ValidateURLPort(t *testing.T) {
+	for _, u := range []string{"http://mail-a:0/doveadm/v1", "http://mail-a:65536/doveadm/v1", "https://[2001:db8::1]:99999/doveadm/v1"} {
+		err := NewHostMap(Endpoint{URL: u, Password: "p", Destination: "tcp:r:1"}).Validate(TransportHTTP)
+		if err == nil || !strings.Contains(err.Error(), "1 to 65535") {
+			t.Errorf("%s: %v, want a refusal naming the ports there are", u, err)
+		}
+	}
+	for _, u := range []string{"http://mail-a:8081/doveadm/v1", "https://mail-a/doveadm/v1", "http://[2001:db8::1]:65535/doveadm/v1"} {
+		if err := NewHostMap(Endpoint{URL: u, Password: "p", Destination: "tcp:r:1"}).Validate(TransportHTTP); err != nil {
+			t.Errorf("%s: %v, want it accepted", u, err)
+		}
+	}
+}
+
 // An IPv6 destination dsync cannot read is refused at start with the form
 // it reads (measured with real doveadm: tcp:[::1]:PORT on 2.3 and 2.4;
 // 2.3 fails on tcp:::1:PORT, both on ::1:PORT and on tcp:[::1]).
