@@ -31,8 +31,9 @@ type Endpoint struct {
 	URL string
 	// User is the HTTP Basic user; doveadm expects "doveadm".
 	User string
-	// Password is doveadm_password; APIKey is doveadm_api_key (sent as
-	// X-Dovecot-API, preferred when set). Secrets: never logged.
+	// Password is doveadm_password; APIKey is doveadm_api_key (sent in
+	// Authorization with the scheme X-Dovecot-API, preferred when set).
+	// Secrets: never logged.
 	Password string
 	APIKey   string
 	// Destination is dsync's destination, e.g. tcp:mail-b:12345.

@@ -94,7 +94,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.DoveadmUser, "doveadm-user", "doveadm", "HTTP Basic user for the doveadm HTTP API")
 	fs.StringVar(&c.DoveadmPassword, "doveadm-password", "", "doveadm_password of the default host (prefer doveadm-password-file)")
 	fs.StringVar(&c.DoveadmPassFile, "doveadm-password-file", "", "file holding doveadm_password")
-	fs.StringVar(&c.DoveadmAPIKey, "doveadm-api-key", "", "doveadm_api_key (sent as X-Dovecot-API instead of Basic auth)")
+	fs.StringVar(&c.DoveadmAPIKey, "doveadm-api-key", "", "doveadm_api_key (sent as 'Authorization: X-Dovecot-API BASE64(KEY)' instead of Basic auth)")
 	fs.StringVar(&c.DoveadmAPIKeyFile, "doveadm-api-key-file", "", "file holding doveadm_api_key")
 	fs.StringVar(&c.DoveadmCAFile, "doveadm-ca-file", "", "PEM file of the CA certificates that sign the certificates of https doveadm URLs (doveadm-url and the host map's); default: the system's")
 	fs.StringVar(&c.Destination, "destination", "", "dsync destination of the default host, e.g. tcp:replica:12345")
