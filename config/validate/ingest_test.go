@@ -43,8 +43,10 @@ func fakeSecret(name, key string) string {
 // containerEnv is the environment of svc's only container as Kubernetes
 // would start it: literal values, Secret references resolved with
 // fakeSecret, ConfigMap references with fakeConfigMaps, and each file path under a volume mount moved into a
-// temporary folder that holds the files that volume would mount. It also
-// returns the container's args.
+// temporary folder that holds the files that volume would mount. A path
+// under a mount inside a mounted ConfigMap file (a host map's
+// password_file) is moved the same way; any other stays as it is, and
+// names no file. It also returns the container's args.
 func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []string) {
 	t.Helper()
 	spec := svc.Spec.Template.Spec
@@ -54,6 +56,11 @@ func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []st
 	c := spec.Containers[0]
 	root := t.TempDir()
 	mounts := map[string]string{} // mountPath -> local folder
+	type cmFiles struct {
+		dir string
+		cm  *corev1.ConfigMapVolumeSource
+	}
+	var configMaps []cmFiles // written once every mount is known
 	for _, m := range c.VolumeMounts {
 		var vol *corev1.Volume
 		for i := range spec.Volumes {
@@ -70,7 +77,7 @@ func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []st
 		}
 		mounts[m.MountPath] = dir
 		if vol.ConfigMap != nil {
-			writeConfigMap(t, dir, vol.ConfigMap)
+			configMaps = append(configMaps, cmFiles{dir, vol.ConfigMap})
 			continue
 		}
 		if vol.Secret == nil {
@@ -88,6 +95,14 @@ func containerEnv(t *testing.T, svc *servingv1.Service) (map[string]string, []st
 				t.Fatal(err)
 			}
 		}
+	}
+	for _, f := range configMaps {
+		writeConfigMap(t, f.dir, f.cm, func(s string) string {
+			for mp, dir := range mounts {
+				s = strings.ReplaceAll(s, strings.TrimSuffix(mp, "/")+"/", dir+"/")
+			}
+			return s
+		})
 	}
 	env := map[string]string{}
 	for _, e := range c.Env {

@@ -5,10 +5,14 @@ package validate
 // create.
 
 import (
+	"encoding/json"
 	"flag"
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,8 +40,8 @@ var fakeConfigMaps = map[string]map[string]string{
 }
 
 // writeConfigMap writes into dir the files a volume of cm mounts: its
-// items, or every key.
-func writeConfigMap(t *testing.T, dir string, cm *corev1.ConfigMapVolumeSource) {
+// items, or every key, each with its paths moved by relocate.
+func writeConfigMap(t *testing.T, dir string, cm *corev1.ConfigMapVolumeSource, relocate func(string) string) {
 	t.Helper()
 	data, ok := fakeConfigMaps[cm.Name]
 	if !ok {
@@ -54,7 +58,7 @@ func writeConfigMap(t *testing.T, dir string, cm *corev1.ConfigMapVolumeSource) 
 		}
 	}
 	for key, path := range files {
-		if err := os.WriteFile(filepath.Join(dir, path), []byte(data[key]), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, path), []byte(relocate(data[key])), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,6 +90,65 @@ func TestSyncServices_StartWithTheirSettings(t *testing.T) {
 			if want := map[bool]string{true: hostMap["dsync-exclude-mailboxes"]}[optional]; cfg.ExcludeMailboxes != want {
 				t.Errorf("%s (optional keys: %v): dsync-exclude-mailboxes %q, want %q", name, optional, cfg.ExcludeMailboxes, want)
 			}
+		}
+	}
+}
+
+// docsHostMap is the host map docs/sync.md gives (section "Host map"),
+// which docs/deployment.md has the operator put in the ConfigMap
+// dovewarden-host-map, and the hosts it names.
+func docsHostMap(t *testing.T) (string, []string) {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/sync.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## Host map\n")
+	if !ok {
+		t.Fatal(`docs/sync.md has no section "Host map"`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	_, block, ok := strings.Cut(section, "\n```json\n")
+	if !ok {
+		t.Fatal(`docs/sync.md, "Host map": no json example`)
+	}
+	block, _, _ = strings.Cut(block, "\n```")
+	var hosts map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(block), &hosts); err != nil {
+		t.Fatalf(`docs/sync.md, "Host map": %v`, err)
+	}
+	var names []string
+	for h := range hosts {
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	return block, names
+}
+
+// TestSyncServices_StartWithTheDocsHostMap: each sync Service starts with
+// docs/sync.md's host map as the ConfigMap's host-map.json, mounted where
+// its manifest mounts it. A file the map names (password_file,
+// api_key_file) must be one the Service's pods mount: sync does not start
+// when it is missing.
+func TestSyncServices_StartWithTheDocsHostMap(t *testing.T) {
+	example, hosts := docsHostMap(t)
+	if len(hosts) == 0 {
+		t.Fatal(`docs/sync.md, "Host map": the example names no host`)
+	}
+	saved := fakeConfigMaps["dovewarden-host-map"]
+	withDocs := maps.Clone(saved)
+	withDocs["host-map.json"] = example
+	fakeConfigMaps["dovewarden-host-map"] = withDocs
+	t.Cleanup(func() { fakeConfigMaps["dovewarden-host-map"] = saved })
+	for _, name := range []string{"dovewarden-sync-high", "dovewarden-sync-low"} {
+		env, args := containerEnv(t, serviceNamed(t, name))
+		cfg, err := syncer.Load(flag.NewFlagSet("sync", flag.ContinueOnError), args[1:], func(k string) string { return env[k] })
+		if err != nil {
+			t.Errorf("%s does not start with docs/sync.md's host map: %v", name, err)
+			continue
+		}
+		if got := cfg.HostMap().Hosts(); !slices.Equal(got, hosts) {
+			t.Errorf("%s: host map names %v, want docs/sync.md's %v", name, got, hosts)
 		}
 	}
 }
