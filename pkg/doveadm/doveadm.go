@@ -117,8 +117,8 @@ const (
 	// KindExitCode: doveadm ran the command and it failed with ExitCode.
 	KindExitCode Kind = "exit_code"
 	// KindTransport: no usable answer (refused, reset, EOF, empty reply,
-	// timeout, HTTP 5xx). Dovecot 2.3 answers an empty reply when the
-	// destination refuses connections.
+	// timeout, HTTP 5xx). Dovecot 2.3's doveadm closes the connection
+	// without an answer (EOF) when the destination refuses dsync's.
 	KindTransport Kind = "transport"
 	// KindUnauthorized: doveadm rejected the credentials (HTTP 401).
 	KindUnauthorized Kind = "unauthorized"

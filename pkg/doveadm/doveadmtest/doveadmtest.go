@@ -46,7 +46,7 @@ type Reply struct {
 	ExitCode int
 	// ErrorType, when set, answers a non-exit-code doveadm error.
 	ErrorType string
-	// Empty answers 200 with an empty body (2.3, destination down).
+	// Empty answers 200 with an empty body.
 	Empty bool
 	// Status, when set, answers that HTTP status with a short body: Body,
 	// or the status's text.
