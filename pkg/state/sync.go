@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -253,9 +254,10 @@ func (s *Store) Fail(ctx context.Context, a FailureArgs) (time.Time, error) {
 }
 
 // CheckServer refuses a server dovewarden cannot keep its state on: a
-// Redis Cluster node, since the decision scripts touch a user's keys and
-// the global sets together, which a cluster refuses (CROSSSLOT) on every
-// decision; and a replica, which refuses every write (READONLY) or, made
+// Redis older than 6.2, whose ZADD has no LT option; a Redis Cluster
+// node, since the decision scripts touch a user's keys and the global
+// sets together, which a cluster refuses (CROSSSLOT) on every decision;
+// and a replica, which refuses every write (READONLY) or, made
 // writable, loses them at its next resync: a URL that still names the old
 // primary after a failover. It warns about a server that may evict
 // dovewarden's keys: with a maxmemory and an eviction policy other than
@@ -270,7 +272,14 @@ func (s *Store) CheckServer(ctx context.Context) (warnings []string, err error) 
 	if err != nil {
 		return nil, nil
 	}
-	f := infoFields(info)
+	return checkFields(infoFields(info))
+}
+
+// checkFields is CheckServer's reading of INFO's fields f.
+func checkFields(f map[string]string) (warnings []string, err error) {
+	if v := f["redis_version"]; tooOld(v) {
+		return nil, fmt.Errorf("the server is Redis %s: dovewarden needs Redis 6.2 or later (its scripts use ZADD's LT option, which an older server refuses at every decision and every pending mark)", v)
+	}
 	if f["cluster_enabled"] == "1" {
 		return nil, errors.New("the server is a Redis Cluster node: dovewarden needs one primary (standalone, or found through Sentinel), since its scripts touch a user's keys and the global sets together")
 	}
@@ -284,6 +293,19 @@ func (s *Store) CheckServer(ctx context.Context) (warnings []string, err error) 
 			"set maxmemory-policy noeviction on it (when full, it then refuses writes, and sync answers 503 until there is room)", f["maxmemory"], f["maxmemory_policy"]))
 	}
 	return warnings, nil
+}
+
+// tooOld: version v, INFO's redis_version, is before 6.2, the first with
+// ZADD's LT option. One that does not read as MAJOR.MINOR passes.
+func tooOld(v string) bool {
+	major, rest, ok := strings.Cut(v, ".")
+	minor, _, _ := strings.Cut(rest, ".")
+	ma, err1 := strconv.Atoi(major)
+	mi, err2 := strconv.Atoi(minor)
+	if !ok || err1 != nil || err2 != nil {
+		return false
+	}
+	return ma < 6 || ma == 6 && mi < 2
 }
 
 // mayEvict: INFO's fields say the server evicts keys when it is full.
