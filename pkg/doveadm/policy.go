@@ -75,7 +75,7 @@ var Policy = []Rule{
 	// sent invalid handshake"), a mail folder it may not create
 	// (permission denied). Over the HTTP API only the code comes back, so
 	// the reason names each.
-	{Code: 75, Action: Retry, Class: ClassTempfail, Retryable: true, Reason: "temporary failure (destination down or busy, the user's dsync lock held by another dsync, or the destination refusing dsync: its doveadm_password is not the source's, its port is not its doveadm listener, or its mail storage failed; the two servers' logs say which)"},
+	{Code: 75, Action: Retry, Class: ClassTempfail, Retryable: true, Reason: "temporary failure (destination down or busy, or refusing dsync: its doveadm_password is not the source's, its port is not its doveadm listener, or its mail storage failed; the destination's log says which, or, for the user's dsync lock held by another dsync, the log of the server holding it)"},
 	{Code: 77, Action: ReportConfig, Class: "no_permission", Reason: "no permission"},
 	{Code: 78, Action: ReportConfig, Class: "config_error", Reason: "configuration error"},
 }

@@ -71,7 +71,7 @@ func TestPolicy_EveryCodeOnce(t *testing.T) {
 // destination that is down and the source's log is the only other clue.
 func TestError_MessageNamesUserAndCode(t *testing.T) {
 	err := error(&Error{Kind: KindExitCode, ExitCode: 75, Op: op("u1", "http://a:8080/doveadm/v1")})
-	want := "sync u1 via doveadm at http://a:8080/doveadm/v1: exit code 75 (temporary failure (destination down or busy, the user's dsync lock held by another dsync, or the destination refusing dsync: its doveadm_password is not the source's, its port is not its doveadm listener, or its mail storage failed; the two servers' logs say which))"
+	want := "sync u1 via doveadm at http://a:8080/doveadm/v1: exit code 75 (temporary failure (destination down or busy, or refusing dsync: its doveadm_password is not the source's, its port is not its doveadm listener, or its mail storage failed; the destination's log says which, or, for the user's dsync lock held by another dsync, the log of the server holding it))"
 	if err.Error() != want {
 		t.Errorf("got %q\nwant %q", err.Error(), want)
 	}
