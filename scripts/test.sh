@@ -7,7 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step's time is printed after the run (also when a step fails), to
+# see where the suite's minutes go.
+step_name="" step_start=$SECONDS timings=()
+step_done() {
+	[ -n "$step_name" ] && timings+=("$(printf '%5d s  %s' $((SECONDS - step_start)) "$step_name")")
+	step_name=""
+}
+step() { step_done; step_name=$*; step_start=$SECONDS; printf '\n== %s\n' "$*"; }
+times_report() {
+	step_done
+	printf '\n== time per step (%d s in all)\n' "$SECONDS"
+	printf '%s\n' "${timings[@]}"
+}
+trap times_report EXIT
 . scripts/lib/debian.sh
 
 step "gofmt"
