@@ -187,6 +187,20 @@ func isJSONMediaType(ct string) bool {
 	return err == nil && mt == "application/json"
 }
 
+// contentCoding checks the Content-Encoding header lines of a request:
+// none, empty or "identity" is the body as it is, which ok reports; any
+// other coding is returned.
+func contentCoding(lines []string) (coding string, ok bool) {
+	for _, line := range lines {
+		for c := range strings.SplitSeq(line, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return c, false
+			}
+		}
+	}
+	return "", true
+}
+
 // ServeHTTP handles one exporter POST, timed by its answer's code.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -209,6 +223,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !isJSONMediaType(ct) {
 		return h.reject(w, r, http.StatusUnsupportedMediaType, rejectContentType,
 			fmt.Sprintf("content type %q: want application/json", r.Header.Get("Content-Type")))
+	}
+	if coding, ok := contentCoding(r.Header.Values("Content-Encoding")); !ok {
+		// RFC 9110 15.5.16: 415 for a content coding the server does
+		// not take, with Accept-Encoding naming those it does. Read as
+		// JSON, a gzip body was a 400 "invalid JSON".
+		w.Header().Set("Accept-Encoding", "identity")
+		return h.reject(w, r, http.StatusUnsupportedMediaType, rejectContentEncoding,
+			fmt.Sprintf("content coding %q: ingest takes the body as it is, with no Content-Encoding (Dovecot's exporter sends none)", coding))
 	}
 	if r.ContentLength > h.opts.MaxBody {
 		// Refused before any of it is read (a client that sent

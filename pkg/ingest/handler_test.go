@@ -3,6 +3,7 @@ package ingest
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -293,6 +294,64 @@ func TestHandle_BadInput(t *testing.T) {
 	}
 	if got := f.answered(t, http.StatusAccepted); got != accepted+1 {
 		t.Errorf("request_duration_seconds{code=202} timed %d answers, then %d", accepted, got)
+	}
+}
+
+// TestHandle_ContentCodingIsRefusedAs415: a body in a content coding
+// (gzip, deflate, ...) is refused with 415 and the reason, which RFC 9110
+// (15.5.16) gives for a coding the server does not take, with
+// Accept-Encoding naming the one it takes; it was read as JSON and
+// answered 400 "invalid JSON" (or, sent uncompressed, taken). "identity"
+// is no coding at all.
+func TestHandle_ContentCodingIsRefusedAs415(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, "")
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte(appendEvent))
+	zw.Close()
+	for name, tc := range map[string]struct {
+		codings []string
+		body    string
+	}{
+		"gzip":                   {[]string{"gzip"}, gz.String()},
+		"gzip, body not in it":   {[]string{"gzip"}, appendEvent},
+		"two codings":            {[]string{"identity, br"}, appendEvent},
+		"in two header lines":    {[]string{"identity", "deflate"}, appendEvent},
+		"an unknown coding":      {[]string{"x-snappy"}, appendEvent},
+		"upper case gzip, space": {[]string{" GZIP "}, gz.String()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := testutil.ToFloat64(f.h.m.rejected.WithLabelValues(rejectContentEncoding))
+			req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/events", strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", "application/json")
+			for _, c := range tc.codings {
+				req.Header.Add("Content-Encoding", c)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(b), `"reason":"content_encoding"`) || !strings.Contains(string(b), "content coding") {
+				t.Errorf("%d %s; want 415 with reason content_encoding", resp.StatusCode, b)
+			}
+			if got := resp.Header.Get("Accept-Encoding"); got != "identity" {
+				t.Errorf("Accept-Encoding %q, want identity", got)
+			}
+			if got := testutil.ToFloat64(f.h.m.rejected.WithLabelValues(rejectContentEncoding)); got != before+1 {
+				t.Errorf("rejected{reason=content_encoding} went from %v to %v", before, got)
+			}
+		})
+	}
+	if n := len(f.broker.events); n != 0 {
+		t.Errorf("a coded body reached the broker %d times", n)
+	}
+	for _, c := range []string{"identity", "Identity", ""} {
+		code, body := f.post(t, "/events", "application/json", appendEvent, func(r *http.Request) { r.Header.Set("Content-Encoding", c) })
+		if code != http.StatusAccepted {
+			t.Errorf("Content-Encoding %q: %d %s, want 202", c, code, body)
+		}
 	}
 }
 

@@ -17,16 +17,17 @@ import (
 // Reasons a request is rejected before any event is read from it (metric
 // label values).
 const (
-	rejectMethod      = "method"
-	rejectPath        = "path"
-	rejectAuth        = "unauthorized"
-	rejectContentType = "content_type"
-	rejectTooLarge    = "too_large"
-	rejectMalformed   = "malformed"
-	rejectHost        = "bad_host"
-	rejectInvalid     = "invalid_event"
-	rejectUser        = "bad_user"
-	rejectRead        = "read_error"
+	rejectMethod          = "method"
+	rejectPath            = "path"
+	rejectAuth            = "unauthorized"
+	rejectContentType     = "content_type"
+	rejectContentEncoding = "content_encoding"
+	rejectTooLarge        = "too_large"
+	rejectMalformed       = "malformed"
+	rejectHost            = "bad_host"
+	rejectInvalid         = "invalid_event"
+	rejectUser            = "bad_user"
+	rejectRead            = "read_error"
 )
 
 // maxHostLabels bounds the per-host label values: a client sending made-up
