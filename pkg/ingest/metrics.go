@@ -58,11 +58,11 @@ type ingestMetrics struct {
 
 	// hosts maps each host label to its metrics. It is replaced, never
 	// changed, so events read it without a lock; mu serialises the
-	// replacements.
-	hosts     atomic.Pointer[map[string]*hostMetrics]
-	mu        sync.Mutex
-	other     *hostMetrics
-	otherOnce sync.Once
+	// replacements and the making of other, the metrics of the hosts
+	// past maxHostLabels, which events and Hosts read without it.
+	hosts atomic.Pointer[map[string]*hostMetrics]
+	mu    sync.Mutex
+	other atomic.Pointer[hostMetrics]
 }
 
 // hostMetrics are the series of one host label that every event of the
@@ -106,11 +106,9 @@ func (m *ingestMetrics) hostsSeen() []HostSeen {
 	for _, hm := range hosts {
 		all = append(all, hm)
 	}
-	m.mu.Lock()
-	if m.other != nil {
-		all = append(all, m.other)
+	if o := m.other.Load(); o != nil {
+		all = append(all, o)
 	}
-	m.mu.Unlock()
 	out := make([]HostSeen, 0, len(all))
 	for _, hm := range all {
 		if n := hm.events.Load(); n > 0 {
@@ -182,24 +180,29 @@ func (m *ingestMetrics) host(host string) *hostMetrics {
 	if hm, ok := hosts[host]; ok {
 		return hm
 	}
-	if len(hosts) < maxHostLabels {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		hosts = *m.hosts.Load()
-		if hm, ok := hosts[host]; ok {
-			return hm
-		}
-		if len(hosts) < maxHostLabels {
-			hm := m.newHostMetrics(host)
-			next := make(map[string]*hostMetrics, len(hosts)+1)
-			maps.Copy(next, hosts)
-			next[host] = hm
-			m.hosts.Store(&next)
-			return hm
-		}
+	if o := m.other.Load(); o != nil && len(hosts) >= maxHostLabels {
+		return o
 	}
-	m.otherOnce.Do(func() { m.other = m.newHostMetrics(otherHost) })
-	return m.other
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hosts = *m.hosts.Load()
+	if hm, ok := hosts[host]; ok {
+		return hm
+	}
+	if len(hosts) < maxHostLabels {
+		hm := m.newHostMetrics(host)
+		next := make(map[string]*hostMetrics, len(hosts)+1)
+		maps.Copy(next, hosts)
+		next[host] = hm
+		m.hosts.Store(&next)
+		return hm
+	}
+	o := m.other.Load()
+	if o == nil {
+		o = m.newHostMetrics(otherHost)
+		m.other.Store(o)
+	}
+	return o
 }
 
 func (m *ingestMetrics) newHostMetrics(label string) *hostMetrics {

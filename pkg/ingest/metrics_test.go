@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -62,5 +63,28 @@ func TestAnswerSeries_FromTheStart(t *testing.T) {
 		if !codes[code] {
 			t.Errorf("no series for code %s before the first request (have %v)", code, codes)
 		}
+	}
+}
+
+// Hosts, which local mode's status calls while events arrive, reads the
+// hosts past maxHostLabels (counted as _other) as the first of them
+// is recorded: under the race detector, without a race.
+func TestHostsSeen_WhileTheOtherHostsAreFirstCounted(t *testing.T) {
+	m := newIngestMetrics(prometheus.NewRegistry())
+	for i := 0; i < maxHostLabels; i++ {
+		m.host(fmt.Sprint("h", i)).seen(time.Now())
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.host("one-too-many").seen(time.Now())
+	}()
+	seen := m.hostsSeen()
+	<-done
+	if len(seen) < maxHostLabels {
+		t.Errorf("%d hosts listed, want at least %d", len(seen), maxHostLabels)
+	}
+	if seen := m.hostsSeen(); len(seen) != maxHostLabels+1 || seen[0].Host != otherHost {
+		t.Errorf("after the event: %d hosts, first %q; want %d, %s first", len(seen), seen[0].Host, maxHostLabels+1, otherHost)
 	}
 }
