@@ -188,12 +188,13 @@ func (c *Config) Resolve(getenv func(string) string) error {
 			return err
 		}
 	}
+	// A doveadm binary that is missing is reported with every other
+	// setting's problem, not instead of them.
+	var execErr error
 	if c.Transport == doveadm.TransportExec {
-		if err := c.checkExec(); err != nil {
-			return err
-		}
+		execErr = c.checkExec()
 	}
-	return c.Validate()
+	return errors.Join(execErr, c.Validate())
 }
 
 // checkExec checks at start the doveadm binary doveadm-exec runs. The

@@ -112,6 +112,18 @@ func TestLoad_ErrorsNameTheSetting(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "redis-url") {
 		t.Errorf("bad redis url: %v", err)
 	}
+	// A missing doveadm binary is one problem among the others, named with
+	// them, not the only one named (nor one that hides them on a machine
+	// without Dovecot).
+	_, err = Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_REDIS_URL": "http://r:6379", "DOVEWARDEN_TRANSPORT": "doveadm-exec", "DOVEWARDEN_DESTINATION": "tcp:b:1",
+		"DOVEWARDEN_DOVEADM_BIN": "no-such-doveadm-binary",
+	}))
+	for _, want := range []string{"doveadm-bin:", "redis-url"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing binary and bad redis url: %v, want %q in it", err, want)
+		}
+	}
 }
 
 // doveadm-ca-file: read at start, and refused where no doveadm URL is
