@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"slices"
@@ -112,7 +113,7 @@ func Secret(setting, value, file string) (string, error) {
 	if value != "" || file == "" {
 		return value, nil
 	}
-	b, err := os.ReadFile(file)
+	b, err := ReadSecretFile(file)
 	if err != nil {
 		return "", fmt.Errorf("%s-file: %w", setting, err)
 	}
@@ -125,6 +126,31 @@ func Secret(setting, value, file string) (string, error) {
 		return "", fmt.Errorf("%s-file %s: empty", setting, file)
 	}
 	return v, nil
+}
+
+// MaxSecretFile bounds a file a password, token or API key is read from:
+// far more than any secret, and little enough to hold in memory.
+const MaxSecretFile = 64 << 10
+
+// ReadSecretFile reads the file a secret comes from, at most
+// MaxSecretFile bytes of it: a setting that names the wrong file (a log,
+// a device such as /dev/zero, which never ends) must stop the start with
+// a message, not fill the memory while it is read. The error names the
+// file; the caller names the setting.
+func ReadSecretFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSecretFile+1))
+	if err != nil {
+		return nil, err // names the file
+	}
+	if len(b) > MaxSecretFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes, too large for a password, token or key: is it the right file?", path, MaxSecretFile)
+	}
+	return b, nil
 }
 
 // RedactURL hides a password in a URL before it reaches an error message

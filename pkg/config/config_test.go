@@ -69,6 +69,28 @@ func TestSecret(t *testing.T) {
 	}
 }
 
+// TestSecret_FileTooLarge: a secret's file setting that names the wrong
+// file (a log, a device like /dev/zero, which never ends) is refused with
+// its setting named, after reading no more than MaxSecretFile bytes and
+// one; it was read whole, and /dev/zero until the memory ran out.
+func TestSecret_FileTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	big, most := filepath.Join(dir, "big"), filepath.Join(dir, "max")
+	if err := os.WriteFile(big, []byte(strings.Repeat("x", MaxSecretFile+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := Secret("doveadm-password", "", big)
+	if err == nil || !strings.HasPrefix(err.Error(), "doveadm-password-file: "+big+": larger than") {
+		t.Errorf("a file of %d bytes: %d bytes, %v; want an error naming doveadm-password-file and the file", MaxSecretFile+1, len(v), err)
+	}
+	if err := os.WriteFile(most, []byte(strings.Repeat("x", MaxSecretFile-1)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := Secret("auth-token", "", most); err != nil || len(v) != MaxSecretFile-1 {
+		t.Errorf("a file of %d bytes: %d bytes, %v; want it read", MaxSecretFile, len(v), err)
+	}
+}
+
 // TestSecret_ByteOrderMark: a secret file saved by an editor that puts a
 // UTF-8 byte order mark first (Notepad, PowerShell's Out-File) reads as
 // the secret alone; kept, the mark became part of the password or token,

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -323,7 +322,7 @@ type fileEntry struct {
 //
 // Unknown fields are errors, so a misspelt setting does not pass unnoticed.
 func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMap, error) {
-	return parseHostMap(data, def, getenv, os.ReadFile)
+	return parseHostMap(data, def, getenv, config.ReadSecretFile)
 }
 
 // HostMapVariables lists the environment variables a host-map file's

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 func TestParseHostMap_ActiveActivePair(t *testing.T) {
@@ -60,6 +62,11 @@ func TestParseHostMap_Rejects(t *testing.T) {
 	if err := os.WriteFile(key, []byte("k\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The wrong file named (a log, /dev/zero) was read whole.
+	huge := filepath.Join(dir, "huge")
+	if err := os.WriteFile(huge, make([]byte, config.MaxSecretFile+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for name, tt := range map[string]struct{ data, want string }{
 		// Either would take the default host's password quietly.
 		"empty password file": {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "` + blank + `"}}`, "password_file " + blank + ": empty"},
@@ -71,6 +78,7 @@ func TestParseHostMap_Rejects(t *testing.T) {
 		"blank env":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "api_key_env": "BLANK"}}`, "api_key_env: variable BLANK is empty"},
 		"missing file":    {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "password_file": "/nonexistent/pw"}}`, "host map: host a: password_file: open /nonexistent/pw"},
 		"not json":        {`[1,2]`, "host map"},
+		"huge file":       {`{"a": {"url": "http://a/", "destination": "tcp:b:1", "api_key_file": "` + huge + `"}}`, "host map: host a: api_key_file: " + huge + ": larger than"},
 		// Every request naming it would be refused.
 		"bad host name": {`{"mail a": {"url": "http://a/", "destination": "tcp:b:1"}}`, `host "mail a"`},
 		// An address is no name ingest takes from an event: the
