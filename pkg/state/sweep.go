@@ -452,11 +452,14 @@ func (s *Store) SweepRelease(ctx context.Context, token string) error {
 // cannot go on (its candidate list is gone), so the next sweep.requested
 // replaces it at once. Left to its TTL, the lock would be renewed by
 // every step that carries the dead sweep on and finds the list gone.
-func (s *Store) SweepStop(ctx context.Context, id string) error {
-	if err := scriptCompareDelete.Run(ctx, s.rdb, []string{SweepLockKey}, id).Err(); err != nil {
-		return fmt.Errorf("release the lock of sweep %s in redis: %w", id, err)
+// holder is the sweep the lock named: id, or the newer sweep that
+// replaced id's (and dropped its candidates), or "" when no sweep held it.
+func (s *Store) SweepStop(ctx context.Context, id string) (holder string, err error) {
+	holder, err = scriptSweepStop.Run(ctx, s.rdb, []string{SweepLockKey}, id).Text()
+	if err != nil {
+		return "", fmt.Errorf("release the lock of sweep %s in redis: %w", id, err)
 	}
-	return nil
+	return holder, nil
 }
 
 // SweepDrop deletes the candidate list of an abandoned sweep at once

@@ -1,9 +1,12 @@
 package sweep
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,5 +63,55 @@ func TestSweep_ReplacedListingLeavesNoList(t *testing.T) {
 	f.mr.FastForward(24 * time.Hour)
 	if n := f.rdb.Exists(context.Background(), key).Val(); n != 0 {
 		t.Errorf("the replaced sweep's list %s is still there a day later", key)
+	}
+}
+
+// replacingStore runs replace before the first read of a sweep's
+// candidates: another sweep replaces the one whose batch was just claimed.
+type replacingStore struct {
+	*state.Store
+	once    sync.Once
+	replace func()
+}
+
+func (r *replacingStore) SweepUsers(ctx context.Context, id string, offset, n int64) ([]state.SweepEntry, error) {
+	r.once.Do(r.replace)
+	return r.Store.SweepUsers(ctx, id, offset, n)
+}
+
+// TestStep_ReplacedWhileReadingItsCandidatesSaysSo: an administrator's
+// sweep replaces the hourly one just after a step of it claimed its
+// batch, and drops its candidates. The step finds them gone; it logged
+// that they had expired or been evicted by Redis, sending an
+// administrator after a Redis that evicts keys, when a newer sweep
+// had taken over and nothing was lost. It says so now, ends the old
+// sweep as stale, and leaves the newer sweep's lock alone.
+func TestStep_ReplacedWhileReadingItsCandidatesSaysSo(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5")
+	ctx := context.Background()
+	first, err := f.sw.Step(ctx, SweepReasonSchedule, nil)
+	if err != nil || first.Next == nil {
+		t.Fatalf("start: %+v %v", first, err)
+	}
+	var newer Result
+	rs := &replacingStore{Store: f.st, replace: func() {
+		if newer, err = f.sw.Step(ctx, "admin", nil); err != nil || newer.Outcome != Started {
+			t.Errorf("the administrator's sweep: %+v %v", newer, err)
+		}
+	}}
+	var logs bytes.Buffer
+	sw := New(f.opts, rs, doveadm.NewHTTP(nil, 5*time.Second), []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}}, f.snd,
+		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
+
+	r, err := sw.Step(ctx, "", first.Next)
+
+	if err != nil || r.Next != nil || r.Outcome != Stale {
+		t.Errorf("the replaced sweep's step: %+v %v; want it to end as stale", r, err)
+	}
+	if strings.Contains(logs.String(), "expired, or evicted") || !strings.Contains(logs.String(), "replaced_by="+newer.Sweep) {
+		t.Errorf("log:\n%s\nwant the sweep named replaced by %s, not its candidates expired or evicted", logs.String(), newer.Sweep)
+	}
+	if st := f.status(t); st.ID != newer.Sweep || !st.Running {
+		t.Errorf("after the step, status %+v; want the newer sweep %s running", st, newer.Sweep)
 	}
 }
