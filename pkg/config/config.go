@@ -117,15 +117,21 @@ func Secret(setting, value, file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s-file: %w", setting, err)
 	}
-	// A UTF-8 byte order mark, which some editors write first, is no
-	// part of the secret: kept, it would fail authentication unseen.
-	v := strings.TrimRight(strings.TrimPrefix(string(b), "\ufeff"), "\r\n")
+	v := SecretText(b)
 	if strings.TrimSpace(v) == "" {
 		// Read as "no password" or "no token", it would turn
 		// authentication off or send none.
 		return "", fmt.Errorf("%s-file %s: empty", setting, file)
 	}
 	return v, nil
+}
+
+// SecretText is the secret a file's content b holds: b less its line
+// ending and a leading UTF-8 byte order mark, which some editors write
+// first and which is no part of the secret: kept, it would fail
+// authentication unseen.
+func SecretText(b []byte) string {
+	return strings.TrimRight(strings.TrimPrefix(string(b), "\ufeff"), "\r\n")
 }
 
 // MaxSecretFile bounds a file a password, token or API key is read from:

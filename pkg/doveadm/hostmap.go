@@ -438,7 +438,7 @@ func secret(host, what, env, file string, getenv func(string) string, readFile f
 		if err != nil {
 			return "", fmt.Errorf("host map: host %s: %s_file: %w", host, field, err)
 		}
-		v := strings.TrimRight(string(b), "\r\n")
+		v := config.SecretText(b)
 		if strings.TrimSpace(v) == "" {
 			return "", fmt.Errorf("host map: host %s: %s_file %s: empty", host, field, file)
 		}

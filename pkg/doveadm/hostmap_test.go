@@ -14,7 +14,9 @@ import (
 func TestParseHostMap_ActiveActivePair(t *testing.T) {
 	dir := t.TempDir()
 	pwFile := filepath.Join(dir, "b-password")
-	if err := os.WriteFile(pwFile, []byte("secret-b\n"), 0o600); err != nil {
+	// Saved by an editor that writes a UTF-8 byte order mark first, as
+	// the secret files of the settings may be (config.Secret).
+	if err := os.WriteFile(pwFile, []byte("\ufeffsecret-b\r\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	data := `{
