@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,7 +72,7 @@ func warnUnused(log *slog.Logger, fs *flag.FlagSet, env *environment) {
 	}
 	read := notSettings
 	if f := fs.Lookup("host-map-file"); f != nil && f.Value.String() != "" {
-		if b, err := os.ReadFile(f.Value.String()); err == nil {
+		if b, err := doveadm.ReadHostMapFile(f.Value.String()); err == nil {
 			read = append(slices.Clip(read), doveadm.HostMapVariables(b)...)
 		}
 	}

@@ -139,22 +139,30 @@ func SecretText(b []byte) string {
 const MaxSecretFile = 64 << 10
 
 // ReadSecretFile reads the file a secret comes from, at most
-// MaxSecretFile bytes of it: a setting that names the wrong file (a log,
-// a device such as /dev/zero, which never ends) must stop the start with
-// a message, not fill the memory while it is read. The error names the
-// file; the caller names the setting.
+// MaxSecretFile bytes of it (ReadFileAtMost). The error names the file;
+// the caller names the setting.
 func ReadSecretFile(path string) ([]byte, error) {
+	return ReadFileAtMost(path, MaxSecretFile, "a password, token or key")
+}
+
+// ReadFileAtMost reads the file a setting names, when it is at most limit
+// bytes, and reads no more of it than limit and one byte: a setting that
+// names the wrong file (a log, a device such as /dev/zero, which never
+// ends) must stop the start with a message, not fill the memory while it
+// is read. what says what the file should hold, for the error, which
+// names the file; the caller names the setting.
+func ReadFileAtMost(path string, limit int, what string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxSecretFile+1))
+	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
 	if err != nil {
 		return nil, err // names the file
 	}
-	if len(b) > MaxSecretFile {
-		return nil, fmt.Errorf("%s: larger than %d bytes, too large for a password, token or key: is it the right file?", path, MaxSecretFile)
+	if len(b) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes, too large for %s: is it the right file?", path, limit, what)
 	}
 	return b, nil
 }

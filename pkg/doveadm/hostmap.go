@@ -325,6 +325,16 @@ func ParseHostMap(data []byte, def Endpoint, getenv func(string) string) (HostMa
 	return parseHostMap(data, def, getenv, config.ReadSecretFile)
 }
 
+// MaxHostMapFile bounds a host-map file: some 20,000 hosts' entries.
+const MaxHostMapFile = 4 << 20
+
+// ReadHostMapFile reads a host-map file, refusing one over MaxHostMapFile
+// (config.ReadFileAtMost) rather than reading whole the wrong file named,
+// or a device that never ends. The error names the file.
+func ReadHostMapFile(path string) ([]byte, error) {
+	return config.ReadFileAtMost(path, MaxHostMapFile, "a host map")
+}
+
 // HostMapVariables lists the environment variables a host-map file's
 // entries take their secrets from (password_env, api_key_env), so that
 // they are not taken for misspelt settings. A file that does not parse

@@ -175,7 +175,7 @@ func (c *Config) Resolve(getenv func(string) string) error {
 		Destination: c.Destination, Config: c.DoveadmConfig}
 	c.hostMap = doveadm.NewHostMap(def)
 	if c.HostMapFile != "" {
-		b, err := os.ReadFile(c.HostMapFile)
+		b, err := doveadm.ReadHostMapFile(c.HostMapFile)
 		if err != nil {
 			return fmt.Errorf("host-map-file: %w", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
+	"github.com/dovewarden/dovewarden-knative/pkg/doveadm"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -52,6 +53,27 @@ func TestLoad_HostMapFile(t *testing.T) {
 	}
 	if b := c.HostMap().Resolve("mail-b"); b.Password != "pb" || b.Destination != "tcp:mail-a:12345" {
 		t.Errorf("mail-b %+v", b)
+	}
+}
+
+// TestLoad_HostMapFileTooLarge: a host-map-file that names the wrong file
+// (a log, a device such as /dev/zero, which never ends) stops the start
+// with an error naming the setting, after reading no more than the bound
+// and a byte; it was read whole, and this one, a valid map and spaces,
+// was taken.
+func TestLoad_HostMapFileTooLarge(t *testing.T) {
+	hm := filepath.Join(t.TempDir(), "hosts.json")
+	data := `{"mail-b": {"url": "http://mail-b:8080/doveadm/v1", "destination": "tcp:mail-a:12345"}}`
+	if err := os.WriteFile(hm, []byte(data+strings.Repeat(" ", doveadm.MaxHostMapFile+1-len(data))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(flag.NewFlagSet("sync", flag.ContinueOnError), nil, env(map[string]string{
+		"DOVEWARDEN_REDIS_URL": "redis://r:6379", "DOVEWARDEN_DOVEADM_URL": "http://mail-a:8080/doveadm/v1",
+		"DOVEWARDEN_DOVEADM_PASSWORD": "pa", "DOVEWARDEN_DESTINATION": "tcp:mail-b:12345",
+		"DOVEWARDEN_HOST_MAP_FILE": hm,
+	}))
+	if err == nil || !strings.HasPrefix(err.Error(), "host-map-file: "+hm+": larger than") {
+		t.Errorf("a host map of %d bytes: %v; want an error naming host-map-file and the file", doveadm.MaxHostMapFile+1, err)
 	}
 }
 
