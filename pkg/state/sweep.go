@@ -142,8 +142,29 @@ func (s *Store) SweepAddUsers(ctx context.Context, id string, host int, users []
 }
 
 // ErrSweepLost means the caller no longer owns the sweep step it worked on:
-// its claim expired, or another sweep replaced it.
+// its claim expired, or another sweep replaced it (a *SweepReplacedError,
+// which is ErrSweepLost too).
 var ErrSweepLost = errors.New("the sweep moved on without this invocation")
+
+// SweepReplacedError is ErrSweepLost when another sweep replaced the
+// caller's (an administrator's, or one that lists every user in place
+// of a retry sweep): By is that sweep's id.
+type SweepReplacedError struct{ ID, By string }
+
+func (e *SweepReplacedError) Error() string {
+	return fmt.Sprintf("sweep %s was replaced by sweep %s", e.ID, e.By)
+}
+
+// Is makes a SweepReplacedError ErrSweepLost.
+func (e *SweepReplacedError) Is(target error) bool { return target == ErrSweepLost }
+
+// sweepLost is the error of a script's "lost" reply v for sweep id.
+func sweepLost(id string, v []any) error {
+	if by := str(v, 1); by != "" && by != id {
+		return &SweepReplacedError{ID: id, By: by}
+	}
+	return ErrSweepLost
+}
 
 // SweepListing is what the listing of a sweep found.
 type SweepListing struct {
@@ -168,7 +189,7 @@ func (s *Store) SweepListed(ctx context.Context, id, token string, l SweepListin
 		n, _ := at(v, 2).(int64)
 		return n, str(v, 0) == "finished", nil
 	case "lost":
-		return 0, false, ErrSweepLost
+		return 0, false, sweepLost(id, v)
 	}
 	return 0, false, fmt.Errorf("record listing of sweep %s in redis: unexpected reply %v", id, v)
 }
@@ -434,7 +455,7 @@ func (s *Store) SweepCommit(ctx context.Context, a SweepCommitArgs) (finished bo
 	case "finished":
 		return true, nil
 	case "lost":
-		return false, ErrSweepLost
+		return false, sweepLost(a.ID, v)
 	}
 	return false, fmt.Errorf("record batch %d of sweep %s in redis: unexpected reply %v", a.From, a.ID, v)
 }

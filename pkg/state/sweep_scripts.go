@@ -136,7 +136,8 @@ if redis.call('HGET', KEYS[3], 'id') == id and redis.call('HGET', KEYS[3], 'list
   return {'ok', now_ms(), num(redis.call('HGET', KEYS[3], 'total'))}
 end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] or redis.call('HGET', KEYS[3], 'id') ~= id then
-  return {'lost'}
+  -- With the sweep that runs now: another one, when it replaced this.
+  return {'lost', redis.call('HGET', KEYS[3], 'id') or ''}
 end
 redis.call('HSET', KEYS[3], 'listed_by', ARGV[2])
 -- Listed users keep their host (score: host index + 1); pending and failed
@@ -239,7 +240,8 @@ local claim = redis.call('GET', KEYS[2])
 if (claim and claim ~= ARGV[2]) or redis.call('HGET', KEYS[3], 'id') ~= id
    or redis.call('HEXISTS', KEYS[3], 'finished') == 1
    or tonumber(redis.call('HGET', KEYS[3], 'offset')) ~= tonumber(ARGV[3]) then
-  return {'lost'}
+  -- With the sweep that runs now: another one, when it replaced this.
+  return {'lost', redis.call('HGET', KEYS[3], 'id') or ''}
 end
 redis.call('HSET', KEYS[3], 'offset', ARGV[4], 'last_batch', now, 'last_from', ARGV[3], 'committed', call)
 redis.call('HINCRBY', KEYS[3], 'batches', 1)

@@ -142,8 +142,16 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		LockTTL: s.o.LockTTL, UsersTTL: s.usersTTL(),
 	})
 	rcancel()
+	var replaced *state.SweepReplacedError
+	if errors.As(err, &replaced) {
+		// The full syncs and retries it asked for are recorded all the
+		// same (SweepCommit): the newer sweep does not ask them again.
+		s.log.Info("sweep replaced by a newer one during this batch; the batch is not recorded, its requests stand, and the newer sweep takes every user",
+			"sweep", c.Sweep, "replaced_by", replaced.By, "offset", c.Offset, "requested", requested)
+		return Result{Outcome: Stale, Sweep: c.Sweep, Requested: requested}, nil
+	}
 	if errors.Is(err, state.ErrSweepLost) {
-		s.log.Warn("sweep batch not recorded: it took longer than its claim and another invocation took over, or a sweep that lists every user replaced this retry sweep", "sweep", c.Sweep, "offset", c.Offset)
+		s.log.Warn("sweep batch not recorded: it took longer than its claim and another invocation took over", "sweep", c.Sweep, "offset", c.Offset)
 		return Result{Outcome: Lost, Sweep: c.Sweep, Requested: requested}, nil
 	}
 	if err != nil {

@@ -133,6 +133,14 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 		}
 	}
 	total, finished, err := s.st.SweepListed(ctx, st.ID, token, l, s.o.LockTTL, s.usersTTL())
+	var replaced *state.SweepReplacedError
+	if errors.As(err, &replaced) {
+		// Its candidates were dropped, and what this listing wrote
+		// since expires by itself (SweepAddUsers).
+		s.log.Info("sweep replaced by a newer one while it listed its users; this listing is dropped, and the newer sweep takes every user",
+			"sweep", st.ID, "replaced_by", replaced.By)
+		return Result{Outcome: Stale, Sweep: st.ID}, nil
+	}
 	if errors.Is(err, state.ErrSweepLost) {
 		s.log.Warn("the sweep's listing took longer than its claim; another invocation took over", "sweep", st.ID)
 		return Result{Outcome: Lost, Sweep: st.ID}, nil

@@ -115,3 +115,73 @@ func TestStep_ReplacedWhileReadingItsCandidatesSaysSo(t *testing.T) {
 		t.Errorf("after the step, status %+v; want the newer sweep %s running", st, newer.Sweep)
 	}
 }
+
+// TestStep_ReplacedDuringItsBatchSaysSo: an administrator's sweep
+// replaces the hourly one while a step of it sends its batch. The step
+// cannot record the batch; it logged that it had taken longer than its
+// claim and another invocation had taken over, or that a sweep listing
+// every user had replaced a retry sweep: neither had happened. It says
+// now that a newer sweep replaced it, and ends the old sweep as stale.
+func TestStep_ReplacedDuringItsBatchSaysSo(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5")
+	ctx := context.Background()
+	first, err := f.sw.Step(ctx, SweepReasonSchedule, nil)
+	if err != nil || first.Next == nil {
+		t.Fatalf("start: %+v %v", first, err)
+	}
+	var once sync.Once
+	var newer Result
+	f.snd.fail = func(Request) error {
+		once.Do(func() {
+			if newer, err = f.sw.Step(ctx, "admin", nil); err != nil || newer.Outcome != Started {
+				t.Errorf("the administrator's sweep: %+v %v", newer, err)
+			}
+		})
+		return nil
+	}
+	var logs bytes.Buffer
+	f.sw.log = slog.New(slog.NewTextHandler(&logs, nil))
+
+	r, err := f.sw.Step(ctx, "", first.Next)
+
+	if err != nil || r.Next != nil || r.Outcome != Stale || r.Requested == 0 {
+		t.Errorf("the replaced sweep's step: %+v %v; want it to end as stale, its requests sent", r, err)
+	}
+	if strings.Contains(logs.String(), "longer than its claim") || !strings.Contains(logs.String(), "replaced_by="+newer.Sweep) {
+		t.Errorf("log:\n%s\nwant the sweep named replaced by %s, not its step late", logs.String(), newer.Sweep)
+	}
+}
+
+// TestStep_ReplacedDuringItsListingSaysSo: as above, while the hourly
+// sweep lists its hosts. Its listing step logged that it had taken longer
+// than its claim and another invocation had taken over.
+func TestStep_ReplacedDuringItsListingSaysSo(t *testing.T) {
+	f := newFixture(t, testOptions(), "u1", "u2", "u3")
+	gl := &gateLister{gate: make(chan struct{}), entered: make(chan struct{}), users: []string{"u1", "u2", "u3"}}
+	var logs bytes.Buffer
+	slow := New(f.opts, f.st, gl, []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}}, f.snd,
+		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
+	type result struct {
+		r   Result
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		r, err := slow.Step(context.Background(), SweepReasonSchedule, nil)
+		done <- result{r, err}
+	}()
+	<-gl.entered
+	newer, err := f.sw.Step(context.Background(), "admin", nil)
+	if err != nil || newer.Outcome != Started {
+		t.Fatalf("the administrator's sweep: %+v, %v", newer, err)
+	}
+	close(gl.gate)
+	got := <-done
+
+	if got.err != nil || got.r.Next != nil || got.r.Outcome != Stale {
+		t.Errorf("the replaced sweep's listing step: %+v %v; want it to end as stale", got.r, got.err)
+	}
+	if strings.Contains(logs.String(), "longer than its claim") || !strings.Contains(logs.String(), "replaced_by="+newer.Sweep) {
+		t.Errorf("log:\n%s\nwant the sweep named replaced by %s, not its listing late", logs.String(), newer.Sweep)
+	}
+}

@@ -224,7 +224,8 @@ const (
 	Batched Outcome = "batch"
 	// Finished: the sweep is complete.
 	Finished Outcome = "finished"
-	// Stale: the cursor names a sweep that is over or was replaced.
+	// Stale: the cursor names a sweep that is over or was replaced, or
+	// another sweep replaced it while the step worked on it.
 	Stale Outcome = "stale"
 	// Duplicate: the cursor's batch was done already (a redelivery).
 	Duplicate Outcome = "duplicate"

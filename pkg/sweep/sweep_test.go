@@ -896,8 +896,8 @@ func TestStep_AReplacedRetryStepsFullRequestsAreNotAskedAgain(t *testing.T) {
 		return nil
 	}
 	r, err := f.sw.Step(ctx, "", retry.Next)
-	if err != nil || r.Outcome != Lost || r.Requested != 1 {
-		t.Fatalf("the replaced retry step: %+v %v; want one request sent, its batch lost", r, err)
+	if err != nil || r.Outcome != Stale || r.Requested != 1 {
+		t.Fatalf("the replaced retry step: %+v %v; want one request sent, its batch not recorded (stale: replaced)", r, err)
 	}
 	sent := f.snd.all()[0]
 	if !sent.Full {
