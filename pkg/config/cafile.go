@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 )
 
@@ -66,7 +65,7 @@ func (c *CAFile) Pool(log *slog.Logger) *x509.CertPool {
 	// put the old content back after one that began after it.
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b, err := os.ReadFile(c.path)
+	b, err := readCAFile(c.path)
 	if err == nil && bytes.Equal(b, c.pem) {
 		// Unchanged, as at nearly every call: nothing to parse. It can
 		// still be news: the file loads again after a failure, or
@@ -109,9 +108,19 @@ func (c *CAFile) Failing(log *slog.Logger) bool {
 	return c.failed != ""
 }
 
+// MaxCAFile bounds a CA file: a system's whole bundle is some 200 KB.
+const MaxCAFile = 16 << 20
+
+// readCAFile reads a CA file, refusing one over MaxCAFile
+// (ReadFileAtMost): the wrong file named, or a device that never ends,
+// is not read whole at start, nor at each connection (Pool).
+func readCAFile(path string) ([]byte, error) {
+	return ReadFileAtMost(path, MaxCAFile, "PEM CA certificates")
+}
+
 // readCAs reads and parses path (parseCAs).
 func readCAs(setting, path string) ([]byte, *x509.CertPool, int, error) {
-	b, err := os.ReadFile(path)
+	b, err := readCAFile(path)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("%s: %w", setting, err)
 	}

@@ -69,6 +69,46 @@ func TestLoadCAFile(t *testing.T) {
 	}
 }
 
+// TestLoadCAFile_TooLarge: a CA file setting that names the wrong file (a
+// log, a device such as /dev/zero, which never ends) stops the start with
+// an error naming the setting, after reading no more than the bound and a
+// byte; it was read whole, at start and again at each connection, and
+// this one, a CA and blank lines, was taken.
+func TestLoadCAFile_TooLarge(t *testing.T) {
+	a := newCA(t)
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, append(a, strings.Repeat("\n", config.MaxCAFile+1-len(a))...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.LoadCAFile("doveadm-ca-file", path); err == nil || !strings.HasPrefix(err.Error(), "doveadm-ca-file: "+path+": larger than") {
+		t.Errorf("a CA file of %d bytes: %v; want an error naming doveadm-ca-file and the file", config.MaxCAFile+1, err)
+	}
+	if _, err := config.CAPool("tls-ca-file", path); err == nil || !strings.HasPrefix(err.Error(), "tls-ca-file: "+path+": larger than") {
+		t.Errorf("CAPool of a CA file of %d bytes: %v; want an error naming tls-ca-file", config.MaxCAFile+1, err)
+	}
+	// Grown so after the start: the CAs loaded before stay in use.
+	small := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(small, a, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.LoadCAFile("doveadm-ca-file", small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	before := c.Pool(log)
+	big, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(small, big, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c.Pool(log) != before || !c.Failing(log) {
+		t.Errorf("a CA file grown to %d bytes after the start was loaded; want it refused and the CAs before kept", len(big))
+	}
+}
+
 // Pool reads the file again: the same pool while its content stays the
 // same, a new one when it changes, and the one before while it does not
 // load, logged once a failure.
