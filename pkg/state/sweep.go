@@ -473,14 +473,15 @@ func (s *Store) SweepRelease(ctx context.Context, token string) error {
 // cannot go on (its candidate list is gone), so the next sweep.requested
 // replaces it at once. Left to its TTL, the lock would be renewed by
 // every step that carries the dead sweep on and finds the list gone.
-// holder is the sweep the lock named: id, or the newer sweep that
-// replaced id's (and dropped its candidates), or "" when no sweep held it.
-func (s *Store) SweepStop(ctx context.Context, id string) (holder string, err error) {
-	holder, err = scriptSweepStop.Run(ctx, s.rdb, []string{SweepLockKey}, id).Text()
+// current is the sweep SweepKey names now: id, or a newer sweep that
+// replaced id's (and dropped its candidates), or "" when none (Redis lost
+// it).
+func (s *Store) SweepStop(ctx context.Context, id string) (current string, err error) {
+	current, err = scriptSweepStop.Run(ctx, s.rdb, []string{SweepLockKey, SweepKey}, id).Text()
 	if err != nil {
 		return "", fmt.Errorf("release the lock of sweep %s in redis: %w", id, err)
 	}
-	return holder, nil
+	return current, nil
 }
 
 // SweepDrop deletes the candidate list of an abandoned sweep at once

@@ -277,11 +277,9 @@ end
 return 0
 `)
 
-// scriptSweepStop: KEYS lock. ARGV id. Deletes the lock if it names id;
-// returns the id it named, empty for none.
+// scriptSweepStop: KEYS lock, meta. ARGV id. Deletes the lock if it
+// names id; returns the id of the sweep the meta names, empty for none.
 var scriptSweepStop = newScript(`
-local held = redis.call('GET', KEYS[1])
-if not held then return '' end
-if held == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return held
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return redis.call('HGET', KEYS[2], 'id') or ''
 `)

@@ -73,16 +73,16 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		// that carried it on (its first continuation lost, no batch
 		// recorded) would claim it again, renewing the lock, and no new
 		// sweep would ever start.
-		holder, err := s.st.SweepStop(ctx, c.Sweep)
+		current, err := s.st.SweepStop(ctx, c.Sweep)
 		switch {
 		case err != nil:
 			s.log.Warn("could not release the lock of the sweep without candidates; it expires by itself", "sweep", c.Sweep, "err", err)
-		case holder != "" && holder != c.Sweep:
-			// Another sweep took the lock after this step claimed the
+		case current != "" && current != c.Sweep:
+			// Another sweep started after this step claimed the
 			// batch, and dropped this one's candidates: nothing was
 			// lost, and the newer sweep covers every user.
 			s.log.Info("sweep replaced by a newer one while this step read its candidates, which the newer one dropped; this sweep ends here",
-				"sweep", c.Sweep, "replaced_by", holder, "offset", r.next, "total", b.Total)
+				"sweep", c.Sweep, "replaced_by", current, "offset", r.next, "total", b.Total)
 			return Result{Outcome: Stale, Sweep: c.Sweep}, nil
 		}
 		s.log.Warn("sweep candidates are gone (expired, or evicted by Redis); the sweep stops unfinished, and the next one replaces it",

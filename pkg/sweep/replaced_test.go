@@ -84,35 +84,42 @@ func (r *replacingStore) SweepUsers(ctx context.Context, id string, offset, n in
 // batch, and drops its candidates. The step finds them gone; it logged
 // that they had expired or been evicted by Redis, sending an
 // administrator after a Redis that evicts keys, when a newer sweep
-// had taken over and nothing was lost. It says so now, ends the old
-// sweep as stale, and leaves the newer sweep's lock alone.
+// had taken over and nothing was lost. It says so now, whether the newer
+// sweep still runs or has finished already, ends the old sweep as stale,
+// and leaves the newer sweep's lock alone.
 func TestStep_ReplacedWhileReadingItsCandidatesSaysSo(t *testing.T) {
-	f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5")
-	ctx := context.Background()
-	first, err := f.sw.Step(ctx, SweepReasonSchedule, nil)
-	if err != nil || first.Next == nil {
-		t.Fatalf("start: %+v %v", first, err)
-	}
-	var newer Result
-	rs := &replacingStore{Store: f.st, replace: func() {
-		if newer, err = f.sw.Step(ctx, "admin", nil); err != nil || newer.Outcome != Started {
-			t.Errorf("the administrator's sweep: %+v %v", newer, err)
+	for _, finished := range []bool{false, true} {
+		f := newFixture(t, testOptions(), "u1", "u2", "u3", "u4", "u5")
+		ctx := context.Background()
+		first, err := f.sw.Step(ctx, SweepReasonSchedule, nil)
+		if err != nil || first.Next == nil {
+			t.Fatalf("start: %+v %v", first, err)
 		}
-	}}
-	var logs bytes.Buffer
-	sw := New(f.opts, rs, doveadm.NewHTTP(nil, 5*time.Second), []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}}, f.snd,
-		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
+		var newer Result
+		rs := &replacingStore{Store: f.st, replace: func() {
+			if newer, err = f.sw.Step(ctx, "admin", nil); err != nil || newer.Outcome != Started {
+				t.Errorf("the administrator's sweep: %+v %v", newer, err)
+			}
+			if finished {
+				f.continueFrom(t, newer.Next)
+			}
+		}}
+		var logs bytes.Buffer
+		sw := New(f.opts, rs, doveadm.NewHTTP(nil, 5*time.Second), []Source{{Name: "mail-a", Endpoint: endpoint(f.dove)}}, f.snd,
+			prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
 
-	r, err := sw.Step(ctx, "", first.Next)
+		r, err := sw.Step(ctx, "", first.Next)
 
-	if err != nil || r.Next != nil || r.Outcome != Stale {
-		t.Errorf("the replaced sweep's step: %+v %v; want it to end as stale", r, err)
-	}
-	if strings.Contains(logs.String(), "expired, or evicted") || !strings.Contains(logs.String(), "replaced_by="+newer.Sweep) {
-		t.Errorf("log:\n%s\nwant the sweep named replaced by %s, not its candidates expired or evicted", logs.String(), newer.Sweep)
-	}
-	if st := f.status(t); st.ID != newer.Sweep || !st.Running {
-		t.Errorf("after the step, status %+v; want the newer sweep %s running", st, newer.Sweep)
+		if err != nil || r.Next != nil || r.Outcome != Stale {
+			t.Errorf("newer sweep finished %v: the replaced sweep's step: %+v %v; want it to end as stale", finished, r, err)
+		}
+		if strings.Contains(logs.String(), "expired, or evicted") || !strings.Contains(logs.String(), "replaced_by="+newer.Sweep) {
+			t.Errorf("newer sweep finished %v: log:\n%s\nwant the sweep named replaced by %s, not its candidates expired or evicted",
+				finished, logs.String(), newer.Sweep)
+		}
+		if st := f.status(t); st.ID != newer.Sweep || st.Running == finished {
+			t.Errorf("newer sweep finished %v: after the step, status %+v; want the newer sweep %s, running %v", finished, st, newer.Sweep, !finished)
+		}
 	}
 }
 

@@ -120,7 +120,7 @@ type Store interface {
 	SweepCommit(ctx context.Context, a state.SweepCommitArgs) (bool, error)
 	SweepRelease(ctx context.Context, token string) error
 	SweepDrop(ctx context.Context, id string) error
-	SweepStop(ctx context.Context, id string) (holder string, err error)
+	SweepStop(ctx context.Context, id string) (current string, err error)
 	KnownUsers(ctx context.Context, n int, fn func([]string) error) error
 	ForgetExcluded(ctx context.Context, users []string) (int64, error)
 	RaiseRecovery(ctx context.Context, at time.Time, ttl time.Duration) (time.Time, error)
