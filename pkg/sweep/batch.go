@@ -80,7 +80,7 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 		case current != "" && current != c.Sweep:
 			// Another sweep started after this step claimed the
 			// batch, and dropped this one's candidates: nothing was
-			// lost, and the newer sweep covers every user.
+			// lost, and the newer sweep goes on in its place.
 			s.log.Info("sweep replaced by a newer one while this step read its candidates, which the newer one dropped; this sweep ends here",
 				"sweep", c.Sweep, "replaced_by", current, "offset", r.next, "total", b.Total)
 			return Result{Outcome: Stale, Sweep: c.Sweep}, nil
@@ -146,7 +146,7 @@ func (s *Sweeper) batch(ctx context.Context, c Cursor) (Result, error) {
 	if errors.As(err, &replaced) {
 		// The full syncs and retries it asked for are recorded all the
 		// same (SweepCommit): the newer sweep does not ask them again.
-		s.log.Info("sweep replaced by a newer one during this batch; the batch is not recorded, its requests stand, and the newer sweep takes every user",
+		s.log.Info("sweep replaced by a newer one during this batch; the batch is not recorded, its requests stand, and the newer sweep goes on in its place",
 			"sweep", c.Sweep, "replaced_by", replaced.By, "offset", c.Offset, "requested", requested)
 		return Result{Outcome: Stale, Sweep: c.Sweep, Requested: requested}, nil
 	}

@@ -137,7 +137,7 @@ func (s *Sweeper) start(ctx context.Context, reason string) (Result, error) {
 	if errors.As(err, &replaced) {
 		// Its candidates were dropped, and what this listing wrote
 		// since expires by itself (SweepAddUsers).
-		s.log.Info("sweep replaced by a newer one while it listed its users; this listing is dropped, and the newer sweep takes every user",
+		s.log.Info("sweep replaced by a newer one while it listed its users; this listing is dropped, and the newer sweep goes on in its place",
 			"sweep", st.ID, "replaced_by", replaced.By)
 		return Result{Outcome: Stale, Sweep: st.ID}, nil
 	}
