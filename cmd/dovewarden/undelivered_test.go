@@ -69,6 +69,8 @@ spec:
       type: x
   subscriber:
     ref:
+      apiVersion: serving.knative.dev/v1
+      kind: Service
       name: sub
 `)}})
 	if err != nil {

@@ -259,3 +259,56 @@ func TestCrossCheck_Retry(t *testing.T) {
 		t.Errorf("no backoff: Knative waits %v", w)
 	}
 }
+
+// TestCrossCheck_DestinationRefs: the embedded broker refuses a subscriber
+// or dead-letter sink ref that Knative's webhook refuses for a missing
+// name, apiVersion or kind (KReference.Validate), and loads one it takes.
+// The one difference is deliberate: beside a uri, Knative's webhook does
+// not check the ref, which then resolves to no address on a cluster (the
+// Trigger is never ready); the embedded broker refuses it at load.
+func TestCrossCheck_DestinationRefs(t *testing.T) {
+	ctx := webhookContext(t)
+	const full = "apiVersion: serving.knative.dev/v1\n  kind: Service\n  name: s\n"
+	for name, tc := range map[string]struct {
+		ref  string // the ref's fields, each line indented by two
+		uri  string // beside the ref
+		ours bool   // the embedded broker loads it
+	}{
+		"full":               {ref: full, ours: true},
+		"name only":          {ref: "name: s\n"},
+		"no kind":            {ref: "apiVersion: serving.knative.dev/v1\n  name: s\n"},
+		"no apiVersion":      {ref: "kind: Service\n  name: s\n"},
+		"no name":            {ref: "apiVersion: serving.knative.dev/v1\n  kind: Service\n"},
+		"full beside uri":    {ref: full, uri: "/hook", ours: true},
+		"name only with uri": {ref: "name: s\n", uri: "/hook"},
+	} {
+		for _, at := range []string{"subscriber", "deadLetterSink"} {
+			t.Run(name+"/"+at, func(t *testing.T) {
+				dest := "ref:\n  " + tc.ref
+				if tc.uri != "" {
+					dest += "uri: " + tc.uri + "\n"
+				}
+				var spec string
+				if at == "subscriber" {
+					spec = "subscriber:\n" + indent(dest)
+				} else {
+					spec = "subscriber:\n  uri: http://sub.test/\ndelivery:\n  deadLetterSink:\n" + indent(indent(dest))
+				}
+				doc := "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  namespace: dovewarden\nspec:\n  broker: dovewarden\n" + indent(spec)
+				var tr eventingv1.Trigger
+				if err := yaml.UnmarshalStrict([]byte(doc), &tr); err != nil {
+					t.Fatal(err)
+				}
+				tr.SetDefaults(ctx)
+				fe := tr.Validate(ctx)
+				_, err := broker.Load(fstest.MapFS{"t.yaml": {Data: []byte("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: dovewarden\n---\n" + doc)}})
+				if (err == nil) != tc.ours {
+					t.Errorf("embedded broker: %v (want loaded %v); Knative: %v", err, tc.ours, fe)
+				}
+				if tc.uri == "" && (fe == nil) != (err == nil) {
+					t.Errorf("embedded broker: %v; Knative: %v", err, fe)
+				}
+			})
+		}
+	}
+}

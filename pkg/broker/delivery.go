@@ -117,11 +117,7 @@ func parseDelivery(raw json.RawMessage) (*Delivery, error) {
 	}
 	if rd.DeadLetterSink != nil {
 		s := rd.DeadLetterSink
-		ref := ""
-		if s.Ref != nil {
-			ref = s.Ref.Name
-		}
-		dls, err := destination(s.Ref != nil, ref, s.URI, s.CACerts)
+		dls, err := destination(s.Ref, s.URI, s.CACerts)
 		if err != nil {
 			return nil, fmt.Errorf("deadLetterSink: %w", err)
 		}

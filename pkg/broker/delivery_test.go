@@ -18,7 +18,7 @@ import (
 )
 
 func typeTrigger(name, typ, subscriber, delivery string) string {
-	return trigger(name, "  filter:\n    attributes:\n      type: "+typ+"\n  subscriber:\n    ref:\n      name: "+subscriber+"\n"+delivery)
+	return trigger(name, "  filter:\n    attributes:\n      type: "+typ+"\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: "+subscriber+"\n"+delivery)
 }
 
 func fail(code int) func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
@@ -28,7 +28,7 @@ func fail(code int) func(int, cloudevents.Event) (*cloudevents.Event, protocol.R
 }
 
 func TestDelivery_OverlappingTriggersDeliverTwice(t *testing.T) {
-	cfg := mustLoad(t, typeTrigger("one", "x", "sub", ""), trigger("two", "  filters:\n  - prefix:\n      type: x\n  subscriber:\n    ref:\n      name: sub\n"))
+	cfg := mustLoad(t, typeTrigger("one", "x", "sub", ""), trigger("two", "  filters:\n  - prefix:\n      type: x\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: sub\n"))
 	rec := newRecorder()
 	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
 	if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
@@ -124,7 +124,7 @@ func TestDelivery_Classification(t *testing.T) {
 		404: true, 408: true, 409: true, 429: true, 500: true, 502: true, 503: true,
 	} {
 		t.Run(strconv.Itoa(code), func(t *testing.T) {
-			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 			sub, dls := newRecorder(), newRecorder()
 			sub.answer = fail(code)
 			b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle}})
@@ -176,7 +176,7 @@ func TestDelivery_NoDeadLetterSinkDropsAndCounts(t *testing.T) {
 // cluster, a Trigger whose delivery sets no deadLetterSink falls back to
 // the Broker's, while its retries are its own.
 func TestDelivery_TriggerWithoutDeadLetterSinkUsesTheBrokers(t *testing.T) {
-	broker := brokerDoc + "spec:\n  delivery:\n    retry: 5\n    deadLetterSink:\n      ref:\n        name: sink\n"
+	broker := brokerDoc + "spec:\n  delivery:\n    retry: 5\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: sink\n"
 	cfg, err := Load(manifests(broker, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n")))
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +201,7 @@ func TestDelivery_TriggerWithoutDeadLetterSinkUsesTheBrokers(t *testing.T) {
 }
 
 func TestDelivery_DeadLetterSinkFailingIsRetriedThenDropped(t *testing.T) {
-	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	sub, dls := newRecorder(), newRecorder()
 	sub.answer, dls.answer = fail(500), fail(500)
 	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle}})
@@ -298,7 +298,7 @@ func TestDelivery_HandlerAnswers(t *testing.T) {
 		}, 1, false, "400"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"), typeTrigger("r", "reply.type", "replies", ""))
+			cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"), typeTrigger("r", "reply.type", "replies", ""))
 			sub, dls, replies := newRecorder(), newRecorder(), newRecorder()
 			sub.answer = tc.answer
 			b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle, "replies": replies.handle}})
@@ -345,7 +345,7 @@ func TestDelivery_HandlerMeansWhatItsHTTPReceiverAnswers(t *testing.T) {
 	defer srv.Close()
 	for name, subscriber := range map[string]string{"in process": "inproc", "HTTP": "remote"} {
 		t.Run(name, func(t *testing.T) {
-			cfg := mustLoad(t, typeTrigger("t", "x", subscriber, "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			cfg := mustLoad(t, typeTrigger("t", "x", subscriber, "  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 			dls := newRecorder()
 			b, reg := start(t, cfg, Options{
 				Handlers:    map[string]Handler{"inproc": accepted, "dls": dls.handle},
@@ -454,7 +454,7 @@ func TestDelivery_HandlerPastTimeoutIsATimeout(t *testing.T) {
 		"HTTP":    {"remote", srv.URL},
 	} {
 		t.Run(name, func(t *testing.T) {
-			cfg := mustLoad(t, typeTrigger("t", "x", tc.subscriber, "  delivery:\n    retry: 1\n    timeout: PT0.1S\n    deadLetterSink:\n      ref:\n        name: dls\n"),
+			cfg := mustLoad(t, typeTrigger("t", "x", tc.subscriber, "  delivery:\n    retry: 1\n    timeout: PT0.1S\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"),
 				typeTrigger("r", "reply.type", "replies", ""))
 			sub, dls, replies := newRecorder(), newRecorder(), newRecorder()
 			sub.answer = func(_ int, ev cloudevents.Event) (*cloudevents.Event, protocol.Result) { return late(ev), nil }

@@ -121,7 +121,7 @@ func TestFilters_CESQLRuntimeErrorIsNoMatch(t *testing.T) {
 // subscribers) see an event sent at 10:00+02:00 at 08:00Z; here too.
 func TestFilters_TimeIsMatchedInUTC(t *testing.T) {
 	const utc = "2026-11-29T08:00:00Z"
-	sub := "  subscriber:\n    ref:\n      name: sub\n"
+	sub := "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: sub\n"
 	cfg := mustLoad(t,
 		trigger("attributes", "  filter:\n    attributes:\n      time: \""+utc+"\"\n"+sub),
 		trigger("exact", "  filters:\n  - exact:\n      time: \""+utc+"\"\n"+sub),

@@ -30,7 +30,7 @@ func FuzzIngress(f *testing.F) {
 	f.Add(false, "application/cloudevents+json", "", "", "", "", "", "", `{"specversion":"1.0","id":"e","source":"s","type":"t","data_base64":"!!"}`)
 	f.Add(false, "application/cloudevents+json", "", "", "", "", "", "", `{"specversion":"1.0","id":"e","source":"s","type":"t","knativebrokerttl":"x"}`)
 
-	cfg, err := Load(manifests(brokerDoc, trigger("all", "  subscriber:\n    ref:\n      name: sub\n")))
+	cfg, err := Load(manifests(brokerDoc, trigger("all", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: sub\n")))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func validHeader(k, v string) bool {
 //	go test -run '^$' -fuzz FuzzLoad -fuzztime 60s ./pkg/broker/
 func FuzzLoad(f *testing.F) {
 	f.Add(brokerDoc + "---\n" + trigger("t", "  filters:\n  - all:\n    - any:\n      - exact:\n          type: a\n    - not:\n        prefix:\n          priority: h\n  subscriber:\n    uri: http://127.0.0.1:1/\n  delivery:\n    retry: 3\n    backoffPolicy: linear\n    backoffDelay: PT0.5S\n"))
-	f.Add(brokerDoc + "---\n" + trigger("t", "  filter:\n    attributes:\n      type: a\n  subscriber:\n    ref:\n      name: s\n"))
+	f.Add(brokerDoc + "---\n" + trigger("t", "  filter:\n    attributes:\n      type: a\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n"))
 	f.Add(brokerDoc + "---\n" + trigger("t", "  filters:\n  - cesql: \"priority = 'high'\"\n  subscriber:\n    uri: http://127.0.0.1:1/\n"))
 	f.Add("kind: Trigger\nmetadata:\n  name: [\n")
 	f.Add("apiVersion: v1\nkind: ConfigMap\n---\n---\n")

@@ -152,7 +152,7 @@ func TestIngress_PassThroughHeadersReachTheSubscriber(t *testing.T) {
 func TestHTTPDeadLetterSink_GetsThePassThroughHeaders(t *testing.T) {
 	sub, subURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadRequest) })
 	dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	b, _ := start(t, cfg, Options{Subscribers: map[string]string{"svc": subURL, "dls": dlsURL}})
 	if rr := post(t, b.Ingress(), "POST", "/team-a/b", withAll(binaryHeaders, passHeaders), "{}"); rr.Code != http.StatusAccepted {
 		t.Fatalf("%d %s", rr.Code, rr.Body)
@@ -213,7 +213,7 @@ func TestHTTPReply_KeepsTheResponsesHeaders(t *testing.T) {
 func TestHTTPReply_NotPublishedGoesToTheSinkWithTheResponsesHeaders(t *testing.T) {
 	_, replierURL := newHTTPSubscriber(t, replyingSubscriber(typeSucceeded))
 	dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	cfg := mustLoad(t, typeTrigger("ask", typeChanged, "replier", "  delivery:\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	cfg := mustLoad(t, typeTrigger("ask", typeChanged, "replier", "  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	b, _ := start(t, cfg, Options{Subscribers: map[string]string{"replier": replierURL, "dls": dlsURL}})
 	// TTL 2 becomes 1: the reply would be the event's last pass, and is refused.
 	if rr := post(t, b.Ingress(), "POST", "/team-a/b", withAll(with(binaryHeaders, "Ce-Knativebrokerttl", "2"), passHeaders), "{}"); rr.Code != http.StatusAccepted {
@@ -343,7 +343,7 @@ func TestHTTPReply_LargerThanMaxBodyIsNotRetried(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			sub, url := newHTTPSubscriber(t, tc.answer)
 			dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-			cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        name: dls\n"),
+			cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"),
 				typeTrigger("results", typeSucceeded, "results", ""))
 			results := newRecorder()
 			b, _ := start(t, cfg, Options{MaxBody: 1024, Subscribers: map[string]string{"svc": url, "dls": dlsURL},

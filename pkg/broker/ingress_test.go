@@ -129,7 +129,7 @@ func TestIngress_BadExtensionNameIs400(t *testing.T) {
 // such a reply goes to the dead-letter sink as an invalid reply does.
 func TestIngress_AttributeNoHeaderCanCarryIs400(t *testing.T) {
 	cfg := mustLoad(t, typeTrigger("t", typeChanged, "sub", ""),
-		typeTrigger("ask", "ask", "replier", "  delivery:\n    retry: 3\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+		typeTrigger("ask", "ask", "replier", "  delivery:\n    retry: 3\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	rec, replier, dls := newRecorder(), newRecorder(), newRecorder()
 	replier.answer = func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
 		r := event("r1", typeChanged, "")
@@ -192,7 +192,7 @@ func TestIngress_AttributeNoHeaderCanCarryIs400(t *testing.T) {
 // event sent in structured mode with them is routed and delivered as if
 // it had none. An id of blanks is no id: 400.
 func TestIngress_PaddedAttributesAreTrimmed(t *testing.T) {
-	cfg := mustLoad(t, trigger("t", "  filters:\n  - exact:\n      subject: u1\n      priority: high\n  subscriber:\n    ref:\n      name: sub\n"))
+	cfg := mustLoad(t, trigger("t", "  filters:\n  - exact:\n      subject: u1\n      priority: high\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: sub\n"))
 	rec := newRecorder()
 	b, reg := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
 	ce := map[string]string{"Content-Type": "application/cloudevents+json"}
@@ -371,7 +371,7 @@ func TestHTTPSubscriber_Failures(t *testing.T) {
 			if tc.answer != nil {
 				sub, url = newHTTPSubscriber(t, tc.answer)
 			}
-			cfg := mustLoad(t, trigger("t", "  subscriber:\n    ref:\n      name: svc\n  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			cfg := mustLoad(t, trigger("t", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: svc\n  delivery:\n    retry: 1\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 			dls := newRecorder()
 			b, _ := start(t, cfg, Options{Subscribers: map[string]string{"svc": url}, Handlers: map[string]Handler{"dls": dls.handle}})
 			if err := b.Publish(context.Background(), event("e1", "x", "")); err != nil {
@@ -423,7 +423,7 @@ func TestHTTPSubscriber_StructuredFormatAndMappingWins(t *testing.T) {
 // TestLanes_HideURLPasswords: a subscriber or dead-letter URL's password
 // is shown by Lanes (and so in the log and local mode's status) as xxxxx.
 func TestLanes_HideURLPasswords(t *testing.T) {
-	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	b, _ := start(t, cfg, Options{Subscribers: map[string]string{
 		"svc": "http://hook:s3cret@127.0.0.1:1/hook", "dls": "http://dead:0ther@127.0.0.1:1/dead"}})
 	l := b.Lanes()
@@ -433,7 +433,7 @@ func TestLanes_HideURLPasswords(t *testing.T) {
 }
 
 func TestNew_DisablesUnresolvedTriggers(t *testing.T) {
-	cfg := mustLoad(t, typeTrigger("enabled", "x", "sub", ""), typeTrigger("disabled", "x", "nobody", "  delivery:\n    deadLetterSink:\n      ref:\n        name: nobody-either\n"))
+	cfg := mustLoad(t, typeTrigger("enabled", "x", "sub", ""), typeTrigger("disabled", "x", "nobody", "  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: nobody-either\n"))
 	rec := newRecorder()
 	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": rec.handle}})
 	lanes := b.Lanes()
@@ -458,7 +458,7 @@ func TestNew_DisablesUnresolvedTriggers(t *testing.T) {
 func TestHTTPDeadLetterSink_BinaryWhateverTheFormat(t *testing.T) {
 	sub, subURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadRequest) })
 	dls, dlsURL := newHTTPSubscriber(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    format: json\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	cfg := mustLoad(t, typeTrigger("t", "x", "svc", "  delivery:\n    format: json\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	b, _ := start(t, cfg, Options{Subscribers: map[string]string{"svc": subURL, "dls": dlsURL}})
 	ev := event("e1", "x", "")
 	if err := ev.SetData("application/json", map[string]string{"user": "u1"}); err != nil {

@@ -113,7 +113,7 @@ func TestLanes_RetryDoesNotHoldTheWorker(t *testing.T) {
 func TestLanes_Backpressure(t *testing.T) {
 	cfg := mustLoad(t,
 		typeTrigger("roomy", "x", "fast", ""),
-		trigger("tight", "  filters:\n  - exact:\n      type: x\n  subscriber:\n    ref:\n      name: slow\n"),
+		trigger("tight", "  filters:\n  - exact:\n      type: x\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: slow\n"),
 	)
 	cfg.Triggers[1].QueueSize, cfg.Triggers[1].Workers = 3, 1
 	fast, slow := newRecorder(), newBlocker()
@@ -212,7 +212,7 @@ func TestLanes_BackpressureByBytes(t *testing.T) {
 // one event, so it holds its data once, not the subscriber's copy beside
 // the sink's; the sink, and Shutdown's answer, still get all of it.
 func TestLanes_DeadLetterTaskHoldsItsDataOnce(t *testing.T) {
-	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+	cfg := mustLoad(t, typeTrigger("t", "x", "sub", "  delivery:\n    retry: 1\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 	sub, dls := newRecorder(), newRecorder()
 	sub.answer, dls.answer = fail(400), fail(503)
 	b, _ := start(t, cfg, Options{Handlers: map[string]Handler{"sub": sub.handle, "dls": dls.handle}})

@@ -72,7 +72,8 @@ type Trigger struct {
 }
 
 // Destination is a Knative Destination: a ref (only its name is used, to
-// find an in-process handler or a --subscriber URL) and/or a URI, and the
+// find an in-process handler or a --subscriber URL, though loading asks
+// for its apiVersion and kind as Knative does) and/or a URI, and the
 // CACerts (PEM) an https destination's certificate may also chain to.
 // Its audience (OIDC) is read and not used: there is no OIDC here, as in
 // Knative with OIDC off.
@@ -119,11 +120,19 @@ type (
 		Delivery   json.RawMessage `json:"delivery"`
 	}
 	rawDestination struct {
-		Ref *struct {
-			Name string `json:"name"`
-		} `json:"ref"`
+		Ref     *rawRef `json:"ref"`
 		URI     string  `json:"uri"`
 		CACerts *string `json:"CACerts"`
+	}
+	// rawRef is a Knative KReference. Only its name is used here, but
+	// Knative's webhook refuses one without apiVersion or kind, so it is
+	// refused here too.
+	rawRef struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Name       string `json:"name"`
+		Namespace  string `json:"namespace"`
+		Group      string `json:"group"`
 	}
 	rawDelivery struct {
 		DeadLetterSink *rawDestinationStrict `json:"deadLetterSink"`
@@ -136,13 +145,7 @@ type (
 	// rawDestinationStrict is a Destination decoded strictly (inside
 	// delivery, where unknown fields are refused).
 	rawDestinationStrict struct {
-		Ref *struct {
-			APIVersion string `json:"apiVersion"`
-			Kind       string `json:"kind"`
-			Name       string `json:"name"`
-			Namespace  string `json:"namespace"`
-			Group      string `json:"group"`
-		} `json:"ref"`
+		Ref      *rawRef `json:"ref"`
 		URI      string  `json:"uri"`
 		CACerts  *string `json:"CACerts"`
 		Audience *string `json:"audience"`
@@ -296,7 +299,7 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 	default:
 		tr.Filter = matchAll{}
 	}
-	if tr.Subscriber, err = destination(spec.Subscriber.Ref != nil, refName(spec.Subscriber), spec.Subscriber.URI, spec.Subscriber.CACerts); err != nil {
+	if tr.Subscriber, err = destination(spec.Subscriber.Ref, spec.Subscriber.URI, spec.Subscriber.CACerts); err != nil {
 		return nil, "", fmt.Errorf("spec.subscriber: %w", err)
 	}
 	if len(spec.Delivery) > 0 && string(spec.Delivery) != "null" {
@@ -325,16 +328,16 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 	return tr, spec.Broker, nil
 }
 
-func refName(d rawDestination) string {
-	if d.Ref == nil {
-		return ""
-	}
-	return d.Ref.Name
-}
-
-func destination(hasRef bool, ref, uri string, caCerts *string) (Destination, error) {
-	if hasRef && ref == "" {
-		return Destination{}, errors.New("ref without a name")
+func destination(r *rawRef, uri string, caCerts *string) (Destination, error) {
+	ref := ""
+	if r != nil {
+		if r.Name == "" {
+			return Destination{}, errors.New("ref without a name")
+		}
+		if err := checkRef(r); err != nil {
+			return Destination{}, err
+		}
+		ref = r.Name
 	}
 	if ref == "" && uri == "" {
 		return Destination{}, errors.New("neither ref nor uri set")
@@ -357,6 +360,25 @@ func destination(hasRef bool, ref, uri string, caCerts *string) (Destination, er
 		d.CACerts = *caCerts
 	}
 	return d, nil
+}
+
+// checkRef refuses a ref Knative's webhook refuses for want of a field
+// (KReference.Validate: name, apiVersion and kind are required), and also
+// one beside a uri, which Knative's webhook lets through unchecked but
+// cannot resolve to an address: such a Trigger is never ready there.
+func checkRef(r *rawRef) error {
+	var missing []string
+	if r.APIVersion == "" {
+		missing = append(missing, "apiVersion")
+	}
+	if r.Kind == "" {
+		missing = append(missing, "kind")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("ref %s: no %s (Knative requires a ref's name, kind and apiVersion, e.g. apiVersion: serving.knative.dev/v1 and kind: Service)",
+			r.Name, strings.Join(missing, " and no "))
+	}
+	return nil
 }
 
 func positiveAnnotation(ann map[string]string, key string) (int, error) {

@@ -37,6 +37,12 @@ func TestLoad_ErrorsNameFileTriggerAndSetting(t *testing.T) {
 		"no subscriber":       {"  filter: {}\n", "spec.subscriber: neither ref nor uri"},
 		"relative uri":        {"  subscriber:\n    uri: /x\n", "want an absolute http"},
 		"bad dead letter":     {sub + "  delivery:\n    deadLetterSink:\n      ref:\n        kind: Service\n", "deadLetterSink: ref without a name"},
+		"subscriber ref without kind": {"  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      name: s\n",
+			"spec.subscriber: ref s: no kind"},
+		"subscriber ref name only": {"  subscriber:\n    ref:\n      name: s\n", "spec.subscriber: ref s: no apiVersion and no kind"},
+		"dead letter ref without apiVersion": {sub + "  delivery:\n    deadLetterSink:\n      ref:\n        kind: Service\n        name: d\n",
+			"spec.delivery: deadLetterSink: ref d: no apiVersion"},
+		"ref beside a uri without kind": {"  subscriber:\n    ref:\n      apiVersion: v1\n      name: s\n    uri: /hook\n", "spec.subscriber: ref s: no kind"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(manifests(brokerDoc, trigger("t1", tc.spec)))
@@ -72,10 +78,10 @@ func TestLoad_DeliveryAndDocuments(t *testing.T) {
       uri: http://127.0.0.1:1/dls
 `
 	service := "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec: {}\n"
-	inherits := trigger("inherits", "  subscriber:\n    ref:\n      name: s\n")
-	own := trigger("own", "  subscriber:\n    ref:\n      name: s\n  delivery:\n    retry: 7\n    timeout: PT30S\n    format: json\n")
-	other := strings.Replace(trigger("other", "  subscriber:\n    ref:\n      name: s\n"), "broker: b", "broker: elsewhere", 1)
-	sized := strings.Replace(trigger("sized", "  subscriber:\n    ref:\n      name: s\n"), "  name: sized\n",
+	inherits := trigger("inherits", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n")
+	own := trigger("own", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n  delivery:\n    retry: 7\n    timeout: PT30S\n    format: json\n")
+	other := strings.Replace(trigger("other", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n"), "broker: b", "broker: elsewhere", 1)
+	sized := strings.Replace(trigger("sized", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n"), "  name: sized\n",
 		"  name: sized\n  annotations:\n    dovewarden.org/workers: \"3\"\n    dovewarden.org/queue-size: \"17\"\n", 1)
 	fsys := fstest.MapFS{
 		"a-broker.yaml": {Data: []byte("# comment only\n---\n" + broker + "---\n" + service)},
@@ -178,8 +184,8 @@ func TestLoad_Refuses(t *testing.T) {
 // ref alone (an in-process handler). A relative uri beside a ref loads.
 func TestLoad_RefWithAbsoluteURIIsRefused(t *testing.T) {
 	for name, spec := range map[string]string{
-		"subscriber":     "  subscriber:\n    ref:\n      name: s\n    uri: http://u:hunter2@other.example/x\n",
-		"deadLetterSink": "  subscriber:\n    ref:\n      name: s\n  delivery:\n    deadLetterSink:\n      ref:\n        name: d\n      uri: https://u:hunter2@other.example/x\n",
+		"subscriber":     "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n    uri: http://u:hunter2@other.example/x\n",
+		"deadLetterSink": "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: d\n      uri: https://u:hunter2@other.example/x\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(manifests(brokerDoc, trigger("t1", spec)))
@@ -189,7 +195,7 @@ func TestLoad_RefWithAbsoluteURIIsRefused(t *testing.T) {
 			}
 		})
 	}
-	cfg, err := Load(manifests(brokerDoc, trigger("t1", "  subscriber:\n    ref:\n      name: s\n    uri: /hook?x=1\n")))
+	cfg, err := Load(manifests(brokerDoc, trigger("t1", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n    uri: /hook?x=1\n")))
 	if err != nil {
 		t.Fatalf("a relative uri beside a ref: %v", err)
 	}
@@ -246,8 +252,8 @@ func TestBackoff_HugeValuesSaturate(t *testing.T) {
 // as it is, and a Trigger's own delivery replaces the Broker's.
 func TestLoad_BrokerWithoutDeliveryTakesKnativesDefault(t *testing.T) {
 	stock := Delivery{Retry: 10, BackoffPolicy: BackoffExponential, BackoffDelay: 200 * time.Millisecond}
-	inherits := trigger("t", "  subscriber:\n    ref:\n      name: s\n")
-	own := trigger("u", "  subscriber:\n    ref:\n      name: s\n  delivery:\n    retry: 1\n")
+	inherits := trigger("t", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n")
+	own := trigger("u", "  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: s\n  delivery:\n    retry: 1\n")
 	for name, tc := range map[string]struct {
 		docs []string
 		want Delivery

@@ -157,7 +157,7 @@ func TestDeadLetter_ErrorDestShowsNoPassword(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			hook := strings.Replace(tc.url, "http://", "http://alerts:s3cret@", 1) + "/hook?token=t0ken"
-			cfg := mustLoad(t, typeTrigger("t", typeFailed, "hook", "  delivery:\n    deadLetterSink:\n      ref:\n        name: dls\n"))
+			cfg := mustLoad(t, typeTrigger("t", typeFailed, "hook", "  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"))
 			dls := newRecorder()
 			b, _ := start(t, cfg, Options{Subscribers: map[string]string{"hook": hook}, Handlers: map[string]Handler{"dls": dls.handle}})
 			if err := b.Publish(context.Background(), event("f1", typeFailed, "high")); err != nil {

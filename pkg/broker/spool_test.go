@@ -31,7 +31,7 @@ func spoolManifests(t *testing.T, ansQueue int) *Config {
 		typeTrigger("ask", "ask", "replier", "  delivery:\n    retry: 3\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n"),
 		strings.Replace(typeTrigger("ans", "answer", "answers", ""), "  name: ans\n",
 			"  name: ans\n  annotations:\n    dovewarden.org/workers: \"1\"\n    dovewarden.org/queue-size: \""+strconv.Itoa(ansQueue)+"\"\n", 1),
-		typeTrigger("d", "dead", "failing", "  delivery:\n    retry: 1\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n    deadLetterSink:\n      ref:\n        name: sink\n"),
+		typeTrigger("d", "dead", "failing", "  delivery:\n    retry: 1\n    backoffPolicy: exponential\n    backoffDelay: PT1H\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: sink\n"),
 	)
 }
 
@@ -384,7 +384,7 @@ func TestSettings_SpoolFileFolderMustTakeAFile(t *testing.T) {
 // for their destination.
 func TestShutdown_HoldsWhatItCutShort(t *testing.T) {
 	cfg := mustLoad(t, typeTrigger("cut", "x", "stuck", ""), typeTrigger("late", "late.type", "replier", ""),
-		typeTrigger("dl", "dl.type", "refuser", "  delivery:\n    deadLetterSink:\n      ref:\n        name: stucksink\n"))
+		typeTrigger("dl", "dl.type", "refuser", "  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: stucksink\n"))
 	stuck, stuckSink, refuser := newBlocker(), newBlocker(), newRecorder()
 	refuser.answer = fail(400)
 	replier := &blocker{release: make(chan struct{})}
@@ -498,7 +498,7 @@ func spoolBenchEvents(b *testing.B) []Held {
 //	go test -run '^$' -bench Spool -benchmem ./pkg/broker/
 func BenchmarkSpool(b *testing.B) {
 	held := spoolBenchEvents(b)
-	cfg, err := Load(manifests(brokerDoc, trigger("sync-low", "  filter:\n    attributes:\n      type: "+typeChanged+"\n  subscriber:\n    ref:\n      name: sub\n")))
+	cfg, err := Load(manifests(brokerDoc, trigger("sync-low", "  filter:\n    attributes:\n      type: "+typeChanged+"\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: sub\n")))
 	if err != nil {
 		b.Fatal(err)
 	}
