@@ -212,6 +212,12 @@ func Load(fsys fs.FS) (*Config, error) {
 	case 0:
 	case 1:
 		b := brokers[0]
+		if b.obj.Metadata.Name == "" {
+			// Knative's API refuses it. Here every Trigger would be
+			// skipped as another Broker's, and the ingress would accept
+			// every event and route it nowhere.
+			return nil, fmt.Errorf("%s: Broker: no metadata.name", b.file)
+		}
 		cfg.Broker = b.obj.Metadata.Name
 		var spec rawBrokerSpec
 		if err := unmarshalSpec(b.obj.Spec, &spec); err != nil {

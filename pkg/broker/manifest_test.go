@@ -58,6 +58,16 @@ func TestLoad_ErrorsNameFileTriggerAndSetting(t *testing.T) {
 	}
 }
 
+// A Broker without a name is refused: loaded, every Trigger was skipped
+// as another Broker's, and the ingress accepted events it routed nowhere.
+func TestLoad_BrokerWithoutName(t *testing.T) {
+	_, err := Load(manifests("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  nme: b\n",
+		trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n")))
+	if err == nil || !strings.Contains(err.Error(), "triggers.yaml: Broker: no metadata.name") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestLoad_BadAnnotation(t *testing.T) {
 	doc := strings.Replace(trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n"),
 		"  name: t1\n", "  name: t1\n  annotations:\n    dovewarden.org/workers: \"0\"\n", 1)
