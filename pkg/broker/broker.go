@@ -339,7 +339,7 @@ func (b *Broker) resolve(d Destination, used map[string]bool) endpoint {
 		return &httpEndpoint{url: u, client: b.clientFor(d.CACerts), maxBody: b.opts.MaxBody}
 	}
 	if h, ok := b.opts.Handlers[d.Ref]; ok && h != nil {
-		return &handlerEndpoint{name: d.Ref, h: h}
+		return &handlerEndpoint{name: d.Ref, h: h, maxBody: b.opts.MaxBody}
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -485,5 +486,49 @@ func TestDelivery_HandlerPastTimeoutIsATimeout(t *testing.T) {
 				t.Errorf("handler called %d times; want 2 (retry: 1)", sub.count())
 			}
 		})
+	}
+}
+
+// TestHandlerReply_LargerThanMaxBodyIsNotPublished: an in-process
+// subscriber's reply is bounded as an HTTP subscriber's is (its data is
+// the body sdk-go's receiver would answer with): one larger than MaxBody
+// is not published; the original event goes to the dead-letter sink once,
+// with knativeerrorcode 413, and the subscriber is not asked again.
+func TestHandlerReply_LargerThanMaxBodyIsNotPublished(t *testing.T) {
+	cfg := mustLoad(t, typeTrigger("t", typeChanged, "svc", "  delivery:\n    retry: 2\n    deadLetterSink:\n      ref:\n        apiVersion: serving.knative.dev/v1\n        kind: Service\n        name: dls\n"),
+		typeTrigger("results", typeSucceeded, "results", ""))
+	sub, dls, results := newRecorder(), newRecorder(), newRecorder()
+	sub.answer = func(int, cloudevents.Event) (*cloudevents.Event, protocol.Result) {
+		r := event("r1", typeSucceeded, "")
+		if err := r.SetData("text/plain", []byte(strings.Repeat("x", 2000))); err != nil {
+			t.Error(err)
+		}
+		return &r, nil
+	}
+	b, reg := start(t, cfg, Options{MaxBody: 1024, Handlers: map[string]Handler{"svc": sub.handle, "dls": dls.handle, "results": results.handle}})
+	if err := b.Publish(context.Background(), event("e1", typeChanged, "")); err != nil {
+		t.Fatal(err)
+	}
+	// Published, the reply reaches results; refused, the event reaches
+	// the sink instead. Whichever comes first tells.
+	select {
+	case r := <-results.ch:
+		t.Fatalf("reply %s of %d bytes published; want it refused as larger than MaxBody 1024", r.ID(), len(r.Data()))
+	case ev := <-dls.ch:
+		ext := ev.Extensions()
+		if ev.ID() != "e1" || ext[ExtErrorCode] != "413" || ext[ExtErrorDest] != "inprocess://broker/b" {
+			t.Errorf("dead-letter sink got %s with code %v, dest %v; want e1, 413, inprocess://broker/b", ev.ID(), ext[ExtErrorCode], ext[ExtErrorDest])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("neither the reply nor the dead letter within 5s")
+	}
+	if n := sub.count(); n != 1 {
+		t.Errorf("subscriber got the event %d times, want 1", n)
+	}
+	if n := results.count(); n != 0 {
+		t.Errorf("results got %d replies, want none", n)
+	}
+	if got := counter(t, reg, "dovewarden_broker_deliveries_total", map[string]string{"trigger": "t", "outcome": "success"}); got != 1 {
+		t.Errorf("deliveries_total{success} = %v, want 1", got)
 	}
 }

@@ -25,7 +25,9 @@ import (
 // *cehttp.Result carries its status, any other error is 500; a returned
 // event with a 2xx is the reply, published back into the broker, and a 2xx
 // Result with a message but no event is a 502 (the receiver writes the
-// message as the body, which Knative's filter refuses). ctx ends
+// message as the body, which Knative's filter refuses); a reply whose data
+// is larger than Options.MaxBody fails as one the ingress refuses (413, to
+// the dead-letter sink), as an HTTP subscriber's does. ctx ends
 // at the attempt's timeout: an answer after it is lost and the attempt
 // fails as an HTTP subscriber's that timed out.
 type Handler func(ctx context.Context, ev cloudevents.Event) (*cloudevents.Event, protocol.Result)
@@ -241,10 +243,12 @@ func failed(err error) outcome {
 	return outcome{code: http.StatusInternalServerError, body: []byte("dispatch error: " + err.Error()), transport: err, reason: err.Error()}
 }
 
-// handlerEndpoint calls an in-process Handler.
+// handlerEndpoint calls an in-process Handler. maxBody bounds its reply as
+// httpEndpoint bounds an HTTP subscriber's.
 type handlerEndpoint struct {
-	name string
-	h    Handler
+	name    string
+	h       Handler
+	maxBody int64
 }
 
 func (e *handlerEndpoint) dest() string { return "inprocess://" + e.name }
@@ -290,6 +294,12 @@ func (e *handlerEndpoint) send(ctx context.Context, ev cloudevents.Event, _ bool
 			return outcome{code: http.StatusBadGateway, reason: fmt.Sprintf("HTTP %d with body %q: received a non-empty response not recognized as CloudEvent", code, body)}
 		}
 		return outcome{code: code}
+	}
+	if int64(len(reply.DataEncoded)) > e.maxBody {
+		// sdk-go's receiver writes a reply in binary mode, its data the
+		// response body: over HTTP this reply is one larger than the
+		// ingress takes, and fails as httpEndpoint.send has it fail.
+		return outcome{code: code, replyTooLarge: true, reason: fmt.Sprintf("reply larger than %d bytes", e.maxBody)}
 	}
 	// A reply crosses the HTTP binding on a cluster; its copy here keeps
 	// the handler from changing it after it is queued.
