@@ -27,6 +27,14 @@ const (
 	AnnotationQueueSize = "dovewarden.org/queue-size"
 )
 
+// The most workers and queue places a lane may have, by flag or by
+// annotation. A worker is a goroutine (twice as many with a dead-letter
+// sink): a million, which a typo can ask for, takes gigabytes of stacks.
+const (
+	MaxWorkers   = 10_000
+	MaxQueueSize = 1_000_000
+)
+
 // DefaultBrokerName is the Broker Triggers name when the manifests hold no
 // Broker (Knative's own default Broker is called "default").
 const DefaultBrokerName = "default"
@@ -325,10 +333,10 @@ func parseTrigger(file string, obj rawObject, brokerDelivery *Delivery) (*Trigge
 		// only; the Broker's goes no further than its channel.
 		tr.Delivery.Structured = false
 	}
-	if tr.Workers, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationWorkers); err != nil {
+	if tr.Workers, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationWorkers, MaxWorkers); err != nil {
 		return nil, "", err
 	}
-	if tr.QueueSize, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationQueueSize); err != nil {
+	if tr.QueueSize, err = positiveAnnotation(obj.Metadata.Annotations, AnnotationQueueSize, MaxQueueSize); err != nil {
 		return nil, "", err
 	}
 	return tr, spec.Broker, nil
@@ -387,14 +395,16 @@ func checkRef(r *rawRef) error {
 	return nil
 }
 
-func positiveAnnotation(ann map[string]string, key string) (int, error) {
+// positiveAnnotation reads a whole number from 1 to most, the bound of the
+// flag the annotation overrides.
+func positiveAnnotation(ann map[string]string, key string, most int) (int, error) {
 	v, ok := ann[key]
 	if !ok {
 		return 0, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 1_000_000 {
-		return 0, fmt.Errorf("annotation %s=%q: want a whole number from 1 to 1000000", key, v)
+	if err != nil || n < 1 || n > most {
+		return 0, fmt.Errorf("annotation %s=%q: want a whole number from 1 to %d", key, v, most)
 	}
 	return n, nil
 }

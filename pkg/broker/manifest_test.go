@@ -69,11 +69,27 @@ func TestLoad_BrokerWithoutName(t *testing.T) {
 }
 
 func TestLoad_BadAnnotation(t *testing.T) {
-	doc := strings.Replace(trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n"),
-		"  name: t1\n", "  name: t1\n  annotations:\n    dovewarden.org/workers: \"0\"\n", 1)
-	_, err := Load(manifests(brokerDoc, doc))
-	if err == nil || !strings.Contains(err.Error(), "Trigger t1: annotation dovewarden.org/workers") {
-		t.Fatalf("err = %v", err)
+	annotated := func(key, value string) string {
+		return strings.Replace(trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n"),
+			"  name: t1\n", "  name: t1\n  annotations:\n    "+key+": \""+value+"\"\n", 1)
+	}
+	for _, tc := range []struct{ key, value string }{
+		{AnnotationWorkers, "0"},
+		// As --workers: each worker is a goroutine, and a million of
+		// them (two with a dead-letter sink) take gigabytes.
+		{AnnotationWorkers, "10001"},
+		{AnnotationQueueSize, "0"},
+		{AnnotationQueueSize, "1000001"},
+	} {
+		_, err := Load(manifests(brokerDoc, annotated(tc.key, tc.value)))
+		if err == nil || !strings.Contains(err.Error(), "Trigger t1: annotation "+tc.key) {
+			t.Errorf("%s: %s: err = %v", tc.key, tc.value, err)
+		}
+	}
+	for _, tc := range []struct{ key, value string }{{AnnotationWorkers, "10000"}, {AnnotationQueueSize, "1000000"}} {
+		if _, err := Load(manifests(brokerDoc, annotated(tc.key, tc.value))); err != nil {
+			t.Errorf("%s: %s: %v", tc.key, tc.value, err)
+		}
 	}
 }
 

@@ -60,14 +60,14 @@ func (s *Settings) Validate() error {
 			errs = append(errs, fmt.Errorf("triggers %q: not a folder", s.Triggers))
 		}
 	}
-	if s.QueueSize < 1 || s.QueueSize > 1_000_000 {
-		errs = append(errs, fmt.Errorf("queue-size %d: want 1 to 1000000", s.QueueSize))
+	if s.QueueSize < 1 || s.QueueSize > MaxQueueSize {
+		errs = append(errs, fmt.Errorf("queue-size %d: want 1 to %d", s.QueueSize, MaxQueueSize))
 	}
 	if s.QueueBytes < 1<<20 || s.QueueBytes > 64<<30 {
 		errs = append(errs, fmt.Errorf("queue-bytes %d: want 1 MiB to 64 GiB (1048576 to 68719476736)", s.QueueBytes))
 	}
-	if s.Workers < 1 || s.Workers > 10_000 {
-		errs = append(errs, fmt.Errorf("workers %d: want 1 to 10000", s.Workers))
+	if s.Workers < 1 || s.Workers > MaxWorkers {
+		errs = append(errs, fmt.Errorf("workers %d: want 1 to %d", s.Workers, MaxWorkers))
 	}
 	if s.DeliveryTimeout < time.Second {
 		// Below it every delivery to a sync function, which runs a dsync
