@@ -252,9 +252,6 @@ func runLocal(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer unlock() // after saveHeld
-	for _, w := range bcfg.Warnings {
-		log.Warn("broker: " + w)
-	}
 	for _, l := range b.Lanes() {
 		log.Info("lane", "trigger", l.Trigger, "enabled", l.Enabled, "subscriber", l.Subscriber, "workers", l.Workers, "queue", l.QueueSize)
 	}

@@ -972,3 +972,27 @@ func TestLocal_SpoolFileKeepsAnAlertOfAnAttemptDuringTheStop(t *testing.T) {
 		t.Errorf("alerts after the restart: %q, want %q", got, want)
 	}
 }
+
+// TestLocal_WarnsOnceOfATriggerForAnotherBroker: what loading the
+// manifests warns of (a Trigger of another Broker, skipped) is logged
+// once, by the broker as it starts.
+func TestLocal_WarnsOnceOfATriggerForAnotherBroker(t *testing.T) {
+	triggers, brokerYAML := shippedBroker(t)
+	dir := t.TempDir()
+	for f, body := range map[string]string{
+		"broker.yaml":   string(brokerYAML),
+		"triggers.yaml": string(triggers),
+		"other.yaml":    "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: other\nspec:\n  broker: elsewhere\n  subscriber:\n    uri: http://127.0.0.1:1/\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, stop, _, stderr := startLocal(t, nil, "--triggers", dir)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(stderr.String(), "Trigger other is for Broker"); n != 1 {
+		t.Errorf("the warning of Trigger other is logged %d times, want once\n%s", n, stderr)
+	}
+}
