@@ -145,6 +145,18 @@ func ReadSecretFile(path string) ([]byte, error) {
 	return ReadFileAtMost(path, MaxSecretFile, "a password, token or key")
 }
 
+// MaxPEMFile bounds a file of a certificate chain or of a private key
+// (tls-cert-file, tls-key-file, redis-cert-file, redis-key-file): a
+// certificate with its intermediates is a few kilobytes, a key less.
+const MaxPEMFile = 1 << 20
+
+// ReadPEMFile reads a certificate or key file, at most MaxPEMFile bytes
+// of it (ReadFileAtMost). The error names the file; the caller names the
+// setting.
+func ReadPEMFile(path string) ([]byte, error) {
+	return ReadFileAtMost(path, MaxPEMFile, "a PEM certificate or key")
+}
+
 // ReadFileAtMost reads the file a setting names, when it is at most limit
 // bytes, and reads no more of it than limit and one byte: a setting that
 // names the wrong file (a log, a device such as /dev/zero, which never

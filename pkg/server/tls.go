@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/metrics"
 )
 
@@ -109,11 +110,11 @@ func (k *KeyPair) stamps() [2]fileStamp {
 
 // read loads both files.
 func (k *KeyPair) read() (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(k.certFile)
+	certPEM, err := config.ReadPEMFile(k.certFile)
 	if err != nil {
 		return nil, fmt.Errorf("tls-cert-file: %w", err)
 	}
-	keyPEM, err := os.ReadFile(k.keyFile)
+	keyPEM, err := config.ReadPEMFile(k.keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("tls-key-file: %w", err)
 	}

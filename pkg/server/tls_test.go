@@ -18,6 +18,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 )
 
 // testKeyPair loads a new certificate for host, signed by a new CA, and
@@ -243,5 +244,77 @@ func TestKeyPair_SaysWhenTheCertificateHasExpired(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(kp.expires); got != float64(expired.Unix()) {
 		t.Errorf("expiry gauge %v, want %v", got, expired.Unix())
+	}
+}
+
+// TestKeyPair_RefusesAFileTooLargeForAPair: a tls-cert-file or
+// tls-key-file over config.MaxPEMFile (the wrong file named: a log, a
+// device that never ends) is not read whole. At start it stops the
+// start with an error naming the setting; at a reload the pair loaded
+// before is still served, and the refusal is logged and counted. The
+// oversized files here hold a pair that loads, padded after it, so that
+// only the bound refuses them.
+func TestKeyPair_RefusesAFileTooLargeForAPair(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := ca.Issue(dir, testcert.Leaf{Name: "a", Hosts: []string{"mail.test"}, Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	padded := func(src string) string {
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = append(b, strings.Repeat("\n", config.MaxPEMFile)...)
+		dst := filepath.Join(t.TempDir(), filepath.Base(src))
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dst
+	}
+	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, c := range []struct{ setting, cert, key string }{
+		{"tls-cert-file", padded(cert), key},
+		{"tls-key-file", cert, padded(key)},
+	} {
+		_, err := LoadKeyPair(c.cert, c.key, discard)
+		if err == nil || !strings.HasPrefix(err.Error(), c.setting+": ") || !strings.Contains(err.Error(), "larger than") {
+			t.Errorf("%s too large at start: %v, want an error naming %s", c.setting, err, c.setting)
+		}
+	}
+
+	var logs safebuf.Buffer
+	kp, err := LoadKeyPair(cert, key, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveTLS(t, kp)
+	client := clientOf(t, ca, "mail.test")
+	want := leafOf(t, cert).SerialNumber.String()
+	// A renewal that writes a new pair padded past the bound.
+	cert2, key2, err := ca.Issue(t.TempDir(), testcert.Leaf{Name: "b", Hosts: []string{"mail.test"}, Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(padded(cert2), cert); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(key2, key); err != nil {
+		t.Fatal(err)
+	}
+	got, err := servedSerial(addr, client)
+	if err != nil || got != want {
+		t.Fatalf("after an oversized renewal: served %s, %v; want the pair loaded before, %s\n%s", got, err, want, &logs)
+	}
+	if testutil.ToFloat64(kp.failing) != 1 || testutil.ToFloat64(kp.failed) != 1 {
+		t.Errorf("reload failing %v, failures %v; want 1, 1", testutil.ToFloat64(kp.failing), testutil.ToFloat64(kp.failed))
+	}
+	if !strings.Contains(logs.String(), "did not load") || !strings.Contains(logs.String(), "tls-cert-file: ") || !strings.Contains(logs.String(), "larger than") {
+		t.Errorf("the refused reload is not logged with the setting:\n%s", &logs)
 	}
 }

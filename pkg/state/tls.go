@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,13 +65,16 @@ func loadClientPair(certFile, keyFile string) (*clientPair, error) {
 
 func (p *clientPair) key() string { return "redis-cert-file " + p.certFile + " " + p.keyFile }
 
-// readFiles reads redis-cert-file and redis-key-file.
+// readFiles reads redis-cert-file and redis-key-file, each at most
+// config.MaxPEMFile bytes: the wrong file named (a log, /dev/zero) is
+// refused, not read whole at start or at each new connection. The error
+// names the setting whose file did not read.
 func readFiles(certFile, keyFile string) (certPEM, keyPEM []byte, err error) {
-	if certPEM, err = os.ReadFile(certFile); err == nil {
-		keyPEM, err = os.ReadFile(keyFile)
+	if certPEM, err = config.ReadPEMFile(certFile); err != nil {
+		return nil, nil, fmt.Errorf("redis-cert-file: %w", err)
 	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("redis-cert-file, redis-key-file: %w", err)
+	if keyPEM, err = config.ReadPEMFile(keyFile); err != nil {
+		return nil, nil, fmt.Errorf("redis-key-file: %w", err)
 	}
 	return certPEM, keyPEM, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/dovewarden/dovewarden-knative/internal/redistest"
 	"github.com/dovewarden/dovewarden-knative/internal/safebuf"
 	"github.com/dovewarden/dovewarden-knative/internal/testcert"
+	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/state"
 )
 
@@ -516,5 +517,75 @@ func TestOpen_AResetRightAfterTheHandshakeSaysWhy(t *testing.T) {
 			}
 			t.Logf("Ping: %v", err)
 		})
+	}
+}
+
+// TestOpen_ClientPairFileTooLarge: a redis-cert-file or redis-key-file
+// over config.MaxPEMFile (the wrong file named: a log, a device that
+// never ends) is not read whole. At start it stops the start with an
+// error naming the setting; read again at a new connection, the pair
+// loaded before is still used, and the refusal is logged. The oversized
+// files hold a pair that loads, padded after it, so that only the bound
+// refuses them.
+func TestOpen_ClientPairFileTooLarge(t *testing.T) {
+	logged := logTo(t)
+	dir := t.TempDir()
+	ca, err := testcert.NewCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := time.Now().Add(3 * 24 * time.Hour).Truncate(time.Second)
+	cert, key, err := ca.Issue(dir, testcert.Leaf{Name: "client", Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotAfter: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	padded := func(src string) string {
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = append(b, strings.Repeat("\n", config.MaxPEMFile)...)
+		dst := filepath.Join(t.TempDir(), filepath.Base(src))
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dst
+	}
+	// Nothing listens there: the files are read without Redis.
+	for _, c := range []struct{ setting, cert, key string }{
+		{"redis-cert-file", padded(cert), key},
+		{"redis-key-file", cert, padded(key)},
+	} {
+		_, err := state.Open(state.Conn{URL: "rediss://127.0.0.1:1", CAFile: ca.File, CertFile: c.cert, KeyFile: c.key})
+		if err == nil || !strings.HasPrefix(err.Error(), c.setting+": ") || !strings.Contains(err.Error(), "larger than") {
+			t.Errorf("%s too large at start: %v, want an error naming %s", c.setting, err, c.setting)
+		}
+	}
+
+	st, err := state.Open(state.Conn{URL: "rediss://127.0.0.1:1", CAFile: ca.File, CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	renewedDir := t.TempDir()
+	cert2, key2, err := ca.Issue(renewedDir, testcert.Leaf{Name: "client", Usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotAfter: first.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(padded(cert2), cert); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(key2, key); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := st.ClientCertificateExpiry(); !ok || !got.Equal(first) {
+		t.Errorf("after an oversized renewal: expiry %v, %v; want the pair loaded before's, %v", got, ok, first)
+	}
+	if got := st.TLSFilesFailing(); !got["redis-cert-file"] {
+		t.Errorf("files failing %v, want redis-cert-file", got)
+	}
+	if !strings.Contains(logged.String(), "did not load") || !strings.Contains(logged.String(), "redis-cert-file: ") || !strings.Contains(logged.String(), "larger than") {
+		t.Errorf("the refused read is not logged with the setting:\n%s", logged.String())
 	}
 }
