@@ -32,6 +32,16 @@ const maxLine = 4096
 // into memory whole: ten times the 100,000 users the sweep is sized for.
 const MaxUsers = 1_000_000
 
+// MaxFile bounds a list's file in bytes: MaxUsers lines of 256 bytes,
+// a username's longest (doveadm.MaxUserLen) and its line end, or as many
+// shorter names with their comments. A larger file is the wrong one (a
+// log, a mail spool) or a device that never ends, and is refused after
+// reading no more of it than that.
+const MaxFile = 256 << 20
+
+// maxFile is MaxFile, lowered by tests.
+var maxFile int64 = MaxFile
+
 // Parse reads r and returns its usernames, normalised with format, sorted
 // and without duplicates. An error names the first bad line; nothing is
 // returned with it, so a caller keeps the list it had.
@@ -101,14 +111,20 @@ func commentStart(line []byte) int {
 	return -1
 }
 
-// Load parses the file at path; errors name it.
+// Load parses the file at path, refusing one over MaxFile bytes; errors
+// name it.
 func Load(path string, format dovecot.UsernameFormat) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	users, err := Parse(f, format)
+	r := &io.LimitedReader{R: f, N: maxFile + 1}
+	users, err := Parse(r, format)
+	if r.N <= 0 {
+		// Cut off past the bound: whatever Parse made of it.
+		return nil, fmt.Errorf("%s: larger than %d bytes, too large for a list of users: is it the right file?", path, maxFile)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -110,6 +110,35 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestLoad_TooLarge: a file over MaxFile bytes (the wrong file named: a
+// log, a device that never ends) is refused, naming the file, after
+// reading no more of it than that, even when what was read would parse;
+// a file of exactly the bound loads. The bound is lowered here so that
+// the test does not write 256 MiB.
+func TestLoad_TooLarge(t *testing.T) {
+	if MaxFile < MaxUsers*(doveadm.MaxUserLen+1) {
+		t.Errorf("MaxFile %d does not hold %d users of the longest name", MaxFile, MaxUsers)
+	}
+	defer func(old int64) { maxFile = old }(maxFile)
+	maxFile = 1024
+	path := filepath.Join(t.TempDir(), "excluded")
+	fits := "alice\n" + strings.Repeat("# comment\n", (1024-len("alice\n"))/len("# comment\n"))
+	fits += strings.Repeat("\n", 1024-len(fits))
+	if err := os.WriteFile(path, []byte(fits), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Load(path, mustFormat(t, "%Lu")); err != nil || !slices.Equal(got, []string{"alice"}) {
+		t.Fatalf("a file of 1024 bytes: %q, %v; want it loaded", got, err)
+	}
+	if err := os.WriteFile(path, []byte(fits+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := path + ": larger than 1024 bytes, too large for a list of users"
+	if got, err := Load(path, mustFormat(t, "%Lu")); err == nil || !strings.HasPrefix(err.Error(), want) || got != nil {
+		t.Errorf("a file of 1025 bytes: %q, %v; want an error %q", got, err, want)
+	}
+}
+
 // FuzzParse: whatever the file holds, Parse never panics, and every name
 // it returns is a valid, normalised username, sorted and unique.
 func FuzzParse(f *testing.F) {
