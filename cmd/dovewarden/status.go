@@ -425,7 +425,18 @@ func printOverview(out io.Writer, o overview, now time.Time) error {
 		for _, k := range keys {
 			parts = append(parts, fmt.Sprintf("%s %d", k, s.Counts[k]))
 		}
-		w.printf("  last counts\t%s\t\n", strings.Join(parts, ", "))
+		// The counts are those of the sweep Redis holds: the running one
+		// (its batches so far), or else the last one begun, which may
+		// have ended unfinished (replaced, or its continuation lost) and
+		// then is not the last completed one above.
+		label := "last counts"
+		switch {
+		case s.Running:
+			label = "counts so far"
+		case s.Finished.IsZero():
+			label = "unfinished sweep's counts"
+		}
+		w.printf("  %s\t%s\t\n", label, strings.Join(parts, ", "))
 	}
 	if err := w.flush(); err != nil {
 		return err

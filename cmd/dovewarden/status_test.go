@@ -579,3 +579,35 @@ func TestStatus_AnExcludedFailedUserIsNotRetried(t *testing.T) {
 		t.Errorf("a failed user's record: %v\n%s", err, out.String())
 	}
 }
+
+// TestStatus_SweepCountsNameTheirSweep: the counts the overview shows are
+// those of the sweep Redis holds, the running one while a sweep runs: they
+// are not shown as the last completed sweep's, which the line above names.
+func TestStatus_SweepCountsNameTheirSweep(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	last := state.SweepStatus{LastCompletedStart: now.Add(-2 * time.Hour), LastCompletedEnd: now.Add(-2*time.Hour + time.Minute)}
+	for _, c := range []struct {
+		name  string
+		sweep func(s *state.SweepStatus)
+		want  string
+	}{
+		{"running", func(s *state.SweepStatus) {
+			s.Running, s.Started, s.Total, s.Offset = true, now.Add(-time.Minute), 10, 5
+		}, "counts so far"},
+		{"completed", func(s *state.SweepStatus) {
+			s.Started, s.Finished = now.Add(-2*time.Hour), now.Add(-2*time.Hour+time.Minute)
+		}, "last counts"},
+		{"ended unfinished", func(s *state.SweepStatus) { s.Started, s.Total, s.Offset = now.Add(-time.Hour), 10, 5 }, "unfinished sweep's counts"},
+	} {
+		s := last
+		s.Counts = map[string]int64{"requested_stale": 3}
+		c.sweep(&s)
+		var out bytes.Buffer
+		if err := printOverview(&out, overview{Sweep: s}, now); err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(c.want) + ` +requested_stale 3$`).MatchString(out.String()) {
+			t.Errorf("%s: the counts are not shown as %q:\n%s", c.name, c.want, &out)
+		}
+	}
+}
