@@ -102,7 +102,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	fs.StringVar(&cred.tokenFile, "auth-token-file", "", "with url: file holding the Bearer token of a dovewarden local with auth-token")
 	fs.StringVar(&cred.caFile, "tls-ca-file", "", "with an https url: PEM file of the CA certificates that sign the certificate of a dovewarden local with tls-cert-file; default: the system's")
 	format := fs.String("username-format", dovecot.DefaultUsernameFormat, "normalise usernames like Dovecot's auth_username_format, as ingest does")
-	list := fs.Int64("list", statusListDefault, fmt.Sprintf("with no user: how many failed and pending users to list (0 to %d)", statusListMax))
+	list := fs.Int64("list", statusListDefault, fmt.Sprintf("with no user: how many users to list in each of the in progress, failed and pending lists (0 to %d)", statusListMax))
 	asJSON := fs.Bool("json", false, "print JSON (GET /status's) instead of text")
 	timeout := fs.Duration("timeout", 10*time.Second, "time to read the status")
 	if err := config.Parse(fs, args, env.getenv); err != nil {
