@@ -6,6 +6,7 @@ import (
 
 	"github.com/dovewarden/dovewarden-knative/pkg/config"
 	"github.com/dovewarden/dovewarden-knative/pkg/contract"
+	"github.com/dovewarden/dovewarden-knative/pkg/sweep"
 )
 
 // runSweep asks for a sweep now, as the hourly PingSource does: it posts
@@ -25,6 +26,12 @@ func runSweep(ctx context.Context, env *environment, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *all && *reason == sweep.SweepReasonRetry {
+		// A retry sweep lists no host: it takes the failed and pending
+		// users alone, and every other user would wait for the next
+		// sweep that lists them, while this one said it was done.
+		return fmt.Errorf("all with reason %q: a retry sweep lists no host, so it cannot request every user; give another reason", *reason)
 	}
 	snd, err := broker.sender(env)
 	if err != nil {

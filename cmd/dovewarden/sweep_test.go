@@ -76,6 +76,30 @@ func TestSweep_All(t *testing.T) {
 	}
 }
 
+// TestSweep_AllIsNoRetrySweep: --all with the reason of dovewarden's retry
+// sweep, which lists no host and so requests the failed and pending users
+// alone, is refused before anything is sent, rather than reported sent
+// while every other user waits for the next sweep that lists them.
+func TestSweep_AllIsNoRetrySweep(t *testing.T) {
+	broker, got := recordingBroker(t, 2)
+	env, stdout, _ := testEnv(map[string]string{"K_SINK": broker.URL}, "")
+	err := run(context.Background(), env, []string{"sweep", "--all", "--reason", "retry"})
+	if err == nil || !strings.Contains(err.Error(), "retry sweep lists no host") || exitCode(err) != 2 {
+		t.Errorf("sweep --all --reason retry: %v; want a refusal (exit 2)", err)
+	}
+	if len(got) != 0 || stdout.String() != "" {
+		t.Errorf("sweep --all --reason retry sent %d events, printed %q; want none", len(got), stdout)
+	}
+	// A retry sweep alone is what the retry PingSource sends.
+	env, _, _ = testEnv(map[string]string{"K_SINK": broker.URL}, "")
+	if err := run(context.Background(), env, []string{"sweep", "--reason", "retry"}); err != nil {
+		t.Fatalf("sweep --reason retry: %v", err)
+	}
+	if d, err := contract.ToSweep(<-got); err != nil || d.Reason != "retry" || d.All {
+		t.Errorf("data %+v, %v; want a retry sweep", d, err)
+	}
+}
+
 func TestSweep_Failures(t *testing.T) {
 	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no", http.StatusBadRequest)
