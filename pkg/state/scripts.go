@@ -12,13 +12,15 @@ package state
 // arrives while the lock is held is left in PendingKey (ZADD LT keeps the
 // oldest time, as ingest's MarkPending does). If its time is at or after
 // the running attempt's start - margin, the attempt may not cover it: it
-// also sets the "marked since this attempt started" fields pending_last and
-// pending_host. Ingest's MarkPending sets pending_host too. Each attempt's
-// start deletes those fields; so when an attempt succeeds, their absence
-// means every mark in PendingKey was recorded before the attempt started,
-// hence describes a change that happened before it, and the entry is
-// removed. Their presence makes the owner run once more. Marks recorded
-// before the start need no clock comparison: they arrived first.
+// also sets the "marked since this attempt started" fields pending_last,
+// pending_first and pending_host. Ingest's MarkPending sets pending_host
+// and pending_first too. Each attempt's start deletes those fields; so
+// when an attempt succeeds, their absence means every mark in PendingKey
+// was recorded before the attempt started, hence describes a change that
+// happened before it, and the entry is removed. Their presence makes the
+// owner run once more, and the entry's time becomes pending_first, the
+// oldest change the attempt did not cover. Marks recorded before the
+// start need no clock comparison: they arrived first.
 
 // luaPrelude is shared by the scripts: the clock and the start of an
 // attempt (the lock is already held).
@@ -68,6 +70,14 @@ local function add_hosts(h, field, list)
   end
   if grew then redis.call('HSET', h, field, table.concat(cur, '\n')) end
 end
+-- mark_first lowers pending_first, the oldest time of the marks the
+-- running attempt does not cover (those that set pending_last,
+-- pending_host or full_requested since it started), to at: a success
+-- that leaves them moves the user's pending time to it (Succeed).
+local function mark_first(h, at)
+  local first = num(redis.call('HGET', h, 'pending_first'))
+  if first <= 0 or at < first then redis.call('HSET', h, 'pending_first', at) end
+end
 -- start an attempt: KEYS[2] user hash, KEYS[3] pending zset, skey the
 -- state hash; returns the Run claim. What the attempt took over (merged
 -- marks, a full sync asked for) is kept with it, so that a call the client
@@ -97,7 +107,7 @@ local function start(now, user, owner, host, skey, dest, call, full)
   local before = redis.call('HGET', h, 'inprogress_host')
   if before then add_hosts(h, 'inprogress_hosts', {before}) end
   add_hosts(h, 'inprogress_hosts', hosts_of(h, 'pending_hosts'))
-  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts', 'pending_calls')
+  redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_first', 'pending_count', 'full_requested', 'pending_hosts', 'pending_calls')
   -- inprogress_full: the attempt runs a full sync that was asked for, its
   -- own request's or one merged before it (a full request arriving while
   -- it runs is then covered by it, Begin).
@@ -148,7 +158,7 @@ local function excluded_release(user, h, pending, failed, owned)
   redis.call('ZREM', pending, user)
   redis.call('ZREM', failed, user)
   if owned then
-    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_count', 'full_requested', 'pending_hosts', 'pending_calls')
+    redis.call('HDEL', h, 'pending_host', 'pending_last', 'pending_first', 'pending_count', 'full_requested', 'pending_hosts', 'pending_calls')
     release(user, h)
   end
 end
@@ -223,6 +233,7 @@ if (full and not coveredfull) or at >= since - margin then
   if at > num(redis.call('HGET', KEYS[2], 'pending_last')) then
     redis.call('HSET', KEYS[2], 'pending_last', at)
   end
+  mark_first(KEYS[2], at)
   if host ~= '' then redis.call('HSET', KEYS[2], 'pending_host', host) end
 end
 return {'busy', redis.call('HGET', KEYS[2], 'inprogress_by') or '', since}
@@ -331,6 +342,7 @@ if not owned and ARGV[10] == '1' then
   redis.call('ZADD', KEYS[3], 'LT', st, user)
   if host ~= '' then redis.call('HSET', h, 'pending_host', host) end
   add_hosts(h, 'pending_hosts', {host})
+  mark_first(h, st)
 end
 -- Marked since the attempt started? Only when the caller still owns the
 -- lock are those fields about its attempt; otherwise another owner's
@@ -348,6 +360,14 @@ if not newer then
   covered = num(redis.call('HGET', h, 'pending_count'))
   redis.call('ZREM', KEYS[3], user)
   redis.call('HDEL', h, 'pending_count', 'pending_hosts', 'pending_calls')
+end
+if newer and owned then
+  -- This attempt covered every change before it started: the user is
+  -- pending for the marks since, from the oldest of them (changes merged
+  -- in-process were seen after the start), not from a change it covered.
+  local first = num(redis.call('HGET', h, 'pending_first'))
+  if ARGV[10] == '1' and (first <= 0 or st < first) then first = st end
+  if first > 0 then redis.call('ZADD', KEYS[3], 'XX', 'GT', first, user) end
 end
 if newer and owned and ARGV[9] == '1' then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
@@ -492,6 +512,7 @@ if superseded then
       and not (running and redis.call('HGET', h, 'inprogress_full') == '1') then
     redis.call('ZADD', KEYS[3], 'LT', at, user)
     redis.call('HSET', h, 'full_requested', '1')
+    mark_first(h, at)
   end
   return now
 end
@@ -527,6 +548,9 @@ var scriptMarkPending = newScript(luaPrelude + `
 redis.call('ZADD', KEYS[1], 'LT', ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], 'pending_host', ARGV[3])
 add_hosts(KEYS[2], 'pending_hosts', {ARGV[3]})
+-- Not after now: a Dovecot host's clock ahead would otherwise move the
+-- user's pending time into the future when the running attempt succeeds.
+mark_first(KEYS[2], math.min(num(ARGV[2]), mono_ms()))
 return 1
 `)
 

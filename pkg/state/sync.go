@@ -44,6 +44,7 @@ func StateKey(user string) string { return Prefix + "dsync:{" + user + "}" }
 // ingest's, and the sync function's too).
 const (
 	FieldPendingLast     = "pending_last"  // ms: newest change left while a dsync ran
+	FieldPendingFirst    = "pending_first" // ms: oldest such change: the pending time once that dsync succeeds
 	FieldPendingCount    = "pending_count" // changes left while busy: merged into the next dsync, or covered by the running one
 	FieldFullRequested   = "full_requested"
 	FieldInProgressBy    = "inprogress_by"
