@@ -2,6 +2,8 @@ package syncer
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -151,5 +153,73 @@ func TestDocs_ReplyEventsMatchTheTables(t *testing.T) {
 		if got := dataKeys(t, ev); !slices.Equal(got, want) {
 			t.Errorf("%s: data %v, docs list %v", name, got, want)
 		}
+	}
+}
+
+// TestDocs_PingSourceExampleIsAnsweredAsShown: docs/events.md's Sweep
+// section shows the PingSource's event and "the sync function's reply to
+// it". Posted to sync, the first gets the second: the same attributes and
+// data but for the sweep's own id, and an id derived from the sweep and
+// the offset as the example's is.
+func TestDocs_PingSourceExampleIsAnsweredAsShown(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/events.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## Sweep\n")
+	if !ok {
+		t.Fatal("docs/events.md has no Sweep section")
+	}
+	examples := map[string]cloudevents.Event{}
+	for _, b := range strings.Split(section, "```json\n")[1:] {
+		body, _, _ := strings.Cut(b, "```")
+		var ev cloudevents.Event
+		if err := json.Unmarshal([]byte(body), &ev); err != nil {
+			t.Fatalf("example %q: %v", body, err)
+		}
+		examples[ev.Type()] = ev
+	}
+	ping, ok := examples[contract.TypePingSource]
+	want, ok2 := examples[contract.TypeSweepRequested]
+	if !ok || !ok2 {
+		t.Fatalf("the Sweep section has no PingSource example or no continuation example: update this test")
+	}
+	var wantData contract.SweepRequested
+	if err := json.Unmarshal(want.Data(), &wantData); err != nil {
+		t.Fatal(err)
+	}
+	derived, err := contract.SweepContinuation(wantData.Sweep, wantData.Offset, wantData.Hops, wantData.Reason, want.Source())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.ID() != derived.ID() {
+		t.Errorf("the example continuation's id is %s; its sweep and offset make it %s", want.ID(), derived.ID())
+	}
+
+	s := newSweepFixture(t, "u1", "u2", "u3")
+	resp, reply, body := s.post(t, ping)
+	if resp.StatusCode != http.StatusOK || reply == nil {
+		t.Fatalf("the PingSource example: %d %q, want 200 and a continuation", resp.StatusCode, body)
+	}
+	if got, exp := attributes(*reply), attributes(want); !slices.Equal(got, exp) {
+		t.Errorf("reply attributes %v, the example's %v", got, exp)
+	}
+	if reply.Type() != want.Type() || reply.Source() != want.Source() || reply.DataContentType() != want.DataContentType() ||
+		reply.Extensions()[contract.ExtPriority] != want.Extensions()[contract.ExtPriority] {
+		t.Errorf("reply %s\nthe example %s", reply, want)
+	}
+	var got map[string]any
+	var exp map[string]any
+	if err := json.Unmarshal(reply.Data(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(want.Data(), &exp); err != nil {
+		t.Fatal(err)
+	}
+	// The sweep's id is its own each time.
+	delete(got, "sweep")
+	delete(exp, "sweep")
+	if b1, b2 := fmt.Sprint(got), fmt.Sprint(exp); b1 != b2 {
+		t.Errorf("reply data (but the sweep id) %s, the example's %s", b1, b2)
 	}
 }
