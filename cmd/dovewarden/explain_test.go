@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -58,5 +61,41 @@ func TestExplain_AFailedWriteExits2(t *testing.T) {
 	err := run(context.Background(), env, []string{"explain"})
 	if code := exitCode(err); code != 2 {
 		t.Errorf("exit %d (%v), want 2; stderr: %s", code, err, stderr)
+	}
+}
+
+// TestDocs_MailboxChangedExampleIsWhatExplainPrints: docs/events.md's
+// example of mailbox.changed is, as it says, what `dovewarden explain`
+// prints for the UID MOVE it describes: the same attributes, the same
+// id (derived from the Dovecot event) and the same data.
+func TestDocs_MailboxChangedExampleIsWhatExplainPrints(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/events.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## `org.dovewarden.mailbox.changed`\n")
+	if !ok {
+		t.Fatal("docs/events.md has no mailbox.changed section")
+	}
+	_, example, ok := strings.Cut(section, "### Example\n")
+	if !ok || !strings.Contains(example, `"cmd_tag":"a7","cmd_args":"41:42 Archive"`) {
+		t.Fatal("the mailbox.changed example no longer describes the UID MOVE of this test: update it")
+	}
+	_, example, _ = strings.Cut(example, "```json\n")
+	example, _, _ = strings.Cut(example, "```")
+	const move = `{"event":"imap_command_finished","hostname":"mail-a.example.org","start_time":"2026-11-28T23:45:46.022459Z","end_time":"2026-11-28T23:45:46.025497Z","categories":["service:imap","imap"],"fields":{"user":"alice","session":"oD2Gxl5h8L5/AAAB","cmd_tag":"a7","cmd_name":"UID MOVE","mailbox":"INBOX","cmd_args":"41:42 Archive","tagged_reply_state":"OK"}}`
+	env, stdout, stderr := testEnv(nil, move)
+	if err := run(context.Background(), env, []string{"explain"}); err != nil {
+		t.Fatalf("explain: %v\n%s", err, stderr)
+	}
+	var got, want map[string]any
+	if err := json.Unmarshal([]byte(stdout.String()), &got); err != nil {
+		t.Fatalf("explain printed %q: %v", stdout, err)
+	}
+	if err := json.Unmarshal([]byte(example), &want); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("explain prints\n%s\nthe example shows\n%s", stdout, example)
 	}
 }
