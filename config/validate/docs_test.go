@@ -341,3 +341,49 @@ func TestDocs_NewRevisionAfterSettingsChange(t *testing.T) {
 		t.Errorf("the patch loop names %s, which config/knative does not ship", n)
 	}
 }
+
+// funcSection is docs/deployment.md's section on the func CLI.
+func funcSection(t *testing.T) string {
+	t.Helper()
+	doc := string(deploymentDoc(t))
+	start := strings.Index(doc, "\n## 5. With the func CLI")
+	if start < 0 {
+		t.Fatal("docs/deployment.md has no func CLI section")
+	}
+	section := doc[start:]
+	if end := strings.Index(section[1:], "\n## "); end >= 0 {
+		section = section[:end+1]
+	}
+	return section
+}
+
+// TestDocs_FuncPathAppliesThePingSources: the periodic sweep and the
+// retry sweep come from the PingSources of config/knative, which send to
+// the Broker, not to a Service. An operator who deploys the functions
+// with func instead of step 4's manifests must still apply them, or no
+// sweep ever runs: a failed user waits for its next change, and a change
+// whose export was lost is never caught up. The func section must apply
+// every shipped PingSource with kubectl, and none of the Services func
+// replaces (their images are ko:// paths only ko resolves).
+func TestDocs_FuncPathAppliesThePingSources(t *testing.T) {
+	applyFile := regexp.MustCompile(`(?m)^kubectl apply .*-f config/(knative/\S+)`)
+	applied := map[string]bool{} // as loadManifests names the files
+	for _, m := range applyFile.FindAllStringSubmatch(funcSection(t), -1) {
+		applied[path.Join("..", m[1])] = true
+	}
+	pings := 0
+	for _, d := range loadManifests(t) {
+		switch {
+		case d.kind == "PingSource":
+			pings++
+			if !applied[d.file] {
+				t.Errorf("docs/deployment.md, func CLI section: does not apply %s (PingSource %s): with func no sweep runs", d.file, d.name)
+			}
+		case applied[d.file] && (d.kind == "Service" || d.kind == "SinkBinding"):
+			t.Errorf("docs/deployment.md, func CLI section: applies %s, whose %s %s is one of step 4's, not func's", d.file, d.kind, d.name)
+		}
+	}
+	if pings == 0 {
+		t.Error("no PingSource shipped in config/knative")
+	}
+}
