@@ -58,6 +58,7 @@ func TestManifests_SetOnlySettings(t *testing.T) {
 		"../../config/knative/ingest.yaml":    "ingest",
 		"../../config/knative/sync-high.yaml": "sync",
 		"../../config/knative/sync-low.yaml":  "sync",
+		"../../functions/ingest/func.yaml":    "ingest",
 		"../../functions/sync/func.yaml":      "sync",
 		"../../config/systemd/local.env":      "local",
 	} {

@@ -366,3 +366,43 @@ func TestDocs_FuncSinkOnOtherBrokerClasses(t *testing.T) {
 		}
 	}
 }
+
+// TestFuncYAML_IngestReadsWhatTheServiceReads: the ingest function func
+// deploys takes each setting the ingest Service of config/knative takes
+// from a Secret or ConfigMap of step 2 from the same key. Its Redis URL is
+// what records a change ingest could not hand to the Broker as pending
+// for the retry sweep (Dovecot never sends it again), and what serves the
+// metrics the alerts read while sync is scaled to zero. The Service's
+// Basic auth, a mounted file, stays out: the function is cluster-local
+// and asks for no credentials (docs/deployment.md).
+func TestFuncYAML_IngestReadsWhatTheServiceReads(t *testing.T) {
+	var ingest *funcYAML
+	for file, f := range loadFuncYAMLs(t) {
+		if filepath.Base(filepath.Dir(file)) == "ingest" {
+			ingest = f
+		}
+	}
+	if ingest == nil {
+		t.Fatal("no functions/ingest/func.yaml")
+	}
+	refs := 0
+	for _, e := range serviceNamed(t, "dovewarden-ingest").Spec.Template.Spec.Containers[0].Env {
+		var want string
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+			want = "{{ secret:" + e.ValueFrom.SecretKeyRef.Name + ":" + e.ValueFrom.SecretKeyRef.Key + " }}"
+		case e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil:
+			want = "{{ configMap:" + e.ValueFrom.ConfigMapKeyRef.Name + ":" + e.ValueFrom.ConfigMapKeyRef.Key + " }}"
+		default:
+			continue
+		}
+		refs++
+		got, ok := ingest.env(e.Name)
+		if m := funcRef.FindStringSubmatch(got); !ok || m == nil || "{{ "+m[1]+":"+m[2]+":"+m[3]+" }}" != want {
+			t.Errorf("functions/ingest/func.yaml: %s=%q (set: %v), want %q as the Service dovewarden-ingest reads it", e.Name, got, ok, want)
+		}
+	}
+	if refs == 0 {
+		t.Fatal("the Service dovewarden-ingest reads no Secret or ConfigMap key: nothing to compare")
+	}
+}
