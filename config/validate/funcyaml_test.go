@@ -351,15 +351,7 @@ func TestFuncYAML_ReferencesAreCreated(t *testing.T) {
 // section must say so and where the Broker's address is read: its
 // status.address.url.
 func TestDocs_FuncSinkOnOtherBrokerClasses(t *testing.T) {
-	doc := string(deploymentDoc(t))
-	start := strings.Index(doc, "\n## 5. With the func CLI")
-	if start < 0 {
-		t.Fatal("docs/deployment.md has no func CLI section")
-	}
-	section := doc[start:]
-	if end := strings.Index(section[1:], "\n## "); end >= 0 {
-		section = section[:end+1]
-	}
+	section := funcSection(t)
 	for _, want := range []string{"Kafka", "status.address.url"} {
 		if !strings.Contains(section, want) {
 			t.Errorf("docs/deployment.md, func CLI section: does not mention %q: an operator on another Broker class keeps the channel-based Broker's ingress in K_SINK", want)

@@ -4,6 +4,7 @@
 package testcert
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -119,4 +120,16 @@ func serial() *big.Int {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return n
+}
+
+// Padded copies the PEM file src into dir with n newlines after its
+// blocks: a file that still loads, larger than a bound on its size.
+func Padded(dir, src string, n int) (string, error) {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return "", err
+	}
+	b = append(b, bytes.Repeat([]byte{'\n'}, n)...)
+	dst := filepath.Join(dir, "padded-"+filepath.Base(src))
+	return dst, os.WriteFile(dst, b, 0o600)
 }

@@ -541,13 +541,8 @@ func TestOpen_ClientPairFileTooLarge(t *testing.T) {
 	}
 	padded := func(src string) string {
 		t.Helper()
-		b, err := os.ReadFile(src)
+		dst, err := testcert.Padded(t.TempDir(), src, config.MaxPEMFile)
 		if err != nil {
-			t.Fatal(err)
-		}
-		b = append(b, strings.Repeat("\n", config.MaxPEMFile)...)
-		dst := filepath.Join(t.TempDir(), filepath.Base(src))
-		if err := os.WriteFile(dst, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return dst
