@@ -42,11 +42,14 @@ go test -count=1 -timeout 15m "${modules[@]}"
 step "go test -race (the packages and commands, again under the race detector)"
 # The broker's lanes, the sync handler, the sweep and local mode run
 # goroutines side by side; the Dovecot and e2e suites are left out, as
-# slower here and covered above. -race needs cgo, which Go turns off when
-# no C compiler is on PATH, as on a fresh Debian: gcc, and libc6-dev for
-# the C headers (gcc only recommends it).
+# slower here and covered above, and so are the packages' tests against
+# real Dovecot (TestIntegrationDovecot*: over half of this step's time,
+# spent waiting on Dovecot; the same code runs here under the unit tests'
+# fake doveadm). -race needs cgo, which Go turns off when no C compiler is
+# on PATH, as on a fresh Debian: gcc, and libc6-dev for the C headers (gcc
+# only recommends it).
 ensure gcc gcc libc6-dev
-go test -race -count=1 -timeout 10m ./pkg/... ./cmd/...
+go test -race -count=1 -timeout 10m -skip '^TestIntegrationDovecot' ./pkg/... ./cmd/...
 
 step "manifests (Knative's own API types; a module of its own)"
 (cd config/validate && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...)
