@@ -268,15 +268,7 @@ var funcRef = regexp.MustCompile(`^{{\s*(secret|configMap):((?:\w|['-]\w)+):([-.
 // shutdown timeout: func-go's own server stops it, waiting 30 s for the
 // events in flight, which take at most 25 s there.
 func TestFuncYAML_SyncReadsWhatTheServicesRead(t *testing.T) {
-	var sync *funcYAML
-	for file, f := range loadFuncYAMLs(t) {
-		if filepath.Base(filepath.Dir(file)) == "sync" {
-			sync = f
-		}
-	}
-	if sync == nil {
-		t.Fatal("no functions/sync/func.yaml")
-	}
+	sync := funcYAMLOf(t, "sync")
 	services := 0
 	for _, d := range loadManifests(t) {
 		svc, ok := d.obj.(*servingv1.Service)
@@ -368,15 +360,7 @@ func TestDocs_FuncSinkOnOtherBrokerClasses(t *testing.T) {
 // Basic auth, a mounted file, stays out: the function is cluster-local
 // and asks for no credentials (docs/deployment.md).
 func TestFuncYAML_IngestReadsWhatTheServiceReads(t *testing.T) {
-	var ingest *funcYAML
-	for file, f := range loadFuncYAMLs(t) {
-		if filepath.Base(filepath.Dir(file)) == "ingest" {
-			ingest = f
-		}
-	}
-	if ingest == nil {
-		t.Fatal("no functions/ingest/func.yaml")
-	}
+	ingest := funcYAMLOf(t, "ingest")
 	refs := 0
 	for _, e := range serviceNamed(t, "dovewarden-ingest").Spec.Template.Spec.Containers[0].Env {
 		var want string
@@ -397,4 +381,16 @@ func TestFuncYAML_IngestReadsWhatTheServiceReads(t *testing.T) {
 	if refs == 0 {
 		t.Fatal("the Service dovewarden-ingest reads no Secret or ConfigMap key: nothing to compare")
 	}
+}
+
+// funcYAMLOf is functions/NAME/func.yaml.
+func funcYAMLOf(t *testing.T, name string) *funcYAML {
+	t.Helper()
+	for file, f := range loadFuncYAMLs(t) {
+		if filepath.Base(filepath.Dir(file)) == name {
+			return f
+		}
+	}
+	t.Fatalf("no functions/%s/func.yaml", name)
+	return nil
 }
