@@ -63,7 +63,13 @@ func sideChanges(ctx context.Context, in *dovecottest.Instance, user, side strin
 func TestActiveActive(t *testing.T) {
 	eachCase(t, []pairCase{{shapeLocal, v23, v23}, {shapeSplit, v24, v24}, {shapeSplit, v23, v24}}, func(t *testing.T, c pairCase) {
 		users := []string{"u1", "u2", "u3"}
-		s := newSystem(t, c.config(users...))
+		cfg := c.config(users...)
+		// The one scenario on servers with Dovecot's own default of a
+		// process per connection (the others reuse them, to save CPU):
+		// every session, dsync and doveadm request here is a new process,
+		// as on most installations.
+		cfg.processPerConnection = true
+		s := newSystem(t, cfg)
 		var wg sync.WaitGroup
 		errs := make(chan error, 2*len(users))
 		for _, u := range users {

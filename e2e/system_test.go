@@ -69,6 +69,11 @@ type config struct {
 	// staticUserdb gives both servers a userdb Dovecot cannot list
 	// (dovecottest.Options.StaticUserdb).
 	staticUserdb bool
+	// processPerConnection keeps Dovecot's default of a new process for
+	// each IMAP, POP3, ManageSieve and doveadm connection. Other systems'
+	// servers reuse their processes (dovecottest.Options.ReuseProcesses),
+	// which halves the suite's CPU time.
+	processPerConnection bool
 }
 
 // system is two Dovecot servers, dovewarden and its Redis, all started by
@@ -152,6 +157,7 @@ func newSystem(t testing.TB, cfg config) *system {
 	optsA := dovecottest.Options{Version: cfg.a, Name: nameA, Users: users, ExtraConfig: exporterSnippet(t, cfg.a, exporterURL) + cfg.dovecot + cfg.dovecotA}
 	optsB := dovecottest.Options{Version: cfg.b, Name: nameB, Users: users, ExtraConfig: exporterSnippet(t, cfg.b, exporterURL) + cfg.dovecot}
 	optsA.StaticUserdb, optsB.StaticUserdb = cfg.staticUserdb, cfg.staticUserdb
+	optsA.ReuseProcesses, optsB.ReuseProcesses = !cfg.processPerConnection, !cfg.processPerConnection
 	if cfg.tls {
 		for _, o := range []*dovecottest.Options{&optsA, &optsB} {
 			o.ClientCAFile = suiteCA.File
