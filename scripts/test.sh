@@ -20,26 +20,48 @@ times_report() {
 	printf '\n== time per step (%d s in all)\n' "$SECONDS"
 	printf '%s\n' "${timings[@]}"
 }
-# Dovecot 2.3 and 2.4 and redis-server, which the tests install on first
-# use, are installed from the start, in the background, when missing: on
-# a fresh machine the downloads (two minutes here) then overlap vet and
-# the build instead of holding up the first test that needs them. The
-# tests wait on the same locks. Its output is printed after the go test
-# step (or when the run stops earlier).
-deps_log=$(mktemp)
-go run ./internal/cmd/testdeps >"$deps_log" 2>&1 &
-deps_pid=$!
-deps_report() {
-	[ -n "$deps_pid" ] || return 0
-	local rc=0
-	wait "$deps_pid" || rc=$?
-	deps_pid=""
-	printf '\n== test dependencies, installed in the background (exit %d)\n' "$rc"
-	cat "$deps_log"
-	rm -f "$deps_log"
+# Steps that leave CPU idle run side by side: `background NAME CMD...`
+# starts one with its output kept aside, and `finish` waits for them all
+# and prints each one's output and time. On this 2-core machine the go
+# test step keeps about 1.2 cores busy (most tests wait on Dovecot,
+# redis-server or timers) and the race step 1.1.
+bg_names=() bg_pids=() bg_logs=()
+background() {
+	local name=$1 log
+	shift
+	log=$(mktemp)
+	printf '\n== %s: started in the background\n' "$name"
+	(
+		start=$(date +%s) rc=0
+		"$@" || rc=$?
+		echo $(($(date +%s) - start)) >"$log.time"
+		exit "$rc"
+	) >"$log" 2>&1 &
+	bg_names+=("$name") bg_pids+=($!) bg_logs+=("$log")
 }
-trap 'deps_report; times_report' EXIT
+finish() {
+	local i rc failed=0
+	for i in "${!bg_pids[@]}"; do
+		rc=0
+		wait "${bg_pids[$i]}" || rc=$?
+		[ "$rc" = 0 ] || failed=1
+		printf '\n== %s (ran in the background, exit %d)\n' "${bg_names[$i]}" "$rc"
+		cat "${bg_logs[$i]}"
+		timings+=("$(printf '%5s s  %s (in the background)' "$(cat "${bg_logs[$i]}.time" 2>/dev/null || echo '?')" "${bg_names[$i]}")")
+		rm -f "${bg_logs[$i]}" "${bg_logs[$i]}.time"
+	done
+	bg_names=() bg_pids=() bg_logs=()
+	return "$failed"
+}
+trap 'finish || true; times_report' EXIT
 . scripts/lib/debian.sh
+
+# Dovecot 2.3 and 2.4 and redis-server, which the tests install on first
+# use, are installed from the start when missing: on a fresh machine the
+# downloads (two minutes here) then overlap vet and the build instead of
+# holding up the first test that needs them. The tests wait on the same
+# locks.
+background "test dependencies (Dovecot 2.3 and 2.4, redis-server)" go run ./internal/cmd/testdeps
 
 step "gofmt"
 bad=$(gofmt -l $(git ls-files '*.go'))
@@ -54,30 +76,32 @@ modules=(./... github.com/dovewarden/dovewarden-knative/functions/...)
 step "go vet"
 go vet "${modules[@]}"
 
-step "go test (unit, integration with real redis-server and Dovecot)"
-go test -count=1 -timeout 15m "${modules[@]}"
-deps_report
-
-step "go test -race (the packages and commands, again under the race detector)"
+# The race detector, the manifests and the alerts run beside the go test
+# step (see background above).
 # The broker's lanes, the sync handler, the sweep and local mode run
 # goroutines side by side; the Dovecot and e2e suites are left out, as
-# slower here and covered above, and so are the packages' tests against
-# real Dovecot (TestIntegrationDovecot*: over half of this step's time,
-# spent waiting on Dovecot; the same code runs here under the unit tests'
-# fake doveadm). -race needs cgo, which Go turns off when no C compiler is
-# on PATH, as on a fresh Debian: gcc, and libc6-dev for the C headers (gcc
-# only recommends it).
+# slower here and covered by the go test step, and so are the packages'
+# tests against real Dovecot (TestIntegrationDovecot*: over half of this
+# step's time, spent waiting on Dovecot; the same code runs here under the
+# unit tests' fake doveadm). -race needs cgo, which Go turns off when no C
+# compiler is on PATH, as on a fresh Debian: gcc, and libc6-dev for the C
+# headers (gcc only recommends it).
 ensure gcc gcc libc6-dev
-go test -race -count=1 -timeout 10m -skip '^TestIntegrationDovecot' ./pkg/... ./cmd/...
+background "go test -race (the packages and commands, again under the race detector)" \
+	go test -race -count=1 -timeout 10m -skip '^TestIntegrationDovecot' ./pkg/... ./cmd/...
+manifests() { cd config/validate && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...; }
+background "manifests (Knative's own API types; a module of its own)" manifests
+alerts() { cd config/monitoring && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...; }
+background "alerts and dashboard (promtool, Grafana's own types; a module of its own)" alerts
 
-step "manifests (Knative's own API types; a module of its own)"
-(cd config/validate && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...)
-
-step "alerts and dashboard (promtool, Grafana's own types; a module of its own)"
-(cd config/monitoring && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...)
+step "go test (unit, integration with real redis-server and Dovecot)"
+go test -count=1 -timeout 15m "${modules[@]}"
+step_done
+finish
 
 step "fuzz (short run over the seed corpus and beyond)"
-# Budgets are counts of inputs, about 5-10 s each here: with a duration,
+# Budgets are counts of inputs, a few seconds each here (longer runs are
+# by hand, with FUZZTIME): with a duration,
 # Go 1.26's fuzzing coordinator can fail a run that found nothing with
 # "context deadline exceeded" as the time runs out (golang/go#75804).
 # FUZZTIME overrides every budget (a count such as 100000x, or a duration).
@@ -95,37 +119,37 @@ fuzz() {
 	fi
 	go test -run '^$' -fuzz "^$1\$" -fuzztime "${FUZZTIME:-$3}" "$2"
 }
-fuzz FuzzPipeline ./pkg/ingest 30000x
-fuzz FuzzHandler ./pkg/ingest 20000x
+fuzz FuzzPipeline ./pkg/ingest 15000x
+fuzz FuzzHandler ./pkg/ingest 10000x
 # The fast decoders and encoders against encoding/json and the SDK.
-fuzz FuzzParseMatchesEncodingJSON ./pkg/dovecot 50000x
+fuzz FuzzParseMatchesEncodingJSON ./pkg/dovecot 25000x
 # Redis URLs never show their password, in errors or logs.
-fuzz FuzzConnValidate ./pkg/state 50000x
+fuzz FuzzConnValidate ./pkg/state 25000x
 # Any URL in an error or a log: a password typed with '/', '?' or '#' in it.
-fuzz FuzzRedactURL ./pkg/config 200000x
-fuzz FuzzFromChange ./pkg/contract 10000x
-fuzz FuzzDecodeData ./pkg/contract 40000x
-fuzz FuzzWriteReply ./pkg/ingest 15000x
+fuzz FuzzRedactURL ./pkg/config 100000x
+fuzz FuzzFromChange ./pkg/contract 5000x
+fuzz FuzzDecodeData ./pkg/contract 20000x
+fuzz FuzzWriteReply ./pkg/ingest 7500x
 # An administrator's list of users (local mode's excluded users).
-fuzz FuzzParse ./pkg/userlist 20000x
+fuzz FuzzParse ./pkg/userlist 10000x
 # The embedded broker's ingress and manifest loader. (config/validate's
 # fuzz targets against Knative's code run their seeds with the manifests;
 # their instrumented build takes minutes, so longer runs are by hand.)
-fuzz FuzzIngress ./pkg/broker 10000x
-fuzz FuzzLoad ./pkg/broker 10000x
+fuzz FuzzIngress ./pkg/broker 5000x
+fuzz FuzzLoad ./pkg/broker 5000x
 # What a stopped broker saved for the next start (--spool-file).
-fuzz FuzzDecodeSpool ./pkg/broker 20000x
+fuzz FuzzDecodeSpool ./pkg/broker 10000x
 # The sync function's receiver: any request gets a status with a reason.
-fuzz FuzzServeHTTP ./pkg/syncer 20000x
+fuzz FuzzServeHTTP ./pkg/syncer 10000x
 # What a doveadm server answers, and that no error shows its password.
-fuzz FuzzHTTPSyncReply ./pkg/doveadm 5000x
+fuzz FuzzHTTPSyncReply ./pkg/doveadm 2500x
 # doveadm's user listing against encoding/json; the host-map file, whose
 # errors never show a secret of its variables or files.
-fuzz FuzzDecodeUserList ./pkg/doveadm 50000x
-fuzz FuzzParseHostMap ./pkg/doveadm 50000x
+fuzz FuzzDecodeUserList ./pkg/doveadm 25000x
+fuzz FuzzParseHostMap ./pkg/doveadm 25000x
 # --dsync-exclude-mailboxes: only what dsync can be given.
-fuzz FuzzParseExcludeMailboxes ./pkg/doveadm 30000x
+fuzz FuzzParseExcludeMailboxes ./pkg/doveadm 15000x
 # Mailbox names from clients' commands, against an RFC 3501 encoder.
-fuzz FuzzDecodeMUTF7 ./pkg/dovecot 50000x
+fuzz FuzzDecodeMUTF7 ./pkg/dovecot 25000x
 # CA files against x509.CertPool.AppendCertsFromPEM.
-fuzz FuzzParseCAs ./pkg/config 100000x
+fuzz FuzzParseCAs ./pkg/config 50000x
