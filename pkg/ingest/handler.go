@@ -73,8 +73,10 @@ type Handler struct {
 	// the length of what the client sent.
 	userSum, passSum, tokenSum [32]byte
 	// rejectLogs bounds the lines of refusals, a line a minute per
-	// reason; sendFailLogs those of changes not handed to the Broker.
-	rejectLogs, sendFailLogs *lograte.Limiter
+	// reason; sendFailLogs those of changes not handed to the Broker;
+	// noUserLogs those of changes that name no user, a line a minute
+	// per host label.
+	rejectLogs, sendFailLogs, noUserLogs *lograte.Limiter
 	// names finds a user named with and without a domain.
 	names twoNames
 	// clockAgain is when, in UnixNano of now, the clock is asked again
@@ -86,7 +88,8 @@ type Handler struct {
 // NewHandler builds the ingest handler. pending may be nil (no Redis).
 func NewHandler(o Options, send Sender, pending PendingMarker, reg prometheus.Registerer, log *slog.Logger) *Handler {
 	h := &Handler{opts: o, send: send, pending: pending, log: log, m: newIngestMetrics(reg),
-		rejectLogs: lograte.PerMinute(1).Saying("per reason"), sendFailLogs: lograte.PerMinute(sendFailLogBurst).Saying("per host and recovery"), now: time.Now}
+		rejectLogs: lograte.PerMinute(1).Saying("per reason"), sendFailLogs: lograte.PerMinute(sendFailLogBurst).Saying("per host and recovery"),
+		noUserLogs: lograte.PerMinute(1).Saying("per host"), now: time.Now}
 	h.bufs.New = func() any { return new(bytes.Buffer) }
 	h.userSum = sha256.Sum256([]byte(o.BasicUser))
 	h.passSum = sha256.Sum256([]byte(o.BasicPassword))
@@ -280,6 +283,14 @@ func (h *Handler) handleEvent(w http.ResponseWriter, r *http.Request, ev *doveco
 	}
 	if reason != "" {
 		h.m.dropped.WithLabelValues(hostLabel, string(reason)).Inc()
+		if reason == dovecot.DropNoUser {
+			// Only a change gets here, and changes come after login
+			// (Dovecot's login processes send no command events): every
+			// change of this host is lost until this is fixed.
+			h.noUserLogs.Log(r.Context(), h.log, slog.LevelWarn, hostLabel,
+				"a change names no user and is dropped: Dovecot's event exporter must send the user field (the fields setting of config/dovecot/events-*.conf), and --username-format must leave a name",
+				"host", host, "event", ev.Name, "command", strings.ToUpper(ev.Fields.CmdName), "username_format", h.opts.Username.String())
+		}
 		return writeReply(w, http.StatusOK, reply{Status: "dropped", Reason: string(reason)})
 	}
 	if other, ok := h.names.observe(c.User); ok {

@@ -413,6 +413,45 @@ func TestHandle_DroppedEventIs200AndCounted(t *testing.T) {
 	}
 }
 
+// TestHandle_AChangeWithoutAUserIsLogged: a change whose event names no
+// user (an exporter whose fields leave out user) is dropped as no_user,
+// counted and logged once a minute per host, naming what to fix: every
+// change of that host is lost until then. A read-only command without a
+// user (before login) is dropped as read_only, unlogged.
+func TestHandle_AChangeWithoutAUserIsLogged(t *testing.T) {
+	f := newFixture(t, Options{}, &broker{}, "")
+	noUser := strings.Replace(appendEvent, `"user":"u1",`, "", 1)
+	if noUser == appendEvent {
+		t.Fatal("appendEvent has no user field to leave out")
+	}
+	for range 3 {
+		code, body := f.post(t, "/events", "application/json", noUser)
+		if code != http.StatusOK || !strings.Contains(body, `"no_user"`) {
+			t.Fatalf("%d %s", code, body)
+		}
+	}
+	if got := testutil.ToFloat64(f.h.m.dropped.WithLabelValues("mail-a.test", "no_user")); got != 3 {
+		t.Errorf("dropped counter %v, want 3", got)
+	}
+	logs := f.logs.String()
+	if n := strings.Count(logs, "names no user"); n != 1 {
+		t.Fatalf("%d warnings for three changes without a user within a minute, want 1:\n%s", n, logs)
+	}
+	for _, want := range []string{"level=WARN", "host=mail-a.test", "command=APPEND", "fields", "--username-format"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the warning lacks %q:\n%s", want, logs)
+		}
+	}
+	f.logs.Reset()
+	code, body := f.post(t, "/events", "application/json", strings.Replace(selectEvent, `"user":"u1",`, "", 1))
+	if code != http.StatusOK || !strings.Contains(body, `"read_only"`) {
+		t.Fatalf("SELECT without a user: %d %s", code, body)
+	}
+	if strings.Contains(f.logs.String(), "no user") {
+		t.Errorf("a read-only command without a user was logged:\n%s", f.logs.String())
+	}
+}
+
 func TestHandle_Auth(t *testing.T) {
 	basic := newFixture(t, Options{BasicUser: "dovecot", BasicPassword: "s3cret"}, &broker{}, "")
 	token := newFixture(t, Options{Token: "tok-123"}, &broker{}, "")
