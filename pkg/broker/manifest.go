@@ -160,6 +160,37 @@ type (
 	}
 )
 
+// MaxManifestFile bounds a manifest file: Kubernetes keeps an object in
+// at most 1.5 MiB, and a file of the folder is a few of them. A larger
+// one (a log, a dump named .yaml) is refused rather than read whole.
+const MaxManifestFile = 4 << 20
+
+// readManifest reads file of fsys, a regular file (a symlink to one, as
+// a mounted ConfigMap's files are, included) of at most MaxManifestFile
+// bytes: a named pipe would block the start, a device never end.
+func readManifest(fsys fs.FS, file string) ([]byte, error) {
+	fi, err := fs.Stat(fsys, file)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", file, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: not a regular file (%s)", file, fi.Mode().Type())
+	}
+	f, err := fsys.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", file, err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, MaxManifestFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", file, err)
+	}
+	if len(raw) > MaxManifestFile {
+		return nil, fmt.Errorf("read %s: larger than %d bytes, too large for a manifest file: is it the right file?", file, MaxManifestFile)
+	}
+	return raw, nil
+}
+
 // Load reads every *.yaml and *.yml file at the root of fsys (multi-document
 // files are fine; kinds other than Broker and Trigger are skipped) and
 // validates what it loads. Errors name the file and the Trigger.
@@ -184,9 +215,9 @@ func Load(fsys fs.FS) (*Config, error) {
 	}
 	var brokers, triggers []doc
 	for _, file := range files {
-		raw, err := fs.ReadFile(fsys, file)
+		raw, err := readManifest(fsys, file)
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", file, err)
+			return nil, err
 		}
 		// Split as kubectl apply does: "---" at a line's start, followed
 		// by nothing but blanks or a comment (CRLF endings included).

@@ -2,8 +2,11 @@ package broker
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -55,6 +58,39 @@ func TestLoad_ErrorsNameFileTriggerAndSetting(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A manifest file over MaxManifestFile, or one that is no regular file
+// (a named pipe blocked the start), is refused, naming it; a symlink to a
+// manifest, as in a mounted ConfigMap, is read.
+func TestLoad_FileBounds(t *testing.T) {
+	fsys := manifests(brokerDoc, trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n"))
+	fsys["zz-big.yaml"] = &fstest.MapFile{Data: []byte(strings.Repeat("# padding\n", MaxManifestFile/10+1))}
+	if _, err := Load(fsys); err == nil || !strings.Contains(err.Error(), "zz-big.yaml: larger than 4194304 bytes") {
+		t.Errorf("a file over the bound: err = %v", err)
+	}
+	fsys["zz-big.yaml"] = &fstest.MapFile{Data: []byte(strings.Repeat("# padding\n", MaxManifestFile/10))}
+	if _, err := Load(fsys); err != nil {
+		t.Errorf("a file at %d bytes: %v", len(fsys["zz-big.yaml"].Data), err)
+	}
+
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	target := filepath.Join(elsewhere, "triggers")
+	if err := os.WriteFile(target, []byte(brokerDoc+"---\n"+trigger("t1", "  subscriber:\n    uri: http://127.0.0.1:1/\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "link.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := Load(os.DirFS(dir)); err != nil || len(cfg.Triggers) != 1 {
+		t.Errorf("a symlink to a manifest: %v", err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "pipe.yaml"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(os.DirFS(dir)); err == nil || !strings.Contains(err.Error(), "pipe.yaml: not a regular file") {
+		t.Errorf("a named pipe: err = %v", err)
 	}
 }
 
