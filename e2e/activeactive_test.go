@@ -65,9 +65,9 @@ func TestActiveActive(t *testing.T) {
 		users := []string{"u1", "u2", "u3"}
 		cfg := c.config(users...)
 		// The one scenario on servers with Dovecot's own default of a
-		// process per connection (the others reuse them, to save CPU):
-		// every session, dsync and doveadm request here is a new process,
-		// as on most installations.
+		// process per connection for every service (the others reuse
+		// the IMAP, POP3 and ManageSieve ones, to save CPU), as on most
+		// installations.
 		cfg.processPerConnection = true
 		s := newSystem(t, cfg)
 		var wg sync.WaitGroup

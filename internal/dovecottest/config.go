@@ -84,15 +84,16 @@ type Options struct {
 	// and HTTP listeners), for the ports the instance got: a shipped
 	// snippet under test. Its password must be DoveadmPassword.
 	DoveadmConfig func(Ports) string
-	// ReuseProcesses keeps the processes of the login, IMAP, POP3,
-	// ManageSieve and doveadm services for later connections
-	// (service_count = 0; 2.4: restart_request_count = unlimited), where
-	// Dovecot's default starts a new one for each connection: the login
-	// services' "high-performance mode", and the same for the others.
-	// Starting a process (fork, exec, loading the plugins) is most of
-	// what a short IMAP session or dsync costs here: a test that makes
-	// hundreds of them spends a third of the CPU. Not with a
-	// DoveadmConfig, whose doveadm service is the snippet's.
+	// ReuseProcesses keeps the processes of the login, IMAP, POP3 and
+	// ManageSieve services for later connections (service_count = 0;
+	// 2.4: restart_request_count = unlimited), where Dovecot's default
+	// starts a new one for each connection: the login services'
+	// "high-performance mode", and the same for the others. Starting a
+	// process (fork, exec, loading the plugins) is most of what a short
+	// IMAP session costs here: a test that reads its users' mail over
+	// IMAP hundreds of times spends half the CPU. The doveadm service,
+	// which runs dsync, keeps Dovecot's default: dsync is what the tests
+	// prove, so it runs as on an installation.
 	ReuseProcesses bool
 }
 
