@@ -251,7 +251,10 @@ func TestSnippets_RealDovecot_SharedMailboxConcurrentDsyncs(t *testing.T) {
 	for _, version := range []string{dovecottest.V23, dovecottest.V24} {
 		t.Run(version, func(t *testing.T) {
 			t.Parallel()
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			// A bound against a hang, not a timing: with the test
+			// command's other steps beside it, one version took over
+			// 3 minutes, where alone it takes one.
+			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 			defer cancel()
 			a, b := sharedPair(t, ctx, version)
 			bin, err := a.DoveadmScript(t.TempDir())
