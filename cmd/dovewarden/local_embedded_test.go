@@ -317,16 +317,25 @@ func TestLocal_EmbeddedSweepAtStartWithoutFullSyncs(t *testing.T) {
 			t.Fatalf("the sweep at start replicated u1 %d and u2 %d times, want each at least once:\n%s", len(tr.CallsOf("u1")), len(tr.CallsOf("u2")), stderr)
 		}
 	}
-	resp, err := http.Get(base + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var o overview
-	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
-		t.Fatal(err)
-	}
-	if o.Users.Recovery.IsZero() || o.Sweep.Counts["requested_recovery"] != 2 {
-		t.Errorf("users %+v, sweep counts %v: want the start's recovery time, and both users requested for it", o.Users, o.Sweep.Counts)
+	// The sweep step records its counts after the Broker took its batch,
+	// so a dsync it asked for can come first: the status is read until
+	// they are there.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get(base + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var o overview
+		err = json.NewDecoder(resp.Body).Decode(&o)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !o.Users.Recovery.IsZero() && o.Sweep.Counts["requested_recovery"] == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("users %+v, sweep counts %v: want the start's recovery time, and both users requested for it", o.Users, o.Sweep.Counts)
+		}
 	}
 }
