@@ -80,10 +80,10 @@ step "go test -race (unit, integration with real redis-server and Dovecot, e2e; 
 # One run, under the race detector: the broker's lanes, the sync handler,
 # the sweep and local mode run goroutines side by side, and most tests
 # wait on Dovecot, redis-server or timers, so the detector costs little
-# time; a second run without it cost minutes. The
-# dovewarden binary the e2e suite runs is built without it. -race needs
-# cgo, which Go turns off when no C compiler is on PATH, as on a fresh
-# Debian: gcc, and libc6-dev for the C headers (gcc only recommends it).
+# time; a second run without it cost minutes. The dovewarden binary the
+# e2e suite runs is built without it. -race needs cgo, which Go turns off
+# when no C compiler is on PATH, as on a fresh Debian: gcc, and libc6-dev
+# for the C headers (gcc only recommends it).
 ensure gcc gcc libc6-dev
 go test -race -count=1 -timeout 15m "${modules[@]}"
 step_done
