@@ -95,12 +95,12 @@ func TestIntegrationDovecot_LargeStates(t *testing.T) {
 			// From some 4 MiB both versions often reset the connection
 			// while the request is being sent, instead of answering; such
 			// a state is left out before it is offered, also by a
-			// transport that has not seen a refusal yet.
+			// transport that has not seen a refusal yet. Leaving it out
+			// is the transport's own decision, the same every time: one
+			// try shows it, where each more is a full dsync of 620 mailboxes.
 			huge := res.State + strings.Repeat("A", 20<<20-len(res.State))
-			for i := range 5 {
-				if got := sync(doveadm.NewHTTP(nil, time.Minute), huge); got.StateLeftOut != len(huge) {
-					t.Errorf("doveadm-http from a state of 20 MiB, try %d: %d bytes left out, want all", i, got.StateLeftOut)
-				}
+			if got := sync(doveadm.NewHTTP(nil, time.Minute), huge); got.StateLeftOut != len(huge) {
+				t.Errorf("doveadm-http from a state of 20 MiB: %d bytes left out, want all", got.StateLeftOut)
 			}
 		})
 	}
